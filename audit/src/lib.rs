@@ -1,0 +1,26 @@
+//! `vellum-audit`: everything an auditor needs to check a Vellum log, and
+//! nothing more.
+//!
+//! Every byte format Vellum writes is defined here, once: op records and
+//! segment files (`record`, `segment`), the per-event Merkle leaf (`leaf`),
+//! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes and
+//! checkpoints (`note`, `checkpoint`), `tlog-proof@v1` proofs (`proof`) and
+//! the trust policy (`policy`). The writer in the `vellum` crate uses these
+//! same types, so the verifier can never disagree with the writer about a
+//! format. This crate is synchronous, opens no socket and no database.
+
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod error;
+pub mod hash;
+pub mod leaf;
+pub mod merkle;
+pub mod note;
+pub mod policy;
+pub mod proof;
+pub mod record;
+pub mod segment;
+
+pub use error::{DecodeError, Location};
+pub use hash::{Hash, sha256};

@@ -1,0 +1,2 @@
+//! Vellum compliance exports (in progress: grows with the compliance issue).
+#![forbid(unsafe_code)]

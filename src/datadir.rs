@@ -1,0 +1,139 @@
+//! The layout of a replica's data directory, and its small metadata file.
+//!
+//! ```text
+//! <data>/vellum.json        cluster id, replica index and name (public, not secret)
+//! <data>/policy.txt         the trust policy: pinned verifier keys and quorum (public)
+//! <data>/segments/          the immutable log (encrypted, hash-chained)
+//! <data>/keys/              key store BESIDE the log, never inside it (P6): 0700
+//! <data>/keys/kek.key       key-encryption key (dev only; 0600)
+//! <data>/keys/signing.key   this replica's Ed25519 checkpoint signing key (0600)
+//! <data>/keys/dek-*.key     wrapped per-stream data keys (0600)
+//! <data>/index.sqlite3      the audit index (default backend; a projection of the log)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the data directory layout written in `vellum.json`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Paths inside one data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Wraps a data directory path (nothing is touched).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Segment files of the log.
+    pub fn segments(&self) -> PathBuf {
+        self.root.join("segments")
+    }
+
+    /// The key store directory.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// The key-encryption key file.
+    pub fn kek(&self) -> PathBuf {
+        self.keys().join("kek.key")
+    }
+
+    /// This replica's checkpoint signing key.
+    pub fn signing_key(&self) -> PathBuf {
+        self.keys().join("signing.key")
+    }
+
+    /// The trust policy written at init.
+    pub fn policy(&self) -> PathBuf {
+        self.root.join("policy.txt")
+    }
+
+    /// Node metadata.
+    pub fn meta(&self) -> PathBuf {
+        self.root.join("vellum.json")
+    }
+
+    /// The default SQLite audit index.
+    pub fn index_sqlite(&self) -> PathBuf {
+        self.root.join("index.sqlite3")
+    }
+}
+
+/// Contents of `vellum.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// Layout version, see [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// The cluster id as 32 lowercase hex digits.
+    pub cluster: String,
+    /// This replica's index in the cluster (0 for a single replica).
+    pub replica: u32,
+    /// This replica's key name (used in signature lines).
+    pub name: String,
+}
+
+/// Why the metadata file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid metadata.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl NodeMeta {
+    /// The cluster id as a number.
+    pub fn cluster_id(&self) -> Result<u128, String> {
+        if self.cluster.len() != 32 {
+            return Err(format!("cluster id must be 32 hex digits, got {:?}", self.cluster));
+        }
+        u128::from_str_radix(&self.cluster, 16).map_err(|e| format!("cluster id is not hex: {e}"))
+    }
+
+    /// Reads and validates `vellum.json`.
+    pub fn load(dir: &DataDir) -> Result<NodeMeta, MetaError> {
+        let path = dir.meta();
+        let text = std::fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.clone(), source })?;
+        let meta: NodeMeta = serde_json::from_str(&text)
+            .map_err(|e| MetaError::Format { path: path.clone(), reason: format!("not valid metadata: {e}") })?;
+        if meta.layout_version != LAYOUT_VERSION {
+            return Err(MetaError::Format {
+                path,
+                reason: format!("layout version {} is not supported (expected {LAYOUT_VERSION})", meta.layout_version),
+            });
+        }
+        meta.cluster_id().map_err(|reason| MetaError::Format { path: path.clone(), reason })?;
+        Ok(meta)
+    }
+
+    /// Writes `vellum.json` durably (it is written once, at init).
+    pub fn store(&self, dir: &DataDir) -> Result<(), MetaError> {
+        let path = dir.meta();
+        let text = serde_json::to_string_pretty(self).expect("metadata always serializes");
+        crate::fsutil::write_durable(&path, text.as_bytes(), 0o644).map_err(|source| MetaError::Io { path, source })
+    }
+}
