@@ -703,7 +703,7 @@ mod tests {
         let cases: Vec<(String, usize)> = vec![
             (format!("a\nb\n{sig}\n"), 3), // missing blank line
             (format!("a\nb\n\n{sig}"), 4), // no trailing newline
-            (format!("a\nb\n\n\u{2014} PeterNeumann x08go/!!\n"), 4), // bad base64
+            ("a\nb\n\n\u{2014} PeterNeumann x08go/!!\n".to_owned(), 4), // bad base64
             ("a\n\n\u{2014} k AAAAAA==\n".to_owned(), 3), // short signature
             (
                 format!("a\nb\n\n{}\n", sig.replace('\u{2014}', "\u{2013}")),
