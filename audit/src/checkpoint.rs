@@ -1,1 +1,230 @@
-//! checkpoint (in progress).
+//! C2SP checkpoints (c2sp.org/tlog-checkpoint) and Vellum's commit
+//! certificates: a checkpoint signed by at least a quorum of replicas.
+//!
+//! A checkpoint body is the note text `origin\nsize\nbase64(root)\n` plus
+//! optional extension lines. A [`Certificate`] is that body as a signed note
+//! carrying one Ed25519 signature per replica. Since a replica signs only
+//! after it fsynced the ops and computed the same root itself, f+1 valid
+//! signatures of pinned keys prove quorum durability of the whole prefix
+//! (DESIGN P1, P4).
+//!
+//! Deviation from tlog-checkpoint: the spec says the log's key name SHOULD
+//! match the origin; a Vellum log has no single key, so every replica signs
+//! under its own key name and the [`Policy`] pins which names count.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::error::DecodeError;
+use crate::hash::Hash;
+use crate::note::{Note, NoteError, Signer, Verifier};
+use crate::policy::Policy;
+
+/// The most extension lines a checkpoint may carry (Vellum writes none).
+pub const EXTENSIONS_MAX: usize = 16;
+
+const FORMAT: &str = "checkpoint";
+
+/// The origin of the log of cluster `cluster`:
+/// `vellum.local/cluster/<32 lowercase hex digits>`.
+///
+/// tlog-checkpoint requires the origin to identify one log uniquely: a
+/// signature over a checkpoint of one log must never be usable for another.
+/// The VSR cluster id is a random 128-bit value fixed at `vellum init`, so it
+/// names exactly one log; `vellum.local/` makes it a schema-less URL (as the
+/// spec recommends) that can never collide with a real domain's logs.
+pub fn origin_for_cluster(cluster: u128) -> String {
+    format!("vellum.local/cluster/{cluster:032x}")
+}
+
+/// A tree head: origin, size and RFC 6962 root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's unique origin line.
+    pub origin: String,
+    /// The number of leaves.
+    pub size: u64,
+    /// The root of the tree of `size` leaves.
+    pub root: Hash,
+    /// Opaque extension lines (non-empty each); Vellum writes none.
+    pub extensions: Vec<String>,
+}
+
+impl Checkpoint {
+    /// The note text: origin, size, base64 root and extensions, one per line.
+    pub fn body(&self) -> String {
+        let mut out = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            BASE64.encode(self.root)
+        );
+        for extension in &self.extensions {
+            out.push_str(extension);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Parses a note text as a checkpoint body. Errors name the line.
+    pub fn parse_body(text: &str) -> Result<Checkpoint, DecodeError> {
+        Self::parse_body_at(text, 1)
+    }
+
+    /// Parses a body that starts at line `first_line` of a larger input.
+    pub(crate) fn parse_body_at(text: &str, first_line: usize) -> Result<Checkpoint, DecodeError> {
+        let at =
+            |index: usize, reason: &str| DecodeError::at_line(FORMAT, first_line + index, reason);
+        let Some(body) = text.strip_suffix('\n') else {
+            return Err(at(
+                text.matches('\n').count(),
+                "checkpoint does not end with a newline",
+            ));
+        };
+        let lines: Vec<&str> = body.split('\n').collect();
+        if lines.len() < 3 {
+            return Err(at(
+                lines.len(),
+                "checkpoint needs origin, size and root lines",
+            ));
+        }
+        if lines.len() - 3 > EXTENSIONS_MAX {
+            return Err(at(3 + EXTENSIONS_MAX, "too many extension lines"));
+        }
+        if lines[0].is_empty() {
+            return Err(at(0, "empty origin"));
+        }
+        let size = parse_decimal(lines[1])
+            .ok_or_else(|| at(1, "tree size is not a decimal without leading zeros"))?;
+        let root =
+            parse_hash(lines[2]).ok_or_else(|| at(2, "root is not the base64 of 32 bytes"))?;
+        if let Some(empty) = lines[3..].iter().position(|l| l.is_empty()) {
+            return Err(at(3 + empty, "empty extension line"));
+        }
+        Ok(Checkpoint {
+            origin: lines[0].to_owned(),
+            size,
+            root,
+            extensions: lines[3..].iter().map(|l| (*l).to_owned()).collect(),
+        })
+    }
+}
+
+/// An ASCII decimal u64 with no leading zeros (unless it is `0`).
+pub(crate) fn parse_decimal(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The standard base64 of exactly 32 bytes.
+pub(crate) fn parse_hash(text: &str) -> Option<Hash> {
+    BASE64.decode(text).ok()?.try_into().ok()
+}
+
+/// A checkpoint signed by replicas: the commit certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    /// The signed tree head.
+    pub checkpoint: Checkpoint,
+    /// The signed note; its text is `checkpoint.body()`.
+    pub note: Note,
+}
+
+/// A certificate that passed [`Certificate::verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCertificate {
+    /// The checkpoint a quorum vouched for.
+    pub checkpoint: Checkpoint,
+    /// The distinct pinned keys whose signatures verified.
+    pub signers: Vec<Verifier>,
+}
+
+/// Why a certificate was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    /// The checkpoint names another log.
+    #[error("checkpoint origin {found:?} is not the pinned origin {expected:?}")]
+    OriginMismatch { expected: String, found: String },
+    /// The note text is not the checkpoint body (a bug or a forged struct).
+    #[error("signed note text is not the checkpoint body")]
+    BodyMismatch,
+    /// Too few valid pinned signatures, or a pinned signature that fails.
+    #[error("{valid} valid signatures of pinned keys, {needed} needed; failed: [{}]", failed.join(", "))]
+    QuorumNotMet {
+        /// Distinct pinned keys whose signatures verified.
+        valid: usize,
+        /// The policy's quorum.
+        needed: usize,
+        /// `name+keyid` of each pinned-key signature that did not verify.
+        failed: Vec<String>,
+    },
+    /// The pinned keys themselves are ambiguous.
+    #[error(transparent)]
+    Note(#[from] NoteError),
+}
+
+impl Certificate {
+    /// Signs `checkpoint` with each signer.
+    pub fn sign(checkpoint: Checkpoint, signers: &[&Signer]) -> Result<Certificate, NoteError> {
+        let note = Note::sign(&checkpoint.body(), signers)?;
+        Ok(Certificate { checkpoint, note })
+    }
+
+    /// Adds (or replaces) one replica's signature.
+    pub fn add_signature(&mut self, signer: &Signer) -> Result<(), NoteError> {
+        self.note.add_signature(signer)
+    }
+
+    /// The signed-note text.
+    pub fn encode(&self) -> String {
+        self.note.encode()
+    }
+
+    /// Parses a signed checkpoint. Errors name the line.
+    pub fn parse(text: &str) -> Result<Certificate, DecodeError> {
+        Self::parse_at(text, 1)
+    }
+
+    pub(crate) fn parse_at(text: &str, first_line: usize) -> Result<Certificate, DecodeError> {
+        let note = Note::parse_at(text, first_line)?;
+        let checkpoint = Checkpoint::parse_body_at(&note.text, first_line)?;
+        Ok(Certificate { checkpoint, note })
+    }
+
+    /// Checks the origin and that at least `policy.quorum` distinct pinned
+    /// keys signed validly; any failing signature of a pinned key rejects the
+    /// certificate (signed-note's SHOULD). Unknown keys are ignored.
+    pub fn verify(&self, policy: &Policy) -> Result<VerifiedCertificate, CertificateError> {
+        if self.checkpoint.origin != policy.origin {
+            return Err(CertificateError::OriginMismatch {
+                expected: policy.origin.clone(),
+                found: self.checkpoint.origin.clone(),
+            });
+        }
+        if self.note.text != self.checkpoint.body() {
+            return Err(CertificateError::BodyMismatch);
+        }
+        let check = self.note.check_signatures(&policy.verifiers)?;
+        if check.valid.len() < policy.quorum || !check.failed.is_empty() {
+            let failed = check
+                .failed
+                .iter()
+                .map(|s| format!("{}+{}", s.name, crate::hash::to_hex(&s.key_id)))
+                .collect();
+            return Err(CertificateError::QuorumNotMet {
+                valid: check.valid.len(),
+                needed: policy.quorum,
+                failed,
+            });
+        }
+        Ok(VerifiedCertificate {
+            checkpoint: self.checkpoint.clone(),
+            signers: check.valid,
+        })
+    }
+}

@@ -1,1 +1,330 @@
-//! policy (in progress).
+//! The auditor's trust policy: which log (origin) to expect, which replica
+//! keys are pinned, and how many distinct pinned keys must sign a checkpoint.
+//! Keys are never taken from the data being verified (DESIGN §4).
+//!
+//! The text form follows c2sp.org/tlog-policy where it fits:
+//!
+//! ```text
+//! origin vellum.local/cluster/0123456789abcdef0123456789abcdef
+//! witness replica-0 replica-0+1a2b3c4d+AQ...
+//! witness replica-1 replica-1+5e6f7a8b+AQ...
+//! witness replica-2 replica-2+9c0d1e2f+AQ...
+//! group replicas 2 replica-0 replica-1 replica-2
+//! quorum replicas
+//! ```
+//!
+//! Deviations from tlog-policy, because a Vellum log has no log key of its
+//! own — a checkpoint is signed by a quorum of replicas instead:
+//! - `origin <origin>` is a Vellum directive naming the checkpoint origin (in
+//!   tlog-policy the origin is the key name of a `log` line);
+//! - `log` lines are refused, and `quorum none` is refused;
+//! - replica signatures are plain Ed25519 note signatures (type `0x01`), not
+//!   tlog-cosignature timestamped cosignatures;
+//! - the quorum is one threshold over all pinned keys: at most one `group`,
+//!   with only witnesses as members, and it must list every witness;
+//! - witness names are local labels; `encode` writes each key's own name, and
+//!   key names must be distinct too, so errors can name the replica;
+//! - witness URLs are accepted and dropped.
+
+use crate::error::DecodeError;
+use crate::note::{Verifier, is_valid_key_name};
+
+/// The most keys a policy may pin (tlog-policy asks for at least 32).
+pub const POLICY_VERIFIERS_MAX: usize = 64;
+/// The largest policy file accepted, in bytes.
+pub const POLICY_BYTES_MAX: usize = 64 * 1024;
+/// The name `encode` gives the quorum group.
+pub const QUORUM_GROUP_NAME: &str = "replicas";
+
+const FORMAT: &str = "trust policy";
+
+/// Why a policy is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// An origin that is empty or holds spaces, `+` or control characters.
+    #[error("invalid origin {0:?}")]
+    InvalidOrigin(String),
+    /// A quorum of zero.
+    #[error("quorum must be at least 1")]
+    QuorumZero,
+    /// A quorum larger than the number of pinned keys.
+    #[error("quorum {quorum} is larger than the {keys} pinned keys")]
+    QuorumAboveKeys { quorum: usize, keys: usize },
+    /// The same public key pinned twice.
+    #[error("public key of {name} is pinned twice")]
+    DuplicateKey { name: String },
+    /// Two pinned keys with the same key name.
+    #[error("key name {name} is pinned twice")]
+    DuplicateName { name: String },
+    /// More keys than [`POLICY_VERIFIERS_MAX`].
+    #[error("{0} pinned keys, more than the limit")]
+    TooManyKeys(usize),
+}
+
+/// A validated trust policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The checkpoint origin the log must use.
+    pub origin: String,
+    /// The pinned replica keys.
+    pub verifiers: Vec<Verifier>,
+    /// How many distinct pinned keys must sign (f+1 of 2f+1).
+    pub quorum: usize,
+}
+
+impl Policy {
+    /// A policy after checking origin, keys and quorum.
+    pub fn new(
+        origin: &str,
+        verifiers: Vec<Verifier>,
+        quorum: usize,
+    ) -> Result<Policy, PolicyError> {
+        if !is_valid_key_name(origin) {
+            return Err(PolicyError::InvalidOrigin(origin.to_owned()));
+        }
+        if verifiers.len() > POLICY_VERIFIERS_MAX {
+            return Err(PolicyError::TooManyKeys(verifiers.len()));
+        }
+        for (i, v) in verifiers.iter().enumerate() {
+            for earlier in &verifiers[..i] {
+                if earlier.public_key() == v.public_key() {
+                    return Err(PolicyError::DuplicateKey {
+                        name: v.name().to_owned(),
+                    });
+                }
+                if earlier.name() == v.name() {
+                    return Err(PolicyError::DuplicateName {
+                        name: v.name().to_owned(),
+                    });
+                }
+            }
+        }
+        if quorum == 0 {
+            return Err(PolicyError::QuorumZero);
+        }
+        if quorum > verifiers.len() {
+            return Err(PolicyError::QuorumAboveKeys {
+                quorum,
+                keys: verifiers.len(),
+            });
+        }
+        Ok(Policy {
+            origin: origin.to_owned(),
+            verifiers,
+            quorum,
+        })
+    }
+
+    /// The text form (see the module documentation).
+    pub fn encode(&self) -> String {
+        let mut out = format!("origin {}\n", self.origin);
+        for v in &self.verifiers {
+            out.push_str(&format!("witness {} {}\n", v.name(), v.to_vkey()));
+        }
+        out.push_str(&format!("group {QUORUM_GROUP_NAME} {}", self.quorum));
+        for v in &self.verifiers {
+            out.push(' ');
+            out.push_str(v.name());
+        }
+        out.push_str(&format!("\nquorum {QUORUM_GROUP_NAME}\n"));
+        out
+    }
+
+    /// Parses the text form. Errors name the 1-based line.
+    pub fn parse(text: &str) -> Result<Policy, DecodeError> {
+        if text.len() > POLICY_BYTES_MAX {
+            return Err(DecodeError::at_line(
+                FORMAT,
+                1,
+                "policy is larger than the size limit",
+            ));
+        }
+        let mut parser = Parser::default();
+        for (index, line) in text.split('\n').enumerate() {
+            parser
+                .line(line)
+                .map_err(|reason| DecodeError::at_line(FORMAT, index + 1, reason))?;
+        }
+        // A missing line is reported at the last line of the input.
+        let last_line = text.lines().count().max(1);
+        parser.finish().map_err(|(line, reason)| {
+            DecodeError::at_line(FORMAT, line.unwrap_or(last_line), reason)
+        })
+    }
+}
+
+/// The state of a policy parse: what earlier lines defined.
+#[derive(Default)]
+struct Parser {
+    origin: Option<String>,
+    witnesses: Vec<(String, Verifier)>,
+    group: Option<(String, usize, Vec<usize>)>,
+    quorum: Option<(usize, usize, Vec<usize>)>,
+    line: usize,
+}
+
+impl Parser {
+    fn line(&mut self, line: &str) -> Result<(), String> {
+        self.line += 1;
+        if let Some(c) = line.chars().find(|&c| c != '\t' && c.is_control()) {
+            return Err(format!("control character {c:?}"));
+        }
+        let words: Vec<&str> = line.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
+        let Some((&directive, args)) = words.split_first() else {
+            return Ok(());
+        };
+        if directive.starts_with('#') {
+            return Ok(());
+        }
+        if self.quorum.is_some() {
+            return Err("no line may follow the quorum line".to_owned());
+        }
+        match directive {
+            "origin" => self.origin(args),
+            "witness" => self.witness(args),
+            "group" => self.group(args),
+            "quorum" => self.quorum(args),
+            "log" => Err(
+                "log lines are not supported: vellum checkpoints are signed by replicas, \
+                          pin them with witness lines"
+                    .to_owned(),
+            ),
+            other => Err(format!("unknown directive {other:?}")),
+        }
+    }
+
+    fn origin(&mut self, args: &[&str]) -> Result<(), String> {
+        let [origin] = args else {
+            return Err("origin takes exactly one argument".to_owned());
+        };
+        if self.origin.is_some() {
+            return Err("second origin line".to_owned());
+        }
+        if !is_valid_key_name(origin) {
+            return Err(format!("invalid origin {origin:?}"));
+        }
+        self.origin = Some((*origin).to_owned());
+        Ok(())
+    }
+
+    fn witness(&mut self, args: &[&str]) -> Result<(), String> {
+        let (name, vkey) = match args {
+            [name, vkey] | [name, vkey, _] => (*name, *vkey),
+            _ => return Err("witness takes a name, a vkey and an optional url".to_owned()),
+        };
+        self.check_new_name(name)?;
+        let verifier =
+            Verifier::parse_vkey(vkey).map_err(|error| format!("witness {name}: {error}"))?;
+        for (_, earlier) in &self.witnesses {
+            if earlier.public_key() == verifier.public_key() {
+                return Err(format!("public key of witness {name} is pinned twice"));
+            }
+            if earlier.name() == verifier.name() {
+                return Err(format!("key name {} is pinned twice", verifier.name()));
+            }
+        }
+        if self.witnesses.len() == POLICY_VERIFIERS_MAX {
+            return Err(format!("more than {POLICY_VERIFIERS_MAX} witnesses"));
+        }
+        self.witnesses.push((name.to_owned(), verifier));
+        Ok(())
+    }
+
+    fn group(&mut self, args: &[&str]) -> Result<(), String> {
+        let [name, threshold, members @ ..] = args else {
+            return Err("group takes a name, a threshold and members".to_owned());
+        };
+        if members.is_empty() {
+            return Err("group has no members".to_owned());
+        }
+        if self.group.is_some() {
+            return Err(
+                "vellum policies have one quorum group; nested groups are not supported".to_owned(),
+            );
+        }
+        self.check_new_name(name)?;
+        let mut indices = Vec::with_capacity(members.len());
+        for member in members {
+            let index = self
+                .witnesses
+                .iter()
+                .position(|(n, _)| n == member)
+                .ok_or_else(|| format!("group member {member} is not a witness defined above"))?;
+            if indices.contains(&index) {
+                return Err(format!("group member {member} is listed twice"));
+            }
+            indices.push(index);
+        }
+        let k = match *threshold {
+            "all" => members.len(),
+            "any" => 1,
+            digits => parse_threshold(digits, members.len())?,
+        };
+        self.group = Some(((*name).to_owned(), k, indices));
+        Ok(())
+    }
+
+    fn quorum(&mut self, args: &[&str]) -> Result<(), String> {
+        let [name] = args else {
+            return Err("quorum takes exactly one name".to_owned());
+        };
+        if *name == "none" {
+            return Err("quorum none is not allowed: vellum needs replica signatures".to_owned());
+        }
+        let (k, members) = match (
+            &self.group,
+            self.witnesses.iter().position(|(n, _)| n == name),
+        ) {
+            (Some((group, k, members)), _) if group == name => (*k, members.clone()),
+            (_, Some(index)) => (1, vec![index]),
+            _ => return Err(format!("quorum names {name}, which no line above defines")),
+        };
+        self.quorum = Some((self.line, k, members));
+        Ok(())
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), String> {
+        let taken = name == "none"
+            || self.witnesses.iter().any(|(n, _)| n == name)
+            || self.group.as_ref().is_some_and(|(g, _, _)| g == name);
+        if taken {
+            return Err(format!("name {name} is already defined"));
+        }
+        Ok(())
+    }
+
+    /// The policy, or the line (if known) and reason it is invalid.
+    fn finish(self) -> Result<Policy, (Option<usize>, String)> {
+        let origin = self
+            .origin
+            .ok_or((None, "missing origin line".to_owned()))?;
+        let (line, quorum, members) = self
+            .quorum
+            .ok_or((None, "missing quorum line".to_owned()))?;
+        if members.len() != self.witnesses.len() {
+            let left_out = (0..self.witnesses.len()).find(|i| !members.contains(i));
+            let name = left_out
+                .map(|i| self.witnesses[i].0.clone())
+                .unwrap_or_default();
+            return Err((
+                Some(line),
+                format!("witness {name} is not part of the quorum"),
+            ));
+        }
+        let verifiers: Vec<Verifier> = self.witnesses.into_iter().map(|(_, v)| v).collect();
+        Policy::new(&origin, verifiers, quorum).map_err(|error| (Some(line), error.to_string()))
+    }
+}
+
+/// A decimal threshold `k` with `1 <= k <= n` and no leading zeros.
+fn parse_threshold(text: &str, n: usize) -> Result<usize, String> {
+    let bad = || format!("group threshold {text:?} is not all, any or a number from 1 to {n}");
+    if text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let k: usize = text.parse().map_err(|_| bad())?;
+    if k == 0 || k > n {
+        return Err(bad());
+    }
+    Ok(k)
+}

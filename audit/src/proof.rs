@@ -1,1 +1,272 @@
-//! proof (in progress).
+//! Proofs an auditor checks with public keys alone (DESIGN P3):
+//! inclusion proofs in the C2SP `tlog-proof@v1` text format
+//! (c2sp.org/tlog-proof) and consistency proofs in Vellum's own text format.
+//!
+//! tlog-proof@v1:
+//!
+//! ```text
+//! c2sp.org/tlog-proof@v1
+//! extra <base64 leaf preimage>
+//! index <decimal>
+//! <base64 hash>            (zero or more, leaf's sibling first)
+//!
+//! <signed checkpoint>
+//! ```
+//!
+//! The spec makes `extra` optional and opaque, and says applications must not
+//! trust it implicitly. Vellum always writes it and defines it as the leaf
+//! preimage (see `leaf`), so a proof needs nothing else to verify: the leaf
+//! hash is `leaf_hash(extra)`, and the inclusion proof against the signed
+//! root is what authenticates `extra`. A proof without `extra` parses but does
+//! not verify in Vellum.
+//!
+//! Vellum's consistency proof (no C2SP format exists for it): one base64 hash
+//! per line, a blank line, then the newer signed checkpoint. The text does not
+//! carry the old size; the verifier supplies it with the old root it trusts.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::checkpoint::{
+    Certificate, CertificateError, VerifiedCertificate, parse_decimal, parse_hash,
+};
+use crate::error::DecodeError;
+use crate::hash::Hash;
+use crate::merkle::{
+    PROOF_HASHES_MAX, ProofError, leaf_hash, verify_consistency, verify_inclusion,
+};
+use crate::policy::Policy;
+
+/// The first line of a tlog-proof@v1.
+pub const TLOG_PROOF_HEADER: &str = "c2sp.org/tlog-proof@v1";
+/// The largest `extra` (leaf preimage) accepted, in bytes.
+pub const EXTRA_BYTES_MAX: usize = 4096;
+
+const INCLUSION_FORMAT: &str = "tlog-proof";
+const CONSISTENCY_FORMAT: &str = "consistency proof";
+
+/// Why a proof did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofVerifyError {
+    /// A Vellum inclusion proof without its leaf preimage.
+    #[error("inclusion proof has no extra line holding the leaf preimage")]
+    MissingExtra,
+    /// The consistency proof's new size is not its checkpoint's size.
+    #[error("consistency proof new size {new_size} is not the checkpoint size {checkpoint_size}")]
+    SizeMismatch { new_size: u64, checkpoint_size: u64 },
+    /// The checkpoint is not a valid commit certificate under the policy.
+    #[error("checkpoint: {0}")]
+    Certificate(#[from] CertificateError),
+    /// The Merkle proof does not lead to the signed root.
+    #[error("merkle proof: {0}")]
+    Merkle(#[from] ProofError),
+}
+
+/// A tlog-proof@v1 inclusion proof of one leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The leaf preimage (always present in proofs Vellum writes).
+    pub extra: Option<Vec<u8>>,
+    /// The zero-based leaf index (the event's global position).
+    pub index: u64,
+    /// The RFC 6962 inclusion proof, sibling first.
+    pub hashes: Vec<Hash>,
+    /// The signed checkpoint the proof is against.
+    pub checkpoint: Certificate,
+}
+
+impl InclusionProof {
+    /// The tlog-proof@v1 text.
+    pub fn encode(&self) -> String {
+        let mut out = format!("{TLOG_PROOF_HEADER}\n");
+        if let Some(extra) = &self.extra {
+            out.push_str(&format!("extra {}\n", BASE64.encode(extra)));
+        }
+        out.push_str(&format!("index {}\n", self.index));
+        push_hashes(&mut out, &self.hashes);
+        out.push('\n');
+        out.push_str(&self.checkpoint.encode());
+        out
+    }
+
+    /// Parses the tlog-proof@v1 text. Errors name the line.
+    pub fn parse(text: &str) -> Result<InclusionProof, DecodeError> {
+        let at = |line: usize, reason: &str| DecodeError::at_line(INCLUSION_FORMAT, line, reason);
+        let mut lines = Lines::new(text);
+        let (line, header) = lines.next_line().ok_or_else(|| at(1, "empty input"))?;
+        if header != TLOG_PROOF_HEADER {
+            return Err(at(line, "first line is not c2sp.org/tlog-proof@v1"));
+        }
+        let (mut line, mut current) = lines
+            .next_line()
+            .ok_or_else(|| at(2, "missing index line"))?;
+        let mut extra = None;
+        if let Some(encoded) = current.strip_prefix("extra ") {
+            let bytes = BASE64
+                .decode(encoded)
+                .map_err(|_| at(line, "extra is not base64"))?;
+            if bytes.len() > EXTRA_BYTES_MAX {
+                return Err(at(line, "extra is larger than the limit"));
+            }
+            extra = Some(bytes);
+            (line, current) = lines
+                .next_line()
+                .ok_or_else(|| at(line + 1, "missing index line"))?;
+        }
+        let index = current
+            .strip_prefix("index ")
+            .and_then(parse_decimal)
+            .ok_or_else(|| {
+                at(
+                    line,
+                    "expected \"index \" and a decimal without leading zeros",
+                )
+            })?;
+        let hashes = lines.hashes(INCLUSION_FORMAT)?;
+        let checkpoint = Certificate::parse_at(lines.rest(), lines.line + 1)?;
+        Ok(InclusionProof {
+            extra,
+            index,
+            hashes,
+            checkpoint,
+        })
+    }
+
+    /// Verifies the certificate under `policy`, then inclusion of
+    /// `leaf_hash(extra)` at `index` against the signed root and size.
+    pub fn verify(&self, policy: &Policy) -> Result<VerifiedCertificate, ProofVerifyError> {
+        let extra = self.extra.as_ref().ok_or(ProofVerifyError::MissingExtra)?;
+        let verified = self.checkpoint.verify(policy)?;
+        let checkpoint = &verified.checkpoint;
+        verify_inclusion(
+            &leaf_hash(extra),
+            self.index,
+            checkpoint.size,
+            &self.hashes,
+            &checkpoint.root,
+        )?;
+        Ok(verified)
+    }
+}
+
+/// A consistency proof from a trusted older tree to a signed newer one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    /// The older tree size (not in the text; supplied by the verifier).
+    pub old_size: u64,
+    /// The newer tree size (the checkpoint's size).
+    pub new_size: u64,
+    /// The RFC 9162 §2.1.4 proof.
+    pub hashes: Vec<Hash>,
+    /// The signed newer checkpoint.
+    pub checkpoint: Certificate,
+}
+
+impl ConsistencyProof {
+    /// Hashes, a blank line, the signed checkpoint.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        push_hashes(&mut out, &self.hashes);
+        out.push('\n');
+        out.push_str(&self.checkpoint.encode());
+        out
+    }
+
+    /// Parses the text of a proof from `old_size`. Errors name the line.
+    pub fn parse(text: &str, old_size: u64) -> Result<ConsistencyProof, DecodeError> {
+        let mut lines = Lines::new(text);
+        let hashes = lines.hashes(CONSISTENCY_FORMAT)?;
+        let checkpoint = Certificate::parse_at(lines.rest(), lines.line + 1)?;
+        let new_size = checkpoint.checkpoint.size;
+        Ok(ConsistencyProof {
+            old_size,
+            new_size,
+            hashes,
+            checkpoint,
+        })
+    }
+
+    /// Verifies the certificate under `policy`, then that the tree with
+    /// `old_root` at `old_size` is a prefix of the signed tree.
+    pub fn verify(
+        &self,
+        old_root: &Hash,
+        policy: &Policy,
+    ) -> Result<VerifiedCertificate, ProofVerifyError> {
+        let verified = self.checkpoint.verify(policy)?;
+        let checkpoint = &verified.checkpoint;
+        if checkpoint.size != self.new_size {
+            return Err(ProofVerifyError::SizeMismatch {
+                new_size: self.new_size,
+                checkpoint_size: checkpoint.size,
+            });
+        }
+        verify_consistency(
+            self.old_size,
+            self.new_size,
+            old_root,
+            &checkpoint.root,
+            &self.hashes,
+        )?;
+        Ok(verified)
+    }
+}
+
+fn push_hashes(out: &mut String, hashes: &[Hash]) {
+    for hash in hashes {
+        out.push_str(&BASE64.encode(hash));
+        out.push('\n');
+    }
+}
+
+/// A line cursor that remembers the 1-based number of the last line taken.
+struct Lines<'a> {
+    rest: &'a str,
+    line: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Self {
+        Lines {
+            rest: text,
+            line: 0,
+        }
+    }
+
+    /// The next newline-terminated line (without its newline).
+    fn next_line(&mut self) -> Option<(usize, &'a str)> {
+        let (line, rest) = self.rest.split_once('\n')?;
+        self.rest = rest;
+        self.line += 1;
+        Some((self.line, line))
+    }
+
+    /// Base64 hash lines up to and including the blank separator line.
+    fn hashes(&mut self, format: &'static str) -> Result<Vec<Hash>, DecodeError> {
+        let mut hashes = Vec::new();
+        loop {
+            let next = self.line + 1;
+            let (line, text) = self.next_line().ok_or_else(|| {
+                DecodeError::at_line(format, next, "missing blank line before the checkpoint")
+            })?;
+            if text.is_empty() {
+                return Ok(hashes);
+            }
+            if hashes.len() == PROOF_HASHES_MAX {
+                return Err(DecodeError::at_line(
+                    format,
+                    line,
+                    "more proof hashes than any tree needs",
+                ));
+            }
+            let hash = parse_hash(text).ok_or_else(|| {
+                DecodeError::at_line(format, line, "proof hash is not the base64 of 32 bytes")
+            })?;
+            hashes.push(hash);
+        }
+    }
+
+    fn rest(&self) -> &'a str {
+        self.rest
+    }
+}
