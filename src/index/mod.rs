@@ -1,1 +1,518 @@
-//! index (in progress).
+//! The audit index (DESIGN §5): a SQL projection of the log, never its source
+//! of truth.
+//!
+//! It maps global positions and stream offsets to where each event's record
+//! lies on disk, lists commit certificates and the lifecycle of data keys, and
+//! records accesses and verification runs. It holds positions, hashes and ids
+//! only, never an event payload (P5). Everything in `events`, `commits` and
+//! `keys` can be rebuilt from the log (`vellum index rebuild`) and is checked
+//! against it by `vellum verify` (P2).
+//!
+//! Two backends share one code path: SQLite (a file in the data directory,
+//! the default) and PostgreSQL (selected by URL). The schemas live in
+//! `migrations/<backend>` and are applied with `sqlx::migrate!`; the DML in
+//! [`sql`] is written once in the dialect both accept. [`on_backend!`]
+//! expands one body for each pool type, so that shared code stays shared
+//! while each expansion is checked against its own driver.
+
+mod error;
+mod model;
+mod sql;
+mod target;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use error::IndexError;
+pub use model::{
+    AccessRow, CERTIFICATE_BYTES_MAX, CommitRow, EventRow, IndexBatch, IndexCounts, KeyRow,
+    TEXT_BYTES_MAX, VerificationRow,
+};
+pub use target::{IndexTarget, SQLITE_FILE_NAME, TEST_POSTGRES_URL_VAR, postgres_url_from_env};
+
+use error::query_error;
+use model::{CommitSql, EventSql, KeySql, key_advances, to_i64, to_u64};
+
+/// Format version written by the migrations into `meta`; bumped with any
+/// change to the meaning of a column.
+pub const FORMAT_VERSION: &str = "1";
+/// Most rows returned by one read; callers page with the last position seen.
+pub const ROWS_PER_QUERY_MAX: u32 = 10_000;
+/// Most rows (events + commits + keys) in one `apply` transaction.
+pub const BATCH_ROWS_MAX: usize = 100_000;
+/// Connections held by the pool of either backend.
+const POOL_CONNECTIONS_MAX: u32 = 4;
+/// How long SQLite waits for a lock held by another connection.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How long a caller waits for a free pool connection.
+const POOL_ACQUIRE_TIMEOUT_MS: u64 = 30_000;
+
+const META_CLUSTER_ID: &str = "cluster_id";
+const META_FORMAT_VERSION: &str = "format_version";
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// An open audit index. Cheap to clone: the clones share one pool.
+#[derive(Clone, Debug)]
+pub struct Index {
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool of whichever backend is open.
+macro_rules! on_backend {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Inserts one `events` row in transaction `$tx`, or checks that the row
+/// already stored under its position is identical.
+macro_rules! apply_event {
+    ($tx:ident, $row:expr) => {{
+        let row: &EventSql = $row;
+        let inserted = sqlx::query(sql::EVENT_INSERT)
+            .bind(row.0)
+            .bind(row.1)
+            .bind(row.2)
+            .bind(row.3)
+            .bind(row.4.as_slice())
+            .bind(row.5)
+            .bind(row.6)
+            .execute(&mut *$tx)
+            .await
+            .map_err(query_error("insert into events"))?
+            .rows_affected();
+        if inserted == 0 {
+            let stored: Option<EventSql> = sqlx::query_as(sql::EVENT_BY_POSITION)
+                .bind(row.0)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(query_error("read back events row"))?;
+            check_event(stored.as_ref(), row)?;
+        }
+    }};
+}
+
+/// Inserts one `commits` row in `$tx`, or checks the stored one is identical.
+macro_rules! apply_commit {
+    ($tx:ident, $row:expr) => {{
+        let row: &CommitSql = $row;
+        let inserted = sqlx::query(sql::COMMIT_INSERT)
+            .bind(row.0)
+            .bind(row.1)
+            .bind(row.2)
+            .bind(row.3.as_slice())
+            .bind(row.4)
+            .bind(row.5.as_str())
+            .execute(&mut *$tx)
+            .await
+            .map_err(query_error("insert into commits"))?
+            .rows_affected();
+        if inserted == 0 {
+            let stored: Option<CommitSql> = sqlx::query_as(sql::COMMIT_BY_OP)
+                .bind(row.0)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(query_error("read back commits row"))?;
+            if stored.as_ref() != Some(row) {
+                return Err(conflict("commits", format!("op {}", row.0)));
+            }
+        }
+    }};
+}
+
+/// Inserts one `keys` row in `$tx`; an existing row may only move forward in
+/// its lifecycle (see [`key_advances`]).
+macro_rules! apply_key {
+    ($tx:ident, $row:expr) => {{
+        let row: &KeySql = $row;
+        let inserted = sqlx::query(sql::KEY_INSERT)
+            .bind(row.0)
+            .bind(row.1)
+            .bind(row.2)
+            .bind(row.3)
+            .bind(row.4)
+            .execute(&mut *$tx)
+            .await
+            .map_err(query_error("insert into keys"))?
+            .rows_affected();
+        if inserted == 0 {
+            let stored: Option<KeySql> = sqlx::query_as(sql::KEY_BY_ID)
+                .bind(row.0)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(query_error("read back keys row"))?;
+            match stored {
+                Some(stored) if stored == *row => {}
+                Some(stored) if key_advances(&stored, row) => {
+                    sqlx::query(sql::KEY_ADVANCE)
+                        .bind(row.0)
+                        .bind(row.3)
+                        .bind(row.4)
+                        .execute(&mut *$tx)
+                        .await
+                        .map_err(query_error("update keys lifecycle"))?;
+                }
+                _ => return Err(conflict("keys", format!("key_id {}", row.0))),
+            }
+        }
+    }};
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `target`, applies pending
+    /// migrations, and binds it to `cluster`: an index made for another
+    /// cluster is refused with both ids.
+    pub async fn open(target: &IndexTarget, cluster: u128) -> Result<Index, IndexError> {
+        let backend = match target {
+            IndexTarget::Sqlite(path) => Backend::Sqlite(connect_sqlite(path, target).await?),
+            IndexTarget::Postgres(url) => Backend::Postgres(connect_postgres(url, target).await?),
+        };
+        let index = Index { backend };
+        match index.prepare(cluster).await {
+            Ok(()) => Ok(index),
+            Err(error) => {
+                index.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn prepare(&self, cluster: u128) -> Result<(), IndexError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await?,
+            Backend::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await?,
+        }
+        let version = self.meta_get(META_FORMAT_VERSION).await?;
+        if version.as_deref() != Some(FORMAT_VERSION) {
+            return Err(IndexError::UnsupportedFormat {
+                found: version.unwrap_or_default(),
+                expected: FORMAT_VERSION,
+            });
+        }
+        self.claim_cluster(cluster).await
+    }
+
+    /// Records `cluster` in `meta` on first open; later opens must match it.
+    async fn claim_cluster(&self, cluster: u128) -> Result<(), IndexError> {
+        let ours = format!("{cluster:032x}");
+        on_backend!(&self.backend, pool => {
+            sqlx::query(sql::META_INSERT)
+                .bind(META_CLUSTER_ID)
+                .bind(ours.as_str())
+                .execute(pool)
+                .await
+                .map_err(query_error("insert cluster id into meta"))?;
+        });
+        let stored = self.meta_get(META_CLUSTER_ID).await?;
+        match stored {
+            Some(stored) if stored == ours => Ok(()),
+            Some(stored) => Err(IndexError::ClusterMismatch {
+                index: stored,
+                log: ours,
+            }),
+            None => Err(IndexError::Corrupt {
+                table: "meta",
+                column: "value",
+                reason: "cluster_id missing right after it was written".into(),
+            }),
+        }
+    }
+
+    async fn meta_get(&self, key: &str) -> Result<Option<String>, IndexError> {
+        on_backend!(&self.backend, pool => {
+            sqlx::query_scalar(sql::META_GET)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("read meta"))
+        })
+    }
+
+    /// Writes a batch of projection rows in one transaction. Rows already
+    /// present with identical content are accepted (so replaying the log is
+    /// harmless); a different row under the same key is
+    /// [`IndexError::Conflict`] and nothing of the batch is written.
+    pub async fn apply(&self, batch: &IndexBatch) -> Result<(), IndexError> {
+        let rows = batch.events.len() + batch.commits.len() + batch.keys.len();
+        if rows > BATCH_ROWS_MAX {
+            return Err(IndexError::BatchTooLarge {
+                rows,
+                max: BATCH_ROWS_MAX,
+            });
+        }
+        // Convert everything first, so an out-of-range value opens no transaction.
+        let events: Vec<EventSql> = batch
+            .events
+            .iter()
+            .map(EventRow::to_sql)
+            .collect::<Result<_, _>>()?;
+        let commits: Vec<CommitSql> = batch
+            .commits
+            .iter()
+            .map(CommitRow::to_sql)
+            .collect::<Result<_, _>>()?;
+        let keys: Vec<KeySql> = batch
+            .keys
+            .iter()
+            .map(KeyRow::to_sql)
+            .collect::<Result<_, _>>()?;
+        on_backend!(&self.backend, pool => {
+            let mut tx = pool.begin().await.map_err(query_error("begin apply transaction"))?;
+            for row in &commits {
+                apply_commit!(tx, row);
+            }
+            for row in &keys {
+                apply_key!(tx, row);
+            }
+            for row in &events {
+                apply_event!(tx, row);
+            }
+            tx.commit().await.map_err(query_error("commit apply transaction"))?;
+        });
+        Ok(())
+    }
+
+    /// Highest global position indexed, or `None` when no event is.
+    pub async fn last_position(&self) -> Result<Option<u64>, IndexError> {
+        let max: Option<i64> = on_backend!(&self.backend, pool => {
+            sqlx::query_scalar(sql::EVENT_POSITION_MAX)
+                .fetch_one(pool)
+                .await
+                .map_err(query_error("read highest event position"))?
+        });
+        max.map(|value| to_u64("events", "position", value))
+            .transpose()
+    }
+
+    /// The commit with the highest op, or `None` when no commit is indexed.
+    pub async fn last_commit(&self) -> Result<Option<CommitRow>, IndexError> {
+        let row: Option<CommitSql> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::COMMIT_LAST)
+                .fetch_optional(pool)
+                .await
+                .map_err(query_error("read last commit"))?
+        });
+        row.map(CommitRow::from_sql).transpose()
+    }
+
+    /// Events at positions `>= position_from`, ordered by position, at most
+    /// `min(limit, ROWS_PER_QUERY_MAX)` of them.
+    pub async fn events_after(
+        &self,
+        position_from: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, IndexError> {
+        let from = to_i64("events.position", position_from)?;
+        let rows: Vec<EventSql> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::EVENTS_FROM)
+                .bind(from)
+                .bind(limit_rows(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read events by position"))?
+        });
+        rows.into_iter().map(EventRow::from_sql).collect()
+    }
+
+    /// Events of `stream` at offsets `>= from`, ordered by stream offset, at
+    /// most `min(limit, ROWS_PER_QUERY_MAX)` of them.
+    pub async fn stream_events(
+        &self,
+        stream: u64,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, IndexError> {
+        let stream = to_i64("events.stream", stream)?;
+        let from = to_i64("events.stream_offset", from)?;
+        let rows: Vec<EventSql> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::STREAM_EVENTS_FROM)
+                .bind(stream)
+                .bind(from)
+                .bind(limit_rows(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read events of stream"))?
+        });
+        rows.into_iter().map(EventRow::from_sql).collect()
+    }
+
+    /// Commits with op `>= op_from`, ordered by op, at most
+    /// `min(limit, ROWS_PER_QUERY_MAX)` of them.
+    pub async fn commits_after(
+        &self,
+        op_from: u64,
+        limit: u32,
+    ) -> Result<Vec<CommitRow>, IndexError> {
+        let from = to_i64("commits.op", op_from)?;
+        let rows: Vec<CommitSql> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::COMMITS_FROM)
+                .bind(from)
+                .bind(limit_rows(limit))
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read commits by op"))?
+        });
+        rows.into_iter().map(CommitRow::from_sql).collect()
+    }
+
+    /// All data-key rows, ordered by key id.
+    pub async fn keys(&self) -> Result<Vec<KeyRow>, IndexError> {
+        let rows: Vec<KeySql> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::KEYS_ALL)
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read keys"))?
+        });
+        rows.into_iter().map(KeyRow::from_sql).collect()
+    }
+
+    /// Appends one access row (the authoritative copy is the system stream).
+    pub async fn record_access(&self, row: &AccessRow) -> Result<(), IndexError> {
+        let n = row.to_sql()?;
+        on_backend!(&self.backend, pool => {
+            sqlx::query(sql::ACCESS_INSERT)
+                .bind(n.time_ns)
+                .bind(row.principal.as_str())
+                .bind(row.role.as_str())
+                .bind(row.action.as_str())
+                .bind(n.stream)
+                .bind(n.offset_from)
+                .bind(n.offset_to)
+                .bind(row.purpose.as_deref())
+                .bind(row.outcome.as_str())
+                .bind(row.remote_addr.as_deref())
+                .bind(n.position)
+                .execute(pool)
+                .await
+                .map_err(query_error("insert into access"))?;
+        });
+        Ok(())
+    }
+
+    /// Appends one verification row.
+    pub async fn record_verification(&self, row: &VerificationRow) -> Result<(), IndexError> {
+        let time_ns = row.to_sql()?;
+        on_backend!(&self.backend, pool => {
+            sqlx::query(sql::VERIFICATION_INSERT)
+                .bind(time_ns)
+                .bind(row.scope.as_str())
+                .bind(row.result.as_str())
+                .bind(row.report_hash.as_slice())
+                .execute(pool)
+                .await
+                .map_err(query_error("insert into verifications"))?;
+        });
+        Ok(())
+    }
+
+    /// Number of rows in each table.
+    pub async fn counts(&self) -> Result<IndexCounts, IndexError> {
+        let c: (i64, i64, i64, i64, i64) = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::COUNTS)
+                .fetch_one(pool)
+                .await
+                .map_err(query_error("count rows"))?
+        });
+        Ok(IndexCounts {
+            events: to_u64("events", "count", c.0)?,
+            commits: to_u64("commits", "count", c.1)?,
+            keys: to_u64("keys", "count", c.2)?,
+            access: to_u64("access", "count", c.3)?,
+            verifications: to_u64("verifications", "count", c.4)?,
+        })
+    }
+
+    /// Deletes the projection rows (events, commits, keys) in one transaction
+    /// before `vellum index rebuild`; the access and verification trails stay.
+    pub async fn clear(&self) -> Result<(), IndexError> {
+        on_backend!(&self.backend, pool => {
+            let mut tx = pool.begin().await.map_err(query_error("begin clear transaction"))?;
+            for statement in sql::CLEAR_PROJECTION {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("delete projection rows"))?;
+            }
+            tx.commit().await.map_err(query_error("commit clear transaction"))?;
+        });
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(self) {
+        on_backend!(&self.backend, pool => pool.close().await)
+    }
+}
+
+async fn connect_sqlite(path: &Path, target: &IndexTarget) -> Result<SqlitePool, IndexError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
+    SqlitePoolOptions::new()
+        .max_connections(POOL_CONNECTIONS_MAX)
+        .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+        .connect_with(options)
+        .await
+        .map_err(|source| connect_error(target, source))
+}
+
+async fn connect_postgres(url: &str, target: &IndexTarget) -> Result<PgPool, IndexError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|source| connect_error(target, source))?;
+    PgPoolOptions::new()
+        .max_connections(POOL_CONNECTIONS_MAX)
+        .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+        .connect_with(options)
+        .await
+        .map_err(|source| connect_error(target, source))
+}
+
+fn connect_error(target: &IndexTarget, source: sqlx::Error) -> IndexError {
+    IndexError::Connect {
+        target: target.to_string(),
+        source,
+    }
+}
+
+fn conflict(table: &'static str, key: String) -> IndexError {
+    IndexError::Conflict { table, key }
+}
+
+fn limit_rows(limit: u32) -> i64 {
+    i64::from(limit.min(ROWS_PER_QUERY_MAX))
+}
+
+/// An event insert that changed nothing hit either its position or its
+/// (stream, stream_offset); both must name this very row.
+fn check_event(stored: Option<&EventSql>, row: &EventSql) -> Result<(), IndexError> {
+    match stored {
+        Some(stored) if stored == row => Ok(()),
+        Some(_) => Err(conflict("events", format!("position {}", row.0))),
+        None => Err(conflict(
+            "events",
+            format!("stream {} offset {}", row.1, row.2),
+        )),
+    }
+}

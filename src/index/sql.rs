@@ -1,0 +1,62 @@
+//! SQL statements shared by both backends.
+//!
+//! Only the schema differs between SQLite and PostgreSQL (see
+//! `migrations/<backend>`); every statement here is written in the subset
+//! both accept: `$n` placeholders, `ON CONFLICT DO NOTHING`, `LIMIT $n`.
+
+pub(crate) const META_GET: &str = "SELECT value FROM meta WHERE key = $1";
+pub(crate) const META_INSERT: &str =
+    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+pub(crate) const EVENT_INSERT: &str = "INSERT INTO events \
+    (position, stream, stream_offset, op, leaf_hash, segment, file_offset) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+pub(crate) const EVENT_BY_POSITION: &str = "SELECT position, stream, stream_offset, op, \
+    leaf_hash, segment, file_offset FROM events WHERE position = $1";
+pub(crate) const EVENTS_FROM: &str = "SELECT position, stream, stream_offset, op, \
+    leaf_hash, segment, file_offset FROM events WHERE position >= $1 \
+    ORDER BY position LIMIT $2";
+pub(crate) const STREAM_EVENTS_FROM: &str = "SELECT position, stream, stream_offset, op, \
+    leaf_hash, segment, file_offset FROM events WHERE stream = $1 AND stream_offset >= $2 \
+    ORDER BY stream_offset LIMIT $3";
+pub(crate) const EVENT_POSITION_MAX: &str = "SELECT max(position) FROM events";
+
+pub(crate) const COMMIT_INSERT: &str = "INSERT INTO commits \
+    (op, view, tree_size, root, time_ns, certificate) \
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+pub(crate) const COMMIT_BY_OP: &str =
+    "SELECT op, view, tree_size, root, time_ns, certificate FROM commits WHERE op = $1";
+pub(crate) const COMMITS_FROM: &str = "SELECT op, view, tree_size, root, time_ns, certificate \
+    FROM commits WHERE op >= $1 ORDER BY op LIMIT $2";
+pub(crate) const COMMIT_LAST: &str = "SELECT op, view, tree_size, root, time_ns, certificate \
+    FROM commits ORDER BY op DESC LIMIT 1";
+
+pub(crate) const KEY_INSERT: &str = "INSERT INTO keys \
+    (key_id, stream, created_ns, rotated_ns, shredded_ns) \
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+pub(crate) const KEY_BY_ID: &str =
+    "SELECT key_id, stream, created_ns, rotated_ns, shredded_ns FROM keys WHERE key_id = $1";
+pub(crate) const KEY_ADVANCE: &str =
+    "UPDATE keys SET rotated_ns = $2, shredded_ns = $3 WHERE key_id = $1";
+pub(crate) const KEYS_ALL: &str =
+    "SELECT key_id, stream, created_ns, rotated_ns, shredded_ns FROM keys ORDER BY key_id";
+
+pub(crate) const ACCESS_INSERT: &str = "INSERT INTO access \
+    (time_ns, principal, role, action, stream, offset_from, offset_to, purpose, outcome, \
+    remote_addr, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub(crate) const VERIFICATION_INSERT: &str = "INSERT INTO verifications \
+    (time_ns, scope, result, report_hash) VALUES ($1, $2, $3, $4)";
+
+pub(crate) const COUNTS: &str = "SELECT \
+    (SELECT count(*) FROM events), \
+    (SELECT count(*) FROM commits), \
+    (SELECT count(*) FROM keys), \
+    (SELECT count(*) FROM access), \
+    (SELECT count(*) FROM verifications)";
+
+/// Projection tables emptied by `clear`; access and verifications stay.
+pub(crate) const CLEAR_PROJECTION: [&str; 3] = [
+    "DELETE FROM events",
+    "DELETE FROM commits",
+    "DELETE FROM keys",
+];
