@@ -1,1 +1,654 @@
-//! segment (in progress).
+//! Segment files and the log scanner.
+//!
+//! The log is split into files `segments/<index as 20 digits>.vseg`. Each
+//! starts with a 64-byte [`SegmentHeader`], then records back to back; a full
+//! segment ends with exactly one Seal record. [`scan_segment`] checks one
+//! file's bytes (pure, no I/O) and tells a torn tail (an unsynced write that
+//! did not finish) from corruption (damage before the tail). [`scan_log_dir`]
+//! reads every segment of a directory in order and checks the hash chain
+//! across them. Storage recovery and `vellum verify` both use it; it reads
+//! files but never writes. The rules are written down in `docs/format.md`
+//! ("Segments", "Crash cases").
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::DecodeError;
+use crate::hash::{Hash, sha256};
+use crate::record::{
+    HEADER_BYTES, MAGIC, MAGIC_OFFSET, OpHeader, RecordKind, SealBody, decode_events,
+    genesis_parent,
+};
+
+/// Size of an encoded [`SegmentHeader`].
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+/// Magic bytes of a segment header, at offset 32.
+pub const SEGMENT_MAGIC: [u8; 4] = *b"VLSG";
+/// The only segment header version this code writes and reads.
+pub const SEGMENT_VERSION: u16 = 1;
+/// File name suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = ".vseg";
+/// Digits of the index in a segment file name.
+const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// The first 64 bytes of every segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub cluster: u128,
+    pub segment_index: u64,
+}
+
+impl SegmentHeader {
+    /// `[checksum: 32][magic][version u16][reserved u16][cluster u128][segment_index u64]`.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut out = [0u8; SEGMENT_HEADER_BYTES];
+        out[32..36].copy_from_slice(&SEGMENT_MAGIC);
+        out[36..38].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        out[40..56].copy_from_slice(&self.cluster.to_le_bytes());
+        out[56..64].copy_from_slice(&self.segment_index.to_le_bytes());
+        let checksum = sha256(&[&out[32..]]);
+        out[0..32].copy_from_slice(&checksum);
+        out
+    }
+
+    /// Decodes and checks magic, checksum, version and reserved bytes.
+    pub fn decode(bytes: &[u8; SEGMENT_HEADER_BYTES]) -> Result<SegmentHeader, DecodeError> {
+        const FORMAT: &str = "segment header";
+        if bytes[32..36] != SEGMENT_MAGIC {
+            return Err(DecodeError::at_byte(FORMAT, 32, "bad magic"));
+        }
+        if sha256(&[&bytes[32..]])[..] != bytes[0..32] {
+            return Err(DecodeError::at_byte(FORMAT, 0, "header checksum mismatch"));
+        }
+        let version = u16::from_le_bytes([bytes[36], bytes[37]]);
+        if version != SEGMENT_VERSION {
+            return Err(DecodeError::at_byte(
+                FORMAT,
+                36,
+                format!("unsupported version {version}"),
+            ));
+        }
+        if bytes[38..40] != [0, 0] {
+            return Err(DecodeError::at_byte(
+                FORMAT,
+                38,
+                "reserved bytes are not zero",
+            ));
+        }
+        let mut cluster = [0u8; 16];
+        cluster.copy_from_slice(&bytes[40..56]);
+        let mut index = [0u8; 8];
+        index.copy_from_slice(&bytes[56..64]);
+        Ok(SegmentHeader {
+            cluster: u128::from_le_bytes(cluster),
+            segment_index: u64::from_le_bytes(index),
+        })
+    }
+}
+
+/// `<index as 20 digits>.vseg`.
+pub fn segment_file_name(index: u64) -> String {
+    format!(
+        "{index:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
+}
+
+/// The index in a segment file name, if the name is exactly one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// One valid record found by the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedRecord {
+    /// File offset of the record's header.
+    pub offset: u64,
+    pub header: OpHeader,
+    /// Where the body lies in the scanned bytes.
+    pub body_range: Range<usize>,
+}
+
+impl ScannedRecord {
+    /// Header plus body length.
+    pub fn encoded_len(&self) -> u64 {
+        (HEADER_BYTES + self.body_range.len()) as u64
+    }
+}
+
+/// How a segment's bytes end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentEnd {
+    /// Ends with a valid Seal at `seal_offset`, nothing after it.
+    Sealed { seal_offset: u64 },
+    /// Clean end of an unsealed segment: the last record ends at end of file.
+    Open,
+    /// From `offset` to the end (`bytes` long) lies an incomplete write: no
+    /// valid record header starts anywhere after `offset`.
+    TornTail { offset: u64, bytes: u64 },
+    /// Damage at `offset` that is not a torn tail; never repaired.
+    Corrupt { offset: u64, reason: String },
+}
+
+/// The result of scanning one segment: the valid records before `end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    pub records: Vec<ScannedRecord>,
+    pub end: SegmentEnd,
+}
+
+/// What the hash chain rules need to remember about the ops seen so far.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    cluster: u128,
+    /// True when every op before the next one is known (scan from genesis).
+    complete: bool,
+    /// Op number of `ops[0]`.
+    base_op: u64,
+    /// (header checksum, tree size) of each op seen, from `base_op` on.
+    ops: Vec<(Hash, u64)>,
+    tip: ChainTip,
+}
+
+/// The last op of the chain so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainTip {
+    /// 0 before op 1.
+    pub last_op: u64,
+    /// Checksum of the last Op header (genesis parent before op 1).
+    pub last_op_checksum: Hash,
+    /// Merkle tree size after the last op.
+    pub tree_size: u64,
+}
+
+impl Chain {
+    /// The chain before op 1 of `cluster`: every rule is checked.
+    pub fn genesis(cluster: u128) -> Chain {
+        Chain {
+            cluster,
+            complete: true,
+            base_op: 1,
+            ops: Vec::new(),
+            tip: ChainTip {
+                last_op: 0,
+                last_op_checksum: genesis_parent(cluster),
+                tree_size: 0,
+            },
+        }
+    }
+
+    /// A chain entered in the middle (a lone segment): links to ops before
+    /// the first one seen cannot be checked and are taken on trust.
+    pub fn unknown(cluster: u128) -> Chain {
+        Chain {
+            complete: false,
+            ..Chain::genesis(cluster)
+        }
+    }
+
+    /// The last op seen.
+    pub fn tip(&self) -> ChainTip {
+        self.tip
+    }
+
+    /// True when `tip()` is known (from genesis, or an op was seen).
+    fn tip_known(&self) -> bool {
+        self.complete || !self.ops.is_empty()
+    }
+
+    /// Checks an Op or Certificate header against the chain, then extends
+    /// the chain with it. Seals are checked by the segment scanner.
+    pub fn check_and_push(&mut self, header: &OpHeader) -> Result<(), String> {
+        if header.cluster != self.cluster {
+            return Err(format!(
+                "cluster {:#x} is not {:#x}",
+                header.cluster, self.cluster
+            ));
+        }
+        match header.kind {
+            RecordKind::Op => self.push_op(header),
+            RecordKind::Certificate => self.check_certificate(header),
+            RecordKind::Seal => Ok(()),
+        }
+    }
+
+    fn push_op(&mut self, header: &OpHeader) -> Result<(), String> {
+        if self.tip_known() {
+            let tip = self.tip;
+            if header.op != tip.last_op + 1 {
+                return Err(format!(
+                    "op {} follows op {} (not consecutive)",
+                    header.op, tip.last_op
+                ));
+            }
+            if header.parent != tip.last_op_checksum {
+                return Err(format!(
+                    "op {} parent is not the checksum of op {}",
+                    header.op, tip.last_op
+                ));
+            }
+            if header.global_position != tip.tree_size {
+                return Err(format!(
+                    "op {} global position {} is not the tree size {} after op {}",
+                    header.op, header.global_position, tip.tree_size, tip.last_op
+                ));
+            }
+        } else {
+            self.base_op = header.op;
+        }
+        let checksum = header.checksum();
+        self.ops.push((checksum, header.tree_size));
+        self.tip = ChainTip {
+            last_op: header.op,
+            last_op_checksum: checksum,
+            tree_size: header.tree_size,
+        };
+        Ok(())
+    }
+
+    fn check_certificate(&self, header: &OpHeader) -> Result<(), String> {
+        if header.op == 0 {
+            return Err("certificate of op 0".to_string());
+        }
+        if self.tip_known() && header.op > self.tip.last_op {
+            return Err(format!(
+                "certificate of op {} not yet in the log",
+                header.op
+            ));
+        }
+        if header.op < self.base_op {
+            assert!(!self.complete, "a complete chain starts at op 1");
+            return Ok(()); // Before the first op seen by a partial scan.
+        }
+        let index = usize::try_from(header.op - self.base_op).expect("op index fits in memory");
+        let (checksum, tree_size) = self.ops[index];
+        if header.parent != checksum {
+            return Err(format!(
+                "certificate parent is not the checksum of op {}",
+                header.op
+            ));
+        }
+        if header.tree_size != tree_size {
+            return Err(format!(
+                "certificate tree size {} is not op {}'s tree size {tree_size}",
+                header.tree_size, header.op
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a Seal header against the chain tip.
+    fn check_seal(&self, header: &OpHeader) -> Result<(), String> {
+        if header.cluster != self.cluster {
+            return Err(format!(
+                "cluster {:#x} is not {:#x}",
+                header.cluster, self.cluster
+            ));
+        }
+        if !self.tip_known() {
+            return Ok(());
+        }
+        let tip = self.tip;
+        if header.op != tip.last_op
+            || header.parent != tip.last_op_checksum
+            || header.tree_size != tip.tree_size
+        {
+            return Err(format!(
+                "seal (op {}, tree size {}) does not match the last op {} (tree size {})",
+                header.op, header.tree_size, tip.last_op, tip.tree_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Scans one segment's bytes on their own. Links to ops in earlier segments
+/// are checked only for segment 0 (which starts at genesis); use
+/// [`scan_segment_with`] to carry a chain across segments.
+pub fn scan_segment(bytes: &[u8], expected_index: u64, cluster: u128) -> SegmentScan {
+    let mut chain = if expected_index == 0 {
+        Chain::genesis(cluster)
+    } else {
+        Chain::unknown(cluster)
+    };
+    scan_segment_with(bytes, expected_index, cluster, &mut chain)
+}
+
+/// Scans one segment's bytes, continuing `chain` (which is extended by each
+/// valid record and left at the last one).
+pub fn scan_segment_with(
+    bytes: &[u8],
+    expected_index: u64,
+    cluster: u128,
+    chain: &mut Chain,
+) -> SegmentScan {
+    let mut records = Vec::new();
+    let end = scan_records(bytes, expected_index, cluster, chain, &mut records);
+    SegmentScan { records, end }
+}
+
+/// Why a record at some offset is not accepted.
+enum Invalid {
+    /// Checksums or framing fail: a torn write or damage, decided by what follows.
+    Unreadable(String),
+    /// Checksums hold but a rule fails: damage (or a writer bug), never torn.
+    Broken(String),
+    /// A valid header whose body runs past the end of the file.
+    Truncated,
+}
+
+fn scan_records(
+    bytes: &[u8],
+    expected_index: u64,
+    cluster: u128,
+    chain: &mut Chain,
+    records: &mut Vec<ScannedRecord>,
+) -> SegmentEnd {
+    if let Err(invalid) = check_segment_header(bytes, expected_index, cluster) {
+        return classify(bytes, 0, invalid);
+    }
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut op_count = 0u64;
+    while pos < bytes.len() {
+        let record = match read_record(bytes, pos) {
+            Ok(record) => record,
+            Err(invalid) => return classify(bytes, pos, invalid),
+        };
+        let header = record.header;
+        let body = &bytes[record.body_range.clone()];
+        let checked = if header.kind == RecordKind::Seal {
+            check_seal(chain, &header, body, records.len() as u64, op_count)
+        } else {
+            check_body(&header, body, record.body_range.start as u64)
+                .and_then(|()| chain.check_and_push(&header))
+        };
+        if let Err(reason) = checked {
+            return SegmentEnd::Corrupt {
+                offset: pos as u64,
+                reason,
+            };
+        }
+        op_count += u64::from(header.kind == RecordKind::Op);
+        let record_end = record.body_range.end;
+        records.push(record);
+        if header.kind == RecordKind::Seal {
+            if record_end != bytes.len() {
+                let reason = format!("{} bytes after the seal", bytes.len() - record_end);
+                return SegmentEnd::Corrupt {
+                    offset: record_end as u64,
+                    reason,
+                };
+            }
+            return SegmentEnd::Sealed {
+                seal_offset: pos as u64,
+            };
+        }
+        pos = record_end;
+    }
+    SegmentEnd::Open
+}
+
+fn check_segment_header(bytes: &[u8], expected_index: u64, cluster: u128) -> Result<(), Invalid> {
+    let header_bytes: &[u8; SEGMENT_HEADER_BYTES] = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Invalid::Unreadable("file shorter than the segment header".to_string()))?;
+    let header =
+        SegmentHeader::decode(header_bytes).map_err(|e| Invalid::Unreadable(e.to_string()))?;
+    if header.segment_index != expected_index {
+        return Err(Invalid::Broken(format!(
+            "segment header says index {}, file name says {expected_index}",
+            header.segment_index
+        )));
+    }
+    if header.cluster != cluster {
+        return Err(Invalid::Broken(format!(
+            "segment of cluster {:#x}, expected {cluster:#x}",
+            header.cluster
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes the record at `pos` and checks its body checksum.
+fn read_record(bytes: &[u8], pos: usize) -> Result<ScannedRecord, Invalid> {
+    let header_bytes: &[u8; HEADER_BYTES] = bytes
+        .get(pos..pos + HEADER_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Invalid::Unreadable("file ends inside a record header".to_string()))?;
+    let header = OpHeader::decode(header_bytes, pos as u64)
+        .map_err(|e| Invalid::Unreadable(e.to_string()))?;
+    let body_start = pos + HEADER_BYTES;
+    let body_end = body_start + header.body_size as usize;
+    let body = bytes.get(body_start..body_end).ok_or(Invalid::Truncated)?;
+    if sha256(&[body]) != header.body_checksum {
+        return Err(Invalid::Unreadable("body checksum mismatch".to_string()));
+    }
+    Ok(ScannedRecord {
+        offset: pos as u64,
+        header,
+        body_range: body_start..body_end,
+    })
+}
+
+/// Decides whether an invalid record at `offset` is a torn tail or corruption.
+fn classify(bytes: &[u8], offset: usize, invalid: Invalid) -> SegmentEnd {
+    let torn = SegmentEnd::TornTail {
+        offset: offset as u64,
+        bytes: (bytes.len() - offset) as u64,
+    };
+    match invalid {
+        Invalid::Broken(reason) => SegmentEnd::Corrupt {
+            offset: offset as u64,
+            reason,
+        },
+        Invalid::Truncated => torn,
+        Invalid::Unreadable(reason) => match find_valid_header_after(bytes, offset) {
+            None => torn,
+            Some(later) => SegmentEnd::Corrupt {
+                offset: offset as u64,
+                reason: format!("{reason}, but a valid record follows at byte {later}"),
+            },
+        },
+    }
+}
+
+/// The first offset after `offset` where a valid record header starts.
+fn find_valid_header_after(bytes: &[u8], offset: usize) -> Option<usize> {
+    let last_start = bytes.len().checked_sub(HEADER_BYTES)?;
+    (offset + 1..=last_start).find(|&start| {
+        bytes[start + MAGIC_OFFSET..start + MAGIC_OFFSET + MAGIC.len()] == MAGIC
+            && OpHeader::decode(
+                bytes[start..start + HEADER_BYTES]
+                    .try_into()
+                    .expect("slice of HEADER_BYTES"),
+                start as u64,
+            )
+            .is_ok()
+    })
+}
+
+/// Checks the body of an Op or Certificate (its checksum already holds).
+fn check_body(header: &OpHeader, body: &[u8], at: u64) -> Result<(), String> {
+    match header.kind {
+        RecordKind::Op => decode_events(body, header.event_count, at)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        RecordKind::Certificate => std::str::from_utf8(body)
+            .map(|_| ())
+            .map_err(|e| format!("certificate body is not utf-8: {e}")),
+        RecordKind::Seal => unreachable!("seals are checked by check_seal"),
+    }
+}
+
+fn check_seal(
+    chain: &Chain,
+    header: &OpHeader,
+    body: &[u8],
+    record_count: u64,
+    op_count: u64,
+) -> Result<(), String> {
+    chain.check_seal(header)?;
+    let seal = SealBody::decode(body, 0).map_err(|e| e.reason)?;
+    if seal.record_count != record_count || seal.op_count != op_count {
+        return Err(format!(
+            "seal counts {} records and {} ops, the segment holds {record_count} and {op_count}",
+            seal.record_count, seal.op_count
+        ));
+    }
+    if record_count == 0 {
+        return Err("seal of an empty segment".to_string());
+    }
+    Ok(())
+}
+
+/// Why a log directory could not be scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: corrupt at byte {offset}: {reason}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// One segment file of a scanned log.
+#[derive(Debug, Clone)]
+pub struct ScannedSegment {
+    pub index: u64,
+    pub path: PathBuf,
+    pub file_len: u64,
+    pub scan: SegmentScan,
+}
+
+/// A whole log directory, checked: only the last segment may be unsealed or
+/// end in a torn tail.
+#[derive(Debug, Clone)]
+pub struct LogScan {
+    pub segments: Vec<ScannedSegment>,
+    /// The chain after the last valid record.
+    pub chain: ChainTip,
+}
+
+impl LogScan {
+    /// The torn tail of the last segment, if any: (file, offset, bytes).
+    pub fn torn_tail(&self) -> Option<(&Path, u64, u64)> {
+        let last = self.segments.last()?;
+        match last.scan.end {
+            SegmentEnd::TornTail { offset, bytes } => Some((&last.path, offset, bytes)),
+            _ => None,
+        }
+    }
+
+    /// Number of valid records in the whole log.
+    pub fn record_count(&self) -> usize {
+        self.segments.iter().map(|s| s.scan.records.len()).sum()
+    }
+}
+
+impl fmt::Display for LogScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} segments, {} records, last op {}",
+            self.segments.len(),
+            self.record_count(),
+            self.chain.last_op
+        )
+    }
+}
+
+/// Reads and checks every segment of `dir` in index order. Errors name the
+/// file and byte offset. Reads files, never writes.
+pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
+    let indexes = list_segments(dir)?;
+    let mut chain = Chain::genesis(cluster);
+    let mut segments = Vec::with_capacity(indexes.len());
+    let count = indexes.len();
+    for (position, index) in indexes.into_iter().enumerate() {
+        let path = dir.join(segment_file_name(index));
+        let bytes = std::fs::read(&path).map_err(|source| ScanError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let scan = scan_segment_with(&bytes, index, cluster, &mut chain);
+        let is_last = position + 1 == count;
+        let corrupt = |offset: u64, reason: String| ScanError::Corrupt {
+            file: path.clone(),
+            offset,
+            reason,
+        };
+        match &scan.end {
+            SegmentEnd::Corrupt { offset, reason } => return Err(corrupt(*offset, reason.clone())),
+            SegmentEnd::TornTail { offset, bytes } if !is_last => {
+                return Err(corrupt(
+                    *offset,
+                    format!(
+                        "{bytes} unreadable bytes at the end of a segment that is not the last"
+                    ),
+                ));
+            }
+            SegmentEnd::Open if !is_last => {
+                return Err(corrupt(
+                    bytes.len() as u64,
+                    "segment is not sealed but is not the last".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        segments.push(ScannedSegment {
+            index,
+            path,
+            file_len: bytes.len() as u64,
+            scan,
+        });
+    }
+    Ok(LogScan {
+        segments,
+        chain: chain.tip(),
+    })
+}
+
+/// Segment indexes of `dir`, checked to run 0, 1, 2, ... without a gap.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, ScanError> {
+    let io = |source| ScanError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut indexes = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        if !name.ends_with(SEGMENT_SUFFIX) {
+            continue;
+        }
+        let index = parse_segment_file_name(&name).ok_or_else(|| ScanError::Corrupt {
+            file: dir.join(name.as_ref()),
+            offset: 0,
+            reason: "not a segment file name (20 digits then .vseg)".to_string(),
+        })?;
+        indexes.push(index);
+    }
+    indexes.sort_unstable();
+    for (expected, index) in indexes.iter().enumerate() {
+        if *index != expected as u64 {
+            return Err(ScanError::Corrupt {
+                file: dir.join(segment_file_name(expected as u64)),
+                offset: 0,
+                reason: format!("segment {expected} is missing (next present is {index})"),
+            });
+        }
+    }
+    Ok(indexes)
+}

@@ -1,0 +1,407 @@
+//! The segment format and the scanner: headers, torn tails versus corruption,
+//! bit flips, sealing and the hash chain across segments.
+
+use proptest::prelude::*;
+use vellum_audit::record::{
+    HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, encode_events, genesis_parent,
+};
+use vellum_audit::segment::{
+    ScanError, SegmentEnd, SegmentHeader, parse_segment_file_name, scan_log_dir, scan_segment,
+    segment_file_name,
+};
+
+const CLUSTER: u128 = 0xc1;
+
+/// Builds well-formed segments in memory, the way storage writes them.
+struct LogBuilder {
+    segments: Vec<Vec<u8>>,
+    last_op: u64,
+    last_checksum: [u8; 32],
+    tree_size: u64,
+    checksums: Vec<([u8; 32], u64)>,
+    records_in_segment: u64,
+    ops_in_segment: u64,
+}
+
+impl LogBuilder {
+    fn new() -> Self {
+        LogBuilder {
+            segments: vec![
+                SegmentHeader {
+                    cluster: CLUSTER,
+                    segment_index: 0,
+                }
+                .encode()
+                .to_vec(),
+            ],
+            last_op: 0,
+            last_checksum: genesis_parent(CLUSTER),
+            tree_size: 0,
+            checksums: Vec::new(),
+            records_in_segment: 0,
+            ops_in_segment: 0,
+        }
+    }
+
+    fn push(&mut self, record: &Record) {
+        self.segments
+            .last_mut()
+            .expect("one segment")
+            .extend_from_slice(&record.encode());
+        self.records_in_segment += 1;
+    }
+
+    fn op(&mut self, events: u32) -> Record {
+        let mut header = OpHeader::empty(RecordKind::Op, CLUSTER);
+        header.parent = self.last_checksum;
+        header.op = self.last_op + 1;
+        header.commit = self.last_op;
+        header.stream = 16;
+        header.global_position = self.tree_size;
+        header.event_count = events;
+        header.tree_size = self.tree_size + u64::from(events);
+        header.key_id = 1;
+        let sealed: Vec<Vec<u8>> = (0..events)
+            .map(|i| vec![i as u8; 16 + i as usize])
+            .collect();
+        let frames: Vec<([u8; 12], &[u8])> =
+            sealed.iter().map(|s| ([7; 12], s.as_slice())).collect();
+        let record = Record::new(header, encode_events(&frames));
+        self.last_op += 1;
+        self.last_checksum = record.checksum();
+        self.tree_size = record.header.tree_size;
+        self.checksums.push((self.last_checksum, self.tree_size));
+        self.ops_in_segment += 1;
+        self.push(&record);
+        record
+    }
+
+    fn certificate(&mut self, op: u64) {
+        let mut header = OpHeader::empty(RecordKind::Certificate, CLUSTER);
+        let (parent, tree_size) = self.checksums[op as usize - 1];
+        header.parent = parent;
+        header.op = op;
+        header.tree_size = tree_size;
+        self.push(&Record::new(header, b"example.org/log\n1\nAAAA\n".to_vec()));
+    }
+
+    fn seal(&mut self) {
+        let mut header = OpHeader::empty(RecordKind::Seal, CLUSTER);
+        header.parent = self.last_checksum;
+        header.op = self.last_op;
+        header.tree_size = self.tree_size;
+        let body = SealBody {
+            tree_root: [9; 32],
+            record_count: self.records_in_segment,
+            op_count: self.ops_in_segment,
+        };
+        self.push(&Record::new(header, body.encode().to_vec()));
+        let index = self.segments.len() as u64;
+        self.segments.push(
+            SegmentHeader {
+                cluster: CLUSTER,
+                segment_index: index,
+            }
+            .encode()
+            .to_vec(),
+        );
+        self.records_in_segment = 0;
+        self.ops_in_segment = 0;
+    }
+
+    fn write_dir(&self, dir: &std::path::Path) {
+        for (index, bytes) in self.segments.iter().enumerate() {
+            std::fs::write(dir.join(segment_file_name(index as u64)), bytes)
+                .expect("write segment");
+        }
+    }
+}
+
+/// Offsets at which records (and the segment header, at 0) start, plus the end.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let scan = scan_segment(bytes, 0, CLUSTER);
+    let mut starts = vec![0];
+    starts.extend(scan.records.iter().map(|r| r.offset as usize));
+    starts.push(bytes.len());
+    starts
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).expect("random");
+    let dir = std::env::temp_dir().join(format!(
+        "vellum-segment-test-{}",
+        u64::from_le_bytes(random)
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+proptest! {
+    /// Goal: segment headers round-trip.
+    #[test]
+    fn segment_header_round_trips(cluster in any::<u128>(), segment_index in any::<u64>()) {
+        let header = SegmentHeader { cluster, segment_index };
+        prop_assert_eq!(SegmentHeader::decode(&header.encode()).expect("well formed"), header);
+    }
+
+    /// Goal: file names round-trip through their 20-digit form.
+    #[test]
+    fn segment_names_round_trip(index in any::<u64>()) {
+        prop_assert_eq!(parse_segment_file_name(&segment_file_name(index)), Some(index));
+    }
+}
+
+/// Goal: the encoded segment header is byte-for-byte the blessed golden file.
+#[test]
+fn segment_header_matches_golden() {
+    let bytes = SegmentHeader {
+        cluster: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        segment_index: 5,
+    }
+    .encode();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/segment_header.bin");
+    if std::env::var_os("VELLUM_BLESS").is_some() {
+        std::fs::write(&path, bytes).expect("write golden file");
+    }
+    let golden = std::fs::read(&path).expect("golden file exists (bless with VELLUM_BLESS=1)");
+    assert_eq!(golden, bytes, "segment header format changed");
+}
+
+/// Goal: a well-formed open segment scans clean with every record, and a sealed one ends Sealed.
+#[test]
+fn clean_segments_scan() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    log.op(3);
+    log.certificate(2);
+    log.op(0);
+    let scan = scan_segment(&log.segments[0], 0, CLUSTER);
+    assert_eq!(scan.end, SegmentEnd::Open);
+    assert_eq!(scan.records.len(), 4);
+    log.seal();
+    let scan = scan_segment(&log.segments[0], 0, CLUSTER);
+    assert!(
+        matches!(scan.end, SegmentEnd::Sealed { .. }),
+        "{:?}",
+        scan.end
+    );
+    assert_eq!(scan.records.len(), 5);
+}
+
+/// Goal: every prefix of an unsynced last record is a torn tail at the record's start, never corruption.
+#[test]
+fn every_prefix_of_last_record_is_torn_tail() {
+    let mut log = LogBuilder::new();
+    log.op(2);
+    let synced = log.segments[0].len();
+    log.op(3);
+    let full = log.segments[0].clone();
+    for cut in synced + 1..full.len() {
+        let scan = scan_segment(&full[..cut], 0, CLUSTER);
+        assert_eq!(scan.records.len(), 1, "cut {cut}");
+        assert_eq!(
+            scan.end,
+            SegmentEnd::TornTail {
+                offset: synced as u64,
+                bytes: (cut - synced) as u64
+            },
+            "cut {cut}"
+        );
+        // The same prefix followed by garbage is still only a torn tail.
+        let mut garbage = full[..cut].to_vec();
+        garbage.extend((0..300u32).map(|i| (i * 131 + cut as u32) as u8));
+        let scan = scan_segment(&garbage, 0, CLUSTER);
+        assert_eq!(scan.records.len(), 1, "garbage cut {cut}");
+        assert!(
+            matches!(scan.end, SegmentEnd::TornTail { offset, .. } if offset == synced as u64),
+            "garbage cut {cut}"
+        );
+    }
+}
+
+/// Goal: every single-bit flip anywhere in a sealed segment is refused, located at the record holding the byte.
+#[test]
+fn every_bit_flip_in_sealed_segment_is_caught() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    log.op(2);
+    log.certificate(1);
+    log.op(1);
+    log.seal();
+    let clean = log.segments[0].clone();
+    let starts = record_starts(&clean);
+    for byte in 0..clean.len() {
+        let record_start = *starts
+            .iter()
+            .rev()
+            .find(|s| **s <= byte)
+            .expect("0 is a start") as u64;
+        let mut flipped = clean.clone();
+        flipped[byte] ^= 1 << (byte % 8);
+        let scan = scan_segment(&flipped, 0, CLUSTER);
+        match scan.end {
+            SegmentEnd::Corrupt { offset, .. } | SegmentEnd::TornTail { offset, .. } => {
+                assert_eq!(offset, record_start, "flip at {byte}")
+            }
+            other => panic!("flip at byte {byte} accepted: {other:?}"),
+        }
+    }
+}
+
+/// Goal: a bad record followed by a valid one is corruption, not a torn tail.
+#[test]
+fn damage_before_a_valid_record_is_corrupt() {
+    let mut log = LogBuilder::new();
+    let first = log.op(1);
+    log.op(1);
+    let mut bytes = log.segments[0].clone();
+    let body_byte = 64 + HEADER_BYTES + 2;
+    bytes[body_byte] ^= 0xff;
+    let scan = scan_segment(&bytes, 0, CLUSTER);
+    assert!(
+        matches!(scan.end, SegmentEnd::Corrupt { offset: 64, .. }),
+        "{:?}",
+        scan.end
+    );
+    assert!(scan.records.is_empty());
+    assert_eq!(first.header.op, 1);
+}
+
+/// Goal: records that break the chain (reordered, skipped, replayed) are corrupt even with valid checksums.
+#[test]
+fn broken_chain_is_corrupt() {
+    let mut log = LogBuilder::new();
+    let one = log.op(1);
+    let two = log.op(1);
+    let header = SegmentHeader {
+        cluster: CLUSTER,
+        segment_index: 0,
+    }
+    .encode()
+    .to_vec();
+    for order in [vec![&two, &one], vec![&one, &one], vec![&two]] {
+        let mut bytes = header.clone();
+        for record in &order {
+            bytes.extend(record.encode());
+        }
+        let scan = scan_segment(&bytes, 0, CLUSTER);
+        assert!(
+            matches!(scan.end, SegmentEnd::Corrupt { .. }),
+            "{:?}",
+            scan.end
+        );
+    }
+}
+
+/// Goal: a segment scanned under the wrong index or cluster is corrupt at byte 0.
+#[test]
+fn misplaced_segment_is_corrupt() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    let scan = scan_segment(&log.segments[0], 3, CLUSTER);
+    assert!(
+        matches!(scan.end, SegmentEnd::Corrupt { offset: 0, .. }),
+        "{:?}",
+        scan.end
+    );
+    let scan = scan_segment(&log.segments[0], 0, CLUSTER + 1);
+    assert!(
+        matches!(scan.end, SegmentEnd::Corrupt { offset: 0, .. }),
+        "{:?}",
+        scan.end
+    );
+}
+
+/// Goal: bytes after a seal are corruption.
+#[test]
+fn bytes_after_seal_are_corrupt() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    log.seal();
+    let mut bytes = log.segments[0].clone();
+    let end = bytes.len() as u64;
+    bytes.extend_from_slice(&[0u8; 10]);
+    let scan = scan_segment(&bytes, 0, CLUSTER);
+    assert_eq!(
+        scan.end,
+        SegmentEnd::Corrupt {
+            offset: end,
+            reason: "10 bytes after the seal".to_string()
+        }
+    );
+}
+
+/// Goal: a log directory chains across segments, and its damage is named by file and offset.
+#[test]
+fn log_dir_checks_chain_across_segments() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    log.op(2);
+    log.seal();
+    log.certificate(2);
+    log.op(1);
+    log.seal();
+    log.op(4);
+    let dir = tempdir();
+    log.write_dir(&dir);
+    let scan = scan_log_dir(&dir, CLUSTER).expect("clean log");
+    assert_eq!(scan.segments.len(), 3);
+    assert_eq!(scan.chain.last_op, 4);
+    assert_eq!(scan.chain.tree_size, 8);
+    assert!(scan.torn_tail().is_none());
+
+    // Swap segment 1 with a segment that does not chain (op 3 replaced by a fresh op 1 chain).
+    let mut other = LogBuilder::new();
+    other.op(1);
+    other.op(1);
+    other.seal();
+    other.op(1);
+    other.seal();
+    let path = dir.join(segment_file_name(1));
+    std::fs::write(&path, &other.segments[1]).expect("write");
+    match scan_log_dir(&dir, CLUSTER) {
+        Err(ScanError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, path);
+            assert_eq!(offset, 64);
+        }
+        other => panic!("broken chain accepted: {other:?}"),
+    }
+
+    // A missing middle segment is named.
+    std::fs::remove_file(&path).expect("remove");
+    match scan_log_dir(&dir, CLUSTER) {
+        Err(ScanError::Corrupt { file, .. }) => assert_eq!(file, path),
+        other => panic!("gap accepted: {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: only the last segment may be unsealed or torn.
+#[test]
+fn only_last_segment_may_be_open_or_torn() {
+    let mut log = LogBuilder::new();
+    log.op(1);
+    log.seal();
+    log.op(1);
+    let dir = tempdir();
+    log.write_dir(&dir);
+    // Torn last segment: accepted and reported.
+    let last = dir.join(segment_file_name(1));
+    let mut bytes = log.segments[1].clone();
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(&last, &bytes).expect("write");
+    let scan = scan_log_dir(&dir, CLUSTER).expect("torn last is fine");
+    assert_eq!(scan.torn_tail().map(|(_, offset, _)| offset), Some(64));
+    // The seal of segment 0 torn: not the last, so corrupt.
+    let first = dir.join(segment_file_name(0));
+    let mut bytes = log.segments[0].clone();
+    bytes.truncate(bytes.len() - 1);
+    std::fs::write(&first, &bytes).expect("write");
+    match scan_log_dir(&dir, CLUSTER) {
+        Err(ScanError::Corrupt { file, .. }) => assert_eq!(file, first),
+        other => panic!("torn sealed segment accepted: {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
