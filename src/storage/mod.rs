@@ -1,1 +1,635 @@
-//! storage (in progress).
+//! The segment store: an append-only log of records in segment files, with
+//! group commit and crash recovery.
+//!
+//! Callers `submit` encoded records in log order and get a [`Ticket`] at once;
+//! one writer thread takes everything queued, writes it with one write and
+//! one fdatasync, then wakes every waiter of that batch (group commit).
+//! A full segment is sealed (Seal record, fdatasync) before the next one is
+//! created (header, fdatasync, directory fsync). On open, the log is checked
+//! with the audit crate's scanner (the same code `vellum verify` runs): a torn
+//! tail of the last segment is cut off and reported; anything else wrong
+//! fails the open and nothing is repaired. A failed write or fdatasync
+//! poisons the handle until it is reopened; an fsync is never retried
+//! ("fsyncgate"). The formats are in `docs/format.md`.
+
+pub mod file;
+mod recovery;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use vellum_audit::hash::{Hash, sha256};
+use vellum_audit::record::{BODY_BYTES_MAX, HEADER_BYTES, OpHeader, Record, RecordKind};
+use vellum_audit::segment::{ChainTip, SEGMENT_HEADER_BYTES};
+
+pub use file::{FaultFs, RealFs, SegmentFile, SegmentFs};
+
+/// Encoded size of a Seal record (header and 48-byte body).
+pub const SEAL_RECORD_BYTES: u64 = (HEADER_BYTES + vellum_audit::record::SEAL_BODY_BYTES) as u64;
+/// Smallest allowed `segment_bytes_max`.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+/// Name of the directory of segment files inside the data directory.
+pub const SEGMENTS_DIR: &str = "segments";
+
+/// Limits of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// A segment is sealed before a record would take it past this size
+    /// (a single record larger than a segment gets a segment of its own).
+    pub segment_bytes_max: u64,
+    /// Most records written by one write + fdatasync.
+    pub batch_records_max: usize,
+    /// Most bytes written by one write + fdatasync (at least one record).
+    pub batch_bytes_max: usize,
+    /// Most records queued and not yet taken by the writer; `submit` blocks
+    /// while the queue is full.
+    pub queue_records_max: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            segment_bytes_max: 64 * 1024 * 1024,
+            batch_records_max: 1024,
+            batch_bytes_max: 16 * 1024 * 1024,
+            queue_records_max: 4096,
+        }
+    }
+}
+
+/// Where a record lies: segment index, file offset, encoded length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLocation {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A submitted record: its place in the submit order and where it will lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    seq: u64,
+    location: RecordLocation,
+}
+
+impl Ticket {
+    /// Where the record will lie once durable.
+    pub fn location(&self) -> RecordLocation {
+        self.location
+    }
+}
+
+/// A torn tail cut off during recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// What `open` found.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Every valid record in log order, all kinds (Seals included).
+    pub records: Vec<(RecordLocation, OpHeader)>,
+    /// The torn tail cut off the last segment, if there was one.
+    pub torn_tail: Option<TornTail>,
+    /// Segment files in the log after open.
+    pub segments: u64,
+    /// The last op of the log (0 and the genesis parent when empty).
+    pub chain: ChainTip,
+}
+
+/// Counters of the writer, for tests and `vellum bench`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Records made durable (Seals included).
+    pub records: u64,
+    /// Batches written (each one write of records and one fdatasync).
+    pub batches: u64,
+    /// fdatasync calls on segment files, including seals and new headers.
+    pub syncs: u64,
+    /// Segments created since open.
+    pub segments_created: u64,
+}
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("i/o error on {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: corrupt at byte {offset}: {reason}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A write or fdatasync failed; every call fails until reopened.
+    #[error("storage poisoned by a failed write or sync, reopen to recover: {0}")]
+    Poisoned(String),
+    #[error("record body of {bytes} bytes exceeds the limit of {max} bytes")]
+    TooLarge { bytes: u64, max: u64 },
+    /// The record or config breaks a rule (chain, kind, limits); nothing was written.
+    #[error("refused: {0}")]
+    Rejected(String),
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// The segment store. Send + Sync; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Storage {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// One queued unit of work for the writer, in log order.
+#[derive(Debug)]
+enum Item {
+    Record {
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    /// Write this Seal record, sync, then create segment `next` and write to it.
+    Roll {
+        seal: Vec<u8>,
+        next: u64,
+    },
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Record { bytes, .. } => bytes.len(),
+            Item::Roll { seal, .. } => seal.len(),
+        }
+    }
+}
+
+/// Where the next submitted record goes, and the chain as submitted so far.
+#[derive(Debug, Clone)]
+struct Tail {
+    segment: u64,
+    offset: u64,
+    records: u64,
+    ops: u64,
+    view: u64,
+    chain: ChainTip,
+    /// Merkle (size, root) after the last submitted record; unknown right
+    /// after open until `resume_tree` or the next submit.
+    tree: Option<(u64, Hash)>,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Item>,
+    queued_records: usize,
+    next_seq: u64,
+    /// Every seq below this is durable.
+    durable_seq: u64,
+    poisoned: Option<String>,
+    closing: bool,
+    tail: Tail,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cluster: u128,
+    config: StorageConfig,
+    fs: Arc<dyn SegmentFs>,
+    state: Mutex<State>,
+    /// Signals the writer: work queued or closing.
+    work: Condvar,
+    /// Signals waiters: a batch became durable, or poisoned.
+    durable: Condvar,
+    /// Signals submitters: the queue has room.
+    space: Condvar,
+    /// Open segment files for reads (the writer inserts new ones).
+    files: RwLock<BTreeMap<u64, Arc<dyn SegmentFile>>>,
+    records_written: AtomicU64,
+    batches: AtomicU64,
+    syncs: AtomicU64,
+    segments_created: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("storage lock is never held across a panic")
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the log in `dir/segments`, recovering from a crash.
+    pub fn open(
+        dir: &Path,
+        cluster: u128,
+        config: StorageConfig,
+    ) -> Result<(Storage, Recovery), StorageError> {
+        let segments = dir.join(SEGMENTS_DIR);
+        std::fs::create_dir_all(&segments).map_err(|source| StorageError::Io {
+            path: segments.clone(),
+            source,
+        })?;
+        Storage::open_with(&segments, cluster, config, Arc::new(RealFs::new(&segments)))
+    }
+
+    /// Like [`Storage::open`] on the segment directory itself, writing
+    /// through `fs` (tests pass a [`FaultFs`]).
+    pub fn open_with(
+        segments_dir: &Path,
+        cluster: u128,
+        config: StorageConfig,
+        fs: Arc<dyn SegmentFs>,
+    ) -> Result<(Storage, Recovery), StorageError> {
+        check_config(&config)?;
+        let recovered = recovery::recover(segments_dir, cluster, fs.as_ref())?;
+        let state = State {
+            queue: VecDeque::new(),
+            queued_records: 0,
+            next_seq: 0,
+            durable_seq: 0,
+            poisoned: None,
+            closing: false,
+            tail: recovered.tail,
+        };
+        let shared = Arc::new(Shared {
+            cluster,
+            config,
+            fs,
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            durable: Condvar::new(),
+            space: Condvar::new(),
+            files: RwLock::new(recovered.files),
+            records_written: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(recovered.syncs),
+            segments_created: AtomicU64::new(recovered.segments_created),
+        });
+        let writer = writer::spawn(Arc::clone(&shared), recovered.current).map_err(|source| {
+            StorageError::Io {
+                path: segments_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok((
+            Storage {
+                shared,
+                writer: Some(writer),
+            },
+            recovered.recovery,
+        ))
+    }
+
+    /// Enqueues one record, in log order; returns at once (blocks only while
+    /// the queue is full). `tree_after` is the Merkle (size, root) after this
+    /// record, kept so a seal written after it carries the root.
+    ///
+    /// Refuses (nothing written) a record that is not the next link of the
+    /// chain: an Op must be op `last + 1` with the last op's checksum as
+    /// parent and the tree size as global position; a Certificate must
+    /// certify an op already submitted; Seals are written by storage only.
+    pub fn submit(&self, record: Record, tree_after: (u64, Hash)) -> Result<Ticket, StorageError> {
+        check_record_alone(&record, self.shared.cluster)?;
+        let bytes = record.encode();
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(reason) = &state.poisoned {
+                return Err(StorageError::Poisoned(reason.clone()));
+            }
+            if state.closing {
+                return Err(StorageError::Closed);
+            }
+            if state.queued_records < self.shared.config.queue_records_max {
+                break;
+            }
+            state = self
+                .shared
+                .space
+                .wait(state)
+                .expect("storage lock is never held across a panic");
+        }
+        check_chain(&state.tail, &record.header, tree_after)?;
+        let location = place(
+            &mut state,
+            &self.shared,
+            &record.header,
+            bytes.len() as u64,
+            tree_after,
+        );
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.queued_records += 1;
+        state.queue.push_back(Item::Record { seq, bytes });
+        self.shared.work.notify_one();
+        Ok(Ticket { seq, location })
+    }
+
+    /// Blocks until the ticket's record is fdatasync'ed; concurrent waiters
+    /// share one fdatasync. A record made durable before a failure is still
+    /// reported durable; later ones get `Poisoned`.
+    pub fn wait_durable(&self, ticket: Ticket) -> Result<RecordLocation, StorageError> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.durable_seq > ticket.seq {
+                return Ok(ticket.location);
+            }
+            if let Some(reason) = &state.poisoned {
+                return Err(StorageError::Poisoned(reason.clone()));
+            }
+            state = self
+                .shared
+                .durable
+                .wait(state)
+                .expect("storage lock is never held across a panic");
+        }
+    }
+
+    /// Waits until everything submitted so far is durable.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let mut state = self.shared.lock();
+        let target = state.next_seq;
+        loop {
+            if let Some(reason) = &state.poisoned {
+                return Err(StorageError::Poisoned(reason.clone()));
+            }
+            if state.durable_seq >= target {
+                return Ok(());
+            }
+            state = self
+                .shared
+                .durable
+                .wait(state)
+                .expect("storage lock is never held across a panic");
+        }
+    }
+
+    /// Reads the record at `location` and checks both its checksums.
+    pub fn read(&self, location: RecordLocation) -> Result<Record, StorageError> {
+        let path = self.shared.fs.path(location.segment);
+        let file = self.file(location.segment)?;
+        let mut bytes = vec![0u8; location.len as usize];
+        file.read_exact_at(&mut bytes, location.offset)
+            .map_err(|source| StorageError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Record::decode(&bytes, location.offset).map_err(|error| StorageError::Corrupt {
+            file: path,
+            offset: location.offset,
+            reason: error.to_string(),
+        })
+    }
+
+    /// Tells storage the Merkle (size, root) after the last recovered record,
+    /// so the first record after a reopen may roll the segment over. Without
+    /// it, that first record goes into the current segment regardless of size.
+    pub fn resume_tree(&self, tree: (u64, Hash)) -> Result<(), StorageError> {
+        let mut state = self.shared.lock();
+        if tree.0 != state.tail.chain.tree_size {
+            return Err(StorageError::Rejected(format!(
+                "tree size {} is not the log's tree size {}",
+                tree.0, state.tail.chain.tree_size
+            )));
+        }
+        state.tail.tree = Some(tree);
+        Ok(())
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> StorageStats {
+        StorageStats {
+            records: self.shared.records_written.load(Ordering::SeqCst),
+            batches: self.shared.batches.load(Ordering::SeqCst),
+            syncs: self.shared.syncs.load(Ordering::SeqCst),
+            segments_created: self.shared.segments_created.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Writes and syncs everything submitted, then stops the writer.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.stop();
+        match self.shared.lock().poisoned.clone() {
+            Some(reason) => Err(StorageError::Poisoned(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.work.notify_all();
+        self.shared.space.notify_all();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            let mut state = self.shared.lock();
+            state
+                .poisoned
+                .get_or_insert_with(|| "the writer thread panicked".to_string());
+            self.shared.durable.notify_all();
+        }
+    }
+
+    fn file(&self, segment: u64) -> Result<Arc<dyn SegmentFile>, StorageError> {
+        let files = &self.shared.files;
+        if let Some(file) = files
+            .read()
+            .expect("files lock is never held across a panic")
+            .get(&segment)
+        {
+            return Ok(Arc::clone(file));
+        }
+        let file = self
+            .shared
+            .fs
+            .open(segment)
+            .map_err(|source| StorageError::Io {
+                path: self.shared.fs.path(segment),
+                source,
+            })?;
+        let mut files = files
+            .write()
+            .expect("files lock is never held across a panic");
+        Ok(Arc::clone(files.entry(segment).or_insert(file)))
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn check_config(config: &StorageConfig) -> Result<(), StorageError> {
+    if config.segment_bytes_max < SEGMENT_BYTES_MIN {
+        return Err(StorageError::Rejected(format!(
+            "config: segment_bytes_max {} is below {SEGMENT_BYTES_MIN}",
+            config.segment_bytes_max
+        )));
+    }
+    if config.batch_records_max == 0 || config.batch_bytes_max == 0 || config.queue_records_max == 0
+    {
+        return Err(StorageError::Rejected(
+            "config: batch and queue limits must be at least 1".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks that need no lock: size, cluster, kind rules, body checksum.
+fn check_record_alone(record: &Record, cluster: u128) -> Result<(), StorageError> {
+    let header = &record.header;
+    if record.body.len() > BODY_BYTES_MAX {
+        return Err(StorageError::TooLarge {
+            bytes: record.body.len() as u64,
+            max: BODY_BYTES_MAX as u64,
+        });
+    }
+    if header.cluster != cluster {
+        return Err(StorageError::Rejected(format!(
+            "record of cluster {:#x}, storage of {cluster:#x}",
+            header.cluster
+        )));
+    }
+    if header.kind == RecordKind::Seal {
+        return Err(StorageError::Rejected(
+            "seal records are written by storage only".to_string(),
+        ));
+    }
+    header.check_rules().map_err(StorageError::Rejected)?;
+    if header.body_size as usize != record.body.len()
+        || sha256(&[&record.body]) != header.body_checksum
+    {
+        return Err(StorageError::Rejected(
+            "body size or body checksum does not match the body".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The chain rules against what was submitted before.
+fn check_chain(
+    tail: &Tail,
+    header: &OpHeader,
+    tree_after: (u64, Hash),
+) -> Result<(), StorageError> {
+    let chain = tail.chain;
+    let reject = |reason: String| Err(StorageError::Rejected(reason));
+    match header.kind {
+        RecordKind::Op => {
+            if header.op != chain.last_op + 1 || header.parent != chain.last_op_checksum {
+                return reject(format!(
+                    "op {} does not follow op {}",
+                    header.op, chain.last_op
+                ));
+            }
+            if header.global_position != chain.tree_size {
+                return reject(format!(
+                    "op {} starts at {}, tree size is {}",
+                    header.op, header.global_position, chain.tree_size
+                ));
+            }
+            if tree_after.0 != header.tree_size {
+                return reject(format!(
+                    "tree_after size {} is not the op's tree size {}",
+                    tree_after.0, header.tree_size
+                ));
+            }
+        }
+        RecordKind::Certificate => {
+            if header.op == 0 || header.op > chain.last_op {
+                return reject(format!(
+                    "certificate of op {} (last op {})",
+                    header.op, chain.last_op
+                ));
+            }
+            if tree_after.0 != chain.tree_size {
+                return reject(format!(
+                    "tree_after size {} is not the tree size {}",
+                    tree_after.0, chain.tree_size
+                ));
+            }
+        }
+        RecordKind::Seal => unreachable!("refused by check_record_alone"),
+    }
+    Ok(())
+}
+
+/// Decides where a record of `len` bytes goes, queueing a seal and rollover
+/// first when it would take the segment past its limit. Returns its location.
+fn place(
+    state: &mut State,
+    shared: &Shared,
+    header: &OpHeader,
+    len: u64,
+    tree_after: (u64, Hash),
+) -> RecordLocation {
+    let tail = &state.tail;
+    let full = tail.offset + len + SEAL_RECORD_BYTES > shared.config.segment_bytes_max;
+    if full
+        && tail.records > 0
+        && let Some(tree) = tail.tree
+    {
+        let seal = seal_record(shared.cluster, tail, tree);
+        let next = tail.segment + 1;
+        state.queue.push_back(Item::Roll {
+            seal: seal.encode(),
+            next,
+        });
+        state.tail = Tail {
+            segment: next,
+            offset: SEGMENT_HEADER_BYTES as u64,
+            records: 0,
+            ops: 0,
+            ..state.tail.clone()
+        };
+    }
+    let tail = &mut state.tail;
+    let location = RecordLocation {
+        segment: tail.segment,
+        offset: tail.offset,
+        len: u32::try_from(len).expect("records are bounded by BODY_BYTES_MAX"),
+    };
+    tail.offset += len;
+    tail.records += 1;
+    tail.view = header.view;
+    tail.tree = Some(tree_after);
+    if header.kind == RecordKind::Op {
+        tail.ops += 1;
+        tail.chain = ChainTip {
+            last_op: header.op,
+            last_op_checksum: header.checksum(),
+            tree_size: header.tree_size,
+        };
+    }
+    location
+}
+
+/// The Seal record closing the tail's segment.
+fn seal_record(cluster: u128, tail: &Tail, tree: (u64, Hash)) -> Record {
+    assert_eq!(
+        tree.0, tail.chain.tree_size,
+        "tree after the last record matches the chain"
+    );
+    let mut header = OpHeader::empty(RecordKind::Seal, cluster);
+    header.parent = tail.chain.last_op_checksum;
+    header.view = tail.view;
+    header.op = tail.chain.last_op;
+    header.tree_size = tree.0;
+    let body = vellum_audit::record::SealBody {
+        tree_root: tree.1,
+        record_count: tail.records,
+        op_count: tail.ops,
+    };
+    Record::new(header, body.encode().to_vec())
+}

@@ -1,0 +1,189 @@
+//! Opening a log after a clean shutdown or a crash.
+//!
+//! The audit scanner decides what is on disk (the same rules `vellum verify`
+//! applies). Only one thing is ever changed: a torn tail of the last segment,
+//! an unsynced write that did not finish, is cut off (ftruncate + fsync) and
+//! reported. Any other damage fails the open with the file and byte offset;
+//! nothing is repaired.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+
+use vellum_audit::segment::{LogScan, ScanError, SegmentEnd, SegmentHeader, scan_log_dir};
+
+use super::{RecordLocation, Recovery, SegmentFile, SegmentFs, StorageError, Tail, TornTail};
+
+/// Everything `Storage::open_with` needs to start the writer.
+pub(super) struct Recovered {
+    pub recovery: Recovery,
+    pub tail: Tail,
+    /// The segment the writer appends to.
+    pub current: (u64, Arc<dyn SegmentFile>),
+    pub files: BTreeMap<u64, Arc<dyn SegmentFile>>,
+    pub syncs: u64,
+    pub segments_created: u64,
+}
+
+pub(super) fn recover(
+    segments_dir: &Path,
+    cluster: u128,
+    fs: &dyn SegmentFs,
+) -> Result<Recovered, StorageError> {
+    let scan = scan_log_dir(segments_dir, cluster).map_err(|error| match error {
+        ScanError::Io { path, source } => StorageError::Io { path, source },
+        ScanError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => StorageError::Corrupt {
+            file,
+            offset,
+            reason,
+        },
+    })?;
+    let torn_tail = cut_torn_tail(&scan)?;
+    let mut records = Vec::with_capacity(scan.record_count());
+    for segment in &scan.segments {
+        for record in &segment.scan.records {
+            let len =
+                u32::try_from(record.encoded_len()).expect("records are bounded by BODY_BYTES_MAX");
+            records.push((
+                RecordLocation {
+                    segment: segment.index,
+                    offset: record.offset,
+                    len,
+                },
+                record.header,
+            ));
+        }
+    }
+    let view = records.last().map_or(0, |(_, header)| header.view);
+    let (tail, current, syncs, created) = open_tail(&scan, cluster, fs, view)?;
+    let segments = tail.segment + 1;
+    let mut files = BTreeMap::new();
+    files.insert(current.0, Arc::clone(&current.1));
+    Ok(Recovered {
+        recovery: Recovery {
+            records,
+            torn_tail,
+            segments,
+            chain: scan.chain,
+        },
+        tail,
+        current,
+        files,
+        syncs,
+        segments_created: created,
+    })
+}
+
+/// Cuts the torn tail of the last segment, if any, and makes the cut durable.
+fn cut_torn_tail(scan: &LogScan) -> Result<Option<TornTail>, StorageError> {
+    let Some((path, offset, bytes)) = scan.torn_tail() else {
+        return Ok(None);
+    };
+    let io = |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+    file.set_len(offset).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    // Never the bytes themselves: they may be (encrypted) payload.
+    tracing::warn!(file = %path.display(), offset, bytes, "cut a torn tail off the last segment (an unfinished write)");
+    Ok(Some(TornTail {
+        file: path.to_path_buf(),
+        offset,
+        bytes,
+    }))
+}
+
+/// The segment the writer starts on, and the syncs and segments made to get it.
+type OpenedTail = (Tail, (u64, Arc<dyn SegmentFile>), u64, u64);
+
+/// Opens the segment to append to, creating it when the log is empty, the
+/// last segment is sealed, or its header was torn. Returns the tail, the
+/// file, and the syncs and segments made.
+fn open_tail(
+    scan: &LogScan,
+    cluster: u128,
+    fs: &dyn SegmentFs,
+    view: u64,
+) -> Result<OpenedTail, StorageError> {
+    let io = |index: u64| {
+        move |source| StorageError::Io {
+            path: fs.path(index),
+            source,
+        }
+    };
+    let fresh = |segment: u64| Tail {
+        segment,
+        offset: vellum_audit::segment::SEGMENT_HEADER_BYTES as u64,
+        records: 0,
+        ops: 0,
+        view,
+        chain: scan.chain,
+        tree: None,
+    };
+    let Some(last) = scan.segments.last() else {
+        let file = create_segment(fs, cluster, 0).map_err(io(0))?;
+        return Ok((fresh(0), (0, file), 2, 1));
+    };
+    let index = last.index;
+    match last.scan.end {
+        SegmentEnd::Sealed { .. } => {
+            let file = create_segment(fs, cluster, index + 1).map_err(io(index + 1))?;
+            Ok((fresh(index + 1), (index + 1, file), 2, 1))
+        }
+        SegmentEnd::TornTail { offset: 0, .. } => {
+            // The header itself never became durable: write it again.
+            let file = fs.open(index).map_err(io(index))?;
+            write_header(file.as_ref(), cluster, index).map_err(io(index))?;
+            Ok((fresh(index), (index, file), 1, 0))
+        }
+        SegmentEnd::Open | SegmentEnd::TornTail { .. } => {
+            let file = fs.open(index).map_err(io(index))?;
+            let records = &last.scan.records;
+            let offset = records
+                .last()
+                .map_or(fresh(index).offset, |r| r.offset + r.encoded_len());
+            let ops = records
+                .iter()
+                .filter(|r| r.header.kind == vellum_audit::record::RecordKind::Op)
+                .count();
+            let tail = Tail {
+                offset,
+                records: records.len() as u64,
+                ops: ops as u64,
+                ..fresh(index)
+            };
+            Ok((tail, (index, file), 0, 0))
+        }
+        SegmentEnd::Corrupt { .. } => unreachable!("scan_log_dir returns corruption as an error"),
+    }
+}
+
+/// Creates segment `index` with its header, syncs it, then syncs the directory.
+pub(super) fn create_segment(
+    fs: &dyn SegmentFs,
+    cluster: u128,
+    index: u64,
+) -> std::io::Result<Arc<dyn SegmentFile>> {
+    let file = fs.create(index)?;
+    write_header(file.as_ref(), cluster, index)?;
+    fs.sync_dir()?;
+    Ok(file)
+}
+
+fn write_header(file: &dyn SegmentFile, cluster: u128, index: u64) -> std::io::Result<()> {
+    file.append(
+        &SegmentHeader {
+            cluster,
+            segment_index: index,
+        }
+        .encode(),
+    )?;
+    file.sync_data()
+}
