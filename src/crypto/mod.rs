@@ -1,1 +1,28 @@
-//! crypto (in progress).
+//! Encryption at rest (P5) and crypto-shredding (P6).
+//!
+//! - `event`: AES-256-GCM per event, associated data binding cluster, stream,
+//!   offset and key id; the plaintext inside the AEAD is `salt || payload`,
+//!   where the salt feeds the Merkle leaf's hiding commitment.
+//! - `keys`: the key-encryption key (KEK) and per-stream data keys (DEKs).
+//! - `store`: the key store in `<data_dir>/keys/`, beside the log and never
+//!   inside it: wrapped DEKs, crash-safe nonce reservation, shredding.
+//! - `signing`: the replica's Ed25519 signing key file.
+//!
+//! Nothing here logs a payload or a key; tracing carries ids only.
+
+mod error;
+mod event;
+mod fsutil;
+mod keys;
+mod record;
+mod signing;
+mod store;
+
+pub use error::CryptoError;
+pub use event::{
+    EVENT_PAYLOAD_BYTES_MAX, EventAad, OpenedEvent, SALT_BYTES, SEAL_OVERHEAD_BYTES, open_event,
+    seal_event,
+};
+pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
+pub use signing::{create_signing_key_file, load_signing_key_file};
+pub use store::{DEK_CACHE_MAX_DEFAULT, KEYS_PER_STREAM_MAX, KeyStore, NONCE_BLOCK};

@@ -1,0 +1,131 @@
+//! The one error type of `vellum::crypto`: what went wrong, and where (a file
+//! path, a stream and offset, or a key id). Messages never contain key bytes
+//! or payload bytes.
+
+use std::path::PathBuf;
+
+/// Why a crypto or key-store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// A file-system operation on `path` failed.
+    #[error("i/o error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory being read or written.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A secret file or the key directory is readable or writable by group or
+    /// others; it is refused rather than used.
+    #[error(
+        "insecure permissions {perms:04o} on {path}: secret files must be private to their owner \
+         (fix: chmod {fix} {path})",
+        path = path.display(),
+        perms = mode & 0o7777,
+        fix = if mode & 0o170000 == 0o040000 { "700" } else { "600" }
+    )]
+    InsecurePermissions {
+        /// The refused file or directory.
+        path: PathBuf,
+        /// Its full `st_mode` (file type and permission bits).
+        mode: u32,
+    },
+    /// An event did not authenticate: wrong key, or ciphertext, tag, nonce or
+    /// associated data changed. Deliberately says nothing more.
+    #[error("authentication failed for event at stream {stream} offset {offset}")]
+    Decrypt {
+        /// The stream named in the associated data.
+        stream: u64,
+        /// The stream offset named in the associated data.
+        offset: u64,
+    },
+    /// A wrapped data key did not authenticate under this KEK: the wrong KEK
+    /// or a tampered key file.
+    #[error("cannot unwrap data key {key_id} from {}: wrong key-encryption key or tampered key file", path.display())]
+    Unwrap {
+        /// The key file.
+        path: PathBuf,
+        /// The key id the file claims.
+        key_id: u64,
+    },
+    /// The key store was created with a different KEK.
+    #[error("key-encryption key does not match the key store at {}: wrong KEK file?", path.display())]
+    WrongKek {
+        /// The key store's marker file.
+        path: PathBuf,
+    },
+    /// No data key with this id exists in the store.
+    #[error("data key {0} not found")]
+    KeyNotFound(u64),
+    /// The stream's keys were destroyed by `vellum shred`; its events can
+    /// never be decrypted again.
+    #[error("stream {stream} was shredded: its data keys are destroyed")]
+    Shredded {
+        /// The shredded stream.
+        stream: u64,
+    },
+    /// A key-store file is malformed or corrupt.
+    #[error("malformed file {}: {reason}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong and where in the file.
+        reason: String,
+    },
+    /// A key store, key or key file already exists where a new one was asked for.
+    #[error("{} already exists; refusing to overwrite it", path.display())]
+    AlreadyExists {
+        /// The existing path.
+        path: PathBuf,
+    },
+    /// The 64-bit nonce counter of a data key is used up (rotate the key).
+    #[error("nonce counter of data key {key_id} is exhausted; rotate the stream's key")]
+    NonceExhausted {
+        /// The key whose counter ran out.
+        key_id: u64,
+    },
+    /// A payload larger than [`crate::crypto::EVENT_PAYLOAD_BYTES_MAX`].
+    #[error("event payload of {len} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An earlier write of the key store failed (e.g. fsync); it refuses all
+    /// further work until reopened, because the state on disk is unknown.
+    #[error("key store at {} stopped after a failed write; reopen it", path.display())]
+    StoreFailed {
+        /// The key store directory.
+        path: PathBuf,
+    },
+    /// A stream already has the most keys one stream may have.
+    #[error("stream {stream} already has {max} data keys, the limit")]
+    TooManyKeys {
+        /// The stream.
+        stream: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The operating system's random number generator failed.
+    #[error("operating system random number generator failed: {0}")]
+    Random(String),
+}
+
+impl CryptoError {
+    /// An [`CryptoError::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CryptoError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A [`CryptoError::Format`] for `path`.
+    pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        CryptoError::Format {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
