@@ -14,7 +14,7 @@ use aes_gcm::aead::AeadInOut as _;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use super::CryptoError;
-use super::keys::{DataKey, TAG_BYTES};
+use super::keys::{DataKey, TAG_BYTES, random_fill};
 
 /// Bytes of the per-event salt stored inside the ciphertext.
 pub const SALT_BYTES: usize = 32;
@@ -61,6 +61,13 @@ pub struct OpenedEvent {
     pub salt: [u8; SALT_BYTES],
     /// The plaintext payload.
     pub payload: Zeroizing<Vec<u8>>,
+}
+
+/// A fresh random per-event salt for [`seal_event`] and the leaf commitment.
+pub fn random_salt() -> Result<[u8; SALT_BYTES], CryptoError> {
+    let mut salt = [0u8; SALT_BYTES];
+    random_fill(&mut salt)?;
+    Ok(salt)
 }
 
 /// Encrypts `salt || payload` under `dek` with `nonce` and `ad`; returns

@@ -21,7 +21,7 @@ mod store;
 pub use error::CryptoError;
 pub use event::{
     EVENT_PAYLOAD_BYTES_MAX, EventAad, OpenedEvent, SALT_BYTES, SEAL_OVERHEAD_BYTES, open_event,
-    seal_event,
+    random_salt, seal_event,
 };
 pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
 pub use signing::{create_signing_key_file, load_signing_key_file};
