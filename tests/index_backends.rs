@@ -1,0 +1,558 @@
+//! Audit index behaviour suite (DESIGN §5), written once and run against both
+//! backends: SQLite in a temporary directory, and PostgreSQL in a freshly
+//! created schema of the server named by `VELLUM_TEST_POSTGRES_URL` (skipped,
+//! with one plain line, when that variable is not set).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use vellum::index::{
+    AccessRow, CommitRow, EventRow, Index, IndexBatch, IndexCounts, IndexError, IndexTarget,
+    KeyRow, VerificationRow, postgres_url_from_env,
+};
+
+const CLUSTER: u128 = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
+
+/// A scratch database for one test; removed by `cleanup`.
+struct Scratch {
+    target: IndexTarget,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl Scratch {
+    async fn sqlite() -> Option<Scratch> {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let target = IndexTarget::parse(None, dir.path()).expect("default target");
+        Some(Scratch {
+            target,
+            _dir: Some(dir),
+            postgres: None,
+        })
+    }
+
+    /// Creates a uniquely named schema and points `search_path` at it, so
+    /// tests run in parallel and never touch other data.
+    async fn postgres() -> Option<Scratch> {
+        let Some(base) = postgres_url_from_env() else {
+            println!("skipping: VELLUM_TEST_POSTGRES_URL not set");
+            return None;
+        };
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let schema = format!("vellum_test_{}_{n}_{nanos}", std::process::id());
+        let pool = PgPool::connect(&base)
+            .await
+            .expect("connect to test server");
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await
+            .expect("create test schema");
+        pool.close().await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options[search_path]={schema}");
+        Some(Scratch {
+            target: IndexTarget::parse(Some(&url), std::path::Path::new("/")).expect("pg url"),
+            _dir: None,
+            postgres: Some((base, schema)),
+        })
+    }
+
+    async fn cleanup(self) {
+        if let Some((base, schema)) = self.postgres {
+            let pool = PgPool::connect(&base)
+                .await
+                .expect("connect to test server");
+            sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&pool)
+                .await
+                .expect("drop test schema");
+            pool.close().await;
+        }
+    }
+}
+
+/// Runs `test` on a fresh scratch database and removes it even if the test panics.
+async fn run<M, MF, T, TF>(make: M, test: T)
+where
+    M: FnOnce() -> MF,
+    MF: Future<Output = Option<Scratch>>,
+    T: FnOnce(IndexTarget) -> TF,
+    TF: Future<Output = ()> + Send + 'static,
+{
+    let Some(scratch) = make().await else { return };
+    let outcome = tokio::spawn(test(scratch.target.clone())).await;
+    scratch.cleanup().await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+macro_rules! suite {
+    ($backend:ident, $make:path, [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::run($make, super::$test).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    sqlite,
+    super::Scratch::sqlite,
+    [
+        fresh_migrations_and_reopen_is_noop,
+        apply_is_idempotent,
+        conflicting_rows_are_refused,
+        key_lifecycle_only_moves_forward,
+        last_position_and_last_commit,
+        reads_are_ordered_and_limited,
+        values_above_i64_max_are_refused,
+        cluster_mismatch_is_refused,
+        clear_keeps_access_and_verifications,
+        forged_rows_fail_constraints,
+    ]
+);
+suite!(
+    postgres,
+    super::Scratch::postgres,
+    [
+        fresh_migrations_and_reopen_is_noop,
+        apply_is_idempotent,
+        conflicting_rows_are_refused,
+        key_lifecycle_only_moves_forward,
+        last_position_and_last_commit,
+        reads_are_ordered_and_limited,
+        values_above_i64_max_are_refused,
+        cluster_mismatch_is_refused,
+        clear_keeps_access_and_verifications,
+        forged_rows_fail_constraints,
+    ]
+);
+
+// ---- fixtures ----
+
+fn event(position: u64, stream: u64, stream_offset: u64) -> EventRow {
+    EventRow {
+        position,
+        stream,
+        stream_offset,
+        op: position / 2,
+        leaf_hash: [position as u8; 32],
+        segment: 0,
+        file_offset: position % 1_000_000 * 64,
+    }
+}
+
+fn commit(op: u64, tree_size: u64) -> CommitRow {
+    CommitRow {
+        op,
+        view: 1,
+        tree_size,
+        root: [op as u8 ^ 0xa5; 32],
+        time_ns: 1_700_000_000_000_000_000 + op,
+        certificate: format!("vellum.test/log\n{tree_size}\nroot\n\n— replica sig\n"),
+    }
+}
+
+fn key(key_id: u64, stream: u64) -> KeyRow {
+    KeyRow {
+        key_id,
+        stream,
+        created_ns: 1_000 + key_id,
+        rotated_ns: None,
+        shredded_ns: None,
+    }
+}
+
+fn access() -> AccessRow {
+    AccessRow {
+        time_ns: 42,
+        principal: "dr.house".into(),
+        role: "clinician".into(),
+        action: "read".into(),
+        stream: Some(7),
+        offset_from: Some(0),
+        offset_to: Some(10),
+        purpose: Some("treatment".into()),
+        outcome: "ok".into(),
+        remote_addr: None,
+        position: None,
+    }
+}
+
+fn small_batch() -> IndexBatch {
+    IndexBatch {
+        events: vec![event(0, 7, 0), event(1, 7, 1), event(2, 8, 0)],
+        commits: vec![commit(1, 3)],
+        keys: vec![key(1, 7), key(2, 8)],
+    }
+}
+
+async fn open(target: &IndexTarget) -> Index {
+    Index::open(target, CLUSTER).await.expect("open index")
+}
+
+/// Runs one scalar query on the raw database, bypassing the index API.
+async fn raw_scalar(target: &IndexTarget, sql: &'static str) -> i64 {
+    match target {
+        IndexTarget::Sqlite(path) => {
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path))
+                .await
+                .expect("raw sqlite");
+            let value = sqlx::query_scalar(sql).fetch_one(&pool).await.expect(sql);
+            pool.close().await;
+            value
+        }
+        IndexTarget::Postgres(url) => {
+            let pool = PgPool::connect(url).await.expect("raw postgres");
+            let value = sqlx::query_scalar(sql).fetch_one(&pool).await.expect(sql);
+            pool.close().await;
+            value
+        }
+    }
+}
+
+/// Executes one statement on the raw database, bypassing the index API.
+async fn raw_execute(target: &IndexTarget, sql: &'static str) -> Result<(), sqlx::Error> {
+    match target {
+        IndexTarget::Sqlite(path) => {
+            let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(path)).await?;
+            let result = sqlx::query(sql).execute(&pool).await.map(drop);
+            pool.close().await;
+            result
+        }
+        IndexTarget::Postgres(url) => {
+            let pool = PgPool::connect(url).await?;
+            let result = sqlx::query(sql).execute(&pool).await.map(drop);
+            pool.close().await;
+            result
+        }
+    }
+}
+
+// ---- the suite ----
+
+/// Goal: a fresh database gets the schema once; re-opening applies nothing and keeps the rows.
+async fn fresh_migrations_and_reopen_is_noop(target: IndexTarget) {
+    let index = open(&target).await;
+    assert_eq!(
+        index.counts().await.expect("counts"),
+        IndexCounts::default()
+    );
+    index.apply(&small_batch()).await.expect("apply");
+    index.close().await;
+    let migrations = "SELECT count(*) FROM _sqlx_migrations";
+    assert_eq!(raw_scalar(&target, migrations).await, 1);
+
+    let index = open(&target).await;
+    assert_eq!(raw_scalar(&target, migrations).await, 1);
+    let counts = index.counts().await.expect("counts");
+    assert_eq!((counts.events, counts.commits, counts.keys), (3, 1, 2));
+    index.close().await;
+}
+
+/// Goal: applying the same batch twice (a log replay) changes nothing and reads back the same rows.
+async fn apply_is_idempotent(target: IndexTarget) {
+    let index = open(&target).await;
+    let batch = small_batch();
+    index.apply(&batch).await.expect("first apply");
+    let before = index.counts().await.expect("counts");
+    index.apply(&batch).await.expect("second apply");
+    assert_eq!(index.counts().await.expect("counts"), before);
+    assert_eq!(
+        index.events_after(0, 100).await.expect("events"),
+        batch.events
+    );
+    assert_eq!(
+        index.commits_after(0, 100).await.expect("commits"),
+        batch.commits
+    );
+    assert_eq!(index.keys().await.expect("keys"), batch.keys);
+    index.close().await;
+}
+
+/// Goal: a different row under an existing key is refused with table and key, and the batch writes nothing.
+async fn conflicting_rows_are_refused(target: IndexTarget) {
+    let index = open(&target).await;
+    index.apply(&small_batch()).await.expect("apply");
+    let mut forged = event(1, 7, 1);
+    forged.leaf_hash = [0xff; 32];
+    let cases = [
+        (vec![forged], vec![], vec![], "events", "position 1"),
+        (
+            vec![event(9, 7, 1)],
+            vec![],
+            vec![],
+            "events",
+            "stream 7 offset 1",
+        ),
+        (vec![], vec![commit(1, 4)], vec![], "commits", "op 1"),
+        (vec![], vec![], vec![key(2, 9)], "keys", "key_id 2"),
+    ];
+    for (mut events, commits, keys, table, key_text) in cases {
+        events.push(event(5, 9, 0)); // a new, valid row in the same batch
+        let batch = IndexBatch {
+            events,
+            commits,
+            keys,
+        };
+        match index.apply(&batch).await {
+            Err(IndexError::Conflict { table: t, key: k }) => {
+                assert_eq!((t, k.as_str()), (table, key_text));
+            }
+            other => panic!("expected conflict in {table}, got {other:?}"),
+        }
+        assert_eq!(
+            index.last_position().await.expect("last"),
+            Some(2),
+            "batch rolled back"
+        );
+    }
+    index.close().await;
+}
+
+/// Goal: a key row may gain rotation then shredding times, but never lose or change them.
+async fn key_lifecycle_only_moves_forward(target: IndexTarget) {
+    let index = open(&target).await;
+    let mut k = key(3, 7);
+    let apply_key = |k: KeyRow| IndexBatch {
+        keys: vec![k],
+        ..IndexBatch::default()
+    };
+    index.apply(&apply_key(k.clone())).await.expect("created");
+    k.rotated_ns = Some(2_000);
+    index.apply(&apply_key(k.clone())).await.expect("rotated");
+    k.shredded_ns = Some(3_000);
+    index.apply(&apply_key(k.clone())).await.expect("shredded");
+    assert_eq!(index.keys().await.expect("keys"), vec![k.clone()]);
+    let mut unshred = k.clone();
+    unshred.shredded_ns = None;
+    let refused = index.apply(&apply_key(unshred)).await;
+    assert!(
+        matches!(refused, Err(IndexError::Conflict { table: "keys", .. })),
+        "{refused:?}"
+    );
+    assert_eq!(index.keys().await.expect("keys"), vec![k]);
+    index.close().await;
+}
+
+/// Goal: last_position and last_commit are None on an empty index and the maxima afterwards.
+async fn last_position_and_last_commit(target: IndexTarget) {
+    let index = open(&target).await;
+    assert_eq!(index.last_position().await.expect("last"), None);
+    assert_eq!(index.last_commit().await.expect("last"), None);
+    let batch = IndexBatch {
+        events: vec![event(4, 1, 1), event(3, 1, 0)],
+        commits: vec![commit(9, 5), commit(2, 3)],
+        keys: vec![],
+    };
+    index.apply(&batch).await.expect("apply");
+    assert_eq!(index.last_position().await.expect("last"), Some(4));
+    assert_eq!(index.last_commit().await.expect("last"), Some(commit(9, 5)));
+    index.close().await;
+}
+
+/// Goal: reads return rows in position / offset / op order, from the given start, within the limit.
+async fn reads_are_ordered_and_limited(target: IndexTarget) {
+    let index = open(&target).await;
+    // Two interleaved streams, written out of order.
+    let mut events: Vec<EventRow> = (0..20).map(|p| event(p, p % 2, p / 2)).collect();
+    events.reverse();
+    let commits = (0..5).rev().map(|op| commit(op, op * 4)).collect();
+    index
+        .apply(&IndexBatch {
+            events,
+            commits,
+            keys: vec![],
+        })
+        .await
+        .expect("apply");
+
+    let odd = index.stream_events(1, 3, 4).await.expect("stream");
+    let offsets: Vec<u64> = odd.iter().map(|e| e.stream_offset).collect();
+    assert_eq!(offsets, vec![3, 4, 5, 6]);
+    assert!(odd.iter().all(|e| e.stream == 1));
+    assert_eq!(index.stream_events(1, 9, 100).await.expect("tail").len(), 1);
+    assert!(
+        index
+            .stream_events(1, 10, 100)
+            .await
+            .expect("past end")
+            .is_empty()
+    );
+    assert!(
+        index
+            .stream_events(5, 0, 100)
+            .await
+            .expect("no stream")
+            .is_empty()
+    );
+    assert!(
+        index
+            .stream_events(0, 0, 0)
+            .await
+            .expect("limit 0")
+            .is_empty()
+    );
+
+    let positions: Vec<u64> = index
+        .events_after(15, 100)
+        .await
+        .expect("after")
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(positions, vec![15, 16, 17, 18, 19]);
+    let ops: Vec<u64> = index
+        .commits_after(1, 2)
+        .await
+        .expect("commits")
+        .iter()
+        .map(|c| c.op)
+        .collect();
+    assert_eq!(ops, vec![1, 2]);
+    index.close().await;
+}
+
+/// Goal: u64 values above i64::MAX are refused (never wrapped) and i64::MAX itself round-trips.
+async fn values_above_i64_max_are_refused(target: IndexTarget) {
+    let index = open(&target).await;
+    let max = i64::MAX as u64;
+    let too_big = [
+        (event(max + 1, 0, 0), "events.position"),
+        (event(0, u64::MAX, 0), "events.stream"),
+        (
+            EventRow {
+                file_offset: max + 1,
+                ..event(0, 0, 0)
+            },
+            "events.file_offset",
+        ),
+    ];
+    for (row, column) in too_big {
+        let batch = IndexBatch {
+            events: vec![row],
+            ..IndexBatch::default()
+        };
+        match index.apply(&batch).await {
+            Err(IndexError::OutOfRange { column: c, .. }) => assert_eq!(c, column),
+            other => panic!("expected out of range for {column}, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        index.events_after(max + 1, 1).await,
+        Err(IndexError::OutOfRange { .. })
+    ));
+    assert_eq!(index.counts().await.expect("counts").events, 0);
+    let edge = event(max, max, max);
+    index
+        .apply(&IndexBatch {
+            events: vec![edge.clone()],
+            ..IndexBatch::default()
+        })
+        .await
+        .expect("i64::MAX fits");
+    assert_eq!(index.events_after(max, 1).await.expect("read"), vec![edge]);
+    index.close().await;
+}
+
+/// Goal: an index made for one cluster refuses to open for another and names both ids.
+async fn cluster_mismatch_is_refused(target: IndexTarget) {
+    open(&target).await.close().await;
+    let other: u128 = 0xfeed;
+    match Index::open(&target, other).await {
+        Err(IndexError::ClusterMismatch { index, log }) => {
+            assert_eq!(index, format!("{CLUSTER:032x}"));
+            assert_eq!(log, format!("{other:032x}"));
+        }
+        other => panic!("expected cluster mismatch, got {other:?}"),
+    }
+    open(&target).await.close().await;
+}
+
+/// Goal: clear empties the projection tables but keeps the access and verification trails.
+async fn clear_keeps_access_and_verifications(target: IndexTarget) {
+    let index = open(&target).await;
+    index.apply(&small_batch()).await.expect("apply");
+    index.record_access(&access()).await.expect("access");
+    let bare = AccessRow {
+        stream: None,
+        offset_from: None,
+        offset_to: None,
+        purpose: None,
+        ..access()
+    };
+    index
+        .record_access(&bare)
+        .await
+        .expect("access without range");
+    let verification = VerificationRow {
+        time_ns: 7,
+        scope: "full".into(),
+        result: "pass".into(),
+        report_hash: [3; 32],
+    };
+    index
+        .record_verification(&verification)
+        .await
+        .expect("verification");
+    index.clear().await.expect("clear");
+    let expected = IndexCounts {
+        access: 2,
+        verifications: 1,
+        ..IndexCounts::default()
+    };
+    assert_eq!(index.counts().await.expect("counts"), expected);
+    assert_eq!(index.last_position().await.expect("last"), None);
+    index
+        .apply(&small_batch())
+        .await
+        .expect("rebuild after clear");
+    assert_eq!(index.counts().await.expect("counts").events, 3);
+    index.close().await;
+}
+
+/// Goal: rows written behind the index's back with a short hash or a negative number are refused.
+async fn forged_rows_fail_constraints(target: IndexTarget) {
+    open(&target).await.close().await;
+    let forged = [
+        "INSERT INTO events VALUES (100, 1, 1, 1, x'00', 0, 0)",
+        "INSERT INTO commits VALUES (5, 1, -1, x'00', 0, 'note')",
+        "INSERT INTO keys VALUES (-3, 1, 0, NULL, NULL)",
+    ];
+    for sql in forged {
+        let sql = match target {
+            // PostgreSQL spells a bytea literal differently.
+            IndexTarget::Postgres(_) => match sql {
+                s if s.contains("events") => {
+                    "INSERT INTO events VALUES (100, 1, 1, 1, '\\x00', 0, 0)"
+                }
+                s if s.contains("commits") => {
+                    "INSERT INTO commits VALUES (5, 1, -1, '\\x00', 0, 'note')"
+                }
+                s => s,
+            },
+            IndexTarget::Sqlite(_) => sql,
+        };
+        let error = raw_execute(&target, sql).await.expect_err(sql).to_string();
+        assert!(error.to_lowercase().contains("check"), "{sql}: {error}");
+    }
+    let index = open(&target).await;
+    assert_eq!(
+        index.counts().await.expect("counts"),
+        IndexCounts::default()
+    );
+    index.close().await;
+}
