@@ -466,8 +466,9 @@ fn load_dir(dir: &Path) -> Result<Inner, CryptoError> {
         let name = item.file_name().to_string_lossy().into_owned();
         match classify(&name) {
             Entry::Marker => {}
+            // The data directory keeps the KEK and signing key files here too.
             Entry::Unknown => {
-                tracing::warn!(path = %path.display(), "ignoring unknown file in key store")
+                tracing::debug!(path = %path.display(), "skipping non-key-store file in keys dir")
             }
             // A temp file is a replacement that never got renamed: the real
             // file still holds the previous state. It may hold a wrapped key.
@@ -540,4 +541,27 @@ fn finish_interrupted_shreds(dir: &Path, inner: &mut Inner) -> Result<(), Crypto
         inner.shredded_keys.insert(key_id, stream);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the unwrapped-key cache never exceeds `dek_cache_max`, and an
+    /// evicted key is unwrapped again on demand.
+    #[test]
+    fn dek_cache_is_bounded() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().join("keys");
+        drop(KeyStore::create(&dir, Kek::from_bytes(&[1; 32]), 0).expect("create"));
+        let store = KeyStore::open_with(&dir, Kek::from_bytes(&[1; 32]), 0, 2).expect("open");
+        let ids: Vec<u64> = (16..21)
+            .map(|stream| store.create_key(stream).expect("key").0)
+            .collect();
+        for &key_id in ids.iter().chain(ids.iter()) {
+            assert!(store.key(key_id).expect("lookup").is_some());
+            let cached = store.inner.lock().expect("lock").cache.len();
+            assert!(cached <= 2, "cache holds {cached} keys");
+        }
+    }
 }
