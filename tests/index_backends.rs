@@ -455,7 +455,21 @@ async fn values_above_i64_max_are_refused(target: IndexTarget) {
         index.events_after(max + 1, 1).await,
         Err(IndexError::OutOfRange { .. })
     ));
-    assert_eq!(index.counts().await.expect("counts").events, 0);
+    let late = AccessRow {
+        time_ns: u64::MAX,
+        ..access()
+    };
+    assert!(matches!(
+        index.record_access(&late).await,
+        Err(IndexError::OutOfRange {
+            column: "access.time_ns",
+            ..
+        })
+    ));
+    assert_eq!(
+        index.counts().await.expect("counts"),
+        IndexCounts::default()
+    );
     let edge = event(max, max, max);
     index
         .apply(&IndexBatch {
@@ -555,4 +569,27 @@ async fn forged_rows_fail_constraints(target: IndexTarget) {
         IndexCounts::default()
     );
     index.close().await;
+}
+
+/// Goal: the default index is a WAL-mode SQLite file named index.sqlite3 in the data directory.
+#[tokio::test]
+async fn sqlite_default_file_uses_wal() {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let target = IndexTarget::parse(None, dir.path()).expect("default target");
+    assert_eq!(
+        target,
+        IndexTarget::Sqlite(dir.path().join("index.sqlite3"))
+    );
+    open(&target).await.close().await;
+    let path = dir.path().join("index.sqlite3");
+    assert!(path.is_file(), "{path:?} created");
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+        .await
+        .expect("raw sqlite");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .expect("journal mode");
+    pool.close().await;
+    assert_eq!(mode, "wal");
 }
