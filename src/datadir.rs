@@ -109,7 +109,10 @@ impl NodeMeta {
     /// The cluster id as a number.
     pub fn cluster_id(&self) -> Result<u128, String> {
         if self.cluster.len() != 32 {
-            return Err(format!("cluster id must be 32 hex digits, got {:?}", self.cluster));
+            return Err(format!(
+                "cluster id must be 32 hex digits, got {:?}",
+                self.cluster
+            ));
         }
         u128::from_str_radix(&self.cluster, 16).map_err(|e| format!("cluster id is not hex: {e}"))
     }
@@ -117,16 +120,27 @@ impl NodeMeta {
     /// Reads and validates `vellum.json`.
     pub fn load(dir: &DataDir) -> Result<NodeMeta, MetaError> {
         let path = dir.meta();
-        let text = std::fs::read_to_string(&path).map_err(|source| MetaError::Io { path: path.clone(), source })?;
-        let meta: NodeMeta = serde_json::from_str(&text)
-            .map_err(|e| MetaError::Format { path: path.clone(), reason: format!("not valid metadata: {e}") })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| MetaError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let meta: NodeMeta = serde_json::from_str(&text).map_err(|e| MetaError::Format {
+            path: path.clone(),
+            reason: format!("not valid metadata: {e}"),
+        })?;
         if meta.layout_version != LAYOUT_VERSION {
             return Err(MetaError::Format {
                 path,
-                reason: format!("layout version {} is not supported (expected {LAYOUT_VERSION})", meta.layout_version),
+                reason: format!(
+                    "layout version {} is not supported (expected {LAYOUT_VERSION})",
+                    meta.layout_version
+                ),
             });
         }
-        meta.cluster_id().map_err(|reason| MetaError::Format { path: path.clone(), reason })?;
+        meta.cluster_id().map_err(|reason| MetaError::Format {
+            path: path.clone(),
+            reason,
+        })?;
         Ok(meta)
     }
 
@@ -134,6 +148,7 @@ impl NodeMeta {
     pub fn store(&self, dir: &DataDir) -> Result<(), MetaError> {
         let path = dir.meta();
         let text = serde_json::to_string_pretty(self).expect("metadata always serializes");
-        crate::fsutil::write_durable(&path, text.as_bytes(), 0o644).map_err(|source| MetaError::Io { path, source })
+        crate::fsutil::write_durable(&path, text.as_bytes(), 0o644)
+            .map_err(|source| MetaError::Io { path, source })
     }
 }

@@ -8,7 +8,11 @@ use std::path::Path;
 /// Creates `path` with `mode` (failing if it exists), writes `bytes`, fsyncs
 /// the file and its directory, so the file is either absent or complete.
 pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     sync_parent(path)
@@ -16,13 +20,19 @@ pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
 /// Fsyncs the directory holding `path`, so a create or rename in it is durable.
 pub fn sync_parent(path: &Path) -> io::Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(parent)?.sync_all()
 }
 
 /// Creates a directory (and parents) with `mode` on the last component.
 pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    fs::DirBuilder::new().recursive(true).mode(mode).create(path)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
     sync_parent(path)
 }

@@ -6,12 +6,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod cli;
 pub mod crypto;
 pub mod datadir;
+pub mod demo;
 pub mod fsutil;
 pub mod index;
-// pub mod log; (enabled once storage, crypto and index land)
+pub mod init;
+pub mod log;
 pub mod storage;
 pub mod types;
+pub mod verify;
 
 pub use types::{EventPersister, Offset, PersistError, StreamId};

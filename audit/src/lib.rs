@@ -20,7 +20,9 @@ pub mod note;
 pub mod policy;
 pub mod proof;
 pub mod record;
+pub mod report;
 pub mod segment;
+pub mod verify;
 
 pub use error::{DecodeError, Location};
 pub use hash::{Hash, sha256};

@@ -1,0 +1,512 @@
+//! `vellum bench` (DESIGN §8): the same append workload, in one process and
+//! on the same directory, against a raw write+fdatasync loop, Vellum on one
+//! replica, SQLite (WAL, synchronous=FULL, one transaction per append) and,
+//! when a URL is given, PostgreSQL (synchronous_commit=on). Absolute numbers
+//! drift on shared machines; the ratios measured in one run are the result.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::log::{LocalLog, LocalPersister, LogOptions};
+use crate::types::{EventPersister, StreamId};
+
+/// Appenders in one run, at most.
+pub const CONCURRENCY_MAX: usize = 256;
+/// Appends per system and concurrency level, at most.
+pub const APPENDS_MAX: u64 = 1_000_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Working directory (all systems write here).
+    pub dir: PathBuf,
+    /// Appends per system and concurrency level.
+    pub appends: u64,
+    /// Payload bytes per event.
+    pub event_bytes: usize,
+    /// Concurrency levels (appending threads or tasks).
+    pub concurrency: Vec<usize>,
+    /// Stop a system's run after this long even if appends remain.
+    pub time_limit: Duration,
+    /// PostgreSQL URL; skipped when `None`.
+    pub postgres_url: Option<String>,
+}
+
+/// Results of one system at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// "raw fdatasync", "vellum 1 replica", "sqlite", "postgresql".
+    pub system: String,
+    /// Concurrent appenders.
+    pub concurrency: usize,
+    /// Appends completed (one event each).
+    pub appends: u64,
+    /// Events per second.
+    pub events_per_s: f64,
+    /// Payload megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Latency percentiles in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+}
+
+/// A ratio between two systems at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// Concurrency.
+    pub concurrency: usize,
+    /// "vellum 1 replica / raw fdatasync".
+    pub what: String,
+    /// Throughput ratio (events/s of the first over the second).
+    pub throughput: f64,
+    /// p99 latency ratio (first over second).
+    pub p99_latency: f64,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Payload bytes per event.
+    pub event_bytes: usize,
+    /// Every measurement.
+    pub measurements: Vec<Measurement>,
+    /// Vellum against each baseline.
+    pub ratios: Vec<Ratio>,
+    /// Notes (skipped systems, settings read back).
+    pub notes: Vec<String>,
+}
+
+/// Runs every system at every concurrency level.
+pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        config.appends > 0 && config.appends <= APPENDS_MAX,
+        "--appends must be 1..={APPENDS_MAX}"
+    );
+    anyhow::ensure!(
+        config
+            .concurrency
+            .iter()
+            .all(|&c| c > 0 && c <= CONCURRENCY_MAX),
+        "--concurrency levels must be 1..={CONCURRENCY_MAX}"
+    );
+    std::fs::create_dir_all(&config.dir)?;
+    let payload = Bytes::from(sample_payload(config.event_bytes));
+    let mut measurements = Vec::new();
+    let mut notes = Vec::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    for &concurrency in &config.concurrency {
+        progress(&format!("raw fdatasync, {concurrency} appenders"));
+        measurements.push(bench_raw(config, concurrency, &payload)?);
+        progress(&format!("vellum 1 replica, {concurrency} appenders"));
+        measurements.push(bench_vellum(config, concurrency, &payload)?);
+        progress(&format!("sqlite, {concurrency} appenders"));
+        measurements.push(runtime.block_on(bench_sqlite(config, concurrency, &payload))?);
+        match &config.postgres_url {
+            Some(url) => {
+                progress(&format!("postgresql, {concurrency} appenders"));
+                measurements.push(runtime.block_on(bench_postgres(
+                    url,
+                    config,
+                    concurrency,
+                    &payload,
+                ))?);
+            }
+            None if concurrency == config.concurrency[0] => {
+                notes.push(
+                    "postgresql skipped: no --postgres-url (or VELLUM_BENCH_POSTGRES_URL) given"
+                        .to_string(),
+                );
+            }
+            None => {}
+        }
+    }
+    let ratios = ratios(&measurements);
+    Ok(BenchReport {
+        event_bytes: config.event_bytes,
+        measurements,
+        ratios,
+        notes,
+    })
+}
+
+fn sample_payload(bytes: usize) -> Vec<u8> {
+    let mut out = b"{\"resourceType\":\"Observation\",\"note\":\"".to_vec();
+    while out.len() + 2 < bytes {
+        out.push(b'x');
+    }
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// Runs `appends` calls of `append_once` spread over `concurrency` threads
+/// and measures each call.
+fn drive_threads(
+    config: &BenchConfig,
+    concurrency: usize,
+    append_once: &(dyn Fn(usize) -> anyhow::Result<()> + Sync),
+) -> anyhow::Result<(Vec<u64>, Duration)> {
+    let latencies = Mutex::new(Vec::with_capacity(
+        usize::try_from(config.appends).unwrap_or(0),
+    ));
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    let deadline = started + config.time_limit;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|worker| {
+                let latencies = &latencies;
+                let next = &next;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut mine = Vec::new();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < config.appends
+                        && Instant::now() < deadline
+                    {
+                        let t = Instant::now();
+                        append_once(worker)?;
+                        mine.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    }
+                    latencies
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
+                        .extend(mine);
+                    Ok(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let elapsed = started.elapsed();
+    Ok((
+        latencies
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?,
+        elapsed,
+    ))
+}
+
+fn measurement(
+    system: &str,
+    concurrency: usize,
+    event_bytes: usize,
+    mut latencies: Vec<u64>,
+    elapsed: Duration,
+) -> Measurement {
+    latencies.sort_unstable();
+    let n = latencies.len() as u64;
+    let pick = |q: f64| -> u64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[i.min(latencies.len() - 1)]
+    };
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    Measurement {
+        system: system.to_string(),
+        concurrency,
+        appends: n,
+        events_per_s: n as f64 / seconds,
+        mb_per_s: (n as f64 * event_bytes as f64) / 1e6 / seconds,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        p999_us: pick(0.999),
+    }
+}
+
+/// One file, one write and one fdatasync per append, serialized: the cost of
+/// making each append durable on its own, with no batching.
+fn bench_raw(
+    config: &BenchConfig,
+    concurrency: usize,
+    payload: &Bytes,
+) -> anyhow::Result<Measurement> {
+    let path = config.dir.join(format!("raw-{concurrency}.bin"));
+    let _ = std::fs::remove_file(&path);
+    let file = Mutex::new(OpenOptions::new().create(true).append(true).open(&path)?);
+    let (latencies, elapsed) = drive_threads(config, concurrency, &|_| {
+        let mut file = file
+            .lock()
+            .map_err(|_| anyhow::anyhow!("raw file lock poisoned"))?;
+        file.write_all(payload)?;
+        file.sync_data()?;
+        Ok(())
+    })?;
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(measurement(
+        "raw fdatasync",
+        concurrency,
+        payload.len(),
+        latencies,
+        elapsed,
+    ))
+}
+
+fn bench_vellum(
+    config: &BenchConfig,
+    concurrency: usize,
+    payload: &Bytes,
+) -> anyhow::Result<Measurement> {
+    let dir = config.dir.join(format!("vellum-{concurrency}"));
+    remove_dir_if_exists(&dir)?;
+    crate::init::init_data_dir(&dir, None)?;
+    let (log, _) = LocalLog::open(&dir, LogOptions::default())?;
+    let log = Arc::new(log);
+    let persister = LocalPersister::new(Arc::clone(&log));
+    let (latencies, elapsed) = drive_threads(config, concurrency, &|worker| {
+        persister.persist_blocking(
+            StreamId(StreamId::USER_MIN + worker as u64),
+            vec![payload.clone()],
+        )?;
+        Ok(())
+    })?;
+    drop(persister);
+    Arc::into_inner(log)
+        .ok_or_else(|| anyhow::anyhow!("log still shared"))?
+        .close()?;
+    remove_dir_if_exists(&dir)?;
+    Ok(measurement(
+        "vellum 1 replica",
+        concurrency,
+        payload.len(),
+        latencies,
+        elapsed,
+    ))
+}
+
+async fn drive_tasks<F, Fut>(
+    config: &BenchConfig,
+    concurrency: usize,
+    append_once: F,
+) -> anyhow::Result<(Vec<u64>, Duration)>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + config.time_limit;
+    let appends = config.appends;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let next = Arc::clone(&next);
+        let append_once = append_once.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < appends
+                && Instant::now() < deadline
+            {
+                let t = Instant::now();
+                append_once(worker).await?;
+                mine.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            Ok::<Vec<u64>, anyhow::Error>(mine)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+async fn bench_sqlite(
+    config: &BenchConfig,
+    concurrency: usize,
+    payload: &Bytes,
+) -> anyhow::Result<Measurement> {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    let path = config.dir.join(format!("sqlite-{concurrency}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(60));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(u32::try_from(concurrency)?)
+        .connect_with(options)
+        .await?;
+    sqlx::query("CREATE TABLE events (stream INTEGER NOT NULL, payload BLOB NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let payload = payload.clone();
+    let event_bytes = payload.len();
+    let task_pool = pool.clone();
+    let (latencies, elapsed) = drive_tasks(config, concurrency, move |worker| {
+        let pool = task_pool.clone();
+        let payload = payload.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO events (stream, payload) VALUES (?, ?)")
+                .bind(i64::try_from(worker)?)
+                .bind(payload.as_ref())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(measurement(
+        "sqlite",
+        concurrency,
+        event_bytes,
+        latencies,
+        elapsed,
+    ))
+}
+
+async fn bench_postgres(
+    url: &str,
+    config: &BenchConfig,
+    concurrency: usize,
+    payload: &Bytes,
+) -> anyhow::Result<Measurement> {
+    use sqlx::postgres::PgPoolOptions;
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(concurrency.min(64))?)
+        .connect(url)
+        .await?;
+    let mut suffix = [0u8; 4];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let table = format!("vellum_bench_{}", vellum_audit::hash::to_hex(&suffix));
+    // The table name is generated here from random hex, never from input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (stream BIGINT NOT NULL, payload BYTEA NOT NULL)"
+    )))
+    .execute(&pool)
+    .await?;
+    let payload = payload.clone();
+    let event_bytes = payload.len();
+    let task_pool = pool.clone();
+    let insert = format!("INSERT INTO {table} (stream, payload) VALUES ($1, $2)");
+    let result = drive_tasks(config, concurrency, move |worker| {
+        let pool = task_pool.clone();
+        let payload = payload.clone();
+        let insert = insert.clone();
+        async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit = on")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert))
+                .bind(i64::try_from(worker)?)
+                .bind(payload.as_ref())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+    })
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let (latencies, elapsed) = result?;
+    Ok(measurement(
+        "postgresql",
+        concurrency,
+        event_bytes,
+        latencies,
+        elapsed,
+    ))
+}
+
+fn ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for vellum in measurements
+        .iter()
+        .filter(|m| m.system == "vellum 1 replica")
+    {
+        for base in measurements
+            .iter()
+            .filter(|m| m.concurrency == vellum.concurrency && m.system != vellum.system)
+        {
+            out.push(Ratio {
+                concurrency: vellum.concurrency,
+                what: format!("{} / {}", vellum.system, base.system),
+                throughput: vellum.events_per_s / base.events_per_s.max(1e-9),
+                p99_latency: vellum.p99_us as f64 / (base.p99_us.max(1)) as f64,
+            });
+        }
+    }
+    out
+}
+
+fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl BenchReport {
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "event size {} bytes; one event per append",
+            self.event_bytes
+        );
+        let _ = writeln!(
+            out,
+            "{:<18} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9}",
+            "system", "conc", "appends", "events/s", "MB/s", "p50 us", "p99 us", "p999 us"
+        );
+        for m in &self.measurements {
+            let _ = writeln!(
+                out,
+                "{:<18} {:>5} {:>8} {:>11.0} {:>8.2} {:>9} {:>9} {:>9}",
+                m.system,
+                m.concurrency,
+                m.appends,
+                m.events_per_s,
+                m.mb_per_s,
+                m.p50_us,
+                m.p99_us,
+                m.p999_us
+            );
+        }
+        let _ = writeln!(out, "ratios (same run):");
+        for r in &self.ratios {
+            let _ = writeln!(
+                out,
+                "  conc {:>3}  {:<36} throughput x{:.2}  p99 latency x{:.2}",
+                r.concurrency, r.what, r.throughput, r.p99_latency
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
+        out
+    }
+}

@@ -1,0 +1,61 @@
+//! `vellum bench`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+/// `vellum bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Working directory; every system writes here (default: a temp directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Appends per system and concurrency level.
+    #[arg(long, default_value_t = 2000)]
+    appends: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// Time limit per system and level, in seconds.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// PostgreSQL URL to include PostgreSQL (synchronous_commit=on).
+    #[arg(long, value_name = "URL", env = "VELLUM_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("vellum-bench-{}", std::process::id()))
+    });
+    let config = crate::bench::BenchConfig {
+        dir: dir.clone(),
+        appends: args.appends,
+        event_bytes: args.event_bytes.max(16),
+        concurrency: args.concurrency,
+        time_limit: Duration::from_secs(args.seconds),
+        postgres_url: args.postgres_url,
+    };
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let report = crate::bench::run(&config, &|what| {
+        progress.set_message(format!("bench: {what}"))
+    });
+    progress.finish_and_clear();
+    let report = report?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,46 @@
+//! `vellum demo`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+/// `vellum demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to create the demo's data directory (must not exist yet).
+    /// Default: a new directory under the system temp directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print only the summary, as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = match args.data_dir {
+        Some(dir) => dir,
+        None => {
+            let mut suffix = [0u8; 4];
+            getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            std::env::temp_dir().join(format!("vellum-demo-{}", super::hex(&suffix)))
+        }
+    };
+    let summary = if args.json {
+        crate::demo::run_demo(&dir, &mut std::io::sink())?
+    } else {
+        crate::demo::run_demo(&dir, &mut std::io::stdout().lock())?
+    };
+    if args.json {
+        super::print_json(&summary)?;
+    }
+    let passed = summary.proof_verified
+        && summary.consistency_verified
+        && summary.verify_passed
+        && summary.events_read_back == summary.events_appended;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

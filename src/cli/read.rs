@@ -1,0 +1,37 @@
+//! `vellum read`: a stream's events, one per line, byte for byte as appended.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{DataDirArgs, open_log};
+
+/// `vellum read`
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    dir: DataDirArgs,
+    /// The stream.
+    #[arg(long, value_name = "S")]
+    stream: u64,
+    /// The first stream offset to read.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    from: u64,
+    /// Events to read at most.
+    #[arg(long, value_name = "M", default_value_t = crate::log::READ_EVENTS_MAX)]
+    max: u64,
+}
+
+pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
+    let log = open_log(&args.dir)?;
+    let events = log.read(args.stream, args.from, args.max)?;
+    log.close()?;
+    let mut out = std::io::stdout().lock();
+    for event in events {
+        out.write_all(&event.payload)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

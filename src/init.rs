@@ -1,0 +1,83 @@
+//! Creating a data directory: cluster id, keys, trust policy, empty log and
+//! index. Everything is created durably, and an existing directory is never
+//! overwritten.
+
+use std::path::Path;
+
+use vellum_audit::checkpoint::origin_for_cluster;
+use vellum_audit::policy::Policy;
+
+use crate::crypto::{self, Kek, KeyStore};
+use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta};
+use crate::log::{LocalLog, LogError, LogOptions};
+
+/// What `init` created.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    /// The data directory.
+    pub data_dir: String,
+    /// The new cluster id (hex).
+    pub cluster: String,
+    /// The log origin used in checkpoints.
+    pub origin: String,
+    /// This replica's verifier key (signed-note vkey format).
+    pub vkey: String,
+    /// The trust policy file.
+    pub policy: String,
+}
+
+/// Creates a one-replica data directory at `path`.
+pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> {
+    let dir = DataDir::new(path);
+    let io = |what: &str, e: std::io::Error| LogError::DataDir(format!("{what}: {e}"));
+    if dir.meta().exists() {
+        return Err(LogError::DataDir(format!(
+            "{} is already initialized (found {}); refusing to overwrite it",
+            path.display(),
+            dir.meta().display()
+        )));
+    }
+    std::fs::create_dir_all(path).map_err(|e| io(&path.display().to_string(), e))?;
+    crate::fsutil::create_dir_with_mode(&dir.keys(), 0o700)
+        .map_err(|e| io(&dir.keys().display().to_string(), e))?;
+
+    let cluster = random_cluster_id()?;
+    let name = format!("vellum-{:08x}-r0", (cluster >> 96) as u32);
+    let kek = Kek::create_file(&dir.kek())?;
+    KeyStore::create(&dir.keys(), kek, 0)?;
+    let signer = crypto::create_signing_key_file(&dir.signing_key(), &name)?;
+    let origin = origin_for_cluster(cluster);
+    let policy = Policy::new(&origin, vec![signer.verifier()], 1)
+        .map_err(|e| LogError::DataDir(format!("trust policy: {e}")))?;
+    crate::fsutil::write_durable(&dir.policy(), policy.encode().as_bytes(), 0o644)
+        .map_err(|e| io(&dir.policy().display().to_string(), e))?;
+    let meta = NodeMeta {
+        layout_version: LAYOUT_VERSION,
+        cluster: format!("{cluster:032x}"),
+        replica: 0,
+        name,
+    };
+    meta.store(&dir)
+        .map_err(|e| LogError::DataDir(e.to_string()))?;
+
+    let options = LogOptions {
+        index_url: index_url.map(str::to_string),
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(path, options)?;
+    log.close()?;
+    Ok(InitReport {
+        data_dir: path.display().to_string(),
+        cluster: meta.cluster,
+        origin,
+        vkey: signer.verifier().to_vkey(),
+        policy: dir.policy().display().to_string(),
+    })
+}
+
+fn random_cluster_id() -> Result<u128, LogError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| LogError::DataDir(format!("no randomness for the cluster id: {e}")))?;
+    Ok(u128::from_le_bytes(bytes))
+}

@@ -1,0 +1,820 @@
+//! The single write path of one replica: it turns a client batch into an
+//! encrypted, hash-chained op record, makes it durable through `storage`,
+//! extends the Merkle tree, signs the checkpoint (the commit certificate of a
+//! one-replica cluster) and feeds the audit index.
+//!
+//! The next layer up (the VSR core) takes over op numbering, views and
+//! quorum signatures; everything below `append` — record building, storage,
+//! tree, certificates, index — is the replica's storage and stays this code.
+
+mod indexer;
+mod persister;
+mod state;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
+use vellum_audit::hash::Hash;
+use vellum_audit::leaf::{LeafPreimage, commitment};
+use vellum_audit::note::Signer;
+use vellum_audit::policy::Policy;
+use vellum_audit::proof::{ConsistencyProof, InclusionProof};
+use vellum_audit::record::{self, OpHeader, Record, RecordKind};
+
+use crate::crypto::{self, EventAad, Kek, KeyStore};
+use crate::datadir::{DataDir, NodeMeta};
+use crate::index::IndexTarget;
+use crate::storage::{Storage, StorageConfig, StorageError};
+
+pub use indexer::IndexStatus;
+pub use persister::LocalPersister;
+use state::{LogState, OpInfo};
+
+/// Events in one append, at most (a named bound, DESIGN "limits on everything").
+pub const EVENTS_PER_APPEND_MAX: usize = record::EVENTS_PER_OP_MAX as usize;
+/// Bytes of one event's payload, at most.
+pub const EVENT_BYTES_MAX: usize = record::EVENT_BYTES_MAX;
+/// Events returned by one read, at most.
+pub const READ_EVENTS_MAX: u64 = 10_000;
+
+/// How to open a log.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Segment and group-commit bounds.
+    pub storage: StorageConfig,
+    /// The audit index; `None` means the SQLite file in the data directory.
+    pub index_url: Option<String>,
+    /// Do not open or feed the audit index (used by `index rebuild` and tools).
+    pub without_index: bool,
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The request was refused before anything was written.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The stream's length is not what the caller expected.
+    #[error(
+        "wrong expected offset on stream {stream}: expected {expected}, the stream has {actual} events"
+    )]
+    WrongExpectedOffset {
+        /// The stream.
+        stream: u64,
+        /// What the caller expected.
+        expected: u64,
+        /// The stream's real length.
+        actual: u64,
+    },
+    /// The stream has no events.
+    #[error("unknown stream {0}: it has no events")]
+    UnknownStream(u64),
+    /// Storage failed; the log handle may be poisoned.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Key store or encryption failed.
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    /// The data directory is not usable.
+    #[error("data directory: {0}")]
+    DataDir(String),
+    /// The log contradicts itself (a corruption the storage scan did not catch).
+    #[error("corrupt log: {0}")]
+    Corrupt(String),
+    /// A previous failure poisoned this handle; reopen to continue.
+    #[error("log handle poisoned by an earlier failure: {0}")]
+    Poisoned(String),
+}
+
+/// What an append returns: where the batch landed and the certificate that covers it.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stream appended to.
+    pub stream: u64,
+    /// The stream offset of the first event of the batch.
+    pub first_offset: u64,
+    /// The stream's new length (the `Offset` of `persist_blocking`).
+    pub next_offset: u64,
+    /// Global position (Merkle leaf index) of the first event.
+    pub first_position: u64,
+    /// Number of events.
+    pub count: u64,
+    /// The op that carries the batch.
+    pub op: u64,
+    /// The commit certificate covering the op (a signed checkpoint).
+    pub certificate: Arc<Certificate>,
+    /// True when this was a retry answered from the client table (nothing written).
+    pub duplicate: bool,
+}
+
+/// An idempotency key: a client session and its request number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// The client session id (random per session).
+    pub client: u128,
+    /// The request number, increasing within the session.
+    pub request: u64,
+}
+
+/// A decrypted event as read back.
+#[derive(Debug, Clone)]
+pub struct ReadEvent {
+    /// Stream offset.
+    pub offset: u64,
+    /// Global position.
+    pub position: u64,
+    /// The payload, byte for byte as appended.
+    pub payload: Bytes,
+}
+
+/// What recovery on open found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpenReport {
+    /// Op records recovered.
+    pub ops: u64,
+    /// Events recovered.
+    pub events: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// A torn tail that was truncated, as "file at offset (n bytes)".
+    pub torn_tail: Option<String>,
+    /// Certificates found in the log.
+    pub certificates: u64,
+    /// True when the last op had no certificate and one was signed on open.
+    pub recertified: bool,
+}
+
+/// One replica's log: storage + keys + tree + certificates + index feed.
+#[derive(Debug)]
+pub struct LocalLog {
+    dir: DataDir,
+    meta: NodeMeta,
+    cluster: u128,
+    storage: Storage,
+    keys: KeyStore,
+    signer: Signer,
+    policy: Policy,
+    state: Mutex<LogState>,
+    indexer: Option<indexer::Indexer>,
+}
+
+/// Wall-clock time in unix nanoseconds (the shell's clock, never the core's).
+pub fn now_ns() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl LocalLog {
+    /// Opens an initialized data directory: recovers storage, rebuilds the
+    /// tree and stream heads from the log, signs a certificate if the last op
+    /// lacks one, and brings the index up to date.
+    pub fn open(data_dir: &Path, options: LogOptions) -> Result<(LocalLog, OpenReport), LogError> {
+        let dir = DataDir::new(data_dir);
+        let meta = NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
+        let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
+        let policy = load_policy(&dir.policy())?;
+        let kek = Kek::load_file(&dir.kek())?;
+        let keys = KeyStore::open(&dir.keys(), kek, meta.replica)?;
+        let signer = crypto::load_signing_key_file(&dir.signing_key())?;
+        let (storage, recovery) = Storage::open(dir.root(), cluster, options.storage)?;
+        let torn_tail = recovery.torn_tail.as_ref().map(|t| {
+            format!(
+                "{} at byte {} ({} bytes truncated)",
+                t.file.display(),
+                t.offset,
+                t.bytes
+            )
+        });
+        let state = LogState::recover(&storage, cluster, &recovery)?;
+        storage.resume_tree((state.tree.len(), state.tree.root()))?;
+        let mut report = OpenReport {
+            ops: state.last_op(),
+            events: state.tree.len(),
+            segments: recovery.segments,
+            torn_tail,
+            certificates: state.certificates.len() as u64,
+            recertified: false,
+        };
+        let indexer = if options.without_index {
+            None
+        } else {
+            let target = IndexTarget::parse(options.index_url.as_deref(), dir.root())
+                .map_err(|e| LogError::DataDir(e.to_string()))?;
+            Some(indexer::Indexer::start(target, cluster)?)
+        };
+        let log = LocalLog {
+            dir,
+            meta,
+            cluster,
+            storage,
+            keys,
+            signer,
+            policy,
+            state: Mutex::new(state),
+            indexer,
+        };
+        report.recertified = log.certify_tail()?;
+        log.catch_up_index()?;
+        Ok((log, report))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// The node metadata.
+    pub fn meta(&self) -> &NodeMeta {
+        &self.meta
+    }
+
+    /// The cluster id.
+    pub fn cluster(&self) -> u128 {
+        self.cluster
+    }
+
+    /// The pinned trust policy of this data directory.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock is a bug that already stopped the
+        // write path; recovering the guard lets reads report it instead of
+        // cascading panics.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends `events` to `stream` durably and returns where they landed.
+    pub fn append(
+        &self,
+        stream: u64,
+        events: &[Bytes],
+        expected_offset: Option<u64>,
+        client: Option<ClientRequest>,
+    ) -> Result<Appended, LogError> {
+        validate_batch(stream, events)?;
+        let pending = {
+            let mut state = self.lock();
+            if let Some(reason) = &state.poisoned {
+                return Err(LogError::Poisoned(reason.clone()));
+            }
+            if let Some(done) = self.answer_retry(&state, stream, client)? {
+                return Ok(done);
+            }
+            let actual = state.stream_len(stream);
+            if let Some(expected) = expected_offset
+                && expected != actual
+            {
+                return Err(LogError::WrongExpectedOffset {
+                    stream,
+                    expected,
+                    actual,
+                });
+            }
+            let record = self.build_record(&state, stream, events, client)?;
+            self.submit(&mut state, record)?
+        };
+        let location = match self.storage.wait_durable(pending.ticket) {
+            Ok(location) => location,
+            Err(e) => {
+                self.lock().poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
+        self.lock().mark_durable(pending.op, location);
+        let certificate = self.certify(pending.op)?;
+        Ok(Appended {
+            stream,
+            first_offset: pending.first_offset,
+            next_offset: pending.first_offset + events.len() as u64,
+            first_position: pending.first_position,
+            count: events.len() as u64,
+            op: pending.op,
+            certificate,
+            duplicate: false,
+        })
+    }
+
+    /// Answers a retried request from the client table without writing.
+    fn answer_retry(
+        &self,
+        state: &LogState,
+        stream: u64,
+        client: Option<ClientRequest>,
+    ) -> Result<Option<Appended>, LogError> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        let Some(&(request, op)) = state.clients.get(&client.client) else {
+            return Ok(None);
+        };
+        if client.request > request {
+            return Ok(None);
+        }
+        if client.request < request {
+            return Err(LogError::Refused(format!(
+                "request {} of client {:032x} is older than its latest request {request}",
+                client.request, client.client
+            )));
+        }
+        let info = state
+            .op(op)
+            .expect("the client table only names ops in the log");
+        if info.stream != stream {
+            return Err(LogError::Refused(format!(
+                "request {request} of client {:032x} was for stream {}, not {stream}",
+                client.client, info.stream
+            )));
+        }
+        let certificate = state.certificate_covering(op).ok_or_else(|| {
+            LogError::Refused(format!("request {request} is still in flight; retry later"))
+        })?;
+        Ok(Some(Appended {
+            stream,
+            first_offset: info.stream_offset,
+            next_offset: info.stream_offset + u64::from(info.event_count),
+            first_position: info.global_position,
+            count: u64::from(info.event_count),
+            op,
+            certificate,
+            duplicate: true,
+        }))
+    }
+
+    /// Encrypts the batch and builds its op record (under the state lock, so
+    /// op numbers, offsets and the chain are assigned in submission order).
+    fn build_record(
+        &self,
+        state: &LogState,
+        stream: u64,
+        events: &[Bytes],
+        client: Option<ClientRequest>,
+    ) -> Result<Record, LogError> {
+        let (key_id, dek) = match self.keys.key_for_stream(stream)? {
+            Some(found) => found,
+            None => self.keys.create_key(stream)?,
+        };
+        let first_offset = state.stream_len(stream);
+        let mut sealed_events = Vec::with_capacity(events.len());
+        for (i, payload) in events.iter().enumerate() {
+            let stream_offset = first_offset + i as u64;
+            let aad = EventAad {
+                cluster: self.cluster,
+                stream,
+                stream_offset,
+                key_id,
+            };
+            let nonce = self.keys.next_nonce(key_id)?;
+            let salt = crypto::random_salt()?;
+            let sealed = crypto::seal_event(&dek, nonce, &aad, &salt, payload)?;
+            sealed_events.push((commitment(&salt, payload), nonce, sealed));
+        }
+        let frames: Vec<record::EventFrame<'_>> = sealed_events
+            .iter()
+            .map(|(commitment, nonce, sealed)| record::EventFrame {
+                commitment: *commitment,
+                nonce: *nonce,
+                sealed,
+            })
+            .collect();
+        let op = state.last_op() + 1;
+        let global_position = state.tree.len();
+        let header = OpHeader {
+            parent: state.parent,
+            body_checksum: vellum_audit::hash::ZERO_HASH,
+            kind: RecordKind::Op,
+            cluster: self.cluster,
+            view: 0,
+            op,
+            commit: state.commit,
+            client_id: client.map_or(0, |c| c.client),
+            request: client.map_or(0, |c| c.request),
+            timestamp_ns: now_ns(),
+            stream,
+            stream_offset: first_offset,
+            global_position,
+            event_count: u32::try_from(events.len())
+                .expect("batch size is bounded by EVENTS_PER_APPEND_MAX"),
+            body_size: 0,
+            key_id,
+            tree_size: global_position + events.len() as u64,
+        };
+        Ok(Record::new(header, record::encode_events(&frames)))
+    }
+
+    /// Submits an op record and extends the in-memory state with it.
+    fn submit(&self, state: &mut LogState, record: Record) -> Result<state::Pending, LogError> {
+        let leaves = state::leaf_preimages(&record, 0)
+            .map_err(|e| LogError::Corrupt(format!("a record built here does not decode: {e}")))?;
+        let header = record.header;
+        let checksum = record.checksum();
+        for leaf in &leaves {
+            state.tree.push(leaf.leaf_hash());
+        }
+        let tree_after = (state.tree.len(), state.tree.root());
+        let ticket = match self.storage.submit(record, tree_after) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                // The tree already holds the leaves; the handle cannot continue.
+                state.poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
+        state.push_op(&header, checksum, None);
+        Ok(state::Pending {
+            ticket,
+            op: header.op,
+            first_offset: header.stream_offset,
+            first_position: header.global_position,
+        })
+    }
+
+    /// Returns a certificate covering `op`, signing a new checkpoint at the
+    /// current commit if the latest one does not cover it. One signature
+    /// covers every op made durable by the same group commit.
+    fn certify(&self, op: u64) -> Result<Arc<Certificate>, LogError> {
+        let mut state = self.lock();
+        if let Some(cert) = state.certificate_covering(op) {
+            return Ok(cert);
+        }
+        let commit = state.commit;
+        assert!(
+            commit >= op,
+            "op {op} is durable, so the commit number {commit} covers it"
+        );
+        let info = state
+            .op(commit)
+            .expect("the committed op is in the log")
+            .clone();
+        let root = state
+            .tree
+            .root_at(info.tree_size)
+            .expect("the committed tree size is within the tree");
+        let checkpoint = Checkpoint {
+            origin: origin_for_cluster(self.cluster),
+            size: info.tree_size,
+            root,
+            extensions: Vec::new(),
+        };
+        let certificate = Arc::new(
+            Certificate::sign(checkpoint, &[&self.signer])
+                .map_err(|e| LogError::Corrupt(format!("signing the checkpoint failed: {e}")))?,
+        );
+        let cert_record = certificate_record(self.cluster, &info, &certificate);
+        // The certificate record rides along with the next group commit; if
+        // it is lost in a crash, open() signs the tail again.
+        let tree_after = (state.tree.len(), state.tree.root());
+        if let Err(e) = self.storage.submit(cert_record, tree_after) {
+            state.poisoned = Some(e.to_string());
+            return Err(e.into());
+        }
+        let time_ns = now_ns();
+        state.add_certificate(commit, info.tree_size, Arc::clone(&certificate), time_ns);
+        if let Some(indexer) = &self.indexer {
+            indexer.send(state.index_batch_for_commit(commit, time_ns));
+        }
+        Ok(certificate)
+    }
+
+    /// Signs a certificate for the last op if the log does not hold one.
+    fn certify_tail(&self) -> Result<bool, LogError> {
+        let last = self.lock().last_op();
+        if last == 0 || self.lock().certificate_covering(last).is_some() {
+            return Ok(false);
+        }
+        self.certify(last)?;
+        self.storage.flush()?;
+        Ok(true)
+    }
+
+    /// Sends the index everything it lacks, then waits until it has it.
+    fn catch_up_index(&self) -> Result<(), LogError> {
+        let Some(indexer) = &self.indexer else {
+            return Ok(());
+        };
+        let status = indexer.status();
+        let mut state = self.lock();
+        for batch in state.index_catch_up(status.last_position, status.last_commit) {
+            indexer.send(batch);
+        }
+        drop(state);
+        indexer.flush();
+        Ok(())
+    }
+
+    /// Reads up to `max` events of `stream` from offset `from`, decrypted.
+    /// Only committed events are returned.
+    pub fn read(&self, stream: u64, from: u64, max: u64) -> Result<Vec<ReadEvent>, LogError> {
+        let max = max.min(READ_EVENTS_MAX);
+        let ops = {
+            let state = self.lock();
+            if state.stream_len(stream) == 0 {
+                return Err(LogError::UnknownStream(stream));
+            }
+            state.stream_ops_from(stream, from, max)
+        };
+        let mut out = Vec::new();
+        for info in ops {
+            let location = info
+                .location
+                .expect("stream_ops_from returns committed ops only");
+            let record = self.storage.read(location)?;
+            let frames =
+                record::decode_events(&record.body, record.header.event_count, location.offset)
+                    .map_err(|e| LogError::Corrupt(e.to_string()))?;
+            let dek = self
+                .keys
+                .key(info.key_id)?
+                .ok_or(crypto::CryptoError::KeyNotFound(info.key_id))?;
+            for (i, frame) in frames.iter().enumerate() {
+                let offset = info.stream_offset + i as u64;
+                if offset < from || out.len() as u64 >= max {
+                    continue;
+                }
+                let aad = EventAad {
+                    cluster: self.cluster,
+                    stream,
+                    stream_offset: offset,
+                    key_id: info.key_id,
+                };
+                let opened = crypto::open_event(&dek, &frame.nonce, &aad, frame.sealed)?;
+                out.push(ReadEvent {
+                    offset,
+                    position: info.global_position + i as u64,
+                    payload: Bytes::copy_from_slice(&opened.payload),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The inclusion proof of one event against the latest certificate, in
+    /// `c2sp.org/tlog-proof@v1` form with the leaf preimage as `extra`.
+    pub fn inclusion_proof(&self, stream: u64, offset: u64) -> Result<InclusionProof, LogError> {
+        let state = self.lock();
+        let (info, index_in_op) = state.locate(stream, offset).ok_or_else(|| {
+            LogError::Refused(format!(
+                "stream {stream} has no committed event at offset {offset}"
+            ))
+        })?;
+        let certificate = state
+            .latest_certificate()
+            .expect("a committed event implies a certificate");
+        let position = info.global_position + index_in_op;
+        let preimage = state.leaf_preimage(&self.storage, info, index_in_op)?;
+        let hashes = state
+            .tree
+            .inclusion_proof(position, certificate.checkpoint.size)
+            .map_err(|e| LogError::Corrupt(format!("inclusion proof: {e}")))?;
+        Ok(InclusionProof {
+            extra: Some(preimage.encode().to_vec()),
+            index: position,
+            hashes,
+            checkpoint: (*certificate).clone(),
+        })
+    }
+
+    /// A consistency proof from `old_size` to `new_size` (default: the latest certificate).
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: Option<u64>,
+    ) -> Result<ConsistencyProof, LogError> {
+        let state = self.lock();
+        let certificate = match new_size {
+            None => state.latest_certificate(),
+            Some(size) => state.certificate_at_size(size),
+        }
+        .ok_or_else(|| LogError::Refused("no certificate at that tree size".to_string()))?;
+        let new_size = certificate.checkpoint.size;
+        if old_size == 0 || old_size > new_size {
+            return Err(LogError::Refused(format!(
+                "--from-size must be between 1 and the newer tree size {new_size}, got {old_size}"
+            )));
+        }
+        let hashes = state
+            .tree
+            .consistency_proof(old_size, new_size)
+            .map_err(|e| LogError::Corrupt(format!("consistency proof: {e}")))?;
+        Ok(ConsistencyProof {
+            old_size,
+            new_size,
+            hashes,
+            checkpoint: (*certificate).clone(),
+        })
+    }
+
+    /// The latest commit certificate, if any op was committed.
+    pub fn latest_certificate(&self) -> Option<Arc<Certificate>> {
+        self.lock().latest_certificate()
+    }
+
+    /// The Merkle root at `size` (for tests and tools).
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        self.lock().tree.root_at(size).ok()
+    }
+
+    /// The index's state as the indexer last saw it.
+    pub fn index_status(&self) -> Option<IndexStatus> {
+        self.indexer.as_ref().map(indexer::Indexer::status)
+    }
+
+    /// Flushes storage and the index, then closes both.
+    pub fn close(self) -> Result<(), LogError> {
+        self.storage.flush()?;
+        if let Some(indexer) = self.indexer {
+            indexer.shutdown();
+        }
+        self.storage.close()?;
+        Ok(())
+    }
+}
+
+/// Checks a batch before anything is encrypted or written.
+fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
+    if stream < crate::StreamId::USER_MIN {
+        return Err(LogError::Refused(format!(
+            "stream {stream} is reserved for vellum's system streams (user streams start at {})",
+            crate::StreamId::USER_MIN
+        )));
+    }
+    if events.is_empty() {
+        return Err(LogError::Refused(
+            "an append needs at least one event".to_string(),
+        ));
+    }
+    if events.len() > EVENTS_PER_APPEND_MAX {
+        return Err(LogError::Refused(format!(
+            "{} events in one append; at most {EVENTS_PER_APPEND_MAX}",
+            events.len()
+        )));
+    }
+    if let Some((i, e)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.len() > EVENT_BYTES_MAX)
+    {
+        return Err(LogError::Refused(format!(
+            "event {i} has {} bytes; at most {EVENT_BYTES_MAX}",
+            e.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The certificate record that follows the ops it certifies in the log.
+fn certificate_record(cluster: u128, info: &OpInfo, certificate: &Certificate) -> Record {
+    let header = OpHeader {
+        parent: info.checksum,
+        body_checksum: vellum_audit::hash::ZERO_HASH,
+        kind: RecordKind::Certificate,
+        cluster,
+        view: info.view,
+        op: info.op,
+        commit: 0,
+        client_id: 0,
+        request: 0,
+        timestamp_ns: now_ns(),
+        stream: 0,
+        stream_offset: 0,
+        global_position: 0,
+        event_count: 0,
+        body_size: 0,
+        key_id: 0,
+        tree_size: info.tree_size,
+    };
+    Record::new(header, certificate.encode().into_bytes())
+}
+
+/// Reads and parses the trust policy file.
+pub fn load_policy(path: &Path) -> Result<Policy, LogError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LogError::DataDir(format!(
+            "{}: cannot read the trust policy: {e}",
+            path.display()
+        ))
+    })?;
+    Policy::parse(&text).map_err(|e| LogError::DataDir(format!("{}: {e}", path.display())))
+}
+
+/// Builds the leaf preimage of event `index_in_op` of an op record.
+pub fn leaf_of(
+    header: &OpHeader,
+    frame: &record::EventFrame<'_>,
+    index_in_op: u64,
+) -> LeafPreimage {
+    LeafPreimage {
+        global_position: header.global_position + index_in_op,
+        stream: header.stream,
+        stream_offset: header.stream_offset + index_in_op,
+        op: header.op,
+        ciphertext_hash: frame.ciphertext_hash(),
+        commitment: frame.commitment,
+    }
+}
+
+/// Drops the index's projection rows and rebuilds them from the log
+/// (`vellum index rebuild`). Access and verification rows are kept.
+pub fn rebuild_index(
+    data_dir: &Path,
+    index_url: Option<&str>,
+) -> Result<crate::index::IndexCounts, LogError> {
+    let dir = DataDir::new(data_dir);
+    let meta = NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
+    let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
+    let target =
+        IndexTarget::parse(index_url, dir.root()).map_err(|e| LogError::DataDir(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LogError::DataDir(format!("cannot start a runtime: {e}")))?;
+    let index_error = |e: crate::index::IndexError| LogError::DataDir(format!("audit index: {e}"));
+    runtime.block_on(async {
+        let index = crate::index::Index::open(&target, cluster)
+            .await
+            .map_err(index_error)?;
+        index.clear().await.map_err(index_error)?;
+        index.close().await;
+        Ok::<(), LogError>(())
+    })?;
+    let options = LogOptions {
+        index_url: index_url.map(str::to_string),
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(data_dir, options)?;
+    if let Some(error) = log.index_status().and_then(|s| s.error) {
+        return Err(LogError::DataDir(format!(
+            "audit index rebuild failed: {error}"
+        )));
+    }
+    log.close()?;
+    runtime.block_on(async {
+        let index = crate::index::Index::open(&target, cluster)
+            .await
+            .map_err(index_error)?;
+        let counts = index.counts().await.map_err(index_error)?;
+        index.close().await;
+        Ok(counts)
+    })
+}
+
+/// What an append proves: offsets, positions, the commit certificate and an
+/// inclusion proof (`c2sp.org/tlog-proof@v1`) of each event against it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Receipt {
+    /// The stream.
+    pub stream: u64,
+    /// Stream offset of the first event.
+    pub first_offset: u64,
+    /// The stream's new length.
+    pub next_offset: u64,
+    /// Global position of the first event.
+    pub first_position: u64,
+    /// The op carrying the batch.
+    pub op: u64,
+    /// The commit certificate (signed checkpoint text).
+    pub certificate: String,
+    /// One inclusion proof per event, in batch order.
+    pub proofs: Vec<String>,
+}
+
+/// Builds the receipt of an append.
+pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError> {
+    let state = log.lock();
+    let info = state
+        .op(appended.op)
+        .ok_or_else(|| LogError::Corrupt("receipt for an unknown op".to_string()))?;
+    let size = appended.certificate.checkpoint.size;
+    let mut proofs = Vec::with_capacity(usize::try_from(appended.count).unwrap_or(0));
+    for i in 0..appended.count {
+        let preimage = state.leaf_preimage(&log.storage, info, i)?;
+        let hashes = state
+            .tree
+            .inclusion_proof(appended.first_position + i, size)
+            .map_err(|e| LogError::Corrupt(format!("inclusion proof: {e}")))?;
+        let proof = InclusionProof {
+            extra: Some(preimage.encode().to_vec()),
+            index: appended.first_position + i,
+            hashes,
+            checkpoint: (*appended.certificate).clone(),
+        };
+        proofs.push(proof.encode());
+    }
+    Ok(Receipt {
+        stream: appended.stream,
+        first_offset: appended.first_offset,
+        next_offset: appended.next_offset,
+        first_position: appended.first_position,
+        op: appended.op,
+        certificate: appended.certificate.encode(),
+        proofs,
+    })
+}

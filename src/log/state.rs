@@ -1,0 +1,447 @@
+//! In-memory state of a replica's log, rebuilt from the segments on open:
+//! the Merkle tree, the op table, stream heads, the client table and the
+//! certificates. The log on disk is the only source of truth; this is a cache
+//! of it that is checked against it while being rebuilt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use vellum_audit::checkpoint::Certificate;
+use vellum_audit::error::DecodeError;
+use vellum_audit::hash::Hash;
+use vellum_audit::leaf::LeafPreimage;
+use vellum_audit::merkle::MerkleTree;
+use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
+
+use super::{LogError, leaf_of};
+use crate::index::{CommitRow, EventRow, IndexBatch, KeyRow};
+use crate::storage::{RecordLocation, Recovery, Storage, Ticket};
+
+/// Client sessions remembered in the client table, at most; the session
+/// with the oldest latest op is forgotten first.
+pub const CLIENTS_MAX: usize = 100_000;
+/// Events per index batch sent during catch-up, at most.
+pub const INDEX_BATCH_EVENTS_MAX: usize = 10_000;
+
+/// What the log knows about one op.
+#[derive(Debug, Clone)]
+pub struct OpInfo {
+    pub op: u64,
+    pub view: u64,
+    pub stream: u64,
+    pub stream_offset: u64,
+    pub global_position: u64,
+    pub event_count: u32,
+    pub key_id: u64,
+    pub tree_size: u64,
+    pub checksum: Hash,
+    pub timestamp_ns: u64,
+    /// Where the record is on disk, once it is durable.
+    pub location: Option<RecordLocation>,
+}
+
+/// A certificate the log holds, by the commit number it certifies.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub op: u64,
+    pub tree_size: u64,
+    pub certificate: Arc<Certificate>,
+    pub time_ns: u64,
+}
+
+/// An op submitted to storage and not yet durable.
+#[derive(Debug)]
+pub struct Pending {
+    pub ticket: Ticket,
+    pub op: u64,
+    pub first_offset: u64,
+    pub first_position: u64,
+}
+
+/// The cache of the log.
+#[derive(Debug, Default)]
+pub struct LogState {
+    pub tree: MerkleTree,
+    /// Checksum of the last op header (the next op's `parent`).
+    pub parent: Hash,
+    /// The highest durable op: in one replica, durable is committed.
+    pub commit: u64,
+    ops: Vec<OpInfo>,
+    streams: HashMap<u64, Vec<u64>>,
+    /// client session -> (latest request, its op)
+    pub clients: HashMap<u128, (u64, u64)>,
+    pub certificates: Vec<CertInfo>,
+    pub poisoned: Option<String>,
+    indexed_through_op: u64,
+    indexed_keys: HashSet<u64>,
+}
+
+/// The leaf preimages of an op record's events.
+pub fn leaf_preimages(record: &Record, at: u64) -> Result<Vec<LeafPreimage>, DecodeError> {
+    let frames = record::decode_events(&record.body, record.header.event_count, at)?;
+    Ok(frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| leaf_of(&record.header, f, i as u64))
+        .collect())
+}
+
+impl LogState {
+    /// Rebuilds the state from every recovered record, checking each
+    /// certificate and seal root against the tree recomputed from the leaves.
+    pub fn recover(
+        storage: &Storage,
+        cluster: u128,
+        recovery: &Recovery,
+    ) -> Result<LogState, LogError> {
+        let mut state = LogState {
+            parent: record::genesis_parent(cluster),
+            ..LogState::default()
+        };
+        for (location, header) in &recovery.records {
+            let at = |what: &str| {
+                format!(
+                    "segment {} byte {}: {what}",
+                    location.segment, location.offset
+                )
+            };
+            match header.kind {
+                RecordKind::Op => {
+                    let record = storage.read(*location)?;
+                    let leaves = leaf_preimages(&record, location.offset)
+                        .map_err(|e| LogError::Corrupt(at(&e.to_string())))?;
+                    if header.global_position != state.tree.len()
+                        || header.tree_size
+                            != header.global_position + u64::from(header.event_count)
+                    {
+                        return Err(LogError::Corrupt(at("global positions are not dense")));
+                    }
+                    if header.stream_offset != state.stream_len(header.stream) {
+                        return Err(LogError::Corrupt(at("stream offsets are not dense")));
+                    }
+                    for leaf in &leaves {
+                        state.tree.push(leaf.leaf_hash());
+                    }
+                    state.push_op(header, record.checksum(), Some(*location));
+                    state.commit = header.op;
+                }
+                RecordKind::Certificate => {
+                    let record = storage.read(*location)?;
+                    state
+                        .recover_certificate(header, &record, header.timestamp_ns)
+                        .map_err(|e| LogError::Corrupt(at(&e)))?;
+                }
+                RecordKind::Seal => {
+                    let record = storage.read(*location)?;
+                    let seal = SealBody::decode(&record.body, location.offset)
+                        .map_err(|e| LogError::Corrupt(at(&e.to_string())))?;
+                    let root = state
+                        .tree
+                        .root_at(header.tree_size)
+                        .map_err(|e| LogError::Corrupt(at(&e.to_string())))?;
+                    if root != seal.tree_root {
+                        return Err(LogError::Corrupt(at(
+                            "the seal's merkle root does not match the events before it",
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn recover_certificate(
+        &mut self,
+        header: &OpHeader,
+        record: &Record,
+        time_ns: u64,
+    ) -> Result<(), String> {
+        let text = std::str::from_utf8(&record.body)
+            .map_err(|_| "certificate body is not utf-8".to_string())?;
+        let certificate = Certificate::parse(text).map_err(|e| e.to_string())?;
+        let info = self
+            .op(header.op)
+            .ok_or("certificate for an op that is not in the log")?;
+        if info.checksum != header.parent
+            || info.tree_size != header.tree_size
+            || certificate.checkpoint.size != header.tree_size
+        {
+            return Err("certificate does not match the op it names".to_string());
+        }
+        let root = self
+            .tree
+            .root_at(header.tree_size)
+            .map_err(|e| e.to_string())?;
+        if root != certificate.checkpoint.root {
+            return Err("certificate root does not match the events before it".to_string());
+        }
+        self.add_certificate(header.op, header.tree_size, Arc::new(certificate), time_ns);
+        Ok(())
+    }
+
+    /// The last op number (0 for an empty log).
+    pub fn last_op(&self) -> u64 {
+        self.ops.len() as u64
+    }
+
+    /// The op with number `op`.
+    pub fn op(&self, op: u64) -> Option<&OpInfo> {
+        let index = usize::try_from(op.checked_sub(1)?).ok()?;
+        self.ops.get(index)
+    }
+
+    /// The number of events in a stream (committed or in flight).
+    pub fn stream_len(&self, stream: u64) -> u64 {
+        self.streams
+            .get(&stream)
+            .and_then(|ops| ops.last())
+            .and_then(|&op| self.op(op))
+            .map_or(0, |info| info.stream_offset + u64::from(info.event_count))
+    }
+
+    /// Adds an op (submitted, or recovered with its location).
+    pub fn push_op(&mut self, header: &OpHeader, checksum: Hash, location: Option<RecordLocation>) {
+        assert_eq!(header.op, self.last_op() + 1, "ops are added in order");
+        self.ops.push(OpInfo {
+            op: header.op,
+            view: header.view,
+            stream: header.stream,
+            stream_offset: header.stream_offset,
+            global_position: header.global_position,
+            event_count: header.event_count,
+            key_id: header.key_id,
+            tree_size: header.tree_size,
+            checksum,
+            timestamp_ns: header.timestamp_ns,
+            location,
+        });
+        self.parent = checksum;
+        self.streams
+            .entry(header.stream)
+            .or_default()
+            .push(header.op);
+        if header.client_id != 0 {
+            self.clients
+                .insert(header.client_id, (header.request, header.op));
+            if self.clients.len() > CLIENTS_MAX {
+                let oldest = self
+                    .clients
+                    .iter()
+                    .min_by_key(|(_, (_, op))| *op)
+                    .map(|(c, _)| *c);
+                if let Some(client) = oldest {
+                    self.clients.remove(&client);
+                }
+            }
+        }
+    }
+
+    /// Records that `op` is durable at `location`; every op before it is too.
+    pub fn mark_durable(&mut self, op: u64, location: RecordLocation) {
+        let index = usize::try_from(op - 1).expect("op numbers fit in memory");
+        self.ops[index].location = Some(location);
+        self.commit = self.commit.max(op);
+    }
+
+    /// Adds a certificate (kept sorted by op).
+    pub fn add_certificate(
+        &mut self,
+        op: u64,
+        tree_size: u64,
+        certificate: Arc<Certificate>,
+        time_ns: u64,
+    ) {
+        if self.certificates.last().is_some_and(|c| c.op >= op) {
+            return;
+        }
+        self.certificates.push(CertInfo {
+            op,
+            tree_size,
+            certificate,
+            time_ns,
+        });
+    }
+
+    /// The first certificate that covers `op`.
+    pub fn certificate_covering(&self, op: u64) -> Option<Arc<Certificate>> {
+        let index = self.certificates.partition_point(|c| c.op < op);
+        self.certificates
+            .get(index)
+            .map(|c| Arc::clone(&c.certificate))
+    }
+
+    /// The newest certificate.
+    pub fn latest_certificate(&self) -> Option<Arc<Certificate>> {
+        self.certificates.last().map(|c| Arc::clone(&c.certificate))
+    }
+
+    /// The certificate whose tree size is exactly `size`.
+    pub fn certificate_at_size(&self, size: u64) -> Option<Arc<Certificate>> {
+        let index = self.certificates.partition_point(|c| c.tree_size < size);
+        self.certificates
+            .get(index)
+            .filter(|c| c.tree_size == size)
+            .map(|c| Arc::clone(&c.certificate))
+    }
+
+    /// The committed, durable ops of `stream` holding offsets `[from, from + max)`.
+    pub fn stream_ops_from(&self, stream: u64, from: u64, max: u64) -> Vec<OpInfo> {
+        let Some(ops) = self.streams.get(&stream) else {
+            return Vec::new();
+        };
+        let start = ops.partition_point(|&op| {
+            self.op(op)
+                .is_some_and(|i| i.stream_offset + u64::from(i.event_count) <= from)
+        });
+        let end_offset = from.saturating_add(max);
+        ops[start..]
+            .iter()
+            .map_while(|&op| {
+                self.op(op).filter(|i| {
+                    i.op <= self.commit && i.location.is_some() && i.stream_offset < end_offset
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The committed op holding `offset` of `stream`, and the event's index in it.
+    pub fn locate(&self, stream: u64, offset: u64) -> Option<(&OpInfo, u64)> {
+        let info = self.stream_ops_from(stream, offset, 1).into_iter().next()?;
+        let info = self.op(info.op)?;
+        (offset >= info.stream_offset).then_some((info, offset - info.stream_offset))
+    }
+
+    /// Reads an event's leaf preimage back from storage.
+    pub fn leaf_preimage(
+        &self,
+        storage: &Storage,
+        info: &OpInfo,
+        index_in_op: u64,
+    ) -> Result<LeafPreimage, LogError> {
+        let location = info
+            .location
+            .ok_or_else(|| LogError::Refused("the op is not durable yet".to_string()))?;
+        let record = storage.read(location)?;
+        let leaves = leaf_preimages(&record, location.offset)
+            .map_err(|e| LogError::Corrupt(e.to_string()))?;
+        let index = usize::try_from(index_in_op).expect("event index within an op is small");
+        leaves
+            .get(index)
+            .cloned()
+            .ok_or_else(|| LogError::Corrupt("event index beyond the op".to_string()))
+    }
+
+    /// The index rows for every op up to `commit` not yet sent, plus the commit row.
+    pub fn index_batch_for_commit(&mut self, commit: u64, time_ns: u64) -> IndexBatch {
+        let mut batch = self.index_ops(self.indexed_through_op + 1, commit);
+        self.indexed_through_op = self.indexed_through_op.max(commit);
+        if let Some(cert) = self.certificates.iter().rev().find(|c| c.op == commit) {
+            batch.commits.push(commit_row(
+                self.op(commit).map_or(0, |i| i.view),
+                cert,
+                time_ns,
+            ));
+        }
+        batch
+    }
+
+    /// Everything the index lacks, in bounded batches.
+    pub fn index_catch_up(
+        &mut self,
+        last_position: Option<u64>,
+        last_commit: Option<u64>,
+    ) -> Vec<IndexBatch> {
+        let first_op = match last_position {
+            None => 1,
+            Some(position) => {
+                let after = position + 1;
+                self.ops
+                    .partition_point(|i| i.global_position + u64::from(i.event_count) <= after)
+                    as u64
+                    + 1
+            }
+        };
+        let mut batches = Vec::new();
+        let mut op = first_op;
+        while op <= self.commit {
+            let mut last = op;
+            let mut events = 0usize;
+            while last <= self.commit && events < INDEX_BATCH_EVENTS_MAX {
+                events += self.op(last).map_or(0, |i| i.event_count as usize);
+                last += 1;
+            }
+            let mut batch = self.index_ops(op, last - 1);
+            batch
+                .events
+                .retain(|e| last_position.is_none_or(|p| e.position > p));
+            batches.push(batch);
+            op = last;
+        }
+        let commits: Vec<CommitRow> = self
+            .certificates
+            .iter()
+            .filter(|c| last_commit.is_none_or(|l| c.op > l))
+            .map(|c| commit_row(self.op(c.op).map_or(0, |i| i.view), c, c.time_ns))
+            .collect();
+        for chunk in commits.chunks(INDEX_BATCH_EVENTS_MAX) {
+            batches.push(IndexBatch {
+                events: Vec::new(),
+                commits: chunk.to_vec(),
+                keys: Vec::new(),
+            });
+        }
+        self.indexed_through_op = self.commit;
+        batches
+    }
+
+    fn index_ops(&mut self, first: u64, last: u64) -> IndexBatch {
+        let mut batch = IndexBatch::default();
+        for op in first..=last {
+            let Some(info) = self.op(op).cloned() else {
+                break;
+            };
+            let location = info.location.unwrap_or(RecordLocation {
+                segment: 0,
+                offset: 0,
+                len: 0,
+            });
+            for i in 0..u64::from(info.event_count) {
+                let position = info.global_position + i;
+                batch.events.push(EventRow {
+                    position,
+                    stream: info.stream,
+                    stream_offset: info.stream_offset + i,
+                    op,
+                    leaf_hash: self
+                        .tree
+                        .leaf(position)
+                        .expect("every op's leaves are in the tree"),
+                    segment: location.segment,
+                    file_offset: location.offset,
+                });
+            }
+            if self.indexed_keys.insert(info.key_id) {
+                batch.keys.push(KeyRow {
+                    key_id: info.key_id,
+                    stream: info.stream,
+                    created_ns: info.timestamp_ns,
+                    rotated_ns: None,
+                    shredded_ns: None,
+                });
+            }
+        }
+        batch
+    }
+}
+
+fn commit_row(view: u64, cert: &CertInfo, time_ns: u64) -> CommitRow {
+    CommitRow {
+        op: cert.op,
+        view,
+        tree_size: cert.tree_size,
+        root: cert.certificate.checkpoint.root,
+        time_ns,
+        certificate: cert.certificate.encode(),
+    }
+}
