@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use vellum::storage::{SEGMENT_BYTES_MIN, Storage, StorageConfig};
 use vellum_audit::hash::{Hash, sha256};
-use vellum_audit::record::{OpHeader, Record, RecordKind, encode_events, genesis_parent};
+use vellum_audit::record::{
+    EventFrame, OpHeader, Record, RecordKind, encode_events, genesis_parent,
+};
 use vellum_audit::segment::{SegmentEnd, scan_log_dir};
 
 const CLUSTER: u128 = 0x9c;
@@ -37,8 +39,14 @@ impl Chain {
         header.event_count = events;
         header.tree_size = self.tree_size + u64::from(events);
         let sealed: Vec<Vec<u8>> = (0..events).map(|i| vec![i as u8; 64]).collect();
-        let frames: Vec<([u8; 12], &[u8])> =
-            sealed.iter().map(|s| ([1; 12], s.as_slice())).collect();
+        let frames: Vec<EventFrame<'_>> = sealed
+            .iter()
+            .map(|s| EventFrame {
+                commitment: [0x11; 32],
+                nonce: [1; 12],
+                sealed: s.as_slice(),
+            })
+            .collect();
         let record = Record::new(header, encode_events(&frames));
         self.last_op += 1;
         self.last_checksum = record.checksum();

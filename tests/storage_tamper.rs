@@ -3,7 +3,9 @@
 
 use vellum::storage::{SEGMENT_BYTES_MIN, Storage, StorageConfig, StorageError};
 use vellum_audit::hash::{Hash, sha256};
-use vellum_audit::record::{OpHeader, Record, RecordKind, encode_events, genesis_parent};
+use vellum_audit::record::{
+    EventFrame, OpHeader, Record, RecordKind, encode_events, genesis_parent,
+};
 use vellum_audit::segment::{scan_segment, segment_file_name};
 
 const CLUSTER: u128 = 0x7a;
@@ -26,7 +28,18 @@ fn build_log(dir: &std::path::Path) {
         header.tree_size = tree_size + 2;
         let record = Record::new(
             header,
-            encode_events(&[([op as u8; 12], &[7; 100][..]), ([9; 12], &[8; 50][..])]),
+            encode_events(&[
+                EventFrame {
+                    commitment: [op as u8; 32],
+                    nonce: [op as u8; 12],
+                    sealed: &[7; 100],
+                },
+                EventFrame {
+                    commitment: [9; 32],
+                    nonce: [9; 12],
+                    sealed: &[8; 50],
+                },
+            ]),
         );
         parent = record.checksum();
         tree_size += 2;

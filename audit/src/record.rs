@@ -352,9 +352,16 @@ impl Record {
     }
 }
 
+/// Bytes of the plaintext commitment stored in each event frame.
+pub const COMMITMENT_BYTES: usize = 32;
+
 /// One encrypted event inside an Op body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventFrame<'a> {
+    /// The hiding commitment to the plaintext (see `leaf::commitment`). It is
+    /// stored outside the ciphertext so the Merkle leaf can be recomputed
+    /// without keys, and after the data key is shredded (P3, P6).
+    pub commitment: Hash,
     /// The AES-GCM nonce.
     pub nonce: [u8; NONCE_BYTES],
     /// Ciphertext followed by the 16-byte tag.
@@ -369,26 +376,32 @@ impl EventFrame<'_> {
     }
 }
 
-/// Encodes events as `[u32 frame_len][nonce][sealed]` frames, where
-/// `frame_len = 12 + sealed.len()`.
+/// Encodes events as `[u32 frame_len][commitment][nonce][sealed]` frames,
+/// where `frame_len = 32 + 12 + sealed.len()`.
 ///
 /// Panics if a sealed part is outside `[TAG_BYTES, SEALED_BYTES_MAX]`: the
 /// sealing layer produces those, so another size is a bug.
-pub fn encode_events(frames: &[([u8; NONCE_BYTES], &[u8])]) -> Vec<u8> {
+pub fn encode_events(frames: &[EventFrame<'_>]) -> Vec<u8> {
     let total: usize = frames
         .iter()
-        .map(|(_, sealed)| 4 + NONCE_BYTES + sealed.len())
+        .map(|f| 4 + COMMITMENT_BYTES + NONCE_BYTES + f.sealed.len())
         .sum();
     let mut out = Vec::with_capacity(total);
-    for (nonce, sealed) in frames {
+    for EventFrame {
+        commitment,
+        nonce,
+        sealed,
+    } in frames
+    {
         assert!(
             (TAG_BYTES..=SEALED_BYTES_MAX).contains(&sealed.len()),
             "sealed event of {} bytes is outside the frame limits",
             sealed.len()
         );
-        let frame_len =
-            u32::try_from(NONCE_BYTES + sealed.len()).expect("bounded by SEALED_BYTES_MAX");
+        let frame_len = u32::try_from(COMMITMENT_BYTES + NONCE_BYTES + sealed.len())
+            .expect("bounded by SEALED_BYTES_MAX");
         out.extend_from_slice(&frame_len.to_le_bytes());
+        out.extend_from_slice(commitment);
         out.extend_from_slice(nonce);
         out.extend_from_slice(sealed);
     }
@@ -421,7 +434,8 @@ pub fn decode_events(body: &[u8], count: u32, at: u64) -> Result<Vec<EventFrame<
                 )
             })?;
         let frame_len = u32::from_le_bytes(len_bytes) as usize;
-        if !(NONCE_BYTES + TAG_BYTES..=NONCE_BYTES + SEALED_BYTES_MAX).contains(&frame_len) {
+        const FIXED: usize = COMMITMENT_BYTES + NONCE_BYTES;
+        if !(FIXED + TAG_BYTES..=FIXED + SEALED_BYTES_MAX).contains(&frame_len) {
             return Err(DecodeError::at_byte(
                 FORMAT,
                 here,
@@ -435,11 +449,14 @@ pub fn decode_events(body: &[u8], count: u32, at: u64) -> Result<Vec<EventFrame<
                 format!("event {index}: frame runs past the body"),
             )
         })?;
+        let mut commitment = [0u8; COMMITMENT_BYTES];
+        commitment.copy_from_slice(&frame[..COMMITMENT_BYTES]);
         let mut nonce = [0u8; NONCE_BYTES];
-        nonce.copy_from_slice(&frame[..NONCE_BYTES]);
+        nonce.copy_from_slice(&frame[COMMITMENT_BYTES..COMMITMENT_BYTES + NONCE_BYTES]);
         frames.push(EventFrame {
+            commitment,
             nonce,
-            sealed: &frame[NONCE_BYTES..],
+            sealed: &frame[COMMITMENT_BYTES + NONCE_BYTES..],
         });
         pos += 4 + frame_len;
     }
@@ -518,7 +535,11 @@ mod tests {
         header.op = 1;
         header.event_count = 1;
         header.tree_size = 1;
-        let body = encode_events(&[([1; 12], &[2u8; 20][..])]);
+        let body = encode_events(&[EventFrame {
+            commitment: [5; 32],
+            nonce: [1; 12],
+            sealed: &[2u8; 20],
+        }]);
         Record::new(header, body)
     }
 

@@ -621,7 +621,7 @@ pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
 }
 
 /// Segment indexes of `dir`, checked to run 0, 1, 2, ... without a gap.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, ScanError> {
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>, ScanError> {
     let io = |source| ScanError::Io {
         path: dir.to_path_buf(),
         source,

@@ -65,11 +65,11 @@ proptest! {
 
     /// Goal: event framing round-trips nonces and sealed bytes, in order.
     #[test]
-    fn event_frames_round_trip(events in proptest::collection::vec((any::<[u8; 12]>(), proptest::collection::vec(any::<u8>(), 16..300)), 0..20)) {
-        let frames: Vec<([u8; 12], &[u8])> = events.iter().map(|(n, s)| (*n, s.as_slice())).collect();
+    fn event_frames_round_trip(events in proptest::collection::vec((any::<[u8; 32]>(), any::<[u8; 12]>(), proptest::collection::vec(any::<u8>(), 16..300)), 0..20)) {
+        let frames: Vec<EventFrame<'_>> = events.iter().map(|(c, n, s)| EventFrame { commitment: *c, nonce: *n, sealed: s.as_slice() }).collect();
         let body = encode_events(&frames);
         let decoded = decode_events(&body, frames.len() as u32, 0).expect("well formed");
-        let expected: Vec<EventFrame<'_>> = frames.iter().map(|(nonce, sealed)| EventFrame { nonce: *nonce, sealed }).collect();
+        let expected = frames.clone();
         prop_assert_eq!(decoded, expected);
     }
 
@@ -106,7 +106,18 @@ fn golden_record() -> Record {
         key_id: 5,
         tree_size: 2,
     };
-    let body = encode_events(&[([1; 12], &[0xaa; 24][..]), ([2; 12], &[0xbb; 17][..])]);
+    let body = encode_events(&[
+        EventFrame {
+            commitment: [0xc1; 32],
+            nonce: [1; 12],
+            sealed: &[0xaa; 24],
+        },
+        EventFrame {
+            commitment: [0xc2; 32],
+            nonce: [2; 12],
+            sealed: &[0xbb; 17],
+        },
+    ]);
     Record::new(header, body)
 }
 
@@ -146,6 +157,7 @@ fn genesis_parent_is_documented_hash() {
 #[test]
 fn ciphertext_hash_covers_nonce_and_sealed() {
     let frame = EventFrame {
+        commitment: [9; 32],
         nonce: [3; 12],
         sealed: &[4; 20],
     };

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use vellum_audit::record::{
-    HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, encode_events, genesis_parent,
+    EventFrame, HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, encode_events, genesis_parent,
 };
 use vellum_audit::segment::{
     ScanError, SegmentEnd, SegmentHeader, parse_segment_file_name, scan_log_dir, scan_segment,
@@ -64,8 +64,14 @@ impl LogBuilder {
         let sealed: Vec<Vec<u8>> = (0..events)
             .map(|i| vec![i as u8; 16 + i as usize])
             .collect();
-        let frames: Vec<([u8; 12], &[u8])> =
-            sealed.iter().map(|s| ([7; 12], s.as_slice())).collect();
+        let frames: Vec<EventFrame<'_>> = sealed
+            .iter()
+            .map(|s| EventFrame {
+                commitment: [0x11; 32],
+                nonce: [7; 12],
+                sealed: s.as_slice(),
+            })
+            .collect();
         let record = Record::new(header, encode_events(&frames));
         self.last_op += 1;
         self.last_checksum = record.checksum();

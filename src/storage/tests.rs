@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vellum_audit::hash::{Hash, sha256};
-use vellum_audit::record::{OpHeader, Record, RecordKind, encode_events, genesis_parent};
+use vellum_audit::record::{
+    EventFrame, OpHeader, Record, RecordKind, encode_events, genesis_parent,
+};
 use vellum_audit::segment::{SegmentEnd, scan_log_dir, segment_file_name};
 
 use super::*;
@@ -39,8 +41,14 @@ impl Chain {
         header.event_count = events;
         header.tree_size = self.tree_size + u64::from(events);
         let sealed: Vec<Vec<u8>> = (0..events).map(|i| vec![i as u8 ^ 0x5a; 40]).collect();
-        let frames: Vec<([u8; 12], &[u8])> =
-            sealed.iter().map(|s| ([3; 12], s.as_slice())).collect();
+        let frames: Vec<EventFrame<'_>> = sealed
+            .iter()
+            .map(|s| EventFrame {
+                commitment: [0x11; 32],
+                nonce: [3; 12],
+                sealed: s.as_slice(),
+            })
+            .collect();
         let record = Record::new(header, encode_events(&frames));
         self.last_op += 1;
         self.last_checksum = record.checksum();
