@@ -249,6 +249,34 @@ mod tests {
         }
     }
 
+    /// Goal: the key-file and tombstone encodings equal the committed golden
+    /// files byte for byte (regenerate only with `VELLUM_BLESS=1`).
+    #[test]
+    fn formats_match_golden_files() {
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let tombstone = Tombstone {
+            stream: 16,
+            shredded_at_ms: 1_700_000_000_000,
+            key_ids: vec![1, 4],
+        };
+        let cases = [
+            ("crypto_key_file.bin", record().encode().to_vec()),
+            ("crypto_tombstone.txt", tombstone.encode().into_bytes()),
+        ];
+        for (name, encoded) in cases {
+            let path = golden.join(name);
+            if std::env::var_os("VELLUM_BLESS").is_some_and(|v| v == "1") {
+                std::fs::create_dir_all(&golden).expect("create golden dir");
+                std::fs::write(&path, &encoded).expect("write golden file");
+            }
+            let expected = std::fs::read(&path).expect("golden file exists");
+            assert_eq!(
+                expected, encoded,
+                "{name} changed; rerun with VELLUM_BLESS=1 if intended"
+            );
+        }
+    }
+
     proptest! {
         /// Goal: key files and tombstones round-trip for all field values.
         #[test]
