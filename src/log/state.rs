@@ -35,7 +35,6 @@ pub struct OpInfo {
     pub key_id: u64,
     pub tree_size: u64,
     pub checksum: Hash,
-    pub timestamp_ns: u64,
     /// Where the record is on disk, once it is durable.
     pub location: Option<RecordLocation>,
 }
@@ -74,6 +73,10 @@ pub struct LogState {
     pub poisoned: Option<String>,
     indexed_through_op: u64,
     indexed_keys: HashSet<u64>,
+    /// key id -> (stream, timestamp of the first op that used it): the
+    /// key's row in the index, derived from the log so it is the same on
+    /// every rebuild.
+    key_first_use: HashMap<u64, (u64, u64)>,
 }
 
 /// The leaf preimages of an op record's events.
@@ -212,10 +215,12 @@ impl LogState {
             key_id: header.key_id,
             tree_size: header.tree_size,
             checksum,
-            timestamp_ns: header.timestamp_ns,
             location,
         });
         self.parent = checksum;
+        self.key_first_use
+            .entry(header.key_id)
+            .or_insert((header.stream, header.timestamp_ns));
         self.streams
             .entry(header.stream)
             .or_default()
@@ -422,10 +427,11 @@ impl LogState {
                 });
             }
             if self.indexed_keys.insert(info.key_id) {
+                let (stream, created_ns) = self.key_first_use[&info.key_id];
                 batch.keys.push(KeyRow {
                     key_id: info.key_id,
-                    stream: info.stream,
-                    created_ns: info.timestamp_ns,
+                    stream,
+                    created_ns,
                     rotated_ns: None,
                     shredded_ns: None,
                 });

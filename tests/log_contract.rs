@@ -1,0 +1,234 @@
+//! The contract of DESIGN §1 over the local log: `persist_blocking` from a
+//! plain thread, from a multi-thread tokio runtime, and refused (never a
+//! panic) on a current-thread runtime; offsets are the stream's new length;
+//! retries with the same client request never write twice.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use vellum::log::{ClientRequest, LocalLog, LocalPersister, LogOptions};
+use vellum::{EventPersister, Offset, PersistError, StreamId};
+
+fn fresh() -> (tempfile::TempDir, Arc<LocalLog>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    vellum::init::init_data_dir(&data, None).expect("init");
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    (dir, Arc::new(log))
+}
+
+fn events(n: usize, tag: &str) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(format!("{{\"tag\":\"{tag}\",\"i\":{i}}}")))
+        .collect()
+}
+
+/// Goal: from a plain thread, the returned offset is the stream's new length.
+#[test]
+fn plain_thread_gets_the_new_stream_length() {
+    let (_dir, log) = fresh();
+    let persister = LocalPersister::new(Arc::clone(&log));
+    assert_eq!(
+        persister.persist_blocking(StreamId(20), events(3, "a")),
+        Ok(Offset(3))
+    );
+    assert_eq!(
+        persister.persist_blocking(StreamId(20), events(2, "b")),
+        Ok(Offset(5))
+    );
+    assert_eq!(
+        persister.persist_blocking(StreamId(21), events(1, "c")),
+        Ok(Offset(1))
+    );
+    let read = log.read(20, 3, 10).expect("read");
+    assert_eq!(
+        read.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        events(2, "b")
+    );
+}
+
+/// Goal: from tasks of a multi-thread runtime the call works (block_in_place).
+#[test]
+fn multi_thread_runtime_tasks_can_persist() {
+    let (_dir, log) = fresh();
+    let persister = LocalPersister::new(Arc::clone(&log));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let offsets = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let persister = persister.clone();
+            tasks.push(tokio::spawn(async move {
+                persister.persist_blocking(StreamId(30 + i % 2), events(2, "t"))
+            }));
+        }
+        let mut offsets = Vec::new();
+        for task in tasks {
+            offsets.push(task.await.expect("task").expect("persist"));
+        }
+        offsets
+    });
+    assert_eq!(offsets.len(), 8);
+    assert_eq!(
+        log.read(30, 0, 100).expect("read").len() + log.read(31, 0, 100).expect("read").len(),
+        16
+    );
+}
+
+/// Goal: on a current-thread runtime the call returns an error, never panics, and writes nothing.
+#[test]
+fn current_thread_runtime_is_refused_without_writing() {
+    let (_dir, log) = fresh();
+    let persister = LocalPersister::new(Arc::clone(&log));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let result =
+        runtime.block_on(async { persister.persist_blocking(StreamId(40), events(1, "x")) });
+    match result {
+        Err(PersistError::StorageError(message)) => {
+            assert!(message.contains("current-thread"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        log.read(40, 0, 10).is_err(),
+        "nothing may have been written to stream 40"
+    );
+    assert_eq!(
+        persister.persist_blocking(StreamId(40), events(1, "x")),
+        Ok(Offset(1))
+    );
+}
+
+/// Goal: 16 threads appending at once get dense, distinct offsets per stream.
+#[test]
+fn concurrent_appends_get_dense_distinct_offsets() {
+    let (_dir, log) = fresh();
+    let persister = LocalPersister::new(Arc::clone(&log));
+    let per_thread = 25u64;
+    let results: Vec<Vec<(u64, u64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16u64)
+            .map(|t| {
+                let persister = persister.clone();
+                scope.spawn(move || {
+                    (0..per_thread)
+                        .map(|_| {
+                            let stream = 50 + t % 4;
+                            (
+                                stream,
+                                persister
+                                    .persist_blocking(StreamId(stream), events(1, "c"))
+                                    .expect("persist")
+                                    .0,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for stream in 50..54u64 {
+        let mut offsets: Vec<u64> = results
+            .iter()
+            .flatten()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, o)| *o)
+            .collect();
+        offsets.sort_unstable();
+        let expected: Vec<u64> = (1..=4 * per_thread).collect();
+        assert_eq!(
+            offsets, expected,
+            "stream {stream} offsets must be exactly 1..=n"
+        );
+    }
+}
+
+/// Goal: a retried client request is answered from the client table and never written twice, also after reopen.
+#[test]
+fn retried_request_executes_at_most_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    vellum::init::init_data_dir(&data, None).expect("init");
+    let client = ClientRequest {
+        client: 0xfeed,
+        request: 1,
+    };
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let first = log
+        .append(60, &events(2, "r"), None, Some(client))
+        .expect("append");
+    let again = log
+        .append(60, &events(2, "r"), None, Some(client))
+        .expect("retry");
+    assert!(again.duplicate && !first.duplicate);
+    assert_eq!((again.first_offset, again.next_offset), (0, 2));
+    log.close().expect("close");
+
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    let after_reopen = log
+        .append(60, &events(2, "r"), None, Some(client))
+        .expect("retry after reopen");
+    assert!(after_reopen.duplicate);
+    assert_eq!(
+        log.read(60, 0, 100).expect("read").len(),
+        2,
+        "the batch must be stored once"
+    );
+    let next = log
+        .append(
+            60,
+            &events(1, "s"),
+            None,
+            Some(ClientRequest {
+                request: 2,
+                ..client
+            }),
+        )
+        .expect("next");
+    assert_eq!(next.next_offset, 3);
+    let stale = log.append(60, &events(1, "s"), None, Some(client));
+    assert!(stale.is_err(), "an older request number is refused");
+}
+
+/// Goal: an expected offset that does not match refuses the append and names both numbers.
+#[test]
+fn wrong_expected_offset_is_a_clear_conflict() {
+    let (_dir, log) = fresh();
+    log.append(70, &events(2, "e"), Some(0), None)
+        .expect("expected 0 on an empty stream");
+    let err = log
+        .append(70, &events(1, "e"), Some(5), None)
+        .expect_err("conflict");
+    let message = err.to_string();
+    assert!(
+        message.contains("expected 5") && message.contains("2 events"),
+        "{message}"
+    );
+    assert_eq!(log.read(70, 0, 10).expect("read").len(), 2);
+}
+
+/// Goal: invalid batches (reserved stream, empty, oversized event) are refused before anything is written.
+#[test]
+fn invalid_batches_are_refused() {
+    let (_dir, log) = fresh();
+    assert!(
+        log.append(3, &events(1, "sys"), None, None)
+            .expect_err("reserved")
+            .to_string()
+            .contains("reserved")
+    );
+    assert!(log.append(80, &[], None, None).is_err());
+    let huge = Bytes::from(vec![b'x'; vellum::log::EVENT_BYTES_MAX + 1]);
+    assert!(log.append(80, &[huge], None, None).is_err());
+    assert!(
+        log.read(80, 0, 10).is_err(),
+        "stream 80 must still be unknown"
+    );
+}
