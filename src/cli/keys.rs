@@ -35,7 +35,11 @@ struct ShowArgs {
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     let KeysCommand::Show(args) = args.command;
+    super::check_data_dir(&args.data_dir, true)?;
     let dir = DataDir::new(&args.data_dir);
+    // Only public keys are printed, but world-readable secrets next to them
+    // are refused here as by every other command, so the user hears of it.
+    super::check_key_permissions(&dir)?;
     let signer = crate::crypto::load_signing_key_file(&dir.signing_key())?;
     let vkey = signer.verifier().to_vkey();
     if args.vkeys {

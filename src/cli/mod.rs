@@ -10,7 +10,7 @@ mod proof;
 mod read;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -71,7 +71,14 @@ pub struct DataDirArgs {
 }
 
 /// Runs one command; the exit code says whether every check passed.
+///
+/// An error comes back as one message: causes whose text the message already
+/// holds are dropped, so `main` does not print the same cause twice.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    dispatch(cli).map_err(|error| anyhow::anyhow!(error_text(&error)))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Init(args) => init::run(args),
@@ -87,8 +94,75 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes joined with ": ", skipping a cause whose text
+/// the message already ends with (many library errors print their source).
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Refuses a data directory that does not exist, or (when `initialized` is
+/// asked for) one that `vellum init` did not create, saying how to fix it.
+fn check_data_dir(path: &Path, initialized: bool) -> anyhow::Result<()> {
+    if !path.is_dir() {
+        anyhow::bail!(
+            "data directory {} does not exist (create one with `vellum init --data-dir {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    let meta = crate::datadir::DataDir::new(path).meta();
+    if initialized && !meta.exists() {
+        anyhow::bail!(
+            "{} is not a vellum data directory: {} is missing (create one with `vellum init`)",
+            path.display(),
+            meta.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a key directory, or a file in it, that group or others may
+/// access: the same check and message as the key store's own.
+fn check_key_permissions(dir: &crate::datadir::DataDir) -> Result<(), crate::crypto::CryptoError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let keys = dir.keys();
+    let io = |path: &Path, source| crate::crypto::CryptoError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let private = |path: &Path| -> Result<(), crate::crypto::CryptoError> {
+        let mode = std::fs::metadata(path).map_err(|e| io(path, e))?.mode();
+        if mode & 0o077 != 0 {
+            return Err(crate::crypto::CryptoError::InsecurePermissions {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        Ok(())
+    };
+    private(&keys)?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&keys)
+        .map_err(|e| io(&keys, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| io(&keys, e)))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    entries.iter().try_for_each(|path| private(path))
+}
+
 /// Opens the log of a data directory for a command.
 fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
+    check_data_dir(&args.data_dir, true)?;
     let options = crate::log::LogOptions {
         index_url: args.index_url.clone(),
         ..Default::default()

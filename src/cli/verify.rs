@@ -27,6 +27,16 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    // An auditor's copy may hold no keys and no vellum.json: only the log
+    // and the policy are needed, so only the directory must exist.
+    super::check_data_dir(&args.data_dir, false)?;
+    let dir = crate::datadir::DataDir::new(&args.data_dir);
+    if dir.keys().exists()
+        && let Err(e) = super::check_key_permissions(&dir)
+    {
+        // Verification needs no secret, so it goes on; but say it loudly.
+        eprintln!("warning: {e}");
+    }
     let policy_path = match &args.policy {
         Some(path) => path.clone(),
         None => {
