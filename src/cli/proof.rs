@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::{DataDirArgs, open_log};
@@ -34,7 +35,13 @@ pub fn run(args: ProofArgs) -> anyhow::Result<ExitCode> {
         let from = args
             .from_size
             .expect("clap requires --from-size with --consistency");
-        log.consistency_proof(from, args.to_size)?.encode()
+        let to = args.to_size.map_or_else(
+            || "the latest certificate".to_string(),
+            |n| format!("tree size {n}"),
+        );
+        log.consistency_proof(from, args.to_size)
+            .with_context(|| format!("consistency proof from tree size {from} to {to}"))?
+            .encode()
     } else {
         let stream = args
             .stream

@@ -19,14 +19,31 @@ pub struct ReadArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     from: u64,
     /// Events to read at most.
-    #[arg(long, value_name = "M", default_value_t = crate::log::READ_EVENTS_MAX)]
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = crate::log::READ_EVENTS_MAX,
+        value_parser = clap::value_parser!(u64).range(0..=crate::log::READ_EVENTS_MAX),
+    )]
     max: u64,
 }
 
 pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
     let log = open_log(&args.dir)?;
     let events = log.read(args.stream, args.from, args.max)?;
+    // Reading at the end gives nothing (a reader polls there); reading past
+    // it is a mistake worth saying, which only the event before shows.
+    let past_end =
+        events.is_empty() && args.from > 0 && log.read(args.stream, args.from - 1, 1)?.is_empty();
     log.close()?;
+    if past_end {
+        anyhow::bail!(
+            "--from {} is past the end of stream {}: it has fewer than {} events",
+            args.from,
+            args.stream,
+            args.from
+        );
+    }
     let mut out = std::io::stdout().lock();
     for event in events {
         out.write_all(&event.payload)?;
