@@ -70,18 +70,18 @@ pub async fn check_index(target: &IndexTarget, cluster: u128, facts: &LogFacts) 
     let index = match Index::open(target, cluster).await {
         Ok(index) => index,
         Err(e) => {
-            check.fail("index", e.to_string());
+            check.fail("index", crate::log::error_chain(&e));
             return check.finish();
         }
     };
     if let Err(e) = compare_events(&index, facts, &mut check).await {
-        check.fail("index events", e.to_string());
+        check.fail("index events", crate::log::error_chain(&e));
     }
     if let Err(e) = compare_commits(&index, facts, &mut check).await {
-        check.fail("index commits", e.to_string());
+        check.fail("index commits", crate::log::error_chain(&e));
     }
     if let Err(e) = compare_keys(&index, facts, &mut check).await {
-        check.fail("index keys", e.to_string());
+        check.fail("index keys", crate::log::error_chain(&e));
     }
     index.close().await;
     check.finish()
@@ -158,6 +158,7 @@ async fn compare_commits(
             None => check.fail(at, "extra: the log holds no certificate for this commit"),
             Some(fact)
                 if fact.tree_size != row.tree_size
+                    || fact.view != row.view
                     || fact.root != row.root
                     || fact.certificate != row.certificate =>
             {

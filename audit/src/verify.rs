@@ -6,7 +6,16 @@
 //! and seal, and checks every certificate's signatures against the policy.
 //! It returns the report's checks plus the facts (events, certificates) that
 //! a caller needs to check a projection such as the audit index.
+//!
+//! The chain and the seals are not signed: an attacker who rewrites bytes can
+//! recompute every checksum, parent and seal after them. What such a rewrite
+//! cannot forge is a quorum certificate over the Merkle root, so the log must
+//! END with one: every op must be covered by a verified certificate whose root
+//! the events reproduce. Ops after the last certificate (a crash between an
+//! op and its certificate, repaired by the next open, or certificates that
+//! were stripped) fail verification rather than pass unproven.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Certificate;
@@ -16,7 +25,7 @@ use crate::merkle::MerkleTree;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
 use crate::report::{Check, Reached};
-use crate::segment::{self, Chain, SegmentEnd};
+use crate::segment::{self, Chain, ScanError, SegmentEnd};
 
 /// One event as the log states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +51,8 @@ pub struct EventFact {
 pub struct CommitFact {
     /// The commit number certified.
     pub op: u64,
+    /// The view of the certificate record.
+    pub view: u64,
     /// Tree size.
     pub tree_size: u64,
     /// Root.
@@ -85,6 +96,13 @@ pub fn cluster_from_origin(origin: &str) -> Option<u128> {
 
 struct Walk<'a> {
     policy: &'a Policy,
+    segments_dir: &'a Path,
+    /// (segment, file offset) of each op record, indexed by op - 1.
+    op_locations: Vec<(u64, u64)>,
+    /// The stream each key id was first seen with.
+    key_streams: BTreeMap<u64, u64>,
+    /// True when every segment was read to its end.
+    complete: bool,
     tree: MerkleTree,
     facts: LogFacts,
     records: Check,
@@ -104,6 +122,10 @@ pub fn verify_log_dir(
 ) -> LogVerification {
     let mut walk = Walk {
         policy,
+        segments_dir,
+        op_locations: Vec::new(),
+        key_streams: BTreeMap::new(),
+        complete: false,
         tree: MerkleTree::default(),
         facts: LogFacts::default(),
         records: Check::start("records and hash chain"),
@@ -122,40 +144,65 @@ pub fn verify_log_dir(
     };
     let indexes = match segment::list_segments(segments_dir) {
         Ok(indexes) => indexes,
+        Err(ScanError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            walk.records
+                .fail(format!("{} at byte {offset}", file.display()), reason);
+            return walk.finish();
+        }
         Err(e) => {
             walk.records
                 .fail(segments_dir.display().to_string(), e.to_string());
             return walk.finish();
         }
     };
-    let mut chain = Chain::genesis(cluster);
-    for (position, index) in indexes.iter().copied().enumerate() {
-        let path = segments_dir.join(segment::segment_file_name(index));
-        if index != position as u64 {
-            walk.records.fail(
-                path.display().to_string(),
-                format!("segment {position} is missing"),
-            );
-            break;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                walk.records
-                    .fail(path.display().to_string(), format!("cannot read: {e}"));
-                break;
-            }
-        };
-        progress(bytes.len() as u64);
-        let is_last = position + 1 == indexes.len();
-        if !walk.segment(&path, index, &bytes, cluster, &mut chain, is_last) {
-            break;
-        }
+    if indexes.is_empty() {
+        // `vellum init` creates segment 0, so a log without it was deleted.
+        walk.records.fail(
+            format!(
+                "{} at byte 0",
+                segments_dir.join(segment::segment_file_name(0)).display()
+            ),
+            "no segment files: segment 0 is missing (an initialized log always has it)",
+        );
+        return walk.finish();
     }
+    walk.complete = walk.segments(&indexes, cluster, progress);
     walk.finish()
 }
 
 impl Walk<'_> {
+    /// Checks every segment in order; false when one could not be followed
+    /// to its end.
+    fn segments(&mut self, indexes: &[u64], cluster: u128, progress: &mut dyn FnMut(u64)) -> bool {
+        let mut chain = Chain::genesis(cluster);
+        for (position, index) in indexes.iter().copied().enumerate() {
+            let path = self.segment_path(index);
+            assert_eq!(index, position as u64, "list_segments returns 0, 1, 2, ...");
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.records
+                        .fail(path.display().to_string(), format!("cannot read: {e}"));
+                    return false;
+                }
+            };
+            progress(bytes.len() as u64);
+            let is_last = position + 1 == indexes.len();
+            if !self.segment(&path, index, &bytes, cluster, &mut chain, is_last) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn segment_path(&self, index: u64) -> PathBuf {
+        self.segments_dir.join(segment::segment_file_name(index))
+    }
+
     /// Checks one segment; false when the log cannot be followed past it.
     fn segment(
         &mut self,
@@ -184,8 +231,8 @@ impl Walk<'_> {
             SegmentEnd::Sealed { .. } => self.seals.count("sealed segments", 1),
             SegmentEnd::Open if is_last => {}
             SegmentEnd::Open => self.seals.fail(
-                path.display().to_string(),
-                "a segment that is not the last is not sealed",
+                here(bytes.len() as u64),
+                "a segment that is not the last is not sealed (it ends here without a seal)",
             ),
             SegmentEnd::TornTail { offset, bytes } => {
                 self.records.fail(
@@ -205,6 +252,20 @@ impl Walk<'_> {
     fn op(&mut self, header: &OpHeader, body: &[u8], segment: u64, offset: u64, at: &str) {
         self.records.count("ops", 1);
         self.facts.ops += 1;
+        self.op_locations.push((segment, offset));
+        match self.key_streams.get(&header.key_id) {
+            Some(&stream) if stream != header.stream => self.records.fail(
+                at,
+                format!(
+                    "op {} uses key id {} of stream {stream} for stream {}",
+                    header.op, header.key_id, header.stream
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                self.key_streams.insert(header.key_id, header.stream);
+            }
+        }
         let frames = match record::decode_events(
             body,
             header.event_count,
@@ -270,40 +331,58 @@ impl Walk<'_> {
                 ),
             );
         }
-        match self.tree.root_at(size) {
-            Ok(root) if root == certificate.checkpoint.root => {
-                self.merkle.count("roots recomputed", 1)
+        let root_matches = match self.tree.root_at(size) {
+            Ok(root) if root == certificate.checkpoint.root && size == header.tree_size => {
+                self.merkle.count("roots recomputed", 1);
+                true
             }
-            Ok(root) => self.merkle.fail(
-                at,
-                format!(
-                    "certificate root {} but the events give {}",
-                    to_hex(&certificate.checkpoint.root),
-                    to_hex(&root)
-                ),
-            ),
-            Err(e) => self
-                .merkle
-                .fail(at, format!("certificate for tree size {size}: {e}")),
-        }
+            Ok(root) if root == certificate.checkpoint.root => false,
+            Ok(root) => {
+                self.merkle.fail(
+                    at,
+                    format!(
+                        "certificate root {} but the events give {}",
+                        to_hex(&certificate.checkpoint.root),
+                        to_hex(&root)
+                    ),
+                );
+                false
+            }
+            Err(e) => {
+                self.merkle
+                    .fail(at, format!("certificate for tree size {size}: {e}"));
+                false
+            }
+        };
         match certificate.verify(self.policy) {
             Ok(_) => {
                 self.certificates.count("verified", 1);
-                self.last_certified_op = self.last_certified_op.max(header.op);
-                self.reached = Some(Reached {
-                    tree_size: size,
-                    root: to_hex(&certificate.checkpoint.root),
-                    checkpoint: text.to_string(),
-                });
+                if root_matches {
+                    self.certified(header.op, &certificate, text);
+                }
             }
             Err(e) => self.certificates.fail(at, e.to_string()),
         }
         self.facts.commits.push(CommitFact {
             op: header.op,
+            view: header.view,
             tree_size: size,
             root: certificate.checkpoint.root,
             certificate: text.to_string(),
         });
+    }
+
+    /// Notes a certificate whose signatures and root both verified.
+    fn certified(&mut self, op: u64, certificate: &Certificate, text: &str) {
+        self.last_certified_op = self.last_certified_op.max(op);
+        let size = certificate.checkpoint.size;
+        if self.reached.as_ref().is_none_or(|r| r.tree_size <= size) {
+            self.reached = Some(Reached {
+                tree_size: size,
+                root: to_hex(&certificate.checkpoint.root),
+                checkpoint: text.to_string(),
+            });
+        }
     }
 
     fn seal(&mut self, header: &OpHeader, body: &[u8], offset: u64, at: &str) {
@@ -327,9 +406,8 @@ impl Walk<'_> {
         let uncertified = self.facts.ops - self.last_certified_op.min(self.facts.ops);
         self.certificates
             .count("ops after the last certificate", uncertified);
-        if self.facts.ops > 0 && self.reached.is_none() && self.certificates.passed() {
-            self.certificates
-                .fail("log", "the log holds ops but no valid certificate");
+        if self.complete && uncertified > 0 {
+            self.fail_uncertified_tail(uncertified);
         }
         LogVerification {
             checks: vec![
@@ -341,6 +419,28 @@ impl Walk<'_> {
             facts: self.facts,
             reached: self.reached,
         }
+    }
+}
+
+impl Walk<'_> {
+    /// The log ends with ops that no verified certificate covers: nothing
+    /// signed vouches for them, so they could have been rewritten at will.
+    fn fail_uncertified_tail(&mut self, uncertified: u64) {
+        let first = self.last_certified_op + 1;
+        let index = usize::try_from(first - 1).expect("op index fits in memory");
+        let (segment, offset) = self.op_locations[index];
+        let location = format!("{} at byte {offset}", self.segment_path(segment).display());
+        let message = if self.last_certified_op == 0 {
+            format!("the log holds {uncertified} ops but no valid certificate covers any of them")
+        } else {
+            format!(
+                "ops {first} to {} ({uncertified} ops) are not covered by any valid certificate: \
+                 the log must end with one (a crash before the certificate was written is \
+                 repaired by opening the log; otherwise certificates were removed)",
+                self.facts.ops
+            )
+        };
+        self.certificates.fail(location, message);
     }
 }
 
