@@ -456,6 +456,58 @@ fn verify_and_index_rebuild_pass() {
     );
 }
 
+/// Goal: several `vellum append` processes on one data directory at once
+/// all land, each batch whole, and the log still verifies (they take turns).
+#[test]
+fn concurrent_appends_from_processes_all_land() {
+    let (_tmp, data) = fresh();
+    ok(&["init", "--data-dir", s(&data)], b"");
+    let writers = 6;
+    let batch: String = (0..200).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+    let children: Vec<_> = (0..writers)
+        .map(|w| {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_vellum"))
+                .args([
+                    "append",
+                    "--data-dir",
+                    s(&data),
+                    "--stream",
+                    &(16 + w % 2).to_string(),
+                ])
+                .env_remove("VELLUM_INDEX_URL")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn vellum");
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(batch.as_bytes())
+                .expect("write stdin");
+            child
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for stream in ["16", "17"] {
+        let read = ok(&["read", "--data-dir", s(&data), "--stream", stream], b"");
+        assert_eq!(
+            read,
+            batch.repeat(writers / 2),
+            "stream {stream} holds whole batches"
+        );
+    }
+    assert_verify_passes(&data, None);
+}
+
 /// Goal: `vellum demo` runs its whole story and reports success as JSON.
 #[test]
 fn demo_succeeds() {

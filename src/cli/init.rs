@@ -49,6 +49,7 @@ pub fn rebuild_index(args: DataDirArgs) -> anyhow::Result<ExitCode> {
     // first (keys, policy, segments), so a data directory that cannot be
     // opened is refused with the index left as it was.
     super::check_data_dir(&args.data_dir, true)?;
+    let _lock = super::lock_data_dir(&args.data_dir)?;
     crate::index::IndexTarget::parse(args.index_url.as_deref(), &args.data_dir)?;
     let options = crate::log::LogOptions {
         without_index: true,

@@ -160,9 +160,41 @@ fn check_key_permissions(dir: &crate::datadir::DataDir) -> Result<(), crate::cry
     entries.iter().try_for_each(|path| private(path))
 }
 
-/// Opens the log of a data directory for a command.
-fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
+/// Holds the data directory for one command: an exclusive advisory lock on
+/// its `vellum.json`, released when dropped. Two processes writing one log
+/// at once would interleave records and break the chain for good, so every
+/// command that opens the log takes it, waiting for a running one to finish.
+#[derive(Debug)]
+struct DirLock {
+    _file: std::fs::File,
+}
+
+fn lock_data_dir(path: &Path) -> anyhow::Result<DirLock> {
+    let meta = crate::datadir::DataDir::new(path).meta();
+    let file = std::fs::File::open(&meta)
+        .map_err(|e| anyhow::anyhow!("{}: cannot open to lock it: {e}", meta.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "waiting for another vellum process using {} to finish",
+                path.display()
+            );
+            file.lock()
+                .map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", meta.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("{}: cannot lock: {e}", meta.display());
+        }
+    }
+    Ok(DirLock { _file: file })
+}
+
+/// Opens the log of a data directory for a command; the log is this
+/// process's alone while the returned lock lives.
+fn open_log(args: &DataDirArgs) -> anyhow::Result<(crate::log::LocalLog, DirLock)> {
     check_data_dir(&args.data_dir, true)?;
+    let lock = lock_data_dir(&args.data_dir)?;
     let options = crate::log::LogOptions {
         index_url: args.index_url.clone(),
         ..Default::default()
@@ -171,7 +203,7 @@ fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
     if let Some(torn) = &report.torn_tail {
         eprintln!("warning: recovery truncated a torn tail: {torn}");
     }
-    Ok(log)
+    Ok((log, lock))
 }
 
 /// Prints a value as pretty JSON on stdout.

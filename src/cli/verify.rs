@@ -37,6 +37,13 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         // Verification needs no secret, so it goes on; but say it loudly.
         eprintln!("warning: {e}");
     }
+    // Hold the writer's lock when this is a replica's directory, so an
+    // append running now is not mistaken for a torn record.
+    let _lock = if dir.meta().exists() {
+        Some(super::lock_data_dir(&args.data_dir)?)
+    } else {
+        None
+    };
     let policy_path = match &args.policy {
         Some(path) => path.clone(),
         None => {
