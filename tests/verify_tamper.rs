@@ -795,3 +795,111 @@ fn quorum_two_with_one_signature_fails() {
     let path = segment_path(&fixture.original, 0);
     assert_caught_at(&checks, &path, first_cert.offset, "quorum 2");
 }
+
+/// Runs SQL statements against a data directory's SQLite audit index.
+fn tamper_index(data: &Path, statements: &[String]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", data.join("index.sqlite3").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        for statement in statements {
+            let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            assert_eq!(done.rows_affected(), 1, "{statement} changes one row");
+        }
+        pool.close().await;
+    });
+}
+
+/// Goal: each deleted, added or edited row of the events, commits and keys
+/// tables fails `verify_data_dir` in the "audit index" check naming that row,
+/// and `rebuild_index` makes verify pass again.
+#[test]
+fn tampered_index_rows_are_named_and_rebuild_repairs_them() {
+    let fixture = Fixture::new();
+    let facts = verify_log(&fixture.original, &fixture.policy).facts;
+    let events = facts.events.len();
+    let commit = facts.commits[1].op;
+    let key = facts.keys[0].0;
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["DELETE FROM events WHERE position = 3".into()],
+            "events.position=3".into(),
+        ),
+        (
+            vec![format!(
+                "INSERT INTO events (position, stream, stream_offset, op, leaf_hash, segment, file_offset) \
+                 VALUES ({events}, 999, 0, 1, zeroblob(32), 0, 64)"
+            )],
+            format!("events.position={events}"),
+        ),
+        (
+            vec!["UPDATE events SET leaf_hash = zeroblob(32) WHERE position = 4".into()],
+            "events.position=4".into(),
+        ),
+        (
+            vec!["UPDATE events SET stream_offset = 1000 WHERE position = 5".into()],
+            "events.position=5".into(),
+        ),
+        (
+            vec![format!("DELETE FROM commits WHERE op = {commit}")],
+            format!("commits.op={commit}"),
+        ),
+        (
+            vec![format!(
+                "UPDATE commits SET root = zeroblob(32) WHERE op = {commit}"
+            )],
+            format!("commits.op={commit}"),
+        ),
+        (
+            vec![format!(
+                "UPDATE commits SET certificate = certificate || 'x' WHERE op = {commit}"
+            )],
+            format!("commits.op={commit}"),
+        ),
+        (
+            vec![format!("UPDATE commits SET view = 7 WHERE op = {commit}")],
+            format!("commits.op={commit}"),
+        ),
+        (
+            vec![format!("DELETE FROM keys WHERE key_id = {key}")],
+            format!("keys.key_id={key}"),
+        ),
+    ];
+    let report =
+        vellum::verify::verify_data_dir(&fixture.original, &fixture.policy, None, &mut |_| {});
+    assert!(
+        report.passed,
+        "the untouched index passes:\n{}",
+        report.to_text()
+    );
+    for (i, (statements, row)) in cases.iter().enumerate() {
+        let data = fixture._dir.path().join(format!("index-case-{i}"));
+        copy_dir(&fixture.original, &data);
+        tamper_index(&data, statements);
+        let report = vellum::verify::verify_data_dir(&data, &fixture.policy, None, &mut |_| {});
+        let expected = format!("index row {row}");
+        let named = report.checks.iter().any(|c| {
+            c.name == "audit index"
+                && c.outcome == Outcome::Fail
+                && c.failures.iter().any(|f| f.location == expected)
+        });
+        assert!(
+            named,
+            "{statements:?} must fail naming {expected}:\n{}",
+            report.to_text()
+        );
+        vellum::log::rebuild_index(&data, None).expect("rebuild");
+        let report = vellum::verify::verify_data_dir(&data, &fixture.policy, None, &mut |_| {});
+        assert!(
+            report.passed,
+            "after rebuild ({statements:?}):\n{}",
+            report.to_text()
+        );
+    }
+}

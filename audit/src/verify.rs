@@ -448,3 +448,59 @@ impl Walk<'_> {
 pub fn segments_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("segments")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::origin_for_cluster;
+    use crate::note::Signer;
+
+    fn policy(cluster: u128) -> Policy {
+        let signer = Signer::from_seed("r0", [3; 32]).expect("signer");
+        Policy::new(&origin_for_cluster(cluster), vec![signer.verifier()], 1).expect("policy")
+    }
+
+    /// Goal: the cluster id round-trips through the origin; other origins name none.
+    #[test]
+    fn cluster_from_origin_reads_only_vellum_origins() {
+        let cluster = 0x0123_4567_89ab_cdef_0011_2233_4455_6677u128;
+        assert_eq!(
+            cluster_from_origin(&origin_for_cluster(cluster)),
+            Some(cluster)
+        );
+        for other in [
+            "example.com/log",
+            "vellum.local/cluster/123",
+            "vellum.local/cluster/0123456789abcdef00112233445566zz",
+        ] {
+            assert_eq!(cluster_from_origin(other), None, "{other}");
+        }
+    }
+
+    /// Goal: a segments directory without segment 0 fails, naming that file.
+    #[test]
+    fn verify_empty_segments_dir_fails_naming_segment_zero() {
+        let dir = std::env::temp_dir().join(format!("vellum-verify-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let verification = verify_log_dir(&dir, &policy(7), &mut |_| {});
+        let _ = std::fs::remove_dir_all(&dir);
+        let records = &verification.checks[0];
+        assert!(!records.passed());
+        let expected = format!(
+            "{} at byte 0",
+            dir.join(segment::segment_file_name(0)).display()
+        );
+        assert_eq!(records.failures[0].location, expected);
+    }
+
+    /// Goal: a policy whose origin names no vellum cluster fails before any file is read.
+    #[test]
+    fn verify_refuses_a_foreign_origin_policy() {
+        let signer = Signer::from_seed("r0", [3; 32]).expect("signer");
+        let foreign = Policy::new("example.com/log", vec![signer.verifier()], 1).expect("policy");
+        let mut read = 0u64;
+        let verification = verify_log_dir(Path::new("/nonexistent"), &foreign, &mut |n| read += n);
+        assert!(!verification.checks[0].passed());
+        assert_eq!(read, 0);
+    }
+}
