@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::print_json;
@@ -55,7 +56,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             path
         }
     };
-    let policy = crate::log::load_policy(&policy_path)?;
+    let text = std::fs::read_to_string(&policy_path)
+        .with_context(|| format!("{}: cannot read the trust policy", policy_path.display()))?;
+    let policy = vellum_audit::policy::Policy::parse(&text)
+        .with_context(|| policy_path.display().to_string())?;
     let total = dir_bytes(&crate::datadir::DataDir::new(&args.data_dir).segments());
     let progress = indicatif::ProgressBar::with_draw_target(
         Some(total),
