@@ -36,6 +36,8 @@ pub struct BenchConfig {
     pub time_limit: Duration,
     /// PostgreSQL URL; skipped when `None`.
     pub postgres_url: Option<String>,
+    /// Megabytes of log to build and verify (0: skip the verify measurement).
+    pub verify_mb: u64,
 }
 
 /// Results of one system at one concurrency.
@@ -83,6 +85,30 @@ pub struct BenchReport {
     pub ratios: Vec<Ratio>,
     /// Notes (skipped systems, settings read back).
     pub notes: Vec<String>,
+    /// `vellum verify` throughput against a raw SHA-256 pass, when asked for.
+    pub verify: Option<VerifyMeasurement>,
+}
+
+/// `vellum verify` over a log against reading and hashing the same bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyMeasurement {
+    /// Bytes of segment files verified.
+    pub log_bytes: u64,
+    /// Events in the log.
+    pub events: u64,
+    /// Seconds for the log checks of `vellum verify` (records, chain, seals,
+    /// Merkle roots, signatures; the index check is excluded).
+    pub verify_s: f64,
+    /// Seconds to read every segment file and SHA-256 it once.
+    pub sha256_s: f64,
+    /// verify_s / sha256_s.
+    pub ratio: f64,
+    /// Seconds of `vellum verify` per GB (10^9 bytes) of log, extrapolated.
+    pub verify_s_per_gb: f64,
+    /// Seconds of the raw SHA-256 pass per GB, extrapolated.
+    pub sha256_s_per_gb: f64,
+    /// Events per second verified.
+    pub verify_events_per_s: f64,
 }
 
 /// Runs every system at every concurrency level.
@@ -132,7 +158,17 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
         }
     }
     let ratios = ratios(&measurements);
+    let verify = if config.verify_mb > 0 {
+        progress(&format!(
+            "verify over a {} MB log vs sha-256",
+            config.verify_mb
+        ));
+        Some(bench_verify(config)?)
+    } else {
+        None
+    };
     Ok(BenchReport {
+        verify,
         event_bytes: config.event_bytes,
         measurements,
         ratios,
@@ -504,9 +540,86 @@ impl BenchReport {
                 r.concurrency, r.what, r.throughput, r.p99_latency
             );
         }
+        if let Some(v) = &self.verify {
+            let _ = writeln!(
+                out,
+                "verify: {:.1} MB, {} events: verify {:.2} s ({:.1} s/GB, {:.0} events/s) vs sha-256 pass {:.2} s ({:.1} s/GB): x{:.2}",
+                v.log_bytes as f64 / 1e6,
+                v.events,
+                v.verify_s,
+                v.verify_s_per_gb,
+                v.verify_events_per_s,
+                v.sha256_s,
+                v.sha256_s_per_gb,
+                v.ratio
+            );
+        }
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }
         out
     }
+}
+
+/// Events per op while building the verify log (big ops make it quick to build).
+const VERIFY_EVENTS_PER_OP: usize = 256;
+
+/// Builds a log of about `verify_mb` MB, then times the log checks of
+/// `vellum verify` against one read-and-SHA-256 pass over the same files.
+fn bench_verify(config: &BenchConfig) -> anyhow::Result<VerifyMeasurement> {
+    let dir = config.dir.join("verify");
+    remove_dir_if_exists(&dir)?;
+    crate::init::init_data_dir(&dir, None)?;
+    let options = LogOptions {
+        without_index: true,
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(&dir, options)?;
+    let payload = Bytes::from(sample_payload(config.event_bytes));
+    let batch: Vec<Bytes> = (0..VERIFY_EVENTS_PER_OP).map(|_| payload.clone()).collect();
+    let target_bytes = config.verify_mb.saturating_mul(1_000_000);
+    let mut written = 0u64;
+    let mut stream = StreamId::USER_MIN;
+    while written < target_bytes {
+        log.append(stream, &batch, None, None)?;
+        written += (VERIFY_EVENTS_PER_OP * config.event_bytes) as u64;
+        stream = StreamId::USER_MIN + (stream + 1) % 64;
+    }
+    log.close()?;
+    let segments = crate::datadir::DataDir::new(&dir).segments();
+    let policy = crate::log::load_policy(&crate::datadir::DataDir::new(&dir).policy())?;
+
+    let started = Instant::now();
+    let verification = vellum_audit::verify::verify_log_dir(&segments, &policy, &mut |_| {});
+    let verify_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verification
+            .checks
+            .iter()
+            .all(vellum_audit::report::Check::passed),
+        "verify failed on the bench log"
+    );
+    let started = Instant::now();
+    let mut log_bytes = 0u64;
+    let mut digest_sink = 0u8;
+    for entry in std::fs::read_dir(&segments)? {
+        let bytes = std::fs::read(entry?.path())?;
+        log_bytes += bytes.len() as u64;
+        digest_sink ^= vellum_audit::hash::sha256(&[&bytes])[0];
+    }
+    let sha256_s = started.elapsed().as_secs_f64();
+    std::hint::black_box(digest_sink);
+    remove_dir_if_exists(&dir)?;
+    let gb = log_bytes as f64 / 1e9;
+    let events = verification.facts.events.len() as u64;
+    Ok(VerifyMeasurement {
+        log_bytes,
+        events,
+        verify_s,
+        sha256_s,
+        ratio: verify_s / sha256_s.max(1e-9),
+        verify_s_per_gb: verify_s / gb.max(1e-12),
+        sha256_s_per_gb: sha256_s / gb.max(1e-12),
+        verify_events_per_s: events as f64 / verify_s.max(1e-9),
+    })
 }

@@ -133,7 +133,7 @@ pub fn run_demo(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<DemoSumm
     let proof_text = log.inclusion_proof(PATIENTS[1].0, 0)?.encode();
     let policy = log.policy().clone();
     let parsed = InclusionProof::parse(&proof_text)?;
-    let proof_verified = parsed.verify(&policy).is_ok();
+    let proof_verified = parsed.verify_event(&policy).is_ok();
     writeln!(
         out,
         "   leaf {} in tree of size {}: {}",

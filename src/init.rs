@@ -37,6 +37,16 @@ pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport,
             dir.meta().display()
         )));
     }
+    // vellum.json is written last of the files that define the directory,
+    // so a directory without it that holds anything is an init that stopped
+    // part-way (it can hold no events): say so instead of guessing.
+    if std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(LogError::DataDir(format!(
+            "{} exists, is not empty and has no vellum.json: not a data directory, or an earlier init \
+             stopped part-way (which stores no events); choose an empty directory, or remove it and run init again",
+            path.display()
+        )));
+    }
     std::fs::create_dir_all(path).map_err(|e| io(&path.display().to_string(), e))?;
     crate::fsutil::create_dir_with_mode(&dir.keys(), 0o700)
         .map_err(|e| io(&dir.keys().display().to_string(), e))?;

@@ -18,7 +18,7 @@
 //!      9    8 stream
 //!     17    8 stream_offset
 //!     25    8 op                (the VSR op that carried the event)
-//!     33   32 ciphertext_hash   (SHA-256 of the stored ciphertext || tag)
+//!     33   32 ciphertext_hash   (SHA-256 of nonce || ciphertext || tag as stored)
 //!     65   32 commitment        (see `commitment`)
 //! ```
 
@@ -51,7 +51,8 @@ pub struct LeafPreimage {
     pub stream_offset: u64,
     /// The VSR op number that carried the event.
     pub op: u64,
-    /// SHA-256 of the event's stored ciphertext (including the AEAD tag).
+    /// SHA-256 of the event's stored nonce, ciphertext and AEAD tag
+    /// (`record::EventFrame::ciphertext_hash`).
     pub ciphertext_hash: Hash,
     /// Hiding commitment to the plaintext, see [`commitment`].
     pub commitment: Hash,

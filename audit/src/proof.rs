@@ -60,6 +60,14 @@ pub enum ProofVerifyError {
     /// The Merkle proof does not lead to the signed root.
     #[error("merkle proof: {0}")]
     Merkle(#[from] ProofError),
+    /// `extra` is not a Vellum leaf preimage.
+    #[error("extra: {0}")]
+    Leaf(#[from] crate::error::DecodeError),
+    /// The leaf preimage names another position than the proof's index.
+    #[error(
+        "the leaf preimage is for position {leaf_position}, but the proof is for index {index}"
+    )]
+    LeafPosition { leaf_position: u64, index: u64 },
 }
 
 /// A tlog-proof@v1 inclusion proof of one leaf.
@@ -146,6 +154,26 @@ impl InclusionProof {
             &checkpoint.root,
         )?;
         Ok(verified)
+    }
+
+    /// Verifies a Vellum event proof: everything [`InclusionProof::verify`]
+    /// checks, plus that `extra` decodes as a Vellum leaf preimage whose
+    /// global position is the proof's index. Returns the certificate and the
+    /// leaf (stream, offset, op, ciphertext hash, commitment).
+    pub fn verify_event(
+        &self,
+        policy: &Policy,
+    ) -> Result<(VerifiedCertificate, crate::leaf::LeafPreimage), ProofVerifyError> {
+        let extra = self.extra.as_ref().ok_or(ProofVerifyError::MissingExtra)?;
+        let leaf = crate::leaf::LeafPreimage::decode(extra)?;
+        if leaf.global_position != self.index {
+            return Err(ProofVerifyError::LeafPosition {
+                leaf_position: leaf.global_position,
+                index: self.index,
+            });
+        }
+        let verified = self.verify(policy)?;
+        Ok((verified, leaf))
     }
 }
 

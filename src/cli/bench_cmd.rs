@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// PostgreSQL URL to include PostgreSQL (synchronous_commit=on).
     #[arg(long, value_name = "URL", env = "VELLUM_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// Also build a log of this many MB and time `vellum verify` on it
+    /// against a raw SHA-256 pass over the same bytes (0: skip).
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    verify_mb: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -43,6 +47,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         concurrency: args.concurrency,
         time_limit: Duration::from_secs(args.seconds),
         postgres_url: args.postgres_url,
+        verify_mb: args.verify_mb,
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(Duration::from_millis(200));

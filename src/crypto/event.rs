@@ -19,7 +19,7 @@ use super::keys::{DataKey, TAG_BYTES, random_fill};
 /// Bytes of the per-event salt stored inside the ciphertext.
 pub const SALT_BYTES: usize = 32;
 /// The largest event payload accepted, in bytes.
-pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = vellum_audit::record::EVENT_BYTES_MAX;
 /// Bytes a sealed event adds to its payload: the salt and the tag.
 pub const SEAL_OVERHEAD_BYTES: usize = SALT_BYTES + TAG_BYTES;
 

@@ -154,12 +154,12 @@ async fn open_and_read(
 ) -> Result<Index, String> {
     let index = Index::open(target, cluster)
         .await
-        .map_err(|e| e.to_string())?;
-    let last_position = index.last_position().await.map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
+    let last_position = index.last_position().await.map_err(|e| error_chain(&e))?;
     let last_commit = index
         .last_commit()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| error_chain(&e))?
         .map(|c| c.op);
     let mut status = status
         .lock()
@@ -220,7 +220,7 @@ async fn apply(index: &Index, batch: &IndexBatch, status: &Mutex<IndexStatus>) {
         }
         Err(e) => {
             tracing::error!(error = %e, "audit index update failed; it will catch up from the log on the next open");
-            status.error = Some(e.to_string());
+            status.error = Some(error_chain(&e));
         }
     }
 }
@@ -233,4 +233,17 @@ fn merge(into: &mut IndexBatch, more: IndexBatch) {
 
 fn rows(batch: &IndexBatch) -> usize {
     batch.events.len() + batch.commits.len() + batch.keys.len()
+}
+
+/// An error with its causes ("a: b: c"): index errors keep the database's
+/// own message only as their source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }

@@ -29,7 +29,7 @@ use crate::datadir::{DataDir, NodeMeta};
 use crate::index::IndexTarget;
 use crate::storage::{Storage, StorageConfig, StorageError};
 
-pub use indexer::IndexStatus;
+pub use indexer::{IndexStatus, error_chain};
 pub use persister::LocalPersister;
 use state::{LogState, OpInfo};
 
@@ -190,7 +190,7 @@ impl LocalLog {
                 t.bytes
             )
         });
-        let state = LogState::recover(&storage, cluster, &recovery)?;
+        let state = LogState::recover(&storage, cluster, &policy, &recovery)?;
         storage.resume_tree((state.tree.len(), state.tree.root()))?;
         let mut report = OpenReport {
             ops: state.last_op(),
@@ -468,7 +468,10 @@ impl LocalLog {
             Certificate::sign(checkpoint, &[&self.signer])
                 .map_err(|e| LogError::Corrupt(format!("signing the checkpoint failed: {e}")))?,
         );
-        let cert_record = certificate_record(self.cluster, &info, &certificate);
+        // One clock read: the record and the index row carry the same time,
+        // so a rebuilt index equals the live one.
+        let time_ns = now_ns();
+        let cert_record = certificate_record(self.cluster, &info, &certificate, time_ns);
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.
         let tree_after = (state.tree.len(), state.tree.root());
@@ -476,7 +479,6 @@ impl LocalLog {
             state.poisoned = Some(e.to_string());
             return Err(e.into());
         }
-        let time_ns = now_ns();
         state.add_certificate(commit, info.tree_size, Arc::clone(&certificate), time_ns);
         if let Some(indexer) = &self.indexer {
             indexer.send(state.index_batch_for_commit(commit, time_ns));
@@ -631,6 +633,9 @@ impl LocalLog {
     pub fn close(self) -> Result<(), LogError> {
         self.storage.flush()?;
         if let Some(indexer) = self.indexer {
+            if let Some(error) = indexer.status().error {
+                tracing::warn!(%error, "the audit index is behind the log; it catches up on the next open");
+            }
             indexer.shutdown();
         }
         self.storage.close()?;
@@ -671,7 +676,12 @@ fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
 }
 
 /// The certificate record that follows the ops it certifies in the log.
-fn certificate_record(cluster: u128, info: &OpInfo, certificate: &Certificate) -> Record {
+fn certificate_record(
+    cluster: u128,
+    info: &OpInfo,
+    certificate: &Certificate,
+    time_ns: u64,
+) -> Record {
     let header = OpHeader {
         parent: info.checksum,
         body_checksum: vellum_audit::hash::ZERO_HASH,
@@ -682,7 +692,7 @@ fn certificate_record(cluster: u128, info: &OpInfo, certificate: &Certificate) -
         commit: 0,
         client_id: 0,
         request: 0,
-        timestamp_ns: now_ns(),
+        timestamp_ns: time_ns,
         stream: 0,
         stream_offset: 0,
         global_position: 0,
@@ -792,10 +802,16 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
     let info = state
         .op(appended.op)
         .ok_or_else(|| LogError::Corrupt("receipt for an unknown op".to_string()))?;
+    let location = info
+        .location
+        .ok_or_else(|| LogError::Corrupt("receipt for an op that is not durable".to_string()))?;
+    // One read of the op record gives every event's leaf preimage.
+    let record = log.storage.read(location)?;
+    let preimages = state::leaf_preimages(&record, location.offset)
+        .map_err(|e| LogError::Corrupt(e.to_string()))?;
     let size = appended.certificate.checkpoint.size;
-    let mut proofs = Vec::with_capacity(usize::try_from(appended.count).unwrap_or(0));
-    for i in 0..appended.count {
-        let preimage = state.leaf_preimage(&log.storage, info, i)?;
+    let mut proofs = Vec::with_capacity(preimages.len());
+    for (i, preimage) in (0u64..).zip(&preimages) {
         let hashes = state
             .tree
             .inclusion_proof(appended.first_position + i, size)

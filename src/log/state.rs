@@ -11,6 +11,7 @@ use vellum_audit::error::DecodeError;
 use vellum_audit::hash::Hash;
 use vellum_audit::leaf::LeafPreimage;
 use vellum_audit::merkle::MerkleTree;
+use vellum_audit::policy::Policy;
 use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
 
 use super::{LogError, leaf_of};
@@ -91,10 +92,13 @@ pub fn leaf_preimages(record: &Record, at: u64) -> Result<Vec<LeafPreimage>, Dec
 
 impl LogState {
     /// Rebuilds the state from every recovered record, checking each
-    /// certificate and seal root against the tree recomputed from the leaves.
+    /// certificate and seal root against the tree recomputed from the leaves,
+    /// and each certificate's signatures against the pinned policy (a
+    /// certificate this replica would hand out in receipts must verify).
     pub fn recover(
         storage: &Storage,
         cluster: u128,
+        policy: &Policy,
         recovery: &Recovery,
     ) -> Result<LogState, LogError> {
         let mut state = LogState {
@@ -131,7 +135,7 @@ impl LogState {
                 RecordKind::Certificate => {
                     let record = storage.read(*location)?;
                     state
-                        .recover_certificate(header, &record, header.timestamp_ns)
+                        .recover_certificate(header, &record, policy)
                         .map_err(|e| LogError::Corrupt(at(&e)))?;
                 }
                 RecordKind::Seal => {
@@ -157,8 +161,9 @@ impl LogState {
         &mut self,
         header: &OpHeader,
         record: &Record,
-        time_ns: u64,
+        policy: &Policy,
     ) -> Result<(), String> {
+        let time_ns = header.timestamp_ns;
         let text = std::str::from_utf8(&record.body)
             .map_err(|_| "certificate body is not utf-8".to_string())?;
         let certificate = Certificate::parse(text).map_err(|e| e.to_string())?;
@@ -178,6 +183,9 @@ impl LogState {
         if root != certificate.checkpoint.root {
             return Err("certificate root does not match the events before it".to_string());
         }
+        certificate
+            .verify(policy)
+            .map_err(|e| format!("certificate does not verify under the trust policy: {e}"))?;
         self.add_certificate(header.op, header.tree_size, Arc::new(certificate), time_ns);
         Ok(())
     }
