@@ -17,7 +17,9 @@ use vellum_audit::report::{Check, Outcome};
 use vellum_audit::segment::{
     Chain, ScannedRecord, SegmentEnd, scan_segment_with, segment_file_name,
 };
-use vellum_audit::verify::{LogVerification, cluster_from_origin, verify_log_dir};
+use vellum_audit::verify::{
+    LogVerification, chain_head_extension, cluster_from_origin, verify_log_dir,
+};
 
 /// Appends made by [`make_log`]; enough for four or more 4 KiB segments.
 const APPENDS: u64 = 14;
@@ -902,4 +904,115 @@ fn tampered_index_rows_are_named_and_rebuild_repairs_them() {
             report.to_text()
         );
     }
+}
+
+/// Rewrites header-only fields (timestamp, client id) of op `op` and
+/// recomputes every later parent and checksum: an attacker's rewrite that
+/// leaves the leaves, roots and signatures untouched.
+fn rewrite_header_and_rechain(fixture: &Fixture, op: u64) {
+    let mut by_op = std::collections::BTreeMap::new();
+    let mut last = [0u8; 32];
+    let all: Vec<_> = (0..=fixture.last_index())
+        .map(|i| fixture.records(i))
+        .collect();
+    for (index, (bytes, records)) in all.iter().enumerate() {
+        let mut out = Vec::new();
+        for scanned in records {
+            let mut header = scanned.header;
+            let body = bytes[scanned.body_range.clone()].to_vec();
+            match header.kind {
+                RecordKind::Op => {
+                    if header.op > 1 {
+                        header.parent = last;
+                    }
+                    if header.op == op {
+                        header.timestamp_ns = 1;
+                        header.client_id = 42;
+                    }
+                    last = header.checksum();
+                    by_op.insert(header.op, last);
+                }
+                RecordKind::Certificate => header.parent = by_op[&header.op],
+                RecordKind::Seal => header.parent = last,
+            }
+            out.push(Record::new(header, body).encode());
+        }
+        write_segment(&fixture.segment(index as u64), &bytes[..64], &out);
+    }
+}
+
+/// Re-signs the log's last certificate (with the replica's real key) so it
+/// carries the chain-head extension of the op it certifies.
+fn add_chain_head_to_last_certificate(fixture: &Fixture) -> (PathBuf, u64) {
+    let index = fixture.last_index();
+    let path = fixture.segment(index);
+    let (bytes, records) = fixture.records(index);
+    let record = records.last().expect("records").clone();
+    assert_eq!(record.header.kind, RecordKind::Certificate);
+    let text = std::str::from_utf8(&bytes[record.body_range.clone()]).expect("utf-8");
+    let mut checkpoint = Certificate::parse(text).expect("certificate").checkpoint;
+    let op_checksum = record.header.parent;
+    checkpoint
+        .extensions
+        .push(chain_head_extension(record.header.op, &op_checksum));
+    let signer = vellum::crypto::load_signing_key_file(&fixture.tampered.join("keys/signing.key"))
+        .expect("the replica's key");
+    let certificate = Certificate::sign(checkpoint, &[&signer]).expect("sign");
+    replace_certificate(&path, &bytes, &record, &certificate.encode());
+    (path, record.offset)
+}
+
+/// Goal: a signed chain head in the last certificate makes a rewrite of
+/// header-only fields (timestamp, client id) with the whole chain recomputed
+/// fail at that certificate; the same log with the head and no rewrite passes.
+#[test]
+fn header_rewrite_is_caught_by_a_signed_chain_head() {
+    let fixture = Fixture::new();
+    let (path, offset) = add_chain_head_to_last_certificate(&fixture);
+    let checks = verify_log(&fixture.tampered, &fixture.policy).checks;
+    assert!(
+        failures(&checks).is_empty(),
+        "a matching head passes:\n{}",
+        describe(&checks)
+    );
+    let heads = checks
+        .iter()
+        .find(|c| c.name == "certificate signatures")
+        .and_then(|c| c.counts.get("chain heads matched").copied());
+    assert_eq!(heads, Some(1));
+
+    rewrite_header_and_rechain(&fixture, 2);
+    let checks = fixture.verify();
+    assert_check_failed(
+        &checks,
+        "certificate signatures",
+        "does not match the op headers",
+    );
+    assert_caught_at(&checks, &path, offset, "header rewrite");
+}
+
+/// Goal: documents the hole the chain head closes: without it, a rewrite of
+/// header-only fields with the chain recomputed still passes, because
+/// neither the leaves nor the certificates cover those fields. When the
+/// writer signs chain heads (see `CHAIN_HEAD_EXTENSION`), this test must be
+/// turned around to assert failure.
+#[test]
+fn header_rewrite_without_a_chain_head_is_not_yet_evident() {
+    let fixture = Fixture::new();
+    rewrite_header_and_rechain(&fixture, 2);
+    let checks = verify_log(&fixture.tampered, &fixture.policy).checks;
+    let (_, records) = fixture.records(0);
+    let op2 = records
+        .iter()
+        .find(|r| r.header.op == 2 && r.header.kind == RecordKind::Op);
+    assert_eq!(
+        op2.map(|r| r.header.timestamp_ns),
+        Some(1),
+        "the rewrite took effect"
+    );
+    assert!(
+        failures(&checks).is_empty(),
+        "if this fails, the log now binds header fields: assert the rewrite is caught instead:\n{}",
+        describe(&checks)
+    );
 }

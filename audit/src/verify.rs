@@ -27,6 +27,19 @@ use crate::record::{self, OpHeader, RecordKind, SealBody};
 use crate::report::{Check, Reached};
 use crate::segment::{self, Chain, ScanError, SegmentEnd};
 
+/// The checkpoint extension line that binds a certificate to the op header
+/// chain: `vellum-head <op> <header checksum, 64 lowercase hex>`. The Merkle
+/// leaves do not cover header-only fields (timestamp, client id and request,
+/// view, commit, key id), and the chain alone is unsigned, so only a signed
+/// head makes a rewrite of those fields evident. When a certificate carries
+/// it, verify checks it against the chain.
+pub const CHAIN_HEAD_EXTENSION: &str = "vellum-head";
+
+/// The extension line naming `op` and its header checksum.
+pub fn chain_head_extension(op: u64, checksum: &Hash) -> String {
+    format!("{CHAIN_HEAD_EXTENSION} {op} {}", to_hex(checksum))
+}
+
 /// One event as the log states it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFact {
@@ -99,6 +112,8 @@ struct Walk<'a> {
     segments_dir: &'a Path,
     /// (segment, file offset) of each op record, indexed by op - 1.
     op_locations: Vec<(u64, u64)>,
+    /// Header checksum of each op record, indexed by op - 1.
+    op_checksums: Vec<Hash>,
     /// The stream each key id was first seen with.
     key_streams: BTreeMap<u64, u64>,
     /// True when every segment was read to its end.
@@ -124,6 +139,7 @@ pub fn verify_log_dir(
         policy,
         segments_dir,
         op_locations: Vec::new(),
+        op_checksums: Vec::new(),
         key_streams: BTreeMap::new(),
         complete: false,
         tree: MerkleTree::default(),
@@ -253,6 +269,7 @@ impl Walk<'_> {
         self.records.count("ops", 1);
         self.facts.ops += 1;
         self.op_locations.push((segment, offset));
+        self.op_checksums.push(header.checksum());
         match self.key_streams.get(&header.key_id) {
             Some(&stream) if stream != header.stream => self.records.fail(
                 at,
@@ -331,6 +348,7 @@ impl Walk<'_> {
                 ),
             );
         }
+        let head_matches = self.check_chain_head(&certificate, at);
         let root_matches = match self.tree.root_at(size) {
             Ok(root) if root == certificate.checkpoint.root && size == header.tree_size => {
                 self.merkle.count("roots recomputed", 1);
@@ -357,7 +375,7 @@ impl Walk<'_> {
         match certificate.verify(self.policy) {
             Ok(_) => {
                 self.certificates.count("verified", 1);
-                if root_matches {
+                if root_matches && head_matches {
                     self.certified(header.op, &certificate, text);
                 }
             }
@@ -370,6 +388,36 @@ impl Walk<'_> {
             root: certificate.checkpoint.root,
             certificate: text.to_string(),
         });
+    }
+
+    /// Checks every chain-head extension of a certificate against the op
+    /// header checksums; false when one does not match.
+    fn check_chain_head(&mut self, certificate: &Certificate, at: &str) -> bool {
+        let mut matches = true;
+        for line in &certificate.checkpoint.extensions {
+            let Some(rest) = line.strip_prefix(CHAIN_HEAD_EXTENSION) else {
+                continue;
+            };
+            let expected = rest
+                .strip_prefix(' ')
+                .and_then(|r| r.split_once(' '))
+                .and_then(|(op, _)| op.parse::<u64>().ok())
+                .filter(|&op| op >= 1)
+                .and_then(|op| {
+                    let index = usize::try_from(op - 1).ok()?;
+                    Some(chain_head_extension(op, self.op_checksums.get(index)?))
+                });
+            if expected.as_deref() == Some(line.as_str()) {
+                self.certificates.count("chain heads matched", 1);
+            } else {
+                matches = false;
+                self.certificates.fail(
+                    at,
+                    format!("signed chain head {line:?} does not match the op headers in the log"),
+                );
+            }
+        }
+        matches
     }
 
     /// Notes a certificate whose signatures and root both verified.
