@@ -261,9 +261,10 @@ impl Chain {
                 header.op
             ));
         }
-        if header.op < self.base_op {
+        if header.op < self.base_op || !self.tip_known() {
             assert!(!self.complete, "a complete chain starts at op 1");
-            return Ok(()); // Before the first op seen by a partial scan.
+            // Before the first op seen by a partial scan: nothing to check it against.
+            return Ok(());
         }
         let index = usize::try_from(header.op - self.base_op).expect("op index fits in memory");
         let (checksum, tree_size) = self.ops[index];

@@ -348,7 +348,7 @@ impl Walk<'_> {
                 ),
             );
         }
-        let head_matches = self.check_chain_head(&certificate, at);
+        let head_matches = self.check_chain_head(&certificate, header.op, at);
         let root_matches = match self.tree.root_at(size) {
             Ok(root) if root == certificate.checkpoint.root && size == header.tree_size => {
                 self.merkle.count("roots recomputed", 1);
@@ -390,9 +390,34 @@ impl Walk<'_> {
         });
     }
 
-    /// Checks every chain-head extension of a certificate against the op
-    /// header checksums; false when one does not match.
-    fn check_chain_head(&mut self, certificate: &Certificate, at: &str) -> bool {
+    /// Checks the certificate's signed chain head: exactly one
+    /// `vellum-head` extension, naming the certified op and its header
+    /// checksum. Without it the signatures would cover the leaves but not
+    /// the header fields (view, client, request, timestamp, key id).
+    fn check_chain_head(&mut self, certificate: &Certificate, certified_op: u64, at: &str) -> bool {
+        let heads: Vec<&String> = certificate
+            .checkpoint
+            .extensions
+            .iter()
+            .filter(|line| line.starts_with(CHAIN_HEAD_EXTENSION))
+            .collect();
+        let names_op = heads.first().is_some_and(|line| {
+            line.strip_prefix(CHAIN_HEAD_EXTENSION)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|rest| rest.split_once(' '))
+                .and_then(|(op, _)| op.parse::<u64>().ok())
+                == Some(certified_op)
+        });
+        if heads.len() != 1 || !names_op {
+            self.certificates.fail(
+                at,
+                format!(
+                    "certificate must carry exactly one signed chain head naming op {certified_op}, found {}",
+                    heads.len()
+                ),
+            );
+            return false;
+        }
         let mut matches = true;
         for line in &certificate.checkpoint.extensions {
             let Some(rest) = line.strip_prefix(CHAIN_HEAD_EXTENSION) else {

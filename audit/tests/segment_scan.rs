@@ -411,3 +411,22 @@ fn only_last_segment_may_be_open_or_torn() {
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// Goal: scanning a later segment on its own (no chain before it) accepts a
+/// certificate that comes before the segment's first op instead of panicking.
+#[test]
+fn partial_scan_of_a_segment_starting_with_a_certificate_does_not_panic() {
+    let cluster = 9;
+    let mut header = OpHeader::empty(RecordKind::Certificate, cluster);
+    header.op = 5;
+    header.tree_size = 5;
+    let record = Record::new(header, b"certificate text".to_vec());
+    let segment_header = vellum_audit::segment::SegmentHeader {
+        cluster,
+        segment_index: 1,
+    };
+    let mut bytes = segment_header.encode().to_vec();
+    bytes.extend_from_slice(&record.encode());
+    let scan = vellum_audit::segment::scan_segment(&bytes, 1, cluster);
+    assert_eq!(scan.records.len(), 1, "{:?}", scan.end);
+}

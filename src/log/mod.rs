@@ -458,19 +458,27 @@ impl LocalLog {
             .tree
             .root_at(info.tree_size)
             .expect("the committed tree size is within the tree");
+        // The signed chain head binds every op header field (view, client,
+        // request, timestamp, key id) to the certificate, not just the
+        // leaves; the certificate's time is the certified op's own
+        // timestamp, so signing the same commit again (after a crash lost
+        // the certificate record) gives byte-identical text.
         let checkpoint = Checkpoint {
             origin: origin_for_cluster(self.cluster),
             size: info.tree_size,
             root,
-            extensions: Vec::new(),
+            extensions: vec![vellum_audit::verify::chain_head_extension(
+                info.op,
+                &info.checksum,
+            )],
         };
         let certificate = Arc::new(
             Certificate::sign(checkpoint, &[&self.signer])
                 .map_err(|e| LogError::Corrupt(format!("signing the checkpoint failed: {e}")))?,
         );
-        // One clock read: the record and the index row carry the same time,
-        // so a rebuilt index equals the live one.
-        let time_ns = now_ns();
+        // The record and the index row carry the same time, so a rebuilt
+        // index equals the live one.
+        let time_ns = info.timestamp_ns;
         let cert_record = certificate_record(self.cluster, &info, &certificate, time_ns);
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.

@@ -36,6 +36,7 @@ pub struct OpInfo {
     pub key_id: u64,
     pub tree_size: u64,
     pub checksum: Hash,
+    pub timestamp_ns: u64,
     /// Where the record is on disk, once it is durable.
     pub location: Option<RecordLocation>,
 }
@@ -223,6 +224,7 @@ impl LogState {
             key_id: header.key_id,
             tree_size: header.tree_size,
             checksum,
+            timestamp_ns: header.timestamp_ns,
             location,
         });
         self.parent = checksum;
