@@ -152,3 +152,59 @@ impl NodeMeta {
             .map_err(|source| MetaError::Io { path, source })
     }
 }
+
+/// Polling interval while waiting for the data directory lock.
+const LOCK_POLL_MS: u64 = 50;
+
+/// An exclusive advisory lock on a data directory (on its `vellum.json`),
+/// released when dropped. Two processes writing one log at once would
+/// interleave records and break the chain for good, so every open of the
+/// log takes it.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Why the data directory lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it (after waiting as long as allowed).
+    #[error("{path} is in use by another vellum process")]
+    Busy {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// The file could not be opened or locked.
+    #[error("{path}: cannot lock: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl DataDir {
+    /// Takes the directory's lock, waiting up to `wait_ms` for another
+    /// process to release it (0: try once).
+    pub fn lock(&self, wait_ms: u64) -> Result<DirLock, LockError> {
+        let path = self.meta();
+        let file = std::fs::File::open(&path).map_err(|source| LockError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(LOCK_POLL_MS));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(LockError::Busy { path }),
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(LockError::Io { path, source });
+                }
+            }
+        }
+    }
+}

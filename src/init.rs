@@ -9,6 +9,7 @@ use vellum_audit::policy::Policy;
 
 use crate::crypto::{self, Kek, KeyStore};
 use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta};
+use crate::index::IndexTarget;
 use crate::log::{LocalLog, LogError, LogOptions};
 
 /// What `init` created.
@@ -26,27 +27,43 @@ pub struct InitReport {
     pub policy: String,
 }
 
-/// Creates a one-replica data directory at `path`.
+/// Creates a one-replica data directory at `path`. It refuses a directory
+/// that is initialized or not empty, touching nothing; once it has started
+/// creating files, a failure removes everything it created, so the same
+/// command can simply be rerun.
 pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> {
+    IndexTarget::parse(index_url, path).map_err(|e| LogError::DataDir(e.to_string()))?;
+    check_target(path)?;
+    let existed = path.exists();
+    let result = create(path, index_url);
+    if result.is_err() {
+        remove_created(path, existed);
+    }
+    result
+}
+
+/// Removes what a failed init created: the directory itself or, when it
+/// existed before (and was empty, as `check_target` made sure), its contents.
+fn remove_created(path: &Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_dir_all(path);
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let child = entry.path();
+            let _ = if child.is_dir() {
+                std::fs::remove_dir_all(&child)
+            } else {
+                std::fs::remove_file(&child)
+            };
+        }
+    }
+}
+
+fn create(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> {
     let dir = DataDir::new(path);
     let io = |what: &str, e: std::io::Error| LogError::DataDir(format!("{what}: {e}"));
-    if dir.meta().exists() {
-        return Err(LogError::DataDir(format!(
-            "{} is already initialized (found {}); refusing to overwrite it",
-            path.display(),
-            dir.meta().display()
-        )));
-    }
-    // vellum.json is written last of the files that define the directory,
-    // so a directory without it that holds anything is an init that stopped
-    // part-way (it can hold no events): say so instead of guessing.
-    if std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(LogError::DataDir(format!(
-            "{} exists, is not empty and has no vellum.json: not a data directory, or an earlier init \
-             stopped part-way (which stores no events); choose an empty directory, or remove it and run init again",
-            path.display()
-        )));
-    }
     std::fs::create_dir_all(path).map_err(|e| io(&path.display().to_string(), e))?;
     crate::fsutil::create_dir_with_mode(&dir.keys(), 0o700)
         .map_err(|e| io(&dir.keys().display().to_string(), e))?;
@@ -83,6 +100,29 @@ pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport,
         vkey: signer.verifier().to_vkey(),
         policy: dir.policy().display().to_string(),
     })
+}
+
+/// Refuses an initialized or non-empty target before anything is created.
+fn check_target(path: &Path) -> Result<(), LogError> {
+    let dir = DataDir::new(path);
+    if dir.meta().exists() {
+        return Err(LogError::DataDir(format!(
+            "{} is already initialized (found {}); refusing to overwrite it",
+            path.display(),
+            dir.meta().display()
+        )));
+    }
+    // vellum.json is written last of the files that define the directory,
+    // so a directory without it that holds anything is an init that stopped
+    // part-way (it can hold no events): say so instead of guessing.
+    if std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(LogError::DataDir(format!(
+            "{} exists, is not empty and has no vellum.json: not a data directory, or an earlier init \
+             stopped part-way (which stores no events); choose an empty directory, or remove it and run init again",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn random_cluster_id() -> Result<u128, LogError> {

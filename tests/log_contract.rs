@@ -232,3 +232,24 @@ fn invalid_batches_are_refused() {
         "stream 80 must still be unknown"
     );
 }
+
+/// Goal: one writer per data directory: a second open is refused as busy until the first closes.
+#[test]
+fn second_open_of_a_data_directory_is_busy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    vellum::init::init_data_dir(&data, None).expect("init");
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    match LocalLog::open(&data, LogOptions::default()) {
+        Err(vellum::log::LogError::Busy(message)) => {
+            assert!(message.contains("in use"), "{message}")
+        }
+        other => panic!("expected busy, got {:?}", other.map(|_| ())),
+    }
+    log.close().expect("close");
+    LocalLog::open(&data, LogOptions::default())
+        .expect("open after close")
+        .0
+        .close()
+        .expect("close");
+}

@@ -63,7 +63,7 @@ pub fn run(args: AppendArgs) -> anyhow::Result<ExitCode> {
              give one JSON value per line on stdin or with --file"
         );
     }
-    let (log, _lock) = open_log(&args.dir)?;
+    let log = open_log(&args.dir)?;
     let mut expected = args.expected_offset;
     let mut receipts = Vec::new();
     let mut last = None;

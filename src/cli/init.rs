@@ -45,19 +45,10 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
 
 /// `vellum index rebuild`
 pub fn rebuild_index(args: DataDirArgs) -> anyhow::Result<ExitCode> {
-    // The rebuild clears the index before it opens the log; open the log
-    // first (keys, policy, segments), so a data directory that cannot be
-    // opened is refused with the index left as it was.
+    // The library opens the log before it clears the index, so a directory
+    // that cannot be opened is refused with the index left as it was.
     super::check_data_dir(&args.data_dir, true)?;
-    let _lock = super::lock_data_dir(&args.data_dir)?;
     crate::index::IndexTarget::parse(args.index_url.as_deref(), &args.data_dir)?;
-    let options = crate::log::LogOptions {
-        without_index: true,
-        ..Default::default()
-    };
-    crate::log::LocalLog::open(&args.data_dir, options)?
-        .0
-        .close()?;
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_message("rebuilding the audit index from the log");
     progress.enable_steady_tick(std::time::Duration::from_millis(200));

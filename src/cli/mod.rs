@@ -160,50 +160,50 @@ fn check_key_permissions(dir: &crate::datadir::DataDir) -> Result<(), crate::cry
     entries.iter().try_for_each(|path| private(path))
 }
 
-/// Holds the data directory for one command: an exclusive advisory lock on
-/// its `vellum.json`, released when dropped. Two processes writing one log
-/// at once would interleave records and break the chain for good, so every
-/// command that opens the log takes it, waiting for a running one to finish.
-#[derive(Debug)]
-struct DirLock {
-    _file: std::fs::File,
-}
+/// How long a command waits for another vellum process to release the
+/// data directory before giving up.
+pub const LOCK_WAIT_MS_MAX: u64 = 10 * 60 * 1000;
 
-fn lock_data_dir(path: &Path) -> anyhow::Result<DirLock> {
-    let meta = crate::datadir::DataDir::new(path).meta();
-    let file = std::fs::File::open(&meta)
-        .map_err(|e| anyhow::anyhow!("{}: cannot open to lock it: {e}", meta.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+/// Takes the data directory's lock for a command that does not open the log
+/// (verify), saying so when it has to wait.
+fn lock_data_dir(path: &Path) -> anyhow::Result<crate::datadir::DirLock> {
+    let dir = crate::datadir::DataDir::new(path);
+    match dir.lock(0) {
+        Err(crate::datadir::LockError::Busy { .. }) => {
             eprintln!(
                 "waiting for another vellum process using {} to finish",
                 path.display()
             );
-            file.lock()
-                .map_err(|e| anyhow::anyhow!("{}: cannot lock: {e}", meta.display()))?;
+            Ok(dir.lock(LOCK_WAIT_MS_MAX)?)
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            anyhow::bail!("{}: cannot lock: {e}", meta.display());
-        }
+        other => Ok(other?),
     }
-    Ok(DirLock { _file: file })
 }
 
-/// Opens the log of a data directory for a command; the log is this
-/// process's alone while the returned lock lives.
-fn open_log(args: &DataDirArgs) -> anyhow::Result<(crate::log::LocalLog, DirLock)> {
+/// Opens the log of a data directory for a command; the log holds the
+/// directory's lock (waiting, with a message, for another process).
+fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
     check_data_dir(&args.data_dir, true)?;
-    let lock = lock_data_dir(&args.data_dir)?;
-    let options = crate::log::LogOptions {
+    let mut options = crate::log::LogOptions {
         index_url: args.index_url.clone(),
         ..Default::default()
     };
-    let (log, report) = crate::log::LocalLog::open(&args.data_dir, options)?;
+    let opened = match crate::log::LocalLog::open(&args.data_dir, options.clone()) {
+        Err(crate::log::LogError::Busy(_)) => {
+            eprintln!(
+                "waiting for another vellum process using {} to finish",
+                args.data_dir.display()
+            );
+            options.lock_wait_ms = LOCK_WAIT_MS_MAX;
+            crate::log::LocalLog::open(&args.data_dir, options)
+        }
+        other => other,
+    };
+    let (log, report) = opened?;
     if let Some(torn) = &report.torn_tail {
         eprintln!("warning: recovery truncated a torn tail: {torn}");
     }
-    Ok((log, lock))
+    Ok(log)
 }
 
 /// Prints a value as pretty JSON on stdout.

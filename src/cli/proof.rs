@@ -30,7 +30,7 @@ pub struct ProofArgs {
 }
 
 pub fn run(args: ProofArgs) -> anyhow::Result<ExitCode> {
-    let (log, _lock) = open_log(&args.dir)?;
+    let log = open_log(&args.dir)?;
     let text = if args.consistency {
         let from = args
             .from_size

@@ -49,6 +49,9 @@ pub struct LogOptions {
     pub index_url: Option<String>,
     /// Do not open or feed the audit index (used by `index rebuild` and tools).
     pub without_index: bool,
+    /// How long to wait for another process to release the data directory
+    /// (0: fail at once with [`LogError::Busy`]).
+    pub lock_wait_ms: u64,
 }
 
 /// Why a log operation failed.
@@ -84,6 +87,9 @@ pub enum LogError {
     /// The log contradicts itself (a corruption the storage scan did not catch).
     #[error("corrupt log: {0}")]
     Corrupt(String),
+    /// Another process has the data directory open.
+    #[error("{0}")]
+    Busy(String),
     /// A previous failure poisoned this handle; reopen to continue.
     #[error("log handle poisoned by an earlier failure: {0}")]
     Poisoned(String),
@@ -159,6 +165,8 @@ pub struct LocalLog {
     policy: Policy,
     state: Mutex<LogState>,
     indexer: Option<indexer::Indexer>,
+    /// Held for the life of the handle: one writer per data directory.
+    _lock: crate::datadir::DirLock,
 }
 
 /// Wall-clock time in unix nanoseconds (the shell's clock, never the core's).
@@ -176,6 +184,10 @@ impl LocalLog {
     pub fn open(data_dir: &Path, options: LogOptions) -> Result<(LocalLog, OpenReport), LogError> {
         let dir = DataDir::new(data_dir);
         let meta = NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
+        let lock = dir.lock(options.lock_wait_ms).map_err(|e| match e {
+            crate::datadir::LockError::Busy { .. } => LogError::Busy(e.to_string()),
+            other => LogError::DataDir(other.to_string()),
+        })?;
         let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
         let policy = load_policy(&dir.policy())?;
         let kek = Kek::load_file(&dir.kek())?;
@@ -217,6 +229,7 @@ impl LocalLog {
             policy,
             state: Mutex::new(state),
             indexer,
+            _lock: lock,
         };
         report.recertified = log.certify_tail()?;
         log.catch_up_index()?;
@@ -754,7 +767,16 @@ pub fn rebuild_index(
         .enable_all()
         .build()
         .map_err(|e| LogError::DataDir(format!("cannot start a runtime: {e}")))?;
-    let index_error = |e: crate::index::IndexError| LogError::DataDir(format!("audit index: {e}"));
+    let index_error = |e: crate::index::IndexError| {
+        LogError::DataDir(format!("audit index: {}", error_chain(&e)))
+    };
+    // Open the log first (keys, policy, segments) so a directory that cannot
+    // be opened is refused with its index left as it was.
+    let without = LogOptions {
+        without_index: true,
+        ..LogOptions::default()
+    };
+    LocalLog::open(data_dir, without)?.0.close()?;
     runtime.block_on(async {
         let index = crate::index::Index::open(&target, cluster)
             .await
