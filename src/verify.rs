@@ -22,9 +22,10 @@ pub fn verify_data_dir(
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let dir = DataDir::new(data_dir);
-    let log = verify_log_dir(&dir.segments(), policy, progress);
-    let mut checks = log.checks;
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
+    let mut checks = vec![check_meta(&dir, cluster)];
+    let log = verify_log_dir(&dir.segments(), policy, progress);
+    checks.extend(log.checks);
     let index_check = match (cluster, IndexTarget::parse(index_url, dir.root())) {
         (None, _) => Check::skipped("audit index", "the policy's origin names no vellum cluster"),
         (_, Err(e)) => {
@@ -48,6 +49,36 @@ pub fn verify_data_dir(
     )
 }
 
+/// `vellum.json` must parse and name the policy's cluster. It is not
+/// signed, so this is what keeps a change to it from going unnoticed; an
+/// auditor's copy without it is noted, not failed.
+fn check_meta(dir: &DataDir, cluster: Option<u128>) -> Check {
+    let mut check = Check::start("data directory");
+    let path = dir.meta();
+    if !path.exists() {
+        check.note = Some(format!("{} is absent (an auditor's copy?)", path.display()));
+        return check.finish();
+    }
+    match crate::datadir::NodeMeta::load(dir) {
+        Err(e) => check.fail(path.display().to_string(), e.to_string()),
+        Ok(meta) => {
+            let ours = meta.cluster_id().ok();
+            if ours.is_none() || ours != cluster {
+                check.fail(
+                    path.display().to_string(),
+                    format!(
+                        "names cluster {} but the policy's origin names {}",
+                        meta.cluster,
+                        cluster.map_or("none".into(), |c| format!("{c:032x}"))
+                    ),
+                );
+            }
+            check.count("files", 1);
+        }
+    }
+    check.finish()
+}
+
 fn check_index_blocking(target: &IndexTarget, cluster: u128, facts: &LogFacts) -> Check {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -67,7 +98,7 @@ fn check_index_blocking(target: &IndexTarget, cluster: u128, facts: &LogFacts) -
 /// are failures naming the table and key.
 pub async fn check_index(target: &IndexTarget, cluster: u128, facts: &LogFacts) -> Check {
     let mut check = Check::start("audit index");
-    let index = match Index::open(target, cluster).await {
+    let index = match Index::open_existing(target, cluster).await {
         Ok(index) => index,
         Err(e) => {
             check.fail("index", crate::log::error_chain(&e));

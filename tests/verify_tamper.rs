@@ -17,9 +17,7 @@ use vellum_audit::report::{Check, Outcome};
 use vellum_audit::segment::{
     Chain, ScannedRecord, SegmentEnd, scan_segment_with, segment_file_name,
 };
-use vellum_audit::verify::{
-    LogVerification, cluster_from_origin, verify_log_dir,
-};
+use vellum_audit::verify::{LogVerification, cluster_from_origin, verify_log_dir};
 
 /// Appends made by [`make_log`]; enough for four or more 4 KiB segments.
 const APPENDS: u64 = 14;
@@ -984,5 +982,51 @@ fn header_rewrite_is_caught_by_the_signed_chain_head() {
         &checks,
         "certificate signatures",
         "does not match the op headers",
+    );
+}
+
+fn verify_dir(data: &Path, policy: &Policy) -> Vec<Check> {
+    vellum::verify::verify_data_dir(data, policy, None, &mut |_| {}).checks
+}
+
+/// Goal: an edited vellum.json (another cluster, or garbage) fails the data
+/// directory check; the untouched copy passes it.
+#[test]
+fn edited_node_metadata_is_caught() {
+    let fixture = Fixture::new();
+    let meta = fixture.tampered.join("vellum.json");
+    let text = std::fs::read_to_string(&meta).expect("meta");
+    let cluster = format!("{:032x}", cluster(&fixture.policy));
+    std::fs::write(&meta, text.replace(&cluster, &"0".repeat(32))).expect("edit");
+    assert_check_failed(
+        &verify_dir(&fixture.tampered, &fixture.policy),
+        "data directory",
+        "names cluster",
+    );
+    std::fs::write(&meta, &text[..text.len() / 2]).expect("cut");
+    assert_check_failed(
+        &verify_dir(&fixture.tampered, &fixture.policy),
+        "data directory",
+        "vellum.json",
+    );
+    assert!(failures(&verify_dir(&fixture.original, &fixture.policy)).is_empty());
+}
+
+/// Goal: verify never writes into what it audits: a copy without an index
+/// fails the index check as missing and no index file appears.
+#[test]
+fn verify_does_not_create_a_missing_index() {
+    let fixture = Fixture::new();
+    for name in ["index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm"] {
+        let _ = std::fs::remove_file(fixture.tampered.join(name));
+    }
+    assert_check_failed(
+        &verify_dir(&fixture.tampered, &fixture.policy),
+        "audit index",
+        "no audit index",
+    );
+    assert!(
+        !fixture.tampered.join("index.sqlite3").exists(),
+        "verify must not create the index"
     );
 }

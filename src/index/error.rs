@@ -10,6 +10,8 @@
 /// print the chain (`{:#}` with anyhow) to see the database's own message.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
+    #[error("no audit index at {target}")]
+    Missing { target: String },
     #[error("cannot connect to audit index {target}")]
     Connect { target: String, source: sqlx::Error },
     #[error("cannot apply audit index migrations")]

@@ -194,6 +194,54 @@ impl Index {
         }
     }
 
+    /// Opens an index that must already exist, for checking it: nothing is
+    /// created, migrated or written (a SQLite file is opened read-only), so
+    /// `vellum verify` never changes what it audits. A missing SQLite file is
+    /// [`IndexError::Missing`].
+    pub async fn open_existing(target: &IndexTarget, cluster: u128) -> Result<Index, IndexError> {
+        let backend = match target {
+            IndexTarget::Sqlite(path) => {
+                if !path.exists() {
+                    return Err(IndexError::Missing {
+                        target: target.to_string(),
+                    });
+                }
+                Backend::Sqlite(connect_sqlite_read_only(path, target).await?)
+            }
+            IndexTarget::Postgres(url) => Backend::Postgres(connect_postgres(url, target).await?),
+        };
+        let index = Index { backend };
+        let checked = async {
+            let version = index.meta_get(META_FORMAT_VERSION).await?;
+            if version.as_deref() != Some(FORMAT_VERSION) {
+                return Err(IndexError::UnsupportedFormat {
+                    found: version.unwrap_or_default(),
+                    expected: FORMAT_VERSION,
+                });
+            }
+            match index.meta_get(META_CLUSTER_ID).await? {
+                Some(stored) if stored == format!("{cluster:032x}") => Ok(()),
+                Some(stored) => Err(IndexError::ClusterMismatch {
+                    index: stored,
+                    log: format!("{cluster:032x}"),
+                }),
+                None => Err(IndexError::Corrupt {
+                    table: "meta",
+                    column: "value",
+                    reason: "cluster_id is missing".into(),
+                }),
+            }
+        }
+        .await;
+        match checked {
+            Ok(()) => Ok(index),
+            Err(error) => {
+                index.close().await;
+                Err(error)
+            }
+        }
+    }
+
     async fn prepare(&self, cluster: u128) -> Result<(), IndexError> {
         match &self.backend {
             Backend::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await?,
@@ -461,12 +509,33 @@ impl Index {
     }
 }
 
+async fn connect_sqlite_read_only(
+    path: &Path,
+    target: &IndexTarget,
+) -> Result<SqlitePool, IndexError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(POOL_ACQUIRE_TIMEOUT_MS))
+        .connect_with(options)
+        .await
+        .map_err(|source| connect_error(target, source))
+}
+
 async fn connect_sqlite(path: &Path, target: &IndexTarget) -> Result<SqlitePool, IndexError> {
+    // synchronous=NORMAL in WAL mode: a power loss may drop the last index
+    // transactions but never corrupts the file. The index is a projection
+    // that catches up from the log on open, so it does not need a second
+    // fsync per append on top of the log's own.
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS));
     SqlitePoolOptions::new()
