@@ -35,6 +35,10 @@ pub trait SegmentFs: Send + Sync + fmt::Debug {
     fn create(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>>;
     /// Opens existing segment `index` to read and to append at its end.
     fn open(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>>;
+    /// Opens existing segment `index` for reading only (its `append` and
+    /// `sync_data` fail); used for reads and by read-only opens, so a
+    /// read-only file or mount is enough.
+    fn open_read(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>>;
     /// Makes created files durable in the directory (fsync of the directory).
     fn sync_dir(&self) -> io::Result<()>;
     /// The path of segment `index`, for errors.
@@ -74,6 +78,28 @@ impl SegmentFile for RealFile {
     }
 }
 
+/// A segment opened for reading: appends and syncs are refused, so a
+/// read-only handle can never change the file (fdatasync on a read-only
+/// descriptor would otherwise succeed).
+#[derive(Debug)]
+struct ReadOnlyFile {
+    file: File,
+}
+
+impl SegmentFile for ReadOnlyFile {
+    fn append(&self, _bytes: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("segment file is open read-only"))
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Err(io::Error::other("segment file is open read-only"))
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
 impl SegmentFs for RealFs {
     fn create(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = OpenOptions::new()
@@ -90,6 +116,11 @@ impl SegmentFs for RealFs {
             .append(true)
             .open(self.path(index))?;
         Ok(Arc::new(RealFile { file }))
+    }
+
+    fn open_read(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        let file = File::open(self.path(index))?;
+        Ok(Arc::new(ReadOnlyFile { file }))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -260,6 +291,11 @@ impl SegmentFs for FaultFs {
         let len = std::fs::metadata(self.path(index))?.len();
         let file = self.inner.open(index)?;
         Ok(self.wrap(index, file, len))
+    }
+
+    fn open_read(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>> {
+        // Not wrapped: a read-only handle never appends or syncs.
+        self.inner.open_read(index)
     }
 
     fn sync_dir(&self) -> io::Result<()> {

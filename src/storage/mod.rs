@@ -8,7 +8,10 @@
 //! created (header, fdatasync, directory fsync). On open, the log is checked
 //! with the audit crate's scanner (the same code `vellum verify` runs): a torn
 //! tail of the last segment is cut off and reported; anything else wrong
-//! fails the open and nothing is repaired. A failed write or fdatasync
+//! fails the open and nothing is repaired. A cut that would lose an op at or
+//! below `StorageConfig::durable_op_floor` (ops the caller saw certified)
+//! fails the open instead. A read-only open changes nothing on disk: no
+//! cut, no new segment, no header rewrite, no sync. A failed write or fdatasync
 //! poisons the handle until it is reopened; an fsync is never retried
 //! ("fsyncgate"). The formats are in `docs/format.md`.
 
@@ -52,6 +55,15 @@ pub struct StorageConfig {
     /// Most records queued and not yet taken by the writer; `submit` blocks
     /// while the queue is full.
     pub queue_records_max: usize,
+    /// The highest op the caller knows was certified (e.g. from the audit
+    /// index); 0 = no floor. If the log would end before this op after
+    /// recovery (a torn tail that holds certified ops, or a log cut short),
+    /// open fails as corrupt and nothing is truncated.
+    pub durable_op_floor: u64,
+    /// Open without changing anything on disk: no file is created, written,
+    /// truncated or synced; a torn tail is reported, not cut; `submit` is
+    /// refused. The segments directory must exist.
+    pub read_only: bool,
 }
 
 impl Default for StorageConfig {
@@ -61,6 +73,8 @@ impl Default for StorageConfig {
             batch_records_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
             queue_records_max: 4096,
+            durable_op_floor: 0,
+            read_only: false,
         }
     }
 }
@@ -87,7 +101,8 @@ impl Ticket {
     }
 }
 
-/// A torn tail cut off during recovery.
+/// A torn tail found during recovery: cut off, or only reported when the
+/// store was opened read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub file: PathBuf,
@@ -100,7 +115,7 @@ pub struct TornTail {
 pub struct Recovery {
     /// Every valid record in log order, all kinds (Seals included).
     pub records: Vec<(RecordLocation, OpHeader)>,
-    /// The torn tail cut off the last segment, if there was one.
+    /// The torn tail of the last segment (cut off unless read-only), if any.
     pub torn_tail: Option<TornTail>,
     /// Segment files in the log after open.
     pub segments: u64,
@@ -236,10 +251,14 @@ impl Storage {
         config: StorageConfig,
     ) -> Result<(Storage, Recovery), StorageError> {
         let segments = dir.join(SEGMENTS_DIR);
-        std::fs::create_dir_all(&segments).map_err(|source| StorageError::Io {
-            path: segments.clone(),
-            source,
-        })?;
+        if !config.read_only && (config.durable_op_floor == 0 || segments.exists()) {
+            // With a floor, a missing directory is a lost log: let recovery
+            // refuse it rather than create an empty one.
+            std::fs::create_dir_all(&segments).map_err(|source| StorageError::Io {
+                path: segments.clone(),
+                source,
+            })?;
+        }
         Storage::open_with(&segments, cluster, config, Arc::new(RealFs::new(&segments)))
     }
 
@@ -252,7 +271,8 @@ impl Storage {
         fs: Arc<dyn SegmentFs>,
     ) -> Result<(Storage, Recovery), StorageError> {
         check_config(&config)?;
-        let recovered = recovery::recover(segments_dir, cluster, fs.as_ref())?;
+        check_segments_dir(segments_dir, &config)?;
+        let recovered = recovery::recover(segments_dir, cluster, fs.as_ref(), &config)?;
         let state = State {
             queue: VecDeque::new(),
             queued_records: 0,
@@ -276,19 +296,17 @@ impl Storage {
             syncs: AtomicU64::new(recovered.syncs),
             segments_created: AtomicU64::new(recovered.segments_created),
         });
-        let writer = writer::spawn(Arc::clone(&shared), recovered.current).map_err(|source| {
-            StorageError::Io {
-                path: segments_dir.to_path_buf(),
-                source,
-            }
-        })?;
-        Ok((
-            Storage {
-                shared,
-                writer: Some(writer),
-            },
-            recovered.recovery,
-        ))
+        let writer = match recovered.current {
+            // Read-only: no writer thread, nothing can ever be written.
+            None => None,
+            Some(current) => Some(writer::spawn(Arc::clone(&shared), current).map_err(
+                |source| StorageError::Io {
+                    path: segments_dir.to_path_buf(),
+                    source,
+                },
+            )?),
+        };
+        Ok((Storage { shared, writer }, recovered.recovery))
     }
 
     /// Enqueues one record, in log order; returns at once (blocks only while
@@ -300,6 +318,15 @@ impl Storage {
     /// parent and the tree size as global position; a Certificate must
     /// certify an op already submitted; Seals are written by storage only.
     pub fn submit(&self, record: Record, tree_after: (u64, Hash)) -> Result<Ticket, StorageError> {
+        self.enqueue(record, tree_after)
+    }
+
+    fn enqueue(&self, record: Record, tree_after: (u64, Hash)) -> Result<Ticket, StorageError> {
+        if self.shared.config.read_only {
+            return Err(StorageError::Rejected(
+                "storage is open read-only".to_string(),
+            ));
+        }
         check_record_alone(&record, self.shared.cluster)?;
         let bytes = record.encode();
         let mut state = self.shared.lock();
@@ -452,7 +479,7 @@ impl Storage {
         let file = self
             .shared
             .fs
-            .open(segment)
+            .open_read(segment)
             .map_err(|source| StorageError::Io {
                 path: self.shared.fs.path(segment),
                 source,
@@ -468,6 +495,35 @@ impl Drop for Storage {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A read-only open needs the segments directory: it creates nothing. With a
+/// durable op floor, a missing directory is a lost log.
+fn check_segments_dir(segments_dir: &Path, config: &StorageConfig) -> Result<(), StorageError> {
+    if segments_dir.is_dir() {
+        return Ok(());
+    }
+    if config.durable_op_floor > 0 {
+        return Err(StorageError::Corrupt {
+            file: segments_dir.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "ops up to {} were certified but the log ends at op 0 (no segments directory); \
+                 nothing was created",
+                config.durable_op_floor
+            ),
+        });
+    }
+    if config.read_only {
+        return Err(StorageError::Io {
+            path: segments_dir.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                "segments directory does not exist (a read-only open creates nothing)",
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_config(config: &StorageConfig) -> Result<(), StorageError> {

@@ -4,23 +4,31 @@
 //! applies). Only one thing is ever changed: a torn tail of the last segment,
 //! an unsynced write that did not finish, is cut off (ftruncate + fsync) and
 //! reported. Any other damage fails the open with the file and byte offset;
-//! nothing is repaired.
+//! nothing is repaired. Two guards keep even that cut honest: a durable op
+//! floor (ops the caller knows were certified) fails the open instead of
+//! cutting them, and a read-only open reports a torn tail without cutting it
+//! and creates, writes and syncs nothing.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
-use vellum_audit::segment::{LogScan, ScanError, SegmentEnd, SegmentHeader, scan_log_dir};
+use vellum_audit::record::RecordKind;
+use vellum_audit::segment::{
+    LogScan, ScanError, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir,
+};
 
-use super::{RecordLocation, Recovery, SegmentFile, SegmentFs, StorageError, Tail, TornTail};
+use super::{
+    RecordLocation, Recovery, SegmentFile, SegmentFs, StorageConfig, StorageError, Tail, TornTail,
+};
 
 /// Everything `Storage::open_with` needs to start the writer.
 pub(super) struct Recovered {
     pub recovery: Recovery,
     pub tail: Tail,
-    /// The segment the writer appends to.
-    pub current: (u64, Arc<dyn SegmentFile>),
+    /// The segment the writer appends to; None when read-only (no writer).
+    pub current: Option<(u64, Arc<dyn SegmentFile>)>,
     pub files: BTreeMap<u64, Arc<dyn SegmentFile>>,
     pub syncs: u64,
     pub segments_created: u64,
@@ -30,6 +38,7 @@ pub(super) fn recover(
     segments_dir: &Path,
     cluster: u128,
     fs: &dyn SegmentFs,
+    config: &StorageConfig,
 ) -> Result<Recovered, StorageError> {
     let scan = scan_log_dir(segments_dir, cluster).map_err(|error| match error {
         ScanError::Io { path, source } => StorageError::Io { path, source },
@@ -43,7 +52,46 @@ pub(super) fn recover(
             reason,
         },
     })?;
-    let torn_tail = cut_torn_tail(&scan)?;
+    check_floor(&scan, segments_dir, config.durable_op_floor)?;
+    let torn_tail = if config.read_only {
+        report_torn_tail(&scan)
+    } else {
+        cut_torn_tail(&scan)?
+    };
+    let records = recovered_records(&scan);
+    let view = records.last().map_or(0, |(_, header)| header.view);
+    let (tail, current, syncs, created) = if config.read_only {
+        (read_only_tail(&scan, view), None, 0, 0)
+    } else {
+        let (tail, current, syncs, created) = open_tail(&scan, cluster, fs, view)?;
+        (tail, Some(current), syncs, created)
+    };
+    let segments = if config.read_only {
+        scan.segments.len() as u64
+    } else {
+        tail.segment + 1
+    };
+    let mut files = BTreeMap::new();
+    if let Some((index, file)) = &current {
+        files.insert(*index, Arc::clone(file));
+    }
+    Ok(Recovered {
+        recovery: Recovery {
+            records,
+            torn_tail,
+            segments,
+            chain: scan.chain,
+        },
+        tail,
+        current,
+        files,
+        syncs,
+        segments_created: created,
+    })
+}
+
+/// Every valid record of the scan, in log order, with its location.
+fn recovered_records(scan: &LogScan) -> Vec<(RecordLocation, vellum_audit::record::OpHeader)> {
     let mut records = Vec::with_capacity(scan.record_count());
     for segment in &scan.segments {
         for record in &segment.scan.records {
@@ -59,23 +107,51 @@ pub(super) fn recover(
             ));
         }
     }
-    let view = records.last().map_or(0, |(_, header)| header.view);
-    let (tail, current, syncs, created) = open_tail(&scan, cluster, fs, view)?;
-    let segments = tail.segment + 1;
-    let mut files = BTreeMap::new();
-    files.insert(current.0, Arc::clone(&current.1));
-    Ok(Recovered {
-        recovery: Recovery {
-            records,
-            torn_tail,
-            segments,
-            chain: scan.chain,
+    records
+}
+
+/// Fails when the valid log ends before op `floor`: the ops after its end
+/// were certified, so what follows is damage, not an unfinished write, and
+/// cutting it would silently lose acknowledged events. Checked before any
+/// change, so a failed open leaves every byte as it was.
+fn check_floor(scan: &LogScan, segments_dir: &Path, floor: u64) -> Result<(), StorageError> {
+    let last_op = scan.chain.last_op;
+    if last_op >= floor {
+        return Ok(());
+    }
+    let (file, offset, damage) = match scan.torn_tail() {
+        Some((path, offset, bytes)) => (
+            path.to_path_buf(),
+            offset,
+            format!(" and the {bytes} unreadable bytes from here on are damage, not a torn write"),
+        ),
+        None => match scan.segments.last() {
+            Some(last) => (last.path.clone(), last.file_len, String::new()),
+            None => (
+                segments_dir.to_path_buf(),
+                0,
+                " (no segment files)".to_string(),
+            ),
         },
-        tail,
-        current,
-        files,
-        syncs,
-        segments_created: created,
+    };
+    Err(StorageError::Corrupt {
+        file,
+        offset,
+        reason: format!(
+            "ops up to {floor} were certified but the log ends at op {last_op}{damage}; \
+             nothing was truncated"
+        ),
+    })
+}
+
+/// The torn tail of the last segment, if any, found but left in place.
+fn report_torn_tail(scan: &LogScan) -> Option<TornTail> {
+    let (path, offset, bytes) = scan.torn_tail()?;
+    tracing::warn!(file = %path.display(), offset, bytes, "found a torn tail at the end of the last segment (read-only: not cut)");
+    Some(TornTail {
+        file: path.to_path_buf(),
+        offset,
+        bytes,
     })
 }
 
@@ -145,23 +221,46 @@ fn open_tail(
         }
         SegmentEnd::Open | SegmentEnd::TornTail { .. } => {
             let file = fs.open(index).map_err(io(index))?;
-            let records = &last.scan.records;
-            let offset = records
-                .last()
-                .map_or(fresh(index).offset, |r| r.offset + r.encoded_len());
-            let ops = records
-                .iter()
-                .filter(|r| r.header.kind == vellum_audit::record::RecordKind::Op)
-                .count();
-            let tail = Tail {
-                offset,
-                records: records.len() as u64,
-                ops: ops as u64,
-                ..fresh(index)
-            };
-            Ok((tail, (index, file), 0, 0))
+            Ok((tail_after(last, fresh(index)), (index, file), 0, 0))
         }
         SegmentEnd::Corrupt { .. } => unreachable!("scan_log_dir returns corruption as an error"),
+    }
+}
+
+/// The tail of a read-only open: where the next record would go, were
+/// writing allowed. Nothing is created or opened for writing.
+fn read_only_tail(scan: &LogScan, view: u64) -> Tail {
+    let fresh = |segment: u64| Tail {
+        segment,
+        offset: vellum_audit::segment::SEGMENT_HEADER_BYTES as u64,
+        records: 0,
+        ops: 0,
+        view,
+        chain: scan.chain,
+        tree: None,
+    };
+    match scan.segments.last() {
+        None => fresh(0),
+        Some(last) if matches!(last.scan.end, SegmentEnd::Sealed { .. }) => fresh(last.index + 1),
+        Some(last) => tail_after(last, fresh(last.index)),
+    }
+}
+
+/// `fresh` moved past the valid records of the (unsealed) segment `last`.
+fn tail_after(last: &ScannedSegment, fresh: Tail) -> Tail {
+    let records = &last.scan.records;
+    let offset = records
+        .last()
+        .map_or(fresh.offset, |r| r.offset + r.encoded_len());
+    let ops = records
+        .iter()
+        .filter(|r| r.header.kind == RecordKind::Op)
+        .count();
+    Tail {
+        offset,
+        records: records.len() as u64,
+        ops: ops as u64,
+        ..fresh
     }
 }
 
