@@ -288,7 +288,10 @@ fn read_only_session(
     }
     let mut chain = Chain::new();
     let (record, tree) = chain.op();
-    for refused in [storage.submit(record, tree)] {
+    for refused in [
+        storage.submit(record.clone(), tree),
+        storage.submit_lazy(record, tree),
+    ] {
         match refused {
             Err(StorageError::Rejected(reason)) => {
                 assert_eq!(reason, "storage is open read-only");

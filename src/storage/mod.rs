@@ -4,6 +4,10 @@
 //! Callers `submit` encoded records in log order and get a [`Ticket`] at once;
 //! one writer thread takes everything queued, writes it with one write and
 //! one fdatasync, then wakes every waiter of that batch (group commit).
+//! Records nobody waits for (a Certificate after its op) go in with
+//! `submit_lazy`: they start no write of their own but ride along with the
+//! next batch, a `flush`, `close`, a `wait_durable` on them, or at the latest
+//! [`LAZY_DELAY_MS_MAX`] after they were queued.
 //! A full segment is sealed (Seal record, fdatasync) before the next one is
 //! created (header, fdatasync, directory fsync). On open, the log is checked
 //! with the audit crate's scanner (the same code `vellum verify` runs): a torn
@@ -28,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vellum_audit::hash::{Hash, sha256};
 use vellum_audit::record::{BODY_BYTES_MAX, HEADER_BYTES, OpHeader, Record, RecordKind};
@@ -41,6 +46,10 @@ pub const SEAL_RECORD_BYTES: u64 = (HEADER_BYTES + vellum_audit::record::SEAL_BO
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 /// Name of the directory of segment files inside the data directory.
 pub const SEGMENTS_DIR: &str = "segments";
+/// Longest a lazy record waits in the queue for a batch to ride along with
+/// before the writer writes and syncs it on its own (so an idle log still
+/// makes it durable).
+pub const LAZY_DELAY_MS_MAX: u64 = 200;
 
 /// Limits of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +175,14 @@ pub struct Storage {
     writer: Option<JoinHandle<()>>,
 }
 
+/// A queued item and when it was queued (the front one's age bounds how
+/// long lazy records wait).
+#[derive(Debug)]
+struct Queued {
+    item: Item,
+    at: Instant,
+}
+
 /// One queued unit of work for the writer, in log order.
 #[derive(Debug)]
 enum Item {
@@ -205,9 +222,14 @@ struct Tail {
 
 #[derive(Debug)]
 struct State {
-    queue: VecDeque<Item>,
+    queue: VecDeque<Queued>,
     queued_records: usize,
     next_seq: u64,
+    /// Every seq below this has been taken by the writer.
+    taken_seq: u64,
+    /// Every seq below this must be written without waiting for more: set
+    /// by a (non-lazy) submit, `wait_durable` and `flush`.
+    forced_seq: u64,
     /// Every seq below this is durable.
     durable_seq: u64,
     poisoned: Option<String>,
@@ -277,6 +299,8 @@ impl Storage {
             queue: VecDeque::new(),
             queued_records: 0,
             next_seq: 0,
+            taken_seq: 0,
+            forced_seq: 0,
             durable_seq: 0,
             poisoned: None,
             closing: false,
@@ -318,10 +342,28 @@ impl Storage {
     /// parent and the tree size as global position; a Certificate must
     /// certify an op already submitted; Seals are written by storage only.
     pub fn submit(&self, record: Record, tree_after: (u64, Hash)) -> Result<Ticket, StorageError> {
-        self.enqueue(record, tree_after)
+        self.enqueue(record, tree_after, false)
     }
 
-    fn enqueue(&self, record: Record, tree_after: (u64, Hash)) -> Result<Ticket, StorageError> {
+    /// Like [`Storage::submit`] (same order, same checks), for a record
+    /// nobody needs to wait for: it starts no write + fdatasync of its own.
+    /// It is written, in submit order, with the next batch that holds a
+    /// `submit`ted record, on `flush` or `close`, when its ticket is waited
+    /// on, or at the latest [`LAZY_DELAY_MS_MAX`] after it was queued.
+    pub fn submit_lazy(
+        &self,
+        record: Record,
+        tree_after: (u64, Hash),
+    ) -> Result<Ticket, StorageError> {
+        self.enqueue(record, tree_after, true)
+    }
+
+    fn enqueue(
+        &self,
+        record: Record,
+        tree_after: (u64, Hash),
+        lazy: bool,
+    ) -> Result<Ticket, StorageError> {
         if self.shared.config.read_only {
             return Err(StorageError::Rejected(
                 "storage is open read-only".to_string(),
@@ -357,7 +399,14 @@ impl Storage {
         let seq = state.next_seq;
         state.next_seq += 1;
         state.queued_records += 1;
-        state.queue.push_back(Item::Record { seq, bytes });
+        state.queue.push_back(Queued {
+            item: Item::Record { seq, bytes },
+            at: Instant::now(),
+        });
+        if !lazy {
+            // Everything before it (lazy records included) goes in its batch.
+            state.forced_seq = seq + 1;
+        }
         self.shared.work.notify_one();
         Ok(Ticket { seq, location })
     }
@@ -367,6 +416,7 @@ impl Storage {
     /// reported durable; later ones get `Poisoned`.
     pub fn wait_durable(&self, ticket: Ticket) -> Result<RecordLocation, StorageError> {
         let mut state = self.shared.lock();
+        self.force(&mut state, ticket.seq + 1);
         loop {
             if state.durable_seq > ticket.seq {
                 return Ok(ticket.location);
@@ -386,6 +436,7 @@ impl Storage {
     pub fn flush(&self) -> Result<(), StorageError> {
         let mut state = self.shared.lock();
         let target = state.next_seq;
+        self.force(&mut state, target);
         loop {
             if let Some(reason) = &state.poisoned {
                 return Err(StorageError::Poisoned(reason.clone()));
@@ -398,6 +449,14 @@ impl Storage {
                 .durable
                 .wait(state)
                 .expect("storage lock is never held across a panic");
+        }
+    }
+
+    /// Makes the writer write every record below `seq` without waiting for more.
+    fn force(&self, state: &mut State, seq: u64) {
+        if seq > state.forced_seq && seq > state.durable_seq {
+            state.forced_seq = seq;
+            self.shared.work.notify_one();
         }
     }
 
@@ -638,9 +697,12 @@ fn place(
     {
         let seal = seal_record(shared.cluster, tail, tree);
         let next = tail.segment + 1;
-        state.queue.push_back(Item::Roll {
-            seal: seal.encode(),
-            next,
+        state.queue.push_back(Queued {
+            item: Item::Roll {
+                seal: seal.encode(),
+                next,
+            },
+            at: Instant::now(),
         });
         state.tail = Tail {
             segment: next,

@@ -434,3 +434,185 @@ fn torn_segment_header_is_rewritten() {
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// The end of a record's bytes in its segment.
+fn end_of(location: RecordLocation) -> u64 {
+    location.offset + u64::from(location.len)
+}
+
+/// Goal: N sequential rounds of (submit op, wait durable, submit_lazy its
+/// certificate) cost about N data syncs, not 2N: each certificate rides
+/// along with the next op's batch. Every record is on disk in submit order.
+#[test]
+fn lazy_certificates_ride_with_the_next_op() {
+    const ROUNDS: u64 = 40;
+    let dir = temp_dir();
+    let (storage, _, fs) = open_fault(&dir, StorageConfig::default());
+    let mut chain = Chain::new();
+    let mut submitted = Vec::new();
+    let syncs_before = fs.syncs();
+    let started = std::time::Instant::now();
+    for _ in 0..ROUNDS {
+        let (op, tree) = chain.op(2);
+        submitted.push(op.clone());
+        let ticket = storage.submit(op, tree).expect("submit");
+        storage.wait_durable(ticket).expect("durable");
+        let (certificate, tree) = chain.certificate();
+        submitted.push(certificate.clone());
+        storage.submit_lazy(certificate, tree).expect("submit lazy");
+    }
+    let syncs = fs.syncs() - syncs_before;
+    // A round slower than the lazy delay may sync its certificate alone; allow
+    // one extra sync per such delay that passed.
+    let slow_rounds = started.elapsed().as_millis() as u64 / LAZY_DELAY_MS_MAX;
+    assert!(syncs >= ROUNDS, "each op was synced: {syncs}");
+    assert!(
+        syncs <= ROUNDS + slow_rounds,
+        "{syncs} syncs for {ROUNDS} rounds ({slow_rounds} delays passed)"
+    );
+    storage.close().expect("close");
+    let (reopened, recovery, _) = open_fault(&dir, StorageConfig::default());
+    assert_eq!(recovery.records.len(), submitted.len());
+    for ((location, _), record) in recovery.records.iter().zip(&submitted) {
+        assert_eq!(&reopened.read(*location).expect("read"), record);
+    }
+    reopened.close().expect("close");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: a lazy record on an idle log is not written at once, but becomes
+/// durable on its own no sooner and not much later than LAZY_DELAY_MS_MAX.
+#[test]
+fn idle_lazy_record_becomes_durable_within_the_delay() {
+    let dir = temp_dir();
+    let (storage, _, fs) = open_fault(&dir, StorageConfig::default());
+    let mut chain = Chain::new();
+    submit_durable(&storage, chain.op(1));
+    let (certificate, tree) = chain.certificate();
+    let started = std::time::Instant::now();
+    let ticket = storage.submit_lazy(certificate, tree).expect("submit lazy");
+    let end = end_of(ticket.location());
+    // Not written at submit: the first time it is seen durable is at least
+    // the delay after `started` (checked below).
+    while fs.synced_len(0) < end {
+        assert!(
+            started.elapsed().as_millis() < u128::from(LAZY_DELAY_MS_MAX) + 5_000,
+            "the lazy record never became durable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        started.elapsed().as_millis() >= u128::from(LAZY_DELAY_MS_MAX),
+        "written before its delay: {:?}",
+        started.elapsed()
+    );
+    storage.close().expect("close");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: flush, wait_durable on the lazy ticket itself, and close each make
+/// a queued lazy record durable without waiting for the delay to pass.
+#[test]
+fn flush_wait_and_close_make_lazy_records_durable() {
+    let dir = temp_dir();
+    let (storage, _, fs) = open_fault(&dir, StorageConfig::default());
+    let mut chain = Chain::new();
+    submit_durable(&storage, chain.op(1));
+    let (certificate, tree) = chain.certificate();
+    let flushed = storage.submit_lazy(certificate, tree).expect("lazy");
+    storage.flush().expect("flush");
+    assert!(fs.synced_len(0) >= end_of(flushed.location()), "flush");
+
+    submit_durable(&storage, chain.op(1));
+    let (certificate, tree) = chain.certificate();
+    let waited = storage.submit_lazy(certificate, tree).expect("lazy");
+    assert_eq!(
+        storage.wait_durable(waited).expect("wait"),
+        waited.location()
+    );
+    assert!(fs.synced_len(0) >= end_of(waited.location()), "wait");
+
+    submit_durable(&storage, chain.op(1));
+    let (certificate, tree) = chain.certificate();
+    let closed = storage
+        .submit_lazy(certificate.clone(), tree)
+        .expect("lazy");
+    storage.close().expect("close");
+    assert!(fs.synced_len(0) >= end_of(closed.location()), "close");
+    let (reopened, recovery, _) = open_fault(&dir, StorageConfig::default());
+    let (location, header) = recovery.records.last().expect("records");
+    assert_eq!(
+        (*location, header),
+        (closed.location(), &certificate.header)
+    );
+    reopened.close().expect("close");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: lazy records keep the submit order across segment rollovers (a
+/// seal may be queued in front of a lazy record), and the log stays clean.
+#[test]
+fn lazy_records_keep_order_across_rollovers() {
+    let dir = temp_dir();
+    let (storage, _, _) = open_fault(&dir, small_config());
+    let mut chain = Chain::new();
+    let mut submitted = Vec::new();
+    for round in 0..60 {
+        let (op, tree) = chain.op(2);
+        submitted.push(op.clone());
+        let ticket = storage.submit(op, tree).expect("submit");
+        if round % 3 == 0 {
+            storage.wait_durable(ticket).expect("durable");
+        }
+        let (certificate, tree) = chain.certificate();
+        submitted.push(certificate.clone());
+        storage.submit_lazy(certificate, tree).expect("lazy");
+    }
+    assert!(storage.stats().segments_created >= 2);
+    storage.close().expect("close");
+    let (reopened, recovery, _) = open_fault(&dir, small_config());
+    let kept: Vec<_> = recovery
+        .records
+        .iter()
+        .filter(|(_, h)| h.kind != RecordKind::Seal)
+        .collect();
+    assert_eq!(kept.len(), submitted.len());
+    for ((location, _), record) in kept.iter().zip(&submitted) {
+        assert_eq!(&reopened.read(*location).expect("read"), record);
+    }
+    reopened.close().expect("close");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: a crash while a lazy certificate is still queued (or its write not
+/// finished) loses only that certificate: the log reopens clean, ending at
+/// the acknowledged op, ready to be certified again.
+#[test]
+fn crash_before_a_lazy_record_is_written_keeps_the_acknowledged_op() {
+    let dir = temp_dir();
+    let (storage, _, fs) = open_fault(&dir, StorageConfig::default());
+    let mut chain = Chain::new();
+    let op_at = submit_durable(&storage, chain.op(2));
+    let synced = fs.synced_len(0);
+    fs.hold_writes();
+    let (certificate, tree) = chain.certificate();
+    storage.submit_lazy(certificate, tree).expect("lazy");
+    // The crash: what is on disk now, while the certificate is queued or held.
+    let image = crash_image(&dir, 0, synced, &[]);
+    fs.release_writes();
+    storage.close().expect("close");
+    let (reopened, recovery) = Storage::open_with(
+        &image,
+        CLUSTER,
+        StorageConfig::default(),
+        Arc::new(RealFs::new(&image)),
+    )
+    .expect("opens");
+    assert!(recovery.torn_tail.is_none());
+    assert_eq!(recovery.records.len(), 1);
+    assert_eq!(recovery.records[0].0, op_at);
+    assert_eq!(recovery.chain.last_op, 1);
+    reopened.close().expect("close");
+    std::fs::remove_dir_all(&image).expect("cleanup");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

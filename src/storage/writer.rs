@@ -1,7 +1,9 @@
 //! The writer thread: group commit.
 //!
 //! It takes everything queued (up to the batch limits), writes it with one
-//! write and one fdatasync, then wakes every waiter of the batch. A Roll item
+//! write and one fdatasync, then wakes every waiter of the batch. A queue
+//! holding only lazy records starts no batch until a forcing record, a
+//! waiter, a flush, closing, or their `LAZY_DELAY_MS_MAX` comes. A Roll item
 //! inside a batch writes the Seal, syncs, and creates the next segment before
 //! the rest of the batch. Any failed write or sync poisons the store: the
 //! writer records why, fails every waiter not yet durable, and stops. It
@@ -10,11 +12,13 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::recovery::create_segment;
-use super::{Item, SegmentFile, Shared};
+use super::{Item, LAZY_DELAY_MS_MAX, SegmentFile, Shared, State};
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -53,19 +57,11 @@ fn run(shared: &Shared, mut current: (u64, Arc<dyn SegmentFile>)) {
 /// Waits for work and takes the next batch; None once closing and drained.
 fn take_batch(shared: &Shared) -> Option<Vec<Item>> {
     let config = shared.config;
-    let mut state = shared.lock();
-    while state.queue.is_empty() {
-        if state.closing || state.poisoned.is_some() {
-            return None;
-        }
-        state = shared
-            .work
-            .wait(state)
-            .expect("storage lock is never held across a panic");
-    }
+    let mut state = wait_for_batch(shared)?;
     let mut items = Vec::new();
     let (mut records, mut bytes) = (0usize, 0usize);
-    while let Some(item) = state.queue.front() {
+    while let Some(queued) = state.queue.front() {
+        let item = &queued.item;
         let is_record = usize::from(matches!(item, Item::Record { .. }));
         let over = records + is_record > config.batch_records_max
             || bytes + item.len() > config.batch_bytes_max;
@@ -74,11 +70,55 @@ fn take_batch(shared: &Shared) -> Option<Vec<Item>> {
         }
         records += is_record;
         bytes += item.len();
-        items.push(state.queue.pop_front().expect("front exists"));
+        let item = state.queue.pop_front().expect("front exists").item;
+        if let Item::Record { seq, .. } = item {
+            state.taken_seq = seq + 1;
+        }
+        items.push(item);
     }
     state.queued_records -= records;
     shared.space.notify_all();
     Some(items)
+}
+
+/// Waits until the queue holds work that must go out now: a record that
+/// was submitted (not lazily) or waited on or flushed, closing, a full
+/// batch, or a lazy record queued `LAZY_DELAY_MS_MAX` ago. A queue of only
+/// young lazy records is left to wait for company. None once closing (or
+/// poisoned) and drained.
+fn wait_for_batch(shared: &Shared) -> Option<MutexGuard<'_, State>> {
+    let lazy_delay = Duration::from_millis(LAZY_DELAY_MS_MAX);
+    let full = shared
+        .config
+        .batch_records_max
+        .min(shared.config.queue_records_max);
+    let mut state = shared.lock();
+    loop {
+        let Some(front) = state.queue.front() else {
+            if state.closing || state.poisoned.is_some() {
+                return None;
+            }
+            state = shared
+                .work
+                .wait(state)
+                .expect("storage lock is never held across a panic");
+            continue;
+        };
+        let deadline = front.at + lazy_delay;
+        let now = Instant::now();
+        if state.closing
+            || state.forced_seq > state.taken_seq
+            || state.queued_records >= full
+            || now >= deadline
+        {
+            return Some(state);
+        }
+        state = shared
+            .work
+            .wait_timeout(state, deadline - now)
+            .expect("storage lock is never held across a panic")
+            .0;
+    }
 }
 
 /// Writes a batch; returns the seq of its last record. Err poisons the store.
