@@ -14,9 +14,11 @@ pub mod demo;
 pub mod fsutil;
 pub mod index;
 pub mod init;
+pub mod sim;
 pub mod log;
 pub mod storage;
 pub mod types;
 pub mod verify;
+pub mod vsr;
 
 pub use types::{EventPersister, Offset, PersistError, StreamId};

@@ -1,0 +1,297 @@
+//! The Viewstamped Replication core: one replica as a pure state machine
+//! (DESIGN §2 P1/P4, §7; "Viewstamped Replication Revisited", Liskov and
+//! Cowling 2012). Inputs (messages, ticks, completions of the shell's work)
+//! go in; actions (sends, durable writes, replies) come out. No I/O, no
+//! clock, no threads, no randomness of its own: the shell (tokio and files
+//! in production, `crate::sim` in tests) executes the actions and feeds the
+//! completions back. The same code runs in both.
+//!
+//! This file fixes the interface between the core and every shell. The
+//! replica's logic lives in `replica.rs` and its helpers.
+
+pub mod replica;
+
+use bytes::Bytes;
+use vellum_audit::hash::Hash;
+use vellum_audit::record::{OpHeader, Record};
+
+pub use replica::Replica;
+
+/// A replica's index in the cluster, `0..replica_count`.
+pub type ReplicaIndex = u8;
+
+/// Replicas in a cluster, at most (2f+1 with f <= 3).
+pub const REPLICAS_MAX: usize = 7;
+
+/// Static configuration of one replica. Every bound is named here.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster id (part of every header and of the checkpoint origin).
+    pub cluster: u128,
+    /// Replicas in the cluster: 2f+1, 1 <= n <= REPLICAS_MAX.
+    pub replica_count: u8,
+    /// This replica's index.
+    pub replica: ReplicaIndex,
+    /// Ops prepared but not yet committed, at most (the pipeline).
+    pub pipeline_max: usize,
+    /// Client requests queued at the primary behind a full pipeline, at most.
+    pub request_queue_max: usize,
+    /// Client sessions in the client table, at most.
+    pub clients_max: usize,
+    /// Headers carried in one DoViewChange / StartView / RecoveryResponse, at most.
+    pub view_change_headers_max: usize,
+    /// Ops a lagging replica asks for at once while repairing, at most.
+    pub repair_requests_max: usize,
+    /// Ticks between the primary's commit heartbeats.
+    pub heartbeat_ticks: u64,
+    /// Ticks without hearing from the primary before a backup starts a view change.
+    pub view_change_timeout_ticks: u64,
+    /// Ticks before a prepare is resent to backups that did not acknowledge it.
+    pub prepare_retry_ticks: u64,
+    /// Ticks before a repair or recovery request is resent.
+    pub repair_retry_ticks: u64,
+}
+
+impl Config {
+    /// Defaults for a cluster of `replica_count` with this replica index.
+    pub fn new(cluster: u128, replica_count: u8, replica: ReplicaIndex) -> Config {
+        Config {
+            cluster,
+            replica_count,
+            replica,
+            pipeline_max: 32,
+            request_queue_max: 256,
+            clients_max: 1024,
+            view_change_headers_max: 256,
+            repair_requests_max: 16,
+            heartbeat_ticks: 10,
+            view_change_timeout_ticks: 50,
+            prepare_retry_ticks: 20,
+            repair_retry_ticks: 20,
+        }
+    }
+
+    /// f+1: the votes that make a quorum.
+    pub fn quorum(&self) -> usize {
+        usize::from(self.replica_count) / 2 + 1
+    }
+}
+
+/// A client's request as the primary receives it. `events` are plaintext;
+/// the core never encrypts (it has no keys and no randomness) — it asks the
+/// shell to seal them with [`Action::Seal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The client session (random per session, never 0).
+    pub client: u128,
+    /// The request number, increasing within the session. A retry reuses it.
+    pub request: u64,
+    /// The stream (ids below `StreamId::USER_MIN` are refused).
+    pub stream: u64,
+    /// Refuse unless the stream has exactly this many events.
+    pub expected_offset: Option<u64>,
+    /// The events, plaintext, 1..=EVENTS_PER_OP_MAX.
+    pub events: Vec<Bytes>,
+}
+
+/// What a committed request returns to its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyBody {
+    /// The op that carried the batch.
+    pub op: u64,
+    /// The view it committed in.
+    pub view: u64,
+    /// The stream.
+    pub stream: u64,
+    /// Stream offset of the first event.
+    pub first_offset: u64,
+    /// The stream's new length.
+    pub next_offset: u64,
+    /// Global position of the first event.
+    pub first_position: u64,
+    /// The commit certificate (signed checkpoint text, >= quorum signatures)
+    /// covering the op.
+    pub certificate: String,
+}
+
+/// A reply: committed, or refused before anything was prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Committed on a quorum.
+    Committed(ReplyBody),
+    /// The stream's length was not the expected offset; nothing was written.
+    WrongExpectedOffset {
+        /// What the client expected.
+        expected: u64,
+        /// The stream's length.
+        actual: u64,
+    },
+    /// Refused (bad stream, stale request number, ...); nothing was written.
+    Refused(String),
+}
+
+/// Replica-to-replica messages. Every message names the cluster, its sender
+/// and the sender's view; the network layer authenticates the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Cluster id; a message of another cluster is dropped.
+    pub cluster: u128,
+    /// Sender.
+    pub from: ReplicaIndex,
+    /// The sender's view.
+    pub view: u64,
+    /// What it says.
+    pub body: MessageBody,
+}
+
+/// The protocol's messages (VRR §4, §4.2 view change, §4.3 recovery, plus
+/// repair). Names follow the paper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageBody {
+    /// Primary -> backups: an op to journal. `record.header.parent` must be
+    /// the checksum of op-1's header (a backup refuses one that does not chain).
+    /// `key` is wrapped key material for a stream's new data key: it travels
+    /// beside the record and is stored in the key store, never in the log (P6).
+    Prepare { record: Record, commit: u64, key: Option<Bytes> },
+    /// Backup -> primary: `op` (and every op before it) is durable here, and
+    /// this replica computed the checkpoint (tree size, root, chain head) of
+    /// op itself and signs it: `signature` is its Ed25519 signature over the
+    /// checkpoint's signed-note text.
+    PrepareOk { op: u64, checksum: Hash, signature: Vec<u8> },
+    /// Primary -> backups: heartbeat with the commit number and the newest
+    /// certificate, so backups store certificates too.
+    Commit { commit: u64, certificate: Option<String> },
+    /// VRR StartViewChange.
+    StartViewChange,
+    /// VRR DoViewChange: the sender's log suffix (headers only), the last
+    /// view in which its status was normal, its op and commit numbers.
+    DoViewChange { log_view: u64, op: u64, commit: u64, headers: Vec<OpHeader> },
+    /// VRR StartView: the new primary's log suffix and commit number.
+    StartView { op: u64, commit: u64, headers: Vec<OpHeader> },
+    /// Repair: ask a peer for the op record with this number and checksum.
+    RequestPrepare { op: u64, checksum: Hash },
+    /// VRR Recovery with the recovering replica's nonce.
+    Recovery { nonce: u64 },
+    /// VRR RecoveryResponse; only the primary fills in op, commit and headers.
+    RecoveryResponse { nonce: u64, op: u64, commit: u64, headers: Vec<OpHeader>, is_primary: bool },
+}
+
+/// Why the shell is asked to read a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPurpose {
+    /// To send it to a peer that asked for it (repair).
+    Repair { to: ReplicaIndex },
+    /// To resend it to backups as primary.
+    Retransmit,
+}
+
+/// What the core asks its shell to do. The shell executes actions in the
+/// order given and reports completions as inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message to one replica (best effort; may be lost).
+    Send { to: ReplicaIndex, message: Message },
+    /// Encrypt `events` for the op described by `header` (stream, offsets,
+    /// key id chosen by the shell) and report [`Input::Sealed`].
+    Seal { header: OpHeader, events: Vec<Bytes> },
+    /// Append the op record (and store `key` in the key store first, if
+    /// any); report [`Input::WriteDone`] once it is fsynced. Writes are
+    /// issued in op order.
+    Write { record: Record, key: Option<Bytes> },
+    /// Discard every uncommitted op after `op` (a view change replaced
+    /// them). Never names a committed op.
+    Truncate { after_op: u64 },
+    /// Read an op record; report [`Input::ReadDone`].
+    Read { op: u64, checksum: Hash, purpose: ReadPurpose },
+    /// Durably store the replica's view state (its "superblock"); report
+    /// [`Input::SaveDone`]. The core never sends a message that depends on
+    /// this state before it is durable.
+    Save { state: DurableState },
+    /// `op` committed: store its certificate in the log and the index.
+    Committed { op: u64, certificate: String },
+    /// Answer a client (the primary, after commit; any replica for a refusal
+    /// or a retry answered from the client table).
+    Reply { client: u128, request: u64, reply: Reply },
+}
+
+/// The state a replica keeps beside its log so that it never goes back in
+/// view across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DurableState {
+    /// The highest view this replica took part in.
+    pub view: u64,
+    /// The last view in which it was in normal status.
+    pub log_view: u64,
+    /// Its commit number (a lower bound: the log is the truth).
+    pub commit: u64,
+}
+
+/// Inputs to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// One unit of time passed.
+    Tick,
+    /// A message from a peer.
+    Message(Message),
+    /// A client request delivered to this replica.
+    Request(Request),
+    /// The shell sealed the events of an op: the complete record.
+    Sealed { record: Record, key: Option<Bytes> },
+    /// The record of `op` is durable.
+    WriteDone { op: u64, checksum: Hash },
+    /// A read finished; `None` when the record is missing or corrupt.
+    ReadDone { op: u64, purpose: ReadPurpose, record: Option<Record> },
+    /// The durable state was saved.
+    SaveDone { state: DurableState },
+}
+
+/// What a replica recovered from its own disk when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The saved view state (default when the disk is new or wiped).
+    pub state: DurableState,
+    /// Every op header found in the log, in op order, with whether its
+    /// record is intact. A damaged entry is `Faulty`: never treated as
+    /// absent (protocol-aware recovery), repaired from peers.
+    pub journal: Vec<JournalEntry>,
+    /// Certificates found in the log: (op, text).
+    pub certificates: Vec<(u64, String)>,
+}
+
+/// One op as the recovering replica's disk holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// An intact record (header and body checked): its header and leaf hashes.
+    Intact { header: OpHeader, leaves: Vec<Hash> },
+    /// The slot for `op` exists but its record is damaged or torn; the
+    /// header may be unknown.
+    Faulty { op: u64, header: Option<OpHeader> },
+}
+
+/// A replica's status (VRR §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Processing requests (primary) or prepares (backup).
+    Normal,
+    /// Taking part in a view change.
+    ViewChange,
+    /// Restarted (or wiped) and not yet caught up: it never votes.
+    Recovering,
+}
+
+/// Deliberately broken behaviours, to prove the simulator's checkers bite.
+/// Only built with the `sim-broken` feature; always `None` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Broken {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// The primary commits an op without waiting for a quorum of prepare_ok.
+    CommitWithoutQuorum,
+    /// A backup sends prepare_ok before its write is durable.
+    AckBeforeFsync,
+    /// The client table is ignored: a retried request executes again.
+    SkipClientTable,
+    /// A backup accepts a prepare whose parent does not chain.
+    AcceptUnchained,
+}
