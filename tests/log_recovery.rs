@@ -223,3 +223,107 @@ fn postgres_index_end_to_end() {
         )
         .expect("drop");
 }
+
+/// Every file of a directory tree with its bytes and modification time.
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let modified = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .expect("mtime");
+                out.push((path.clone(), std::fs::read(&path).expect("read"), modified));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Goal: a certified op cut off the end of the log (cut inside its record) is
+/// not silently dropped as a torn tail: the index's certified commit is a
+/// floor, the open fails naming it, and nothing is changed.
+#[test]
+fn certified_ops_are_never_truncated_as_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir, None);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 105, 2);
+    log.close().expect("close");
+    let segment = last_segment(&data);
+    let bytes = std::fs::read(&segment).expect("read");
+    let scan = vellum_audit::segment::scan_segment(&bytes, 0, cluster(&data));
+    let last_op = scan
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.header.kind == vellum_audit::record::RecordKind::Op)
+        .expect("an op record");
+    // Cut inside the last op's record: its certificate goes too.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open")
+        .set_len(last_op.offset + 100)
+        .expect("truncate");
+    let before = snapshot(&data);
+    let err =
+        LocalLog::open(&data, LogOptions::default()).expect_err("the floor must refuse the open");
+    let message = err.to_string();
+    assert!(
+        message.contains("certified") && message.contains("nothing was truncated"),
+        "{message}"
+    );
+    let after = snapshot(&data);
+    let changed: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0.clone())
+        .collect();
+    let segment_unchanged = !changed.iter().any(|p| p.starts_with(data.join("segments")));
+    assert!(segment_unchanged, "segments changed: {changed:?}");
+}
+
+/// Goal: a read-only open (vellum read / proof) changes no byte and no
+/// mtime of the data directory, even with a torn tail present.
+#[test]
+fn read_only_open_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir, None);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 106, 3);
+    log.close().expect("close");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(last_segment(&data))
+        .expect("segment");
+    file.write_all(&[0x5a; 64]).expect("garbage");
+    drop(file);
+    let before = snapshot(&data);
+    let mut options = LogOptions::default();
+    options.storage.read_only = true;
+    let (log, report) = LocalLog::open(&data, options).expect("read-only open");
+    assert!(
+        report
+            .torn_tail
+            .is_some_and(|t| t.contains("left in place"))
+    );
+    assert_eq!(log.read(106, 0, 10).expect("read").len(), 3);
+    log.inclusion_proof(106, 2).expect("proof");
+    assert!(
+        log.append(106, &[event(9)], None, None).is_err(),
+        "appends are refused read-only"
+    );
+    log.close().expect("close");
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "a read-only open must change nothing"
+    );
+}

@@ -183,11 +183,21 @@ fn lock_data_dir(path: &Path) -> anyhow::Result<crate::datadir::DirLock> {
 /// Opens the log of a data directory for a command; the log holds the
 /// directory's lock (waiting, with a message, for another process).
 fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
+    open_log_with(args, false)
+}
+
+/// Opens the log read-only, for commands that must change nothing.
+fn open_log_read_only(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
+    open_log_with(args, true)
+}
+
+fn open_log_with(args: &DataDirArgs, read_only: bool) -> anyhow::Result<crate::log::LocalLog> {
     check_data_dir(&args.data_dir, true)?;
     let mut options = crate::log::LogOptions {
         index_url: args.index_url.clone(),
         ..Default::default()
     };
+    options.storage.read_only = read_only;
     let opened = match crate::log::LocalLog::open(&args.data_dir, options.clone()) {
         Err(crate::log::LogError::Busy(_)) => {
             eprintln!(
@@ -201,7 +211,7 @@ fn open_log(args: &DataDirArgs) -> anyhow::Result<crate::log::LocalLog> {
     };
     let (log, report) = opened?;
     if let Some(torn) = &report.torn_tail {
-        eprintln!("warning: recovery truncated a torn tail: {torn}");
+        eprintln!("warning: recovery found a torn tail: {torn}");
     }
     Ok(log)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{DataDirArgs, open_log};
+use super::{DataDirArgs, open_log_read_only};
 
 /// `vellum proof`
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub struct ProofArgs {
 }
 
 pub fn run(args: ProofArgs) -> anyhow::Result<ExitCode> {
-    let log = open_log(&args.dir)?;
+    let log = open_log_read_only(&args.dir)?;
     let text = if args.consistency {
         let from = args
             .from_size

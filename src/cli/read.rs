@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{DataDirArgs, open_log};
+use super::{DataDirArgs, open_log_read_only};
 
 /// `vellum read`
 #[derive(Debug, Args)]
@@ -29,7 +29,7 @@ pub struct ReadArgs {
 }
 
 pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
-    let log = open_log(&args.dir)?;
+    let log = open_log_read_only(&args.dir)?;
     let events = log.read(args.stream, args.from, args.max)?;
     // Reading at the end gives nothing (a reader polls there); reading past
     // it is a mistake worth saying, which only the event before shows.

@@ -165,6 +165,8 @@ pub struct LocalLog {
     policy: Policy,
     state: Mutex<LogState>,
     indexer: Option<indexer::Indexer>,
+    /// Opened with `StorageConfig::read_only`: nothing is written.
+    read_only: bool,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
 }
@@ -193,17 +195,45 @@ impl LocalLog {
         let kek = Kek::load_file(&dir.kek())?;
         let keys = KeyStore::open(&dir.keys(), kek, meta.replica)?;
         let signer = crypto::load_signing_key_file(&dir.signing_key())?;
-        let (storage, recovery) = Storage::open(dir.root(), cluster, options.storage)?;
+        let read_only = options.storage.read_only;
+        // A bad index URL is refused even when this open does not use the
+        // index (read-only), so a typo never goes unnoticed.
+        let target = match options.without_index {
+            true => None,
+            false => Some(
+                IndexTarget::parse(options.index_url.as_deref(), dir.root())
+                    .map_err(|e| LogError::DataDir(e.to_string()))?,
+            ),
+        };
+        let indexer = match target {
+            Some(target) if !read_only => Some(indexer::Indexer::start(target, cluster)?),
+            _ => None,
+        };
+        // The index remembers the highest certified commit: recovery may not
+        // call anything at or below it a torn tail (that would silently drop
+        // an acknowledged event). A lagging index only lowers the floor.
+        let mut storage_config = options.storage;
+        if let Some(certified) = indexer.as_ref().and_then(|i| i.status().last_commit) {
+            storage_config.durable_op_floor = storage_config.durable_op_floor.max(certified);
+        }
+        let (storage, recovery) = Storage::open(dir.root(), cluster, storage_config)?;
         let torn_tail = recovery.torn_tail.as_ref().map(|t| {
             format!(
-                "{} at byte {} ({} bytes truncated)",
+                "{} at byte {} ({} bytes {})",
                 t.file.display(),
                 t.offset,
-                t.bytes
+                t.bytes,
+                if read_only {
+                    "left in place: read-only"
+                } else {
+                    "truncated"
+                }
             )
         });
         let state = LogState::recover(&storage, cluster, &policy, &recovery)?;
-        storage.resume_tree((state.tree.len(), state.tree.root()))?;
+        if !read_only {
+            storage.resume_tree((state.tree.len(), state.tree.root()))?;
+        }
         let mut report = OpenReport {
             ops: state.last_op(),
             events: state.tree.len(),
@@ -211,13 +241,6 @@ impl LocalLog {
             torn_tail,
             certificates: state.certificates.len() as u64,
             recertified: false,
-        };
-        let indexer = if options.without_index {
-            None
-        } else {
-            let target = IndexTarget::parse(options.index_url.as_deref(), dir.root())
-                .map_err(|e| LogError::DataDir(e.to_string()))?;
-            Some(indexer::Indexer::start(target, cluster)?)
         };
         let log = LocalLog {
             dir,
@@ -229,11 +252,18 @@ impl LocalLog {
             policy,
             state: Mutex::new(state),
             indexer,
+            read_only,
             _lock: lock,
         };
-        report.recertified = log.certify_tail()?;
-        log.catch_up_index()?;
+        if !read_only {
+            report.recertified = log.certify_tail()?;
+            log.catch_up_index()?;
+        }
         Ok((log, report))
+    }
+
+    fn storage_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The data directory.
@@ -274,6 +304,9 @@ impl LocalLog {
         client: Option<ClientRequest>,
     ) -> Result<Appended, LogError> {
         validate_batch(stream, events)?;
+        if self.storage_read_only() {
+            return Err(LogError::Refused("the log is open read-only".to_string()));
+        }
         let pending = {
             let mut state = self.lock();
             if let Some(reason) = &state.poisoned {
@@ -496,7 +529,7 @@ impl LocalLog {
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.
         let tree_after = (state.tree.len(), state.tree.root());
-        if let Err(e) = self.storage.submit(cert_record, tree_after) {
+        if let Err(e) = self.storage.submit_lazy(cert_record, tree_after) {
             state.poisoned = Some(e.to_string());
             return Err(e.into());
         }
@@ -588,10 +621,18 @@ impl LocalLog {
                 "stream {stream} has no committed event at offset {offset}"
             ))
         })?;
+        let position = info.global_position + index_in_op;
+        // In a read-only open the tail may lack its certificate (a crash lost
+        // it and nothing may be written to sign it again).
         let certificate = state
             .latest_certificate()
-            .expect("a committed event implies a certificate");
-        let position = info.global_position + index_in_op;
+            .filter(|c| c.checkpoint.size > position)
+            .ok_or_else(|| {
+                LogError::Refused(format!(
+                    "stream {stream} offset {offset} is not covered by a certificate yet; \
+                     open the log read-write once (e.g. vellum append) to certify the tail"
+                ))
+            })?;
         let preimage = state.leaf_preimage(&self.storage, info, index_in_op)?;
         let hashes = state
             .tree
