@@ -131,6 +131,20 @@ impl MerkleTree {
         }
     }
 
+    /// Drops every leaf at index `size` and above (a no-op when the tree is
+    /// not larger), so the tree is exactly what it was at `size` leaves. The
+    /// replication core needs it when a view change replaces uncommitted ops.
+    pub fn truncate(&mut self, size: u64) {
+        for (height, nodes) in self.levels.iter_mut().enumerate() {
+            // A node of `height` is complete iff it ends at or before `size`.
+            let keep = usize::try_from(size >> height).unwrap_or(usize::MAX);
+            nodes.truncate(keep);
+        }
+        while self.levels.last().is_some_and(|nodes| nodes.is_empty()) {
+            self.levels.pop();
+        }
+    }
+
     /// The root over all leaves.
     pub fn root(&self) -> Hash {
         self.root_at(self.len())
@@ -392,6 +406,27 @@ fn consistency_roots(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Goal: a truncated tree has exactly the roots and proofs of the tree
+    /// built from the kept leaves, and keeps growing correctly.
+    #[test]
+    fn truncate_matches_a_tree_of_the_kept_leaves() {
+        let leaves: Vec<Hash> = (0u8..37).map(|i| leaf_hash(&[i])).collect();
+        for size in [0u64, 1, 2, 3, 8, 13, 32, 36, 37, 40] {
+            let mut tree = MerkleTree::new();
+            leaves.iter().for_each(|l| tree.push(*l));
+            tree.truncate(size);
+            let kept = usize::try_from(size).expect("small").min(leaves.len());
+            let mut fresh = MerkleTree::new();
+            leaves[..kept].iter().for_each(|l| fresh.push(*l));
+            assert_eq!(tree.len(), fresh.len(), "size {size}");
+            assert_eq!(tree.root(), fresh.root(), "size {size}");
+            tree.push(leaves[0]);
+            fresh.push(leaves[0]);
+            assert_eq!(tree.root(), fresh.root(), "regrown from {size}");
+            assert_eq!(tree.levels, fresh.levels, "levels from {size}");
+        }
+    }
 
     // The RFC 6962 reference test data, from transparency-dev/merkle
     // (testonly/constants.go and proof/verify_test.go), itself taken from the
