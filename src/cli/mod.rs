@@ -8,6 +8,7 @@ mod init;
 mod keys;
 mod proof;
 mod read;
+mod sim;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ enum Command {
     Index(IndexArgs),
     /// Measure Vellum against a raw fdatasync loop and SQLite on this disk.
     Bench(bench_cmd::BenchArgs),
+    /// Run the deterministic simulator of the replicated core (seeded faults, checkers).
+    Sim(sim::SimArgs),
 }
 
 /// `vellum index ...`
@@ -91,6 +94,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: IndexCommand::Rebuild(args),
         }) => init::rebuild_index(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
 

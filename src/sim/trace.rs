@@ -1,0 +1,209 @@
+//! The trace hash: SHA-256 over every input delivered to a replica, in
+//! order, with the tick and the replica. Two runs with the same seed must
+//! produce the same hash; a different hash means nondeterminism crept in.
+//!
+//! The encoding is written out field by field (not `Debug`), so the hash
+//! does not depend on how a dependency formats its types.
+
+use sha2::{Digest as _, Sha256};
+use vellum_audit::hash::{Hash, sha256};
+
+use crate::vsr::{Input, Message, MessageBody, ReadPurpose};
+
+/// The running trace hash of one run.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    hasher: Sha256,
+    buffer: Vec<u8>,
+    /// Inputs hashed so far.
+    pub inputs: u64,
+}
+
+impl Trace {
+    /// An empty trace.
+    pub fn new() -> Trace {
+        Trace::default()
+    }
+
+    /// Adds one input delivered to `replica` at `tick`.
+    pub fn input(&mut self, tick: u64, replica: u8, input: &Input) {
+        self.buffer.clear();
+        self.buffer.extend_from_slice(&tick.to_le_bytes());
+        self.buffer.push(replica);
+        encode_input(input, &mut self.buffer);
+        self.hasher.update(&self.buffer);
+        self.inputs += 1;
+    }
+
+    /// Adds a shell event that is not an input (a restart and its nonce).
+    pub fn event(&mut self, tick: u64, replica: u8, tag: u8, value: u64) {
+        self.hasher.update(tick.to_le_bytes());
+        self.hasher.update([replica, 0xF0 | tag]);
+        self.hasher.update(value.to_le_bytes());
+    }
+
+    /// The hash so far, lowercase hex.
+    pub fn hex(&self) -> String {
+        vellum_audit::hash::to_hex(&self.hasher.clone().finalize())
+    }
+}
+
+fn put(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn encode_input(input: &Input, out: &mut Vec<u8>) {
+    match input {
+        Input::Tick => out.push(0),
+        Input::Message(message) => {
+            out.push(1);
+            encode_message(message, out);
+        }
+        Input::Request(request) => {
+            out.push(2);
+            out.extend_from_slice(&request.client.to_le_bytes());
+            put(out, request.request);
+            put(out, request.stream);
+            put(out, request.expected_offset.map_or(u64::MAX, |o| o));
+            for event in &request.events {
+                put(out, event.len() as u64);
+                out.extend_from_slice(event);
+            }
+        }
+        Input::Sealed { record, key } => {
+            out.push(3);
+            out.extend_from_slice(&record.checksum());
+            out.extend_from_slice(key.as_deref().unwrap_or_default());
+        }
+        Input::WriteDone { op, checksum } => {
+            out.push(4);
+            put(out, *op);
+            out.extend_from_slice(checksum);
+        }
+        Input::ReadDone {
+            op,
+            purpose,
+            record,
+        } => {
+            out.push(5);
+            put(out, *op);
+            encode_purpose(purpose, out);
+            out.extend_from_slice(&record.as_ref().map_or([0; 32], |r| r.checksum()));
+        }
+        Input::SaveDone { state } => {
+            out.push(6);
+            for value in [state.view, state.log_view, state.commit] {
+                put(out, value);
+            }
+        }
+    }
+}
+
+fn encode_purpose(purpose: &ReadPurpose, out: &mut Vec<u8>) {
+    match purpose {
+        ReadPurpose::Repair { to } => out.extend_from_slice(&[1, *to]),
+        ReadPurpose::Retransmit => out.push(2),
+    }
+}
+
+fn headers_digest(headers: &[vellum_audit::record::OpHeader]) -> Hash {
+    let checksums: Vec<u8> = headers.iter().flat_map(|h| h.checksum()).collect();
+    sha256(&[&checksums])
+}
+
+fn encode_message(message: &Message, out: &mut Vec<u8>) {
+    out.extend_from_slice(&message.cluster.to_le_bytes());
+    out.push(message.from);
+    put(out, message.view);
+    match &message.body {
+        MessageBody::Prepare {
+            record,
+            commit,
+            key,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&record.checksum());
+            put(out, *commit);
+            out.extend_from_slice(key.as_deref().unwrap_or_default());
+        }
+        MessageBody::PrepareOk {
+            op,
+            checksum,
+            signature,
+        } => {
+            out.push(2);
+            put(out, *op);
+            out.extend_from_slice(checksum);
+            out.extend_from_slice(signature);
+        }
+        MessageBody::Commit {
+            commit,
+            certificate,
+        } => {
+            out.push(3);
+            put(out, *commit);
+            out.extend_from_slice(certificate.as_deref().unwrap_or_default().as_bytes());
+        }
+        MessageBody::StartViewChange => out.push(4),
+        MessageBody::DoViewChange {
+            log_view,
+            op,
+            commit,
+            headers,
+        } => {
+            out.push(5);
+            for value in [*log_view, *op, *commit] {
+                put(out, value);
+            }
+            out.extend_from_slice(&headers_digest(headers));
+        }
+        MessageBody::StartView {
+            op,
+            commit,
+            headers,
+        } => {
+            out.push(6);
+            put(out, *op);
+            put(out, *commit);
+            out.extend_from_slice(&headers_digest(headers));
+        }
+        MessageBody::RequestPrepare { op, checksum } => {
+            out.push(7);
+            put(out, *op);
+            out.extend_from_slice(checksum);
+        }
+        MessageBody::Recovery { nonce } => {
+            out.push(8);
+            put(out, *nonce);
+        }
+        MessageBody::RecoveryResponse {
+            nonce,
+            op,
+            commit,
+            headers,
+            is_primary,
+        } => {
+            out.push(9);
+            for value in [*nonce, *op, *commit] {
+                put(out, value);
+            }
+            out.extend_from_slice(&headers_digest(headers));
+            out.push(u8::from(*is_primary));
+        }
+    }
+}
+
+/// A short name of a message kind, for coverage counters.
+pub fn message_kind(body: &MessageBody) -> &'static str {
+    match body {
+        MessageBody::Prepare { .. } => "prepare",
+        MessageBody::PrepareOk { .. } => "prepare_ok",
+        MessageBody::Commit { .. } => "commit",
+        MessageBody::StartViewChange => "start_view_change",
+        MessageBody::DoViewChange { .. } => "do_view_change",
+        MessageBody::StartView { .. } => "start_view",
+        MessageBody::RequestPrepare { .. } => "request_prepare",
+        MessageBody::Recovery { .. } => "recovery",
+        MessageBody::RecoveryResponse { .. } => "recovery_response",
+    }
+}
