@@ -9,7 +9,16 @@
 //! This file fixes the interface between the core and every shell. The
 //! replica's logic lives in `replica.rs` and its helpers.
 
+mod certify;
+mod client_table;
+mod journal;
+mod normal;
+mod recovery;
+mod repair;
 pub mod replica;
+#[cfg(test)]
+mod tests;
+mod view_change;
 
 use bytes::Bytes;
 use vellum_audit::hash::Hash;
@@ -152,28 +161,56 @@ pub enum MessageBody {
     /// the checksum of op-1's header (a backup refuses one that does not chain).
     /// `key` is wrapped key material for a stream's new data key: it travels
     /// beside the record and is stored in the key store, never in the log (P6).
-    Prepare { record: Record, commit: u64, key: Option<Bytes> },
+    Prepare {
+        record: Record,
+        commit: u64,
+        key: Option<Bytes>,
+    },
     /// Backup -> primary: `op` (and every op before it) is durable here, and
     /// this replica computed the checkpoint (tree size, root, chain head) of
     /// op itself and signs it: `signature` is its Ed25519 signature over the
     /// checkpoint's signed-note text.
-    PrepareOk { op: u64, checksum: Hash, signature: Vec<u8> },
+    PrepareOk {
+        op: u64,
+        checksum: Hash,
+        signature: Vec<u8>,
+    },
     /// Primary -> backups: heartbeat with the commit number and the newest
     /// certificate, so backups store certificates too.
-    Commit { commit: u64, certificate: Option<String> },
+    Commit {
+        commit: u64,
+        certificate: Option<String>,
+    },
     /// VRR StartViewChange.
     StartViewChange,
     /// VRR DoViewChange: the sender's log suffix (headers only), the last
     /// view in which its status was normal, its op and commit numbers.
-    DoViewChange { log_view: u64, op: u64, commit: u64, headers: Vec<OpHeader> },
+    DoViewChange {
+        log_view: u64,
+        op: u64,
+        commit: u64,
+        headers: Vec<OpHeader>,
+    },
     /// VRR StartView: the new primary's log suffix and commit number.
-    StartView { op: u64, commit: u64, headers: Vec<OpHeader> },
+    StartView {
+        op: u64,
+        commit: u64,
+        headers: Vec<OpHeader>,
+    },
     /// Repair: ask a peer for the op record with this number and checksum.
     RequestPrepare { op: u64, checksum: Hash },
     /// VRR Recovery with the recovering replica's nonce.
     Recovery { nonce: u64 },
-    /// VRR RecoveryResponse; only the primary fills in op, commit and headers.
-    RecoveryResponse { nonce: u64, op: u64, commit: u64, headers: Vec<OpHeader>, is_primary: bool },
+    /// VRR RecoveryResponse; only the primary fills in headers (op and
+    /// commit are every responder's own; an empty disk answers with zeros,
+    /// which is how a brand-new cluster recognizes itself).
+    RecoveryResponse {
+        nonce: u64,
+        op: u64,
+        commit: u64,
+        headers: Vec<OpHeader>,
+        is_primary: bool,
+    },
 }
 
 /// Why the shell is asked to read a record.
@@ -193,16 +230,24 @@ pub enum Action {
     Send { to: ReplicaIndex, message: Message },
     /// Encrypt `events` for the op described by `header` (stream, offsets,
     /// key id chosen by the shell) and report [`Input::Sealed`].
-    Seal { header: OpHeader, events: Vec<Bytes> },
-    /// Append the op record (and store `key` in the key store first, if
-    /// any); report [`Input::WriteDone`] once it is fsynced. Writes are
-    /// issued in op order.
+    Seal {
+        header: OpHeader,
+        events: Vec<Bytes>,
+    },
+    /// Store the op record in its op's slot (and store `key` in the key
+    /// store first, if any); report [`Input::WriteDone`] once it is fsynced.
+    /// New ops are written in op order; a repair may fill an earlier slot
+    /// (a gap, or a Faulty record, which the write replaces).
     Write { record: Record, key: Option<Bytes> },
     /// Discard every uncommitted op after `op` (a view change replaced
     /// them). Never names a committed op.
     Truncate { after_op: u64 },
     /// Read an op record; report [`Input::ReadDone`].
-    Read { op: u64, checksum: Hash, purpose: ReadPurpose },
+    Read {
+        op: u64,
+        checksum: Hash,
+        purpose: ReadPurpose,
+    },
     /// Durably store the replica's view state (its "superblock"); report
     /// [`Input::SaveDone`]. The core never sends a message that depends on
     /// this state before it is durable.
@@ -211,7 +256,11 @@ pub enum Action {
     Committed { op: u64, certificate: String },
     /// Answer a client (the primary, after commit; any replica for a refusal
     /// or a retry answered from the client table).
-    Reply { client: u128, request: u64, reply: Reply },
+    Reply {
+        client: u128,
+        request: u64,
+        reply: Reply,
+    },
 }
 
 /// The state a replica keeps beside its log so that it never goes back in
@@ -240,7 +289,11 @@ pub enum Input {
     /// The record of `op` is durable.
     WriteDone { op: u64, checksum: Hash },
     /// A read finished; `None` when the record is missing or corrupt.
-    ReadDone { op: u64, purpose: ReadPurpose, record: Option<Record> },
+    ReadDone {
+        op: u64,
+        purpose: ReadPurpose,
+        record: Option<Record>,
+    },
     /// The durable state was saved.
     SaveDone { state: DurableState },
 }
