@@ -14,7 +14,7 @@ use super::options::{EVENTS_PER_REQUEST_MAX, STREAMS};
 
 /// Chance a request carries an expected offset (to reach that path).
 const EXPECTED_OFFSET_PER_MILLION: u32 = 50_000;
-/// Chance a retry goes to a random replica rather than the guessed primary.
+/// Chance a retry goes to the next replica rather than the guessed primary.
 const RETRY_ELSEWHERE_PER_MILLION: u32 = 500_000;
 /// Ticks before retrying after a refusal.
 const REFUSED_RETRY_TICKS: u64 = 10;
@@ -70,11 +70,13 @@ impl Sim {
 
     fn retry(&mut self, client: usize) {
         self.counters.cover("client:retry");
-        let target = if self.prng.chance(RETRY_ELSEWHERE_PER_MILLION) {
-            self.prng.below(u64::from(self.options.replicas)) as u8
-        } else {
-            self.clients[client].guess
-        };
+        // Half the retries go to the next replica: a backup may drop
+        // requests silently, so the client must move on to find the primary.
+        if self.prng.chance(RETRY_ELSEWHERE_PER_MILLION) {
+            let guess = &mut self.clients[client].guess;
+            *guess = (*guess + 1) % self.options.replicas;
+        }
+        let target = self.clients[client].guess;
         let now = self.now;
         let pending = self.clients[client]
             .pending
@@ -155,6 +157,12 @@ impl Sim {
         request: u64,
         reply: Reply,
     ) -> Result<(), RunError> {
+        if self.debug {
+            eprintln!(
+                "tick {} client {client} request {request} from r{from}: {reply:?}",
+                self.now
+            );
+        }
         let state = &self.clients[client];
         let Some(pending) = state
             .pending

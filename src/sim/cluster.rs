@@ -140,6 +140,9 @@ pub struct Sim {
     pub(super) partition_until: Option<u64>,
     highest_normal_view: u64,
     pub(super) counters: Counters,
+    /// `VELLUM_SIM_DEBUG` is set: narrate crashes, restarts, status changes
+    /// and requests on stderr.
+    pub(super) debug: bool,
 }
 
 /// What the run counted.
@@ -243,6 +246,7 @@ impl Sim {
             partition_until: None,
             highest_normal_view: 0,
             counters: Counters::default(),
+            debug: std::env::var_os("VELLUM_SIM_DEBUG").is_some(),
         }
     }
 
@@ -275,6 +279,22 @@ impl Sim {
     /// Starts replica `index` from its disk (fresh at tick 0, or a restart).
     pub(super) fn start(&mut self, index: u8) -> Result<(), RunError> {
         let recovered: Recovered = self.nodes[usize::from(index)].disk.recover();
+        if self.debug {
+            let faulty: Vec<u64> = recovered
+                .journal
+                .iter()
+                .filter_map(|e| match e {
+                    crate::vsr::JournalEntry::Faulty { op, .. } => Some(*op),
+                    crate::vsr::JournalEntry::Intact { .. } => None,
+                })
+                .collect();
+            eprintln!(
+                "tick {} r{index} starts: {:?}, {} ops, faulty {faulty:?}",
+                self.now,
+                recovered.state,
+                recovered.journal.len()
+            );
+        }
         let nonce = self.prng.next_u64();
         self.trace.event(self.now, index, 1, nonce);
         let config = Config::new(self.cluster, self.options.replicas, index);
@@ -311,7 +331,23 @@ impl Sim {
             return Ok(());
         };
         self.trace.input(self.now, index, &input);
+        let debug = match (&input, self.debug) {
+            (Input::Request(r), true) => Some((r.client, r.request)),
+            _ => None,
+        };
         let actions = replica.step(input);
+        if let Some((client, request)) = debug {
+            let kinds: Vec<String> = actions
+                .iter()
+                .map(|a| format!("{a:?}").chars().take(60).collect())
+                .collect();
+            eprintln!(
+                "tick {} r{index} request {client:x}/{request} status {:?} view {}: {kinds:?}",
+                self.now,
+                replica.status(),
+                replica.view()
+            );
+        }
         self.after_step(index, actions)
     }
 
@@ -341,6 +377,9 @@ impl Sim {
         let view = replica.view();
         let node = &mut self.nodes[usize::from(index)];
         let previous = node.last_status.replace(status);
+        if previous != Some(status) && self.debug {
+            eprintln!("tick {} r{index} status {status:?} view {view}", self.now);
+        }
         if previous != Some(status) {
             self.counters
                 .cover(&format!("status:{status:?}").to_lowercase());

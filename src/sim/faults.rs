@@ -99,6 +99,12 @@ impl Sim {
         let many = self.options.replicas > 1;
         let wipe = many && self.prng.chance(profile.wipe_per_million);
         let rot = many && !wipe && self.prng.chance(profile.bit_flip_per_million);
+        if self.debug {
+            eprintln!(
+                "tick {} r{index} crash wipe={wipe} rot={rot} down until {down_until}",
+                self.now
+            );
+        }
         let node = &mut self.nodes[usize::from(index)];
         node.replica = None;
         node.down_until = Some(down_until);

@@ -210,11 +210,23 @@ impl Sim {
                 ),
             })
             .collect();
-        let waiting = self.clients.iter().filter(|c| c.pending.is_some()).count();
+        let waiting: Vec<String> = self
+            .clients
+            .iter()
+            .filter_map(|c| {
+                let pending = c.pending.as_ref()?;
+                Some(format!(
+                    "client {:x} request {} ({} attempts, last to r{})",
+                    c.id, pending.request.request, pending.attempts, c.guess
+                ))
+            })
+            .collect();
         format!(
-            "{}; agreed commit {}; {waiting} client requests unanswered",
+            "{}; agreed commit {}; {} client requests unanswered: [{}]",
             replicas.join(", "),
-            self.checker.committed()
+            self.checker.committed(),
+            waiting.len(),
+            waiting.join(", ")
         )
     }
 
