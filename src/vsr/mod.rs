@@ -10,6 +10,8 @@
 //! replica's logic lives in `replica.rs` and its helpers.
 
 mod certify;
+#[cfg(test)]
+mod chaos_tests;
 mod client_table;
 mod journal;
 mod normal;

@@ -38,13 +38,22 @@ impl Replica {
         self.queue.clear();
         self.recovery_attempt += 1;
         self.recovery_responses.clear();
+        self.timers.recovery_started = self.ticks;
         self.repairs.clear();
         self.send_recovery();
     }
 
     pub(super) fn recovery_tick(&mut self) {
-        let due = self.ticks - self.timers.recovery_sent >= self.config.repair_retry_ticks;
-        if self.pending.is_none() && due {
+        if self.pending.is_some() {
+            return;
+        }
+        let waited = self.ticks - self.timers.recovery_started;
+        if self.recovery_counts_self && waited >= self.config.view_change_timeout_ticks {
+            // No primary answers (perhaps every replica restarted): elect one.
+            self.start_view_change(self.view + 1);
+            return;
+        }
+        if self.ticks - self.timers.recovery_sent >= self.config.repair_retry_ticks {
             self.send_recovery();
         }
     }

@@ -89,8 +89,10 @@ impl Replica {
     /// A record answering a repair request: written only into a slot that
     /// lacks it, and only if it is the op this replica expects.
     fn on_repair_record(&mut self, record: Record, leaves: Vec<Hash>) {
-        if self.status == Status::Recovering {
-            return; // repairs start once recovery adopted a log
+        if self.status == Status::Recovering || self.pending.is_some() {
+            // Repairs start once a log was adopted, and never while the view
+            // it belongs to is not saved yet.
+            return;
         }
         let header = record.header;
         let op = header.op;
@@ -183,7 +185,10 @@ impl Replica {
     /// Asks peers for the lowest ops this replica lacks, at most
     /// `repair_requests_max` outstanding.
     pub(super) fn request_repairs(&mut self) {
-        if self.config.replica_count == 1 || self.status == Status::Recovering {
+        if self.config.replica_count == 1
+            || self.status == Status::Recovering
+            || self.pending.is_some()
+        {
             return;
         }
         let mut op = self.journal.durable_op();

@@ -79,6 +79,8 @@ pub(super) struct Timers {
     pub view_change_sent: u64,
     /// Recovery was last (re)sent.
     pub recovery_sent: u64,
+    /// The current recovery started.
+    pub recovery_started: u64,
 }
 
 /// One replica of the cluster, as a pure state machine.
@@ -208,9 +210,10 @@ impl Replica {
             }
         }
         let mut commit = recovered.state.commit;
+        // A certificate stored for an op may certify a later op that covers it.
         let newest = recovered.certificates.iter().rev().find_map(|(op, text)| {
             let cert = self.verify_certificate(text)?;
-            (cert.op == *op).then_some(cert)
+            (cert.op >= *op).then_some(cert)
         });
         if let Some(cert) = newest {
             commit = commit.max(cert.op);

@@ -54,7 +54,7 @@ impl Disk {
 }
 
 /// Seals like the shell would, without real encryption.
-fn seal(header: &OpHeader, events: &[Bytes]) -> Record {
+pub(super) fn seal(header: &OpHeader, events: &[Bytes]) -> Record {
     let sealed: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {

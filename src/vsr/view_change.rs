@@ -15,7 +15,7 @@ impl Replica {
     /// Moves towards `view` (higher than any view this replica is in or
     /// entering): save it, then send start_view_change.
     pub(super) fn start_view_change(&mut self, view: u64) {
-        if self.status == Status::Recovering || view <= self.target_view() {
+        if !self.may_join_view_change() || view <= self.target_view() {
             return;
         }
         self.status = Status::ViewChange;
@@ -65,7 +65,16 @@ impl Replica {
     /// Whether a view change message of `view` concerns this replica.
     fn accepts_view_change_message(&self, view: u64) -> bool {
         let settled = view == self.view && self.status == Status::Normal;
-        self.status != Status::Recovering && view >= self.target_view() && !settled
+        self.may_join_view_change() && view >= self.target_view() && !settled
+    }
+
+    /// Whether this replica may take part in a view change. A recovering
+    /// replica may when its disk kept its saved view (it knows every view
+    /// change it joined, and it claims only ops it holds durably): without
+    /// it, a cluster in which more than f replicas restarted at once could
+    /// never elect a primary to recover from. A wiped replica may not.
+    pub(super) fn may_join_view_change(&self) -> bool {
+        self.status != Status::Recovering || self.recovery_counts_self
     }
 
     /// On f+1 start_view_changes (its own included), send do_view_change.
@@ -232,7 +241,7 @@ impl Replica {
         commit: u64,
         headers: Vec<OpHeader>,
     ) {
-        let usable = self.status != Status::Recovering
+        let usable = self.may_join_view_change()
             && from == self.primary_of(view)
             && view >= self.target_view()
             && headers_valid(&headers, self)
