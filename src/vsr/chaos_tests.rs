@@ -17,7 +17,7 @@ use vellum_audit::record::Record;
 use super::journal::leaves_of;
 use super::*;
 
-const CLUSTER: u128 = 0xc4a0_5;
+const CLUSTER: u128 = 0x000c_4a05;
 /// Steps of the faulty phase.
 const FAULT_STEPS: usize = 6_000;
 /// Ticks of the quiet phase in which the cluster must converge.
