@@ -67,22 +67,16 @@ impl Replica {
             && self.certificate.is_none()
     }
 
+    /// Every replica answers; only a normal primary answers as primary (the
+    /// others' op and commit tell an empty replica whether anything was
+    /// ever committed).
     pub(super) fn on_recovery(&mut self, from: ReplicaIndex, view: u64, nonce: u64) {
-        if self.status == Status::Recovering || self.pending.is_some() {
-            if self.status == Status::Recovering && self.holds_nothing() {
-                self.send_recovery_response(from, nonce, false);
-            }
-            return;
-        }
-        if view > self.target_view() {
+        if self.status != Status::Recovering && view > self.target_view() {
             // It saved a view this replica never reached: move there.
             self.start_view_change(view);
-            return;
         }
-        if self.status == Status::Normal {
-            let is_primary = self.is_primary();
-            self.send_recovery_response(from, nonce, is_primary);
-        }
+        let is_primary = self.is_primary();
+        self.send_recovery_response(from, nonce, is_primary);
     }
 
     fn send_recovery_response(&mut self, to: ReplicaIndex, nonce: u64, is_primary: bool) {
@@ -128,17 +122,22 @@ impl Replica {
     /// Adopts the primary's log once enough replicas answered.
     fn try_finish_recovery(&mut self) {
         let peers = usize::from(self.config.replica_count) - 1;
-        let empty =
-            |r: &RecoveryResponse| r.view == 0 && r.op == 0 && r.commit == 0 && !r.is_primary;
         let responses = &self.recovery_responses;
-        if !self.recovery_counts_self
+        let nothing_anywhere = !self.recovery_counts_self
             && self.holds_nothing()
             && responses.len() == peers
-            && responses.values().all(empty)
-        {
-            self.become_primary_or_backup_of_new_cluster();
-            return;
+            && responses.values().all(|r| r.op == 0 && r.commit == 0);
+        if nothing_anywhere {
+            // No disk holds an op, so nothing was ever committed (at most f
+            // disks are lost): an empty log may vote without losing anything.
+            let new_cluster = responses.values().all(|r| r.view == 0 && !r.is_primary);
+            if new_cluster {
+                self.become_primary_or_backup_of_new_cluster();
+                return;
+            }
+            self.recovery_counts_self = true;
         }
+        let responses = &self.recovery_responses;
         let needed = self.faults_max() + usize::from(!self.recovery_counts_self);
         let Some(view) = responses.values().map(|r| r.view).max() else {
             return;
