@@ -49,7 +49,8 @@ impl Replica {
     }
 
     /// Answers a retry of the latest committed request from the client
-    /// table; true when answered.
+    /// table; true when the table holds it (even if no certificate covers
+    /// it yet: then the client retries later, and it never runs twice).
     fn answer_from_table(&mut self, request: &Request) -> bool {
         let Some(session) = self.clients.get(request.client) else {
             return false;
@@ -59,7 +60,7 @@ impl Replica {
         }
         let header = session.header;
         let Some(reply) = self.reply_for(&header) else {
-            return false; // no certificate covers it yet
+            return true;
         };
         self.out.push(Action::Reply {
             client: request.client,
@@ -153,6 +154,20 @@ impl Replica {
     /// Checks the expected offset against the prepared state and asks the
     /// shell to seal the batch.
     fn start_prepare(&mut self, request: Request) {
+        // Checked again now that the journal is complete: a request queued
+        // while the log was being repaired may have committed meanwhile.
+        if !self.broken(Broken::SkipClientTable) {
+            if self.answer_from_table(&request) {
+                return;
+            }
+            if let Err(reason) = self.validate_request(&request, false) {
+                self.refuse(&request, reason);
+                return;
+            }
+            if self.in_flight(request.client, request.request) {
+                return;
+            }
+        }
         let actual = self.journal.stream_length(request.stream);
         if let Some(expected) = request.expected_offset
             && expected != actual

@@ -215,7 +215,11 @@ impl Replica {
             let cert = self.verify_certificate(text)?;
             (cert.op >= *op).then_some(cert)
         });
-        if let Some(cert) = newest {
+        if let Some(cert) = newest.filter(|c| {
+            self.journal
+                .header(c.op)
+                .is_none_or(|h| h.checksum() == c.head)
+        }) {
             commit = commit.max(cert.op);
             self.certificate = Some(cert);
         }

@@ -256,8 +256,11 @@ impl Replica {
             }
             return;
         }
-        if self.pending.is_some_and(|p| p.state.view == view) {
-            return; // already joining it
+        let joining = self
+            .pending
+            .is_some_and(|p| p.state.view == view && p.then == AfterSave::BecomeBackup);
+        if joining {
+            return;
         }
         let canonical = headers.into_iter().map(|h| (h.op, h)).collect();
         self.join_view(view, op, commit, &canonical);
