@@ -18,6 +18,9 @@ use super::{
 };
 use crate::types::StreamId;
 
+/// View change timeouts a primary waits for a missing op before stepping down.
+const STUCK_TIMEOUTS: u64 = 4;
+
 /// Bytes a sealed event frame may add to its plaintext (frame length,
 /// commitment, nonce, tag and the sealing layer's own overhead).
 const FRAME_OVERHEAD_MAX: usize = 4 + 32 + 12 + vellum_audit::record::SEAL_OVERHEAD_MAX;
@@ -409,7 +412,9 @@ impl Replica {
         }
         self.timers.primary_heard = self.ticks;
         self.note_commit(commit);
-        if let Some(cert) = certificate.and_then(|text| self.verify_certificate(&text)) {
+        let known = |text: &String| self.certificate.as_ref().is_some_and(|c| c.text == *text);
+        let fresh = certificate.filter(|text| !known(text));
+        if let Some(cert) = fresh.and_then(|text| self.verify_certificate(&text)) {
             self.keep_certificate(cert);
         }
         self.backup_try_commit();
@@ -453,6 +458,21 @@ impl Replica {
         }
         self.try_commit();
         self.drain_queue();
+        self.step_down_if_stuck();
+    }
+
+    /// A primary whose log stays incomplete (an op nobody answers for) for
+    /// `STUCK_TIMEOUTS` view change timeouts starts the next view: there,
+    /// only ops some replica holds durably are kept.
+    fn step_down_if_stuck(&mut self) {
+        if self.journal.tree_op() == self.journal.op() {
+            self.timers.primary_complete = self.ticks;
+            return;
+        }
+        let stuck = self.ticks - self.timers.primary_complete;
+        if stuck >= STUCK_TIMEOUTS * self.config.view_change_timeout_ticks {
+            self.start_view_change(self.view + 1);
+        }
     }
 
     /// Reads every uncommitted op some backup has not acknowledged, to send

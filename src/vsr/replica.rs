@@ -81,6 +81,8 @@ pub(super) struct Timers {
     pub recovery_sent: u64,
     /// The current recovery started.
     pub recovery_started: u64,
+    /// The primary's log was last complete (every body known).
+    pub primary_complete: u64,
 }
 
 /// One replica of the cluster, as a pure state machine.

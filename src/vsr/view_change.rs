@@ -218,6 +218,7 @@ impl Replica {
         self.sealing = None;
         self.timers.heartbeat_sent = self.ticks;
         self.timers.prepare_retried = self.ticks;
+        self.timers.primary_complete = self.ticks;
         let headers = self
             .journal
             .suffix(self.config.view_change_headers_max, false);
