@@ -58,6 +58,15 @@ pub(super) enum Event {
         from: Option<u8>,
         input: Input,
     },
+    /// A prepare with a forged parent: delivered as `forged` if the replica
+    /// holds the header of the op before (so it can and must refuse it),
+    /// else as `original`.
+    Forged {
+        replica: u8,
+        from: u8,
+        forged: Input,
+        original: Input,
+    },
     /// A reply reaching a client.
     Reply {
         client: usize,
@@ -98,6 +107,10 @@ pub(super) struct Node {
     pub wiped: bool,
     /// The tick at which the disk's fsync queue is free.
     pub fsync_free_at: u64,
+    /// (op, checksum) of every record this process knows durable: fsynced
+    /// (WriteDone delivered) or found intact at start. A prepare_ok for
+    /// anything else acknowledges a write that a crash could still lose.
+    pub durable: std::collections::HashSet<(u64, Hash)>,
 }
 
 /// A client's request waiting for its answer.
@@ -213,6 +226,7 @@ impl Sim {
                 restarted: false,
                 wiped: false,
                 fsync_free_at: 0,
+                durable: std::collections::HashSet::new(),
             })
             .collect();
         let clients = (0..options.clients)
@@ -303,6 +317,16 @@ impl Sim {
         if restart {
             self.checker.restarted(index, recovered.state);
         }
+        node.durable = recovered
+            .journal
+            .iter()
+            .filter_map(|entry| match entry {
+                crate::vsr::JournalEntry::Intact { header, .. } => {
+                    Some((header.op, header.checksum()))
+                }
+                crate::vsr::JournalEntry::Faulty { .. } => None,
+            })
+            .collect();
         let (replica, actions) = Replica::new(
             config,
             node.signer.clone(),
@@ -418,7 +442,7 @@ impl Sim {
                     },
                 );
             }
-            Action::Write { record, key } => self.write(index, &record, key),
+            Action::Write { record, key } => self.write(index, &record, key)?,
             Action::Truncate { after_op } => {
                 self.counters.cover("truncate");
                 self.nodes[usize::from(index)].disk.truncate(after_op);
@@ -491,6 +515,18 @@ impl Sim {
             .cover(&format!("send:{}", message_kind(&message.body)));
         match &message.body {
             MessageBody::Prepare { record, .. } => self.checker.note_record(record),
+            MessageBody::PrepareOk { op, checksum, .. } => {
+                if !self.nodes[usize::from(index)]
+                    .durable
+                    .contains(&(*op, *checksum))
+                {
+                    let violation = Violation::AckBeforeDurable {
+                        replica: index,
+                        op: *op,
+                    };
+                    return Err(self.violation(violation));
+                }
+            }
             MessageBody::RequestPrepare { .. } => self.counters.repairs += 1,
             MessageBody::Commit {
                 certificate: Some(text),
@@ -507,6 +543,7 @@ impl Sim {
             to < self.options.replicas,
             "replica {index} sends to unknown replica {to}"
         );
+        let forged = self.maybe_unchain(&message);
         let route = self.network.route(index, to, self.now);
         if !self.quiet {
             self.counters
@@ -517,21 +554,71 @@ impl Sim {
                 .fault("message_reorder", u64::from(route.reordered));
         }
         for at in route.arrivals {
-            let input = Input::Message(message.clone());
-            self.schedule(
-                at,
-                Event::Input {
+            let event = match &forged {
+                Some(forged) => Event::Forged {
+                    replica: to,
+                    from: index,
+                    forged: Input::Message(forged.clone()),
+                    original: Input::Message(message.clone()),
+                },
+                None => Event::Input {
                     replica: to,
                     incarnation: None,
                     from: Some(index),
-                    input,
+                    input: Input::Message(message.clone()),
                 },
-            );
+            };
+            self.schedule(at, event);
         }
         Ok(())
     }
 
-    fn write(&mut self, index: u8, record: &Record, key: Option<Bytes>) {
+    /// The fault "unchained prepare": a copy of the prepare whose record
+    /// names another parent (body and checksums still well-formed). It is
+    /// delivered only to a replica that holds the op before (see
+    /// `Event::Forged`): one that cannot check the chain may rightly accept
+    /// it, since a primary sends one prepare per op and view.
+    fn maybe_unchain(&mut self, message: &crate::vsr::Message) -> Option<crate::vsr::Message> {
+        let MessageBody::Prepare {
+            record,
+            commit,
+            key,
+        } = &message.body
+        else {
+            return None;
+        };
+        let rate = self.options.profile.unchained_prepare_per_million;
+        if self.quiet || record.header.op < 2 || !self.prng.chance(rate) {
+            return None;
+        }
+        let mut header = record.header;
+        header.parent = vellum_audit::hash::sha256(&[b"unchained", &header.parent]);
+        let forged = Record {
+            header,
+            body: record.body.clone(),
+        };
+        self.checker.note_record(&forged);
+        let body = MessageBody::Prepare {
+            record: forged,
+            commit: *commit,
+            key: key.clone(),
+        };
+        Some(crate::vsr::Message {
+            body,
+            ..message.clone()
+        })
+    }
+
+    fn write(&mut self, index: u8, record: &Record, key: Option<Bytes>) -> Result<(), RunError> {
+        let op = record.header.op;
+        let previous = self.nodes[usize::from(index)]
+            .replica
+            .as_ref()
+            .and_then(|r| r.header(op.checked_sub(1)?).map(OpHeader::checksum));
+        if previous.is_some_and(|parent| parent != record.header.parent) {
+            let violation = Violation::UnchainedJournal { replica: index, op };
+            return Err(self.violation(violation));
+        }
         if key.is_some() {
             // The key store is not simulated: keys never enter the journal (P6).
             self.counters.cover("write:with_key");
@@ -544,7 +631,7 @@ impl Sim {
         let at = node.fsync_free_at.max(self.now) + delay;
         node.fsync_free_at = at;
         let incarnation = node.incarnation;
-        let (op, checksum) = (record.header.op, record.checksum());
+        let checksum = record.checksum();
         self.schedule(
             at,
             Event::Fsync {
@@ -554,5 +641,6 @@ impl Sim {
                 checksum,
             },
         );
+        Ok(())
     }
 }

@@ -42,6 +42,9 @@ pub struct FaultProfile {
     pub bit_flip_per_million: u32,
     /// Chance, per completed fsync, that the write landed in another op's slot.
     pub misdirect_per_million: u32,
+    /// Chance, per prepare sent, that it arrives with a parent that does not
+    /// chain (a confused or stale primary's prepare; backups must refuse it).
+    pub unchained_prepare_per_million: u32,
     /// How long an fsync (and a state save) takes.
     pub fsync_ticks: (u64, u64),
     /// Largest deviation of a replica's tick rate, in parts per million.
@@ -73,6 +76,7 @@ impl FaultProfile {
         wipe_per_million: 150_000,
         bit_flip_per_million: 300_000,
         misdirect_per_million: 3_000,
+        unchained_prepare_per_million: 5_000,
         fsync_ticks: (1, 8),
         drift_per_million: 50_000,
         request_timeout_ticks: 150,

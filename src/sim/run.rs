@@ -114,6 +114,34 @@ impl Sim {
                     self.deliver(replica, input)?;
                 }
             }
+            Event::Forged {
+                replica,
+                from,
+                forged,
+                original,
+            } => {
+                if self.network.is_blocked(from, replica) {
+                    return Ok(());
+                }
+                let Input::Message(crate::vsr::Message {
+                    body: crate::vsr::MessageBody::Prepare { record, .. },
+                    ..
+                }) = &forged
+                else {
+                    unreachable!("only prepares are forged");
+                };
+                let op = record.header.op;
+                let checkable = self.nodes[usize::from(replica)]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.header(op - 1).is_some() && r.header(op).is_none());
+                if checkable {
+                    self.counters.fault("unchained_prepare", 1);
+                    self.deliver(replica, forged)?;
+                } else {
+                    self.deliver(replica, original)?;
+                }
+            }
             Event::Reply {
                 client,
                 from,
@@ -134,6 +162,9 @@ impl Sim {
                     .disk
                     .sync(op, &checksum, misdirect)
                 {
+                    self.nodes[usize::from(replica)]
+                        .durable
+                        .insert((op, checksum));
                     self.deliver(replica, Input::WriteDone { op, checksum })?;
                 }
             }
