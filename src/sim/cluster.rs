@@ -515,17 +515,16 @@ impl Sim {
             .cover(&format!("send:{}", message_kind(&message.body)));
         match &message.body {
             MessageBody::Prepare { record, .. } => self.checker.note_record(record),
-            MessageBody::PrepareOk { op, checksum, .. } => {
+            MessageBody::PrepareOk { op, checksum, .. }
                 if !self.nodes[usize::from(index)]
                     .durable
-                    .contains(&(*op, *checksum))
-                {
-                    let violation = Violation::AckBeforeDurable {
-                        replica: index,
-                        op: *op,
-                    };
-                    return Err(self.violation(violation));
-                }
+                    .contains(&(*op, *checksum)) =>
+            {
+                let violation = Violation::AckBeforeDurable {
+                    replica: index,
+                    op: *op,
+                };
+                return Err(self.violation(violation));
             }
             MessageBody::RequestPrepare { .. } => self.counters.repairs += 1,
             MessageBody::Commit {
