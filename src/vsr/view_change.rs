@@ -327,37 +327,61 @@ impl Replica {
     }
 }
 
-/// The new view's log from f+1 do_view_changes: every committed header, the
-/// headers of the logs of the newest log view, and the op count that keeps
-/// every committed op and the uncommitted ops claimed without a hole.
+/// Rank of a header claimed as committed (below every sender's commit).
+const RANK_COMMITTED: u64 = u64::MAX;
+
+/// The new view's log from f+1 do_view_changes (VRR's "highest log view
+/// wins", op by op along the hash chain). Each claimed header ranks by the
+/// sender's log view, or highest when the sender knows it committed. From
+/// the lowest claimed op up, the log takes at each op the highest-ranked
+/// claim that chains to the op below; above the highest known commit it
+/// ends at the first op no claim continues.
+///
+/// Why op by op: a replica that restarted keeps its log view but only the
+/// ops it holds durably, so no single claim need hold the whole log; yet a
+/// committed op is durable on f+1 replicas, one of which is in any quorum,
+/// and at any op a claim of a newer log view supersedes an older one.
 fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>) -> (u64, u64, BTreeMap<u64, OpHeader>) {
-    let best = dvcs
-        .values()
-        .max_by_key(|d| (d.log_view, d.op))
-        .expect("a quorum of do_view_changes");
     let commit = dvcs.values().map(|d| d.commit).max().unwrap_or(0);
-    let mut canonical: BTreeMap<u64, OpHeader> = BTreeMap::new();
-    let mut add = |header: &OpHeader| {
-        let kept = canonical.entry(header.op).or_insert(*header);
-        assert_eq!(
-            kept.checksum(),
-            header.checksum(),
-            "view change logs disagree on op {}",
-            header.op
-        );
-    };
+    let mut claims: BTreeMap<u64, Vec<(u64, OpHeader)>> = BTreeMap::new();
     for dvc in dvcs.values() {
-        dvc.headers
-            .iter()
-            .filter(|h| h.op <= dvc.commit)
-            .for_each(&mut add);
+        for header in &dvc.headers {
+            let rank = if header.op <= dvc.commit {
+                RANK_COMMITTED
+            } else {
+                dvc.log_view
+            };
+            claims.entry(header.op).or_default().push((rank, *header));
+        }
     }
-    for dvc in dvcs.values().filter(|d| d.log_view == best.log_view) {
-        dvc.headers.iter().for_each(&mut add);
-    }
+    let mut canonical: BTreeMap<u64, OpHeader> = BTreeMap::new();
     let mut op = commit;
-    while canonical.contains_key(&(op + 1)) {
-        op += 1;
+    for (&at, list) in &claims {
+        let below = canonical.get(&(at - 1)).map(OpHeader::checksum);
+        if at > commit + 1 && below.is_none() {
+            break; // a hole above the commit ends the log
+        }
+        let fits = |h: &OpHeader| below.is_none_or(|parent| parent == h.parent);
+        let best = list
+            .iter()
+            .filter(|(_, h)| fits(h))
+            .max_by_key(|(rank, _)| *rank)
+            .copied();
+        let Some((rank, header)) = best else {
+            if at > commit {
+                break;
+            }
+            continue;
+        };
+        if rank == RANK_COMMITTED {
+            let agree = list
+                .iter()
+                .filter(|(r, _)| *r == RANK_COMMITTED)
+                .all(|(_, h)| h.checksum() == header.checksum());
+            assert!(agree, "view change claims disagree on committed op {at}");
+        }
+        canonical.insert(at, header);
+        op = op.max(at);
     }
     (op, commit, canonical)
 }
