@@ -203,9 +203,11 @@ pub enum MessageBody {
     RequestPrepare { op: u64, checksum: Hash },
     /// VRR Recovery with the recovering replica's nonce.
     Recovery { nonce: u64 },
-    /// VRR RecoveryResponse; only the primary fills in headers (op and
-    /// commit are every responder's own; an empty disk answers with zeros,
-    /// which is how a brand-new cluster recognizes itself).
+    /// VRR RecoveryResponse; only the primary fills in headers. `op` is the
+    /// primary's op, or another responder's durable prefix; `commit` is the
+    /// responder's own. Every replica answers (only a normal primary with
+    /// `is_primary`): zeros from every peer are how a replica with an empty
+    /// disk learns that nothing was ever committed (a brand-new cluster).
     RecoveryResponse {
         nonce: u64,
         op: u64,

@@ -86,7 +86,13 @@ impl Replica {
         } else {
             Vec::new()
         };
-        let op = self.journal.op();
+        // The primary names its log; the others their durable prefix, which
+        // is what tells an empty replica whether any disk holds an op.
+        let op = if is_primary {
+            self.journal.op()
+        } else {
+            self.journal.durable_op()
+        };
         let commit = self.commit;
         self.send(
             to,
