@@ -36,3 +36,21 @@ pub fn create_dir_with_mode(path: &Path, mode: u32) -> io::Result<()> {
         .create(path)?;
     sync_parent(path)
 }
+
+/// Replaces `path` atomically and durably: writes a temporary file beside
+/// it, fsyncs it, renames it over `path` and fsyncs the directory, so a
+/// crash leaves either the old or the new content, never a mix.
+pub fn replace_durable(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let temp = path.with_extension("tmp");
+    let _ = fs::remove_file(&temp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path)?;
+    sync_parent(path)
+}

@@ -9,6 +9,7 @@
 
 mod indexer;
 mod persister;
+mod shell;
 mod state;
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
-use vellum_audit::leaf::{LeafPreimage, commitment};
+use vellum_audit::leaf::LeafPreimage;
 use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::{ConsistencyProof, InclusionProof};
@@ -39,6 +40,8 @@ pub const EVENTS_PER_APPEND_MAX: usize = record::EVENTS_PER_OP_MAX as usize;
 pub const EVENT_BYTES_MAX: usize = record::EVENT_BYTES_MAX;
 /// Events returned by one read, at most.
 pub const READ_EVENTS_MAX: u64 = 10_000;
+/// The file beside the log holding the VSR core's durable view state.
+pub const VSR_STATE_FILE: &str = "vsr-state.json";
 
 /// How to open a log.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +90,10 @@ pub enum LogError {
     /// The log contradicts itself (a corruption the storage scan did not catch).
     #[error("corrupt log: {0}")]
     Corrupt(String),
+    /// The outcome is unknown (the op may or may not commit); retrying
+    /// with the same client request is safe.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
     /// Another process has the data directory open.
     #[error("{0}")]
     Busy(String),
@@ -167,6 +174,10 @@ pub struct LocalLog {
     indexer: Option<indexer::Indexer>,
     /// Opened with `StorageConfig::read_only`: nothing is written.
     read_only: bool,
+    /// The one-replica VSR core every append goes through.
+    core: Mutex<shell::Core>,
+    /// Client sessions lent to callers that bring none.
+    sessions: shell::Sessions,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
 }
@@ -242,6 +253,15 @@ impl LocalLog {
             certificates: state.certificates.len() as u64,
             recertified: false,
         };
+        let durable = shell::load_state(&dir.root().join(VSR_STATE_FILE))?;
+        let (replica, first_actions) = crate::vsr::Replica::new(
+            crate::vsr::Config::new(cluster, 1, 0),
+            signer.clone(),
+            policy.clone(),
+            shell::recovered(&state, durable),
+            recovery_nonce()?,
+            crate::vsr::Broken::None,
+        );
         let log = LocalLog {
             dir,
             meta,
@@ -253,10 +273,25 @@ impl LocalLog {
             state: Mutex::new(state),
             indexer,
             read_only,
+            core: Mutex::new(shell::Core::new(replica)),
+            sessions: shell::Sessions::default(),
             _lock: lock,
         };
         if !read_only {
-            report.recertified = log.certify_tail()?;
+            let mut core = log
+                .core
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let writes = log.run(&mut core, first_actions)?;
+            drop(core);
+            assert!(
+                writes.is_empty(),
+                "a recovering replica of one writes nothing before it serves"
+            );
+            log.certify_tail()?;
+            // The core commits a durable tail on its own when it recovers;
+            // either way, a certificate signed during open is reported.
+            report.recertified = log.lock().certificates.len() as u64 > report.certificates;
             log.catch_up_index()?;
         }
         Ok((log, report))
@@ -307,180 +342,7 @@ impl LocalLog {
         if self.storage_read_only() {
             return Err(LogError::Refused("the log is open read-only".to_string()));
         }
-        let pending = {
-            let mut state = self.lock();
-            if let Some(reason) = &state.poisoned {
-                return Err(LogError::Poisoned(reason.clone()));
-            }
-            if let Some(done) = self.answer_retry(&state, stream, client)? {
-                return Ok(done);
-            }
-            let actual = state.stream_len(stream);
-            if let Some(expected) = expected_offset
-                && expected != actual
-            {
-                return Err(LogError::WrongExpectedOffset {
-                    stream,
-                    expected,
-                    actual,
-                });
-            }
-            let record = self.build_record(&state, stream, events, client)?;
-            self.submit(&mut state, record)?
-        };
-        let location = match self.storage.wait_durable(pending.ticket) {
-            Ok(location) => location,
-            Err(e) => {
-                self.lock().poisoned = Some(e.to_string());
-                return Err(e.into());
-            }
-        };
-        self.lock().mark_durable(pending.op, location);
-        let certificate = self.certify(pending.op)?;
-        Ok(Appended {
-            stream,
-            first_offset: pending.first_offset,
-            next_offset: pending.first_offset + events.len() as u64,
-            first_position: pending.first_position,
-            count: events.len() as u64,
-            op: pending.op,
-            certificate,
-            duplicate: false,
-        })
-    }
-
-    /// Answers a retried request from the client table without writing.
-    fn answer_retry(
-        &self,
-        state: &LogState,
-        stream: u64,
-        client: Option<ClientRequest>,
-    ) -> Result<Option<Appended>, LogError> {
-        let Some(client) = client else {
-            return Ok(None);
-        };
-        let Some(&(request, op)) = state.clients.get(&client.client) else {
-            return Ok(None);
-        };
-        if client.request > request {
-            return Ok(None);
-        }
-        if client.request < request {
-            return Err(LogError::Refused(format!(
-                "request {} of client {:032x} is older than its latest request {request}",
-                client.request, client.client
-            )));
-        }
-        let info = state
-            .op(op)
-            .expect("the client table only names ops in the log");
-        if info.stream != stream {
-            return Err(LogError::Refused(format!(
-                "request {request} of client {:032x} was for stream {}, not {stream}",
-                client.client, info.stream
-            )));
-        }
-        let certificate = state.certificate_covering(op).ok_or_else(|| {
-            LogError::Refused(format!("request {request} is still in flight; retry later"))
-        })?;
-        Ok(Some(Appended {
-            stream,
-            first_offset: info.stream_offset,
-            next_offset: info.stream_offset + u64::from(info.event_count),
-            first_position: info.global_position,
-            count: u64::from(info.event_count),
-            op,
-            certificate,
-            duplicate: true,
-        }))
-    }
-
-    /// Encrypts the batch and builds its op record (under the state lock, so
-    /// op numbers, offsets and the chain are assigned in submission order).
-    fn build_record(
-        &self,
-        state: &LogState,
-        stream: u64,
-        events: &[Bytes],
-        client: Option<ClientRequest>,
-    ) -> Result<Record, LogError> {
-        let (key_id, dek) = match self.keys.key_for_stream(stream)? {
-            Some(found) => found,
-            None => self.keys.create_key(stream)?,
-        };
-        let first_offset = state.stream_len(stream);
-        let mut sealed_events = Vec::with_capacity(events.len());
-        for (i, payload) in events.iter().enumerate() {
-            let stream_offset = first_offset + i as u64;
-            let aad = EventAad {
-                cluster: self.cluster,
-                stream,
-                stream_offset,
-                key_id,
-            };
-            let nonce = self.keys.next_nonce(key_id)?;
-            let salt = crypto::random_salt()?;
-            let sealed = crypto::seal_event(&dek, nonce, &aad, &salt, payload)?;
-            sealed_events.push((commitment(&salt, payload), nonce, sealed));
-        }
-        let frames: Vec<record::EventFrame<'_>> = sealed_events
-            .iter()
-            .map(|(commitment, nonce, sealed)| record::EventFrame {
-                commitment: *commitment,
-                nonce: *nonce,
-                sealed,
-            })
-            .collect();
-        let op = state.last_op() + 1;
-        let global_position = state.tree.len();
-        let header = OpHeader {
-            parent: state.parent,
-            body_checksum: vellum_audit::hash::ZERO_HASH,
-            kind: RecordKind::Op,
-            cluster: self.cluster,
-            view: 0,
-            op,
-            commit: state.commit,
-            client_id: client.map_or(0, |c| c.client),
-            request: client.map_or(0, |c| c.request),
-            timestamp_ns: now_ns(),
-            stream,
-            stream_offset: first_offset,
-            global_position,
-            event_count: u32::try_from(events.len())
-                .expect("batch size is bounded by EVENTS_PER_APPEND_MAX"),
-            body_size: 0,
-            key_id,
-            tree_size: global_position + events.len() as u64,
-        };
-        Ok(Record::new(header, record::encode_events(&frames)))
-    }
-
-    /// Submits an op record and extends the in-memory state with it.
-    fn submit(&self, state: &mut LogState, record: Record) -> Result<state::Pending, LogError> {
-        let leaves = state::leaf_preimages(&record, 0)
-            .map_err(|e| LogError::Corrupt(format!("a record built here does not decode: {e}")))?;
-        let header = record.header;
-        let checksum = record.checksum();
-        for leaf in &leaves {
-            state.tree.push(leaf.leaf_hash());
-        }
-        let tree_after = (state.tree.len(), state.tree.root());
-        let ticket = match self.storage.submit(record, tree_after) {
-            Ok(ticket) => ticket,
-            Err(e) => {
-                // The tree already holds the leaves; the handle cannot continue.
-                state.poisoned = Some(e.to_string());
-                return Err(e.into());
-            }
-        };
-        state.push_op(&header, checksum, None);
-        Ok(state::Pending {
-            ticket,
-            op: header.op,
-            first_offset: header.stream_offset,
-            first_position: header.global_position,
-        })
+        self.append_through_core(stream, events, expected_offset, client)
     }
 
     /// Returns a certificate covering `op`, signing a new checkpoint at the
@@ -522,6 +384,20 @@ impl LocalLog {
             Certificate::sign(checkpoint, &[&self.signer])
                 .map_err(|e| LogError::Corrupt(format!("signing the checkpoint failed: {e}")))?,
         );
+        self.store_certificate(&mut state, info, Arc::clone(&certificate))?;
+        Ok(certificate)
+    }
+
+    /// Keeps a certificate of the op `info`: in memory, in the log (a
+    /// certificate record riding along with the next group commit; if a
+    /// crash loses it, open signs the tail again) and in the index.
+    fn store_certificate(
+        &self,
+        state: &mut LogState,
+        info: OpInfo,
+        certificate: Arc<Certificate>,
+    ) -> Result<(), LogError> {
+        let commit = info.op;
         // The record and the index row carry the same time, so a rebuilt
         // index equals the live one.
         let time_ns = info.timestamp_ns;
@@ -533,11 +409,11 @@ impl LocalLog {
             state.poisoned = Some(e.to_string());
             return Err(e.into());
         }
-        state.add_certificate(commit, info.tree_size, Arc::clone(&certificate), time_ns);
+        state.add_certificate(commit, info.tree_size, certificate, time_ns);
         if let Some(indexer) = &self.indexer {
             indexer.send(state.index_batch_for_commit(commit, time_ns));
         }
-        Ok(certificate)
+        Ok(())
     }
 
     /// Signs a certificate for the last op if the log does not hold one.
@@ -703,6 +579,13 @@ impl LocalLog {
         self.storage.close()?;
         Ok(())
     }
+}
+
+/// A random nonce for the core's recovery protocol (the core has no randomness).
+fn recovery_nonce() -> Result<u64, LogError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| LogError::DataDir(format!("no randomness: {e}")))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Checks a batch before anything is encrypted or written.

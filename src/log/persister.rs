@@ -46,6 +46,7 @@ impl EventPersister for LocalPersister {
 /// indeterminate outcome: either the batch is durable or it was not written.
 pub fn to_persist_error(error: LogError) -> PersistError {
     match error {
+        LogError::Indeterminate(reason) => PersistError::ConsensusFailed(reason),
         LogError::Poisoned(reason) => {
             PersistError::StorageError(format!("log handle poisoned: {reason}"))
         }

@@ -16,11 +16,8 @@ use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
 
 use super::{LogError, leaf_of};
 use crate::index::{CommitRow, EventRow, IndexBatch, KeyRow};
-use crate::storage::{RecordLocation, Recovery, Storage, Ticket};
+use crate::storage::{RecordLocation, Recovery, Storage};
 
-/// Client sessions remembered in the client table, at most; the session
-/// with the oldest latest op is forgotten first.
-pub const CLIENTS_MAX: usize = 100_000;
 /// Events per index batch sent during catch-up, at most.
 pub const INDEX_BATCH_EVENTS_MAX: usize = 10_000;
 
@@ -37,6 +34,8 @@ pub struct OpInfo {
     pub tree_size: u64,
     pub checksum: Hash,
     pub timestamp_ns: u64,
+    /// The whole header, for the core's journal on restart.
+    pub header: OpHeader,
     /// Where the record is on disk, once it is durable.
     pub location: Option<RecordLocation>,
 }
@@ -50,15 +49,6 @@ pub struct CertInfo {
     pub time_ns: u64,
 }
 
-/// An op submitted to storage and not yet durable.
-#[derive(Debug)]
-pub struct Pending {
-    pub ticket: Ticket,
-    pub op: u64,
-    pub first_offset: u64,
-    pub first_position: u64,
-}
-
 /// The cache of the log.
 #[derive(Debug, Default)]
 pub struct LogState {
@@ -69,8 +59,6 @@ pub struct LogState {
     pub commit: u64,
     ops: Vec<OpInfo>,
     streams: HashMap<u64, Vec<u64>>,
-    /// client session -> (latest request, its op)
-    pub clients: HashMap<u128, (u64, u64)>,
     pub certificates: Vec<CertInfo>,
     pub poisoned: Option<String>,
     indexed_through_op: u64,
@@ -225,6 +213,7 @@ impl LogState {
             tree_size: header.tree_size,
             checksum,
             timestamp_ns: header.timestamp_ns,
+            header: *header,
             location,
         });
         self.parent = checksum;
@@ -235,27 +224,6 @@ impl LogState {
             .entry(header.stream)
             .or_default()
             .push(header.op);
-        if header.client_id != 0 {
-            self.clients
-                .insert(header.client_id, (header.request, header.op));
-            if self.clients.len() > CLIENTS_MAX {
-                let oldest = self
-                    .clients
-                    .iter()
-                    .min_by_key(|(_, (_, op))| *op)
-                    .map(|(c, _)| *c);
-                if let Some(client) = oldest {
-                    self.clients.remove(&client);
-                }
-            }
-        }
-    }
-
-    /// Records that `op` is durable at `location`; every op before it is too.
-    pub fn mark_durable(&mut self, op: u64, location: RecordLocation) {
-        let index = usize::try_from(op - 1).expect("op numbers fit in memory");
-        self.ops[index].location = Some(location);
-        self.commit = self.commit.max(op);
     }
 
     /// Adds a certificate (kept sorted by op).
@@ -283,6 +251,28 @@ impl LogState {
         self.certificates
             .get(index)
             .map(|c| Arc::clone(&c.certificate))
+    }
+
+    /// Every op header, in op order.
+    pub fn headers(&self) -> impl Iterator<Item = &OpHeader> {
+        self.ops.iter().map(|info| &info.header)
+    }
+
+    /// Every certificate, as (certified op, text), in log order.
+    pub fn certificate_texts(&self) -> Vec<(u64, String)> {
+        self.certificates
+            .iter()
+            .map(|c| (c.op, c.certificate.encode()))
+            .collect()
+    }
+
+    /// The op after which the tree has exactly `size` leaves.
+    pub fn op_with_tree_size(&self, size: u64) -> Option<OpInfo> {
+        let index = self.ops.partition_point(|info| info.tree_size < size);
+        self.ops
+            .get(index)
+            .filter(|info| info.tree_size == size)
+            .cloned()
     }
 
     /// The newest certificate.

@@ -1,0 +1,433 @@
+//! The log as the shell of a one-replica VSR core: appends go through
+//! `vsr::Replica` exactly as they do on every replica of a cluster — the
+//! core numbers the op, checks the client table and the expected offset,
+//! chains the header, waits for the write to be durable, signs the
+//! checkpoint and commits; this shell executes its actions (seal with the
+//! key store, write through storage, save the view state, store
+//! certificates, answer the caller).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use vellum_audit::checkpoint::Certificate;
+use vellum_audit::leaf::commitment;
+use vellum_audit::record::{self, OpHeader, Record};
+
+use super::state::LogState;
+use super::{Appended, ClientRequest, LocalLog, LogError, now_ns};
+use crate::crypto::{self, EventAad};
+use crate::storage::Ticket;
+use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
+
+/// How long a caller waits for its op to commit once its write is durable.
+/// On a one-replica cluster that is immediate; the bound turns a bug into
+/// an indeterminate error instead of a hang.
+pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
+/// Idle client sessions kept for reuse by callers that bring none.
+pub const SESSIONS_IDLE_MAX: usize = 256;
+
+/// The core and the callers waiting for its replies.
+#[derive(Debug)]
+pub struct Core {
+    replica: vsr::Replica,
+    waiters: HashMap<(u128, u64), SyncSender<Reply>>,
+}
+
+impl Core {
+    /// Wraps a started replica; `first` are its first actions, which the
+    /// caller must execute with [`LocalLog::execute`].
+    pub fn new(replica: vsr::Replica) -> Core {
+        Core {
+            replica,
+            waiters: HashMap::new(),
+        }
+    }
+}
+
+/// Client sessions for callers that bring no idempotency key: each caller
+/// borrows one for one request (VSR allows one request in flight per
+/// session), so concurrent callers never block each other.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    idle: Mutex<Vec<ClientRequest>>,
+}
+
+impl Sessions {
+    fn take(&self) -> Result<ClientRequest, LogError> {
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match reused {
+            Some(session) => Ok(ClientRequest {
+                request: session.request + 1,
+                ..session
+            }),
+            None => Ok(ClientRequest {
+                client: random_client()?,
+                request: 1,
+            }),
+        }
+    }
+
+    fn give_back(&self, session: ClientRequest) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < SESSIONS_IDLE_MAX {
+            idle.push(session);
+        }
+    }
+}
+
+fn random_client() -> Result<u128, LogError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| LogError::Refused(format!("no randomness for a client session: {e}")))?;
+    Ok(u128::from_le_bytes(bytes).max(1))
+}
+
+/// A write the calling thread must see through to `WriteDone`.
+#[derive(Debug)]
+pub(super) struct PendingWrite {
+    op: u64,
+    checksum: vellum_audit::hash::Hash,
+    ticket: Ticket,
+}
+
+impl LocalLog {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends through the core (see the module docs).
+    pub(super) fn append_through_core(
+        &self,
+        stream: u64,
+        events: &[Bytes],
+        expected_offset: Option<u64>,
+        client: Option<ClientRequest>,
+    ) -> Result<Appended, LogError> {
+        let session = match client {
+            Some(session) => session,
+            None => self.sessions.take()?,
+        };
+        let (sender, receiver) = sync_channel(1);
+        let (writes, committed_before) = {
+            let mut core = self.core();
+            if let Some(reason) = &self.lock().poisoned {
+                return Err(LogError::Poisoned(reason.clone()));
+            }
+            let committed_before = core.replica.commit();
+            core.waiters
+                .insert((session.client, session.request), sender);
+            let request = Request {
+                client: session.client,
+                request: session.request,
+                stream,
+                expected_offset,
+                events: events.to_vec(),
+            };
+            (
+                self.execute(&mut core, Input::Request(request))?,
+                committed_before,
+            )
+        };
+        self.see_writes_through(writes)?;
+        let reply = self.wait_reply(&receiver, session)?;
+        if client.is_none() {
+            self.sessions.give_back(session);
+        }
+        self.appended(stream, reply, committed_before)
+    }
+
+    /// Waits for each write to be durable and tells the core; the core may
+    /// answer with more writes (queued requests of other callers), which
+    /// this thread then sees through too.
+    fn see_writes_through(&self, writes: Vec<PendingWrite>) -> Result<(), LogError> {
+        let mut writes = VecDeque::from(writes);
+        while let Some(write) = writes.pop_front() {
+            if let Err(e) = self.storage.wait_durable(write.ticket) {
+                self.lock().poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+            let mut core = self.core();
+            let more = self.execute(
+                &mut core,
+                Input::WriteDone {
+                    op: write.op,
+                    checksum: write.checksum,
+                },
+            )?;
+            writes.extend(more);
+        }
+        Ok(())
+    }
+
+    fn wait_reply(
+        &self,
+        receiver: &Receiver<Reply>,
+        session: ClientRequest,
+    ) -> Result<Reply, LogError> {
+        match receiver.recv_timeout(Duration::from_millis(COMMIT_WAIT_MS_MAX)) {
+            Ok(reply) => Ok(reply),
+            Err(_) => {
+                self.core()
+                    .waiters
+                    .remove(&(session.client, session.request));
+                Err(LogError::Indeterminate(format!(
+                    "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
+                )))
+            }
+        }
+    }
+
+    fn appended(
+        &self,
+        stream: u64,
+        reply: Reply,
+        committed_before: u64,
+    ) -> Result<Appended, LogError> {
+        match reply {
+            Reply::Committed(body) => {
+                let certificate = Arc::new(Certificate::parse(&body.certificate).map_err(|e| {
+                    LogError::Corrupt(format!("the core's certificate does not parse: {e}"))
+                })?);
+                Ok(Appended {
+                    stream: body.stream,
+                    first_offset: body.first_offset,
+                    next_offset: body.next_offset,
+                    first_position: body.first_position,
+                    count: body.next_offset - body.first_offset,
+                    op: body.op,
+                    certificate,
+                    duplicate: body.op <= committed_before,
+                })
+            }
+            Reply::WrongExpectedOffset { expected, actual } => Err(LogError::WrongExpectedOffset {
+                stream,
+                expected,
+                actual,
+            }),
+            Reply::Refused(reason) => Err(LogError::Refused(reason)),
+        }
+    }
+
+    /// Feeds `input` to the core and executes every action it produces
+    /// (feeding completions back) until it is quiet. Returns the writes the
+    /// caller must see through to `WriteDone`.
+    pub(super) fn execute(
+        &self,
+        core: &mut Core,
+        input: Input,
+    ) -> Result<Vec<PendingWrite>, LogError> {
+        let actions = core.replica.step(input);
+        self.run(core, actions)
+    }
+
+    /// Executes `actions`, feeding every completion back to the core until
+    /// it is quiet.
+    pub(super) fn run(
+        &self,
+        core: &mut Core,
+        first: Vec<Action>,
+    ) -> Result<Vec<PendingWrite>, LogError> {
+        let mut inputs = VecDeque::new();
+        let mut writes = Vec::new();
+        let mut actions = first;
+        loop {
+            for action in actions {
+                match action {
+                    Action::Seal { header, events } => {
+                        let record = self.seal(header, &events).inspect_err(|e| self.poison(e))?;
+                        inputs.push_back(Input::Sealed { record, key: None });
+                    }
+                    Action::Write { record, key: _ } => writes.push(self.write(record)?),
+                    Action::Save { state } => {
+                        self.save_state(state).inspect_err(|e| self.poison(e))?;
+                        inputs.push_back(Input::SaveDone { state });
+                    }
+                    Action::Committed { op, certificate } => self.committed(op, &certificate)?,
+                    Action::Reply {
+                        client,
+                        request,
+                        reply,
+                    } => {
+                        if let Some(waiter) = core.waiters.remove(&(client, request)) {
+                            let _ = waiter.send(reply);
+                        }
+                    }
+                    // A cluster of one has no peers.
+                    Action::Send { .. } => {}
+                    Action::Truncate { .. } | Action::Read { .. } => {
+                        let error =
+                            LogError::Corrupt(format!("a one-replica core asked for {action:?}"));
+                        self.poison(&error);
+                        return Err(error);
+                    }
+                }
+            }
+            let Some(input) = inputs.pop_front() else {
+                break;
+            };
+            actions = core.replica.step(input);
+        }
+        Ok(writes)
+    }
+
+    fn poison(&self, error: &LogError) {
+        self.lock()
+            .poisoned
+            .get_or_insert_with(|| error.to_string());
+    }
+
+    /// Encrypts the events of the op the core described: the key store
+    /// chooses the key, the wall clock raises the core's logical timestamp.
+    fn seal(&self, mut header: OpHeader, events: &[Bytes]) -> Result<Record, LogError> {
+        let (key_id, dek) = match self.keys.key_for_stream(header.stream)? {
+            Some(found) => found,
+            None => self.keys.create_key(header.stream)?,
+        };
+        header.key_id = key_id;
+        header.timestamp_ns = header.timestamp_ns.max(now_ns());
+        let mut sealed_events = Vec::with_capacity(events.len());
+        for (i, payload) in (0u64..).zip(events) {
+            let aad = EventAad {
+                cluster: self.cluster,
+                stream: header.stream,
+                stream_offset: header.stream_offset + i,
+                key_id,
+            };
+            let nonce = self.keys.next_nonce(key_id)?;
+            let salt = crypto::random_salt()?;
+            let sealed = crypto::seal_event(&dek, nonce, &aad, &salt, payload)?;
+            sealed_events.push((commitment(&salt, payload), nonce, sealed));
+        }
+        let frames: Vec<record::EventFrame<'_>> = sealed_events
+            .iter()
+            .map(|(commitment, nonce, sealed)| record::EventFrame {
+                commitment: *commitment,
+                nonce: *nonce,
+                sealed,
+            })
+            .collect();
+        Ok(Record::new(header, record::encode_events(&frames)))
+    }
+
+    /// Submits an op record to storage and extends the read-side state.
+    fn write(&self, record: Record) -> Result<PendingWrite, LogError> {
+        let mut state = self.lock();
+        let leaves = super::state::leaf_preimages(&record, 0).map_err(|e| {
+            LogError::Corrupt(format!("a record the core accepted does not decode: {e}"))
+        })?;
+        let header = record.header;
+        let checksum = record.checksum();
+        for leaf in &leaves {
+            state.tree.push(leaf.leaf_hash());
+        }
+        let tree_after = (state.tree.len(), state.tree.root());
+        let ticket = match self.storage.submit(record, tree_after) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                // The tree already holds the leaves; the handle cannot go on.
+                state.poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
+        state.push_op(&header, checksum, Some(ticket.location()));
+        Ok(PendingWrite {
+            op: header.op,
+            checksum,
+            ticket,
+        })
+    }
+
+    /// The core committed `op` under `certificate`: reads may see it, and
+    /// the certificate goes into the log (lazily) and the index.
+    fn committed(&self, op: u64, certificate: &str) -> Result<(), LogError> {
+        let certificate = Arc::new(Certificate::parse(certificate).map_err(|e| {
+            LogError::Corrupt(format!("the core's certificate does not parse: {e}"))
+        })?);
+        let mut state = self.lock();
+        state.commit = state.commit.max(op);
+        let size = certificate.checkpoint.size;
+        let already = state
+            .latest_certificate()
+            .is_some_and(|c| c.checkpoint.size >= size);
+        if already {
+            return Ok(());
+        }
+        let certified = state.op_with_tree_size(size).ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "a certificate for tree size {size} names no op of this log"
+            ))
+        })?;
+        self.store_certificate(&mut state, certified, certificate)
+    }
+
+    /// Writes the core's view state durably (`<data>/vsr-state.json`).
+    fn save_state(&self, state: DurableState) -> Result<(), LogError> {
+        let path = self.dir.root().join(super::VSR_STATE_FILE);
+        let text = serde_json::json!({ "view": state.view, "log_view": state.log_view, "commit": state.commit }).to_string();
+        crate::fsutil::replace_durable(&path, text.as_bytes(), 0o644)
+            .map_err(|e| LogError::DataDir(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Reads the saved view state; a missing file is a fresh replica.
+pub fn load_state(path: &std::path::Path) -> Result<DurableState, LogError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DurableState::default()),
+        Err(e) => return Err(LogError::DataDir(format!("{}: {e}", path.display()))),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| LogError::DataDir(format!("{}: not valid view state: {e}", path.display())))?;
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| {
+                LogError::DataDir(format!(
+                    "{}: field {name:?} is missing or not a number",
+                    path.display()
+                ))
+            })
+    };
+    Ok(DurableState {
+        view: field("view")?,
+        log_view: field("log_view")?,
+        commit: field("commit")?,
+    })
+}
+
+/// The core's view of what the disk holds, from the recovered state.
+pub fn recovered(state: &LogState, durable: DurableState) -> vsr::Recovered {
+    let journal = state
+        .headers()
+        .map(|header| vsr::JournalEntry::Intact {
+            header: *header,
+            leaves: (header.global_position..header.tree_size)
+                .map(|position| {
+                    state
+                        .tree
+                        .leaf(position)
+                        .expect("every op's leaves are in the tree")
+                })
+                .collect(),
+        })
+        .collect();
+    let certificates = state.certificate_texts();
+    vsr::Recovered {
+        state: durable,
+        journal,
+        certificates,
+    }
+}
