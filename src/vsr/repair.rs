@@ -126,6 +126,7 @@ impl Replica {
             self.journal.forget(op - 1);
         }
         self.write_record(record, leaves, None);
+        self.request_repairs();
     }
 
     /// A peer asks for an op: read it if this replica holds it durably (a
