@@ -57,14 +57,9 @@ impl Replica {
                 if self.journal.durable_op() >= op {
                     self.send_prepare_ok(self.journal.durable_op());
                 }
-            } else if !slot.has_body()
-                && self
-                    .journal
-                    .expected_checksum(op)
-                    .is_none_or(|expected| expected == header.checksum())
-            {
+            } else if !slot.has_body() && self.fits_slot(&header) {
                 // The primary's log is this view's log: it fills a slot
-                // whose op is not known yet (the chain checks it later).
+                // whose op is not known yet.
                 self.write_record(record, leaves, key);
             }
             return;
@@ -84,6 +79,16 @@ impl Replica {
             self.send_prepare_ok(op);
         }
         self.request_repairs();
+    }
+
+    /// Whether a record from the primary fits its slot: it is the op
+    /// expected there (if known) and chains to the op below (if known).
+    fn fits_slot(&self, header: &vellum_audit::record::OpHeader) -> bool {
+        let op = header.op;
+        let expected = self.journal.expected_checksum(op);
+        let below = self.journal.parent_for(op - 1);
+        expected.is_none_or(|c| c == header.checksum())
+            && (below.is_none_or(|p| p == header.parent) || self.broken(Broken::AcceptUnchained))
     }
 
     /// Journals a record this replica checked, and asks the shell to write it.
