@@ -7,9 +7,8 @@
 //! certificates, answer the caller).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use vellum_audit::checkpoint::Certificate;
@@ -22,28 +21,50 @@ use crate::crypto::{self, EventAad};
 use crate::storage::Ticket;
 use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
 
-/// How long a caller waits for its op to commit once its write is durable.
-/// On a one-replica cluster that is immediate; the bound turns a bug into
-/// an indeterminate error instead of a hang.
+/// How long a caller waits for its op to commit. On a one-replica cluster
+/// that takes one fsync; the bound turns a bug into an indeterminate error
+/// instead of a hang.
 pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
 /// Idle client sessions kept for reuse by callers that bring none.
 pub const SESSIONS_IDLE_MAX: usize = 256;
+/// Ops in flight in the local core: the most one group commit can carry.
+pub const LOCAL_PIPELINE_MAX: usize = 1024;
 
-/// The core and the callers waiting for its replies.
+/// The core, behind the log's core mutex.
 #[derive(Debug)]
 pub struct Core {
     replica: vsr::Replica,
-    waiters: HashMap<(u128, u64), SyncSender<Reply>>,
 }
 
 impl Core {
-    /// Wraps a started replica; `first` are its first actions, which the
-    /// caller must execute with [`LocalLog::execute`].
+    /// Wraps a started replica.
     pub fn new(replica: vsr::Replica) -> Core {
-        Core {
-            replica,
-            waiters: HashMap::new(),
-        }
+        Core { replica }
+    }
+}
+
+/// What the core hands to waiting callers: replies by request, and writes
+/// that someone must see through to `WriteDone`. Every caller waiting for
+/// its reply takes pending writes off this queue, so the writes of requests
+/// that queued behind a full pipeline need no thread of their own, and no
+/// caller waits on others' writes once its own reply is there.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    inner: Mutex<ExchangeInner>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ExchangeInner {
+    replies: HashMap<(u128, u64), Reply>,
+    writes: VecDeque<PendingWrite>,
+}
+
+impl Exchange {
+    fn lock(&self) -> MutexGuard<'_, ExchangeInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -92,12 +113,21 @@ fn random_client() -> Result<u128, LogError> {
     Ok(u128::from_le_bytes(bytes).max(1))
 }
 
-/// A write the calling thread must see through to `WriteDone`.
+/// A write someone must see through to `WriteDone`.
 #[derive(Debug)]
-pub(super) struct PendingWrite {
+struct PendingWrite {
     op: u64,
     checksum: vellum_audit::hash::Hash,
     ticket: Ticket,
+}
+
+/// The core's configuration on a one-replica log.
+pub fn local_config(cluster: u128) -> vsr::Config {
+    let mut config = vsr::Config::new(cluster, 1, 0);
+    config.pipeline_max = LOCAL_PIPELINE_MAX;
+    config.request_queue_max = 4 * LOCAL_PIPELINE_MAX;
+    config.view_change_headers_max = config.view_change_headers_max.max(LOCAL_PIPELINE_MAX + 1);
+    config
 }
 
 impl LocalLog {
@@ -119,15 +149,12 @@ impl LocalLog {
             Some(session) => session,
             None => self.sessions.take()?,
         };
-        let (sender, receiver) = sync_channel(1);
-        let (writes, committed_before) = {
+        let committed_before = {
             let mut core = self.core();
             if let Some(reason) = &self.lock().poisoned {
                 return Err(LogError::Poisoned(reason.clone()));
             }
             let committed_before = core.replica.commit();
-            core.waiters
-                .insert((session.client, session.request), sender);
             let request = Request {
                 client: session.client,
                 request: session.request,
@@ -135,58 +162,66 @@ impl LocalLog {
                 expected_offset,
                 events: events.to_vec(),
             };
-            (
-                self.execute(&mut core, Input::Request(request))?,
-                committed_before,
-            )
+            self.execute(&mut core, Input::Request(request))?;
+            committed_before
         };
-        self.see_writes_through(writes)?;
-        let reply = self.wait_reply(&receiver, session)?;
+        let reply = self.wait_reply(session)?;
         if client.is_none() {
             self.sessions.give_back(session);
         }
         self.appended(stream, reply, committed_before)
     }
 
-    /// Waits for each write to be durable and tells the core; the core may
-    /// answer with more writes (queued requests of other callers), which
-    /// this thread then sees through too.
-    fn see_writes_through(&self, writes: Vec<PendingWrite>) -> Result<(), LogError> {
-        let mut writes = VecDeque::from(writes);
-        while let Some(write) = writes.pop_front() {
-            if let Err(e) = self.storage.wait_durable(write.ticket) {
-                self.lock().poisoned = Some(e.to_string());
-                return Err(e.into());
+    /// Waits for this caller's reply, seeing pending writes through to
+    /// `WriteDone` meanwhile (each durability wait happens outside every
+    /// lock, so concurrent callers share fsyncs).
+    fn wait_reply(&self, session: ClientRequest) -> Result<Reply, LogError> {
+        let key = (session.client, session.request);
+        let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS_MAX);
+        let mut exchange = self.exchange.lock();
+        loop {
+            if let Some(reply) = exchange.replies.remove(&key) {
+                return Ok(reply);
             }
-            let mut core = self.core();
-            let more = self.execute(
-                &mut core,
-                Input::WriteDone {
-                    op: write.op,
-                    checksum: write.checksum,
-                },
-            )?;
-            writes.extend(more);
+            if let Some(reason) = &self.lock().poisoned {
+                return Err(LogError::Poisoned(reason.clone()));
+            }
+            if let Some(write) = exchange.writes.pop_front() {
+                drop(exchange);
+                self.see_through(write)?;
+                exchange = self.exchange.lock();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LogError::Indeterminate(format!(
+                    "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
+                )));
+            }
+            exchange = self
+                .exchange
+                .wake
+                .wait_timeout(exchange, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
-        Ok(())
     }
 
-    fn wait_reply(
-        &self,
-        receiver: &Receiver<Reply>,
-        session: ClientRequest,
-    ) -> Result<Reply, LogError> {
-        match receiver.recv_timeout(Duration::from_millis(COMMIT_WAIT_MS_MAX)) {
-            Ok(reply) => Ok(reply),
-            Err(_) => {
-                self.core()
-                    .waiters
-                    .remove(&(session.client, session.request));
-                Err(LogError::Indeterminate(format!(
-                    "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
-                )))
-            }
+    /// Waits until one write is durable and tells the core.
+    fn see_through(&self, write: PendingWrite) -> Result<(), LogError> {
+        if let Err(e) = self.storage.wait_durable(write.ticket) {
+            self.lock().poisoned = Some(e.to_string());
+            self.exchange.wake.notify_all();
+            return Err(e.into());
         }
+        let mut core = self.core();
+        self.execute(
+            &mut core,
+            Input::WriteDone {
+                op: write.op,
+                checksum: write.checksum,
+            },
+        )
     }
 
     fn appended(
@@ -220,27 +255,16 @@ impl LocalLog {
         }
     }
 
-    /// Feeds `input` to the core and executes every action it produces
-    /// (feeding completions back) until it is quiet. Returns the writes the
-    /// caller must see through to `WriteDone`.
-    pub(super) fn execute(
-        &self,
-        core: &mut Core,
-        input: Input,
-    ) -> Result<Vec<PendingWrite>, LogError> {
+    /// Feeds `input` to the core and executes what it asks for.
+    pub(super) fn execute(&self, core: &mut Core, input: Input) -> Result<(), LogError> {
         let actions = core.replica.step(input);
         self.run(core, actions)
     }
 
     /// Executes `actions`, feeding every completion back to the core until
-    /// it is quiet.
-    pub(super) fn run(
-        &self,
-        core: &mut Core,
-        first: Vec<Action>,
-    ) -> Result<Vec<PendingWrite>, LogError> {
+    /// it is quiet. Writes and replies go to the exchange for the callers.
+    pub(super) fn run(&self, core: &mut Core, first: Vec<Action>) -> Result<(), LogError> {
         let mut inputs = VecDeque::new();
-        let mut writes = Vec::new();
         let mut actions = first;
         loop {
             for action in actions {
@@ -249,7 +273,11 @@ impl LocalLog {
                         let record = self.seal(header, &events).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::Sealed { record, key: None });
                     }
-                    Action::Write { record, key: _ } => writes.push(self.write(record)?),
+                    Action::Write { record, key: _ } => {
+                        let write = self.write(record)?;
+                        self.exchange.lock().writes.push_back(write);
+                        self.exchange.wake.notify_all();
+                    }
                     Action::Save { state } => {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::SaveDone { state });
@@ -260,9 +288,11 @@ impl LocalLog {
                         request,
                         reply,
                     } => {
-                        if let Some(waiter) = core.waiters.remove(&(client, request)) {
-                            let _ = waiter.send(reply);
-                        }
+                        self.exchange
+                            .lock()
+                            .replies
+                            .insert((client, request), reply);
+                        self.exchange.wake.notify_all();
                     }
                     // A cluster of one has no peers.
                     Action::Send { .. } => {}
@@ -279,7 +309,7 @@ impl LocalLog {
             };
             actions = core.replica.step(input);
         }
-        Ok(writes)
+        Ok(())
     }
 
     fn poison(&self, error: &LogError) {
