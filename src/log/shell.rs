@@ -44,20 +44,22 @@ impl Core {
 }
 
 /// What the core hands to waiting callers: replies by request, and writes
-/// that someone must see through to `WriteDone`. Every caller waiting for
-/// its reply takes pending writes off this queue, so the writes of requests
-/// that queued behind a full pipeline need no thread of their own, and no
-/// caller waits on others' writes once its own reply is there.
+/// that someone must see through to `WriteDone`. Callers waiting for their
+/// reply take pending writes off the queue, so the writes of requests that
+/// queued behind a full pipeline need no thread of their own. Each waiter
+/// sleeps on its own condition variable: a reply wakes exactly its caller,
+/// a write wakes one idle caller (no thundering herd of 64 threads per op).
 #[derive(Debug, Default)]
 pub struct Exchange {
     inner: Mutex<ExchangeInner>,
-    wake: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct ExchangeInner {
     replies: HashMap<(u128, u64), Reply>,
     writes: VecDeque<PendingWrite>,
+    waiting: HashMap<(u128, u64), Arc<Condvar>>,
+    idle: VecDeque<(u128, u64)>,
 }
 
 impl Exchange {
@@ -65,6 +67,37 @@ impl Exchange {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ExchangeInner {
+    /// Wakes one idle waiter to take a pending write.
+    fn wake_one_idle(&mut self) {
+        while let Some(key) = self.idle.pop_front() {
+            if let Some(condvar) = self.waiting.get(&key) {
+                condvar.notify_one();
+                return;
+            }
+        }
+    }
+
+    fn push_write(&mut self, write: PendingWrite) {
+        self.writes.push_back(write);
+        self.wake_one_idle();
+    }
+
+    fn push_reply(&mut self, key: (u128, u64), reply: Reply) {
+        // A caller that gave up (timed out) is not waiting: drop its reply.
+        if let Some(condvar) = self.waiting.get(&key) {
+            condvar.notify_one();
+            self.replies.insert(key, reply);
+        }
+    }
+
+    fn wake_all(&self) {
+        for condvar in self.waiting.values() {
+            condvar.notify_one();
+        }
     }
 }
 
@@ -178,40 +211,52 @@ impl LocalLog {
     fn wait_reply(&self, session: ClientRequest) -> Result<Reply, LogError> {
         let key = (session.client, session.request);
         let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS_MAX);
+        let condvar = Arc::new(Condvar::new());
         let mut exchange = self.exchange.lock();
-        loop {
+        exchange.waiting.insert(key, Arc::clone(&condvar));
+        let outcome = loop {
+            exchange.idle.retain(|k| *k != key);
             if let Some(reply) = exchange.replies.remove(&key) {
-                return Ok(reply);
+                break Ok(reply);
             }
             if let Some(reason) = &self.lock().poisoned {
-                return Err(LogError::Poisoned(reason.clone()));
+                break Err(LogError::Poisoned(reason.clone()));
             }
             if let Some(write) = exchange.writes.pop_front() {
                 drop(exchange);
-                self.see_through(write)?;
+                let seen = self.see_through(write);
                 exchange = self.exchange.lock();
+                if let Err(e) = seen {
+                    break Err(e);
+                }
                 continue;
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(LogError::Indeterminate(format!(
+                break Err(LogError::Indeterminate(format!(
                     "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
                 )));
             }
-            exchange = self
-                .exchange
-                .wake
+            exchange.idle.push_back(key);
+            exchange = condvar
                 .wait_timeout(exchange, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+        };
+        exchange.waiting.remove(&key);
+        exchange.idle.retain(|k| *k != key);
+        // Writes left behind go to another waiter.
+        if !exchange.writes.is_empty() {
+            exchange.wake_one_idle();
         }
+        outcome
     }
 
     /// Waits until one write is durable and tells the core.
     fn see_through(&self, write: PendingWrite) -> Result<(), LogError> {
         if let Err(e) = self.storage.wait_durable(write.ticket) {
             self.lock().poisoned = Some(e.to_string());
-            self.exchange.wake.notify_all();
+            self.exchange.lock().wake_all();
             return Err(e.into());
         }
         let mut core = self.core();
@@ -275,8 +320,7 @@ impl LocalLog {
                     }
                     Action::Write { record, key: _ } => {
                         let write = self.write(record)?;
-                        self.exchange.lock().writes.push_back(write);
-                        self.exchange.wake.notify_all();
+                        self.exchange.lock().push_write(write);
                     }
                     Action::Save { state } => {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
@@ -288,11 +332,7 @@ impl LocalLog {
                         request,
                         reply,
                     } => {
-                        self.exchange
-                            .lock()
-                            .replies
-                            .insert((client, request), reply);
-                        self.exchange.wake.notify_all();
+                        self.exchange.lock().push_reply((client, request), reply);
                     }
                     // A cluster of one has no peers.
                     Action::Send { .. } => {}
