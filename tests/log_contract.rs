@@ -203,6 +203,7 @@ fn wrong_expected_offset_is_a_clear_conflict() {
     let (_dir, log) = fresh();
     log.append(70, &events(2, "e"), Some(0), None)
         .expect("expected 0 on an empty stream");
+    let started = std::time::Instant::now();
     let err = log
         .append(70, &events(1, "e"), Some(5), None)
         .expect_err("conflict");
@@ -210,6 +211,10 @@ fn wrong_expected_offset_is_a_clear_conflict() {
     assert!(
         message.contains("expected 5") && message.contains("2 events"),
         "{message}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a refusal is answered at once, not after a commit timeout"
     );
     assert_eq!(log.read(70, 0, 10).expect("read").len(), 2);
 }

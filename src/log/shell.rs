@@ -182,38 +182,59 @@ impl LocalLog {
             Some(session) => session,
             None => self.sessions.take()?,
         };
-        let committed_before = {
-            let mut core = self.core();
-            if let Some(reason) = &self.lock().poisoned {
-                return Err(LogError::Poisoned(reason.clone()));
+        // Register before the request reaches the core: it may answer at
+        // once (a refusal, or a retry answered from the client table).
+        let key = (session.client, session.request);
+        let condvar = Arc::new(Condvar::new());
+        self.exchange
+            .lock()
+            .waiting
+            .insert(key, Arc::clone(&condvar));
+        let submitted = self.submit_request(session, stream, events, expected_offset);
+        let committed_before = match submitted {
+            Ok(committed_before) => committed_before,
+            Err(e) => {
+                self.exchange.lock().waiting.remove(&key);
+                return Err(e);
             }
-            let committed_before = core.replica.commit();
-            let request = Request {
-                client: session.client,
-                request: session.request,
-                stream,
-                expected_offset,
-                events: events.to_vec(),
-            };
-            self.execute(&mut core, Input::Request(request))?;
-            committed_before
         };
-        let reply = self.wait_reply(session)?;
+        let reply = self.wait_reply(key, &condvar)?;
         if client.is_none() {
             self.sessions.give_back(session);
         }
         self.appended(stream, reply, committed_before)
     }
 
+    /// Hands the request to the core; returns the commit number before it.
+    fn submit_request(
+        &self,
+        session: ClientRequest,
+        stream: u64,
+        events: &[Bytes],
+        expected_offset: Option<u64>,
+    ) -> Result<u64, LogError> {
+        let mut core = self.core();
+        if let Some(reason) = &self.lock().poisoned {
+            return Err(LogError::Poisoned(reason.clone()));
+        }
+        let committed_before = core.replica.commit();
+        let request = Request {
+            client: session.client,
+            request: session.request,
+            stream,
+            expected_offset,
+            events: events.to_vec(),
+        };
+        self.execute(&mut core, Input::Request(request))?;
+        Ok(committed_before)
+    }
+
     /// Waits for this caller's reply, seeing pending writes through to
     /// `WriteDone` meanwhile (each durability wait happens outside every
     /// lock, so concurrent callers share fsyncs).
-    fn wait_reply(&self, session: ClientRequest) -> Result<Reply, LogError> {
-        let key = (session.client, session.request);
+    fn wait_reply(&self, key: (u128, u64), condvar: &Condvar) -> Result<Reply, LogError> {
         let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS_MAX);
-        let condvar = Arc::new(Condvar::new());
         let mut exchange = self.exchange.lock();
-        exchange.waiting.insert(key, Arc::clone(&condvar));
         let outcome = loop {
             exchange.idle.retain(|k| *k != key);
             if let Some(reply) = exchange.replies.remove(&key) {
