@@ -111,6 +111,14 @@ fn run_range(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     eprintln!("sim: totals: {}", coverage.join(" "));
+    let wall_s = started.elapsed().as_secs_f64();
+    let ticks = totals.counters.get("ticks").copied().unwrap_or(0);
+    let simulated_s = (ticks * sim::summary::TICK_MS) as f64 / 1000.0;
+    eprintln!(
+        "sim: simulated {simulated_s:.0} s in {wall_s:.1} s of wall time ({:.0}x real time at {} ms per tick)",
+        simulated_s / wall_s.max(1e-9),
+        sim::summary::TICK_MS
+    );
     if totals.failed.is_empty() {
         eprintln!(
             "sim: all {} seeds passed in {:.1} s",

@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// Simulated milliseconds per tick: the interval at which the real shell
+/// ticks its replica, so simulated time compares with wall time.
+pub const TICK_MS: u64 = 10;
+
 /// The summary of one run. Everything here but `wall_micros` is fixed by
 /// the seed and the options.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -48,6 +52,12 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Simulated time over wall time: how much faster than real time the
+    /// run went (`ticks * TICK_MS` against the measured wall clock).
+    pub fn speedup(&self) -> f64 {
+        (self.ticks * TICK_MS * 1000) as f64 / self.wall_micros.max(1) as f64
+    }
+
     /// Whether every checker passed and the cluster converged.
     pub fn passed(&self) -> bool {
         self.failure.is_none()
@@ -80,13 +90,15 @@ impl Summary {
         let mut out = self.line();
         out.push('\n');
         out.push_str(&format!(
-            "  converged after {} ticks (bound {}), {} acknowledged requests, {} certificates checked, {} inputs, {} µs wall\n",
+            "  converged after {} ticks (bound {}), {} acknowledged requests, {} certificates checked, {} inputs, {} µs wall, {:.0}x real time ({} ms per tick)\n",
             self.converged_after_ticks.map_or("-".to_string(), |t| t.to_string()),
             super::options::CONVERGE_TICKS_MAX,
             self.requests_acknowledged,
             self.certificates_checked,
             self.inputs,
             self.wall_micros,
+            self.speedup(),
+            TICK_MS,
         ));
         out.push_str("  faults:");
         for (kind, count) in &self.faults {
