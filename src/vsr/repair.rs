@@ -101,13 +101,11 @@ impl Replica {
     /// A record answering a repair request: written only into a slot that
     /// lacks it, and only if it is the op this replica expects.
     fn on_repair_record(&mut self, record: Record, leaves: Vec<Hash>) {
-        if self.status == Status::Recovering || self.pending.is_some() {
-            // Repairs start once a log was adopted, and never while the view
-            // it belongs to is not saved yet.
-            return;
-        }
         let header = record.header;
         let op = header.op;
+        if !self.may_repair(op) {
+            return;
+        }
         let Some(slot) = self.journal.slot(op) else {
             return;
         };
@@ -198,15 +196,15 @@ impl Replica {
     /// Asks peers for the lowest ops this replica lacks, at most
     /// `repair_requests_max` outstanding.
     pub(super) fn request_repairs(&mut self) {
-        if self.config.replica_count == 1
-            || self.status == Status::Recovering
-            || self.pending.is_some()
-        {
+        if self.config.replica_count == 1 {
             return;
         }
         let mut op = self.journal.durable_op();
         while self.repairs.len() < self.config.repair_requests_max && op < self.journal.op() {
             op += 1;
+            if !self.may_repair(op) {
+                break;
+            }
             let lacking = matches!(
                 self.journal.state(op),
                 Some(SlotState::Missing | SlotState::Faulty)
@@ -223,6 +221,14 @@ impl Replica {
             self.send(to, MessageBody::RequestPrepare { op, checksum });
             self.repairs.insert(op, self.ticks);
         }
+    }
+
+    /// Whether this replica may fetch `op` now. A committed op is the same
+    /// in every log, so it is repaired at once (even while recovering: the
+    /// sooner a damaged copy is replaced, the less a second fault costs).
+    /// Any other op waits until a log was adopted and its view is saved.
+    fn may_repair(&self, op: u64) -> bool {
+        op <= self.commit || (self.status != Status::Recovering && self.pending.is_none())
     }
 
     /// The next peer to ask, round robin over the others.

@@ -354,9 +354,7 @@ impl Replica {
             Status::Recovering => self.recovery_tick(),
             Status::Normal => {}
         }
-        if self.status != Status::Recovering {
-            self.repair_tick();
-        }
+        self.repair_tick();
     }
 
     /// Asks the shell to save `state`; `then` runs once it is durable.
