@@ -327,3 +327,25 @@ fn read_only_open_changes_nothing() {
         "a read-only open must change nothing"
     );
 }
+
+/// Goal: a saved view state whose commit is beyond the log (lost ops or an
+/// edited file) refuses the open with both numbers, instead of hanging.
+#[test]
+fn saved_commit_beyond_the_log_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir, None);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 107, 2);
+    log.close().expect("close");
+    std::fs::write(
+        data.join(vellum::log::VSR_STATE_FILE),
+        r#"{"view":0,"log_view":0,"commit":9}"#,
+    )
+    .expect("edit state");
+    let err = LocalLog::open(&data, LogOptions::default()).expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("op 9") && message.contains("op 2"),
+        "{message}"
+    );
+}

@@ -20,7 +20,8 @@ use crate::hash::Hash;
 use crate::note::{Note, NoteError, Signer, Verifier};
 use crate::policy::Policy;
 
-/// The most extension lines a checkpoint may carry (Vellum writes none).
+/// The most extension lines a checkpoint may carry (Vellum writes one: the
+/// signed chain head, see `verify::CHAIN_HEAD_EXTENSION`).
 pub const EXTENSIONS_MAX: usize = 16;
 
 const FORMAT: &str = "checkpoint";
@@ -46,7 +47,7 @@ pub struct Checkpoint {
     pub size: u64,
     /// The root of the tree of `size` leaves.
     pub root: Hash,
-    /// Opaque extension lines (non-empty each); Vellum writes none.
+    /// Extension lines (non-empty each); Vellum writes the chain head.
     pub extensions: Vec<String>,
 }
 

@@ -31,8 +31,8 @@ use crate::segment::{self, Chain, ScanError, SegmentEnd};
 /// chain: `vellum-head <op> <header checksum, 64 lowercase hex>`. The Merkle
 /// leaves do not cover header-only fields (timestamp, client id and request,
 /// view, commit, key id), and the chain alone is unsigned, so only a signed
-/// head makes a rewrite of those fields evident. When a certificate carries
-/// it, verify checks it against the chain.
+/// head makes a rewrite of those fields evident. Every certificate Vellum
+/// writes carries exactly one, naming the certified op; verify requires it.
 pub const CHAIN_HEAD_EXTENSION: &str = "vellum-head";
 
 /// The extension line naming `op` and its header checksum.

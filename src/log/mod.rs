@@ -256,6 +256,17 @@ impl LocalLog {
             recertified: false,
         };
         let durable = shell::load_state(&dir.root().join(VSR_STATE_FILE))?;
+        // The saved commit is a lower bound the log must reach: beyond it,
+        // the log lost committed ops or the file was edited. Refuse rather
+        // than wait forever for ops that will never come.
+        if durable.commit > state.last_op() {
+            return Err(LogError::Corrupt(format!(
+                "{} says op {} committed but the log ends at op {}",
+                dir.root().join(VSR_STATE_FILE).display(),
+                durable.commit,
+                state.last_op()
+            )));
+        }
         let (replica, first_actions) = crate::vsr::Replica::new(
             shell::local_config(cluster),
             signer.clone(),

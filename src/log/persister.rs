@@ -42,8 +42,9 @@ impl EventPersister for LocalPersister {
     }
 }
 
-/// Maps a log failure onto the contract's three outcomes. A local log has no
-/// indeterminate outcome: either the batch is durable or it was not written.
+/// Maps a log failure onto the contract's three outcomes. Only a commit that
+/// did not come within the wait bound is indeterminate (`ConsensusFailed`:
+/// retry with the same client request); every other failure wrote nothing.
 pub fn to_persist_error(error: LogError) -> PersistError {
     match error {
         LogError::Indeterminate(reason) => PersistError::ConsensusFailed(reason),

@@ -1,6 +1,6 @@
 //! In-memory state of a replica's log, rebuilt from the segments on open:
-//! the Merkle tree, the op table, stream heads, the client table and the
-//! certificates. The log on disk is the only source of truth; this is a cache
+//! the Merkle tree, the op table, stream heads and the certificates (the
+//! client table lives in the VSR core). The log on disk is the only source of truth; this is a cache
 //! of it that is checked against it while being rebuilt.
 
 use std::collections::{HashMap, HashSet};
