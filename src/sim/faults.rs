@@ -6,7 +6,10 @@
 //! replicas are down, recovering or cut off by a partition at once (a
 //! cluster of one may still crash and restart from its own disk). Disk
 //! corruption hits only a crashed replica's disk, so a healthy quorum always
-//! holds every committed op.
+//! holds every committed op; and a disk is damaged (wiped, rotted,
+//! misdirected) only while every other replica is up, connected and holds
+//! an intact copy of every committed op — damage beyond f copies of one op
+//! is data loss no protocol can undo, not a bug for the simulator to find.
 
 use crate::vsr::Status;
 
@@ -30,6 +33,33 @@ impl Sim {
                 down_or_recovering || self.isolated.contains(i)
             })
             .collect()
+    }
+
+    /// Replicas whose disk lacks an intact copy of some agreed committed op
+    /// (a wiped replica still fetching, a rotted record not yet repaired).
+    fn lacking_committed(&self) -> Vec<u8> {
+        let committed = self.checker.committed();
+        (0..self.options.replicas)
+            .filter(|i| {
+                let disk = &self.nodes[usize::from(*i)].disk;
+                (1..=committed).any(|op| {
+                    self.checker
+                        .agreed(op)
+                        .is_none_or(|header| disk.read(op, &header.checksum()).is_none())
+                })
+            })
+            .collect()
+    }
+
+    /// Whether replica `index`'s disk may be damaged now: only if, with it,
+    /// at most f replicas are unavailable or missing a committed op.
+    fn disk_fault_allowed(&self, index: u8) -> bool {
+        let mut impaired = self.unavailable();
+        impaired.extend(self.lacking_committed());
+        impaired.push(index);
+        impaired.sort_unstable();
+        impaired.dedup();
+        impaired.len() <= self.fault_budget()
     }
 
     /// One tick's worth of fault draws.
@@ -97,8 +127,12 @@ impl Sim {
         let (low, high) = profile.down_ticks;
         let down_until = self.now + self.prng.range(low, high);
         let many = self.options.replicas > 1;
-        let wipe = many && self.prng.chance(profile.wipe_per_million);
-        let rot = many && !wipe && self.prng.chance(profile.bit_flip_per_million);
+        let wipe =
+            many && self.prng.chance(profile.wipe_per_million) && self.disk_fault_allowed(index);
+        let rot = many
+            && !wipe
+            && self.prng.chance(profile.bit_flip_per_million)
+            && self.disk_fault_allowed(index);
         if self.debug {
             eprintln!(
                 "tick {} r{index} crash wipe={wipe} rot={rot} down until {down_until}",
@@ -142,7 +176,7 @@ impl Sim {
             .into_iter()
             .filter(|t| *t < op)
             .collect();
-        if targets.is_empty() {
+        if targets.is_empty() || !self.disk_fault_allowed(index) {
             return None;
         }
         self.counters.fault("misdirected_write", 1);
