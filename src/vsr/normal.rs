@@ -306,7 +306,7 @@ impl Replica {
         checksum: Hash,
         signature: Vec<u8>,
     ) {
-        if !self.is_primary() || view != self.view || op <= self.certified_op() {
+        if !self.is_primary() || view != self.view || op <= self.commit {
             return;
         }
         let matches = self
@@ -331,7 +331,7 @@ impl Replica {
         };
         let own = self.journal.durable_op();
         let top = own.min(self.journal.op());
-        let found = (self.certified_op() + 1..=top).rev().find(|op| {
+        let found = (self.commit + 1..=top).rev().find(|op| {
             let others = self.acks.get(op).map_or(0, |a| a.len());
             others + 1 >= needed
         });
@@ -353,13 +353,6 @@ impl Replica {
         self.drain_queue();
     }
 
-    /// The op the newest certificate covers. It may lag the commit after a
-    /// restart that kept the saved commit but lost the newest certificate:
-    /// then the primary collects signatures again for ops it committed.
-    pub(super) fn certified_op(&self) -> u64 {
-        self.certificate.as_ref().map_or(0, |c| c.op)
-    }
-
     /// Commits every op up to `target`, all covered by `cert`.
     pub(super) fn commit_to(&mut self, target: u64, cert: Cert) {
         assert!(target <= cert.op, "the certificate covers the commit");
@@ -369,7 +362,6 @@ impl Replica {
         );
         let primary = self.is_primary();
         for op in self.commit + 1..=target {
-            // (Empty when `cert` only re-certifies ops already committed.)
             let header = *self.journal.header(op).expect("durable ops have headers");
             self.clients.apply(&header);
             self.out.push(Action::Committed {
@@ -384,9 +376,9 @@ impl Replica {
                     reply: Reply::Committed(body),
                 });
             }
+            self.acks.remove(&op);
             self.keys.remove(&op);
         }
-        self.acks.retain(|op, _| *op > target);
         self.commit = self.commit.max(target);
         self.commit_max = self.commit_max.max(target);
         self.keep_certificate(cert);
@@ -493,8 +485,7 @@ impl Replica {
     /// it again.
     fn retransmit(&mut self) {
         let backups = usize::from(self.config.replica_count) - 1;
-        let first = self.commit.min(self.certified_op()) + 1;
-        let ops: Vec<u64> = (first..=self.journal.op())
+        let ops: Vec<u64> = (self.commit + 1..=self.journal.op())
             .filter(|op| {
                 let acked = self.acked.values().filter(|a| **a >= *op).count();
                 acked < backups && self.journal.state(*op) == Some(SlotState::Durable)
@@ -514,7 +505,7 @@ impl Replica {
     /// Sends a re-read uncommitted op to the backups that lack it.
     pub(super) fn retransmit_record(&mut self, record: Record) {
         let op = record.header.op;
-        if !self.is_primary() || op <= self.commit.min(self.certified_op()) {
+        if !self.is_primary() || op <= self.commit {
             return;
         }
         let key = self.keys.get(&op).cloned();
