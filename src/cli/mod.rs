@@ -139,29 +139,20 @@ fn check_data_dir(path: &Path, initialized: bool) -> anyhow::Result<()> {
 /// Refuses a key directory, or a file in it, that group or others may
 /// access: the same check and message as the key store's own.
 fn check_key_permissions(dir: &crate::datadir::DataDir) -> Result<(), crate::crypto::CryptoError> {
-    use std::os::unix::fs::MetadataExt as _;
     let keys = dir.keys();
     let io = |path: &Path, source| crate::crypto::CryptoError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let private = |path: &Path| -> Result<(), crate::crypto::CryptoError> {
-        let mode = std::fs::metadata(path).map_err(|e| io(path, e))?.mode();
-        if mode & 0o077 != 0 {
-            return Err(crate::crypto::CryptoError::InsecurePermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        Ok(())
-    };
-    private(&keys)?;
+    crate::crypto::check_private(&keys)?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&keys)
         .map_err(|e| io(&keys, e))?
         .map(|entry| entry.map(|e| e.path()).map_err(|e| io(&keys, e)))
         .collect::<Result<_, _>>()?;
     entries.sort();
-    entries.iter().try_for_each(|path| private(path))
+    entries
+        .iter()
+        .try_for_each(|path| crate::crypto::check_private(path))
 }
 
 /// How long a command waits for another vellum process to release the

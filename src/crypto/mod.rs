@@ -25,4 +25,8 @@ pub use event::{
 };
 pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
 pub use signing::{create_signing_key_file, load_signing_key_file};
+
+/// Refuses a key file or directory that group or others may access (the key
+/// store's own check, for callers that read keys outside the store).
+pub(crate) use fsutil::check_private;
 pub use store::{DEK_CACHE_MAX_DEFAULT, KEYS_PER_STREAM_MAX, KeyStore, NONCE_BLOCK};
