@@ -6,8 +6,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod crypto;
 pub mod datadir;
 pub mod demo;
@@ -15,6 +18,9 @@ pub mod fsutil;
 pub mod index;
 pub mod init;
 pub mod log;
+pub mod net;
+pub mod replica;
+pub mod server;
 pub mod sim;
 pub mod storage;
 pub mod types;

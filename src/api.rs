@@ -1,0 +1,232 @@
+//! The client API's wire types (HTTP/JSON), shared by the server
+//! (`crate::server`) and the Rust client (`crate::client`) so the two can
+//! never disagree. The routes and their meaning are documented in
+//! `docs/api.md` and served as OpenAPI at `/openapi.json`.
+//!
+//! Routes (all under TLS; every route except `/v1/health`, `/metrics` and
+//! `/openapi.json` needs `Authorization: Bearer <token>`):
+//!
+//! | method | path | body / query | answer |
+//! |---|---|---|---|
+//! | POST | `/v1/streams/{stream}/append` | [`AppendRequest`] | [`AppendReceipt`] |
+//! | GET | `/v1/streams/{stream}/events?from=N&max=M` | | [`StreamEvents`] |
+//! | GET | `/v1/log?from=P&max=M` | | [`LogEvents`] |
+//! | GET | `/v1/subscribe?from=P&format=ndjson\|sse` | | one [`LogEvent`] per line / SSE `data:`; [`Heartbeat`] lines while idle |
+//! | GET | `/v1/streams/{stream}/events/{offset}/proof` | | [`ProofAnswer`] |
+//! | GET | `/v1/consistency?from=A&to=B` | | [`ConsistencyAnswer`] |
+//! | GET | `/v1/certificate` | | [`CertificateAnswer`] |
+//! | GET | `/v1/health` | | [`Health`] |
+//! | GET | `/metrics` | | Prometheus text format |
+//! | GET | `/openapi.json` | | OpenAPI 3.1 document |
+//!
+//! Every error is an [`ErrorBody`] with a 4xx status for the caller's
+//! mistakes and 503 for "try again" (no primary, indeterminate outcome);
+//! never a 5xx for bad input.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request body the server accepts, in bytes.
+pub const REQUEST_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most events one read or one subscription page returns.
+pub const READ_EVENTS_MAX: u64 = 1000;
+
+/// An idempotency key: the client session (32 lowercase hex digits, not all
+/// zero) and the request number within it (increasing from 1). A retry with
+/// the same key never appends twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    /// The client session id, 32 lowercase hex digits.
+    pub session: String,
+    /// The request number within the session.
+    pub request: u64,
+}
+
+/// One event to append: either JSON (stored as its compact UTF-8 text) or
+/// raw bytes in base64. Exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// A JSON value, stored as its serialized text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
+    /// Raw bytes, standard base64 with padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// `POST /v1/streams/{stream}/append`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    /// The events, 1 to the per-op maximum, appended all-or-nothing.
+    pub events: Vec<EventIn>,
+    /// Refuse (409 `wrong_expected_offset`) unless the stream has exactly
+    /// this many events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_offset: Option<u64>,
+    /// Makes retries safe; without one the server picks a fresh key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyKey>,
+    /// Why the caller appends (recorded in the access trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// The durability proof of an append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendReceipt {
+    /// The stream.
+    pub stream: u64,
+    /// Stream offset of the first event.
+    pub first_offset: u64,
+    /// The stream's new length (the `Offset` of `persist_blocking`).
+    pub next_offset: u64,
+    /// Global position of the first event.
+    pub first_position: u64,
+    /// The VSR op that carries the batch.
+    pub op: u64,
+    /// True when this answer came from the client table (a retry; nothing new written).
+    pub duplicate: bool,
+    /// The commit certificate: a C2SP signed note (tlog-checkpoint) with a quorum of signatures.
+    pub certificate: String,
+    /// One `c2sp.org/tlog-proof@v1` inclusion proof per event, in batch order.
+    pub proofs: Vec<String>,
+}
+
+/// One event as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEvent {
+    /// Global position (Merkle leaf index).
+    pub position: u64,
+    /// The stream.
+    pub stream: u64,
+    /// Offset in the stream.
+    pub offset: u64,
+    /// The payload, standard base64.
+    pub base64: String,
+}
+
+/// `GET /v1/streams/{stream}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEvents {
+    /// The stream.
+    pub stream: u64,
+    /// The events, in offset order.
+    pub events: Vec<LogEvent>,
+    /// Where the next read should start.
+    pub next_offset: u64,
+}
+
+/// `GET /v1/log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEvents {
+    /// Committed events from the requested position, in position order.
+    pub events: Vec<LogEvent>,
+    /// Where the next read should start.
+    pub next_position: u64,
+}
+
+/// A subscription line sent while no event arrives, so clients can tell a
+/// quiet log from a dead connection; `next_position` is where to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Always true (tells a heartbeat line from an event line).
+    pub heartbeat: bool,
+    /// The position the subscription continues from.
+    pub next_position: u64,
+}
+
+/// `GET /v1/streams/{stream}/events/{offset}/proof`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofAnswer {
+    /// The `c2sp.org/tlog-proof@v1` text (leaf preimage as `extra`, checkpoint included).
+    pub proof: String,
+}
+
+/// `GET /v1/consistency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyAnswer {
+    /// The older tree size.
+    pub from: u64,
+    /// The newer tree size (a certified one).
+    pub to: u64,
+    /// The RFC 6962 consistency proof hashes, lowercase hex.
+    pub hashes: Vec<String>,
+    /// The certificate at the newer size.
+    pub certificate: String,
+}
+
+/// `GET /v1/certificate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    /// Tree size the certificate covers.
+    pub size: u64,
+    /// The certificate text.
+    pub certificate: String,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// "normal", "view_change" or "recovering".
+    pub status: String,
+    /// This replica's index.
+    pub replica: u8,
+    /// Replicas in the cluster.
+    pub replica_count: u8,
+    /// The replica's view.
+    pub view: u64,
+    /// The primary of that view.
+    pub primary: u8,
+    /// True when this replica is the primary in normal status.
+    pub is_primary: bool,
+    /// The replica's commit number.
+    pub commit: u64,
+    /// The replica's highest op.
+    pub op: u64,
+    /// Committed events (tree size).
+    pub events: u64,
+}
+
+/// Error codes, one per kind of refusal.
+pub mod code {
+    /// Malformed JSON, bad field, bad query (400).
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// Missing or unknown bearer token (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The token may not do this (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Unknown stream, event or route (404).
+    pub const NOT_FOUND: &str = "not_found";
+    /// The stream's length is not the expected offset (409).
+    pub const WRONG_EXPECTED_OFFSET: &str = "wrong_expected_offset";
+    /// The body is larger than the limit (413).
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The request was refused by the replica (bad stream id, stale request number) (422).
+    pub const REFUSED: &str = "refused";
+    /// The outcome is unknown: retry with the same idempotency key (503).
+    pub const INDETERMINATE: &str = "indeterminate";
+    /// No primary reachable right now, or shutting down: retry (503).
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// Storage failed on this replica (500; never for bad input).
+    pub const STORAGE: &str = "storage";
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The details.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// One of [`code`].
+    pub code: String,
+    /// A sentence saying what and where.
+    pub message: String,
+    /// For `wrong_expected_offset`: the stream's actual length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_offset: Option<u64>,
+}

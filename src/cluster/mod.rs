@@ -1,0 +1,1 @@
+//! Cluster configuration and local dev clusters. (in progress)

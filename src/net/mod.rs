@@ -1,0 +1,1 @@
+//! Replica-to-replica networking: framed binary messages over mutual TLS. (in progress)

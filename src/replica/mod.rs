@@ -1,0 +1,1 @@
+//! One replica process: the VSR shell on the network. (in progress)

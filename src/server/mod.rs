@@ -1,0 +1,3 @@
+//! The client API server (HTTP/JSON over TLS). (in progress)
+
+pub mod node;

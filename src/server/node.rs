@@ -1,0 +1,107 @@
+//! What the client API needs from the replica it runs beside. The server
+//! only talks to this trait, so it is tested against a fake and the real
+//! replica (`crate::replica`) implements it. Every method may block (disk,
+//! waiting for a commit): the server calls them on blocking threads.
+
+use bytes::Bytes;
+
+use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
+
+/// Why a node call failed. The server maps each kind to one status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Caller's mistake (bad stream id, bad range, stale request number): 422/400.
+    #[error("{0}")]
+    Refused(String),
+    /// No such stream / event / certificate: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The stream's length was not the expected offset; nothing was written: 409.
+    #[error("stream {stream} has {actual} events, the request expected {expected}")]
+    WrongExpectedOffset {
+        /// The stream.
+        stream: u64,
+        /// What the caller expected.
+        expected: u64,
+        /// The stream's length.
+        actual: u64,
+    },
+    /// This replica is not the primary (writes must go to `primary`): the
+    /// server forwards the request there.
+    #[error("replica {replica} is not the primary (primary is {primary:?})")]
+    NotPrimary {
+        /// This replica.
+        replica: u8,
+        /// The primary it believes in, if in normal status.
+        primary: Option<u8>,
+    },
+    /// The outcome is unknown (view change, timeout): retry with the same key: 503.
+    #[error("outcome unknown: {0}; retry with the same idempotency key")]
+    Indeterminate(String),
+    /// Shutting down or not ready: 503.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Storage or corruption on this replica: 500 (never for bad input).
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// An append as the server hands it to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendCall {
+    /// The stream.
+    pub stream: u64,
+    /// The payloads.
+    pub events: Vec<Bytes>,
+    /// Optimistic concurrency check.
+    pub expected_offset: Option<u64>,
+    /// (client session, request number); None: the node picks a fresh one.
+    pub idempotency: Option<(u128, u64)>,
+}
+
+/// Counters for `/metrics` (monotonic unless named as a gauge).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// Gauge: committed ops.
+    pub commit: u64,
+    /// Gauge: highest op in the journal.
+    pub op: u64,
+    /// Gauge: view.
+    pub view: u64,
+    /// Gauge: committed events (tree size).
+    pub events: u64,
+    /// Replica messages sent / received / dropped (bad frame, unknown peer, full queue).
+    pub messages_sent: u64,
+    /// See above.
+    pub messages_received: u64,
+    /// See above.
+    pub frames_dropped: u64,
+    /// Storage fdatasyncs since start.
+    pub syncs: u64,
+}
+
+/// The replica as the client API sees it.
+pub trait Node: Send + Sync + std::fmt::Debug + 'static {
+    /// Status for `/v1/health` and for routing writes.
+    fn health(&self) -> Health;
+    /// Appends through consensus; returns after commit with the receipt.
+    fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError>;
+    /// Up to `max` committed events of `stream` from offset `from`.
+    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError>;
+    /// Up to `max` committed events of the global log from position `from`.
+    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError>;
+    /// Committed events (the position the next event will get), for
+    /// subscriptions: they poll this or wait with [`Node::wait_events`].
+    fn committed_events(&self) -> u64;
+    /// Blocks until more than `seen` events are committed or `timeout_ms`
+    /// passes; returns the committed event count.
+    fn wait_events(&self, seen: u64, timeout_ms: u64) -> u64;
+    /// The `tlog-proof@v1` text of one event against the latest certificate.
+    fn proof(&self, stream: u64, offset: u64) -> Result<String, NodeError>;
+    /// Consistency proof from `from` to `to` (None: the latest certificate).
+    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, NodeError>;
+    /// The latest certificate: (tree size, text).
+    fn certificate(&self) -> Option<(u64, String)>;
+    /// Counters for `/metrics`.
+    fn metrics(&self) -> NodeMetrics;
+}
