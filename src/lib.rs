@@ -17,6 +17,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod index;
 pub mod init;
+pub mod local_cluster;
 pub mod log;
 pub mod net;
 pub mod replica;

@@ -4,11 +4,13 @@
 mod append;
 mod bench_cmd;
 mod demo;
+mod dev;
 mod init;
 mod keys;
 mod proof;
 mod read;
 mod sim;
+mod start;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +31,11 @@ enum Command {
     /// Run the end-to-end story on a fresh data directory: init, append sample
     /// EHR events, read back, prove, verify.
     Demo(demo::DemoArgs),
+    /// Start a local cluster (three replicas on loopback) and serve the client
+    /// API until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Run one replica of a cluster (`--config`, as `vellum dev` writes them).
+    Start(start::StartArgs),
     /// Create a data directory: keys, trust policy, empty log and index.
     Init(init::InitArgs),
     /// Append events (one JSON value per line) to a stream.
@@ -84,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Dev(args) => dev::run(args),
+        Command::Start(args) => start::run(args),
         Command::Init(args) => init::run(args),
         Command::Append(args) => append::run(args),
         Command::Read(args) => read::run(args),

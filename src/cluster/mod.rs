@@ -1,1 +1,29 @@
-//! Cluster configuration and local dev clusters. (in progress)
+//! Cluster configuration and local clusters: the file `vellum start --config`
+//! reads (`config`), creating the data directories, keys, policy, TLS
+//! material and tokens of a local dev cluster (`setup`), and running replica
+//! processes for `vellum dev`, `vellum demo` and the integration tests
+//! (`supervisor`).
+//!
+//! This module holds no protocol logic: it only prepares what a replica
+//! process needs to start, and starts, pauses and stops those processes.
+
+mod config;
+mod setup;
+mod supervisor;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    CONFIG_BYTES_MAX, ClusterConfig, ConfigError, ConfigFile, ReplicaFile, ReplicaPeer, TlsPaths,
+};
+pub use setup::{
+    API_PORT_OFFSET, DEV_AUDITOR, DEV_WRITER, DevCluster, KekSource, ReplicaInit, SetupError,
+    TOKEN_BYTES, TOKEN_PREFIX, create_dev_cluster, create_replica_signing_key, generate_token,
+    init_cluster_replica, open_or_create_dev_cluster, random_cluster_id, replica_key_name,
+    token_line,
+};
+pub use supervisor::{
+    EXIT_POLL_MS, ReplicaProcess, SPAWN_RETRIES_MAX, STOP_GRACE_MS_DEFAULT, Supervisor,
+    SupervisorError,
+};

@@ -102,7 +102,8 @@ impl KeyStore {
         assert!(dek_cache_max > 0, "dek_cache_max must be at least 1");
         fsutil::check_private(keys_dir)?;
         check_marker(keys_dir, &kek)?;
-        let inner = load_dir(keys_dir)?;
+        let mut inner = load_dir(keys_dir)?;
+        inner.next_key_id = own_next_key_id(&inner, writer_id);
         tracing::info!(
             dir = %keys_dir.display(),
             keys = inner.keys.len(),
@@ -236,6 +237,55 @@ impl KeyStore {
         nonce[..4].copy_from_slice(&self.writer_id.to_le_bytes());
         nonce[4..].copy_from_slice(&counter.to_le_bytes());
         Ok(nonce)
+    }
+
+    /// The key file of `key_id` as it travels between replicas (the data key
+    /// wrapped by the KEK, never in the clear): `None` if this store lacks it
+    /// or it was shredded.
+    pub fn export_key(&self, key_id: u64) -> Result<Option<Vec<u8>>, CryptoError> {
+        let inner = self.lock()?;
+        Ok(inner.keys.get(&key_id).map(|e| e.record.encode().to_vec()))
+    }
+
+    /// Stores a key file another replica exported (`export_key`), durably,
+    /// after checking it unwraps under this store's KEK. Returns false when
+    /// the key was already here or its stream was shredded (a shred wins:
+    /// a late copy never brings a destroyed key back).
+    pub fn import_key(&self, bytes: &[u8]) -> Result<bool, CryptoError> {
+        let mut inner = self.lock()?;
+        let record = KeyRecord::decode(bytes)
+            .map_err(|reason| CryptoError::format(&self.dir, format!("imported key: {reason}")))?;
+        let key_id = record.key_id;
+        if inner.keys.contains_key(&key_id)
+            || inner.shredded_keys.contains_key(&key_id)
+            || inner.tombstones.contains_key(&record.stream)
+        {
+            return Ok(false);
+        }
+        let dek = self
+            .kek
+            .unwrap(&record.wrap_nonce, &record.wrapped, key_id, record.stream)
+            .ok_or_else(|| CryptoError::Unwrap {
+                path: self.key_path(key_id),
+                key_id,
+            })?;
+        self.write_or_fail(&mut inner, &self.key_path(key_id), &record.encode())?;
+        let stream = record.stream;
+        // Counters are ours to use from the reservation on (our nonces carry
+        // our writer id, so they never meet the creator's).
+        let next_counter = record.nonce_reserved_until;
+        inner.keys.insert(
+            key_id,
+            KeyEntry {
+                record,
+                next_counter,
+            },
+        );
+        let latest = inner.latest_by_stream.entry(stream).or_insert(key_id);
+        *latest = (*latest).max(key_id);
+        self.cache_insert(&mut inner, key_id, Arc::new(dek));
+        tracing::info!(key_id, stream, "imported data key from a peer");
+        Ok(true)
     }
 
     /// Destroys every data key of `stream` for good: a durable tombstone
@@ -451,6 +501,26 @@ fn classify(name: &str) -> Entry {
     } else {
         Entry::Unknown
     }
+}
+
+/// Key ids carry their creator's writer id in the bits from
+/// [`KEY_ID_WRITER_SHIFT`] up, so replicas that each create keys (whichever
+/// is primary) never pick the same id.
+pub const KEY_ID_WRITER_SHIFT: u32 = 40;
+
+/// The next key id this writer creates: one past the highest it made.
+fn own_next_key_id(inner: &Inner, writer_id: u32) -> u64 {
+    let base = u64::from(writer_id) << KEY_ID_WRITER_SHIFT;
+    let own = |id: &u64| id >> KEY_ID_WRITER_SHIFT == u64::from(writer_id);
+    inner
+        .keys
+        .keys()
+        .chain(inner.shredded_keys.keys())
+        .filter(|id| own(id))
+        .map(|id| id.saturating_add(1))
+        .max()
+        .unwrap_or(base + 1)
+        .max(base + 1)
 }
 
 /// Reads every file of the store into memory, then finishes interrupted shreds.

@@ -7,13 +7,14 @@
 //! quorum signatures; everything below `append` — record building, storage,
 //! tree, certificates, index — is the replica's storage and stays this code.
 
+mod cluster;
 mod indexer;
 mod persister;
 mod shell;
 mod state;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use crate::datadir::{DataDir, NodeMeta};
 use crate::index::IndexTarget;
 use crate::storage::{Storage, StorageConfig, StorageError};
 
+pub use cluster::{ClusterRole, NodeStatus, Outbox};
 pub use indexer::{IndexStatus, error_chain};
 pub use persister::LocalPersister;
 use state::{LogState, OpInfo};
@@ -55,6 +57,8 @@ pub struct LogOptions {
     /// How long to wait for another process to release the data directory
     /// (0: fail at once with [`LogError::Busy`]).
     pub lock_wait_ms: u64,
+    /// Run as one replica of a cluster (None: a cluster of one).
+    pub cluster: Option<ClusterRole>,
 }
 
 /// Why a log operation failed.
@@ -166,7 +170,9 @@ pub struct LocalLog {
     dir: DataDir,
     meta: NodeMeta,
     cluster: u128,
-    storage: Storage,
+    storage: StorageCell,
+    /// How storage was opened (a cut reopens it the same way).
+    storage_config: StorageConfig,
     keys: KeyStore,
     signer: Signer,
     policy: Policy,
@@ -180,8 +186,49 @@ pub struct LocalLog {
     sessions: shell::Sessions,
     /// Replies and pending writes handed from the core to waiting callers.
     exchange: shell::Exchange,
+    /// The cluster side of the shell (None on a cluster of one).
+    cluster_shell: Option<cluster::ClusterShell>,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
+}
+
+/// The storage handle, swappable: cutting uncommitted ops (a view change)
+/// closes the store, shortens the files and opens it again. Lock order:
+/// the state lock before this one.
+#[derive(Debug)]
+struct StorageCell(RwLock<Option<Storage>>);
+
+/// A shared borrow of the open storage.
+struct StorageRef<'a>(RwLockReadGuard<'a, Option<Storage>>);
+
+impl std::ops::Deref for StorageRef<'_> {
+    type Target = Storage;
+    fn deref(&self) -> &Storage {
+        self.0
+            .as_ref()
+            .expect("storage is absent only inside a cut, which holds the write lock")
+    }
+}
+
+impl StorageCell {
+    fn new(storage: Storage) -> StorageCell {
+        StorageCell(RwLock::new(Some(storage)))
+    }
+
+    fn get(&self) -> StorageRef<'_> {
+        StorageRef(
+            self.0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn take(&self) -> Option<Storage> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// Wall-clock time in unix nanoseconds (the shell's clock, never the core's).
@@ -243,7 +290,7 @@ impl LocalLog {
                 }
             )
         });
-        let state = LogState::recover(&storage, cluster, &policy, &recovery)?;
+        let mut state = LogState::recover(&storage, cluster, &policy, &recovery)?;
         if !read_only {
             storage.resume_tree((state.tree.len(), state.tree.root()))?;
         }
@@ -267,8 +314,14 @@ impl LocalLog {
                 state.last_op()
             )));
         }
+        if options.cluster.is_some() {
+            state.commit = cluster::recovered_commit(&state, durable.commit);
+        }
         let (replica, first_actions) = crate::vsr::Replica::new(
-            shell::local_config(cluster),
+            match &options.cluster {
+                None => shell::local_config(cluster),
+                Some(role) => cluster::core_config(cluster, role, meta.replica)?,
+            },
             signer.clone(),
             policy.clone(),
             shell::recovered(&state, durable),
@@ -279,11 +332,13 @@ impl LocalLog {
             dir,
             meta,
             cluster,
-            storage,
+            storage: StorageCell::new(storage),
             keys,
             signer,
             policy,
             state: Mutex::new(state),
+            storage_config,
+            cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             indexer,
             read_only,
             core: Mutex::new(shell::Core::new(replica)),
@@ -298,7 +353,11 @@ impl LocalLog {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             log.run(&mut core, first_actions)?;
             drop(core);
-            log.certify_tail()?;
+            // A replica of a cluster never certifies alone: its tail may be
+            // uncommitted, and one signature is no quorum.
+            if log.cluster_shell.is_none() {
+                log.certify_tail()?;
+            }
             // The core commits a durable tail on its own when it recovers;
             // either way, a certificate signed during open is reported.
             report.recertified = log.lock().certificates.len() as u64 > report.certificates;
@@ -415,7 +474,7 @@ impl LocalLog {
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.
         let tree_after = (state.tree.len(), state.tree.root());
-        if let Err(e) = self.storage.submit_lazy(cert_record, tree_after) {
+        if let Err(e) = self.storage.get().submit_lazy(cert_record, tree_after) {
             state.poisoned = Some(e.to_string());
             return Err(e.into());
         }
@@ -433,7 +492,7 @@ impl LocalLog {
             return Ok(false);
         }
         self.certify(last)?;
-        self.storage.flush()?;
+        self.storage.get().flush()?;
         Ok(true)
     }
 
@@ -452,6 +511,69 @@ impl LocalLog {
         Ok(())
     }
 
+    /// Reads up to `max` committed events of the global log from position
+    /// `from`, decrypted: (stream, event) in position order.
+    pub fn read_log(&self, from: u64, max: u64) -> Result<Vec<(u64, ReadEvent)>, LogError> {
+        let max = max.min(READ_EVENTS_MAX);
+        let ops = self.lock().ops_from_position(from, max);
+        let mut out = Vec::new();
+        for info in ops {
+            let first = from.saturating_sub(info.global_position);
+            let events = self.decrypt_op(&info)?;
+            for event in events
+                .into_iter()
+                .skip(usize::try_from(first).unwrap_or(usize::MAX))
+            {
+                if out.len() as u64 >= max {
+                    break;
+                }
+                out.push((info.stream, event));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Storage fdatasyncs since open.
+    pub fn storage_syncs(&self) -> u64 {
+        self.storage.get().stats().syncs
+    }
+
+    /// Committed events (the position the next committed event will get).
+    pub fn committed_events(&self) -> u64 {
+        self.lock().committed_events()
+    }
+
+    /// Every event of one committed op, decrypted.
+    fn decrypt_op(&self, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
+        let location = info
+            .location
+            .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
+        let record = self.storage.get().read(location)?;
+        let frames =
+            record::decode_events(&record.body, record.header.event_count, location.offset)
+                .map_err(|e| LogError::Corrupt(e.to_string()))?;
+        let dek = self
+            .keys
+            .key(info.key_id)?
+            .ok_or(crypto::CryptoError::KeyNotFound(info.key_id))?;
+        let mut out = Vec::with_capacity(frames.len());
+        for (i, frame) in (0u64..).zip(frames.iter()) {
+            let aad = EventAad {
+                cluster: self.cluster,
+                stream: info.stream,
+                stream_offset: info.stream_offset + i,
+                key_id: info.key_id,
+            };
+            let opened = crypto::open_event(&dek, &frame.nonce, &aad, frame.sealed)?;
+            out.push(ReadEvent {
+                offset: info.stream_offset + i,
+                position: info.global_position + i,
+                payload: Bytes::copy_from_slice(&opened.payload),
+            });
+        }
+        Ok(out)
+    }
+
     /// Reads up to `max` events of `stream` from offset `from`, decrypted.
     /// Only committed events are returned.
     pub fn read(&self, stream: u64, from: u64, max: u64) -> Result<Vec<ReadEvent>, LogError> {
@@ -468,7 +590,7 @@ impl LocalLog {
             let location = info
                 .location
                 .expect("stream_ops_from returns committed ops only");
-            let record = self.storage.read(location)?;
+            let record = self.storage.get().read(location)?;
             let frames =
                 record::decode_events(&record.body, record.header.event_count, location.offset)
                     .map_err(|e| LogError::Corrupt(e.to_string()))?;
@@ -519,7 +641,7 @@ impl LocalLog {
                      open the log read-write once (e.g. vellum append) to certify the tail"
                 ))
             })?;
-        let preimage = state.leaf_preimage(&self.storage, info, index_in_op)?;
+        let preimage = state.leaf_preimage(&self.storage.get(), info, index_in_op)?;
         let hashes = state
             .tree
             .inclusion_proof(position, certificate.checkpoint.size)
@@ -579,14 +701,16 @@ impl LocalLog {
 
     /// Flushes storage and the index, then closes both.
     pub fn close(self) -> Result<(), LogError> {
-        self.storage.flush()?;
+        self.storage.get().flush()?;
         if let Some(indexer) = self.indexer {
             if let Some(error) = indexer.status().error {
                 tracing::warn!(%error, "the audit index is behind the log; it catches up on the next open");
             }
             indexer.shutdown();
         }
-        self.storage.close()?;
+        if let Some(storage) = self.storage.take() {
+            storage.close()?;
+        }
         Ok(())
     }
 }
@@ -770,7 +894,7 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
         .location
         .ok_or_else(|| LogError::Corrupt("receipt for an op that is not durable".to_string()))?;
     // One read of the op record gives every event's leaf preimage.
-    let record = log.storage.read(location)?;
+    let record = log.storage.get().read(location)?;
     let preimages = state::leaf_preimages(&record, location.offset)
         .map_err(|e| LogError::Corrupt(e.to_string()))?;
     let size = appended.certificate.checkpoint.size;

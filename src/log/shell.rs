@@ -25,6 +25,8 @@ use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
 /// that takes one fsync; the bound turns a bug into an indeterminate error
 /// instead of a hang.
 pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
+/// How often a waiting caller on a cluster replica checks for a view change.
+const VIEW_CHECK_MS: u64 = 50;
 /// Idle client sessions kept for reuse by callers that bring none.
 pub const SESSIONS_IDLE_MAX: usize = 256;
 /// Ops in flight in the local core: the most one group commit can carry.
@@ -33,7 +35,7 @@ pub const LOCAL_PIPELINE_MAX: usize = 1024;
 /// The core, behind the log's core mutex.
 #[derive(Debug)]
 pub struct Core {
-    replica: vsr::Replica,
+    pub(super) replica: vsr::Replica,
 }
 
 impl Core {
@@ -52,6 +54,8 @@ impl Core {
 #[derive(Debug, Default)]
 pub struct Exchange {
     inner: Mutex<ExchangeInner>,
+    /// Wakes the completer thread of a cluster replica: a write is pending.
+    completer: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +89,31 @@ impl ExchangeInner {
         self.writes.push_back(write);
         self.wake_one_idle();
     }
+}
 
+impl Exchange {
+    /// Queues a write for whoever sees it through (a waiting caller, or the
+    /// completer thread of a cluster replica).
+    pub(super) fn push_write(&self, write: PendingWrite) {
+        self.lock().push_write(write);
+        self.completer.notify_one();
+    }
+
+    /// Takes every pending write, waiting up to `wait` for one to come.
+    pub(super) fn take_writes(&self, wait: Duration) -> Vec<PendingWrite> {
+        let mut inner = self.lock();
+        if inner.writes.is_empty() && !wait.is_zero() {
+            inner = self
+                .completer
+                .wait_timeout(inner, wait)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        inner.writes.drain(..).collect()
+    }
+}
+
+impl ExchangeInner {
     fn push_reply(&mut self, key: (u128, u64), reply: Reply) {
         // A caller that gave up (timed out) is not waiting: drop its reply.
         if let Some(condvar) = self.waiting.get(&key) {
@@ -148,10 +176,12 @@ fn random_client() -> Result<u128, LogError> {
 
 /// A write someone must see through to `WriteDone`.
 #[derive(Debug)]
-struct PendingWrite {
-    op: u64,
-    checksum: vellum_audit::hash::Hash,
-    ticket: Ticket,
+pub(super) struct PendingWrite {
+    pub(super) op: u64,
+    pub(super) checksum: vellum_audit::hash::Hash,
+    pub(super) ticket: Ticket,
+    /// The storage epoch of the ticket (a cut reopens storage).
+    pub(super) epoch: u64,
 }
 
 /// The core's configuration on a one-replica log.
@@ -164,7 +194,7 @@ pub fn local_config(cluster: u128) -> vsr::Config {
 }
 
 impl LocalLog {
-    fn core(&self) -> MutexGuard<'_, Core> {
+    pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -191,33 +221,35 @@ impl LocalLog {
             .waiting
             .insert(key, Arc::clone(&condvar));
         let submitted = self.submit_request(session, stream, events, expected_offset);
-        let committed_before = match submitted {
-            Ok(committed_before) => committed_before,
+        let (committed_before, view) = match submitted {
+            Ok(submitted) => submitted,
             Err(e) => {
                 self.exchange.lock().waiting.remove(&key);
                 return Err(e);
             }
         };
-        let reply = self.wait_reply(key, &condvar)?;
+        let reply = self.wait_reply(key, &condvar, view)?;
         if client.is_none() {
             self.sessions.give_back(session);
         }
         self.appended(stream, reply, committed_before)
     }
 
-    /// Hands the request to the core; returns the commit number before it.
+    /// Hands the request to the core; returns the commit number before it
+    /// and the view it went in.
     fn submit_request(
         &self,
         session: ClientRequest,
         stream: u64,
         events: &[Bytes],
         expected_offset: Option<u64>,
-    ) -> Result<u64, LogError> {
+    ) -> Result<(u64, u64), LogError> {
         let mut core = self.core();
         if let Some(reason) = &self.lock().poisoned {
             return Err(LogError::Poisoned(reason.clone()));
         }
         let committed_before = core.replica.commit();
+        let view = core.replica.view();
         let request = Request {
             client: session.client,
             request: session.request,
@@ -226,14 +258,25 @@ impl LocalLog {
             events: events.to_vec(),
         };
         self.execute(&mut core, Input::Request(request))?;
-        Ok(committed_before)
+        Ok((committed_before, view))
     }
 
     /// Waits for this caller's reply, seeing pending writes through to
     /// `WriteDone` meanwhile (each durability wait happens outside every
     /// lock, so concurrent callers share fsyncs).
-    fn wait_reply(&self, key: (u128, u64), condvar: &Condvar) -> Result<Reply, LogError> {
-        let deadline = Instant::now() + Duration::from_millis(COMMIT_WAIT_MS_MAX);
+    ///
+    /// On a replica of a cluster the completer thread sees writes through;
+    /// a waiter gives up (outcome unknown) when the view changes under it
+    /// or its commit wait passes, so the client retries elsewhere.
+    fn wait_reply(
+        &self,
+        key: (u128, u64),
+        condvar: &Condvar,
+        view: u64,
+    ) -> Result<Reply, LogError> {
+        let cluster = self.cluster_shell.as_ref();
+        let wait_ms = cluster.map_or(COMMIT_WAIT_MS_MAX, |c| c.role.commit_wait_ms);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let mut exchange = self.exchange.lock();
         let outcome = loop {
             exchange.idle.retain(|k| *k != key);
@@ -243,7 +286,22 @@ impl LocalLog {
             if let Some(reason) = &self.lock().poisoned {
                 break Err(LogError::Poisoned(reason.clone()));
             }
-            if let Some(write) = exchange.writes.pop_front() {
+            if cluster.is_some() {
+                drop(exchange);
+                if self.core().replica.view() != view {
+                    exchange = self.exchange.lock();
+                    if let Some(reply) = exchange.replies.remove(&key) {
+                        break Ok(reply);
+                    }
+                    break Err(LogError::Indeterminate(
+                        "the view changed while the request was in flight".to_string(),
+                    ));
+                }
+                exchange = self.exchange.lock();
+                if let Some(reply) = exchange.replies.remove(&key) {
+                    break Ok(reply);
+                }
+            } else if let Some(write) = exchange.writes.pop_front() {
                 drop(exchange);
                 let seen = self.see_through(write);
                 exchange = self.exchange.lock();
@@ -258,9 +316,16 @@ impl LocalLog {
                     "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
                 )));
             }
-            exchange.idle.push_back(key);
+            // Cluster waiters take no writes: they only need the reply.
+            if cluster.is_none() {
+                exchange.idle.push_back(key);
+            }
+            let slice = match cluster {
+                Some(_) => (deadline - now).min(Duration::from_millis(VIEW_CHECK_MS)),
+                None => deadline - now,
+            };
             exchange = condvar
-                .wait_timeout(exchange, deadline - now)
+                .wait_timeout(exchange, slice)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         };
@@ -275,7 +340,7 @@ impl LocalLog {
 
     /// Waits until one write is durable and tells the core.
     fn see_through(&self, write: PendingWrite) -> Result<(), LogError> {
-        if let Err(e) = self.storage.wait_durable(write.ticket) {
+        if let Err(e) = self.storage.get().wait_durable(write.ticket) {
             self.lock().poisoned = Some(e.to_string());
             self.exchange.lock().wake_all();
             return Err(e.into());
@@ -339,9 +404,13 @@ impl LocalLog {
                         let record = self.seal(header, &events).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::Sealed { record, key: None });
                     }
+                    Action::Write { record, key } if self.cluster_shell.is_some() => {
+                        self.cluster_write(record, key, &mut inputs)
+                            .inspect_err(|e| self.poison(e))?;
+                    }
                     Action::Write { record, key: _ } => {
                         let write = self.write(record)?;
-                        self.exchange.lock().push_write(write);
+                        self.exchange.push_write(write);
                     }
                     Action::Save { state } => {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
@@ -354,6 +423,20 @@ impl LocalLog {
                         reply,
                     } => {
                         self.exchange.lock().push_reply((client, request), reply);
+                    }
+                    Action::Send { to, message } if self.cluster_shell.is_some() => {
+                        self.cluster_send(to, message);
+                    }
+                    Action::Truncate { after_op } if self.cluster_shell.is_some() => {
+                        self.cluster_truncate(after_op, &mut inputs)
+                            .inspect_err(|e| self.poison(e))?;
+                    }
+                    Action::Read {
+                        op,
+                        checksum,
+                        purpose,
+                    } if self.cluster_shell.is_some() => {
+                        self.cluster_read(op, checksum, purpose, &mut inputs);
                     }
                     // A cluster of one has no peers.
                     Action::Send { .. } => {}
@@ -373,7 +456,7 @@ impl LocalLog {
         Ok(())
     }
 
-    fn poison(&self, error: &LogError) {
+    pub(super) fn poison(&self, error: &LogError) {
         self.lock()
             .poisoned
             .get_or_insert_with(|| error.to_string());
@@ -413,7 +496,7 @@ impl LocalLog {
     }
 
     /// Submits an op record to storage and extends the read-side state.
-    fn write(&self, record: Record) -> Result<PendingWrite, LogError> {
+    pub(super) fn write(&self, record: Record) -> Result<PendingWrite, LogError> {
         let mut state = self.lock();
         let leaves = super::state::leaf_preimages(&record, 0).map_err(|e| {
             LogError::Corrupt(format!("a record the core accepted does not decode: {e}"))
@@ -424,7 +507,7 @@ impl LocalLog {
             state.tree.push(leaf.leaf_hash());
         }
         let tree_after = (state.tree.len(), state.tree.root());
-        let ticket = match self.storage.submit(record, tree_after) {
+        let ticket = match self.storage.get().submit(record, tree_after) {
             Ok(ticket) => ticket,
             Err(e) => {
                 // The tree already holds the leaves; the handle cannot go on.
@@ -437,6 +520,7 @@ impl LocalLog {
             op: header.op,
             checksum,
             ticket,
+            epoch: 0,
         })
     }
 

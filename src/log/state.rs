@@ -190,6 +190,13 @@ impl LogState {
         self.ops.get(index)
     }
 
+    /// Takes over what `other` (the state before a cut) already sent to
+    /// the index; the cut never touches committed, hence indexed, ops.
+    pub fn copy_index_progress(&mut self, other: &LogState) {
+        self.indexed_through_op = other.indexed_through_op.min(self.last_op());
+        self.indexed_keys = other.indexed_keys.clone();
+    }
+
     /// The number of events in a stream (committed or in flight).
     pub fn stream_len(&self, stream: u64) -> u64 {
         self.streams
@@ -308,6 +315,22 @@ impl LogState {
             })
             .cloned()
             .collect()
+    }
+
+    /// The committed, durable ops holding global positions `[from, from + max)`.
+    pub fn ops_from_position(&self, from: u64, max: u64) -> Vec<OpInfo> {
+        let start = self.ops.partition_point(|i| i.tree_size <= from);
+        let end = from.saturating_add(max);
+        self.ops[start..]
+            .iter()
+            .take_while(|i| i.op <= self.commit && i.location.is_some() && i.global_position < end)
+            .cloned()
+            .collect()
+    }
+
+    /// Committed events: the tree size at the commit.
+    pub fn committed_events(&self) -> u64 {
+        self.op(self.commit).map_or(0, |i| i.tree_size)
     }
 
     /// The committed op holding `offset` of `stream`, and the event's index in it.

@@ -1,1 +1,335 @@
-//! One replica process: the VSR shell on the network. (in progress)
+//! One replica process (`vellum start --config C`): the VSR shell on the
+//! network. It opens the replica's log as one replica of the cluster
+//! (`LogOptions::cluster`), connects it to its peers through `net`
+//! (framed messages over mutual TLS), and serves the client API (`server`).
+//!
+//! Threads: a core thread feeds the core its ticks (every [`TICK_MS`]) and
+//! the peers' messages (from a bounded inbox the network fills); a
+//! completer thread sees writes through to `WriteDone`; a small tokio
+//! runtime runs the network and the HTTP server. The core itself stays
+//! pure: everything here only moves inputs in and actions out.
+
+mod node;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use node::{ReplicaNode, node_error};
+
+use crate::cluster::ClusterConfig;
+use crate::log::{ClusterRole, LocalLog, LogOptions, Outbox};
+use crate::net::tls::{self, TlsMaterial};
+use crate::net::{NetConfig, NetTransport, Transport};
+use crate::server::auth::TokenStore;
+use crate::server::{ServerConfig, serve};
+use crate::vsr::{Message, ReplicaIndex};
+
+/// Milliseconds per core tick (the core's timeouts count ticks).
+pub const TICK_MS: u64 = 10;
+/// Peer messages waiting for the core, at most; more are dropped (VSR
+/// tolerates loss; the sender retries).
+pub const INBOX_MAX: usize = 4096;
+/// How long an append waits for its commit before reporting an unknown outcome.
+pub const COMMIT_WAIT_MS: u64 = 10_000;
+
+/// Why a replica could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The configuration or a file it names is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The log could not be opened or failed.
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    /// The network or the API server failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The network as the log's outbox; set once the transport has started
+/// (the log must exist before the transport can deliver to it).
+#[derive(Debug, Default)]
+struct LateOutbox {
+    transport: OnceLock<Arc<NetTransport>>,
+}
+
+impl Outbox for LateOutbox {
+    fn send(&self, to: ReplicaIndex, message: Message) {
+        if let Some(transport) = self.transport.get() {
+            transport.send(to, message);
+        }
+    }
+}
+
+/// A running replica. Dropping it stops it.
+#[derive(Debug)]
+pub struct RunningReplica {
+    log: Arc<LocalLog>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    transport: Arc<NetTransport>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The client API's bound address.
+    pub api_address: std::net::SocketAddr,
+    inbox_dropped: Arc<AtomicU64>,
+}
+
+/// Starts replica `config.replica` of the cluster described by `config`.
+pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
+    let this = config.this_replica().clone();
+    let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
+        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let tokens =
+        TokenStore::load(&config.tokens).map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let outbox = Arc::new(LateOutbox::default());
+    let role = ClusterRole {
+        replica_count: config.replica_count(),
+        outbox: Arc::clone(&outbox) as Arc<dyn Outbox>,
+        commit_wait_ms: COMMIT_WAIT_MS,
+    };
+    let options = LogOptions {
+        index_url: config.index_url.clone(),
+        lock_wait_ms: 2_000,
+        cluster: Some(role),
+        ..LogOptions::default()
+    };
+    let (log, report) = LocalLog::open(&config.data_dir, options)?;
+    tracing::info!(
+        replica = config.replica,
+        ops = report.ops,
+        events = report.events,
+        "opened the replica's log"
+    );
+    let log = Arc::new(log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vellum-replica-io")
+        .enable_all()
+        .build()
+        .map_err(|e| ReplicaError::Io(format!("tokio runtime: {e}")))?;
+    let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel::<Message>(INBOX_MAX);
+    let inbox_dropped = Arc::new(AtomicU64::new(0));
+    let deliver = deliver_into(inbox_tx, Arc::clone(&inbox_dropped));
+    let net_config = NetConfig {
+        cluster: config.cluster,
+        replica: config.replica,
+        listen: this.address,
+        peers: (0u8..)
+            .zip(&config.replicas)
+            .filter(|(i, _)| *i != config.replica)
+            .map(|(i, peer)| (i, peer.address))
+            .collect(),
+        tls: material.clone(),
+    };
+    let (transport, _bound) = NetTransport::start(net_config, runtime.handle().clone(), deliver)
+        .map_err(|e| ReplicaError::Io(format!("replica network on {}: {e}", this.address)))?;
+    outbox
+        .transport
+        .set(Arc::clone(&transport))
+        .expect("the outbox is set once, here");
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = vec![
+        spawn_core_thread(Arc::clone(&log), inbox_rx, Arc::clone(&stop))?,
+        spawn_completer(Arc::clone(&log), Arc::clone(&stop))?,
+    ];
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server_config = ServerConfig {
+        listen: this.api_address,
+        tls: tls::api_server_config(&material).map_err(|e| ReplicaError::Config(e.to_string()))?,
+        tokens,
+        peer_api: (0u8..).zip(config.api_urls()).collect(),
+        ca_pem: material.ca_pem.clone(),
+    };
+    let node = Arc::new(ReplicaNode::new(
+        Arc::clone(&log),
+        Some(Arc::clone(&transport) as Arc<dyn Transport>),
+    ));
+    let served = runtime
+        .block_on(serve(server_config, node, shutdown_rx))
+        .map_err(|e| ReplicaError::Io(format!("client API on {}: {e}", this.api_address)))?;
+    Ok(RunningReplica {
+        log,
+        stop,
+        threads,
+        transport,
+        shutdown,
+        runtime: Some(runtime),
+        api_address: served.local_addr,
+        inbox_dropped,
+    })
+}
+
+fn deliver_into(
+    inbox: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+) -> Arc<dyn Fn(Message) + Send + Sync> {
+    Arc::new(move |message| match inbox.try_send(message) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// The core thread: ticks on time, messages as they come.
+fn spawn_core_thread(
+    log: Arc<LocalLog>,
+    inbox: Receiver<Message>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, ReplicaError> {
+    std::thread::Builder::new()
+        .name("vellum-core".to_string())
+        .spawn(move || {
+            let tick = Duration::from_millis(TICK_MS);
+            let mut next_tick = Instant::now() + tick;
+            while !stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                let outcome = if now >= next_tick {
+                    next_tick += tick;
+                    // After a long stall (SIGSTOP) do not replay every missed tick.
+                    if next_tick < now {
+                        next_tick = now + tick;
+                    }
+                    log.tick()
+                } else {
+                    match inbox.recv_timeout(next_tick - now) {
+                        Ok(message) => log.deliver(message),
+                        Err(RecvTimeoutError::Timeout) => Ok(()),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                };
+                if let Err(error) = outcome {
+                    tracing::error!(%error, "the replica's core failed; stopping (restart to recover from disk)");
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ReplicaError::Io(format!("core thread: {e}")))
+}
+
+fn spawn_completer(
+    log: Arc<LocalLog>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, ReplicaError> {
+    std::thread::Builder::new()
+        .name("vellum-completer".to_string())
+        .spawn(move || {
+            log.run_completer(&stop);
+            // A storage failure ends the completer: the replica cannot go on.
+            stop.store(true, Ordering::SeqCst);
+        })
+        .map_err(|e| ReplicaError::Io(format!("completer thread: {e}")))
+}
+
+impl RunningReplica {
+    /// The replica's log (for tests and tools in the same process).
+    pub fn log(&self) -> &Arc<LocalLog> {
+        &self.log
+    }
+
+    /// True once the replica stopped on its own (a storage failure).
+    pub fn failed(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Peer messages dropped because the core's inbox was full.
+    pub fn inbox_dropped(&self) -> u64 {
+        self.inbox_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until `signal` is set or the replica fails.
+    pub fn wait(&self, signal: &AtomicBool) {
+        while !signal.load(Ordering::SeqCst) && !self.failed() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops serving, stops the threads and closes the log.
+    pub fn stop(mut self) -> Result<(), ReplicaError> {
+        self.halt();
+        let log = Arc::clone(&self.log);
+        drop(self);
+        match Arc::try_unwrap(log) {
+            Ok(log) => log.close().map_err(ReplicaError::from),
+            Err(_) => Ok(()), // still shared (a test holds it): dropped later
+        }
+    }
+
+    fn halt(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.stop.store(true, Ordering::SeqCst);
+        self.transport.shutdown();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for RunningReplica {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// `vellum start --config C`: runs the replica until SIGINT/SIGTERM.
+pub fn run(config_path: &Path) -> Result<(), ReplicaError> {
+    let config =
+        ClusterConfig::load(config_path).map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let replica = start(&config)?;
+    let signal = Arc::new(AtomicBool::new(false));
+    install_signal_handler(Arc::clone(&signal))?;
+    eprintln!(
+        "vellum: replica {} of cluster {:032x} serving https://{} (replicas on {})",
+        config.replica,
+        config.cluster,
+        replica.api_address,
+        config.this_replica().address
+    );
+    replica.wait(&signal);
+    let failed = replica.failed() && !signal.load(Ordering::SeqCst);
+    replica.stop()?;
+    if failed {
+        return Err(ReplicaError::Io(
+            "the replica stopped after a storage failure; see the log above, then restart it"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets `signal` on SIGINT or SIGTERM (a small runtime of its own).
+fn install_signal_handler(signal: Arc<AtomicBool>) -> Result<(), ReplicaError> {
+    std::thread::Builder::new()
+        .name("vellum-signals".to_string())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            signal.store(true, Ordering::SeqCst);
+        })
+        .map(|_| ())
+        .map_err(|e| ReplicaError::Io(format!("signal thread: {e}")))
+}

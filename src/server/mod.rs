@@ -1,3 +1,227 @@
-//! The client API server (HTTP/JSON over TLS). (in progress)
+//! The client API server: HTTP/1.1 + JSON over TLS, in front of one replica.
+//!
+//! Why it exists: clients (and auditors) need a narrow, authenticated,
+//! well-documented door into the replicated log. The server owns no state of
+//! its own beyond counters; everything it answers comes from the [`node::Node`]
+//! trait, whose blocking methods run on tokio's blocking pool so a slow disk
+//! or a commit wait never stalls the async workers.
+//!
+//! Layout: [`routes`] (the axum router, extractors, errors), [`auth`] (bearer
+//! tokens stored hashed, roles), [`forward`] (appends sent to a backup are
+//! relayed to the primary), [`subscribe`] (long-lived event streams with
+//! backpressure), [`metrics`] (Prometheus text), [`openapi`] (the served
+//! description of the contract in `crate::api`).
 
+pub mod auth;
+pub mod forward;
+pub mod metrics;
 pub mod node;
+pub mod openapi;
+pub mod routes;
+pub mod subscribe;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+pub use auth::{AuthError, Principal, Role, TokenStore, generate_token, token_line};
+pub use routes::{ApiError, AppState, router};
+
+/// Most client connections served at once; further ones wait in the
+/// kernel's accept queue until a slot frees.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Most concurrent subscriptions; each one holds a blocking thread while it
+/// waits for events, so they are bounded well below tokio's blocking pool.
+pub const SUBSCRIPTIONS_MAX: usize = 256;
+/// A TLS handshake that takes longer than this is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Request headers must arrive within this time (slow-loris guard).
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// After shutdown, open connections get this long to finish in-flight requests.
+pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+/// Idle subscriptions send a heartbeat this often.
+pub const HEARTBEAT_MS: u64 = 2_000;
+/// Lines a subscription may buffer before the producer waits for the reader.
+pub const SUBSCRIPTION_BUFFER_MAX: usize = 64;
+/// A forwarded append gets this long to be answered by the primary.
+pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
+/// Largest answer relayed from the primary for a forwarded append.
+pub const FORWARD_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Everything [`serve`] needs besides the node.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The TLS configuration (built by `crate::net::tls`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Who may call the API.
+    pub tokens: TokenStore,
+    /// API base URL (`https://host:port`) of every replica, for forwarding appends.
+    pub peer_api: Vec<(u8, String)>,
+    /// The cluster CA (PEM) that signs the peers' API certificates.
+    pub ca_pem: Vec<u8>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The forwarding client could not be built (bad CA PEM, TLS setup).
+    #[error("cannot build the forwarding client: {0}")]
+    Forwarder(String),
+}
+
+/// A running server: its bound address and its accept task.
+#[derive(Debug)]
+pub struct ServeHandle {
+    /// The address actually bound (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl ServeHandle {
+    /// Waits until the accept loop has stopped (after shutdown flips) and
+    /// open connections had their drain time.
+    pub async fn join(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "api server accept task failed");
+        }
+    }
+}
+
+/// Binds `config.listen` and serves the API over TLS until `shutdown`
+/// becomes true (or its sender is dropped).
+pub async fn serve(
+    config: ServerConfig,
+    node: Arc<dyn node::Node>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ServeHandle, ServerError> {
+    let state = AppState::new(node, config.tokens, config.peer_api, &config.ca_pem)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let acceptor = TlsAcceptor::from(config.tls);
+    let app = router(state);
+    tracing::info!(%addr, "api server listening");
+    let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown));
+    Ok(ServeHandle {
+        local_addr: addr,
+        task,
+    })
+}
+
+/// Accepts connections while slots are free and shutdown has not flipped.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // The semaphore is never closed; treat it as shutdown.
+            },
+            changed = shutdown.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break, // The sender is gone: nobody can ever ask us to run on.
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually EMFILE or a connection reset before accept: back off briefly.
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            changed = shutdown.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break,
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(tcp, peer, acceptor, app, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracing::info!("api server stopped accepting");
+}
+
+/// Runs the TLS handshake (bounded in time) and then HTTP/1.1 on one connection.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let handshake = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
+    let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "api tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "api tls handshake timed out");
+            return;
+        }
+    };
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "api connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
+    }
+    // Shutting down: let the in-flight request finish, but not forever
+    // (a subscription never finishes on its own).
+    let drain = Duration::from_millis(SHUTDOWN_DRAIN_MS);
+    if tokio::time::timeout(drain, conn).await.is_err() {
+        tracing::debug!(%peer, "api connection dropped after the shutdown drain time");
+    }
+}

@@ -19,6 +19,7 @@
 //! poisons the handle until it is reopened; an fsync is never retried
 //! ("fsyncgate"). The formats are in `docs/format.md`.
 
+mod cut;
 pub mod file;
 mod recovery;
 mod writer;
@@ -38,6 +39,7 @@ use vellum_audit::hash::{Hash, sha256};
 use vellum_audit::record::{BODY_BYTES_MAX, HEADER_BYTES, OpHeader, Record, RecordKind};
 use vellum_audit::segment::{ChainTip, SEGMENT_HEADER_BYTES};
 
+pub use cut::{CutReport, cut_after_op};
 pub use file::{FaultFs, RealFs, SegmentFile, SegmentFs};
 
 /// Encoded size of a Seal record (header and 48-byte body).

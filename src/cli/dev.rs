@@ -1,0 +1,66 @@
+//! `vellum dev`: a local three-replica cluster on loopback, serving the
+//! client API until Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::local_cluster::LocalCluster;
+
+/// `vellum dev`
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The cluster directory (created on first use, reused after).
+    #[arg(long, value_name = "DIR", default_value = "vellum-dev")]
+    data_dir: PathBuf,
+    /// Replicas (1, 3, 5 or 7).
+    #[arg(long, default_value_t = 3)]
+    replicas: u8,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut cluster = LocalCluster::start(&args.data_dir, args.replicas, &exe)?;
+    let primary = runtime.block_on(cluster.wait_primary(Duration::from_secs(30)));
+    let primary = match primary {
+        Ok(primary) => primary,
+        Err(e) => {
+            cluster.stop()?;
+            return Err(e.into());
+        }
+    };
+    let dev = &cluster.dev;
+    println!(
+        "vellum dev: {} replicas running; primary is replica {primary}",
+        args.replicas
+    );
+    for (i, url) in dev.api_urls.iter().enumerate() {
+        println!(
+            "  replica {i}: {url}   (process log: {})",
+            cluster.log_path(i).display()
+        );
+    }
+    println!("  CA certificate:  {}", dev.ca_pem_path.display());
+    println!("  writer token:    {}", dev.writer_token);
+    println!("  auditor token:   {}", dev.auditor_token);
+    println!("  trust policy:    {}", dev.policy_path.display());
+    println!();
+    println!("try:");
+    println!(
+        "  curl --cacert {} -H 'Authorization: Bearer {}' -H 'content-type: application/json' \\\n    -d '{{\"events\":[{{\"json\":{{\"resourceType\":\"Observation\"}}}}]}}' {}/v1/streams/1001/append",
+        dev.ca_pem_path.display(),
+        dev.writer_token,
+        dev.api_urls[0]
+    );
+    println!("  API description: {}/openapi.json", dev.api_urls[0]);
+    println!("press Ctrl-C to stop");
+    runtime.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    eprintln!("stopping replicas");
+    cluster.stop()?;
+    Ok(ExitCode::SUCCESS)
+}

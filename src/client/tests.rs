@@ -1,0 +1,738 @@
+//! Tests of the client against a stub API server (axum, plain HTTP on
+//! 127.0.0.1:0) whose in-memory state honours idempotency keys and can be
+//! told to misbehave: apply an append and then answer 503 `indeterminate`,
+//! answer 409, or cut a subscription after k event lines. A raw TCP listener
+//! that reads a request and hangs up stands in for a replica that dies
+//! mid-request, and a closed port for one that is down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::{Client, ClientConfig, ClientError, ClientPersister};
+use crate::api::{
+    self, AppendReceipt, AppendRequest, CertificateAnswer, ConsistencyAnswer, ErrorBody,
+    ErrorDetail, Health, Heartbeat, LogEvent, LogEvents, ProofAnswer, StreamEvents,
+};
+use crate::types::{EventPersister, Offset, PersistError, StreamId};
+
+const TOKEN: &str = "test-token";
+/// Bound on any one wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+/// Idle polls after which the stub ends a subscription (about 20 s).
+const STUB_SUBSCRIBE_POLLS_MAX: u32 = 2000;
+/// Idle polls between two heartbeat lines.
+const STUB_HEARTBEAT_POLLS: u32 = 5;
+
+#[derive(Debug, Default)]
+struct Stub {
+    streams: HashMap<u64, u64>,
+    log: Vec<LogEvent>,
+    receipts: HashMap<(String, u64), AppendReceipt>,
+    /// Appends written (duplicates excluded).
+    applied: usize,
+    /// Append requests received (retries included).
+    requests: usize,
+    in_flight: HashSet<String>,
+    /// A session had two requests in flight at once.
+    overlaps: usize,
+    last_request: HashMap<String, u64>,
+    /// A session's request number did not increase.
+    reorders: usize,
+    /// Apply (or find applied) the next N appends, then answer 503 `indeterminate`.
+    fail_after_apply: usize,
+    /// Answer every append with 409.
+    conflict: bool,
+    append_delay_ms: u64,
+    /// Cut the next subscription after this many event lines.
+    cut_after: Option<usize>,
+    subscribe_froms: Vec<u64>,
+}
+
+type Shared = Arc<Mutex<Stub>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Stub> {
+    shared
+        .lock()
+        .expect("stub lock poisoned by a panicking handler")
+}
+
+fn error(status: StatusCode, code: &str, actual_offset: Option<u64>) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: format!("stub says {code}"),
+            actual_offset,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value == format!("Bearer {TOKEN}"))
+}
+
+async fn append(
+    State(shared): State<Shared>,
+    Path(stream): Path<u64>,
+    headers: HeaderMap,
+    Json(request): Json<AppendRequest>,
+) -> Response {
+    if !authorized(&headers) {
+        return error(StatusCode::UNAUTHORIZED, api::code::UNAUTHORIZED, None);
+    }
+    let Some(key) = request.idempotency.clone() else {
+        return error(StatusCode::BAD_REQUEST, api::code::BAD_REQUEST, None);
+    };
+    let delay = {
+        let mut stub = lock(&shared);
+        stub.requests += 1;
+        if !stub.in_flight.insert(key.session.clone()) {
+            stub.overlaps += 1;
+        }
+        stub.append_delay_ms
+    };
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let mut stub = lock(&shared);
+    stub.in_flight.remove(&key.session);
+    let answer = apply(&mut stub, stream, request, (key.session, key.request));
+    if answer.status().is_success() && stub.fail_after_apply > 0 {
+        stub.fail_after_apply -= 1;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            api::code::INDETERMINATE,
+            None,
+        );
+    }
+    answer
+}
+
+fn apply(stub: &mut Stub, stream: u64, request: AppendRequest, key: (String, u64)) -> Response {
+    if let Some(receipt) = stub.receipts.get(&key) {
+        let mut receipt = receipt.clone();
+        receipt.duplicate = true;
+        return Json(receipt).into_response();
+    }
+    let length = stub.streams.get(&stream).copied().unwrap_or(0);
+    if stub.conflict
+        || request
+            .expected_offset
+            .is_some_and(|expected| expected != length)
+    {
+        return error(
+            StatusCode::CONFLICT,
+            api::code::WRONG_EXPECTED_OFFSET,
+            Some(length),
+        );
+    }
+    if stub
+        .last_request
+        .get(&key.0)
+        .is_some_and(|&last| last >= key.1)
+    {
+        stub.reorders += 1;
+    }
+    stub.last_request.insert(key.0.clone(), key.1);
+    let first_position = stub.log.len() as u64;
+    for (index, event) in request.events.iter().enumerate() {
+        stub.log.push(LogEvent {
+            position: first_position + index as u64,
+            stream,
+            offset: length + index as u64,
+            base64: event.base64.clone().unwrap_or_default(),
+        });
+    }
+    let count = request.events.len() as u64;
+    stub.streams.insert(stream, length + count);
+    let receipt = AppendReceipt {
+        stream,
+        first_offset: length,
+        next_offset: length + count,
+        first_position,
+        op: first_position + 1,
+        duplicate: false,
+        certificate: "stub certificate".to_string(),
+        proofs: vec!["stub proof".to_string(); request.events.len()],
+    };
+    stub.receipts.insert(key, receipt.clone());
+    stub.applied += 1;
+    Json(receipt).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    from: u64,
+    max: Option<u64>,
+    to: Option<u64>,
+}
+
+async fn read_stream(
+    State(shared): State<Shared>,
+    Path(stream): Path<u64>,
+    Query(page): Query<Page>,
+) -> Response {
+    let stub = lock(&shared);
+    let max = page.max.unwrap_or(api::READ_EVENTS_MAX) as usize;
+    let events: Vec<LogEvent> = stub
+        .log
+        .iter()
+        .filter(|event| event.stream == stream && event.offset >= page.from)
+        .take(max)
+        .cloned()
+        .collect();
+    let next_offset = events.last().map_or(page.from, |event| event.offset + 1);
+    Json(StreamEvents {
+        stream,
+        events,
+        next_offset,
+    })
+    .into_response()
+}
+
+async fn read_log(State(shared): State<Shared>, Query(page): Query<Page>) -> Response {
+    let stub = lock(&shared);
+    let max = page.max.unwrap_or(api::READ_EVENTS_MAX) as usize;
+    let events: Vec<LogEvent> = stub
+        .log
+        .iter()
+        .skip(page.from as usize)
+        .take(max)
+        .cloned()
+        .collect();
+    let next_position = page.from + events.len() as u64;
+    Json(LogEvents {
+        events,
+        next_position,
+    })
+    .into_response()
+}
+
+async fn proof(State(shared): State<Shared>, Path((stream, offset)): Path<(u64, u64)>) -> Response {
+    let length = lock(&shared).streams.get(&stream).copied().unwrap_or(0);
+    if offset >= length {
+        return error(StatusCode::NOT_FOUND, api::code::NOT_FOUND, None);
+    }
+    Json(ProofAnswer {
+        proof: format!("proof of {stream}/{offset}"),
+    })
+    .into_response()
+}
+
+async fn consistency(State(shared): State<Shared>, Query(page): Query<Page>) -> Response {
+    let size = lock(&shared).log.len() as u64;
+    Json(ConsistencyAnswer {
+        from: page.from,
+        to: page.to.unwrap_or(size),
+        hashes: vec!["00".repeat(32)],
+        certificate: "stub certificate".to_string(),
+    })
+    .into_response()
+}
+
+async fn certificate(State(shared): State<Shared>) -> Response {
+    let size = lock(&shared).log.len() as u64;
+    Json(CertificateAnswer {
+        size,
+        certificate: "stub certificate".to_string(),
+    })
+    .into_response()
+}
+
+async fn health(State(shared): State<Shared>) -> Response {
+    let events = lock(&shared).log.len() as u64;
+    Json(Health {
+        status: "normal".to_string(),
+        replica: 0,
+        replica_count: 1,
+        view: 0,
+        primary: 0,
+        is_primary: true,
+        commit: events,
+        op: events,
+        events,
+    })
+    .into_response()
+}
+
+/// Where one stub subscription is.
+struct Feed {
+    shared: Shared,
+    next: u64,
+    sent: usize,
+    cut_after: Option<usize>,
+    idle_polls: u32,
+    done: bool,
+}
+
+async fn subscribe(State(shared): State<Shared>, Query(page): Query<Page>) -> Response {
+    let cut_after = {
+        let mut stub = lock(&shared);
+        stub.subscribe_froms.push(page.from);
+        stub.cut_after.take()
+    };
+    let feed = Feed {
+        shared,
+        next: page.from,
+        sent: 0,
+        cut_after,
+        idle_polls: 0,
+        done: false,
+    };
+    let lines = futures_util::stream::unfold(feed, |mut feed| async move {
+        let line = next_line(&mut feed).await?;
+        Some((line, feed))
+    });
+    axum::body::Body::from_stream(lines).into_response()
+}
+
+/// The next NDJSON line of a stub subscription, an error that cuts it, or
+/// its end after [`STUB_SUBSCRIBE_POLLS_MAX`] idle polls.
+async fn next_line(feed: &mut Feed) -> Option<Result<Bytes, std::io::Error>> {
+    if feed.done {
+        return None;
+    }
+    if feed.cut_after == Some(feed.sent) {
+        feed.done = true;
+        // Let hyper flush the lines already written before the cut.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Some(Err(std::io::Error::other("stub cuts the subscription")));
+    }
+    while feed.idle_polls < STUB_SUBSCRIBE_POLLS_MAX {
+        let event = lock(&feed.shared).log.get(feed.next as usize).cloned();
+        if let Some(event) = event {
+            feed.next += 1;
+            feed.sent += 1;
+            let mut line = serde_json::to_vec(&event).expect("a log event serializes");
+            line.push(b'\n');
+            return Some(Ok(Bytes::from(line)));
+        }
+        feed.idle_polls += 1;
+        if feed.idle_polls % STUB_HEARTBEAT_POLLS == 0 {
+            let beat = Heartbeat {
+                heartbeat: true,
+                next_position: feed.next,
+            };
+            let mut line = serde_json::to_vec(&beat).expect("a heartbeat serializes");
+            line.push(b'\n');
+            return Some(Ok(Bytes::from(line)));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/streams/{stream}/append", post(append))
+        .route("/v1/streams/{stream}/events", get(read_stream))
+        .route("/v1/streams/{stream}/events/{offset}/proof", get(proof))
+        .route("/v1/log", get(read_log))
+        .route("/v1/subscribe", get(subscribe))
+        .route("/v1/consistency", get(consistency))
+        .route("/v1/certificate", get(certificate))
+        .route("/v1/health", get(health))
+        .with_state(shared)
+}
+
+/// Serves a fresh stub on the current runtime; returns its state and URL.
+async fn start_stub() -> (Shared, String) {
+    let shared = Shared::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a stub port");
+    let address = listener.local_addr().expect("stub address");
+    let app = router(shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (shared, format!("http://{address}"))
+}
+
+/// A port nothing listens on: bound, then released.
+fn dead_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{address}")
+}
+
+/// A replica that dies mid-request: it reads the request, then hangs up.
+async fn start_hang_up() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a port");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        // Bounded: a test makes only a few connections.
+        for _ in 0..64 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buffer = vec![0u8; 64 * 1024];
+            let read = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer);
+            let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+        }
+    });
+    format!("http://{address}")
+}
+
+fn config(endpoints: Vec<String>) -> ClientConfig {
+    ClientConfig {
+        request_timeout_ms: 2_000,
+        retries_max: 5,
+        retry_delay_ms: 10,
+        subscribe_idle_ms: 2_000,
+        ..ClientConfig::new(endpoints, TOKEN)
+    }
+}
+
+fn client(endpoints: Vec<String>) -> Client {
+    Client::new(config(endpoints)).expect("valid client config")
+}
+
+fn events(texts: &[&str]) -> Vec<Bytes> {
+    texts
+        .iter()
+        .map(|text| Bytes::copy_from_slice(text.as_bytes()))
+        .collect()
+}
+
+fn decode(event: &LogEvent) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(&event.base64)
+        .expect("stub stores valid base64")
+}
+
+async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("the call finished within the bound")
+}
+
+// Goal: an append returns its receipt, the expected offset is honoured, and
+// every read call decodes the stub's answers.
+#[tokio::test]
+async fn append_happy_path_and_reads() {
+    let (shared, url) = start_stub().await;
+    let client = client(vec![url.clone()]);
+    let first = bounded(client.append(20, events(&["a", "b"]), None))
+        .await
+        .expect("first append");
+    assert_eq!((first.first_offset, first.next_offset), (0, 2));
+    assert!(!first.duplicate);
+    let second = bounded(client.append(20, events(&["c"]), Some(2)))
+        .await
+        .expect("append at the expected offset");
+    assert_eq!((second.first_offset, second.next_offset), (2, 3));
+    assert_eq!(lock(&shared).applied, 2);
+
+    let read = bounded(client.read_stream(20, 1, 10)).await.expect("read");
+    let payloads: Vec<Vec<u8>> = read.events.iter().map(decode).collect();
+    assert_eq!(payloads, vec![b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(read.next_offset, 3);
+    let log = bounded(client.read_log(0, 2)).await.expect("log");
+    assert_eq!((log.events.len(), log.next_position), (2, 2));
+    let proof = bounded(client.proof(20, 2)).await.expect("proof");
+    assert_eq!(proof.proof, "proof of 20/2");
+    let missing = bounded(client.proof(20, 3)).await;
+    assert!(
+        matches!(missing, Err(ClientError::NotFound(_))),
+        "{missing:?}"
+    );
+    let consistency = bounded(client.consistency(1, Some(3)))
+        .await
+        .expect("proof");
+    assert_eq!((consistency.from, consistency.to), (1, 3));
+    let certificate = bounded(client.certificate()).await.expect("certificate");
+    assert_eq!(certificate.size, 3);
+    let health = bounded(client.health_all()).await;
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].0, url);
+    assert_eq!(health[0].1.as_ref().map(|h| h.events), Ok(3));
+}
+
+// Goal: a 503 indeterminate after the stub applied the batch is retried with
+// the same key, so the batch is written exactly once.
+#[tokio::test]
+async fn indeterminate_is_retried_with_the_same_key() {
+    let (shared, url) = start_stub().await;
+    lock(&shared).fail_after_apply = 2;
+    let client = client(vec![url]);
+    let receipt = bounded(client.append(20, events(&["once"]), None))
+        .await
+        .expect("append succeeds on the third attempt");
+    assert!(
+        receipt.duplicate,
+        "the answer came from the stub's key table"
+    );
+    assert_eq!(receipt.next_offset, 1);
+    let stub = lock(&shared);
+    assert_eq!((stub.requests, stub.applied, stub.log.len()), (3, 1, 1));
+}
+
+// Goal: when every attempt may have reached a primary the outcome is
+// Indeterminate; when none could have it is Unavailable.
+#[tokio::test]
+async fn exhausted_retries_say_whether_anything_may_be_written() {
+    let (shared, url) = start_stub().await;
+    lock(&shared).fail_after_apply = 100;
+    let result = bounded(client(vec![url]).append(20, events(&["x"]), None)).await;
+    assert!(
+        matches!(result, Err(ClientError::Indeterminate(_))),
+        "{result:?}"
+    );
+    let stub = lock(&shared);
+    assert_eq!(
+        (stub.requests, stub.applied),
+        (6, 1),
+        "1 + retries_max attempts"
+    );
+    drop(stub);
+
+    let dead = bounded(client(vec![dead_endpoint()]).append(20, events(&["x"]), None)).await;
+    assert!(matches!(dead, Err(ClientError::Unavailable(_))), "{dead:?}");
+    let hang_up = start_hang_up().await;
+    let cut = bounded(client(vec![hang_up]).append(20, events(&["x"]), None)).await;
+    assert!(matches!(cut, Err(ClientError::Indeterminate(_))), "{cut:?}");
+}
+
+// Goal: a dead endpoint and one that hangs up mid-request are skipped, and
+// the client then starts at the endpoint that worked.
+#[tokio::test]
+async fn rotation_skips_dead_endpoints() {
+    let (shared, url) = start_stub().await;
+    let hang_up = start_hang_up().await;
+    let client = client(vec![dead_endpoint(), hang_up, url]);
+    let receipt = bounded(client.append(20, events(&["a"]), None))
+        .await
+        .expect("third endpoint works");
+    assert_eq!(receipt.next_offset, 1);
+    assert_eq!(lock(&shared).requests, 1);
+    assert_eq!(
+        client
+            .inner
+            .preferred
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    bounded(client.append(20, events(&["b"]), None))
+        .await
+        .expect("second append");
+    let read = bounded(client.read_stream(20, 0, 10)).await.expect("read");
+    assert_eq!(read.events.len(), 2);
+    assert_eq!(
+        lock(&shared).requests,
+        2,
+        "went straight to the working endpoint"
+    );
+}
+
+// Goal: definite refusals (409, 401) are answered at once, never retried.
+#[tokio::test]
+async fn refusals_are_not_retried() {
+    let (shared, url) = start_stub().await;
+    let client = client(vec![url.clone()]);
+    let result = bounded(client.append(20, events(&["a"]), Some(5))).await;
+    assert_eq!(
+        result,
+        Err(ClientError::WrongExpectedOffset {
+            stream: 20,
+            expected: 5,
+            actual: 0
+        })
+    );
+    lock(&shared).conflict = true;
+    let result = bounded(client.append(20, events(&["a"]), None)).await;
+    assert!(matches!(
+        result,
+        Err(ClientError::WrongExpectedOffset { .. })
+    ));
+    assert_eq!(lock(&shared).requests, 2, "one request per refused append");
+
+    let wrong_token = Client::new(ClientConfig {
+        token: "wrong".to_string(),
+        ..config(vec![url])
+    })
+    .expect("client");
+    let result = bounded(wrong_token.append(20, events(&["a"]), None)).await;
+    assert!(
+        matches!(result, Err(ClientError::Unauthorized(_))),
+        "{result:?}"
+    );
+    let stub = lock(&shared);
+    assert_eq!((stub.requests, stub.applied), (2, 0));
+}
+
+// Goal: concurrent appends never put two requests of one session in flight,
+// request numbers only increase, and sessions are reused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_use_distinct_sessions() {
+    let (shared, url) = start_stub().await;
+    lock(&shared).append_delay_ms = 30;
+    let client = client(vec![url]);
+    let tasks: Vec<_> = (0..16)
+        .map(|index| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .append(20 + index, events(&["concurrent"]), None)
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let result = bounded(task).await.expect("task did not panic");
+        assert_eq!(result.map(|receipt| receipt.next_offset), Ok(1));
+    }
+    let sessions = lock(&shared).last_request.len();
+    assert!(sessions > 1, "concurrent appends shared one session");
+    for _ in 0..8 {
+        bounded(client.append(20, events(&["sequential"]), None))
+            .await
+            .expect("sequential append");
+    }
+    let stub = lock(&shared);
+    assert_eq!((stub.overlaps, stub.reorders, stub.applied), (0, 0, 24));
+    assert_eq!(
+        stub.last_request.len(),
+        sessions,
+        "idle sessions are reused"
+    );
+}
+
+// Goal: persist_blocking works from a plain thread, on the persister's own runtime.
+#[test]
+fn persist_blocking_from_a_plain_thread() {
+    let server = tokio::runtime::Runtime::new().expect("server runtime");
+    let (shared, url) = server.block_on(start_stub());
+    let persister = ClientPersister::new(client(vec![url])).expect("persister");
+    let first = persister.persist_blocking(StreamId(20), events(&["a", "b"]));
+    assert_eq!(first, Ok(Offset(2)));
+    let second = persister.persist_blocking(StreamId(20), events(&["c"]));
+    assert_eq!(second, Ok(Offset(3)));
+    assert_eq!(lock(&shared).applied, 2);
+}
+
+// Goal: persist_blocking works inside a multi-thread runtime task
+// (block_in_place), and dropping the persister there does not panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_blocking_inside_a_multi_thread_runtime() {
+    let (shared, url) = start_stub().await;
+    let persister = ClientPersister::new(client(vec![url])).expect("persister");
+    let task = tokio::spawn(async move {
+        let offset = persister.persist_blocking(StreamId(20), events(&["a"]));
+        drop(persister);
+        offset
+    });
+    let offset = bounded(task).await.expect("task did not panic");
+    assert_eq!(offset, Ok(Offset(1)));
+    assert_eq!(lock(&shared).applied, 1);
+}
+
+// Goal: on a current-thread runtime persist_blocking refuses with an error
+// (never a panic) and sends nothing.
+#[tokio::test]
+async fn persist_blocking_on_a_current_thread_runtime_is_an_error() {
+    let (shared, url) = start_stub().await;
+    let persister = ClientPersister::new(client(vec![url])).expect("persister");
+    let result = persister.persist_blocking(StreamId(20), events(&["a"]));
+    match result {
+        Err(PersistError::StorageError(message)) => {
+            assert!(message.contains("current-thread"), "{message}")
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    drop(persister);
+    assert_eq!(lock(&shared).requests, 0);
+}
+
+// Goal: a subscription gets catch-up then live events, and after the stub
+// cuts it mid-stream resumes at the next position with no gap or repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_catches_up_goes_live_and_resumes_after_a_cut() {
+    let (shared, url) = start_stub().await;
+    let client = client(vec![dead_endpoint(), url]);
+    for index in 0..5 {
+        let text = format!("event {index}");
+        bounded(client.append(20, events(&[text.as_str()]), None))
+            .await
+            .expect("append");
+    }
+    lock(&shared).cut_after = Some(3);
+    let mut subscription = Box::pin(client.subscribe(0));
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let event = bounded(subscription.next()).await.expect("stream open");
+        seen.push(event.expect("event"));
+    }
+    for index in 5..10 {
+        let text = format!("event {index}");
+        bounded(client.append(21, events(&[text.as_str()]), None))
+            .await
+            .expect("live append");
+    }
+    for _ in 5..10 {
+        let event = bounded(subscription.next()).await.expect("stream open");
+        seen.push(event.expect("event"));
+    }
+    let positions: Vec<u64> = seen.iter().map(|event| event.position).collect();
+    assert_eq!(positions, (0..10).collect::<Vec<u64>>());
+    for (index, event) in seen.iter().enumerate() {
+        assert_eq!(decode(event), format!("event {index}").into_bytes());
+    }
+    assert_eq!(
+        lock(&shared).subscribe_froms,
+        vec![0, 3],
+        "resumed after the cut"
+    );
+}
+
+// Goal: a subscription with no live endpoint gives up after the bounded
+// reconnects with Unavailable, then ends.
+#[tokio::test]
+async fn subscribe_gives_up_after_bounded_reconnects() {
+    let client = client(vec![dead_endpoint(), dead_endpoint()]);
+    let mut subscription = Box::pin(client.subscribe(0));
+    let first = bounded(subscription.next()).await;
+    assert!(
+        matches!(first, Some(Err(ClientError::Unavailable(_)))),
+        "{first:?}"
+    );
+    assert!(bounded(subscription.next()).await.is_none());
+}
+
+// Goal: bad configurations are refused before anything is sent.
+#[test]
+fn bad_configurations_are_refused() {
+    let cases: Vec<(Vec<String>, Option<Vec<u8>>)> = vec![
+        (vec![], None),
+        (vec!["ftp://x".to_string()], None),
+        (vec!["https://127.0.0.1:1".to_string()], None),
+        (
+            vec!["https://127.0.0.1:1".to_string()],
+            Some(b"not a pem".to_vec()),
+        ),
+    ];
+    for (endpoints, ca_pem) in cases {
+        let config = ClientConfig {
+            ca_pem,
+            ..ClientConfig::new(endpoints.clone(), TOKEN)
+        };
+        let result = Client::new(config);
+        assert!(
+            matches!(result, Err(ClientError::Local(_))),
+            "{endpoints:?}"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! A cluster of replica processes on loopback, run by this process: what
+//! `vellum dev`, `vellum demo`, `vellum bench` and the real-process tests
+//! share. It creates (or reopens) a dev cluster directory, starts one
+//! `vellum start` process per replica, and answers "who is primary", "is
+//! everyone caught up" through the client API, with bounded waits.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::api::Health;
+use crate::client::{Client, ClientConfig};
+use crate::cluster::{DevCluster, Supervisor, open_or_create_dev_cluster};
+
+/// Polling interval of the waits below.
+const POLL_MS: u64 = 50;
+/// How long a replica may take to stop on SIGTERM before it is killed.
+const STOP_GRACE_MS: u64 = 5_000;
+
+/// Why the local cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    /// Setup, process or client failure, with what and where.
+    #[error("{0}")]
+    Failed(String),
+    /// A wait ran out of time.
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        ms: u64,
+    },
+}
+
+fn failed(what: &str, error: impl std::fmt::Display) -> LocalClusterError {
+    LocalClusterError::Failed(format!("{what}: {error}"))
+}
+
+/// A running local cluster. Dropping it kills the processes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The cluster's files (configs, tokens, CA, policy).
+    pub dev: DevCluster,
+    supervisor: Supervisor,
+    ca_pem: Vec<u8>,
+}
+
+impl LocalCluster {
+    /// Creates (or reopens) the dev cluster in `dir` and starts every
+    /// replica as a process of `exe` (the `vellum` binary).
+    pub fn start(
+        dir: &Path,
+        replica_count: u8,
+        exe: &Path,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let dev = open_or_create_dev_cluster(dir, replica_count, None)
+            .map_err(|e| failed(&format!("dev cluster in {}", dir.display()), e))?;
+        let ca_pem = std::fs::read(&dev.ca_pem_path)
+            .map_err(|e| failed(&dev.ca_pem_path.display().to_string(), e))?;
+        let logs = dev.dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| failed(&logs.display().to_string(), e))?;
+        let mut supervisor = Supervisor::new(exe, dev.configs.clone(), &logs);
+        supervisor
+            .start_all()
+            .map_err(|e| failed("starting replicas", e))?;
+        Ok(LocalCluster {
+            dev,
+            supervisor,
+            ca_pem,
+        })
+    }
+
+    /// A client for every replica's API with `token` (the writer's by default).
+    pub fn client(&self, token: Option<&str>) -> Result<Client, LocalClusterError> {
+        let mut config = ClientConfig::new(
+            self.dev.api_urls.clone(),
+            token.unwrap_or(&self.dev.writer_token),
+        );
+        config.ca_pem = Some(self.ca_pem.clone());
+        Client::new(config).map_err(|e| failed("client", e))
+    }
+
+    /// The CA certificate clients trust.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
+    /// Replicas in the cluster.
+    pub fn replica_count(&self) -> usize {
+        self.supervisor.replica_count()
+    }
+
+    /// The data directory of replica `i`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dev.dir.join(format!("r{i}"))
+    }
+
+    /// The log file of replica `i`'s process.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.supervisor.log_path(i)
+    }
+
+    /// Every replica's health (None where it does not answer).
+    pub async fn health(&self) -> Vec<Option<Health>> {
+        let client = match self.client(None) {
+            Ok(client) => client,
+            Err(_) => return vec![None; self.replica_count()],
+        };
+        client
+            .health_all()
+            .await
+            .into_iter()
+            .map(|(_, h)| h.ok())
+            .collect()
+    }
+
+    /// Waits until a primary in normal status is seen by a quorum and
+    /// returns its index.
+    pub async fn wait_primary(&self, timeout: Duration) -> Result<u8, LocalClusterError> {
+        let quorum = self.replica_count() / 2 + 1;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let health = self.health().await;
+            let normal: Vec<&Health> = health
+                .iter()
+                .flatten()
+                .filter(|h| h.status == "normal")
+                .collect();
+            if let Some(primary) = normal.iter().find(|h| h.is_primary) {
+                let agree = normal.iter().filter(|h| h.view == primary.view).count();
+                if agree >= quorum {
+                    return Ok(primary.replica);
+                }
+            }
+            wait_or_timeout(deadline, timeout, "a primary")?;
+            pause_poll().await;
+        }
+    }
+
+    /// Waits until every replica in `which` answers with commit >= `commit`.
+    pub async fn wait_commit(
+        &self,
+        which: &[usize],
+        commit: u64,
+        timeout: Duration,
+    ) -> Result<(), LocalClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let health = self.health().await;
+            let done = which.iter().all(|&i| {
+                health
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|h| h.commit >= commit)
+            });
+            if done {
+                return Ok(());
+            }
+            let what = format!("replicas {which:?} to reach commit {commit}");
+            wait_or_timeout(deadline, timeout, &what)?;
+            pause_poll().await;
+        }
+    }
+
+    /// `kill -9` of replica `i`.
+    pub fn kill(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        self.supervisor.kill(i).map_err(|e| failed("kill", e))
+    }
+
+    /// Starts replica `i` again.
+    pub fn restart(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        self.supervisor.restart(i).map_err(|e| failed("restart", e))
+    }
+
+    /// Starts replica `i` (after a kill).
+    pub fn start_replica(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        self.supervisor.start(i).map_err(|e| failed("start", e))
+    }
+
+    /// SIGSTOP of replica `i`.
+    pub fn pause(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        self.supervisor.pause(i).map_err(|e| failed("pause", e))
+    }
+
+    /// SIGCONT of replica `i`.
+    pub fn resume(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        self.supervisor.resume(i).map_err(|e| failed("resume", e))
+    }
+
+    /// True while replica `i`'s process runs.
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.supervisor.is_running(i)
+    }
+
+    /// Stops every replica (SIGTERM, then SIGKILL after a grace period).
+    pub fn stop(&mut self) -> Result<(), LocalClusterError> {
+        self.supervisor
+            .stop_all(Duration::from_millis(STOP_GRACE_MS))
+            .map(|_| ())
+            .map_err(|e| failed("stopping replicas", e))
+    }
+}
+
+fn wait_or_timeout(
+    deadline: Instant,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), LocalClusterError> {
+    if Instant::now() >= deadline {
+        return Err(LocalClusterError::Timeout {
+            what: what.to_string(),
+            ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
+}
+
+async fn pause_poll() {
+    tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+}
+
+/// Removes what a wiped disk would lose: the log, the view state, the
+/// index and the data keys (the replica keeps its identity: config,
+/// signing key, KEK, TLS). Used by tests and drills.
+pub fn wipe_replica_data(data_dir: &Path) -> std::io::Result<()> {
+    let remove_dir = |p: PathBuf| match std::fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let remove_file = |p: PathBuf| match std::fs::remove_file(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    remove_dir(data_dir.join("segments"))?;
+    remove_file(data_dir.join(crate::log::VSR_STATE_FILE))?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("index.sqlite3")) {
+            remove_file(path)?;
+        }
+    }
+    for entry in std::fs::read_dir(data_dir.join("keys"))? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("dek-")) {
+            remove_file(path)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! The cluster side of the replica shell: what a replica of 2f+1 does that
+//! a cluster of one never needs. It sends the core's messages through an
+//! [`Outbox`] (the network, `crate::net`), feeds it ticks and peers'
+//! messages, reads records back for repair, sees backups' writes through
+//! to `WriteDone` on a completer thread (no caller waits for them), holds
+//! writes that arrive ahead of a gap until the gap is filled (segments are
+//! append-only and chained), and cuts uncommitted ops a view change
+//! replaced (`storage::cut_after_op`).
+//!
+//! Data keys: a new stream's key travels beside its prepare, wrapped by the
+//! KEK (`Prepare.key`). The shell attaches the key file to every prepare it
+//! sends that lacks one, so a replica that gets an op by repair (or was
+//! wiped) also gets the key to read it. Keys never enter the log (P6).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use vellum_audit::hash::Hash;
+use vellum_audit::record::Record;
+
+use super::shell::PendingWrite;
+use super::state::LogState;
+use super::{LocalLog, LogError};
+use crate::storage::{Storage, cut_after_op};
+use crate::vsr::{self, Input, Message, MessageBody, ReadPurpose, ReplicaIndex, Status};
+
+/// Ops a replica holds in memory ahead of a gap in its log, at most; more
+/// are dropped (the core repairs them again once the gap is filled).
+pub const HELD_WRITES_MAX: usize = 4096;
+/// How long the completer sleeps when no write is pending.
+const COMPLETER_IDLE_MS: u64 = 50;
+
+/// Where the core's messages go: the network in production, a test double
+/// in tests. `send` must never block (drop instead: VSR tolerates loss).
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    /// Sends `message` to replica `to`, best effort.
+    fn send(&self, to: ReplicaIndex, message: Message);
+}
+
+/// How a log runs as one replica of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterRole {
+    /// Replicas in the cluster (2f+1).
+    pub replica_count: u8,
+    /// Where messages to peers go.
+    pub outbox: Arc<dyn Outbox>,
+    /// How long an append waits for its commit before the outcome is
+    /// reported unknown (the caller retries with the same request).
+    pub commit_wait_ms: u64,
+}
+
+/// A replica's status for health checks and request routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Normal, view change or recovering.
+    pub status: Status,
+    /// This replica.
+    pub replica: u8,
+    /// Replicas in the cluster.
+    pub replica_count: u8,
+    /// The current view.
+    pub view: u64,
+    /// The primary of the view.
+    pub primary: u8,
+    /// True when this replica is the primary in normal status.
+    pub is_primary: bool,
+    /// Committed ops.
+    pub commit: u64,
+    /// Highest op in the journal.
+    pub op: u64,
+    /// Committed events (the position the next committed event gets).
+    pub events: u64,
+}
+
+/// The core's configuration as replica `replica` of the role's cluster.
+pub(super) fn core_config(
+    cluster: u128,
+    role: &ClusterRole,
+    replica: u32,
+) -> Result<vsr::Config, LogError> {
+    let n = role.replica_count;
+    if n == 0 || n % 2 == 0 || usize::from(n) > vsr::REPLICAS_MAX {
+        return Err(LogError::DataDir(format!(
+            "a cluster needs an odd number of replicas up to {}, got {n}",
+            vsr::REPLICAS_MAX
+        )));
+    }
+    let index = u8::try_from(replica)
+        .ok()
+        .filter(|r| *r < n)
+        .ok_or_else(|| {
+            LogError::DataDir(format!(
+                "vellum.json names replica {replica}, but the cluster has {n} replicas"
+            ))
+        })?;
+    let mut config = vsr::Config::new(cluster, n, index);
+    // 64 concurrent clients must not see "queue full" in normal operation.
+    config.request_queue_max = 1024;
+    Ok(config)
+}
+
+/// The cluster side's own state.
+#[derive(Debug)]
+pub(super) struct ClusterShell {
+    pub(super) role: ClusterRole,
+    /// Records ahead of a gap, by op (not durable: lost on a crash, like
+    /// any unsynced write).
+    held: Mutex<BTreeMap<u64, Record>>,
+    /// Bumped by every cut: tickets of the store before it mean nothing.
+    /// Read and written only under the storage lock.
+    epoch: AtomicU64,
+    /// Every op up to this was durable when the last cut reopened the store.
+    recovered_through: AtomicU64,
+}
+
+impl ClusterShell {
+    pub(super) fn new(role: ClusterRole) -> ClusterShell {
+        ClusterShell {
+            role,
+            held: Mutex::new(BTreeMap::new()),
+            epoch: AtomicU64::new(0),
+            recovered_through: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Record>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The commit number a replica of a cluster may serve reads up to after a
+/// restart: what its saved state or its newest certificate says was
+/// committed (its log may hold uncommitted ops beyond).
+pub(super) fn recovered_commit(state: &LogState, saved_commit: u64) -> u64 {
+    let certified = state.certificates.iter().map(|c| c.op).max().unwrap_or(0);
+    saved_commit.max(certified).min(state.last_op())
+}
+
+impl LocalLog {
+    fn cluster_side(&self) -> &ClusterShell {
+        self.cluster_shell
+            .as_ref()
+            .expect("cluster actions come only from a cluster core")
+    }
+
+    /// One unit of time passed (the runtime calls this every tick).
+    pub fn tick(&self) -> Result<(), LogError> {
+        let mut core = self.core();
+        self.execute(&mut core, Input::Tick)
+    }
+
+    /// A peer's message arrived (authenticated by the network layer).
+    pub fn deliver(&self, message: Message) -> Result<(), LogError> {
+        let mut core = self.core();
+        self.execute(&mut core, Input::Message(message))
+    }
+
+    /// The replica's status.
+    pub fn status(&self) -> NodeStatus {
+        let core = self.core();
+        let config = core.replica.config();
+        let n = config.replica_count;
+        let view = core.replica.view();
+        let status = NodeStatus {
+            status: core.replica.status(),
+            replica: config.replica,
+            replica_count: n,
+            view,
+            primary: u8::try_from(view % u64::from(n)).expect("below replica_count"),
+            is_primary: core.replica.is_primary() && core.replica.status() == Status::Normal,
+            commit: core.replica.commit(),
+            op: core.replica.op(),
+            events: 0,
+        };
+        drop(core);
+        let state = self.lock();
+        let events = state.op(state.commit).map_or(0, |info| info.tree_size);
+        NodeStatus { events, ..status }
+    }
+
+    /// True when this log runs as a replica of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster_shell.is_some()
+    }
+
+    /// Sees backups' writes through to `WriteDone` until `stop` is set. The
+    /// replica runtime runs it on a thread of its own.
+    pub fn run_completer(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let writes = self
+                .exchange
+                .take_writes(Duration::from_millis(COMPLETER_IDLE_MS));
+            for write in writes {
+                if let Err(error) = self.complete(write) {
+                    tracing::error!(%error, "replica storage failed; the replica must restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn complete(&self, write: PendingWrite) -> Result<(), LogError> {
+        let outcome = {
+            let storage = self.storage.get();
+            (write.epoch == self.cluster_side().epoch()).then(|| storage.wait_durable(write.ticket))
+        };
+        let durable = match outcome {
+            Some(Ok(_)) => true,
+            Some(Err(e)) => {
+                self.poison(&LogError::Storage(e));
+                return Err(LogError::Poisoned("storage failed".to_string()));
+            }
+            // A cut reopened the store: ops it kept were flushed before it.
+            None => {
+                write.op <= self.cluster_side().recovered_through.load(Ordering::SeqCst)
+                    && self
+                        .lock()
+                        .op(write.op)
+                        .is_some_and(|i| i.checksum == write.checksum)
+            }
+        };
+        if durable {
+            let mut core = self.core();
+            self.execute(
+                &mut core,
+                Input::WriteDone {
+                    op: write.op,
+                    checksum: write.checksum,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `Action::Send`: a prepare without a key gets its stream's key file.
+    pub(super) fn cluster_send(&self, to: ReplicaIndex, mut message: Message) {
+        if let MessageBody::Prepare { record, key, .. } = &mut message.body
+            && key.is_none()
+            && record.header.event_count > 0
+        {
+            *key = self
+                .keys
+                .export_key(record.header.key_id)
+                .ok()
+                .flatten()
+                .map(Bytes::from);
+        }
+        self.cluster_side().role.outbox.send(to, message);
+    }
+
+    /// `Action::Write` on a replica of a cluster: the next op goes to
+    /// storage (then any held ops it unblocks); an op ahead of a gap is
+    /// held; an op already durable with the same checksum is done at once.
+    pub(super) fn cluster_write(
+        &self,
+        record: Record,
+        key: Option<Bytes>,
+        inputs: &mut VecDeque<Input>,
+    ) -> Result<(), LogError> {
+        if let Some(key) = key
+            && let Err(error) = self.keys.import_key(&key)
+        {
+            // Reads of this stream fail here until a copy that unwraps
+            // arrives; the log itself needs no key (P3).
+            tracing::error!(%error, op = record.header.op, "could not store a peer's data key");
+        }
+        let op = record.header.op;
+        let checksum = record.checksum();
+        let (last, parent) = {
+            let state = self.lock();
+            (state.last_op(), state.parent)
+        };
+        if op <= last {
+            let same = self.lock().op(op).is_some_and(|i| i.checksum == checksum);
+            if same {
+                inputs.push_back(Input::WriteDone { op, checksum });
+            } else {
+                tracing::warn!(
+                    op,
+                    last,
+                    "dropped a write over a different durable op (no cut came first)"
+                );
+            }
+            return Ok(());
+        }
+        if op > last + 1 {
+            let mut held = self.cluster_side().held();
+            if held.len() < HELD_WRITES_MAX || held.contains_key(&op) {
+                held.insert(op, record);
+            }
+            return Ok(());
+        }
+        if last > 0 && record.header.parent != parent {
+            tracing::warn!(op, "dropped a write that does not chain to the durable log");
+            return Ok(());
+        }
+        self.write_next(record)?;
+        self.drain_held()
+    }
+
+    fn write_next(&self, record: Record) -> Result<(), LogError> {
+        let mut write = self.write(record)?;
+        write.epoch = self.cluster_side().epoch();
+        self.exchange.push_write(write);
+        Ok(())
+    }
+
+    /// Writes held ops that now follow the log without a gap.
+    fn drain_held(&self) -> Result<(), LogError> {
+        loop {
+            let (last, parent) = {
+                let state = self.lock();
+                (state.last_op(), state.parent)
+            };
+            let next = {
+                let mut held = self.cluster_side().held();
+                held.retain(|op, _| *op > last);
+                held.remove(&(last + 1))
+            };
+            let Some(record) = next else {
+                return Ok(());
+            };
+            if record.header.parent != parent {
+                // It belonged to another history; the core repairs the slot.
+                self.cluster_side().held().retain(|op, _| *op <= last);
+                return Ok(());
+            }
+            self.write_next(record)?;
+        }
+    }
+
+    /// `Action::Read`: the record for repair or retransmission.
+    pub(super) fn cluster_read(
+        &self,
+        op: u64,
+        checksum: Hash,
+        purpose: ReadPurpose,
+        inputs: &mut VecDeque<Input>,
+    ) {
+        let held = self
+            .cluster_side()
+            .held()
+            .get(&op)
+            .filter(|r| r.checksum() == checksum)
+            .cloned();
+        let record = held.or_else(|| {
+            let location = self
+                .lock()
+                .op(op)
+                .filter(|i| i.checksum == checksum)
+                .and_then(|i| i.location)?;
+            // A record still in the write queue is not in the file yet: the
+            // core asks again later.
+            self.storage
+                .get()
+                .read(location)
+                .ok()
+                .filter(|r| r.checksum() == checksum)
+        });
+        inputs.push_back(Input::ReadDone {
+            op,
+            purpose,
+            record,
+        });
+    }
+
+    /// `Action::Truncate`: drops every op after `after_op` (never a
+    /// committed one) from memory and disk.
+    pub(super) fn cluster_truncate(
+        &self,
+        after_op: u64,
+        inputs: &mut VecDeque<Input>,
+    ) -> Result<(), LogError> {
+        self.cluster_side().held().retain(|op, _| *op <= after_op);
+        let mut state = self.lock();
+        if after_op >= state.last_op() {
+            return Ok(());
+        }
+        if after_op < state.commit {
+            return Err(LogError::Corrupt(format!(
+                "the core asked to cut after op {after_op}, below the commit {}",
+                state.commit
+            )));
+        }
+        self.storage.get().flush()?;
+        let mut slot = self
+            .storage
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            old.close()?;
+        }
+        cut_after_op(self.dir.root(), self.cluster, after_op)?;
+        let mut config = self.storage_config;
+        config.durable_op_floor = config.durable_op_floor.max(state.commit);
+        let (storage, recovery) = Storage::open(self.dir.root(), self.cluster, config)?;
+        let mut fresh = LogState::recover(&storage, self.cluster, &self.policy, &recovery)?;
+        storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
+        fresh.commit = state.commit;
+        fresh.poisoned = state.poisoned.clone();
+        fresh.copy_index_progress(&state);
+        *state = fresh;
+        *slot = Some(storage);
+        let cluster = self.cluster_side();
+        cluster.epoch.fetch_add(1, Ordering::SeqCst);
+        cluster.recovered_through.store(after_op, Ordering::SeqCst);
+        drop(slot);
+        drop(state);
+        // Writes of the old store that were kept are durable (flushed above).
+        for write in self.exchange.take_writes(Duration::ZERO) {
+            if write.op <= after_op {
+                inputs.push_back(Input::WriteDone {
+                    op: write.op,
+                    checksum: write.checksum,
+                });
+            }
+        }
+        Ok(())
+    }
+}

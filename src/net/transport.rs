@@ -1,0 +1,494 @@
+//! The replica network: VSR messages between replicas over mutual TLS.
+//!
+//! The VSR core only asks to "send this message to replica j" and tolerates
+//! loss, so [`Transport::send`] never blocks and never fails: it pushes into
+//! a bounded per-peer queue and counts what it drops. One task per peer owns
+//! that peer's single outbound connection and drains its queue; a listener
+//! task accepts inbound connections and delivers each authenticated message.
+//!
+//! Authentication: the TLS layer proves the peer holds a CA-signed
+//! certificate for `replica-{i}.vellum` (see `tls.rs`); a message is
+//! delivered only if its `from` is that `i` and its `cluster` is ours, so a
+//! replica cannot speak for another. A stream that carries a bad frame or an
+//! undecodable message is closed, because nothing marks where the next frame
+//! would start.
+//!
+//! Outbound connections are write-only: the server never writes application
+//! data, so any read on an outbound stream (EOF, error, data) means the
+//! connection is gone and is the signal to reconnect.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client};
+
+use super::codec::{decode_message, encode_message};
+use super::frame::{FrameError, encode_frame, read_frame};
+use super::tls::{
+    TlsError, TlsMaterial, peer_replica_index, replica_client_config, replica_dns_name,
+    replica_server_config,
+};
+use crate::vsr::{Message, REPLICAS_MAX, ReplicaIndex};
+
+/// Messages queued for one peer, at most; more are dropped and counted.
+pub const PEER_QUEUE_MAX: usize = 1024;
+/// First delay before reconnecting to a peer.
+pub const RECONNECT_DELAY_MS_MIN: u64 = 50;
+/// Longest delay between reconnection attempts (the backoff doubles up to it).
+pub const RECONNECT_DELAY_MS_MAX: u64 = 1_000;
+/// TCP connect plus TLS handshake to a peer, at most.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Inbound TLS handshake, at most (a silent client does not hold a slot).
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Writing one frame to a peer, at most; a stuck peer loses its connection.
+pub const WRITE_TIMEOUT_MS: u64 = 10_000;
+/// Inbound connections served at once, at most.
+pub const INBOUND_CONNECTIONS_MAX: usize = 64;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_RETRY_MS: u64 = 100;
+
+/// Replica-to-replica messaging as the shell sees it.
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// Queues `message` for replica `to` (delivered locally if `to` is this
+    /// replica). Never blocks; a message that cannot be queued is dropped
+    /// and counted, as VSR tolerates loss.
+    fn send(&self, to: ReplicaIndex, message: Message);
+    /// Counters since start.
+    fn stats(&self) -> NetStats;
+}
+
+/// Counters of a transport since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames written to peers.
+    pub sent: u64,
+    /// Messages received from peers and delivered.
+    pub received: u64,
+    /// Frames refused: bad frames, undecodable messages, messages whose
+    /// sender or cluster is wrong (inbound), and unencodable messages (outbound).
+    pub frames_dropped: u64,
+    /// Messages dropped because a peer's queue was full or the peer unknown.
+    pub queue_dropped: u64,
+    /// Outbound connections established.
+    pub connects: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    frames_dropped: AtomicU64,
+    queue_dropped: AtomicU64,
+    connects: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a transport needs to start.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The cluster id; messages of another cluster are dropped.
+    pub cluster: u128,
+    /// This replica's index.
+    pub replica: ReplicaIndex,
+    /// Where to listen for peers (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The other replicas and their replica-link addresses.
+    pub peers: Vec<(ReplicaIndex, SocketAddr)>,
+    /// This replica's TLS material (CA, certificate, key).
+    pub tls: TlsMaterial,
+}
+
+/// Why a transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TLS material was refused.
+    #[error("replica network tls: {0}")]
+    Tls(#[from] TlsError),
+    /// The listen address could not be bound.
+    #[error("binding the replica listener on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer list is inconsistent.
+    #[error("replica network peer list: {0}")]
+    Peers(String),
+}
+
+/// Called for every authenticated inbound message (and every message to
+/// self). Must be cheap and must not block: it runs on the network tasks
+/// and, for messages to self, inside [`Transport::send`].
+pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+
+/// The TCP + mutual TLS transport.
+pub struct NetTransport {
+    replica: ReplicaIndex,
+    queues: BTreeMap<ReplicaIndex, mpsc::Sender<Message>>,
+    counters: Arc<Counters>,
+    deliver: Deliver,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for NetTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetTransport")
+            .field("replica", &self.replica)
+            .field("peers", &self.queues.keys().collect::<Vec<_>>())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// What an inbound connection needs.
+struct Inbound {
+    cluster: u128,
+    peers: Vec<ReplicaIndex>,
+    counters: Arc<Counters>,
+    deliver: Deliver,
+}
+
+impl NetTransport {
+    /// Binds the listener and starts the listener and per-peer tasks on
+    /// `runtime`. Returns the transport and the bound listen address.
+    pub fn start(
+        config: NetConfig,
+        runtime: tokio::runtime::Handle,
+        deliver: Deliver,
+    ) -> Result<(Arc<NetTransport>, SocketAddr), NetError> {
+        check_peers(&config)?;
+        let acceptor = TlsAcceptor::from(replica_server_config(&config.tls)?);
+        let connector = TlsConnector::from(replica_client_config(&config.tls)?);
+        let bind_error = |source| NetError::Bind {
+            addr: config.listen,
+            source,
+        };
+        // Bound synchronously so a bind error is returned here, and so this
+        // works whether or not the caller is itself inside the runtime.
+        let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
+        std_listener.set_nonblocking(true).map_err(bind_error)?;
+        let bound = std_listener.local_addr().map_err(bind_error)?;
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(std_listener).map_err(bind_error)?
+        };
+        let counters = Arc::new(Counters::default());
+        let inbound = Arc::new(Inbound {
+            cluster: config.cluster,
+            peers: config.peers.iter().map(|(index, _)| *index).collect(),
+            counters: Arc::clone(&counters),
+            deliver: Arc::clone(&deliver),
+        });
+        let mut tasks = vec![runtime.spawn(accept_loop(listener, acceptor, inbound))];
+        let mut queues = BTreeMap::new();
+        for (peer, addr) in &config.peers {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
+            queues.insert(*peer, sender);
+            let link = PeerLink {
+                peer: *peer,
+                addr: *addr,
+                connector: connector.clone(),
+                counters: Arc::clone(&counters),
+            };
+            tasks.push(runtime.spawn(link.run(receiver)));
+        }
+        tracing::info!(replica = config.replica, %bound, peers = queues.len(), "replica network started");
+        let transport = NetTransport {
+            replica: config.replica,
+            queues,
+            counters,
+            deliver,
+            tasks: Mutex::new(tasks),
+        };
+        Ok((Arc::new(transport), bound))
+    }
+
+    /// Stops the listener, every connection and every peer task. Messages
+    /// sent afterwards are dropped and counted.
+    pub fn shutdown(&self) {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for NetTransport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Transport for NetTransport {
+    fn send(&self, to: ReplicaIndex, message: Message) {
+        if to == self.replica {
+            (self.deliver)(message);
+            return;
+        }
+        let Some(queue) = self.queues.get(&to) else {
+            bump(&self.counters.queue_dropped);
+            tracing::warn!(to, "message to an unknown replica dropped");
+            return;
+        };
+        if queue.try_send(message).is_err() {
+            // Full (the peer is slow or down) or closed (shut down).
+            bump(&self.counters.queue_dropped);
+        }
+    }
+
+    fn stats(&self) -> NetStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        NetStats {
+            sent: load(&self.counters.sent),
+            received: load(&self.counters.received),
+            frames_dropped: load(&self.counters.frames_dropped),
+            queue_dropped: load(&self.counters.queue_dropped),
+            connects: load(&self.counters.connects),
+        }
+    }
+}
+
+/// Peers must be distinct, in range, and not this replica.
+fn check_peers(config: &NetConfig) -> Result<(), NetError> {
+    let mut seen = [false; REPLICAS_MAX];
+    if usize::from(config.replica) >= REPLICAS_MAX {
+        return Err(NetError::Peers(format!(
+            "this replica {} is not below {REPLICAS_MAX}",
+            config.replica
+        )));
+    }
+    seen[usize::from(config.replica)] = true;
+    for (peer, _) in &config.peers {
+        match seen.get_mut(usize::from(*peer)) {
+            None => {
+                return Err(NetError::Peers(format!(
+                    "peer {peer} is not below {REPLICAS_MAX}"
+                )));
+            }
+            Some(true) => {
+                return Err(NetError::Peers(format!(
+                    "peer {peer} is listed twice or is this replica"
+                )));
+            }
+            Some(slot) => *slot = true,
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections until aborted; dropping the JoinSet (on abort)
+/// aborts every connection task with it.
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, inbound: Arc<Inbound>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a replica connection failed");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= INBOUND_CONNECTIONS_MAX {
+            tracing::warn!(%remote, "too many inbound replica connections; refused");
+            continue;
+        }
+        connections.spawn(serve_inbound(
+            tcp,
+            remote,
+            acceptor.clone(),
+            Arc::clone(&inbound),
+        ));
+    }
+}
+
+/// Handshakes, identifies the peer, then delivers its messages until the
+/// stream ends or carries something bad.
+async fn serve_inbound(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    inbound: Arc<Inbound>,
+) {
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        acceptor.accept(tcp),
+    );
+    let mut stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::warn!(%remote, %error, "replica tls handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "replica tls handshake timed out");
+            return;
+        }
+    };
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| peer_replica_index(leaf));
+    let Some(peer) = peer.filter(|p| inbound.peers.contains(p)) else {
+        tracing::warn!(%remote, ?peer, "replica certificate names no peer of this cluster");
+        return;
+    };
+    loop {
+        let body = match read_frame(&mut stream).await {
+            Ok(body) => body,
+            Err(FrameError::Closed) => return,
+            Err(error @ FrameError::Io { .. }) => {
+                tracing::debug!(%remote, peer, %error, "replica connection lost");
+                return;
+            }
+            Err(error) => {
+                bump(&inbound.counters.frames_dropped);
+                tracing::warn!(%remote, peer, %error, "bad frame from replica; closing");
+                return;
+            }
+        };
+        let message = match decode_message(&body) {
+            Ok(message) => message,
+            Err(error) => {
+                bump(&inbound.counters.frames_dropped);
+                tracing::warn!(%remote, peer, %error, "undecodable message from replica; closing");
+                return;
+            }
+        };
+        if message.from != peer || message.cluster != inbound.cluster {
+            bump(&inbound.counters.frames_dropped);
+            tracing::warn!(
+                %remote, peer, from = message.from, cluster = message.cluster,
+                "message claims another sender or cluster; dropped"
+            );
+            continue;
+        }
+        bump(&inbound.counters.received);
+        (inbound.deliver)(message);
+    }
+}
+
+/// One peer's outbound side.
+struct PeerLink {
+    peer: ReplicaIndex,
+    addr: SocketAddr,
+    connector: TlsConnector,
+    counters: Arc<Counters>,
+}
+
+/// Why a connection's pump stopped.
+enum PumpEnd {
+    /// The transport was dropped: stop for good.
+    QueueClosed,
+    /// The connection failed: reconnect.
+    Lost(String),
+}
+
+impl PeerLink {
+    /// Connects, pumps the queue, reconnects with bounded exponential
+    /// backoff; returns only when the queue is closed.
+    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+        let name = ServerName::try_from(replica_dns_name(self.peer))
+            .expect("replica-{i}.vellum is a valid dns name");
+        let mut delay_ms = RECONNECT_DELAY_MS_MIN;
+        loop {
+            match self.connect(name.clone()).await {
+                Ok(stream) => {
+                    bump(&self.counters.connects);
+                    delay_ms = RECONNECT_DELAY_MS_MIN;
+                    tracing::debug!(peer = self.peer, addr = %self.addr, "connected to replica");
+                    match self.pump(stream, &mut queue).await {
+                        PumpEnd::QueueClosed => return,
+                        PumpEnd::Lost(reason) => {
+                            tracing::debug!(peer = self.peer, %reason, "replica connection lost")
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::debug!(peer = self.peer, addr = %self.addr, %reason, "connecting to replica failed")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+        }
+    }
+
+    async fn connect(
+        &self,
+        name: ServerName<'static>,
+    ) -> Result<client::TlsStream<TcpStream>, String> {
+        let attempt = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            tcp.set_nodelay(true)?;
+            self.connector.connect(name, tcp).await
+        };
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), attempt).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("connect timed out".to_string()),
+        }
+    }
+
+    /// Writes queued messages until the connection fails or the queue closes.
+    async fn pump(
+        &self,
+        stream: client::TlsStream<TcpStream>,
+        queue: &mut mpsc::Receiver<Message>,
+    ) -> PumpEnd {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut probe = [0u8; 1];
+        loop {
+            tokio::select! {
+                message = queue.recv() => {
+                    let Some(message) = message else {
+                        return PumpEnd::QueueClosed;
+                    };
+                    let body = match encode_message(&message) {
+                        Ok(body) => body,
+                        Err(error) => {
+                            bump(&self.counters.frames_dropped);
+                            tracing::error!(peer = self.peer, %error, "message over the wire bounds; dropped");
+                            continue;
+                        }
+                    };
+                    let frame = encode_frame(&body);
+                    let write = async {
+                        writer.write_all(&frame).await?;
+                        writer.flush().await
+                    };
+                    match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), write).await {
+                        Ok(Ok(())) => bump(&self.counters.sent),
+                        Ok(Err(error)) => return PumpEnd::Lost(error.to_string()),
+                        Err(_) => return PumpEnd::Lost("write timed out".to_string()),
+                    }
+                }
+                read = reader.read(&mut probe) => {
+                    return PumpEnd::Lost(match read {
+                        Ok(0) => "closed by the peer".to_string(),
+                        Ok(_) => "unexpected data from the peer".to_string(),
+                        Err(error) => error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}

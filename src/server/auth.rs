@@ -1,0 +1,312 @@
+//! Bearer tokens and roles for the client API.
+//!
+//! Tokens are stored hashed, so a leaked tokens file does not leak a usable
+//! credential: one line per principal,
+//! `sha256:<hex of SHA-256(token)> <principal> <role>`; blank lines and lines
+//! starting with `#` are ignored. A presented token is hashed and compared
+//! with every stored digest in constant time. Hashing first already makes
+//! the comparison's timing independent of the secret (an attacker controls
+//! the token but not its digest, so early exits leak nothing useful about a
+//! stored token); the constant-time compare is belt and braces.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// Prefix of every generated token (lets secret scanners recognise them).
+pub const TOKEN_PREFIX: &str = "vlm_";
+/// Random bytes in a generated token.
+pub const TOKEN_RANDOM_BYTES: usize = 32;
+/// Most principals one tokens file may hold.
+pub const PRINCIPALS_MAX: usize = 10_000;
+/// Longest principal name, in bytes.
+pub const PRINCIPAL_BYTES_MAX: usize = 128;
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Append, read, subscribe, prove.
+    Writer,
+    /// Read, subscribe, prove.
+    Reader,
+    /// Proofs, certificates and consistency proofs only (no event payloads).
+    Auditor,
+}
+
+/// One kind of API call, as far as authorization is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// `POST /v1/streams/{stream}/append`.
+    Append,
+    /// `GET /v1/streams/{stream}/events`.
+    ReadStream,
+    /// `GET /v1/log`.
+    ReadLog,
+    /// `GET /v1/subscribe`.
+    Subscribe,
+    /// `GET /v1/streams/{stream}/events/{offset}/proof`.
+    Proof,
+    /// `GET /v1/consistency`.
+    Consistency,
+    /// `GET /v1/certificate`.
+    Certificate,
+}
+
+impl Action {
+    /// The name used in logs and error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Append => "append",
+            Action::ReadStream => "read_stream",
+            Action::ReadLog => "read_log",
+            Action::Subscribe => "subscribe",
+            Action::Proof => "proof",
+            Action::Consistency => "consistency",
+            Action::Certificate => "certificate",
+        }
+    }
+}
+
+impl Role {
+    /// Whether this role may perform `action`.
+    pub fn allows(self, action: Action) -> bool {
+        match self {
+            Role::Writer => true,
+            Role::Reader => action != Action::Append,
+            Role::Auditor => matches!(
+                action,
+                Action::Proof | Action::Consistency | Action::Certificate
+            ),
+        }
+    }
+
+    /// The name used in the tokens file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "writer" => Ok(Role::Writer),
+            "reader" => Ok(Role::Reader),
+            "auditor" => Ok(Role::Auditor),
+            other => Err(format!(
+                "unknown role {other:?} (expected writer, reader or auditor)"
+            )),
+        }
+    }
+}
+
+/// An authenticated caller; put in the request's extensions by the auth layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The principal's name from the tokens file.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// Why a tokens file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The file could not be read.
+    #[error("cannot read tokens file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("tokens file {path} line {line}: {reason}")]
+    Line {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file holds more than [`PRINCIPALS_MAX`] principals.
+    #[error("tokens file {path} holds more than {PRINCIPALS_MAX} principals")]
+    TooMany {
+        /// The file.
+        path: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    digest: [u8; 32],
+    principal: Principal,
+}
+
+/// The set of known tokens (as digests) and who they belong to.
+#[derive(Debug, Clone, Default)]
+pub struct TokenStore {
+    entries: Vec<Entry>,
+}
+
+impl TokenStore {
+    /// Reads a tokens file; errors name the file and line.
+    pub fn load(path: &Path) -> Result<TokenStore, AuthError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        parse(&shown, &text)
+    }
+
+    /// Parses tokens-file text held in memory (errors call it `<memory>`).
+    pub fn from_lines(text: &str) -> Result<TokenStore, AuthError> {
+        parse("<memory>", text)
+    }
+
+    /// Principals known to the store.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no principal may call the API.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The principal owning `token`, if any. Looks at every entry so the
+    /// time taken does not depend on which entry matches.
+    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.entries {
+            if digests_equal(&entry.digest, &digest) {
+                found = Some(&entry.principal);
+            }
+        }
+        found
+    }
+}
+
+/// Compares two digests without an early exit.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut difference = 0u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        difference |= x ^ y;
+    }
+    difference == 0
+}
+
+fn parse(path: &str, text: &str) -> Result<TokenStore, AuthError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fail = |reason: String| AuthError::Line {
+            path: path.to_string(),
+            line: index + 1,
+            reason,
+        };
+        let entry = parse_line(line).map_err(fail)?;
+        if entries.iter().any(|e| e.digest == entry.digest) {
+            return Err(fail("the same token digest appears twice".to_string()));
+        }
+        if entries
+            .iter()
+            .any(|e| e.principal.name == entry.principal.name)
+        {
+            return Err(fail(format!(
+                "principal {:?} appears twice",
+                entry.principal.name
+            )));
+        }
+        if entries.len() >= PRINCIPALS_MAX {
+            return Err(AuthError::TooMany {
+                path: path.to_string(),
+            });
+        }
+        entries.push(entry);
+    }
+    Ok(TokenStore { entries })
+}
+
+fn parse_line(line: &str) -> Result<Entry, String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [digest, name, role] = fields.as_slice() else {
+        return Err(format!(
+            "expected `sha256:<hex> <principal> <role>`, found {} fields",
+            fields.len()
+        ));
+    };
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "the digest must start with `sha256:`".to_string())?;
+    let digest = parse_hex32(hex)?;
+    check_principal(name)?;
+    let role = role.parse::<Role>()?;
+    Ok(Entry {
+        digest,
+        principal: Principal {
+            name: (*name).to_string(),
+            role,
+        },
+    })
+}
+
+fn parse_hex32(hex: &str) -> Result<[u8; 32], String> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return Err(format!(
+            "the digest must be 64 hex digits, found {}",
+            bytes.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).map_err(|_| "the digest is not hex".to_string())?;
+        out[i] = u8::from_str_radix(text, 16).map_err(|_| "the digest is not hex".to_string())?;
+    }
+    Ok(out)
+}
+
+fn check_principal(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._@-:".contains(c);
+    if name.is_empty() || name.len() > PRINCIPAL_BYTES_MAX || !name.chars().all(allowed) {
+        return Err(format!(
+            "principal {name:?} must be 1 to {PRINCIPAL_BYTES_MAX} of A-Z a-z 0-9 . _ @ - :"
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh token: `vlm_` + 32 random bytes in unpadded base64url.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    format!("{TOKEN_PREFIX}{encoded}")
+}
+
+/// The tokens-file line for `token` (which is not stored, only its digest).
+pub fn token_line(token: &str, principal: &str, role: Role) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex} {principal} {role}")
+}

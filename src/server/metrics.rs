@@ -1,0 +1,150 @@
+//! `/metrics` in the Prometheus text exposition format: the node's counters
+//! plus the server's own request counts by route and status class.
+//!
+//! The request counters are a fixed table of atomics (one row per entry of
+//! [`ROUTES`] plus one for unmatched paths, one column per status class), so
+//! counting never allocates and the label set cannot grow with hostile input.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::node::NodeMetrics;
+use super::routes::{AppState, ROUTES, route_index, run_blocking};
+
+/// Rows of the request table: every route plus "unmatched".
+const ROUTE_SLOTS: usize = ROUTES.len() + 1;
+/// Status classes 1xx to 5xx.
+const CLASS_SLOTS: usize = 5;
+
+/// Request counts by route and status class.
+#[derive(Debug)]
+pub struct Counters {
+    requests: [[AtomicU64; CLASS_SLOTS]; ROUTE_SLOTS],
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters::new()
+    }
+}
+
+impl Counters {
+    /// All zero.
+    pub fn new() -> Counters {
+        Counters {
+            requests: [const { [const { AtomicU64::new(0) }; CLASS_SLOTS] }; ROUTE_SLOTS],
+        }
+    }
+
+    /// Counts one answer; `route` is an index in [`ROUTES`] or `ROUTES.len()`
+    /// for unmatched paths.
+    pub fn record(&self, route: usize, status: StatusCode) {
+        let row = route.min(ROUTE_SLOTS - 1);
+        let class = usize::from(status.as_u16() / 100).clamp(1, CLASS_SLOTS) - 1;
+        self.requests[row][class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count for one route and status class (1 to 5).
+    pub fn get(&self, route: usize, class: usize) -> u64 {
+        self.requests[route.min(ROUTE_SLOTS - 1)][class.clamp(1, CLASS_SLOTS) - 1]
+            .load(Ordering::Relaxed)
+    }
+}
+
+/// Route layer: counts each answer of a matched route.
+pub(crate) async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let index = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| route_index(request.method(), p.as_str()))
+        .unwrap_or(ROUTES.len());
+    let response = next.run(request).await;
+    state.counters.record(index, response.status());
+    response
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    match run_blocking(&state, |node| node.metrics()).await {
+        Ok(node) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(&node, &state.counters),
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The exposition text.
+pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
+    let gauges: [(&str, &str, &str, u64); 8] = [
+        ("vellum_commit", "gauge", "Committed VSR ops.", node.commit),
+        ("vellum_op", "gauge", "Highest op in the journal.", node.op),
+        ("vellum_view", "gauge", "Current VSR view.", node.view),
+        (
+            "vellum_events",
+            "gauge",
+            "Committed events (tree size).",
+            node.events,
+        ),
+        (
+            "vellum_messages_sent_total",
+            "counter",
+            "Replica messages sent.",
+            node.messages_sent,
+        ),
+        (
+            "vellum_messages_received_total",
+            "counter",
+            "Replica messages received.",
+            node.messages_received,
+        ),
+        (
+            "vellum_frames_dropped_total",
+            "counter",
+            "Replica frames dropped (bad frame, unknown peer, full queue).",
+            node.frames_dropped,
+        ),
+        (
+            "vellum_syncs_total",
+            "counter",
+            "Storage fdatasyncs since start.",
+            node.syncs,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in gauges {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let name = "vellum_api_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Client API answers by route and status class."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for row in 0..ROUTE_SLOTS {
+        let (method, path) = ROUTES
+            .get(row)
+            .map_or(("", "unmatched"), |r| (r.method, r.path));
+        for class in 1..=CLASS_SLOTS {
+            let value = counters.get(row, class);
+            let _ = writeln!(
+                out,
+                "{name}{{method=\"{method}\",route=\"{path}\",class=\"{class}xx\"}} {value}"
+            );
+        }
+    }
+    out
+}

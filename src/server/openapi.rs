@@ -1,0 +1,363 @@
+//! `/openapi.json`: a hand-written OpenAPI 3.1 description of the client API.
+//!
+//! Hand-written rather than generated so the contract in `crate::api` stays
+//! free of schema macros; a test checks that every route of the router
+//! appears here, so the two cannot silently drift apart.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+use crate::api;
+
+/// `GET /openapi.json`.
+pub(crate) async fn openapi() -> Json<Value> {
+    Json(document())
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Vellum client API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Audited, replicated event store. Every error is an ErrorBody; 4xx for the caller's mistakes, 503 for 'retry', 500 only for storage failures on the replica."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor." }
+            },
+            "schemas": schemas(),
+            "responses": error_responses(),
+        }
+    })
+}
+
+fn paths() -> Value {
+    json!({
+        "/v1/streams/{stream}/append": {
+            "post": {
+                "summary": "Append events to a stream (all or nothing); role writer. Sent to a backup, the append is forwarded to the primary.",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("AppendRequest") } }
+                },
+                "responses": with_errors(ok("AppendReceipt"), &["400", "401", "403", "404", "409", "413", "422", "500", "503"])
+            }
+        },
+        "/v1/streams/{stream}/events": {
+            "get": {
+                "summary": "Read committed events of one stream; roles writer, reader.",
+                "parameters": [stream_param(), query_param("from", "First offset (default 0).", false), max_param()],
+                "responses": with_errors(ok("StreamEvents"), &["400", "401", "403", "404", "422", "500", "503"])
+            }
+        },
+        "/v1/log": {
+            "get": {
+                "summary": "Read committed events of the global log; roles writer, reader.",
+                "parameters": [query_param("from", "First position (default 0).", false), max_param()],
+                "responses": with_errors(ok("LogEvents"), &["400", "401", "403", "422", "500", "503"])
+            }
+        },
+        "/v1/subscribe": {
+            "get": {
+                "summary": "Stream committed events from a position on, then live; heartbeat lines while idle; roles writer, reader.",
+                "parameters": [
+                    query_param("from", "First position (default 0).", false),
+                    {
+                        "name": "format", "in": "query", "required": false,
+                        "description": "ndjson (default): one LogEvent or Heartbeat per line. sse: `data: <json>` events, heartbeats as events named heartbeat.",
+                        "schema": { "type": "string", "enum": ["ndjson", "sse"] }
+                    }
+                ],
+                "responses": with_errors(json!({
+                    "200": {
+                        "description": "A never-ending stream of LogEvent and Heartbeat documents; a final ErrorBody line if the replica fails.",
+                        "content": {
+                            "application/x-ndjson": { "schema": { "oneOf": [schema_ref("LogEvent"), schema_ref("Heartbeat")] } },
+                            "text/event-stream": { "schema": { "type": "string" } }
+                        }
+                    }
+                }), &["400", "401", "403", "503"])
+            }
+        },
+        "/v1/streams/{stream}/events/{offset}/proof": {
+            "get": {
+                "summary": "Inclusion proof (c2sp.org/tlog-proof@v1) of one event against the latest certificate; roles writer, reader, auditor.",
+                "parameters": [stream_param(), path_param("offset", "Offset of the event in the stream.")],
+                "responses": with_errors(ok("ProofAnswer"), &["400", "401", "403", "404", "422", "500", "503"])
+            }
+        },
+        "/v1/consistency": {
+            "get": {
+                "summary": "RFC 6962 consistency proof between two tree sizes; roles writer, reader, auditor.",
+                "parameters": [
+                    query_param("from", "The older tree size.", true),
+                    query_param("to", "The newer, certified tree size (default: the latest certificate).", false)
+                ],
+                "responses": with_errors(ok("ConsistencyAnswer"), &["400", "401", "403", "404", "422", "500", "503"])
+            }
+        },
+        "/v1/certificate": {
+            "get": {
+                "summary": "The latest commit certificate (C2SP signed note); roles writer, reader, auditor.",
+                "responses": with_errors(ok("CertificateAnswer"), &["401", "403", "404", "500"])
+            }
+        },
+        "/v1/health": {
+            "get": {
+                "summary": "Replica status; no token needed.",
+                "security": [],
+                "responses": ok("Health")
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition of replica and API counters; no token needed.",
+                "security": [],
+                "responses": {
+                    "200": { "description": "Prometheus text format 0.0.4.", "content": { "text/plain": { "schema": { "type": "string" } } } }
+                }
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document; no token needed.",
+                "security": [],
+                "responses": {
+                    "200": { "description": "OpenAPI 3.1.", "content": { "application/json": { "schema": { "type": "object" } } } }
+                }
+            }
+        }
+    })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn ok(schema: &str) -> Value {
+    json!({
+        "200": {
+            "description": "Success.",
+            "content": { "application/json": { "schema": schema_ref(schema) } }
+        }
+    })
+}
+
+fn with_errors(mut responses: Value, statuses: &[&str]) -> Value {
+    if let Some(map) = responses.as_object_mut() {
+        for status in statuses {
+            map.insert(
+                (*status).to_string(),
+                json!({ "$ref": format!("#/components/responses/E{status}") }),
+            );
+        }
+    }
+    responses
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({
+        "name": name, "in": "path", "required": true, "description": description,
+        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+    })
+}
+
+fn stream_param() -> Value {
+    path_param("stream", "The stream id, a decimal u64.")
+}
+
+fn query_param(name: &str, description: &str, required: bool) -> Value {
+    json!({
+        "name": name, "in": "query", "required": required, "description": description,
+        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+    })
+}
+
+fn max_param() -> Value {
+    json!({
+        "name": "max", "in": "query", "required": false,
+        "description": format!("Most events to return (default 100, capped at {}).", api::READ_EVENTS_MAX),
+        "schema": { "type": "integer", "format": "uint64", "minimum": 0, "maximum": api::READ_EVENTS_MAX }
+    })
+}
+
+fn error_responses() -> Value {
+    let entries: [(&str, &str); 10] = [
+        (
+            "400",
+            "bad_request: malformed JSON, wrong content type, bad path or query, bad field (the message names it).",
+        ),
+        (
+            "401",
+            "unauthorized: missing or unknown bearer token (with WWW-Authenticate: Bearer).",
+        ),
+        ("403", "forbidden: the token's role may not do this."),
+        (
+            "404",
+            "not_found: unknown stream, event, certificate or route.",
+        ),
+        (
+            "409",
+            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written.",
+        ),
+        ("413", "payload_too_large: the body exceeds the limit."),
+        (
+            "422",
+            "refused: the replica refused the request (bad stream id, stale request number, bad range).",
+        ),
+        (
+            "500",
+            "storage: storage failed on this replica (never for bad input).",
+        ),
+        (
+            "503",
+            "indeterminate (outcome unknown: retry with the same idempotency key) or unavailable (no primary, shutting down, too many subscriptions: retry).",
+        ),
+        (
+            "405",
+            "bad_request: the method is not allowed on this path.",
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (status, description) in entries {
+        out.insert(
+            format!("E{status}"),
+            json!({
+                "description": description,
+                "content": { "application/json": { "schema": schema_ref("ErrorBody") } }
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+fn u64_schema(description: &str) -> Value {
+    json!({ "type": "integer", "format": "uint64", "minimum": 0, "description": description })
+}
+
+fn schemas() -> Value {
+    let limit = api::REQUEST_BODY_BYTES_MAX;
+    json!({
+        "IdempotencyKey": {
+            "type": "object", "required": ["session", "request"], "additionalProperties": false,
+            "properties": {
+                "session": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Client session id; not all zero." },
+                "request": { "type": "integer", "format": "uint64", "minimum": 1, "description": "Request number in the session, increasing from 1." }
+            }
+        },
+        "EventIn": {
+            "type": "object", "additionalProperties": false,
+            "description": "Exactly one of json (stored as its compact text) or base64 (standard, padded).",
+            "properties": { "json": {}, "base64": { "type": "string", "contentEncoding": "base64" } }
+        },
+        "AppendRequest": {
+            "type": "object", "required": ["events"], "additionalProperties": false,
+            "description": format!("At most {limit} bytes."),
+            "properties": {
+                "events": { "type": "array", "minItems": 1, "items": schema_ref("EventIn") },
+                "expected_offset": u64_schema("Refuse with 409 unless the stream has exactly this many events."),
+                "idempotency": schema_ref("IdempotencyKey"),
+                "purpose": { "type": "string", "maxLength": super::routes::PURPOSE_BYTES_MAX }
+            }
+        },
+        "AppendReceipt": {
+            "type": "object",
+            "required": ["stream", "first_offset", "next_offset", "first_position", "op", "duplicate", "certificate", "proofs"],
+            "properties": {
+                "stream": u64_schema("The stream."),
+                "first_offset": u64_schema("Stream offset of the first event."),
+                "next_offset": u64_schema("The stream's new length."),
+                "first_position": u64_schema("Global position of the first event."),
+                "op": u64_schema("The VSR op carrying the batch."),
+                "duplicate": { "type": "boolean", "description": "A retry answered from the client table; nothing new written." },
+                "certificate": { "type": "string", "description": "C2SP signed note with a quorum of signatures." },
+                "proofs": { "type": "array", "items": { "type": "string" }, "description": "One tlog-proof@v1 per event." }
+            }
+        },
+        "LogEvent": {
+            "type": "object", "required": ["position", "stream", "offset", "base64"],
+            "properties": {
+                "position": u64_schema("Global position (Merkle leaf index)."),
+                "stream": u64_schema("The stream."),
+                "offset": u64_schema("Offset in the stream."),
+                "base64": { "type": "string", "contentEncoding": "base64" }
+            }
+        },
+        "StreamEvents": {
+            "type": "object", "required": ["stream", "events", "next_offset"],
+            "properties": {
+                "stream": u64_schema("The stream."),
+                "events": { "type": "array", "items": schema_ref("LogEvent") },
+                "next_offset": u64_schema("Where the next read starts.")
+            }
+        },
+        "LogEvents": {
+            "type": "object", "required": ["events", "next_position"],
+            "properties": {
+                "events": { "type": "array", "items": schema_ref("LogEvent") },
+                "next_position": u64_schema("Where the next read starts.")
+            }
+        },
+        "Heartbeat": {
+            "type": "object", "required": ["heartbeat", "next_position"],
+            "properties": {
+                "heartbeat": { "const": true },
+                "next_position": u64_schema("Where the subscription continues.")
+            }
+        },
+        "ProofAnswer": {
+            "type": "object", "required": ["proof"],
+            "properties": { "proof": { "type": "string", "description": "c2sp.org/tlog-proof@v1 text." } }
+        },
+        "ConsistencyAnswer": {
+            "type": "object", "required": ["from", "to", "hashes", "certificate"],
+            "properties": {
+                "from": u64_schema("The older tree size."),
+                "to": u64_schema("The newer tree size."),
+                "hashes": { "type": "array", "items": { "type": "string", "pattern": "^[0-9a-f]{64}$" } },
+                "certificate": { "type": "string" }
+            }
+        },
+        "CertificateAnswer": {
+            "type": "object", "required": ["size", "certificate"],
+            "properties": { "size": u64_schema("Tree size covered."), "certificate": { "type": "string" } }
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "replica", "replica_count", "view", "primary", "is_primary", "commit", "op", "events"],
+            "properties": {
+                "status": { "type": "string", "enum": ["normal", "view_change", "recovering"] },
+                "replica": { "type": "integer", "minimum": 0, "maximum": 255 },
+                "replica_count": { "type": "integer", "minimum": 0, "maximum": 255 },
+                "view": u64_schema("The replica's view."),
+                "primary": { "type": "integer", "minimum": 0, "maximum": 255 },
+                "is_primary": { "type": "boolean" },
+                "commit": u64_schema("Commit number."),
+                "op": u64_schema("Highest op."),
+                "events": u64_schema("Committed events.")
+            }
+        },
+        "ErrorBody": {
+            "type": "object", "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {
+                        "code": { "type": "string", "enum": [
+                            api::code::BAD_REQUEST, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
+                            api::code::NOT_FOUND, api::code::WRONG_EXPECTED_OFFSET, api::code::PAYLOAD_TOO_LARGE,
+                            api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
+                        ] },
+                        "message": { "type": "string" },
+                        "actual_offset": u64_schema("For wrong_expected_offset: the stream's length.")
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,698 @@
+//! The axum router of the client API: the route table, the extractors that
+//! turn every malformed input into a JSON `400 bad_request` naming the field
+//! (axum's own rejections are plain text and never leave this module), the
+//! mapping of [`NodeError`] to status codes, and the handlers.
+//!
+//! Every node call runs on the blocking pool ([`run_blocking`]): the node may
+//! wait for disk or for a commit, and a panic there becomes a logged
+//! `500 storage` instead of taking the server down.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::auth::{Action, Principal, TokenStore};
+use super::forward::Forwarder;
+use super::metrics::Counters;
+use super::node::{AppendCall, Node, NodeError};
+use super::{HEARTBEAT_MS, SUBSCRIPTIONS_MAX, ServerError};
+use crate::api::{
+    self, AppendRequest, CertificateAnswer, ErrorBody, ErrorDetail, EventIn, IdempotencyKey,
+    LogEvents, ProofAnswer, StreamEvents, code,
+};
+
+/// Events a read returns when the caller does not say.
+pub const READ_EVENTS_DEFAULT: u64 = 100;
+/// Longest `purpose` an append may carry, in bytes.
+pub const PURPOSE_BYTES_MAX: usize = 1024;
+
+/// One route of the API: the single table that auth, metrics and the
+/// OpenAPI test read, so they cannot drift from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// axum path pattern (also the OpenAPI path).
+    pub path: &'static str,
+    /// What the route does; `None` for the public routes (no token).
+    pub action: Option<Action>,
+}
+
+/// Every route the router serves.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/append",
+        action: Some(Action::Append),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/streams/{stream}/events",
+        action: Some(Action::ReadStream),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/log",
+        action: Some(Action::ReadLog),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/subscribe",
+        action: Some(Action::Subscribe),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/streams/{stream}/events/{offset}/proof",
+        action: Some(Action::Proof),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/consistency",
+        action: Some(Action::Consistency),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/certificate",
+        action: Some(Action::Certificate),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/health",
+        action: None,
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/metrics",
+        action: None,
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/openapi.json",
+        action: None,
+    },
+];
+
+/// The index in [`ROUTES`] of a matched route.
+pub fn route_index(method: &Method, path: &str) -> Option<usize> {
+    ROUTES
+        .iter()
+        .position(|r| r.path == path && r.method == method.as_str())
+}
+
+/// Shared state of all handlers; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) node: Arc<dyn Node>,
+    pub(crate) tokens: Arc<TokenStore>,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) subscriptions: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State for `node`; `peer_api` and `ca_pem` configure forwarding (an
+    /// empty `ca_pem` allows only `http://` peers, for tests).
+    pub fn new(
+        node: Arc<dyn Node>,
+        tokens: TokenStore,
+        peer_api: Vec<(u8, String)>,
+        ca_pem: &[u8],
+    ) -> Result<AppState, ServerError> {
+        Ok(AppState {
+            node,
+            tokens: Arc::new(tokens),
+            forwarder: Forwarder::new(peer_api, ca_pem)?,
+            counters: Arc::new(Counters::new()),
+            heartbeat_ms: HEARTBEAT_MS,
+            subscriptions: Arc::new(Semaphore::new(SUBSCRIPTIONS_MAX)),
+        })
+    }
+
+    /// Changes the idle-subscription heartbeat period (tests use a short one).
+    pub fn with_heartbeat_ms(mut self, heartbeat_ms: u64) -> AppState {
+        self.heartbeat_ms = heartbeat_ms.max(1);
+        self
+    }
+}
+
+/// The API router (without TLS; [`super::serve`] adds it).
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/streams/{stream}/append", post(append))
+        .route("/v1/streams/{stream}/events", get(read_stream))
+        .route("/v1/log", get(read_log))
+        .route("/v1/subscribe", get(super::subscribe::subscribe))
+        .route("/v1/streams/{stream}/events/{offset}/proof", get(proof))
+        .route("/v1/consistency", get(consistency))
+        .route("/v1/certificate", get(certificate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    let public = Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(super::metrics::metrics))
+        .route("/openapi.json", get(super::openapi::openapi));
+    protected
+        .merge(public)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::metrics::count,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(api::REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error answer: a status and an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// One of [`api::code`].
+    pub code: &'static str,
+    /// What and where.
+    pub message: String,
+    /// For `wrong_expected_offset`.
+    pub actual_offset: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            actual_offset: None,
+        }
+    }
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, message)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, message)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, message)
+    }
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large() -> ApiError {
+        let limit = api::REQUEST_BODY_BYTES_MAX;
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, message)
+    }
+    /// 503 `indeterminate`.
+    pub fn indeterminate(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::INDETERMINATE,
+            message,
+        )
+    }
+    /// 500 `storage`.
+    pub fn storage(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code::STORAGE, message)
+    }
+
+    /// The status and code of each node failure.
+    pub fn from_node(error: NodeError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            NodeError::Refused(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::REFUSED, message)
+            }
+            NodeError::NotFound(_) => ApiError::not_found(message),
+            NodeError::WrongExpectedOffset { actual, .. } => ApiError {
+                actual_offset: Some(actual),
+                ..ApiError::new(StatusCode::CONFLICT, code::WRONG_EXPECTED_OFFSET, message)
+            },
+            // Only appends are forwarded; anything else that needs the
+            // primary is a "try again" for the caller.
+            NodeError::NotPrimary { .. } => ApiError::unavailable(message),
+            NodeError::Indeterminate(_) => ApiError::indeterminate(message),
+            NodeError::Unavailable(_) => ApiError::unavailable(message),
+            NodeError::Storage(_) => ApiError::storage(message),
+        }
+    }
+
+    /// The wire body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                actual_offset: self.actual_offset,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Runs a blocking node call on the blocking pool; a panic becomes `500 storage`.
+pub(crate) async fn run_blocking<R, F>(state: &AppState, call: F) -> Result<R, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&dyn Node) -> R + Send + 'static,
+{
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || call(node.as_ref()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "node call panicked or was cancelled");
+            ApiError::storage("the replica failed while handling the request (see its log)")
+        })
+}
+
+async fn not_found(
+    State(state): State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    state.counters.record(ROUTES.len(), StatusCode::NOT_FOUND);
+    ApiError::not_found(format!("no route {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::BAD_REQUEST,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+// ------------------------------------------------------------ extractors
+
+/// `Path<T>` whose rejection is a JSON 400 naming the segment.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|r| ApiError::bad_request(format!("bad path: {}", r.body_text())))
+    }
+}
+
+/// `Query<T>` whose rejection is a JSON 400 naming the parameter.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|r| ApiError::bad_request(format!("bad query: {}", r.body_text())))
+    }
+}
+
+/// A JSON body, parsed, plus its raw bytes (relayed as is when forwarding).
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    /// The parsed body.
+    pub value: T,
+    /// The bytes as received.
+    pub raw: Bytes,
+}
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::bad_request(
+                "the body must be JSON with `Content-Type: application/json`",
+            ));
+        }
+        let raw = Bytes::from_request(request, state).await.map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large()
+            } else {
+                ApiError::bad_request(format!("cannot read the body: {}", r.body_text()))
+            }
+        })?;
+        let Json(value) = Json::<T>::from_bytes(&raw).map_err(json_error)?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    // axum's text already names the field and position, e.g.
+    // "...: events[0]: unknown field `x` at line 1 column 20".
+    ApiError::bad_request(format!("bad JSON body: {}", rejection.body_text()))
+}
+
+// -------------------------------------------------------------- auth layer
+
+/// Authenticates the bearer token, checks the role against the route's
+/// action, puts the [`Principal`] in the request extensions, and logs the
+/// access (principal, action, stream, outcome).
+async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let action = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| route_index(request.method(), p.as_str()))
+        .and_then(|i| ROUTES[i].action);
+    let Some(action) = action else {
+        // A protected route missing from ROUTES is a bug; refuse rather than open it.
+        tracing::error!(
+            path = request.uri().path(),
+            "protected route missing from the route table"
+        );
+        return ApiError::forbidden("this route has no access rule").into_response();
+    };
+    let stream = stream_in_path(request.uri().path());
+    let principal = match bearer_principal(&state.tokens, request.headers()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            tracing::info!(
+                principal = "-",
+                action = action.name(),
+                ?stream,
+                outcome = error.status.as_u16(),
+                "api access refused"
+            );
+            return error.into_response();
+        }
+    };
+    if !principal.role.allows(action) {
+        tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), ?stream, outcome = 403, "api access refused");
+        return ApiError::forbidden(format!(
+            "principal {} has role {}, which may not {}",
+            principal.name,
+            principal.role,
+            action.name()
+        ))
+        .into_response();
+    }
+    request.extensions_mut().insert(principal.clone());
+    let response = next.run(request).await;
+    // Issue 5 turns this line into an access-trail record.
+    tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), ?stream, outcome = response.status().as_u16(), "api access");
+    response
+}
+
+fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>` header",
+        ));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ));
+    }
+    tokens
+        .authenticate(token.trim())
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("unknown bearer token"))
+}
+
+/// The stream id in `/v1/streams/{stream}/...`, for logs.
+fn stream_in_path(path: &str) -> Option<u64> {
+    path.strip_prefix("/v1/streams/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------- handlers
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamPath {
+    stream: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofPath {
+    stream: u64,
+    offset: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    from: Option<u64>,
+    max: Option<u64>,
+}
+
+impl ReadQuery {
+    fn window(&self) -> (u64, u64) {
+        let max = self
+            .max
+            .unwrap_or(READ_EVENTS_DEFAULT)
+            .min(api::READ_EVENTS_MAX);
+        (self.from.unwrap_or(0), max)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+async fn append(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiPath(path): ApiPath<StreamPath>,
+    body: JsonBody<AppendRequest>,
+) -> Result<Response, ApiError> {
+    let call = append_call(path.stream, &body.value)?;
+    if let Some(purpose) = &body.value.purpose {
+        tracing::info!(principal = %principal.name, stream = path.stream, purpose = %purpose, "append purpose");
+    }
+    match run_blocking(&state, move |node| node.append(call)).await? {
+        Ok(receipt) => Ok(Json(receipt).into_response()),
+        Err(NodeError::NotPrimary { replica, primary }) => {
+            let target = super::forward::Target {
+                replica,
+                primary,
+                stream: path.stream,
+            };
+            state
+                .forwarder
+                .forward_append(target, &headers, body.raw)
+                .await
+        }
+        Err(error) => Err(ApiError::from_node(error)),
+    }
+}
+
+/// Checks an append request and turns it into the node's call.
+fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiError> {
+    if request.events.is_empty() {
+        return Err(ApiError::bad_request("events must hold at least one event"));
+    }
+    if request
+        .purpose
+        .as_ref()
+        .is_some_and(|p| p.len() > PURPOSE_BYTES_MAX)
+    {
+        return Err(ApiError::bad_request(format!(
+            "purpose is longer than {PURPOSE_BYTES_MAX} bytes"
+        )));
+    }
+    let events = request
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| event_bytes(i, event))
+        .collect::<Result<Vec<Bytes>, ApiError>>()?;
+    let idempotency = request.idempotency.as_ref().map(idempotency).transpose()?;
+    Ok(AppendCall {
+        stream,
+        events,
+        expected_offset: request.expected_offset,
+        idempotency,
+    })
+}
+
+fn event_bytes(index: usize, event: &EventIn) -> Result<Bytes, ApiError> {
+    match (&event.json, &event.base64) {
+        (Some(value), None) => serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::bad_request(format!("events[{index}].json: {e}"))),
+        (None, Some(text)) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "events[{index}].base64 is not standard base64: {e}"
+                ))
+            }),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "events[{index}] has both json and base64; give exactly one"
+        ))),
+        (None, None) => Err(ApiError::bad_request(format!(
+            "events[{index}] has neither json nor base64; give exactly one"
+        ))),
+    }
+}
+
+fn idempotency(key: &IdempotencyKey) -> Result<(u128, u64), ApiError> {
+    let hex_ok = key.session.len() == 32
+        && key
+            .session
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let session = if hex_ok {
+        u128::from_str_radix(&key.session, 16).ok()
+    } else {
+        None
+    };
+    let Some(session) = session.filter(|s| *s != 0) else {
+        return Err(ApiError::bad_request(
+            "idempotency.session must be 32 lowercase hex digits, not all zero",
+        ));
+    };
+    if key.request == 0 {
+        return Err(ApiError::bad_request(
+            "idempotency.request must be at least 1",
+        ));
+    }
+    Ok((session, key.request))
+}
+
+async fn read_stream(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<StreamPath>,
+    ApiQuery(query): ApiQuery<ReadQuery>,
+) -> Result<Json<StreamEvents>, ApiError> {
+    let (from, max) = query.window();
+    let stream = path.stream;
+    let events = run_blocking(&state, move |node| node.read_stream(stream, from, max))
+        .await?
+        .map_err(ApiError::from_node)?;
+    let next_offset = events.last().map_or(from, |e| e.offset + 1);
+    Ok(Json(StreamEvents {
+        stream,
+        events,
+        next_offset,
+    }))
+}
+
+async fn read_log(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ReadQuery>,
+) -> Result<Json<LogEvents>, ApiError> {
+    let (from, max) = query.window();
+    let events = run_blocking(&state, move |node| node.read_log(from, max))
+        .await?
+        .map_err(ApiError::from_node)?;
+    let next_position = events.last().map_or(from, |e| e.position + 1);
+    Ok(Json(LogEvents {
+        events,
+        next_position,
+    }))
+}
+
+async fn proof(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<ProofPath>,
+) -> Result<Json<ProofAnswer>, ApiError> {
+    let proof = run_blocking(&state, move |node| node.proof(path.stream, path.offset))
+        .await?
+        .map_err(ApiError::from_node)?;
+    Ok(Json(ProofAnswer { proof }))
+}
+
+async fn consistency(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<api::ConsistencyAnswer>, ApiError> {
+    if query.to.is_some_and(|to| to < query.from) {
+        return Err(ApiError::bad_request("from must not be greater than to"));
+    }
+    let answer = run_blocking(&state, move |node| node.consistency(query.from, query.to))
+        .await?
+        .map_err(ApiError::from_node)?;
+    Ok(Json(answer))
+}
+
+async fn certificate(State(state): State<AppState>) -> Result<Json<CertificateAnswer>, ApiError> {
+    match run_blocking(&state, |node| node.certificate()).await? {
+        Some((size, certificate)) => Ok(Json(CertificateAnswer { size, certificate })),
+        None => Err(ApiError::not_found(
+            "no certificate yet (nothing committed)",
+        )),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Result<Json<api::Health>, ApiError> {
+    Ok(Json(run_blocking(&state, |node| node.health()).await?))
+}

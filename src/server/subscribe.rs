@@ -1,0 +1,177 @@
+//! `GET /v1/subscribe`: a long-lived stream of committed events.
+//!
+//! A producer task catches up from the requested position in pages of
+//! [`api::READ_EVENTS_MAX`], then waits for new commits with
+//! `Node::wait_events`, sending an [`api::Heartbeat`] line whenever a wait
+//! ends with nothing new. It writes into a bounded channel
+//! ([`SUBSCRIPTION_BUFFER_MAX`] lines): a slow reader makes the producer
+//! wait instead of growing memory, and a disconnected reader makes the send
+//! fail, which ends the producer. A failed node read ends the stream with
+//! one [`api::ErrorBody`] line; the client resumes from its last position.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::SUBSCRIPTION_BUFFER_MAX;
+use super::routes::{ApiError, ApiQuery, AppState, run_blocking};
+use crate::api::{self, Heartbeat, LogEvent};
+
+/// Pause after a wait reported new events that a read then did not find.
+const SUBSCRIPTION_RETRY_MS: u64 = 10;
+
+/// How lines are framed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON document per line (`application/x-ndjson`).
+    #[default]
+    Ndjson,
+    /// Server-sent events (`text/event-stream`).
+    Sse,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscribeQuery {
+    from: Option<u64>,
+    #[serde(default)]
+    format: Format,
+}
+
+/// `GET /v1/subscribe?from=P&format=ndjson|sse`.
+pub(crate) async fn subscribe(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<SubscribeQuery>,
+) -> Result<Response, ApiError> {
+    let permit = state
+        .subscriptions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable("too many open subscriptions on this replica; retry later")
+        })?;
+    let (sender, receiver) = mpsc::channel::<Bytes>(SUBSCRIPTION_BUFFER_MAX);
+    let from = query.from.unwrap_or(0);
+    tokio::spawn(produce(state, from, query.format, sender, permit));
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let line = receiver.recv().await?;
+        Some((Ok::<Bytes, Infallible>(line), receiver))
+    });
+    let content_type = match query.format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Sse => "text/event-stream",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Feeds the channel until the reader goes away or a read fails.
+async fn produce(
+    state: AppState,
+    mut position: u64,
+    format: Format,
+    sender: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+) {
+    // True when the last wait reported new events; if the read that follows
+    // finds none (the node's counters ran ahead of its readable log), pause
+    // briefly instead of spinning between an instant wait and an empty read.
+    let mut grew = false;
+    loop {
+        if sender.is_closed() {
+            return; // The reader went away.
+        }
+        let page = run_blocking(&state, move |node| {
+            node.read_log(position, api::READ_EVENTS_MAX)
+        })
+        .await
+        .and_then(|r| r.map_err(ApiError::from_node));
+        let events = match page {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(position, error = %error.message, "subscription read failed");
+                let _ = sender.send(error_line(format, &error)).await;
+                return;
+            }
+        };
+        if !events.is_empty() {
+            grew = false;
+            for event in &events {
+                position = event.position + 1;
+                if sender.send(event_line(format, event)).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        if grew {
+            tokio::time::sleep(Duration::from_millis(SUBSCRIPTION_RETRY_MS)).await;
+        }
+        // Caught up: wait for the next commit, or send a heartbeat.
+        let seen = position;
+        let timeout_ms = state.heartbeat_ms;
+        let Ok(committed) =
+            run_blocking(&state, move |node| node.wait_events(seen, timeout_ms)).await
+        else {
+            let error = ApiError::storage("the replica failed while waiting for events");
+            let _ = sender.send(error_line(format, &error)).await;
+            return;
+        };
+        grew = committed > seen;
+        if !grew && sender.send(heartbeat_line(format, seen)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn frame(format: Format, event: Option<&str>, json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + 32);
+    match format {
+        Format::Ndjson => {
+            out.extend_from_slice(json);
+            out.push(b'\n');
+        }
+        Format::Sse => {
+            if let Some(name) = event {
+                out.extend_from_slice(format!("event: {name}\n").as_bytes());
+            }
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(json);
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+    Bytes::from(out)
+}
+
+fn event_line(format: Format, event: &LogEvent) -> Bytes {
+    let json = serde_json::to_vec(event).expect("a LogEvent always serializes");
+    frame(format, None, &json)
+}
+
+fn heartbeat_line(format: Format, next_position: u64) -> Bytes {
+    let beat = Heartbeat {
+        heartbeat: true,
+        next_position,
+    };
+    let json = serde_json::to_vec(&beat).expect("a Heartbeat always serializes");
+    frame(format, Some("heartbeat"), &json)
+}
+
+fn error_line(format: Format, error: &ApiError) -> Bytes {
+    let json = serde_json::to_vec(&error.body()).expect("an ErrorBody always serializes");
+    frame(format, Some("error"), &json)
+}
