@@ -57,8 +57,8 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
-pub use persister::ClientPersister;
-pub use subscribe::SUBSCRIBE_RECONNECTS_MAX;
+pub use persister::{ClientPersister, PERSISTER_WORKER_THREADS, to_persist_error};
+pub use subscribe::{SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -108,7 +108,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: 10 s per request, 8 retries 200 ms apart, no CA (http only),
+    /// Defaults: 10 s per request, 45 retries (15 rounds over 3 replicas, about 3 s: enough to ride out a view change) 200 ms apart, no CA (http only),
     /// a subscription idle for 30 s reconnects.
     pub fn new(endpoints: Vec<String>, token: impl Into<String>) -> Self {
         Self {
@@ -116,7 +116,7 @@ impl ClientConfig {
             ca_pem: None,
             token: token.into(),
             request_timeout_ms: 10_000,
-            retries_max: 8,
+            retries_max: 45,
             retry_delay_ms: 200,
             subscribe_idle_ms: 30_000,
         }

@@ -320,7 +320,7 @@ async fn next_line(feed: &mut Feed) -> Option<Result<Bytes, std::io::Error>> {
             return Some(Ok(Bytes::from(line)));
         }
         feed.idle_polls += 1;
-        if feed.idle_polls % STUB_HEARTBEAT_POLLS == 0 {
+        if feed.idle_polls.is_multiple_of(STUB_HEARTBEAT_POLLS) {
             let beat = Heartbeat {
                 heartbeat: true,
                 next_position: feed.next,
@@ -492,13 +492,11 @@ async fn exhausted_retries_say_whether_anything_may_be_written() {
         matches!(result, Err(ClientError::Indeterminate(_))),
         "{result:?}"
     );
-    let stub = lock(&shared);
-    assert_eq!(
-        (stub.requests, stub.applied),
-        (6, 1),
-        "1 + retries_max attempts"
-    );
-    drop(stub);
+    let (requests, applied) = {
+        let stub = lock(&shared);
+        (stub.requests, stub.applied)
+    };
+    assert_eq!((requests, applied), (6, 1), "1 + retries_max attempts");
 
     let dead = bounded(client(vec![dead_endpoint()]).append(20, events(&["x"]), None)).await;
     assert!(matches!(dead, Err(ClientError::Unavailable(_))), "{dead:?}");
@@ -735,4 +733,95 @@ fn bad_configurations_are_refused() {
             "{endpoints:?}"
         );
     }
+}
+
+/// A test PKI: the CA's PEM, and a 127.0.0.1 server certificate and key.
+struct TestPki {
+    ca_pem: String,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+}
+
+fn test_pki() -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        cert: cert.der().clone(),
+        key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+/// Serves a fresh stub over TLS with `pki`'s server certificate.
+async fn start_tls_stub(pki: &TestPki) -> (Shared, String) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .expect("server tls config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a stub port");
+    let address = listener.local_addr().expect("stub address");
+    let shared = Shared::default();
+    let app = router(shared.clone());
+    tokio::spawn(async move {
+        // Bounded: a test makes only a few connections.
+        for _ in 0..64 {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (shared, format!("https://{address}"))
+}
+
+// Goal: over https the client trusts the configured CA, and only it.
+#[tokio::test]
+async fn https_trusts_only_the_configured_ca() {
+    let pki = test_pki();
+    let (shared, url) = start_tls_stub(&pki).await;
+    let trusting = Client::new(ClientConfig {
+        ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+        ..config(vec![url.clone()])
+    })
+    .expect("client with the CA");
+    let receipt = bounded(trusting.append(20, events(&["tls"]), None))
+        .await
+        .expect("append over https");
+    assert_eq!(receipt.next_offset, 1);
+
+    let other = test_pki();
+    let distrusting = Client::new(ClientConfig {
+        ca_pem: Some(other.ca_pem.into_bytes()),
+        retries_max: 1,
+        ..config(vec![url])
+    })
+    .expect("client with another CA");
+    let result = bounded(distrusting.read_log(0, 10)).await;
+    assert!(
+        matches!(result, Err(ClientError::Transport(_))),
+        "{result:?}"
+    );
+    assert_eq!(lock(&shared).applied, 1);
 }

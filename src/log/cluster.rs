@@ -40,6 +40,14 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     fn send(&self, to: ReplicaIndex, message: Message);
 }
 
+/// An outbox that sends nothing (a read-only open of a replica's directory).
+#[derive(Debug)]
+pub(super) struct NoOutbox;
+
+impl Outbox for NoOutbox {
+    fn send(&self, _to: ReplicaIndex, _message: Message) {}
+}
+
 /// How a log runs as one replica of a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterRole {
@@ -82,7 +90,7 @@ pub(super) fn core_config(
     replica: u32,
 ) -> Result<vsr::Config, LogError> {
     let n = role.replica_count;
-    if n == 0 || n % 2 == 0 || usize::from(n) > vsr::REPLICAS_MAX {
+    if n == 0 || n.is_multiple_of(2) || usize::from(n) > vsr::REPLICAS_MAX {
         return Err(LogError::DataDir(format!(
             "a cluster needs an odd number of replicas up to {}, got {n}",
             vsr::REPLICAS_MAX

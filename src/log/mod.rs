@@ -318,10 +318,7 @@ impl LocalLog {
             state.commit = cluster::recovered_commit(&state, durable.commit);
         }
         let (replica, first_actions) = crate::vsr::Replica::new(
-            match &options.cluster {
-                None => shell::local_config(cluster),
-                Some(role) => cluster::core_config(cluster, role, meta.replica)?,
-            },
+            core_config_for(cluster, &options, &meta, &policy)?,
             signer.clone(),
             policy.clone(),
             shell::recovered(&state, durable),
@@ -713,6 +710,40 @@ impl LocalLog {
         }
         Ok(())
     }
+}
+
+/// The core's configuration for this open. A data directory of a replica
+/// of a larger cluster (its policy pins more than one key) may be opened
+/// alone only read-only (for `read`, `proof`, tools): writing to it outside
+/// the cluster would fork the log.
+fn core_config_for(
+    cluster: u128,
+    options: &LogOptions,
+    meta: &NodeMeta,
+    policy: &Policy,
+) -> Result<crate::vsr::Config, LogError> {
+    if let Some(role) = &options.cluster {
+        return cluster::core_config(cluster, role, meta.replica);
+    }
+    let replicas = policy.verifiers.len();
+    if replicas <= 1 {
+        return Ok(shell::local_config(cluster));
+    }
+    if !options.storage.read_only {
+        return Err(LogError::Refused(format!(
+            "this data directory is replica {} of a {replicas}-replica cluster: write through the \
+             cluster (vellum start / the client API), or open it read-only",
+            meta.replica
+        )));
+    }
+    let count = u8::try_from(replicas)
+        .map_err(|_| LogError::DataDir(format!("the policy pins {replicas} keys")))?;
+    let role_less = cluster::ClusterRole {
+        replica_count: count,
+        outbox: Arc::new(cluster::NoOutbox),
+        commit_wait_ms: 0,
+    };
+    cluster::core_config(cluster, &role_less, meta.replica)
 }
 
 /// A random nonce for the core's recovery protocol (the core has no randomness).

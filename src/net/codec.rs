@@ -52,7 +52,9 @@ pub const HEADERS_MAX: usize = 4096;
 /// length, key). Every other variant is smaller (headers are at most 1 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 25 + 1 + 4 + RECORD_BYTES_MAX + 8 + 1 + 4 + KEY_BYTES_MAX;
 const _: () = assert!(MESSAGE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
-const _: () = assert!(25 + 1 + 24 + 4 + HEADERS_MAX * HEADER_BYTES + 1 <= FRAME_BODY_BYTES_MAX);
+/// Largest RecoveryResponse, the largest message that carries headers.
+const HEADERS_MESSAGE_BYTES_MAX: usize = 25 + 1 + 24 + 4 + HEADERS_MAX * HEADER_BYTES + 1;
+const _: () = assert!(HEADERS_MESSAGE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(25 + 1 + 8 + 1 + 4 + CERTIFICATE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
 
 /// Why a message could not be encoded or decoded.
@@ -145,18 +147,7 @@ fn encode_body(body: &MessageBody, out: &mut Vec<u8>) -> Result<(), CodecError> 
             record,
             commit,
             key,
-        } => {
-            out.push(TAG_PREPARE);
-            put_bytes(out, "record", &record.encode(), RECORD_BYTES_MAX)?;
-            out.extend_from_slice(&commit.to_le_bytes());
-            match key {
-                None => out.push(0),
-                Some(key) => {
-                    out.push(1);
-                    put_bytes(out, "key", key, KEY_BYTES_MAX)?;
-                }
-            }
-        }
+        } => encode_prepare(out, record, *commit, key.as_deref())?,
         MessageBody::PrepareOk {
             op,
             checksum,
@@ -221,6 +212,25 @@ fn encode_body(body: &MessageBody, out: &mut Vec<u8>) -> Result<(), CodecError> 
             put_u64s(out, &[*nonce, *op, *commit]);
             put_headers(out, headers)?;
             out.push(u8::from(*is_primary));
+        }
+    }
+    Ok(())
+}
+
+fn encode_prepare(
+    out: &mut Vec<u8>,
+    record: &Record,
+    commit: u64,
+    key: Option<&[u8]>,
+) -> Result<(), CodecError> {
+    out.push(TAG_PREPARE);
+    put_bytes(out, "record", &record.encode(), RECORD_BYTES_MAX)?;
+    out.extend_from_slice(&commit.to_le_bytes());
+    match key {
+        None => out.push(0),
+        Some(key) => {
+            out.push(1);
+            put_bytes(out, "key", key, KEY_BYTES_MAX)?;
         }
     }
     Ok(())
@@ -293,26 +303,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
 fn decode_body(reader: &mut Reader<'_>) -> Result<MessageBody, CodecError> {
     let tag_offset = reader.pos;
     let body = match reader.u8("tag")? {
-        TAG_PREPARE => {
-            let record_offset = reader.pos + 4;
-            let record_bytes = reader.sized("record", RECORD_BYTES_MAX)?;
-            let record = Record::decode(record_bytes, record_offset as u64).map_err(|source| {
-                CodecError::Record {
-                    field: "record".to_string(),
-                    source,
-                }
-            })?;
-            let commit = reader.u64("commit")?;
-            let key = match reader.flag("key_present")? {
-                false => None,
-                true => Some(Bytes::copy_from_slice(reader.sized("key", KEY_BYTES_MAX)?)),
-            };
-            MessageBody::Prepare {
-                record,
-                commit,
-                key,
-            }
-        }
+        TAG_PREPARE => decode_prepare(reader)?,
         TAG_PREPARE_OK => MessageBody::PrepareOk {
             op: reader.u64("op")?,
             checksum: reader.array::<32>("checksum")?,
@@ -363,6 +354,27 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<MessageBody, CodecError> {
         }
     };
     Ok(body)
+}
+
+fn decode_prepare(reader: &mut Reader<'_>) -> Result<MessageBody, CodecError> {
+    let record_offset = reader.pos + 4;
+    let record_bytes = reader.sized("record", RECORD_BYTES_MAX)?;
+    let record = Record::decode(record_bytes, record_offset as u64).map_err(|source| {
+        CodecError::Record {
+            field: "record".to_string(),
+            source,
+        }
+    })?;
+    let commit = reader.u64("commit")?;
+    let key = match reader.flag("key_present")? {
+        false => None,
+        true => Some(Bytes::copy_from_slice(reader.sized("key", KEY_BYTES_MAX)?)),
+    };
+    Ok(MessageBody::Prepare {
+        record,
+        commit,
+        key,
+    })
 }
 
 /// A cursor over a frame body; every read is bounds-checked.

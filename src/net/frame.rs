@@ -261,11 +261,14 @@ mod tests {
         });
     }
 
+    /// Recognizes the error a defect should produce.
+    type IsExpected = fn(&FrameError) -> bool;
+
     /// Goal: each header defect gets its own typed error, on both decoders.
     #[test]
     fn header_defects_are_typed() {
         let good = encode_frame(b"body");
-        let cases: [(usize, u8, fn(&FrameError) -> bool); 4] = [
+        let cases: [(usize, u8, IsExpected); 4] = [
             (0, b'X', |e| matches!(e, FrameError::BadMagic { .. })),
             (4, 2, |e| matches!(e, FrameError::BadVersion { found: 2 })),
             (6, 1, |e| matches!(e, FrameError::BadReserved { found: 1 })),

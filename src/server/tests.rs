@@ -744,10 +744,9 @@ async fn oversized_body_is_413() {
     let node = Arc::new(FakeNode::default());
     let payload = "A".repeat(api::REQUEST_BODY_BYTES_MAX);
     let body = format!(r#"{{"events":[{{"base64":"{payload}"}}]}}"#);
-    let body: &'static str = Box::leak(body.into_boxed_str());
     let (status, value) = send(
         &app(node.clone()),
-        Call::post("/v1/streams/1/append", Some(WRITER), body),
+        Call::post("/v1/streams/1/append", Some(WRITER), &body),
     )
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");

@@ -36,7 +36,7 @@ impl Replica {
             self.note_commit(commit);
             self.on_primary_prepare(record, leaves, key);
         } else {
-            self.on_repair_record(record, leaves);
+            self.on_repair_record(record, leaves, key);
         }
     }
 
@@ -100,7 +100,7 @@ impl Replica {
 
     /// A record answering a repair request: written only into a slot that
     /// lacks it, and only if it is the op this replica expects.
-    fn on_repair_record(&mut self, record: Record, leaves: Vec<Hash>) {
+    fn on_repair_record(&mut self, record: Record, leaves: Vec<Hash>, key: Option<Bytes>) {
         let header = record.header;
         let op = header.op;
         if !self.may_repair(op) {
@@ -128,7 +128,9 @@ impl Replica {
             }
             self.journal.forget(op - 1);
         }
-        self.write_record(record, leaves, None);
+        // The shell attaches the stream's wrapped key to repair prepares,
+        // so a replica rebuilt by repair can read what it holds.
+        self.write_record(record, leaves, key);
         self.request_repairs();
     }
 

@@ -1,0 +1,405 @@
+//! Real replica processes on loopback (DESIGN §7 "real processes"): three
+//! `vellum start` processes per test, driven through the Rust client.
+//! `kill -9` of the primary under load, a paused backup, a wiped replica
+//! that rebuilds, a subscription across a primary change, and bad input
+//! against a live server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use vellum::client::{Client, ClientConfig};
+use vellum::local_cluster::{LocalCluster, wipe_replica_data};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vellum"))
+}
+
+/// A temporary directory, kept (and named on stderr) when
+/// `VELLUM_TEST_KEEP_DIRS` is set, so a failure's replica logs can be read.
+struct TestDir {
+    _guard: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl TestDir {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn test_dir() -> TestDir {
+    let dir = tempfile::Builder::new()
+        .prefix("vellum-cluster-")
+        .tempdir()
+        .expect("tempdir");
+    if std::env::var_os("VELLUM_TEST_KEEP_DIRS").is_some() {
+        let path = dir.keep();
+        eprintln!("keeping {}", path.display());
+        return TestDir { _guard: None, path };
+    }
+    TestDir {
+        path: dir.path().to_path_buf(),
+        _guard: Some(dir),
+    }
+}
+
+fn start_cluster(dir: &Path) -> LocalCluster {
+    LocalCluster::start(&dir.join("cluster"), 3, exe()).expect("cluster starts")
+}
+
+/// A client that talks to replica `i` only.
+fn client_of(cluster: &LocalCluster, i: usize) -> Client {
+    let mut config = ClientConfig::new(
+        vec![cluster.dev.api_urls[i].clone()],
+        cluster.dev.writer_token.clone(),
+    );
+    config.ca_pem = Some(cluster.ca_pem().to_vec());
+    Client::new(config).expect("client")
+}
+
+fn payload(event: &vellum::api::LogEvent) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&event.base64)
+        .expect("base64 from the server");
+    String::from_utf8(bytes).expect("utf-8 payloads in these tests")
+}
+
+/// Every event of `stream` as (offset, payload), read through `client`.
+async fn read_all(client: &Client, stream: u64) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let page = client
+            .read_stream(stream, out.len() as u64, 1000)
+            .await
+            .expect("read");
+        if page.events.is_empty() {
+            break;
+        }
+        out.extend(page.events.iter().map(|e| (e.offset, payload(e))));
+    }
+    out
+}
+
+/// Runs `vellum verify`'s checks on every replica's data directory (each
+/// must pass) and returns the distinct roots of those at `size` events.
+fn verify_replicas(
+    dirs: &[std::path::PathBuf],
+    policy_path: &Path,
+    size: u64,
+) -> HashSet<vellum_audit::hash::Hash> {
+    let policy_text = std::fs::read_to_string(policy_path).expect("policy");
+    let policy = vellum_audit::policy::Policy::parse(&policy_text).expect("policy parses");
+    let mut roots = HashSet::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let report = vellum::verify::verify_data_dir(dir, &policy, None, &mut |_| {});
+        assert!(report.passed, "replica {i} verifies:\n{report:?}");
+        let options = vellum::log::LogOptions {
+            without_index: true,
+            storage: vellum::storage::StorageConfig {
+                read_only: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (log, _) = vellum::log::LocalLog::open(dir, options).expect("open read-only");
+        let certificate = log.latest_certificate().expect("a certificate");
+        if certificate.checkpoint.size == size {
+            roots.insert(certificate.checkpoint.root);
+        }
+    }
+    roots
+}
+
+async fn commit_of(cluster: &LocalCluster, i: usize) -> u64 {
+    cluster.health().await[i].as_ref().map_or(0, |h| h.commit)
+}
+
+// Goal: kill -9 of the primary under a steady load from several clients
+// loses no acknowledged event, duplicates none, and a new primary takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_primary_under_load_loses_and_duplicates_nothing() {
+    const WRITERS: u64 = 4;
+    const APPENDS: u64 = 25;
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let old_primary = cluster.wait_primary(WAIT).await.expect("primary");
+    let client = cluster.client(None).expect("client");
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = client.clone();
+        let acked = Arc::clone(&acked);
+        writers.push(tokio::spawn(async move {
+            let stream = 2000 + w;
+            let mut receipts = Vec::new();
+            for i in 0..APPENDS {
+                let event = Bytes::from(format!("writer {w} event {i}"));
+                let outcome = client.append(stream, vec![event], None).await;
+                if let Ok(receipt) = &outcome {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    receipts.push((receipt.first_offset, format!("writer {w} event {i}")));
+                }
+                assert!(
+                    outcome.is_ok(),
+                    "append {i} of writer {w} failed: {outcome:?}"
+                );
+            }
+            (stream, receipts)
+        }));
+    }
+    let deadline = Instant::now() + WAIT;
+    while acked.load(Ordering::SeqCst) < WRITERS * APPENDS / 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
+        .kill(usize::from(old_primary))
+        .expect("kill -9 the primary");
+    let mut acknowledged = BTreeMap::new();
+    for writer in writers {
+        let (stream, receipts) = writer.await.expect("writer task");
+        acknowledged.insert(stream, receipts);
+    }
+    let new_primary = cluster.wait_primary(WAIT).await.expect("a new primary");
+    assert_ne!(new_primary, old_primary, "a new primary was elected");
+    cluster
+        .start_replica(usize::from(old_primary))
+        .expect("restart");
+    let commit = commit_of(&cluster, usize::from(new_primary)).await;
+    cluster
+        .wait_commit(&[0, 1, 2], commit, WAIT)
+        .await
+        .expect("the restarted replica catches up");
+    for (stream, receipts) in &acknowledged {
+        for replica in 0..3 {
+            let stored = read_all(&client_of(&cluster, replica), *stream).await;
+            let distinct: HashSet<&String> = stored.iter().map(|(_, p)| p).collect();
+            assert_eq!(
+                distinct.len(),
+                stored.len(),
+                "no duplicate on replica {replica}"
+            );
+            assert_eq!(stored.len() as u64, APPENDS, "every append stored once");
+            for (offset, payload) in receipts {
+                assert_eq!(
+                    stored.get(*offset as usize).map(|(_, p)| p),
+                    Some(payload),
+                    "acknowledged event at stream {stream} offset {offset} on replica {replica}"
+                );
+            }
+        }
+    }
+    cluster.stop().expect("stop");
+}
+
+// Goal: a paused (SIGSTOP) backup does not stop the cluster, and catches up
+// after it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_backup_catches_up_after_resume() {
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let backup = (primary + 1) % 3;
+    let client = client_of(&cluster, primary);
+    client
+        .append(3000, vec![Bytes::from_static(b"before pause")], None)
+        .await
+        .expect("append");
+    cluster.pause(backup).expect("SIGSTOP");
+    for i in 0..10 {
+        let event = Bytes::from(format!("while paused {i}"));
+        client
+            .append(3000, vec![event], None)
+            .await
+            .expect("append with one backup paused");
+    }
+    cluster.resume(backup).expect("SIGCONT");
+    let commit = commit_of(&cluster, primary).await;
+    cluster
+        .wait_commit(&[backup], commit, WAIT)
+        .await
+        .expect("the backup catches up");
+    let on_backup = read_all(&client_of(&cluster, backup), 3000).await;
+    assert_eq!(on_backup.len(), 11);
+    assert_eq!(on_backup[10].1, "while paused 9");
+    cluster.stop().expect("stop");
+}
+
+// Goal: a replica whose data is wiped rebuilds from its peers, can read
+// what it rebuilt, and every replica's data directory verifies afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wiped_replica_rebuilds_and_cluster_verifies() {
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let victim = (primary + 2) % 3;
+    let client = cluster.client(None).expect("client");
+    for i in 0..10 {
+        let event = Bytes::from(format!("first {i}"));
+        client
+            .append(4000 + i % 2, vec![event], None)
+            .await
+            .expect("append");
+    }
+    cluster.kill(victim).expect("kill");
+    wipe_replica_data(&cluster.data_dir(victim)).expect("wipe");
+    assert!(!cluster.data_dir(victim).join("segments").exists());
+    cluster
+        .start_replica(victim)
+        .expect("restart on an empty disk");
+    for i in 0..10 {
+        let event = Bytes::from(format!("second {i}"));
+        client
+            .append(4000 + i % 2, vec![event], None)
+            .await
+            .expect("append");
+    }
+    let commit = commit_of(&cluster, primary).await;
+    cluster
+        .wait_commit(&[victim], commit, WAIT)
+        .await
+        .expect("the wiped replica rebuilds");
+    let rebuilt = read_all(&client_of(&cluster, victim), 4000).await;
+    assert_eq!(
+        rebuilt.len(),
+        10,
+        "the wiped replica reads its rebuilt stream"
+    );
+    cluster.stop().expect("stop");
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| cluster.data_dir(i)).collect();
+    let policy_path = cluster.dev.policy_path.clone();
+    let roots = tokio::task::spawn_blocking(move || verify_replicas(&dirs, &policy_path, 20))
+        .await
+        .expect("verify task");
+    assert_eq!(
+        roots.len(),
+        1,
+        "replicas that reached 20 events agree on the root"
+    );
+}
+
+// Goal: a subscription delivers every event once, in order, across a
+// primary change (the client resumes from the last position it saw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscription_survives_primary_change() {
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let client = cluster.client(None).expect("client");
+    let mut subscription = Box::pin(client.subscribe(0));
+    for i in 0..5 {
+        client
+            .append(5000, vec![Bytes::from(format!("before {i}"))], None)
+            .await
+            .expect("append");
+    }
+    cluster.kill(primary).expect("kill the primary");
+    for i in 0..5 {
+        client
+            .append(5001, vec![Bytes::from(format!("after {i}"))], None)
+            .await
+            .expect("append after the primary change");
+    }
+    let mut positions = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while positions.len() < 10 && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
+            Ok(Some(Ok(event))) => positions.push(event.position),
+            Ok(Some(Err(error))) => panic!("subscription failed: {error}"),
+            Ok(None) => panic!("subscription ended"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        positions,
+        (0..10).collect::<Vec<u64>>(),
+        "no gap, no repeat"
+    );
+    cluster.stop().expect("stop");
+}
+
+// Goal: bad input against a live replica gets a 4xx with a JSON error that
+// says what is wrong, never a 5xx, and harms nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_on_a_live_cluster_gets_clear_4xx() {
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    cluster.wait_primary(WAIT).await.expect("primary");
+    let client = cluster.client(None).expect("client");
+    client
+        .append(6000, vec![Bytes::from_static(b"kept")], None)
+        .await
+        .expect("append");
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("ca"))
+        .build()
+        .expect("http client");
+    let base = &cluster.dev.api_urls[0];
+    let token = format!("Bearer {}", cluster.dev.writer_token);
+    let append_url = format!("{base}/v1/streams/6000/append");
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "malformed json",
+            http.post(&append_url)
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body("{\"events\": [}"),
+            400,
+        ),
+        (
+            "bad token",
+            http.post(&append_url)
+                .header("authorization", "Bearer vlm_nope")
+                .header("content-type", "application/json")
+                .body("{\"events\":[{\"json\":1}]}"),
+            401,
+        ),
+        (
+            "wrong expected offset",
+            http.post(&append_url)
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body("{\"events\":[{\"json\":1}],\"expected_offset\":7}"),
+            409,
+        ),
+        (
+            "unknown stream",
+            http.get(format!("{base}/v1/streams/6999/events"))
+                .header("authorization", &token),
+            404,
+        ),
+        (
+            "oversized body",
+            http.post(&append_url)
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 5 * 1024 * 1024]),
+            413,
+        ),
+    ];
+    for (name, request, status) in cases {
+        let answer = request.send().await.expect("an answer");
+        assert_eq!(answer.status().as_u16(), status, "{name}");
+        let body: vellum::api::ErrorBody = answer.json().await.expect("a JSON error body");
+        assert!(
+            !body.error.message.is_empty(),
+            "{name}: the error says what is wrong"
+        );
+    }
+    let stored = read_all(&client, 6000).await;
+    assert_eq!(
+        stored,
+        vec![(0, "kept".to_string())],
+        "nothing stored was harmed"
+    );
+    cluster.stop().expect("stop");
+}
