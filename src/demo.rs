@@ -1,16 +1,23 @@
-//! `vellum demo`: the end-to-end story on a fresh data directory, on a
-//! single replica for now — init, append sample EHR events to a few
-//! patients' streams, show a receipt, read back, prove an event and check the
-//! proof offline with the policy alone, prove the log only grew, verify.
+//! `vellum demo`: the end-to-end story on a local three-replica cluster
+//! (three `vellum start` processes on loopback): append sample EHR events to
+//! a few patients' streams through `EventPersister::persist_blocking`, show a
+//! receipt with its quorum certificate, read back, prove an event and check
+//! the proof offline with the policy alone, kill the primary and keep
+//! appending, restart it and watch it catch up, prove the log only grew,
+//! stop the cluster and verify every replica.
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use vellum_audit::checkpoint::Certificate;
+use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
 
-use crate::log::{LocalLog, LocalPersister, LogOptions, receipt};
+use crate::client::{Client, ClientPersister};
+use crate::local_cluster::LocalCluster;
 use crate::types::{EventPersister, StreamId};
 
 /// The demo's patients: (stream id, display name used only in sample payloads).
@@ -19,86 +26,88 @@ const PATIENTS: [(u64, &str); 3] = [
     (1002, "patient-b"),
     (1003, "patient-c"),
 ];
-/// Sample events appended per patient.
+/// Sample events appended per patient before and after the primary is killed.
 pub const EVENTS_PER_PATIENT: u64 = 4;
+/// Replicas in the demo cluster.
+pub const DEMO_REPLICAS: u8 = 3;
+/// How long the demo waits for the cluster at each step.
+const STEP_WAIT: Duration = Duration::from_secs(60);
 
 /// What the demo showed, for `--json` and for tests.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoSummary {
-    /// The data directory used.
+    /// The cluster directory used.
     pub data_dir: String,
-    /// Events appended.
+    /// Replicas in the cluster.
+    pub replicas: u8,
+    /// Events appended (all acknowledged).
     pub events_appended: u64,
     /// Events read back identical to what was appended.
     pub events_read_back: u64,
-    /// The inclusion proof checked offline.
+    /// Signatures on the receipt's certificate (at least the quorum).
+    pub certificate_signatures: usize,
+    /// The inclusion proof checked offline with the policy alone.
     pub proof_verified: bool,
+    /// The replica killed (the primary at the time) and the primary after.
+    pub killed_primary: u8,
+    /// The primary elected after the kill.
+    pub new_primary: u8,
+    /// The killed replica caught up after its restart.
+    pub restarted_caught_up: bool,
     /// The consistency proof between the first and last certificate checked.
     pub consistency_verified: bool,
-    /// `vellum verify` passed.
+    /// `vellum verify` passed on every replica.
     pub verify_passed: bool,
+    /// Every replica ended with the same certified root.
+    pub replicas_agree: bool,
     /// Tree size reached.
     pub tree_size: u64,
 }
 
-/// Runs the story in `data_dir` (which must not be initialized yet),
-/// narrating to `out`.
+/// Runs the story in `data_dir` (a new cluster directory), narrating to `out`.
 pub fn run_demo(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<DemoSummary> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let exe = std::env::current_exe()?;
     writeln!(
         out,
-        "== 1. init: keys, trust policy, empty log and index in {}",
+        "== 1. start a {DEMO_REPLICAS}-replica cluster on loopback in {} (dev keys, TLS, tokens)",
         data_dir.display()
     )?;
-    let init = crate::init::init_data_dir(data_dir, None)?;
-    writeln!(
-        out,
-        "   cluster {}  replica key {}",
-        init.cluster, init.vkey
-    )?;
-
-    let (log, _) = LocalLog::open(data_dir, LogOptions::default())?;
-    let log = Arc::new(log);
-    let persister = LocalPersister::new(Arc::clone(&log));
-    writeln!(
-        out,
-        "== 2. append sample EHR events through EventPersister::persist_blocking"
-    )?;
-    let mut appended = Vec::new();
-    let mut first_checkpoint = None;
-    for round in 0..EVENTS_PER_PATIENT {
-        for (stream, name) in PATIENTS {
-            let event = sample_event(name, round);
-            let offset =
-                persister.persist_blocking(StreamId(stream), vec![Bytes::from(event.clone())])?;
-            appended.push((stream, offset.0 - 1, event));
-        }
-        if first_checkpoint.is_none() {
-            first_checkpoint = log.latest_certificate();
+    let mut cluster = LocalCluster::start(data_dir, DEMO_REPLICAS, &exe)?;
+    let outcome = story(&runtime, &mut cluster, data_dir, out);
+    if outcome.is_err() {
+        let _ = cluster.stop();
+        for i in 0..cluster.replica_count() {
+            let _ = writeln!(out, "   replica {i} log: {}", cluster.log_path(i).display());
         }
     }
-    writeln!(
-        out,
-        "   {} events on {} streams",
-        appended.len(),
-        PATIENTS.len()
-    )?;
+    outcome
+}
 
-    writeln!(
-        out,
-        "== 3. a receipt: offsets, positions, commit certificate, inclusion proof"
-    )?;
-    let last = log.append(
-        PATIENTS[0].0,
-        &[Bytes::from(sample_event(PATIENTS[0].1, 99))],
-        None,
-        None,
-    )?;
-    appended.push((
-        PATIENTS[0].0,
-        last.first_offset,
-        sample_event(PATIENTS[0].1, 99),
-    ));
-    let receipt = receipt(&log, &last)?;
+fn story(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &mut LocalCluster,
+    data_dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<DemoSummary> {
+    let primary = runtime.block_on(cluster.wait_primary(STEP_WAIT))?;
+    for (i, url) in cluster.dev.api_urls.iter().enumerate() {
+        let role = if i == usize::from(primary) { "primary" } else { "backup" };
+        writeln!(out, "   replica {i}: {url} ({role})")?;
+    }
+    let client = cluster.client(None)?;
+    let persister = ClientPersister::new(client.clone())?;
+    let policy = Policy::parse(&std::fs::read_to_string(&cluster.dev.policy_path)?)?;
+
+    writeln!(out, "== 2. append sample EHR events through EventPersister::persist_blocking")?;
+    let mut appended = append_rounds(&persister, 0)?;
+    let first = runtime.block_on(client.certificate())?;
+    writeln!(out, "   {} events on {} streams", appended.len(), PATIENTS.len())?;
+
+    writeln!(out, "== 3. a receipt: offsets, positions, commit certificate (quorum), inclusion proof")?;
+    let event = sample_event(PATIENTS[0].1, 99);
+    let receipt = runtime.block_on(client.append(PATIENTS[0].0, vec![Bytes::from(event.clone())], None))?;
+    appended.push((PATIENTS[0].0, receipt.first_offset, event));
     writeln!(
         out,
         "   stream {} offset {} position {} op {}",
@@ -107,98 +116,203 @@ pub fn run_demo(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<DemoSumm
     for line in receipt.certificate.lines() {
         writeln!(out, "   | {line}")?;
     }
+    let certificate_signatures = Certificate::parse(&receipt.certificate)?.note.signatures.len();
 
-    writeln!(out, "== 4. read back, byte for byte")?;
-    let mut read_back = 0u64;
-    for (stream, _) in PATIENTS {
-        let events = log.read(stream, 0, 1000)?;
-        for event in events {
-            let original = appended
-                .iter()
-                .find(|(s, o, _)| *s == stream && *o == event.offset);
-            anyhow::ensure!(
-                original.is_some_and(|(_, _, e)| e.as_bytes() == event.payload.as_ref()),
-                "stream {stream} offset {} did not read back identical",
-                event.offset
-            );
-            read_back += 1;
-        }
-    }
-    writeln!(out, "   {read_back} of {} events identical", appended.len())?;
-
-    writeln!(
-        out,
-        "== 5. prove one event; check the proof with the public policy alone"
-    )?;
-    let proof_text = log.inclusion_proof(PATIENTS[1].0, 0)?.encode();
-    let policy = log.policy().clone();
-    let parsed = InclusionProof::parse(&proof_text)?;
+    writeln!(out, "== 4. prove one event; check the proof with the public policy alone")?;
+    let proof = runtime.block_on(client.proof(PATIENTS[1].0, 0))?;
+    let parsed = InclusionProof::parse(&proof.proof)?;
     let proof_verified = parsed.verify_event(&policy).is_ok();
     writeln!(
         out,
-        "   leaf {} in tree of size {}: {}",
+        "   leaf {} in tree of size {}, {} signatures: {}",
         parsed.index,
         parsed.checkpoint.checkpoint.size,
-        if proof_verified { "verified" } else { "FAILED" }
+        parsed.checkpoint.note.signatures.len(),
+        ok(proof_verified)
     )?;
 
+    writeln!(out, "== 5. kill -9 the primary (replica {primary}) and keep appending")?;
+    cluster.kill(usize::from(primary))?;
+    appended.extend(append_rounds(&persister, EVENTS_PER_PATIENT)?);
+    let new_primary = runtime.block_on(cluster.wait_primary(STEP_WAIT))?;
     writeln!(
         out,
-        "== 6. prove the log only grew since the first checkpoint (consistency)"
+        "   {} more events acknowledged; replica {new_primary} is the new primary",
+        EVENTS_PER_PATIENT * PATIENTS.len() as u64
     )?;
-    let old = first_checkpoint.ok_or_else(|| anyhow::anyhow!("no first checkpoint"))?;
-    let consistency = log.consistency_proof(old.checkpoint.size, None)?;
-    let consistency_verified = consistency.verify(&old.checkpoint.root, &policy).is_ok();
-    writeln!(
-        out,
-        "   size {} -> {}: {}",
-        consistency.old_size,
-        consistency.new_size,
-        if consistency_verified {
-            "verified"
-        } else {
-            "FAILED"
-        }
-    )?;
-    let tree_size = consistency.new_size;
+
+    writeln!(out, "== 6. restart replica {primary} and watch it catch up")?;
+    cluster.start_replica(usize::from(primary))?;
+    let commit = runtime
+        .block_on(cluster.health())
+        .get(usize::from(new_primary))
+        .and_then(|h| h.as_ref().map(|h| h.commit))
+        .unwrap_or(0);
+    let caught_up = runtime
+        .block_on(cluster.wait_commit(&[usize::from(primary)], commit, STEP_WAIT))
+        .is_ok();
+    writeln!(out, "   replica {primary} reached commit {commit}: {}", ok(caught_up))?;
+
+    writeln!(out, "== 7. read back every stream, byte for byte")?;
+    let read_back = read_back(runtime, &client, &appended)?;
+    writeln!(out, "   {read_back} of {} events identical", appended.len())?;
+
+    writeln!(out, "== 8. prove the log only grew since the first checkpoint (consistency)")?;
+    let consistency = runtime.block_on(client.consistency(first.size, None))?;
+    let consistency_verified = check_consistency(&first, &consistency, &policy);
+    writeln!(out, "   size {} -> {}: {}", consistency.from, consistency.to, ok(consistency_verified))?;
+
+    writeln!(out, "== 9. stop the cluster; vellum verify on every replica")?;
     drop(persister);
-    Arc::into_inner(log)
-        .ok_or_else(|| anyhow::anyhow!("log still shared"))?
-        .close()?;
-
-    writeln!(
-        out,
-        "== 7. vellum verify: records, chain, seals, roots, signatures, index"
-    )?;
-    let report = crate::verify::verify_data_dir(data_dir, &policy, None, &mut |_| {});
-    for line in report.to_text().lines() {
-        writeln!(out, "   {line}")?;
-    }
+    cluster.stop()?;
+    let (verify_passed, replicas_agree, tree_size) = verify_replicas(cluster, &policy, out)?;
     let summary = DemoSummary {
         data_dir: data_dir.display().to_string(),
+        replicas: DEMO_REPLICAS,
         events_appended: appended.len() as u64,
         events_read_back: read_back,
+        certificate_signatures,
         proof_verified,
+        killed_primary: primary,
+        new_primary,
+        restarted_caught_up: caught_up,
         consistency_verified,
-        verify_passed: report.passed,
+        verify_passed,
+        replicas_agree,
         tree_size,
     };
     writeln!(
         out,
-        "== summary: {} appended, {} read back, proof {}, consistency {}, verify {}",
+        "== summary: {} appended, {} read back, proof {}, failover {} -> {}, catch-up {}, consistency {}, verify {}, replicas agree {}",
         summary.events_appended,
         summary.events_read_back,
         ok(proof_verified),
+        primary,
+        new_primary,
+        ok(caught_up),
         ok(consistency_verified),
-        ok(report.passed)
+        ok(verify_passed),
+        ok(replicas_agree)
     )?;
     writeln!(
         out,
-        "   try: vellum verify --data-dir {0}   |   vellum read --data-dir {0} --stream {1}",
-        data_dir.display(),
-        PATIENTS[0].0
+        "   try: vellum dev --data-dir {0}   |   vellum verify --data-dir {0}/r0 --policy {0}/policy.txt",
+        data_dir.display()
     )?;
     Ok(summary)
+}
+
+/// Appends one event per patient per round through `persist_blocking`.
+fn append_rounds(
+    persister: &ClientPersister,
+    first_round: u64,
+) -> anyhow::Result<Vec<(u64, u64, String)>> {
+    let mut appended = Vec::new();
+    for round in first_round..first_round + EVENTS_PER_PATIENT {
+        for (stream, name) in PATIENTS {
+            let event = sample_event(name, round);
+            let offset =
+                persister.persist_blocking(StreamId(stream), vec![Bytes::from(event.clone())])?;
+            appended.push((stream, offset.0 - 1, event));
+        }
+    }
+    Ok(appended)
+}
+
+fn read_back(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    appended: &[(u64, u64, String)],
+) -> anyhow::Result<u64> {
+    let mut identical = 0u64;
+    for (stream, _) in PATIENTS {
+        let page = runtime.block_on(client.read_stream(stream, 0, 1000))?;
+        for event in page.events {
+            let payload = base64::engine::general_purpose::STANDARD.decode(&event.base64)?;
+            let original = appended
+                .iter()
+                .find(|(s, o, _)| *s == stream && *o == event.offset);
+            anyhow::ensure!(
+                original.is_some_and(|(_, _, e)| e.as_bytes() == payload.as_slice()),
+                "stream {stream} offset {} did not read back identical",
+                event.offset
+            );
+            identical += 1;
+        }
+    }
+    Ok(identical)
+}
+
+fn check_consistency(
+    first: &crate::api::CertificateAnswer,
+    answer: &crate::api::ConsistencyAnswer,
+    policy: &Policy,
+) -> bool {
+    let (Ok(old), Ok(new)) = (
+        Certificate::parse(&first.certificate),
+        Certificate::parse(&answer.certificate),
+    ) else {
+        return false;
+    };
+    let hashes: Option<Vec<vellum_audit::hash::Hash>> =
+        answer.hashes.iter().map(|h| hash_from_hex(h)).collect();
+    let Some(hashes) = hashes else {
+        return false;
+    };
+    let proof = vellum_audit::proof::ConsistencyProof {
+        old_size: answer.from,
+        new_size: answer.to,
+        hashes,
+        checkpoint: new,
+    };
+    old.verify(policy).is_ok() && proof.verify(&old.checkpoint.root, policy).is_ok()
+}
+
+/// Verifies every replica's data directory; returns (all passed, all on
+/// one root, tree size).
+fn verify_replicas(
+    cluster: &LocalCluster,
+    policy: &Policy,
+    out: &mut dyn Write,
+) -> anyhow::Result<(bool, bool, u64)> {
+    let mut passed = true;
+    let mut roots = std::collections::BTreeSet::new();
+    let mut size = 0;
+    for i in 0..cluster.replica_count() {
+        let dir = cluster.data_dir(i);
+        let report = crate::verify::verify_data_dir(&dir, policy, None, &mut |_| {});
+        writeln!(out, "   replica {i}: {}", if report.passed { "verify passed" } else { "verify FAILED" })?;
+        if !report.passed {
+            for line in report.to_text().lines() {
+                writeln!(out, "     {line}")?;
+            }
+        }
+        passed &= report.passed;
+        let mut options = crate::log::LogOptions {
+            without_index: true,
+            ..Default::default()
+        };
+        options.storage.read_only = true;
+        let (log, _) = crate::log::LocalLog::open(&dir, options)?;
+        if let Some(certificate) = log.latest_certificate() {
+            size = size.max(certificate.checkpoint.size);
+            roots.insert((certificate.checkpoint.size, certificate.checkpoint.root));
+        }
+    }
+    Ok((passed, roots.len() == 1, size))
+}
+
+fn hash_from_hex(text: &str) -> Option<vellum_audit::hash::Hash> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn ok(passed: bool) -> &'static str {

@@ -515,8 +515,20 @@ fn demo_succeeds() {
     let out = ok(&["demo", "--data-dir", s(&data), "--json"], b"");
     let json: serde_json::Value = serde_json::from_str(&out).expect("demo --json is JSON");
     assert_eq!(json["verify_passed"], true);
+    assert_eq!(json["replicas"], 3);
+    assert_eq!(json["replicas_agree"], true);
+    assert_eq!(json["restarted_caught_up"], true);
+    assert_eq!(json["proof_verified"], true);
+    assert_ne!(json["killed_primary"], json["new_primary"]);
     assert_eq!(json["events_appended"], json["events_read_back"]);
-    assert_verify_passes(&data, None);
+    for replica in ["r0", "r1", "r2"] {
+        let policy = data.join("policy.txt");
+        let out = ok(
+            &["verify", "--data-dir", s(&data.join(replica)), "--policy", s(&policy)],
+            b"",
+        );
+        assert!(out.contains("passed") || out.contains("PASS") || out.contains("ok"), "{out}");
+    }
 }
 
 /// Goal: every command and subcommand answers `--help` with exit 0 and text.

@@ -8,7 +8,7 @@ use clap::Args;
 /// `vellum demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where to create the demo's data directory (must not exist yet).
+    /// Where to create the demo's cluster directory (must not exist yet, or be empty).
     /// Default: a new directory under the system temp directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -37,6 +37,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let passed = summary.proof_verified
         && summary.consistency_verified
         && summary.verify_passed
+        && summary.replicas_agree
+        && summary.restarted_caught_up
+        && summary.certificate_signatures >= usize::from(summary.replicas) / 2 + 1
         && summary.events_read_back == summary.events_appended;
     Ok(if passed {
         ExitCode::SUCCESS
