@@ -38,7 +38,15 @@ pub struct BenchConfig {
     pub postgres_url: Option<String>,
     /// Megabytes of log to build and verify (0: skip the verify measurement).
     pub verify_mb: u64,
+    /// The `vellum` binary to run a three-replica cluster on loopback with
+    /// (None: skip the cluster measurements).
+    pub cluster_exe: Option<PathBuf>,
 }
+
+/// The cluster system's names in reports.
+pub const CLUSTER_SYSTEM: &str = "vellum 3 replicas";
+/// The cluster with one backup killed.
+pub const CLUSTER_DEGRADED_SYSTEM: &str = "vellum 3 replicas, 1 backup down";
 
 /// Results of one system at one concurrency.
 #[derive(Debug, Clone, Serialize)]
@@ -131,7 +139,21 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let mut cluster = match &config.cluster_exe {
+        Some(exe) => {
+            progress("starting a 3-replica cluster on loopback");
+            Some(BenchCluster::start(config, exe, &runtime)?)
+        }
+        None => {
+            notes.push("vellum 3 replicas skipped: no vellum binary given".to_string());
+            None
+        }
+    };
     for &concurrency in &config.concurrency {
+        if let Some(cluster) = &cluster {
+            progress(&format!("{CLUSTER_SYSTEM}, {concurrency} appenders"));
+            measurements.push(cluster.measure(config, concurrency, &payload, CLUSTER_SYSTEM)?);
+        }
         progress(&format!("raw fdatasync, {concurrency} appenders"));
         measurements.push(bench_raw(config, concurrency, &payload)?);
         progress(&format!("vellum 1 replica, {concurrency} appenders"));
@@ -156,6 +178,24 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
             }
             None => {}
         }
+    }
+    if let Some(cluster) = &mut cluster {
+        let backup = cluster.kill_backup(&runtime)?;
+        notes.push(format!(
+            "{CLUSTER_DEGRADED_SYSTEM}: replica {backup} killed with SIGKILL"
+        ));
+        for &concurrency in &config.concurrency {
+            progress(&format!(
+                "{CLUSTER_DEGRADED_SYSTEM}, {concurrency} appenders"
+            ));
+            measurements.push(cluster.measure(
+                config,
+                concurrency,
+                &payload,
+                CLUSTER_DEGRADED_SYSTEM,
+            )?);
+        }
+        cluster.stop()?;
     }
     let ratios = ratios(&measurements);
     let verify = if config.verify_mb > 0 {
@@ -475,16 +515,83 @@ async fn bench_postgres(
     ))
 }
 
+/// A three-replica cluster of `vellum start` processes for the bench.
+struct BenchCluster {
+    cluster: crate::local_cluster::LocalCluster,
+    persister: crate::client::ClientPersister,
+    dir: PathBuf,
+}
+
+impl BenchCluster {
+    fn start(
+        config: &BenchConfig,
+        exe: &Path,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<BenchCluster> {
+        let dir = config.dir.join("cluster");
+        remove_dir_if_exists(&dir)?;
+        let cluster = crate::local_cluster::LocalCluster::start(&dir, 3, exe)?;
+        runtime.block_on(cluster.wait_primary(Duration::from_secs(60)))?;
+        let persister = crate::client::ClientPersister::new(cluster.client(None)?)?;
+        Ok(BenchCluster {
+            cluster,
+            persister,
+            dir,
+        })
+    }
+
+    fn measure(
+        &self,
+        config: &BenchConfig,
+        concurrency: usize,
+        payload: &Bytes,
+        system: &str,
+    ) -> anyhow::Result<Measurement> {
+        let (latencies, elapsed) = drive_threads(config, concurrency, &|worker| {
+            self.persister.persist_blocking(
+                StreamId(StreamId::USER_MIN + worker as u64),
+                vec![payload.clone()],
+            )?;
+            Ok(())
+        })?;
+        Ok(measurement(
+            system,
+            concurrency,
+            payload.len(),
+            latencies,
+            elapsed,
+        ))
+    }
+
+    /// Kills one backup; returns its index.
+    fn kill_backup(&mut self, runtime: &tokio::runtime::Runtime) -> anyhow::Result<usize> {
+        let primary = runtime.block_on(self.cluster.wait_primary(Duration::from_secs(60)))?;
+        let backup = (usize::from(primary) + 1) % 3;
+        self.cluster.kill(backup)?;
+        Ok(backup)
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.cluster.stop()?;
+        remove_dir_if_exists(&self.dir)?;
+        Ok(())
+    }
+}
+
 fn ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let vellums = ["vellum 1 replica", CLUSTER_SYSTEM, CLUSTER_DEGRADED_SYSTEM];
     let mut out = Vec::new();
     for vellum in measurements
         .iter()
-        .filter(|m| m.system == "vellum 1 replica")
+        .filter(|m| vellums.contains(&m.system.as_str()))
     {
-        for base in measurements
-            .iter()
-            .filter(|m| m.concurrency == vellum.concurrency && m.system != vellum.system)
-        {
+        let compared = |m: &&Measurement| {
+            m.concurrency == vellum.concurrency
+                && m.system != vellum.system
+                && (!vellums.contains(&m.system.as_str())
+                    || (vellum.system == CLUSTER_DEGRADED_SYSTEM && m.system == CLUSTER_SYSTEM))
+        };
+        for base in measurements.iter().filter(compared) {
             out.push(Ratio {
                 concurrency: vellum.concurrency,
                 what: format!("{} / {}", vellum.system, base.system),
@@ -515,13 +622,13 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "{:<18} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9}",
+            "{:<33} {:>5} {:>8} {:>11} {:>8} {:>9} {:>9} {:>9}",
             "system", "conc", "appends", "events/s", "MB/s", "p50 us", "p99 us", "p999 us"
         );
         for m in &self.measurements {
             let _ = writeln!(
                 out,
-                "{:<18} {:>5} {:>8} {:>11.0} {:>8.2} {:>9} {:>9} {:>9}",
+                "{:<33} {:>5} {:>8} {:>11.0} {:>8.2} {:>9} {:>9} {:>9}",
                 m.system,
                 m.concurrency,
                 m.appends,
@@ -536,7 +643,7 @@ impl BenchReport {
         for r in &self.ratios {
             let _ = writeln!(
                 out,
-                "  conc {:>3}  {:<36} throughput x{:.2}  p99 latency x{:.2}",
+                "  conc {:>3}  {:<52} throughput x{:.2}  p99 latency x{:.2}",
                 r.concurrency, r.what, r.throughput, r.p99_latency
             );
         }

@@ -92,21 +92,37 @@ fn story(
 ) -> anyhow::Result<DemoSummary> {
     let primary = runtime.block_on(cluster.wait_primary(STEP_WAIT))?;
     for (i, url) in cluster.dev.api_urls.iter().enumerate() {
-        let role = if i == usize::from(primary) { "primary" } else { "backup" };
+        let role = if i == usize::from(primary) {
+            "primary"
+        } else {
+            "backup"
+        };
         writeln!(out, "   replica {i}: {url} ({role})")?;
     }
     let client = cluster.client(None)?;
     let persister = ClientPersister::new(client.clone())?;
     let policy = Policy::parse(&std::fs::read_to_string(&cluster.dev.policy_path)?)?;
 
-    writeln!(out, "== 2. append sample EHR events through EventPersister::persist_blocking")?;
+    writeln!(
+        out,
+        "== 2. append sample EHR events through EventPersister::persist_blocking"
+    )?;
     let mut appended = append_rounds(&persister, 0)?;
     let first = runtime.block_on(client.certificate())?;
-    writeln!(out, "   {} events on {} streams", appended.len(), PATIENTS.len())?;
+    writeln!(
+        out,
+        "   {} events on {} streams",
+        appended.len(),
+        PATIENTS.len()
+    )?;
 
-    writeln!(out, "== 3. a receipt: offsets, positions, commit certificate (quorum), inclusion proof")?;
+    writeln!(
+        out,
+        "== 3. a receipt: offsets, positions, commit certificate (quorum), inclusion proof"
+    )?;
     let event = sample_event(PATIENTS[0].1, 99);
-    let receipt = runtime.block_on(client.append(PATIENTS[0].0, vec![Bytes::from(event.clone())], None))?;
+    let receipt =
+        runtime.block_on(client.append(PATIENTS[0].0, vec![Bytes::from(event.clone())], None))?;
     appended.push((PATIENTS[0].0, receipt.first_offset, event));
     writeln!(
         out,
@@ -116,9 +132,15 @@ fn story(
     for line in receipt.certificate.lines() {
         writeln!(out, "   | {line}")?;
     }
-    let certificate_signatures = Certificate::parse(&receipt.certificate)?.note.signatures.len();
+    let certificate_signatures = Certificate::parse(&receipt.certificate)?
+        .note
+        .signatures
+        .len();
 
-    writeln!(out, "== 4. prove one event; check the proof with the public policy alone")?;
+    writeln!(
+        out,
+        "== 4. prove one event; check the proof with the public policy alone"
+    )?;
     let proof = runtime.block_on(client.proof(PATIENTS[1].0, 0))?;
     let parsed = InclusionProof::parse(&proof.proof)?;
     let proof_verified = parsed.verify_event(&policy).is_ok();
@@ -131,7 +153,10 @@ fn story(
         ok(proof_verified)
     )?;
 
-    writeln!(out, "== 5. kill -9 the primary (replica {primary}) and keep appending")?;
+    writeln!(
+        out,
+        "== 5. kill -9 the primary (replica {primary}) and keep appending"
+    )?;
     cluster.kill(usize::from(primary))?;
     appended.extend(append_rounds(&persister, EVENTS_PER_PATIENT)?);
     let new_primary = runtime.block_on(cluster.wait_primary(STEP_WAIT))?;
@@ -151,18 +176,34 @@ fn story(
     let caught_up = runtime
         .block_on(cluster.wait_commit(&[usize::from(primary)], commit, STEP_WAIT))
         .is_ok();
-    writeln!(out, "   replica {primary} reached commit {commit}: {}", ok(caught_up))?;
+    writeln!(
+        out,
+        "   replica {primary} reached commit {commit}: {}",
+        ok(caught_up)
+    )?;
 
     writeln!(out, "== 7. read back every stream, byte for byte")?;
     let read_back = read_back(runtime, &client, &appended)?;
     writeln!(out, "   {read_back} of {} events identical", appended.len())?;
 
-    writeln!(out, "== 8. prove the log only grew since the first checkpoint (consistency)")?;
+    writeln!(
+        out,
+        "== 8. prove the log only grew since the first checkpoint (consistency)"
+    )?;
     let consistency = runtime.block_on(client.consistency(first.size, None))?;
     let consistency_verified = check_consistency(&first, &consistency, &policy);
-    writeln!(out, "   size {} -> {}: {}", consistency.from, consistency.to, ok(consistency_verified))?;
+    writeln!(
+        out,
+        "   size {} -> {}: {}",
+        consistency.from,
+        consistency.to,
+        ok(consistency_verified)
+    )?;
 
-    writeln!(out, "== 9. stop the cluster; vellum verify on every replica")?;
+    writeln!(
+        out,
+        "== 9. stop the cluster; vellum verify on every replica"
+    )?;
     drop(persister);
     cluster.stop()?;
     let (verify_passed, replicas_agree, tree_size) = verify_replicas(cluster, &policy, out)?;
@@ -281,7 +322,15 @@ fn verify_replicas(
     for i in 0..cluster.replica_count() {
         let dir = cluster.data_dir(i);
         let report = crate::verify::verify_data_dir(&dir, policy, None, &mut |_| {});
-        writeln!(out, "   replica {i}: {}", if report.passed { "verify passed" } else { "verify FAILED" })?;
+        writeln!(
+            out,
+            "   replica {i}: {}",
+            if report.passed {
+                "verify passed"
+            } else {
+                "verify FAILED"
+            }
+        )?;
         if !report.passed {
             for line in report.to_text().lines() {
                 writeln!(out, "     {line}")?;

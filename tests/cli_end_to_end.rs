@@ -524,10 +524,19 @@ fn demo_succeeds() {
     for replica in ["r0", "r1", "r2"] {
         let policy = data.join("policy.txt");
         let out = ok(
-            &["verify", "--data-dir", s(&data.join(replica)), "--policy", s(&policy)],
+            &[
+                "verify",
+                "--data-dir",
+                s(&data.join(replica)),
+                "--policy",
+                s(&policy),
+            ],
             b"",
         );
-        assert!(out.contains("passed") || out.contains("PASS") || out.contains("ok"), "{out}");
+        assert!(
+            out.contains("passed") || out.contains("PASS") || out.contains("ok"),
+            "{out}"
+        );
     }
 }
 

@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// against a raw SHA-256 pass over the same bytes (0: skip).
     #[arg(long, value_name = "MB", default_value_t = 0)]
     verify_mb: u64,
+    /// Skip the three-replica cluster (started from this binary on loopback).
+    #[arg(long)]
+    no_cluster: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -48,6 +51,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         time_limit: Duration::from_secs(args.seconds),
         postgres_url: args.postgres_url,
         verify_mb: args.verify_mb,
+        cluster_exe: match args.no_cluster {
+            true => None,
+            false => Some(std::env::current_exe()?),
+        },
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(Duration::from_millis(200));
