@@ -556,6 +556,8 @@ fn help_of_every_subcommand_exits_zero() {
         &["index", "rebuild"],
         &["bench"],
         &["demo"],
+        &["dev"],
+        &["start"],
     ];
     for command in commands {
         let mut args = command.to_vec();
