@@ -15,6 +15,8 @@
 //! | GET | `/v1/streams/{stream}/events/{offset}/proof` | | [`ProofAnswer`] |
 //! | GET | `/v1/consistency?from=A&to=B` | | [`ConsistencyAnswer`] |
 //! | GET | `/v1/certificate` | | [`CertificateAnswer`] |
+//! | POST | `/v1/export/events` | [`ExportEventsRequest`] | [`ExportBundle`] |
+//! | GET | `/v1/export/audit?from_ns=&to_ns=&stream=` | | [`AuditExport`] |
 //! | GET | `/v1/health` | | [`Health`] |
 //! | GET | `/metrics` | | Prometheus text format |
 //! | GET | `/openapi.json` | | OpenAPI 3.1 document |
@@ -186,6 +188,56 @@ pub struct Health {
     pub op: u64,
     /// Committed events (tree size).
     pub events: u64,
+}
+
+/// `POST /v1/export/events`: an export bundle of one stream's events
+/// (plaintext, salts, proofs, the certificate, the replica's signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEventsRequest {
+    /// The stream.
+    pub stream: u64,
+    /// First offset.
+    pub from: u64,
+    /// One past the last offset.
+    pub to: u64,
+    /// The purpose of the export (recorded in the trail and the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// One file of an export bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFile {
+    /// Path inside the bundle directory (forward slashes, no `..`).
+    pub name: String,
+    /// The bytes, standard base64.
+    pub base64: String,
+}
+
+/// The answer of `POST /v1/export/events`: the bundle's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportBundle {
+    /// Every file of the bundle.
+    pub files: Vec<ExportFile>,
+}
+
+/// One access-trail event and its global position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Global position of the trail event (provable like any event).
+    pub position: u64,
+    /// The event.
+    pub event: vellum_compliance::trail::AccessEvent,
+}
+
+/// `GET /v1/export/audit?from_ns=&to_ns=&stream=`: the access trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExport {
+    /// The replica that answered (its key name).
+    pub source: String,
+    /// The matching trail events, in position order.
+    pub records: Vec<AuditRecord>,
 }
 
 /// Error codes, one per kind of refusal.

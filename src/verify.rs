@@ -1,18 +1,76 @@
-//! `vellum verify` for one data directory: the offline log checks of
-//! `vellum-audit`, plus the audit index checked row by row against the log.
+//! `vellum verify`: the auditor's tool. For one data directory: the offline
+//! log checks of `vellum-audit`, plus the audit index checked row by row
+//! against the log, plus (with `--since`) a checkpoint kept from an earlier
+//! run. For a cluster: every replica's directory on its own, then the
+//! replicas against each other (same op header chain, consistent
+//! certificates, a quorum of distinct pinned keys on every certificate).
+//! Keys always come from the auditor's policy, never from the data verified.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::hash::to_hex;
 use vellum_audit::policy::Policy;
 use vellum_audit::report::{Check, PolicySummary, Report};
-use vellum_audit::verify::{LogFacts, verify_log_dir};
+use vellum_audit::verify::{
+    LogFacts, LogVerification, ReplicaLog, check_since, compare_replicas, verify_log_dir,
+};
 
+use crate::cluster::ClusterConfig;
 use crate::datadir::DataDir;
 use crate::index::{Index, IndexTarget};
 
 /// Index rows read per query while checking, at most.
 pub const INDEX_PAGE_ROWS_MAX: u32 = 10_000;
+
+/// Cluster config files read from a cluster directory, at most (a cluster
+/// has at most `REPLICAS_MAX` replicas; the bound keeps a wrong directory
+/// from being read whole).
+pub const CLUSTER_CONFIGS_MAX: usize = 16;
+
+/// A checkpoint the auditor kept from an earlier run (`--since`).
+#[derive(Debug, Clone)]
+pub struct KeptCheckpoint {
+    /// Where it came from, e.g. the file name; failures name it.
+    pub source: String,
+    /// The signed checkpoint text.
+    pub text: String,
+}
+
+impl KeptCheckpoint {
+    /// A kept checkpoint from a file's text: the certificate text itself,
+    /// the JSON answer of `/v1/certificate` (`certificate` field), or an
+    /// earlier JSON report (`reached.checkpoint`). Anything else is taken as
+    /// certificate text, and the check says what is wrong with it.
+    pub fn from_text(source: &str, text: &str) -> KeptCheckpoint {
+        let from_json = text
+            .trim_start()
+            .starts_with('{')
+            .then(|| serde_json::from_str::<serde_json::Value>(text).ok())
+            .flatten()
+            .and_then(|value| {
+                let field = value
+                    .get("certificate")
+                    .or_else(|| value.get("reached")?.get("checkpoint"))?;
+                field.as_str().map(str::to_string)
+            });
+        KeptCheckpoint {
+            source: source.to_string(),
+            text: from_json.unwrap_or_else(|| text.to_string()),
+        }
+    }
+}
+
+/// What a verification run checks beyond the log and the index.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The audit index URL of a single data directory (`None`: the SQLite
+    /// file inside it). A cluster uses each replica's configured index.
+    pub index_url: Option<String>,
+    /// A checkpoint kept from an earlier run: the log must have only grown since.
+    pub since: Option<KeptCheckpoint>,
+}
 
 /// Verifies a data directory's log against `policy` and its index against the log.
 pub fn verify_data_dir(
@@ -21,11 +79,53 @@ pub fn verify_data_dir(
     index_url: Option<&str>,
     progress: &mut dyn FnMut(u64),
 ) -> Report {
+    let options = VerifyOptions {
+        index_url: index_url.map(str::to_string),
+        since: None,
+    };
+    verify_data_dir_with(data_dir, policy, &options, progress)
+}
+
+/// [`verify_data_dir`] with options (a kept checkpoint to check against).
+pub fn verify_data_dir_with(
+    data_dir: &Path,
+    policy: &Policy,
+    options: &VerifyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Report {
+    let started = SystemTime::now();
+    let (mut checks, log) =
+        replica_checks(data_dir, policy, options.index_url.as_deref(), progress);
+    let since = options.since.as_ref().and_then(|kept| {
+        let (check, kept) = check_since(&kept.text, &kept.source, policy, &log);
+        checks.push(check);
+        kept
+    });
+    let mut report = Report::new(
+        format!("data-dir {}", data_dir.display()),
+        PolicySummary::from_policy(policy),
+        checks,
+        log.reached.clone(),
+    );
+    report.since = since;
+    report.with_times(started, SystemTime::now())
+}
+
+/// Every check of one replica's data directory, in order, and what the log
+/// walk learned. A new per-directory check (e.g. the access trail) plugs in
+/// here, after the index check: it then runs for `--data-dir` and for every
+/// replica of `--cluster` alike.
+pub fn replica_checks(
+    data_dir: &Path,
+    policy: &Policy,
+    index_url: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> (Vec<Check>, LogVerification) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let mut checks = vec![check_meta(&dir, cluster)];
     let log = verify_log_dir(&dir.segments(), policy, progress);
-    checks.extend(log.checks);
+    checks.extend(log.checks.iter().cloned());
     let index_check = match (cluster, IndexTarget::parse(index_url, dir.root())) {
         (None, _) => Check::skipped("audit index", "the policy's origin names no vellum cluster"),
         (_, Err(e)) => {
@@ -36,17 +136,296 @@ pub fn verify_data_dir(
         (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, &log.facts),
     };
     checks.push(index_check);
-    let summary = PolicySummary {
-        origin: policy.origin.clone(),
-        quorum: policy.quorum,
-        vkeys: policy.verifiers.iter().map(|v| v.to_vkey()).collect(),
+    if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
+        checks.push(check_trail_blocking(&target, cluster, &log.facts));
+    }
+    (checks, log)
+}
+
+/// The access-trail check (P7), without keys: every trail event in the log
+/// has exactly one access row, and every row's payload and salt open the
+/// commitment of the leaf at its position (so a row can be neither invented,
+/// edited nor dropped); the payload parses as a trail event.
+fn check_trail_blocking(target: &IndexTarget, cluster: u128, facts: &LogFacts) -> Check {
+    let mut check = Check::start("access trail");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            check.fail("runtime", e.to_string());
+            return check.finish();
+        }
     };
-    Report::new(
-        format!("data-dir {}", data_dir.display()),
-        summary,
-        checks,
-        log.reached,
-    )
+    let rows = runtime.block_on(async {
+        let index = Index::open_existing(target, cluster).await?;
+        let rows = index.access_projected().await;
+        index.close().await;
+        rows
+    });
+    match rows {
+        Ok(rows) => compare_trail(&rows, facts, &mut check),
+        Err(e) => check.fail("index access", crate::log::error_chain(&e)),
+    }
+    check.finish()
+}
+
+fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check: &mut Check) {
+    use vellum_compliance::trail::{ACCESS_TRAIL_STREAM, AccessEvent};
+    let trail: std::collections::BTreeMap<u64, &vellum_audit::verify::EventFact> = facts
+        .events
+        .iter()
+        .filter(|e| e.stream == ACCESS_TRAIL_STREAM)
+        .map(|e| (e.position, e))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        let place = format!("index table access, position {}", row.position);
+        let Some(fact) = trail.get(&row.position) else {
+            check.fail(
+                &place,
+                "a row for a position that holds no access-trail event in the log",
+            );
+            continue;
+        };
+        seen.insert(row.position);
+        let (Some(payload), Some(salt)) = (&row.payload, &row.salt) else {
+            check.fail(&place, "the row lacks its payload or salt");
+            continue;
+        };
+        let Ok(salt) = <[u8; 32]>::try_from(salt.as_slice()) else {
+            check.fail(&place, "the row's salt is not 32 bytes");
+            continue;
+        };
+        if vellum_audit::leaf::commitment(&salt, payload.as_bytes()) != fact.commitment {
+            check.fail(
+                &place,
+                "the row's payload does not open the leaf's commitment: the row was edited",
+            );
+            continue;
+        }
+        if AccessEvent::from_payload(payload.as_bytes()).is_err() {
+            check.fail(&place, "the committed payload is not an access-trail event");
+        }
+    }
+    for position in trail.keys().filter(|p| !seen.contains(p)) {
+        check.fail(
+            format!("index table access, position {position}"),
+            "the log holds an access-trail event with no row in the index",
+        );
+    }
+    check.count("trail events", trail.len() as u64);
+    check.count("rows", rows.len() as u64);
+}
+
+/// The cluster a `--cluster` run verifies: the configs found and the check
+/// of how they were found and whether they fit the policy.
+#[derive(Debug)]
+pub struct ClusterSetup {
+    /// What `--cluster` named.
+    pub path: PathBuf,
+    /// The configs that loaded, in replica order.
+    pub configs: Vec<ClusterConfig>,
+    /// The "cluster configuration" check.
+    pub check: Check,
+}
+
+impl ClusterSetup {
+    /// Every loaded replica's data directory, in replica order.
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.configs.iter().map(|c| c.data_dir.clone()).collect()
+    }
+}
+
+/// Finds and loads a cluster's configs: `path` is a directory holding
+/// `r<N>.json` files (as `vellum dev` writes them) or one config file, whose
+/// siblings `r<N>.json` give the other replicas. Each must load, name the
+/// policy's cluster, and pin only keys the policy pins.
+pub fn load_cluster(path: &Path, policy: &Policy) -> ClusterSetup {
+    let mut check = Check::start("cluster configuration");
+    let mut configs: Vec<ClusterConfig> = Vec::new();
+    for file in config_files(path, &mut check) {
+        match ClusterConfig::load(&file) {
+            Ok(config) if configs.iter().any(|c| c.replica == config.replica) => check.fail(
+                file.display().to_string(),
+                format!("a second config of replica {}", config.replica),
+            ),
+            Ok(config) => {
+                check_config(&file, &config, policy, &mut check);
+                configs.push(config);
+            }
+            Err(e) => check.fail(file.display().to_string(), e.to_string()),
+        }
+    }
+    configs.sort_by_key(|c| c.replica);
+    check.count("configs", configs.len() as u64);
+    if let Some(first) = configs.first() {
+        for i in 0..first.replica_count() {
+            if !configs.iter().any(|c| c.replica == i) {
+                check.fail(
+                    path.display().to_string(),
+                    format!("no config of replica {i} (r{i}.json) was found"),
+                );
+            }
+        }
+    }
+    ClusterSetup {
+        path: path.to_path_buf(),
+        configs,
+        check: check.finish(),
+    }
+}
+
+/// The config files `path` names (see [`load_cluster`]).
+fn config_files(path: &Path, check: &mut Check) -> Vec<PathBuf> {
+    let (dir, given) = if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        (parent.unwrap_or(Path::new(".")).to_path_buf(), Some(path))
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            check.fail(dir.display().to_string(), format!("cannot read: {e}"));
+            return given.map(Path::to_path_buf).into_iter().collect();
+        }
+    };
+    let mut numbered: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter_map(|p| replica_number(&p).map(|n| (n, p)))
+        .collect();
+    numbered.sort();
+    let mut files: Vec<PathBuf> = numbered.into_iter().map(|(_, p)| p).collect();
+    if let Some(given) = given
+        && !files.iter().any(|f| f.file_name() == given.file_name())
+    {
+        files.insert(0, given.to_path_buf());
+    }
+    if files.is_empty() {
+        check.fail(
+            dir.display().to_string(),
+            "no cluster config (r<N>.json) in this directory",
+        );
+    }
+    if files.len() > CLUSTER_CONFIGS_MAX {
+        check.fail(
+            dir.display().to_string(),
+            format!("{} configs, more than {CLUSTER_CONFIGS_MAX}", files.len()),
+        );
+        files.truncate(CLUSTER_CONFIGS_MAX);
+    }
+    files
+}
+
+/// N of a file named `r<N>.json`.
+fn replica_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_prefix('r')?.strip_suffix(".json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A config must name the policy's cluster and pin no key the policy lacks.
+fn check_config(file: &Path, config: &ClusterConfig, policy: &Policy, check: &mut Check) {
+    let at = file.display().to_string();
+    let origin = origin_for_cluster(config.cluster);
+    if origin != policy.origin {
+        check.fail(
+            &at,
+            format!(
+                "names cluster {:032x} but the policy's origin is {}",
+                config.cluster, policy.origin
+            ),
+        );
+    }
+    for (i, replica) in config.replicas.iter().enumerate() {
+        let pinned = policy
+            .verifiers
+            .iter()
+            .any(|v| v.public_key() == replica.verifier.public_key());
+        if !pinned {
+            check.fail(
+                &at,
+                format!(
+                    "replicas[{i}].verifier {} is not pinned by the policy",
+                    replica.verifier.to_vkey()
+                ),
+            );
+        }
+    }
+}
+
+/// Verifies every replica of a cluster on its own, then against each other.
+pub fn verify_cluster(
+    setup: ClusterSetup,
+    policy: &Policy,
+    since: Option<&KeptCheckpoint>,
+    progress: &mut dyn FnMut(u64),
+) -> Report {
+    let started = SystemTime::now();
+    let mut checks = vec![setup.check];
+    let mut logs: Vec<(String, LogVerification)> = Vec::new();
+    for config in &setup.configs {
+        let name = format!("replica {}", config.replica);
+        let index_url = config.index_url.as_deref();
+        let (replica, log) = replica_checks(&config.data_dir, policy, index_url, progress);
+        checks.extend(replica.into_iter().map(|mut check| {
+            check.name = format!("{name}: {}", check.name);
+            check
+        }));
+        logs.push((name, log));
+    }
+    let views: Vec<ReplicaLog<'_>> = logs
+        .iter()
+        .map(|(name, log)| ReplicaLog { name, log })
+        .collect();
+    let replica_count = setup.configs.first().map_or(0, |c| c.replicas.len());
+    if !views.is_empty() {
+        checks.extend(compare_replicas(&views, policy, replica_count));
+    }
+    let newest = logs
+        .iter()
+        .map(|(_, log)| log)
+        .max_by_key(|log| log.reached.as_ref().map(|r| r.tree_size));
+    let kept = since.and_then(|kept| {
+        let (check, kept) = since_in_cluster(kept, policy, newest);
+        checks.push(check);
+        kept
+    });
+    let scope = format!(
+        "cluster {} ({} replicas)",
+        setup.path.display(),
+        setup.configs.len()
+    );
+    let reached = newest.and_then(|log| log.reached.clone());
+    let mut report = Report::new(scope, PolicySummary::from_policy(policy), checks, reached);
+    report.since = kept;
+    report.with_times(started, SystemTime::now())
+}
+
+/// The kept checkpoint against the replica that got furthest (the others
+/// were compared with it already).
+fn since_in_cluster(
+    kept: &KeptCheckpoint,
+    policy: &Policy,
+    newest: Option<&LogVerification>,
+) -> (Check, Option<vellum_audit::report::Reached>) {
+    match newest {
+        Some(log) => check_since(&kept.text, &kept.source, policy, log),
+        None => {
+            let mut check = Check::start(vellum_audit::verify::SINCE_CHECK);
+            check.fail(
+                &kept.source,
+                "no replica could be read to check the kept checkpoint against",
+            );
+            (check.finish(), None)
+        }
+    }
 }
 
 /// `vellum.json` must parse and name the policy's cluster. It is not

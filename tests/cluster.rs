@@ -111,11 +111,37 @@ fn verify_replicas(
         };
         let (log, _) = vellum::log::LocalLog::open(dir, options).expect("open read-only");
         let certificate = log.latest_certificate().expect("a certificate");
-        if certificate.checkpoint.size == size {
-            roots.insert(certificate.checkpoint.root);
-        }
+        assert!(
+            certificate.checkpoint.size >= size,
+            "replica {i} certified {size} events"
+        );
+        roots.insert(log.root_at(size).expect("the root at the common size"));
     }
     roots
+}
+
+/// Events of `stream` a stopped replica's own data directory decrypts.
+fn read_only_stream(dir: &Path, stream: u64) -> usize {
+    let mut options = vellum::log::LogOptions {
+        without_index: true,
+        ..Default::default()
+    };
+    options.storage.read_only = true;
+    let (log, _) = vellum::log::LocalLog::open(dir, options).expect("open read-only");
+    log.read(stream, 0, 1000)
+        .expect("read with the replica's own keys")
+        .len()
+}
+
+/// The fewest committed events any replica reports.
+async fn commit_events(cluster: &LocalCluster) -> u64 {
+    cluster
+        .health()
+        .await
+        .iter()
+        .map(|h| h.as_ref().map_or(0, |h| h.events))
+        .min()
+        .unwrap_or(0)
 }
 
 async fn commit_of(cluster: &LocalCluster, i: usize) -> u64 {
@@ -263,25 +289,30 @@ async fn wiped_replica_rebuilds_and_cluster_verifies() {
     }
     let commit = commit_of(&cluster, primary).await;
     cluster
-        .wait_commit(&[victim], commit, WAIT)
+        .wait_commit(&[0, 1, 2], commit, WAIT)
         .await
         .expect("the wiped replica rebuilds");
-    let rebuilt = read_all(&client_of(&cluster, victim), 4000).await;
-    assert_eq!(
-        rebuilt.len(),
-        10,
-        "the wiped replica reads its rebuilt stream"
-    );
+    // The appends and their access-trail events: every replica holds at
+    // least this many committed events.
+    let common = commit_events(&cluster).await;
     cluster.stop().expect("stop");
     let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| cluster.data_dir(i)).collect();
+    let victim_dir = cluster.data_dir(victim);
+    let rebuilt = tokio::task::spawn_blocking(move || read_only_stream(&victim_dir, 4000))
+        .await
+        .expect("read task");
+    assert_eq!(
+        rebuilt, 10,
+        "the wiped replica decrypts its rebuilt stream (keys came with repairs)"
+    );
     let policy_path = cluster.dev.policy_path.clone();
-    let roots = tokio::task::spawn_blocking(move || verify_replicas(&dirs, &policy_path, 20))
+    let roots = tokio::task::spawn_blocking(move || verify_replicas(&dirs, &policy_path, common))
         .await
         .expect("verify task");
     assert_eq!(
         roots.len(),
         1,
-        "replicas that reached 20 events agree on the root"
+        "every replica has the same root at {common} events"
     );
 }
 
@@ -400,6 +431,228 @@ async fn bad_input_on_a_live_cluster_gets_clear_4xx() {
         stored,
         vec![(0, "kept".to_string())],
         "nothing stored was harmed"
+    );
+    cluster.stop().expect("stop");
+}
+
+// Goal: every access through any replica is recorded in the replicated
+// access trail (system stream 1) before it is answered, with the principal,
+// action, stream and caller — failed logins too — and every replica's audit
+// index projects the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_trail_records_every_access_through_any_replica() {
+    use vellum_compliance::trail::{ACCESS_TRAIL_STREAM, AccessAction, AccessEvent};
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let backup = (primary + 1) % 3;
+    let client = cluster.client(None).expect("client");
+    client
+        .append(7000, vec![Bytes::from_static(b"observation")], None)
+        .await
+        .expect("append");
+    let via_backup = client_of(&cluster, backup);
+    via_backup
+        .read_stream(7000, 0, 10)
+        .await
+        .expect("read through a backup");
+    let mut bad = ClientConfig::new(
+        vec![cluster.dev.api_urls[primary].clone()],
+        "vlm_not_a_token",
+    );
+    bad.ca_pem = Some(cluster.ca_pem().to_vec());
+    let refused = Client::new(bad)
+        .expect("client")
+        .read_stream(7000, 0, 10)
+        .await;
+    assert!(refused.is_err(), "a bad token is refused");
+    let trail: Vec<AccessEvent> = read_all(&client, ACCESS_TRAIL_STREAM)
+        .await
+        .iter()
+        .map(|(_, payload)| {
+            AccessEvent::from_payload(payload.as_bytes()).expect("trail events parse")
+        })
+        .collect();
+    let append = trail
+        .iter()
+        .find(|e| e.action == AccessAction::Append && e.stream == Some(7000))
+        .expect("the append is in the trail");
+    assert_eq!(
+        (append.principal.as_str(), append.role.as_str()),
+        ("dev", "writer")
+    );
+    assert_eq!((append.from, append.to), (Some(0), Some(1)));
+    let read = trail
+        .iter()
+        .find(|e| e.action == AccessAction::ReadStream && e.stream == Some(7000))
+        .expect("the read through the backup is in the trail");
+    assert_eq!(read.outcome, "success");
+    assert!(
+        read.remote.as_deref().is_some_and(|r| r.contains(" via ")),
+        "a forwarded read names the client and the backup: {read:?}"
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.action == AccessAction::AuthFailed && e.outcome.starts_with("denied: 401")),
+        "the failed login is in the trail"
+    );
+    let committed = commit_of(&cluster, primary).await;
+    cluster
+        .wait_commit(&[0, 1, 2], committed, WAIT)
+        .await
+        .expect("all caught up");
+    cluster.stop().expect("stop");
+    let dirs: Vec<std::path::PathBuf> = (0..3).map(|i| cluster.data_dir(i)).collect();
+    let rows = tokio::task::spawn_blocking(move || {
+        dirs.iter()
+            .map(|dir| projected_access_rows(dir))
+            .collect::<Vec<usize>>()
+    })
+    .await
+    .expect("index task");
+    for (replica, rows) in rows.iter().enumerate() {
+        assert!(
+            *rows >= trail.len(),
+            "replica {replica} indexes the trail: {rows} rows"
+        );
+    }
+}
+
+/// Access rows projected from the trail in a replica's audit index.
+fn projected_access_rows(data_dir: &Path) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let meta = vellum::datadir::NodeMeta::load(&vellum::datadir::DataDir::new(data_dir))
+            .expect("meta");
+        let target = vellum::index::IndexTarget::parse(None, data_dir).expect("target");
+        let index = vellum::index::Index::open_existing(&target, meta.cluster_id().expect("id"))
+            .await
+            .expect("index");
+        let rows = index.access_projected().await.expect("rows");
+        assert!(
+            rows.iter()
+                .all(|r| r.payload.is_some() && r.salt.as_ref().is_some_and(|s| s.len() == 32))
+        );
+        index.close().await;
+        rows.len()
+    })
+}
+
+/// Runs the `vellum` binary; returns (exit code, stdout, stderr).
+fn vellum_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run vellum");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Goal: a compliance officer exports a patient's events from a live
+// cluster, an auditor verifies the bundle offline with the policy alone (and
+// an edited bundle fails), the access trail exports as FHIR AuditEvent and
+// the accounting of disclosures lists the export, which is itself recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exports_from_a_live_cluster_verify_offline_and_are_trailed() {
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    cluster.wait_primary(WAIT).await.expect("primary");
+    let client = cluster.client(None).expect("client");
+    for i in 0..5 {
+        let event = Bytes::from(format!("{{\"resourceType\":\"Observation\",\"n\":{i}}}"));
+        client
+            .append(8000, vec![event], None)
+            .await
+            .expect("append");
+    }
+    let cluster_dir = cluster.dev.dir.clone();
+    let policy = cluster.dev.policy_path.clone();
+    let out = dir.path().join("out");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let s = |p: &Path| p.display().to_string();
+        let bundle = out.join("bundle");
+        let (code, _, err) = vellum_cli(&[
+            "export",
+            "events",
+            "--cluster",
+            &s(&cluster_dir),
+            "--stream",
+            "8000",
+            "--from",
+            "0",
+            "--to",
+            "5",
+            "--purpose",
+            "patient request",
+            "--out",
+            &s(&bundle),
+        ]);
+        assert_eq!(code, 0, "export events: {err}");
+        let (code, report, err) =
+            vellum_cli(&["verify", "--bundle", &s(&bundle), "--policy", &s(&policy)]);
+        assert_eq!(code, 0, "the bundle verifies offline:\n{report}\n{err}");
+        let events = bundle.join("events.ndjson");
+        let text = std::fs::read_to_string(&events).expect("events");
+        std::fs::write(&events, text.replacen("\"n\\\":0", "\"n\\\":9", 1)).expect("edit");
+        let edited = std::fs::read_to_string(&events).expect("events");
+        assert_ne!(edited, text, "the edit changed the bundle");
+        let (code, report, _) =
+            vellum_cli(&["verify", "--bundle", &s(&bundle), "--policy", &s(&policy)]);
+        assert_eq!(code, 1, "an edited bundle fails:\n{report}");
+        let fhir = out.join("audit.fhir.ndjson");
+        let (code, _, err) = vellum_cli(&[
+            "export",
+            "audit",
+            "--cluster",
+            &s(&cluster_dir),
+            "--format",
+            "fhir",
+            "--out",
+            &s(&fhir),
+        ]);
+        assert_eq!(code, 0, "export audit: {err}");
+        let resources: Vec<serde_json::Value> = std::fs::read_to_string(&fhir)
+            .expect("fhir")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert!(resources.len() >= 6, "5 appends and the export at least");
+        assert!(resources.iter().all(|r| r["resourceType"] == "AuditEvent"));
+        let (code, json, err) = vellum_cli(&[
+            "export",
+            "disclosures",
+            "--cluster",
+            &s(&cluster_dir),
+            "--stream",
+            "8000",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(code, 0, "export disclosures: {err}");
+        let accounting: serde_json::Value = serde_json::from_str(&json).expect("JSON accounting");
+        let listed = accounting["disclosures"].as_array().expect("a list").len();
+        assert!(
+            listed >= 1,
+            "the bundle export is a disclosure of stream 8000: {json}"
+        );
+    });
+    outcome.await.expect("export steps");
+    let trail = client
+        .export_audit(None, None, Some(8000))
+        .await
+        .expect("trail");
+    assert!(
+        trail.records.iter().any(|r| r.event.action
+            == vellum_compliance::trail::AccessAction::Export
+            && r.event.purpose.as_deref() == Some("patient request")),
+        "the export is in the access trail"
     );
     cluster.stop().expect("stop");
 }

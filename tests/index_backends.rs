@@ -178,6 +178,8 @@ fn key(key_id: u64, stream: u64) -> KeyRow {
 
 fn access() -> AccessRow {
     AccessRow {
+        payload: None,
+        salt: None,
         time_ns: 42,
         principal: "dr.house".into(),
         role: "clinician".into(),
@@ -194,6 +196,7 @@ fn access() -> AccessRow {
 
 fn small_batch() -> IndexBatch {
     IndexBatch {
+        access: Vec::new(),
         events: vec![event(0, 7, 0), event(1, 7, 1), event(2, 8, 0)],
         commits: vec![commit(1, 3)],
         keys: vec![key(1, 7), key(2, 8)],
@@ -254,10 +257,11 @@ async fn fresh_migrations_and_reopen_is_noop(target: IndexTarget) {
     index.apply(&small_batch()).await.expect("apply");
     index.close().await;
     let migrations = "SELECT count(*) FROM _sqlx_migrations";
-    assert_eq!(raw_scalar(&target, migrations).await, 1);
+    // 0001 (the schema) and 0002 (the access trail projection).
+    assert_eq!(raw_scalar(&target, migrations).await, 2);
 
     let index = open(&target).await;
-    assert_eq!(raw_scalar(&target, migrations).await, 1);
+    assert_eq!(raw_scalar(&target, migrations).await, 2);
     let counts = index.counts().await.expect("counts");
     assert_eq!((counts.events, counts.commits, counts.keys), (3, 1, 2));
     index.close().await;
@@ -304,6 +308,7 @@ async fn conflicting_rows_are_refused(target: IndexTarget) {
     for (mut events, commits, keys, table, key_text) in cases {
         events.push(event(5, 9, 0)); // a new, valid row in the same batch
         let batch = IndexBatch {
+            access: Vec::new(),
             events,
             commits,
             keys,
@@ -328,6 +333,7 @@ async fn key_lifecycle_only_moves_forward(target: IndexTarget) {
     let index = open(&target).await;
     let mut k = key(3, 7);
     let apply_key = |k: KeyRow| IndexBatch {
+        access: Vec::new(),
         keys: vec![k],
         ..IndexBatch::default()
     };
@@ -354,6 +360,7 @@ async fn last_position_and_last_commit(target: IndexTarget) {
     assert_eq!(index.last_position().await.expect("last"), None);
     assert_eq!(index.last_commit().await.expect("last"), None);
     let batch = IndexBatch {
+        access: Vec::new(),
         events: vec![event(4, 1, 1), event(3, 1, 0)],
         commits: vec![commit(9, 5), commit(2, 3)],
         keys: vec![],
@@ -373,6 +380,7 @@ async fn reads_are_ordered_and_limited(target: IndexTarget) {
     let commits = (0..5).rev().map(|op| commit(op, op * 4)).collect();
     index
         .apply(&IndexBatch {
+            access: Vec::new(),
             events,
             commits,
             keys: vec![],
@@ -443,6 +451,7 @@ async fn values_above_i64_max_are_refused(target: IndexTarget) {
     ];
     for (row, column) in too_big {
         let batch = IndexBatch {
+            access: Vec::new(),
             events: vec![row],
             ..IndexBatch::default()
         };
@@ -456,6 +465,8 @@ async fn values_above_i64_max_are_refused(target: IndexTarget) {
         Err(IndexError::OutOfRange { .. })
     ));
     let late = AccessRow {
+        payload: None,
+        salt: None,
         time_ns: u64::MAX,
         ..access()
     };
@@ -473,6 +484,7 @@ async fn values_above_i64_max_are_refused(target: IndexTarget) {
     let edge = event(max, max, max);
     index
         .apply(&IndexBatch {
+            access: Vec::new(),
             events: vec![edge.clone()],
             ..IndexBatch::default()
         })
@@ -502,6 +514,8 @@ async fn clear_keeps_access_and_verifications(target: IndexTarget) {
     index.apply(&small_batch()).await.expect("apply");
     index.record_access(&access()).await.expect("access");
     let bare = AccessRow {
+        payload: None,
+        salt: None,
         stream: None,
         offset_from: None,
         offset_to: None,

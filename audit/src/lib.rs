@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod hash;
+pub mod html;
 pub mod leaf;
 pub mod merkle;
 pub mod note;

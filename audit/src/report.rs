@@ -1,15 +1,22 @@
 //! The verification report model: what `vellum verify` checked, with counts,
-//! times and the location of every failure. Rendered as text here and as JSON
-//! through serde, so machines and people read the same content.
+//! times and the location of every failure, the keys it pinned and the
+//! checkpoint it reached. Rendered as text here, as HTML in `html`, and as
+//! JSON through serde, so machines and people read the same content.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::hash::to_hex;
+use crate::policy::Policy;
+
 /// Failures kept per check, at most; the count of the rest is still reported.
 pub const FAILURES_PER_CHECK_MAX: usize = 100;
+
+/// The report format version (2: times, pinned keys, kept checkpoint).
+pub const REPORT_VERSION: u32 = 2;
 
 /// One failed expectation and where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -109,32 +116,29 @@ impl Check {
     }
 }
 
-/// Where verification got to: the newest certificate it verified.
-#[derive(Debug, Clone, Serialize)]
+/// Where verification got to: the newest certificate it verified (or, for
+/// `--since`, the checkpoint the auditor kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reached {
     /// Tree size of that certificate.
     pub tree_size: u64,
     /// Its root, lowercase hex.
     pub root: String,
+    /// The pinned keys whose signatures verified, as `name+keyid`.
+    pub signed_by: Vec<String>,
     /// The signed checkpoint, to keep and pass to the next run's `--since`.
     pub checkpoint: String,
 }
 
-/// The whole report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// Report format version.
-    pub version: u32,
-    /// What was verified, e.g. "data-dir /var/lib/vellum".
-    pub scope: String,
-    /// True when no check failed.
-    pub passed: bool,
-    /// The pinned policy: origin, quorum and verifier keys.
-    pub policy: PolicySummary,
-    /// The checks, in the order they ran.
-    pub checks: Vec<Check>,
-    /// The newest certificate verified, if any.
-    pub reached: Option<Reached>,
+/// One pinned verifier key as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PinnedKey {
+    /// The key name (the replica's label).
+    pub name: String,
+    /// The 4-byte key id, lowercase hex.
+    pub key_id: String,
+    /// The whole verifier key line.
+    pub vkey: String,
 }
 
 /// The policy as the report shows it.
@@ -144,12 +148,61 @@ pub struct PolicySummary {
     pub origin: String,
     /// Signatures needed.
     pub quorum: usize,
-    /// Pinned verifier keys.
+    /// Pinned verifier keys (vkey lines, kept for readers of version 1).
     pub vkeys: Vec<String>,
+    /// Pinned verifier keys with their names and key ids.
+    pub keys: Vec<PinnedKey>,
+}
+
+impl PolicySummary {
+    /// The summary of `policy`.
+    pub fn from_policy(policy: &Policy) -> PolicySummary {
+        let keys: Vec<PinnedKey> = policy
+            .verifiers
+            .iter()
+            .map(|v| PinnedKey {
+                name: v.name().to_string(),
+                key_id: to_hex(&v.key_id()),
+                vkey: v.to_vkey(),
+            })
+            .collect();
+        PolicySummary {
+            origin: policy.origin.clone(),
+            quorum: policy.quorum,
+            vkeys: keys.iter().map(|k| k.vkey.clone()).collect(),
+            keys,
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Report format version ([`REPORT_VERSION`]).
+    pub version: u32,
+    /// What was verified, e.g. "data-dir /var/lib/vellum".
+    pub scope: String,
+    /// True when no check failed.
+    pub passed: bool,
+    /// When verification started, RFC 3339 UTC.
+    pub started: String,
+    /// When it finished, RFC 3339 UTC.
+    pub finished: String,
+    /// Wall time of the whole run, in milliseconds.
+    pub duration_ms: u64,
+    /// The pinned policy: origin, quorum and verifier keys.
+    pub policy: PolicySummary,
+    /// The checks, in the order they ran.
+    pub checks: Vec<Check>,
+    /// The checkpoint the auditor kept (`--since`), when one was given.
+    pub since: Option<Reached>,
+    /// The newest certificate verified, if any.
+    pub reached: Option<Reached>,
 }
 
 impl Report {
-    /// A report over `checks`; it passes when none failed.
+    /// A report over `checks`; it passes when none failed. Its times are
+    /// "now" until [`Report::with_times`] sets the real ones.
     pub fn new(
         scope: String,
         policy: PolicySummary,
@@ -157,14 +210,35 @@ impl Report {
         reached: Option<Reached>,
     ) -> Report {
         let passed = checks.iter().all(Check::passed);
+        let now = rfc3339(SystemTime::now());
         Report {
-            version: 1,
+            version: REPORT_VERSION,
             scope,
             passed,
+            started: now.clone(),
+            finished: now,
+            duration_ms: 0,
             policy,
             checks,
+            since: None,
             reached,
         }
+    }
+
+    /// Sets when the run started and finished.
+    pub fn with_times(mut self, started: SystemTime, finished: SystemTime) -> Report {
+        self.started = rfc3339(started);
+        self.finished = rfc3339(finished);
+        let elapsed = finished.duration_since(started).unwrap_or_default();
+        self.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Every failure of every check, as (check name, failure).
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &Failure)> {
+        self.checks
+            .iter()
+            .flat_map(|c| c.failures.iter().map(move |f| (c.name.as_str(), f)))
     }
 
     /// Human-readable text: one line per check, failures with their location.
@@ -174,48 +248,107 @@ impl Report {
         let _ = writeln!(out, "verification {verdict}: {}", self.scope);
         let _ = writeln!(
             out,
+            "started {} finished {} ({} ms)",
+            self.started, self.finished, self.duration_ms
+        );
+        let _ = writeln!(
+            out,
             "policy: origin {} quorum {} ({} keys)",
             self.policy.origin,
             self.policy.quorum,
-            self.policy.vkeys.len()
+            self.policy.keys.len()
         );
+        for key in &self.policy.keys {
+            let _ = writeln!(out, "  pinned key {} id {}", key.name, key.key_id);
+        }
         for check in &self.checks {
-            let tag = match check.outcome {
-                Outcome::Pass => "ok  ",
-                Outcome::Fail => "FAIL",
-                Outcome::Skipped => "skip",
-            };
-            let counts: Vec<String> = check
-                .counts
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            write_check_text(&mut out, check);
+        }
+        if let Some(since) = &self.since {
             let _ = writeln!(
                 out,
-                "{tag} {:<28} {} ({} ms)",
-                check.name,
-                counts.join(" "),
-                check.elapsed_ms
+                "kept checkpoint: tree size {} root {}",
+                since.tree_size, since.root
             );
-            if let Some(note) = &check.note {
-                let _ = writeln!(out, "     note: {note}");
-            }
-            for failure in &check.failures {
-                let _ = writeln!(out, "     at {}: {}", failure.location, failure.message);
-            }
-            if check.failures_dropped > 0 {
-                let _ = writeln!(out, "     ... and {} more failures", check.failures_dropped);
-            }
         }
         if let Some(reached) = &self.reached {
             let _ = writeln!(
                 out,
-                "reached tree size {} root {}",
-                reached.tree_size, reached.root
+                "reached tree size {} root {} signed by {}",
+                reached.tree_size,
+                reached.root,
+                reached.signed_by.join(", ")
             );
         }
         out
     }
+}
+
+fn write_check_text(out: &mut String, check: &Check) {
+    let counts: Vec<String> = check
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "{} {:<28} {} ({} ms)",
+        check.outcome.tag(),
+        check.name,
+        counts.join(" "),
+        check.elapsed_ms
+    );
+    if let Some(note) = &check.note {
+        let _ = writeln!(out, "     note: {note}");
+    }
+    for failure in &check.failures {
+        let _ = writeln!(out, "     at {}: {}", failure.location, failure.message);
+    }
+    if check.failures_dropped > 0 {
+        let _ = writeln!(out, "     ... and {} more failures", check.failures_dropped);
+    }
+}
+
+impl Outcome {
+    /// The four-letter tag of the text report.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Outcome::Pass => "ok  ",
+            Outcome::Fail => "FAIL",
+            Outcome::Skipped => "skip",
+        }
+    }
+}
+
+/// `time` as RFC 3339 UTC with milliseconds, e.g. `2024-05-01T12:00:00.250Z`
+/// (times before 1970 print as the epoch).
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// (year, month, day) of `days` since 1970-01-01 in the proleptic Gregorian
+/// calendar (Howard Hinnant's days-to-civil algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -233,6 +366,7 @@ mod tests {
             origin: "o".into(),
             quorum: 1,
             vkeys: vec![],
+            keys: vec![],
         };
         let report = Report::new("test".into(), policy, vec![ok, bad.finish()], None);
         assert!(!report.passed);
@@ -252,5 +386,30 @@ mod tests {
         }
         assert_eq!(check.failures.len(), FAILURES_PER_CHECK_MAX);
         assert_eq!(check.failures_dropped, 5);
+    }
+
+    /// Goal: RFC 3339 formatting matches known instants (epoch, a leap day, a millisecond).
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let at = |secs: u64, millis: u64| {
+            rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(secs * 1000 + millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_700_000_000, 250), "2023-11-14T22:13:20.250Z");
+        assert_eq!(at(4_107_542_399, 999), "2100-02-28T23:59:59.999Z");
+    }
+
+    /// Goal: the summary of a policy names each pinned key with its key id.
+    #[test]
+    fn policy_summary_names_keys_and_ids() {
+        let signer = crate::note::Signer::from_seed("r0", [3; 32]).expect("signer");
+        let policy =
+            Policy::new("vellum.local/cluster/x", vec![signer.verifier()], 1).expect("policy");
+        let summary = PolicySummary::from_policy(&policy);
+        assert_eq!(summary.keys.len(), 1);
+        assert_eq!(summary.keys[0].name, "r0");
+        assert_eq!(summary.keys[0].key_id, to_hex(&signer.key_id()));
+        assert_eq!(summary.vkeys, vec![signer.verifier().to_vkey()]);
     }
 }

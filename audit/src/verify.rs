@@ -5,7 +5,10 @@
 //! tree from the leaves and compares its root at every stored certificate
 //! and seal, and checks every certificate's signatures against the policy.
 //! It returns the report's checks plus the facts (events, certificates) that
-//! a caller needs to check a projection such as the audit index.
+//! a caller needs to check a projection such as the audit index, and the
+//! recomputed tree, so that `check_since` (a checkpoint the auditor kept) and
+//! `compare_replicas` (a cluster's replicas against each other) need no
+//! second read of the files.
 //!
 //! The chain and the seals are not signed: an attacker who rewrites bytes can
 //! recompute every checksum, parent and seal after them. What such a rewrite
@@ -18,10 +21,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::Certificate;
+use crate::checkpoint::{Certificate, Checkpoint};
 use crate::hash::{Hash, to_hex};
 use crate::leaf::LeafPreimage;
-use crate::merkle::MerkleTree;
+use crate::merkle::{self, MerkleTree};
+use crate::note::Verifier;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
 use crate::report::{Check, Reached};
@@ -53,6 +57,9 @@ pub struct EventFact {
     pub op: u64,
     /// RFC 6962 leaf hash.
     pub leaf_hash: Hash,
+    /// The leaf's hiding commitment to the plaintext (checks access rows
+    /// that reveal their payload and salt).
+    pub commitment: Hash,
     /// Segment index of its op record.
     pub segment: u64,
     /// Byte offset of its op record in the segment file.
@@ -74,6 +81,19 @@ pub struct CommitFact {
     pub certificate: String,
 }
 
+/// One op record's header as the log states it: what replicas compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpFact {
+    /// The op number.
+    pub op: u64,
+    /// Its header checksum (the next op's `parent`).
+    pub checksum: Hash,
+    /// Segment index of the record.
+    pub segment: u64,
+    /// Byte offset of the record in the segment file.
+    pub file_offset: u64,
+}
+
 /// Everything verification learned about the log.
 #[derive(Debug, Default)]
 pub struct LogFacts {
@@ -85,6 +105,8 @@ pub struct LogFacts {
     pub keys: Vec<(u64, u64)>,
     /// Ops in the log.
     pub ops: u64,
+    /// Every op header, in op order (index = op - 1).
+    pub op_headers: Vec<OpFact>,
 }
 
 /// The checks of a log directory and the facts gathered.
@@ -96,6 +118,11 @@ pub struct LogVerification {
     pub facts: LogFacts,
     /// The newest verified certificate.
     pub reached: Option<Reached>,
+    /// The Merkle tree recomputed from the events, to answer "what was the
+    /// root at size N" for a kept checkpoint or another replica.
+    pub tree: MerkleTree,
+    /// The segments directory that was read (failures name its files).
+    pub segments_dir: PathBuf,
 }
 
 /// The cluster id inside a Vellum origin ("vellum.local/cluster/<hex>").
@@ -270,6 +297,12 @@ impl Walk<'_> {
         self.facts.ops += 1;
         self.op_locations.push((segment, offset));
         self.op_checksums.push(header.checksum());
+        self.facts.op_headers.push(OpFact {
+            op: header.op,
+            checksum: header.checksum(),
+            segment,
+            file_offset: offset,
+        });
         match self.key_streams.get(&header.key_id) {
             Some(&stream) if stream != header.stream => self.records.fail(
                 at,
@@ -319,6 +352,7 @@ impl Walk<'_> {
                 stream_offset: header.stream_offset + i,
                 op: header.op,
                 leaf_hash,
+                commitment: frame.commitment,
                 segment,
                 file_offset: offset,
             });
@@ -373,10 +407,10 @@ impl Walk<'_> {
             }
         };
         match certificate.verify(self.policy) {
-            Ok(_) => {
+            Ok(verified) => {
                 self.certificates.count("verified", 1);
                 if root_matches && head_matches {
-                    self.certified(header.op, &certificate, text);
+                    self.certified(header.op, &certificate, text, &verified.signers);
                 }
             }
             Err(e) => self.certificates.fail(at, e.to_string()),
@@ -446,13 +480,14 @@ impl Walk<'_> {
     }
 
     /// Notes a certificate whose signatures and root both verified.
-    fn certified(&mut self, op: u64, certificate: &Certificate, text: &str) {
+    fn certified(&mut self, op: u64, certificate: &Certificate, text: &str, signers: &[Verifier]) {
         self.last_certified_op = self.last_certified_op.max(op);
         let size = certificate.checkpoint.size;
         if self.reached.as_ref().is_none_or(|r| r.tree_size <= size) {
             self.reached = Some(Reached {
                 tree_size: size,
                 root: to_hex(&certificate.checkpoint.root),
+                signed_by: signer_names(signers),
                 checkpoint: text.to_string(),
             });
         }
@@ -491,6 +526,8 @@ impl Walk<'_> {
             ],
             facts: self.facts,
             reached: self.reached,
+            tree: self.tree,
+            segments_dir: self.segments_dir.to_path_buf(),
         }
     }
 }
@@ -515,6 +552,267 @@ impl Walk<'_> {
         };
         self.certificates.fail(location, message);
     }
+}
+
+/// `name+keyid` of each signer, as reports show them.
+pub fn signer_names(signers: &[Verifier]) -> Vec<String> {
+    signers
+        .iter()
+        .map(|v| format!("{}+{}", v.name(), to_hex(&v.key_id())))
+        .collect()
+}
+
+/// The name of the `--since` check.
+pub const SINCE_CHECK: &str = "kept checkpoint (--since)";
+
+/// Checks a checkpoint the auditor kept from an earlier run (`source` names
+/// where it came from): its signatures must meet the policy's quorum, and
+/// the log's tree at its size must have exactly its root — the log only
+/// grew since. A consistency proof from it to the newest verified
+/// certificate is built and checked too (RFC 9162), as a third party would.
+/// Returns the check and the kept checkpoint as the report shows it.
+pub fn check_since(
+    kept_text: &str,
+    source: &str,
+    policy: &Policy,
+    log: &LogVerification,
+) -> (Check, Option<Reached>) {
+    let mut check = Check::start(SINCE_CHECK);
+    let certificate = match Certificate::parse(kept_text) {
+        Ok(certificate) => certificate,
+        Err(e) => {
+            check.fail(source, format!("not a signed checkpoint: {e}"));
+            return (check.finish(), None);
+        }
+    };
+    let mut kept = Reached {
+        tree_size: certificate.checkpoint.size,
+        root: to_hex(&certificate.checkpoint.root),
+        signed_by: Vec::new(),
+        checkpoint: kept_text.to_string(),
+    };
+    match certificate.verify(policy) {
+        Ok(verified) => {
+            check.count("distinct pinned signatures", verified.signers.len() as u64);
+            kept.signed_by = signer_names(&verified.signers);
+        }
+        Err(e) => check.fail(
+            source,
+            format!("the kept checkpoint is not certified under the pinned policy: {e}"),
+        ),
+    }
+    check_kept_in_log(&mut check, source, &certificate.checkpoint, log);
+    (check.finish(), Some(kept))
+}
+
+/// The log must hold the kept tree unchanged and a verified certificate at
+/// or beyond it.
+fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &LogVerification) {
+    let len = log.tree.len();
+    let at = format!("{source}: tree size {}", kept.size);
+    if kept.size > len {
+        return check.fail(
+            at,
+            format!(
+                "the kept checkpoint is beyond the log: it has tree size {} but the log holds \
+                 only {len} events (the log was truncated or rolled back since)",
+                kept.size
+            ),
+        );
+    }
+    let root = log
+        .tree
+        .root_at(kept.size)
+        .expect("size checked against len");
+    if root != kept.root {
+        return check.fail(
+            at,
+            format!(
+                "history was rewritten: the log's root at tree size {} is {} but the kept \
+                 checkpoint has {}",
+                kept.size,
+                to_hex(&root),
+                to_hex(&kept.root)
+            ),
+        );
+    }
+    check.count("kept tree size", kept.size);
+    let newest = log.reached.as_ref().and_then(|r| {
+        let fact = log
+            .facts
+            .commits
+            .iter()
+            .find(|c| c.tree_size == r.tree_size)?;
+        Some((r.tree_size, fact.root))
+    });
+    match newest {
+        None => check.fail(
+            at,
+            "no verified certificate in the log covers the kept checkpoint",
+        ),
+        Some((size, _)) if size < kept.size => check.fail(
+            at,
+            format!(
+                "the kept checkpoint is beyond the newest verified certificate (tree size {size})"
+            ),
+        ),
+        Some((size, _)) if kept.size == 0 || size == kept.size => {}
+        Some((size, new_root)) => {
+            let proof = log.tree.consistency_proof(kept.size, size);
+            let checked = proof.and_then(|proof| {
+                merkle::verify_consistency(kept.size, size, &kept.root, &new_root, &proof)
+                    .map(|()| proof.len())
+            });
+            match checked {
+                Ok(hashes) => check.count("consistency proof hashes", hashes as u64),
+                Err(e) => check.fail(
+                    at,
+                    format!("no consistency from the kept checkpoint to tree size {size}: {e}"),
+                ),
+            }
+        }
+    }
+}
+
+/// One replica's verified log, named for the report ("replica 1").
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaLog<'a> {
+    /// How failures name the replica.
+    pub name: &'a str,
+    /// Its verification.
+    pub log: &'a LogVerification,
+}
+
+/// Compares the logs of a cluster's replicas, each already verified on its
+/// own: op header chains agree op by op on their common prefix, the newest
+/// certificates are consistent, and every certificate carries a quorum of
+/// distinct pinned keys of a policy whose quorum is at least f+1 of the
+/// `replica_count` replicas (P4).
+pub fn compare_replicas(
+    replicas: &[ReplicaLog<'_>],
+    policy: &Policy,
+    replica_count: usize,
+) -> Vec<Check> {
+    vec![
+        compare_chains(replicas),
+        compare_certificates(replicas),
+        check_quorums(replicas, policy, replica_count),
+    ]
+}
+
+/// The file and byte of op fact `fact` of `log`.
+fn op_place(log: &LogVerification, fact: &OpFact) -> String {
+    let file = log
+        .segments_dir
+        .join(segment::segment_file_name(fact.segment));
+    format!("{} at byte {}", file.display(), fact.file_offset)
+}
+
+fn compare_chains(replicas: &[ReplicaLog<'_>]) -> Check {
+    let mut check = Check::start("replica op header chains");
+    for (i, a) in replicas.iter().enumerate() {
+        for b in &replicas[i + 1..] {
+            check.count("replica pairs", 1);
+            let (ours, theirs) = (&a.log.facts.op_headers, &b.log.facts.op_headers);
+            let common = ours.len().min(theirs.len());
+            check.count("ops compared", common as u64);
+            let diverged = ours
+                .iter()
+                .zip(theirs)
+                .find(|(x, y)| x.checksum != y.checksum);
+            if let Some((x, y)) = diverged {
+                check.fail(
+                    format!("{} op {} ({})", b.name, y.op, op_place(b.log, y)),
+                    format!(
+                        "op header differs from {}'s op {} ({}): checksum {} vs {}; the \
+                         replicas' histories diverge from here",
+                        a.name,
+                        x.op,
+                        op_place(a.log, x),
+                        to_hex(&y.checksum),
+                        to_hex(&x.checksum)
+                    ),
+                );
+            }
+        }
+    }
+    check.finish()
+}
+
+fn compare_certificates(replicas: &[ReplicaLog<'_>]) -> Check {
+    let mut check = Check::start("replica certificates consistent");
+    for (i, a) in replicas.iter().enumerate() {
+        for b in &replicas[i + 1..] {
+            let (Some(ra), Some(rb)) = (&a.log.reached, &b.log.reached) else {
+                check.count("pairs without a certificate", 1);
+                continue;
+            };
+            let (small, small_reached, big) = match ra.tree_size <= rb.tree_size {
+                true => (a, ra, b),
+                false => (b, rb, a),
+            };
+            check.count("replica pairs", 1);
+            let at = format!(
+                "{} certificate at tree size {}",
+                small.name, small_reached.tree_size
+            );
+            match big.log.tree.root_at(small_reached.tree_size) {
+                Ok(root) if to_hex(&root) == small_reached.root => {}
+                Ok(root) => check.fail(
+                    at,
+                    format!(
+                        "root {} but {}'s log has root {} at that size: the certified \
+                         histories disagree",
+                        small_reached.root,
+                        big.name,
+                        to_hex(&root)
+                    ),
+                ),
+                Err(e) => check.fail(at, format!("{}'s log: {e}", big.name)),
+            }
+        }
+    }
+    check.finish()
+}
+
+fn check_quorums(replicas: &[ReplicaLog<'_>], policy: &Policy, replica_count: usize) -> Check {
+    let mut check = Check::start("certificate quorum (distinct pinned keys)");
+    let needed = replica_count / 2 + 1;
+    if policy.quorum < needed {
+        check.fail(
+            "policy",
+            format!(
+                "quorum {} is below f+1 = {needed} for {replica_count} replicas: fewer keys \
+                 than a quorum could sign a forged history",
+                policy.quorum
+            ),
+        );
+    }
+    for replica in replicas {
+        for fact in &replica.log.facts.commits {
+            let at = format!(
+                "{} certificate of op {} (tree size {})",
+                replica.name, fact.op, fact.tree_size
+            );
+            let verified = Certificate::parse(&fact.certificate)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.verify(policy).map_err(|e| e.to_string()));
+            match verified {
+                Ok(v) if v.signers.len() >= needed => {
+                    check.count("certificates with a quorum", 1);
+                }
+                Ok(v) => check.fail(
+                    at,
+                    format!(
+                        "{} distinct pinned keys signed, f+1 = {needed} needed",
+                        v.signers.len()
+                    ),
+                ),
+                Err(e) => check.fail(at, e),
+            }
+        }
+    }
+    check.finish()
 }
 
 /// The segments directory of a data directory.

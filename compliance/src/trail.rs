@@ -162,7 +162,10 @@ mod tests {
         };
         let payload = event.to_payload();
         let text = String::from_utf8(payload.clone()).expect("utf-8");
-        assert!(text.starts_with("{\"v\":1,\"time_ns\":5,\"principal\":\"dev\""), "{text}");
+        assert!(
+            text.starts_with("{\"v\":1,\"time_ns\":5,\"principal\":\"dev\""),
+            "{text}"
+        );
         assert_eq!(AccessEvent::from_payload(&payload).expect("parses"), event);
         assert!(AccessEvent::from_payload(b"{\"v\":1}").is_err());
     }

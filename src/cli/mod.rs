@@ -5,12 +5,14 @@ mod append;
 mod bench_cmd;
 mod demo;
 mod dev;
+mod export;
 mod init;
 mod keys;
 mod proof;
 mod read;
 mod sim;
 mod start;
+pub mod time;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Check everything: records, chain, seals, Merkle roots, signatures, index.
     Verify(verify::VerifyArgs),
+    /// Compliance exports from a live cluster: signed event bundles, the
+    /// access trail (FHIR AuditEvent, CSV, NDJSON), accountings of disclosures.
+    Export(export::ExportArgs),
     /// Maintain the audit index.
     Index(IndexArgs),
     /// Measure Vellum against a raw fdatasync loop and SQLite on this disk.
@@ -99,6 +104,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Proof(args) => proof::run(args),
         Command::Keys(args) => keys::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Export(args) => export::run(args),
         Command::Index(IndexArgs {
             command: IndexCommand::Rebuild(args),
         }) => init::rebuild_index(args),

@@ -1,54 +1,147 @@
-//! `vellum verify`: prints each check with its counts; non-zero exit on any failure.
+//! `vellum verify`: checks one data directory (`--data-dir`), every
+//! replica of a cluster (`--cluster`) or an export bundle (`--bundle`), prints the report as text, JSON or
+//! one self-contained HTML page, and exits non-zero on any failure.
+//! Progress goes to stderr so the report on stdout stays clean.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use vellum_audit::policy::Policy;
+use vellum_audit::report::Report;
 
-use super::print_json;
+use crate::verify::{KeptCheckpoint, VerifyOptions};
+
+/// The largest kept checkpoint file read by `--since`, in bytes (a
+/// certificate of a 7-replica cluster is well under 2 KiB).
+const KEPT_CHECKPOINT_BYTES_MAX: u64 = 64 * 1024;
+
+/// How the report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Lines for a terminal.
+    Text,
+    /// The report model as JSON, for machines.
+    Json,
+    /// One self-contained HTML page for a browser (no scripts, no external resources).
+    Html,
+}
 
 /// `vellum verify`
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["data_dir", "cluster", "bundle"]))]
 pub struct VerifyArgs {
     /// The replica's data directory.
     #[arg(long, value_name = "DIR")]
-    data_dir: PathBuf,
-    /// The trust policy to pin (keys and quorum). Default: the policy written
-    /// at init inside the data directory — pass your own copy for an
-    /// independent audit, since keys should never come from the data verified.
+    data_dir: Option<PathBuf>,
+    /// Verify every replica of a cluster and compare them: a directory of
+    /// r<N>.json configs (as `vellum dev` writes) or one config file.
+    /// Requires --policy.
+    #[arg(long, value_name = "C", requires = "policy")]
+    cluster: Option<PathBuf>,
+    /// Verify an export bundle offline (no cluster, no keys): every event's
+    /// plaintext opens its leaf commitment, every proof verifies against the
+    /// bundle's certificate, which has its quorum; the manifest is signed by
+    /// a pinned replica and lists every file. Requires --policy.
+    #[arg(long, value_name = "B", requires = "policy")]
+    bundle: Option<PathBuf>,
+    /// The trust policy to pin (keys and quorum). Default with --data-dir:
+    /// the policy written at init inside the data directory — pass your own
+    /// copy for an independent audit, since keys should never come from the
+    /// data verified.
     #[arg(long, value_name = "P")]
     policy: Option<PathBuf>,
     /// Audit index URL (postgres://...); default: SQLite file in the data directory.
     #[arg(long, value_name = "URL", env = "VELLUM_INDEX_URL")]
     index_url: Option<String>,
-    /// Print the report as JSON.
+    /// A checkpoint kept from an earlier run: certificate text (as
+    /// --checkpoint-out writes), the JSON of /v1/certificate, or an earlier
+    /// JSON report. The log must have only grown since.
+    #[arg(long, value_name = "CHECKPOINT_FILE")]
+    since: Option<PathBuf>,
+    /// Write the newest verified checkpoint here when verification passes,
+    /// for the next run's --since.
+    #[arg(long, value_name = "FILE")]
+    checkpoint_out: Option<PathBuf>,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Print the report as JSON (the same as --format json).
     #[arg(long)]
     json: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let since = args.since.as_deref().map(read_kept).transpose()?;
+    let report = match (&args.cluster, &args.data_dir) {
+        _ if args.bundle.is_some() => {
+            let bundle = args.bundle.as_deref().context("--bundle")?;
+            let policy_path = args.policy.as_deref().context("--bundle needs --policy")?;
+            anyhow::ensure!(
+                bundle.is_dir(),
+                "{} is not a directory (an export bundle is a directory)",
+                bundle.display()
+            );
+            vellum_compliance::bundle::verify_bundle(bundle, &load_policy(policy_path)?)
+        }
+        (Some(cluster), _) => {
+            let policy_path = args.policy.as_deref().context("--cluster needs --policy")?;
+            if args.index_url.is_some() {
+                // Also set through VELLUM_INDEX_URL, so a note, not a refusal.
+                eprintln!(
+                    "note: --index-url is not used with --cluster: each replica's config names its index"
+                );
+            }
+            verify_cluster(cluster, &load_policy(policy_path)?, since)?
+        }
+        (None, Some(data_dir)) => verify_dir(data_dir, &args, since)?,
+        (None, None) => anyhow::bail!("give --data-dir DIR or --cluster C"),
+    };
+    let format = if args.json { Format::Json } else { args.format };
+    let rendered = match format {
+        Format::Text => report.to_text(),
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+        Format::Html => report.to_html(),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, rendered)
+            .with_context(|| format!("{}: cannot write the report", path.display()))?,
+        None => print!("{rendered}"),
+    }
+    if let Some(path) = &args.checkpoint_out {
+        write_checkpoint(path, &report)?;
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verify_dir(
+    data_dir: &Path,
+    args: &VerifyArgs,
+    since: Option<KeptCheckpoint>,
+) -> anyhow::Result<Report> {
     // An auditor's copy may hold no keys and no vellum.json: only the log
     // and the policy are needed, so only the directory must exist.
-    super::check_data_dir(&args.data_dir, false)?;
-    let dir = crate::datadir::DataDir::new(&args.data_dir);
+    super::check_data_dir(data_dir, false)?;
+    let dir = crate::datadir::DataDir::new(data_dir);
     if dir.keys().exists()
         && let Err(e) = super::check_key_permissions(&dir)
     {
         // Verification needs no secret, so it goes on; but say it loudly.
         eprintln!("warning: {e}");
     }
-    // Hold the writer's lock when this is a replica's directory, so an
-    // append running now is not mistaken for a torn record.
-    let _lock = if dir.meta().exists() {
-        Some(super::lock_data_dir(&args.data_dir)?)
-    } else {
-        None
-    };
+    let _lock = lock_if_replica(data_dir)?;
     let policy_path = match &args.policy {
         Some(path) => path.clone(),
         None => {
-            let path = crate::datadir::DataDir::new(&args.data_dir).policy();
+            let path = dir.policy();
             eprintln!(
                 "note: using the policy inside the data directory ({}); pass --policy with your own copy for an independent audit",
                 path.display()
@@ -56,11 +149,107 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             path
         }
     };
-    let text = std::fs::read_to_string(&policy_path)
-        .with_context(|| format!("{}: cannot read the trust policy", policy_path.display()))?;
-    let policy = vellum_audit::policy::Policy::parse(&text)
-        .with_context(|| policy_path.display().to_string())?;
-    let total = dir_bytes(&crate::datadir::DataDir::new(&args.data_dir).segments());
+    let policy = load_policy(&policy_path)?;
+    let options = VerifyOptions {
+        index_url: args.index_url.clone(),
+        since,
+    };
+    let progress = progress_bar(dir_bytes(&dir.segments()));
+    let report =
+        crate::verify::verify_data_dir_with(data_dir, &policy, &options, &mut |n| progress.inc(n));
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+fn verify_cluster(
+    cluster: &Path,
+    policy: &Policy,
+    since: Option<KeptCheckpoint>,
+) -> anyhow::Result<Report> {
+    if !cluster.exists() {
+        anyhow::bail!(
+            "{}: no such cluster directory or config file",
+            cluster.display()
+        );
+    }
+    let setup = crate::verify::load_cluster(cluster, policy);
+    let dirs = setup.data_dirs();
+    // Hold every replica's writer lock: a running replica's appends would
+    // look like torn records (stop the cluster, or verify a copy).
+    let mut locks = Vec::with_capacity(dirs.len());
+    for dir in &dirs {
+        locks.push(lock_if_replica(dir)?);
+    }
+    let total = dirs
+        .iter()
+        .map(|d| dir_bytes(&crate::datadir::DataDir::new(d).segments()))
+        .sum();
+    let progress = progress_bar(total);
+    let report =
+        crate::verify::verify_cluster(setup, policy, since.as_ref(), &mut |n| progress.inc(n));
+    progress.finish_and_clear();
+    drop(locks);
+    Ok(report)
+}
+
+/// The writer's lock of a replica's directory (none for an auditor's copy
+/// without `vellum.json`), so an append running now is not mistaken for a
+/// torn record.
+fn lock_if_replica(data_dir: &Path) -> anyhow::Result<Option<crate::datadir::DirLock>> {
+    if crate::datadir::DataDir::new(data_dir).meta().exists() {
+        Ok(Some(super::lock_data_dir(data_dir)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the trust policy", path.display()))?;
+    Policy::parse(&text).with_context(|| path.display().to_string())
+}
+
+fn read_kept(path: &Path) -> anyhow::Result<KeptCheckpoint> {
+    let length = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read the kept checkpoint", path.display()))?
+        .len();
+    if length > KEPT_CHECKPOINT_BYTES_MAX {
+        anyhow::bail!(
+            "{}: {length} bytes, more than the {KEPT_CHECKPOINT_BYTES_MAX} a checkpoint may have",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the kept checkpoint", path.display()))?;
+    Ok(KeptCheckpoint::from_text(
+        &path.display().to_string(),
+        &text,
+    ))
+}
+
+/// Writes the newest verified checkpoint for the next `--since`, only when
+/// everything passed: a checkpoint from a failed run is not worth keeping.
+fn write_checkpoint(path: &Path, report: &Report) -> anyhow::Result<()> {
+    match (&report.reached, report.passed) {
+        (Some(reached), true) => {
+            crate::fsutil::replace_durable(path, reached.checkpoint.as_bytes(), 0o644)
+                .with_context(|| format!("{}: cannot write the checkpoint", path.display()))
+        }
+        (None, true) => {
+            eprintln!(
+                "note: no certificate was verified (empty log); {} not written",
+                path.display()
+            );
+            Ok(())
+        }
+        (_, false) => {
+            eprintln!("note: verification failed; {} not written", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn progress_bar(total: u64) -> indicatif::ProgressBar {
     let progress = indicatif::ProgressBar::with_draw_target(
         Some(total),
         indicatif::ProgressDrawTarget::stderr(),
@@ -71,28 +260,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         )
         .expect("the progress template is valid"),
     );
-    let report = crate::verify::verify_data_dir(
-        &args.data_dir,
-        &policy,
-        args.index_url.as_deref(),
-        &mut |n| {
-            progress.inc(n);
-        },
-    );
-    progress.finish_and_clear();
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print!("{}", report.to_text());
-    }
-    Ok(if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    progress
 }
 
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries

@@ -358,6 +358,51 @@ impl Client {
         self.get(0, &path).await
     }
 
+    /// An export bundle of `request.stream`, built and signed by the
+    /// primary; the export is recorded in the access trail.
+    pub async fn export_events(
+        &self,
+        request: &api::ExportEventsRequest,
+    ) -> Result<api::ExportBundle, ClientError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ClientError::Local(format!("encoding the export request: {e}")))?;
+        let body = Bytes::from(body);
+        let context = AnswerContext {
+            stream: request.stream,
+            expected: None,
+        };
+        self.call(CallKind::Read, context, |http, base| {
+            http.post(format!("{base}/v1/export/events"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
+    }
+
+    /// The access trail recorded in `[from_ns, to_ns)`, about `stream` if given.
+    pub async fn export_audit(
+        &self,
+        from_ns: Option<u64>,
+        to_ns: Option<u64>,
+        stream: Option<u64>,
+    ) -> Result<api::AuditExport, ClientError> {
+        let mut query = Vec::new();
+        if let Some(from) = from_ns {
+            query.push(format!("from_ns={from}"));
+        }
+        if let Some(to) = to_ns {
+            query.push(format!("to_ns={to}"));
+        }
+        if let Some(stream) = stream {
+            query.push(format!("stream={stream}"));
+        }
+        let path = match query.is_empty() {
+            true => "/v1/export/audit".to_string(),
+            false => format!("/v1/export/audit?{}", query.join("&")),
+        };
+        self.get(stream.unwrap_or(0), &path).await
+    }
+
     /// The newest commit certificate.
     pub async fn certificate(&self) -> Result<CertificateAnswer, ClientError> {
         self.get(0, "/v1/certificate").await

@@ -39,9 +39,20 @@ pub use target::{IndexTarget, SQLITE_FILE_NAME, TEST_POSTGRES_URL_VAR, postgres_
 use error::query_error;
 use model::{CommitSql, EventSql, KeySql, key_advances, to_i64, to_u64};
 
+/// One access row as projected from the trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectedAccess {
+    /// The trail event's global position.
+    pub position: u64,
+    /// The payload text the row claims.
+    pub payload: Option<String>,
+    /// The commitment salt the row claims.
+    pub salt: Option<Vec<u8>>,
+}
+
 /// Format version written by the migrations into `meta`; bumped with any
 /// change to the meaning of a column.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
 /// Most rows returned by one read; callers page with the last position seen.
 pub const ROWS_PER_QUERY_MAX: u32 = 10_000;
 /// Most rows (events + commits + keys) in one `apply` transaction.
@@ -106,6 +117,31 @@ macro_rules! apply_event {
                 .map_err(query_error("read back events row"))?;
             check_event(stored.as_ref(), row)?;
         }
+    }};
+}
+
+/// Inserts one `access` row with `$statement` on `$exec` (a pool or a transaction).
+macro_rules! insert_access {
+    ($exec:expr, $statement:expr, $row:expr, $n:expr, $what:expr) => {{
+        let row: &AccessRow = $row;
+        let n: &model::AccessSql = $n;
+        sqlx::query($statement)
+            .bind(n.time_ns)
+            .bind(row.principal.as_str())
+            .bind(row.role.as_str())
+            .bind(row.action.as_str())
+            .bind(n.stream)
+            .bind(n.offset_from)
+            .bind(n.offset_to)
+            .bind(row.purpose.as_deref())
+            .bind(row.outcome.as_str())
+            .bind(row.remote_addr.as_deref())
+            .bind(n.position)
+            .bind(row.payload.as_deref())
+            .bind(row.salt.as_ref().map(|s| s.as_slice()))
+            .execute($exec)
+            .await
+            .map_err(query_error($what))?;
     }};
 }
 
@@ -298,7 +334,7 @@ impl Index {
     /// harmless); a different row under the same key is
     /// [`IndexError::Conflict`] and nothing of the batch is written.
     pub async fn apply(&self, batch: &IndexBatch) -> Result<(), IndexError> {
-        let rows = batch.events.len() + batch.commits.len() + batch.keys.len();
+        let rows = batch.events.len() + batch.commits.len() + batch.keys.len() + batch.access.len();
         if rows > BATCH_ROWS_MAX {
             return Err(IndexError::BatchTooLarge {
                 rows,
@@ -321,6 +357,11 @@ impl Index {
             .iter()
             .map(KeyRow::to_sql)
             .collect::<Result<_, _>>()?;
+        let access: Vec<(&AccessRow, model::AccessSql)> = batch
+            .access
+            .iter()
+            .map(|row| row.to_sql().map(|n| (row, n)))
+            .collect::<Result<_, _>>()?;
         on_backend!(&self.backend, pool => {
             let mut tx = pool.begin().await.map_err(query_error("begin apply transaction"))?;
             for row in &commits {
@@ -331,6 +372,9 @@ impl Index {
             }
             for row in &events {
                 apply_event!(tx, row);
+            }
+            for (row, n) in &access {
+                insert_access!(&mut *tx, sql::ACCESS_PROJECT, row, n, "project into access");
             }
             tx.commit().await.map_err(query_error("commit apply transaction"))?;
         });
@@ -435,23 +479,29 @@ impl Index {
     pub async fn record_access(&self, row: &AccessRow) -> Result<(), IndexError> {
         let n = row.to_sql()?;
         on_backend!(&self.backend, pool => {
-            sqlx::query(sql::ACCESS_INSERT)
-                .bind(n.time_ns)
-                .bind(row.principal.as_str())
-                .bind(row.role.as_str())
-                .bind(row.action.as_str())
-                .bind(n.stream)
-                .bind(n.offset_from)
-                .bind(n.offset_to)
-                .bind(row.purpose.as_deref())
-                .bind(row.outcome.as_str())
-                .bind(row.remote_addr.as_deref())
-                .bind(n.position)
-                .execute(pool)
-                .await
-                .map_err(query_error("insert into access"))?;
+            insert_access!(pool, sql::ACCESS_INSERT, row, &n, "insert into access");
         });
         Ok(())
+    }
+
+    /// Every access row projected from the trail, in position order:
+    /// (position, payload, salt) — what verify checks against the log.
+    pub async fn access_projected(&self) -> Result<Vec<ProjectedAccess>, IndexError> {
+        let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = on_backend!(&self.backend, pool => {
+            sqlx::query_as(sql::ACCESS_PROJECTED)
+                .fetch_all(pool)
+                .await
+                .map_err(query_error("read access"))?
+        });
+        rows.into_iter()
+            .map(|(position, payload, salt)| {
+                Ok(ProjectedAccess {
+                    position: to_u64("access", "position", position)?,
+                    payload,
+                    salt,
+                })
+            })
+            .collect()
     }
 
     /// Appends one verification row.

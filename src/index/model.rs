@@ -64,6 +64,10 @@ pub struct AccessRow {
     pub outcome: String,
     pub remote_addr: Option<String>,
     pub position: Option<u64>,
+    /// The trail event's exact payload (JSON), when projected from the log.
+    pub payload: Option<String>,
+    /// The event's commitment salt, when projected from the log.
+    pub salt: Option<[u8; 32]>,
 }
 
 /// One verification run and the hash of its report.
@@ -81,6 +85,8 @@ pub struct IndexBatch {
     pub events: Vec<EventRow>,
     pub commits: Vec<CommitRow>,
     pub keys: Vec<KeyRow>,
+    /// Access-trail events projected from the system stream.
+    pub access: Vec<AccessRow>,
 }
 
 /// Number of rows in each table.

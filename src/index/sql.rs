@@ -43,7 +43,17 @@ pub(crate) const KEYS_ALL: &str =
 
 pub(crate) const ACCESS_INSERT: &str = "INSERT INTO access \
     (time_ns, principal, role, action, stream, offset_from, offset_to, purpose, outcome, \
-    remote_addr, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    remote_addr, position, payload, salt) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+/// A trail event projected from the log: replaying the log is harmless.
+pub(crate) const ACCESS_PROJECT: &str = "INSERT INTO access \
+    (time_ns, principal, role, action, stream, offset_from, offset_to, purpose, outcome, \
+    remote_addr, position, payload, salt) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+    ON CONFLICT (position) DO NOTHING";
+/// Every projected access row (with a position), in position order.
+pub(crate) const ACCESS_PROJECTED: &str = "SELECT position, payload, salt FROM access \
+    WHERE position IS NOT NULL ORDER BY position";
 pub(crate) const VERIFICATION_INSERT: &str = "INSERT INTO verifications \
     (time_ns, scope, result, report_hash) VALUES ($1, $2, $3, $4)";
 
@@ -54,9 +64,11 @@ pub(crate) const COUNTS: &str = "SELECT \
     (SELECT count(*) FROM access), \
     (SELECT count(*) FROM verifications)";
 
-/// Projection tables emptied by `clear`; access and verifications stay.
-pub(crate) const CLEAR_PROJECTION: [&str; 3] = [
+/// Projection rows emptied by `clear` (access rows projected from the
+/// trail included); verifications and pre-trail access rows stay.
+pub(crate) const CLEAR_PROJECTION: [&str; 4] = [
     "DELETE FROM events",
     "DELETE FROM commits",
     "DELETE FROM keys",
+    "DELETE FROM access WHERE position IS NOT NULL",
 ];

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use vellum_audit::checkpoint::Certificate;
 use vellum_audit::hash::Hash;
 use vellum_audit::record::Record;
 
@@ -122,6 +123,8 @@ pub(super) struct ClusterShell {
     epoch: AtomicU64,
     /// Every op up to this was durable when the last cut reopened the store.
     recovered_through: AtomicU64,
+    /// The newest certificate whose op this replica has not written yet.
+    deferred: Mutex<Option<Arc<Certificate>>>,
 }
 
 impl ClusterShell {
@@ -131,6 +134,36 @@ impl ClusterShell {
             held: Mutex::new(BTreeMap::new()),
             epoch: AtomicU64::new(0),
             recovered_through: AtomicU64::new(0),
+            deferred: Mutex::new(None),
+        }
+    }
+
+    fn deferred_lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Certificate>>> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `certificate` (if newer than the one kept) until its op is written.
+    pub(super) fn defer_certificate(&self, certificate: Arc<Certificate>) {
+        let mut deferred = self.deferred_lock();
+        let newer = deferred
+            .as_ref()
+            .is_none_or(|d| d.checkpoint.size < certificate.checkpoint.size);
+        if newer {
+            *deferred = Some(certificate);
+        }
+    }
+
+    pub(super) fn deferred_certificate(&self) -> Option<Arc<Certificate>> {
+        self.deferred_lock().clone()
+    }
+
+    /// Forgets the kept certificate if it covers no more than `size`.
+    pub(super) fn clear_deferred(&self, size: u64) {
+        let mut deferred = self.deferred_lock();
+        if deferred.as_ref().is_some_and(|d| d.checkpoint.size <= size) {
+            *deferred = None;
         }
     }
 
@@ -312,7 +345,8 @@ impl LocalLog {
             return Ok(());
         }
         self.write_next(record)?;
-        self.drain_held()
+        self.drain_held()?;
+        self.store_deferred_certificate()
     }
 
     fn write_next(&self, record: Record) -> Result<(), LogError> {

@@ -229,10 +229,11 @@ fn merge(into: &mut IndexBatch, more: IndexBatch) {
     into.events.extend(more.events);
     into.commits.extend(more.commits);
     into.keys.extend(more.keys);
+    into.access.extend(more.access);
 }
 
 fn rows(batch: &IndexBatch) -> usize {
-    batch.events.len() + batch.commits.len() + batch.keys.len()
+    batch.events.len() + batch.commits.len() + batch.keys.len() + batch.access.len()
 }
 
 /// An error with its causes ("a: b: c"): index errors keep the database's

@@ -42,6 +42,8 @@ pub const EVENTS_PER_APPEND_MAX: usize = record::EVENTS_PER_OP_MAX as usize;
 pub const EVENT_BYTES_MAX: usize = record::EVENT_BYTES_MAX;
 /// Events returned by one read, at most.
 pub const READ_EVENTS_MAX: u64 = 10_000;
+/// Events in one export bundle, at most.
+pub const EXPORT_EVENTS_MAX: u64 = 10_000;
 /// The file beside the log holding the VSR core's durable view state.
 pub const VSR_STATE_FILE: &str = "vsr-state.json";
 
@@ -477,7 +479,9 @@ impl LocalLog {
         }
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
         if let Some(indexer) = &self.indexer {
-            indexer.send(state.index_batch_for_commit(commit, time_ns));
+            let mut batch = state.index_batch_for_commit(commit, time_ns);
+            self.add_access_rows(state, &mut batch);
+            indexer.send(batch);
         }
         Ok(())
     }
@@ -500,12 +504,25 @@ impl LocalLog {
         };
         let status = indexer.status();
         let mut state = self.lock();
-        for batch in state.index_catch_up(status.last_position, status.last_commit) {
+        for mut batch in state.index_catch_up(status.last_position, status.last_commit) {
+            self.add_access_rows(&state, &mut batch);
             indexer.send(batch);
         }
         drop(state);
         indexer.flush();
         Ok(())
+    }
+
+    /// Appends access-trail events (P7) to the system stream
+    /// [`vellum_compliance::trail::ACCESS_TRAIL_STREAM`] through the core,
+    /// like any append; only the replica itself writes there.
+    pub fn append_trail(&self, events: &[Bytes]) -> Result<Appended, LogError> {
+        validate_events(events)?;
+        if self.storage_read_only() {
+            return Err(LogError::Refused("the log is open read-only".to_string()));
+        }
+        let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
+        self.append_through_core(stream, events, None, None)
     }
 
     /// Reads up to `max` committed events of the global log from position
@@ -535,13 +552,146 @@ impl LocalLog {
         self.storage.get().stats().syncs
     }
 
+    /// The committed events of `stream` with offsets in `[from, to)` for an
+    /// export bundle: plaintext, commitment salt and an inclusion proof of
+    /// each against one certificate (returned too). At most
+    /// [`EXPORT_EVENTS_MAX`] events.
+    pub fn export_events(
+        &self,
+        stream: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<(Vec<vellum_compliance::bundle::ExportedEvent>, String), LogError> {
+        if to <= from || to - from > EXPORT_EVENTS_MAX {
+            return Err(LogError::Refused(format!(
+                "an export covers 1 to {EXPORT_EVENTS_MAX} offsets, got [{from}, {to})"
+            )));
+        }
+        let state = self.lock();
+        let certificate = state
+            .latest_certificate()
+            .ok_or_else(|| LogError::Refused("nothing is certified yet".to_string()))?;
+        let size = certificate.checkpoint.size;
+        let ops = state.stream_ops_from(stream, from, to - from);
+        if ops.is_empty() {
+            return Err(LogError::UnknownStream(stream));
+        }
+        let mut out = Vec::new();
+        for info in ops {
+            let location = info
+                .location
+                .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
+            let record = self.storage.get().read(location)?;
+            let preimages = state::leaf_preimages(&record, location.offset)
+                .map_err(|e| LogError::Corrupt(e.to_string()))?;
+            let events = self.decrypt_op_with_salts(&info)?;
+            for ((event, salt), preimage) in events.into_iter().zip(preimages) {
+                if event.offset < from || event.offset >= to || event.position >= size {
+                    continue;
+                }
+                let hashes = state
+                    .tree
+                    .inclusion_proof(event.position, size)
+                    .map_err(|e| LogError::Corrupt(format!("inclusion proof: {e}")))?;
+                let proof = InclusionProof {
+                    extra: Some(preimage.encode().to_vec()),
+                    index: event.position,
+                    hashes,
+                    checkpoint: (*certificate).clone(),
+                };
+                out.push(vellum_compliance::bundle::ExportedEvent {
+                    stream,
+                    offset: event.offset,
+                    position: event.position,
+                    op: info.op,
+                    plaintext: event.payload.to_vec(),
+                    salt,
+                    proof: proof.encode(),
+                });
+            }
+        }
+        Ok((out, certificate.encode()))
+    }
+
+    /// Every access-trail event committed so far, with its position.
+    pub fn trail_events(
+        &self,
+    ) -> Result<Vec<(vellum_compliance::trail::AccessEvent, u64)>, LogError> {
+        let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = match self.read(stream, from, READ_EVENTS_MAX) {
+                Ok(page) => page,
+                Err(LogError::UnknownStream(_)) => return Ok(out),
+                Err(other) => return Err(other),
+            };
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            from = last.offset + 1;
+            for event in &page {
+                let parsed = vellum_compliance::trail::AccessEvent::from_payload(&event.payload)
+                    .map_err(|e| {
+                        LogError::Corrupt(format!(
+                            "access-trail event at position {} does not parse: {e}",
+                            event.position
+                        ))
+                    })?;
+                out.push((parsed, event.position));
+            }
+        }
+    }
+
+    /// This replica's checkpoint signer (it also signs export manifests).
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
     /// Committed events (the position the next committed event will get).
     pub fn committed_events(&self) -> u64 {
         self.lock().committed_events()
     }
 
+    /// Projects the access-trail events among `batch`'s event rows into
+    /// access rows (decrypted here: the indexer has no keys). A trail event
+    /// that cannot be read is logged and left out; `vellum verify` reports
+    /// the missing row.
+    fn add_access_rows(&self, state: &LogState, batch: &mut crate::index::IndexBatch) {
+        let trail = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
+        let mut ops: Vec<u64> = batch
+            .events
+            .iter()
+            .filter(|e| e.stream == trail)
+            .map(|e| e.op)
+            .collect();
+        ops.dedup();
+        for op in ops {
+            let Some(info) = state.op(op).cloned() else {
+                continue;
+            };
+            match self.decrypt_op_with_salts(&info) {
+                Ok(events) => batch
+                    .access
+                    .extend(events.iter().map(|(event, salt)| access_row(event, *salt))),
+                Err(error) => {
+                    tracing::error!(%error, op, "cannot read an access-trail op for the index");
+                }
+            }
+        }
+    }
+
     /// Every event of one committed op, decrypted.
     fn decrypt_op(&self, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
+        Ok(self
+            .decrypt_op_with_salts(info)?
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect())
+    }
+
+    /// Every event of one committed op, decrypted, with its commitment salt.
+    fn decrypt_op_with_salts(&self, info: &OpInfo) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
         let location = info
             .location
             .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
@@ -562,11 +712,14 @@ impl LocalLog {
                 key_id: info.key_id,
             };
             let opened = crypto::open_event(&dek, &frame.nonce, &aad, frame.sealed)?;
-            out.push(ReadEvent {
-                offset: info.stream_offset + i,
-                position: info.global_position + i,
-                payload: Bytes::copy_from_slice(&opened.payload),
-            });
+            out.push((
+                ReadEvent {
+                    offset: info.stream_offset + i,
+                    position: info.global_position + i,
+                    payload: Bytes::copy_from_slice(&opened.payload),
+                },
+                opened.salt,
+            ));
         }
         Ok(out)
     }
@@ -712,6 +865,37 @@ impl LocalLog {
     }
 }
 
+/// The index row of one access-trail event. A payload that is not a trail
+/// event still gets a row (action "unreadable") so the row count matches
+/// the log and verify can point at it.
+fn access_row(event: &ReadEvent, salt: [u8; 32]) -> crate::index::AccessRow {
+    use vellum_compliance::trail::AccessEvent;
+    let text = String::from_utf8_lossy(&event.payload).into_owned();
+    let parsed = AccessEvent::from_payload(&event.payload).ok();
+    crate::index::AccessRow {
+        time_ns: parsed.as_ref().map_or(0, |e| e.time_ns),
+        principal: parsed
+            .as_ref()
+            .map_or_else(String::new, |e| e.principal.clone()),
+        role: parsed.as_ref().map_or_else(String::new, |e| e.role.clone()),
+        action: parsed
+            .as_ref()
+            .map_or("unreadable", |e| e.action.as_str())
+            .to_string(),
+        stream: parsed.as_ref().and_then(|e| e.stream),
+        offset_from: parsed.as_ref().and_then(|e| e.from),
+        offset_to: parsed.as_ref().and_then(|e| e.to),
+        purpose: parsed.as_ref().and_then(|e| e.purpose.clone()),
+        outcome: parsed
+            .as_ref()
+            .map_or_else(|| "unreadable".to_string(), |e| e.outcome.clone()),
+        remote_addr: parsed.as_ref().and_then(|e| e.remote.clone()),
+        position: Some(event.position),
+        payload: Some(text),
+        salt: Some(salt),
+    }
+}
+
 /// The core's configuration for this open. A data directory of a replica
 /// of a larger cluster (its policy pins more than one key) may be opened
 /// alone only read-only (for `read`, `proof`, tools): writing to it outside
@@ -755,12 +939,18 @@ fn recovery_nonce() -> Result<u64, LogError> {
 
 /// Checks a batch before anything is encrypted or written.
 fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
+    validate_events(events)?;
     if stream < crate::StreamId::USER_MIN {
         return Err(LogError::Refused(format!(
             "stream {stream} is reserved for vellum's system streams (user streams start at {})",
             crate::StreamId::USER_MIN
         )));
     }
+    Ok(())
+}
+
+/// The checks of a batch that hold for every stream, system ones included.
+fn validate_events(events: &[Bytes]) -> Result<(), LogError> {
     if events.is_empty() {
         return Err(LogError::Refused(
             "an append needs at least one event".to_string(),

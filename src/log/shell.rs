@@ -539,12 +539,49 @@ impl LocalLog {
         if already {
             return Ok(());
         }
-        let certified = state.op_with_tree_size(size).ok_or_else(|| {
-            LogError::Corrupt(format!(
+        let certified = state
+            .op_with_tree_size(size)
+            .filter(|info| certifies(&certificate, info));
+        match (certified, self.cluster_shell.as_ref()) {
+            (Some(info), _) => self.store_certificate(&mut state, info, certificate),
+            // A replica of a cluster may learn a commit before its own copy
+            // of the op is written (it is held behind a gap, or being
+            // repaired): keep the certificate until the op is in the log.
+            (None, Some(cluster)) => {
+                cluster.defer_certificate(certificate);
+                Ok(())
+            }
+            (None, None) => Err(LogError::Corrupt(format!(
                 "a certificate for tree size {size} names no op of this log"
-            ))
-        })?;
-        self.store_certificate(&mut state, certified, certificate)
+            ))),
+        }
+    }
+
+    /// Stores a deferred certificate once the op it names is in the log.
+    pub(super) fn store_deferred_certificate(&self) -> Result<(), LogError> {
+        let Some(cluster) = self.cluster_shell.as_ref() else {
+            return Ok(());
+        };
+        let Some(certificate) = cluster.deferred_certificate() else {
+            return Ok(());
+        };
+        let mut state = self.lock();
+        let size = certificate.checkpoint.size;
+        if state
+            .latest_certificate()
+            .is_some_and(|c| c.checkpoint.size >= size)
+        {
+            cluster.clear_deferred(size);
+            return Ok(());
+        }
+        let Some(info) = state
+            .op_with_tree_size(size)
+            .filter(|info| certifies(&certificate, info))
+        else {
+            return Ok(());
+        };
+        cluster.clear_deferred(size);
+        self.store_certificate(&mut state, info, certificate)
     }
 
     /// Writes the core's view state durably (`<data>/vsr-state.json`).
@@ -554,6 +591,24 @@ impl LocalLog {
         crate::fsutil::replace_durable(&path, text.as_bytes(), 0o644)
             .map_err(|e| LogError::DataDir(format!("{}: {e}", path.display())))
     }
+}
+
+/// True when `certificate`'s signed chain head names `info`'s op and header
+/// (a certificate without a chain head is matched by tree size alone).
+fn certifies(certificate: &Certificate, info: &super::state::OpInfo) -> bool {
+    let head = format!(
+        "{} {} {}",
+        vellum_audit::verify::CHAIN_HEAD_EXTENSION,
+        info.op,
+        vellum_audit::hash::to_hex(&info.checksum)
+    );
+    let heads: Vec<&String> = certificate
+        .checkpoint
+        .extensions
+        .iter()
+        .filter(|e| e.starts_with(vellum_audit::verify::CHAIN_HEAD_EXTENSION))
+        .collect();
+    heads.is_empty() || heads.iter().any(|e| **e == head)
 }
 
 /// Reads the saved view state; a missing file is a fresh replica.

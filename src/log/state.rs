@@ -417,6 +417,7 @@ impl LogState {
                 events: Vec::new(),
                 commits: chunk.to_vec(),
                 keys: Vec::new(),
+                access: Vec::new(),
             });
         }
         self.indexed_through_op = self.commit;

@@ -10,6 +10,7 @@
 //! pure: everything here only moves inputs in and actions out.
 
 mod node;
+mod trail;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use node::{ReplicaNode, node_error};
+pub use trail::{TRAIL_BATCH_EVENTS_MAX, TrailBatcher};
 
 use crate::cluster::ClusterConfig;
 use crate::log::{ClusterRole, LocalLog, LogOptions, Outbox};

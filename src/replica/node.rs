@@ -21,12 +21,17 @@ const EVENTS_POLL_MS: u64 = 10;
 pub struct ReplicaNode {
     log: Arc<LocalLog>,
     transport: Option<Arc<dyn Transport>>,
+    trail: super::TrailBatcher,
 }
 
 impl ReplicaNode {
     /// Serves `log`; `transport` supplies the network counters.
     pub fn new(log: Arc<LocalLog>, transport: Option<Arc<dyn Transport>>) -> ReplicaNode {
-        ReplicaNode { log, transport }
+        ReplicaNode {
+            log,
+            transport,
+            trail: super::TrailBatcher::default(),
+        }
     }
 }
 
@@ -160,6 +165,60 @@ impl Node for ReplicaNode {
         self.log
             .latest_certificate()
             .map(|c| (c.checkpoint.size, c.encode()))
+    }
+
+    fn export_events(
+        &self,
+        call: crate::server::node::ExportCall,
+    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+        let (events, certificate) = self
+            .log
+            .export_events(call.stream, call.from, call.to)
+            .map_err(node_error)?;
+        let signer = self.log.signer();
+        let request = vellum_compliance::bundle::BundleRequest {
+            stream: call.stream,
+            from: call.from,
+            to: call.to,
+            principal: call.principal,
+            purpose: call.purpose,
+            time_ns: crate::log::now_ns(),
+            exported_by: signer.name().to_string(),
+        };
+        vellum_compliance::bundle::build_bundle(&request, &certificate, &events, signer)
+            .map_err(|e| NodeError::Storage(format!("building the export bundle: {e}")))
+    }
+
+    fn audit_records(
+        &self,
+        from_ns: Option<u64>,
+        to_ns: Option<u64>,
+        stream: Option<u64>,
+    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), NodeError> {
+        let records = self
+            .log
+            .trail_events()
+            .map_err(node_error)?
+            .into_iter()
+            .filter(|(e, _)| from_ns.is_none_or(|f| e.time_ns >= f))
+            .filter(|(e, _)| to_ns.is_none_or(|t| e.time_ns < t))
+            .filter(|(e, _)| stream.is_none_or(|s| e.stream == Some(s)))
+            .collect();
+        Ok((self.log.signer().name().to_string(), records))
+    }
+
+    fn record_access(
+        &self,
+        events: Vec<vellum_compliance::trail::AccessEvent>,
+    ) -> Result<(), NodeError> {
+        let status = self.log.status();
+        if !status.is_primary {
+            return Err(NodeError::NotPrimary {
+                replica: status.replica,
+                primary: (status.status == Status::Normal).then_some(status.primary),
+            });
+        }
+        self.trail.record(&self.log, events)
     }
 
     fn metrics(&self) -> NodeMetrics {

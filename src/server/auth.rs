@@ -53,9 +53,28 @@ pub enum Action {
     Consistency,
     /// `GET /v1/certificate`.
     Certificate,
+    /// `POST /v1/export/events`.
+    ExportEvents,
+    /// `GET /v1/export/audit`.
+    ExportAudit,
 }
 
 impl Action {
+    /// The access-trail action this route records.
+    pub fn trail_action(self) -> vellum_compliance::trail::AccessAction {
+        use vellum_compliance::trail::AccessAction as A;
+        match self {
+            Action::Append => A::Append,
+            Action::ReadStream => A::ReadStream,
+            Action::ReadLog => A::ReadLog,
+            Action::Subscribe => A::Subscribe,
+            Action::Proof => A::Proof,
+            Action::Consistency => A::Consistency,
+            Action::Certificate => A::Certificate,
+            Action::ExportEvents | Action::ExportAudit => A::Export,
+        }
+    }
+
     /// The name used in logs and error messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +85,8 @@ impl Action {
             Action::Proof => "proof",
             Action::Consistency => "consistency",
             Action::Certificate => "certificate",
+            Action::ExportEvents => "export_events",
+            Action::ExportAudit => "export_audit",
         }
     }
 }
@@ -76,9 +97,10 @@ impl Role {
         match self {
             Role::Writer => true,
             Role::Reader => action != Action::Append,
+            // Auditors see proofs and the access trail, never plaintext.
             Role::Auditor => matches!(
                 action,
-                Action::Proof | Action::Consistency | Action::Certificate
+                Action::Proof | Action::Consistency | Action::Certificate | Action::ExportAudit
             ),
         }
     }

@@ -25,6 +25,47 @@ use super::{FORWARD_ANSWER_BYTES_MAX, FORWARD_TIMEOUT_MS, ServerError};
 
 /// The header that marks a forwarded request.
 pub const FORWARDED_HEADER: &str = "x-vellum-forwarded";
+/// The header in which a forwarding backup names the client's address (the
+/// primary records it in the access trail as "<client> via <backup>").
+pub const CLIENT_ADDR_HEADER: &str = "x-vellum-client-addr";
+/// A forwarded subscription is cut when the primary sends nothing (not even
+/// a heartbeat) for this long.
+const FORWARD_STREAM_IDLE_MS: u64 = 30_000;
+
+/// At a backup, sends the whole request to the primary and returns its
+/// answer (`Err`, to be sent as is); at the primary, gives the request back.
+/// Reads and subscriptions go to the primary too, because every access is
+/// recorded in the trail there before it is answered (P7).
+pub async fn forward_if_backup(
+    state: &super::routes::AppState,
+    request: axum::extract::Request,
+) -> Result<axum::extract::Request, Response> {
+    let health = super::routes::run_blocking(state, |node| node.health())
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if health.is_primary {
+        return Ok(request);
+    }
+    let replica = health.replica;
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return Err(ApiError::unavailable(format!(
+            "replica {replica} is not the primary and the request was already forwarded once; retry"
+        ))
+        .into_response());
+    }
+    if health.status != "normal" {
+        return Err(ApiError::unavailable(format!(
+            "replica {replica} is in {} and knows no primary right now; retry",
+            health.status
+        ))
+        .into_response());
+    }
+    Err(state
+        .forwarder
+        .forward_request(replica, health.primary, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response))
+}
 
 /// Where a refused append should go.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +82,8 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     client: reqwest::Client,
+    /// For relayed requests whose answers stream (no total timeout, an idle bound).
+    streaming: reqwest::Client,
     peers: std::sync::Arc<Vec<(u8, String)>>,
 }
 
@@ -48,24 +91,74 @@ impl Forwarder {
     /// One client trusting only the cluster CA (`ca_pem`; empty: no roots,
     /// so only plain `http://` peers work, which is for tests).
     pub fn new(peers: Vec<(u8, String)>, ca_pem: &[u8]) -> Result<Forwarder, ServerError> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
+        let client = client_builder(ca_pem)?
             .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
-            // A forwarded request must reach exactly the named replica.
-            .redirect(reqwest::redirect::Policy::none());
-        if !ca_pem.is_empty() {
-            let ca = reqwest::Certificate::from_pem(ca_pem)
-                .map_err(|e| ServerError::Forwarder(format!("bad cluster CA PEM: {e}")))?;
-            builder = builder.add_root_certificate(ca);
-        }
-        let client = builder
+            .build()
+            .map_err(|e| ServerError::Forwarder(e.to_string()))?;
+        let streaming = client_builder(ca_pem)?
+            .connect_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
+            .read_timeout(Duration::from_millis(FORWARD_STREAM_IDLE_MS))
             .build()
             .map_err(|e| ServerError::Forwarder(e.to_string()))?;
         Ok(Forwarder {
             client,
+            streaming,
             peers: std::sync::Arc::new(peers),
         })
+    }
+
+    /// Relays any request to the primary; the answer streams back as it
+    /// comes (a subscription stays open).
+    pub async fn forward_request(
+        &self,
+        replica: u8,
+        primary: u8,
+        request: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        let Some((_, base)) = self.peers.iter().find(|(index, _)| *index == primary) else {
+            return Err(ApiError::unavailable(format!(
+                "replica {replica} knows no API address for primary {primary}; retry on another replica"
+            )));
+        };
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let body = axum::body::to_bytes(body, crate::api::REQUEST_BODY_BYTES_MAX)
+            .await
+            .map_err(|_| ApiError::payload_too_large())?;
+        let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+            .map_err(|_| ApiError::bad_request("unsupported method"))?;
+        let mut outgoing = self
+            .streaming
+            .request(method, &url)
+            .header(FORWARDED_HEADER, "1")
+            .body(body);
+        for name in [
+            header::AUTHORIZATION.as_str(),
+            header::CONTENT_TYPE.as_str(),
+            header::ACCEPT.as_str(),
+            super::routes::PURPOSE_HEADER,
+        ] {
+            if let Some(value) = parts.headers.get(name) {
+                outgoing = outgoing.header(name, value.clone());
+            }
+        }
+        if let Some(remote) = parts.extensions.get::<super::RemoteAddr>() {
+            outgoing = outgoing.header(CLIENT_ADDR_HEADER, remote.0.to_string());
+        }
+        tracing::debug!(replica, primary, %url, "forwarding a request to the primary");
+        let response = outgoing.send().await.map_err(|e| send_error(primary, &e))?;
+        let status = StatusCode::from_u16(response.status().as_u16())
+            .map_err(|_| ApiError::indeterminate("the primary answered with an invalid status"))?;
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let mut answer = Response::new(axum::body::Body::from_stream(response.bytes_stream()));
+        *answer.status_mut() = status;
+        if let Some(content_type) = content_type {
+            answer
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
+        Ok(answer)
     }
 
     /// Relays an append refused with `NotPrimary` to the primary.
@@ -109,6 +202,22 @@ impl Forwarder {
         let response = request.send().await.map_err(|e| send_error(primary, &e))?;
         relay(primary, response).await
     }
+}
+
+/// A client trusting only the cluster CA (`ca_pem`; empty: no roots, so
+/// only plain `http://` peers work, which is for tests).
+fn client_builder(ca_pem: &[u8]) -> Result<reqwest::ClientBuilder, ServerError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        // A forwarded request must reach exactly the named replica.
+        .redirect(reqwest::redirect::Policy::none());
+    if !ca_pem.is_empty() {
+        let ca = reqwest::Certificate::from_pem(ca_pem)
+            .map_err(|e| ServerError::Forwarder(format!("bad cluster CA PEM: {e}")))?;
+        builder = builder.add_root_certificate(ca);
+    }
+    Ok(builder)
 }
 
 fn send_error(primary: u8, error: &reqwest::Error) -> ApiError {

@@ -182,6 +182,10 @@ async fn accept_loop(
     tracing::info!("api server stopped accepting");
 }
 
+/// The TCP peer of the connection a request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
 /// Runs the TLS handshake (bounded in time) and then HTTP/1.1 on one connection.
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
@@ -202,6 +206,8 @@ async fn serve_connection(
             return;
         }
     };
+    // The caller's address travels with each request into the access trail.
+    let app = app.layer(axum::Extension(RemoteAddr(peer)));
     let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 
+use vellum_compliance::trail::AccessEvent;
+
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
 
 /// Why a node call failed. The server maps each kind to one status code.
@@ -59,6 +61,21 @@ pub struct AppendCall {
     pub idempotency: Option<(u128, u64)>,
 }
 
+/// An export as the server hands it to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCall {
+    /// The stream.
+    pub stream: u64,
+    /// First offset.
+    pub from: u64,
+    /// One past the last offset.
+    pub to: u64,
+    /// Who asked (written into the manifest).
+    pub principal: String,
+    /// Why.
+    pub purpose: Option<String>,
+}
+
 /// Counters for `/metrics` (monotonic unless named as a gauge).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeMetrics {
@@ -104,4 +121,19 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     fn certificate(&self) -> Option<(u64, String)>;
     /// Counters for `/metrics`.
     fn metrics(&self) -> NodeMetrics;
+    /// An export bundle of `stream` offsets `[from, to)`, built and signed
+    /// by this replica: the bundle's files (name, bytes).
+    fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, NodeError>;
+    /// The access trail: (this replica's key name, events with positions)
+    /// recorded in `[from_ns, to_ns)` (None: unbounded), about `stream` if given.
+    fn audit_records(
+        &self,
+        from_ns: Option<u64>,
+        to_ns: Option<u64>,
+        stream: Option<u64>,
+    ) -> Result<(String, Vec<(AccessEvent, u64)>), NodeError>;
+    /// Records access-trail events (P7) in the replicated system stream and
+    /// returns once they are committed (a read is answered only after
+    /// this). Concurrent callers are batched into one op.
+    fn record_access(&self, events: Vec<AccessEvent>) -> Result<(), NodeError>;
 }

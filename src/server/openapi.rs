@@ -107,6 +107,27 @@ fn paths() -> Value {
                 "responses": with_errors(ok("CertificateAnswer"), &["401", "403", "404", "500"])
             }
         },
+        "/v1/export/events": {
+            "post": {
+                "summary": "An export bundle of one stream's events (plaintext, salts, a tlog-proof per event, the certificate, the exporting replica's signature over the manifest), as files; roles writer, reader. Recorded in the access trail.",
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("ExportEventsRequest") } }
+                },
+                "responses": with_errors(ok("ExportBundle"), &["400", "401", "403", "404", "413", "422", "500", "503"])
+            }
+        },
+        "/v1/export/audit": {
+            "get": {
+                "summary": "The access trail (P7): every recorded access with its position; roles writer, reader, auditor. Recorded in the access trail.",
+                "parameters": [
+                    query_param("from_ns", "From this time, unix nanoseconds.", false),
+                    query_param("to_ns", "Until this time (excluded), unix nanoseconds.", false),
+                    query_param("stream", "Only accesses to this stream.", false)
+                ],
+                "responses": with_errors(ok("AuditExport"), &["400", "401", "403", "500", "503"])
+            }
+        },
         "/v1/health": {
             "get": {
                 "summary": "Replica status; no token needed.",
@@ -321,6 +342,37 @@ fn schemas() -> Value {
                 "to": u64_schema("The newer tree size."),
                 "hashes": { "type": "array", "items": { "type": "string", "pattern": "^[0-9a-f]{64}$" } },
                 "certificate": { "type": "string" }
+            }
+        },
+        "ExportEventsRequest": {
+            "type": "object", "required": ["stream", "from", "to"], "additionalProperties": false,
+            "properties": {
+                "stream": u64_schema("The stream."),
+                "from": u64_schema("First offset."),
+                "to": u64_schema("One past the last offset."),
+                "purpose": { "type": "string", "description": "Why (trail and manifest)." }
+            }
+        },
+        "ExportBundle": {
+            "type": "object", "required": ["files"],
+            "properties": {
+                "files": { "type": "array", "items": {
+                    "type": "object", "required": ["name", "base64"],
+                    "properties": { "name": { "type": "string" }, "base64": { "type": "string", "contentEncoding": "base64" } }
+                } }
+            }
+        },
+        "AuditExport": {
+            "type": "object", "required": ["source", "records"],
+            "properties": {
+                "source": { "type": "string", "description": "The answering replica's key name." },
+                "records": { "type": "array", "items": {
+                    "type": "object", "required": ["position", "event"],
+                    "properties": {
+                        "position": u64_schema("Global position of the trail event."),
+                        "event": { "type": "object", "description": "The access event: v, time_ns, principal, role, action, stream, from, to, purpose, outcome, remote." }
+                    }
+                } }
             }
         },
         "CertificateAnswer": {

@@ -89,6 +89,16 @@ pub const ROUTES: &[RouteSpec] = &[
         action: Some(Action::Certificate),
     },
     RouteSpec {
+        method: "POST",
+        path: "/v1/export/events",
+        action: Some(Action::ExportEvents),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/export/audit",
+        action: Some(Action::ExportAudit),
+    },
+    RouteSpec {
         method: "GET",
         path: "/v1/health",
         action: None,
@@ -159,6 +169,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream}/events/{offset}/proof", get(proof))
         .route("/v1/consistency", get(consistency))
         .route("/v1/certificate", get(certificate))
+        .route("/v1/export/events", post(export_events))
+        .route("/v1/export/audit", get(export_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let public = Router::new()
         .route("/v1/health", get(health))
@@ -408,10 +420,31 @@ fn json_error(rejection: JsonRejection) -> ApiError {
 
 // -------------------------------------------------------------- auth layer
 
-/// Authenticates the bearer token, checks the role against the route's
-/// action, puts the [`Principal`] in the request extensions, and logs the
-/// access (principal, action, stream, outcome).
-async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// What a handler touched, for the access trail: handlers put it in the
+/// response's extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The stream, if one.
+    pub stream: Option<u64>,
+    /// First offset (or position) touched.
+    pub from: Option<u64>,
+    /// One past the last offset (or position) touched.
+    pub to: Option<u64>,
+    /// The purpose of use given in the request body.
+    pub purpose: Option<String>,
+}
+
+/// The request header carrying the purpose of use (HL7 v3 ActReason code
+/// such as `TREAT`, or free text, clipped), recorded in the access trail.
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+
+/// The guard of every protected route (P7): at a backup, forwards the whole
+/// request to the primary (which authenticates and records it); at the
+/// primary, authenticates the bearer token, checks the role, runs the
+/// handler, and records one access-trail event — also for a refused or
+/// denied attempt — before the answer goes out. If the event cannot be
+/// recorded the answer is withheld (503): no access goes unrecorded.
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let action = request
         .extensions()
         .get::<MatchedPath>()
@@ -425,35 +458,131 @@ async fn authorize(State(state): State<AppState>, mut request: Request, next: Ne
         );
         return ApiError::forbidden("this route has no access rule").into_response();
     };
-    let stream = stream_in_path(request.uri().path());
+    let request = match super::forward::forward_if_backup(&state, request).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
+    let mut trail = TrailEntry::new(action, &request);
     let principal = match bearer_principal(&state.tokens, request.headers()) {
         Ok(principal) => principal,
         Err(error) => {
-            tracing::info!(
-                principal = "-",
-                action = action.name(),
-                ?stream,
-                outcome = error.status.as_u16(),
-                "api access refused"
-            );
-            return error.into_response();
+            trail.deny("anonymous", "none", &error);
+            trail.action = vellum_compliance::trail::AccessAction::AuthFailed;
+            return trail.record_then(&state, error.into_response()).await;
         }
     };
     if !principal.role.allows(action) {
-        tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), ?stream, outcome = 403, "api access refused");
-        return ApiError::forbidden(format!(
+        let error = ApiError::forbidden(format!(
             "principal {} has role {}, which may not {}",
             principal.name,
             principal.role,
             action.name()
-        ))
-        .into_response();
+        ));
+        trail.deny(&principal.name, principal.role.name(), &error);
+        return trail.record_then(&state, error.into_response()).await;
     }
+    let mut request = request;
     request.extensions_mut().insert(principal.clone());
     let response = next.run(request).await;
-    // Issue 5 turns this line into an access-trail record.
-    tracing::info!(principal = %principal.name, role = %principal.role, action = action.name(), ?stream, outcome = response.status().as_u16(), "api access");
-    response
+    trail.finish(&principal, &response);
+    trail.record_then(&state, response).await
+}
+
+/// The access-trail event of one request, filled in as it is handled.
+struct TrailEntry {
+    action: vellum_compliance::trail::AccessAction,
+    event: vellum_compliance::trail::AccessEvent,
+}
+
+impl TrailEntry {
+    fn new(action: Action, request: &Request) -> TrailEntry {
+        use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessEvent, clip_text};
+        let headers = request.headers();
+        let purpose = headers
+            .get(PURPOSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(clip_text);
+        let peer = request
+            .extensions()
+            .get::<super::RemoteAddr>()
+            .map(|r| r.0.to_string());
+        // A backup that forwarded the request names the client it came from.
+        let via = headers
+            .get(super::forward::CLIENT_ADDR_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let remote = match (peer, via) {
+            (Some(peer), Some(client)) => Some(clip_text(&format!("{client} via {peer}"))),
+            (peer, _) => peer,
+        };
+        TrailEntry {
+            action: action.trail_action(),
+            event: AccessEvent {
+                v: ACCESS_EVENT_VERSION,
+                time_ns: crate::log::now_ns(),
+                principal: String::new(),
+                role: String::new(),
+                action: action.trail_action(),
+                stream: stream_in_path(request.uri().path()),
+                from: None,
+                to: None,
+                purpose,
+                outcome: String::new(),
+                remote,
+            },
+        }
+    }
+
+    fn deny(&mut self, principal: &str, role: &str, error: &ApiError) {
+        self.event.principal = vellum_compliance::trail::clip_text(principal);
+        self.event.role = role.to_string();
+        self.event.outcome = vellum_compliance::trail::clip_text(&format!(
+            "denied: {} {}",
+            error.status.as_u16(),
+            error.message
+        ));
+    }
+
+    fn finish(&mut self, principal: &Principal, response: &Response) {
+        self.event.principal = principal.name.clone();
+        self.event.role = principal.role.name().to_string();
+        if let Some(touched) = response.extensions().get::<Touched>() {
+            self.event.stream = touched.stream.or(self.event.stream);
+            self.event.from = touched.from;
+            self.event.to = touched.to;
+            if touched.purpose.is_some() {
+                self.event.purpose = touched.purpose.clone();
+            }
+        }
+        let status = response.status();
+        self.event.outcome = if status.is_success() {
+            "success".to_string()
+        } else {
+            format!("refused: {}", status.as_u16())
+        };
+    }
+
+    /// Records the event; returns `answer` once it is committed, or a 503
+    /// in its place when it could not be recorded.
+    async fn record_then(mut self, state: &AppState, answer: Response) -> Response {
+        self.event.action = self.action;
+        tracing::info!(
+            principal = %self.event.principal,
+            action = self.event.action.as_str(),
+            stream = ?self.event.stream,
+            outcome = %self.event.outcome,
+            "api access"
+        );
+        let event = self.event;
+        match run_blocking(state, move |node| node.record_access(vec![event])).await {
+            Ok(Ok(())) => answer,
+            Ok(Err(error)) => ApiError::unavailable(format!(
+                "the access could not be recorded in the access trail ({error}); \
+                 the answer is withheld, retry"
+            ))
+            .into_response(),
+            Err(error) => error.into_response(),
+        }
+    }
 }
 
 fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {
@@ -533,11 +662,22 @@ async fn append(
     body: JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
     let call = append_call(path.stream, &body.value)?;
-    if let Some(purpose) = &body.value.purpose {
-        tracing::info!(principal = %principal.name, stream = path.stream, purpose = %purpose, "append purpose");
-    }
+    let purpose = body
+        .value
+        .purpose
+        .as_deref()
+        .map(vellum_compliance::trail::clip_text);
+    tracing::debug!(principal = %principal.name, stream = path.stream, "append");
     match run_blocking(&state, move |node| node.append(call)).await? {
-        Ok(receipt) => Ok(Json(receipt).into_response()),
+        Ok(receipt) => {
+            let touched = Touched {
+                stream: Some(receipt.stream),
+                from: Some(receipt.first_offset),
+                to: Some(receipt.next_offset),
+                purpose,
+            };
+            Ok(with_touched(Json(receipt).into_response(), touched))
+        }
         Err(NodeError::NotPrimary { replica, primary }) => {
             let target = super::forward::Target {
                 replica,
@@ -628,47 +768,76 @@ fn idempotency(key: &IdempotencyKey) -> Result<(u128, u64), ApiError> {
     Ok((session, key.request))
 }
 
+/// Puts what a handler touched into its response, for the access trail.
+fn with_touched(mut response: Response, touched: Touched) -> Response {
+    response.extensions_mut().insert(touched);
+    response
+}
+
 async fn read_stream(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<StreamPath>,
     ApiQuery(query): ApiQuery<ReadQuery>,
-) -> Result<Json<StreamEvents>, ApiError> {
+) -> Result<Response, ApiError> {
     let (from, max) = query.window();
     let stream = path.stream;
     let events = run_blocking(&state, move |node| node.read_stream(stream, from, max))
         .await?
         .map_err(ApiError::from_node)?;
     let next_offset = events.last().map_or(from, |e| e.offset + 1);
-    Ok(Json(StreamEvents {
+    let touched = Touched {
+        stream: Some(stream),
+        from: Some(from),
+        to: Some(next_offset),
+        purpose: None,
+    };
+    let answer = Json(StreamEvents {
         stream,
         events,
         next_offset,
-    }))
+    });
+    Ok(with_touched(answer.into_response(), touched))
 }
 
 async fn read_log(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ReadQuery>,
-) -> Result<Json<LogEvents>, ApiError> {
+) -> Result<Response, ApiError> {
     let (from, max) = query.window();
     let events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
         .map_err(ApiError::from_node)?;
     let next_position = events.last().map_or(from, |e| e.position + 1);
-    Ok(Json(LogEvents {
+    let touched = Touched {
+        stream: None,
+        from: Some(from),
+        to: Some(next_position),
+        purpose: None,
+    };
+    let answer = Json(LogEvents {
         events,
         next_position,
-    }))
+    });
+    Ok(with_touched(answer.into_response(), touched))
 }
 
 async fn proof(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<ProofPath>,
-) -> Result<Json<ProofAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let proof = run_blocking(&state, move |node| node.proof(path.stream, path.offset))
         .await?
         .map_err(ApiError::from_node)?;
-    Ok(Json(ProofAnswer { proof }))
+    let touched = Touched {
+        stream: Some(path.stream),
+        from: Some(path.offset),
+        to: Some(path.offset.saturating_add(1)),
+        purpose: None,
+    };
+    Ok(with_touched(
+        Json(ProofAnswer { proof }).into_response(),
+        touched,
+    ))
 }
 
 async fn consistency(
@@ -691,6 +860,81 @@ async fn certificate(State(state): State<AppState>) -> Result<Json<CertificateAn
             "no certificate yet (nothing committed)",
         )),
     }
+}
+
+async fn export_events(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: JsonBody<api::ExportEventsRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.value;
+    if request.to <= request.from {
+        return Err(ApiError::bad_request("to must be greater than from"));
+    }
+    let purpose = request
+        .purpose
+        .as_deref()
+        .map(vellum_compliance::trail::clip_text);
+    let call = super::node::ExportCall {
+        stream: request.stream,
+        from: request.from,
+        to: request.to,
+        principal: principal.name.clone(),
+        purpose: purpose.clone(),
+    };
+    let files = run_blocking(&state, move |node| node.export_events(call))
+        .await?
+        .map_err(ApiError::from_node)?;
+    let bundle = api::ExportBundle {
+        files: files
+            .into_iter()
+            .map(|(name, bytes)| api::ExportFile {
+                name,
+                base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            })
+            .collect(),
+    };
+    let touched = Touched {
+        stream: Some(request.stream),
+        from: Some(request.from),
+        to: Some(request.to),
+        purpose,
+    };
+    Ok(with_touched(Json(bundle).into_response(), touched))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    from_ns: Option<u64>,
+    to_ns: Option<u64>,
+    stream: Option<u64>,
+}
+
+async fn export_audit(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let (from_ns, to_ns, stream) = (query.from_ns, query.to_ns, query.stream);
+    let (source, records) = run_blocking(&state, move |node| {
+        node.audit_records(from_ns, to_ns, stream)
+    })
+    .await?
+    .map_err(ApiError::from_node)?;
+    let answer = api::AuditExport {
+        source,
+        records: records
+            .into_iter()
+            .map(|(event, position)| api::AuditRecord { position, event })
+            .collect(),
+    };
+    let touched = Touched {
+        stream,
+        from: from_ns,
+        to: to_ns,
+        purpose: None,
+    };
+    Ok(with_touched(Json(answer).into_response(), touched))
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<api::Health>, ApiError> {

@@ -69,14 +69,23 @@ pub(crate) async fn subscribe(
         Format::Ndjson => "application/x-ndjson",
         Format::Sse => "text/event-stream",
     };
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response();
+    // The trail records the subscription's start; the guard sends this
+    // answer (and so the first event) only after that record is committed.
+    response.extensions_mut().insert(super::routes::Touched {
+        stream: None,
+        from: Some(from),
+        to: None,
+        purpose: None,
+    });
+    Ok(response)
 }
 
 /// Feeds the channel until the reader goes away or a read fails.

@@ -45,6 +45,9 @@ struct FakeState {
     log: Vec<LogEvent>,
     mode: Mode,
     last_max: Option<u64>,
+    trail: Vec<vellum_compliance::trail::AccessEvent>,
+    /// Refuse to record the trail (the answer must then be withheld).
+    trail_down: bool,
 }
 
 /// An in-memory node: streams, a global log, and a switch for failures.
@@ -219,6 +222,54 @@ impl Node for FakeNode {
     fn certificate(&self) -> Option<(u64, String)> {
         let size = self.lock().log.len() as u64;
         (size > 0).then(|| (size, "certificate".to_string()))
+    }
+
+    fn export_events(
+        &self,
+        call: crate::server::node::ExportCall,
+    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+        self.fail()?;
+        let state = self.lock();
+        let events = state
+            .streams
+            .get(&call.stream)
+            .ok_or_else(|| NodeError::NotFound(format!("stream {} has no events", call.stream)))?;
+        let lines: Vec<u8> = events
+            .iter()
+            .skip(call.from as usize)
+            .take((call.to - call.from) as usize)
+            .flat_map(|e| [e.to_vec(), b"\n".to_vec()].concat())
+            .collect();
+        Ok(vec![("events.ndjson".to_string(), lines)])
+    }
+
+    fn audit_records(
+        &self,
+        from_ns: Option<u64>,
+        to_ns: Option<u64>,
+        stream: Option<u64>,
+    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), NodeError> {
+        let state = self.lock();
+        let records = (0u64..)
+            .zip(state.trail.iter())
+            .filter(|(_, e)| from_ns.is_none_or(|f| e.time_ns >= f))
+            .filter(|(_, e)| to_ns.is_none_or(|t| e.time_ns < t))
+            .filter(|(_, e)| stream.is_none_or(|s| e.stream == Some(s)))
+            .map(|(position, e)| (e.clone(), position))
+            .collect();
+        Ok(("fake-replica".to_string(), records))
+    }
+
+    fn record_access(
+        &self,
+        events: Vec<vellum_compliance::trail::AccessEvent>,
+    ) -> Result<(), NodeError> {
+        let mut state = self.lock();
+        if state.trail_down {
+            return Err(NodeError::Unavailable("trail down".into()));
+        }
+        state.trail.extend(events);
+        Ok(())
     }
 
     fn metrics(&self) -> NodeMetrics {
@@ -1226,4 +1277,89 @@ async fn tls_end_to_end() {
     tokio::time::timeout(WAIT, handle.join())
         .await
         .expect("server stops after shutdown");
+}
+
+// Goal: every protected request leaves one access-trail event (P7) — a
+// success, a refusal, a bad token and a denied role alike — with the
+// principal, action, stream, touched range, purpose and outcome.
+#[tokio::test]
+async fn every_access_is_recorded_in_the_trail() {
+    use vellum_compliance::trail::AccessAction;
+    let node = Arc::new(FakeNode::default());
+    let app = app(Arc::clone(&node));
+    let body = r#"{"events":[{"json":{"a":1}},{"json":{"a":2}}],"purpose":"TREAT"}"#;
+    let (status, _) = send(
+        &app,
+        Call::post("/v1/streams/1001/append", Some(WRITER), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        &app,
+        Call::get("/v1/streams/1001/events?from=1", Some(READER)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        &app,
+        Call::get("/v1/streams/1001/events", Some("vlm_wrong")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = send(&app, Call::get("/v1/streams/1001/events", Some(AUDITOR))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = send(&app, Call::get("/v1/streams/4242/events", Some(READER))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let trail = node.lock().trail.clone();
+    assert_eq!(trail.len(), 5, "one event per request: {trail:?}");
+    assert_eq!(trail[0].action, AccessAction::Append);
+    assert_eq!(
+        (trail[0].principal.as_str(), trail[0].role.as_str()),
+        ("alice", "writer")
+    );
+    assert_eq!(
+        (trail[0].stream, trail[0].from, trail[0].to),
+        (Some(1001), Some(0), Some(2))
+    );
+    assert_eq!(trail[0].purpose.as_deref(), Some("TREAT"));
+    assert_eq!(trail[0].outcome, "success");
+    assert_eq!(trail[1].action, AccessAction::ReadStream);
+    assert_eq!((trail[1].from, trail[1].to), (Some(1), Some(2)));
+    assert_eq!(trail[2].action, AccessAction::AuthFailed);
+    assert_eq!(trail[2].principal, "anonymous");
+    assert!(
+        trail[2].outcome.starts_with("denied: 401"),
+        "{}",
+        trail[2].outcome
+    );
+    assert_eq!(trail[3].principal, "carol");
+    assert!(
+        trail[3].outcome.starts_with("denied: 403"),
+        "{}",
+        trail[3].outcome
+    );
+    assert_eq!(trail[4].outcome, "refused: 404");
+}
+
+// Goal: when the trail cannot record an access, the answer is withheld
+// (503) — a read never goes out unrecorded.
+#[tokio::test]
+async fn an_unrecorded_access_is_not_answered() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(Arc::clone(&node));
+    let body = r#"{"events":[{"json":{"secret":"phi"}}]}"#;
+    let (status, _) = send(
+        &app,
+        Call::post("/v1/streams/1001/append", Some(WRITER), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    node.lock().trail_down = true;
+    let (status, value) = send(&app, Call::get("/v1/streams/1001/events", Some(READER))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !value.to_string().contains("phi"),
+        "no event text in the refusal: {value}"
+    );
+    assert!(error_of(&value).error.message.contains("access trail"));
 }

@@ -1,0 +1,228 @@
+//! The access trail as CSV (RFC 4180) and NDJSON, for spreadsheets and log
+//! tools: one row per trail event with every field of the event plus its
+//! global position and a readable UTC time. Also the durable file writer the
+//! other exports share (new file only, fsync of file and directory).
+//!
+//! CSV: header row, CRLF line ends, a field is quoted when it holds a comma,
+//! a double quote, CR or LF, and quotes inside are doubled (RFC 4180 §2).
+//! Absent values are empty fields. Cells are written as recorded: a value
+//! starting with `=`, `+`, `-` or `@` is not altered, so open the CSV in a
+//! spreadsheet with formulas disabled; NDJSON is the faithful form.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::fhir::rfc3339_utc;
+use crate::trail::AccessEvent;
+
+/// The CSV columns, in order.
+pub const CSV_COLUMNS: [&str; 13] = [
+    "position",
+    "v",
+    "time_ns",
+    "time",
+    "principal",
+    "role",
+    "action",
+    "stream",
+    "from",
+    "to",
+    "purpose",
+    "outcome",
+    "remote",
+];
+
+/// Why an export file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The target exists already; exports never overwrite.
+    #[error("{path}: already exists; exports never overwrite a file")]
+    Exists { path: PathBuf },
+    /// Creating, writing or syncing failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One trail event as an export row: every field, in CSV column order.
+#[derive(Debug, Serialize)]
+pub struct AccessRow<'a> {
+    /// The trail event's global position, when known.
+    pub position: Option<u64>,
+    /// Trail format version.
+    pub v: u32,
+    /// Unix nanoseconds.
+    pub time_ns: u64,
+    /// The same instant, RFC 3339 UTC.
+    pub time: String,
+    /// Who.
+    pub principal: &'a str,
+    /// Their role.
+    pub role: &'a str,
+    /// What (snake_case).
+    pub action: &'static str,
+    /// Which stream.
+    pub stream: Option<u64>,
+    /// First offset or position.
+    pub from: Option<u64>,
+    /// One past the last.
+    pub to: Option<u64>,
+    /// Purpose of use.
+    pub purpose: Option<&'a str>,
+    /// Outcome text.
+    pub outcome: &'a str,
+    /// Caller's address.
+    pub remote: Option<&'a str>,
+}
+
+impl<'a> AccessRow<'a> {
+    /// The row of `event` at `position`.
+    pub fn new(event: &'a AccessEvent, position: Option<u64>) -> AccessRow<'a> {
+        AccessRow {
+            position,
+            v: event.v,
+            time_ns: event.time_ns,
+            time: rfc3339_utc(event.time_ns),
+            principal: &event.principal,
+            role: &event.role,
+            action: event.action.as_str(),
+            stream: event.stream,
+            from: event.from,
+            to: event.to,
+            purpose: event.purpose.as_deref(),
+            outcome: &event.outcome,
+            remote: event.remote.as_deref(),
+        }
+    }
+
+    fn cells(&self) -> [String; 13] {
+        let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+        [
+            number(self.position),
+            self.v.to_string(),
+            self.time_ns.to_string(),
+            self.time.clone(),
+            self.principal.to_string(),
+            self.role.to_string(),
+            self.action.to_string(),
+            number(self.stream),
+            number(self.from),
+            number(self.to),
+            self.purpose.unwrap_or_default().to_string(),
+            self.outcome.to_string(),
+            self.remote.unwrap_or_default().to_string(),
+        ]
+    }
+}
+
+/// One CSV field, quoted per RFC 4180 when it needs to be.
+pub fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+/// One CSV record (with its CRLF) from already-plain cells.
+pub fn csv_record<S: AsRef<str>>(cells: &[S]) -> String {
+    let fields: Vec<String> = cells.iter().map(|c| csv_field(c.as_ref())).collect();
+    format!("{}\r\n", fields.join(","))
+}
+
+/// Writes the header and one row per event as CSV to `out`.
+pub fn write_csv_to(
+    out: &mut dyn Write,
+    events: &[(AccessEvent, Option<u64>)],
+) -> std::io::Result<()> {
+    out.write_all(csv_record(&CSV_COLUMNS).as_bytes())?;
+    for (event, position) in events {
+        out.write_all(csv_record(&AccessRow::new(event, *position).cells()).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes one JSON object per event and line to `out`.
+pub fn write_ndjson_to(
+    out: &mut dyn Write,
+    events: &[(AccessEvent, Option<u64>)],
+) -> std::io::Result<()> {
+    for (event, position) in events {
+        serde_json::to_writer(&mut *out, &AccessRow::new(event, *position))?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Writes the CSV to a new file at `path`; returns the rows written.
+pub fn write_csv(path: &Path, events: &[(AccessEvent, Option<u64>)]) -> Result<usize, ExportError> {
+    write_durably(path, |out| write_csv_to(out, events))?;
+    Ok(events.len())
+}
+
+/// Writes the NDJSON to a new file at `path`; returns the lines written.
+pub fn write_ndjson(
+    path: &Path,
+    events: &[(AccessEvent, Option<u64>)],
+) -> Result<usize, ExportError> {
+    write_durably(path, |out| write_ndjson_to(out, events))?;
+    Ok(events.len())
+}
+
+/// Creates `path` (which must not exist), lets `fill` write it, then
+/// fsyncs the file and its directory, so a returned `Ok` survives a crash.
+pub(crate) fn write_durably(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), ExportError> {
+    let io = |source: std::io::Error| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => ExportError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => io(source),
+        })?;
+    let mut out = BufWriter::new(file);
+    fill(&mut out).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| ExportError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: fields are quoted exactly when RFC 4180 requires it.
+    #[test]
+    fn csv_field_quotes_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field(""), "");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+    }
+}

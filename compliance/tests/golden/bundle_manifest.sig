@@ -1,0 +1,4 @@
+vellum-bundle/v1
+7669755fa248df6135878ad7acc3d0e9b2f3ed21dae0fb5484a5704ee9c537b5
+
+— vellum-replica-0 cj1QXBEfW9Qi+iUxGC0wDdoCHzOkuVSfKvFuJGXdfNan9Gu/nzPCE1J+cUJ6q1/4nK/JjAsedptrK7JVhaUYNcZWgg8=

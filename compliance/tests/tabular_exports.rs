@@ -1,0 +1,176 @@
+//! CSV and NDJSON exports of the access trail: RFC 4180 quoting (commas,
+//! quotes, CR and LF in free text), header row, every field present, and a
+//! golden CSV file.
+
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use vellum_compliance::tabular::{
+    CSV_COLUMNS, write_csv, write_csv_to, write_ndjson, write_ndjson_to,
+};
+use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent};
+
+fn events() -> Vec<(AccessEvent, Option<u64>)> {
+    let read = AccessEvent {
+        v: ACCESS_EVENT_VERSION,
+        time_ns: 1_709_211_909_000_000_042,
+        principal: "dr-lee".into(),
+        role: "reader".into(),
+        action: AccessAction::ReadStream,
+        stream: Some(1001),
+        from: Some(0),
+        to: Some(3),
+        purpose: Some("follow-up, \"urgent\"\r\nsecond line".into()),
+        outcome: "success".into(),
+        remote: Some("10.1.2.3:51234".into()),
+    };
+    let failed = AccessEvent {
+        principal: "anonymous".into(),
+        role: "none".into(),
+        action: AccessAction::AuthFailed,
+        stream: None,
+        from: None,
+        to: None,
+        purpose: None,
+        outcome: "refused: unknown token".into(),
+        remote: None,
+        ..read.clone()
+    };
+    vec![(read, Some(17)), (failed, None)]
+}
+
+/// A strict RFC 4180 reader: records end in CRLF, quoted fields may hold
+/// anything with quotes doubled. The test's oracle.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r') => {
+                assert_eq!(
+                    chars.next(),
+                    Some('\n'),
+                    "CR outside quotes must start CRLF"
+                );
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => {
+                assert!(c != '\n' && c != '"', "bare {c:?} outside quotes");
+                field.push(c);
+            }
+        }
+    }
+    assert!(
+        !quoted && field.is_empty() && record.is_empty(),
+        "text must end with CRLF"
+    );
+    records
+}
+
+// Goal: CSV has the header, one record per event, and free text with
+// commas, quotes and line breaks reads back exactly.
+#[test]
+fn csv_quotes_free_text_and_reads_back() {
+    let mut out = Vec::new();
+    write_csv_to(&mut out, &events()).expect("write");
+    let text = String::from_utf8(out).expect("utf-8");
+    let records = parse_csv(&text);
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0], CSV_COLUMNS.to_vec());
+    let row = &records[1];
+    let col = |name: &str| CSV_COLUMNS.iter().position(|c| *c == name).expect("column");
+    assert_eq!(row[col("position")], "17");
+    assert_eq!(row[col("purpose")], "follow-up, \"urgent\"\r\nsecond line");
+    assert_eq!(row[col("time")], "2024-02-29T13:05:09.000000042Z");
+    assert_eq!(row[col("action")], "read_stream");
+    assert_eq!(records[2][col("stream")], "");
+    assert_eq!(records[2][col("outcome")], "refused: unknown token");
+    assert!(records.iter().all(|r| r.len() == CSV_COLUMNS.len()));
+}
+
+// Goal: NDJSON has one object per line with every field, nulls for absent ones.
+#[test]
+fn ndjson_has_every_field_per_line() {
+    let mut out = Vec::new();
+    write_ndjson_to(&mut out, &events()).expect("write");
+    let text = String::from_utf8(out).expect("utf-8");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut columns = CSV_COLUMNS.to_vec();
+        columns.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, columns);
+    }
+    assert_eq!(lines[0]["purpose"], "follow-up, \"urgent\"\r\nsecond line");
+    assert_eq!(lines[0]["position"], 17);
+    assert!(lines[1]["stream"].is_null());
+}
+
+// Goal: the file writers write the same bytes, count rows, and never overwrite.
+#[test]
+fn file_writers_match_and_refuse_overwrite() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let csv = tmp.path().join("trail.csv");
+    let ndjson = tmp.path().join("trail.ndjson");
+    assert_eq!(write_csv(&csv, &events()).expect("csv"), 2);
+    assert_eq!(write_ndjson(&ndjson, &events()).expect("ndjson"), 2);
+    let mut expected = Vec::new();
+    write_csv_to(&mut expected, &events()).expect("write");
+    assert_eq!(std::fs::read(&csv).expect("read"), expected);
+    let error = write_csv(&csv, &events()).expect_err("exists");
+    assert!(error.to_string().contains("already exists"), "{error}");
+}
+
+// Goal: the CSV is byte-for-byte stable (golden file).
+#[test]
+fn csv_matches_golden_file() {
+    let mut out = Vec::new();
+    write_csv_to(&mut out, &events()).expect("write");
+    let actual = String::from_utf8(out).expect("utf-8");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/access_trail.csv");
+    if std::env::var_os("VELLUM_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with VELLUM_BLESS=1)", path.display()));
+    assert_eq!(actual, expected, "access_trail.csv differs");
+}
+
+proptest! {
+    // Goal: any principal and purpose text survives CSV quoting unchanged.
+    #[test]
+    fn any_text_round_trips_through_csv(principal in ".{1,40}", purpose in "[a-z,\"\r\n ]{0,40}") {
+        let mut list = events();
+        list[0].0.principal = principal.clone();
+        list[0].0.purpose = Some(purpose.clone());
+        let mut out = Vec::new();
+        write_csv_to(&mut out, &list).expect("write");
+        let records = parse_csv(&String::from_utf8(out).expect("utf-8"));
+        prop_assert_eq!(&records[1][4], &principal);
+        prop_assert_eq!(&records[1][10], &purpose);
+    }
+}
