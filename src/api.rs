@@ -17,6 +17,7 @@
 //! | GET | `/v1/certificate` | | [`CertificateAnswer`] |
 //! | POST | `/v1/export/events` | [`ExportEventsRequest`] | [`ExportBundle`] |
 //! | GET | `/v1/export/audit?from_ns=&to_ns=&stream=` | | [`AuditExport`] |
+//! | POST | `/v1/verifications` | [`VerificationRecord`] | `{"recorded": true}` |
 //! | GET | `/v1/health` | | [`Health`] |
 //! | GET | `/metrics` | | Prometheus text format |
 //! | GET | `/openapi.json` | | OpenAPI 3.1 document |
@@ -238,6 +239,21 @@ pub struct AuditExport {
     pub source: String,
     /// The matching trail events, in position order.
     pub records: Vec<AuditRecord>,
+}
+
+/// `POST /v1/verifications`: a verification run to record in the access trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationRecord {
+    /// What was verified ("data-dir r0", "cluster C", "bundle B").
+    pub scope: String,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// SHA-256 of the report file, 64 hex digits.
+    pub report_sha256: String,
+    /// The tree size of the checkpoint the run reached, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_size: Option<u64>,
 }
 
 /// Error codes, one per kind of refusal.

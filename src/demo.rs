@@ -62,6 +62,10 @@ pub struct DemoSummary {
     pub replicas_agree: bool,
     /// Tree size reached.
     pub tree_size: u64,
+    /// The export bundle verified offline with the policy alone.
+    pub bundle_verified: bool,
+    /// Access-trail events recorded during the demo.
+    pub trail_events: u64,
 }
 
 /// Runs the story in `data_dir` (a new cluster directory), narrating to `out`.
@@ -202,7 +206,39 @@ fn story(
 
     writeln!(
         out,
-        "== 9. stop the cluster; vellum verify on every replica"
+        "== 9. export patient-a's events as a signed bundle; verify it offline with the policy"
+    )?;
+    let bundle_dir = data_dir.join("export-patient-a");
+    let bundle_verified = export_and_verify(runtime, &client, &bundle_dir, &policy)?;
+    writeln!(out, "   {}: {}", bundle_dir.display(), ok(bundle_verified))?;
+
+    writeln!(
+        out,
+        "== 10. the access trail: every access above, recorded and replicated"
+    )?;
+    let trail = runtime.block_on(client.export_audit(None, None, None))?;
+    let count = |action: vellum_compliance::trail::AccessAction| {
+        trail
+            .records
+            .iter()
+            .filter(|r| r.event.action == action)
+            .count()
+    };
+    use vellum_compliance::trail::AccessAction;
+    writeln!(
+        out,
+        "   {} access events ({} appends, {} stream reads, {} exports) on system stream {}",
+        trail.records.len(),
+        count(AccessAction::Append),
+        count(AccessAction::ReadStream),
+        count(AccessAction::Export),
+        vellum_compliance::trail::ACCESS_TRAIL_STREAM
+    )?;
+    let trail_events = trail.records.len() as u64;
+
+    writeln!(
+        out,
+        "== 11. stop the cluster; vellum verify on every replica"
     )?;
     drop(persister);
     cluster.stop()?;
@@ -221,10 +257,12 @@ fn story(
         verify_passed,
         replicas_agree,
         tree_size,
+        bundle_verified,
+        trail_events,
     };
     writeln!(
         out,
-        "== summary: {} appended, {} read back, proof {}, failover {} -> {}, catch-up {}, consistency {}, verify {}, replicas agree {}",
+        "== summary: {} appended, {} read back, proof {}, failover {} -> {}, catch-up {}, consistency {}, bundle {}, {} trail events, verify {}, replicas agree {}",
         summary.events_appended,
         summary.events_read_back,
         ok(proof_verified),
@@ -232,15 +270,44 @@ fn story(
         new_primary,
         ok(caught_up),
         ok(consistency_verified),
+        ok(bundle_verified),
+        trail_events,
         ok(verify_passed),
         ok(replicas_agree)
     )?;
     writeln!(
         out,
-        "   try: vellum dev --data-dir {0}   |   vellum verify --data-dir {0}/r0 --policy {0}/policy.txt",
+        "   try: vellum verify --cluster {0} --policy {0}/policy.txt --format html --output report.html\n        vellum verify --bundle {0}/export-patient-a --policy {0}/policy.txt\n        vellum dev --data-dir {0}   (then: vellum export audit --cluster {0} --format fhir --out audit.ndjson)",
         data_dir.display()
     )?;
     Ok(summary)
+}
+
+/// Exports patient-a's stream as a bundle into `dir` and verifies it offline.
+fn export_and_verify(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    dir: &Path,
+    policy: &Policy,
+) -> anyhow::Result<bool> {
+    let request = crate::api::ExportEventsRequest {
+        stream: PATIENTS[0].0,
+        from: 0,
+        to: 2 * EVENTS_PER_PATIENT + 1,
+        purpose: Some("patient access request (demo)".to_string()),
+    };
+    let bundle = runtime.block_on(client.export_events(&request))?;
+    std::fs::create_dir_all(dir)?;
+    for file in &bundle.files {
+        anyhow::ensure!(
+            !file.name.contains('/') && !file.name.contains(".."),
+            "unexpected bundle file name {:?}",
+            file.name
+        );
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&file.base64)?;
+        crate::fsutil::write_durable(&dir.join(&file.name), &bytes, 0o600)?;
+    }
+    Ok(vellum_compliance::bundle::verify_bundle(dir, policy).passed)
 }
 
 /// Appends one event per patient per round through `persist_blocking`.

@@ -161,14 +161,43 @@ fn check_trail_blocking(target: &IndexTarget, cluster: u128, facts: &LogFacts) -
     let rows = runtime.block_on(async {
         let index = Index::open_existing(target, cluster).await?;
         let rows = index.access_projected().await;
+        let unpositioned = index.access_unpositioned().await;
         index.close().await;
-        rows
+        Ok::<_, crate::index::IndexError>((rows?, unpositioned?))
     });
     match rows {
-        Ok(rows) => compare_trail(&rows, facts, &mut check),
+        Ok((rows, unpositioned)) => {
+            if unpositioned > 0 {
+                check.fail(
+                    "index table access",
+                    format!("{unpositioned} rows name no position: no access row may exist outside the trail"),
+                );
+            }
+            compare_trail(&rows, facts, &mut check);
+        }
         Err(e) => check.fail("index access", crate::log::error_chain(&e)),
     }
     check.finish()
+}
+
+/// The first column of an access row that its (committed) payload contradicts.
+fn differing_column(
+    event: &vellum_compliance::trail::AccessEvent,
+    row: &crate::index::AccessRow,
+) -> Option<&'static str> {
+    let checks: [(&'static str, bool); 10] = [
+        ("time_ns", event.time_ns == row.time_ns),
+        ("principal", event.principal == row.principal),
+        ("role", event.role == row.role),
+        ("action", event.action.as_str() == row.action),
+        ("stream", event.stream == row.stream),
+        ("offset_from", event.from == row.offset_from),
+        ("offset_to", event.to == row.offset_to),
+        ("purpose", event.purpose == row.purpose),
+        ("outcome", event.outcome == row.outcome),
+        ("remote_addr", event.remote == row.remote_addr),
+    ];
+    checks.iter().find(|(_, same)| !same).map(|(name, _)| *name)
 }
 
 fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check: &mut Check) {
@@ -205,8 +234,16 @@ fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check
             );
             continue;
         }
-        if AccessEvent::from_payload(payload.as_bytes()).is_err() {
-            check.fail(&place, "the committed payload is not an access-trail event");
+        match AccessEvent::from_payload(payload.as_bytes()) {
+            Err(_) => check.fail(&place, "the committed payload is not an access-trail event"),
+            Ok(event) => {
+                if let Some(column) = differing_column(&event, &row.columns) {
+                    check.fail(
+                        &place,
+                        format!("column {column} differs from the committed trail event: the row was edited"),
+                    );
+                }
+            }
         }
     }
     for position in trail.keys().filter(|p| !seen.contains(p)) {

@@ -517,6 +517,8 @@ fn demo_succeeds() {
     assert_eq!(json["verify_passed"], true);
     assert_eq!(json["replicas"], 3);
     assert_eq!(json["replicas_agree"], true);
+    assert_eq!(json["bundle_verified"], true);
+    assert!(json["trail_events"].as_u64().is_some_and(|n| n > 0));
     assert_eq!(json["restarted_caught_up"], true);
     assert_eq!(json["proof_verified"], true);
     assert_ne!(json["killed_primary"], json["new_primary"]);

@@ -409,6 +409,14 @@ async fn bad_input_on_a_live_cluster_gets_clear_4xx() {
             404,
         ),
         (
+            "export beyond the stream",
+            http.post(format!("{base}/v1/export/events"))
+                .header("authorization", &token)
+                .header("content-type", "application/json")
+                .body("{\"stream\":6000,\"from\":0,\"to\":50}"),
+            422,
+        ),
+        (
             "oversized body",
             http.post(&append_url)
                 .header("authorization", &token)
@@ -595,9 +603,25 @@ async fn exports_from_a_live_cluster_verify_offline_and_are_trailed() {
             &s(&bundle),
         ]);
         assert_eq!(code, 0, "export events: {err}");
-        let (code, report, err) =
-            vellum_cli(&["verify", "--bundle", &s(&bundle), "--policy", &s(&policy)]);
+        let html = out.join("bundle-report.html");
+        let (code, report, err) = vellum_cli(&[
+            "verify",
+            "--bundle",
+            &s(&bundle),
+            "--policy",
+            &s(&policy),
+            "--format",
+            "html",
+            "--output",
+            &s(&html),
+            "--record-to",
+            &s(&cluster_dir),
+        ]);
         assert_eq!(code, 0, "the bundle verifies offline:\n{report}\n{err}");
+        use sha2::Digest as _;
+        let report_hash = vellum_audit::hash::to_hex(&sha2::Sha256::digest(
+            std::fs::read(&html).expect("the html report"),
+        ));
         let events = bundle.join("events.ndjson");
         let text = std::fs::read_to_string(&events).expect("events");
         std::fs::write(&events, text.replacen("\"n\\\":0", "\"n\\\":9", 1)).expect("edit");
@@ -642,8 +666,19 @@ async fn exports_from_a_live_cluster_verify_offline_and_are_trailed() {
             listed >= 1,
             "the bundle export is a disclosure of stream 8000: {json}"
         );
+        report_hash
     });
-    outcome.await.expect("export steps");
+    let report_hash = outcome.await.expect("export steps");
+    let verifications = client.export_audit(None, None, None).await.expect("trail");
+    assert!(
+        verifications.records.iter().any(|r| r.event.action
+            == vellum_compliance::trail::AccessAction::Verify
+            && r.event
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains(&report_hash))),
+        "the verification and its report's hash are in the access trail"
+    );
     let trail = client
         .export_audit(None, None, Some(8000))
         .await

@@ -635,3 +635,34 @@ fn tampered_access_rows_of_replica_0_are_named() {
         );
     }
 }
+
+// Goal: an access row's columns must agree with its committed payload, and
+// no access row may exist outside the trail: editing a column alone, or
+// adding a row without a position, is caught.
+#[test]
+fn access_row_columns_and_stray_rows_are_caught() {
+    let case = Case::new();
+    tamper_index(
+        &case.replica(0),
+        &[
+            "UPDATE access SET principal = 'mallory' WHERE position = (SELECT min(position) FROM access)",
+        ],
+    );
+    case.verify().assert_caught(
+        "replica 0: access trail",
+        "index table access, position",
+        "column principal differs",
+    );
+    let case = Case::new();
+    tamper_index(
+        &case.replica(0),
+        &[
+            "INSERT INTO access (time_ns, principal, role, action, outcome) VALUES (1, 'x', 'writer', 'read_stream', 'success')",
+        ],
+    );
+    case.verify().assert_caught(
+        "replica 0: access trail",
+        "index table access",
+        "name no position",
+    );
+}

@@ -104,7 +104,7 @@ fn coding_of(action: AccessAction) -> Coding {
         AccessAction::Proof | AccessAction::Consistency | AccessAction::Certificate => {
             rest("read", "R")
         }
-        AccessAction::Verify => rest("operation", "E"),
+        AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
         AccessAction::AuthFailed => Coding {
             type_system: DICOM_SYSTEM,
             type_code: "110114",
@@ -252,11 +252,18 @@ fn entity(event: &AccessEvent, position: Option<u64>) -> Option<Value> {
     if let Some(query) = query {
         entity["query"] = json!(BASE64.encode(query));
     }
+    let mut details = Vec::new();
     if let Some(position) = position {
-        entity["detail"] = json!([{
+        details.push(json!({
             "type": POSITION_DETAIL_TYPE,
             "valueString": position.to_string(),
-        }]);
+        }));
+    }
+    if let Some(detail) = &event.detail {
+        details.push(json!({ "type": "vellum-detail", "valueString": detail }));
+    }
+    if !details.is_empty() {
+        entity["detail"] = json!(details);
     }
     Some(entity)
 }

@@ -19,7 +19,7 @@ use crate::fhir::rfc3339_utc;
 use crate::trail::AccessEvent;
 
 /// The CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 13] = [
+pub const CSV_COLUMNS: [&str; 14] = [
     "position",
     "v",
     "time_ns",
@@ -33,6 +33,7 @@ pub const CSV_COLUMNS: [&str; 13] = [
     "purpose",
     "outcome",
     "remote",
+    "detail",
 ];
 
 /// Why an export file could not be written.
@@ -79,6 +80,8 @@ pub struct AccessRow<'a> {
     pub outcome: &'a str,
     /// Caller's address.
     pub remote: Option<&'a str>,
+    /// Report or manifest hash and the like.
+    pub detail: Option<&'a str>,
 }
 
 impl<'a> AccessRow<'a> {
@@ -98,10 +101,11 @@ impl<'a> AccessRow<'a> {
             purpose: event.purpose.as_deref(),
             outcome: &event.outcome,
             remote: event.remote.as_deref(),
+            detail: event.detail.as_deref(),
         }
     }
 
-    fn cells(&self) -> [String; 13] {
+    fn cells(&self) -> [String; 14] {
         let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
         [
             number(self.position),
@@ -117,6 +121,7 @@ impl<'a> AccessRow<'a> {
             self.purpose.unwrap_or_default().to_string(),
             self.outcome.to_string(),
             self.remote.unwrap_or_default().to_string(),
+            self.detail.unwrap_or_default().to_string(),
         ]
     }
 }

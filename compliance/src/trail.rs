@@ -37,8 +37,10 @@ pub enum AccessAction {
     Consistency,
     /// The latest certificate fetched.
     Certificate,
-    /// An export written.
+    /// An export of patient events written (a disclosure).
     Export,
+    /// The access trail itself exported (no patient data).
+    ExportTrail,
     /// A stream's keys destroyed.
     Shred,
     /// A verification run.
@@ -59,6 +61,7 @@ impl AccessAction {
             AccessAction::Consistency => "consistency",
             AccessAction::Certificate => "certificate",
             AccessAction::Export => "export",
+            AccessAction::ExportTrail => "export_trail",
             AccessAction::Shred => "shred",
             AccessAction::Verify => "verify",
             AccessAction::AuthFailed => "auth_failed",
@@ -109,6 +112,10 @@ pub struct AccessEvent {
     /// The caller's network address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// What else identifies the access (a verification's report hash and
+    /// checkpoint, an export's bundle manifest hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl AccessEvent {
@@ -159,6 +166,7 @@ mod tests {
             purpose: Some("TREAT".into()),
             outcome: "success".into(),
             remote: Some("127.0.0.1:5".into()),
+            detail: None,
         };
         let payload = event.to_payload();
         let text = String::from_utf8(payload.clone()).expect("utf-8");

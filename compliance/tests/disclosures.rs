@@ -33,6 +33,7 @@ fn access(n: u64, action: AccessAction, stream: Option<u64>, outcome: &str) -> A
         ),
         outcome: outcome.into(),
         remote: Some("10.0.0.1:1".into()),
+        detail: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn event(action: AccessAction) -> AccessEvent {
         purpose: Some("TREAT".into()),
         outcome: "success".into(),
         remote: Some("10.1.2.3:51234".into()),
+        detail: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn variants(action: AccessAction) -> Vec<AccessEvent> {
         to: None,
         purpose: None,
         remote: None,
+        detail: None,
         principal: "anonymous".into(),
         role: "none".into(),
         outcome: "refused: no credential".into(),

@@ -23,6 +23,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         purpose: Some("follow-up, \"urgent\"\r\nsecond line".into()),
         outcome: "success".into(),
         remote: Some("10.1.2.3:51234".into()),
+        detail: None,
     };
     let failed = AccessEvent {
         principal: "anonymous".into(),
@@ -34,6 +35,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         purpose: None,
         outcome: "refused: unknown token".into(),
         remote: None,
+        detail: None,
         ..read.clone()
     };
     vec![(read, Some(17)), (failed, None)]

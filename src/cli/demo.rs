@@ -38,6 +38,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         && summary.consistency_verified
         && summary.verify_passed
         && summary.replicas_agree
+        && summary.bundle_verified
+        && summary.trail_events > 0
         && summary.restarted_caught_up
         && summary.certificate_signatures > usize::from(summary.replicas) / 2
         && summary.events_read_back == summary.events_appended;

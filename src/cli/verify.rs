@@ -73,6 +73,11 @@ pub struct VerifyArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Record this run (scope, result, SHA-256 of the report, checkpoint
+    /// reached) in the cluster's access trail, through the API of the
+    /// `vellum dev` cluster in DIR.
+    #[arg(long, value_name = "DIR")]
+    record_to: Option<PathBuf>,
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -108,9 +113,12 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Format::Html => report.to_html(),
     };
     match &args.output {
-        Some(path) => std::fs::write(path, rendered)
+        Some(path) => std::fs::write(path, &rendered)
             .with_context(|| format!("{}: cannot write the report", path.display()))?,
         None => print!("{rendered}"),
+    }
+    if let Some(dir) = &args.record_to {
+        record_run(dir, &args, &report, rendered.as_bytes())?;
     }
     if let Some(path) = &args.checkpoint_out {
         write_checkpoint(path, &report)?;
@@ -120,6 +128,40 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Records the run in the access trail of the dev cluster in `dir`.
+fn record_run(
+    dir: &Path,
+    args: &VerifyArgs,
+    report: &Report,
+    rendered: &[u8],
+) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let dev = crate::cluster::DevCluster::load(dir)?;
+    let mut config =
+        crate::client::ClientConfig::new(dev.api_urls.clone(), dev.auditor_token.clone());
+    config.ca_pem = Some(std::fs::read(&dev.ca_pem_path)?);
+    let client = crate::client::Client::new(config)?;
+    let scope = match (&args.bundle, &args.cluster, &args.data_dir) {
+        (Some(b), _, _) => format!("bundle {}", b.display()),
+        (_, Some(c), _) => format!("cluster {}", c.display()),
+        (_, _, Some(d)) => format!("data-dir {}", d.display()),
+        _ => "unknown".to_string(),
+    };
+    let record = crate::api::VerificationRecord {
+        scope,
+        passed: report.passed,
+        report_sha256: vellum_audit::hash::to_hex(&sha2::Sha256::digest(rendered)),
+        checkpoint_size: report.reached.as_ref().map(|r| r.tree_size),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(client.record_verification(&record))?;
+    eprintln!(
+        "recorded in the access trail: report sha256 {}",
+        record.report_sha256
+    );
+    Ok(())
 }
 
 fn verify_dir(

@@ -403,6 +403,26 @@ impl Client {
         self.get(stream.unwrap_or(0), &path).await
     }
 
+    /// Records a verification run in the access trail.
+    pub async fn record_verification(
+        &self,
+        record: &api::VerificationRecord,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::to_vec(record)
+            .map_err(|e| ClientError::Local(format!("encoding the verification record: {e}")))?;
+        let body = Bytes::from(body);
+        let context = AnswerContext {
+            stream: 0,
+            expected: None,
+        };
+        self.call(CallKind::Read, context, |http, base| {
+            http.post(format!("{base}/v1/verifications"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
+    }
+
     /// The newest commit certificate.
     pub async fn certificate(&self) -> Result<CertificateAnswer, ClientError> {
         self.get(0, "/v1/certificate").await

@@ -39,7 +39,7 @@ pub use target::{IndexTarget, SQLITE_FILE_NAME, TEST_POSTGRES_URL_VAR, postgres_
 use error::query_error;
 use model::{CommitSql, EventSql, KeySql, key_advances, to_i64, to_u64};
 
-/// One access row as projected from the trail.
+/// One access row as projected from the trail: what the row claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectedAccess {
     /// The trail event's global position.
@@ -48,6 +48,54 @@ pub struct ProjectedAccess {
     pub payload: Option<String>,
     /// The commitment salt the row claims.
     pub salt: Option<Vec<u8>>,
+    /// The row's columns, to compare with its payload.
+    pub columns: AccessRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProjectedSql {
+    position: i64,
+    payload: Option<String>,
+    salt: Option<Vec<u8>>,
+    time_ns: i64,
+    principal: String,
+    role: String,
+    action: String,
+    stream: Option<i64>,
+    offset_from: Option<i64>,
+    offset_to: Option<i64>,
+    purpose: Option<String>,
+    outcome: String,
+    remote_addr: Option<String>,
+}
+
+impl ProjectedSql {
+    fn into_projected(self) -> Result<ProjectedAccess, IndexError> {
+        let opt = |column: &'static str, v: Option<i64>| {
+            v.map(|v| to_u64("access", column, v)).transpose()
+        };
+        let position = to_u64("access", "position", self.position)?;
+        Ok(ProjectedAccess {
+            position,
+            payload: self.payload.clone(),
+            salt: self.salt.clone(),
+            columns: AccessRow {
+                time_ns: to_u64("access", "time_ns", self.time_ns)?,
+                principal: self.principal,
+                role: self.role,
+                action: self.action,
+                stream: opt("stream", self.stream)?,
+                offset_from: opt("offset_from", self.offset_from)?,
+                offset_to: opt("offset_to", self.offset_to)?,
+                purpose: self.purpose,
+                outcome: self.outcome,
+                remote_addr: self.remote_addr,
+                position: Some(position),
+                payload: self.payload,
+                salt: None,
+            },
+        })
+    }
 }
 
 /// Format version written by the migrations into `meta`; bumped with any
@@ -487,21 +535,24 @@ impl Index {
     /// Every access row projected from the trail, in position order:
     /// (position, payload, salt) — what verify checks against the log.
     pub async fn access_projected(&self) -> Result<Vec<ProjectedAccess>, IndexError> {
-        let rows: Vec<(i64, Option<String>, Option<Vec<u8>>)> = on_backend!(&self.backend, pool => {
+        let rows: Vec<ProjectedSql> = on_backend!(&self.backend, pool => {
             sqlx::query_as(sql::ACCESS_PROJECTED)
                 .fetch_all(pool)
                 .await
                 .map_err(query_error("read access"))?
         });
-        rows.into_iter()
-            .map(|(position, payload, salt)| {
-                Ok(ProjectedAccess {
-                    position: to_u64("access", "position", position)?,
-                    payload,
-                    salt,
-                })
-            })
-            .collect()
+        rows.into_iter().map(ProjectedSql::into_projected).collect()
+    }
+
+    /// Access rows with no position: none of them comes from the trail.
+    pub async fn access_unpositioned(&self) -> Result<u64, IndexError> {
+        let n: i64 = on_backend!(&self.backend, pool => {
+            sqlx::query_scalar(sql::ACCESS_UNPOSITIONED)
+                .fetch_one(pool)
+                .await
+                .map_err(query_error("count access"))?
+        });
+        to_u64("access", "count", n)
     }
 
     /// Appends one verification row.

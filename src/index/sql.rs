@@ -52,8 +52,11 @@ pub(crate) const ACCESS_PROJECT: &str = "INSERT INTO access \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
     ON CONFLICT (position) DO NOTHING";
 /// Every projected access row (with a position), in position order.
-pub(crate) const ACCESS_PROJECTED: &str = "SELECT position, payload, salt FROM access \
-    WHERE position IS NOT NULL ORDER BY position";
+pub(crate) const ACCESS_PROJECTED: &str = "SELECT position, payload, salt, time_ns, \
+    principal, role, action, stream, offset_from, offset_to, purpose, outcome, remote_addr \
+    FROM access WHERE position IS NOT NULL ORDER BY position";
+/// Access rows that claim no position (none comes from the trail).
+pub(crate) const ACCESS_UNPOSITIONED: &str = "SELECT count(*) FROM access WHERE position IS NULL";
 pub(crate) const VERIFICATION_INSERT: &str = "INSERT INTO verifications \
     (time_ns, scope, result, report_hash) VALUES ($1, $2, $3, $4)";
 

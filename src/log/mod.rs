@@ -576,6 +576,14 @@ impl LocalLog {
         if ops.is_empty() {
             return Err(LogError::UnknownStream(stream));
         }
+        let committed_to = ops
+            .last()
+            .map_or(0, |i| i.stream_offset + u64::from(i.event_count));
+        if committed_to < to {
+            return Err(LogError::Refused(format!(
+                "stream {stream} has {committed_to} committed events; an export must end at or before that (to = {to})"
+            )));
+        }
         let mut out = Vec::new();
         for info in ops {
             let location = info
@@ -670,7 +678,13 @@ impl LocalLog {
             let Some(info) = state.op(op).cloned() else {
                 continue;
             };
-            match self.decrypt_op_with_salts(&info) {
+            // A backup may learn a commit before its own write of the op
+            // reached the file: flush, then read.
+            let decrypted = self.decrypt_op_with_salts(&info).or_else(|_| {
+                self.storage.get().flush()?;
+                self.decrypt_op_with_salts(&info)
+            });
+            match decrypted {
                 Ok(events) => batch
                     .access
                     .extend(events.iter().map(|(event, salt)| access_row(event, *salt))),

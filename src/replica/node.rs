@@ -186,7 +186,9 @@ impl Node for ReplicaNode {
             exported_by: signer.name().to_string(),
         };
         vellum_compliance::bundle::build_bundle(&request, &certificate, &events, signer)
-            .map_err(|e| NodeError::Storage(format!("building the export bundle: {e}")))
+            // The inputs come from this replica's own log, so a refusal here
+            // means the request named a range the certificate does not cover.
+            .map_err(|e| NodeError::Refused(format!("cannot build the export bundle: {e}")))
     }
 
     fn audit_records(

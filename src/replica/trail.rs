@@ -16,6 +16,9 @@ use crate::server::node::NodeError;
 
 /// Trail events in one op, at most.
 pub const TRAIL_BATCH_EVENTS_MAX: usize = 512;
+/// Trail events waiting for the next batch, at most; beyond it an access
+/// is refused (503) rather than queued without bound.
+pub const TRAIL_QUEUE_MAX: usize = 16 * TRAIL_BATCH_EVENTS_MAX;
 /// How long a caller waits for its trail event to commit.
 pub const TRAIL_WAIT_MS_MAX: u64 = 15_000;
 
@@ -54,6 +57,11 @@ impl TrailBatcher {
             return Ok(());
         }
         let mut queue = self.lock();
+        if queue.events.len() + events.len() > TRAIL_QUEUE_MAX {
+            return Err(NodeError::Unavailable(format!(
+                "{TRAIL_QUEUE_MAX} access-trail events are already waiting; retry"
+            )));
+        }
         queue.events.extend(events);
         let mine = Arc::clone(&queue.outcome);
         let deadline = Instant::now() + Duration::from_millis(TRAIL_WAIT_MS_MAX);

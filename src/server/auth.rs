@@ -57,6 +57,8 @@ pub enum Action {
     ExportEvents,
     /// `GET /v1/export/audit`.
     ExportAudit,
+    /// `POST /v1/verifications`.
+    RecordVerification,
 }
 
 impl Action {
@@ -71,7 +73,9 @@ impl Action {
             Action::Proof => A::Proof,
             Action::Consistency => A::Consistency,
             Action::Certificate => A::Certificate,
-            Action::ExportEvents | Action::ExportAudit => A::Export,
+            Action::ExportEvents => A::Export,
+            Action::ExportAudit => A::ExportTrail,
+            Action::RecordVerification => A::Verify,
         }
     }
 
@@ -87,6 +91,7 @@ impl Action {
             Action::Certificate => "certificate",
             Action::ExportEvents => "export_events",
             Action::ExportAudit => "export_audit",
+            Action::RecordVerification => "record_verification",
         }
     }
 }
@@ -100,7 +105,11 @@ impl Role {
             // Auditors see proofs and the access trail, never plaintext.
             Role::Auditor => matches!(
                 action,
-                Action::Proof | Action::Consistency | Action::Certificate | Action::ExportAudit
+                Action::Proof
+                    | Action::Consistency
+                    | Action::Certificate
+                    | Action::ExportAudit
+                    | Action::RecordVerification
             ),
         }
     }

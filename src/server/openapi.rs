@@ -128,6 +128,18 @@ fn paths() -> Value {
                 "responses": with_errors(ok("AuditExport"), &["400", "401", "403", "500", "503"])
             }
         },
+        "/v1/verifications": {
+            "post": {
+                "summary": "Record a verification run (scope, result, SHA-256 of the report, checkpoint reached) in the access trail; every role.",
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("VerificationRecord") } }
+                },
+                "responses": with_errors(json!({
+                    "200": { "description": "Recorded (committed in the trail).", "content": { "application/json": { "schema": { "type": "object" } } } }
+                }), &["400", "401", "403", "413", "503"])
+            }
+        },
         "/v1/health": {
             "get": {
                 "summary": "Replica status; no token needed.",
@@ -342,6 +354,15 @@ fn schemas() -> Value {
                 "to": u64_schema("The newer tree size."),
                 "hashes": { "type": "array", "items": { "type": "string", "pattern": "^[0-9a-f]{64}$" } },
                 "certificate": { "type": "string" }
+            }
+        },
+        "VerificationRecord": {
+            "type": "object", "required": ["scope", "passed", "report_sha256"], "additionalProperties": false,
+            "properties": {
+                "scope": { "type": "string" },
+                "passed": { "type": "boolean" },
+                "report_sha256": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$" },
+                "checkpoint_size": u64_schema("Tree size of the checkpoint reached.")
             }
         },
         "ExportEventsRequest": {

@@ -99,6 +99,11 @@ pub const ROUTES: &[RouteSpec] = &[
         action: Some(Action::ExportAudit),
     },
     RouteSpec {
+        method: "POST",
+        path: "/v1/verifications",
+        action: Some(Action::RecordVerification),
+    },
+    RouteSpec {
         method: "GET",
         path: "/v1/health",
         action: None,
@@ -171,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/certificate", get(certificate))
         .route("/v1/export/events", post(export_events))
         .route("/v1/export/audit", get(export_audit))
+        .route("/v1/verifications", post(record_verification))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let public = Router::new()
         .route("/v1/health", get(health))
@@ -432,6 +438,8 @@ pub struct Touched {
     pub to: Option<u64>,
     /// The purpose of use given in the request body.
     pub purpose: Option<String>,
+    /// What else identifies the access (report hash, manifest hash).
+    pub detail: Option<String>,
 }
 
 /// The request header carrying the purpose of use (HL7 v3 ActReason code
@@ -528,6 +536,7 @@ impl TrailEntry {
                 purpose,
                 outcome: String::new(),
                 remote,
+                detail: None,
             },
         }
     }
@@ -552,6 +561,7 @@ impl TrailEntry {
             if touched.purpose.is_some() {
                 self.event.purpose = touched.purpose.clone();
             }
+            self.event.detail = touched.detail.clone();
         }
         let status = response.status();
         self.event.outcome = if status.is_success() {
@@ -573,8 +583,18 @@ impl TrailEntry {
             "api access"
         );
         let event = self.event;
+        let wrote = matches!(self.action, vellum_compliance::trail::AccessAction::Append)
+            && answer.status().is_success();
         match run_blocking(state, move |node| node.record_access(vec![event])).await {
             Ok(Ok(())) => answer,
+            // The append itself committed: its outcome must not read as
+            // "nothing written"; a retry with the same key is answered from
+            // the client table and recorded then.
+            Ok(Err(error)) if wrote => ApiError::indeterminate(format!(
+                "the append committed but its access could not be recorded in the access trail \
+                 ({error}); the receipt is withheld, retry with the same idempotency key"
+            ))
+            .into_response(),
             Ok(Err(error)) => ApiError::unavailable(format!(
                 "the access could not be recorded in the access trail ({error}); \
                  the answer is withheld, retry"
@@ -675,6 +695,7 @@ async fn append(
                 from: Some(receipt.first_offset),
                 to: Some(receipt.next_offset),
                 purpose,
+                detail: None,
             };
             Ok(with_touched(Json(receipt).into_response(), touched))
         }
@@ -790,6 +811,7 @@ async fn read_stream(
         from: Some(from),
         to: Some(next_offset),
         purpose: None,
+        detail: None,
     };
     let answer = Json(StreamEvents {
         stream,
@@ -813,6 +835,7 @@ async fn read_log(
         from: Some(from),
         to: Some(next_position),
         purpose: None,
+        detail: None,
     };
     let answer = Json(LogEvents {
         events,
@@ -833,6 +856,7 @@ async fn proof(
         from: Some(path.offset),
         to: Some(path.offset.saturating_add(1)),
         purpose: None,
+        detail: None,
     };
     Ok(with_touched(
         Json(ProofAnswer { proof }).into_response(),
@@ -899,6 +923,7 @@ async fn export_events(
         from: Some(request.from),
         to: Some(request.to),
         purpose,
+        detail: None,
     };
     Ok(with_touched(Json(bundle).into_response(), touched))
 }
@@ -933,8 +958,39 @@ async fn export_audit(
         from: from_ns,
         to: to_ns,
         purpose: None,
+        detail: None,
     };
     Ok(with_touched(Json(answer).into_response(), touched))
+}
+
+/// Records a verification run in the access trail: its scope, result,
+/// the SHA-256 of the report file and the checkpoint it reached.
+async fn record_verification(
+    body: JsonBody<api::VerificationRecord>,
+) -> Result<Response, ApiError> {
+    let record = body.value;
+    let hash_ok = record.report_sha256.len() == 64
+        && record.report_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hash_ok {
+        return Err(ApiError::bad_request(
+            "report_sha256 must be 64 hex digits (the SHA-256 of the report file)",
+        ));
+    }
+    let scope = vellum_compliance::trail::clip_text(&record.scope);
+    let detail = format!(
+        "verification scope={scope} result={} report_sha256={} checkpoint_size={}",
+        if record.passed { "passed" } else { "failed" },
+        record.report_sha256.to_ascii_lowercase(),
+        record
+            .checkpoint_size
+            .map_or("-".to_string(), |s| s.to_string())
+    );
+    let touched = Touched {
+        detail: Some(vellum_compliance::trail::clip_text(&detail)),
+        ..Touched::default()
+    };
+    let answer = Json(serde_json::json!({ "recorded": true }));
+    Ok(with_touched(answer.into_response(), touched))
 }
 
 async fn health(State(state): State<AppState>) -> Result<Json<api::Health>, ApiError> {

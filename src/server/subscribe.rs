@@ -84,6 +84,7 @@ pub(crate) async fn subscribe(
         from: Some(from),
         to: None,
         purpose: None,
+        detail: None,
     });
     Ok(response)
 }
