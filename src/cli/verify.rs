@@ -73,6 +73,12 @@ pub struct VerifyArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Verify replicas while they run: take no lock; an incomplete record at
+    /// the very end of the last segment is a write in progress, and the index
+    /// is compared with the log up to the newest commit both hold (later rows
+    /// are left for the next run). Everything before is checked in full.
+    #[arg(long)]
+    live: bool,
     /// Record this run (scope, result, SHA-256 of the report, checkpoint
     /// reached) in the cluster's access trail, through the API of the
     /// `vellum dev` cluster in DIR.
@@ -101,7 +107,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     "note: --index-url is not used with --cluster: each replica's config names its index"
                 );
             }
-            verify_cluster(cluster, &load_policy(policy_path)?, since)?
+            verify_cluster(cluster, &load_policy(policy_path)?, since, args.live)?
         }
         (None, Some(data_dir)) => verify_dir(data_dir, &args, since)?,
         (None, None) => anyhow::bail!("give --data-dir DIR or --cluster C"),
@@ -179,7 +185,10 @@ fn verify_dir(
         // Verification needs no secret, so it goes on; but say it loudly.
         eprintln!("warning: {e}");
     }
-    let _lock = lock_if_replica(data_dir)?;
+    let _lock = match args.live {
+        true => None,
+        false => lock_if_replica(data_dir)?,
+    };
     let policy_path = match &args.policy {
         Some(path) => path.clone(),
         None => {
@@ -195,6 +204,7 @@ fn verify_dir(
     let options = VerifyOptions {
         index_url: args.index_url.clone(),
         since,
+        live: args.live,
     };
     let progress = progress_bar(dir_bytes(&dir.segments()));
     let report =
@@ -207,6 +217,7 @@ fn verify_cluster(
     cluster: &Path,
     policy: &Policy,
     since: Option<KeptCheckpoint>,
+    live: bool,
 ) -> anyhow::Result<Report> {
     if !cluster.exists() {
         anyhow::bail!(
@@ -218,8 +229,9 @@ fn verify_cluster(
     let dirs = setup.data_dirs();
     // Hold every replica's writer lock: a running replica's appends would
     // look like torn records (stop the cluster, or verify a copy).
+    // With --live the replicas keep running and the checks allow for it.
     let mut locks = Vec::with_capacity(dirs.len());
-    for dir in &dirs {
+    for dir in dirs.iter().filter(|_| !live) {
         locks.push(lock_if_replica(dir)?);
     }
     let total = dirs
@@ -227,8 +239,9 @@ fn verify_cluster(
         .map(|d| dir_bytes(&crate::datadir::DataDir::new(d).segments()))
         .sum();
     let progress = progress_bar(total);
-    let report =
-        crate::verify::verify_cluster(setup, policy, since.as_ref(), &mut |n| progress.inc(n));
+    let report = crate::verify::verify_cluster(setup, policy, since.as_ref(), live, &mut |n| {
+        progress.inc(n)
+    });
     progress.finish_and_clear();
     drop(locks);
     Ok(report)
