@@ -406,6 +406,7 @@ fn verify_replicas(
         passed &= report.passed;
         let mut options = crate::log::LogOptions {
             without_index: true,
+            lock_wait_ms: 10_000,
             ..Default::default()
         };
         options.storage.read_only = true;

@@ -103,6 +103,8 @@ fn verify_replicas(
         assert!(report.passed, "replica {i} verifies:\n{report:?}");
         let options = vellum::log::LogOptions {
             without_index: true,
+            // Another test's child process may hold the lock for an instant.
+            lock_wait_ms: 10_000,
             storage: vellum::storage::StorageConfig {
                 read_only: true,
                 ..Default::default()
@@ -124,6 +126,8 @@ fn verify_replicas(
 fn read_only_stream(dir: &Path, stream: u64) -> usize {
     let mut options = vellum::log::LogOptions {
         without_index: true,
+        // Another test's child process may hold the lock for an instant.
+        lock_wait_ms: 10_000,
         ..Default::default()
     };
     options.storage.read_only = true;

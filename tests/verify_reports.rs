@@ -43,7 +43,7 @@ fn s(path: &Path) -> &str {
 }
 
 fn append_to(data: &Path, tag: &str, appends: u64) {
-    let (log, _) = LocalLog::open(data, LogOptions::default()).expect("open");
+    let (log, _) = LocalLog::open(data, wait_for_lock()).expect("open");
     for i in 0..appends {
         let stream = 16 + i % 2;
         let events: Vec<Bytes> = (0..2)
@@ -452,4 +452,14 @@ fn since_a_checkpoint_signed_by_too_few_keys_fails() {
             .as_str()
             .is_some_and(|m| m.contains("not a signed checkpoint"))
     );
+}
+
+/// Options that wait for the directory lock: a child process this test
+/// binary spawns (another test running `vellum`) briefly holds a copy of
+/// every open file description between fork and exec, the lock included.
+fn wait_for_lock() -> LogOptions {
+    LogOptions {
+        lock_wait_ms: 10_000,
+        ..LogOptions::default()
+    }
 }
