@@ -362,8 +362,11 @@ fn check_consistency(
     ) else {
         return false;
     };
-    let hashes: Option<Vec<vellum_audit::hash::Hash>> =
-        answer.hashes.iter().map(|h| hash_from_hex(h)).collect();
+    let hashes: Option<Vec<vellum_audit::hash::Hash>> = answer
+        .hashes
+        .iter()
+        .map(|h| vellum_audit::hash::from_hex(h))
+        .collect();
     let Some(hashes) = hashes else {
         return false;
     };
@@ -417,19 +420,6 @@ fn verify_replicas(
         }
     }
     Ok((passed, roots.len() == 1, size))
-}
-
-fn hash_from_hex(text: &str) -> Option<vellum_audit::hash::Hash> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn ok(passed: bool) -> &'static str {

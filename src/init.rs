@@ -44,7 +44,7 @@ pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport,
 
 /// Removes what a failed init created: the directory itself or, when it
 /// existed before (and was empty, as `check_target` made sure), its contents.
-fn remove_created(path: &Path, existed: bool) {
+pub(crate) fn remove_created(path: &Path, existed: bool) {
     if !existed {
         let _ = std::fs::remove_dir_all(path);
         return;

@@ -8,6 +8,10 @@
 //! fill with 20 events, so the sealed-footer case uses a single-replica data
 //! directory with the smallest segment size instead.
 
+mod support;
+
+use support::{copy_dir, tamper_index};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -74,21 +78,6 @@ async fn run_and_stop(dir: &Path) {
         .await
         .expect("every replica commits everything");
     cluster.stop().expect("stop");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-            let permissions = entry.metadata().expect("metadata").permissions();
-            std::fs::set_permissions(&target, permissions).expect("keep the mode");
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
 }
 
 /// A copy of the stopped cluster to tamper with.
@@ -371,26 +360,6 @@ fn swapped_records_of_replica_0_are_named() {
 
 /// A global position far beyond the log, for a forged index row.
 const EXTRA_POSITION: u64 = 1_000_000;
-
-/// Runs SQL statements against replica `i`'s SQLite audit index.
-fn tamper_index(data: &Path, statements: &[&str]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let url = format!("sqlite://{}", data.join("index.sqlite3").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
-        for statement in statements {
-            let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
-                .execute(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            assert_eq!(done.rows_affected(), 1, "{statement} changes one row");
-        }
-        pool.close().await;
-    });
-}
 
 // Goal: a deleted, added or edited row of replica 0's events and commits
 // tables fails its audit index check, naming the row.

@@ -5,6 +5,10 @@
 //! checkpoint passes while the log only grew, and fails for a rewritten
 //! history, a log rolled back below it, or too few signatures).
 
+mod support;
+
+use support::copy_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
@@ -63,21 +67,6 @@ fn init(parent: &Path, name: &str) -> PathBuf {
     let data = parent.join(name);
     vellum::init::init_data_dir(&data, None).expect("init");
     data
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-            let permissions = entry.metadata().expect("metadata").permissions();
-            std::fs::set_permissions(&target, permissions).expect("keep the mode");
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
 }
 
 /// Flips one byte inside the body of the first op record of segment 0 and

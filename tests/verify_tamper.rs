@@ -4,6 +4,10 @@
 //! a location that names the file and byte (or the index row). An untouched
 //! copy of the same data directory passes.
 
+mod support;
+
+use support::{copy_dir, tamper_index};
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -248,22 +252,6 @@ fn every_bit_flip_in_the_segments_is_caught_with_its_location() {
     }
     eprintln!("{flips} flips in {:?}", started.elapsed());
     assert_passes(&data, &policy);
-}
-
-/// Copies a directory tree (data directories hold files and plain subdirectories).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create copy");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-            let permissions = entry.metadata().expect("metadata").permissions();
-            std::fs::set_permissions(&target, permissions).expect("keep the mode");
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
 }
 
 /// The original log and a copy of it to tamper with.
@@ -794,26 +782,6 @@ fn quorum_two_with_one_signature_fails() {
         .expect("a certificate");
     let path = segment_path(&fixture.original, 0);
     assert_caught_at(&checks, &path, first_cert.offset, "quorum 2");
-}
-
-/// Runs SQL statements against a data directory's SQLite audit index.
-fn tamper_index(data: &Path, statements: &[String]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let url = format!("sqlite://{}", data.join("index.sqlite3").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
-        for statement in statements {
-            let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            assert_eq!(done.rows_affected(), 1, "{statement} changes one row");
-        }
-        pool.close().await;
-    });
 }
 
 /// Goal: each deleted, added or edited row of the events, commits and keys

@@ -31,6 +31,25 @@ pub fn to_hex(hash: &[u8]) -> String {
     out
 }
 
+/// The hash written as 64 lowercase hex digits (the form [`to_hex`]
+/// writes); `None` for anything else.
+pub fn from_hex(text: &str) -> Option<Hash> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let value = |d: u8| match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        out[i] = (value(pair[0])? << 4) | value(pair[1])?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,7 +338,7 @@ pub fn rfc3339(time: SystemTime) -> String {
 
 /// (year, month, day) of `days` since 1970-01-01 in the proleptic Gregorian
 /// calendar (Howard Hinnant's days-to-civil algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;

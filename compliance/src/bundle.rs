@@ -586,25 +586,9 @@ fn decode_event(line: &EventLine) -> Result<DecodedEvent, String> {
     {
         return Err("plaintext_utf8 is not the text of plaintext_base64".into());
     }
-    let salt = parse_hex32(&line.salt).ok_or("salt is not 64 lowercase hex digits")?;
+    let salt =
+        vellum_audit::hash::from_hex(&line.salt).ok_or("salt is not 64 lowercase hex digits")?;
     Ok(DecodedEvent { plaintext, salt })
-}
-
-fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    let digits = text.as_bytes();
-    if digits.len() != 64 {
-        return None;
-    }
-    let value = |d: u8| match d {
-        b'0'..=b'9' => Some(d - b'0'),
-        b'a'..=b'f' => Some(d - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, pair) in digits.chunks_exact(2).enumerate() {
-        out[i] = value(pair[0])? << 4 | value(pair[1])?;
-    }
-    Some(out)
 }
 
 /// Where the next event must be: the query's stream, the next offset, a

@@ -314,7 +314,7 @@ pub fn create_dev_cluster(
     let existed = dir.exists();
     let result = create_dev(dir, replica_count, &ports);
     if result.is_err() {
-        remove_created(dir, existed);
+        crate::init::remove_created(dir, existed);
     }
     result
 }
@@ -591,23 +591,4 @@ fn check_empty_target(dir: &Path) -> Result<(), SetupError> {
         });
     }
     Ok(())
-}
-
-/// Removes what a failed create made: the directory itself or, when it
-/// existed before (empty, as checked), its contents.
-fn remove_created(dir: &Path, existed: bool) {
-    if !existed {
-        let _ = std::fs::remove_dir_all(dir);
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let child = entry.path();
-            let _ = if child.is_dir() {
-                std::fs::remove_dir_all(&child)
-            } else {
-                std::fs::remove_file(&child)
-            };
-        }
-    }
 }

@@ -84,6 +84,37 @@ pub struct NodeStatus {
     pub events: u64,
 }
 
+/// Who leads, as a replica last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Role {
+    /// This replica.
+    pub replica: u8,
+    /// The primary of its view.
+    pub primary: u8,
+    /// The replica is in normal status (not in a view change or recovering).
+    pub normal: bool,
+    /// The replica is the primary, in normal status.
+    pub is_primary: bool,
+}
+
+impl Role {
+    fn pack(self) -> u32 {
+        u32::from(self.replica)
+            | (u32::from(self.primary) << 8)
+            | (u32::from(self.normal) << 16)
+            | (u32::from(self.is_primary) << 17)
+    }
+
+    fn unpack(bits: u32) -> Role {
+        Role {
+            replica: (bits & 0xff) as u8,
+            primary: ((bits >> 8) & 0xff) as u8,
+            normal: bits & (1 << 16) != 0,
+            is_primary: bits & (1 << 17) != 0,
+        }
+    }
+}
+
 /// The core's configuration as replica `replica` of the role's cluster.
 pub(super) fn core_config(
     cluster: u128,
@@ -226,6 +257,26 @@ impl LocalLog {
         let state = self.lock();
         let events = state.op(state.commit).map_or(0, |info| info.tree_size);
         NodeStatus { events, ..status }
+    }
+
+    /// Records the core's role after a step (called with the core locked).
+    pub(super) fn publish_role(&self, core: &super::shell::Core) {
+        let replica = &core.replica;
+        let n = replica.config().replica_count;
+        let normal = replica.status() == Status::Normal;
+        let role = Role {
+            replica: replica.config().replica,
+            primary: u8::try_from(replica.view() % u64::from(n)).expect("below replica_count"),
+            normal,
+            is_primary: normal && replica.is_primary(),
+        };
+        self.role.store(role.pack(), Ordering::SeqCst);
+    }
+
+    /// The core's role as of its last step, without taking any lock: what
+    /// request routing needs on every request.
+    pub fn role(&self) -> Role {
+        Role::unpack(self.role.load(Ordering::SeqCst))
     }
 
     /// True when this log runs as a replica of a cluster.

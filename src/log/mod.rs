@@ -31,7 +31,7 @@ use crate::datadir::{DataDir, NodeMeta};
 use crate::index::IndexTarget;
 use crate::storage::{Storage, StorageConfig, StorageError};
 
-pub use cluster::{ClusterRole, NodeStatus, Outbox};
+pub use cluster::{ClusterRole, NodeStatus, Outbox, Role};
 pub use indexer::{IndexStatus, error_chain};
 pub use persister::LocalPersister;
 use state::{LogState, OpInfo};
@@ -190,6 +190,9 @@ pub struct LocalLog {
     exchange: shell::Exchange,
     /// The cluster side of the shell (None on a cluster of one).
     cluster_shell: Option<cluster::ClusterShell>,
+    /// The core's role as of its last step ([`LocalLog::role`]), so request
+    /// routing never waits for the core's lock.
+    role: std::sync::atomic::AtomicU32,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
 }
@@ -338,6 +341,7 @@ impl LocalLog {
             state: Mutex::new(state),
             storage_config,
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
+            role: std::sync::atomic::AtomicU32::new(0),
             indexer,
             read_only,
             core: Mutex::new(shell::Core::new(replica)),
@@ -351,6 +355,7 @@ impl LocalLog {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             log.run(&mut core, first_actions)?;
+            log.publish_role(&core);
             drop(core);
             // A replica of a cluster never certifies alone: its tail may be
             // uncommitted, and one signature is no quorum.

@@ -389,7 +389,9 @@ impl LocalLog {
     /// Feeds `input` to the core and executes what it asks for.
     pub(super) fn execute(&self, core: &mut Core, input: Input) -> Result<(), LogError> {
         let actions = core.replica.step(input);
-        self.run(core, actions)
+        let outcome = self.run(core, actions);
+        self.publish_role(core);
+        outcome
     }
 
     /// Executes `actions`, feeding every completion back to the core until

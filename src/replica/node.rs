@@ -74,7 +74,30 @@ fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
     }
 }
 
+impl ReplicaNode {
+    /// `NotPrimary` unless this replica is the primary in normal status.
+    fn primary_or_refuse(&self) -> Result<(), NodeError> {
+        let role = self.log.role();
+        match role.is_primary {
+            true => Ok(()),
+            false => Err(NodeError::NotPrimary {
+                replica: role.replica,
+                primary: role.normal.then_some(role.primary),
+            }),
+        }
+    }
+}
+
 impl Node for ReplicaNode {
+    fn role(&self) -> crate::server::node::NodeRole {
+        let role = self.log.role();
+        crate::server::node::NodeRole {
+            replica: role.replica,
+            is_primary: role.is_primary,
+            primary: role.normal.then_some(role.primary),
+        }
+    }
+
     fn health(&self) -> Health {
         let status = self.log.status();
         Health {
@@ -91,13 +114,7 @@ impl Node for ReplicaNode {
     }
 
     fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError> {
-        let status = self.log.status();
-        if !status.is_primary {
-            return Err(NodeError::NotPrimary {
-                replica: status.replica,
-                primary: (status.status == Status::Normal).then_some(status.primary),
-            });
-        }
+        self.primary_or_refuse()?;
         let client = call
             .idempotency
             .map(|(client, request)| ClientRequest { client, request });
@@ -213,13 +230,7 @@ impl Node for ReplicaNode {
         &self,
         events: Vec<vellum_compliance::trail::AccessEvent>,
     ) -> Result<(), NodeError> {
-        let status = self.log.status();
-        if !status.is_primary {
-            return Err(NodeError::NotPrimary {
-                replica: status.replica,
-                primary: (status.status == Status::Normal).then_some(status.primary),
-            });
-        }
+        self.primary_or_refuse()?;
         self.trail.record(&self.log, events)
     }
 

@@ -289,7 +289,13 @@ fn parse_line(line: &str) -> Result<Entry, String> {
     let hex = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| "the digest must start with `sha256:`".to_string())?;
-    let digest = parse_hex32(hex)?;
+    // Any case is accepted in the file; the digest is compared as bytes.
+    let digest = vellum_audit::hash::from_hex(&hex.to_ascii_lowercase()).ok_or_else(|| {
+        format!(
+            "the digest must be 64 hex digits, found {:?}",
+            hex.chars().take(80).collect::<String>()
+        )
+    })?;
     check_principal(name)?;
     let role = role.parse::<Role>()?;
     Ok(Entry {
@@ -299,22 +305,6 @@ fn parse_line(line: &str) -> Result<Entry, String> {
             role,
         },
     })
-}
-
-fn parse_hex32(hex: &str) -> Result<[u8; 32], String> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return Err(format!(
-            "the digest must be 64 hex digits, found {}",
-            bytes.len()
-        ));
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let text = std::str::from_utf8(pair).map_err(|_| "the digest is not hex".to_string())?;
-        out[i] = u8::from_str_radix(text, 16).map_err(|_| "the digest is not hex".to_string())?;
-    }
-    Ok(out)
 }
 
 fn check_principal(name: &str) -> Result<(), String> {

@@ -40,29 +40,26 @@ pub async fn forward_if_backup(
     state: &super::routes::AppState,
     request: axum::extract::Request,
 ) -> Result<axum::extract::Request, Response> {
-    let health = super::routes::run_blocking(state, |node| node.health())
-        .await
-        .map_err(IntoResponse::into_response)?;
-    if health.is_primary {
+    let role = state.node.role();
+    if role.is_primary {
         return Ok(request);
     }
-    let replica = health.replica;
+    let replica = role.replica;
     if request.headers().contains_key(FORWARDED_HEADER) {
         return Err(ApiError::unavailable(format!(
             "replica {replica} is not the primary and the request was already forwarded once; retry"
         ))
         .into_response());
     }
-    if health.status != "normal" {
+    let Some(primary) = role.primary else {
         return Err(ApiError::unavailable(format!(
-            "replica {replica} is in {} and knows no primary right now; retry",
-            health.status
+            "replica {replica} is in a view change or recovering and knows no primary right now; retry"
         ))
         .into_response());
-    }
+    };
     Err(state
         .forwarder
-        .forward_request(replica, health.primary, request)
+        .forward_request(replica, primary, request)
         .await
         .unwrap_or_else(IntoResponse::into_response))
 }

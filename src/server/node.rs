@@ -61,6 +61,17 @@ pub struct AppendCall {
     pub idempotency: Option<(u128, u64)>,
 }
 
+/// Who leads, as the node last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRole {
+    /// This replica.
+    pub replica: u8,
+    /// This replica is the primary in normal status.
+    pub is_primary: bool,
+    /// The primary it believes in, when in normal status.
+    pub primary: Option<u8>,
+}
+
 /// An export as the server hands it to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportCall {
@@ -99,8 +110,17 @@ pub struct NodeMetrics {
 
 /// The replica as the client API sees it.
 pub trait Node: Send + Sync + std::fmt::Debug + 'static {
-    /// Status for `/v1/health` and for routing writes.
+    /// Status for `/v1/health`.
     fn health(&self) -> Health;
+    /// Who leads, for routing every request; must be cheap (no waiting).
+    fn role(&self) -> NodeRole {
+        let health = self.health();
+        NodeRole {
+            replica: health.replica,
+            is_primary: health.is_primary,
+            primary: (health.status == "normal").then_some(health.primary),
+        }
+    }
     /// Appends through consensus; returns after commit with the receipt.
     fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError>;
     /// Up to `max` committed events of `stream` from offset `from`.

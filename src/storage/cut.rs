@@ -17,7 +17,7 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use vellum_audit::record::RecordKind;
-use vellum_audit::segment::{ScanError, scan_log_dir};
+use vellum_audit::segment::scan_log_dir;
 
 use super::{SEGMENTS_DIR, StorageError};
 
@@ -38,18 +38,7 @@ pub fn cut_after_op(
     after_op: u64,
 ) -> Result<CutReport, StorageError> {
     let segments_dir = data_dir.join(SEGMENTS_DIR);
-    let scan = scan_log_dir(&segments_dir, cluster).map_err(|error| match error {
-        ScanError::Io { path, source } => StorageError::Io { path, source },
-        ScanError::Corrupt {
-            file,
-            offset,
-            reason,
-        } => StorageError::Corrupt {
-            file,
-            offset,
-            reason,
-        },
-    })?;
+    let scan = scan_log_dir(&segments_dir, cluster)?;
     let last_op = scan.chain.last_op;
     if last_op <= after_op {
         return Ok(CutReport::default());

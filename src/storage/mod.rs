@@ -170,6 +170,25 @@ pub enum StorageError {
     Closed,
 }
 
+impl From<vellum_audit::segment::ScanError> for StorageError {
+    /// The audit scanner's verdict on a log directory, as storage reports it.
+    fn from(error: vellum_audit::segment::ScanError) -> StorageError {
+        use vellum_audit::segment::ScanError;
+        match error {
+            ScanError::Io { path, source } => StorageError::Io { path, source },
+            ScanError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => StorageError::Corrupt {
+                file,
+                offset,
+                reason,
+            },
+        }
+    }
+}
+
 /// The segment store. Send + Sync; share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Storage {

@@ -15,9 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vellum_audit::record::RecordKind;
-use vellum_audit::segment::{
-    LogScan, ScanError, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir,
-};
+use vellum_audit::segment::{LogScan, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir};
 
 use super::{
     RecordLocation, Recovery, SegmentFile, SegmentFs, StorageConfig, StorageError, Tail, TornTail,
@@ -40,18 +38,7 @@ pub(super) fn recover(
     fs: &dyn SegmentFs,
     config: &StorageConfig,
 ) -> Result<Recovered, StorageError> {
-    let scan = scan_log_dir(segments_dir, cluster).map_err(|error| match error {
-        ScanError::Io { path, source } => StorageError::Io { path, source },
-        ScanError::Corrupt {
-            file,
-            offset,
-            reason,
-        } => StorageError::Corrupt {
-            file,
-            offset,
-            reason,
-        },
-    })?;
+    let scan = scan_log_dir(segments_dir, cluster)?;
     check_floor(&scan, segments_dir, config.durable_op_floor)?;
     let torn_tail = if config.read_only {
         report_torn_tail(&scan)
