@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bounds;
 pub mod cli;
 pub mod client;
 pub mod cluster;
