@@ -6,7 +6,8 @@
 //! trait, whose blocking methods run on tokio's blocking pool so a slow disk
 //! or a commit wait never stalls the async workers.
 //!
-//! Layout: [`routes`] (the axum router, extractors, errors), [`auth`] (bearer
+//! Layout: [`routes`] (the route table, the router built from it, errors,
+//! extractors, the trail guard, handlers), [`auth`] (bearer
 //! tokens stored hashed, roles), [`forward`] (appends sent to a backup are
 //! relayed to the primary), [`subscribe`] (long-lived event streams with
 //! backpressure), [`metrics`] (Prometheus text), [`openapi`] (the served

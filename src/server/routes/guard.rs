@@ -1,0 +1,227 @@
+//! The trail guard of every protected route (P7): it authenticates the
+//! bearer token, checks the role, runs the handler, and records one
+//! access-trail event ([`TrailEntry`]) — also for a refused or denied
+//! attempt — before the answer goes out. Handlers tell it what they touched
+//! through [`Touched`] in the response's extensions.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::ApiError;
+use super::{AppState, ROUTES, route_index, run_blocking};
+use crate::server::auth::{Action, Principal, TokenStore};
+
+/// What a handler touched, for the access trail: handlers put it in the
+/// response's extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The stream, if one.
+    pub stream: Option<u64>,
+    /// First offset (or position) touched.
+    pub from: Option<u64>,
+    /// One past the last offset (or position) touched.
+    pub to: Option<u64>,
+    /// The purpose of use given in the request body.
+    pub purpose: Option<String>,
+    /// What else identifies the access (report hash, manifest hash).
+    pub detail: Option<String>,
+}
+
+/// The request header carrying the purpose of use (HL7 v3 ActReason code
+/// such as `TREAT`, or free text, clipped), recorded in the access trail.
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+
+/// The guard of every protected route (P7): at a backup, forwards the whole
+/// request to the primary (which authenticates and records it); at the
+/// primary, authenticates the bearer token, checks the role, runs the
+/// handler, and records one access-trail event — also for a refused or
+/// denied attempt — before the answer goes out. If the event cannot be
+/// recorded the answer is withheld (503): no access goes unrecorded.
+pub(crate) async fn authorize(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let action = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| route_index(request.method(), p.as_str()))
+        .and_then(|i| ROUTES[i].action);
+    let Some(action) = action else {
+        // A protected route missing from ROUTES is a bug; refuse rather than open it.
+        tracing::error!(
+            path = request.uri().path(),
+            "protected route missing from the route table"
+        );
+        return ApiError::forbidden("this route has no access rule").into_response();
+    };
+    let request = match crate::server::forward::forward_if_backup(&state, request).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
+    let mut trail = TrailEntry::new(action, &request);
+    let principal = match bearer_principal(&state.tokens, request.headers()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            trail.deny("anonymous", "none", &error);
+            trail.action = vellum_compliance::trail::AccessAction::AuthFailed;
+            return trail.record_then(&state, error.into_response()).await;
+        }
+    };
+    if !principal.role.allows(action) {
+        let error = ApiError::forbidden(format!(
+            "principal {} has role {}, which may not {}",
+            principal.name,
+            principal.role,
+            action.name()
+        ));
+        trail.deny(&principal.name, principal.role.name(), &error);
+        return trail.record_then(&state, error.into_response()).await;
+    }
+    let mut request = request;
+    request.extensions_mut().insert(principal.clone());
+    let response = next.run(request).await;
+    trail.finish(&principal, &response);
+    trail.record_then(&state, response).await
+}
+
+/// The access-trail event of one request, filled in as it is handled.
+struct TrailEntry {
+    action: vellum_compliance::trail::AccessAction,
+    event: vellum_compliance::trail::AccessEvent,
+}
+
+impl TrailEntry {
+    fn new(action: Action, request: &Request) -> TrailEntry {
+        use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessEvent, clip_text};
+        let headers = request.headers();
+        let purpose = headers
+            .get(PURPOSE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(clip_text);
+        let peer = request
+            .extensions()
+            .get::<crate::server::RemoteAddr>()
+            .map(|r| r.0.to_string());
+        // A backup that forwarded the request names the client it came from.
+        let via = headers
+            .get(crate::server::forward::CLIENT_ADDR_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let remote = match (peer, via) {
+            (Some(peer), Some(client)) => Some(clip_text(&format!("{client} via {peer}"))),
+            (peer, _) => peer,
+        };
+        TrailEntry {
+            action: action.trail_action(),
+            event: AccessEvent {
+                v: ACCESS_EVENT_VERSION,
+                time_ns: crate::log::now_ns(),
+                principal: String::new(),
+                role: String::new(),
+                action: action.trail_action(),
+                stream: stream_in_path(request.uri().path()),
+                from: None,
+                to: None,
+                purpose,
+                outcome: String::new(),
+                remote,
+                detail: None,
+            },
+        }
+    }
+
+    fn deny(&mut self, principal: &str, role: &str, error: &ApiError) {
+        self.event.principal = vellum_compliance::trail::clip_text(principal);
+        self.event.role = role.to_string();
+        self.event.outcome = vellum_compliance::trail::clip_text(&format!(
+            "denied: {} {}",
+            error.status.as_u16(),
+            error.message
+        ));
+    }
+
+    fn finish(&mut self, principal: &Principal, response: &Response) {
+        self.event.principal = principal.name.clone();
+        self.event.role = principal.role.name().to_string();
+        if let Some(touched) = response.extensions().get::<Touched>() {
+            self.event.stream = touched.stream.or(self.event.stream);
+            self.event.from = touched.from;
+            self.event.to = touched.to;
+            if touched.purpose.is_some() {
+                self.event.purpose = touched.purpose.clone();
+            }
+            self.event.detail = touched.detail.clone();
+        }
+        let status = response.status();
+        self.event.outcome = if status.is_success() {
+            "success".to_string()
+        } else {
+            format!("refused: {}", status.as_u16())
+        };
+    }
+
+    /// Records the event; returns `answer` once it is committed, or a 503
+    /// in its place when it could not be recorded.
+    async fn record_then(mut self, state: &AppState, answer: Response) -> Response {
+        self.event.action = self.action;
+        tracing::info!(
+            principal = %self.event.principal,
+            action = self.event.action.as_str(),
+            stream = ?self.event.stream,
+            outcome = %self.event.outcome,
+            "api access"
+        );
+        let event = self.event;
+        let wrote = matches!(self.action, vellum_compliance::trail::AccessAction::Append)
+            && answer.status().is_success();
+        match run_blocking(state, move |node| node.record_access(vec![event])).await {
+            Ok(Ok(())) => answer,
+            // The append itself committed: its outcome must not read as
+            // "nothing written"; a retry with the same key is answered from
+            // the client table and recorded then.
+            Ok(Err(error)) if wrote => ApiError::indeterminate(format!(
+                "the append committed but its access could not be recorded in the access trail \
+                 ({error}); the receipt is withheld, retry with the same idempotency key"
+            ))
+            .into_response(),
+            Ok(Err(error)) => ApiError::unavailable(format!(
+                "the access could not be recorded in the access trail ({error}); \
+                 the answer is withheld, retry"
+            ))
+            .into_response(),
+            Err(error) => error.into_response(),
+        }
+    }
+}
+
+fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>` header",
+        ));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ));
+    }
+    tokens
+        .authenticate(token.trim())
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("unknown bearer token"))
+}
+
+/// The stream id in `/v1/streams/{stream}/...`, for logs.
+fn stream_in_path(path: &str) -> Option<u64> {
+    path.strip_prefix("/v1/streams/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}

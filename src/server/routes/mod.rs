@@ -1,0 +1,302 @@
+//! The axum router of the client API, built from one route table
+//! ([`ROUTES`]): path, method, access rule and handler of every route are
+//! written once there, and the router, the trail guard, metrics and the
+//! OpenAPI test all read it, so they cannot drift.
+//!
+//! Layout: [`errors`] ([`ApiError`], the mapping of node errors to statuses),
+//! [`extract`] (extractors whose rejections are JSON 400s naming the field),
+//! [`guard`] (authentication, roles and the access-trail record of every
+//! protected request), [`handlers`] (one function per route).
+//!
+//! Every node call runs on the blocking pool ([`run_blocking`]): the node may
+//! wait for disk or for a commit, and a panic there becomes a logged
+//! `500 storage` instead of taking the server down.
+
+pub mod errors;
+pub mod extract;
+pub mod guard;
+pub mod handlers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use tokio::sync::Semaphore;
+
+use super::auth::{Action, TokenStore};
+use super::forward::Forwarder;
+use super::metrics::Counters;
+use super::node::Node;
+use super::{HEARTBEAT_MS, SUBSCRIPTIONS_MAX, ServerError};
+use crate::api::{self, code};
+
+pub use errors::ApiError;
+pub use extract::{ApiPath, ApiQuery, JsonBody};
+pub use guard::{PURPOSE_HEADER, Touched};
+
+/// Events a read returns when the caller does not say.
+pub const READ_EVENTS_DEFAULT: u64 = 100;
+/// Longest `purpose` an append may carry, in bytes.
+pub const PURPOSE_BYTES_MAX: usize = 1024;
+
+/// One route of the API: the single table that auth, metrics and the
+/// OpenAPI test read, so they cannot drift from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// axum path pattern (also the OpenAPI path).
+    pub path: &'static str,
+    /// What the route does; `None` for the public routes (no token).
+    pub action: Option<Action>,
+    /// The handler that serves it.
+    pub endpoint: Endpoint,
+}
+
+/// The handler of one route. The router is built from [`ROUTES`], and this
+/// enum only names handlers, so a path, a method or an access rule is
+/// written exactly once: in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `handlers::append`.
+    Append,
+    /// `handlers::read_stream`.
+    ReadStream,
+    /// `handlers::read_log`.
+    ReadLog,
+    /// `subscribe::subscribe`.
+    Subscribe,
+    /// `handlers::proof`.
+    Proof,
+    /// `handlers::consistency`.
+    Consistency,
+    /// `handlers::certificate`.
+    Certificate,
+    /// `handlers::export_events`.
+    ExportEvents,
+    /// `handlers::export_audit`.
+    ExportAudit,
+    /// `handlers::record_verification`.
+    RecordVerification,
+    /// `handlers::health`.
+    Health,
+    /// `metrics::metrics`.
+    Metrics,
+    /// `openapi::openapi`.
+    OpenApi,
+}
+
+impl Endpoint {
+    /// The handler, accepting `method` only.
+    fn method_router(self, method: &str) -> MethodRouter<AppState> {
+        let filter = match method {
+            "GET" => MethodFilter::GET,
+            "POST" => MethodFilter::POST,
+            other => panic!("route table names method {other}, which the router does not serve"),
+        };
+        match self {
+            Endpoint::Append => on(filter, handlers::append),
+            Endpoint::ReadStream => on(filter, handlers::read_stream),
+            Endpoint::ReadLog => on(filter, handlers::read_log),
+            Endpoint::Subscribe => on(filter, super::subscribe::subscribe),
+            Endpoint::Proof => on(filter, handlers::proof),
+            Endpoint::Consistency => on(filter, handlers::consistency),
+            Endpoint::Certificate => on(filter, handlers::certificate),
+            Endpoint::ExportEvents => on(filter, handlers::export_events),
+            Endpoint::ExportAudit => on(filter, handlers::export_audit),
+            Endpoint::RecordVerification => on(filter, handlers::record_verification),
+            Endpoint::Health => on(filter, handlers::health),
+            Endpoint::Metrics => on(filter, super::metrics::metrics),
+            Endpoint::OpenApi => on(filter, super::openapi::openapi),
+        }
+    }
+}
+
+/// Every route the router serves.
+pub const ROUTES: &[RouteSpec] = &[
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/append",
+        endpoint: Endpoint::Append,
+        action: Some(Action::Append),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/streams/{stream}/events",
+        endpoint: Endpoint::ReadStream,
+        action: Some(Action::ReadStream),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/log",
+        endpoint: Endpoint::ReadLog,
+        action: Some(Action::ReadLog),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/subscribe",
+        endpoint: Endpoint::Subscribe,
+        action: Some(Action::Subscribe),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/streams/{stream}/events/{offset}/proof",
+        endpoint: Endpoint::Proof,
+        action: Some(Action::Proof),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/consistency",
+        endpoint: Endpoint::Consistency,
+        action: Some(Action::Consistency),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/certificate",
+        endpoint: Endpoint::Certificate,
+        action: Some(Action::Certificate),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/export/events",
+        endpoint: Endpoint::ExportEvents,
+        action: Some(Action::ExportEvents),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/export/audit",
+        endpoint: Endpoint::ExportAudit,
+        action: Some(Action::ExportAudit),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/verifications",
+        endpoint: Endpoint::RecordVerification,
+        action: Some(Action::RecordVerification),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/health",
+        endpoint: Endpoint::Health,
+        action: None,
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/metrics",
+        endpoint: Endpoint::Metrics,
+        action: None,
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/openapi.json",
+        endpoint: Endpoint::OpenApi,
+        action: None,
+    },
+];
+
+/// The index in [`ROUTES`] of a matched route.
+pub fn route_index(method: &Method, path: &str) -> Option<usize> {
+    ROUTES
+        .iter()
+        .position(|r| r.path == path && r.method == method.as_str())
+}
+
+/// Shared state of all handlers; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) node: Arc<dyn Node>,
+    pub(crate) tokens: Arc<TokenStore>,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) subscriptions: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State for `node`; `peer_api` and `ca_pem` configure forwarding (an
+    /// empty `ca_pem` allows only `http://` peers, for tests).
+    pub fn new(
+        node: Arc<dyn Node>,
+        tokens: TokenStore,
+        peer_api: Vec<(u8, String)>,
+        ca_pem: &[u8],
+    ) -> Result<AppState, ServerError> {
+        Ok(AppState {
+            node,
+            tokens: Arc::new(tokens),
+            forwarder: Forwarder::new(peer_api, ca_pem)?,
+            counters: Arc::new(Counters::new()),
+            heartbeat_ms: HEARTBEAT_MS,
+            subscriptions: Arc::new(Semaphore::new(SUBSCRIPTIONS_MAX)),
+        })
+    }
+
+    /// Changes the idle-subscription heartbeat period (tests use a short one).
+    pub fn with_heartbeat_ms(mut self, heartbeat_ms: u64) -> AppState {
+        self.heartbeat_ms = heartbeat_ms.max(1);
+        self
+    }
+}
+
+/// The API router (without TLS; [`super::serve`] adds it), built from [`ROUTES`].
+pub fn router(state: AppState) -> Router {
+    let mut protected = Router::new();
+    let mut public = Router::new();
+    for spec in ROUTES {
+        let handler = spec.endpoint.method_router(spec.method);
+        if spec.action.is_some() {
+            protected = protected.route(spec.path, handler);
+        } else {
+            public = public.route(spec.path, handler);
+        }
+    }
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::authorize,
+    ));
+    protected
+        .merge(public)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::metrics::count,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(api::REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Runs a blocking node call on the blocking pool; a panic becomes `500 storage`.
+pub(crate) async fn run_blocking<R, F>(state: &AppState, call: F) -> Result<R, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&dyn Node) -> R + Send + 'static,
+{
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || call(node.as_ref()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "node call panicked or was cancelled");
+            ApiError::storage("the replica failed while handling the request (see its log)")
+        })
+}
+
+async fn not_found(
+    State(state): State<AppState>,
+    method: Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    state.counters.record(ROUTES.len(), StatusCode::NOT_FOUND);
+    ApiError::not_found(format!("no route {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        code::BAD_REQUEST,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
