@@ -53,10 +53,8 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 pub const HEARTBEAT_MS: u64 = 2_000;
 /// Lines a subscription may buffer before the producer waits for the reader.
 pub const SUBSCRIPTION_BUFFER_MAX: usize = 64;
-/// A forwarded append gets this long to be answered by the primary.
+/// A forwarded request gets this long to connect to the primary.
 pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
-/// Largest answer relayed from the primary for a forwarded append.
-pub const FORWARD_ANSWER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Everything [`serve`] needs besides the node.
 #[derive(Debug)]

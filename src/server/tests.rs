@@ -34,6 +34,9 @@ enum Mode {
     #[default]
     Normal,
     NotPrimary(Option<u8>),
+    /// Says it is the primary, then refuses the call as a backup (lost the
+    /// primacy while the request was in flight).
+    LostPrimacy,
     Indeterminate,
     Storage,
     Panic,
@@ -75,6 +78,10 @@ impl FakeNode {
                 replica: 0,
                 primary,
             }),
+            Mode::LostPrimacy => Err(NodeError::NotPrimary {
+                replica: 0,
+                primary: Some(1),
+            }),
             Mode::Indeterminate => Err(NodeError::Indeterminate("view change".into())),
             Mode::Storage => Err(NodeError::Storage("disk on fire".into())),
             Mode::Panic => panic!("fake node told to panic"),
@@ -102,14 +109,24 @@ impl FakeNode {
 
 impl Node for FakeNode {
     fn health(&self) -> Health {
-        let events = self.lock().log.len() as u64;
+        let (events, mode) = {
+            let state = self.lock();
+            (state.log.len() as u64, state.mode)
+        };
+        // A backup (NotPrimary mode) says so, as a real replica does, so the
+        // guard forwards its requests; every other mode is the primary.
+        let (status, primary, is_primary) = match mode {
+            Mode::NotPrimary(None) => ("view_change", 0, false),
+            Mode::NotPrimary(Some(primary)) => ("normal", primary, false),
+            _ => ("normal", 0, true),
+        };
         Health {
-            status: "normal".into(),
+            status: status.into(),
             replica: 0,
             replica_count: 3,
             view: 0,
-            primary: 0,
-            is_primary: true,
+            primary,
+            is_primary,
             commit: events,
             op: events,
             events,
@@ -830,13 +847,21 @@ async fn node_errors_map_to_statuses() {
             Mode::NotPrimary(None),
             503,
             api::code::UNAVAILABLE,
-            "no primary right now",
+            "knows no primary right now",
         ),
         (
             Mode::NotPrimary(Some(2)),
             503,
             api::code::UNAVAILABLE,
             "no API address for primary 2",
+        ),
+        // One forwarding path: a node that refuses as a backup after the
+        // guard saw it as primary is "try again", never a second forward.
+        (
+            Mode::LostPrimacy,
+            503,
+            api::code::UNAVAILABLE,
+            "is not the primary",
         ),
     ];
     for (mode, status, code, says) in cases {

@@ -91,8 +91,9 @@ impl ApiError {
                 actual_offset: Some(actual),
                 ..ApiError::new(StatusCode::CONFLICT, code::WRONG_EXPECTED_OFFSET, message)
             },
-            // Only appends are forwarded; anything else that needs the
-            // primary is a "try again" for the caller.
+            // The guard forwards every request a backup gets to the
+            // primary; a replica that loses the primacy while handling one
+            // answers "try again".
             NodeError::NotPrimary { .. } => ApiError::unavailable(message),
             NodeError::Indeterminate(_) => ApiError::indeterminate(message),
             NodeError::Unavailable(_) => ApiError::unavailable(message),

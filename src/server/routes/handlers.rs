@@ -3,7 +3,6 @@
 //! the trail guard what it touched ([`Touched`]).
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
@@ -19,7 +18,7 @@ use crate::api::{
     StreamEvents,
 };
 use crate::server::auth::Principal;
-use crate::server::node::{AppendCall, NodeError};
+use crate::server::node::AppendCall;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +60,6 @@ pub(crate) struct ConsistencyQuery {
 pub(crate) async fn append(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
     ApiPath(path): ApiPath<StreamPath>,
     body: JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
@@ -82,17 +80,6 @@ pub(crate) async fn append(
                 detail: None,
             };
             Ok(with_touched(Json(receipt).into_response(), touched))
-        }
-        Err(NodeError::NotPrimary { replica, primary }) => {
-            let target = crate::server::forward::Target {
-                replica,
-                primary,
-                stream: path.stream,
-            };
-            state
-                .forwarder
-                .forward_append(target, &headers, body.raw)
-                .await
         }
         Err(error) => Err(ApiError::from_node(error)),
     }
