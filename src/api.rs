@@ -32,6 +32,22 @@ use serde::{Deserialize, Serialize};
 pub const REQUEST_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most events one read or one subscription page returns.
 pub const READ_EVENTS_MAX: u64 = 1000;
+/// Most events one append may carry (they share one VSR op).
+pub const APPEND_EVENTS_MAX: usize = vellum_audit::record::EVENTS_PER_OP_MAX as usize;
+/// Largest event, in bytes (after base64 decoding; a `json` event's text).
+pub const EVENT_BYTES_MAX: usize = vellum_audit::record::EVENT_BYTES_MAX;
+
+/// Deserializes an optional member that, when present, must hold a value:
+/// `null` is refused (the OpenAPI document gives these members a type
+/// without `null`), so an absent member and `null` are not two spellings of
+/// one request.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
 
 /// An idempotency key: the client session (32 lowercase hex digits, not all
 /// zero) and the request number within it (increasing from 1). A retry with
@@ -44,17 +60,35 @@ pub struct IdempotencyKey {
     pub request: u64,
 }
 
-/// One event to append: either JSON (stored as its compact UTF-8 text) or
-/// raw bytes in base64. Exactly one of the two.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event to append: either JSON (stored as exactly the bytes of the
+/// member's value as the client sent them) or raw bytes in base64. Exactly
+/// one of the two.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
-    /// A JSON value, stored as its serialized text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<serde_json::Value>,
+    /// A JSON value, stored byte for byte as sent (P9): never re-serialized,
+    /// so key order, number spelling (`1.50`, `-96.17060814119407`, integers
+    /// beyond 2^64), escapes and inner whitespace are kept. `null` is a value.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub json: Option<Box<serde_json::value::RawValue>>,
     /// Raw bytes, standard base64 with padding.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub base64: Option<String>,
+}
+
+impl PartialEq for EventIn {
+    fn eq(&self, other: &EventIn) -> bool {
+        let json = |e: &EventIn| e.json.as_ref().map(|raw| raw.get().to_owned());
+        json(self) == json(other) && self.base64 == other.base64
+    }
 }
 
 /// `POST /v1/streams/{stream}/append`.
@@ -65,13 +99,25 @@ pub struct AppendRequest {
     pub events: Vec<EventIn>,
     /// Refuse (409 `wrong_expected_offset`) unless the stream has exactly
     /// this many events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expected_offset: Option<u64>,
     /// Makes retries safe; without one the server picks a fresh key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idempotency: Option<IdempotencyKey>,
     /// Why the caller appends (recorded in the access trail).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub purpose: Option<String>,
 }
 
@@ -203,7 +249,11 @@ pub struct ExportEventsRequest {
     /// One past the last offset.
     pub to: u64,
     /// The purpose of the export (recorded in the trail and the manifest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub purpose: Option<String>,
 }
 
@@ -251,8 +301,13 @@ pub struct VerificationRecord {
     pub passed: bool,
     /// SHA-256 of the report file, 64 hex digits.
     pub report_sha256: String,
-    /// The tree size of the checkpoint the run reached, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The tree size of the checkpoint the run reached, if any (never
+    /// beyond the answering replica's log).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub checkpoint_size: Option<u64>,
 }
 
@@ -260,6 +315,8 @@ pub struct VerificationRecord {
 pub mod code {
     /// Malformed JSON, bad field, bad query (400).
     pub const BAD_REQUEST: &str = "bad_request";
+    /// The request body did not arrive within the server's deadline (408).
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
     /// Missing or unknown bearer token (401).
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The token may not do this (403).

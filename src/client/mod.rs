@@ -287,6 +287,11 @@ impl Client {
         expected_offset: Option<u64>,
         key: IdempotencyKey,
     ) -> Result<AppendReceipt, ClientError> {
+        edge("stream", stream)?;
+        expected_offset
+            .map(|offset| edge("expected_offset", offset))
+            .transpose()?;
+        edge("idempotency.request", key.request)?;
         let request = AppendRequest {
             events: events
                 .iter()
@@ -329,17 +334,24 @@ impl Client {
         from: u64,
         max: u64,
     ) -> Result<StreamEvents, ClientError> {
+        edge("stream", stream)?;
+        edge("from", from)?;
+        page("max", max)?;
         let path = format!("/v1/streams/{stream}/events?from={from}&max={max}");
         self.get(stream, &path).await
     }
 
     /// Reads up to `max` committed events of the global log from `from`.
     pub async fn read_log(&self, from: u64, max: u64) -> Result<LogEvents, ClientError> {
+        edge("from", from)?;
+        page("max", max)?;
         self.get(0, &format!("/v1/log?from={from}&max={max}")).await
     }
 
     /// The inclusion proof of one event.
     pub async fn proof(&self, stream: u64, offset: u64) -> Result<ProofAnswer, ClientError> {
+        edge("stream", stream)?;
+        edge("offset", offset)?;
         let path = format!("/v1/streams/{stream}/events/{offset}/proof");
         self.get(stream, &path).await
     }
@@ -351,6 +363,8 @@ impl Client {
         from: u64,
         to: Option<u64>,
     ) -> Result<ConsistencyAnswer, ClientError> {
+        edge("from", from)?;
+        to.map(|to| edge("to", to)).transpose()?;
         let path = match to {
             Some(to) => format!("/v1/consistency?from={from}&to={to}"),
             None => format!("/v1/consistency?from={from}"),
@@ -364,6 +378,9 @@ impl Client {
         &self,
         request: &api::ExportEventsRequest,
     ) -> Result<api::ExportBundle, ClientError> {
+        edge("stream", request.stream)?;
+        edge("from", request.from)?;
+        edge("to", request.to)?;
         let body = serde_json::to_vec(request)
             .map_err(|e| ClientError::Local(format!("encoding the export request: {e}")))?;
         let body = Bytes::from(body);
@@ -386,6 +403,9 @@ impl Client {
         to_ns: Option<u64>,
         stream: Option<u64>,
     ) -> Result<api::AuditExport, ClientError> {
+        for (field, value) in [("from_ns", from_ns), ("to_ns", to_ns), ("stream", stream)] {
+            value.map(|value| edge(field, value)).transpose()?;
+        }
         let mut query = Vec::new();
         if let Some(from) = from_ns {
             query.push(format!("from_ns={from}"));
@@ -408,6 +428,10 @@ impl Client {
         &self,
         record: &api::VerificationRecord,
     ) -> Result<serde_json::Value, ClientError> {
+        record
+            .checkpoint_size
+            .map(|size| edge("checkpoint_size", size))
+            .transpose()?;
         let body = serde_json::to_vec(record)
             .map_err(|e| ClientError::Local(format!("encoding the verification record: {e}")))?;
         let body = Bytes::from(body);
@@ -788,4 +812,22 @@ fn new_session_id() -> Result<u128, ClientError> {
         .map_err(|e| ClientError::Local(format!("no randomness for a session id: {e}")))?;
     // Zero is reserved; mapping it to 1 costs one value in 2^128.
     Ok(u128::from_le_bytes(bytes).max(1))
+}
+
+/// Refuses, before anything is sent, a number the server refuses: above
+/// [`crate::bounds::EDGE_INTEGER_MAX`] (the audit index stores such numbers
+/// in signed 64-bit integers). The error names the field.
+fn edge(field: &str, value: u64) -> Result<u64, ClientError> {
+    crate::bounds::check(field, value).map_err(|e| ClientError::Refused(e.to_string()))
+}
+
+/// Refuses a page size above [`api::READ_EVENTS_MAX`] before sending.
+fn page(field: &str, max: u64) -> Result<u64, ClientError> {
+    if max > api::READ_EVENTS_MAX {
+        return Err(ClientError::Refused(format!(
+            "{field}: {max} is above the largest page, {} events",
+            api::READ_EVENTS_MAX
+        )));
+    }
+    Ok(max)
 }

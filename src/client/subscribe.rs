@@ -99,6 +99,9 @@ impl Subscription {
     /// Each turn consumes a line, reads a chunk or counts a failure, so the
     /// loop ends: failures are bounded and lines come from the server.
     async fn next_event(&mut self) -> Result<LogEvent, ClientError> {
+        // A position the server refuses is refused here, before sending.
+        crate::bounds::check("from", self.next_position)
+            .map_err(|e| ClientError::Refused(e.to_string()))?;
         loop {
             if self.body.is_none() {
                 self.connect().await?;

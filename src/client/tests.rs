@@ -825,3 +825,96 @@ async fn https_trusts_only_the_configured_ca() {
     );
     assert_eq!(lock(&shared).applied, 1);
 }
+
+// Goal: the client refuses, before sending anything, every number the server refuses
+// (above i64::MAX, or a page above READ_EVENTS_MAX), naming the field.
+#[tokio::test]
+async fn numbers_the_server_refuses_are_refused_before_sending() {
+    fn ok<T>(_: T) {}
+    // Nothing listens there: a request that were sent would be Unavailable, not Refused.
+    let client = Client::new(config(vec!["http://127.0.0.1:9".to_string()])).expect("client");
+    let huge = u64::MAX;
+    let above = crate::bounds::EDGE_INTEGER_MAX + 1;
+    let refused = |what: &str, result: Result<(), ClientError>, field: &str| match result {
+        Err(ClientError::Refused(message)) => {
+            assert!(
+                message.starts_with(&format!("{field}: ")),
+                "{what}: {message}"
+            )
+        }
+        other => panic!("{what}: expected a refusal naming {field}, got {other:?}"),
+    };
+    refused(
+        "append stream",
+        client
+            .append(huge, vec![Bytes::from("x")], None)
+            .await
+            .map(ok),
+        "stream",
+    );
+    refused(
+        "append expected",
+        client
+            .append(1, vec![Bytes::from("x")], Some(above))
+            .await
+            .map(ok),
+        "expected_offset",
+    );
+    refused(
+        "read stream",
+        client.read_stream(above, 0, 10).await.map(ok),
+        "stream",
+    );
+    refused(
+        "read from",
+        client.read_stream(1, huge, 10).await.map(ok),
+        "from",
+    );
+    refused(
+        "read max",
+        client
+            .read_stream(1, 0, api::READ_EVENTS_MAX + 1)
+            .await
+            .map(ok),
+        "max",
+    );
+    refused("log from", client.read_log(above, 10).await.map(ok), "from");
+    refused("proof", client.proof(1, huge).await.map(ok), "offset");
+    refused(
+        "consistency",
+        client.consistency(0, Some(above)).await.map(ok),
+        "to",
+    );
+    refused(
+        "audit",
+        client.export_audit(Some(huge), None, None).await.map(ok),
+        "from_ns",
+    );
+    let export = api::ExportEventsRequest {
+        stream: above,
+        from: 0,
+        to: 1,
+        purpose: None,
+    };
+    refused(
+        "export",
+        client.export_events(&export).await.map(ok),
+        "stream",
+    );
+    let record = api::VerificationRecord {
+        scope: "s".into(),
+        passed: true,
+        report_sha256: "a".repeat(64),
+        checkpoint_size: Some(huge),
+    };
+    refused(
+        "verification",
+        client.record_verification(&record).await.map(ok),
+        "checkpoint_size",
+    );
+    let first = Box::pin(client.subscribe(above))
+        .next()
+        .await
+        .expect("one item");
+    refused("subscribe", first.map(ok), "from");
+}

@@ -12,7 +12,7 @@
 
 mod error;
 mod event;
-mod fsutil;
+pub(crate) mod fsutil;
 mod keys;
 mod record;
 mod signing;

@@ -55,6 +55,9 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
+    /// A private key file is readable or writable by group or others.
+    #[error("tls key: {0}")]
+    Insecure(#[source] crate::crypto::CryptoError),
     /// Certificate generation failed.
     #[error("generating the dev pki: {0}")]
     Generate(#[from] rcgen::Error),
@@ -199,8 +202,11 @@ impl fmt::Debug for TlsMaterial {
 }
 
 impl TlsMaterial {
-    /// Reads and checks the three PEM files; errors name the file.
+    /// Reads and checks the three PEM files; errors name the file. The key
+    /// must be private to its owner (as the key directory's files are):
+    /// mode 0644 is refused, not loaded silently.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, TlsError> {
+        crate::crypto::fsutil::check_private(key).map_err(TlsError::Insecure)?;
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::Io {
                 path: path.to_path_buf(),
@@ -497,6 +503,21 @@ mod tests {
         assert!(error.to_string().contains("nope.key"), "{error}");
         let error = TlsMaterial::load(&pki.ca_cert, cert, cert).expect_err("cert as key");
         assert!(error.to_string().contains("replica-0.pem"), "{error}");
+    }
+
+    /// Goal: a private key readable by group or others (0644) is refused at load, naming the file.
+    #[test]
+    fn world_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = generate_dev_pki(dir.path(), 1).expect("generates");
+        let (cert, key) = &pki.replicas[0];
+        TlsMaterial::load(&pki.ca_cert, cert, key).expect("a 0600 key loads");
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let error = TlsMaterial::load(&pki.ca_cert, cert, key).expect_err("0644 key");
+        let text = error.to_string();
+        assert!(text.contains(&key.display().to_string()), "{text}");
+        assert!(text.contains("0644"), "{text}");
     }
 
     /// Goal: replica names parse strictly, and garbage DER never panics.

@@ -13,7 +13,6 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 /// Prefix of every generated token (lets secret scanners recognise them).
@@ -100,8 +99,10 @@ impl Role {
     /// Whether this role may perform `action`.
     pub fn allows(self, action: Action) -> bool {
         match self {
-            Role::Writer => true,
-            Role::Reader => action != Action::Append,
+            // Only auditors record verification runs: a "verification
+            // passed" entry in the trail is an auditor's statement.
+            Role::Writer => action != Action::RecordVerification,
+            Role::Reader => !matches!(action, Action::Append | Action::RecordVerification),
             // Auditors see proofs and the access trail, never plaintext.
             Role::Auditor => matches!(
                 action,
@@ -174,6 +175,16 @@ pub enum AuthError {
         /// What is wrong.
         reason: String,
     },
+    /// Anyone may write the file, so anyone could add a token.
+    #[error(
+        "tokens file {path} is writable by others (mode {mode:04o}); refused (fix: chmod o-w {path})"
+    )]
+    Insecure {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file holds more than [`PRINCIPALS_MAX`] principals.
     #[error("tokens file {path} holds more than {PRINCIPALS_MAX} principals")]
     TooMany {
@@ -197,11 +208,18 @@ pub struct TokenStore {
 impl TokenStore {
     /// Reads a tokens file; errors name the file and line.
     pub fn load(path: &Path) -> Result<TokenStore, AuthError> {
+        use std::os::unix::fs::MetadataExt as _;
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        let read_error = |source| AuthError::Read {
             path: shown.clone(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path).map_err(read_error)?.mode() & 0o7777;
+        // Digests are not secrets, but whoever may write the file may add a token.
+        if mode & 0o002 != 0 {
+            return Err(AuthError::Insecure { path: shown, mode });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
         parse(&shown, &text)
     }
 
@@ -317,12 +335,12 @@ fn check_principal(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh token: `vlm_` + 32 random bytes in unpadded base64url.
+/// A fresh token: `vlm_` + 32 random bytes as 64 lowercase hex digits (the
+/// shape `vellum init`/`dev` give out, `crate::cluster::generate_token`).
 pub fn generate_token() -> String {
     let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
     getrandom::fill(&mut bytes).expect("the operating system's random source is available");
-    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    format!("{TOKEN_PREFIX}{encoded}")
+    format!("{TOKEN_PREFIX}{}", vellum_audit::hash::to_hex(&bytes))
 }
 
 /// The tokens-file line for `token` (which is not stored, only its digest).

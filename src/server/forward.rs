@@ -40,6 +40,7 @@ const FORWARD_STREAM_IDLE_MS: u64 = 30_000;
 pub async fn forward_if_backup(
     state: &super::routes::AppState,
     request: axum::extract::Request,
+    relay_body: bool,
 ) -> Result<axum::extract::Request, Response> {
     let role = state.node.role();
     if role.is_primary {
@@ -60,9 +61,32 @@ pub async fn forward_if_backup(
     };
     Err(state
         .forwarder
-        .forward_request(replica, primary, request)
+        .forward_request(replica, primary, request, body_relay(state, relay_body))
         .await
         .unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Whether, and within what time, a forwarded request's body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRelay {
+    /// The caller was refused (no token, unknown token, wrong role): the
+    /// body is never read, and the primary gets the request without it, to
+    /// refuse and record.
+    Drop,
+    /// Read it (at most `REQUEST_BODY_BYTES_MAX`) within `timeout_ms`, else 408.
+    Read {
+        /// The deadline for the whole body.
+        timeout_ms: u64,
+    },
+}
+
+fn body_relay(state: &super::routes::AppState, relay_body: bool) -> BodyRelay {
+    match relay_body {
+        true => BodyRelay::Read {
+            timeout_ms: state.body_read_timeout_ms,
+        },
+        false => BodyRelay::Drop,
+    }
 }
 
 /// The HTTP client used to relay requests, and the peers' API addresses.
@@ -96,6 +120,7 @@ impl Forwarder {
         replica: u8,
         primary: u8,
         request: axum::extract::Request,
+        relay: BodyRelay,
     ) -> Result<Response, ApiError> {
         let Some((_, base)) = self.peers.iter().find(|(index, _)| *index == primary) else {
             return Err(ApiError::unavailable(format!(
@@ -105,9 +130,16 @@ impl Forwarder {
         let (parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let body = axum::body::to_bytes(body, crate::api::REQUEST_BODY_BYTES_MAX)
-            .await
-            .map_err(|_| ApiError::payload_too_large())?;
+        let body = match relay {
+            BodyRelay::Drop => axum::body::Bytes::new(),
+            BodyRelay::Read { timeout_ms } => {
+                let read = axum::body::to_bytes(body, crate::api::REQUEST_BODY_BYTES_MAX);
+                tokio::time::timeout(Duration::from_millis(timeout_ms), read)
+                    .await
+                    .map_err(|_| ApiError::request_timeout(timeout_ms))?
+                    .map_err(|_| ApiError::payload_too_large())?
+            }
+        };
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
             .map_err(|_| ApiError::bad_request("unsupported method"))?;
         let mut outgoing = self

@@ -23,7 +23,8 @@ pub mod subscribe;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,13 @@ pub const SUBSCRIPTIONS_MAX: usize = 256;
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Request headers must arrive within this time (slow-loris guard).
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// A request body must arrive whole within this time, else 408 and the
+/// connection is closed (slow-body guard). Bodies are read only after the
+/// bearer token and role were checked.
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// Most connections served at once from one remote IP address; more are
+/// closed on accept, so one address cannot take all [`CONNECTIONS_MAX`].
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 64;
 /// After shutdown, open connections get this long to finish in-flight requests.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 /// Idle subscriptions send a heartbeat this often.
@@ -141,6 +149,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let per_address = Arc::new(AddressSlots::default());
     loop {
         if *shutdown.borrow() {
             break;
@@ -170,15 +179,63 @@ async fn accept_loop(
                 Err(_) => break,
             },
         };
+        let Some(address_slot) = per_address.try_take(peer.ip()) else {
+            tracing::debug!(%peer, "api connection closed: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             serve_connection(tcp, peer, acceptor, app, shutdown).await;
+            drop(address_slot);
             drop(permit);
         });
     }
     tracing::info!("api server stopped accepting");
+}
+
+/// Open connections per remote IP address, bounded by
+/// [`CONNECTIONS_PER_ADDRESS_MAX`].
+#[derive(Debug, Default)]
+struct AddressSlots {
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressSlots {
+    /// A slot for one more connection from `ip`, if it has fewer than the maximum.
+    fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= CONNECTIONS_PER_ADDRESS_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One connection's slot; given back on drop.
+#[derive(Debug)]
+struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The TCP peer of the connection a request came on.

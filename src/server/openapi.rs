@@ -45,7 +45,7 @@ fn paths() -> Value {
                     "required": true,
                     "content": { "application/json": { "schema": schema_ref("AppendRequest") } }
                 },
-                "responses": with_errors(ok("AppendReceipt"), &["400", "401", "403", "404", "409", "413", "422", "500", "503"])
+                "responses": with_errors(ok("AppendReceipt"), &["400", "401", "403", "404", "408", "409", "413", "422", "500", "503"])
             }
         },
         "/v1/streams/{stream}/events": {
@@ -114,7 +114,7 @@ fn paths() -> Value {
                     "required": true,
                     "content": { "application/json": { "schema": schema_ref("ExportEventsRequest") } }
                 },
-                "responses": with_errors(ok("ExportBundle"), &["400", "401", "403", "404", "413", "422", "500", "503"])
+                "responses": with_errors(ok("ExportBundle"), &["400", "401", "403", "404", "408", "413", "422", "500", "503"])
             }
         },
         "/v1/export/audit": {
@@ -130,14 +130,14 @@ fn paths() -> Value {
         },
         "/v1/verifications": {
             "post": {
-                "summary": "Record a verification run (scope, result, SHA-256 of the report, checkpoint reached) in the access trail; every role.",
+                "summary": "Record a verification run (scope, result, SHA-256 of the report, checkpoint reached) in the access trail; role auditor.",
                 "requestBody": {
                     "required": true,
                     "content": { "application/json": { "schema": schema_ref("VerificationRecord") } }
                 },
                 "responses": with_errors(json!({
                     "200": { "description": "Recorded (committed in the trail).", "content": { "application/json": { "schema": { "type": "object" } } } }
-                }), &["400", "401", "403", "413", "503"])
+                }), &["400", "401", "403", "408", "413", "422", "503"])
             }
         },
         "/v1/health": {
@@ -193,34 +193,49 @@ fn with_errors(mut responses: Value, statuses: &[&str]) -> Value {
     responses
 }
 
+/// An integer the client sends: at most i64::MAX (`crate::bounds`), and in
+/// a path or query, one spelling (digits only, no sign, no leading zero).
+fn edge_integer() -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": crate::bounds::EDGE_INTEGER_MAX })
+}
+
+fn edge_schema(description: &str) -> Value {
+    let mut schema = edge_integer();
+    schema["description"] = json!(description);
+    schema
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({
         "name": name, "in": "path", "required": true, "description": description,
-        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+        "schema": edge_integer()
     })
 }
 
 fn stream_param() -> Value {
-    path_param("stream", "The stream id, a decimal u64.")
+    path_param(
+        "stream",
+        "The stream id: decimal digits, no sign, no leading zero, at most 2^63-1.",
+    )
 }
 
 fn query_param(name: &str, description: &str, required: bool) -> Value {
     json!({
         "name": name, "in": "query", "required": required, "description": description,
-        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+        "schema": edge_integer()
     })
 }
 
 fn max_param() -> Value {
     json!({
         "name": "max", "in": "query", "required": false,
-        "description": format!("Most events to return (default 100, capped at {}).", api::READ_EVENTS_MAX),
-        "schema": { "type": "integer", "format": "uint64", "minimum": 0, "maximum": api::READ_EVENTS_MAX }
+        "description": format!("Most events to return (default 100; above {} is refused with 400).", api::READ_EVENTS_MAX),
+        "schema": { "type": "integer", "format": "int64", "minimum": 0, "maximum": api::READ_EVENTS_MAX }
     })
 }
 
 fn error_responses() -> Value {
-    let entries: [(&str, &str); 10] = [
+    let entries: [(&str, &str); 11] = [
         (
             "400",
             "bad_request: malformed JSON, wrong content type, bad path or query, bad field (the message names it).",
@@ -239,6 +254,10 @@ fn error_responses() -> Value {
             "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written.",
         ),
         ("413", "payload_too_large: the body exceeds the limit."),
+        (
+            "408",
+            "request_timeout: the body did not arrive within the server's deadline (10 s).",
+        ),
         (
             "422",
             "refused: the replica refused the request (bad stream id, stale request number, bad range).",
@@ -280,20 +299,23 @@ fn schemas() -> Value {
             "type": "object", "required": ["session", "request"], "additionalProperties": false,
             "properties": {
                 "session": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Client session id; not all zero." },
-                "request": { "type": "integer", "format": "uint64", "minimum": 1, "description": "Request number in the session, increasing from 1." }
+                "request": { "type": "integer", "format": "int64", "minimum": 1, "maximum": crate::bounds::EDGE_INTEGER_MAX, "description": "Request number in the session, increasing from 1." }
             }
         },
         "EventIn": {
             "type": "object", "additionalProperties": false,
-            "description": "Exactly one of json (stored as its compact text) or base64 (standard, padded).",
-            "properties": { "json": {}, "base64": { "type": "string", "contentEncoding": "base64" } }
+            "description": format!("Exactly one of json (stored as exactly the bytes of the value as sent: key order, number spelling and whitespace kept) or base64 (standard, padded). At most {} bytes per event (the json value's text, or the decoded base64).", api::EVENT_BYTES_MAX),
+            "properties": {
+                "json": {},
+                "base64": { "type": "string", "contentEncoding": "base64", "maxLength": api::EVENT_BYTES_MAX.div_ceil(3) * 4 }
+            }
         },
         "AppendRequest": {
             "type": "object", "required": ["events"], "additionalProperties": false,
             "description": format!("At most {limit} bytes."),
             "properties": {
-                "events": { "type": "array", "minItems": 1, "items": schema_ref("EventIn") },
-                "expected_offset": u64_schema("Refuse with 409 unless the stream has exactly this many events."),
+                "events": { "type": "array", "minItems": 1, "maxItems": api::APPEND_EVENTS_MAX, "items": schema_ref("EventIn") },
+                "expected_offset": edge_schema("Refuse with 409 unless the stream has exactly this many events."),
                 "idempotency": schema_ref("IdempotencyKey"),
                 "purpose": { "type": "string", "maxLength": super::routes::PURPOSE_BYTES_MAX }
             }
@@ -362,15 +384,15 @@ fn schemas() -> Value {
                 "scope": { "type": "string" },
                 "passed": { "type": "boolean" },
                 "report_sha256": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$" },
-                "checkpoint_size": u64_schema("Tree size of the checkpoint reached.")
+                "checkpoint_size": edge_schema("Tree size of the checkpoint reached; refused (422) beyond the replica's log.")
             }
         },
         "ExportEventsRequest": {
             "type": "object", "required": ["stream", "from", "to"], "additionalProperties": false,
             "properties": {
-                "stream": u64_schema("The stream."),
-                "from": u64_schema("First offset."),
-                "to": u64_schema("One past the last offset."),
+                "stream": edge_schema("The stream."),
+                "from": edge_schema("First offset."),
+                "to": edge_schema("One past the last offset."),
                 "purpose": { "type": "string", "description": "Why (trail and manifest)." }
             }
         },
@@ -422,7 +444,7 @@ fn schemas() -> Value {
                     "type": "object", "required": ["code", "message"],
                     "properties": {
                         "code": { "type": "string", "enum": [
-                            api::code::BAD_REQUEST, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
+                            api::code::BAD_REQUEST, api::code::REQUEST_TIMEOUT, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
                             api::code::NOT_FOUND, api::code::WRONG_EXPECTED_OFFSET, api::code::PAYLOAD_TOO_LARGE,
                             api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
                         ] },

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::SUBSCRIPTION_BUFFER_MAX;
+use super::routes::extract::edge_optional;
 use super::routes::{ApiError, ApiQuery, AppState, run_blocking};
 use crate::api::{self, Heartbeat, LogEvent};
 
@@ -41,7 +42,7 @@ pub enum Format {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubscribeQuery {
-    from: Option<u64>,
+    from: Option<String>,
     #[serde(default)]
     format: Format,
 }
@@ -51,6 +52,7 @@ pub(crate) async fn subscribe(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
+    let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
     let permit = state
         .subscriptions
         .clone()
@@ -59,7 +61,6 @@ pub(crate) async fn subscribe(
             ApiError::unavailable("too many open subscriptions on this replica; retry later")
         })?;
     let (sender, receiver) = mpsc::channel::<Bytes>(SUBSCRIPTION_BUFFER_MAX);
-    let from = query.from.unwrap_or(0);
     tokio::spawn(produce(state, from, query.format, sender, permit));
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let line = receiver.recv().await?;

@@ -888,20 +888,32 @@ async fn node_errors_map_to_statuses() {
     );
 }
 
-// Goal: reads default to 100 events and never ask the node for more than READ_EVENTS_MAX.
+// Goal: reads default to 100 events; a max above READ_EVENTS_MAX is refused (400, as the
+// OpenAPI document says), never silently clamped, and never reaches the node.
 #[tokio::test]
-async fn read_max_defaults_and_is_capped() {
+async fn read_max_defaults_and_above_the_page_is_refused() {
     let node = Arc::new(FakeNode::default());
     node.push(1, b"x");
     let app = app(node.clone());
     let _ = send(&app, Call::get("/v1/log", Some(READER))).await;
     assert_eq!(node.lock().last_max, Some(100));
-    let _ = send(
-        &app,
-        Call::get("/v1/streams/1/events?max=999999", Some(READER)),
-    )
-    .await;
+    let (status, _) = send(&app, Call::get("/v1/log?max=1000", Some(READER))).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(node.lock().last_max, Some(api::READ_EVENTS_MAX));
+    node.lock().last_max = None;
+    for uri in ["/v1/streams/1/events?max=1001", "/v1/log?max=999999"] {
+        let (status, value) = send(&app, Call::get(uri, Some(READER))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {value}");
+        assert!(
+            error_of(&value).error.message.starts_with("max: "),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        node.lock().last_max,
+        None,
+        "a refused read reached the node"
+    );
 }
 
 /// Reads subscription lines until `count` complete lines arrived (bounded by [`WAIT`]).
@@ -1185,7 +1197,11 @@ async fn openapi_describes_every_route() {
 fn tokens_and_roles() {
     let token = generate_token();
     assert!(
-        token.starts_with("vlm_") && token.len() == 4 + 43,
+        token.starts_with("vlm_")
+            && token.len() == 4 + 64
+            && token[4..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "{token}"
     );
     assert_ne!(token, generate_token());
@@ -1232,6 +1248,15 @@ fn tokens_file_errors_name_file_and_line() {
     }
     let missing = TokenStore::load(&dir.path().join("absent")).expect_err("missing file");
     assert!(missing.to_string().contains("absent"), "{missing}");
+    // A world-writable tokens file is refused (anyone could add a token), naming the file.
+    use std::os::unix::fs::PermissionsExt as _;
+    let open = dir.path().join("open.tokens");
+    std::fs::write(&open, token_line(WRITER, "alice", Role::Writer)).expect("write");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let error = TokenStore::load(&open).expect_err("world-writable");
+    assert!(error.to_string().contains("open.tokens"), "{error}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    TokenStore::load(&open).expect("a file only its owner may write loads");
 }
 
 fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
@@ -1387,4 +1412,581 @@ async fn an_unrecorded_access_is_not_answered() {
         "no event text in the refusal: {value}"
     );
     assert!(error_of(&value).error.message.contains("access trail"));
+}
+
+// ------------------------------------------------- numbers at the edge (issue 9, defect 1)
+
+const HUGE: &str = "18446744073709551615";
+const ABOVE_I64: &str = "9223372036854775808";
+
+/// Every number in the trail fits a signed 64-bit SQL integer.
+fn assert_trail_fits_i64(node: &FakeNode) {
+    for event in &node.lock().trail {
+        for (what, number) in [
+            ("stream", event.stream),
+            ("from", event.from),
+            ("to", event.to),
+        ] {
+            assert!(
+                number.is_none_or(|n| n <= crate::bounds::EDGE_INTEGER_MAX),
+                "trail {what} {number:?} is above i64::MAX: {event:?}"
+            );
+        }
+    }
+}
+
+// Goal: a stream id above i64::MAX without a token answers 400/401 and its trail event
+// carries no number above i64::MAX (the number that once stopped the audit index).
+#[tokio::test]
+async fn huge_stream_without_token_never_reaches_the_trail() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(node.clone());
+    let uris = [
+        format!("/v1/streams/{HUGE}/events"),
+        format!("/v1/streams/{ABOVE_I64}/events"),
+        format!("/v1/streams/{HUGE}/events/0/proof"),
+        "/v1/streams/+5/events".to_string(),
+    ];
+    for uri in &uris {
+        for token in [None, Some("vlm_nope"), Some(READER)] {
+            let (status, value) = send(&app, Call::get(uri, token)).await;
+            assert!(
+                matches!(status.as_u16(), 400 | 401),
+                "{uri} {token:?}: {status} {value}"
+            );
+        }
+    }
+    let trail = node.lock().trail.clone();
+    assert_eq!(trail.len(), uris.len() * 3, "every attempt is recorded");
+    assert!(trail.iter().all(|e| e.stream.is_none()), "{trail:?}");
+    assert_trail_fits_i64(&node);
+}
+
+// Goal: every id, offset, position, size and time in path, query and body is refused
+// with a 400 naming the field when above i64::MAX or not in its one canonical spelling,
+// before it reaches the node or the trail.
+#[tokio::test]
+async fn edge_numbers_are_range_and_spelling_checked() {
+    let node = Arc::new(FakeNode::default());
+    node.push(5001, b"x");
+    let app = app(node.clone());
+    let w = Some(WRITER);
+    let ok = r#"{"events":[{"json":1}]}"#;
+    let gets: Vec<(String, Option<&str>, &str)> = vec![
+        (format!("/v1/streams/{HUGE}/events"), w, "stream"),
+        ("/v1/streams/+5001/events".into(), w, "stream"),
+        ("/v1/streams/05001/events".into(), w, "stream"),
+        (
+            format!("/v1/streams/5001/events?from={ABOVE_I64}"),
+            w,
+            "from",
+        ),
+        ("/v1/streams/5001/events?from=01".into(), w, "from"),
+        ("/v1/streams/5001/events?max=+5".into(), w, "max"),
+        (format!("/v1/log?from={HUGE}"), w, "from"),
+        (format!("/v1/subscribe?from={ABOVE_I64}"), w, "from"),
+        (format!("/v1/streams/{HUGE}/events/0/proof"), w, "stream"),
+        (format!("/v1/streams/5001/events/{HUGE}/proof"), w, "offset"),
+        ("/v1/streams/5001/events/00/proof".into(), w, "offset"),
+        (format!("/v1/consistency?from={HUGE}"), w, "from"),
+        (format!("/v1/consistency?from=0&to={ABOVE_I64}"), w, "to"),
+        (
+            format!("/v1/export/audit?from_ns={HUGE}"),
+            Some(AUDITOR),
+            "from_ns",
+        ),
+        (
+            format!("/v1/export/audit?to_ns={ABOVE_I64}"),
+            Some(AUDITOR),
+            "to_ns",
+        ),
+        (
+            format!("/v1/export/audit?stream={HUGE}"),
+            Some(AUDITOR),
+            "stream",
+        ),
+    ];
+    for (uri, token, field) in &gets {
+        let (status, value) = send(&app, Call::get(uri, *token)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {value}");
+        let message = error_of(&value).error.message;
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{uri}: {message}"
+        );
+    }
+    let session = "0123456789abcdef0123456789abcdef";
+    let posts: Vec<(String, String, Option<&str>, &str)> = vec![
+        (
+            format!("/v1/streams/{ABOVE_I64}/append"),
+            ok.into(),
+            w,
+            "stream",
+        ),
+        ("/v1/streams/+5001/append".into(), ok.into(), w, "stream"),
+        (
+            "/v1/streams/5001/append".into(),
+            format!(r#"{{"events":[{{"json":1}}],"expected_offset":{HUGE}}}"#),
+            w,
+            "expected_offset",
+        ),
+        (
+            "/v1/streams/5001/append".into(),
+            format!(
+                r#"{{"events":[{{"json":1}}],"idempotency":{{"session":"{session}","request":{ABOVE_I64}}}}}"#
+            ),
+            w,
+            "idempotency.request",
+        ),
+        (
+            "/v1/export/events".into(),
+            format!(r#"{{"stream":{HUGE},"from":0,"to":1}}"#),
+            w,
+            "stream",
+        ),
+        (
+            "/v1/export/events".into(),
+            format!(r#"{{"stream":5001,"from":0,"to":{ABOVE_I64}}}"#),
+            w,
+            "to",
+        ),
+        (
+            "/v1/verifications".into(),
+            format!(
+                r#"{{"scope":"s","passed":true,"report_sha256":"{}","checkpoint_size":{HUGE}}}"#,
+                "a".repeat(64)
+            ),
+            Some(AUDITOR),
+            "checkpoint_size",
+        ),
+    ];
+    for (uri, body, token, field) in &posts {
+        let (status, value) = send(&app, Call::post(uri, *token, body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}: {value}");
+        let message = error_of(&value).error.message;
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{uri} {body}: {message}"
+        );
+    }
+    // Members typed integer (or string, or object) refuse `null`, as the schema says.
+    let nulls = [
+        r#"{"events":[{"json":1}],"expected_offset":null}"#,
+        r#"{"events":[{"json":1}],"idempotency":null}"#,
+        r#"{"events":[{"json":1}],"purpose":null}"#,
+        r#"{"events":[{"base64":null}]}"#,
+    ];
+    for body in nulls {
+        let (status, value) = send(&app, Call::post("/v1/streams/5001/append", w, body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {value}");
+    }
+    let null_size = format!(
+        r#"{{"scope":"s","passed":true,"report_sha256":"{}","checkpoint_size":null}}"#,
+        "a".repeat(64)
+    );
+    let (status, value) = send(
+        &app,
+        Call::post("/v1/verifications", Some(AUDITOR), &null_size),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    // Consistency: a start of 0, or beyond the latest certificate, is refused naming
+    // the API's parameter, never a command-line flag.
+    for (uri, status) in [
+        ("/v1/consistency?from=0", StatusCode::BAD_REQUEST),
+        ("/v1/consistency?from=9", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (got, value) = send(&app, Call::get(uri, w)).await;
+        assert_eq!(got, status, "{uri}: {value}");
+        let message = error_of(&value).error.message;
+        assert!(
+            message.starts_with("from: ") && !message.contains("--"),
+            "{uri}: {message}"
+        );
+    }
+    // Nothing was appended, and the trail holds no number above i64::MAX.
+    assert_eq!(node.lock().log.len(), 1);
+    assert_trail_fits_i64(&node);
+    // The largest accepted value passes the edge (and reaches the node).
+    let max = crate::bounds::EDGE_INTEGER_MAX;
+    let (status, value) = send(&app, Call::get(&format!("/v1/streams/{max}/events"), w)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+}
+
+// Goal: an append of more events than one op carries, or of an event above the largest
+// event size, is a 400 naming the limit (the limits the docs and OpenAPI state).
+#[tokio::test]
+async fn append_limits_are_refused_at_the_edge() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(node.clone());
+    let many = vec![r#"{"json":1}"#; api::APPEND_EVENTS_MAX + 1].join(",");
+    let body = format!(r#"{{"events":[{many}]}}"#);
+    let (status, value) = send(
+        &app,
+        Call::post("/v1/streams/1/append", Some(WRITER), &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    assert!(error_of(&value).error.message.contains("4096"), "{value}");
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; api::EVENT_BYTES_MAX + 1]);
+    let body = format!(r#"{{"events":[{{"base64":"{big}"}}]}}"#);
+    let (status, value) = send(
+        &app,
+        Call::post("/v1/streams/1/append", Some(WRITER), &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    assert!(
+        error_of(&value).error.message.contains("events[0]"),
+        "{value}"
+    );
+    assert!(node.lock().log.is_empty());
+    let openapi = super::openapi::document();
+    let append = &openapi["components"]["schemas"]["AppendRequest"]["properties"]["events"];
+    assert_eq!(append["maxItems"], json!(api::APPEND_EVENTS_MAX));
+}
+
+// Goal: only the auditor role may record a verification, and never with a checkpoint
+// beyond the replica's log.
+#[tokio::test]
+async fn only_auditors_record_verifications_within_the_log() {
+    let node = Arc::new(FakeNode::default());
+    node.push(1, b"a");
+    node.push(1, b"b");
+    let app = app(node.clone());
+    let record = |size: u64| {
+        format!(
+            r#"{{"scope":"s","passed":true,"report_sha256":"{}","checkpoint_size":{size}}}"#,
+            "a".repeat(64)
+        )
+    };
+    for token in [WRITER, READER] {
+        let (status, value) = send(
+            &app,
+            Call::post("/v1/verifications", Some(token), &record(1)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{token}: {value}");
+    }
+    let (status, value) = send(
+        &app,
+        Call::post("/v1/verifications", Some(AUDITOR), &record(3)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{value}");
+    assert!(error_of(&value).error.message.contains("beyond"), "{value}");
+    let (status, value) = send(
+        &app,
+        Call::post("/v1/verifications", Some(AUDITOR), &record(2)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+}
+
+// ------------------------------------------------- byte-exact json events (issue 9, defect 2)
+
+/// Appends `json` as the one event's `json` member and returns the stored bytes.
+async fn store_json(app: &Router, node: &FakeNode, stream: u64, json: &str) -> Bytes {
+    let body = format!(r#"{{"events":[{{"json":{json}}}]}}"#);
+    let uri = format!("/v1/streams/{stream}/append");
+    let (status, value) = send(app, Call::post(&uri, Some(WRITER), &body)).await;
+    assert_eq!(status, StatusCode::OK, "{json}: {value}");
+    node.lock().streams[&stream]
+        .last()
+        .cloned()
+        .expect("stored")
+}
+
+// Goal: a real FHIR Observation keeps its decimals (`-96.17060814119407`, `1.50`), key
+// order and spacing byte for byte, and reads back the same bytes through the API.
+#[tokio::test]
+async fn fhir_observation_is_stored_byte_for_byte() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(node.clone());
+    let observation = r#"{"resourceType":"Observation","id":"f-1","status":"final",
+  "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
+  "valueQuantity":{"value":1.50,"unit":"mg/dL"},
+  "component":[{"valueQuantity":{"value": -96.17060814119407}}],
+  "note":[{"text":"caf\u00e9 \/ 12345678901234567890123"}],"z":1,"a":2}"#;
+    let stored = store_json(&app, &node, 9, observation).await;
+    assert_eq!(stored, Bytes::from(observation), "stored bytes differ");
+    let (status, events) = send(&app, Call::get("/v1/streams/9/events", Some(READER))).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = events["events"][0]["base64"].as_str().expect("base64");
+    let read = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64");
+    assert_eq!(read, observation.as_bytes(), "read-back bytes differ");
+    // `null` is a JSON value too, stored as itself.
+    assert_eq!(
+        store_json(&app, &node, 9, "null").await,
+        Bytes::from("null")
+    );
+}
+
+fn json_number() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("1.50".to_string()),
+        Just("-0.0".to_string()),
+        Just("1e400".to_string()),
+        Just("-96.17060814119407".to_string()),
+        Just("123456789012345678901234567890".to_string()),
+        Just("0".to_string()),
+        "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+    ]
+}
+
+fn json_string() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        prop_oneof![
+            "[a-zA-Z0-9 ]{1,5}",
+            Just("\\u00e9".to_string()),
+            Just("\\/".to_string()),
+            Just("\\\"".to_string()),
+            Just("\\n".to_string()),
+            Just("é".to_string()),
+        ],
+        0..4,
+    )
+    .prop_map(|parts| format!("\"{}\"", parts.concat()))
+}
+
+/// JSON texts with every number form, escapes, key orders and inner whitespace.
+fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let space = prop_oneof![Just(""), Just(" "), Just("\n  "), Just("\t")];
+    let leaf = prop_oneof![
+        json_number(),
+        json_string(),
+        Just("true".to_string()),
+        Just("null".to_string()),
+    ];
+    leaf.prop_recursive(3, 24, 4, move |inner| {
+        let space = space.clone();
+        prop_oneof![
+            (proptest::collection::vec((json_string(), inner.clone(), space.clone()), 0..4))
+                .prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v, s)| format!("{s}{k}{s}:{s}{v}{s}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            (proptest::collection::vec((inner, space), 0..4)).prop_map(|items| {
+                let items: Vec<String> =
+                    items.into_iter().map(|(v, s)| format!("{s}{v}")).collect();
+                format!("[{}]", items.join(","))
+            }),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    // Goal (P9): any JSON text appended as `json` reads back byte for byte.
+    #[test]
+    fn json_events_read_back_byte_for_byte(text in json_text()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let node = Arc::new(FakeNode::default());
+        let app = app(node.clone());
+        let stored = runtime.block_on(store_json(&app, &node, 3, &text));
+        proptest::prop_assert_eq!(stored, Bytes::from(text));
+    }
+}
+
+// ------------------------------------------------- pre-auth stalls (issue 9, defect 5)
+
+/// A body that sends `head` and then never ends.
+fn stalled_body(head: &'static str) -> Body {
+    let first =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) });
+    Body::from_stream(first.chain(futures_util::stream::pending()))
+}
+
+// Goal: a body that does not arrive within the deadline is cut with 408, at the primary
+// and at a backup (which reads it only for an authorized caller).
+#[tokio::test]
+async fn slow_body_is_cut_after_the_deadline() {
+    let primary = Arc::new(FakeNode::default());
+    let primary_app =
+        router(state_with(primary.clone(), Vec::new()).with_body_read_timeout_ms(200));
+    let base = serve_plain(primary_app.clone()).await;
+    let backup = Arc::new(FakeNode::default());
+    backup.set_mode(Mode::NotPrimary(Some(1)));
+    let backup_app = router(state_with(backup, vec![(1, base)]).with_body_read_timeout_ms(200));
+    for app in [&primary_app, &backup_app] {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/streams/1/append")
+            .header(header::AUTHORIZATION, format!("Bearer {WRITER}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(stalled_body(r#"{"events":["#))
+            .expect("request");
+        let started = Instant::now();
+        let response = tokio::time::timeout(WAIT, app.clone().oneshot(request))
+            .await
+            .expect("a slow body is cut, not waited for")
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert!(primary.lock().log.is_empty());
+}
+
+// Goal: a backup never reads a refused caller's body: a tokenless request with a body that
+// never ends is answered 401 at once, and the primary records the refusal in the trail.
+#[tokio::test]
+async fn backup_refuses_tokenless_request_without_reading_its_body() {
+    let primary = Arc::new(FakeNode::default());
+    let base = serve_plain(app(primary.clone())).await;
+    let backup = Arc::new(FakeNode::default());
+    backup.set_mode(Mode::NotPrimary(Some(1)));
+    let backup_app = router(state_with(backup, vec![(1, base)]));
+    for token in [None, Some("vlm_nope"), Some(READER)] {
+        let mut builder = Request::builder()
+            .method("POST")
+            .uri("/v1/streams/1/append")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder.body(stalled_body("{")).expect("request");
+        let response =
+            tokio::time::timeout(Duration::from_secs(3), backup_app.clone().oneshot(request))
+                .await
+                .expect("answered without waiting for the body")
+                .expect("infallible");
+        let expected = if token == Some(READER) { 403 } else { 401 };
+        assert_eq!(response.status().as_u16(), expected, "{token:?}");
+    }
+    let trail = primary.lock().trail.clone();
+    assert_eq!(
+        trail.len(),
+        3,
+        "each refusal is recorded at the primary: {trail:?}"
+    );
+    assert!(
+        trail.iter().all(|e| e.outcome.starts_with("denied")),
+        "{trail:?}"
+    );
+}
+
+/// A TLS client trusting the test certificate.
+fn tls_connector(pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+// Goal: 256 stalled tokenless connections from one address against a backup do not stop
+// a legitimate client (another address) from being served within a short bound.
+#[tokio::test]
+async fn stalled_tokenless_connections_do_not_starve_a_backup() {
+    use tokio::io::AsyncWriteExt as _;
+    const STALLED: usize = 256;
+    let primary = Arc::new(FakeNode::default());
+    primary.push(1, b"x");
+    let base = serve_plain(app(primary.clone())).await;
+    let (tls, pem) = tls_config();
+    let backup = Arc::new(FakeNode::default());
+    backup.set_mode(Mode::NotPrimary(Some(1)));
+    let config = super::ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tls,
+        tokens: tokens(),
+        peer_api: vec![(1, base)],
+        ca_pem: Vec::new(),
+    };
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let handle = super::serve(config, backup, shutdown).await.expect("serve");
+    let addr = handle.local_addr;
+    let connector = tls_connector(&pem);
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stalled = Vec::new();
+    let started = Instant::now();
+    // Half stall in the body of a tokenless append (127.0.0.2), half send no
+    // request at all and hold their connection (127.0.0.3).
+    let mut silent_served = 0;
+    for i in 0..STALLED {
+        if started.elapsed() > WAIT {
+            break;
+        }
+        let silent = i % 2 == 1;
+        let from = if silent { "127.0.0.3:0" } else { "127.0.0.2:0" };
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(from.parse().expect("addr"))
+            .expect("bind a loopback address");
+        let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(1), socket.connect(addr)).await
+        else {
+            continue;
+        };
+        let handshake =
+            tokio::time::timeout(Duration::from_secs(1), connector.connect(name.clone(), tcp));
+        let Ok(Ok(mut tls)) = handshake.await else {
+            continue; // Closed on accept: this address has its share.
+        };
+        if silent {
+            silent_served += 1;
+        } else {
+            let head = "POST /v1/streams/1/append HTTP/1.1\r\nhost: localhost\r\n\
+                        content-type: application/json\r\ncontent-length: 1000000\r\n\r\n{";
+            let _ = tls.write_all(head.as_bytes()).await;
+        }
+        stalled.push(tls);
+    }
+    assert!(
+        silent_served <= super::CONNECTIONS_PER_ADDRESS_MAX,
+        "{silent_served} silent connections from one address were served"
+    );
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let served = Instant::now();
+    let answer = client
+        .get(format!("https://localhost:{}/v1/log", addr.port()))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .expect("the legitimate client is served");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    assert!(
+        served.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        served.elapsed()
+    );
+    // The stalled requests were refused at once (their bodies never read) and
+    // recorded at the primary, each as one bounded trail record.
+    let denied = primary
+        .lock()
+        .trail
+        .iter()
+        .filter(|e| e.outcome.starts_with("denied"))
+        .count();
+    assert!((1..=STALLED / 2).contains(&denied), "{denied}");
+    drop(stalled);
+    stop.send(true).expect("server listening");
+    tokio::time::timeout(WAIT, handle.join())
+        .await
+        .expect("server stops");
 }

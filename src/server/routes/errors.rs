@@ -62,6 +62,14 @@ impl ApiError {
             format!("the request body is larger than {limit} bytes"),
         )
     }
+    /// 408 `request_timeout`: the body did not arrive in time.
+    pub fn request_timeout(timeout_ms: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            code::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {timeout_ms} ms"),
+        )
+    }
     /// 503 `unavailable`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, message)

@@ -33,9 +33,10 @@ pub struct Touched {
 /// such as `TREAT`, or free text, clipped), recorded in the access trail.
 pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
 
-/// The guard of every protected route (P7): at a backup, forwards the whole
-/// request to the primary (which authenticates and records it); at the
-/// primary, authenticates the bearer token, checks the role, runs the
+/// The guard of every protected route (P7): authenticates the bearer token
+/// and checks the role before any body is read; at a backup, forwards the
+/// request to the primary (which authenticates again and records it; a
+/// refused caller's body is not read nor relayed); at the primary, runs the
 /// handler, and records one access-trail event — also for a refused or
 /// denied attempt — before the answer goes out. If the event cannot be
 /// recorded the answer is withheld (503): no access goes unrecorded.
@@ -57,12 +58,22 @@ pub(crate) async fn authorize(
         );
         return ApiError::forbidden("this route has no access rule").into_response();
     };
-    let request = match crate::server::forward::forward_if_backup(&state, request).await {
+    // The token and role are checked before any body is read, on every
+    // replica (P10): a stranger's body is never read, at a backup neither.
+    let authenticated = bearer_principal(&state.tokens, request.headers());
+    let relay_body = authenticated
+        .as_ref()
+        .is_ok_and(|principal| principal.role.allows(action));
+    // At a backup the request goes to the primary, which checks the token
+    // again and records the access (also a refused one) in the trail; a
+    // refused caller's request goes there without its body.
+    let request = match crate::server::forward::forward_if_backup(&state, request, relay_body).await
+    {
         Ok(request) => request,
         Err(answer) => return answer,
     };
     let mut trail = TrailEntry::new(action, &request);
-    let principal = match bearer_principal(&state.tokens, request.headers()) {
+    let principal = match authenticated {
         Ok(principal) => principal,
         Err(error) => {
             trail.deny("anonymous", "none", &error);
@@ -166,6 +177,19 @@ impl TrailEntry {
     /// in its place when it could not be recorded.
     async fn record_then(mut self, state: &AppState, answer: Response) -> Response {
         self.event.action = self.action;
+        // The audit index stores these in signed 64-bit integers: a larger
+        // one must never enter the trail (it once stopped the index). The
+        // handlers refuse such inputs, so this only catches a bug.
+        for number in [
+            &mut self.event.stream,
+            &mut self.event.from,
+            &mut self.event.to,
+        ] {
+            if number.is_some_and(|n| n > crate::bounds::EDGE_INTEGER_MAX) {
+                tracing::error!(?number, "a trail number above i64::MAX was dropped");
+                *number = None;
+            }
+        }
         tracing::info!(
             principal = %self.event.principal,
             action = self.event.action.as_str(),
@@ -217,11 +241,10 @@ fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principa
         .ok_or_else(|| ApiError::unauthorized("unknown bearer token"))
 }
 
-/// The stream id in `/v1/streams/{stream}/...`, for logs.
+/// The stream id in `/v1/streams/{stream}/...`, for the trail: read with
+/// the same canonical parse as the handlers, so a number the handlers
+/// would refuse (above i64::MAX, `+5`, `05`) is never recorded; None then.
 fn stream_in_path(path: &str) -> Option<u64> {
-    path.strip_prefix("/v1/streams/")?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
+    let text = path.strip_prefix("/v1/streams/")?.split('/').next()?;
+    crate::bounds::parse_canonical("stream", text).ok()
 }

@@ -3,6 +3,7 @@
 //! the trail guard what it touched ([`Touched`]).
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::errors::ApiError;
-use super::extract::{ApiPath, ApiQuery, JsonBody};
+use super::extract::{ApiPath, ApiQuery, JsonBody, edge_number, edge_optional, edge_value};
 use super::guard::Touched;
 use super::{AppState, PURPOSE_BYTES_MAX, READ_EVENTS_DEFAULT, run_blocking};
 use crate::api::{
@@ -23,38 +24,52 @@ use crate::server::node::AppendCall;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StreamPath {
-    stream: u64,
+    // Path and query numbers are taken as text and parsed by
+    // `edge_number`: one spelling, at most i64::MAX, a 400 naming the field.
+    stream: String,
+}
+
+impl StreamPath {
+    fn stream(&self) -> Result<u64, ApiError> {
+        edge_number("stream", &self.stream)
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProofPath {
-    stream: u64,
-    offset: u64,
+    stream: String,
+    offset: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReadQuery {
-    from: Option<u64>,
-    max: Option<u64>,
+    from: Option<String>,
+    max: Option<String>,
 }
 
 impl ReadQuery {
-    fn window(&self) -> (u64, u64) {
-        let max = self
-            .max
-            .unwrap_or(READ_EVENTS_DEFAULT)
-            .min(api::READ_EVENTS_MAX);
-        (self.from.unwrap_or(0), max)
+    /// (from, max); `max` above [`api::READ_EVENTS_MAX`] is refused, as the
+    /// OpenAPI document says, rather than silently clamped.
+    fn window(&self) -> Result<(u64, u64), ApiError> {
+        let from = edge_optional("from", self.from.as_deref())?.unwrap_or(0);
+        let max = edge_optional("max", self.max.as_deref())?.unwrap_or(READ_EVENTS_DEFAULT);
+        if max > api::READ_EVENTS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "max: {max} is above the largest page, {} events",
+                api::READ_EVENTS_MAX
+            )));
+        }
+        Ok((from, max))
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsistencyQuery {
-    from: u64,
-    to: Option<u64>,
+    from: String,
+    to: Option<String>,
 }
 
 pub(crate) async fn append(
@@ -63,13 +78,13 @@ pub(crate) async fn append(
     ApiPath(path): ApiPath<StreamPath>,
     body: JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
-    let call = append_call(path.stream, &body.value)?;
+    let call = append_call(path.stream()?, &body.value)?;
     let purpose = body
         .value
         .purpose
         .as_deref()
         .map(vellum_compliance::trail::clip_text);
-    tracing::debug!(principal = %principal.name, stream = path.stream, "append");
+    tracing::debug!(principal = %principal.name, stream = call.stream, "append");
     match run_blocking(&state, move |node| node.append(call)).await? {
         Ok(receipt) => {
             let touched = Touched {
@@ -90,6 +105,13 @@ fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiEr
     if request.events.is_empty() {
         return Err(ApiError::bad_request("events must hold at least one event"));
     }
+    if request.events.len() > api::APPEND_EVENTS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "events: {} events, more than the {} one append may carry",
+            request.events.len(),
+            api::APPEND_EVENTS_MAX
+        )));
+    }
     if request
         .purpose
         .as_ref()
@@ -105,20 +127,34 @@ fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiEr
         .enumerate()
         .map(|(i, event)| event_bytes(i, event))
         .collect::<Result<Vec<Bytes>, ApiError>>()?;
+    if let Some((i, event)) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.len() > api::EVENT_BYTES_MAX)
+    {
+        return Err(ApiError::bad_request(format!(
+            "events[{i}]: {} bytes, more than the largest event, {} bytes",
+            event.len(),
+            api::EVENT_BYTES_MAX
+        )));
+    }
     let idempotency = request.idempotency.as_ref().map(idempotency).transpose()?;
+    let expected_offset = request
+        .expected_offset
+        .map(|offset| edge_value("expected_offset", offset))
+        .transpose()?;
     Ok(AppendCall {
         stream,
         events,
-        expected_offset: request.expected_offset,
+        expected_offset,
         idempotency,
     })
 }
 
 fn event_bytes(index: usize, event: &EventIn) -> Result<Bytes, ApiError> {
     match (&event.json, &event.base64) {
-        (Some(value), None) => serde_json::to_vec(value)
-            .map(Bytes::from)
-            .map_err(|e| ApiError::bad_request(format!("events[{index}].json: {e}"))),
+        // The member's bytes exactly as sent (P9), never re-serialized.
+        (Some(raw), None) => Ok(Bytes::copy_from_slice(raw.get().as_bytes())),
         (None, Some(text)) => base64::engine::general_purpose::STANDARD
             .decode(text)
             .map(Bytes::from)
@@ -157,7 +193,7 @@ fn idempotency(key: &IdempotencyKey) -> Result<(u128, u64), ApiError> {
             "idempotency.request must be at least 1",
         ));
     }
-    Ok((session, key.request))
+    Ok((session, edge_value("idempotency.request", key.request)?))
 }
 
 /// Puts what a handler touched into its response, for the access trail.
@@ -171,8 +207,8 @@ pub(crate) async fn read_stream(
     ApiPath(path): ApiPath<StreamPath>,
     ApiQuery(query): ApiQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, max) = query.window();
-    let stream = path.stream;
+    let stream = path.stream()?;
+    let (from, max) = query.window()?;
     let events = run_blocking(&state, move |node| node.read_stream(stream, from, max))
         .await?
         .map_err(ApiError::from_node)?;
@@ -196,7 +232,7 @@ pub(crate) async fn read_log(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, max) = query.window();
+    let (from, max) = query.window()?;
     let events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
         .map_err(ApiError::from_node)?;
@@ -219,13 +255,15 @@ pub(crate) async fn proof(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<ProofPath>,
 ) -> Result<Response, ApiError> {
-    let proof = run_blocking(&state, move |node| node.proof(path.stream, path.offset))
+    let stream = edge_number("stream", &path.stream)?;
+    let offset = edge_number("offset", &path.offset)?;
+    let proof = run_blocking(&state, move |node| node.proof(stream, offset))
         .await?
         .map_err(ApiError::from_node)?;
     let touched = Touched {
-        stream: Some(path.stream),
-        from: Some(path.offset),
-        to: Some(path.offset.saturating_add(1)),
+        stream: Some(stream),
+        from: Some(offset),
+        to: Some(offset.saturating_add(1)),
         purpose: None,
         detail: None,
     };
@@ -239,10 +277,29 @@ pub(crate) async fn consistency(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<api::ConsistencyAnswer>, ApiError> {
-    if query.to.is_some_and(|to| to < query.from) {
+    let from = edge_number("from", &query.from)?;
+    let to = edge_optional("to", query.to.as_deref())?;
+    if to.is_some_and(|to| to < from) {
         return Err(ApiError::bad_request("from must not be greater than to"));
     }
-    let answer = run_blocking(&state, move |node| node.consistency(query.from, query.to))
+    if from == 0 {
+        return Err(ApiError::bad_request(
+            "from: a consistency proof starts at a tree size of at least 1",
+        ));
+    }
+    // Checked here, so the answer names the API's parameters (the log's own
+    // message is written for the command line).
+    if to.is_none() {
+        let latest = run_blocking(&state, |node| node.certificate().map(|(size, _)| size)).await?;
+        if let Some(size) = latest.filter(|size| from > *size) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                api::code::REFUSED,
+                format!("from: tree size {from} is beyond the latest certificate's size {size}"),
+            ));
+        }
+    }
+    let answer = run_blocking(&state, move |node| node.consistency(from, to))
         .await?
         .map_err(ApiError::from_node)?;
     Ok(Json(answer))
@@ -265,6 +322,9 @@ pub(crate) async fn export_events(
     body: JsonBody<api::ExportEventsRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.value;
+    edge_value("stream", request.stream)?;
+    edge_value("from", request.from)?;
+    edge_value("to", request.to)?;
     if request.to <= request.from {
         return Err(ApiError::bad_request("to must be greater than from"));
     }
@@ -304,16 +364,18 @@ pub(crate) async fn export_events(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
-    from_ns: Option<u64>,
-    to_ns: Option<u64>,
-    stream: Option<u64>,
+    from_ns: Option<String>,
+    to_ns: Option<String>,
+    stream: Option<String>,
 }
 
 pub(crate) async fn export_audit(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let (from_ns, to_ns, stream) = (query.from_ns, query.to_ns, query.stream);
+    let from_ns = edge_optional("from_ns", query.from_ns.as_deref())?;
+    let to_ns = edge_optional("to_ns", query.to_ns.as_deref())?;
+    let stream = edge_optional("stream", query.stream.as_deref())?;
     let (source, records) = run_blocking(&state, move |node| {
         node.audit_records(from_ns, to_ns, stream)
     })
@@ -339,9 +401,23 @@ pub(crate) async fn export_audit(
 /// Records a verification run in the access trail: its scope, result,
 /// the SHA-256 of the report file and the checkpoint it reached.
 pub(crate) async fn record_verification(
+    State(state): State<AppState>,
     body: JsonBody<api::VerificationRecord>,
 ) -> Result<Response, ApiError> {
     let record = body.value;
+    if let Some(size) = record.checkpoint_size {
+        edge_value("checkpoint_size", size)?;
+        let committed = run_blocking(&state, |node| node.committed_events()).await?;
+        if size > committed {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                api::code::REFUSED,
+                format!(
+                    "checkpoint_size: {size} is beyond this log, which has {committed} committed events"
+                ),
+            ));
+        }
+    }
     let hash_ok = record.report_sha256.len() == 64
         && record.report_sha256.bytes().all(|b| b.is_ascii_hexdigit());
     if !hash_ok {

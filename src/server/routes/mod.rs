@@ -212,6 +212,8 @@ pub struct AppState {
     pub(crate) forwarder: Forwarder,
     pub(crate) counters: Arc<Counters>,
     pub(crate) heartbeat_ms: u64,
+    /// A request body must arrive within this time (408 otherwise).
+    pub(crate) body_read_timeout_ms: u64,
     pub(crate) subscriptions: Arc<Semaphore>,
 }
 
@@ -230,8 +232,15 @@ impl AppState {
             forwarder: Forwarder::new(peer_api, ca_pem)?,
             counters: Arc::new(Counters::new()),
             heartbeat_ms: HEARTBEAT_MS,
+            body_read_timeout_ms: super::BODY_READ_TIMEOUT_MS,
             subscriptions: Arc::new(Semaphore::new(SUBSCRIPTIONS_MAX)),
         })
+    }
+
+    /// Changes the body-read deadline (tests use a short one).
+    pub fn with_body_read_timeout_ms(mut self, timeout_ms: u64) -> AppState {
+        self.body_read_timeout_ms = timeout_ms.max(1);
+        self
     }
 
     /// Changes the idle-subscription heartbeat period (tests use a short one).
