@@ -297,12 +297,18 @@ pub fn replica_client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// The HTTP API server: no client auth, ALPN `http/1.1`, TLS 1.2 and 1.3.
+/// The HTTP API server: ALPN `http/1.1`, TLS 1.2 and 1.3. Client
+/// certificates are optional: clients use bearer tokens; a peer replica
+/// that forwards a request presents its certificate (verified against the
+/// CA), which is what lets the server trust the client address it names.
 pub fn api_server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = material.chain_and_key()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(material.roots()?, provider())
+        .allow_unauthenticated()
+        .build()?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

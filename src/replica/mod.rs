@@ -146,6 +146,7 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         tokens,
         peer_api: (0u8..).zip(config.api_urls()).collect(),
         ca_pem: material.ca_pem.clone(),
+        identity: Some(material.clone()),
     };
     let node = Arc::new(ReplicaNode::new(
         Arc::clone(&log),

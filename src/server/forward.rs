@@ -96,6 +96,7 @@ pub struct Forwarder {
     /// timeout, an idle bound instead.
     streaming: reqwest::Client,
     peers: std::sync::Arc<Vec<(u8, String)>>,
+    ca_pem: std::sync::Arc<Vec<u8>>,
 }
 
 impl Forwarder {
@@ -108,6 +109,7 @@ impl Forwarder {
             .build()
             .map_err(|e| ServerError::Forwarder(e.to_string()))?;
         Ok(Forwarder {
+            ca_pem: std::sync::Arc::new(ca_pem.to_vec()),
             streaming,
             peers: std::sync::Arc::new(peers),
         })
@@ -173,6 +175,23 @@ impl Forwarder {
                 .insert(header::CONTENT_TYPE, content_type);
         }
         Ok(answer)
+    }
+}
+
+impl Forwarder {
+    /// The same forwarder, presenting `identity_pem` (certificate chain and
+    /// key, PEM) to the primary, so the primary trusts the client address
+    /// it names.
+    pub fn with_identity(self, identity_pem: &[u8]) -> Result<Forwarder, ServerError> {
+        let identity = reqwest::Identity::from_pem(identity_pem)
+            .map_err(|e| ServerError::Forwarder(format!("bad forwarding identity PEM: {e}")))?;
+        let streaming = client_builder(&self.ca_pem)?
+            .identity(identity)
+            .connect_timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
+            .read_timeout(Duration::from_millis(FORWARD_STREAM_IDLE_MS))
+            .build()
+            .map_err(|e| ServerError::Forwarder(e.to_string()))?;
+        Ok(Forwarder { streaming, ..self })
     }
 }
 

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub peer_api: Vec<(u8, String)>,
     /// The cluster CA (PEM) that signs the peers' API certificates.
     pub ca_pem: Vec<u8>,
+    /// This replica's TLS material, whose certificate it presents when it
+    /// forwards a request to the primary; None: none (tests).
+    pub identity: Option<crate::net::tls::TlsMaterial>,
 }
 
 /// Why the server could not start.
@@ -120,7 +123,8 @@ pub async fn serve(
     node: Arc<dyn node::Node>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ServeHandle, ServerError> {
-    let state = AppState::new(node, config.tokens, config.peer_api, &config.ca_pem)?;
+    let state = AppState::new(node, config.tokens, config.peer_api, &config.ca_pem)?
+        .with_forwarding_identity(config.identity.as_ref())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -238,6 +242,12 @@ impl Drop for AddressSlot {
     }
 }
 
+/// The replica at the other end of a connection that presented a replica
+/// certificate signed by the cluster CA: only such a peer may name the
+/// client it forwards for (`forward::CLIENT_ADDR_HEADER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerReplica(pub u8);
+
 /// The TCP peer of the connection a request came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
@@ -262,8 +272,18 @@ async fn serve_connection(
             return;
         }
     };
-    // The caller's address travels with each request into the access trail.
-    let app = app.layer(axum::Extension(RemoteAddr(peer)));
+    // The caller's address travels with each request into the access trail,
+    // and so does the replica it is, if it proved one.
+    let replica = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::net::tls::peer_replica_index(leaf.as_ref()));
+    let mut app = app.layer(axum::Extension(RemoteAddr(peer)));
+    if let Some(replica) = replica {
+        app = app.layer(axum::Extension(PeerReplica(replica)));
+    }
     let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -1286,6 +1286,7 @@ async fn tls_end_to_end() {
         tokens: tokens(),
         peer_api: Vec::new(),
         ca_pem: pem.clone().into_bytes(),
+        identity: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node.clone(), shutdown)
@@ -1911,6 +1912,7 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         tokens: tokens(),
         peer_api: vec![(1, base)],
         ca_pem: Vec::new(),
+        identity: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, backup, shutdown).await.expect("serve");
@@ -1989,4 +1991,34 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
     tokio::time::timeout(WAIT, handle.join())
         .await
         .expect("server stops");
+}
+
+// Goal: the forwarded-client address header is honored only from a peer that proved it is
+// a replica (its certificate); a client setting it cannot put an address in the trail.
+#[tokio::test]
+async fn client_address_header_is_honored_only_from_a_replica() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(node.clone());
+    let peer: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+    for from_replica in [false, true] {
+        let mut request = Call::get("/v1/log", Some(READER)).request();
+        request.headers_mut().insert(
+            super::forward::CLIENT_ADDR_HEADER,
+            "203.0.113.9:1".parse().expect("header"),
+        );
+        request.extensions_mut().insert(super::RemoteAddr(peer));
+        if from_replica {
+            request.extensions_mut().insert(super::PeerReplica(1));
+        }
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let remotes: Vec<Option<String>> = node.lock().trail.iter().map(|e| e.remote.clone()).collect();
+    assert_eq!(
+        remotes,
+        vec![
+            Some("127.0.0.1:4000".to_string()),
+            Some("203.0.113.9:1 via 127.0.0.1:4000".to_string())
+        ]
+    );
 }

@@ -116,9 +116,16 @@ impl TrailEntry {
             .extensions()
             .get::<crate::server::RemoteAddr>()
             .map(|r| r.0.to_string());
-        // A backup that forwarded the request names the client it came from.
+        // A backup that forwarded the request names the client it came
+        // from; only a peer that proved it is a replica (its certificate)
+        // may, never a client.
+        let from_replica = request
+            .extensions()
+            .get::<crate::server::PeerReplica>()
+            .is_some();
         let via = headers
             .get(crate::server::forward::CLIENT_ADDR_HEADER)
+            .filter(|_| from_replica)
             .and_then(|v| v.to_str().ok());
         let remote = match (peer, via) {
             (Some(peer), Some(client)) => Some(clip_text(&format!("{client} via {peer}"))),

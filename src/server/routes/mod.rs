@@ -237,6 +237,26 @@ impl AppState {
         })
     }
 
+    /// Makes forwarded requests present this replica's certificate (from
+    /// `identity`) to the primary; None: none.
+    pub fn with_forwarding_identity(
+        mut self,
+        identity: Option<&crate::net::tls::TlsMaterial>,
+    ) -> Result<AppState, ServerError> {
+        if let Some(material) = identity {
+            let pem = zeroize::Zeroizing::new(
+                [
+                    material.cert_pem.as_slice(),
+                    b"\n",
+                    material.key_pem.as_slice(),
+                ]
+                .concat(),
+            );
+            self.forwarder = self.forwarder.with_identity(&pem)?;
+        }
+        Ok(self)
+    }
+
     /// Changes the body-read deadline (tests use a short one).
     pub fn with_body_read_timeout_ms(mut self, timeout_ms: u64) -> AppState {
         self.body_read_timeout_ms = timeout_ms.max(1);
