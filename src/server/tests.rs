@@ -2022,3 +2022,31 @@ async fn client_address_header_is_honored_only_from_a_replica() {
         ]
     );
 }
+
+// Goal: the router is built from the route table: every row is served with its method
+// (never 404 or 405), and its access rule holds (a protected row without a token is 401).
+#[tokio::test]
+async fn router_serves_exactly_the_route_table() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(node);
+    for spec in ROUTES {
+        let uri = spec.path.replace("{stream}", "1").replace("{offset}", "0");
+        let request = Request::builder()
+            .method(spec.method)
+            .uri(&uri)
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{} {uri}: {status}",
+            spec.method
+        );
+        if spec.action.is_some() {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{} {uri}", spec.method);
+        } else {
+            assert_eq!(status, StatusCode::OK, "{} {uri}", spec.method);
+        }
+    }
+}
