@@ -54,7 +54,9 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
 /// Most connections served at once from one remote IP address; more are
 /// closed on accept, so one address cannot take all [`CONNECTIONS_MAX`].
-pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 64;
+/// A peer replica that proves itself (its certificate) is not counted once
+/// its handshake is done, so forwarded subscriptions are not capped.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = CONNECTIONS_MAX / 4;
 /// After shutdown, open connections get this long to finish in-flight requests.
 pub const SHUTDOWN_DRAIN_MS: u64 = 5_000;
 /// Idle subscriptions send a heartbeat this often.
@@ -192,8 +194,7 @@ async fn accept_loop(
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, peer, acceptor, app, shutdown).await;
-            drop(address_slot);
+            serve_connection(tcp, peer, acceptor, app, shutdown, address_slot).await;
             drop(permit);
         });
     }
@@ -259,6 +260,7 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     app: axum::Router,
     mut shutdown: watch::Receiver<bool>,
+    address_slot: AddressSlot,
 ) {
     let handshake = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
@@ -281,8 +283,11 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .and_then(|leaf| crate::net::tls::peer_replica_index(leaf.as_ref()));
     let mut app = app.layer(axum::Extension(RemoteAddr(peer)));
+    let mut address_slot = Some(address_slot);
     if let Some(replica) = replica {
         app = app.layer(axum::Extension(PeerReplica(replica)));
+        // A proven replica does not use up its address's share.
+        address_slot = None;
     }
     let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -306,4 +311,5 @@ async fn serve_connection(
     if tokio::time::timeout(drain, conn).await.is_err() {
         tracing::debug!(%peer, "api connection dropped after the shutdown drain time");
     }
+    drop(address_slot);
 }
