@@ -1963,7 +1963,7 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
         .resolve("localhost", addr)
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(8))
         .build()
         .expect("client");
     let served = Instant::now();
@@ -1974,8 +1974,9 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         .await
         .expect("the legitimate client is served");
     assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    // Well under the 10 s header and body deadlines: nothing waited for a staller.
     assert!(
-        served.elapsed() < Duration::from_secs(5),
+        served.elapsed() < Duration::from_secs(8),
         "{:?}",
         served.elapsed()
     );
