@@ -72,7 +72,16 @@ pub struct VerifyOptions {
     pub since: Option<KeptCheckpoint>,
     /// The replica may be running: see [`replica_checks`].
     pub live: bool,
+    /// With `live`: most commits the index may lag behind the log's newest
+    /// certificate before the index check fails (see [`LIVE_LAG_OPS_MAX_DEFAULT`]).
+    pub live_lag_ops_max: u64,
 }
+
+/// Default of `vellum verify --live --index-lag-max`: commits the audit
+/// index may trail the log's newest certificate by. The index applies a
+/// commit within a lazy record's sync delay (200 ms) of it; 1,000 commits
+/// is seconds of full load, while a stopped index falls behind for good.
+pub const LIVE_LAG_OPS_MAX_DEFAULT: u64 = 1_000;
 
 /// Verifies a data directory's log against `policy` and its index against the log.
 pub fn verify_data_dir(
@@ -85,6 +94,7 @@ pub fn verify_data_dir(
         index_url: index_url.map(str::to_string),
         since: None,
         live: false,
+        live_lag_ops_max: LIVE_LAG_OPS_MAX_DEFAULT,
     };
     verify_data_dir_with(data_dir, policy, &options, progress)
 }
@@ -101,7 +111,7 @@ pub fn verify_data_dir_with(
         data_dir,
         policy,
         options.index_url.as_deref(),
-        options.live,
+        options.live.then_some(options.live_lag_ops_max),
         progress,
     );
     let since = options.since.as_ref().and_then(|kept| {
@@ -129,22 +139,23 @@ pub fn verify_data_dir_with(
 /// a write in progress, not damage; and the index is compared with the log
 /// only up to the newest commit both hold (rows of later commits are left
 /// for the next run). Everything before that bound is checked as strictly
-/// as on a stopped replica.
+/// as on a stopped replica. `live` holds the most commits the index may lag
+/// the log's newest certificate by: beyond it the index check fails.
 pub fn replica_checks(
     data_dir: &Path,
     policy: &Policy,
     index_url: Option<&str>,
-    live: bool,
+    live: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> (Vec<Check>, LogVerification) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let mut checks = vec![check_meta(&dir, cluster)];
     let mut log = verify_log_dir(&dir.segments(), policy, progress);
-    if live {
+    if live.is_some() {
         relax_live_tail(&mut log.checks);
     }
-    if live || policy.verifiers.len() > 1 {
+    if live.is_some() || policy.verifiers.len() > 1 {
         // A replica of a cluster may hold prepared ops its certificates do
         // not cover yet (uncommitted, or committed but the certificate not
         // received): the cluster comparison checks them against the others.
@@ -166,7 +177,12 @@ pub fn replica_checks(
     };
     checks.push(index_check);
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
-        checks.push(check_trail_blocking(&target, cluster, &log.facts, live));
+        checks.push(check_trail_blocking(
+            &target,
+            cluster,
+            &log.facts,
+            live.is_some(),
+        ));
     }
     (checks, log)
 }
@@ -453,7 +469,7 @@ pub fn verify_cluster(
     setup: ClusterSetup,
     policy: &Policy,
     since: Option<&KeptCheckpoint>,
-    live: bool,
+    live: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let started = SystemTime::now();
@@ -551,7 +567,7 @@ fn check_index_blocking(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
-    live: bool,
+    live: Option<u64>,
 ) -> Check {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -568,12 +584,14 @@ fn check_index_blocking(
 }
 
 /// Compares every index row with the log: missing, extra and altered rows
-/// are failures naming the table and key.
+/// are failures naming the table and key. `live` (the most commits the
+/// index may lag by): compare up to the newest commit both hold, and fail
+/// when the index lags the log's newest certificate by more than that.
 pub async fn check_index(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
-    live: bool,
+    live: Option<u64>,
 ) -> Check {
     let mut check = Check::start("audit index");
     let index = match Index::open_existing(target, cluster).await {
@@ -584,9 +602,12 @@ pub async fn check_index(
         }
     };
     let bound = match live {
-        false => None,
-        true => match live_bound(&index, facts).await {
-            Ok(bound) => Some(bound),
+        None => None,
+        Some(lag_max) => match live_bound(&index, facts).await {
+            Ok(bound) => {
+                check_lag(facts, bound, lag_max, &mut check);
+                Some(bound)
+            }
             Err(e) => {
                 check.fail("index commits", crate::log::error_chain(&e));
                 return check.finish();
@@ -749,6 +770,22 @@ async fn compare_keys(
         }
     }
     Ok(())
+}
+
+/// Fails when the index's newest commit lags the log's newest certificate
+/// by more than `lag_max` commits: a frozen index must not pass as "live".
+fn check_lag(facts: &LogFacts, bound: LiveBound, lag_max: u64, check: &mut Check) {
+    let log_last = facts.commits.iter().map(|c| c.op).max().unwrap_or(0);
+    let lag = log_last.saturating_sub(bound.op);
+    if lag > lag_max {
+        check.fail(
+            "index commits",
+            format!(
+                "the index lags the log by {lag} commits (index at commit {}, log certified through commit {log_last}); at most {lag_max} allowed (--index-lag-max)",
+                bound.op
+            ),
+        );
+    }
 }
 
 /// How far a live run compares the index with the log.

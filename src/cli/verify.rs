@@ -79,6 +79,16 @@ pub struct VerifyArgs {
     /// are left for the next run). Everything before is checked in full.
     #[arg(long)]
     live: bool,
+    /// With --live: fail when a replica's audit index lags its log's newest
+    /// certificate by more than this many commits.
+    #[arg(
+        long,
+        value_name = "COMMITS",
+        default_value_t = crate::verify::LIVE_LAG_OPS_MAX_DEFAULT,
+        value_parser = crate::cli::number_flag,
+        requires = "live"
+    )]
+    index_lag_max: u64,
     /// Record this run (scope, result, SHA-256 of the report, checkpoint
     /// reached) in the cluster's access trail, through the API of the
     /// `vellum dev` cluster in DIR.
@@ -107,7 +117,12 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     "note: --index-url is not used with --cluster: each replica's config names its index"
                 );
             }
-            verify_cluster(cluster, &load_policy(policy_path)?, since, args.live)?
+            verify_cluster(
+                cluster,
+                &load_policy(policy_path)?,
+                since,
+                args.live.then_some(args.index_lag_max),
+            )?
         }
         (None, Some(data_dir)) => verify_dir(data_dir, &args, since)?,
         (None, None) => anyhow::bail!("give --data-dir DIR or --cluster C"),
@@ -205,6 +220,7 @@ fn verify_dir(
         index_url: args.index_url.clone(),
         since,
         live: args.live,
+        live_lag_ops_max: args.index_lag_max,
     };
     let progress = progress_bar(dir_bytes(&dir.segments()));
     let report =
@@ -217,7 +233,7 @@ fn verify_cluster(
     cluster: &Path,
     policy: &Policy,
     since: Option<KeptCheckpoint>,
-    live: bool,
+    live: Option<u64>,
 ) -> anyhow::Result<Report> {
     if !cluster.exists() {
         anyhow::bail!(
@@ -231,7 +247,7 @@ fn verify_cluster(
     // look like torn records (stop the cluster, or verify a copy).
     // With --live the replicas keep running and the checks allow for it.
     let mut locks = Vec::with_capacity(dirs.len());
-    for dir in dirs.iter().filter(|_| !live) {
+    for dir in dirs.iter().filter(|_| live.is_none()) {
         locks.push(lock_if_replica(dir)?);
     }
     let total = dirs

@@ -278,8 +278,13 @@ impl LocalLog {
         // call anything at or below it a torn tail (that would silently drop
         // an acknowledged event). A lagging index only lowers the floor.
         let mut storage_config = options.storage;
+        // The index holds a certificate's row only once its record was
+        // durable, so that record must still be in the log: a "torn" tail
+        // that would take it is damage, not an unfinished write.
         if let Some(certified) = indexer.as_ref().and_then(|i| i.status().last_commit) {
             storage_config.durable_op_floor = storage_config.durable_op_floor.max(certified);
+            storage_config.durable_certificate_floor =
+                storage_config.durable_certificate_floor.max(certified);
         }
         let (storage, recovery) = Storage::open(dir.root(), cluster, storage_config)?;
         let torn_tail = recovery.torn_tail.as_ref().map(|t| {
@@ -307,6 +312,12 @@ impl LocalLog {
             certificates: state.certificates.len() as u64,
             recertified: false,
         };
+        // Before the core commits anything: drop index rows the durable log
+        // does not back (an index written before rows waited for their
+        // certificate record), so the catch-up below can write the log's.
+        if let Some(indexer) = &indexer {
+            indexer.reconcile(state.index_backing());
+        }
         let durable = shell::load_state(&dir.root().join(VSR_STATE_FILE))?;
         // The saved commit is a lower bound the log must reach: beyond it,
         // the log lost committed ops or the file was edited. Refuse rather
@@ -478,15 +489,26 @@ impl LocalLog {
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.
         let tree_after = (state.tree.len(), state.tree.root());
-        if let Err(e) = self.storage.get().submit_lazy(cert_record, tree_after) {
-            state.poisoned = Some(e.to_string());
-            return Err(e.into());
-        }
+        let storage = self.storage.get();
+        let ticket = match storage.submit_lazy(cert_record, tree_after) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                state.poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
         if let Some(indexer) = &self.indexer {
             let mut batch = state.index_batch_for_commit(commit, time_ns);
-            self.add_access_rows(state, &mut batch);
-            indexer.send(batch);
+            self.add_access_rows_with(&storage, state, &mut batch);
+            // The rows wait for the certificate record (and so every op
+            // record before it) to be durable: the index never holds a
+            // certificate a crash could still take from the log.
+            let gate = indexer::DurableGate {
+                probe: storage.durable_probe(),
+                ticket,
+            };
+            indexer.send_gated(batch, Some(gate));
         }
         Ok(())
     }
@@ -516,6 +538,22 @@ impl LocalLog {
         drop(state);
         indexer.flush();
         Ok(())
+    }
+
+    /// Every index row of the ops covered by a certificate in the log (and
+    /// the certificates), in bounded batches: what a rebuilt index holds.
+    fn certified_index_batches(&self) -> Vec<crate::index::IndexBatch> {
+        let mut state = self.lock();
+        let commit = state.commit;
+        let certified = state.certificates.iter().map(|c| c.op).max().unwrap_or(0);
+        // A replica's tail after its last certificate may be uncommitted.
+        state.commit = commit.min(certified);
+        let mut batches = state.index_catch_up(None, None);
+        state.commit = commit;
+        for batch in &mut batches {
+            self.add_access_rows(&state, batch);
+        }
+        batches
     }
 
     /// Appends access-trail events (P7) to the system stream
@@ -671,6 +709,16 @@ impl LocalLog {
     /// that cannot be read is logged and left out; `vellum verify` reports
     /// the missing row.
     fn add_access_rows(&self, state: &LogState, batch: &mut crate::index::IndexBatch) {
+        self.add_access_rows_with(&self.storage.get(), state, batch);
+    }
+
+    /// [`LocalLog::add_access_rows`] through a storage borrow the caller holds.
+    fn add_access_rows_with(
+        &self,
+        storage: &Storage,
+        state: &LogState,
+        batch: &mut crate::index::IndexBatch,
+    ) {
         let trail = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
         let mut ops: Vec<u64> = batch
             .events
@@ -685,9 +733,9 @@ impl LocalLog {
             };
             // A backup may learn a commit before its own write of the op
             // reached the file: flush, then read.
-            let decrypted = self.decrypt_op_with_salts(&info).or_else(|_| {
-                self.storage.get().flush()?;
-                self.decrypt_op_with_salts(&info)
+            let decrypted = self.decrypt_op_with_salts_in(storage, &info).or_else(|_| {
+                storage.flush()?;
+                self.decrypt_op_with_salts_in(storage, &info)
             });
             match decrypted {
                 Ok(events) => batch
@@ -711,10 +759,19 @@ impl LocalLog {
 
     /// Every event of one committed op, decrypted, with its commitment salt.
     fn decrypt_op_with_salts(&self, info: &OpInfo) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
+        self.decrypt_op_with_salts_in(&self.storage.get(), info)
+    }
+
+    /// [`LocalLog::decrypt_op_with_salts`] through a storage borrow the caller holds.
+    fn decrypt_op_with_salts_in(
+        &self,
+        storage: &Storage,
+        info: &OpInfo,
+    ) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
         let location = info
             .location
             .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
-        let record = self.storage.get().read(location)?;
+        let record = storage.read(location)?;
         let frames =
             record::decode_events(&record.body, record.header.event_count, location.offset)
                 .map_err(|e| LogError::Corrupt(e.to_string()))?;
@@ -1068,10 +1125,27 @@ pub fn rebuild_index(
     let index_error = |e: crate::index::IndexError| {
         LogError::DataDir(format!("audit index: {}", error_chain(&e)))
     };
+    let replicas = load_policy(&dir.policy())?.verifiers.len();
+    if replicas > 1 {
+        return runtime.block_on(rebuild_replica_index(data_dir, &target, cluster));
+    }
+    // The certificates the index saw durable bound what the open may call a
+    // torn tail, as in a normal open (an unreadable index gives no floor).
+    let certified = runtime.block_on(async {
+        let index = crate::index::Index::open(&target, cluster).await.ok()?;
+        let last = index.last_commit().await.ok().flatten().map(|c| c.op);
+        index.close().await;
+        last
+    });
     // Open the log first (keys, policy, segments) so a directory that cannot
     // be opened is refused with its index left as it was.
     let without = LogOptions {
         without_index: true,
+        storage: StorageConfig {
+            durable_op_floor: certified.unwrap_or(0),
+            durable_certificate_floor: certified.unwrap_or(0),
+            ..StorageConfig::default()
+        },
         ..LogOptions::default()
     };
     LocalLog::open(data_dir, without)?.0.close()?;
@@ -1102,6 +1176,45 @@ pub fn rebuild_index(
         index.close().await;
         Ok(counts)
     })
+}
+
+/// Rebuilds the index of a stopped replica of a larger cluster. The log is
+/// opened read-only (nothing in the data directory changes but the index;
+/// a running replica holds the directory's lock, so this is refused as
+/// busy), and every op covered by a certificate in the log is indexed; the
+/// replica indexes later ops itself when it starts.
+async fn rebuild_replica_index(
+    data_dir: &Path,
+    target: &IndexTarget,
+    cluster: u128,
+) -> Result<crate::index::IndexCounts, LogError> {
+    let index_error = |e: crate::index::IndexError| {
+        LogError::DataDir(format!("audit index: {}", error_chain(&e)))
+    };
+    let options = LogOptions {
+        without_index: true,
+        storage: StorageConfig {
+            read_only: true,
+            ..StorageConfig::default()
+        },
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(data_dir, options)?;
+    let batches = log.certified_index_batches();
+    let index = crate::index::Index::open(target, cluster)
+        .await
+        .map_err(index_error)?;
+    let result = async {
+        index.clear().await?;
+        for batch in &batches {
+            index.apply(batch).await?;
+        }
+        index.counts().await
+    }
+    .await;
+    index.close().await;
+    log.close()?;
+    result.map_err(index_error)
 }
 
 /// What an append proves: offsets, positions, the commit certificate and an
