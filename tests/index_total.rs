@@ -124,6 +124,31 @@ fn indexer_skips_a_refused_row_and_continues() {
     for n in 2..5 {
         append(&log, 16, &format!("{{\"n\":{n}}}"));
     }
+    // The index applies rows off the write path: wait (bounded) for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = log.index_status().expect("indexed");
+        if status.last_position == Some(4) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.skipped_rows, 1,
+        "one row skipped and counted: {status:?}"
+    );
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("events.position=1")),
+        "the skipped row is named: {status:?}"
+    );
+    assert_eq!(
+        status.last_position,
+        Some(4),
+        "later events indexed: {status:?}"
+    );
     log.close().expect("close");
     let log = open(&data);
     let status = log.index_status().expect("indexed");
