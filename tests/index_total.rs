@@ -107,6 +107,79 @@ fn numbers_above_i64_max_are_indexed_and_verify() {
     assert!(report.passed, "verify after odd numbers:\n{report:?}");
 }
 
+/// A fresh PostgreSQL schema on the test server, as an index URL (None,
+/// with one line, when `VELLUM_TEST_POSTGRES_URL` is unset); dropped by the
+/// returned guard.
+fn postgres_index() -> Option<(String, impl Drop)> {
+    let Some(base) = vellum::index::postgres_url_from_env() else {
+        println!("skipping: VELLUM_TEST_POSTGRES_URL not set");
+        return None;
+    };
+    let schema = format!(
+        "vellum_total_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .subsec_nanos()
+    );
+    let server = base.clone();
+    let run = move |sql: String| {
+        let base = server.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let pool = sqlx::PgPool::connect(&base).await.expect("connect");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect("schema statement");
+            pool.close().await;
+        });
+    };
+    run(format!("CREATE SCHEMA {schema}"));
+    struct Drop_<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Drop_<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options[search_path]={schema}");
+    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+    Some((url, Drop_(move || run(drop_schema.clone()))))
+}
+
+/// Goal: on PostgreSQL too, a trail event carrying 2^64-1 is indexed and
+/// offline verify (against that index) passes.
+#[test]
+fn numbers_above_i64_max_are_indexed_and_verify_on_postgres() {
+    let Some((url, _guard)) = postgres_index() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = init(&tmp);
+    let options = LogOptions {
+        index_url: Some(url.clone()),
+        ..LogOptions::default()
+    };
+    let log = LocalLog::open(&data, options).expect("open").0;
+    let trail = concat!(
+        r#"{"v":1,"time_ns":18446744073709551615,"principal":"anonymous","role":"none","#,
+        r#""action":"read_stream","stream":18446744073709551615,"outcome":"denied"}"#
+    );
+    log.append_trail(&[Bytes::from(trail)])
+        .expect("trail append");
+    append(&log, u64::MAX, "{\"odd\":true}");
+    log.close().expect("close");
+    let text = std::fs::read_to_string(data.join("policy.txt")).expect("policy");
+    let policy = Policy::parse(&text).expect("policy parses");
+    let report = vellum::verify::verify_data_dir(&data, &policy, Some(&url), &mut |_| {});
+    assert!(report.passed, "verify against PostgreSQL:\n{report:?}");
+}
+
 /// Goal: a row the index cannot take is skipped, counted and named by
 /// verify, and every later op is still indexed (the indexer does not stop).
 #[test]
