@@ -140,8 +140,8 @@ fn postgres_index() -> Option<(String, impl Drop)> {
         });
     };
     run(format!("CREATE SCHEMA {schema}"));
-    struct Drop_<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Drop_<F> {
+    struct SchemaGuard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for SchemaGuard<F> {
         fn drop(&mut self) {
             (self.0)();
         }
@@ -149,7 +149,7 @@ fn postgres_index() -> Option<(String, impl Drop)> {
     let separator = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{separator}options[search_path]={schema}");
     let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
-    Some((url, Drop_(move || run(drop_schema.clone()))))
+    Some((url, SchemaGuard(move || run(drop_schema.clone()))))
 }
 
 /// Goal: on PostgreSQL too, a trail event carrying 2^64-1 is indexed and
