@@ -94,6 +94,11 @@ pub struct AppendReceipt {
     pub certificate: String,
     /// One `c2sp.org/tlog-proof@v1` inclusion proof per event, in batch order.
     pub proofs: Vec<String>,
+    /// Each event's 32-byte commitment salt, standard base64, in batch
+    /// order: with the event's bytes it opens the leaf's commitment
+    /// (`vellum proof check`).
+    #[serde(default)]
+    pub salts: Vec<String>,
 }
 
 /// One event as read back.
@@ -107,6 +112,10 @@ pub struct LogEvent {
     pub offset: u64,
     /// The payload, standard base64.
     pub base64: String,
+    /// The event's 32-byte commitment salt, standard base64: with the
+    /// payload it opens the leaf's commitment (`vellum proof check`).
+    #[serde(default)]
+    pub salt: String,
 }
 
 /// `GET /v1/streams/{stream}/events`.

@@ -302,15 +302,17 @@ async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
         .map(|t| parse_time("--to", t))
         .transpose()?;
     let client = client(&args.api)?;
-    let export = client.export_audit(from, to, Some(args.stream)).await?;
+    // The whole trail of the period, not only events naming the stream:
+    // global-log reads and subscriptions name none. They are attributed by
+    // the streams they returned (the trail's `streams`); the stream's
+    // positions are not supplied (that would mean reading the patient's
+    // data to account for it), so the rest is reported as not attributable.
+    let export = client.export_audit(from, to, None).await?;
     let events: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
         .records
         .iter()
         .map(|r| (r.event.clone(), Some(r.position)))
         .collect();
-    // Global-log reads and subscriptions name no stream; they are listed only
-    // when the caller supplies the stream's positions, which would mean
-    // reading the patient's data just to account for it, so they are not.
     let accounting = vellum_compliance::disclosures::account(
         &events,
         args.stream,

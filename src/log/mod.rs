@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
@@ -147,6 +149,10 @@ pub struct ReadEvent {
     pub position: u64,
     /// The payload, byte for byte as appended.
     pub payload: Bytes,
+    /// The salt of the leaf's commitment to the payload (from inside the
+    /// ciphertext): with it, a reader checks that a proof is about this
+    /// payload (`vellum proof check`).
+    pub salt: [u8; 32],
 }
 
 /// What recovery on open found.
@@ -635,8 +641,8 @@ impl LocalLog {
             let record = self.storage.get().read(location)?;
             let preimages = state::leaf_preimages(&record, location.offset)
                 .map_err(|e| LogError::Corrupt(e.to_string()))?;
-            let events = self.decrypt_op_with_salts(&info)?;
-            for ((event, salt), preimage) in events.into_iter().zip(preimages) {
+            let events = self.decrypt_op(&info)?;
+            for (event, preimage) in events.into_iter().zip(preimages) {
                 if event.offset < from || event.offset >= to || event.position >= size {
                     continue;
                 }
@@ -656,7 +662,7 @@ impl LocalLog {
                     position: event.position,
                     op: info.op,
                     plaintext: event.payload.to_vec(),
-                    salt,
+                    salt: event.salt,
                     proof: proof.encode(),
                 });
             }
@@ -733,14 +739,12 @@ impl LocalLog {
             };
             // A backup may learn a commit before its own write of the op
             // reached the file: flush, then read.
-            let decrypted = self.decrypt_op_with_salts_in(storage, &info).or_else(|_| {
+            let decrypted = self.decrypt_op_in(storage, &info).or_else(|_| {
                 storage.flush()?;
-                self.decrypt_op_with_salts_in(storage, &info)
+                self.decrypt_op_in(storage, &info)
             });
             match decrypted {
-                Ok(events) => batch
-                    .access
-                    .extend(events.iter().map(|(event, salt)| access_row(event, *salt))),
+                Ok(events) => batch.access.extend(events.iter().map(access_row)),
                 Err(error) => {
                     tracing::error!(%error, op, "cannot read an access-trail op for the index");
                 }
@@ -748,26 +752,13 @@ impl LocalLog {
         }
     }
 
-    /// Every event of one committed op, decrypted.
-    fn decrypt_op(&self, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
-        Ok(self
-            .decrypt_op_with_salts(info)?
-            .into_iter()
-            .map(|(event, _)| event)
-            .collect())
-    }
-
     /// Every event of one committed op, decrypted, with its commitment salt.
-    fn decrypt_op_with_salts(&self, info: &OpInfo) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
-        self.decrypt_op_with_salts_in(&self.storage.get(), info)
+    fn decrypt_op(&self, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
+        self.decrypt_op_in(&self.storage.get(), info)
     }
 
-    /// [`LocalLog::decrypt_op_with_salts`] through a storage borrow the caller holds.
-    fn decrypt_op_with_salts_in(
-        &self,
-        storage: &Storage,
-        info: &OpInfo,
-    ) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
+    /// [`LocalLog::decrypt_op`] through a storage borrow the caller holds.
+    fn decrypt_op_in(&self, storage: &Storage, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
         let location = info
             .location
             .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
@@ -788,14 +779,12 @@ impl LocalLog {
                 key_id: info.key_id,
             };
             let opened = crypto::open_event(&dek, &frame.nonce, &aad, frame.sealed)?;
-            out.push((
-                ReadEvent {
-                    offset: info.stream_offset + i,
-                    position: info.global_position + i,
-                    payload: Bytes::copy_from_slice(&opened.payload),
-                },
-                opened.salt,
-            ));
+            out.push(ReadEvent {
+                offset: info.stream_offset + i,
+                position: info.global_position + i,
+                payload: Bytes::copy_from_slice(&opened.payload),
+                salt: opened.salt,
+            });
         }
         Ok(out)
     }
@@ -840,6 +829,7 @@ impl LocalLog {
                     offset,
                     position: info.global_position + i as u64,
                     payload: Bytes::copy_from_slice(&opened.payload),
+                    salt: opened.salt,
                 });
             }
         }
@@ -944,7 +934,7 @@ impl LocalLog {
 /// The index row of one access-trail event. A payload that is not a trail
 /// event still gets a row (action "unreadable") so the row count matches
 /// the log and verify can point at it.
-fn access_row(event: &ReadEvent, salt: [u8; 32]) -> crate::index::AccessRow {
+fn access_row(event: &ReadEvent) -> crate::index::AccessRow {
     use vellum_compliance::trail::AccessEvent;
     let text = String::from_utf8_lossy(&event.payload).into_owned();
     let parsed = AccessEvent::from_payload(&event.payload).ok();
@@ -968,7 +958,7 @@ fn access_row(event: &ReadEvent, salt: [u8; 32]) -> crate::index::AccessRow {
         remote_addr: parsed.as_ref().and_then(|e| e.remote.clone()),
         position: Some(event.position),
         payload: Some(text),
-        salt: Some(salt),
+        salt: Some(event.salt),
     }
 }
 
@@ -1235,6 +1225,8 @@ pub struct Receipt {
     pub certificate: String,
     /// One inclusion proof per event, in batch order.
     pub proofs: Vec<String>,
+    /// Each event's commitment salt, standard base64, in batch order.
+    pub salts: Vec<String>,
 }
 
 /// Builds the receipt of an append.
@@ -1250,6 +1242,14 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
     let record = log.storage.get().read(location)?;
     let preimages = state::leaf_preimages(&record, location.offset)
         .map_err(|e| LogError::Corrupt(e.to_string()))?;
+    // The salts come from the sealed events themselves (also for a retry
+    // answered from the client table), so the receipt ties each proof to
+    // the payload: commitment = SHA-256(tag || salt || payload).
+    let salts = log
+        .decrypt_op(info)?
+        .iter()
+        .map(|event| BASE64.encode(event.salt))
+        .collect();
     let size = appended.certificate.checkpoint.size;
     let mut proofs = Vec::with_capacity(preimages.len());
     for (i, preimage) in (0u64..).zip(&preimages) {
@@ -1273,5 +1273,6 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
         op: appended.op,
         certificate: appended.certificate.encode(),
         proofs,
+        salts,
     })
 }
