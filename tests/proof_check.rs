@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use vellum::log::{LocalLog, LogOptions, receipt};
 use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
@@ -239,8 +240,8 @@ fn a_certificate_signed_by_too_few_pinned_keys_fails_naming_the_keys() {
 
 // Goal: end to end on a live three-replica cluster: the receipt of an
 // append through the API carries one salt per event, `vellum proof check`
-// accepts its proof with the cluster's policy, and stream and global reads
-// return the same salt.
+// accepts its proof with the cluster's policy, and stream reads, global
+// reads and subscriptions return the same salt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receipt_from_a_live_cluster_checks_offline() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -269,6 +270,14 @@ async fn a_receipt_from_a_live_cluster_checks_offline() {
         .await
         .expect("read log");
     assert_eq!(log.events[1].salt, receipt.salts[1]);
+    let mut subscription = Box::pin(client.subscribe(receipt.first_position));
+    let first = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+        .await
+        .expect("a subscription event in time")
+        .expect("the stream goes on")
+        .expect("an event");
+    assert_eq!(first.salt, receipt.salts[0], "subscriptions carry the salt");
+    drop(subscription);
     let policy = cluster.dev.policy_path.clone();
     let work = dir.path().to_path_buf();
     let held: Vec<Held> = events
