@@ -19,7 +19,7 @@
 //! | `Unavailable` | `ConsensusFailed` | no, but the caller's remedy is the same: retry later |
 //! | `Transport` | `ConsensusFailed` | unknown |
 //! | `Protocol` | `ConsensusFailed` | unknown (a garbled 200 may follow a commit) |
-//! | `Refused`, `WrongExpectedOffset` | `StorageError` | no |
+//! | `Refused`, `WrongExpectedOffset`, `IdempotencyKeyReused` | `StorageError` | no |
 //! | `NotFound`, `Unauthorized` | `StorageError` | no |
 //! | `Local` | `StorageError` | no (nothing was sent) |
 //!
@@ -149,6 +149,7 @@ pub fn to_persist_error(error: ClientError) -> PersistError {
         | ClientError::Transport(_)
         | ClientError::Protocol(_) => PersistError::ConsensusFailed(error.to_string()),
         ClientError::WrongExpectedOffset { .. }
+        | ClientError::IdempotencyKeyReused(_)
         | ClientError::Refused(_)
         | ClientError::NotFound(_)
         | ClientError::Unauthorized(_)

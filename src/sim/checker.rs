@@ -73,6 +73,13 @@ pub enum Violation {
     /// A replica journaled a record that does not chain to its header of the op before.
     #[error("replica {replica} journaled op {op} whose parent is not its header of op {}", op - 1)]
     UnchainedJournal { replica: u8, op: u64 },
+    /// An identical retry was refused as a reused idempotency key (the
+    /// client table compared digests of the same request and found them
+    /// different).
+    #[error(
+        "client {client:x} request {request}: an identical retry was refused as a reused idempotency key"
+    )]
+    RetryRefusedAsReused { client: u128, request: u64 },
     /// A certificate is malformed, under-signed or signs the wrong root.
     #[error("certificate from {source_name}: {reason}")]
     BadCertificate { source_name: String, reason: String },
