@@ -278,6 +278,54 @@ fn reused_idempotency_key_is_refused_and_stores_nothing() {
     assert!(found, "the op header of the append is in the log");
 }
 
+/// Goal: callers racing with one idempotency key and two different bodies
+/// each get the answer for their own body: exactly one body is stored once,
+/// every caller of that body gets its receipt, every caller of the other
+/// body gets `IdempotencyKeyReused` (never the other's receipt or refusal).
+#[test]
+fn racing_callers_of_one_key_each_get_their_own_answer() {
+    use vellum::log::LogError;
+    let (_dir, log) = fresh();
+    let key = ClientRequest {
+        client: 0xcafe,
+        request: 1,
+    };
+    let outcomes: Vec<(usize, Result<u64, bool>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                scope.spawn(move || {
+                    let body = events(2, if i % 2 == 0 { "x" } else { "y" });
+                    let outcome = match log.append(90, &body, None, Some(key)) {
+                        Ok(appended) => Ok(appended.op),
+                        Err(LogError::IdempotencyKeyReused { .. }) => Err(true),
+                        Err(other) => panic!("caller {i}: {other}"),
+                    };
+                    (i % 2, outcome)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller thread"))
+            .collect()
+    });
+    let stored = log.read(90, 0, 100).expect("read");
+    assert_eq!(stored.len(), 2, "one body, stored once");
+    let winner = if stored[0].payload == events(2, "x")[0] {
+        0
+    } else {
+        1
+    };
+    for (body, outcome) in outcomes {
+        if body == winner {
+            assert!(outcome.is_ok(), "the stored body's caller gets a receipt");
+        } else {
+            assert_eq!(outcome, Err(true), "the other body's caller is refused");
+        }
+    }
+}
+
 /// Goal: an expected offset that does not match refuses the append and names both numbers.
 #[test]
 fn wrong_expected_offset_is_a_clear_conflict() {

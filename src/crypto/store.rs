@@ -646,6 +646,36 @@ fn finish_interrupted_shreds(dir: &Path, inner: &mut Inner) -> Result<(), Crypto
 mod tests {
     use super::*;
 
+    /// Goal: callers racing to ensure a new stream's key all get the same
+    /// one key (the request digest and the seal must agree on it), and a
+    /// key's stream is reported.
+    #[test]
+    fn ensure_key_for_stream_creates_one_key_under_races() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().join("keys");
+        let store = KeyStore::create(&dir, Kek::from_bytes(&[1; 32]), 0).expect("create");
+        let ids: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.ensure_key_for_stream(40).expect("ensure").0))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let keys_of_stream = store
+            .lock()
+            .expect("lock")
+            .keys
+            .values()
+            .filter(|e| e.record.stream == 40)
+            .count();
+        assert_eq!(keys_of_stream, 1);
+        assert_eq!(store.stream_of_key(ids[0]).expect("lookup"), Some(40));
+        assert_eq!(store.stream_of_key(ids[0] + 99).expect("lookup"), None);
+    }
+
     /// Goal: the unwrapped-key cache never exceeds `dek_cache_max`, and an
     /// evicted key is unwrapped again on demand.
     #[test]

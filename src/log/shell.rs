@@ -27,6 +27,9 @@ use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
 pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
 /// How often a waiting caller on a cluster replica checks for a view change.
 const VIEW_CHECK_MS: u64 = 50;
+/// How often a caller whose idempotency key is still in flight here checks
+/// whether it may go (bounded by the commit wait).
+const SAME_KEY_POLL_MS: u64 = 5;
 /// Idle client sessions kept for reuse by callers that bring none.
 pub const SESSIONS_IDLE_MAX: usize = 256;
 /// Ops in flight in the local core: the most one group commit can carry.
@@ -216,10 +219,7 @@ impl LocalLog {
         // once (a refusal, or a retry answered from the client table).
         let key = (session.client, session.request);
         let condvar = Arc::new(Condvar::new());
-        self.exchange
-            .lock()
-            .waiting
-            .insert(key, Arc::clone(&condvar));
+        self.register_waiter(key, &condvar)?;
         let submitted = self.submit_request(session, stream, events, expected_offset);
         let (committed_before, view) = match submitted {
             Ok(submitted) => submitted,
@@ -233,6 +233,34 @@ impl LocalLog {
             self.sessions.give_back(session);
         }
         self.appended(stream, reply, committed_before)
+    }
+
+    /// Registers the caller of `key` for its reply, after any caller of the
+    /// same key still waiting here is done. Replies go by idempotency key,
+    /// so two callers of one key at once could take each other's reply: a
+    /// retry could take the original's, or the original a refusal meant
+    /// for a reuse of its key (while its own op commits). VSR allows one
+    /// request in flight per session; a second one waits its turn, then is
+    /// answered from the client table (a retry) or refused (a reuse).
+    fn register_waiter(&self, key: (u128, u64), condvar: &Arc<Condvar>) -> Result<(), LogError> {
+        let cluster = self.cluster_shell.as_ref();
+        let wait_ms = cluster.map_or(COMMIT_WAIT_MS_MAX, |c| c.role.commit_wait_ms);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let mut exchange = self.exchange.lock();
+            if let std::collections::hash_map::Entry::Vacant(slot) = exchange.waiting.entry(key) {
+                slot.insert(Arc::clone(condvar));
+                return Ok(());
+            }
+            drop(exchange);
+            if Instant::now() >= deadline {
+                return Err(LogError::Indeterminate(format!(
+                    "request {} of this client session was still in flight after {wait_ms} ms; retry with the same key",
+                    key.1
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(SAME_KEY_POLL_MS));
+        }
     }
 
     /// Hands the request to the core; returns the commit number before it
