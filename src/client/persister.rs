@@ -156,3 +156,19 @@ pub fn to_persist_error(error: ClientError) -> PersistError {
         | ClientError::Local(_) => PersistError::StorageError(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a reused idempotency key is a definite refusal (nothing was
+    /// written, retrying cannot help), never `ConsensusFailed`.
+    #[test]
+    fn reused_key_is_a_storage_error_not_consensus_failed() {
+        let error = to_persist_error(ClientError::IdempotencyKeyReused("request 1".into()));
+        assert!(
+            matches!(&error, PersistError::StorageError(m) if m.contains("idempotency key reused")),
+            "{error:?}"
+        );
+    }
+}
