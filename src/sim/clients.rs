@@ -178,11 +178,11 @@ impl Sim {
             self.counters.cover("client:stale_reply");
             return Ok(());
         };
-        let (id, attempts) = (state.id, pending.attempts);
+        let (id, attempts, digest) = (state.id, pending.attempts, pending.request.digest);
         match reply {
             Reply::Committed(body) => {
                 self.checker
-                    .acknowledged(id, request, &body)
+                    .acknowledged(id, request, &body, digest)
                     .map_err(|v| self.violation(v))?;
                 self.counters.acknowledged += 1;
                 if attempts > 0 {
