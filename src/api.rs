@@ -279,6 +279,9 @@ pub mod code {
     pub const WRONG_EXPECTED_OFFSET: &str = "wrong_expected_offset";
     /// The body is larger than the limit (413).
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The idempotency key (client session and request number) was already
+    /// used for a different request; nothing was written (422).
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     /// The request was refused by the replica (bad stream id, stale request number) (422).
     pub const REFUSED: &str = "refused";
     /// The outcome is unknown: retry with the same idempotency key (503).

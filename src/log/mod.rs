@@ -83,6 +83,18 @@ pub enum LogError {
         /// The stream's real length.
         actual: u64,
     },
+    /// The idempotency key (client session and request number) names
+    /// another request, committed or in flight: nothing was written, and a
+    /// retry will not help.
+    #[error(
+        "idempotency key reused: request number {request} of this client session already names a different request (another stream, expected offset or events); nothing was written to stream {stream}"
+    )]
+    IdempotencyKeyReused {
+        /// The stream of the refused request.
+        stream: u64,
+        /// The reused request number.
+        request: u64,
+    },
     /// The stream has no events.
     #[error("unknown stream {0}: it has no events")]
     UnknownStream(u64),
@@ -1066,6 +1078,8 @@ fn certificate_record(
         body_size: 0,
         key_id: 0,
         tree_size: info.tree_size,
+        version: record::VERSION,
+        request_digest: record::REQUEST_DIGEST_UNKNOWN,
     };
     Record::new(header, certificate.encode().into_bytes())
 }

@@ -56,6 +56,9 @@ pub fn node_error(error: LogError) -> NodeError {
             expected,
             actual,
         },
+        reused @ LogError::IdempotencyKeyReused { .. } => {
+            NodeError::IdempotencyKeyReused(reused.to_string())
+        }
         LogError::UnknownStream(stream) => {
             NodeError::NotFound(format!("stream {stream} has no committed events"))
         }

@@ -241,7 +241,7 @@ fn error_responses() -> Value {
         ("413", "payload_too_large: the body exceeds the limit."),
         (
             "422",
-            "refused: the replica refused the request (bad stream id, stale request number, bad range).",
+            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written.",
         ),
         (
             "500",
