@@ -140,6 +140,11 @@ pub struct AppendReceipt {
     pub certificate: String,
     /// One `c2sp.org/tlog-proof@v1` inclusion proof per event, in batch order.
     pub proofs: Vec<String>,
+    /// Each event's 32-byte commitment salt, standard base64, in batch
+    /// order: with the event's bytes it opens the leaf's commitment
+    /// (`vellum proof check`).
+    #[serde(default)]
+    pub salts: Vec<String>,
 }
 
 /// One event as read back.
@@ -153,6 +158,10 @@ pub struct LogEvent {
     pub offset: u64,
     /// The payload, standard base64.
     pub base64: String,
+    /// The event's 32-byte commitment salt, standard base64: with the
+    /// payload it opens the leaf's commitment (`vellum proof check`).
+    #[serde(default)]
+    pub salt: String,
 }
 
 /// `GET /v1/streams/{stream}/events`.
@@ -327,6 +336,9 @@ pub mod code {
     pub const WRONG_EXPECTED_OFFSET: &str = "wrong_expected_offset";
     /// The body is larger than the limit (413).
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    /// The idempotency key (client session and request number) was already
+    /// used for a different request; nothing was written (422).
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
     /// The request was refused by the replica (bad stream id, stale request number) (422).
     pub const REFUSED: &str = "refused";
     /// The outcome is unknown: retry with the same idempotency key (503).

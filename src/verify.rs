@@ -72,7 +72,16 @@ pub struct VerifyOptions {
     pub since: Option<KeptCheckpoint>,
     /// The replica may be running: see [`replica_checks`].
     pub live: bool,
+    /// With `live`: most commits the index may lag behind the log's newest
+    /// certificate before the index check fails (see [`LIVE_LAG_OPS_MAX_DEFAULT`]).
+    pub live_lag_ops_max: u64,
 }
+
+/// Default of `vellum verify --live --index-lag-max`: commits the audit
+/// index may trail the log's newest certificate by. The index applies a
+/// commit within a lazy record's sync delay (200 ms) of it; 1,000 commits
+/// is seconds of full load, while a stopped index falls behind for good.
+pub const LIVE_LAG_OPS_MAX_DEFAULT: u64 = 1_000;
 
 /// Verifies a data directory's log against `policy` and its index against the log.
 pub fn verify_data_dir(
@@ -85,6 +94,7 @@ pub fn verify_data_dir(
         index_url: index_url.map(str::to_string),
         since: None,
         live: false,
+        live_lag_ops_max: LIVE_LAG_OPS_MAX_DEFAULT,
     };
     verify_data_dir_with(data_dir, policy, &options, progress)
 }
@@ -101,7 +111,7 @@ pub fn verify_data_dir_with(
         data_dir,
         policy,
         options.index_url.as_deref(),
-        options.live,
+        options.live.then_some(options.live_lag_ops_max),
         progress,
     );
     let since = options.since.as_ref().and_then(|kept| {
@@ -129,22 +139,26 @@ pub fn verify_data_dir_with(
 /// a write in progress, not damage; and the index is compared with the log
 /// only up to the newest commit both hold (rows of later commits are left
 /// for the next run). Everything before that bound is checked as strictly
-/// as on a stopped replica.
+/// as on a stopped replica. `live` holds the most commits the index may lag
+/// the log's newest certificate by: beyond it the index check fails.
 pub fn replica_checks(
     data_dir: &Path,
     policy: &Policy,
     index_url: Option<&str>,
-    live: bool,
+    live: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> (Vec<Check>, LogVerification) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let mut checks = vec![check_meta(&dir, cluster)];
     let mut log = verify_log_dir(&dir.segments(), policy, progress);
-    if live {
-        relax_live_tail(&mut log.checks);
+    if live.is_some()
+        && relax_live_tail(&mut log.checks)
+        && log.checks.first().is_some_and(Check::passed)
+    {
+        log.accept_live_tail();
     }
-    if live || policy.verifiers.len() > 1 {
+    if live.is_some() || policy.verifiers.len() > 1 {
         // A replica of a cluster may hold prepared ops its certificates do
         // not cover yet (uncommitted, or committed but the certificate not
         // received): the cluster comparison checks them against the others.
@@ -155,8 +169,17 @@ pub fn replica_checks(
         );
     }
     checks.extend(log.checks.iter().cloned());
+    if !log.complete {
+        // The index and the trail are projections of the log: compared with
+        // a part of it, every later row would fail as a knock-on.
+        let why = "the log could not be read to its end (see records and hash chain), \
+                   so the index cannot be compared with it";
+        checks.push(Check::not_run("audit index", why));
+        checks.push(Check::not_run("access trail", why));
+        return (checks, log);
+    }
     let index_check = match (cluster, IndexTarget::parse(index_url, dir.root())) {
-        (None, _) => Check::skipped("audit index", "the policy's origin names no vellum cluster"),
+        (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
         (_, Err(e)) => {
             let mut check = Check::start("audit index");
             check.fail("index url", e.to_string());
@@ -166,7 +189,12 @@ pub fn replica_checks(
     };
     checks.push(index_check);
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
-        checks.push(check_trail_blocking(&target, cluster, &log.facts, live));
+        checks.push(check_trail_blocking(
+            &target,
+            cluster,
+            &log.facts,
+            live.is_some(),
+        ));
     }
     (checks, log)
 }
@@ -453,7 +481,7 @@ pub fn verify_cluster(
     setup: ClusterSetup,
     policy: &Policy,
     since: Option<&KeptCheckpoint>,
-    live: bool,
+    live: Option<u64>,
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let started = SystemTime::now();
@@ -551,7 +579,7 @@ fn check_index_blocking(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
-    live: bool,
+    live: Option<u64>,
 ) -> Check {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -568,12 +596,14 @@ fn check_index_blocking(
 }
 
 /// Compares every index row with the log: missing, extra and altered rows
-/// are failures naming the table and key.
+/// are failures naming the table and key. `live` (the most commits the
+/// index may lag by): compare up to the newest commit both hold, and fail
+/// when the index lags the log's newest certificate by more than that.
 pub async fn check_index(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
-    live: bool,
+    live: Option<u64>,
 ) -> Check {
     let mut check = Check::start("audit index");
     let index = match Index::open_existing(target, cluster).await {
@@ -584,9 +614,12 @@ pub async fn check_index(
         }
     };
     let bound = match live {
-        false => None,
-        true => match live_bound(&index, facts).await {
-            Ok(bound) => Some(bound),
+        None => None,
+        Some(lag_max) => match live_bound(&index, facts).await {
+            Ok(bound) => {
+                check_lag(facts, bound, lag_max, &mut check);
+                Some(bound)
+            }
             Err(e) => {
                 check.fail("index commits", crate::log::error_chain(&e));
                 return check.finish();
@@ -751,6 +784,22 @@ async fn compare_keys(
     Ok(())
 }
 
+/// Fails when the index's newest commit lags the log's newest certificate
+/// by more than `lag_max` commits: a frozen index must not pass as "live".
+fn check_lag(facts: &LogFacts, bound: LiveBound, lag_max: u64, check: &mut Check) {
+    let log_last = facts.commits.iter().map(|c| c.op).max().unwrap_or(0);
+    let lag = log_last.saturating_sub(bound.op);
+    if lag > lag_max {
+        check.fail(
+            "index commits",
+            format!(
+                "the index lags the log by {lag} commits (index at commit {}, log certified through commit {log_last}); at most {lag_max} allowed (--index-lag-max)",
+                bound.op
+            ),
+        );
+    }
+}
+
 /// How far a live run compares the index with the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LiveBound {
@@ -828,8 +877,9 @@ fn relax_failures(checks: &mut [Check], pattern: &str, note: &str) {
 
 /// A live log's last segment may end in a record being written: that is
 /// not damage. Drops exactly that failure (at the end of the newest segment
-/// file) from the record check.
-fn relax_live_tail(checks: &mut [Check]) {
+/// file) from the record check; true when it dropped one.
+fn relax_live_tail(checks: &mut [Check]) -> bool {
+    let mut relaxed = false;
     for check in checks.iter_mut() {
         let before = check.failures.len();
         let last_segment = check
@@ -848,6 +898,7 @@ fn relax_live_tail(checks: &mut [Check]) {
             !(f.message.contains("not a complete record") && f.location.starts_with(&file))
         });
         if check.failures.len() < before {
+            relaxed = true;
             check.note =
                 Some("live: the record being written at the tail was not read".to_string());
             if check.failures.is_empty() && check.failures_dropped == 0 {
@@ -855,4 +906,5 @@ fn relax_live_tail(checks: &mut [Check]) {
             }
         }
     }
+    relaxed
 }

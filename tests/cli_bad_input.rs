@@ -304,6 +304,137 @@ fn reserved_streams_and_bad_numbers_are_refused() {
     seeded.assert_unharmed();
 }
 
+/// Goal: every numeric flag refuses values above i64::MAX and
+/// non-canonical spellings (`+5001`, `05001`) naming the flag, with a
+/// non-zero exit, and nothing is stored.
+#[test]
+fn numeric_flags_refuse_huge_and_non_canonical_numbers() {
+    let seeded = Seeded::new();
+    let dir = seeded.dir();
+    let out = seeded.tmp.path().join("out");
+    let out = s(&out);
+    let api = ["--cluster", dir];
+    let bad = [
+        "18446744073709551615",
+        "9223372036854775808",
+        "+5001",
+        "05001",
+    ];
+    for value in bad {
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (
+                vec!["append", "--data-dir", dir, "--stream", value],
+                "--stream",
+            ),
+            (
+                vec![
+                    "append",
+                    "--data-dir",
+                    dir,
+                    "--stream",
+                    "16",
+                    "--expected-offset",
+                    value,
+                ],
+                "--expected-offset",
+            ),
+            (
+                vec!["read", "--data-dir", dir, "--stream", value],
+                "--stream",
+            ),
+            (
+                vec!["read", "--data-dir", dir, "--stream", "16", "--from", value],
+                "--from",
+            ),
+            (
+                vec!["read", "--data-dir", dir, "--stream", "16", "--max", value],
+                "--max",
+            ),
+            (
+                [
+                    &["export", "events"][..],
+                    &api,
+                    &["--stream", value, "--out", out],
+                ]
+                .concat(),
+                "--stream",
+            ),
+            (
+                [
+                    &["export", "events"][..],
+                    &api,
+                    &["--stream", "16", "--from", value, "--out", out],
+                ]
+                .concat(),
+                "--from",
+            ),
+            (
+                [
+                    &["export", "events"][..],
+                    &api,
+                    &["--stream", "16", "--to", value, "--out", out],
+                ]
+                .concat(),
+                "--to",
+            ),
+            (
+                [
+                    &["export", "audit"][..],
+                    &api,
+                    &["--stream", value, "--out", out],
+                ]
+                .concat(),
+                "--stream",
+            ),
+            (
+                [
+                    &["export", "audit"][..],
+                    &api,
+                    &["--from", value, "--out", out],
+                ]
+                .concat(),
+                "--from",
+            ),
+            (
+                [&["export", "disclosures"][..], &api, &["--stream", value]].concat(),
+                "--stream",
+            ),
+            (vec!["bench", "--dir", out, "--appends", value], "--appends"),
+            (vec!["sim", "--seed", value], "--seed"),
+            (vec!["sim", "--ticks", value], "--ticks"),
+            (
+                vec!["dev", "--data-dir", dir, "--replicas", value],
+                "--replicas",
+            ),
+            (
+                vec![
+                    "verify",
+                    "--data-dir",
+                    dir,
+                    "--live",
+                    "--index-lag-max",
+                    value,
+                ],
+                "--index-lag-max",
+            ),
+        ];
+        for (args, flag) in cases {
+            let stderr = refused(&args, b"{}\n", &[flag]);
+            // The message says why, whichever way the flag was parsed.
+            let why = ["canonical", "above the largest", "too large", "not in"];
+            assert!(
+                why.iter().any(|w| stderr.contains(w)),
+                "vellum {args:?}: says why: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !seeded.tmp.path().join("out").exists(),
+        "no export was written"
+    );
+    seeded.assert_unharmed();
+}
+
 /// Goal: read and proof of an unknown stream, and of offsets past the end,
 /// fail naming the stream and offset; consistency proofs from size 0, from
 /// beyond the tree, and to an unsigned size are refused naming the sizes.

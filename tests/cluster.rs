@@ -786,3 +786,114 @@ async fn live_cluster_verifies_while_appending_and_catches_damage() {
     );
     cluster.stop().expect("stop");
 }
+
+// Goal: on a live cluster, reusing an idempotency key for another request
+// (other body, other stream, other expected offset) is answered 422
+// `idempotency_key_reused` and stores nothing, through the primary and
+// through a backup, while the identical retry gets the original receipt;
+// both still hold after the primary is killed and another replica leads
+// (its client table and keys came by replication).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_idempotency_key_is_refused_with_422_and_stores_nothing() {
+    use vellum::api::IdempotencyKey;
+    use vellum::client::ClientError;
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let client = cluster.client(None).expect("client");
+    let key = IdempotencyKey {
+        session: format!("{:032x}", 0x5e55_1011_u128),
+        request: 1,
+    };
+    let original = vec![
+        Bytes::from_static(b"{\"resourceType\":\"Observation\",\"value\":1.50}"),
+        Bytes::from_static(b"second"),
+    ];
+    let first = client
+        .append_with_key(8100, original.clone(), None, key.clone())
+        .await
+        .expect("append");
+    assert!(!first.duplicate);
+
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("ca"))
+        .build()
+        .expect("http client");
+    let token = format!("Bearer {}", cluster.dev.writer_token);
+    let check = async |cluster: &LocalCluster, leader: usize, when: &str| {
+        let reuses: [(u64, Vec<Bytes>, Option<u64>, &str); 3] = [
+            (
+                8100,
+                vec![Bytes::from_static(b"other")],
+                None,
+                "another body",
+            ),
+            (8101, original.clone(), None, "another stream"),
+            (8100, original.clone(), Some(0), "another expected offset"),
+        ];
+        for (stream, events, expected, what) in reuses {
+            let refused = client
+                .append_with_key(stream, events, expected, key.clone())
+                .await;
+            assert!(
+                matches!(refused, Err(ClientError::IdempotencyKeyReused(_))),
+                "{when}: {what}: {refused:?}"
+            );
+        }
+        // The wire answer, through a backup (forwarded to the primary).
+        let backup = (leader + 1) % 3;
+        let body = serde_json::json!({
+            "events": [{"base64": "b3RoZXI="}],
+            "idempotency": {"session": key.session, "request": key.request},
+        });
+        let answer = http
+            .post(format!(
+                "{}/v1/streams/8100/append",
+                cluster.dev.api_urls[backup]
+            ))
+            .header("authorization", &token)
+            .json(&body)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status().as_u16(), 422, "{when}");
+        let error: vellum::api::ErrorBody = answer.json().await.expect("a JSON error");
+        assert_eq!(error.error.code, "idempotency_key_reused", "{when}");
+
+        let again = client
+            .append_with_key(8100, original.clone(), None, key.clone())
+            .await
+            .expect("identical retry");
+        assert!(again.duplicate, "{when}");
+        assert_eq!(
+            (again.op, again.first_offset, again.next_offset),
+            (first.op, first.first_offset, first.next_offset),
+            "{when}: the original receipt"
+        );
+        let stored = read_all(&client, 8100).await;
+        assert_eq!(stored.len(), 2, "{when}: nothing more was stored");
+        match client.read_stream(8101, 0, 1).await {
+            Err(ClientError::NotFound(_)) => {}
+            Ok(page) => assert!(
+                page.events.is_empty(),
+                "{when}: nothing on the other stream"
+            ),
+            Err(e) => panic!("{when}: reading the other stream: {e}"),
+        }
+    };
+    check(&cluster, primary, "first primary").await;
+
+    let committed = commit_of(&cluster, primary).await;
+    cluster
+        .wait_commit(&[0, 1, 2], committed, WAIT)
+        .await
+        .expect("every replica has the op");
+    cluster.kill(primary).expect("kill -9 the primary");
+    let leader = usize::from(cluster.wait_primary(WAIT).await.expect("a new primary"));
+    assert_ne!(leader, primary);
+    cluster.start_replica(primary).expect("restart");
+    check(&cluster, leader, "after a view change").await;
+    cluster.stop().expect("stop");
+}

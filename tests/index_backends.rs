@@ -118,7 +118,8 @@ suite!(
         key_lifecycle_only_moves_forward,
         last_position_and_last_commit,
         reads_are_ordered_and_limited,
-        values_above_i64_max_are_refused,
+        values_above_i64_max_round_trip,
+        reconcile_drops_rows_beyond_the_log,
         cluster_mismatch_is_refused,
         clear_keeps_access_and_verifications,
         forged_rows_fail_constraints,
@@ -134,7 +135,8 @@ suite!(
         key_lifecycle_only_moves_forward,
         last_position_and_last_commit,
         reads_are_ordered_and_limited,
-        values_above_i64_max_are_refused,
+        values_above_i64_max_round_trip,
+        reconcile_drops_rows_beyond_the_log,
         cluster_mismatch_is_refused,
         clear_keeps_access_and_verifications,
         forged_rows_fail_constraints,
@@ -257,11 +259,11 @@ async fn fresh_migrations_and_reopen_is_noop(target: IndexTarget) {
     index.apply(&small_batch()).await.expect("apply");
     index.close().await;
     let migrations = "SELECT count(*) FROM _sqlx_migrations";
-    // 0001 (the schema) and 0002 (the access trail projection).
-    assert_eq!(raw_scalar(&target, migrations).await, 2);
+    // 0001 (the schema), 0002 (the access trail projection), 0003 (any u64).
+    assert_eq!(raw_scalar(&target, migrations).await, 3);
 
     let index = open(&target).await;
-    assert_eq!(raw_scalar(&target, migrations).await, 2);
+    assert_eq!(raw_scalar(&target, migrations).await, 3);
     let counts = index.counts().await.expect("counts");
     assert_eq!((counts.events, counts.commits, counts.keys), (3, 1, 2));
     index.close().await;
@@ -434,63 +436,141 @@ async fn reads_are_ordered_and_limited(target: IndexTarget) {
     index.close().await;
 }
 
-/// Goal: u64 values above i64::MAX are refused (never wrapped) and i64::MAX itself round-trips.
-async fn values_above_i64_max_are_refused(target: IndexTarget) {
+/// Goal: the projection is total: any u64 (above i64::MAX too) in a stream id, key, time or access range is stored and read back exactly.
+async fn values_above_i64_max_round_trip(target: IndexTarget) {
     let index = open(&target).await;
     let max = i64::MAX as u64;
-    let too_big = [
-        (event(max + 1, 0, 0), "events.position"),
-        (event(0, u64::MAX, 0), "events.stream"),
-        (
-            EventRow {
-                file_offset: max + 1,
-                ..event(0, 0, 0)
-            },
-            "events.file_offset",
-        ),
-    ];
-    for (row, column) in too_big {
-        let batch = IndexBatch {
-            access: Vec::new(),
-            events: vec![row],
-            ..IndexBatch::default()
-        };
-        match index.apply(&batch).await {
-            Err(IndexError::OutOfRange { column: c, .. }) => assert_eq!(c, column),
-            other => panic!("expected out of range for {column}, got {other:?}"),
-        }
-    }
-    assert!(matches!(
-        index.events_after(max + 1, 1).await,
-        Err(IndexError::OutOfRange { .. })
-    ));
+    let odd_event = EventRow {
+        file_offset: 64,
+        ..event(0, u64::MAX, 0)
+    };
+    let edge_event = event(1, max + 1, 0);
+    let odd_commit = CommitRow {
+        view: u64::MAX,
+        time_ns: max + 7,
+        ..commit(1, 2)
+    };
+    let odd_key = KeyRow {
+        key_id: u64::MAX,
+        stream: u64::MAX,
+        created_ns: max + 1,
+        rotated_ns: Some(u64::MAX),
+        shredded_ns: None,
+    };
+    let odd_access = AccessRow {
+        time_ns: u64::MAX,
+        stream: Some(18_446_744_073_709_551_615),
+        offset_from: Some(max + 1),
+        offset_to: Some(u64::MAX),
+        position: Some(0),
+        payload: Some("{}".into()),
+        salt: Some([7; 32]),
+        ..access()
+    };
+    let batch = IndexBatch {
+        events: vec![odd_event.clone(), edge_event.clone()],
+        commits: vec![odd_commit.clone()],
+        keys: vec![odd_key.clone()],
+        access: vec![odd_access.clone()],
+    };
+    index.apply(&batch).await.expect("odd values are indexed");
+    // Replaying the same rows is accepted (they compare equal once stored).
+    index.apply(&batch).await.expect("replay");
+    assert_eq!(
+        index.events_after(0, 10).await.expect("read"),
+        vec![odd_event.clone(), edge_event]
+    );
+    assert_eq!(
+        index
+            .stream_events(u64::MAX, 0, 10)
+            .await
+            .expect("by stream"),
+        vec![odd_event]
+    );
+    assert_eq!(
+        index.commits_after(0, 10).await.expect("commits"),
+        vec![odd_commit]
+    );
+    assert_eq!(index.keys().await.expect("keys"), vec![odd_key]);
+    let projected = index.access_projected().await.expect("access");
+    assert_eq!(projected.len(), 1);
+    assert_eq!(projected[0].columns.time_ns, u64::MAX);
+    assert_eq!(projected[0].columns.stream, Some(u64::MAX));
+    assert_eq!(projected[0].columns.offset_from, Some(max + 1));
+    assert_eq!(projected[0].columns.offset_to, Some(u64::MAX));
     let late = AccessRow {
-        payload: None,
-        salt: None,
         time_ns: u64::MAX,
         ..access()
     };
-    assert!(matches!(
-        index.record_access(&late).await,
-        Err(IndexError::OutOfRange {
-            column: "access.time_ns",
-            ..
-        })
-    ));
-    assert_eq!(
-        index.counts().await.expect("counts"),
-        IndexCounts::default()
-    );
-    let edge = event(max, max, max);
+    index.record_access(&late).await.expect("direct access row");
     index
-        .apply(&IndexBatch {
-            access: Vec::new(),
-            events: vec![edge.clone()],
-            ..IndexBatch::default()
+        .record_verification(&VerificationRow {
+            time_ns: u64::MAX,
+            scope: "test".into(),
+            result: "pass".into(),
+            report_hash: [1; 32],
         })
         .await
-        .expect("i64::MAX fits");
-    assert_eq!(index.events_after(max, 1).await.expect("read"), vec![edge]);
+        .expect("verification row");
+    // Dense counters the log assigns never reach 2^63: such a row is refused
+    // by the schema (an error, never a wrapped value), and nothing is written.
+    let before = index.counts().await.expect("counts");
+    let impossible = IndexBatch {
+        events: vec![event(max + 1, 3, 0)],
+        ..IndexBatch::default()
+    };
+    assert!(index.apply(&impossible).await.is_err());
+    assert_eq!(index.counts().await.expect("counts"), before);
+    index.close().await;
+}
+
+/// Goal: reconcile drops exactly the rows beyond what the durable log backs and keeps the rest.
+async fn reconcile_drops_rows_beyond_the_log(target: IndexTarget) {
+    let index = open(&target).await;
+    let access_at = |position: u64| AccessRow {
+        position: Some(position),
+        payload: Some("{}".into()),
+        salt: Some([position as u8; 32]),
+        ..access()
+    };
+    let batch = IndexBatch {
+        events: vec![
+            event(0, 7, 0),
+            event(1, 7, 1),
+            event(2, 8, 0),
+            event(3, 8, 1),
+        ],
+        commits: vec![commit(1, 2), commit(2, 4)],
+        keys: vec![key(1, 7), key(2, 8)],
+        access: vec![access_at(1), access_at(3)],
+    };
+    index.apply(&batch).await.expect("apply");
+    let backing = vellum::index::Backing {
+        certified_through_op: 1,
+        events: 2,
+        key_ids: [1].into_iter().collect(),
+    };
+    // Commit 2, events 2 and 3, access at 3 and key 2: five rows.
+    assert_eq!(index.reconcile(&backing).await.expect("reconcile"), 5);
+    assert_eq!(index.last_position().await.expect("last"), Some(1));
+    assert_eq!(
+        index
+            .last_commit()
+            .await
+            .expect("last commit")
+            .map(|c| c.op),
+        Some(1)
+    );
+    assert_eq!(index.keys().await.expect("keys"), vec![key(1, 7)]);
+    let access: Vec<u64> = index
+        .access_projected()
+        .await
+        .expect("access")
+        .iter()
+        .map(|a| a.position)
+        .collect();
+    assert_eq!(access, vec![1]);
+    assert_eq!(index.reconcile(&backing).await.expect("again"), 0);
     index.close().await;
 }
 
@@ -552,13 +632,14 @@ async fn clear_keeps_access_and_verifications(target: IndexTarget) {
     index.close().await;
 }
 
-/// Goal: rows written behind the index's back with a short hash or a negative number are refused.
+/// Goal: rows written behind the index's back with a short hash or a negative dense counter are refused.
 async fn forged_rows_fail_constraints(target: IndexTarget) {
     open(&target).await.close().await;
     let forged = [
         "INSERT INTO events VALUES (100, 1, 1, 1, x'00', 0, 0)",
         "INSERT INTO commits VALUES (5, 1, -1, x'00', 0, 'note')",
-        "INSERT INTO keys VALUES (-3, 1, 0, NULL, NULL)",
+        "INSERT INTO access (time_ns, principal, role, action, outcome, position) \
+         VALUES (0, 'p', 'r', 'a', 'ok', -3)",
     ];
     for sql in forged {
         let sql = match target {

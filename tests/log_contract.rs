@@ -197,6 +197,135 @@ fn retried_request_executes_at_most_once() {
     assert!(stale.is_err(), "an older request number is refused");
 }
 
+/// Goal: reusing an idempotency key for another request (other body, other
+/// stream, other expected offset) is refused as `IdempotencyKeyReused` and
+/// stores nothing, while the identical retry gets the original receipt;
+/// also after reopen (the client table is rebuilt from the op headers), and
+/// the op header holds a keyed digest, not a plain hash of the request.
+#[test]
+fn reused_idempotency_key_is_refused_and_stores_nothing() {
+    use vellum::log::LogError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    vellum::init::init_data_dir(&data, None).expect("init");
+    let key = ClientRequest {
+        client: 0xbeef,
+        request: 1,
+    };
+    let original = events(2, "original");
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let first = log.append(80, &original, None, Some(key)).expect("append");
+    let check = |log: &LocalLog, when: &str| {
+        let reuses: [(u64, Vec<Bytes>, Option<u64>, &str); 4] = [
+            (80, events(2, "other body"), None, "another body"),
+            (80, events(3, "original"), None, "another event count"),
+            (81, original.clone(), None, "another stream"),
+            (80, original.clone(), Some(0), "another expected offset"),
+        ];
+        for (stream, batch, expected, what) in reuses {
+            let refused = log.append(stream, &batch, expected, Some(key));
+            assert!(
+                matches!(
+                    refused,
+                    Err(LogError::IdempotencyKeyReused { request: 1, .. })
+                ),
+                "{when}: {what}: {refused:?}"
+            );
+        }
+        let again = log
+            .append(80, &original, None, Some(key))
+            .expect("identical retry");
+        assert!(again.duplicate, "{when}");
+        assert_eq!(
+            (again.op, again.first_offset, again.next_offset),
+            (first.op, 0, 2),
+            "{when}: the original receipt"
+        );
+        assert_eq!(log.read(80, 0, 100).expect("read").len(), 2, "{when}");
+        assert!(
+            matches!(log.read(81, 0, 100), Err(LogError::UnknownStream(81))),
+            "{when}: nothing stored on the other stream"
+        );
+    };
+    check(&log, "live");
+    log.close().expect("close");
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    check(&log, "after reopen");
+    log.close().expect("close");
+
+    // The digest in the header is keyed: it is not SHA-256 of anything the
+    // request holds, and it is not zero (unknown).
+    let segments = data.join("segments");
+    let mut found = false;
+    for entry in std::fs::read_dir(&segments).expect("segments") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("segment");
+        for window in bytes.windows(vellum_audit::record::HEADER_BYTES) {
+            let header: &[u8; 256] = window.try_into().expect("256 bytes");
+            let Ok(header) = vellum_audit::record::OpHeader::decode(header, 0) else {
+                continue;
+            };
+            if header.client_id != 0xbeef {
+                continue;
+            }
+            found = true;
+            assert_eq!(header.version, vellum_audit::record::VERSION);
+            assert_ne!(header.request_digest, [0; 32]);
+            for event in &original {
+                assert_ne!(header.request_digest, vellum_audit::sha256(&[event]));
+            }
+        }
+    }
+    assert!(found, "the op header of the append is in the log");
+}
+
+/// Goal: callers racing with one idempotency key and two different bodies
+/// each get the answer for their own body: exactly one body is stored once,
+/// every caller of that body gets its receipt, every caller of the other
+/// body gets `IdempotencyKeyReused` (never the other's receipt or refusal).
+#[test]
+fn racing_callers_of_one_key_each_get_their_own_answer() {
+    use vellum::log::LogError;
+    let (_dir, log) = fresh();
+    let key = ClientRequest {
+        client: 0xcafe,
+        request: 1,
+    };
+    let outcomes: Vec<(usize, Result<u64, bool>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                scope.spawn(move || {
+                    let body = events(2, if i % 2 == 0 { "x" } else { "y" });
+                    let outcome = match log.append(90, &body, None, Some(key)) {
+                        Ok(appended) => Ok(appended.op),
+                        Err(LogError::IdempotencyKeyReused { .. }) => Err(true),
+                        Err(other) => panic!("caller {i}: {other}"),
+                    };
+                    (i % 2, outcome)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller thread"))
+            .collect()
+    });
+    let stored = log.read(90, 0, 100).expect("read");
+    assert_eq!(stored.len(), 2, "one body, stored once");
+    let winner = if stored[0].payload == events(2, "x")[0] {
+        0
+    } else {
+        1
+    };
+    for (body, outcome) in outcomes {
+        if body == winner {
+            assert!(outcome.is_ok(), "the stored body's caller gets a receipt");
+        } else {
+            assert_eq!(outcome, Err(true), "the other body's caller is refused");
+        }
+    }
+}
+
 /// Goal: an expected offset that does not match refuses the append and names both numbers.
 #[test]
 fn wrong_expected_offset_is_a_clear_conflict() {

@@ -383,13 +383,13 @@ fn acknowledged_appends_stay_put() {
         .expect("two ops");
     let good = reply(&log, 2, log.certificate(2, &quorum));
     checker
-        .acknowledged(2, 1, &good)
+        .acknowledged(2, 1, &good, [0; 32])
         .expect("the ack matches op 2");
 
     let mut moved = reply(&log, 3, log.certificate(3, &quorum));
     moved.first_offset += 1;
     checker
-        .acknowledged(1, 2, &moved)
+        .acknowledged(1, 2, &moved, [0; 32])
         .expect("op 3 not committed yet: waits");
     assert_eq!(checker.acks_waiting(), 1);
     let err = checker
@@ -399,12 +399,33 @@ fn acknowledged_appends_stay_put() {
 
     let mut again = checker_with(&log, 3);
     let mut other = reply(&log, 3, log.certificate(3, &quorum));
-    again.acknowledged(1, 2, &other).expect("first ack");
+    again
+        .acknowledged(1, 2, &other, [0; 32])
+        .expect("first ack");
     other.op = 1;
     let err = again
-        .acknowledged(1, 2, &other)
+        .acknowledged(1, 2, &other, [0; 32])
         .expect_err("acked at two ops");
     assert!(matches!(err, Violation::LostAck { .. }), "{err}");
+}
+
+/// Goal: an ack whose committed op carries another request's digest (the
+/// client table answered a reused key with another request's receipt) is
+/// caught.
+#[test]
+fn ack_of_another_requests_op_is_caught() {
+    let log = LogBuilder::standard();
+    let signers = signers();
+    let quorum = [&signers[0], &signers[1]];
+    let mut checker = checker_with(&log, 2);
+    let good = reply(&log, 2, log.certificate(2, &quorum));
+    let err = checker
+        .acknowledged(2, 1, &good, [9; 32])
+        .expect_err("the op holds another digest");
+    assert!(
+        matches!(&err, Violation::LostAck { op: 2, reason, .. } if reason.contains("digest")),
+        "{err}"
+    );
 }
 
 fn checker_with(log: &LogBuilder, commit: u64) -> Checker {

@@ -3,7 +3,10 @@
 //! passing and a failing data directory, the HTML page being self-contained,
 //! its golden rendering, and `--since` / `--checkpoint-out` (a kept
 //! checkpoint passes while the log only grew, and fails for a rewritten
-//! history, a log rolled back below it, or too few signatures).
+//! history, a log rolled back below it, or too few signatures). Also what a
+//! broken input does to a report: checks that could not run say "not run"
+//! (never "passed"), knock-on failures are grouped under their root cause,
+//! and every format names the tool's version and the policy's SHA-256.
 
 mod support;
 
@@ -143,7 +146,7 @@ fn every_format_of_a_passing_dir() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         let report = json(&run);
         assert_eq!(report["passed"], true);
-        assert_eq!(report["version"], 2);
+        assert_eq!(report["version"], 3);
         assert_eq!(report["reached"]["tree_size"], 10);
         assert!(report["started"].as_str().is_some_and(|t| t.ends_with('Z')));
         let key = &report["policy"]["keys"][0];
@@ -236,9 +239,13 @@ fn fixed_report() -> Report {
         "segments/00000000.vseg at byte 320",
         "header <checksum> & body mismatch",
     );
+    records.fail(
+        "segments/00000000.vseg at byte 512",
+        "parent does not match the previous header",
+    );
     let mut index = Check::start("audit index");
     index.count("event rows", 9);
-    let skipped = Check::skipped("segment seals", "no sealed segment");
+    let skipped = Check::not_run("segment seals", "no sealed segment");
     let mut checks = vec![records.finish(), index.finish(), skipped];
     for (i, check) in checks.iter_mut().enumerate() {
         check.elapsed_ms = 10 * i as u64;
@@ -262,6 +269,12 @@ fn fixed_report() -> Report {
         UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
         UNIX_EPOCH + Duration::from_millis(1_700_000_001_250),
     )
+    .with_tool(vellum_audit::report::Tool {
+        name: "vellum".into(),
+        version: "0.1.0".into(),
+        commit: Some("0123456789ab".into()),
+    })
+    .with_policy_sha256("cd".repeat(32))
 }
 
 // Goal: the HTML page of a fixed report equals the committed golden file
@@ -451,4 +464,186 @@ fn wait_for_lock() -> LogOptions {
         lock_wait_ms: 10_000,
         ..LogOptions::default()
     }
+}
+
+/// SHA-256 of a file, lowercase hex.
+fn file_sha256(path: &Path) -> String {
+    use sha2::Digest as _;
+    vellum_audit::hash::to_hex(&sha2::Sha256::digest(
+        std::fs::read(path).expect("read file"),
+    ))
+}
+
+// Goal: a replica whose segment file cannot be read fails, and the checks
+// that depend on reading it (seals, merkle roots, certificate signatures,
+// audit index, access trail) are "not run" in every format, never passed.
+#[test]
+fn an_unreadable_segment_shows_not_run_checks_and_fails() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(dir.path(), "data");
+    append_to(&data, "unreadable", 3);
+    // A directory in place of the segment file: reading it fails for any
+    // user, root included (a mode of 000 would not stop root).
+    let segment = data.join("segments").join(segment_file_name(0));
+    std::fs::remove_file(&segment).expect("remove segment");
+    std::fs::create_dir(&segment).expect("a directory in its place");
+    let policy = data.join("policy.txt");
+    let base = ["verify", "--data-dir", s(&data), "--policy", s(&policy)];
+    let run = vellum(&[&base[..], &["--json"]].concat());
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let report = json(&run);
+    assert_eq!(report["passed"], false);
+    let records = check_of(&report, "records and hash chain");
+    assert_eq!(records["outcome"], "fail");
+    assert!(
+        records["failures"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot read")),
+        "{records}"
+    );
+    let dependent = [
+        "segment seals",
+        "merkle roots",
+        "certificate signatures",
+        "audit index",
+        "access trail",
+    ];
+    for name in dependent {
+        let check = check_of(&report, name);
+        assert_eq!(check["outcome"], "not_run", "{name} did not run: {check}");
+        assert!(
+            check["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("could not be read"))
+        );
+    }
+    let text = vellum(&base);
+    assert_eq!(text.code, 1);
+    for name in dependent {
+        let line = text
+            .stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("a line for {name}: {}", text.stdout));
+        assert!(line.starts_with("not run"), "{line}");
+    }
+    assert!(
+        !text
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("ok ") && dependent.iter().any(|d| l.contains(d)))
+    );
+    let html = vellum(&[&base[..], &["--format", "html"]].concat());
+    assert_eq!(html.code, 1);
+    assert!(
+        html.stdout
+            .contains("<td class=\"not_run\">not run</td><td>merkle roots</td>"),
+        "{}",
+        html.stdout
+    );
+    assert!(html.stdout.contains("5 not run"), "the summary counts them");
+}
+
+// Goal: one flipped byte early in a long log is reported as one root
+// cause: a handful of failure groups in the report, not a line per later
+// record or index row (the index and trail checks do not run on a log that
+// could not be read to its end).
+#[test]
+fn a_flipped_byte_early_in_a_log_is_one_root_cause() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(dir.path(), "data");
+    append_to(&data, "long", 120);
+    let offset = flip_first_op_body(&data);
+    let policy = data.join("policy.txt");
+    let base = ["verify", "--data-dir", s(&data), "--policy", s(&policy)];
+    let run = vellum(&[&base[..], &["--json"]].concat());
+    assert_eq!(run.code, 1);
+    let report = json(&run);
+    let groups: usize = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["groups"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(
+        groups <= 2,
+        "a few top-level failures, got {groups}: {report}"
+    );
+    assert_eq!(report["root_causes"], groups);
+    let first = &check_of(&report, "records and hash chain")["groups"][0]["first"];
+    assert!(
+        first["location"]
+            .as_str()
+            .is_some_and(|l| l.ends_with(&format!("at byte {offset}"))),
+        "the root cause is the flipped record: {first}"
+    );
+    assert_eq!(check_of(&report, "audit index")["outcome"], "not_run");
+    let text = vellum(&base);
+    let failure_lines = text
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("at "))
+        .count();
+    assert!(
+        (1..=2).contains(&failure_lines),
+        "one failure line per root cause: {}",
+        text.stdout
+    );
+}
+
+// Goal: a run that does find many failures in one place groups them: the
+// first failure of each index table is shown with the count of the
+// further ones, and the JSON still lists each.
+#[test]
+fn many_failures_in_one_place_are_grouped_under_the_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(dir.path(), "data");
+    append_to(&data, "rows", 30);
+    support::tamper_index(
+        &data,
+        &(0..30)
+            .map(|p| format!("UPDATE events SET op = op + 1000 WHERE position = {p}"))
+            .collect::<Vec<_>>(),
+    );
+    let policy = data.join("policy.txt");
+    let base = ["verify", "--data-dir", s(&data), "--policy", s(&policy)];
+    let report = json(&vellum(&[&base[..], &["--json"]].concat()));
+    let index = check_of(&report, "audit index");
+    assert_eq!(index["failures"].as_array().map(Vec::len), Some(30));
+    assert_eq!(index["groups"].as_array().map(Vec::len), Some(1));
+    assert_eq!(index["groups"][0]["more"], 29);
+    let text = vellum(&base).stdout;
+    assert!(
+        text.contains("+ 29 further failures in index row events.position=N after this one"),
+        "{text}"
+    );
+}
+
+// Goal: every format names the tool (vellum and its version) and the
+// SHA-256 of the policy file the run pinned.
+#[test]
+fn every_format_carries_version_and_policy_sha256() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(dir.path(), "data");
+    append_to(&data, "tool", 2);
+    let policy = data.join("policy.txt");
+    let sha = file_sha256(&policy);
+    let version = format!("vellum {}", env!("CARGO_PKG_VERSION"));
+    let base = ["verify", "--data-dir", s(&data), "--policy", s(&policy)];
+    let report = json(&vellum(&[&base[..], &["--json"]].concat()));
+    assert_eq!(report["tool"]["name"], "vellum");
+    assert_eq!(report["tool"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(report["policy"]["sha256"], sha.as_str());
+    for format in ["text", "html"] {
+        let run = vellum(&[&base[..], &["--format", format]].concat());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stdout.contains(&version), "{format} names {version}");
+        assert!(
+            run.stdout.contains(&sha),
+            "{format} names the policy's sha256"
+        );
+    }
+    // The policy inside the data directory (no --policy) is hashed too.
+    let run = vellum(&["verify", "--data-dir", s(&data), "--json"]);
+    assert_eq!(json(&run)["policy"]["sha256"], sha.as_str());
 }

@@ -4,9 +4,11 @@
 //! and cannot phone home. Every text from the report is HTML-escaped (file
 //! names, messages and certificate text are data, never markup).
 //!
-//! Order: the verdict and summary first, then each check with its counts
-//! and time, the failures with their locations, the pinned keys, and the
-//! checkpoint reached (the text to keep for the next `--since`).
+//! Order: the verdict and summary first (with the tool's version and the
+//! policy file's SHA-256), then each check with its counts and time, the
+//! failures grouped by place (the first of each group, and how many
+//! further ones follow it), the pinned keys, and the checkpoint reached
+//! (the text to keep for the next `--since`).
 
 use std::fmt::Write as _;
 
@@ -18,7 +20,7 @@ h1.pass{color:#176b2c}h1.fail{color:#a11b1b}\
 table{border-collapse:collapse;margin:0.5em 0 1.5em}\
 th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left;vertical-align:top}\
 th{background:#f2f2f2}td.pass{color:#176b2c}td.fail{color:#a11b1b;font-weight:bold}\
-td.skipped{color:#777}code,pre{font-family:ui-monospace,monospace;font-size:0.9em}\
+td.not_run{color:#8a5a00;font-weight:bold}code,pre{font-family:ui-monospace,monospace;font-size:0.9em}\
 pre{background:#f7f7f7;border:1px solid #ddd;padding:0.6em;white-space:pre-wrap;word-break:break-all}";
 
 /// Escapes `text` for HTML element content and attribute values.
@@ -70,7 +72,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "<p><small>vellum verify, report format version {}</small></p>\n</body>\n</html>",
+            "<p><small>{}, report format version {}</small></p>\n</body>\n</html>",
+            escape(&self.tool.describe()),
             self.version
         );
         out
@@ -78,6 +81,11 @@ impl Report {
 
     fn summary_html(&self, out: &mut String) {
         let failed = self.checks.iter().filter(|c| !c.passed()).count();
+        let not_run = self
+            .checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::NotRun)
+            .count();
         let failures: u64 = self
             .checks
             .iter()
@@ -85,6 +93,7 @@ impl Report {
             .sum();
         let rows = [
             ("Scope", escape(&self.scope)),
+            ("Tool", escape(&self.tool.describe())),
             ("Started", escape(&self.started)),
             ("Finished", escape(&self.finished)),
             ("Duration", format!("{} ms", self.duration_ms)),
@@ -101,10 +110,26 @@ impl Report {
                 ),
             ),
             (
-                "Checks",
-                format!("{} run, {failed} failed", self.checks.len()),
+                "Policy SHA-256",
+                format!(
+                    "<code>{}</code>",
+                    escape(self.policy.sha256.as_deref().unwrap_or("unknown"))
+                ),
             ),
-            ("Failures", failures.to_string()),
+            (
+                "Checks",
+                format!(
+                    "{} checks, {failed} failed, {not_run} not run",
+                    self.checks.len()
+                ),
+            ),
+            (
+                "Failures",
+                match self.root_causes {
+                    1 => format!("{failures} in 1 place"),
+                    n => format!("{failures} in {n} places"),
+                },
+            ),
         ];
         let _ = writeln!(out, "<table class=\"summary\">");
         for (name, value) in rows {
@@ -151,19 +176,29 @@ impl Report {
                 "<h3>{}</h3>\n<table class=\"failures\">",
                 escape(&check.name)
             );
-            let _ = writeln!(out, "<tr><th>Location</th><th>What was wrong</th></tr>");
-            for failure in &check.failures {
+            let _ = writeln!(
+                out,
+                "<tr><th>Location</th><th>What was wrong</th><th>Further failures there</th></tr>"
+            );
+            for group in &check.groups {
+                let more = match group.more {
+                    0 => String::new(),
+                    n => format!(
+                        "{n} more in <code>{}</code> (mostly knock-on; the JSON report lists each)",
+                        escape(&group.source)
+                    ),
+                };
                 let _ = writeln!(
                     out,
-                    "<tr><td><code>{}</code></td><td>{}</td></tr>",
-                    escape(&failure.location),
-                    escape(&failure.message)
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{more}</td></tr>",
+                    escape(&group.first.location),
+                    escape(&group.first.message)
                 );
             }
             if check.failures_dropped > 0 {
                 let _ = writeln!(
                     out,
-                    "<tr><td colspan=\"2\">... and {} more failures</td></tr>",
+                    "<tr><td colspan=\"3\">... and {} more failures (not kept)</td></tr>",
                     check.failures_dropped
                 );
             }
@@ -219,7 +254,7 @@ fn outcome_class(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "pass",
         Outcome::Fail => "fail",
-        Outcome::Skipped => "skipped",
+        Outcome::NotRun => "not_run",
     }
 }
 
@@ -227,7 +262,7 @@ fn outcome_word(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Pass => "passed",
         Outcome::Fail => "FAILED",
-        Outcome::Skipped => "skipped",
+        Outcome::NotRun => "not run",
     }
 }
 
@@ -256,6 +291,7 @@ mod tests {
             quorum: 1,
             vkeys: vec![],
             keys: vec![],
+            sha256: None,
         };
         let html = Report::new("s<".into(), policy, vec![check.finish()], None).to_html();
         assert!(html.contains("&lt;b&gt;seg&lt;/b&gt; at byte 7"));

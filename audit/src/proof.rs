@@ -177,6 +177,207 @@ impl InclusionProof {
     }
 }
 
+/// One part of [`check_event`]: whether it held, and what it found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PartCheck {
+    /// True when this part held.
+    pub passed: bool,
+    /// What was found, naming the keys, positions or hashes involved.
+    pub message: String,
+}
+
+impl PartCheck {
+    fn pass(message: String) -> PartCheck {
+        PartCheck {
+            passed: true,
+            message,
+        }
+    }
+
+    fn fail(message: String) -> PartCheck {
+        PartCheck {
+            passed: false,
+            message,
+        }
+    }
+}
+
+/// The offline check of one event against its receipt's proof and salt
+/// (`vellum proof check`): three independent parts, each run whatever the
+/// others found, so a failure names every part that broke.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventCheck {
+    /// The leaf preimage (`extra`) decodes, names the proof's index, and the
+    /// Merkle path leads from its hash to the checkpoint's root.
+    pub inclusion: PartCheck,
+    /// The checkpoint names the pinned origin and carries valid signatures
+    /// of at least the policy's quorum of distinct pinned keys (and no
+    /// failing signature of a pinned key).
+    pub quorum: PartCheck,
+    /// `SHA-256("vellum/commit/v1\0" || salt || event)` is the leaf's
+    /// commitment: the proof is about exactly these event bytes.
+    pub commitment: PartCheck,
+}
+
+impl EventCheck {
+    /// True when all three parts held.
+    pub fn passed(&self) -> bool {
+        self.inclusion.passed && self.quorum.passed && self.commitment.passed
+    }
+
+    /// The names of the parts that failed, in check order.
+    pub fn failed_parts(&self) -> Vec<&'static str> {
+        [
+            ("inclusion", &self.inclusion),
+            ("quorum", &self.quorum),
+            ("commitment", &self.commitment),
+        ]
+        .into_iter()
+        .filter(|(_, part)| !part.passed)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// Checks that `proof` proves `event` (with its commitment `salt`) is in a
+/// log certified under `policy`: inclusion, quorum and commitment (see
+/// [`EventCheck`]). Needs no key but the policy's public ones.
+pub fn check_event(
+    proof: &InclusionProof,
+    policy: &Policy,
+    salt: &[u8; 32],
+    event: &[u8],
+) -> EventCheck {
+    let leaf = proof
+        .extra
+        .as_ref()
+        .ok_or(ProofVerifyError::MissingExtra)
+        .and_then(|extra| Ok(crate::leaf::LeafPreimage::decode(extra)?));
+    EventCheck {
+        inclusion: inclusion_part(proof, leaf.as_ref()),
+        quorum: quorum_part(&proof.checkpoint, policy),
+        commitment: match &leaf {
+            Err(e) => PartCheck::fail(format!("no leaf to open: {e}")),
+            Ok(leaf) => commitment_part(leaf, salt, event),
+        },
+    }
+}
+
+fn inclusion_part(
+    proof: &InclusionProof,
+    leaf: Result<&crate::leaf::LeafPreimage, &ProofVerifyError>,
+) -> PartCheck {
+    let leaf = match leaf {
+        Ok(leaf) => leaf,
+        Err(e) => return PartCheck::fail(e.to_string()),
+    };
+    if leaf.global_position != proof.index {
+        return PartCheck::fail(
+            ProofVerifyError::LeafPosition {
+                leaf_position: leaf.global_position,
+                index: proof.index,
+            }
+            .to_string(),
+        );
+    }
+    let checkpoint = &proof.checkpoint.checkpoint;
+    match verify_inclusion(
+        &leaf.leaf_hash(),
+        proof.index,
+        checkpoint.size,
+        &proof.hashes,
+        &checkpoint.root,
+    ) {
+        Ok(()) => PartCheck::pass(format!(
+            "leaf at position {} (stream {} offset {} op {}) is in the tree of size {}",
+            leaf.global_position, leaf.stream, leaf.stream_offset, leaf.op, checkpoint.size
+        )),
+        Err(e) => PartCheck::fail(format!(
+            "the merkle path of position {} does not lead to the checkpoint root of tree size {}: {e}",
+            proof.index, checkpoint.size
+        )),
+    }
+}
+
+fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
+    let key = |name: &str, id: [u8; 4]| format!("{name}+{}", crate::hash::to_hex(&id));
+    let check = match certificate.verify(policy) {
+        Ok(verified) => {
+            let signers: Vec<String> = verified
+                .signers
+                .iter()
+                .map(|v| key(v.name(), v.key_id()))
+                .collect();
+            return PartCheck::pass(format!(
+                "{} of {} needed distinct pinned keys signed: {}",
+                signers.len(),
+                policy.quorum,
+                signers.join(", ")
+            ));
+        }
+        Err(CertificateError::QuorumNotMet { .. }) => certificate
+            .note
+            .check_signatures(&policy.verifiers)
+            .expect("verify already checked the pinned keys are unambiguous"),
+        Err(other) => return PartCheck::fail(other.to_string()),
+    };
+    let signed: Vec<String> = check
+        .valid
+        .iter()
+        .map(|v| key(v.name(), v.key_id()))
+        .collect();
+    let failed: Vec<String> = check
+        .failed
+        .iter()
+        .map(|s| key(&s.name, s.key_id))
+        .collect();
+    let missing: Vec<String> = policy
+        .verifiers
+        .iter()
+        .filter(|v| !check.valid.contains(v))
+        .filter(|v| {
+            !check
+                .failed
+                .iter()
+                .any(|s| s.name == v.name() && s.key_id == v.key_id())
+        })
+        .map(|v| key(v.name(), v.key_id()))
+        .collect();
+    let list = |keys: &[String]| match keys.is_empty() {
+        true => "none".to_string(),
+        false => keys.join(", "),
+    };
+    PartCheck::fail(format!(
+        "{} valid signatures of distinct pinned keys, {} needed; signed: {}; bad signature: {}; \
+         not signed by: {}; signatures of unpinned keys ignored: {}",
+        check.valid.len(),
+        policy.quorum,
+        list(&signed),
+        list(&failed),
+        list(&missing),
+        check.unknown
+    ))
+}
+
+fn commitment_part(leaf: &crate::leaf::LeafPreimage, salt: &[u8; 32], event: &[u8]) -> PartCheck {
+    let computed = crate::leaf::commitment(salt, event);
+    if computed == leaf.commitment {
+        PartCheck::pass(format!(
+            "the salt and the {} event bytes open the leaf's commitment {}",
+            event.len(),
+            crate::hash::to_hex(&leaf.commitment)
+        ))
+    } else {
+        PartCheck::fail(format!(
+            "the salt and the {} event bytes give commitment {}, but the leaf holds {}: \
+             the event bytes or the salt are not the ones this proof is about",
+            event.len(),
+            crate::hash::to_hex(&computed),
+            crate::hash::to_hex(&leaf.commitment)
+        ))
+    }
+}
+
 /// A consistency proof from a trusted older tree to a signed newer one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsistencyProof {

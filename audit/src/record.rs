@@ -19,8 +19,17 @@ pub const HEADER_BYTES: usize = 256;
 pub const MAGIC: [u8; 4] = *b"VLOP";
 /// Offset of [`MAGIC`] inside an encoded header.
 pub const MAGIC_OFFSET: usize = 96;
-/// The only header version this code writes and reads.
-pub const VERSION: u16 = 1;
+/// The header version this code writes: 2, with the request digest at
+/// bytes 224..256.
+pub const VERSION: u16 = 2;
+/// The first header version: bytes 224..256 reserved and zero. Still read,
+/// so logs written before version 2 verify and replay unchanged.
+pub const VERSION_V1: u16 = 1;
+/// Bytes of [`OpHeader::request_digest`].
+pub const REQUEST_DIGEST_BYTES: usize = 32;
+/// The request digest of a header that carries none (version 1, records
+/// other than ops, requests of a shell that computes none): "unknown".
+pub const REQUEST_DIGEST_UNKNOWN: Hash = [0; REQUEST_DIGEST_BYTES];
 /// Most events in one op.
 pub const EVENTS_PER_OP_MAX: u32 = 4096;
 /// Largest plaintext event, in bytes.
@@ -106,6 +115,18 @@ pub struct OpHeader {
     /// Op: Merkle tree size after this op (= global_position + event_count).
     /// Certificate and Seal: the tree size covered.
     pub tree_size: u64,
+    /// The header version: [`VERSION`] for every header written now,
+    /// [`VERSION_V1`] for one decoded from an older log (kept, so that
+    /// re-encoding gives the same bytes and checksum).
+    pub version: u16,
+    /// Op (version 2): the keyed digest of the client request (stream,
+    /// expected offset, events) that this op carries, so that a reused
+    /// idempotency key is told from a retry. A MAC under a key derived from
+    /// the stream's data key, never a plain hash of PHI (P3); shredding the
+    /// data key makes it a random-looking string (P6). All zero
+    /// ([`REQUEST_DIGEST_UNKNOWN`]) when unknown; always zero outside ops
+    /// and in version 1.
+    pub request_digest: Hash,
 }
 
 impl OpHeader {
@@ -129,16 +150,26 @@ impl OpHeader {
             body_size: 0,
             key_id: 0,
             tree_size: 0,
+            version: VERSION,
+            request_digest: REQUEST_DIGEST_UNKNOWN,
         }
     }
 
-    /// The 256 bytes of this header, checksum included.
+    /// The 256 bytes of this header, checksum included, in its own
+    /// `version`.
+    ///
+    /// Panics if a version 1 header carries a request digest: version 1 has
+    /// no room for one, so such a header is a bug.
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
+        assert!(
+            self.version != VERSION_V1 || self.request_digest == REQUEST_DIGEST_UNKNOWN,
+            "a version 1 op header cannot carry a request digest"
+        );
         let mut out = [0u8; HEADER_BYTES];
         out[32..64].copy_from_slice(&self.parent);
         out[64..96].copy_from_slice(&self.body_checksum);
         out[96..100].copy_from_slice(&MAGIC);
-        out[100..102].copy_from_slice(&VERSION.to_le_bytes());
+        out[100..102].copy_from_slice(&self.version.to_le_bytes());
         out[102] = self.kind as u8;
         out[103] = 0;
         out[104..120].copy_from_slice(&self.cluster.to_le_bytes());
@@ -155,7 +186,8 @@ impl OpHeader {
         out[204..208].copy_from_slice(&self.body_size.to_le_bytes());
         out[208..216].copy_from_slice(&self.key_id.to_le_bytes());
         out[216..224].copy_from_slice(&self.tree_size.to_le_bytes());
-        // 224..256 reserved, zero.
+        // Version 1: 224..256 reserved, zero (the digest is then zero too).
+        out[224..256].copy_from_slice(&self.request_digest);
         let checksum = sha256(&[&out[32..]]);
         out[0..32].copy_from_slice(&checksum);
         out
@@ -184,13 +216,16 @@ impl OpHeader {
             return Err(err(0, "header checksum mismatch".to_string()));
         }
         let version = u16::from_le_bytes(take(bytes, 100));
-        if version != VERSION {
+        if version != VERSION && version != VERSION_V1 {
             return Err(err(100, format!("unsupported version {version}")));
         }
         let kind = RecordKind::from_byte(bytes[102])
             .ok_or_else(|| err(102, format!("unknown record kind {}", bytes[102])))?;
-        if bytes[103] != 0 || bytes[224..256].iter().any(|b| *b != 0) {
+        if bytes[103] != 0 {
             return Err(err(103, "reserved bytes are not zero".to_string()));
+        }
+        if version == VERSION_V1 && bytes[224..256].iter().any(|b| *b != 0) {
+            return Err(err(224, "reserved bytes are not zero".to_string()));
         }
         let header = OpHeader {
             parent: take(bytes, 32),
@@ -210,6 +245,8 @@ impl OpHeader {
             body_size: u32::from_le_bytes(take(bytes, 204)),
             key_id: u64::from_le_bytes(take(bytes, 208)),
             tree_size: u64::from_le_bytes(take(bytes, 216)),
+            version,
+            request_digest: take(bytes, 224),
         };
         header.check_rules().map_err(|reason| err(0, reason))?;
         Ok(header)
@@ -217,6 +254,16 @@ impl OpHeader {
 
     /// The rules a well-formed header obeys beyond its checksum.
     pub fn check_rules(&self) -> Result<(), String> {
+        if self.version != VERSION && self.version != VERSION_V1 {
+            return Err(format!("unsupported version {}", self.version));
+        }
+        if self.request_digest != REQUEST_DIGEST_UNKNOWN
+            && (self.version == VERSION_V1 || self.kind != RecordKind::Op)
+        {
+            return Err(
+                "a request digest outside a version 2 op (bytes 224..256 must be zero)".to_string(),
+            );
+        }
         if self.body_size as usize > BODY_BYTES_MAX {
             return Err(format!(
                 "body size {} exceeds {BODY_BYTES_MAX}",
@@ -535,6 +582,7 @@ mod tests {
         header.op = 1;
         header.event_count = 1;
         header.tree_size = 1;
+        header.request_digest = [0xd1; 32];
         let body = encode_events(&[EventFrame {
             commitment: [5; 32],
             nonce: [1; 12],
@@ -557,6 +605,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Goal: a version 1 header (no digest) still decodes, keeps its
+    /// version, and re-encodes to the very same bytes (so its checksum and
+    /// the chain over it are unchanged).
+    #[test]
+    fn version_1_headers_decode_and_re_encode_unchanged() {
+        let mut header = sample_op().header;
+        header.version = VERSION_V1;
+        header.request_digest = REQUEST_DIGEST_UNKNOWN;
+        let bytes = header.encode();
+        assert_eq!(u16::from_le_bytes([bytes[100], bytes[101]]), 1);
+        let decoded = OpHeader::decode(&bytes, 0).expect("a version 1 header");
+        assert_eq!(decoded.version, VERSION_V1);
+        assert_eq!(decoded.request_digest, REQUEST_DIGEST_UNKNOWN);
+        assert_eq!(decoded.encode(), bytes);
+        assert_eq!(decoded.checksum(), header.checksum());
+    }
+
+    /// Goal: version 2 carries the digest at bytes 224..256, and refuses
+    /// one where it has no meaning (version 1, records other than ops).
+    #[test]
+    fn request_digest_lives_in_version_2_ops_only() {
+        let header = sample_op().header;
+        let bytes = header.encode();
+        assert_eq!(&bytes[224..256], &[0xd1; 32]);
+        assert_eq!(
+            OpHeader::decode(&bytes, 0).expect("v2").request_digest,
+            [0xd1; 32]
+        );
+
+        // A version 1 header with bytes in 224..256 (checksum made valid).
+        let mut v1 = bytes;
+        v1[100..102].copy_from_slice(&VERSION_V1.to_le_bytes());
+        let checksum = sha256(&[&v1[32..]]);
+        v1[0..32].copy_from_slice(&checksum);
+        let error = OpHeader::decode(&v1, 0).expect_err("v1 with a digest");
+        assert_eq!(error.location, crate::Location::Byte(224));
+
+        let mut certificate = OpHeader::empty(RecordKind::Certificate, 7);
+        certificate.op = 1;
+        certificate.request_digest = [1; 32];
+        let error = OpHeader::decode(&certificate.encode(), 0).expect_err("digest outside an op");
+        assert!(error.reason.contains("request digest"), "{error}");
     }
 
     /// Goal: decode errors carry the file offset passed in.

@@ -2,6 +2,15 @@
 //! times and the location of every failure, the keys it pinned and the
 //! checkpoint it reached. Rendered as text here, as HTML in `html`, and as
 //! JSON through serde, so machines and people read the same content.
+//!
+//! Two rules keep a broken input from misleading the reader. A check whose
+//! input could not be read is `not_run`, never `pass`: zero counts prove
+//! nothing. And the failures of a check are grouped by where they are (one
+//! segment file, one index table, one replica): the first one of each group
+//! is shown, with the count of the further ones after it, which are mostly
+//! knock-on effects of the first (the JSON keeps every failure). Every
+//! report names the tool (version and git commit) and the SHA-256 of the
+//! trust policy file, so a reader knows what ran against which keys.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,8 +24,9 @@ use crate::policy::Policy;
 /// Failures kept per check, at most; the count of the rest is still reported.
 pub const FAILURES_PER_CHECK_MAX: usize = 100;
 
-/// The report format version (2: times, pinned keys, kept checkpoint).
-pub const REPORT_VERSION: u32 = 2;
+/// The report format version (2: times, pinned keys, kept checkpoint;
+/// 3: `not_run` outcome, failure groups, tool and policy SHA-256).
+pub const REPORT_VERSION: u32 = 3;
 
 /// One failed expectation and where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,8 +45,10 @@ pub enum Outcome {
     Pass,
     /// At least one failure.
     Fail,
-    /// Could not run because an earlier check found the input unreadable.
-    Skipped,
+    /// Did not run, or not in full, because its input could not be read
+    /// (an earlier check names why). Never a pass.
+    #[serde(rename = "not_run")]
+    NotRun,
 }
 
 /// One named check.
@@ -52,6 +64,9 @@ pub struct Check {
     pub failures: Vec<Failure>,
     /// Failures beyond the kept ones.
     pub failures_dropped: u64,
+    /// The kept failures grouped by where they are: the first of each
+    /// group and how many further ones follow it (see [`Check::regroup`]).
+    pub groups: Vec<FailureGroup>,
     /// A note, e.g. why it was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -70,18 +85,47 @@ impl Check {
             counts: BTreeMap::new(),
             failures: Vec::new(),
             failures_dropped: 0,
+            groups: Vec::new(),
             note: None,
             elapsed_ms: 0,
             started: Some(Instant::now()),
         }
     }
 
-    /// A check that could not run.
-    pub fn skipped(name: &str, why: &str) -> Check {
+    /// A check that could not run, and why.
+    pub fn not_run(name: &str, why: &str) -> Check {
         let mut check = Check::start(name);
-        check.outcome = Outcome::Skipped;
+        check.outcome = Outcome::NotRun;
         check.note = Some(why.to_string());
         check.finish()
+    }
+
+    /// Marks a check that found nothing wrong as not run (its input was
+    /// incomplete), saying why; a check with failures keeps them.
+    pub fn mark_not_run(&mut self, why: &str) {
+        if self.outcome == Outcome::Pass {
+            self.outcome = Outcome::NotRun;
+            self.note = Some(why.to_string());
+        }
+    }
+
+    /// Recomputes [`Check::groups`] from the kept failures: consecutive
+    /// or not, failures with the same [`failure_source`] form one group,
+    /// in the order of their first failure.
+    pub fn regroup(&mut self) {
+        let mut groups: Vec<FailureGroup> = Vec::new();
+        for failure in &self.failures {
+            let source = failure_source(&failure.location);
+            match groups.iter_mut().find(|g| g.source == source) {
+                Some(group) => group.more += 1,
+                None => groups.push(FailureGroup {
+                    source,
+                    first: failure.clone(),
+                    more: 0,
+                }),
+            }
+        }
+        self.groups = groups;
     }
 
     /// Adds `n` to a counter.
@@ -113,6 +157,68 @@ impl Check {
     /// True unless a failure was recorded.
     pub fn passed(&self) -> bool {
         self.outcome != Outcome::Fail
+    }
+}
+
+/// The failures of one check at one place: the first, and how many more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureGroup {
+    /// Where: a segment file, an index table, a replica (see
+    /// [`failure_source`]).
+    pub source: String,
+    /// The first failure there: usually the root cause.
+    pub first: Failure,
+    /// Further failures there after the first, mostly knock-on effects.
+    pub more: u64,
+}
+
+/// The place a failure location names, without its position in it: the
+/// file of `"<file> at byte N"`; otherwise the location with every number
+/// written as `N`, except the one right after a leading `replica ` (so
+/// `index row events.position=7` is `index row events.position=N`, and
+/// replicas stay apart).
+pub fn failure_source(location: &str) -> String {
+    if let Some((file, _)) = location.split_once(" at byte ") {
+        return file.to_string();
+    }
+    let (keep, rest) = match location.strip_prefix("replica ") {
+        Some(rest) => {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            location.split_at("replica ".len() + digits)
+        }
+        None => ("", location),
+    };
+    let mut out = keep.to_string();
+    let mut in_number = false;
+    for c in rest.chars() {
+        match (c.is_ascii_digit(), in_number) {
+            (true, false) => out.push('N'),
+            (true, true) => {}
+            (false, _) => out.push(c),
+        }
+        in_number = c.is_ascii_digit();
+    }
+    out
+}
+
+/// The program that wrote a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    /// The program's name.
+    pub name: String,
+    /// Its version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The git commit it was built from, when known at build time.
+    pub commit: Option<String>,
+}
+
+impl Tool {
+    /// "name version (commit c)" or "name version".
+    pub fn describe(&self) -> String {
+        match &self.commit {
+            Some(commit) => format!("{} {} (commit {commit})", self.name, self.version),
+            None => format!("{} {}", self.name, self.version),
+        }
     }
 }
 
@@ -152,6 +258,9 @@ pub struct PolicySummary {
     pub vkeys: Vec<String>,
     /// Pinned verifier keys with their names and key ids.
     pub keys: Vec<PinnedKey>,
+    /// SHA-256 of the policy file as read, lowercase hex (set by the
+    /// caller that read the file; absent for a policy built in memory).
+    pub sha256: Option<String>,
 }
 
 impl PolicySummary {
@@ -171,6 +280,7 @@ impl PolicySummary {
             quorum: policy.quorum,
             vkeys: keys.iter().map(|k| k.vkey.clone()).collect(),
             keys,
+            sha256: None,
         }
     }
 }
@@ -182,7 +292,9 @@ pub struct Report {
     pub version: u32,
     /// What was verified, e.g. "data-dir /var/lib/vellum".
     pub scope: String,
-    /// True when no check failed.
+    /// The program that verified (see [`Report::with_tool`]).
+    pub tool: Tool,
+    /// True when every check ran and passed.
     pub passed: bool,
     /// When verification started, RFC 3339 UTC.
     pub started: String,
@@ -194,6 +306,9 @@ pub struct Report {
     pub policy: PolicySummary,
     /// The checks, in the order they ran.
     pub checks: Vec<Check>,
+    /// Failure groups over all checks: the places where something broke
+    /// (each check's groups counted; knock-on failures are inside them).
+    pub root_causes: u64,
     /// The checkpoint the auditor kept (`--since`), when one was given.
     pub since: Option<Reached>,
     /// The newest certificate verified, if any.
@@ -201,20 +316,29 @@ pub struct Report {
 }
 
 impl Report {
-    /// A report over `checks`; it passes when none failed. Its times are
+    /// A report over `checks`; it passes when every check ran and none failed. Its times are
     /// "now" until [`Report::with_times`] sets the real ones.
     pub fn new(
         scope: String,
         policy: PolicySummary,
-        checks: Vec<Check>,
+        mut checks: Vec<Check>,
         reached: Option<Reached>,
     ) -> Report {
-        let passed = checks.iter().all(Check::passed);
+        checks.iter_mut().for_each(Check::regroup);
+        // A check that did not run proves nothing: the report cannot pass.
+        let passed = checks.iter().all(|c| c.outcome == Outcome::Pass);
+        let root_causes = checks.iter().map(|c| c.groups.len() as u64).sum();
         let now = rfc3339(SystemTime::now());
         Report {
             version: REPORT_VERSION,
             scope,
+            tool: Tool {
+                name: "vellum-audit".to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: None,
+            },
             passed,
+            root_causes,
             started: now.clone(),
             finished: now,
             duration_ms: 0,
@@ -223,6 +347,19 @@ impl Report {
             since: None,
             reached,
         }
+    }
+
+    /// Names the program that verified (the `vellum` binary sets its own
+    /// version and commit; the default is this crate's version).
+    pub fn with_tool(mut self, tool: Tool) -> Report {
+        self.tool = tool;
+        self
+    }
+
+    /// Records the SHA-256 of the policy file the run pinned.
+    pub fn with_policy_sha256(mut self, sha256: String) -> Report {
+        self.policy.sha256 = Some(sha256);
+        self
     }
 
     /// Sets when the run started and finished.
@@ -246,6 +383,7 @@ impl Report {
         let mut out = String::new();
         let verdict = if self.passed { "PASSED" } else { "FAILED" };
         let _ = writeln!(out, "verification {verdict}: {}", self.scope);
+        let _ = writeln!(out, "tool: {}", self.tool.describe());
         let _ = writeln!(
             out,
             "started {} finished {} ({} ms)",
@@ -258,11 +396,28 @@ impl Report {
             self.policy.quorum,
             self.policy.keys.len()
         );
+        let _ = writeln!(
+            out,
+            "policy sha256: {}",
+            self.policy.sha256.as_deref().unwrap_or("unknown")
+        );
         for key in &self.policy.keys {
             let _ = writeln!(out, "  pinned key {} id {}", key.name, key.key_id);
         }
         for check in &self.checks {
             write_check_text(&mut out, check);
+        }
+        if !self.passed {
+            let not_run = self
+                .checks
+                .iter()
+                .filter(|c| c.outcome == Outcome::NotRun)
+                .count();
+            let places = match self.root_causes {
+                1 => "1 place".to_string(),
+                n => format!("{n} places"),
+            };
+            let _ = writeln!(out, "failures in {places}; {not_run} checks not run");
         }
         if let Some(since) = &self.since {
             let _ = writeln!(
@@ -299,23 +454,35 @@ fn write_check_text(out: &mut String, check: &Check) {
         check.elapsed_ms
     );
     if let Some(note) = &check.note {
-        let _ = writeln!(out, "     note: {note}");
+        let _ = writeln!(out, "        note: {note}");
     }
-    for failure in &check.failures {
-        let _ = writeln!(out, "     at {}: {}", failure.location, failure.message);
+    for group in &check.groups {
+        let first = &group.first;
+        let _ = writeln!(out, "        at {}: {}", first.location, first.message);
+        if group.more > 0 {
+            let _ = writeln!(
+                out,
+                "           + {} further failures in {} after this one (mostly knock-on; --format json lists each)",
+                group.more, group.source
+            );
+        }
     }
     if check.failures_dropped > 0 {
-        let _ = writeln!(out, "     ... and {} more failures", check.failures_dropped);
+        let _ = writeln!(
+            out,
+            "        ... and {} more failures (not kept)",
+            check.failures_dropped
+        );
     }
 }
 
 impl Outcome {
-    /// The four-letter tag of the text report.
+    /// The seven-letter tag of the text report.
     pub fn tag(self) -> &'static str {
         match self {
-            Outcome::Pass => "ok  ",
-            Outcome::Fail => "FAIL",
-            Outcome::Skipped => "skip",
+            Outcome::Pass => "ok     ",
+            Outcome::Fail => "FAIL   ",
+            Outcome::NotRun => "not run",
         }
     }
 }
@@ -367,6 +534,7 @@ mod tests {
             quorum: 1,
             vkeys: vec![],
             keys: vec![],
+            sha256: None,
         };
         let report = Report::new("test".into(), policy, vec![ok, bad.finish()], None);
         assert!(!report.passed);
@@ -375,6 +543,59 @@ mod tests {
                 .to_text()
                 .contains("at segments/0.vseg at byte 320: header checksum mismatch")
         );
+    }
+
+    /// Goal: failures group by file, table or replica, numbers aside, so a
+    /// root cause and its knock-on failures make one group.
+    #[test]
+    fn failures_group_by_place() {
+        for (location, source) in [
+            (
+                "segments/00000000.vseg at byte 320",
+                "segments/00000000.vseg",
+            ),
+            (
+                "index row events.position=17",
+                "index row events.position=N",
+            ),
+            (
+                "index table access, position 4",
+                "index table access, position N",
+            ),
+            ("replica 2 op 5 (x at byte 9)", "replica 2 op 5 (x"),
+            (
+                "replica 12 certificate of op 7 (tree size 30)",
+                "replica 12 certificate of op N (tree size N)",
+            ),
+            ("policy", "policy"),
+        ] {
+            assert_eq!(failure_source(location), source, "{location}");
+        }
+        let mut check = Check::start("audit index");
+        for i in 0..50 {
+            check.fail(format!("index row events.position={i}"), "extra");
+        }
+        check.fail("index row commits.op=1", "extra");
+        check.regroup();
+        assert_eq!(check.groups.len(), 2);
+        assert_eq!(check.groups[0].more, 49);
+        assert_eq!(
+            check.groups[0].first.location,
+            "index row events.position=0"
+        );
+    }
+
+    /// Goal: a check marked not run is never a pass, and keeps failures it found.
+    #[test]
+    fn not_run_is_not_a_pass() {
+        let mut idle = Check::start("merkle roots");
+        idle.mark_not_run("the log could not be read");
+        assert_eq!(idle.outcome, Outcome::NotRun);
+        assert_eq!(idle.outcome.tag(), "not run");
+        let mut failed = Check::start("records");
+        failed.fail("x", "bad");
+        failed.mark_not_run("ignored");
+        assert_eq!(failed.outcome, Outcome::Fail);
     }
 
     /// Goal: failures beyond the bound are counted, not kept.

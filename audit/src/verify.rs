@@ -28,7 +28,7 @@ use crate::merkle::{self, MerkleTree};
 use crate::note::Verifier;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
-use crate::report::{Check, Reached};
+use crate::report::{Check, Outcome, Reached};
 use crate::segment::{self, Chain, ScanError, SegmentEnd};
 
 /// The checkpoint extension line that binds a certificate to the op header
@@ -123,6 +123,33 @@ pub struct LogVerification {
     pub tree: MerkleTree,
     /// The segments directory that was read (failures name its files).
     pub segments_dir: PathBuf,
+    /// True when every segment was read to its end. When false, the checks
+    /// after "records and hash chain" saw only a prefix (or nothing) and are
+    /// `not_run` unless they found a failure; checks of projections of the
+    /// log (index, trail, replicas compared) must not run on it either.
+    pub complete: bool,
+}
+
+/// The note of a log check that saw only part of the log (or none).
+pub const INCOMPLETE_LOG_NOTE: &str = "not run in full: the log could not be read to its end \
+     (see records and hash chain); what it could not read was not checked";
+
+impl LogVerification {
+    /// A live replica's log ends in a record being written: the walk
+    /// stopped there, but everything before it was checked in full. The
+    /// caller (which dropped that one torn-tail failure) calls this to
+    /// take the walk as complete again.
+    pub fn accept_live_tail(&mut self) {
+        self.complete = true;
+        for check in &mut self.checks {
+            if check.outcome == Outcome::NotRun
+                && check.note.as_deref() == Some(INCOMPLETE_LOG_NOTE)
+            {
+                check.outcome = Outcome::Pass;
+                check.note = None;
+            }
+        }
+    }
 }
 
 /// The cluster id inside a Vellum origin ("vellum.local/cluster/<hex>").
@@ -517,6 +544,12 @@ impl Walk<'_> {
         if self.complete && uncertified > 0 {
             self.fail_uncertified_tail(uncertified);
         }
+        if !self.complete {
+            // Zero counts or a prefix prove nothing about the rest.
+            for check in [&mut self.seals, &mut self.merkle, &mut self.certificates] {
+                check.mark_not_run(INCOMPLETE_LOG_NOTE);
+            }
+        }
         LogVerification {
             checks: vec![
                 self.records.finish(),
@@ -528,6 +561,7 @@ impl Walk<'_> {
             reached: self.reached,
             tree: self.tree,
             segments_dir: self.segments_dir.to_path_buf(),
+            complete: self.complete,
         }
     }
 }
@@ -578,6 +612,15 @@ pub fn check_since(
     log: &LogVerification,
 ) -> (Check, Option<Reached>) {
     let mut check = Check::start(SINCE_CHECK);
+    if !log.complete {
+        return (
+            Check::not_run(
+                SINCE_CHECK,
+                "the log could not be read to its end (see records and hash chain)",
+            ),
+            None,
+        );
+    }
     let certificate = match Certificate::parse(kept_text) {
         Ok(certificate) => certificate,
         Err(e) => {
@@ -693,11 +736,39 @@ pub fn compare_replicas(
     policy: &Policy,
     replica_count: usize,
 ) -> Vec<Check> {
-    vec![
-        compare_chains(replicas),
-        compare_certificates(replicas),
-        check_quorums(replicas, policy, replica_count),
-    ]
+    // A replica whose log could not be read to its end has failed on its
+    // own; comparing its prefix would only add knock-on failures.
+    let readable: Vec<ReplicaLog<'_>> = replicas
+        .iter()
+        .copied()
+        .filter(|r| r.log.complete)
+        .collect();
+    let unreadable: Vec<&str> = replicas
+        .iter()
+        .filter(|r| !r.log.complete)
+        .map(|r| r.name)
+        .collect();
+    let mut checks = vec![
+        compare_chains(&readable),
+        compare_certificates(&readable),
+        check_quorums(&readable, policy, replica_count),
+    ];
+    if !unreadable.is_empty() {
+        let why = format!(
+            "not compared: {} could not be read to the end (see their records checks)",
+            unreadable.join(", ")
+        );
+        for (i, check) in checks.iter_mut().enumerate() {
+            // Comparing needs two readable replicas; the quorum check
+            // (index 2) looks at each readable replica on its own.
+            if i < 2 && readable.len() < 2 {
+                check.mark_not_run(&why);
+            } else if check.note.is_none() {
+                check.note = Some(why.clone());
+            }
+        }
+    }
+    checks
 }
 
 /// The file and byte of op fact `fact` of `log`.

@@ -2,8 +2,8 @@
 
 use proptest::prelude::*;
 use vellum_audit::record::{
-    EventFrame, HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, decode_events, encode_events,
-    genesis_parent,
+    EventFrame, HEADER_BYTES, OpHeader, REQUEST_DIGEST_UNKNOWN, Record, RecordKind, SealBody,
+    VERSION, VERSION_V1, decode_events, encode_events, genesis_parent,
 };
 
 fn kind_strategy() -> impl Strategy<Value = RecordKind> {
@@ -33,8 +33,11 @@ prop_compose! {
         body_size in 0..=(16u32 << 20),
         key_id in any::<u64>(),
         tree_size in any::<u64>(),
+        v1 in any::<bool>(),
+        request_digest in any::<[u8; 32]>(),
     ) -> OpHeader {
         let is_op = kind == RecordKind::Op;
+        let version = if v1 { VERSION_V1 } else { VERSION };
         OpHeader {
             parent, body_checksum, kind, cluster, view, op,
             commit: if is_op { commit_seed % op } else { 0 },
@@ -43,6 +46,8 @@ prop_compose! {
             body_size: if kind == RecordKind::Seal { 48 } else { body_size },
             key_id: if is_op { key_id } else { 0 },
             tree_size: if is_op { global_position + u64::from(event_count) } else { tree_size },
+            version,
+            request_digest: if is_op && !v1 { request_digest } else { REQUEST_DIGEST_UNKNOWN },
         }
     }
 }
@@ -84,7 +89,16 @@ proptest! {
     }
 }
 
-/// The record stored in `golden/record_op.bin`.
+/// The version 1 record stored in `golden/record_op.bin` (written before
+/// the request digest existed; still read).
+fn golden_record_v1() -> Record {
+    let mut record = golden_record();
+    record.header.version = VERSION_V1;
+    record.header.request_digest = REQUEST_DIGEST_UNKNOWN;
+    record
+}
+
+/// The version 2 record stored in `golden/record_op_v2.bin`.
 fn golden_record() -> Record {
     let cluster = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
     let header = OpHeader {
@@ -105,6 +119,8 @@ fn golden_record() -> Record {
         body_size: 0,
         key_id: 5,
         tree_size: 2,
+        version: VERSION,
+        request_digest: [0xd9; 32],
     };
     let body = encode_events(&[
         EventFrame {
@@ -135,13 +151,28 @@ fn check_golden(name: &str, bytes: &[u8]) {
     );
 }
 
-/// Goal: the encoded op record is byte-for-byte the blessed golden file, and decodes.
+/// Goal: the encoded version 2 op record is byte-for-byte the blessed
+/// golden file, and decodes.
 #[test]
 fn record_op_matches_golden() {
     let record = golden_record();
     let bytes = record.encode();
-    check_golden("record_op.bin", &bytes);
+    check_golden("record_op_v2.bin", &bytes);
     assert_eq!(Record::decode(&bytes, 0).expect("golden decodes"), record);
+}
+
+/// Goal: the version 1 golden record (written before the request digest)
+/// still decodes, as version 1 with an unknown digest, and re-encodes to
+/// the same bytes.
+#[test]
+fn record_op_v1_golden_still_decodes() {
+    let record = golden_record_v1();
+    let bytes = record.encode();
+    check_golden("record_op.bin", &bytes);
+    let decoded = Record::decode(&bytes, 0).expect("v1 golden decodes");
+    assert_eq!(decoded.header.version, VERSION_V1);
+    assert_eq!(decoded.header.request_digest, REQUEST_DIGEST_UNKNOWN);
+    assert_eq!(decoded, record);
 }
 
 /// Goal: the genesis parent is SHA-256 of the documented tag and cluster bytes.

@@ -52,6 +52,12 @@ impl LogBuilder {
     }
 
     fn op(&mut self, events: u32) -> Record {
+        self.op_with(events, |_| {})
+    }
+
+    /// An op whose header `adjust` changes (version, digest) before it is
+    /// sealed into a record.
+    fn op_with(&mut self, events: u32, adjust: impl FnOnce(&mut OpHeader)) -> Record {
         let mut header = OpHeader::empty(RecordKind::Op, CLUSTER);
         header.parent = self.last_checksum;
         header.op = self.last_op + 1;
@@ -61,6 +67,7 @@ impl LogBuilder {
         header.event_count = events;
         header.tree_size = self.tree_size + u64::from(events);
         header.key_id = 1;
+        adjust(&mut header);
         let sealed: Vec<Vec<u8>> = (0..events)
             .map(|i| vec![i as u8; 16 + i as usize])
             .collect();
@@ -194,6 +201,43 @@ fn clean_segments_scan() {
         scan.end
     );
     assert_eq!(scan.records.len(), 5);
+}
+
+/// Goal: a log written by an older build (version 1 op headers) and
+/// continued by this one (version 2, with request digests) scans clean:
+/// the chain runs across the version change, and the v1 headers keep
+/// their version and unknown digest.
+#[test]
+fn version_1_then_version_2_ops_chain_and_scan_clean() {
+    let mut log = LogBuilder::new();
+    log.op_with(1, |h| h.version = vellum_audit::record::VERSION_V1);
+    log.op_with(2, |h| h.version = vellum_audit::record::VERSION_V1);
+    log.certificate(2);
+    log.op_with(1, |h| h.request_digest = [0x42; 32]);
+    log.op(2);
+    log.certificate(4);
+    log.seal();
+    let scan = scan_segment(&log.segments[0], 0, CLUSTER);
+    assert!(
+        matches!(scan.end, SegmentEnd::Sealed { .. }),
+        "{:?}",
+        scan.end
+    );
+    let versions: Vec<(u16, [u8; 32])> = scan
+        .records
+        .iter()
+        .filter(|r| r.header.kind == RecordKind::Op)
+        .map(|r| (r.header.version, r.header.request_digest))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![(1, [0; 32]), (1, [0; 32]), (2, [0x42; 32]), (2, [0; 32])]
+    );
+    let dir = tempdir();
+    log.write_dir(&dir);
+    let scanned = scan_log_dir(&dir, CLUSTER);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    assert!(scanned.is_ok(), "{scanned:?}");
 }
 
 /// Goal: every prefix of an unsynced last record is a torn tail at the record's start, never corruption.

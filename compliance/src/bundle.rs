@@ -929,7 +929,7 @@ fn check_manifest_fields(check: &mut Check, manifest: &Manifest) {
 
 fn check_files(dir: &Path, manifest: Option<&Manifest>) -> Check {
     let Some(manifest) = manifest else {
-        return Check::skipped("bundle files", "the manifest is missing or unreadable");
+        return Check::not_run("bundle files", "the manifest is missing or unreadable");
     };
     let mut check = Check::start("bundle files");
     for (i, entry) in manifest.files.iter().enumerate() {

@@ -2,19 +2,31 @@
 //! stream, built from the access trail (P7): every successful trail event
 //! that disclosed data ([`AccessAction::discloses`]: stream reads, log
 //! reads, subscriptions, exports) of that stream within a time range, with
-//! the date, the recipient (the principal), a description of what was
-//! disclosed and the stated purpose — the content 164.528(b)(2) asks for.
+//! the date, the recipient, a description of what was disclosed and the
+//! stated purpose — the content 164.528(b)(2) asks for.
 //!
-//! A log read or subscription names global positions, not a stream; it is
-//! listed when its range covers one of the stream's positions, which the
-//! caller supplies (from the audit index). Without them such reads cannot be
-//! attributed and are left out — the caller must say so to the requester.
+//! Recipient and description are the ones the request named (trail members
+//! `recipient`, `description`); without them the recipient is the API
+//! account and the description is the range that was read.
 //!
-//! Refused or failed attempts disclosed nothing and are not listed (they stay
-//! in the full trail export). Disclosures for treatment, payment and health
-//! care operations are exempt from the accounting (164.528(a)(1)(i)); they
-//! are listed with `tpo_exempt: true` so the privacy officer decides, rather
-//! than this code silently dropping them.
+//! A global-log read or a subscription window names positions, not a
+//! stream. It is attributed to the stream when its trail event lists the
+//! stream among the `streams` it returned, or (when the caller supplies the
+//! stream's positions) when its range covers one of them. When neither can
+//! tell — an event written before `streams` existed, or one whose list was
+//! cut at its bound — the accounting cannot say whether the patient's data
+//! was among what was returned: such reads are listed apart, under
+//! `not_attributable`, and the export says so in plain words rather than
+//! leaving them out.
+//!
+//! Left out, and counted in `omitted`: refused or failed attempts (nothing
+//! was disclosed; they stay in the full trail export), reads that returned
+//! no event, and internal reads by the replica itself (role `system`).
+//! Disclosures exempt from the accounting under 164.528(a)(1) — treatment,
+//! payment and health care operations, disclosures to the individual, and
+//! the others an HL7 v3 purpose-of-use code can name — are listed and
+//! marked with the rule (`exempt_rule`), so the privacy officer decides,
+//! rather than this code silently dropping them.
 
 use std::path::Path;
 
@@ -24,24 +36,98 @@ use crate::fhir::rfc3339_utc;
 use crate::tabular::{ExportError, csv_record, write_durably};
 use crate::trail::{AccessAction, AccessEvent};
 
-/// v3-ActReason purposes of use that are treatment, payment or operations.
-pub const TPO_PURPOSES: [&str; 4] = ["TREAT", "ETREAT", "HPAYMT", "HOPERAT"];
+/// 164.528(a)(1)(i): treatment, payment and health care operations.
+pub const RULE_TPO: &str =
+    "45 CFR 164.528(a)(1)(i): to carry out treatment, payment or health care operations";
+/// 164.528(a)(1)(ii): to the individual (or the personal representative).
+pub const RULE_INDIVIDUAL: &str =
+    "45 CFR 164.528(a)(1)(ii): to the individual about whom the information is";
+/// 164.528(a)(1)(v): facility directory and persons involved in care.
+pub const RULE_DIRECTORY: &str = "45 CFR 164.528(a)(1)(v): for the facility's directory or to persons involved in the individual's care";
+/// 164.528(a)(1)(vi): national security or intelligence.
+pub const RULE_NATIONAL_SECURITY: &str =
+    "45 CFR 164.528(a)(1)(vi): for national security or intelligence purposes";
+
+/// HL7 v3 purpose-of-use codes (ActReason) whose disclosures 164.528(a)(1)
+/// exempts, with the rule. Matched case-insensitively; "patient request"
+/// is taken as `PATRQT`.
+pub const EXEMPT_PURPOSES: [(&str, &str); 24] = [
+    ("TREAT", RULE_TPO),
+    ("ETREAT", RULE_TPO),
+    ("COC", RULE_TPO),
+    ("CAREMGT", RULE_TPO),
+    ("HPAYMT", RULE_TPO),
+    ("CLMATTCH", RULE_TPO),
+    ("COVAUTH", RULE_TPO),
+    ("COVERAGE", RULE_TPO),
+    ("ELIGDTRM", RULE_TPO),
+    ("ELIGVER", RULE_TPO),
+    ("ENROLLM", RULE_TPO),
+    ("REMITADV", RULE_TPO),
+    ("HOPERAT", RULE_TPO),
+    ("HQUALIMP", RULE_TPO),
+    ("PATADMIN", RULE_TPO),
+    ("PATSFTY", RULE_TPO),
+    ("PERFMSR", RULE_TPO),
+    ("RECORDMGT", RULE_TPO),
+    ("TRAIN", RULE_TPO),
+    ("PATRQT", RULE_INDIVIDUAL),
+    ("PWATRNY", RULE_INDIVIDUAL),
+    ("HDIRECT", RULE_DIRECTORY),
+    ("FAMRQT", RULE_DIRECTORY),
+    ("NATLSEC", RULE_NATIONAL_SECURITY),
+];
+
+/// The role of the replica's own, internal accesses (never a disclosure).
+pub const INTERNAL_ROLE: &str = "system";
 
 /// The CSV columns of an accounting, in order.
-pub const DISCLOSURE_COLUMNS: [&str; 12] = [
+pub const DISCLOSURE_COLUMNS: [&str; 15] = [
     "date",
     "time_ns",
     "recipient",
+    "account",
     "role",
     "action",
     "description",
     "purpose",
-    "tpo_exempt",
+    "exempt",
+    "exempt_rule",
+    "attribution",
     "stream",
     "from",
     "to",
     "position",
 ];
+
+/// How a listed access was tied to the patient's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The trail event names the stream (stream reads, exports).
+    Stream,
+    /// A global read or subscription whose event lists the stream among
+    /// the streams it returned.
+    StreamsReturned,
+    /// A global read whose range covers one of the stream's positions (the
+    /// caller supplied them).
+    Positions,
+    /// A global read or subscription that may or may not have returned the
+    /// stream's events: the trail does not say.
+    NotAttributable,
+}
+
+impl Attribution {
+    /// The snake_case name of the CSV column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Stream => "stream",
+            Attribution::StreamsReturned => "streams_returned",
+            Attribution::Positions => "positions",
+            Attribution::NotAttributable => "not_attributable",
+        }
+    }
+}
 
 /// One disclosure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,9 +136,12 @@ pub struct Disclosure {
     pub date: String,
     /// The same, unix nanoseconds.
     pub time_ns: u64,
-    /// Who received the data: the authenticated principal.
+    /// Who received the data: the recipient the request named, else the
+    /// API account.
     pub recipient: String,
-    /// The recipient's role.
+    /// The API account (authenticated principal) that made the request.
+    pub account: String,
+    /// The account's role.
     pub role: String,
     /// The trail action.
     pub action: &'static str,
@@ -60,8 +149,12 @@ pub struct Disclosure {
     pub description: String,
     /// The stated purpose of use, if any.
     pub purpose: Option<String>,
-    /// True when the purpose is treatment, payment or operations.
-    pub tpo_exempt: bool,
+    /// True when 164.528(a)(1) exempts the disclosure (see `exempt_rule`).
+    pub exempt: bool,
+    /// The exempting rule, when `exempt`.
+    pub exempt_rule: Option<&'static str>,
+    /// How the access was tied to the stream.
+    pub attribution: Attribution,
     /// The stream (log reads: absent).
     pub stream: Option<u64>,
     /// First offset (log reads: position).
@@ -70,6 +163,17 @@ pub struct Disclosure {
     pub to: Option<u64>,
     /// The trail event's global position, to fetch its proof.
     pub position: Option<u64>,
+}
+
+/// Trail events of the period deliberately not listed, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Omitted {
+    /// Refused, denied or failed attempts (nothing disclosed).
+    pub unsuccessful: usize,
+    /// Reads that returned no event.
+    pub empty: usize,
+    /// The replica's own reads (role `system`).
+    pub internal: usize,
 }
 
 /// An accounting: the disclosures of `stream` in `[from, to)` nanoseconds.
@@ -83,15 +187,46 @@ pub struct Accounting {
     pub to: u64,
     /// When this accounting was produced.
     pub generated_ns: u64,
-    /// The disclosures, in trail order.
+    /// The disclosures, in trail order (exempt ones marked).
     pub disclosures: Vec<Disclosure>,
-    /// How many.
+    /// How many disclosures.
     pub count: usize,
+    /// How many of them are not exempt: what 164.528 requires listing.
+    pub accountable: usize,
+    /// Global-log reads and subscriptions that may have returned the
+    /// stream's events: the trail does not record which streams they
+    /// returned. Not counted in `count`.
+    pub not_attributable: Vec<Disclosure>,
+    /// What was left out, by reason.
+    pub omitted: Omitted,
+    /// What this accounting cannot say, in plain words.
+    pub notes: Vec<String>,
+}
+
+/// The exempting rule of a purpose of use, if 164.528(a)(1) exempts it.
+pub fn exempt_rule(purpose: &str) -> Option<&'static str> {
+    let code = purpose.trim();
+    if code.eq_ignore_ascii_case("patient request") {
+        return Some(RULE_INDIVIDUAL);
+    }
+    EXEMPT_PURPOSES
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(code))
+        .map(|(_, rule)| *rule)
+}
+
+/// What one trail event is to the accounting of a stream.
+enum Verdict {
+    Listed(Attribution),
+    Unattributable,
+    Omit(fn(&mut Omitted)),
+    Unrelated,
 }
 
 /// Builds the accounting of `stream` for `[from_ns, to_ns)` from trail
 /// events (with their positions). `stream_positions` are the global
-/// positions of the stream's events, sorted, used to attribute log reads.
+/// positions of the stream's events, sorted, used to attribute log reads
+/// that do not list the streams they returned (empty: unknown).
 pub fn account(
     events: &[(AccessEvent, Option<u64>)],
     stream: u64,
@@ -100,65 +235,125 @@ pub fn account(
     to_ns: u64,
     generated_ns: u64,
 ) -> Accounting {
-    let disclosures: Vec<Disclosure> = events
+    let mut disclosures = Vec::new();
+    let mut not_attributable = Vec::new();
+    let mut omitted = Omitted::default();
+    let in_period = events
         .iter()
-        .filter(|(e, _)| e.action.discloses() && e.succeeded())
-        .filter(|(e, _)| (from_ns..to_ns).contains(&e.time_ns))
-        .filter(|(e, _)| touches(e, stream, stream_positions))
-        .map(|(e, position)| disclosure(e, *position))
-        .collect();
+        .filter(|(e, _)| e.action.discloses() && (from_ns..to_ns).contains(&e.time_ns));
+    for (event, position) in in_period {
+        match verdict(event, stream, stream_positions) {
+            Verdict::Listed(how) => disclosures.push(disclosure(event, *position, how, stream)),
+            Verdict::Unattributable => not_attributable.push(disclosure(
+                event,
+                *position,
+                Attribution::NotAttributable,
+                stream,
+            )),
+            Verdict::Omit(count) => count(&mut omitted),
+            Verdict::Unrelated => {}
+        }
+    }
+    let notes = notes(stream, &not_attributable, omitted);
     Accounting {
         stream,
         from: from_ns,
         to: to_ns,
         generated_ns,
         count: disclosures.len(),
+        accountable: disclosures.iter().filter(|d| !d.exempt).count(),
         disclosures,
+        not_attributable,
+        omitted,
+        notes,
     }
 }
 
-/// True when the event disclosed data of `stream`.
-fn touches(event: &AccessEvent, stream: u64, stream_positions: &[u64]) -> bool {
-    match event.stream {
-        Some(s) => s == stream,
-        None => {
-            let is_log_read = matches!(
-                event.action,
-                AccessAction::ReadLog | AccessAction::Subscribe
-            );
-            let from = event.from.unwrap_or(0);
-            let to = event.to.unwrap_or(u64::MAX);
-            // First stream position at or after `from`; covered if below `to`.
-            let first = stream_positions.partition_point(|&p| p < from);
-            is_log_read && stream_positions.get(first).is_some_and(|&p| p < to)
-        }
+fn verdict(event: &AccessEvent, stream: u64, stream_positions: &[u64]) -> Verdict {
+    let how = match attribution(event, stream, stream_positions) {
+        None => return Verdict::Unrelated,
+        Some(how) => how,
+    };
+    if !event.succeeded() {
+        return Verdict::Omit(|o| o.unsuccessful += 1);
+    }
+    if event.role == INTERNAL_ROLE {
+        return Verdict::Omit(|o| o.internal += 1);
+    }
+    if returned_nothing(event) {
+        return Verdict::Omit(|o| o.empty += 1);
+    }
+    match how {
+        Attribution::NotAttributable => Verdict::Unattributable,
+        how => Verdict::Listed(how),
     }
 }
 
-fn disclosure(event: &AccessEvent, position: Option<u64>) -> Disclosure {
-    let range = match (event.from, event.to) {
-        (Some(from), Some(to)) if to > from => format!("{from} to {}", to - 1),
-        (Some(_), Some(_)) => "none".to_string(),
-        (Some(from), None) => format!("{from} onwards"),
-        _ => "all".to_string(),
-    };
-    let description = match event.stream {
-        Some(stream) => format!("events of stream {stream}, offsets {range}"),
-        None => format!("global log positions {range}, including events of the stream"),
-    };
-    let description = format!("{description} ({})", event.action.as_str());
+/// How the event is tied to `stream`; `None` when it provably is not.
+fn attribution(event: &AccessEvent, stream: u64, stream_positions: &[u64]) -> Option<Attribution> {
+    if event.stream == Some(stream) {
+        return Some(Attribution::Stream);
+    }
+    let is_log_read = event.stream.is_none()
+        && matches!(
+            event.action,
+            AccessAction::ReadLog | AccessAction::Subscribe
+        );
+    if !is_log_read {
+        return None;
+    }
+    if event.names_stream(stream) {
+        return Some(Attribution::StreamsReturned);
+    }
+    if event.streams.is_some() && !event.streams_truncated {
+        return None;
+    }
+    if stream_positions.is_empty() {
+        return Some(Attribution::NotAttributable);
+    }
+    let from = event.from.unwrap_or(0);
+    let to = event.to.unwrap_or(u64::MAX);
+    // First stream position at or after `from`; covered if below `to`.
+    let first = stream_positions.partition_point(|&p| p < from);
+    stream_positions
+        .get(first)
+        .is_some_and(|&p| p < to)
+        .then_some(Attribution::Positions)
+}
+
+/// True when the event says it returned no event: an empty range, or an
+/// empty list of streams returned.
+fn returned_nothing(event: &AccessEvent) -> bool {
+    let empty_range = matches!((event.from, event.to), (Some(from), Some(to)) if to <= from);
+    let no_streams = event
+        .streams
+        .as_ref()
+        .is_some_and(|s| s.is_empty() && !event.streams_truncated);
+    empty_range || no_streams
+}
+
+fn disclosure(
+    event: &AccessEvent,
+    position: Option<u64>,
+    attribution: Attribution,
+    stream: u64,
+) -> Disclosure {
+    let exempt_rule = event.purpose.as_deref().and_then(exempt_rule);
     Disclosure {
         date: rfc3339_utc(event.time_ns),
         time_ns: event.time_ns,
-        recipient: event.principal.clone(),
+        recipient: event
+            .recipient
+            .clone()
+            .unwrap_or_else(|| event.principal.clone()),
+        account: event.principal.clone(),
         role: event.role.clone(),
         action: event.action.as_str(),
-        description,
+        description: description(event, attribution, stream),
         purpose: event.purpose.clone(),
-        tpo_exempt: event
-            .purpose
-            .as_deref()
-            .is_some_and(|p| TPO_PURPOSES.contains(&p)),
+        exempt: exempt_rule.is_some(),
+        exempt_rule,
+        attribution,
         stream: event.stream,
         from: event.from,
         to: event.to,
@@ -166,20 +361,77 @@ fn disclosure(event: &AccessEvent, position: Option<u64>) -> Disclosure {
     }
 }
 
-/// The accounting as CSV text (header row, RFC 4180).
+fn description(event: &AccessEvent, attribution: Attribution, stream: u64) -> String {
+    if let (Some(text), false) = (
+        &event.description,
+        attribution == Attribution::NotAttributable,
+    ) {
+        return text.clone();
+    }
+    let range = match (event.from, event.to) {
+        (Some(from), Some(to)) if to > from => format!("{from} to {}", to - 1),
+        (Some(_), Some(_)) => "none".to_string(),
+        (Some(from), None) => format!("{from} onwards"),
+        _ => "all".to_string(),
+    };
+    let what = match (event.stream, attribution) {
+        (Some(s), _) => format!("events of stream {s}, offsets {range}"),
+        (None, Attribution::NotAttributable) => format!(
+            "global log positions {range}; the trail does not record which streams this \
+             returned, so it may or may not include events of stream {stream}"
+        ),
+        (None, _) => format!("global log positions {range}, including events of stream {stream}"),
+    };
+    format!("{what} ({})", event.action.as_str())
+}
+
+fn notes(stream: u64, not_attributable: &[Disclosure], omitted: Omitted) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "Listed: successful reads, subscriptions and exports that returned events of \
+             stream {stream}. Disclosures exempt under 45 CFR 164.528(a)(1) are listed with \
+             exempt=true and the rule."
+        ),
+        format!(
+            "Left out: {} refused or failed attempts, {} reads that returned no event, {} \
+             internal reads by the replica.",
+            omitted.unsuccessful, omitted.empty, omitted.internal
+        ),
+    ];
+    if !not_attributable.is_empty() {
+        notes.push(format!(
+            "Cannot attribute: {} global-log reads or subscriptions in this period do not \
+             record which streams they returned; they may have disclosed events of stream \
+             {stream}. They are listed under not_attributable and are not counted.",
+            not_attributable.len()
+        ));
+    }
+    notes
+}
+
+/// The accounting as CSV text (header row, RFC 4180): the disclosures,
+/// then the accesses it cannot attribute (`attribution` =
+/// `not_attributable`, the description saying why).
 pub fn disclosures_csv(accounting: &Accounting) -> String {
     let mut out = csv_record(&DISCLOSURE_COLUMNS);
     let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
-    for d in &accounting.disclosures {
+    for d in accounting
+        .disclosures
+        .iter()
+        .chain(&accounting.not_attributable)
+    {
         out.push_str(&csv_record(&[
             d.date.clone(),
             d.time_ns.to_string(),
             d.recipient.clone(),
+            d.account.clone(),
             d.role.clone(),
             d.action.to_string(),
             d.description.clone(),
             d.purpose.clone().unwrap_or_default(),
-            d.tpo_exempt.to_string(),
+            d.exempt.to_string(),
+            d.exempt_rule.unwrap_or_default().to_string(),
+            d.attribution.as_str().to_string(),
             number(d.stream),
             number(d.from),
             number(d.to),

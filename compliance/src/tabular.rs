@@ -19,7 +19,7 @@ use crate::fhir::rfc3339_utc;
 use crate::trail::AccessEvent;
 
 /// The CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 14] = [
+pub const CSV_COLUMNS: [&str; 18] = [
     "position",
     "v",
     "time_ns",
@@ -34,6 +34,10 @@ pub const CSV_COLUMNS: [&str; 14] = [
     "outcome",
     "remote",
     "detail",
+    "recipient",
+    "description",
+    "streams",
+    "streams_truncated",
 ];
 
 /// Why an export file could not be written.
@@ -82,6 +86,15 @@ pub struct AccessRow<'a> {
     pub remote: Option<&'a str>,
     /// Report or manifest hash and the like.
     pub detail: Option<&'a str>,
+    /// The disclosure's recipient as the request named it.
+    pub recipient: Option<&'a str>,
+    /// The disclosure's description as the request gave it.
+    pub description: Option<&'a str>,
+    /// The streams a global read or subscription window returned (CSV:
+    /// space-separated).
+    pub streams: Option<&'a [u64]>,
+    /// True when more streams were returned than `streams` lists.
+    pub streams_truncated: bool,
 }
 
 impl<'a> AccessRow<'a> {
@@ -102,10 +115,14 @@ impl<'a> AccessRow<'a> {
             outcome: &event.outcome,
             remote: event.remote.as_deref(),
             detail: event.detail.as_deref(),
+            recipient: event.recipient.as_deref(),
+            description: event.description.as_deref(),
+            streams: event.streams.as_deref(),
+            streams_truncated: event.streams_truncated,
         }
     }
 
-    fn cells(&self) -> [String; 14] {
+    fn cells(&self) -> [String; 18] {
         let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
         [
             number(self.position),
@@ -122,6 +139,12 @@ impl<'a> AccessRow<'a> {
             self.outcome.to_string(),
             self.remote.unwrap_or_default().to_string(),
             self.detail.unwrap_or_default().to_string(),
+            self.recipient.unwrap_or_default().to_string(),
+            self.description.unwrap_or_default().to_string(),
+            self.streams.map_or_else(String::new, |s| {
+                s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+            }),
+            self.streams_truncated.to_string(),
         ]
     }
 }

@@ -16,8 +16,13 @@ use serde::{Deserialize, Serialize};
 pub const ACCESS_TRAIL_STREAM: u64 = 1;
 /// Version of the trail event format.
 pub const ACCESS_EVENT_VERSION: u32 = 1;
-/// Longest free text (purpose, detail) kept in a trail event, in bytes.
+/// Longest free text (purpose, detail, recipient, description) kept in a
+/// trail event, in bytes.
 pub const ACCESS_TEXT_BYTES_MAX: usize = 512;
+/// Most stream ids one trail event lists in `streams` (what a global-log
+/// read or a subscription window returned); beyond it `streams_truncated`
+/// is set, and an accounting cannot rule a stream out.
+pub const STREAMS_RETURNED_MAX: usize = 256;
 
 /// What was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,6 +121,27 @@ pub struct AccessEvent {
     /// checkpoint, an export's bundle manifest hash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The recipient of a disclosure as the request named it (a person or
+    /// organization, 164.528(b)(2)(ii)); absent: the principal received it.
+    /// Absent in events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// A description of what was disclosed, as the request gave it
+    /// (164.528(b)(2)(iii)); absent: the accounting describes the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// For a global-log read or a subscription window: the distinct streams
+    /// whose events it returned, ascending, at most [`STREAMS_RETURNED_MAX`].
+    /// Absent: not recorded (then a disclosure cannot be attributed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Vec<u64>>,
+    /// True when more streams were returned than `streams` lists.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub streams_truncated: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl AccessEvent {
@@ -132,6 +158,21 @@ impl AccessEvent {
     /// True when the outcome is a success.
     pub fn succeeded(&self) -> bool {
         self.outcome == "success"
+    }
+
+    /// Sets `streams` to the distinct streams of `returned` (ascending,
+    /// bounded by [`STREAMS_RETURNED_MAX`], `streams_truncated` when cut).
+    /// The server calls it for global-log reads and subscription windows.
+    pub fn set_streams_returned(&mut self, returned: impl IntoIterator<Item = u64>) {
+        let distinct: std::collections::BTreeSet<u64> = returned.into_iter().collect();
+        self.streams_truncated = distinct.len() > STREAMS_RETURNED_MAX;
+        self.streams = Some(distinct.into_iter().take(STREAMS_RETURNED_MAX).collect());
+    }
+
+    /// True when the event says it returned events of `stream`: it names the
+    /// stream, or lists it among the streams returned.
+    pub fn names_stream(&self, stream: u64) -> bool {
+        self.stream == Some(stream) || self.streams.as_ref().is_some_and(|s| s.contains(&stream))
     }
 }
 
@@ -167,6 +208,10 @@ mod tests {
             outcome: "success".into(),
             remote: Some("127.0.0.1:5".into()),
             detail: None,
+            recipient: None,
+            description: None,
+            streams: None,
+            streams_truncated: false,
         };
         let payload = event.to_payload();
         let text = String::from_utf8(payload.clone()).expect("utf-8");
@@ -176,6 +221,53 @@ mod tests {
         );
         assert_eq!(AccessEvent::from_payload(&payload).expect("parses"), event);
         assert!(AccessEvent::from_payload(b"{\"v\":1}").is_err());
+    }
+
+    // Goal: an event written before recipient, description and streams
+    // existed still decodes, and re-encodes to the very same bytes (so its
+    // committed payload still opens its leaf commitment).
+    #[test]
+    fn version_1_events_without_the_new_members_still_decode() {
+        let old = br#"{"v":1,"time_ns":5,"principal":"dev","role":"reader","action":"read_log","from":0,"to":3,"outcome":"success"}"#;
+        let event = AccessEvent::from_payload(old).expect("an old event decodes");
+        assert_eq!(
+            (&event.recipient, &event.description, &event.streams),
+            (&None, &None, &None)
+        );
+        assert!(!event.streams_truncated);
+        assert_eq!(event.to_payload(), old.to_vec());
+    }
+
+    // Goal: the new members round-trip after the old ones, and the streams
+    // returned are distinct, ascending and bounded, with the cut marked.
+    #[test]
+    fn recipient_description_and_streams_round_trip_bounded() {
+        let mut event = AccessEvent::from_payload(
+            br#"{"v":1,"time_ns":5,"principal":"dev","role":"reader","action":"subscribe","from":0,"outcome":"success"}"#,
+        )
+        .expect("decodes");
+        event.recipient = Some("Dr. Ada, County Hospital".into());
+        event.description = Some("discharge summary".into());
+        event.set_streams_returned([40, 17, 40, 16]);
+        assert_eq!(event.streams, Some(vec![16, 17, 40]));
+        assert!(!event.streams_truncated && event.names_stream(17) && !event.names_stream(18));
+        let text = String::from_utf8(event.to_payload()).expect("utf-8");
+        assert!(
+            text.ends_with(r#""outcome":"success","recipient":"Dr. Ada, County Hospital","description":"discharge summary","streams":[16,17,40]}"#),
+            "{text}"
+        );
+        assert_eq!(
+            AccessEvent::from_payload(text.as_bytes()).expect("parses"),
+            event
+        );
+        event.set_streams_returned(0..(STREAMS_RETURNED_MAX as u64 + 10));
+        assert_eq!(
+            event.streams.as_ref().map(Vec::len),
+            Some(STREAMS_RETURNED_MAX)
+        );
+        assert!(event.streams_truncated);
+        let text = String::from_utf8(event.to_payload()).expect("utf-8");
+        assert!(text.ends_with(r#","streams_truncated":true}"#), "{text}");
     }
 
     // Goal: clipping keeps text under the bound on a char boundary.

@@ -1,11 +1,13 @@
 //! HIPAA accounting of disclosures from the access trail: exactly the
 //! successful disclosing accesses of one stream in the period (log reads
-//! only when they cover the stream's positions), with date, recipient,
-//! description and purpose, as CSV and JSON.
+//! when they list the stream among the streams returned or cover its
+//! positions), with date, recipient, description and purpose, as CSV and
+//! JSON; exempt purposes marked with their rule, internal and empty reads
+//! left out, and what cannot be attributed said plainly.
 
 use vellum_compliance::disclosures::{
-    DISCLOSURE_COLUMNS, account, disclosures_csv, disclosures_json, write_disclosures_csv,
-    write_disclosures_json,
+    Attribution, DISCLOSURE_COLUMNS, RULE_INDIVIDUAL, RULE_TPO, account, disclosures_csv,
+    disclosures_json, exempt_rule, write_disclosures_csv, write_disclosures_json,
 };
 use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent};
 
@@ -34,6 +36,10 @@ fn access(n: u64, action: AccessAction, stream: Option<u64>, outcome: &str) -> A
         outcome: outcome.into(),
         remote: Some("10.0.0.1:1".into()),
         detail: None,
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
     }
 }
 
@@ -84,12 +90,24 @@ fn accounting_selects_exactly_the_disclosures() {
         first.description,
         "events of stream 1001, offsets 0 to 4 (read_stream)"
     );
-    assert!(first.tpo_exempt);
-    assert!(!accounting.disclosures[1].tpo_exempt);
+    assert!(first.exempt);
+    assert_eq!(first.exempt_rule, Some(RULE_TPO));
+    assert!(!accounting.disclosures[1].exempt);
+    assert_eq!(
+        accounting.accountable, 1,
+        "only user-1's purpose is not exempt"
+    );
     assert_eq!(accounting.disclosures[1].position, Some(501));
-    // Without the stream's positions, log reads cannot be attributed.
+    // Without the stream's positions, log reads cannot be attributed: they
+    // are listed apart and the export says so.
     let bare = account(&trail(), STREAM, &[], T0, T0 + 50 * SECOND, 0);
     assert_eq!(bare.count, 2);
+    assert_eq!(bare.not_attributable.len(), 3);
+    assert!(
+        bare.notes
+            .iter()
+            .any(|n| n.starts_with("Cannot attribute: 3 "))
+    );
     // A subscription from 55 on covers position 90 of STREAM_POSITIONS.
     let later = account(
         &trail(),
@@ -117,10 +135,14 @@ fn json_and_csv_have_the_documented_shape() {
     assert_eq!(
         keys,
         [
+            "accountable",
             "count",
             "disclosures",
             "from",
             "generated_ns",
+            "not_attributable",
+            "notes",
+            "omitted",
             "stream",
             "to"
         ]
@@ -159,4 +181,153 @@ fn writers_write_files_once() {
         write_disclosures_json(&json, &accounting).is_err(),
         "must not overwrite"
     );
+}
+
+/// A successful global-log read at second `n` of positions [from, to).
+fn log_read(n: u64, from: u64, to: u64) -> AccessEvent {
+    let mut event = access(n, AccessAction::ReadLog, None, "success");
+    (event.from, event.to) = (Some(from), Some(to));
+    event
+}
+
+// Goal: a global read or subscription that lists the streams it returned
+// is attributed by that list alone (no positions needed); one whose list
+// leaves the stream out is not a disclosure of it; one whose list was cut
+// at its bound cannot rule the stream out.
+#[test]
+fn streams_returned_attribute_global_reads() {
+    let mut hit = log_read(0, 0, 10);
+    hit.set_streams_returned([16, STREAM]);
+    let mut miss = log_read(1, 10, 20);
+    miss.set_streams_returned([16, 17]);
+    let mut cut = log_read(2, 20, 30);
+    cut.set_streams_returned(0..1000);
+    let mut window = access(3, AccessAction::Subscribe, None, "success");
+    window.set_streams_returned([STREAM]);
+    let events: Vec<_> = [hit, miss, cut, window]
+        .into_iter()
+        .map(|e| (e, None))
+        .collect();
+    let accounting = account(&events, STREAM, &[], T0, T0 + 10 * SECOND, 0);
+    let listed: Vec<(&str, Attribution)> = accounting
+        .disclosures
+        .iter()
+        .map(|d| (d.recipient.as_str(), d.attribution))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("user-0", Attribution::StreamsReturned),
+            ("user-3", Attribution::StreamsReturned)
+        ]
+    );
+    assert_eq!(accounting.not_attributable.len(), 1);
+    assert_eq!(accounting.not_attributable[0].recipient, "user-2");
+}
+
+// Goal: internal reads (role system), reads that returned nothing and
+// failed attempts are left out and counted by reason; a subscription window
+// that returned no stream is not about this stream at all.
+#[test]
+fn internal_and_empty_reads_are_left_out() {
+    let mut internal = access(0, AccessAction::ReadStream, Some(STREAM), "success");
+    internal.role = "system".into();
+    let mut empty_range = access(1, AccessAction::ReadStream, Some(STREAM), "success");
+    (empty_range.from, empty_range.to) = (Some(5), Some(5));
+    let mut empty_window = access(2, AccessAction::Subscribe, None, "success");
+    empty_window.set_streams_returned([]);
+    let failed = access(3, AccessAction::ReadStream, Some(STREAM), "refused: 404");
+    let real = access(4, AccessAction::ReadStream, Some(STREAM), "success");
+    let events: Vec<_> = [internal, empty_range, empty_window, failed, real]
+        .into_iter()
+        .map(|e| (e, None))
+        .collect();
+    let accounting = account(&events, STREAM, &[], T0, T0 + 10 * SECOND, 0);
+    assert_eq!(accounting.count, 1);
+    assert_eq!(accounting.disclosures[0].recipient, "user-4");
+    assert!(accounting.not_attributable.is_empty());
+    let omitted = accounting.omitted;
+    assert_eq!(
+        (omitted.internal, omitted.empty, omitted.unsuccessful),
+        (1, 1, 1)
+    );
+}
+
+// Goal: exempt purposes are marked with the rule that exempts them (TPO
+// codes, disclosures to the individual by code or by words), others not.
+#[test]
+fn exempt_purposes_are_marked_with_their_rule() {
+    for (purpose, rule) in [
+        ("TREAT", Some(RULE_TPO)),
+        ("hpaymt", Some(RULE_TPO)),
+        ("HOPERAT", Some(RULE_TPO)),
+        ("PATRQT", Some(RULE_INDIVIDUAL)),
+        ("Patient request", Some(RULE_INDIVIDUAL)),
+        ("HLEGAL", None),
+        ("PUBHLTH", None),
+        ("legal, \"subpoena\"", None),
+    ] {
+        assert_eq!(exempt_rule(purpose), rule, "{purpose}");
+    }
+    let mut own = access(0, AccessAction::Export, Some(STREAM), "success");
+    own.purpose = Some("PATRQT".into());
+    let accounting = account(&[(own, Some(9))], STREAM, &[], T0, T0 + SECOND, 0);
+    let d = &accounting.disclosures[0];
+    assert!(d.exempt && d.exempt_rule == Some(RULE_INDIVIDUAL));
+    assert_eq!(accounting.accountable, 0);
+    let csv = disclosures_csv(&accounting);
+    assert!(
+        csv.contains(",true,45 CFR 164.528(a)(1)(ii): to the individual"),
+        "{csv}"
+    );
+}
+
+// Goal: the recipient and description a request named are what the
+// accounting shows; the API account stays beside them.
+#[test]
+fn named_recipient_and_description_are_used() {
+    let mut export = access(0, AccessAction::Export, Some(STREAM), "success");
+    export.recipient = Some("County Hospital, records dept.".into());
+    export.description = Some("discharge summary of 2024-02-01".into());
+    let accounting = account(&[(export, Some(3))], STREAM, &[], T0, T0 + SECOND, 0);
+    let d = &accounting.disclosures[0];
+    assert_eq!(d.recipient, "County Hospital, records dept.");
+    assert_eq!(d.account, "user-0");
+    assert_eq!(d.description, "discharge summary of 2024-02-01");
+}
+
+// Goal: trail events written before recipient, description and streams
+// existed still decode and are accounted as before (global reads among
+// them reported as not attributable, in both CSV and JSON).
+#[test]
+fn older_trail_events_are_still_accounted() {
+    let old_read = br#"{"v":1,"time_ns":1709211909000000000,"principal":"dr-lee","role":"reader","action":"read_stream","stream":1001,"from":0,"to":2,"purpose":"TREAT","outcome":"success"}"#;
+    let old_log = br#"{"v":1,"time_ns":1709211910000000000,"principal":"etl","role":"reader","action":"read_log","from":0,"to":100,"outcome":"success"}"#;
+    let events: Vec<_> = [&old_read[..], &old_log[..]]
+        .into_iter()
+        .map(|p| {
+            (
+                AccessEvent::from_payload(p).expect("an old event decodes"),
+                None,
+            )
+        })
+        .collect();
+    let accounting = account(&events, STREAM, &[], T0, T0 + 10 * SECOND, 0);
+    assert_eq!(accounting.count, 1);
+    assert_eq!(accounting.disclosures[0].recipient, "dr-lee");
+    assert_eq!(accounting.not_attributable.len(), 1);
+    let csv = disclosures_csv(&accounting);
+    let last = csv.trim_end().rsplit("\r\n").next().expect("a row");
+    assert!(last.contains(",not_attributable,"), "{last}");
+    assert!(
+        last.contains("does not record which streams this returned"),
+        "{last}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&disclosures_json(&accounting)).expect("json");
+    assert_eq!(json["not_attributable"][0]["account"], "etl");
+    assert!(json["notes"].as_array().expect("notes").iter().any(|n| {
+        n.as_str()
+            .is_some_and(|n| n.contains("may have disclosed events of stream 1001"))
+    }));
 }

@@ -41,6 +41,10 @@ fn event(action: AccessAction) -> AccessEvent {
         outcome: "success".into(),
         remote: Some("10.1.2.3:51234".into()),
         detail: None,
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
     }
 }
 
@@ -55,6 +59,10 @@ fn variants(action: AccessAction) -> Vec<AccessEvent> {
         purpose: None,
         remote: None,
         detail: None,
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
         principal: "anonymous".into(),
         role: "none".into(),
         outcome: "refused: no credential".into(),

@@ -24,6 +24,10 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         outcome: "success".into(),
         remote: Some("10.1.2.3:51234".into()),
         detail: None,
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
     };
     let failed = AccessEvent {
         principal: "anonymous".into(),
@@ -36,6 +40,10 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         outcome: "refused: unknown token".into(),
         remote: None,
         detail: None,
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
         ..read.clone()
     };
     vec![(read, Some(17)), (failed, None)]

@@ -22,7 +22,7 @@ pub struct AppendArgs {
     #[command(flatten)]
     dir: DataDirArgs,
     /// The stream (a number, at least 16; ids below are reserved).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = crate::cli::number_flag)]
     stream: u64,
     /// Read events from this file instead of stdin. Every line is checked
     /// before anything is written; an input of more than 4096 events is
@@ -30,7 +30,7 @@ pub struct AppendArgs {
     #[arg(long, value_name = "F")]
     file: Option<PathBuf>,
     /// Refuse the append unless the stream currently has exactly N events.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cli::number_flag)]
     expected_offset: Option<u64>,
     /// Print the receipt (offsets, positions, certificate, inclusion proofs) as JSON.
     #[arg(long)]

@@ -13,23 +13,23 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Appends per system and concurrency level.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::cli::number_flag)]
     appends: u64,
     /// Payload bytes per event.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = crate::cli::number_flag_as::<usize>)]
     event_bytes: usize,
     /// Concurrency levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,64", value_parser = crate::cli::number_flag_as::<usize>)]
     concurrency: Vec<usize>,
     /// Time limit per system and level, in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = crate::cli::number_flag)]
     seconds: u64,
     /// PostgreSQL URL to include PostgreSQL (synchronous_commit=on).
     #[arg(long, value_name = "URL", env = "VELLUM_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
     /// Also build a log of this many MB and time `vellum verify` on it
     /// against a raw SHA-256 pass over the same bytes (0: skip).
-    #[arg(long, value_name = "MB", default_value_t = 0)]
+    #[arg(long, value_name = "MB", default_value_t = 0, value_parser = crate::cli::number_flag)]
     verify_mb: u64,
     /// Skip the three-replica cluster (started from this binary on loopback).
     #[arg(long)]

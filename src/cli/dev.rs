@@ -16,7 +16,7 @@ pub struct DevArgs {
     #[arg(long, value_name = "DIR", default_value = "vellum-dev")]
     data_dir: PathBuf,
     /// Replicas (1, 3, 5 or 7).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::number_flag_as::<u8>)]
     replicas: u8,
 }
 

@@ -55,13 +55,13 @@ struct EventsArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// The patient's stream.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::number_flag)]
     stream: u64,
     /// First offset.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::cli::number_flag)]
     from: u64,
     /// One past the last offset (default: 1000 events after --from).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::number_flag)]
     to: Option<u64>,
     /// Why the export is made (recorded in the trail and the manifest).
     #[arg(long)]
@@ -89,7 +89,7 @@ struct AuditArgs {
     #[arg(long, value_name = "TIME")]
     to: Option<String>,
     /// Only accesses to this stream.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::number_flag)]
     stream: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value = "fhir")]
@@ -110,7 +110,7 @@ struct DisclosuresArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// The patient's stream.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::number_flag)]
     stream: u64,
     /// From this time (RFC 3339 UTC or unix nanoseconds).
     #[arg(long, value_name = "TIME")]
@@ -179,39 +179,99 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes the bundle's files under `out` (which must be new or empty),
-/// refusing any name that would leave the directory.
+/// refusing any name that would leave the directory. All or nothing: every
+/// name is checked and every body decoded before anything is created, the
+/// files are written into a hidden sibling directory that is renamed to
+/// `out` only once complete, and removed on any failure, so a refused or
+/// failed export leaves no partial bundle on disk.
 fn write_bundle_files(out: &Path, bundle: &crate::api::ExportBundle) -> anyhow::Result<()> {
-    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+    let out_exists = out.exists();
+    if out_exists && std::fs::read_dir(out)?.next().is_some() {
         anyhow::bail!(
             "{} exists and is not empty; choose a new directory",
             out.display()
         );
     }
-    std::fs::create_dir_all(out)?;
+    let mut files = Vec::with_capacity(bundle.files.len());
     for file in &bundle.files {
         let relative = Path::new(&file.name);
-        let safe = relative
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
+        let safe = relative.components().next().is_some()
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
         anyhow::ensure!(
             safe,
-            "the server sent a file name outside the bundle: {:?}",
+            "the server sent a file name outside the bundle: {:?}; nothing was written",
             file.name
         );
-        let path = out.join(relative);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&file.base64)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "bundle file {:?} is not base64: {e}; nothing was written",
+                    file.name
+                )
+            })?;
+        files.push((relative.to_path_buf(), bytes));
+    }
+    let staging = staging_dir(out)?;
+    let written = write_staged(&staging, &files).and_then(|()| {
+        if out_exists {
+            std::fs::remove_dir(out)?;
+        }
+        std::fs::rename(&staging, out)?;
+        Ok(())
+    });
+    if let Err(error) = written {
+        // Best effort: the error below is what the caller must see.
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(error.context(format!(
+            "writing the bundle to {} failed; nothing was left there",
+            out.display()
+        )));
+    }
+    crate::fsutil::sync_parent(out)?;
+    Ok(())
+}
+
+/// A new hidden directory beside `out` to write a bundle into.
+fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{} names no directory", out.display()))?;
+    let staging = out.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&staging).map_err(|e| anyhow::anyhow!("{}: {e}", staging.display()))?;
+    Ok(staging)
+}
+
+fn write_staged(staging: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
+    for (relative, bytes) in files {
+        let path = staging.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let bytes = base64::engine::general_purpose::STANDARD.decode(&file.base64)?;
-        crate::fsutil::write_durable(&path, &bytes, 0o600)?;
+        crate::fsutil::write_durable(&path, bytes, 0o600)?;
     }
     Ok(())
 }
 
 async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    // Flags first: a bad number is refused before anything is contacted.
+    let from = args
+        .from
+        .as_deref()
+        .map(|t| parse_time("--from", t))
+        .transpose()?;
+    let to = args
+        .to
+        .as_deref()
+        .map(|t| parse_time("--to", t))
+        .transpose()?;
     let client = client(&args.api)?;
-    let from = args.from.as_deref().map(parse_time).transpose()?;
-    let to = args.to.as_deref().map(parse_time).transpose()?;
     let export = client.export_audit(from, to, args.stream).await?;
     let records: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
         .records
@@ -230,18 +290,29 @@ async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
+    // Flags first: a bad number is refused before anything is contacted.
+    let from = args
+        .from
+        .as_deref()
+        .map(|t| parse_time("--from", t))
+        .transpose()?;
+    let to = args
+        .to
+        .as_deref()
+        .map(|t| parse_time("--to", t))
+        .transpose()?;
     let client = client(&args.api)?;
-    let from = args.from.as_deref().map(parse_time).transpose()?;
-    let to = args.to.as_deref().map(parse_time).transpose()?;
-    let export = client.export_audit(from, to, Some(args.stream)).await?;
+    // The whole trail of the period, not only events naming the stream:
+    // global-log reads and subscriptions name none. They are attributed by
+    // the streams they returned (the trail's `streams`); the stream's
+    // positions are not supplied (that would mean reading the patient's
+    // data to account for it), so the rest is reported as not attributable.
+    let export = client.export_audit(from, to, None).await?;
     let events: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
         .records
         .iter()
         .map(|r| (r.event.clone(), Some(r.position)))
         .collect();
-    // Global-log reads and subscriptions name no stream; they are listed only
-    // when the caller supplies the stream's positions, which would mean
-    // reading the patient's data just to account for it, so they are not.
     let accounting = vellum_compliance::disclosures::account(
         &events,
         args.stream,
@@ -262,13 +333,67 @@ async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// RFC 3339 UTC (`2026-11-27T10:00:00Z`, optional fraction) or unix nanoseconds.
-fn parse_time(text: &str) -> anyhow::Result<u64> {
-    if let Ok(ns) = text.parse::<u64>() {
-        return Ok(ns);
+/// Nanoseconds follow the edge rule ([`crate::bounds::parse_canonical`]):
+/// one canonical spelling, at most `i64::MAX`; `flag` names the input.
+fn parse_time(flag: &str, text: &str) -> anyhow::Result<u64> {
+    let numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'+' || b == b'-');
+    if numeric && !text.is_empty() {
+        return Ok(crate::bounds::parse_canonical(flag, text)?);
     }
-    crate::cli::time::parse_rfc3339_utc(text).ok_or_else(|| {
-        anyhow::anyhow!(
-            "{text:?} is not RFC 3339 UTC (like 2026-11-27T10:00:00Z) or unix nanoseconds"
-        )
-    })
+    crate::cli::time::parse_rfc3339_utc(text)
+        .map(|ns| crate::bounds::check(flag, ns))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{flag}: {text:?} is not RFC 3339 UTC (like 2026-11-27T10:00:00Z) or unix nanoseconds"
+            )
+        })?
+        .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> crate::api::ExportFile {
+        crate::api::ExportFile {
+            name: name.to_string(),
+            base64: base64::engine::general_purpose::STANDARD.encode(text),
+        }
+    }
+
+    /// Goal: a bundle with one refused file name (or bad base64) leaves
+    /// nothing on disk, not even the files before it; a good one is written whole.
+    #[test]
+    fn refused_bundle_leaves_no_partial_export() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        for bad in [
+            file("../escape.txt", "x"),
+            file("/etc/passwd", "x"),
+            file("", "x"),
+            crate::api::ExportFile {
+                name: "events.ndjson".into(),
+                base64: "not base64!".into(),
+            },
+        ] {
+            let out = tmp.path().join("bundle");
+            let bundle = crate::api::ExportBundle {
+                files: vec![file("manifest.json", "{}"), file("a/b.txt", "b"), bad],
+            };
+            let error = write_bundle_files(&out, &bundle).expect_err("refused");
+            assert!(error.to_string().contains("nothing was written"), "{error}");
+            assert!(!out.exists(), "no partial bundle");
+            let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+            assert!(left.is_empty(), "no staging left: {left:?}");
+        }
+        let out = tmp.path().join("bundle");
+        std::fs::create_dir(&out).expect("an empty directory is accepted");
+        let bundle = crate::api::ExportBundle {
+            files: vec![file("manifest.json", "{}"), file("a/b.txt", "b")],
+        };
+        write_bundle_files(&out, &bundle).expect("written");
+        assert_eq!(std::fs::read(out.join("a/b.txt")).expect("read"), b"b");
+        assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 1);
+    }
 }

@@ -85,6 +85,44 @@ pub struct DataDirArgs {
     pub index_url: Option<String>,
 }
 
+/// Why a number flag was refused, without the flag's name: clap's error
+/// already says "invalid value '…' for '--flag <N>'".
+fn number_refusal(error: &crate::bounds::NumberError) -> String {
+    match error {
+        crate::bounds::NumberError::NotCanonical { .. } => {
+            "not a canonical decimal number (digits only, no sign, no leading zero)".to_string()
+        }
+        crate::bounds::NumberError::TooLarge { .. } => format!(
+            "above the largest accepted value {} (2^63-1)",
+            crate::bounds::EDGE_INTEGER_MAX
+        ),
+    }
+}
+
+/// clap value parser of every numeric flag: the edge rule of
+/// [`crate::bounds::parse_canonical`] (one canonical decimal spelling, at
+/// most `i64::MAX`), so the CLI never stores a number the API would refuse.
+pub(crate) fn number_flag(text: &str) -> Result<u64, String> {
+    crate::bounds::parse_canonical("flag", text).map_err(|e| number_refusal(&e))
+}
+
+/// [`number_flag`] converted to a narrower type (`u8`, `usize`, ...).
+pub(crate) fn number_flag_as<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let value = number_flag(text)?;
+    T::try_from(value).map_err(|_| format!("{value} is too large for this flag"))
+}
+
+/// [`number_flag`] within `min..=max`.
+pub(crate) fn number_flag_in(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |text: &str| {
+        let value = number_flag(text)?;
+        if value < min || value > max {
+            return Err(format!("{value} is not in {min}..={max}"));
+        }
+        Ok(value)
+    }
+}
+
 /// Runs one command; the exit code says whether every check passed.
 ///
 /// An error comes back as one message: causes whose text the message already

@@ -13,17 +13,17 @@ pub struct ReadArgs {
     #[command(flatten)]
     dir: DataDirArgs,
     /// The stream.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = crate::cli::number_flag)]
     stream: u64,
     /// The first stream offset to read.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = crate::cli::number_flag)]
     from: u64,
     /// Events to read at most.
     #[arg(
         long,
         value_name = "M",
         default_value_t = crate::log::READ_EVENTS_MAX,
-        value_parser = clap::value_parser!(u64).range(0..=crate::log::READ_EVENTS_MAX),
+        value_parser = crate::cli::number_flag_in(0, crate::log::READ_EVENTS_MAX),
     )]
     max: u64,
 }

@@ -11,16 +11,16 @@ use crate::sim::{self, Options};
 #[derive(Debug, Args)]
 pub struct SimArgs {
     /// Run this one seed and print its summary.
-    #[arg(long, conflicts_with = "seeds")]
+    #[arg(long, conflicts_with = "seeds", value_parser = crate::cli::number_flag)]
     seed: Option<u64>,
     /// Run a range of seeds `A..B` (B excluded); one line per seed.
     #[arg(long, value_name = "A..B")]
     seeds: Option<String>,
     /// Replicas in the simulated cluster (1, 3 or 5).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=7))]
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::number_flag_as::<u8>)]
     replicas: u8,
     /// Ticks of the fault phase (convergence gets its own bound after it).
-    #[arg(long, default_value_t = sim::options::FAULT_TICKS_DEFAULT)]
+    #[arg(long, default_value_t = sim::options::FAULT_TICKS_DEFAULT, value_parser = crate::cli::number_flag)]
     ticks: u64,
     /// Print JSON (one object per seed).
     #[arg(long)]
@@ -42,6 +42,9 @@ enum BrokenArg {
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=7).contains(&args.replicas) {
+        anyhow::bail!("--replicas {} is not in 1..=7", args.replicas);
+    }
     if args.replicas.is_multiple_of(2) {
         anyhow::bail!("--replicas {} is not an odd number (2f+1)", args.replicas);
     }
@@ -142,7 +145,7 @@ fn run_range(
 fn parse_range(text: &str) -> anyhow::Result<std::ops::Range<u64>> {
     let parsed = text
         .split_once("..")
-        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
+        .and_then(|(a, b)| Some((super::number_flag(a).ok()?, super::number_flag(b).ok()?)));
     match parsed {
         Some((start, end)) if start < end => Ok(start..end),
         _ => anyhow::bail!("--seeds {text:?} is not a range A..B with A < B (B excluded)"),

@@ -79,6 +79,16 @@ pub struct VerifyArgs {
     /// are left for the next run). Everything before is checked in full.
     #[arg(long)]
     live: bool,
+    /// With --live: fail when a replica's audit index lags its log's newest
+    /// certificate by more than this many commits.
+    #[arg(
+        long,
+        value_name = "COMMITS",
+        default_value_t = crate::verify::LIVE_LAG_OPS_MAX_DEFAULT,
+        value_parser = crate::cli::number_flag,
+        requires = "live"
+    )]
+    index_lag_max: u64,
     /// Record this run (scope, result, SHA-256 of the report, checkpoint
     /// reached) in the cluster's access trail, through the API of the
     /// `vellum dev` cluster in DIR.
@@ -88,7 +98,7 @@ pub struct VerifyArgs {
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let since = args.since.as_deref().map(read_kept).transpose()?;
-    let report = match (&args.cluster, &args.data_dir) {
+    let (report, policy_sha256) = match (&args.cluster, &args.data_dir) {
         _ if args.bundle.is_some() => {
             let bundle = args.bundle.as_deref().context("--bundle")?;
             let policy_path = args.policy.as_deref().context("--bundle needs --policy")?;
@@ -97,7 +107,11 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 "{} is not a directory (an export bundle is a directory)",
                 bundle.display()
             );
-            vellum_compliance::bundle::verify_bundle(bundle, &load_policy(policy_path)?)
+            let (policy, sha256) = load_policy(policy_path)?;
+            (
+                vellum_compliance::bundle::verify_bundle(bundle, &policy),
+                sha256,
+            )
         }
         (Some(cluster), _) => {
             let policy_path = args.policy.as_deref().context("--cluster needs --policy")?;
@@ -107,11 +121,14 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     "note: --index-url is not used with --cluster: each replica's config names its index"
                 );
             }
-            verify_cluster(cluster, &load_policy(policy_path)?, since, args.live)?
+            let (policy, sha256) = load_policy(policy_path)?;
+            let live = args.live.then_some(args.index_lag_max);
+            (verify_cluster(cluster, &policy, since, live)?, sha256)
         }
         (None, Some(data_dir)) => verify_dir(data_dir, &args, since)?,
         (None, None) => anyhow::bail!("give --data-dir DIR or --cluster C"),
     };
+    let report = report.with_tool(tool()).with_policy_sha256(policy_sha256);
     let format = if args.json { Format::Json } else { args.format };
     let rendered = match format {
         Format::Text => report.to_text(),
@@ -174,7 +191,7 @@ fn verify_dir(
     data_dir: &Path,
     args: &VerifyArgs,
     since: Option<KeptCheckpoint>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, String)> {
     // An auditor's copy may hold no keys and no vellum.json: only the log
     // and the policy are needed, so only the directory must exist.
     super::check_data_dir(data_dir, false)?;
@@ -200,24 +217,25 @@ fn verify_dir(
             path
         }
     };
-    let policy = load_policy(&policy_path)?;
+    let (policy, policy_sha256) = load_policy(&policy_path)?;
     let options = VerifyOptions {
         index_url: args.index_url.clone(),
         since,
         live: args.live,
+        live_lag_ops_max: args.index_lag_max,
     };
     let progress = progress_bar(dir_bytes(&dir.segments()));
     let report =
         crate::verify::verify_data_dir_with(data_dir, &policy, &options, &mut |n| progress.inc(n));
     progress.finish_and_clear();
-    Ok(report)
+    Ok((report, policy_sha256))
 }
 
 fn verify_cluster(
     cluster: &Path,
     policy: &Policy,
     since: Option<KeptCheckpoint>,
-    live: bool,
+    live: Option<u64>,
 ) -> anyhow::Result<Report> {
     if !cluster.exists() {
         anyhow::bail!(
@@ -231,7 +249,7 @@ fn verify_cluster(
     // look like torn records (stop the cluster, or verify a copy).
     // With --live the replicas keep running and the checks allow for it.
     let mut locks = Vec::with_capacity(dirs.len());
-    for dir in dirs.iter().filter(|_| !live) {
+    for dir in dirs.iter().filter(|_| live.is_none()) {
         locks.push(lock_if_replica(dir)?);
     }
     let total = dirs
@@ -258,10 +276,27 @@ fn lock_if_replica(data_dir: &Path) -> anyhow::Result<Option<crate::datadir::Dir
     }
 }
 
-fn load_policy(path: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path)
+/// The policy in `path` and the SHA-256 (lowercase hex) of the file's
+/// bytes, which every report carries so a reader knows which keys it pinned.
+fn load_policy(path: &Path) -> anyhow::Result<(Policy, String)> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path)
         .with_context(|| format!("{}: cannot read the trust policy", path.display()))?;
-    Policy::parse(&text).with_context(|| path.display().to_string())
+    let sha256 = vellum_audit::hash::to_hex(&sha2::Sha256::digest(&bytes));
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{}: the trust policy is not utf-8 text", path.display()))?;
+    let policy = Policy::parse(&text).with_context(|| path.display().to_string())?;
+    Ok((policy, sha256))
+}
+
+/// This binary as reports name it: version and the git commit it was
+/// built from (when `build.rs` could tell).
+fn tool() -> vellum_audit::report::Tool {
+    vellum_audit::report::Tool {
+        name: "vellum".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        commit: option_env!("VELLUM_GIT_COMMIT").map(str::to_string),
+    }
 }
 
 fn read_kept(path: &Path) -> anyhow::Result<KeptCheckpoint> {

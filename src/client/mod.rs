@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | 200 | — | `Ok(receipt)` (`duplicate` is true when a retry found the first copy) |
 //! | 409 `wrong_expected_offset` | never | [`ClientError::WrongExpectedOffset`] |
+//! | 422 `idempotency_key_reused` | never | [`ClientError::IdempotencyKeyReused`] (the key named another request; nothing written) |
 //! | other 4xx | never | `Refused` / `NotFound` / `Unauthorized` (nothing was written) |
 //! | connect refused / connect timeout | yes | the request never left the client |
 //! | timeout, reset, cut answer after sending | yes | the request may have reached a primary |
@@ -151,6 +152,11 @@ pub enum ClientError {
         /// The stream's actual length.
         actual: u64,
     },
+    /// 422 `idempotency_key_reused`: the idempotency key (session, request
+    /// number) already named a different request (other stream, expected
+    /// offset or events). Nothing was written; retrying will not help.
+    #[error("idempotency key reused: {0}")]
+    IdempotencyKeyReused(String),
     /// A definite refusal (400, 413, 422): nothing was written.
     #[error("refused: {0}")]
     Refused(String),
@@ -663,6 +669,7 @@ fn refusal(
                 "wrong_expected_offset without actual_offset: {message}"
             )),
         },
+        api::code::IDEMPOTENCY_KEY_REUSED => ClientError::IdempotencyKeyReused(message),
         api::code::NOT_FOUND => ClientError::NotFound(message),
         api::code::UNAUTHORIZED => ClientError::Unauthorized(message),
         api::code::FORBIDDEN => ClientError::Unauthorized(format!("forbidden: {message}")),

@@ -19,7 +19,7 @@
 //! | `Unavailable` | `ConsensusFailed` | no, but the caller's remedy is the same: retry later |
 //! | `Transport` | `ConsensusFailed` | unknown |
 //! | `Protocol` | `ConsensusFailed` | unknown (a garbled 200 may follow a commit) |
-//! | `Refused`, `WrongExpectedOffset` | `StorageError` | no |
+//! | `Refused`, `WrongExpectedOffset`, `IdempotencyKeyReused` | `StorageError` | no |
 //! | `NotFound`, `Unauthorized` | `StorageError` | no |
 //! | `Local` | `StorageError` | no (nothing was sent) |
 //!
@@ -149,9 +149,26 @@ pub fn to_persist_error(error: ClientError) -> PersistError {
         | ClientError::Transport(_)
         | ClientError::Protocol(_) => PersistError::ConsensusFailed(error.to_string()),
         ClientError::WrongExpectedOffset { .. }
+        | ClientError::IdempotencyKeyReused(_)
         | ClientError::Refused(_)
         | ClientError::NotFound(_)
         | ClientError::Unauthorized(_)
         | ClientError::Local(_) => PersistError::StorageError(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a reused idempotency key is a definite refusal (nothing was
+    /// written, retrying cannot help), never `ConsensusFailed`.
+    #[test]
+    fn reused_key_is_a_storage_error_not_consensus_failed() {
+        let error = to_persist_error(ClientError::IdempotencyKeyReused("request 1".into()));
+        assert!(
+            matches!(&error, PersistError::StorageError(m) if m.contains("idempotency key reused")),
+            "{error:?}"
+        );
     }
 }

@@ -153,6 +153,7 @@ fn apply(stub: &mut Stub, stream: u64, request: AppendRequest, key: (String, u64
             stream,
             offset: length + index as u64,
             base64: event.base64.clone().unwrap_or_default(),
+            salt: String::new(),
         });
     }
     let count = request.events.len() as u64;
@@ -166,6 +167,7 @@ fn apply(stub: &mut Stub, stream: u64, request: AppendRequest, key: (String, u64
         duplicate: false,
         certificate: "stub certificate".to_string(),
         proofs: vec!["stub proof".to_string(); request.events.len()],
+        salts: Vec::new(),
     };
     stub.receipts.insert(key, receipt.clone());
     stub.applied += 1;

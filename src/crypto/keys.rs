@@ -218,4 +218,10 @@ impl DataKey {
     pub(crate) fn cipher(&self) -> &Aes256Gcm {
         &self.cipher
     }
+
+    /// The raw key bytes, for keys derived from this one inside `crypto`
+    /// (the request digest's MAC key).
+    pub(super) fn secret(&self) -> &[u8; KEY_BYTES] {
+        &self.bytes
+    }
 }

@@ -7,9 +7,12 @@
 //! - `store`: the key store in `<data_dir>/keys/`, beside the log and never
 //!   inside it: wrapped DEKs, crash-safe nonce reservation, shredding.
 //! - `signing`: the replica's Ed25519 signing key file.
+//! - `digest`: the keyed request digest the VSR client table keeps, under a
+//!   key derived from the stream's DEK (so shredding covers it too).
 //!
 //! Nothing here logs a payload or a key; tracing carries ids only.
 
+mod digest;
 mod error;
 mod event;
 pub(crate) mod fsutil;
@@ -18,6 +21,7 @@ mod record;
 mod signing;
 mod store;
 
+pub use digest::{REQUEST_DIGEST_BYTES, REQUEST_DIGEST_TAG, RequestDigestKey, request_digest};
 pub use error::CryptoError;
 pub use event::{
     EVENT_PAYLOAD_BYTES_MAX, EventAad, OpenedEvent, SALT_BYTES, SEAL_OVERHEAD_BYTES, open_event,

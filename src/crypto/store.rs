@@ -49,6 +49,9 @@ pub struct KeyStore {
     writer_id: u32,
     dek_cache_max: usize,
     inner: Mutex<Inner>,
+    /// Serializes "create the stream's first key" so racing callers of
+    /// [`KeyStore::ensure_key_for_stream`] never create two.
+    creating: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +119,7 @@ impl KeyStore {
             writer_id,
             dek_cache_max,
             inner: Mutex::new(inner),
+            creating: Mutex::new(()),
         })
     }
 
@@ -148,6 +152,31 @@ impl KeyStore {
             return Ok(None);
         }
         self.unwrapped(&mut inner, key_id).map(Some)
+    }
+
+    /// The newest data key of `stream`, created (durably) if it has none.
+    /// Atomic: two callers racing for a new stream get the same key.
+    pub fn ensure_key_for_stream(&self, stream: u64) -> Result<(u64, Arc<DataKey>), CryptoError> {
+        if let Some(found) = self.key_for_stream(stream)? {
+            return Ok(found);
+        }
+        let _creating = self
+            .creating
+            .lock()
+            .expect("key creation mutex poisoned: a panic while holding it is a bug");
+        match self.key_for_stream(stream)? {
+            Some(found) => Ok(found),
+            None => self.create_key(stream),
+        }
+    }
+
+    /// The stream a data key belongs to, if this store holds the key.
+    pub fn stream_of_key(&self, key_id: u64) -> Result<Option<u64>, CryptoError> {
+        let inner = self.lock()?;
+        if let Some(&stream) = inner.shredded_keys.get(&key_id) {
+            return Err(CryptoError::Shredded { stream });
+        }
+        Ok(inner.keys.get(&key_id).map(|e| e.record.stream))
     }
 
     /// Creates a new data key for `stream` (its first, or a rotation) and
@@ -616,6 +645,36 @@ fn finish_interrupted_shreds(dir: &Path, inner: &mut Inner) -> Result<(), Crypto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: callers racing to ensure a new stream's key all get the same
+    /// one key (the request digest and the seal must agree on it), and a
+    /// key's stream is reported.
+    #[test]
+    fn ensure_key_for_stream_creates_one_key_under_races() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().join("keys");
+        let store = KeyStore::create(&dir, Kek::from_bytes(&[1; 32]), 0).expect("create");
+        let ids: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.ensure_key_for_stream(40).expect("ensure").0))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let keys_of_stream = store
+            .lock()
+            .expect("lock")
+            .keys
+            .values()
+            .filter(|e| e.record.stream == 40)
+            .count();
+        assert_eq!(keys_of_stream, 1);
+        assert_eq!(store.stream_of_key(ids[0]).expect("lookup"), Some(40));
+        assert_eq!(store.stream_of_key(ids[0] + 99).expect("lookup"), None);
+    }
 
     /// Goal: the unwrapped-key cache never exceeds `dek_cache_max`, and an
     /// evicted key is unwrapped again on demand.

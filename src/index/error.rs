@@ -23,11 +23,6 @@ pub enum IndexError {
     },
     #[error("audit index table {table} already holds a different row at {key}")]
     Conflict { table: &'static str, key: String },
-    #[error(
-        "value {value} of column {column} is above the audit index limit {}",
-        i64::MAX
-    )]
-    OutOfRange { column: &'static str, value: u64 },
     #[error("text of column {column} is {bytes} bytes, above the limit of {max} bytes")]
     TooLong {
         column: &'static str,

@@ -37,7 +37,19 @@ pub use model::{
 pub use target::{IndexTarget, SQLITE_FILE_NAME, TEST_POSTGRES_URL_VAR, postgres_url_from_env};
 
 use error::query_error;
-use model::{CommitSql, EventSql, KeySql, key_advances, to_i64, to_u64};
+use model::{CommitSql, EventSql, KeySql, key_advances, sql_int, u64_of};
+
+/// What the durable log backs, as far as reconciling the index on open needs:
+/// rows beyond it were written for records a crash took from the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backing {
+    /// The highest op with a certificate record in the log (0: none).
+    pub certified_through_op: u64,
+    /// Events in the log (positions below this are backed).
+    pub events: u64,
+    /// Data keys the log's ops use.
+    pub key_ids: std::collections::BTreeSet<u64>,
+}
 
 /// One access row as projected from the trail: what the row claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,22 +83,19 @@ struct ProjectedSql {
 
 impl ProjectedSql {
     fn into_projected(self) -> Result<ProjectedAccess, IndexError> {
-        let opt = |column: &'static str, v: Option<i64>| {
-            v.map(|v| to_u64("access", column, v)).transpose()
-        };
-        let position = to_u64("access", "position", self.position)?;
+        let position = u64_of(self.position);
         Ok(ProjectedAccess {
             position,
             payload: self.payload.clone(),
             salt: self.salt.clone(),
             columns: AccessRow {
-                time_ns: to_u64("access", "time_ns", self.time_ns)?,
+                time_ns: u64_of(self.time_ns),
                 principal: self.principal,
                 role: self.role,
                 action: self.action,
-                stream: opt("stream", self.stream)?,
-                offset_from: opt("offset_from", self.offset_from)?,
-                offset_to: opt("offset_to", self.offset_to)?,
+                stream: self.stream.map(u64_of),
+                offset_from: self.offset_from.map(u64_of),
+                offset_to: self.offset_to.map(u64_of),
                 purpose: self.purpose,
                 outcome: self.outcome,
                 remote_addr: self.remote_addr,
@@ -100,7 +109,7 @@ impl ProjectedSql {
 
 /// Format version written by the migrations into `meta`; bumped with any
 /// change to the meaning of a column.
-pub const FORMAT_VERSION: &str = "2";
+pub const FORMAT_VERSION: &str = "3";
 /// Most rows returned by one read; callers page with the last position seen.
 pub const ROWS_PER_QUERY_MAX: u32 = 10_000;
 /// Most rows (events + commits + keys) in one `apply` transaction.
@@ -437,8 +446,7 @@ impl Index {
                 .await
                 .map_err(query_error("read highest event position"))?
         });
-        max.map(|value| to_u64("events", "position", value))
-            .transpose()
+        Ok(max.map(u64_of))
     }
 
     /// The commit with the highest op, or `None` when no commit is indexed.
@@ -459,7 +467,7 @@ impl Index {
         position_from: u64,
         limit: u32,
     ) -> Result<Vec<EventRow>, IndexError> {
-        let from = to_i64("events.position", position_from)?;
+        let from = sql_int(position_from);
         let rows: Vec<EventSql> = on_backend!(&self.backend, pool => {
             sqlx::query_as(sql::EVENTS_FROM)
                 .bind(from)
@@ -479,8 +487,8 @@ impl Index {
         from: u64,
         limit: u32,
     ) -> Result<Vec<EventRow>, IndexError> {
-        let stream = to_i64("events.stream", stream)?;
-        let from = to_i64("events.stream_offset", from)?;
+        let stream = sql_int(stream);
+        let from = sql_int(from);
         let rows: Vec<EventSql> = on_backend!(&self.backend, pool => {
             sqlx::query_as(sql::STREAM_EVENTS_FROM)
                 .bind(stream)
@@ -500,7 +508,7 @@ impl Index {
         op_from: u64,
         limit: u32,
     ) -> Result<Vec<CommitRow>, IndexError> {
-        let from = to_i64("commits.op", op_from)?;
+        let from = sql_int(op_from);
         let rows: Vec<CommitSql> = on_backend!(&self.backend, pool => {
             sqlx::query_as(sql::COMMITS_FROM)
                 .bind(from)
@@ -552,7 +560,7 @@ impl Index {
                 .await
                 .map_err(query_error("count access"))?
         });
-        to_u64("access", "count", n)
+        Ok(u64_of(n))
     }
 
     /// Appends one verification row.
@@ -580,12 +588,55 @@ impl Index {
                 .map_err(query_error("count rows"))?
         });
         Ok(IndexCounts {
-            events: to_u64("events", "count", c.0)?,
-            commits: to_u64("commits", "count", c.1)?,
-            keys: to_u64("keys", "count", c.2)?,
-            access: to_u64("access", "count", c.3)?,
-            verifications: to_u64("verifications", "count", c.4)?,
+            events: u64_of(c.0),
+            commits: u64_of(c.1),
+            keys: u64_of(c.2),
+            access: u64_of(c.3),
+            verifications: u64_of(c.4),
         })
+    }
+
+    /// Deletes, in one transaction, the projection rows the durable log does
+    /// not back: commits above `certified_through_op`, events and projected
+    /// access rows at positions from `events` on, and keys no op uses.
+    /// Rows inside the log's range are never touched (a row that differs
+    /// there is for `vellum verify` to report). Returns the rows deleted.
+    pub async fn reconcile(&self, backing: &Backing) -> Result<u64, IndexError> {
+        let op = sql_int(backing.certified_through_op);
+        let position = sql_int(backing.events);
+        let stored_keys = self.keys().await?;
+        let stale_keys: Vec<i64> = stored_keys
+            .iter()
+            .filter(|k| !backing.key_ids.contains(&k.key_id))
+            .map(|k| sql_int(k.key_id))
+            .collect();
+        let deleted = on_backend!(&self.backend, pool => {
+            let mut tx = pool.begin().await.map_err(query_error("begin reconcile transaction"))?;
+            let mut deleted = 0u64;
+            for (statement, bound) in [
+                (sql::RECONCILE_COMMITS, op),
+                (sql::RECONCILE_EVENTS, position),
+                (sql::RECONCILE_ACCESS, position),
+            ] {
+                deleted += sqlx::query(statement)
+                    .bind(bound)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("delete rows the log does not back"))?
+                    .rows_affected();
+            }
+            for key_id in &stale_keys {
+                deleted += sqlx::query(sql::RECONCILE_KEY)
+                    .bind(*key_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("delete a key row the log does not back"))?
+                    .rows_affected();
+            }
+            tx.commit().await.map_err(query_error("commit reconcile transaction"))?;
+            deleted
+        });
+        Ok(deleted)
     }
 
     /// Deletes the projection rows (events, commits, keys) in one transaction

@@ -75,3 +75,11 @@ pub(crate) const CLEAR_PROJECTION: [&str; 4] = [
     "DELETE FROM keys",
     "DELETE FROM access WHERE position IS NOT NULL",
 ];
+
+/// Reconcile on open: rows beyond what the durable log backs. Positions and
+/// ops are dense counters below 2^63, so `>` on their stored form is exact.
+pub(crate) const RECONCILE_COMMITS: &str = "DELETE FROM commits WHERE op > $1";
+pub(crate) const RECONCILE_EVENTS: &str = "DELETE FROM events WHERE position >= $1";
+pub(crate) const RECONCILE_ACCESS: &str =
+    "DELETE FROM access WHERE position IS NOT NULL AND position >= $1";
+pub(crate) const RECONCILE_KEY: &str = "DELETE FROM keys WHERE key_id = $1";

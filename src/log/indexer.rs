@@ -3,8 +3,18 @@
 //! The index is a projection of the log (DESIGN §5): appends never wait for
 //! it. A background thread with its own small tokio runtime receives row
 //! batches over a bounded channel, coalesces them into one transaction, and
-//! records how far it got. If it falls behind or fails, the next open catches
-//! it up from the log; `vellum verify` reports any difference.
+//! records how far it got. If it falls behind, the next open catches it up
+//! from the log; `vellum verify` reports any difference.
+//!
+//! Two rules keep the index honest after any crash:
+//! - It never gets ahead of what is durable in the log: a batch that carries
+//!   a certificate's `commits` row waits until the certificate record (a
+//!   lazy record, synced up to `LAZY_DELAY_MS_MAX` later) is fdatasync'ed,
+//!   so a `kill -9` can never leave a row for a certificate the log lost.
+//! - It never stops: a row the index cannot take (it conflicts with a
+//!   stored row, say) is logged with its key and counted in
+//!   [`IndexStatus::skipped_rows`], and later rows keep being indexed;
+//!   `vellum verify` names the missing row.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -12,12 +22,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::LogError;
-use crate::index::{Index, IndexBatch, IndexTarget};
+use crate::index::{Backing, Index, IndexBatch, IndexTarget};
+use crate::storage::{DurableProbe, Ticket};
 
 /// Batches waiting for the index thread, at most; senders block beyond it.
 pub const INDEX_QUEUE_MAX: usize = 1024;
 /// Rows coalesced into one index transaction, at most.
 pub const INDEX_COALESCE_ROWS_MAX: usize = 20_000;
+/// Longest the index thread waits for a gating record to become durable
+/// before giving up on the batch (it is caught up on the next open). Lazy
+/// records are synced within `storage::LAZY_DELAY_MS_MAX`, far below this.
+pub const INDEX_DURABLE_WAIT_MS_MAX: u64 = 30_000;
 
 /// How far the index got.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -26,13 +41,27 @@ pub struct IndexStatus {
     pub last_position: Option<u64>,
     /// The index's highest certified commit.
     pub last_commit: Option<u64>,
-    /// The first error the index thread hit; it stops applying after one.
+    /// The latest error the index thread hit (it carries on after one).
     pub error: Option<String>,
+    /// Rows the index could not take, each logged with its key; they stay
+    /// missing until `vellum index rebuild`, and `vellum verify` names them.
+    pub skipped_rows: u64,
+    /// Batches dropped because their certificate record never became
+    /// durable (storage failed); the next open catches them up.
+    pub dropped_batches: u64,
+}
+
+/// A record that must be durable before a batch may be indexed.
+#[derive(Debug, Clone)]
+pub struct DurableGate {
+    pub probe: DurableProbe,
+    pub ticket: Ticket,
 }
 
 enum Message {
-    Batch(IndexBatch),
+    Batch(IndexBatch, Option<DurableGate>),
     Flush(SyncSender<()>),
+    Reconcile(Backing, SyncSender<()>),
 }
 
 /// Handle to the index thread.
@@ -73,10 +102,15 @@ impl Indexer {
 
     /// Queues a batch (blocks while the queue is full).
     pub fn send(&self, batch: IndexBatch) {
+        self.send_gated(batch, None);
+    }
+
+    /// Queues a batch that is applied only once `gate`'s record is durable.
+    pub fn send_gated(&self, batch: IndexBatch, gate: Option<DurableGate>) {
         if let Some(sender) = &self.sender {
-            // A closed channel means the thread stopped after an error that
-            // is already in the status.
-            let _ = sender.send(Message::Batch(batch));
+            // A closed channel means the thread is gone (it stops only when
+            // the handle is dropped).
+            let _ = sender.send(Message::Batch(batch, gate));
         }
     }
 
@@ -85,6 +119,17 @@ impl Indexer {
         let Some(sender) = &self.sender else { return };
         let (tx, rx) = mpsc::sync_channel(1);
         if sender.send(Message::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Drops the index rows `backing` (the durable log) does not back and
+    /// re-reads how far the index got; waits until done. A failure is
+    /// logged and kept in the status (verify then names the rows).
+    pub fn reconcile(&self, backing: Backing) {
+        let Some(sender) = &self.sender else { return };
+        let (tx, rx) = mpsc::sync_channel(1);
+        if sender.send(Message::Reconcile(backing, tx)).is_ok() {
             let _ = rx.recv();
         }
     }
@@ -177,52 +222,164 @@ async fn serve(index: &Index, receiver: &Receiver<Message>, status: &Mutex<Index
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut batch = IndexBatch::default();
+        let mut gates = Vec::new();
         let mut flushes = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Message::Batch(more) => merge(&mut batch, more),
+                Message::Batch(more, gate) => {
+                    merge(&mut batch, more);
+                    gates.extend(gate);
+                }
                 Message::Flush(done) => flushes.push(done),
+                Message::Reconcile(backing, done) => {
+                    // Sent on open before any batch: nothing is merged yet.
+                    reconcile(index, &backing, status).await;
+                    let _ = done.send(());
+                }
             }
             if rows(&batch) < INDEX_COALESCE_ROWS_MAX {
                 next = receiver.try_recv().ok();
             }
         }
-        apply(index, &batch, status).await;
+        if wait_durable(&gates, status) {
+            apply(index, &batch, status).await;
+        }
         for done in flushes {
             let _ = done.send(());
         }
     }
 }
 
-async fn apply(index: &Index, batch: &IndexBatch, status: &Mutex<IndexStatus>) {
-    if rows(batch) == 0
-        || status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .error
-            .is_some()
-    {
-        return;
+async fn reconcile(index: &Index, backing: &Backing, status: &Mutex<IndexStatus>) {
+    let result = async {
+        let dropped = index.reconcile(backing).await?;
+        let last_position = index.last_position().await?;
+        let last_commit = index.last_commit().await?.map(|c| c.op);
+        Ok::<_, crate::index::IndexError>((dropped, last_position, last_commit))
     }
-    let result = index.apply(batch).await;
-    let mut status = status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    .await;
+    let mut status = lock(status);
     match result {
-        Ok(()) => {
-            if let Some(position) = batch.events.iter().map(|e| e.position).max() {
-                status.last_position = status.last_position.max(Some(position));
+        Ok((dropped, last_position, last_commit)) => {
+            if dropped > 0 {
+                tracing::warn!(
+                    rows = dropped,
+                    "dropped audit index rows the durable log does not back (a crash took their records); catching up from the log"
+                );
             }
-            if let Some(op) = batch.commits.iter().map(|c| c.op).max() {
-                status.last_commit = status.last_commit.max(Some(op));
-            }
+            status.last_position = last_position;
+            status.last_commit = last_commit;
         }
         Err(e) => {
-            tracing::error!(error = %e, "audit index update failed; it will catch up from the log on the next open");
-            status.error = Some(error_chain(&e));
+            let error = error_chain(&e);
+            tracing::error!(%error, "cannot reconcile the audit index with the log");
+            status.error = Some(error);
         }
     }
+}
+
+/// Waits until every gating record is durable. False (the batch is dropped,
+/// counted, and caught up from the log on the next open) when storage
+/// failed or the wait ran past [`INDEX_DURABLE_WAIT_MS_MAX`].
+fn wait_durable(gates: &[DurableGate], status: &Mutex<IndexStatus>) -> bool {
+    let limit = Duration::from_millis(INDEX_DURABLE_WAIT_MS_MAX);
+    for gate in gates {
+        let outcome = gate.probe.wait(gate.ticket, limit);
+        let reason = match outcome {
+            Ok(true) => continue,
+            Ok(false) => format!("a certificate record was not durable after {limit:?}"),
+            Err(e) => format!("a certificate record never became durable: {e}"),
+        };
+        tracing::error!(%reason, "audit index batch held back; it is caught up from the log on the next open");
+        let mut status = lock(status);
+        status.dropped_batches += 1;
+        status.error = Some(reason);
+        return false;
+    }
+    true
+}
+
+fn lock(status: &Mutex<IndexStatus>) -> std::sync::MutexGuard<'_, IndexStatus> {
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Applies `batch` in one transaction; if the index refuses it, applies it
+/// row by row, so that one row it cannot take is reported and skipped while
+/// every other row is indexed.
+async fn apply(index: &Index, batch: &IndexBatch, status: &Mutex<IndexStatus>) {
+    if rows(batch) == 0 {
+        return;
+    }
+    match index.apply(batch).await {
+        Ok(()) => advance(&mut lock(status), batch),
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "audit index batch refused; applying it row by row");
+            for (key, row) in single_rows(batch) {
+                match index.apply(&row).await {
+                    Ok(()) => advance(&mut lock(status), &row),
+                    Err(e) => {
+                        let error = error_chain(&e);
+                        tracing::error!(row = %key, %error, "audit index cannot take this row; skipped (vellum verify names it, vellum index rebuild retries it)");
+                        let mut status = lock(status);
+                        status.skipped_rows += 1;
+                        status.error = Some(format!("{key}: {error}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records how far the index got after `batch` was applied.
+fn advance(status: &mut IndexStatus, batch: &IndexBatch) {
+    if let Some(position) = batch.events.iter().map(|e| e.position).max() {
+        status.last_position = status.last_position.max(Some(position));
+    }
+    if let Some(op) = batch.commits.iter().map(|c| c.op).max() {
+        status.last_commit = status.last_commit.max(Some(op));
+    }
+}
+
+/// Every row of `batch` as a batch of its own, with the key it is logged
+/// under. Keys come before events (as in one `apply`).
+fn single_rows(batch: &IndexBatch) -> Vec<(String, IndexBatch)> {
+    let mut out = Vec::with_capacity(rows(batch));
+    for row in &batch.commits {
+        let one = IndexBatch {
+            commits: vec![row.clone()],
+            ..IndexBatch::default()
+        };
+        out.push((format!("commits.op={}", row.op), one));
+    }
+    for row in &batch.keys {
+        let one = IndexBatch {
+            keys: vec![row.clone()],
+            ..IndexBatch::default()
+        };
+        out.push((format!("keys.key_id={}", row.key_id), one));
+    }
+    for row in &batch.events {
+        let one = IndexBatch {
+            events: vec![row.clone()],
+            ..IndexBatch::default()
+        };
+        out.push((
+            format!("events.position={} (op {})", row.position, row.op),
+            one,
+        ));
+    }
+    for row in &batch.access {
+        let one = IndexBatch {
+            access: vec![row.clone()],
+            ..IndexBatch::default()
+        };
+        let position = row.position.map_or("none".to_string(), |p| p.to_string());
+        out.push((format!("access.position={position}"), one));
+    }
+    out
 }
 
 fn merge(into: &mut IndexBatch, more: IndexBatch) {

@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
@@ -80,6 +82,18 @@ pub enum LogError {
         expected: u64,
         /// The stream's real length.
         actual: u64,
+    },
+    /// The idempotency key (client session and request number) names
+    /// another request, committed or in flight: nothing was written, and a
+    /// retry will not help.
+    #[error(
+        "idempotency key reused: request number {request} of this client session already names a different request (another stream, expected offset or events); nothing was written to stream {stream}"
+    )]
+    IdempotencyKeyReused {
+        /// The stream of the refused request.
+        stream: u64,
+        /// The reused request number.
+        request: u64,
     },
     /// The stream has no events.
     #[error("unknown stream {0}: it has no events")]
@@ -147,6 +161,10 @@ pub struct ReadEvent {
     pub position: u64,
     /// The payload, byte for byte as appended.
     pub payload: Bytes,
+    /// The salt of the leaf's commitment to the payload (from inside the
+    /// ciphertext): with it, a reader checks that a proof is about this
+    /// payload (`vellum proof check`).
+    pub salt: [u8; 32],
 }
 
 /// What recovery on open found.
@@ -278,8 +296,13 @@ impl LocalLog {
         // call anything at or below it a torn tail (that would silently drop
         // an acknowledged event). A lagging index only lowers the floor.
         let mut storage_config = options.storage;
+        // The index holds a certificate's row only once its record was
+        // durable, so that record must still be in the log: a "torn" tail
+        // that would take it is damage, not an unfinished write.
         if let Some(certified) = indexer.as_ref().and_then(|i| i.status().last_commit) {
             storage_config.durable_op_floor = storage_config.durable_op_floor.max(certified);
+            storage_config.durable_certificate_floor =
+                storage_config.durable_certificate_floor.max(certified);
         }
         let (storage, recovery) = Storage::open(dir.root(), cluster, storage_config)?;
         let torn_tail = recovery.torn_tail.as_ref().map(|t| {
@@ -307,6 +330,12 @@ impl LocalLog {
             certificates: state.certificates.len() as u64,
             recertified: false,
         };
+        // Before the core commits anything: drop index rows the durable log
+        // does not back (an index written before rows waited for their
+        // certificate record), so the catch-up below can write the log's.
+        if let Some(indexer) = &indexer {
+            indexer.reconcile(state.index_backing());
+        }
         let durable = shell::load_state(&dir.root().join(VSR_STATE_FILE))?;
         // The saved commit is a lower bound the log must reach: beyond it,
         // the log lost committed ops or the file was edited. Refuse rather
@@ -478,15 +507,26 @@ impl LocalLog {
         // The certificate record rides along with the next group commit; if
         // it is lost in a crash, open() signs the tail again.
         let tree_after = (state.tree.len(), state.tree.root());
-        if let Err(e) = self.storage.get().submit_lazy(cert_record, tree_after) {
-            state.poisoned = Some(e.to_string());
-            return Err(e.into());
-        }
+        let storage = self.storage.get();
+        let ticket = match storage.submit_lazy(cert_record, tree_after) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                state.poisoned = Some(e.to_string());
+                return Err(e.into());
+            }
+        };
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
         if let Some(indexer) = &self.indexer {
             let mut batch = state.index_batch_for_commit(commit, time_ns);
-            self.add_access_rows(state, &mut batch);
-            indexer.send(batch);
+            self.add_access_rows_with(&storage, state, &mut batch);
+            // The rows wait for the certificate record (and so every op
+            // record before it) to be durable: the index never holds a
+            // certificate a crash could still take from the log.
+            let gate = indexer::DurableGate {
+                probe: storage.durable_probe(),
+                ticket,
+            };
+            indexer.send_gated(batch, Some(gate));
         }
         Ok(())
     }
@@ -516,6 +556,22 @@ impl LocalLog {
         drop(state);
         indexer.flush();
         Ok(())
+    }
+
+    /// Every index row of the ops covered by a certificate in the log (and
+    /// the certificates), in bounded batches: what a rebuilt index holds.
+    fn certified_index_batches(&self) -> Vec<crate::index::IndexBatch> {
+        let mut state = self.lock();
+        let commit = state.commit;
+        let certified = state.certificates.iter().map(|c| c.op).max().unwrap_or(0);
+        // A replica's tail after its last certificate may be uncommitted.
+        state.commit = commit.min(certified);
+        let mut batches = state.index_catch_up(None, None);
+        state.commit = commit;
+        for batch in &mut batches {
+            self.add_access_rows(&state, batch);
+        }
+        batches
     }
 
     /// Appends access-trail events (P7) to the system stream
@@ -597,8 +653,8 @@ impl LocalLog {
             let record = self.storage.get().read(location)?;
             let preimages = state::leaf_preimages(&record, location.offset)
                 .map_err(|e| LogError::Corrupt(e.to_string()))?;
-            let events = self.decrypt_op_with_salts(&info)?;
-            for ((event, salt), preimage) in events.into_iter().zip(preimages) {
+            let events = self.decrypt_op(&info)?;
+            for (event, preimage) in events.into_iter().zip(preimages) {
                 if event.offset < from || event.offset >= to || event.position >= size {
                     continue;
                 }
@@ -618,7 +674,7 @@ impl LocalLog {
                     position: event.position,
                     op: info.op,
                     plaintext: event.payload.to_vec(),
-                    salt,
+                    salt: event.salt,
                     proof: proof.encode(),
                 });
             }
@@ -671,6 +727,16 @@ impl LocalLog {
     /// that cannot be read is logged and left out; `vellum verify` reports
     /// the missing row.
     fn add_access_rows(&self, state: &LogState, batch: &mut crate::index::IndexBatch) {
+        self.add_access_rows_with(&self.storage.get(), state, batch);
+    }
+
+    /// [`LocalLog::add_access_rows`] through a storage borrow the caller holds.
+    fn add_access_rows_with(
+        &self,
+        storage: &Storage,
+        state: &LogState,
+        batch: &mut crate::index::IndexBatch,
+    ) {
         let trail = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
         let mut ops: Vec<u64> = batch
             .events
@@ -685,14 +751,12 @@ impl LocalLog {
             };
             // A backup may learn a commit before its own write of the op
             // reached the file: flush, then read.
-            let decrypted = self.decrypt_op_with_salts(&info).or_else(|_| {
-                self.storage.get().flush()?;
-                self.decrypt_op_with_salts(&info)
+            let decrypted = self.decrypt_op_in(storage, &info).or_else(|_| {
+                storage.flush()?;
+                self.decrypt_op_in(storage, &info)
             });
             match decrypted {
-                Ok(events) => batch
-                    .access
-                    .extend(events.iter().map(|(event, salt)| access_row(event, *salt))),
+                Ok(events) => batch.access.extend(events.iter().map(access_row)),
                 Err(error) => {
                     tracing::error!(%error, op, "cannot read an access-trail op for the index");
                 }
@@ -700,21 +764,17 @@ impl LocalLog {
         }
     }
 
-    /// Every event of one committed op, decrypted.
+    /// Every event of one committed op, decrypted, with its commitment salt.
     fn decrypt_op(&self, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
-        Ok(self
-            .decrypt_op_with_salts(info)?
-            .into_iter()
-            .map(|(event, _)| event)
-            .collect())
+        self.decrypt_op_in(&self.storage.get(), info)
     }
 
-    /// Every event of one committed op, decrypted, with its commitment salt.
-    fn decrypt_op_with_salts(&self, info: &OpInfo) -> Result<Vec<(ReadEvent, [u8; 32])>, LogError> {
+    /// [`LocalLog::decrypt_op`] through a storage borrow the caller holds.
+    fn decrypt_op_in(&self, storage: &Storage, info: &OpInfo) -> Result<Vec<ReadEvent>, LogError> {
         let location = info
             .location
             .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
-        let record = self.storage.get().read(location)?;
+        let record = storage.read(location)?;
         let frames =
             record::decode_events(&record.body, record.header.event_count, location.offset)
                 .map_err(|e| LogError::Corrupt(e.to_string()))?;
@@ -731,14 +791,12 @@ impl LocalLog {
                 key_id: info.key_id,
             };
             let opened = crypto::open_event(&dek, &frame.nonce, &aad, frame.sealed)?;
-            out.push((
-                ReadEvent {
-                    offset: info.stream_offset + i,
-                    position: info.global_position + i,
-                    payload: Bytes::copy_from_slice(&opened.payload),
-                },
-                opened.salt,
-            ));
+            out.push(ReadEvent {
+                offset: info.stream_offset + i,
+                position: info.global_position + i,
+                payload: Bytes::copy_from_slice(&opened.payload),
+                salt: opened.salt,
+            });
         }
         Ok(out)
     }
@@ -783,6 +841,7 @@ impl LocalLog {
                     offset,
                     position: info.global_position + i as u64,
                     payload: Bytes::copy_from_slice(&opened.payload),
+                    salt: opened.salt,
                 });
             }
         }
@@ -887,7 +946,7 @@ impl LocalLog {
 /// The index row of one access-trail event. A payload that is not a trail
 /// event still gets a row (action "unreadable") so the row count matches
 /// the log and verify can point at it.
-fn access_row(event: &ReadEvent, salt: [u8; 32]) -> crate::index::AccessRow {
+fn access_row(event: &ReadEvent) -> crate::index::AccessRow {
     use vellum_compliance::trail::AccessEvent;
     let text = String::from_utf8_lossy(&event.payload).into_owned();
     let parsed = AccessEvent::from_payload(&event.payload).ok();
@@ -911,7 +970,7 @@ fn access_row(event: &ReadEvent, salt: [u8; 32]) -> crate::index::AccessRow {
         remote_addr: parsed.as_ref().and_then(|e| e.remote.clone()),
         position: Some(event.position),
         payload: Some(text),
-        salt: Some(salt),
+        salt: Some(event.salt),
     }
 }
 
@@ -1019,6 +1078,8 @@ fn certificate_record(
         body_size: 0,
         key_id: 0,
         tree_size: info.tree_size,
+        version: record::VERSION,
+        request_digest: record::REQUEST_DIGEST_UNKNOWN,
     };
     Record::new(header, certificate.encode().into_bytes())
 }
@@ -1068,10 +1129,27 @@ pub fn rebuild_index(
     let index_error = |e: crate::index::IndexError| {
         LogError::DataDir(format!("audit index: {}", error_chain(&e)))
     };
+    let replicas = load_policy(&dir.policy())?.verifiers.len();
+    if replicas > 1 {
+        return runtime.block_on(rebuild_replica_index(data_dir, &target, cluster));
+    }
+    // The certificates the index saw durable bound what the open may call a
+    // torn tail, as in a normal open (an unreadable index gives no floor).
+    let certified = runtime.block_on(async {
+        let index = crate::index::Index::open(&target, cluster).await.ok()?;
+        let last = index.last_commit().await.ok().flatten().map(|c| c.op);
+        index.close().await;
+        last
+    });
     // Open the log first (keys, policy, segments) so a directory that cannot
     // be opened is refused with its index left as it was.
     let without = LogOptions {
         without_index: true,
+        storage: StorageConfig {
+            durable_op_floor: certified.unwrap_or(0),
+            durable_certificate_floor: certified.unwrap_or(0),
+            ..StorageConfig::default()
+        },
         ..LogOptions::default()
     };
     LocalLog::open(data_dir, without)?.0.close()?;
@@ -1104,6 +1182,45 @@ pub fn rebuild_index(
     })
 }
 
+/// Rebuilds the index of a stopped replica of a larger cluster. The log is
+/// opened read-only (nothing in the data directory changes but the index;
+/// a running replica holds the directory's lock, so this is refused as
+/// busy), and every op covered by a certificate in the log is indexed; the
+/// replica indexes later ops itself when it starts.
+async fn rebuild_replica_index(
+    data_dir: &Path,
+    target: &IndexTarget,
+    cluster: u128,
+) -> Result<crate::index::IndexCounts, LogError> {
+    let index_error = |e: crate::index::IndexError| {
+        LogError::DataDir(format!("audit index: {}", error_chain(&e)))
+    };
+    let options = LogOptions {
+        without_index: true,
+        storage: StorageConfig {
+            read_only: true,
+            ..StorageConfig::default()
+        },
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(data_dir, options)?;
+    let batches = log.certified_index_batches();
+    let index = crate::index::Index::open(target, cluster)
+        .await
+        .map_err(index_error)?;
+    let result = async {
+        index.clear().await?;
+        for batch in &batches {
+            index.apply(batch).await?;
+        }
+        index.counts().await
+    }
+    .await;
+    index.close().await;
+    log.close()?;
+    result.map_err(index_error)
+}
+
 /// What an append proves: offsets, positions, the commit certificate and an
 /// inclusion proof (`c2sp.org/tlog-proof@v1`) of each event against it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -1122,6 +1239,8 @@ pub struct Receipt {
     pub certificate: String,
     /// One inclusion proof per event, in batch order.
     pub proofs: Vec<String>,
+    /// Each event's commitment salt, standard base64, in batch order.
+    pub salts: Vec<String>,
 }
 
 /// Builds the receipt of an append.
@@ -1137,6 +1256,14 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
     let record = log.storage.get().read(location)?;
     let preimages = state::leaf_preimages(&record, location.offset)
         .map_err(|e| LogError::Corrupt(e.to_string()))?;
+    // The salts come from the sealed events themselves (also for a retry
+    // answered from the client table), so the receipt ties each proof to
+    // the payload: commitment = SHA-256(tag || salt || payload).
+    let salts = log
+        .decrypt_op(info)?
+        .iter()
+        .map(|event| BASE64.encode(event.salt))
+        .collect();
     let size = appended.certificate.checkpoint.size;
     let mut proofs = Vec::with_capacity(preimages.len());
     for (i, preimage) in (0u64..).zip(&preimages) {
@@ -1160,5 +1287,6 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
         op: appended.op,
         certificate: appended.certificate.encode(),
         proofs,
+        salts,
     })
 }

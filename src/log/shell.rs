@@ -27,6 +27,9 @@ use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
 pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
 /// How often a waiting caller on a cluster replica checks for a view change.
 const VIEW_CHECK_MS: u64 = 50;
+/// How often a caller whose idempotency key is still in flight here checks
+/// whether it may go (bounded by the commit wait).
+const SAME_KEY_POLL_MS: u64 = 5;
 /// Idle client sessions kept for reuse by callers that bring none.
 pub const SESSIONS_IDLE_MAX: usize = 256;
 /// Ops in flight in the local core: the most one group commit can carry.
@@ -216,10 +219,7 @@ impl LocalLog {
         // once (a refusal, or a retry answered from the client table).
         let key = (session.client, session.request);
         let condvar = Arc::new(Condvar::new());
-        self.exchange
-            .lock()
-            .waiting
-            .insert(key, Arc::clone(&condvar));
+        self.register_waiter(key, &condvar)?;
         let submitted = self.submit_request(session, stream, events, expected_offset);
         let (committed_before, view) = match submitted {
             Ok(submitted) => submitted,
@@ -233,6 +233,34 @@ impl LocalLog {
             self.sessions.give_back(session);
         }
         self.appended(stream, reply, committed_before)
+    }
+
+    /// Registers the caller of `key` for its reply, after any caller of the
+    /// same key still waiting here is done. Replies go by idempotency key,
+    /// so two callers of one key at once could take each other's reply: a
+    /// retry could take the original's, or the original a refusal meant
+    /// for a reuse of its key (while its own op commits). VSR allows one
+    /// request in flight per session; a second one waits its turn, then is
+    /// answered from the client table (a retry) or refused (a reuse).
+    fn register_waiter(&self, key: (u128, u64), condvar: &Arc<Condvar>) -> Result<(), LogError> {
+        let cluster = self.cluster_shell.as_ref();
+        let wait_ms = cluster.map_or(COMMIT_WAIT_MS_MAX, |c| c.role.commit_wait_ms);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        loop {
+            let mut exchange = self.exchange.lock();
+            if let std::collections::hash_map::Entry::Vacant(slot) = exchange.waiting.entry(key) {
+                slot.insert(Arc::clone(condvar));
+                return Ok(());
+            }
+            drop(exchange);
+            if Instant::now() >= deadline {
+                return Err(LogError::Indeterminate(format!(
+                    "request {} of this client session was still in flight after {wait_ms} ms; retry with the same key",
+                    key.1
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(SAME_KEY_POLL_MS));
+        }
     }
 
     /// Hands the request to the core; returns the commit number before it
@@ -250,15 +278,55 @@ impl LocalLog {
         }
         let committed_before = core.replica.commit();
         let view = core.replica.view();
+        let (key_id, digest) =
+            self.request_digest(&core, session, stream, expected_offset, events)?;
         let request = Request {
             client: session.client,
             request: session.request,
             stream,
             expected_offset,
             events: events.to_vec(),
+            key_id,
+            digest,
         };
         self.execute(&mut core, Input::Request(request))?;
         Ok((committed_before, view))
+    }
+
+    /// The data key and keyed digest of a request (`crypto::request_digest`),
+    /// computed with the core locked so the entry it is compared with
+    /// cannot change before the core sees it.
+    ///
+    /// A request whose session and number the core already holds (committed
+    /// or in flight) digests under that entry's key, so an identical retry
+    /// compares equal on every replica whatever key this one would pick for
+    /// the stream now; if that key is gone (shredded) the digest is unknown
+    /// and the entry answers as before. A new request digests under its
+    /// stream's data key, created here (durably) if the stream has none:
+    /// the key exists before the core sees the request, and the batch is
+    /// sealed under that same key.
+    fn request_digest(
+        &self,
+        core: &Core,
+        session: ClientRequest,
+        stream: u64,
+        expected_offset: Option<u64>,
+        events: &[Bytes],
+    ) -> Result<(u64, vellum_audit::hash::Hash), LogError> {
+        if let Some(key_id) = core.replica.digest_key_for(session.client, session.request) {
+            let dek = match self.keys.key(key_id) {
+                Ok(Some(dek)) => dek,
+                Ok(None) | Err(crypto::CryptoError::Shredded { .. }) => {
+                    return Ok((key_id, vsr::DIGEST_UNKNOWN));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let digest = crypto::request_digest(&dek, stream, expected_offset, events);
+            return Ok((key_id, digest));
+        }
+        let (key_id, dek) = self.keys.ensure_key_for_stream(stream)?;
+        let digest = crypto::request_digest(&dek, stream, expected_offset, events);
+        Ok((key_id, digest))
     }
 
     /// Waits for this caller's reply, seeing pending writes through to
@@ -382,6 +450,9 @@ impl LocalLog {
                 expected,
                 actual,
             }),
+            Reply::IdempotencyKeyReused { request } => {
+                Err(LogError::IdempotencyKeyReused { stream, request })
+            }
             Reply::Refused(reason) => Err(LogError::Refused(reason)),
         }
     }
@@ -464,12 +535,28 @@ impl LocalLog {
             .get_or_insert_with(|| error.to_string());
     }
 
-    /// Encrypts the events of the op the core described: the key store
-    /// chooses the key, the wall clock raises the core's logical timestamp.
+    /// Encrypts the events of the op the core described, under the data key
+    /// the request's digest was computed with (the header's `key_id`, which
+    /// must be a key of the header's stream); the wall clock raises the
+    /// core's logical timestamp.
     fn seal(&self, mut header: OpHeader, events: &[Bytes]) -> Result<Record, LogError> {
-        let (key_id, dek) = match self.keys.key_for_stream(header.stream)? {
-            Some(found) => found,
-            None => self.keys.create_key(header.stream)?,
+        let (key_id, dek) = if header.key_id == 0 {
+            self.keys.ensure_key_for_stream(header.stream)?
+        } else {
+            let key_id = header.key_id;
+            let stream = self.keys.stream_of_key(key_id)?;
+            let dek = self.keys.key(key_id)?;
+            match (stream, dek) {
+                (Some(stream), Some(dek)) if stream == header.stream => (key_id, dek),
+                (stream, _) => {
+                    return Err(LogError::Corrupt(format!(
+                        "op {} of stream {} names data key {key_id}, which belongs to {}",
+                        header.op,
+                        header.stream,
+                        stream.map_or("no stream here".to_string(), |s| format!("stream {s}"))
+                    )));
+                }
+            }
         };
         header.key_id = key_id;
         header.timestamp_ns = header.timestamp_ns.max(now_ns());

@@ -360,6 +360,15 @@ impl LogState {
             .ok_or_else(|| LogError::Corrupt("event index beyond the op".to_string()))
     }
 
+    /// What the durable log backs, for [`crate::index::Index::reconcile`].
+    pub fn index_backing(&self) -> crate::index::Backing {
+        crate::index::Backing {
+            certified_through_op: self.certificates.iter().map(|c| c.op).max().unwrap_or(0),
+            events: self.tree.len(),
+            key_ids: self.key_first_use.keys().copied().collect(),
+        }
+    }
+
     /// The index rows for every op up to `commit` not yet sent, plus the commit row.
     pub fn index_batch_for_commit(&mut self, commit: u64, time_ns: u64) -> IndexBatch {
         let mut batch = self.index_ops(self.indexed_through_op + 1, commit);

@@ -477,7 +477,8 @@ mod tests {
     use vellum_audit::record::RecordKind;
 
     /// A valid Op header built from arbitrary numbers (the header's own
-    /// rules hold, so its decoder accepts it).
+    /// rules hold, so its decoder accepts it), version 2 with a request
+    /// digest or version 1 without one: both cross replicas unchanged.
     fn op_header() -> impl Strategy<Value = OpHeader> {
         (
             any::<u128>(),
@@ -486,20 +487,27 @@ mod tests {
             any::<[u8; 32]>(),
             0u32..16,
             any::<(u64, u64, u64)>(),
+            proptest::option::of(any::<[u8; 32]>()),
         )
-            .prop_map(|(cluster, op, view, parent, events, (stream, pos, key))| {
-                let mut header = OpHeader::empty(RecordKind::Op, cluster);
-                header.parent = parent;
-                header.op = op;
-                header.commit = op / 2;
-                header.view = view;
-                header.stream = stream;
-                header.event_count = events;
-                header.global_position = pos / 2;
-                header.tree_size = pos / 2 + u64::from(events);
-                header.key_id = key;
-                header
-            })
+            .prop_map(
+                |(cluster, op, view, parent, events, (stream, pos, key), digest)| {
+                    let mut header = OpHeader::empty(RecordKind::Op, cluster);
+                    header.parent = parent;
+                    header.op = op;
+                    header.commit = op / 2;
+                    header.view = view;
+                    header.stream = stream;
+                    header.event_count = events;
+                    header.global_position = pos / 2;
+                    header.tree_size = pos / 2 + u64::from(events);
+                    header.key_id = key;
+                    match digest {
+                        Some(digest) => header.request_digest = digest,
+                        None => header.version = vellum_audit::record::VERSION_V1,
+                    }
+                    header
+                },
+            )
     }
 
     fn small_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {

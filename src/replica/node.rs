@@ -56,6 +56,9 @@ pub fn node_error(error: LogError) -> NodeError {
             expected,
             actual,
         },
+        reused @ LogError::IdempotencyKeyReused { .. } => {
+            NodeError::IdempotencyKeyReused(reused.to_string())
+        }
         LogError::UnknownStream(stream) => {
             NodeError::NotFound(format!("stream {stream} has no committed events"))
         }
@@ -71,6 +74,7 @@ fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
         stream,
         offset: event.offset,
         base64: base64::engine::general_purpose::STANDARD.encode(&event.payload),
+        salt: base64::engine::general_purpose::STANDARD.encode(event.salt),
     }
 }
 
@@ -132,6 +136,7 @@ impl Node for ReplicaNode {
             duplicate: appended.duplicate,
             certificate: receipt.certificate,
             proofs: receipt.proofs,
+            salts: receipt.salts,
         })
     }
 
@@ -221,7 +226,7 @@ impl Node for ReplicaNode {
             .into_iter()
             .filter(|(e, _)| from_ns.is_none_or(|f| e.time_ns >= f))
             .filter(|(e, _)| to_ns.is_none_or(|t| e.time_ns < t))
-            .filter(|(e, _)| stream.is_none_or(|s| e.stream == Some(s)))
+            .filter(|(e, _)| stream.is_none_or(|s| e.names_stream(s)))
             .collect();
         Ok((self.log.signer().name().to_string(), records))
     }

@@ -28,6 +28,10 @@ pub enum NodeError {
         /// The stream's length.
         actual: u64,
     },
+    /// The idempotency key (client session, request number) already names
+    /// a different request; nothing was written, retrying will not help: 422.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// This replica is not the primary (writes must go to `primary`): the
     /// server forwards the request there.
     #[error("replica {replica} is not the primary (primary is {primary:?})")]

@@ -260,7 +260,7 @@ fn error_responses() -> Value {
         ),
         (
             "422",
-            "refused: the replica refused the request (bad stream id, stale request number, bad range).",
+            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written.",
         ),
         (
             "500",
@@ -322,7 +322,7 @@ fn schemas() -> Value {
         },
         "AppendReceipt": {
             "type": "object",
-            "required": ["stream", "first_offset", "next_offset", "first_position", "op", "duplicate", "certificate", "proofs"],
+            "required": ["stream", "first_offset", "next_offset", "first_position", "op", "duplicate", "certificate", "proofs", "salts"],
             "properties": {
                 "stream": u64_schema("The stream."),
                 "first_offset": u64_schema("Stream offset of the first event."),
@@ -331,16 +331,18 @@ fn schemas() -> Value {
                 "op": u64_schema("The VSR op carrying the batch."),
                 "duplicate": { "type": "boolean", "description": "A retry answered from the client table; nothing new written." },
                 "certificate": { "type": "string", "description": "C2SP signed note with a quorum of signatures." },
-                "proofs": { "type": "array", "items": { "type": "string" }, "description": "One tlog-proof@v1 per event." }
+                "proofs": { "type": "array", "items": { "type": "string" }, "description": "One tlog-proof@v1 per event." },
+                "salts": { "type": "array", "items": { "type": "string", "contentEncoding": "base64" }, "description": "Each event's 32-byte commitment salt (standard base64), in batch order; with the event's bytes it opens its leaf's commitment (`vellum proof check`)." }
             }
         },
         "LogEvent": {
-            "type": "object", "required": ["position", "stream", "offset", "base64"],
+            "type": "object", "required": ["position", "stream", "offset", "base64", "salt"],
             "properties": {
                 "position": u64_schema("Global position (Merkle leaf index)."),
                 "stream": u64_schema("The stream."),
                 "offset": u64_schema("Offset in the stream."),
-                "base64": { "type": "string", "contentEncoding": "base64" }
+                "base64": { "type": "string", "contentEncoding": "base64" },
+                "salt": { "type": "string", "contentEncoding": "base64", "description": "The event's 32-byte commitment salt (standard base64); with the payload it opens its leaf's commitment (`vellum proof check`)." }
             }
         },
         "StreamEvents": {

@@ -101,6 +101,7 @@ impl FakeNode {
             stream,
             offset,
             base64,
+            salt: String::new(),
         });
         drop(state);
         self.grew.notify_all();
@@ -164,6 +165,7 @@ impl Node for FakeNode {
             duplicate: false,
             certificate: "certificate".into(),
             proofs: (0..count).map(|i| format!("proof {i}")).collect(),
+            salts: Vec::new(),
         })
     }
 

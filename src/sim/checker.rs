@@ -12,7 +12,8 @@
 //!   restarts (against the durable state the replica saved);
 //! - stream offsets and global positions are dense;
 //! - no (client, request) is committed twice;
-//! - every acknowledged append stays at its op, stream and offsets;
+//! - every acknowledged append stays at its op, stream and offsets, and
+//!   the op carries the digest of the very request the client sent;
 //! - every certificate carries >= quorum valid signatures of distinct
 //!   replicas on the root of the agreed log at its size.
 
@@ -73,6 +74,13 @@ pub enum Violation {
     /// A replica journaled a record that does not chain to its header of the op before.
     #[error("replica {replica} journaled op {op} whose parent is not its header of op {}", op - 1)]
     UnchainedJournal { replica: u8, op: u64 },
+    /// An identical retry was refused as a reused idempotency key (the
+    /// client table compared digests of the same request and found them
+    /// different).
+    #[error(
+        "client {client:x} request {request}: an identical retry was refused as a reused idempotency key"
+    )]
+    RetryRefusedAsReused { client: u128, request: u64 },
     /// A certificate is malformed, under-signed or signs the wrong root.
     #[error("certificate from {source_name}: {reason}")]
     BadCertificate { source_name: String, reason: String },
@@ -83,6 +91,8 @@ pub enum Violation {
 struct Ack {
     client: u128,
     request: u64,
+    /// The digest of the request the client sent (and retried).
+    digest: Hash,
     body: ReplyBody,
 }
 
@@ -311,6 +321,7 @@ impl Checker {
         client: u128,
         request: u64,
         body: &ReplyBody,
+        digest: Hash,
     ) -> Result<(), Violation> {
         if let Some(op) = self.acked.insert((client, request), body.op)
             && op != body.op
@@ -330,6 +341,7 @@ impl Checker {
         self.acks.push(Ack {
             client,
             request,
+            digest,
             body: body.clone(),
         });
         self.check_acks()
@@ -483,7 +495,8 @@ fn check_ack(ack: &Ack, header: &OpHeader) -> Result<(), Violation> {
         && header.stream == body.stream
         && header.stream_offset == body.first_offset
         && header.stream_offset + u64::from(header.event_count) == body.next_offset
-        && header.global_position == body.first_position;
+        && header.global_position == body.first_position
+        && header.request_digest == ack.digest;
     if same {
         return Ok(());
     }
@@ -492,12 +505,13 @@ fn check_ack(ack: &Ack, header: &OpHeader) -> Result<(), Violation> {
         request: ack.request,
         op: body.op,
         reason: format!(
-            "the committed op holds client {:x} request {} stream {} offsets {}..{}",
+            "the committed op holds client {:x} request {} stream {} offsets {}..{} digest {}",
             header.client_id,
             header.request,
             header.stream,
             header.stream_offset,
-            header.stream_offset + u64::from(header.event_count)
+            header.stream_offset + u64::from(header.event_count),
+            to_hex(&header.request_digest)
         ),
     })
 }

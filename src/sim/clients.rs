@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::types::StreamId;
 use crate::vsr::{Input, Reply, Request};
 
+use super::checker::Violation;
 use super::cluster::{Event, Pending, RunError, Sim};
 use super::options::{EVENTS_PER_REQUEST_MAX, STREAMS};
 
@@ -43,7 +44,7 @@ impl Sim {
         let state = &mut self.clients[client];
         let request = state.next_request;
         state.next_request += 1;
-        let events = (0..count)
+        let events: Vec<Bytes> = (0..count)
             .map(|i| {
                 Bytes::from(format!(
                     "{{\"client\":{client},\"request\":{request},\"event\":{i}}}"
@@ -52,12 +53,16 @@ impl Sim {
             .collect();
         let expected_offset = self.prng.chance(EXPECTED_OFFSET_PER_MILLION).then_some(0);
         let id = self.clients[client].id;
+        let digest = self.sealer.digest(stream, expected_offset, &events);
         let request = Request {
             client: id,
             request,
             stream,
             expected_offset,
             events,
+            // One data key per stream in the simulator, named by the stream.
+            key_id: stream,
+            digest,
         };
         self.clients[client].pending = Some(Pending {
             request,
@@ -121,6 +126,7 @@ impl Sim {
         self.counters.cover(match &reply {
             Reply::Committed(_) => "reply:committed",
             Reply::WrongExpectedOffset { .. } => "reply:wrong_expected_offset",
+            Reply::IdempotencyKeyReused { .. } => "reply:idempotency_key_reused",
             Reply::Refused(_) => "reply:refused",
         });
         if let Reply::Committed(body) = &reply {
@@ -172,11 +178,11 @@ impl Sim {
             self.counters.cover("client:stale_reply");
             return Ok(());
         };
-        let (id, attempts) = (state.id, pending.attempts);
+        let (id, attempts, digest) = (state.id, pending.attempts, pending.request.digest);
         match reply {
             Reply::Committed(body) => {
                 self.checker
-                    .acknowledged(id, request, &body)
+                    .acknowledged(id, request, &body, digest)
                     .map_err(|v| self.violation(v))?;
                 self.counters.acknowledged += 1;
                 if attempts > 0 {
@@ -191,6 +197,14 @@ impl Sim {
             }
             Reply::WrongExpectedOffset { .. } => {
                 self.clients[client].pending = None;
+            }
+            // Simulated clients retry only the very same request: a refusal
+            // as a reused key is a false alarm of the client table.
+            Reply::IdempotencyKeyReused { .. } => {
+                return Err(self.violation(Violation::RetryRefusedAsReused {
+                    client: id,
+                    request,
+                }));
             }
             Reply::Refused(_) => {
                 let timeout = self.options.profile.request_timeout_ticks;

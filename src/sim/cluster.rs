@@ -145,7 +145,7 @@ pub struct Sim {
     pub(super) nodes: Vec<Node>,
     pub(super) clients: Vec<Client>,
     pub(super) network: Network,
-    sealer: Sealer,
+    pub(super) sealer: Sealer,
     pub(super) checker: Checker,
     pub(super) trace: Trace,
     pub(super) quiet: bool,

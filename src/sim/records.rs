@@ -49,10 +49,22 @@ impl Sealer {
             })
             .collect();
         let record = Record::new(header, record::encode_events(&frames));
-        let key = (header.stream_offset == 0).then(|| {
-            Bytes::copy_from_slice(&sha256(&[&self.key, b"dek", &header.stream.to_le_bytes()]))
-        });
+        let key =
+            (header.stream_offset == 0).then(|| Bytes::copy_from_slice(&self.dek(header.stream)));
         (record, key)
+    }
+
+    /// The stand-in data key of `stream`.
+    fn dek(&self, stream: u64) -> Hash {
+        sha256(&[&self.key, b"dek", &stream.to_le_bytes()])
+    }
+
+    /// The request digest a shell would compute: the real keyed digest
+    /// (`crypto::request_digest`) under the stream's stand-in data key, so
+    /// the simulator's client tables compare what production ones do.
+    pub fn digest(&self, stream: u64, expected_offset: Option<u64>, events: &[Bytes]) -> Hash {
+        let dek = crate::crypto::DataKey::from_bytes(&self.dek(stream));
+        crate::crypto::request_digest(&dek, stream, expected_offset, events)
     }
 
     /// (commitment, nonce, ciphertext || tag) of one event.

@@ -71,6 +71,13 @@ pub struct StorageConfig {
     /// recovery (a torn tail that holds certified ops, or a log cut short),
     /// open fails as corrupt and nothing is truncated.
     pub durable_op_floor: u64,
+    /// An op whose Certificate record the caller knows was durable (the
+    /// audit index holds a certificate's row only once its record was
+    /// fdatasync'ed); 0 = none. A torn tail is cut only if the records
+    /// before it still hold a Certificate of this op or a later one: else
+    /// the "torn" bytes hold a record that was durable, so they are damage,
+    /// and the open fails as corrupt with nothing truncated.
+    pub durable_certificate_floor: u64,
     /// Open without changing anything on disk: no file is created, written,
     /// truncated or synced; a torn tail is reported, not cut; `submit` is
     /// refused. The segments directory must exist.
@@ -85,6 +92,7 @@ impl Default for StorageConfig {
             batch_bytes_max: 16 * 1024 * 1024,
             queue_records_max: 4096,
             durable_op_floor: 0,
+            durable_certificate_floor: 0,
             read_only: false,
         }
     }
@@ -473,6 +481,13 @@ impl Storage {
         }
     }
 
+    /// A handle that waits for records to become durable without forcing a
+    /// write (a lazy record stays lazy). The audit index holds back a
+    /// certificate's row until its record is durable through it.
+    pub fn durable_probe(&self) -> DurableProbe {
+        DurableProbe(Arc::clone(&self.shared))
+    }
+
     /// Makes the writer write every record below `seq` without waiting for more.
     fn force(&self, state: &mut State, seq: u64) {
         if seq > state.forced_seq && seq > state.durable_seq {
@@ -568,6 +583,48 @@ impl Storage {
             .write()
             .expect("files lock is never held across a panic");
         Ok(Arc::clone(files.entry(segment).or_insert(file)))
+    }
+}
+
+/// Waits for a [`Ticket`] of one open store to become durable, without
+/// forcing its write (see [`Storage::durable_probe`]).
+#[derive(Clone)]
+pub struct DurableProbe(Arc<Shared>);
+
+impl std::fmt::Debug for DurableProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurableProbe")
+    }
+}
+
+impl DurableProbe {
+    /// Waits up to `timeout` for `ticket`'s record to be fdatasync'ed.
+    /// `Ok(true)`: durable; `Ok(false)`: not yet; `Err`: the store was
+    /// poisoned or closed before the record became durable.
+    pub fn wait(&self, ticket: Ticket, timeout: std::time::Duration) -> Result<bool, StorageError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.0.lock();
+        loop {
+            if state.durable_seq > ticket.seq {
+                return Ok(true);
+            }
+            if let Some(reason) = &state.poisoned {
+                return Err(StorageError::Poisoned(reason.clone()));
+            }
+            if state.closing && state.queue.is_empty() && state.taken_seq <= ticket.seq {
+                return Err(StorageError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            state = self
+                .0
+                .durable
+                .wait_timeout(state, deadline - now)
+                .expect("storage lock is never held across a panic")
+                .0;
+        }
     }
 }
 

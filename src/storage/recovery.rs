@@ -40,6 +40,7 @@ pub(super) fn recover(
 ) -> Result<Recovered, StorageError> {
     let scan = scan_log_dir(segments_dir, cluster)?;
     check_floor(&scan, segments_dir, config.durable_op_floor)?;
+    check_certificate_floor(&scan, config.durable_certificate_floor)?;
     let torn_tail = if config.read_only {
         report_torn_tail(&scan)
     } else {
@@ -127,6 +128,40 @@ fn check_floor(scan: &LogScan, segments_dir: &Path, floor: u64) -> Result<(), St
         reason: format!(
             "ops up to {floor} were certified but the log ends at op {last_op}{damage}; \
              nothing was truncated"
+        ),
+    })
+}
+
+/// Fails when a torn tail would be cut although the records before it hold
+/// no Certificate of op `floor` or later: that certificate's record was
+/// durable, so the unreadable bytes at the end held a synced record and are
+/// damage (a flipped bit, say), not an unfinished write. Checked before any
+/// change, so a failed open leaves every byte as it was.
+fn check_certificate_floor(scan: &LogScan, floor: u64) -> Result<(), StorageError> {
+    let Some((path, offset, bytes)) = scan.torn_tail() else {
+        return Ok(());
+    };
+    if floor == 0 {
+        return Ok(());
+    }
+    let certified = scan
+        .segments
+        .iter()
+        .flat_map(|segment| &segment.scan.records)
+        .filter(|record| record.header.kind == RecordKind::Certificate)
+        .map(|record| record.header.op)
+        .max()
+        .unwrap_or(0);
+    if certified >= floor {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt {
+        file: path.to_path_buf(),
+        offset,
+        reason: format!(
+            "the certificate of op {floor} was durable but the readable log holds certificates \
+             only up to op {certified}: the {bytes} unreadable bytes from here on are damage, \
+             not a torn write; nothing was truncated"
         ),
     })
 }

@@ -376,13 +376,13 @@ impl Chaos {
             self.client_request.insert(client, (number, false));
             if self.rng.chance(300) {
                 let to = u8::try_from(self.rng.below(u64::from(self.n))).expect("small");
-                let request = Request {
+                let request = super::tests::with_digest(
                     client,
-                    request: number,
-                    stream: 16 + u64::try_from(client % 2).expect("small"),
-                    expected_offset: None,
-                    events: vec![Bytes::from(format!("{client}/{number}"))],
-                };
+                    number,
+                    16 + u64::try_from(client % 2).expect("small"),
+                    None,
+                    vec![Bytes::from(format!("{client}/{number}"))],
+                );
                 self.inputs.push((to, Input::Request(request)));
             }
         }

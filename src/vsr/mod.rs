@@ -103,6 +103,25 @@ pub struct Request {
     pub expected_offset: Option<u64>,
     /// The events, plaintext, 1..=EVENTS_PER_OP_MAX.
     pub events: Vec<Bytes>,
+    /// The data key the shell computed `digest` under, and that seals the
+    /// batch if it is prepared (copied into the header's `key_id`): so a
+    /// retry's digest is computed under the key of the op it is compared
+    /// with, on every replica. The core only copies it.
+    pub key_id: u64,
+    /// The shell's keyed digest of (stream, expected offset, events)
+    /// (`crypto::request_digest`), kept in the op header and so in the
+    /// client table. The core only compares bytes: all zero
+    /// ([`DIGEST_UNKNOWN`]) means unknown and matches anything.
+    pub digest: Hash,
+}
+
+/// The request digest of a request or header that carries none.
+pub const DIGEST_UNKNOWN: Hash = vellum_audit::record::REQUEST_DIGEST_UNKNOWN;
+
+/// True when two request digests prove two different requests: both known
+/// and unequal. An unknown digest (a version 1 header) matches any request.
+pub fn digests_conflict(a: &Hash, b: &Hash) -> bool {
+    *a != DIGEST_UNKNOWN && *b != DIGEST_UNKNOWN && a != b
 }
 
 /// What a committed request returns to its client.
@@ -137,6 +156,13 @@ pub enum Reply {
         /// The stream's length.
         actual: u64,
     },
+    /// The client session and request number name a request (committed or
+    /// in flight) with another digest: the idempotency key was reused for a
+    /// different request. Nothing was written; retrying will not help.
+    IdempotencyKeyReused {
+        /// The request number that was reused.
+        request: u64,
+    },
     /// Refused (bad stream, stale request number, ...); nothing was written.
     Refused(String),
 }
@@ -158,6 +184,10 @@ pub struct Message {
 /// The protocol's messages (VRR §4, §4.2 view change, §4.3 recovery, plus
 /// repair). Names follow the paper.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Prepare, the common message, holds its 256-byte header inline; boxing it would add an allocation to every prepare"
+)]
 pub enum MessageBody {
     /// Primary -> backups: an op to journal. `record.header.parent` must be
     /// the checksum of op-1's header (a backup refuses one that does not chain).

@@ -15,6 +15,7 @@ use super::journal::{SlotState, check_record};
 use super::replica::{Replica, Sealing};
 use super::{
     Action, Broken, MessageBody, ReadPurpose, ReplicaIndex, Reply, ReplyBody, Request, Status,
+    digests_conflict,
 };
 use crate::types::StreamId;
 
@@ -40,8 +41,11 @@ impl Replica {
             self.refuse(&request, reason);
             return;
         }
-        if self.in_flight(request.client, request.request) {
-            return; // its reply follows the commit
+        if let Some(digest) = self.in_flight(request.client, request.request) {
+            if digests_conflict(&digest, &request.digest) {
+                self.refuse_reused(&request);
+            }
+            return; // a retry: its reply follows the commit
         }
         if self.queue.len() >= self.config.request_queue_max {
             self.refuse(&request, "request queue full".to_owned());
@@ -54,6 +58,8 @@ impl Replica {
     /// Answers a retry of the latest committed request from the client
     /// table; true when the table holds it (even if no certificate covers
     /// it yet: then the client retries later, and it never runs twice).
+    /// A request with that number but another digest is refused as a
+    /// reused idempotency key, never answered with the other's reply.
     fn answer_from_table(&mut self, request: &Request) -> bool {
         let Some(session) = self.clients.get(request.client) else {
             return false;
@@ -62,6 +68,10 @@ impl Replica {
             return false;
         }
         let header = session.header;
+        if digests_conflict(&header.request_digest, &request.digest) {
+            self.refuse_reused(request);
+            return true;
+        }
         let Some(reply) = self.reply_for(&header) else {
             return true;
         };
@@ -124,19 +134,61 @@ impl Replica {
         });
     }
 
-    /// Whether the request is queued, being sealed or prepared but not
-    /// committed.
-    fn in_flight(&self, client: u128, request: u64) -> bool {
-        let same = |h: &OpHeader| h.client_id == client && h.request == request;
+    fn refuse_reused(&mut self, request: &Request) {
+        self.out.push(Action::Reply {
+            client: request.client,
+            request: request.request,
+            reply: Reply::IdempotencyKeyReused {
+                request: request.request,
+            },
+        });
+    }
+
+    /// The digest of the request with this session and number if it is
+    /// queued, being sealed or prepared but not committed.
+    fn in_flight(&self, client: u128, request: u64) -> Option<Hash> {
+        self.in_flight_entry(client, request)
+            .map(|(_, digest)| digest)
+    }
+
+    /// (key id, digest) of the request with this session and number that is
+    /// queued, being sealed or prepared but not committed.
+    fn in_flight_entry(&self, client: u128, request: u64) -> Option<(u64, Hash)> {
+        let same = |h: &&OpHeader| h.client_id == client && h.request == request;
+        let entry = |h: &OpHeader| (h.key_id, h.request_digest);
         let prepared = (self.commit + 1..=self.journal.op())
             .filter_map(|op| self.journal.header(op))
-            .any(same);
-        let sealing = self.sealing.as_ref().is_some_and(|s| same(&s.header));
-        let queued = self
-            .queue
-            .iter()
-            .any(|r| r.client == client && r.request == request);
-        prepared || sealing || queued
+            .find(same)
+            .map(entry);
+        let sealing = || {
+            self.sealing
+                .as_ref()
+                .map(|s| &s.header)
+                .filter(same)
+                .map(entry)
+        };
+        let queued = || {
+            self.queue
+                .iter()
+                .find(|r| r.client == client && r.request == request)
+                .map(|r| (r.key_id, r.digest))
+        };
+        prepared.or_else(sealing).or_else(queued)
+    }
+
+    /// The data key under which a request of this session and number must
+    /// compute its digest to be compared with the entry it would meet: the
+    /// key of the session's latest committed op (same number), or of the
+    /// in-flight request with that number. `None`: no such entry, so a new
+    /// request digests under its stream's current key. A pure query: the
+    /// shell asks it before it builds the [`Request`].
+    pub fn digest_key_for(&self, client: u128, request: u64) -> Option<u64> {
+        let committed = self
+            .clients
+            .get(client)
+            .filter(|s| s.request == request)
+            .map(|s| s.header.key_id);
+        committed.or_else(|| self.in_flight_entry(client, request).map(|(key, _)| key))
     }
 
     /// Whether the primary may prepare another op now: it knows every body
@@ -171,7 +223,10 @@ impl Replica {
                 self.refuse(&request, reason);
                 return;
             }
-            if self.in_flight(request.client, request.request) {
+            if let Some(digest) = self.in_flight(request.client, request.request) {
+                if digests_conflict(&digest, &request.digest) {
+                    self.refuse_reused(&request);
+                }
                 return;
             }
         }
@@ -212,6 +267,8 @@ impl Replica {
         header.global_position = previous.map_or(0, |h| h.tree_size);
         header.event_count = u32::try_from(request.events.len()).expect("checked against the max");
         header.tree_size = header.global_position + u64::from(header.event_count);
+        header.key_id = request.key_id;
+        header.request_digest = request.digest;
         header
     }
 

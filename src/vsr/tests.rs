@@ -314,14 +314,36 @@ fn request(
     expected: Option<u64>,
     events: usize,
 ) -> Request {
+    let events: Vec<Bytes> = (0..events)
+        .map(|i| Bytes::from(format!("event {client} {number} {i}")))
+        .collect();
+    with_digest(client, number, stream, expected, events)
+}
+
+/// A request whose digest is a stand-in for the shell's keyed digest (the
+/// core only compares the bytes).
+pub(super) fn with_digest(
+    client: u128,
+    number: u64,
+    stream: u64,
+    expected: Option<u64>,
+    events: Vec<Bytes>,
+) -> Request {
+    let mut encoded = stream.to_le_bytes().to_vec();
+    encoded.push(u8::from(expected.is_some()));
+    encoded.extend_from_slice(&expected.unwrap_or(0).to_le_bytes());
+    for event in &events {
+        encoded.extend_from_slice(&(event.len() as u64).to_le_bytes());
+        encoded.extend_from_slice(event);
+    }
     Request {
         client,
         request: number,
         stream,
         expected_offset: expected,
-        events: (0..events)
-            .map(|i| Bytes::from(format!("event {client} {number} {i}")))
-            .collect(),
+        events,
+        key_id: 1,
+        digest: sha256(&[b"test digest", &encoded]),
     }
 }
 
@@ -400,6 +422,122 @@ fn client_table_answers_retries_once() {
     cluster.append(9, 2, 16, None);
     assert!(matches!(cluster.append(9, 1, 16, None), Reply::Refused(_)));
     assert_eq!(cluster.replica(0).op(), 2);
+}
+
+/// Goal: a reused idempotency key (same client and request number, another
+/// stream, expected offset or body) is refused as reused and writes
+/// nothing, while an identical retry gets the original reply; this holds
+/// on the primary and on a backup, after a view change and after every
+/// replica restarted (the client table is rebuilt from the headers).
+#[test]
+fn reused_idempotency_key_is_refused_and_retry_is_answered() {
+    let mut cluster = Cluster::new(3);
+    let original = request(9, 1, 16, None, 2);
+    cluster.submit(0, original.clone());
+    cluster.run();
+    let first = committed_body(&cluster.reply_of(9, 1).expect("reply")).clone();
+    let mut other_body = original.clone();
+    other_body.events[1] = Bytes::from_static(b"another event");
+    other_body = with_digest(9, 1, 16, None, other_body.events);
+    let other_stream = with_digest(9, 1, 17, None, original.events.clone());
+    let other_expected = with_digest(9, 1, 16, Some(0), original.events.clone());
+    let reused = [other_body, other_stream, other_expected];
+
+    let check = |cluster: &mut Cluster, to: u8, when: &str| {
+        for request in &reused {
+            cluster.replies.clear();
+            cluster.submit(to, request.clone());
+            cluster.run();
+            assert_eq!(
+                cluster.reply_of(9, 1),
+                Some(Reply::IdempotencyKeyReused { request: 1 }),
+                "{when}: reuse by {request:?} at replica {to}"
+            );
+        }
+        cluster.replies.clear();
+        cluster.submit(to, original.clone());
+        cluster.run();
+        let again = cluster.reply_of(9, 1).expect("a retry is answered");
+        assert_eq!(committed_body(&again).op, first.op, "{when}");
+        assert_eq!(committed_body(&again).first_offset, first.first_offset);
+    };
+    check(&mut cluster, 0, "primary");
+    check(&mut cluster, 1, "backup");
+    assert_eq!(cluster.replica(0).op(), 1, "nothing was prepared");
+
+    // A view change: the new primary knows the entry from the committed header.
+    cluster.crash(0);
+    cluster.tick(40);
+    let primary = cluster.primary().expect("a new primary");
+    assert_ne!(primary, 0);
+    check(&mut cluster, primary, "after a view change");
+
+    // Every replica restarts: the table is rebuilt from the journal.
+    for i in 0..3 {
+        cluster.crash(i);
+    }
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    cluster.tick(60);
+    let primary = cluster.primary().expect("a primary after the restart");
+    check(&mut cluster, primary, "after a restart");
+    assert_eq!(
+        cluster.replica(primary).op(),
+        1,
+        "nothing was ever prepared"
+    );
+    assert!(
+        cluster
+            .replica(primary)
+            .header(1)
+            .is_some_and(|h| h.request_digest == original.digest),
+        "the op header keeps the digest"
+    );
+}
+
+/// Goal: while a request is in flight (prepared, not committed), a request
+/// with its client and number but another digest is refused at once as
+/// reused, and the in-flight one still commits; a header without a digest
+/// (an old log) answers any retry as before.
+#[test]
+fn reused_key_in_flight_is_refused_and_unknown_digest_answers_as_before() {
+    let mut cluster = Cluster::new(3);
+    // Cut the primary from its backups so the op stays in flight.
+    cluster.cut.insert((0, 1));
+    cluster.cut.insert((0, 2));
+    let original = request(4, 1, 16, None, 1);
+    cluster.submit(0, original.clone());
+    cluster.run();
+    assert!(cluster.reply_of(4, 1).is_none(), "no quorum yet");
+    let reused = with_digest(4, 1, 16, None, vec![Bytes::from_static(b"other")]);
+    cluster.submit(0, reused);
+    cluster.run();
+    assert_eq!(
+        cluster.reply_of(4, 1),
+        Some(Reply::IdempotencyKeyReused { request: 1 })
+    );
+    assert_eq!(
+        cluster.replica(0).digest_key_for(4, 1),
+        Some(1),
+        "the shell digests a retry under the in-flight op's key"
+    );
+    cluster.replies.clear();
+    cluster.cut.clear();
+    cluster.tick(10);
+    let committed = cluster.reply_of(4, 1).expect("the original commits");
+    assert_eq!(committed_body(&committed).first_offset, 0);
+    assert_eq!(cluster.replica(0).op(), 1);
+
+    // Unknown digest (version 1 header, or a request without one): answered.
+    let mut unknown = request(4, 1, 99, None, 1);
+    unknown.digest = DIGEST_UNKNOWN;
+    cluster.replies.clear();
+    cluster.submit(0, unknown);
+    cluster.run();
+    assert!(matches!(cluster.reply_of(4, 1), Some(Reply::Committed(_))));
+    assert!(!digests_conflict(&DIGEST_UNKNOWN, &[1; 32]));
+    assert!(digests_conflict(&[2; 32], &[1; 32]));
 }
 
 /// Goal: an expected offset that is not the stream's length is refused

@@ -95,6 +95,11 @@ impl ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::REFUSED, message)
             }
             NodeError::NotFound(_) => ApiError::not_found(message),
+            NodeError::IdempotencyKeyReused(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::IDEMPOTENCY_KEY_REUSED,
+                message,
+            ),
             NodeError::WrongExpectedOffset { actual, .. } => ApiError {
                 actual_offset: Some(actual),
                 ..ApiError::new(StatusCode::CONFLICT, code::WRONG_EXPECTED_OFFSET, message)

@@ -146,6 +146,10 @@ impl TrailEntry {
                 outcome: String::new(),
                 remote,
                 detail: None,
+                recipient: None,
+                description: None,
+                streams: None,
+                streams_truncated: false,
             },
         }
     }
