@@ -7,7 +7,7 @@
 use axum::Json;
 use serde_json::{Value, json};
 
-use crate::api;
+use crate::{api, bounds};
 
 /// `GET /openapi.json`.
 pub(crate) async fn openapi() -> Json<Value> {
@@ -193,21 +193,30 @@ fn with_errors(mut responses: Value, statuses: &[&str]) -> Value {
     responses
 }
 
+/// An id, offset, position, size or time at the edge: a canonical decimal
+/// at most [`bounds::EDGE_INTEGER_MAX`] (`crate::bounds`).
+fn edge_integer() -> Value {
+    json!({ "type": "integer", "format": "uint64", "minimum": 0, "maximum": bounds::EDGE_INTEGER_MAX })
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({
         "name": name, "in": "path", "required": true, "description": description,
-        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+        "schema": edge_integer()
     })
 }
 
 fn stream_param() -> Value {
-    path_param("stream", "The stream id, a decimal u64.")
+    path_param(
+        "stream",
+        "The stream id: a canonical decimal (digits only, no sign, no leading zero), at most 2^63-1.",
+    )
 }
 
 fn query_param(name: &str, description: &str, required: bool) -> Value {
     json!({
         "name": name, "in": "query", "required": required, "description": description,
-        "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+        "schema": edge_integer()
     })
 }
 
@@ -270,7 +279,9 @@ fn error_responses() -> Value {
 }
 
 fn u64_schema(description: &str) -> Value {
-    json!({ "type": "integer", "format": "uint64", "minimum": 0, "description": description })
+    let mut schema = edge_integer();
+    schema["description"] = json!(description);
+    schema
 }
 
 fn schemas() -> Value {
@@ -280,7 +291,7 @@ fn schemas() -> Value {
             "type": "object", "required": ["session", "request"], "additionalProperties": false,
             "properties": {
                 "session": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Client session id; not all zero." },
-                "request": { "type": "integer", "format": "uint64", "minimum": 1, "description": "Request number in the session, increasing from 1." }
+                "request": { "type": "integer", "format": "uint64", "minimum": 1, "maximum": u64::MAX, "description": "Request number in the session, increasing from 1." }
             }
         },
         "EventIn": {
