@@ -95,7 +95,11 @@ fn paths() -> Value {
             "get": {
                 "summary": "RFC 6962 consistency proof between two tree sizes; roles writer, reader, auditor.",
                 "parameters": [
-                    query_param("from", "The older tree size.", true),
+                    {
+                        "name": "from", "in": "query", "required": true,
+                        "description": "The older tree size (at least 1: RFC 6962 defines no proof from the empty tree).",
+                        "schema": { "type": "integer", "format": "uint64", "minimum": 1, "maximum": bounds::EDGE_INTEGER_MAX }
+                    },
                     query_param("to", "The newer, certified tree size (default: the latest certificate).", false)
                 ],
                 "responses": with_errors(ok("ConsistencyAnswer"), &["400", "401", "403", "404", "422", "500", "503"])
@@ -284,20 +288,28 @@ fn u64_schema(description: &str) -> Value {
     schema
 }
 
+/// Standard base64 with padding, as the server decodes it: canonical, so the
+/// unused bits of the last character are zero.
+const BASE64_PATTERN: &str =
+    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+
 fn schemas() -> Value {
     let limit = api::REQUEST_BODY_BYTES_MAX;
     json!({
         "IdempotencyKey": {
             "type": "object", "required": ["session", "request"], "additionalProperties": false,
             "properties": {
-                "session": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Client session id; not all zero." },
+                "session": { "type": "string", "minLength": 32, "maxLength": 32, "pattern": "^0*[1-9a-f][0-9a-f]*$", "description": "Client session id: 32 lowercase hex digits, not all zero." },
                 "request": { "type": "integer", "format": "uint64", "minimum": 1, "maximum": u64::MAX, "description": "Request number in the session, increasing from 1." }
             }
         },
         "EventIn": {
-            "type": "object", "additionalProperties": false,
+            "type": "object", "additionalProperties": false, "minProperties": 1, "maxProperties": 1,
             "description": "Exactly one of json (stored as its compact text) or base64 (standard, padded).",
-            "properties": { "json": {}, "base64": { "type": "string", "contentEncoding": "base64" } }
+            "properties": {
+                "json": { "type": ["object", "array", "string", "number", "boolean"], "description": "Any JSON value but null." },
+                "base64": { "type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN }
+            }
         },
         "AppendRequest": {
             "type": "object", "required": ["events"], "additionalProperties": false,
