@@ -11,7 +11,7 @@
 #
 # Environment (all optional):
 #   VELLUM_BIN                    the vellum binary (default ${CARGO_TARGET_DIR:-target}/debug/vellum)
-#   VELLUM_SCHEMATHESIS_EXAMPLES  examples per operation and phase (default 25)
+#   VELLUM_SCHEMATHESIS_EXAMPLES  examples per operation and phase (default 50)
 #   VELLUM_SCHEMATHESIS_SEED      generation seed (default 9)
 #   VELLUM_SCHEMATHESIS_RUN_SECS  hard limit of one token's run (default 90)
 #   VELLUM_CI_VENV                where schemathesis is installed (default target/ci-venv)
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 vellum=${VELLUM_BIN:-${CARGO_TARGET_DIR:-target}/debug/vellum}
-examples=${VELLUM_SCHEMATHESIS_EXAMPLES:-25}
+examples=${VELLUM_SCHEMATHESIS_EXAMPLES:-50}
 seed=${VELLUM_SCHEMATHESIS_SEED:-9}
 run_secs=${VELLUM_SCHEMATHESIS_RUN_SECS:-90}
 venv=${VELLUM_CI_VENV:-target/ci-venv}
@@ -35,7 +35,8 @@ if [ ! -x "$venv/bin/schemathesis" ] ||
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-schemathesis="$venv/bin/schemathesis"
+schemathesis=$(realpath "$venv/bin/schemathesis")
+config=$(realpath .ci/schemathesis.toml)
 
 work=$(mktemp -d -t vellum-schemathesis-XXXXXX)
 cluster="$work/cluster"
@@ -71,20 +72,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts `vellum dev` on $cluster and waits until it serves.
+# Starts `vellum dev` on $cluster and waits until it serves; its output goes
+# to a new file $dev_out each time (a reused file could still hold the last
+# start's "press Ctrl-C" before the new process truncates it).
+dev_starts=0
 start_dev() {
-    "$vellum" dev --data-dir "$cluster" >"$work/dev.out" 2>&1 &
+    dev_starts=$((dev_starts + 1))
+    dev_out="$work/dev-$dev_starts.out"
+    "$vellum" dev --data-dir "$cluster" >"$dev_out" 2>&1 &
     dev_pid=$!
     for _ in $(seq 1 "$ready_secs"); do
-        grep -q "press Ctrl-C to stop" "$work/dev.out" && return 0
+        grep -q "press Ctrl-C to stop" "$dev_out" && return 0
         if ! kill -0 "$dev_pid" 2>/dev/null; then
-            cat "$work/dev.out" >&2
+            cat "$dev_out" >&2
             echo "vellum dev exited before serving" >&2
             return 1
         fi
         sleep 1
     done
-    cat "$work/dev.out" >&2
+    cat "$dev_out" >&2
     echo "vellum dev did not serve within $ready_secs s" >&2
     return 1
 }
@@ -107,10 +113,17 @@ PY
 
 echo "== starting the dev cluster"
 start_dev
-url() { awk -v r="replica $1:" '$0 ~ r { print $3 }' "$work/dev.out"; }
-writer_token=$(awk '/writer token:/ { print $3 }' "$work/dev.out")
-auditor_token=$(awk '/auditor token:/ { print $3 }' "$work/dev.out")
+url() { awk -v r="replica $1:" '$0 ~ r { print $3 }' "$dev_out"; }
+writer_token=$(awk '/writer token:/ { print $3 }' "$dev_out")
+auditor_token=$(awk '/auditor token:/ { print $3 }' "$dev_out")
 ca="$cluster/tls/ca.pem"
+for value in "$(url 0)" "$(url 1)" "$(url 2)" "$writer_token" "$auditor_token"; do
+    if [ -z "$value" ]; then
+        cat "$dev_out" >&2
+        echo "could not read the URLs and tokens from vellum dev's output" >&2
+        exit 1
+    fi
+done
 
 # One run: NAME URL [TOKEN]. /v1/subscribe is left out: its 200 answer never
 # ends (events, then heartbeats), which no request/response check can judge.
@@ -123,7 +136,9 @@ run() {
     [ -n "$token" ] && auth=(-H "Authorization: Bearer $token")
     echo "== schemathesis: $name token against $url"
     local code=0
-    timeout --kill-after=10 "$run_secs" "$schemathesis" --config-file .ci/schemathesis.toml \
+    # From the work directory: schemathesis keeps a cache (.schemathesis/) in
+    # the current directory, which must not land in the repository.
+    (cd "$work" && timeout --kill-after=10 "$run_secs" "$schemathesis" --config-file "$config" \
         run "$url/openapi.json" \
         "${auth[@]}" \
         --tls-verify "$ca" \
@@ -137,7 +152,7 @@ run() {
         --generation-database none \
         --no-color \
         --report junit,har \
-        --report-dir "$work/reports/$name" || code=$?
+        --report-dir "$work/reports/$name") || code=$?
     if [ "$code" -ne 0 ]; then
         [ "$code" -eq 124 ] && echo "schemathesis ($name) ran past $run_secs s" >&2
         failed_runs+=("$name (exit $code)")
