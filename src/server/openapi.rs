@@ -449,7 +449,7 @@ fn schemas() -> Value {
                         "code": { "type": "string", "enum": [
                             api::code::BAD_REQUEST, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
                             api::code::NOT_FOUND, api::code::WRONG_EXPECTED_OFFSET, api::code::PAYLOAD_TOO_LARGE,
-                            api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
+                            api::code::IDEMPOTENCY_KEY_REUSED, api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
                         ] },
                         "message": { "type": "string" },
                         "actual_offset": u64_schema("For wrong_expected_offset: the stream's length.")
