@@ -7,7 +7,7 @@
 use axum::Json;
 use serde_json::{Value, json};
 
-use crate::api;
+use crate::{api, bounds};
 
 /// `GET /openapi.json`.
 pub(crate) async fn openapi() -> Json<Value> {
@@ -95,7 +95,11 @@ fn paths() -> Value {
             "get": {
                 "summary": "RFC 6962 consistency proof between two tree sizes; roles writer, reader, auditor.",
                 "parameters": [
-                    query_param("from", "The older tree size.", true),
+                    {
+                        "name": "from", "in": "query", "required": true,
+                        "description": "The older tree size (at least 1: RFC 6962 defines no proof from the empty tree).",
+                        "schema": { "type": "integer", "format": "uint64", "minimum": 1, "maximum": bounds::EDGE_INTEGER_MAX }
+                    },
                     query_param("to", "The newer, certified tree size (default: the latest certificate).", false)
                 ],
                 "responses": with_errors(ok("ConsistencyAnswer"), &["400", "401", "403", "404", "422", "500", "503"])
@@ -289,8 +293,15 @@ fn error_responses() -> Value {
 }
 
 fn u64_schema(description: &str) -> Value {
-    json!({ "type": "integer", "format": "uint64", "minimum": 0, "description": description })
+    let mut schema = edge_integer();
+    schema["description"] = json!(description);
+    schema
 }
+
+/// Standard base64 with padding, as the server decodes it: canonical, so the
+/// unused bits of the last character are zero.
+const BASE64_PATTERN: &str =
+    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
 
 fn schemas() -> Value {
     let limit = api::REQUEST_BODY_BYTES_MAX;
@@ -298,16 +309,16 @@ fn schemas() -> Value {
         "IdempotencyKey": {
             "type": "object", "required": ["session", "request"], "additionalProperties": false,
             "properties": {
-                "session": { "type": "string", "pattern": "^[0-9a-f]{32}$", "description": "Client session id; not all zero." },
+                "session": { "type": "string", "minLength": 32, "maxLength": 32, "pattern": "^0*[1-9a-f][0-9a-f]*$", "description": "Client session id: 32 lowercase hex digits, not all zero." },
                 "request": { "type": "integer", "format": "int64", "minimum": 1, "maximum": crate::bounds::EDGE_INTEGER_MAX, "description": "Request number in the session, increasing from 1." }
             }
         },
         "EventIn": {
-            "type": "object", "additionalProperties": false,
+            "type": "object", "additionalProperties": false, "minProperties": 1, "maxProperties": 1,
             "description": format!("Exactly one of json (stored as exactly the bytes of the value as sent: key order, number spelling and whitespace kept) or base64 (standard, padded). At most {} bytes per event (the json value's text, or the decoded base64).", api::EVENT_BYTES_MAX),
             "properties": {
                 "json": {},
-                "base64": { "type": "string", "contentEncoding": "base64", "maxLength": api::EVENT_BYTES_MAX.div_ceil(3) * 4 }
+                "base64": { "type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN, "maxLength": api::EVENT_BYTES_MAX.div_ceil(3) * 4 }
             }
         },
         "AppendRequest": {
@@ -448,7 +459,7 @@ fn schemas() -> Value {
                         "code": { "type": "string", "enum": [
                             api::code::BAD_REQUEST, api::code::REQUEST_TIMEOUT, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
                             api::code::NOT_FOUND, api::code::WRONG_EXPECTED_OFFSET, api::code::PAYLOAD_TOO_LARGE,
-                            api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
+                            api::code::IDEMPOTENCY_KEY_REUSED, api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
                         ] },
                         "message": { "type": "string" },
                         "actual_offset": u64_schema("For wrong_expected_offset: the stream's length.")

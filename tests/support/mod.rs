@@ -41,3 +41,92 @@ pub fn tamper_index<S: AsRef<str>>(data: &Path, statements: &[S]) {
         pool.close().await;
     });
 }
+
+/// The `vellum` binary built for these tests.
+pub fn vellum_exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vellum"))
+}
+
+/// Runs the `vellum` binary; returns (exit code, stdout, stderr).
+pub fn vellum_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(vellum_exe())
+        .args(args)
+        .output()
+        .expect("run vellum");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A temporary directory, kept (and named on stderr) when
+/// `VELLUM_TEST_KEEP_DIRS` is set, so a failure's replica logs can be read.
+pub struct TestDir {
+    _guard: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl TestDir {
+    /// Creates a directory named `<prefix>-<random>` in the temp directory.
+    pub fn new(prefix: &str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .expect("tempdir");
+        if std::env::var_os("VELLUM_TEST_KEEP_DIRS").is_some() {
+            let path = dir.keep();
+            eprintln!("keeping {}", path.display());
+            return TestDir { _guard: None, path };
+        }
+        TestDir {
+            path: dir.path().to_path_buf(),
+            _guard: Some(dir),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A small seeded generator (SplitMix64) for fault schedules and payloads:
+/// a printed seed replays the same choices.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// A seed from the environment variable `name` (decimal), else from the
+    /// operating system's random source.
+    pub fn seed_from_env(name: &str) -> u64 {
+        if let Ok(text) = std::env::var(name) {
+            return text
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}={text:?} is not a u64: {e}"));
+        }
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the os random source");
+        u64::from_le_bytes(bytes)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `low..high` (`high > low`).
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        assert!(high > low, "empty range {low}..{high}");
+        low + self.next_u64() % (high - low)
+    }
+}
