@@ -9,11 +9,20 @@
 //! Crash safety: later segment files are removed first, newest first, and
 //! the segment holding the cut is shortened last, so a crash part-way leaves
 //! a valid log that still holds some of the doomed ops — the core truncates
-//! them again after the restart. Certificates and seals after the cut go
-//! with it; certificates only ever cover committed ops, which stay, and a
-//! newer one arrives with the primary's next heartbeat.
+//! them again after the restart. Seals after the cut go with it.
+//!
+//! Certificates only ever cover committed ops, which stay; but a
+//! certificate's record is lazy and often lies *after* later, uncommitted
+//! ops in the file. Such a record was durable, and the audit index may
+//! already hold its row, so the cut copies it back: after the file is
+//! shortened, every certificate record that lay past the cut and certifies
+//! a kept op is appended again (same bytes, same order) and synced. A crash
+//! between the shortening and the re-append leaves the index ahead of the
+//! log, which the replica's index reconciliation drops on open.
 
 use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use vellum_audit::record::RecordKind;
@@ -67,6 +76,7 @@ pub fn cut_after_op(
         ops_removed: last_op - after_op,
         segments_removed: 0,
     };
+    let kept_certificates = certificates_past_cut(&scan, keep_segment, keep_bytes, after_op)?;
     for segment in scan.segments[first_removed..].iter().rev() {
         std::fs::remove_file(&segment.path).map_err(|source| StorageError::Io {
             path: segment.path.clone(),
@@ -81,9 +91,16 @@ pub fn cut_after_op(
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+        let mut file = OpenOptions::new().write(true).open(path).map_err(io)?;
         file.set_len(keep_bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
+        if !kept_certificates.is_empty() {
+            file.seek(SeekFrom::End(0)).map_err(io)?;
+            for record in &kept_certificates {
+                file.write_all(record).map_err(io)?;
+            }
+            file.sync_all().map_err(io)?;
+        }
     }
     tracing::warn!(
         after_op,
@@ -92,6 +109,60 @@ pub fn cut_after_op(
         "cut uncommitted ops a view change replaced"
     );
     Ok(report)
+}
+
+/// Most certificate records a cut copies back. The ops past a cut are the
+/// uncommitted pipeline, so only a few certificate records can lie among
+/// them; more means the log is not what a view change leaves.
+const CUT_CERTIFICATES_MAX: usize = 4096;
+
+/// The bytes of every certificate record that lies past the cut point
+/// (`keep_segment`, `keep_bytes`) and certifies an op at or below
+/// `after_op`, in log order.
+fn certificates_past_cut(
+    scan: &vellum_audit::segment::LogScan,
+    keep_segment: Option<usize>,
+    keep_bytes: u64,
+    after_op: u64,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let Some(keep) = keep_segment else {
+        return Ok(Vec::new()); // Nothing is kept, so nothing is certified.
+    };
+    let mut out = Vec::new();
+    for (i, segment) in scan.segments.iter().enumerate().skip(keep) {
+        let past = |offset: u64| i > keep || offset >= keep_bytes;
+        let wanted: Vec<_> = segment
+            .scan
+            .records
+            .iter()
+            .filter(|r| {
+                r.header.kind == RecordKind::Certificate
+                    && r.header.op <= after_op
+                    && past(r.offset)
+            })
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let io = |source| StorageError::Io {
+            path: segment.path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&segment.path).map_err(io)?;
+        for record in wanted {
+            let len = usize::try_from(record.encoded_len()).expect("a record fits in memory");
+            let mut bytes = vec![0u8; len];
+            file.read_exact_at(&mut bytes, record.offset).map_err(io)?;
+            out.push(bytes);
+        }
+        if out.len() > CUT_CERTIFICATES_MAX {
+            return Err(StorageError::Rejected(format!(
+                "cannot cut after op {after_op}: more than {CUT_CERTIFICATES_MAX} certificate \
+                 records lie past the cut"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -616,3 +616,58 @@ fn crash_before_a_lazy_record_is_written_keeps_the_acknowledged_op() {
     std::fs::remove_dir_all(&image).expect("cleanup");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// Goal: a cut keeps the certificates of the ops it keeps even when their
+/// (lazy) records lay after the cut ops, so an audit-index row for such a
+/// certificate stays backed by the log (a `kill -9` crash test found rows
+/// whose certificate a view change's cut had removed).
+#[test]
+fn cut_copies_back_certificates_of_kept_ops() {
+    let data_dir = temp_dir();
+    let segments = data_dir.join(SEGMENTS_DIR);
+    std::fs::create_dir_all(&segments).expect("segments dir");
+    let (storage, _, _) = open_fault(&segments, small_config());
+    let mut chain = Chain::new();
+    for _ in 0..3 {
+        submit_durable(&storage, chain.op(2));
+    }
+    let certificate_of_3 = chain.certificate();
+    submit_durable(&storage, chain.op(1));
+    let certificate_of_4 = chain.certificate();
+    submit_durable(&storage, chain.op(1));
+    // Late certificates are submitted at the current tree, as the shell does.
+    submit_durable(&storage, (certificate_of_3.0, chain.tree()));
+    submit_durable(&storage, (certificate_of_4.0, chain.tree()));
+    let certificate_of_5 = chain.certificate();
+    submit_durable(&storage, certificate_of_5);
+    storage.close().expect("close");
+
+    let report = cut_after_op(&data_dir, CLUSTER, 4).expect("cut");
+    assert_eq!(report.ops_removed, 1);
+    let scan = scan_log_dir(&segments, CLUSTER).expect("the cut log scans clean");
+    let kinds: Vec<(RecordKind, u64)> = scan
+        .segments
+        .iter()
+        .flat_map(|s| s.scan.records.iter().map(|r| (r.header.kind, r.header.op)))
+        .collect();
+    assert_eq!(scan.chain.last_op, 4);
+    assert!(
+        kinds.ends_with(&[
+            (RecordKind::Op, 4),
+            (RecordKind::Certificate, 3),
+            (RecordKind::Certificate, 4)
+        ]),
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&(RecordKind::Certificate, 5)), "{kinds:?}");
+    let (reopened, recovery) = Storage::open_with(
+        &segments,
+        CLUSTER,
+        small_config(),
+        Arc::new(RealFs::new(&segments)),
+    )
+    .expect("the cut log opens");
+    assert!(recovery.torn_tail.is_none());
+    reopened.close().expect("close");
+    std::fs::remove_dir_all(&data_dir).expect("cleanup");
+}
