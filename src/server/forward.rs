@@ -154,6 +154,8 @@ impl Forwarder {
             header::CONTENT_TYPE.as_str(),
             header::ACCEPT.as_str(),
             super::routes::PURPOSE_HEADER,
+            super::routes::RECIPIENT_HEADER,
+            super::routes::DESCRIPTION_HEADER,
         ] {
             if let Some(value) = parts.headers.get(name) {
                 outgoing = outgoing.header(name, value.clone());

@@ -22,7 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::SUBSCRIPTION_BUFFER_MAX;
 use super::routes::extract::edge_optional;
-use super::routes::{ApiError, ApiQuery, AppState, run_blocking};
+use axum::Extension;
+use vellum_compliance::trail::AccessEvent;
+
+use super::routes::{ApiError, ApiQuery, AppState, TrailTemplate, run_blocking};
 use crate::api::{self, Heartbeat, LogEvent};
 
 /// Pause after a wait reported new events that a read then did not find.
@@ -50,6 +53,7 @@ pub(crate) struct SubscribeQuery {
 /// `GET /v1/subscribe?from=P&format=ndjson|sse`.
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
+    Extension(TrailTemplate(template)): Extension<TrailTemplate>,
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
     let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
@@ -61,7 +65,7 @@ pub(crate) async fn subscribe(
             ApiError::unavailable("too many open subscriptions on this replica; retry later")
         })?;
     let (sender, receiver) = mpsc::channel::<Bytes>(SUBSCRIPTION_BUFFER_MAX);
-    tokio::spawn(produce(state, from, query.format, sender, permit));
+    tokio::spawn(produce(state, template, from, query.format, sender, permit));
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let line = receiver.recv().await?;
         Some((Ok::<Bytes, Infallible>(line), receiver))
@@ -86,6 +90,7 @@ pub(crate) async fn subscribe(
         to: None,
         purpose: None,
         detail: None,
+        streams: None,
     });
     Ok(response)
 }
@@ -93,6 +98,7 @@ pub(crate) async fn subscribe(
 /// Feeds the channel until the reader goes away or a read fails.
 async fn produce(
     state: AppState,
+    template: AccessEvent,
     mut position: u64,
     format: Format,
     sender: mpsc::Sender<Bytes>,
@@ -121,6 +127,13 @@ async fn produce(
         };
         if !events.is_empty() {
             grew = false;
+            // P7 and 164.528: the window is recorded, with the streams it
+            // returns, before any of its events leaves.
+            if let Err(error) = record_window(&state, &template, &events).await {
+                tracing::warn!(position, error = %error.message, "subscription window not recorded");
+                let _ = sender.send(error_line(format, &error)).await;
+                return;
+            }
             for event in &events {
                 position = event.position + 1;
                 if sender.send(event_line(format, event)).await.is_err() {
@@ -147,6 +160,34 @@ async fn produce(
             return;
         }
     }
+}
+
+/// Records one delivered window of a subscription in the access trail:
+/// its positions and the distinct streams whose events it carries.
+async fn record_window(
+    state: &AppState,
+    template: &AccessEvent,
+    events: &[LogEvent],
+) -> Result<(), ApiError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    let mut event = template.clone();
+    event.time_ns = crate::log::now_ns();
+    event.from = Some(first.position);
+    event.to = Some(last.position + 1);
+    event.outcome = "success".to_string();
+    event.detail = Some("subscription window delivered".to_string());
+    event.set_streams_returned(events.iter().map(|e| e.stream));
+    run_blocking(state, move |node| node.record_access(vec![event]))
+        .await?
+        .map_err(|error| {
+            ApiError::unavailable(format!(
+                "the subscription window could not be recorded in the access trail ({error}); \
+                 resume from position {}",
+                first.position
+            ))
+        })
 }
 
 fn frame(format: Format, event: Option<&str>, json: &[u8]) -> Bytes {

@@ -2055,3 +2055,60 @@ async fn router_serves_exactly_the_route_table() {
         }
     }
 }
+
+// Goal (45 CFR 164.528, issue 9 defect 7): a global-log read records the
+// streams it returned, a request can name the disclosure's recipient and
+// description, and each subscription window is recorded with its streams
+// before any of its events leaves.
+#[tokio::test]
+async fn global_reads_and_subscription_windows_record_the_streams_they_return() {
+    use vellum_compliance::trail::AccessAction;
+    let node = Arc::new(FakeNode::default());
+    node.push(1001, b"a");
+    node.push(2002, b"b");
+    node.push(1001, b"c");
+    let app = app(Arc::clone(&node));
+    let request = Request::builder()
+        .uri("/v1/log?from=0&max=3")
+        .header(header::AUTHORIZATION, format!("Bearer {READER}"))
+        .header(super::routes::RECIPIENT_HEADER, "County Health Dept.")
+        .header(super::routes::DESCRIPTION_HEADER, "immunization report")
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    {
+        let trail = node.lock().trail.clone();
+        let read = trail.last().expect("the read is recorded");
+        assert_eq!(read.action, AccessAction::ReadLog);
+        assert_eq!(read.streams, Some(vec![1001, 2002]));
+        assert_eq!(read.recipient.as_deref(), Some("County Health Dept."));
+        assert_eq!(read.description.as_deref(), Some("immunization report"));
+    }
+
+    let before = node.lock().trail.len();
+    let response = app
+        .oneshot(Call::get("/v1/subscribe?from=1", Some(READER)).request())
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body().into_data_stream();
+    let mut buffer = String::new();
+    let lines = read_lines(&mut stream, &mut buffer, 2, "\n").await;
+    assert_eq!(lines.len(), 2);
+    let trail = node.lock().trail.clone();
+    let windows: Vec<_> = trail[before..]
+        .iter()
+        .filter(|e| e.action == AccessAction::Subscribe && e.streams.is_some())
+        .collect();
+    assert_eq!(windows.len(), 1, "{trail:?}");
+    assert_eq!(windows[0].streams, Some(vec![1001, 2002]));
+    assert_eq!((windows[0].from, windows[0].to), (Some(1), Some(3)));
+    assert_eq!(windows[0].principal, "bob");
+    // The subscription's opening is recorded too, without streams.
+    assert!(
+        trail[before..]
+            .iter()
+            .any(|e| e.action == AccessAction::Subscribe && e.streams.is_none())
+    );
+}

@@ -27,11 +27,20 @@ pub struct Touched {
     pub purpose: Option<String>,
     /// What else identifies the access (report hash, manifest hash).
     pub detail: Option<String>,
+    /// For a global-log read: the streams whose events it returned, so the
+    /// accounting of disclosures can attribute it to each patient.
+    pub streams: Option<Vec<u64>>,
 }
 
 /// The request header carrying the purpose of use (HL7 v3 ActReason code
 /// such as `TREAT`, or free text, clipped), recorded in the access trail.
 pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+/// The request header naming the recipient of a disclosure (a person or
+/// organization, 45 CFR 164.528(b)(2)(ii)), clipped, recorded in the trail.
+pub const RECIPIENT_HEADER: &str = "x-disclosure-recipient";
+/// The request header describing what is disclosed and why
+/// (164.528(b)(2)(iii)-(iv)), clipped, recorded in the trail.
+pub const DESCRIPTION_HEADER: &str = "x-disclosure-description";
 
 /// The guard of every protected route (P7): authenticates the bearer token
 /// and checks the role before any body is read; at a backup, forwards the
@@ -93,10 +102,22 @@ pub(crate) async fn authorize(
     }
     let mut request = request;
     request.extensions_mut().insert(principal.clone());
+    // A handler that keeps delivering after its answer (a subscription)
+    // records each later window from this template.
+    let mut template = trail.event.clone();
+    template.principal = principal.name.clone();
+    template.role = principal.role.name().to_string();
+    request.extensions_mut().insert(TrailTemplate(template));
     let response = next.run(request).await;
     trail.finish(&principal, &response);
     trail.record_then(&state, response).await
 }
+
+/// The access-trail event of an authorized request as the guard knows it
+/// before the handler runs (who, from where, why), for handlers that record
+/// more than one event (subscription windows).
+#[derive(Debug, Clone)]
+pub struct TrailTemplate(pub vellum_compliance::trail::AccessEvent);
 
 /// The access-trail event of one request, filled in as it is handled.
 struct TrailEntry {
@@ -108,10 +129,15 @@ impl TrailEntry {
     fn new(action: Action, request: &Request) -> TrailEntry {
         use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessEvent, clip_text};
         let headers = request.headers();
-        let purpose = headers
-            .get(PURPOSE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(clip_text);
+        let text_header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(clip_text)
+        };
+        let purpose = text_header(PURPOSE_HEADER);
+        let recipient = text_header(RECIPIENT_HEADER);
+        let description = text_header(DESCRIPTION_HEADER);
         let peer = request
             .extensions()
             .get::<crate::server::RemoteAddr>()
@@ -146,8 +172,8 @@ impl TrailEntry {
                 outcome: String::new(),
                 remote,
                 detail: None,
-                recipient: None,
-                description: None,
+                recipient,
+                description,
                 streams: None,
                 streams_truncated: false,
             },
@@ -175,6 +201,9 @@ impl TrailEntry {
                 self.event.purpose = touched.purpose.clone();
             }
             self.event.detail = touched.detail.clone();
+            if let Some(streams) = &touched.streams {
+                self.event.set_streams_returned(streams.iter().copied());
+            }
         }
         let status = response.status();
         self.event.outcome = if status.is_success() {

@@ -93,6 +93,7 @@ pub(crate) async fn append(
                 to: Some(receipt.next_offset),
                 purpose,
                 detail: None,
+                streams: None,
             };
             Ok(with_touched(Json(receipt).into_response(), touched))
         }
@@ -219,6 +220,7 @@ pub(crate) async fn read_stream(
         to: Some(next_offset),
         purpose: None,
         detail: None,
+        streams: None,
     };
     let answer = Json(StreamEvents {
         stream,
@@ -243,6 +245,7 @@ pub(crate) async fn read_log(
         to: Some(next_position),
         purpose: None,
         detail: None,
+        streams: Some(events.iter().map(|e| e.stream).collect()),
     };
     let answer = Json(LogEvents {
         events,
@@ -266,6 +269,7 @@ pub(crate) async fn proof(
         to: Some(offset.saturating_add(1)),
         purpose: None,
         detail: None,
+        streams: None,
     };
     Ok(with_touched(
         Json(ProofAnswer { proof }).into_response(),
@@ -357,6 +361,7 @@ pub(crate) async fn export_events(
         to: Some(request.to),
         purpose,
         detail: None,
+        streams: None,
     };
     Ok(with_touched(Json(bundle).into_response(), touched))
 }
@@ -394,6 +399,7 @@ pub(crate) async fn export_audit(
         to: to_ns,
         purpose: None,
         detail: None,
+        streams: None,
     };
     Ok(with_touched(Json(answer).into_response(), touched))
 }

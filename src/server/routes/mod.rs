@@ -35,7 +35,7 @@ use crate::api::{self, code};
 
 pub use errors::ApiError;
 pub use extract::{ApiPath, ApiQuery, JsonBody};
-pub use guard::{PURPOSE_HEADER, Touched};
+pub use guard::{DESCRIPTION_HEADER, PURPOSE_HEADER, RECIPIENT_HEADER, Touched, TrailTemplate};
 
 /// Events a read returns when the caller does not say.
 pub const READ_EVENTS_DEFAULT: u64 = 100;
