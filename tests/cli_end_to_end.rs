@@ -143,7 +143,8 @@ fn append_stdin_and_file_read_back_byte_for_byte() {
         b"",
     );
     let json: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
-    assert_eq!(json["offset"], UNUSUAL.len() + 3);
+    assert_eq!(json["next_offset"], UNUSUAL.len() + 3);
+    assert_eq!(json["first_offset"], UNUSUAL.len());
     assert_eq!(json["events"], 3);
     assert_eq!(json["stream"], 16);
 

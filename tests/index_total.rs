@@ -56,7 +56,9 @@ fn init(tmp: &tempfile::TempDir) -> PathBuf {
 }
 
 fn open(data: &Path) -> LocalLog {
-    LocalLog::open(data, LogOptions::default()).expect("open").0
+    LocalLog::open(data, support::wait_for_lock())
+        .expect("open")
+        .0
 }
 
 fn append(log: &LocalLog, stream: u64, text: &str) {
@@ -163,7 +165,7 @@ fn numbers_above_i64_max_are_indexed_and_verify_on_postgres() {
     let data = init(&tmp);
     let options = LogOptions {
         index_url: Some(url.clone()),
-        ..LogOptions::default()
+        ..support::wait_for_lock()
     };
     let log = LocalLog::open(&data, options).expect("open").0;
     let trail = concat!(
@@ -269,7 +271,7 @@ fn certificate_row_of_a_lost_record_is_reconciled_on_open() {
         &data,
         &["UPDATE commits SET time_ns = time_ns + 1 WHERE op = (SELECT max(op) FROM commits)"],
     );
-    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    let (log, report) = LocalLog::open(&data, support::wait_for_lock()).expect("reopen");
     assert!(report.recertified, "the tail was certified again");
     let status = log.index_status().expect("indexed");
     assert_eq!(status.skipped_rows, 0, "{status:?}");

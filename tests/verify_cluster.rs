@@ -486,7 +486,7 @@ fn history_rewritten_and_resigned_by_one_replica_fails_quorum() {
         .expect("replica 1's key");
     let own = Policy::new(&policy().origin, vec![signer.verifier()], 1).expect("policy");
     std::fs::write(data.join("policy.txt"), own.encode()).expect("write policy");
-    let (log, _) = LocalLog::open(&data, wait_for_lock()).expect("open");
+    let (log, _) = LocalLog::open(&data, support::wait_for_lock()).expect("open");
     for i in 0..APPENDS {
         let event = Bytes::from(format!("{{\"forged\":{i}}}"));
         log.append(7000 + i % 3, &[event], None, None)
@@ -530,7 +530,7 @@ fn flipped_sealed_footer_is_named() {
             segment_bytes_max: vellum::storage::SEGMENT_BYTES_MIN,
             ..Default::default()
         },
-        ..wait_for_lock()
+        ..support::wait_for_lock()
     };
     let (log, _) = LocalLog::open(&data, options).expect("open");
     for i in 0..12u64 {
@@ -634,14 +634,4 @@ fn access_row_columns_and_stray_rows_are_caught() {
         "index table access",
         "name no position",
     );
-}
-
-/// Options that wait for the directory lock: a child process this test
-/// binary spawns (another test running `vellum`) briefly holds a copy of
-/// every open file description between fork and exec, the lock included.
-fn wait_for_lock() -> LogOptions {
-    LogOptions {
-        lock_wait_ms: 10_000,
-        ..LogOptions::default()
-    }
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use vellum::log::{LocalLog, LogOptions, load_policy};
+use vellum::log::{LocalLog, load_policy};
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::note::Signer;
 use vellum_audit::record::RecordKind;
@@ -50,7 +50,7 @@ fn s(path: &Path) -> &str {
 }
 
 fn append_to(data: &Path, tag: &str, appends: u64) {
-    let (log, _) = LocalLog::open(data, wait_for_lock()).expect("open");
+    let (log, _) = LocalLog::open(data, support::wait_for_lock()).expect("open");
     for i in 0..appends {
         let stream = 16 + i % 2;
         let events: Vec<Bytes> = (0..2)
@@ -454,16 +454,6 @@ fn since_a_checkpoint_signed_by_too_few_keys_fails() {
             .as_str()
             .is_some_and(|m| m.contains("not a signed checkpoint"))
     );
-}
-
-/// Options that wait for the directory lock: a child process this test
-/// binary spawns (another test running `vellum`) briefly holds a copy of
-/// every open file description between fork and exec, the lock included.
-fn wait_for_lock() -> LogOptions {
-    LogOptions {
-        lock_wait_ms: 10_000,
-        ..LogOptions::default()
-    }
 }
 
 /// SHA-256 of a file, lowercase hex.

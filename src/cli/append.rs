@@ -81,7 +81,12 @@ pub fn run(args: AppendArgs) -> anyhow::Result<ExitCode> {
         print_json(&receipts)?;
     } else if args.json {
         print_json(&serde_json::json!({
-            "stream": args.stream, "offset": appended.next_offset, "events": events.len(), "op": appended.op,
+            // The stream's new length; the batch took [first_offset, next_offset).
+            "stream": args.stream,
+            "first_offset": appended.next_offset - events.len() as u64,
+            "next_offset": appended.next_offset,
+            "events": events.len(),
+            "op": appended.op,
         }))?;
     } else {
         println!("{}", appended.next_offset);

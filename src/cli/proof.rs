@@ -30,19 +30,19 @@ pub struct ProofArgs {
     #[command(flatten)]
     dir: Option<DataDirArgs>,
     /// The stream of the event to prove.
-    #[arg(long, value_name = "S", required_unless_present = "consistency")]
+    #[arg(long, value_name = "S", required_unless_present = "consistency", value_parser = crate::cli::number_flag)]
     stream: Option<u64>,
     /// The stream offset of the event to prove.
-    #[arg(long, value_name = "N", required_unless_present = "consistency")]
+    #[arg(long, value_name = "N", required_unless_present = "consistency", value_parser = crate::cli::number_flag)]
     offset: Option<u64>,
     /// Print a consistency proof instead: the log at --from-size is a prefix of the newer one.
     #[arg(long, requires = "from_size", conflicts_with_all = ["stream", "offset"])]
     consistency: bool,
     /// The older tree size (a checkpoint the verifier kept).
-    #[arg(long, value_name = "A")]
+    #[arg(long, value_name = "A", value_parser = crate::cli::number_flag)]
     from_size: Option<u64>,
     /// The newer tree size; default: the latest certificate.
-    #[arg(long, value_name = "B")]
+    #[arg(long, value_name = "B", value_parser = crate::cli::number_flag)]
     to_size: Option<u64>,
 }
 

@@ -130,3 +130,13 @@ impl SplitMix64 {
         low + self.next_u64() % (high - low)
     }
 }
+
+/// Log options that wait for the directory lock: a child process this test
+/// binary spawns (another test running `vellum`) briefly holds a copy of
+/// every open file description between fork and exec, the lock included.
+pub fn wait_for_lock() -> vellum::log::LogOptions {
+    vellum::log::LogOptions {
+        lock_wait_ms: 10_000,
+        ..vellum::log::LogOptions::default()
+    }
+}
