@@ -41,6 +41,52 @@ pub const EVENT_BYTES_MAX: usize = vellum_audit::record::EVENT_BYTES_MAX;
 /// `null` is refused (the OpenAPI document gives these members a type
 /// without `null`), so an absent member and `null` are not two spellings of
 /// one request.
+/// Largest float taken as a whole number: 2^53, the last integer up to
+/// which every integer has an exact `f64`.
+const WHOLE_FLOAT_MAX: f64 = 9_007_199_254_740_992.0;
+
+/// A request's integer member: a JSON integer, or a number written with a
+/// fraction or exponent whose value is a whole number (`211.0`, `2e3`),
+/// since JSON (and the OpenAPI schema's `integer`) give those the same
+/// value. A float above 2^53 is refused: it may not be the number the
+/// client meant. Negative and fractional numbers are refused.
+pub(crate) fn whole<'de, D>(deserializer: D) -> Result<u64, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative whole number")
+        }
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u64, E> {
+            Ok(value)
+        }
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+            u64::try_from(value).map_err(|_| E::custom(format!("{value} is negative")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u64, E> {
+            if value.fract() != 0.0 || !(0.0..=WHOLE_FLOAT_MAX).contains(&value) {
+                return Err(E::custom(format!(
+                    "{value} is not a whole number from 0 to 2^53 (write large integers without a fraction or exponent)"
+                )));
+            }
+            // Whole and within 0..=2^53: the conversion is exact.
+            Ok(value as u64)
+        }
+    }
+    deserializer.deserialize_any(Whole)
+}
+
+/// [`whole`] for an optional member that, when present, must not be null.
+fn present_whole<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    whole(deserializer).map(Some)
+}
+
 fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -57,6 +103,7 @@ pub struct IdempotencyKey {
     /// The client session id, 32 lowercase hex digits.
     pub session: String,
     /// The request number within the session.
+    #[serde(deserialize_with = "whole")]
     pub request: u64,
 }
 
@@ -101,7 +148,7 @@ pub struct AppendRequest {
     /// this many events.
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "present_whole",
         skip_serializing_if = "Option::is_none"
     )]
     pub expected_offset: Option<u64>,
@@ -252,10 +299,13 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct ExportEventsRequest {
     /// The stream.
+    #[serde(deserialize_with = "whole")]
     pub stream: u64,
     /// First offset.
+    #[serde(deserialize_with = "whole")]
     pub from: u64,
     /// One past the last offset.
+    #[serde(deserialize_with = "whole")]
     pub to: u64,
     /// The purpose of the export (recorded in the trail and the manifest).
     #[serde(
@@ -314,7 +364,7 @@ pub struct VerificationRecord {
     /// beyond the answering replica's log).
     #[serde(
         default,
-        deserialize_with = "present",
+        deserialize_with = "present_whole",
         skip_serializing_if = "Option::is_none"
     )]
     pub checkpoint_size: Option<u64>,
@@ -366,4 +416,45 @@ pub struct ErrorDetail {
     /// For `wrong_expected_offset`: the stream's actual length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_offset: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: integer members take any JSON spelling of a whole number
+    /// (JSON Schema's `integer`: `211`, `211.0`, `2.11e2`) and refuse
+    /// fractions, negatives, nulls and floats beyond exact range.
+    #[test]
+    fn integer_members_take_whole_numbers_in_any_spelling() {
+        let parse = |expected: &str| {
+            serde_json::from_str::<AppendRequest>(&format!(
+                r#"{{"events":[{{"base64":""}}],"expected_offset":{expected}}}"#
+            ))
+            .map(|r| r.expected_offset)
+        };
+        for (text, value) in [("211", 211), ("211.0", 211), ("2.11e2", 211), ("0.0", 0)] {
+            assert_eq!(parse(text).expect(text), Some(value), "{text}");
+        }
+        assert_eq!(parse("9007199254740992.0").expect("2^53"), Some(1 << 53));
+        for text in [
+            "1.5",
+            "-1",
+            "-0.5",
+            "1e300",
+            "null",
+            "\"5\"",
+            "18446744073709551616",
+        ] {
+            parse(text).expect_err(text);
+        }
+        let record: VerificationRecord = serde_json::from_str(
+            r#"{"scope":"s","passed":true,"report_sha256":"00","checkpoint_size":1350.0}"#,
+        )
+        .expect("whole float");
+        assert_eq!(record.checkpoint_size, Some(1350));
+        let export: ExportEventsRequest =
+            serde_json::from_str(r#"{"stream":16.0,"from":0,"to":2e0}"#).expect("whole floats");
+        assert_eq!((export.stream, export.from, export.to), (16, 0, 2));
+    }
 }

@@ -712,8 +712,8 @@ fn bad_inputs() -> Vec<Bad> {
         ),
         bad(
             Call::get("/v1/consistency?from=2&to=1", w),
-            400,
-            "bad_request",
+            422,
+            "refused",
             "greater than to",
         ),
         bad(

@@ -82,6 +82,11 @@ impl ApiError {
             message,
         )
     }
+    /// 422 `refused`: well-formed, but not a request this log can answer
+    /// (an empty or reversed range).
+    pub fn refused(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::REFUSED, message)
+    }
     /// 500 `storage`.
     pub fn storage(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code::STORAGE, message)

@@ -284,7 +284,7 @@ pub(crate) async fn consistency(
     let from = edge_number("from", &query.from)?;
     let to = edge_optional("to", query.to.as_deref())?;
     if to.is_some_and(|to| to < from) {
-        return Err(ApiError::bad_request("from must not be greater than to"));
+        return Err(ApiError::refused("from must not be greater than to"));
     }
     if from == 0 {
         return Err(ApiError::bad_request(
@@ -330,7 +330,7 @@ pub(crate) async fn export_events(
     edge_value("from", request.from)?;
     edge_value("to", request.to)?;
     if request.to <= request.from {
-        return Err(ApiError::bad_request("to must be greater than from"));
+        return Err(ApiError::refused("to must be greater than from"));
     }
     let purpose = request
         .purpose
