@@ -897,7 +897,7 @@ impl LocalLog {
         let new_size = certificate.checkpoint.size;
         if old_size == 0 || old_size > new_size {
             return Err(LogError::Refused(format!(
-                "the older tree size must be between 1 and the newer tree size {new_size}, got {old_size}"
+                "--from-size must be between 1 and the newer tree size {new_size}, got {old_size}"
             )));
         }
         let hashes = state
