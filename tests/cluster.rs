@@ -16,39 +16,17 @@ use futures_util::StreamExt;
 use vellum::client::{Client, ClientConfig};
 use vellum::local_cluster::{LocalCluster, wipe_replica_data};
 
+mod support;
+use support::TestDir;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_vellum"))
-}
-
-/// A temporary directory, kept (and named on stderr) when
-/// `VELLUM_TEST_KEEP_DIRS` is set, so a failure's replica logs can be read.
-struct TestDir {
-    _guard: Option<tempfile::TempDir>,
-    path: std::path::PathBuf,
-}
-
-impl TestDir {
-    fn path(&self) -> &Path {
-        &self.path
-    }
+    support::vellum_exe()
 }
 
 fn test_dir() -> TestDir {
-    let dir = tempfile::Builder::new()
-        .prefix("vellum-cluster-")
-        .tempdir()
-        .expect("tempdir");
-    if std::env::var_os("VELLUM_TEST_KEEP_DIRS").is_some() {
-        let path = dir.keep();
-        eprintln!("keeping {}", path.display());
-        return TestDir { _guard: None, path };
-    }
-    TestDir {
-        path: dir.path().to_path_buf(),
-        _guard: Some(dir),
-    }
+    TestDir::new("vellum-cluster")
 }
 
 fn start_cluster(dir: &Path) -> LocalCluster {
