@@ -259,18 +259,16 @@ fn write_staged(staging: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<
     Ok(())
 }
 
+/// The `--from` and `--to` times of an export, parsed.
+fn time_window(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let from = from.map(|t| parse_time("--from", t)).transpose()?;
+    let to = to.map(|t| parse_time("--to", t)).transpose()?;
+    Ok((from, to))
+}
+
 async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad number is refused before anything is contacted.
-    let from = args
-        .from
-        .as_deref()
-        .map(|t| parse_time("--from", t))
-        .transpose()?;
-    let to = args
-        .to
-        .as_deref()
-        .map(|t| parse_time("--to", t))
-        .transpose()?;
+    let (from, to) = time_window(args.from.as_deref(), args.to.as_deref())?;
     let client = client(&args.api)?;
     let export = client.export_audit(from, to, args.stream).await?;
     let records: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
@@ -291,16 +289,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
 
 async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad number is refused before anything is contacted.
-    let from = args
-        .from
-        .as_deref()
-        .map(|t| parse_time("--from", t))
-        .transpose()?;
-    let to = args
-        .to
-        .as_deref()
-        .map(|t| parse_time("--to", t))
-        .transpose()?;
+    let (from, to) = time_window(args.from.as_deref(), args.to.as_deref())?;
     let client = client(&args.api)?;
     // The whole trail of the period, not only events naming the stream:
     // global-log reads and subscriptions name none. They are attributed by
