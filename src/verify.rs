@@ -288,6 +288,7 @@ fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check
         .map(|e| (e.position, e))
         .collect();
     let mut seen = std::collections::BTreeSet::new();
+    let mut decoded = std::collections::BTreeMap::new();
     for row in rows {
         let place = format!("index table access, position {}", row.position);
         let Some(fact) = trail.get(&row.position) else {
@@ -322,9 +323,11 @@ fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check
                         format!("column {column} differs from the committed trail event: the row was edited"),
                     );
                 }
+                decoded.insert(row.position, event);
             }
         }
     }
+    check_groups_hold_their_trail(facts, &decoded, check);
     for position in trail.keys().filter(|p| !seen.contains(p)) {
         check.fail(
             format!("index table access, position {position}"),
@@ -333,6 +336,69 @@ fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check
     }
     check.count("trail events", trail.len() as u64);
     check.count("rows", rows.len() as u64);
+}
+
+/// Atomic groups (docs/format.md): every append inside a group of more
+/// than one op has its access-trail record in the trail op that closes
+/// the group, naming its stream and offsets. So an append whose op
+/// committed always has its trail record, committed with it. `decoded`:
+/// the trail events, by position, whose rows opened their commitments.
+fn check_groups_hold_their_trail(
+    facts: &LogFacts,
+    decoded: &std::collections::BTreeMap<u64, vellum_compliance::trail::AccessEvent>,
+    check: &mut Check,
+) {
+    use vellum_compliance::trail::{ACCESS_TRAIL_STREAM, AccessAction};
+    let mut trail_positions: std::collections::BTreeMap<u64, Vec<u64>> =
+        std::collections::BTreeMap::new();
+    for event in facts
+        .events
+        .iter()
+        .filter(|e| e.stream == ACCESS_TRAIL_STREAM)
+    {
+        trail_positions
+            .entry(event.op)
+            .or_default()
+            .push(event.position);
+    }
+    let mut group: Vec<&vellum_audit::verify::OpFact> = Vec::new();
+    let mut appends = 0u64;
+    for fact in &facts.op_headers {
+        group.push(fact);
+        if fact.group_continues {
+            continue;
+        }
+        let closing = fact.op;
+        let records: Vec<&vellum_compliance::trail::AccessEvent> = trail_positions
+            .get(&closing)
+            .map(|positions| positions.iter().filter_map(|p| decoded.get(p)).collect())
+            .unwrap_or_default();
+        for member in group
+            .iter()
+            .filter(|m| m.op != closing && m.stream != ACCESS_TRAIL_STREAM)
+        {
+            let to = member.stream_offset + u64::from(member.event_count);
+            let recorded = records.iter().any(|e| {
+                e.action == AccessAction::Append
+                    && e.stream == Some(member.stream)
+                    && e.from == Some(member.stream_offset)
+                    && e.to == Some(to)
+            });
+            if recorded {
+                appends += 1;
+            } else {
+                check.fail(
+                    format!("op {}", member.op),
+                    format!(
+                        "the append to stream {} offsets {}..{to} has no access-trail record in its atomic group (closed by op {closing})",
+                        member.stream, member.stream_offset
+                    ),
+                );
+            }
+        }
+        group.clear();
+    }
+    check.count("appends recorded in their own group", appends);
 }
 
 /// The cluster a `--cluster` run verifies: the configs found and the check

@@ -57,6 +57,13 @@ fn accept_unchained_is_caught() {
     assert_caught(Broken::AcceptUnchained, 10, "parent is not its header");
 }
 
+/// Goal: certifying an op inside an atomic group (an append committed
+/// without its trail record) is caught within 5 seeds.
+#[test]
+fn certify_inside_group_is_caught() {
+    assert_caught(Broken::CertifyInsideGroup, 5, "inside an atomic group");
+}
+
 /// Goal: the correct core passes the same first seeds (so the failures
 /// above come from the broken behaviour, not from the simulator).
 #[test]

@@ -263,6 +263,18 @@ fn stopped_cluster_passes() {
         ) >= 3
     );
     assert!(checks.iter().any(|c| c["name"] == "replica 2: audit index"));
+    // Every API append committed with its access-trail record in its own
+    // atomic group, on every replica (docs/format.md "Atomic groups").
+    for replica in 0..3 {
+        let trail = format!("replica {replica}: access trail");
+        assert_eq!(
+            count(&trail, "appends recorded in their own group"),
+            APPENDS,
+            "{trail}"
+        );
+        let records = format!("replica {replica}: records and hash chain");
+        assert!(count(&records, "atomic groups") >= 1, "{records}");
+    }
     // The access trail (system stream) adds events of its own.
     let size = outcome.report["reached"]["tree_size"].as_u64();
     assert!(size >= Some(APPENDS), "reached {size:?}");

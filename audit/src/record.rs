@@ -19,9 +19,26 @@ pub const HEADER_BYTES: usize = 256;
 pub const MAGIC: [u8; 4] = *b"VLOP";
 /// Offset of [`MAGIC`] inside an encoded header.
 pub const MAGIC_OFFSET: usize = 96;
-/// The header version this code writes: 2, with the request digest at
-/// bytes 224..256.
-pub const VERSION: u16 = 2;
+/// The header version this code writes: 3, with the group flags at byte
+/// 103 (see [`FLAG_GROUP_CONTINUES`]).
+pub const VERSION: u16 = 3;
+/// The second header version: the request digest at bytes 224..256, byte
+/// 103 reserved and zero. Still read.
+pub const VERSION_V2: u16 = 2;
+/// Op flag (version 3, byte 103, bit 0): the next op belongs to the same
+/// atomic group. A group is a run of ops whose last op has this flag clear;
+/// a certificate only ever certifies the last op of a group, so a group
+/// commits whole or not at all. An append and its access-trail record
+/// travel in one group (one prepare round, one certificate).
+pub const FLAG_GROUP_CONTINUES: u8 = 1;
+/// The system stream of the access trail (P7). The op that closes an
+/// atomic group appends to it: one trail record per append of the group.
+pub const ACCESS_TRAIL_STREAM: u64 = 1;
+/// The client session of the trail ops that close atomic groups (reserved:
+/// no client request may use it). Such an op's request number is its op.
+pub const TRAIL_CLIENT: u128 = u128::MAX;
+/// Every flag bit version 3 defines.
+pub const FLAGS_KNOWN: u8 = FLAG_GROUP_CONTINUES;
 /// The first header version: bytes 224..256 reserved and zero. Still read,
 /// so logs written before version 2 verify and replay unchanged.
 pub const VERSION_V1: u16 = 1;
@@ -115,8 +132,11 @@ pub struct OpHeader {
     /// Op: Merkle tree size after this op (= global_position + event_count).
     /// Certificate and Seal: the tree size covered.
     pub tree_size: u64,
+    /// Op (version 3): [`FLAG_GROUP_CONTINUES`] when the next op is part of
+    /// the same atomic group; always 0 outside ops and before version 3.
+    pub flags: u8,
     /// The header version: [`VERSION`] for every header written now,
-    /// [`VERSION_V1`] for one decoded from an older log (kept, so that
+    /// [`VERSION_V1`] or [`VERSION_V2`] for one decoded from an older log (kept, so that
     /// re-encoding gives the same bytes and checksum).
     pub version: u16,
     /// Op (version 2): the keyed digest of the client request (stream,
@@ -150,9 +170,16 @@ impl OpHeader {
             body_size: 0,
             key_id: 0,
             tree_size: 0,
+            flags: 0,
             version: VERSION,
             request_digest: REQUEST_DIGEST_UNKNOWN,
         }
+    }
+
+    /// True when the next op belongs to this op's atomic group (so no
+    /// certificate may name this op).
+    pub fn group_continues(&self) -> bool {
+        self.flags & FLAG_GROUP_CONTINUES != 0
     }
 
     /// The 256 bytes of this header, checksum included, in its own
@@ -171,7 +198,7 @@ impl OpHeader {
         out[96..100].copy_from_slice(&MAGIC);
         out[100..102].copy_from_slice(&self.version.to_le_bytes());
         out[102] = self.kind as u8;
-        out[103] = 0;
+        out[103] = self.flags;
         out[104..120].copy_from_slice(&self.cluster.to_le_bytes());
         out[120..128].copy_from_slice(&self.view.to_le_bytes());
         out[128..136].copy_from_slice(&self.op.to_le_bytes());
@@ -216,13 +243,21 @@ impl OpHeader {
             return Err(err(0, "header checksum mismatch".to_string()));
         }
         let version = u16::from_le_bytes(take(bytes, 100));
-        if version != VERSION && version != VERSION_V1 {
+        if !matches!(version, VERSION | VERSION_V2 | VERSION_V1) {
             return Err(err(100, format!("unsupported version {version}")));
         }
         let kind = RecordKind::from_byte(bytes[102])
             .ok_or_else(|| err(102, format!("unknown record kind {}", bytes[102])))?;
-        if bytes[103] != 0 {
-            return Err(err(103, "reserved bytes are not zero".to_string()));
+        let flags_allowed = if version == VERSION && kind == RecordKind::Op {
+            FLAGS_KNOWN
+        } else {
+            0
+        };
+        if bytes[103] & !flags_allowed != 0 {
+            return Err(err(
+                103,
+                format!("flags {:#04x} not allowed here", bytes[103]),
+            ));
         }
         if version == VERSION_V1 && bytes[224..256].iter().any(|b| *b != 0) {
             return Err(err(224, "reserved bytes are not zero".to_string()));
@@ -245,6 +280,7 @@ impl OpHeader {
             body_size: u32::from_le_bytes(take(bytes, 204)),
             key_id: u64::from_le_bytes(take(bytes, 208)),
             tree_size: u64::from_le_bytes(take(bytes, 216)),
+            flags: bytes[103],
             version,
             request_digest: take(bytes, 224),
         };
@@ -254,14 +290,23 @@ impl OpHeader {
 
     /// The rules a well-formed header obeys beyond its checksum.
     pub fn check_rules(&self) -> Result<(), String> {
-        if self.version != VERSION && self.version != VERSION_V1 {
+        if !matches!(self.version, VERSION | VERSION_V2 | VERSION_V1) {
             return Err(format!("unsupported version {}", self.version));
+        }
+        let flags_allowed = if self.version == VERSION && self.kind == RecordKind::Op {
+            FLAGS_KNOWN
+        } else {
+            0
+        };
+        if self.flags & !flags_allowed != 0 {
+            return Err(format!("flags {:#04x} not allowed here", self.flags));
         }
         if self.request_digest != REQUEST_DIGEST_UNKNOWN
             && (self.version == VERSION_V1 || self.kind != RecordKind::Op)
         {
             return Err(
-                "a request digest outside a version 2 op (bytes 224..256 must be zero)".to_string(),
+                "a request digest outside a version 2 or 3 op (bytes 224..256 must be zero)"
+                    .to_string(),
             );
         }
         if self.body_size as usize > BODY_BYTES_MAX {

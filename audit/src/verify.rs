@@ -92,6 +92,14 @@ pub struct OpFact {
     pub segment: u64,
     /// Byte offset of the record in the segment file.
     pub file_offset: u64,
+    /// The op's stream, first stream offset and event count.
+    pub stream: u64,
+    /// First stream offset of the op's events.
+    pub stream_offset: u64,
+    /// Events in the op.
+    pub event_count: u32,
+    /// The next op belongs to this op's atomic group.
+    pub group_continues: bool,
 }
 
 /// Everything verification learned about the log.
@@ -180,6 +188,10 @@ struct Walk<'a> {
     certificates: Check,
     reached: Option<Reached>,
     last_certified_op: u64,
+    /// Whether each op continues its atomic group, indexed by op - 1.
+    group_continues: Vec<bool>,
+    /// The first op of the atomic group the walk is inside, if any.
+    open_group: Option<u64>,
 }
 
 /// Verifies the segments in `segments_dir` against `policy`. `progress` is
@@ -204,6 +216,8 @@ pub fn verify_log_dir(
         certificates: Check::start("certificate signatures"),
         reached: None,
         last_certified_op: 0,
+        group_continues: Vec::new(),
+        open_group: None,
     };
     let Some(cluster) = cluster_from_origin(&policy.origin) else {
         walk.records.fail(
@@ -324,11 +338,16 @@ impl Walk<'_> {
         self.facts.ops += 1;
         self.op_locations.push((segment, offset));
         self.op_checksums.push(header.checksum());
+        self.check_group(header, at);
         self.facts.op_headers.push(OpFact {
             op: header.op,
             checksum: header.checksum(),
             segment,
             file_offset: offset,
+            stream: header.stream,
+            stream_offset: header.stream_offset,
+            event_count: header.event_count,
+            group_continues: header.group_continues(),
         });
         match self.key_streams.get(&header.key_id) {
             Some(&stream) if stream != header.stream => self.records.fail(
@@ -389,8 +408,55 @@ impl Walk<'_> {
         self.facts.keys.push((header.key_id, header.stream));
     }
 
+    /// Atomic groups (version 3): a group is a run of ops that continue
+    /// it, closed by a trail op (access-trail stream, trail client) that
+    /// holds their access records; a trail op closes a group, never
+    /// stands alone.
+    fn check_group(&mut self, header: &OpHeader, at: &str) {
+        let continues = header.group_continues();
+        self.group_continues.push(continues);
+        let trail_op = header.stream == record::ACCESS_TRAIL_STREAM
+            && header.client_id == record::TRAIL_CLIENT;
+        match (self.open_group, continues) {
+            (None, true) => self.open_group = Some(header.op),
+            (Some(_), true) => {}
+            (Some(first), false) => {
+                self.open_group = None;
+                if trail_op {
+                    self.records.count("atomic groups", 1);
+                } else {
+                    self.records.fail(
+                        at,
+                        format!(
+                            "op {} closes the atomic group of ops {first}..{} but is not a trail op",
+                            header.op, header.op
+                        ),
+                    );
+                }
+            }
+            (None, false) if trail_op => self
+                .records
+                .fail(at, format!("trail op {} closes no atomic group", header.op)),
+            (None, false) => {}
+        }
+    }
+
     fn certificate(&mut self, header: &OpHeader, body: &[u8], at: &str) {
         self.certificates.count("certificates", 1);
+        let inside_group = usize::try_from(header.op.saturating_sub(1))
+            .ok()
+            .and_then(|i| self.group_continues.get(i))
+            .copied()
+            .unwrap_or(false);
+        if inside_group {
+            self.certificates.fail(
+                at,
+                format!(
+                    "certificate names op {}, inside an atomic group (only a group's last op may be certified)",
+                    header.op
+                ),
+            );
+        }
         let text = match std::str::from_utf8(body) {
             Ok(text) => text,
             Err(_) => return self.certificates.fail(at, "certificate is not utf-8 text"),

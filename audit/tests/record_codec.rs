@@ -2,8 +2,9 @@
 
 use proptest::prelude::*;
 use vellum_audit::record::{
-    EventFrame, HEADER_BYTES, OpHeader, REQUEST_DIGEST_UNKNOWN, Record, RecordKind, SealBody,
-    VERSION, VERSION_V1, decode_events, encode_events, genesis_parent,
+    EventFrame, FLAG_GROUP_CONTINUES, HEADER_BYTES, OpHeader, REQUEST_DIGEST_UNKNOWN, Record,
+    RecordKind, SealBody, VERSION, VERSION_V1, VERSION_V2, decode_events, encode_events,
+    genesis_parent,
 };
 
 fn kind_strategy() -> impl Strategy<Value = RecordKind> {
@@ -35,9 +36,11 @@ prop_compose! {
         tree_size in any::<u64>(),
         v1 in any::<bool>(),
         request_digest in any::<[u8; 32]>(),
+        continues in any::<bool>(),
     ) -> OpHeader {
         let is_op = kind == RecordKind::Op;
         let version = if v1 { VERSION_V1 } else { VERSION };
+        let flags = if is_op && !v1 && continues { FLAG_GROUP_CONTINUES } else { 0 };
         OpHeader {
             parent, body_checksum, kind, cluster, view, op,
             commit: if is_op { commit_seed % op } else { 0 },
@@ -46,6 +49,7 @@ prop_compose! {
             body_size: if kind == RecordKind::Seal { 48 } else { body_size },
             key_id: if is_op { key_id } else { 0 },
             tree_size: if is_op { global_position + u64::from(event_count) } else { tree_size },
+            flags,
             version,
             request_digest: if is_op && !v1 { request_digest } else { REQUEST_DIGEST_UNKNOWN },
         }
@@ -95,10 +99,21 @@ fn golden_record_v1() -> Record {
     let mut record = golden_record();
     record.header.version = VERSION_V1;
     record.header.request_digest = REQUEST_DIGEST_UNKNOWN;
+    record.header.flags = 0;
     record
 }
 
-/// The version 2 record stored in `golden/record_op_v2.bin`.
+/// The version 2 record stored in `golden/record_op_v2.bin` (written before
+/// group flags existed; still read).
+fn golden_record_v2() -> Record {
+    let mut record = golden_record();
+    record.header.version = VERSION_V2;
+    record.header.flags = 0;
+    record
+}
+
+/// The version 3 record stored in `golden/record_op_v3.bin`: an op whose
+/// group continues in the next op.
 fn golden_record() -> Record {
     let cluster = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
     let header = OpHeader {
@@ -119,6 +134,7 @@ fn golden_record() -> Record {
         body_size: 0,
         key_id: 5,
         tree_size: 2,
+        flags: FLAG_GROUP_CONTINUES,
         version: VERSION,
         request_digest: [0xd9; 32],
     };
@@ -151,14 +167,53 @@ fn check_golden(name: &str, bytes: &[u8]) {
     );
 }
 
-/// Goal: the encoded version 2 op record is byte-for-byte the blessed
-/// golden file, and decodes.
+/// Goal: the encoded version 3 op record is byte-for-byte the blessed
+/// golden file, and decodes with its group flag.
 #[test]
 fn record_op_matches_golden() {
     let record = golden_record();
     let bytes = record.encode();
+    check_golden("record_op_v3.bin", &bytes);
+    assert_eq!(bytes[103], FLAG_GROUP_CONTINUES);
+    let decoded = Record::decode(&bytes, 0).expect("golden decodes");
+    assert!(decoded.header.group_continues());
+    assert_eq!(decoded, record);
+}
+
+/// Goal: the version 2 golden record (written before group flags) still
+/// decodes as version 2 and re-encodes to the same bytes.
+#[test]
+fn record_op_v2_golden_still_decodes() {
+    let record = golden_record_v2();
+    let bytes = record.encode();
     check_golden("record_op_v2.bin", &bytes);
-    assert_eq!(Record::decode(&bytes, 0).expect("golden decodes"), record);
+    let decoded = Record::decode(&bytes, 0).expect("v2 golden decodes");
+    assert_eq!(decoded.header.version, VERSION_V2);
+    assert!(!decoded.header.group_continues());
+    assert_eq!(decoded, record);
+}
+
+/// Goal: a flag byte is refused where version 3 gives it no meaning: in a
+/// version 2 header, in a certificate record, and unknown bits anywhere.
+#[test]
+fn flags_are_refused_where_undefined() {
+    let mut v2 = golden_record_v2().header;
+    v2.flags = FLAG_GROUP_CONTINUES;
+    assert!(v2.check_rules().is_err(), "version 2 has no flags");
+    let mut unknown = golden_record().header;
+    unknown.flags = 0x80;
+    assert!(unknown.check_rules().is_err(), "unknown flag bit");
+    let mut cert = golden_record().header;
+    cert.kind = RecordKind::Certificate;
+    cert.flags = FLAG_GROUP_CONTINUES;
+    assert!(cert.check_rules().is_err(), "flags outside an op");
+    // The decoder refuses the byte itself, naming offset 103.
+    let mut bytes = golden_record_v2().header.encode();
+    bytes[103] = FLAG_GROUP_CONTINUES;
+    let checksum = vellum_audit::sha256(&[&bytes[32..]]);
+    bytes[0..32].copy_from_slice(&checksum);
+    let error = OpHeader::decode(&bytes, 1000).expect_err("flag in version 2");
+    assert!(error.to_string().contains("1103"), "{error}");
 }
 
 /// Goal: the version 1 golden record (written before the request digest)

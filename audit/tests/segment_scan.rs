@@ -203,18 +203,21 @@ fn clean_segments_scan() {
     assert_eq!(scan.records.len(), 5);
 }
 
-/// Goal: a log written by an older build (version 1 op headers) and
-/// continued by this one (version 2, with request digests) scans clean:
-/// the chain runs across the version change, and the v1 headers keep
-/// their version and unknown digest.
+/// Goal: a log written by older builds (version 1 op headers, then
+/// version 2 with request digests) and continued by this one (version 3,
+/// with group flags) scans clean: the chain runs across the version
+/// changes, and older headers keep their version and unknown digest.
 #[test]
 fn version_1_then_version_2_ops_chain_and_scan_clean() {
     let mut log = LogBuilder::new();
     log.op_with(1, |h| h.version = vellum_audit::record::VERSION_V1);
     log.op_with(2, |h| h.version = vellum_audit::record::VERSION_V1);
     log.certificate(2);
-    log.op_with(1, |h| h.request_digest = [0x42; 32]);
-    log.op(2);
+    log.op_with(1, |h| {
+        h.version = vellum_audit::record::VERSION_V2;
+        h.request_digest = [0x42; 32];
+    });
+    log.op_with(2, |h| h.version = vellum_audit::record::VERSION_V2);
     log.certificate(4);
     log.seal();
     let scan = scan_segment(&log.segments[0], 0, CLUSTER);

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The system stream holding the access trail (ids below 16 are reserved).
-pub const ACCESS_TRAIL_STREAM: u64 = 1;
+pub const ACCESS_TRAIL_STREAM: u64 = vellum_audit::record::ACCESS_TRAIL_STREAM;
 /// Version of the trail event format.
 pub const ACCESS_EVENT_VERSION: u32 = 1;
 /// Longest free text (purpose, detail, recipient, description) kept in a

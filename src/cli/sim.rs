@@ -39,6 +39,7 @@ enum BrokenArg {
     AckBeforeFsync,
     SkipClientTable,
     AcceptUnchained,
+    CertifyInsideGroup,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -57,6 +58,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             BrokenArg::AckBeforeFsync => crate::vsr::Broken::AckBeforeFsync,
             BrokenArg::SkipClientTable => crate::vsr::Broken::SkipClientTable,
             BrokenArg::AcceptUnchained => crate::vsr::Broken::AcceptUnchained,
+            BrokenArg::CertifyInsideGroup => crate::vsr::Broken::CertifyInsideGroup,
         };
     }
     match (args.seed, &args.seeds) {

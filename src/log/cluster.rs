@@ -291,16 +291,34 @@ impl LocalLog {
             let writes = self
                 .exchange
                 .take_writes(Duration::from_millis(COMPLETER_IDLE_MS));
-            for write in writes {
-                if let Err(error) = self.complete(write) {
-                    tracing::error!(%error, "replica storage failed; the replica must restart");
-                    return;
-                }
+            if writes.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.complete(&writes) {
+                tracing::error!(%error, "replica storage failed; the replica must restart");
+                return;
             }
         }
     }
 
-    fn complete(&self, write: PendingWrite) -> Result<(), LogError> {
+    /// Sees a batch of writes through and reports the durable ones to the
+    /// core in one input (so the core signs once per batch).
+    fn complete(&self, writes: &[PendingWrite]) -> Result<(), LogError> {
+        let mut durable = Vec::with_capacity(writes.len());
+        for write in writes {
+            if self.is_durable(write)? {
+                durable.push((write.op, write.checksum));
+            }
+        }
+        if !durable.is_empty() {
+            let mut core = self.core();
+            self.execute(&mut core, Input::WriteDone { writes: durable })?;
+        }
+        Ok(())
+    }
+
+    /// Waits until one write is durable; false when a cut discarded it.
+    fn is_durable(&self, write: &PendingWrite) -> Result<bool, LogError> {
         let outcome = {
             let storage = self.storage.get();
             (write.epoch == self.cluster_side().epoch()).then(|| storage.wait_durable(write.ticket))
@@ -320,17 +338,7 @@ impl LocalLog {
                         .is_some_and(|i| i.checksum == write.checksum)
             }
         };
-        if durable {
-            let mut core = self.core();
-            self.execute(
-                &mut core,
-                Input::WriteDone {
-                    op: write.op,
-                    checksum: write.checksum,
-                },
-            )?;
-        }
-        Ok(())
+        Ok(durable)
     }
 
     /// `Action::Send`: a prepare without a key gets its stream's key file.
@@ -374,7 +382,9 @@ impl LocalLog {
         if op <= last {
             let same = self.lock().op(op).is_some_and(|i| i.checksum == checksum);
             if same {
-                inputs.push_back(Input::WriteDone { op, checksum });
+                inputs.push_back(Input::WriteDone {
+                    writes: vec![(op, checksum)],
+                });
             } else {
                 tracing::warn!(
                     op,
@@ -510,13 +520,15 @@ impl LocalLog {
         drop(slot);
         drop(state);
         // Writes of the old store that were kept are durable (flushed above).
-        for write in self.exchange.take_writes(Duration::ZERO) {
-            if write.op <= after_op {
-                inputs.push_back(Input::WriteDone {
-                    op: write.op,
-                    checksum: write.checksum,
-                });
-            }
+        let kept: Vec<(u64, Hash)> = self
+            .exchange
+            .take_writes(Duration::ZERO)
+            .into_iter()
+            .filter(|write| write.op <= after_op)
+            .map(|write| (write.op, write.checksum))
+            .collect();
+        if !kept.is_empty() {
+            inputs.push_back(Input::WriteDone { writes: kept });
         }
         Ok(())
     }

@@ -440,11 +440,26 @@ impl LocalLog {
         expected_offset: Option<u64>,
         client: Option<ClientRequest>,
     ) -> Result<Appended, LogError> {
+        self.append_recorded(stream, events, expected_offset, client, None)
+    }
+
+    /// Appends like [`LocalLog::append`]; with `trail` (an access-trail
+    /// event's payload, its stream and offsets filled in once known), the
+    /// append and that trail record commit in one atomic group: neither
+    /// without the other, in one consensus round.
+    pub fn append_recorded(
+        &self,
+        stream: u64,
+        events: &[Bytes],
+        expected_offset: Option<u64>,
+        client: Option<ClientRequest>,
+        trail: Option<Bytes>,
+    ) -> Result<Appended, LogError> {
         validate_batch(stream, events)?;
         if self.storage_read_only() {
             return Err(LogError::Refused("the log is open read-only".to_string()));
         }
-        self.append_through_core(stream, events, expected_offset, client)
+        self.append_through_core(stream, events, expected_offset, client, trail)
     }
 
     /// Returns a certificate covering `op`, signing a new checkpoint at the
@@ -583,7 +598,7 @@ impl LocalLog {
             return Err(LogError::Refused("the log is open read-only".to_string()));
         }
         let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
-        self.append_through_core(stream, events, None, None)
+        self.append_through_core(stream, events, None, None, None)
     }
 
     /// Reads up to `max` committed events of the global log from position
@@ -1078,6 +1093,7 @@ fn certificate_record(
         body_size: 0,
         key_id: 0,
         tree_size: info.tree_size,
+        flags: 0,
         version: record::VERSION,
         request_digest: record::REQUEST_DIGEST_UNKNOWN,
     };

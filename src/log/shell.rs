@@ -14,6 +14,7 @@ use bytes::Bytes;
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::leaf::commitment;
 use vellum_audit::record::{self, OpHeader, Record};
+use vellum_compliance::trail::AccessEvent;
 
 use super::state::LogState;
 use super::{Appended, ClientRequest, LocalLog, LogError, now_ns};
@@ -215,6 +216,7 @@ impl LocalLog {
         events: &[Bytes],
         expected_offset: Option<u64>,
         client: Option<ClientRequest>,
+        trail: Option<Bytes>,
     ) -> Result<Appended, LogError> {
         let session = match client {
             Some(session) => session,
@@ -225,7 +227,7 @@ impl LocalLog {
         let key = (session.client, session.request);
         let condvar = Arc::new(Condvar::new());
         self.register_waiter(key, &condvar)?;
-        let submitted = self.submit_request(session, stream, events, expected_offset);
+        let submitted = self.submit_request(session, stream, events, expected_offset, trail);
         let (committed_before, view) = match submitted {
             Ok(submitted) => submitted,
             Err(e) => {
@@ -276,6 +278,7 @@ impl LocalLog {
         stream: u64,
         events: &[Bytes],
         expected_offset: Option<u64>,
+        trail: Option<Bytes>,
     ) -> Result<(u64, u64), LogError> {
         let mut core = self.core();
         if let Some(reason) = &self.lock().poisoned {
@@ -293,6 +296,7 @@ impl LocalLog {
             events: events.to_vec(),
             key_id,
             digest,
+            trail,
         };
         self.execute(&mut core, Input::Request(request))?;
         Ok((committed_before, view))
@@ -374,9 +378,12 @@ impl LocalLog {
                 if let Some(reply) = exchange.replies.remove(&key) {
                     break Ok(reply);
                 }
-            } else if let Some(write) = exchange.writes.pop_front() {
+            } else if !exchange.writes.is_empty() {
+                // All pending writes at once: they share one fdatasync and
+                // the core certifies them together.
+                let writes: Vec<PendingWrite> = exchange.writes.drain(..).collect();
                 drop(exchange);
-                let seen = self.see_through(write);
+                let seen = self.see_through(writes);
                 exchange = self.exchange.lock();
                 if let Err(e) = seen {
                     break Err(e);
@@ -411,21 +418,19 @@ impl LocalLog {
         outcome
     }
 
-    /// Waits until one write is durable and tells the core.
-    fn see_through(&self, write: PendingWrite) -> Result<(), LogError> {
-        if let Err(e) = self.storage.get().wait_durable(write.ticket) {
-            self.lock().poisoned = Some(e.to_string());
-            self.exchange.lock().wake_all();
-            return Err(e.into());
+    /// Waits until these writes are durable (one group commit usually
+    /// covers them all) and tells the core in one input.
+    fn see_through(&self, writes: Vec<PendingWrite>) -> Result<(), LogError> {
+        for write in &writes {
+            if let Err(e) = self.storage.get().wait_durable(write.ticket) {
+                self.lock().poisoned = Some(e.to_string());
+                self.exchange.lock().wake_all();
+                return Err(e.into());
+            }
         }
+        let writes = writes.iter().map(|w| (w.op, w.checksum)).collect();
         let mut core = self.core();
-        self.execute(
-            &mut core,
-            Input::WriteDone {
-                op: write.op,
-                checksum: write.checksum,
-            },
-        )
+        self.execute(&mut core, Input::WriteDone { writes })
     }
 
     fn appended(
@@ -478,7 +483,12 @@ impl LocalLog {
         loop {
             for action in actions {
                 match action {
-                    Action::Seal { header, events } => {
+                    Action::Seal {
+                        header,
+                        events,
+                        trail_for,
+                    } => {
+                        let events = complete_trail_records(events, &trail_for);
                         let record = self.seal(header, &events).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::Sealed { record, key: None });
                     }
@@ -703,6 +713,33 @@ fn certifies(certificate: &Certificate, info: &super::state::OpInfo) -> bool {
         .filter(|e| e.starts_with(vellum_audit::verify::CHAIN_HEAD_EXTENSION))
         .collect();
     heads.is_empty() || heads.iter().any(|e| **e == head)
+}
+
+/// The trail records of a trail op that closes an atomic group: each
+/// template (an [`AccessEvent`]'s payload) completed with the stream and
+/// offsets of the op it records. A template that does not parse (a bug in
+/// whoever built it) is stored as it came, and logged: the op must still
+/// close its group.
+fn complete_trail_records(events: Vec<Bytes>, trail_for: &[OpHeader]) -> Vec<Bytes> {
+    if trail_for.is_empty() {
+        return events;
+    }
+    events
+        .into_iter()
+        .zip(trail_for)
+        .map(|(template, op)| match AccessEvent::from_payload(&template) {
+            Ok(mut event) => {
+                event.stream = Some(op.stream);
+                event.from = Some(op.stream_offset);
+                event.to = Some(op.stream_offset + u64::from(op.event_count));
+                Bytes::from(event.to_payload())
+            }
+            Err(error) => {
+                tracing::error!(%error, op = op.op, "a trail template does not parse; stored as given");
+                template
+            }
+        })
+        .collect()
 }
 
 /// Reads the saved view state; a missing file is a fresh replica.

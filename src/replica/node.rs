@@ -124,7 +124,13 @@ impl Node for ReplicaNode {
             .map(|(client, request)| ClientRequest { client, request });
         let appended = self
             .log
-            .append(call.stream, &call.events, call.expected_offset, client)
+            .append_recorded(
+                call.stream,
+                &call.events,
+                call.expected_offset,
+                client,
+                call.trail,
+            )
             .map_err(node_error)?;
         let receipt = receipt(&self.log, &appended).map_err(node_error)?;
         Ok(AppendReceipt {

@@ -63,6 +63,11 @@ pub struct AppendCall {
     pub expected_offset: Option<u64>,
     /// (client session, request number); None: the node picks a fresh one.
     pub idempotency: Option<(u128, u64)>,
+    /// The access-trail event of this append (its payload), stream and
+    /// offsets filled in by the replica: it commits in the same atomic
+    /// group as the events, in the same round. `None`: the caller records
+    /// the access itself.
+    pub trail: Option<Bytes>,
 }
 
 /// Who leads, as the node last saw it.

@@ -156,6 +156,15 @@ impl Node for FakeNode {
             self.push(call.stream, payload);
         }
         let count = call.events.len() as u64;
+        // Like a replica: the trail record commits with the append, its
+        // offsets filled in.
+        if let Some(trail) = &call.trail {
+            let mut event = vellum_compliance::trail::AccessEvent::from_payload(trail)
+                .expect("the server sends an access event");
+            event.from = Some(actual);
+            event.to = Some(actual + count);
+            self.lock().trail.push(event);
+        }
         Ok(AppendReceipt {
             stream: call.stream,
             first_offset: actual,

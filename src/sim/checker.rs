@@ -452,6 +452,11 @@ impl Checker {
                 "chain head of op {op} is not the agreed header at size {size}"
             ));
         }
+        if header.group_continues() {
+            return Err(format!(
+                "the certificate names op {op}, inside an atomic group"
+            ));
+        }
         Ok(())
     }
 

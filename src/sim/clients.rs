@@ -15,6 +15,9 @@ use super::options::{EVENTS_PER_REQUEST_MAX, STREAMS};
 
 /// Chance a request carries an expected offset (to reach that path).
 const EXPECTED_OFFSET_PER_MILLION: u32 = 50_000;
+/// Requests that carry an access-trail record (so their op is prepared in
+/// an atomic group with a trail op), per million.
+const TRAIL_PER_MILLION: u32 = 700_000;
 /// Chance a retry goes to the next replica rather than the guessed primary.
 const RETRY_ELSEWHERE_PER_MILLION: u32 = 500_000;
 /// Ticks before retrying after a refusal.
@@ -52,6 +55,12 @@ impl Sim {
             })
             .collect();
         let expected_offset = self.prng.chance(EXPECTED_OFFSET_PER_MILLION).then_some(0);
+        // Most requests carry their trail record, as API appends do; the
+        // rest are plain ops (as `persist_blocking` and trail appends are).
+        let trail = self
+            .prng
+            .chance(TRAIL_PER_MILLION)
+            .then(|| Bytes::from(format!("trail client {client} request {request}")));
         let id = self.clients[client].id;
         let digest = self.sealer.digest(stream, expected_offset, &events);
         let request = Request {
@@ -63,6 +72,7 @@ impl Sim {
             // One data key per stream in the simulator, named by the stream.
             key_id: stream,
             digest,
+            trail,
         };
         self.clients[client].pending = Some(Pending {
             request,

@@ -428,7 +428,15 @@ impl Sim {
         let incarnation = Some(self.nodes[usize::from(index)].incarnation);
         match action {
             Action::Send { to, message } => self.send(index, to, message)?,
-            Action::Seal { header, events } => {
+            Action::Seal {
+                header,
+                events,
+                trail_for,
+            } => {
+                if !trail_for.is_empty() {
+                    self.counters.cover("group:trail-op");
+                }
+                let events = super::records::complete_trail(events, &trail_for);
                 let (record, key) = self.sealer.seal(&header, &events);
                 self.checker.note_record(&record);
                 let input = Input::Sealed { record, key };

@@ -92,6 +92,30 @@ impl Sealer {
     }
 }
 
+/// The simulator's trail records of a trail op that closes an atomic
+/// group: each template followed by the stream and offsets of the op it
+/// records (what the real shell writes into the access event).
+pub fn complete_trail(events: Vec<Bytes>, trail_for: &[OpHeader]) -> Vec<Bytes> {
+    if trail_for.is_empty() {
+        return events;
+    }
+    events
+        .into_iter()
+        .zip(trail_for)
+        .map(|(template, op)| {
+            let mut record = template.to_vec();
+            let range = format!(
+                " stream {} offsets {}..{}",
+                op.stream,
+                op.stream_offset,
+                op.stream_offset + u64::from(op.event_count)
+            );
+            record.extend_from_slice(range.as_bytes());
+            Bytes::from(record)
+        })
+        .collect()
+}
+
 /// The RFC 6962 leaf hashes of an op record's events, in order; `None`
 /// when the record is not an op or its body does not hold exactly
 /// `event_count` frames.

@@ -165,7 +165,12 @@ impl Sim {
                     self.nodes[usize::from(replica)]
                         .durable
                         .insert((op, checksum));
-                    self.deliver(replica, Input::WriteDone { op, checksum })?;
+                    self.deliver(
+                        replica,
+                        Input::WriteDone {
+                            writes: vec![(op, checksum)],
+                        },
+                    )?;
                 }
             }
             Event::Saved {

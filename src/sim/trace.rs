@@ -75,10 +75,12 @@ fn encode_input(input: &Input, out: &mut Vec<u8>) {
             out.extend_from_slice(&record.checksum());
             out.extend_from_slice(key.as_deref().unwrap_or_default());
         }
-        Input::WriteDone { op, checksum } => {
+        Input::WriteDone { writes } => {
             out.push(4);
-            put(out, *op);
-            out.extend_from_slice(checksum);
+            for (op, checksum) in writes {
+                put(out, *op);
+                out.extend_from_slice(checksum);
+            }
         }
         Input::ReadDone {
             op,

@@ -210,7 +210,7 @@ impl Chaos {
                 self.inputs.push((to, Input::Message(message)));
                 return;
             }
-            Action::Seal { header, events } => Input::Sealed {
+            Action::Seal { header, events, .. } => Input::Sealed {
                 record: super::tests::seal(&header, &events),
                 key: None,
             },
@@ -218,7 +218,12 @@ impl Chaos {
                 let (op, checksum) = (record.header.op, record.checksum());
                 disk.records.insert(op, record);
                 disk.unsynced.insert(op);
-                self.inputs.push((i, Input::WriteDone { op, checksum }));
+                self.inputs.push((
+                    i,
+                    Input::WriteDone {
+                        writes: vec![(op, checksum)],
+                    },
+                ));
                 return;
             }
             Action::Truncate { after_op } => {
@@ -343,8 +348,10 @@ impl Chaos {
         let (i, input) = self.inputs.remove(pick);
         let disk = &mut self.disks[usize::from(i)];
         match &input {
-            Input::WriteDone { op, .. } => {
-                disk.unsynced.remove(op);
+            Input::WriteDone { writes } => {
+                for (op, _) in writes {
+                    disk.unsynced.remove(op);
+                }
             }
             Input::SaveDone { state } => {
                 disk.state = *state;

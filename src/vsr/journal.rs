@@ -156,6 +156,18 @@ impl Journal {
         self.slot(op)?.header.as_ref()
     }
 
+    /// True when `op`'s header is known and it ends its atomic group (its
+    /// group-continues flag is clear), so a certificate may name it.
+    pub fn is_group_end(&self, op: u64) -> bool {
+        self.header(op).is_some_and(|h| !h.group_continues())
+    }
+
+    /// The highest op at or below `op` that ends its atomic group; `None`
+    /// when no known op does (or `op` is 0).
+    pub fn group_end_at_or_below(&self, op: u64) -> Option<u64> {
+        (1..=op).rev().find(|k| self.is_group_end(*k))
+    }
+
     /// The state of `op`'s slot (`None` beyond the journal).
     pub fn state(&self, op: u64) -> Option<SlotState> {
         Some(self.slot(op)?.state)

@@ -45,6 +45,9 @@ pub struct Config {
     pub replica: ReplicaIndex,
     /// Ops prepared but not yet committed, at most (the pipeline).
     pub pipeline_max: usize,
+    /// Appends whose trail records one trail op carries, at most (so an
+    /// atomic group holds at most this many appends and one trail op).
+    pub group_appends_max: usize,
     /// Client requests queued at the primary behind a full pipeline, at most.
     pub request_queue_max: usize,
     /// Client sessions in the client table, at most.
@@ -71,6 +74,7 @@ impl Config {
             replica_count,
             replica,
             pipeline_max: 32,
+            group_appends_max: 256,
             request_queue_max: 256,
             clients_max: 1024,
             view_change_headers_max: 256,
@@ -113,7 +117,21 @@ pub struct Request {
     /// client table. The core only compares bytes: all zero
     /// ([`DIGEST_UNKNOWN`]) means unknown and matches anything.
     pub digest: Hash,
+    /// The access-trail record of this request, as a template the shell
+    /// completes once the op's offsets are known. When set, the primary
+    /// prepares the op inside an atomic group that a trail op (stream
+    /// [`TRAIL_STREAM`], client [`TRAIL_CLIENT`]) closes: the append and
+    /// its trail record commit together, in one round, or not at all.
+    /// Opaque to the core.
+    pub trail: Option<Bytes>,
 }
+
+/// The client session of the trail ops that close atomic groups. Reserved:
+/// a request from this session is refused. The request number of such an
+/// op is its op number, so it grows along the log.
+pub const TRAIL_CLIENT: u128 = vellum_audit::record::TRAIL_CLIENT;
+/// The system stream trail ops append to (the access trail).
+pub const TRAIL_STREAM: u64 = vellum_audit::record::ACCESS_TRAIL_STREAM;
 
 /// The request digest of a request or header that carries none.
 pub const DIGEST_UNKNOWN: Hash = vellum_audit::record::REQUEST_DIGEST_UNKNOWN;
@@ -267,6 +285,10 @@ pub enum Action {
     Seal {
         header: OpHeader,
         events: Vec<Bytes>,
+        /// For a trail op closing an atomic group: the header of the op
+        /// each event (a [`Request::trail`] template) records, in order, so
+        /// the shell fills in stream and offsets. Empty otherwise.
+        trail_for: Vec<OpHeader>,
     },
     /// Store the op record in its op's slot (and store `key` in the key
     /// store first, if any); report [`Input::WriteDone`] once it is fsynced.
@@ -320,8 +342,11 @@ pub enum Input {
     Request(Request),
     /// The shell sealed the events of an op: the complete record.
     Sealed { record: Record, key: Option<Bytes> },
-    /// The record of `op` is durable.
-    WriteDone { op: u64, checksum: Hash },
+    /// These records are durable: each `(op, checksum)` was fsynced. A
+    /// shell reports the writes one group commit made durable together, so
+    /// that a backup signs one prepare_ok (and a one-replica core one
+    /// certificate) per batch, not per op.
+    WriteDone { writes: Vec<(u64, Hash)> },
     /// A read finished; `None` when the record is missing or corrupt.
     ReadDone {
         op: u64,
@@ -381,4 +406,7 @@ pub enum Broken {
     SkipClientTable,
     /// A backup accepts a prepare whose parent does not chain.
     AcceptUnchained,
+    /// The primary certifies an op inside an atomic group (so an append
+    /// could commit without its trail record).
+    CertifyInsideGroup,
 }

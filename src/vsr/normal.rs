@@ -84,8 +84,8 @@ impl Replica {
     }
 
     fn validate_request(&self, request: &Request, skip_table: bool) -> Result<(), String> {
-        if request.client == 0 {
-            return Err("client id 0 is reserved".to_owned());
+        if request.client == 0 || request.client == super::TRAIL_CLIENT {
+            return Err(format!("client id {} is reserved", request.client));
         }
         // The access trail's system stream is written by the replicas'
         // own shells (the API refuses every reserved stream).
@@ -200,14 +200,74 @@ impl Replica {
             && self.journal.op() - self.commit < self.config.pipeline_max as u64
     }
 
-    /// Prepares queued requests while the pipeline has room.
+    /// Prepares queued requests while the pipeline has room, and closes the
+    /// open atomic group with its trail op when it should.
     pub(super) fn drain_queue(&mut self) {
         while self.can_prepare() {
-            let Some(request) = self.queue.pop_front() else {
+            if self.should_close_group() {
+                self.close_group();
+                continue;
+            }
+            let Some(next) = self.queue.front() else {
                 return;
             };
+            // An op with a trail record needs room for its group's trail op.
+            if next.trail.is_some() && self.pipeline_room() < 2 {
+                return;
+            }
+            let request = self.queue.pop_front().expect("peeked above");
             self.start_prepare(request);
         }
+    }
+
+    /// Ops the pipeline may still take.
+    fn pipeline_room(&self) -> u64 {
+        (self.config.pipeline_max as u64).saturating_sub(self.journal.op() - self.commit)
+    }
+
+    /// Whether the open group should be closed now: it is full, the
+    /// pipeline has room for its trail op only, or nothing prepared before
+    /// it is still being written here (then waiting for more appends would
+    /// only add latency; while an earlier batch is in flight, appends that
+    /// arrive meanwhile join this group and share its round).
+    fn should_close_group(&self) -> bool {
+        if self.group.is_empty() {
+            return false;
+        }
+        let earlier_durable = self.journal.durable_op() + 1 >= self.group_first_op;
+        self.group.len() >= self.config.group_appends_max
+            || self.pipeline_room() <= 1
+            || (self.queue.is_empty() && earlier_durable)
+    }
+
+    /// Seals the trail op that closes the open group: one event per
+    /// templated op of the group, which the shell completes with that op's
+    /// stream and offsets.
+    fn close_group(&mut self) {
+        let group = std::mem::take(&mut self.group);
+        let (events, trail_for): (Vec<Bytes>, Vec<OpHeader>) = group.into_iter().unzip();
+        let stream_offset = self.journal.stream_length(super::TRAIL_STREAM);
+        let op = self.journal.op() + 1;
+        let request = Request {
+            client: super::TRAIL_CLIENT,
+            request: op,
+            stream: super::TRAIL_STREAM,
+            expected_offset: None,
+            events,
+            key_id: 0,
+            digest: super::DIGEST_UNKNOWN,
+            trail: None,
+        };
+        let header = self.next_header(&request, stream_offset);
+        self.sealing = Some(Sealing {
+            header,
+            trail: None,
+        });
+        self.out.push(Action::Seal {
+            header,
+            events: request.events,
+            trail_for,
+        });
     }
 
     /// Checks the expected offset against the prepared state and asks the
@@ -241,11 +301,18 @@ impl Replica {
             });
             return;
         }
-        let header = self.next_header(&request, actual);
-        self.sealing = Some(Sealing { header });
+        let mut header = self.next_header(&request, actual);
+        if request.trail.is_some() || !self.group.is_empty() {
+            header.flags |= vellum_audit::record::FLAG_GROUP_CONTINUES;
+        }
+        self.sealing = Some(Sealing {
+            header,
+            trail: request.trail,
+        });
         self.out.push(Action::Seal {
             header,
             events: request.events,
+            trail_for: Vec::new(),
         });
     }
 
@@ -299,6 +366,12 @@ impl Replica {
             return;
         };
         let op = record.header.op;
+        if let Some(trail) = sealing.trail {
+            if self.group.is_empty() {
+                self.group_first_op = op;
+            }
+            self.group.push((trail, record.header));
+        }
         self.journal.fill(record.header, leaves, SlotState::Writing);
         if let Some(key) = &key {
             self.keys.insert(op, key.clone());
@@ -316,9 +389,14 @@ impl Replica {
         self.drain_queue();
     }
 
-    /// A write is durable.
-    pub(super) fn on_write_done(&mut self, op: u64, checksum: Hash) {
-        if self.journal.mark_durable(op, &checksum) {
+    /// Writes are durable: the durable prefix is acknowledged once for the
+    /// whole batch.
+    pub(super) fn on_writes_done(&mut self, writes: &[(u64, Hash)]) {
+        let mut grew = false;
+        for (op, checksum) in writes {
+            grew |= self.journal.mark_durable(*op, checksum);
+        }
+        if grew {
             self.on_durable();
         }
     }
@@ -331,8 +409,12 @@ impl Replica {
         }
         if self.is_primary() {
             self.try_commit();
+            self.drain_queue();
         } else {
-            self.send_prepare_ok(self.journal.durable_op());
+            let durable = self.journal.durable_op();
+            if let Some(end) = self.journal.group_end_at_or_below(durable) {
+                self.send_prepare_ok(end);
+            }
             self.backup_try_commit();
         }
     }
@@ -392,9 +474,12 @@ impl Replica {
         };
         let own = self.journal.durable_op();
         let top = own.min(self.journal.op());
+        // Only the last op of an atomic group may be certified.
         let found = (self.commit + 1..=top).rev().find(|op| {
             let others = self.acks.get(op).map_or(0, |a| a.len());
-            others + 1 >= needed
+            let certifiable =
+                self.journal.is_group_end(*op) || self.broken(Broken::CertifyInsideGroup);
+            others + 1 >= needed && certifiable
         });
         let Some(op) = found else { return };
         let Some(own_signature) = self.sign_checkpoint(op) else {

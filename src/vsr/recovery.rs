@@ -35,6 +35,7 @@ impl Replica {
     pub(super) fn start_recovery(&mut self) {
         self.status = Status::Recovering;
         self.sealing = None;
+        self.group.clear();
         self.queue.clear();
         self.recovery_attempt += 1;
         self.recovery_responses.clear();

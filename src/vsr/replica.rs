@@ -43,6 +43,8 @@ pub(super) struct PendingSave {
 #[derive(Debug, Clone)]
 pub(super) struct Sealing {
     pub header: OpHeader,
+    /// The request's trail template, kept for the trail op of its group.
+    pub trail: Option<Bytes>,
 }
 
 /// A do_view_change as the new primary keeps it.
@@ -114,6 +116,13 @@ pub struct Replica {
     /// The highest op each replica acknowledged in this view.
     pub(super) acked: BTreeMap<ReplicaIndex, u64>,
     pub(super) sealing: Option<Sealing>,
+    /// The open atomic group (primary): the trail template and header of
+    /// each op prepared in it that carries one. Non-empty while the group
+    /// is open; every op prepared then continues the group, until the
+    /// trail op that closes it.
+    pub(super) group: Vec<(Bytes, OpHeader)>,
+    /// The first op of the open group (meaningful while `group` is not empty).
+    pub(super) group_first_op: u64,
     pub(super) queue: VecDeque<Request>,
     /// Wrapped data keys of uncommitted ops, for retransmissions.
     pub(super) keys: BTreeMap<u64, Bytes>,
@@ -176,6 +185,8 @@ impl Replica {
             acks: BTreeMap::new(),
             acked: BTreeMap::new(),
             sealing: None,
+            group: Vec::new(),
+            group_first_op: 0,
             queue: VecDeque::new(),
             keys: BTreeMap::new(),
             svc_view: 0,
@@ -260,7 +271,7 @@ impl Replica {
             Input::Message(message) => self.on_message(message),
             Input::Request(request) => self.on_request(request),
             Input::Sealed { record, key } => self.on_sealed(record, key),
-            Input::WriteDone { op, checksum } => self.on_write_done(op, checksum),
+            Input::WriteDone { writes } => self.on_writes_done(&writes),
             Input::ReadDone {
                 op,
                 purpose,
@@ -479,7 +490,9 @@ fn check_config(config: &Config, signer: &Signer, policy: &Policy) {
         config.replica < config.replica_count,
         "replica index out of range"
     );
-    assert!(config.pipeline_max >= 1 && config.repair_requests_max >= 1);
+    // An atomic group needs room for an append and its trail op.
+    assert!(config.pipeline_max >= 2 && config.repair_requests_max >= 1);
+    assert!(config.group_appends_max >= 1);
     assert!(
         config.view_change_headers_max > config.pipeline_max,
         "view change headers must cover the pipeline"

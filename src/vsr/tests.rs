@@ -199,14 +199,16 @@ impl Cluster {
                 }
                 return;
             }
-            Action::Seal { header, events } => Input::Sealed {
+            Action::Seal { header, events, .. } => Input::Sealed {
                 record: seal(&header, &events),
                 key: None,
             },
             Action::Write { record, .. } => {
                 let (op, checksum) = (record.header.op, record.checksum());
                 disk.records.insert(op, record);
-                Input::WriteDone { op, checksum }
+                Input::WriteDone {
+                    writes: vec![(op, checksum)],
+                }
             }
             Action::Truncate { after_op } => {
                 disk.records.retain(|op, _| *op <= after_op);
@@ -344,6 +346,7 @@ pub(super) fn with_digest(
         events,
         key_id: 1,
         digest: sha256(&[b"test digest", &encoded]),
+        trail: None,
     }
 }
 

@@ -20,6 +20,7 @@ impl Replica {
         }
         self.status = Status::ViewChange;
         self.sealing = None;
+        self.group.clear();
         self.queue.clear();
         if self.svc_view != view {
             self.svc_view = view;
@@ -216,6 +217,8 @@ impl Replica {
         self.acks.clear();
         self.acked.clear();
         self.sealing = None;
+        self.group.clear();
+        self.drop_unclosed_group();
         self.timers.heartbeat_sent = self.ticks;
         self.timers.prepare_retried = self.ticks;
         self.timers.primary_complete = self.ticks;
@@ -232,6 +235,32 @@ impl Replica {
         self.request_repairs();
         self.on_durable();
         self.drain_queue();
+    }
+
+    /// A new primary whose log ends inside an atomic group (its trail op
+    /// never reached this log) drops that unclosed tail: no certificate can
+    /// name an op inside a group, so none of it committed, and its clients
+    /// retry. Every group below it is whole.
+    fn drop_unclosed_group(&mut self) {
+        let op = self.journal.op();
+        let unclosed = self.journal.header(op).is_some_and(|h| h.group_continues());
+        if !unclosed {
+            return;
+        }
+        let keep = self
+            .journal
+            .group_end_at_or_below(op)
+            .unwrap_or(0)
+            .max(self.commit);
+        assert!(
+            keep >= self.commit_max.min(op),
+            "an unclosed group holds no committed op (keep {keep}, commit max {})",
+            self.commit_max
+        );
+        self.out.push(Action::Truncate { after_op: keep });
+        self.journal.discard_bodies_after(keep);
+        self.journal.shorten_to(keep);
+        self.repairs.clear();
     }
 
     pub(super) fn on_start_view(
@@ -281,6 +310,7 @@ impl Replica {
             self.status = Status::ViewChange;
         }
         self.sealing = None;
+        self.group.clear();
         self.queue.clear();
         let state = DurableState {
             view,

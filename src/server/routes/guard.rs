@@ -109,9 +109,19 @@ pub(crate) async fn authorize(
     template.role = principal.role.name().to_string();
     request.extensions_mut().insert(TrailTemplate(template));
     let response = next.run(request).await;
+    if response.status().is_success() && response.extensions().get::<TrailRecorded>().is_some() {
+        return response;
+    }
     trail.finish(&principal, &response);
     trail.record_then(&state, response).await
 }
+
+/// Put in a response's extensions by a handler whose own op already
+/// carried this request's access-trail record (an append: the record
+/// committed in the append's atomic group), so the guard records nothing
+/// more.
+#[derive(Debug, Clone, Copy)]
+pub struct TrailRecorded;
 
 /// The access-trail event of an authorized request as the guard knows it
 /// before the handler runs (who, from where, why), for handlers that record

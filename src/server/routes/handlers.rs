@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::errors::ApiError;
 use super::extract::{ApiPath, ApiQuery, JsonBody, edge_number, edge_optional, edge_value};
-use super::guard::Touched;
+use super::guard::{Touched, TrailRecorded, TrailTemplate};
 use super::{AppState, PURPOSE_BYTES_MAX, READ_EVENTS_DEFAULT, run_blocking};
 use crate::api::{
     self, AppendRequest, CertificateAnswer, EventIn, IdempotencyKey, LogEvents, ProofAnswer,
@@ -75,18 +75,30 @@ pub(crate) struct ConsistencyQuery {
 pub(crate) async fn append(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    Extension(TrailTemplate(template)): Extension<TrailTemplate>,
     ApiPath(path): ApiPath<StreamPath>,
     body: JsonBody<AppendRequest>,
 ) -> Result<Response, ApiError> {
-    let call = append_call(path.stream()?, &body.value)?;
+    let mut call = append_call(path.stream()?, &body.value)?;
     let purpose = body
         .value
         .purpose
         .as_deref()
         .map(vellum_compliance::trail::clip_text);
+    // The access record rides in the append's own atomic group (one
+    // round; the events never commit without it); the replica fills in
+    // the offsets.
+    let mut event = template;
+    event.stream = Some(call.stream);
+    if purpose.is_some() {
+        event.purpose.clone_from(&purpose);
+    }
+    event.outcome = "success".to_string();
+    call.trail = Some(Bytes::from(event.to_payload()));
     tracing::debug!(principal = %principal.name, stream = call.stream, "append");
     match run_blocking(&state, move |node| node.append(call)).await? {
         Ok(receipt) => {
+            let recorded = !receipt.duplicate;
             let touched = Touched {
                 stream: Some(receipt.stream),
                 from: Some(receipt.first_offset),
@@ -95,7 +107,11 @@ pub(crate) async fn append(
                 detail: None,
                 streams: None,
             };
-            Ok(with_touched(Json(receipt).into_response(), touched))
+            let mut response = with_touched(Json(receipt).into_response(), touched);
+            if recorded {
+                response.extensions_mut().insert(TrailRecorded);
+            }
+            Ok(response)
         }
         Err(error) => Err(ApiError::from_node(error)),
     }
@@ -149,6 +165,7 @@ fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiEr
         events,
         expected_offset,
         idempotency,
+        trail: None,
     })
 }
 
