@@ -418,3 +418,93 @@ impl Node for ReplicaNode {
 fn hex(hash: &vellum_audit::hash::Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the log's errors map to each operation's typed variants, and
+    /// every internal fault (the random source above all) is `Internal`
+    /// (500), never a refusal (4xx); a refusal an operation cannot produce
+    /// is an internal fault there too.
+    #[test]
+    fn log_errors_map_to_typed_operation_errors() {
+        let random = AppendError::from(LogError::Randomness("getrandom failed".into()));
+        assert!(
+            matches!(&random, AppendError::Internal(f) if f.kind == FaultKind::Randomness),
+            "{random:?}"
+        );
+        let storage = AppendError::from(LogError::Storage(crate::storage::StorageError::Closed));
+        assert!(
+            matches!(&storage, AppendError::Internal(f) if f.kind == FaultKind::Storage),
+            "{storage:?}"
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::ReservedStream {
+                stream: 3
+            })),
+            AppendError::ReservedStream { stream: 3 }
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::StaleRequest {
+                request: 1,
+                latest: 4
+            })),
+            AppendError::StaleRequest {
+                request: 1,
+                latest: 4
+            }
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::QueueFull)),
+            AppendError::Unavailable(Unavailable::QueueFull)
+        );
+        assert_eq!(
+            AppendError::from(LogError::WrongExpectedOffset {
+                stream: 20,
+                expected: 5,
+                actual: 2
+            }),
+            AppendError::WrongExpectedOffset {
+                stream: 20,
+                expected: 5,
+                actual: 2
+            }
+        );
+        // The node picks client ids itself: client 0 reaching it is a bug.
+        let reserved = AppendError::from(LogError::Refused(RequestRefusal::ReservedClient));
+        assert!(
+            matches!(&reserved, AppendError::Internal(f) if f.kind == FaultKind::Unexpected),
+            "{reserved:?}"
+        );
+        assert_eq!(
+            ReadError::from(LogError::UnknownStream(9)),
+            ReadError::UnknownStream { stream: 9 }
+        );
+        assert_eq!(
+            ProofError::from(LogError::NoSuchEvent {
+                stream: 9,
+                offset: 1
+            }),
+            ProofError::NoSuchEvent {
+                stream: 9,
+                offset: 1
+            }
+        );
+        assert_eq!(
+            ProofError::from(LogError::NotDurable { op: 7 }),
+            ProofError::Unavailable(Unavailable::NotDurable { op: 7 })
+        );
+        // An append's refusal answering an export is the replica's fault.
+        let export = ExportError::from(LogError::NoEvents);
+        assert!(matches!(export, ExportError::Internal(_)), "{export:?}");
+        assert_eq!(
+            ExportError::from(LogError::ExportRange { from: 3, to: 3 }),
+            ExportError::Range {
+                from: 3,
+                to: 3,
+                max: crate::log::EXPORT_EVENTS_MAX
+            }
+        );
+    }
+}
