@@ -399,6 +399,83 @@ pub mod code {
     pub const STORAGE: &str = "storage";
 }
 
+/// The error codes of [`code`] as a type, for clients that branch on an
+/// answer's `code` (never on its message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// [`code::BAD_REQUEST`] (400).
+    BadRequest,
+    /// [`code::REQUEST_TIMEOUT`] (408).
+    RequestTimeout,
+    /// [`code::UNAUTHORIZED`] (401).
+    Unauthorized,
+    /// [`code::FORBIDDEN`] (403).
+    Forbidden,
+    /// [`code::NOT_FOUND`] (404).
+    NotFound,
+    /// [`code::WRONG_EXPECTED_OFFSET`] (409).
+    WrongExpectedOffset,
+    /// [`code::PAYLOAD_TOO_LARGE`] (413).
+    PayloadTooLarge,
+    /// [`code::IDEMPOTENCY_KEY_REUSED`] (422).
+    IdempotencyKeyReused,
+    /// [`code::REFUSED`] (422).
+    Refused,
+    /// [`code::INDETERMINATE`] (503).
+    Indeterminate,
+    /// [`code::UNAVAILABLE`] (503).
+    Unavailable,
+    /// [`code::STORAGE`] (500).
+    Storage,
+}
+
+impl ErrorCode {
+    /// Every code, for tests and documents.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::WrongExpectedOffset,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::Refused,
+        ErrorCode::Indeterminate,
+        ErrorCode::Unavailable,
+        ErrorCode::Storage,
+    ];
+
+    /// The wire spelling, one of [`code`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => code::BAD_REQUEST,
+            ErrorCode::RequestTimeout => code::REQUEST_TIMEOUT,
+            ErrorCode::Unauthorized => code::UNAUTHORIZED,
+            ErrorCode::Forbidden => code::FORBIDDEN,
+            ErrorCode::NotFound => code::NOT_FOUND,
+            ErrorCode::WrongExpectedOffset => code::WRONG_EXPECTED_OFFSET,
+            ErrorCode::PayloadTooLarge => code::PAYLOAD_TOO_LARGE,
+            ErrorCode::IdempotencyKeyReused => code::IDEMPOTENCY_KEY_REUSED,
+            ErrorCode::Refused => code::REFUSED,
+            ErrorCode::Indeterminate => code::INDETERMINATE,
+            ErrorCode::Unavailable => code::UNAVAILABLE,
+            ErrorCode::Storage => code::STORAGE,
+        }
+    }
+
+    /// The code of a wire spelling; None for a code this build does not know.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -774,7 +774,7 @@ async fn live_cluster_verifies_while_appending_and_catches_damage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reused_idempotency_key_is_refused_with_422_and_stores_nothing() {
     use vellum::api::IdempotencyKey;
-    use vellum::client::ClientError;
+    use vellum::client::{AppendError, ReadError};
     let dir = test_dir();
     let mut cluster = start_cluster(dir.path());
     let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
@@ -816,7 +816,7 @@ async fn reused_idempotency_key_is_refused_with_422_and_stores_nothing() {
                 .append_with_key(stream, events, expected, key.clone())
                 .await;
             assert!(
-                matches!(refused, Err(ClientError::IdempotencyKeyReused(_))),
+                matches!(refused, Err(AppendError::IdempotencyKeyReused { .. })),
                 "{when}: {what}: {refused:?}"
             );
         }
@@ -853,7 +853,7 @@ async fn reused_idempotency_key_is_refused_with_422_and_stores_nothing() {
         let stored = read_all(&client, 8100).await;
         assert_eq!(stored.len(), 2, "{when}: nothing more was stored");
         match client.read_stream(8101, 0, 1).await {
-            Err(ClientError::NotFound(_)) => {}
+            Err(ReadError::NotFound(_)) => {}
             Ok(page) => assert!(
                 page.events.is_empty(),
                 "{when}: nothing on the other stream"

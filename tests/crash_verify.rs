@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use support::{SplitMix64, TestDir, vellum_cli, vellum_exe};
 use vellum::api::IdempotencyKey;
-use vellum::client::{Client, ClientConfig, ClientError};
+use vellum::client::{AppendError, Client, ClientConfig};
 use vellum::local_cluster::LocalCluster;
 
 /// Concurrent writers, one stream each.
@@ -182,7 +182,7 @@ async fn writer(
                     });
                     break;
                 }
-                Err(ClientError::Indeterminate(_) | ClientError::Unavailable(_)) => {
+                Err(AppendError::Indeterminate(_) | AppendError::Unavailable(_)) => {
                     log.retries += 1;
                     let deadline = *give_up.lock().expect("give-up lock");
                     if deadline.is_some_and(|d| Instant::now() >= d) {

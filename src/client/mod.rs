@@ -53,11 +53,14 @@
 //! only that CA (no built-in roots), with rustls' ring provider chosen
 //! explicitly. `http://` endpoints are accepted for tests and local use.
 
+mod errors;
 mod persister;
 mod subscribe;
 #[cfg(test)]
 mod tests;
 
+pub use crate::api::ErrorCode;
+pub use errors::{AppendError, ReadError};
 pub use persister::{ClientPersister, PERSISTER_WORKER_THREADS, to_persist_error};
 pub use subscribe::{SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
 
@@ -157,9 +160,16 @@ pub enum ClientError {
     /// offset or events). Nothing was written; retrying will not help.
     #[error("idempotency key reused: {0}")]
     IdempotencyKeyReused(String),
-    /// A definite refusal (400, 413, 422): nothing was written.
-    #[error("refused: {0}")]
-    Refused(String),
+    /// A definite refusal (400, 408, 413, 422): nothing was written. `code`
+    /// is the answer's; a number the client refuses before sending (as the
+    /// server would) is `bad_request`.
+    #[error("refused ({code}): {message}")]
+    Refused {
+        /// The answer's code.
+        code: ErrorCode,
+        /// The answer's message (what and where; for humans).
+        message: String,
+    },
     /// 404: unknown stream, event or route.
     #[error("not found: {0}")]
     NotFound(String),
@@ -277,8 +287,8 @@ impl Client {
         stream: u64,
         events: Vec<Bytes>,
         expected_offset: Option<u64>,
-    ) -> Result<AppendReceipt, ClientError> {
-        let lease = SessionLease::borrow(&self.inner)?;
+    ) -> Result<AppendReceipt, AppendError> {
+        let lease = SessionLease::borrow(&self.inner).map_err(AppendError::local)?;
         let key = lease.key();
         self.append_with_key(stream, events, expected_offset, key)
             .await
@@ -292,12 +302,14 @@ impl Client {
         events: Vec<Bytes>,
         expected_offset: Option<u64>,
         key: IdempotencyKey,
-    ) -> Result<AppendReceipt, ClientError> {
-        edge("stream", stream)?;
+    ) -> Result<AppendReceipt, AppendError> {
+        let refused = |e: ClientError| AppendError::from_call(e, stream, &key);
+        edge("stream", stream).map_err(refused)?;
         expected_offset
             .map(|offset| edge("expected_offset", offset))
-            .transpose()?;
-        edge("idempotency.request", key.request)?;
+            .transpose()
+            .map_err(refused)?;
+        edge("idempotency.request", key.request).map_err(refused)?;
         let request = AppendRequest {
             events: events
                 .iter()
@@ -307,17 +319,20 @@ impl Client {
                 })
                 .collect(),
             expected_offset,
-            idempotency: Some(key),
+            idempotency: Some(key.clone()),
             purpose: None,
         };
         let body = serde_json::to_vec(&request)
-            .map_err(|e| ClientError::Local(format!("encoding the append to {stream}: {e}")))?;
+            .map_err(|e| AppendError::Local(format!("encoding the append to {stream}: {e}")))?;
         if body.len() > api::REQUEST_BODY_BYTES_MAX {
-            return Err(ClientError::Refused(format!(
-                "append to stream {stream} is {} bytes, more than the {} the server accepts",
-                body.len(),
-                api::REQUEST_BODY_BYTES_MAX
-            )));
+            return Err(AppendError::Refused {
+                code: ErrorCode::PayloadTooLarge,
+                message: format!(
+                    "append to stream {stream} is {} bytes, more than the {} the server accepts",
+                    body.len(),
+                    api::REQUEST_BODY_BYTES_MAX
+                ),
+            });
         }
         let body = Bytes::from(body);
         let path = format!("/v1/streams/{stream}/append");
@@ -331,6 +346,7 @@ impl Client {
                 .body(body.clone())
         })
         .await
+        .map_err(|e| AppendError::from_call(e, stream, &key))
     }
 
     /// Reads up to `max` events of `stream` from offset `from`.
@@ -339,19 +355,21 @@ impl Client {
         stream: u64,
         from: u64,
         max: u64,
-    ) -> Result<StreamEvents, ClientError> {
+    ) -> Result<StreamEvents, ReadError> {
         edge("stream", stream)?;
         edge("from", from)?;
         page("max", max)?;
         let path = format!("/v1/streams/{stream}/events?from={from}&max={max}");
-        self.get(stream, &path).await
+        Ok(self.get(stream, &path).await?)
     }
 
     /// Reads up to `max` committed events of the global log from `from`.
-    pub async fn read_log(&self, from: u64, max: u64) -> Result<LogEvents, ClientError> {
+    pub async fn read_log(&self, from: u64, max: u64) -> Result<LogEvents, ReadError> {
         edge("from", from)?;
         page("max", max)?;
-        self.get(0, &format!("/v1/log?from={from}&max={max}")).await
+        Ok(self
+            .get(0, &format!("/v1/log?from={from}&max={max}"))
+            .await?)
     }
 
     /// The inclusion proof of one event.
@@ -650,7 +668,9 @@ fn classify_answer<T: DeserializeOwned>(
     Attempt::Done(Err(refusal(status, code, message, actual, context)))
 }
 
-/// A definite 4xx refusal as an error.
+/// A definite 4xx refusal as an error, by the answer's `code` (the
+/// message is carried for humans, never read). An answer without a known
+/// code falls back on its status.
 fn refusal(
     status: reqwest::StatusCode,
     code: &str,
@@ -658,8 +678,18 @@ fn refusal(
     actual: Option<u64>,
     context: AnswerContext,
 ) -> ClientError {
+    let code = ErrorCode::parse(code).unwrap_or(match status {
+        reqwest::StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        reqwest::StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        reqwest::StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        reqwest::StatusCode::CONFLICT => ErrorCode::WrongExpectedOffset,
+        reqwest::StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        reqwest::StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::Refused,
+        _ => ErrorCode::BadRequest,
+    });
     match code {
-        api::code::WRONG_EXPECTED_OFFSET => match actual {
+        ErrorCode::WrongExpectedOffset => match actual {
             Some(actual) => ClientError::WrongExpectedOffset {
                 stream: context.stream,
                 expected: context.expected.unwrap_or(0),
@@ -669,14 +699,18 @@ fn refusal(
                 "wrong_expected_offset without actual_offset: {message}"
             )),
         },
-        api::code::IDEMPOTENCY_KEY_REUSED => ClientError::IdempotencyKeyReused(message),
-        api::code::NOT_FOUND => ClientError::NotFound(message),
-        api::code::UNAUTHORIZED => ClientError::Unauthorized(message),
-        api::code::FORBIDDEN => ClientError::Unauthorized(format!("forbidden: {message}")),
-        _ if status == reqwest::StatusCode::NOT_FOUND => ClientError::NotFound(message),
-        _ if status == reqwest::StatusCode::UNAUTHORIZED => ClientError::Unauthorized(message),
-        "" => ClientError::Refused(message),
-        code => ClientError::Refused(format!("{code}: {message}")),
+        ErrorCode::IdempotencyKeyReused => ClientError::IdempotencyKeyReused(message),
+        ErrorCode::NotFound => ClientError::NotFound(message),
+        ErrorCode::Unauthorized => ClientError::Unauthorized(message),
+        ErrorCode::Forbidden => ClientError::Unauthorized(format!("forbidden: {message}")),
+        ErrorCode::BadRequest
+        | ErrorCode::RequestTimeout
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::Refused => ClientError::Refused { code, message },
+        // 5xx codes on a 4xx status: the answer breaks the contract.
+        ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
+            ClientError::Protocol(format!("{status} with code {code}: {message}"))
+        }
     }
 }
 
@@ -825,16 +859,22 @@ fn new_session_id() -> Result<u128, ClientError> {
 /// [`crate::bounds::EDGE_INTEGER_MAX`] (the audit index stores such numbers
 /// in signed 64-bit integers). The error names the field.
 fn edge(field: &str, value: u64) -> Result<u64, ClientError> {
-    crate::bounds::check(field, value).map_err(|e| ClientError::Refused(e.to_string()))
+    crate::bounds::check(field, value).map_err(|e| ClientError::Refused {
+        code: ErrorCode::BadRequest,
+        message: e.to_string(),
+    })
 }
 
 /// Refuses a page size above [`api::READ_EVENTS_MAX`] before sending.
 fn page(field: &str, max: u64) -> Result<u64, ClientError> {
     if max > api::READ_EVENTS_MAX {
-        return Err(ClientError::Refused(format!(
-            "{field}: {max} is above the largest page, {} events",
-            api::READ_EVENTS_MAX
-        )));
+        return Err(ClientError::Refused {
+            code: ErrorCode::BadRequest,
+            message: format!(
+                "{field}: {max} is above the largest page, {} events",
+                api::READ_EVENTS_MAX
+            ),
+        });
     }
     Ok(max)
 }

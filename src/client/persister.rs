@@ -12,12 +12,11 @@
 //!
 //! Outcomes (after the client's own same-key retries, see `client` docs):
 //!
-//! | client result | `persist_blocking` | written? |
+//! | client result ([`AppendError`]) | `persist_blocking` | written? |
 //! |---|---|---|
 //! | `Ok(receipt)` | `Ok(Offset(receipt.next_offset))` | yes, once |
 //! | `Indeterminate` | `ConsensusFailed` | unknown |
 //! | `Unavailable` | `ConsensusFailed` | no, but the caller's remedy is the same: retry later |
-//! | `Transport` | `ConsensusFailed` | unknown |
 //! | `Protocol` | `ConsensusFailed` | unknown (a garbled 200 may follow a commit) |
 //! | `Refused`, `WrongExpectedOffset`, `IdempotencyKeyReused` | `StorageError` | no |
 //! | `NotFound`, `Unauthorized` | `StorageError` | no |
@@ -35,7 +34,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
-use super::{Client, ClientError};
+use super::{AppendError, Client, ClientError};
 use crate::api::IdempotencyKey;
 use crate::types::{BlockingContext, EventPersister, Offset, PersistError, StreamId};
 
@@ -142,18 +141,17 @@ impl Drop for ClientPersister {
 /// Maps a client failure onto the contract's outcomes (table in the module
 /// docs): whatever may have written, or may succeed on a later retry, is
 /// `ConsensusFailed`; a definite refusal is `StorageError`.
-pub fn to_persist_error(error: ClientError) -> PersistError {
+pub fn to_persist_error(error: AppendError) -> PersistError {
     match error {
-        ClientError::Indeterminate(_)
-        | ClientError::Unavailable(_)
-        | ClientError::Transport(_)
-        | ClientError::Protocol(_) => PersistError::ConsensusFailed(error.to_string()),
-        ClientError::WrongExpectedOffset { .. }
-        | ClientError::IdempotencyKeyReused(_)
-        | ClientError::Refused(_)
-        | ClientError::NotFound(_)
-        | ClientError::Unauthorized(_)
-        | ClientError::Local(_) => PersistError::StorageError(error.to_string()),
+        AppendError::Indeterminate(_) | AppendError::Unavailable(_) | AppendError::Protocol(_) => {
+            PersistError::ConsensusFailed(error.to_string())
+        }
+        AppendError::WrongExpectedOffset { .. }
+        | AppendError::IdempotencyKeyReused { .. }
+        | AppendError::Refused { .. }
+        | AppendError::NotFound(_)
+        | AppendError::Unauthorized(_)
+        | AppendError::Local(_) => PersistError::StorageError(error.to_string()),
     }
 }
 
@@ -165,7 +163,11 @@ mod tests {
     /// written, retrying cannot help), never `ConsensusFailed`.
     #[test]
     fn reused_key_is_a_storage_error_not_consensus_failed() {
-        let error = to_persist_error(ClientError::IdempotencyKeyReused("request 1".into()));
+        let key = crate::api::IdempotencyKey {
+            session: format!("{:032x}", 7),
+            request: 1,
+        };
+        let error = to_persist_error(AppendError::IdempotencyKeyReused { stream: 20, key });
         assert!(
             matches!(&error, PersistError::StorageError(m) if m.contains("idempotency key reused")),
             "{error:?}"

@@ -100,8 +100,10 @@ impl Subscription {
     /// loop ends: failures are bounded and lines come from the server.
     async fn next_event(&mut self) -> Result<LogEvent, ClientError> {
         // A position the server refuses is refused here, before sending.
-        crate::bounds::check("from", self.next_position)
-            .map_err(|e| ClientError::Refused(e.to_string()))?;
+        crate::bounds::check("from", self.next_position).map_err(|e| ClientError::Refused {
+            code: crate::api::ErrorCode::BadRequest,
+            message: e.to_string(),
+        })?;
         loop {
             if self.body.is_none() {
                 self.connect().await?;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::{Client, ClientConfig, ClientError, ClientPersister};
+use super::{AppendError, Client, ClientConfig, ClientError, ClientPersister, ReadError};
 use crate::api::{
     self, AppendReceipt, AppendRequest, CertificateAnswer, ConsistencyAnswer, ErrorBody,
     ErrorDetail, Health, Heartbeat, LogEvent, LogEvents, ProofAnswer, StreamEvents,
@@ -53,6 +53,9 @@ struct Stub {
     fail_after_apply: usize,
     /// Answer every append with 409.
     conflict: bool,
+    /// Answer every append with this status and code, and a message that
+    /// names other errors (the client must type by code, not by text).
+    refuse_with: Option<(StatusCode, &'static str)>,
     append_delay_ms: u64,
     /// Cut the next subscription after this many event lines.
     cut_after: Option<usize>,
@@ -108,6 +111,16 @@ async fn append(
     tokio::time::sleep(Duration::from_millis(delay)).await;
     let mut stub = lock(&shared);
     stub.in_flight.remove(&key.session);
+    if let Some((status, code)) = stub.refuse_with {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: "not found: wrong expected offset, idempotency key reused".to_string(),
+                actual_offset: None,
+            },
+        };
+        return (status, Json(body)).into_response();
+    }
     let answer = apply(&mut stub, stream, request, (key.session, key.request));
     if answer.status().is_success() && stub.fail_after_apply > 0 {
         stub.fail_after_apply -= 1;
@@ -187,6 +200,9 @@ async fn read_stream(
     Query(page): Query<Page>,
 ) -> Response {
     let stub = lock(&shared);
+    if !stub.streams.contains_key(&stream) {
+        return error(StatusCode::NOT_FOUND, api::code::NOT_FOUND, None);
+    }
     let max = page.max.unwrap_or(api::READ_EVENTS_MAX) as usize;
     let events: Vec<LogEvent> = stub
         .log
@@ -452,6 +468,11 @@ async fn append_happy_path_and_reads() {
         matches!(missing, Err(ClientError::NotFound(_))),
         "{missing:?}"
     );
+    let unknown = bounded(client.read_stream(21, 0, 10)).await;
+    assert!(
+        matches!(unknown, Err(ReadError::NotFound(_))),
+        "{unknown:?}"
+    );
     let consistency = bounded(client.consistency(1, Some(3)))
         .await
         .expect("proof");
@@ -491,7 +512,7 @@ async fn exhausted_retries_say_whether_anything_may_be_written() {
     lock(&shared).fail_after_apply = 100;
     let result = bounded(client(vec![url]).append(20, events(&["x"]), None)).await;
     assert!(
-        matches!(result, Err(ClientError::Indeterminate(_))),
+        matches!(result, Err(AppendError::Indeterminate(_))),
         "{result:?}"
     );
     let (requests, applied) = {
@@ -501,10 +522,10 @@ async fn exhausted_retries_say_whether_anything_may_be_written() {
     assert_eq!((requests, applied), (6, 1), "1 + retries_max attempts");
 
     let dead = bounded(client(vec![dead_endpoint()]).append(20, events(&["x"]), None)).await;
-    assert!(matches!(dead, Err(ClientError::Unavailable(_))), "{dead:?}");
+    assert!(matches!(dead, Err(AppendError::Unavailable(_))), "{dead:?}");
     let hang_up = start_hang_up().await;
     let cut = bounded(client(vec![hang_up]).append(20, events(&["x"]), None)).await;
-    assert!(matches!(cut, Err(ClientError::Indeterminate(_))), "{cut:?}");
+    assert!(matches!(cut, Err(AppendError::Indeterminate(_))), "{cut:?}");
 }
 
 // Goal: a dead endpoint and one that hangs up mid-request are skipped, and
@@ -538,7 +559,9 @@ async fn rotation_skips_dead_endpoints() {
     );
 }
 
-// Goal: definite refusals (409, 401) are answered at once, never retried.
+// Goal: definite refusals (409, 401) are answered at once, never retried, and a 409
+// `wrong_expected_offset` comes back as the typed variant with the expected offset
+// (the request's) and the actual one (the answer's `actual_offset`).
 #[tokio::test]
 async fn refusals_are_not_retried() {
     let (shared, url) = start_stub().await;
@@ -546,19 +569,31 @@ async fn refusals_are_not_retried() {
     let result = bounded(client.append(20, events(&["a"]), Some(5))).await;
     assert_eq!(
         result,
-        Err(ClientError::WrongExpectedOffset {
+        Err(AppendError::WrongExpectedOffset {
             stream: 20,
             expected: 5,
             actual: 0
         })
     );
+    bounded(client.append(20, events(&["a", "b"]), Some(0)))
+        .await
+        .expect("append at 0");
+    let result = bounded(client.append(20, events(&["c"]), Some(1))).await;
+    match result {
+        Err(AppendError::WrongExpectedOffset {
+            stream,
+            expected,
+            actual,
+        }) => assert_eq!((stream, expected, actual), (20, 1, 2)),
+        other => panic!("expected the typed 409, got {other:?}"),
+    }
     lock(&shared).conflict = true;
     let result = bounded(client.append(20, events(&["a"]), None)).await;
     assert!(matches!(
         result,
-        Err(ClientError::WrongExpectedOffset { .. })
+        Err(AppendError::WrongExpectedOffset { .. })
     ));
-    assert_eq!(lock(&shared).requests, 2, "one request per refused append");
+    assert_eq!(lock(&shared).requests, 4, "one request per append");
 
     let wrong_token = Client::new(ClientConfig {
         token: "wrong".to_string(),
@@ -567,11 +602,80 @@ async fn refusals_are_not_retried() {
     .expect("client");
     let result = bounded(wrong_token.append(20, events(&["a"]), None)).await;
     assert!(
-        matches!(result, Err(ClientError::Unauthorized(_))),
+        matches!(result, Err(AppendError::Unauthorized(_))),
         "{result:?}"
     );
     let stub = lock(&shared);
-    assert_eq!((stub.requests, stub.applied), (2, 0));
+    assert_eq!((stub.requests, stub.applied), (4, 1));
+}
+
+// Goal: an append's error is typed by the answer's `code`, never by its message: the
+// stub's message names other errors on purpose. A reused key comes back with the key
+// the client sent; a 5xx `storage` is retried and ends as Indeterminate.
+#[tokio::test]
+async fn append_errors_are_typed_by_code_not_message() {
+    let (shared, url) = start_stub().await;
+    let client = client(vec![url]);
+    let key = api::IdempotencyKey {
+        session: format!("{:032x}", 0xabcu128),
+        request: 3,
+    };
+    lock(&shared).refuse_with = Some((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        api::code::IDEMPOTENCY_KEY_REUSED,
+    ));
+    let result = bounded(client.append_with_key(20, events(&["a"]), None, key.clone())).await;
+    assert_eq!(
+        result,
+        Err(AppendError::IdempotencyKeyReused {
+            stream: 20,
+            key: key.clone()
+        })
+    );
+    let refusals = [
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            api::code::REFUSED,
+            api::ErrorCode::Refused,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            api::code::BAD_REQUEST,
+            api::ErrorCode::BadRequest,
+        ),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            api::code::PAYLOAD_TOO_LARGE,
+            api::ErrorCode::PayloadTooLarge,
+        ),
+    ];
+    for (status, code, typed) in refusals {
+        lock(&shared).refuse_with = Some((status, code));
+        match bounded(client.append(20, events(&["a"]), None)).await {
+            Err(AppendError::Refused { code, .. }) => assert_eq!(code, typed),
+            other => panic!("{status} {code}: {other:?}"),
+        }
+    }
+    lock(&shared).refuse_with = Some((StatusCode::FORBIDDEN, api::code::FORBIDDEN));
+    let result = bounded(client.append(20, events(&["a"]), None)).await;
+    assert!(
+        matches!(result, Err(AppendError::Unauthorized(_))),
+        "{result:?}"
+    );
+    let before = lock(&shared).requests;
+    lock(&shared).refuse_with = Some((StatusCode::INTERNAL_SERVER_ERROR, api::code::STORAGE));
+    let result = bounded(client.append(20, events(&["a"]), None)).await;
+    assert!(
+        matches!(result, Err(AppendError::Indeterminate(_))),
+        "{result:?}"
+    );
+    let stub = lock(&shared);
+    assert_eq!(
+        stub.requests - before,
+        6,
+        "a 5xx is retried: 1 + retries_max attempts"
+    );
+    assert_eq!(stub.applied, 0, "nothing was written");
 }
 
 // Goal: concurrent appends never put two requests of one session in flight,
@@ -821,10 +925,7 @@ async fn https_trusts_only_the_configured_ca() {
     })
     .expect("client with another CA");
     let result = bounded(distrusting.read_log(0, 10)).await;
-    assert!(
-        matches!(result, Err(ClientError::Transport(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ReadError::Transport(_))), "{result:?}");
     assert_eq!(lock(&shared).applied, 1);
 }
 
@@ -838,7 +939,10 @@ async fn numbers_the_server_refuses_are_refused_before_sending() {
     let huge = u64::MAX;
     let above = crate::bounds::EDGE_INTEGER_MAX + 1;
     let refused = |what: &str, result: Result<(), ClientError>, field: &str| match result {
-        Err(ClientError::Refused(message)) => {
+        Err(ClientError::Refused {
+            code: api::ErrorCode::BadRequest,
+            message,
+        }) => {
             assert!(
                 message.starts_with(&format!("{field}: ")),
                 "{what}: {message}"
@@ -851,7 +955,8 @@ async fn numbers_the_server_refuses_are_refused_before_sending() {
         client
             .append(huge, vec![Bytes::from("x")], None)
             .await
-            .map(ok),
+            .map(ok)
+            .map_err(ClientError::from),
         "stream",
     );
     refused(
@@ -859,17 +964,26 @@ async fn numbers_the_server_refuses_are_refused_before_sending() {
         client
             .append(1, vec![Bytes::from("x")], Some(above))
             .await
-            .map(ok),
+            .map(ok)
+            .map_err(ClientError::from),
         "expected_offset",
     );
     refused(
         "read stream",
-        client.read_stream(above, 0, 10).await.map(ok),
+        client
+            .read_stream(above, 0, 10)
+            .await
+            .map(ok)
+            .map_err(ClientError::from),
         "stream",
     );
     refused(
         "read from",
-        client.read_stream(1, huge, 10).await.map(ok),
+        client
+            .read_stream(1, huge, 10)
+            .await
+            .map(ok)
+            .map_err(ClientError::from),
         "from",
     );
     refused(
@@ -877,10 +991,19 @@ async fn numbers_the_server_refuses_are_refused_before_sending() {
         client
             .read_stream(1, 0, api::READ_EVENTS_MAX + 1)
             .await
-            .map(ok),
+            .map(ok)
+            .map_err(ClientError::from),
         "max",
     );
-    refused("log from", client.read_log(above, 10).await.map(ok), "from");
+    refused(
+        "log from",
+        client
+            .read_log(above, 10)
+            .await
+            .map(ok)
+            .map_err(ClientError::from),
+        "from",
+    );
     refused("proof", client.proof(1, huge).await.map(ok), "offset");
     refused(
         "consistency",

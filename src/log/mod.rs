@@ -68,9 +68,113 @@ pub struct LogOptions {
 /// Why a log operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The request was refused before anything was written.
+    /// The replicated core refused the request before anything was written.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(crate::vsr::RequestRefusal),
+    /// The log is open read-only: nothing may be written.
+    #[error("refused: the log is open read-only")]
+    ReadOnly,
+    /// A user append named a system stream.
+    #[error(
+        "refused: stream {stream} is reserved for vellum's system streams (user streams start at {})",
+        crate::StreamId::USER_MIN
+    )]
+    ReservedStream {
+        /// The stream.
+        stream: u64,
+    },
+    /// An append without events.
+    #[error("refused: an append needs at least one event")]
+    NoEvents,
+    /// An append with more events than one op holds.
+    #[error("refused: {count} events in one append; at most {EVENTS_PER_APPEND_MAX}")]
+    TooManyEvents {
+        /// Events in the append.
+        count: usize,
+    },
+    /// An event larger than [`EVENT_BYTES_MAX`].
+    #[error("refused: event {index} has {bytes} bytes; at most {EVENT_BYTES_MAX}")]
+    EventTooLarge {
+        /// Index of the event in the append.
+        index: usize,
+        /// Its size.
+        bytes: usize,
+    },
+    /// An export range that is empty, reversed or longer than [`EXPORT_EVENTS_MAX`].
+    #[error("refused: an export covers 1 to {EXPORT_EVENTS_MAX} offsets, got [{from}, {to})")]
+    ExportRange {
+        /// First offset asked for.
+        from: u64,
+        /// One past the last offset asked for.
+        to: u64,
+    },
+    /// An export ends beyond the stream's committed events.
+    #[error(
+        "refused: stream {stream} has {committed} committed events; an export must end at or before that (to = {to})"
+    )]
+    ExportBeyondStream {
+        /// The stream.
+        stream: u64,
+        /// Its committed events.
+        committed: u64,
+        /// The export's end.
+        to: u64,
+    },
+    /// Nothing is certified yet, so nothing can be proved or exported.
+    #[error("refused: nothing is certified yet")]
+    NothingCertified,
+    /// The stream has no committed event at that offset.
+    #[error("refused: stream {stream} has no committed event at offset {offset}")]
+    NoSuchEvent {
+        /// The stream.
+        stream: u64,
+        /// The offset.
+        offset: u64,
+    },
+    /// The event is committed but no certificate covers it yet.
+    #[error(
+        "refused: stream {stream} offset {offset} is not covered by a certificate yet; \
+         open the log read-write once (e.g. vellum append) to certify the tail"
+    )]
+    NotCertifiedYet {
+        /// The stream.
+        stream: u64,
+        /// The offset.
+        offset: u64,
+    },
+    /// No certificate has that tree size (None: no certificate at all).
+    #[error("refused: no certificate at that tree size")]
+    NoCertificateAtSize {
+        /// The tree size asked for.
+        size: Option<u64>,
+    },
+    /// A consistency proof's older size is 0 or beyond the newer one.
+    #[error(
+        "refused: --from-size must be between 1 and the newer tree size {new_size}, got {old_size}"
+    )]
+    ConsistencyRange {
+        /// The older tree size asked for.
+        old_size: u64,
+        /// The newer tree size.
+        new_size: u64,
+    },
+    /// The op is committed but its record is not written yet.
+    #[error("refused: op {op} is not durable yet")]
+    NotDurable {
+        /// The op.
+        op: u64,
+    },
+    /// A cluster replica's data directory opened read-write outside the cluster.
+    #[error(
+        "refused: this data directory is replica {replica} of a {replicas}-replica cluster: write through the \
+         cluster (vellum start / the client API), or open it read-only"
+    )]
+    ClusterReplica {
+        /// This replica.
+        replica: u32,
+        /// Replicas in the cluster.
+        replicas: usize,
+    },
     /// The stream's length is not what the caller expected.
     #[error(
         "wrong expected offset on stream {stream}: expected {expected}, the stream has {actual} events"
@@ -101,6 +205,10 @@ pub enum LogError {
     /// Storage failed; the log handle may be poisoned.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The operating system's random source failed (an internal fault,
+    /// never the caller's mistake).
+    #[error("random source: {0}")]
+    Randomness(String),
     /// Key store or encryption failed.
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
@@ -457,7 +565,7 @@ impl LocalLog {
     ) -> Result<Appended, LogError> {
         validate_batch(stream, events)?;
         if self.storage_read_only() {
-            return Err(LogError::Refused("the log is open read-only".to_string()));
+            return Err(LogError::ReadOnly);
         }
         self.append_through_core(stream, events, expected_offset, client, trail)
     }
@@ -595,7 +703,7 @@ impl LocalLog {
     pub fn append_trail(&self, events: &[Bytes]) -> Result<Appended, LogError> {
         validate_events(events)?;
         if self.storage_read_only() {
-            return Err(LogError::Refused("the log is open read-only".to_string()));
+            return Err(LogError::ReadOnly);
         }
         let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
         self.append_through_core(stream, events, None, None, None)
@@ -639,14 +747,12 @@ impl LocalLog {
         to: u64,
     ) -> Result<(Vec<vellum_compliance::bundle::ExportedEvent>, String), LogError> {
         if to <= from || to - from > EXPORT_EVENTS_MAX {
-            return Err(LogError::Refused(format!(
-                "an export covers 1 to {EXPORT_EVENTS_MAX} offsets, got [{from}, {to})"
-            )));
+            return Err(LogError::ExportRange { from, to });
         }
         let state = self.lock();
         let certificate = state
             .latest_certificate()
-            .ok_or_else(|| LogError::Refused("nothing is certified yet".to_string()))?;
+            .ok_or(LogError::NothingCertified)?;
         let size = certificate.checkpoint.size;
         let ops = state.stream_ops_from(stream, from, to - from);
         if ops.is_empty() {
@@ -656,9 +762,11 @@ impl LocalLog {
             .last()
             .map_or(0, |i| i.stream_offset + u64::from(i.event_count));
         if committed_to < to {
-            return Err(LogError::Refused(format!(
-                "stream {stream} has {committed_to} committed events; an export must end at or before that (to = {to})"
-            )));
+            return Err(LogError::ExportBeyondStream {
+                stream,
+                committed: committed_to,
+                to,
+            });
         }
         let mut out = Vec::new();
         for info in ops {
@@ -867,23 +975,16 @@ impl LocalLog {
     /// `c2sp.org/tlog-proof@v1` form with the leaf preimage as `extra`.
     pub fn inclusion_proof(&self, stream: u64, offset: u64) -> Result<InclusionProof, LogError> {
         let state = self.lock();
-        let (info, index_in_op) = state.locate(stream, offset).ok_or_else(|| {
-            LogError::Refused(format!(
-                "stream {stream} has no committed event at offset {offset}"
-            ))
-        })?;
+        let (info, index_in_op) = state
+            .locate(stream, offset)
+            .ok_or(LogError::NoSuchEvent { stream, offset })?;
         let position = info.global_position + index_in_op;
         // In a read-only open the tail may lack its certificate (a crash lost
         // it and nothing may be written to sign it again).
         let certificate = state
             .latest_certificate()
             .filter(|c| c.checkpoint.size > position)
-            .ok_or_else(|| {
-                LogError::Refused(format!(
-                    "stream {stream} offset {offset} is not covered by a certificate yet; \
-                     open the log read-write once (e.g. vellum append) to certify the tail"
-                ))
-            })?;
+            .ok_or(LogError::NotCertifiedYet { stream, offset })?;
         let preimage = state.leaf_preimage(&self.storage.get(), info, index_in_op)?;
         let hashes = state
             .tree
@@ -908,12 +1009,10 @@ impl LocalLog {
             None => state.latest_certificate(),
             Some(size) => state.certificate_at_size(size),
         }
-        .ok_or_else(|| LogError::Refused("no certificate at that tree size".to_string()))?;
+        .ok_or(LogError::NoCertificateAtSize { size: new_size })?;
         let new_size = certificate.checkpoint.size;
         if old_size == 0 || old_size > new_size {
-            return Err(LogError::Refused(format!(
-                "--from-size must be between 1 and the newer tree size {new_size}, got {old_size}"
-            )));
+            return Err(LogError::ConsistencyRange { old_size, new_size });
         }
         let hashes = state
             .tree
@@ -1007,11 +1106,10 @@ fn core_config_for(
         return Ok(shell::local_config(cluster));
     }
     if !options.storage.read_only {
-        return Err(LogError::Refused(format!(
-            "this data directory is replica {} of a {replicas}-replica cluster: write through the \
-             cluster (vellum start / the client API), or open it read-only",
-            meta.replica
-        )));
+        return Err(LogError::ClusterReplica {
+            replica: meta.replica,
+            replicas,
+        });
     }
     let count = u8::try_from(replicas)
         .map_err(|_| LogError::DataDir(format!("the policy pins {replicas} keys")))?;
@@ -1034,10 +1132,7 @@ fn recovery_nonce() -> Result<u64, LogError> {
 fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
     validate_events(events)?;
     if stream < crate::StreamId::USER_MIN {
-        return Err(LogError::Refused(format!(
-            "stream {stream} is reserved for vellum's system streams (user streams start at {})",
-            crate::StreamId::USER_MIN
-        )));
+        return Err(LogError::ReservedStream { stream });
     }
     Ok(())
 }
@@ -1045,25 +1140,22 @@ fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
 /// The checks of a batch that hold for every stream, system ones included.
 fn validate_events(events: &[Bytes]) -> Result<(), LogError> {
     if events.is_empty() {
-        return Err(LogError::Refused(
-            "an append needs at least one event".to_string(),
-        ));
+        return Err(LogError::NoEvents);
     }
     if events.len() > EVENTS_PER_APPEND_MAX {
-        return Err(LogError::Refused(format!(
-            "{} events in one append; at most {EVENTS_PER_APPEND_MAX}",
-            events.len()
-        )));
+        return Err(LogError::TooManyEvents {
+            count: events.len(),
+        });
     }
     if let Some((i, e)) = events
         .iter()
         .enumerate()
         .find(|(_, e)| e.len() > EVENT_BYTES_MAX)
     {
-        return Err(LogError::Refused(format!(
-            "event {i} has {} bytes; at most {EVENT_BYTES_MAX}",
-            e.len()
-        )));
+        return Err(LogError::EventTooLarge {
+            index: i,
+            bytes: e.len(),
+        });
     }
     Ok(())
 }

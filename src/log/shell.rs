@@ -176,9 +176,7 @@ fn random_client() -> Result<u128, LogError> {
     getrandom::fill(&mut bytes).map_err(|e| {
         // A failing random source is an internal fault, never the caller's
         // mistake: it must not surface as a refusal (422).
-        LogError::Storage(crate::storage::StorageError::Rejected(format!(
-            "no randomness for a client session: {e}"
-        )))
+        LogError::Randomness(format!("no randomness for a client session: {e}"))
     })?;
     Ok(u128::from_le_bytes(bytes).max(1))
 }

@@ -347,9 +347,7 @@ impl LogState {
         info: &OpInfo,
         index_in_op: u64,
     ) -> Result<LeafPreimage, LogError> {
-        let location = info
-            .location
-            .ok_or_else(|| LogError::Refused("the op is not durable yet".to_string()))?;
+        let location = info.location.ok_or(LogError::NotDurable { op: info.op })?;
         let record = storage.read(location)?;
         let leaves = leaf_preimages(&record, location.offset)
             .map_err(|e| LogError::Corrupt(e.to_string()))?;

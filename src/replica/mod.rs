@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use node::{ReplicaNode, node_error};
+pub use node::ReplicaNode;
 pub use trail::{TRAIL_BATCH_EVENTS_MAX, TrailBatcher};
 
 use crate::cluster::ClusterConfig;

@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
+use vellum_compliance::bundle::BundleError;
+
 use crate::log::{ClientRequest, LocalLog, LogError, receipt};
 use crate::net::Transport;
-use crate::server::node::{AppendCall, Node, NodeError, NodeMetrics};
-use crate::vsr::Status;
+use crate::server::node::{
+    AppendCall, AppendError, BatchRefusal, ExportCall, ExportError, FaultKind, InternalFault, Node,
+    NodeMetrics, ProofError, ReadError, TrailError, Unavailable,
+};
+use crate::vsr::{RequestRefusal, Status};
 
 /// How often a subscription waiting for new events looks again.
 const EVENTS_POLL_MS: u64 = 10;
@@ -43,28 +48,195 @@ fn status_name(status: Status) -> &'static str {
     }
 }
 
-/// Maps the log's errors to the API's kinds.
-pub fn node_error(error: LogError) -> NodeError {
+/// What every operation answers alike when the log did not serve it: a
+/// transient state (503), an unknown outcome, or a fault of this replica
+/// (500). Each operation's `From<LogError>` matches its own refusals first
+/// and hands the rest here; a refusal an operation cannot produce reaching
+/// this point is a bug in the replica, so it is an internal fault, never a
+/// caller's mistake (4xx).
+enum Unserved {
+    Unavailable(Unavailable),
+    Indeterminate(String),
+    Internal(InternalFault),
+}
+
+fn unserved(error: LogError) -> Unserved {
+    let fault =
+        |kind, detail: &dyn std::fmt::Display| Unserved::Internal(InternalFault::new(kind, detail));
     match error {
-        LogError::Refused(reason) => NodeError::Refused(reason),
-        LogError::WrongExpectedOffset {
-            stream,
-            expected,
-            actual,
-        } => NodeError::WrongExpectedOffset {
-            stream,
-            expected,
-            actual,
+        LogError::Indeterminate(reason) => Unserved::Indeterminate(reason),
+        // The core rejected the shell's sealed record: nothing was
+        // prepared, but the primacy may be moving; the client retries.
+        LogError::Refused(RequestRefusal::SealMismatch) => {
+            Unserved::Indeterminate(RequestRefusal::SealMismatch.to_string())
+        }
+        LogError::Refused(RequestRefusal::QueueFull) => {
+            Unserved::Unavailable(Unavailable::QueueFull)
+        }
+        LogError::ReadOnly => Unserved::Unavailable(Unavailable::ReadOnly),
+        LogError::NotDurable { op } => Unserved::Unavailable(Unavailable::NotDurable { op }),
+        LogError::Busy(detail) | LogError::DataDir(detail) => {
+            Unserved::Unavailable(Unavailable::DataDir { detail })
+        }
+        LogError::Randomness(detail) => fault(FaultKind::Randomness, &detail),
+        LogError::Crypto(e) => fault(FaultKind::Crypto, &e),
+        LogError::Corrupt(detail) => fault(FaultKind::Corruption, &detail),
+        e @ (LogError::Storage(_) | LogError::Poisoned(_)) => fault(FaultKind::Storage, &e),
+        unexpected => fault(FaultKind::Unexpected, &unexpected),
+    }
+}
+
+impl From<LogError> for AppendError {
+    fn from(error: LogError) -> AppendError {
+        match error {
+            LogError::ReservedStream { stream }
+            | LogError::Refused(RequestRefusal::ReservedStream { stream }) => {
+                AppendError::ReservedStream { stream }
+            }
+            LogError::Refused(RequestRefusal::StaleRequest { request, latest }) => {
+                AppendError::StaleRequest { request, latest }
+            }
+            LogError::NoEvents => AppendError::Batch(BatchRefusal::NoEvents),
+            LogError::TooManyEvents { count } => AppendError::Batch(BatchRefusal::TooManyEvents {
+                count,
+                max: crate::log::EVENTS_PER_APPEND_MAX,
+            }),
+            LogError::Refused(RequestRefusal::EventCount { count, max }) => {
+                AppendError::Batch(match count {
+                    0 => BatchRefusal::NoEvents,
+                    _ => BatchRefusal::TooManyEvents {
+                        count,
+                        max: usize::try_from(max).unwrap_or(usize::MAX),
+                    },
+                })
+            }
+            LogError::EventTooLarge { index, .. } => {
+                AppendError::Batch(BatchRefusal::EventTooLarge {
+                    index,
+                    max: crate::log::EVENT_BYTES_MAX,
+                })
+            }
+            LogError::Refused(RequestRefusal::EventTooLarge { index, max }) => {
+                AppendError::Batch(BatchRefusal::EventTooLarge { index, max })
+            }
+            LogError::Refused(RequestRefusal::BatchTooLarge { bytes }) => {
+                AppendError::Batch(BatchRefusal::TooLarge { bytes })
+            }
+            LogError::WrongExpectedOffset {
+                stream,
+                expected,
+                actual,
+            } => AppendError::WrongExpectedOffset {
+                stream,
+                expected,
+                actual,
+            },
+            LogError::IdempotencyKeyReused { stream, request } => {
+                AppendError::IdempotencyKeyReused { stream, request }
+            }
+            // A client id the node itself picked (or the API checked)
+            // cannot be 0: reaching here is the replica's bug.
+            other => match unserved(other) {
+                Unserved::Unavailable(u) => AppendError::Unavailable(u),
+                Unserved::Indeterminate(reason) => AppendError::Indeterminate { reason },
+                Unserved::Internal(fault) => AppendError::Internal(fault),
+            },
+        }
+    }
+}
+
+impl From<LogError> for ReadError {
+    fn from(error: LogError) -> ReadError {
+        match error {
+            LogError::UnknownStream(stream) => ReadError::UnknownStream { stream },
+            other => match unserved(other) {
+                Unserved::Unavailable(u) => ReadError::Unavailable(u),
+                // A read has no unknown outcome; the log does not answer
+                // one, so this is a fault of the replica.
+                Unserved::Indeterminate(reason) => {
+                    ReadError::Internal(InternalFault::new(FaultKind::Unexpected, reason))
+                }
+                Unserved::Internal(fault) => ReadError::Internal(fault),
+            },
+        }
+    }
+}
+
+impl From<LogError> for ProofError {
+    fn from(error: LogError) -> ProofError {
+        match error {
+            LogError::NoSuchEvent { stream, offset } => ProofError::NoSuchEvent { stream, offset },
+            LogError::NotCertifiedYet { stream, offset } => {
+                ProofError::NotCertifiedYet { stream, offset }
+            }
+            LogError::NoCertificateAtSize { size } => ProofError::NoCertificate { size },
+            LogError::NothingCertified => ProofError::NoCertificate { size: None },
+            LogError::ConsistencyRange { old_size, new_size } => ProofError::ConsistencyRange {
+                from: old_size,
+                to: new_size,
+            },
+            other => match unserved(other) {
+                Unserved::Unavailable(u) => ProofError::Unavailable(u),
+                Unserved::Indeterminate(reason) => {
+                    ProofError::Internal(InternalFault::new(FaultKind::Unexpected, reason))
+                }
+                Unserved::Internal(fault) => ProofError::Internal(fault),
+            },
+        }
+    }
+}
+
+impl From<LogError> for ExportError {
+    fn from(error: LogError) -> ExportError {
+        match error {
+            LogError::UnknownStream(stream) => ExportError::UnknownStream { stream },
+            LogError::ExportRange { from, to } => ExportError::Range {
+                from,
+                to,
+                max: crate::log::EXPORT_EVENTS_MAX,
+            },
+            LogError::ExportBeyondStream {
+                stream,
+                committed,
+                to,
+            } => ExportError::BeyondStream {
+                stream,
+                committed,
+                to,
+            },
+            LogError::NothingCertified => ExportError::NothingCertified,
+            other => match unserved(other) {
+                Unserved::Unavailable(u) => ExportError::Unavailable(u),
+                Unserved::Indeterminate(reason) => {
+                    ExportError::Internal(InternalFault::new(FaultKind::Unexpected, reason))
+                }
+                Unserved::Internal(fault) => ExportError::Internal(fault),
+            },
+        }
+    }
+}
+
+impl From<LogError> for TrailError {
+    fn from(error: LogError) -> TrailError {
+        // The replica writes the trail itself: no refusal is the caller's.
+        match unserved(error) {
+            Unserved::Unavailable(u) => TrailError::Unavailable(u),
+            Unserved::Indeterminate(reason) => TrailError::Indeterminate { reason },
+            Unserved::Internal(fault) => TrailError::Internal(fault),
+        }
+    }
+}
+
+/// A bundle the replica builds from its own log fails only through its own
+/// fault, except for a range the bundle format cannot hold (the caller's).
+fn export_bundle_error(error: BundleError, call: &ExportCall) -> ExportError {
+    match error {
+        BundleError::Query { .. } => ExportError::Range {
+            from: call.from,
+            to: call.to,
+            max: crate::log::EXPORT_EVENTS_MAX,
         },
-        reused @ LogError::IdempotencyKeyReused { .. } => {
-            NodeError::IdempotencyKeyReused(reused.to_string())
-        }
-        LogError::UnknownStream(stream) => {
-            NodeError::NotFound(format!("stream {stream} has no committed events"))
-        }
-        LogError::Indeterminate(reason) => NodeError::Indeterminate(reason),
-        LogError::Busy(reason) | LogError::DataDir(reason) => NodeError::Unavailable(reason),
-        other => NodeError::Storage(other.to_string()),
+        other => ExportError::Internal(InternalFault::new(FaultKind::Bundle, other)),
     }
 }
 
@@ -80,11 +252,11 @@ fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
 
 impl ReplicaNode {
     /// `NotPrimary` unless this replica is the primary in normal status.
-    fn primary_or_refuse(&self) -> Result<(), NodeError> {
+    fn primary_or_refuse(&self) -> Result<(), Unavailable> {
         let role = self.log.role();
         match role.is_primary {
             true => Ok(()),
-            false => Err(NodeError::NotPrimary {
+            false => Err(Unavailable::NotPrimary {
                 replica: role.replica,
                 primary: role.normal.then_some(role.primary),
             }),
@@ -117,22 +289,19 @@ impl Node for ReplicaNode {
         }
     }
 
-    fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError> {
+    fn append(&self, call: AppendCall) -> Result<AppendReceipt, AppendError> {
         self.primary_or_refuse()?;
         let client = call
             .idempotency
             .map(|(client, request)| ClientRequest { client, request });
-        let appended = self
-            .log
-            .append_recorded(
-                call.stream,
-                &call.events,
-                call.expected_offset,
-                client,
-                call.trail,
-            )
-            .map_err(node_error)?;
-        let receipt = receipt(&self.log, &appended).map_err(node_error)?;
+        let appended = self.log.append_recorded(
+            call.stream,
+            &call.events,
+            call.expected_offset,
+            client,
+            call.trail,
+        )?;
+        let receipt = receipt(&self.log, &appended)?;
         Ok(AppendReceipt {
             stream: receipt.stream,
             first_offset: receipt.first_offset,
@@ -146,13 +315,13 @@ impl Node for ReplicaNode {
         })
     }
 
-    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError> {
-        let events = self.log.read(stream, from, max).map_err(node_error)?;
+    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        let events = self.log.read(stream, from, max)?;
         Ok(events.iter().map(|e| log_event(stream, e)).collect())
     }
 
-    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError> {
-        let events = self.log.read_log(from, max).map_err(node_error)?;
+    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        let events = self.log.read_log(from, max)?;
         Ok(events.iter().map(|(s, e)| log_event(*s, e)).collect())
     }
 
@@ -171,16 +340,12 @@ impl Node for ReplicaNode {
         }
     }
 
-    fn proof(&self, stream: u64, offset: u64) -> Result<String, NodeError> {
-        match self.log.inclusion_proof(stream, offset) {
-            Ok(proof) => Ok(proof.encode()),
-            Err(LogError::Refused(reason)) => Err(NodeError::NotFound(reason)),
-            Err(other) => Err(node_error(other)),
-        }
+    fn proof(&self, stream: u64, offset: u64) -> Result<String, ProofError> {
+        Ok(self.log.inclusion_proof(stream, offset)?.encode())
     }
 
-    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, NodeError> {
-        let proof = self.log.consistency_proof(from, to).map_err(node_error)?;
+    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, ProofError> {
+        let proof = self.log.consistency_proof(from, to)?;
         Ok(ConsistencyAnswer {
             from: proof.old_size,
             to: proof.new_size,
@@ -195,28 +360,20 @@ impl Node for ReplicaNode {
             .map(|c| (c.checkpoint.size, c.encode()))
     }
 
-    fn export_events(
-        &self,
-        call: crate::server::node::ExportCall,
-    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
-        let (events, certificate) = self
-            .log
-            .export_events(call.stream, call.from, call.to)
-            .map_err(node_error)?;
+    fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
+        let (events, certificate) = self.log.export_events(call.stream, call.from, call.to)?;
         let signer = self.log.signer();
         let request = vellum_compliance::bundle::BundleRequest {
             stream: call.stream,
             from: call.from,
             to: call.to,
-            principal: call.principal,
-            purpose: call.purpose,
+            principal: call.principal.clone(),
+            purpose: call.purpose.clone(),
             time_ns: crate::log::now_ns(),
             exported_by: signer.name().to_string(),
         };
         vellum_compliance::bundle::build_bundle(&request, &certificate, &events, signer)
-            // The inputs come from this replica's own log, so a refusal here
-            // means the request named a range the certificate does not cover.
-            .map_err(|e| NodeError::Refused(format!("cannot build the export bundle: {e}")))
+            .map_err(|e| export_bundle_error(e, &call))
     }
 
     fn audit_records(
@@ -224,11 +381,10 @@ impl Node for ReplicaNode {
         from_ns: Option<u64>,
         to_ns: Option<u64>,
         stream: Option<u64>,
-    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), NodeError> {
+    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), TrailError> {
         let records = self
             .log
-            .trail_events()
-            .map_err(node_error)?
+            .trail_events()?
             .into_iter()
             .filter(|(e, _)| from_ns.is_none_or(|f| e.time_ns >= f))
             .filter(|(e, _)| to_ns.is_none_or(|t| e.time_ns < t))
@@ -240,7 +396,7 @@ impl Node for ReplicaNode {
     fn record_access(
         &self,
         events: Vec<vellum_compliance::trail::AccessEvent>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), TrailError> {
         self.primary_or_refuse()?;
         self.trail.record(&self.log, events)
     }
@@ -265,4 +421,94 @@ impl Node for ReplicaNode {
 
 fn hex(hash: &vellum_audit::hash::Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the log's errors map to each operation's typed variants, and
+    /// every internal fault (the random source above all) is `Internal`
+    /// (500), never a refusal (4xx); a refusal an operation cannot produce
+    /// is an internal fault there too.
+    #[test]
+    fn log_errors_map_to_typed_operation_errors() {
+        let random = AppendError::from(LogError::Randomness("getrandom failed".into()));
+        assert!(
+            matches!(&random, AppendError::Internal(f) if f.kind == FaultKind::Randomness),
+            "{random:?}"
+        );
+        let storage = AppendError::from(LogError::Storage(crate::storage::StorageError::Closed));
+        assert!(
+            matches!(&storage, AppendError::Internal(f) if f.kind == FaultKind::Storage),
+            "{storage:?}"
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::ReservedStream {
+                stream: 3
+            })),
+            AppendError::ReservedStream { stream: 3 }
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::StaleRequest {
+                request: 1,
+                latest: 4
+            })),
+            AppendError::StaleRequest {
+                request: 1,
+                latest: 4
+            }
+        );
+        assert_eq!(
+            AppendError::from(LogError::Refused(RequestRefusal::QueueFull)),
+            AppendError::Unavailable(Unavailable::QueueFull)
+        );
+        assert_eq!(
+            AppendError::from(LogError::WrongExpectedOffset {
+                stream: 20,
+                expected: 5,
+                actual: 2
+            }),
+            AppendError::WrongExpectedOffset {
+                stream: 20,
+                expected: 5,
+                actual: 2
+            }
+        );
+        // The node picks client ids itself: client 0 reaching it is a bug.
+        let reserved = AppendError::from(LogError::Refused(RequestRefusal::ReservedClient));
+        assert!(
+            matches!(&reserved, AppendError::Internal(f) if f.kind == FaultKind::Unexpected),
+            "{reserved:?}"
+        );
+        assert_eq!(
+            ReadError::from(LogError::UnknownStream(9)),
+            ReadError::UnknownStream { stream: 9 }
+        );
+        assert_eq!(
+            ProofError::from(LogError::NoSuchEvent {
+                stream: 9,
+                offset: 1
+            }),
+            ProofError::NoSuchEvent {
+                stream: 9,
+                offset: 1
+            }
+        );
+        assert_eq!(
+            ProofError::from(LogError::NotDurable { op: 7 }),
+            ProofError::Unavailable(Unavailable::NotDurable { op: 7 })
+        );
+        // An append's refusal answering an export is the replica's fault.
+        let export = ExportError::from(LogError::NoEvents);
+        assert!(matches!(export, ExportError::Internal(_)), "{export:?}");
+        assert_eq!(
+            ExportError::from(LogError::ExportRange { from: 3, to: 3 }),
+            ExportError::Range {
+                from: 3,
+                to: 3,
+                max: crate::log::EXPORT_EVENTS_MAX
+            }
+        );
+    }
 }

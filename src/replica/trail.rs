@@ -12,7 +12,7 @@ use bytes::Bytes;
 use vellum_compliance::trail::AccessEvent;
 
 use crate::log::LocalLog;
-use crate::server::node::NodeError;
+use crate::server::node::{TrailError, Unavailable};
 
 /// Trail events in one op, at most.
 pub const TRAIL_BATCH_EVENTS_MAX: usize = 512;
@@ -25,7 +25,7 @@ pub const TRAIL_WAIT_MS_MAX: u64 = 15_000;
 /// One batch's outcome, shared by its callers.
 #[derive(Debug, Default)]
 struct Outcome {
-    result: Mutex<Option<Result<(), NodeError>>>,
+    result: Mutex<Option<Result<(), TrailError>>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,15 +52,15 @@ impl TrailBatcher {
     }
 
     /// Records `events` and waits until they are committed.
-    pub fn record(&self, log: &LocalLog, events: Vec<AccessEvent>) -> Result<(), NodeError> {
+    pub fn record(&self, log: &LocalLog, events: Vec<AccessEvent>) -> Result<(), TrailError> {
         if events.is_empty() {
             return Ok(());
         }
         let mut queue = self.lock();
         if queue.events.len() + events.len() > TRAIL_QUEUE_MAX {
-            return Err(NodeError::Unavailable(format!(
-                "{TRAIL_QUEUE_MAX} access-trail events are already waiting; retry"
-            )));
+            return Err(TrailError::Unavailable(Unavailable::TrailQueueFull {
+                queued: TRAIL_QUEUE_MAX,
+            }));
         }
         queue.events.extend(events);
         let mine = Arc::clone(&queue.outcome);
@@ -80,9 +80,9 @@ impl TrailBatcher {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(NodeError::Unavailable(
-                    "the access could not be recorded in the trail in time".to_string(),
-                ));
+                return Err(TrailError::Unavailable(Unavailable::TrailTimeout {
+                    waited_ms: TRAIL_WAIT_MS_MAX,
+                }));
             }
             queue = self
                 .done
@@ -107,7 +107,7 @@ impl TrailBatcher {
         for chunk in events.chunks(TRAIL_BATCH_EVENTS_MAX) {
             let payloads: Vec<Bytes> = chunk.iter().map(|e| Bytes::from(e.to_payload())).collect();
             if let Err(error) = log.append_trail(&payloads) {
-                result = Err(super::node_error(error));
+                result = Err(TrailError::from(error));
                 break;
             }
         }

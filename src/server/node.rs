@@ -2,6 +2,12 @@
 //! only talks to this trait, so it is tested against a fake and the real
 //! replica (`crate::replica`) implements it. Every method may block (disk,
 //! waiting for a commit): the server calls them on blocking threads.
+//!
+//! Each operation has its own error type ([`AppendError`], [`ReadError`],
+//! [`ProofError`], [`ExportError`], [`TrailError`]) whose variants carry
+//! typed fields; a message is only their `Display`. Faults of the replica
+//! itself are [`InternalFault`] in every one of them (500, never a 4xx), and
+//! states where retrying is safe are [`Unavailable`] (503).
 
 use bytes::Bytes;
 
@@ -9,16 +15,124 @@ use vellum_compliance::trail::AccessEvent;
 
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
 
-/// Why a node call failed. The server maps each kind to one status code.
+/// A fault inside this replica, never the caller's doing: the server answers
+/// 500 (`storage`) for every one, whatever operation met it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    /// Caller's mistake (bad stream id, bad range, stale request number): 422/400.
+#[error("{kind} failed on this replica: {detail}")]
+pub struct InternalFault {
+    /// What failed.
+    pub kind: FaultKind,
+    /// What the failing layer said, for the log and the operator only:
+    /// nothing maps or branches on it.
+    pub detail: String,
+}
+
+impl InternalFault {
+    /// A fault of `kind`, described by `detail`.
+    pub fn new(kind: FaultKind, detail: impl std::fmt::Display) -> InternalFault {
+        InternalFault {
+            kind,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Which part of the replica failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FaultKind {
+    /// Storage (read, write, sync) or a poisoned log handle.
+    #[error("storage")]
+    Storage,
+    /// The key store or encryption.
+    #[error("encryption")]
+    Crypto,
+    /// The operating system's random source.
+    #[error("the random source")]
+    Randomness,
+    /// The log contradicts itself.
+    #[error("the log's consistency")]
+    Corruption,
+    /// Building or signing an export bundle from the replica's own log.
+    #[error("building the export bundle")]
+    Bundle,
+    /// The log refused a request the replica built itself, or answered
+    /// an operation with an outcome it cannot have: a bug in the replica.
+    #[error("the replica's own call to its log")]
+    Unexpected,
+}
+
+/// Why the node could not serve a call now, through no fault of the caller
+/// and without a fault of its own: the server answers 503 (`unavailable`),
+/// and retrying elsewhere or later is safe (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// This replica is not the primary (the server forwards requests a
+    /// backup gets; this answers one that lost the primacy meanwhile).
+    #[error("replica {replica} is not the primary (primary is {primary:?})")]
+    NotPrimary {
+        /// This replica.
+        replica: u8,
+        /// The primary it believes in, if in normal status.
+        primary: Option<u8>,
+    },
+    /// The primary's request queue is full.
+    #[error("the primary's request queue is full")]
+    QueueFull,
+    /// The log is open read-only.
+    #[error("the log is open read-only")]
+    ReadOnly,
+    /// An event is committed but not yet written or certified here.
+    #[error("op {op} is committed but not durable on this replica yet")]
+    NotDurable {
+        /// The op.
+        op: u64,
+    },
+    /// Too many access-trail events wait for the next batch.
+    #[error("{queued} access-trail events are already waiting")]
+    TrailQueueFull {
+        /// The bound that was reached.
+        queued: usize,
+    },
+    /// The access-trail batch did not commit within the wait bound.
+    #[error("the access could not be recorded in the trail within {waited_ms} ms")]
+    TrailTimeout {
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+    /// The data directory is busy or not usable right now.
+    #[error("the data directory is not usable: {detail}")]
+    DataDir {
+        /// What the log said (for humans only).
+        detail: String,
+    },
+}
+
+/// Why an append failed. [`AppendError::Indeterminate`] is the one outcome
+/// after which the batch may or may not have been written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The stream is reserved for vellum's system streams: 422 `refused`.
+    #[error(
+        "stream {stream} is reserved for vellum's system streams (user streams start at {})",
+        crate::StreamId::USER_MIN
+    )]
+    ReservedStream {
+        /// The stream.
+        stream: u64,
+    },
+    /// The batch does not fit the log's limits: 422 `refused`.
     #[error("{0}")]
-    Refused(String),
-    /// No such stream / event / certificate: 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// The stream's length was not the expected offset; nothing was written: 409.
+    Batch(BatchRefusal),
+    /// The request number is older than the session's latest: 422 `refused`.
+    #[error("request {request} is older than the session's latest request {latest}")]
+    StaleRequest {
+        /// The refused request number.
+        request: u64,
+        /// The session's latest request number.
+        latest: u64,
+    },
+    /// The stream's length was not the expected offset; nothing was
+    /// written: 409 `wrong_expected_offset`.
     #[error("stream {stream} has {actual} events, the request expected {expected}")]
     WrongExpectedOffset {
         /// The stream.
@@ -29,27 +143,181 @@ pub enum NodeError {
         actual: u64,
     },
     /// The idempotency key (client session, request number) already names
-    /// a different request; nothing was written, retrying will not help: 422.
-    #[error("{0}")]
-    IdempotencyKeyReused(String),
-    /// This replica is not the primary (writes must go to `primary`): the
-    /// server forwards the request there.
-    #[error("replica {replica} is not the primary (primary is {primary:?})")]
-    NotPrimary {
-        /// This replica.
-        replica: u8,
-        /// The primary it believes in, if in normal status.
-        primary: Option<u8>,
+    /// a different request; nothing was written, retrying will not help:
+    /// 422 `idempotency_key_reused`.
+    #[error(
+        "idempotency key reused: request number {request} of this client session already names a different request (another stream, expected offset or events); nothing was written to stream {stream}"
+    )]
+    IdempotencyKeyReused {
+        /// The stream of the refused request.
+        stream: u64,
+        /// The reused request number.
+        request: u64,
     },
-    /// The outcome is unknown (view change, timeout): retry with the same key: 503.
-    #[error("outcome unknown: {0}; retry with the same idempotency key")]
-    Indeterminate(String),
-    /// Shutting down or not ready: 503.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// Storage or corruption on this replica: 500 (never for bad input).
-    #[error("storage: {0}")]
-    Storage(String),
+    /// Not served now; nothing was written: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The outcome is unknown (view change, timeout): retry with the same
+    /// key: 503 `indeterminate`.
+    #[error("outcome unknown: {reason}; retry with the same idempotency key")]
+    Indeterminate {
+        /// What made it unknown (for humans only).
+        reason: String,
+    },
+    /// A fault inside the replica (storage, encryption, the random
+    /// source): 500 `storage`, never a 4xx.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
+/// How a batch breaks the log's limits (the API checks the same limits
+/// first and answers 400; these reach the node only from other callers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BatchRefusal {
+    /// No events.
+    #[error("an append needs at least one event")]
+    NoEvents,
+    /// More events than one op holds.
+    #[error("{count} events in one append; at most {max}")]
+    TooManyEvents {
+        /// Events in the append.
+        count: usize,
+        /// The most one append holds.
+        max: usize,
+    },
+    /// An event above the size limit.
+    #[error("event {index} is larger than {max} bytes")]
+    EventTooLarge {
+        /// Index of the event.
+        index: usize,
+        /// The largest event.
+        max: usize,
+    },
+    /// The sealed batch does not fit one op.
+    #[error("the batch is {bytes} bytes sealed, more than one op holds")]
+    TooLarge {
+        /// Sealed bytes.
+        bytes: usize,
+    },
+}
+
+/// Why a read of a stream or of the global log failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The stream has no committed events: 404 `not_found`.
+    #[error("stream {stream} has no committed events")]
+    UnknownStream {
+        /// The stream.
+        stream: u64,
+    },
+    /// Not served now: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// A fault inside the replica: 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
+/// Why an inclusion or consistency proof could not be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// No committed event at that place: 404 `not_found`.
+    #[error("stream {stream} has no committed event at offset {offset}")]
+    NoSuchEvent {
+        /// The stream.
+        stream: u64,
+        /// The offset.
+        offset: u64,
+    },
+    /// The event is committed but no certificate covers it yet: 404
+    /// `not_found` (ask again once the next certificate is signed).
+    #[error("stream {stream} offset {offset} is not covered by a certificate yet")]
+    NotCertifiedYet {
+        /// The stream.
+        stream: u64,
+        /// The offset.
+        offset: u64,
+    },
+    /// No certificate of that tree size (None: none at all): 422 `refused`.
+    #[error("no certificate at tree size {}", size.map_or("(latest)".to_string(), |s| s.to_string()))]
+    NoCertificate {
+        /// The tree size asked for.
+        size: Option<u64>,
+    },
+    /// The older tree size is 0 or beyond the newer one: 422 `refused`.
+    #[error("from: tree size {from} must be between 1 and the newer tree size {to}")]
+    ConsistencyRange {
+        /// The older size asked for.
+        from: u64,
+        /// The newer size.
+        to: u64,
+    },
+    /// Not served now: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// A fault inside the replica: 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
+/// Why an export bundle could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExportError {
+    /// The stream has no committed events: 404 `not_found`.
+    #[error("stream {stream} has no committed events")]
+    UnknownStream {
+        /// The stream.
+        stream: u64,
+    },
+    /// The range is empty, reversed or longer than one bundle holds: 422 `refused`.
+    #[error("an export covers 1 to {max} offsets, got [{from}, {to})")]
+    Range {
+        /// First offset asked for.
+        from: u64,
+        /// One past the last offset asked for.
+        to: u64,
+        /// The most one export covers.
+        max: u64,
+    },
+    /// The range ends beyond the stream's committed events: 422 `refused`.
+    #[error(
+        "stream {stream} has {committed} committed events; an export must end at or before that (to = {to})"
+    )]
+    BeyondStream {
+        /// The stream.
+        stream: u64,
+        /// Its committed events.
+        committed: u64,
+        /// The export's end.
+        to: u64,
+    },
+    /// Nothing is certified yet: 422 `refused`.
+    #[error("nothing is certified yet")]
+    NothingCertified,
+    /// Not served now: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// A fault inside the replica (also a bundle that failed to build from
+    /// the replica's own log): 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
+/// Why the access trail could not be recorded or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrailError {
+    /// Not served now: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The trail op's outcome is unknown: 503 `indeterminate`.
+    #[error("outcome unknown: {reason}")]
+    Indeterminate {
+        /// What made it unknown (for humans only).
+        reason: String,
+    },
+    /// A fault inside the replica: 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
 }
 
 /// An append as the server hands it to the node.
@@ -131,11 +399,11 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
         }
     }
     /// Appends through consensus; returns after commit with the receipt.
-    fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError>;
+    fn append(&self, call: AppendCall) -> Result<AppendReceipt, AppendError>;
     /// Up to `max` committed events of `stream` from offset `from`.
-    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError>;
+    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError>;
     /// Up to `max` committed events of the global log from position `from`.
-    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError>;
+    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError>;
     /// Committed events (the position the next event will get), for
     /// subscriptions: they poll this or wait with [`Node::wait_events`].
     fn committed_events(&self) -> u64;
@@ -143,16 +411,16 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     /// passes; returns the committed event count.
     fn wait_events(&self, seen: u64, timeout_ms: u64) -> u64;
     /// The `tlog-proof@v1` text of one event against the latest certificate.
-    fn proof(&self, stream: u64, offset: u64) -> Result<String, NodeError>;
+    fn proof(&self, stream: u64, offset: u64) -> Result<String, ProofError>;
     /// Consistency proof from `from` to `to` (None: the latest certificate).
-    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, NodeError>;
+    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, ProofError>;
     /// The latest certificate: (tree size, text).
     fn certificate(&self) -> Option<(u64, String)>;
     /// Counters for `/metrics`.
     fn metrics(&self) -> NodeMetrics;
     /// An export bundle of `stream` offsets `[from, to)`, built and signed
     /// by this replica: the bundle's files (name, bytes).
-    fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, NodeError>;
+    fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, ExportError>;
     /// The access trail: (this replica's key name, events with positions)
     /// recorded in `[from_ns, to_ns)` (None: unbounded), about `stream` if given.
     fn audit_records(
@@ -160,9 +428,9 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
         from_ns: Option<u64>,
         to_ns: Option<u64>,
         stream: Option<u64>,
-    ) -> Result<(String, Vec<(AccessEvent, u64)>), NodeError>;
+    ) -> Result<(String, Vec<(AccessEvent, u64)>), TrailError>;
     /// Records access-trail events (P7) in the replicated system stream and
     /// returns once they are committed (a read is answered only after
     /// this). Concurrent callers are batched into one op.
-    fn record_access(&self, events: Vec<AccessEvent>) -> Result<(), NodeError>;
+    fn record_access(&self, events: Vec<AccessEvent>) -> Result<(), TrailError>;
 }

@@ -21,7 +21,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Vellum client API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Audited, replicated event store. Every error is an ErrorBody; 4xx for the caller's mistakes, 503 for 'retry', 500 only for storage failures on the replica."
+            "description": "Audited, replicated event store. Every error is an ErrorBody; 4xx for the caller's mistakes, 503 for 'retry', 500 only for internal faults of the replica (storage, encryption, the random source)."
         },
         "security": [{ "bearer": [] }],
         "paths": paths(),

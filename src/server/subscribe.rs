@@ -116,7 +116,7 @@ async fn produce(
             node.read_log(position, api::READ_EVENTS_MAX)
         })
         .await
-        .and_then(|r| r.map_err(ApiError::from_node));
+        .and_then(|r| r.map_err(ApiError::from));
         let events = match page {
             Ok(events) => events,
             Err(error) => {

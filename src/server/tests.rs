@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 use super::auth::{Action, Role, TokenStore, generate_token, token_line};
-use super::node::{AppendCall, Node, NodeError, NodeMetrics};
+use super::node::{
+    AppendCall, AppendError, BatchRefusal, ExportError, FaultKind, InternalFault, Node,
+    NodeMetrics, ProofError, ReadError, TrailError, Unavailable,
+};
 use super::routes::{AppState, ROUTES, router};
 use crate::api::{self, AppendReceipt, ConsistencyAnswer, ErrorBody, Health, LogEvent};
 
@@ -39,7 +42,59 @@ enum Mode {
     LostPrimacy,
     Indeterminate,
     Storage,
+    /// The random source fails (an internal fault, never the caller's).
+    Randomness,
     Panic,
+}
+
+/// What [`FakeNode::fail`] makes every fallible call answer.
+#[derive(Debug, Clone)]
+enum Failure {
+    Unavailable(Unavailable),
+    Indeterminate(String),
+    Internal(InternalFault),
+}
+
+impl From<Failure> for AppendError {
+    fn from(failure: Failure) -> AppendError {
+        match failure {
+            Failure::Unavailable(u) => AppendError::Unavailable(u),
+            Failure::Indeterminate(reason) => AppendError::Indeterminate { reason },
+            Failure::Internal(fault) => AppendError::Internal(fault),
+        }
+    }
+}
+
+impl From<Failure> for ReadError {
+    fn from(failure: Failure) -> ReadError {
+        match failure {
+            Failure::Unavailable(u) => ReadError::Unavailable(u),
+            Failure::Indeterminate(reason) => {
+                ReadError::Internal(InternalFault::new(FaultKind::Unexpected, reason))
+            }
+            Failure::Internal(fault) => ReadError::Internal(fault),
+        }
+    }
+}
+
+impl From<Failure> for ProofError {
+    fn from(failure: Failure) -> ProofError {
+        match ReadError::from(failure) {
+            ReadError::Unavailable(u) => ProofError::Unavailable(u),
+            ReadError::Internal(fault) => ProofError::Internal(fault),
+            ReadError::UnknownStream { stream } => ProofError::NoSuchEvent { stream, offset: 0 },
+        }
+    }
+}
+
+impl From<Failure> for ExportError {
+    fn from(failure: Failure) -> ExportError {
+        match ReadError::from(failure) {
+            ReadError::Unavailable(u) => ExportError::Unavailable(u),
+            ReadError::Internal(fault) => ExportError::Internal(fault),
+            ReadError::UnknownStream { stream } => ExportError::UnknownStream { stream },
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +106,11 @@ struct FakeState {
     trail: Vec<vellum_compliance::trail::AccessEvent>,
     /// Refuse to record the trail (the answer must then be withheld).
     trail_down: bool,
+    /// The next appends, reads, proofs and exports fail with these.
+    append_error: Option<AppendError>,
+    read_error: Option<ReadError>,
+    proof_error: Option<ProofError>,
+    export_error: Option<ExportError>,
 }
 
 /// An in-memory node: streams, a global log, and a switch for failures.
@@ -69,21 +129,28 @@ impl FakeNode {
         self.state.lock().expect("fake lock")
     }
 
-    fn fail(&self) -> Result<(), NodeError> {
+    fn fail(&self) -> Result<(), Failure> {
         // Copy the mode out first: panicking with the lock held would poison it.
         let mode = self.lock().mode;
         match mode {
             Mode::Normal => Ok(()),
-            Mode::NotPrimary(primary) => Err(NodeError::NotPrimary {
+            Mode::NotPrimary(primary) => Err(Failure::Unavailable(Unavailable::NotPrimary {
                 replica: 0,
                 primary,
-            }),
-            Mode::LostPrimacy => Err(NodeError::NotPrimary {
+            })),
+            Mode::LostPrimacy => Err(Failure::Unavailable(Unavailable::NotPrimary {
                 replica: 0,
                 primary: Some(1),
-            }),
-            Mode::Indeterminate => Err(NodeError::Indeterminate("view change".into())),
-            Mode::Storage => Err(NodeError::Storage("disk on fire".into())),
+            })),
+            Mode::Indeterminate => Err(Failure::Indeterminate("view change".into())),
+            Mode::Storage => Err(Failure::Internal(InternalFault::new(
+                FaultKind::Storage,
+                "disk on fire",
+            ))),
+            Mode::Randomness => Err(Failure::Internal(InternalFault::new(
+                FaultKind::Randomness,
+                "getrandom: no entropy",
+            ))),
             Mode::Panic => panic!("fake node told to panic"),
         }
     }
@@ -134,10 +201,13 @@ impl Node for FakeNode {
         }
     }
 
-    fn append(&self, call: AppendCall) -> Result<AppendReceipt, NodeError> {
+    fn append(&self, call: AppendCall) -> Result<AppendReceipt, AppendError> {
         self.fail()?;
+        if let Some(error) = self.lock().append_error.clone() {
+            return Err(error);
+        }
         if call.stream == 0 {
-            return Err(NodeError::Refused("stream id 0 is reserved".into()));
+            return Err(AppendError::ReservedStream { stream: 0 });
         }
         let actual = self
             .lock()
@@ -145,7 +215,7 @@ impl Node for FakeNode {
             .get(&call.stream)
             .map_or(0, |s| s.len() as u64);
         if let Some(expected) = call.expected_offset.filter(|e| *e != actual) {
-            return Err(NodeError::WrongExpectedOffset {
+            return Err(AppendError::WrongExpectedOffset {
                 stream: call.stream,
                 expected,
                 actual,
@@ -178,12 +248,15 @@ impl Node for FakeNode {
         })
     }
 
-    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError> {
+    fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
         self.fail()?;
         let mut state = self.lock();
+        if let Some(error) = state.read_error.clone() {
+            return Err(error);
+        }
         state.last_max = Some(max);
         if !state.streams.contains_key(&stream) {
-            return Err(NodeError::NotFound(format!("no stream {stream}")));
+            return Err(ReadError::UnknownStream { stream });
         }
         let events = state
             .log
@@ -192,7 +265,7 @@ impl Node for FakeNode {
         Ok(events.take(max as usize).cloned().collect())
     }
 
-    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, NodeError> {
+    fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
         self.fail()?;
         let mut state = self.lock();
         state.last_max = Some(max);
@@ -219,25 +292,24 @@ impl Node for FakeNode {
         guard.log.len() as u64
     }
 
-    fn proof(&self, stream: u64, offset: u64) -> Result<String, NodeError> {
+    fn proof(&self, stream: u64, offset: u64) -> Result<String, ProofError> {
         self.fail()?;
         let state = self.lock();
+        if let Some(error) = state.proof_error.clone() {
+            return Err(error);
+        }
         match state.streams.get(&stream) {
             Some(events) if offset < events.len() as u64 => Ok(format!("proof {stream} {offset}")),
-            _ => Err(NodeError::NotFound(format!(
-                "no event {offset} in stream {stream}"
-            ))),
+            _ => Err(ProofError::NoSuchEvent { stream, offset }),
         }
     }
 
-    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, NodeError> {
+    fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, ProofError> {
         self.fail()?;
         let size = self.lock().log.len() as u64;
         let to = to.unwrap_or(size);
         if to > size {
-            return Err(NodeError::Refused(format!(
-                "tree size {to} is beyond {size}"
-            )));
+            return Err(ProofError::NoCertificate { size: Some(to) });
         }
         Ok(ConsistencyAnswer {
             from,
@@ -255,13 +327,18 @@ impl Node for FakeNode {
     fn export_events(
         &self,
         call: crate::server::node::ExportCall,
-    ) -> Result<Vec<(String, Vec<u8>)>, NodeError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
         self.fail()?;
         let state = self.lock();
+        if let Some(error) = state.export_error.clone() {
+            return Err(error);
+        }
         let events = state
             .streams
             .get(&call.stream)
-            .ok_or_else(|| NodeError::NotFound(format!("stream {} has no events", call.stream)))?;
+            .ok_or(ExportError::UnknownStream {
+                stream: call.stream,
+            })?;
         let lines: Vec<u8> = events
             .iter()
             .skip(call.from as usize)
@@ -276,7 +353,7 @@ impl Node for FakeNode {
         from_ns: Option<u64>,
         to_ns: Option<u64>,
         stream: Option<u64>,
-    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), NodeError> {
+    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), TrailError> {
         let state = self.lock();
         let records = (0u64..)
             .zip(state.trail.iter())
@@ -291,10 +368,12 @@ impl Node for FakeNode {
     fn record_access(
         &self,
         events: Vec<vellum_compliance::trail::AccessEvent>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), TrailError> {
         let mut state = self.lock();
         if state.trail_down {
-            return Err(NodeError::Unavailable("trail down".into()));
+            return Err(TrailError::Unavailable(Unavailable::TrailTimeout {
+                waited_ms: 1,
+            }));
         }
         state.trail.extend(events);
         Ok(())
@@ -575,7 +654,7 @@ fn bad_inputs() -> Vec<Bad> {
             Call::post("/v1/streams/0/append", w, ok_body),
             422,
             "refused",
-            "stream id 0",
+            "stream 0 is reserved",
         ),
         bad(
             Call::post(append, w, r#"{"events":[{"json":1}],"expected_offset":5}"#),
@@ -636,7 +715,7 @@ fn bad_inputs() -> Vec<Bad> {
             Call::get("/v1/streams/99/events", w),
             404,
             "not_found",
-            "no stream 99",
+            "stream 99 has no committed events",
         ),
         bad(
             Call::get("/v1/streams/1/events", None),
@@ -704,7 +783,7 @@ fn bad_inputs() -> Vec<Bad> {
             Call::get("/v1/streams/1/events/9/proof", w),
             404,
             "not_found",
-            "no event 9",
+            "no committed event at offset 9",
         ),
         bad(
             Call::get("/v1/streams/1/events/0/proof", None),
@@ -729,7 +808,7 @@ fn bad_inputs() -> Vec<Bad> {
             Call::get("/v1/consistency?from=1&to=50", w),
             422,
             "refused",
-            "beyond",
+            "no certificate at tree size 50",
         ),
         bad(
             Call::get("/v1/consistency?from=0", Some("vlm_nope")),
@@ -897,6 +976,309 @@ async fn node_errors_map_to_statuses() {
         StatusCode::OK,
         "the server still serves after a node panic"
     );
+}
+
+// Goal: an internal fault (the random source, storage) is a 500 `storage` for every
+// operation, never a 4xx: a caller must not read "your request was wrong" when the
+// replica failed.
+#[tokio::test]
+async fn internal_faults_are_500_never_4xx() {
+    let node = Arc::new(FakeNode::default());
+    node.push(1, b"x");
+    let app = app(node.clone());
+    let calls = [
+        Call::post(
+            "/v1/streams/1/append",
+            Some(WRITER),
+            r#"{"events":[{"json":1}]}"#,
+        ),
+        Call::get("/v1/streams/1/events", Some(READER)),
+        Call::get("/v1/log", Some(READER)),
+        Call::get("/v1/streams/1/events/0/proof", Some(READER)),
+        Call::get("/v1/consistency?from=1&to=1", Some(READER)),
+        Call::post(
+            "/v1/export/events",
+            Some(WRITER),
+            r#"{"stream":1,"from":0,"to":1}"#,
+        ),
+    ];
+    for (mode, says) in [
+        (Mode::Randomness, "the random source failed"),
+        (Mode::Storage, "storage failed"),
+    ] {
+        node.set_mode(mode);
+        for call in &calls {
+            let uri = call.uri;
+            let (status, value) = send(&app, Call { ..*call }).await;
+            let error = error_of(&value);
+            assert_eq!(
+                (status.as_u16(), error.error.code.as_str()),
+                (500, api::code::STORAGE),
+                "{mode:?} {uri}: {value}"
+            );
+            assert!(
+                error.error.message.contains(says),
+                "{mode:?} {uri}: {value}"
+            );
+        }
+    }
+    node.set_mode(Mode::Normal);
+    let (status, _) = send(&app, Call { ..calls[0] }).await;
+    assert_eq!(status, StatusCode::OK, "nothing stays broken");
+}
+
+// Goal: each typed node error maps to its documented status and code (docs/api.md's
+// table), by variant: the message is never read to choose them.
+#[tokio::test]
+async fn each_typed_node_error_maps_to_its_status_and_code() {
+    let fault = || InternalFault::new(FaultKind::Crypto, "key store unreadable");
+    let not_primary = Unavailable::NotPrimary {
+        replica: 0,
+        primary: Some(1),
+    };
+    let appends: Vec<(AppendError, u16, &str)> = vec![
+        (
+            AppendError::ReservedStream { stream: 3 },
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            AppendError::Batch(BatchRefusal::NoEvents),
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            AppendError::Batch(BatchRefusal::TooLarge { bytes: 9 }),
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            AppendError::StaleRequest {
+                request: 1,
+                latest: 2,
+            },
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            AppendError::WrongExpectedOffset {
+                stream: 1,
+                expected: 4,
+                actual: 2,
+            },
+            409,
+            api::code::WRONG_EXPECTED_OFFSET,
+        ),
+        (
+            AppendError::IdempotencyKeyReused {
+                stream: 1,
+                request: 7,
+            },
+            422,
+            api::code::IDEMPOTENCY_KEY_REUSED,
+        ),
+        (
+            AppendError::Unavailable(Unavailable::QueueFull),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (
+            AppendError::Unavailable(not_primary.clone()),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (
+            AppendError::Indeterminate {
+                reason: "view change".into(),
+            },
+            503,
+            api::code::INDETERMINATE,
+        ),
+        (AppendError::Internal(fault()), 500, api::code::STORAGE),
+    ];
+    let node = Arc::new(FakeNode::default());
+    node.push(1, b"x");
+    let app = app(node.clone());
+    let append = r#"{"events":[{"json":1}]}"#;
+    for (error, status, code) in appends {
+        let expected = error.to_string();
+        node.lock().append_error = Some(error.clone());
+        let (got, value) = send(
+            &app,
+            Call::post("/v1/streams/1/append", Some(WRITER), append),
+        )
+        .await;
+        let body = error_of(&value);
+        assert_eq!(
+            (got.as_u16(), body.error.code.as_str()),
+            (status, code),
+            "{error:?}: {value}"
+        );
+        assert_eq!(
+            body.error.message, expected,
+            "the message is the error's Display"
+        );
+        let actual = match error {
+            AppendError::WrongExpectedOffset { actual, .. } => Some(actual),
+            _ => None,
+        };
+        assert_eq!(body.error.actual_offset, actual, "{error:?}");
+    }
+    node.lock().append_error = None;
+
+    let reads: Vec<(ReadError, u16, &str)> = vec![
+        (
+            ReadError::UnknownStream { stream: 1 },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            ReadError::Unavailable(Unavailable::NotDurable { op: 3 }),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (ReadError::Internal(fault()), 500, api::code::STORAGE),
+    ];
+    for (error, status, code) in reads {
+        node.lock().read_error = Some(error.clone());
+        let (got, value) = send(&app, Call::get("/v1/streams/1/events", Some(READER))).await;
+        let body = error_of(&value);
+        assert_eq!(
+            (got.as_u16(), body.error.code.as_str()),
+            (status, code),
+            "{error:?}"
+        );
+    }
+    node.lock().read_error = None;
+
+    let proofs: Vec<(ProofError, u16, &str)> = vec![
+        (
+            ProofError::NoSuchEvent {
+                stream: 1,
+                offset: 0,
+            },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            ProofError::NotCertifiedYet {
+                stream: 1,
+                offset: 0,
+            },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            ProofError::NoCertificate { size: Some(9) },
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            ProofError::ConsistencyRange { from: 5, to: 2 },
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            ProofError::Unavailable(Unavailable::NotDurable { op: 1 }),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (ProofError::Internal(fault()), 500, api::code::STORAGE),
+    ];
+    for (error, status, code) in proofs {
+        node.lock().proof_error = Some(error.clone());
+        let (got, value) = send(
+            &app,
+            Call::get("/v1/streams/1/events/0/proof", Some(READER)),
+        )
+        .await;
+        let body = error_of(&value);
+        assert_eq!(
+            (got.as_u16(), body.error.code.as_str()),
+            (status, code),
+            "{error:?}"
+        );
+    }
+    node.lock().proof_error = None;
+
+    let exports: Vec<(ExportError, u16, &str)> = vec![
+        (
+            ExportError::UnknownStream { stream: 1 },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            ExportError::Range {
+                from: 0,
+                to: 1,
+                max: 1,
+            },
+            422,
+            api::code::REFUSED,
+        ),
+        (
+            ExportError::BeyondStream {
+                stream: 1,
+                committed: 0,
+                to: 1,
+            },
+            422,
+            api::code::REFUSED,
+        ),
+        (ExportError::NothingCertified, 422, api::code::REFUSED),
+        (
+            ExportError::Unavailable(not_primary),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        // A bundle that failed to build from the replica's own log.
+        (
+            ExportError::Internal(InternalFault::new(FaultKind::Bundle, "signing failed")),
+            500,
+            api::code::STORAGE,
+        ),
+    ];
+    let export = r#"{"stream":1,"from":0,"to":1}"#;
+    for (error, status, code) in exports {
+        node.lock().export_error = Some(error.clone());
+        let (got, value) = send(&app, Call::post("/v1/export/events", Some(WRITER), export)).await;
+        let body = error_of(&value);
+        assert_eq!(
+            (got.as_u16(), body.error.code.as_str()),
+            (status, code),
+            "{error:?}"
+        );
+    }
+}
+
+// Goal: the trail's errors map by variant too (the guard withholds the answer with a
+// 503 whatever the trail's error, so this checks the mapping itself).
+#[test]
+fn trail_errors_map_by_variant() {
+    use super::routes::errors::ApiError;
+    let cases = [
+        (
+            TrailError::Unavailable(Unavailable::TrailQueueFull { queued: 8 }),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (
+            TrailError::Indeterminate {
+                reason: "view change".into(),
+            },
+            503,
+            api::code::INDETERMINATE,
+        ),
+        (
+            TrailError::Internal(InternalFault::new(FaultKind::Storage, "fsync")),
+            500,
+            api::code::STORAGE,
+        ),
+    ];
+    for (error, status, code) in cases {
+        let api = ApiError::from(error.clone());
+        assert_eq!((api.status.as_u16(), api.code), (status, code), "{error:?}");
+    }
 }
 
 // Goal: reads default to 100 events; a max above READ_EVENTS_MAX is refused (400, as the

@@ -182,7 +182,60 @@ pub enum Reply {
         request: u64,
     },
     /// Refused (bad stream, stale request number, ...); nothing was written.
-    Refused(String),
+    Refused(RequestRefusal),
+}
+
+/// Why the core refused a request before preparing it. Nothing was written
+/// for any of them; the shell and the API map each kind to an answer (a
+/// caller's mistake, or "retry" for a full queue or a lost primacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRefusal {
+    /// Client id 0 and the trail ops' session ([`TRAIL_CLIENT`]) are reserved.
+    #[error("client ids 0 and 2^128-1 are reserved")]
+    ReservedClient,
+    /// The stream is a system stream the request may not write.
+    #[error("stream {stream} is reserved")]
+    ReservedStream {
+        /// The stream.
+        stream: u64,
+    },
+    /// No events, or more than one op holds.
+    #[error("{count} events, expected 1..={max}")]
+    EventCount {
+        /// Events in the request.
+        count: usize,
+        /// The most one op holds.
+        max: u32,
+    },
+    /// One event is larger than an event may be.
+    #[error("event {index} is larger than {max} bytes")]
+    EventTooLarge {
+        /// Index of the event in the request.
+        index: usize,
+        /// The largest event.
+        max: usize,
+    },
+    /// The sealed batch would not fit one op body.
+    #[error("batch of {bytes} bytes exceeds the op body limit")]
+    BatchTooLarge {
+        /// Sealed size of the batch.
+        bytes: usize,
+    },
+    /// The request number is older than the session's latest one.
+    #[error("request {request} is older than the session's latest request {latest}")]
+    StaleRequest {
+        /// The refused request number.
+        request: u64,
+        /// The session's latest request number.
+        latest: u64,
+    },
+    /// The primary's request queue is full: retry later.
+    #[error("request queue full")]
+    QueueFull,
+    /// The shell's sealed record did not match the op the core asked for
+    /// (or the replica stopped being the primary meanwhile): retry.
+    #[error("the sealed record does not match its op")]
+    SealMismatch,
 }
 
 /// Replica-to-replica messages. Every message names the cluster, its sender

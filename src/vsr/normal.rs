@@ -48,7 +48,7 @@ impl Replica {
             return; // a retry: its reply follows the commit
         }
         if self.queue.len() >= self.config.request_queue_max {
-            self.refuse(&request, "request queue full".to_owned());
+            self.refuse(&request, super::RequestRefusal::QueueFull);
             return;
         }
         self.queue.push_back(request);
@@ -83,29 +83,39 @@ impl Replica {
         true
     }
 
-    fn validate_request(&self, request: &Request, skip_table: bool) -> Result<(), String> {
+    fn validate_request(
+        &self,
+        request: &Request,
+        skip_table: bool,
+    ) -> Result<(), super::RequestRefusal> {
         if request.client == 0 || request.client == super::TRAIL_CLIENT {
-            return Err(format!("client id {} is reserved", request.client));
+            return Err(super::RequestRefusal::ReservedClient);
         }
         // The access trail's system stream is written by the replicas'
         // own shells (the API refuses every reserved stream).
         if request.stream < StreamId::USER_MIN
             && request.stream != vellum_compliance::trail::ACCESS_TRAIL_STREAM
         {
-            return Err(format!("stream {} is reserved", request.stream));
+            return Err(super::RequestRefusal::ReservedStream {
+                stream: request.stream,
+            });
         }
         let count = request.events.len();
         if count == 0 || count > EVENTS_PER_OP_MAX as usize {
-            return Err(format!("{count} events, expected 1..={EVENTS_PER_OP_MAX}"));
+            return Err(super::RequestRefusal::EventCount {
+                count,
+                max: EVENTS_PER_OP_MAX,
+            });
         }
         if let Some(big) = request
             .events
             .iter()
             .position(|e| e.len() > EVENT_BYTES_MAX)
         {
-            return Err(format!(
-                "event {big} is larger than {EVENT_BYTES_MAX} bytes"
-            ));
+            return Err(super::RequestRefusal::EventTooLarge {
+                index: big,
+                max: EVENT_BYTES_MAX,
+            });
         }
         let body: usize = request
             .events
@@ -113,20 +123,19 @@ impl Replica {
             .map(|e| e.len() + FRAME_OVERHEAD_MAX)
             .sum();
         if body > vellum_audit::record::BODY_BYTES_MAX {
-            return Err(format!("batch of {body} bytes exceeds the op body limit"));
+            return Err(super::RequestRefusal::BatchTooLarge { bytes: body });
         }
         let latest = self.clients.get(request.client).map(|s| s.request);
         if !skip_table && latest.is_some_and(|latest| request.request < latest) {
-            return Err(format!(
-                "request {} is older than the session's latest request {}",
-                request.request,
-                latest.unwrap_or(0)
-            ));
+            return Err(super::RequestRefusal::StaleRequest {
+                request: request.request,
+                latest: latest.unwrap_or(0),
+            });
         }
         Ok(())
     }
 
-    fn refuse(&mut self, request: &Request, reason: String) {
+    fn refuse(&mut self, request: &Request, reason: super::RequestRefusal) {
         self.out.push(Action::Reply {
             client: request.client,
             request: request.request,
@@ -360,7 +369,7 @@ impl Replica {
             self.out.push(Action::Reply {
                 client: sealing.header.client_id,
                 request: sealing.header.request,
-                reply: Reply::Refused("the sealed record does not match its op".to_owned()),
+                reply: Reply::Refused(super::RequestRefusal::SealMismatch),
             });
             self.drain_queue();
             return;

@@ -1,15 +1,20 @@
 //! The error answer of the client API: [`ApiError`] (a status, one of
-//! `api::code`, a message saying what and where) and the mapping of
-//! [`NodeError`] to status codes. Every refusal the server sends is one of
-//! these, as a JSON [`ErrorBody`]; axum's plain-text rejections never leave
-//! the extractors.
+//! `api::code`, a message saying what and where) and, in one `From` impl per
+//! operation, the status and code of each variant of the node's error types
+//! ([`AppendError`], [`ReadError`], [`ProofError`], [`ExportError`],
+//! [`TrailError`]). The mapping matches typed variants only, never message
+//! text; an internal fault is 500 whatever operation met it. Every refusal
+//! the server sends is one of these, as a JSON [`ErrorBody`]; axum's
+//! plain-text rejections never leave the extractors.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{self, ErrorBody, ErrorDetail, code};
-use crate::server::node::NodeError;
+use crate::server::node::{
+    AppendError, ExportError, InternalFault, ProofError, ReadError, TrailError, Unavailable,
+};
 
 /// An error answer: a status and an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,33 +97,6 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code::STORAGE, message)
     }
 
-    /// The status and code of each node failure.
-    pub fn from_node(error: NodeError) -> ApiError {
-        let message = error.to_string();
-        match error {
-            NodeError::Refused(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::REFUSED, message)
-            }
-            NodeError::NotFound(_) => ApiError::not_found(message),
-            NodeError::IdempotencyKeyReused(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                code::IDEMPOTENCY_KEY_REUSED,
-                message,
-            ),
-            NodeError::WrongExpectedOffset { actual, .. } => ApiError {
-                actual_offset: Some(actual),
-                ..ApiError::new(StatusCode::CONFLICT, code::WRONG_EXPECTED_OFFSET, message)
-            },
-            // The guard forwards every request a backup gets to the
-            // primary; a replica that loses the primacy while handling one
-            // answers "try again".
-            NodeError::NotPrimary { .. } => ApiError::unavailable(message),
-            NodeError::Indeterminate(_) => ApiError::indeterminate(message),
-            NodeError::Unavailable(_) => ApiError::unavailable(message),
-            NodeError::Storage(_) => ApiError::storage(message),
-        }
-    }
-
     /// The wire body.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
@@ -140,5 +118,95 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    /// 503 `unavailable`: nothing was written, retrying is safe. (The guard
+    /// forwards every request a backup gets to the primary; a replica that
+    /// loses the primacy while handling one answers "try again".)
+    fn from(error: Unavailable) -> ApiError {
+        ApiError::unavailable(error.to_string())
+    }
+}
+
+impl From<InternalFault> for ApiError {
+    /// 500 `storage`: a fault of this replica, never the caller's.
+    fn from(error: InternalFault) -> ApiError {
+        tracing::error!(%error, "internal fault answered 500");
+        ApiError::storage(error.to_string())
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(error: AppendError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            AppendError::ReservedStream { .. }
+            | AppendError::Batch(_)
+            | AppendError::StaleRequest { .. } => ApiError::refused(message),
+            AppendError::WrongExpectedOffset { actual, .. } => ApiError {
+                actual_offset: Some(actual),
+                ..ApiError::new(StatusCode::CONFLICT, code::WRONG_EXPECTED_OFFSET, message)
+            },
+            AppendError::IdempotencyKeyReused { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::IDEMPOTENCY_KEY_REUSED,
+                message,
+            ),
+            AppendError::Unavailable(unavailable) => unavailable.into(),
+            AppendError::Indeterminate { .. } => ApiError::indeterminate(message),
+            AppendError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> ApiError {
+        match error {
+            ReadError::UnknownStream { .. } => ApiError::not_found(error.to_string()),
+            ReadError::Unavailable(unavailable) => unavailable.into(),
+            ReadError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<ProofError> for ApiError {
+    fn from(error: ProofError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            ProofError::NoSuchEvent { .. } | ProofError::NotCertifiedYet { .. } => {
+                ApiError::not_found(message)
+            }
+            ProofError::NoCertificate { .. } | ProofError::ConsistencyRange { .. } => {
+                ApiError::refused(message)
+            }
+            ProofError::Unavailable(unavailable) => unavailable.into(),
+            ProofError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(error: ExportError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            ExportError::UnknownStream { .. } => ApiError::not_found(message),
+            ExportError::Range { .. }
+            | ExportError::BeyondStream { .. }
+            | ExportError::NothingCertified => ApiError::refused(message),
+            ExportError::Unavailable(unavailable) => unavailable.into(),
+            ExportError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<TrailError> for ApiError {
+    fn from(error: TrailError) -> ApiError {
+        match error {
+            TrailError::Unavailable(unavailable) => unavailable.into(),
+            TrailError::Indeterminate { .. } => ApiError::indeterminate(error.to_string()),
+            TrailError::Internal(fault) => fault.into(),
+        }
     }
 }

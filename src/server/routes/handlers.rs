@@ -113,7 +113,7 @@ pub(crate) async fn append(
             }
             Ok(response)
         }
-        Err(error) => Err(ApiError::from_node(error)),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -229,7 +229,7 @@ pub(crate) async fn read_stream(
     let (from, max) = query.window()?;
     let events = run_blocking(&state, move |node| node.read_stream(stream, from, max))
         .await?
-        .map_err(ApiError::from_node)?;
+        .map_err(ApiError::from)?;
     let next_offset = events.last().map_or(from, |e| e.offset + 1);
     let touched = Touched {
         stream: Some(stream),
@@ -254,7 +254,7 @@ pub(crate) async fn read_log(
     let (from, max) = query.window()?;
     let events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
-        .map_err(ApiError::from_node)?;
+        .map_err(ApiError::from)?;
     let next_position = events.last().map_or(from, |e| e.position + 1);
     let touched = Touched {
         stream: None,
@@ -279,7 +279,7 @@ pub(crate) async fn proof(
     let offset = edge_number("offset", &path.offset)?;
     let proof = run_blocking(&state, move |node| node.proof(stream, offset))
         .await?
-        .map_err(ApiError::from_node)?;
+        .map_err(ApiError::from)?;
     let touched = Touched {
         stream: Some(stream),
         from: Some(offset),
@@ -322,7 +322,7 @@ pub(crate) async fn consistency(
     }
     let answer = run_blocking(&state, move |node| node.consistency(from, to))
         .await?
-        .map_err(ApiError::from_node)?;
+        .map_err(ApiError::from)?;
     Ok(Json(answer))
 }
 
@@ -362,7 +362,7 @@ pub(crate) async fn export_events(
     };
     let files = run_blocking(&state, move |node| node.export_events(call))
         .await?
-        .map_err(ApiError::from_node)?;
+        .map_err(ApiError::from)?;
     let bundle = api::ExportBundle {
         files: files
             .into_iter()
@@ -402,7 +402,7 @@ pub(crate) async fn export_audit(
         node.audit_records(from_ns, to_ns, stream)
     })
     .await?
-    .map_err(ApiError::from_node)?;
+    .map_err(ApiError::from)?;
     let answer = api::AuditExport {
         source,
         records: records
