@@ -132,16 +132,16 @@ async fn flipped_byte_in_a_stopped_backup_is_repaired_from_peers(kind: Flip) {
     let (file, offset, len, op) = op_record(&data, 4);
     assert!(op <= commit, "op {op} is committed (commit {commit})");
     let original = flip(&file, offset, len, kind);
-    let refused = LocalLog::open(
+    let Err(refused) = LocalLog::open(
         &data,
         LogOptions {
             without_index: true,
             ..support::wait_for_lock()
         },
-    )
-    .err()
-    .expect("opened alone (no peers), the damaged log is refused")
-    .to_string();
+    ) else {
+        panic!("opened alone (no peers), the damaged log is refused");
+    };
+    let refused = refused.to_string();
     let name = segment_file_name(0);
     assert!(
         refused.contains(&name) && refused.contains(&format!("byte {offset}")),
@@ -234,10 +234,10 @@ fn single_replica_refuses_a_damaged_op_naming_file_and_byte() {
         let (file, offset, len, _) = op_record(&data, 3);
         flip(&file, offset, len, kind);
         let damaged = std::fs::read(&file).expect("segment");
-        let error = LocalLog::open(&data, LogOptions::default())
-            .err()
-            .expect("a damaged op below the tail is refused")
-            .to_string();
+        let Err(error) = LocalLog::open(&data, LogOptions::default()) else {
+            panic!("{kind:?}: a damaged op below the tail is refused");
+        };
+        let error = error.to_string();
         assert!(
             error.contains(&file.display().to_string())
                 && error.contains(&format!("byte {offset}")),
