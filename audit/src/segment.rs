@@ -7,7 +7,9 @@
 //! did not finish) from corruption (damage before the tail). [`scan_log_dir`]
 //! reads every segment of a directory in order and checks the hash chain
 //! across them. Storage recovery and `vellum verify` both use it; it reads
-//! files but never writes. The rules are written down in `docs/format.md`
+//! files but never writes. [`scan_log_dir_tolerant`] (a replica of a cluster,
+//! which can repair from peers) also steps over a damaged Op record below
+//! the tail whose place in the chain is known, and reports it. The rules are written down in `docs/format.md`
 //! ("Segments", "Crash cases").
 
 use std::fmt;
@@ -140,6 +142,30 @@ pub enum SegmentEnd {
 pub struct SegmentScan {
     pub records: Vec<ScannedRecord>,
     pub end: SegmentEnd,
+    /// Damaged Op records stepped over (a tolerant scan only; else empty).
+    pub damaged: Vec<DamagedOp>,
+}
+
+/// An Op record a tolerant scan found damaged below the tail: a valid
+/// record follows it, and its place in the chain is known, so a peer's copy
+/// can be checked against `checksum` and written back over exactly these
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedOp {
+    /// File offset of the damaged record.
+    pub offset: u64,
+    /// Its length in the file (header plus body).
+    pub len: u64,
+    /// Its op number.
+    pub op: u64,
+    /// The checksum its header must have: its own when the header is
+    /// readable (only the body is damaged), else the `parent` of the record
+    /// after it.
+    pub checksum: Hash,
+    /// Its header, when readable.
+    pub header: Option<OpHeader>,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// What the hash chain rules need to remember about the ops seen so far.
@@ -251,6 +277,17 @@ impl Chain {
         Ok(())
     }
 
+    /// Extends the chain with an op whose header is unreadable but whose
+    /// checksum and tree size the record after it names.
+    fn push_inferred(&mut self, op: u64, checksum: Hash, tree_size: u64) {
+        self.ops.push((checksum, tree_size));
+        self.tip = ChainTip {
+            last_op: op,
+            last_op_checksum: checksum,
+            tree_size,
+        };
+    }
+
     fn check_certificate(&self, header: &OpHeader) -> Result<(), String> {
         if header.op == 0 {
             return Err("certificate of op 0".to_string());
@@ -328,9 +365,31 @@ pub fn scan_segment_with(
     cluster: u128,
     chain: &mut Chain,
 ) -> SegmentScan {
-    let mut records = Vec::new();
-    let end = scan_records(bytes, expected_index, cluster, chain, &mut records);
-    SegmentScan { records, end }
+    scan_segment_inner(bytes, expected_index, cluster, chain, false)
+}
+
+fn scan_segment_inner(
+    bytes: &[u8],
+    expected_index: u64,
+    cluster: u128,
+    chain: &mut Chain,
+    tolerate: bool,
+) -> SegmentScan {
+    let mut scan = SegmentScan {
+        records: Vec::new(),
+        end: SegmentEnd::Open,
+        damaged: Vec::new(),
+    };
+    let damaged = tolerate.then_some(&mut scan.damaged);
+    scan.end = scan_records(
+        bytes,
+        expected_index,
+        cluster,
+        chain,
+        &mut scan.records,
+        damaged,
+    );
+    scan
 }
 
 /// Why a record at some offset is not accepted.
@@ -349,6 +408,7 @@ fn scan_records(
     cluster: u128,
     chain: &mut Chain,
     records: &mut Vec<ScannedRecord>,
+    mut damaged: Option<&mut Vec<DamagedOp>>,
 ) -> SegmentEnd {
     if let Err(invalid) = check_segment_header(bytes, expected_index, cluster) {
         return classify(bytes, 0, invalid);
@@ -358,12 +418,22 @@ fn scan_records(
     while pos < bytes.len() {
         let record = match read_record(bytes, pos) {
             Ok(record) => record,
+            Err(Invalid::Unreadable(reason)) if damaged.is_some() => {
+                let Some(op) = damaged_op(bytes, pos, chain, reason.clone()) else {
+                    return classify(bytes, pos, Invalid::Unreadable(reason));
+                };
+                pos += usize::try_from(op.len).expect("within the file");
+                op_count += 1;
+                damaged.as_mut().expect("checked above").push(op);
+                continue;
+            }
             Err(invalid) => return classify(bytes, pos, invalid),
         };
         let header = record.header;
         let body = &bytes[record.body_range.clone()];
+        let record_count = records.len() + damaged.as_ref().map_or(0, |d| d.len());
         let checked = if header.kind == RecordKind::Seal {
-            check_seal(chain, &header, body, records.len() as u64, op_count)
+            check_seal(chain, &header, body, record_count as u64, op_count)
         } else {
             check_body(&header, body, record.body_range.start as u64)
                 .and_then(|()| chain.check_and_push(&header))
@@ -434,6 +504,64 @@ fn read_record(bytes: &[u8], pos: usize) -> Result<ScannedRecord, Invalid> {
         offset: pos as u64,
         header,
         body_range: body_start..body_end,
+    })
+}
+
+/// The damaged Op record at `pos`, if a valid record follows it (so it is
+/// not a torn tail) and its place in the chain is known: from its own
+/// header when only the body is damaged, else from the record right after
+/// it (the next op's `parent`, or a Certificate or Seal naming it). On
+/// success the chain is extended with it. `None`: not an op this scan can
+/// place (the caller reports the damage as before).
+fn damaged_op(bytes: &[u8], pos: usize, chain: &mut Chain, reason: String) -> Option<DamagedOp> {
+    let next = find_valid_header_after(bytes, pos)?;
+    let tip = chain.tip();
+    if !chain.tip_known() {
+        return None;
+    }
+    let own = bytes
+        .get(pos..pos + HEADER_BYTES)
+        .and_then(|b| OpHeader::decode(b.try_into().expect("HEADER_BYTES"), pos as u64).ok());
+    if let Some(header) = own {
+        let end = pos + HEADER_BYTES + header.body_size as usize;
+        if header.kind != RecordKind::Op || end > next || chain.check_and_push(&header).is_err() {
+            return None;
+        }
+        return Some(DamagedOp {
+            offset: pos as u64,
+            len: (end - pos) as u64,
+            op: header.op,
+            checksum: header.checksum(),
+            header: Some(header),
+            reason,
+        });
+    }
+    let after = OpHeader::decode(
+        bytes[next..next + HEADER_BYTES]
+            .try_into()
+            .expect("HEADER_BYTES"),
+        next as u64,
+    )
+    .ok()?;
+    let op = tip.last_op + 1;
+    let (checksum, tree_size) = match after.kind {
+        RecordKind::Op if after.op == op + 1 => (after.parent, after.global_position),
+        RecordKind::Certificate | RecordKind::Seal if after.op == op => {
+            (after.parent, after.tree_size)
+        }
+        _ => return None,
+    };
+    if tree_size < tip.tree_size {
+        return None;
+    }
+    chain.push_inferred(op, checksum, tree_size);
+    Some(DamagedOp {
+        offset: pos as u64,
+        len: (next - pos) as u64,
+        op,
+        checksum,
+        header: None,
+        reason,
     })
 }
 
@@ -573,6 +701,19 @@ impl fmt::Display for LogScan {
 /// Reads and checks every segment of `dir` in index order. Errors name the
 /// file and byte offset. Reads files, never writes.
 pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
+    scan_log_dir_with(dir, cluster, false)
+}
+
+/// Like [`scan_log_dir`], but a damaged Op record below the tail whose
+/// place in the chain is known is stepped over and reported in its
+/// segment's `damaged` list instead of failing the scan (every other damage
+/// still fails it). For a replica of a cluster, which repairs such an op
+/// from its peers; `vellum verify` never tolerates damage.
+pub fn scan_log_dir_tolerant(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
+    scan_log_dir_with(dir, cluster, true)
+}
+
+fn scan_log_dir_with(dir: &Path, cluster: u128, tolerate: bool) -> Result<LogScan, ScanError> {
     let indexes = list_segments(dir)?;
     let mut chain = Chain::genesis(cluster);
     let mut segments = Vec::with_capacity(indexes.len());
@@ -583,7 +724,7 @@ pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
             path: path.clone(),
             source,
         })?;
-        let scan = scan_segment_with(&bytes, index, cluster, &mut chain);
+        let scan = scan_segment_inner(&bytes, index, cluster, &mut chain, tolerate);
         let is_last = position + 1 == count;
         let corrupt = |offset: u64, reason: String| ScanError::Corrupt {
             file: path.clone(),

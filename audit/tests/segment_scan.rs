@@ -6,8 +6,8 @@ use vellum_audit::record::{
     EventFrame, HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, encode_events, genesis_parent,
 };
 use vellum_audit::segment::{
-    ScanError, SegmentEnd, SegmentHeader, parse_segment_file_name, scan_log_dir, scan_segment,
-    segment_file_name,
+    ScanError, SegmentEnd, SegmentHeader, parse_segment_file_name, scan_log_dir,
+    scan_log_dir_tolerant, scan_segment, segment_file_name,
 };
 
 const CLUSTER: u128 = 0xc1;
@@ -427,6 +427,67 @@ fn log_dir_checks_chain_across_segments() {
     match scan_log_dir(&dir, CLUSTER) {
         Err(ScanError::Corrupt { file, .. }) => assert_eq!(file, path),
         other => panic!("gap accepted: {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: the tolerant scan (a replica of a cluster) steps over every single
+/// byte flip inside an op record below the tail, whether in its body (the
+/// header still reads) or in its header (the op is placed from the next
+/// op's parent, a certificate of it, or the seal), and reports exactly that
+/// op with its original checksum, offset and length; the strict scan still
+/// refuses every one of them.
+#[test]
+fn tolerant_scan_reports_every_flip_in_an_op_record() {
+    let mut log = LogBuilder::new();
+    let op1 = log.op(1);
+    let op2 = log.op(2);
+    log.certificate(2);
+    let op3 = log.op(1);
+    log.seal();
+    log.op(3);
+    let clean = log.segments[0].clone();
+    let starts = record_starts(&clean);
+    let dir = tempdir();
+    log.write_dir(&dir);
+    let path = dir.join(segment_file_name(0));
+    let clean_scan = scan_log_dir(&dir, CLUSTER).expect("clean log");
+    // (record start, op record): op 1 is placed by op 2, op 2 by the
+    // certificate after it, op 3 by the seal.
+    let ops = [(starts[1], &op1), (starts[2], &op2), (starts[4], &op3)];
+    for (start, record) in ops {
+        let len = record.encode().len();
+        for byte in start..start + len {
+            let mut flipped = clean.clone();
+            flipped[byte] ^= 1 << (byte % 8);
+            std::fs::write(&path, &flipped).expect("write");
+            assert!(
+                scan_log_dir(&dir, CLUSTER).is_err(),
+                "strict: flip at {byte}"
+            );
+            let scan = scan_log_dir_tolerant(&dir, CLUSTER)
+                .unwrap_or_else(|e| panic!("tolerant: flip at {byte}: {e}"));
+            let damaged = &scan.segments[0].scan.damaged;
+            assert_eq!(damaged.len(), 1, "flip at {byte}");
+            let d = &damaged[0];
+            assert_eq!(
+                (d.offset, d.len, d.op, d.checksum),
+                (
+                    start as u64,
+                    len as u64,
+                    record.header.op,
+                    record.checksum()
+                ),
+                "flip at {byte}"
+            );
+            assert_eq!(
+                d.header.is_some(),
+                byte >= start + HEADER_BYTES,
+                "flip at {byte}"
+            );
+            assert_eq!(scan.chain, clean_scan.chain, "flip at {byte}");
+            assert_eq!(scan.record_count() + 1, clean_scan.record_count());
+        }
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -25,7 +25,7 @@ use vellum_audit::record::Record;
 use super::shell::PendingWrite;
 use super::state::LogState;
 use super::{LocalLog, LogError};
-use crate::storage::{Storage, cut_after_op};
+use crate::storage::{DamagedRecord, RecordLocation, Storage, cut_after_op};
 use crate::vsr::{self, Input, Message, MessageBody, ReadPurpose, ReplicaIndex, Status};
 
 /// Ops a replica holds in memory ahead of a gap in its log, at most; more
@@ -156,6 +156,10 @@ pub(super) struct ClusterShell {
     recovered_through: AtomicU64,
     /// The newest certificate whose op this replica has not written yet.
     deferred: Mutex<Option<Arc<Certificate>>>,
+    /// Durable op records found damaged when read for a peer (the core
+    /// marks them faulty and fetches them): written back in place when the
+    /// peer's copy arrives.
+    rotten: Mutex<BTreeMap<u64, DamagedRecord>>,
 }
 
 impl ClusterShell {
@@ -166,7 +170,14 @@ impl ClusterShell {
             epoch: AtomicU64::new(0),
             recovered_through: AtomicU64::new(0),
             deferred: Mutex::new(None),
+            rotten: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn rotten(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, DamagedRecord>> {
+        self.rotten
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn deferred_lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Certificate>>> {
@@ -375,13 +386,29 @@ impl LocalLog {
         }
         let op = record.header.op;
         let checksum = record.checksum();
-        let (last, parent) = {
+        let (last, parent, damaged, pending) = {
             let state = self.lock();
-            (state.last_op(), state.parent)
+            (
+                state.last_op(),
+                state.parent,
+                state.damaged(op).is_some(),
+                state.pending_location(op, &checksum).is_some(),
+            )
         };
+        if damaged {
+            return self.repair_in_place(&record, inputs);
+        }
+        if pending {
+            // On disk intact, after a damaged op: durable already.
+            inputs.push_back(Input::WriteDone {
+                writes: vec![(op, checksum)],
+            });
+            return Ok(());
+        }
         if op <= last {
             let same = self.lock().op(op).is_some_and(|i| i.checksum == checksum);
             if same {
+                self.restore_rotten(&record)?;
                 inputs.push_back(Input::WriteDone {
                     writes: vec![(op, checksum)],
                 });
@@ -408,6 +435,113 @@ impl LocalLog {
         self.write_next(record)?;
         self.drain_held()?;
         self.store_deferred_certificate()
+    }
+
+    /// A peer's copy of an op found damaged on open: written over the
+    /// damaged bytes in place (the same bytes, checked against the checksum
+    /// the chain names), then the store is reopened and the state rebuilt,
+    /// now with the ops that waited behind it. A copy that does not fit is
+    /// refused and logged; the op stays faulty.
+    fn repair_in_place(
+        &self,
+        record: &Record,
+        inputs: &mut VecDeque<Input>,
+    ) -> Result<(), LogError> {
+        let op = record.header.op;
+        let checksum = record.checksum();
+        let mut state = self.lock();
+        let Some(damaged) = state.damaged(op).cloned() else {
+            return Ok(());
+        };
+        let segments = self.dir.root().join(crate::storage::SEGMENTS_DIR);
+        if let Err(error) = crate::storage::restore_record_check(&damaged, record) {
+            tracing::error!(%error, op, "a peer's copy does not fit the damaged record; it stays faulty");
+            return Ok(());
+        }
+        self.storage.get().flush()?;
+        let mut slot = self
+            .storage
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            old.close()?;
+        }
+        crate::storage::restore_record(&segments, &damaged, record)?;
+        let (storage, recovery) =
+            Storage::open(self.dir.root(), self.cluster, self.storage_config)?;
+        let mut fresh = LogState::recover(&storage, self.cluster, &self.policy, &recovery)?;
+        if fresh.pending.is_empty() {
+            storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
+        }
+        fresh.commit = recovered_commit(&fresh, state.commit);
+        fresh.poisoned = state.poisoned.clone();
+        fresh.copy_index_progress(&state);
+        let kept = fresh.last_op();
+        *state = fresh;
+        *slot = Some(storage);
+        let cluster = self.cluster_side();
+        cluster.epoch.fetch_add(1, Ordering::SeqCst);
+        cluster.recovered_through.store(kept, Ordering::SeqCst);
+        drop(slot);
+        drop(state);
+        let mut writes: Vec<(u64, Hash)> = self
+            .exchange
+            .take_writes(Duration::ZERO)
+            .into_iter()
+            .filter(|write| write.op <= kept)
+            .map(|write| (write.op, write.checksum))
+            .collect();
+        writes.push((op, checksum));
+        inputs.push_back(Input::WriteDone { writes });
+        self.drain_held()?;
+        self.store_deferred_certificate()
+    }
+
+    /// A durable record of the state that did not read back: once the
+    /// store is flushed (it may only have been queued), a record that still
+    /// fails is damaged. The core makes its slot faulty and fetches it.
+    fn note_rotten(&self, op: u64, checksum: Hash, location: RecordLocation) {
+        let storage = self.storage.get();
+        if storage.flush().is_err()
+            || storage
+                .read(location)
+                .is_ok_and(|r| r.checksum() == checksum)
+        {
+            return;
+        }
+        let file = self
+            .dir
+            .root()
+            .join(crate::storage::SEGMENTS_DIR)
+            .join(vellum_audit::segment::segment_file_name(location.segment));
+        tracing::warn!(file = %file.display(), offset = location.offset, op, "an op record no longer reads back; it will be repaired from peers");
+        self.cluster_side().rotten().insert(
+            op,
+            DamagedRecord {
+                file,
+                location,
+                op,
+                checksum,
+                header: None,
+                reason: "the record no longer reads back".to_string(),
+            },
+        );
+    }
+
+    /// Writes a peer's copy over a record found damaged on read, in place
+    /// (the store keeps appending after it; this touches only its bytes).
+    fn restore_rotten(&self, record: &Record) -> Result<(), LogError> {
+        let op = record.header.op;
+        let Some(damaged) = self.cluster_side().rotten().remove(&op) else {
+            return Ok(());
+        };
+        let segments = self.dir.root().join(crate::storage::SEGMENTS_DIR);
+        if let Err(error) = crate::storage::restore_record(&segments, &damaged, record) {
+            tracing::error!(%error, op, "could not write a peer's copy over a damaged record");
+            return Err(LogError::Storage(error));
+        }
+        Ok(())
     }
 
     fn write_next(&self, record: Record) -> Result<(), LogError> {
@@ -456,18 +590,26 @@ impl LocalLog {
             .filter(|r| r.checksum() == checksum)
             .cloned();
         let record = held.or_else(|| {
-            let location = self
-                .lock()
-                .op(op)
-                .filter(|i| i.checksum == checksum)
-                .and_then(|i| i.location)?;
+            let location = {
+                let state = self.lock();
+                state
+                    .op(op)
+                    .filter(|i| i.checksum == checksum)
+                    .and_then(|i| i.location)
+                    .or_else(|| state.pending_location(op, &checksum))?
+            };
             // A record still in the write queue is not in the file yet: the
             // core asks again later.
-            self.storage
+            let read = self
+                .storage
                 .get()
                 .read(location)
                 .ok()
-                .filter(|r| r.checksum() == checksum)
+                .filter(|r| r.checksum() == checksum);
+            if read.is_none() {
+                self.note_rotten(op, checksum, location);
+            }
+            read
         });
         inputs.push_back(Input::ReadDone {
             op,
@@ -485,7 +627,9 @@ impl LocalLog {
     ) -> Result<(), LogError> {
         self.cluster_side().held().retain(|op, _| *op <= after_op);
         let mut state = self.lock();
-        if after_op >= state.last_op() {
+        // The disk may hold ops beyond the state: those pending behind a
+        // damaged op. They are cut like any other.
+        if after_op >= state.disk_last_op() {
             return Ok(());
         }
         if after_op < state.commit {
@@ -508,7 +652,9 @@ impl LocalLog {
         config.durable_op_floor = config.durable_op_floor.max(state.commit);
         let (storage, recovery) = Storage::open(self.dir.root(), self.cluster, config)?;
         let mut fresh = LogState::recover(&storage, self.cluster, &self.policy, &recovery)?;
-        storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
+        if fresh.pending.is_empty() {
+            storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
+        }
         fresh.commit = state.commit;
         fresh.poisoned = state.poisoned.clone();
         fresh.copy_index_progress(&state);

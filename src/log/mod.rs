@@ -412,6 +412,9 @@ impl LocalLog {
             storage_config.durable_certificate_floor =
                 storage_config.durable_certificate_floor.max(certified);
         }
+        // A replica of a cluster repairs a damaged op below its tail from
+        // its peers; a lone replica has none, so any damage fails its open.
+        storage_config.tolerate_damaged_ops = options.cluster.is_some() && !read_only;
         let (storage, recovery) = Storage::open(dir.root(), cluster, storage_config)?;
         let torn_tail = recovery.torn_tail.as_ref().map(|t| {
             format!(
@@ -427,7 +430,9 @@ impl LocalLog {
             )
         });
         let mut state = LogState::recover(&storage, cluster, &policy, &recovery)?;
-        if !read_only {
+        // With a damaged op the tree ends before it: storage learns the
+        // whole tree once the repair rebuilt the state.
+        if !read_only && state.pending.is_empty() {
             storage.resume_tree((state.tree.len(), state.tree.root()))?;
         }
         let mut report = OpenReport {
@@ -441,19 +446,22 @@ impl LocalLog {
         // Before the core commits anything: drop index rows the durable log
         // does not back (an index written before rows waited for their
         // certificate record), so the catch-up below can write the log's.
-        if let Some(indexer) = &indexer {
+        // With a damaged op, the state ends before it while the disk holds
+        // more: rows of the ops after it are backed (they are restored, not
+        // lost), so nothing is dropped until a whole open.
+        if let Some(indexer) = indexer.as_ref().filter(|_| state.pending.is_empty()) {
             indexer.reconcile(state.index_backing());
         }
         let durable = shell::load_state(&dir.root().join(VSR_STATE_FILE))?;
         // The saved commit is a lower bound the log must reach: beyond it,
         // the log lost committed ops or the file was edited. Refuse rather
         // than wait forever for ops that will never come.
-        if durable.commit > state.last_op() {
+        if durable.commit > state.disk_last_op() {
             return Err(LogError::Corrupt(format!(
                 "{} says op {} committed but the log ends at op {}",
                 dir.root().join(VSR_STATE_FILE).display(),
                 durable.commit,
-                state.last_op()
+                state.disk_last_op()
             )));
         }
         if options.cluster.is_some() {

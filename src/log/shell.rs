@@ -16,7 +16,7 @@ use vellum_audit::leaf::commitment;
 use vellum_audit::record::{self, OpHeader, Record};
 use vellum_compliance::trail::AccessEvent;
 
-use super::state::LogState;
+use super::state::{LogState, PendingOp};
 use super::{Appended, ClientRequest, LocalLog, LogError, now_ns};
 use crate::crypto::{self, EventAad};
 use crate::storage::Ticket;
@@ -767,9 +767,13 @@ pub fn load_state(path: &std::path::Path) -> Result<DurableState, LogError> {
     })
 }
 
-/// The core's view of what the disk holds, from the recovered state.
+/// The core's view of what the disk holds, from the recovered state: the
+/// ops of the state as intact entries, then the pending ones (from the
+/// first damaged op on) as they lie on disk, a damaged one `Faulty` (its
+/// header when readable) so the core repairs it from peers by op and
+/// checksum, never treating it as absent.
 pub fn recovered(state: &LogState, durable: DurableState) -> vsr::Recovered {
-    let journal = state
+    let mut journal: Vec<vsr::JournalEntry> = state
         .headers()
         .map(|header| vsr::JournalEntry::Intact {
             header: *header,
@@ -783,6 +787,16 @@ pub fn recovered(state: &LogState, durable: DurableState) -> vsr::Recovered {
                 .collect(),
         })
         .collect();
+    journal.extend(state.pending.iter().map(|(op, pending)| match pending {
+        PendingOp::Intact { header, leaves, .. } => vsr::JournalEntry::Intact {
+            header: *header,
+            leaves: leaves.clone(),
+        },
+        PendingOp::Damaged(damaged) => vsr::JournalEntry::Faulty {
+            op: *op,
+            header: damaged.header,
+        },
+    }));
     let certificates = state.certificate_texts();
     vsr::Recovered {
         state: durable,

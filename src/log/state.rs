@@ -3,7 +3,7 @@
 //! client table lives in the VSR core). The log on disk is the only source of truth; this is a cache
 //! of it that is checked against it while being rebuilt.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use vellum_audit::checkpoint::Certificate;
@@ -16,7 +16,7 @@ use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
 
 use super::{LogError, leaf_of};
 use crate::index::{CommitRow, EventRow, IndexBatch, KeyRow};
-use crate::storage::{RecordLocation, Recovery, Storage};
+use crate::storage::{DamagedRecord, RecordLocation, Recovery, Storage};
 
 /// Events per index batch sent during catch-up, at most.
 pub const INDEX_BATCH_EVENTS_MAX: usize = 10_000;
@@ -49,6 +49,22 @@ pub struct CertInfo {
     pub time_ns: u64,
 }
 
+/// An op a replica of a cluster holds on disk at or after its first damaged
+/// op: known to its core, but not yet in this state, since its leaves cannot
+/// go into the tree before the damaged op's. The state takes it in when the
+/// damaged ops below it are repaired (the log is then rebuilt).
+#[derive(Debug, Clone)]
+pub enum PendingOp {
+    /// Intact on disk: its header, leaf hashes and place.
+    Intact {
+        header: OpHeader,
+        leaves: Vec<Hash>,
+        location: RecordLocation,
+    },
+    /// Damaged on disk, to be repaired from peers.
+    Damaged(DamagedRecord),
+}
+
 /// The cache of the log.
 #[derive(Debug, Default)]
 pub struct LogState {
@@ -67,6 +83,9 @@ pub struct LogState {
     /// key's row in the index, derived from the log so it is the same on
     /// every rebuild.
     key_first_use: HashMap<u64, (u64, u64)>,
+    /// Ops from the first damaged op on (a replica of a cluster only; empty
+    /// on a whole log): the state above ends right before the first one.
+    pub pending: BTreeMap<u64, PendingOp>,
 }
 
 /// The leaf preimages of an op record's events.
@@ -94,6 +113,15 @@ impl LogState {
             parent: record::genesis_parent(cluster),
             ..LogState::default()
         };
+        // Records after the first damaged op wait in `pending` until it is
+        // repaired: their leaves, certificates and seals cannot be placed
+        // or checked before the damaged op's leaves are known.
+        let first_damaged = recovery.damaged.first().map_or(u64::MAX, |d| d.op);
+        for damaged in &recovery.damaged {
+            state
+                .pending
+                .insert(damaged.op, PendingOp::Damaged(damaged.clone()));
+        }
         for (location, header) in &recovery.records {
             let at = |what: &str| {
                 format!(
@@ -101,6 +129,10 @@ impl LogState {
                     location.segment, location.offset
                 )
             };
+            if header.op >= first_damaged {
+                state.recover_pending(storage, header, *location, &at)?;
+                continue;
+            }
             match header.kind {
                 RecordKind::Op => {
                     let record = storage.read(*location)?;
@@ -144,6 +176,61 @@ impl LogState {
             }
         }
         Ok(state)
+    }
+
+    /// A record at or after the first damaged op: an Op is kept pending
+    /// with its leaves; a Certificate or Seal is checked when the log is
+    /// rebuilt after the repair.
+    fn recover_pending(
+        &mut self,
+        storage: &Storage,
+        header: &OpHeader,
+        location: RecordLocation,
+        at: &dyn Fn(&str) -> String,
+    ) -> Result<(), LogError> {
+        if header.kind != RecordKind::Op {
+            return Ok(());
+        }
+        let record = storage.read(location)?;
+        let leaves = leaf_preimages(&record, location.offset)
+            .map_err(|e| LogError::Corrupt(at(&e.to_string())))?
+            .iter()
+            .map(LeafPreimage::leaf_hash)
+            .collect();
+        self.pending.insert(
+            header.op,
+            PendingOp::Intact {
+                header: *header,
+                leaves,
+                location,
+            },
+        );
+        Ok(())
+    }
+
+    /// The last op the disk holds, pending ones included.
+    pub fn disk_last_op(&self) -> u64 {
+        self.pending
+            .last_key_value()
+            .map_or(self.last_op(), |(op, _)| *op)
+    }
+
+    /// The damaged record of `op`, if it waits for repair.
+    pub fn damaged(&self, op: u64) -> Option<&DamagedRecord> {
+        match self.pending.get(&op) {
+            Some(PendingOp::Damaged(damaged)) => Some(damaged),
+            _ => None,
+        }
+    }
+
+    /// Where an intact pending op with this checksum lies.
+    pub fn pending_location(&self, op: u64, checksum: &Hash) -> Option<RecordLocation> {
+        match self.pending.get(&op) {
+            Some(PendingOp::Intact {
+                header, location, ..
+            }) if header.checksum() == *checksum => Some(*location),
+            _ => None,
+        }
     }
 
     fn recover_certificate(

@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use vellum_audit::record::RecordKind;
-use vellum_audit::segment::scan_log_dir;
+use vellum_audit::segment::scan_log_dir_tolerant;
 
 use super::{SEGMENTS_DIR, StorageError};
 
@@ -47,7 +47,9 @@ pub fn cut_after_op(
     after_op: u64,
 ) -> Result<CutReport, StorageError> {
     let segments_dir = data_dir.join(SEGMENTS_DIR);
-    let scan = scan_log_dir(&segments_dir, cluster)?;
+    // A replica of a cluster may hold a damaged op (to be repaired from
+    // peers); cutting past it, or removing it, is as for any other op.
+    let scan = scan_log_dir_tolerant(&segments_dir, cluster)?;
     let last_op = scan.chain.last_op;
     if last_op <= after_op {
         return Ok(CutReport::default());
@@ -59,6 +61,9 @@ pub fn cut_after_op(
             if record.header.kind == RecordKind::Op && record.header.op == after_op {
                 end = Some((i, record.offset + record.encoded_len()));
             }
+        }
+        for damaged in segment.scan.damaged.iter().filter(|d| d.op == after_op) {
+            end = Some((i, damaged.offset + damaged.len));
         }
     }
     let (keep_segment, keep_bytes) = match (after_op, end) {

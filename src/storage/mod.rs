@@ -41,6 +41,7 @@ use vellum_audit::segment::{ChainTip, SEGMENT_HEADER_BYTES};
 
 pub use cut::{CutReport, cut_after_op};
 pub use file::{FaultFs, RealFs, SegmentFile, SegmentFs};
+pub use recovery::{DamagedRecord, restore_record, restore_record_check};
 
 /// Encoded size of a Seal record (header and 48-byte body).
 pub const SEAL_RECORD_BYTES: u64 = (HEADER_BYTES + vellum_audit::record::SEAL_BODY_BYTES) as u64;
@@ -82,6 +83,10 @@ pub struct StorageConfig {
     /// truncated or synced; a torn tail is reported, not cut; `submit` is
     /// refused. The segments directory must exist.
     pub read_only: bool,
+    /// A replica of a cluster: a damaged Op record below the tail whose
+    /// place in the chain is known is reported in `Recovery::damaged`
+    /// (to be repaired from peers) instead of failing the open.
+    pub tolerate_damaged_ops: bool,
 }
 
 impl Default for StorageConfig {
@@ -94,6 +99,7 @@ impl Default for StorageConfig {
             durable_op_floor: 0,
             durable_certificate_floor: 0,
             read_only: false,
+            tolerate_damaged_ops: false,
         }
     }
 }
@@ -140,6 +146,9 @@ pub struct Recovery {
     pub segments: u64,
     /// The last op of the log (0 and the genesis parent when empty).
     pub chain: ChainTip,
+    /// Damaged Op records below the tail, in log order (only with
+    /// `tolerate_damaged_ops`; else any damage fails the open).
+    pub damaged: Vec<DamagedRecord>,
 }
 
 /// Counters of the writer, for tests and `vellum bench`.

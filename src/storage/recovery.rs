@@ -8,14 +8,25 @@
 //! floor (ops the caller knows were certified) fails the open instead of
 //! cutting them, and a read-only open reports a torn tail without cutting it
 //! and creates, writes and syncs nothing.
+//!
+//! A replica of a cluster (`tolerate_damaged_ops`) may also find a damaged
+//! Op record below the tail: it is reported, not fatal, and the log repairs
+//! it from peers with [`restore_record`], which writes the peer's copy (the
+//! exact original bytes, checked against the checksum the chain names) over
+//! the damaged bytes in place.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vellum_audit::record::RecordKind;
-use vellum_audit::segment::{LogScan, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir};
+use vellum_audit::hash::Hash;
+use vellum_audit::record::{OpHeader, Record, RecordKind};
+use vellum_audit::segment::{
+    LogScan, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir, scan_log_dir_tolerant,
+    segment_file_name,
+};
 
 use super::{
     RecordLocation, Recovery, SegmentFile, SegmentFs, StorageConfig, StorageError, Tail, TornTail,
@@ -38,7 +49,12 @@ pub(super) fn recover(
     fs: &dyn SegmentFs,
     config: &StorageConfig,
 ) -> Result<Recovered, StorageError> {
-    let scan = scan_log_dir(segments_dir, cluster)?;
+    let scan = if config.tolerate_damaged_ops {
+        scan_log_dir_tolerant(segments_dir, cluster)?
+    } else {
+        scan_log_dir(segments_dir, cluster)?
+    };
+    let damaged = damaged_records(&scan);
     check_floor(&scan, segments_dir, config.durable_op_floor)?;
     check_certificate_floor(&scan, config.durable_certificate_floor)?;
     let torn_tail = if config.read_only {
@@ -69,6 +85,7 @@ pub(super) fn recover(
             torn_tail,
             segments,
             chain: scan.chain,
+            damaged,
         },
         tail,
         current,
@@ -76,6 +93,95 @@ pub(super) fn recover(
         syncs,
         segments_created: created,
     })
+}
+
+/// A damaged Op record below the tail, found by a tolerant open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the damaged bytes lie (`len` is what a repair must fill).
+    pub location: RecordLocation,
+    /// The op it holds.
+    pub op: u64,
+    /// The header checksum the op must have (its own readable header, or
+    /// the `parent` of the record after it).
+    pub checksum: Hash,
+    /// Its header, when readable (only the body is damaged).
+    pub header: Option<OpHeader>,
+    /// What the scanner found wrong.
+    pub reason: String,
+}
+
+/// Every damaged Op record of a tolerant scan, in log order, each reported.
+fn damaged_records(scan: &LogScan) -> Vec<DamagedRecord> {
+    let mut damaged = Vec::new();
+    for segment in &scan.segments {
+        for op in &segment.scan.damaged {
+            let len = u32::try_from(op.len).expect("a record between two valid ones is bounded");
+            tracing::warn!(file = %segment.path.display(), offset = op.offset, len, op = op.op, reason = %op.reason, "found a damaged op record below the tail; it will be repaired from peers");
+            damaged.push(DamagedRecord {
+                file: segment.path.clone(),
+                location: RecordLocation {
+                    segment: segment.index,
+                    offset: op.offset,
+                    len,
+                },
+                op: op.op,
+                checksum: op.checksum,
+                header: op.header,
+                reason: op.reason.clone(),
+            });
+        }
+    }
+    damaged
+}
+
+/// Writes a peer's copy of a damaged op record over the damaged bytes, in
+/// place, and `fdatasync`s the file. Refused (nothing written) unless the
+/// record is exactly `damaged.len` bytes long and its header checksum is the
+/// one the chain names, so the bytes written are the original ones: a crash
+/// part-way leaves a record that is still damaged (repaired again on the
+/// next open) or whole. The store must be closed (no writer on the file).
+pub fn restore_record(
+    segments_dir: &Path,
+    damaged: &DamagedRecord,
+    record: &Record,
+) -> Result<(), StorageError> {
+    restore_record_check(damaged, record)?;
+    let path = segments_dir.join(segment_file_name(damaged.location.segment));
+    let bytes = record.encode();
+    let io = |source| StorageError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = OpenOptions::new().write(true).open(&path).map_err(io)?;
+    file.write_all_at(&bytes, damaged.location.offset)
+        .map_err(io)?;
+    file.sync_data().map_err(io)?;
+    tracing::warn!(file = %path.display(), offset = damaged.location.offset, len = bytes.len(), op = damaged.op, "repaired a damaged op record in place from a peer's copy");
+    Ok(())
+}
+
+/// Whether `record` may be written over `damaged`: the same op, exactly
+/// as long, with the header checksum the chain names (so, the original
+/// bytes). Reads and writes nothing.
+pub fn restore_record_check(damaged: &DamagedRecord, record: &Record) -> Result<(), StorageError> {
+    let len = record.encoded_len();
+    if record.checksum() == damaged.checksum
+        && len == damaged.location.len as usize
+        && record.header.op == damaged.op
+    {
+        return Ok(());
+    }
+    Err(StorageError::Rejected(format!(
+        "{}: the copy of op {} ({len} bytes) is not the damaged record at byte {} \
+         ({} bytes): another checksum or length",
+        damaged.file.display(),
+        damaged.op,
+        damaged.location.offset,
+        damaged.location.len
+    )))
 }
 
 /// Every valid record of the scan, in log order, with its location.
@@ -274,13 +380,17 @@ fn tail_after(last: &ScannedSegment, fresh: Tail) -> Tail {
     let offset = records
         .last()
         .map_or(fresh.offset, |r| r.offset + r.encoded_len());
-    let ops = records
-        .iter()
-        .filter(|r| r.header.kind == RecordKind::Op)
-        .count();
+    // Damaged ops lie between valid records, so the last valid record ends
+    // the segment; they count as records and ops for the seal.
+    let damaged = last.scan.damaged.len();
+    let ops = damaged
+        + records
+            .iter()
+            .filter(|r| r.header.kind == RecordKind::Op)
+            .count();
     Tail {
         offset,
-        records: records.len() as u64,
+        records: (records.len() + damaged) as u64,
         ops: ops as u64,
         ..fresh
     }
