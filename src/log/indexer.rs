@@ -2,9 +2,16 @@
 //!
 //! The index is a projection of the log (DESIGN §5): appends never wait for
 //! it. A background thread with its own small tokio runtime receives row
-//! batches over a bounded channel, coalesces them into one transaction, and
-//! records how far it got. If it falls behind, the next open catches it up
-//! from the log; `vellum verify` reports any difference.
+//! batches, coalesces many certificates' rows into one transaction (up to
+//! [`INDEX_COALESCE_ROWS_MAX`] rows, gathered for up to
+//! [`INDEX_LINGER_MS_MAX`]), and records how far it got.
+//!
+//! Handing rows over never blocks the commit path: the queue is bounded by
+//! rows ([`INDEX_QUEUE_ROWS_MAX`]), and the log asks [`Indexer::has_room`]
+//! before it builds a batch. When the queue is full the rows stay in the
+//! log and the index is behind: a later certificate sends them (at most
+//! `state::INDEX_FEED_EVENTS_MAX` events at a time), and `close` and the
+//! next open send the rest; `vellum verify` reports any difference.
 //!
 //! Two rules keep the index honest after any crash:
 //! - It never gets ahead of what is durable in the log: a batch that carries
@@ -16,19 +23,26 @@
 //!   [`IndexStatus::skipped_rows`], and later rows keep being indexed;
 //!   `vellum verify` names the missing row.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::LogError;
 use crate::index::{Backing, Index, IndexBatch, IndexTarget};
 use crate::storage::{DurableProbe, Ticket};
 
-/// Batches waiting for the index thread, at most; senders block beyond it.
-pub const INDEX_QUEUE_MAX: usize = 1024;
+/// Rows queued for the index thread, at most (plus the one batch that
+/// found room): beyond it the log keeps the rows and the index is behind.
+pub const INDEX_QUEUE_ROWS_MAX: usize = 50_000;
 /// Rows coalesced into one index transaction, at most.
 pub const INDEX_COALESCE_ROWS_MAX: usize = 20_000;
+/// Longest the index thread waits for more batches to join a transaction
+/// once it holds one (the index runs behind the log anyway).
+pub const INDEX_LINGER_MS_MAX: u64 = 20;
+/// How often a stalled index thread (a test hook) looks again.
+const STALL_POLL_MS: u64 = 5;
 /// Longest the index thread waits for a gating record to become durable
 /// before giving up on the batch (it is caught up on the next open). Lazy
 /// records are synced within `storage::LAZY_DELAY_MS_MAX`, far below this.
@@ -49,6 +63,9 @@ pub struct IndexStatus {
     /// Batches dropped because their certificate record never became
     /// durable (storage failed); the next open catches them up.
     pub dropped_batches: u64,
+    /// Certificates whose rows the log kept back because the queue was
+    /// full (the index was behind); later certificates send them.
+    pub deferred_feeds: u64,
 }
 
 /// A record that must be durable before a batch may be indexed.
@@ -64,31 +81,67 @@ enum Message {
     Reconcile(Backing, SyncSender<()>),
 }
 
+/// Rows queued and not yet taken by a transaction, with a wake-up for
+/// senders that may wait (open and close, never the commit path).
+#[derive(Debug, Default)]
+struct Queued {
+    rows: Mutex<usize>,
+    drained: Condvar,
+}
+
+impl Queued {
+    fn rows(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, rows: usize) {
+        *self.rows() += rows;
+    }
+
+    fn take(&self, rows: usize) {
+        let mut queued = self.rows();
+        *queued = queued.saturating_sub(rows);
+        self.drained.notify_all();
+    }
+}
+
 /// Handle to the index thread.
 #[derive(Debug)]
 pub struct Indexer {
-    sender: Option<SyncSender<Message>>,
+    sender: Option<Sender<Message>>,
     thread: Option<JoinHandle<()>>,
     status: Arc<Mutex<IndexStatus>>,
+    queued: Arc<Queued>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl Indexer {
     /// Opens the index (creating and migrating it if needed) on a new thread
     /// and returns once it is open, with its status read.
     pub fn start(target: IndexTarget, cluster: u128) -> Result<Indexer, LogError> {
-        let (sender, receiver) = mpsc::sync_channel(INDEX_QUEUE_MAX);
+        let (sender, receiver) = mpsc::channel();
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
         let status = Arc::new(Mutex::new(IndexStatus::default()));
-        let thread_status = Arc::clone(&status);
+        let queued = Arc::new(Queued::default());
+        let stalled = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
+            status: Arc::clone(&status),
+            queued: Arc::clone(&queued),
+            stalled: Arc::clone(&stalled),
+        };
         let thread = std::thread::Builder::new()
             .name("vellum-index".to_string())
-            .spawn(move || run(target, cluster, receiver, opened_tx, thread_status))
+            .spawn(move || run(target, cluster, receiver, opened_tx, shared))
             .map_err(|e| LogError::DataDir(format!("cannot start the index thread: {e}")))?;
         match opened_rx.recv() {
             Ok(Ok(())) => Ok(Indexer {
                 sender: Some(sender),
                 thread: Some(thread),
                 status,
+                queued,
+                stalled,
             }),
             Ok(Err(message)) => {
                 let _ = thread.join();
@@ -100,18 +153,56 @@ impl Indexer {
         }
     }
 
-    /// Queues a batch (blocks while the queue is full).
-    pub fn send(&self, batch: IndexBatch) {
+    /// True when the queue can take another batch. The caller that found
+    /// no room keeps the rows (they are in the log) and sends them later.
+    pub fn has_room(&self) -> bool {
+        *self.queued.rows() < INDEX_QUEUE_ROWS_MAX
+    }
+
+    /// Counts a certificate whose rows were kept back for want of room.
+    pub fn note_deferred(&self) {
+        lock(&self.status).deferred_feeds += 1;
+    }
+
+    /// Queues a batch after waiting for room in the queue: for open and
+    /// close only, never the commit path.
+    pub fn send_waiting(&self, batch: IndexBatch) {
+        let mut queued = self.queued.rows();
+        while *queued >= INDEX_QUEUE_ROWS_MAX && self.thread_alive() {
+            queued = self
+                .queued
+                .drained
+                .wait_timeout(queued, Duration::from_millis(STALL_POLL_MS))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        drop(queued);
         self.send_gated(batch, None);
     }
 
+    fn thread_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Queues a batch that is applied only once `gate`'s record is durable.
+    /// Never blocks: ask [`Indexer::has_room`] first (the queue holds at
+    /// most one batch beyond [`INDEX_QUEUE_ROWS_MAX`] rows).
     pub fn send_gated(&self, batch: IndexBatch, gate: Option<DurableGate>) {
         if let Some(sender) = &self.sender {
+            let count = rows(&batch);
+            self.queued.add(count);
             // A closed channel means the thread is gone (it stops only when
             // the handle is dropped).
-            let _ = sender.send(Message::Batch(batch, gate));
+            if sender.send(Message::Batch(batch, gate)).is_err() {
+                self.queued.take(count);
+            }
         }
+    }
+
+    /// Test hook: while stalled, the index thread takes nothing off its
+    /// queue (an index that cannot keep up).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     /// Waits until every batch sent so far was applied (or the thread failed).
@@ -144,6 +235,7 @@ impl Indexer {
 
     /// Applies everything queued, then stops the thread.
     pub fn shutdown(mut self) {
+        self.set_stalled(false);
         self.flush();
         self.sender = None;
         if let Some(thread) = self.thread.take() {
@@ -154,6 +246,7 @@ impl Indexer {
 
 impl Drop for Indexer {
     fn drop(&mut self) {
+        self.set_stalled(false);
         self.sender = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -161,12 +254,19 @@ impl Drop for Indexer {
     }
 }
 
+/// What the index thread shares with its handle.
+struct Shared {
+    status: Arc<Mutex<IndexStatus>>,
+    queued: Arc<Queued>,
+    stalled: Arc<AtomicBool>,
+}
+
 fn run(
     target: IndexTarget,
     cluster: u128,
     receiver: Receiver<Message>,
     opened: SyncSender<Result<(), String>>,
-    status: Arc<Mutex<IndexStatus>>,
+    shared: Shared,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -179,7 +279,7 @@ fn run(
         }
     };
     runtime.block_on(async move {
-        let index = match open_and_read(&target, cluster, &status).await {
+        let index = match open_and_read(&target, cluster, &shared.status).await {
             Ok(index) => index,
             Err(message) => {
                 let _ = opened.send(Err(message));
@@ -187,7 +287,7 @@ fn run(
             }
         };
         let _ = opened.send(Ok(()));
-        serve(&index, &receiver, &status).await;
+        serve(&index, &receiver, &shared).await;
         index.close().await;
     });
 }
@@ -214,8 +314,12 @@ async fn open_and_read(
     Ok(index)
 }
 
-async fn serve(index: &Index, receiver: &Receiver<Message>, status: &Mutex<IndexStatus>) {
+async fn serve(index: &Index, receiver: &Receiver<Message>, shared: &Shared) {
+    let status = shared.status.as_ref();
     loop {
+        while shared.stalled.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(STALL_POLL_MS));
+        }
         let first = match receiver.recv_timeout(Duration::from_millis(200)) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -224,6 +328,7 @@ async fn serve(index: &Index, receiver: &Receiver<Message>, status: &Mutex<Index
         let mut batch = IndexBatch::default();
         let mut gates = Vec::new();
         let mut flushes = Vec::new();
+        let linger_until = Instant::now() + Duration::from_millis(INDEX_LINGER_MS_MAX);
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
@@ -231,6 +336,7 @@ async fn serve(index: &Index, receiver: &Receiver<Message>, status: &Mutex<Index
                     merge(&mut batch, more);
                     gates.extend(gate);
                 }
+                // A flush waits for what was sent before it: stop gathering.
                 Message::Flush(done) => flushes.push(done),
                 Message::Reconcile(backing, done) => {
                     // Sent on open before any batch: nothing is merged yet.
@@ -238,17 +344,36 @@ async fn serve(index: &Index, receiver: &Receiver<Message>, status: &Mutex<Index
                     let _ = done.send(());
                 }
             }
-            if rows(&batch) < INDEX_COALESCE_ROWS_MAX {
-                next = receiver.try_recv().ok();
+            if rows(&batch) < INDEX_COALESCE_ROWS_MAX && flushes.is_empty() {
+                next = gather_next(receiver, linger_until, rows(&batch) > 0);
             }
         }
+        let taken = rows(&batch);
         if wait_durable(&gates, status) {
             apply(index, &batch, status).await;
         }
+        shared.queued.take(taken);
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+/// The next queued message for the transaction being gathered: at once if
+/// one is queued, else (when rows are held) waiting until `linger_until`.
+fn gather_next(
+    receiver: &Receiver<Message>,
+    linger_until: Instant,
+    holding_rows: bool,
+) -> Option<Message> {
+    if let Ok(message) = receiver.try_recv() {
+        return Some(message);
+    }
+    let left = linger_until.saturating_duration_since(Instant::now());
+    if !holding_rows || left.is_zero() {
+        return None;
+    }
+    receiver.recv_timeout(left).ok()
 }
 
 async fn reconcile(index: &Index, backing: &Backing, status: &Mutex<IndexStatus>) {

@@ -10,6 +10,7 @@
 mod cluster;
 mod indexer;
 mod persister;
+mod sealed;
 mod shell;
 mod state;
 
@@ -36,6 +37,7 @@ use crate::storage::{Storage, StorageConfig, StorageError};
 pub use cluster::{ClusterRole, NodeStatus, Outbox, Role};
 pub use indexer::{IndexStatus, error_chain};
 pub use persister::LocalPersister;
+pub use sealed::SealedOp;
 use state::{LogState, OpInfo};
 
 /// Events in one append, at most (a named bound, DESIGN "limits on everything").
@@ -249,6 +251,10 @@ pub struct Appended {
     pub certificate: Arc<Certificate>,
     /// True when this was a retry answered from the client table (nothing written).
     pub duplicate: bool,
+    /// The salts and leaf preimages kept from sealing the op, when this
+    /// replica sealed it for this caller: [`receipt`] builds from them
+    /// instead of reading the record back.
+    pub sealed: Option<Arc<SealedOp>>,
 }
 
 /// An idempotency key: a client session and its request number.
@@ -314,6 +320,8 @@ pub struct LocalLog {
     sessions: shell::Sessions,
     /// Replies and pending writes handed from the core to waiting callers.
     exchange: shell::Exchange,
+    /// Salts and leaf preimages of sealed ops, until their callers take them.
+    sealed: sealed::SealedOps,
     /// The cluster side of the shell (None on a cluster of one).
     cluster_shell: Option<cluster::ClusterShell>,
     /// The core's role as of its last step ([`LocalLog::role`]), so request
@@ -492,6 +500,7 @@ impl LocalLog {
             core: Mutex::new(shell::Core::new(replica)),
             sessions: shell::Sessions::default(),
             exchange: shell::Exchange::default(),
+            sealed: sealed::SealedOps::default(),
             _lock: lock,
         };
         if !read_only {
@@ -648,7 +657,13 @@ impl LocalLog {
         };
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
         if let Some(indexer) = &self.indexer {
-            let mut batch = state.index_batch_for_commit(commit, time_ns);
+            // Never blocks: with the queue full the rows stay in the log
+            // (the index is behind) and a later certificate sends them.
+            if !indexer.has_room() {
+                indexer.note_deferred();
+                return Ok(());
+            }
+            let mut batch = state.index_batch_pending(commit, state::INDEX_FEED_EVENTS_MAX);
             self.add_access_rows_with(&storage, state, &mut batch);
             // The rows wait for the certificate record (and so every op
             // record before it) to be durable: the index never holds a
@@ -660,6 +675,31 @@ impl LocalLog {
             indexer.send_gated(batch, Some(gate));
         }
         Ok(())
+    }
+
+    /// Sends the index every row a full queue kept back, waiting for room
+    /// (for `close`, after storage was flushed: every certificate record
+    /// is durable, so no gate is needed).
+    fn drain_index_backlog(&self) {
+        let Some(indexer) = &self.indexer else {
+            return;
+        };
+        let mut state = self.lock();
+        let certified = state.certificates.iter().map(|c| c.op).max().unwrap_or(0);
+        while state.index_pending(certified) {
+            let mut batch = state.index_batch_pending(certified, state::INDEX_FEED_EVENTS_MAX);
+            self.add_access_rows(&state, &mut batch);
+            indexer.send_waiting(batch);
+        }
+    }
+
+    /// Test hook: while stalled, the index thread takes nothing off its
+    /// queue, as if the index could not keep up; appends go on committing.
+    #[doc(hidden)]
+    pub fn set_index_stalled(&self, stalled: bool) {
+        if let Some(indexer) = &self.indexer {
+            indexer.set_stalled(stalled);
+        }
     }
 
     /// Signs a certificate for the last op if the log does not hold one.
@@ -682,7 +722,7 @@ impl LocalLog {
         let mut state = self.lock();
         for mut batch in state.index_catch_up(status.last_position, status.last_commit) {
             self.add_access_rows(&state, &mut batch);
-            indexer.send(batch);
+            indexer.send_waiting(batch);
         }
         drop(state);
         indexer.flush();
@@ -1052,6 +1092,10 @@ impl LocalLog {
     /// Flushes storage and the index, then closes both.
     pub fn close(self) -> Result<(), LogError> {
         self.storage.get().flush()?;
+        if !self.read_only {
+            self.set_index_stalled(false);
+            self.drain_index_backlog();
+        }
         if let Some(indexer) = self.indexer {
             if let Some(error) = indexer.status().error {
                 tracing::warn!(%error, "the audit index is behind the log; it catches up on the next open");
@@ -1359,27 +1403,24 @@ pub struct Receipt {
     pub salts: Vec<String>,
 }
 
-/// Builds the receipt of an append.
+/// Builds the receipt of an append: from the salts and leaf preimages
+/// kept from sealing when the append carries them (and they are of the op
+/// the log holds), else from one read and decryption of the op record (a
+/// retry answered from the client table, or an op another replica sealed).
 pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError> {
     let state = log.lock();
     let info = state
         .op(appended.op)
         .ok_or_else(|| LogError::Corrupt("receipt for an unknown op".to_string()))?;
-    let location = info
-        .location
-        .ok_or_else(|| LogError::Corrupt("receipt for an op that is not durable".to_string()))?;
-    // One read of the op record gives every event's leaf preimage.
-    let record = log.storage.get().read(location)?;
-    let preimages = state::leaf_preimages(&record, location.offset)
-        .map_err(|e| LogError::Corrupt(e.to_string()))?;
-    // The salts come from the sealed events themselves (also for a retry
-    // answered from the client table), so the receipt ties each proof to
-    // the payload: commitment = SHA-256(tag || salt || payload).
-    let salts = log
-        .decrypt_op(info)?
-        .iter()
-        .map(|event| BASE64.encode(event.salt))
-        .collect();
+    let in_hand = appended.sealed.as_ref().filter(|sealed| {
+        sealed.op == info.op
+            && sealed.checksum == info.checksum
+            && sealed.preimages.len() == info.event_count as usize
+    });
+    let (preimages, salts) = match in_hand {
+        Some(sealed) => (sealed.preimages.clone(), sealed.salts.clone()),
+        None => read_receipt_material(log, info)?,
+    };
     let size = appended.certificate.checkpoint.size;
     let mut proofs = Vec::with_capacity(preimages.len());
     for (i, preimage) in (0u64..).zip(&preimages) {
@@ -1403,6 +1444,24 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
         op: appended.op,
         certificate: appended.certificate.encode(),
         proofs,
-        salts,
+        salts: salts.iter().map(|salt| BASE64.encode(salt)).collect(),
     })
+}
+
+/// The leaf preimages and salts of a durable op, read back from its record.
+fn read_receipt_material(
+    log: &LocalLog,
+    info: &OpInfo,
+) -> Result<(Vec<LeafPreimage>, Vec<[u8; 32]>), LogError> {
+    let location = info
+        .location
+        .ok_or_else(|| LogError::Corrupt("receipt for an op that is not durable".to_string()))?;
+    // One read of the op record gives every event's leaf preimage.
+    let record = log.storage.get().read(location)?;
+    let preimages = state::leaf_preimages(&record, location.offset)
+        .map_err(|e| LogError::Corrupt(e.to_string()))?;
+    // The salts come from the sealed events themselves, so the receipt ties
+    // each proof to the payload: commitment = SHA-256(tag || salt || payload).
+    let salts = log.decrypt_op(info)?.iter().map(|e| e.salt).collect();
+    Ok((preimages, salts))
 }

@@ -278,6 +278,7 @@ impl LocalLog {
         expected_offset: Option<u64>,
         trail: Option<Bytes>,
     ) -> Result<(u64, u64), LogError> {
+        self.create_stream_key_unlocked(stream);
         let mut core = self.core();
         if let Some(reason) = &self.lock().poisoned {
             return Err(LogError::Poisoned(reason.clone()));
@@ -298,6 +299,18 @@ impl LocalLog {
         };
         self.execute(&mut core, Input::Request(request))?;
         Ok((committed_before, view))
+    }
+
+    /// Creates a new stream's data key (files and fsyncs) before the core
+    /// is locked, so other requests go on meanwhile; the locked path then
+    /// finds it. Any failure is left to the locked path, which decides as
+    /// before (a retry of a shredded stream is answered from the table).
+    fn create_stream_key_unlocked(&self, stream: u64) {
+        if matches!(self.keys.key_for_stream(stream), Ok(None))
+            && let Err(error) = self.keys.ensure_key_for_stream(stream)
+        {
+            tracing::debug!(%error, stream, "could not create the stream's data key ahead");
+        }
     }
 
     /// The data key and keyed digest of a request (`crypto::request_digest`),
@@ -451,6 +464,7 @@ impl LocalLog {
                     op: body.op,
                     certificate,
                     duplicate: body.op <= committed_before,
+                    sealed: self.sealed.take(body.op),
                 })
             }
             Reply::WrongExpectedOffset { expected, actual } => Err(LogError::WrongExpectedOffset {
@@ -574,6 +588,7 @@ impl LocalLog {
         header.key_id = key_id;
         header.timestamp_ns = header.timestamp_ns.max(now_ns());
         let mut sealed_events = Vec::with_capacity(events.len());
+        let mut salts = Vec::with_capacity(events.len());
         for (i, payload) in (0u64..).zip(events) {
             let aad = EventAad {
                 cluster: self.cluster,
@@ -585,6 +600,7 @@ impl LocalLog {
             let salt = crypto::random_salt()?;
             let sealed = crypto::seal_event(&dek, nonce, &aad, &salt, payload)?;
             sealed_events.push((commitment(&salt, payload), nonce, sealed));
+            salts.push(salt);
         }
         let frames: Vec<record::EventFrame<'_>> = sealed_events
             .iter()
@@ -594,7 +610,10 @@ impl LocalLog {
                 sealed,
             })
             .collect();
-        Ok(Record::new(header, record::encode_events(&frames)))
+        let record = Record::new(header, record::encode_events(&frames));
+        // Kept for the receipt (see `super::sealed`).
+        self.sealed.put_salts(header.op, record.checksum(), salts);
+        Ok(record)
     }
 
     /// Submits an op record to storage and extends the read-side state.
@@ -608,6 +627,7 @@ impl LocalLog {
         for leaf in &leaves {
             state.tree.push(leaf.leaf_hash());
         }
+        self.sealed.put_preimages(header.op, checksum, &leaves);
         let tree_after = (state.tree.len(), state.tree.root());
         let ticket = match self.storage.get().submit(record, tree_after) {
             Ok(ticket) => ticket,

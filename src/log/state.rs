@@ -20,6 +20,10 @@ use crate::storage::{DamagedRecord, RecordLocation, Recovery, Storage};
 
 /// Events per index batch sent during catch-up, at most.
 pub const INDEX_BATCH_EVENTS_MAX: usize = 10_000;
+/// Events of ops a certificate sends to the index at once, at most: rows a
+/// full queue kept back go with later certificates in slices of this size,
+/// so the commit path never builds an unbounded batch.
+pub const INDEX_FEED_EVENTS_MAX: usize = 10_000;
 
 /// What the log knows about one op.
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ pub struct LogState {
     pub certificates: Vec<CertInfo>,
     pub poisoned: Option<String>,
     indexed_through_op: u64,
+    /// The highest certificate whose commit row was sent to the index.
+    indexed_certificate_op: u64,
     indexed_keys: HashSet<u64>,
     /// key id -> (stream, timestamp of the first op that used it): the
     /// key's row in the index, derived from the log so it is the same on
@@ -281,6 +287,7 @@ impl LogState {
     /// the index; the cut never touches committed, hence indexed, ops.
     pub fn copy_index_progress(&mut self, other: &LogState) {
         self.indexed_through_op = other.indexed_through_op.min(self.last_op());
+        self.indexed_certificate_op = other.indexed_certificate_op;
         self.indexed_keys = other.indexed_keys.clone();
     }
 
@@ -454,18 +461,43 @@ impl LogState {
         }
     }
 
-    /// The index rows for every op up to `commit` not yet sent, plus the commit row.
-    pub fn index_batch_for_commit(&mut self, commit: u64, time_ns: u64) -> IndexBatch {
-        let mut batch = self.index_ops(self.indexed_through_op + 1, commit);
-        self.indexed_through_op = self.indexed_through_op.max(commit);
-        if let Some(cert) = self.certificates.iter().rev().find(|c| c.op == commit) {
-            batch.commits.push(commit_row(
-                self.op(commit).map_or(0, |i| i.view),
-                cert,
-                time_ns,
-            ));
+    /// The index rows not yet sent of the ops up to `commit`, at most about
+    /// `events_max` events (whole ops), with the commit rows of every
+    /// certificate whose op is now sent. What stays unsent (the queue was
+    /// full, or the bound cut it) goes with a later call.
+    pub fn index_batch_pending(&mut self, commit: u64, events_max: usize) -> IndexBatch {
+        let first = self.indexed_through_op + 1;
+        let mut last = self.indexed_through_op;
+        let mut events = 0usize;
+        while last < commit && events < events_max {
+            let Some(info) = self.op(last + 1) else { break };
+            events += info.event_count as usize;
+            last += 1;
         }
+        let mut batch = self.index_ops(first, last);
+        self.indexed_through_op = self.indexed_through_op.max(last);
+        let through = self.indexed_through_op;
+        let after = self.indexed_certificate_op;
+        let rows: Vec<CommitRow> = self
+            .certificates
+            .iter()
+            .filter(|c| c.op > after && c.op <= through)
+            .map(|c| commit_row(self.op(c.op).map_or(0, |i| i.view), c, c.time_ns))
+            .collect();
+        if let Some(row) = rows.last() {
+            self.indexed_certificate_op = row.op;
+        }
+        batch.commits.extend(rows);
         batch
+    }
+
+    /// True when ops up to `commit` are not all sent to the index.
+    pub fn index_pending(&self, commit: u64) -> bool {
+        self.indexed_through_op < commit
+            || self
+                .certificates
+                .iter()
+                .any(|c| c.op > self.indexed_certificate_op && c.op <= commit)
     }
 
     /// Everything the index lacks, in bounded batches.
@@ -515,6 +547,7 @@ impl LogState {
             });
         }
         self.indexed_through_op = self.commit;
+        self.indexed_certificate_op = self.certificates.iter().map(|c| c.op).max().unwrap_or(0);
         batches
     }
 
