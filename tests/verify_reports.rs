@@ -21,7 +21,7 @@ use vellum::log::{LocalLog, load_policy};
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::note::Signer;
 use vellum_audit::record::RecordKind;
-use vellum_audit::report::{Check, PolicySummary, Reached, Report};
+use vellum_audit::report::{Check, FailureKind, PolicySummary, Reached, Report};
 use vellum_audit::segment::{Chain, scan_segment_with, segment_file_name};
 use vellum_audit::verify::cluster_from_origin;
 
@@ -146,7 +146,7 @@ fn every_format_of_a_passing_dir() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         let report = json(&run);
         assert_eq!(report["passed"], true);
-        assert_eq!(report["version"], 3);
+        assert_eq!(report["version"], 4);
         assert_eq!(report["reached"]["tree_size"], 10);
         assert!(report["started"].as_str().is_some_and(|t| t.ends_with('Z')));
         let key = &report["policy"]["keys"][0];
@@ -236,10 +236,12 @@ fn fixed_report() -> Report {
     let mut records = Check::start("records and hash chain");
     records.count("records", 12);
     records.fail(
+        FailureKind::Damaged,
         "segments/00000000.vseg at byte 320",
         "header <checksum> & body mismatch",
     );
     records.fail(
+        FailureKind::ChainBroken,
         "segments/00000000.vseg at byte 512",
         "parent does not match the previous header",
     );

@@ -17,7 +17,7 @@ use vellum_audit::checkpoint::Certificate;
 use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
-use vellum_audit::report::{Check, Outcome};
+use vellum_audit::report::{Check, FailureKind, Outcome};
 use vellum_audit::segment::{
     Chain, ScannedRecord, SegmentEnd, scan_segment_with, segment_file_name,
 };
@@ -159,8 +159,10 @@ fn assert_caught_at(checks: &[Check], file: &Path, byte: u64, what: &str) {
     );
 }
 
-/// Asserts the check named `name` failed with a message holding `needle`.
-fn assert_check_failed(checks: &[Check], name: &str, needle: &str) {
+/// Asserts the check named `name` failed with a failure of `kind` whose
+/// message holds `needle` (the kind is what programs decide by; the message
+/// is for people).
+fn assert_check_failed(checks: &[Check], name: &str, kind: FailureKind, needle: &str) {
     let check = checks
         .iter()
         .find(|c| c.name == name)
@@ -172,8 +174,11 @@ fn assert_check_failed(checks: &[Check], name: &str, needle: &str) {
         describe(checks)
     );
     assert!(
-        check.failures.iter().any(|f| f.message.contains(needle)),
-        "{name} must say {needle:?}:\n{}",
+        check
+            .failures
+            .iter()
+            .any(|f| f.kind == kind && f.message.contains(needle)),
+        "{name} must fail as {kind:?} saying {needle:?}:\n{}",
         describe(checks)
     );
 }
@@ -336,7 +341,7 @@ fn truncated_sealed_segment_is_caught() {
     truncate(&path, seal.offset);
     let checks = fixture.verify();
     assert_caught_at(&checks, &path, seal.offset, "seal cut off");
-    assert_check_failed(&checks, "segment seals", "not sealed");
+    assert_check_failed(&checks, "segment seals", FailureKind::Damaged, "not sealed");
 }
 
 /// Goal: the last segment cut inside its last record (a torn tail) is
@@ -351,7 +356,12 @@ fn torn_tail_of_the_last_segment_is_reported() {
     truncate(&path, cut);
     let checks = fixture.verify();
     assert_caught_at(&checks, &path, last.offset, "torn tail");
-    assert_check_failed(&checks, "records and hash chain", "torn write or damage");
+    assert_check_failed(
+        &checks,
+        "records and hash chain",
+        FailureKind::Torn,
+        "torn write or damage",
+    );
 }
 
 /// Goal: a deleted middle segment fails naming the missing file; a deleted
@@ -363,7 +373,12 @@ fn deleted_segment_is_caught() {
     std::fs::remove_file(&middle).expect("delete");
     let checks = fixture.verify();
     assert_caught_at(&checks, &middle, 0, "middle segment deleted");
-    assert_check_failed(&checks, "records and hash chain", "segment 2 is missing");
+    assert_check_failed(
+        &checks,
+        "records and hash chain",
+        FailureKind::Damaged,
+        "segment 2 is missing",
+    );
 
     copy_dir(&segments(&fixture.original), &segments(&fixture.tampered));
     let last = fixture.segment(fixture.last_index());
@@ -382,7 +397,12 @@ fn deleted_segment_is_caught() {
         "a deleted last segment must fail:\n{}",
         report.to_text()
     );
-    assert_check_failed(&report.checks, "audit index", "extra");
+    assert_check_failed(
+        &report.checks,
+        "audit index",
+        FailureKind::IndexMismatch,
+        "extra",
+    );
     let row = format!("index row events.position={first_position}");
     assert!(
         failures(&report.checks).iter().any(|(_, l, _)| *l == row),
@@ -436,7 +456,12 @@ fn garbage_after_a_seal_is_caught() {
     std::fs::write(&path, &bytes).expect("write");
     let checks = fixture.verify();
     assert_caught_at(&checks, &path, end, "garbage after the seal");
-    assert_check_failed(&checks, "records and hash chain", "bytes after the seal");
+    assert_check_failed(
+        &checks,
+        "records and hash chain",
+        FailureKind::Damaged,
+        "bytes after the seal",
+    );
 }
 
 /// An op record that follows `last` in every field the scanner checks except `parent`.
@@ -479,6 +504,7 @@ fn forged_record_with_a_wrong_parent_is_caught() {
     assert_check_failed(
         &checks,
         "records and hash chain",
+        FailureKind::Damaged,
         "parent is not the checksum",
     );
 }
@@ -518,6 +544,7 @@ fn certificate_signed_by_another_key_is_caught() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::CertificateInvalid,
         "0 valid signatures of pinned keys, 1 needed",
     );
 }
@@ -544,6 +571,7 @@ fn certificate_of_another_origin_is_caught() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::CertificateInvalid,
         "is not the pinned origin",
     );
 }
@@ -584,6 +612,7 @@ fn rewritten_history_signed_by_another_key_is_caught() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::CertificateInvalid,
         "0 valid signatures of pinned keys, 1 needed",
     );
     let (_, records, _) = records_of(&forged, &fixture.policy, 0);
@@ -660,6 +689,7 @@ fn log_with_every_certificate_stripped_fails() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::NoCertificate,
         "no valid certificate covers",
     );
     let (file, byte) = op_location(&fixture.tampered, &fixture.policy, 1);
@@ -683,6 +713,7 @@ fn log_with_its_tail_certificates_stripped_fails() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::Uncertified,
         "not covered by any valid certificate",
     );
     let (file, byte) = op_location(&fixture.tampered, &fixture.policy, last_certified + 1);
@@ -715,6 +746,7 @@ fn uncertified_tail_fails_until_the_log_is_reopened() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::Uncertified,
         "not covered by any valid certificate",
     );
     let (file, byte) = op_location(&fixture.tampered, &fixture.policy, last.header.op);
@@ -779,6 +811,7 @@ fn quorum_two_with_one_signature_fails() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::CertificateInvalid,
         "1 valid signatures of pinned keys, 2 needed",
     );
     let (_, records) = fixture.records(0);
@@ -955,6 +988,7 @@ fn header_rewrite_is_caught_by_the_signed_chain_head() {
     assert_check_failed(
         &checks,
         "certificate signatures",
+        FailureKind::CertificateInvalid,
         "does not match the op headers",
     );
 }
@@ -975,12 +1009,14 @@ fn edited_node_metadata_is_caught() {
     assert_check_failed(
         &verify_dir(&fixture.tampered, &fixture.policy),
         "data directory",
+        FailureKind::ConfigMismatch,
         "names cluster",
     );
     std::fs::write(&meta, &text[..text.len() / 2]).expect("cut");
     assert_check_failed(
         &verify_dir(&fixture.tampered, &fixture.policy),
         "data directory",
+        FailureKind::Unreadable,
         "vellum.json",
     );
     assert!(failures(&verify_dir(&fixture.original, &fixture.policy)).is_empty());
@@ -997,6 +1033,7 @@ fn verify_does_not_create_a_missing_index() {
     assert_check_failed(
         &verify_dir(&fixture.tampered, &fixture.policy),
         "audit index",
+        FailureKind::Unreadable,
         "no audit index",
     );
     assert!(

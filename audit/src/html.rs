@@ -285,7 +285,11 @@ mod tests {
     #[test]
     fn failure_text_is_escaped_in_the_page() {
         let mut check = Check::start("records");
-        check.fail("<b>seg</b> at byte 7", "bad <script>x</script>");
+        check.fail(
+            crate::report::FailureKind::Damaged,
+            "<b>seg</b> at byte 7",
+            "bad <script>x</script>",
+        );
         let policy = PolicySummary {
             origin: "o".into(),
             quorum: 1,

@@ -24,6 +24,7 @@
 
 use crate::error::DecodeError;
 use crate::hash::{Hash, sha256};
+use crate::record::{EventFrame, OpHeader, Record, decode_events};
 
 /// The only preimage version this code writes and reads.
 pub const LEAF_VERSION: u8 = 1;
@@ -120,6 +121,43 @@ impl LeafPreimage {
     pub fn leaf_hash(&self) -> Hash {
         sha256(&[&[LEAF_HASH_PREFIX], &self.encode()])
     }
+
+    /// The leaf of event `index_in_op` (0-based) of the op `header`, whose
+    /// stored frame is `frame`: positions and offsets count up from the
+    /// header's first ones. The one place a leaf is built from a record.
+    pub fn of_event(header: &OpHeader, frame: &EventFrame<'_>, index_in_op: u64) -> LeafPreimage {
+        LeafPreimage {
+            global_position: header.global_position + index_in_op,
+            stream: header.stream,
+            stream_offset: header.stream_offset + index_in_op,
+            op: header.op,
+            ciphertext_hash: frame.ciphertext_hash(),
+            commitment: frame.commitment,
+        }
+    }
+}
+
+/// The leaf preimages of an op record's events, in order; an error (naming
+/// the byte, counted from `at`, the file offset of the record's header) when
+/// the body does not hold exactly `event_count` frames.
+pub fn record_leaves(record: &Record, at: u64) -> Result<Vec<LeafPreimage>, DecodeError> {
+    let header = &record.header;
+    let body_at = at + crate::record::HEADER_BYTES as u64;
+    let frames = decode_events(&record.body, header.event_count, body_at)?;
+    Ok(frames
+        .iter()
+        .zip(0u64..)
+        .map(|(frame, i)| LeafPreimage::of_event(header, frame, i))
+        .collect())
+}
+
+/// The RFC 6962 leaf hashes of an op record's events, in order (see
+/// [`record_leaves`]).
+pub fn record_leaf_hashes(record: &Record, at: u64) -> Result<Vec<Hash>, DecodeError> {
+    Ok(record_leaves(record, at)?
+        .iter()
+        .map(LeafPreimage::leaf_hash)
+        .collect())
 }
 
 /// The hiding commitment to an event's plaintext:

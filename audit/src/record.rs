@@ -410,6 +410,33 @@ impl Record {
         self.header.checksum()
     }
 
+    /// Checks a record that arrived whole rather than from bytes (from a
+    /// peer's message, or handed to storage): it belongs to `cluster`, its
+    /// header obeys [`OpHeader::check_rules`], and `body_size` and
+    /// `body_checksum` match the body. [`Record::decode`] checks the same of
+    /// bytes read from a file. The one statement of a record's validity.
+    pub fn check(&self, cluster: u128) -> Result<(), String> {
+        let header = &self.header;
+        if header.cluster != cluster {
+            return Err(format!(
+                "record of cluster {:#x}, expected {cluster:#x}",
+                header.cluster
+            ));
+        }
+        header.check_rules()?;
+        if header.body_size as usize != self.body.len() {
+            return Err(format!(
+                "body is {} bytes, header says {}",
+                self.body.len(),
+                header.body_size
+            ));
+        }
+        if sha256(&[&self.body]) != header.body_checksum {
+            return Err("body checksum mismatch".to_string());
+        }
+        Ok(())
+    }
+
     /// Decodes a whole record from `bytes` (exactly one record), checking
     /// both checksums; `at` is its file offset.
     pub fn decode(bytes: &[u8], at: u64) -> Result<Record, DecodeError> {

@@ -25,16 +25,70 @@ use crate::policy::Policy;
 pub const FAILURES_PER_CHECK_MAX: usize = 100;
 
 /// The report format version (2: times, pinned keys, kept checkpoint;
-/// 3: `not_run` outcome, failure groups, tool and policy SHA-256).
-pub const REPORT_VERSION: u32 = 3;
+/// 3: `not_run` outcome, failure groups, tool and policy SHA-256;
+/// 4: every failure carries a `kind`).
+pub const REPORT_VERSION: u32 = 4;
 
 /// One failed expectation and where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
+    /// What kind of failure: what a program decides by (the message is
+    /// for people and may change).
+    pub kind: FailureKind,
     /// Where: "file at byte N", "index row events.position=N", ...
     pub location: String,
     /// What was wrong.
     pub message: String,
+}
+
+/// What kind of thing went wrong. Callers that act on failures (e.g.
+/// `vellum verify --live`, which accepts a record being written at the
+/// tail) match on this, never on message text. Serialized in snake case
+/// (`"torn"`, `"chain_broken"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// An input could not be read: a file, a directory, a database, a
+    /// runtime; or a setting named something that is not there.
+    Unreadable,
+    /// The bytes at the end of a segment are not a complete record: a torn
+    /// write, or on a running replica the record being written.
+    Torn,
+    /// Bytes before the tail that fail a checksum, do not decode or break
+    /// a rule of their format (`SegmentEnd::Corrupt`, a bad event frame, a
+    /// missing segment or seal).
+    Damaged,
+    /// Records decode but do not link: an op at the wrong global position,
+    /// a key id reused across streams.
+    ChainBroken,
+    /// A Merkle root (of a certificate or a seal) that the events do not
+    /// give, or a certificate whose size is not its record's tree size.
+    RootMismatch,
+    /// A certificate that does not parse or verify under the pinned policy,
+    /// or whose signed chain head is missing or names other headers.
+    CertificateInvalid,
+    /// Ops at the end of the log that no valid certificate covers (on a
+    /// replica of a running cluster: prepared, not yet certified here).
+    Uncertified,
+    /// A log with ops and no valid certificate at all.
+    NoCertificate,
+    /// An audit index row that differs from the log, or is missing or extra.
+    IndexMismatch,
+    /// The audit index trails the log by more than allowed.
+    IndexLag,
+    /// An access-trail row that the trail in the log contradicts, or a
+    /// trail event without its row.
+    TrailMismatch,
+    /// A kept checkpoint the log does not extend (history rewritten, or
+    /// the checkpoint is beyond the log or not certified).
+    HistoryRewritten,
+    /// Replicas of one cluster disagree (op headers, roots, signers).
+    ReplicaDivergence,
+    /// The data directory's settings or the trust policy do not fit what
+    /// is verified (another cluster, a quorum below f+1).
+    ConfigMismatch,
+    /// An export bundle whose files, manifest or signature do not agree.
+    BundleMismatch,
 }
 
 /// How a check ended.
@@ -133,11 +187,17 @@ impl Check {
         *self.counts.entry(what.to_string()).or_default() += n;
     }
 
-    /// Records a failure.
-    pub fn fail(&mut self, location: impl Into<String>, message: impl Into<String>) {
+    /// Records a failure of `kind`.
+    pub fn fail(
+        &mut self,
+        kind: FailureKind,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.outcome = Outcome::Fail;
         if self.failures.len() < FAILURES_PER_CHECK_MAX {
             self.failures.push(Failure {
+                kind,
                 location: location.into(),
                 message: message.into(),
             });
@@ -157,6 +217,27 @@ impl Check {
     /// True unless a failure was recorded.
     pub fn passed(&self) -> bool {
         self.outcome != Outcome::Fail
+    }
+
+    /// Removes the kept failures for which `drop` is true and returns how
+    /// many it removed. A check left without failures (and none dropped
+    /// for the bound) passes again; its groups are recomputed.
+    pub fn drop_failures(&mut self, mut drop: impl FnMut(&Failure) -> bool) -> usize {
+        let before = self.failures.len();
+        self.failures.retain(|f| !drop(f));
+        let removed = before - self.failures.len();
+        if removed > 0 {
+            if self.failures.is_empty() && self.failures_dropped == 0 {
+                self.outcome = Outcome::Pass;
+            }
+            self.regroup();
+        }
+        removed
+    }
+
+    /// True when a kept failure is of `kind`.
+    pub fn has_failure(&self, kind: FailureKind) -> bool {
+        self.failures.iter().any(|f| f.kind == kind)
     }
 }
 
@@ -527,7 +608,11 @@ mod tests {
     fn a_failure_fails_the_report_and_is_located() {
         let mut bad = Check::start("records");
         bad.count("records", 3);
-        bad.fail("segments/0.vseg at byte 320", "header checksum mismatch");
+        bad.fail(
+            FailureKind::Damaged,
+            "segments/0.vseg at byte 320",
+            "header checksum mismatch",
+        );
         let ok = Check::start("seals").finish();
         let policy = PolicySummary {
             origin: "o".into(),
@@ -573,9 +658,17 @@ mod tests {
         }
         let mut check = Check::start("audit index");
         for i in 0..50 {
-            check.fail(format!("index row events.position={i}"), "extra");
+            check.fail(
+                FailureKind::IndexMismatch,
+                format!("index row events.position={i}"),
+                "extra",
+            );
         }
-        check.fail("index row commits.op=1", "extra");
+        check.fail(
+            FailureKind::IndexMismatch,
+            "index row commits.op=1",
+            "extra",
+        );
         check.regroup();
         assert_eq!(check.groups.len(), 2);
         assert_eq!(check.groups[0].more, 49);
@@ -593,9 +686,38 @@ mod tests {
         assert_eq!(idle.outcome, Outcome::NotRun);
         assert_eq!(idle.outcome.tag(), "not run");
         let mut failed = Check::start("records");
-        failed.fail("x", "bad");
+        failed.fail(FailureKind::Damaged, "x", "bad");
         failed.mark_not_run("ignored");
         assert_eq!(failed.outcome, Outcome::Fail);
+    }
+
+    /// Goal: every failure carries its kind into the JSON report, in snake
+    /// case, and `drop_failures` removes by kind and passes an emptied check.
+    #[test]
+    fn failures_carry_their_kind() {
+        let mut check = Check::start("records and hash chain");
+        check.fail(
+            FailureKind::Torn,
+            "s at byte 9",
+            "7 bytes that are not a complete record",
+        );
+        check.fail(
+            FailureKind::ChainBroken,
+            "s at byte 2",
+            "op 3 starts at position 4",
+        );
+        let json = serde_json::to_value(&check).expect("json");
+        assert_eq!(json["failures"][0]["kind"], "torn");
+        assert_eq!(json["failures"][1]["kind"], "chain_broken");
+        assert!(check.has_failure(FailureKind::Torn));
+        assert_eq!(check.drop_failures(|f| f.kind == FailureKind::Torn), 1);
+        assert_eq!(check.outcome, Outcome::Fail, "the chain failure stays");
+        assert_eq!(
+            check.drop_failures(|f| f.kind == FailureKind::ChainBroken),
+            1
+        );
+        assert_eq!(check.outcome, Outcome::Pass);
+        assert!(check.groups.is_empty());
     }
 
     /// Goal: failures beyond the bound are counted, not kept.
@@ -603,7 +725,7 @@ mod tests {
     fn failures_are_bounded() {
         let mut check = Check::start("x");
         for i in 0..FAILURES_PER_CHECK_MAX + 5 {
-            check.fail(format!("{i}"), "bad");
+            check.fail(FailureKind::Damaged, format!("{i}"), "bad");
         }
         assert_eq!(check.failures.len(), FAILURES_PER_CHECK_MAX);
         assert_eq!(check.failures_dropped, 5);

@@ -192,6 +192,49 @@ pub struct ChainTip {
     pub tree_size: u64,
 }
 
+impl ChainTip {
+    /// The chain rules of the Op that follows this tip: the next op number,
+    /// the parent is this tip's header checksum, and its events start at
+    /// this tip's tree size. The one statement of the chain rules for ops,
+    /// used by the scanner and by storage when it accepts a write.
+    pub fn check_next_op(&self, header: &OpHeader) -> Result<(), String> {
+        if header.op != self.last_op + 1 {
+            return Err(format!(
+                "op {} follows op {} (not consecutive)",
+                header.op, self.last_op
+            ));
+        }
+        if header.parent != self.last_op_checksum {
+            return Err(format!(
+                "op {} parent is not the checksum of op {}",
+                header.op, self.last_op
+            ));
+        }
+        if header.global_position != self.tree_size {
+            return Err(format!(
+                "op {} global position {} is not the tree size {} after op {}",
+                header.op, header.global_position, self.tree_size, self.last_op
+            ));
+        }
+        Ok(())
+    }
+
+    /// The chain rule of a Certificate record after this tip: it certifies
+    /// an op already in the log (1 to `last_op`).
+    pub fn check_certified_op(&self, header: &OpHeader) -> Result<(), String> {
+        if header.op == 0 {
+            return Err("certificate of op 0".to_string());
+        }
+        if header.op > self.last_op {
+            return Err(format!(
+                "certificate of op {} not yet in the log",
+                header.op
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Chain {
     /// The chain before op 1 of `cluster`: every rule is checked.
     pub fn genesis(cluster: u128) -> Chain {
@@ -245,25 +288,7 @@ impl Chain {
 
     fn push_op(&mut self, header: &OpHeader) -> Result<(), String> {
         if self.tip_known() {
-            let tip = self.tip;
-            if header.op != tip.last_op + 1 {
-                return Err(format!(
-                    "op {} follows op {} (not consecutive)",
-                    header.op, tip.last_op
-                ));
-            }
-            if header.parent != tip.last_op_checksum {
-                return Err(format!(
-                    "op {} parent is not the checksum of op {}",
-                    header.op, tip.last_op
-                ));
-            }
-            if header.global_position != tip.tree_size {
-                return Err(format!(
-                    "op {} global position {} is not the tree size {} after op {}",
-                    header.op, header.global_position, tip.tree_size, tip.last_op
-                ));
-            }
+            self.tip.check_next_op(header)?;
         } else {
             self.base_op = header.op;
         }
@@ -292,11 +317,8 @@ impl Chain {
         if header.op == 0 {
             return Err("certificate of op 0".to_string());
         }
-        if self.tip_known() && header.op > self.tip.last_op {
-            return Err(format!(
-                "certificate of op {} not yet in the log",
-                header.op
-            ));
+        if self.tip_known() {
+            self.tip.check_certified_op(header)?;
         }
         if header.op < self.base_op || !self.tip_known() {
             assert!(!self.complete, "a complete chain starts at op 1");

@@ -28,7 +28,7 @@ use crate::merkle::{self, MerkleTree};
 use crate::note::Verifier;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
-use crate::report::{Check, Outcome, Reached};
+use crate::report::{Check, FailureKind, Outcome, Reached};
 use crate::segment::{self, Chain, ScanError, SegmentEnd};
 
 /// The checkpoint extension line that binds a certificate to the op header
@@ -41,7 +41,62 @@ pub const CHAIN_HEAD_EXTENSION: &str = "vellum-head";
 
 /// The extension line naming `op` and its header checksum.
 pub fn chain_head_extension(op: u64, checksum: &Hash) -> String {
-    format!("{CHAIN_HEAD_EXTENSION} {op} {}", to_hex(checksum))
+    ChainHead {
+        op,
+        checksum: *checksum,
+    }
+    .line()
+}
+
+/// A signed chain head: the op a certificate certifies and that op's
+/// header checksum. The one parser and writer of the `vellum-head` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The certified op (at least 1).
+    pub op: u64,
+    /// The certified op's header checksum.
+    pub checksum: Hash,
+}
+
+impl ChainHead {
+    /// `vellum-head <op> <checksum as 64 lowercase hex>`.
+    pub fn line(&self) -> String {
+        format!(
+            "{CHAIN_HEAD_EXTENSION} {} {}",
+            self.op,
+            to_hex(&self.checksum)
+        )
+    }
+
+    /// Parses an extension line. `None`: the line is not a chain head (it
+    /// does not start with `vellum-head`). `Some(Err)`: it claims to be one
+    /// but is not exactly the canonical line (op in decimal without leading
+    /// zeros, at least 1; 64 lowercase hex digits; single spaces).
+    pub fn parse(line: &str) -> Option<Result<ChainHead, String>> {
+        line.starts_with(CHAIN_HEAD_EXTENSION).then(|| {
+            ChainHead::parse_strict(line).ok_or_else(|| format!("malformed chain head {line:?}"))
+        })
+    }
+
+    fn parse_strict(line: &str) -> Option<ChainHead> {
+        let rest = line.strip_prefix(CHAIN_HEAD_EXTENSION)?.strip_prefix(' ')?;
+        let (op, hex) = rest.split_once(' ')?;
+        let op: u64 = op.parse().ok().filter(|&op| op >= 1)?;
+        let head = ChainHead {
+            op,
+            checksum: crate::hash::from_hex(hex)?,
+        };
+        (head.line() == line).then_some(head)
+    }
+
+    /// Every chain head line of `checkpoint`, parsed, in order.
+    pub fn all_in(checkpoint: &Checkpoint) -> Vec<Result<ChainHead, String>> {
+        checkpoint
+            .extensions
+            .iter()
+            .filter_map(|line| ChainHead::parse(line))
+            .collect()
+    }
 }
 
 /// One event as the log states it.
@@ -221,6 +276,7 @@ pub fn verify_log_dir(
     };
     let Some(cluster) = cluster_from_origin(&policy.origin) else {
         walk.records.fail(
+            FailureKind::ConfigMismatch,
             "policy",
             format!("origin {:?} is not a vellum cluster origin", policy.origin),
         );
@@ -233,19 +289,26 @@ pub fn verify_log_dir(
             offset,
             reason,
         }) => {
-            walk.records
-                .fail(format!("{} at byte {offset}", file.display()), reason);
+            walk.records.fail(
+                FailureKind::Damaged,
+                format!("{} at byte {offset}", file.display()),
+                reason,
+            );
             return walk.finish();
         }
         Err(e) => {
-            walk.records
-                .fail(segments_dir.display().to_string(), e.to_string());
+            walk.records.fail(
+                FailureKind::Unreadable,
+                segments_dir.display().to_string(),
+                e.to_string(),
+            );
             return walk.finish();
         }
     };
     if indexes.is_empty() {
         // `vellum init` creates segment 0, so a log without it was deleted.
         walk.records.fail(
+            FailureKind::Damaged,
             format!(
                 "{} at byte 0",
                 segments_dir.join(segment::segment_file_name(0)).display()
@@ -269,8 +332,11 @@ impl Walk<'_> {
             let bytes = match std::fs::read(&path) {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    self.records
-                        .fail(path.display().to_string(), format!("cannot read: {e}"));
+                    self.records.fail(
+                        FailureKind::Unreadable,
+                        path.display().to_string(),
+                        format!("cannot read: {e}"),
+                    );
                     return false;
                 }
             };
@@ -315,18 +381,27 @@ impl Walk<'_> {
             SegmentEnd::Sealed { .. } => self.seals.count("sealed segments", 1),
             SegmentEnd::Open if is_last => {}
             SegmentEnd::Open => self.seals.fail(
+                FailureKind::Damaged,
                 here(bytes.len() as u64),
                 "a segment that is not the last is not sealed (it ends here without a seal)",
             ),
             SegmentEnd::TornTail { offset, bytes } => {
+                // Only the newest segment is written to: an incomplete
+                // record at the end of an older one is damage.
+                let kind = match is_last {
+                    true => FailureKind::Torn,
+                    false => FailureKind::Damaged,
+                };
                 self.records.fail(
+                    kind,
                     here(offset),
                     format!("{bytes} bytes that are not a complete record (torn write or damage)"),
                 );
                 return false;
             }
             SegmentEnd::Corrupt { offset, reason } => {
-                self.records.fail(here(offset), reason);
+                self.records
+                    .fail(FailureKind::Damaged, here(offset), reason);
                 return false;
             }
         }
@@ -351,6 +426,7 @@ impl Walk<'_> {
         });
         match self.key_streams.get(&header.key_id) {
             Some(&stream) if stream != header.stream => self.records.fail(
+                FailureKind::ChainBroken,
                 at,
                 format!(
                     "op {} uses key id {} of stream {stream} for stream {}",
@@ -368,10 +444,11 @@ impl Walk<'_> {
             offset + record::HEADER_BYTES as u64,
         ) {
             Ok(frames) => frames,
-            Err(e) => return self.records.fail(at, e.to_string()),
+            Err(e) => return self.records.fail(FailureKind::Damaged, at, e.to_string()),
         };
         if header.global_position != self.tree.len() {
             self.merkle.fail(
+                FailureKind::ChainBroken,
                 at,
                 format!(
                     "op {} starts at position {}, expected {}",
@@ -381,17 +458,8 @@ impl Walk<'_> {
                 ),
             );
         }
-        for (i, frame) in frames.iter().enumerate() {
-            let i = i as u64;
-            let leaf = LeafPreimage {
-                global_position: header.global_position + i,
-                stream: header.stream,
-                stream_offset: header.stream_offset + i,
-                op: header.op,
-                ciphertext_hash: frame.ciphertext_hash(),
-                commitment: frame.commitment,
-            };
-            let leaf_hash = leaf.leaf_hash();
+        for (frame, i) in frames.iter().zip(0u64..) {
+            let leaf_hash = LeafPreimage::of_event(header, frame, i).leaf_hash();
             self.facts.events.push(EventFact {
                 position: self.tree.len(),
                 stream: header.stream,
@@ -426,6 +494,7 @@ impl Walk<'_> {
                     self.records.count("atomic groups", 1);
                 } else {
                     self.records.fail(
+                        FailureKind::ChainBroken,
                         at,
                         format!(
                             "op {} closes the atomic group of ops {first}..{} but is not a trail op",
@@ -434,9 +503,11 @@ impl Walk<'_> {
                     );
                 }
             }
-            (None, false) if trail_op => self
-                .records
-                .fail(at, format!("trail op {} closes no atomic group", header.op)),
+            (None, false) if trail_op => self.records.fail(
+                FailureKind::ChainBroken,
+                at,
+                format!("trail op {} closes no atomic group", header.op),
+            ),
             (None, false) => {}
         }
     }
@@ -450,6 +521,7 @@ impl Walk<'_> {
             .unwrap_or(false);
         if inside_group {
             self.certificates.fail(
+                FailureKind::CertificateInvalid,
                 at,
                 format!(
                     "certificate names op {}, inside an atomic group (only a group's last op may be certified)",
@@ -459,15 +531,26 @@ impl Walk<'_> {
         }
         let text = match std::str::from_utf8(body) {
             Ok(text) => text,
-            Err(_) => return self.certificates.fail(at, "certificate is not utf-8 text"),
+            Err(_) => {
+                return self.certificates.fail(
+                    FailureKind::CertificateInvalid,
+                    at,
+                    "certificate is not utf-8 text",
+                );
+            }
         };
         let certificate = match Certificate::parse(text) {
             Ok(certificate) => certificate,
-            Err(e) => return self.certificates.fail(at, e.to_string()),
+            Err(e) => {
+                return self
+                    .certificates
+                    .fail(FailureKind::CertificateInvalid, at, e.to_string());
+            }
         };
         let size = certificate.checkpoint.size;
         if size != header.tree_size {
             self.merkle.fail(
+                FailureKind::RootMismatch,
                 at,
                 format!(
                     "certificate size {size} differs from its record's tree size {}",
@@ -484,6 +567,7 @@ impl Walk<'_> {
             Ok(root) if root == certificate.checkpoint.root => false,
             Ok(root) => {
                 self.merkle.fail(
+                    FailureKind::RootMismatch,
                     at,
                     format!(
                         "certificate root {} but the events give {}",
@@ -494,8 +578,11 @@ impl Walk<'_> {
                 false
             }
             Err(e) => {
-                self.merkle
-                    .fail(at, format!("certificate for tree size {size}: {e}"));
+                self.merkle.fail(
+                    FailureKind::RootMismatch,
+                    at,
+                    format!("certificate for tree size {size}: {e}"),
+                );
                 false
             }
         };
@@ -506,7 +593,9 @@ impl Walk<'_> {
                     self.certified(header.op, &certificate, text, &verified.signers);
                 }
             }
-            Err(e) => self.certificates.fail(at, e.to_string()),
+            Err(e) => self
+                .certificates
+                .fail(FailureKind::CertificateInvalid, at, e.to_string()),
         }
         self.facts.commits.push(CommitFact {
             op: header.op,
@@ -522,54 +611,37 @@ impl Walk<'_> {
     /// checksum. Without it the signatures would cover the leaves but not
     /// the header fields (view, client, request, timestamp, key id).
     fn check_chain_head(&mut self, certificate: &Certificate, certified_op: u64, at: &str) -> bool {
-        let heads: Vec<&String> = certificate
-            .checkpoint
-            .extensions
-            .iter()
-            .filter(|line| line.starts_with(CHAIN_HEAD_EXTENSION))
-            .collect();
-        let names_op = heads.first().is_some_and(|line| {
-            line.strip_prefix(CHAIN_HEAD_EXTENSION)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|rest| rest.split_once(' '))
-                .and_then(|(op, _)| op.parse::<u64>().ok())
-                == Some(certified_op)
-        });
-        if heads.len() != 1 || !names_op {
+        let heads = ChainHead::all_in(&certificate.checkpoint);
+        let head = match heads.as_slice() {
+            [Ok(head)] if head.op == certified_op => *head,
+            _ => {
+                self.certificates.fail(FailureKind::CertificateInvalid,
+                    at,
+                    format!(
+                        "certificate must carry exactly one signed chain head naming op {certified_op}, found {}",
+                        heads.len()
+                    ),
+                );
+                return false;
+            }
+        };
+        let in_log = usize::try_from(head.op - 1)
+            .ok()
+            .and_then(|index| self.op_checksums.get(index))
+            == Some(&head.checksum);
+        if in_log {
+            self.certificates.count("chain heads matched", 1);
+        } else {
             self.certificates.fail(
+                FailureKind::CertificateInvalid,
                 at,
                 format!(
-                    "certificate must carry exactly one signed chain head naming op {certified_op}, found {}",
-                    heads.len()
+                    "signed chain head {:?} does not match the op headers in the log",
+                    head.line()
                 ),
             );
-            return false;
         }
-        let mut matches = true;
-        for line in &certificate.checkpoint.extensions {
-            let Some(rest) = line.strip_prefix(CHAIN_HEAD_EXTENSION) else {
-                continue;
-            };
-            let expected = rest
-                .strip_prefix(' ')
-                .and_then(|r| r.split_once(' '))
-                .and_then(|(op, _)| op.parse::<u64>().ok())
-                .filter(|&op| op >= 1)
-                .and_then(|op| {
-                    let index = usize::try_from(op - 1).ok()?;
-                    Some(chain_head_extension(op, self.op_checksums.get(index)?))
-                });
-            if expected.as_deref() == Some(line.as_str()) {
-                self.certificates.count("chain heads matched", 1);
-            } else {
-                matches = false;
-                self.certificates.fail(
-                    at,
-                    format!("signed chain head {line:?} does not match the op headers in the log"),
-                );
-            }
-        }
-        matches
+        in_log
     }
 
     /// Notes a certificate whose signatures and root both verified.
@@ -589,17 +661,20 @@ impl Walk<'_> {
     fn seal(&mut self, header: &OpHeader, body: &[u8], offset: u64, at: &str) {
         let seal = match SealBody::decode(body, offset + record::HEADER_BYTES as u64) {
             Ok(seal) => seal,
-            Err(e) => return self.seals.fail(at, e.to_string()),
+            Err(e) => return self.seals.fail(FailureKind::Damaged, at, e.to_string()),
         };
         match self.tree.root_at(header.tree_size) {
             Ok(root) if root == seal.tree_root => self.merkle.count("roots recomputed", 1),
             Ok(_) => self.merkle.fail(
+                FailureKind::RootMismatch,
                 at,
                 "the seal's merkle root does not match the events before it",
             ),
-            Err(e) => self
-                .merkle
-                .fail(at, format!("seal for tree size {}: {e}", header.tree_size)),
+            Err(e) => self.merkle.fail(
+                FailureKind::RootMismatch,
+                at,
+                format!("seal for tree size {}: {e}", header.tree_size),
+            ),
         }
     }
 
@@ -640,17 +715,25 @@ impl Walk<'_> {
         let index = usize::try_from(first - 1).expect("op index fits in memory");
         let (segment, offset) = self.op_locations[index];
         let location = format!("{} at byte {offset}", self.segment_path(segment).display());
-        let message = if self.last_certified_op == 0 {
-            format!("the log holds {uncertified} ops but no valid certificate covers any of them")
+        let (kind, message) = if self.last_certified_op == 0 {
+            (
+                FailureKind::NoCertificate,
+                format!(
+                    "the log holds {uncertified} ops but no valid certificate covers any of them"
+                ),
+            )
         } else {
-            format!(
-                "ops {first} to {} ({uncertified} ops) are not covered by any valid certificate: \
+            (
+                FailureKind::Uncertified,
+                format!(
+                    "ops {first} to {} ({uncertified} ops) are not covered by any valid certificate: \
                  the log must end with one (a crash before the certificate was written is \
                  repaired by opening the log; otherwise certificates were removed)",
-                self.facts.ops
+                    self.facts.ops
+                ),
             )
         };
-        self.certificates.fail(location, message);
+        self.certificates.fail(kind, location, message);
     }
 }
 
@@ -690,7 +773,11 @@ pub fn check_since(
     let certificate = match Certificate::parse(kept_text) {
         Ok(certificate) => certificate,
         Err(e) => {
-            check.fail(source, format!("not a signed checkpoint: {e}"));
+            check.fail(
+                FailureKind::Unreadable,
+                source,
+                format!("not a signed checkpoint: {e}"),
+            );
             return (check.finish(), None);
         }
     };
@@ -706,6 +793,7 @@ pub fn check_since(
             kept.signed_by = signer_names(&verified.signers);
         }
         Err(e) => check.fail(
+            FailureKind::CertificateInvalid,
             source,
             format!("the kept checkpoint is not certified under the pinned policy: {e}"),
         ),
@@ -721,6 +809,7 @@ fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &L
     let at = format!("{source}: tree size {}", kept.size);
     if kept.size > len {
         return check.fail(
+            FailureKind::HistoryRewritten,
             at,
             format!(
                 "the kept checkpoint is beyond the log: it has tree size {} but the log holds \
@@ -735,6 +824,7 @@ fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &L
         .expect("size checked against len");
     if root != kept.root {
         return check.fail(
+            FailureKind::HistoryRewritten,
             at,
             format!(
                 "history was rewritten: the log's root at tree size {} is {} but the kept \
@@ -756,10 +846,12 @@ fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &L
     });
     match newest {
         None => check.fail(
+            FailureKind::HistoryRewritten,
             at,
             "no verified certificate in the log covers the kept checkpoint",
         ),
         Some((size, _)) if size < kept.size => check.fail(
+            FailureKind::HistoryRewritten,
             at,
             format!(
                 "the kept checkpoint is beyond the newest verified certificate (tree size {size})"
@@ -775,6 +867,7 @@ fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &L
             match checked {
                 Ok(hashes) => check.count("consistency proof hashes", hashes as u64),
                 Err(e) => check.fail(
+                    FailureKind::HistoryRewritten,
                     at,
                     format!("no consistency from the kept checkpoint to tree size {size}: {e}"),
                 ),
@@ -859,6 +952,7 @@ fn compare_chains(replicas: &[ReplicaLog<'_>]) -> Check {
                 .find(|(x, y)| x.checksum != y.checksum);
             if let Some((x, y)) = diverged {
                 check.fail(
+                    FailureKind::ReplicaDivergence,
                     format!("{} op {} ({})", b.name, y.op, op_place(b.log, y)),
                     format!(
                         "op header differs from {}'s op {} ({}): checksum {} vs {}; the \
@@ -896,6 +990,7 @@ fn compare_certificates(replicas: &[ReplicaLog<'_>]) -> Check {
             match big.log.tree.root_at(small_reached.tree_size) {
                 Ok(root) if to_hex(&root) == small_reached.root => {}
                 Ok(root) => check.fail(
+                    FailureKind::ReplicaDivergence,
                     at,
                     format!(
                         "root {} but {}'s log has root {} at that size: the certified \
@@ -905,7 +1000,11 @@ fn compare_certificates(replicas: &[ReplicaLog<'_>]) -> Check {
                         to_hex(&root)
                     ),
                 ),
-                Err(e) => check.fail(at, format!("{}'s log: {e}", big.name)),
+                Err(e) => check.fail(
+                    FailureKind::ReplicaDivergence,
+                    at,
+                    format!("{}'s log: {e}", big.name),
+                ),
             }
         }
     }
@@ -917,6 +1016,7 @@ fn check_quorums(replicas: &[ReplicaLog<'_>], policy: &Policy, replica_count: us
     let needed = replica_count / 2 + 1;
     if policy.quorum < needed {
         check.fail(
+            FailureKind::ConfigMismatch,
             "policy",
             format!(
                 "quorum {} is below f+1 = {needed} for {replica_count} replicas: fewer keys \
@@ -939,13 +1039,14 @@ fn check_quorums(replicas: &[ReplicaLog<'_>], policy: &Policy, replica_count: us
                     check.count("certificates with a quorum", 1);
                 }
                 Ok(v) => check.fail(
+                    FailureKind::CertificateInvalid,
                     at,
                     format!(
                         "{} distinct pinned keys signed, f+1 = {needed} needed",
                         v.signers.len()
                     ),
                 ),
-                Err(e) => check.fail(at, e),
+                Err(e) => check.fail(FailureKind::CertificateInvalid, at, e),
             }
         }
     }

@@ -252,3 +252,77 @@ fn ciphertext_hash_covers_nonce_and_sealed() {
         vellum_audit::sha256(&[&[3; 12], &[4; 20]])
     );
 }
+
+/// Goal: the leaves of the golden op record are built by the one leaf rule
+/// (`leaf::record_leaves`) exactly as `docs/format.md` lays them out: event
+/// `i` sits at global position and stream offset `first + i`, carries the
+/// op number, SHA-256(nonce || sealed) and the stored commitment; its hash
+/// is SHA-256(0x00 || the 97 bytes). The hashes are a golden file too.
+#[test]
+fn golden_record_leaves_match_the_documented_bytes() {
+    let record = golden_record();
+    let leaves = vellum_audit::leaf::record_leaves(&record, 0).expect("golden leaves");
+    assert_eq!(leaves.len(), 2);
+    let mut expected = vec![1u8];
+    expected.extend_from_slice(&1u64.to_le_bytes()); // global position 0 + 1
+    expected.extend_from_slice(&42u64.to_le_bytes()); // stream
+    expected.extend_from_slice(&1u64.to_le_bytes()); // stream offset 0 + 1
+    expected.extend_from_slice(&1u64.to_le_bytes()); // op
+    expected.extend_from_slice(&vellum_audit::sha256(&[&[2; 12], &[0xbb; 17]]));
+    expected.extend_from_slice(&[0xc2; 32]);
+    assert_eq!(leaves[1].encode().to_vec(), expected);
+    assert_eq!(
+        leaves[1].leaf_hash(),
+        vellum_audit::sha256(&[&[0], &expected])
+    );
+    let hashes = vellum_audit::leaf::record_leaf_hashes(&record, 0).expect("hashes");
+    let text: String = hashes
+        .iter()
+        .map(|h| format!("{}\n", vellum_audit::hash::to_hex(h)))
+        .collect();
+    check_golden("record_op_v2_leaves.txt", text.as_bytes());
+}
+
+/// Goal: a body that does not hold `event_count` frames has no leaves, and
+/// the error names the byte in the file (header offset + 256 + frame).
+#[test]
+fn record_leaves_refuse_a_short_body_naming_the_byte() {
+    let mut record = golden_record();
+    record.header.event_count = 3;
+    let error = vellum_audit::leaf::record_leaves(&record, 1000).expect_err("3 of 2 frames");
+    match error.location {
+        vellum_audit::Location::Byte(byte) => {
+            assert!(byte >= 1000 + HEADER_BYTES as u64, "{error}")
+        }
+        other => panic!("not a byte location: {other:?}"),
+    }
+}
+
+/// Goal: `Record::check` (the one validity rule of a record that arrived
+/// whole) accepts the golden record and refuses each broken variant.
+#[test]
+fn record_check_refuses_each_broken_variant() {
+    let record = golden_record();
+    let cluster = record.header.cluster;
+    assert_eq!(record.check(cluster), Ok(()));
+    assert!(record.check(cluster + 1).is_err(), "another cluster");
+    let mut body = record.clone();
+    body.body[0] ^= 1;
+    assert_eq!(
+        body.check(cluster),
+        Err("body checksum mismatch".to_string())
+    );
+    let mut size = record.clone();
+    size.body.push(0);
+    assert!(
+        size.check(cluster)
+            .is_err_and(|e| e.contains("header says"))
+    );
+    let mut rules = record.clone();
+    rules.header.commit = rules.header.op;
+    assert!(
+        rules
+            .check(cluster)
+            .is_err_and(|e| e.contains("not below op"))
+    );
+}

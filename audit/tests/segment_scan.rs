@@ -538,3 +538,55 @@ fn partial_scan_of_a_segment_starting_with_a_certificate_does_not_panic() {
     let scan = vellum_audit::segment::scan_segment(&bytes, 1, cluster);
     assert_eq!(scan.records.len(), 1, "{:?}", scan.end);
 }
+
+/// Goal: `ChainTip::check_next_op` and `check_certified_op` (the chain rules
+/// storage and the scanner share) accept the next op and refuse a gap, a
+/// wrong parent, a wrong global position, and a certificate of an op that
+/// is not in the log.
+#[test]
+fn chain_tip_rules_accept_the_next_op_only() {
+    use vellum_audit::segment::ChainTip;
+    let tip = ChainTip {
+        last_op: 0,
+        last_op_checksum: genesis_parent(CLUSTER),
+        tree_size: 0,
+    };
+    let mut next = OpHeader::empty(RecordKind::Op, CLUSTER);
+    next.op = 1;
+    next.parent = genesis_parent(CLUSTER);
+    next.event_count = 2;
+    next.tree_size = 2;
+    assert_eq!(tip.check_next_op(&next), Ok(()));
+    let mut gap = next;
+    gap.op = 2;
+    assert!(
+        tip.check_next_op(&gap)
+            .is_err_and(|e| e.contains("not consecutive"))
+    );
+    let mut parent = next;
+    parent.parent = [7; 32];
+    assert!(
+        tip.check_next_op(&parent)
+            .is_err_and(|e| e.contains("parent"))
+    );
+    let mut position = next;
+    position.global_position = 1;
+    assert!(
+        tip.check_next_op(&position)
+            .is_err_and(|e| e.contains("global position"))
+    );
+    let mut certificate = OpHeader::empty(RecordKind::Certificate, CLUSTER);
+    certificate.op = 1;
+    assert!(
+        tip.check_certified_op(&certificate).is_err(),
+        "op 1 not in the log yet"
+    );
+    let after = ChainTip {
+        last_op: 1,
+        last_op_checksum: next.checksum(),
+        tree_size: 2,
+    };
+    assert_eq!(after.check_certified_op(&certificate), Ok(()));
+    certificate.op = 0;
+    assert!(after.check_certified_op(&certificate).is_err(), "op 0");
+}

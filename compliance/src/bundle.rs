@@ -66,7 +66,7 @@ use vellum_audit::leaf::{LeafPreimage, commitment};
 use vellum_audit::note::{NOTE_BYTES_MAX, Note, NoteError, Signer};
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
-use vellum_audit::report::{Check, PolicySummary, Reached, Report};
+use vellum_audit::report::{Check, FailureKind, PolicySummary, Reached, Report};
 
 /// The bundle format, first line of the manifest signature text.
 pub const BUNDLE_FORMAT: &str = "vellum-bundle/v1";
@@ -712,7 +712,7 @@ fn check_manifest(dir: &Path, policy: &Policy) -> (Check, Option<Manifest>) {
     let bytes = match read_bounded(&dir.join(MANIFEST_FILE), MANIFEST_BYTES_MAX) {
         Ok(bytes) => bytes,
         Err(e) => {
-            check.fail(MANIFEST_FILE, e);
+            check.fail(FailureKind::BundleMismatch, MANIFEST_FILE, e);
             return (check.finish(), None);
         }
     };
@@ -720,7 +720,7 @@ fn check_manifest(dir: &Path, policy: &Policy) -> (Check, Option<Manifest>) {
     let manifest = match parse_manifest(&bytes) {
         Ok(manifest) => manifest,
         Err((location, message)) => {
-            check.fail(location, message);
+            check.fail(FailureKind::BundleMismatch, location, message);
             return (check.finish(), None);
         }
     };
@@ -729,6 +729,7 @@ fn check_manifest(dir: &Path, policy: &Policy) -> (Check, Option<Manifest>) {
         && !signers.contains(&manifest.exported_by)
     {
         check.fail(
+            FailureKind::BundleMismatch,
             MANIFEST_SIG_FILE,
             format!(
                 "signed by [{}], not by exported_by {}",
@@ -749,7 +750,11 @@ fn check_listing(check: &mut Check, dir: &Path) {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            check.fail(dir.display().to_string(), format!("cannot list: {e}"));
+            check.fail(
+                FailureKind::BundleMismatch,
+                dir.display().to_string(),
+                format!("cannot list: {e}"),
+            );
             return;
         }
     };
@@ -763,6 +768,7 @@ fn check_listing(check: &mut Check, dir: &Path) {
     for (seen, entry) in entries.enumerate() {
         if seen == BUNDLE_ENTRIES_MAX {
             check.fail(
+                FailureKind::BundleMismatch,
                 dir.display().to_string(),
                 "more entries than any bundle has",
             );
@@ -771,12 +777,17 @@ fn check_listing(check: &mut Check, dir: &Path) {
         let name = match entry {
             Ok(entry) => entry.file_name().to_string_lossy().into_owned(),
             Err(e) => {
-                check.fail(dir.display().to_string(), format!("cannot list: {e}"));
+                check.fail(
+                    FailureKind::BundleMismatch,
+                    dir.display().to_string(),
+                    format!("cannot list: {e}"),
+                );
                 return;
             }
         };
         if !known.contains(&name.as_str()) {
             check.fail(
+                FailureKind::BundleMismatch,
                 name,
                 format!("is not part of a {BUNDLE_FORMAT} bundle (an extra file)"),
             );
@@ -795,11 +806,15 @@ fn check_manifest_sig(
         .and_then(|b| String::from_utf8(b).map_err(|_| "is not UTF-8".to_string()));
     let note = match text.map(|t| Note::parse(&t)) {
         Err(e) => {
-            check.fail(MANIFEST_SIG_FILE, e);
+            check.fail(FailureKind::BundleMismatch, MANIFEST_SIG_FILE, e);
             return None;
         }
         Ok(Err(e)) => {
-            check.fail(format!("{MANIFEST_SIG_FILE} {}", e.location), e.to_string());
+            check.fail(
+                FailureKind::BundleMismatch,
+                format!("{MANIFEST_SIG_FILE} {}", e.location),
+                e.to_string(),
+            );
             return None;
         }
         Ok(Ok(note)) => note,
@@ -807,6 +822,7 @@ fn check_manifest_sig(
     let hash: Hash = Sha256::digest(manifest).into();
     if note.text != manifest_sig_text(&hash) {
         check.fail(
+            FailureKind::BundleMismatch,
             format!("{MANIFEST_SIG_FILE} line 2"),
             format!(
                 "signed text {:?} does not name manifest.json's sha256 {}",
@@ -819,6 +835,7 @@ fn check_manifest_sig(
         Ok(signers) => Some(signers.iter().map(|v| v.name().to_string()).collect()),
         Err(e) => {
             check.fail(
+                FailureKind::BundleMismatch,
                 MANIFEST_SIG_FILE,
                 format!("not validly signed by a key the policy pins: {e}"),
             );
@@ -893,6 +910,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, (String, String)> {
 fn check_manifest_fields(check: &mut Check, manifest: &Manifest) {
     if manifest.format != BUNDLE_FORMAT || manifest.kind != BUNDLE_KIND_EVENTS {
         check.fail(
+            FailureKind::BundleMismatch,
             MANIFEST_FILE,
             format!(
                 "format {:?} kind {:?}, expected {BUNDLE_FORMAT:?} {BUNDLE_KIND_EVENTS:?}",
@@ -904,10 +922,12 @@ fn check_manifest_fields(check: &mut Check, manifest: &Manifest) {
     let count = query.to.checked_sub(query.from);
     match count {
         None => check.fail(
+            FailureKind::BundleMismatch,
             MANIFEST_FILE,
             format!("query {}..{} is reversed", query.from, query.to),
         ),
         Some(n) if n > BUNDLE_EVENTS_MAX => check.fail(
+            FailureKind::BundleMismatch,
             MANIFEST_FILE,
             format!("query of {n} events is more than the limit of {BUNDLE_EVENTS_MAX}"),
         ),
@@ -918,6 +938,7 @@ fn check_manifest_fields(check: &mut Check, manifest: &Manifest) {
         .expect("parse_manifest requires the trailer");
     if !trailer.end || Some(trailer.events) != count {
         check.fail(
+            FailureKind::BundleMismatch,
             format!("{MANIFEST_FILE} trailer"),
             format!(
                 "trailer {{\"events\": {}, \"end\": {}}} does not close a manifest of query {}..{}",
@@ -936,6 +957,7 @@ fn check_files(dir: &Path, manifest: Option<&Manifest>) -> Check {
         let first = manifest.files.iter().position(|f| f.name == entry.name);
         if !DATA_FILES.contains(&entry.name.as_str()) {
             check.fail(
+                FailureKind::BundleMismatch,
                 format!("{MANIFEST_FILE} files[{i}]"),
                 format!(
                     "claims file {:?}, which is not part of a {BUNDLE_FORMAT} bundle",
@@ -944,6 +966,7 @@ fn check_files(dir: &Path, manifest: Option<&Manifest>) -> Check {
             );
         } else if first != Some(i) {
             check.fail(
+                FailureKind::BundleMismatch,
                 format!("{MANIFEST_FILE} files[{i}]"),
                 format!("lists {} twice", entry.name),
             );
@@ -951,11 +974,19 @@ fn check_files(dir: &Path, manifest: Option<&Manifest>) -> Check {
     }
     for name in DATA_FILES {
         let Some(entry) = manifest.files.iter().find(|f| f.name == name) else {
-            check.fail(MANIFEST_FILE, format!("lists no {name}"));
+            check.fail(
+                FailureKind::BundleMismatch,
+                MANIFEST_FILE,
+                format!("lists no {name}"),
+            );
             continue;
         };
         match file_tally(&dir.join(name)) {
-            Err(e) => check.fail(name, format!("cannot read: {e}")),
+            Err(e) => check.fail(
+                FailureKind::BundleMismatch,
+                name,
+                format!("cannot read: {e}"),
+            ),
             Ok((hash, bytes, lines)) => {
                 compare_file(
                     &mut check,
@@ -974,18 +1005,21 @@ fn check_files(dir: &Path, manifest: Option<&Manifest>) -> Check {
 fn compare_file(check: &mut Check, entry: &FileEntry, sha256: &str, bytes: u64, records: u64) {
     if entry.sha256 != sha256 {
         check.fail(
+            FailureKind::BundleMismatch,
             entry.name.as_str(),
             format!("sha256 {sha256}, the manifest says {}", entry.sha256),
         );
     }
     if entry.bytes != bytes {
         check.fail(
+            FailureKind::BundleMismatch,
             entry.name.as_str(),
             format!("{bytes} bytes, the manifest says {}", entry.bytes),
         );
     }
     if entry.records != records {
         check.fail(
+            FailureKind::BundleMismatch,
             entry.name.as_str(),
             format!("{records} records, the manifest says {}", entry.records),
         );
@@ -1012,14 +1046,18 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
     let text = match text {
         Ok(text) => text,
         Err(e) => {
-            check.fail(CERTIFICATE_FILE, e);
+            check.fail(FailureKind::BundleMismatch, CERTIFICATE_FILE, e);
             return (check.finish(), None, None);
         }
     };
     let certificate = match Certificate::parse(&text) {
         Ok(certificate) => certificate,
         Err(e) => {
-            check.fail(format!("{CERTIFICATE_FILE} {}", e.location), e.to_string());
+            check.fail(
+                FailureKind::BundleMismatch,
+                format!("{CERTIFICATE_FILE} {}", e.location),
+                e.to_string(),
+            );
             return (check.finish(), None, None);
         }
     };
@@ -1039,6 +1077,7 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
         }
         Err(e) => {
             check.fail(
+                FailureKind::BundleMismatch,
                 CERTIFICATE_FILE,
                 format!("not a quorum certificate under the policy: {e}"),
             );
@@ -1082,11 +1121,19 @@ fn check_events(
     let (mut events, mut proofs) = match (open(EVENTS_FILE), open(PROOFS_FILE)) {
         (Ok(events), Ok(proofs)) => (events, proofs),
         (Err(e), _) => {
-            check.fail(EVENTS_FILE, format!("cannot open: {e}"));
+            check.fail(
+                FailureKind::BundleMismatch,
+                EVENTS_FILE,
+                format!("cannot open: {e}"),
+            );
             return check.finish();
         }
         (_, Err(e)) => {
-            check.fail(PROOFS_FILE, format!("cannot open: {e}"));
+            check.fail(
+                FailureKind::BundleMismatch,
+                PROOFS_FILE,
+                format!("cannot open: {e}"),
+            );
             return check.finish();
         }
     };
@@ -1128,6 +1175,7 @@ fn check_events(
         let expected = query.to.saturating_sub(query.from);
         if count != expected {
             check.fail(
+                FailureKind::BundleMismatch,
                 EVENTS_FILE,
                 format!(
                     "{count} events, the query {}..{} has {expected}",
@@ -1140,7 +1188,7 @@ fn check_events(
 }
 
 fn fail_and_finish(mut check: Check, location: String, message: impl Into<String>) -> Check {
-    check.fail(location, message);
+    check.fail(FailureKind::BundleMismatch, location, message);
     check.finish()
 }
 
@@ -1159,6 +1207,7 @@ impl EventWalk<'_> {
             Ok(event) => event,
             Err(e) => {
                 return check.fail(
+                    FailureKind::BundleMismatch,
                     format!("{EVENTS_FILE} line {line}"),
                     format!("not a bundle event: {e}"),
                 );
@@ -1174,19 +1223,26 @@ impl EventWalk<'_> {
                 previous_position: previous,
             };
             if let Err(e) = check_range(&event, &expected) {
-                check.fail(at_event.as_str(), e);
+                check.fail(FailureKind::BundleMismatch, at_event.as_str(), e);
             }
         }
         let decoded = match decode_event(&event) {
             Ok(decoded) => decoded,
-            Err(e) => return check.fail(at_event, e),
+            Err(e) => return check.fail(FailureKind::BundleMismatch, at_event, e),
         };
         let proof_line: ProofLine = match serde_json::from_str(proof_text) {
             Ok(proof) => proof,
-            Err(e) => return check.fail(at_proof, format!("not a bundle proof line: {e}")),
+            Err(e) => {
+                return check.fail(
+                    FailureKind::BundleMismatch,
+                    at_proof,
+                    format!("not a bundle proof line: {e}"),
+                );
+            }
         };
         if proof_line.position != event.position {
             check.fail(
+                FailureKind::BundleMismatch,
                 at_proof.as_str(),
                 format!(
                     "the proof line is for position {}, not the event's",
@@ -1198,6 +1254,7 @@ impl EventWalk<'_> {
             Ok(proof) => proof,
             Err(e) => {
                 return check.fail(
+                    FailureKind::BundleMismatch,
                     format!("{at_proof} tlog-proof {}", e.location),
                     e.to_string(),
                 );
@@ -1206,7 +1263,7 @@ impl EventWalk<'_> {
         if let Some(certificate) = self.certificate
             && proof.checkpoint.checkpoint != certificate.checkpoint
         {
-            check.fail(
+            check.fail(FailureKind::BundleMismatch,
                     at_proof.as_str(),
                     format!(
                         "the proof is against checkpoint size {}, not the bundle certificate's (size {})",
@@ -1215,10 +1272,14 @@ impl EventWalk<'_> {
                 );
         }
         match proof.verify_event(self.policy) {
-            Err(e) => check.fail(at_proof, format!("does not verify under the policy: {e}")),
+            Err(e) => check.fail(
+                FailureKind::BundleMismatch,
+                at_proof,
+                format!("does not verify under the policy: {e}"),
+            ),
             Ok((_, leaf)) => {
                 if let Err(e) = check_leaf(&event, &decoded, &leaf, proof.index) {
-                    check.fail(at_event, e);
+                    check.fail(FailureKind::BundleMismatch, at_event, e);
                 }
             }
         }

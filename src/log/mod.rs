@@ -23,7 +23,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
-use vellum_audit::leaf::LeafPreimage;
 use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::{ConsistencyProof, InclusionProof};
@@ -822,7 +821,7 @@ impl LocalLog {
                 .location
                 .ok_or_else(|| LogError::Corrupt(format!("op {} is not durable", info.op)))?;
             let record = self.storage.get().read(location)?;
-            let preimages = state::leaf_preimages(&record, location.offset)
+            let preimages = vellum_audit::leaf::record_leaves(&record, location.offset)
                 .map_err(|e| LogError::Corrupt(e.to_string()))?;
             let events = self.decrypt_op(&info)?;
             for (event, preimage) in events.into_iter().zip(preimages) {
@@ -1255,22 +1254,6 @@ pub fn load_policy(path: &Path) -> Result<Policy, LogError> {
     Policy::parse(&text).map_err(|e| LogError::DataDir(format!("{}: {e}", path.display())))
 }
 
-/// Builds the leaf preimage of event `index_in_op` of an op record.
-pub fn leaf_of(
-    header: &OpHeader,
-    frame: &record::EventFrame<'_>,
-    index_in_op: u64,
-) -> LeafPreimage {
-    LeafPreimage {
-        global_position: header.global_position + index_in_op,
-        stream: header.stream,
-        stream_offset: header.stream_offset + index_in_op,
-        op: header.op,
-        ciphertext_hash: frame.ciphertext_hash(),
-        commitment: frame.commitment,
-    }
-}
-
 /// Drops the index's projection rows and rebuilds them from the log
 /// (`vellum index rebuild`). Access and verification rows are kept.
 pub fn rebuild_index(
@@ -1452,13 +1435,13 @@ pub fn receipt(log: &LocalLog, appended: &Appended) -> Result<Receipt, LogError>
 fn read_receipt_material(
     log: &LocalLog,
     info: &OpInfo,
-) -> Result<(Vec<LeafPreimage>, Vec<[u8; 32]>), LogError> {
+) -> Result<(Vec<vellum_audit::leaf::LeafPreimage>, Vec<[u8; 32]>), LogError> {
     let location = info
         .location
         .ok_or_else(|| LogError::Corrupt("receipt for an op that is not durable".to_string()))?;
     // One read of the op record gives every event's leaf preimage.
     let record = log.storage.get().read(location)?;
-    let preimages = state::leaf_preimages(&record, location.offset)
+    let preimages = vellum_audit::leaf::record_leaves(&record, location.offset)
         .map_err(|e| LogError::Corrupt(e.to_string()))?;
     // The salts come from the sealed events themselves, so the receipt ties
     // each proof to the payload: commitment = SHA-256(tag || salt || payload).

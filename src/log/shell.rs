@@ -619,7 +619,7 @@ impl LocalLog {
     /// Submits an op record to storage and extends the read-side state.
     pub(super) fn write(&self, record: Record) -> Result<PendingWrite, LogError> {
         let mut state = self.lock();
-        let leaves = super::state::leaf_preimages(&record, 0).map_err(|e| {
+        let leaves = vellum_audit::leaf::record_leaves(&record, 0).map_err(|e| {
             LogError::Corrupt(format!("a record the core accepted does not decode: {e}"))
         })?;
         let header = record.header;
@@ -718,19 +718,12 @@ impl LocalLog {
 /// True when `certificate`'s signed chain head names `info`'s op and header
 /// (a certificate without a chain head is matched by tree size alone).
 fn certifies(certificate: &Certificate, info: &super::state::OpInfo) -> bool {
-    let head = format!(
-        "{} {} {}",
-        vellum_audit::verify::CHAIN_HEAD_EXTENSION,
-        info.op,
-        vellum_audit::hash::to_hex(&info.checksum)
-    );
-    let heads: Vec<&String> = certificate
-        .checkpoint
-        .extensions
-        .iter()
-        .filter(|e| e.starts_with(vellum_audit::verify::CHAIN_HEAD_EXTENSION))
-        .collect();
-    heads.is_empty() || heads.iter().any(|e| **e == head)
+    let head = vellum_audit::verify::ChainHead {
+        op: info.op,
+        checksum: info.checksum,
+    };
+    let heads = vellum_audit::verify::ChainHead::all_in(&certificate.checkpoint);
+    heads.is_empty() || heads.contains(&Ok(head))
 }
 
 /// The trail records of a trail op that closes an atomic group: each

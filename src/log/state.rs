@@ -7,14 +7,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use vellum_audit::checkpoint::Certificate;
-use vellum_audit::error::DecodeError;
 use vellum_audit::hash::Hash;
-use vellum_audit::leaf::LeafPreimage;
+use vellum_audit::leaf::{LeafPreimage, record_leaves};
 use vellum_audit::merkle::MerkleTree;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::{self, OpHeader, Record, RecordKind, SealBody};
 
-use super::{LogError, leaf_of};
+use super::LogError;
 use crate::index::{CommitRow, EventRow, IndexBatch, KeyRow};
 use crate::storage::{DamagedRecord, RecordLocation, Recovery, Storage};
 
@@ -94,16 +93,6 @@ pub struct LogState {
     pub pending: BTreeMap<u64, PendingOp>,
 }
 
-/// The leaf preimages of an op record's events.
-pub fn leaf_preimages(record: &Record, at: u64) -> Result<Vec<LeafPreimage>, DecodeError> {
-    let frames = record::decode_events(&record.body, record.header.event_count, at)?;
-    Ok(frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| leaf_of(&record.header, f, i as u64))
-        .collect())
-}
-
 impl LogState {
     /// Rebuilds the state from every recovered record, checking each
     /// certificate and seal root against the tree recomputed from the leaves,
@@ -142,7 +131,7 @@ impl LogState {
             match header.kind {
                 RecordKind::Op => {
                     let record = storage.read(*location)?;
-                    let leaves = leaf_preimages(&record, location.offset)
+                    let leaves = record_leaves(&record, location.offset)
                         .map_err(|e| LogError::Corrupt(at(&e.to_string())))?;
                     if header.global_position != state.tree.len()
                         || header.tree_size
@@ -198,7 +187,7 @@ impl LogState {
             return Ok(());
         }
         let record = storage.read(location)?;
-        let leaves = leaf_preimages(&record, location.offset)
+        let leaves = record_leaves(&record, location.offset)
             .map_err(|e| LogError::Corrupt(at(&e.to_string())))?
             .iter()
             .map(LeafPreimage::leaf_hash)
@@ -443,7 +432,7 @@ impl LogState {
     ) -> Result<LeafPreimage, LogError> {
         let location = info.location.ok_or(LogError::NotDurable { op: info.op })?;
         let record = storage.read(location)?;
-        let leaves = leaf_preimages(&record, location.offset)
+        let leaves = record_leaves(&record, location.offset)
             .map_err(|e| LogError::Corrupt(e.to_string()))?;
         let index = usize::try_from(index_in_op).expect("event index within an op is small");
         leaves

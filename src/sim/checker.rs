@@ -24,7 +24,7 @@ use vellum_audit::hash::{Hash, sha256, to_hex};
 use vellum_audit::merkle::MerkleTree;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::{OpHeader, Record, RecordKind, genesis_parent};
-use vellum_audit::verify::CHAIN_HEAD_EXTENSION;
+use vellum_audit::verify::ChainHead;
 
 use crate::vsr::{DurableState, ReplyBody};
 
@@ -432,22 +432,19 @@ impl Checker {
                 ));
             }
         }
-        for line in &certificate.checkpoint.extensions {
-            if let Some(rest) = line.strip_prefix(CHAIN_HEAD_EXTENSION) {
-                self.check_head(rest.trim_start(), size)?;
-            }
+        for head in ChainHead::all_in(&certificate.checkpoint) {
+            self.check_head(head?, size)?;
         }
         Ok(true)
     }
 
-    /// `<op> <checksum hex>`: the agreed header of op, at this tree size.
-    fn check_head(&self, head: &str, size: u64) -> Result<(), String> {
-        let (op, checksum) = head.split_once(' ').ok_or("malformed chain head")?;
-        let op: u64 = op.parse().map_err(|_| "chain head op is not a number")?;
+    /// The chain head names the agreed header of its op, at this tree size.
+    fn check_head(&self, head: ChainHead, size: u64) -> Result<(), String> {
+        let op = head.op;
         let header = self
             .agreed(op)
             .ok_or(format!("chain head names uncommitted op {op}"))?;
-        if to_hex(&header.checksum()) != checksum || header.tree_size != size {
+        if header.checksum() != head.checksum || header.tree_size != size {
             return Err(format!(
                 "chain head of op {op} is not the agreed header at size {size}"
             ));

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use vellum_audit::hash::{Hash, sha256};
-use vellum_audit::leaf::{LeafPreimage, commitment};
+use vellum_audit::leaf::{commitment, record_leaf_hashes};
 use vellum_audit::record::{
     self, EventFrame, NONCE_BYTES, OpHeader, Record, RecordKind, TAG_BYTES,
 };
@@ -124,24 +124,7 @@ pub fn leaf_hashes(record: &Record) -> Option<Vec<Hash>> {
     if header.kind != RecordKind::Op {
         return None;
     }
-    let frames = record::decode_events(&record.body, header.event_count, 0).ok()?;
-    Some(
-        frames
-            .iter()
-            .enumerate()
-            .map(|(i, frame)| {
-                LeafPreimage {
-                    global_position: header.global_position + i as u64,
-                    stream: header.stream,
-                    stream_offset: header.stream_offset + i as u64,
-                    op: header.op,
-                    ciphertext_hash: frame.ciphertext_hash(),
-                    commitment: frame.commitment,
-                }
-                .leaf_hash()
-            })
-            .collect(),
-    )
+    record_leaf_hashes(record, 0).ok()
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! produce the same hash; a different hash means nondeterminism crept in.
 //!
 //! The encoding is written out field by field (not `Debug`), so the hash
-//! does not depend on how a dependency formats its types.
+//! does not depend on how a dependency formats its types; a peer message
+//! is hashed in its wire encoding (`net::codec`), not in a second one.
 
 use sha2::{Digest as _, Sha256};
-use vellum_audit::hash::{Hash, sha256};
 
 use crate::vsr::{Input, Message, MessageBody, ReadPurpose};
 
@@ -108,89 +108,17 @@ fn encode_purpose(purpose: &ReadPurpose, out: &mut Vec<u8>) {
     }
 }
 
-fn headers_digest(headers: &[vellum_audit::record::OpHeader]) -> Hash {
-    let checksums: Vec<u8> = headers.iter().flat_map(|h| h.checksum()).collect();
-    sha256(&[&checksums])
-}
-
+/// A delivered message as it would travel: its wire encoding
+/// (`net::codec`, the one encoding of a replica message), so the trace
+/// covers every field and a new field can never be left out of it.
 fn encode_message(message: &Message, out: &mut Vec<u8>) {
-    out.extend_from_slice(&message.cluster.to_le_bytes());
-    out.push(message.from);
-    put(out, message.view);
-    match &message.body {
-        MessageBody::Prepare {
-            record,
-            commit,
-            key,
-        } => {
-            out.push(1);
-            out.extend_from_slice(&record.checksum());
-            put(out, *commit);
-            out.extend_from_slice(key.as_deref().unwrap_or_default());
-        }
-        MessageBody::PrepareOk {
-            op,
-            checksum,
-            signature,
-        } => {
-            out.push(2);
-            put(out, *op);
-            out.extend_from_slice(checksum);
-            out.extend_from_slice(signature);
-        }
-        MessageBody::Commit {
-            commit,
-            certificate,
-        } => {
-            out.push(3);
-            put(out, *commit);
-            out.extend_from_slice(certificate.as_deref().unwrap_or_default().as_bytes());
-        }
-        MessageBody::StartViewChange => out.push(4),
-        MessageBody::DoViewChange {
-            log_view,
-            op,
-            commit,
-            headers,
-        } => {
-            out.push(5);
-            for value in [*log_view, *op, *commit] {
-                put(out, value);
-            }
-            out.extend_from_slice(&headers_digest(headers));
-        }
-        MessageBody::StartView {
-            op,
-            commit,
-            headers,
-        } => {
-            out.push(6);
-            put(out, *op);
-            put(out, *commit);
-            out.extend_from_slice(&headers_digest(headers));
-        }
-        MessageBody::RequestPrepare { op, checksum } => {
-            out.push(7);
-            put(out, *op);
-            out.extend_from_slice(checksum);
-        }
-        MessageBody::Recovery { nonce } => {
-            out.push(8);
-            put(out, *nonce);
-        }
-        MessageBody::RecoveryResponse {
-            nonce,
-            op,
-            commit,
-            headers,
-            is_primary,
-        } => {
-            out.push(9);
-            for value in [*nonce, *op, *commit] {
-                put(out, value);
-            }
-            out.extend_from_slice(&headers_digest(headers));
-            out.push(u8::from(*is_primary));
+    match crate::net::codec::encode_message(message) {
+        Ok(bytes) => out.extend_from_slice(&bytes),
+        Err(e) => {
+            // Not sendable over a real link (a field over its bound): the
+            // trace still tells it apart from every encodable message.
+            out.push(0xFF);
+            out.extend_from_slice(e.to_string().as_bytes());
         }
     }
 }

@@ -35,7 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use vellum_audit::hash::{Hash, sha256};
+use vellum_audit::hash::Hash;
 use vellum_audit::record::{BODY_BYTES_MAX, HEADER_BYTES, OpHeader, Record, RecordKind};
 use vellum_audit::segment::{ChainTip, SEGMENT_HEADER_BYTES};
 
@@ -697,26 +697,12 @@ fn check_record_alone(record: &Record, cluster: u128) -> Result<(), StorageError
             max: BODY_BYTES_MAX as u64,
         });
     }
-    if header.cluster != cluster {
-        return Err(StorageError::Rejected(format!(
-            "record of cluster {:#x}, storage of {cluster:#x}",
-            header.cluster
-        )));
-    }
     if header.kind == RecordKind::Seal {
         return Err(StorageError::Rejected(
             "seal records are written by storage only".to_string(),
         ));
     }
-    header.check_rules().map_err(StorageError::Rejected)?;
-    if header.body_size as usize != record.body.len()
-        || sha256(&[&record.body]) != header.body_checksum
-    {
-        return Err(StorageError::Rejected(
-            "body size or body checksum does not match the body".to_string(),
-        ));
-    }
-    Ok(())
+    record.check(cluster).map_err(StorageError::Rejected)
 }
 
 /// The chain rules against what was submitted before.
@@ -729,18 +715,9 @@ fn check_chain(
     let reject = |reason: String| Err(StorageError::Rejected(reason));
     match header.kind {
         RecordKind::Op => {
-            if header.op != chain.last_op + 1 || header.parent != chain.last_op_checksum {
-                return reject(format!(
-                    "op {} does not follow op {}",
-                    header.op, chain.last_op
-                ));
-            }
-            if header.global_position != chain.tree_size {
-                return reject(format!(
-                    "op {} starts at {}, tree size is {}",
-                    header.op, header.global_position, chain.tree_size
-                ));
-            }
+            chain
+                .check_next_op(header)
+                .map_err(StorageError::Rejected)?;
             if tree_after.0 != header.tree_size {
                 return reject(format!(
                     "tree_after size {} is not the op's tree size {}",
@@ -749,12 +726,9 @@ fn check_chain(
             }
         }
         RecordKind::Certificate => {
-            if header.op == 0 || header.op > chain.last_op {
-                return reject(format!(
-                    "certificate of op {} (last op {})",
-                    header.op, chain.last_op
-                ));
-            }
+            chain
+                .check_certified_op(header)
+                .map_err(StorageError::Rejected)?;
             if tree_after.0 != chain.tree_size {
                 return reject(format!(
                     "tree_after size {} is not the tree size {}",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use vellum_audit::checkpoint::{Certificate, Checkpoint};
 use vellum_audit::hash::Hash;
 use vellum_audit::note::{Note, NoteSignature};
-use vellum_audit::verify::CHAIN_HEAD_EXTENSION;
+use vellum_audit::verify::ChainHead;
 
 use super::ReplicaIndex;
 use super::replica::Replica;
@@ -29,20 +29,8 @@ pub(super) struct Cert {
 
 /// The op and header checksum named by a checkpoint's chain head extension.
 fn chain_head(checkpoint: &Checkpoint) -> Option<(u64, Hash)> {
-    let line = checkpoint
-        .extensions
-        .iter()
-        .find_map(|e| e.strip_prefix(CHAIN_HEAD_EXTENSION)?.strip_prefix(' '))?;
-    let (op, hex) = line.split_once(' ')?;
-    let op = op.parse().ok()?;
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut head = [0u8; 32];
-    for (i, byte) in head.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some((op, head))
+    let head = ChainHead::all_in(checkpoint).into_iter().next()?.ok()?;
+    Some((head.op, head.checksum))
 }
 
 impl Replica {

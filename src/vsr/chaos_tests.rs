@@ -14,8 +14,8 @@ use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::Record;
 
-use super::journal::leaves_of;
 use super::*;
+use vellum_audit::leaf::record_leaf_hashes;
 
 const CLUSTER: u128 = 0x000c_4a05;
 /// Steps of the faulty phase.
@@ -63,7 +63,7 @@ impl Disk {
             .map(|op| match self.records.get(&op) {
                 Some(r) => JournalEntry::Intact {
                     header: r.header,
-                    leaves: leaves_of(r).expect("valid body"),
+                    leaves: record_leaf_hashes(r, 0).expect("valid body"),
                 },
                 None => JournalEntry::Faulty { op, header: None },
             })

@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use vellum_audit::checkpoint::Checkpoint;
-use vellum_audit::hash::{Hash, sha256};
-use vellum_audit::leaf::LeafPreimage;
+use vellum_audit::hash::Hash;
+use vellum_audit::leaf::record_leaf_hashes;
 use vellum_audit::merkle::MerkleTree;
-use vellum_audit::record::{self, OpHeader, Record, RecordKind, genesis_parent};
+use vellum_audit::record::{OpHeader, Record, RecordKind, genesis_parent};
 use vellum_audit::verify::chain_head_extension;
 
 /// What the disk holds for an op.
@@ -70,43 +70,13 @@ pub(super) struct Journal {
     streams: BTreeMap<u64, u64>,
 }
 
-/// The leaf hashes of an op record's events, or `None` when the body does
-/// not decode into exactly `event_count` frames.
-pub(super) fn leaves_of(record: &Record) -> Option<Vec<Hash>> {
-    let header = &record.header;
-    let frames = record::decode_events(&record.body, header.event_count, 0).ok()?;
-    let leaves = frames
-        .iter()
-        .enumerate()
-        .map(|(i, frame)| {
-            let index = i as u64;
-            LeafPreimage {
-                global_position: header.global_position + index,
-                stream: header.stream,
-                stream_offset: header.stream_offset + index,
-                op: header.op,
-                ciphertext_hash: frame.ciphertext_hash(),
-                commitment: frame.commitment,
-            }
-            .leaf_hash()
-        })
-        .collect();
-    Some(leaves)
-}
-
 /// Checks that `record` is a well-formed op record of `cluster` whose body
 /// matches its header; returns its leaves.
 pub(super) fn check_record(record: &Record, cluster: u128) -> Option<Vec<Hash>> {
-    let header = &record.header;
-    let well_formed = header.kind == RecordKind::Op
-        && header.cluster == cluster
-        && header.check_rules().is_ok()
-        && header.body_size as usize == record.body.len()
-        && sha256(&[&record.body]) == header.body_checksum;
-    if !well_formed {
+    if record.header.kind != RecordKind::Op || record.check(cluster).is_err() {
         return None;
     }
-    leaves_of(record)
+    record_leaf_hashes(record, 0).ok()
 }
 
 impl Journal {

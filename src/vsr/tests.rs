@@ -14,8 +14,8 @@ use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::{self, EventFrame, OpHeader, Record, genesis_parent};
 
-use super::journal::leaves_of;
 use super::*;
+use vellum_audit::leaf::record_leaf_hashes;
 
 const CLUSTER: u128 = 0x5eed_0001;
 /// Inputs one `run` may process before the test calls it a livelock.
@@ -36,7 +36,7 @@ impl Disk {
             .map(|op| match self.records.get(&op) {
                 Some(r) => JournalEntry::Intact {
                     header: r.header,
-                    leaves: leaves_of(r).expect("the harness seals valid bodies"),
+                    leaves: record_leaf_hashes(r, 0).expect("the harness seals valid bodies"),
                 },
                 None => JournalEntry::Faulty { op, header: None },
             })
@@ -298,7 +298,7 @@ impl Cluster {
         let leaves: Vec<_> = self.disks[usize::from(disk)]
             .records
             .values()
-            .flat_map(|r| leaves_of(r).expect("valid"))
+            .flat_map(|r| record_leaf_hashes(r, 0).expect("valid"))
             .collect();
         let size = usize::try_from(certificate.checkpoint.size).expect("small");
         assert_eq!(
