@@ -458,15 +458,7 @@ impl LocalLog {
             tracing::error!(%error, op, "a peer's copy does not fit the damaged record; it stays faulty");
             return Ok(());
         }
-        self.storage.get().flush()?;
-        let mut slot = self
-            .storage
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = slot.take() {
-            old.close()?;
-        }
+        let mut slot = self.storage.close_for_rewrite()?;
         crate::storage::restore_record(&segments, &damaged, record)?;
         let (storage, recovery) =
             Storage::open(self.dir.root(), self.cluster, self.storage_config)?;
@@ -638,15 +630,7 @@ impl LocalLog {
                 state.commit
             )));
         }
-        self.storage.get().flush()?;
-        let mut slot = self
-            .storage
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = slot.take() {
-            old.close()?;
-        }
+        let mut slot = self.storage.close_for_rewrite()?;
         cut_after_op(self.dir.root(), self.cluster, after_op)?;
         let mut config = self.storage_config;
         config.durable_op_floor = config.durable_op_floor.max(state.commit);

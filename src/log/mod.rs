@@ -361,6 +361,23 @@ impl StorageCell {
         )
     }
 
+    /// Flushes and closes the store so its files can be rewritten (a cut,
+    /// a repair in place); the caller reopens it into the returned slot,
+    /// which keeps every reader out meanwhile.
+    fn close_for_rewrite(
+        &self,
+    ) -> Result<std::sync::RwLockWriteGuard<'_, Option<Storage>>, LogError> {
+        self.get().flush()?;
+        let mut slot = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            old.close()?;
+        }
+        Ok(slot)
+    }
+
     fn take(&self) -> Option<Storage> {
         self.0
             .write()
