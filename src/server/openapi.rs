@@ -309,7 +309,7 @@ fn schemas() -> Value {
         "IdempotencyKey": {
             "type": "object", "required": ["session", "request"], "additionalProperties": false,
             "properties": {
-                "session": { "type": "string", "minLength": 32, "maxLength": 32, "pattern": "^0*[1-9a-f][0-9a-f]*$", "description": "Client session id: 32 lowercase hex digits, not all zero." },
+                "session": { "type": "string", "minLength": 32, "maxLength": 32, "pattern": "^0*[1-9a-f][0-9a-f]*$", "description": "Client session id: 32 lowercase hex digits, not all zero and not all f (both reserved)." },
                 "request": { "type": "integer", "format": "int64", "minimum": 1, "maximum": crate::bounds::EDGE_INTEGER_MAX, "description": "Request number in the session, increasing from 1." }
             }
         },

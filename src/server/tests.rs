@@ -610,6 +610,17 @@ fn bad_inputs() -> Vec<Bad> {
             "bad_request",
             "idempotency.session",
         ),
+        // The trail ops' reserved session (all f) is refused at the edge.
+        bad(
+            Call::post(
+                append,
+                w,
+                r#"{"events":[{"json":1}],"idempotency":{"session":"ffffffffffffffffffffffffffffffff","request":1}}"#,
+            ),
+            400,
+            "bad_request",
+            "idempotency.session",
+        ),
         bad(
             Call::post(
                 append,

@@ -201,9 +201,12 @@ fn idempotency(key: &IdempotencyKey) -> Result<(u128, u64), ApiError> {
     } else {
         None
     };
-    let Some(session) = session.filter(|s| *s != 0) else {
+    // All zero and all f are reserved (the latter is the session of the
+    // trail ops that close atomic groups).
+    let reserved = |s: &u128| *s == 0 || *s == crate::vsr::TRAIL_CLIENT;
+    let Some(session) = session.filter(|s| !reserved(s)) else {
         return Err(ApiError::bad_request(
-            "idempotency.session must be 32 lowercase hex digits, not all zero",
+            "idempotency.session must be 32 lowercase hex digits, not all zero and not all f (reserved)",
         ));
     };
     if key.request == 0 {
