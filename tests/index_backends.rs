@@ -115,6 +115,7 @@ suite!(
         fresh_migrations_and_reopen_is_noop,
         apply_is_idempotent,
         conflicting_rows_are_refused,
+        large_batches_round_trip_and_refuse_one_forged_row,
         key_lifecycle_only_moves_forward,
         last_position_and_last_commit,
         reads_are_ordered_and_limited,
@@ -132,6 +133,7 @@ suite!(
         fresh_migrations_and_reopen_is_noop,
         apply_is_idempotent,
         conflicting_rows_are_refused,
+        large_batches_round_trip_and_refuse_one_forged_row,
         key_lifecycle_only_moves_forward,
         last_position_and_last_commit,
         reads_are_ordered_and_limited,
@@ -327,6 +329,73 @@ async fn conflicting_rows_are_refused(target: IndexTarget) {
             "batch rolled back"
         );
     }
+    index.close().await;
+}
+
+/// Goal: a batch of many rows (inserted many per statement) reads back
+/// row for row, replays harmlessly, and one forged row deep inside a large
+/// replayed batch is still refused by table and key with nothing written.
+async fn large_batches_round_trip_and_refuse_one_forged_row(target: IndexTarget) {
+    let index = open(&target).await;
+    // 203 rows: three full chunks of 64 and a remainder of 8 + 2 + 1.
+    let rows = 203u64;
+    let projected = |position: u64| AccessRow {
+        position: Some(position),
+        payload: Some(format!("{{\"p\":{position}}}")),
+        salt: Some([position as u8; 32]),
+        ..access()
+    };
+    let batch = IndexBatch {
+        events: (0..rows).map(|p| event(p, 7 + p % 3, p / 3)).collect(),
+        commits: (1..=rows).map(|op| commit(op, op)).collect(),
+        keys: Vec::new(),
+        access: (0..rows).map(|p| projected(1_000 + p)).collect(),
+    };
+    index.apply(&batch).await.expect("apply a large batch");
+    assert_eq!(
+        index.events_after(0, 1_000).await.expect("events"),
+        batch.events
+    );
+    assert_eq!(
+        index.commits_after(0, 1_000).await.expect("commits"),
+        batch.commits
+    );
+    let access = index.access_projected().await.expect("access");
+    assert_eq!(access.len() as u64, rows);
+    assert!(
+        access
+            .iter()
+            .zip(&batch.access)
+            .all(|(stored, sent)| stored.payload == sent.payload
+                && stored.salt == sent.salt.map(|s| s.to_vec())),
+        "projected access rows read back as sent"
+    );
+    index
+        .apply(&batch)
+        .await
+        .expect("replaying the batch is harmless");
+    let mut forged = batch.clone();
+    forged.events[150].leaf_hash = [0xee; 32];
+    forged.events.push(event(rows, 99, 0)); // a new row in the same batch
+    match index.apply(&forged).await {
+        Err(IndexError::Conflict { table, key }) => {
+            assert_eq!((table, key.as_str()), ("events", "position 150"));
+        }
+        other => panic!("expected a conflict on position 150, got {other:?}"),
+    }
+    let mut forged = batch.clone();
+    forged.commits[100].root = [0xee; 32];
+    match index.apply(&forged).await {
+        Err(IndexError::Conflict { table, key }) => {
+            assert_eq!((table, key.as_str()), ("commits", "op 101"));
+        }
+        other => panic!("expected a conflict on op 101, got {other:?}"),
+    }
+    assert_eq!(
+        index.last_position().await.expect("last"),
+        Some(rows - 1),
+        "the refused batches wrote nothing"
+    );
     index.close().await;
 }
 

@@ -268,6 +268,37 @@ macro_rules! apply_key {
     }};
 }
 
+/// Rows in one multi-row insert, at most (13 columns × 64 rows stays far
+/// below SQLite's and PostgreSQL's limits on bound values).
+const INSERT_ROWS_MAX: usize = 64;
+
+/// Splits `rows` for multi-row inserts: full chunks of [`INSERT_ROWS_MAX`],
+/// then the powers of two of the remainder, so a table has at most seven
+/// statement shapes and every one stays in the prepared-statement cache.
+fn insert_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let take = if rest.len() >= INSERT_ROWS_MAX {
+            INSERT_ROWS_MAX
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(take);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+/// A query builder for `pool`'s database, starting with `head`.
+fn builder_for<DB: sqlx::Database>(_pool: &sqlx::Pool<DB>, head: &str) -> sqlx::QueryBuilder<DB>
+where
+    DB::Arguments: Default,
+{
+    sqlx::QueryBuilder::new(head)
+}
+
 impl Index {
     /// Opens (creating if needed) the index at `target`, applies pending
     /// migrations, and binds it to `cluster`: an index made for another
@@ -421,17 +452,86 @@ impl Index {
             .collect::<Result<_, _>>()?;
         on_backend!(&self.backend, pool => {
             let mut tx = pool.begin().await.map_err(query_error("begin apply transaction"))?;
-            for row in &commits {
-                apply_commit!(tx, row);
+            // Many rows per statement: one statement is one hop to the
+            // driver's worker (SQLite) or one round trip (PostgreSQL), which
+            // per row was most of the index's cost.
+            for chunk in insert_chunks(&commits) {
+                let mut insert = builder_for(pool, sql::COMMIT_INSERT_HEAD);
+                insert.push_values(chunk, |mut values, row| {
+                    values
+                        .push_bind(row.0)
+                        .push_bind(row.1)
+                        .push_bind(row.2)
+                        .push_bind(row.3.clone())
+                        .push_bind(row.4)
+                        .push_bind(row.5.clone());
+                });
+                insert.push(sql::ON_CONFLICT_NOTHING);
+                let inserted = insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("insert into commits"))?
+                    .rows_affected();
+                if inserted != chunk.len() as u64 {
+                    // Some were stored before: each must be the same row.
+                    for row in chunk {
+                        apply_commit!(tx, row);
+                    }
+                }
             }
             for row in &keys {
                 apply_key!(tx, row);
             }
-            for row in &events {
-                apply_event!(tx, row);
+            for chunk in insert_chunks(&events) {
+                let mut insert = builder_for(pool, sql::EVENT_INSERT_HEAD);
+                insert.push_values(chunk, |mut values, row| {
+                    values
+                        .push_bind(row.0)
+                        .push_bind(row.1)
+                        .push_bind(row.2)
+                        .push_bind(row.3)
+                        .push_bind(row.4.clone())
+                        .push_bind(row.5)
+                        .push_bind(row.6);
+                });
+                insert.push(sql::ON_CONFLICT_NOTHING);
+                let inserted = insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("insert into events"))?
+                    .rows_affected();
+                if inserted != chunk.len() as u64 {
+                    for row in chunk {
+                        apply_event!(tx, row);
+                    }
+                }
             }
-            for (row, n) in &access {
-                insert_access!(&mut *tx, sql::ACCESS_PROJECT, row, n, "project into access");
+            for chunk in insert_chunks(&access) {
+                let mut insert = builder_for(pool, sql::ACCESS_PROJECT_HEAD);
+                insert.push_values(chunk, |mut values, (row, n)| {
+                    values
+                        .push_bind(n.time_ns)
+                        .push_bind(row.principal.clone())
+                        .push_bind(row.role.clone())
+                        .push_bind(row.action.clone())
+                        .push_bind(n.stream)
+                        .push_bind(n.offset_from)
+                        .push_bind(n.offset_to)
+                        .push_bind(row.purpose.clone())
+                        .push_bind(row.outcome.clone())
+                        .push_bind(row.remote_addr.clone())
+                        .push_bind(n.position)
+                        .push_bind(row.payload.clone())
+                        .push_bind(row.salt.map(|s| s.to_vec()));
+                });
+                insert.push(sql::ACCESS_PROJECT_TAIL);
+                insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_error("project into access"))?;
             }
             tx.commit().await.map_err(query_error("commit apply transaction"))?;
         });
@@ -735,5 +835,28 @@ fn check_event(stored: Option<&EventSql>, row: &EventSql) -> Result<(), IndexErr
             "events",
             format!("stream {} offset {}", row.1, row.2),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INSERT_ROWS_MAX, insert_chunks};
+
+    /// Goal: chunks cover every row once, in order, with at most seven
+    /// sizes (so the prepared-statement cache never churns).
+    #[test]
+    fn insert_chunks_cover_rows_in_order_with_few_shapes() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for n in 0..=1_000usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks = insert_chunks(&rows);
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, rows, "n = {n}");
+            for chunk in &chunks {
+                assert!(chunk.len().is_power_of_two() && chunk.len() <= INSERT_ROWS_MAX);
+                shapes.insert(chunk.len());
+            }
+        }
+        assert_eq!(shapes.len(), 7, "{shapes:?}");
     }
 }

@@ -11,6 +11,11 @@ pub(crate) const META_INSERT: &str =
 pub(crate) const EVENT_INSERT: &str = "INSERT INTO events \
     (position, stream, stream_offset, op, leaf_hash, segment, file_offset) \
     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+/// The head of a multi-row `events` insert (values and [`ON_CONFLICT_NOTHING`] follow).
+pub(crate) const EVENT_INSERT_HEAD: &str = "INSERT INTO events \
+    (position, stream, stream_offset, op, leaf_hash, segment, file_offset) ";
+/// The tail of a multi-row insert: rows already stored are checked row by row.
+pub(crate) const ON_CONFLICT_NOTHING: &str = " ON CONFLICT DO NOTHING";
 pub(crate) const EVENT_BY_POSITION: &str = "SELECT position, stream, stream_offset, op, \
     leaf_hash, segment, file_offset FROM events WHERE position = $1";
 pub(crate) const EVENTS_FROM: &str = "SELECT position, stream, stream_offset, op, \
@@ -24,6 +29,9 @@ pub(crate) const EVENT_POSITION_MAX: &str = "SELECT max(position) FROM events";
 pub(crate) const COMMIT_INSERT: &str = "INSERT INTO commits \
     (op, view, tree_size, root, time_ns, certificate) \
     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+/// The head of a multi-row `commits` insert.
+pub(crate) const COMMIT_INSERT_HEAD: &str = "INSERT INTO commits \
+    (op, view, tree_size, root, time_ns, certificate) ";
 pub(crate) const COMMIT_BY_OP: &str =
     "SELECT op, view, tree_size, root, time_ns, certificate FROM commits WHERE op = $1";
 pub(crate) const COMMITS_FROM: &str = "SELECT op, view, tree_size, root, time_ns, certificate \
@@ -45,12 +53,12 @@ pub(crate) const ACCESS_INSERT: &str = "INSERT INTO access \
     (time_ns, principal, role, action, stream, offset_from, offset_to, purpose, outcome, \
     remote_addr, position, payload, salt) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
-/// A trail event projected from the log: replaying the log is harmless.
-pub(crate) const ACCESS_PROJECT: &str = "INSERT INTO access \
+/// The head of a multi-row projection of trail events into `access` (values
+/// and [`ACCESS_PROJECT_TAIL`] follow; replaying the log is harmless).
+pub(crate) const ACCESS_PROJECT_HEAD: &str = "INSERT INTO access \
     (time_ns, principal, role, action, stream, offset_from, offset_to, purpose, outcome, \
-    remote_addr, position, payload, salt) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-    ON CONFLICT (position) DO NOTHING";
+    remote_addr, position, payload, salt) ";
+pub(crate) const ACCESS_PROJECT_TAIL: &str = " ON CONFLICT (position) DO NOTHING";
 /// Every projected access row (with a position), in position order.
 pub(crate) const ACCESS_PROJECTED: &str = "SELECT position, payload, salt, time_ns, \
     principal, role, action, stream, offset_from, offset_to, purpose, outcome, remote_addr \
