@@ -4,10 +4,10 @@
 //! Every byte format Vellum writes is defined here, once: op records and
 //! segment files (`record`, `segment`), the per-event Merkle leaf (`leaf`),
 //! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes and
-//! checkpoints (`note`, `checkpoint`), `tlog-proof@v1` proofs (`proof`) and
-//! the trust policy (`policy`). The writer in the `vellum` crate uses these
-//! same types, so the verifier can never disagree with the writer about a
-//! format. This crate is synchronous, opens no socket and no database.
+//! checkpoints (`note`, `checkpoint`), `tlog-proof@v1` proofs (`proof`),
+//! the trust policy (`policy`) and the tree laid out as C2SP `tlog-tiles`
+//! (`tiles`). The writer in the `vellum` crate uses these same types, so the
+//! verifier can never disagree with the writer about a format. This crate is synchronous, opens no socket and no database.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +23,7 @@ pub mod proof;
 pub mod record;
 pub mod report;
 pub mod segment;
+pub mod tiles;
 pub mod verify;
 
 pub use error::{DecodeError, Location};

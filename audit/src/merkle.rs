@@ -7,7 +7,9 @@
 //! hashes at most, never O(n). [`verify_inclusion`] and
 //! [`verify_consistency`] are the auditor's side, written step by step after
 //! RFC 9162 §2.1.3.2 and §2.1.4.2. [`root_from_leaf_hashes`] is the plain
-//! recursive MTH, kept as the oracle the tests compare against.
+//! recursive MTH, kept as the oracle the tests compare against. The proof
+//! walks run over any source of complete-subtree hashes (`Subtrees`), so
+//! `crate::tiles` builds its proofs from tiles with the very same walk.
 
 use crate::hash::{Hash, sha256, to_hex};
 
@@ -154,10 +156,8 @@ impl MerkleTree {
     /// The root the tree had when it held `size` leaves.
     pub fn root_at(&self, size: u64) -> Result<Hash, ProofError> {
         self.check_size(size)?;
-        if size == 0 {
-            return Ok(empty_root());
-        }
-        Ok(self.range_hash(0, size))
+        let Ok(root) = root_of(&mut StoredSubtrees(&self.levels), size);
+        Ok(root)
     }
 
     /// The RFC 9162 §2.1.3.1 inclusion proof of leaf `index` in the tree of
@@ -167,21 +167,7 @@ impl MerkleTree {
         if index >= size {
             return Err(ProofError::IndexOutOfRange { index, size });
         }
-        let mut proof = Vec::new();
-        // Walk down from the root; collect siblings, then reverse to leaf-first.
-        let (mut lo, mut hi, mut m) = (0u64, size, index);
-        while hi - lo > 1 {
-            let k = split_point(hi - lo);
-            if m < k {
-                proof.push(self.range_hash(lo + k, hi));
-                hi = lo + k;
-            } else {
-                proof.push(self.range_hash(lo, lo + k));
-                lo += k;
-                m -= k;
-            }
-        }
-        proof.reverse();
+        let Ok(proof) = inclusion_path(&mut StoredSubtrees(&self.levels), index, size);
         Ok(proof)
     }
 
@@ -190,25 +176,7 @@ impl MerkleTree {
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
         self.check_size(new_size)?;
         check_consistency_sizes(old_size, new_size)?;
-        let mut proof = Vec::new();
-        // SUBPROOF(m, D[lo:hi], b), unrolled; siblings collected root-first.
-        let (mut lo, mut hi, mut m, mut whole) = (0u64, new_size, old_size, true);
-        while m != hi - lo {
-            let k = split_point(hi - lo);
-            if m <= k {
-                proof.push(self.range_hash(lo + k, hi));
-                hi = lo + k;
-            } else {
-                proof.push(self.range_hash(lo, lo + k));
-                lo += k;
-                m -= k;
-                whole = false;
-            }
-        }
-        if !whole {
-            proof.push(self.range_hash(lo, hi));
-        }
-        proof.reverse();
+        let Ok(proof) = consistency_path(&mut StoredSubtrees(&self.levels), old_size, new_size);
         Ok(proof)
     }
 
@@ -219,26 +187,122 @@ impl MerkleTree {
         }
         Ok(())
     }
+}
+
+/// A source of the hashes of complete, aligned subtrees: all the RFC 9162
+/// proof walks below need. The in-memory tree stores every one; a tiled log
+/// (`crate::tiles`) reads them from tiles. One walk serves both, so a proof
+/// from tiles cannot differ in shape from a proof from the tree.
+pub(crate) trait Subtrees {
+    /// Why a subtree hash could not be had.
+    type Error;
+
+    /// The root of the complete subtree over leaves
+    /// `[index·2^height, (index+1)·2^height)`; the walks ask only for
+    /// subtrees inside the tree size they were given.
+    fn subtree(&mut self, height: u32, index: u64) -> Result<Hash, Self::Error>;
 
     /// MTH of leaves `[lo, hi)`, where `lo` is aligned as the RFC recursion
     /// guarantees: a multiple of the largest power of two not above `hi - lo`.
-    fn range_hash(&self, lo: u64, hi: u64) -> Hash {
+    fn range_hash(&mut self, lo: u64, hi: u64) -> Result<Hash, Self::Error> {
+        assert!(hi > lo, "empty range [{lo}, {hi})");
         let n = hi - lo;
-        assert!(
-            n > 0 && hi <= self.len(),
-            "range [{lo}, {hi}) outside the tree"
-        );
         if n.is_power_of_two() {
-            let height = n.trailing_zeros() as usize;
+            let height = n.trailing_zeros();
             assert!(lo.is_multiple_of(n), "subtree [{lo}, {hi}) is not aligned");
-            return self.levels[height][(lo >> height) as usize];
+            return self.subtree(height, lo >> height);
         }
         let k = split_point(n);
-        node_hash(&self.range_hash(lo, lo + k), &self.range_hash(lo + k, hi))
+        let left = self.range_hash(lo, lo + k)?;
+        let right = self.range_hash(lo + k, hi)?;
+        Ok(node_hash(&left, &right))
     }
 }
 
-fn check_consistency_sizes(old_size: u64, new_size: u64) -> Result<(), ProofError> {
+/// The subtrees [`MerkleTree`] stores: every complete one below its length.
+struct StoredSubtrees<'a>(&'a [Vec<Hash>]);
+
+impl Subtrees for StoredSubtrees<'_> {
+    type Error = std::convert::Infallible;
+
+    fn subtree(&mut self, height: u32, index: u64) -> Result<Hash, Self::Error> {
+        let hash = usize::try_from(index)
+            .ok()
+            .and_then(|index| self.0.get(height as usize)?.get(index))
+            .expect("callers check the size: every complete subtree below it is stored");
+        Ok(*hash)
+    }
+}
+
+/// The root of the tree of `size` leaves (the empty root for 0).
+pub(crate) fn root_of<S: Subtrees>(tree: &mut S, size: u64) -> Result<Hash, S::Error> {
+    if size == 0 {
+        return Ok(empty_root());
+    }
+    tree.range_hash(0, size)
+}
+
+/// The RFC 9162 §2.1.3.1 walk for `index < size` (the caller checks):
+/// siblings collected root-first, returned leaf-first.
+pub(crate) fn inclusion_path<S: Subtrees>(
+    tree: &mut S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    assert!(
+        index < size,
+        "inclusion of leaf {index} in a tree of {size}"
+    );
+    let mut proof = Vec::new();
+    let (mut lo, mut hi, mut m) = (0u64, size, index);
+    while hi - lo > 1 {
+        let k = split_point(hi - lo);
+        if m < k {
+            proof.push(tree.range_hash(lo + k, hi)?);
+            hi = lo + k;
+        } else {
+            proof.push(tree.range_hash(lo, lo + k)?);
+            lo += k;
+            m -= k;
+        }
+    }
+    proof.reverse();
+    Ok(proof)
+}
+
+/// The RFC 9162 §2.1.4.1 SUBPROOF walk, unrolled, for sizes that passed
+/// `check_consistency_sizes`; siblings collected root-first.
+pub(crate) fn consistency_path<S: Subtrees>(
+    tree: &mut S,
+    old_size: u64,
+    new_size: u64,
+) -> Result<Vec<Hash>, S::Error> {
+    assert!(
+        0 < old_size && old_size <= new_size,
+        "consistency from {old_size} to {new_size}"
+    );
+    let mut proof = Vec::new();
+    let (mut lo, mut hi, mut m, mut whole) = (0u64, new_size, old_size, true);
+    while m != hi - lo {
+        let k = split_point(hi - lo);
+        if m <= k {
+            proof.push(tree.range_hash(lo + k, hi)?);
+            hi = lo + k;
+        } else {
+            proof.push(tree.range_hash(lo, lo + k)?);
+            lo += k;
+            m -= k;
+            whole = false;
+        }
+    }
+    if !whole {
+        proof.push(tree.range_hash(lo, hi)?);
+    }
+    proof.reverse();
+    Ok(proof)
+}
+
+pub(crate) fn check_consistency_sizes(old_size: u64, new_size: u64) -> Result<(), ProofError> {
     if old_size > new_size {
         return Err(ProofError::OldSizeAfterNew { old_size, new_size });
     }
