@@ -1,8 +1,8 @@
 //! The cluster side of the replica shell: what a replica of 2f+1 does that
 //! a cluster of one never needs. It sends the core's messages through an
 //! [`Outbox`] (the network, `crate::net`), feeds it ticks and peers'
-//! messages, reads records back for repair, sees backups' writes through
-//! to `WriteDone` on a completer thread (no caller waits for them), holds
+//! messages, reads records back for repair, sees writes through to
+//! `WriteDone` on the replica loop (no caller waits for them), holds
 //! writes that arrive ahead of a gap until the gap is filled (segments are
 //! append-only and chained), and cuts uncommitted ops a view change
 //! replaced (`storage::cut_after_op`).
@@ -13,9 +13,8 @@
 //! wiped) also gets the key to read it. Keys never enter the log (P6).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use vellum_audit::checkpoint::Certificate;
@@ -31,8 +30,6 @@ use crate::vsr::{self, Input, Message, MessageBody, ReadPurpose, ReplicaIndex, S
 /// Ops a replica holds in memory ahead of a gap in its log, at most; more
 /// are dropped (the core repairs them again once the gap is filled).
 pub const HELD_WRITES_MAX: usize = 4096;
-/// How long the completer sleeps when no write is pending.
-const COMPLETER_IDLE_MS: u64 = 50;
 
 /// Where the core's messages go: the network in production, a test double
 /// in tests. `send` must never block (drop instead: VSR tolerates loss).
@@ -295,21 +292,31 @@ impl LocalLog {
         self.cluster_shell.is_some()
     }
 
-    /// Sees backups' writes through to `WriteDone` until `stop` is set. The
-    /// replica runtime runs it on a thread of its own.
-    pub fn run_completer(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::SeqCst) {
-            let writes = self
-                .exchange
-                .take_writes(Duration::from_millis(COMPLETER_IDLE_MS));
-            if writes.is_empty() {
-                continue;
-            }
-            if let Err(error) = self.complete(&writes) {
-                tracing::error!(%error, "replica storage failed; the replica must restart");
-                return;
-            }
+    /// Peers' messages, stepped one after another under one hold of the
+    /// core (the replica loop hands over what its inbox held).
+    pub fn deliver_all(&self, messages: Vec<Message>) -> Result<(), LogError> {
+        let mut core = self.core();
+        for message in messages {
+            self.execute(&mut core, Input::Message(message))?;
         }
+        Ok(())
+    }
+
+    /// Sets what wakes the replica loop when a write becomes pending (it
+    /// must not block: the replica sends a note to its own inbox).
+    pub fn set_write_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        self.exchange.set_waker(waker);
+    }
+
+    /// Sees every pending write through to `WriteDone`, as one input for
+    /// the batch (the replica loop calls it after each batch of inputs; it
+    /// waits for the group commit outside every lock).
+    pub fn complete_pending_writes(&self) -> Result<(), LogError> {
+        let writes = self.exchange.take_writes();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.complete(&writes)
     }
 
     /// Sees a batch of writes through and reports the durable ones to the
@@ -479,7 +486,7 @@ impl LocalLog {
         drop(state);
         let mut writes: Vec<(u64, Hash)> = self
             .exchange
-            .take_writes(Duration::ZERO)
+            .take_writes()
             .into_iter()
             .filter(|write| write.op <= kept)
             .map(|write| (write.op, write.checksum))
@@ -652,7 +659,7 @@ impl LocalLog {
         // Writes of the old store that were kept are durable (flushed above).
         let kept: Vec<(u64, Hash)> = self
             .exchange
-            .take_writes(Duration::ZERO)
+            .take_writes()
             .into_iter()
             .filter(|write| write.op <= after_op)
             .map(|write| (write.op, write.checksum))

@@ -7,7 +7,7 @@
 //! certificates, answer the caller).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -55,11 +55,21 @@ impl Core {
 /// queued behind a full pipeline need no thread of their own. Each waiter
 /// sleeps on its own condition variable: a reply wakes exactly its caller,
 /// a write wakes one idle caller (no thundering herd of 64 threads per op).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Exchange {
     inner: Mutex<ExchangeInner>,
-    /// Wakes the completer thread of a cluster replica: a write is pending.
-    completer: Condvar,
+    /// Wakes the loop of a cluster replica when a write becomes pending on
+    /// an empty queue (set once by the replica runtime; it must not block).
+    waker: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("inner", &self.inner)
+            .field("waker", &self.waker.get().is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -97,23 +107,27 @@ impl ExchangeInner {
 
 impl Exchange {
     /// Queues a write for whoever sees it through (a waiting caller, or the
-    /// completer thread of a cluster replica).
+    /// loop of a cluster replica, woken when the queue was empty).
     pub(super) fn push_write(&self, write: PendingWrite) {
-        self.lock().push_write(write);
-        self.completer.notify_one();
+        let was_empty = {
+            let mut inner = self.lock();
+            let was_empty = inner.writes.is_empty();
+            inner.push_write(write);
+            was_empty
+        };
+        if was_empty && let Some(wake) = self.waker.get() {
+            wake();
+        }
     }
 
-    /// Takes every pending write, waiting up to `wait` for one to come.
-    pub(super) fn take_writes(&self, wait: Duration) -> Vec<PendingWrite> {
-        let mut inner = self.lock();
-        if inner.writes.is_empty() && !wait.is_zero() {
-            inner = self
-                .completer
-                .wait_timeout(inner, wait)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        inner.writes.drain(..).collect()
+    /// Sets what wakes the replica loop; only the first call counts.
+    pub(super) fn set_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.waker.set(waker);
+    }
+
+    /// Takes every pending write (never waits).
+    pub(super) fn take_writes(&self) -> Vec<PendingWrite> {
+        self.lock().writes.drain(..).collect()
     }
 }
 
@@ -353,7 +367,7 @@ impl LocalLog {
     /// `WriteDone` meanwhile (each durability wait happens outside every
     /// lock, so concurrent callers share fsyncs).
     ///
-    /// On a replica of a cluster the completer thread sees writes through;
+    /// On a replica of a cluster the replica loop sees writes through;
     /// a waiter gives up (outcome unknown) when the view changes under it
     /// or its commit wait passes, so the client retries elsewhere.
     fn wait_reply(
