@@ -3,6 +3,16 @@
 //! replica, SQLite (WAL, synchronous=FULL, one transaction per append) and,
 //! when a URL is given, PostgreSQL (synchronous_commit=on). Absolute numbers
 //! drift on shared machines; the ratios measured in one run are the result.
+//!
+//! On the three-replica cluster it also measures single-event reads (against
+//! SQLite and PostgreSQL point reads by primary key; `reads`) and, with
+//! `--batch N`, bulk ingest of N events per append (against a raw loop of
+//! 1 MiB write+fdatasync; `bulk`).
+
+mod bulk;
+mod reads;
+
+pub use bulk::BATCH_MAX;
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -41,23 +51,43 @@ pub struct BenchConfig {
     /// The `vellum` binary to run a three-replica cluster on loopback with
     /// (None: skip the cluster measurements).
     pub cluster_exe: Option<PathBuf>,
+    /// Events per append of the bulk-ingest measurement (0: skip it).
+    pub batch: usize,
 }
 
 /// The cluster system's names in reports.
 pub const CLUSTER_SYSTEM: &str = "vellum 3 replicas";
 /// The cluster with one backup killed.
 pub const CLUSTER_DEGRADED_SYSTEM: &str = "vellum 3 replicas, 1 backup down";
+/// Single-event reads from the healthy cluster.
+pub const CLUSTER_READS_SYSTEM: &str = "vellum 3 replicas, reads";
+/// SQLite point reads by primary key.
+pub const SQLITE_READS_SYSTEM: &str = "sqlite reads";
+/// PostgreSQL point reads by primary key.
+pub const POSTGRES_READS_SYSTEM: &str = "postgresql reads";
+/// Bulk ingest on the healthy cluster; the batch size follows (`"... batch 200"`).
+pub const CLUSTER_BATCH_SYSTEM_PREFIX: &str = "vellum 3 replicas, batch ";
+/// The bulk-ingest baseline: one thread writing 1 MiB and fdatasyncing.
+pub const RAW_BULK_SYSTEM: &str = "raw 1 MiB write+fdatasync";
+/// The append systems every vellum append row is compared with.
+const APPEND_BASELINES: [&str; 3] = ["raw fdatasync", "sqlite", "postgresql"];
 
 /// Results of one system at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
-    /// "raw fdatasync", "vellum 1 replica", "sqlite", "postgresql".
+    /// "raw fdatasync", "vellum 1 replica", "sqlite", "postgresql", or one
+    /// of the `*_SYSTEM` names above.
     pub system: String,
-    /// Concurrent appenders.
+    /// Concurrent appenders (readers for a reads row).
     pub concurrency: usize,
-    /// Appends completed (one event each).
+    /// Operations completed: appends, or single-event reads for a reads row,
+    /// or writes for a raw row.
     pub appends: u64,
-    /// Events per second.
+    /// Events per operation: an append's batch size (1 but for bulk rows);
+    /// 1 for reads and raw writes.
+    pub events_per_op: u64,
+    /// Events per second (reads per second for a reads row, writes per
+    /// second for a raw row).
     pub events_per_s: f64,
     /// Payload megabytes (10^6) per second.
     pub mb_per_s: f64,
@@ -72,14 +102,41 @@ pub struct Measurement {
 /// A ratio between two systems at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratio {
-    /// Concurrency.
+    /// Concurrency (of the first system).
     pub concurrency: usize,
     /// "vellum 1 replica / raw fdatasync".
     pub what: String,
-    /// Throughput ratio (events/s of the first over the second).
+    /// Throughput ratio (`throughput_unit` of the first over the second).
     pub throughput: f64,
+    /// What `throughput` compares.
+    pub throughput_unit: ThroughputUnit,
     /// p99 latency ratio (first over second).
     pub p99_latency: f64,
+}
+
+/// The quantity a [`Ratio`]'s throughput compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ThroughputUnit {
+    /// Appended events per second.
+    #[serde(rename = "events/s")]
+    EventsPerS,
+    /// Single-event reads per second.
+    #[serde(rename = "reads/s")]
+    ReadsPerS,
+    /// Payload megabytes (10^6) per second.
+    #[serde(rename = "MB/s")]
+    MbPerS,
+}
+
+impl ThroughputUnit {
+    /// The unit as the report prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThroughputUnit::EventsPerS => "events/s",
+            ThroughputUnit::ReadsPerS => "reads/s",
+            ThroughputUnit::MbPerS => "MB/s",
+        }
+    }
 }
 
 /// The whole run.
@@ -121,17 +178,7 @@ pub struct VerifyMeasurement {
 
 /// Runs every system at every concurrency level.
 pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<BenchReport> {
-    anyhow::ensure!(
-        config.appends > 0 && config.appends <= APPENDS_MAX,
-        "--appends must be 1..={APPENDS_MAX}"
-    );
-    anyhow::ensure!(
-        config
-            .concurrency
-            .iter()
-            .all(|&c| c > 0 && c <= CONCURRENCY_MAX),
-        "--concurrency levels must be 1..={CONCURRENCY_MAX}"
-    );
+    check_config(config)?;
     std::fs::create_dir_all(&config.dir)?;
     let payload = Bytes::from(sample_payload(config.event_bytes));
     let mut measurements = Vec::new();
@@ -146,38 +193,46 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
         }
         None => {
             notes.push("vellum 3 replicas skipped: no vellum binary given".to_string());
+            notes.push(
+                "reads and bulk ingest skipped: they run on the 3-replica cluster".to_string(),
+            );
             None
         }
     };
     for &concurrency in &config.concurrency {
-        if let Some(cluster) = &cluster {
-            progress(&format!("{CLUSTER_SYSTEM}, {concurrency} appenders"));
-            measurements.push(cluster.measure(config, concurrency, &payload, CLUSTER_SYSTEM)?);
-        }
-        progress(&format!("raw fdatasync, {concurrency} appenders"));
-        measurements.push(bench_raw(config, concurrency, &payload)?);
-        progress(&format!("vellum 1 replica, {concurrency} appenders"));
-        measurements.push(bench_vellum(config, concurrency, &payload)?);
-        progress(&format!("sqlite, {concurrency} appenders"));
-        measurements.push(runtime.block_on(bench_sqlite(config, concurrency, &payload))?);
-        match &config.postgres_url {
-            Some(url) => {
-                progress(&format!("postgresql, {concurrency} appenders"));
-                measurements.push(runtime.block_on(bench_postgres(
-                    url,
-                    config,
-                    concurrency,
-                    &payload,
-                ))?);
-            }
-            None if concurrency == config.concurrency[0] => {
-                notes.push(
-                    "postgresql skipped: no --postgres-url (or VELLUM_BENCH_POSTGRES_URL) given"
-                        .to_string(),
-                );
-            }
-            None => {}
-        }
+        let level = measure_appends(
+            config,
+            cluster.as_ref(),
+            concurrency,
+            &payload,
+            &runtime,
+            progress,
+        )?;
+        measurements.extend(level);
+    }
+    if config.postgres_url.is_none() {
+        notes.push(
+            "postgresql skipped: no --postgres-url (or VELLUM_BENCH_POSTGRES_URL) given"
+                .to_string(),
+        );
+    }
+    if let Some(cluster) = &cluster {
+        reads::measure(
+            config,
+            cluster,
+            &runtime,
+            progress,
+            &mut measurements,
+            &mut notes,
+        )?;
+        bulk::measure(
+            config,
+            cluster,
+            &payload,
+            progress,
+            &mut measurements,
+            &mut notes,
+        )?;
     }
     if let Some(cluster) = &mut cluster {
         let backup = cluster.kill_backup(&runtime)?;
@@ -214,6 +269,49 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
         ratios,
         notes,
     })
+}
+
+/// Refuses counts, levels and batch sizes out of their bounds.
+fn check_config(config: &BenchConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.appends > 0 && config.appends <= APPENDS_MAX,
+        "--appends must be 1..={APPENDS_MAX}"
+    );
+    anyhow::ensure!(
+        config
+            .concurrency
+            .iter()
+            .all(|&c| c > 0 && c <= CONCURRENCY_MAX),
+        "--concurrency levels must be 1..={CONCURRENCY_MAX}"
+    );
+    bulk::check_batch(config.batch, config.event_bytes)
+}
+
+/// One concurrency level of the append workload on every system.
+fn measure_appends(
+    config: &BenchConfig,
+    cluster: Option<&BenchCluster>,
+    concurrency: usize,
+    payload: &Bytes,
+    runtime: &tokio::runtime::Runtime,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Vec<Measurement>> {
+    let mut out = Vec::new();
+    if let Some(cluster) = cluster {
+        progress(&format!("{CLUSTER_SYSTEM}, {concurrency} appenders"));
+        out.push(cluster.measure(config, concurrency, payload, CLUSTER_SYSTEM)?);
+    }
+    progress(&format!("raw fdatasync, {concurrency} appenders"));
+    out.push(bench_raw(config, concurrency, payload)?);
+    progress(&format!("vellum 1 replica, {concurrency} appenders"));
+    out.push(bench_vellum(config, concurrency, payload)?);
+    progress(&format!("sqlite, {concurrency} appenders"));
+    out.push(runtime.block_on(bench_sqlite(config, concurrency, payload))?);
+    if let Some(url) = &config.postgres_url {
+        progress(&format!("postgresql, {concurrency} appenders"));
+        out.push(runtime.block_on(bench_postgres(url, config, concurrency, payload))?);
+    }
+    Ok(out)
 }
 
 fn sample_payload(bytes: usize) -> Vec<u8> {
@@ -280,6 +378,19 @@ fn measurement(
     system: &str,
     concurrency: usize,
     event_bytes: usize,
+    latencies: Vec<u64>,
+    elapsed: Duration,
+) -> Measurement {
+    batched_measurement(system, concurrency, event_bytes, 1, latencies, elapsed)
+}
+
+/// A measurement of operations that each carry `events_per_op` events of
+/// `event_bytes`; `latencies` holds one entry per operation.
+fn batched_measurement(
+    system: &str,
+    concurrency: usize,
+    event_bytes: usize,
+    events_per_op: u64,
     mut latencies: Vec<u64>,
     elapsed: Duration,
 ) -> Measurement {
@@ -293,12 +404,14 @@ fn measurement(
         latencies[i.min(latencies.len() - 1)]
     };
     let seconds = elapsed.as_secs_f64().max(1e-9);
+    let events = n as f64 * events_per_op as f64;
     Measurement {
         system: system.to_string(),
         concurrency,
         appends: n,
-        events_per_s: n as f64 / seconds,
-        mb_per_s: (n as f64 * event_bytes as f64) / 1e6 / seconds,
+        events_per_op,
+        events_per_s: events / seconds,
+        mb_per_s: (events * event_bytes as f64) / 1e6 / seconds,
         p50_us: pick(0.50),
         p99_us: pick(0.99),
         p999_us: pick(0.999),
@@ -407,23 +520,8 @@ async fn bench_sqlite(
     concurrency: usize,
     payload: &Bytes,
 ) -> anyhow::Result<Measurement> {
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
     let path = config.dir.join(format!("sqlite-{concurrency}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(60));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(u32::try_from(concurrency)?)
-        .connect_with(options)
-        .await?;
+    let pool = sqlite_pool(&path, concurrency).await?;
     sqlx::query("CREATE TABLE events (stream INTEGER NOT NULL, payload BLOB NOT NULL)")
         .execute(&pool)
         .await?;
@@ -446,9 +544,7 @@ async fn bench_sqlite(
     })
     .await?;
     pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_sqlite_files(&path);
     Ok(measurement(
         "sqlite",
         concurrency,
@@ -458,21 +554,60 @@ async fn bench_sqlite(
     ))
 }
 
+/// A fresh SQLite database at `path` (WAL, synchronous=FULL) with one
+/// connection per task.
+async fn sqlite_pool(path: &Path, concurrency: usize) -> anyhow::Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+    remove_sqlite_files(path);
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(60));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(u32::try_from(concurrency)?)
+        .connect_with(options)
+        .await?)
+}
+
+/// Removes a SQLite database and its WAL files, if there.
+fn remove_sqlite_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// A PostgreSQL pool of one connection per task, at most 64.
+async fn postgres_pool(url: &str, concurrency: usize) -> anyhow::Result<sqlx::PgPool> {
+    use sqlx::postgres::PgPoolOptions;
+    Ok(PgPoolOptions::new()
+        .max_connections(u32::try_from(concurrency.min(64))?)
+        .connect(url)
+        .await?)
+}
+
+/// A fresh table name, `vellum_bench_<random hex>`: generated here, never
+/// from input, so it is safe to format into SQL.
+fn postgres_table_name() -> anyhow::Result<String> {
+    let mut suffix = [0u8; 4];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!(
+        "vellum_bench_{}",
+        vellum_audit::hash::to_hex(&suffix)
+    ))
+}
+
 async fn bench_postgres(
     url: &str,
     config: &BenchConfig,
     concurrency: usize,
     payload: &Bytes,
 ) -> anyhow::Result<Measurement> {
-    use sqlx::postgres::PgPoolOptions;
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(concurrency.min(64))?)
-        .connect(url)
-        .await?;
-    let mut suffix = [0u8; 4];
-    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let table = format!("vellum_bench_{}", vellum_audit::hash::to_hex(&suffix));
-    // The table name is generated here from random hex, never from input.
+    let pool = postgres_pool(url, concurrency).await?;
+    let table = postgres_table_name()?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} (stream BIGINT NOT NULL, payload BYTEA NOT NULL)"
     )))
@@ -578,7 +713,17 @@ impl BenchCluster {
     }
 }
 
+/// Every ratio line: vellum's append rows against the append baselines (and
+/// the degraded cluster against the healthy one), the cluster's reads
+/// against the databases' point reads, bulk ingest against raw 1 MiB writes.
 fn ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let mut out = append_ratios(measurements);
+    out.extend(read_ratios(measurements));
+    out.extend(bulk_ratios(measurements));
+    out
+}
+
+fn append_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
     let vellums = ["vellum 1 replica", CLUSTER_SYSTEM, CLUSTER_DEGRADED_SYSTEM];
     let mut out = Vec::new();
     for vellum in measurements
@@ -587,20 +732,60 @@ fn ratios(measurements: &[Measurement]) -> Vec<Ratio> {
     {
         let compared = |m: &&Measurement| {
             m.concurrency == vellum.concurrency
-                && m.system != vellum.system
-                && (!vellums.contains(&m.system.as_str())
+                && (APPEND_BASELINES.contains(&m.system.as_str())
                     || (vellum.system == CLUSTER_DEGRADED_SYSTEM && m.system == CLUSTER_SYSTEM))
         };
         for base in measurements.iter().filter(compared) {
-            out.push(Ratio {
-                concurrency: vellum.concurrency,
-                what: format!("{} / {}", vellum.system, base.system),
-                throughput: vellum.events_per_s / base.events_per_s.max(1e-9),
-                p99_latency: vellum.p99_us as f64 / (base.p99_us.max(1)) as f64,
-            });
+            out.push(ratio(vellum, base, ThroughputUnit::EventsPerS));
         }
     }
     out
+}
+
+fn read_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for reads in measurements
+        .iter()
+        .filter(|m| m.system == CLUSTER_READS_SYSTEM)
+    {
+        for base in measurements.iter().filter(|m| {
+            m.concurrency == reads.concurrency
+                && [SQLITE_READS_SYSTEM, POSTGRES_READS_SYSTEM].contains(&m.system.as_str())
+        }) {
+            out.push(ratio(reads, base, ThroughputUnit::ReadsPerS));
+        }
+    }
+    out
+}
+
+fn bulk_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for bulk in measurements
+        .iter()
+        .filter(|m| m.system.starts_with(CLUSTER_BATCH_SYSTEM_PREFIX))
+    {
+        for base in measurements.iter().filter(|m| m.system == RAW_BULK_SYSTEM) {
+            out.push(ratio(bulk, base, ThroughputUnit::MbPerS));
+        }
+    }
+    out
+}
+
+/// `first` over `base` in `unit` and in p99 latency.
+fn ratio(first: &Measurement, base: &Measurement, unit: ThroughputUnit) -> Ratio {
+    let (top, bottom) = match unit {
+        ThroughputUnit::MbPerS => (first.mb_per_s, base.mb_per_s),
+        ThroughputUnit::EventsPerS | ThroughputUnit::ReadsPerS => {
+            (first.events_per_s, base.events_per_s)
+        }
+    };
+    Ratio {
+        concurrency: first.concurrency,
+        what: format!("{} / {}", first.system, base.system),
+        throughput: top / bottom.max(1e-9),
+        throughput_unit: unit,
+        p99_latency: first.p99_us as f64 / (base.p99_us.max(1)) as f64,
+    }
 }
 
 fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
@@ -617,7 +802,8 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "event size {} bytes; one event per append",
+            "event size {} bytes; one event per append (batch rows: the batch size); \
+             reads rows count single-event reads, raw rows writes",
             self.event_bytes
         );
         let _ = writeln!(
@@ -643,8 +829,12 @@ impl BenchReport {
         for r in &self.ratios {
             let _ = writeln!(
                 out,
-                "  conc {:>3}  {:<52} throughput x{:.2}  p99 latency x{:.2}",
-                r.concurrency, r.what, r.throughput, r.p99_latency
+                "  conc {:>3}  {:<56} {:>8} x{}  p99 latency x{}",
+                r.concurrency,
+                r.what,
+                r.throughput_unit.as_str(),
+                ratio_text(r.throughput),
+                ratio_text(r.p99_latency)
             );
         }
         if let Some(v) = &self.verify {
@@ -666,6 +856,16 @@ impl BenchReport {
         }
         out
     }
+}
+
+/// A ratio with two decimals, or three significant digits below 0.1 (so a
+/// small ratio never prints as 0.00).
+fn ratio_text(ratio: f64) -> String {
+    let decimals = match ratio > 0.0 && ratio < 0.1 {
+        true => (2.0 - ratio.log10().floor()).clamp(2.0, 9.0) as usize,
+        false => 2,
+    };
+    format!("{ratio:.decimals$}")
 }
 
 /// Events per op while building the verify log (big ops make it quick to build).
@@ -729,4 +929,104 @@ fn bench_verify(config: &BenchConfig) -> anyhow::Result<VerifyMeasurement> {
         sha256_s_per_gb: sha256_s / gb.max(1e-12),
         verify_events_per_s: events as f64 / verify_s.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(system: &str, concurrency: usize, events_per_s: f64, mb_per_s: f64) -> Measurement {
+        Measurement {
+            system: system.to_string(),
+            concurrency,
+            appends: 100,
+            events_per_op: 1,
+            events_per_s,
+            mb_per_s,
+            p50_us: 100,
+            p99_us: 1000,
+            p999_us: 2000,
+        }
+    }
+
+    /// Goal: reads are compared only with the databases' point reads at the
+    /// same concurrency, bulk ingest only with raw 1 MiB writes (by MB/s),
+    /// and the append rows never with a read or bulk row.
+    #[test]
+    fn ratio_lines_pair_like_with_like() {
+        let measurements = [
+            row(CLUSTER_SYSTEM, 64, 1000.0, 1.0),
+            row("sqlite", 64, 500.0, 0.5),
+            row(CLUSTER_READS_SYSTEM, 64, 20_000.0, 20.0),
+            row(SQLITE_READS_SYSTEM, 64, 40_000.0, 40.0),
+            row(POSTGRES_READS_SYSTEM, 64, 10_000.0, 10.0),
+            row(POSTGRES_READS_SYSTEM, 1, 3_000.0, 3.0),
+            row(
+                &format!("{CLUSTER_BATCH_SYSTEM_PREFIX}200"),
+                bulk::BULK_CLIENTS,
+                50_000.0,
+                51.2,
+            ),
+            row(RAW_BULK_SYSTEM, 1, 200.0, 204.8),
+        ];
+        let lines: Vec<(String, ThroughputUnit, f64)> = ratios(&measurements)
+            .into_iter()
+            .map(|r| (r.what, r.throughput_unit, r.throughput))
+            .collect();
+        let expected = [
+            (
+                "vellum 3 replicas / sqlite",
+                ThroughputUnit::EventsPerS,
+                2.0,
+            ),
+            (
+                "vellum 3 replicas, reads / sqlite reads",
+                ThroughputUnit::ReadsPerS,
+                0.5,
+            ),
+            (
+                "vellum 3 replicas, reads / postgresql reads",
+                ThroughputUnit::ReadsPerS,
+                2.0,
+            ),
+            (
+                "vellum 3 replicas, batch 200 / raw 1 MiB write+fdatasync",
+                ThroughputUnit::MbPerS,
+                0.25,
+            ),
+        ];
+        assert_eq!(lines.len(), expected.len(), "{lines:?}");
+        for ((what, unit, throughput), (want_what, want_unit, want)) in lines.iter().zip(expected) {
+            assert_eq!((what.as_str(), *unit), (want_what, want_unit));
+            assert!(
+                (throughput - want).abs() < 1e-9,
+                "{what}: {throughput} != {want}"
+            );
+        }
+    }
+
+    /// Goal: a small ratio keeps three significant digits instead of
+    /// printing as zero; others keep two decimals.
+    #[test]
+    fn ratio_text_never_rounds_a_ratio_to_zero() {
+        for (ratio, text) in [
+            (2.0, "2.00"),
+            (0.25, "0.25"),
+            (0.0037, "0.00370"),
+            (0.06123, "0.0612"),
+            (0.0, "0.00"),
+        ] {
+            assert_eq!(ratio_text(ratio), text);
+        }
+    }
+
+    /// Goal: a batched row counts every event of every append, in events/s
+    /// and in payload MB/s.
+    #[test]
+    fn batched_measurement_counts_events_not_appends() {
+        let m = batched_measurement("b", 8, 1000, 200, vec![10; 50], Duration::from_secs(1));
+        assert_eq!((m.appends, m.events_per_op), (50, 200));
+        assert!((m.events_per_s - 10_000.0).abs() < 1e-6, "{m:?}");
+        assert!((m.mb_per_s - 10.0).abs() < 1e-9, "{m:?}");
+    }
 }

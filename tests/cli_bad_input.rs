@@ -400,6 +400,7 @@ fn numeric_flags_refuse_huge_and_non_canonical_numbers() {
                 "--stream",
             ),
             (vec!["bench", "--dir", out, "--appends", value], "--appends"),
+            (vec!["bench", "--dir", out, "--batch", value], "--batch"),
             (vec!["sim", "--seed", value], "--seed"),
             (vec!["sim", "--ticks", value], "--ticks"),
             (

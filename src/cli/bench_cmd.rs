@@ -31,6 +31,12 @@ pub struct BenchArgs {
     /// against a raw SHA-256 pass over the same bytes (0: skip).
     #[arg(long, value_name = "MB", default_value_t = 0, value_parser = crate::cli::number_flag)]
     verify_mb: u64,
+    /// Also measure bulk ingest: 8 clients appending N events per append to
+    /// the three-replica cluster, against a raw 1 MiB write+fdatasync loop
+    /// (0: skip; at most the events one append carries).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = crate::cli::number_flag_in(0, crate::bench::BATCH_MAX as u64))]
+    batch: u64,
     /// Skip the three-replica cluster (started from this binary on loopback).
     #[arg(long)]
     no_cluster: bool,
@@ -51,6 +57,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         time_limit: Duration::from_secs(args.seconds),
         postgres_url: args.postgres_url,
         verify_mb: args.verify_mb,
+        batch: usize::try_from(args.batch)?,
         cluster_exe: match args.no_cluster {
             true => None,
             false => Some(std::env::current_exe()?),
