@@ -530,7 +530,7 @@ impl LocalLog {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::SaveDone { state });
                     }
-                    Action::Committed { op, certificate } => self.committed(op, &certificate)?,
+                    Action::Committed { op, certificate } => self.committed(op, certificate)?,
                     Action::Reply {
                         client,
                         request,
@@ -662,10 +662,7 @@ impl LocalLog {
 
     /// The core committed `op` under `certificate`: reads may see it, and
     /// the certificate goes into the log (lazily) and the index.
-    fn committed(&self, op: u64, certificate: &str) -> Result<(), LogError> {
-        let certificate = Arc::new(Certificate::parse(certificate).map_err(|e| {
-            LogError::Corrupt(format!("the core's certificate does not parse: {e}"))
-        })?);
+    fn committed(&self, op: u64, certificate: Arc<Certificate>) -> Result<(), LogError> {
         let mut state = self.lock();
         state.commit = state.commit.max(op);
         let size = certificate.checkpoint.size;

@@ -500,6 +500,7 @@ impl Sim {
                 );
             }
             Action::Committed { op, certificate } => {
+                let certificate = certificate.encode();
                 self.counters.cover("committed");
                 self.nodes[usize::from(index)]
                     .disk

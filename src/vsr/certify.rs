@@ -25,6 +25,8 @@ pub(super) struct Cert {
     pub checkpoint: Checkpoint,
     /// The signed-note text.
     pub text: String,
+    /// The same certificate, typed (handed to the shell with each commit).
+    pub certificate: std::sync::Arc<Certificate>,
 }
 
 /// The op and header checksum named by a checkpoint's chain head extension.
@@ -87,16 +89,17 @@ impl Replica {
             .header(op)
             .expect("a certified op has a header")
             .checksum();
-        let text = Certificate {
+        let certificate = Certificate {
             checkpoint: checkpoint.clone(),
             note,
-        }
-        .encode();
+        };
+        let text = certificate.encode();
         Cert {
             op,
             head,
             checkpoint,
             text,
+            certificate: std::sync::Arc::new(certificate),
         }
     }
 
@@ -110,6 +113,7 @@ impl Replica {
             head,
             checkpoint: verified.checkpoint,
             text: text.to_owned(),
+            certificate: std::sync::Arc::new(certificate),
         })
     }
 

@@ -251,6 +251,7 @@ impl Chaos {
                 return;
             }
             Action::Committed { op, certificate } => {
+                let certificate = certificate.encode();
                 self.on_committed(i, op, &certificate);
                 self.disks[usize::from(i)]
                     .certificates

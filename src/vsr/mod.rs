@@ -361,8 +361,13 @@ pub enum Action {
     /// [`Input::SaveDone`]. The core never sends a message that depends on
     /// this state before it is durable.
     Save { state: DurableState },
-    /// `op` committed: store its certificate in the log and the index.
-    Committed { op: u64, certificate: String },
+    /// `op` committed: store its certificate in the log and the index. The
+    /// certificate passes typed and shared: every op of a batch names the
+    /// same one, parsed once.
+    Committed {
+        op: u64,
+        certificate: std::sync::Arc<vellum_audit::checkpoint::Certificate>,
+    },
     /// Answer a client (the primary, after commit; any replica for a refusal
     /// or a retry answered from the client table).
     Reply {

@@ -521,7 +521,7 @@ impl Replica {
             self.clients.apply(&header);
             self.out.push(Action::Committed {
                 op,
-                certificate: cert.text.clone(),
+                certificate: std::sync::Arc::clone(&cert.certificate),
             });
             if primary {
                 let body = reply_body(&header, &cert.text);

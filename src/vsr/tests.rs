@@ -232,6 +232,7 @@ impl Cluster {
                 Input::SaveDone { state }
             }
             Action::Committed { op, certificate } => {
+                let certificate = certificate.encode();
                 disk.certificates.insert(op, certificate.clone());
                 self.committed[usize::from(i)].insert(op, certificate);
                 return;
