@@ -220,6 +220,8 @@ struct FaultLog {
     kills: BTreeMap<Kill, u64>,
     /// Replicas found exited without being killed (a failed restart).
     exited_by_themselves: Vec<String>,
+    /// What was done when (seconds into the run), to explain a long window.
+    timeline: Vec<(f64, String)>,
 }
 
 /// Kills replica `i`, keeps it down for a moment, starts it again.
@@ -228,6 +230,7 @@ async fn crash_and_restart(
     i: usize,
     rng: &mut SplitMix64,
     faults: &mut FaultLog,
+    started: Instant,
 ) {
     if !cluster.is_running(i) {
         faults.exited_by_themselves.push(format!(
@@ -237,8 +240,16 @@ async fn crash_and_restart(
         ));
     }
     cluster.kill(i).expect("kill -9");
+    faults.timeline.push((
+        started.elapsed().as_secs_f64(),
+        format!("kill -9 replica {i}"),
+    ));
     tokio::time::sleep(Duration::from_millis(rng.range(100, 1_500))).await;
     cluster.start_replica(i).expect("restart");
+    faults.timeline.push((
+        started.elapsed().as_secs_f64(),
+        format!("start replica {i}"),
+    ));
 }
 
 /// The fault loop: until `deadline` (and at most ROUNDS_MAX rounds), one
@@ -247,6 +258,7 @@ async fn inject_faults(
     cluster: &mut LocalCluster,
     rng: &mut SplitMix64,
     deadline: Instant,
+    started: Instant,
 ) -> FaultLog {
     let mut faults = FaultLog::default();
     let kinds = [Kill::Primary, Kill::Random, Kill::RightAfterRestart];
@@ -259,19 +271,19 @@ async fn inject_faults(
                     Some(primary) => primary,
                     None => rng.range(0, 3) as usize,
                 };
-                crash_and_restart(cluster, victim, rng, &mut faults).await;
+                crash_and_restart(cluster, victim, rng, &mut faults, started).await;
             }
             Kill::Random => {
                 let victim = rng.range(0, 3) as usize;
-                crash_and_restart(cluster, victim, rng, &mut faults).await;
+                crash_and_restart(cluster, victim, rng, &mut faults, started).await;
             }
             Kill::RightAfterRestart => {
                 let first = rng.range(0, 3) as usize;
-                crash_and_restart(cluster, first, rng, &mut faults).await;
+                crash_and_restart(cluster, first, rng, &mut faults, started).await;
                 // The restarted replica is still recovering or catching up.
                 tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
                 let second = (first + rng.range(1, 3) as usize) % 3;
-                crash_and_restart(cluster, second, rng, &mut faults).await;
+                crash_and_restart(cluster, second, rng, &mut faults, started).await;
             }
         }
         *faults.kills.entry(kind).or_default() += 1;
@@ -405,7 +417,8 @@ async fn kill_9_under_writers_then_every_replica_verifies() {
         .collect();
     let mut rng = SplitMix64::new(seed);
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let faults = inject_faults(&mut cluster, &mut rng, deadline).await;
+    let started = progress.lock().expect("progress lock").started;
+    let faults = inject_faults(&mut cluster, &mut rng, deadline, started).await;
     // Every replica runs again; writers settle the batch in flight.
     stop.store(true, Ordering::SeqCst);
     *give_up.lock().expect("give-up lock") = Some(Instant::now() + SETTLE);
@@ -443,6 +456,13 @@ async fn kill_9_under_writers_then_every_replica_verifies() {
         longest_gap.as_secs_f64(),
         gap_end.as_secs_f64(),
     );
+
+    let window_start = (gap_end - longest_gap).as_secs_f64();
+    for (at, what) in &faults.timeline {
+        if *at >= window_start - 2.0 && *at <= gap_end.as_secs_f64() {
+            eprintln!("crash test: around the longest window: {at:.1} s {what}");
+        }
+    }
 
     let cluster_dir = cluster.dev.dir.clone();
     let policy = cluster.dev.policy_path.clone();
