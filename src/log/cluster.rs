@@ -133,10 +133,7 @@ pub(super) fn core_config(
                 "vellum.json names replica {replica}, but the cluster has {n} replicas"
             ))
         })?;
-    let mut config = vsr::Config::new(cluster, n, index);
-    // 64 concurrent clients must not see "queue full" in normal operation.
-    config.request_queue_max = 1024;
-    Ok(config)
+    Ok(vsr::Config::for_cluster(cluster, n, index))
 }
 
 /// The cluster side's own state.
@@ -157,6 +154,18 @@ pub(super) struct ClusterShell {
     /// marks them faulty and fetches them): written back in place when the
     /// peer's copy arrives.
     rotten: Mutex<BTreeMap<u64, DamagedRecord>>,
+    /// Wakes the replica loop after each group commit (installed on every
+    /// store this replica opens, also after a cut or an in-place repair).
+    durable_waker: std::sync::OnceLock<LoopWaker>,
+}
+
+/// The replica loop's waker, as the cluster shell keeps it.
+struct LoopWaker(crate::storage::DurableWaker);
+
+impl std::fmt::Debug for LoopWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoopWaker")
+    }
 }
 
 impl ClusterShell {
@@ -168,6 +177,7 @@ impl ClusterShell {
             recovered_through: AtomicU64::new(0),
             deferred: Mutex::new(None),
             rotten: Mutex::new(BTreeMap::new()),
+            durable_waker: std::sync::OnceLock::new(),
         }
     }
 
@@ -302,32 +312,48 @@ impl LocalLog {
         Ok(())
     }
 
-    /// Sets what wakes the replica loop when a write becomes pending (it
-    /// must not block: the replica sends a note to its own inbox).
-    pub fn set_write_waker(&self, waker: Box<dyn Fn() + Send + Sync>) {
-        self.exchange.set_waker(waker);
+    /// Sets what wakes the replica loop when a write becomes pending and
+    /// after each group commit (it must not block: the replica sends a
+    /// note to its own inbox).
+    pub fn set_write_waker(&self, waker: crate::storage::DurableWaker) {
+        let pending = Arc::clone(&waker);
+        self.exchange.set_waker(Box::new(move || pending()));
+        if let Some(cluster) = self.cluster_shell.as_ref()
+            && cluster
+                .durable_waker
+                .set(LoopWaker(Arc::clone(&waker)))
+                .is_ok()
+        {
+            self.storage.get().set_durable_waker(waker);
+        }
     }
 
-    /// Sees every pending write through to `WriteDone`, as one input for
-    /// the batch (the replica loop calls it after each batch of inputs; it
-    /// waits for the group commit outside every lock).
+    /// Installs the loop's waker on a store this replica just opened.
+    fn wake_loop_from(&self, storage: &Storage) {
+        if let Some(waker) = self.cluster_side().durable_waker.get() {
+            storage.set_durable_waker(Arc::clone(&waker.0));
+        }
+    }
+
+    /// Reports every pending write that is durable now to the core, as one
+    /// `WriteDone` for the batch, and keeps the rest pending (the replica
+    /// loop calls it after each batch of inputs; it never waits: the store
+    /// wakes the loop when its next group commit ends).
     pub fn complete_pending_writes(&self) -> Result<(), LogError> {
         let writes = self.exchange.take_writes();
         if writes.is_empty() {
             return Ok(());
         }
-        self.complete(&writes)
-    }
-
-    /// Sees a batch of writes through and reports the durable ones to the
-    /// core in one input (so the core signs once per batch).
-    fn complete(&self, writes: &[PendingWrite]) -> Result<(), LogError> {
         let mut durable = Vec::with_capacity(writes.len());
+        let mut later = Vec::new();
         for write in writes {
-            if self.is_durable(write)? {
-                durable.push((write.op, write.checksum));
+            match self.durable_now(&write)? {
+                Some(true) => durable.push((write.op, write.checksum)),
+                Some(false) => {}
+                None => later.push(write),
             }
         }
+        self.exchange.return_writes(later);
         if !durable.is_empty() {
             let mut core = self.core();
             self.execute(&mut core, Input::WriteDone { writes: durable })?;
@@ -335,28 +361,30 @@ impl LocalLog {
         Ok(())
     }
 
-    /// Waits until one write is durable; false when a cut discarded it.
-    fn is_durable(&self, write: &PendingWrite) -> Result<bool, LogError> {
+    /// Whether one write is durable now: `Some(true)` yes, `Some(false)` a
+    /// cut discarded it, `None` not yet.
+    fn durable_now(&self, write: &PendingWrite) -> Result<Option<bool>, LogError> {
         let outcome = {
             let storage = self.storage.get();
-            (write.epoch == self.cluster_side().epoch()).then(|| storage.wait_durable(write.ticket))
+            (write.epoch == self.cluster_side().epoch())
+                .then(|| storage.durable_probe().is_durable(write.ticket))
         };
-        let durable = match outcome {
-            Some(Ok(_)) => true,
+        match outcome {
+            Some(Ok(true)) => Ok(Some(true)),
+            Some(Ok(false)) => Ok(None),
             Some(Err(e)) => {
                 self.poison(&LogError::Storage(e));
-                return Err(LogError::Poisoned("storage failed".to_string()));
+                Err(LogError::Poisoned("storage failed".to_string()))
             }
             // A cut reopened the store: ops it kept were flushed before it.
-            None => {
+            None => Ok(Some(
                 write.op <= self.cluster_side().recovered_through.load(Ordering::SeqCst)
                     && self
                         .lock()
                         .op(write.op)
-                        .is_some_and(|i| i.checksum == write.checksum)
-            }
-        };
-        Ok(durable)
+                        .is_some_and(|i| i.checksum == write.checksum),
+            )),
+        }
     }
 
     /// `Action::Send`: a prepare without a key gets its stream's key file.
@@ -478,6 +506,7 @@ impl LocalLog {
         fresh.copy_index_progress(&state);
         let kept = fresh.last_op();
         *state = fresh;
+        self.wake_loop_from(&storage);
         *slot = Some(storage);
         let cluster = self.cluster_side();
         cluster.epoch.fetch_add(1, Ordering::SeqCst);
@@ -650,6 +679,7 @@ impl LocalLog {
         fresh.poisoned = state.poisoned.clone();
         fresh.copy_index_progress(&state);
         *state = fresh;
+        self.wake_loop_from(&storage);
         *slot = Some(storage);
         let cluster = self.cluster_side();
         cluster.epoch.fetch_add(1, Ordering::SeqCst);

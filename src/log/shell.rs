@@ -125,6 +125,18 @@ impl Exchange {
         let _ = self.waker.set(waker);
     }
 
+    /// Puts writes taken but not yet durable back in front of the queue,
+    /// in their order (no wake: the store wakes the loop when they are).
+    pub(super) fn return_writes(&self, writes: Vec<PendingWrite>) {
+        if writes.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for write in writes.into_iter().rev() {
+            inner.writes.push_front(write);
+        }
+    }
+
     /// Takes every pending write (never waits).
     pub(super) fn take_writes(&self) -> Vec<PendingWrite> {
         self.lock().writes.drain(..).collect()

@@ -6,8 +6,9 @@
 //! Threads: one replica loop owns the core's steps that are not a client's
 //! request: ticks (every [`TICK_MS`]), the peers' messages (from a bounded
 //! inbox the network fills, taken in batches under one hold of the core),
-//! and the writes the core asked for, seen through to `WriteDone` after
-//! each batch (one group commit for everything the batch wrote). A small
+//! and the writes the core asked for: after each batch, those already
+//! durable are reported in one `WriteDone`; the loop never waits for a
+//! group commit (the store sends it a note when one ends). A small
 //! tokio runtime runs the network and the HTTP server. The core itself
 //! stays pure: everything here only moves inputs in and actions out.
 
@@ -49,7 +50,7 @@ pub const LOOP_BATCH_MAX: usize = 256;
 enum LoopInput {
     /// A peer's message.
     Message(Message),
-    /// A write became pending: see it through.
+    /// A write became pending, or a group commit ended: see writes through.
     Writes,
 }
 /// How long an append waits for its commit before reporting an unknown outcome.
@@ -135,7 +136,7 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let inbox_dropped = Arc::new(AtomicU64::new(0));
     let waker = inbox_tx.clone();
     // A full inbox needs no note: the loop looks for writes after every batch.
-    log.set_write_waker(Box::new(move || {
+    log.set_write_waker(Arc::new(move || {
         let _ = waker.try_send(LoopInput::Writes);
     }));
     let deliver = deliver_into(inbox_tx, Arc::clone(&inbox_dropped));
@@ -205,8 +206,8 @@ fn deliver_into(
 }
 
 /// The replica loop: ticks on time; messages in batches as they come;
-/// after each batch, the writes it caused are seen through (the loop waits
-/// for their group commit while the next batch gathers in the inbox).
+/// after each batch, the writes that are durable by now are reported (the
+/// loop never blocks on the disk: the store's note wakes it).
 fn spawn_replica_loop(
     log: Arc<LocalLog>,
     inbox: Receiver<LoopInput>,

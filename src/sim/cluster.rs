@@ -311,7 +311,8 @@ impl Sim {
         }
         let nonce = self.prng.next_u64();
         self.trace.event(self.now, index, 1, nonce);
-        let config = Config::new(self.cluster, self.options.replicas, index);
+        // The bounds a real replica runs with.
+        let config = Config::for_cluster(self.cluster, self.options.replicas, index);
         let node = &mut self.nodes[usize::from(index)];
         let restart = node.incarnation > 0;
         if restart {

@@ -275,7 +275,9 @@ struct State {
     tail: Tail,
 }
 
-#[derive(Debug)]
+/// Called after every batch the writer made durable (or when it failed).
+pub type DurableWaker = Arc<dyn Fn() + Send + Sync>;
+
 struct Shared {
     cluster: u128,
     config: StorageConfig,
@@ -293,9 +295,34 @@ struct Shared {
     batches: AtomicU64,
     syncs: AtomicU64,
     segments_created: AtomicU64,
+    /// Wakes whoever sees writes through without waiting on them (a
+    /// replica loop); it must not block.
+    durable_waker: Mutex<Option<DurableWaker>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("cluster", &self.cluster)
+            .field("config", &self.config)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
+    /// Tells the durable waker, if any, that a batch ended.
+    fn wake_durable(&self) {
+        let waker = self
+            .durable_waker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(wake) = waker {
+            wake();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -357,6 +384,7 @@ impl Storage {
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(recovered.syncs),
             segments_created: AtomicU64::new(recovered.segments_created),
+            durable_waker: Mutex::new(None),
         });
         let writer = match recovered.current {
             // Read-only: no writer thread, nothing can ever be written.
@@ -493,6 +521,17 @@ impl Storage {
     /// A handle that waits for records to become durable without forcing a
     /// write (a lazy record stays lazy). The audit index holds back a
     /// certificate's row until its record is durable through it.
+    /// Calls `waker` after every batch that became durable (and when the
+    /// store fails), so a caller can see tickets through with
+    /// [`DurableProbe::is_durable`] instead of blocking on them.
+    pub fn set_durable_waker(&self, waker: DurableWaker) {
+        *self
+            .shared
+            .durable_waker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(waker);
+    }
+
     pub fn durable_probe(&self) -> DurableProbe {
         DurableProbe(Arc::clone(&self.shared))
     }
@@ -607,6 +646,12 @@ impl std::fmt::Debug for DurableProbe {
 }
 
 impl DurableProbe {
+    /// Whether `ticket`'s record is fdatasync'ed now (never waits).
+    /// `Err`: the store was poisoned or closed before it became durable.
+    pub fn is_durable(&self, ticket: Ticket) -> Result<bool, StorageError> {
+        self.wait(ticket, std::time::Duration::ZERO)
+    }
+
     /// Waits up to `timeout` for `ticket`'s record to be fdatasync'ed.
     /// `Ok(true)`: durable; `Ok(false)`: not yet; `Err`: the store was
     /// poisoned or closed before the record became durable.

@@ -39,6 +39,8 @@ fn run(shared: &Shared, mut current: (u64, Arc<dyn SegmentFile>)) {
                     state.durable_seq = seq + 1;
                 }
                 shared.durable.notify_all();
+                drop(state);
+                shared.wake_durable();
             }
             Err(reason) => {
                 tracing::error!(%reason, "storage poisoned; reopen to recover");
@@ -48,6 +50,8 @@ fn run(shared: &Shared, mut current: (u64, Arc<dyn SegmentFile>)) {
                 state.queued_records = 0;
                 shared.durable.notify_all();
                 shared.space.notify_all();
+                drop(state);
+                shared.wake_durable();
                 return;
             }
         }

@@ -66,6 +66,9 @@ pub struct Config {
     pub repair_retry_ticks: u64,
 }
 
+/// Uncommitted ops a replica of a real cluster keeps in flight, at most.
+pub const CLUSTER_PIPELINE_MAX: usize = 256;
+
 impl Config {
     /// Defaults for a cluster of `replica_count` with this replica index.
     pub fn new(cluster: u128, replica_count: u8, replica: ReplicaIndex) -> Config {
@@ -84,6 +87,20 @@ impl Config {
             prepare_retry_ticks: 20,
             repair_retry_ticks: 20,
         }
+    }
+
+    /// The configuration a replica of a real cluster runs with (and the
+    /// simulator, so its seeds exercise the same bounds): a pipeline deep
+    /// enough that 64 concurrent clients are not held to one round trip
+    /// per 32 ops (each round trip is a group commit on a quorum), a
+    /// request queue 64 clients never fill, and view change messages that
+    /// carry every uncommitted header.
+    pub fn for_cluster(cluster: u128, replica_count: u8, replica: ReplicaIndex) -> Config {
+        let mut config = Config::new(cluster, replica_count, replica);
+        config.pipeline_max = CLUSTER_PIPELINE_MAX;
+        config.request_queue_max = 4 * CLUSTER_PIPELINE_MAX;
+        config.view_change_headers_max = 2 * CLUSTER_PIPELINE_MAX;
+        config
     }
 
     /// f+1: the votes that make a quorum.
