@@ -42,6 +42,10 @@
 //! - at or below a headerless Faulty slot, and below the oldest header its
 //!   suffix lists (it says nothing about ops it does not list).
 //!
+//! A cluster of one lists only the ops it holds durably, as before the
+//! nack: it has no peer to repair from or to wait for, so a hole or a
+//! damaged uncommitted op ends its log.
+//!
 //! Known limit: a wiped replica that restarts again before it holds every
 //! op of the log it adopted forgets its floor (it is kept in memory only).
 //! A committed op lost that way needs the wipe, a second crash before the
@@ -143,8 +147,7 @@ impl Replica {
         let mut headers = self.journal.presence_suffix(max);
         if self.config.replica_count == 1 {
             // A cluster of one has no peer to repair from or to wait for:
-            // it keeps what its disk holds durably (`recover_alone` already
-            // refused damage to a committed op), and a hole ends its log.
+            // it keeps what its disk holds durably (module doc).
             headers.retain(|h| h.presence == Presence::Durable);
         }
         Dvc {
