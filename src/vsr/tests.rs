@@ -835,3 +835,28 @@ fn view_change_keeps_an_op_whose_copy_is_damaged() {
     let reply = cluster.append(3, 1, 16, None);
     assert_eq!(committed_body(&reply).op, 3);
 }
+
+/// Goal: a wiped replica that adopted a log does not nack that log's ops
+/// (an earlier life of it may have acknowledged them) until it holds them
+/// all; then it nacks from the first op, like any replica.
+#[test]
+fn wiped_replica_nacks_nothing_of_the_log_it_adopted_until_it_holds_it() {
+    let mut cluster = Cluster::new(3);
+    for number in 1..=3 {
+        cluster.append(1, number, 16, None);
+    }
+    assert_eq!(cluster.replica(1).own_dvc().nack_from, 1);
+    cluster.crash(2);
+    cluster.disks[2] = Disk::default();
+    cluster.drop_prepares_to.insert(2);
+    cluster.start(2);
+    cluster.tick(10);
+    assert_eq!(cluster.replica(2).status(), Status::Normal);
+    assert_eq!(cluster.replica(2).op(), 3, "it adopted the log");
+    assert!(cluster.disks[2].records.is_empty(), "and holds none of it");
+    assert_eq!(cluster.replica(2).own_dvc().nack_from, 4);
+    cluster.drop_prepares_to.clear();
+    cluster.tick(10);
+    assert_eq!(cluster.disks[2].records.len(), 3);
+    assert_eq!(cluster.replica(2).own_dvc().nack_from, 1);
+}

@@ -142,7 +142,7 @@ impl Replica {
 
     /// This replica's do_view_change: every header it knows, with what its
     /// disk holds for each, and where its nacks start.
-    fn own_dvc(&self) -> Dvc {
+    pub(super) fn own_dvc(&self) -> Dvc {
         let max = self.config.view_change_headers_max;
         let mut headers = self.journal.presence_suffix(max);
         if self.config.replica_count == 1 {
