@@ -17,7 +17,9 @@
 //! tag 3 Commit           = commit u64 | certificate_present u8 (0|1)
 //!                          | [certificate_len u32 | certificate utf-8]
 //! tag 4 StartViewChange  = (empty)
-//! tag 5 DoViewChange     = log_view u64 | op u64 | commit u64 | headers
+//! tag 5 DoViewChange     = log_view u64 | op u64 | commit u64 | nack_from u64
+//!                          | headers | presence (one u8 per header:
+//!                          0 durable, 1 missing, 2 unsure)
 //! tag 6 StartView        = op u64 | commit u64 | headers
 //! tag 7 RequestPrepare   = op u64 | checksum [32]
 //! tag 8 Recovery         = nonce u64
@@ -31,7 +33,7 @@ use bytes::Bytes;
 use vellum_audit::record::{BODY_BYTES_MAX, HEADER_BYTES, OpHeader, Record};
 
 use super::frame::FRAME_BODY_BYTES_MAX;
-use crate::vsr::{Message, MessageBody};
+use crate::vsr::{DvcHeader, Message, MessageBody, Presence};
 
 /// Largest encoded record in a Prepare: a header and the largest body.
 pub const RECORD_BYTES_MAX: usize = HEADER_BYTES + BODY_BYTES_MAX;
@@ -52,8 +54,9 @@ pub const HEADERS_MAX: usize = 4096;
 /// length, key). Every other variant is smaller (headers are at most 1 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 25 + 1 + 4 + RECORD_BYTES_MAX + 8 + 1 + 4 + KEY_BYTES_MAX;
 const _: () = assert!(MESSAGE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
-/// Largest RecoveryResponse, the largest message that carries headers.
-const HEADERS_MESSAGE_BYTES_MAX: usize = 25 + 1 + 24 + 4 + HEADERS_MAX * HEADER_BYTES + 1;
+/// Largest DoViewChange, the largest message that carries headers (four
+/// u64 fields, and a presence byte beside each header).
+const HEADERS_MESSAGE_BYTES_MAX: usize = 25 + 1 + 32 + 4 + HEADERS_MAX * (HEADER_BYTES + 1);
 const _: () = assert!(HEADERS_MESSAGE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(25 + 1 + 8 + 1 + 4 + CERTIFICATE_BYTES_MAX <= FRAME_BODY_BYTES_MAX);
 
@@ -93,6 +96,14 @@ pub enum CodecError {
     BadFlag {
         /// The field.
         field: &'static str,
+        /// The byte found.
+        value: u8,
+        /// Its offset.
+        offset: usize,
+    },
+    /// A DoViewChange presence byte that is not 0, 1 or 2.
+    #[error("presence byte is {value}, not 0, 1 or 2, at byte {offset}")]
+    BadPresence {
         /// The byte found.
         value: u8,
         /// Its offset.
@@ -177,11 +188,14 @@ fn encode_body(body: &MessageBody, out: &mut Vec<u8>) -> Result<(), CodecError> 
             log_view,
             op,
             commit,
+            nack_from,
             headers,
         } => {
             out.push(TAG_DO_VIEW_CHANGE);
-            put_u64s(out, &[*log_view, *op, *commit]);
-            put_headers(out, headers)?;
+            put_u64s(out, &[*log_view, *op, *commit, *nack_from]);
+            let plain: Vec<OpHeader> = headers.iter().map(|h| h.header).collect();
+            put_headers(out, &plain)?;
+            out.extend(headers.iter().map(|h| presence_byte(h.presence)));
         }
         MessageBody::StartView {
             op,
@@ -234,6 +248,15 @@ fn encode_prepare(
         }
     }
     Ok(())
+}
+
+/// The wire byte of a DoViewChange header's presence.
+fn presence_byte(presence: Presence) -> u8 {
+    match presence {
+        Presence::Durable => 0,
+        Presence::Missing => 1,
+        Presence::Unsure => 2,
+    }
 }
 
 fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
@@ -325,7 +348,8 @@ fn decode_body(reader: &mut Reader<'_>) -> Result<MessageBody, CodecError> {
             log_view: reader.u64("log_view")?,
             op: reader.u64("op")?,
             commit: reader.u64("commit")?,
-            headers: reader.headers()?,
+            nack_from: reader.u64("nack_from")?,
+            headers: reader.dvc_headers()?,
         },
         TAG_START_VIEW => MessageBody::StartView {
             op: reader.u64("op")?,
@@ -443,6 +467,23 @@ impl<'a> Reader<'a> {
         Ok(text.to_string())
     }
 
+    /// A DoViewChange's headers, then one presence byte for each.
+    fn dvc_headers(&mut self) -> Result<Vec<DvcHeader>, CodecError> {
+        let headers = self.headers()?;
+        let mut out = Vec::with_capacity(headers.len());
+        for header in headers {
+            let offset = self.pos;
+            let presence = match self.u8("presence")? {
+                0 => Presence::Durable,
+                1 => Presence::Missing,
+                2 => Presence::Unsure,
+                value => return Err(CodecError::BadPresence { value, offset }),
+            };
+            out.push(DvcHeader { header, presence });
+        }
+        Ok(out)
+    }
+
     fn headers(&mut self) -> Result<Vec<OpHeader>, CodecError> {
         let offset = self.pos;
         let count = self.u32("headers")? as usize;
@@ -518,6 +559,18 @@ mod tests {
         proptest::collection::vec(op_header(), 0..4)
     }
 
+    fn dvc_headers() -> impl Strategy<Value = Vec<DvcHeader>> {
+        let presence = prop_oneof![
+            Just(Presence::Durable),
+            Just(Presence::Missing),
+            Just(Presence::Unsure),
+        ];
+        proptest::collection::vec(
+            (op_header(), presence).prop_map(|(header, presence)| DvcHeader { header, presence }),
+            0..4,
+        )
+    }
+
     fn body() -> impl Strategy<Value = MessageBody> {
         prop_oneof![
             (
@@ -545,14 +598,15 @@ mod tests {
                 }
             }),
             Just(MessageBody::StartViewChange),
-            (any::<(u64, u64, u64)>(), headers()).prop_map(|((log_view, op, commit), headers)| {
-                MessageBody::DoViewChange {
+            (any::<(u64, u64, u64, u64)>(), dvc_headers()).prop_map(
+                |((log_view, op, commit, nack_from), headers)| MessageBody::DoViewChange {
                     log_view,
                     op,
                     commit,
+                    nack_from,
                     headers,
                 }
-            }),
+            ),
             (any::<(u64, u64)>(), headers()).prop_map(|((op, commit), headers)| {
                 MessageBody::StartView {
                     op,
@@ -687,6 +741,47 @@ mod tests {
                 field: "headers",
                 ..
             })
+        ));
+    }
+
+    /// Goal: a DoViewChange presence byte other than 0, 1 or 2 is a typed
+    /// error at its offset, and each of the three decodes to its meaning.
+    #[test]
+    fn dvc_presence_bytes_are_checked() {
+        let mut header = OpHeader::empty(RecordKind::Op, 9);
+        header.op = 4;
+        header.parent = [1; 32];
+        let mut message = sample();
+        message.body = MessageBody::DoViewChange {
+            log_view: 2,
+            op: 4,
+            commit: 3,
+            nack_from: 4,
+            headers: vec![DvcHeader {
+                header,
+                presence: Presence::Durable,
+            }],
+        };
+        let bytes = encode_message(&message).expect("encodes");
+        let at = bytes.len() - 1;
+        for (byte, presence) in [
+            (0, Presence::Durable),
+            (1, Presence::Missing),
+            (2, Presence::Unsure),
+        ] {
+            let mut variant = bytes.clone();
+            variant[at] = byte;
+            let decoded = decode_message(&variant).expect("a valid presence byte");
+            let MessageBody::DoViewChange { headers, .. } = decoded.body else {
+                panic!("decoded another message: {decoded:?}");
+            };
+            assert_eq!(headers[0].presence, presence);
+        }
+        let mut bad = bytes;
+        bad[at] = 3;
+        assert!(matches!(
+            decode_message(&bad),
+            Err(CodecError::BadPresence { value: 3, offset }) if offset == at
         ));
     }
 

@@ -360,7 +360,11 @@ impl Sim {
             (Input::Request(r), true) => Some((r.client, r.request)),
             _ => None,
         };
+        let nacked_before = replica.nack_truncations();
         let actions = replica.step(input);
+        if replica.nack_truncations() > nacked_before {
+            self.counters.cover("view_change:nack_truncated");
+        }
         if let Some((client, request)) = debug {
             let kinds: Vec<String> = actions
                 .iter()

@@ -16,6 +16,8 @@ use vellum_audit::merkle::MerkleTree;
 use vellum_audit::record::{OpHeader, Record, RecordKind, genesis_parent};
 use vellum_audit::verify::chain_head_extension;
 
+use super::{DvcHeader, Presence};
+
 /// What the disk holds for an op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -349,15 +351,49 @@ impl Journal {
         })
     }
 
-    /// The newest known headers, oldest first, at most `max` of them. With
-    /// `durable_only`, only ops whose record is durable here: what a replica
-    /// may claim in a view change (a faulty or unwritten op is not claimed).
-    pub fn suffix(&self, max: usize, durable_only: bool) -> Vec<OpHeader> {
+    /// The newest known headers, oldest first, at most `max` of them, each
+    /// with what the disk holds for it: what a replica lists in a view
+    /// change (a damaged or unwritten op is listed too, so that the new
+    /// primary neither forgets an op a damaged copy may still vouch for nor
+    /// waits for one that a quorum positively lacks).
+    pub fn presence_suffix(&self, max: usize) -> Vec<DvcHeader> {
+        let mut out: Vec<DvcHeader> = self
+            .slots
+            .iter()
+            .rev()
+            .filter_map(|s| {
+                let presence = match s.state {
+                    SlotState::Durable => Presence::Durable,
+                    SlotState::Missing => Presence::Missing,
+                    SlotState::Faulty | SlotState::Writing => Presence::Unsure,
+                };
+                Some(DvcHeader {
+                    header: s.header?,
+                    presence,
+                })
+            })
+            .take(max)
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// The highest op whose slot is damaged and whose header is unknown (0
+    /// when none): a view change cannot name it, so it nacks nothing there.
+    pub fn highest_headerless_faulty(&self) -> u64 {
+        self.slots
+            .iter()
+            .rposition(|s| s.state == SlotState::Faulty && s.header.is_none())
+            .map_or(0, |index| index as u64 + 1)
+    }
+
+    /// The newest known headers, oldest first, at most `max` of them (what
+    /// a primary sends in start_view and recovery_response).
+    pub fn suffix(&self, max: usize) -> Vec<OpHeader> {
         let mut out: Vec<OpHeader> = self
             .slots
             .iter()
             .rev()
-            .filter(|s| !durable_only || s.state == SlotState::Durable)
             .filter_map(|s| s.header)
             .take(max)
             .collect();

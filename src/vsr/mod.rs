@@ -303,13 +303,18 @@ pub enum MessageBody {
     },
     /// VRR StartViewChange.
     StartViewChange,
-    /// VRR DoViewChange: the sender's log suffix (headers only), the last
-    /// view in which its status was normal, its op and commit numbers.
+    /// VRR DoViewChange: the sender's log suffix (every header it knows,
+    /// each with what its disk holds for it), the last view in which its
+    /// status was normal, its op and commit numbers, and `nack_from`: from
+    /// that op up, the sender positively does not hold any op it does not
+    /// list as [`Presence::Durable`] or [`Presence::Unsure`] (the nack;
+    /// [`NACK_NONE`] when it nacks nothing). See `view_change.rs`.
     DoViewChange {
         log_view: u64,
         op: u64,
         commit: u64,
-        headers: Vec<OpHeader>,
+        nack_from: u64,
+        headers: Vec<DvcHeader>,
     },
     /// VRR StartView: the new primary's log suffix and commit number.
     StartView {
@@ -333,6 +338,33 @@ pub enum MessageBody {
         headers: Vec<OpHeader>,
         is_primary: bool,
     },
+}
+
+/// The `nack_from` of a do_view_change whose sender nacks nothing (it
+/// restarted and has not adopted a log since, so it cannot vouch for what
+/// an earlier life of its disk acknowledged).
+pub const NACK_NONE: u64 = u64::MAX;
+
+/// What a do_view_change's sender holds for one header it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The record is durable here.
+    Durable,
+    /// The header is known, the record is not here and never was written
+    /// here in this header's life: a nack (when at or above `nack_from`).
+    Missing,
+    /// The slot may hold the record: damaged (Faulty) or a write in
+    /// flight. Never a nack: the op may have committed with this copy.
+    Unsure,
+}
+
+/// One header of a do_view_change with its [`Presence`] at the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DvcHeader {
+    /// The header the sender believes canonical for its op.
+    pub header: OpHeader,
+    /// What the sender's disk holds for it.
+    pub presence: Presence,
 }
 
 /// Why the shell is asked to read a record.

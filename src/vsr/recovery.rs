@@ -82,8 +82,7 @@ impl Replica {
 
     fn send_recovery_response(&mut self, to: ReplicaIndex, nonce: u64, is_primary: bool) {
         let headers = if is_primary {
-            self.journal
-                .suffix(self.config.view_change_headers_max, false)
+            self.journal.suffix(self.config.view_change_headers_max)
         } else {
             Vec::new()
         };
@@ -168,6 +167,9 @@ impl Replica {
     /// Every replica reported an empty disk: the cluster is new.
     fn become_primary_or_backup_of_new_cluster(&mut self) {
         self.recovery_responses.clear();
+        // No disk ever held an op: nothing was acknowledged before, so this
+        // replica may nack from the start (see `view_change.rs`).
+        self.nack_floor = 0;
         if self.primary_of(0) == self.config.replica {
             self.become_primary();
         } else {

@@ -17,8 +17,8 @@ use super::certify::Cert;
 use super::client_table::ClientTable;
 use super::journal::{Journal, SlotState};
 use super::{
-    Action, Broken, Config, DurableState, Input, JournalEntry, Message, MessageBody, REPLICAS_MAX,
-    Recovered, ReplicaIndex, Request, Status,
+    Action, Broken, Config, DurableState, DvcHeader, Input, JournalEntry, Message, MessageBody,
+    NACK_NONE, REPLICAS_MAX, Recovered, ReplicaIndex, Request, Status,
 };
 
 /// What a replica does once a [`DurableState`] it asked to save is durable.
@@ -53,7 +53,8 @@ pub(super) struct Dvc {
     pub log_view: u64,
     pub op: u64,
     pub commit: u64,
-    pub headers: Vec<OpHeader>,
+    pub nack_from: u64,
+    pub headers: Vec<DvcHeader>,
 }
 
 /// A recovery_response as the recovering replica keeps it.
@@ -133,6 +134,13 @@ pub struct Replica {
     pub(super) dvcs: BTreeMap<ReplicaIndex, Dvc>,
     pub(super) dvc_sent: bool,
     pub(super) dvc_done: bool,
+    /// Ops at or below this one are never nacked: this replica adopted a
+    /// log after a wiped disk and an earlier life of it may have
+    /// acknowledged them. [`NACK_NONE`] until it adopts a log after its
+    /// start (it nacks nothing before). See `view_change.rs`.
+    pub(super) nack_floor: u64,
+    /// View changes this replica led whose log ended below a nacked op.
+    pub(super) nack_truncations: u64,
     // Recovery.
     pub(super) recovery_attempt: u64,
     pub(super) recovery_counts_self: bool,
@@ -195,6 +203,8 @@ impl Replica {
             dvcs: BTreeMap::new(),
             dvc_sent: false,
             dvc_done: false,
+            nack_floor: NACK_NONE,
+            nack_truncations: 0,
             recovery_attempt: 0,
             recovery_counts_self: !empty,
             recovery_responses: BTreeMap::new(),
@@ -311,6 +321,7 @@ impl Replica {
                 log_view,
                 op,
                 commit,
+                nack_from,
                 headers,
             } => self.on_do_view_change(
                 from,
@@ -319,6 +330,7 @@ impl Replica {
                     log_view,
                     op,
                     commit,
+                    nack_from,
                     headers,
                 },
             ),
@@ -466,6 +478,12 @@ impl Replica {
         self.status == Status::Normal
             && self.pending.is_none()
             && self.primary_of(self.view) == self.config.replica
+    }
+
+    /// View changes this replica led (as the new primary) whose log ended
+    /// below an op that a quorum nacked (for the simulator's coverage).
+    pub fn nack_truncations(&self) -> u64 {
+        self.nack_truncations
     }
 
     /// The journal's header for `op`, if present and intact.

@@ -25,6 +25,9 @@ const STEPS_MAX: usize = 200_000;
 #[derive(Debug, Default, Clone)]
 struct Disk {
     records: BTreeMap<u64, Record>,
+    /// Ops whose stored record is damaged: found Faulty at restart and
+    /// unreadable, until a write replaces it.
+    damaged: BTreeSet<u64>,
     state: DurableState,
     certificates: BTreeMap<u64, String>,
 }
@@ -34,6 +37,10 @@ impl Disk {
         let last = self.records.keys().max().copied().unwrap_or(0);
         let journal = (1..=last)
             .map(|op| match self.records.get(&op) {
+                Some(r) if self.damaged.contains(&op) => JournalEntry::Faulty {
+                    op,
+                    header: Some(r.header),
+                },
                 Some(r) => JournalEntry::Intact {
                     header: r.header,
                     leaves: record_leaf_hashes(r, 0).expect("the harness seals valid bodies"),
@@ -89,6 +96,8 @@ struct Cluster {
     committed: Vec<BTreeMap<u64, String>>,
     /// Every message sent: (from, to, body).
     sent: Vec<(u8, u8, MessageBody)>,
+    /// Replicas that receive no Prepare (so they never get an op's body).
+    drop_prepares_to: BTreeSet<u8>,
     nonce: u64,
     inflight_max: u64,
 }
@@ -123,6 +132,7 @@ impl Cluster {
             replies: Vec::new(),
             committed: vec![BTreeMap::new(); usize::from(n)],
             sent: Vec::new(),
+            drop_prepares_to: BTreeSet::new(),
             nonce: 1000,
             inflight_max: 0,
         };
@@ -194,7 +204,12 @@ impl Cluster {
                     );
                 }
                 self.sent.push((i, to, message.body.clone()));
-                if !self.cut.contains(&(i, to)) && self.replicas[usize::from(to)].is_some() {
+                let dropped = matches!(message.body, MessageBody::Prepare { .. })
+                    && self.drop_prepares_to.contains(&to);
+                if !dropped
+                    && !self.cut.contains(&(i, to))
+                    && self.replicas[usize::from(to)].is_some()
+                {
                     self.inputs.push_back((to, Input::Message(message)));
                 }
                 return;
@@ -206,6 +221,7 @@ impl Cluster {
             Action::Write { record, .. } => {
                 let (op, checksum) = (record.header.op, record.checksum());
                 disk.records.insert(op, record);
+                disk.damaged.remove(&op);
                 Input::WriteDone {
                     writes: vec![(op, checksum)],
                 }
@@ -224,7 +240,7 @@ impl Cluster {
                 record: disk
                     .records
                     .get(&op)
-                    .filter(|r| r.checksum() == checksum)
+                    .filter(|r| r.checksum() == checksum && !disk.damaged.contains(&op))
                     .cloned(),
             },
             Action::Save { state } => {
@@ -720,4 +736,128 @@ fn view_survives_restart() {
     cluster.start(primary);
     assert!(cluster.replica(primary).view() >= view);
     assert!(cluster.replica(primary).commit() >= 1);
+}
+
+/// Prepares op 2 ("X") at the primary (replica 0) and at replica 1 only,
+/// uncommitted (replica 1's acknowledgement is lost, replica 2 gets no
+/// prepare), after op 1 committed everywhere. Replica 0 is then stopped and
+/// replicas 0 and 2 receive no prepares from here on. Returns X's header.
+fn prepare_x_at_primary_and_one_backup(cluster: &mut Cluster) -> OpHeader {
+    cluster.append(1, 1, 16, None);
+    cluster.tick(3);
+    cluster.drop_prepares_to.insert(2);
+    cluster.cut.insert((1, 0));
+    cluster.submit(0, request(2, 1, 16, None, 1));
+    cluster.run();
+    let x = *cluster.replica(0).header(2).expect("X prepared");
+    assert!(
+        cluster.disks[1].records.contains_key(&2),
+        "X reached replica 1"
+    );
+    assert!(!cluster.disks[2].records.contains_key(&2));
+    assert_eq!(cluster.replica(0).commit(), 1, "X is not committed");
+    cluster.crash(0);
+    cluster.cut.clear();
+    cluster.drop_prepares_to.insert(0);
+    x
+}
+
+/// Goal: when the only replica holding an uncommitted op's body is gone and
+/// the two left both know its header but not its body, their nacks (a
+/// quorum) end the new view's log below it, and the cluster commits new
+/// requests in its place instead of waiting for it forever.
+#[test]
+fn view_change_drops_an_op_a_quorum_nacks() {
+    let mut cluster = Cluster::new(3);
+    let x = prepare_x_at_primary_and_one_backup(&mut cluster);
+    // Replica 0 lost its copy (an unsynced write): it never acknowledged X.
+    cluster.disks[0].records.remove(&2);
+    // Replica 1 leads view 1 with X; replica 2 learns X's header only.
+    cluster.tick(40);
+    assert_eq!(cluster.primary(), Some(1));
+    assert_eq!(cluster.replica(2).op(), 2, "replica 2 knows X's header");
+    assert!(cluster.replica(2).header(2).is_none(), "but not its body");
+    // Replica 0 restarts and learns X's header from the primary, no body.
+    cluster.start(0);
+    cluster.tick(10);
+    assert_eq!(cluster.replica(0).status(), Status::Normal);
+    assert_eq!(cluster.replica(0).op(), 2);
+    // The only holder of X's body goes away for good.
+    cluster.crash(1);
+    cluster.tick(120);
+    let primary = cluster.primary().expect("a primary without X");
+    assert_eq!(cluster.replica(primary).op(), 1, "the log ends below X");
+    let led: u64 = [0, 2]
+        .iter()
+        .map(|i| cluster.replica(*i).nack_truncations())
+        .sum();
+    assert!(led >= 1, "the view change truncated a nacked op");
+    cluster.drop_prepares_to.clear();
+    let reply = cluster.append(3, 1, 16, None);
+    let body = committed_body(&reply);
+    assert_eq!(body.op, 2, "a new op takes X's place");
+    let header = *cluster.replica(primary).header(2).expect("committed op 2");
+    assert_ne!(header.checksum(), x.checksum());
+}
+
+/// Goal: a voter whose copy of the uncommitted op is damaged (Faulty) does
+/// not nack it, so the view change keeps it and waits instead of dropping
+/// an op that may have committed; once its holder is back, it commits.
+#[test]
+fn view_change_keeps_an_op_whose_copy_is_damaged() {
+    let mut cluster = Cluster::new(3);
+    let x = prepare_x_at_primary_and_one_backup(&mut cluster);
+    // Replica 0's copy of X is damaged: found Faulty on restart.
+    cluster.disks[0].damaged.insert(2);
+    cluster.tick(40);
+    assert_eq!(cluster.primary(), Some(1));
+    cluster.start(0);
+    cluster.tick(10);
+    assert_eq!(cluster.replica(0).status(), Status::Normal);
+    cluster.crash(1);
+    cluster.tick(200);
+    for i in [0, 2] {
+        let replica = cluster.replica(i);
+        assert!(replica.op() >= 2, "replica {i} kept X");
+        assert_eq!(replica.commit(), 1, "replica {i} committed nothing past X");
+        assert_eq!(replica.nack_truncations(), 0);
+    }
+    assert!(
+        cluster.disks[0].records.contains_key(&2),
+        "X never truncated"
+    );
+    // X's holder returns: X is repaired and commits, as it might have before.
+    cluster.drop_prepares_to.clear();
+    cluster.start(1);
+    cluster.tick(200);
+    let primary = cluster.primary().expect("a primary");
+    assert!(cluster.replica(primary).commit() >= 2);
+    assert_eq!(cluster.replica(primary).header(2), Some(&x));
+    let reply = cluster.append(3, 1, 16, None);
+    assert_eq!(committed_body(&reply).op, 3);
+}
+
+/// Goal: a wiped replica that adopted a log does not nack that log's ops
+/// (an earlier life of it may have acknowledged them) until it holds them
+/// all; then it nacks from the first op, like any replica.
+#[test]
+fn wiped_replica_nacks_nothing_of_the_log_it_adopted_until_it_holds_it() {
+    let mut cluster = Cluster::new(3);
+    for number in 1..=3 {
+        cluster.append(1, number, 16, None);
+    }
+    assert_eq!(cluster.replica(1).own_dvc().nack_from, 1);
+    cluster.crash(2);
+    cluster.disks[2] = Disk::default();
+    cluster.drop_prepares_to.insert(2);
+    cluster.start(2);
+    cluster.tick(10);
+    assert_eq!(cluster.replica(2).status(), Status::Normal);
+    assert_eq!(cluster.replica(2).op(), 3, "it adopted the log");
+    assert!(cluster.disks[2].records.is_empty(), "and holds none of it");
+    assert_eq!(cluster.replica(2).own_dvc().nack_from, 4);
+    cluster.drop_prepares_to.clear();
+    cluster.tick(10);
+    assert_eq!(cluster.disks[2].records.len(), 3);
+    assert_eq!(cluster.replica(2).own_dvc().nack_from, 1);
 }

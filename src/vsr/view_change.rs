@@ -1,15 +1,64 @@
 //! The view change (VRR §4.2): start_view_change, do_view_change and
 //! start_view. Every move to a higher view is saved before it takes effect,
 //! so a replica never goes back in view across restarts. The new primary
-//! keeps every committed op, keeps the uncommitted ops some log of the
-//! newest log view holds durably, and drops the rest.
+//! keeps every committed op, keeps the uncommitted ops the newest log view
+//! names unless a quorum nacks them, and drops the rest.
+//!
+//! # The nack (protocol-aware recovery)
+//!
+//! A do_view_change lists every header its sender knows in its suffix,
+//! each `Durable`, `Missing` (the record is not here) or `Unsure` (damaged,
+//! or a write in flight), and a `nack_from` op. The sender *nacks* op `k`
+//! with checksum `X` when `k >= nack_from` and it lists, at `k`, nothing
+//! (its log ends below `k`, or the slot is an unwritten gap), or `X` as
+//! `Missing`, or another header that is not `Unsure`. The new primary walks
+//! the uncommitted ops of the merged log upwards; at the first whose chosen
+//! header f+1 do_view_changes nack, the log ends below it (and every op
+//! above goes too; a log then ending inside an atomic group loses that
+//! unclosed group as well, `drop_unclosed_group`).
+//!
+//! Why that is safe: an op commits only once f+1 replicas have it durable
+//! and acknowledged it (the primary included). Those f+1 keep it forever:
+//! a view change never drops a committed op (this very rule, by induction
+//! over views), a restart finds it intact or marks its slot Faulty (never
+//! absent: a damaged or missing slot below the tail is Faulty), and a read
+//! that fails marks it Faulty too. None of them can nack it: each lists it
+//! as `Durable`, or `Unsure`, or (header damaged too) has a headerless
+//! Faulty slot at or above which its `nack_from` is not. A replica stamps
+//! every message with its saved view, so once it sent a do_view_change of
+//! view v no primary of an older view counts its acknowledgements. So if
+//! f+1 distinct replicas nack (k, X), they are disjoint from X's f+1
+//! holders, 2f+2 replicas in a cluster of 2f+1: X cannot have committed.
+//!
+//! What a replica may not nack, and why `nack_from` exists:
+//! - until it adopts a log after it started (`NACK_NONE`): a replica whose
+//!   disk was wiped forgets what it acknowledged, and one that restarted
+//!   cannot tell whether it was wiped in an earlier life;
+//! - after a wiped disk, the ops of the log it adopted (`nack_floor`) until
+//!   it holds them all durably: an earlier life may have acknowledged one
+//!   of them, which may have committed (every committed op is in that log,
+//!   so ops above it are safe to nack). A truncation below the floor lowers
+//!   it (the ops cut were not committed);
+//! - at or below a headerless Faulty slot, and below the oldest header its
+//!   suffix lists (it says nothing about ops it does not list).
+//!
+//! A cluster of one lists only the ops it holds durably, as before the
+//! nack: it has no peer to repair from or to wait for, so a hole or a
+//! damaged uncommitted op ends its log.
+//!
+//! Known limit: a wiped replica that restarts again before it holds every
+//! op of the log it adopted forgets its floor (it is kept in memory only).
+//! A committed op lost that way needs the wipe, a second crash before the
+//! repair, and its remaining f holders all away from the view change.
 
 use std::collections::BTreeMap;
 
 use vellum_audit::record::{OpHeader, RecordKind};
 
 use super::replica::{AfterSave, Dvc, Replica};
-use super::{Action, DurableState, MessageBody, ReplicaIndex, Status};
+use super::{
+    Action, DurableState, DvcHeader, MessageBody, NACK_NONE, Presence, ReplicaIndex, Status,
+};
 
 impl Replica {
     /// Moves towards `view` (higher than any view this replica is in or
@@ -91,17 +140,42 @@ impl Replica {
         }
     }
 
-    /// This replica's do_view_change: only ops it holds durably are claimed.
-    fn own_dvc(&self) -> Dvc {
-        let headers = self
-            .journal
-            .suffix(self.config.view_change_headers_max, true);
+    /// This replica's do_view_change: every header it knows, with what its
+    /// disk holds for each, and where its nacks start.
+    pub(super) fn own_dvc(&self) -> Dvc {
+        let max = self.config.view_change_headers_max;
+        let mut headers = self.journal.presence_suffix(max);
+        if self.config.replica_count == 1 {
+            // A cluster of one has no peer to repair from or to wait for:
+            // it keeps what its disk holds durably (module doc).
+            headers.retain(|h| h.presence == Presence::Durable);
+        }
         Dvc {
             log_view: self.log_view,
-            op: headers.last().map_or(0, |h| h.op),
+            op: self.journal.op(),
             commit: self.commit_max,
+            nack_from: self.nack_from(&headers, max),
             headers,
         }
+    }
+
+    /// The lowest op from which this replica nacks what `headers` (its
+    /// suffix, at most `max` long) does not list as held (see the module
+    /// doc): above its nack floor, above any damaged slot whose header it
+    /// lost, and not below the oldest op its suffix covers.
+    fn nack_from(&self, headers: &[DvcHeader], max: usize) -> u64 {
+        if self.nack_floor == NACK_NONE {
+            return NACK_NONE;
+        }
+        let caught_up = self.journal.durable_op() >= self.nack_floor;
+        let floor = if caught_up { 0 } else { self.nack_floor };
+        let covered_from = match headers.first() {
+            Some(oldest) if headers.len() >= max => oldest.header.op,
+            _ => 1,
+        };
+        (floor + 1)
+            .max(self.journal.highest_headerless_faulty() + 1)
+            .max(covered_from)
     }
 
     fn send_do_view_change(&mut self) {
@@ -118,13 +192,15 @@ impl Replica {
                 log_view: dvc.log_view,
                 op: dvc.op,
                 commit: dvc.commit,
+                nack_from: dvc.nack_from,
                 headers: dvc.headers,
             },
         );
     }
 
     pub(super) fn on_do_view_change(&mut self, from: ReplicaIndex, view: u64, dvc: Dvc) {
-        if !self.accepts_view_change_message(view) || !headers_valid(&dvc.headers, self) {
+        let headers: Vec<OpHeader> = dvc.headers.iter().map(|h| h.header).collect();
+        if !self.accepts_view_change_message(view) || !headers_valid(&headers, self) {
             return;
         }
         self.start_view_change(view);
@@ -153,8 +229,11 @@ impl Replica {
             return;
         }
         self.dvc_done = true;
-        let (op, commit, canonical) = merge(&self.dvcs);
-        self.install_log(op, commit, &canonical);
+        let merged = merge(&self.dvcs, self.config.quorum());
+        if merged.nacked.is_some() {
+            self.nack_truncations += 1;
+        }
+        self.install_log(merged.op, merged.commit, &merged.canonical);
         let state = DurableState {
             view: self.view,
             log_view: self.view,
@@ -201,12 +280,21 @@ impl Replica {
             self.journal.discard_bodies_after(first - 1);
             self.journal.shorten_to(op);
             self.repairs.clear();
+            // The ops cut were not committed: none is one an earlier life
+            // of this replica may have acknowledged into a commit.
+            self.nack_floor = self.nack_floor.min(first - 1);
         }
         self.journal.extend_to(op);
         for header in canonical.range(..=op).map(|(_, h)| h) {
             self.journal.set_header(*header);
         }
         self.commit_max = self.commit_max.max(commit);
+        if self.nack_floor == NACK_NONE {
+            // The first log adopted since the start: from now on it may
+            // nack, but a wiped replica not the ops of this log (see the
+            // module doc); one that kept its disk holds all it acknowledged.
+            self.nack_floor = if self.recovery_counts_self { 0 } else { op };
+        }
     }
 
     /// The view is saved: act as its primary.
@@ -222,9 +310,7 @@ impl Replica {
         self.timers.heartbeat_sent = self.ticks;
         self.timers.prepare_retried = self.ticks;
         self.timers.primary_complete = self.ticks;
-        let headers = self
-            .journal
-            .suffix(self.config.view_change_headers_max, false);
+        let headers = self.journal.suffix(self.config.view_change_headers_max);
         let op = self.journal.op();
         let commit = self.commit_max;
         self.broadcast(MessageBody::StartView {
@@ -261,6 +347,7 @@ impl Replica {
         self.journal.discard_bodies_after(keep);
         self.journal.shorten_to(keep);
         self.repairs.clear();
+        self.nack_floor = self.nack_floor.min(keep);
     }
 
     pub(super) fn on_start_view(
@@ -360,34 +447,54 @@ impl Replica {
 /// Rank of a header claimed as committed (below every sender's commit).
 const RANK_COMMITTED: u64 = u64::MAX;
 
+/// The new view's log, as `merge` builds it.
+#[derive(Debug)]
+pub(super) struct Merged {
+    /// The log's last op.
+    pub op: u64,
+    /// The highest commit any sender knows.
+    pub commit: u64,
+    /// The chosen header of each op the log names.
+    pub canonical: BTreeMap<u64, OpHeader>,
+    /// The op whose chosen header a quorum nacked, if the log ends below one.
+    pub nacked: Option<u64>,
+}
+
 /// The new view's log from f+1 do_view_changes (VRR's "highest log view
-/// wins", op by op along the hash chain). Each claimed header ranks by the
-/// sender's log view, or highest when the sender knows it committed. From
-/// the lowest claimed op up, the log takes at each op the highest-ranked
-/// claim that chains to the op below; above the highest known commit it
-/// ends at the first op no claim continues.
+/// wins", op by op along the hash chain). Each listed header ranks by the
+/// sender's log view, or highest when the sender holds it durably and knows
+/// it committed. From the lowest listed op up, the log takes at each op the
+/// highest-ranked header that chains to the op below; above the highest
+/// known commit it ends at the first op no header continues, or below the
+/// first op whose chosen header `quorum` senders nack (module doc).
 ///
 /// Why op by op: a replica that restarted keeps its log view but only the
-/// ops it holds durably, so no single claim need hold the whole log; yet a
+/// ops its disk holds, so no single claim need hold the whole log; yet a
 /// committed op is durable on f+1 replicas, one of which is in any quorum,
 /// and at any op a claim of a newer log view supersedes an older one.
-fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>) -> (u64, u64, BTreeMap<u64, OpHeader>) {
+pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged {
     let commit = dvcs.values().map(|d| d.commit).max().unwrap_or(0);
     let mut claims: BTreeMap<u64, Vec<(u64, OpHeader)>> = BTreeMap::new();
     for dvc in dvcs.values() {
-        for header in &dvc.headers {
-            let rank = if header.op <= dvc.commit {
+        for listed in &dvc.headers {
+            let header = listed.header;
+            let committed = header.op <= dvc.commit && listed.presence == Presence::Durable;
+            let rank = if committed {
                 RANK_COMMITTED
             } else {
                 dvc.log_view
             };
-            claims.entry(header.op).or_default().push((rank, *header));
+            claims.entry(header.op).or_default().push((rank, header));
         }
     }
-    let mut canonical: BTreeMap<u64, OpHeader> = BTreeMap::new();
-    let mut op = commit;
+    let mut merged = Merged {
+        op: commit,
+        commit,
+        canonical: BTreeMap::new(),
+        nacked: None,
+    };
     for (&at, list) in &claims {
-        let below = canonical.get(&(at - 1)).map(OpHeader::checksum);
+        let below = merged.canonical.get(&(at - 1)).map(OpHeader::checksum);
         if at > commit + 1 && below.is_none() {
             break; // a hole above the commit ends the log
         }
@@ -410,10 +517,40 @@ fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>) -> (u64, u64, BTreeMap<u64, OpHeade
                 .all(|(_, h)| h.checksum() == header.checksum());
             assert!(agree, "view change claims disagree on committed op {at}");
         }
-        canonical.insert(at, header);
-        op = op.max(at);
+        if at > commit && nacks(dvcs, &header) >= quorum {
+            merged.nacked = Some(at);
+            break;
+        }
+        merged.canonical.insert(at, header);
+        merged.op = merged.op.max(at);
     }
-    (op, commit, canonical)
+    merged
+}
+
+/// How many do_view_changes nack `header` (module doc).
+fn nacks(dvcs: &BTreeMap<ReplicaIndex, Dvc>, header: &OpHeader) -> usize {
+    dvcs.values().filter(|dvc| nacks_one(dvc, header)).count()
+}
+
+/// Whether `dvc`'s sender positively does not hold `header`.
+fn nacks_one(dvc: &Dvc, header: &OpHeader) -> bool {
+    if header.op < dvc.nack_from {
+        return false;
+    }
+    let listed = dvc
+        .headers
+        .binary_search_by_key(&header.op, |h| h.header.op)
+        .ok()
+        .map(|index| dvc.headers[index]);
+    match listed {
+        // Above its log, or an unwritten gap (a damaged one is below nack_from).
+        None => true,
+        Some(listed) => match listed.presence {
+            Presence::Unsure => false,
+            Presence::Missing => true,
+            Presence::Durable => listed.header.checksum() != header.checksum(),
+        },
+    }
 }
 
 /// Whether headers received in a view change or recovery message are op
@@ -427,4 +564,128 @@ pub(super) fn headers_valid(headers: &[OpHeader], replica: &Replica) -> bool {
         a.op < b.op && (b.op != a.op + 1 || b.parent == a.checksum())
     });
     each && ordered && headers.len() <= replica.config.view_change_headers_max
+}
+
+#[cfg(test)]
+mod tests {
+    use vellum_audit::record::genesis_parent;
+
+    use super::Presence::{Durable, Missing, Unsure};
+    use super::*;
+
+    const CLUSTER: u128 = 0x5eed_0002;
+    const QUORUM: usize = 2;
+
+    /// Ops 1..=n chained from the genesis parent.
+    fn chain(n: u64) -> Vec<OpHeader> {
+        let mut parent = genesis_parent(CLUSTER);
+        (1..=n)
+            .map(|op| {
+                let mut header = OpHeader::empty(RecordKind::Op, CLUSTER);
+                header.op = op;
+                header.parent = parent;
+                header.stream = 16;
+                parent = header.checksum();
+                header
+            })
+            .collect()
+    }
+
+    /// A do_view_change of log view 1 that knows op 1 committed.
+    fn dvc(nack_from: u64, listed: &[(OpHeader, Presence)]) -> Dvc {
+        Dvc {
+            log_view: 1,
+            op: listed.last().map_or(0, |(h, _)| h.op),
+            commit: 1,
+            nack_from,
+            headers: listed
+                .iter()
+                .map(|(header, presence)| DvcHeader {
+                    header: *header,
+                    presence: *presence,
+                })
+                .collect(),
+        }
+    }
+
+    fn merged(a: Dvc, b: Dvc) -> Merged {
+        merge(&BTreeMap::from([(0, a), (1, b)]), QUORUM)
+    }
+
+    /// Goal: an uncommitted op that one voter lists as missing and the other
+    /// never saw (its log ends below) is nacked by a quorum: the log ends
+    /// below it.
+    #[test]
+    fn quorum_of_nacks_ends_the_log_below_the_op() {
+        let h = chain(3);
+        let a = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+        let b = dvc(1, &[(h[0], Durable), (h[1], Durable)]);
+        let merged = merged(a, b);
+        assert_eq!((merged.op, merged.nacked), (2, Some(3)));
+        assert!(!merged.canonical.contains_key(&3));
+    }
+
+    /// Goal: the ops above a nacked op go with it, even one a voter holds.
+    #[test]
+    fn nothing_above_a_nacked_op_is_kept() {
+        let h = chain(4);
+        let a = dvc(1, &[(h[0], Durable), (h[2], Missing), (h[3], Durable)]);
+        let b = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+        let merged = merged(a, b);
+        assert_eq!((merged.op, merged.nacked), (2, Some(3)));
+        assert_eq!(merged.canonical.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// Goal: a damaged (Faulty) or in-flight copy is no nack: the op may
+    /// have committed with it, so the log keeps it.
+    #[test]
+    fn unsure_copy_blocks_the_nack() {
+        let h = chain(3);
+        let a = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+        let b = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Unsure)]);
+        let merged = merged(a, b);
+        assert_eq!((merged.op, merged.nacked), (3, None));
+        assert_eq!(merged.canonical.get(&3), Some(&h[2]));
+    }
+
+    /// Goal: a sender nacks nothing below its `nack_from` (a restarted
+    /// replica that adopted no log yet, or a wiped one's floor), so one
+    /// nack is not enough and the op stays.
+    #[test]
+    fn no_nack_below_nack_from() {
+        let h = chain(3);
+        for nack_from in [NACK_NONE, 4] {
+            let a = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+            let b = dvc(nack_from, &[(h[0], Durable), (h[1], Durable)]);
+            let merged = merged(a, b);
+            assert_eq!((merged.op, merged.nacked), (3, None), "{nack_from}");
+        }
+    }
+
+    /// Goal: an op at or below the highest known commit is never nacked.
+    #[test]
+    fn committed_op_is_never_nacked() {
+        let h = chain(3);
+        let mut a = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Durable)]);
+        a.commit = 3;
+        let b = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+        let c = dvc(1, &[(h[0], Durable), (h[1], Durable)]);
+        let merged = merge(&BTreeMap::from([(0, a), (1, b), (2, c)]), QUORUM);
+        assert_eq!((merged.op, merged.commit, merged.nacked), (3, 3, None));
+    }
+
+    /// Goal: a sender holding another header at the op durably nacks the
+    /// chosen one; holding the chosen one durably is no nack.
+    #[test]
+    fn durable_other_header_is_a_nack() {
+        let h = chain(3);
+        let mut other = h[2];
+        other.stream = 17;
+        let mut a = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
+        a.log_view = 2;
+        let b = dvc(1, &[(h[0], Durable), (h[1], Durable), (other, Durable)]);
+        assert_eq!(merged(a.clone(), b).nacked, Some(3));
+        let c = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Durable)]);
+        assert_eq!(merged(a, c).nacked, None);
+    }
 }
