@@ -186,6 +186,7 @@ impl TrailEntry {
                 description,
                 streams: None,
                 streams_truncated: false,
+                count: None,
             },
         }
     }
