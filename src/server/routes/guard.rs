@@ -2,20 +2,22 @@
 //! bearer token, checks the role, runs the handler, and records one
 //! access-trail event ([`TrailEntry`]) — also for a refused or denied
 //! attempt — before the answer goes out. Handlers tell it what they touched
-//! through [`Touched`] in the response's extensions.
+//! through [`Touched`] in the response's extensions. A failed login is
+//! answered by `refuse_login`: rate-limited and, after the first of its
+//! source's window, recorded in one aggregate event
+//! (`crate::server::logins`).
 
-use axum::extract::{MatchedPath, Request, State};
 use std::time::{Duration, Instant};
 
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-
-use super::errors::ApiError;
-use super::{AppState, ROUTES, route_index, run_blocking};
 use tokio::sync::watch;
 use vellum_compliance::trail::{AccessAction, AccessEvent};
 
+use super::errors::ApiError;
+use super::{AppState, ROUTES, route_index, run_blocking};
 use crate::server::auth::{Action, Principal, TokenStore};
 use crate::server::logins::{Aggregate, FailedLogins, LOGIN_SWEEP_MS, Source, token_prefix};
 
