@@ -389,6 +389,9 @@ pub mod code {
     /// The idempotency key (client session and request number) was already
     /// used for a different request; nothing was written (422).
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    /// Too many failed logins from this address or with this token prefix:
+    /// wait the `Retry-After` seconds (429). A valid token is never refused so.
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// The request was refused by the replica (bad stream id, stale request number) (422).
     pub const REFUSED: &str = "refused";
     /// The outcome is unknown: retry with the same idempotency key (503).
@@ -421,6 +424,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// [`code::REFUSED`] (422).
     Refused,
+    /// [`code::RATE_LIMITED`] (429).
+    RateLimited,
     /// [`code::INDETERMINATE`] (503).
     Indeterminate,
     /// [`code::UNAVAILABLE`] (503).
@@ -431,7 +436,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -441,6 +446,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::Refused,
+        ErrorCode::RateLimited,
         ErrorCode::Indeterminate,
         ErrorCode::Unavailable,
         ErrorCode::Storage,
@@ -458,6 +464,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => code::PAYLOAD_TOO_LARGE,
             ErrorCode::IdempotencyKeyReused => code::IDEMPOTENCY_KEY_REUSED,
             ErrorCode::Refused => code::REFUSED,
+            ErrorCode::RateLimited => code::RATE_LIMITED,
             ErrorCode::Indeterminate => code::INDETERMINATE,
             ErrorCode::Unavailable => code::UNAVAILABLE,
             ErrorCode::Storage => code::STORAGE,

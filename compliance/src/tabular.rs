@@ -5,9 +5,18 @@
 //!
 //! CSV: header row, CRLF line ends, a field is quoted when it holds a comma,
 //! a double quote, CR or LF, and quotes inside are doubled (RFC 4180 §2).
-//! Absent values are empty fields. Cells are written as recorded: a value
-//! starting with `=`, `+`, `-` or `@` is not altered, so open the CSV in a
-//! spreadsheet with formulas disabled; NDJSON is the faithful form.
+//! Absent values are empty fields.
+//!
+//! CSV cells are defused against spreadsheet formula injection ("CSV
+//! injection", OWASP: <https://owasp.org/www-community/attacks/CSV_Injection>):
+//! a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return —
+//! which a spreadsheet may run as a formula — gets one leading `'`, and so
+//! does a cell that already starts with `'`, so the escape can always be
+//! undone: a reader strips exactly one leading `'` from every cell that has
+//! one ([`csv_cell_value`]). The `'` is part of the exported CSV value. The
+//! rule follows OWASP strictly: a text cell such as `-5` is prefixed too
+//! (the number columns are unsigned and never start with `-`). NDJSON is
+//! not defused: it is the faithful form, byte for byte as before.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -19,7 +28,7 @@ use crate::fhir::rfc3339_utc;
 use crate::trail::AccessEvent;
 
 /// The CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 18] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "position",
     "v",
     "time_ns",
@@ -38,6 +47,7 @@ pub const CSV_COLUMNS: [&str; 18] = [
     "description",
     "streams",
     "streams_truncated",
+    "count",
 ];
 
 /// Why an export file could not be written.
@@ -95,6 +105,11 @@ pub struct AccessRow<'a> {
     pub streams: Option<&'a [u64]>,
     /// True when more streams were returned than `streams` lists.
     pub streams_truncated: bool,
+    /// For an aggregate of failed logins: the attempts it stands for. CSV:
+    /// empty when absent (one attempt); NDJSON: left out when absent, so a
+    /// line of an event without it is byte for byte what it was before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl<'a> AccessRow<'a> {
@@ -119,10 +134,11 @@ impl<'a> AccessRow<'a> {
             description: event.description.as_deref(),
             streams: event.streams.as_deref(),
             streams_truncated: event.streams_truncated,
+            count: event.count,
         }
     }
 
-    fn cells(&self) -> [String; 18] {
+    fn cells(&self) -> [String; 19] {
         let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
         [
             number(self.position),
@@ -145,17 +161,44 @@ impl<'a> AccessRow<'a> {
                 s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
             }),
             self.streams_truncated.to_string(),
+            number(self.count),
         ]
     }
 }
 
-/// One CSV field, quoted per RFC 4180 when it needs to be.
+/// First characters that make a spreadsheet treat a cell as a formula
+/// (OWASP, "CSV Injection": `=`, `+`, `-`, `@`, tab, carriage return).
+pub const CSV_FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+/// The character put before a cell that could start a formula.
+pub const CSV_DEFUSE_PREFIX: char = '\'';
+
+/// One CSV field: defused against formula injection ([`csv_defuse`]), then
+/// quoted per RFC 4180 when it needs to be.
 pub fn csv_field(value: &str) -> String {
+    let value = csv_defuse(value);
     if value.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
-        value.to_string()
+        value.into_owned()
     }
+}
+
+/// The cell text for `value`: `'` + `value` when it starts with one of
+/// [`CSV_FORMULA_STARTS`] (OWASP's CSV injection rule) or with `'` itself
+/// (so the escape stays reversible); `value` unchanged otherwise.
+pub fn csv_defuse(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.chars().next() {
+        Some(first) if CSV_FORMULA_STARTS.contains(&first) || first == CSV_DEFUSE_PREFIX => {
+            std::borrow::Cow::Owned(format!("{CSV_DEFUSE_PREFIX}{value}"))
+        }
+        _ => std::borrow::Cow::Borrowed(value),
+    }
+}
+
+/// The recorded value of a cell read back from our CSV (after RFC 4180
+/// unquoting): the cell without the one leading `'` [`csv_defuse`] added.
+pub fn csv_cell_value(cell: &str) -> &str {
+    cell.strip_prefix(CSV_DEFUSE_PREFIX).unwrap_or(cell)
 }
 
 /// One CSV record (with its CRLF) from already-plain cells.
@@ -252,5 +295,35 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_field("cr\r"), "\"cr\r\"");
+    }
+
+    // Goal: every dangerous first character gets one leading quote (OWASP),
+    // a negative number too, and reading the cell back gives the value.
+    #[test]
+    fn formula_starts_are_defused_reversibly() {
+        for (value, cell) in [
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("+1+1", "'+1+1"),
+            ("-5", "'-5"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tcmd", "'\tcmd"),
+            ("\r=1", "\"'\r=1\""),
+            ("'=1", "''=1"),
+            ("'", "''"),
+        ] {
+            assert_eq!(csv_field(value), cell, "{value:?}");
+            let unquoted = cell
+                .strip_prefix('"')
+                .and_then(|c| c.strip_suffix('"'))
+                .map_or_else(|| cell.to_string(), |c| c.replace("\"\"", "\""));
+            assert_eq!(csv_cell_value(&unquoted), value);
+        }
+        for safe in ["", "dr-lee", "5", "a=b", "TREAT", "1.5", " =x"] {
+            assert_eq!(csv_defuse(safe), safe, "{safe:?} is left alone");
+            assert_eq!(csv_cell_value(safe), safe);
+        }
     }
 }

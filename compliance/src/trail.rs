@@ -138,6 +138,12 @@ pub struct AccessEvent {
     /// True when more streams were returned than `streams` lists.
     #[serde(default, skip_serializing_if = "is_false")]
     pub streams_truncated: bool,
+    /// For an aggregate of failed logins (`auth_failed`): how many failed
+    /// attempts from one source this one event stands for (at least 1).
+    /// Absent: the event stands for one attempt, as every event written
+    /// before it existed does. See [`AccessEvent::attempts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -153,6 +159,11 @@ impl AccessEvent {
     /// Parses a payload written by [`AccessEvent::to_payload`].
     pub fn from_payload(bytes: &[u8]) -> Result<AccessEvent, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// How many attempts this event stands for: `count`, or 1 when absent.
+    pub fn attempts(&self) -> u64 {
+        self.count.unwrap_or(1)
     }
 
     /// True when the outcome is a success.
@@ -212,6 +223,7 @@ mod tests {
             description: None,
             streams: None,
             streams_truncated: false,
+            count: None,
         };
         let payload = event.to_payload();
         let text = String::from_utf8(payload.clone()).expect("utf-8");
@@ -268,6 +280,21 @@ mod tests {
         assert!(event.streams_truncated);
         let text = String::from_utf8(event.to_payload()).expect("utf-8");
         assert!(text.ends_with(r#","streams_truncated":true}"#), "{text}");
+    }
+
+    // Goal: `count` is optional and last, so an event without it keeps its
+    // bytes, and one with it round-trips and counts its attempts.
+    #[test]
+    fn count_is_optional_and_last() {
+        let old = br#"{"v":1,"time_ns":5,"principal":"anonymous","role":"none","action":"auth_failed","outcome":"denied: 401 unknown bearer token"}"#;
+        let mut event = AccessEvent::from_payload(old).expect("an old event decodes");
+        assert_eq!((event.count, event.attempts()), (None, 1));
+        assert_eq!(event.to_payload(), old.to_vec());
+        event.count = Some(41);
+        let text = String::from_utf8(event.to_payload()).expect("utf-8");
+        assert!(text.ends_with(r#","count":41}"#), "{text}");
+        let back = AccessEvent::from_payload(text.as_bytes()).expect("parses");
+        assert_eq!((back.attempts(), back), (41, event));
     }
 
     // Goal: clipping keeps text under the bound on a char boundary.

@@ -40,6 +40,7 @@ fn access(n: u64, action: AccessAction, stream: Option<u64>, outcome: &str) -> A
         description: None,
         streams: None,
         streams_truncated: false,
+        count: None,
     }
 }
 

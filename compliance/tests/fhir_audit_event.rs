@@ -45,6 +45,7 @@ fn event(action: AccessAction) -> AccessEvent {
         description: None,
         streams: None,
         streams_truncated: false,
+        count: None,
     }
 }
 
@@ -63,6 +64,7 @@ fn variants(action: AccessAction) -> Vec<AccessEvent> {
         description: None,
         streams: None,
         streams_truncated: false,
+        count: None,
         principal: "anonymous".into(),
         role: "none".into(),
         outcome: "refused: no credential".into(),

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use vellum_compliance::tabular::{
-    CSV_COLUMNS, write_csv, write_csv_to, write_ndjson, write_ndjson_to,
+    CSV_COLUMNS, CSV_FORMULA_STARTS, csv_cell_value, csv_defuse, write_csv, write_csv_to,
+    write_ndjson, write_ndjson_to,
 };
 use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent};
 
@@ -28,6 +29,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         description: None,
         streams: None,
         streams_truncated: false,
+        count: None,
     };
     let failed = AccessEvent {
         principal: "anonymous".into(),
@@ -44,6 +46,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         description: None,
         streams: None,
         streams_truncated: false,
+        count: None,
         ..read.clone()
     };
     vec![(read, Some(17)), (failed, None)]
@@ -110,7 +113,8 @@ fn csv_quotes_free_text_and_reads_back() {
     assert!(records.iter().all(|r| r.len() == CSV_COLUMNS.len()));
 }
 
-// Goal: NDJSON has one object per line with every field, nulls for absent ones.
+// Goal: NDJSON has one object per line with every field, nulls for absent
+// ones, except `count`, which only an aggregate of failed logins carries.
 #[test]
 fn ndjson_has_every_field_per_line() {
     let mut out = Vec::new();
@@ -128,7 +132,7 @@ fn ndjson_has_every_field_per_line() {
             .keys()
             .map(String::as_str)
             .collect();
-        let mut columns = CSV_COLUMNS.to_vec();
+        let mut columns: Vec<&str> = CSV_COLUMNS.into_iter().filter(|c| *c != "count").collect();
         columns.sort_unstable();
         let mut keys = keys;
         keys.sort_unstable();
@@ -170,8 +174,86 @@ fn csv_matches_golden_file() {
     assert_eq!(actual, expected, "access_trail.csv differs");
 }
 
+// Goal: a recorded value that a spreadsheet would run as a formula is
+// exported with one leading `'` in CSV (each OWASP first character), while
+// NDJSON carries it byte for byte as recorded.
+#[test]
+fn csv_defuses_formula_cells_and_ndjson_keeps_them() {
+    let col = |name: &str| CSV_COLUMNS.iter().position(|c| *c == name).expect("column");
+    for first in CSV_FORMULA_STARTS {
+        let mut list = events();
+        let attack = format!("{first}HYPERLINK(\"http://evil\",\"x\")");
+        list[0].0.principal = attack.clone();
+        list[0].0.purpose = Some("-5".into());
+        list[0].0.remote = Some(format!("@{first}"));
+        let mut out = Vec::new();
+        write_csv_to(&mut out, &list).expect("write");
+        let records = parse_csv(&String::from_utf8(out).expect("utf-8"));
+        let row = &records[1];
+        assert_eq!(row[col("principal")], format!("'{attack}"), "{first:?}");
+        assert_eq!(
+            row[col("purpose")],
+            "'-5",
+            "negative numbers follow OWASP too"
+        );
+        assert_eq!(row[col("remote")], format!("'@{first}"));
+        assert_eq!(csv_cell_value(&row[col("principal")]), attack);
+        let mut ndjson = Vec::new();
+        write_ndjson_to(&mut ndjson, &list).expect("write");
+        let text = String::from_utf8(ndjson).expect("utf-8");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+        assert_eq!(line["principal"], attack.as_str(), "NDJSON is not defused");
+        assert_eq!(line["purpose"], "-5");
+    }
+}
+
+// Goal: an aggregate of failed logins carries its count in both exports;
+// an event without one keeps NDJSON bytes without a `count` member.
+#[test]
+fn count_is_exported_only_where_present() {
+    let mut list = events();
+    list[1].0.count = Some(41);
+    let mut out = Vec::new();
+    write_csv_to(&mut out, &list).expect("write");
+    let records = parse_csv(&String::from_utf8(out).expect("utf-8"));
+    let count = CSV_COLUMNS.len() - 1;
+    assert_eq!(CSV_COLUMNS[count], "count");
+    assert_eq!(
+        (records[1][count].as_str(), records[2][count].as_str()),
+        ("", "41")
+    );
+    let mut ndjson = Vec::new();
+    write_ndjson_to(&mut ndjson, &list).expect("write");
+    let text = String::from_utf8(ndjson).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines[0].contains("\"count\""), "{}", lines[0]);
+    assert!(lines[1].ends_with(",\"count\":41}"), "{}", lines[1]);
+}
+
+// Goal: the NDJSON is byte-for-byte stable (golden file): defusing CSV
+// cells and the optional `count` leave it as it was.
+#[test]
+fn ndjson_matches_golden_file() {
+    let mut list = events();
+    list[0].0.principal = "=cmd|' /C calc'!A0".into();
+    let mut out = Vec::new();
+    write_ndjson_to(&mut out, &list).expect("write");
+    let actual = String::from_utf8(out).expect("utf-8");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/access_trail.ndjson");
+    if std::env::var_os("VELLUM_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, &actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with VELLUM_BLESS=1)", path.display()));
+    assert_eq!(actual, expected, "access_trail.ndjson differs");
+}
+
 proptest! {
-    // Goal: any principal and purpose text survives CSV quoting unchanged.
+    // Goal: any principal and purpose text survives CSV quoting and defusing:
+    // the cell is the defused value, and stripping the defuse prefix gives
+    // back exactly what was recorded; a safe value is not changed at all.
     #[test]
     fn any_text_round_trips_through_csv(principal in ".{1,40}", purpose in "[a-z,\"\r\n ]{0,40}") {
         let mut list = events();
@@ -180,7 +262,11 @@ proptest! {
         let mut out = Vec::new();
         write_csv_to(&mut out, &list).expect("write");
         let records = parse_csv(&String::from_utf8(out).expect("utf-8"));
-        prop_assert_eq!(&records[1][4], &principal);
-        prop_assert_eq!(&records[1][10], &purpose);
+        prop_assert_eq!(&records[1][4], &csv_defuse(&principal).into_owned());
+        prop_assert_eq!(csv_cell_value(&records[1][4]), principal.as_str());
+        let safe = !principal.starts_with(CSV_FORMULA_STARTS) && !principal.starts_with('\'');
+        prop_assert_eq!(records[1][4] == principal, safe);
+        prop_assert_eq!(&records[1][10], &csv_defuse(&purpose).into_owned());
+        prop_assert_eq!(csv_cell_value(&records[1][10]), purpose.as_str());
     }
 }

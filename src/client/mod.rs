@@ -686,6 +686,7 @@ fn refusal(
         reqwest::StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
         reqwest::StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
         reqwest::StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::Refused,
+        reqwest::StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
         _ => ErrorCode::BadRequest,
     });
     match code {
@@ -703,6 +704,8 @@ fn refusal(
         ErrorCode::NotFound => ClientError::NotFound(message),
         ErrorCode::Unauthorized => ClientError::Unauthorized(message),
         ErrorCode::Forbidden => ClientError::Unauthorized(format!("forbidden: {message}")),
+        // Only failed logins are rate limited: the token did not authenticate.
+        ErrorCode::RateLimited => ClientError::Unauthorized(format!("rate limited: {message}")),
         ErrorCode::BadRequest
         | ErrorCode::RequestTimeout
         | ErrorCode::PayloadTooLarge

@@ -169,12 +169,18 @@ impl Forwarder {
         let status = StatusCode::from_u16(response.status().as_u16())
             .map_err(|_| ApiError::indeterminate("the primary answered with an invalid status"))?;
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
         let mut answer = Response::new(axum::body::Body::from_stream(response.bytes_stream()));
         *answer.status_mut() = status;
         if let Some(content_type) = content_type {
             answer
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, content_type);
+        }
+        if let Some(retry_after) = retry_after {
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         Ok(answer)
     }

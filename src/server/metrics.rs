@@ -21,10 +21,12 @@ const ROUTE_SLOTS: usize = ROUTES.len() + 1;
 /// Status classes 1xx to 5xx.
 const CLASS_SLOTS: usize = 5;
 
-/// Request counts by route and status class.
+/// Request counts by route and status class, and failed logins.
 #[derive(Debug)]
 pub struct Counters {
     requests: [[AtomicU64; CLASS_SLOTS]; ROUTE_SLOTS],
+    failed_logins: AtomicU64,
+    failed_logins_limited: AtomicU64,
 }
 
 impl Default for Counters {
@@ -38,6 +40,8 @@ impl Counters {
     pub fn new() -> Counters {
         Counters {
             requests: [const { [const { AtomicU64::new(0) }; CLASS_SLOTS] }; ROUTE_SLOTS],
+            failed_logins: AtomicU64::new(0),
+            failed_logins_limited: AtomicU64::new(0),
         }
     }
 
@@ -47,6 +51,22 @@ impl Counters {
         let row = route.min(ROUTE_SLOTS - 1);
         let class = usize::from(status.as_u16() / 100).clamp(1, CLASS_SLOTS) - 1;
         self.requests[row][class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed login; `limited`: it was answered 429.
+    pub fn record_failed_login(&self, limited: bool) {
+        self.failed_logins.fetch_add(1, Ordering::Relaxed);
+        if limited {
+            self.failed_logins_limited.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Failed logins counted, and how many of them were answered 429.
+    pub fn failed_logins(&self) -> (u64, u64) {
+        (
+            self.failed_logins.load(Ordering::Relaxed),
+            self.failed_logins_limited.load(Ordering::Relaxed),
+        )
     }
 
     /// The count for one route and status class (1 to 5).
@@ -120,8 +140,23 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             node.syncs,
         ),
     ];
+    let (failed, limited) = counters.failed_logins();
+    let logins: [(&str, &str, &str, u64); 2] = [
+        (
+            "vellum_failed_logins_total",
+            "counter",
+            "Requests to protected routes whose bearer token did not authenticate.",
+            failed,
+        ),
+        (
+            "vellum_failed_logins_limited_total",
+            "counter",
+            "Failed logins answered 429 (over the per-address or per-token-prefix limit).",
+            limited,
+        ),
+    ];
     let mut out = String::new();
-    for (name, kind, help, value) in gauges {
+    for (name, kind, help, value) in gauges.into_iter().chain(logins) {
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,

@@ -10,11 +10,13 @@
 //! extractors, the trail guard, handlers), [`auth`] (bearer
 //! tokens stored hashed, roles), [`forward`] (appends sent to a backup are
 //! relayed to the primary), [`subscribe`] (long-lived event streams with
-//! backpressure), [`metrics`] (Prometheus text), [`openapi`] (the served
+//! backpressure), [`logins`] (rate limits on failed logins and their
+//! aggregated trail events), [`metrics`] (Prometheus text), [`openapi`] (the served
 //! description of the contract in `crate::api`).
 
 pub mod auth;
 pub mod forward;
+pub mod logins;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
@@ -138,6 +140,12 @@ pub async fn serve(
         source,
     })?;
     let acceptor = TlsAcceptor::from(config.tls);
+    // Failed-login aggregates of closed windows reach the trail even when
+    // their source stops failing; at shutdown, all that are pending.
+    tokio::spawn(routes::guard::sweep_failed_logins(
+        state.clone(),
+        shutdown.clone(),
+    ));
     let app = router(state);
     tracing::info!(%addr, "api server listening");
     let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown));

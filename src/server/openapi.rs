@@ -187,7 +187,9 @@ fn ok(schema: &str) -> Value {
 
 fn with_errors(mut responses: Value, statuses: &[&str]) -> Value {
     if let Some(map) = responses.as_object_mut() {
-        for status in statuses {
+        // Every protected route (401) may also answer 429 to failed logins.
+        let limited = statuses.contains(&"401").then_some("429");
+        for status in statuses.iter().copied().chain(limited) {
             map.insert(
                 (*status).to_string(),
                 json!({ "$ref": format!("#/components/responses/E{status}") }),
@@ -239,7 +241,7 @@ fn max_param() -> Value {
 }
 
 fn error_responses() -> Value {
-    let entries: [(&str, &str); 11] = [
+    let entries: [(&str, &str); 12] = [
         (
             "400",
             "bad_request: malformed JSON, wrong content type, bad path or query, bad field (the message names it).",
@@ -249,6 +251,10 @@ fn error_responses() -> Value {
             "unauthorized: missing or unknown bearer token (with WWW-Authenticate: Bearer).",
         ),
         ("403", "forbidden: the token's role may not do this."),
+        (
+            "429",
+            "rate_limited: too many failed logins from this address or with this token prefix; retry after the Retry-After header's seconds. A valid token is never refused so.",
+        ),
         (
             "404",
             "not_found: unknown stream, event, certificate or route.",

@@ -1845,7 +1845,8 @@ fn assert_trail_fits_i64(node: &FakeNode) {
 #[tokio::test]
 async fn huge_stream_without_token_never_reaches_the_trail() {
     let node = Arc::new(FakeNode::default());
-    let app = app(node.clone());
+    let state = state_with(node.clone(), Vec::new());
+    let app = router(state.clone());
     let uris = [
         format!("/v1/streams/{HUGE}/events"),
         format!("/v1/streams/{ABOVE_I64}/events"),
@@ -1861,8 +1862,12 @@ async fn huge_stream_without_token_never_reaches_the_trail() {
             );
         }
     }
+    // Failed logins after the first of their window are counted into one
+    // aggregate, recorded once the window closes.
+    flush_logins(&state).await;
     let trail = node.lock().trail.clone();
-    assert_eq!(trail.len(), uris.len() * 3, "every attempt is recorded");
+    let attempts: u64 = trail.iter().map(|e| e.attempts()).sum();
+    assert_eq!(attempts, uris.len() as u64 * 3, "every attempt is counted");
     assert!(trail.iter().all(|e| e.stream.is_none()), "{trail:?}");
     assert_trail_fits_i64(&node);
 }
@@ -2249,7 +2254,8 @@ async fn slow_body_is_cut_after_the_deadline() {
 #[tokio::test]
 async fn backup_refuses_tokenless_request_without_reading_its_body() {
     let primary = Arc::new(FakeNode::default());
-    let base = serve_plain(app(primary.clone())).await;
+    let primary_state = state_with(primary.clone(), Vec::new());
+    let base = serve_plain(router(primary_state.clone())).await;
     let backup = Arc::new(FakeNode::default());
     backup.set_mode(Mode::NotPrimary(Some(1)));
     let backup_app = router(state_with(backup, vec![(1, base)]));
@@ -2270,9 +2276,12 @@ async fn backup_refuses_tokenless_request_without_reading_its_body() {
         let expected = if token == Some(READER) { 403 } else { 401 };
         assert_eq!(response.status().as_u16(), expected, "{token:?}");
     }
+    // The second failed login of the window is counted, then recorded in
+    // its window's aggregate.
+    flush_logins(&primary_state).await;
     let trail = primary.lock().trail.clone();
     assert_eq!(
-        trail.len(),
+        trail.iter().map(|e| e.attempts()).sum::<u64>(),
         3,
         "each refusal is recorded at the primary: {trail:?}"
     );
@@ -2513,4 +2522,185 @@ async fn global_reads_and_subscription_windows_record_the_streams_they_return() 
             .iter()
             .any(|e| e.action == AccessAction::Subscribe && e.streams.is_none())
     );
+}
+
+// ------------------------------------------------- failed logins (issue 12)
+
+/// Records every pending failed-login aggregate, as the server's sweep does
+/// once their windows close.
+async fn flush_logins(state: &AppState) {
+    let later = Instant::now() + Duration::from_millis(super::logins::FAILED_LOGIN_WINDOW_MS);
+    super::routes::guard::flush_failed_logins(state, later, false).await;
+}
+
+/// A GET of the global log from `ip` with `token`: status and Retry-After.
+async fn get_log_from(app: &Router, ip: &str, token: &str) -> (StatusCode, Option<u64>) {
+    let mut request = Call::get("/v1/log", Some(token)).request();
+    let peer = std::net::SocketAddr::new(ip.parse().expect("ip"), 40_000);
+    request.extensions_mut().insert(super::RemoteAddr(peer));
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (response.status(), retry_after)
+}
+
+fn auth_failures(node: &FakeNode) -> Vec<vellum_compliance::trail::AccessEvent> {
+    use vellum_compliance::trail::AccessAction;
+    let trail = node.lock().trail.clone();
+    trail
+        .into_iter()
+        .filter(|e| e.action == AccessAction::AuthFailed)
+        .collect()
+}
+
+// Goal: a flood of N bad tokens from one address is answered 401 up to the
+// per-address limit and 429 with Retry-After after it; the trail grows by
+// exactly one event during the window and one aggregate after it, whose
+// counts sum to N; a good token from that address is served all along;
+// /metrics counts the failures.
+#[tokio::test]
+async fn a_flood_of_bad_tokens_is_limited_and_aggregated() {
+    use super::logins::{FAILED_LOGIN_WINDOW_MS, FAILED_LOGINS_PER_SOURCE_MAX};
+    const FLOOD: u64 = 3 * FAILED_LOGINS_PER_SOURCE_MAX;
+    let node = Arc::new(FakeNode::default());
+    node.push(1, b"x");
+    let state = state_with(node.clone(), Vec::new());
+    let app = router(state.clone());
+    let window_s = FAILED_LOGIN_WINDOW_MS / 1000;
+    for i in 0..FLOOD {
+        // A different token prefix each time: the per-address limit bites.
+        let token = format!("vlm_{i:04x}{}", "0".repeat(60));
+        let (status, retry_after) = get_log_from(&app, "198.51.100.7", &token).await;
+        if i < FAILED_LOGINS_PER_SOURCE_MAX {
+            assert_eq!(
+                (status, retry_after),
+                (StatusCode::UNAUTHORIZED, None),
+                "{i}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{i}");
+            assert!(
+                retry_after.is_some_and(|s| (1..=window_s).contains(&s)),
+                "{i}: {retry_after:?}"
+            );
+        }
+        if i == FLOOD / 2 {
+            let (status, _) = get_log_from(&app, "198.51.100.7", READER).await;
+            assert_eq!(status, StatusCode::OK, "a good token is never locked out");
+        }
+    }
+    let during = auth_failures(&node);
+    assert_eq!(
+        during.len(),
+        1,
+        "one event while the window is open: {during:?}"
+    );
+    assert_eq!(during[0].count, None);
+    assert_eq!(during[0].remote.as_deref(), Some("198.51.100.7:40000"));
+    let reads = node.lock().trail.iter().filter(|e| e.succeeded()).count();
+    assert_eq!(reads, 1, "the good token's read is recorded");
+    flush_logins(&state).await;
+    let after = auth_failures(&node);
+    assert_eq!(
+        after.len(),
+        2,
+        "and one aggregate once it closed: {after:?}"
+    );
+    assert_eq!(after[1].count, Some(FLOOD - 1));
+    assert_eq!(after[1].remote.as_deref(), Some("198.51.100.7"));
+    assert_eq!(after.iter().map(|e| e.attempts()).sum::<u64>(), FLOOD);
+    let limited = FLOOD - FAILED_LOGINS_PER_SOURCE_MAX;
+    let detail = after[1].detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("answered_429={limited}")),
+        "{detail}"
+    );
+    flush_logins(&state).await;
+    assert_eq!(
+        auth_failures(&node).len(),
+        2,
+        "an aggregate is recorded once"
+    );
+    let (_, text) = send(&app, Call::get("/metrics", None)).await;
+    let text = text.as_str().expect("text").to_string();
+    for line in [
+        format!("vellum_failed_logins_total {FLOOD}"),
+        format!("vellum_failed_logins_limited_total {limited}"),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    // No event of the trail holds a presented token, whole or in part.
+    let trail = format!("{:?}", node.lock().trail);
+    assert!(!trail.contains("vlm_00"), "{trail}");
+}
+
+// Goal: one token prefix failing from many addresses, each under its own
+// limit, is answered 429 after the per-prefix limit; another prefix from a
+// fresh address is not; each address's first failure is recorded.
+#[tokio::test]
+async fn one_token_prefix_is_limited_across_addresses() {
+    use super::logins::FAILED_LOGINS_PER_PREFIX_MAX;
+    let node = Arc::new(FakeNode::default());
+    let app = router(state_with(node.clone(), Vec::new()));
+    let replayed = format!("vlm_dead{}", "1".repeat(60));
+    let total = FAILED_LOGINS_PER_PREFIX_MAX + 5;
+    for i in 0..total {
+        let ip = format!("203.0.113.{}", i + 1);
+        let (status, retry_after) = get_log_from(&app, &ip, &replayed).await;
+        if i < FAILED_LOGINS_PER_PREFIX_MAX {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{i}");
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{i}");
+            assert!(retry_after.is_some(), "{i}");
+        }
+    }
+    let other = format!("vlm_beef{}", "1".repeat(60));
+    let (status, _) = get_log_from(&app, "192.0.2.1", &other).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let failures = auth_failures(&node);
+    assert_eq!(failures.len() as u64, total + 1, "one per address");
+    assert!(
+        failures[total as usize - 1]
+            .outcome
+            .starts_with("denied: 429"),
+        "{:?}",
+        failures[total as usize - 1]
+    );
+}
+
+// Goal: with many failing addresses the tracked sources stay within their
+// bound, and no failure is lost: the trail's counts sum to the failures.
+#[tokio::test]
+async fn failing_addresses_are_tracked_within_a_bound() {
+    use super::logins::LoginLimits;
+    let limits = LoginLimits {
+        sources_max: 8,
+        prefixes_max: 8,
+        ..LoginLimits::default()
+    };
+    let node = Arc::new(FakeNode::default());
+    let state = state_with(node.clone(), Vec::new()).with_login_limits(limits);
+    let app = router(state.clone());
+    let mut failures = 0u64;
+    for i in 0..64u64 {
+        let ip = format!("10.9.{}.{}", i / 256, i % 256);
+        for _ in 0..3 {
+            let (status, _) = get_log_from(&app, &ip, "vlm_nope_nope").await;
+            assert!(status.is_client_error());
+            failures += 1;
+        }
+        let tracked = state
+            .failed_logins
+            .lock()
+            .expect("not poisoned")
+            .sources_tracked();
+        assert!(tracked <= limits.sources_max, "{tracked}");
+    }
+    flush_logins(&state).await;
+    super::routes::guard::flush_failed_logins(&state, Instant::now(), true).await;
+    let recorded: u64 = auth_failures(&node).iter().map(|e| e.attempts()).sum();
+    assert_eq!(recorded, failures);
 }

@@ -92,6 +92,11 @@ impl ApiError {
     pub fn refused(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::REFUSED, message)
     }
+    /// 429 `rate_limited`: too many failed logins; the guard adds
+    /// `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code::RATE_LIMITED, message)
+    }
     /// 500 `storage`.
     pub fn storage(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code::STORAGE, message)

@@ -2,16 +2,24 @@
 //! bearer token, checks the role, runs the handler, and records one
 //! access-trail event ([`TrailEntry`]) — also for a refused or denied
 //! attempt — before the answer goes out. Handlers tell it what they touched
-//! through [`Touched`] in the response's extensions.
+//! through [`Touched`] in the response's extensions. A failed login is
+//! answered by `refuse_login`: rate-limited and, after the first of its
+//! source's window, recorded in one aggregate event
+//! (`crate::server::logins`).
+
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+use vellum_compliance::trail::{AccessAction, AccessEvent};
 
 use super::errors::ApiError;
 use super::{AppState, ROUTES, route_index, run_blocking};
 use crate::server::auth::{Action, Principal, TokenStore};
+use crate::server::logins::{Aggregate, FailedLogins, LOGIN_SWEEP_MS, Source, token_prefix};
 
 /// What a handler touched, for the access trail: handlers put it in the
 /// response's extensions.
@@ -85,9 +93,9 @@ pub(crate) async fn authorize(
     let principal = match authenticated {
         Ok(principal) => principal,
         Err(error) => {
-            trail.deny("anonymous", "none", &error);
-            trail.action = vellum_compliance::trail::AccessAction::AuthFailed;
-            return trail.record_then(&state, error.into_response()).await;
+            let source = client_source(&request);
+            let prefix = presented_token(request.headers()).map(token_prefix);
+            return refuse_login(&state, trail, source, prefix, error).await;
         }
     };
     if !principal.role.allows(action) {
@@ -186,6 +194,7 @@ impl TrailEntry {
                 description,
                 streams: None,
                 streams_truncated: false,
+                count: None,
             },
         }
     }
@@ -223,9 +232,9 @@ impl TrailEntry {
         };
     }
 
-    /// Records the event; returns `answer` once it is committed, or a 503
-    /// in its place when it could not be recorded.
-    async fn record_then(mut self, state: &AppState, answer: Response) -> Response {
+    /// The event as it is recorded: its action set, numbers above the
+    /// index's range dropped, logged.
+    fn seal(&mut self) -> AccessEvent {
         self.event.action = self.action;
         // The audit index stores these in signed 64-bit integers: a larger
         // one must never enter the trail (it once stopped the index). The
@@ -247,7 +256,13 @@ impl TrailEntry {
             outcome = %self.event.outcome,
             "api access"
         );
-        let event = self.event;
+        self.event.clone()
+    }
+
+    /// Records the event; returns `answer` once it is committed, or a 503
+    /// in its place when it could not be recorded.
+    async fn record_then(mut self, state: &AppState, answer: Response) -> Response {
+        let event = self.seal();
         let wrote = matches!(self.action, vellum_compliance::trail::AccessAction::Append)
             && answer.status().is_success();
         match run_blocking(state, move |node| node.record_access(vec![event])).await {
@@ -268,6 +283,168 @@ impl TrailEntry {
             Err(error) => error.into_response(),
         }
     }
+}
+
+/// Answers a request whose token did not authenticate: 401, or 429 with
+/// `Retry-After` once its source or token prefix is over its limit
+/// (`crate::server::logins`). The first failure of its source's window is
+/// recorded at once (the answer waits for it, as every access's does);
+/// later ones are counted into the window's aggregate, and aggregates that
+/// came due are recorded with this request.
+async fn refuse_login(
+    state: &AppState,
+    mut trail: TrailEntry,
+    source: Source,
+    prefix: Option<String>,
+    error: ApiError,
+) -> Response {
+    let now_ns = trail.event.time_ns;
+    let (verdict, due) = {
+        let mut table = lock_logins(state);
+        let verdict = table.fail(source, prefix.as_deref(), Instant::now(), now_ns);
+        (verdict, table.take_due())
+    };
+    state
+        .counters
+        .record_failed_login(verdict.retry_after_s.is_some());
+    let (error, retry_after) = match verdict.retry_after_s {
+        Some(seconds) => (
+            ApiError::rate_limited(format!(
+                "too many failed logins from this address or with this token; \
+                 retry after {seconds} s"
+            )),
+            Some(seconds),
+        ),
+        None => (error, None),
+    };
+    let mut answer = error.clone().into_response();
+    if let Some(seconds) = retry_after {
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    trail.deny("anonymous", "none", &error);
+    trail.action = AccessAction::AuthFailed;
+    let own = verdict.record_now.then(|| trail.seal());
+    if own.is_none() && due.is_empty() {
+        return answer;
+    }
+    match record_failed_logins(state, due, own).await {
+        Ok(()) => answer,
+        Err(unrecorded) if verdict.record_now => {
+            lock_logins(state).unrecorded(source, now_ns);
+            unrecorded.into_response()
+        }
+        // This failure is counted in its window's aggregate; its answer
+        // does not wait for an older window's aggregate, which waits again.
+        Err(_) => answer,
+    }
+}
+
+fn lock_logins(state: &AppState) -> std::sync::MutexGuard<'_, FailedLogins> {
+    state
+        .failed_logins
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records `aggregates` and then `own` (this request's event, if any) in
+/// one call; when that fails, puts the aggregates back to wait for the
+/// next try and says why (a 503 for the caller, if it waited on it).
+async fn record_failed_logins(
+    state: &AppState,
+    aggregates: Vec<Aggregate>,
+    own: Option<AccessEvent>,
+) -> Result<(), ApiError> {
+    let mut events: Vec<AccessEvent> = aggregates.iter().map(Aggregate::to_event).collect();
+    events.extend(own);
+    let outcome = match run_blocking(state, move |node| node.record_access(events)).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(error)) => ApiError::unavailable(format!(
+            "the access could not be recorded in the access trail ({error}); \
+             the answer is withheld, retry"
+        )),
+        Err(error) => error,
+    };
+    if !aggregates.is_empty() {
+        tracing::warn!(
+            error = %outcome.message,
+            "failed-login aggregates could not be recorded; they wait for the next try"
+        );
+        for lost in lock_logins(state).requeue(aggregates) {
+            tracing::error!(
+                source = %lost.source,
+                count = lost.count,
+                "failed-login aggregate dropped: too many waiting to be recorded"
+            );
+        }
+    }
+    Err(outcome)
+}
+
+/// Records the aggregates of failed-login windows closed by `now`; with
+/// `everything`, of open windows too (at shutdown). The server's sweep
+/// task calls it every [`LOGIN_SWEEP_MS`]; tests call it directly.
+pub(crate) async fn flush_failed_logins(state: &AppState, now: Instant, everything: bool) {
+    let due = {
+        let mut table = lock_logins(state);
+        if everything {
+            table.drain_all()
+        } else {
+            table.sweep(now)
+        }
+    };
+    if !due.is_empty() {
+        // On failure the aggregates were put back (and the failure logged).
+        let _ = record_failed_logins(state, due, None).await;
+    }
+}
+
+/// Flushes failed-login aggregates every [`LOGIN_SWEEP_MS`] until
+/// `shutdown` flips (or its sender is dropped), then flushes all of them.
+pub(crate) async fn sweep_failed_logins(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(LOGIN_SWEEP_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick() => flush_failed_logins(&state, Instant::now(), false).await,
+            changed = shutdown.changed() => if changed.is_err() { break },
+        }
+    }
+    flush_failed_logins(&state, Instant::now(), true).await;
+}
+
+/// The client a request comes from, for the failed-login limits: the TCP
+/// peer's address, or for a request a proven replica forwarded, the client
+/// address it names (`CLIENT_ADDR_HEADER`, as the trail records it).
+fn client_source(request: &Request) -> Source {
+    let peer = request
+        .extensions()
+        .get::<crate::server::RemoteAddr>()
+        .map(|r| r.0.ip());
+    let forwarded = request
+        .extensions()
+        .get::<crate::server::PeerReplica>()
+        .and_then(|_| {
+            request
+                .headers()
+                .get(crate::server::forward::CLIENT_ADDR_HEADER)
+        })
+        .and_then(|v| v.to_str().ok())
+        .and_then(|text| text.parse::<std::net::SocketAddr>().ok())
+        .map(|addr| addr.ip());
+    forwarded.or(peer).map_or(Source::Unknown, Source::of)
+}
+
+/// The bearer token presented, if the Authorization header holds one.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::auth::{Action, TokenStore};
 use super::forward::Forwarder;
+use super::logins::{FailedLogins, LoginLimits};
 use super::metrics::Counters;
 use super::node::Node;
 use super::{HEARTBEAT_MS, SUBSCRIPTIONS_MAX, ServerError};
@@ -215,6 +216,9 @@ pub struct AppState {
     /// A request body must arrive within this time (408 otherwise).
     pub(crate) body_read_timeout_ms: u64,
     pub(crate) subscriptions: Arc<Semaphore>,
+    /// Failed logins: rate limits and their pending trail aggregates. Taken
+    /// only when authentication failed, never for a valid token.
+    pub(crate) failed_logins: Arc<std::sync::Mutex<FailedLogins>>,
 }
 
 impl AppState {
@@ -234,6 +238,9 @@ impl AppState {
             heartbeat_ms: HEARTBEAT_MS,
             body_read_timeout_ms: super::BODY_READ_TIMEOUT_MS,
             subscriptions: Arc::new(Semaphore::new(SUBSCRIPTIONS_MAX)),
+            failed_logins: Arc::new(std::sync::Mutex::new(FailedLogins::new(
+                LoginLimits::default(),
+            ))),
         })
     }
 
@@ -260,6 +267,13 @@ impl AppState {
     /// Changes the body-read deadline (tests use a short one).
     pub fn with_body_read_timeout_ms(mut self, timeout_ms: u64) -> AppState {
         self.body_read_timeout_ms = timeout_ms.max(1);
+        self
+    }
+
+    /// Changes the failed-login limits (tests use small ones); forgets
+    /// what was tracked.
+    pub fn with_login_limits(mut self, limits: LoginLimits) -> AppState {
+        self.failed_logins = Arc::new(std::sync::Mutex::new(FailedLogins::new(limits)));
         self
     }
 
