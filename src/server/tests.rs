@@ -1510,6 +1510,46 @@ async fn append_to_backup_is_forwarded_to_primary() {
     assert_eq!(error_of(&value).error.actual_offset, Some(1));
 }
 
+// Goal: a backup forwards tlog-tiles requests to the primary, but refuses
+// (400) a path with dot segments, which the forwarding client would resolve
+// into another, canonical tile path the primary would then serve.
+#[tokio::test]
+async fn backup_refuses_dot_segments_instead_of_forwarding_another_path() {
+    let primary = Arc::new(FakeNode::default());
+    let base = serve_plain(app(primary.clone())).await;
+    let backup = Arc::new(FakeNode::default());
+    backup.set_mode(Mode::NotPrimary(Some(1)));
+    let backup_app = router(state_with(backup.clone(), vec![(1, base)]));
+    let (status, value) = send(&backup_app, Call::get("/v1/tlog/tile/0/000", Some(AUDITOR))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert!(
+        error_of(&value)
+            .error
+            .message
+            .contains("tile/0/000 is not in the tree"),
+        "{value}"
+    );
+    assert_eq!(primary.lock().trail.len(), 1, "recorded by the primary");
+    for path in [
+        "/v1/tlog/tile/0/x001/../000",
+        "/v1/tlog/tile/0/./000",
+        "/v1/tlog/tile/0/x001/%2E%2e/000",
+        "/v1/tlog/tile/0/x001/.%2E/000",
+    ] {
+        let (status, value) = send(&backup_app, Call::get(path, Some(AUDITOR))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {value}");
+        assert!(
+            error_of(&value).error.message.contains("segment"),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        primary.lock().trail.len(),
+        1,
+        "nothing more reached the primary"
+    );
+}
+
 // Goal: a request already forwarded that lands on a non-primary gets 503, never a second hop.
 #[tokio::test]
 async fn forwarded_request_to_non_primary_is_503() {
