@@ -530,6 +530,25 @@ mod tests {
             ProofError::from(LogError::NotDurable { op: 7 }),
             ProofError::Unavailable(Unavailable::NotDurable { op: 7 })
         );
+        assert_eq!(
+            TlogError::from(LogError::TileBeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 9
+            }),
+            TlogError::BeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 9
+            }
+        );
+        assert_eq!(
+            TlogError::from(LogError::NotDurable { op: 3 }),
+            TlogError::Unavailable(Unavailable::NotDurable { op: 3 })
+        );
+        let corrupt = TlogError::from(LogError::Corrupt("leaf".into()));
+        assert!(
+            matches!(&corrupt, TlogError::Internal(f) if f.kind == FaultKind::Corruption),
+            "{corrupt:?}"
+        );
         // An append's refusal answering an export is the replica's fault.
         let export = ExportError::from(LogError::NoEvents);
         assert!(matches!(export, ExportError::Internal(_)), "{export:?}");

@@ -1314,6 +1314,38 @@ fn trail_errors_map_by_variant() {
     }
 }
 
+// Goal: each tlog error variant maps to its status and code: a tile no
+// certified tree has is 404, never a 5xx; only an internal fault is 500.
+#[test]
+fn tlog_errors_map_by_variant() {
+    use super::node::TlogError;
+    use super::routes::errors::ApiError;
+    let cases = [
+        (
+            TlogError::BeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 300,
+            },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            TlogError::Unavailable(Unavailable::NotDurable { op: 4 }),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (
+            TlogError::Internal(InternalFault::new(FaultKind::Corruption, "leaf")),
+            500,
+            api::code::STORAGE,
+        ),
+    ];
+    for (error, status, code) in cases {
+        let api = ApiError::from(error.clone());
+        assert_eq!((api.status.as_u16(), api.code), (status, code), "{error:?}");
+    }
+}
+
 // Goal: reads default to 100 events; a max above READ_EVENTS_MAX is refused (400, as the
 // OpenAPI document says), never silently clamped, and never reaches the node.
 #[tokio::test]
