@@ -18,6 +18,8 @@
 //! | POST | `/v1/export/events` | [`ExportEventsRequest`] | [`ExportBundle`] |
 //! | GET | `/v1/export/audit?from_ns=&to_ns=&stream=` | | [`AuditExport`] |
 //! | POST | `/v1/verifications` | [`VerificationRecord`] | `{"recorded": true}` |
+//! | GET | `/v1/tlog/checkpoint` | | C2SP signed checkpoint (text) |
+//! | GET | `/v1/tlog/tile/<L>/<N>[.p/<W>]`, `/v1/tlog/tile/entries/<N>[.p/<W>]` | | C2SP tlog-tiles tile / entry bundle (bytes) |
 //! | GET | `/v1/health` | | [`Health`] |
 //! | GET | `/metrics` | | Prometheus text format |
 //! | GET | `/openapi.json` | | OpenAPI 3.1 document |

@@ -114,6 +114,14 @@ impl MerkleTree {
         leaves.get(usize::try_from(index).ok()?).copied()
     }
 
+    /// The root of the complete subtree over leaves
+    /// `[index·2^height, (index+1)·2^height)`, if the tree holds all of them
+    /// (the tree stores every complete subtree, so this is one lookup).
+    pub fn subtree(&self, height: u32, index: u64) -> Option<Hash> {
+        let nodes = self.levels.get(usize::try_from(height).ok()?)?;
+        nodes.get(usize::try_from(index).ok()?).copied()
+    }
+
     /// Appends one leaf hash (already `leaf_hash`ed) and completes every
     /// subtree it closes. O(1) amortized.
     pub fn push(&mut self, leaf_hash: Hash) {

@@ -117,6 +117,30 @@ impl TileId {
         })
     }
 
+    /// Whether some tree of at most `size` leaves has this tile: every hash
+    /// it holds is a complete subtree of the tree of `size` leaves. For a
+    /// full tile that is the tree of `size` itself; a partial tile of width
+    /// `W` is the tile of the tree sizes whose level has exactly
+    /// `index·256 + W` hashes, the smallest of which is at most `size`. A
+    /// log that serves tiles of its newest checkpoint serves so every
+    /// partial tile of an older checkpoint too.
+    pub fn fits(&self, size: u64) -> bool {
+        self.index
+            .checked_mul(u64::from(TILE_WIDTH))
+            .and_then(|start| start.checked_add(u64::from(self.width)))
+            .is_some_and(|end| end <= hashes_at_level(size, self.level))
+    }
+
+    /// The leaves below this tile, `[start, end)`: those its hashes cover
+    /// (None if that range does not fit a u64, for a tile no u64 tree has).
+    pub fn leaf_range(&self) -> Option<(u64, u64)> {
+        let shift = TILE_HEIGHT * u32::from(self.level);
+        let first_hash = self.index.checked_mul(u64::from(TILE_WIDTH))?;
+        let end_hash = first_hash.checked_add(u64::from(self.width))?;
+        let scale = 1u64.checked_shl(shift)?;
+        Some((first_hash.checked_mul(scale)?, end_hash.checked_mul(scale)?))
+    }
+
     /// The level: 0 holds leaf hashes, level `l` hashes of subtrees of
     /// 256^l leaves.
     pub fn level(&self) -> u8 {
@@ -369,6 +393,16 @@ pub fn tiles_from_leaf_hashes(leaf_hashes: &[Hash]) -> Vec<(TileId, Vec<Hash>)> 
         level += 1;
     }
     tiles
+}
+
+/// The hashes of `tile` read from the in-memory tree (each is a complete
+/// subtree it stores), or `None` if the tree does not hold them all. O(width).
+pub fn tile_from_tree(tree: &merkle::MerkleTree, tile: TileId) -> Option<Vec<Hash>> {
+    let height = TILE_HEIGHT * u32::from(tile.level);
+    let first = tile.index.checked_mul(u64::from(TILE_WIDTH))?;
+    (0..u64::from(tile.width))
+        .map(|i| tree.subtree(height, first.checked_add(i)?))
+        .collect()
 }
 
 /// Where tiles come from: a directory, an HTTP client, a map in memory.
@@ -833,6 +867,35 @@ mod tests {
         }
     }
 
+    /// Goal: coordinates no u64 tree has never fit, never overflow, and the
+    /// tree gives no hashes for them.
+    #[test]
+    fn far_tiles_do_not_fit() {
+        let mut tree = MerkleTree::new();
+        (0..300u64).for_each(|i| tree.push(leaf_hash(&i.to_le_bytes())));
+        for (level, index, width) in [
+            (0, u64::MAX, 256),
+            (0, u64::MAX / 256, 256),
+            (0, u64::MAX / 256 + 1, 1),
+            (7, 0, 1),
+            (8, 0, 1),
+            (63, u64::MAX, 255),
+            (0, 1, 45),
+            (1, 0, 2),
+        ] {
+            let id = TileId::new(level, index, width).expect("valid coordinates");
+            assert!(!id.fits(300), "{id}");
+            assert_eq!(tile_from_tree(&tree, id), None, "{id}");
+        }
+        assert_eq!(
+            TileId::new(63, u64::MAX, 255).expect("valid").leaf_range(),
+            None
+        );
+        assert!(TileId::new(7, 0, 1).expect("valid").fits(u64::MAX));
+        assert!(TileId::new(0, 1, 44).expect("valid").fits(300));
+        assert!(TileId::new(1, 0, 1).expect("valid").fits(300));
+    }
+
     /// Goal: bad arguments are typed errors, never panics.
     #[test]
     fn bad_arguments_are_errors() {
@@ -1005,6 +1068,35 @@ mod tests {
                 for (i, hash) in hashes.iter().enumerate() {
                     let first = (id.index as usize * 256 + i) * span;
                     prop_assert_eq!(*hash, root_from_leaf_hashes(&leaves[first..first + span]));
+                }
+            }
+        }
+
+        /// Goal: every tile of a tree size fits that size and every larger
+        /// one, and the in-memory tree of the larger size gives its exact
+        /// hashes; a partial tile one hash wider, or the tile after it, does
+        /// not fit.
+        #[test]
+        fn tiles_of_older_sizes_fit_and_come_from_the_tree(
+            size in 1u64..1_500, more in 0u64..600
+        ) {
+            let larger = size + more;
+            let leaves = leaves(larger);
+            let mut tree = MerkleTree::new();
+            leaves.iter().for_each(|leaf| tree.push(*leaf));
+            for (id, hashes) in tiles_from_leaf_hashes(&leaves[..usize::try_from(size).expect("small")]) {
+                prop_assert!(id.fits(size) && id.fits(larger), "{}", id);
+                prop_assert_eq!(tile_from_tree(&tree, id), Some(hashes));
+                let (start, end) = id.leaf_range().expect("in range");
+                let span = 1u64 << (TILE_HEIGHT * u32::from(id.level));
+                prop_assert_eq!(start, id.index * 256 * span);
+                prop_assert_eq!(end, (id.index * 256 + u64::from(id.width)) * span);
+                prop_assert!(end <= size);
+                if id.is_partial() {
+                    let wider = TileId::new(id.level, id.index, id.width + 1).expect("valid");
+                    let next = TileId::new(id.level, id.index + 1, 1).expect("valid");
+                    prop_assert!(!wider.fits(size), "{}", wider);
+                    prop_assert!(!next.fits(size), "{}", next);
                 }
             }
         }

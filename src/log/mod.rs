@@ -23,10 +23,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
+use vellum_audit::leaf::LeafPreimage;
 use vellum_audit::note::Signer;
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::{ConsistencyProof, InclusionProof};
 use vellum_audit::record::{self, OpHeader, Record, RecordKind};
+use vellum_audit::tiles::{EntryBundleId, TileId, tile_from_tree};
 
 use crate::crypto::{self, EventAad, Kek, KeyStore};
 use crate::datadir::{DataDir, NodeMeta};
@@ -148,6 +150,15 @@ pub enum LogError {
     NoCertificateAtSize {
         /// The tree size asked for.
         size: Option<u64>,
+    },
+    /// A tlog tile or entry bundle that no tree up to the newest
+    /// certificate's size has (size 0: nothing is certified yet).
+    #[error("refused: {path} is not in the tree of any checkpoint up to size {size}")]
+    TileBeyondCheckpoint {
+        /// The tile's or bundle's path (`tile/...`).
+        path: String,
+        /// The newest certificate's tree size.
+        size: u64,
     },
     /// A consistency proof's older size is 0 or beyond the newer one.
     #[error(
@@ -384,6 +395,37 @@ impl StorageCell {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
+}
+
+/// The newest certificate's tree size (0: nothing is certified).
+fn certified_size(state: &LogState) -> u64 {
+    state
+        .latest_certificate()
+        .map_or(0, |certificate| certificate.checkpoint.size)
+}
+
+/// The preimages read for a bundle starting at leaf `from` must be exactly
+/// the tree's leaves there: a mismatch is the log contradicting its tree.
+fn check_bundle_leaves(
+    preimages: &[LeafPreimage],
+    leaf_hashes: &[Hash],
+    from: u64,
+) -> Result<(), LogError> {
+    if preimages.len() != leaf_hashes.len() {
+        return Err(LogError::Corrupt(format!(
+            "{} leaf preimages read for {} leaves from position {from}",
+            preimages.len(),
+            leaf_hashes.len()
+        )));
+    }
+    for ((position, preimage), hash) in (from..).zip(preimages).zip(leaf_hashes) {
+        if preimage.global_position != position || preimage.leaf_hash() != *hash {
+            return Err(LogError::Corrupt(format!(
+                "the leaf preimage at position {position} does not hash to the tree's leaf"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Wall-clock time in unix nanoseconds (the shell's clock, never the core's).
@@ -1088,6 +1130,72 @@ impl LocalLog {
             hashes,
             checkpoint: (*certificate).clone(),
         })
+    }
+
+    /// The hashes of tlog tile `tile` of the tree of the newest certificate,
+    /// or of an older tree size it fits ([`TileId::fits`]: a partial tile
+    /// of an earlier checkpoint), from the in-memory tree; the log is not
+    /// read.
+    pub fn tile_hashes(&self, tile: TileId) -> Result<Vec<Hash>, LogError> {
+        let state = self.lock();
+        let size = certified_size(&state);
+        if !tile.fits(size) {
+            return Err(LogError::TileBeyondCheckpoint {
+                path: tile.path(),
+                size,
+            });
+        }
+        tile_from_tree(&state.tree, tile).ok_or_else(|| {
+            LogError::Corrupt(format!(
+                "the tree lacks hashes of {tile}, below the certified size {size}"
+            ))
+        })
+    }
+
+    /// The leaf preimages of tlog entry bundle `bundle` (certified as
+    /// [`LocalLog::tile_hashes`] is), read from the records of the ops
+    /// holding them (at most 256), each checked against the tree's leaf hash.
+    pub fn entry_bundle(&self, bundle: EntryBundleId) -> Result<Vec<LeafPreimage>, LogError> {
+        let tile = bundle.tile();
+        let (ops, leaf_hashes, (from, to)) = {
+            let state = self.lock();
+            let size = certified_size(&state);
+            let range = tile
+                .leaf_range()
+                .filter(|_| tile.fits(size))
+                .ok_or_else(|| LogError::TileBeyondCheckpoint {
+                    path: bundle.path(),
+                    size,
+                })?;
+            let hashes = tile_from_tree(&state.tree, tile).ok_or_else(|| {
+                LogError::Corrupt(format!("the tree lacks the leaves of {bundle}"))
+            })?;
+            let ops = state.ops_from_position(range.0, range.1 - range.0);
+            // `ops_from_position` stops before an op not yet durable here.
+            let covered = ops.last().map_or(range.0, |info| info.tree_size);
+            if covered < range.1 {
+                let op = state
+                    .op_at_position(covered)
+                    .map_or(state.commit, |info| info.op);
+                return Err(LogError::NotDurable { op });
+            }
+            (ops, hashes, range)
+        };
+        let storage = self.storage.get();
+        let mut preimages = Vec::with_capacity(leaf_hashes.len());
+        for info in ops {
+            let location = info.location.ok_or(LogError::NotDurable { op: info.op })?;
+            let record = storage.read(location)?;
+            let leaves = vellum_audit::leaf::record_leaves(&record, location.offset)
+                .map_err(|e| LogError::Corrupt(e.to_string()))?;
+            preimages.extend(
+                leaves
+                    .into_iter()
+                    .filter(|leaf| (from..to).contains(&leaf.global_position)),
+            );
+        }
+        check_bundle_leaves(&preimages, &leaf_hashes, from)?;
+        Ok(preimages)
     }
 
     /// The latest commit certificate, if any op was committed.

@@ -411,6 +411,12 @@ impl LogState {
             .collect()
     }
 
+    /// The op holding global position `position`, if the state has it.
+    pub fn op_at_position(&self, position: u64) -> Option<&OpInfo> {
+        let index = self.ops.partition_point(|i| i.tree_size <= position);
+        self.ops.get(index)
+    }
+
     /// Committed events: the tree size at the commit.
     pub fn committed_events(&self) -> u64 {
         self.op(self.commit).map_or(0, |i| i.tree_size)

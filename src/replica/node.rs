@@ -14,7 +14,7 @@ use crate::log::{ClientRequest, LocalLog, LogError, receipt};
 use crate::net::Transport;
 use crate::server::node::{
     AppendCall, AppendError, BatchRefusal, ExportCall, ExportError, FaultKind, InternalFault, Node,
-    NodeMetrics, ProofError, ReadError, TrailError, Unavailable,
+    NodeMetrics, ProofError, ReadError, TlogError, TrailError, Unavailable,
 };
 use crate::vsr::{RequestRefusal, Status};
 
@@ -216,6 +216,23 @@ impl From<LogError> for ExportError {
     }
 }
 
+impl From<LogError> for TlogError {
+    fn from(error: LogError) -> TlogError {
+        match error {
+            LogError::TileBeyondCheckpoint { path, size } => {
+                TlogError::BeyondCheckpoint { path, size }
+            }
+            other => match unserved(other) {
+                Unserved::Unavailable(u) => TlogError::Unavailable(u),
+                Unserved::Indeterminate(reason) => {
+                    TlogError::Internal(InternalFault::new(FaultKind::Unexpected, reason))
+                }
+                Unserved::Internal(fault) => TlogError::Internal(fault),
+            },
+        }
+    }
+}
+
 impl From<LogError> for TrailError {
     fn from(error: LogError) -> TrailError {
         // The replica writes the trail itself: no refusal is the caller's.
@@ -360,6 +377,20 @@ impl Node for ReplicaNode {
             .map(|c| (c.checkpoint.size, c.encode()))
     }
 
+    fn tlog_tile(
+        &self,
+        tile: vellum_audit::tiles::TileId,
+    ) -> Result<Vec<vellum_audit::hash::Hash>, TlogError> {
+        Ok(self.log.tile_hashes(tile)?)
+    }
+
+    fn tlog_entries(
+        &self,
+        bundle: vellum_audit::tiles::EntryBundleId,
+    ) -> Result<Vec<vellum_audit::leaf::LeafPreimage>, TlogError> {
+        Ok(self.log.entry_bundle(bundle)?)
+    }
+
     fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
         let (events, certificate) = self.log.export_events(call.stream, call.from, call.to)?;
         let signer = self.log.signer();
@@ -498,6 +529,25 @@ mod tests {
         assert_eq!(
             ProofError::from(LogError::NotDurable { op: 7 }),
             ProofError::Unavailable(Unavailable::NotDurable { op: 7 })
+        );
+        assert_eq!(
+            TlogError::from(LogError::TileBeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 9
+            }),
+            TlogError::BeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 9
+            }
+        );
+        assert_eq!(
+            TlogError::from(LogError::NotDurable { op: 3 }),
+            TlogError::Unavailable(Unavailable::NotDurable { op: 3 })
+        );
+        let corrupt = TlogError::from(LogError::Corrupt("leaf".into()));
+        assert!(
+            matches!(&corrupt, TlogError::Internal(f) if f.kind == FaultKind::Corruption),
+            "{corrupt:?}"
         );
         // An append's refusal answering an export is the replica's fault.
         let export = ExportError::from(LogError::NoEvents);

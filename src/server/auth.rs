@@ -31,7 +31,8 @@ pub enum Role {
     Writer,
     /// Read, subscribe, prove.
     Reader,
-    /// Proofs, certificates and consistency proofs only (no event payloads).
+    /// Proofs, certificates and consistency proofs only (no event
+    /// payloads); the only role that may follow the log as tlog-tiles.
     Auditor,
 }
 
@@ -58,6 +59,10 @@ pub enum Action {
     ExportAudit,
     /// `POST /v1/verifications`.
     RecordVerification,
+    /// `GET /v1/tlog/checkpoint` (C2SP tlog-tiles).
+    TlogCheckpoint,
+    /// `GET /v1/tlog/tile/...`: hash tiles and entry bundles (C2SP tlog-tiles).
+    TlogTiles,
 }
 
 impl Action {
@@ -75,6 +80,10 @@ impl Action {
             Action::ExportEvents => A::Export,
             Action::ExportAudit => A::ExportTrail,
             Action::RecordVerification => A::Verify,
+            // The tlog-tiles routes serve what the proof routes serve, in
+            // another layout: the trail's `detail` names the tile.
+            Action::TlogCheckpoint => A::Certificate,
+            Action::TlogTiles => A::Proof,
         }
     }
 
@@ -91,6 +100,8 @@ impl Action {
             Action::ExportEvents => "export_events",
             Action::ExportAudit => "export_audit",
             Action::RecordVerification => "record_verification",
+            Action::TlogCheckpoint => "tlog_checkpoint",
+            Action::TlogTiles => "tlog_tiles",
         }
     }
 }
@@ -101,8 +112,19 @@ impl Role {
         match self {
             // Only auditors record verification runs: a "verification
             // passed" entry in the trail is an auditor's statement.
-            Role::Writer => action != Action::RecordVerification,
-            Role::Reader => !matches!(action, Action::Append | Action::RecordVerification),
+            // The tlog-tiles routes hand out the whole log's leaf preimages
+            // in bulk, for auditing tools: auditors only.
+            Role::Writer => !matches!(
+                action,
+                Action::RecordVerification | Action::TlogCheckpoint | Action::TlogTiles
+            ),
+            Role::Reader => !matches!(
+                action,
+                Action::Append
+                    | Action::RecordVerification
+                    | Action::TlogCheckpoint
+                    | Action::TlogTiles
+            ),
             // Auditors see proofs and the access trail, never plaintext.
             Role::Auditor => matches!(
                 action,
@@ -111,6 +133,8 @@ impl Role {
                     | Action::Certificate
                     | Action::ExportAudit
                     | Action::RecordVerification
+                    | Action::TlogCheckpoint
+                    | Action::TlogTiles
             ),
         }
     }

@@ -66,6 +66,18 @@ pub async fn forward_if_backup(
         .unwrap_or_else(IntoResponse::into_response))
 }
 
+/// Whether `path` has a `.` or `..` segment, also percent-encoded (URL
+/// parsers read `%2e` as a dot): the HTTP client that forwards a request
+/// would resolve it, so the primary would answer another path than the one
+/// the caller sent (a catch-all route such as `/v1/tlog/tile/{*path}`
+/// matches such paths at the backup).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    })
+}
+
 /// Whether, and within what time, a forwarded request's body is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyRelay {
@@ -130,6 +142,12 @@ impl Forwarder {
             )));
         };
         let (parts, body) = request.into_parts();
+        if has_dot_segment(parts.uri.path()) {
+            return Err(ApiError::bad_request(
+                "the path has a `.` or `..` segment, which forwarding to the primary would \
+                 resolve into another path; send the path without it",
+            ));
+        }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let url = format!("{}{path}", base.trim_end_matches('/'));
         let body = match relay {

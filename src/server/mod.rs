@@ -24,6 +24,8 @@ pub mod routes;
 pub mod subscribe;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tlog_tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

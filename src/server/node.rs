@@ -4,13 +4,16 @@
 //! waiting for a commit): the server calls them on blocking threads.
 //!
 //! Each operation has its own error type ([`AppendError`], [`ReadError`],
-//! [`ProofError`], [`ExportError`], [`TrailError`]) whose variants carry
+//! [`ProofError`], [`ExportError`], [`TrailError`], [`TlogError`]) whose variants carry
 //! typed fields; a message is only their `Display`. Faults of the replica
 //! itself are [`InternalFault`] in every one of them (500, never a 4xx), and
 //! states where retrying is safe are [`Unavailable`] (503).
 
 use bytes::Bytes;
 
+use vellum_audit::hash::Hash;
+use vellum_audit::leaf::LeafPreimage;
+use vellum_audit::tiles::{EntryBundleId, TileId};
 use vellum_compliance::trail::AccessEvent;
 
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
@@ -320,6 +323,26 @@ pub enum TrailError {
     Internal(#[from] InternalFault),
 }
 
+/// Why a tlog tile or entry bundle (C2SP tlog-tiles) could not be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlogError {
+    /// No tree up to the newest certificate's size has it (size 0: nothing
+    /// is certified yet): 404 `not_found`.
+    #[error("{path} is not in the tree of any checkpoint up to size {size}")]
+    BeyondCheckpoint {
+        /// The path asked for (`tile/...`).
+        path: String,
+        /// The newest certificate's tree size.
+        size: u64,
+    },
+    /// Not served now: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// A fault inside the replica: 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
 /// An append as the server hands it to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendCall {
@@ -416,6 +439,13 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     fn consistency(&self, from: u64, to: Option<u64>) -> Result<ConsistencyAnswer, ProofError>;
     /// The latest certificate: (tree size, text).
     fn certificate(&self) -> Option<(u64, String)>;
+    /// The hashes of tlog tile `tile` of the tree of the latest certificate,
+    /// or of an older tree size it fits (a partial tile of an earlier
+    /// checkpoint); from memory, without reading the log.
+    fn tlog_tile(&self, tile: TileId) -> Result<Vec<Hash>, TlogError>;
+    /// The leaf preimages of tlog entry bundle `bundle`, in position order,
+    /// certified as for [`Node::tlog_tile`].
+    fn tlog_entries(&self, bundle: EntryBundleId) -> Result<Vec<LeafPreimage>, TlogError>;
     /// Counters for `/metrics`.
     fn metrics(&self) -> NodeMetrics;
     /// An export bundle of `stream` offsets `[from, to)`, built and signed

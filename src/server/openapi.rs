@@ -144,6 +144,35 @@ fn paths() -> Value {
                 }), &["400", "401", "403", "408", "413", "422", "503"])
             }
         },
+        "/v1/tlog/checkpoint": {
+            "get": {
+                "summary": "C2SP tlog-tiles checkpoint: the latest commit certificate as its signed note text (origin, size, base64 root, extension lines, then one signature line per replica); role auditor. Never cached (private, no-store). Recorded in the access trail.",
+                "responses": with_errors(json!({
+                    "200": {
+                        "description": "The signed checkpoint.",
+                        "headers": { "Cache-Control": { "schema": { "type": "string", "const": "private, no-store" } } },
+                        "content": { "text/plain; charset=utf-8": { "schema": { "type": "string" } } }
+                    }
+                }), &["401", "403", "404", "500", "503"])
+            }
+        },
+        "/v1/tlog/tile/{path}": {
+            "get": {
+                "summary": "C2SP tlog-tiles hash tile `<L>/<N>[.p/<W>]` (32-byte hashes concatenated) or entry bundle `entries/<N>[.p/<W>]` (big-endian u16 length, then one 97-byte leaf preimage, per entry) of the tree of the latest certificate or of any smaller tree the tile fits; role auditor. Recorded in the access trail.",
+                "parameters": [{
+                    "name": "path", "in": "path", "required": true,
+                    "description": "The rest of the tile path, slashes included, in the one canonical spelling of c2sp.org/tlog-tiles: level 0..=63 without leading zeros, the index in 3-digit elements with all but the last prefixed x, `.p/<W>` (1..=255) only for a partial tile. Any other spelling (percent-encoding, trailing slash, x000 first element, ...) is 400.",
+                    "schema": { "type": "string" }
+                }],
+                "responses": with_errors(json!({
+                    "200": {
+                        "description": "The tile or bundle. Cache-Control: private, max-age=31536000, immutable (full); private, max-age=60 (partial).",
+                        "headers": { "Cache-Control": { "schema": { "type": "string" } } },
+                        "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } }
+                    }
+                }), &["400", "401", "403", "404", "500", "503"])
+            }
+        },
         "/v1/health": {
             "get": {
                 "summary": "Replica status; no token needed.",
@@ -170,6 +199,12 @@ fn paths() -> Value {
             }
         }
     })
+}
+
+/// The OpenAPI path of a route-table path: axum's catch-all `{*name}` is
+/// OpenAPI's `{name}` (whose value the description says may hold slashes).
+pub fn openapi_path(route_path: &str) -> String {
+    route_path.replace("{*", "{")
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -257,7 +292,7 @@ fn error_responses() -> Value {
         ),
         (
             "404",
-            "not_found: unknown stream, event, certificate or route.",
+            "not_found: unknown stream, event, certificate, route, or a tlog tile no checkpoint's tree has.",
         ),
         (
             "409",

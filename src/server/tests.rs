@@ -324,6 +324,28 @@ impl Node for FakeNode {
         (size > 0).then(|| (size, "certificate".to_string()))
     }
 
+    /// The fake has no tree: every tile is beyond its (empty) checkpoint.
+    /// The tlog routes are tested over a real log in `server::tlog_tests`.
+    fn tlog_tile(
+        &self,
+        tile: vellum_audit::tiles::TileId,
+    ) -> Result<Vec<vellum_audit::hash::Hash>, crate::server::node::TlogError> {
+        Err(crate::server::node::TlogError::BeyondCheckpoint {
+            path: tile.path(),
+            size: 0,
+        })
+    }
+
+    fn tlog_entries(
+        &self,
+        bundle: vellum_audit::tiles::EntryBundleId,
+    ) -> Result<Vec<vellum_audit::leaf::LeafPreimage>, crate::server::node::TlogError> {
+        Err(crate::server::node::TlogError::BeyondCheckpoint {
+            path: bundle.path(),
+            size: 0,
+        })
+    }
+
     fn export_events(
         &self,
         call: crate::server::node::ExportCall,
@@ -1292,6 +1314,38 @@ fn trail_errors_map_by_variant() {
     }
 }
 
+// Goal: each tlog error variant maps to its status and code: a tile no
+// certified tree has is 404, never a 5xx; only an internal fault is 500.
+#[test]
+fn tlog_errors_map_by_variant() {
+    use super::node::TlogError;
+    use super::routes::errors::ApiError;
+    let cases = [
+        (
+            TlogError::BeyondCheckpoint {
+                path: "tile/0/001".into(),
+                size: 300,
+            },
+            404,
+            api::code::NOT_FOUND,
+        ),
+        (
+            TlogError::Unavailable(Unavailable::NotDurable { op: 4 }),
+            503,
+            api::code::UNAVAILABLE,
+        ),
+        (
+            TlogError::Internal(InternalFault::new(FaultKind::Corruption, "leaf")),
+            500,
+            api::code::STORAGE,
+        ),
+    ];
+    for (error, status, code) in cases {
+        let api = ApiError::from(error.clone());
+        assert_eq!((api.status.as_u16(), api.code), (status, code), "{error:?}");
+    }
+}
+
 // Goal: reads default to 100 events; a max above READ_EVENTS_MAX is refused (400, as the
 // OpenAPI document says), never silently clamped, and never reaches the node.
 #[tokio::test]
@@ -1488,6 +1542,46 @@ async fn append_to_backup_is_forwarded_to_primary() {
     assert_eq!(error_of(&value).error.actual_offset, Some(1));
 }
 
+// Goal: a backup forwards tlog-tiles requests to the primary, but refuses
+// (400) a path with dot segments, which the forwarding client would resolve
+// into another, canonical tile path the primary would then serve.
+#[tokio::test]
+async fn backup_refuses_dot_segments_instead_of_forwarding_another_path() {
+    let primary = Arc::new(FakeNode::default());
+    let base = serve_plain(app(primary.clone())).await;
+    let backup = Arc::new(FakeNode::default());
+    backup.set_mode(Mode::NotPrimary(Some(1)));
+    let backup_app = router(state_with(backup.clone(), vec![(1, base)]));
+    let (status, value) = send(&backup_app, Call::get("/v1/tlog/tile/0/000", Some(AUDITOR))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert!(
+        error_of(&value)
+            .error
+            .message
+            .contains("tile/0/000 is not in the tree"),
+        "{value}"
+    );
+    assert_eq!(primary.lock().trail.len(), 1, "recorded by the primary");
+    for path in [
+        "/v1/tlog/tile/0/x001/../000",
+        "/v1/tlog/tile/0/./000",
+        "/v1/tlog/tile/0/x001/%2E%2e/000",
+        "/v1/tlog/tile/0/x001/.%2E/000",
+    ] {
+        let (status, value) = send(&backup_app, Call::get(path, Some(AUDITOR))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {value}");
+        assert!(
+            error_of(&value).error.message.contains("segment"),
+            "{value}"
+        );
+    }
+    assert_eq!(
+        primary.lock().trail.len(),
+        1,
+        "nothing more reached the primary"
+    );
+}
+
 // Goal: a request already forwarded that lands on a non-primary gets 503, never a second hop.
 #[tokio::test]
 async fn forwarded_request_to_non_primary_is_503() {
@@ -1567,13 +1661,20 @@ async fn openapi_describes_every_route() {
     for route in ROUTES {
         let method = route.method.to_ascii_lowercase();
         assert!(
-            paths.get(route.path).and_then(|p| p.get(&method)).is_some(),
+            paths
+                .get(&super::openapi::openapi_path(route.path))
+                .and_then(|p| p.get(&method))
+                .is_some(),
             "{} {} missing",
             route.method,
             route.path
         );
         // The route exists in the router: it is not answered by the not-found fallback.
-        let uri = route.path.replace("{stream}", "1").replace("{offset}", "0");
+        let uri = route
+            .path
+            .replace("{stream}", "1")
+            .replace("{offset}", "0")
+            .replace("{*path}", "0/000");
         let mut request = Call::get(&uri, None).request();
         *request.method_mut() = route.method.parse().expect("method");
         let response = app.clone().oneshot(request).await.expect("infallible");
@@ -2446,7 +2547,11 @@ async fn router_serves_exactly_the_route_table() {
     let node = Arc::new(FakeNode::default());
     let app = app(node);
     for spec in ROUTES {
-        let uri = spec.path.replace("{stream}", "1").replace("{offset}", "0");
+        let uri = spec
+            .path
+            .replace("{stream}", "1")
+            .replace("{offset}", "0")
+            .replace("{*path}", "0/000");
         let request = Request::builder()
             .method(spec.method)
             .uri(&uri)

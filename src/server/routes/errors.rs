@@ -2,7 +2,7 @@
 //! `api::code`, a message saying what and where) and, in one `From` impl per
 //! operation, the status and code of each variant of the node's error types
 //! ([`AppendError`], [`ReadError`], [`ProofError`], [`ExportError`],
-//! [`TrailError`]). The mapping matches typed variants only, never message
+//! [`TrailError`], [`TlogError`]). The mapping matches typed variants only, never message
 //! text; an internal fault is 500 whatever operation met it. Every refusal
 //! the server sends is one of these, as a JSON [`ErrorBody`]; axum's
 //! plain-text rejections never leave the extractors.
@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::{self, ErrorBody, ErrorDetail, code};
 use crate::server::node::{
-    AppendError, ExportError, InternalFault, ProofError, ReadError, TrailError, Unavailable,
+    AppendError, ExportError, InternalFault, ProofError, ReadError, TlogError, TrailError,
+    Unavailable,
 };
 
 /// An error answer: a status and an [`ErrorBody`].
@@ -212,6 +213,16 @@ impl From<TrailError> for ApiError {
             TrailError::Unavailable(unavailable) => unavailable.into(),
             TrailError::Indeterminate { .. } => ApiError::indeterminate(error.to_string()),
             TrailError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<TlogError> for ApiError {
+    fn from(error: TlogError) -> ApiError {
+        match error {
+            TlogError::BeyondCheckpoint { .. } => ApiError::not_found(error.to_string()),
+            TlogError::Unavailable(unavailable) => unavailable.into(),
+            TlogError::Internal(fault) => fault.into(),
         }
     }
 }

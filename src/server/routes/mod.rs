@@ -6,7 +6,8 @@
 //! Layout: [`errors`] ([`ApiError`], the mapping of node errors to statuses),
 //! [`extract`] (extractors whose rejections are JSON 400s naming the field),
 //! [`guard`] (authentication, roles and the access-trail record of every
-//! protected request), [`handlers`] (one function per route).
+//! protected request), [`handlers`] (one function per route), [`tlog`] (the
+//! read-only C2SP tlog-tiles view of the log).
 //!
 //! Every node call runs on the blocking pool ([`run_blocking`]): the node may
 //! wait for disk or for a commit, and a panic there becomes a logged
@@ -16,6 +17,7 @@ pub mod errors;
 pub mod extract;
 pub mod guard;
 pub mod handlers;
+pub mod tlog;
 
 use std::sync::Arc;
 
@@ -82,6 +84,10 @@ pub enum Endpoint {
     ExportAudit,
     /// `handlers::record_verification`.
     RecordVerification,
+    /// `tlog::checkpoint`.
+    TlogCheckpoint,
+    /// `tlog::tile` (hash tiles and entry bundles).
+    TlogTile,
     /// `handlers::health`.
     Health,
     /// `metrics::metrics`.
@@ -109,6 +115,8 @@ impl Endpoint {
             Endpoint::ExportEvents => on(filter, handlers::export_events),
             Endpoint::ExportAudit => on(filter, handlers::export_audit),
             Endpoint::RecordVerification => on(filter, handlers::record_verification),
+            Endpoint::TlogCheckpoint => on(filter, tlog::checkpoint),
+            Endpoint::TlogTile => on(filter, tlog::tile),
             Endpoint::Health => on(filter, handlers::health),
             Endpoint::Metrics => on(filter, super::metrics::metrics),
             Endpoint::OpenApi => on(filter, super::openapi::openapi),
@@ -177,6 +185,18 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/verifications",
         endpoint: Endpoint::RecordVerification,
         action: Some(Action::RecordVerification),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tlog/checkpoint",
+        endpoint: Endpoint::TlogCheckpoint,
+        action: Some(Action::TlogCheckpoint),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tlog/tile/{*path}",
+        endpoint: Endpoint::TlogTile,
+        action: Some(Action::TlogTiles),
     },
     RouteSpec {
         method: "GET",
