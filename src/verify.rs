@@ -168,6 +168,14 @@ pub fn replica_checks(
             "ops after the newest certificate are uncommitted here (prepared, or committed without the certificate yet); the replica comparison checks them",
         );
     }
+    // A replica of a cluster keeps no index rows for ops its certificates
+    // do not cover (rows wait for their certificate): its index and trail
+    // are compared with the log up to its newest certificate. A live check
+    // bounds them by the index's own progress instead (below).
+    let certified_facts = (live.is_none() && policy.verifiers.len() > 1)
+        .then(|| certified_prefix(&log.facts))
+        .flatten();
+    let projected = certified_facts.as_ref().unwrap_or(&log.facts);
     checks.extend(log.checks.iter().cloned());
     if !log.complete {
         // The index and the trail are projections of the log: compared with
@@ -185,18 +193,30 @@ pub fn replica_checks(
             check.fail(FailureKind::Unreadable, "index url", e.to_string());
             check.finish()
         }
-        (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, &log.facts, live),
+        (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, projected, live),
     };
     checks.push(index_check);
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
         checks.push(check_trail_blocking(
             &target,
             cluster,
-            &log.facts,
+            projected,
             live.is_some(),
         ));
     }
     (checks, log)
+}
+
+/// The facts of the log up to its newest certificate, when ops follow it
+/// (`None` when the certificate covers the whole log).
+fn certified_prefix(facts: &LogFacts) -> Option<LogFacts> {
+    let (op, events) = facts
+        .commits
+        .iter()
+        .map(|c| (c.op, c.tree_size))
+        .max()
+        .unwrap_or((0, 0));
+    (facts.ops > op).then(|| trim_facts(facts, LiveBound { op, events }))
 }
 
 /// The access-trail check (P7), without keys: every trail event in the log

@@ -497,11 +497,11 @@ fn schemas() -> Value {
                 "error": {
                     "type": "object", "required": ["code", "message"],
                     "properties": {
-                        "code": { "type": "string", "enum": [
-                            api::code::BAD_REQUEST, api::code::REQUEST_TIMEOUT, api::code::UNAUTHORIZED, api::code::FORBIDDEN,
-                            api::code::NOT_FOUND, api::code::WRONG_EXPECTED_OFFSET, api::code::PAYLOAD_TOO_LARGE,
-                            api::code::IDEMPOTENCY_KEY_REUSED, api::code::REFUSED, api::code::INDETERMINATE, api::code::UNAVAILABLE, api::code::STORAGE
-                        ] },
+                        // Every code the server can send, from the one list.
+                        "code": { "type": "string", "enum": api::ErrorCode::ALL
+                            .iter()
+                            .map(|code| code.as_str())
+                            .collect::<Vec<_>>() },
                         "message": { "type": "string" },
                         "actual_offset": u64_schema("For wrong_expected_offset: the stream's length.")
                     }

@@ -2640,7 +2640,15 @@ async fn flush_logins(state: &AppState) {
 
 /// A GET of the global log from `ip` with `token`: status and Retry-After.
 async fn get_log_from(app: &Router, ip: &str, token: &str) -> (StatusCode, Option<u64>) {
-    let mut request = Call::get("/v1/log", Some(token)).request();
+    get_log_maybe_token(app, ip, Some(token)).await
+}
+
+async fn get_log_maybe_token(
+    app: &Router,
+    ip: &str,
+    token: Option<&str>,
+) -> (StatusCode, Option<u64>) {
+    let mut request = Call::get("/v1/log", token).request();
     let peer = std::net::SocketAddr::new(ip.parse().expect("ip"), 40_000);
     request.extensions_mut().insert(super::RemoteAddr(peer));
     let response = app.clone().oneshot(request).await.expect("infallible");
@@ -2659,6 +2667,27 @@ fn auth_failures(node: &FakeNode) -> Vec<vellum_compliance::trail::AccessEvent> 
         .into_iter()
         .filter(|e| e.action == AccessAction::AuthFailed)
         .collect()
+}
+
+// Goal: requests without any credential guess nothing, so they are always
+// 401 (never 429, no Retry-After, not counted as limited), and still count
+// into the address's one trail aggregate: the trail does not grow per request.
+#[tokio::test]
+async fn tokenless_requests_are_401_never_429_and_aggregated() {
+    use super::logins::FAILED_LOGINS_PER_SOURCE_MAX;
+    const FLOOD: u64 = 3 * FAILED_LOGINS_PER_SOURCE_MAX;
+    let node = Arc::new(FakeNode::default());
+    let state = state_with(node.clone(), Vec::new());
+    let app = router(state.clone());
+    for i in 0..FLOOD {
+        let answer = get_log_maybe_token(&app, "198.51.100.9", None).await;
+        assert_eq!(answer, (StatusCode::UNAUTHORIZED, None), "{i}");
+    }
+    assert_eq!(
+        auth_failures(&node).len(),
+        1,
+        "one event while the window is open; the rest are counted into its aggregate"
+    );
 }
 
 // Goal: a flood of N bad tokens from one address is answered 401 up to the

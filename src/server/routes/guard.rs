@@ -304,10 +304,12 @@ async fn refuse_login(
         let verdict = table.fail(source, prefix.as_deref(), Instant::now(), now_ns);
         (verdict, table.take_due())
     };
-    state
-        .counters
-        .record_failed_login(verdict.retry_after_s.is_some());
-    let (error, retry_after) = match verdict.retry_after_s {
+    // A request that presents no credential guesses nothing: it is always
+    // 401 (and still counted into its address's trail aggregate); only an
+    // attempt with a token is answered 429 once over the limit.
+    let retry_after_s = verdict.retry_after_s.filter(|_| prefix.is_some());
+    state.counters.record_failed_login(retry_after_s.is_some());
+    let (error, retry_after) = match retry_after_s {
         Some(seconds) => (
             ApiError::rate_limited(format!(
                 "too many failed logins from this address or with this token; \
