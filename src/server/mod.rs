@@ -102,6 +102,41 @@ pub enum ServerError {
     /// The forwarding client could not be built (bad CA PEM, TLS setup).
     #[error("cannot build the forwarding client: {0}")]
     Forwarder(String),
+    /// An environment setting is not usable.
+    #[error("{name}={value:?}: {why}")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
+
+/// Environment variable that sets both failed-login limits (per source
+/// and per token prefix, per window); the defaults are in `logins`.
+pub const FAILED_LOGINS_MAX_VAR: &str = "VELLUM_FAILED_LOGINS_MAX";
+
+/// The failed-login limits: the defaults, or both maxima from
+/// [`FAILED_LOGINS_MAX_VAR`] (a whole number from 1).
+fn login_limits_from_env() -> Result<logins::LoginLimits, ServerError> {
+    let mut limits = logins::LoginLimits::default();
+    if let Ok(value) = std::env::var(FAILED_LOGINS_MAX_VAR) {
+        let max =
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|max| *max >= 1)
+                .ok_or(ServerError::Setting {
+                    name: FAILED_LOGINS_MAX_VAR,
+                    value,
+                    why: "expected a whole number of failures per window, at least 1",
+                })?;
+        limits.per_source_max = max;
+        limits.per_prefix_max = max;
+    }
+    Ok(limits)
 }
 
 /// A running server: its bound address and its accept task.
@@ -130,7 +165,8 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<ServeHandle, ServerError> {
     let state = AppState::new(node, config.tokens, config.peer_api, &config.ca_pem)?
-        .with_forwarding_identity(config.identity.as_ref())?;
+        .with_forwarding_identity(config.identity.as_ref())?
+        .with_login_limits(login_limits_from_env()?);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {

@@ -9,6 +9,13 @@ use serde_json::{Value, json};
 
 use crate::{api, bounds};
 
+/// The tile paths `/v1/tlog/tile/{path}` serves, as an ECMA-262 pattern:
+/// a level 0..=63 or `entries`, the index in 3-digit elements (all but the
+/// last prefixed `x`, no leading `x000`), an optional `.p/<W>` of 1..=255.
+const TILE_PATH_PATTERN: &str = "^(?:entries|[0-9]|[1-5][0-9]|6[0-3])/\
+(?:x(?:00[1-9]|0[1-9][0-9]|[1-9][0-9]{2})/(?:x[0-9]{3}/){0,4})?[0-9]{3}\
+(?:\\.p/(?:[1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5]))?$";
+
 /// `GET /openapi.json`.
 pub(crate) async fn openapi() -> Json<Value> {
     Json(document())
@@ -162,7 +169,9 @@ fn paths() -> Value {
                 "parameters": [{
                     "name": "path", "in": "path", "required": true,
                     "description": "The rest of the tile path, slashes included, in the one canonical spelling of c2sp.org/tlog-tiles: level 0..=63 without leading zeros, the index in 3-digit elements with all but the last prefixed x, `.p/<W>` (1..=255) only for a partial tile. Any other spelling (percent-encoding, trailing slash, x000 first element, ...) is 400.",
-                    "schema": { "type": "string" }
+                    // The canonical spellings (indexes of up to 18 digits, so
+                    // every one fits a u64); anything else is 400.
+                    "schema": { "type": "string", "pattern": TILE_PATH_PATTERN }
                 }],
                 "responses": with_errors(json!({
                     "200": {
