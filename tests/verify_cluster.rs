@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::{copy_dir, tamper_index};
+use support::{copy_dir, index_exec, tamper_index};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -646,28 +646,6 @@ fn access_row_columns_and_stray_rows_are_caught() {
         "index table access",
         "name no position",
     );
-}
-
-/// Runs `statements` on replica `data`'s SQLite index; returns the rows each changed.
-fn index_exec(data: &Path, statements: &[String]) -> Vec<u64> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let url = format!("sqlite://{}", data.join("index.sqlite3").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
-        let mut changed = Vec::new();
-        for statement in statements {
-            let done = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&pool)
-                .await
-                .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            changed.push(done.rows_affected());
-        }
-        pool.close().await;
-        changed
-    })
 }
 
 // Goal: a replica of a cluster stopped with ops its certificates do not

@@ -23,6 +23,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// Runs SQL statements against a data directory's SQLite audit index; each
 /// must change exactly one row.
 pub fn tamper_index<S: AsRef<str>>(data: &Path, statements: &[S]) {
+    for (statement, changed) in statements.iter().zip(index_exec(data, statements)) {
+        assert_eq!(changed, 1, "{} changes one row", statement.as_ref());
+    }
+}
+
+/// Runs `statements` on the SQLite index of data directory `data`; returns
+/// the rows each changed.
+pub fn index_exec<S: AsRef<str>>(data: &Path, statements: &[S]) -> Vec<u64> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,16 +38,18 @@ pub fn tamper_index<S: AsRef<str>>(data: &Path, statements: &[S]) {
     runtime.block_on(async {
         let url = format!("sqlite://{}", data.join("index.sqlite3").display());
         let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        let mut changed = Vec::new();
         for statement in statements {
             let statement = statement.as_ref();
             let done = sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
                 .execute(&pool)
                 .await
                 .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            assert_eq!(done.rows_affected(), 1, "{statement} changes one row");
+            changed.push(done.rows_affected());
         }
         pool.close().await;
-    });
+        changed
+    })
 }
 
 /// The `vellum` binary built for these tests.
