@@ -124,6 +124,34 @@ fn bit_flip_is_detected() {
     );
 }
 
+/// Goal: a disk counts as damaged (against the simulator's fault budget)
+/// while it holds a rotted record, a gap below its tail or another op's
+/// record in a slot, and no longer once the record is written intact.
+#[test]
+fn damage_is_known_until_repaired() {
+    let ops = records(3);
+    let mut disk = synced_disk(&ops);
+    assert!(!disk.has_damage(), "an intact disk");
+    let op = disk.flip_bit(&mut Prng::new(3)).expect("a record to flip");
+    assert!(disk.has_damage(), "a rotted record");
+    let record = &ops[op as usize - 1];
+    disk.write(record);
+    assert!(disk.sync(op, &record.checksum(), None));
+    assert!(!disk.has_damage(), "repaired in place");
+
+    let mut gap = Disk::new();
+    gap.write(&ops[0]);
+    gap.write(&ops[1]);
+    assert!(gap.sync(2, &ops[1].checksum(), None));
+    gap.crash(&mut Prng::new(2), LOSE);
+    assert!(gap.has_damage(), "a lost write below a kept one");
+
+    let mut misdirected = synced_disk(&ops[..2]);
+    misdirected.write(&ops[2]);
+    assert!(misdirected.sync(3, &ops[2].checksum(), Some(1)));
+    assert!(misdirected.has_damage(), "another op's record in slot 1");
+}
+
 /// Goal: a misdirected write damages the slot it lands in and is still
 /// found as its own op on restart, while a read of its own slot misses.
 #[test]

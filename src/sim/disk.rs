@@ -211,6 +211,27 @@ impl Disk {
         *self = Disk::new();
     }
 
+    /// Whether any stored record is damaged (torn, rotted, or another op's
+    /// record in its slot) and not yet written again intact: such a disk
+    /// holds a copy its replica can neither serve nor disown (it may not
+    /// nack the op), so it counts against the fault budget until repaired.
+    /// A hole (no durable record below the highest durable one, e.g. a
+    /// lost unsynced write under a kept later one) is damage too: on
+    /// restart its slot is faulty, like a rotted one.
+    pub fn has_damage(&self) -> bool {
+        let durable: Vec<(u64, &[u8])> = self
+            .slots
+            .iter()
+            .filter_map(|(op, slot)| slot.durable.as_deref().map(|bytes| (*op, bytes)))
+            .collect();
+        let last = durable.last().map_or(0, |(op, _)| *op);
+        let hole = u64::try_from(durable.len()).map_or(true, |n| n < last);
+        hole || durable.iter().any(|(op, bytes)| match scan(bytes) {
+            Scanned::Intact(header, _) => header.op != *op,
+            Scanned::Damaged(_) => true,
+        })
+    }
+
     /// Whether any write is waiting for its fsync.
     pub fn has_unsynced(&self) -> bool {
         self.slots.values().any(|slot| slot.pending.is_some())

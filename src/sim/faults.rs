@@ -7,9 +7,12 @@
 //! cluster of one may still crash and restart from its own disk). Disk
 //! corruption hits only a crashed replica's disk, so a healthy quorum always
 //! holds every committed op; and a disk is damaged (wiped, rotted,
-//! misdirected) only while every other replica is up, connected and holds
-//! an intact copy of every committed op — damage beyond f copies of one op
-//! is data loss no protocol can undo, not a bug for the simulator to find.
+//! misdirected) only while every other replica is up, connected, holds
+//! an intact copy of every committed op and holds no damaged record of its
+//! own — damage beyond f copies of one op is data loss no protocol can
+//! undo, not a bug for the simulator to find. (An op damaged on f+1 disks
+//! may have committed, as far as the replicas can tell: protocol-aware
+//! recovery must then wait for a copy that no longer exists.)
 
 use crate::vsr::Status;
 
@@ -51,11 +54,20 @@ impl Sim {
             .collect()
     }
 
+    /// Replicas whose disk holds a damaged record not yet repaired.
+    fn damaged_disks(&self) -> Vec<u8> {
+        (0..self.options.replicas)
+            .filter(|i| self.nodes[usize::from(*i)].disk.has_damage())
+            .collect()
+    }
+
     /// Whether replica `index`'s disk may be damaged now: only if, with it,
-    /// at most f replicas are unavailable or missing a committed op.
+    /// at most f replicas are unavailable, missing a committed op, or
+    /// holding a damaged record.
     fn disk_fault_allowed(&self, index: u8) -> bool {
         let mut impaired = self.unavailable();
         impaired.extend(self.lacking_committed());
+        impaired.extend(self.damaged_disks());
         impaired.push(index);
         impaired.sort_unstable();
         impaired.dedup();
