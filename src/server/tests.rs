@@ -2350,8 +2350,9 @@ async fn slow_body_is_cut_after_the_deadline() {
     assert!(primary.lock().log.is_empty());
 }
 
-// Goal: a backup never reads a refused caller's body: a tokenless request with a body that
-// never ends is answered 401 at once, and the primary records the refusal in the trail.
+// Goal: a backup never uses a refused caller's body: a tokenless request with a body that
+// never ends is answered 401 within the drain bound (its bytes are dropped unread for meaning),
+// and the primary records the refusal in the trail.
 #[tokio::test]
 async fn backup_refuses_tokenless_request_without_reading_its_body() {
     let primary = Arc::new(FakeNode::default());
@@ -2390,6 +2391,49 @@ async fn backup_refuses_tokenless_request_without_reading_its_body() {
         trail.iter().all(|e| e.outcome.starts_with("denied")),
         "{trail:?}"
     );
+}
+
+// Goal: a client still uploading a large body with a bad token, or with a
+// role that may not append, reads its 401/403 instead of having the
+// connection torn down under it: the refused body is drained and dropped
+// (a lingering close), so the whole upload is written and the answer read.
+#[tokio::test]
+async fn refused_uploads_read_their_answer_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Arc::new(FakeNode::default());
+    let base = serve_plain(router(state_with(node, Vec::new()))).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let body = format!("{{\"events\":[{{\"json\":\"{}\"}}]}}", "a".repeat(1 << 20));
+    for (token, expected) in [("vlm_nope", "401"), (READER, "403")] {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /v1/streams/1/append HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        // Slowly enough that a server answering and closing at once would
+        // reset the connection before the last chunk.
+        for chunk in body.as_bytes().chunks(64 << 10) {
+            stream
+                .write_all(chunk)
+                .await
+                .unwrap_or_else(|e| panic!("{token}: upload cut off: {e}"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut answer = vec![0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered")
+            .expect("read");
+        let status = String::from_utf8_lossy(&answer[..read]).to_string();
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{token}: {status}"
+        );
+    }
 }
 
 /// A TLS client trusting the test certificate.
