@@ -425,19 +425,12 @@ fn bench_raw(
     concurrency: usize,
     payload: &Bytes,
 ) -> anyhow::Result<Measurement> {
-    let path = config.dir.join(format!("raw-{concurrency}.bin"));
-    let _ = std::fs::remove_file(&path);
-    let file = Mutex::new(OpenOptions::new().create(true).append(true).open(&path)?);
-    let (latencies, elapsed) = drive_threads(config, concurrency, &|_| {
-        let mut file = file
-            .lock()
-            .map_err(|_| anyhow::anyhow!("raw file lock poisoned"))?;
-        file.write_all(payload)?;
-        file.sync_data()?;
-        Ok(())
-    })?;
-    drop(file);
-    std::fs::remove_file(&path)?;
+    let (latencies, elapsed) = raw_fdatasync_loop(
+        config,
+        concurrency,
+        &format!("raw-{concurrency}.bin"),
+        payload,
+    )?;
     Ok(measurement(
         "raw fdatasync",
         concurrency,
@@ -445,6 +438,31 @@ fn bench_raw(
         latencies,
         elapsed,
     ))
+}
+
+/// `concurrency` threads appending `block` to one file (`name` in the
+/// working directory), one write and one fdatasync at a time, serialized;
+/// the file is removed afterwards. Returns the latencies and elapsed time.
+fn raw_fdatasync_loop(
+    config: &BenchConfig,
+    concurrency: usize,
+    name: &str,
+    block: &[u8],
+) -> anyhow::Result<(Vec<u64>, Duration)> {
+    let path = config.dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let file = Mutex::new(OpenOptions::new().create(true).append(true).open(&path)?);
+    let driven = drive_threads(config, concurrency, &|_| {
+        let mut file = file
+            .lock()
+            .map_err(|_| anyhow::anyhow!("raw file lock poisoned"))?;
+        file.write_all(block)?;
+        file.sync_data()?;
+        Ok(())
+    })?;
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(driven)
 }
 
 fn bench_vellum(

@@ -4,10 +4,6 @@
 //! fdatasyncing in a loop on the same directory. The ratio that matters is
 //! payload bandwidth (MB/s).
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::sync::Mutex;
-
 use base64::Engine as _;
 use bytes::Bytes;
 
@@ -114,24 +110,12 @@ pub(super) fn measure(
 /// One thread appending 1 MiB to a file and fdatasyncing, bounded by
 /// `--appends`, [`RAW_BULK_WRITES_MAX`] and `--seconds`.
 fn raw_bulk(config: &BenchConfig) -> anyhow::Result<Measurement> {
-    let path = config.dir.join("raw-bulk.bin");
-    let _ = std::fs::remove_file(&path);
-    let file = Mutex::new(OpenOptions::new().create(true).append(true).open(&path)?);
     let block = super::sample_payload(RAW_BULK_WRITE_BYTES);
     let bounded = BenchConfig {
         appends: config.appends.min(RAW_BULK_WRITES_MAX),
         ..config.clone()
     };
-    let (latencies, elapsed) = drive_threads(&bounded, 1, &|_| {
-        let mut file = file
-            .lock()
-            .map_err(|_| anyhow::anyhow!("raw bulk file lock poisoned"))?;
-        file.write_all(&block)?;
-        file.sync_data()?;
-        Ok(())
-    })?;
-    drop(file);
-    std::fs::remove_file(&path)?;
+    let (latencies, elapsed) = super::raw_fdatasync_loop(&bounded, 1, "raw-bulk.bin", &block)?;
     Ok(measurement(
         RAW_BULK_SYSTEM,
         1,

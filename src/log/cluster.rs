@@ -344,10 +344,15 @@ impl LocalLog {
         if writes.is_empty() {
             return Ok(());
         }
+        // The store and its epoch, read together once for the batch.
+        let (probe, epoch) = {
+            let storage = self.storage.get();
+            (storage.durable_probe(), self.cluster_side().epoch())
+        };
         let mut durable = Vec::with_capacity(writes.len());
         let mut later = Vec::new();
         for write in writes {
-            match self.durable_now(&write)? {
+            match self.durable_now(&write, &probe, epoch)? {
                 Some(true) => durable.push((write.op, write.checksum)),
                 Some(false) => {}
                 None => later.push(write),
@@ -361,14 +366,15 @@ impl LocalLog {
         Ok(())
     }
 
-    /// Whether one write is durable now: `Some(true)` yes, `Some(false)` a
-    /// cut discarded it, `None` not yet.
-    fn durable_now(&self, write: &PendingWrite) -> Result<Option<bool>, LogError> {
-        let outcome = {
-            let storage = self.storage.get();
-            (write.epoch == self.cluster_side().epoch())
-                .then(|| storage.durable_probe().is_durable(write.ticket))
-        };
+    /// Whether one write is durable now in the store of `epoch` (`probe`):
+    /// `Some(true)` yes, `Some(false)` a cut discarded it, `None` not yet.
+    fn durable_now(
+        &self,
+        write: &PendingWrite,
+        probe: &crate::storage::DurableProbe,
+        epoch: u64,
+    ) -> Result<Option<bool>, LogError> {
+        let outcome = (write.epoch == epoch).then(|| probe.is_durable(write.ticket));
         match outcome {
             Some(Ok(true)) => Ok(Some(true)),
             Some(Ok(false)) => Ok(None),

@@ -62,41 +62,6 @@ pub(crate) async fn authorize(
     request: Request,
     next: Next,
 ) -> Response {
-    // A request that will be refused never has its body read for meaning;
-    // its bytes are drained and dropped alongside the refusal (bounded in
-    // bytes and time), so a client still uploading reads the 401/403/429
-    // instead of a connection torn down under it (a lingering close, RFC
-    // 9112 section 9.6).
-    let refused = !bearer_principal(&state.tokens, request.headers()).is_ok_and(|principal| {
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|p| route_index(request.method(), p.as_str()))
-            .and_then(|i| ROUTES[i].action)
-            .is_some_and(|action| principal.role.allows(action))
-    });
-    if !refused {
-        return authorize_request(state, request, next).await;
-    }
-    let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, axum::body::Body::empty());
-    let (response, ()) = tokio::join!(authorize_request(state, request, next), linger(body));
-    response
-}
-
-/// Bytes of a refused request's body drained at most.
-const LINGER_BYTES_MAX: usize = crate::api::REQUEST_BODY_BYTES_MAX;
-/// How long a refused request's body is drained at most (a stalled body
-/// delays its refusal by this much, no more).
-const LINGER_MS: u64 = 1_000;
-
-/// Reads and drops a refused request's body, within the bounds above.
-async fn linger(body: axum::body::Body) {
-    let drain = axum::body::to_bytes(body, LINGER_BYTES_MAX);
-    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), drain).await;
-}
-
-async fn authorize_request(state: AppState, request: Request, next: Next) -> Response {
     let action = request
         .extensions()
         .get::<MatchedPath>()
@@ -116,6 +81,44 @@ async fn authorize_request(state: AppState, request: Request, next: Next) -> Res
     let relay_body = authenticated
         .as_ref()
         .is_ok_and(|principal| principal.role.allows(action));
+    if relay_body {
+        return guard(state, request, next, action, authenticated, relay_body).await;
+    }
+    // A request that will be refused never has its body read for meaning;
+    // its bytes are drained and dropped alongside the refusal (bounded in
+    // bytes and time), so a client still uploading reads the 401/403/429
+    // instead of a connection torn down under it (a lingering close, RFC
+    // 9112 section 9.6).
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, axum::body::Body::empty());
+    let (response, ()) = tokio::join!(
+        guard(state, request, next, action, authenticated, relay_body),
+        linger(body)
+    );
+    response
+}
+
+/// Bytes of a refused request's body drained at most.
+const LINGER_BYTES_MAX: usize = crate::api::REQUEST_BODY_BYTES_MAX;
+/// How long a refused request's body is drained at most (a stalled body
+/// delays its refusal by this much, no more).
+const LINGER_MS: u64 = 1_000;
+
+/// Reads and drops a refused request's body, within the bounds above.
+async fn linger(body: axum::body::Body) {
+    let drain = axum::body::to_bytes(body, LINGER_BYTES_MAX);
+    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), drain).await;
+}
+
+/// The guard after the route's action and the caller's token are known.
+async fn guard(
+    state: AppState,
+    request: Request,
+    next: Next,
+    action: Action,
+    authenticated: Result<Principal, ApiError>,
+    relay_body: bool,
+) -> Response {
     // At a backup the request goes to the primary, which checks the token
     // again and records the access (also a refused one) in the trail; a
     // refused caller's request goes there without its body.
