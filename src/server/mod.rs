@@ -121,18 +121,23 @@ pub const FAILED_LOGINS_MAX_VAR: &str = "VELLUM_FAILED_LOGINS_MAX";
 /// The failed-login limits: the defaults, or both maxima from
 /// [`FAILED_LOGINS_MAX_VAR`] (a whole number from 1).
 fn login_limits_from_env() -> Result<logins::LoginLimits, ServerError> {
+    login_limits_from(std::env::var(FAILED_LOGINS_MAX_VAR).ok())
+}
+
+/// The failed-login limits for `value` of [`FAILED_LOGINS_MAX_VAR`].
+fn login_limits_from(value: Option<String>) -> Result<logins::LoginLimits, ServerError> {
     let mut limits = logins::LoginLimits::default();
-    if let Ok(value) = std::env::var(FAILED_LOGINS_MAX_VAR) {
-        let max =
-            value
-                .parse::<u64>()
-                .ok()
-                .filter(|max| *max >= 1)
-                .ok_or(ServerError::Setting {
-                    name: FAILED_LOGINS_MAX_VAR,
-                    value,
-                    why: "expected a whole number of failures per window, at least 1",
-                })?;
+    if let Some(value) = value {
+        let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+        let max = digits
+            .then(|| value.parse::<u64>().ok())
+            .flatten()
+            .filter(|max| *max >= 1)
+            .ok_or(ServerError::Setting {
+                name: FAILED_LOGINS_MAX_VAR,
+                value,
+                why: "expected a whole number of failures per window, at least 1",
+            })?;
         limits.per_source_max = max;
         limits.per_prefix_max = max;
     }
@@ -358,4 +363,46 @@ async fn serve_connection(
         tracing::debug!(%peer, "api connection dropped after the shutdown drain time");
     }
     drop(address_slot);
+}
+
+#[cfg(test)]
+mod setting_tests {
+    use super::{FAILED_LOGINS_MAX_VAR, ServerError, login_limits_from, logins};
+
+    /// Goal: `VELLUM_FAILED_LOGINS_MAX` sets both limits; unset keeps the
+    /// defaults; any other spelling than a whole number from 1 is refused
+    /// with the variable and value named.
+    #[test]
+    fn failed_logins_max_is_a_whole_number_from_one() {
+        let defaults = logins::LoginLimits::default();
+        let unset = login_limits_from(None).expect("unset");
+        assert_eq!(
+            (unset.per_source_max, unset.per_prefix_max),
+            (defaults.per_source_max, defaults.per_prefix_max)
+        );
+        let set = login_limits_from(Some("5".into())).expect("5");
+        assert_eq!((set.per_source_max, set.per_prefix_max), (5, 5));
+        for bad in [
+            "0",
+            "-1",
+            "+5",
+            "",
+            " 5",
+            "5 ",
+            "1e3",
+            "0x10",
+            "18446744073709551616",
+        ] {
+            match login_limits_from(Some(bad.into())) {
+                Err(error @ ServerError::Setting { .. }) => {
+                    let text = error.to_string();
+                    assert!(
+                        text.contains(FAILED_LOGINS_MAX_VAR) && text.contains(&format!("{bad:?}")),
+                        "{text}"
+                    );
+                }
+                other => panic!("{bad:?} must be refused, got {other:?}"),
+            }
+        }
+    }
 }
