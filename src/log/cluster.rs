@@ -306,6 +306,8 @@ impl LocalLog {
     /// core (the replica loop hands over what its inbox held).
     pub fn deliver_all(&self, messages: Vec<Message>) -> Result<(), LogError> {
         let mut core = self.core();
+        // Every record these messages bring shares one write + fdatasync.
+        let _plug = self.storage.plug();
         for message in messages {
             self.execute(&mut core, Input::Message(message))?;
         }

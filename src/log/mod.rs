@@ -389,6 +389,16 @@ impl StorageCell {
         Ok(slot)
     }
 
+    /// Holds back the open store's writer (see `Storage::plug`); None
+    /// when no store is open.
+    fn plug(&self) -> Option<crate::storage::Plug> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(Storage::plug)
+    }
+
     fn take(&self) -> Option<Storage> {
         self.0
             .write()

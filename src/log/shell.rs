@@ -507,6 +507,9 @@ impl LocalLog {
 
     /// Feeds `input` to the core and executes what it asks for.
     pub(super) fn execute(&self, core: &mut Core, input: Input) -> Result<(), LogError> {
+        // The records this step writes go out in one batch (one fdatasync):
+        // an append's op and the trail op closing its group, not one each.
+        let _plug = self.storage.plug();
         let actions = core.replica.step(input);
         let outcome = self.run(core, actions);
         self.publish_role(core);
@@ -518,8 +521,26 @@ impl LocalLog {
     pub(super) fn run(&self, core: &mut Core, first: Vec<Action>) -> Result<(), LogError> {
         let mut inputs = VecDeque::new();
         let mut actions = first;
+        // Messages go out once the core is quiet, in the order it sent them,
+        // so the prepares of one step (an op and the trail op closing its
+        // group) reach a backup together and share its fdatasync.
+        let mut sends = Vec::new();
+        let outcome = self.run_inner(core, &mut inputs, &mut actions, &mut sends);
+        for (to, message) in sends {
+            self.cluster_send(to, message);
+        }
+        outcome
+    }
+
+    fn run_inner(
+        &self,
+        core: &mut Core,
+        inputs: &mut VecDeque<Input>,
+        actions: &mut Vec<Action>,
+        sends: &mut Vec<(vsr::ReplicaIndex, vsr::Message)>,
+    ) -> Result<(), LogError> {
         loop {
-            for action in actions {
+            for action in std::mem::take(actions) {
                 match action {
                     Action::Seal {
                         header,
@@ -531,7 +552,7 @@ impl LocalLog {
                         inputs.push_back(Input::Sealed { record, key: None });
                     }
                     Action::Write { record, key } if self.cluster_shell.is_some() => {
-                        self.cluster_write(record, key, &mut inputs)
+                        self.cluster_write(record, key, inputs)
                             .inspect_err(|e| self.poison(e))?;
                     }
                     Action::Write { record, key: _ } => {
@@ -551,10 +572,10 @@ impl LocalLog {
                         self.exchange.lock().push_reply((client, request), reply);
                     }
                     Action::Send { to, message } if self.cluster_shell.is_some() => {
-                        self.cluster_send(to, message);
+                        sends.push((to, message));
                     }
                     Action::Truncate { after_op } if self.cluster_shell.is_some() => {
-                        self.cluster_truncate(after_op, &mut inputs)
+                        self.cluster_truncate(after_op, inputs)
                             .inspect_err(|e| self.poison(e))?;
                     }
                     Action::Read {
@@ -562,7 +583,7 @@ impl LocalLog {
                         checksum,
                         purpose,
                     } if self.cluster_shell.is_some() => {
-                        self.cluster_read(op, checksum, purpose, &mut inputs);
+                        self.cluster_read(op, checksum, purpose, inputs);
                     }
                     // A cluster of one has no peers.
                     Action::Send { .. } => {}
@@ -577,7 +598,7 @@ impl LocalLog {
             let Some(input) = inputs.pop_front() else {
                 break;
             };
-            actions = core.replica.step(input);
+            *actions = core.replica.step(input);
         }
         Ok(())
     }

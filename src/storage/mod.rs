@@ -53,6 +53,10 @@ pub const SEGMENTS_DIR: &str = "segments";
 /// before the writer writes and syncs it on its own (so an idle log still
 /// makes it durable).
 pub const LAZY_DELAY_MS_MAX: u64 = 200;
+/// Longest a [`Plug`] holds back the writer: past it, queued records go out
+/// even while the plug is held (a plug only gathers the writes of one step
+/// of the replica into one batch; it must never stall the store).
+pub const PLUG_MS_MAX: u64 = 20;
 
 /// Limits of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,9 +274,35 @@ struct State {
     forced_seq: u64,
     /// Every seq below this is durable.
     durable_seq: u64,
+    /// Every seq below this has a caller blocked on it (`wait_durable`,
+    /// `flush`): a plug does not hold it back.
+    waited_seq: u64,
+    /// Plugs held now, and since when the first of them is held.
+    plugs: usize,
+    plugged_at: Instant,
     poisoned: Option<String>,
     closing: bool,
     tail: Tail,
+}
+
+/// Holds back the store's writer while alive (see [`Storage::plug`]).
+#[must_use = "the writer is held back only while the plug is alive"]
+pub struct Plug(Arc<Shared>);
+
+impl std::fmt::Debug for Plug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plug")
+    }
+}
+
+impl Drop for Plug {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.plugs = state.plugs.saturating_sub(1);
+        if state.plugs == 0 {
+            self.0.work.notify_one();
+        }
+    }
 }
 
 /// Called after every batch the writer made durable (or when it failed).
@@ -367,6 +397,9 @@ impl Storage {
             taken_seq: 0,
             forced_seq: 0,
             durable_seq: 0,
+            waited_seq: 0,
+            plugs: 0,
+            plugged_at: Instant::now(),
             poisoned: None,
             closing: false,
             tail: recovered.tail,
@@ -536,12 +569,28 @@ impl Storage {
         DurableProbe(Arc::clone(&self.shared))
     }
 
-    /// Makes the writer write every record below `seq` without waiting for more.
+    /// Makes the writer write every record below `seq` without waiting for
+    /// more (a caller blocks on it: no plug holds it back).
     fn force(&self, state: &mut State, seq: u64) {
+        state.waited_seq = state.waited_seq.max(seq);
         if seq > state.forced_seq && seq > state.durable_seq {
             state.forced_seq = seq;
-            self.shared.work.notify_one();
         }
+        self.shared.work.notify_one();
+    }
+
+    /// Holds back the writer until the returned plug is dropped (or
+    /// [`PLUG_MS_MAX`] passes), so the records one step of the replica
+    /// submits (an append's op and the trail op that closes its group, a
+    /// burst of peers' prepares) share one write and one fdatasync instead
+    /// of the first going out alone. Plugs nest; waiters are never held.
+    pub fn plug(&self) -> Plug {
+        let mut state = self.shared.lock();
+        if state.plugs == 0 {
+            state.plugged_at = Instant::now();
+        }
+        state.plugs += 1;
+        Plug(Arc::clone(&self.shared))
     }
 
     /// Reads the record at `location` and checks both its checksums.

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::recovery::create_segment;
-use super::{Item, LAZY_DELAY_MS_MAX, SegmentFile, Shared, State};
+use super::{Item, LAZY_DELAY_MS_MAX, PLUG_MS_MAX, SegmentFile, Shared, State};
 
 pub(super) fn spawn(
     shared: Arc<Shared>,
@@ -108,14 +108,20 @@ fn wait_for_batch(shared: &Shared) -> Option<MutexGuard<'_, State>> {
                 .expect("storage lock is never held across a panic");
             continue;
         };
-        let deadline = front.at + lazy_delay;
+        let mut deadline = front.at + lazy_delay;
         let now = Instant::now();
+        let plug_until = state.plugged_at + Duration::from_millis(PLUG_MS_MAX);
+        // A plug holds back forced records (not waited ones) for a bounded time.
+        let plugged = state.plugs > 0 && state.waited_seq <= state.taken_seq && now < plug_until;
         if state.closing
-            || state.forced_seq > state.taken_seq
+            || (state.forced_seq > state.taken_seq && !plugged)
             || state.queued_records >= full
             || now >= deadline
         {
             return Some(state);
+        }
+        if plugged && state.forced_seq > state.taken_seq {
+            deadline = deadline.min(plug_until);
         }
         state = shared
             .work
