@@ -250,6 +250,7 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
                 CLUSTER_DEGRADED_SYSTEM,
             )?);
         }
+        notes.extend(cluster.take_notes());
         cluster.stop()?;
     }
     let ratios = ratios(&measurements);
@@ -673,6 +674,9 @@ struct BenchCluster {
     cluster: crate::local_cluster::LocalCluster,
     persister: crate::client::ClientPersister,
     dir: PathBuf,
+    /// Notes of the measurements (fdatasyncs per append on each replica).
+    notes: std::sync::Mutex<Vec<String>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl BenchCluster {
@@ -690,6 +694,8 @@ impl BenchCluster {
             cluster,
             persister,
             dir,
+            notes: std::sync::Mutex::new(Vec::new()),
+            runtime: runtime.handle().clone(),
         })
     }
 
@@ -700,6 +706,7 @@ impl BenchCluster {
         payload: &Bytes,
         system: &str,
     ) -> anyhow::Result<Measurement> {
+        let syncs_before = self.syncs();
         let (latencies, elapsed) = drive_threads(config, concurrency, &|worker| {
             self.persister.persist_blocking(
                 StreamId(StreamId::USER_MIN + worker as u64),
@@ -707,6 +714,26 @@ impl BenchCluster {
             )?;
             Ok(())
         })?;
+        let syncs_after = self.syncs();
+        let appends = latencies.len() as f64;
+        let per_append: Vec<String> = syncs_before
+            .iter()
+            .zip(&syncs_after)
+            .enumerate()
+            .map(|(i, pair)| match pair {
+                (Some(before), Some(after)) if appends > 0.0 => {
+                    format!("r{i} {:.2}", after.saturating_sub(*before) as f64 / appends)
+                }
+                _ => format!("r{i} down"),
+            })
+            .collect();
+        self.notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!(
+                "{system}, {concurrency} appenders: fdatasyncs per append: {}",
+                per_append.join(", ")
+            ));
         Ok(measurement(
             system,
             concurrency,
@@ -714,6 +741,22 @@ impl BenchCluster {
             latencies,
             elapsed,
         ))
+    }
+
+    /// Every replica's fdatasync count (None where it does not answer).
+    fn syncs(&self) -> Vec<Option<u64>> {
+        self.runtime
+            .block_on(self.cluster.metric_all("vellum_syncs_total"))
+    }
+
+    /// Takes the notes of the measurements so far.
+    fn take_notes(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .notes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Kills one backup; returns its index.

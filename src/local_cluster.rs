@@ -114,6 +114,36 @@ impl LocalCluster {
             .collect()
     }
 
+    /// One counter or gauge of every replica's `/metrics` (None where the
+    /// replica does not answer or does not report it), read with the
+    /// writer's token.
+    pub async fn metric_all(&self, name: &str) -> Vec<Option<u64>> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .add_root_certificate(match reqwest::Certificate::from_pem(&self.ca_pem) {
+                Ok(ca) => ca,
+                Err(_) => return vec![None; self.replica_count()],
+            })
+            .build();
+        let Ok(http) = http else {
+            return vec![None; self.replica_count()];
+        };
+        let mut out = Vec::new();
+        for url in &self.dev.api_urls {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .bearer_auth(&self.dev.writer_token)
+                .send()
+                .await;
+            let text = match text {
+                Ok(answer) if answer.status().is_success() => answer.text().await.ok(),
+                _ => None,
+            };
+            out.push(text.and_then(|t| metric_value(&t, name)));
+        }
+        out
+    }
+
     /// Waits until a primary in normal status is seen by a quorum and
     /// returns its index.
     pub async fn wait_primary(&self, timeout: Duration) -> Result<u8, LocalClusterError> {
@@ -215,6 +245,16 @@ fn wait_or_timeout(
     Ok(())
 }
 
+/// The value of an unlabelled sample `name` in Prometheus exposition text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+}
+
 async fn pause_poll() {
     tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
 }
@@ -248,4 +288,24 @@ pub fn wipe_replica_data(data_dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    // Goal: the bench reads exactly the named unlabelled sample, never a
+    // prefix of another name, a comment or a malformed value.
+    #[test]
+    fn metric_value_reads_only_the_named_sample() {
+        let text = "# HELP vellum_syncs_total Storage fdatasyncs.\n\
+                    # TYPE vellum_syncs_total counter\n\
+                    vellum_syncs_total_extra 7\n\
+                    vellum_syncs_total 42\n\
+                    vellum_view x\n";
+        assert_eq!(metric_value(text, "vellum_syncs_total"), Some(42));
+        assert_eq!(metric_value(text, "vellum_syncs"), None);
+        assert_eq!(metric_value(text, "vellum_view"), None);
+        assert_eq!(metric_value(text, "vellum_commit"), None);
+    }
 }
