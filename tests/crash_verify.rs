@@ -438,6 +438,18 @@ async fn kill_9_under_writers_then_every_replica_verifies() {
         .as_ref()
         .map_or(0, |h| h.commit);
     let caught_up = cluster.wait_commit(&[0, 1, 2], commit, SETTLE).await;
+    if caught_up.is_err() {
+        // Say where each replica stands and what it logged last, so a
+        // replica that did not catch up can be understood from CI output.
+        for (i, health) in cluster.health().await.iter().enumerate() {
+            eprintln!("crash test: replica {i} health after the settle wait: {health:?}");
+            let log = std::fs::read_to_string(cluster.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("crash test: replica {i} log: {line}");
+            }
+        }
+    }
     cluster.stop().expect("stop");
 
     let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
