@@ -1041,3 +1041,63 @@ fn verify_does_not_create_a_missing_index() {
         "verify must not create the index"
     );
 }
+
+/// The newest certificate record of the log: its segment, that segment's
+/// bytes, the record and the certificate.
+fn newest_certificate(fixture: &Fixture) -> (PathBuf, Vec<u8>, ScannedRecord, Certificate) {
+    for index in (0..=fixture.last_index()).rev() {
+        let (bytes, records) = fixture.records(index);
+        if let Some(record) = records
+            .into_iter()
+            .rev()
+            .find(|r| r.header.kind == RecordKind::Certificate)
+        {
+            let text = std::str::from_utf8(&bytes[record.body_range.clone()]).expect("utf-8");
+            let certificate = Certificate::parse(text).expect("certificate");
+            return (fixture.segment(index), bytes, record, certificate);
+        }
+    }
+    panic!("the log holds a certificate");
+}
+
+/// Goal: open checks the signatures of the newest certificate (the one
+/// proofs and receipts hand out) and refuses a forged one, naming the
+/// segment and byte; an older certificate's signatures are not checked
+/// again on open (they were checked when it was made, and re-verifying
+/// years of them made open grow with the log) but `vellum verify` still
+/// refuses a forged one.
+#[test]
+fn open_checks_the_newest_certificate_and_verify_checks_them_all() {
+    let fixture = Fixture::new();
+    let (path, bytes, record, certificate) = newest_certificate(&fixture);
+    let name = certificate.note.signatures[0].name.clone();
+    let intruder = Signer::from_seed(&name, [7; 32]).expect("signer");
+    let forged = Certificate::sign(certificate.checkpoint.clone(), &[&intruder]).expect("sign");
+    replace_certificate(&path, &bytes, &record, &forged.encode());
+    let error = match LocalLog::open(&fixture.tampered, options()) {
+        Ok(_) => panic!("a forged newest certificate is refused at open"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("does not verify under the trust policy")
+            && error.contains(&format!("byte {}", record.offset)),
+        "{error}"
+    );
+
+    let fixture = Fixture::new();
+    let (path, bytes, record, certificate) = first_certificate(&fixture);
+    let (_, _, newest, _) = newest_certificate(&fixture);
+    assert!(
+        (path.clone(), record.offset) != (fixture.segment(fixture.last_index()), newest.offset),
+        "the first certificate is not the newest"
+    );
+    let name = certificate.note.signatures[0].name.clone();
+    let intruder = Signer::from_seed(&name, [7; 32]).expect("signer");
+    let forged = Certificate::sign(certificate.checkpoint.clone(), &[&intruder]).expect("sign");
+    replace_certificate(&path, &bytes, &record, &forged.encode());
+    let checks = fixture.verify();
+    assert_caught_at(&checks, &path, record.offset, "re-signed old certificate");
+    let (log, _) = LocalLog::open(&fixture.tampered, options())
+        .expect("open trusts an older certificate record that chains and matches its root");
+    log.close().expect("close");
+}

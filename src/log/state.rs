@@ -95,9 +95,14 @@ pub struct LogState {
 
 impl LogState {
     /// Rebuilds the state from every recovered record, checking each
-    /// certificate and seal root against the tree recomputed from the leaves,
-    /// and each certificate's signatures against the pinned policy (a
-    /// certificate this replica would hand out in receipts must verify).
+    /// certificate and seal root against the tree recomputed from the leaves.
+    /// Signatures are checked against the pinned policy once, when a
+    /// certificate is made or received; on open only the newest
+    /// certificate's are checked again (it is the one receipts and proofs
+    /// hand out), so open does not re-verify years of Ed25519 signatures.
+    /// An older certificate record is trusted after its checksum, its place
+    /// after the op it names, its size and its root check; `vellum verify`
+    /// still checks every signature of every certificate.
     pub fn recover(
         storage: &Storage,
         cluster: u128,
@@ -112,6 +117,9 @@ impl LogState {
         // repaired: their leaves, certificates and seals cannot be placed
         // or checked before the damaged op's leaves are known.
         let first_damaged = recovery.damaged.first().map_or(u64::MAX, |d| d.op);
+        // The newest certificate record seen, and where: its signatures are
+        // checked once the walk is done.
+        let mut newest_certificate: Option<(u64, String)> = None;
         for damaged in &recovery.damaged {
             state
                 .pending
@@ -151,8 +159,14 @@ impl LogState {
                 RecordKind::Certificate => {
                     let record = storage.read(*location)?;
                     state
-                        .recover_certificate(header, &record, policy)
+                        .recover_certificate(header, &record)
                         .map_err(|e| LogError::Corrupt(at(&e)))?;
+                    if newest_certificate
+                        .as_ref()
+                        .is_none_or(|(op, _)| header.op >= *op)
+                    {
+                        newest_certificate = Some((header.op, at("certificate")));
+                    }
                 }
                 RecordKind::Seal => {
                     let record = storage.read(*location)?;
@@ -169,6 +183,14 @@ impl LogState {
                     }
                 }
             }
+        }
+        if let (Some((_, at)), Some(certificate)) = (newest_certificate, state.latest_certificate())
+        {
+            certificate.verify(policy).map_err(|e| {
+                LogError::Corrupt(format!(
+                    "{at}: certificate does not verify under the trust policy: {e}"
+                ))
+            })?;
         }
         Ok(state)
     }
@@ -228,12 +250,7 @@ impl LogState {
         }
     }
 
-    fn recover_certificate(
-        &mut self,
-        header: &OpHeader,
-        record: &Record,
-        policy: &Policy,
-    ) -> Result<(), String> {
+    fn recover_certificate(&mut self, header: &OpHeader, record: &Record) -> Result<(), String> {
         let time_ns = header.timestamp_ns;
         let text = std::str::from_utf8(&record.body)
             .map_err(|_| "certificate body is not utf-8".to_string())?;
@@ -254,9 +271,6 @@ impl LogState {
         if root != certificate.checkpoint.root {
             return Err("certificate root does not match the events before it".to_string());
         }
-        certificate
-            .verify(policy)
-            .map_err(|e| format!("certificate does not verify under the trust policy: {e}"))?;
         self.add_certificate(header.op, header.tree_size, Arc::new(certificate), time_ns);
         Ok(())
     }
