@@ -278,3 +278,58 @@ fn every_shared_tamper_case_fails() {
         assert!(!report.passed, "{}: {}", case.name, report.to_text());
     }
 }
+
+// Goal: a manifest whose last member is `"trailer": null` is reported
+// incomplete, not a crash of the verifier.
+#[test]
+fn null_trailer_is_incomplete_not_a_crash() {
+    let (_tmp, dir) = bundle();
+    let text = read(&dir, MANIFEST_FILE);
+    let cut = text.find("\"trailer\"").expect("trailer");
+    let forged = format!("{}\"trailer\": null\n}}\n", &text[..cut]);
+    support::write(&dir, MANIFEST_FILE, &forged);
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(&report, MANIFEST_FILE, "no trailer");
+}
+
+// Goal: a signed manifest whose query starts at the largest offset, with
+// more event lines than that leaves room for, fails at the event line
+// instead of overflowing.
+#[test]
+fn query_at_the_largest_offset_fails_at_the_line() {
+    let (_tmp, dir) = bundle();
+    let mut m = support::manifest(&dir);
+    m.query.from = u64::MAX;
+    m.query.to = u64::MAX;
+    if let Some(trailer) = m.trailer.as_mut() {
+        trailer.events = 0;
+    }
+    support::resign(&dir, &m, &replicas()[0]);
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(&report, "events.ndjson line 2", "past the largest offset");
+}
+
+// Goal: a proof whose certificate is over the note size limit, with a
+// character across the limit, is refused at its line, not a crash.
+#[test]
+fn oversized_certificate_in_a_proof_is_refused() {
+    let (_tmp, dir) = bundle();
+    let text = read(&dir, PROOFS_FILE);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut proof: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+    let body = proof["proof"].as_str().expect("proof").to_string();
+    // The certificate starts after the blank line; make it 64 KiB - 1 bytes
+    // of origin, then a two-byte character across the limit.
+    let blank = body.find("\n\n").expect("blank line") + 2;
+    let padding = "a".repeat(64 * 1024 - 1);
+    let forged = format!("{}{padding}é{}", &body[..blank], &body[blank..]);
+    proof["proof"] = forged.into();
+    lines[0] = proof.to_string();
+    support::write(&dir, PROOFS_FILE, &(lines.join("\n") + "\n"));
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(
+        &report,
+        "proofs.ndjson line 1 (position 1) tlog-proof line",
+        "larger than the note size limit",
+    );
+}
