@@ -18,10 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
+use vellum_audit::checkpoint::Certificate;
+use vellum_audit::note::{Signer, Verifier};
+use vellum_audit::policy::Policy;
 use vellum_audit::report::{Outcome, Report};
 use vellum_compliance::bundle::{
-    CERTIFICATE_FILE, EVENTS_FILE, MANIFEST_FILE, PROOFS_FILE, verify_bundle,
+    CERTIFICATE_FILE, EVENTS_FILE, MANIFEST_FILE, PROOFS_FILE, verify_bundle, write_bundle,
 };
 
 mod support;
@@ -557,10 +562,73 @@ fn bad_policies() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The Ed25519 group order ℓ, little-endian.
+const GROUP_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// A signature line of `name` whose signature is `signature`.
+fn signature_line(verifier: &Verifier, signature: &[u8]) -> String {
+    let mut raw = verifier.key_id().to_vec();
+    raw.extend_from_slice(signature);
+    format!("\u{2014} {} {}\n", verifier.name(), BASE64.encode(raw))
+}
+
+/// Strict Ed25519, where WebCrypto alone would differ from the Rust
+/// verifier: a pinned key of small order (the identity point) "signs" with
+/// R = identity and s = 0, which the plain equation accepts; and a real
+/// signature with s + ℓ for s. Both must fail in both verifiers, so a
+/// quorum counted from either shows as a disagreement.
+fn strict_signature_cases(dir: &Path) -> Vec<(&'static str, String)> {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = Verifier::new("vellum-weak", &identity).expect("the identity decompresses");
+    let certificate = Certificate::parse(&support::read(dir, CERTIFICATE_FILE)).expect("parse");
+    let replicas = support::replicas();
+    let one = Certificate::sign(certificate.checkpoint.clone(), &[&replicas[0]]).expect("sign");
+    let mut forged_weak = identity.to_vec();
+    forged_weak.extend_from_slice(&[0u8; 32]);
+    let weak_case = one.encode() + &signature_line(&weak, &forged_weak);
+    let mut big_s = replicas[1].sign(certificate.note.text.as_bytes()).to_vec();
+    let mut carry = 0u16;
+    for (byte, add) in big_s[32..].iter_mut().zip(GROUP_ORDER_LE) {
+        let sum = u16::from(*byte) + u16::from(add) + carry;
+        *byte = sum as u8;
+        carry = sum >> 8;
+    }
+    assert_eq!(carry, 0, "s + ℓ fits 32 bytes");
+    let big_s_case = one.encode() + &signature_line(&replicas[1].verifier(), &big_s);
+    vec![
+        ("a small-order pinned key signs", weak_case),
+        ("a signature with s + ℓ", big_s_case),
+    ]
+}
+
+/// The test policy plus the small-order key `vellum-weak`, quorum 2.
+fn policy_with_weak_key() -> Policy {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut verifiers: Vec<Verifier> = support::replicas().iter().map(Signer::verifier).collect();
+    verifiers.push(Verifier::new("vellum-weak", &identity).expect("the identity decompresses"));
+    Policy::new(&support::policy().origin, verifiers, 2).expect("policy")
+}
+
 /// Runs one bundle through both verifiers and asserts they agree; returns
 /// the Rust report.
 async fn agree(browser: &Browser, name: &str, dir: &Path, policy_file: &Path) -> Report {
-    let rust = verify_bundle(dir, &support::policy());
+    agree_under(browser, name, dir, &support::policy(), policy_file).await
+}
+
+/// [`agree`] under another policy (`policy_file` is its text).
+async fn agree_under(
+    browser: &Browser,
+    name: &str,
+    dir: &Path,
+    policy: &Policy,
+    policy_file: &Path,
+) -> Report {
+    let rust = verify_bundle(dir, policy);
     let started = Instant::now();
     let page = browser.verify(&listing(dir), policy_file).await;
     eprintln!("{name}: the page took {} ms", started.elapsed().as_millis());
@@ -627,6 +695,35 @@ fn page_and_rust_verifier_agree_on_every_bundle() {
                 "{name}: page {message:?}, rust {error}"
             );
         }
+        let weak_policy = policy_with_weak_key();
+        let weak_policy_file = policy_dir.path().join("weak-policy.txt");
+        std::fs::write(&weak_policy_file, weak_policy.encode()).expect("write policy");
+        let (_tmp, strict_dir) = support::bundle();
+        for (name, certificate) in strict_signature_cases(&strict_dir) {
+            let (_tmp, dir) = support::bundle();
+            support::write(&dir, CERTIFICATE_FILE, &certificate);
+            let report = agree_under(&browser, name, &dir, &weak_policy, &weak_policy_file).await;
+            assert!(!report.passed, "{name}: the forged signature counted");
+        }
+
+        let (_tmp, dir) = {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("bundle");
+            let log = support::build_log(1000, false, &support::small_body);
+            let events = &log.events;
+            write_bundle(
+                &dir,
+                &support::request(1000),
+                &log.certificate.encode(),
+                events,
+                &support::replicas()[0],
+            )
+            .expect("write bundle");
+            (tmp, dir)
+        };
+        let large = agree(&browser, "bundle of 1,000 events", &dir, &policy_file).await;
+        assert!(large.passed, "{}", large.to_text());
+
         for (name, apply) in more_cases() {
             let (_tmp, dir) = support::bundle();
             apply(&dir);
