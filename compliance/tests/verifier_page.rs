@@ -386,6 +386,21 @@ fn more_cases() -> Vec<NamedCase> {
         ("certificate size with a leading zero", |dir| {
             replace_in(dir, CERTIFICATE_FILE, "\n8\n", "\n08\n")
         }),
+        (
+            "certificate with an extension line the proofs lack",
+            |dir| {
+                let mut checkpoint = Certificate::parse(&read(dir, CERTIFICATE_FILE))
+                    .expect("parse")
+                    .checkpoint;
+                checkpoint
+                    .extensions
+                    .push(format!("vellum-head 8 {}", "ab".repeat(32)));
+                let replicas = support::replicas();
+                let signed =
+                    Certificate::sign(checkpoint, &[&replicas[0], &replicas[2]]).expect("sign");
+                write(dir, CERTIFICATE_FILE, &signed.encode());
+            },
+        ),
         ("proof with a changed hash", |dir| {
             let text = read(dir, PROOFS_FILE);
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
