@@ -445,7 +445,14 @@ impl Note {
     /// Parses a note whose first line is line `first_line` of a larger input
     /// (a tlog-proof), so error lines point into that input.
     pub(crate) fn parse_at(input: &str, first_line: usize) -> Result<Note, DecodeError> {
-        let line_of = |byte: usize| first_line + input[..byte].matches('\n').count();
+        // Counted on bytes: `byte` may fall inside a character (the size limit).
+        let line_of = |byte: usize| {
+            first_line
+                + input.as_bytes()[..byte]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+        };
         let at = |byte: usize, reason: &str| DecodeError::at_line(FORMAT, line_of(byte), reason);
         if input.len() > NOTE_BYTES_MAX {
             return Err(at(
@@ -722,6 +729,10 @@ mod tests {
         let many = format!("a\n\n{}", format!("{sig}\n").repeat(SIGNATURES_MAX + 1));
         assert!(Note::parse(&many).is_err());
         assert!(Note::parse(&"x".repeat(NOTE_BYTES_MAX + 1)).is_err());
+        // A character across the size limit is refused at its line, not a panic.
+        let across = format!("a\n{}\u{e9}\n\n", "x".repeat(NOTE_BYTES_MAX - 3));
+        let error = Note::parse(&across).expect_err("over the limit");
+        assert_eq!(error.location, Location::Line(2), "{error}");
     }
 
     /// Goal: malformed keys are refused with a byte offset.

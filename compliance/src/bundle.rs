@@ -466,7 +466,7 @@ fn check_inputs(
         };
         let expected = EventExpectation {
             stream: request.stream,
-            offset: request.from + index as u64,
+            offset: request.from.checked_add(index as u64),
             previous_position,
         };
         let line = event_line(event);
@@ -595,7 +595,8 @@ fn decode_event(line: &EventLine) -> Result<DecodedEvent, String> {
 /// position after the previous one.
 struct EventExpectation {
     stream: u64,
-    offset: u64,
+    /// `None` when the line is past the largest offset (u64::MAX).
+    offset: Option<u64>,
     previous_position: Option<u64>,
 }
 
@@ -606,10 +607,13 @@ fn check_range(line: &EventLine, expected: &EventExpectation) -> Result<(), Stri
             line.stream, expected.stream
         ));
     }
-    if line.offset != expected.offset {
+    let Some(offset) = expected.offset else {
+        return Err("the line is past the largest offset a query can name".into());
+    };
+    if line.offset != offset {
         return Err(format!(
             "offset {} where {} was expected: events must be the query's range, dense, in order",
-            line.offset, expected.offset
+            line.offset, offset
         ));
     }
     if let Some(previous) = expected.previous_position
@@ -871,6 +875,9 @@ impl<'de> Deserialize<'de> for MemberOrder {
     }
 }
 
+const NO_TRAILER: &str =
+    "no trailer as the last member: the manifest is incomplete (the trailer is written last)";
+
 /// Parses a complete manifest (see the module documentation); the error is
 /// (location, message).
 fn parse_manifest(bytes: &[u8]) -> Result<Manifest, (String, String)> {
@@ -893,18 +900,19 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, (String, String)> {
         ));
     }
     if members.0.last().map(String::as_str) != Some("trailer") {
-        return Err((
-            MANIFEST_FILE.to_string(),
-            "no trailer as the last member: the manifest is incomplete (the trailer is written last)"
-                .into(),
-        ));
+        return Err((MANIFEST_FILE.to_string(), NO_TRAILER.into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
         (
             format!("{MANIFEST_FILE} line {} column {}", e.line(), e.column()),
             format!("not a {BUNDLE_FORMAT} manifest: {e}"),
         )
-    })
+    })?;
+    if manifest.trailer.is_none() {
+        // `"trailer": null` as the last member.
+        return Err((MANIFEST_FILE.to_string(), NO_TRAILER.into()));
+    }
+    Ok(manifest)
 }
 
 fn check_manifest_fields(check: &mut Check, manifest: &Manifest) {
@@ -1219,7 +1227,7 @@ impl EventWalk<'_> {
         if let Some(query) = self.query {
             let expected = EventExpectation {
                 stream: query.stream,
-                offset: query.from + (line - 1),
+                offset: query.from.checked_add(line - 1),
                 previous_position: previous,
             };
             if let Err(e) = check_range(&event, &expected) {

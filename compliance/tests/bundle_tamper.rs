@@ -5,170 +5,16 @@
 //! file and the size of a bundle of 1,000 events of 1 KiB.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
-use vellum_audit::hash::sha256;
-use vellum_audit::leaf::{LeafPreimage, commitment};
-use vellum_audit::merkle::MerkleTree;
-use vellum_audit::note::{Note, Signer};
-use vellum_audit::policy::Policy;
-use vellum_audit::proof::InclusionProof;
 use vellum_audit::report::Report;
 use vellum_compliance::bundle::{
-    BundleError, BundleRequest, CERTIFICATE_FILE, EVENTS_FILE, ExportedEvent, FileEntry,
-    MANIFEST_FILE, MANIFEST_SIG_FILE, Manifest, PROOFS_FILE, encode_manifest, manifest_sig_text,
-    verify_bundle, write_bundle,
+    BundleError, EVENTS_FILE, MANIFEST_FILE, MANIFEST_SIG_FILE, PROOFS_FILE, verify_bundle,
+    write_bundle,
 };
 
-const CLUSTER: u128 = 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef;
-const STREAM: u64 = 1001;
-const OTHER_STREAM: u64 = 7;
-
-fn replicas() -> Vec<Signer> {
-    (0..3u8)
-        .map(|i| {
-            Signer::from_seed(&format!("vellum-replica-{i}"), [0x11 * (i + 1); 32])
-                .expect("valid name")
-        })
-        .collect()
-}
-
-fn outsider() -> Signer {
-    Signer::from_seed("vellum-replica-9", [0x99; 32]).expect("valid name")
-}
-
-fn policy() -> Policy {
-    let verifiers = replicas().iter().map(Signer::verifier).collect();
-    Policy::new(&origin_for_cluster(CLUSTER), verifiers, 2).expect("valid policy")
-}
-
-/// A tiny log: the stream's `count` events interleaved with another
-/// stream's, so positions and offsets differ; plaintexts from `body`.
-struct TestLog {
-    certificate: Certificate,
-    events: Vec<ExportedEvent>,
-}
-
-fn leaf_for(position: u64, stream: u64, offset: u64, salt: &[u8; 32], text: &[u8]) -> LeafPreimage {
-    LeafPreimage {
-        global_position: position,
-        stream,
-        stream_offset: offset,
-        op: position + 1,
-        ciphertext_hash: sha256(&[b"ciphertext", &position.to_le_bytes()]),
-        commitment: commitment(salt, text),
-    }
-}
-
-fn build_log(count: u64, interleave: bool, body: &dyn Fn(u64) -> Vec<u8>) -> TestLog {
-    let mut tree = MerkleTree::new();
-    let mut ours = Vec::new();
-    for offset in 0..count {
-        if interleave {
-            let position = tree.len();
-            let filler = leaf_for(position, OTHER_STREAM, offset, &[0xee; 32], b"other");
-            tree.push(filler.leaf_hash());
-        }
-        let position = tree.len();
-        let salt = [offset as u8 ^ 0x5a; 32];
-        let text = body(offset);
-        let leaf = leaf_for(position, STREAM, offset, &salt, &text);
-        tree.push(leaf.leaf_hash());
-        ours.push((leaf, salt, text));
-    }
-    let r = replicas();
-    let checkpoint = Checkpoint {
-        origin: origin_for_cluster(CLUSTER),
-        size: tree.len(),
-        root: tree.root(),
-        extensions: Vec::new(),
-    };
-    let certificate = Certificate::sign(checkpoint, &[&r[0], &r[1]]).expect("sign");
-    let events = ours
-        .into_iter()
-        .map(|(leaf, salt, plaintext)| {
-            let proof = InclusionProof {
-                extra: Some(leaf.encode().to_vec()),
-                index: leaf.global_position,
-                hashes: tree
-                    .inclusion_proof(leaf.global_position, tree.len())
-                    .expect("proof"),
-                checkpoint: certificate.clone(),
-            };
-            ExportedEvent {
-                stream: STREAM,
-                offset: leaf.stream_offset,
-                position: leaf.global_position,
-                op: leaf.op,
-                plaintext,
-                salt,
-                proof: proof.encode(),
-            }
-        })
-        .collect();
-    TestLog {
-        certificate,
-        events,
-    }
-}
-
-fn small_body(offset: u64) -> Vec<u8> {
-    format!(
-        "{{\"resourceType\":\"Observation\",\"id\":\"obs-{offset}\",\"note\":\"a, \\\"b\\\"\"}}"
-    )
-    .into_bytes()
-}
-
-fn request(count: u64) -> BundleRequest {
-    BundleRequest {
-        stream: STREAM,
-        from: 0,
-        to: count,
-        principal: "auditor-ann".into(),
-        purpose: Some("HOPERAT".into()),
-        time_ns: 1_709_211_909_000_000_042,
-        exported_by: "vellum-replica-0".into(),
-    }
-}
-
-/// Writes a bundle of four events into a fresh temp dir.
-fn bundle() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("bundle");
-    let log = build_log(4, true, &small_body);
-    write_bundle(
-        &dir,
-        &request(4),
-        &log.certificate.encode(),
-        &log.events,
-        &replicas()[0],
-    )
-    .expect("write bundle");
-    (tmp, dir)
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    fs::read_to_string(dir.join(name)).expect("read bundle file")
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    fs::write(dir.join(name), text).expect("write bundle file");
-}
-
-/// Rewrites the manifest and re-signs it with `signer` (an insider, or an
-/// outsider whose key the policy does not pin).
-fn resign(dir: &Path, manifest: &Manifest, signer: &Signer) {
-    let text = encode_manifest(manifest);
-    write(dir, MANIFEST_FILE, &text);
-    let note =
-        Note::sign(&manifest_sig_text(&sha256(&[text.as_bytes()])), &[signer]).expect("sign");
-    write(dir, MANIFEST_SIG_FILE, &note.encode());
-}
-
-fn manifest(dir: &Path) -> Manifest {
-    serde_json::from_str(&read(dir, MANIFEST_FILE)).expect("manifest parses")
-}
+mod support;
+use support::{build_log, bundle, policy, read, replicas, request, small_body};
 
 /// Asserts the report failed with a failure at `location` (prefix) whose
 /// message contains `message`.
@@ -203,13 +49,7 @@ fn happy_path_passes() {
 #[test]
 fn edited_plaintext_fails_at_its_line() {
     let (_tmp, dir) = bundle();
-    let text = read(&dir, EVENTS_FILE);
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let mut event: serde_json::Value = serde_json::from_str(&lines[1]).expect("json");
-    event["plaintext_utf8"] = "forged".into();
-    event["plaintext_base64"] = "Zm9yZ2Vk".into();
-    lines[1] = event.to_string();
-    write(&dir, EVENTS_FILE, &(lines.join("\n") + "\n"));
+    support::edit_plaintext(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(&report, "events.ndjson line 2 (position 3)", "commitment");
     assert_fails_at(&report, EVENTS_FILE, "sha256");
@@ -219,14 +59,7 @@ fn edited_plaintext_fails_at_its_line() {
 #[test]
 fn dropped_event_fails_at_its_line() {
     let (_tmp, dir) = bundle();
-    let text = read(&dir, EVENTS_FILE);
-    let kept: Vec<&str> = text
-        .lines()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, l)| l)
-        .collect();
-    write(&dir, EVENTS_FILE, &(kept.join("\n") + "\n"));
+    support::drop_event(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
@@ -241,9 +74,7 @@ fn dropped_event_fails_at_its_line() {
 #[test]
 fn missing_trailer_fails() {
     let (_tmp, dir) = bundle();
-    let mut m = manifest(&dir);
-    m.trailer = None;
-    write(&dir, MANIFEST_FILE, &encode_manifest(&m));
+    support::drop_trailer(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(&report, MANIFEST_FILE, "no trailer");
     assert_fails_at(
@@ -257,12 +88,12 @@ fn missing_trailer_fails() {
 #[test]
 fn truncated_manifest_fails() {
     let (_tmp, dir) = bundle();
-    let text = read(&dir, MANIFEST_FILE);
-    write(&dir, MANIFEST_FILE, &text[..text.len() / 2]);
+    support::cut_manifest_in_half(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(&report, "manifest.json line", "truncated");
     // A cut just before the closing brace and newline is truncated too.
-    write(&dir, MANIFEST_FILE, text.trim_end().trim_end_matches('}'));
+    let (_tmp, dir) = bundle();
+    support::cut_manifest_before_brace(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(&report, "manifest.json line", "truncated");
 }
@@ -271,10 +102,7 @@ fn truncated_manifest_fails() {
 #[test]
 fn swapped_proofs_fail_at_their_lines() {
     let (_tmp, dir) = bundle();
-    let text = read(&dir, PROOFS_FILE);
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines.swap(0, 1);
-    write(&dir, PROOFS_FILE, &(lines.join("\n") + "\n"));
+    support::swap_proofs(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
@@ -298,16 +126,14 @@ fn swapped_proofs_fail_at_their_lines() {
 #[test]
 fn single_key_certificate_fails() {
     let (_tmp, dir) = bundle();
-    let original = Certificate::parse(&read(&dir, CERTIFICATE_FILE)).expect("parse");
-    let single = Certificate::sign(original.checkpoint, &[&replicas()[2]]).expect("sign");
-    write(&dir, CERTIFICATE_FILE, &single.encode());
+    support::single_key_certificate(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
-        CERTIFICATE_FILE,
+        "certificate.txt",
         "1 valid signatures of pinned keys, 2 needed",
     );
-    assert_fails_at(&report, CERTIFICATE_FILE, "sha256");
+    assert_fails_at(&report, "certificate.txt", "sha256");
     assert!(report.reached.is_none());
 }
 
@@ -316,9 +142,7 @@ fn single_key_certificate_fails() {
 #[test]
 fn manifest_signed_by_unpinned_key_fails() {
     let (_tmp, dir) = bundle();
-    let mut m = manifest(&dir);
-    m.principal = "someone-else".into();
-    resign(&dir, &m, &outsider());
+    support::sign_manifest_unpinned(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
@@ -332,19 +156,12 @@ fn manifest_signed_by_unpinned_key_fails() {
 #[test]
 fn extra_file_claims_fail() {
     let (_tmp, dir) = bundle();
-    write(&dir, "notes.txt", "not part of the bundle\n");
+    support::add_extra_file(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(&report, "notes.txt", "an extra file");
-    fs::remove_file(dir.join("notes.txt")).expect("remove");
 
-    let mut m = manifest(&dir);
-    m.files.push(FileEntry {
-        name: "extra.ndjson".into(),
-        sha256: "00".repeat(32),
-        bytes: 0,
-        records: 0,
-    });
-    resign(&dir, &m, &replicas()[0]);
+    let (_tmp, dir) = bundle();
+    support::claim_extra_file(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
@@ -357,8 +174,7 @@ fn extra_file_claims_fail() {
 #[test]
 fn manifest_signed_by_another_pinned_replica_fails() {
     let (_tmp, dir) = bundle();
-    let m = manifest(&dir);
-    resign(&dir, &m, &replicas()[1]);
+    support::sign_manifest_by_other_replica(&dir);
     let report = verify_bundle(&dir, &policy());
     assert_fails_at(
         &report,
@@ -449,4 +265,71 @@ fn bundle_size_per_thousand_events_is_bounded() {
         summary.bytes
     );
     eprintln!("bundle of 1,000 events of 1 KiB: {} bytes", summary.bytes);
+}
+
+// Goal: every case of the shared tampering table (which the verifier page
+// test replays in a browser) makes an otherwise good bundle fail.
+#[test]
+fn every_shared_tamper_case_fails() {
+    for case in support::tamper_cases() {
+        let (_tmp, dir) = bundle();
+        (case.apply)(&dir);
+        let report = verify_bundle(&dir, &policy());
+        assert!(!report.passed, "{}: {}", case.name, report.to_text());
+    }
+}
+
+// Goal: a manifest whose last member is `"trailer": null` is reported
+// incomplete, not a crash of the verifier.
+#[test]
+fn null_trailer_is_incomplete_not_a_crash() {
+    let (_tmp, dir) = bundle();
+    let text = read(&dir, MANIFEST_FILE);
+    let cut = text.find("\"trailer\"").expect("trailer");
+    let forged = format!("{}\"trailer\": null\n}}\n", &text[..cut]);
+    support::write(&dir, MANIFEST_FILE, &forged);
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(&report, MANIFEST_FILE, "no trailer");
+}
+
+// Goal: a signed manifest whose query starts at the largest offset, with
+// more event lines than that leaves room for, fails at the event line
+// instead of overflowing.
+#[test]
+fn query_at_the_largest_offset_fails_at_the_line() {
+    let (_tmp, dir) = bundle();
+    let mut m = support::manifest(&dir);
+    m.query.from = u64::MAX;
+    m.query.to = u64::MAX;
+    if let Some(trailer) = m.trailer.as_mut() {
+        trailer.events = 0;
+    }
+    support::resign(&dir, &m, &replicas()[0]);
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(&report, "events.ndjson line 2", "past the largest offset");
+}
+
+// Goal: a proof whose certificate is over the note size limit, with a
+// character across the limit, is refused at its line, not a crash.
+#[test]
+fn oversized_certificate_in_a_proof_is_refused() {
+    let (_tmp, dir) = bundle();
+    let text = read(&dir, PROOFS_FILE);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut proof: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+    let body = proof["proof"].as_str().expect("proof").to_string();
+    // The certificate starts after the blank line; make it 64 KiB - 1 bytes
+    // of origin, then a two-byte character across the limit.
+    let blank = body.find("\n\n").expect("blank line") + 2;
+    let padding = "a".repeat(64 * 1024 - 1);
+    let forged = format!("{}{padding}é{}", &body[..blank], &body[blank..]);
+    proof["proof"] = forged.into();
+    lines[0] = proof.to_string();
+    support::write(&dir, PROOFS_FILE, &(lines.join("\n") + "\n"));
+    let report = verify_bundle(&dir, &policy());
+    assert_fails_at(
+        &report,
+        "proofs.ndjson line 1 (position 1) tlog-proof line",
+        "larger than the note size limit",
+    );
 }

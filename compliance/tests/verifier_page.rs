@@ -1,0 +1,750 @@
+//! The verifier page (`verifier/vellum-verify.html`) in headless Chromium,
+//! driven through chromedriver's W3C WebDriver HTTP API on loopback: for a
+//! good bundle and for every case of the bundle tamper suite (and a few
+//! more), the test picks the bundle's files and the policy file the way a
+//! user does ("send keys" of the file paths to the page's `<input
+//! type=file>`s), clicks Verify, reads the page's report and asserts it
+//! agrees with the Rust verifier (`verify_bundle`, what `vellum verify
+//! --bundle` runs): the same verdict, the same checks with the same outcomes
+//! and counts, and the same failure places in the same order.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`,
+//! `chromium-driver`; or set VELLUM_CHROMIUM / VELLUM_CHROMEDRIVER); without
+//! them the test says SKIP and passes.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use vellum_audit::checkpoint::Certificate;
+use vellum_audit::note::{Signer, Verifier};
+use vellum_audit::policy::Policy;
+use vellum_audit::report::{Outcome, Report};
+use vellum_compliance::bundle::{
+    CERTIFICATE_FILE, EVENTS_FILE, MANIFEST_FILE, PROOFS_FILE, verify_bundle, write_bundle,
+};
+
+mod support;
+
+/// The W3C WebDriver key of an element reference.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// How long chromedriver may take to answer /status after it starts.
+const DRIVER_START_MS_MAX: u64 = 15_000;
+/// How long one verification in the page may take.
+const VERIFY_MS_MAX: u64 = 60_000;
+/// How long one WebDriver request may take.
+const REQUEST_MS_MAX: u64 = 60_000;
+/// How long ending a session may take on the way out of a failed test.
+const SESSION_END_MS_MAX: u64 = 5_000;
+/// The page polls at this interval.
+const POLL_MS: u64 = 50;
+
+fn page_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../verifier/vellum-verify.html")
+        .canonicalize()
+        .expect("verifier/vellum-verify.html exists")
+}
+
+/// An executable from the environment variable `var`, else the first of
+/// `names` on PATH.
+fn find_program(var: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// A chromedriver process and one browser session, ended on drop.
+struct Browser {
+    http: reqwest::Client,
+    port: u16,
+    base: String,
+    session: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(chromium: &Path, chromedriver: &Path) -> Browser {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(REQUEST_MS_MAX))
+            .build()
+            .expect("http client");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("{base}/status")).send().await;
+            if let Ok(response) = ready
+                && let Ok(status) = response.json::<Value>().await
+                && status["value"]["ready"] == json!(true)
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(DRIVER_START_MS_MAX),
+                "chromedriver did not answer within {DRIVER_START_MS_MAX} ms"
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir");
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--no-first-run",
+                         format!("--user-data-dir={}", profile.path().display())],
+            },
+        }}});
+        let mut browser = Browser {
+            http,
+            port,
+            base,
+            session: String::new(),
+            driver,
+            _profile: profile,
+        };
+        let created = browser.post("/session", capabilities).await;
+        browser.session = created["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_string();
+        browser
+    }
+
+    /// A WebDriver command; returns its `value`, panicking on an error.
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let url = if path == "/session" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/session/{}{path}", self.base, self.session)
+        };
+        let response = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = response.status();
+        let answer: Value = response.json().await.expect("a JSON answer");
+        assert!(status.is_success(), "POST {path} -> {status}: {answer}");
+        answer["value"].clone()
+    }
+
+    /// Ends the session (chromedriver quits the browser).
+    async fn quit(mut self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let ended = self.http.delete(&url).send().await;
+        assert!(
+            ended.is_ok_and(|r| r.status().is_success()),
+            "DELETE {url} failed"
+        );
+        self.session.clear();
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .post("/element", json!({"using": "css selector", "value": css}))
+            .await;
+        found[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// Opens the page, picks the files, clicks Verify and returns the
+    /// page's report (JSON), or `{"error": ...}` when it verified nothing.
+    async fn verify(&self, bundle_files: &[PathBuf], policy: &Path) -> Value {
+        let url = format!("file://{}", page_path().display());
+        self.post("/url", json!({ "url": url })).await;
+        let paths: Vec<String> = bundle_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let input = self.element("#bundle-files").await;
+        self.post(
+            &format!("/element/{input}/value"),
+            json!({"text": paths.join("\n")}),
+        )
+        .await;
+        let input = self.element("#policy-file").await;
+        self.post(
+            &format!("/element/{input}/value"),
+            json!({"text": policy.display().to_string()}),
+        )
+        .await;
+        let button = self.element("#verify").await;
+        self.post(&format!("/element/{button}/click"), json!({}))
+            .await;
+        let started = Instant::now();
+        let done = "const s = document.getElementById('status'); \
+                    return s.dataset.state === 'done' && s.dataset.run === '1';";
+        while self.script(done).await != json!(true) {
+            assert!(
+                started.elapsed() < Duration::from_millis(VERIFY_MS_MAX),
+                "the page did not finish within {VERIFY_MS_MAX} ms"
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        let text = self
+            .script("return document.getElementById('report-json').textContent;")
+            .await;
+        serde_json::from_str(text.as_str().expect("report text")).expect("report JSON")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            end_session(self.port, &self.session);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Ends a WebDriver session, which makes chromedriver quit its browser
+/// (killing chromedriver alone leaves the browser running). Blocking, so it
+/// also runs while a failed test unwinds.
+fn end_session(port: u16, session: &str) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(SESSION_END_MS_MAX)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut answer = Vec::new();
+        let _ = stream.take(1 << 20).read_to_end(&mut answer);
+    }
+}
+
+/// The files of a bundle directory, as a user picks them all.
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list bundle")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// What both verifiers must agree on, from the Rust report.
+fn rust_summary(report: &Report) -> Value {
+    let checks: Vec<Value> = report
+        .checks
+        .iter()
+        .map(|check| {
+            let outcome = match check.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "fail",
+                Outcome::NotRun => "not_run",
+            };
+            let places: Vec<&str> = check.failures.iter().map(|f| f.location.as_str()).collect();
+            json!({"name": check.name, "outcome": outcome, "counts": check.counts,
+                   "places": places})
+        })
+        .collect();
+    let reached = report
+        .reached
+        .as_ref()
+        .map(|r| json!({"tree_size": r.tree_size, "root": r.root, "signed_by": r.signed_by}));
+    json!({"passed": report.passed, "checks": checks, "reached": reached})
+}
+
+/// The same summary from the page's report.
+fn page_summary(report: &Value) -> Value {
+    assert!(
+        report.get("error").is_none(),
+        "the page refused: {}",
+        report["error"]
+    );
+    let checks: Vec<Value> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|check| {
+            let places: Vec<Value> = check["failures"]
+                .as_array()
+                .expect("failures")
+                .iter()
+                .map(|f| f["location"].clone())
+                .collect();
+            json!({"name": check["name"], "outcome": check["outcome"],
+                   "counts": check["counts"], "places": places})
+        })
+        .collect();
+    let reached = match &report["reached"] {
+        Value::Null => Value::Null,
+        r => json!({"tree_size": r["tree_size"], "root": r["root"], "signed_by": r["signed_by"]}),
+    };
+    json!({"passed": report["passed"], "checks": checks, "reached": reached})
+}
+
+/// A named way to change a bundle.
+type NamedCase = (&'static str, fn(&Path));
+
+/// More ways to break a bundle than the tamper suite has, each one place
+/// where the two implementations could read the format differently.
+fn more_cases() -> Vec<NamedCase> {
+    use support::{read, write};
+    fn edit_event(dir: &Path, line: usize, edit: impl Fn(&mut Value)) {
+        let text = read(dir, EVENTS_FILE);
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut event: Value = serde_json::from_str(&lines[line]).expect("json");
+        edit(&mut event);
+        lines[line] = event.to_string();
+        write(dir, EVENTS_FILE, &(lines.join("\n") + "\n"));
+    }
+    fn replace_in(dir: &Path, name: &str, from: &str, to: &str) {
+        let text = read(dir, name);
+        assert!(text.contains(from), "{name} holds {from:?}");
+        write(dir, name, &text.replacen(from, to, 1));
+    }
+    vec![
+        ("manifest.json missing", |dir| {
+            std::fs::remove_file(dir.join(MANIFEST_FILE)).expect("remove");
+        }),
+        ("events.ndjson missing", |dir| {
+            std::fs::remove_file(dir.join(EVENTS_FILE)).expect("remove");
+        }),
+        ("last event line without newline", |dir| {
+            let text = read(dir, EVENTS_FILE);
+            write(dir, EVENTS_FILE, text.trim_end());
+        }),
+        ("salt in upper case", |dir| {
+            edit_event(dir, 0, |e| {
+                e["salt"] = e["salt"].as_str().expect("salt").to_uppercase().into()
+            })
+        }),
+        ("plaintext not base64", |dir| {
+            edit_event(dir, 2, |e| e["plaintext_base64"] = "Zm9v=".into())
+        }),
+        ("plaintext_utf8 differs", |dir| {
+            edit_event(dir, 1, |e| e["plaintext_utf8"] = "other".into())
+        }),
+        ("event with an unknown member", |dir| {
+            edit_event(dir, 3, |e| e["note"] = "x".into())
+        }),
+        ("event as an array of its fields", |dir| {
+            edit_event(dir, 0, |e| {
+                let fields = ["stream", "offset", "position", "op", "plaintext_base64"];
+                let mut array: Vec<Value> = fields.iter().map(|f| e[*f].clone()).collect();
+                array.push(e["plaintext_utf8"].clone());
+                array.push(e["salt"].clone());
+                *e = Value::Array(array);
+            })
+        }),
+        ("event with another stream", |dir| {
+            edit_event(dir, 1, |e| e["stream"] = 7.into())
+        }),
+        ("event offset above u64", |dir| {
+            replace_in(
+                dir,
+                EVENTS_FILE,
+                "\"offset\":0",
+                "\"offset\":18446744073709551616",
+            )
+        }),
+        ("empty event line", |dir| {
+            let text = read(dir, EVENTS_FILE);
+            write(dir, EVENTS_FILE, &format!("\n{text}"));
+        }),
+        ("certificate without its blank line", |dir| {
+            let text = read(dir, CERTIFICATE_FILE);
+            write(dir, CERTIFICATE_FILE, &text.replacen("\n\n", "\n", 1));
+        }),
+        ("certificate size with a leading zero", |dir| {
+            replace_in(dir, CERTIFICATE_FILE, "\n8\n", "\n08\n")
+        }),
+        (
+            "certificate with an extension line the proofs lack",
+            |dir| {
+                let mut checkpoint = Certificate::parse(&read(dir, CERTIFICATE_FILE))
+                    .expect("parse")
+                    .checkpoint;
+                checkpoint
+                    .extensions
+                    .push(format!("vellum-head 8 {}", "ab".repeat(32)));
+                let replicas = support::replicas();
+                let signed =
+                    Certificate::sign(checkpoint, &[&replicas[0], &replicas[2]]).expect("sign");
+                write(dir, CERTIFICATE_FILE, &signed.encode());
+            },
+        ),
+        ("proof with a changed hash", |dir| {
+            let text = read(dir, PROOFS_FILE);
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let mut proof: Value = serde_json::from_str(&lines[2]).expect("json");
+            let body = proof["proof"].as_str().expect("proof").to_string();
+            let mut body_lines: Vec<String> = body.lines().map(str::to_string).collect();
+            body_lines[3] = format!("A{}", &body_lines[3][1..]);
+            proof["proof"] = (body_lines.join("\n") + "\n").into();
+            lines[2] = proof.to_string();
+            write(dir, PROOFS_FILE, &(lines.join("\n") + "\n"));
+        }),
+        ("proof header misspelled", |dir| {
+            replace_in(
+                dir,
+                PROOFS_FILE,
+                "c2sp.org/tlog-proof@v1",
+                "c2sp.org/tlog-proof@v2",
+            )
+        }),
+        ("oversized certificate in a proof", |dir| {
+            let text = read(dir, PROOFS_FILE);
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            let mut proof: Value = serde_json::from_str(&lines[0]).expect("json");
+            let body = proof["proof"].as_str().expect("proof").to_string();
+            let blank = body.find("\n\n").expect("blank line") + 2;
+            let padding = "a".repeat(64 * 1024 - 1);
+            proof["proof"] = format!("{}{padding}\u{e9}{}", &body[..blank], &body[blank..]).into();
+            lines[0] = proof.to_string();
+            write(dir, PROOFS_FILE, &(lines.join("\n") + "\n"));
+        }),
+        ("manifest member of the wrong type", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"time_ns\": 1", "\"time_ns\": \"1\"")
+        }),
+        ("manifest with an unknown member", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"principal\"", "\"principle\"")
+        }),
+        ("manifest query without its end", |dir| {
+            replace_in(dir, MANIFEST_FILE, ",\n    \"to\": 4", "")
+        }),
+        ("manifest with a trailing comma", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"end\": true", "\"end\": true,")
+        }),
+        ("manifest with two newlines at the end", |dir| {
+            let text = read(dir, MANIFEST_FILE);
+            write(dir, MANIFEST_FILE, &format!("{text}\n"));
+        }),
+        ("manifest string member holding a number", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"auditor-ann\"", "42")
+        }),
+        ("manifest struct member holding an array", |dir| {
+            replace_in(
+                dir,
+                MANIFEST_FILE,
+                "\"time_ns\": 1709211909000000042",
+                "\"time_ns\": [1]",
+            )
+        }),
+        ("manifest query as an array with one too many", |dir| {
+            let text = read(dir, MANIFEST_FILE);
+            let start = text.find("\"query\": {").expect("query") + "\"query\": ".len();
+            let end = start + text[start..].find('}').expect("end of query") + 1;
+            write(
+                dir,
+                MANIFEST_FILE,
+                &format!("{}[1001, 0, 4, 5]{}", &text[..start], &text[end..]),
+            );
+        }),
+        ("manifest trailer as an array too short", |dir| {
+            replace_in(
+                dir,
+                MANIFEST_FILE,
+                "{\n    \"events\": 4,\n    \"end\": true\n  }",
+                "[4]",
+            )
+        }),
+        ("manifest with a repeated member", |dir| {
+            replace_in(
+                dir,
+                MANIFEST_FILE,
+                "\"kind\": \"events\",",
+                "\"kind\": \"events\",\n  \"kind\": \"events\",",
+            )
+        }),
+        ("manifest with a negative size", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"size\": 8", "\"size\": -8")
+        }),
+        ("manifest with a fraction", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"size\": 8", "\"size\": 8.0")
+        }),
+        ("manifest with a leading zero", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"size\": 8", "\"size\": 08")
+        }),
+        ("manifest with a tab in a string", |dir| {
+            replace_in(dir, MANIFEST_FILE, "auditor-ann", "auditor\tann")
+        }),
+        ("manifest key with a tab", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"principal\"", "\"princ\tipal\"")
+        }),
+        ("manifest with a bad escape", |dir| {
+            replace_in(dir, MANIFEST_FILE, "auditor-ann", "auditor\\qann")
+        }),
+        ("manifest with a lone surrogate", |dir| {
+            replace_in(dir, MANIFEST_FILE, "auditor-ann", "auditor\\ud800ann")
+        }),
+        ("manifest with a misspelled literal", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"end\": true", "\"end\": trve")
+        }),
+        ("manifest with a missing colon", |dir| {
+            replace_in(dir, MANIFEST_FILE, "\"kind\": ", "\"kind\" ")
+        }),
+        ("manifest with text after it", |dir| {
+            let text = read(dir, MANIFEST_FILE);
+            write(dir, MANIFEST_FILE, &format!("{text}x\n"));
+        }),
+        ("manifest that is an array", |dir| {
+            write(dir, MANIFEST_FILE, "[1, 2]\n")
+        }),
+        ("manifest that is a number", |dir| {
+            write(dir, MANIFEST_FILE, "  17\n")
+        }),
+        ("manifest that is empty", |dir| {
+            write(dir, MANIFEST_FILE, "")
+        }),
+        ("manifest with a trailer of null", |dir| {
+            let text = read(dir, MANIFEST_FILE);
+            let cut = text.find("\"trailer\"").expect("trailer");
+            write(
+                dir,
+                MANIFEST_FILE,
+                &format!("{}\"trailer\": null\n}}\n", &text[..cut]),
+            );
+        }),
+        ("manifest query from the largest offset", |dir| {
+            let mut m = support::manifest(dir);
+            m.query.from = u64::MAX;
+            m.query.to = u64::MAX;
+            if let Some(trailer) = m.trailer.as_mut() {
+                trailer.events = 0;
+            }
+            support::resign(dir, &m, &support::replicas()[0]);
+        }),
+    ]
+}
+
+/// Trust policies both verifiers must refuse, each at one line.
+fn bad_policies() -> Vec<(&'static str, String)> {
+    let good = support::policy().encode();
+    let first_id = good.find("+723d505c+").expect("key id of replica 0");
+    vec![
+        ("no quorum line", good.replace("quorum replicas\n", "")),
+        (
+            "threshold zero",
+            good.replace("group replicas 2", "group replicas 0"),
+        ),
+        (
+            "threshold above the members",
+            good.replace("group replicas 2", "group replicas 4"),
+        ),
+        ("key id that does not match its key", {
+            let mut text = good.clone();
+            text.replace_range(first_id + 1..first_id + 2, "8");
+            text
+        }),
+        ("line after the quorum", format!("{good}origin x\n")),
+        ("log line", good.replacen("origin", "log x\norigin", 1)),
+        ("origin twice", format!("origin a\n{good}")),
+        (
+            "witness left out of the quorum",
+            good.replace(" vellum-replica-2\nquorum", "\nquorum"),
+        ),
+        ("carriage returns", good.replace('\n', "\r\n")),
+        ("key not base64", good.replacen("+AdBK", "+AdB*", 1)),
+        ("empty", String::new()),
+    ]
+}
+
+/// The Ed25519 group order ℓ, little-endian.
+const GROUP_ORDER_LE: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// A signature line of `name` whose signature is `signature`.
+fn signature_line(verifier: &Verifier, signature: &[u8]) -> String {
+    let mut raw = verifier.key_id().to_vec();
+    raw.extend_from_slice(signature);
+    format!("\u{2014} {} {}\n", verifier.name(), BASE64.encode(raw))
+}
+
+/// Strict Ed25519, where WebCrypto alone would differ from the Rust
+/// verifier: a pinned key of small order (the identity point) "signs" with
+/// R = identity and s = 0, which the plain equation accepts; and a real
+/// signature with s + ℓ for s. Both must fail in both verifiers, so a
+/// quorum counted from either shows as a disagreement.
+fn strict_signature_cases(dir: &Path) -> Vec<(&'static str, String)> {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = Verifier::new("vellum-weak", &identity).expect("the identity decompresses");
+    let certificate = Certificate::parse(&support::read(dir, CERTIFICATE_FILE)).expect("parse");
+    let replicas = support::replicas();
+    let one = Certificate::sign(certificate.checkpoint.clone(), &[&replicas[0]]).expect("sign");
+    let mut forged_weak = identity.to_vec();
+    forged_weak.extend_from_slice(&[0u8; 32]);
+    let weak_case = one.encode() + &signature_line(&weak, &forged_weak);
+    let mut big_s = replicas[1].sign(certificate.note.text.as_bytes()).to_vec();
+    let mut carry = 0u16;
+    for (byte, add) in big_s[32..].iter_mut().zip(GROUP_ORDER_LE) {
+        let sum = u16::from(*byte) + u16::from(add) + carry;
+        *byte = sum as u8;
+        carry = sum >> 8;
+    }
+    assert_eq!(carry, 0, "s + ℓ fits 32 bytes");
+    let big_s_case = one.encode() + &signature_line(&replicas[1].verifier(), &big_s);
+    vec![
+        ("a small-order pinned key signs", weak_case),
+        ("a signature with s + ℓ", big_s_case),
+    ]
+}
+
+/// The test policy plus the small-order key `vellum-weak`, quorum 2.
+fn policy_with_weak_key() -> Policy {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut verifiers: Vec<Verifier> = support::replicas().iter().map(Signer::verifier).collect();
+    verifiers.push(Verifier::new("vellum-weak", &identity).expect("the identity decompresses"));
+    Policy::new(&support::policy().origin, verifiers, 2).expect("policy")
+}
+
+/// Runs one bundle through both verifiers and asserts they agree; returns
+/// the Rust report.
+async fn agree(browser: &Browser, name: &str, dir: &Path, policy_file: &Path) -> Report {
+    agree_under(browser, name, dir, &support::policy(), policy_file).await
+}
+
+/// [`agree`] under another policy (`policy_file` is its text).
+async fn agree_under(
+    browser: &Browser,
+    name: &str,
+    dir: &Path,
+    policy: &Policy,
+    policy_file: &Path,
+) -> Report {
+    let rust = verify_bundle(dir, policy);
+    let started = Instant::now();
+    let page = browser.verify(&listing(dir), policy_file).await;
+    eprintln!("{name}: the page took {} ms", started.elapsed().as_millis());
+    let (expected, actual) = (rust_summary(&rust), page_summary(&page));
+    assert_eq!(
+        actual,
+        expected,
+        "{name}: the page (left) and verify_bundle (right) disagree\n{}",
+        rust.to_text()
+    );
+    rust
+}
+
+// Goal: a good bundle passes in the page; every tampering case of the
+// bundle tamper suite fails there with the same places the Rust verifier
+// names; and the two agree on every further case.
+#[test]
+fn page_and_rust_verifier_agree_on_every_bundle() {
+    let chromium = find_program("VELLUM_CHROMIUM", &["chromium", "chromium-browser"]);
+    let chromedriver = find_program("VELLUM_CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+        eprintln!(
+            "SKIP: the verifier page test needs chromium and chromedriver \
+             (apt-get install chromium chromium-driver, or set VELLUM_CHROMIUM and VELLUM_CHROMEDRIVER)"
+        );
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let browser = Browser::start(&chromium, &chromedriver).await;
+        let policy_dir = tempfile::tempdir().expect("tempdir");
+        let policy_file = policy_dir.path().join("policy.txt");
+        std::fs::write(&policy_file, support::policy().encode()).expect("write policy");
+
+        let (_tmp, dir) = support::bundle();
+        let good = agree(&browser, "good bundle", &dir, &policy_file).await;
+        assert!(good.passed, "{}", good.to_text());
+
+        for case in support::tamper_cases() {
+            let (_tmp, dir) = support::bundle();
+            (case.apply)(&dir);
+            let report = agree(&browser, case.name, &dir, &policy_file).await;
+            assert!(
+                !report.passed,
+                "{}: the tampering went unnoticed",
+                case.name
+            );
+        }
+        for (name, text) in bad_policies() {
+            let error = vellum_audit::policy::Policy::parse(&text).expect_err(name);
+            let bad_policy = policy_dir.path().join("bad-policy.txt");
+            std::fs::write(&bad_policy, &text).expect("write policy");
+            let page = browser.verify(&listing(&dir), &bad_policy).await;
+            let message = page["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: the page verified with a bad policy: {page}"));
+            let place = message.rsplit_once(" at ").map(|(_, place)| place);
+            assert_eq!(
+                place,
+                Some(error.location.to_string().as_str()),
+                "{name}: page {message:?}, rust {error}"
+            );
+        }
+        let weak_policy = policy_with_weak_key();
+        let weak_policy_file = policy_dir.path().join("weak-policy.txt");
+        std::fs::write(&weak_policy_file, weak_policy.encode()).expect("write policy");
+        let (_tmp, strict_dir) = support::bundle();
+        for (name, certificate) in strict_signature_cases(&strict_dir) {
+            let (_tmp, dir) = support::bundle();
+            support::write(&dir, CERTIFICATE_FILE, &certificate);
+            let report = agree_under(&browser, name, &dir, &weak_policy, &weak_policy_file).await;
+            assert!(!report.passed, "{name}: the forged signature counted");
+        }
+
+        let (_tmp, dir) = {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("bundle");
+            let log = support::build_log(1000, false, &support::small_body);
+            let events = &log.events;
+            write_bundle(
+                &dir,
+                &support::request(1000),
+                &log.certificate.encode(),
+                events,
+                &support::replicas()[0],
+            )
+            .expect("write bundle");
+            (tmp, dir)
+        };
+        let large = agree(&browser, "bundle of 1,000 events", &dir, &policy_file).await;
+        assert!(large.passed, "{}", large.to_text());
+
+        for (name, apply) in more_cases() {
+            let (_tmp, dir) = support::bundle();
+            apply(&dir);
+            let report = agree(&browser, name, &dir, &policy_file).await;
+            assert!(!report.passed, "{name}: the tampering went unnoticed");
+        }
+        browser.quit().await;
+    });
+}
