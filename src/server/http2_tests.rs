@@ -531,3 +531,34 @@ async fn h2c_and_h2_without_alpn_are_refused() {
     assert_eq!(health.version(), reqwest::Version::HTTP_2);
     served.stop().await;
 }
+
+// Goal: a client that negotiates h2 and then sends only part of the
+// preface is closed at the preface deadline (hyper alone would wait for
+// ever), not before it, and the server keeps serving others meanwhile.
+#[tokio::test]
+async fn h2_client_silent_after_the_handshake_is_closed_at_the_deadline() {
+    let served = serve(1, 10).await;
+    let mut silent = served.raw_tls(&[b"h2"]).await;
+    silent
+        .write_all(&super::H2_PREFACE[..10])
+        .await
+        .expect("part of the preface");
+    let started = Instant::now();
+    let health = served
+        .client(false)
+        .get(format!("{}/v1/health", served.base()))
+        .send()
+        .await
+        .expect("another client is served");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+    let deadline = Duration::from_millis(super::H2_PREFACE_TIMEOUT_MS);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(deadline + WAIT, silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the silent connection was never closed");
+    let waited = started.elapsed();
+    assert!(
+        waited + Duration::from_millis(500) >= deadline,
+        "closed after {waited:?}, before the {deadline:?} deadline"
+    );
+    served.stop().await;
+}
