@@ -38,6 +38,9 @@ pub const READ_EVENTS_MAX: u64 = 1000;
 pub const APPEND_EVENTS_MAX: usize = vellum_audit::record::EVENTS_PER_OP_MAX as usize;
 /// Largest event, in bytes (after base64 decoding; a `json` event's text).
 pub const EVENT_BYTES_MAX: usize = vellum_audit::record::EVENT_BYTES_MAX;
+/// The TLS ALPN protocol ids of the API, most preferred first: HTTP/2,
+/// else HTTP/1.1. The server offers both and speaks the one negotiated.
+pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Deserializes an optional member that, when present, must hold a value:
 /// `null` is refused (the OpenAPI document gives these members a type

@@ -797,7 +797,9 @@ fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
         .map_err(|e| ClientError::Local(format!("tls versions: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 when the server offers it (one connection carries every
+    // concurrent call and subscription), else HTTP/1.1.
+    config.alpn_protocols = api::ALPN_PROTOCOLS.iter().map(|id| id.to_vec()).collect();
     Ok(config)
 }
 

@@ -864,49 +864,97 @@ fn test_pki() -> TestPki {
     }
 }
 
-/// Serves a fresh stub over TLS with `pki`'s server certificate.
-async fn start_tls_stub(pki: &TestPki) -> (Shared, String) {
+/// The ALPN protocol each TLS connection to a stub negotiated (None: none).
+type Negotiated = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
+
+/// Serves a fresh stub over TLS with `pki`'s server certificate, offering
+/// `alpn` and speaking HTTP/2 or HTTP/1.1 as negotiated.
+async fn start_tls_stub(pki: &TestPki, alpn: &[&[u8]]) -> (Shared, String, Negotiated) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("tls versions")
         .with_no_client_auth()
         .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
         .expect("server tls config");
+    tls.alpn_protocols = alpn.iter().map(|id| id.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a stub port");
     let address = listener.local_addr().expect("stub address");
     let shared = Shared::default();
+    let negotiated = Negotiated::default();
     let app = router(shared.clone());
+    let seen = negotiated.clone();
     tokio::spawn(async move {
         // Bounded: a test makes only a few connections.
         for _ in 0..64 {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let (acceptor, app, seen) = (acceptor.clone(), app.clone(), seen.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
                 };
+                let protocol = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                let http2 = protocol.as_deref() == Some(b"h2");
+                seen.lock().expect("negotiated lock").push(protocol);
                 let service = hyper_util::service::TowerToHyperService::new(app);
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
+                let executor = hyper_util::rt::TokioExecutor::new();
+                let builder = hyper_util::server::conn::auto::Builder::new(executor);
+                let builder = match http2 {
+                    true => builder.http2_only(),
+                    false => builder.http1_only(),
+                };
+                let _ = builder.serve_connection(io, service).await;
             });
         }
     });
-    (shared, format!("https://{address}"))
+    (shared, format!("https://{address}"), negotiated)
+}
+
+// Goal: the client speaks HTTP/2 to a server that offers it (ALPN h2, both
+// calls over one connection) and HTTP/1.1 to one that offers only
+// http/1.1, with the same results.
+#[tokio::test]
+async fn https_uses_http2_when_offered_else_http1() {
+    let pki = test_pki();
+    for (offered, expected) in [
+        (&[&b"h2"[..], b"http/1.1"][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+    ] {
+        let (_shared, url, negotiated) = start_tls_stub(&pki, offered).await;
+        let client = Client::new(ClientConfig {
+            ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+            ..config(vec![url])
+        })
+        .expect("client with the CA");
+        let receipt = bounded(client.append(21, events(&["a", "b"]), None))
+            .await
+            .expect("append over https");
+        assert_eq!(receipt.next_offset, 2);
+        let read = bounded(client.read_stream(21, 0, 10)).await.expect("read");
+        assert_eq!(read.events.len(), 2);
+        let seen = negotiated.lock().expect("negotiated lock").clone();
+        assert!(!seen.is_empty());
+        if expected == b"h2" {
+            assert_eq!(seen.len(), 1, "one multiplexed connection: {seen:?}");
+        }
+        assert!(
+            seen.iter().all(|p| p.as_deref() == Some(expected)),
+            "offered {offered:?}: negotiated {seen:?}"
+        );
+    }
 }
 
 // Goal: over https the client trusts the configured CA, and only it.
 #[tokio::test]
 async fn https_trusts_only_the_configured_ca() {
     let pki = test_pki();
-    let (shared, url) = start_tls_stub(&pki).await;
+    let (shared, url, _) = start_tls_stub(&pki, &[b"h2", b"http/1.1"]).await;
     let trusting = Client::new(ClientConfig {
         ca_pem: Some(pki.ca_pem.clone().into_bytes()),
         ..config(vec![url.clone()])

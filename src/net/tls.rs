@@ -297,7 +297,8 @@ pub fn replica_client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// The HTTP API server: ALPN `http/1.1`, TLS 1.2 and 1.3. Client
+/// The HTTP API server: ALPN `crate::api::ALPN_PROTOCOLS` (h2, http/1.1),
+/// TLS 1.2 and 1.3. Client
 /// certificates are optional: clients use bearer tokens; a peer replica
 /// that forwards a request presents its certificate (verified against the
 /// CA), which is what lets the server trust the client address it names.
@@ -310,7 +311,10 @@ pub fn api_server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, Tl
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = crate::api::ALPN_PROTOCOLS
+        .iter()
+        .map(|id| id.to_vec())
+        .collect();
     Ok(Arc::new(config))
 }
 
@@ -491,7 +495,10 @@ mod tests {
             replica_server_config(&material).expect("server config");
             replica_client_config(&material).expect("client config");
             let api = api_server_config(&material).expect("api config");
-            assert_eq!(api.alpn_protocols, vec![b"http/1.1".to_vec()]);
+            assert_eq!(
+                api.alpn_protocols,
+                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            );
         }
         let ca = parse_certs(&std::fs::read(&pki.ca_cert).expect("ca"), Path::new("x"))
             .expect("ca cert");

@@ -227,6 +227,11 @@ fn client_builder(ca_pem: &[u8]) -> Result<reqwest::ClientBuilder, ServerError> 
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
+        // HTTP/1.1, one connection per relayed request, as before the API
+        // offered HTTP/2: over one multiplexed connection a backup's relayed
+        // subscriptions (up to SUBSCRIPTIONS_MAX) would queue behind the
+        // primary's H2_STREAMS_MAX instead of being served.
+        .http1_only()
         // A forwarded request must reach exactly the named replica.
         .redirect(reqwest::redirect::Policy::none());
     if !ca_pem.is_empty() {

@@ -1,4 +1,5 @@
-//! The client API server: HTTP/1.1 + JSON over TLS, in front of one replica.
+//! The client API server: HTTP/2 or HTTP/1.1 (chosen by TLS ALPN) + JSON
+//! over TLS, in front of one replica.
 //!
 //! Why it exists: clients (and auditors) need a narrow, authenticated,
 //! well-documented door into the replicated log. The server owns no state of
@@ -16,6 +17,8 @@
 
 pub mod auth;
 pub mod forward;
+#[cfg(test)]
+mod http2_tests;
 pub mod logins;
 pub mod metrics;
 pub mod node;
@@ -32,8 +35,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -69,6 +77,42 @@ pub const HEARTBEAT_MS: u64 = 2_000;
 pub const SUBSCRIPTION_BUFFER_MAX: usize = 64;
 /// A forwarded request gets this long to connect to the primary.
 pub const FORWARD_TIMEOUT_MS: u64 = 30_000;
+
+/// HTTP/2: most streams (requests) one connection may have open at once
+/// (SETTINGS_MAX_CONCURRENT_STREAMS). RFC 9113 §6.5.2 recommends no fewer
+/// than 100 so clients need not open more connections; with HTTP/1.1 a
+/// client got the same concurrency from 100 of its 256 connections per
+/// address. Subscriptions stay capped by [`SUBSCRIPTIONS_MAX`] whatever
+/// the protocol. A client that opens more gets them refused (RST_STREAM).
+pub const H2_STREAMS_MAX: u32 = 100;
+/// HTTP/2: largest header list a request may carry, decoded, in bytes
+/// (SETTINGS_MAX_HEADER_LIST_SIZE): a bearer token and the trail headers
+/// (each clipped to the trail's text limit) fit many times over; larger
+/// is refused with 431 before any handler runs.
+pub const H2_HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+/// HTTP/2: answer bytes buffered per stream beyond what the client's flow
+/// control window lets us send. A client that opens streams and never
+/// reads holds at most this much per stream; the handler (a subscription)
+/// then waits, as it does on a full TCP buffer with HTTP/1.1.
+pub const H2_SEND_BUFFER_BYTES_MAX: usize = 256 * 1024;
+/// HTTP/2: after the handshake, the client preface must arrive within this
+/// time (the HTTP/2 counterpart of [`HEADER_READ_TIMEOUT_MS`]).
+pub const H2_PREFACE_TIMEOUT_MS: u64 = HEADER_READ_TIMEOUT_MS;
+/// HTTP/2: the server pings an open connection this often, and closes it
+/// when a ping is not answered within [`H2_PING_TIMEOUT_MS`], so a dead
+/// peer does not hold a connection slot.
+pub const H2_PING_INTERVAL_MS: u64 = 30_000;
+/// HTTP/2: how long a ping may go unanswered.
+pub const H2_PING_TIMEOUT_MS: u64 = 10_000;
+/// HTTP/2: streams a client may reset before the server accepted them,
+/// before the connection is closed (the "rapid reset" attack,
+/// CVE-2023-44487; hyper's default).
+pub const H2_PENDING_RESETS_MAX: usize = 20;
+/// HTTP/2: streams the server may reset because of client errors before
+/// it closes the connection (CVE-2024-27316-like floods of bad requests).
+pub const H2_ERROR_RESETS_MAX: usize = 256;
+/// The 24-byte HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Everything [`serve`] needs besides the node.
 #[derive(Debug)]
@@ -304,13 +348,17 @@ pub struct PeerReplica(pub u8);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
 
-/// Runs the TLS handshake (bounded in time) and then HTTP/1.1 on one connection.
+/// Runs the TLS handshake (bounded in time) and then HTTP/2 or HTTP/1.1 on
+/// one connection: HTTP/2 exactly when ALPN chose `h2`. Without ALPN (or
+/// with `http/1.1`) the connection is HTTP/1.1 only, so an HTTP/2 preface
+/// sent without ALPN is refused as a bad HTTP/1.1 request (RFC 9113 §3.3
+/// asks for ALPN over TLS); plaintext h2c is never spoken on this port.
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     address_slot: AddressSlot,
 ) {
     let handshake = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
@@ -327,12 +375,12 @@ async fn serve_connection(
     };
     // The caller's address travels with each request into the access trail,
     // and so does the replica it is, if it proved one.
-    let replica = tls
-        .get_ref()
-        .1
+    let session = &tls.get_ref().1;
+    let replica = session
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| crate::net::tls::peer_replica_index(leaf.as_ref()));
+    let http2 = session.alpn_protocol() == Some(crate::api::ALPN_PROTOCOLS[0]);
     let mut app = app.layer(axum::Extension(RemoteAddr(peer)));
     let mut address_slot = Some(address_slot);
     if let Some(replica) = replica {
@@ -340,12 +388,81 @@ async fn serve_connection(
         // A proven replica does not use up its address's share.
         address_slot = None;
     }
+    let (prefix, builder) = match http2 {
+        true => match read_h2_preface(tls, peer).await {
+            Some((prefix, tls)) => (Prefixed::new(prefix, tls), http2_builder()),
+            None => return,
+        },
+        false => (Prefixed::new(Vec::new(), tls), http1_builder()),
+    };
     let service = TowerToHyperService::new(app);
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let conn = builder.serve_connection(TokioIo::new(prefix), service);
+    drive_connection(conn, peer, shutdown).await;
+    drop(address_slot);
+}
+
+/// A client connection after its TLS handshake.
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Reads the 24-byte HTTP/2 client preface within [`H2_PREFACE_TIMEOUT_MS`]
+/// (hyper waits for it without a deadline), and hands back what was read
+/// for hyper to read again. Bytes that are not the preface are handed on
+/// too: hyper refuses them with a GOAWAY.
+async fn read_h2_preface(mut stream: TlsStream, peer: SocketAddr) -> Option<(Vec<u8>, TlsStream)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut preface = vec![0u8; H2_PREFACE.len()];
+    let deadline = Duration::from_millis(H2_PREFACE_TIMEOUT_MS);
+    match tokio::time::timeout(deadline, stream.read_exact(&mut preface)).await {
+        Ok(Ok(_)) => Some((preface, stream)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "api h2 connection closed before its preface");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "api h2 preface timed out");
+            None
+        }
+    }
+}
+
+/// HTTP/1.1 only, with the header read deadline (slow-loris guard).
+fn http1_builder() -> AutoBuilder<TokioExecutor> {
+    let mut builder = AutoBuilder::new(TokioExecutor::new()).http1_only();
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    builder
+}
+
+/// HTTP/2 only, with the limits named `H2_*` above.
+fn http2_builder() -> AutoBuilder<TokioExecutor> {
+    let mut builder = AutoBuilder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_STREAMS_MAX)
+        .max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES_MAX)
+        .max_pending_accept_reset_streams(H2_PENDING_RESETS_MAX)
+        .max_local_error_reset_streams(H2_ERROR_RESETS_MAX)
+        .keep_alive_interval(Duration::from_millis(H2_PING_INTERVAL_MS))
+        .keep_alive_timeout(Duration::from_millis(H2_PING_TIMEOUT_MS));
+    builder
+}
+
+/// Serves `conn` until it ends; on shutdown, lets in-flight requests finish
+/// within [`SHUTDOWN_DRAIN_MS`] (a subscription never finishes on its own).
+async fn drive_connection(
+    conn: hyper_util::server::conn::auto::Connection<
+        '_,
+        TokioIo<Prefixed<TlsStream>>,
+        TowerToHyperService<axum::Router>,
+        TokioExecutor,
+    >,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -356,13 +473,77 @@ async fn serve_connection(
         }
         _ = shutdown.changed() => conn.as_mut().graceful_shutdown(),
     }
-    // Shutting down: let the in-flight request finish, but not forever
-    // (a subscription never finishes on its own).
     let drain = Duration::from_millis(SHUTDOWN_DRAIN_MS);
     if tokio::time::timeout(drain, conn).await.is_err() {
         tracing::debug!(%peer, "api connection dropped after the shutdown drain time");
     }
-    drop(address_slot);
+}
+
+/// A stream that first yields `prefix` (bytes already read from `inner`),
+/// then reads on from `inner`; writes go straight to `inner`.
+#[derive(Debug)]
+struct Prefixed<T> {
+    prefix: Vec<u8>,
+    taken: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self {
+            prefix,
+            taken: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.taken < this.prefix.len() {
+            let rest = &this.prefix[this.taken..];
+            let count = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..count]);
+            this.taken += count;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

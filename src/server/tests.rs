@@ -25,11 +25,11 @@ use super::node::{
 use super::routes::{AppState, ROUTES, router};
 use crate::api::{self, AppendReceipt, ConsistencyAnswer, ErrorBody, Health, LogEvent};
 
-const WRITER: &str = "vlm_writer_token";
-const READER: &str = "vlm_reader_token";
+pub(super) const WRITER: &str = "vlm_writer_token";
+pub(super) const READER: &str = "vlm_reader_token";
 const AUDITOR: &str = "vlm_auditor_token";
 /// Every wait in these tests ends within this time.
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
 /// How the fake answers appends (and, for `Panic`, every call that can fail).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,7 +115,7 @@ struct FakeState {
 
 /// An in-memory node: streams, a global log, and a switch for failures.
 #[derive(Debug, Default)]
-struct FakeNode {
+pub(super) struct FakeNode {
     state: Mutex<FakeState>,
     grew: Condvar,
 }
@@ -156,7 +156,7 @@ impl FakeNode {
     }
 
     /// Appends directly (as if committed by another replica).
-    fn push(&self, stream: u64, payload: &[u8]) {
+    pub(super) fn push(&self, stream: u64, payload: &[u8]) {
         let mut state = self.lock();
         let position = state.log.len() as u64;
         let events = state.streams.entry(stream).or_default();
@@ -410,7 +410,7 @@ impl Node for FakeNode {
     }
 }
 
-fn tokens() -> TokenStore {
+pub(super) fn tokens() -> TokenStore {
     let text = [
         token_line(WRITER, "alice", Role::Writer),
         token_line(READER, "bob", Role::Reader),
@@ -1764,7 +1764,7 @@ fn tokens_file_errors_name_file_and_line() {
     TokenStore::load(&open).expect("a file only its owner may write loads");
 }
 
-fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+pub(super) fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let cert_der = certified.cert.der().clone();

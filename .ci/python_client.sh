@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The Python client's suite (clients/python, issue 14) against a live
+# `vellum dev` cluster: installs the package with pip into a venv under the
+# build directory, starts a cluster, runs the unittest suite (offline
+# Ed25519 and proof tests, then the live ones: byte-exact round trips,
+# expected-offset conflicts, idempotency, receipts checked offline and
+# compared with `vellum proof check`, 401/403/429, subscriptions, HTTP/2),
+# stops the cluster, and checks it with offline `vellum verify --cluster`.
+#
+# Bounded: the suite has a hard time limit (default 120 s); every wait in
+# it is bounded too. Only loopback is targeted.
+#
+# Environment (all optional):
+#   VELLUM_BIN               the vellum binary (default ${CARGO_TARGET_DIR:-target}/debug/vellum)
+#   VELLUM_PY_VENV           where the client is installed (default ${CARGO_TARGET_DIR:-target}/py-client-venv)
+#   VELLUM_PY_SUITE_SECS     hard limit of the suite (default 120)
+#   VELLUM_PY_KEEP           keep the work directory (cluster and logs); kept on failure too
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+vellum=$(realpath "${VELLUM_BIN:-${CARGO_TARGET_DIR:-target}/debug/vellum}")
+venv=${VELLUM_PY_VENV:-${CARGO_TARGET_DIR:-target}/py-client-venv}
+suite_secs=${VELLUM_PY_SUITE_SECS:-120}
+ready_secs=120
+
+echo "== installing clients/python into $venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# A fresh copy: pip builds in the source tree otherwise (build/, *.egg-info).
+work=$(mktemp -d -t vellum-pyclient-XXXXXX)
+cp -r clients/python "$work/src"
+timeout 300 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$work/src"
+# Not realpath: the venv's python is a symlink to the base interpreter.
+python="$(cd "$venv" && pwd)/bin/python"
+
+cluster="$work/cluster"
+dev_pid=""
+
+# Stops the `vellum dev` started here (SIGINT: it stops its replicas with
+# SIGTERM); its replicas are killed by id if it does not finish in time.
+stop_dev() {
+    [ -n "$dev_pid" ] || return 0
+    local children
+    children=$(pgrep -P "$dev_pid" || true)
+    kill -INT "$dev_pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do
+        kill -0 "$dev_pid" 2>/dev/null || break
+        sleep 1
+    done
+    if kill -0 "$dev_pid" 2>/dev/null; then
+        echo "vellum dev did not stop in 30 s; killing it and its replicas" >&2
+        for pid in $dev_pid $children; do kill -KILL "$pid" 2>/dev/null || true; done
+    fi
+    wait "$dev_pid" 2>/dev/null || true
+    dev_pid=""
+}
+
+cleanup() {
+    local code=$?
+    stop_dev
+    if [ "$code" -ne 0 ] || [ -n "${VELLUM_PY_KEEP:-}" ]; then
+        echo "python client work directory kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+echo "== starting the dev cluster in $cluster"
+dev_out="$work/dev.out"
+"$vellum" dev --data-dir "$cluster" >"$dev_out" 2>&1 &
+dev_pid=$!
+for _ in $(seq 1 "$ready_secs"); do
+    grep -q "press Ctrl-C to stop" "$dev_out" && break
+    if ! kill -0 "$dev_pid" 2>/dev/null; then
+        cat "$dev_out" >&2
+        echo "vellum dev exited before serving" >&2
+        exit 1
+    fi
+    sleep 1
+done
+if ! grep -q "press Ctrl-C to stop" "$dev_out"; then
+    cat "$dev_out" >&2
+    echo "vellum dev did not serve within $ready_secs s" >&2
+    exit 1
+fi
+
+VELLUM_URLS=$(awk '/^  replica [0-9]+:/ { print $3 }' "$dev_out" | paste -sd, -)
+VELLUM_WRITER_TOKEN=$(awk '/writer token:/ { print $3 }' "$dev_out")
+VELLUM_AUDITOR_TOKEN=$(awk '/auditor token:/ { print $3 }' "$dev_out")
+VELLUM_CA="$cluster/tls/ca.pem"
+VELLUM_POLICY="$cluster/policy.txt"
+for value in "$VELLUM_URLS" "$VELLUM_WRITER_TOKEN" "$VELLUM_AUDITOR_TOKEN"; do
+    if [ -z "$value" ]; then
+        cat "$dev_out" >&2
+        echo "could not read the URLs and tokens from vellum dev's output" >&2
+        exit 1
+    fi
+done
+export VELLUM_URLS VELLUM_WRITER_TOKEN VELLUM_AUDITOR_TOKEN VELLUM_CA VELLUM_POLICY
+export VELLUM_BIN="$vellum"
+
+echo "== python client suite (limit $suite_secs s)"
+suite_code=0
+# From the work directory, so the installed package (not the source tree) is imported.
+(cd "$work" && timeout --kill-after=10 "$suite_secs" "$python" -m unittest discover \
+    -s "$work/src/tests" -t "$work/src/tests" -v) || suite_code=$?
+[ "$suite_code" -eq 124 ] && echo "the python client suite ran past $suite_secs s" >&2
+
+echo "== stopping the cluster, then offline verify"
+stop_dev
+verify_code=0
+"$vellum" verify --cluster "$cluster" --policy "$cluster/policy.txt" >"$work/verify.out" 2>&1 || verify_code=$?
+if [ "$suite_code" -ne 0 ] || [ "$verify_code" -ne 0 ]; then
+    cat "$work/verify.out" >&2
+    echo "python client step failed: suite exit $suite_code, verify exit $verify_code" >&2
+    exit 1
+fi
+echo "python client step passed"

@@ -1,0 +1,586 @@
+"""The Vellum HTTP client: appends, reads, subscriptions, proofs.
+
+One HTTP library: httpx with its `h2` extra, so calls share one HTTP/2
+connection per replica when the server offers ALPN `h2` (it does), and
+fall back to HTTP/1.1 otherwise (`http2=False` forces HTTP/1.1).
+
+Retries follow the Rust client (`src/client/mod.rs`): an append is the
+one call whose retry could write twice, so every append carries an
+idempotency key (session, request number) and every retry resends the
+same body with the same key; the cluster answers a retry of a committed
+append with the first receipt (`duplicate=True`). Attempts rotate over
+the endpoints, at most `1 + retries_max` of them, sleeping `retry_delay`
+after each full round. When all fail, an append raises `Indeterminate`
+(carrying the key to retry with) if any attempt may have reached a
+primary, else `Unavailable` (nothing written). 4xx answers are definite
+and raised at once as typed `ApiError`s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from . import errors
+from .proof import EventCheck, Policy, check_event
+
+__all__ = [
+    "Client",
+    "AppendReceipt",
+    "Event",
+    "Heartbeat",
+    "StreamEvents",
+    "LogEvents",
+    "CertificateAnswer",
+    "IdempotencyKey",
+]
+
+# Bounds, as the server's (docs/api.md) and the Rust client's.
+REQUEST_BODY_BYTES_MAX = 4 * 1024 * 1024
+APPEND_EVENTS_MAX = 4096
+EVENT_BYTES_MAX = 1024 * 1024
+READ_EVENTS_MAX = 1000
+EDGE_INTEGER_MAX = 2**63 - 1
+ENDPOINTS_MAX = 64
+RETRIES_MAX_LIMIT = 64
+SESSIONS_IDLE_MAX = 256
+ANSWER_BYTES_MAX = 64 * 1024 * 1024
+SUBSCRIBE_LINE_BYTES_MAX = 8 * 1024 * 1024
+SUBSCRIBE_RECONNECTS_MAX = 20
+_QUOTE_BYTES_MAX = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKey:
+    """(session, request): session is 32 lowercase hex digits, not all 0
+    and not all f; request counts from 1."""
+
+    session: str
+    request: int
+
+    def __post_init__(self) -> None:
+        s = self.session
+        if len(s) != 32 or any(c not in "0123456789abcdef" for c in s) or s in ("0" * 32, "f" * 32):
+            raise ValueError("idempotency session must be 32 lowercase hex digits, not all 0 or all f")
+        if not 1 <= self.request <= EDGE_INTEGER_MAX:
+            raise ValueError(f"idempotency request must be from 1 to {EDGE_INTEGER_MAX}")
+
+    @classmethod
+    def new(cls) -> "IdempotencyKey":
+        """A key of a fresh random session, request 1."""
+        while True:
+            session = secrets.token_hex(16)
+            if session not in ("0" * 32, "f" * 32):
+                return cls(session, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppendReceipt:
+    stream: int
+    first_offset: int
+    next_offset: int
+    first_position: int
+    op: int
+    duplicate: bool
+    certificate: str
+    proofs: tuple[str, ...]
+    salts: tuple[str, ...]
+
+    def check(self, policy: Policy, events: Sequence[bytes]) -> list[EventCheck]:
+        """Checks each event's proof offline (inclusion, quorum, commitment)."""
+        if len(events) != len(self.proofs) or len(events) != len(self.salts):
+            raise ValueError(f"{len(events)} events for a receipt of {len(self.proofs)} proofs")
+        return [check_event(p, policy, s, bytes(e)) for p, s, e in zip(self.proofs, self.salts, events)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One committed event: its global position, stream, offset, bytes and
+    commitment salt (32 bytes; empty when the server withholds it)."""
+
+    position: int
+    stream: int
+    offset: int
+    data: bytes
+    salt: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """An idle subscription's sign of life (with `heartbeats=True`):
+    nothing before `next_position` is left to deliver."""
+
+    next_position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamEvents:
+    stream: int
+    events: tuple[Event, ...]
+    next_offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEvents:
+    events: tuple[Event, ...]
+    next_position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CertificateAnswer:
+    size: int
+    certificate: str
+
+
+def _edge(field: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= EDGE_INTEGER_MAX:
+        raise errors.BadRequest(400, "bad_request", f"{field}: {value!r} is not a whole number from 0 to 2^63-1")
+    return value
+
+
+def _page(field: str, value: int) -> int:
+    _edge(field, value)
+    if value > READ_EVENTS_MAX:
+        raise errors.BadRequest(400, "bad_request", f"{field}: {value} is above the largest page, {READ_EVENTS_MAX}")
+    return value
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError) as error:
+        raise errors.ProtocolError(f"{what} is not standard base64: {error}") from None
+
+
+def _event(doc: dict[str, Any]) -> Event:
+    try:
+        return Event(
+            position=int(doc["position"]),
+            stream=int(doc["stream"]),
+            offset=int(doc["offset"]),
+            data=_b64decode(doc["base64"], "event base64"),
+            salt=_b64decode(doc.get("salt", ""), "event salt"),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise errors.ProtocolError(f"not an event: {error}: {str(doc)[:_QUOTE_BYTES_MAX]}") from None
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth trying elsewhere."""
+
+    def __init__(self, reason: str, reached: bool, transport: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.reached = reached
+        self.transport = transport
+
+
+class Client:
+    """A handle on a Vellum cluster. Thread-safe; close it (or use `with`).
+
+    `endpoints`: every replica's API base URL (`https://host:port`);
+    `token`: the bearer token; `ca_file`: the cluster CA (PEM) trusted for
+    https, and the only one; `http2`: offer HTTP/2 (default) or speak
+    HTTP/1.1 only; `timeout`: seconds per request."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        token: str,
+        *,
+        ca_file: str | None = None,
+        http2: bool = True,
+        timeout: float = 10.0,
+        retries_max: int = 45,
+        retry_delay: float = 0.2,
+    ):
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not 1 <= len(endpoints) <= ENDPOINTS_MAX:
+            raise ValueError(f"need 1 to {ENDPOINTS_MAX} endpoints, got {len(endpoints)}")
+        self._endpoints = []
+        for endpoint in endpoints:
+            base = endpoint.rstrip("/")
+            if base.startswith("https://") and ca_file is None:
+                raise ValueError(f"endpoint {base} is https but no ca_file is given to trust")
+            if not base.startswith(("https://", "http://")):
+                raise ValueError(f"endpoint {endpoint!r} is neither http:// nor https://")
+            self._endpoints.append(base)
+        verify: ssl.SSLContext | bool = False
+        if ca_file is not None:
+            # Only the cluster CA: no system roots.
+            verify = ssl.create_default_context(cafile=ca_file)
+        self._token = token
+        self._retries_max = min(max(retries_max, 0), RETRIES_MAX_LIMIT)
+        self._retry_delay = retry_delay
+        self._timeout = timeout
+        self._http = httpx.Client(http2=http2, http1=True, verify=verify, timeout=timeout)
+        self._preferred = 0
+        self._sessions: list[IdempotencyKey] = []
+        self._lock = threading.Lock()
+        #: The HTTP version of the last answer ("HTTP/2" or "HTTP/1.1").
+        self.last_http_version: str | None = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        # The token is a credential: never shown.
+        return f"Client(endpoints={self._endpoints!r}, token=<redacted>)"
+
+    # --- appends -------------------------------------------------------
+
+    def append(
+        self,
+        stream: int,
+        events: Sequence[bytes],
+        expected_offset: int | None = None,
+        *,
+        key: IdempotencyKey | None = None,
+        purpose: str | None = None,
+    ) -> AppendReceipt:
+        """Appends `events` (bytes, all or nothing). With `expected_offset`,
+        only if the stream has exactly that many events (else
+        `WrongExpectedOffset`). Without `key`, a pooled session's next
+        request number is used; pass the key of an `Indeterminate` error
+        to retry that append safely."""
+        _edge("stream", stream)
+        if expected_offset is not None:
+            _edge("expected_offset", expected_offset)
+        if not 1 <= len(events) <= APPEND_EVENTS_MAX:
+            raise errors.BadRequest(400, "bad_request", f"events: {len(events)}, expected 1 to {APPEND_EVENTS_MAX}")
+        for i, event in enumerate(events):
+            if not isinstance(event, (bytes, bytearray, memoryview)):
+                raise TypeError(f"events[{i}] is {type(event).__name__}, expected bytes")
+            if len(event) > EVENT_BYTES_MAX:
+                raise errors.BadRequest(400, "bad_request", f"events[{i}]: {len(event)} bytes, more than 1 MiB")
+        if key is not None:
+            return self._append_with_key(stream, events, expected_offset, key, purpose)
+        lease = self._borrow_session()
+        try:
+            return self._append_with_key(stream, events, expected_offset, lease, purpose)
+        finally:
+            self._return_session(lease)
+
+    def _append_with_key(
+        self,
+        stream: int,
+        events: Sequence[bytes],
+        expected_offset: int | None,
+        key: IdempotencyKey,
+        purpose: str | None,
+    ) -> AppendReceipt:
+        body: dict[str, Any] = {
+            "events": [{"base64": base64.b64encode(bytes(e)).decode()} for e in events],
+            "idempotency": {"session": key.session, "request": key.request},
+        }
+        if expected_offset is not None:
+            body["expected_offset"] = expected_offset
+        if purpose is not None:
+            body["purpose"] = purpose
+        content = json.dumps(body, separators=(",", ":")).encode()
+        if len(content) > REQUEST_BODY_BYTES_MAX:
+            raise errors.PayloadTooLarge(
+                413, "payload_too_large", f"append to stream {stream} is {len(content)} bytes, more than 4 MiB"
+            )
+        doc = self._call(
+            "POST",
+            f"/v1/streams/{stream}/append",
+            content=content,
+            write=True,
+            stream=stream,
+            expected=expected_offset,
+            key=key,
+        )
+        try:
+            return AppendReceipt(
+                stream=int(doc["stream"]),
+                first_offset=int(doc["first_offset"]),
+                next_offset=int(doc["next_offset"]),
+                first_position=int(doc["first_position"]),
+                op=int(doc["op"]),
+                duplicate=bool(doc["duplicate"]),
+                certificate=str(doc["certificate"]),
+                proofs=tuple(doc["proofs"]),
+                salts=tuple(doc["salts"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a receipt: {error}") from None
+
+    def _borrow_session(self) -> IdempotencyKey:
+        with self._lock:
+            if self._sessions:
+                return self._sessions.pop()
+        return IdempotencyKey.new()
+
+    def _return_session(self, used: IdempotencyKey) -> None:
+        # The next request number whatever happened: a number is never
+        # used for two different batches.
+        with self._lock:
+            if len(self._sessions) < SESSIONS_IDLE_MAX and used.request < EDGE_INTEGER_MAX:
+                self._sessions.append(IdempotencyKey(used.session, used.request + 1))
+
+    # --- reads ---------------------------------------------------------
+
+    def read_stream(self, stream: int, from_offset: int = 0, max_events: int = 100) -> StreamEvents:
+        """Up to `max_events` events of `stream` from offset `from_offset`."""
+        _edge("stream", stream)
+        _edge("from", from_offset)
+        _page("max", max_events)
+        doc = self._call("GET", f"/v1/streams/{stream}/events?from={from_offset}&max={max_events}", stream=stream)
+        try:
+            return StreamEvents(int(doc["stream"]), tuple(_event(e) for e in doc["events"]), int(doc["next_offset"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a stream read: {error}") from None
+
+    def read_log(self, from_position: int = 0, max_events: int = 100) -> LogEvents:
+        """Up to `max_events` committed events of the global log."""
+        _edge("from", from_position)
+        _page("max", max_events)
+        doc = self._call("GET", f"/v1/log?from={from_position}&max={max_events}")
+        try:
+            return LogEvents(tuple(_event(e) for e in doc["events"]), int(doc["next_position"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a log read: {error}") from None
+
+    def proof(self, stream: int, offset: int) -> str:
+        """The tlog-proof text of one event, against the latest certificate."""
+        _edge("stream", stream)
+        _edge("offset", offset)
+        doc = self._call("GET", f"/v1/streams/{stream}/events/{offset}/proof", stream=stream)
+        return str(doc["proof"])
+
+    def certificate(self) -> CertificateAnswer:
+        """The newest commit certificate."""
+        doc = self._call("GET", "/v1/certificate")
+        return CertificateAnswer(int(doc["size"]), str(doc["certificate"]))
+
+    def health(self) -> dict[str, Any]:
+        """The health of the first endpoint that answers."""
+        return self._call("GET", "/v1/health")
+
+    # --- subscription --------------------------------------------------
+
+    def subscribe(
+        self,
+        from_position: int = 0,
+        *,
+        idle_timeout: float = 30.0,
+        reconnects_max: int = SUBSCRIBE_RECONNECTS_MAX,
+        heartbeats: bool = False,
+    ) -> Iterator[Event | Heartbeat]:
+        """Committed events from global position `from_position`: first the
+        backlog, then live events as they commit, forever. A connection that
+        fails, ends, or sends nothing (not even a heartbeat, every 2 s) for
+        `idle_timeout` s is resumed, on the next endpoint, from the position
+        after the last event; more than `reconnects_max` failures in a row
+        raise `SubscriptionError`. A 4xx is raised at once. With
+        `heartbeats=True`, heartbeats are yielded too (`Heartbeat`), so a
+        caller can bound its wait on a quiet log."""
+        _edge("from", from_position)
+        position = from_position
+        failures = 0
+        attempt = 0
+        while True:
+            index = (self._preferred + attempt) % len(self._endpoints)
+            attempt += 1
+            url = f"{self._endpoints[index]}/v1/subscribe"
+            timeout = httpx.Timeout(self._timeout, read=idle_timeout)
+            reason = ""
+            try:
+                with self._http.stream(
+                    "GET",
+                    url,
+                    params={"from": str(position), "format": "ndjson"},
+                    headers=self._headers(),
+                    timeout=timeout,
+                ) as answer:
+                    self.last_http_version = answer.http_version
+                    if answer.status_code != 200:
+                        body = self._read_bounded(answer)
+                        self._raise_refusal(answer, body, stream=None, expected=None)
+                        raise _Retry(f"{answer.status_code}: {body[:_QUOTE_BYTES_MAX]!r}", True, False)
+                    for line in answer.iter_lines():
+                        if len(line) > SUBSCRIBE_LINE_BYTES_MAX:
+                            raise errors.ProtocolError("subscription line larger than the limit")
+                        if not line.strip():
+                            continue
+                        doc = json.loads(line)
+                        if "error" in doc:
+                            raise _Retry(f"server ended the subscription: {doc['error']}", True, False)
+                        failures = 0
+                        if doc.get("heartbeat"):
+                            position = max(position, int(doc["next_position"]))
+                            if heartbeats:
+                                yield Heartbeat(position)
+                            continue
+                        event = _event(doc)
+                        position = event.position + 1
+                        yield event
+                    reason = "the server ended the subscription"
+            except _Retry as retry:
+                reason = retry.reason
+            except (httpx.TransportError, json.JSONDecodeError) as error:
+                reason = f"{type(error).__name__}: {error}"
+            failures += 1
+            if failures > reconnects_max:
+                raise errors.SubscriptionError(
+                    f"subscription failed {failures} times in a row; last: {reason}", position
+                )
+            if attempt % len(self._endpoints) == 0:
+                time.sleep(self._retry_delay)
+
+    # --- plumbing ------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._token}"}
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        write: bool = False,
+        stream: int | None = None,
+        expected: int | None = None,
+        key: IdempotencyKey | None = None,
+    ) -> Any:
+        count = len(self._endpoints)
+        start = self._preferred % count
+        attempts = self._retries_max + 1
+        reached_any = False
+        last_transport = False
+        last = "no attempt"
+        for attempt in range(attempts):
+            if attempt and attempt % count == 0:
+                time.sleep(self._retry_delay)
+            index = (start + attempt) % count
+            try:
+                result = self._attempt(index, method, path, content, stream, expected)
+            except _Retry as retry:
+                reached_any |= retry.reached
+                last_transport = retry.transport
+                last = f"{self._endpoints[index]}: {retry.reason}"
+                continue
+            except errors.ApiError:
+                self._preferred = index
+                raise
+            self._preferred = index
+            return result
+        summary = f"{attempts} attempts failed; last: {last}"
+        if write and reached_any:
+            pair = (key.session, key.request) if key is not None else None
+            raise errors.Indeterminate(summary, pair)
+        if not write and last_transport:
+            raise errors.TransportError(summary)
+        raise errors.Unavailable(summary)
+
+    def _attempt(
+        self,
+        index: int,
+        method: str,
+        path: str,
+        content: bytes | None,
+        stream: int | None,
+        expected: int | None,
+    ) -> Any:
+        headers = self._headers()
+        if content is not None:
+            headers["content-type"] = "application/json"
+        try:
+            with self._http.stream(method, self._endpoints[index] + path, content=content, headers=headers) as answer:
+                self.last_http_version = answer.http_version
+                body = self._read_bounded(answer)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise _Retry(f"connect: {error}", reached=False, transport=True) from None
+        except httpx.TransportError as error:
+            raise _Retry(f"{type(error).__name__}: {error}", reached=True, transport=True) from None
+        if answer.status_code < 300:
+            try:
+                return json.loads(body)
+            except ValueError as error:
+                raise errors.ProtocolError(f"answer {answer.status_code} does not parse: {error}") from None
+        if answer.status_code >= 500:
+            code = self._error_code(body)
+            # Only an explicit `unavailable` says the request was not taken.
+            raise _Retry(f"{answer.status_code} {code}: {body[:_QUOTE_BYTES_MAX]!r}", code != "unavailable", False)
+        self._raise_refusal(answer, body, stream, expected)
+        raise errors.ProtocolError(f"unexpected status {answer.status_code}")
+
+    @staticmethod
+    def _read_bounded(answer: httpx.Response) -> bytes:
+        chunks = []
+        total = 0
+        for chunk in answer.iter_bytes():
+            total += len(chunk)
+            if total > ANSWER_BYTES_MAX:
+                raise errors.ProtocolError(f"answer larger than {ANSWER_BYTES_MAX} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _error_code(body: bytes) -> str:
+        try:
+            return str(json.loads(body)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            return ""
+
+    @staticmethod
+    def _raise_refusal(answer: httpx.Response, body: bytes, stream: int | None, expected: int | None) -> None:
+        """Raises the typed error of a 4xx answer, by its `error.code`."""
+        status = answer.status_code
+        if not 400 <= status < 500:
+            return
+        try:
+            detail = json.loads(body)["error"]
+            code, message = str(detail["code"]), str(detail["message"])
+            actual = detail.get("actual_offset")
+        except (ValueError, KeyError, TypeError):
+            code, message, actual = "", body[:_QUOTE_BYTES_MAX].decode(errors="replace"), None
+        retry_after = None
+        header = answer.headers.get("retry-after")
+        if header is not None and header.isdigit():
+            retry_after = int(header)
+        if code == "wrong_expected_offset" or (not code and status == 409):
+            if actual is None:
+                raise errors.ProtocolError(f"wrong_expected_offset without actual_offset: {message}")
+            raise errors.WrongExpectedOffset(
+                status, code or "wrong_expected_offset", message, stream or 0, expected or 0, int(actual)
+            )
+        by_code: dict[str, type[errors.ApiError]] = {
+            "idempotency_key_reused": errors.IdempotencyKeyReused,
+            "unauthorized": errors.Unauthorized,
+            "forbidden": errors.Forbidden,
+            "rate_limited": errors.RateLimited,
+            "not_found": errors.NotFound,
+            "payload_too_large": errors.PayloadTooLarge,
+            "bad_request": errors.BadRequest,
+            "refused": errors.Refused,
+            "request_timeout": errors.Refused,
+        }
+        by_status: dict[int, type[errors.ApiError]] = {
+            401: errors.Unauthorized,
+            403: errors.Forbidden,
+            404: errors.NotFound,
+            413: errors.PayloadTooLarge,
+            429: errors.RateLimited,
+        }
+        kind = by_code.get(code) or by_status.get(status) or errors.Refused
+        raise kind(status, code, message, retry_after)

@@ -1,0 +1,298 @@
+"""The Python client against a live `vellum dev` cluster (.ci/python_client.sh
+starts one and sets the variables below).
+
+Environment: VELLUM_URLS (comma-separated API base URLs), VELLUM_CA (the
+cluster CA, PEM), VELLUM_WRITER_TOKEN, VELLUM_AUDITOR_TOKEN, VELLUM_POLICY
+(the trust policy file); optional VELLUM_BIN (the `vellum` binary: then
+each offline check is compared with `vellum proof check`). Without them
+every test here skips, saying so once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from vellum_client import (
+    Client,
+    Forbidden,
+    Heartbeat,
+    IdempotencyKey,
+    IdempotencyKeyReused,
+    Policy,
+    RateLimited,
+    Unauthorized,
+    Verifier,
+    WrongExpectedOffset,
+    check_event,
+    ed25519,
+)
+
+_NEEDED = ["VELLUM_URLS", "VELLUM_CA", "VELLUM_WRITER_TOKEN", "VELLUM_AUDITOR_TOKEN", "VELLUM_POLICY"]
+_MISSING = [name for name in _NEEDED if not os.environ.get(name)]
+if _MISSING:
+    print(f"SKIP: live client tests need {', '.join(_MISSING)} (see .ci/python_client.sh)", file=sys.stderr)
+
+# Bounds on every wait in this file.
+LIVE_WAIT_S = 20.0
+
+
+def fresh_stream() -> int:
+    """A stream id no other test (or run) uses; below the reserved ids."""
+    return 10_000 + secrets.randbelow(2**40)
+
+
+@unittest.skipIf(_MISSING, f"needs {_MISSING}")
+class Live(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.urls = os.environ["VELLUM_URLS"].split(",")
+        cls.ca = os.environ["VELLUM_CA"]
+        with open(os.environ["VELLUM_POLICY"], encoding="utf-8") as file:
+            cls.policy_text = file.read()
+        cls.policy = Policy.parse(cls.policy_text)
+        cls.writer = Client(cls.urls, os.environ["VELLUM_WRITER_TOKEN"], ca_file=cls.ca)
+        cls.writer_h1 = Client(cls.urls, os.environ["VELLUM_WRITER_TOKEN"], ca_file=cls.ca, http2=False)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.writer.close()
+        cls.writer_h1.close()
+
+    def test_http2_is_used_and_http1_still_works(self):
+        """Goal: the default client speaks HTTP/2, the http2=False one
+        HTTP/1.1, and both read the same bytes."""
+        stream = fresh_stream()
+        self.writer.append(stream, [b"\x00h2\xff"])
+        over_h2 = self.writer.read_stream(stream)
+        self.assertEqual(self.writer.last_http_version, "HTTP/2")
+        over_h1 = self.writer_h1.read_stream(stream)
+        self.assertEqual(self.writer_h1.last_http_version, "HTTP/1.1")
+        self.assertEqual([e.data for e in over_h2.events], [b"\x00h2\xff"])
+        self.assertEqual(over_h2, over_h1)
+
+    def test_bytes_appended_are_bytes_read_back(self):
+        """Goal: all 256 byte values, empty, random and 1 MiB events read
+        back byte for byte from the stream and the global log, over both
+        protocols (P9)."""
+        stream = fresh_stream()
+        events = [
+            bytes(range(256)),
+            b"",
+            secrets.token_bytes(4096),
+            secrets.token_bytes(1024 * 1024),
+            "caf\u00e9 \u2603 \x00".encode(),
+        ]
+        receipt = self.writer.append(stream, events, expected_offset=0)
+        self.assertEqual((receipt.first_offset, receipt.next_offset), (0, len(events)))
+        for client in (self.writer, self.writer_h1):
+            read = client.read_stream(stream, 0, 10)
+            self.assertEqual([e.data for e in read.events], events)
+            self.assertEqual([e.offset for e in read.events], list(range(len(events))))
+            self.assertEqual(read.next_offset, len(events))
+            log = client.read_log(receipt.first_position, len(events))
+            self.assertEqual([(e.stream, e.data) for e in log.events], [(stream, e) for e in events])
+            self.assertEqual(
+                [e.position for e in log.events],
+                list(range(receipt.first_position, receipt.first_position + len(events))),
+            )
+
+    def test_expected_offset_conflict_writes_nothing(self):
+        """Goal: a wrong expected offset is WrongExpectedOffset with the
+        actual length, and nothing is written."""
+        stream = fresh_stream()
+        self.writer.append(stream, [b"first"], expected_offset=0)
+        with self.assertRaises(WrongExpectedOffset) as caught:
+            self.writer.append(stream, [b"second"], expected_offset=0)
+        self.assertEqual((caught.exception.status, caught.exception.actual), (409, 1))
+        self.assertEqual((caught.exception.stream, caught.exception.expected), (stream, 0))
+        self.writer.append(stream, [b"second"], expected_offset=1)
+        self.assertEqual([e.data for e in self.writer.read_stream(stream).events], [b"first", b"second"])
+
+    def test_idempotent_retry_and_reused_key(self):
+        """Goal: a retry with the same key returns the first offsets
+        (duplicate, nothing written twice); the key with another body is
+        IdempotencyKeyReused and writes nothing."""
+        stream = fresh_stream()
+        key = IdempotencyKey.new()
+        first = self.writer.append(stream, [b"a", b"b"], key=key)
+        again = self.writer_h1.append(stream, [b"a", b"b"], key=key)
+        self.assertFalse(first.duplicate)
+        self.assertTrue(again.duplicate)
+        self.assertEqual(
+            (again.first_offset, again.next_offset, again.first_position),
+            (first.first_offset, first.next_offset, first.first_position),
+        )
+        with self.assertRaises(IdempotencyKeyReused) as caught:
+            self.writer.append(stream, [b"a", b"c"], key=key)
+        self.assertEqual((caught.exception.status, caught.exception.code), (422, "idempotency_key_reused"))
+        with self.assertRaises(IdempotencyKeyReused):
+            self.writer.append(stream + 1, [b"a", b"b"], key=key)
+        self.assertEqual([e.data for e in self.writer.read_stream(stream).events], [b"a", b"b"])
+
+    def test_receipt_verifies_offline_and_tampering_fails(self):
+        """Goal: a receipt's proofs pass all three parts; a flipped byte in
+        the proof, other event bytes, a policy with a wrong key, and a
+        certificate with too few signatures each fail the part they break."""
+        stream = fresh_stream()
+        events = [bytes(range(256)), b"x" * 1000]
+        receipt = self.writer.append(stream, events)
+        for check in receipt.check(self.policy, events):
+            self.assertTrue(check.passed, check)
+        proof, salt, event = receipt.proofs[0], receipt.salts[0], events[0]
+        # The proof served later (against a newer certificate) verifies too,
+        # with the salt a read returns.
+        read = self.writer.read_stream(stream, 0, 1).events[0]
+        later = self.writer.proof(stream, 0)
+        self.assertTrue(check_event(later, self.policy, read.salt, read.data).passed)
+
+        lines = proof.split("\n")
+        hash_line = next(i for i, line in enumerate(lines) if i > 2 and line and not line.startswith("index"))
+        raw = bytearray(base64.b64decode(lines[hash_line]))
+        raw[5] ^= 0x01
+        lines[hash_line] = base64.b64encode(bytes(raw)).decode()
+        flipped_proof = "\n".join(lines)
+        self.assertEqual(check_event(flipped_proof, self.policy, salt, event).failed_parts(), ["inclusion"])
+
+        self.assertEqual(check_event(proof, self.policy, salt, event + b"\x00").failed_parts(), ["commitment"])
+        other_salt = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.assertEqual(check_event(proof, self.policy, other_salt, event).failed_parts(), ["commitment"])
+
+        # Every pinned key but one replaced by a key nobody holds: fewer
+        # valid signatures than the quorum.
+        wrong_keys = list(self.policy.verifiers)
+        for i in range(1, len(wrong_keys)):
+            stranger = ed25519.public_key_of_scalar(secrets.randbelow(2**252) + 1)
+            wrong_keys[i] = Verifier.of(wrong_keys[i].name, stranger)
+        wrong_policy = Policy(self.policy.origin, tuple(wrong_keys), self.policy.quorum)
+        check = check_event(proof, wrong_policy, salt, event)
+        self.assertEqual(check.failed_parts(), ["quorum"], check)
+
+        lines = proof.split("\n")
+        signature_lines = [i for i, line in enumerate(lines) if line.startswith("\u2014 ")]
+        self.assertGreaterEqual(len(signature_lines), self.policy.quorum)
+        keep = self.policy.quorum - 1
+        trimmed = "\n".join(line for i, line in enumerate(lines) if i not in signature_lines[keep:])
+        if keep == 0:
+            trimmed_check = check_event(trimmed, self.policy, salt, event)
+            self.assertFalse(trimmed_check.quorum.passed)
+        else:
+            self.assertEqual(check_event(trimmed, self.policy, salt, event).failed_parts(), ["quorum"])
+
+        # A forged signature of a pinned key fails the quorum too.
+        lines = proof.split("\n")
+        line = lines[signature_lines[0]]
+        prefix, encoded = line.rsplit(" ", 1)
+        raw = bytearray(base64.b64decode(encoded))
+        raw[10] ^= 0x01
+        lines[signature_lines[0]] = f"{prefix} {base64.b64encode(bytes(raw)).decode()}"
+        self.assertEqual(check_event("\n".join(lines), self.policy, salt, event).failed_parts(), ["quorum"])
+
+        self._same_as_vellum_proof_check(
+            [
+                (proof, salt, event, []),
+                (flipped_proof, salt, event, ["inclusion"]),
+                (proof, salt, event + b"\x00", ["commitment"]),
+            ]
+        )
+
+    def _same_as_vellum_proof_check(self, cases):
+        """`vellum proof check` agrees part by part (when VELLUM_BIN is set)."""
+        vellum = os.environ.get("VELLUM_BIN")
+        if not vellum:
+            print("SKIP: VELLUM_BIN unset, not comparing with `vellum proof check`", file=sys.stderr)
+            return
+        with tempfile.TemporaryDirectory() as work:
+            for number, (proof, salt, event, failed) in enumerate(cases):
+                proof_path = os.path.join(work, f"proof{number}")
+                event_path = os.path.join(work, f"event{number}")
+                with open(proof_path, "w", encoding="utf-8") as file:
+                    file.write(proof)
+                with open(event_path, "wb") as file:
+                    file.write(event)
+                result = subprocess.run(
+                    [vellum, "proof", "check", "--proof", proof_path, "--event", event_path, "--salt", salt,
+                     "--policy", os.environ["VELLUM_POLICY"], "--json"],
+                    capture_output=True, timeout=LIVE_WAIT_S, check=False,
+                )
+                verdict = json.loads(result.stdout)
+                self.assertEqual(verdict["failed"], failed, result.stdout)
+                ours = check_event(proof, self.policy, salt, event)
+                self.assertEqual(ours.failed_parts(), failed)
+
+    def test_unauthorized_forbidden_and_rate_limited(self):
+        """Goal: no or unknown token is Unauthorized (401), a role that may
+        not append is Forbidden (403), and a burst of failed logins is
+        RateLimited (429) with a Retry-After in seconds."""
+        stream = fresh_stream()
+        with Client(self.urls, "", ca_file=self.ca) as nobody:
+            with self.assertRaises(Unauthorized) as caught:
+                nobody.read_stream(stream)
+            self.assertEqual(caught.exception.status, 401)
+        with Client(self.urls, os.environ["VELLUM_AUDITOR_TOKEN"], ca_file=self.ca) as auditor:
+            with self.assertRaises(Forbidden) as caught:
+                auditor.append(stream, [b"not allowed"])
+            self.assertEqual(caught.exception.status, 403)
+        limited = None
+        # Bounded: the limit is 20 failures per minute and address.
+        with Client(self.urls[:1], "vlm_" + secrets.token_hex(32), ca_file=self.ca) as stranger:
+            for _ in range(40):
+                try:
+                    stranger.read_log()
+                except RateLimited as error:
+                    limited = error
+                    break
+                except Unauthorized:
+                    continue
+        self.assertIsNotNone(limited, "40 failed logins were never rate limited")
+        self.assertEqual(limited.status, 429)
+        self.assertIsNotNone(limited.retry_after)
+        self.assertGreater(limited.retry_after, 0)
+        # A valid token is still served.
+        self.writer.append(stream, [b"still served"])
+
+    def test_subscription_catches_up_then_goes_live(self):
+        """Goal: a subscription from a position first delivers the events
+        already committed, then events appended after it started, in
+        position order, byte-exact."""
+        stream = fresh_stream()
+        backlog = [b"old-%d" % i for i in range(3)]
+        receipt = self.writer.append(stream, backlog)
+        live = [b"new-\x00\xff-%d" % i for i in range(2)]
+        seen = []
+        subscription = self.writer.subscribe(receipt.first_position, idle_timeout=LIVE_WAIT_S, heartbeats=True)
+        deadline = time.monotonic() + LIVE_WAIT_S
+        appender = None
+        for event in subscription:
+            # Heartbeats come every 2 s, so this bounds the wait.
+            self.assertLess(time.monotonic(), deadline, f"subscription too slow; saw {len(seen)}")
+            if isinstance(event, Heartbeat) or event.stream != stream:
+                continue
+            seen.append(event)
+            if len(seen) == len(backlog) and appender is None:
+                appender = threading.Thread(target=self.writer.append, args=(stream, live))
+                appender.start()
+            if len(seen) == len(backlog) + len(live):
+                break
+        subscription.close()
+        self.assertIsNotNone(appender)
+        appender.join(LIVE_WAIT_S)
+        self.assertEqual([e.data for e in seen], backlog + live)
+        self.assertEqual([e.offset for e in seen], list(range(len(backlog) + len(live))))
+        positions = [e.position for e in seen]
+        self.assertEqual(positions, sorted(positions))
+        self.assertEqual(positions[0], receipt.first_position)
+        for event in seen:
+            self.assertEqual(len(event.salt), 32)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,134 @@
+"""Retry and error mapping against a local stub (plain HTTP on loopback,
+standard library server): retries resend the same body and idempotency
+key, and the outcome classes match the Rust client's rules."""
+
+import json
+import socket
+import threading
+import unittest
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from vellum_client import (
+    BadRequest,
+    Client,
+    IdempotencyKey,
+    Indeterminate,
+    NotFound,
+    TransportError,
+    Unavailable,
+    WrongExpectedOffset,
+)
+
+
+class Stub(BaseHTTPRequestHandler):
+    """Answers every request with the class's (status, body) script, in
+    order, and records each request body."""
+
+    script: list = []
+    bodies: list = []
+
+    def _answer(self):
+        length = int(self.headers.get("content-length") or 0)
+        type(self).bodies.append(self.rfile.read(length))
+        status, body = type(self).script.pop(0) if type(self).script else (500, {})
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    do_GET = _answer
+    do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def error(code, message="m", **extra):
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+class Retries(unittest.TestCase):
+    def setUp(self):
+        Stub.script, Stub.bodies = [], []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def tearDown(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def client(self, urls=None, retries_max=3):
+        return Client(urls or [self.url], "t", retries_max=retries_max, retry_delay=0.0, timeout=5.0)
+
+    def test_indeterminate_after_retries_with_the_same_body_and_key(self):
+        """Goal: 503 indeterminate on every attempt: all attempts carry the
+        same body and key, and the error hands back that key."""
+        Stub.script = [(503, error("indeterminate"))] * 4
+        key = IdempotencyKey.new()
+        with self.client() as client, self.assertRaises(Indeterminate) as caught:
+            client.append(20, [b"\x00\x01"], key=key)
+        self.assertEqual(len(Stub.bodies), 4)
+        self.assertEqual(len(set(Stub.bodies)), 1, "every retry is the same request")
+        sent = json.loads(Stub.bodies[0])
+        self.assertEqual(sent["idempotency"], {"session": key.session, "request": key.request})
+        self.assertEqual(caught.exception.key, (key.session, key.request))
+
+    def test_unavailable_only_when_nothing_was_taken(self):
+        """Goal: 503 unavailable everywhere is Unavailable (nothing written);
+        a later success is returned after the retries."""
+        Stub.script = [(503, error("unavailable"))] * 4
+        with self.client() as client, self.assertRaises(Unavailable):
+            client.append(20, [b"x"])
+        receipt = {"stream": 20, "first_offset": 0, "next_offset": 1, "first_position": 5, "op": 2,
+                   "duplicate": True, "certificate": "c", "proofs": ["p"], "salts": ["s"]}
+        Stub.script = [(503, error("unavailable")), (200, receipt)]
+        with self.client() as client:
+            self.assertTrue(client.append(20, [b"x"]).duplicate)
+
+    def test_refused_port_is_unavailable_for_appends_and_transport_for_reads(self):
+        """Goal: a port nobody listens on: an append never left (Unavailable),
+        a read fails as TransportError."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        with self.client([closed], retries_max=1) as client:
+            with self.assertRaises(Unavailable):
+                client.append(20, [b"x"])
+            with self.assertRaises(TransportError):
+                client.read_log()
+
+    def test_4xx_is_typed_and_never_retried(self):
+        """Goal: 409 and 404 map to their classes at the first answer."""
+        Stub.script = [(409, error("wrong_expected_offset", actual_offset=7)), (404, error("not_found"))]
+        with self.client() as client:
+            with self.assertRaises(WrongExpectedOffset) as caught:
+                client.append(21, [b"x"], expected_offset=3)
+            self.assertEqual((caught.exception.expected, caught.exception.actual), (3, 7))
+            with self.assertRaises(NotFound):
+                client.read_stream(21)
+        self.assertEqual(len(Stub.bodies), 2)
+
+    def test_numbers_the_server_refuses_are_refused_before_sending(self):
+        """Goal: above 2^63-1, negative, or a page above 1000: refused
+        locally, naming the field; nothing is sent."""
+        with self.client() as client:
+            for call in (
+                lambda: client.read_stream(2**63),
+                lambda: client.read_stream(1, -1),
+                lambda: client.read_log(0, 1001),
+                lambda: client.append(1, [b"x"], expected_offset=2**64),
+                lambda: client.append(1, []),
+                lambda: client.append(1, [b"x" * (1024 * 1024 + 1)]),
+            ):
+                with self.assertRaises(BadRequest):
+                    call()
+        self.assertEqual(Stub.bodies, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
