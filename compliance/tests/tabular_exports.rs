@@ -30,6 +30,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
     };
     let failed = AccessEvent {
         principal: "anonymous".into(),
@@ -47,6 +48,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
         ..read.clone()
     };
     vec![(read, Some(17)), (failed, None)]
