@@ -563,3 +563,48 @@ async fn break_glass_is_per_principal_and_read_only() {
         "an unrecorded opening opens nothing"
     );
 }
+
+// Goal: a stream spelled with percent-encoding in the path or the query
+// (`%31%36` is `16`) is checked as the handler reads it, decoded: a token
+// scoped to other streams is refused, never served stream 16.
+#[tokio::test]
+async fn percent_encoded_streams_are_checked_as_decoded() {
+    let node = Arc::new(FakeNode::default());
+    node.push(STREAM, b"chart");
+    let (app, _) = scoped_app(node.clone(), Given::Other);
+    for (call, what) in [
+        (Call::get("/v1/streams/%31%36/events", Some(READER)), "read"),
+        (
+            Call::get("/v1/streams/%31%36/events/0/proof", Some(READER)),
+            "proof",
+        ),
+        (
+            Call::post(
+                "/v1/streams/%31%36/append",
+                Some(WRITER),
+                r#"{"events":[{"base64":"AA=="}]}"#,
+            ),
+            "append",
+        ),
+        (
+            Call::get("/v1/export/audit?stream=%31%36", Some(READER)),
+            "trail export",
+        ),
+        (
+            Call::get("/v1/export/audit?%73tream=16", Some(READER)),
+            "trail export, encoded key",
+        ),
+    ] {
+        let (status, code) = status_and_code(&app, call).await;
+        assert_eq!(
+            (status, code.as_deref()),
+            (StatusCode::FORBIDDEN, Some("scope_denied")),
+            "{what}"
+        );
+    }
+    assert_eq!(node.lock().streams[&STREAM].len(), 1, "nothing appended");
+    // The same spellings work for a token whose scope holds the stream.
+    let (app, _) = scoped_app(node, Given::Stream);
+    let (status, _) = send(&app, Call::get("/v1/streams/%31%36/events", Some(READER))).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -148,7 +148,8 @@ async fn guard(
         trail.deny(&principal.name, principal.role.name(), &error);
         return trail.record_then(&state, error.into_response()).await;
     }
-    let under_grant = match check_scope(&state, &principal, action, &request) {
+    let (request, path_stream) = decoded_path_stream(request, &state).await;
+    let under_grant = match check_scope(&state, &principal, action, path_stream.as_deref()) {
         Ok(under_grant) => under_grant,
         Err(error) => {
             state.counters.record_scope_denied();
@@ -219,7 +220,7 @@ fn check_scope(
     state: &AppState,
     principal: &Principal,
     action: Action,
-    request: &Request,
+    path_stream: Option<&str>,
 ) -> Result<Option<BreakGlass>, ApiError> {
     let scope = &principal.scope;
     let denied = |what: String| {
@@ -231,7 +232,11 @@ fn check_scope(
     };
     match action.scope_rule() {
         ScopeRule::PathStream => {
-            let Some(stream) = stream_in_path(request.uri().path()) else {
+            // Unreadable: the handler reads the same decoded text with the
+            // same parse, and answers 400.
+            let Some(stream) =
+                path_stream.and_then(|text| crate::bounds::parse_canonical("stream", text).ok())
+            else {
                 return Ok(None);
             };
             if scope.contains(stream) {
@@ -249,38 +254,36 @@ fn check_scope(
             }
             Err(denied(format!("stream {stream}")))
         }
-        ScopeRule::StreamQueryOrAll => match stream_in_query(request.uri().query()) {
-            Some(Ok(stream)) if scope.contains(stream) => Ok(None),
-            Some(Ok(stream)) => Err(denied(format!("stream {stream}"))),
-            // Unreadable: the handler's parse answers 400 naming it.
-            Some(Err(())) => Ok(None),
-            None if scope.is_all() => Ok(None),
-            None => Err(denied(
-                "the whole access trail (a scoped token names ?stream=N)".to_string(),
-            )),
-        },
         ScopeRule::AllStreams if scope.is_all() => Ok(None),
         ScopeRule::AllStreams => Err(denied(
             "every stream's leaves (only a token with streams=* may)".to_string(),
         )),
+        // Checked by the handler on the value it parsed (a body's stream,
+        // the trail export's query), or not a matter of one stream.
         ScopeRule::Unscoped
         | ScopeRule::BodyStream
+        | ScopeRule::StreamQueryOrAll
         | ScopeRule::FilterEvents
         | ScopeRule::OpensBreakGlass => Ok(None),
     }
 }
 
-/// The `stream` member of a query string: None when absent; `Err` when
-/// present but not a canonical stream id (or given twice).
-fn stream_in_query(query: Option<&str>) -> Option<Result<u64, ()>> {
-    let mut values = query?
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("stream="));
-    let first = values.next()?;
-    if values.next().is_some() {
-        return Some(Err(()));
-    }
-    Some(crate::bounds::parse_canonical("stream", first).map_err(|_| ()))
+/// The route's `{stream}` path parameter, percent-decoded exactly as the
+/// handler's `Path` extractor reads it (a check of the raw text would let
+/// `%31%36` past a scope without 16); None when the route has none.
+async fn decoded_path_stream(request: Request, state: &AppState) -> (Request, Option<String>) {
+    use axum::extract::{FromRequestParts as _, RawPathParams};
+    let (mut parts, body) = request.into_parts();
+    let stream = RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| *name == "stream")
+                .map(|(_, value)| value.to_string())
+        });
+    (Request::from_parts(parts, body), stream)
 }
 
 /// Put in a response's extensions by a handler whose own op already

@@ -410,11 +410,29 @@ pub(crate) struct AuditQuery {
 
 pub(crate) async fn export_audit(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let from_ns = edge_optional("from_ns", query.from_ns.as_deref())?;
     let to_ns = edge_optional("to_ns", query.to_ns.as_deref())?;
     let stream = edge_optional("stream", query.stream.as_deref())?;
+    // The trail names every patient's stream: a scoped token sees the
+    // trail of one stream in its scope at a time.
+    let allowed = match stream {
+        Some(stream) => principal.scope.contains(stream),
+        None => principal.scope.is_all(),
+    };
+    if !allowed {
+        state.counters.record_scope_denied();
+        let what = stream.map_or(
+            "the whole access trail (a scoped token names ?stream=N)".to_string(),
+            |s| format!("the access trail of stream {s}"),
+        );
+        return Err(ApiError::scope_denied(format!(
+            "principal {} may not export {what}: it is outside the token's scope (streams=)",
+            principal.name
+        )));
+    }
     let (source, records) = run_blocking(&state, move |node| {
         node.audit_records(from_ns, to_ns, stream)
     })
