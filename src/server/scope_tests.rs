@@ -603,6 +603,14 @@ async fn percent_encoded_streams_are_checked_as_decoded() {
         );
     }
     assert_eq!(node.lock().streams[&STREAM].len(), 1, "nothing appended");
+    let denied_reads: Vec<_> = node
+        .lock()
+        .trail
+        .iter()
+        .filter(|e| e.action == vellum_compliance::trail::AccessAction::ReadStream)
+        .map(|e| e.stream)
+        .collect();
+    assert_eq!(denied_reads, [Some(STREAM)], "the refusal names stream 16");
     // The same spellings work for a token whose scope holds the stream.
     let (app, _) = scoped_app(node, Given::Stream);
     let (status, _) = send(&app, Call::get("/v1/streams/%31%36/events", Some(READER))).await;

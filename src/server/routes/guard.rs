@@ -149,6 +149,12 @@ async fn guard(
         return trail.record_then(&state, error.into_response()).await;
     }
     let (request, path_stream) = decoded_path_stream(request, &state).await;
+    if trail.event.stream.is_none() {
+        // A percent-encoded stream is recorded as the handler reads it.
+        trail.event.stream = path_stream
+            .as_deref()
+            .and_then(|text| crate::bounds::parse_canonical("stream", text).ok());
+    }
     let under_grant = match check_scope(&state, &principal, action, path_stream.as_deref()) {
         Ok(under_grant) => under_grant,
         Err(error) => {
