@@ -476,7 +476,7 @@ fn schemas() -> Value {
         "BreakGlassRequest": {
             "type": "object", "required": ["reason"], "additionalProperties": false,
             "properties": {
-                "reason": { "type": "string", "minLength": 1, "maxLength": api::BREAK_GLASS_REASON_BYTES_MAX, "description": "Why emergency access is needed (not blank; at most 1024 bytes; clipped to 512 in the trail)." },
+                "reason": { "type": "string", "pattern": "[^ \t\n\r]", "description": "Why emergency access is needed: not blank (something besides spaces, tabs and line breaks), at most 1024 bytes of UTF-8 (400 beyond); clipped to 512 bytes in the trail." },
                 "duration_s": { "type": "integer", "minimum": 1, "maximum": api::BREAK_GLASS_SECONDS_MAX, "description": "How long the grant lasts, in seconds (default 3600, at most 14400)." }
             }
         },

@@ -106,7 +106,11 @@ pub(crate) async fn open(
 ) -> Result<Response, ApiError> {
     let stream = path.stream()?;
     let request = body.value;
-    let reason = request.reason.trim();
+    // Blank: only ASCII spaces, tabs and line breaks (the OpenAPI pattern
+    // says the same, so any schema-valid reason is accepted).
+    let reason = request
+        .reason
+        .trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
     if reason.is_empty() {
         return Err(ApiError::bad_request(
             "reason: break-glass needs a reason (it is recorded in the access trail)",
