@@ -139,7 +139,7 @@ pub(crate) async fn open(
         opened_ns,
         expires_ns: opened_ns.saturating_add(seconds.saturating_mul(1_000_000_000)),
     };
-    tracing::warn!(principal = %principal.name, stream, seconds, "break-glass access opened");
+    tracing::warn!(principal = %principal.name, stream, seconds, "break-glass access asked for (opens once recorded)");
     let answer = BreakGlassAnswer {
         stream,
         principal: principal.name.clone(),

@@ -179,10 +179,23 @@ async fn guard(
         state.counters.record_break_glass_access();
         response.extensions_mut().insert(UnderBreakGlass(grant));
     }
+    record_opening_grant(&state, trail, &principal, response).await
+}
+
+/// Records the access and answers; for a break-glass opening (the
+/// handler's [`GrantToOpen`]), the grant is open only while its opening's
+/// record is committed: opened before recording, closed again if the
+/// record failed.
+async fn record_opening_grant(
+    state: &AppState,
+    mut trail: TrailEntry,
+    principal: &Principal,
+    mut response: Response,
+) -> Response {
     let to_open = response.extensions().get::<GrantToOpen>().cloned();
     if let Some(grant) = to_open.as_ref().filter(|_| response.status().is_success()) {
         let now = Instant::now();
-        let opened = lock_grants(&state).open(
+        let opened = lock_grants(state).open(
             &principal.name,
             grant.stream,
             now + grant.duration,
@@ -197,14 +210,13 @@ async fn guard(
             .into_response();
         }
     }
-    trail.finish(&principal, &response);
-    let answer = trail.record_then(&state, response).await;
+    trail.finish(principal, &response);
+    let answer = trail.record_then(state, response).await;
     if let Some(grant) = to_open {
-        // A grant is open only once its opening is in the trail.
         if answer.status().is_success() {
             state.counters.record_break_glass_opened();
         } else {
-            lock_grants(&state).close(&principal.name, grant.stream);
+            lock_grants(state).close(&principal.name, grant.stream);
         }
     }
     answer
