@@ -34,7 +34,7 @@ pub fn document() -> Value {
         "paths": paths(),
         "components": {
             "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor." }
+                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor; a per-stream scope (streams=) limits which streams' data it reaches (403 scope_denied outside it, events outside it left out of global reads and subscriptions)." }
             },
             "schemas": schemas(),
             "responses": error_responses(),
