@@ -104,14 +104,16 @@ echo "== creating the dev cluster in $cluster"
 start_dev
 stop_dev
 
-# The dev cluster has writer and auditor tokens; add a reader, as an operator
-# would (a hashed line in tokens.txt), before the replicas start again.
+# The dev cluster has writer and auditor tokens (streams=*); add a reader, as
+# an operator would (a hashed line in tokens.txt), before the replicas start
+# again. Its scope is a range of streams, so the fuzzed stream ids exercise
+# both sides of the scope check (403 scope_denied outside it).
 reader_token=$(python3 - "$cluster/tokens.txt" <<'PY'
 import hashlib, secrets, sys
 token = "vlm_" + secrets.token_hex(32)
 digest = hashlib.sha256(token.encode()).hexdigest()
 with open(sys.argv[1], "a") as tokens:
-    tokens.write(f"sha256:{digest} schemathesis-reader reader\n")
+    tokens.write(f"sha256:{digest} schemathesis-reader reader streams=0-100000\n")
 print(token)
 PY
 )

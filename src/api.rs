@@ -17,6 +17,7 @@
 //! | GET | `/v1/certificate` | | [`CertificateAnswer`] |
 //! | POST | `/v1/export/events` | [`ExportEventsRequest`] | [`ExportBundle`] |
 //! | GET | `/v1/export/audit?from_ns=&to_ns=&stream=` | | [`AuditExport`] |
+//! | POST | `/v1/streams/{stream}/break-glass` | [`BreakGlassRequest`] | [`BreakGlassAnswer`] |
 //! | POST | `/v1/verifications` | [`VerificationRecord`] | `{"recorded": true}` |
 //! | GET | `/v1/tlog/checkpoint` | | C2SP signed checkpoint (text) |
 //! | GET | `/v1/tlog/tile/<L>/<N>[.p/<W>]`, `/v1/tlog/tile/entries/<N>[.p/<W>]` | | C2SP tlog-tiles tile / entry bundle (bytes) |
@@ -321,6 +322,45 @@ pub struct ExportEventsRequest {
     pub purpose: Option<String>,
 }
 
+/// Longest break-glass reason, in bytes.
+pub const BREAK_GLASS_REASON_BYTES_MAX: usize = 1024;
+/// A break-glass grant lasts this long unless the request asks for less.
+pub const BREAK_GLASS_SECONDS_DEFAULT: u64 = 3600;
+/// The longest a break-glass grant may last, in seconds (four hours); a
+/// longer ask is refused, never clamped.
+pub const BREAK_GLASS_SECONDS_MAX: u64 = 4 * 3600;
+
+/// `POST /v1/streams/{stream}/break-glass`: open emergency access to a
+/// stream outside the token's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequest {
+    /// Why (required, not blank, at most [`BREAK_GLASS_REASON_BYTES_MAX`]
+    /// bytes); recorded in the access trail with every access under it.
+    pub reason: String,
+    /// How long the grant lasts, 1 to [`BREAK_GLASS_SECONDS_MAX`] seconds
+    /// (default [`BREAK_GLASS_SECONDS_DEFAULT`]).
+    #[serde(
+        default,
+        deserialize_with = "present_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration_s: Option<u64>,
+}
+
+/// The answer of `POST /v1/streams/{stream}/break-glass`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakGlassAnswer {
+    /// The stream now open to the principal.
+    pub stream: u64,
+    /// Who may read it.
+    pub principal: String,
+    /// When the grant opened, unix nanoseconds.
+    pub opened_ns: u64,
+    /// When it expires, unix nanoseconds; afterwards 403 `scope_denied`.
+    pub expires_ns: u64,
+}
+
 /// One file of an export bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFile {
@@ -385,6 +425,9 @@ pub mod code {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// The token may not do this (403).
     pub const FORBIDDEN: &str = "forbidden";
+    /// The token's role allows the call, but the stream is outside the
+    /// token's scope and no break-glass grant covers it (403).
+    pub const SCOPE_DENIED: &str = "scope_denied";
     /// Unknown stream, event or route (404).
     pub const NOT_FOUND: &str = "not_found";
     /// The stream's length is not the expected offset (409).
@@ -419,6 +462,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// [`code::FORBIDDEN`] (403).
     Forbidden,
+    /// [`code::SCOPE_DENIED`] (403).
+    ScopeDenied,
     /// [`code::NOT_FOUND`] (404).
     NotFound,
     /// [`code::WRONG_EXPECTED_OFFSET`] (409).
@@ -441,11 +486,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
+        ErrorCode::ScopeDenied,
         ErrorCode::NotFound,
         ErrorCode::WrongExpectedOffset,
         ErrorCode::PayloadTooLarge,
@@ -464,6 +510,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => code::REQUEST_TIMEOUT,
             ErrorCode::Unauthorized => code::UNAUTHORIZED,
             ErrorCode::Forbidden => code::FORBIDDEN,
+            ErrorCode::ScopeDenied => code::SCOPE_DENIED,
             ErrorCode::NotFound => code::NOT_FOUND,
             ErrorCode::WrongExpectedOffset => code::WRONG_EXPECTED_OFFSET,
             ErrorCode::PayloadTooLarge => code::PAYLOAD_TOO_LARGE,

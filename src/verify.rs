@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::hash::to_hex;
 use vellum_audit::policy::Policy;
-use vellum_audit::report::{Check, FailureKind, PolicySummary, Report, failure_source};
+use vellum_audit::report::{
+    BreakGlassUse, Check, FailureKind, PolicySummary, Report, failure_source,
+};
 use vellum_audit::verify::{
     LogFacts, LogVerification, ReplicaLog, check_since, compare_replicas, verify_log_dir,
 };
@@ -107,7 +109,7 @@ pub fn verify_data_dir_with(
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let started = SystemTime::now();
-    let (mut checks, log) = replica_checks(
+    let (mut checks, log, break_glass) = replica_checks(
         data_dir,
         policy,
         options.index_url.as_deref(),
@@ -126,7 +128,9 @@ pub fn verify_data_dir_with(
         log.reached.clone(),
     );
     report.since = since;
-    report.with_times(started, SystemTime::now())
+    report
+        .with_break_glass(break_glass)
+        .with_times(started, SystemTime::now())
 }
 
 /// Every check of one replica's data directory, in order, and what the log
@@ -141,13 +145,17 @@ pub fn verify_data_dir_with(
 /// for the next run). Everything before that bound is checked as strictly
 /// as on a stopped replica. `live` holds the most commits the index may lag
 /// the log's newest certificate by: beyond it the index check fails.
+///
+/// Also returns the break-glass uses of the access trail, taken only from
+/// trail rows whose payload opened its leaf's commitment (so a forged row
+/// can neither add nor hide one).
 pub fn replica_checks(
     data_dir: &Path,
     policy: &Policy,
     index_url: Option<&str>,
     live: Option<u64>,
     progress: &mut dyn FnMut(u64),
-) -> (Vec<Check>, LogVerification) {
+) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let mut checks = vec![check_meta(&dir, cluster)];
@@ -184,7 +192,7 @@ pub fn replica_checks(
                    so the index cannot be compared with it";
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
-        return (checks, log);
+        return (checks, log, Vec::new());
     }
     let index_check = match (cluster, IndexTarget::parse(index_url, dir.root())) {
         (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
@@ -196,15 +204,13 @@ pub fn replica_checks(
         (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, projected, live),
     };
     checks.push(index_check);
+    let mut break_glass = Vec::new();
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
-        checks.push(check_trail_blocking(
-            &target,
-            cluster,
-            projected,
-            live.is_some(),
-        ));
+        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some());
+        checks.push(check);
+        break_glass = uses;
     }
-    (checks, log)
+    (checks, log, break_glass)
 }
 
 /// The facts of the log up to its newest certificate, when ops follow it
@@ -228,8 +234,9 @@ fn check_trail_blocking(
     cluster: u128,
     facts: &LogFacts,
     live: bool,
-) -> Check {
+) -> (Check, Vec<BreakGlassUse>) {
     let mut check = Check::start("access trail");
+    let mut break_glass = Vec::new();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -237,7 +244,7 @@ fn check_trail_blocking(
         Ok(runtime) => runtime,
         Err(e) => {
             check.fail(FailureKind::Unreadable, "runtime", e.to_string());
-            return check.finish();
+            return (check.finish(), break_glass);
         }
     };
     let rows = runtime.block_on(async {
@@ -272,7 +279,7 @@ fn check_trail_blocking(
                     format!("{unpositioned} rows name no position: no access row may exist outside the trail"),
                 );
             }
-            compare_trail(&rows, facts, &mut check);
+            break_glass = compare_trail(&rows, facts, &mut check);
         }
         Err(e) => check.fail(
             FailureKind::Unreadable,
@@ -280,7 +287,7 @@ fn check_trail_blocking(
             crate::log::error_chain(&e),
         ),
     }
-    check.finish()
+    (check.finish(), break_glass)
 }
 
 /// The first column of an access row that its (committed) payload contradicts.
@@ -303,7 +310,13 @@ fn differing_column(
     checks.iter().find(|(_, same)| !same).map(|(name, _)| *name)
 }
 
-fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check: &mut Check) {
+/// Compares the access rows with the trail in the log; returns the
+/// break-glass uses among the rows that opened their leaf's commitment.
+fn compare_trail(
+    rows: &[crate::index::ProjectedAccess],
+    facts: &LogFacts,
+    check: &mut Check,
+) -> Vec<BreakGlassUse> {
     use vellum_compliance::trail::{ACCESS_TRAIL_STREAM, AccessEvent};
     let trail: std::collections::BTreeMap<u64, &vellum_audit::verify::EventFact> = facts
         .events
@@ -375,6 +388,32 @@ fn compare_trail(rows: &[crate::index::ProjectedAccess], facts: &LogFacts, check
     }
     check.count("trail events", trail.len() as u64);
     check.count("rows", rows.len() as u64);
+    let uses: Vec<BreakGlassUse> = decoded
+        .iter()
+        .filter_map(|(position, event)| break_glass_use(*position, event))
+        .collect();
+    check.count("break-glass uses", uses.len() as u64);
+    uses
+}
+
+/// The report entry of a trail event made under (or opening) break-glass.
+fn break_glass_use(
+    position: u64,
+    event: &vellum_compliance::trail::AccessEvent,
+) -> Option<BreakGlassUse> {
+    let grant = event.break_glass.as_ref()?;
+    Some(BreakGlassUse {
+        position,
+        time_ns: event.time_ns,
+        principal: event.principal.clone(),
+        role: event.role.clone(),
+        action: event.action.as_str().to_string(),
+        stream: event.stream,
+        outcome: event.outcome.clone(),
+        reason: grant.reason.clone(),
+        opened_ns: grant.opened_ns,
+        expires_ns: grant.expires_ns,
+    })
 }
 
 /// Atomic groups (docs/format.md): every append inside a group of more
@@ -607,10 +646,15 @@ pub fn verify_cluster(
     let started = SystemTime::now();
     let mut checks = vec![setup.check];
     let mut logs: Vec<(String, LogVerification)> = Vec::new();
+    let mut break_glass = Vec::new();
     for config in &setup.configs {
         let name = format!("replica {}", config.replica);
         let index_url = config.index_url.as_deref();
-        let (replica, log) = replica_checks(&config.data_dir, policy, index_url, live, progress);
+        let (replica, log, uses) =
+            replica_checks(&config.data_dir, policy, index_url, live, progress);
+        // Every replica holds the same trail: the union by position lists
+        // each use once (`with_break_glass` drops repeats).
+        break_glass.extend(uses);
         checks.extend(replica.into_iter().map(|mut check| {
             check.name = format!("{name}: {}", check.name);
             check
@@ -642,7 +686,9 @@ pub fn verify_cluster(
     let reached = newest.and_then(|log| log.reached.clone());
     let mut report = Report::new(scope, PolicySummary::from_policy(policy), checks, reached);
     report.since = kept;
-    report.with_times(started, SystemTime::now())
+    report
+        .with_break_glass(break_glass)
+        .with_times(started, SystemTime::now())
 }
 
 /// The kept checkpoint against the replica that got furthest (the others

@@ -1,8 +1,8 @@
 //! Real replica processes on loopback (DESIGN §7 "real processes"): three
 //! `vellum start` processes per test, driven through the Rust client.
 //! `kill -9` of the primary under load, a paused backup, a wiped replica
-//! that rebuilds, a subscription across a primary change, and bad input
-//! against a live server.
+//! that rebuilds, a subscription across a primary change, bad input
+//! against a live server, and a scoped token with break-glass.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -873,5 +873,135 @@ async fn reused_idempotency_key_is_refused_with_422_and_stores_nothing() {
     assert_ne!(leader, primary);
     cluster.start_replica(primary).expect("restart");
     check(&cluster, leader, "after a view change").await;
+    cluster.stop().expect("stop");
+}
+
+/// GET `path` on replica `i` with `token`: the status and the JSON body.
+async fn get_as(
+    cluster: &LocalCluster,
+    i: usize,
+    token: &str,
+    path: &str,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(WAIT)
+        .build()
+        .expect("http client");
+    let answer = http
+        .get(format!("{}{path}", cluster.dev.api_urls[i]))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = answer.status().as_u16();
+    (
+        status,
+        answer.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+// Goal: on real processes, a token scoped to one stream reads it through
+// every replica (backups forward), is refused 403 scope_denied on another
+// stream, sees only its stream in the global log; break-glass opened
+// through one backup lets it read the other stream through another (the
+// grant lives at the primary), and the trail holds both, marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scoped_token_and_break_glass_on_a_live_cluster() {
+    use vellum::server::auth::{Role, Scope, generate_token, token_line};
+    use vellum_compliance::trail::{AccessAction, AccessEvent};
+    let dir = test_dir();
+    let root = dir.path().join("cluster");
+    let dev = vellum::cluster::create_dev_cluster(&root, 3, None).expect("dev cluster");
+    let nurse = generate_token();
+    let scope = Scope::parse("7001").expect("scope");
+    let mut tokens = std::fs::read_to_string(dev.dir.join("tokens.txt")).expect("tokens");
+    tokens.push_str(&token_line(&nurse, "nurse", Role::Reader, &scope));
+    tokens.push('\n');
+    std::fs::write(dev.dir.join("tokens.txt"), tokens).expect("write tokens");
+    let mut cluster = LocalCluster::start(&root, 3, exe()).expect("cluster starts");
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let backups = [(primary + 1) % 3, (primary + 2) % 3];
+    let client = cluster.client(None).expect("client");
+    for stream in [7001, 7002] {
+        client
+            .append(
+                stream,
+                vec![Bytes::from(format!("chart of {stream}"))],
+                None,
+            )
+            .await
+            .expect("append");
+    }
+    for i in 0..3 {
+        let (status, _) = get_as(&cluster, i, &nurse, "/v1/streams/7001/events").await;
+        assert_eq!(status, 200, "replica {i}");
+        let (status, body) = get_as(&cluster, i, &nurse, "/v1/streams/7002/events").await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (403, &"scope_denied".into()),
+            "{body}"
+        );
+    }
+    let (status, log) = get_as(&cluster, backups[0], &nurse, "/v1/log?max=1000").await;
+    assert_eq!(status, 200);
+    let streams: HashSet<u64> = log["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["stream"].as_u64().expect("stream"))
+        .collect();
+    assert_eq!(streams, HashSet::from([7001]), "only the nurse's stream");
+
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(WAIT)
+        .build()
+        .expect("http client");
+    let opened = http
+        .post(format!(
+            "{}/v1/streams/7002/break-glass",
+            cluster.dev.api_urls[backups[0]]
+        ))
+        .bearer_auth(&nurse)
+        .json(&serde_json::json!({ "reason": "patient collapsed in the corridor" }))
+        .send()
+        .await
+        .expect("break-glass");
+    assert_eq!(opened.status().as_u16(), 200);
+    let (status, body) = get_as(&cluster, backups[1], &nurse, "/v1/streams/7002/events").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1));
+
+    let auditor = cluster.dev.auditor_token.clone();
+    let (status, trail) = get_as(&cluster, primary, &auditor, "/v1/export/audit?stream=7002").await;
+    assert_eq!(status, 200, "{trail}");
+    let events: Vec<AccessEvent> = trail["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| serde_json::from_value(r["event"].clone()).expect("event"))
+        .filter(|e: &AccessEvent| e.principal == "nurse")
+        .collect();
+    let refused = events
+        .iter()
+        .filter(|e| e.outcome.starts_with("denied: 403") && e.break_glass.is_none())
+        .count();
+    assert_eq!(refused, 3, "{events:?}");
+    let opening = events
+        .iter()
+        .find(|e| e.action == AccessAction::BreakGlass)
+        .expect("the opening is in the trail");
+    assert_eq!(
+        opening.break_glass.as_ref().map(|g| g.reason.as_str()),
+        Some("patient collapsed in the corridor")
+    );
+    assert!(
+        events.iter().any(|e| e.action == AccessAction::ReadStream
+            && e.outcome == "success"
+            && e.break_glass == opening.break_glass
+            && e.v == 2),
+        "{events:?}"
+    );
     cluster.stop().expect("stop");
 }

@@ -6,7 +6,8 @@
 //! duplicated certificate signature, one replica's history rewritten and
 //! re-signed with its own key only. A dev cluster's segments (64 MiB) never
 //! fill with 20 events, so the sealed-footer case uses a single-replica data
-//! directory with the smallest segment size instead.
+//! directory with the smallest segment size instead. The fixture also
+//! opens one break-glass grant, which the report lists in its own section.
 
 mod support;
 
@@ -65,6 +66,7 @@ async fn run_and_stop(dir: &Path) {
             .await
             .expect("append");
     }
+    open_break_glass(&cluster).await;
     let commit = cluster
         .health()
         .await
@@ -78,6 +80,31 @@ async fn run_and_stop(dir: &Path) {
         .await
         .expect("every replica commits everything");
     cluster.stop().expect("stop");
+}
+
+/// The reason the fixture's break-glass grant is opened with.
+const BREAK_GLASS_REASON: &str = "patient unconscious in the ED <b>";
+
+/// Opens break-glass on stream 7000 with the dev writer token, through the
+/// API of replica 1 (forwarded to the primary if need be).
+async fn open_break_glass(cluster: &LocalCluster) {
+    let ca = reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .timeout(WAIT)
+        .build()
+        .expect("http client");
+    let url = format!("{}/v1/streams/7000/break-glass", cluster.dev.api_urls[1]);
+    let answer = http
+        .post(url)
+        .bearer_auth(&cluster.dev.writer_token)
+        .json(&serde_json::json!({ "reason": BREAK_GLASS_REASON, "duration_s": 60 }))
+        .send()
+        .await
+        .expect("break-glass request");
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    assert!(status.is_success(), "break-glass: {status} {body}");
 }
 
 /// A copy of the stopped cluster to tamper with.
@@ -275,6 +302,26 @@ fn stopped_cluster_passes() {
         let records = format!("replica {replica}: records and hash chain");
         assert!(count(&records, "atomic groups") >= 1, "{records}");
     }
+    // The break-glass opening is listed once (every replica holds it),
+    // with its reason, from the verified trail.
+    let uses = outcome.report["break_glass"].as_array().expect("section");
+    assert_eq!(uses.len(), 1, "{uses:?}");
+    assert_eq!(
+        (&uses[0]["action"], &uses[0]["stream"], &uses[0]["reason"]),
+        (
+            &"break_glass".into(),
+            &7000.into(),
+            &BREAK_GLASS_REASON.into()
+        )
+    );
+    assert_eq!(uses[0]["principal"], "dev");
+    assert_eq!(
+        uses[0]["expires_ns"]
+            .as_u64()
+            .zip(uses[0]["opened_ns"].as_u64())
+            .map(|(e, o)| e - o),
+        Some(60_000_000_000)
+    );
     // The access trail (system stream) adds events of its own.
     let size = outcome.report["reached"]["tree_size"].as_u64();
     assert!(size >= Some(APPENDS), "reached {size:?}");
@@ -284,6 +331,10 @@ fn stopped_cluster_passes() {
     let (code, text, _) = run(&["verify", "--cluster", s(&one), "--policy", s(&policy)]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(3 replicas)"), "{text}");
+    assert!(
+        text.contains("break-glass: 1 uses") && text.contains(BREAK_GLASS_REASON),
+        "{text}"
+    );
     let (code, html, _) = run(&[
         "verify",
         "--cluster",
@@ -295,6 +346,11 @@ fn stopped_cluster_passes() {
     ]);
     assert_eq!(code, 0);
     assert!(html.contains("Verification PASSED") && !html.to_ascii_lowercase().contains("<script"));
+    assert!(
+        html.contains("<h2>Break-glass (emergency access)</h2>")
+            && html.contains("patient unconscious in the ED &lt;b&gt;"),
+        "the section lists the use, escaped"
+    );
 }
 
 // Goal: --cluster without --policy is refused (keys never come from the data).

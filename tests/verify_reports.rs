@@ -146,7 +146,8 @@ fn every_format_of_a_passing_dir() {
         assert_eq!(run.code, 0, "{}", run.stderr);
         let report = json(&run);
         assert_eq!(report["passed"], true);
-        assert_eq!(report["version"], 4);
+        assert_eq!(report["version"], 5);
+        assert_eq!(report["break_glass"], serde_json::json!([]));
         assert_eq!(report["reached"]["tree_size"], 10);
         assert!(report["started"].as_str().is_some_and(|t| t.ends_with('Z')));
         let key = &report["policy"]["keys"][0];
@@ -267,6 +268,18 @@ fn fixed_report() -> Report {
         checks,
         Some(reached),
     )
+    .with_break_glass(vec![vellum_audit::report::BreakGlassUse {
+        position: 7,
+        time_ns: 1_700_000_000_000_000_000,
+        principal: "dr-lee".into(),
+        role: "reader".into(),
+        action: "break_glass".into(),
+        stream: Some(1001),
+        outcome: "success".into(),
+        reason: "code blue <b>&".into(),
+        opened_ns: 1_700_000_000_000_000_000,
+        expires_ns: 1_700_003_600_000_000_000,
+    }])
     .with_times(
         UNIX_EPOCH + Duration::from_millis(1_700_000_000_000),
         UNIX_EPOCH + Duration::from_millis(1_700_000_001_250),
@@ -288,6 +301,11 @@ fn html_of_a_fixed_report_matches_the_golden_file() {
     assert_self_contained(&html);
     assert!(html.contains("header &lt;checksum&gt; &amp; body mismatch"));
     assert!(html.contains("2023-11-14T22:13:20.000Z") && html.contains("1250 ms"));
+    assert!(html.contains("<h2>Break-glass (emergency access)</h2>"));
+    assert!(
+        html.contains("<td>code blue &lt;b&gt;&amp;</td>"),
+        "escaped reason"
+    );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/verify_report.html");
     if std::env::var_os("VELLUM_BLESS").is_some_and(|v| v == "1") {
         std::fs::write(&path, &html).expect("write golden file");

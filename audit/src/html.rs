@@ -57,6 +57,7 @@ impl Report {
         self.summary_html(&mut out);
         self.checks_html(&mut out);
         self.failures_html(&mut out);
+        self.break_glass_html(&mut out);
         self.keys_html(&mut out);
         if let Some(since) = &self.since {
             checkpoint_html(&mut out, "Kept checkpoint (--since)", since);
@@ -77,6 +78,38 @@ impl Report {
             self.version
         );
         out
+    }
+
+    /// The break-glass section: every emergency access in the verified trail.
+    fn break_glass_html(&self, out: &mut String) {
+        let _ = writeln!(out, "<h2>Break-glass (emergency access)</h2>");
+        if self.break_glass.is_empty() && self.break_glass_dropped == 0 {
+            let _ = writeln!(out, "<p>None in the verified access trail.</p>");
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "<table>\n<tr><th>Position</th><th>Time (ns)</th><th>Principal</th><th>Role</th><th>Action</th><th>Stream</th><th>Outcome</th><th>Reason</th><th>Expires (ns)</th></tr>"
+        );
+        for u in &self.break_glass {
+            let stream = u.stream.map_or("-".to_string(), |s| s.to_string());
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{stream}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                u.position,
+                u.time_ns,
+                escape(&u.principal),
+                escape(&u.role),
+                escape(&u.action),
+                escape(&u.outcome),
+                escape(&u.reason),
+                u.expires_ns
+            );
+        }
+        let _ = writeln!(out, "</table>");
+        if self.break_glass_dropped > 0 {
+            let _ = writeln!(out, "<p>{} more not listed.</p>", self.break_glass_dropped);
+        }
     }
 
     fn summary_html(&self, out: &mut String) {

@@ -26,8 +26,39 @@ pub const FAILURES_PER_CHECK_MAX: usize = 100;
 
 /// The report format version (2: times, pinned keys, kept checkpoint;
 /// 3: `not_run` outcome, failure groups, tool and policy SHA-256;
-/// 4: every failure carries a `kind`).
-pub const REPORT_VERSION: u32 = 4;
+/// 4: every failure carries a `kind`; 5: the `break_glass` section).
+pub const REPORT_VERSION: u32 = 5;
+/// Break-glass uses a report lists, at most; the count of the rest is in
+/// `break_glass_dropped`.
+pub const BREAK_GLASS_LISTED_MAX: usize = 1000;
+
+/// One access-trail event that opened emergency access (break-glass) or
+/// was made under it, as the verified trail holds it: the report's
+/// `break_glass` section, so an auditor sees every use next to the proof
+/// that the trail holding it is intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakGlassUse {
+    /// The trail event's global position (its leaf).
+    pub position: u64,
+    /// When, unix nanoseconds.
+    pub time_ns: u64,
+    /// Who.
+    pub principal: String,
+    /// The principal's role.
+    pub role: String,
+    /// The trail action (`break_glass` for the opening).
+    pub action: String,
+    /// The stream.
+    pub stream: Option<u64>,
+    /// The trail outcome.
+    pub outcome: String,
+    /// The reason given when the grant was opened.
+    pub reason: String,
+    /// When the grant opened, unix nanoseconds.
+    pub opened_ns: u64,
+    /// When it expired (or expires), unix nanoseconds.
+    pub expires_ns: u64,
+}
 
 /// One failed expectation and where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -394,6 +425,12 @@ pub struct Report {
     pub since: Option<Reached>,
     /// The newest certificate verified, if any.
     pub reached: Option<Reached>,
+    /// Every break-glass use in the verified access trail (at most
+    /// [`BREAK_GLASS_LISTED_MAX`], in trail order); empty when there was
+    /// none, or when the trail check did not run.
+    pub break_glass: Vec<BreakGlassUse>,
+    /// Break-glass uses beyond [`BREAK_GLASS_LISTED_MAX`], not listed.
+    pub break_glass_dropped: u64,
 }
 
 impl Report {
@@ -427,7 +464,20 @@ impl Report {
             checks,
             since: None,
             reached,
+            break_glass: Vec::new(),
+            break_glass_dropped: 0,
         }
+    }
+
+    /// Lists `uses` (sorted by position, bounded by
+    /// [`BREAK_GLASS_LISTED_MAX`]) in the report's break-glass section.
+    pub fn with_break_glass(mut self, mut uses: Vec<BreakGlassUse>) -> Report {
+        uses.sort_by_key(|u| u.position);
+        uses.dedup_by_key(|u| u.position);
+        self.break_glass_dropped = uses.len().saturating_sub(BREAK_GLASS_LISTED_MAX) as u64;
+        uses.truncate(BREAK_GLASS_LISTED_MAX);
+        self.break_glass = uses;
+        self
     }
 
     /// Names the program that verified (the `vellum` binary sets its own
@@ -500,6 +550,7 @@ impl Report {
             };
             let _ = writeln!(out, "failures in {places}; {not_run} checks not run");
         }
+        self.break_glass_text(&mut out);
         if let Some(since) = &self.since {
             let _ = writeln!(
                 out,
@@ -517,6 +568,43 @@ impl Report {
             );
         }
         out
+    }
+}
+
+impl Report {
+    /// The break-glass section of the text report.
+    fn break_glass_text(&self, out: &mut String) {
+        let total = self.break_glass.len() as u64 + self.break_glass_dropped;
+        if total == 0 {
+            let _ = writeln!(out, "break-glass: none in the verified access trail");
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "break-glass: {total} uses in the verified access trail"
+        );
+        for u in &self.break_glass {
+            let stream = u.stream.map_or("-".to_string(), |s| s.to_string());
+            let _ = writeln!(
+                out,
+                "  position {} time_ns {} {} ({}) {} stream {stream} {} reason {:?} expires_ns {}",
+                u.position,
+                u.time_ns,
+                u.principal,
+                u.role,
+                u.action,
+                u.outcome,
+                u.reason,
+                u.expires_ns
+            );
+        }
+        if self.break_glass_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "  ... and {} more not listed",
+                self.break_glass_dropped
+            );
+        }
     }
 }
 
@@ -754,5 +842,51 @@ mod tests {
         assert_eq!(summary.keys[0].name, "r0");
         assert_eq!(summary.keys[0].key_id, to_hex(&signer.key_id()));
         assert_eq!(summary.vkeys, vec![signer.verifier().to_vkey()]);
+    }
+
+    /// Goal: the break-glass section lists uses sorted by position, once
+    /// each, at most BREAK_GLASS_LISTED_MAX with the rest counted, and the
+    /// text says "none" when there is none.
+    #[test]
+    fn break_glass_section_is_sorted_deduplicated_and_bounded() {
+        let policy = PolicySummary {
+            origin: "o".into(),
+            quorum: 1,
+            vkeys: Vec::new(),
+            keys: Vec::new(),
+            sha256: None,
+        };
+        let empty = Report::new("s".into(), policy.clone(), Vec::new(), None);
+        assert!(empty.to_text().contains("break-glass: none"));
+        let use_at = |position: u64| BreakGlassUse {
+            position,
+            time_ns: position,
+            principal: "p".into(),
+            role: "reader".into(),
+            action: "read_stream".into(),
+            stream: Some(16),
+            outcome: "success".into(),
+            reason: "why\nnot".into(),
+            opened_ns: 0,
+            expires_ns: 9,
+        };
+        let mut uses: Vec<BreakGlassUse> = (0..BREAK_GLASS_LISTED_MAX as u64 + 5)
+            .rev()
+            .map(use_at)
+            .collect();
+        uses.push(use_at(3));
+        let report = Report::new("s".into(), policy, Vec::new(), None).with_break_glass(uses);
+        assert_eq!(report.break_glass.len(), BREAK_GLASS_LISTED_MAX);
+        assert_eq!(report.break_glass_dropped, 5);
+        assert!(
+            report
+                .break_glass
+                .windows(2)
+                .all(|w| w[0].position < w[1].position)
+        );
+        let text = report.to_text();
+        assert!(text.contains(&format!("break-glass: {} uses", BREAK_GLASS_LISTED_MAX + 5)));
+        assert!(text.contains("reason \"why\\nnot\""), "one line per use");
+        assert!(text.contains("... and 5 more not listed"));
     }
 }

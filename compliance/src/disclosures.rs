@@ -27,6 +27,13 @@
 //! the others an HL7 v3 purpose-of-use code can name — are listed and
 //! marked with the rule (`exempt_rule`), so the privacy officer decides,
 //! rather than this code silently dropping them.
+//!
+//! Break-glass (emergency access) has its own section, `break_glass`: every
+//! trail event of the stream in the period that opened emergency access or
+//! was made under it (its `break_glass` member), successful or not, with
+//! the reason and the grant's expiry, so the privacy officer reviews each
+//! one. Accesses under break-glass that disclosed data are also listed
+//! among the disclosures, like any other.
 
 use std::path::Path;
 
@@ -165,6 +172,34 @@ pub struct Disclosure {
     pub position: Option<u64>,
 }
 
+/// One trail event that opened emergency access to the stream or was made
+/// under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakGlassUse {
+    /// Date of the access, RFC 3339 UTC.
+    pub date: String,
+    /// The same, unix nanoseconds.
+    pub time_ns: u64,
+    /// The API account.
+    pub account: String,
+    /// The account's role.
+    pub role: String,
+    /// The trail action (`break_glass` for the opening itself).
+    pub action: &'static str,
+    /// The trail outcome (`success`, `refused: …`, `denied: …`).
+    pub outcome: String,
+    /// The reason given when the grant was opened.
+    pub reason: String,
+    /// When the grant expires, RFC 3339 UTC.
+    pub expires: String,
+    /// First offset touched.
+    pub from: Option<u64>,
+    /// One past the last.
+    pub to: Option<u64>,
+    /// The trail event's global position, to fetch its proof.
+    pub position: Option<u64>,
+}
+
 /// Trail events of the period deliberately not listed, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Omitted {
@@ -199,6 +234,9 @@ pub struct Accounting {
     pub not_attributable: Vec<Disclosure>,
     /// What was left out, by reason.
     pub omitted: Omitted,
+    /// Emergency access to the stream in the period: its openings and
+    /// every access made under it, in trail order.
+    pub break_glass: Vec<BreakGlassUse>,
     /// What this accounting cannot say, in plain words.
     pub notes: Vec<String>,
 }
@@ -254,7 +292,15 @@ pub fn account(
             Verdict::Unrelated => {}
         }
     }
-    let notes = notes(stream, &not_attributable, omitted);
+    let break_glass = break_glass_uses(events, stream, from_ns, to_ns);
+    let mut notes = notes(stream, &not_attributable, omitted);
+    if !break_glass.is_empty() {
+        notes.push(format!(
+            "Break-glass: {} accesses to stream {stream} in this period opened emergency \
+             access or were made under it; they are listed under break_glass with the reason.",
+            break_glass.len()
+        ));
+    }
     Accounting {
         stream,
         from: from_ns,
@@ -265,8 +311,39 @@ pub fn account(
         disclosures,
         not_attributable,
         omitted,
+        break_glass,
         notes,
     }
+}
+
+/// The trail events of `stream` in `[from_ns, to_ns)` that carry a
+/// break-glass grant.
+fn break_glass_uses(
+    events: &[(AccessEvent, Option<u64>)],
+    stream: u64,
+    from_ns: u64,
+    to_ns: u64,
+) -> Vec<BreakGlassUse> {
+    events
+        .iter()
+        .filter(|(e, _)| e.stream == Some(stream) && (from_ns..to_ns).contains(&e.time_ns))
+        .filter_map(|(event, position)| {
+            let grant = event.break_glass.as_ref()?;
+            Some(BreakGlassUse {
+                date: rfc3339_utc(event.time_ns),
+                time_ns: event.time_ns,
+                account: event.principal.clone(),
+                role: event.role.clone(),
+                action: event.action.as_str(),
+                outcome: event.outcome.clone(),
+                reason: grant.reason.clone(),
+                expires: rfc3339_utc(grant.expires_ns),
+                from: event.from,
+                to: event.to,
+                position: *position,
+            })
+        })
+        .collect()
 }
 
 fn verdict(event: &AccessEvent, stream: u64, stream_positions: &[u64]) -> Verdict {

@@ -16,7 +16,13 @@
 //!              audit-event-type rest      restful-interaction read          R
 //! verify       audit-event-type rest      restful-interaction operation     E
 //! auth_failed  DCM 110114 User Authentication  DCM 110122 Login            E
+//! break_glass  DCM 110110 Patient Record  restful-interaction operation     E
 //! ```
+//!
+//! Break-glass: an event that opened emergency access, or was made under
+//! it (it carries a `break_glass` member), has the v3-ActReason code `BTG`
+//! ("break the glass") among its agent's `purposeOfUse`, and an entity
+//! detail `vellum-break-glass` holding the reason and the grant's expiry.
 //!
 //! Outcome: "success" → `0`; "refused…" / "denied…" (the caller's fault,
 //! like an HTTP 4xx) → `4`; anything else ("failed: …") → `8`. The trail's
@@ -55,6 +61,10 @@ pub const AUDIT_ENTITY_TYPE_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 /// The `entity.detail.type` naming the trail event's own global position.
 pub const POSITION_DETAIL_TYPE: &str = "vellum-trail-position";
+/// The v3-ActReason code of emergency access ("break the glass").
+pub const BREAK_GLASS_CODE: &str = "BTG";
+/// The `entity.detail.type` holding a break-glass grant's reason and expiry.
+pub const BREAK_GLASS_DETAIL_TYPE: &str = "vellum-break-glass";
 /// Longest purpose treated as a v3-ActReason code rather than free text.
 pub const PURPOSE_CODE_BYTES_MAX: usize = 32;
 
@@ -105,6 +115,7 @@ fn coding_of(action: AccessAction) -> Coding {
             rest("read", "R")
         }
         AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
+        AccessAction::BreakGlass => patient_record("operation", "E"),
         AccessAction::AuthFailed => Coding {
             type_system: DICOM_SYSTEM,
             type_code: "110114",
@@ -211,8 +222,16 @@ fn agent(event: &AccessEvent) -> Value {
         };
         agent["network"] = json!({ "address": address, "type": kind });
     }
-    if let Some(purpose) = &event.purpose {
-        agent["purposeOfUse"] = json!([purpose_concept(purpose)]);
+    let mut purposes: Vec<Value> = event.purpose.iter().map(|p| purpose_concept(p)).collect();
+    if event.break_glass.is_some() {
+        purposes.push(json!({ "coding": [{
+            "system": ACT_REASON_SYSTEM,
+            "code": BREAK_GLASS_CODE,
+            "display": "break the glass",
+        }]}));
+    }
+    if !purposes.is_empty() {
+        agent["purposeOfUse"] = json!(purposes);
     }
     agent
 }
@@ -234,7 +253,7 @@ fn purpose_concept(purpose: &str) -> Value {
 
 fn entity(event: &AccessEvent, position: Option<u64>) -> Option<Value> {
     let query = query_text(event);
-    if query.is_none() && position.is_none() {
+    if query.is_none() && position.is_none() && event.break_glass.is_none() {
         return None;
     }
     let what = match event.stream {
@@ -261,6 +280,17 @@ fn entity(event: &AccessEvent, position: Option<u64>) -> Option<Value> {
     }
     if let Some(detail) = &event.detail {
         details.push(json!({ "type": "vellum-detail", "valueString": detail }));
+    }
+    if let Some(grant) = &event.break_glass {
+        details.push(json!({
+            "type": BREAK_GLASS_DETAIL_TYPE,
+            "valueString": format!(
+                "reason={} opened={} expires={}",
+                grant.reason,
+                rfc3339_utc(grant.opened_ns),
+                rfc3339_utc(grant.expires_ns)
+            ),
+        }));
     }
     if !details.is_empty() {
         entity["detail"] = json!(details);

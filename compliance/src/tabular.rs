@@ -110,6 +110,11 @@ pub struct AccessRow<'a> {
     /// line of an event without it is byte for byte what it was before.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The break-glass grant of a version 2 event. NDJSON only (left out
+    /// when absent, so other lines keep their bytes); the CSV keeps its
+    /// columns and shows such an event by its `v` of 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<&'a crate::trail::BreakGlass>,
 }
 
 impl<'a> AccessRow<'a> {
@@ -135,6 +140,7 @@ impl<'a> AccessRow<'a> {
             streams: event.streams.as_deref(),
             streams_truncated: event.streams_truncated,
             count: event.count,
+            break_glass: event.break_glass.as_ref(),
         }
     }
 

@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 
 /// The system stream holding the access trail (ids below 16 are reserved).
 pub const ACCESS_TRAIL_STREAM: u64 = vellum_audit::record::ACCESS_TRAIL_STREAM;
-/// Version of the trail event format.
+/// Version of the trail event format: events without a `break_glass`
+/// member are written as version 1, whose bytes never changed.
 pub const ACCESS_EVENT_VERSION: u32 = 1;
+/// Version of an event that carries the `break_glass` member (version 1
+/// plus that member, last); [`AccessEvent::mark_break_glass`] sets it.
+pub const ACCESS_EVENT_VERSION_BREAK_GLASS: u32 = 2;
 /// Longest free text (purpose, detail, recipient, description) kept in a
 /// trail event, in bytes.
 pub const ACCESS_TEXT_BYTES_MAX: usize = 512;
@@ -52,6 +56,8 @@ pub enum AccessAction {
     Verify,
     /// A request refused for a missing or unknown credential.
     AuthFailed,
+    /// Emergency access to a stream opened (break-glass), with a reason.
+    BreakGlass,
 }
 
 impl AccessAction {
@@ -70,6 +76,7 @@ impl AccessAction {
             AccessAction::Shred => "shred",
             AccessAction::Verify => "verify",
             AccessAction::AuthFailed => "auth_failed",
+            AccessAction::BreakGlass => "break_glass",
         }
     }
 
@@ -144,6 +151,23 @@ pub struct AccessEvent {
     /// before it existed does. See [`AccessEvent::attempts`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Present when the access was made under (or opened) emergency
+    /// access: the grant's reason and expiry. Only in version 2 events
+    /// ([`ACCESS_EVENT_VERSION_BREAK_GLASS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// The break-glass grant an access was made under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    /// Why emergency access was opened, as the principal gave it (clipped).
+    pub reason: String,
+    /// When the grant was opened, unix nanoseconds.
+    pub opened_ns: u64,
+    /// When the grant expires, unix nanoseconds.
+    pub expires_ns: u64,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -156,9 +180,30 @@ impl AccessEvent {
         serde_json::to_vec(self).expect("an access event always serializes")
     }
 
-    /// Parses a payload written by [`AccessEvent::to_payload`].
+    /// Parses a payload written by [`AccessEvent::to_payload`]: version 1
+    /// without a `break_glass` member, or version 2 with one.
     pub fn from_payload(bytes: &[u8]) -> Result<AccessEvent, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        use serde::de::Error as _;
+        let event: AccessEvent = serde_json::from_slice(bytes)?;
+        match (event.v, event.break_glass.is_some()) {
+            (ACCESS_EVENT_VERSION, false) | (ACCESS_EVENT_VERSION_BREAK_GLASS, true) => Ok(event),
+            (ACCESS_EVENT_VERSION, true) => Err(serde_json::Error::custom(
+                "a version 1 access event carries a break_glass member (only version 2 may)",
+            )),
+            (ACCESS_EVENT_VERSION_BREAK_GLASS, false) => Err(serde_json::Error::custom(
+                "a version 2 access event lacks its break_glass member",
+            )),
+            (v, _) => Err(serde_json::Error::custom(format!(
+                "unknown access event version {v} (this build reads 1 and 2)"
+            ))),
+        }
+    }
+
+    /// Marks the event as made under (or opening) the break-glass grant
+    /// `grant`; it becomes a version 2 event.
+    pub fn mark_break_glass(&mut self, grant: BreakGlass) {
+        self.v = ACCESS_EVENT_VERSION_BREAK_GLASS;
+        self.break_glass = Some(grant);
     }
 
     /// How many attempts this event stands for: `count`, or 1 when absent.
@@ -224,6 +269,7 @@ mod tests {
             streams: None,
             streams_truncated: false,
             count: None,
+            break_glass: None,
         };
         let payload = event.to_payload();
         let text = String::from_utf8(payload.clone()).expect("utf-8");
@@ -295,6 +341,39 @@ mod tests {
         assert!(text.ends_with(r#","count":41}"#), "{text}");
         let back = AccessEvent::from_payload(text.as_bytes()).expect("parses");
         assert_eq!((back.attempts(), back), (41, event));
+    }
+
+    // Goal: a break-glass event is version 2 with its member last, round-
+    // trips, and a version/member mismatch or an unknown version is refused.
+    #[test]
+    fn break_glass_member_is_version_2_and_last() {
+        let old = br#"{"v":1,"time_ns":5,"principal":"dev","role":"reader","action":"read_stream","stream":16,"outcome":"success"}"#;
+        let mut event = AccessEvent::from_payload(old).expect("v1 decodes");
+        assert_eq!(event.to_payload(), old.to_vec());
+        event.mark_break_glass(BreakGlass {
+            reason: "unconscious patient in the ED".into(),
+            opened_ns: 3,
+            expires_ns: 9,
+        });
+        let text = String::from_utf8(event.to_payload()).expect("utf-8");
+        assert!(text.starts_with(r#"{"v":2,"#), "{text}");
+        assert!(
+            text.ends_with(r#","break_glass":{"reason":"unconscious patient in the ED","opened_ns":3,"expires_ns":9}}"#),
+            "{text}"
+        );
+        assert_eq!(
+            AccessEvent::from_payload(text.as_bytes()).expect("v2 decodes"),
+            event
+        );
+        let v1_with_member = text.replacen(r#""v":2"#, r#""v":1"#, 1);
+        let v2_without = String::from_utf8(old.to_vec())
+            .expect("utf-8")
+            .replacen(r#""v":1"#, r#""v":2"#, 1);
+        let v3 = text.replacen(r#""v":2"#, r#""v":3"#, 1);
+        for bad in [v1_with_member, v2_without, v3] {
+            let error = AccessEvent::from_payload(bad.as_bytes()).expect_err(&bad);
+            assert!(error.to_string().contains("version"), "{error}");
+        }
     }
 
     // Goal: clipping keeps text under the bound on a char boundary.

@@ -9,7 +9,7 @@ use vellum_compliance::disclosures::{
     Attribution, DISCLOSURE_COLUMNS, RULE_INDIVIDUAL, RULE_TPO, account, disclosures_csv,
     disclosures_json, exempt_rule, write_disclosures_csv, write_disclosures_json,
 };
-use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent};
+use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent, BreakGlass};
 
 const STREAM: u64 = 1001;
 const SECOND: u64 = 1_000_000_000;
@@ -41,6 +41,7 @@ fn access(n: u64, action: AccessAction, stream: Option<u64>, outcome: &str) -> A
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
     }
 }
 
@@ -137,6 +138,7 @@ fn json_and_csv_have_the_documented_shape() {
         keys,
         [
             "accountable",
+            "break_glass",
             "count",
             "disclosures",
             "from",
@@ -331,4 +333,90 @@ fn older_trail_events_are_still_accounted() {
         n.as_str()
             .is_some_and(|n| n.contains("may have disclosed events of stream 1001"))
     }));
+}
+
+// Goal: break-glass openings and accesses under a grant of the stream in
+// the period are listed in their own section with the reason and expiry
+// (also a refused one); other streams' and out-of-period ones are not; an
+// access under a grant that disclosed data is a disclosure too.
+#[test]
+fn break_glass_has_its_own_section() {
+    let grant = BreakGlass {
+        reason: "patient unconscious in the ED".into(),
+        opened_ns: T0 + 10 * SECOND,
+        expires_ns: T0 + 70 * SECOND,
+    };
+    let marked = |n: u64, action: AccessAction, stream: u64, outcome: &str| {
+        let mut event = access(n, action, Some(stream), outcome);
+        event.mark_break_glass(grant.clone());
+        event
+    };
+    let events = vec![
+        (
+            marked(10, AccessAction::BreakGlass, STREAM, "success"),
+            Some(100),
+        ),
+        (
+            marked(11, AccessAction::ReadStream, STREAM, "success"),
+            Some(101),
+        ),
+        (
+            marked(12, AccessAction::ReadStream, STREAM, "refused: 404"),
+            Some(102),
+        ),
+        (
+            marked(13, AccessAction::ReadStream, 2002, "success"),
+            Some(103),
+        ),
+        (
+            marked(90, AccessAction::ReadStream, STREAM, "success"),
+            Some(104),
+        ),
+        (
+            access(14, AccessAction::ReadStream, Some(STREAM), "success"),
+            Some(105),
+        ),
+    ];
+    let accounting = account(&events, STREAM, &[], T0, T0 + 50 * SECOND, 7);
+    let listed: Vec<(u64, &str, &str)> = accounting
+        .break_glass
+        .iter()
+        .map(|b| (b.position.expect("position"), b.action, b.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (100, "break_glass", "success"),
+            (101, "read_stream", "success"),
+            (102, "read_stream", "refused: 404")
+        ]
+    );
+    assert!(
+        accounting
+            .break_glass
+            .iter()
+            .all(|b| b.reason == grant.reason
+                && b.expires == "2024-02-29T13:06:19.000000000Z"
+                && b.account.starts_with("user-"))
+    );
+    let positions: Vec<u64> = accounting
+        .disclosures
+        .iter()
+        .filter_map(|d| d.position)
+        .collect();
+    assert_eq!(positions, [101, 105]);
+    assert!(
+        accounting
+            .notes
+            .iter()
+            .any(|n| n.starts_with("Break-glass: 3 ")),
+        "{:?}",
+        accounting.notes
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&disclosures_json(&accounting)).expect("json");
+    assert_eq!(
+        json["break_glass"][0]["reason"],
+        "patient unconscious in the ED"
+    );
 }

@@ -10,10 +10,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use vellum_compliance::fhir::{audit_event, rfc3339_utc, write_fhir_ndjson};
-use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent};
+use vellum_compliance::fhir::{
+    ACT_REASON_SYSTEM, BREAK_GLASS_CODE, BREAK_GLASS_DETAIL_TYPE, audit_event, rfc3339_utc,
+    write_fhir_ndjson,
+};
+use vellum_compliance::trail::{ACCESS_EVENT_VERSION, AccessAction, AccessEvent, BreakGlass};
 
-const ALL_ACTIONS: [AccessAction; 11] = [
+const ALL_ACTIONS: [AccessAction; 12] = [
     AccessAction::Append,
     AccessAction::ReadStream,
     AccessAction::ReadLog,
@@ -25,6 +28,7 @@ const ALL_ACTIONS: [AccessAction; 11] = [
     AccessAction::Shred,
     AccessAction::Verify,
     AccessAction::AuthFailed,
+    AccessAction::BreakGlass,
 ];
 
 fn event(action: AccessAction) -> AccessEvent {
@@ -46,6 +50,7 @@ fn event(action: AccessAction) -> AccessEvent {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
     }
 }
 
@@ -65,6 +70,7 @@ fn variants(action: AccessAction) -> Vec<AccessEvent> {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
         principal: "anonymous".into(),
         role: "none".into(),
         outcome: "refused: no credential".into(),
@@ -79,7 +85,17 @@ fn variants(action: AccessAction) -> Vec<AccessEvent> {
     log.from = Some(100);
     log.to = None;
     log.remote = Some("edge-proxy".into());
-    vec![full, bare, failed, log]
+    let mut glass = bare.clone();
+    glass.mark_break_glass(grant());
+    vec![full, bare, failed, log, glass]
+}
+
+fn grant() -> BreakGlass {
+    BreakGlass {
+        reason: "patient unconscious in the ED".into(),
+        opened_ns: 1_709_211_909_000_000_000,
+        expires_ns: 1_709_215_509_000_000_000,
+    }
 }
 
 // ---------------------------------------------------- the R4 validator
@@ -563,6 +579,45 @@ fn mapping_follows_the_documented_table() {
     assert_eq!(log["agent"][0]["network"]["type"], "1");
 }
 
+// Goal: an event opened or made under break-glass carries the v3-ActReason
+// BTG purpose (beside its own) and a detail with the reason and expiry;
+// an event without a grant carries neither.
+#[test]
+fn break_glass_is_marked() {
+    let plain = audit_event(&event(AccessAction::ReadStream), "r0", Some(9));
+    assert!(!plain.to_string().contains(BREAK_GLASS_CODE));
+    assert!(!plain.to_string().contains(BREAK_GLASS_DETAIL_TYPE));
+    for action in [AccessAction::ReadStream, AccessAction::BreakGlass] {
+        let mut marked = event(action);
+        marked.mark_break_glass(grant());
+        let r = audit_event(&marked, "r0", Some(9));
+        assert!(validate(&r).is_empty(), "{:?}", validate(&r));
+        let purposes = r["agent"][0]["purposeOfUse"].as_array().expect("purposes");
+        assert_eq!(purposes[0]["coding"][0]["code"], "TREAT");
+        assert_eq!(purposes[1]["coding"][0]["system"], ACT_REASON_SYSTEM);
+        assert_eq!(purposes[1]["coding"][0]["code"], BREAK_GLASS_CODE);
+        let details = r["entity"][0]["detail"].as_array().expect("details");
+        let glass = details
+            .iter()
+            .find(|d| d["type"] == BREAK_GLASS_DETAIL_TYPE)
+            .expect("break-glass detail");
+        assert_eq!(
+            glass["valueString"],
+            "reason=patient unconscious in the ED opened=2024-02-29T13:05:09.000000000Z \
+             expires=2024-02-29T14:05:09.000000000Z"
+        );
+    }
+    let opened = audit_event(&event(AccessAction::BreakGlass), "r0", None);
+    assert_eq!(
+        (
+            &opened["type"]["code"],
+            &opened["subtype"][0]["code"],
+            &opened["action"]
+        ),
+        (&"110110".into(), &"operation".into(), &"E".into())
+    );
+}
+
 // Goal: the NDJSON file holds one valid resource per line and refuses to
 // overwrite.
 #[test]
@@ -576,10 +631,10 @@ fn ndjson_file_has_one_valid_resource_per_line() {
         .collect();
     assert_eq!(
         write_fhir_ndjson(&path, &events, "vellum-replica-0").expect("write"),
-        11
+        ALL_ACTIONS.len()
     );
     let text = std::fs::read_to_string(&path).expect("read");
-    assert_eq!(text.lines().count(), 11);
+    assert_eq!(text.lines().count(), ALL_ACTIONS.len());
     for line in text.lines() {
         let resource: Value = serde_json::from_str(line).expect("json line");
         assert!(validate(&resource).is_empty(), "{resource}");

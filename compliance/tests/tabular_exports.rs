@@ -30,6 +30,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
     };
     let failed = AccessEvent {
         principal: "anonymous".into(),
@@ -47,6 +48,7 @@ fn events() -> Vec<(AccessEvent, Option<u64>)> {
         streams: None,
         streams_truncated: false,
         count: None,
+        break_glass: None,
         ..read.clone()
     };
     vec![(read, Some(17)), (failed, None)]
@@ -229,6 +231,40 @@ fn count_is_exported_only_where_present() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(!lines[0].contains("\"count\""), "{}", lines[0]);
     assert!(lines[1].ends_with(",\"count\":41}"), "{}", lines[1]);
+}
+
+// Goal: a break-glass event's grant is in its NDJSON line (last) and its
+// CSV row shows v 2 under the same columns; other lines keep their bytes.
+#[test]
+fn break_glass_is_exported_only_where_present() {
+    let mut list = events();
+    list[1]
+        .0
+        .mark_break_glass(vellum_compliance::trail::BreakGlass {
+            reason: "code blue".into(),
+            opened_ns: 1,
+            expires_ns: 2,
+        });
+    let mut ndjson = Vec::new();
+    write_ndjson_to(&mut ndjson, &list).expect("write");
+    let text = String::from_utf8(ndjson).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines[0].contains("break_glass"), "{}", lines[0]);
+    assert!(
+        lines[1]
+            .ends_with(r#","break_glass":{"reason":"code blue","opened_ns":1,"expires_ns":2}}"#),
+        "{}",
+        lines[1]
+    );
+    let mut out = Vec::new();
+    write_csv_to(&mut out, &list).expect("write");
+    let records = parse_csv(&String::from_utf8(out).expect("utf-8"));
+    assert!(records.iter().all(|r| r.len() == CSV_COLUMNS.len()));
+    let v = CSV_COLUMNS
+        .iter()
+        .position(|c| *c == "v")
+        .expect("v column");
+    assert_eq!((records[1][v].as_str(), records[2][v].as_str()), ("1", "2"));
 }
 
 // Goal: the NDJSON is byte-for-byte stable (golden file): defusing CSV

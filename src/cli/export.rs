@@ -310,6 +310,16 @@ async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
         to.unwrap_or(u64::MAX),
         crate::log::now_ns(),
     );
+    // The CSV is one table of disclosures; the break-glass section is in
+    // the JSON, so say on stderr how many uses there were.
+    if !accounting.break_glass.is_empty() {
+        eprintln!(
+            "{} break-glass (emergency access) uses of stream {} in the period: see the \
+             `break_glass` section of --format json",
+            accounting.break_glass.len(),
+            args.stream
+        );
+    }
     let text = match args.format {
         DisclosureFormat::Csv => vellum_compliance::disclosures::disclosures_csv(&accounting),
         DisclosureFormat::Json => vellum_compliance::disclosures::disclosures_json(&accounting),

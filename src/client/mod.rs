@@ -704,6 +704,7 @@ fn refusal(
         ErrorCode::NotFound => ClientError::NotFound(message),
         ErrorCode::Unauthorized => ClientError::Unauthorized(message),
         ErrorCode::Forbidden => ClientError::Unauthorized(format!("forbidden: {message}")),
+        ErrorCode::ScopeDenied => ClientError::Unauthorized(format!("scope denied: {message}")),
         // Only failed logins are rate limited: the token did not authenticate.
         ErrorCode::RateLimited => ClientError::Unauthorized(format!("rate limited: {message}")),
         ErrorCode::BadRequest

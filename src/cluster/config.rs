@@ -48,7 +48,7 @@ pub struct ConfigFile {
     pub replicas: Vec<ReplicaFile>,
     /// TLS material of this replica.
     pub tls: TlsPaths,
-    /// The client token file (`sha256:<hex> <principal> <role>` lines).
+    /// The client token file (`sha256:<hex> <principal> <role> [streams=<scope>]` lines).
     pub tokens: PathBuf,
     /// The audit index URL; `null` means the SQLite file in the data directory.
     #[serde(default)]

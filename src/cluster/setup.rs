@@ -7,7 +7,7 @@
 //! <dir>/r<i>/             replica i's data directory (see `datadir`)
 //! <dir>/r<i>.json         replica i's config (`vellum start --config`)
 //! <dir>/tls/              dev CA, one certificate and key per replica
-//! <dir>/tokens.txt        `sha256:<hex> <principal> <role>` per client token
+//! <dir>/tokens.txt        `sha256:<hex> <principal> <role> streams=*` per client token
 //! <dir>/dev-token.txt     the plaintext dev tokens (0600), for `vellum dev` to print
 //! <dir>/policy.txt        the auditor's copy of the trust policy
 //! ```
@@ -23,7 +23,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::hash::to_hex;
 use vellum_audit::note::Signer;
@@ -242,10 +241,15 @@ pub fn generate_token() -> Result<Zeroizing<String>, SetupError> {
     )))
 }
 
-/// One line of a tokens file: `sha256:<hex of SHA-256(token)> <principal> <role>`.
+/// One line of a dev tokens file:
+/// `sha256:<hex of SHA-256(token)> <principal> <role> streams=*` (the dev
+/// cluster's principals see every stream; `crate::server::auth::token_line`
+/// writes it).
 pub fn token_line(token: &str, principal: &str, role: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    format!("sha256:{} {principal} {role}", to_hex(digest.as_slice()))
+    let role = role
+        .parse::<crate::server::Role>()
+        .expect("the dev cluster names only known roles");
+    crate::server::auth::token_line(token, principal, role, &crate::server::auth::Scope::all())
 }
 
 /// A local dev cluster on disk: what `vellum dev` and `vellum demo` need to

@@ -2,8 +2,12 @@
 //!
 //! Tokens are stored hashed, so a leaked tokens file does not leak a usable
 //! credential: one line per principal,
-//! `sha256:<hex of SHA-256(token)> <principal> <role>`; blank lines and lines
-//! starting with `#` are ignored. A presented token is hashed and compared
+//! `sha256:<hex of SHA-256(token)> <principal> <role> [streams=<scope>]`;
+//! blank lines and lines starting with `#` are ignored. The scope ([`Scope`])
+//! names the streams the principal may touch besides what its role allows:
+//! `*` (every stream), or a comma-separated list of stream ids and inclusive
+//! ranges `lo-hi`. A line without `streams=` (every line written before
+//! scopes existed) grants no stream: minimum necessary by default. A presented token is hashed and compared
 //! with every stored digest in constant time. Hashing first already makes
 //! the comparison's timing independent of the secret (an attacker controls
 //! the token but not its digest, so early exits leak nothing useful about a
@@ -23,6 +27,8 @@ pub const TOKEN_RANDOM_BYTES: usize = 32;
 pub const PRINCIPALS_MAX: usize = 10_000;
 /// Longest principal name, in bytes.
 pub const PRINCIPAL_BYTES_MAX: usize = 128;
+/// Most items (ids or ranges) one scope may list.
+pub const SCOPE_ITEMS_MAX: usize = 1024;
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +69,31 @@ pub enum Action {
     TlogCheckpoint,
     /// `GET /v1/tlog/tile/...`: hash tiles and entry bundles (C2SP tlog-tiles).
     TlogTiles,
+    /// `POST /v1/streams/{stream}/break-glass`: emergency access.
+    BreakGlass,
+}
+
+/// How a route's stream data is matched against the caller's [`Scope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeRule {
+    /// The route touches no stream's data (certificates, consistency
+    /// proofs, recording a verification): any scope.
+    Unscoped,
+    /// The stream in the path must be in scope (or, for the actions
+    /// [`Action::break_glass_opens`], under an open break-glass grant).
+    PathStream,
+    /// The stream in the body must be in scope (checked by the handler).
+    BodyStream,
+    /// Global reads and subscriptions: events of streams out of scope are
+    /// left out of the answer (never a 403).
+    FilterEvents,
+    /// The access-trail export: `?stream=` must be in scope; without it,
+    /// the scope must be `*`.
+    StreamQueryOrAll,
+    /// Bulk views of every stream (tlog tiles): the scope must be `*`.
+    AllStreams,
+    /// Break-glass: opens access to a stream out of scope; any scope.
+    OpensBreakGlass,
 }
 
 impl Action {
@@ -84,7 +115,31 @@ impl Action {
             // another layout: the trail's `detail` names the tile.
             Action::TlogCheckpoint => A::Certificate,
             Action::TlogTiles => A::Proof,
+            Action::BreakGlass => A::BreakGlass,
         }
+    }
+
+    /// How this action's stream data is matched against the caller's scope.
+    pub fn scope_rule(self) -> ScopeRule {
+        match self {
+            Action::Append | Action::ReadStream | Action::Proof => ScopeRule::PathStream,
+            Action::ExportEvents => ScopeRule::BodyStream,
+            Action::ReadLog | Action::Subscribe => ScopeRule::FilterEvents,
+            Action::ExportAudit => ScopeRule::StreamQueryOrAll,
+            Action::TlogTiles => ScopeRule::AllStreams,
+            Action::Consistency
+            | Action::Certificate
+            | Action::RecordVerification
+            | Action::TlogCheckpoint => ScopeRule::Unscoped,
+            Action::BreakGlass => ScopeRule::OpensBreakGlass,
+        }
+    }
+
+    /// Whether an open break-glass grant on a stream lets this action
+    /// touch it: reading the stream and its proofs. Appends, exports (a
+    /// disclosure to someone else) and global reads are not emergencies.
+    pub fn break_glass_opens(self) -> bool {
+        matches!(self, Action::ReadStream | Action::Proof)
     }
 
     /// The name used in logs and error messages.
@@ -102,6 +157,7 @@ impl Action {
             Action::RecordVerification => "record_verification",
             Action::TlogCheckpoint => "tlog_checkpoint",
             Action::TlogTiles => "tlog_tiles",
+            Action::BreakGlass => "break_glass",
         }
     }
 }
@@ -114,6 +170,8 @@ impl Role {
             // passed" entry in the trail is an auditor's statement.
             // The tlog-tiles routes hand out the whole log's leaf preimages
             // in bulk, for auditing tools: auditors only.
+            // Break-glass is for those who read patient data (writers
+            // and readers), never for auditors.
             Role::Writer => !matches!(
                 action,
                 Action::RecordVerification | Action::TlogCheckpoint | Action::TlogTiles
@@ -176,6 +234,133 @@ pub struct Principal {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// Which streams it may do it to.
+    pub scope: Scope,
+}
+
+/// The streams a principal may touch (read, append, prove, export), on top
+/// of what its role allows. Ranges are inclusive, sorted, merged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    all: bool,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Scope {
+    /// Every stream (`streams=*`).
+    pub fn all() -> Scope {
+        Scope {
+            all: true,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// No stream (a line without `streams=`).
+    pub fn none() -> Scope {
+        Scope::default()
+    }
+
+    /// True for `streams=*`.
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// True when the scope grants no stream.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.ranges.is_empty()
+    }
+
+    /// Whether `stream` is in the scope.
+    pub fn contains(&self, stream: u64) -> bool {
+        if self.all {
+            return true;
+        }
+        // Sorted and disjoint: the last range starting at or below `stream`.
+        let index = self.ranges.partition_point(|(lo, _)| *lo <= stream);
+        index > 0 && self.ranges[index - 1].1 >= stream
+    }
+
+    /// Parses the text after `streams=`: `*`, or ids and `lo-hi` ranges
+    /// separated by commas. Every number is in its one canonical spelling
+    /// (no sign, no leading zero, at most i64::MAX); a range must not be
+    /// reversed; nothing may be empty.
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        if text == "*" {
+            return Ok(Scope::all());
+        }
+        if text.is_empty() {
+            return Err("streams= is empty (leave it out to grant no stream)".to_string());
+        }
+        let items: Vec<&str> = text.split(',').collect();
+        if items.len() > SCOPE_ITEMS_MAX {
+            return Err(format!(
+                "streams= lists {} items, more than {SCOPE_ITEMS_MAX}",
+                items.len()
+            ));
+        }
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            ranges.push(parse_scope_item(item)?);
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Ok(Scope {
+            all: false,
+            ranges: merged,
+        })
+    }
+}
+
+impl fmt::Display for Scope {
+    /// The `streams=` text of this scope (`-` when it grants nothing).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all {
+            return f.write_str("*");
+        }
+        if self.ranges.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, (lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One item of a scope: `N` or `lo-hi`.
+fn parse_scope_item(item: &str) -> Result<(u64, u64), String> {
+    let number = |text: &str| {
+        crate::bounds::parse_canonical("stream", text)
+            .map_err(|e| format!("streams= item {item:?}: {e}"))
+    };
+    if item == "*" {
+        return Err("streams=*: `*` must stand alone".to_string());
+    }
+    match item.split_once('-') {
+        None => number(item).map(|n| (n, n)),
+        Some((lo, hi)) => {
+            let (lo, hi) = (number(lo)?, number(hi)?);
+            if lo > hi {
+                return Err(format!(
+                    "streams= item {item:?}: the range is reversed (write {hi}-{lo})"
+                ));
+            }
+            Ok((lo, hi))
+        }
+    }
 }
 
 /// Why a tokens file could not be loaded.
@@ -244,7 +429,22 @@ impl TokenStore {
             return Err(AuthError::Insecure { path: shown, mode });
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
-        parse(&shown, &text)
+        let store = parse(&shown, &text)?;
+        for entry in store
+            .entries
+            .iter()
+            .filter(|e| e.principal.scope.is_empty())
+        {
+            // Minimum necessary by default: say so, since a tokens file
+            // written before scopes existed now grants no stream.
+            tracing::warn!(
+                path = %shown,
+                principal = %entry.principal.name,
+                "the principal's token grants no stream (its line has no streams=<scope>): \
+                 stream routes answer 403 scope_denied"
+            );
+        }
+        Ok(store)
     }
 
     /// Parses tokens-file text held in memory (errors call it `<memory>`).
@@ -322,11 +522,20 @@ fn parse(path: &str, text: &str) -> Result<TokenStore, AuthError> {
 
 fn parse_line(line: &str) -> Result<Entry, String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let [digest, name, role] = fields.as_slice() else {
-        return Err(format!(
-            "expected `sha256:<hex> <principal> <role>`, found {} fields",
-            fields.len()
-        ));
+    let (digest, name, role, scope) = match fields.as_slice() {
+        [digest, name, role] => (digest, name, role, Scope::none()),
+        [digest, name, role, scope] => {
+            let text = scope.strip_prefix("streams=").ok_or_else(|| {
+                format!("the fourth field must be `streams=<scope>`, found {scope:?}")
+            })?;
+            (digest, name, role, Scope::parse(text)?)
+        }
+        _ => {
+            return Err(format!(
+                "expected `sha256:<hex> <principal> <role> [streams=<scope>]`, found {} fields",
+                fields.len()
+            ));
+        }
     };
     let hex = digest
         .strip_prefix("sha256:")
@@ -345,6 +554,7 @@ fn parse_line(line: &str) -> Result<Entry, String> {
         principal: Principal {
             name: (*name).to_string(),
             role,
+            scope,
         },
     })
 }
@@ -367,9 +577,14 @@ pub fn generate_token() -> String {
     format!("{TOKEN_PREFIX}{}", vellum_audit::hash::to_hex(&bytes))
 }
 
-/// The tokens-file line for `token` (which is not stored, only its digest).
-pub fn token_line(token: &str, principal: &str, role: Role) -> String {
+/// The tokens-file line for `token` (which is not stored, only its
+/// digest), granting `scope`; an empty scope writes no `streams=` member.
+pub fn token_line(token: &str, principal: &str, role: Role, scope: &Scope) -> String {
     let digest = Sha256::digest(token.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex} {principal} {role}")
+    if scope.is_empty() {
+        format!("sha256:{hex} {principal} {role}")
+    } else {
+        format!("sha256:{hex} {principal} {role} streams={scope}")
+    }
 }

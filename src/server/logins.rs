@@ -177,6 +177,7 @@ impl Aggregate {
             streams: None,
             streams_truncated: false,
             count: Some(self.count),
+            break_glass: None,
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct Counters {
     requests: [[AtomicU64; CLASS_SLOTS]; ROUTE_SLOTS],
     failed_logins: AtomicU64,
     failed_logins_limited: AtomicU64,
+    /// Break-glass grants opened.
+    break_glass_opened: AtomicU64,
+    /// Requests allowed only by an open break-glass grant.
+    break_glass_accesses: AtomicU64,
+    /// Requests refused 403 `scope_denied`.
+    scope_denied: AtomicU64,
 }
 
 impl Default for Counters {
@@ -42,6 +48,9 @@ impl Counters {
             requests: [const { [const { AtomicU64::new(0) }; CLASS_SLOTS] }; ROUTE_SLOTS],
             failed_logins: AtomicU64::new(0),
             failed_logins_limited: AtomicU64::new(0),
+            break_glass_opened: AtomicU64::new(0),
+            break_glass_accesses: AtomicU64::new(0),
+            scope_denied: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +79,30 @@ impl Counters {
     }
 
     /// The count for one route and status class (1 to 5).
+    /// Counts a break-glass grant opened.
+    pub fn record_break_glass_opened(&self) {
+        self.break_glass_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request allowed only by a break-glass grant.
+    pub fn record_break_glass_access(&self) {
+        self.break_glass_accesses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request refused for its token's scope.
+    pub fn record_scope_denied(&self) {
+        self.scope_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (grants opened, accesses under a grant, scope refusals) so far.
+    pub fn scope_counts(&self) -> (u64, u64, u64) {
+        (
+            self.break_glass_opened.load(Ordering::Relaxed),
+            self.break_glass_accesses.load(Ordering::Relaxed),
+            self.scope_denied.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn get(&self, route: usize, class: usize) -> u64 {
         self.requests[route.min(ROUTE_SLOTS - 1)][class.clamp(1, CLASS_SLOTS) - 1]
             .load(Ordering::Relaxed)
@@ -155,8 +188,29 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             limited,
         ),
     ];
+    let (opened, accesses, denied) = counters.scope_counts();
+    let scopes: [(&str, &str, &str, u64); 3] = [
+        (
+            "vellum_break_glass_opened_total",
+            "counter",
+            "Break-glass (emergency access) grants opened.",
+            opened,
+        ),
+        (
+            "vellum_break_glass_accesses_total",
+            "counter",
+            "Requests allowed only by an open break-glass grant.",
+            accesses,
+        ),
+        (
+            "vellum_scope_denied_total",
+            "counter",
+            "Requests refused 403 scope_denied (stream outside the token's scope).",
+            denied,
+        ),
+    ];
     let mut out = String::new();
-    for (name, kind, help, value) in gauges.into_iter().chain(logins) {
+    for (name, kind, help, value) in gauges.into_iter().chain(logins).chain(scopes) {
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,

@@ -34,7 +34,7 @@ pub fn document() -> Value {
         "paths": paths(),
         "components": {
             "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor." }
+                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor; a per-stream scope (streams=) limits which streams' data it reaches (403 scope_denied outside it, events outside it left out of global reads and subscriptions)." }
             },
             "schemas": schemas(),
             "responses": error_responses(),
@@ -137,6 +137,17 @@ fn paths() -> Value {
                     query_param("stream", "Only accesses to this stream.", false)
                 ],
                 "responses": with_errors(ok("AuditExport"), &["400", "401", "403", "500", "503"])
+            }
+        },
+        "/v1/streams/{stream}/break-glass": {
+            "post": {
+                "summary": "Break-glass: open time-boxed emergency access to a stream outside the token's scope, with a reason; roles writer, reader. While open, the principal may read the stream's events and proofs (not append, export or see it in global reads); each such access is recorded in the access trail as break-glass (AccessEvent v2) and counted in /metrics. Grants live in the primary's memory: a restart or view change closes them.",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("BreakGlassRequest") } }
+                },
+                "responses": with_errors(ok("BreakGlassAnswer"), &["400", "401", "403", "408", "413", "503"])
             }
         },
         "/v1/verifications": {
@@ -294,7 +305,10 @@ fn error_responses() -> Value {
             "401",
             "unauthorized: missing or unknown bearer token (with WWW-Authenticate: Bearer).",
         ),
-        ("403", "forbidden: the token's role may not do this."),
+        (
+            "403",
+            "forbidden: the token's role may not do this; scope_denied: the stream is outside the token's scope (streams= in the tokens file) and no break-glass grant covers it.",
+        ),
         (
             "429",
             "rate_limited: too many failed logins from this address or with this token prefix; retry after the Retry-After header's seconds. A valid token is never refused so.",
@@ -457,6 +471,22 @@ fn schemas() -> Value {
                 "from": edge_schema("First offset."),
                 "to": edge_schema("One past the last offset."),
                 "purpose": { "type": "string", "description": "Why (trail and manifest)." }
+            }
+        },
+        "BreakGlassRequest": {
+            "type": "object", "required": ["reason"], "additionalProperties": false,
+            "properties": {
+                "reason": { "type": "string", "pattern": "[^ \t\n\r]", "description": "Why emergency access is needed: not blank (something besides spaces, tabs and line breaks), at most 1024 bytes of UTF-8 (400 beyond); clipped to 512 bytes in the trail." },
+                "duration_s": { "type": "integer", "minimum": 1, "maximum": api::BREAK_GLASS_SECONDS_MAX, "description": "How long the grant lasts, in seconds (default 3600, at most 14400)." }
+            }
+        },
+        "BreakGlassAnswer": {
+            "type": "object", "required": ["stream", "principal", "opened_ns", "expires_ns"],
+            "properties": {
+                "stream": u64_schema("The stream now open to the principal."),
+                "principal": { "type": "string" },
+                "opened_ns": u64_schema("When the grant opened, unix nanoseconds."),
+                "expires_ns": u64_schema("When it expires, unix nanoseconds; afterwards 403 scope_denied.")
             }
         },
         "ExportBundle": {

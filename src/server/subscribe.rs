@@ -27,6 +27,7 @@ use vellum_compliance::trail::AccessEvent;
 
 use super::routes::{ApiError, ApiQuery, AppState, TrailTemplate, run_blocking};
 use crate::api::{self, Heartbeat, LogEvent};
+use crate::server::auth::{Principal, Scope};
 
 /// Pause after a wait reported new events that a read then did not find.
 const SUBSCRIPTION_RETRY_MS: u64 = 10;
@@ -54,6 +55,7 @@ pub(crate) struct SubscribeQuery {
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Extension(TrailTemplate(template)): Extension<TrailTemplate>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
     let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
@@ -65,7 +67,12 @@ pub(crate) async fn subscribe(
             ApiError::unavailable("too many open subscriptions on this replica; retry later")
         })?;
     let (sender, receiver) = mpsc::channel::<Bytes>(SUBSCRIPTION_BUFFER_MAX);
-    tokio::spawn(produce(state, template, from, query.format, sender, permit));
+    let window = Window {
+        template,
+        scope: principal.scope,
+        format: query.format,
+    };
+    tokio::spawn(produce(state, window, from, sender, permit));
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let line = receiver.recv().await?;
         Some((Ok::<Bytes, Infallible>(line), receiver))
@@ -95,15 +102,28 @@ pub(crate) async fn subscribe(
     Ok(response)
 }
 
+/// What every window of one subscription shares.
+struct Window {
+    /// The trail event each delivered window is recorded from.
+    template: AccessEvent,
+    /// The subscriber's scope: events of other streams are left out.
+    scope: Scope,
+    format: Format,
+}
+
 /// Feeds the channel until the reader goes away or a read fails.
 async fn produce(
     state: AppState,
-    template: AccessEvent,
+    window: Window,
     mut position: u64,
-    format: Format,
     sender: mpsc::Sender<Bytes>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let Window {
+        template,
+        scope,
+        format,
+    } = window;
     // True when the last wait reported new events; if the read that follows
     // finds none (the node's counters ran ahead of its readable log), pause
     // briefly instead of spinning between an instant wait and an empty read.
@@ -117,7 +137,7 @@ async fn produce(
         })
         .await
         .and_then(|r| r.map_err(ApiError::from));
-        let events = match page {
+        let mut events = match page {
             Ok(events) => events,
             Err(error) => {
                 tracing::warn!(position, error = %error.message, "subscription read failed");
@@ -125,6 +145,19 @@ async fn produce(
                 return;
             }
         };
+        if let Some(last) = events.last().map(|e| e.position) {
+            // Events outside the subscriber's scope are left out; when a
+            // page holds none of its streams, a heartbeat carries the
+            // position past it, so the subscriber can resume from there.
+            events.retain(|e| scope.contains(e.stream));
+            if events.is_empty() {
+                position = last + 1;
+                if sender.send(heartbeat_line(format, position)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         if !events.is_empty() {
             grew = false;
             // P7 and 164.528: the window is recorded, with the streams it

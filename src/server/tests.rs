@@ -17,7 +17,7 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use super::auth::{Action, Role, TokenStore, generate_token, token_line};
+use super::auth::{Action, Role, Scope, TokenStore, generate_token, token_line};
 use super::node::{
     AppendCall, AppendError, BatchRefusal, ExportError, FaultKind, InternalFault, Node,
     NodeMetrics, ProofError, ReadError, TrailError, Unavailable,
@@ -412,9 +412,9 @@ impl Node for FakeNode {
 
 pub(super) fn tokens() -> TokenStore {
     let text = [
-        token_line(WRITER, "alice", Role::Writer),
-        token_line(READER, "bob", Role::Reader),
-        token_line(AUDITOR, "carol", Role::Auditor),
+        token_line(WRITER, "alice", Role::Writer, &Scope::all()),
+        token_line(READER, "bob", Role::Reader, &Scope::all()),
+        token_line(AUDITOR, "carol", Role::Auditor, &Scope::all()),
     ]
     .join("\n");
     TokenStore::from_lines(&text).expect("valid tokens")
@@ -1712,7 +1712,7 @@ fn tokens_and_roles() {
     assert_ne!(token, generate_token());
     let store = TokenStore::from_lines(&format!(
         "# comment\n\n{}\n",
-        token_line(&token, "dora", Role::Reader)
+        token_line(&token, "dora", Role::Reader, &Scope::all())
     ))
     .expect("store");
     let principal = store.authenticate(&token).expect("known token");
@@ -1731,14 +1731,17 @@ fn tokens_and_roles() {
 fn tokens_file_errors_name_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tokens");
-    let good = token_line("vlm_a", "ann", Role::Writer);
+    let good = token_line("vlm_a", "ann", Role::Writer, &Scope::all());
     let cases = [
         format!("{good}\nsha256:zz ann2 writer\n"),
         format!(
             "{good}\n{}\n",
-            token_line("vlm_b", "ben", Role::Writer).replace("writer", "admin")
+            token_line("vlm_b", "ben", Role::Writer, &Scope::all()).replace("writer", "admin")
         ),
-        format!("{good}\n{}\n", token_line("vlm_a", "ann2", Role::Reader)),
+        format!(
+            "{good}\n{}\n",
+            token_line("vlm_a", "ann2", Role::Reader, &Scope::all())
+        ),
         format!("{good}\nonly-two fields\n"),
     ];
     for text in cases {
@@ -1756,7 +1759,11 @@ fn tokens_file_errors_name_file_and_line() {
     // A world-writable tokens file is refused (anyone could add a token), naming the file.
     use std::os::unix::fs::PermissionsExt as _;
     let open = dir.path().join("open.tokens");
-    std::fs::write(&open, token_line(WRITER, "alice", Role::Writer)).expect("write");
+    std::fs::write(
+        &open,
+        token_line(WRITER, "alice", Role::Writer, &Scope::all()),
+    )
+    .expect("write");
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let error = TokenStore::load(&open).expect_err("world-writable");
     assert!(error.to_string().contains("open.tokens"), "{error}");
@@ -2882,3 +2889,6 @@ async fn failing_addresses_are_tracked_within_a_bound() {
     let recorded: u64 = auth_failures(&node).iter().map(|e| e.attempts()).sum();
     assert_eq!(recorded, failures);
 }
+
+#[path = "scope_tests.rs"]
+mod scope_tests;

@@ -23,7 +23,7 @@ use vellum_audit::tiles::{
 };
 use vellum_compliance::trail::{AccessAction, AccessEvent};
 
-use super::auth::{Role, TokenStore, token_line};
+use super::auth::{Role, Scope, TokenStore, token_line};
 use super::node::Node;
 use super::routes::{AppState, router};
 use crate::log::{LocalLog, LogOptions};
@@ -56,9 +56,9 @@ async fn serve_log() -> Served {
     let log = Arc::new(log);
     let node = Arc::new(ReplicaNode::new(Arc::clone(&log), None));
     let tokens = [
-        token_line(WRITER, "alice", Role::Writer),
-        token_line(READER, "bob", Role::Reader),
-        token_line(AUDITOR, "carol", Role::Auditor),
+        token_line(WRITER, "alice", Role::Writer, &Scope::all()),
+        token_line(READER, "bob", Role::Reader, &Scope::all()),
+        token_line(AUDITOR, "carol", Role::Auditor, &Scope::all()),
     ]
     .join("\n");
     let tokens = TokenStore::from_lines(&tokens).expect("tokens");

@@ -55,6 +55,10 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, message)
     }
+    /// 403 `scope_denied`: the stream is outside the token's scope.
+    pub fn scope_denied(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code::SCOPE_DENIED, message)
+    }
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code::NOT_FOUND, message)

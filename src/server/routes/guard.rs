@@ -16,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use vellum_compliance::trail::{AccessAction, AccessEvent};
 
+use super::breakglass::{BreakGlassGrants, GrantToOpen, UnderBreakGlass};
 use super::errors::ApiError;
 use super::{AppState, ROUTES, route_index, run_blocking};
-use crate::server::auth::{Action, Principal, TokenStore};
+use crate::server::auth::{Action, Principal, ScopeRule, TokenStore};
 use crate::server::logins::{Aggregate, FailedLogins, LOGIN_SWEEP_MS, Source, token_prefix};
+use vellum_compliance::trail::BreakGlass;
 
 /// What a handler touched, for the access trail: handlers put it in the
 /// response's extensions.
@@ -146,6 +148,21 @@ async fn guard(
         trail.deny(&principal.name, principal.role.name(), &error);
         return trail.record_then(&state, error.into_response()).await;
     }
+    let (request, path_stream) = decoded_path_stream(request, &state).await;
+    if trail.event.stream.is_none() {
+        // A percent-encoded stream is recorded as the handler reads it.
+        trail.event.stream = path_stream
+            .as_deref()
+            .and_then(|text| crate::bounds::parse_canonical("stream", text).ok());
+    }
+    let under_grant = match check_scope(&state, &principal, action, path_stream.as_deref()) {
+        Ok(under_grant) => under_grant,
+        Err(error) => {
+            state.counters.record_scope_denied();
+            trail.deny(&principal.name, principal.role.name(), &error);
+            return trail.record_then(&state, error.into_response()).await;
+        }
+    };
     let mut request = request;
     request.extensions_mut().insert(principal.clone());
     // A handler that keeps delivering after its answer (a subscription)
@@ -154,12 +171,137 @@ async fn guard(
     template.principal = principal.name.clone();
     template.role = principal.role.name().to_string();
     request.extensions_mut().insert(TrailTemplate(template));
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     if response.status().is_success() && response.extensions().get::<TrailRecorded>().is_some() {
         return response;
     }
-    trail.finish(&principal, &response);
-    trail.record_then(&state, response).await
+    if let Some(grant) = under_grant {
+        state.counters.record_break_glass_access();
+        response.extensions_mut().insert(UnderBreakGlass(grant));
+    }
+    record_opening_grant(&state, trail, &principal, response).await
+}
+
+/// Records the access and answers; for a break-glass opening (the
+/// handler's [`GrantToOpen`]), the grant is open only while its opening's
+/// record is committed: opened before recording, closed again if the
+/// record failed.
+async fn record_opening_grant(
+    state: &AppState,
+    mut trail: TrailEntry,
+    principal: &Principal,
+    mut response: Response,
+) -> Response {
+    let to_open = response.extensions().get::<GrantToOpen>().cloned();
+    if let Some(grant) = to_open.as_ref().filter(|_| response.status().is_success()) {
+        let now = Instant::now();
+        let opened = lock_grants(state).open(
+            &principal.name,
+            grant.stream,
+            now + grant.duration,
+            grant.record.clone(),
+            now,
+        );
+        if !opened {
+            response = ApiError::unavailable(format!(
+                "too many open break-glass grants on this replica (at most {}); retry later",
+                super::breakglass::BREAK_GLASS_GRANTS_MAX
+            ))
+            .into_response();
+        }
+    }
+    trail.finish(principal, &response);
+    let answer = trail.record_then(state, response).await;
+    if let Some(grant) = to_open {
+        if answer.status().is_success() {
+            state.counters.record_break_glass_opened();
+        } else {
+            lock_grants(state).close(&principal.name, grant.stream);
+        }
+    }
+    answer
+}
+
+fn lock_grants(state: &AppState) -> std::sync::MutexGuard<'_, BreakGlassGrants> {
+    state
+        .break_glass
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Checks the stream the request names against the principal's scope
+/// (`Action::scope_rule`). `Ok(Some(grant))`: allowed only by an open
+/// break-glass grant; `Ok(None)`: allowed by the scope, or the rule is
+/// checked elsewhere (the handler: a body's stream, filtered reads) or the
+/// stream is unreadable (the handler answers 400).
+fn check_scope(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    path_stream: Option<&str>,
+) -> Result<Option<BreakGlass>, ApiError> {
+    let scope = &principal.scope;
+    let denied = |what: String| {
+        ApiError::scope_denied(format!(
+            "principal {} may not {} {what}: it is outside the token's scope (streams=)",
+            principal.name,
+            action.name()
+        ))
+    };
+    match action.scope_rule() {
+        ScopeRule::PathStream => {
+            // Unreadable: the handler reads the same decoded text with the
+            // same parse, and answers 400.
+            let Some(stream) =
+                path_stream.and_then(|text| crate::bounds::parse_canonical("stream", text).ok())
+            else {
+                return Ok(None);
+            };
+            if scope.contains(stream) {
+                return Ok(None);
+            }
+            if action.break_glass_opens() {
+                let grant = lock_grants(state).active(&principal.name, stream, Instant::now());
+                if grant.is_some() {
+                    return Ok(grant);
+                }
+                return Err(denied(format!(
+                    "stream {stream} (no open break-glass grant either; POST \
+                     /v1/streams/{stream}/break-glass with a reason opens one)"
+                )));
+            }
+            Err(denied(format!("stream {stream}")))
+        }
+        ScopeRule::AllStreams if scope.is_all() => Ok(None),
+        ScopeRule::AllStreams => Err(denied(
+            "every stream's leaves (only a token with streams=* may)".to_string(),
+        )),
+        // Checked by the handler on the value it parsed (a body's stream,
+        // the trail export's query), or not a matter of one stream.
+        ScopeRule::Unscoped
+        | ScopeRule::BodyStream
+        | ScopeRule::StreamQueryOrAll
+        | ScopeRule::FilterEvents
+        | ScopeRule::OpensBreakGlass => Ok(None),
+    }
+}
+
+/// The route's `{stream}` path parameter, percent-decoded exactly as the
+/// handler's `Path` extractor reads it (a check of the raw text would let
+/// `%31%36` past a scope without 16); None when the route has none.
+async fn decoded_path_stream(request: Request, state: &AppState) -> (Request, Option<String>) {
+    use axum::extract::{FromRequestParts as _, RawPathParams};
+    let (mut parts, body) = request.into_parts();
+    let stream = RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| *name == "stream")
+                .map(|(_, value)| value.to_string())
+        });
+    (Request::from_parts(parts, body), stream)
 }
 
 /// Put in a response's extensions by a handler whose own op already
@@ -233,6 +375,7 @@ impl TrailEntry {
                 streams: None,
                 streams_truncated: false,
                 count: None,
+                break_glass: None,
             },
         }
     }
@@ -261,6 +404,9 @@ impl TrailEntry {
             if let Some(streams) = &touched.streams {
                 self.event.set_streams_returned(streams.iter().copied());
             }
+        }
+        if let Some(UnderBreakGlass(grant)) = response.extensions().get::<UnderBreakGlass>() {
+            self.event.mark_break_glass(grant.clone());
         }
         let status = response.status();
         self.event.outcome = if status.is_success() {

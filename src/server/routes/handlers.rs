@@ -30,7 +30,7 @@ pub(crate) struct StreamPath {
 }
 
 impl StreamPath {
-    fn stream(&self) -> Result<u64, ApiError> {
+    pub(crate) fn stream(&self) -> Result<u64, ApiError> {
         edge_number("stream", &self.stream)
     }
 }
@@ -252,13 +252,19 @@ pub(crate) async fn read_stream(
 
 pub(crate) async fn read_log(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(query): ApiQuery<ReadQuery>,
 ) -> Result<Response, ApiError> {
     let (from, max) = query.window()?;
-    let events = run_blocking(&state, move |node| node.read_log(from, max))
+    let mut events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
         .map_err(ApiError::from)?;
+    // Past every position read, also those of events left out below, so
+    // a scoped reader pages on without seeing them again.
     let next_position = events.last().map_or(from, |e| e.position + 1);
+    // Events of streams outside the token's scope are left out (no 403:
+    // the global log holds every patient's events).
+    events.retain(|e| principal.scope.contains(e.stream));
     let touched = Touched {
         stream: None,
         from: Some(from),
@@ -347,6 +353,14 @@ pub(crate) async fn export_events(
 ) -> Result<Response, ApiError> {
     let request = body.value;
     edge_value("stream", request.stream)?;
+    if !principal.scope.contains(request.stream) {
+        state.counters.record_scope_denied();
+        return Err(ApiError::scope_denied(format!(
+            "principal {} may not export stream {}: it is outside the token's scope (streams=); \
+             break-glass does not open exports",
+            principal.name, request.stream
+        )));
+    }
     edge_value("from", request.from)?;
     edge_value("to", request.to)?;
     if request.to <= request.from {
@@ -396,11 +410,29 @@ pub(crate) struct AuditQuery {
 
 pub(crate) async fn export_audit(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let from_ns = edge_optional("from_ns", query.from_ns.as_deref())?;
     let to_ns = edge_optional("to_ns", query.to_ns.as_deref())?;
     let stream = edge_optional("stream", query.stream.as_deref())?;
+    // The trail names every patient's stream: a scoped token sees the
+    // trail of one stream in its scope at a time.
+    let allowed = match stream {
+        Some(stream) => principal.scope.contains(stream),
+        None => principal.scope.is_all(),
+    };
+    if !allowed {
+        state.counters.record_scope_denied();
+        let what = stream.map_or(
+            "the whole access trail (a scoped token names ?stream=N)".to_string(),
+            |s| format!("the access trail of stream {s}"),
+        );
+        return Err(ApiError::scope_denied(format!(
+            "principal {} may not export {what}: it is outside the token's scope (streams=)",
+            principal.name
+        )));
+    }
     let (source, records) = run_blocking(&state, move |node| {
         node.audit_records(from_ns, to_ns, stream)
     })

@@ -13,6 +13,7 @@
 //! wait for disk or for a commit, and a panic there becomes a logged
 //! `500 storage` instead of taking the server down.
 
+pub mod breakglass;
 pub mod errors;
 pub mod extract;
 pub mod guard;
@@ -84,6 +85,8 @@ pub enum Endpoint {
     ExportAudit,
     /// `handlers::record_verification`.
     RecordVerification,
+    /// `breakglass::open`.
+    BreakGlass,
     /// `tlog::checkpoint`.
     TlogCheckpoint,
     /// `tlog::tile` (hash tiles and entry bundles).
@@ -115,6 +118,7 @@ impl Endpoint {
             Endpoint::ExportEvents => on(filter, handlers::export_events),
             Endpoint::ExportAudit => on(filter, handlers::export_audit),
             Endpoint::RecordVerification => on(filter, handlers::record_verification),
+            Endpoint::BreakGlass => on(filter, breakglass::open),
             Endpoint::TlogCheckpoint => on(filter, tlog::checkpoint),
             Endpoint::TlogTile => on(filter, tlog::tile),
             Endpoint::Health => on(filter, handlers::health),
@@ -182,6 +186,12 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: "POST",
+        path: "/v1/streams/{stream}/break-glass",
+        endpoint: Endpoint::BreakGlass,
+        action: Some(Action::BreakGlass),
+    },
+    RouteSpec {
+        method: "POST",
         path: "/v1/verifications",
         endpoint: Endpoint::RecordVerification,
         action: Some(Action::RecordVerification),
@@ -239,6 +249,8 @@ pub struct AppState {
     /// Failed logins: rate limits and their pending trail aggregates. Taken
     /// only when authentication failed, never for a valid token.
     pub(crate) failed_logins: Arc<std::sync::Mutex<FailedLogins>>,
+    /// Open break-glass grants (`breakglass`); in this replica's memory.
+    pub(crate) break_glass: Arc<std::sync::Mutex<breakglass::BreakGlassGrants>>,
 }
 
 impl AppState {
@@ -261,6 +273,7 @@ impl AppState {
             failed_logins: Arc::new(std::sync::Mutex::new(FailedLogins::new(
                 LoginLimits::default(),
             ))),
+            break_glass: Arc::default(),
         })
     }
 
