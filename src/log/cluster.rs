@@ -289,6 +289,7 @@ impl LocalLog {
             is_primary: normal && replica.is_primary(),
         };
         self.role.store(role.pack(), Ordering::SeqCst);
+        self.view.store(replica.view(), Ordering::SeqCst);
     }
 
     /// The core's role as of its last step, without taking any lock: what

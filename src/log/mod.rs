@@ -337,6 +337,10 @@ pub struct LocalLog {
     /// The core's role as of its last step ([`LocalLog::role`]), so request
     /// routing never waits for the core's lock.
     role: std::sync::atomic::AtomicU32,
+    /// The core's view as of its last step, published with `role`, so a
+    /// caller waiting for its reply sees a view change without taking the
+    /// core's lock.
+    view: std::sync::atomic::AtomicU64,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
 }
@@ -563,6 +567,7 @@ impl LocalLog {
             storage_config,
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             role: std::sync::atomic::AtomicU32::new(0),
+            view: std::sync::atomic::AtomicU64::new(0),
             indexer,
             read_only,
             core: Mutex::new(shell::Core::new(replica)),

@@ -402,7 +402,10 @@ impl LocalLog {
             }
             if cluster.is_some() {
                 drop(exchange);
-                if self.core().replica.view() != view {
+                // The view as of the core's last step (published after
+                // every step): no need to take the core's lock, which the
+                // replica loop holds most of the time under load.
+                if self.view.load(std::sync::atomic::Ordering::SeqCst) != view {
                     exchange = self.exchange.lock();
                     if let Some(reply) = exchange.replies.remove(&key) {
                         break Ok(reply);
