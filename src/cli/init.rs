@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{DataDirArgs, print_json};
+use crate::crypto::{KekConfig, Pkcs11Config};
 
 /// `vellum init`
 #[derive(Debug, Args)]
@@ -19,6 +20,59 @@ pub struct InitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pkcs11: Pkcs11Args,
+}
+
+/// Where a PKCS#11 KEK lives (all recorded in vellum.json, except the PIN).
+#[derive(Debug, Args)]
+struct Pkcs11Args {
+    /// Keep the key-encryption key in a PKCS#11 token: the vendor's module
+    /// (e.g. /usr/lib/softhsm/libsofthsm2.so). Without it, a KEK file is made.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires_all = ["kek_pkcs11_token", "kek_pkcs11_key"]
+    )]
+    kek_pkcs11_module: Option<PathBuf>,
+    /// The token's label.
+    #[arg(long, value_name = "LABEL", requires = "kek_pkcs11_module")]
+    kek_pkcs11_token: Option<String>,
+    /// The AES key's label on the token (generated there, never extractable,
+    /// if no key carries it yet).
+    #[arg(long, value_name = "LABEL", requires = "kek_pkcs11_module")]
+    kek_pkcs11_key: Option<String>,
+    /// A 0600 file holding the token's user PIN (one line).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "kek_pkcs11_module",
+        conflicts_with = "kek_pkcs11_pin_env"
+    )]
+    kek_pkcs11_pin_file: Option<PathBuf>,
+    /// The name of an environment variable holding the user PIN.
+    #[arg(long, value_name = "NAME", requires = "kek_pkcs11_module")]
+    kek_pkcs11_pin_env: Option<String>,
+}
+
+impl Pkcs11Args {
+    fn config(self) -> anyhow::Result<Option<KekConfig>> {
+        let Some(module) = self.kek_pkcs11_module else {
+            return Ok(None);
+        };
+        if self.kek_pkcs11_pin_file.is_none() && self.kek_pkcs11_pin_env.is_none() {
+            anyhow::bail!(
+                "--kek-pkcs11-module needs the user pin's source: --kek-pkcs11-pin-file or --kek-pkcs11-pin-env"
+            );
+        }
+        Ok(Some(KekConfig::Pkcs11(Pkcs11Config {
+            module,
+            token_label: self.kek_pkcs11_token.unwrap_or_default(),
+            key_label: self.kek_pkcs11_key.unwrap_or_default(),
+            pin_file: self.kek_pkcs11_pin_file,
+            pin_env: self.kek_pkcs11_pin_env,
+        })))
+    }
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -27,7 +81,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.index_url.as_deref() {
         crate::index::IndexTarget::parse(Some(url), &args.data_dir)?;
     }
-    let report = crate::init::init_data_dir(&args.data_dir, args.index_url.as_deref())?;
+    let kek = args.pkcs11.config()?;
+    let report = crate::init::init_data_dir_with_kek(
+        &args.data_dir,
+        args.index_url.as_deref(),
+        kek.as_ref(),
+    )?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -35,6 +94,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         println!("cluster  {}", report.cluster);
         println!("origin   {}", report.origin);
         println!("vkey     {}", report.vkey);
+        println!("kek      {}", report.kek);
         println!(
             "policy   {}  (copy it somewhere safe: auditors pin it)",
             report.policy

@@ -184,6 +184,7 @@ pub fn init_cluster_replica(init: &ReplicaInit<'_>) -> Result<NodeMeta, SetupErr
         cluster: format!("{:032x}", init.cluster),
         replica: u32::from(init.replica),
         name,
+        kek: None,
     };
     meta.store(&dir)?;
     Ok(meta)
