@@ -90,7 +90,7 @@ fn create(
 
     let cluster = random_cluster_id()?;
     let name = format!("vellum-{:08x}-r0", (cluster >> 96) as u32);
-    let kek = create_kek(kek_config, &dir.kek())?;
+    let kek = open_or_generate_kek(kek_config, &dir.kek())?;
     let kek_description = kek.describe();
     KeyStore::create(&dir.keys(), kek, 0)?;
     let signer = crypto::create_signing_key_file(&dir.signing_key(), &name)?;
@@ -127,7 +127,7 @@ fn create(
 
 /// The new data directory's KEK: a fresh file, or the token's key (made on
 /// the token if no key carries the label yet).
-fn create_kek(
+pub(crate) fn open_or_generate_kek(
     config: Option<&KekConfig>,
     kek_file: &Path,
 ) -> Result<Box<dyn KeyEncryptionKey>, CryptoError> {

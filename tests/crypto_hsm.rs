@@ -549,3 +549,70 @@ fn hsm_kek_data_dir_appends_restarts_reads_and_verifies() {
     assert_eq!(parsed.key_label, label);
     assert_eq!(parsed.pin_file.as_deref(), Some(pin.as_path()));
 }
+
+/// Goal: the full demo (three replica processes, failover, catch-up,
+/// byte-exact read back, bundle, `vellum verify` on every replica) passes
+/// with every replica's KEK in the token and no KEK file on any replica.
+#[test]
+fn hsm_kek_full_demo_with_three_replicas() {
+    let Some(token) = token("hsm_kek_full_demo_with_three_replicas") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-demo");
+    let pin = pin_file(dir.path(), &token.pin);
+    let demo = dir.path().join("demo");
+    let label = unique_label("demo");
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let (code, out, err) = vellum_cli(&[
+        "demo",
+        "--data-dir",
+        &s(&demo),
+        "--json",
+        "--kek-pkcs11-module",
+        &s(&token.module),
+        "--kek-pkcs11-token",
+        &token.label,
+        "--kek-pkcs11-key",
+        &label,
+        "--kek-pkcs11-pin-file",
+        &s(&pin),
+    ]);
+    assert_eq!(code, 0, "demo with the kek in the token: {out}\n{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("demo summary json");
+    assert_eq!(summary["verify_passed"], true, "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["restarted_caught_up"], true, "{summary}");
+    assert!(
+        summary["events_appended"].as_u64().expect("count") > 0,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["events_read_back"], summary["events_appended"],
+        "{summary}"
+    );
+    for replica in 0..3 {
+        let data = demo.join(format!("r{replica}"));
+        assert!(
+            !data.join("keys/kek.key").exists(),
+            "replica {replica} has a kek file"
+        );
+        let meta = std::fs::read_to_string(data.join("vellum.json")).expect("vellum.json");
+        assert!(
+            meta.contains("\"pkcs11\"") && meta.contains(&label),
+            "{meta}"
+        );
+        assert!(
+            !meta.contains(&token.pin),
+            "replica {replica} stores the pin: {meta}"
+        );
+        let wrapped = std::fs::read_dir(data.join("keys"))
+            .expect("keys dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("dek-"))
+            })
+            .count();
+        assert!(wrapped > 0, "replica {replica} holds no wrapped data key");
+    }
+}
