@@ -7,9 +7,7 @@ use std::path::Path;
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::policy::Policy;
 
-use crate::crypto::{
-    self, CryptoError, HsmFailure, Kek, KekConfig, KeyEncryptionKey, KeyStore, Pkcs11Kek,
-};
+use crate::crypto::{self, CryptoError, Kek, KekConfig, KeyEncryptionKey, KeyStore, Pkcs11Kek};
 use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta};
 use crate::index::IndexTarget;
 use crate::log::{LocalLog, LogError, LogOptions};
@@ -133,13 +131,7 @@ pub(crate) fn open_or_generate_kek(
 ) -> Result<Box<dyn KeyEncryptionKey>, CryptoError> {
     match config {
         None => Ok(Box::new(Kek::create_file(kek_file)?)),
-        Some(KekConfig::Pkcs11(pkcs11)) => match Pkcs11Kek::open(pkcs11) {
-            Err(CryptoError::Hsm {
-                failure: HsmFailure::KeyNotFound,
-                ..
-            }) => Ok(Box::new(Pkcs11Kek::generate(pkcs11)?)),
-            other => Ok(Box::new(other?)),
-        },
+        Some(KekConfig::Pkcs11(pkcs11)) => Ok(Box::new(Pkcs11Kek::open_or_generate(pkcs11)?)),
     }
 }
 

@@ -49,11 +49,22 @@ impl Pkcs11Args {
                 "--kek-pkcs11-module needs the user pin's source: --kek-pkcs11-pin-file or --kek-pkcs11-pin-env"
             );
         }
+        // vellum.json is read later from any working directory: paths are
+        // recorded absolute. A bare module name is left to the loader's
+        // search path, as dlopen treats it.
+        let module = match module.components().count() > 1 {
+            true => std::path::absolute(&module)?,
+            false => module,
+        };
+        let pin_file = self
+            .kek_pkcs11_pin_file
+            .map(|path| std::path::absolute(&path))
+            .transpose()?;
         Ok(Some(KekConfig::Pkcs11(Pkcs11Config {
             module,
             token_label: self.kek_pkcs11_token.unwrap_or_default(),
             key_label: self.kek_pkcs11_key.unwrap_or_default(),
-            pin_file: self.kek_pkcs11_pin_file,
+            pin_file,
             pin_env: self.kek_pkcs11_pin_env,
         })))
     }

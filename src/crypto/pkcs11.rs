@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -43,6 +43,15 @@ use super::{CryptoError, fsutil};
 const GCM_TAG_BITS: u64 = (TAG_BYTES * 8) as u64;
 /// Associated data of the probe that tells a bad tag from a failed token.
 const PROBE_AAD: &[u8] = b"vellum/kek-probe/v1\0";
+/// Attempts to open the token before its error is final (see `open`).
+pub const OPEN_ATTEMPTS_MAX: u32 = 20;
+/// Pause between two attempts to open the token.
+pub const OPEN_RETRY_MS: u64 = 100;
+/// Attempts of one token encryption or decryption that fails with
+/// `CKR_GENERAL_ERROR` before the answer counts (see `gcm`).
+const CALL_ATTEMPTS_MAX: u32 = 5;
+/// Pause between two such attempts.
+const CALL_RETRY_MS: u64 = 20;
 /// Largest PIN file read, in bytes.
 const PIN_FILE_BYTES_MAX: usize = 256;
 
@@ -51,6 +60,9 @@ pub struct Pkcs11Kek {
     config: Pkcs11Config,
     session: Mutex<Session>,
     key: ObjectHandle,
+    /// Keeps the module's context from being reset while this KEK (and its
+    /// session, dropped first) lives; see `reset_context`.
+    _context_user: Arc<()>,
 }
 
 impl fmt::Debug for Pkcs11Kek {
@@ -64,16 +76,59 @@ impl fmt::Debug for Pkcs11Kek {
 impl Pkcs11Kek {
     /// Opens the token `config` names, logs in with its PIN, and finds the
     /// key. Refuses a key that could leave the token or is not AES-256.
+    ///
+    /// A token that looks absent or answers a call with an error is asked
+    /// again, [`OPEN_ATTEMPTS_MAX`] times in all, [`OPEN_RETRY_MS`] apart:
+    /// SoftHSM2's file store, shared by several processes (the replicas of
+    /// one host), briefly shows a token as absent or empty while another
+    /// process rewrites it. So an absent key is only final after the last
+    /// attempt (about two seconds); a wrong PIN is never asked again.
     pub fn open(config: &Pkcs11Config) -> Result<Pkcs11Kek, CryptoError> {
-        let session = login(config)?;
-        let key =
-            find_key(config, &session)?.ok_or_else(|| fail(config, HsmFailure::KeyNotFound))?;
+        Pkcs11Kek::open_retrying(config, false)
+    }
+
+    /// Opens the key as [`Pkcs11Kek::open`] does, or, when the token holds
+    /// no key with the label, generates it there ([`Pkcs11Kek::generate`]):
+    /// what `vellum init` does.
+    pub fn open_or_generate(config: &Pkcs11Config) -> Result<Pkcs11Kek, CryptoError> {
+        Pkcs11Kek::open_retrying(config, true)
+    }
+
+    fn open_retrying(config: &Pkcs11Config, generate: bool) -> Result<Pkcs11Kek, CryptoError> {
+        let mut attempt = 1;
+        loop {
+            match Pkcs11Kek::open_once(config, generate) {
+                Err(CryptoError::Hsm {
+                    failure:
+                        HsmFailure::TokenNotFound { .. } | HsmFailure::KeyNotFound | HsmFailure::Call(_),
+                    ..
+                }) if attempt < OPEN_ATTEMPTS_MAX => {
+                    tracing::warn!(attempt, token = %config.token_label, "pkcs11 token not ready; asking again");
+                    attempt += 1;
+                    // The module keeps what it read of the token at
+                    // C_Initialize: start it afresh if nothing uses it.
+                    reset_context(config);
+                    std::thread::sleep(std::time::Duration::from_millis(OPEN_RETRY_MS));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(config: &Pkcs11Config, generate: bool) -> Result<Pkcs11Kek, CryptoError> {
+        let (session, context_user) = login(config)?;
+        let key = match (find_key(config, &session)?, generate) {
+            (Some(key), _) => key,
+            (None, true) => generate_key(config, &session)?,
+            (None, false) => return Err(fail(config, HsmFailure::KeyNotFound)),
+        };
         check_key(config, &session, key)?;
         tracing::info!(token = %config.token_label, key = %config.key_label, "opened pkcs11 key-encryption key");
         Ok(Pkcs11Kek {
             config: config.clone(),
             session: Mutex::new(session),
             key,
+            _context_user: context_user,
         })
     }
 
@@ -81,28 +136,11 @@ impl Pkcs11Kek {
     /// sensitive and not extractable, for encryption and decryption only.
     /// Refuses when a key with the label exists.
     pub fn generate(config: &Pkcs11Config) -> Result<Pkcs11Kek, CryptoError> {
-        let session = login(config)?;
+        let (session, _context_user) = login(config)?;
         if find_key(config, &session)?.is_some() {
             return Err(fail(config, HsmFailure::KeyExists));
         }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen((KEY_BYTES as u64).into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Label(config.key_label.as_bytes().to_vec()),
-        ];
-        session
-            .generate_key(&Mechanism::AesKeyGen, &template)
-            .map_err(|e| call_failed(config, &e))?;
-        tracing::info!(token = %config.token_label, key = %config.key_label, "generated pkcs11 key-encryption key");
+        generate_key(config, &session)?;
         drop(session);
         Pkcs11Kek::open(config)
     }
@@ -137,28 +175,49 @@ impl Pkcs11Kek {
         aad: &[u8],
         input: &[u8],
     ) -> Result<Result<Zeroizing<Vec<u8>>, RvError>, CryptoError> {
+        let mut attempt = 1;
+        loop {
+            let result = self.gcm_once(encrypt, nonce, aad, input)?;
+            match result {
+                Ok(output) => return Ok(Ok(Zeroizing::new(output))),
+                Err(CkError::Pkcs11(rv, _)) if !encrypt && is_not_authentic(rv) => {
+                    return Ok(Err(rv));
+                }
+                // SoftHSM2 answers CKR_GENERAL_ERROR both to a GCM tag
+                // mismatch and while another process rewrites its store:
+                // ask again, and only then take a decryption's answer as
+                // "not authentic", if the token works (a probe encryption
+                // succeeds), so a failing token is an error, not "tampered".
+                Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < CALL_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(CALL_RETRY_MS));
+                }
+                Err(CkError::Pkcs11(rv @ RvError::GeneralError, _)) if !encrypt => {
+                    self.probe()?;
+                    return Ok(Err(rv));
+                }
+                Err(e) => return Err(call_failed(&self.config, &e)),
+            }
+        }
+    }
+
+    /// One `C_Encrypt` or `C_Decrypt` with AES-GCM on the token.
+    fn gcm_once(
+        &self,
+        encrypt: bool,
+        nonce: &[u8; NONCE_BYTES],
+        aad: &[u8],
+        input: &[u8],
+    ) -> Result<Result<Vec<u8>, CkError>, CryptoError> {
         let mut iv = *nonce;
         let params = GcmParams::new(&mut iv, aad, GCM_TAG_BITS.into())
             .map_err(|e| call_failed(&self.config, &e))?;
         let mechanism = Mechanism::AesGcm(params);
         let session = self.session();
-        let result = match encrypt {
+        Ok(match encrypt {
             true => session.encrypt(&mechanism, self.key, input),
             false => session.decrypt(&mechanism, self.key, input),
-        };
-        match result {
-            Ok(output) => Ok(Ok(Zeroizing::new(output))),
-            Err(CkError::Pkcs11(rv, _)) if !encrypt && is_not_authentic(rv) => Ok(Err(rv)),
-            // SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR. It is
-            // taken as "not authentic" only if the token then works: a probe
-            // encryption succeeds, so the token is not what failed.
-            Err(CkError::Pkcs11(rv @ RvError::GeneralError, _)) if !encrypt => {
-                drop(session);
-                self.probe()?;
-                Ok(Err(rv))
-            }
-            Err(e) => Err(call_failed(&self.config, &e)),
-        }
+        })
     }
 
     /// Encrypts an empty message under a random nonce: succeeds only when
@@ -264,15 +323,36 @@ fn call_failed(config: &Pkcs11Config, error: &CkError) -> CryptoError {
     fail(config, HsmFailure::Call(error.to_string()))
 }
 
-/// The process's PKCS#11 context for `module`, loaded and initialized once.
-fn context(config: &Pkcs11Config) -> Result<Pkcs11, CryptoError> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let mut contexts = CONTEXTS
+/// The process's PKCS#11 contexts, one per module, each with a handle whose
+/// clones mark the KEKs that use it.
+type Contexts = HashMap<PathBuf, (Pkcs11, Arc<()>)>;
+
+fn contexts() -> MutexGuard<'static, Contexts> {
+    static CONTEXTS: OnceLock<Mutex<Contexts>> = OnceLock::new();
+    CONTEXTS
         .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
-        .expect("pkcs11 context registry poisoned: a panic while holding it is a bug");
-    if let Some(context) = contexts.get(&config.module) {
-        return Ok(context.clone());
+        .expect("pkcs11 context registry poisoned: a panic while holding it is a bug")
+}
+
+/// Finalizes the module's context when no KEK uses it, so the next open
+/// loads and reads the token afresh.
+fn reset_context(config: &Pkcs11Config) {
+    let mut contexts = contexts();
+    let unused = contexts
+        .get(&config.module)
+        .is_some_and(|(_, users)| Arc::strong_count(users) == 1);
+    if unused && let Some((context, _)) = contexts.remove(&config.module) {
+        let _ = context.finalize();
+    }
+}
+
+/// The process's PKCS#11 context for `module`, loaded and initialized once
+/// (`C_Initialize` may run once per process), and a handle marking a user.
+fn context(config: &Pkcs11Config) -> Result<(Pkcs11, Arc<()>), CryptoError> {
+    let mut contexts = contexts();
+    if let Some((context, users)) = contexts.get(&config.module) {
+        return Ok((context.clone(), Arc::clone(users)));
     }
     let context =
         Pkcs11::new(&config.module).map_err(|e| fail(config, HsmFailure::Module(e.to_string())))?;
@@ -281,17 +361,18 @@ fn context(config: &Pkcs11Config) -> Result<Pkcs11, CryptoError> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(fail(config, HsmFailure::Module(e.to_string()))),
     }
-    contexts.insert(config.module.clone(), context.clone());
-    Ok(context)
+    let users = Arc::new(());
+    contexts.insert(config.module.clone(), (context.clone(), Arc::clone(&users)));
+    Ok((context, users))
 }
 
 /// Opens a session on the token with the configured label and logs the
 /// user in.
-fn login(config: &Pkcs11Config) -> Result<Session, CryptoError> {
+fn login(config: &Pkcs11Config) -> Result<(Session, Arc<()>), CryptoError> {
     // The PIN is read first: a config without one is refused before any
     // module is loaded.
     let (pin, source_of_pin) = read_pin(config)?;
-    let context = context(config)?;
+    let (context, context_user) = context(config)?;
     let slots = context
         .get_slots_with_token()
         .map_err(|e| call_failed(config, &e))?;
@@ -314,7 +395,9 @@ fn login(config: &Pkcs11Config) -> Result<Session, CryptoError> {
     match session.login(UserType::User, Some(&pin)) {
         // PKCS#11 login is per application and token: a session of this
         // process already logged in (another KEK handle on the same token).
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+            Ok((session, context_user))
+        }
         Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
             Err(fail(config, HsmFailure::PinIncorrect { source_of_pin }))
         }
@@ -443,4 +526,29 @@ fn check_key(
         return unfit("the token did not report its sensitivity, extractability, length and usage");
     }
     Ok(())
+}
+
+/// Generates the KEK on the token with the configured label: AES-256, a
+/// token object, private, sensitive and not extractable, for encryption and
+/// decryption only.
+fn generate_key(config: &Pkcs11Config, session: &Session) -> Result<ObjectHandle, CryptoError> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen((KEY_BYTES as u64).into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Label(config.key_label.as_bytes().to_vec()),
+    ];
+    let key = session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .map_err(|e| call_failed(config, &e))?;
+    tracing::info!(token = %config.token_label, key = %config.key_label, "generated pkcs11 key-encryption key");
+    Ok(key)
 }
