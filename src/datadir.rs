@@ -5,7 +5,8 @@
 //! <data>/policy.txt         the trust policy: pinned verifier keys and quorum (public)
 //! <data>/segments/          the immutable log (encrypted, hash-chained)
 //! <data>/keys/              key store BESIDE the log, never inside it (P6): 0700
-//! <data>/keys/kek.key       key-encryption key (dev only; 0600)
+//! <data>/keys/kek.key       key-encryption key (file KEK, dev only; 0600; absent
+//!                           when vellum.json names a PKCS#11 KEK)
 //! <data>/keys/signing.key   this replica's Ed25519 checkpoint signing key (0600)
 //! <data>/keys/dek-*.key     wrapped per-stream data keys (0600)
 //! <data>/index.sqlite3      the audit index (default backend; a projection of the log)
@@ -82,6 +83,10 @@ pub struct NodeMeta {
     pub replica: u32,
     /// This replica's key name (used in signature lines).
     pub name: String,
+    /// Where the key-encryption key lives; absent: the file `keys/kek.key`
+    /// (see `crypto::KekConfig`). Names and paths only, never a PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<crate::crypto::KekConfig>,
 }
 
 /// Why the metadata file could not be read.

@@ -17,6 +17,7 @@ use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
 
 use crate::client::{Client, ClientPersister};
+use crate::crypto::KekConfig;
 use crate::local_cluster::LocalCluster;
 use crate::types::{EventPersister, StreamId};
 
@@ -70,13 +71,34 @@ pub struct DemoSummary {
 
 /// Runs the story in `data_dir` (a new cluster directory), narrating to `out`.
 pub fn run_demo(data_dir: &Path, out: &mut dyn Write) -> anyhow::Result<DemoSummary> {
+    run_demo_with_kek(data_dir, None, out)
+}
+
+/// [`run_demo`] with every replica's KEK in the PKCS#11 token `kek` names
+/// (`None`: a dev KEK file shared by the replicas).
+pub fn run_demo_with_kek(
+    data_dir: &Path,
+    kek: Option<&KekConfig>,
+    out: &mut dyn Write,
+) -> anyhow::Result<DemoSummary> {
     let runtime = tokio::runtime::Runtime::new()?;
     let exe = std::env::current_exe()?;
+    let keys = match kek {
+        Some(KekConfig::Pkcs11(config)) => format!(
+            "KEK in PKCS#11 token {:?}, key {:?}",
+            config.token_label, config.key_label
+        ),
+        None => "dev keys".to_string(),
+    };
     writeln!(
         out,
-        "== 1. start a {DEMO_REPLICAS}-replica cluster on loopback in {} (dev keys, TLS, tokens)",
+        "== 1. start a {DEMO_REPLICAS}-replica cluster on loopback in {} ({keys}, TLS, tokens)",
         data_dir.display()
     )?;
+    if let Some(kek) = kek {
+        // Created here, so the start below reopens it with the token's KEK.
+        crate::cluster::create_dev_cluster_with_kek(data_dir, DEMO_REPLICAS, None, Some(kek))?;
+    }
     let mut cluster = LocalCluster::start(data_dir, DEMO_REPLICAS, &exe)?;
     let outcome = story(&runtime, &mut cluster, data_dir, out);
     if outcome.is_err() {

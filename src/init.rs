@@ -7,7 +7,7 @@ use std::path::Path;
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::policy::Policy;
 
-use crate::crypto::{self, Kek, KeyStore};
+use crate::crypto::{self, CryptoError, Kek, KekConfig, KeyEncryptionKey, KeyStore, Pkcs11Kek};
 use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta};
 use crate::index::IndexTarget;
 use crate::log::{LocalLog, LogError, LogOptions};
@@ -25,6 +25,8 @@ pub struct InitReport {
     pub vkey: String,
     /// The trust policy file.
     pub policy: String,
+    /// Where the key-encryption key lives.
+    pub kek: String,
 }
 
 /// Creates a one-replica data directory at `path`. It refuses a directory
@@ -32,10 +34,22 @@ pub struct InitReport {
 /// creating files, a failure removes everything it created, so the same
 /// command can simply be rerun.
 pub fn init_data_dir(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> {
+    init_data_dir_with_kek(path, index_url, None)
+}
+
+/// [`init_data_dir`] with the KEK where `kek` says: `None` generates the
+/// file KEK `keys/kek.key`; a PKCS#11 config uses the key with that label
+/// on the token, generating it there (never extractable) if it is absent,
+/// and records the config in `vellum.json`.
+pub fn init_data_dir_with_kek(
+    path: &Path,
+    index_url: Option<&str>,
+    kek: Option<&KekConfig>,
+) -> Result<InitReport, LogError> {
     IndexTarget::parse(index_url, path).map_err(|e| LogError::DataDir(e.to_string()))?;
     check_target(path)?;
     let existed = path.exists();
-    let result = create(path, index_url);
+    let result = create(path, index_url, kek);
     if result.is_err() {
         remove_created(path, existed);
     }
@@ -61,7 +75,11 @@ pub(crate) fn remove_created(path: &Path, existed: bool) {
     }
 }
 
-fn create(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> {
+fn create(
+    path: &Path,
+    index_url: Option<&str>,
+    kek_config: Option<&KekConfig>,
+) -> Result<InitReport, LogError> {
     let dir = DataDir::new(path);
     let io = |what: &str, e: std::io::Error| LogError::DataDir(format!("{what}: {e}"));
     std::fs::create_dir_all(path).map_err(|e| io(&path.display().to_string(), e))?;
@@ -70,7 +88,8 @@ fn create(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> 
 
     let cluster = random_cluster_id()?;
     let name = format!("vellum-{:08x}-r0", (cluster >> 96) as u32);
-    let kek = Kek::create_file(&dir.kek())?;
+    let kek = open_or_generate_kek(kek_config, &dir.kek())?;
+    let kek_description = kek.describe();
     KeyStore::create(&dir.keys(), kek, 0)?;
     let signer = crypto::create_signing_key_file(&dir.signing_key(), &name)?;
     let origin = origin_for_cluster(cluster);
@@ -83,6 +102,7 @@ fn create(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> 
         cluster: format!("{cluster:032x}"),
         replica: 0,
         name,
+        kek: kek_config.cloned(),
     };
     meta.store(&dir)
         .map_err(|e| LogError::DataDir(e.to_string()))?;
@@ -99,7 +119,20 @@ fn create(path: &Path, index_url: Option<&str>) -> Result<InitReport, LogError> 
         origin,
         vkey: signer.verifier().to_vkey(),
         policy: dir.policy().display().to_string(),
+        kek: kek_description,
     })
+}
+
+/// The new data directory's KEK: a fresh file, or the token's key (made on
+/// the token if no key carries the label yet).
+pub(crate) fn open_or_generate_kek(
+    config: Option<&KekConfig>,
+    kek_file: &Path,
+) -> Result<Box<dyn KeyEncryptionKey>, CryptoError> {
+    match config {
+        None => Ok(Box::new(Kek::create_file(kek_file)?)),
+        Some(KekConfig::Pkcs11(pkcs11)) => Ok(Box::new(Pkcs11Kek::open_or_generate(pkcs11)?)),
+    }
 }
 
 /// Refuses an initialized or non-empty target before anything is created.

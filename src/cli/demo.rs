@@ -15,6 +15,9 @@ pub struct DemoArgs {
     /// Print only the summary, as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep every replica's KEK in a PKCS#11 token instead of a dev KEK file.
+    #[command(flatten)]
+    pkcs11: super::pkcs11_args::Pkcs11Args,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -26,10 +29,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             std::env::temp_dir().join(format!("vellum-demo-{}", super::hex(&suffix)))
         }
     };
+    let kek = args.pkcs11.config()?;
     let summary = if args.json {
-        crate::demo::run_demo(&dir, &mut std::io::sink())?
+        crate::demo::run_demo_with_kek(&dir, kek.as_ref(), &mut std::io::sink())?
     } else {
-        crate::demo::run_demo(&dir, &mut std::io::stdout().lock())?
+        crate::demo::run_demo_with_kek(&dir, kek.as_ref(), &mut std::io::stdout().lock())?
     };
     if args.json {
         super::print_json(&summary)?;

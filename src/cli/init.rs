@@ -19,6 +19,8 @@ pub struct InitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pkcs11: super::pkcs11_args::Pkcs11Args,
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -27,7 +29,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.index_url.as_deref() {
         crate::index::IndexTarget::parse(Some(url), &args.data_dir)?;
     }
-    let report = crate::init::init_data_dir(&args.data_dir, args.index_url.as_deref())?;
+    let kek = args.pkcs11.config()?;
+    let report = crate::init::init_data_dir_with_kek(
+        &args.data_dir,
+        args.index_url.as_deref(),
+        kek.as_ref(),
+    )?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -35,6 +42,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         println!("cluster  {}", report.cluster);
         println!("origin   {}", report.origin);
         println!("vkey     {}", report.vkey);
+        println!("kek      {}", report.kek);
         println!(
             "policy   {}  (copy it somewhere safe: auditors pin it)",
             report.policy

@@ -8,6 +8,7 @@ mod dev;
 mod export;
 mod init;
 mod keys;
+mod pkcs11_args;
 mod proof;
 mod read;
 mod sim;

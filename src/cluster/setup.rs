@@ -17,8 +17,9 @@
 //! ONE key-encryption key between its replicas: data keys are wrapped by
 //! the primary and travel to the backups wrapped, so every replica must be
 //! able to unwrap them. That is a dev-only shortcut: in production the KEK
-//! lives in a KMS or HSM that every replica asks to unwrap, and is never a
-//! file copied between machines.
+//! lives in an HSM that every replica asks to unwrap, and is never a file
+//! copied between machines ([`KekSource::Token`], which `vellum demo
+//! --kek-pkcs11-*` uses).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ use vellum_audit::policy::Policy;
 use zeroize::Zeroizing;
 
 use super::config::{ClusterConfig, ConfigError, ReplicaPeer, TlsPaths, check_replica_count};
-use crate::crypto::{self, CryptoError, Kek, KeyStore};
+use crate::crypto::{self, CryptoError, Kek, KekConfig, KeyEncryptionKey, KeyStore};
 use crate::datadir::{DataDir, LAYOUT_VERSION, MetaError, NodeMeta};
 
 /// Principal and role of the dev cluster's writing client.
@@ -106,6 +107,9 @@ pub enum KekSource<'a> {
     Generate,
     /// Copy an existing KEK file (the other replicas of a dev cluster).
     CopyFrom(&'a Path),
+    /// The key in a PKCS#11 token (generated there if absent), the same
+    /// for every replica; recorded in each replica's `vellum.json`.
+    Token(&'a KekConfig),
 }
 
 /// What [`init_cluster_replica`] needs to know.
@@ -172,9 +176,10 @@ pub fn init_cluster_replica(init: &ReplicaInit<'_>) -> Result<NodeMeta, SetupErr
             init.replica
         )));
     }
-    let kek = match init.kek {
-        KekSource::Generate => Kek::create_file(&dir.kek())?,
-        KekSource::CopyFrom(source) => copy_kek(source, &dir.kek())?,
+    let kek: Box<dyn KeyEncryptionKey> = match init.kek {
+        KekSource::Generate => Box::new(Kek::create_file(&dir.kek())?),
+        KekSource::CopyFrom(source) => Box::new(copy_kek(source, &dir.kek())?),
+        KekSource::Token(config) => crate::init::open_or_generate_kek(Some(config), &dir.kek())?,
     };
     KeyStore::create(&dir.keys(), kek, u32::from(init.replica))?;
     crate::fsutil::write_durable(&dir.policy(), init.policy.encode().as_bytes(), 0o644)
@@ -184,6 +189,10 @@ pub fn init_cluster_replica(init: &ReplicaInit<'_>) -> Result<NodeMeta, SetupErr
         cluster: format!("{:032x}", init.cluster),
         replica: u32::from(init.replica),
         name,
+        kek: match init.kek {
+            KekSource::Token(config) => Some(config.clone()),
+            _ => None,
+        },
     };
     meta.store(&dir)?;
     Ok(meta)
@@ -308,6 +317,18 @@ pub fn create_dev_cluster(
     replica_count: u8,
     base_port: Option<u16>,
 ) -> Result<DevCluster, SetupError> {
+    create_dev_cluster_with_kek(dir, replica_count, base_port, None)
+}
+
+/// [`create_dev_cluster`] with every replica's KEK in the PKCS#11 token
+/// `kek` names (one key, shared through the token) instead of a dev KEK
+/// file copied to each replica.
+pub fn create_dev_cluster_with_kek(
+    dir: &Path,
+    replica_count: u8,
+    base_port: Option<u16>,
+    kek: Option<&KekConfig>,
+) -> Result<DevCluster, SetupError> {
     check_replica_count(usize::from(replica_count))
         .map_err(|(_, reason)| SetupError::Invalid(reason))?;
     let ports = match base_port {
@@ -316,7 +337,7 @@ pub fn create_dev_cluster(
     };
     check_empty_target(dir)?;
     let existed = dir.exists();
-    let result = create_dev(dir, replica_count, &ports);
+    let result = create_dev(dir, replica_count, &ports, kek);
     if result.is_err() {
         crate::init::remove_created(dir, existed);
     }
@@ -347,7 +368,12 @@ pub fn open_or_create_dev_cluster(
     Ok(cluster)
 }
 
-fn create_dev(dir: &Path, replica_count: u8, ports: &[Ports]) -> Result<DevCluster, SetupError> {
+fn create_dev(
+    dir: &Path,
+    replica_count: u8,
+    ports: &[Ports],
+    token_kek: Option<&KekConfig>,
+) -> Result<DevCluster, SetupError> {
     crate::fsutil::create_dir_with_mode(dir, 0o700).map_err(io_error(dir))?;
     let cluster = random_cluster_id()?;
     let data_dir = |i: u8| dir.join(format!("r{i}"));
@@ -360,9 +386,10 @@ fn create_dev(dir: &Path, replica_count: u8, ports: &[Ports]) -> Result<DevClust
         .map_err(|e| SetupError::Invalid(format!("trust policy: {e}")))?;
     let first_kek = DataDir::new(data_dir(0)).kek();
     for i in 0..replica_count {
-        let kek = match i {
-            0 => KekSource::Generate,
-            _ => KekSource::CopyFrom(&first_kek),
+        let kek = match (token_kek, i) {
+            (Some(config), _) => KekSource::Token(config),
+            (None, 0) => KekSource::Generate,
+            (None, _) => KekSource::CopyFrom(&first_kek),
         };
         init_cluster_replica(&ReplicaInit {
             data_dir: &data_dir(i),

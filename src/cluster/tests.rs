@@ -214,6 +214,7 @@ fn seed_data_dir(root: &Path, cluster: &str, replica: u32, signing: &Signer) {
         cluster: cluster.into(),
         replica,
         name: signing.name().into(),
+        kek: None,
     };
     meta.store(&dir).unwrap();
 }

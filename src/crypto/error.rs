@@ -49,7 +49,7 @@ pub enum CryptoError {
         key_id: u64,
     },
     /// The key store was created with a different KEK.
-    #[error("key-encryption key does not match the key store at {}: wrong KEK file?", path.display())]
+    #[error("key-encryption key does not match the key store at {}: wrong KEK file or token key?", path.display())]
     WrongKek {
         /// The key store's marker file.
         path: PathBuf,
@@ -107,6 +107,22 @@ pub enum CryptoError {
         /// The limit.
         max: usize,
     },
+    /// The PKCS#11 token holding the KEK could not be used. Names the
+    /// module, token and key label; never the PIN.
+    #[error(
+        "pkcs11 key-encryption key (module {}, token {token:?}, key {key:?}): {failure}",
+        module.display()
+    )]
+    Hsm {
+        /// The PKCS#11 module (shared library) path.
+        module: PathBuf,
+        /// The token label asked for.
+        token: String,
+        /// The key label asked for.
+        key: String,
+        /// What went wrong.
+        failure: HsmFailure,
+    },
     /// The operating system's random number generator failed.
     #[error("operating system random number generator failed: {0}")]
     Random(String),
@@ -128,4 +144,46 @@ impl CryptoError {
             reason: reason.into(),
         }
     }
+}
+
+/// What went wrong with a PKCS#11 token (see [`CryptoError::Hsm`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HsmFailure {
+    /// The module could not be loaded (wrong path, not a PKCS#11 library).
+    #[error("cannot load the pkcs11 module: {0}")]
+    Module(String),
+    /// No slot holds a token with this label.
+    #[error("no token with this label is present (tokens present: {present:?})")]
+    TokenNotFound {
+        /// The labels of the tokens that are present (public names).
+        present: Vec<String>,
+    },
+    /// The user PIN could not be read from where the config says.
+    #[error("cannot read the user pin: {0}")]
+    PinUnavailable(String),
+    /// The token refused the user PIN.
+    #[error("the token refused the user pin ({source_of_pin}): incorrect pin")]
+    PinIncorrect {
+        /// Where the PIN came from (a file path or a variable name).
+        source_of_pin: String,
+    },
+    /// The token's user PIN is locked after too many wrong tries.
+    #[error("the user pin is locked on the token (too many wrong tries); ask the token's officer")]
+    PinLocked,
+    /// No AES secret key with this label is on the token.
+    #[error("no aes secret key with this label is on the token")]
+    KeyNotFound,
+    /// More than one key has the label, so which one is meant is unknown.
+    #[error("{0} aes secret keys carry this label; labels must be unique")]
+    KeyAmbiguous(usize),
+    /// The key is unfit as a KEK: it could leave the token, or is not an
+    /// AES-256 key for encryption and decryption.
+    #[error("the key is refused as a kek: {0}")]
+    KeyUnfit(String),
+    /// A key with the label already exists where a new one was asked for.
+    #[error("a key with this label already exists on the token")]
+    KeyExists,
+    /// Another PKCS#11 call failed (the function and the token's code).
+    #[error("{0}")]
+    Call(String),
 }

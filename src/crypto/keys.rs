@@ -137,13 +137,22 @@ impl Kek {
         Some(DataKey::from_bytes(&bytes))
     }
 
-    /// The AES-GCM instance, for the key store's KEK check value.
-    pub(crate) fn cipher(&self) -> &Aes256Gcm {
-        &self.cipher
+    /// The AES-GCM tag of an empty message under `nonce` and `aad`: the key
+    /// store's KEK check value, which proves the KEK without revealing it.
+    pub(crate) fn empty_message_tag(
+        &self,
+        nonce: &[u8; NONCE_BYTES],
+        aad: &[u8],
+    ) -> [u8; TAG_BYTES] {
+        self.cipher
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut [][..]).into())
+            .expect("aes-gcm encrypts an empty message")
+            .into()
     }
 }
 
-fn wrap_aad(key_id: u64, stream: u64) -> Vec<u8> {
+/// The associated data of a wrapped DEK: binds it to its key id and stream.
+pub(crate) fn wrap_aad(key_id: u64, stream: u64) -> Vec<u8> {
     let mut aad = Vec::with_capacity(WRAP_AAD_TAG.len() + 16);
     aad.extend_from_slice(WRAP_AAD_TAG);
     aad.extend_from_slice(&key_id.to_le_bytes());
@@ -220,7 +229,7 @@ impl DataKey {
     }
 
     /// The raw key bytes, for keys derived from this one inside `crypto`
-    /// (the request digest's MAC key).
+    /// (the request digest's MAC key) and for a token to wrap.
     pub(super) fn secret(&self) -> &[u8; KEY_BYTES] {
         &self.bytes
     }

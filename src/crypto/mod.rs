@@ -3,7 +3,9 @@
 //! - `event`: AES-256-GCM per event, associated data binding cluster, stream,
 //!   offset and key id; the plaintext inside the AEAD is `salt || payload`,
 //!   where the salt feeds the Merkle leaf's hiding commitment.
-//! - `keys`: the key-encryption key (KEK) and per-stream data keys (DEKs).
+//! - `keys`: the file key-encryption key (KEK) and per-stream data keys (DEKs).
+//! - `kek`: the KEK behind one trait, and the choice of where it lives.
+//! - `pkcs11`: the KEK inside a PKCS#11 token (an HSM), never leaving it.
 //! - `store`: the key store in `<data_dir>/keys/`, beside the log and never
 //!   inside it: wrapped DEKs, crash-safe nonce reservation, shredding.
 //! - `signing`: the replica's Ed25519 signing key file.
@@ -16,18 +18,22 @@ mod digest;
 mod error;
 mod event;
 pub(crate) mod fsutil;
+mod kek;
 mod keys;
+mod pkcs11;
 mod record;
 mod signing;
 mod store;
 
 pub use digest::{REQUEST_DIGEST_BYTES, REQUEST_DIGEST_TAG, RequestDigestKey, request_digest};
-pub use error::CryptoError;
+pub use error::{CryptoError, HsmFailure};
 pub use event::{
     EVENT_PAYLOAD_BYTES_MAX, EventAad, OpenedEvent, SALT_BYTES, SEAL_OVERHEAD_BYTES, open_event,
     random_salt, seal_event,
 };
+pub use kek::{KekConfig, KeyEncryptionKey, Pkcs11Config, open_kek};
 pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
+pub use pkcs11::Pkcs11Kek;
 pub use signing::{create_signing_key_file, load_signing_key_file};
 
 /// Refuses a key file or directory that group or others may access (the key

@@ -19,12 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aes_gcm::Nonce;
-use aes_gcm::aead::AeadInOut as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::keys::{DataKey, Kek, NONCE_BYTES, TAG_BYTES, random_fill};
+use super::kek::KeyEncryptionKey;
+use super::keys::{DataKey, NONCE_BYTES, TAG_BYTES, random_fill};
 use super::record::{KEY_FILE_BYTES, KeyRecord, TOMBSTONE_KEYS_MAX, Tombstone};
 use super::{CryptoError, fsutil};
 
@@ -45,7 +44,7 @@ const STORE_FILE_BYTES_MAX: u64 = 256 * 1024;
 #[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
-    kek: Kek,
+    kek: Box<dyn KeyEncryptionKey>,
     writer_id: u32,
     dek_cache_max: usize,
     inner: Mutex<Inner>,
@@ -74,22 +73,31 @@ struct KeyEntry {
 
 impl KeyStore {
     /// Creates a new, empty key store in `keys_dir` (created 0700 if absent).
-    pub fn create(keys_dir: &Path, kek: Kek, writer_id: u32) -> Result<KeyStore, CryptoError> {
+    pub fn create(
+        keys_dir: &Path,
+        kek: impl Into<Box<dyn KeyEncryptionKey>>,
+        writer_id: u32,
+    ) -> Result<KeyStore, CryptoError> {
+        let kek = kek.into();
         fsutil::create_private_dir(keys_dir)?;
         let marker = keys_dir.join(MARKER_FILE);
         let mut check_nonce = [0u8; NONCE_BYTES];
         random_fill(&mut check_nonce)?;
-        let tag = kek_check_tag(&kek, &check_nonce);
+        let tag = kek.check_tag(&check_nonce, KEK_CHECK_AAD)?;
         let mut raw = check_nonce.to_vec();
         raw.extend_from_slice(&tag);
         let line = format!("{MARKER_TAG} {}\n", BASE64.encode(raw));
         fsutil::create_new_private(&marker, line.as_bytes())?;
-        tracing::info!(dir = %keys_dir.display(), writer_id, "created key store");
+        tracing::info!(dir = %keys_dir.display(), writer_id, kek = %kek.describe(), "created key store");
         KeyStore::open(keys_dir, kek, writer_id)
     }
 
     /// Opens the key store in `keys_dir` with the default cache bound.
-    pub fn open(keys_dir: &Path, kek: Kek, writer_id: u32) -> Result<KeyStore, CryptoError> {
+    pub fn open(
+        keys_dir: &Path,
+        kek: impl Into<Box<dyn KeyEncryptionKey>>,
+        writer_id: u32,
+    ) -> Result<KeyStore, CryptoError> {
         KeyStore::open_with(keys_dir, kek, writer_id, DEK_CACHE_MAX_DEFAULT)
     }
 
@@ -98,13 +106,14 @@ impl KeyStore {
     /// different KEK, and any corrupt file; finishes an interrupted shred.
     pub fn open_with(
         keys_dir: &Path,
-        kek: Kek,
+        kek: impl Into<Box<dyn KeyEncryptionKey>>,
         writer_id: u32,
         dek_cache_max: usize,
     ) -> Result<KeyStore, CryptoError> {
+        let kek = kek.into();
         assert!(dek_cache_max > 0, "dek_cache_max must be at least 1");
         fsutil::check_private(keys_dir)?;
-        check_marker(keys_dir, &kek)?;
+        check_marker(keys_dir, kek.as_ref())?;
         let mut inner = load_dir(keys_dir)?;
         inner.next_key_id = own_next_key_id(&inner, writer_id);
         tracing::info!(
@@ -199,7 +208,7 @@ impl KeyStore {
         }
         let key_id = inner.next_key_id;
         let dek = Arc::new(DataKey::generate()?);
-        let (wrap_nonce, wrapped) = self.kek.wrap(&dek, key_id, stream)?;
+        let (wrap_nonce, wrapped) = self.kek.wrap_dek(&dek, key_id, stream)?;
         let record = KeyRecord {
             key_id,
             stream,
@@ -293,7 +302,7 @@ impl KeyStore {
         }
         let dek = self
             .kek
-            .unwrap(&record.wrap_nonce, &record.wrapped, key_id, record.stream)
+            .unwrap_dek(&record.wrap_nonce, &record.wrapped, key_id, record.stream)?
             .ok_or_else(|| CryptoError::Unwrap {
                 path: self.key_path(key_id),
                 key_id,
@@ -398,7 +407,7 @@ impl KeyStore {
             .record;
         let dek = self
             .kek
-            .unwrap(&record.wrap_nonce, &record.wrapped, key_id, record.stream)
+            .unwrap_dek(&record.wrap_nonce, &record.wrapped, key_id, record.stream)?
             .ok_or_else(|| CryptoError::Unwrap {
                 path: self.key_path(key_id),
                 key_id,
@@ -445,16 +454,7 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// AES-GCM tag over no plaintext: proves the KEK without revealing anything.
-fn kek_check_tag(kek: &Kek, nonce: &[u8; NONCE_BYTES]) -> [u8; TAG_BYTES] {
-    let tag = kek
-        .cipher()
-        .encrypt_inout_detached(&Nonce::from(*nonce), KEK_CHECK_AAD, (&mut [][..]).into())
-        .expect("aes-gcm encrypts an empty message");
-    tag.into()
-}
-
-fn check_marker(dir: &Path, kek: &Kek) -> Result<(), CryptoError> {
+fn check_marker(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), CryptoError> {
     let path = dir.join(MARKER_FILE);
     let contents = read_store_file(&path)?;
     let text = std::str::from_utf8(&contents).map_err(|e| {
@@ -481,7 +481,7 @@ fn check_marker(dir: &Path, kek: &Kek) -> Result<(), CryptoError> {
         ));
     }
     let nonce: [u8; NONCE_BYTES] = raw[..NONCE_BYTES].try_into().expect("length checked");
-    if kek_check_tag(kek, &nonce)[..] != raw[NONCE_BYTES..] {
+    if kek.check_tag(&nonce, KEK_CHECK_AAD)?[..] != raw[NONCE_BYTES..] {
         return Err(CryptoError::WrongKek { path });
     }
     Ok(())
@@ -645,6 +645,7 @@ fn finish_interrupted_shreds(dir: &Path, inner: &mut Inner) -> Result<(), Crypto
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Kek;
 
     /// Goal: callers racing to ensure a new stream's key all get the same
     /// one key (the request digest and the seal must agree on it), and a

