@@ -33,26 +33,8 @@ timeout 300 "$venv/bin/python" -m pip install --quiet --disable-pip-version-chec
 python="$(cd "$venv" && pwd)/bin/python"
 
 cluster="$work/cluster"
-dev_pid=""
-
-# Stops the `vellum dev` started here (SIGINT: it stops its replicas with
-# SIGTERM); its replicas are killed by id if it does not finish in time.
-stop_dev() {
-    [ -n "$dev_pid" ] || return 0
-    local children
-    children=$(pgrep -P "$dev_pid" || true)
-    kill -INT "$dev_pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do
-        kill -0 "$dev_pid" 2>/dev/null || break
-        sleep 1
-    done
-    if kill -0 "$dev_pid" 2>/dev/null; then
-        echo "vellum dev did not stop in 30 s; killing it and its replicas" >&2
-        for pid in $dev_pid $children; do kill -KILL "$pid" 2>/dev/null || true; done
-    fi
-    wait "$dev_pid" 2>/dev/null || true
-    dev_pid=""
-}
+# shellcheck source=.ci/dev_cluster.sh
+source .ci/dev_cluster.sh
 
 cleanup() {
     local code=$?
@@ -66,23 +48,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting the dev cluster in $cluster"
-dev_out="$work/dev.out"
-"$vellum" dev --data-dir "$cluster" >"$dev_out" 2>&1 &
-dev_pid=$!
-for _ in $(seq 1 "$ready_secs"); do
-    grep -q "press Ctrl-C to stop" "$dev_out" && break
-    if ! kill -0 "$dev_pid" 2>/dev/null; then
-        cat "$dev_out" >&2
-        echo "vellum dev exited before serving" >&2
-        exit 1
-    fi
-    sleep 1
-done
-if ! grep -q "press Ctrl-C to stop" "$dev_out"; then
-    cat "$dev_out" >&2
-    echo "vellum dev did not serve within $ready_secs s" >&2
-    exit 1
-fi
+start_dev
 
 VELLUM_URLS=$(awk '/^  replica [0-9]+:/ { print $3 }' "$dev_out" | paste -sd, -)
 VELLUM_WRITER_TOKEN=$(awk '/writer token:/ { print $3 }' "$dev_out")
