@@ -3,7 +3,7 @@
 //!
 //! Every byte format Vellum writes is defined here, once: op records and
 //! segment files (`record`, `segment`), the per-event Merkle leaf (`leaf`),
-//! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes and
+//! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes,
 //! checkpoints and witness cosignatures (`note`, `checkpoint`,
 //! `cosignature`), `tlog-proof@v1` proofs (`proof`),
 //! the trust policy (`policy`) and the tree laid out as C2SP `tlog-tiles`
