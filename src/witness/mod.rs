@@ -16,6 +16,7 @@
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod submit;
 
 use std::path::{Path, PathBuf};
 
