@@ -67,8 +67,10 @@ async fn witness_cosigns_a_live_cluster() {
     let key = CosignerKey::parse_vkey(vkey.trim_end()).expect("vkey parses");
     let witnessed = policy.clone().with_cosigners(vec![key], 1).expect("policy");
 
-    let out = dir.path().join("cosigned.txt");
     let cluster_dir = dir.path().join("cluster");
+    bundle_cosigned_by_witness_verifies(dir.path(), &url, &witnessed).await;
+
+    let out = dir.path().join("cosigned.txt");
     let args: Vec<String> = vec![
         "witness".into(),
         "submit".into(),
@@ -156,4 +158,82 @@ async fn witness_cosigns_a_live_cluster() {
 
     server.abort();
     cluster.stop().expect("cluster stops");
+}
+
+/// Runs the CLI off the async runtime.
+async fn cli(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        vellum_cli(&args)
+    })
+    .await
+    .expect("cli runs")
+}
+
+/// An export bundle verifies under a witness-quorum policy only with the
+/// witness's `cosignatures.txt`; a tampered cosignature fails, naming the
+/// certificate check.
+async fn bundle_cosigned_by_witness_verifies(dir: &std::path::Path, url: &str, witnessed: &Policy) {
+    let cluster = dir.join("cluster").display().to_string();
+    let bundle = dir.join("bundle");
+    let policy_file = dir.join("witnessed-policy.txt");
+    std::fs::write(&policy_file, witnessed.encode()).expect("policy file");
+    let s = |x: &str| x.to_string();
+    let b = bundle.display().to_string();
+    let p = policy_file.display().to_string();
+    let (code, _, stderr) = cli(vec![
+        s("export"),
+        s("events"),
+        s("--cluster"),
+        cluster.clone(),
+        s("--stream"),
+        s("1001"),
+        s("--from"),
+        s("0"),
+        s("--to"),
+        s("3"),
+        s("--out"),
+        b.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "export: {stderr}");
+    let verify = vec![
+        s("verify"),
+        s("--bundle"),
+        b.clone(),
+        s("--policy"),
+        p.clone(),
+    ];
+    let (code, stdout, _) = cli(verify.clone()).await;
+    assert_ne!(code, 0, "no cosignature yet: {stdout}");
+    assert!(stdout.contains("bundle certificate"), "{stdout}");
+
+    let (code, _, stderr) = cli(vec![
+        s("witness"),
+        s("submit"),
+        s("--cluster"),
+        cluster,
+        s("--witness"),
+        s(url),
+        s("--bundle"),
+        b.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "submit --bundle: {stderr}");
+    let (code, stdout, stderr) = cli(verify.clone()).await;
+    assert_eq!(code, 0, "cosigned bundle verifies: {stdout}{stderr}");
+    assert!(
+        stdout.contains("witness.test/w1"),
+        "names the witness: {stdout}"
+    );
+
+    let path = bundle.join("cosignatures.txt");
+    let good = std::fs::read_to_string(&path).expect("cosignatures");
+    let mut bytes = good.clone().into_bytes();
+    let at = bytes.len() - 10;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&path, bytes).expect("tamper");
+    let (code, stdout, _) = cli(verify).await;
+    assert_ne!(code, 0, "tampered cosignature: {stdout}");
+    std::fs::write(&path, good).expect("restore");
 }

@@ -49,9 +49,18 @@ struct SubmitArgs {
     /// The witness's submission URL, e.g. http://127.0.0.1:7380.
     #[arg(long, value_name = "URL")]
     witness: String,
-    /// Where to write the cosigned certificate.
-    #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    /// Where to write the cosigned certificate (the cluster's newest).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
+    out: Option<PathBuf>,
+    /// Cosign an export bundle's certificate instead, and write the
+    /// cosignature lines to DIR/cosignatures.txt.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
 }
 
 pub fn run(args: WitnessArgs) -> anyhow::Result<ExitCode> {
@@ -100,13 +109,39 @@ fn run_submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     );
     let client = Client::new(config)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if let Some(bundle) = &args.bundle {
+        let path = bundle.join(vellum_compliance::bundle::CERTIFICATE_FILE);
+        let certificate = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let submitted = runtime.block_on(crate::witness::submit::submit_certificate(
+            &client,
+            &args.witness,
+            &certificate,
+        ))?;
+        let lines = submitted
+            .cosigned
+            .strip_prefix(certificate.as_str())
+            .expect("the cosigned note is the certificate plus the witness's lines");
+        let out = bundle.join(vellum_compliance::bundle::COSIGNATURES_FILE);
+        let mut all = std::fs::read_to_string(&out).unwrap_or_default();
+        all.push_str(lines);
+        crate::fsutil::replace_durable(&out, all.as_bytes(), 0o644)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        eprintln!(
+            "cosignature of size {} added to {}",
+            submitted.size,
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = args.out.expect("clap requires --out without --bundle");
     let submitted = runtime.block_on(crate::witness::submit::submit(&client, &args.witness))?;
-    crate::fsutil::replace_durable(&args.out, submitted.cosigned.as_bytes(), 0o644)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.out.display()))?;
+    crate::fsutil::replace_durable(&out, submitted.cosigned.as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     eprintln!(
         "cosigned certificate of size {} written to {}",
         submitted.size,
-        args.out.display()
+        out.display()
     );
     Ok(ExitCode::SUCCESS)
 }

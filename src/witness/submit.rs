@@ -34,10 +34,28 @@ pub struct Submitted {
 /// Submits the cluster's newest certificate to the witness at `url` (its
 /// submission prefix, e.g. `http://127.0.0.1:7380`).
 pub async fn submit(cluster: &Client, url: &str) -> anyhow::Result<Submitted> {
+    let latest = cluster.certificate().await?;
+    submit_certificate(cluster, url, &latest.certificate).await
+}
+
+/// Submits `certificate` (a certificate of the cluster, e.g. an export
+/// bundle's) to the witness at `url`, with the consistency proof from the
+/// size the witness holds. A witness that already cosigned a larger tree
+/// cannot cosign this one (c2sp.org/tlog-witness has no way back).
+pub async fn submit_certificate(
+    cluster: &Client,
+    url: &str,
+    certificate: &str,
+) -> anyhow::Result<Submitted> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(WITNESS_TIMEOUT_MS_MAX))
         .build()?;
-    let latest = cluster.certificate().await?;
+    let parsed =
+        Certificate::parse(certificate).map_err(|e| anyhow::anyhow!("certificate: {e}"))?;
+    let latest = crate::api::CertificateAnswer {
+        size: parsed.checkpoint.size,
+        certificate: certificate.to_owned(),
+    };
     let mut old = 0u64;
     for _ in 0..SUBMIT_ATTEMPTS_MAX {
         let (certificate, proof) = if old == 0 || old == latest.size {
@@ -45,12 +63,12 @@ pub async fn submit(cluster: &Client, url: &str) -> anyhow::Result<Submitted> {
         } else {
             anyhow::ensure!(
                 old < latest.size,
-                "the witness holds size {old}, above the cluster's newest certificate ({}): \
-                 the cluster was rolled back or the witness saw another history",
+                "the witness holds size {old}, above this certificate's ({}): it cannot cosign \
+                 a smaller tree (or the cluster was rolled back)",
                 latest.size
             );
             let answer = cluster.consistency(old, Some(latest.size)).await?;
-            (answer.certificate, answer.hashes)
+            (latest.certificate.clone(), answer.hashes)
         };
         let body = request_body(old, &proof, &certificate)?;
         let response = http
