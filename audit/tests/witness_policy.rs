@@ -249,3 +249,41 @@ fn proofs_need_the_witness_quorum() {
     let parsed = InclusionProof::parse(&text).expect("parses");
     assert!(parsed.verify(&policy).is_ok());
 }
+
+/// `vellum proof check`'s quorum part (`check_event`) passes a cosigned
+/// certificate naming the witnesses that cosigned, and fails a bare one
+/// under a witness quorum, saying how many cosignatures were needed.
+#[test]
+fn proof_check_reports_the_witnesses() {
+    let mut tree = MerkleTree::new();
+    for i in 0..7u64 {
+        tree.push(leaf_hash(format!("event-{i}").as_bytes()));
+    }
+    let proof = |checkpoint: Certificate| InclusionProof {
+        extra: Some(b"event-3".to_vec()),
+        index: 3,
+        hashes: tree.inclusion_proof(3, 7).expect("proof"),
+        checkpoint,
+    };
+    let policy = witnessed_policy(1);
+    let bare = vellum_audit::proof::check_event(&proof(certificate(7)), &policy, &[0; 32], b"");
+    assert!(!bare.quorum.passed);
+    assert!(
+        bare.quorum.message.contains("1 needed"),
+        "{}",
+        bare.quorum.message
+    );
+
+    let mut cert = certificate(7);
+    cosign(&mut cert, &witnesses()[2], 9);
+    let checked = vellum_audit::proof::check_event(&proof(cert), &policy, &[0; 32], b"");
+    assert!(checked.quorum.passed, "{}", checked.quorum.message);
+    assert!(
+        checked
+            .quorum
+            .message
+            .contains("1 of 1 needed pinned witnesses cosigned: witness.example/w2+"),
+        "{}",
+        checked.quorum.message
+    );
+}

@@ -198,3 +198,72 @@ pub fn decide(
     }
     Ok(new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes: one canonical spelling, within u64.
+    #[test]
+    fn sizes_are_canonical_decimals() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("1", Some(1)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("", None),
+            ("00", None),
+            ("01", None),
+            ("+1", None),
+            ("-1", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1e3", None),
+            ("١", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_size(text), *expected, "{text:?}");
+        }
+    }
+
+    /// Each refusal maps to the status c2sp.org/tlog-witness names.
+    #[test]
+    fn refusals_map_to_the_spec_statuses() {
+        let cases = [
+            (Refusal::Malformed(String::new()), 400),
+            (Refusal::NotSigned(String::new()), 403),
+            (Refusal::UnknownOrigin(String::new()), 404),
+            (
+                Refusal::OldSizeMismatch {
+                    old: 1,
+                    witnessed: 2,
+                },
+                409,
+            ),
+            (Refusal::RootMismatch { size: 1 }, 409),
+            (Refusal::BadProof(String::new()), 422),
+        ];
+        for (refusal, status) in cases {
+            assert_eq!(refusal.status(), status, "{refusal:?}");
+        }
+    }
+
+    /// The body grammar: the proof ends at the first empty line, at most 63
+    /// lines, and the old size line must come first.
+    #[test]
+    fn request_grammar_is_enforced() {
+        let hash = BASE64.encode([9u8; 32]);
+        let too_many = format!("old 1\n{}\n", format!("{hash}\n").repeat(64));
+        assert!(matches!(
+            parse_request(too_many.as_bytes()),
+            Err(Refusal::Malformed(_))
+        ));
+        let just_enough = format!("old 1\n{}\n", format!("{hash}\n").repeat(63));
+        // 63 lines parse; the (missing) checkpoint is what fails.
+        let error = parse_request(just_enough.as_bytes()).expect_err("no checkpoint");
+        assert!(error.to_string().contains("checkpoint"), "{error}");
+        assert!(parse_request(b"old 1").is_err());
+        assert!(parse_request(b"new 1\n\n").is_err());
+        assert!(parse_request(b"old  1\n\n").is_err());
+    }
+}
