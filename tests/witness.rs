@@ -351,3 +351,54 @@ async fn odd_inputs_get_4xx() {
     assert_eq!(get.status().as_u16(), 405);
     witness.task.abort();
 }
+
+/// Goal: check and persist are atomic: of many concurrent requests from the
+/// same old size, exactly one is cosigned and the rest get 409 with the
+/// size that one stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_cosign_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let witness = start(dir.path()).await;
+    let mut tasks = Vec::new();
+    for size in 3..11u64 {
+        let t = tree(size, false);
+        let request = body(0, &t, &all_replicas(&t));
+        let addr = witness.addr;
+        tasks.push(tokio::spawn(
+            async move { (size, post(addr, request).await) },
+        ));
+    }
+    let mut cosigned = Vec::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        let (size, answer) = task.await.expect("task");
+        match answer.status {
+            200 => cosigned.push(size),
+            409 => refused.push(answer.body),
+            other => panic!("size {size}: unexpected {other}: {}", answer.body),
+        }
+    }
+    assert_eq!(cosigned.len(), 1, "{cosigned:?}");
+    let stored = format!("{}\n", cosigned[0]);
+    assert!(
+        refused.iter().all(|b| *b == stored),
+        "{refused:?} vs {stored:?}"
+    );
+    witness.task.abort();
+}
+
+/// Goal: a witness key that group or others can read is refused at start.
+#[tokio::test]
+async fn readable_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    vellum::witness::open(dir.path(), WITNESS_NAME, vec![policy()])
+        .await
+        .expect("first start creates the key");
+    let key = dir.path().join("witness.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let error = vellum::witness::open(dir.path(), WITNESS_NAME, vec![policy()])
+        .await
+        .expect_err("readable key refused");
+    assert!(error.to_string().contains("chmod 600"), "{error}");
+}
