@@ -28,5 +28,6 @@ pub mod storage;
 pub mod types;
 pub mod verify;
 pub mod vsr;
+pub mod witness;
 
 pub use types::{EventPersister, Offset, PersistError, StreamId};

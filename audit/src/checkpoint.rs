@@ -15,6 +15,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::cosignature::{ValidCosignature, check_cosignatures};
 use crate::error::DecodeError;
 use crate::hash::Hash;
 use crate::note::{Note, NoteError, Signer, Verifier};
@@ -143,6 +144,9 @@ pub struct VerifiedCertificate {
     pub checkpoint: Checkpoint,
     /// The distinct pinned keys whose signatures verified.
     pub signers: Vec<Verifier>,
+    /// The distinct pinned outside witnesses whose cosignatures verified
+    /// (c2sp.org/tlog-cosignature), with the time each claims.
+    pub cosigners: Vec<ValidCosignature>,
 }
 
 /// Why a certificate was not accepted.
@@ -162,6 +166,17 @@ pub enum CertificateError {
         /// The policy's quorum.
         needed: usize,
         /// `name+keyid` of each pinned-key signature that did not verify.
+        failed: Vec<String>,
+    },
+    /// Too few valid cosignatures of pinned outside witnesses, or a
+    /// cosignature of a pinned witness that fails.
+    #[error("{} valid cosignatures of pinned witnesses [{}], {needed} needed; failed: [{}]", valid.len(), valid.join(", "), failed.join(", "))]
+    WitnessQuorumNotMet {
+        /// Names of the distinct pinned witnesses whose cosignature verified.
+        valid: Vec<String>,
+        /// The policy's cosigner quorum.
+        needed: usize,
+        /// `name+keyid: why` of each pinned-witness cosignature that failed.
         failed: Vec<String>,
     },
     /// The pinned keys themselves are ambiguous.
@@ -199,7 +214,9 @@ impl Certificate {
 
     /// Checks the origin and that at least `policy.quorum` distinct pinned
     /// keys signed validly; any failing signature of a pinned key rejects the
-    /// certificate (signed-note's SHOULD). Unknown keys are ignored.
+    /// certificate (signed-note's SHOULD). Unknown keys are ignored. Then
+    /// the same for outside witnesses: at least `policy.cosigner_quorum`
+    /// distinct pinned cosigners, and no failing cosignature of one.
     pub fn verify(&self, policy: &Policy) -> Result<VerifiedCertificate, CertificateError> {
         if self.checkpoint.origin != policy.origin {
             return Err(CertificateError::OriginMismatch {
@@ -223,9 +240,26 @@ impl Certificate {
                 failed,
             });
         }
+        let cosigned = check_cosignatures(&self.note, &policy.cosigners);
+        if cosigned.valid.len() < policy.cosigner_quorum || !cosigned.failed.is_empty() {
+            return Err(CertificateError::WitnessQuorumNotMet {
+                valid: cosigned
+                    .valid_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                needed: policy.cosigner_quorum,
+                failed: cosigned
+                    .failed
+                    .iter()
+                    .map(|(s, why)| format!("{}+{}: {why}", s.name, crate::hash::to_hex(&s.key_id)))
+                    .collect(),
+            });
+        }
         Ok(VerifiedCertificate {
             checkpoint: self.checkpoint.clone(),
             signers: check.valid,
+            cosigners: cosigned.valid,
         })
     }
 }

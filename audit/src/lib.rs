@@ -3,8 +3,9 @@
 //!
 //! Every byte format Vellum writes is defined here, once: op records and
 //! segment files (`record`, `segment`), the per-event Merkle leaf (`leaf`),
-//! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes and
-//! checkpoints (`note`, `checkpoint`), `tlog-proof@v1` proofs (`proof`),
+//! the RFC 6962 Merkle tree and its proofs (`merkle`), C2SP signed notes,
+//! checkpoints and witness cosignatures (`note`, `checkpoint`,
+//! `cosignature`), `tlog-proof@v1` proofs (`proof`),
 //! the trust policy (`policy`) and the tree laid out as C2SP `tlog-tiles`
 //! (`tiles`). The writer in the `vellum` crate uses these same types, so the
 //! verifier can never disagree with the writer about a format. This crate is synchronous, opens no socket and no database.
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod cosignature;
 pub mod error;
 pub mod hash;
 pub mod html;

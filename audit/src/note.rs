@@ -31,7 +31,7 @@ pub const SIGNATURES_MAX: usize = 100;
 pub const SIGNATURE_TYPE_ED25519: u8 = 0x01;
 
 const FORMAT: &str = "signed note";
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub(crate) const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 /// Why a note could not be signed or did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +91,7 @@ fn key_id_of(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
 
 /// Overwrites a secret temporary. Best effort: this crate has no `zeroize`
 /// dependency, so `black_box` keeps the write from being optimized away.
-fn wipe(bytes: &mut [u8]) {
+pub(crate) fn wipe(bytes: &mut [u8]) {
     bytes.fill(0);
     std::hint::black_box(bytes);
 }
@@ -279,17 +279,17 @@ impl Verifier {
 }
 
 /// The three `+`-separated fields of an encoded key, with their offsets.
-struct KeyFields<'a> {
-    name: &'a str,
-    key_id: [u8; 4],
-    id_offset: usize,
-    key: &'a str,
-    key_offset: usize,
+pub(crate) struct KeyFields<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) key_id: [u8; 4],
+    pub(crate) id_offset: usize,
+    pub(crate) key: &'a str,
+    pub(crate) key_offset: usize,
 }
 
 /// Splits `<name>+<8 lowercase hex>+<base64>`; `base` is the offset of
 /// `text` in the whole input, for error locations.
-fn split_key<'a>(
+pub(crate) fn split_key<'a>(
     text: &'a str,
     base: usize,
     format: &'static str,
@@ -360,7 +360,8 @@ pub struct NoteSignature {
 }
 
 impl NoteSignature {
-    fn line(&self) -> String {
+    /// The encoded signature line, `— <name> <base64>` and a newline.
+    pub fn line(&self) -> String {
         let mut raw = Vec::with_capacity(4 + self.signature.len());
         raw.extend_from_slice(&self.key_id);
         raw.extend_from_slice(&self.signature);
@@ -562,7 +563,7 @@ fn check_unambiguous(verifiers: &[Verifier]) -> Result<(), NoteError> {
 }
 
 /// Parses `— <name> <base64(key id || signature)>` (without the newline).
-fn parse_signature_line(line: &str) -> Result<NoteSignature, &'static str> {
+pub(crate) fn parse_signature_line(line: &str) -> Result<NoteSignature, &'static str> {
     let rest = line
         .strip_prefix(SIGNATURE_PREFIX)
         .ok_or("signature line does not start with an em dash (U+2014) and a space")?;

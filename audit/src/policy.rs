@@ -25,7 +25,22 @@
 //! - witness names are local labels; `encode` writes each key's own name, and
 //!   key names must be distinct too, so errors can name the replica;
 //! - witness URLs are accepted and dropped.
+//!
+//! Outside witnesses (c2sp.org/tlog-witness, cosignatures per
+//! c2sp.org/tlog-cosignature) are pinned with two Vellum directives, because
+//! `witness` already names replica keys here:
+//!
+//! ```text
+//! cosigner witness.example/w1 witness.example/w1+8d66cf3f+BA... [url]
+//! cosigner-quorum 1
+//! ```
+//!
+//! `cosigner` pins an Ed25519 cosignature/v1 key (vkey type `0x04`);
+//! `cosigner-quorum` (`all`, `any` or `0..=n`) says how many distinct pinned
+//! cosigners must have cosigned a certificate. A policy without `cosigner`
+//! lines needs no cosignature, and parses exactly as before.
 
+use crate::cosignature::CosignerKey;
 use crate::error::DecodeError;
 use crate::note::{Verifier, is_valid_key_name};
 
@@ -59,6 +74,9 @@ pub enum PolicyError {
     /// More keys than [`POLICY_VERIFIERS_MAX`].
     #[error("{0} pinned keys, more than the limit")]
     TooManyKeys(usize),
+    /// A cosigner quorum larger than the number of pinned cosigners.
+    #[error("cosigner quorum {quorum} is larger than the {keys} pinned cosigners")]
+    CosignerQuorumAboveKeys { quorum: usize, keys: usize },
 }
 
 /// A validated trust policy.
@@ -70,6 +88,10 @@ pub struct Policy {
     pub verifiers: Vec<Verifier>,
     /// How many distinct pinned keys must sign (f+1 of 2f+1).
     pub quorum: usize,
+    /// Pinned outside witnesses (cosignature/v1 keys); empty: none.
+    pub cosigners: Vec<CosignerKey>,
+    /// How many distinct pinned cosigners must have cosigned (0: none).
+    pub cosigner_quorum: usize,
 }
 
 impl Policy {
@@ -112,7 +134,54 @@ impl Policy {
             origin: origin.to_owned(),
             verifiers,
             quorum,
+            cosigners: Vec::new(),
+            cosigner_quorum: 0,
         })
+    }
+
+    /// This policy with outside witnesses pinned: `quorum` distinct
+    /// `cosigners` must have cosigned every certificate (0: reported only).
+    pub fn with_cosigners(
+        mut self,
+        cosigners: Vec<CosignerKey>,
+        quorum: usize,
+    ) -> Result<Policy, PolicyError> {
+        if self.verifiers.len() + cosigners.len() > POLICY_VERIFIERS_MAX {
+            return Err(PolicyError::TooManyKeys(
+                self.verifiers.len() + cosigners.len(),
+            ));
+        }
+        for (i, c) in cosigners.iter().enumerate() {
+            let replica_key = self
+                .verifiers
+                .iter()
+                .any(|v| v.public_key() == c.public_key());
+            if replica_key
+                || cosigners[..i]
+                    .iter()
+                    .any(|e| e.public_key() == c.public_key())
+            {
+                return Err(PolicyError::DuplicateKey {
+                    name: c.name().to_owned(),
+                });
+            }
+            let name_taken = self.verifiers.iter().any(|v| v.name() == c.name())
+                || cosigners[..i].iter().any(|e| e.name() == c.name());
+            if name_taken {
+                return Err(PolicyError::DuplicateName {
+                    name: c.name().to_owned(),
+                });
+            }
+        }
+        if quorum > cosigners.len() {
+            return Err(PolicyError::CosignerQuorumAboveKeys {
+                quorum,
+                keys: cosigners.len(),
+            });
+        }
+        self.cosigners = cosigners;
+        self.cosigner_quorum = quorum;
+        Ok(self)
     }
 
     /// The text form (see the module documentation).
@@ -126,7 +195,14 @@ impl Policy {
             out.push(' ');
             out.push_str(v.name());
         }
-        out.push_str(&format!("\nquorum {QUORUM_GROUP_NAME}\n"));
+        out.push('\n');
+        for c in &self.cosigners {
+            out.push_str(&format!("cosigner {} {}\n", c.name(), c.to_vkey()));
+        }
+        if !self.cosigners.is_empty() {
+            out.push_str(&format!("cosigner-quorum {}\n", self.cosigner_quorum));
+        }
+        out.push_str(&format!("quorum {QUORUM_GROUP_NAME}\n"));
         out
     }
 
@@ -160,6 +236,8 @@ struct Parser {
     witnesses: Vec<(String, Verifier)>,
     group: Option<(String, usize, Vec<usize>)>,
     quorum: Option<(usize, usize, Vec<usize>)>,
+    cosigners: Vec<(String, CosignerKey)>,
+    cosigner_quorum: Option<(usize, String)>,
     line: usize,
 }
 
@@ -184,6 +262,8 @@ impl Parser {
             "witness" => self.witness(args),
             "group" => self.group(args),
             "quorum" => self.quorum(args),
+            "cosigner" => self.cosigner(args),
+            "cosigner-quorum" => self.cosigner_quorum(args),
             "log" => Err(
                 "log lines are not supported: vellum checkpoints are signed by replicas, \
                           pin them with witness lines"
@@ -283,9 +363,58 @@ impl Parser {
         Ok(())
     }
 
+    fn cosigner(&mut self, args: &[&str]) -> Result<(), String> {
+        let (name, vkey) = match args {
+            [name, vkey] | [name, vkey, _] => (*name, *vkey),
+            _ => return Err("cosigner takes a name, a vkey and an optional url".to_owned()),
+        };
+        if self.cosigner_quorum.is_some() {
+            return Err("cosigner lines must come before the cosigner-quorum line".to_owned());
+        }
+        self.check_new_name(name)?;
+        let key =
+            CosignerKey::parse_vkey(vkey).map_err(|error| format!("cosigner {name}: {error}"))?;
+        let pinned_twice = self
+            .witnesses
+            .iter()
+            .any(|(_, v)| v.public_key() == key.public_key())
+            || self
+                .cosigners
+                .iter()
+                .any(|(_, c)| c.public_key() == key.public_key());
+        if pinned_twice {
+            return Err(format!("public key of cosigner {name} is pinned twice"));
+        }
+        let name_twice = self.witnesses.iter().any(|(_, v)| v.name() == key.name())
+            || self.cosigners.iter().any(|(_, c)| c.name() == key.name());
+        if name_twice {
+            return Err(format!("key name {} is pinned twice", key.name()));
+        }
+        if self.witnesses.len() + self.cosigners.len() >= POLICY_VERIFIERS_MAX {
+            return Err(format!("more than {POLICY_VERIFIERS_MAX} pinned keys"));
+        }
+        self.cosigners.push((name.to_owned(), key));
+        Ok(())
+    }
+
+    fn cosigner_quorum(&mut self, args: &[&str]) -> Result<(), String> {
+        let [threshold] = args else {
+            return Err("cosigner-quorum takes exactly one threshold".to_owned());
+        };
+        if self.cosigner_quorum.is_some() {
+            return Err("second cosigner-quorum line".to_owned());
+        }
+        if self.cosigners.is_empty() {
+            return Err("cosigner-quorum without cosigner lines above".to_owned());
+        }
+        self.cosigner_quorum = Some((self.line, (*threshold).to_owned()));
+        Ok(())
+    }
+
     fn check_new_name(&self, name: &str) -> Result<(), String> {
         let taken = name == "none"
             || self.witnesses.iter().any(|(n, _)| n == name)
+            || self.cosigners.iter().any(|(n, _)| n == name)
             || self.group.as_ref().is_some_and(|(g, _, _)| g == name);
         if taken {
             return Err(format!("name {name} is already defined"));
@@ -311,8 +440,29 @@ impl Parser {
                 format!("witness {name} is not part of the quorum"),
             ));
         }
+        let cosigner_quorum = match (&self.cosigner_quorum, self.cosigners.is_empty()) {
+            (None, true) => 0,
+            (None, false) => {
+                return Err((
+                    Some(line),
+                    "cosigner lines need a cosigner-quorum line before the quorum line".to_owned(),
+                ));
+            }
+            (Some((at, threshold)), _) => {
+                let n = self.cosigners.len();
+                match threshold.as_str() {
+                    "all" => n,
+                    "any" => 1,
+                    "0" => 0,
+                    digits => parse_threshold(digits, n).map_err(|error| (Some(*at), error))?,
+                }
+            }
+        };
         let verifiers: Vec<Verifier> = self.witnesses.into_iter().map(|(_, v)| v).collect();
-        Policy::new(&origin, verifiers, quorum).map_err(|error| (Some(line), error.to_string()))
+        let cosigners: Vec<CosignerKey> = self.cosigners.into_iter().map(|(_, c)| c).collect();
+        Policy::new(&origin, verifiers, quorum)
+            .and_then(|policy| policy.with_cosigners(cosigners, cosigner_quorum))
+            .map_err(|error| (Some(line), error.to_string()))
     }
 }
 

@@ -308,12 +308,26 @@ fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
                 .iter()
                 .map(|v| key(v.name(), v.key_id()))
                 .collect();
-            return PartCheck::pass(format!(
+            let mut detail = format!(
                 "{} of {} needed distinct pinned keys signed: {}",
                 signers.len(),
                 policy.quorum,
                 signers.join(", ")
-            ));
+            );
+            if !policy.cosigners.is_empty() {
+                let cosigners: Vec<String> = verified
+                    .cosigners
+                    .iter()
+                    .map(|c| key(c.key.name(), c.key.key_id()))
+                    .collect();
+                detail.push_str(&format!(
+                    "; {} of {} needed pinned witnesses cosigned: {}",
+                    cosigners.len(),
+                    policy.cosigner_quorum,
+                    cosigners.join(", ")
+                ));
+            }
+            return PartCheck::pass(detail);
         }
         Err(CertificateError::QuorumNotMet { .. }) => certificate
             .note

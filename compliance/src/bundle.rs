@@ -34,6 +34,10 @@
 //!   manifest.sig     C2SP signed note, text "vellum-bundle/v1\n<manifest.json
 //!                    SHA-256, lowercase hex>\n", signed by the exporting
 //!                    replica's key
+//!   cosignatures.txt optional, not in the manifest: witness cosignature
+//!                    lines (c2sp.org/tlog-cosignature) over certificate.txt,
+//!                    added after export (`vellum witness submit --bundle`);
+//!                    they authenticate themselves, so no manifest entry
 //! ```
 //!
 //! `records` is the number of lines of an `.ndjson` file and 1 for
@@ -88,6 +92,9 @@ pub const EVENTS_FILE: &str = "events.ndjson";
 pub const PROOFS_FILE: &str = "proofs.ndjson";
 /// The certificate file.
 pub const CERTIFICATE_FILE: &str = "certificate.txt";
+/// The optional file of witness cosignature lines over the certificate
+/// (c2sp.org/tlog-cosignature), added after export: not in the manifest.
+pub const COSIGNATURES_FILE: &str = "cosignatures.txt";
 /// The manifest.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest signature.
@@ -682,9 +689,17 @@ pub fn verify_bundle(dir: &Path, policy: &Policy) -> Report {
     let (manifest_check, manifest) = check_manifest(dir, policy);
     let files_check = check_files(dir, manifest.as_ref());
     let (certificate_check, certificate, reached) = check_certificate(dir, policy);
+    // The witness quorum is checked once, on certificate.txt (with the
+    // cosignatures file); every proof must be against that same checkpoint,
+    // so the proofs need only the replica quorum.
+    let replica_policy = Policy {
+        cosigners: Vec::new(),
+        cosigner_quorum: 0,
+        ..policy.clone()
+    };
     let events_check = check_events(
         dir,
-        policy,
+        &replica_policy,
         manifest.as_ref().map(|m| m.query),
         certificate.as_ref(),
     );
@@ -768,6 +783,7 @@ fn check_listing(check: &mut Check, dir: &Path) {
         EVENTS_FILE,
         PROOFS_FILE,
         CERTIFICATE_FILE,
+        COSIGNATURES_FILE,
     ];
     for (seen, entry) in entries.enumerate() {
         if seen == BUNDLE_ENTRIES_MAX {
@@ -1069,9 +1085,23 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
             return (check.finish(), None, None);
         }
     };
-    let reached = match certificate.verify(policy) {
+    let mut cosigned = certificate.clone();
+    if let Err((place, why)) = add_cosignatures(dir, &mut cosigned) {
+        check.fail(FailureKind::BundleMismatch, place, why);
+        return (check.finish(), Some(certificate), None);
+    }
+    let reached = match cosigned.verify(policy) {
         Ok(verified) => {
             check.count("signatures", verified.signers.len() as u64);
+            if !policy.cosigners.is_empty() {
+                check.count("witness cosignatures", verified.cosigners.len() as u64);
+                let names: Vec<String> = verified
+                    .cosigners
+                    .iter()
+                    .map(|c| format!("{}+{}", c.key.name(), to_hex(&c.key.key_id())))
+                    .collect();
+                check.note = Some(format!("cosigned by: {}", names.join(", ")));
+            }
             Some(Reached {
                 tree_size: verified.checkpoint.size,
                 root: to_hex(&verified.checkpoint.root),
@@ -1093,6 +1123,29 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
         }
     };
     (check.finish(), Some(certificate), reached)
+}
+
+/// Appends the lines of `cosignatures.txt`, if the bundle has one, to the
+/// certificate's note; the place and reason when they are unreadable.
+fn add_cosignatures(dir: &Path, certificate: &mut Certificate) -> Result<(), (String, String)> {
+    let path = dir.join(COSIGNATURES_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let place = |what: String| (COSIGNATURES_FILE.to_string(), what);
+    let text = read_bounded(&path, NOTE_BYTES_MAX as u64)
+        .and_then(|b| String::from_utf8(b).map_err(|_| "is not UTF-8".to_string()))
+        .map_err(place)?;
+    let lines = vellum_audit::cosignature::parse_signature_lines(&text)
+        .map_err(|e| (format!("{COSIGNATURES_FILE} {}", e.location), e.to_string()))?;
+    let signatures = &mut certificate.note.signatures;
+    if signatures.len() + lines.len() > vellum_audit::note::SIGNATURES_MAX {
+        return Err(place(
+            "too many signature lines with the certificate's".to_string(),
+        ));
+    }
+    signatures.extend(lines);
+    Ok(())
 }
 
 /// Reads one `\n`-terminated line of at most [`BUNDLE_LINE_BYTES_MAX`]

@@ -15,6 +15,7 @@ mod sim;
 mod start;
 pub mod time;
 mod verify;
+mod witness;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Run the deterministic simulator of the replicated core (seeded faults, checkers).
     Sim(sim::SimArgs),
+    /// Run an outside witness (c2sp.org/tlog-witness): cosigns a log's
+    /// checkpoints only if consistent with every one it cosigned before.
+    Witness(witness::WitnessArgs),
 }
 
 /// `vellum index ...`
@@ -149,6 +153,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => init::rebuild_index(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Witness(args) => witness::run(args),
     }
 }
 
