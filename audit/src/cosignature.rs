@@ -218,14 +218,11 @@ impl CosignerKey {
 
     /// `<name>+<hex key id>+<base64(0x04 || public key)>`.
     pub fn to_vkey(&self) -> String {
-        let mut raw = [0u8; 33];
-        raw[0] = SIGNATURE_TYPE_COSIGNATURE_V1;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            to_hex(&self.key_id),
-            BASE64.encode(raw)
+        crate::note::vkey_text(
+            &self.name,
+            &self.key_id,
+            SIGNATURE_TYPE_COSIGNATURE_V1,
+            self.key.as_bytes(),
         )
     }
 

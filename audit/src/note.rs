@@ -242,14 +242,11 @@ impl Verifier {
 
     /// `<name>+<hex id>+<base64(0x01 || public key)>`.
     pub fn to_vkey(&self) -> String {
-        let mut raw = [0u8; 33];
-        raw[0] = SIGNATURE_TYPE_ED25519;
-        raw[1..].copy_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{}+{}",
-            self.name,
-            to_hex(&self.key_id),
-            BASE64.encode(raw)
+        vkey_text(
+            &self.name,
+            &self.key_id,
+            SIGNATURE_TYPE_ED25519,
+            self.key.as_bytes(),
         )
     }
 
@@ -584,6 +581,16 @@ pub(crate) fn parse_signature_line(line: &str) -> Result<NoteSignature, &'static
         key_id: [raw[0], raw[1], raw[2], raw[3]],
         signature: raw[4..].to_vec(),
     })
+}
+
+/// A verifier key's text, `<name>+<hex key id>+<base64(type || public key)>`
+/// (c2sp.org/signed-note), for any signature type (replica keys, witness
+/// cosigner keys).
+pub(crate) fn vkey_text(name: &str, key_id: &[u8; 4], sig_type: u8, key: &[u8; 32]) -> String {
+    let mut raw = [0u8; 33];
+    raw[0] = sig_type;
+    raw[1..].copy_from_slice(key);
+    format!("{name}+{}+{}", to_hex(key_id), BASE64.encode(raw))
 }
 
 #[cfg(test)]
