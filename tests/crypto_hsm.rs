@@ -95,6 +95,32 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What most HSM tests start with: the token (None: skip), the lock that
+/// keeps them one at a time, a work directory and a config for a new key.
+struct Setup {
+    token: Token,
+    _serial: std::sync::MutexGuard<'static, ()>,
+    dir: TestDir,
+    config: Pkcs11Config,
+}
+
+fn setup(test: &str, dir_prefix: &str, label: &str) -> Option<Setup> {
+    let token = token(test)?;
+    let serial = lock();
+    let dir = TestDir::new(dir_prefix);
+    let config = config(
+        &token,
+        &unique_label(label),
+        &pin_file(dir.path(), &token.pin),
+    );
+    Some(Setup {
+        token,
+        _serial: serial,
+        dir,
+        config,
+    })
+}
+
 /// True when `a` and `b` are the same key: each opens what the other sealed.
 fn same_key(a: &DataKey, b: &DataKey) -> bool {
     let aad = EventAad {
@@ -117,16 +143,19 @@ fn same_key(a: &DataKey, b: &DataKey) -> bool {
 /// the wrapped bytes differ from the key (it is not stored in the clear).
 #[test]
 fn hsm_kek_wrap_then_unwrap_gives_the_same_dek() {
-    let Some(token) = token("hsm_kek_wrap_then_unwrap_gives_the_same_dek") else {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir,
+        config,
+    }) = setup(
+        "hsm_kek_wrap_then_unwrap_gives_the_same_dek",
+        "hsm-roundtrip",
+        "roundtrip",
+    )
+    else {
         return;
     };
-    let _serial = lock();
-    let dir = TestDir::new("hsm-roundtrip");
-    let config = config(
-        &token,
-        &unique_label("roundtrip"),
-        &pin_file(dir.path(), &token.pin),
-    );
     let kek = Pkcs11Kek::generate(&config).expect("generate the kek on the token");
     for stream in [16u64, 17, u64::MAX] {
         let dek = DataKey::generate().expect("dek");
@@ -176,16 +205,15 @@ fn hsm_kek_wrap_then_unwrap_gives_the_same_dek() {
 /// and the key store refuses a tampered key file whose checksum was fixed up.
 #[test]
 fn hsm_kek_refuses_a_flipped_byte() {
-    let Some(token) = token("hsm_kek_refuses_a_flipped_byte") else {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir,
+        config,
+    }) = setup("hsm_kek_refuses_a_flipped_byte", "hsm-flip", "flip")
+    else {
         return;
     };
-    let _serial = lock();
-    let dir = TestDir::new("hsm-flip");
-    let config = config(
-        &token,
-        &unique_label("flip"),
-        &pin_file(dir.path(), &token.pin),
-    );
     let kek = Pkcs11Kek::generate(&config).expect("generate");
     let dek = DataKey::generate().expect("dek");
     let (nonce, wrapped) = kek.wrap_dek(&dek, 5, 99).expect("wrap");
@@ -244,16 +272,15 @@ fn hsm_kek_refuses_a_flipped_byte() {
 /// leave the token (extractable, or not sensitive) is refused as a KEK.
 #[test]
 fn hsm_kek_is_not_extractable() {
-    let Some(token) = token("hsm_kek_is_not_extractable") else {
+    let Some(Setup {
+        token,
+        _serial,
+        dir: _dir,
+        config,
+    }) = setup("hsm_kek_is_not_extractable", "hsm-extract", "extract")
+    else {
         return;
     };
-    let _serial = lock();
-    let dir = TestDir::new("hsm-extract");
-    let config = config(
-        &token,
-        &unique_label("extract"),
-        &pin_file(dir.path(), &token.pin),
-    );
     let kek = Pkcs11Kek::generate(&config).expect("generate");
     let error = kek
         .try_read_key_value()
