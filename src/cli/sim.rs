@@ -22,6 +22,10 @@ pub struct SimArgs {
     /// Ticks of the fault phase (convergence gets its own bound after it).
     #[arg(long, default_value_t = sim::options::FAULT_TICKS_DEFAULT, value_parser = crate::cli::number_flag)]
     ticks: u64,
+    /// Run the cores with tiny windows (4 ops in flight, 8 headers in a
+    /// view change), so logs outgrow a view change's headers.
+    #[arg(long)]
+    small_windows: bool,
     /// Print JSON (one object per seed).
     #[arg(long)]
     json: bool,
@@ -51,6 +55,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     }
     let mut template = Options::new(0, args.replicas);
     template.fault_ticks = args.ticks;
+    template.small_windows = args.small_windows;
     #[cfg(feature = "sim-broken")]
     if let Some(broken) = args.broken {
         template.broken = match broken {

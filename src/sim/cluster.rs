@@ -312,7 +312,12 @@ impl Sim {
         let nonce = self.prng.next_u64();
         self.trace.event(self.now, index, 1, nonce);
         // The bounds a real replica runs with.
-        let config = Config::for_cluster(self.cluster, self.options.replicas, index);
+        let mut config = Config::for_cluster(self.cluster, self.options.replicas, index);
+        if self.options.small_windows {
+            config.pipeline_max = super::options::SMALL_PIPELINE_MAX;
+            config.request_queue_max = 4 * super::options::SMALL_PIPELINE_MAX;
+            config.view_change_headers_max = super::options::SMALL_VIEW_CHANGE_HEADERS_MAX;
+        }
         let node = &mut self.nodes[usize::from(index)];
         let restart = node.incarnation > 0;
         if restart {

@@ -101,7 +101,17 @@ pub struct Options {
     pub profile: FaultProfile,
     /// A deliberately broken core (honoured only with `sim-broken`).
     pub broken: Broken,
+    /// Run the cores with tiny windows (`SMALL_PIPELINE_MAX` ops in flight,
+    /// `SMALL_VIEW_CHANGE_HEADERS_MAX` headers in a view change), so a run
+    /// of a few thousand ticks has logs far longer than a view change's
+    /// headers: the paths of a real replica after hours of traffic.
+    pub small_windows: bool,
 }
+
+/// Pipeline of a core under `Options::small_windows`.
+pub const SMALL_PIPELINE_MAX: usize = 4;
+/// View change headers of a core under `Options::small_windows`.
+pub const SMALL_VIEW_CHANGE_HEADERS_MAX: usize = 8;
 
 impl Options {
     /// The defaults for `seed` with `replicas` replicas.
@@ -114,6 +124,7 @@ impl Options {
             clients: 4,
             profile: FaultProfile::DEFAULT,
             broken: Broken::None,
+            small_windows: false,
         }
     }
 }

@@ -59,6 +59,13 @@ impl Sim {
             }
             self.now += 1;
         }
+        if self.debug {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some(r) = &node.replica {
+                    eprintln!("r{i} tail: {}", r.describe_tail());
+                }
+            }
+        }
         Err(RunError::Stuck {
             ticks: self.options.converge_ticks_max,
             state: self.describe(),

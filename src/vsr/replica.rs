@@ -469,6 +469,34 @@ impl Replica {
     }
 
     /// The commit number.
+    /// One line per op above the commit: state, checksum and parent
+    /// prefixes, and the repairs in flight (the simulator prints it for a
+    /// replica that did not converge).
+    pub fn describe_tail(&self) -> String {
+        let short = |h: &[u8; 32]| {
+            h[..3]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let mut out = format!(
+            "commit {} commit_max {} durable {} tree {} repairs {:?}\n",
+            self.commit,
+            self.commit_max,
+            self.journal.durable_op(),
+            self.journal.tree_op(),
+            self.repairs.keys().collect::<Vec<_>>()
+        );
+        for op in self.commit.saturating_sub(1).max(1)..=self.journal.op() {
+            let slot = self.journal.slot(op).expect("within the journal");
+            let header = slot
+                .header
+                .map(|h| format!("{} <- {}", short(&h.checksum()), short(&h.parent)));
+            out.push_str(&format!("  op {op} {:?} {header:?}\n", slot.state));
+        }
+        out
+    }
+
     pub fn commit(&self) -> u64 {
         self.commit
     }

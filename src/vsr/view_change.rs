@@ -2,7 +2,12 @@
 //! start_view. Every move to a higher view is saved before it takes effect,
 //! so a replica never goes back in view across restarts. The new primary
 //! keeps every committed op, keeps the uncommitted ops the newest log view
-//! names unless a quorum nacks them, and drops the rest.
+//! names unless a quorum nacks them, and drops the rest. A view change
+//! carries only the newest headers of each log, so below them a replica's
+//! own ops may be stale leftovers of older views: below the highest known
+//! commit only headers claimed as committed are taken, and a replica that
+//! adopts a log keeps an own uncommitted op only if it chains, header by
+//! header, up to the new log (`first_unproven_below`).
 //!
 //! # The nack (protocol-aware recovery)
 //!
@@ -257,15 +262,8 @@ impl Replica {
             if self.journal.header(*k).is_some_and(|own| own != header) {
                 lower(*k);
             }
-            let below = k - 1;
-            let stale_below = below > 0
-                && !canonical.contains_key(&below)
-                && self
-                    .journal
-                    .header(below)
-                    .is_some_and(|own| own.checksum() != header.parent);
-            if stale_below {
-                lower(below);
+            if let Some(stale) = self.first_unproven_below(*k, header, canonical) {
+                lower(stale);
             }
         }
         if let Some(first) = diverge {
@@ -279,6 +277,13 @@ impl Replica {
             });
             self.journal.discard_bodies_after(first - 1);
             self.journal.shorten_to(op);
+            // A header the new log does not name is no longer known to be
+            // in it: fetched by its checksum, a stale one would never come.
+            for k in first..=op.min(self.journal.op()) {
+                if !canonical.contains_key(&k) {
+                    self.journal.forget(k);
+                }
+            }
             self.repairs.clear();
             // The ops cut were not committed: none is one an earlier life
             // of this replica may have acknowledged into a commit.
@@ -295,6 +300,40 @@ impl Replica {
             // module doc); one that kept its disk holds all it acknowledged.
             self.nack_floor = if self.recovery_counts_self { 0 } else { op };
         }
+    }
+
+    /// The lowest uncommitted own op below canonical op `k` (whose own
+    /// predecessor the canonical headers do not name) that is not proven to
+    /// be in the canonical log, if any.
+    ///
+    /// Own ops there are kept only if they chain, header by header, up to
+    /// `k`: a view change carries only the newest headers, so an own op
+    /// below them may be a stale leftover of an older view (prepared by a
+    /// partitioned primary, say) that happens to sit under a gap. Kept, it
+    /// would later be committed by a certificate whose root was never
+    /// compared with it. Walking down from `k`, the first own header that
+    /// does not chain (or a slot without one) makes every own op at or
+    /// below it unproven; the lowest of them is where the log must be cut.
+    fn first_unproven_below(
+        &self,
+        k: u64,
+        header: &OpHeader,
+        canonical: &BTreeMap<u64, OpHeader>,
+    ) -> Option<u64> {
+        let mut expected = header.parent;
+        let mut below = k - 1;
+        while below > self.commit && !canonical.contains_key(&below) {
+            match self.journal.header(below) {
+                Some(own) if own.checksum() == expected => {
+                    expected = own.parent;
+                    below -= 1;
+                }
+                _ => {
+                    return (self.commit + 1..=below).find(|j| self.journal.header(*j).is_some());
+                }
+            }
+        }
+        None
     }
 
     /// The view is saved: act as its primary.
@@ -463,8 +502,10 @@ pub(super) struct Merged {
 /// The new view's log from f+1 do_view_changes (VRR's "highest log view
 /// wins", op by op along the hash chain). Each listed header ranks by the
 /// sender's log view, or highest when the sender holds it durably and knows
-/// it committed. From the lowest listed op up, the log takes at each op the
-/// highest-ranked header that chains to the op below; above the highest
+/// it committed. At or below the highest known commit it takes only headers
+/// claimed as committed (a gap elsewhere is repaired from a peer that
+/// committed the op); above it, from the commit up, the log takes at each op
+/// the highest-ranked header that chains to the op below; above the highest
 /// known commit it ends at the first op no header continues, or below the
 /// first op whose chosen header `quorum` senders nack (module doc).
 ///
@@ -494,6 +535,24 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
         nacked: None,
     };
     for (&at, list) in &claims {
+        if at <= commit {
+            // At or below the highest known commit only a committed claim
+            // is taken: any other may be a stale leftover of an older view
+            // (a sender that knows a lower commit), and as the lowest op
+            // listed it would anchor the chain and push out the committed
+            // headers above it. An op no sender claims as committed stays a
+            // gap, fetched from a peer that committed it.
+            let committed = list.iter().find(|(rank, _)| *rank == RANK_COMMITTED);
+            if let Some((_, header)) = committed {
+                let agree = list
+                    .iter()
+                    .filter(|(r, _)| *r == RANK_COMMITTED)
+                    .all(|(_, h)| h.checksum() == header.checksum());
+                assert!(agree, "view change claims disagree on committed op {at}");
+                merged.canonical.insert(at, *header);
+            }
+            continue;
+        }
         let below = merged.canonical.get(&(at - 1)).map(OpHeader::checksum);
         if at > commit + 1 && below.is_none() {
             break; // a hole above the commit ends the log
@@ -504,20 +563,10 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
             .filter(|(_, h)| fits(h))
             .max_by_key(|(rank, _)| *rank)
             .copied();
-        let Some((rank, header)) = best else {
-            if at > commit {
-                break;
-            }
-            continue;
+        let Some((_, header)) = best else {
+            break;
         };
-        if rank == RANK_COMMITTED {
-            let agree = list
-                .iter()
-                .filter(|(r, _)| *r == RANK_COMMITTED)
-                .all(|(_, h)| h.checksum() == header.checksum());
-            assert!(agree, "view change claims disagree on committed op {at}");
-        }
-        if at > commit && nacks(dvcs, &header) >= quorum {
+        if nacks(dvcs, &header) >= quorum {
             merged.nacked = Some(at);
             break;
         }
@@ -610,6 +659,53 @@ mod tests {
 
     fn merged(a: Dvc, b: Dvc) -> Merged {
         merge(&BTreeMap::from([(0, a), (1, b)]), QUORUM)
+    }
+
+    /// Goal: below the highest known commit only headers claimed as
+    /// committed are taken. A sender of an older log view that knows a low
+    /// commit lists a stale run of ops (prepared in a view that lost them)
+    /// from below the committed sender's oldest listed op; taken, the run's
+    /// lowest op anchored the chain and its stale ops replaced committed
+    /// ones (found by `vellum sim --small-windows`, seed 116, and by the
+    /// crash test: "a view change never replaces committed op").
+    #[test]
+    fn stale_claims_below_the_commit_are_not_taken() {
+        let good = chain(10);
+        let mut parent = good[3].checksum();
+        let stale: Vec<OpHeader> = (5..=8)
+            .map(|op| {
+                let mut header = good[usize::try_from(op - 1).expect("small")];
+                header.parent = parent;
+                header.stream = 17;
+                parent = header.checksum();
+                header
+            })
+            .collect();
+        let mut newer = dvc(NACK_NONE, &[7, 8, 9, 10].map(|op| (good[op - 1], Durable)));
+        newer.log_view = 3;
+        newer.commit = 10;
+        let mut older = dvc(
+            NACK_NONE,
+            &stale.iter().map(|h| (*h, Durable)).collect::<Vec<_>>(),
+        );
+        older.log_view = 2;
+        older.commit = 4;
+        let merged = merged(newer, older);
+        assert_eq!(merged.commit, 10);
+        for op in 7..=10 {
+            assert_eq!(
+                merged.canonical.get(&op),
+                Some(&good[usize::try_from(op - 1).expect("small")]),
+                "op {op}"
+            );
+        }
+        for op in 5..=6 {
+            assert_eq!(
+                merged.canonical.get(&op),
+                None,
+                "op {op}: a stale claim is a gap"
+            );
+        }
     }
 
     /// Goal: an uncommitted op that one voter lists as missing and the other
