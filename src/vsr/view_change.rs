@@ -534,6 +534,8 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
         canonical: BTreeMap::new(),
         nacked: None,
     };
+    // The rank each chosen header above the commit was taken with.
+    let mut ranks: BTreeMap<u64, u64> = BTreeMap::new();
     for (&at, list) in &claims {
         if at <= commit {
             // At or below the highest known commit only a committed claim
@@ -563,7 +565,30 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
             .filter(|(_, h)| fits(h))
             .max_by_key(|(rank, _)| *rank)
             .copied();
-        let Some((_, header)) = best else {
+        let newest = list.iter().max_by_key(|(rank, _)| *rank).copied();
+        let below_rank = ranks.get(&(at - 1)).copied().unwrap_or(RANK_COMMITTED);
+        let chosen = match newest {
+            // A claim of a newer log view than the op below was taken from
+            // does not chain to it: in that newer log the op below is
+            // another, so the older choices below are stale. They are
+            // dropped (a gap, repaired from this claim's parent down) and
+            // the newer claim is taken: it may be a committed op.
+            Some((rank, header))
+                if !fits(&header)
+                    && rank > below_rank
+                    && best.is_none_or(|(best_rank, _)| best_rank < rank) =>
+            {
+                let mut k = at - 1;
+                while k > commit && ranks.get(&k).is_some_and(|r| *r < rank) {
+                    merged.canonical.remove(&k);
+                    ranks.remove(&k);
+                    k -= 1;
+                }
+                Some((rank, header))
+            }
+            _ => best,
+        };
+        let Some((rank, header)) = chosen else {
             break;
         };
         if nacks(dvcs, &header) >= quorum {
@@ -571,6 +596,7 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
             break;
         }
         merged.canonical.insert(at, header);
+        ranks.insert(at, rank);
         merged.op = merged.op.max(at);
     }
     merged
@@ -659,6 +685,56 @@ mod tests {
 
     fn merged(a: Dvc, b: Dvc) -> Merged {
         merge(&BTreeMap::from([(0, a), (1, b)]), QUORUM)
+    }
+
+    /// Goal: above the commit, a claim of a newer log view that does not
+    /// chain to the op taken below (from an older log view, because the
+    /// newer sender lacks that op's header) wins, and the older run below
+    /// it becomes a gap: the newer claim may be a committed op.
+    #[test]
+    fn newer_claim_above_the_commit_displaces_an_older_run_below() {
+        let good = chain(6);
+        let mut stale = good.clone();
+        let mut parent = good[1].checksum();
+        for header in &mut stale[2..] {
+            header.parent = parent;
+            header.stream = 17;
+            parent = header.checksum();
+        }
+        // The newer sender knows ops 1..2 committed, lacks op 3's header,
+        // holds 4..6 of the new log. The older one holds a stale 3..6.
+        let mut newer = dvc(
+            NACK_NONE,
+            &[
+                (good[0], Durable),
+                (good[1], Durable),
+                (good[3], Durable),
+                (good[4], Durable),
+                (good[5], Durable),
+            ],
+        );
+        newer.log_view = 3;
+        newer.commit = 2;
+        let mut older = dvc(
+            NACK_NONE,
+            &[
+                (good[0], Durable),
+                (good[1], Durable),
+                (stale[2], Durable),
+                (stale[3], Durable),
+                (stale[4], Durable),
+                (stale[5], Durable),
+            ],
+        );
+        older.log_view = 2;
+        older.commit = 2;
+        let merged = merged(newer, older);
+        assert_eq!(merged.canonical.get(&3), None, "the stale op 3 is a gap");
+        for op in [1u64, 2, 4, 5, 6] {
+            let index = usize::try_from(op - 1).expect("small");
+            assert_eq!(merged.canonical.get(&op), Some(&good[index]), "op {op}");
+        }
+        assert_eq!((merged.op, merged.nacked), (6, None));
     }
 
     /// Goal: below the highest known commit only headers claimed as
