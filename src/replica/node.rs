@@ -281,6 +281,25 @@ impl ReplicaNode {
     }
 }
 
+impl ReplicaNode {
+    /// The end of the prefix this replica serves reads from: at the
+    /// primary, its committed events; at a backup, no more than its newest
+    /// certificate covers (a quorum signed that prefix), so a backup never
+    /// answers with an op that is not provably committed, whatever its
+    /// own commit number says.
+    fn served_events(&self) -> u64 {
+        let committed = self.log.committed_events();
+        if self.log.role().is_primary {
+            return committed;
+        }
+        let certified = self
+            .log
+            .latest_certificate()
+            .map_or(0, |c| c.checkpoint.size);
+        committed.min(certified)
+    }
+}
+
 impl Node for ReplicaNode {
     fn role(&self) -> crate::server::node::NodeRole {
         let role = self.log.role();
@@ -333,23 +352,35 @@ impl Node for ReplicaNode {
     }
 
     fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        // The bound is taken before the read: the read may only go beyond
+        // it where the prefix grew meanwhile, and those events are cut.
+        let served = self.served_events();
         let events = self.log.read(stream, from, max)?;
-        Ok(events.iter().map(|e| log_event(stream, e)).collect())
+        Ok(events
+            .iter()
+            .filter(|e| e.position < served)
+            .map(|e| log_event(stream, e))
+            .collect())
     }
 
     fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        let served = self.served_events();
         let events = self.log.read_log(from, max)?;
-        Ok(events.iter().map(|(s, e)| log_event(*s, e)).collect())
+        Ok(events
+            .iter()
+            .filter(|(_, e)| e.position < served)
+            .map(|(s, e)| log_event(*s, e))
+            .collect())
     }
 
     fn committed_events(&self) -> u64 {
-        self.log.committed_events()
+        self.served_events()
     }
 
     fn wait_events(&self, seen: u64, timeout_ms: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
-            let events = self.log.committed_events();
+            let events = self.served_events();
             if events > seen || Instant::now() >= deadline {
                 return events;
             }

@@ -136,6 +136,13 @@ impl From<Unavailable> for ApiError {
     /// forwards every request a backup gets to the primary; a replica that
     /// loses the primacy while handling one answers "try again".)
     fn from(error: Unavailable) -> ApiError {
+        if let Unavailable::PositionNotReached { .. } = error {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::POSITION_NOT_REACHED,
+                error.to_string(),
+            );
+        }
         ApiError::unavailable(error.to_string())
     }
 }
