@@ -448,9 +448,9 @@ pub mod code {
     pub const UNAVAILABLE: &str = "unavailable";
     /// Storage failed on this replica (500; never for bad input).
     pub const STORAGE: &str = "storage";
-    /// The replica's committed prefix did not reach the read's
-    /// `min_position` within the wait bound: retry, or ask another
-    /// replica (503; nothing was read or written).
+    /// The read's `min_position` is beyond the committed log (the primary's
+    /// committed prefix, or a backup's after its wait): nothing was read;
+    /// ask again once the position is committed (422).
     pub const POSITION_NOT_REACHED: &str = "position_not_reached";
 }
 
@@ -486,7 +486,7 @@ pub enum ErrorCode {
     Unavailable,
     /// [`code::STORAGE`] (500).
     Storage,
-    /// [`code::POSITION_NOT_REACHED`] (503).
+    /// [`code::POSITION_NOT_REACHED`] (422).
     PositionNotReached,
 }
 

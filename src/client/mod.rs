@@ -376,9 +376,10 @@ impl Client {
 
     /// [`Client::read_stream`] at a replica whose committed prefix holds
     /// at least `min_position` events (read-your-writes: pass the
-    /// receipt's `first_position` plus its event count); the replica waits
-    /// a bounded time for it, else answers `position_not_reached` and the
-    /// client tries the next endpoint.
+    /// receipt's `first_position` plus its event count). A backup that
+    /// lags waits briefly, then forwards the read to the primary; a
+    /// position beyond the committed log is `Refused` with code
+    /// `position_not_reached`.
     pub async fn read_stream_at_least(
         &self,
         stream: u64,
@@ -750,12 +751,10 @@ fn refusal(
         ErrorCode::BadRequest
         | ErrorCode::RequestTimeout
         | ErrorCode::PayloadTooLarge
-        | ErrorCode::Refused => ClientError::Refused { code, message },
+        | ErrorCode::Refused
+        | ErrorCode::PositionNotReached => ClientError::Refused { code, message },
         // 5xx codes on a 4xx status: the answer breaks the contract.
-        ErrorCode::Indeterminate
-        | ErrorCode::Unavailable
-        | ErrorCode::Storage
-        | ErrorCode::PositionNotReached => {
+        ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))
         }
     }

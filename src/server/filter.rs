@@ -28,7 +28,7 @@ impl EventFilter {
     /// of stream ids (`5001`) and inclusive ranges (`6000-6999`), each
     /// number in its one canonical spelling and at most i64::MAX, at most
     /// [`FILTER_STREAM_ITEMS_MAX`] items; anything else is a 400 naming
-    /// the item.
+    /// the item, but a reversed range (well-formed, naming no stream) 422.
     pub fn parse(streams: Option<&str>) -> Result<EventFilter, ApiError> {
         let Some(text) = streams else {
             return Ok(EventFilter::default());
@@ -91,8 +91,9 @@ fn parse_item(index: usize, item: &str) -> Result<(u64, u64), ApiError> {
             let first = edge_number(&field, first)?;
             let last = edge_number(&field, last)?;
             if first > last {
-                return Err(ApiError::bad_request(format!(
-                    "{field}: the range {first}-{last} is reversed"
+                // Well-formed, but names no stream: refused for its meaning.
+                return Err(ApiError::refused(format!(
+                    "{field}: the range {first}-{last} is reversed (it names no stream)"
                 )));
             }
             Ok((first, last))
@@ -165,7 +166,6 @@ mod tests {
             "-1",
             "1-",
             "-",
-            "5-3",
             "1-2-3",
             "1..3",
             "18446744073709551615",
@@ -183,6 +183,16 @@ mod tests {
                 error.message
             );
         }
+        let reversed = EventFilter::parse(Some("1,5-3")).expect_err("reversed");
+        assert_eq!(
+            reversed.status,
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert!(
+            reversed.message.contains("streams[1]"),
+            "{}",
+            reversed.message
+        );
         let max = crate::bounds::EDGE_INTEGER_MAX;
         let edge = EventFilter::parse(Some(&format!("0-{max}"))).expect("the edge");
         assert!(edge.matches(&event(max)));

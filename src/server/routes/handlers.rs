@@ -62,13 +62,16 @@ pub(crate) struct LogQuery {
     streams: Option<String>,
 }
 
-/// How long a read waits for this replica's committed prefix to reach the
-/// caller's `min_position` before it answers 503 `position_not_reached`.
-pub const MIN_POSITION_WAIT_MS: u64 = 2_000;
+/// How long a read at a backup waits for its certified prefix to reach the
+/// caller's `min_position` before it answers 422 `position_not_reached`.
+/// The primary does not wait: its committed prefix is the cluster's, and a
+/// position a caller learned from a receipt is already in it.
+pub const MIN_POSITION_WAIT_MS: u64 = 200;
 
-/// Waits until this replica serves every position below `min_position`
-/// (None: no wait), at most [`MIN_POSITION_WAIT_MS`]; else 503
-/// `position_not_reached` (nothing was read).
+/// Checks that this replica serves every position below `min_position`
+/// (None: nothing to check); a backup waits for it at most
+/// [`MIN_POSITION_WAIT_MS`]. Else 422 `position_not_reached` (nothing was
+/// read).
 pub(crate) async fn await_position(
     state: &AppState,
     min_position: Option<u64>,
@@ -78,9 +81,13 @@ pub(crate) async fn await_position(
     };
     let started = std::time::Instant::now();
     let mut served = run_blocking(state, |node| node.committed_events()).await?;
+    let wait_ms = match state.node.role().is_primary {
+        true => 0,
+        false => MIN_POSITION_WAIT_MS,
+    };
     while served < asked {
         let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if waited >= MIN_POSITION_WAIT_MS {
+        if waited >= wait_ms {
             return Err(crate::server::node::Unavailable::PositionNotReached {
                 asked,
                 served,
@@ -88,7 +95,7 @@ pub(crate) async fn await_position(
             }
             .into());
         }
-        let left = MIN_POSITION_WAIT_MS - waited;
+        let left = wait_ms - waited;
         served = run_blocking(state, move |node| node.wait_events(served, left)).await?;
     }
     Ok(())
