@@ -289,14 +289,26 @@ impl ReplicaNode {
     /// own commit number says.
     fn served_events(&self) -> u64 {
         let committed = self.log.committed_events();
-        if self.log.role().is_primary {
-            return committed;
-        }
-        let certified = self
-            .log
-            .latest_certificate()
-            .map_or(0, |c| c.checkpoint.size);
-        committed.min(certified)
+        let is_primary = self.log.role().is_primary;
+        let certified = match is_primary {
+            true => None,
+            false => Some(
+                self.log
+                    .latest_certificate()
+                    .map_or(0, |c| c.checkpoint.size),
+            ),
+        };
+        served_bound(is_primary, committed, certified)
+    }
+}
+
+/// The end of the prefix a replica serves reads from, given whether it is
+/// the primary, its committed events and (at a backup) its newest
+/// certificate's tree size (None: none looked up).
+fn served_bound(is_primary: bool, committed: u64, certified: Option<u64>) -> u64 {
+    match is_primary {
+        true => committed,
+        false => committed.min(certified.unwrap_or(0)),
     }
 }
 
@@ -488,6 +500,18 @@ fn hex(hash: &vellum_audit::hash::Hash) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: a backup serves no position its newest certificate does not
+    /// cover (none without a certificate), even when its commit number is
+    /// ahead; the primary serves its committed prefix.
+    #[test]
+    fn a_backup_serves_only_its_certified_prefix() {
+        assert_eq!(served_bound(true, 10, None), 10);
+        assert_eq!(served_bound(false, 10, Some(7)), 7, "commit ahead of cert");
+        assert_eq!(served_bound(false, 7, Some(10)), 7, "cert ahead of commit");
+        assert_eq!(served_bound(false, 10, None), 0, "no certificate yet");
+        assert_eq!(served_bound(false, 10, Some(0)), 0);
+    }
 
     /// Goal: the log's errors map to each operation's typed variants, and
     /// every internal fault (the random source above all) is `Internal`

@@ -345,11 +345,11 @@ pub fn router(state: AppState) -> Router {
     );
     protected
         .merge(public)
-        .merge(internal)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             super::metrics::count,
         ))
+        .merge(internal)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(api::REQUEST_BODY_BYTES_MAX))
