@@ -254,7 +254,7 @@ async fn backup_serves(
 
 /// How long a backup waits for its certified prefix to reach a read's
 /// `min_position` before it forwards the read to the primary.
-pub const BACKUP_POSITION_WAIT_MS: u64 = 200;
+pub const BACKUP_POSITION_WAIT_MS: u64 = 100;
 
 /// The `min_position` query parameter, if given; Err when it is given in a
 /// spelling the handlers refuse (or more than once).

@@ -66,7 +66,7 @@ pub(crate) struct LogQuery {
 /// caller's `min_position` before it answers 422 `position_not_reached`.
 /// The primary does not wait: its committed prefix is the cluster's, and a
 /// position a caller learned from a receipt is already in it.
-pub const MIN_POSITION_WAIT_MS: u64 = 200;
+pub const MIN_POSITION_WAIT_MS: u64 = 100;
 
 /// Checks that this replica serves every position below `min_position`
 /// (None: nothing to check); a backup waits for it at most
