@@ -448,6 +448,10 @@ pub mod code {
     pub const UNAVAILABLE: &str = "unavailable";
     /// Storage failed on this replica (500; never for bad input).
     pub const STORAGE: &str = "storage";
+    /// The read's `min_position` is beyond the committed log (the primary's
+    /// committed prefix, or a backup's after its wait): nothing was read;
+    /// ask again once the position is committed (422).
+    pub const POSITION_NOT_REACHED: &str = "position_not_reached";
 }
 
 /// The error codes of [`code`] as a type, for clients that branch on an
@@ -482,11 +486,13 @@ pub enum ErrorCode {
     Unavailable,
     /// [`code::STORAGE`] (500).
     Storage,
+    /// [`code::POSITION_NOT_REACHED`] (422).
+    PositionNotReached,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -501,6 +507,7 @@ impl ErrorCode {
         ErrorCode::Indeterminate,
         ErrorCode::Unavailable,
         ErrorCode::Storage,
+        ErrorCode::PositionNotReached,
     ];
 
     /// The wire spelling, one of [`code`].
@@ -520,6 +527,7 @@ impl ErrorCode {
             ErrorCode::Indeterminate => code::INDETERMINATE,
             ErrorCode::Unavailable => code::UNAVAILABLE,
             ErrorCode::Storage => code::STORAGE,
+            ErrorCode::PositionNotReached => code::POSITION_NOT_REACHED,
         }
     }
 

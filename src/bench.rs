@@ -59,8 +59,12 @@ pub struct BenchConfig {
 pub const CLUSTER_SYSTEM: &str = "vellum 3 replicas";
 /// The cluster with one backup killed.
 pub const CLUSTER_DEGRADED_SYSTEM: &str = "vellum 3 replicas, 1 backup down";
-/// Single-event reads from the healthy cluster.
+/// Single-event reads from the healthy cluster, all through the primary.
 pub const CLUSTER_READS_SYSTEM: &str = "vellum 3 replicas, reads";
+/// Single-event reads from the healthy cluster, spread over all three
+/// replicas (backups serve reads; every read still trailed through the
+/// primary before its answer).
+pub const CLUSTER_SPREAD_READS_SYSTEM: &str = "vellum 3 replicas, reads on all replicas";
 /// SQLite point reads by primary key.
 pub const SQLITE_READS_SYSTEM: &str = "sqlite reads";
 /// PostgreSQL point reads by primary key.
@@ -805,13 +809,14 @@ fn append_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
 
 fn read_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
     let mut out = Vec::new();
-    for reads in measurements
-        .iter()
-        .filter(|m| m.system == CLUSTER_READS_SYSTEM)
-    {
+    for reads in measurements.iter().filter(|m| {
+        [CLUSTER_READS_SYSTEM, CLUSTER_SPREAD_READS_SYSTEM].contains(&m.system.as_str())
+    }) {
+        let spread = reads.system == CLUSTER_SPREAD_READS_SYSTEM;
         for base in measurements.iter().filter(|m| {
             m.concurrency == reads.concurrency
-                && [SQLITE_READS_SYSTEM, POSTGRES_READS_SYSTEM].contains(&m.system.as_str())
+                && ([SQLITE_READS_SYSTEM, POSTGRES_READS_SYSTEM].contains(&m.system.as_str())
+                    || (spread && m.system == CLUSTER_READS_SYSTEM))
         }) {
             out.push(ratio(reads, base, ThroughputUnit::ReadsPerS));
         }

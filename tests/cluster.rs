@@ -478,8 +478,10 @@ async fn access_trail_records_every_access_through_any_replica() {
         .expect("the read through the backup is in the trail");
     assert_eq!(read.outcome, "success");
     assert!(
-        read.remote.as_deref().is_some_and(|r| r.contains(" via ")),
-        "a forwarded read names the client and the backup: {read:?}"
+        read.remote
+            .as_deref()
+            .is_some_and(|r| r.ends_with(&format!(" served by replica {backup}"))),
+        "a read a backup served names the client and the backup: {read:?}"
     );
     assert!(
         trail
@@ -1004,4 +1006,437 @@ async fn scoped_token_and_break_glass_on_a_live_cluster() {
         "{events:?}"
     );
     cluster.stop().expect("stop");
+}
+
+/// GET `path` on replica `i` with `token` (None: no Authorization header):
+/// the status and the body's bytes, exactly as sent.
+async fn get_raw(
+    cluster: &LocalCluster,
+    i: usize,
+    token: Option<&str>,
+    path: &str,
+) -> (u16, Vec<u8>) {
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(WAIT)
+        .build()
+        .expect("http client");
+    let mut request = http.get(format!("{}{path}", cluster.dev.api_urls[i]));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request.send().await.expect("request");
+    let status = answer.status().as_u16();
+    (status, answer.bytes().await.expect("body").to_vec())
+}
+
+/// The error code of an error answer's body.
+fn error_code(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    value["error"]["code"].as_str().unwrap_or("").to_string()
+}
+
+/// A dev cluster whose tokens also hold a reader scoped to `scope`
+/// (returned), started.
+fn start_cluster_with_reader(dir: &Path, scope: &str) -> (LocalCluster, String) {
+    use vellum::server::auth::{Role, Scope, generate_token, token_line};
+    let root = dir.join("cluster");
+    let dev = vellum::cluster::create_dev_cluster(&root, 3, None).expect("dev cluster");
+    let reader = generate_token();
+    let scope = Scope::parse(scope).expect("scope");
+    let mut tokens = std::fs::read_to_string(dev.dir.join("tokens.txt")).expect("tokens");
+    tokens.push_str(&token_line(&reader, "nurse", Role::Reader, &scope));
+    tokens.push('\n');
+    std::fs::write(dev.dir.join("tokens.txt"), tokens).expect("write tokens");
+    let cluster = LocalCluster::start(&root, 3, exe()).expect("cluster starts");
+    (cluster, reader)
+}
+
+/// Every access-trail event committed so far, read through the primary.
+async fn trail_events(client: &Client) -> Vec<vellum_compliance::trail::AccessEvent> {
+    read_all(client, vellum_compliance::trail::ACCESS_TRAIL_STREAM)
+        .await
+        .iter()
+        .map(|(_, payload)| {
+            vellum_compliance::trail::AccessEvent::from_payload(payload.as_bytes())
+                .expect("trail events parse")
+        })
+        .collect()
+}
+
+/// Streams the backup-read test appends to, and events in each.
+const READ_STREAMS: [(u64, usize); 6] = [
+    (7300, 1),
+    (7301, 2),
+    (7302, 3),
+    (7303, 1),
+    (7304, 2),
+    (7305, 3),
+];
+
+// Goal: on a live cluster, reads from each backup (stream reads, global
+// reads, filtered global reads, a filtered subscription) equal reads from
+// the primary at the same position byte for byte; each read a backup
+// served has exactly one committed trail record naming the read and the
+// backup; min_position beyond the end is a typed 503; bad filters and huge
+// numbers are the same 400 everywhere; and every refusal (no token, wrong
+// role, out of scope) and a break-glass read answer exactly as the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_serve_reads_equal_to_the_primary_and_trail_each() {
+    use vellum_compliance::trail::AccessAction;
+    let dir = test_dir();
+    let (mut cluster, nurse) = start_cluster_with_reader(dir.path(), "7300");
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let backups = [(primary + 1) % 3, (primary + 2) % 3];
+    let writer = cluster.dev.writer_token.clone();
+    let client = cluster.client(None).expect("client");
+    let mut end = 0;
+    for (stream, count) in READ_STREAMS {
+        for n in 0..count {
+            // JSON and raw bytes (not UTF-8) alike.
+            let event = match n % 2 {
+                0 => Bytes::from(format!("{{\"resourceType\":\"Observation\",\"n\":{n}}}")),
+                _ => Bytes::from(vec![0xff, 0x00, 0xfe, u8::try_from(n).expect("small")]),
+            };
+            let receipt = client
+                .append(stream, vec![event], None)
+                .await
+                .expect("append");
+            end = receipt.first_position + 1;
+        }
+    }
+    // Every replica answers at the same position: the first `end` events.
+    let mut served_ok = [0usize; 3];
+    let log_path = format!("/v1/log?from=0&max={end}&min_position={end}");
+    let mut answers = Vec::new();
+    for (i, served) in served_ok.iter_mut().enumerate() {
+        let (status, body) = get_raw(&cluster, i, Some(&writer), &log_path).await;
+        assert_eq!(
+            status,
+            200,
+            "replica {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        *served += 1;
+        answers.push(body);
+    }
+    assert!(
+        answers.iter().all(|a| *a == answers[primary]),
+        "global reads differ"
+    );
+    let whole: serde_json::Value = serde_json::from_slice(&answers[primary]).expect("json");
+    let whole = whole["events"].as_array().expect("events").clone();
+    assert_eq!(whole.len() as u64, end, "the first {end} events");
+    for (stream, count) in READ_STREAMS {
+        let path = format!("/v1/streams/{stream}/events?from=0&max=100&min_position={end}");
+        let mut bodies = Vec::new();
+        for (i, served) in served_ok.iter_mut().enumerate() {
+            let (status, body) = get_raw(&cluster, i, Some(&writer), &path).await;
+            assert_eq!(status, 200, "replica {i} stream {stream}");
+            *served += 1;
+            bodies.push(body);
+        }
+        assert!(
+            bodies.iter().all(|b| *b == bodies[primary]),
+            "stream {stream} differs"
+        );
+        let page: vellum::api::StreamEvents = serde_json::from_slice(&bodies[0]).expect("page");
+        assert_eq!(page.events.len(), count, "stream {stream}");
+    }
+    // Filters: a generated matrix of lists, each answer byte-equal on every
+    // replica and holding exactly the events of the listed streams.
+    let lists = [
+        vec![(7300, 7300)],
+        vec![(7301, 7302)],
+        vec![(7300, 7300), (7303, 7305)],
+        vec![(7302, 7302), (7304, 7304), (7299, 7299)],
+        vec![(0, 9_223_372_036_854_775_807)],
+        vec![(9000, 9999)],
+    ];
+    for list in &lists {
+        let text: Vec<String> = list
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        let text = text.join(",");
+        let path = format!("{log_path}&streams={text}");
+        let mut bodies = Vec::new();
+        for (i, served) in served_ok.iter_mut().enumerate() {
+            let (status, body) = get_raw(&cluster, i, Some(&writer), &path).await;
+            assert_eq!(status, 200, "replica {i} filter {text}");
+            *served += 1;
+            bodies.push(body);
+        }
+        assert!(
+            bodies.iter().all(|b| *b == bodies[primary]),
+            "filter {text} differs"
+        );
+        let got: serde_json::Value = serde_json::from_slice(&bodies[0]).expect("json");
+        let expected: Vec<&serde_json::Value> = whole
+            .iter()
+            .filter(|e| {
+                let stream = e["stream"].as_u64().expect("stream");
+                list.iter().any(|(a, b)| *a <= stream && stream <= *b)
+            })
+            .collect();
+        let got: Vec<&serde_json::Value> =
+            got["events"].as_array().expect("events").iter().collect();
+        assert_eq!(got, expected, "filter {text}");
+    }
+    // A filtered subscription at each backup: catch-up holds exactly the
+    // listed streams' events, in order.
+    let filter = "7301,7304-7305";
+    let expected: Vec<(u64, u64, String)> = whole
+        .iter()
+        .filter(|e| [7301, 7304, 7305].contains(&e["stream"].as_u64().expect("stream")))
+        .map(|e| {
+            let position = e["position"].as_u64().expect("position");
+            let stream = e["stream"].as_u64().expect("stream");
+            (
+                position,
+                stream,
+                e["base64"].as_str().expect("base64").to_string(),
+            )
+        })
+        .collect();
+    for &backup in &backups {
+        let reader = client_of(&cluster, backup);
+        let stream = reader.subscribe_filtered(0, Some(filter));
+        let got: Vec<(u64, u64, String)> =
+            tokio::time::timeout(WAIT, stream.take(expected.len()).collect::<Vec<_>>())
+                .await
+                .expect("catch-up in time")
+                .into_iter()
+                .map(|e| e.expect("event"))
+                .map(|e| (e.position, e.stream, e.base64))
+                .collect();
+        assert_eq!(got, expected, "filtered subscription at replica {backup}");
+    }
+    // Bad filters and numbers: the same 400 from every replica.
+    for bad in [
+        "streams=18446744073709551615",
+        "streams=9223372036854775808",
+        "streams=%2B7300",
+        "streams=07300",
+        "streams=7300-",
+        "streams=7300,,7301",
+        "min_position=18446744073709551615",
+        "min_position=%2B5",
+    ] {
+        let path = format!("/v1/log?{bad}");
+        let mut bodies = Vec::new();
+        for i in 0..3 {
+            let (status, body) = get_raw(&cluster, i, Some(&writer), &path).await;
+            assert_eq!(
+                (status, error_code(&body).as_str()),
+                (400, "bad_request"),
+                "{bad}"
+            );
+            bodies.push(body);
+        }
+        assert!(bodies.iter().all(|b| *b == bodies[0]), "{bad}");
+    }
+    // A reversed range is well-formed but names no stream: the same 422.
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        let (status, body) = get_raw(&cluster, i, Some(&writer), "/v1/log?streams=7305-7300").await;
+        assert_eq!((status, error_code(&body).as_str()), (422, "refused"));
+        bodies.push(body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "reversed range");
+    // min_position beyond the end: a typed 422, within the wait bounds.
+    for i in 0..3 {
+        let started = Instant::now();
+        let far = "/v1/streams/7300/events?min_position=9223372036854775807";
+        let (status, body) = get_raw(&cluster, i, Some(&writer), far).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (422, "position_not_reached"),
+            "replica {i}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // Refusals and break-glass answer as at the primary, byte for byte.
+    let auditor = cluster.dev.auditor_token.clone();
+    let cases: [(Option<&str>, &str, u16); 4] = [
+        (None, "/v1/streams/7300/events", 401),
+        (Some(&auditor), "/v1/streams/7300/events", 403),
+        (Some(&nurse), "/v1/streams/7301/events", 403),
+        (Some(&nurse), "/v1/streams/7300/events", 200),
+    ];
+    for (token, path, expected) in cases {
+        let mut bodies = Vec::new();
+        for (i, served) in served_ok.iter_mut().enumerate() {
+            let (status, body) = get_raw(&cluster, i, token, path).await;
+            assert_eq!(status, expected, "replica {i} {path}");
+            if status == 200 {
+                *served += 1;
+            }
+            bodies.push(body);
+        }
+        assert!(bodies.iter().all(|b| *b == bodies[0]), "{path} {expected}");
+    }
+    let (status, log) = get_raw(&cluster, backups[0], Some(&nurse), "/v1/log?max=1000").await;
+    assert_eq!(status, 200);
+    served_ok[backups[0]] += 1;
+    let log: serde_json::Value = serde_json::from_slice(&log).expect("json");
+    assert!(
+        log["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|e| e["stream"] == 7300)
+    );
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(WAIT)
+        .build()
+        .expect("http client");
+    let opened = http
+        .post(format!(
+            "{}/v1/streams/7301/break-glass",
+            cluster.dev.api_urls[primary]
+        ))
+        .bearer_auth(&nurse)
+        .json(&serde_json::json!({ "reason": "patient collapsed" }))
+        .send()
+        .await
+        .expect("break-glass");
+    assert_eq!(opened.status().as_u16(), 200);
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        let (status, body) = get_raw(&cluster, i, Some(&nurse), "/v1/streams/7301/events").await;
+        assert_eq!(status, 200, "break-glass read at replica {i}");
+        bodies.push(body);
+    }
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "break-glass reads differ"
+    );
+
+    // The trail: one committed record per read each backup served, naming
+    // the read and the backup; break-glass reads were the primary's.
+    let trail = trail_events(&client).await;
+    for &backup in &backups {
+        let mark = format!(" served by replica {backup}");
+        let served: Vec<_> = trail
+            .iter()
+            .filter(|e| e.remote.as_deref().is_some_and(|r| r.ends_with(&mark)))
+            .collect();
+        let reads = served
+            .iter()
+            .filter(|e| {
+                matches!(e.action, AccessAction::ReadStream | AccessAction::ReadLog)
+                    && e.outcome == "success"
+            })
+            .count();
+        assert_eq!(reads, served_ok[backup], "replica {backup}: {served:#?}");
+        for (stream, count) in READ_STREAMS {
+            let named = served
+                .iter()
+                .filter(|e| {
+                    e.action == AccessAction::ReadStream
+                        && e.principal == "dev"
+                        && e.stream == Some(stream)
+                        && (e.from, e.to) == (Some(0), Some(count as u64))
+                })
+                .count();
+            assert_eq!(named, 1, "replica {backup} stream {stream}");
+        }
+        let filtered = served
+            .iter()
+            .filter(|e| {
+                e.action == AccessAction::ReadLog
+                    && e.detail.as_deref() == Some("filter streams=7300,7303-7305")
+            })
+            .count();
+        assert_eq!(filtered, 1, "replica {backup}: the filter is in the trail");
+        assert!(served.iter().any(|e| e.action == AccessAction::Subscribe
+            && e.detail.as_deref()
+                == Some("subscription window delivered; filter streams=7301,7304-7305")));
+        assert!(served.iter().all(|e| e.break_glass.is_none()));
+    }
+    let glass_reads = trail
+        .iter()
+        .filter(|e| e.action == AccessAction::ReadStream && e.break_glass.is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(glass_reads.len(), 3, "{glass_reads:#?}");
+    assert!(
+        glass_reads
+            .iter()
+            .all(|e| !e.remote.as_deref().unwrap_or("").contains(" served by "))
+    );
+    cluster.stop().expect("stop");
+}
+
+// Goal: a backup cut off from the primary answers no read (503, nothing
+// recorded, nothing served), serves again once the primary is back, and
+// `vellum verify --cluster` passes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_cut_off_from_the_primary_serves_no_read() {
+    use vellum_compliance::trail::AccessAction;
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path());
+    let primary = usize::from(cluster.wait_primary(WAIT).await.expect("primary"));
+    let backup = (primary + 1) % 3;
+    let writer = cluster.dev.writer_token.clone();
+    let client = cluster.client(None).expect("client");
+    let mut end = 0;
+    for n in 0..3 {
+        let receipt = client
+            .append(7400, vec![Bytes::from(format!("event {n}"))], None)
+            .await
+            .expect("append");
+        end = receipt.first_position + 1;
+    }
+    let warm = format!("/v1/streams/7400/events?from=0&min_position={end}");
+    let (status, _) = get_raw(&cluster, backup, Some(&writer), &warm).await;
+    assert_eq!(status, 200, "the backup serves while the primary is up");
+    cluster.pause(primary).expect("pause the primary");
+    let cut = format!("/v1/streams/7400/events?from=2&min_position={end}");
+    let (status, body) = get_raw(&cluster, backup, Some(&writer), &cut).await;
+    cluster.resume(primary).expect("resume the primary");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(error_code(&body), "unavailable");
+    assert!(!String::from_utf8_lossy(&body).contains("\"events\""));
+    cluster.wait_primary(WAIT).await.expect("a primary again");
+    // Served again once a primary records (the client retries a view change).
+    let again = client_of(&cluster, backup)
+        .read_stream_at_least(7400, 1, 10, end)
+        .await
+        .expect("read after the primary is back");
+    assert_eq!(again.events.len(), 2);
+    let trail = trail_events(&client).await;
+    let unrecorded = trail
+        .iter()
+        .filter(|e| {
+            e.action == AccessAction::ReadStream
+                && e.stream == Some(7400)
+                && e.from == Some(2)
+                && e.outcome == "success"
+        })
+        .count();
+    assert_eq!(unrecorded, 0, "the refused read left no success record");
+    assert!(trail.iter().any(|e| e.action == AccessAction::ReadStream
+        && e.stream == Some(7400)
+        && e.from == Some(1)
+        && e.outcome == "success"));
+    cluster.stop().expect("stop");
+    let s = |p: &Path| p.display().to_string();
+    let (cluster_dir, policy) = (s(&cluster.dev.dir), s(&cluster.dev.policy_path));
+    let (code, report, err) = tokio::task::spawn_blocking(move || {
+        vellum_cli(&["verify", "--cluster", &cluster_dir, "--policy", &policy])
+    })
+    .await
+    .expect("verify");
+    assert_eq!(
+        code, 0,
+        "the cluster verifies after the cut:\n{report}\n{err}"
+    );
 }

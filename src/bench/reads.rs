@@ -18,8 +18,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use super::{
-    BenchCluster, BenchConfig, CLUSTER_READS_SYSTEM, Measurement, POSTGRES_READS_SYSTEM,
-    SQLITE_READS_SYSTEM, drive_tasks, measurement,
+    BenchCluster, BenchConfig, CLUSTER_READS_SYSTEM, CLUSTER_SPREAD_READS_SYSTEM, Measurement,
+    POSTGRES_READS_SYSTEM, SQLITE_READS_SYSTEM, drive_tasks, measurement,
 };
 use crate::api::StreamEvents;
 use crate::client::Client;
@@ -34,6 +34,8 @@ pub const READ_TARGETS_MAX: u64 = 256;
 struct Target {
     stream: u64,
     offset: u64,
+    /// Its global position (a read asks for a prefix past it).
+    position: u64,
     payload: Bytes,
 }
 
@@ -57,19 +59,32 @@ pub(super) fn measure(
         targets.len(),
         payloads[0].len()
     ));
+    let readers = runtime.block_on(reader_clients(cluster))?;
+    notes.push(format!(
+        "reads: {CLUSTER_READS_SYSTEM} go to the primary (replica {}) only; \
+         {CLUSTER_SPREAD_READS_SYSTEM} are spread round robin over every replica \
+         (backups serve them from their certified prefix and relay the trail record \
+         to the primary before answering)",
+        readers.primary
+    ));
     for &concurrency in &config.concurrency {
-        progress(&format!("{CLUSTER_READS_SYSTEM}, {concurrency} readers"));
-        let before = runtime.block_on(mark(&client))?;
-        let reads = cluster_reads(config, &client, runtime, concurrency, &targets)?;
-        let after = runtime.block_on(mark(&client))?;
-        let grew = check_trail_grew(before, after, reads.appends)?;
-        notes.push(format!(
-            "{CLUSTER_READS_SYSTEM}, {concurrency} readers: the global log grew by {grew} \
-             leaves between two marker appends around {} reads (each access is one \
-             access-trail leaf, recorded before its answer): checked at least reads + 1",
-            reads.appends
-        ));
-        measurements.push(reads);
+        for (system, reader) in [
+            (CLUSTER_READS_SYSTEM, &readers.primary_only),
+            (CLUSTER_SPREAD_READS_SYSTEM, &readers.spread),
+        ] {
+            progress(&format!("{system}, {concurrency} readers"));
+            let before = runtime.block_on(mark(&client))?;
+            let reads = cluster_reads(config, reader, runtime, concurrency, &targets, system)?;
+            let after = runtime.block_on(mark(&client))?;
+            let grew = check_trail_grew(before, after, reads.appends)?;
+            notes.push(format!(
+                "{system}, {concurrency} readers: the global log grew by {grew} \
+                 leaves between two marker appends around {} reads (each access is one \
+                 access-trail leaf, recorded before its answer): checked at least reads + 1",
+                reads.appends
+            ));
+            measurements.push(reads);
+        }
         progress(&format!("{SQLITE_READS_SYSTEM}, {concurrency} readers"));
         measurements.push(runtime.block_on(sqlite_reads(config, concurrency, &payloads))?);
         if let Some(url) = &config.postgres_url {
@@ -83,6 +98,37 @@ pub(super) fn measure(
         }
     }
     Ok(())
+}
+
+/// The read clients: one that talks to the primary only, one that spreads
+/// reads over every replica.
+struct Readers {
+    primary: usize,
+    primary_only: Client,
+    spread: Client,
+}
+
+/// Finds the primary and builds the two read clients.
+async fn reader_clients(cluster: &BenchCluster) -> anyhow::Result<Readers> {
+    let local = &cluster.cluster;
+    let client = local.client(None)?;
+    let health = client.health_all().await;
+    let primary = health
+        .iter()
+        .position(|(_, h)| h.as_ref().is_ok_and(|h| h.is_primary))
+        .ok_or_else(|| anyhow::anyhow!("no replica reports itself primary"))?;
+    let build = |endpoints: Vec<String>, spread: bool| {
+        let mut config =
+            crate::client::ClientConfig::new(endpoints, local.dev.writer_token.clone());
+        config.ca_pem = Some(local.ca_pem().to_vec());
+        config.spread_reads = spread;
+        Client::new(config)
+    };
+    Ok(Readers {
+        primary,
+        primary_only: build(vec![local.dev.api_urls[primary].clone()], false)?,
+        spread: build(local.dev.api_urls.clone(), true)?,
+    })
 }
 
 /// A payload of about `bytes` bytes that carries `number`: distinct events
@@ -115,6 +161,7 @@ async fn seed(config: &BenchConfig, client: &Client) -> anyhow::Result<Vec<Targe
         targets.push(Target {
             stream,
             offset: receipt.first_offset,
+            position: receipt.first_position,
             payload,
         });
     }
@@ -137,6 +184,7 @@ fn cluster_reads(
     runtime: &tokio::runtime::Runtime,
     concurrency: usize,
     targets: &Arc<Vec<Target>>,
+    system: &str,
 ) -> anyhow::Result<Measurement> {
     let next = Arc::new(AtomicU64::new(0));
     let client = client.clone();
@@ -145,12 +193,17 @@ fn cluster_reads(
         let client = client.clone();
         let target = pick(&all, &next).clone();
         async move {
-            let answer = client.read_stream(target.stream, target.offset, 1).await?;
+            // Read-your-writes: a backup waits until it serves the event
+            // (asked of the primary too, so both rows do the same work).
+            let min_position = target.position + 1;
+            let answer = client
+                .read_stream_at_least(target.stream, target.offset, 1, min_position)
+                .await?;
             check_read(&target, &answer)
         }
     }))?;
     Ok(measurement(
-        CLUSTER_READS_SYSTEM,
+        system,
         concurrency,
         targets[0].payload.len(),
         latencies,
@@ -366,6 +419,7 @@ mod tests {
         let target = Target {
             stream: 20,
             offset: 3,
+            position: 9,
             payload: numbered_payload(64, 7),
         };
         let event = |stream, offset, bytes: &[u8]| crate::api::LogEvent {

@@ -109,6 +109,12 @@ pub struct ClientConfig {
     /// A subscription that receives no line (event or heartbeat) for this
     /// long is taken as dead and reconnected, in milliseconds.
     pub subscribe_idle_ms: u64,
+    /// Spread reads (stream reads, global reads, subscriptions) over all
+    /// endpoints, round robin, instead of sending them where the last
+    /// answer came from: backups serve reads from their certified prefix,
+    /// so reads scale with the replicas. Pass `min_position` for
+    /// read-your-writes. Writes always start at the last good endpoint.
+    pub spread_reads: bool,
 }
 
 impl ClientConfig {
@@ -123,6 +129,7 @@ impl ClientConfig {
             retries_max: 45,
             retry_delay_ms: 200,
             subscribe_idle_ms: 30_000,
+            spread_reads: false,
         }
     }
 }
@@ -138,6 +145,7 @@ impl fmt::Debug for ClientConfig {
             .field("retries_max", &self.retries_max)
             .field("retry_delay_ms", &self.retry_delay_ms)
             .field("subscribe_idle_ms", &self.subscribe_idle_ms)
+            .field("spread_reads", &self.spread_reads)
             .finish()
     }
 }
@@ -217,6 +225,8 @@ struct Inner {
     endpoints: Vec<String>,
     /// Index of the endpoint that last gave a definite answer.
     preferred: AtomicUsize,
+    /// With `spread_reads`: where the next read starts (round robin).
+    next_read: AtomicUsize,
     sessions: Mutex<Vec<Session>>,
 }
 
@@ -270,6 +280,7 @@ impl Client {
                 config,
                 endpoints,
                 preferred: AtomicUsize::new(0),
+                next_read: AtomicUsize::new(0),
                 sessions: Mutex::new(Vec::new()),
             }),
         })
@@ -360,6 +371,29 @@ impl Client {
         edge("from", from)?;
         page("max", max)?;
         let path = format!("/v1/streams/{stream}/events?from={from}&max={max}");
+        Ok(self.get(stream, &path).await?)
+    }
+
+    /// [`Client::read_stream`] at a replica whose committed prefix holds
+    /// at least `min_position` events (read-your-writes: pass the
+    /// receipt's `first_position` plus its event count). A backup that
+    /// lags waits briefly, then forwards the read to the primary; a
+    /// position beyond the committed log is `Refused` with code
+    /// `position_not_reached`.
+    pub async fn read_stream_at_least(
+        &self,
+        stream: u64,
+        from: u64,
+        max: u64,
+        min_position: u64,
+    ) -> Result<StreamEvents, ReadError> {
+        edge("stream", stream)?;
+        edge("from", from)?;
+        page("max", max)?;
+        edge("min_position", min_position)?;
+        let path = format!(
+            "/v1/streams/{stream}/events?from={from}&max={max}&min_position={min_position}"
+        );
         Ok(self.get(stream, &path).await?)
     }
 
@@ -518,7 +552,12 @@ impl Client {
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let count = self.inner.endpoints.len();
-        let start = self.inner.preferred.load(Ordering::Relaxed) % count;
+        let start = match kind {
+            CallKind::Read if self.inner.config.spread_reads => {
+                self.inner.next_read.fetch_add(1, Ordering::Relaxed) % count
+            }
+            _ => self.inner.preferred.load(Ordering::Relaxed) % count,
+        };
         let attempts = self.inner.config.retries_max.min(RETRIES_MAX_LIMIT) as usize + 1;
         let delay = Duration::from_millis(self.inner.config.retry_delay_ms);
         let mut reached_any = false;
@@ -531,7 +570,9 @@ impl Client {
             let index = (start + attempt) % count;
             match self.attempt(index, context, &build).await {
                 Attempt::Done(result) => {
-                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    if kind == CallKind::Write || !self.inner.config.spread_reads {
+                        self.inner.preferred.store(index, Ordering::Relaxed);
+                    }
                     return result;
                 }
                 Attempt::Retry {
@@ -710,7 +751,8 @@ fn refusal(
         ErrorCode::BadRequest
         | ErrorCode::RequestTimeout
         | ErrorCode::PayloadTooLarge
-        | ErrorCode::Refused => ClientError::Refused { code, message },
+        | ErrorCode::Refused
+        | ErrorCode::PositionNotReached => ClientError::Refused { code, message },
         // 5xx codes on a 4xx status: the answer breaks the contract.
         ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))

@@ -47,14 +47,29 @@ impl Client {
         &self,
         from: u64,
     ) -> impl Stream<Item = Result<LogEvent, ClientError>> + Send + 'static {
+        self.subscribe_filtered(from, None)
+    }
+
+    /// [`Client::subscribe`] with a server-side filter: `streams` is the
+    /// `streams` query parameter (`5001,6000-6999`: stream ids and
+    /// inclusive ranges). Positions of a filtered subscription increase
+    /// but skip the events left out, so a jump is not a gap here.
+    pub fn subscribe_filtered(
+        &self,
+        from: u64,
+        streams: Option<&str>,
+    ) -> impl Stream<Item = Result<LogEvent, ClientError>> + Send + 'static {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        let start = match inner.config.spread_reads {
+            true => inner.next_read.fetch_add(1, Ordering::Relaxed),
+            false => inner.preferred.load(Ordering::Relaxed),
+        };
         let state = Subscription {
             client: self.clone(),
             next_position: from,
-            endpoint: self
-                .inner
-                .preferred
-                .load(std::sync::atomic::Ordering::Relaxed)
-                % self.inner.endpoints.len(),
+            filter: streams.map(str::to_string),
+            endpoint: start % self.inner.endpoints.len(),
             body: None,
             buffer: Vec::new(),
             start: 0,
@@ -71,8 +86,11 @@ impl Client {
 
 struct Subscription {
     client: Client,
-    /// The position of the next event to yield.
+    /// The position of the next event to yield (with a filter: the
+    /// lowest position the next event may have).
     next_position: u64,
+    /// The `streams` filter, if any.
+    filter: Option<String>,
     endpoint: usize,
     body: Option<ByteStream>,
     /// Bytes received; `buffer[start..]` not yet consumed.
@@ -126,6 +144,13 @@ impl Subscription {
             self.failures = 0;
             let event = match parsed {
                 Line::Event(event) => event,
+                // A filtered subscription skips the events left out.
+                Line::Heartbeat(beat)
+                    if self.filter.is_some() && beat.next_position > self.next_position =>
+                {
+                    self.next_position = beat.next_position;
+                    continue;
+                }
                 // A heartbeat ahead of us means the server skipped events.
                 Line::Heartbeat(beat) if beat.next_position > self.next_position => {
                     return Err(self.gap(beat.next_position));
@@ -135,10 +160,10 @@ impl Subscription {
             if event.position < self.next_position {
                 continue;
             }
-            if event.position > self.next_position {
+            if event.position > self.next_position && self.filter.is_none() {
                 return Err(self.gap(event.position));
             }
-            self.next_position += 1;
+            self.next_position = event.position + 1;
             return Ok(event);
         }
     }
@@ -163,10 +188,14 @@ impl Subscription {
             tokio::time::sleep(Duration::from_millis(inner.config.retry_delay_ms)).await;
         }
         let base = &inner.endpoints[self.endpoint];
-        let url = format!(
+        let mut url = format!(
             "{base}/v1/subscribe?from={}&format=ndjson",
             self.next_position
         );
+        if let Some(filter) = &self.filter {
+            url.push_str("&streams=");
+            url.push_str(&percent_query(filter));
+        }
         let request = inner.http.get(url).bearer_auth(&inner.config.token).send();
         let timeout = Duration::from_millis(inner.config.request_timeout_ms.max(1));
         let response = match tokio::time::timeout(timeout, request).await {
@@ -249,4 +278,18 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// `text` for a query value: unreserved bytes and `,` as they are, every
+/// other byte percent-encoded.
+fn percent_query(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~,".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -60,6 +60,8 @@ struct Stub {
     /// Cut the next subscription after this many event lines.
     cut_after: Option<usize>,
     subscribe_froms: Vec<u64>,
+    /// Stream reads answered.
+    stream_reads: usize,
 }
 
 type Shared = Arc<Mutex<Stub>>;
@@ -199,7 +201,8 @@ async fn read_stream(
     Path(stream): Path<u64>,
     Query(page): Query<Page>,
 ) -> Response {
-    let stub = lock(&shared);
+    let mut stub = lock(&shared);
+    stub.stream_reads += 1;
     if !stub.streams.contains_key(&stream) {
         return error(StatusCode::NOT_FOUND, api::code::NOT_FOUND, None);
     }
@@ -1090,4 +1093,48 @@ async fn numbers_the_server_refuses_are_refused_before_sending() {
         .await
         .expect("one item");
     refused("subscribe", first.map(ok), "from");
+}
+
+// Goal: with `spread_reads`, stream reads go round robin over every
+// endpoint while appends stay on one; without it, reads stay where the
+// last answer came from.
+#[tokio::test]
+async fn spread_reads_rotate_over_every_endpoint_and_writes_do_not() {
+    let mut stubs = Vec::new();
+    for _ in 0..3 {
+        let (shared, url) = start_stub().await;
+        bounded(client(vec![url.clone()]).append(20, events(&["a"]), None))
+            .await
+            .expect("seed");
+        stubs.push((shared, url));
+    }
+    let urls: Vec<String> = stubs.iter().map(|(_, url)| url.clone()).collect();
+    let mut spread = config(urls.clone());
+    spread.spread_reads = true;
+    let spread = Client::new(spread).expect("client");
+    for _ in 0..9 {
+        bounded(spread.read_stream(20, 0, 1)).await.expect("read");
+    }
+    let reads: Vec<usize> = stubs.iter().map(|(s, _)| lock(s).stream_reads).collect();
+    assert_eq!(reads, vec![3, 3, 3], "round robin");
+    let before: Vec<usize> = stubs.iter().map(|(s, _)| lock(s).requests).collect();
+    for _ in 0..3 {
+        bounded(spread.append(20, events(&["b"]), None))
+            .await
+            .expect("append");
+    }
+    let grew: Vec<usize> = stubs
+        .iter()
+        .zip(&before)
+        .map(|((s, _), b)| lock(s).requests - b)
+        .collect();
+    assert_eq!(grew.iter().sum::<usize>(), 3);
+    assert!(grew.contains(&3), "appends stay on one endpoint: {grew:?}");
+    let plain = client(urls);
+    for _ in 0..3 {
+        bounded(plain.read_stream(20, 0, 1)).await.expect("read");
+    }
+    let after: Vec<usize> = stubs.iter().map(|(s, _)| lock(s).stream_reads).collect();
+    let plain_reads: Vec<usize> = after.iter().zip(&reads).map(|(a, b)| a - b).collect();
+    assert!(plain_reads.contains(&3), "one endpoint: {plain_reads:?}");
 }

@@ -281,6 +281,37 @@ impl ReplicaNode {
     }
 }
 
+impl ReplicaNode {
+    /// The end of the prefix this replica serves reads from: at the
+    /// primary, its committed events; at a backup, no more than its newest
+    /// certificate covers (a quorum signed that prefix), so a backup never
+    /// answers with an op that is not provably committed, whatever its
+    /// own commit number says.
+    fn served_events(&self) -> u64 {
+        let committed = self.log.committed_events();
+        let is_primary = self.log.role().is_primary;
+        let certified = match is_primary {
+            true => None,
+            false => Some(
+                self.log
+                    .latest_certificate()
+                    .map_or(0, |c| c.checkpoint.size),
+            ),
+        };
+        served_bound(is_primary, committed, certified)
+    }
+}
+
+/// The end of the prefix a replica serves reads from, given whether it is
+/// the primary, its committed events and (at a backup) its newest
+/// certificate's tree size (None: none looked up).
+fn served_bound(is_primary: bool, committed: u64, certified: Option<u64>) -> u64 {
+    match is_primary {
+        true => committed,
+        false => committed.min(certified.unwrap_or(0)),
+    }
+}
+
 impl Node for ReplicaNode {
     fn role(&self) -> crate::server::node::NodeRole {
         let role = self.log.role();
@@ -333,23 +364,35 @@ impl Node for ReplicaNode {
     }
 
     fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        // The bound is taken before the read: the read may only go beyond
+        // it where the prefix grew meanwhile, and those events are cut.
+        let served = self.served_events();
         let events = self.log.read(stream, from, max)?;
-        Ok(events.iter().map(|e| log_event(stream, e)).collect())
+        Ok(events
+            .iter()
+            .filter(|e| e.position < served)
+            .map(|e| log_event(stream, e))
+            .collect())
     }
 
     fn read_log(&self, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        let served = self.served_events();
         let events = self.log.read_log(from, max)?;
-        Ok(events.iter().map(|(s, e)| log_event(*s, e)).collect())
+        Ok(events
+            .iter()
+            .filter(|(_, e)| e.position < served)
+            .map(|(s, e)| log_event(*s, e))
+            .collect())
     }
 
     fn committed_events(&self) -> u64 {
-        self.log.committed_events()
+        self.served_events()
     }
 
     fn wait_events(&self, seen: u64, timeout_ms: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
-            let events = self.log.committed_events();
+            let events = self.served_events();
             if events > seen || Instant::now() >= deadline {
                 return events;
             }
@@ -457,6 +500,18 @@ fn hex(hash: &vellum_audit::hash::Hash) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: a backup serves no position its newest certificate does not
+    /// cover (none without a certificate), even when its commit number is
+    /// ahead; the primary serves its committed prefix.
+    #[test]
+    fn a_backup_serves_only_its_certified_prefix() {
+        assert_eq!(served_bound(true, 10, None), 10);
+        assert_eq!(served_bound(false, 10, Some(7)), 7, "commit ahead of cert");
+        assert_eq!(served_bound(false, 7, Some(10)), 7, "cert ahead of commit");
+        assert_eq!(served_bound(false, 10, None), 0, "no certificate yet");
+        assert_eq!(served_bound(false, 10, Some(0)), 0);
+    }
 
     /// Goal: the log's errors map to each operation's typed variants, and
     /// every internal fault (the random source above all) is `Internal`

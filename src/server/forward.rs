@@ -205,6 +205,47 @@ impl Forwarder {
 }
 
 impl Forwarder {
+    /// Posts access-trail events to the primary's relay route
+    /// (`relay::RELAY_PATH`) and returns once it confirmed their commit;
+    /// else why not (for humans).
+    pub async fn relay_trail(
+        &self,
+        primary: u8,
+        events: &[vellum_compliance::trail::AccessEvent],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some((_, base)) = self.peers.iter().find(|(index, _)| *index == primary) else {
+            return Err(format!("no API address is known for primary {primary}"));
+        };
+        let url = format!("{}{}", base.trim_end_matches('/'), super::relay::RELAY_PATH);
+        let body = serde_json::to_vec(events).map_err(|e| e.to_string())?;
+        let response = self
+            .streaming
+            .post(&url)
+            .header(header::CONTENT_TYPE.as_str(), "application/json")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("primary {primary}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let quoted: String = text.chars().take(300).collect();
+            return Err(format!("primary {primary} answered {status}: {quoted}"));
+        }
+        let answer: super::relay::RelayAnswer = serde_json::from_str(&text)
+            .map_err(|e| format!("primary {primary} answered a bad confirmation: {e}"))?;
+        if answer.recorded != events.len() as u64 {
+            return Err(format!(
+                "primary {primary} confirmed {} of {} records",
+                answer.recorded,
+                events.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The same forwarder, presenting `identity_pem` (certificate chain and
     /// key, PEM) to the primary, so the primary trusts the client address
     /// it names.

@@ -16,6 +16,7 @@
 //! description of the contract in `crate::api`).
 
 pub mod auth;
+pub mod filter;
 pub mod forward;
 #[cfg(test)]
 mod http2_tests;
@@ -23,6 +24,7 @@ pub mod logins;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
+pub mod relay;
 pub mod routes;
 pub mod subscribe;
 #[cfg(test)]

@@ -102,6 +102,26 @@ pub enum Unavailable {
         /// How long the caller waited.
         waited_ms: u64,
     },
+    /// A backup could not get its access-trail records committed through
+    /// the primary (no primary known, not reachable, or it refused).
+    #[error("the primary did not confirm the access-trail record: {detail}")]
+    TrailRelay {
+        /// What went wrong (for humans only).
+        detail: String,
+    },
+    /// The committed prefix this replica serves reads from did not reach
+    /// the position the caller asked for within the wait bound.
+    #[error(
+        "this replica's committed prefix ends at position {served}, the request asked for at least {asked} (waited {waited_ms} ms)"
+    )]
+    PositionNotReached {
+        /// The caller's `min_position`.
+        asked: u64,
+        /// The end of the prefix this replica serves.
+        served: u64,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
     /// The data directory is busy or not usable right now.
     #[error("the data directory is not usable: {detail}")]
     DataDir {

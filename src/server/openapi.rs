@@ -57,23 +57,25 @@ fn paths() -> Value {
         },
         "/v1/streams/{stream}/events": {
             "get": {
-                "summary": "Read committed events of one stream; roles writer, reader.",
-                "parameters": [stream_param(), query_param("from", "First offset (default 0).", false), max_param()],
+                "summary": "Read committed events of one stream; roles writer, reader. Served by any replica (a backup from its certified prefix; the read's trail record commits through the primary first).",
+                "parameters": [stream_param(), query_param("from", "First offset (default 0).", false), max_param(), min_position_param()],
                 "responses": with_errors(ok("StreamEvents"), &["400", "401", "403", "404", "422", "500", "503"])
             }
         },
         "/v1/log": {
             "get": {
-                "summary": "Read committed events of the global log; roles writer, reader.",
-                "parameters": [query_param("from", "First position (default 0).", false), max_param()],
+                "summary": "Read committed events of the global log; roles writer, reader. Served by any replica (a backup from its certified prefix; the read's trail record commits through the primary first).",
+                "parameters": [query_param("from", "First position (default 0).", false), max_param(), min_position_param(), streams_param()],
                 "responses": with_errors(ok("LogEvents"), &["400", "401", "403", "422", "500", "503"])
             }
         },
         "/v1/subscribe": {
             "get": {
-                "summary": "Stream committed events from a position on, then live; heartbeat lines while idle; roles writer, reader.",
+                "summary": "Stream committed events from a position on, then live; heartbeat lines while idle; roles writer, reader. Served by any replica (each window's trail record commits through the primary first).",
                 "parameters": [
                     query_param("from", "First position (default 0).", false),
+                    min_position_param(),
+                    streams_param(),
                     {
                         "name": "format", "in": "query", "required": false,
                         "description": "ndjson (default): one LogEvent or Heartbeat per line. sse: `data: <json>` events, heartbeats as events named heartbeat.",
@@ -88,7 +90,7 @@ fn paths() -> Value {
                             "text/event-stream": { "schema": { "type": "string" } }
                         }
                     }
-                }), &["400", "401", "403", "503"])
+                }), &["400", "401", "403", "422", "503"])
             }
         },
         "/v1/streams/{stream}/events/{offset}/proof": {
@@ -287,6 +289,28 @@ fn query_param(name: &str, description: &str, required: bool) -> Value {
     })
 }
 
+fn min_position_param() -> Value {
+    json!({
+        "name": "min_position", "in": "query", "required": false,
+        "description": "Read-your-writes: serve only once this replica's committed prefix holds at least this many events (after an append: the receipt's first_position plus its event count). A backup waits briefly, then forwards to the primary; beyond the committed log: 422 position_not_reached.",
+        "schema": edge_integer()
+    })
+}
+
+/// One number of a `streams` filter: canonical, at most 18 digits (so
+/// every schema-valid filter is within 2^63-1).
+const FILTER_NUMBER: &str = "(?:0|[1-9][0-9]{0,17})";
+
+fn streams_param() -> Value {
+    let item = format!("{FILTER_NUMBER}(?:-{FILTER_NUMBER})?");
+    let most = crate::server::filter::FILTER_STREAM_ITEMS_MAX - 1;
+    json!({
+        "name": "streams", "in": "query", "required": false,
+        "description": format!("Filter: only events of these streams, a comma-separated list of stream ids (5001) and inclusive ranges (6000-6999), at most {} items, applied on the server after the token's scope and recorded in the access trail. A reversed range is 422 refused.", crate::server::filter::FILTER_STREAM_ITEMS_MAX),
+        "schema": { "type": "string", "pattern": format!("^{item}(?:,{item}){{0,{most}}}$") }
+    })
+}
+
 fn max_param() -> Value {
     json!({
         "name": "max", "in": "query", "required": false,
@@ -328,7 +352,7 @@ fn error_responses() -> Value {
         ),
         (
             "422",
-            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written.",
+            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written; position_not_reached: a read's min_position is beyond the committed log, nothing was read.",
         ),
         (
             "500",
@@ -336,7 +360,7 @@ fn error_responses() -> Value {
         ),
         (
             "503",
-            "indeterminate (outcome unknown: retry with the same idempotency key) or unavailable (no primary, shutting down, too many subscriptions: retry).",
+            "indeterminate (outcome unknown: retry with the same idempotency key) or unavailable (no primary, shutting down, too many subscriptions, a read's trail record not confirmed by the primary: retry).",
         ),
         (
             "405",

@@ -28,6 +28,7 @@ use vellum_compliance::trail::AccessEvent;
 use super::routes::{ApiError, ApiQuery, AppState, TrailTemplate, run_blocking};
 use crate::api::{self, Heartbeat, LogEvent};
 use crate::server::auth::{Principal, Scope};
+use crate::server::filter::EventFilter;
 
 /// Pause after a wait reported new events that a read then did not find.
 const SUBSCRIPTION_RETRY_MS: u64 = 10;
@@ -49,6 +50,11 @@ pub(crate) struct SubscribeQuery {
     from: Option<String>,
     #[serde(default)]
     format: Format,
+    /// Read-your-writes: the subscription opens once this replica serves
+    /// every position below this one (bounded wait).
+    min_position: Option<String>,
+    /// The event filter (`crate::server::filter`).
+    streams: Option<String>,
 }
 
 /// `GET /v1/subscribe?from=P&format=ndjson|sse`.
@@ -59,6 +65,9 @@ pub(crate) async fn subscribe(
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
     let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
+    let min_position = edge_optional("min_position", query.min_position.as_deref())?;
+    let filter = EventFilter::parse(query.streams.as_deref())?;
+    super::routes::handlers::await_position(&state, min_position).await?;
     let permit = state
         .subscriptions
         .clone()
@@ -67,9 +76,11 @@ pub(crate) async fn subscribe(
             ApiError::unavailable("too many open subscriptions on this replica; retry later")
         })?;
     let (sender, receiver) = mpsc::channel::<Bytes>(SUBSCRIPTION_BUFFER_MAX);
+    let detail = filter.describe();
     let window = Window {
         template,
         scope: principal.scope,
+        filter,
         format: query.format,
     };
     tokio::spawn(produce(state, window, from, sender, permit));
@@ -96,7 +107,7 @@ pub(crate) async fn subscribe(
         from: Some(from),
         to: None,
         purpose: None,
-        detail: None,
+        detail,
         streams: None,
     });
     Ok(response)
@@ -108,6 +119,8 @@ struct Window {
     template: AccessEvent,
     /// The subscriber's scope: events of other streams are left out.
     scope: Scope,
+    /// What the subscriber asked for: other events are left out too.
+    filter: EventFilter,
     format: Format,
 }
 
@@ -122,6 +135,7 @@ async fn produce(
     let Window {
         template,
         scope,
+        filter,
         format,
     } = window;
     // True when the last wait reported new events; if the read that follows
@@ -149,7 +163,7 @@ async fn produce(
             // Events outside the subscriber's scope are left out; when a
             // page holds none of its streams, a heartbeat carries the
             // position past it, so the subscriber can resume from there.
-            events.retain(|e| scope.contains(e.stream));
+            events.retain(|e| scope.contains(e.stream) && filter.matches(e));
             if events.is_empty() {
                 position = last + 1;
                 if sender.send(heartbeat_line(format, position)).await.is_err() {
@@ -162,7 +176,7 @@ async fn produce(
             grew = false;
             // P7 and 164.528: the window is recorded, with the streams it
             // returns, before any of its events leaves.
-            if let Err(error) = record_window(&state, &template, &events).await {
+            if let Err(error) = record_window(&state, &template, &filter, &events).await {
                 tracing::warn!(position, error = %error.message, "subscription window not recorded");
                 let _ = sender.send(error_line(format, &error)).await;
                 return;
@@ -200,6 +214,7 @@ async fn produce(
 async fn record_window(
     state: &AppState,
     template: &AccessEvent,
+    filter: &EventFilter,
     events: &[LogEvent],
 ) -> Result<(), ApiError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
@@ -210,9 +225,12 @@ async fn record_window(
     event.from = Some(first.position);
     event.to = Some(last.position + 1);
     event.outcome = "success".to_string();
-    event.detail = Some("subscription window delivered".to_string());
+    event.detail = Some(match filter.describe() {
+        Some(filter) => format!("subscription window delivered; {filter}"),
+        None => "subscription window delivered".to_string(),
+    });
     event.set_streams_returned(events.iter().map(|e| e.stream));
-    run_blocking(state, move |node| node.record_access(vec![event]))
+    crate::server::relay::record_access(state, vec![event])
         .await?
         .map_err(|error| {
             ApiError::unavailable(format!(

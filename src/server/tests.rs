@@ -2532,9 +2532,17 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         .build()
         .expect("client");
     let served = Instant::now();
+    // An append: the backup forwards it to the (plain-HTTP) primary. (A read
+    // the backup would serve itself, and relay its trail record, which
+    // needs the replica certificate these plain test peers lack.)
     let answer = client
-        .get(format!("https://localhost:{}/v1/log", addr.port()))
-        .bearer_auth(READER)
+        .post(format!(
+            "https://localhost:{}/v1/streams/5/append",
+            addr.port()
+        ))
+        .bearer_auth(WRITER)
+        .header("content-type", "application/json")
+        .body(r#"{"events":[{"json":"hello"}]}"#)
         .send()
         .await
         .expect("the legitimate client is served");
@@ -2892,3 +2900,18 @@ async fn failing_addresses_are_tracked_within_a_bound() {
 
 #[path = "scope_tests.rs"]
 mod scope_tests;
+
+// Goal: the backups' trail relay refuses (403) a caller that did not prove
+// on the TLS handshake that it is a replica, whatever token it shows, and
+// records nothing: a client cannot write into the access trail through it.
+#[tokio::test]
+async fn trail_relay_refuses_callers_without_a_replica_certificate() {
+    let primary = Arc::new(FakeNode::default());
+    let app = app(primary.clone());
+    let body = r#"[{"v":1,"time_ns":1,"principal":"x","role":"reader","action":"read_stream","stream":5,"from":0,"to":1,"outcome":"success"}]"#;
+    for token in [None, Some(WRITER), Some(AUDITOR)] {
+        let (status, value) = send(&app, Call::post(super::relay::RELAY_PATH, token, body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
+    }
+    assert!(primary.lock().trail.is_empty(), "nothing was recorded");
+}

@@ -135,7 +135,16 @@ impl From<Unavailable> for ApiError {
     /// 503 `unavailable`: nothing was written, retrying is safe. (The guard
     /// forwards every request a backup gets to the primary; a replica that
     /// loses the primacy while handling one answers "try again".)
+    /// (`PositionNotReached` is the one 422 among them: the read asked for
+    /// a position beyond the committed log, which waiting did not change.)
     fn from(error: Unavailable) -> ApiError {
+        if let Unavailable::PositionNotReached { .. } = error {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::POSITION_NOT_REACHED,
+                error.to_string(),
+            );
+        }
         ApiError::unavailable(error.to_string())
     }
 }

@@ -121,13 +121,22 @@ async fn guard(
     authenticated: Result<Principal, ApiError>,
     relay_body: bool,
 ) -> Response {
-    // At a backup the request goes to the primary, which checks the token
+    // A backup serves an authorized read itself (from its certified
+    // prefix; its trail record committed through the primary). Any other
+    // request at a backup goes to the primary, which checks the token
     // again and records the access (also a refused one) in the trail; a
     // refused caller's request goes there without its body.
-    let request = match crate::server::forward::forward_if_backup(&state, request, relay_body).await
-    {
-        Ok(request) => request,
-        Err(answer) => return answer,
+    let (request, here) = match &authenticated {
+        Ok(principal) if relay_body => backup_serves(&state, request, action, principal).await,
+        _ => (request, false),
+    };
+    let request = match here {
+        true => request,
+        false => match crate::server::forward::forward_if_backup(&state, request, relay_body).await
+        {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        },
     };
     let mut trail = TrailEntry::new(action, &request);
     let principal = match authenticated {
@@ -180,6 +189,87 @@ async fn guard(
         response.extensions_mut().insert(UnderBreakGlass(grant));
     }
     record_opening_grant(&state, trail, &principal, response).await
+}
+
+/// At a backup that knows a primary: whether it serves this request itself,
+/// which it does only for a stream read, a global read or a subscription
+/// by a caller whose scope admits it without a break-glass grant (grants
+/// live in the primary's memory: such a read, and any refusal, is the
+/// primary's to answer), not already forwarded, and whose `min_position`
+/// (if any) its certified prefix reaches within
+/// [`BACKUP_POSITION_WAIT_MS`] (else the primary answers). Gives the
+/// request back either way.
+async fn backup_serves(
+    state: &AppState,
+    request: Request,
+    action: Action,
+    principal: &Principal,
+) -> (Request, bool) {
+    let role = state.node.role();
+    let reads = matches!(
+        action,
+        Action::ReadStream | Action::ReadLog | Action::Subscribe
+    );
+    let forwarded = request
+        .headers()
+        .contains_key(crate::server::forward::FORWARDED_HEADER);
+    if role.is_primary || role.primary.is_none() || !reads || forwarded {
+        return (request, false);
+    }
+    let (request, path_stream) = decoded_path_stream(request, state).await;
+    if action == Action::ReadStream {
+        let in_scope = path_stream
+            .as_deref()
+            .and_then(|text| crate::bounds::parse_canonical("stream", text).ok())
+            .is_some_and(|stream| principal.scope.contains(stream));
+        if !in_scope {
+            return (request, false);
+        }
+    }
+    let Ok(min_position) = query_min_position(request.uri().query()) else {
+        return (request, false); // The primary answers the 400.
+    };
+    let reached = match min_position {
+        None => true,
+        Some(asked) => {
+            let wait = BACKUP_POSITION_WAIT_MS;
+            let served = run_blocking(state, move |node| {
+                let started = Instant::now();
+                let mut served = node.committed_events();
+                loop {
+                    let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(wait);
+                    if served >= asked || waited >= wait {
+                        break;
+                    }
+                    served = node.wait_events(served, wait - waited);
+                }
+                served
+            })
+            .await;
+            served.is_ok_and(|served| served >= asked)
+        }
+    };
+    (request, reached)
+}
+
+/// How long a backup waits for its certified prefix to reach a read's
+/// `min_position` before it forwards the read to the primary.
+pub const BACKUP_POSITION_WAIT_MS: u64 = 100;
+
+/// The `min_position` query parameter, if given; Err when it is given in a
+/// spelling the handlers refuse (or more than once).
+fn query_min_position(query: Option<&str>) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "min_position" {
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(crate::bounds::parse_canonical("min_position", value).map_err(|_| ())?);
+        }
+    }
+    Ok(found)
 }
 
 /// Records the access and answers; for a break-glass opening (the
@@ -449,7 +539,7 @@ impl TrailEntry {
         let event = self.seal();
         let wrote = matches!(self.action, vellum_compliance::trail::AccessAction::Append)
             && answer.status().is_success();
-        match run_blocking(state, move |node| node.record_access(vec![event])).await {
+        match crate::server::relay::record_access(state, vec![event]).await {
             Ok(Ok(())) => answer,
             // The append itself committed: its outcome must not read as
             // "nothing written"; a retry with the same key is answered from
@@ -544,7 +634,7 @@ async fn record_failed_logins(
 ) -> Result<(), ApiError> {
     let mut events: Vec<AccessEvent> = aggregates.iter().map(Aggregate::to_event).collect();
     events.extend(own);
-    let outcome = match run_blocking(state, move |node| node.record_access(events)).await {
+    let outcome = match crate::server::relay::record_access(state, events).await {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(error)) => ApiError::unavailable(format!(
             "the access could not be recorded in the access trail ({error}); \

@@ -47,22 +47,79 @@ pub(crate) struct ProofPath {
 pub(crate) struct ReadQuery {
     from: Option<String>,
     max: Option<String>,
+    /// Read-your-writes: the read waits (bounded) until this replica
+    /// serves every position below this one.
+    min_position: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogQuery {
+    from: Option<String>,
+    max: Option<String>,
+    min_position: Option<String>,
+    /// The event filter (`crate::server::filter`).
+    streams: Option<String>,
+}
+
+/// How long a read at a backup waits for its certified prefix to reach the
+/// caller's `min_position` before it answers 422 `position_not_reached`.
+/// The primary does not wait: its committed prefix is the cluster's, and a
+/// position a caller learned from a receipt is already in it.
+pub const MIN_POSITION_WAIT_MS: u64 = 100;
+
+/// Checks that this replica serves every position below `min_position`
+/// (None: nothing to check); a backup waits for it at most
+/// [`MIN_POSITION_WAIT_MS`]. Else 422 `position_not_reached` (nothing was
+/// read).
+pub(crate) async fn await_position(
+    state: &AppState,
+    min_position: Option<u64>,
+) -> Result<(), ApiError> {
+    let Some(asked) = min_position else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let mut served = run_blocking(state, |node| node.committed_events()).await?;
+    let wait_ms = match state.node.role().is_primary {
+        true => 0,
+        false => MIN_POSITION_WAIT_MS,
+    };
+    while served < asked {
+        let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if waited >= wait_ms {
+            return Err(crate::server::node::Unavailable::PositionNotReached {
+                asked,
+                served,
+                waited_ms: waited,
+            }
+            .into());
+        }
+        let left = wait_ms - waited;
+        served = run_blocking(state, move |node| node.wait_events(served, left)).await?;
+    }
+    Ok(())
 }
 
 impl ReadQuery {
     /// (from, max); `max` above [`api::READ_EVENTS_MAX`] is refused, as the
     /// OpenAPI document says, rather than silently clamped.
     fn window(&self) -> Result<(u64, u64), ApiError> {
-        let from = edge_optional("from", self.from.as_deref())?.unwrap_or(0);
-        let max = edge_optional("max", self.max.as_deref())?.unwrap_or(READ_EVENTS_DEFAULT);
-        if max > api::READ_EVENTS_MAX {
-            return Err(ApiError::bad_request(format!(
-                "max: {max} is above the largest page, {} events",
-                api::READ_EVENTS_MAX
-            )));
-        }
-        Ok((from, max))
+        read_window(self.from.as_deref(), self.max.as_deref())
     }
+}
+
+/// (from, max) of a read; `max` above [`api::READ_EVENTS_MAX`] is refused.
+fn read_window(from: Option<&str>, max: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let from = edge_optional("from", from)?.unwrap_or(0);
+    let max = edge_optional("max", max)?.unwrap_or(READ_EVENTS_DEFAULT);
+    if max > api::READ_EVENTS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "max: {max} is above the largest page, {} events",
+            api::READ_EVENTS_MAX
+        )));
+    }
+    Ok((from, max))
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +287,8 @@ pub(crate) async fn read_stream(
 ) -> Result<Response, ApiError> {
     let stream = path.stream()?;
     let (from, max) = query.window()?;
+    let min_position = edge_optional("min_position", query.min_position.as_deref())?;
+    await_position(&state, min_position).await?;
     let events = run_blocking(&state, move |node| node.read_stream(stream, from, max))
         .await?
         .map_err(ApiError::from)?;
@@ -253,9 +312,12 @@ pub(crate) async fn read_stream(
 pub(crate) async fn read_log(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(query): ApiQuery<ReadQuery>,
+    ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, max) = query.window()?;
+    let (from, max) = read_window(query.from.as_deref(), query.max.as_deref())?;
+    let min_position = edge_optional("min_position", query.min_position.as_deref())?;
+    let filter = crate::server::filter::EventFilter::parse(query.streams.as_deref())?;
+    await_position(&state, min_position).await?;
     let mut events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
         .map_err(ApiError::from)?;
@@ -264,13 +326,13 @@ pub(crate) async fn read_log(
     let next_position = events.last().map_or(from, |e| e.position + 1);
     // Events of streams outside the token's scope are left out (no 403:
     // the global log holds every patient's events).
-    events.retain(|e| principal.scope.contains(e.stream));
+    events.retain(|e| principal.scope.contains(e.stream) && filter.matches(e));
     let touched = Touched {
         stream: None,
         from: Some(from),
         to: Some(next_position),
         purpose: None,
-        detail: None,
+        detail: filter.describe(),
         streams: Some(events.iter().map(|e| e.stream).collect()),
     };
     let answer = Json(LogEvents {

@@ -251,6 +251,9 @@ pub struct AppState {
     pub(crate) failed_logins: Arc<std::sync::Mutex<FailedLogins>>,
     /// Open break-glass grants (`breakglass`); in this replica's memory.
     pub(crate) break_glass: Arc<std::sync::Mutex<breakglass::BreakGlassGrants>>,
+    /// At a backup: the queue of access-trail records on their way to the
+    /// primary (`crate::server::relay`).
+    pub(crate) relay: super::relay::TrailRelay,
 }
 
 impl AppState {
@@ -274,6 +277,7 @@ impl AppState {
                 LoginLimits::default(),
             ))),
             break_glass: Arc::default(),
+            relay: super::relay::TrailRelay::default(),
         })
     }
 
@@ -333,12 +337,19 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         guard::authorize,
     ));
+    // The backups' trail relay: no token, a replica certificate instead
+    // (checked by the handler); not a client route, so not in ROUTES.
+    let internal = Router::new().route(
+        super::relay::RELAY_PATH,
+        axum::routing::post(super::relay::accept),
+    );
     protected
         .merge(public)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             super::metrics::count,
         ))
+        .merge(internal)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(api::REQUEST_BODY_BYTES_MAX))
