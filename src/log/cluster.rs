@@ -288,8 +288,20 @@ impl LocalLog {
             normal,
             is_primary: normal && replica.is_primary(),
         };
-        self.role.store(role.pack(), Ordering::SeqCst);
-        self.view.store(replica.view(), Ordering::SeqCst);
+        let before = self.role.swap(role.pack(), Ordering::SeqCst);
+        let view_before = self.view.swap(replica.view(), Ordering::SeqCst);
+        if before != role.pack() || view_before != replica.view() {
+            // One line per change of view or status (`VELLUM_LOG=info`), so
+            // a replica's restarts and view changes can be timed from its log.
+            tracing::info!(
+                view = replica.view(),
+                status = ?replica.status(),
+                primary = role.primary,
+                commit = replica.commit(),
+                op = replica.op(),
+                "replica role changed"
+            );
+        }
     }
 
     /// The core's role as of its last step, without taking any lock: what
