@@ -324,16 +324,21 @@ fn dev_cluster_layout_keys_and_policy() {
     assert_eq!(mode(&dir.join("dev-token.txt")), 0o600);
 }
 
-// Goal: tokens.txt holds exactly the SHA-256 lines of the two dev tokens.
+// Goal: tokens.txt holds exactly the SHA-256 lines of the three dev tokens.
 #[test]
 fn dev_cluster_tokens_file_hashes_tokens() {
     let root = tempfile::tempdir().unwrap();
     let cluster = create_dev_cluster(root.path(), 1, None).unwrap();
     let tokens = std::fs::read_to_string(root.path().join("tokens.txt")).unwrap();
+    let privacy = cluster
+        .privacy_officer_token
+        .clone()
+        .expect("privacy officer token");
     let expected = format!(
-        "{}\n{}\n",
+        "{}\n{}\n{}\n",
         token_line(&cluster.writer_token, "dev", "writer"),
-        token_line(&cluster.auditor_token, "auditor", "auditor")
+        token_line(&cluster.auditor_token, "auditor", "auditor"),
+        token_line(&privacy, "privacy", "privacy-officer")
     );
     assert_eq!(tokens, expected);
     assert!(
