@@ -252,6 +252,46 @@ async fn shred_hold_and_retention_on_a_live_cluster() {
             .unwrap_or("")
             .contains("retention floor")
     );
+    // The same through the command line (as the privacy officer of the
+    // dev cluster): refused, exit code non-zero, the rule named; a hold
+    // on that stream through `vellum hold` commits.
+    let root_text = root.to_string_lossy().into_owned();
+    let retained = RETAINED.to_string();
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            support::vellum_cli(&args)
+        })
+    };
+    let args = [
+        "shred",
+        "--cluster",
+        &root_text,
+        "--stream",
+        &retained,
+        "--reason",
+        "erase",
+    ];
+    let (status, _, err) = cli(args.map(String::from).to_vec()).await.expect("cli");
+    assert!(
+        status != 0 && err.contains("retention_floor"),
+        "{status}: {err}"
+    );
+    let args = [
+        "hold",
+        "--cluster",
+        &root_text,
+        "--stream",
+        &retained,
+        "--reason",
+        "audit",
+    ];
+    let (status, out, err) = cli(args.map(String::from).to_vec()).await.expect("cli");
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("hold of stream {RETAINED} committed")),
+        "{out}"
+    );
 
     // Legal hold: refused while held, allowed once released.
     let hold = json!({ "reason": "litigation 2026-17" });
