@@ -298,3 +298,150 @@ impl Custody {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogOptions;
+    use vellum_compliance::custody::CustodyRefusal;
+
+    const STREAM: u64 = 20;
+
+    fn open(data: &std::path::Path) -> Arc<LocalLog> {
+        Arc::new(LocalLog::open(data, LogOptions::default()).expect("open").0)
+    }
+
+    fn call(action: CustodyAction) -> CustodyCall {
+        CustodyCall {
+            action,
+            stream: STREAM,
+            reason: "why".into(),
+            retain_until_ms: None,
+            principal: "po".into(),
+            role: "privacy-officer".into(),
+        }
+    }
+
+    fn key_files(data: &std::path::Path) -> usize {
+        std::fs::read_dir(data.join("keys"))
+            .expect("keys dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("dek-"))
+            })
+            .count()
+    }
+
+    // Goal: custody state is rebuilt from the log on open: a hold set
+    // before a restart still refuses a shred after it; a shred after the
+    // release destroys the key, and the reopened log still refuses reads.
+    #[test]
+    fn custody_state_is_rebuilt_from_the_log_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let log = open(&data);
+        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+            .expect("append");
+        let custody = Custody::new(Arc::clone(&log));
+        custody.request(&call(CustodyAction::Hold)).expect("hold");
+        drop(custody);
+        Arc::try_unwrap(log)
+            .expect("one owner")
+            .close()
+            .expect("close");
+
+        let log = open(&data);
+        let custody = Custody::new(Arc::clone(&log));
+        custody.catch_up().expect("catch up");
+        let refused = custody.request(&call(CustodyAction::Shred));
+        assert!(
+            matches!(
+                refused,
+                Err(CustodyError::Refused(CustodyRefusal::LegalHold { .. }))
+            ),
+            "{refused:?}"
+        );
+        custody
+            .request(&call(CustodyAction::Release))
+            .expect("release");
+        let before = key_files(&data);
+        let done = custody.request(&call(CustodyAction::Shred)).expect("shred");
+        assert_eq!(done.keys_destroyed, 1);
+        assert_eq!(
+            key_files(&data),
+            before - 1,
+            "the stream's key file is gone"
+        );
+        assert_eq!(
+            custody.shredded(STREAM).and_then(|s| s.position),
+            Some(done.position)
+        );
+        assert_eq!(custody.counts().holds, 1, "counted since this open");
+        drop(custody);
+        Arc::try_unwrap(log)
+            .expect("one owner")
+            .close()
+            .expect("close");
+
+        let log = open(&data);
+        let custody = Custody::new(Arc::clone(&log));
+        custody.catch_up().expect("catch up");
+        assert_eq!(
+            custody.shredded(STREAM).and_then(|s| s.position),
+            Some(done.position)
+        );
+        assert!(matches!(
+            log.read(STREAM, 0, 10),
+            Err(LogError::Crypto(
+                crate::crypto::CryptoError::Shredded { .. }
+            ))
+        ));
+    }
+
+    // Goal: a shred event committed while the keys were not destroyed (a
+    // crash between the commit and the custody thread) destroys them when
+    // the state is rebuilt.
+    #[test]
+    fn a_committed_shred_not_applied_yet_destroys_the_key_on_catch_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let log = open(&data);
+        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+            .expect("append");
+        let event = CustodyEvent {
+            v: CUSTODY_EVENT_VERSION,
+            time_ns: 1,
+            action: CustodyAction::Shred,
+            stream: STREAM,
+            principal: "po".into(),
+            role: "privacy-officer".into(),
+            reason: "why".into(),
+            retain_until_ms: None,
+        };
+        log.append_custody(&[Bytes::from(event.to_payload())], 0)
+            .expect("custody event committed");
+        assert_eq!(log.read(STREAM, 0, 10).expect("still readable").len(), 1);
+        let before = key_files(&data);
+        let custody = Custody::new(Arc::clone(&log));
+        custody.catch_up().expect("catch up");
+        assert!(custody.shredded(STREAM).is_some());
+        assert!(matches!(
+            log.read(STREAM, 0, 10),
+            Err(LogError::Crypto(
+                crate::crypto::CryptoError::Shredded { .. }
+            ))
+        ));
+        assert_eq!(
+            key_files(&data),
+            before - 1,
+            "the stream's key file is gone"
+        );
+        assert!(
+            data.join("keys")
+                .join(format!("shred-{STREAM:020}.tomb"))
+                .exists()
+        );
+    }
+}
