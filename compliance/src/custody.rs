@@ -30,6 +30,17 @@ pub const CUSTODY_EVENT_VERSION: u32 = 1;
 pub const CUSTODY_REASON_BYTES_MAX: usize = 1024;
 /// Longest principal name kept in an event, in bytes.
 pub const CUSTODY_PRINCIPAL_BYTES_MAX: usize = 128;
+/// The longest retention policy a configuration may set, in days (100 years).
+pub const RETENTION_DAYS_MAX: u64 = 36_500;
+/// Milliseconds per day, for the retention policy.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// The retention policy's floor for a stream whose newest event was at
+/// `last_event_ms`: `days` later (saturating).
+pub fn policy_floor_ms(last_event_ms: u64, days: u64) -> u64 {
+    last_event_ms.saturating_add(days.saturating_mul(DAY_MS))
+}
+
 /// User streams start here: custody applies to user streams only.
 pub const USER_STREAM_MIN: u64 = 16;
 
@@ -144,6 +155,24 @@ pub enum CustodyRefusal {
         stream: u64,
         /// The floor.
         retain_until_ms: u64,
+        /// The primary's clock when it decided.
+        now_ms: u64,
+    },
+    /// The cluster's retention policy keeps a stream this long after its
+    /// newest event (`retention_days_after_last_event` in the replica's
+    /// configuration).
+    #[error(
+        "retention floor: the retention policy keeps stream {stream} for {days} days after its last event (at {last_event_ms} ms), until {until_ms} ms since the epoch (now {now_ms})"
+    )]
+    RetentionPolicy {
+        /// The stream.
+        stream: u64,
+        /// The policy's days.
+        days: u64,
+        /// When the stream's newest event was appended (unix ms).
+        last_event_ms: u64,
+        /// The floor the policy sets (unix ms).
+        until_ms: u64,
         /// The primary's clock when it decided.
         now_ms: u64,
     },

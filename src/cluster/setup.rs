@@ -429,6 +429,7 @@ fn create_dev(
             tls: tls[usize::from(i)].clone(),
             tokens: tokens_path(dir),
             index_url: None,
+            retention_days_after_last_event: None,
         };
         config.store(&config_path(dir, i))?;
     }

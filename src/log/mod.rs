@@ -866,6 +866,12 @@ impl LocalLog {
         Ok(self.keys.shred_stream(stream)?)
     }
 
+    /// When the newest event of `stream` was appended (its op header's
+    /// time, unix nanoseconds); None for a stream without events.
+    pub fn stream_last_event_ns(&self, stream: u64) -> Option<u64> {
+        self.lock().stream_last_timestamp_ns(stream)
+    }
+
     /// Sets what is called after each commit (it must not block).
     pub fn set_commit_waker(&self, waker: crate::storage::DurableWaker) {
         let _ = self.commit_waker.set(CommitWaker(waker));

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use vellum_compliance::custody::{
-    CUSTODY_EVENT_VERSION, CustodyAction, CustodyEvent, CustodyRequest, CustodyState,
-    KEY_CUSTODY_STREAM,
+    CUSTODY_EVENT_VERSION, CustodyAction, CustodyEvent, CustodyRefusal, CustodyRequest,
+    CustodyState, KEY_CUSTODY_STREAM, policy_floor_ms,
 };
 
 use crate::log::{LocalLog, LogError, READ_EVENTS_MAX};
@@ -74,6 +74,9 @@ pub struct Custody {
     /// Streams whose shred is being committed: appends are refused.
     pending_shreds: Mutex<BTreeSet<u64>>,
     refused: AtomicU64,
+    /// The cluster's retention policy: no shred within this many days of
+    /// a stream's newest event (None: no policy floor).
+    retention_days: Option<u64>,
 }
 
 impl Custody {
@@ -85,7 +88,37 @@ impl Custody {
             decide: Mutex::new(()),
             pending_shreds: Mutex::new(BTreeSet::new()),
             refused: AtomicU64::new(0),
+            retention_days: None,
         }
+    }
+
+    /// With the cluster's retention policy: a shred within `days` days of
+    /// the stream's newest event is refused (409 `retention_floor`).
+    pub fn with_retention_days(mut self, days: Option<u64>) -> Custody {
+        self.retention_days = days;
+        self
+    }
+
+    /// The retention policy's verdict on shredding `stream` at `now_ms`.
+    fn check_policy(&self, call: &CustodyCall, now_ms: u64) -> Result<(), CustodyRefusal> {
+        let (Some(days), CustodyAction::Shred) = (self.retention_days, call.action) else {
+            return Ok(());
+        };
+        let Some(last_ns) = self.log.stream_last_event_ns(call.stream) else {
+            return Ok(());
+        };
+        let last_event_ms = last_ns / 1_000_000;
+        let until_ms = policy_floor_ms(last_event_ms, days);
+        if now_ms < until_ms {
+            return Err(CustodyRefusal::RetentionPolicy {
+                stream: call.stream,
+                days,
+                last_event_ms,
+                until_ms,
+                now_ms,
+            });
+        }
+        Ok(())
     }
 
     fn applied(&self) -> MutexGuard<'_, Applied> {
@@ -201,7 +234,11 @@ impl Custody {
                     retain_until_ms: call.retain_until_ms,
                 };
                 let now_ms = crate::log::now_ns() / 1_000_000;
-                if let Err(refusal) = applied.state.check(&request, now_ms) {
+                let checked = applied
+                    .state
+                    .check(&request, now_ms)
+                    .and_then(|()| self.check_policy(call, now_ms));
+                if let Err(refusal) = checked {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                     return Err(CustodyError::Refused(refusal));
                 }
@@ -303,7 +340,6 @@ impl Custody {
 mod tests {
     use super::*;
     use crate::log::LogOptions;
-    use vellum_compliance::custody::CustodyRefusal;
 
     const STREAM: u64 = 20;
 
@@ -397,6 +433,46 @@ mod tests {
                 crate::crypto::CryptoError::Shredded { .. }
             ))
         ));
+    }
+
+    // Goal: the cluster's retention policy refuses a shred within its days
+    // of the stream's newest event, naming the rule, and nothing is
+    // written; without the policy the same shred commits.
+    #[test]
+    fn retention_policy_refuses_a_shred_within_its_days() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let log = open(&data);
+        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+            .expect("append");
+        let custody = Custody::new(Arc::clone(&log)).with_retention_days(Some(6 * 365));
+        let refused = custody.request(&call(CustodyAction::Shred));
+        let Err(CustodyError::Refused(refusal)) = refused else {
+            panic!("refused by the policy: {refused:?}");
+        };
+        assert!(
+            matches!(refusal, CustodyRefusal::RetentionPolicy { days: 2190, .. }),
+            "{refusal:?}"
+        );
+        assert!(
+            refusal.to_string().starts_with("retention floor"),
+            "{refusal}"
+        );
+        assert_eq!(custody.counts().refused, 1);
+        assert!(custody.shredded(STREAM).is_none(), "nothing pending");
+        assert!(log.read(STREAM, 0, 10).is_ok(), "the key is intact");
+        // A stream without events has no policy floor; holds pass the policy.
+        custody
+            .request(&call(CustodyAction::Hold))
+            .expect("a hold is not a shred");
+        let custody = Custody::new(Arc::clone(&log));
+        custody
+            .request(&call(CustodyAction::Release))
+            .expect("release");
+        custody
+            .request(&call(CustodyAction::Shred))
+            .expect("no policy");
     }
 
     // Goal: a shred event committed while the keys were not destroyed (a

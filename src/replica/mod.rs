@@ -162,7 +162,9 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let stop = Arc::new(AtomicBool::new(false));
     // Key custody rebuilt from the log before serving (a shred committed
     // while this replica was down destroys its keys here).
-    let custody = Arc::new(Custody::new(Arc::clone(&log)));
+    let custody = Arc::new(
+        Custody::new(Arc::clone(&log)).with_retention_days(config.retention_days_after_last_event),
+    );
     custody.catch_up()?;
     let threads = vec![
         spawn_replica_loop(Arc::clone(&log), inbox_rx, Arc::clone(&stop))?,

@@ -256,7 +256,9 @@ impl From<CustodyRefusal> for ApiError {
             CustodyRefusal::LegalHold { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code::LEGAL_HOLD, message)
             }
-            CustodyRefusal::RetentionFloor { .. } | CustodyRefusal::RetentionLowered { .. } => {
+            CustodyRefusal::RetentionFloor { .. }
+            | CustodyRefusal::RetentionLowered { .. }
+            | CustodyRefusal::RetentionPolicy { .. } => {
                 ApiError::new(StatusCode::CONFLICT, code::RETENTION_FLOOR, message)
             }
             CustodyRefusal::AlreadyHeld { .. } | CustodyRefusal::NotHeld { .. } => {
