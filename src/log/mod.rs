@@ -887,26 +887,37 @@ impl LocalLog {
     /// Reads up to `max` committed events of the global log from position
     /// `from`, decrypted: (stream, event) in position order. Events of a
     /// shredded stream are left out (their keys are gone; the positions
-    /// stay in the tree and proofs).
+    /// stay in the tree and proofs) and do not count toward `max`: the
+    /// read goes on past them, so a page is empty only at the log's end.
     pub fn read_log(&self, from: u64, max: u64) -> Result<Vec<(u64, ReadEvent)>, LogError> {
         let max = max.min(READ_EVENTS_MAX);
-        let ops = self.lock().ops_from_position(from, max);
         let mut out = Vec::new();
-        for info in ops {
-            let first = from.saturating_sub(info.global_position);
-            let events = match self.decrypt_op(&info) {
-                Err(LogError::Crypto(crypto::CryptoError::Shredded { .. })) => continue,
-                other => other?,
+        let mut position = from;
+        // Each round moves `position` past at least one op, so the rounds
+        // end at the log's end at the latest.
+        while (out.len() as u64) < max {
+            let ops = self.lock().ops_from_position(position, max);
+            let Some(end) = ops.last().map(|info| info.tree_size) else {
+                break;
             };
-            for event in events
-                .into_iter()
-                .skip(usize::try_from(first).unwrap_or(usize::MAX))
-            {
-                if out.len() as u64 >= max {
-                    break;
+            for info in ops {
+                let first = position.saturating_sub(info.global_position);
+                let events = match self.decrypt_op(&info) {
+                    Err(LogError::Crypto(crypto::CryptoError::Shredded { .. })) => continue,
+                    other => other?,
+                };
+                for event in events
+                    .into_iter()
+                    .skip(usize::try_from(first).unwrap_or(usize::MAX))
+                {
+                    if out.len() as u64 >= max {
+                        break;
+                    }
+                    out.push((info.stream, event));
                 }
-                out.push((info.stream, event));
             }
+            assert!(end > position, "a round of the global read moves forward");
+            position = end;
         }
         Ok(out)
     }

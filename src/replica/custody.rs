@@ -475,6 +475,39 @@ mod tests {
             .expect("no policy");
     }
 
+    // Goal: a global read skips a shredded stream's events without counting
+    // them toward its page, so a page starting on them still reaches the
+    // events after them (a subscription never stalls behind a shred).
+    #[test]
+    fn global_reads_go_on_past_a_shredded_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let log = open(&data);
+        for _ in 0..2 {
+            log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+                .expect("append");
+        }
+        log.append(STREAM + 1, &[Bytes::from_static(b"kept")], None, None)
+            .expect("append");
+        let custody = Custody::new(Arc::clone(&log));
+        let done = custody.request(&call(CustodyAction::Shred)).expect("shred");
+        let page = log.read_log(0, 1).expect("read");
+        let seen: Vec<(u64, u64)> = page.iter().map(|(s, e)| (*s, e.position)).collect();
+        assert_eq!(seen, vec![(STREAM + 1, 2)]);
+        let page = log.read_log(0, 10).expect("read");
+        let seen: Vec<(u64, u64)> = page.iter().map(|(s, e)| (*s, e.position)).collect();
+        assert_eq!(
+            seen,
+            vec![(STREAM + 1, 2), (KEY_CUSTODY_STREAM, done.position)]
+        );
+        assert!(
+            log.read_log(done.position + 1, 10)
+                .expect("read")
+                .is_empty()
+        );
+    }
+
     // Goal: a shred event committed while the keys were not destroyed (a
     // crash between the commit and the custody thread) destroys them when
     // the state is rebuilt.
