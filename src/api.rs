@@ -18,6 +18,10 @@
 //! | POST | `/v1/export/events` | [`ExportEventsRequest`] | [`ExportBundle`] |
 //! | GET | `/v1/export/audit?from_ns=&to_ns=&stream=` | | [`AuditExport`] |
 //! | POST | `/v1/streams/{stream}/break-glass` | [`BreakGlassRequest`] | [`BreakGlassAnswer`] |
+//! | POST | `/v1/streams/{stream}/shred` | [`CustodyRequest`] | [`CustodyAnswer`] |
+//! | POST | `/v1/streams/{stream}/hold` | [`CustodyRequest`] | [`CustodyAnswer`] |
+//! | POST | `/v1/streams/{stream}/hold/release` | [`CustodyRequest`] | [`CustodyAnswer`] |
+//! | POST | `/v1/streams/{stream}/retention` | [`CustodyRequest`] (with `retain_until_ms`) | [`CustodyAnswer`] |
 //! | POST | `/v1/verifications` | [`VerificationRecord`] | `{"recorded": true}` |
 //! | GET | `/v1/tlog/checkpoint` | | C2SP signed checkpoint (text) |
 //! | GET | `/v1/tlog/tile/<L>/<N>[.p/<W>]`, `/v1/tlog/tile/entries/<N>[.p/<W>]` | | C2SP tlog-tiles tile / entry bundle (bytes) |
@@ -361,6 +365,41 @@ pub struct BreakGlassAnswer {
     pub expires_ns: u64,
 }
 
+/// `POST /v1/streams/{stream}/shred`, `.../hold`, `.../hold/release` and
+/// `.../retention` (role `privacy-officer`): a key-custody request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustodyRequest {
+    /// Why (required, not blank, at most
+    /// [`vellum_compliance::custody::CUSTODY_REASON_BYTES_MAX`] bytes); it is
+    /// committed in the key-custody stream and must hold no PHI.
+    pub reason: String,
+    /// For `retention` only (required there): keep the stream's data at
+    /// least until this time, unix milliseconds; a floor is only raised.
+    #[serde(
+        default,
+        deserialize_with = "present_whole",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retain_until_ms: Option<u64>,
+}
+
+/// The answer of a committed key-custody request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustodyAnswer {
+    /// The stream.
+    pub stream: u64,
+    /// `shred`, `hold`, `release` or `retain`.
+    pub action: String,
+    /// Global log position of the committed custody event.
+    pub position: u64,
+    /// The op that holds it.
+    pub op: u64,
+    /// For a shred: data keys the answering replica destroyed (every
+    /// replica destroys its own copies when it applies the event).
+    pub keys_destroyed: u64,
+}
+
 /// One file of an export bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFile {
@@ -452,6 +491,16 @@ pub mod code {
     /// committed prefix, or a backup's after its wait): nothing was read;
     /// ask again once the position is committed (422).
     pub const POSITION_NOT_REACHED: &str = "position_not_reached";
+    /// The stream was crypto-shredded: its events can never be read
+    /// again; `shred_position` names the shred event (410).
+    pub const SHREDDED: &str = "shredded";
+    /// A shred refused because the stream is under a legal hold (409).
+    pub const LEGAL_HOLD: &str = "legal_hold";
+    /// A shred refused because the stream's retention floor is in the
+    /// future, or a floor asked lower than the one in force (409).
+    pub const RETENTION_FLOOR: &str = "retention_floor";
+    /// A hold on a held stream, or a release of a stream not held (409).
+    pub const CUSTODY_CONFLICT: &str = "custody_conflict";
 }
 
 /// The error codes of [`code`] as a type, for clients that branch on an
@@ -488,11 +537,19 @@ pub enum ErrorCode {
     Storage,
     /// [`code::POSITION_NOT_REACHED`] (422).
     PositionNotReached,
+    /// [`code::SHREDDED`] (410).
+    Shredded,
+    /// [`code::LEGAL_HOLD`] (409).
+    LegalHold,
+    /// [`code::RETENTION_FLOOR`] (409).
+    RetentionFloor,
+    /// [`code::CUSTODY_CONFLICT`] (409).
+    CustodyConflict,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -508,6 +565,10 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Storage,
         ErrorCode::PositionNotReached,
+        ErrorCode::Shredded,
+        ErrorCode::LegalHold,
+        ErrorCode::RetentionFloor,
+        ErrorCode::CustodyConflict,
     ];
 
     /// The wire spelling, one of [`code`].
@@ -528,6 +589,10 @@ impl ErrorCode {
             ErrorCode::Unavailable => code::UNAVAILABLE,
             ErrorCode::Storage => code::STORAGE,
             ErrorCode::PositionNotReached => code::POSITION_NOT_REACHED,
+            ErrorCode::Shredded => code::SHREDDED,
+            ErrorCode::LegalHold => code::LEGAL_HOLD,
+            ErrorCode::RetentionFloor => code::RETENTION_FLOOR,
+            ErrorCode::CustodyConflict => code::CUSTODY_CONFLICT,
         }
     }
 
@@ -560,6 +625,9 @@ pub struct ErrorDetail {
     /// For `wrong_expected_offset`: the stream's actual length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_offset: Option<u64>,
+    /// For `shredded`: the global log position of the shred event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shred_position: Option<u64>,
 }
 
 #[cfg(test)]

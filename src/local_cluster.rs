@@ -260,8 +260,8 @@ async fn pause_poll() {
 }
 
 /// Removes what a wiped disk would lose: the log, the view state, the
-/// index and the data keys (the replica keeps its identity: config,
-/// signing key, KEK, TLS). Used by tests and drills.
+/// index, the data keys and shred tombstones (the replica keeps its
+/// identity: config, signing key, KEK, TLS). Used by tests and drills.
 pub fn wipe_replica_data(data_dir: &Path) -> std::io::Result<()> {
     let remove_dir = |p: PathBuf| match std::fs::remove_dir_all(&p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -283,7 +283,7 @@ pub fn wipe_replica_data(data_dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(data_dir.join("keys"))? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if name.is_some_and(|n| n.starts_with("dek-")) {
+        if name.is_some_and(|n| n.starts_with("dek-") || n.starts_with("shred-")) {
             remove_file(path)?;
         }
     }

@@ -34,6 +34,9 @@ pub const FLAG_GROUP_CONTINUES: u8 = 1;
 /// The system stream of the access trail (P7). The op that closes an
 /// atomic group appends to it: one trail record per append of the group.
 pub const ACCESS_TRAIL_STREAM: u64 = 1;
+/// The system stream of key-custody events (P6): shreds, legal holds and
+/// retention floors (`vellum_compliance::custody`). Only a replica writes it.
+pub const KEY_CUSTODY_STREAM: u64 = 2;
 /// The client session of the trail ops that close atomic groups (reserved:
 /// no client request may use it). Such an op's request number is its op.
 pub const TRAIL_CLIENT: u128 = u128::MAX;

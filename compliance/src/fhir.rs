@@ -10,6 +10,8 @@
 //! read_stream  DCM 110110 Patient Record  restful-interaction search-type   R
 //! export       DCM 110110 Patient Record  restful-interaction operation     R
 //! shred        DCM 110110 Patient Record  restful-interaction delete        D
+//! legal_hold, legal_hold_release, retention
+//!              DCM 110110 Patient Record  restful-interaction operation     U
 //! read_log     audit-event-type rest      restful-interaction history-system R
 //! subscribe    audit-event-type rest      restful-interaction history-system R
 //! proof, consistency, certificate
@@ -110,6 +112,9 @@ fn coding_of(action: AccessAction) -> Coding {
         AccessAction::ReadStream => patient_record("search-type", "R"),
         AccessAction::Export => patient_record("operation", "R"),
         AccessAction::Shred => patient_record("delete", "D"),
+        AccessAction::LegalHold | AccessAction::LegalHoldRelease | AccessAction::Retention => {
+            patient_record("operation", "U")
+        }
         AccessAction::ReadLog | AccessAction::Subscribe => rest("history-system", "R"),
         AccessAction::Proof | AccessAction::Consistency | AccessAction::Certificate => {
             rest("read", "R")

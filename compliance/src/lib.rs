@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod custody;
 pub mod disclosures;
 pub mod fhir;
 pub mod tabular;

@@ -52,6 +52,12 @@ pub enum AccessAction {
     ExportTrail,
     /// A stream's keys destroyed.
     Shred,
+    /// A legal hold set on a stream (it blocks shredding).
+    LegalHold,
+    /// A stream's legal hold lifted.
+    LegalHoldRelease,
+    /// A stream's retention floor raised.
+    Retention,
     /// A verification run.
     Verify,
     /// A request refused for a missing or unknown credential.
@@ -74,6 +80,9 @@ impl AccessAction {
             AccessAction::Export => "export",
             AccessAction::ExportTrail => "export_trail",
             AccessAction::Shred => "shred",
+            AccessAction::LegalHold => "legal_hold",
+            AccessAction::LegalHoldRelease => "legal_hold_release",
+            AccessAction::Retention => "retention",
             AccessAction::Verify => "verify",
             AccessAction::AuthFailed => "auth_failed",
             AccessAction::BreakGlass => "break_glass",

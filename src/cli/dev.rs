@@ -46,6 +46,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  CA certificate:  {}", dev.ca_pem_path.display());
     println!("  writer token:    {}", dev.writer_token);
     println!("  auditor token:   {}", dev.auditor_token);
+    if let Some(token) = &dev.privacy_officer_token {
+        println!("  privacy officer: {token}   (vellum shred / hold / retain)");
+    }
     println!("  trust policy:    {}", dev.policy_path.display());
     println!();
     println!("try:");

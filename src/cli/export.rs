@@ -30,8 +30,8 @@ enum ExportCommand {
 
 /// Where the cluster's API is and how to authenticate.
 #[derive(Debug, Args)]
-struct ApiArgs {
-    /// A `vellum dev` cluster directory (URLs, CA and writer token from it).
+pub(crate) struct ApiArgs {
+    /// A `vellum dev` cluster directory (URLs, CA and a dev token from it).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["api", "ca"])]
     cluster: Option<PathBuf>,
     /// API base URL of a replica (repeat for every replica).
@@ -136,10 +136,22 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn client(args: &ApiArgs) -> anyhow::Result<Client> {
+    client_with(args, |dev| Ok(dev.writer_token.clone()))
+}
+
+/// A client for `args`; with `--cluster` and no `--token`, the dev token
+/// `dev_token` picks.
+pub(crate) fn client_with(
+    args: &ApiArgs,
+    dev_token: impl Fn(&crate::cluster::DevCluster) -> anyhow::Result<String>,
+) -> anyhow::Result<Client> {
     let (urls, ca, token) = match &args.cluster {
         Some(dir) => {
             let dev = crate::cluster::DevCluster::load(dir)?;
-            let token = args.token.clone().unwrap_or(dev.writer_token.clone());
+            let token = match args.token.clone() {
+                Some(token) => token,
+                None => dev_token(&dev)?,
+            };
             (dev.api_urls.clone(), Some(dev.ca_pem_path.clone()), token)
         }
         None => {
@@ -334,7 +346,7 @@ async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
 /// RFC 3339 UTC (`2026-11-27T10:00:00Z`, optional fraction) or unix nanoseconds.
 /// Nanoseconds follow the edge rule ([`crate::bounds::parse_canonical`]):
 /// one canonical spelling, at most `i64::MAX`; `flag` names the input.
-fn parse_time(flag: &str, text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_time(flag: &str, text: &str) -> anyhow::Result<u64> {
     let numeric = text
         .bytes()
         .all(|b| b.is_ascii_digit() || b == b'+' || b == b'-');

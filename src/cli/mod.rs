@@ -3,6 +3,7 @@
 
 mod append;
 mod bench_cmd;
+mod custody;
 mod demo;
 mod dev;
 mod export;
@@ -55,6 +56,13 @@ enum Command {
     /// Compliance exports from a live cluster: signed event bundles, the
     /// access trail (FHIR AuditEvent, CSV, NDJSON), accountings of disclosures.
     Export(export::ExportArgs),
+    /// Crypto-shred a stream (privacy officer): every replica destroys its
+    /// copies of the stream's data keys once the shred op commits.
+    Shred(custody::ShredArgs),
+    /// Set (or with --release lift) a legal hold on a stream: no shred while it holds.
+    Hold(custody::HoldArgs),
+    /// Raise a stream's retention floor: no shred before that time.
+    Retain(custody::RetainArgs),
     /// Maintain the audit index.
     Index(IndexArgs),
     /// Measure Vellum against a raw fdatasync loop and SQLite on this disk.
@@ -148,6 +156,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(args) => keys::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),
+        Command::Shred(args) => custody::shred(args),
+        Command::Hold(args) => custody::hold(args),
+        Command::Retain(args) => custody::retain(args),
         Command::Index(IndexArgs {
             command: IndexCommand::Rebuild(args),
         }) => init::rebuild_index(args),

@@ -505,6 +505,47 @@ impl Client {
         .await
     }
 
+    /// A key-custody request on `stream` (role `privacy-officer`):
+    /// `action` is `shred`, `hold`, `release` or `retain`. Answers once the
+    /// custody event is committed; a refusal by a rule is
+    /// [`ClientError::Refused`] with its code (`legal_hold`,
+    /// `retention_floor`, `shredded`, `custody_conflict`).
+    pub async fn custody(
+        &self,
+        stream: u64,
+        action: vellum_compliance::custody::CustodyAction,
+        request: &api::CustodyRequest,
+    ) -> Result<api::CustodyAnswer, ClientError> {
+        use vellum_compliance::custody::CustodyAction;
+        edge("stream", stream)?;
+        request
+            .retain_until_ms
+            .map(|ms| edge("retain_until_ms", ms))
+            .transpose()?;
+        let route = match action {
+            CustodyAction::Shred => "shred",
+            CustodyAction::Hold => "hold",
+            CustodyAction::Release => "hold/release",
+            CustodyAction::Retain => "retention",
+        };
+        let body = serde_json::to_vec(request)
+            .map_err(|e| ClientError::Local(format!("encoding the custody request: {e}")))?;
+        let body = Bytes::from(body);
+        let context = AnswerContext {
+            stream,
+            expected: None,
+        };
+        // A write: an unknown outcome is reported as such, never hidden. A
+        // retry of a committed request is refused by its rule (shredded,
+        // already held), never applied twice.
+        self.call(CallKind::Write, context, |http, base| {
+            http.post(format!("{base}/v1/streams/{stream}/{route}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
+    }
+
     /// The newest commit certificate.
     pub async fn certificate(&self) -> Result<CertificateAnswer, ClientError> {
         self.get(0, "/v1/certificate").await
@@ -752,7 +793,11 @@ fn refusal(
         | ErrorCode::RequestTimeout
         | ErrorCode::PayloadTooLarge
         | ErrorCode::Refused
-        | ErrorCode::PositionNotReached => ClientError::Refused { code, message },
+        | ErrorCode::PositionNotReached
+        | ErrorCode::Shredded
+        | ErrorCode::LegalHold
+        | ErrorCode::RetentionFloor
+        | ErrorCode::CustodyConflict => ClientError::Refused { code, message },
         // 5xx codes on a 4xx status: the answer breaks the contract.
         ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))

@@ -78,6 +78,7 @@ fn error(status: StatusCode, code: &str, actual_offset: Option<u64>) -> Response
             code: code.to_string(),
             message: format!("stub says {code}"),
             actual_offset,
+            shred_position: None,
         },
     };
     (status, Json(body)).into_response()
@@ -119,6 +120,7 @@ async fn append(
                 code: code.to_string(),
                 message: "not found: wrong expected offset, idempotency key reused".to_string(),
                 actual_offset: None,
+                shred_position: None,
             },
         };
         return (status, Json(body)).into_response();

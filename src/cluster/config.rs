@@ -11,6 +11,10 @@
 //!   "tokens": "tokens.txt", "index_url": null }
 //! ```
 //!
+//! Optional: `"retention_days_after_last_event": N` (1 to 36,500), the
+//! retention policy: the primary refuses to shred a stream within N days
+//! of its newest event (409 `retention_floor`).
+//!
 //! Relative paths are resolved against the directory holding the file, so a
 //! cluster directory can be moved as a whole. Unknown fields are refused
 //! (a misspelt option silently ignored is a misconfigured replica), and
@@ -53,6 +57,10 @@ pub struct ConfigFile {
     /// The audit index URL; `null` means the SQLite file in the data directory.
     #[serde(default)]
     pub index_url: Option<String>,
+    /// Retention policy: no stream is shredded within this many days of
+    /// its newest event (1 to 36,500); absent: no policy floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days_after_last_event: Option<u64>,
 }
 
 /// One replica's entry as written on disk.
@@ -107,6 +115,8 @@ pub struct ClusterConfig {
     pub tokens: PathBuf,
     /// The audit index URL, if not the default.
     pub index_url: Option<String>,
+    /// The retention policy in days after a stream's newest event, if any.
+    pub retention_days_after_last_event: Option<u64>,
 }
 
 /// Why a configuration file was refused.
@@ -202,6 +212,15 @@ impl ClusterConfig {
             .map(|(i, r)| parse_replica(i, r))
             .collect::<Result<Vec<_>, _>>()?;
         check_distinct(&replicas)?;
+        if let Some(days) = file.retention_days_after_last_event {
+            let max = vellum_compliance::custody::RETENTION_DAYS_MAX;
+            if !(1..=max).contains(&days) {
+                return Err(field_error(
+                    "retention_days_after_last_event",
+                    format!("{days} is outside 1 to {max} days"),
+                ));
+            }
+        }
         let resolve = |p: &Path| base.join(p);
         Ok(ClusterConfig {
             cluster,
@@ -215,6 +234,7 @@ impl ClusterConfig {
             },
             tokens: resolve(&file.tokens),
             index_url: file.index_url.clone(),
+            retention_days_after_last_event: file.retention_days_after_last_event,
         })
     }
 
@@ -241,6 +261,7 @@ impl ClusterConfig {
             },
             tokens: relative(&self.tokens),
             index_url: self.index_url.clone(),
+            retention_days_after_last_event: self.retention_days_after_last_event,
         }
     }
 

@@ -38,6 +38,9 @@ use crate::datadir::{DataDir, LAYOUT_VERSION, MetaError, NodeMeta};
 pub const DEV_WRITER: (&str, &str) = ("dev", "writer");
 /// Principal and role of the dev cluster's auditing client.
 pub const DEV_AUDITOR: (&str, &str) = ("auditor", "auditor");
+/// Principal and role of the dev cluster's privacy officer (key custody:
+/// shred, legal hold, retention).
+pub const DEV_PRIVACY_OFFICER: (&str, &str) = ("privacy", "privacy-officer");
 /// Random bytes in a generated client token.
 pub const TOKEN_BYTES: usize = 32;
 /// Prefix of generated tokens, so a leaked one is easy to recognize.
@@ -277,6 +280,9 @@ pub struct DevCluster {
     pub writer_token: String,
     /// The token of principal `auditor`, role `auditor`.
     pub auditor_token: String,
+    /// The token of principal `privacy`, role `privacy-officer` (None in a
+    /// dev cluster made before the role existed).
+    pub privacy_officer_token: Option<String>,
     /// The auditor's copy of the trust policy.
     pub policy_path: PathBuf,
 }
@@ -423,6 +429,7 @@ fn create_dev(
             tls: tls[usize::from(i)].clone(),
             tokens: tokens_path(dir),
             index_url: None,
+            retention_days_after_last_event: None,
         };
         config.store(&config_path(dir, i))?;
     }
@@ -459,24 +466,38 @@ fn dev_tls(tls_dir: &Path, replica_count: u8) -> Result<Vec<TlsPaths>, SetupErro
 fn write_tokens(dir: &Path) -> Result<(), SetupError> {
     let writer = generate_token()?;
     let auditor = generate_token()?;
+    let privacy = generate_token()?;
     let hashes = format!(
-        "{}\n{}\n",
+        "{}\n{}\n{}\n",
         token_line(&writer, DEV_WRITER.0, DEV_WRITER.1),
-        token_line(&auditor, DEV_AUDITOR.0, DEV_AUDITOR.1)
+        token_line(&auditor, DEV_AUDITOR.0, DEV_AUDITOR.1),
+        token_line(&privacy, DEV_PRIVACY_OFFICER.0, DEV_PRIVACY_OFFICER.1)
     );
     let tokens = tokens_path(dir);
     crate::fsutil::write_durable(&tokens, hashes.as_bytes(), 0o600).map_err(io_error(&tokens))?;
     let plain = Zeroizing::new(format!(
-        "{} {} {}\n{} {} {}\n",
-        DEV_WRITER.1, DEV_WRITER.0, *writer, DEV_AUDITOR.1, DEV_AUDITOR.0, *auditor
+        "{} {} {}\n{} {} {}\n{} {} {}\n",
+        DEV_WRITER.1,
+        DEV_WRITER.0,
+        *writer,
+        DEV_AUDITOR.1,
+        DEV_AUDITOR.0,
+        *auditor,
+        DEV_PRIVACY_OFFICER.1,
+        DEV_PRIVACY_OFFICER.0,
+        *privacy
     ));
     let path = dev_token_path(dir);
     crate::fsutil::write_durable(&path, plain.as_bytes(), 0o600).map_err(io_error(&path))
 }
 
+/// The dev tokens read back: writer, auditor, privacy officer (absent in a
+/// cluster made before that role existed).
+type DevTokens = (String, String, Option<String>);
+
 /// Reads `dev-token.txt`: lines `<role> <principal> <token>`; returns the
-/// writer's and the auditor's token.
-fn read_dev_tokens(dir: &Path) -> Result<(String, String), SetupError> {
+/// writer's, the auditor's and the privacy officer's token.
+fn read_dev_tokens(dir: &Path) -> Result<DevTokens, SetupError> {
     let path = dev_token_path(dir);
     let length = std::fs::metadata(&path).map_err(io_error(&path))?.len();
     let bad = |reason: String| SetupError::Target {
@@ -498,7 +519,11 @@ fn read_dev_tokens(dir: &Path) -> Result<(String, String), SetupError> {
             .next()
             .ok_or_else(|| bad(format!("has no {role} token line")))
     };
-    Ok((find(DEV_WRITER.1)?, find(DEV_AUDITOR.1)?))
+    Ok((
+        find(DEV_WRITER.1)?,
+        find(DEV_AUDITOR.1)?,
+        find(DEV_PRIVACY_OFFICER.1).ok(),
+    ))
 }
 
 impl DevCluster {
@@ -542,7 +567,7 @@ impl DevCluster {
                 ),
             });
         }
-        let (writer_token, auditor_token) = read_dev_tokens(dir)?;
+        let (writer_token, auditor_token, privacy_officer_token) = read_dev_tokens(dir)?;
         Ok(DevCluster {
             dir: dir.to_path_buf(),
             api_urls: first.api_urls(),
@@ -550,6 +575,7 @@ impl DevCluster {
             configs,
             writer_token,
             auditor_token,
+            privacy_officer_token,
             policy_path: policy_copy_path(dir),
         })
     }

@@ -116,6 +116,31 @@ fn config_invalid_address_names_field() {
     );
 }
 
+// Goal: the retention policy loads and round-trips when in range; 0 and
+// more than 36,500 days are refused naming the field, a number beyond u64
+// naming its line.
+#[test]
+fn config_retention_policy_is_checked_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut value = config_json();
+    value["retention_days_after_last_event"] = json!(2190);
+    let config = ClusterConfig::load(&write_config(dir.path(), &value)).unwrap();
+    assert_eq!(config.retention_days_after_last_event, Some(2190));
+    let copy = dir.path().join("copy.json");
+    config.store(&copy).unwrap();
+    assert_eq!(ClusterConfig::load(&copy).unwrap(), config);
+    let plain = ClusterConfig::load(&write_config(dir.path(), &config_json())).unwrap();
+    assert_eq!(plain.retention_days_after_last_event, None);
+    for days in [json!(0), json!(36_501)] {
+        let message = load_error(|v| v["retention_days_after_last_event"] = days.clone());
+        assert_names(&message, "retention_days_after_last_event:");
+    }
+    let message = load_error(|v| {
+        v["retention_days_after_last_event"] = json!(18_446_744_073_709_551_616_f64)
+    });
+    assert_names(&message, "expected u64 at line");
+}
+
 // Goal: a bad API address names the replica's api_address field.
 #[test]
 fn config_invalid_api_address_names_field() {
@@ -324,16 +349,21 @@ fn dev_cluster_layout_keys_and_policy() {
     assert_eq!(mode(&dir.join("dev-token.txt")), 0o600);
 }
 
-// Goal: tokens.txt holds exactly the SHA-256 lines of the two dev tokens.
+// Goal: tokens.txt holds exactly the SHA-256 lines of the three dev tokens.
 #[test]
 fn dev_cluster_tokens_file_hashes_tokens() {
     let root = tempfile::tempdir().unwrap();
     let cluster = create_dev_cluster(root.path(), 1, None).unwrap();
     let tokens = std::fs::read_to_string(root.path().join("tokens.txt")).unwrap();
+    let privacy = cluster
+        .privacy_officer_token
+        .clone()
+        .expect("privacy officer token");
     let expected = format!(
-        "{}\n{}\n",
+        "{}\n{}\n{}\n",
         token_line(&cluster.writer_token, "dev", "writer"),
-        token_line(&cluster.auditor_token, "auditor", "auditor")
+        token_line(&cluster.auditor_token, "auditor", "auditor"),
+        token_line(&privacy, "privacy", "privacy-officer")
     );
     assert_eq!(tokens, expected);
     assert!(

@@ -326,6 +326,23 @@ impl KeyStore {
         Ok(true)
     }
 
+    /// Every data key this store holds, unwrapped: (key id, stream, key).
+    /// For tools and tests that must show what a store can still decrypt
+    /// (after a shred: nothing of the shredded stream).
+    pub fn held_keys(&self) -> Result<Vec<(u64, u64, Arc<DataKey>)>, CryptoError> {
+        let mut inner = self.lock()?;
+        let ids: Vec<(u64, u64)> = inner
+            .keys
+            .values()
+            .map(|e| (e.record.key_id, e.record.stream))
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for (key_id, stream) in ids {
+            out.push((key_id, stream, self.unwrapped(&mut inner, key_id)?));
+        }
+        Ok(out)
+    }
+
     /// Destroys every data key of `stream` for good: a durable tombstone
     /// first, then each key file overwritten with zeros, fsynced and
     /// deleted. Returns the destroyed key ids. Idempotent.

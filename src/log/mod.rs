@@ -341,8 +341,20 @@ pub struct LocalLog {
     /// caller waiting for its reply sees a view change without taking the
     /// core's lock.
     view: std::sync::atomic::AtomicU64,
+    /// Called after each commit the core reports (the replica's key-custody
+    /// applier: it must not block).
+    commit_waker: std::sync::OnceLock<CommitWaker>,
     /// Held for the life of the handle: one writer per data directory.
     _lock: crate::datadir::DirLock,
+}
+
+/// What a commit wakes (see [`LocalLog::set_commit_waker`]).
+struct CommitWaker(crate::storage::DurableWaker);
+
+impl std::fmt::Debug for CommitWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitWaker")
+    }
 }
 
 /// The storage handle, swappable: cutting uncommitted ops (a view change)
@@ -568,6 +580,7 @@ impl LocalLog {
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             role: std::sync::atomic::AtomicU32::new(0),
             view: std::sync::atomic::AtomicU64::new(0),
+            commit_waker: std::sync::OnceLock::new(),
             indexer,
             read_only,
             core: Mutex::new(shell::Core::new(replica)),
@@ -830,24 +843,81 @@ impl LocalLog {
         self.append_through_core(stream, events, None, None, None)
     }
 
+    /// Appends key-custody events (P6: shred, legal hold, retention) to
+    /// the system stream [`vellum_compliance::custody::KEY_CUSTODY_STREAM`]
+    /// through the core, like any append, with `expected_offset` (the
+    /// custody state the caller decided on); only the replica writes there.
+    pub fn append_custody(
+        &self,
+        events: &[Bytes],
+        expected_offset: u64,
+    ) -> Result<Appended, LogError> {
+        validate_events(events)?;
+        if self.storage_read_only() {
+            return Err(LogError::ReadOnly);
+        }
+        let stream = vellum_compliance::custody::KEY_CUSTODY_STREAM;
+        self.append_through_core(stream, events, Some(expected_offset), None, None)
+    }
+
+    /// Destroys every data key of `stream` in this replica's key store,
+    /// durably (a committed shred: see `replica::custody`). Idempotent.
+    pub fn shred_stream_keys(&self, stream: u64) -> Result<Vec<u64>, LogError> {
+        Ok(self.keys.shred_stream(stream)?)
+    }
+
+    /// When the newest event of `stream` was appended (its op header's
+    /// time, unix nanoseconds); None for a stream without events.
+    pub fn stream_last_event_ns(&self, stream: u64) -> Option<u64> {
+        self.lock().stream_last_timestamp_ns(stream)
+    }
+
+    /// Sets what is called after each commit (it must not block).
+    pub fn set_commit_waker(&self, waker: crate::storage::DurableWaker) {
+        let _ = self.commit_waker.set(CommitWaker(waker));
+    }
+
+    /// Tells the commit waker, if any, that the commit moved.
+    fn wake_on_commit(&self) {
+        if let Some(CommitWaker(waker)) = self.commit_waker.get() {
+            waker();
+        }
+    }
+
     /// Reads up to `max` committed events of the global log from position
-    /// `from`, decrypted: (stream, event) in position order.
+    /// `from`, decrypted: (stream, event) in position order. Events of a
+    /// shredded stream are left out (their keys are gone; the positions
+    /// stay in the tree and proofs) and do not count toward `max`: the
+    /// read goes on past them, so a page is empty only at the log's end.
     pub fn read_log(&self, from: u64, max: u64) -> Result<Vec<(u64, ReadEvent)>, LogError> {
         let max = max.min(READ_EVENTS_MAX);
-        let ops = self.lock().ops_from_position(from, max);
         let mut out = Vec::new();
-        for info in ops {
-            let first = from.saturating_sub(info.global_position);
-            let events = self.decrypt_op(&info)?;
-            for event in events
-                .into_iter()
-                .skip(usize::try_from(first).unwrap_or(usize::MAX))
-            {
-                if out.len() as u64 >= max {
-                    break;
+        let mut position = from;
+        // Each round moves `position` past at least one op, so the rounds
+        // end at the log's end at the latest.
+        while (out.len() as u64) < max {
+            let ops = self.lock().ops_from_position(position, max);
+            let Some(end) = ops.last().map(|info| info.tree_size) else {
+                break;
+            };
+            for info in ops {
+                let first = position.saturating_sub(info.global_position);
+                let events = match self.decrypt_op(&info) {
+                    Err(LogError::Crypto(crypto::CryptoError::Shredded { .. })) => continue,
+                    other => other?,
+                };
+                for event in events
+                    .into_iter()
+                    .skip(usize::try_from(first).unwrap_or(usize::MAX))
+                {
+                    if out.len() as u64 >= max {
+                        break;
+                    }
+                    out.push((info.stream, event));
                 }
-                out.push((info.stream, event));
             }
+            assert!(end > position, "a round of the global read moves forward");
+            position = end;
         }
         Ok(out)
     }

@@ -699,6 +699,12 @@ impl LocalLog {
     /// The core committed `op` under `certificate`: reads may see it, and
     /// the certificate goes into the log (lazily) and the index.
     fn committed(&self, op: u64, certificate: Arc<Certificate>) -> Result<(), LogError> {
+        let outcome = self.commit_op(op, certificate);
+        self.wake_on_commit();
+        outcome
+    }
+
+    fn commit_op(&self, op: u64, certificate: Arc<Certificate>) -> Result<(), LogError> {
         let mut state = self.lock();
         state.commit = state.commit.max(op);
         let size = certificate.checkpoint.size;

@@ -393,6 +393,16 @@ impl LogState {
             .map(|c| Arc::clone(&c.certificate))
     }
 
+    /// The header timestamp of the newest op of `stream` (committed or in
+    /// flight), unix nanoseconds; None for a stream without events.
+    pub fn stream_last_timestamp_ns(&self, stream: u64) -> Option<u64> {
+        self.streams
+            .get(&stream)
+            .and_then(|ops| ops.last())
+            .and_then(|&op| self.op(op))
+            .map(|info| info.timestamp_ns)
+    }
+
     /// The committed, durable ops of `stream` holding offsets `[from, from + max)`.
     pub fn stream_ops_from(&self, stream: u64, from: u64, max: u64) -> Vec<OpInfo> {
         let Some(ops) = self.streams.get(&stream) else {

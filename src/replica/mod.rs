@@ -12,6 +12,7 @@
 //! tokio runtime runs the network and the HTTP server. The core itself
 //! stays pure: everything here only moves inputs in and actions out.
 
+mod custody;
 mod node;
 mod trail;
 
@@ -22,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use custody::{CUSTODY_POLL_MS, Custody, CustodyCounts};
 pub use node::ReplicaNode;
 pub use trail::{TRAIL_BATCH_EVENTS_MAX, TrailBatcher};
 
@@ -158,11 +160,18 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         .set(Arc::clone(&transport))
         .expect("the outbox is set once, here");
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = vec![spawn_replica_loop(
-        Arc::clone(&log),
-        inbox_rx,
-        Arc::clone(&stop),
-    )?];
+    // Key custody rebuilt from the log before serving (a shred committed
+    // while this replica was down destroys its keys here).
+    let custody = Arc::new(
+        Custody::new(Arc::clone(&log)).with_retention_days(config.retention_days_after_last_event),
+    );
+    custody.catch_up()?;
+    let threads = vec![
+        spawn_replica_loop(Arc::clone(&log), inbox_rx, Arc::clone(&stop))?,
+        custody
+            .spawn_applier(Arc::clone(&stop))
+            .map_err(|e| ReplicaError::Io(format!("key-custody thread: {e}")))?,
+    ];
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let server_config = ServerConfig {
         listen: this.api_address,
@@ -175,6 +184,7 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let node = Arc::new(ReplicaNode::new(
         Arc::clone(&log),
         Some(Arc::clone(&transport) as Arc<dyn Transport>),
+        custody,
     ));
     let served = runtime
         .block_on(serve(server_config, node, shutdown_rx))

@@ -10,11 +10,13 @@ use base64::Engine as _;
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
 use vellum_compliance::bundle::BundleError;
 
+use crate::crypto::CryptoError;
 use crate::log::{ClientRequest, LocalLog, LogError, receipt};
 use crate::net::Transport;
 use crate::server::node::{
-    AppendCall, AppendError, BatchRefusal, ExportCall, ExportError, FaultKind, InternalFault, Node,
-    NodeMetrics, ProofError, ReadError, TlogError, TrailError, Unavailable,
+    AppendCall, AppendError, BatchRefusal, CustodyCall, CustodyDone, CustodyError, ExportCall,
+    ExportError, FaultKind, InternalFault, Node, NodeMetrics, ProofError, ReadError, Shredded,
+    TlogError, TrailError, Unavailable,
 };
 use crate::vsr::{RequestRefusal, Status};
 
@@ -27,15 +29,41 @@ pub struct ReplicaNode {
     log: Arc<LocalLog>,
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
+    custody: Arc<super::Custody>,
 }
 
 impl ReplicaNode {
-    /// Serves `log`; `transport` supplies the network counters.
-    pub fn new(log: Arc<LocalLog>, transport: Option<Arc<dyn Transport>>) -> ReplicaNode {
+    /// Serves `log`; `transport` supplies the network counters; `custody`
+    /// is the log's key custody (its applier runs beside).
+    pub fn new(
+        log: Arc<LocalLog>,
+        transport: Option<Arc<dyn Transport>>,
+        custody: Arc<super::Custody>,
+    ) -> ReplicaNode {
         ReplicaNode {
             log,
             transport,
             trail: super::TrailBatcher::default(),
+            custody,
+        }
+    }
+}
+
+/// A stream the key store already refuses (its keys are destroyed) while
+/// the custody state has not applied the shred event yet: no position.
+fn shredded_in_store(stream: u64) -> Shredded {
+    Shredded {
+        stream,
+        position: None,
+    }
+}
+
+impl From<LogError> for CustodyError {
+    fn from(error: LogError) -> CustodyError {
+        match unserved(error) {
+            Unserved::Unavailable(u) => CustodyError::Unavailable(u),
+            Unserved::Indeterminate(reason) => CustodyError::Indeterminate { reason },
+            Unserved::Internal(fault) => CustodyError::Internal(fault),
         }
     }
 }
@@ -134,6 +162,9 @@ impl From<LogError> for AppendError {
             LogError::IdempotencyKeyReused { stream, request } => {
                 AppendError::IdempotencyKeyReused { stream, request }
             }
+            LogError::Crypto(CryptoError::Shredded { stream }) => {
+                AppendError::Shredded(shredded_in_store(stream))
+            }
             // A client id the node itself picked (or the API checked)
             // cannot be 0: reaching here is the replica's bug.
             other => match unserved(other) {
@@ -149,6 +180,9 @@ impl From<LogError> for ReadError {
     fn from(error: LogError) -> ReadError {
         match error {
             LogError::UnknownStream(stream) => ReadError::UnknownStream { stream },
+            LogError::Crypto(CryptoError::Shredded { stream }) => {
+                ReadError::Shredded(shredded_in_store(stream))
+            }
             other => match unserved(other) {
                 Unserved::Unavailable(u) => ReadError::Unavailable(u),
                 // A read has no unknown outcome; the log does not answer
@@ -190,6 +224,9 @@ impl From<LogError> for ExportError {
     fn from(error: LogError) -> ExportError {
         match error {
             LogError::UnknownStream(stream) => ExportError::UnknownStream { stream },
+            LogError::Crypto(CryptoError::Shredded { stream }) => {
+                ExportError::Shredded(shredded_in_store(stream))
+            }
             LogError::ExportRange { from, to } => ExportError::Range {
                 from,
                 to,
@@ -339,6 +376,9 @@ impl Node for ReplicaNode {
 
     fn append(&self, call: AppendCall) -> Result<AppendReceipt, AppendError> {
         self.primary_or_refuse()?;
+        if let Some(shredded) = self.custody.shredded(call.stream) {
+            return Err(AppendError::Shredded(shredded));
+        }
         let client = call
             .idempotency
             .map(|(client, request)| ClientRequest { client, request });
@@ -364,6 +404,9 @@ impl Node for ReplicaNode {
     }
 
     fn read_stream(&self, stream: u64, from: u64, max: u64) -> Result<Vec<LogEvent>, ReadError> {
+        if let Some(shredded) = self.custody.shredded(stream) {
+            return Err(ReadError::Shredded(shredded));
+        }
         // The bound is taken before the read: the read may only go beyond
         // it where the prefix grew meanwhile, and those events are cut.
         let served = self.served_events();
@@ -435,6 +478,9 @@ impl Node for ReplicaNode {
     }
 
     fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, ExportError> {
+        if let Some(shredded) = self.custody.shredded(call.stream) {
+            return Err(ExportError::Shredded(shredded));
+        }
         let (events, certificate) = self.log.export_events(call.stream, call.from, call.to)?;
         let signer = self.log.signer();
         let request = vellum_compliance::bundle::BundleRequest {
@@ -478,6 +524,7 @@ impl Node for ReplicaNode {
     fn metrics(&self) -> NodeMetrics {
         let status = self.log.status();
         let net = self.transport.as_ref().map(|t| t.stats());
+        let custody = self.custody.counts();
         NodeMetrics {
             commit: status.commit,
             op: status.op,
@@ -489,7 +536,17 @@ impl Node for ReplicaNode {
                 .as_ref()
                 .map_or(0, |n| n.frames_dropped + n.queue_dropped),
             syncs: self.log.storage_syncs(),
+            shreds: custody.shreds,
+            holds: custody.holds,
+            releases: custody.releases,
+            retentions: custody.retentions,
+            custody_refused: custody.refused,
         }
+    }
+
+    fn custody(&self, call: CustodyCall) -> Result<CustodyDone, CustodyError> {
+        self.primary_or_refuse()?;
+        self.custody.request(&call)
     }
 }
 

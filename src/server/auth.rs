@@ -40,6 +40,9 @@ pub enum Role {
     /// Proofs, certificates and consistency proofs only (no event
     /// payloads); the only role that may follow the log as tlog-tiles.
     Auditor,
+    /// Key custody only (P6): shreds streams, sets and lifts legal holds,
+    /// sets retention floors, and reads the access trail; never payloads.
+    PrivacyOfficer,
 }
 
 /// One kind of API call, as far as authorization is concerned.
@@ -71,6 +74,14 @@ pub enum Action {
     TlogTiles,
     /// `POST /v1/streams/{stream}/break-glass`: emergency access.
     BreakGlass,
+    /// `POST /v1/streams/{stream}/shred`: destroy the stream's data keys.
+    Shred,
+    /// `POST /v1/streams/{stream}/hold`: set a legal hold.
+    Hold,
+    /// `POST /v1/streams/{stream}/hold/release`: lift a legal hold.
+    ReleaseHold,
+    /// `POST /v1/streams/{stream}/retention`: raise the retention floor.
+    Retain,
 }
 
 /// How a route's stream data is matched against the caller's [`Scope`].
@@ -116,13 +127,23 @@ impl Action {
             Action::TlogCheckpoint => A::Certificate,
             Action::TlogTiles => A::Proof,
             Action::BreakGlass => A::BreakGlass,
+            Action::Shred => A::Shred,
+            Action::Hold => A::LegalHold,
+            Action::ReleaseHold => A::LegalHoldRelease,
+            Action::Retain => A::Retention,
         }
     }
 
     /// How this action's stream data is matched against the caller's scope.
     pub fn scope_rule(self) -> ScopeRule {
         match self {
-            Action::Append | Action::ReadStream | Action::Proof => ScopeRule::PathStream,
+            Action::Append
+            | Action::ReadStream
+            | Action::Proof
+            | Action::Shred
+            | Action::Hold
+            | Action::ReleaseHold
+            | Action::Retain => ScopeRule::PathStream,
             Action::ExportEvents => ScopeRule::BodyStream,
             Action::ReadLog | Action::Subscribe => ScopeRule::FilterEvents,
             Action::ExportAudit => ScopeRule::StreamQueryOrAll,
@@ -133,6 +154,14 @@ impl Action {
             | Action::TlogCheckpoint => ScopeRule::Unscoped,
             Action::BreakGlass => ScopeRule::OpensBreakGlass,
         }
+    }
+
+    /// The key-custody actions (P6): the privacy officer's alone.
+    pub fn is_custody(self) -> bool {
+        matches!(
+            self,
+            Action::Shred | Action::Hold | Action::ReleaseHold | Action::Retain
+        )
     }
 
     /// Whether an open break-glass grant on a stream lets this action
@@ -158,6 +187,10 @@ impl Action {
             Action::TlogCheckpoint => "tlog_checkpoint",
             Action::TlogTiles => "tlog_tiles",
             Action::BreakGlass => "break_glass",
+            Action::Shred => "shred",
+            Action::Hold => "hold",
+            Action::ReleaseHold => "release_hold",
+            Action::Retain => "retain",
         }
     }
 }
@@ -172,17 +205,23 @@ impl Role {
             // in bulk, for auditing tools: auditors only.
             // Break-glass is for those who read patient data (writers
             // and readers), never for auditors.
-            Role::Writer => !matches!(
-                action,
-                Action::RecordVerification | Action::TlogCheckpoint | Action::TlogTiles
-            ),
-            Role::Reader => !matches!(
-                action,
-                Action::Append
-                    | Action::RecordVerification
-                    | Action::TlogCheckpoint
-                    | Action::TlogTiles
-            ),
+            Role::Writer => {
+                !action.is_custody()
+                    && !matches!(
+                        action,
+                        Action::RecordVerification | Action::TlogCheckpoint | Action::TlogTiles
+                    )
+            }
+            Role::Reader => {
+                !action.is_custody()
+                    && !matches!(
+                        action,
+                        Action::Append
+                            | Action::RecordVerification
+                            | Action::TlogCheckpoint
+                            | Action::TlogTiles
+                    )
+            }
             // Auditors see proofs and the access trail, never plaintext.
             Role::Auditor => matches!(
                 action,
@@ -194,6 +233,11 @@ impl Role {
                     | Action::TlogCheckpoint
                     | Action::TlogTiles
             ),
+            // Key custody, the trail that records it, and the certificate
+            // (to tie a shred's position to a signed tree): no payloads.
+            Role::PrivacyOfficer => {
+                action.is_custody() || matches!(action, Action::ExportAudit | Action::Certificate)
+            }
         }
     }
 
@@ -203,6 +247,7 @@ impl Role {
             Role::Writer => "writer",
             Role::Reader => "reader",
             Role::Auditor => "auditor",
+            Role::PrivacyOfficer => "privacy-officer",
         }
     }
 }
@@ -220,8 +265,9 @@ impl FromStr for Role {
             "writer" => Ok(Role::Writer),
             "reader" => Ok(Role::Reader),
             "auditor" => Ok(Role::Auditor),
+            "privacy-officer" => Ok(Role::PrivacyOfficer),
             other => Err(format!(
-                "unknown role {other:?} (expected writer, reader or auditor)"
+                "unknown role {other:?} (expected writer, reader, auditor or privacy-officer)"
             )),
         }
     }

@@ -209,8 +209,45 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             denied,
         ),
     ];
+    let custody: [(&str, &str, &str, u64); 5] = [
+        (
+            "vellum_shreds_total",
+            "counter",
+            "Committed shreds this replica applied (its copies of the stream's data keys destroyed).",
+            node.shreds,
+        ),
+        (
+            "vellum_legal_holds_total",
+            "counter",
+            "Committed legal holds this replica applied.",
+            node.holds,
+        ),
+        (
+            "vellum_legal_hold_releases_total",
+            "counter",
+            "Committed legal hold releases this replica applied.",
+            node.releases,
+        ),
+        (
+            "vellum_retention_floors_total",
+            "counter",
+            "Committed retention floors this replica applied.",
+            node.retentions,
+        ),
+        (
+            "vellum_custody_refused_total",
+            "counter",
+            "Key-custody requests refused by a rule (hold, retention floor, shredded, system stream).",
+            node.custody_refused,
+        ),
+    ];
     let mut out = String::new();
-    for (name, kind, help, value) in gauges.into_iter().chain(logins).chain(scopes) {
+    for (name, kind, help, value) in gauges
+        .into_iter()
+        .chain(logins)
+        .chain(scopes)
+        .chain(custody)
+    {
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use vellum_audit::hash::Hash;
 use vellum_audit::leaf::LeafPreimage;
 use vellum_audit::tiles::{EntryBundleId, TileId};
+use vellum_compliance::custody::{CustodyAction, CustodyRefusal};
 use vellum_compliance::trail::AccessEvent;
 
 use crate::api::{AppendReceipt, ConsistencyAnswer, Health, LogEvent};
@@ -165,6 +166,10 @@ pub enum AppendError {
         /// The stream's length.
         actual: u64,
     },
+    /// The stream was shredded (or a shred of it is being committed):
+    /// nothing was written: 410 `shredded`.
+    #[error("{0}")]
+    Shredded(Shredded),
     /// The idempotency key (client session, request number) already names
     /// a different request; nothing was written, retrying will not help:
     /// 422 `idempotency_key_reused`.
@@ -233,6 +238,9 @@ pub enum ReadError {
         /// The stream.
         stream: u64,
     },
+    /// The stream's data keys were destroyed: 410 `shredded`.
+    #[error("{0}")]
+    Shredded(Shredded),
     /// Not served now: 503 `unavailable`.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -317,6 +325,9 @@ pub enum ExportError {
     /// Nothing is certified yet: 422 `refused`.
     #[error("nothing is certified yet")]
     NothingCertified,
+    /// The stream's data keys were destroyed: 410 `shredded`.
+    #[error("{0}")]
+    Shredded(Shredded),
     /// Not served now: 503 `unavailable`.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -358,6 +369,71 @@ pub enum TlogError {
     /// Not served now: 503 `unavailable`.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// A fault inside the replica: 500 `storage`.
+    #[error(transparent)]
+    Internal(#[from] InternalFault),
+}
+
+/// A stream whose data keys are destroyed (crypto-shredding, P6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{}", match .position {
+    Some(p) => format!("stream {} was shredded at log position {p}: its data keys are destroyed", .stream),
+    None => format!("stream {} is being shredded: its data keys are being destroyed", .stream),
+})]
+pub struct Shredded {
+    /// The stream.
+    pub stream: u64,
+    /// Global position of the committed shred event (None: the shred is
+    /// being committed, or the keys are gone and its event not applied yet).
+    pub position: Option<u64>,
+}
+
+/// A key-custody request (shred, legal hold, its release, retention) as
+/// the server hands it to the node, reason already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodyCall {
+    /// What.
+    pub action: CustodyAction,
+    /// The stream.
+    pub stream: u64,
+    /// Why (not blank, at most `CUSTODY_REASON_BYTES_MAX` bytes).
+    pub reason: String,
+    /// For `retain`: the new floor in unix milliseconds.
+    pub retain_until_ms: Option<u64>,
+    /// Who asked.
+    pub principal: String,
+    /// Its role.
+    pub role: String,
+}
+
+/// A committed custody event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodyDone {
+    /// Global position of the custody event.
+    pub position: u64,
+    /// The op that holds it.
+    pub op: u64,
+    /// For a shred: the data keys this replica destroyed.
+    pub keys_destroyed: u64,
+}
+
+/// Why a custody request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustodyError {
+    /// Refused by a rule (system stream, shredded, hold, retention);
+    /// nothing was written: 409 (410 for a shredded stream, 422 for a
+    /// system stream).
+    #[error(transparent)]
+    Refused(#[from] CustodyRefusal),
+    /// Not served now; nothing was written: 503 `unavailable`.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The outcome is unknown: 503 `indeterminate` (look at the log).
+    #[error("outcome unknown: {reason}")]
+    Indeterminate {
+        /// What made it unknown (for humans only).
+        reason: String,
+    },
     /// A fault inside the replica: 500 `storage`.
     #[error(transparent)]
     Internal(#[from] InternalFault),
@@ -426,6 +502,17 @@ pub struct NodeMetrics {
     pub frames_dropped: u64,
     /// Storage fdatasyncs since start.
     pub syncs: u64,
+    /// Custody events applied by this replica, by action (from the log:
+    /// every replica counts the same once caught up).
+    pub shreds: u64,
+    /// See above.
+    pub holds: u64,
+    /// See above.
+    pub releases: u64,
+    /// See above.
+    pub retentions: u64,
+    /// Custody requests this replica refused by a rule.
+    pub custody_refused: u64,
 }
 
 /// The replica as the client API sees it.
@@ -483,4 +570,14 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     /// returns once they are committed (a read is answered only after
     /// this). Concurrent callers are batched into one op.
     fn record_access(&self, events: Vec<AccessEvent>) -> Result<(), TrailError>;
+    /// Decides a key-custody request (P6) and, if allowed, commits its
+    /// event in the key-custody stream; a committed shred has destroyed
+    /// this replica's keys of the stream when this returns.
+    fn custody(&self, call: CustodyCall) -> Result<CustodyDone, CustodyError> {
+        let _ = call;
+        Err(CustodyError::Internal(InternalFault::new(
+            FaultKind::Unexpected,
+            "this node keeps no key custody",
+        )))
+    }
 }

@@ -52,14 +52,14 @@ fn paths() -> Value {
                     "required": true,
                     "content": { "application/json": { "schema": schema_ref("AppendRequest") } }
                 },
-                "responses": with_errors(ok("AppendReceipt"), &["400", "401", "403", "404", "408", "409", "413", "422", "500", "503"])
+                "responses": with_errors(ok("AppendReceipt"), &["400", "401", "403", "404", "408", "409", "410", "413", "422", "500", "503"])
             }
         },
         "/v1/streams/{stream}/events": {
             "get": {
                 "summary": "Read committed events of one stream; roles writer, reader. Served by any replica (a backup from its certified prefix; the read's trail record commits through the primary first).",
                 "parameters": [stream_param(), query_param("from", "First offset (default 0).", false), max_param(), min_position_param()],
-                "responses": with_errors(ok("StreamEvents"), &["400", "401", "403", "404", "422", "500", "503"])
+                "responses": with_errors(ok("StreamEvents"), &["400", "401", "403", "404", "410", "422", "500", "503"])
             }
         },
         "/v1/log": {
@@ -127,7 +127,7 @@ fn paths() -> Value {
                     "required": true,
                     "content": { "application/json": { "schema": schema_ref("ExportEventsRequest") } }
                 },
-                "responses": with_errors(ok("ExportBundle"), &["400", "401", "403", "404", "408", "413", "422", "500", "503"])
+                "responses": with_errors(ok("ExportBundle"), &["400", "401", "403", "404", "408", "410", "413", "422", "500", "503"])
             }
         },
         "/v1/export/audit": {
@@ -150,6 +150,50 @@ fn paths() -> Value {
                     "content": { "application/json": { "schema": schema_ref("BreakGlassRequest") } }
                 },
                 "responses": with_errors(ok("BreakGlassAnswer"), &["400", "401", "403", "408", "413", "503"])
+            }
+        },
+        "/v1/streams/{stream}/shred": {
+            "post": {
+                "summary": "Crypto-shred a stream (role privacy-officer): the primary checks the rules (a user stream, not shredded, no legal hold, past the retention floor), then commits a shred event in the key-custody stream (2); every replica destroys its copies of the stream's data keys as it applies it. Afterwards reads, exports and appends of the stream answer 410 shredded (shred_position names the event); proofs and verification still pass.",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("CustodyRequest") } }
+                },
+                "responses": with_errors(ok("CustodyAnswer"), &["400", "401", "403", "408", "409", "410", "413", "422", "503"])
+            }
+        },
+        "/v1/streams/{stream}/hold": {
+            "post": {
+                "summary": "Set a legal hold on a stream (role privacy-officer), committed in the key-custody stream: no shred while it holds (409 legal_hold).",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("CustodyRequest") } }
+                },
+                "responses": with_errors(ok("CustodyAnswer"), &["400", "401", "403", "408", "409", "410", "413", "422", "503"])
+            }
+        },
+        "/v1/streams/{stream}/hold/release": {
+            "post": {
+                "summary": "Lift a stream's legal hold (role privacy-officer, with a reason), committed in the key-custody stream.",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("CustodyRequest") } }
+                },
+                "responses": with_errors(ok("CustodyAnswer"), &["400", "401", "403", "408", "409", "410", "413", "422", "503"])
+            }
+        },
+        "/v1/streams/{stream}/retention": {
+            "post": {
+                "summary": "Raise a stream's retention floor (role privacy-officer; retain_until_ms required), committed in the key-custody stream: no shred before it (409 retention_floor); a floor is never lowered.",
+                "parameters": [stream_param()],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": schema_ref("CustodyRequest") } }
+                },
+                "responses": with_errors(ok("CustodyAnswer"), &["400", "401", "403", "408", "409", "410", "413", "422", "503"])
             }
         },
         "/v1/verifications": {
@@ -320,7 +364,7 @@ fn max_param() -> Value {
 }
 
 fn error_responses() -> Value {
-    let entries: [(&str, &str); 12] = [
+    let entries: [(&str, &str); 13] = [
         (
             "400",
             "bad_request: malformed JSON, wrong content type, bad path or query, bad field (the message names it).",
@@ -343,7 +387,11 @@ fn error_responses() -> Value {
         ),
         (
             "409",
-            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written.",
+            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written. Key custody: legal_hold (the stream is under a legal hold), retention_floor (before the stream's retention floor, or a lower floor asked), custody_conflict (hold on a held stream, release of one not held).",
+        ),
+        (
+            "410",
+            "shredded: the stream was crypto-shredded; shred_position is the global position of the shred event (absent while the shred is being committed). Nothing was written or read.",
         ),
         ("413", "payload_too_large: the body exceeds the limit."),
         (
@@ -513,6 +561,23 @@ fn schemas() -> Value {
                 "expires_ns": u64_schema("When it expires, unix nanoseconds; afterwards 403 scope_denied.")
             }
         },
+        "CustodyRequest": {
+            "type": "object", "required": ["reason"], "additionalProperties": false,
+            "properties": {
+                "reason": { "type": "string", "pattern": "[^ \t\n\r]", "description": "Why: not blank, at most 1024 bytes of UTF-8 (400 beyond); committed whole in the key-custody stream, so it must hold no PHI." },
+                "retain_until_ms": u64_schema("For retention only (required there, 400 elsewhere): keep the stream's data until this time, unix milliseconds.")
+            }
+        },
+        "CustodyAnswer": {
+            "type": "object", "required": ["stream", "action", "position", "op", "keys_destroyed"],
+            "properties": {
+                "stream": u64_schema("The stream."),
+                "action": { "type": "string", "enum": ["shred", "hold", "release", "retain"] },
+                "position": u64_schema("Global log position of the committed custody event."),
+                "op": u64_schema("The op holding it."),
+                "keys_destroyed": u64_schema("For a shred: data keys the answering replica destroyed.")
+            }
+        },
         "ExportBundle": {
             "type": "object", "required": ["files"],
             "properties": {
@@ -566,7 +631,8 @@ fn schemas() -> Value {
                             .map(|code| code.as_str())
                             .collect::<Vec<_>>() },
                         "message": { "type": "string" },
-                        "actual_offset": u64_schema("For wrong_expected_offset: the stream's length.")
+                        "actual_offset": u64_schema("For wrong_expected_offset: the stream's length."),
+                        "shred_position": u64_schema("For shredded: the global log position of the shred event.")
                     }
                 }
             }

@@ -11,6 +11,8 @@ use crate::server::routes::RouteSpec;
 
 /// The stream every matrix request names.
 const STREAM: u64 = 16;
+/// The privacy officer's token (key custody only).
+const PRIVACY: &str = "vlm_privacy_token";
 
 /// The scopes of the matrix: what `streams=` the token carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,8 @@ fn decision(spec: &RouteSpec) -> Option<(Expect, &'static str, Option<&'static s
     let export = r#"{"stream":16,"from":0,"to":1}"#;
     let append = r#"{"events":[{"base64":"AA=="}]}"#;
     let glass = r#"{"reason":"patient unconscious in the ED","duration_s":60}"#;
+    let custody = r#"{"reason":"patient asked for erasure"}"#;
+    let retain = r#"{"reason":"six-year rule","retain_until_ms":1}"#;
     let verification = r#"{"scope":"s","passed":true,"report_sha256":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
     Some(match (spec.method, spec.path) {
         ("POST", "/v1/streams/{stream}/append") => {
@@ -83,6 +87,18 @@ fn decision(spec: &RouteSpec) -> Option<(Expect, &'static str, Option<&'static s
         ("POST", "/v1/streams/{stream}/break-glass") => {
             (Expect::Any, "/v1/streams/16/break-glass", Some(glass))
         }
+        ("POST", "/v1/streams/{stream}/shred") => {
+            (Expect::Stream, "/v1/streams/16/shred", Some(custody))
+        }
+        ("POST", "/v1/streams/{stream}/hold") => {
+            (Expect::Stream, "/v1/streams/16/hold", Some(custody))
+        }
+        ("POST", "/v1/streams/{stream}/hold/release") => {
+            (Expect::Stream, "/v1/streams/16/hold/release", Some(custody))
+        }
+        ("POST", "/v1/streams/{stream}/retention") => {
+            (Expect::Stream, "/v1/streams/16/retention", Some(retain))
+        }
         ("GET", "/v1/health") => (Expect::Any, "/v1/health", None),
         ("GET", "/metrics") => (Expect::Any, "/metrics", None),
         ("GET", "/openapi.json") => (Expect::Any, "/openapi.json", None),
@@ -102,6 +118,7 @@ fn scoped_tokens(given: Given) -> TokenStore {
         line(WRITER, "alice", Role::Writer),
         line(READER, "bob", Role::Reader),
         line(AUDITOR, "carol", Role::Auditor),
+        line(PRIVACY, "dana", Role::PrivacyOfficer),
     ]
     .join("\n");
     TokenStore::from_lines(&text).expect("valid tokens")
@@ -143,6 +160,7 @@ async fn role_scope_route_matrix_covers_every_route() {
         (WRITER, Role::Writer, "alice"),
         (READER, Role::Reader, "bob"),
         (AUDITOR, Role::Auditor, "carol"),
+        (PRIVACY, Role::PrivacyOfficer, "dana"),
     ];
     let mut checked = 0usize;
     for spec in ROUTES {

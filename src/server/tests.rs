@@ -83,6 +83,10 @@ impl From<Failure> for ProofError {
             ReadError::Unavailable(u) => ProofError::Unavailable(u),
             ReadError::Internal(fault) => ProofError::Internal(fault),
             ReadError::UnknownStream { stream } => ProofError::NoSuchEvent { stream, offset: 0 },
+            ReadError::Shredded(s) => ProofError::NoSuchEvent {
+                stream: s.stream,
+                offset: 0,
+            },
         }
     }
 }
@@ -93,6 +97,7 @@ impl From<Failure> for ExportError {
             ReadError::Unavailable(u) => ExportError::Unavailable(u),
             ReadError::Internal(fault) => ExportError::Internal(fault),
             ReadError::UnknownStream { stream } => ExportError::UnknownStream { stream },
+            ReadError::Shredded(s) => ExportError::Shredded(s),
         }
     }
 }
@@ -1724,6 +1729,38 @@ fn tokens_and_roles() {
     assert!(Role::Writer.allows(Action::Append));
     assert!(!Role::Reader.allows(Action::Append) && Role::Reader.allows(Action::Subscribe));
     assert!(Role::Auditor.allows(Action::Proof) && !Role::Auditor.allows(Action::ReadLog));
+}
+
+// Goal: key custody (shred, hold, release, retention) is the privacy
+// officer's alone, and the privacy officer sees no payload; the role's
+// tokens-file spelling round-trips.
+#[test]
+fn key_custody_is_the_privacy_officers_alone() {
+    let custody = [
+        Action::Shred,
+        Action::Hold,
+        Action::ReleaseHold,
+        Action::Retain,
+    ];
+    for action in custody {
+        assert!(Role::PrivacyOfficer.allows(action), "{action:?}");
+        for role in [Role::Writer, Role::Reader, Role::Auditor] {
+            assert!(!role.allows(action), "{role} may not {action:?}");
+        }
+    }
+    for action in [
+        Action::Append,
+        Action::ReadStream,
+        Action::ReadLog,
+        Action::Subscribe,
+        Action::ExportEvents,
+        Action::BreakGlass,
+    ] {
+        assert!(!Role::PrivacyOfficer.allows(action), "{action:?}");
+    }
+    assert!(Role::PrivacyOfficer.allows(Action::ExportAudit));
+    assert_eq!("privacy-officer".parse::<Role>(), Ok(Role::PrivacyOfficer));
+    assert_eq!(Role::PrivacyOfficer.name(), "privacy-officer");
 }
 
 // Goal: a malformed tokens file is refused with the file and line named.

@@ -54,7 +54,8 @@ async fn serve_log() -> Served {
     .await
     .expect("open task");
     let log = Arc::new(log);
-    let node = Arc::new(ReplicaNode::new(Arc::clone(&log), None));
+    let custody = Arc::new(crate::replica::Custody::new(Arc::clone(&log)));
+    let node = Arc::new(ReplicaNode::new(Arc::clone(&log), None, custody));
     let tokens = [
         token_line(WRITER, "alice", Role::Writer, &Scope::all()),
         token_line(READER, "bob", Role::Reader, &Scope::all()),

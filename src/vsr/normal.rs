@@ -91,10 +91,11 @@ impl Replica {
         if request.client == 0 || request.client == super::TRAIL_CLIENT {
             return Err(super::RequestRefusal::ReservedClient);
         }
-        // The access trail's system stream is written by the replicas'
-        // own shells (the API refuses every reserved stream).
+        // The access trail's and key custody's system streams are written
+        // by the replicas' own shells (the API refuses every reserved stream).
         if request.stream < StreamId::USER_MIN
             && request.stream != vellum_compliance::trail::ACCESS_TRAIL_STREAM
+            && request.stream != vellum_compliance::custody::KEY_CUSTODY_STREAM
         {
             return Err(super::RequestRefusal::ReservedStream {
                 stream: request.stream,

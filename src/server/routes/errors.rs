@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::{self, ErrorBody, ErrorDetail, code};
 use crate::server::node::{
-    AppendError, ExportError, InternalFault, ProofError, ReadError, TlogError, TrailError,
-    Unavailable,
+    AppendError, CustodyError, ExportError, InternalFault, ProofError, ReadError, Shredded,
+    TlogError, TrailError, Unavailable,
 };
+use vellum_compliance::custody::CustodyRefusal;
 
 /// An error answer: a status and an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct ApiError {
     pub message: String,
     /// For `wrong_expected_offset`.
     pub actual_offset: Option<u64>,
+    /// For `shredded`: the shred event's global position.
+    pub shred_position: Option<u64>,
 }
 
 impl ApiError {
@@ -41,6 +44,7 @@ impl ApiError {
             code,
             message: message.into(),
             actual_offset: None,
+            shred_position: None,
         }
     }
     /// 400 `bad_request`.
@@ -114,6 +118,7 @@ impl ApiError {
                 code: self.code.to_string(),
                 message: self.message.clone(),
                 actual_offset: self.actual_offset,
+                shred_position: self.shred_position,
             },
         }
     }
@@ -173,6 +178,7 @@ impl From<AppendError> for ApiError {
                 code::IDEMPOTENCY_KEY_REUSED,
                 message,
             ),
+            AppendError::Shredded(shredded) => shredded.into(),
             AppendError::Unavailable(unavailable) => unavailable.into(),
             AppendError::Indeterminate { .. } => ApiError::indeterminate(message),
             AppendError::Internal(fault) => fault.into(),
@@ -184,6 +190,7 @@ impl From<ReadError> for ApiError {
     fn from(error: ReadError) -> ApiError {
         match error {
             ReadError::UnknownStream { .. } => ApiError::not_found(error.to_string()),
+            ReadError::Shredded(shredded) => shredded.into(),
             ReadError::Unavailable(unavailable) => unavailable.into(),
             ReadError::Internal(fault) => fault.into(),
         }
@@ -214,8 +221,58 @@ impl From<ExportError> for ApiError {
             ExportError::Range { .. }
             | ExportError::BeyondStream { .. }
             | ExportError::NothingCertified => ApiError::refused(message),
+            ExportError::Shredded(shredded) => shredded.into(),
             ExportError::Unavailable(unavailable) => unavailable.into(),
             ExportError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<Shredded> for ApiError {
+    /// 410 `shredded` with the shred's position when it is known.
+    fn from(shredded: Shredded) -> ApiError {
+        ApiError {
+            shred_position: shredded.position,
+            ..ApiError::new(StatusCode::GONE, code::SHREDDED, shredded.to_string())
+        }
+    }
+}
+
+impl From<CustodyError> for ApiError {
+    fn from(error: CustodyError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            CustodyError::Refused(refusal) => refusal.into(),
+            CustodyError::Unavailable(unavailable) => unavailable.into(),
+            CustodyError::Indeterminate { .. } => ApiError::indeterminate(message),
+            CustodyError::Internal(fault) => fault.into(),
+        }
+    }
+}
+
+impl From<CustodyRefusal> for ApiError {
+    /// Each rule its own code, so a client branches on the code alone.
+    fn from(refusal: CustodyRefusal) -> ApiError {
+        let message = refusal.to_string();
+        match refusal {
+            CustodyRefusal::SystemStream { .. } => ApiError::refused(message),
+            CustodyRefusal::MissingFloor => ApiError::bad_request(message),
+            CustodyRefusal::Shredded { stream, position } => Shredded {
+                stream,
+                position: Some(position),
+            }
+            .into(),
+            CustodyRefusal::LegalHold { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code::LEGAL_HOLD, message)
+            }
+            CustodyRefusal::RetentionFloor { .. }
+            | CustodyRefusal::RetentionLowered { .. }
+            | CustodyRefusal::RetentionPolicy { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code::RETENTION_FLOOR, message)
+            }
+            CustodyRefusal::AlreadyHeld { .. } | CustodyRefusal::NotHeld { .. } => {
+                ApiError::new(StatusCode::CONFLICT, code::CUSTODY_CONFLICT, message)
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! `500 storage` instead of taking the server down.
 
 pub mod breakglass;
+pub mod custody;
 pub mod errors;
 pub mod extract;
 pub mod guard;
@@ -87,6 +88,14 @@ pub enum Endpoint {
     RecordVerification,
     /// `breakglass::open`.
     BreakGlass,
+    /// `custody::shred`.
+    Shred,
+    /// `custody::hold`.
+    Hold,
+    /// `custody::release`.
+    ReleaseHold,
+    /// `custody::retain`.
+    Retain,
     /// `tlog::checkpoint`.
     TlogCheckpoint,
     /// `tlog::tile` (hash tiles and entry bundles).
@@ -119,6 +128,10 @@ impl Endpoint {
             Endpoint::ExportAudit => on(filter, handlers::export_audit),
             Endpoint::RecordVerification => on(filter, handlers::record_verification),
             Endpoint::BreakGlass => on(filter, breakglass::open),
+            Endpoint::Shred => on(filter, custody::shred),
+            Endpoint::Hold => on(filter, custody::hold),
+            Endpoint::ReleaseHold => on(filter, custody::release),
+            Endpoint::Retain => on(filter, custody::retain),
             Endpoint::TlogCheckpoint => on(filter, tlog::checkpoint),
             Endpoint::TlogTile => on(filter, tlog::tile),
             Endpoint::Health => on(filter, handlers::health),
@@ -189,6 +202,30 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/streams/{stream}/break-glass",
         endpoint: Endpoint::BreakGlass,
         action: Some(Action::BreakGlass),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/shred",
+        endpoint: Endpoint::Shred,
+        action: Some(Action::Shred),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/hold",
+        endpoint: Endpoint::Hold,
+        action: Some(Action::Hold),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/hold/release",
+        endpoint: Endpoint::ReleaseHold,
+        action: Some(Action::ReleaseHold),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/streams/{stream}/retention",
+        endpoint: Endpoint::Retain,
+        action: Some(Action::Retain),
     },
     RouteSpec {
         method: "POST",
