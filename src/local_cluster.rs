@@ -62,7 +62,7 @@ impl LocalCluster {
         dir: &Path,
         replica_count: u8,
         exe: &Path,
-        prepare: impl FnOnce(&DevCluster) -> Result<(), crate::cluster::SetupError>,
+        prepare: impl FnOnce(&DevCluster) -> anyhow::Result<()>,
     ) -> Result<LocalCluster, LocalClusterError> {
         let dev = open_or_create_dev_cluster(dir, replica_count, None)
             .map_err(|e| failed(&format!("dev cluster in {}", dir.display()), e))?;

@@ -196,7 +196,8 @@ async fn primary_feeds_witnesses_by_itself() {
     let (key, rkey) = (witness_key.key(), rogue_key.key());
     let mut cluster = LocalCluster::start_prepared(&cluster_dir, 3, vellum_exe(), |dev| {
         vellum::cluster::add_dev_cosigner(dev, &key, &witness_url)?;
-        vellum::cluster::add_dev_cosigner(dev, &rkey, &rogue_url)
+        vellum::cluster::add_dev_cosigner(dev, &rkey, &rogue_url)?;
+        Ok(())
     })
     .expect("cluster starts");
     let policy_path = cluster.dev.policy_path.clone();
