@@ -387,4 +387,33 @@ async fn primary_feeds_witnesses_by_itself() {
     witness.abort();
     rogue.abort();
     cluster.stop().expect("cluster stops");
+
+    // `verify --data-dir` under the witness quorum, from the kept
+    // cosignatures: passes on the new primary; a flipped byte in its kept
+    // file, or a replica that kept none, fails.
+    let verify_data_dir = |replica: u8| {
+        cli(strings(&[
+            "verify",
+            "--data-dir",
+            &cluster.data_dir(usize::from(replica)).display().to_string(),
+            "--policy",
+            &witnessed_path.display().to_string(),
+        ]))
+    };
+    let (code, stdout, stderr) = verify_data_dir(new_primary).await;
+    assert_eq!(code, 0, "witnessed data dir: {stdout}{stderr}");
+    assert!(stdout.contains("witness cosignatures"), "{stdout}");
+    let never_primary = (0..3u8)
+        .find(|r| *r != primary && *r != new_primary)
+        .expect("a third replica");
+    let (code, stdout, _) = verify_data_dir(never_primary).await;
+    assert_ne!(code, 0, "no kept cosignature: {stdout}");
+    let kept_path =
+        vellum::witness::kept::path_for(&cluster.data_dir(usize::from(new_primary)), &key);
+    let text = std::fs::read_to_string(&kept_path).expect("kept");
+    let tampered = text.replacen("\n\n", "\nx\n\n", 1);
+    std::fs::write(&kept_path, tampered).expect("tamper");
+    let (code, stdout, _) = verify_data_dir(new_primary).await;
+    assert_ne!(code, 0, "tampered kept cosignature: {stdout}");
+    assert!(stdout.contains("cosignatures"), "names the place: {stdout}");
 }
