@@ -269,7 +269,7 @@ async fn primary_feeds_witnesses_by_itself() {
         max(&during)
     );
     assert!(
-        max(&during) < max(&baseline) * 3 + Duration::from_millis(500),
+        max(&during) < max(&baseline) * 3 + Duration::from_secs(1),
         "appends slowed by a stopped witness: {during:?} vs {baseline:?}"
     );
     let started = Instant::now();
