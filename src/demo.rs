@@ -2,9 +2,13 @@
 //! (three `vellum start` processes on loopback): append sample EHR events to
 //! a few patients' streams through `EventPersister::persist_blocking`, show a
 //! receipt with its quorum certificate, read back, prove an event and check
-//! the proof offline with the policy alone, kill the primary and keep
+//! the proof offline with the policy alone, have the outside witness
+//! cosign (the primary feeds it) and check a proof with `vellum proof
+//! check` under a policy requiring the witness, kill the primary and keep
 //! appending, restart it and watch it catch up, prove the log only grew,
-//! stop the cluster and verify every replica.
+//! show a rewritten history signed by every replica key refused by the
+//! witness and by the witnessed policy, stop the cluster and verify every
+//! replica.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,6 +23,7 @@ use vellum_audit::proof::InclusionProof;
 use crate::client::{Client, ClientPersister};
 use crate::crypto::KekConfig;
 use crate::local_cluster::LocalCluster;
+use crate::local_witness::{DEV_WITNESS_NAME, LocalWitness};
 use crate::types::{EventPersister, StreamId};
 
 /// The demo's patients: (stream id, display name used only in sample payloads).
@@ -67,6 +72,15 @@ pub struct DemoSummary {
     pub bundle_verified: bool,
     /// Access-trail events recorded during the demo.
     pub trail_events: u64,
+    /// `vellum proof check` passed on a served proof under a policy that
+    /// requires the witness (replica quorum and witness cosignature).
+    pub witness_proof_checked: bool,
+    /// A rewritten history signed by every replica key: refused by the
+    /// witness.
+    pub fork_refused_by_witness: bool,
+    /// The same: accepted by the replica-only policy, refused by the policy
+    /// requiring the witness.
+    pub fork_refused_by_policy: bool,
 }
 
 /// Runs the story in `data_dir` (a new cluster directory), narrating to `out`.
@@ -99,20 +113,30 @@ pub fn run_demo_with_kek(
         // Created here, so the start below reopens it with the token's KEK.
         crate::cluster::create_dev_cluster_with_kek(data_dir, DEMO_REPLICAS, None, Some(kek))?;
     }
-    let mut cluster = LocalCluster::start(data_dir, DEMO_REPLICAS, &exe)?;
-    let outcome = story(&runtime, &mut cluster, data_dir, out);
+    let mut witness = None;
+    let mut cluster = LocalCluster::start_prepared(data_dir, DEMO_REPLICAS, &exe, |dev| {
+        let mut prepared = LocalWitness::prepare(dev, &exe)?;
+        prepared.start()?;
+        witness = Some(prepared);
+        Ok(())
+    })?;
+    let mut witness = witness.expect("prepare ran before the replicas started");
+    let outcome = story(&runtime, &mut cluster, &mut witness, data_dir, out);
     if outcome.is_err() {
         let _ = cluster.stop();
         for i in 0..cluster.replica_count() {
             let _ = writeln!(out, "   replica {i} log: {}", cluster.log_path(i).display());
         }
+        let _ = writeln!(out, "   witness log: {}", witness.log_path().display());
     }
+    witness.stop();
     outcome
 }
 
 fn story(
     runtime: &tokio::runtime::Runtime,
     cluster: &mut LocalCluster,
+    witness: &mut LocalWitness,
     data_dir: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<DemoSummary> {
@@ -125,6 +149,11 @@ fn story(
         };
         writeln!(out, "   replica {i}: {url} ({role})")?;
     }
+    writeln!(
+        out,
+        "   witness: {} ({}), fed by the primary; appends never wait for it",
+        witness.url, DEV_WITNESS_NAME
+    )?;
     let client = cluster.client(None)?;
     let persister = ClientPersister::new(client.clone())?;
     let policy = Policy::parse(&std::fs::read_to_string(&cluster.dev.policy_path)?)?;
@@ -177,6 +206,22 @@ fn story(
         parsed.checkpoint.checkpoint.size,
         parsed.checkpoint.note.signatures.len(),
         ok(proof_verified)
+    )?;
+
+    writeln!(
+        out,
+        "== 4b. the witness cosigns; `vellum proof check` under a policy requiring it"
+    )?;
+    let witness_proof_checked = witnessed_proof(
+        runtime,
+        cluster,
+        primary,
+        &client,
+        &receipt,
+        &appended.last().expect("just appended").2,
+        &witness.witnessed_policy_path,
+        data_dir,
+        out,
     )?;
 
     writeln!(
@@ -236,6 +281,13 @@ fn story(
 
     writeln!(
         out,
+        "== 9b. rewrite history and sign it with every replica key: the witness refuses"
+    )?;
+    let (fork_refused_by_witness, fork_refused_by_policy) =
+        rewritten_history(runtime, cluster, witness, &client, &policy, out)?;
+
+    writeln!(
+        out,
         "== 10. the access trail: every access above, recorded and replicated"
     )?;
     let trail = runtime.block_on(client.export_audit(None, None, None))?;
@@ -281,13 +333,18 @@ fn story(
         tree_size,
         bundle_verified,
         trail_events,
+        witness_proof_checked,
+        fork_refused_by_witness,
+        fork_refused_by_policy,
     };
     writeln!(
         out,
-        "== summary: {} appended, {} read back, proof {}, failover {} -> {}, catch-up {}, consistency {}, bundle {}, {} trail events, verify {}, replicas agree {}",
+        "== summary: {} appended, {} read back, proof {}, witnessed proof {}, fork refused {}, failover {} -> {}, catch-up {}, consistency {}, bundle {}, {} trail events, verify {}, replicas agree {}",
         summary.events_appended,
         summary.events_read_back,
         ok(proof_verified),
+        ok(witness_proof_checked),
+        ok(fork_refused_by_witness && fork_refused_by_policy),
         primary,
         new_primary,
         ok(caught_up),
@@ -303,6 +360,136 @@ fn story(
         data_dir.display()
     )?;
     Ok(summary)
+}
+
+/// Waits until the primary keeps a witness cosignature covering the
+/// receipt's event, fetches its proof (now carrying the cosignature) and
+/// runs `vellum proof check` on it under the policy requiring the witness.
+#[allow(clippy::too_many_arguments)]
+fn witnessed_proof(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    primary: u8,
+    client: &Client,
+    receipt: &crate::api::AppendReceipt,
+    event: &str,
+    witnessed_policy: &Path,
+    data_dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let metric = format!("vellum_witness_cosigned_size{{witness=\"{DEV_WITNESS_NAME}\"}}");
+    let started = std::time::Instant::now();
+    loop {
+        let size = runtime.block_on(cluster.metric_all(&metric))[usize::from(primary)];
+        if size.is_some_and(|s| s > receipt.first_position) {
+            break;
+        }
+        if started.elapsed() > STEP_WAIT {
+            writeln!(out, "   no cosignature within {STEP_WAIT:?}: FAILED")?;
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let proof = runtime.block_on(client.proof(receipt.stream, receipt.first_offset))?;
+    let parsed = InclusionProof::parse(&proof.proof)?;
+    let files = data_dir.join("witnessed-proof");
+    std::fs::create_dir_all(&files)?;
+    let (proof_file, event_file) = (files.join("proof.txt"), files.join("event.json"));
+    std::fs::write(&proof_file, &proof.proof)?;
+    std::fs::write(&event_file, event)?;
+    let salt = receipt.salts.first().cloned().unwrap_or_default();
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["proof", "check", "--proof"])
+        .arg(&proof_file)
+        .arg("--event")
+        .arg(&event_file)
+        .args(["--salt", &salt, "--policy"])
+        .arg(witnessed_policy)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    let checked = status.success();
+    writeln!(
+        out,
+        "   proof of stream {} offset {}: tree size {}, {} signature lines (replicas + witness); vellum proof check --proof {} --event {} --salt {} --policy {}: {}",
+        receipt.stream,
+        receipt.first_offset,
+        parsed.checkpoint.checkpoint.size,
+        parsed.checkpoint.note.signatures.len(),
+        proof_file.display(),
+        event_file.display(),
+        salt,
+        witnessed_policy.display(),
+        ok(checked)
+    )?;
+    Ok(checked)
+}
+
+/// Forges a rewritten history: a checkpoint of the size the witness holds
+/// with another root, signed by every replica's own key (an operator who
+/// holds them all). The replica-only policy accepts it; the witness refuses
+/// it, and the policy requiring the witness refuses it.
+fn rewritten_history(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &LocalCluster,
+    witness: &LocalWitness,
+    client: &Client,
+    policy: &Policy,
+    out: &mut dyn Write,
+) -> anyhow::Result<(bool, bool)> {
+    use crate::witness::submit::{Answer, ExchangeError, add_checkpoint};
+    let signers = (0..cluster.replica_count())
+        .map(|i| {
+            let dir = crate::datadir::DataDir::new(cluster.data_dir(i));
+            crate::crypto::load_signing_key_file(&dir.signing_key())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let signer_refs: Vec<&vellum_audit::note::Signer> = signers.iter().collect();
+    let latest = Certificate::parse(&runtime.block_on(client.certificate())?.certificate)?;
+    let witnessed = Policy::parse(&std::fs::read_to_string(&witness.witnessed_policy_path)?)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut old = 0u64;
+    for _ in 0..crate::witness::submit::SUBMIT_ATTEMPTS_MAX {
+        let mut checkpoint = latest.checkpoint.clone();
+        checkpoint.size = old.max(1);
+        checkpoint.root = vellum_audit::hash::sha256(&[b"a rewritten history"]);
+        let forged = Certificate::sign(checkpoint, &signer_refs)?;
+        let answer = runtime.block_on(add_checkpoint(
+            &http,
+            &witness.url,
+            old,
+            &[],
+            &forged.encode(),
+        ));
+        match answer {
+            Ok(Answer::Size(held)) => old = held,
+            Ok(Answer::Cosigned(_)) => {
+                writeln!(out, "   the witness cosigned a forged checkpoint: FAILED")?;
+                return Ok((false, false));
+            }
+            Err(ExchangeError::Refused { status, text }) => {
+                let by_replicas = forged.verify(policy).is_ok();
+                let by_witnessed = forged.verify(&witnessed).is_err();
+                writeln!(
+                    out,
+                    "   forged size {} signed by all {} replica keys: replica-only policy {}; witness answers {status} ({text}); policy requiring the witness refuses it: {}",
+                    forged.checkpoint.size,
+                    signers.len(),
+                    if by_replicas {
+                        "accepts it (the danger)"
+                    } else {
+                        "refuses it"
+                    },
+                    ok(by_witnessed)
+                )?;
+                return Ok((true, by_replicas && by_witnessed));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    writeln!(out, "   the witness kept moving: not shown")?;
+    Ok((false, false))
 }
 
 /// Exports patient-a's stream as a bundle into `dir` and verifies it offline.

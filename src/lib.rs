@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod index;
 pub mod init;
 pub mod local_cluster;
+pub mod local_witness;
 pub mod log;
 pub mod net;
 pub mod replica;

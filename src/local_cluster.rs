@@ -53,8 +53,20 @@ impl LocalCluster {
         replica_count: u8,
         exe: &Path,
     ) -> Result<LocalCluster, LocalClusterError> {
+        Self::start_prepared(dir, replica_count, exe, |_| Ok(()))
+    }
+
+    /// [`LocalCluster::start`], running `prepare` on the cluster's files
+    /// before any replica starts (e.g. [`crate::cluster::add_dev_cosigner`]).
+    pub fn start_prepared(
+        dir: &Path,
+        replica_count: u8,
+        exe: &Path,
+        prepare: impl FnOnce(&DevCluster) -> anyhow::Result<()>,
+    ) -> Result<LocalCluster, LocalClusterError> {
         let dev = open_or_create_dev_cluster(dir, replica_count, None)
             .map_err(|e| failed(&format!("dev cluster in {}", dir.display()), e))?;
+        prepare(&dev).map_err(|e| failed(&format!("preparing {}", dir.display()), e))?;
         let ca_pem = std::fs::read(&dev.ca_pem_path)
             .map_err(|e| failed(&dev.ca_pem_path.display().to_string(), e))?;
         let logs = dev.dir.join("logs");

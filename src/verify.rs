@@ -109,15 +109,22 @@ pub fn verify_data_dir_with(
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let started = SystemTime::now();
+    // The log's certificate records carry no cosignatures: they are checked
+    // against the replica quorum, and the witness quorum against the
+    // cosignatures the replica kept (`cosignatures/`), below.
+    let log_policy = policy.replicas_only();
     let (mut checks, log, break_glass) = replica_checks(
         data_dir,
-        policy,
+        &log_policy,
         options.index_url.as_deref(),
         options.live.then_some(options.live_lag_ops_max),
         progress,
     );
+    if !policy.cosigners.is_empty() {
+        checks.push(check_kept_cosignatures(data_dir, policy, &log));
+    }
     let since = options.since.as_ref().and_then(|kept| {
-        let (check, kept) = check_since(&kept.text, &kept.source, policy, &log);
+        let (check, kept) = check_since(&kept.text, &kept.source, &log_policy, &log);
         checks.push(check);
         kept
     });
@@ -131,6 +138,87 @@ pub fn verify_data_dir_with(
     report
         .with_break_glass(break_glass)
         .with_times(started, SystemTime::now())
+}
+
+/// The witness quorum of a data directory: the newest checkpoint that at
+/// least `cosigner-quorum` pinned witnesses cosigned, from the cosignatures
+/// the replica kept (`<data>/cosignatures/`, one newest per witness), must
+/// verify under the whole policy (replica quorum and witness quorum) and
+/// name the root the log recomputed at its size.
+fn check_kept_cosignatures(data_dir: &Path, policy: &Policy, log: &LogVerification) -> Check {
+    let mut check = Check::start("witness cosignatures");
+    let place = data_dir
+        .join(crate::witness::kept::DIR_NAME)
+        .display()
+        .to_string();
+    let mut kept = Vec::new();
+    for key in &policy.cosigners {
+        match crate::witness::kept::load(data_dir, key) {
+            Ok(Some(found)) => kept.push(found),
+            Ok(None) => {}
+            Err(e) => check.fail(
+                FailureKind::CertificateInvalid,
+                place.clone(),
+                e.to_string(),
+            ),
+        }
+    }
+    // Newest first; the checkpoint most witnesses share at that size wins.
+    kept.sort_by_key(|k| std::cmp::Reverse(k.size));
+    let chosen = kept.iter().find_map(|k| {
+        let same: Vec<_> = kept
+            .iter()
+            .filter(|o| o.certificate.note.text == k.certificate.note.text)
+            .collect();
+        (same.len() >= policy.cosigner_quorum.max(1)).then_some(same)
+    });
+    let Some(same) = chosen else {
+        if policy.cosigner_quorum == 0 {
+            check.note = Some("no kept cosignature (cosigner-quorum 0 needs none)".into());
+            return check.finish();
+        }
+        check.fail(
+            FailureKind::CertificateInvalid,
+            place,
+            format!(
+                "no checkpoint of this log is cosigned by {} pinned witnesses among the kept \
+                 cosignatures ({} kept)",
+                policy.cosigner_quorum,
+                kept.len()
+            ),
+        );
+        return check.finish();
+    };
+    let mut certificate = same[0].certificate.clone();
+    for other in &same[1..] {
+        certificate.note.signatures.push(other.line.clone());
+    }
+    let size = certificate.checkpoint.size;
+    match certificate.verify(policy) {
+        Ok(verified) => {
+            check.count("witness cosignatures", verified.cosigners.len() as u64);
+            check.count("cosigned tree size", size);
+        }
+        Err(e) => check.fail(
+            FailureKind::CertificateInvalid,
+            place.clone(),
+            e.to_string(),
+        ),
+    }
+    match log.tree.root_at(size) {
+        Ok(root) if root == certificate.checkpoint.root => {}
+        Ok(_) => check.fail(
+            FailureKind::RootMismatch,
+            place,
+            format!("the cosigned root at size {size} is not the root the log recomputed"),
+        ),
+        Err(_) => check.fail(
+            FailureKind::RootMismatch,
+            place,
+            format!("the witnesses cosigned size {size}, beyond this log"),
+        ),
+    }
+    check.finish()
 }
 
 /// Every check of one replica's data directory, in order, and what the log

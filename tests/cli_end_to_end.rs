@@ -524,6 +524,24 @@ fn demo_succeeds() {
     assert_eq!(json["proof_verified"], true);
     assert_ne!(json["killed_primary"], json["new_primary"]);
     assert_eq!(json["events_appended"], json["events_read_back"]);
+    // The witness: a proof with replica signatures and its cosignature
+    // passes `vellum proof check` under a policy requiring it, and a
+    // rewritten history signed by every replica key is refused.
+    assert_eq!(json["witness_proof_checked"], true);
+    assert_eq!(json["fork_refused_by_witness"], true);
+    assert_eq!(json["fork_refused_by_policy"], true);
+    let witnessed = data.join("policy-witnessed.txt");
+    let out = ok(
+        &[
+            "verify",
+            "--bundle",
+            s(&data.join("export-patient-a")),
+            "--policy",
+            s(&witnessed),
+        ],
+        b"",
+    );
+    assert!(out.contains("witness cosignatures=1"), "{out}");
     for replica in ["r0", "r1", "r2"] {
         let policy = data.join("policy.txt");
         let out = ok(

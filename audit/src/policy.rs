@@ -24,7 +24,7 @@
 //!   with only witnesses as members, and it must list every witness;
 //! - witness names are local labels; `encode` writes each key's own name, and
 //!   key names must be distinct too, so errors can name the replica;
-//! - witness URLs are accepted and dropped.
+//! - witness URLs are accepted and dropped (replica keys have no URL).
 //!
 //! Outside witnesses (c2sp.org/tlog-witness, cosignatures per
 //! c2sp.org/tlog-cosignature) are pinned with two Vellum directives, because
@@ -35,7 +35,9 @@
 //! cosigner-quorum 1
 //! ```
 //!
-//! `cosigner` pins an Ed25519 cosignature/v1 key (vkey type `0x04`);
+//! `cosigner` pins an Ed25519 cosignature/v1 key (vkey type `0x04`) and,
+//! optionally, the URL prefix of its `add-checkpoint` endpoint (kept: the
+//! primary submits new certificates there);
 //! `cosigner-quorum` (`all`, `any` or `0..=n`) says how many distinct pinned
 //! cosigners must have cosigned a certificate. A policy without `cosigner`
 //! lines needs no cosignature, and parses exactly as before.
@@ -92,6 +94,9 @@ pub struct Policy {
     pub cosigners: Vec<CosignerKey>,
     /// How many distinct pinned cosigners must have cosigned (0: none).
     pub cosigner_quorum: usize,
+    /// The submission URL of each cosigner (same order as `cosigners`),
+    /// when its `cosigner` line names one.
+    pub cosigner_urls: Vec<Option<String>>,
 }
 
 impl Policy {
@@ -136,7 +141,38 @@ impl Policy {
             quorum,
             cosigners: Vec::new(),
             cosigner_quorum: 0,
+            cosigner_urls: Vec::new(),
         })
+    }
+
+    /// This policy without its outside witnesses: the log's own (replica)
+    /// quorum only.
+    pub fn replicas_only(&self) -> Policy {
+        Policy {
+            cosigners: Vec::new(),
+            cosigner_quorum: 0,
+            cosigner_urls: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The pinned cosigners that name a submission URL, with it.
+    pub fn cosigners_with_urls(&self) -> impl Iterator<Item = (&CosignerKey, &str)> {
+        self.cosigners
+            .iter()
+            .zip(&self.cosigner_urls)
+            .filter_map(|(key, url)| url.as_deref().map(|url| (key, url)))
+    }
+
+    /// This policy with a submission URL per cosigner (same order).
+    pub fn with_cosigner_urls(mut self, urls: Vec<Option<String>>) -> Policy {
+        assert_eq!(
+            urls.len(),
+            self.cosigners.len(),
+            "one url slot per cosigner"
+        );
+        self.cosigner_urls = urls;
+        self
     }
 
     /// This policy with outside witnesses pinned: `quorum` distinct
@@ -179,6 +215,7 @@ impl Policy {
                 keys: cosigners.len(),
             });
         }
+        self.cosigner_urls = vec![None; cosigners.len()];
         self.cosigners = cosigners;
         self.cosigner_quorum = quorum;
         Ok(self)
@@ -196,8 +233,13 @@ impl Policy {
             out.push_str(v.name());
         }
         out.push('\n');
-        for c in &self.cosigners {
-            out.push_str(&format!("cosigner {} {}\n", c.name(), c.to_vkey()));
+        for (c, url) in self.cosigners.iter().zip(&self.cosigner_urls) {
+            out.push_str(&format!("cosigner {} {}", c.name(), c.to_vkey()));
+            if let Some(url) = url {
+                out.push(' ');
+                out.push_str(url);
+            }
+            out.push('\n');
         }
         if !self.cosigners.is_empty() {
             out.push_str(&format!("cosigner-quorum {}\n", self.cosigner_quorum));
@@ -236,7 +278,7 @@ struct Parser {
     witnesses: Vec<(String, Verifier)>,
     group: Option<(String, usize, Vec<usize>)>,
     quorum: Option<(usize, usize, Vec<usize>)>,
-    cosigners: Vec<(String, CosignerKey)>,
+    cosigners: Vec<(String, CosignerKey, Option<String>)>,
     cosigner_quorum: Option<(usize, String)>,
     line: usize,
 }
@@ -364,8 +406,9 @@ impl Parser {
     }
 
     fn cosigner(&mut self, args: &[&str]) -> Result<(), String> {
-        let (name, vkey) = match args {
-            [name, vkey] | [name, vkey, _] => (*name, *vkey),
+        let (name, vkey, url) = match args {
+            [name, vkey] => (*name, *vkey, None),
+            [name, vkey, url] => (*name, *vkey, Some((*url).to_owned())),
             _ => return Err("cosigner takes a name, a vkey and an optional url".to_owned()),
         };
         if self.cosigner_quorum.is_some() {
@@ -381,19 +424,22 @@ impl Parser {
             || self
                 .cosigners
                 .iter()
-                .any(|(_, c)| c.public_key() == key.public_key());
+                .any(|(_, c, _)| c.public_key() == key.public_key());
         if pinned_twice {
             return Err(format!("public key of cosigner {name} is pinned twice"));
         }
         let name_twice = self.witnesses.iter().any(|(_, v)| v.name() == key.name())
-            || self.cosigners.iter().any(|(_, c)| c.name() == key.name());
+            || self
+                .cosigners
+                .iter()
+                .any(|(_, c, _)| c.name() == key.name());
         if name_twice {
             return Err(format!("key name {} is pinned twice", key.name()));
         }
         if self.witnesses.len() + self.cosigners.len() >= POLICY_VERIFIERS_MAX {
             return Err(format!("more than {POLICY_VERIFIERS_MAX} pinned keys"));
         }
-        self.cosigners.push((name.to_owned(), key));
+        self.cosigners.push((name.to_owned(), key, url));
         Ok(())
     }
 
@@ -414,7 +460,7 @@ impl Parser {
     fn check_new_name(&self, name: &str) -> Result<(), String> {
         let taken = name == "none"
             || self.witnesses.iter().any(|(n, _)| n == name)
-            || self.cosigners.iter().any(|(n, _)| n == name)
+            || self.cosigners.iter().any(|(n, _, _)| n == name)
             || self.group.as_ref().is_some_and(|(g, _, _)| g == name);
         if taken {
             return Err(format!("name {name} is already defined"));
@@ -459,9 +505,11 @@ impl Parser {
             }
         };
         let verifiers: Vec<Verifier> = self.witnesses.into_iter().map(|(_, v)| v).collect();
-        let cosigners: Vec<CosignerKey> = self.cosigners.into_iter().map(|(_, c)| c).collect();
+        let (cosigners, urls): (Vec<CosignerKey>, Vec<Option<String>>) =
+            self.cosigners.into_iter().map(|(_, c, u)| (c, u)).unzip();
         Policy::new(&origin, verifiers, quorum)
             .and_then(|policy| policy.with_cosigners(cosigners, cosigner_quorum))
+            .map(|policy| policy.with_cosigner_urls(urls))
             .map_err(|error| (Some(line), error.to_string()))
     }
 }

@@ -98,6 +98,42 @@ fn cosigner_lines_round_trip() {
     assert_eq!(Policy::parse(&any).expect("any").cosigner_quorum, 1);
 }
 
+/// A cosigner's submission URL is kept (the primary submits there), encoded
+/// back, and listed only for the cosigners that name one.
+#[test]
+fn cosigner_urls_are_kept() {
+    let policy = witnessed_policy(1).with_cosigner_urls(vec![
+        Some("http://127.0.0.1:7380".to_owned()),
+        None,
+        Some("https://w2.example/witness".to_owned()),
+    ]);
+    let text = policy.encode();
+    assert!(text.contains(" http://127.0.0.1:7380\n"), "{text}");
+    let parsed = Policy::parse(&text).expect("parses");
+    assert_eq!(parsed, policy);
+    let named: Vec<(String, String)> = parsed
+        .cosigners_with_urls()
+        .map(|(k, u)| (k.name().to_owned(), u.to_owned()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                "witness.example/w0".to_owned(),
+                "http://127.0.0.1:7380".to_owned()
+            ),
+            (
+                "witness.example/w2".to_owned(),
+                "https://w2.example/witness".to_owned()
+            ),
+        ]
+    );
+    // The replicas-only policy drops cosigners and their URLs together.
+    let replicas = parsed.replicas_only();
+    assert!(replicas.cosigners.is_empty() && replicas.cosigner_urls.is_empty());
+    assert_eq!(replicas.cosigners_with_urls().count(), 0);
+}
+
 /// Each malformed cosigner policy is refused at the line that is wrong.
 #[test]
 fn bad_cosigner_lines_are_refused_with_their_line() {

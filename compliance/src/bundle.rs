@@ -692,11 +692,7 @@ pub fn verify_bundle(dir: &Path, policy: &Policy) -> Report {
     // The witness quorum is checked once, on certificate.txt (with the
     // cosignatures file); every proof must be against that same checkpoint,
     // so the proofs need only the replica quorum.
-    let replica_policy = Policy {
-        cosigners: Vec::new(),
-        cosigner_quorum: 0,
-        ..policy.clone()
-    };
+    let replica_policy = policy.replicas_only();
     let events_check = check_events(
         dir,
         &replica_policy,

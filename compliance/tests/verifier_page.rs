@@ -22,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use vellum_audit::checkpoint::Certificate;
+use vellum_audit::cosignature::Cosigner;
 use vellum_audit::note::{Signer, Verifier};
 use vellum_audit::policy::Policy;
 use vellum_audit::report::{Outcome, Report};
@@ -574,6 +575,120 @@ fn bad_policies() -> Vec<(&'static str, String)> {
         ("carriage returns", good.replace('\n', "\r\n")),
         ("key not base64", good.replacen("+AdBK", "+AdB*", 1)),
         ("empty", String::new()),
+        ("cosigner without cosigner-quorum", {
+            let witnessed = witnessed_policy(1, 1).encode();
+            witnessed.replace("cosigner-quorum 1\n", "")
+        }),
+        ("cosigner-quorum above the cosigners", {
+            witnessed_policy(1, 1)
+                .encode()
+                .replace("cosigner-quorum 1", "cosigner-quorum 2")
+        }),
+        ("cosigner with a replica's key type", {
+            // The key's first base64 digit 'B' (type 0x04) becomes 'A'.
+            let witnessed = witnessed_policy(1, 1).encode();
+            let line = witnessed.find("\ncosigner ").expect("cosigner line");
+            let key = line + witnessed[line..].find("+B").expect("type 0x04 key");
+            let mut text = witnessed.clone();
+            text.replace_range(key + 1..key + 2, "A");
+            text
+        }),
+        ("cosigner-quorum before the cosigner", {
+            let witnessed = witnessed_policy(1, 1).encode();
+            let cosigner = witnessed
+                .lines()
+                .find(|l| l.starts_with("cosigner "))
+                .expect("line")
+                .to_owned();
+            witnessed.replace(
+                &format!("{cosigner}\ncosigner-quorum 1\n"),
+                &format!("cosigner-quorum 1\n{cosigner}\n"),
+            )
+        }),
+    ]
+}
+
+/// Two outside witnesses of the test log (`cosigner` keys, type 0x04).
+fn cosigners() -> [Cosigner; 2] {
+    [
+        Cosigner::from_seed("witness.example/w1", [0xa1; 32]).expect("name"),
+        Cosigner::from_seed("witness.example/w2", [0xa2; 32]).expect("name"),
+    ]
+}
+
+/// The test policy requiring `quorum` of the first `count` cosigners, with
+/// a URL on the first (which verifiers ignore).
+fn witnessed_policy(count: usize, quorum: usize) -> Policy {
+    let keys: Vec<_> = cosigners()[..count].iter().map(Cosigner::key).collect();
+    let mut urls = vec![None; count];
+    urls[0] = Some("http://127.0.0.1:7380".to_owned());
+    support::policy()
+        .with_cosigners(keys, quorum)
+        .expect("policy")
+        .with_cosigner_urls(urls)
+}
+
+/// A cosignature line of `witness` over the bundle's certificate.
+fn cosignature(dir: &Path, witness: &Cosigner) -> String {
+    let certificate = Certificate::parse(&support::read(dir, CERTIFICATE_FILE)).expect("parse");
+    witness
+        .cosign(&certificate.note.text, 1_700_000_000)
+        .expect("cosigns")
+        .line()
+}
+
+/// Bundles with witness cosignatures under a witness-quorum policy: (name,
+/// cosigners the policy pins, its quorum, the cosignatures.txt to write or
+/// none, whether it must pass).
+fn cosignature_cases(dir: &Path) -> Vec<(&'static str, usize, usize, Option<String>, bool)> {
+    let [w1, w2] = cosigners();
+    let good = cosignature(dir, &w1);
+    let both = good.clone() + &cosignature(dir, &w2);
+    let mut tampered = good.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    let impostor = Cosigner::from_seed("witness.example/w1", [0xee; 32]).expect("name");
+    let wrong_key = cosignature(dir, &impostor);
+    let huge_time = {
+        // The pinned key's name and key id, a timestamp above 2^63 - 1.
+        let line = w1.cosign("x\n", 0).expect("cosigns");
+        let mut signature = line.signature.clone();
+        signature[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        let mut raw = line.key_id.to_vec();
+        raw.extend_from_slice(&signature);
+        format!("\u{2014} {} {}\n", line.name, BASE64.encode(raw))
+    };
+    vec![
+        ("cosigned bundle", 1, 1, Some(good.clone()), true),
+        ("two witnesses, quorum 2", 2, 2, Some(both.clone()), true),
+        ("no cosignatures.txt", 1, 1, None, false),
+        ("tampered cosignature", 1, 1, Some(tampered), false),
+        (
+            "cosignature under another key",
+            1,
+            1,
+            Some(wrong_key),
+            false,
+        ),
+        ("under the witness quorum", 2, 2, Some(good.clone()), false),
+        ("timestamp above 2^63 - 1", 1, 1, Some(huge_time), false),
+        (
+            "cosignatures.txt not signature lines",
+            1,
+            1,
+            Some("garbage\n".into()),
+            false,
+        ),
+        (
+            "cosignatures.txt without newline",
+            1,
+            1,
+            Some(good.trim_end().into()),
+            false,
+        ),
+        ("empty cosignatures.txt", 1, 1, Some(String::new()), false),
+        ("cosignatures reported, quorum 0", 2, 0, Some(good), true),
     ]
 }
 
@@ -719,6 +834,19 @@ fn page_and_rust_verifier_agree_on_every_bundle() {
             support::write(&dir, CERTIFICATE_FILE, &certificate);
             let report = agree_under(&browser, name, &dir, &weak_policy, &weak_policy_file).await;
             assert!(!report.passed, "{name}: the forged signature counted");
+        }
+
+        let (_tmp, cosign_dir) = support::bundle();
+        for (name, count, quorum, lines, passes) in cosignature_cases(&cosign_dir) {
+            let (_tmp, dir) = support::bundle();
+            if let Some(lines) = lines {
+                support::write(&dir, "cosignatures.txt", &lines);
+            }
+            let policy = witnessed_policy(count, quorum);
+            let policy_file = policy_dir.path().join("witnessed-policy.txt");
+            std::fs::write(&policy_file, policy.encode()).expect("write policy");
+            let report = agree_under(&browser, name, &dir, &policy, &policy_file).await;
+            assert_eq!(report.passed, passes, "{name}: {}", report.to_text());
         }
 
         let (_tmp, dir) = {

@@ -43,6 +43,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         && summary.verify_passed
         && summary.replicas_agree
         && summary.bundle_verified
+        && summary.witness_proof_checked
+        && summary.fork_refused_by_witness
+        && summary.fork_refused_by_policy
         && summary.trail_events > 0
         && summary.restarted_caught_up
         && summary.certificate_signatures > usize::from(summary.replicas) / 2

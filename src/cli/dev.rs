@@ -1,5 +1,5 @@
 //! `vellum dev`: a local three-replica cluster on loopback, serving the
-//! client API until Ctrl-C.
+//! client API until Ctrl-C, with one outside witness the primary feeds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::local_cluster::LocalCluster;
+use crate::local_witness::LocalWitness;
 
 /// `vellum dev`
 #[derive(Debug, Args)]
@@ -23,7 +24,14 @@ pub struct DevArgs {
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut cluster = LocalCluster::start(&args.data_dir, args.replicas, &exe)?;
+    let mut witness = None;
+    let mut cluster = LocalCluster::start_prepared(&args.data_dir, args.replicas, &exe, |dev| {
+        let mut prepared = LocalWitness::prepare(dev, &exe)?;
+        prepared.start()?;
+        witness = Some(prepared);
+        Ok(())
+    })?;
+    let witness = witness.expect("prepare ran before the replicas started");
     let primary = runtime.block_on(cluster.wait_primary(Duration::from_secs(30)));
     let primary = match primary {
         Ok(primary) => primary,
@@ -50,6 +58,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         println!("  privacy officer: {token}   (vellum shred / hold / retain)");
     }
     println!("  trust policy:    {}", dev.policy_path.display());
+    println!(
+        "  witness:         {} (key {}, data {}, process log {})",
+        witness.url,
+        witness.key.to_vkey(),
+        witness.dir.display(),
+        witness.log_path().display()
+    );
+    println!(
+        "  policy requiring the witness: {}",
+        witness.witnessed_policy_path.display()
+    );
     println!();
     println!("try:");
     println!(
@@ -63,7 +82,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let _ = tokio::signal::ctrl_c().await;
     });
-    eprintln!("stopping replicas");
+    eprintln!("stopping replicas and the witness");
     cluster.stop()?;
+    drop(witness);
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,7 @@ pub use config::{
 };
 pub use setup::{
     API_PORT_OFFSET, DEV_AUDITOR, DEV_WRITER, DevCluster, KekSource, ReplicaInit, SetupError,
-    TOKEN_BYTES, TOKEN_PREFIX, create_dev_cluster, create_dev_cluster_with_kek,
+    TOKEN_BYTES, TOKEN_PREFIX, add_dev_cosigner, create_dev_cluster, create_dev_cluster_with_kek,
     create_replica_signing_key, generate_token, init_cluster_replica, open_or_create_dev_cluster,
     random_cluster_id, replica_key_name, token_line,
 };

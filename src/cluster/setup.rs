@@ -649,3 +649,38 @@ fn check_empty_target(dir: &Path) -> Result<(), SetupError> {
     }
     Ok(())
 }
+
+/// Pins an outside witness in every replica's policy of the dev cluster in
+/// `dev` (`cosigner <name> <vkey> <url>`), with `cosigner-quorum 0`: the
+/// primary submits its certificates to `url`, and a replica never needs a
+/// cosignature (appends never wait for the witness). Replicas read the
+/// policy when they start. The auditor's copy (`policy.txt` of the cluster
+/// directory) is left as is: auditors choose their own witness quorum.
+pub fn add_dev_cosigner(
+    dev: &DevCluster,
+    key: &vellum_audit::cosignature::CosignerKey,
+    url: &str,
+) -> Result<(), SetupError> {
+    for config in &dev.configs {
+        let config = ClusterConfig::load(config)?;
+        let path = DataDir::new(&config.data_dir).policy();
+        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        let policy = Policy::parse(&text)
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", path.display())))?;
+        let mut cosigners = policy.cosigners.clone();
+        let mut urls = policy.cosigner_urls.clone();
+        if cosigners.contains(key) {
+            continue;
+        }
+        cosigners.push(key.clone());
+        urls.push(Some(url.to_owned()));
+        let quorum = policy.cosigner_quorum;
+        let policy = policy
+            .with_cosigners(cosigners, quorum)
+            .map(|p| p.with_cosigner_urls(urls))
+            .map_err(|e| SetupError::Invalid(format!("{}: {e}", path.display())))?;
+        crate::fsutil::replace_durable(&path, policy.encode().as_bytes(), 0o644)
+            .map_err(io_error(&path))?;
+    }
+    Ok(())
+}

@@ -937,13 +937,27 @@ impl LocalLog {
         from: u64,
         to: u64,
     ) -> Result<(Vec<vellum_compliance::bundle::ExportedEvent>, String), LogError> {
+        self.export_events_at(stream, from, to, None)
+    }
+
+    /// [`LocalLog::export_events`] against the certificate of tree size
+    /// `size` (`None`: the latest), e.g. one a witness cosigned.
+    pub fn export_events_at(
+        &self,
+        stream: u64,
+        from: u64,
+        to: u64,
+        size: Option<u64>,
+    ) -> Result<(Vec<vellum_compliance::bundle::ExportedEvent>, String), LogError> {
         if to <= from || to - from > EXPORT_EVENTS_MAX {
             return Err(LogError::ExportRange { from, to });
         }
         let state = self.lock();
-        let certificate = state
-            .latest_certificate()
-            .ok_or(LogError::NothingCertified)?;
+        let certificate = match size {
+            None => state.latest_certificate(),
+            Some(size) => state.certificate_at_size(size),
+        }
+        .ok_or(LogError::NothingCertified)?;
         let size = certificate.checkpoint.size;
         let ops = state.stream_ops_from(stream, from, to - from);
         if ops.is_empty() {
@@ -992,6 +1006,11 @@ impl LocalLog {
                     proof: proof.encode(),
                 });
             }
+        }
+        // An older certificate may not cover the whole range.
+        if out.len() as u64 != to - from {
+            let offset = from + out.len() as u64;
+            return Err(LogError::NotCertifiedYet { stream, offset });
         }
         Ok((out, certificate.encode()))
     }
@@ -1165,6 +1184,17 @@ impl LocalLog {
     /// The inclusion proof of one event against the latest certificate, in
     /// `c2sp.org/tlog-proof@v1` form with the leaf preimage as `extra`.
     pub fn inclusion_proof(&self, stream: u64, offset: u64) -> Result<InclusionProof, LogError> {
+        self.inclusion_proof_at(stream, offset, None)
+    }
+
+    /// The inclusion proof of one event against the certificate of tree
+    /// size `size` (`None`: the latest), e.g. one a witness cosigned.
+    pub fn inclusion_proof_at(
+        &self,
+        stream: u64,
+        offset: u64,
+        size: Option<u64>,
+    ) -> Result<InclusionProof, LogError> {
         let state = self.lock();
         let (info, index_in_op) = state
             .locate(stream, offset)
@@ -1172,8 +1202,11 @@ impl LocalLog {
         let position = info.global_position + index_in_op;
         // In a read-only open the tail may lack its certificate (a crash lost
         // it and nothing may be written to sign it again).
-        let certificate = state
-            .latest_certificate()
+        let certificate = match size {
+            None => state.latest_certificate(),
+            Some(size) => state.certificate_at_size(size),
+        };
+        let certificate = certificate
             .filter(|c| c.checkpoint.size > position)
             .ok_or(LogError::NotCertifiedYet { stream, offset })?;
         let preimage = state.leaf_preimage(&self.storage.get(), info, index_in_op)?;

@@ -15,6 +15,7 @@
 mod custody;
 mod node;
 mod trail;
+pub mod witness_feed;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,11 +182,21 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         ca_pem: material.ca_pem.clone(),
         identity: Some(material.clone()),
     };
-    let node = Arc::new(ReplicaNode::new(
-        Arc::clone(&log),
-        Some(Arc::clone(&transport) as Arc<dyn Transport>),
-        custody,
+    // Witnesses named with a URL in the replica's policy are fed by the
+    // primary, off the append path (`witness_feed`).
+    let witnesses = Arc::new(witness_feed::WitnessFeed::open(
+        &config.data_dir,
+        log.policy(),
     ));
+    witnesses.spawn(runtime.handle(), Arc::clone(&log), shutdown.subscribe());
+    let node = Arc::new(
+        ReplicaNode::new(
+            Arc::clone(&log),
+            Some(Arc::clone(&transport) as Arc<dyn Transport>),
+            custody,
+        )
+        .with_witnesses(witnesses),
+    );
     let served = runtime
         .block_on(serve(server_config, node, shutdown_rx))
         .map_err(|e| ReplicaError::Io(format!("client API on {}: {e}", this.api_address)))?;

@@ -2,6 +2,7 @@
 //! replica's log. Writes go through the VSR core only on the primary; a
 //! backup answers `NotPrimary` and the server forwards the request.
 
+use super::witness_feed::WitnessFeed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ pub struct ReplicaNode {
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
     custody: Arc<super::Custody>,
+    witnesses: Option<Arc<WitnessFeed>>,
 }
 
 impl ReplicaNode {
@@ -45,6 +47,32 @@ impl ReplicaNode {
             transport,
             trail: super::TrailBatcher::default(),
             custody,
+            witnesses: None,
+        }
+    }
+
+    /// Serves the witness cosignatures `witnesses` keeps: in proofs and
+    /// bundles against a cosigned checkpoint, and in `/metrics`.
+    pub fn with_witnesses(mut self, witnesses: Arc<WitnessFeed>) -> ReplicaNode {
+        self.witnesses = Some(witnesses).filter(|w| !w.is_empty());
+        self
+    }
+
+    /// The kept cosigned sizes, newest first (none without witnesses).
+    fn cosigned_sizes(&self) -> Vec<u64> {
+        self.witnesses
+            .as_ref()
+            .map_or_else(Vec::new, |w| w.cosigned_sizes())
+    }
+
+    /// `certificate` with every kept cosignature over its checkpoint.
+    fn cosigned(&self, certificate: &mut vellum_audit::checkpoint::Certificate) {
+        if let Some(witnesses) = &self.witnesses {
+            for line in witnesses.cosignatures_for(certificate) {
+                if certificate.note.signatures.len() < vellum_audit::note::SIGNATURES_MAX {
+                    certificate.note.signatures.push(line);
+                }
+            }
         }
     }
 }
@@ -444,6 +472,14 @@ impl Node for ReplicaNode {
     }
 
     fn proof(&self, stream: u64, offset: u64) -> Result<String, ProofError> {
+        // Against the newest checkpoint a witness cosigned that covers the
+        // event, with the cosignatures; else against the latest certificate.
+        for size in self.cosigned_sizes() {
+            if let Ok(mut proof) = self.log.inclusion_proof_at(stream, offset, Some(size)) {
+                self.cosigned(&mut proof.checkpoint);
+                return Ok(proof.encode());
+            }
+        }
         Ok(self.log.inclusion_proof(stream, offset)?.encode())
     }
 
@@ -481,7 +517,17 @@ impl Node for ReplicaNode {
         if let Some(shredded) = self.custody.shredded(call.stream) {
             return Err(ExportError::Shredded(shredded));
         }
-        let (events, certificate) = self.log.export_events(call.stream, call.from, call.to)?;
+        // Against the newest cosigned checkpoint covering the range, with
+        // its cosignatures in `cosignatures.txt`; else the latest certificate.
+        let cosigned = self.cosigned_sizes().into_iter().find_map(|size| {
+            self.log
+                .export_events_at(call.stream, call.from, call.to, Some(size))
+                .ok()
+        });
+        let (events, certificate) = match cosigned {
+            Some(found) => found,
+            None => self.log.export_events(call.stream, call.from, call.to)?,
+        };
         let signer = self.log.signer();
         let request = vellum_compliance::bundle::BundleRequest {
             stream: call.stream,
@@ -492,8 +538,16 @@ impl Node for ReplicaNode {
             time_ns: crate::log::now_ns(),
             exported_by: signer.name().to_string(),
         };
-        vellum_compliance::bundle::build_bundle(&request, &certificate, &events, signer)
-            .map_err(|e| export_bundle_error(e, &call))
+        let mut files =
+            vellum_compliance::bundle::build_bundle(&request, &certificate, &events, signer)
+                .map_err(|e| export_bundle_error(e, &call))?;
+        if let Some(lines) = self.cosignature_file(&certificate) {
+            files.push((
+                vellum_compliance::bundle::COSIGNATURES_FILE.to_string(),
+                lines.into_bytes(),
+            ));
+        }
+        Ok(files)
     }
 
     fn audit_records(
@@ -541,12 +595,31 @@ impl Node for ReplicaNode {
             releases: custody.releases,
             retentions: custody.retentions,
             custody_refused: custody.refused,
+            witnesses: self
+                .witnesses
+                .as_ref()
+                .map_or_else(Vec::new, |w| w.status()),
         }
     }
 
     fn custody(&self, call: CustodyCall) -> Result<CustodyDone, CustodyError> {
         self.primary_or_refuse()?;
         self.custody.request(&call)
+    }
+}
+
+impl ReplicaNode {
+    /// The `cosignatures.txt` of a bundle against `certificate_text`: the
+    /// kept cosignature lines over it, if any.
+    fn cosignature_file(&self, certificate_text: &str) -> Option<String> {
+        let witnesses = self.witnesses.as_ref()?;
+        let certificate = vellum_audit::checkpoint::Certificate::parse(certificate_text).ok()?;
+        let lines: String = witnesses
+            .cosignatures_for(&certificate)
+            .iter()
+            .map(|l| l.line())
+            .collect();
+        (!lines.is_empty()).then_some(lines)
     }
 }
 

@@ -136,6 +136,47 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+/// One series per witness (label `witness`, its key name, escaped).
+fn render_witnesses(out: &mut String, witnesses: &[super::node::WitnessMetrics]) {
+    type Pick = fn(&super::node::WitnessMetrics) -> u64;
+    let families: [(&str, &str, &str, Pick); 4] = [
+        (
+            "vellum_witness_cosigned_size",
+            "gauge",
+            "Tree size of the newest witness cosignature kept.",
+            |w| w.cosigned_size,
+        ),
+        (
+            "vellum_witness_cosignatures_total",
+            "counter",
+            "Witness cosignatures verified and kept.",
+            |w| w.cosignatures,
+        ),
+        (
+            "vellum_witness_failures_total",
+            "counter",
+            "Witness rounds that ended without a cosignature.",
+            |w| w.failures,
+        ),
+        (
+            "vellum_witness_rejected_total",
+            "counter",
+            "Witness answers refused (malformed, impossible size, bad cosignature).",
+            |w| w.rejected,
+        ),
+    ];
+    if witnesses.is_empty() {
+        return;
+    }
+    for (name, kind, help, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for witness in witnesses {
+            let label = witness.name.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{witness=\"{label}\"}} {}", pick(witness));
+        }
+    }
+}
+
 /// The exposition text.
 pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
     let gauges: [(&str, &str, &str, u64); 8] = [
@@ -254,6 +295,7 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    render_witnesses(&mut out, &node.witnesses);
     let name = "vellum_api_requests_total";
     let _ = writeln!(
         out,

@@ -483,8 +483,25 @@ pub struct ExportCall {
     pub purpose: Option<String>,
 }
 
+/// What `/metrics` shows of one outside witness the primary feeds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WitnessMetrics {
+    /// The witness's key name.
+    pub name: String,
+    /// Gauge: the tree size of the newest kept cosignature (0: none).
+    pub cosigned_size: u64,
+    /// Cosignatures verified and kept since start.
+    pub cosignatures: u64,
+    /// Rounds that ended without a cosignature (down, refused, rejected).
+    pub failures: u64,
+    /// Answers this replica refused: malformed, a size above the cluster's
+    /// newest certificate, or a cosignature that does not verify under the
+    /// pinned key.
+    pub rejected: u64,
+}
+
 /// Counters for `/metrics` (monotonic unless named as a gauge).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeMetrics {
     /// Gauge: committed ops.
     pub commit: u64,
@@ -513,6 +530,8 @@ pub struct NodeMetrics {
     pub retentions: u64,
     /// Custody requests this replica refused by a rule.
     pub custody_refused: u64,
+    /// The outside witnesses this replica feeds (when primary).
+    pub witnesses: Vec<WitnessMetrics>,
 }
 
 /// The replica as the client API sees it.

@@ -13,6 +13,7 @@
 //! `protocol` is the pure decision, `store` the durable state, `server` the
 //! HTTP shell, `submit` the client that feeds a witness from a cluster.
 
+pub mod kept;
 pub mod protocol;
 pub mod server;
 pub mod store;

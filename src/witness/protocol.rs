@@ -142,11 +142,7 @@ pub fn decide(
         .find(|p| p.origin == checkpoint.origin)
         .ok_or_else(|| Refusal::UnknownOrigin(checkpoint.origin.clone()))?;
     // The witness checks the log's own (replica) quorum, not cosignatures.
-    let log_policy = Policy {
-        cosigners: Vec::new(),
-        cosigner_quorum: 0,
-        ..policy.clone()
-    };
+    let log_policy = policy.replicas_only();
     match request.certificate.verify(&log_policy) {
         Ok(_) => {}
         Err(e @ CertificateError::BodyMismatch) => return Err(Refusal::Malformed(e.to_string())),
