@@ -428,6 +428,7 @@ struct Walk<'a> {
     sink: &'a mut dyn FactSink,
     /// The last [`OPS_WINDOW_MAX`] op records read.
     recent_ops: VecDeque<OpSeen>,
+    ops_window: usize,
     ops: u64,
     /// The stream each key id was first seen with.
     key_streams: BTreeMap<u64, u64>,
@@ -455,7 +456,7 @@ pub fn verify_log_dir(
     progress: &mut dyn FnMut(u64),
 ) -> LogVerification {
     let mut facts = LogFacts::default();
-    let mut verification = walk_log_dir(segments_dir, policy, None, true, &mut facts, progress);
+    let mut verification = walk_log_dir(segments_dir, policy, None, None, &mut facts, progress);
     verification.reached_root = verification.reached.as_ref().and_then(|r| {
         let fact = facts.commits.iter().find(|c| c.tree_size == r.tree_size)?;
         Some(fact.root)
@@ -477,17 +478,61 @@ pub fn verify_log_stream(
     sink: &mut dyn FactSink,
     progress: &mut dyn FnMut(u64),
 ) -> LogVerification {
-    walk_log_dir(segments_dir, policy, since_size, false, sink, progress)
+    let options = StreamOptions {
+        since_size,
+        ..StreamOptions::default()
+    };
+    verify_log_stream_with(segments_dir, policy, &options, sink, progress)
+}
+
+/// How a streaming walk runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The size of a kept checkpoint (see [`verify_log_stream`]).
+    pub since_size: Option<u64>,
+    /// Recent op records kept (at least 1; [`OPS_WINDOW_MAX`] by default).
+    /// Smaller windows re-read the log more often; tests use 1 to make
+    /// every lookup of an older op go through the re-read.
+    pub ops_window: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions {
+            since_size: None,
+            ops_window: OPS_WINDOW_MAX,
+        }
+    }
+}
+
+/// [`verify_log_stream`] with options.
+pub fn verify_log_stream_with(
+    segments_dir: &Path,
+    policy: &Policy,
+    options: &StreamOptions,
+    sink: &mut dyn FactSink,
+    progress: &mut dyn FnMut(u64),
+) -> LogVerification {
+    let window = options.ops_window.clamp(1, OPS_WINDOW_MAX);
+    walk_log_dir(
+        segments_dir,
+        policy,
+        options.since_size,
+        Some(window),
+        sink,
+        progress,
+    )
 }
 
 fn walk_log_dir(
     segments_dir: &Path,
     policy: &Policy,
     since_size: Option<u64>,
-    full_tree: bool,
+    ops_window: Option<usize>,
     sink: &mut dyn FactSink,
     progress: &mut dyn FnMut(u64),
 ) -> LogVerification {
+    let full_tree = ops_window.is_none();
     let cluster = cluster_from_origin(&policy.origin);
     let mut walk = Walk {
         policy,
@@ -495,6 +540,7 @@ fn walk_log_dir(
         cluster: cluster.unwrap_or(0),
         sink,
         recent_ops: VecDeque::new(),
+        ops_window: ops_window.unwrap_or(OPS_WINDOW_MAX),
         ops: 0,
         key_streams: BTreeMap::new(),
         complete: false,
@@ -728,7 +774,7 @@ impl Walk<'_> {
     }
 
     fn remember(&mut self, seen: OpSeen) {
-        if self.recent_ops.len() == OPS_WINDOW_MAX {
+        if self.recent_ops.len() >= self.ops_window {
             self.recent_ops.pop_front();
         }
         self.recent_ops.push_back(seen);
