@@ -11,6 +11,7 @@
 
 mod bulk;
 mod reads;
+pub mod scale;
 
 pub use bulk::BATCH_MAX;
 
@@ -319,7 +320,7 @@ fn measure_appends(
     Ok(out)
 }
 
-fn sample_payload(bytes: usize) -> Vec<u8> {
+pub(crate) fn sample_payload(bytes: usize) -> Vec<u8> {
     let mut out = b"{\"resourceType\":\"Observation\",\"note\":\"".to_vec();
     while out.len() + 2 < bytes {
         out.push(b'x');

@@ -98,3 +98,50 @@ fn bench_refuses_a_batch_above_the_append_maximum() {
     );
     assert!(!work.exists(), "nothing ran");
 }
+
+/// Goal: a tiny `bench --scale` run reports, for a batched log and a log of
+/// one event per op, the open (time, memory, descriptors), bytes per event
+/// above the payload, and verify and `--since` runs of the last 1%.
+#[test]
+fn bench_scale_reports_each_log() {
+    let dir = support::TestDir::new("vellum-bench-scale");
+    let work = dir.path().join("bench");
+    let out = Command::new(support::vellum_exe())
+        .args(["bench", "--scale", "--dir"])
+        .arg(&work)
+        .args(["--scale-sizes", "5000", "--scale-per-op", "200"])
+        .args(["--scale-appends", "300", "--json"])
+        .env_remove("VELLUM_LOG")
+        .output()
+        .expect("run vellum bench --scale");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = report["rows"].as_array().expect("rows");
+    let shape: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().expect(k);
+            (n("events"), n("events_per_op"), n("since_new_events"))
+        })
+        .collect();
+    assert_eq!(shape, vec![(5000, 4096, 50), (200, 1, 2)]);
+    for row in rows {
+        let f = |k: &str| row[k].as_f64().expect(k);
+        let probe = |k: &str| row["probe"][k].as_f64().expect(k);
+        assert!(f("segment_bytes_per_event") > 512.0, "{row}");
+        assert!(
+            f("verify_peak_mib") > 1.0 && f("since_peak_mib") > 1.0,
+            "{row}"
+        );
+        assert!(f("verify_s") > 0.0 && f("since_s") > 0.0, "{row}");
+        assert!(
+            probe("rss_open_mib") > 1.0 && probe("fds_open") >= 3.0,
+            "{row}"
+        );
+        assert_eq!(row["probe"]["appended"], 300, "{row}");
+    }
+}

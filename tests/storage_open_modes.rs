@@ -1,7 +1,8 @@
 //! The two guards on `Storage::open` that keep recovery from harming what
 //! is stored: the durable op floor (a torn-tail cut may never lose an op the
 //! caller saw certified) and the read-only open (nothing on disk changes, not
-//! even a byte's mtime).
+//! even a byte's mtime). And reads of many segments hold a bounded number
+//! of file descriptors (`storage::open_files`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -389,4 +390,48 @@ fn read_only_open_needs_the_segments_directory() {
         0,
         "nothing was created"
     );
+}
+
+/// The descriptors of this process open on a file inside `dir`.
+fn fds_into(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Goal: reading records spread over many segments, twice over, keeps at
+/// most `OPEN_FILES_MAX` descriptors open on segment files for reads (plus
+/// the writer's own handle of the segment it appends to).
+#[test]
+fn reads_across_many_segments_hold_bounded_file_descriptors() {
+    use vellum::storage::open_files::OPEN_FILES_MAX;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StorageConfig {
+        segment_bytes_max: SEGMENT_BYTES_MIN,
+        ..StorageConfig::default()
+    };
+    let written = build_log(dir.path(), 400, config);
+    let segments = dir.path().join(SEGMENTS_DIR);
+    let segment_count = std::fs::read_dir(&segments).expect("segments").count();
+    assert!(
+        segment_count > 4 * OPEN_FILES_MAX,
+        "{segment_count} segments: the reads must span many more than the bound"
+    );
+    let (storage, _) = Storage::open(dir.path(), CLUSTER, config).expect("open");
+    let mut most = 0;
+    for _ in 0..2 {
+        for (record, location) in &written {
+            assert_eq!(&storage.read(*location).expect("read"), record);
+            most = most.max(fds_into(&segments));
+        }
+    }
+    assert!(
+        most <= OPEN_FILES_MAX + 1,
+        "{most} descriptors open on segment files, at most {} allowed",
+        OPEN_FILES_MAX + 1
+    );
+    storage.close().expect("close");
 }

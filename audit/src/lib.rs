@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod cosignature;
 pub mod error;
+pub mod frontier;
 pub mod hash;
 pub mod html;
 pub mod leaf;

@@ -42,6 +42,9 @@ pub enum ProofError {
     /// The recomputed old root differs from the old root (consistency).
     #[error("computed old root {computed} does not match old root {expected}")]
     OldRootMismatch { expected: String, computed: String },
+    /// A compact tree (`frontier`) was asked for a subtree it did not keep.
+    #[error("subtree of height {height} at index {index} was not kept by the compact tree")]
+    NotRetained { height: u32, index: u64 },
 }
 
 /// The RFC 6962 leaf hash: `SHA-256(0x00 || preimage)`.

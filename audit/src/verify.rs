@@ -18,13 +18,14 @@
 //! op and its certificate, repaired by the next open, or certificates that
 //! were stripped) fail verification rather than pass unproven.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{Certificate, Checkpoint};
+use crate::frontier::{self, Frontier, PathNodes};
 use crate::hash::{Hash, to_hex};
 use crate::leaf::LeafPreimage;
-use crate::merkle::{self, MerkleTree};
+use crate::merkle::{self, MerkleTree, ProofError};
 use crate::note::Verifier;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
@@ -172,6 +173,141 @@ pub struct LogFacts {
     pub op_headers: Vec<OpFact>,
 }
 
+/// What the walk tells about the log as it reads it, in log order: each op
+/// header (before its events), each event, each op's key id (after its
+/// events, only for an op whose events decoded) and each certificate.
+/// [`LogFacts`] keeps them all; a streaming consumer (`vellum verify`
+/// comparing the audit index in chunks) keeps only what it still needs.
+pub trait FactSink {
+    /// An op record's header.
+    fn op(&mut self, fact: &OpFact);
+    /// One event of the op last given.
+    fn event(&mut self, fact: &EventFact);
+    /// The key id and stream of an op whose events decoded.
+    fn key(&mut self, key_id: u64, stream: u64);
+    /// A certificate record (valid or not).
+    fn commit(&mut self, fact: &CommitFact);
+}
+
+impl FactSink for LogFacts {
+    fn op(&mut self, fact: &OpFact) {
+        self.ops += 1;
+        self.op_headers.push(fact.clone());
+    }
+
+    fn event(&mut self, fact: &EventFact) {
+        self.events.push(fact.clone());
+    }
+
+    fn key(&mut self, key_id: u64, stream: u64) {
+        self.keys.push((key_id, stream));
+    }
+
+    fn commit(&mut self, fact: &CommitFact) {
+        self.commits.push(fact.clone());
+    }
+}
+
+/// A sink that keeps nothing (only the walk's own bounded state remains).
+#[derive(Debug, Default)]
+pub struct DiscardFacts;
+
+impl FactSink for DiscardFacts {
+    fn op(&mut self, _: &OpFact) {}
+    fn event(&mut self, _: &EventFact) {}
+    fn key(&mut self, _: u64, _: u64) {}
+    fn commit(&mut self, _: &CommitFact) {}
+}
+
+/// The recomputed Merkle tree as a verification kept it.
+#[derive(Debug, Clone)]
+pub enum LogTree {
+    /// Every leaf and complete subtree ([`verify_log_dir`]): any root and
+    /// proof of any size.
+    Full(MerkleTree),
+    /// Bounded ([`verify_log_stream`]): the frontier at the end, at the
+    /// newest verified certificate and at the kept checkpoint's size, and
+    /// the nodes beside the kept size's path; roots of those sizes and the
+    /// consistency proof between the kept and the newest certified size.
+    Compact(CompactTree),
+}
+
+/// See [`LogTree::Compact`].
+#[derive(Debug, Clone, Default)]
+pub struct CompactTree {
+    /// The frontier after the last event read.
+    pub end: Frontier,
+    /// The frontier at the newest verified certificate's size.
+    pub reached: Option<Frontier>,
+    /// The frontier at the kept checkpoint's size (when the log reached it).
+    pub kept: Option<Frontier>,
+    /// The nodes beside the kept size's path.
+    pub path: Option<PathNodes>,
+}
+
+impl CompactTree {
+    fn frontiers(&self) -> impl Iterator<Item = &Frontier> {
+        [Some(&self.end), self.reached.as_ref(), self.kept.as_ref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+impl LogTree {
+    /// The number of leaves read.
+    pub fn len(&self) -> u64 {
+        match self {
+            LogTree::Full(tree) => tree.len(),
+            LogTree::Compact(tree) => tree.end.len(),
+        }
+    }
+
+    /// Whether no leaf was read.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The root at `size`: any size of a full tree; a compact tree answers
+    /// the sizes it kept a frontier of.
+    pub fn root_at(&self, size: u64) -> Result<Hash, ProofError> {
+        match self {
+            LogTree::Full(tree) => tree.root_at(size),
+            LogTree::Compact(tree) => {
+                let len = tree.end.len();
+                if size > len {
+                    return Err(ProofError::SizeBeyondTree { size, len });
+                }
+                tree.frontiers()
+                    .find(|f| f.len() == size)
+                    .map(Frontier::root)
+                    .ok_or(ProofError::NotRetained {
+                        height: 0,
+                        index: size,
+                    })
+            }
+        }
+    }
+
+    /// The consistency proof from `old_size` to `new_size`.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
+        match self {
+            LogTree::Full(tree) => tree.consistency_proof(old_size, new_size),
+            LogTree::Compact(tree) => {
+                let at = |size: u64| tree.frontiers().find(|f| f.len() == size);
+                let (Some(old), Some(new), Some(path)) =
+                    (at(old_size), at(new_size), tree.path.as_ref())
+                else {
+                    return Err(ProofError::NotRetained {
+                        height: 0,
+                        index: old_size,
+                    });
+                };
+                frontier::consistency_proof(old, new, path)
+            }
+        }
+    }
+}
+
 /// The checks of a log directory and the facts gathered.
 #[derive(Debug)]
 pub struct LogVerification {
@@ -183,7 +319,10 @@ pub struct LogVerification {
     pub reached: Option<Reached>,
     /// The Merkle tree recomputed from the events, to answer "what was the
     /// root at size N" for a kept checkpoint or another replica.
-    pub tree: MerkleTree,
+    pub tree: LogTree,
+    /// The root of the newest verified certificate as the log's
+    /// certificate records state it (what `--since` proves consistency to).
+    pub reached_root: Option<Hash>,
     /// The segments directory that was read (failures name its files).
     pub segments_dir: PathBuf,
     /// True when every segment was read to its end. When false, the checks
@@ -224,57 +363,204 @@ pub fn cluster_from_origin(origin: &str) -> Option<u128> {
     u128::from_str_radix(hex, 16).ok()
 }
 
+/// Op records whose place, checksum, group flag and tree frontier a
+/// streaming walk keeps, at most: certificates and seals name recent ops
+/// (a certificate rides along with a later group commit; a cluster's
+/// pipeline is 256 ops). An older one is found again by re-reading the log
+/// from its start, one segment at a time (exact, only slower).
+pub const OPS_WINDOW_MAX: usize = 4096;
+
+/// What the walk keeps of one op record.
+#[derive(Debug, Clone)]
+struct OpSeen {
+    op: u64,
+    segment: u64,
+    file_offset: u64,
+    checksum: Hash,
+    group_continues: bool,
+    /// The tree after the op's events.
+    frontier: Frontier,
+}
+
+/// What a re-read of the log looks for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Op(u64),
+    Size(u64),
+}
+
+/// The walk's tree: a frontier (always) and, for [`verify_log_dir`], the
+/// full tree too.
+struct WalkTree {
+    frontier: Frontier,
+    full: Option<MerkleTree>,
+    /// The kept checkpoint's size and what a proof from it needs.
+    since: Option<(u64, PathNodes)>,
+    kept: Option<Frontier>,
+    reached: Option<Frontier>,
+}
+
+impl WalkTree {
+    fn push(&mut self, leaf: Hash) {
+        match &mut self.since {
+            Some((_, path)) => self
+                .frontier
+                .push_with(leaf, |height, index, hash| path.offer(height, index, hash)),
+            None => self.frontier.push(leaf),
+        }
+        if let Some(full) = &mut self.full {
+            full.push(leaf);
+        }
+        if self.since.as_ref().map(|(size, _)| *size) == Some(self.frontier.len()) {
+            self.kept = Some(self.frontier.clone());
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.frontier.len()
+    }
+}
+
 struct Walk<'a> {
     policy: &'a Policy,
     segments_dir: &'a Path,
-    /// (segment, file offset) of each op record, indexed by op - 1.
-    op_locations: Vec<(u64, u64)>,
-    /// Header checksum of each op record, indexed by op - 1.
-    op_checksums: Vec<Hash>,
+    cluster: u128,
+    sink: &'a mut dyn FactSink,
+    /// The last [`OPS_WINDOW_MAX`] op records read.
+    recent_ops: VecDeque<OpSeen>,
+    ops_window: usize,
+    ops: u64,
     /// The stream each key id was first seen with.
     key_streams: BTreeMap<u64, u64>,
     /// True when every segment was read to its end.
     complete: bool,
-    tree: MerkleTree,
-    facts: LogFacts,
+    tree: WalkTree,
     records: Check,
     seals: Check,
     merkle: Check,
     certificates: Check,
     reached: Option<Reached>,
+    reached_root: Option<Hash>,
     last_certified_op: u64,
-    /// Whether each op continues its atomic group, indexed by op - 1.
-    group_continues: Vec<bool>,
     /// The first op of the atomic group the walk is inside, if any.
     open_group: Option<u64>,
 }
 
 /// Verifies the segments in `segments_dir` against `policy`. `progress` is
-/// called with the bytes of each segment file as it is read.
+/// called with the bytes of each segment file as it is read. Keeps every
+/// fact and the full tree (memory grows with the log); see
+/// [`verify_log_stream`] for the bounded walk.
 pub fn verify_log_dir(
     segments_dir: &Path,
     policy: &Policy,
     progress: &mut dyn FnMut(u64),
 ) -> LogVerification {
+    let mut facts = LogFacts::default();
+    let mut verification = walk_log_dir(segments_dir, policy, None, None, &mut facts, progress);
+    verification.reached_root = verification.reached.as_ref().and_then(|r| {
+        let fact = facts.commits.iter().find(|c| c.tree_size == r.tree_size)?;
+        Some(fact.root)
+    });
+    verification.facts = facts;
+    verification
+}
+
+/// The same checks as [`verify_log_dir`], in memory independent of the
+/// log's size: every fact goes to `sink` as it is read and is not kept; the
+/// tree is kept as its frontier ([`LogTree::Compact`]). `since_size`: the
+/// size of a kept checkpoint, so that its root and the consistency proof
+/// from it to the newest certificate can be answered ([`check_since`]).
+/// The returned facts hold only the op count.
+pub fn verify_log_stream(
+    segments_dir: &Path,
+    policy: &Policy,
+    since_size: Option<u64>,
+    sink: &mut dyn FactSink,
+    progress: &mut dyn FnMut(u64),
+) -> LogVerification {
+    let options = StreamOptions {
+        since_size,
+        ..StreamOptions::default()
+    };
+    verify_log_stream_with(segments_dir, policy, &options, sink, progress)
+}
+
+/// How a streaming walk runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// The size of a kept checkpoint (see [`verify_log_stream`]).
+    pub since_size: Option<u64>,
+    /// Recent op records kept (at least 1; [`OPS_WINDOW_MAX`] by default).
+    /// Smaller windows re-read the log more often; tests use 1 to make
+    /// every lookup of an older op go through the re-read.
+    pub ops_window: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions {
+            since_size: None,
+            ops_window: OPS_WINDOW_MAX,
+        }
+    }
+}
+
+/// [`verify_log_stream`] with options.
+pub fn verify_log_stream_with(
+    segments_dir: &Path,
+    policy: &Policy,
+    options: &StreamOptions,
+    sink: &mut dyn FactSink,
+    progress: &mut dyn FnMut(u64),
+) -> LogVerification {
+    let window = options.ops_window.clamp(1, OPS_WINDOW_MAX);
+    walk_log_dir(
+        segments_dir,
+        policy,
+        options.since_size,
+        Some(window),
+        sink,
+        progress,
+    )
+}
+
+fn walk_log_dir(
+    segments_dir: &Path,
+    policy: &Policy,
+    since_size: Option<u64>,
+    ops_window: Option<usize>,
+    sink: &mut dyn FactSink,
+    progress: &mut dyn FnMut(u64),
+) -> LogVerification {
+    let full_tree = ops_window.is_none();
+    let cluster = cluster_from_origin(&policy.origin);
     let mut walk = Walk {
         policy,
         segments_dir,
-        op_locations: Vec::new(),
-        op_checksums: Vec::new(),
+        cluster: cluster.unwrap_or(0),
+        sink,
+        recent_ops: VecDeque::new(),
+        ops_window: ops_window.unwrap_or(OPS_WINDOW_MAX),
+        ops: 0,
         key_streams: BTreeMap::new(),
         complete: false,
-        tree: MerkleTree::default(),
-        facts: LogFacts::default(),
+        tree: WalkTree {
+            frontier: Frontier::new(),
+            full: full_tree.then(MerkleTree::default),
+            since: since_size.map(|size| (size, PathNodes::new(size))),
+            kept: (since_size == Some(0)).then(Frontier::new),
+            reached: None,
+        },
         records: Check::start("records and hash chain"),
         seals: Check::start("segment seals"),
         merkle: Check::start("merkle roots"),
         certificates: Check::start("certificate signatures"),
         reached: None,
+        reached_root: None,
         last_certified_op: 0,
-        group_continues: Vec::new(),
         open_group: None,
     };
-    let Some(cluster) = cluster_from_origin(&policy.origin) else {
+    let Some(cluster) = cluster else {
         walk.records.fail(
             FailureKind::ConfigMismatch,
             "policy",
@@ -410,11 +696,9 @@ impl Walk<'_> {
 
     fn op(&mut self, header: &OpHeader, body: &[u8], segment: u64, offset: u64, at: &str) {
         self.records.count("ops", 1);
-        self.facts.ops += 1;
-        self.op_locations.push((segment, offset));
-        self.op_checksums.push(header.checksum());
+        self.ops += 1;
         self.check_group(header, at);
-        self.facts.op_headers.push(OpFact {
+        self.sink.op(&OpFact {
             op: header.op,
             checksum: header.checksum(),
             segment,
@@ -438,6 +722,19 @@ impl Walk<'_> {
                 self.key_streams.insert(header.key_id, header.stream);
             }
         }
+        self.events(header, body, segment, offset, at);
+        self.remember(OpSeen {
+            op: self.ops,
+            segment,
+            file_offset: offset,
+            checksum: header.checksum(),
+            group_continues: header.group_continues(),
+            frontier: self.tree.frontier.clone(),
+        });
+    }
+
+    /// The op's events: decoded, leaves pushed, facts given to the sink.
+    fn events(&mut self, header: &OpHeader, body: &[u8], segment: u64, offset: u64, at: &str) {
         let frames = match record::decode_events(
             body,
             header.event_count,
@@ -460,7 +757,7 @@ impl Walk<'_> {
         }
         for (frame, i) in frames.iter().zip(0u64..) {
             let leaf_hash = LeafPreimage::of_event(header, frame, i).leaf_hash();
-            self.facts.events.push(EventFact {
+            self.sink.event(&EventFact {
                 position: self.tree.len(),
                 stream: header.stream,
                 stream_offset: header.stream_offset + i,
@@ -473,7 +770,113 @@ impl Walk<'_> {
             self.tree.push(leaf_hash);
         }
         self.merkle.count("events", frames.len() as u64);
-        self.facts.keys.push((header.key_id, header.stream));
+        self.sink.key(header.key_id, header.stream);
+    }
+
+    fn remember(&mut self, seen: OpSeen) {
+        if self.recent_ops.len() >= self.ops_window {
+            self.recent_ops.pop_front();
+        }
+        self.recent_ops.push_back(seen);
+    }
+
+    /// The `ordinal`-th op record read (1-based), if the walk read it.
+    fn op_seen(&self, ordinal: u64) -> Option<OpSeen> {
+        if ordinal == 0 || ordinal > self.ops {
+            return None;
+        }
+        let first = self.recent_ops.front().map_or(u64::MAX, |o| o.op);
+        if ordinal >= first {
+            let index = usize::try_from(ordinal - first).ok()?;
+            return self.recent_ops.get(index).cloned();
+        }
+        match self.rescan(Target::Op(ordinal))? {
+            Found::Op(seen) => Some(seen),
+            Found::Frontier(_) => None,
+        }
+    }
+
+    /// The root at `size` and, for a streaming walk, the frontier there.
+    fn root_at(&self, size: u64) -> Result<(Hash, Option<Frontier>), ProofError> {
+        if let Some(full) = &self.tree.full {
+            return full.root_at(size).map(|root| (root, None));
+        }
+        let len = self.tree.len();
+        if size > len {
+            return Err(ProofError::SizeBeyondTree { size, len });
+        }
+        let frontier = if size == len {
+            Some(self.tree.frontier.clone())
+        } else {
+            self.recent_ops
+                .iter()
+                .rev()
+                .find(|o| o.frontier.len() == size)
+                .map(|o| o.frontier.clone())
+                .or_else(|| match self.rescan(Target::Size(size))? {
+                    Found::Frontier(frontier) => Some(frontier),
+                    Found::Op(_) => None,
+                })
+        };
+        let frontier = frontier.ok_or(ProofError::NotRetained {
+            height: 0,
+            index: size,
+        })?;
+        Ok((frontier.root(), Some(frontier)))
+    }
+
+    /// Re-reads the log from its start, one segment at a time, as far as
+    /// `target`: an op the window no longer holds, or the tree at a size
+    /// that is not the end of a recent op. Only logs whose certificates
+    /// or seals name old ops (damage, or a rewrite) come here.
+    fn rescan(&self, target: Target) -> Option<Found> {
+        let indexes = segment::list_segments(self.segments_dir).ok()?;
+        let mut chain = Chain::genesis(self.cluster);
+        let mut frontier = Frontier::new();
+        let mut ordinal = 0u64;
+        let size_reached =
+            |frontier: &Frontier| matches!(target, Target::Size(s) if s == frontier.len());
+        for index in indexes {
+            let bytes = std::fs::read(self.segment_path(index)).ok()?;
+            let scan = segment::scan_segment_with(&bytes, index, self.cluster, &mut chain);
+            for scanned in &scan.records {
+                if scanned.header.kind != RecordKind::Op {
+                    continue;
+                }
+                let header = &scanned.header;
+                ordinal += 1;
+                let body = &bytes[scanned.body_range.clone()];
+                let at = scanned.offset + record::HEADER_BYTES as u64;
+                if let Ok(frames) = record::decode_events(body, header.event_count, at) {
+                    for (frame, i) in frames.iter().zip(0u64..) {
+                        if size_reached(&frontier) {
+                            return Some(Found::Frontier(frontier));
+                        }
+                        frontier.push(LeafPreimage::of_event(header, frame, i).leaf_hash());
+                    }
+                }
+                if size_reached(&frontier) {
+                    return Some(Found::Frontier(frontier));
+                }
+                if matches!(target, Target::Op(o) if o == ordinal) {
+                    return Some(Found::Op(OpSeen {
+                        op: ordinal,
+                        segment: index,
+                        file_offset: scanned.offset,
+                        checksum: header.checksum(),
+                        group_continues: header.group_continues(),
+                        frontier,
+                    }));
+                }
+            }
+            if matches!(
+                scan.end,
+                SegmentEnd::TornTail { .. } | SegmentEnd::Corrupt { .. }
+            ) {
+                break;
+            }
+        }
+        size_reached(&frontier).then_some(Found::Frontier(frontier))
     }
 
     /// Atomic groups (version 3): a group is a run of ops that continue
@@ -482,7 +885,6 @@ impl Walk<'_> {
     /// stands alone.
     fn check_group(&mut self, header: &OpHeader, at: &str) {
         let continues = header.group_continues();
-        self.group_continues.push(continues);
         let trail_op = header.stream == record::ACCESS_TRAIL_STREAM
             && header.client_id == record::TRAIL_CLIENT;
         match (self.open_group, continues) {
@@ -514,11 +916,10 @@ impl Walk<'_> {
 
     fn certificate(&mut self, header: &OpHeader, body: &[u8], at: &str) {
         self.certificates.count("certificates", 1);
-        let inside_group = usize::try_from(header.op.saturating_sub(1))
-            .ok()
-            .and_then(|i| self.group_continues.get(i))
-            .copied()
-            .unwrap_or(false);
+        // The op record read `max(op, 1)`-th (as the walk always looked it up).
+        let inside_group = self
+            .op_seen(header.op.max(1))
+            .is_some_and(|o| o.group_continues);
         if inside_group {
             self.certificates.fail(
                 FailureKind::CertificateInvalid,
@@ -559,13 +960,15 @@ impl Walk<'_> {
             );
         }
         let head_matches = self.check_chain_head(&certificate, header.op, at);
-        let root_matches = match self.tree.root_at(size) {
-            Ok(root) if root == certificate.checkpoint.root && size == header.tree_size => {
+        let (root_matches, frontier) = match self.root_at(size) {
+            Ok((root, frontier))
+                if root == certificate.checkpoint.root && size == header.tree_size =>
+            {
                 self.merkle.count("roots recomputed", 1);
-                true
+                (true, frontier)
             }
-            Ok(root) if root == certificate.checkpoint.root => false,
-            Ok(root) => {
+            Ok((root, _)) if root == certificate.checkpoint.root => (false, None),
+            Ok((root, _)) => {
                 self.merkle.fail(
                     FailureKind::RootMismatch,
                     at,
@@ -575,7 +978,7 @@ impl Walk<'_> {
                         to_hex(&root)
                     ),
                 );
-                false
+                (false, None)
             }
             Err(e) => {
                 self.merkle.fail(
@@ -583,21 +986,21 @@ impl Walk<'_> {
                     at,
                     format!("certificate for tree size {size}: {e}"),
                 );
-                false
+                (false, None)
             }
         };
         match certificate.verify(self.policy) {
             Ok(verified) => {
                 self.certificates.count("verified", 1);
                 if root_matches && head_matches {
-                    self.certified(header.op, &certificate, text, &verified.signers);
+                    self.certified(header.op, &certificate, text, &verified.signers, frontier);
                 }
             }
             Err(e) => self
                 .certificates
                 .fail(FailureKind::CertificateInvalid, at, e.to_string()),
         }
-        self.facts.commits.push(CommitFact {
+        self.sink.commit(&CommitFact {
             op: header.op,
             view: header.view,
             tree_size: size,
@@ -625,10 +1028,7 @@ impl Walk<'_> {
                 return false;
             }
         };
-        let in_log = usize::try_from(head.op - 1)
-            .ok()
-            .and_then(|index| self.op_checksums.get(index))
-            == Some(&head.checksum);
+        let in_log = self.op_seen(head.op).map(|o| o.checksum) == Some(head.checksum);
         if in_log {
             self.certificates.count("chain heads matched", 1);
         } else {
@@ -645,7 +1045,14 @@ impl Walk<'_> {
     }
 
     /// Notes a certificate whose signatures and root both verified.
-    fn certified(&mut self, op: u64, certificate: &Certificate, text: &str, signers: &[Verifier]) {
+    fn certified(
+        &mut self,
+        op: u64,
+        certificate: &Certificate,
+        text: &str,
+        signers: &[Verifier],
+        frontier: Option<Frontier>,
+    ) {
         self.last_certified_op = self.last_certified_op.max(op);
         let size = certificate.checkpoint.size;
         if self.reached.as_ref().is_none_or(|r| r.tree_size <= size) {
@@ -655,6 +1062,8 @@ impl Walk<'_> {
                 signed_by: signer_names(signers),
                 checkpoint: text.to_string(),
             });
+            self.reached_root = Some(certificate.checkpoint.root);
+            self.tree.reached = frontier;
         }
     }
 
@@ -663,8 +1072,8 @@ impl Walk<'_> {
             Ok(seal) => seal,
             Err(e) => return self.seals.fail(FailureKind::Damaged, at, e.to_string()),
         };
-        match self.tree.root_at(header.tree_size) {
-            Ok(root) if root == seal.tree_root => self.merkle.count("roots recomputed", 1),
+        match self.root_at(header.tree_size) {
+            Ok((root, _)) if root == seal.tree_root => self.merkle.count("roots recomputed", 1),
             Ok(_) => self.merkle.fail(
                 FailureKind::RootMismatch,
                 at,
@@ -679,7 +1088,7 @@ impl Walk<'_> {
     }
 
     fn finish(mut self) -> LogVerification {
-        let uncertified = self.facts.ops - self.last_certified_op.min(self.facts.ops);
+        let uncertified = self.ops - self.last_certified_op.min(self.ops);
         self.certificates
             .count("ops after the last certificate", uncertified);
         if self.complete && uncertified > 0 {
@@ -691,6 +1100,15 @@ impl Walk<'_> {
                 check.mark_not_run(INCOMPLETE_LOG_NOTE);
             }
         }
+        let tree = match self.tree.full {
+            Some(full) => LogTree::Full(full),
+            None => LogTree::Compact(CompactTree {
+                end: self.tree.frontier,
+                reached: self.tree.reached,
+                kept: self.tree.kept,
+                path: self.tree.since.map(|(_, path)| path),
+            }),
+        };
         LogVerification {
             checks: vec![
                 self.records.finish(),
@@ -698,23 +1116,30 @@ impl Walk<'_> {
                 self.merkle.finish(),
                 self.certificates.finish(),
             ],
-            facts: self.facts,
+            facts: LogFacts {
+                ops: self.ops,
+                ..LogFacts::default()
+            },
             reached: self.reached,
-            tree: self.tree,
+            reached_root: self.reached_root,
+            tree,
             segments_dir: self.segments_dir.to_path_buf(),
             complete: self.complete,
         }
     }
-}
 
-impl Walk<'_> {
     /// The log ends with ops that no verified certificate covers: nothing
     /// signed vouches for them, so they could have been rewritten at will.
     fn fail_uncertified_tail(&mut self, uncertified: u64) {
         let first = self.last_certified_op + 1;
-        let index = usize::try_from(first - 1).expect("op index fits in memory");
-        let (segment, offset) = self.op_locations[index];
-        let location = format!("{} at byte {offset}", self.segment_path(segment).display());
+        let seen = self
+            .op_seen(first)
+            .expect("the first uncertified op was read: it is at most the op count");
+        let location = format!(
+            "{} at byte {}",
+            self.segment_path(seen.segment).display(),
+            seen.file_offset
+        );
         let (kind, message) = if self.last_certified_op == 0 {
             (
                 FailureKind::NoCertificate,
@@ -729,12 +1154,18 @@ impl Walk<'_> {
                     "ops {first} to {} ({uncertified} ops) are not covered by any valid certificate: \
                  the log must end with one (a crash before the certificate was written is \
                  repaired by opening the log; otherwise certificates were removed)",
-                    self.facts.ops
+                    self.ops
                 ),
             )
         };
         self.certificates.fail(kind, location, message);
     }
+}
+
+/// What a re-read of the log found.
+enum Found {
+    Op(OpSeen),
+    Frontier(Frontier),
 }
 
 /// `name+keyid` of each signer, as reports show them.
@@ -836,14 +1267,11 @@ fn check_kept_in_log(check: &mut Check, source: &str, kept: &Checkpoint, log: &L
         );
     }
     check.count("kept tree size", kept.size);
-    let newest = log.reached.as_ref().and_then(|r| {
-        let fact = log
-            .facts
-            .commits
-            .iter()
-            .find(|c| c.tree_size == r.tree_size)?;
-        Some((r.tree_size, fact.root))
-    });
+    let newest = log
+        .reached
+        .as_ref()
+        .zip(log.reached_root)
+        .map(|(r, root)| (r.tree_size, root));
     match newest {
         None => check.fail(
             FailureKind::HistoryRewritten,

@@ -43,12 +43,72 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of the systems above: build logs of `--scale-sizes` events
+    /// (512 bytes, CLI batches of 4096) and one of `--scale-per-op` events
+    /// (one per op), and measure a replica's open, memory and descriptors,
+    /// bytes on disk, and `vellum verify` (full and `--since` the last 1%).
+    #[arg(long)]
+    scale: bool,
+    /// Log sizes of `--scale`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000", value_parser = crate::cli::number_flag)]
+    scale_sizes: Vec<u64>,
+    /// With `--scale`: also a log of 10,000,000 events.
+    #[arg(long)]
+    scale_10m: bool,
+    /// With `--scale`: events of the log written one event per op (0: skip).
+    #[arg(long, default_value_t = 10_000, value_parser = crate::cli::number_flag)]
+    scale_per_op: u64,
+    /// With `--scale`: events appended after the measured open.
+    #[arg(long, default_value_t = 10_000, value_parser = crate::cli::number_flag)]
+    scale_appends: u64,
+    /// Internal: the open probe of `--scale` (opens DIR, measures, appends).
+    #[arg(long, value_name = "DIR", hide = true)]
+    scale_probe: Option<PathBuf>,
+    /// Internal: events per append of the open probe.
+    #[arg(long, default_value_t = 4096, hide = true, value_parser = crate::cli::number_flag)]
+    scale_probe_batch: u64,
+}
+
+fn run_scale(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if let Some(probe) = &args.scale_probe {
+        let result = crate::bench::scale::probe(probe, args.scale_appends, args.scale_probe_batch)?;
+        super::print_json(&result)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut sizes = args.scale_sizes.clone();
+    if args.scale_10m {
+        sizes.push(10_000_000);
+    }
+    let config = crate::bench::scale::ScaleConfig {
+        dir: dir.to_path_buf(),
+        sizes,
+        per_op_events: args.scale_per_op,
+        appends: args.scale_appends,
+        exe: std::env::current_exe()?,
+    };
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let report = crate::bench::scale::run(&config, &|what| {
+        progress.set_message(format!("bench --scale: {what}"))
+    });
+    progress.finish_and_clear();
+    let report = report?;
+    let _ = std::fs::remove_dir_all(dir);
+    if args.json {
+        super::print_json(&report)?;
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.dir.unwrap_or_else(|| {
+    let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("vellum-bench-{}", std::process::id()))
     });
+    if args.scale || args.scale_probe.is_some() {
+        return run_scale(&args, &dir);
+    }
     let config = crate::bench::BenchConfig {
         dir: dir.clone(),
         appends: args.appends,

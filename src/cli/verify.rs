@@ -223,6 +223,8 @@ fn verify_dir(
         since,
         live: args.live,
         live_lag_ops_max: args.index_lag_max,
+        keep_facts: false,
+        ops_window: None,
     };
     let progress = progress_bar(dir_bytes(&dir.segments()));
     let report =

@@ -21,17 +21,18 @@
 
 mod cut;
 pub mod file;
+pub mod open_files;
 mod recovery;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -319,8 +320,9 @@ struct Shared {
     durable: Condvar,
     /// Signals submitters: the queue has room.
     space: Condvar,
-    /// Open segment files for reads (the writer inserts new ones).
-    files: RwLock<BTreeMap<u64, Arc<dyn SegmentFile>>>,
+    /// Open segment files for reads, at most `OPEN_FILES_MAX` (the writer
+    /// puts each new segment in).
+    files: open_files::OpenFiles,
     records_written: AtomicU64,
     batches: AtomicU64,
     syncs: AtomicU64,
@@ -412,7 +414,7 @@ impl Storage {
             work: Condvar::new(),
             durable: Condvar::new(),
             space: Condvar::new(),
-            files: RwLock::new(recovered.files),
+            files: open_files::OpenFiles::new(recovered.files),
             records_written: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(recovered.syncs),
@@ -660,13 +662,8 @@ impl Storage {
     }
 
     fn file(&self, segment: u64) -> Result<Arc<dyn SegmentFile>, StorageError> {
-        let files = &self.shared.files;
-        if let Some(file) = files
-            .read()
-            .expect("files lock is never held across a panic")
-            .get(&segment)
-        {
-            return Ok(Arc::clone(file));
+        if let Some(file) = self.shared.files.get(segment) {
+            return Ok(file);
         }
         let file = self
             .shared
@@ -676,10 +673,7 @@ impl Storage {
                 path: self.shared.fs.path(segment),
                 source,
             })?;
-        let mut files = files
-            .write()
-            .expect("files lock is never held across a panic");
-        Ok(Arc::clone(files.entry(segment).or_insert(file)))
+        Ok(self.shared.files.insert(segment, file))
     }
 }
 

@@ -157,11 +157,7 @@ fn write_batch(
                     })?;
                 shared.syncs.fetch_add(1, Ordering::SeqCst);
                 shared.segments_created.fetch_add(1, Ordering::SeqCst);
-                shared
-                    .files
-                    .write()
-                    .expect("files lock is never held across a panic")
-                    .insert(next, Arc::clone(&file));
+                shared.files.replace(next, Arc::clone(&file));
                 *current = (next, file);
             }
         }

@@ -16,8 +16,11 @@ use vellum_audit::report::{
     BreakGlassUse, Check, FailureKind, PolicySummary, Report, failure_source,
 };
 use vellum_audit::verify::{
-    LogFacts, LogVerification, ReplicaLog, check_since, compare_replicas, verify_log_dir,
+    CommitFact, EventFact, LogFacts, LogVerification, ReplicaLog, check_since, compare_replicas,
+    verify_log_dir,
 };
+
+mod stream;
 
 use crate::cluster::ClusterConfig;
 use crate::datadir::DataDir;
@@ -77,6 +80,24 @@ pub struct VerifyOptions {
     /// With `live`: most commits the index may lag behind the log's newest
     /// certificate before the index check fails (see [`LIVE_LAG_OPS_MAX_DEFAULT`]).
     pub live_lag_ops_max: u64,
+    /// Keep every fact of the log in memory and compare afterwards (the
+    /// way every run worked before the streaming walk), even where the
+    /// streaming walk applies. The oracle the streaming walk is tested
+    /// against; memory grows with the log.
+    pub keep_facts: bool,
+    /// Recent op records the streaming walk keeps (`None`: the default,
+    /// `vellum_audit::verify::OPS_WINDOW_MAX`); tests make it small so that
+    /// lookups of older ops re-read the log.
+    pub ops_window: Option<usize>,
+}
+
+/// How [`replica_checks`] walks the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkMode {
+    /// Keep every fact and the full tree.
+    Collect,
+    /// Stream where possible (a stopped single replica), with these options.
+    Stream(vellum_audit::verify::StreamOptions),
 }
 
 /// Default of `vellum verify --live --index-lag-max`: commits the audit
@@ -97,6 +118,8 @@ pub fn verify_data_dir(
         since: None,
         live: false,
         live_lag_ops_max: LIVE_LAG_OPS_MAX_DEFAULT,
+        keep_facts: false,
+        ops_window: None,
     };
     verify_data_dir_with(data_dir, policy, &options, progress)
 }
@@ -113,11 +136,27 @@ pub fn verify_data_dir_with(
     // against the replica quorum, and the witness quorum against the
     // cosignatures the replica kept (`cosignatures/`), below.
     let log_policy = policy.replicas_only();
+    let since_size = options.since.as_ref().and_then(|kept| {
+        let certificate = vellum_audit::checkpoint::Certificate::parse(&kept.text).ok()?;
+        Some(certificate.checkpoint.size)
+    });
+    // The witness check needs the log's root at the cosigned size, which
+    // only the whole tree gives (the stream keeps a few sizes' roots).
+    let mode = match options.keep_facts || !policy.cosigners.is_empty() {
+        true => WalkMode::Collect,
+        false => WalkMode::Stream(vellum_audit::verify::StreamOptions {
+            since_size,
+            ops_window: options
+                .ops_window
+                .unwrap_or(vellum_audit::verify::OPS_WINDOW_MAX),
+        }),
+    };
     let (mut checks, log, break_glass) = replica_checks(
         data_dir,
         &log_policy,
         options.index_url.as_deref(),
         options.live.then_some(options.live_lag_ops_max),
+        mode,
         progress,
     );
     if !policy.cosigners.is_empty() {
@@ -237,16 +276,30 @@ fn check_kept_cosignatures(data_dir: &Path, policy: &Policy, log: &LogVerificati
 /// Also returns the break-glass uses of the access trail, taken only from
 /// trail rows whose payload opened its leaf's commitment (so a forged row
 /// can neither add nor hide one).
+///
+/// A stopped single replica (not `live`, a policy of one key) is verified
+/// in one streaming pass in bounded memory ([`streaming_checks`]; its tree
+/// answers the kept checkpoint's size in `mode`, and the newest
+/// certificate) unless `mode` is [`WalkMode::Collect`]. Otherwise every fact is kept and the tree is full: the
+/// live bound and a cluster replica's certified prefix are known only at
+/// the end of the walk, and `--cluster` compares replicas' trees.
 pub fn replica_checks(
     data_dir: &Path,
     policy: &Policy,
     index_url: Option<&str>,
     live: Option<u64>,
+    mode: WalkMode,
     progress: &mut dyn FnMut(u64),
 ) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let mut checks = vec![check_meta(&dir, cluster)];
+    if let WalkMode::Stream(options) = mode
+        && live.is_none()
+        && policy.verifiers.len() <= 1
+    {
+        return streaming_checks(&dir, policy, index_url, cluster, &options, checks, progress);
+    }
     let mut log = verify_log_dir(&dir.segments(), policy, progress);
     if live.is_some()
         && relax_live_tail(&mut log.checks)
@@ -298,6 +351,66 @@ pub fn replica_checks(
         checks.push(check);
         break_glass = uses;
     }
+    (checks, log, break_glass)
+}
+
+/// [`replica_checks`] of a stopped single replica in one pass over the log
+/// and bounded memory: the index is compared while the log is read
+/// (`stream::IndexSink`), with the same checks, failures and counts.
+fn streaming_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    cluster: Option<u128>,
+    options: &vellum_audit::verify::StreamOptions,
+    mut checks: Vec<Check>,
+    progress: &mut dyn FnMut(u64),
+) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
+    let target = IndexTarget::parse(index_url, dir.root());
+    let (mut sink, open_failed) = match (cluster, &target) {
+        (Some(cluster), Ok(target)) => match stream::IndexSink::open(target, cluster) {
+            Ok(sink) => (sink, None),
+            Err(check) => (stream::IndexSink::idle(), Some(check)),
+        },
+        _ => (stream::IndexSink::idle(), None),
+    };
+    let log = vellum_audit::verify::verify_log_stream_with(
+        &dir.segments(),
+        policy,
+        options,
+        &mut sink,
+        progress,
+    );
+    checks.extend(log.checks.iter().cloned());
+    if !log.complete {
+        sink.close();
+        let why = "the log could not be read to its end (see records and hash chain), \
+                   so the index cannot be compared with it";
+        checks.push(Check::not_run("audit index", why));
+        checks.push(Check::not_run("access trail", why));
+        return (checks, log, Vec::new());
+    }
+    let index_check = match (cluster, &target) {
+        (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
+        (_, Err(e)) => {
+            let mut check = Check::start("audit index");
+            check.fail(FailureKind::Unreadable, "index url", e.to_string());
+            check.finish()
+        }
+        (Some(_), Ok(_)) => match (open_failed, sink.finish_index()) {
+            (Some(check), _) => *check,
+            (None, Some(check)) => check,
+            (None, None) => unreachable!("an open sink finishes its check"),
+        },
+    };
+    checks.push(index_check);
+    let mut break_glass = Vec::new();
+    if let (Some(cluster), Ok(target)) = (cluster, &target) {
+        let (check, uses) = check_trail_blocking(target, cluster, sink.trail_facts(), false);
+        checks.push(check);
+        break_glass = uses;
+    }
+    sink.close();
     (checks, log, break_glass)
 }
 
@@ -738,8 +851,14 @@ pub fn verify_cluster(
     for config in &setup.configs {
         let name = format!("replica {}", config.replica);
         let index_url = config.index_url.as_deref();
-        let (replica, log, uses) =
-            replica_checks(&config.data_dir, policy, index_url, live, progress);
+        let (replica, log, uses) = replica_checks(
+            &config.data_dir,
+            policy,
+            index_url,
+            live,
+            WalkMode::Collect,
+            progress,
+        );
         // Every replica holds the same trail: the union by position lists
         // each use once (`with_break_glass` drops repeats).
         break_glass.extend(uses);
@@ -910,14 +1029,16 @@ pub async fn check_index(
             crate::log::error_chain(&e),
         );
     }
-    if let Err(e) = compare_commits(&index, facts, &mut check, bound.map(|b| b.op)).await {
+    let commits: Vec<CommitKey> = facts.commits.iter().map(CommitKey::of).collect();
+    if let Err(e) = compare_commits(&index, &commits, &mut check, bound.map(|b| b.op)).await {
         check.fail(
             FailureKind::Unreadable,
             "index commits",
             crate::log::error_chain(&e),
         );
     }
-    if let Err(e) = compare_keys(&index, facts, &mut check, bound.is_some()).await {
+    let keys: std::collections::BTreeMap<u64, u64> = facts.keys.iter().copied().collect();
+    if let Err(e) = compare_keys(&index, &keys, &mut check, bound.is_some()).await {
         check.fail(
             FailureKind::Unreadable,
             "index keys",
@@ -942,51 +1063,82 @@ async fn compare_events(
         from = last.position + 1;
         for row in rows.iter().filter(|r| below.is_none_or(|b| r.position < b)) {
             check.count("event rows", 1);
-            let at = format!("index row events.position={}", row.position);
             while let Some(fact) = expected.next_if(|f| f.position < row.position) {
-                check.fail(
-                    FailureKind::IndexMismatch,
-                    format!("index row events.position={}", fact.position),
-                    "missing: the log has this event",
-                );
+                missing_event(fact, check);
             }
             match expected.next_if(|f| f.position == row.position) {
-                None => check.fail(
-                    FailureKind::IndexMismatch,
-                    at,
-                    "extra: the log has no event at this position",
-                ),
-                Some(fact) => {
-                    let same = fact.stream == row.stream
-                        && fact.stream_offset == row.stream_offset
-                        && fact.op == row.op
-                        && fact.leaf_hash == row.leaf_hash
-                        && fact.segment == row.segment
-                        && fact.file_offset == row.file_offset;
-                    if !same {
-                        check.fail(FailureKind::IndexMismatch, at, format!(
-                            "differs from the log (log: stream {} offset {} op {} leaf {}; row: stream {} offset {} op {} leaf {})",
-                            fact.stream, fact.stream_offset, fact.op, to_hex(&fact.leaf_hash),
-                            row.stream, row.stream_offset, row.op, to_hex(&row.leaf_hash)
-                        ));
-                    }
-                }
+                None => extra_event(row, check),
+                Some(fact) => compare_event(fact, row, check),
             }
         }
     }
     for fact in expected {
-        check.fail(
-            FailureKind::IndexMismatch,
-            format!("index row events.position={}", fact.position),
-            "missing: the log has this event",
-        );
+        missing_event(fact, check);
     }
     Ok(())
 }
 
+/// An event of the log without its index row.
+fn missing_event(fact: &EventFact, check: &mut Check) {
+    check.fail(
+        FailureKind::IndexMismatch,
+        format!("index row events.position={}", fact.position),
+        "missing: the log has this event",
+    );
+}
+
+/// An index row at a position where the log has no event.
+fn extra_event(row: &crate::index::EventRow, check: &mut Check) {
+    check.fail(
+        FailureKind::IndexMismatch,
+        format!("index row events.position={}", row.position),
+        "extra: the log has no event at this position",
+    );
+}
+
+/// An event and its index row (same position) must say the same.
+fn compare_event(fact: &EventFact, row: &crate::index::EventRow, check: &mut Check) {
+    let same = fact.stream == row.stream
+        && fact.stream_offset == row.stream_offset
+        && fact.op == row.op
+        && fact.leaf_hash == row.leaf_hash
+        && fact.segment == row.segment
+        && fact.file_offset == row.file_offset;
+    if !same {
+        check.fail(FailureKind::IndexMismatch, format!("index row events.position={}", row.position), format!(
+            "differs from the log (log: stream {} offset {} op {} leaf {}; row: stream {} offset {} op {} leaf {})",
+            fact.stream, fact.stream_offset, fact.op, to_hex(&fact.leaf_hash),
+            row.stream, row.stream_offset, row.op, to_hex(&row.leaf_hash)
+        ));
+    }
+}
+
+/// What the index comparison needs of a certificate record: its text only
+/// as a hash, so a streaming run keeps 88 bytes per certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CommitKey {
+    op: u64,
+    view: u64,
+    tree_size: u64,
+    root: vellum_audit::hash::Hash,
+    certificate_sha256: vellum_audit::hash::Hash,
+}
+
+impl CommitKey {
+    fn of(fact: &CommitFact) -> CommitKey {
+        CommitKey {
+            op: fact.op,
+            view: fact.view,
+            tree_size: fact.tree_size,
+            root: fact.root,
+            certificate_sha256: vellum_audit::hash::sha256(&[fact.certificate.as_bytes()]),
+        }
+    }
+}
+
 async fn compare_commits(
     index: &Index,
-    facts: &LogFacts,
+    commits: &[CommitKey],
     check: &mut Check,
     through_op: Option<u64>,
 ) -> Result<(), crate::index::IndexError> {
@@ -1002,8 +1154,8 @@ async fn compare_commits(
         );
     }
     check.count("commit rows", rows.len() as u64);
-    let by_op: std::collections::BTreeMap<u64, &vellum_audit::verify::CommitFact> =
-        facts.commits.iter().map(|c| (c.op, c)).collect();
+    let by_op: std::collections::BTreeMap<u64, &CommitKey> =
+        commits.iter().map(|c| (c.op, c)).collect();
     for row in &rows {
         let at = format!("index row commits.op={}", row.op);
         match by_op.get(&row.op) {
@@ -1016,7 +1168,8 @@ async fn compare_commits(
                 if fact.tree_size != row.tree_size
                     || fact.view != row.view
                     || fact.root != row.root
-                    || fact.certificate != row.certificate =>
+                    || fact.certificate_sha256
+                        != vellum_audit::hash::sha256(&[row.certificate.as_bytes()]) =>
             {
                 check.fail(
                     FailureKind::IndexMismatch,
@@ -1028,7 +1181,7 @@ async fn compare_commits(
         }
     }
     let in_index: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.op).collect();
-    for fact in &facts.commits {
+    for fact in commits {
         if !in_index.contains(&fact.op) {
             check.fail(
                 FailureKind::IndexMismatch,
@@ -1042,13 +1195,12 @@ async fn compare_commits(
 
 async fn compare_keys(
     index: &Index,
-    facts: &LogFacts,
+    expected: &std::collections::BTreeMap<u64, u64>,
     check: &mut Check,
     live: bool,
 ) -> Result<(), crate::index::IndexError> {
     let rows = index.keys().await?;
     check.count("key rows", rows.len() as u64);
-    let expected: std::collections::BTreeMap<u64, u64> = facts.keys.iter().copied().collect();
     for row in &rows {
         match expected.get(&row.key_id) {
             Some(&stream) if stream == row.stream => {}

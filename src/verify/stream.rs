@@ -1,0 +1,241 @@
+//! The audit index compared with the log while the log is read, in
+//! bounded memory: the log walk (`vellum_audit::verify::verify_log_stream`)
+//! hands each fact to [`IndexSink`], which merges events with the index's
+//! rows a page ([`INDEX_PAGE_ROWS_MAX`]) at a time and keeps of the rest
+//! only what the later checks need: a hash per certificate, one entry per
+//! data key, and the access-trail events and atomic-group ops (a log
+//! written through the API has one of each per request; see the report of
+//! issue 11 for what is still kept per request).
+//!
+//! The verdict, every failure's place, kind and message, and every count
+//! are those of the collecting comparison (`check_index`): the merge visits
+//! rows and events in position order exactly as it does.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use vellum_audit::report::{Check, FailureKind};
+use vellum_audit::verify::{CommitFact, EventFact, FactSink, LogFacts, OpFact};
+
+use super::{
+    CommitKey, INDEX_PAGE_ROWS_MAX, compare_commits, compare_event, compare_keys, extra_event,
+    missing_event,
+};
+use crate::index::{EventRow, Index, IndexTarget};
+
+/// Facts of the log as the index comparison consumes them.
+pub(super) struct IndexSink {
+    /// `None`: no index is compared (no cluster in the policy, a bad URL).
+    active: Option<Active>,
+    /// Certificates, one hash each.
+    commits: Vec<CommitKey>,
+    /// Each key id's stream (the last op that used it wins, as in `check_index`).
+    keys: BTreeMap<u64, u64>,
+    /// The trail check's facts: access-trail events and the ops of atomic
+    /// groups of more than one op (the only ones it looks at).
+    trail: LogFacts,
+    /// Whether the last op continued its atomic group.
+    previous_continues: bool,
+}
+
+struct Active {
+    runtime: tokio::runtime::Runtime,
+    /// `Err`: the index could not be opened (the check says why).
+    index: Result<Index, String>,
+    /// The "audit index" check being built.
+    check: Check,
+    /// Index rows read ahead, in position order.
+    rows: VecDeque<EventRow>,
+    /// The next page starts here.
+    next_position: u64,
+    /// No rows after `rows`.
+    exhausted: bool,
+    /// A page query failed: the comparison of events stopped there.
+    failed: bool,
+}
+
+impl IndexSink {
+    /// A sink that compares nothing with an index (it still keeps the
+    /// facts the trail check would need, which is then not run).
+    pub(super) fn idle() -> IndexSink {
+        IndexSink {
+            active: None,
+            commits: Vec::new(),
+            keys: BTreeMap::new(),
+            trail: LogFacts::default(),
+            previous_continues: false,
+        }
+    }
+
+    /// Opens the index of `target` to compare with the log as it is read.
+    pub(super) fn open(target: &IndexTarget, cluster: u128) -> Result<IndexSink, Box<Check>> {
+        let check = Check::start("audit index");
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let mut check = check;
+                check.fail(FailureKind::Unreadable, "runtime", e.to_string());
+                return Err(Box::new(check.finish()));
+            }
+        };
+        let index = runtime
+            .block_on(Index::open_existing(target, cluster))
+            .map_err(|e| crate::log::error_chain(&e));
+        let mut sink = IndexSink::idle();
+        sink.active = Some(Active {
+            runtime,
+            index,
+            check,
+            rows: VecDeque::new(),
+            next_position: 0,
+            exhausted: false,
+            failed: false,
+        });
+        Ok(sink)
+    }
+
+    /// The facts the access-trail check reads.
+    pub(super) fn trail_facts(&self) -> &LogFacts {
+        &self.trail
+    }
+
+    /// The "audit index" check: the rows after the last event, then the
+    /// commits and keys tables. `None` for an idle sink.
+    pub(super) fn finish_index(&mut self) -> Option<Check> {
+        let active = self.active.as_mut()?;
+        if let Err(e) = &active.index {
+            let mut check = Check::start("audit index");
+            check.fail(FailureKind::Unreadable, "index", e.clone());
+            return Some(check.finish());
+        }
+        while let Some(row) = active.next_row() {
+            active.check.count("event rows", 1);
+            extra_event(&row, &mut active.check);
+        }
+        let index = active.index.as_ref().expect("checked above");
+        let check = &mut active.check;
+        let runtime = &active.runtime;
+        if let Err(e) = runtime.block_on(compare_commits(index, &self.commits, check, None)) {
+            check.fail(
+                FailureKind::Unreadable,
+                "index commits",
+                crate::log::error_chain(&e),
+            );
+        }
+        if let Err(e) = runtime.block_on(compare_keys(index, &self.keys, check, false)) {
+            check.fail(
+                FailureKind::Unreadable,
+                "index keys",
+                crate::log::error_chain(&e),
+            );
+        }
+        let check = std::mem::replace(&mut active.check, Check::start("audit index"));
+        Some(check.finish())
+    }
+
+    /// Closes the index (if open).
+    pub(super) fn close(self) {
+        if let Some(Active {
+            runtime,
+            index: Ok(index),
+            ..
+        }) = self.active
+        {
+            runtime.block_on(index.close());
+        }
+    }
+}
+
+impl Active {
+    /// The next index row in position order, reading a page when needed.
+    fn peek_row(&mut self) -> Option<&EventRow> {
+        if self.rows.is_empty() && !self.exhausted && !self.failed {
+            let Ok(index) = &self.index else {
+                return None;
+            };
+            let page = self
+                .runtime
+                .block_on(index.events_after(self.next_position, INDEX_PAGE_ROWS_MAX));
+            match page {
+                Ok(page) => match page.last() {
+                    Some(last) => {
+                        self.next_position = last.position + 1;
+                        self.rows.extend(page);
+                    }
+                    None => self.exhausted = true,
+                },
+                Err(e) => {
+                    self.failed = true;
+                    self.check.fail(
+                        FailureKind::Unreadable,
+                        "index events",
+                        crate::log::error_chain(&e),
+                    );
+                }
+            }
+        }
+        self.rows.front()
+    }
+
+    fn next_row(&mut self) -> Option<EventRow> {
+        self.peek_row()?;
+        self.rows.pop_front()
+    }
+
+    /// Merges one event of the log with the rows: rows before it are
+    /// extra, a row at its position is compared, no row means missing.
+    fn event(&mut self, fact: &EventFact) {
+        if self.index.is_err() || self.failed {
+            return;
+        }
+        while self.peek_row().is_some_and(|r| r.position < fact.position) {
+            let row = self.rows.pop_front().expect("peeked");
+            self.check.count("event rows", 1);
+            extra_event(&row, &mut self.check);
+        }
+        if self.failed {
+            return;
+        }
+        let at_fact = self.peek_row().map(|r| r.position == fact.position);
+        match at_fact {
+            Some(true) => {
+                let row = self.rows.pop_front().expect("peeked");
+                self.check.count("event rows", 1);
+                compare_event(fact, &row, &mut self.check);
+            }
+            _ if self.failed => {}
+            _ => missing_event(fact, &mut self.check),
+        }
+    }
+}
+
+impl FactSink for IndexSink {
+    fn op(&mut self, fact: &OpFact) {
+        self.trail.ops += 1;
+        // A lone op (neither continuing a group nor closing one) is a
+        // group of one, which the trail check skips.
+        if fact.group_continues || self.previous_continues {
+            self.trail.op_headers.push(fact.clone());
+        }
+        self.previous_continues = fact.group_continues;
+    }
+
+    fn event(&mut self, fact: &EventFact) {
+        if fact.stream == vellum_compliance::trail::ACCESS_TRAIL_STREAM {
+            self.trail.events.push(fact.clone());
+        }
+        if let Some(active) = &mut self.active {
+            active.event(fact);
+        }
+    }
+
+    fn key(&mut self, key_id: u64, stream: u64) {
+        self.keys.insert(key_id, stream);
+    }
+
+    fn commit(&mut self, fact: &CommitFact) {
+        self.commits.push(CommitKey::of(fact));
+    }
+}
