@@ -7,8 +7,10 @@
 //! check` under a policy requiring the witness, kill the primary and keep
 //! appending, restart it and watch it catch up, prove the log only grew,
 //! show a rewritten history signed by every replica key refused by the
-//! witness and by the witnessed policy, stop the cluster and verify every
-//! replica.
+//! witness and by the witnessed policy, open break-glass with a clinician's
+//! token scoped to another patient and read patient-a's stream under it,
+//! crypto-shred a stream written for it and watch its reads answer 410,
+//! stop the cluster and verify every replica.
 
 use std::io::Write;
 use std::path::Path;
@@ -32,6 +34,15 @@ const PATIENTS: [(u64, &str); 3] = [
     (1002, "patient-b"),
     (1003, "patient-c"),
 ];
+/// The stream written only to be crypto-shredded (no later step reads it).
+const SHRED_PATIENT: (u64, &str) = (1004, "patient-d");
+/// Events appended to [`SHRED_PATIENT`]'s stream before the shred.
+const SHRED_EVENTS: u64 = 2;
+/// The clinician of the break-glass step: a reader whose token is scoped to
+/// patient-c's stream only, who opens emergency access to patient-a's.
+const BREAK_GLASS_PRINCIPAL: &str = "demo-clinician";
+/// How long the demo's break-glass grant lasts.
+const BREAK_GLASS_DEMO_SECONDS: u64 = 600;
 /// Sample events appended per patient before and after the primary is killed.
 pub const EVENTS_PER_PATIENT: u64 = 4;
 /// Replicas in the demo cluster.
@@ -81,6 +92,20 @@ pub struct DemoSummary {
     /// The same: accepted by the replica-only policy, refused by the policy
     /// requiring the witness.
     pub fork_refused_by_policy: bool,
+    /// A reader token scoped to another stream was refused (403
+    /// `scope_denied`) on patient-a's stream, opened break-glass with a
+    /// reason, then read every event of it byte for byte.
+    pub break_glass_read: bool,
+    /// The exported access trail holds the break-glass opening and the read
+    /// made under it (both with the grant), and the refusal before it.
+    pub break_glass_in_trail: bool,
+    /// After the privacy officer's shred of [`SHRED_PATIENT`]'s stream, a
+    /// read of it answered 410 `shredded` naming the shred's position.
+    pub shred_refuses_reads: bool,
+    /// The shred event's global log position (0 when the shred failed).
+    pub shred_position: u64,
+    /// The exported access trail holds the shred, with its stream.
+    pub shred_in_trail: bool,
 }
 
 /// Runs the story in `data_dir` (a new cluster directory), narrating to `out`.
@@ -114,14 +139,23 @@ pub fn run_demo_with_kek(
         crate::cluster::create_dev_cluster_with_kek(data_dir, DEMO_REPLICAS, None, Some(kek))?;
     }
     let mut witness = None;
+    let reader_token = crate::cluster::generate_token()?;
     let mut cluster = LocalCluster::start_prepared(data_dir, DEMO_REPLICAS, &exe, |dev| {
+        add_scoped_reader(dev, &reader_token)?;
         let mut prepared = LocalWitness::prepare(dev, &exe)?;
         prepared.start()?;
         witness = Some(prepared);
         Ok(())
     })?;
     let mut witness = witness.expect("prepare ran before the replicas started");
-    let outcome = story(&runtime, &mut cluster, &mut witness, data_dir, out);
+    let outcome = story(
+        &runtime,
+        &mut cluster,
+        &mut witness,
+        &reader_token,
+        data_dir,
+        out,
+    );
     if outcome.is_err() {
         let _ = cluster.stop();
         for i in 0..cluster.replica_count() {
@@ -137,6 +171,7 @@ fn story(
     runtime: &tokio::runtime::Runtime,
     cluster: &mut LocalCluster,
     witness: &mut LocalWitness,
+    reader_token: &str,
     data_dir: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<DemoSummary> {
@@ -286,6 +321,32 @@ fn story(
     let (fork_refused_by_witness, fork_refused_by_policy) =
         rewritten_history(runtime, cluster, witness, &client, &policy, out)?;
 
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(crate::client::tls_config(cluster.ca_pem())?)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let api =
+        &cluster.dev.api_urls[usize::from(runtime.block_on(cluster.wait_primary(STEP_WAIT))?)];
+    writeln!(
+        out,
+        "== 9c. break-glass: a clinician's token scoped to patient-c opens emergency access to patient-a"
+    )?;
+    let break_glass_read = break_glass(runtime, &http, api, reader_token, &appended, out)?;
+
+    writeln!(
+        out,
+        "== 9d. crypto-shred patient-d's stream as the privacy officer; its reads answer 410"
+    )?;
+    let privacy_token = cluster
+        .dev
+        .privacy_officer_token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the demo cluster has no privacy-officer token"))?;
+    let privacy = cluster.client(Some(&privacy_token))?;
+    let shred_position = shred(runtime, &client, &privacy, &http, api, out)?;
+    let shred_refuses_reads = shred_position.is_some();
+    let shred_position = shred_position.unwrap_or(0);
+
     writeln!(
         out,
         "== 10. the access trail: every access above, recorded and replicated"
@@ -309,6 +370,51 @@ fn story(
         vellum_compliance::trail::ACCESS_TRAIL_STREAM
     )?;
     let trail_events = trail.records.len() as u64;
+    let events = || trail.records.iter().map(|r| &r.event);
+    let clinician = |action: AccessAction| {
+        events()
+            .filter(|e| {
+                e.action == action
+                    && e.principal == BREAK_GLASS_PRINCIPAL
+                    && e.stream == Some(PATIENTS[0].0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (openings, reads) = (
+        clinician(AccessAction::BreakGlass),
+        clinician(AccessAction::ReadStream),
+    );
+    let denied = reads
+        .iter()
+        .filter(|e| e.break_glass.is_none() && e.outcome.starts_with("denied: 403"))
+        .count();
+    let granted = |list: &[&vellum_compliance::trail::AccessEvent]| {
+        list.iter()
+            .filter(|e| e.break_glass.is_some() && e.outcome == "success")
+            .count()
+    };
+    let (opened, read_under) = (granted(&openings), granted(&reads));
+    let break_glass_in_trail = denied >= 1 && opened >= 1 && read_under >= 1;
+    writeln!(
+        out,
+        "   break-glass by {BREAK_GLASS_PRINCIPAL} on stream {}: {denied} refused read, {opened} opening, {read_under} read under the grant: {}",
+        PATIENTS[0].0,
+        ok(break_glass_in_trail)
+    )?;
+    let shreds = events()
+        .filter(|e| {
+            e.action == AccessAction::Shred
+                && e.stream == Some(SHRED_PATIENT.0)
+                && e.outcome == "success"
+        })
+        .count();
+    let shred_in_trail = shreds == 1;
+    writeln!(
+        out,
+        "   shred of stream {}: {shreds} recorded: {}",
+        SHRED_PATIENT.0,
+        ok(shred_in_trail)
+    )?;
 
     writeln!(
         out,
@@ -336,15 +442,22 @@ fn story(
         witness_proof_checked,
         fork_refused_by_witness,
         fork_refused_by_policy,
+        break_glass_read,
+        break_glass_in_trail,
+        shred_refuses_reads,
+        shred_position,
+        shred_in_trail,
     };
     writeln!(
         out,
-        "== summary: {} appended, {} read back, proof {}, witnessed proof {}, fork refused {}, failover {} -> {}, catch-up {}, consistency {}, bundle {}, {} trail events, verify {}, replicas agree {}",
+        "== summary: {} appended, {} read back, proof {}, witnessed proof {}, fork refused {}, break-glass read {}, shred refuses reads {}, failover {} -> {}, catch-up {}, consistency {}, bundle {}, {} trail events, verify {}, replicas agree {}",
         summary.events_appended,
         summary.events_read_back,
         ok(proof_verified),
         ok(witness_proof_checked),
         ok(fork_refused_by_witness && fork_refused_by_policy),
+        ok(break_glass_read && break_glass_in_trail),
+        ok(shred_refuses_reads && shred_in_trail),
         primary,
         new_primary,
         ok(caught_up),
@@ -490,6 +603,177 @@ fn rewritten_history(
     }
     writeln!(out, "   the witness kept moving: not shown")?;
     Ok((false, false))
+}
+
+/// Adds the break-glass clinician's token to the cluster's tokens file
+/// before any replica starts: role reader, scope patient-c's stream only
+/// (written like the dev tokens, `crate::cluster::token_line`, 0600).
+fn add_scoped_reader(dev: &crate::cluster::DevCluster, token: &str) -> anyhow::Result<()> {
+    use crate::server::auth::{Scope, token_line};
+    let scope = Scope::parse(&PATIENTS[2].0.to_string()).map_err(|e| anyhow::anyhow!(e))?;
+    // Every replica's config names this one file (`setup.rs`, tokens_path).
+    let path = dev.dir.join("tokens.txt");
+    let mut tokens = std::fs::read_to_string(&path)?;
+    if !tokens.is_empty() && !tokens.ends_with('\n') {
+        tokens.push('\n');
+    }
+    tokens.push_str(&token_line(
+        token,
+        BREAK_GLASS_PRINCIPAL,
+        crate::server::Role::Reader,
+        &scope,
+    ));
+    tokens.push('\n');
+    crate::fsutil::replace_durable(&path, tokens.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Sends one request and returns its status and body: the demo shows the
+/// answer's status and code as the API sends them, which the client turns
+/// into errors.
+fn send(
+    runtime: &tokio::runtime::Runtime,
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<(u16, Bytes)> {
+    runtime.block_on(async {
+        let answer = request.send().await?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.bytes().await?))
+    })
+}
+
+/// The `code` and `shred_position` of an error answer.
+fn refusal(body: &[u8]) -> (String, Option<u64>) {
+    match serde_json::from_slice::<crate::api::ErrorBody>(body) {
+        Ok(error) => (error.error.code, error.error.shred_position),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    }
+}
+
+/// The break-glass step: the clinician (scope patient-c) is refused
+/// patient-a's stream, opens break-glass with a reason and reads the stream
+/// byte for byte under the grant. True when all three happened.
+fn break_glass(
+    runtime: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    appended: &[(u64, u64, String)],
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let stream = PATIENTS[0].0;
+    let read = || {
+        http.get(format!("{api}/v1/streams/{stream}/events?from=0&max=1000"))
+            .bearer_auth(token)
+    };
+    let (status, body) = send(runtime, read())?;
+    let (code, _) = refusal(&body);
+    let refused = status == 403 && code == crate::api::code::SCOPE_DENIED;
+    writeln!(
+        out,
+        "   {BREAK_GLASS_PRINCIPAL} (reader, streams={}) reads stream {stream}: {status} {code}: {}",
+        PATIENTS[2].0,
+        ok(refused)
+    )?;
+    let request = crate::api::BreakGlassRequest {
+        reason: "emergency department: patient unconscious (demo)".to_string(),
+        duration_s: Some(BREAK_GLASS_DEMO_SECONDS),
+    };
+    let (status, body) = send(
+        runtime,
+        http.post(format!("{api}/v1/streams/{stream}/break-glass"))
+            .bearer_auth(token)
+            .json(&request),
+    )?;
+    if status != 200 {
+        let (code, _) = refusal(&body);
+        writeln!(out, "   break-glass answered {status} {code}: FAILED")?;
+        return Ok(false);
+    }
+    let grant: crate::api::BreakGlassAnswer = serde_json::from_slice(&body)?;
+    writeln!(
+        out,
+        "   POST /v1/streams/{stream}/break-glass reason {:?}: opened for {} until {} ns ({BREAK_GLASS_DEMO_SECONDS} s)",
+        request.reason, grant.principal, grant.expires_ns
+    )?;
+    let (status, body) = send(runtime, read())?;
+    if status != 200 {
+        let (code, _) = refusal(&body);
+        writeln!(
+            out,
+            "   read under the grant answered {status} {code}: FAILED"
+        )?;
+        return Ok(false);
+    }
+    let page: crate::api::StreamEvents = serde_json::from_slice(&body)?;
+    let expected: Vec<&(u64, u64, String)> =
+        appended.iter().filter(|(s, _, _)| *s == stream).collect();
+    let mut identical = 0usize;
+    for event in &page.events {
+        let payload = base64::engine::general_purpose::STANDARD.decode(&event.base64)?;
+        let original = expected.iter().find(|(_, o, _)| *o == event.offset);
+        if original.is_some_and(|(_, _, e)| e.as_bytes() == payload.as_slice()) {
+            identical += 1;
+        }
+    }
+    let read_all = identical == expected.len() && page.events.len() == expected.len();
+    writeln!(
+        out,
+        "   read under the grant: 200, {identical} of {} events identical: {}",
+        expected.len(),
+        ok(read_all)
+    )?;
+    Ok(refused && read_all)
+}
+
+/// The shred step: writes [`SHRED_PATIENT`]'s stream, shreds it as the
+/// privacy officer, and reads it back. The shred's position when the read
+/// answered 410 `shredded` naming it; None otherwise.
+fn shred(
+    runtime: &tokio::runtime::Runtime,
+    writer: &Client,
+    privacy: &Client,
+    http: &reqwest::Client,
+    api: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<Option<u64>> {
+    use vellum_compliance::custody::CustodyAction;
+    let (stream, name) = SHRED_PATIENT;
+    let events = (0..SHRED_EVENTS)
+        .map(|round| Bytes::from(sample_event(name, round)))
+        .collect();
+    let receipt = runtime.block_on(writer.append(stream, events, None))?;
+    writeln!(
+        out,
+        "   {SHRED_EVENTS} events on stream {stream} at log positions {} to {}",
+        receipt.first_position,
+        receipt.first_position + SHRED_EVENTS - 1
+    )?;
+    let request = crate::api::CustodyRequest {
+        reason: "patient's erasure request, retention floor passed (demo)".to_string(),
+        retain_until_ms: None,
+    };
+    let answer = runtime.block_on(privacy.custody(stream, CustodyAction::Shred, &request))?;
+    writeln!(
+        out,
+        "   vellum shred --stream {stream} --reason {:?}: committed at log position {} (op {}); data keys destroyed here: {}",
+        request.reason, answer.position, answer.op, answer.keys_destroyed
+    )?;
+    let (status, body) = send(
+        runtime,
+        http.get(format!("{api}/v1/streams/{stream}/events?from=0&max=1000"))
+            .bearer_auth(&writer.config().token),
+    )?;
+    let (code, position) = refusal(&body);
+    let refused =
+        status == 410 && code == crate::api::code::SHREDDED && position == Some(answer.position);
+    writeln!(
+        out,
+        "   read of stream {stream}: {status} {code}, shred_position {}: {}",
+        position.map_or("none".to_string(), |p| p.to_string()),
+        ok(refused)
+    )?;
+    Ok(refused.then_some(answer.position))
 }
 
 /// Exports patient-a's stream as a bundle into `dir` and verifies it offline.

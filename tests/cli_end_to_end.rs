@@ -530,6 +530,49 @@ fn demo_succeeds() {
     assert_eq!(json["witness_proof_checked"], true);
     assert_eq!(json["fork_refused_by_witness"], true);
     assert_eq!(json["fork_refused_by_policy"], true);
+    // Break-glass: a reader scoped to another stream is refused, opens
+    // emergency access with a reason and reads the stream byte for byte;
+    // the trail holds the refusal, the opening and the read under it.
+    assert_eq!(json["break_glass_read"], true);
+    assert_eq!(json["break_glass_in_trail"], true);
+    // Crypto-shredding: after the shred a read answers 410 `shredded`
+    // naming the shred's position, and the shred is in the trail.
+    assert_eq!(json["shred_refuses_reads"], true);
+    assert_eq!(json["shred_in_trail"], true);
+    let shred_position = json["shred_position"].as_u64().expect("shred_position");
+    assert!(
+        shred_position > 0
+            && json["tree_size"]
+                .as_u64()
+                .is_some_and(|n| n > shred_position),
+        "{json}"
+    );
+    // The whole cluster still verifies after the shred, and the report's
+    // break-glass section lists the opening and the read made under it.
+    let out = ok(
+        &[
+            "verify",
+            "--cluster",
+            s(&data),
+            "--policy",
+            s(&data.join("policy.txt")),
+        ],
+        b"",
+    );
+    assert!(out.starts_with("verification PASSED"), "{out}");
+    assert!(
+        out.contains("break-glass: 2 uses in the verified access trail"),
+        "{out}"
+    );
+    for action in [
+        "break_glass stream 1001 success",
+        "read_stream stream 1001 success",
+    ] {
+        assert!(
+            out.contains(&format!("demo-clinician (reader) {action}")),
+            "{action}: {out}"
+        );
+    }
     let witnessed = data.join("policy-witnessed.txt");
     let out = ok(
         &[

@@ -46,6 +46,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         && summary.witness_proof_checked
         && summary.fork_refused_by_witness
         && summary.fork_refused_by_policy
+        && summary.break_glass_read
+        && summary.break_glass_in_trail
+        && summary.shred_refuses_reads
+        && summary.shred_in_trail
         && summary.trail_events > 0
         && summary.restarted_caught_up
         && summary.certificate_signatures > usize::from(summary.replicas) / 2

@@ -864,7 +864,7 @@ fn check_endpoints(config: &ClientConfig) -> Result<Vec<String>, ClientError> {
 
 /// A rustls client config that trusts only the CA(s) in `pem`, with the ring
 /// provider chosen explicitly (never a process-wide default).
-fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+pub(crate) fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
