@@ -308,6 +308,12 @@ impl KeyStore {
                 key_id,
             })?;
         self.write_or_fail(&mut inner, &self.key_path(key_id), &record.encode())?;
+        // A key this writer made in an earlier life (a replica whose disk
+        // was wiped gets its own keys back from its peers): the next key it
+        // creates must come after it, or `create_key` would find its file.
+        if key_id >> KEY_ID_WRITER_SHIFT == u64::from(self.writer_id) {
+            inner.next_key_id = inner.next_key_id.max(key_id.saturating_add(1));
+        }
         let stream = record.stream;
         // Counters are ours to use from the reservation on (our nonces carry
         // our writer id, so they never meet the creator's).
@@ -692,6 +698,27 @@ mod tests {
         assert_eq!(keys_of_stream, 1);
         assert_eq!(store.stream_of_key(ids[0]).expect("lookup"), Some(40));
         assert_eq!(store.stream_of_key(ids[0] + 99).expect("lookup"), None);
+    }
+
+    /// Goal: a replica rebuilt from its peers after a wipe gets back keys it
+    /// made in an earlier life (its own writer id); the next key it creates
+    /// takes a new id instead of failing on the imported key's file (a 500
+    /// "already exists; refusing to overwrite it" seen once in a bench).
+    #[test]
+    fn keys_imported_from_an_earlier_life_are_not_created_again() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let earlier =
+            KeyStore::create(&data.path().join("a"), Kek::from_bytes(&[1; 32]), 3).expect("create");
+        let (made, _) = earlier.create_key(16).expect("key");
+        let bytes = earlier.export_key(made).expect("export").expect("held");
+        let rebuilt =
+            KeyStore::create(&data.path().join("b"), Kek::from_bytes(&[1; 32]), 3).expect("create");
+        assert!(rebuilt.import_key(&bytes).expect("import"));
+        let (next, _) = rebuilt
+            .create_key(17)
+            .expect("a new key after the imported one");
+        assert!(next > made, "new key {next} after imported {made}");
+        assert_eq!(next >> KEY_ID_WRITER_SHIFT, 3, "still this writer's id");
     }
 
     /// Goal: the unwrapped-key cache never exceeds `dek_cache_max`, and an
