@@ -343,6 +343,18 @@ mod tests {
 
     const STREAM: u64 = 20;
 
+    /// A new data directory whose log holds one event on `STREAM` (the
+    /// temp dir, the data dir, the open log).
+    fn charted_log() -> (tempfile::TempDir, std::path::PathBuf, Arc<LocalLog>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let log = open(&data);
+        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+            .expect("append");
+        (dir, data, log)
+    }
+
     fn open(data: &std::path::Path) -> Arc<LocalLog> {
         Arc::new(LocalLog::open(data, LogOptions::default()).expect("open").0)
     }
@@ -373,12 +385,7 @@ mod tests {
     // release destroys the key, and the reopened log still refuses reads.
     #[test]
     fn custody_state_is_rebuilt_from_the_log_on_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        crate::init::init_data_dir(&data, None).expect("init");
-        let log = open(&data);
-        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
-            .expect("append");
+        let (_dir, data, log) = charted_log();
         let custody = Custody::new(Arc::clone(&log));
         custody.request(&call(CustodyAction::Hold)).expect("hold");
         drop(custody);
@@ -440,12 +447,7 @@ mod tests {
     // written; without the policy the same shred commits.
     #[test]
     fn retention_policy_refuses_a_shred_within_its_days() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        crate::init::init_data_dir(&data, None).expect("init");
-        let log = open(&data);
-        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
-            .expect("append");
+        let (_dir, _data, log) = charted_log();
         let custody = Custody::new(Arc::clone(&log)).with_retention_days(Some(6 * 365));
         let refused = custody.request(&call(CustodyAction::Shred));
         let Err(CustodyError::Refused(refusal)) = refused else {
@@ -480,14 +482,9 @@ mod tests {
     // events after them (a subscription never stalls behind a shred).
     #[test]
     fn global_reads_go_on_past_a_shredded_stream() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        crate::init::init_data_dir(&data, None).expect("init");
-        let log = open(&data);
-        for _ in 0..2 {
-            log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
-                .expect("append");
-        }
+        let (_dir, _data, log) = charted_log();
+        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
+            .expect("append");
         log.append(STREAM + 1, &[Bytes::from_static(b"kept")], None, None)
             .expect("append");
         let custody = Custody::new(Arc::clone(&log));
@@ -513,12 +510,7 @@ mod tests {
     // the state is rebuilt.
     #[test]
     fn a_committed_shred_not_applied_yet_destroys_the_key_on_catch_up() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        crate::init::init_data_dir(&data, None).expect("init");
-        let log = open(&data);
-        log.append(STREAM, &[Bytes::from_static(b"chart")], None, None)
-            .expect("append");
+        let (_dir, data, log) = charted_log();
         let event = CustodyEvent {
             v: CUSTODY_EVENT_VERSION,
             time_ns: 1,
