@@ -69,6 +69,10 @@ pub struct Config {
 /// Uncommitted ops a replica of a real cluster keeps in flight, at most.
 pub const CLUSTER_PIPELINE_MAX: usize = 256;
 
+/// Ops a lagging replica of a real cluster asks its peers for at once, at
+/// most (each answer is one op's record, as a prepare is).
+pub const CLUSTER_REPAIR_REQUESTS_MAX: usize = 64;
+
 impl Config {
     /// Defaults for a cluster of `replica_count` with this replica index.
     pub fn new(cluster: u128, replica_count: u8, replica: ReplicaIndex) -> Config {
@@ -100,6 +104,10 @@ impl Config {
         config.pipeline_max = CLUSTER_PIPELINE_MAX;
         config.request_queue_max = 4 * CLUSTER_PIPELINE_MAX;
         config.view_change_headers_max = 2 * CLUSTER_PIPELINE_MAX;
+        // A replica back from a crash catches up by repair; with 16 ops
+        // asked at a time it caught up at about 700 ops/s, and the cluster
+        // waited on it whenever it was needed for a quorum.
+        config.repair_requests_max = CLUSTER_REPAIR_REQUESTS_MAX;
         config
     }
 
