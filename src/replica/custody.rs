@@ -355,6 +355,24 @@ mod tests {
         (dir, data, log)
     }
 
+    /// Closes the log (a restart) and opens it again with custody caught
+    /// up from the log.
+    fn reopen(
+        log: Arc<LocalLog>,
+        custody: Custody,
+        data: &std::path::Path,
+    ) -> (Arc<LocalLog>, Custody) {
+        drop(custody);
+        Arc::try_unwrap(log)
+            .expect("one owner")
+            .close()
+            .expect("close");
+        let log = open(data);
+        let custody = Custody::new(Arc::clone(&log));
+        custody.catch_up().expect("catch up");
+        (log, custody)
+    }
+
     fn open(data: &std::path::Path) -> Arc<LocalLog> {
         Arc::new(LocalLog::open(data, LogOptions::default()).expect("open").0)
     }
@@ -388,15 +406,7 @@ mod tests {
         let (_dir, data, log) = charted_log();
         let custody = Custody::new(Arc::clone(&log));
         custody.request(&call(CustodyAction::Hold)).expect("hold");
-        drop(custody);
-        Arc::try_unwrap(log)
-            .expect("one owner")
-            .close()
-            .expect("close");
-
-        let log = open(&data);
-        let custody = Custody::new(Arc::clone(&log));
-        custody.catch_up().expect("catch up");
+        let (log, custody) = reopen(log, custody, &data);
         let refused = custody.request(&call(CustodyAction::Shred));
         assert!(
             matches!(
@@ -421,15 +431,7 @@ mod tests {
             Some(done.position)
         );
         assert_eq!(custody.counts().holds, 1, "counted since this open");
-        drop(custody);
-        Arc::try_unwrap(log)
-            .expect("one owner")
-            .close()
-            .expect("close");
-
-        let log = open(&data);
-        let custody = Custody::new(Arc::clone(&log));
-        custody.catch_up().expect("catch up");
+        let (log, custody) = reopen(log, custody, &data);
         assert_eq!(
             custody.shredded(STREAM).and_then(|s| s.position),
             Some(done.position)
