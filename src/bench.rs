@@ -74,6 +74,8 @@ pub const POSTGRES_READS_SYSTEM: &str = "postgresql reads";
 pub const CLUSTER_BATCH_SYSTEM_PREFIX: &str = "vellum 3 replicas, batch ";
 /// The bulk-ingest baseline: one thread writing 1 MiB and fdatasyncing.
 pub const RAW_BULK_SYSTEM: &str = "raw 1 MiB write+fdatasync";
+/// Longest the bench waits for a restarted backup to catch up.
+const CATCH_UP_WAIT_S: u64 = 120;
 /// The append systems every vellum append row is compared with.
 const APPEND_BASELINES: [&str; 3] = ["raw fdatasync", "sqlite", "postgresql"];
 
@@ -255,6 +257,8 @@ pub fn run(config: &BenchConfig, progress: &dyn Fn(&str)) -> anyhow::Result<Benc
                 CLUSTER_DEGRADED_SYSTEM,
             )?);
         }
+        progress(&format!("replica {backup} restarted, catching up"));
+        notes.push(cluster.catch_up(&runtime, backup)?);
         notes.extend(cluster.take_notes());
         cluster.stop()?;
     }
@@ -678,6 +682,10 @@ async fn bench_postgres(
 struct BenchCluster {
     cluster: crate::local_cluster::LocalCluster,
     persister: crate::client::ClientPersister,
+    /// The appends' client, driven by tasks on the bench's runtime (the
+    /// same harness as the SQLite and PostgreSQL rows: 64 blocking threads
+    /// cost the shared cores about 17% of the run in context switches).
+    client: crate::client::Client,
     dir: PathBuf,
     /// Notes of the measurements (fdatasyncs per append on each replica).
     notes: std::sync::Mutex<Vec<String>>,
@@ -695,9 +703,11 @@ impl BenchCluster {
         let cluster = crate::local_cluster::LocalCluster::start(&dir, 3, exe)?;
         runtime.block_on(cluster.wait_primary(Duration::from_secs(60)))?;
         let persister = crate::client::ClientPersister::new(cluster.client(None)?)?;
+        let client = cluster.client(None)?;
         Ok(BenchCluster {
             cluster,
             persister,
+            client,
             dir,
             notes: std::sync::Mutex::new(Vec::new()),
             runtime: runtime.handle().clone(),
@@ -712,13 +722,23 @@ impl BenchCluster {
         system: &str,
     ) -> anyhow::Result<Measurement> {
         let syncs_before = self.syncs();
-        let (latencies, elapsed) = drive_threads(config, concurrency, &|worker| {
-            self.persister.persist_blocking(
-                StreamId(StreamId::USER_MIN + worker as u64),
-                vec![payload.clone()],
-            )?;
-            Ok(())
-        })?;
+        let client = self.client.clone();
+        let event_bytes = payload.len();
+        let payload = payload.clone();
+        let (latencies, elapsed) =
+            self.runtime
+                .block_on(drive_tasks(config, concurrency, move |worker| {
+                    let client = client.clone();
+                    let events = vec![payload.clone()];
+                    async move {
+                        let stream = StreamId::USER_MIN + worker as u64;
+                        client
+                            .append(stream, events, None)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("append: {e}"))?;
+                        Ok(())
+                    }
+                }))?;
         let syncs_after = self.syncs();
         let appends = latencies.len() as f64;
         let per_append: Vec<String> = syncs_before
@@ -742,7 +762,7 @@ impl BenchCluster {
         Ok(measurement(
             system,
             concurrency,
-            payload.len(),
+            event_bytes,
             latencies,
             elapsed,
         ))
@@ -770,6 +790,52 @@ impl BenchCluster {
         let backup = (usize::from(primary) + 1) % 3;
         self.cluster.kill(backup)?;
         Ok(backup)
+    }
+
+    /// Starts the killed `backup` again and times how long it takes, with
+    /// no load, to commit every op the others committed while it was down
+    /// (repair from its peers): the rate that bounds how soon a restarted
+    /// replica can stand in for a quorum (the crash test's longest window).
+    fn catch_up(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        backup: usize,
+    ) -> anyhow::Result<String> {
+        let commits = |health: &[Option<crate::api::Health>]| -> Vec<Option<u64>> {
+            health
+                .iter()
+                .map(|h| h.as_ref().map(|h| h.commit))
+                .collect()
+        };
+        let before = commits(&runtime.block_on(self.cluster.health()));
+        let target = before.iter().flatten().copied().max().unwrap_or(0);
+        self.cluster.start_replica(backup)?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(CATCH_UP_WAIT_S);
+        let mut first_seen: Option<u64> = None;
+        loop {
+            let now = commits(&runtime.block_on(self.cluster.health()));
+            if let Some(commit) = now.get(backup).copied().flatten() {
+                first_seen.get_or_insert(commit);
+                if commit >= target {
+                    let took = started.elapsed();
+                    let behind = target.saturating_sub(first_seen.unwrap_or(0));
+                    return Ok(format!(
+                        "catch-up: replica {backup} restarted {behind} ops behind (commit {} of {target} when it first answered) and committed op {target} {:.2} s after its start: {:.0} ops/s including its start",
+                        first_seen.unwrap_or(0),
+                        took.as_secs_f64(),
+                        behind as f64 / took.as_secs_f64().max(1e-9),
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(format!(
+                    "catch-up: replica {backup} had not reached op {target} {CATCH_UP_WAIT_S} s after its start (commit {:?})",
+                    now.get(backup).copied().flatten()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {

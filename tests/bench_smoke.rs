@@ -76,6 +76,12 @@ fn bench_reports_reads_and_bulk_ingest() {
             .is_some_and(|n| n.contains("the global log grew by"))
     });
     assert!(trail_checked, "the trail check is reported: {report:#}");
+    // The killed backup is started again and must catch up by repair.
+    let caught_up = report["notes"].as_array().expect("notes").iter().any(|n| {
+        n.as_str()
+            .is_some_and(|n| n.starts_with("catch-up: ") && n.contains(" after its start: "))
+    });
+    assert!(caught_up, "the restarted backup caught up: {report:#}");
 }
 
 /// Goal: a batch larger than one append may carry is refused before

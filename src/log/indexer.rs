@@ -40,7 +40,7 @@ pub const INDEX_QUEUE_ROWS_MAX: usize = 50_000;
 pub const INDEX_COALESCE_ROWS_MAX: usize = 20_000;
 /// Longest the index thread waits for more batches to join a transaction
 /// once it holds one (the index runs behind the log anyway).
-pub const INDEX_LINGER_MS_MAX: u64 = 20;
+pub const INDEX_LINGER_MS_MAX: u64 = 100;
 /// How often a stalled index thread (a test hook) looks again.
 const STALL_POLL_MS: u64 = 5;
 /// Longest the index thread waits for a gating record to become durable

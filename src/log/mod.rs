@@ -872,12 +872,14 @@ impl LocalLog {
         self.lock().stream_last_timestamp_ns(stream)
     }
 
-    /// Sets what is called after each commit (it must not block).
+    /// Sets what is called after each commit of an op of the key-custody
+    /// stream (it must not block). Other commits do not call it: at
+    /// thousands of commits a second each call woke a thread for nothing.
     pub fn set_commit_waker(&self, waker: crate::storage::DurableWaker) {
         let _ = self.commit_waker.set(CommitWaker(waker));
     }
 
-    /// Tells the commit waker, if any, that the commit moved.
+    /// Tells the commit waker, if any, that a key-custody op committed.
     fn wake_on_commit(&self) {
         if let Some(CommitWaker(waker)) = self.commit_waker.get() {
             waker();

@@ -699,14 +699,27 @@ impl LocalLog {
     /// The core committed `op` under `certificate`: reads may see it, and
     /// the certificate goes into the log (lazily) and the index.
     fn committed(&self, op: u64, certificate: Arc<Certificate>) -> Result<(), LogError> {
-        let outcome = self.commit_op(op, certificate);
-        self.wake_on_commit();
+        let mut custody = false;
+        let outcome = self.commit_op(op, certificate, &mut custody);
+        if custody {
+            self.wake_on_commit();
+        }
         outcome
     }
 
-    fn commit_op(&self, op: u64, certificate: Arc<Certificate>) -> Result<(), LogError> {
+    /// Commits `op`; sets `custody` when it is an op of the key-custody
+    /// stream (the only commits the commit waker is told about).
+    fn commit_op(
+        &self,
+        op: u64,
+        certificate: Arc<Certificate>,
+        custody: &mut bool,
+    ) -> Result<(), LogError> {
         let mut state = self.lock();
         state.commit = state.commit.max(op);
+        *custody = state
+            .op(op)
+            .is_some_and(|info| info.stream == vellum_audit::record::KEY_CUSTODY_STREAM);
         let size = certificate.checkpoint.size;
         let already = state
             .latest_certificate()

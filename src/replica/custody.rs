@@ -307,8 +307,8 @@ impl Custody {
         })
     }
 
-    /// Starts the applier thread: woken by every commit of the log (the
-    /// log's commit waker only sends it a note), and every
+    /// Starts the applier thread: woken by every commit of a key-custody op
+    /// (the log's commit waker only sends it a note), and every
     /// [`CUSTODY_POLL_MS`] regardless; stops when `stop` is set.
     pub fn spawn_applier(
         self: &Arc<Custody>,
