@@ -443,3 +443,44 @@ fn a_replica_killed_then_restarted_passes_since() {
     assert_eq!(code, 0, "{full}");
     assert_eq!(full["reached"], report["reached"]);
 }
+
+/// The report of a library run of verify (`--since` the kept report text).
+fn verify_lib(data: &Path, kept: Option<&str>) -> serde_json::Value {
+    let options = vellum::verify::VerifyOptions {
+        index_url: None,
+        since: kept.map(|text| vellum::verify::KeptCheckpoint::from_text("kept.json", text)),
+        live: false,
+        live_lag_ops_max: vellum::verify::LIVE_LAG_OPS_MAX_DEFAULT,
+        keep_facts: false,
+        ops_window: None,
+    };
+    let policy = vellum::log::load_policy(&data.join("policy.txt")).expect("policy");
+    let report = vellum::verify::verify_data_dir_with(data, &policy, &options, &mut |_| {});
+    serde_json::to_value(&report).expect("json")
+}
+
+// Goal: a report kept after every append of a log of many tiny segments
+// (so kept ops fall first, inside and last in a segment, before and after
+// a seal) starts an incremental run that passes and reaches exactly what
+// the full verify reaches, with the same frontier.
+#[test]
+fn since_from_every_kept_point_reaches_what_a_full_verify_reaches() {
+    let dir = TestDir::new("since-every-point");
+    let data = init(&dir, "data");
+    let mut kept = Vec::new();
+    for round in 0..14 {
+        append(&data, 1, &format!("r{round}"));
+        let report = verify_lib(&data, None);
+        assert_eq!(report["passed"], true, "{report}");
+        kept.push(report.to_string());
+    }
+    assert!(segments(&data).len() >= 4, "several segments");
+    let full = verify_lib(&data, None);
+    for (i, text) in kept.iter().enumerate() {
+        let report = verify_lib(&data, Some(text));
+        assert_eq!(report["passed"], true, "kept after append {i}: {report}");
+        assert!(incremental(&report), "kept after append {i}: {report}");
+        assert_eq!(report["reached"], full["reached"], "kept after append {i}");
+        assert_eq!(report["reached_frontier"], full["reached_frontier"]);
+    }
+}
