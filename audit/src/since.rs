@@ -129,16 +129,21 @@ pub struct OpLocation {
     pub header: OpHeader,
     /// Where a scan resumes: right after its record.
     pub resume: Resume,
-    /// The segment's bytes (read whole: the walk scans on from `resume`).
+    /// The segment's bytes as a scan from `resume` needs them: the segment
+    /// header and everything from `resume.offset` on; the bytes between
+    /// are zero (never read, and never touched, so they cost no memory).
     pub bytes: Vec<u8>,
 }
+
+/// The read buffer while record headers are followed through a segment.
+const HEADER_WALK_BUFFER_BYTES: usize = 1 << 20;
 
 /// Finds the record of op `op` without reading the segments before its
 /// own: each earlier segment's seal (its last 304 bytes) names the last op
 /// it holds, so whole segments are skipped; in the segment that holds it,
-/// record headers are followed by their lengths (headers checked, bodies
-/// not read into a hash). Nothing found is trusted: the caller compares the
-/// op's header checksum with the signed chain head.
+/// record headers are followed by their lengths through a bounded buffer
+/// (headers checked, bodies skipped). Nothing found is trusted: the caller
+/// compares the op's header checksum with the signed chain head.
 pub fn locate_op(dir: &Path, indexes: &[u64], op: u64) -> Result<OpLocation, String> {
     for (position, &index) in indexes.iter().enumerate() {
         let path = dir.join(segment_file_name(index));
@@ -146,16 +151,15 @@ pub fn locate_op(dir: &Path, indexes: &[u64], op: u64) -> Result<OpLocation, Str
         if !is_last && seal_last_op(&path).is_some_and(|last| last < op) {
             continue;
         }
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        match find_op(&bytes, &path, op)? {
+        let unreadable = |e: std::io::Error| format!("{}: cannot read: {e}", path.display());
+        match find_op(&path, op).map_err(|e| e.unwrap_or_else(unreadable))? {
             Found::Here(offset, header, resume) => {
                 return Ok(OpLocation {
                     segment: index,
                     offset,
                     header: *header,
                     resume,
-                    bytes,
+                    bytes: read_from(&path, resume.offset).map_err(unreadable)?,
                 });
             }
             Found::Before(last) if is_last => {
@@ -185,25 +189,38 @@ enum Found {
     Passed(u64),
 }
 
-/// Follows the record headers of one segment to op `op`.
-fn find_op(bytes: &[u8], path: &Path, op: u64) -> Result<Found, String> {
-    let mut pos = SEGMENT_HEADER_BYTES;
+/// Follows the record headers of one segment file to op `op`. `Err(Ok)`:
+/// a header that does not decode; `Err(Err)`: the file cannot be read.
+fn find_op(path: &Path, op: u64) -> Result<Found, Result<String, std::io::Error>> {
+    use std::io::{BufReader, Read as _, Seek as _, SeekFrom};
+    let file = std::fs::File::open(path).map_err(Err)?;
+    let len = file.metadata().map_err(Err)?.len();
+    let mut reader = BufReader::with_capacity(HEADER_WALK_BUFFER_BYTES, file);
+    reader
+        .seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
+        .map_err(Err)?;
+    let mut pos = SEGMENT_HEADER_BYTES as u64;
     let (mut records, mut ops, mut last) = (0u64, 0u64, 0u64);
-    while pos + HEADER_BYTES <= bytes.len() {
-        let header_bytes: &[u8; HEADER_BYTES] = bytes[pos..pos + HEADER_BYTES]
-            .try_into()
-            .expect("slice of HEADER_BYTES");
-        let header = OpHeader::decode(header_bytes, pos as u64)
-            .map_err(|e| format!("{} at byte {pos}: {e}", path.display()))?;
-        let end = pos + HEADER_BYTES + header.body_size as usize;
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    while pos + HEADER_BYTES as u64 <= len {
+        reader.read_exact(&mut header_bytes).map_err(Err)?;
+        let header = OpHeader::decode(&header_bytes, pos)
+            .map_err(|e| Ok(format!("{} at byte {pos}: {e}", path.display())))?;
+        let end = pos + HEADER_BYTES as u64 + u64::from(header.body_size);
         if header.kind == RecordKind::Op {
+            if header.op == op && end > len {
+                return Err(Ok(format!(
+                    "{} at byte {pos}: op {op}'s record runs past the end of the file",
+                    path.display()
+                )));
+            }
             if header.op == op {
                 let resume = Resume {
-                    offset: end as u64,
+                    offset: end,
                     records: records + 1,
                     ops: ops + 1,
                 };
-                return Ok(Found::Here(pos as u64, Box::new(header), resume));
+                return Ok(Found::Here(pos, Box::new(header), resume));
             }
             if header.op > op {
                 return Ok(Found::Passed(header.op));
@@ -211,13 +228,33 @@ fn find_op(bytes: &[u8], path: &Path, op: u64) -> Result<Found, String> {
             last = header.op;
             ops += 1;
         }
-        if header.kind == RecordKind::Seal {
+        if header.kind == RecordKind::Seal || end > len {
             break;
         }
         records += 1;
+        let body = i64::from(header.body_size);
+        reader.seek_relative(body).map_err(Err)?;
         pos = end;
     }
     Ok(Found::Before(last))
+}
+
+/// A segment file's bytes with only its header and the part from `offset`
+/// on read; the rest is left zero (a zeroed allocation touches no page
+/// until written, so the skipped part costs neither reads nor memory).
+fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, std::io::Error> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    let from = usize::try_from(offset)
+        .map_err(std::io::Error::other)?
+        .clamp(SEGMENT_HEADER_BYTES.min(len), len);
+    let mut bytes = vec![0u8; len];
+    let header = SEGMENT_HEADER_BYTES.min(len);
+    file.read_exact(&mut bytes[..header])?;
+    file.seek(SeekFrom::Start(from as u64))?;
+    file.read_exact(&mut bytes[from..])?;
+    Ok(bytes)
 }
 
 /// The last op a sealed segment holds, from its seal record (its last
