@@ -240,10 +240,26 @@ fn incremental_run(
     let WalkMode::Stream(stream_options) = mode else {
         return full("a witness policy (or an oracle run) reads the whole log".into());
     };
-    if options.live || log_policy.verifiers.len() > 1 {
-        return full("--live, or a replica of a cluster (a policy of more than one key)".into());
+    if options.live {
+        return full("--live".into());
     }
     let dir = DataDir::new(data_dir);
+    if log_policy.verifiers.len() > 1 {
+        return match incremental_replica_checks(
+            &dir,
+            log_policy,
+            options.index_url.as_deref(),
+            &start,
+            &stream_options,
+            progress,
+        ) {
+            Ok(walked) => (
+                Some(walked),
+                Some(vellum_audit::since::INCREMENTAL_NOTE.to_string()),
+            ),
+            Err(e) => full(e),
+        };
+    }
     match incremental_checks(
         &dir,
         log_policy,
@@ -374,7 +390,7 @@ pub fn replica_checks(
 ) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
-    let mut checks = vec![check_meta(&dir, cluster)];
+    let checks = vec![check_meta(&dir, cluster)];
     if let WalkMode::Stream(options) = mode
         && live.is_none()
         && policy.verifiers.len() <= 1
@@ -388,6 +404,23 @@ pub fn replica_checks(
     {
         log.accept_live_tail();
     }
+    collected_checks(&dir, policy, index_url, live, None, checks, log)
+}
+
+/// The checks after a walk that kept every fact (of the part read, from
+/// `floor` on for an incremental run): uncovered ops relaxed for a replica
+/// of a cluster or a live run, then the index and the trail compared with
+/// the log up to its newest certificate (or the live bound).
+fn collected_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    live: Option<u64>,
+    floor: Option<stream::Floor>,
+    mut checks: Vec<Check>,
+    mut log: LogVerification,
+) -> ReplicaChecks {
+    let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     if live.is_some() || policy.verifiers.len() > 1 {
         // A replica of a cluster may hold prepared ops its certificates do
         // not cover yet (uncommitted, or committed but the certificate not
@@ -403,7 +436,7 @@ pub fn replica_checks(
     // are compared with the log up to its newest certificate. A live check
     // bounds them by the index's own progress instead (below).
     let certified_facts = (live.is_none() && policy.verifiers.len() > 1)
-        .then(|| certified_prefix(&log.facts))
+        .then(|| certified_prefix(&log.facts, floor))
         .flatten();
     let projected = certified_facts.as_ref().unwrap_or(&log.facts);
     checks.extend(log.checks.iter().cloned());
@@ -423,12 +456,15 @@ pub fn replica_checks(
             check.fail(FailureKind::Unreadable, "index url", e.to_string());
             check.finish()
         }
-        (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, projected, live),
+        (Some(cluster), Ok(target)) => {
+            check_index_blocking(&target, cluster, projected, live, floor)
+        }
     };
     checks.push(index_check);
     let mut break_glass = Vec::new();
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
-        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some(), 0);
+        let from = floor.map_or(0, |f| f.position);
+        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some(), from);
         checks.push(check);
         break_glass = uses;
     }
@@ -488,6 +524,46 @@ fn incremental_checks(
             progress,
         )
     })
+}
+
+/// [`incremental_checks`] of a replica of a cluster: the new part's
+/// facts are kept (memory grows with the new part only) and compared up to
+/// the replica's newest certificate, as [`replica_checks`] does for the
+/// whole log.
+fn incremental_replica_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    start: &vellum_audit::since::SinceStart,
+    options: &vellum_audit::verify::StreamOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplicaChecks, String> {
+    let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
+    let checks = vec![check_meta(dir, cluster)];
+    let mut facts = LogFacts::default();
+    let mut log = vellum_audit::verify::verify_log_since(
+        &dir.segments(),
+        policy,
+        start,
+        options,
+        &mut facts,
+        progress,
+    )?;
+    // The walk counted every op (the kept ones too); the facts are of the new ones.
+    log.facts = facts;
+    let floor = stream::Floor {
+        position: start.size,
+        op: start.head.op,
+    };
+    Ok(collected_checks(
+        dir,
+        policy,
+        index_url,
+        None,
+        Some(floor),
+        checks,
+        log,
+    ))
 }
 
 /// The log check of `walk` with the audit index compared as the log is
@@ -551,14 +627,17 @@ fn walk_and_compare(
 
 /// The facts of the log up to its newest certificate, when ops follow it
 /// (`None` when the certificate covers the whole log).
-fn certified_prefix(facts: &LogFacts) -> Option<LogFacts> {
+fn certified_prefix(facts: &LogFacts, floor: Option<stream::Floor>) -> Option<LogFacts> {
+    // An incremental walk's facts start after the kept op, which is certified.
+    let base = floor.map_or((0, 0), |f| (f.op, f.position));
     let (op, events) = facts
         .commits
         .iter()
         .map(|c| (c.op, c.tree_size))
         .max()
-        .unwrap_or((0, 0));
-    (facts.ops > op).then(|| trim_facts(facts, LiveBound { op, events }))
+        .unwrap_or(base)
+        .max(base);
+    (facts.ops + base.0 > op).then(|| trim_facts_after(facts, LiveBound { op, events }, base.0))
 }
 
 /// The access-trail check (P7), without keys: every trail event in the log
@@ -1100,6 +1179,7 @@ fn check_index_blocking(
     cluster: u128,
     facts: &LogFacts,
     live: Option<u64>,
+    floor: Option<stream::Floor>,
 ) -> Check {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1112,18 +1192,21 @@ fn check_index_blocking(
             return check.finish();
         }
     };
-    runtime.block_on(check_index(target, cluster, facts, live))
+    runtime.block_on(check_index(target, cluster, facts, live, floor))
 }
 
 /// Compares every index row with the log: missing, extra and altered rows
 /// are failures naming the table and key. `live` (the most commits the
 /// index may lag by): compare up to the newest commit both hold, and fail
 /// when the index lags the log's newest certificate by more than that.
-pub async fn check_index(
+/// `floor`: an incremental walk's facts start there; rows before it are
+/// not compared.
+async fn check_index(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
     live: Option<u64>,
+    floor: Option<stream::Floor>,
 ) -> Check {
     let mut check = Check::start("audit index");
     let index = match Index::open_existing(target, cluster).await {
@@ -1163,7 +1246,9 @@ pub async fn check_index(
         }
         None => facts,
     };
-    if let Err(e) = compare_events(&index, facts, &mut check, bound.map(|b| b.events)).await {
+    let from = floor.map_or(0, |f| f.position);
+    let below = bound.map(|b| b.events);
+    if let Err(e) = compare_events(&index, facts, &mut check, below, from).await {
         check.fail(
             FailureKind::Unreadable,
             "index events",
@@ -1171,7 +1256,9 @@ pub async fn check_index(
         );
     }
     let commits: Vec<CommitKey> = facts.commits.iter().map(CommitKey::of).collect();
-    if let Err(e) = compare_commits(&index, &commits, &mut check, bound.map(|b| b.op), 0).await {
+    let after_op = floor.map_or(0, |f| f.op);
+    let through_op = bound.map(|b| b.op);
+    if let Err(e) = compare_commits(&index, &commits, &mut check, through_op, after_op).await {
         check.fail(
             FailureKind::Unreadable,
             "index commits",
@@ -1179,7 +1266,8 @@ pub async fn check_index(
         );
     }
     let keys: std::collections::BTreeMap<u64, u64> = facts.keys.iter().copied().collect();
-    if let Err(e) = compare_keys(&index, &keys, &mut check, bound.is_some()).await {
+    let relaxed = bound.is_some() || floor.is_some();
+    if let Err(e) = compare_keys(&index, &keys, &mut check, relaxed).await {
         check.fail(
             FailureKind::Unreadable,
             "index keys",
@@ -1195,9 +1283,10 @@ async fn compare_events(
     facts: &LogFacts,
     check: &mut Check,
     below: Option<u64>,
+    from_position: u64,
 ) -> Result<(), crate::index::IndexError> {
     let mut expected = facts.events.iter().peekable();
-    let mut from = 0u64;
+    let mut from = from_position;
     loop {
         let rows = index.events_after(from, INDEX_PAGE_ROWS_MAX).await?;
         let Some(last) = rows.last() else { break };
@@ -1435,7 +1524,13 @@ fn live_note(bound: LiveBound) -> String {
 
 /// The facts of the log up to `bound`.
 fn trim_facts(facts: &LogFacts, bound: LiveBound) -> LogFacts {
-    let ops = usize::try_from(bound.op).unwrap_or(usize::MAX);
+    trim_facts_after(facts, bound, 0)
+}
+
+/// [`trim_facts`] of facts whose first op is `floor_op + 1` (an
+/// incremental walk's).
+fn trim_facts_after(facts: &LogFacts, bound: LiveBound, floor_op: u64) -> LogFacts {
+    let ops = usize::try_from(bound.op.saturating_sub(floor_op)).unwrap_or(usize::MAX);
     LogFacts {
         events: facts
             .events
@@ -1450,7 +1545,7 @@ fn trim_facts(facts: &LogFacts, bound: LiveBound) -> LogFacts {
             .cloned()
             .collect(),
         keys: facts.keys.iter().take(ops).copied().collect(),
-        ops: facts.ops.min(bound.op),
+        ops: facts.ops.min(bound.op.saturating_sub(floor_op)),
         op_headers: facts.op_headers.iter().take(ops).cloned().collect(),
     }
 }
