@@ -107,7 +107,7 @@ fn bench_refuses_a_batch_above_the_append_maximum() {
 
 /// Goal: a tiny `bench --scale` run reports, for a batched log and a log of
 /// one event per op, the open (time, memory, descriptors), bytes per event
-/// above the payload, and verify and `--since` runs of the last 1%.
+/// above the payload, and verify and incremental `--since` runs of the last 1%.
 #[test]
 fn bench_scale_reports_each_log() {
     let dir = support::TestDir::new("vellum-bench-scale");
@@ -149,5 +149,9 @@ fn bench_scale_reports_each_log() {
             "{row}"
         );
         assert_eq!(row["probe"]["appended"], 300, "{row}");
+        assert_eq!(
+            row["since_incremental"], true,
+            "the --since run skipped the old part: {row}"
+        );
     }
 }

@@ -70,6 +70,42 @@ impl Frontier {
         nodes.fold(*last, |right, left| node_hash(left, &right))
     }
 
+    /// A frontier from its nodes, highest first (as [`Frontier::nodes`]
+    /// gives them): exactly one per set bit of `len`. The nodes come from
+    /// wherever the caller kept them (an earlier report); only a check of
+    /// [`Frontier::root`] against a signed root makes them trustworthy.
+    pub fn from_nodes(len: u64, nodes: Vec<Hash>) -> Result<Frontier, FrontierError> {
+        let expected = len.count_ones() as usize;
+        if nodes.len() != expected {
+            return Err(FrontierError::NodeCount {
+                len,
+                expected,
+                found: nodes.len(),
+            });
+        }
+        Ok(Frontier { len, nodes })
+    }
+
+    /// The frontier of a tree of `len` leaves from any source of its
+    /// complete subtrees (`None` when the source lacks one).
+    pub fn from_subtrees(
+        len: u64,
+        mut subtree: impl FnMut(u32, u64) -> Option<Hash>,
+    ) -> Option<Frontier> {
+        let nodes = (0..64u32)
+            .rev()
+            .filter(|h| len >> h & 1 == 1)
+            .map(|h| subtree(h, (len >> h) - 1))
+            .collect::<Option<Vec<Hash>>>()?;
+        Some(Frontier { len, nodes })
+    }
+
+    /// The nodes, highest first: the complete subtree of each set bit of
+    /// the size.
+    pub fn nodes(&self) -> &[Hash] {
+        &self.nodes
+    }
+
     /// The complete subtrees of the frontier as `(height, index, hash)`.
     fn subtrees(&self) -> impl Iterator<Item = (u32, u64, Hash)> + '_ {
         let heights = (0..64u32).rev().filter(move |h| self.len >> h & 1 == 1);
@@ -77,6 +113,18 @@ impl Frontier {
             .zip(self.nodes.iter())
             .map(move |(h, hash)| (h, (self.len >> h) - 1, *hash))
     }
+}
+
+/// Why kept frontier nodes do not make a frontier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrontierError {
+    /// A frontier of `len` leaves has one node per set bit of `len`.
+    #[error("a frontier of {len} leaves has {expected} nodes, found {found}")]
+    NodeCount {
+        len: u64,
+        expected: usize,
+        found: usize,
+    },
 }
 
 /// The complete subtrees beside the path of leaf `size` (the first leaf
@@ -101,7 +149,7 @@ impl PathNodes {
     /// most two per height, so at most 128 in all).
     pub fn offer(&mut self, height: u32, index: u64, hash: &Hash) {
         let on_path = self.size >> height;
-        if index == on_path || index == on_path + 1 {
+        if index == on_path || Some(index) == on_path.checked_add(1) {
             self.nodes.insert((height, index), *hash);
         }
     }
@@ -185,6 +233,26 @@ mod tests {
             for (h, index, hash) in seen {
                 assert_eq!(tree.subtree(h, index), Some(hash), "h {h} index {index}");
             }
+        }
+    }
+
+    /// Goal: a frontier rebuilt from its nodes, or from the full tree's
+    /// subtrees, is the same frontier; a wrong node count is refused.
+    #[test]
+    fn frontier_round_trips_through_its_nodes() {
+        let mut tree = MerkleTree::new();
+        let mut frontier = Frontier::new();
+        for i in 0..130 {
+            tree.push(leaf(i));
+            frontier.push(leaf(i));
+            let len = frontier.len();
+            let again = Frontier::from_nodes(len, frontier.nodes().to_vec()).expect("nodes");
+            assert_eq!(again, frontier);
+            let from_tree = Frontier::from_subtrees(len, |h, index| tree.subtree(h, index));
+            assert_eq!(from_tree.as_ref(), Some(&frontier), "size {len}");
+            let mut short = frontier.nodes().to_vec();
+            short.pop();
+            assert!(Frontier::from_nodes(len, short).is_err());
         }
     }
 

@@ -26,6 +26,7 @@ pub mod proof;
 pub mod record;
 pub mod report;
 pub mod segment;
+pub mod since;
 pub mod tiles;
 pub mod verify;
 

@@ -425,6 +425,14 @@ pub struct Report {
     pub since: Option<Reached>,
     /// The newest certificate verified, if any.
     pub reached: Option<Reached>,
+    /// The Merkle tree's frontier at the reached size: the complete
+    /// subtrees on its right edge, highest first, lowercase hex (one per
+    /// set bit of the size). Kept with this report, it lets the next run's
+    /// `--since` start from `reached` without re-reading the log (the next
+    /// run accepts it only if it folds to the signed root). Absent when
+    /// the run did not keep it (a cluster run, or no certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached_frontier: Option<Vec<String>>,
     /// Every break-glass use in the verified access trail (at most
     /// [`BREAK_GLASS_LISTED_MAX`], in trail order); empty when there was
     /// none, or when the trail check did not run.
@@ -464,6 +472,7 @@ impl Report {
             checks,
             since: None,
             reached,
+            reached_frontier: None,
             break_glass: Vec::new(),
             break_glass_dropped: 0,
         }

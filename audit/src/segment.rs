@@ -260,6 +260,19 @@ impl Chain {
         }
     }
 
+    /// The chain after a known op (`tip`, e.g. the op a kept certificate's
+    /// signed chain head names): the next op must link to it, and a
+    /// certificate of an op before it is taken on trust (not read).
+    pub fn after(cluster: u128, tip: ChainTip) -> Chain {
+        Chain {
+            cluster,
+            complete: false,
+            base_op: tip.last_op,
+            ops: vec![(tip.last_op_checksum, tip.tree_size)],
+            tip,
+        }
+    }
+
     /// The last op seen.
     pub fn tip(&self) -> ChainTip {
         self.tip
@@ -390,6 +403,56 @@ pub fn scan_segment_with(
     scan_segment_inner(bytes, expected_index, cluster, chain, false)
 }
 
+/// Where a scan of a segment starts: the segment header's end, or (for a
+/// scan that resumes after a record found by [`locate_op`]) the byte after
+/// that record, with the records and ops of the segment before it (the
+/// seal counts them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// File offset of the first record to scan.
+    pub offset: u64,
+    /// Records (Ops and Certificates) of the segment before `offset`.
+    pub records: u64,
+    /// Op records of the segment before `offset`.
+    pub ops: u64,
+}
+
+impl Resume {
+    /// The start of a segment: the first record after its header.
+    pub const START: Resume = Resume {
+        offset: SEGMENT_HEADER_BYTES as u64,
+        records: 0,
+        ops: 0,
+    };
+}
+
+/// [`scan_segment_with`] from `resume` instead of the first record: the
+/// segment header is still checked; the records before `resume.offset`
+/// are neither read nor checked (the returned records start there).
+pub fn scan_segment_from(
+    bytes: &[u8],
+    expected_index: u64,
+    cluster: u128,
+    chain: &mut Chain,
+    resume: Resume,
+) -> SegmentScan {
+    let mut scan = SegmentScan {
+        records: Vec::new(),
+        end: SegmentEnd::Open,
+        damaged: Vec::new(),
+    };
+    scan.end = scan_records(
+        bytes,
+        expected_index,
+        cluster,
+        chain,
+        &mut scan.records,
+        None,
+        resume,
+    );
+    scan
+}
+
 fn scan_segment_inner(
     bytes: &[u8],
     expected_index: u64,
@@ -410,6 +473,7 @@ fn scan_segment_inner(
         chain,
         &mut scan.records,
         damaged,
+        Resume::START,
     );
     scan
 }
@@ -431,12 +495,21 @@ fn scan_records(
     chain: &mut Chain,
     records: &mut Vec<ScannedRecord>,
     mut damaged: Option<&mut Vec<DamagedOp>>,
+    resume: Resume,
 ) -> SegmentEnd {
     if let Err(invalid) = check_segment_header(bytes, expected_index, cluster) {
         return classify(bytes, 0, invalid);
     }
-    let mut pos = SEGMENT_HEADER_BYTES;
-    let mut op_count = 0u64;
+    let Some(mut pos) = usize::try_from(resume.offset)
+        .ok()
+        .filter(|&p| p >= SEGMENT_HEADER_BYTES && p <= bytes.len())
+    else {
+        return SegmentEnd::Corrupt {
+            offset: resume.offset,
+            reason: format!("resume offset beyond the file ({} bytes)", bytes.len()),
+        };
+    };
+    let mut op_count = resume.ops;
     while pos < bytes.len() {
         let record = match read_record(bytes, pos) {
             Ok(record) => record,
@@ -453,7 +526,8 @@ fn scan_records(
         };
         let header = record.header;
         let body = &bytes[record.body_range.clone()];
-        let record_count = records.len() + damaged.as_ref().map_or(0, |d| d.len());
+        let record_count =
+            resume.records as usize + records.len() + damaged.as_ref().map_or(0, |d| d.len());
         let checked = if header.kind == RecordKind::Seal {
             check_seal(chain, &header, body, record_count as u64, op_count)
         } else {

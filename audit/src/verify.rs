@@ -30,7 +30,8 @@ use crate::note::Verifier;
 use crate::policy::Policy;
 use crate::record::{self, OpHeader, RecordKind, SealBody};
 use crate::report::{Check, FailureKind, Outcome, Reached};
-use crate::segment::{self, Chain, ScanError, SegmentEnd};
+use crate::segment::{self, Chain, Resume, ScanError, SegmentEnd};
+use crate::since::{self, SinceStart};
 
 /// The checkpoint extension line that binds a certificate to the op header
 /// chain: `vellum-head <op> <header checksum, 64 lowercase hex>`. The Merkle
@@ -288,6 +289,18 @@ impl LogTree {
         }
     }
 
+    /// The frontier at `size`: any size of a full tree; a compact tree
+    /// answers the sizes it kept a frontier of.
+    pub fn frontier_at(&self, size: u64) -> Option<Frontier> {
+        match self {
+            LogTree::Full(tree) if size <= tree.len() => {
+                Frontier::from_subtrees(size, |height, index| tree.subtree(height, index))
+            }
+            LogTree::Full(_) => None,
+            LogTree::Compact(tree) => tree.frontiers().find(|f| f.len() == size).cloned(),
+        }
+    }
+
     /// The consistency proof from `old_size` to `new_size`.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ProofError> {
         match self {
@@ -444,6 +457,9 @@ struct Walk<'a> {
     last_certified_op: u64,
     /// The first op of the atomic group the walk is inside, if any.
     open_group: Option<u64>,
+    /// An incremental walk: the kept op it resumed after; the log before
+    /// it is not read (not even by a re-read).
+    floor: Option<OpSeen>,
 }
 
 /// Verifies the segments in `segments_dir` against `policy`. `progress` is
@@ -532,34 +548,8 @@ fn walk_log_dir(
     sink: &mut dyn FactSink,
     progress: &mut dyn FnMut(u64),
 ) -> LogVerification {
-    let full_tree = ops_window.is_none();
     let cluster = cluster_from_origin(&policy.origin);
-    let mut walk = Walk {
-        policy,
-        segments_dir,
-        cluster: cluster.unwrap_or(0),
-        sink,
-        recent_ops: VecDeque::new(),
-        ops_window: ops_window.unwrap_or(OPS_WINDOW_MAX),
-        ops: 0,
-        key_streams: BTreeMap::new(),
-        complete: false,
-        tree: WalkTree {
-            frontier: Frontier::new(),
-            full: full_tree.then(MerkleTree::default),
-            since: since_size.map(|size| (size, PathNodes::new(size))),
-            kept: (since_size == Some(0)).then(Frontier::new),
-            reached: None,
-        },
-        records: Check::start("records and hash chain"),
-        seals: Check::start("segment seals"),
-        merkle: Check::start("merkle roots"),
-        certificates: Check::start("certificate signatures"),
-        reached: None,
-        reached_root: None,
-        last_certified_op: 0,
-        open_group: None,
-    };
+    let mut walk = Walk::new(segments_dir, policy, since_size, ops_window, sink);
     let Some(cluster) = cluster else {
         walk.records.fail(
             FailureKind::ConfigMismatch,
@@ -607,28 +597,184 @@ fn walk_log_dir(
     walk.finish()
 }
 
+/// Verifies only the part of the log after a kept checkpoint
+/// (`vellum verify --since`, see [`crate::since`]): the walk starts from
+/// the kept frontier and the op record its signed chain head names, found
+/// without reading the segments before it, and checks everything after it
+/// as [`verify_log_stream_with`] does. The returned tree answers the kept
+/// size and the consistency proof from it, so [`check_since`] runs as
+/// after a full walk. `Err`: the kept op could not be found as signed (the
+/// caller reads the whole log instead, which names what is wrong).
+pub fn verify_log_since(
+    segments_dir: &Path,
+    policy: &Policy,
+    start: &SinceStart,
+    options: &StreamOptions,
+    sink: &mut dyn FactSink,
+    progress: &mut dyn FnMut(u64),
+) -> Result<LogVerification, String> {
+    let cluster = cluster_from_origin(&policy.origin)
+        .ok_or_else(|| format!("origin {:?} is not a vellum cluster origin", policy.origin))?;
+    let indexes = segment::list_segments(segments_dir).map_err(|e| e.to_string())?;
+    let location = since::locate_op(segments_dir, &indexes, start.head.op)?;
+    let header = location.header;
+    let at = format!(
+        "{} at byte {}",
+        segments_dir
+            .join(segment::segment_file_name(location.segment))
+            .display(),
+        location.offset
+    );
+    if header.checksum() != start.head.checksum || header.tree_size != start.size {
+        return Err(format!(
+            "op {} ({at}) is not the op the kept checkpoint's signed chain head names \
+             (header checksum {}, tree size {})",
+            start.head.op,
+            to_hex(&header.checksum()),
+            header.tree_size
+        ));
+    }
+    let window = options.ops_window.clamp(1, OPS_WINDOW_MAX);
+    let mut walk = Walk::new(segments_dir, policy, Some(start.size), Some(window), sink);
+    walk.resume_after(start, &location, &at);
+    let chain = Chain::after(
+        cluster,
+        segment::ChainTip {
+            last_op: start.head.op,
+            last_op_checksum: start.head.checksum,
+            tree_size: start.size,
+        },
+    );
+    walk.complete = walk.segments_from(&indexes, chain, Some(location), progress);
+    Ok(walk.finish())
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        segments_dir: &'a Path,
+        policy: &'a Policy,
+        since_size: Option<u64>,
+        ops_window: Option<usize>,
+        sink: &'a mut dyn FactSink,
+    ) -> Walk<'a> {
+        Walk {
+            policy,
+            segments_dir,
+            cluster: cluster_from_origin(&policy.origin).unwrap_or(0),
+            sink,
+            recent_ops: VecDeque::new(),
+            ops_window: ops_window.unwrap_or(OPS_WINDOW_MAX),
+            ops: 0,
+            key_streams: BTreeMap::new(),
+            complete: false,
+            tree: WalkTree {
+                frontier: Frontier::new(),
+                full: ops_window.is_none().then(MerkleTree::default),
+                since: since_size.map(|size| (size, PathNodes::new(size))),
+                kept: (since_size == Some(0)).then(Frontier::new),
+                reached: None,
+            },
+            records: Check::start("records and hash chain"),
+            seals: Check::start("segment seals"),
+            merkle: Check::start("merkle roots"),
+            certificates: Check::start("certificate signatures"),
+            reached: None,
+            reached_root: None,
+            last_certified_op: 0,
+            open_group: None,
+            floor: None,
+        }
+    }
+}
+
 impl Walk<'_> {
+    /// Sets an incremental walk at the kept op (`location`, already matched
+    /// with the signed chain head): the tree is the kept frontier, the kept
+    /// checkpoint is the newest certified, and the ops before are not read.
+    fn resume_after(&mut self, start: &SinceStart, location: &since::OpLocation, at: &str) {
+        let header = &location.header;
+        let kept = OpSeen {
+            op: start.head.op,
+            segment: location.segment,
+            file_offset: location.offset,
+            checksum: start.head.checksum,
+            group_continues: header.group_continues(),
+            frontier: start.frontier.clone(),
+        };
+        if kept.group_continues {
+            self.certificates.fail(
+                FailureKind::CertificateInvalid,
+                at,
+                format!(
+                    "the kept checkpoint names op {}, inside an atomic group (only a group's \
+                     last op may be certified)",
+                    start.head.op
+                ),
+            );
+        }
+        self.ops = start.head.op;
+        self.last_certified_op = start.head.op;
+        self.tree.frontier = start.frontier.clone();
+        self.tree.kept = Some(start.frontier.clone());
+        self.tree.reached = Some(start.frontier.clone());
+        self.reached = Some(Reached {
+            tree_size: start.size,
+            root: to_hex(&start.root),
+            signed_by: start.signed_by.clone(),
+            checkpoint: start.text.clone(),
+        });
+        self.reached_root = Some(start.root);
+        self.records.count(
+            "ops before the kept checkpoint (not re-read)",
+            start.head.op,
+        );
+        self.merkle.count(
+            "events before the kept checkpoint (not re-hashed)",
+            start.size,
+        );
+        self.records.note = Some(since::INCREMENTAL_NOTE.to_string());
+        self.remember(kept.clone());
+        self.floor = Some(kept);
+    }
+
     /// Checks every segment in order; false when one could not be followed
     /// to its end.
     fn segments(&mut self, indexes: &[u64], cluster: u128, progress: &mut dyn FnMut(u64)) -> bool {
-        let mut chain = Chain::genesis(cluster);
-        for (position, index) in indexes.iter().copied().enumerate() {
+        self.segments_from(indexes, Chain::genesis(cluster), None, progress)
+    }
+
+    /// Checks the segments from `resume`'s (or from the first), continuing
+    /// `chain`.
+    fn segments_from(
+        &mut self,
+        indexes: &[u64],
+        mut chain: Chain,
+        resume: Option<since::OpLocation>,
+        progress: &mut dyn FnMut(u64),
+    ) -> bool {
+        let first = resume.as_ref().map_or(0, |l| l.segment);
+        let mut resume = resume;
+        let first = usize::try_from(first).expect("a segment index read from the directory");
+        for (position, index) in indexes.iter().copied().enumerate().skip(first) {
             let path = self.segment_path(index);
             assert_eq!(index, position as u64, "list_segments returns 0, 1, 2, ...");
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    self.records.fail(
-                        FailureKind::Unreadable,
-                        path.display().to_string(),
-                        format!("cannot read: {e}"),
-                    );
-                    return false;
-                }
+            let (bytes, from) = match resume.take() {
+                Some(location) => (location.bytes, location.resume),
+                None => match std::fs::read(&path) {
+                    Ok(bytes) => (bytes, Resume::START),
+                    Err(e) => {
+                        self.records.fail(
+                            FailureKind::Unreadable,
+                            path.display().to_string(),
+                            format!("cannot read: {e}"),
+                        );
+                        return false;
+                    }
+                },
             };
-            progress(bytes.len() as u64);
+            progress((bytes.len() as u64).saturating_sub(from.offset - Resume::START.offset));
             let is_last = position + 1 == indexes.len();
-            if !self.segment(&path, index, &bytes, cluster, &mut chain, is_last) {
+            if !self.segment(&path, index, &bytes, from, &mut chain, is_last) {
                 return false;
             }
         }
@@ -645,13 +791,15 @@ impl Walk<'_> {
         path: &Path,
         index: u64,
         bytes: &[u8],
-        cluster: u128,
+        from: Resume,
         chain: &mut Chain,
         is_last: bool,
     ) -> bool {
-        let scan = segment::scan_segment_with(bytes, index, cluster, chain);
+        let scan = segment::scan_segment_from(bytes, index, self.cluster, chain, from);
         self.records.count("segments", 1);
-        self.records.count("bytes", bytes.len() as u64);
+        let skipped = from.offset - Resume::START.offset;
+        self.records
+            .count("bytes", (bytes.len() as u64).saturating_sub(skipped));
         for scanned in &scan.records {
             let body = &bytes[scanned.body_range.clone()];
             let at = format!("{} at byte {}", path.display(), scanned.offset);
@@ -785,6 +933,10 @@ impl Walk<'_> {
         if ordinal == 0 || ordinal > self.ops {
             return None;
         }
+        if let Some(floor) = self.floor.as_ref().filter(|f| ordinal <= f.op) {
+            // Before the kept op nothing is read: only the kept op is known.
+            return (ordinal == floor.op).then(|| floor.clone());
+        }
         let first = self.recent_ops.front().map_or(u64::MAX, |o| o.op);
         if ordinal >= first {
             let index = usize::try_from(ordinal - first).ok()?;
@@ -804,6 +956,20 @@ impl Walk<'_> {
         let len = self.tree.len();
         if size > len {
             return Err(ProofError::SizeBeyondTree { size, len });
+        }
+        if let Some(floor) = &self.floor {
+            match size.cmp(&floor.frontier.len()) {
+                std::cmp::Ordering::Less => {
+                    return Err(ProofError::NotRetained {
+                        height: 0,
+                        index: size,
+                    });
+                }
+                std::cmp::Ordering::Equal => {
+                    return Ok((floor.frontier.root(), Some(floor.frontier.clone())));
+                }
+                std::cmp::Ordering::Greater => {}
+            }
         }
         let frontier = if size == len {
             Some(self.tree.frontier.clone())
@@ -916,6 +1082,9 @@ impl Walk<'_> {
 
     fn certificate(&mut self, header: &OpHeader, body: &[u8], at: &str) {
         self.certificates.count("certificates", 1);
+        if self.floor.as_ref().is_some_and(|f| header.op < f.op) {
+            return self.certificate_before_floor(header, body, at);
+        }
         // The op record read `max(op, 1)`-th (as the walk always looked it up).
         let inside_group = self
             .op_seen(header.op.max(1))
@@ -1004,6 +1173,45 @@ impl Walk<'_> {
             op: header.op,
             view: header.view,
             tree_size: size,
+            root: certificate.checkpoint.root,
+            certificate: text.to_string(),
+        });
+    }
+
+    /// A certificate record after the kept op that names an op before it
+    /// (written late, beside newer ops): its signatures are checked, but
+    /// its root is not recomputed (the events before the kept checkpoint
+    /// are not read; the kept root already covers them).
+    fn certificate_before_floor(&mut self, header: &OpHeader, body: &[u8], at: &str) {
+        self.certificates.count(
+            "certificates of ops before the kept checkpoint (root not recomputed)",
+            1,
+        );
+        let parsed = std::str::from_utf8(body)
+            .map_err(|_| "certificate is not utf-8 text".to_string())
+            .and_then(|text| {
+                Certificate::parse(text)
+                    .map(|c| (text, c))
+                    .map_err(|e| e.to_string())
+            });
+        let (text, certificate) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                return self
+                    .certificates
+                    .fail(FailureKind::CertificateInvalid, at, e);
+            }
+        };
+        match certificate.verify(self.policy) {
+            Ok(_) => self.certificates.count("verified", 1),
+            Err(e) => self
+                .certificates
+                .fail(FailureKind::CertificateInvalid, at, e.to_string()),
+        }
+        self.sink.commit(&CommitFact {
+            op: header.op,
+            view: header.view,
+            tree_size: certificate.checkpoint.size,
             root: certificate.checkpoint.root,
             certificate: text.to_string(),
         });

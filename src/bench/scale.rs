@@ -69,6 +69,8 @@ pub struct ScaleRow {
     pub since_peak_mib: f64,
     /// Events after the kept checkpoint.
     pub since_new_events: u64,
+    /// Whether the `--since` run skipped the old part (its report says so).
+    pub since_incremental: bool,
 }
 
 /// What the probe process measured (`vellum bench --scale-probe DIR`).
@@ -127,10 +129,9 @@ fn measure_log(
     std::fs::create_dir_all(&config.dir)?;
     progress(&format!("building {events} events, {per_op} per op"));
     let started = Instant::now();
-    let kept = build(&dir, events, per_op)?;
+    let kept_path = config.dir.join("kept-report.json");
+    let kept = build(&dir, events, per_op, &config.exe, &kept_path)?;
     let build_s = started.elapsed().as_secs_f64();
-    let kept_path = config.dir.join("kept-checkpoint.txt");
-    std::fs::write(&kept_path, &kept.text)?;
     let segment_bytes = dir_bytes(&dir.join(crate::storage::SEGMENTS_DIR))?;
     let all_bytes = dir_bytes(&dir)?;
 
@@ -139,10 +140,22 @@ fn measure_log(
     let (verify_s, verify_peak_mib) = run_measured(&config.exe, &["verify", "--data-dir", &data])?;
     progress(&format!("verify --since of {events} events"));
     let kept_arg = kept_path.to_string_lossy().to_string();
+    let since_report = config.dir.join("since-report.json");
+    let since_report_arg = since_report.to_string_lossy().to_string();
     let (since_s, since_peak_mib) = run_measured(
         &config.exe,
-        &["verify", "--data-dir", &data, "--since", &kept_arg],
+        &[
+            "verify",
+            "--data-dir",
+            &data,
+            "--since",
+            &kept_arg,
+            "--json",
+            "--output",
+            &since_report_arg,
+        ],
     )?;
+    let since_incremental = was_incremental(&since_report)?;
     progress(&format!(
         "open and {} appends at {events} events",
         config.appends
@@ -162,51 +175,85 @@ fn measure_log(
         since_s,
         since_peak_mib,
         since_new_events: events - kept.size,
+        since_incremental,
     })
 }
 
-/// The certificate kept at 99% of the log.
+/// Whether a `--since` report says the run skipped the old part (the
+/// kept-checkpoint check carries the incremental note).
+fn was_incremental(report: &Path) -> anyhow::Result<bool> {
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report)?)?;
+    let checks = report["checks"]
+        .as_array()
+        .context("checks in the report")?;
+    Ok(checks.iter().any(|check| {
+        check["name"] == vellum_audit::verify::SINCE_CHECK
+            && check["note"]
+                .as_str()
+                .is_some_and(|note| note.contains(vellum_audit::since::INCREMENTAL_NOTE))
+    }))
+}
+
+/// The checkpoint kept at 99% of the log.
 struct Kept {
     size: u64,
-    text: String,
 }
 
 /// Appends `events` events of [`SCALE_EVENT_BYTES`] to a new data directory,
-/// `per_op` per append, over 16 streams; returns the certificate that was
-/// newest once 99% of them were in.
-fn build(dir: &Path, events: u64, per_op: u64) -> anyhow::Result<Kept> {
+/// `per_op` per append, over 16 streams. Once 99% of them are in, the log
+/// is closed and verified (`vellum verify --json`, as an auditor would),
+/// and the report kept at `kept_report` (its checkpoint and frontier are
+/// what the measured `--since` starts from); then the rest is appended.
+fn build(
+    dir: &Path,
+    events: u64,
+    per_op: u64,
+    exe: &Path,
+    kept_report: &Path,
+) -> anyhow::Result<Kept> {
     crate::init::init_data_dir(dir, None)?;
-    let (log, _) = LocalLog::open(dir, LogOptions::default())?;
-    let payload = Bytes::from(super::sample_payload(SCALE_EVENT_BYTES));
     let since_at = u64::try_from(u128::from(events) * u128::from(SINCE_AT_PER_MILLE) / 1000)
-        .expect("a share of a u64 fits a u64");
-    let mut kept = None;
-    let mut written = 0u64;
+        .expect("a share of a u64 fits a u64")
+        .max(1);
     let mut append = 0u64;
+    let (log, _) = LocalLog::open(dir, LogOptions::default())?;
+    append_events(&log, since_at, per_op, &mut append)?;
+    let size = log
+        .latest_certificate()
+        .context("a certificate after an append")?
+        .checkpoint
+        .size;
+    log.close()?;
+    let status = Command::new(exe)
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--json")
+        .arg("--output")
+        .arg(kept_report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "the verify at 99% failed: {status}");
+    let (log, _) = LocalLog::open(dir, LogOptions::default())?;
+    append_events(&log, events.saturating_sub(since_at), per_op, &mut append)?;
+    log.close()?;
+    Ok(Kept { size })
+}
+
+/// Appends `events` events, `per_op` per append, over 16 streams.
+fn append_events(log: &LocalLog, events: u64, per_op: u64, append: &mut u64) -> anyhow::Result<()> {
+    let payload = Bytes::from(super::sample_payload(SCALE_EVENT_BYTES));
+    let mut written = 0u64;
     while written < events {
-        // An op ends exactly at 99%, so the kept checkpoint is there.
-        let to_mark = match written < since_at {
-            true => since_at - written,
-            false => u64::MAX,
-        };
-        let n = per_op.min(events - written).min(to_mark);
+        let n = per_op.max(1).min(events - written);
         let batch: Vec<Bytes> = (0..n).map(|_| payload.clone()).collect();
-        let stream = StreamId::USER_MIN + append % 16;
+        let stream = StreamId::USER_MIN + *append % 16;
         log.append(stream, &batch, None, None)?;
         written += n;
-        append += 1;
-        if kept.is_none() && written >= since_at {
-            let certificate = log
-                .latest_certificate()
-                .context("a certificate after an append")?;
-            kept = Some(Kept {
-                size: certificate.checkpoint.size,
-                text: certificate.encode(),
-            });
-        }
+        *append += 1;
     }
-    log.close()?;
-    kept.context("the log has at least one event")
+    Ok(())
 }
 
 /// Runs `exe args`, polling its peak resident memory (VmHWM) until it
@@ -320,11 +367,11 @@ impl ScaleReport {
     /// The report as a table.
     pub fn to_text(&self) -> String {
         let mut out = String::from(
-            "events     per-op  open s  RSS open  RSS +appends  fds open/+app  disk B/ev (segs/dir, payload 512)  verify s  verify peak  --since s (new events)\n",
+            "events     per-op  open s  RSS open  RSS +appends  fds open/+app  disk B/ev (segs/dir, payload 512)  verify s  verify peak  --since s (new events, share of verify)\n",
         );
         for r in &self.rows {
             out.push_str(&format!(
-                "{:<10} {:<7} {:<7.3} {:<9} {:<13} {:<14} {:<34} {:<9.2} {:<12} {:.2} ({})\n",
+                "{:<10} {:<7} {:<7.3} {:<9} {:<13} {:<14} {:<34} {:<9.2} {:<12} {:.3} ({}, {:.1}%{})\n",
                 r.events,
                 r.events_per_op,
                 r.probe.open_s,
@@ -339,11 +386,13 @@ impl ScaleReport {
                 format!("{:.0} MiB", r.verify_peak_mib),
                 r.since_s,
                 r.since_new_events,
+                100.0 * r.since_s / r.verify_s.max(f64::MIN_POSITIVE),
+                if r.since_incremental { "" } else { ", NOT incremental" },
             ));
         }
         out.push_str(
             "verify and --since run as `vellum verify` child processes (peak = VmHWM polled every 5 ms);\n\
-             --since re-reads the whole log today: it checks the kept checkpoint against the full walk.\n",
+             --since starts from the JSON report of a verify at 99% (checkpoint and frontier) and reads only the rest.\n",
         );
         out
     }

@@ -41,6 +41,9 @@ pub struct KeptCheckpoint {
     pub source: String,
     /// The signed checkpoint text.
     pub text: String,
+    /// The tree's frontier at its size, as an earlier JSON report keeps it
+    /// (`reached_frontier`): what lets `--since` skip the old part.
+    pub frontier: Option<Vec<String>>,
 }
 
 impl KeptCheckpoint {
@@ -48,21 +51,32 @@ impl KeptCheckpoint {
     /// the JSON answer of `/v1/certificate` (`certificate` field), or an
     /// earlier JSON report (`reached.checkpoint`). Anything else is taken as
     /// certificate text, and the check says what is wrong with it.
+    /// An earlier report also keeps the tree's frontier at that checkpoint
+    /// (`reached_frontier`), which makes the run incremental.
     pub fn from_text(source: &str, text: &str) -> KeptCheckpoint {
-        let from_json = text
+        let json = text
             .trim_start()
             .starts_with('{')
             .then(|| serde_json::from_str::<serde_json::Value>(text).ok())
-            .flatten()
-            .and_then(|value| {
-                let field = value
-                    .get("certificate")
-                    .or_else(|| value.get("reached")?.get("checkpoint"))?;
-                field.as_str().map(str::to_string)
-            });
+            .flatten();
+        let from_json = json.as_ref().and_then(|value| {
+            let field = value
+                .get("certificate")
+                .or_else(|| value.get("reached")?.get("checkpoint"))?;
+            field.as_str().map(str::to_string)
+        });
+        let frontier = json.as_ref().and_then(|value| {
+            value
+                .get("reached_frontier")?
+                .as_array()?
+                .iter()
+                .map(|node| node.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+        });
         KeptCheckpoint {
             source: source.to_string(),
             text: from_json.unwrap_or_else(|| text.to_string()),
+            frontier,
         }
     }
 }
@@ -90,6 +104,10 @@ pub struct VerifyOptions {
     /// lookups of older ops re-read the log.
     pub ops_window: Option<usize>,
 }
+
+/// What the checks of one data directory give: the checks in order, what
+/// the log walk learned, and the break-glass uses of the access trail.
+pub type ReplicaChecks = (Vec<Check>, LogVerification, Vec<BreakGlassUse>);
 
 /// How [`replica_checks`] walks the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,19 +169,27 @@ pub fn verify_data_dir_with(
                 .unwrap_or(vellum_audit::verify::OPS_WINDOW_MAX),
         }),
     };
-    let (mut checks, log, break_glass) = replica_checks(
-        data_dir,
-        &log_policy,
-        options.index_url.as_deref(),
-        options.live.then_some(options.live_lag_ops_max),
-        mode,
-        progress,
-    );
+    let (incremental, since_note) = incremental_run(data_dir, &log_policy, options, mode, progress);
+    let (mut checks, log, break_glass) = match incremental {
+        Some(walked) => walked,
+        None => replica_checks(
+            data_dir,
+            &log_policy,
+            options.index_url.as_deref(),
+            options.live.then_some(options.live_lag_ops_max),
+            mode,
+            progress,
+        ),
+    };
     if !policy.cosigners.is_empty() {
         checks.push(check_kept_cosignatures(data_dir, policy, &log));
     }
     let since = options.since.as_ref().and_then(|kept| {
-        let (check, kept) = check_since(&kept.text, &kept.source, &log_policy, &log);
+        let (mut check, kept) = check_since(&kept.text, &kept.source, &log_policy, &log);
+        check.note = match (check.note.take(), since_note) {
+            (Some(own), Some(how)) => Some(format!("{own}; {how}")),
+            (own, how) => own.or(how),
+        };
         checks.push(check);
         kept
     });
@@ -173,10 +199,81 @@ pub fn verify_data_dir_with(
         checks,
         log.reached.clone(),
     );
+    report.reached_frontier = log
+        .reached
+        .as_ref()
+        .and_then(|reached| log.tree.frontier_at(reached.tree_size))
+        .map(|frontier| frontier.nodes().iter().map(|node| to_hex(node)).collect());
     report.since = since;
     report
         .with_break_glass(break_glass)
         .with_times(started, SystemTime::now())
+}
+
+/// The checks of an incremental `--since` run (`None`: read the whole
+/// log), and the note the kept-checkpoint check carries: what the run did
+/// not re-read, or why it read the whole log.
+fn incremental_run(
+    data_dir: &Path,
+    log_policy: &Policy,
+    options: &VerifyOptions,
+    mode: WalkMode,
+    progress: &mut dyn FnMut(u64),
+) -> (Option<ReplicaChecks>, Option<String>) {
+    let Some(kept) = &options.since else {
+        return (None, None);
+    };
+    let full = |why: String| {
+        (
+            None,
+            Some(format!("not incremental: {why}; the whole log was read")),
+        )
+    };
+    let start = match vellum_audit::since::SinceStart::new(
+        &kept.text,
+        kept.frontier.as_deref(),
+        log_policy,
+    ) {
+        Ok(start) => start,
+        Err(e) => return full(format!("the kept checkpoint: {e}")),
+    };
+    let WalkMode::Stream(stream_options) = mode else {
+        return full("a witness policy (or an oracle run) reads the whole log".into());
+    };
+    if options.live {
+        return full("--live".into());
+    }
+    let dir = DataDir::new(data_dir);
+    if log_policy.verifiers.len() > 1 {
+        return match incremental_replica_checks(
+            &dir,
+            log_policy,
+            options.index_url.as_deref(),
+            &start,
+            &stream_options,
+            progress,
+        ) {
+            Ok(walked) => (
+                Some(walked),
+                Some(vellum_audit::since::INCREMENTAL_NOTE.to_string()),
+            ),
+            Err(e) => full(e),
+        };
+    }
+    match incremental_checks(
+        &dir,
+        log_policy,
+        options.index_url.as_deref(),
+        &start,
+        &stream_options,
+        progress,
+    ) {
+        Ok(walked) => (
+            Some(walked),
+            Some(vellum_audit::since::INCREMENTAL_NOTE.to_string()),
+        ),
+        Err(e) => full(e),
+    }
 }
 
 /// The witness quorum of a data directory: the newest checkpoint that at
@@ -293,7 +390,7 @@ pub fn replica_checks(
 ) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
-    let mut checks = vec![check_meta(&dir, cluster)];
+    let checks = vec![check_meta(&dir, cluster)];
     if let WalkMode::Stream(options) = mode
         && live.is_none()
         && policy.verifiers.len() <= 1
@@ -307,6 +404,23 @@ pub fn replica_checks(
     {
         log.accept_live_tail();
     }
+    collected_checks(&dir, policy, index_url, live, None, checks, log)
+}
+
+/// The checks after a walk that kept every fact (of the part read, from
+/// `floor` on for an incremental run): uncovered ops relaxed for a replica
+/// of a cluster or a live run, then the index and the trail compared with
+/// the log up to its newest certificate (or the live bound).
+fn collected_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    live: Option<u64>,
+    floor: Option<stream::Floor>,
+    mut checks: Vec<Check>,
+    mut log: LogVerification,
+) -> ReplicaChecks {
+    let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     if live.is_some() || policy.verifiers.len() > 1 {
         // A replica of a cluster may hold prepared ops its certificates do
         // not cover yet (uncommitted, or committed but the certificate not
@@ -322,7 +436,7 @@ pub fn replica_checks(
     // are compared with the log up to its newest certificate. A live check
     // bounds them by the index's own progress instead (below).
     let certified_facts = (live.is_none() && policy.verifiers.len() > 1)
-        .then(|| certified_prefix(&log.facts))
+        .then(|| certified_prefix(&log.facts, floor))
         .flatten();
     let projected = certified_facts.as_ref().unwrap_or(&log.facts);
     checks.extend(log.checks.iter().cloned());
@@ -342,12 +456,15 @@ pub fn replica_checks(
             check.fail(FailureKind::Unreadable, "index url", e.to_string());
             check.finish()
         }
-        (Some(cluster), Ok(target)) => check_index_blocking(&target, cluster, projected, live),
+        (Some(cluster), Ok(target)) => {
+            check_index_blocking(&target, cluster, projected, live, floor)
+        }
     };
     checks.push(index_check);
     let mut break_glass = Vec::new();
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
-        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some());
+        let from = floor.map_or(0, |f| f.position);
+        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some(), from);
         checks.push(check);
         break_glass = uses;
     }
@@ -363,24 +480,117 @@ fn streaming_checks(
     index_url: Option<&str>,
     cluster: Option<u128>,
     options: &vellum_audit::verify::StreamOptions,
-    mut checks: Vec<Check>,
+    checks: Vec<Check>,
     progress: &mut dyn FnMut(u64),
 ) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
+    let walked = walk_and_compare(dir, index_url, cluster, None, checks, &mut |sink| {
+        Ok(vellum_audit::verify::verify_log_stream_with(
+            &dir.segments(),
+            policy,
+            options,
+            sink,
+            progress,
+        ))
+    });
+    walked.expect("a full walk always runs")
+}
+
+/// [`streaming_checks`] of only the part of the log after a kept
+/// checkpoint (`--since`, see `vellum_audit::since`): the log walk starts
+/// at the kept op, and the index and trail are compared from the kept
+/// tree size on. `Err`: the kept op is not in the log as signed (the
+/// caller then reads the whole log).
+fn incremental_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    start: &vellum_audit::since::SinceStart,
+    options: &vellum_audit::verify::StreamOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplicaChecks, String> {
+    let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
+    let checks = vec![check_meta(dir, cluster)];
+    let floor = stream::Floor {
+        position: start.size,
+        op: start.head.op,
+    };
+    walk_and_compare(dir, index_url, cluster, Some(floor), checks, &mut |sink| {
+        vellum_audit::verify::verify_log_since(
+            &dir.segments(),
+            policy,
+            start,
+            options,
+            sink,
+            progress,
+        )
+    })
+}
+
+/// [`incremental_checks`] of a replica of a cluster: the new part's
+/// facts are kept (memory grows with the new part only) and compared up to
+/// the replica's newest certificate, as [`replica_checks`] does for the
+/// whole log.
+fn incremental_replica_checks(
+    dir: &DataDir,
+    policy: &Policy,
+    index_url: Option<&str>,
+    start: &vellum_audit::since::SinceStart,
+    options: &vellum_audit::verify::StreamOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ReplicaChecks, String> {
+    let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
+    let checks = vec![check_meta(dir, cluster)];
+    let mut facts = LogFacts::default();
+    let mut log = vellum_audit::verify::verify_log_since(
+        &dir.segments(),
+        policy,
+        start,
+        options,
+        &mut facts,
+        progress,
+    )?;
+    // The walk counted every op (the kept ones too); the facts are of the new ones.
+    log.facts = facts;
+    let floor = stream::Floor {
+        position: start.size,
+        op: start.head.op,
+    };
+    Ok(collected_checks(
+        dir,
+        policy,
+        index_url,
+        None,
+        Some(floor),
+        checks,
+        log,
+    ))
+}
+
+/// The log check of `walk` with the audit index compared as the log is
+/// read (from `floor` on), then the access trail.
+fn walk_and_compare(
+    dir: &DataDir,
+    index_url: Option<&str>,
+    cluster: Option<u128>,
+    floor: Option<stream::Floor>,
+    mut checks: Vec<Check>,
+    walk: &mut dyn FnMut(&mut stream::IndexSink) -> Result<LogVerification, String>,
+) -> Result<ReplicaChecks, String> {
     let target = IndexTarget::parse(index_url, dir.root());
     let (mut sink, open_failed) = match (cluster, &target) {
-        (Some(cluster), Ok(target)) => match stream::IndexSink::open(target, cluster) {
+        (Some(cluster), Ok(target)) => match stream::IndexSink::open(target, cluster, floor) {
             Ok(sink) => (sink, None),
             Err(check) => (stream::IndexSink::idle(), Some(check)),
         },
         _ => (stream::IndexSink::idle(), None),
     };
-    let log = vellum_audit::verify::verify_log_stream_with(
-        &dir.segments(),
-        policy,
-        options,
-        &mut sink,
-        progress,
-    );
+    let log = match walk(&mut sink) {
+        Ok(log) => log,
+        Err(e) => {
+            sink.close();
+            return Err(e);
+        }
+    };
     checks.extend(log.checks.iter().cloned());
     if !log.complete {
         sink.close();
@@ -388,7 +598,7 @@ fn streaming_checks(
                    so the index cannot be compared with it";
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
-        return (checks, log, Vec::new());
+        return Ok((checks, log, Vec::new()));
     }
     let index_check = match (cluster, &target) {
         (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
@@ -406,24 +616,28 @@ fn streaming_checks(
     checks.push(index_check);
     let mut break_glass = Vec::new();
     if let (Some(cluster), Ok(target)) = (cluster, &target) {
-        let (check, uses) = check_trail_blocking(target, cluster, sink.trail_facts(), false);
+        let from = sink.first_position();
+        let (check, uses) = check_trail_blocking(target, cluster, sink.trail_facts(), false, from);
         checks.push(check);
         break_glass = uses;
     }
     sink.close();
-    (checks, log, break_glass)
+    Ok((checks, log, break_glass))
 }
 
 /// The facts of the log up to its newest certificate, when ops follow it
 /// (`None` when the certificate covers the whole log).
-fn certified_prefix(facts: &LogFacts) -> Option<LogFacts> {
+fn certified_prefix(facts: &LogFacts, floor: Option<stream::Floor>) -> Option<LogFacts> {
+    // An incremental walk's facts start after the kept op, which is certified.
+    let base = floor.map_or((0, 0), |f| (f.op, f.position));
     let (op, events) = facts
         .commits
         .iter()
         .map(|c| (c.op, c.tree_size))
         .max()
-        .unwrap_or((0, 0));
-    (facts.ops > op).then(|| trim_facts(facts, LiveBound { op, events }))
+        .unwrap_or(base)
+        .max(base);
+    (facts.ops + base.0 > op).then(|| trim_facts_after(facts, LiveBound { op, events }, base.0))
 }
 
 /// The access-trail check (P7), without keys: every trail event in the log
@@ -435,6 +649,7 @@ fn check_trail_blocking(
     cluster: u128,
     facts: &LogFacts,
     live: bool,
+    from_position: u64,
 ) -> (Check, Vec<BreakGlassUse>) {
     let mut check = Check::start("access trail");
     let mut break_glass = Vec::new();
@@ -461,6 +676,11 @@ fn check_trail_blocking(
     });
     match rows {
         Ok((rows, unpositioned, bound)) => {
+            // Incremental: rows of the trail before the part read are not compared.
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| r.position >= from_position)
+                .collect();
             let trimmed;
             let (rows, facts) = match bound {
                 Some(bound) => {
@@ -959,6 +1179,7 @@ fn check_index_blocking(
     cluster: u128,
     facts: &LogFacts,
     live: Option<u64>,
+    floor: Option<stream::Floor>,
 ) -> Check {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -971,18 +1192,21 @@ fn check_index_blocking(
             return check.finish();
         }
     };
-    runtime.block_on(check_index(target, cluster, facts, live))
+    runtime.block_on(check_index(target, cluster, facts, live, floor))
 }
 
 /// Compares every index row with the log: missing, extra and altered rows
 /// are failures naming the table and key. `live` (the most commits the
 /// index may lag by): compare up to the newest commit both hold, and fail
 /// when the index lags the log's newest certificate by more than that.
-pub async fn check_index(
+/// `floor`: an incremental walk's facts start there; rows before it are
+/// not compared.
+async fn check_index(
     target: &IndexTarget,
     cluster: u128,
     facts: &LogFacts,
     live: Option<u64>,
+    floor: Option<stream::Floor>,
 ) -> Check {
     let mut check = Check::start("audit index");
     let index = match Index::open_existing(target, cluster).await {
@@ -1022,7 +1246,9 @@ pub async fn check_index(
         }
         None => facts,
     };
-    if let Err(e) = compare_events(&index, facts, &mut check, bound.map(|b| b.events)).await {
+    let from = floor.map_or(0, |f| f.position);
+    let below = bound.map(|b| b.events);
+    if let Err(e) = compare_events(&index, facts, &mut check, below, from).await {
         check.fail(
             FailureKind::Unreadable,
             "index events",
@@ -1030,7 +1256,9 @@ pub async fn check_index(
         );
     }
     let commits: Vec<CommitKey> = facts.commits.iter().map(CommitKey::of).collect();
-    if let Err(e) = compare_commits(&index, &commits, &mut check, bound.map(|b| b.op)).await {
+    let after_op = floor.map_or(0, |f| f.op);
+    let through_op = bound.map(|b| b.op);
+    if let Err(e) = compare_commits(&index, &commits, &mut check, through_op, after_op).await {
         check.fail(
             FailureKind::Unreadable,
             "index commits",
@@ -1038,7 +1266,8 @@ pub async fn check_index(
         );
     }
     let keys: std::collections::BTreeMap<u64, u64> = facts.keys.iter().copied().collect();
-    if let Err(e) = compare_keys(&index, &keys, &mut check, bound.is_some()).await {
+    let relaxed = bound.is_some() || floor.is_some();
+    if let Err(e) = compare_keys(&index, &keys, &mut check, relaxed).await {
         check.fail(
             FailureKind::Unreadable,
             "index keys",
@@ -1054,9 +1283,10 @@ async fn compare_events(
     facts: &LogFacts,
     check: &mut Check,
     below: Option<u64>,
+    from_position: u64,
 ) -> Result<(), crate::index::IndexError> {
     let mut expected = facts.events.iter().peekable();
-    let mut from = 0u64;
+    let mut from = from_position;
     loop {
         let rows = index.events_after(from, INDEX_PAGE_ROWS_MAX).await?;
         let Some(last) = rows.last() else { break };
@@ -1136,14 +1366,17 @@ impl CommitKey {
     }
 }
 
+/// Compares the commits table with the log's certificates of ops after
+/// `after_op` (0: all) and up to `through_op` (`None`: all).
 async fn compare_commits(
     index: &Index,
     commits: &[CommitKey],
     check: &mut Check,
     through_op: Option<u64>,
+    after_op: u64,
 ) -> Result<(), crate::index::IndexError> {
     let mut rows = Vec::new();
-    let mut from = 0u64;
+    let mut from = after_op.saturating_add(1);
     loop {
         let page = index.commits_after(from, INDEX_PAGE_ROWS_MAX).await?;
         let Some(last) = page.last() else { break };
@@ -1181,7 +1414,7 @@ async fn compare_commits(
         }
     }
     let in_index: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.op).collect();
-    for fact in commits {
+    for fact in commits.iter().filter(|c| c.op > after_op) {
         if !in_index.contains(&fact.op) {
             check.fail(
                 FailureKind::IndexMismatch,
@@ -1291,7 +1524,13 @@ fn live_note(bound: LiveBound) -> String {
 
 /// The facts of the log up to `bound`.
 fn trim_facts(facts: &LogFacts, bound: LiveBound) -> LogFacts {
-    let ops = usize::try_from(bound.op).unwrap_or(usize::MAX);
+    trim_facts_after(facts, bound, 0)
+}
+
+/// [`trim_facts`] of facts whose first op is `floor_op + 1` (an
+/// incremental walk's).
+fn trim_facts_after(facts: &LogFacts, bound: LiveBound, floor_op: u64) -> LogFacts {
+    let ops = usize::try_from(bound.op.saturating_sub(floor_op)).unwrap_or(usize::MAX);
     LogFacts {
         events: facts
             .events
@@ -1306,7 +1545,7 @@ fn trim_facts(facts: &LogFacts, bound: LiveBound) -> LogFacts {
             .cloned()
             .collect(),
         keys: facts.keys.iter().take(ops).copied().collect(),
-        ops: facts.ops.min(bound.op),
+        ops: facts.ops.min(bound.op.saturating_sub(floor_op)),
         op_headers: facts.op_headers.iter().take(ops).cloned().collect(),
     }
 }
