@@ -18,6 +18,7 @@
 //!              audit-event-type rest      restful-interaction read          R
 //! verify       audit-event-type rest      restful-interaction operation     E
 //! auth_failed  DCM 110114 User Authentication  DCM 110122 Login            E
+//! kek_rotated  DCM 110113 Security Alert       DCM 110129 Security Configuration  E
 //! break_glass  DCM 110110 Patient Record  restful-interaction operation     E
 //! ```
 //!
@@ -121,6 +122,17 @@ fn coding_of(action: AccessAction) -> Coding {
         }
         AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
         AccessAction::BreakGlass => patient_record("operation", "E"),
+        // DICOM CID 403 "Security Alert Type": a key-encryption key
+        // changed is a change of the security configuration.
+        AccessAction::KekRotated => Coding {
+            type_system: DICOM_SYSTEM,
+            type_code: "110113",
+            type_display: "Security Alert",
+            subtype_system: DICOM_SYSTEM,
+            subtype_code: "110129",
+            subtype_display: Some("Security Configuration"),
+            action: "E",
+        },
         AccessAction::AuthFailed => Coding {
             type_system: DICOM_SYSTEM,
             type_code: "110114",

@@ -63,10 +63,14 @@ pub(crate) async fn record_access(
     if role.is_primary || events.is_empty() {
         return run_blocking(state, move |node| node.record_access(events)).await;
     }
-    // The record names the backup that served the access.
+    // The record names the backup that served the access (a backup's own
+    // KEK rotation served no client: it names the backup as principal).
     let events = events
         .into_iter()
         .map(|mut event| {
+            if event.action == AccessAction::KekRotated {
+                return event;
+            }
             let client = event.remote.as_deref().unwrap_or("unknown");
             event.remote = Some(vellum_compliance::trail::clip_text(&format!(
                 "{client} served by replica {}",
@@ -224,7 +228,12 @@ fn check_relayed(event: &AccessEvent) -> Result<(), String> {
         event.action,
         AccessAction::ReadStream | AccessAction::ReadLog | AccessAction::Subscribe
     );
-    if !read {
+    // A backup's own KEK rotation, recorded at its start (the only
+    // non-read a backup relays; it names no stream).
+    let kek_rotated = event.action == AccessAction::KekRotated
+        && event.role == "system"
+        && event.stream.is_none();
+    if !(read || kek_rotated) {
         return Err(format!(
             "action {} is not a read a backup serves",
             event.action.as_str()
