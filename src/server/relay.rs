@@ -314,4 +314,33 @@ mod tests {
         let body = serde_json::to_vec(&many).expect("json");
         assert!(relayed_events(&body).is_err(), "too many");
     }
+
+    /// Goal: a backup's own KEK rotation record is relayed (role `system`,
+    /// no stream); the same action with a client's role or naming a stream
+    /// is refused, so a replica certificate cannot dress up other records.
+    #[test]
+    fn relay_accepts_a_backups_kek_rotation_record_only_as_system() {
+        let rotation = AccessEvent {
+            principal: "vellum-0123-r1".into(),
+            role: "system".into(),
+            stream: None,
+            from: None,
+            to: None,
+            ..read_event(AccessAction::KekRotated)
+        };
+        let body = serde_json::to_vec(&vec![rotation.clone()]).expect("json");
+        assert_eq!(relayed_events(&body).expect("a rotation").len(), 1);
+        let as_writer = AccessEvent {
+            role: "writer".into(),
+            ..rotation.clone()
+        };
+        let with_stream = AccessEvent {
+            stream: Some(5001),
+            ..rotation
+        };
+        for event in [as_writer, with_stream] {
+            let body = serde_json::to_vec(&vec![event.clone()]).expect("json");
+            assert!(relayed_events(&body).is_err(), "{event:?} must be refused");
+        }
+    }
 }
