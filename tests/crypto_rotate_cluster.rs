@@ -5,6 +5,7 @@
 //! access trail, every replica decrypts every event byte for byte with the
 //! new KEK, and `vellum verify --cluster` passes.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,19 @@ async fn rolling_kek_rotation_on_a_live_cluster() {
         .expect("append before");
     let written = receipt.first_position + 3;
     let new_kek = dir.path().join("new-kek.key");
-    vellum::crypto::Kek::create_file(&new_kek).expect("new kek");
+    let (code, _, err) = vellum_cli(&["keys", "new-kek", "--out", s(&new_kek)]);
+    assert_eq!(code, 0, "keys new-kek: {err}");
+    let (code, _, err) = vellum_cli(&["keys", "new-kek", "--out", s(&new_kek)]);
+    assert_ne!(code, 0, "new-kek never overwrites");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&new_kek)
+            .expect("kek")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let old_line = std::fs::read(cluster.data_dir(0).join("keys/kek.key")).expect("old kek");
 
     let data0 = cluster.data_dir(0);

@@ -1,6 +1,7 @@
 //! `vellum keys show`: public key material only. `vellum keys rotate-kek`:
 //! a new key-encryption key for a stopped replica (wiring only; the
-//! rotation is `crypto::rotate_kek`).
+//! rotation is `crypto::rotate_kek`). `vellum keys new-kek`: a KEK file to
+//! rotate a cluster's replicas to.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,17 @@ enum KeysCommand {
     /// start (or by --recover-only). Recorded in the access trail at the
     /// replica's next start.
     RotateKek(RotateKekArgs),
+    /// Write a new random file KEK to a new 0600 file (refuses to
+    /// overwrite): the KEK every replica of a cluster rotates to with
+    /// `rotate-kek --new-kek-file`.
+    NewKek(NewKekArgs),
+}
+
+#[derive(Debug, Args)]
+struct NewKekArgs {
+    /// The file to create (mode 0600; its directory should be private).
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +81,11 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         KeysCommand::Show(args) => show(args),
         KeysCommand::RotateKek(args) => rotate_kek(args),
+        KeysCommand::NewKek(args) => {
+            drop(crate::crypto::Kek::create_file(&args.out)?);
+            println!("wrote a new key-encryption key to {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
