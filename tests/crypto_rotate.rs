@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod support;
+
 use vellum::crypto::{
     CrashGate, CryptoError, EventAad, Kek, KeyHome, KeyStore, NewKek, ROTATED_RECORDS_FILE,
     ROTATION_JOURNAL_FILE, ROTATION_STAGING_DIR, Recovery, kek_fingerprint, open_event,
@@ -373,4 +375,104 @@ fn crash_recovery_at_every_step(k: u32) -> u32 {
         }
     }
     panic!("recovery never finished within 100 steps")
+}
+
+/// Goal: `vellum keys rotate-kek` refuses bad input with a message naming
+/// what is wrong, and changes nothing: a KEK file others may read, a
+/// malformed one, a missing one, the KEK in use, a token flag on a file
+/// KEK, a directory that is not a data directory. Then a good rotation
+/// works, `--recover-only` finds nothing, and the events read back.
+#[test]
+fn rotate_kek_cli_refuses_bad_input_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = support::TestDir::new("vellum-rotate-cli");
+    let data = dir.path().join("data");
+    let d = data.to_str().expect("utf-8");
+    let (code, _, err) = support::vellum_cli(&["init", "--data-dir", d]);
+    assert_eq!(code, 0, "init: {err}");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"n\":1,\"t\":\"caf\u{e9}\"}\n{\"n\":2}\n").expect("events");
+    let (code, _, err) = support::vellum_cli(&[
+        "append",
+        "--data-dir",
+        d,
+        "--stream",
+        "16",
+        "--file",
+        events.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "append: {err}");
+    let kek_before = std::fs::read(data.join("keys/kek.key")).expect("kek");
+
+    let open_kek = dir.path().join("open.key");
+    std::fs::copy(dir.path().join("data/keys/kek.key"), &open_kek).expect("copy");
+    std::fs::set_permissions(&open_kek, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let in_use = dir.path().join("in-use.key");
+    std::fs::copy(dir.path().join("data/keys/kek.key"), &in_use).expect("copy");
+    std::fs::set_permissions(&in_use, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let malformed = dir.path().join("malformed.key");
+    std::fs::write(&malformed, "vellum-kek-v1 not-base64\n").expect("write");
+    std::fs::set_permissions(&malformed, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let p = |path: &Path| path.to_str().expect("utf-8").to_string();
+    let missing = dir.path().join("missing.key");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--new-kek-file".into(), p(&open_kek)],
+            "insecure permissions",
+        ),
+        (
+            vec!["--new-kek-file".into(), p(&malformed)],
+            "invalid base64",
+        ),
+        (vec!["--new-kek-file".into(), p(&missing)], "missing.key"),
+        (vec!["--new-kek-file".into(), p(&in_use)], "in use"),
+        (vec!["--new-key-label".into(), "x".into()], "pkcs11"),
+    ];
+    for (flags, says) in cases {
+        let mut args = vec!["keys", "rotate-kek", "--data-dir", d];
+        args.extend(flags.iter().map(String::as_str));
+        let (code, out, err) = support::vellum_cli(&args);
+        assert_ne!(code, 0, "{flags:?} must be refused: {out}");
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert_eq!(
+            std::fs::read(data.join("keys/kek.key")).expect("kek"),
+            kek_before,
+            "{flags:?} changed the kek"
+        );
+        for leftover in [ROTATION_JOURNAL_FILE, ROTATION_STAGING_DIR, "kek.next"] {
+            assert!(
+                !data.join("keys").join(leftover).exists(),
+                "{flags:?}: {leftover}"
+            );
+        }
+    }
+    let nowhere = dir.path().join("nowhere");
+    let (code, _, err) = support::vellum_cli(&[
+        "keys",
+        "rotate-kek",
+        "--data-dir",
+        nowhere.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nowhere"), "{err}");
+
+    let (code, out, err) = support::vellum_cli(&["keys", "rotate-kek", "--data-dir", d, "--json"]);
+    assert_eq!(code, 0, "rotate: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["keys_rewrapped"], 1, "{out}");
+    assert_ne!(
+        std::fs::read(data.join("keys/kek.key")).expect("kek"),
+        kek_before
+    );
+    let (code, out, _) =
+        support::vellum_cli(&["keys", "rotate-kek", "--data-dir", d, "--recover-only"]);
+    assert_eq!((code, out.trim()), (0, "no kek rotation was in progress"));
+    let (code, out, err) = support::vellum_cli(&["read", "--data-dir", d, "--stream", "16"]);
+    assert_eq!(code, 0, "read: {err}");
+    assert_eq!(
+        out, "{\"n\":1,\"t\":\"caf\u{e9}\"}\n{\"n\":2}\n",
+        "byte for byte"
+    );
+    let (code, out, err) = support::vellum_cli(&["verify", "--data-dir", d]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
 }
