@@ -379,4 +379,30 @@ mod tests {
         assert_eq!(outcome_code("denied"), "4");
         assert_eq!(outcome_code("failed: disk"), "8");
     }
+
+    // Goal: a KEK rotation's trail event becomes a DICOM Security Alert /
+    // Security Configuration AuditEvent naming the replica as its agent,
+    // a data processor (role `system`).
+    #[test]
+    fn a_kek_rotation_is_a_security_configuration_alert() {
+        let event: AccessEvent = serde_json::from_str(
+            r#"{"v":1,"time_ns":5,"principal":"vellum-0123-r1","role":"system","action":"kek_rotated","outcome":"success","detail":"kek rotated: old aa -> new bb (file key-encryption key)"}"#,
+        )
+        .expect("a kek_rotated event parses");
+        let resource = audit_event(&event, "vellum-0123-r0", Some(9));
+        assert_eq!(resource["type"]["code"], "110113");
+        assert_eq!(resource["type"]["display"], "Security Alert");
+        assert_eq!(resource["subtype"][0]["code"], "110129");
+        assert_eq!(resource["subtype"][0]["display"], "Security Configuration");
+        assert_eq!(resource["action"], "E");
+        assert_eq!(resource["outcome"], "0");
+        assert_eq!(
+            resource["agent"][0]["who"]["identifier"]["value"],
+            "vellum-0123-r1"
+        );
+        assert_eq!(
+            resource["agent"][0]["type"]["coding"][0]["code"],
+            "dataprocessor"
+        );
+    }
 }
