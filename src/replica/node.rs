@@ -619,6 +619,14 @@ impl Node for ReplicaNode {
             .collect())
     }
 
+    fn replica_key_name(&self, replica: u8) -> Option<String> {
+        self.log
+            .policy()
+            .verifiers
+            .get(usize::from(replica))
+            .map(|v| v.name().to_string())
+    }
+
     fn kek_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
         crate::crypto::clear_rotation_records(&self.log.data_dir().keys(), recorded)
             .map_err(|e| TrailError::Internal(internal_kek_fault(&e)))

@@ -186,6 +186,16 @@ pub(crate) async fn accept(
         Ok(events) => events,
         Err(error) => return error.into_response(),
     };
+    // A KEK rotation record is the relaying replica's own: it must name it.
+    let own_name = state.node.replica_key_name(replica);
+    if let Some(index) = events.iter().position(|e| {
+        e.action == AccessAction::KekRotated && own_name.as_deref() != Some(e.principal.as_str())
+    }) {
+        return ApiError::bad_request(format!(
+            "relayed event {index}: a kek_rotated record must name the relaying replica {replica} as principal"
+        ))
+        .into_response();
+    }
     let recorded = events.len() as u64;
     tracing::debug!(
         replica,
