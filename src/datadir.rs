@@ -158,6 +158,92 @@ impl NodeMeta {
     }
 }
 
+impl NodeMeta {
+    /// Replaces `vellum.json` atomically and durably: what a KEK rotation
+    /// that moves the KEK to a new token key does (its only change after
+    /// init). The new file is a new inode: a process waiting for the
+    /// directory lock on the old one reloads the file once it holds the
+    /// lock (`LocalLog::open` does).
+    pub fn replace(&self, dir: &DataDir) -> Result<(), MetaError> {
+        let path = dir.meta();
+        let text = serde_json::to_string_pretty(self).expect("metadata always serializes");
+        crate::fsutil::replace_durable(&path, text.as_bytes(), 0o644)
+            .map_err(|source| MetaError::Io { path, source })
+    }
+
+    /// Finishes or undoes a KEK rotation a crash cut short (see
+    /// `crypto::recover_kek_rotation`), writing `vellum.json` if the
+    /// finished rotation moved the KEK; returns the metadata in force.
+    /// Call with the directory's lock held, before opening the key store.
+    pub fn recover_kek_rotation(
+        self,
+        dir: &DataDir,
+    ) -> Result<(NodeMeta, crate::crypto::Recovery), crate::crypto::CryptoError> {
+        let mut meta = self;
+        let keys = dir.keys();
+        let kek_file = dir.kek();
+        let home = crate::crypto::KeyHome {
+            keys_dir: &keys,
+            kek_file: &kek_file,
+            writer_id: meta.replica,
+        };
+        let mut written = meta.clone();
+        let recovery = crate::crypto::recover_kek_rotation(
+            home,
+            &mut |config| {
+                written.kek = config.cloned();
+                written.replace(dir).map_err(|e| meta_io(dir, e))
+            },
+            &mut crate::crypto::CrashGate::never(),
+        )?;
+        if let crate::crypto::Recovery::Finished(report) = &recovery {
+            meta.kek = report.config.clone();
+        }
+        Ok((meta, recovery))
+    }
+}
+
+impl NodeMeta {
+    /// Rotates this data directory's KEK (`crypto::rotate_kek`) after
+    /// finishing any rotation a crash cut short, writing `vellum.json` when
+    /// the KEK moves to a new token key. Call with the directory's lock
+    /// held and the replica stopped.
+    pub fn rotate_kek(
+        self,
+        dir: &DataDir,
+        new: crate::crypto::NewKek<'_>,
+        gate: &mut crate::crypto::CrashGate,
+    ) -> Result<crate::crypto::RotationReport, crate::crypto::CryptoError> {
+        let (meta, _) = self.recover_kek_rotation(dir)?;
+        let keys = dir.keys();
+        let kek_file = dir.kek();
+        let home = crate::crypto::KeyHome {
+            keys_dir: &keys,
+            kek_file: &kek_file,
+            writer_id: meta.replica,
+        };
+        let mut written = meta.clone();
+        crate::crypto::rotate_kek(
+            home,
+            meta.kek.as_ref(),
+            new,
+            &mut |config| {
+                written.kek = config.cloned();
+                written.replace(dir).map_err(|e| meta_io(dir, e))
+            },
+            gate,
+        )
+    }
+}
+
+/// A `vellum.json` write failure as a crypto error (the rotation's).
+pub(crate) fn meta_io(dir: &DataDir, error: MetaError) -> crate::crypto::CryptoError {
+    crate::crypto::CryptoError::Io {
+        path: dir.meta(),
+        source: std::io::Error::other(error.to_string()),
+    }
+}
+
 /// Polling interval while waiting for the data directory lock.
 const LOCK_POLL_MS: u64 = 50;
 

@@ -463,7 +463,8 @@ fn hsm_kek_misconfigurations_are_named() {
 /// file anywhere, no PIN in vellum.json) takes events, survives restarts
 /// (each CLI call is a fresh process), reads them back byte for byte, and
 /// `vellum verify` passes; with a wrong PIN the log refuses to open, naming
-/// the pin, and is left intact.
+/// the pin, and is left intact; `vellum keys rotate-kek --new-key-label`
+/// moves it to a new token key, destroys the old one, and all still holds.
 #[test]
 fn hsm_kek_data_dir_appends_restarts_reads_and_verifies() {
     let Some(token) = token("hsm_kek_data_dir_appends_restarts_reads_and_verifies") else {
@@ -575,6 +576,55 @@ fn hsm_kek_data_dir_appends_restarts_reads_and_verifies() {
     let KekConfig::Pkcs11(parsed) = kek;
     assert_eq!(parsed.key_label, label);
     assert_eq!(parsed.pin_file.as_deref(), Some(pin.as_path()));
+
+    // `vellum keys rotate-kek`: a new token key, vellum.json names it, the
+    // events read back byte for byte and verify; the old key is gone.
+    let new_label = unique_label("datadir-rotated");
+    let (code, out, err) = vellum_cli(&[
+        "keys",
+        "rotate-kek",
+        "--data-dir",
+        &s(&data),
+        "--new-key-label",
+        &new_label,
+    ]);
+    assert_eq!(code, 0, "rotate-kek: {out}\n{err}");
+    assert!(out.contains("data keys rewrapped"), "{out}");
+    let rotated: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("vellum.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(rotated["kek"]["pkcs11"]["key_label"], new_label.as_str());
+    assert_eq!(
+        rotated["name"],
+        parsed_name(&meta),
+        "the rest of vellum.json kept"
+    );
+    let (code, out, err) = vellum_cli(&["read", "--data-dir", &s(&data), "--stream", "16"]);
+    assert_eq!(code, 0, "read after rotation: {err}");
+    assert_eq!(out, events.join("\n") + "\n");
+    let (code, out, err) = vellum_cli(&["verify", "--data-dir", &s(&data)]);
+    assert_eq!(code, 0, "verify after rotation: {out}\n{err}");
+    let old_config = Pkcs11Config {
+        key_label: label.clone(),
+        ..parsed
+    };
+    assert!(
+        matches!(
+            Pkcs11Kek::open(&old_config),
+            Err(CryptoError::Hsm {
+                failure: HsmFailure::KeyNotFound,
+                ..
+            })
+        ),
+        "the old token key is destroyed"
+    );
+    let (code, _, err) = vellum_cli(&["keys", "rotate-kek", "--data-dir", &s(&data)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--new-key-label"), "{err}");
+}
+
+fn parsed_name(meta: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(meta).expect("json")["name"].clone()
 }
 
 /// Goal: the full demo (three replica processes, failover, catch-up,
@@ -737,5 +787,122 @@ fn hsm_kek_init_refusals_leave_nothing() {
             "{case}: init left {} behind",
             data.display()
         );
+    }
+}
+
+/// Goal: a KEK rotation from one token key to a new one rewraps every data
+/// key (each event opens byte for byte under the new key), records the new
+/// key's label through `persist`, destroys the old token key, and a crash
+/// before the commit point destroys the new key instead; a crash at or
+/// after it is finished by recovery. The old key is refused afterwards.
+#[test]
+fn hsm_kek_rotation_rewraps_every_key_and_destroys_the_old_one() {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir,
+        config: old,
+    }) = setup(
+        "hsm_kek_rotation_rewraps_every_key_and_destroys_the_old_one",
+        "hsm-rotate",
+        "rotate-old",
+    )
+    else {
+        return;
+    };
+    // Prepare journal, new key, staging dir, 3 keys, marker: the commit
+    // journal is step 8; step 15 is the old key's destruction.
+    for (k, committed) in [
+        (2, false),
+        (7, false),
+        (8, true),
+        (15, true),
+        (u32::MAX, true),
+    ] {
+        let keys = dir.path().join(format!("keys-{k}"));
+        let old = Pkcs11Config {
+            key_label: unique_label("rotate-old"),
+            ..old.clone()
+        };
+        let new = Pkcs11Config {
+            key_label: unique_label("rotate-new"),
+            ..old.clone()
+        };
+        let store =
+            KeyStore::create(&keys, Pkcs11Kek::generate(&old).expect("old kek"), 0).expect("store");
+        let mut sealed = Vec::new();
+        for stream in [16u64, 17, 18] {
+            let (key_id, dek) = store.create_key(stream).expect("key");
+            let aad = EventAad {
+                cluster: 1,
+                stream,
+                stream_offset: 0,
+                key_id,
+            };
+            let nonce = store.next_nonce(key_id).expect("nonce");
+            let payload = format!("{{\"n\":{stream},\"t\":\"caf\u{e9}\"}}").into_bytes();
+            let bytes = seal_event(&dek, nonce, &aad, &[3; 32], &payload).expect("seal");
+            sealed.push((key_id, nonce, aad, bytes, payload));
+        }
+        drop(store);
+        let kek_file = keys.join("kek.key");
+        let home = vellum::crypto::KeyHome {
+            keys_dir: &keys,
+            kek_file: &kek_file,
+            writer_id: 0,
+        };
+        let mut persisted = None;
+        let current = KekConfig::Pkcs11(old.clone());
+        let mut gate = match k {
+            u32::MAX => vellum::crypto::CrashGate::never(),
+            k => vellum::crypto::CrashGate::after(k),
+        };
+        let rotated = vellum::crypto::rotate_kek(
+            home,
+            Some(&current),
+            vellum::crypto::NewKek::Pkcs11(new.clone()),
+            &mut |config| {
+                persisted = config.cloned();
+                Ok(())
+            },
+            &mut gate,
+        );
+        assert_eq!(rotated.is_ok(), k == u32::MAX, "step {k}: {rotated:?}");
+        let recovery = vellum::crypto::recover_kek_rotation(
+            home,
+            &mut |config| {
+                persisted = config.cloned();
+                Ok(())
+            },
+            &mut vellum::crypto::CrashGate::never(),
+        )
+        .expect("recover");
+        let (kept, gone) = match committed {
+            true => (&new, &old),
+            false => (&old, &new),
+        };
+        assert_eq!(
+            matches!(recovery, vellum::crypto::Recovery::RolledBack),
+            !committed,
+            "step {k}: {recovery:?}"
+        );
+        if committed {
+            assert_eq!(persisted, Some(KekConfig::Pkcs11(new.clone())), "step {k}");
+        }
+        let store = KeyStore::open(&keys, Pkcs11Kek::open(kept).expect("kept kek"), 0)
+            .unwrap_or_else(|e| panic!("step {k}: {e}"));
+        for (key_id, nonce, aad, bytes, payload) in &sealed {
+            let dek = store.key(*key_id).expect("lookup").expect("key kept");
+            let opened = open_event(&dek, nonce, aad, bytes).expect("open");
+            assert_eq!(opened.payload[..], payload[..], "step {k}: byte for byte");
+        }
+        drop(store);
+        match Pkcs11Kek::open(gone) {
+            Err(CryptoError::Hsm {
+                failure: HsmFailure::KeyNotFound,
+                ..
+            }) => {}
+            other => panic!("step {k}: the retired token key is destroyed: {other:?}"),
+        }
     }
 }

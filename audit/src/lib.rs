@@ -18,6 +18,7 @@ pub mod error;
 pub mod frontier;
 pub mod hash;
 pub mod html;
+pub mod key_history;
 pub mod leaf;
 pub mod merkle;
 pub mod note;

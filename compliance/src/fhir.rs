@@ -18,6 +18,7 @@
 //!              audit-event-type rest      restful-interaction read          R
 //! verify       audit-event-type rest      restful-interaction operation     E
 //! auth_failed  DCM 110114 User Authentication  DCM 110122 Login            E
+//! kek_rotated  DCM 110113 Security Alert       DCM 110129 Security Configuration  E
 //! break_glass  DCM 110110 Patient Record  restful-interaction operation     E
 //! ```
 //!
@@ -121,6 +122,17 @@ fn coding_of(action: AccessAction) -> Coding {
         }
         AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
         AccessAction::BreakGlass => patient_record("operation", "E"),
+        // DICOM CID 403 "Security Alert Type": a key-encryption key
+        // changed is a change of the security configuration.
+        AccessAction::KekRotated => Coding {
+            type_system: DICOM_SYSTEM,
+            type_code: "110113",
+            type_display: "Security Alert",
+            subtype_system: DICOM_SYSTEM,
+            subtype_code: "110129",
+            subtype_display: Some("Security Configuration"),
+            action: "E",
+        },
         AccessAction::AuthFailed => Coding {
             type_system: DICOM_SYSTEM,
             type_code: "110114",
@@ -366,5 +378,31 @@ mod tests {
         assert_eq!(outcome_code("refused: bad range"), "4");
         assert_eq!(outcome_code("denied"), "4");
         assert_eq!(outcome_code("failed: disk"), "8");
+    }
+
+    // Goal: a KEK rotation's trail event becomes a DICOM Security Alert /
+    // Security Configuration AuditEvent naming the replica as its agent,
+    // a data processor (role `system`).
+    #[test]
+    fn a_kek_rotation_is_a_security_configuration_alert() {
+        let event: AccessEvent = serde_json::from_str(
+            r#"{"v":1,"time_ns":5,"principal":"vellum-0123-r1","role":"system","action":"kek_rotated","outcome":"success","detail":"kek rotated: old aa -> new bb (file key-encryption key)"}"#,
+        )
+        .expect("a kek_rotated event parses");
+        let resource = audit_event(&event, "vellum-0123-r0", Some(9));
+        assert_eq!(resource["type"]["code"], "110113");
+        assert_eq!(resource["type"]["display"], "Security Alert");
+        assert_eq!(resource["subtype"][0]["code"], "110129");
+        assert_eq!(resource["subtype"][0]["display"], "Security Configuration");
+        assert_eq!(resource["action"], "E");
+        assert_eq!(resource["outcome"], "0");
+        assert_eq!(
+            resource["agent"][0]["who"]["identifier"]["value"],
+            "vellum-0123-r1"
+        );
+        assert_eq!(
+            resource["agent"][0]["type"]["coding"][0]["code"],
+            "dataprocessor"
+        );
     }
 }

@@ -64,6 +64,10 @@ pub enum AccessAction {
     AuthFailed,
     /// Emergency access to a stream opened (break-glass), with a reason.
     BreakGlass,
+    /// A replica's key-encryption key rotated (`vellum keys rotate-kek`):
+    /// recorded by that replica at its next start; `detail` names the old
+    /// and new KEK fingerprints, never key material.
+    KekRotated,
 }
 
 impl AccessAction {
@@ -86,6 +90,7 @@ impl AccessAction {
             AccessAction::Verify => "verify",
             AccessAction::AuthFailed => "auth_failed",
             AccessAction::BreakGlass => "break_glass",
+            AccessAction::KekRotated => "kek_rotated",
         }
     }
 

@@ -1,11 +1,16 @@
-//! `vellum keys show`: public key material only.
+//! `vellum keys show`: public key material only. `vellum keys rotate-kek`:
+//! a new key-encryption key for a stopped replica (wiring only; the
+//! rotation is `crypto::rotate_kek`). `vellum keys new-kek`: a KEK file to
+//! rotate a cluster's replicas to.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
 use super::print_json;
-use crate::datadir::DataDir;
+use crate::crypto::{CrashGate, KekConfig, NewKek, Recovery};
+use crate::datadir::{DataDir, NodeMeta};
 
 /// `vellum keys`
 #[derive(Debug, Args)]
@@ -18,13 +23,30 @@ pub struct KeysArgs {
 enum KeysCommand {
     /// Show this replica's public keys (never secrets).
     Show(ShowArgs),
+    /// Rotate a stopped replica's key-encryption key: every data key is
+    /// rewrapped under a new KEK, then the old KEK is destroyed. Crash-safe:
+    /// an interrupted rotation is finished or undone at the replica's next
+    /// start (or by --recover-only). Recorded in the access trail at the
+    /// replica's next start.
+    RotateKek(RotateKekArgs),
+    /// Write a new random file KEK to a new 0600 file (refuses to
+    /// overwrite): the KEK every replica of a cluster rotates to with
+    /// `rotate-kek --new-kek-file`.
+    NewKek(NewKekArgs),
+}
+
+#[derive(Debug, Args)]
+struct NewKekArgs {
+    /// The file to create (mode 0600; its directory should be private).
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
 struct ShowArgs {
     /// The replica's data directory.
     #[arg(long, value_name = "DIR")]
-    data_dir: std::path::PathBuf,
+    data_dir: PathBuf,
     /// Print only the verifier keys, one per line, in signed-note vkey format.
     #[arg(long)]
     vkeys: bool,
@@ -33,8 +55,41 @@ struct ShowArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct RotateKekArgs {
+    /// The stopped replica's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// File KEK: install the KEK in this 0600 file (`vellum-kek-v1 <base64>`)
+    /// instead of generating one, so every replica of a cluster rotates to
+    /// the same KEK. The file is copied; destroy it when all have rotated.
+    #[arg(long, value_name = "PATH", conflicts_with = "new_key_label")]
+    new_kek_file: Option<PathBuf>,
+    /// PKCS#11 KEK: the label of the new AES key, generated on the same
+    /// token (no key may carry it yet); the old key is destroyed.
+    #[arg(long, value_name = "LABEL")]
+    new_key_label: Option<String>,
+    /// Only finish or undo a rotation a crash interrupted; rotate nothing.
+    #[arg(long, conflicts_with_all = ["new_kek_file", "new_key_label"])]
+    recover_only: bool,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
-    let KeysCommand::Show(args) = args.command;
+    match args.command {
+        KeysCommand::Show(args) => show(args),
+        KeysCommand::RotateKek(args) => rotate_kek(args),
+        KeysCommand::NewKek(args) => {
+            drop(crate::crypto::Kek::create_file(&args.out)?);
+            println!("wrote a new key-encryption key to {}", args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     super::check_data_dir(&args.data_dir, true)?;
     let dir = DataDir::new(&args.data_dir);
     // Only public keys are printed, but world-readable secrets next to them
@@ -54,6 +109,71 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         println!("name    {}", signer.name());
         println!("key id  {}", crate::cli::hex(&signer.key_id()));
         println!("vkey    {vkey}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_kek(args: RotateKekArgs) -> anyhow::Result<ExitCode> {
+    super::check_data_dir(&args.data_dir, true)?;
+    let dir = DataDir::new(&args.data_dir);
+    super::check_key_permissions(&dir)?;
+    // Offline only: a running replica holds the lock, and its key store
+    // would keep using the old KEK's wrapped keys.
+    let _lock = dir.lock(0).map_err(|e| match e {
+        crate::datadir::LockError::Busy { .. } => anyhow::anyhow!(
+            "{e}: stop the replica first (kek rotation works on a stopped replica only)"
+        ),
+        other => other.into(),
+    })?;
+    let meta = NodeMeta::load(&dir)?;
+    if args.recover_only {
+        let (_, recovery) = meta.recover_kek_rotation(&dir)?;
+        let what = match recovery {
+            Recovery::Nothing => "no kek rotation was in progress",
+            Recovery::RolledBack => "rolled back a kek rotation cut short before its commit",
+            Recovery::Finished(_) => "finished a committed kek rotation",
+        };
+        println!("{what}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let new = match (&meta.kek, args.new_key_label, &args.new_kek_file) {
+        (None, None, None) => NewKek::GenerateFile,
+        (None, None, Some(source)) => NewKek::CopyFile(source),
+        (Some(KekConfig::Pkcs11(current)), Some(label), None) => {
+            let mut config = current.clone();
+            config.key_label = label;
+            NewKek::Pkcs11(config)
+        }
+        (None, Some(_), _) => {
+            anyhow::bail!(
+                "--new-key-label is for a kek in a pkcs11 token; this replica's kek is the file keys/kek.key"
+            )
+        }
+        (Some(_), None, _) => {
+            anyhow::bail!(
+                "this replica's kek is in a pkcs11 token: give the new key's label with --new-key-label"
+            )
+        }
+        (Some(_), Some(_), Some(_)) => {
+            anyhow::bail!("give --new-key-label or --new-kek-file, not both")
+        }
+    };
+    let report = meta.rotate_kek(&dir, new, &mut CrashGate::never())?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "keys_rewrapped": report.keys_rewrapped,
+            "old_kek_fingerprint": report.old_fingerprint,
+            "new_kek_fingerprint": report.new_fingerprint,
+            "recorded": "at the replica's next start, in the access trail",
+        }))?;
+    } else {
+        println!(
+            "rotated the key-encryption key: {} data keys rewrapped",
+            report.keys_rewrapped
+        );
+        println!("old kek  {} (destroyed)", report.old_fingerprint);
+        println!("new kek  {}", report.new_fingerprint);
+        println!("the rotation is recorded in the access trail at the replica's next start");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -126,6 +126,20 @@ pub enum CryptoError {
     /// The operating system's random number generator failed.
     #[error("operating system random number generator failed: {0}")]
     Random(String),
+    /// A KEK rotation was interrupted (its journal is present): the store
+    /// is not opened until the rotation is finished or rolled back
+    /// (`crypto::recover_kek_rotation`, which every replica start runs).
+    #[error(
+        "an interrupted key-encryption key rotation ({}) must be finished first: start the replica or run `vellum keys rotate-kek --recover-only`",
+        journal.display()
+    )]
+    RotationInterrupted {
+        /// The rotation journal.
+        journal: PathBuf,
+    },
+    /// A KEK rotation was refused before it changed anything.
+    #[error("kek rotation refused: {0}")]
+    RotationRefused(String),
 }
 
 impl CryptoError {

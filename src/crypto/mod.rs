@@ -8,6 +8,8 @@
 //! - `pkcs11`: the KEK inside a PKCS#11 token (an HSM), never leaving it.
 //! - `store`: the key store in `<data_dir>/keys/`, beside the log and never
 //!   inside it: wrapped DEKs, crash-safe nonce reservation, shredding.
+//! - `rotate`: KEK rotation (every DEK rewrapped, the old KEK destroyed),
+//!   journaled so a crash at any step finishes or undoes it.
 //! - `signing`: the replica's Ed25519 signing key file.
 //! - `digest`: the keyed request digest the VSR client table keeps, under a
 //!   key derived from the stream's DEK (so shredding covers it too).
@@ -22,6 +24,7 @@ mod kek;
 mod keys;
 mod pkcs11;
 mod record;
+mod rotate;
 mod signing;
 mod store;
 
@@ -34,6 +37,12 @@ pub use event::{
 pub use kek::{KekConfig, KeyEncryptionKey, Pkcs11Config, open_kek};
 pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
 pub use pkcs11::Pkcs11Kek;
+pub use rotate::{
+    CrashGate, KeyHome, NEXT_KEK_FILE, NewKek, PersistKekConfig, ROTATED_RECORDS_FILE,
+    ROTATED_RECORDS_MAX, ROTATION_JOURNAL_FILE, ROTATION_STAGING_DIR, Recovery, RotatedRecord,
+    RotationReport, clear_rotation_records, kek_fingerprint, pending_rotation_records,
+    recover_kek_rotation, rotate_kek,
+};
 pub use signing::{create_signing_key_file, load_signing_key_file};
 
 /// Refuses a key file or directory that group or others may access (the key

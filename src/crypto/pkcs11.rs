@@ -145,6 +145,28 @@ impl Pkcs11Kek {
         Pkcs11Kek::open(config)
     }
 
+    /// Whether the token holds an AES key with `config`'s label (one
+    /// attempt; a rotation asks before it generates a new key).
+    pub(crate) fn key_exists(config: &Pkcs11Config) -> Result<bool, CryptoError> {
+        let (session, _context_user) = login(config)?;
+        Ok(find_key(config, &session)?.is_some())
+    }
+
+    /// Destroys the AES key with `config`'s label on the token
+    /// (`C_DestroyObject`): what a KEK rotation does to the old KEK. Returns
+    /// false when no key carries the label (destroyed already).
+    pub(crate) fn destroy(config: &Pkcs11Config) -> Result<bool, CryptoError> {
+        let (session, _context_user) = login(config)?;
+        let Some(key) = find_key(config, &session)? else {
+            return Ok(false);
+        };
+        session
+            .destroy_object(key)
+            .map_err(|e| call_failed(config, &e))?;
+        tracing::info!(token = %config.token_label, key = %config.key_label, "destroyed pkcs11 key-encryption key");
+        Ok(true)
+    }
+
     /// The session, for the token's value check in tests and for calls.
     fn session(&self) -> MutexGuard<'_, Session> {
         self.session

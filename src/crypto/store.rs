@@ -34,7 +34,7 @@ pub const DEK_CACHE_MAX_DEFAULT: usize = 1024;
 /// Most data keys (rotations) one stream may have.
 pub const KEYS_PER_STREAM_MAX: usize = TOMBSTONE_KEYS_MAX;
 
-const MARKER_FILE: &str = "keystore";
+pub(crate) const MARKER_FILE: &str = "keystore";
 const MARKER_TAG: &str = "vellum-keystore-v1";
 const KEK_CHECK_AAD: &[u8] = b"vellum/kek-check/v1\0";
 /// Largest file the store reads (key files are 136 bytes, tombstones small).
@@ -81,12 +81,7 @@ impl KeyStore {
         let kek = kek.into();
         fsutil::create_private_dir(keys_dir)?;
         let marker = keys_dir.join(MARKER_FILE);
-        let mut check_nonce = [0u8; NONCE_BYTES];
-        random_fill(&mut check_nonce)?;
-        let tag = kek.check_tag(&check_nonce, KEK_CHECK_AAD)?;
-        let mut raw = check_nonce.to_vec();
-        raw.extend_from_slice(&tag);
-        let line = format!("{MARKER_TAG} {}\n", BASE64.encode(raw));
+        let line = marker_line(kek.as_ref())?;
         fsutil::create_new_private(&marker, line.as_bytes())?;
         tracing::info!(dir = %keys_dir.display(), writer_id, kek = %kek.describe(), "created key store");
         KeyStore::open(keys_dir, kek, writer_id)
@@ -113,6 +108,7 @@ impl KeyStore {
         let kek = kek.into();
         assert!(dek_cache_max > 0, "dek_cache_max must be at least 1");
         fsutil::check_private(keys_dir)?;
+        super::rotate::refuse_interrupted(keys_dir)?;
         check_marker(keys_dir, kek.as_ref())?;
         let mut inner = load_dir(keys_dir)?;
         inner.next_key_id = own_next_key_id(&inner, writer_id);
@@ -388,6 +384,13 @@ impl KeyStore {
         Ok(key_ids)
     }
 
+    /// Every key file this store holds, as records (wrapped, never in the
+    /// clear), in key id order: what a KEK rotation rewraps.
+    pub(crate) fn key_records(&self) -> Result<Vec<KeyRecord>, CryptoError> {
+        let inner = self.lock()?;
+        Ok(inner.keys.values().map(|e| e.record.clone()).collect())
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, CryptoError> {
         let inner = self
             .inner
@@ -462,7 +465,7 @@ impl KeyStore {
     }
 }
 
-fn key_path(dir: &Path, key_id: u64) -> PathBuf {
+pub(crate) fn key_path(dir: &Path, key_id: u64) -> PathBuf {
     dir.join(format!("dek-{key_id:020}.key"))
 }
 
@@ -477,7 +480,18 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn check_marker(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), CryptoError> {
+/// The marker file's one line for `kek`: a fresh random nonce and the
+/// KEK's check value under it (proves the KEK without revealing it).
+pub(crate) fn marker_line(kek: &dyn KeyEncryptionKey) -> Result<String, CryptoError> {
+    let mut check_nonce = [0u8; NONCE_BYTES];
+    random_fill(&mut check_nonce)?;
+    let tag = kek.check_tag(&check_nonce, KEK_CHECK_AAD)?;
+    let mut raw = check_nonce.to_vec();
+    raw.extend_from_slice(&tag);
+    Ok(format!("{MARKER_TAG} {}\n", BASE64.encode(raw)))
+}
+
+pub(crate) fn check_marker(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), CryptoError> {
     let path = dir.join(MARKER_FILE);
     let contents = read_store_file(&path)?;
     let text = std::str::from_utf8(&contents).map_err(|e| {
@@ -510,7 +524,7 @@ fn check_marker(dir: &Path, kek: &dyn KeyEncryptionKey) -> Result<(), CryptoErro
     Ok(())
 }
 
-fn read_store_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+pub(crate) fn read_store_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
     let length = std::fs::metadata(path)
         .map_err(|e| CryptoError::io(path, e))?
         .len();

@@ -468,11 +468,26 @@ impl LocalLog {
     /// lacks one, and brings the index up to date.
     pub fn open(data_dir: &Path, options: LogOptions) -> Result<(LocalLog, OpenReport), LogError> {
         let dir = DataDir::new(data_dir);
-        let meta = NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
+        // Refused before waiting for the lock; read again under it.
+        NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
         let lock = dir.lock(options.lock_wait_ms).map_err(|e| match e {
             crate::datadir::LockError::Busy { .. } => LogError::Busy(e.to_string()),
             other => LogError::DataDir(other.to_string()),
         })?;
+        // Read again under the lock: a KEK rotation may have replaced it.
+        let meta = NodeMeta::load(&dir).map_err(|e| LogError::DataDir(e.to_string()))?;
+        let (meta, rotation) = match options.storage.read_only {
+            // A read-only open never writes; an interrupted rotation makes
+            // the key store refuse to open, which says what to do.
+            true => (meta, crypto::Recovery::Nothing),
+            false => meta.recover_kek_rotation(&dir)?,
+        };
+        if rotation != crypto::Recovery::Nothing {
+            tracing::warn!(
+                ?rotation,
+                "recovered an interrupted key-encryption key rotation"
+            );
+        }
         let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
         let policy = load_policy(&dir.policy())?;
         let kek = crypto::open_kek(meta.kek.as_ref(), &dir.kek())?;

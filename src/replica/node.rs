@@ -606,6 +606,70 @@ impl Node for ReplicaNode {
         self.primary_or_refuse()?;
         self.custody.request(&call)
     }
+
+    fn pending_kek_rotations(
+        &self,
+    ) -> Result<Vec<vellum_compliance::trail::AccessEvent>, TrailError> {
+        let records = crate::crypto::pending_rotation_records(&self.log.data_dir().keys())
+            .map_err(|e| TrailError::Internal(internal_kek_fault(&e)))?;
+        let principal = self.log.signer().name().to_string();
+        Ok(records
+            .iter()
+            .map(|record| kek_rotated_event(&principal, record))
+            .collect())
+    }
+
+    fn replica_key_name(&self, replica: u8) -> Option<String> {
+        self.log
+            .policy()
+            .verifiers
+            .get(usize::from(replica))
+            .map(|v| v.name().to_string())
+    }
+
+    fn kek_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
+        crate::crypto::clear_rotation_records(&self.log.data_dir().keys(), recorded)
+            .map_err(|e| TrailError::Internal(internal_kek_fault(&e)))
+    }
+}
+
+/// The access-trail event of one KEK rotation of this replica: role
+/// `system`, the replica's key name as principal, the fingerprints in
+/// `detail` (no key material).
+fn kek_rotated_event(
+    principal: &str,
+    record: &crate::crypto::RotatedRecord,
+) -> vellum_compliance::trail::AccessEvent {
+    vellum_compliance::trail::AccessEvent {
+        v: vellum_compliance::trail::ACCESS_EVENT_VERSION,
+        time_ns: record.started_ns,
+        principal: principal.to_string(),
+        role: "system".to_string(),
+        action: vellum_compliance::trail::AccessAction::KekRotated,
+        stream: None,
+        from: None,
+        to: None,
+        purpose: None,
+        outcome: "success".to_string(),
+        remote: None,
+        detail: Some(vellum_compliance::trail::clip_text(&format!(
+            "kek rotated: old {} -> new {} ({})",
+            record.old_fingerprint, record.new_fingerprint, record.kek
+        ))),
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
+        count: None,
+        break_glass: None,
+    }
+}
+
+fn internal_kek_fault(error: &CryptoError) -> crate::server::node::InternalFault {
+    crate::server::node::InternalFault::new(
+        crate::server::node::FaultKind::Crypto,
+        format!("kek rotation records: {error}"),
+    )
 }
 
 impl ReplicaNode {

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod relay;
+mod rotations;
 pub mod routes;
 pub mod subscribe;
 #[cfg(test)]
@@ -232,6 +233,11 @@ pub async fn serve(
     // Failed-login aggregates of closed windows reach the trail even when
     // their source stops failing; at shutdown, all that are pending.
     tokio::spawn(routes::guard::sweep_failed_logins(
+        state.clone(),
+        shutdown.clone(),
+    ));
+    // KEK rotations made while this replica was stopped reach the trail.
+    tokio::spawn(rotations::record_kek_rotations(
         state.clone(),
         shutdown.clone(),
     ));

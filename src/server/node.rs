@@ -589,6 +589,24 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     /// returns once they are committed (a read is answered only after
     /// this). Concurrent callers are batched into one op.
     fn record_access(&self, events: Vec<AccessEvent>) -> Result<(), TrailError>;
+    /// The signing-key name of replica `replica` in this replica's trust
+    /// policy (what its trail records name it by). Default: unknown.
+    fn replica_key_name(&self, replica: u8) -> Option<String> {
+        let _ = replica;
+        None
+    }
+    /// Access-trail events of key-encryption key rotations made while this
+    /// replica was stopped (`vellum keys rotate-kek`), not yet recorded;
+    /// oldest first. Default: none.
+    fn pending_kek_rotations(&self) -> Result<Vec<AccessEvent>, TrailError> {
+        Ok(Vec::new())
+    }
+    /// Forgets the first `recorded` pending rotation events: their trail
+    /// records are committed.
+    fn kek_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
+        let _ = recorded;
+        Ok(())
+    }
     /// Decides a key-custody request (P6) and, if allowed, commits its
     /// event in the key-custody stream; a committed shred has destroyed
     /// this replica's keys of the stream when this returns.

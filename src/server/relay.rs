@@ -63,10 +63,14 @@ pub(crate) async fn record_access(
     if role.is_primary || events.is_empty() {
         return run_blocking(state, move |node| node.record_access(events)).await;
     }
-    // The record names the backup that served the access.
+    // The record names the backup that served the access (a backup's own
+    // KEK rotation served no client: it names the backup as principal).
     let events = events
         .into_iter()
         .map(|mut event| {
+            if event.action == AccessAction::KekRotated {
+                return event;
+            }
             let client = event.remote.as_deref().unwrap_or("unknown");
             event.remote = Some(vellum_compliance::trail::clip_text(&format!(
                 "{client} served by replica {}",
@@ -182,6 +186,16 @@ pub(crate) async fn accept(
         Ok(events) => events,
         Err(error) => return error.into_response(),
     };
+    // A KEK rotation record is the relaying replica's own: it must name it.
+    let own_name = state.node.replica_key_name(replica);
+    if let Some(index) = events.iter().position(|e| {
+        e.action == AccessAction::KekRotated && own_name.as_deref() != Some(e.principal.as_str())
+    }) {
+        return ApiError::bad_request(format!(
+            "relayed event {index}: a kek_rotated record must name the relaying replica {replica} as principal"
+        ))
+        .into_response();
+    }
     let recorded = events.len() as u64;
     tracing::debug!(
         replica,
@@ -224,7 +238,12 @@ fn check_relayed(event: &AccessEvent) -> Result<(), String> {
         event.action,
         AccessAction::ReadStream | AccessAction::ReadLog | AccessAction::Subscribe
     );
-    if !read {
+    // A backup's own KEK rotation, recorded at its start (the only
+    // non-read a backup relays; it names no stream).
+    let kek_rotated = event.action == AccessAction::KekRotated
+        && event.role == "system"
+        && event.stream.is_none();
+    if !(read || kek_rotated) {
         return Err(format!(
             "action {} is not a read a backup serves",
             event.action.as_str()
@@ -304,5 +323,34 @@ mod tests {
         let many = vec![read_event(AccessAction::ReadLog); RELAY_EVENTS_MAX + 1];
         let body = serde_json::to_vec(&many).expect("json");
         assert!(relayed_events(&body).is_err(), "too many");
+    }
+
+    /// Goal: a backup's own KEK rotation record is relayed (role `system`,
+    /// no stream); the same action with a client's role or naming a stream
+    /// is refused, so a replica certificate cannot dress up other records.
+    #[test]
+    fn relay_accepts_a_backups_kek_rotation_record_only_as_system() {
+        let rotation = AccessEvent {
+            principal: "vellum-0123-r1".into(),
+            role: "system".into(),
+            stream: None,
+            from: None,
+            to: None,
+            ..read_event(AccessAction::KekRotated)
+        };
+        let body = serde_json::to_vec(&vec![rotation.clone()]).expect("json");
+        assert_eq!(relayed_events(&body).expect("a rotation").len(), 1);
+        let as_writer = AccessEvent {
+            role: "writer".into(),
+            ..rotation.clone()
+        };
+        let with_stream = AccessEvent {
+            stream: Some(5001),
+            ..rotation
+        };
+        for event in [as_writer, with_stream] {
+            let body = serde_json::to_vec(&vec![event.clone()]).expect("json");
+            assert!(relayed_events(&body).is_err(), "{event:?} must be refused");
+        }
     }
 }

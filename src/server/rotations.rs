@@ -1,0 +1,61 @@
+//! Records in the access trail the key-encryption key rotations made while
+//! this replica was stopped (`vellum keys rotate-kek` leaves them in
+//! `keys/kek-rotated.pending`), once the replica serves: at the primary
+//! through its own trail, at a backup through the relay. A record leaves
+//! the pending file only after its commit was confirmed, so a crash or a
+//! cluster without a primary delays the record, never loses it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::routes::{AppState, run_blocking};
+
+/// Pause between two attempts to record the pending rotations.
+pub const KEK_RECORD_RETRY_MS: u64 = 2_000;
+/// Attempts before giving up until the next start (about ten minutes);
+/// the records stay pending on disk.
+pub const KEK_RECORD_ATTEMPTS_MAX: u32 = 300;
+
+/// Records the pending KEK rotations, retrying while no primary confirms
+/// them, until recorded, shut down, or out of attempts.
+pub(crate) async fn record_kek_rotations(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    for attempt in 1..=KEK_RECORD_ATTEMPTS_MAX {
+        if *shutdown.borrow() {
+            return;
+        }
+        match record_once(&state).await {
+            Ok(()) => return,
+            Err(why) if attempt == KEK_RECORD_ATTEMPTS_MAX => {
+                tracing::error!(%why, "kek rotations not recorded in the access trail; they stay pending until the next start");
+                return;
+            }
+            Err(why) => tracing::debug!(%why, attempt, "kek rotations not recorded yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(KEK_RECORD_RETRY_MS)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn record_once(state: &AppState) -> Result<(), String> {
+    let events = run_blocking(state, |node| node.pending_kek_rotations())
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let count = events.len();
+    super::relay::record_access(state, events)
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    run_blocking(state, move |node| node.kek_rotations_recorded(count))
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(count, "recorded kek rotations in the access trail");
+    Ok(())
+}
