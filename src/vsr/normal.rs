@@ -267,6 +267,7 @@ impl Replica {
             key_id: 0,
             digest: super::DIGEST_UNKNOWN,
             trail: None,
+            enveloped: false,
         };
         let header = self.next_header(&request, stream_offset);
         self.sealing = Some(Sealing {
@@ -314,6 +315,9 @@ impl Replica {
         let mut header = self.next_header(&request, actual);
         if request.trail.is_some() || !self.group.is_empty() {
             header.flags |= vellum_audit::record::FLAG_GROUP_CONTINUES;
+        }
+        if request.enveloped {
+            header.flags |= vellum_audit::record::FLAG_ENVELOPES;
         }
         self.sealing = Some(Sealing {
             header,
