@@ -132,13 +132,20 @@ fn concurrent_appends_of_one_id_store_it_once() {
         .iter()
         .filter(|o| matches!(o, Ok(a) if !a.duplicate))
         .count();
-    assert_eq!(stored, 1, "{outcomes:?}");
+    let summary: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(a) => format!("offset {} duplicate {}", a.first_offset, a.duplicate),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(stored, 1, "{summary:?}");
     for outcome in &outcomes {
         // The others are duplicates, or told to retry while the first was
         // not yet committed; never a second write.
         assert!(
             matches!(outcome, Ok(_) | Err(LogError::Indeterminate(_))),
-            "{outcome:?}"
+            "{summary:?}"
         );
     }
     assert_eq!(log.read(STREAM, 0, 100).expect("read").len(), 1);
