@@ -215,3 +215,47 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     assert!(out.len() > 3, "the data directory has files");
     out
 }
+
+/// Goal: a data directory written by the build before envelopes
+/// (`tests/golden/log_before_envelopes`, made with `vellum init` and
+/// `vellum append` of three JSON lines) reads byte for byte and verifies,
+/// and still verifies once an op with envelopes follows its ops.
+#[test]
+fn a_log_written_before_envelopes_reads_and_verifies() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log_before_envelopes/data");
+    support::copy_dir(&golden, &data);
+    // Git keeps no file modes: the key store wants its files private.
+    std::fs::set_permissions(data.join("keys"), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod keys");
+    for path in files_under(&data.join("keys")) {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let policy = vellum::log::load_policy(&data.join("policy.txt")).expect("policy");
+    let verify = |what: &str| {
+        let report = vellum::verify::verify_data_dir(&data, &policy, None, &mut |_| {});
+        assert!(report.passed, "{what} verifies:\n{report:?}");
+    };
+    verify("the old log");
+    let log = open(&data);
+    let old = log.read(16, 0, 10).expect("read the old stream");
+    let payloads: Vec<&[u8]> = old.iter().map(|e| &e.payload[..]).collect();
+    assert_eq!(
+        payloads,
+        [
+            &br#"{"resourceType":"Patient","id":"p1"}"#[..],
+            br#"{"n": 1.50}"#,
+            br#""VLEV""#
+        ]
+    );
+    assert!(old.iter().all(|e| !e.enveloped));
+    log.append_recorded(16, &[event(1, "new")], None, None, None, true)
+        .expect("an enveloped append after the old ops");
+    let read = log.read(16, 0, 10).expect("read");
+    assert_eq!((read.len(), read[3].enveloped), (4, true));
+    log.close().expect("close");
+    verify("the old log with an op with envelopes after it");
+}
