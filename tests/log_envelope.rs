@@ -110,6 +110,35 @@ fn duplicate_ids_are_never_stored_twice_across_a_restart() {
     log.close().expect("close");
 }
 
+/// Goal: a payload of the full 1 MiB with the largest metadata (16 KiB)
+/// appends and reads back byte for byte; one byte more of either is refused.
+#[test]
+fn the_largest_event_with_the_largest_envelope_fits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(dir.path());
+    let log = open(&data);
+    let metadata = format!(
+        "\"{}\"",
+        "m".repeat(vellum_audit::envelope::METADATA_BYTES_MAX - 2)
+    );
+    let largest = Envelope {
+        id: parse_uuid(&uuid(1)),
+        event_type: Some("t".repeat(256)),
+        content_type: Some("c".repeat(256)),
+        metadata: Some(metadata),
+        payload: vec![7; vellum::log::EVENT_BYTES_MAX],
+    };
+    let bytes = Bytes::from(largest.encode());
+    append(&log, std::slice::from_ref(&bytes)).expect("the largest event fits");
+    let read = log.read(STREAM, 0, 1).expect("read");
+    assert_eq!(read[0].payload, bytes);
+    let mut over = largest.clone();
+    over.id = parse_uuid(&uuid(2));
+    over.payload.push(7);
+    let error = append(&log, &[Bytes::from(over.encode())]).expect_err("payload over 1 MiB");
+    assert!(matches!(error, LogError::EventTooLarge { .. }), "{error:?}");
+}
+
 /// Goal: appends of one id from many threads at once store it exactly once
 /// (the check and the op's ids share the core's lock).
 #[test]
