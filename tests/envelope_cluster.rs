@@ -153,6 +153,15 @@ async fn envelopes_round_trip_and_ids_are_never_stored_twice() {
             );
         }
     }
+    // Global reads (what subscriptions page through) carry the fields too.
+    let global = client.read_log(0, 1000).await.expect("global read");
+    let mine = global
+        .events
+        .iter()
+        .find(|e| e.stream == STREAM && e.offset == 0)
+        .expect("the event in the global log");
+    assert_eq!(mine.metadata.as_deref(), Some(METADATA));
+    assert_eq!(mine.id.as_deref(), Some(uuid(1).as_str()));
     // The raw JSON text of a read answer holds the metadata exactly.
     let answer =
         serde_json::to_string(&client.read_stream(STREAM, 0, 1).await.expect("read").events[0])
