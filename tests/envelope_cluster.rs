@@ -295,6 +295,41 @@ async fn envelopes_round_trip_and_ids_are_never_stored_twice() {
         .await
         .expect("resend through the restarted replica");
     assert!(resent.duplicate);
+    // An export bundle of the enveloped events verifies offline (its
+    // plaintexts are the encoded envelopes the leaves commit to).
+    let cluster_dir = cluster.dev.dir.clone();
+    let policy_path = cluster.dev.policy_path.clone();
+    let bundle = dir.path().join("out").join("bundle");
+    tokio::task::spawn_blocking(move || {
+        let s = |p: &Path| p.display().to_string();
+        let (code, _, err) = support::vellum_cli(&[
+            "export",
+            "events",
+            "--cluster",
+            &s(&cluster_dir),
+            "--stream",
+            &STREAM.to_string(),
+            "--from",
+            "0",
+            "--to",
+            "5",
+            "--purpose",
+            "envelope test",
+            "--out",
+            &s(&bundle),
+        ]);
+        assert_eq!(code, 0, "export events: {err}");
+        let (code, report, err) = support::vellum_cli(&[
+            "verify",
+            "--bundle",
+            &s(&bundle),
+            "--policy",
+            &s(&policy_path),
+        ]);
+        assert_eq!(code, 0, "the bundle verifies offline:\n{report}\n{err}");
+    })
+    .await
+    .expect("export task");
     cluster.stop().expect("stop");
 
     let dirs: Vec<PathBuf> = (0..3).map(|i| cluster.data_dir(i)).collect();
