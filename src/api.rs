@@ -120,7 +120,7 @@ pub struct IdempotencyKey {
 /// One event to append: either JSON (stored as exactly the bytes of the
 /// member's value as the client sent them) or raw bytes in base64. Exactly
 /// one of the two.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// A JSON value, stored byte for byte as sent (P9): never re-serialized,
@@ -139,12 +139,128 @@ pub struct EventIn {
         skip_serializing_if = "Option::is_none"
     )]
     pub base64: Option<String>,
+    /// The event's id: a UUID in canonical text form (lowercase,
+    /// 8-4-4-4-12). A repeat of an id on the same stream is never stored
+    /// twice (see docs/api.md, "Event envelope").
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub id: Option<String>,
+    /// The event's type (for FHIR the resourceType or a domain event
+    /// name): 1 to 256 bytes of UTF-8 without control characters.
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub event_type: Option<String>,
+    /// The payload's media type: 1 to 256 bytes of UTF-8 without control
+    /// characters.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_type: Option<String>,
+    /// Any JSON value (at most 16 KiB of text), stored byte for byte as
+    /// sent, like `json`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl EventIn {
+    /// An event of raw bytes (sent as base64), without envelope fields.
+    pub fn bytes(payload: &[u8]) -> EventIn {
+        use base64::Engine as _;
+        EventIn {
+            base64: Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ..EventIn::default()
+        }
+    }
+
+    /// True when the event carries any envelope field.
+    pub fn has_envelope(&self) -> bool {
+        self.id.is_some()
+            || self.event_type.is_some()
+            || self.content_type.is_some()
+            || self.metadata.is_some()
+    }
 }
 
 impl PartialEq for EventIn {
     fn eq(&self, other: &EventIn) -> bool {
-        let json = |e: &EventIn| e.json.as_ref().map(|raw| raw.get().to_owned());
-        json(self) == json(other) && self.base64 == other.base64
+        let raw = |v: &Option<Box<serde_json::value::RawValue>>| {
+            v.as_ref().map(|raw| raw.get().to_owned())
+        };
+        raw(&self.json) == raw(&other.json)
+            && self.base64 == other.base64
+            && self.id == other.id
+            && self.event_type == other.event_type
+            && self.content_type == other.content_type
+            && raw(&self.metadata) == raw(&other.metadata)
+    }
+}
+
+impl LogEvent {
+    /// The bytes the event's leaf commits to (with `salt`, what
+    /// `vellum proof check` takes as the event): the payload, or for an
+    /// event of a batch with envelopes its encoded envelope
+    /// (`vellum_audit::envelope`). None when a field does not encode (not
+    /// an answer of a Vellum server).
+    pub fn committed_bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(&self.base64)
+            .ok()?;
+        if !self.envelope {
+            return Some(payload);
+        }
+        let id = match &self.id {
+            Some(text) => Some(vellum_audit::envelope::parse_uuid(text)?),
+            None => None,
+        };
+        let envelope = vellum_audit::envelope::Envelope {
+            id,
+            event_type: self.event_type.clone(),
+            content_type: self.content_type.clone(),
+            metadata: self.metadata.clone(),
+            payload,
+        };
+        envelope.check().ok()?;
+        Some(envelope.encode())
+    }
+}
+
+/// JSON text kept as text: written into an answer as the JSON value it
+/// is, byte for byte, and read back the same way.
+mod raw_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub(super) fn serialize<S: Serializer>(
+        text: &Option<String>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let raw = text
+            .as_ref()
+            .map(|t| RawValue::from_string(t.clone()))
+            .transpose()
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        let raw = Option::<Box<RawValue>>::deserialize(deserializer)?;
+        Ok(raw.map(|r| r.get().to_owned()))
     }
 }
 
@@ -191,7 +307,9 @@ pub struct AppendReceipt {
     pub first_position: u64,
     /// The VSR op that carries the batch.
     pub op: u64,
-    /// True when this answer came from the client table (a retry; nothing new written).
+    /// True when nothing new was written: a retry answered from the client
+    /// table, or a resent batch whose event ids the stream already holds
+    /// (the offsets are the original events').
     pub duplicate: bool,
     /// The commit certificate: a C2SP signed note (tlog-checkpoint) with a quorum of signatures.
     pub certificate: String,
@@ -205,7 +323,7 @@ pub struct AppendReceipt {
 }
 
 /// One event as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEvent {
     /// Global position (Merkle leaf index).
     pub position: u64,
@@ -215,8 +333,33 @@ pub struct LogEvent {
     pub offset: u64,
     /// The payload, standard base64.
     pub base64: String,
+    /// True when the event was appended in a batch with envelope fields:
+    /// its committed bytes are then the encoded envelope, even when this
+    /// event has no field of its own (`LogEvent::committed_bytes`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub envelope: bool,
+    /// The event's id, as appended (canonical UUID text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The event's type, as appended.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The payload's media type, as appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The metadata: the JSON text exactly as appended (written into this
+    /// answer as that JSON value, byte for byte).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "raw_json::serialize",
+        deserialize_with = "raw_json::deserialize"
+    )]
+    pub metadata: Option<String>,
     /// The event's 32-byte commitment salt, standard base64: with the
-    /// payload it opens the leaf's commitment (`vellum proof check`).
+    /// payload it opens the leaf's commitment (`vellum proof check`); for
+    /// an event with envelope fields, with the encoded envelope
+    /// (`LogEvent::committed_bytes`).
     #[serde(default)]
     pub salt: String,
 }
@@ -501,6 +644,16 @@ pub mod code {
     pub const RETENTION_FLOOR: &str = "retention_floor";
     /// A hold on a held stream, or a release of a stream not held (409).
     pub const CUSTODY_CONFLICT: &str = "custody_conflict";
+    /// An event id is already on the stream, or repeated in the batch, and
+    /// the batch is not a resend of the op that holds it; nothing was
+    /// written (409). `original_offset` names the stored event.
+    pub const DUPLICATE_EVENT_ID: &str = "duplicate_event_id";
+    /// An envelope field is malformed: an id not in canonical UUID form, an
+    /// empty type or content type or one with a control character (422).
+    pub const INVALID_ENVELOPE: &str = "invalid_envelope";
+    /// An envelope field is over its limit: metadata above 16 KiB, type or
+    /// content type above 256 bytes (413).
+    pub const ENVELOPE_TOO_LARGE: &str = "envelope_too_large";
 }
 
 /// The error codes of [`code`] as a type, for clients that branch on an
@@ -545,11 +698,17 @@ pub enum ErrorCode {
     RetentionFloor,
     /// [`code::CUSTODY_CONFLICT`] (409).
     CustodyConflict,
+    /// [`code::DUPLICATE_EVENT_ID`] (409).
+    DuplicateEventId,
+    /// [`code::INVALID_ENVELOPE`] (422).
+    InvalidEnvelope,
+    /// [`code::ENVELOPE_TOO_LARGE`] (413).
+    EnvelopeTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -569,6 +728,9 @@ impl ErrorCode {
         ErrorCode::LegalHold,
         ErrorCode::RetentionFloor,
         ErrorCode::CustodyConflict,
+        ErrorCode::DuplicateEventId,
+        ErrorCode::InvalidEnvelope,
+        ErrorCode::EnvelopeTooLarge,
     ];
 
     /// The wire spelling, one of [`code`].
@@ -593,6 +755,9 @@ impl ErrorCode {
             ErrorCode::LegalHold => code::LEGAL_HOLD,
             ErrorCode::RetentionFloor => code::RETENTION_FLOOR,
             ErrorCode::CustodyConflict => code::CUSTODY_CONFLICT,
+            ErrorCode::DuplicateEventId => code::DUPLICATE_EVENT_ID,
+            ErrorCode::InvalidEnvelope => code::INVALID_ENVELOPE,
+            ErrorCode::EnvelopeTooLarge => code::ENVELOPE_TOO_LARGE,
         }
     }
 
@@ -628,6 +793,10 @@ pub struct ErrorDetail {
     /// For `shredded`: the global log position of the shred event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shred_position: Option<u64>,
+    /// For `duplicate_event_id`: the stream offset of the event already
+    /// stored with that id (absent when the id repeats inside the batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_offset: Option<u64>,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod cosignature;
+pub mod envelope;
 pub mod error;
 pub mod frontier;
 pub mod hash;

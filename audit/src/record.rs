@@ -40,8 +40,13 @@ pub const KEY_CUSTODY_STREAM: u64 = 2;
 /// The client session of the trail ops that close atomic groups (reserved:
 /// no client request may use it). Such an op's request number is its op.
 pub const TRAIL_CLIENT: u128 = u128::MAX;
+/// Op flag (version 3, byte 103, bit 1): each event's plaintext is an
+/// encoded [`crate::envelope::Envelope`] (the event carries envelope fields:
+/// id, type, content type, metadata), not the bare payload. Ops without it
+/// carry bare payloads, as every op written before envelopes existed.
+pub const FLAG_ENVELOPES: u8 = 2;
 /// Every flag bit version 3 defines.
-pub const FLAGS_KNOWN: u8 = FLAG_GROUP_CONTINUES;
+pub const FLAGS_KNOWN: u8 = FLAG_GROUP_CONTINUES | FLAG_ENVELOPES;
 /// The first header version: bytes 224..256 reserved and zero. Still read,
 /// so logs written before version 2 verify and replay unchanged.
 pub const VERSION_V1: u16 = 1;
@@ -63,8 +68,10 @@ pub const TAG_BYTES: usize = 16;
 /// Room for what the sealing layer adds to a plaintext event besides the tag
 /// (e.g. the 32-byte commitment salt and a version byte), with slack.
 pub const SEAL_OVERHEAD_MAX: usize = 256;
-/// Largest `sealed` part (ciphertext and tag) of one event frame.
-pub const SEALED_BYTES_MAX: usize = EVENT_BYTES_MAX + SEAL_OVERHEAD_MAX;
+/// Largest `sealed` part (ciphertext and tag) of one event frame: a
+/// payload of [`EVENT_BYTES_MAX`] with the largest envelope.
+pub const SEALED_BYTES_MAX: usize =
+    EVENT_BYTES_MAX + crate::envelope::ENVELOPE_OVERHEAD_MAX + SEAL_OVERHEAD_MAX;
 /// Size of an encoded [`SealBody`].
 pub const SEAL_BODY_BYTES: usize = 48;
 /// Domain tag of [`genesis_parent`].
@@ -183,6 +190,12 @@ impl OpHeader {
     /// certificate may name this op).
     pub fn group_continues(&self) -> bool {
         self.flags & FLAG_GROUP_CONTINUES != 0
+    }
+
+    /// True when each event's plaintext is an encoded envelope
+    /// ([`FLAG_ENVELOPES`]), not the bare payload.
+    pub fn has_envelopes(&self) -> bool {
+        self.flags & FLAG_ENVELOPES != 0
     }
 
     /// The 256 bytes of this header, checksum included, in its own

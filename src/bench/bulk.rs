@@ -56,8 +56,8 @@ fn request_body_bytes(batch: usize, event_bytes: usize) -> anyhow::Result<usize>
     let request = AppendRequest {
         events: vec![
             EventIn {
-                json: None,
                 base64: Some(event),
+                ..EventIn::default()
             };
             batch
         ],

@@ -428,6 +428,7 @@ mod tests {
             offset,
             base64: base64::engine::general_purpose::STANDARD.encode(bytes),
             salt: String::new(),
+            ..Default::default()
         };
         let answer = |events| StreamEvents {
             stream: 20,

@@ -1,4 +1,5 @@
-//! `vellum read`: a stream's events, one per line, byte for byte as appended.
+//! `vellum read`: a stream's events, one per line, byte for byte as appended
+//! (the payload; envelope fields are not printed).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -46,7 +47,16 @@ pub fn run(args: ReadArgs) -> anyhow::Result<ExitCode> {
     }
     let mut out = std::io::stdout().lock();
     for event in events {
-        out.write_all(&event.payload)?;
+        // An event with envelope fields prints its payload only.
+        if event.enveloped {
+            let envelope =
+                vellum_audit::envelope::Envelope::decode(&event.payload).map_err(|e| {
+                    anyhow::anyhow!("stream {} offset {}: {e}", args.stream, event.offset)
+                })?;
+            out.write_all(&envelope.payload)?;
+        } else {
+            out.write_all(&event.payload)?;
+        }
         out.write_all(b"\n")?;
     }
     out.flush()?;

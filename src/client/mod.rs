@@ -69,7 +69,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -314,6 +313,37 @@ impl Client {
         expected_offset: Option<u64>,
         key: IdempotencyKey,
     ) -> Result<AppendReceipt, AppendError> {
+        let events = events.iter().map(|event| EventIn::bytes(event)).collect();
+        self.append_events_with_key(stream, events, expected_offset, key)
+            .await
+    }
+
+    /// Appends events given as the API's [`EventIn`] (raw or JSON payloads,
+    /// with envelope fields: `id`, `type`, `content_type`, `metadata`), with
+    /// a fresh idempotency key.
+    pub async fn append_events(
+        &self,
+        stream: u64,
+        events: Vec<EventIn>,
+        expected_offset: Option<u64>,
+    ) -> Result<AppendReceipt, AppendError> {
+        let lease = SessionLease::borrow(&self.inner).map_err(AppendError::local)?;
+        let key = lease.key();
+        self.append_events_with_key(stream, events, expected_offset, key)
+            .await
+    }
+
+    /// [`Client::append_events`] under the caller's idempotency key. A
+    /// resent batch whose event ids the stream holds answers the original
+    /// receipt with `duplicate` set; any other repeat of an id is refused
+    /// (`duplicate_event_id`).
+    pub async fn append_events_with_key(
+        &self,
+        stream: u64,
+        events: Vec<EventIn>,
+        expected_offset: Option<u64>,
+        key: IdempotencyKey,
+    ) -> Result<AppendReceipt, AppendError> {
         let refused = |e: ClientError| AppendError::from_call(e, stream, &key);
         edge("stream", stream).map_err(refused)?;
         expected_offset
@@ -322,13 +352,7 @@ impl Client {
             .map_err(refused)?;
         edge("idempotency.request", key.request).map_err(refused)?;
         let request = AppendRequest {
-            events: events
-                .iter()
-                .map(|event| EventIn {
-                    json: None,
-                    base64: Some(base64::engine::general_purpose::STANDARD.encode(event)),
-                })
-                .collect(),
+            events,
             expected_offset,
             idempotency: Some(key.clone()),
             purpose: None,
@@ -797,7 +821,10 @@ fn refusal(
         | ErrorCode::Shredded
         | ErrorCode::LegalHold
         | ErrorCode::RetentionFloor
-        | ErrorCode::CustodyConflict => ClientError::Refused { code, message },
+        | ErrorCode::CustodyConflict
+        | ErrorCode::DuplicateEventId
+        | ErrorCode::InvalidEnvelope
+        | ErrorCode::EnvelopeTooLarge => ClientError::Refused { code, message },
         // 5xx codes on a 4xx status: the answer breaks the contract.
         ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))

@@ -79,6 +79,7 @@ fn error(status: StatusCode, code: &str, actual_offset: Option<u64>) -> Response
             message: format!("stub says {code}"),
             actual_offset,
             shred_position: None,
+            original_offset: None,
         },
     };
     (status, Json(body)).into_response()
@@ -121,6 +122,7 @@ async fn append(
                 message: "not found: wrong expected offset, idempotency key reused".to_string(),
                 actual_offset: None,
                 shred_position: None,
+                original_offset: None,
             },
         };
         return (status, Json(body)).into_response();
@@ -171,6 +173,7 @@ fn apply(stub: &mut Stub, stream: u64, request: AppendRequest, key: (String, u64
             offset: length + index as u64,
             base64: event.base64.clone().unwrap_or_default(),
             salt: String::new(),
+            ..Default::default()
         });
     }
     let count = request.events.len() as u64;

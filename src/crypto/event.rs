@@ -18,8 +18,10 @@ use super::keys::{DataKey, TAG_BYTES, random_fill};
 
 /// Bytes of the per-event salt stored inside the ciphertext.
 pub const SALT_BYTES: usize = 32;
-/// The largest event payload accepted, in bytes.
-pub const EVENT_PAYLOAD_BYTES_MAX: usize = vellum_audit::record::EVENT_BYTES_MAX;
+/// The largest event plaintext accepted, in bytes: a payload of
+/// `EVENT_BYTES_MAX` in the largest encoded envelope.
+pub const EVENT_PAYLOAD_BYTES_MAX: usize =
+    vellum_audit::record::EVENT_BYTES_MAX + vellum_audit::envelope::ENVELOPE_OVERHEAD_MAX;
 /// Bytes a sealed event adds to its payload: the salt and the tag.
 pub const SEAL_OVERHEAD_BYTES: usize = SALT_BYTES + TAG_BYTES;
 

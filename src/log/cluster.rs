@@ -543,6 +543,7 @@ impl LocalLog {
         let (storage, recovery) =
             Storage::open(self.dir.root(), self.cluster, self.storage_config)?;
         let mut fresh = LogState::recover(&storage, self.cluster, &self.policy, &recovery)?;
+        super::index_event_ids(&mut fresh, &storage, &self.keys, self.cluster)?;
         if fresh.pending.is_empty() {
             storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
         }
@@ -717,6 +718,7 @@ impl LocalLog {
         config.durable_op_floor = config.durable_op_floor.max(state.commit);
         let (storage, recovery) = Storage::open(self.dir.root(), self.cluster, config)?;
         let mut fresh = LogState::recover(&storage, self.cluster, &self.policy, &recovery)?;
+        super::index_event_ids(&mut fresh, &storage, &self.keys, self.cluster)?;
         if fresh.pending.is_empty() {
             storage.resume_tree((fresh.tree.len(), fresh.tree.root()))?;
         }

@@ -8,6 +8,7 @@
 //! tree, certificates, index — is the replica's storage and stays this code.
 
 mod cluster;
+mod event_ids;
 mod indexer;
 mod persister;
 mod sealed;
@@ -94,6 +95,32 @@ pub enum LogError {
     TooManyEvents {
         /// Events in the append.
         count: usize,
+    },
+    /// An event of an append with envelopes is not a valid envelope.
+    #[error("refused: {0}")]
+    BadEnvelope(String),
+    /// An event id is already on the stream (at `offset`) or repeated in
+    /// the batch (at index `first`), and the batch is not a resent op:
+    /// nothing was written.
+    #[error(
+        "refused: event {index} has id {id}, {}; nothing was written to stream {stream}",
+        match (offset, first) {
+            (Some(offset), _) => format!("which the stream already holds at offset {offset}"),
+            (None, Some(first)) => format!("as event {first} of this batch does"),
+            (None, None) => "which the stream already holds".to_string(),
+        }
+    )]
+    DuplicateEventId {
+        /// The stream.
+        stream: u64,
+        /// The batch index of the event.
+        index: usize,
+        /// The id, canonical text.
+        id: String,
+        /// The offset of the stored event with that id.
+        offset: Option<u64>,
+        /// The earlier batch index with the same id.
+        first: Option<usize>,
     },
     /// An event larger than [`EVENT_BYTES_MAX`].
     #[error("refused: event {index} has {bytes} bytes; at most {EVENT_BYTES_MAX}")]
@@ -283,8 +310,13 @@ pub struct ReadEvent {
     pub offset: u64,
     /// Global position.
     pub position: u64,
-    /// The payload, byte for byte as appended.
+    /// The event's plaintext, byte for byte as appended: the payload, or
+    /// with `enveloped` the encoded envelope (fields and payload; decode
+    /// with `vellum_audit::envelope::Envelope::decode`). The commitment
+    /// covers exactly these bytes.
     pub payload: Bytes,
+    /// The op carries envelopes (`FLAG_ENVELOPES`): `payload` is one.
+    pub enveloped: bool,
     /// The salt of the leaf's commitment to the payload (from inside the
     /// ciphertext): with it, a reader checks that a proof is about this
     /// payload (`vellum proof check`).
@@ -537,6 +569,9 @@ impl LocalLog {
             )
         });
         let mut state = LogState::recover(&storage, cluster, &policy, &recovery)?;
+        if !read_only {
+            index_event_ids(&mut state, &storage, &keys, cluster)?;
+        }
         // With a damaged op the tree ends before it: storage learns the
         // whole tree once the repair rebuilt the state.
         if !read_only && state.pending.is_empty() {
@@ -666,7 +701,7 @@ impl LocalLog {
         expected_offset: Option<u64>,
         client: Option<ClientRequest>,
     ) -> Result<Appended, LogError> {
-        self.append_recorded(stream, events, expected_offset, client, None)
+        self.append_recorded(stream, events, expected_offset, client, None, false)
     }
 
     /// Appends like [`LocalLog::append`]; with `trail` (an access-trail
@@ -680,12 +715,13 @@ impl LocalLog {
         expected_offset: Option<u64>,
         client: Option<ClientRequest>,
         trail: Option<Bytes>,
+        enveloped: bool,
     ) -> Result<Appended, LogError> {
-        validate_batch(stream, events)?;
+        validate_batch(stream, events, enveloped)?;
         if self.storage_read_only() {
             return Err(LogError::ReadOnly);
         }
-        self.append_through_core(stream, events, expected_offset, client, trail)
+        self.append_through_core(stream, events, expected_offset, client, trail, enveloped)
     }
 
     /// Returns a certificate covering `op`, signing a new checkpoint at the
@@ -855,7 +891,7 @@ impl LocalLog {
             return Err(LogError::ReadOnly);
         }
         let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
-        self.append_through_core(stream, events, None, None, None)
+        self.append_through_core(stream, events, None, None, None, false)
     }
 
     /// Appends key-custody events (P6: shred, legal hold, retention) to
@@ -872,7 +908,7 @@ impl LocalLog {
             return Err(LogError::ReadOnly);
         }
         let stream = vellum_compliance::custody::KEY_CUSTODY_STREAM;
-        self.append_through_core(stream, events, Some(expected_offset), None, None)
+        self.append_through_core(stream, events, Some(expected_offset), None, None, false)
     }
 
     /// Destroys every data key of `stream` in this replica's key store,
@@ -1146,6 +1182,7 @@ impl LocalLog {
                 position: info.global_position + i,
                 payload: Bytes::copy_from_slice(&opened.payload),
                 salt: opened.salt,
+                enveloped: record.header.has_envelopes(),
             });
         }
         Ok(out)
@@ -1192,6 +1229,7 @@ impl LocalLog {
                     position: info.global_position + i as u64,
                     payload: Bytes::copy_from_slice(&opened.payload),
                     salt: opened.salt,
+                    enveloped: record.header.has_envelopes(),
                 });
             }
         }
@@ -1439,11 +1477,68 @@ fn recovery_nonce() -> Result<u64, LogError> {
     Ok(u64::from_le_bytes(bytes))
 }
 
-/// Checks a batch before anything is encrypted or written.
-fn validate_batch(stream: u64, events: &[Bytes]) -> Result<(), LogError> {
-    validate_events(events)?;
+/// Rebuilds the event id index of a freshly recovered state: every op with
+/// envelopes is read and decrypted once (see `event_ids`). An op of a
+/// shredded stream, or whose key this replica lacks, has no readable ids
+/// (its stream takes no appends, or its reads fail alike).
+fn index_event_ids(
+    state: &mut LogState,
+    storage: &Storage,
+    keys: &KeyStore,
+    cluster: u128,
+) -> Result<(), LogError> {
+    for info in state.enveloped_ops() {
+        let Some(location) = info.location else {
+            continue;
+        };
+        let dek = match keys.key(info.key_id) {
+            Ok(Some(dek)) => dek,
+            Ok(None) | Err(crypto::CryptoError::Shredded { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let record = storage.read(location)?;
+        state
+            .ids
+            .add_record(cluster, &record, &dek, location.offset)
+            .map_err(|e| LogError::Corrupt(format!("event ids of op {}: {e}", info.op)))?;
+    }
+    Ok(())
+}
+
+/// Checks a batch before anything is encrypted or written. With
+/// `enveloped`, each event is an encoded envelope (`vellum_audit::envelope`)
+/// whose payload keeps the usual limit.
+fn validate_batch(stream: u64, events: &[Bytes], enveloped: bool) -> Result<(), LogError> {
+    if enveloped {
+        validate_envelopes(events)?;
+    } else {
+        validate_events(events)?;
+    }
     if stream < crate::StreamId::USER_MIN {
         return Err(LogError::ReservedStream { stream });
+    }
+    Ok(())
+}
+
+/// [`validate_events`] for a batch of encoded envelopes.
+fn validate_envelopes(events: &[Bytes]) -> Result<(), LogError> {
+    if events.is_empty() {
+        return Err(LogError::NoEvents);
+    }
+    if events.len() > EVENTS_PER_APPEND_MAX {
+        return Err(LogError::TooManyEvents {
+            count: events.len(),
+        });
+    }
+    for (index, event) in events.iter().enumerate() {
+        let envelope = vellum_audit::envelope::Envelope::decode(event)
+            .map_err(|e| LogError::BadEnvelope(format!("event {index}: {e}")))?;
+        if envelope.payload.len() > EVENT_BYTES_MAX {
+            return Err(LogError::EventTooLarge {
+                index,
+                bytes: envelope.payload.len(),
+            });
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use vellum_audit::leaf::commitment;
 use vellum_audit::record::{self, OpHeader, Record};
 use vellum_compliance::trail::AccessEvent;
 
+use super::event_ids::IdCheck;
 use super::state::{LogState, PendingOp};
 use super::{Appended, ClientRequest, LocalLog, LogError, now_ns};
 use crate::crypto::{self, EventAad};
@@ -226,6 +227,14 @@ pub fn local_config(cluster: u128) -> vsr::Config {
     config
 }
 
+/// What `LocalLog::submit_request` did with a request.
+enum Submitted {
+    /// Handed to the core: the commit number before it and the view.
+    ToCore { committed_before: u64, view: u64 },
+    /// A resent op, answered from the log without the core.
+    Resent(Box<Appended>),
+}
+
 impl LocalLog {
     pub(super) fn core(&self) -> MutexGuard<'_, Core> {
         self.core
@@ -241,6 +250,7 @@ impl LocalLog {
         expected_offset: Option<u64>,
         client: Option<ClientRequest>,
         trail: Option<Bytes>,
+        enveloped: bool,
     ) -> Result<Appended, LogError> {
         let session = match client {
             Some(session) => session,
@@ -251,9 +261,20 @@ impl LocalLog {
         let key = (session.client, session.request);
         let condvar = Arc::new(Condvar::new());
         self.register_waiter(key, &condvar)?;
-        let submitted = self.submit_request(session, stream, events, expected_offset, trail);
+        let submitted =
+            self.submit_request(session, stream, events, expected_offset, trail, enveloped);
         let (committed_before, view) = match submitted {
-            Ok(submitted) => submitted,
+            Ok(Submitted::ToCore {
+                committed_before,
+                view,
+            }) => (committed_before, view),
+            Ok(Submitted::Resent(appended)) => {
+                self.exchange.lock().waiting.remove(&key);
+                if client.is_none() {
+                    self.sessions.give_back(session);
+                }
+                return Ok(*appended);
+            }
             Err(e) => {
                 self.exchange.lock().waiting.remove(&key);
                 return Err(e);
@@ -295,7 +316,9 @@ impl LocalLog {
     }
 
     /// Hands the request to the core; returns the commit number before it
-    /// and the view it went in.
+    /// and the view it went in. A batch with envelopes is first judged by
+    /// its event ids, under the core's lock (see `event_ids`): a resent op
+    /// is answered from the log, any other repeat of an id is refused.
     fn submit_request(
         &self,
         session: ClientRequest,
@@ -303,11 +326,15 @@ impl LocalLog {
         events: &[Bytes],
         expected_offset: Option<u64>,
         trail: Option<Bytes>,
-    ) -> Result<(u64, u64), LogError> {
+        enveloped: bool,
+    ) -> Result<Submitted, LogError> {
         self.create_stream_key_unlocked(stream);
         let mut core = self.core();
         if let Some(reason) = &self.lock().poisoned {
             return Err(LogError::Poisoned(reason.clone()));
+        }
+        if enveloped && let Some(resent) = self.judge_event_ids(stream, events)? {
+            return Ok(Submitted::Resent(Box::new(resent)));
         }
         let committed_before = core.replica.commit();
         let view = core.replica.view();
@@ -322,9 +349,70 @@ impl LocalLog {
             key_id,
             digest,
             trail,
+            enveloped,
         };
         self.execute(&mut core, Input::Request(request))?;
-        Ok((committed_before, view))
+        Ok(Submitted::ToCore {
+            committed_before,
+            view,
+        })
+    }
+
+    /// The id rule of `event_ids` for a batch with envelopes; called under
+    /// the core's lock. `Some` is the answer to a resent op.
+    fn judge_event_ids(&self, stream: u64, events: &[Bytes]) -> Result<Option<Appended>, LogError> {
+        let ids = events
+            .iter()
+            .map(|event| {
+                vellum_audit::envelope::Envelope::decode(event)
+                    .map(|envelope| envelope.id)
+                    .map_err(|e| LogError::BadEnvelope(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = self.lock();
+        let op_events = |op| {
+            state
+                .op(op)
+                .map(|info| (info.stream_offset, u64::from(info.event_count)))
+        };
+        match state.ids.check(stream, &ids, op_events) {
+            IdCheck::New => Ok(None),
+            IdCheck::Duplicate {
+                index,
+                id,
+                offset,
+                first,
+            } => Err(LogError::DuplicateEventId {
+                stream,
+                index,
+                id: vellum_audit::envelope::format_uuid(&id),
+                offset,
+                first,
+            }),
+            IdCheck::Resent { op } => {
+                let info = state.op(op).expect("the id index names ops of the state");
+                let certificate = state
+                    .certificate_covering(op)
+                    .filter(|_| op <= state.commit)
+                    .ok_or_else(|| {
+                        LogError::Indeterminate(format!(
+                            "the events with these ids are in op {op}, which is not committed yet; retry"
+                        ))
+                    })?;
+                let count = u64::from(info.event_count);
+                Ok(Some(Appended {
+                    stream,
+                    first_offset: info.stream_offset,
+                    next_offset: info.stream_offset + count,
+                    first_position: info.global_position,
+                    count,
+                    op,
+                    certificate,
+                    duplicate: true,
+                    sealed: None,
+                }))
+            }
+        }
     }
 
     /// Creates a new stream's data key (files and fsyncs) before the core
@@ -674,6 +762,11 @@ impl LocalLog {
         })?;
         let header = record.header;
         let checksum = record.checksum();
+        if header.has_envelopes() {
+            // Before the op enters the state: a request judged after this
+            // write (under the same core lock) sees its ids (`event_ids`).
+            self.index_event_ids(&mut state, &record)?;
+        }
         for leaf in &leaves {
             state.tree.push(leaf.leaf_hash());
         }
@@ -694,6 +787,28 @@ impl LocalLog {
             ticket,
             epoch: 0,
         })
+    }
+
+    /// Adds the event ids of an op with envelopes to the state's index.
+    /// Its data key is here: this replica sealed it, or the prepare brought
+    /// it (a shredded stream's ops carry no readable ids, as at open).
+    fn index_event_ids(&self, state: &mut LogState, record: &Record) -> Result<(), LogError> {
+        let dek = match self.keys.key(record.header.key_id) {
+            Ok(Some(dek)) => dek,
+            Ok(None) | Err(crypto::CryptoError::Shredded { .. }) => {
+                tracing::warn!(
+                    op = record.header.op,
+                    key_id = record.header.key_id,
+                    "no data key for an op with envelopes: its event ids are not indexed"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        state
+            .ids
+            .add_record(self.cluster, record, &dek, 0)
+            .map_err(|e| LogError::Corrupt(format!("event ids of op {}: {e}", record.header.op)))
     }
 
     /// The core committed `op` under `certificate`: reads may see it, and

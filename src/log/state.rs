@@ -91,6 +91,8 @@ pub struct LogState {
     /// Ops from the first damaged op on (a replica of a cluster only; empty
     /// on a whole log): the state above ends right before the first one.
     pub pending: BTreeMap<u64, PendingOp>,
+    /// The client-chosen event ids of the ops above (`event_ids`).
+    pub ids: super::event_ids::EventIds,
 }
 
 impl LogState {
@@ -328,6 +330,15 @@ impl LogState {
             .entry(header.stream)
             .or_default()
             .push(header.op);
+    }
+
+    /// The ops whose events carry envelopes (`FLAG_ENVELOPES`), in order.
+    pub fn enveloped_ops(&self) -> Vec<OpInfo> {
+        self.ops
+            .iter()
+            .filter(|info| info.header.has_envelopes())
+            .cloned()
+            .collect()
     }
 
     /// Adds a certificate (kept sorted by op).

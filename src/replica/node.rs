@@ -190,6 +190,20 @@ impl From<LogError> for AppendError {
             LogError::IdempotencyKeyReused { stream, request } => {
                 AppendError::IdempotencyKeyReused { stream, request }
             }
+            LogError::DuplicateEventId {
+                stream,
+                index,
+                id,
+                offset,
+                first,
+            } => AppendError::DuplicateEventId {
+                stream,
+                index,
+                id,
+                offset,
+                first,
+            },
+            LogError::BadEnvelope(detail) => AppendError::InvalidEnvelope { detail },
             LogError::Crypto(CryptoError::Shredded { stream }) => {
                 AppendError::Shredded(shredded_in_store(stream))
             }
@@ -323,13 +337,41 @@ fn export_bundle_error(error: BundleError, call: &ExportCall) -> ExportError {
 }
 
 fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
-    LogEvent {
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = LogEvent {
         position: event.position,
         stream,
         offset: event.offset,
-        base64: base64::engine::general_purpose::STANDARD.encode(&event.payload),
-        salt: base64::engine::general_purpose::STANDARD.encode(event.salt),
+        base64: base64(&event.payload),
+        envelope: false,
+        id: None,
+        event_type: None,
+        content_type: None,
+        metadata: None,
+        salt: base64(&event.salt),
+    };
+    if event.enveloped {
+        // The writer checked every envelope (`log::validate_envelopes`)
+        // and the AEAD vouches for the bytes, so this decodes; if it ever
+        // did not, the reader gets the committed bytes as the payload.
+        match vellum_audit::envelope::Envelope::decode(&event.payload) {
+            Ok(envelope) => {
+                out.base64 = base64(&envelope.payload);
+                out.envelope = true;
+                out.id = envelope
+                    .id
+                    .as_ref()
+                    .map(vellum_audit::envelope::format_uuid);
+                out.event_type = envelope.event_type;
+                out.content_type = envelope.content_type;
+                out.metadata = envelope.metadata;
+            }
+            Err(error) => {
+                tracing::error!(%error, stream, offset = event.offset, "an enveloped event does not decode");
+            }
+        }
     }
+    out
 }
 
 impl ReplicaNode {
@@ -416,6 +458,7 @@ impl Node for ReplicaNode {
             call.expected_offset,
             client,
             call.trail,
+            call.enveloped,
         )?;
         let receipt = receipt(&self.log, &appended)?;
         Ok(AppendReceipt {

@@ -112,6 +112,7 @@ mod tests {
             offset: 0,
             base64: String::new(),
             salt: String::new(),
+            ..Default::default()
         }
     }
 

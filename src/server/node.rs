@@ -182,6 +182,35 @@ pub enum AppendError {
         /// The reused request number.
         request: u64,
     },
+    /// An event id is already on the stream (at `offset`) or repeated in
+    /// the batch (at index `first`), and the batch is not a resend of the
+    /// op holding it; nothing was written: 409 `duplicate_event_id`.
+    #[error(
+        "event {index} has id {id}, {}; nothing was written to stream {stream}",
+        match (offset, first) {
+            (Some(offset), _) => format!("which the stream already holds at offset {offset}"),
+            (None, Some(first)) => format!("as event {first} of this batch does"),
+            (None, None) => "which the stream already holds".to_string(),
+        }
+    )]
+    DuplicateEventId {
+        /// The stream.
+        stream: u64,
+        /// The batch index of the event.
+        index: usize,
+        /// The id, canonical UUID text.
+        id: String,
+        /// The offset of the stored event with that id.
+        offset: Option<u64>,
+        /// The earlier batch index with that id.
+        first: Option<usize>,
+    },
+    /// An event is not a valid envelope: 422 `invalid_envelope`.
+    #[error("invalid envelope: {detail}")]
+    InvalidEnvelope {
+        /// What is wrong, and where.
+        detail: String,
+    },
     /// Not served now; nothing was written: 503 `unavailable`.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
@@ -444,8 +473,11 @@ pub enum CustodyError {
 pub struct AppendCall {
     /// The stream.
     pub stream: u64,
-    /// The payloads.
+    /// The payloads; with `enveloped`, each event's encoded envelope
+    /// (`vellum_audit::envelope`).
     pub events: Vec<Bytes>,
+    /// The events are encoded envelopes (some event carries a field).
+    pub enveloped: bool,
     /// Optimistic concurrency check.
     pub expected_offset: Option<u64>,
     /// (client session, request number); None: the node picks a fresh one.

@@ -387,20 +387,23 @@ fn error_responses() -> Value {
         ),
         (
             "409",
-            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written. Key custody: legal_hold (the stream is under a legal hold), retention_floor (before the stream's retention floor, or a lower floor asked), custody_conflict (hold on a held stream, release of one not held).",
+            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written. Key custody: legal_hold (the stream is under a legal hold), retention_floor (before the stream's retention floor, or a lower floor asked), custody_conflict (hold on a held stream, release of one not held). duplicate_event_id: an event id is already on the stream (original_offset names the stored event) or repeated in the batch, and the batch is not a resend of the op that holds it; nothing was written.",
         ),
         (
             "410",
             "shredded: the stream was crypto-shredded; shred_position is the global position of the shred event (absent while the shred is being committed). Nothing was written or read.",
         ),
-        ("413", "payload_too_large: the body exceeds the limit."),
+        (
+            "413",
+            "payload_too_large: the body exceeds the limit; envelope_too_large: an event's metadata is above 16 KiB, or its type or content_type above 256 bytes.",
+        ),
         (
             "408",
             "request_timeout: the body did not arrive within the server's deadline (10 s).",
         ),
         (
             "422",
-            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written; position_not_reached: a read's min_position is beyond the committed log, nothing was read.",
+            "refused: the replica refused the request (bad stream id, stale request number, bad range); idempotency_key_reused: the idempotency key already named a different request (another stream, expected_offset or events), nothing was written; position_not_reached: a read's min_position is beyond the committed log, nothing was read; invalid_envelope: an event's id is not a UUID in canonical form, or its type or content_type is empty or holds a control character.",
         ),
         (
             "500",
@@ -438,6 +441,10 @@ fn u64_schema(description: &str) -> Value {
 /// unused bits of the last character are zero.
 const BASE64_PATTERN: &str =
     "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+/// A UUID in canonical text form (`vellum_audit::envelope::parse_uuid`).
+const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+/// An envelope type or content type: no control character (Unicode Cc).
+const LABEL_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
 
 fn schemas() -> Value {
     let limit = api::REQUEST_BODY_BYTES_MAX;
@@ -450,11 +457,19 @@ fn schemas() -> Value {
             }
         },
         "EventIn": {
-            "type": "object", "additionalProperties": false, "minProperties": 1, "maxProperties": 1,
-            "description": format!("Exactly one of json (stored as exactly the bytes of the value as sent: key order, number spelling and whitespace kept) or base64 (standard, padded). At most {} bytes per event (the json value's text, or the decoded base64).", api::EVENT_BYTES_MAX),
+            "type": "object", "additionalProperties": false,
+            "oneOf": [
+                { "required": ["json"], "not": { "required": ["base64"] } },
+                { "required": ["base64"], "not": { "required": ["json"] } }
+            ],
+            "description": format!("Exactly one of json (stored as exactly the bytes of the value as sent: key order, number spelling and whitespace kept) or base64 (standard, padded). At most {} bytes per event (the json value's text, or the decoded base64). Optional envelope fields (id, type, content_type, metadata) are encrypted and committed with the payload and read back byte for byte. A repeat of an id on the stream is never stored twice: a resent batch (every event with an id, exactly the events of one earlier append, in order) is answered with that append's receipt and duplicate true; any other repeat is refused with 409 duplicate_event_id.", api::EVENT_BYTES_MAX),
             "properties": {
                 "json": {},
-                "base64": { "type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN, "maxLength": api::EVENT_BYTES_MAX.div_ceil(3) * 4 }
+                "base64": { "type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN, "maxLength": api::EVENT_BYTES_MAX.div_ceil(3) * 4 },
+                "id": { "type": "string", "pattern": UUID_PATTERN, "description": "The event's id: a UUID in canonical form (lowercase hex, 8-4-4-4-12); other spellings are refused (422 invalid_envelope)." },
+                "type": { "type": "string", "minLength": 1, "maxLength": vellum_audit::envelope::TYPE_BYTES_MAX, "pattern": LABEL_PATTERN, "description": "The event's type (for FHIR the resourceType or a domain event name): 1 to 256 bytes of UTF-8, no control characters." },
+                "content_type": { "type": "string", "minLength": 1, "maxLength": vellum_audit::envelope::CONTENT_TYPE_BYTES_MAX, "pattern": LABEL_PATTERN, "description": "The payload's media type: 1 to 256 bytes of UTF-8, no control characters." },
+                "metadata": { "description": "Any JSON value, at most 16 KiB of text, stored and read back byte for byte as sent (413 envelope_too_large above)." }
             }
         },
         "AppendRequest": {
@@ -476,7 +491,7 @@ fn schemas() -> Value {
                 "next_offset": u64_schema("The stream's new length."),
                 "first_position": u64_schema("Global position of the first event."),
                 "op": u64_schema("The VSR op carrying the batch."),
-                "duplicate": { "type": "boolean", "description": "A retry answered from the client table; nothing new written." },
+                "duplicate": { "type": "boolean", "description": "Nothing new written: a retry answered from the client table, or a resent batch whose event ids the stream holds (the offsets are the original events')." },
                 "certificate": { "type": "string", "description": "C2SP signed note with a quorum of signatures." },
                 "proofs": { "type": "array", "items": { "type": "string" }, "description": "One tlog-proof@v1 per event." },
                 "salts": { "type": "array", "items": { "type": "string", "contentEncoding": "base64" }, "description": "Each event's 32-byte commitment salt (standard base64), in batch order; with the event's bytes it opens its leaf's commitment (`vellum proof check`)." }
@@ -489,7 +504,12 @@ fn schemas() -> Value {
                 "stream": u64_schema("The stream."),
                 "offset": u64_schema("Offset in the stream."),
                 "base64": { "type": "string", "contentEncoding": "base64" },
-                "salt": { "type": "string", "contentEncoding": "base64", "description": "The event's 32-byte commitment salt (standard base64); with the payload it opens its leaf's commitment (`vellum proof check`)." }
+                "envelope": { "type": "boolean", "description": "Present and true when the event was appended in a batch with envelope fields: its leaf commits to the encoded envelope (docs/format.md, \"Event envelope\"), not to the bare payload." },
+                "id": { "type": "string", "description": "The event's id, as appended." },
+                "type": { "type": "string", "description": "The event's type, as appended." },
+                "content_type": { "type": "string", "description": "The payload's media type, as appended." },
+                "metadata": { "description": "The metadata, the JSON text exactly as appended." },
+                "salt": { "type": "string", "contentEncoding": "base64", "description": "The event's 32-byte commitment salt (standard base64); with the payload (or, with envelope, the encoded envelope) it opens its leaf's commitment (`vellum proof check`)." }
             }
         },
         "StreamEvents": {
@@ -632,7 +652,8 @@ fn schemas() -> Value {
                             .collect::<Vec<_>>() },
                         "message": { "type": "string" },
                         "actual_offset": u64_schema("For wrong_expected_offset: the stream's length."),
-                        "shred_position": u64_schema("For shredded: the global log position of the shred event.")
+                        "shred_position": u64_schema("For shredded: the global log position of the shred event."),
+                        "original_offset": u64_schema("For duplicate_event_id: the stream offset of the stored event with that id.")
                     }
                 }
             }

@@ -174,6 +174,7 @@ impl FakeNode {
             offset,
             base64,
             salt: String::new(),
+            ..Default::default()
         });
         drop(state);
         self.grew.notify_all();

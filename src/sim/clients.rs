@@ -73,6 +73,7 @@ impl Sim {
             key_id: stream,
             digest,
             trail,
+            enveloped: false,
         };
         self.clients[client].pending = Some(Pending {
             request,

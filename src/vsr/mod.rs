@@ -149,6 +149,9 @@ pub struct Request {
     /// its trail record commit together, in one round, or not at all.
     /// Opaque to the core.
     pub trail: Option<Bytes>,
+    /// The events are encoded envelopes (`vellum_audit::envelope`): the
+    /// core sets `FLAG_ENVELOPES` in the op header. Opaque otherwise.
+    pub enveloped: bool,
 }
 
 /// The client session of the trail ops that close atomic groups. Reserved:

@@ -108,14 +108,20 @@ impl Replica {
                 max: EVENTS_PER_OP_MAX,
             });
         }
+        // An encoded envelope holds a payload of up to EVENT_BYTES_MAX and
+        // its fields (the shell checked each envelope's payload).
+        let event_bytes_max = match request.enveloped {
+            true => EVENT_BYTES_MAX + vellum_audit::envelope::ENVELOPE_OVERHEAD_MAX,
+            false => EVENT_BYTES_MAX,
+        };
         if let Some(big) = request
             .events
             .iter()
-            .position(|e| e.len() > EVENT_BYTES_MAX)
+            .position(|e| e.len() > event_bytes_max)
         {
             return Err(super::RequestRefusal::EventTooLarge {
                 index: big,
-                max: EVENT_BYTES_MAX,
+                max: event_bytes_max,
             });
         }
         let body: usize = request
@@ -267,6 +273,7 @@ impl Replica {
             key_id: 0,
             digest: super::DIGEST_UNKNOWN,
             trail: None,
+            enveloped: false,
         };
         let header = self.next_header(&request, stream_offset);
         self.sealing = Some(Sealing {
@@ -314,6 +321,9 @@ impl Replica {
         let mut header = self.next_header(&request, actual);
         if request.trail.is_some() || !self.group.is_empty() {
             header.flags |= vellum_audit::record::FLAG_GROUP_CONTINUES;
+        }
+        if request.enveloped {
+            header.flags |= vellum_audit::record::FLAG_ENVELOPES;
         }
         self.sealing = Some(Sealing {
             header,

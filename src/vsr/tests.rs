@@ -364,6 +364,7 @@ pub(super) fn with_digest(
         key_id: 1,
         digest: sha256(&[b"test digest", &encoded]),
         trail: None,
+        enveloped: false,
     }
 }
 

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from vellum_client import (
     BadRequest,
     Client,
+    DuplicateEventId,
+    NewEvent,
     IdempotencyKey,
     Indeterminate,
     NotFound,
@@ -101,6 +103,27 @@ class Retries(unittest.TestCase):
                 client.append(20, [b"x"])
             with self.assertRaises(TransportError):
                 client.read_log()
+
+    def test_envelope_fields_go_byte_for_byte_and_come_back(self):
+        """Goal: an event's metadata JSON text is sent exactly as given, a
+        409 duplicate_event_id is DuplicateEventId, and a read's envelope
+        fields land in the Event."""
+        metadata = '{"z": 1.50 , "a":[1e3]}'
+        Stub.script = [(409, error("duplicate_event_id", original_offset=4))]
+        event = NewEvent(b"\x00p", id="0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a01", type="Obs\u2014x", metadata_json=metadata)
+        with self.client() as client, self.assertRaises(DuplicateEventId):
+            client.append(20, [event, b"raw"])
+        sent = Stub.bodies[0].decode()
+        self.assertIn('"metadata":' + metadata + "}", sent)
+        events = json.loads(sent)["events"]
+        self.assertEqual(events[0]["type"], "Obs\u2014x")
+        self.assertEqual(events[1], {"base64": "cmF3"})
+        doc = {"position": 3, "stream": 20, "offset": 0, "base64": "AHA=", "salt": "", "envelope": True,
+               "id": event.id, "type": event.type, "metadata": {"z": 1.5}}
+        Stub.script = [(200, {"stream": 20, "events": [doc], "next_offset": 1})]
+        with self.client() as client:
+            got = client.read_stream(20).events[0]
+        self.assertEqual((got.envelope, got.id, got.type, got.data), (True, event.id, event.type, b"\x00p"))
 
     def test_4xx_is_typed_and_never_retried(self):
         """Goal: 409 and 404 map to their classes at the first answer."""

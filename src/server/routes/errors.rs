@@ -31,6 +31,8 @@ pub struct ApiError {
     pub actual_offset: Option<u64>,
     /// For `shredded`: the shred event's global position.
     pub shred_position: Option<u64>,
+    /// For `duplicate_event_id`: the offset of the stored event.
+    pub original_offset: Option<u64>,
 }
 
 impl ApiError {
@@ -45,6 +47,7 @@ impl ApiError {
             message: message.into(),
             actual_offset: None,
             shred_position: None,
+            original_offset: None,
         }
     }
     /// 400 `bad_request`.
@@ -119,6 +122,7 @@ impl ApiError {
                 message: self.message.clone(),
                 actual_offset: self.actual_offset,
                 shred_position: self.shred_position,
+                original_offset: self.original_offset,
             },
         }
     }
@@ -176,6 +180,15 @@ impl From<AppendError> for ApiError {
             AppendError::IdempotencyKeyReused { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 code::IDEMPOTENCY_KEY_REUSED,
+                message,
+            ),
+            AppendError::DuplicateEventId { offset, .. } => ApiError {
+                original_offset: offset,
+                ..ApiError::new(StatusCode::CONFLICT, code::DUPLICATE_EVENT_ID, message)
+            },
+            AppendError::InvalidEnvelope { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::INVALID_ENVELOPE,
                 message,
             ),
             AppendError::Shredded(shredded) => shredded.into(),

@@ -16,7 +16,7 @@ use super::guard::{Touched, TrailRecorded, TrailTemplate};
 use super::{AppState, PURPOSE_BYTES_MAX, READ_EVENTS_DEFAULT, run_blocking};
 use crate::api::{
     self, AppendRequest, CertificateAnswer, EventIn, IdempotencyKey, LogEvents, ProofAnswer,
-    StreamEvents,
+    StreamEvents, code,
 };
 use crate::server::auth::Principal;
 use crate::server::node::AppendCall;
@@ -212,6 +212,17 @@ fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiEr
             api::EVENT_BYTES_MAX
         )));
     }
+    let enveloped = request.events.iter().any(EventIn::has_envelope);
+    let events = if enveloped {
+        events
+            .into_iter()
+            .zip(&request.events)
+            .enumerate()
+            .map(|(i, (payload, event))| envelope_bytes(i, event, payload))
+            .collect::<Result<Vec<Bytes>, ApiError>>()?
+    } else {
+        events
+    };
     let idempotency = request.idempotency.as_ref().map(idempotency).transpose()?;
     let expected_offset = request
         .expected_offset
@@ -220,10 +231,51 @@ fn append_call(stream: u64, request: &AppendRequest) -> Result<AppendCall, ApiEr
     Ok(AppendCall {
         stream,
         events,
+        enveloped,
         expected_offset,
         idempotency,
         trail: None,
     })
+}
+
+/// One event of a batch with envelope fields, encoded
+/// (`vellum_audit::envelope`): 422 `invalid_envelope` for a malformed field,
+/// 413 `envelope_too_large` for one over its limit.
+fn envelope_bytes(index: usize, event: &EventIn, payload: Bytes) -> Result<Bytes, ApiError> {
+    use vellum_audit::envelope::{Envelope, FieldError, parse_uuid};
+    let id = match &event.id {
+        Some(text) => Some(parse_uuid(text).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::INVALID_ENVELOPE,
+                format!(
+                    "events[{index}].id is not a UUID in canonical form (36 characters, lowercase hex digits 8-4-4-4-12)"
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let envelope = Envelope {
+        id,
+        event_type: event.event_type.clone(),
+        content_type: event.content_type.clone(),
+        // The member's text exactly as sent (P9), never re-serialized.
+        metadata: event.metadata.as_ref().map(|raw| raw.get().to_owned()),
+        payload: payload.to_vec(),
+    };
+    match envelope.check() {
+        Ok(()) => Ok(Bytes::from(envelope.encode())),
+        Err(error @ FieldError::TooLarge { .. }) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::ENVELOPE_TOO_LARGE,
+            format!("events[{index}]: {error}"),
+        )),
+        Err(error @ FieldError::Invalid { .. }) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::INVALID_ENVELOPE,
+            format!("events[{index}]: {error}"),
+        )),
+    }
 }
 
 fn event_bytes(index: usize, event: &EventIn) -> Result<Bytes, ApiError> {

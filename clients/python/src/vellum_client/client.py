@@ -113,6 +113,38 @@ class Event:
     offset: int
     data: bytes
     salt: bytes
+    # The envelope fields as appended (None when absent); `envelope` is
+    # true when the event's leaf commits to its encoded envelope. Python's
+    # json module parses `metadata`: its value, not its exact text.
+    envelope: bool = False
+    id: str | None = None
+    type: str | None = None
+    content_type: str | None = None
+    metadata: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """An event to append with envelope fields: `data` (bytes), and any of
+    `id` (a canonical lowercase UUID), `type`, `content_type`, and
+    `metadata_json` (JSON text, sent byte for byte as given)."""
+
+    data: bytes
+    id: str | None = None
+    type: str | None = None
+    content_type: str | None = None
+    metadata_json: str | None = None
+
+    def to_json(self) -> str:
+        """This event as a member of an append's `events`."""
+        parts = [f'"base64":"{base64.b64encode(bytes(self.data)).decode()}"']
+        for name, value in (("id", self.id), ("type", self.type), ("content_type", self.content_type)):
+            if value is not None:
+                parts.append(f"{json.dumps(name)}:{json.dumps(value)}")
+        if self.metadata_json is not None:
+            json.loads(self.metadata_json)  # one JSON value, or ValueError here
+            parts.append(f'"metadata":{self.metadata_json}')
+        return "{" + ",".join(parts) + "}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +202,11 @@ def _event(doc: dict[str, Any]) -> Event:
             offset=int(doc["offset"]),
             data=_b64decode(doc["base64"], "event base64"),
             salt=_b64decode(doc.get("salt", ""), "event salt"),
+            envelope=bool(doc.get("envelope", False)),
+            id=doc.get("id"),
+            type=doc.get("type"),
+            content_type=doc.get("content_type"),
+            metadata=doc.get("metadata"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise errors.ProtocolError(f"not an event: {error}: {str(doc)[:_QUOTE_BYTES_MAX]}") from None
@@ -249,13 +286,14 @@ class Client:
     def append(
         self,
         stream: int,
-        events: Sequence[bytes],
+        events: Sequence[bytes | NewEvent],
         expected_offset: int | None = None,
         *,
         key: IdempotencyKey | None = None,
         purpose: str | None = None,
     ) -> AppendReceipt:
-        """Appends `events` (bytes, all or nothing). With `expected_offset`,
+        """Appends `events` (bytes, or `NewEvent` with envelope fields; all
+        or nothing). With `expected_offset`,
         only if the stream has exactly that many events (else
         `WrongExpectedOffset`). Without `key`, a pooled session's next
         request number is used; pass the key of an `Indeterminate` error
@@ -266,8 +304,10 @@ class Client:
         if not 1 <= len(events) <= APPEND_EVENTS_MAX:
             raise errors.BadRequest(400, "bad_request", f"events: {len(events)}, expected 1 to {APPEND_EVENTS_MAX}")
         for i, event in enumerate(events):
+            if isinstance(event, NewEvent):
+                event = event.data
             if not isinstance(event, (bytes, bytearray, memoryview)):
-                raise TypeError(f"events[{i}] is {type(event).__name__}, expected bytes")
+                raise TypeError(f"events[{i}] is {type(event).__name__}, expected bytes or NewEvent")
             if len(event) > EVENT_BYTES_MAX:
                 raise errors.BadRequest(400, "bad_request", f"events[{i}]: {len(event)} bytes, more than 1 MiB")
         if key is not None:
@@ -281,20 +321,25 @@ class Client:
     def _append_with_key(
         self,
         stream: int,
-        events: Sequence[bytes],
+        events: Sequence[bytes | NewEvent],
         expected_offset: int | None,
         key: IdempotencyKey,
         purpose: str | None,
     ) -> AppendReceipt:
         body: dict[str, Any] = {
-            "events": [{"base64": base64.b64encode(bytes(e)).decode()} for e in events],
+            "events": [],
             "idempotency": {"session": key.session, "request": key.request},
         }
         if expected_offset is not None:
             body["expected_offset"] = expected_offset
         if purpose is not None:
             body["purpose"] = purpose
-        content = json.dumps(body, separators=(",", ":")).encode()
+        # Events are spliced in as text, so metadata goes byte for byte.
+        members = ",".join(
+            e.to_json() if isinstance(e, NewEvent) else NewEvent(bytes(e)).to_json() for e in events
+        )
+        rest = json.dumps(body, separators=(",", ":"))
+        content = rest.replace('"events":[]', '"events":[' + members + "]", 1).encode()
         if len(content) > REQUEST_BODY_BYTES_MAX:
             raise errors.PayloadTooLarge(
                 413, "payload_too_large", f"append to stream {stream} is {len(content)} bytes, more than 4 MiB"
@@ -566,6 +611,9 @@ class Client:
             )
         by_code: dict[str, type[errors.ApiError]] = {
             "idempotency_key_reused": errors.IdempotencyKeyReused,
+            "duplicate_event_id": errors.DuplicateEventId,
+            "invalid_envelope": errors.InvalidEnvelope,
+            "envelope_too_large": errors.PayloadTooLarge,
             "unauthorized": errors.Unauthorized,
             "forbidden": errors.Forbidden,
             "rate_limited": errors.RateLimited,

@@ -19,6 +19,8 @@ __all__ = [
     "RateLimited",
     "WrongExpectedOffset",
     "IdempotencyKeyReused",
+    "DuplicateEventId",
+    "InvalidEnvelope",
     "PayloadTooLarge",
     "Unavailable",
     "Indeterminate",
@@ -90,6 +92,17 @@ class IdempotencyKeyReused(ApiError):
     """422 `idempotency_key_reused`: the key already names another append
     (other stream, expected offset or events). Nothing was written; do not
     retry."""
+
+
+class DuplicateEventId(ApiError):
+    """409 `duplicate_event_id`: an event id is already on the stream (or
+    twice in the batch) and the batch is not a resend of the append holding
+    it. Nothing was written; the message names the stored event's offset."""
+
+
+class InvalidEnvelope(ApiError):
+    """422 `invalid_envelope`: an event's id is not a canonical UUID, or its
+    type or content type is empty or holds a control character."""
 
 
 class Unavailable(VellumError):
