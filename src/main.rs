@@ -7,11 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// mimalloc instead of glibc malloc: see the note at its entry in
-/// `Cargo.toml` (measured in `vellum bench`, CHANGELOG).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
