@@ -501,6 +501,13 @@ pub mod code {
     pub const RETENTION_FLOOR: &str = "retention_floor";
     /// A hold on a held stream, or a release of a stream not held (409).
     pub const CUSTODY_CONFLICT: &str = "custody_conflict";
+    /// A consumer group of that name exists already (409).
+    pub const GROUP_EXISTS: &str = "group_exists";
+    /// An ack or nack names a position that is not out for delivery in
+    /// the group (never delivered, beyond the log); nothing was written (409).
+    pub const NOT_DELIVERED: &str = "not_delivered";
+    /// A replay names a position that is not parked; nothing was written (409).
+    pub const NOT_PARKED: &str = "not_parked";
 }
 
 /// The error codes of [`code`] as a type, for clients that branch on an
@@ -545,11 +552,17 @@ pub enum ErrorCode {
     RetentionFloor,
     /// [`code::CUSTODY_CONFLICT`] (409).
     CustodyConflict,
+    /// [`code::GROUP_EXISTS`] (409).
+    GroupExists,
+    /// [`code::NOT_DELIVERED`] (409).
+    NotDelivered,
+    /// [`code::NOT_PARKED`] (409).
+    NotParked,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -569,6 +582,9 @@ impl ErrorCode {
         ErrorCode::LegalHold,
         ErrorCode::RetentionFloor,
         ErrorCode::CustodyConflict,
+        ErrorCode::GroupExists,
+        ErrorCode::NotDelivered,
+        ErrorCode::NotParked,
     ];
 
     /// The wire spelling, one of [`code`].
@@ -593,6 +609,9 @@ impl ErrorCode {
             ErrorCode::LegalHold => code::LEGAL_HOLD,
             ErrorCode::RetentionFloor => code::RETENTION_FLOOR,
             ErrorCode::CustodyConflict => code::CUSTODY_CONFLICT,
+            ErrorCode::GroupExists => code::GROUP_EXISTS,
+            ErrorCode::NotDelivered => code::NOT_DELIVERED,
+            ErrorCode::NotParked => code::NOT_PARKED,
         }
     }
 

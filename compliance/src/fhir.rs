@@ -119,7 +119,9 @@ fn coding_of(action: AccessAction) -> Coding {
         AccessAction::Proof | AccessAction::Consistency | AccessAction::Certificate => {
             rest("read", "R")
         }
-        AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
+        AccessAction::Verify | AccessAction::ExportTrail | AccessAction::ConsumerGroup => {
+            rest("operation", "E")
+        }
         AccessAction::BreakGlass => patient_record("operation", "E"),
         AccessAction::AuthFailed => Coding {
             type_system: DICOM_SYSTEM,

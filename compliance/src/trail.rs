@@ -64,6 +64,10 @@ pub enum AccessAction {
     AuthFailed,
     /// Emergency access to a stream opened (break-glass), with a reason.
     BreakGlass,
+    /// A consumer group created, deleted or looked at, or events of it
+    /// acked, nacked, listed as parked or replayed (no patient data; a
+    /// group's deliveries are recorded as `subscribe`).
+    ConsumerGroup,
 }
 
 impl AccessAction {
@@ -86,6 +90,7 @@ impl AccessAction {
             AccessAction::Verify => "verify",
             AccessAction::AuthFailed => "auth_failed",
             AccessAction::BreakGlass => "break_glass",
+            AccessAction::ConsumerGroup => "consumer_group",
         }
     }
 

@@ -797,7 +797,10 @@ fn refusal(
         | ErrorCode::Shredded
         | ErrorCode::LegalHold
         | ErrorCode::RetentionFloor
-        | ErrorCode::CustodyConflict => ClientError::Refused { code, message },
+        | ErrorCode::CustodyConflict
+        | ErrorCode::GroupExists
+        | ErrorCode::NotDelivered
+        | ErrorCode::NotParked => ClientError::Refused { code, message },
         // 5xx codes on a 4xx status: the answer breaks the contract.
         ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))

@@ -31,6 +31,7 @@ pub struct ReplicaNode {
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
     custody: Arc<super::Custody>,
+    groups: super::groups::Groups,
     witnesses: Option<Arc<WitnessFeed>>,
 }
 
@@ -43,6 +44,7 @@ impl ReplicaNode {
         custody: Arc<super::Custody>,
     ) -> ReplicaNode {
         ReplicaNode {
+            groups: super::groups::Groups::new(Arc::clone(&log)),
             log,
             transport,
             trail: super::TrailBatcher::default(),
@@ -605,6 +607,16 @@ impl Node for ReplicaNode {
     fn custody(&self, call: CustodyCall) -> Result<CustodyDone, CustodyError> {
         self.primary_or_refuse()?;
         self.custody.request(&call)
+    }
+
+    fn group(
+        &self,
+        call: crate::server::groups::GroupCall,
+    ) -> Result<crate::server::groups::GroupAnswer, crate::server::groups::GroupError> {
+        if call != crate::server::groups::GroupCall::Metrics {
+            self.primary_or_refuse()?;
+        }
+        self.groups.call(call)
     }
 }
 
