@@ -90,14 +90,14 @@ where
 }
 
 /// [`whole`] for an optional member that, when present, must not be null.
-fn present_whole<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+pub(crate) fn present_whole<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     whole(deserializer).map(Some)
 }
 
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

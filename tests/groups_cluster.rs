@@ -468,6 +468,8 @@ async fn strangers_are_refused(
         json!({ "name": "g", "start": "9223372036854775808" }),
         json!({ "name": "g", "streams": "5-3" }),
         json!({ "name": "g", "surprise": true }),
+        json!({ "name": "g", "streams": null }),
+        json!({ "name": "g", "lease_ms": null }),
     ] {
         let (got, answer) = call(cluster, i, "POST", Some(writer), "/v1/groups", Some(&body)).await;
         assert!(matches!(got, 400 | 422), "{body}: {got} {answer}");

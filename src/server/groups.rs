@@ -17,9 +17,9 @@ use vellum_compliance::groups::GroupConfig;
 pub const GROUP_PULL_EVENTS_MAX: u64 = 500;
 /// Events one pull delivers when the caller does not say.
 pub const GROUP_PULL_EVENTS_DEFAULT: u64 = 100;
-/// The longest a pull waits for an event, in milliseconds (below the
-/// forwarder's idle bound, so a pull through a backup is not cut).
-pub const GROUP_PULL_WAIT_MS_MAX: u64 = 20_000;
+/// The longest a pull waits for an event, in milliseconds (well below the
+/// forwarder's timeouts, so a pull through a backup is not cut).
+pub const GROUP_PULL_WAIT_MS_MAX: u64 = 10_000;
 /// Longest consumer name, in bytes.
 pub const GROUP_CONSUMER_BYTES_MAX: usize = 128;
 /// Parked events one listing returns at most.
@@ -223,17 +223,17 @@ pub struct CreateGroupRequest {
     pub name: String,
     /// Stream filter as in `GET /v1/log?streams=` (`5001,6000-6999`);
     /// absent: every user stream.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub streams: Option<String>,
     /// `"beginning"` (default), `"end"`, or a global position as a decimal string.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub start: Option<String>,
     /// Failed deliveries (nack or lease expiry) before an event is parked
     /// (default 5, at most 100).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub retry_max: Option<u32>,
     /// Lease of a delivered event in milliseconds (default 30000, 100 to 600000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present_whole")]
     pub lease_ms: Option<u64>,
 }
 
@@ -277,13 +277,13 @@ pub struct GroupDeleted {
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// The consumer's name (default: the principal's).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub consumer: Option<String>,
     /// Most events (default 100, at most 500).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present_whole")]
     pub max: Option<u64>,
-    /// Longest wait for a first event in milliseconds (default 0, at most 20000).
-    #[serde(default)]
+    /// Longest wait for a first event in milliseconds (default 0, at most 10000).
+    #[serde(default, deserialize_with = "crate::api::present_whole")]
     pub wait_ms: Option<u64>,
 }
 
@@ -338,10 +338,10 @@ pub struct NackRequest {
     /// Positions that failed (1 to 1000).
     pub positions: Vec<u64>,
     /// `"retry"` (default: deliver again, parked past the retry limit) or `"park"`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub action: Option<String>,
     /// Why (kept with a parked event; at most 512 bytes).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub reason: Option<String>,
 }
 
@@ -384,7 +384,7 @@ pub struct GroupParkedList {
 pub struct ReplayRequest {
     /// Parked positions to deliver again (absent: every parked event, up
     /// to 1000 per call).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::present")]
     pub positions: Option<Vec<u64>>,
 }
 

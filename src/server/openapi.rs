@@ -356,13 +356,18 @@ fn min_position_param() -> Value {
 /// every schema-valid filter is within 2^63-1).
 const FILTER_NUMBER: &str = "(?:0|[1-9][0-9]{0,17})";
 
-fn streams_param() -> Value {
+/// The pattern of a `streams` filter (`5001,6000-6999`).
+fn streams_pattern() -> String {
     let item = format!("{FILTER_NUMBER}(?:-{FILTER_NUMBER})?");
     let most = crate::server::filter::FILTER_STREAM_ITEMS_MAX - 1;
+    format!("^{item}(?:,{item}){{0,{most}}}$")
+}
+
+fn streams_param() -> Value {
     json!({
         "name": "streams", "in": "query", "required": false,
         "description": format!("Filter: only events of these streams, a comma-separated list of stream ids (5001) and inclusive ranges (6000-6999), at most {} items, applied on the server after the token's scope and recorded in the access trail. A reversed range is 422 refused.", crate::server::filter::FILTER_STREAM_ITEMS_MAX),
-        "schema": { "type": "string", "pattern": format!("^{item}(?:,{item}){{0,{most}}}$") }
+        "schema": { "type": "string", "pattern": streams_pattern() }
     })
 }
 

@@ -48,6 +48,10 @@ pub(super) fn paths() -> Value {
     {
         map.insert("201".to_string(), success);
     }
+    let mut parked_max =
+        super::query_param("max", "Most entries (default and at most 1000).", false);
+    parked_max["schema"]["minimum"] = json!(1);
+    parked_max["schema"]["maximum"] = json!(GROUP_PARKED_LIST_MAX);
     json!({
         "/v1/groups": {
             "post": {
@@ -98,7 +102,7 @@ pub(super) fn paths() -> Value {
                 "parameters": [
                     group_param(),
                     super::query_param("from", "First position listed (default 0).", false),
-                    super::query_param("max", "Most entries (default and at most 1000).", false)
+                    parked_max
                 ],
                 "responses": with_errors(ok("GroupParkedList"), &common)
             }
@@ -128,8 +132,8 @@ pub(super) fn schemas() -> Value {
             "type": "object", "required": ["name"], "additionalProperties": false,
             "properties": {
                 "name": name_schema(),
-                "streams": { "type": "string", "description": "Stream filter as in GET /v1/log?streams= (5001,6000-6999); absent: every user stream." },
-                "start": { "type": "string", "description": "beginning (default), end (the committed end of the log: new events only), or a global position in decimal." },
+                "streams": { "type": "string", "pattern": super::streams_pattern(), "description": "Stream filter as in GET /v1/log?streams= (5001,6000-6999); absent: every user stream. A reversed range is 422 refused." },
+                "start": { "type": "string", "pattern": "^(?:beginning|end|0|[1-9][0-9]{0,17})$", "description": "beginning (default), end (the committed end of the log: new events only), or a global position in decimal (at most 2^63-1)." },
                 "retry_max": { "type": "integer", "minimum": 0, "maximum": GROUP_RETRY_MAX, "description": "Failed deliveries before an event is parked (default 5)." },
                 "lease_ms": { "type": "integer", "minimum": GROUP_LEASE_MS_MIN, "maximum": GROUP_LEASE_MS_MAX, "description": "How long a consumer holds a delivered event (default 30000)." }
             }
@@ -157,7 +161,7 @@ pub(super) fn schemas() -> Value {
         "PullRequest": {
             "type": "object", "additionalProperties": false,
             "properties": {
-                "consumer": { "type": "string", "minLength": 1, "maxLength": GROUP_CONSUMER_BYTES_MAX, "description": "The consumer's name (default: the principal's)." },
+                "consumer": { "type": "string", "minLength": 1, "description": format!("The consumer's name, 1 to {GROUP_CONSUMER_BYTES_MAX} bytes of UTF-8 (default: the principal's).") },
                 "max": { "type": "integer", "minimum": 1, "maximum": GROUP_PULL_EVENTS_MAX, "description": "Most events (default 100)." },
                 "wait_ms": { "type": "integer", "minimum": 0, "maximum": GROUP_PULL_WAIT_MS_MAX, "description": "Longest wait for a first event (default 0)." }
             }
@@ -199,7 +203,7 @@ pub(super) fn schemas() -> Value {
             "properties": {
                 "positions": positions_schema(),
                 "action": { "type": "string", "enum": ["retry", "park"], "description": "retry (default) or park now." },
-                "reason": { "type": "string", "maxLength": GROUP_REASON_BYTES_MAX, "description": "Why (kept with a parked event; no PHI: it is committed in the log)." }
+                "reason": { "type": "string", "description": format!("Why, at most {GROUP_REASON_BYTES_MAX} bytes of UTF-8 (kept with a parked event; no PHI: it is committed in the log).") }
             }
         },
         "GroupNacked": {
