@@ -555,10 +555,10 @@ impl Groups {
             }
         }
         let reason = match park_now {
-            true => format!("nacked by {principal}: {reason}"),
-            false => format!("nacked past the retry limit ({retry_max}) by {principal}: {reason}"),
+            true => format!("nacked: {reason}"),
+            false => format!("nacked past the retry limit ({retry_max}): {reason}"),
         };
-        self.park(inner, name, park.clone(), &reason)?;
+        self.park(inner, name, park.clone(), principal, &reason)?;
         let checkpoint = self.group_state(inner, name)?.checkpoint;
         Ok(GroupAnswer::Nacked(GroupNacked {
             retried,
@@ -573,6 +573,7 @@ impl Groups {
         inner: &mut Inner,
         name: &str,
         mut positions: Vec<u64>,
+        principal: &str,
         reason: &str,
     ) -> Result<(), GroupError> {
         if positions.is_empty() {
@@ -586,7 +587,7 @@ impl Groups {
         let checkpoint = inner.live.get(name).map_or(group.checkpoint, |l| {
             l.checkpoint_after(group.checkpoint, &settled)
         });
-        let mut event = Self::event(GroupAction::Park, name, GROUP_SYSTEM_PRINCIPAL);
+        let mut event = Self::event(GroupAction::Park, name, principal);
         event.positions = positions;
         event.checkpoint = Some(checkpoint);
         event.reason = Some(clip(reason, GROUP_REASON_BYTES_MAX));
@@ -693,7 +694,7 @@ impl Groups {
             "lease expired on its last of {} deliveries",
             u64::from(group.config.retry_max) + 1
         );
-        self.park(&mut inner, name, park, &reason)?;
+        self.park(&mut inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
         let group = self.group_state(&inner, name)?.clone();
         self.scan(&mut inner, name, &group)?;
         let live = inner.live.entry(name.to_string()).or_default();
