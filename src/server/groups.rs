@@ -19,7 +19,7 @@ pub const GROUP_PULL_EVENTS_MAX: u64 = 500;
 pub const GROUP_PULL_EVENTS_DEFAULT: u64 = 100;
 /// The longest a pull waits for an event, in milliseconds (well below the
 /// forwarder's timeouts, so a pull through a backup is not cut).
-pub const GROUP_PULL_WAIT_MS_MAX: u64 = 10_000;
+pub const GROUP_PULL_WAIT_MS_MAX: u64 = 5_000;
 /// Longest consumer name, in bytes.
 pub const GROUP_CONSUMER_BYTES_MAX: usize = 128;
 /// Parked events one listing returns at most.
@@ -282,7 +282,7 @@ pub struct PullRequest {
     /// Most events (default 100, at most 500).
     #[serde(default, deserialize_with = "crate::api::present_whole")]
     pub max: Option<u64>,
-    /// Longest wait for a first event in milliseconds (default 0, at most 10000).
+    /// Longest wait for a first event in milliseconds (default 0, at most 5000).
     #[serde(default, deserialize_with = "crate::api::present_whole")]
     pub wait_ms: Option<u64>,
 }
@@ -315,6 +315,7 @@ pub struct GroupDelivery {
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// Positions processed (1 to 1000).
+    #[serde(deserialize_with = "whole_list")]
     pub positions: Vec<u64>,
 }
 
@@ -336,6 +337,7 @@ pub struct GroupAcked {
 #[serde(deny_unknown_fields)]
 pub struct NackRequest {
     /// Positions that failed (1 to 1000).
+    #[serde(deserialize_with = "whole_list")]
     pub positions: Vec<u64>,
     /// `"retry"` (default: deliver again, parked past the retry limit) or `"park"`.
     #[serde(default, deserialize_with = "crate::api::present")]
@@ -384,7 +386,7 @@ pub struct GroupParkedList {
 pub struct ReplayRequest {
     /// Parked positions to deliver again (absent: every parked event, up
     /// to 1000 per call).
-    #[serde(default, deserialize_with = "crate::api::present")]
+    #[serde(default, deserialize_with = "present_whole_list")]
     pub positions: Option<Vec<u64>>,
 }
 
@@ -412,6 +414,26 @@ pub struct GroupMetrics {
     pub parked: u64,
     /// Gauge: events leased now (the primary's memory; 0 at a backup).
     pub in_flight: u64,
+}
+
+/// A list of positions: each a JSON integer, or a number whose value is
+/// a whole number (`211.0`), as `crate::api::whole` reads one.
+fn whole_list<'de, D>(deserializer: D) -> Result<Vec<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "crate::api::whole")] u64);
+    let list = Vec::<Whole>::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|w| w.0).collect())
+}
+
+/// [`whole_list`] for an optional member that, when present, must not be null.
+fn present_whole_list<'de, D>(deserializer: D) -> Result<Option<Vec<u64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    whole_list(deserializer).map(Some)
 }
 
 /// The canonical text of a stream filter (`5001,6000-6999`); None when empty.
