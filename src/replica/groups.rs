@@ -481,7 +481,8 @@ impl Groups {
         principal: &str,
     ) -> Result<GroupAnswer, GroupError> {
         let group = self.group_state(inner, name)?;
-        let live = inner.live.get(name).cloned().unwrap_or_default();
+        let empty = Live::default();
+        let live = inner.live.get(name).unwrap_or(&empty);
         let mut fresh = BTreeSet::new();
         let mut already = 0;
         for p in positions {
@@ -532,7 +533,8 @@ impl Groups {
     ) -> Result<GroupAnswer, GroupError> {
         let group = self.group_state(inner, name)?;
         let retry_max = group.config.retry_max;
-        let live = inner.live.get(name).cloned().unwrap_or_default();
+        let empty = Live::default();
+        let live = inner.live.get(name).unwrap_or(&empty);
         for p in positions {
             if !live.delivered_unsettled(*p) && !group.is_done(*p) {
                 return Err(GroupError::NotDelivered {
@@ -686,26 +688,29 @@ impl Groups {
     ) -> Result<(Vec<(u64, u32)>, u64), GroupError> {
         let mut inner = self.inner();
         self.refresh(&mut inner)?;
-        let group = self.group_state(&inner, name)?.clone();
+        let config = self.group_state(&inner, name)?.config.clone();
         let now = self.now_ms();
         let live = inner.live.entry(name.to_string()).or_default();
-        let park = live.expire(now, group.config.retry_max);
+        let park = live.expire(now, config.retry_max);
         let reason = format!(
             "lease expired on its last of {} deliveries",
-            u64::from(group.config.retry_max) + 1
+            u64::from(config.retry_max) + 1
         );
         self.park(&mut inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
-        let group = self.group_state(&inner, name)?.clone();
-        self.scan(&mut inner, name, &group)?;
-        let live = inner.live.entry(name.to_string()).or_default();
-        let leased = live.lease(consumer, max, now.saturating_add(group.config.lease_ms));
-        Ok((leased, group.config.lease_ms))
+        // Disjoint borrows: the committed state read, the in-flight one changed.
+        let Inner { state, live, .. } = &mut *inner;
+        let group = state.group(name).ok_or_else(|| GroupError::NotFound {
+            group: name.to_string(),
+        })?;
+        let live = live.entry(name.to_string()).or_default();
+        self.scan(live, group)?;
+        let leased = live.lease(consumer, max, now.saturating_add(config.lease_ms));
+        Ok((leased, config.lease_ms))
     }
 
     /// Takes committed log events into the group's window, up to its bound.
-    fn scan(&self, inner: &mut Inner, name: &str, group: &GroupState) -> Result<(), GroupError> {
+    fn scan(&self, live: &mut Live, group: &GroupState) -> Result<(), GroupError> {
         let committed = self.log.committed_events();
-        let live = inner.live.entry(name.to_string()).or_default();
         while live.wants_more(group) && live.scan < committed {
             let page = self
                 .log
