@@ -24,8 +24,9 @@ SCHEMATHESIS_VERSION=4.32.5
 vellum=${VELLUM_BIN:-${CARGO_TARGET_DIR:-target}/debug/vellum}
 examples=${VELLUM_SCHEMATHESIS_EXAMPLES:-50}
 seed=${VELLUM_SCHEMATHESIS_SEED:-9}
-# 150 s: the consumer-group routes added 8 operations to the 19 (a reader's
-# run took 85 s of the former 90 on 2 shared cores).
+# 150 s: the consumer-group routes added 8 operations to the 19; with a
+# build sharing the 2 cores a run took 85 s and more of the former 90 (alone:
+# 52 to 71 s).
 run_secs=${VELLUM_SCHEMATHESIS_RUN_SECS:-150}
 venv=${VELLUM_CI_VENV:-target/ci-venv}
 ready_secs=120
