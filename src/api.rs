@@ -90,14 +90,14 @@ where
 }
 
 /// [`whole`] for an optional member that, when present, must not be null.
-fn present_whole<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+pub(crate) fn present_whole<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     whole(deserializer).map(Some)
 }
 
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -654,6 +654,13 @@ pub mod code {
     /// An envelope field is over its limit: metadata above 16 KiB, type or
     /// content type above 256 bytes (413).
     pub const ENVELOPE_TOO_LARGE: &str = "envelope_too_large";
+    /// A consumer group of that name exists already (409).
+    pub const GROUP_EXISTS: &str = "group_exists";
+    /// An ack or nack names a position that is not out for delivery in
+    /// the group (never delivered, beyond the log); nothing was written (409).
+    pub const NOT_DELIVERED: &str = "not_delivered";
+    /// A replay names a position that is not parked; nothing was written (409).
+    pub const NOT_PARKED: &str = "not_parked";
 }
 
 /// The error codes of [`code`] as a type, for clients that branch on an
@@ -704,11 +711,17 @@ pub enum ErrorCode {
     InvalidEnvelope,
     /// [`code::ENVELOPE_TOO_LARGE`] (413).
     EnvelopeTooLarge,
+    /// [`code::GROUP_EXISTS`] (409).
+    GroupExists,
+    /// [`code::NOT_DELIVERED`] (409).
+    NotDelivered,
+    /// [`code::NOT_PARKED`] (409).
+    NotParked,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
@@ -731,6 +744,9 @@ impl ErrorCode {
         ErrorCode::DuplicateEventId,
         ErrorCode::InvalidEnvelope,
         ErrorCode::EnvelopeTooLarge,
+        ErrorCode::GroupExists,
+        ErrorCode::NotDelivered,
+        ErrorCode::NotParked,
     ];
 
     /// The wire spelling, one of [`code`].
@@ -758,6 +774,9 @@ impl ErrorCode {
             ErrorCode::DuplicateEventId => code::DUPLICATE_EVENT_ID,
             ErrorCode::InvalidEnvelope => code::INVALID_ENVELOPE,
             ErrorCode::EnvelopeTooLarge => code::ENVELOPE_TOO_LARGE,
+            ErrorCode::GroupExists => code::GROUP_EXISTS,
+            ErrorCode::NotDelivered => code::NOT_DELIVERED,
+            ErrorCode::NotParked => code::NOT_PARKED,
         }
     }
 

@@ -37,6 +37,10 @@ pub const ACCESS_TRAIL_STREAM: u64 = 1;
 /// The system stream of key-custody events (P6): shreds, legal holds and
 /// retention floors (`vellum_compliance::custody`). Only a replica writes it.
 pub const KEY_CUSTODY_STREAM: u64 = 2;
+/// The system stream of consumer-group events (persistent subscriptions):
+/// group creation and deletion, acks, parks and replays
+/// (`vellum_compliance::groups`). Only a replica writes it.
+pub const CONSUMER_GROUPS_STREAM: u64 = 3;
 /// The client session of the trail ops that close atomic groups (reserved:
 /// no client request may use it). Such an op's request number is its op.
 pub const TRAIL_CLIENT: u128 = u128::MAX;

@@ -120,7 +120,9 @@ fn coding_of(action: AccessAction) -> Coding {
         AccessAction::Proof | AccessAction::Consistency | AccessAction::Certificate => {
             rest("read", "R")
         }
-        AccessAction::Verify | AccessAction::ExportTrail => rest("operation", "E"),
+        AccessAction::Verify | AccessAction::ExportTrail | AccessAction::ConsumerGroup => {
+            rest("operation", "E")
+        }
         AccessAction::BreakGlass => patient_record("operation", "E"),
         // DICOM CID 403 "Security Alert Type": a key-encryption key
         // changed is a change of the security configuration.

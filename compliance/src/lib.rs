@@ -11,5 +11,6 @@ pub mod bundle;
 pub mod custody;
 pub mod disclosures;
 pub mod fhir;
+pub mod groups;
 pub mod tabular;
 pub mod trail;

@@ -68,6 +68,10 @@ pub enum AccessAction {
     /// recorded by that replica at its next start; `detail` names the old
     /// and new KEK fingerprints, never key material.
     KekRotated,
+    /// A consumer group created, deleted or looked at, or events of it
+    /// acked, nacked, listed as parked or replayed (no patient data; a
+    /// group's deliveries are recorded as `subscribe`).
+    ConsumerGroup,
 }
 
 impl AccessAction {
@@ -91,6 +95,7 @@ impl AccessAction {
             AccessAction::AuthFailed => "auth_failed",
             AccessAction::BreakGlass => "break_glass",
             AccessAction::KekRotated => "kek_rotated",
+            AccessAction::ConsumerGroup => "consumer_group",
         }
     }
 

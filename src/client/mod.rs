@@ -825,6 +825,9 @@ fn refusal(
         | ErrorCode::DuplicateEventId
         | ErrorCode::InvalidEnvelope
         | ErrorCode::EnvelopeTooLarge => ClientError::Refused { code, message },
+        ErrorCode::GroupExists | ErrorCode::NotDelivered | ErrorCode::NotParked => {
+            ClientError::Refused { code, message }
+        }
         // 5xx codes on a 4xx status: the answer breaks the contract.
         ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::Storage => {
             ClientError::Protocol(format!("{status} with code {code}: {message}"))

@@ -911,6 +911,23 @@ impl LocalLog {
         self.append_through_core(stream, events, Some(expected_offset), None, None, false)
     }
 
+    /// Appends consumer-group events (persistent subscriptions) to the
+    /// system stream [`vellum_compliance::groups::CONSUMER_GROUPS_STREAM`]
+    /// through the core, with `expected_offset` (the group state the
+    /// caller decided on); only the replica writes there.
+    pub fn append_groups(
+        &self,
+        events: &[Bytes],
+        expected_offset: u64,
+    ) -> Result<Appended, LogError> {
+        validate_events(events)?;
+        if self.storage_read_only() {
+            return Err(LogError::ReadOnly);
+        }
+        let stream = vellum_compliance::groups::CONSUMER_GROUPS_STREAM;
+        self.append_through_core(stream, events, Some(expected_offset), None, None, false)
+    }
+
     /// Destroys every data key of `stream` in this replica's key store,
     /// durably (a committed shred: see `replica::custody`). Idempotent.
     pub fn shred_stream_keys(&self, stream: u64) -> Result<Vec<u64>, LogError> {

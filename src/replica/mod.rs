@@ -13,6 +13,7 @@
 //! stays pure: everything here only moves inputs in and actions out.
 
 mod custody;
+mod groups;
 mod node;
 mod trail;
 pub mod witness_feed;

@@ -31,6 +31,7 @@ pub struct ReplicaNode {
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
     custody: Arc<super::Custody>,
+    groups: super::groups::Groups,
     witnesses: Option<Arc<WitnessFeed>>,
 }
 
@@ -43,6 +44,7 @@ impl ReplicaNode {
         custody: Arc<super::Custody>,
     ) -> ReplicaNode {
         ReplicaNode {
+            groups: super::groups::Groups::new(Arc::clone(&log)),
             log,
             transport,
             trail: super::TrailBatcher::default(),
@@ -336,7 +338,7 @@ fn export_bundle_error(error: BundleError, call: &ExportCall) -> ExportError {
     }
 }
 
-fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
+pub(super) fn log_event(stream: u64, event: &crate::log::ReadEvent) -> LogEvent {
     let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let mut out = LogEvent {
         position: event.position,
@@ -673,6 +675,16 @@ impl Node for ReplicaNode {
     fn kek_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
         crate::crypto::clear_rotation_records(&self.log.data_dir().keys(), recorded)
             .map_err(|e| TrailError::Internal(internal_kek_fault(&e)))
+    }
+
+    fn group(
+        &self,
+        call: crate::server::groups::GroupCall,
+    ) -> Result<crate::server::groups::GroupAnswer, crate::server::groups::GroupError> {
+        if call != crate::server::groups::GroupCall::Metrics {
+            self.primary_or_refuse()?;
+        }
+        self.groups.call(call)
     }
 }
 

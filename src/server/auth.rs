@@ -82,6 +82,22 @@ pub enum Action {
     ReleaseHold,
     /// `POST /v1/streams/{stream}/retention`: raise the retention floor.
     Retain,
+    /// `POST /v1/groups`: create a consumer group.
+    GroupCreate,
+    /// `GET /v1/groups/{group}`: a consumer group's state.
+    GroupGet,
+    /// `DELETE /v1/groups/{group}`: delete a consumer group.
+    GroupDelete,
+    /// `POST /v1/groups/{group}/pull`: lease events of a consumer group.
+    GroupPull,
+    /// `POST /v1/groups/{group}/ack`: events processed.
+    GroupAck,
+    /// `POST /v1/groups/{group}/nack`: events failed (retry or park).
+    GroupNack,
+    /// `GET /v1/groups/{group}/parked`: a consumer group's parked events.
+    GroupParked,
+    /// `POST /v1/groups/{group}/replay`: deliver parked events again.
+    GroupReplay,
 }
 
 /// How a route's stream data is matched against the caller's [`Scope`].
@@ -105,6 +121,10 @@ pub enum ScopeRule {
     AllStreams,
     /// Break-glass: opens access to a stream out of scope; any scope.
     OpensBreakGlass,
+    /// Consumer groups: the group's stream filter (every user stream when
+    /// it has none) must be inside the scope (checked by the handler, which
+    /// knows the group).
+    GroupStreams,
 }
 
 impl Action {
@@ -131,6 +151,15 @@ impl Action {
             Action::Hold => A::LegalHold,
             Action::ReleaseHold => A::LegalHoldRelease,
             Action::Retain => A::Retention,
+            // A delivery discloses events, like a subscription's window.
+            Action::GroupPull => A::Subscribe,
+            Action::GroupCreate
+            | Action::GroupGet
+            | Action::GroupDelete
+            | Action::GroupAck
+            | Action::GroupNack
+            | Action::GroupParked
+            | Action::GroupReplay => A::ConsumerGroup,
         }
     }
 
@@ -153,7 +182,29 @@ impl Action {
             | Action::RecordVerification
             | Action::TlogCheckpoint => ScopeRule::Unscoped,
             Action::BreakGlass => ScopeRule::OpensBreakGlass,
+            Action::GroupCreate
+            | Action::GroupGet
+            | Action::GroupDelete
+            | Action::GroupPull
+            | Action::GroupAck
+            | Action::GroupNack
+            | Action::GroupParked
+            | Action::GroupReplay => ScopeRule::GroupStreams,
         }
+    }
+
+    /// Creating, deleting a consumer group and replaying its parked
+    /// events: a writer's (an operator's) call; readers consume.
+    pub fn is_group_admin(self) -> bool {
+        matches!(
+            self,
+            Action::GroupCreate | Action::GroupDelete | Action::GroupReplay
+        )
+    }
+
+    /// The consumer-group actions.
+    pub fn is_group(self) -> bool {
+        self.scope_rule() == ScopeRule::GroupStreams
     }
 
     /// The key-custody actions (P6): the privacy officer's alone.
@@ -191,6 +242,14 @@ impl Action {
             Action::Hold => "hold",
             Action::ReleaseHold => "release_hold",
             Action::Retain => "retain",
+            Action::GroupCreate => "group_create",
+            Action::GroupGet => "group_get",
+            Action::GroupDelete => "group_delete",
+            Action::GroupPull => "group_pull",
+            Action::GroupAck => "group_ack",
+            Action::GroupNack => "group_nack",
+            Action::GroupParked => "group_parked",
+            Action::GroupReplay => "group_replay",
         }
     }
 }
@@ -214,6 +273,7 @@ impl Role {
             }
             Role::Reader => {
                 !action.is_custody()
+                    && !action.is_group_admin()
                     && !matches!(
                         action,
                         Action::Append
@@ -324,6 +384,15 @@ impl Scope {
         // Sorted and disjoint: the last range starting at or below `stream`.
         let index = self.ranges.partition_point(|(lo, _)| *lo <= stream);
         index > 0 && self.ranges[index - 1].1 >= stream
+    }
+
+    /// Whether every stream of `first..=last` is in the scope.
+    pub fn covers(&self, first: u64, last: u64) -> bool {
+        if self.all {
+            return true;
+        }
+        let index = self.ranges.partition_point(|(lo, _)| *lo <= first);
+        index > 0 && self.ranges[index - 1].1 >= last
     }
 
     /// Parses the text after `streams=`: `*`, or ids and `lo-hi` ranges

@@ -50,6 +50,11 @@ impl EventFilter {
         })
     }
 
+    /// The stream ranges asked for, inclusive (None: every stream).
+    pub fn stream_ranges(&self) -> Option<&[(u64, u64)]> {
+        self.streams.as_deref()
+    }
+
     /// Whether `event` passes every criterion.
     pub fn matches(&self, event: &LogEvent) -> bool {
         self.streams.as_ref().is_none_or(|ranges| {

@@ -123,15 +123,26 @@ pub(crate) async fn count(State(state): State<AppState>, request: Request, next:
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    match run_blocking(&state, |node| node.metrics()).await {
-        Ok(node) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            render(&node, &state.counters),
-        )
-            .into_response(),
+    let read = run_blocking(&state, |node| {
+        let groups = match node.group(super::groups::GroupCall::Metrics) {
+            Ok(super::groups::GroupAnswer::Metrics(groups)) => groups,
+            _ => Vec::new(),
+        };
+        (node.metrics(), groups)
+    });
+    match read.await {
+        Ok((node, groups)) => {
+            let mut text = render(&node, &state.counters);
+            render_groups(&mut text, &groups);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -173,6 +184,53 @@ fn render_witnesses(out: &mut String, witnesses: &[super::node::WitnessMetrics])
         for witness in witnesses {
             let label = witness.name.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(out, "{name}{{witness=\"{label}\"}} {}", pick(witness));
+        }
+    }
+}
+
+/// One series per consumer group (label `group`: names are restricted
+/// to `A-Z a-z 0-9 - _ .`, nothing to escape).
+pub fn render_groups(out: &mut String, groups: &[super::groups::GroupMetrics]) {
+    type Pick = fn(&super::groups::GroupMetrics) -> u64;
+    let families: [(&str, &str, &str, Pick); 5] = [
+        (
+            "vellum_group_delivered_total",
+            "counter",
+            "Consumer-group deliveries by this replica while primary (redeliveries included).",
+            |g| g.delivered,
+        ),
+        (
+            "vellum_group_acked_total",
+            "counter",
+            "Consumer-group events acked (committed).",
+            |g| g.acked,
+        ),
+        (
+            "vellum_group_nacked_total",
+            "counter",
+            "Consumer-group nacks and expired leases seen by this replica while primary.",
+            |g| g.nacked,
+        ),
+        (
+            "vellum_group_parked",
+            "gauge",
+            "Consumer-group events parked now (committed).",
+            |g| g.parked,
+        ),
+        (
+            "vellum_group_in_flight",
+            "gauge",
+            "Consumer-group events leased to a consumer now (the primary's memory).",
+            |g| g.in_flight,
+        ),
+    ];
+    if groups.is_empty() {
+        return;
+    }
+    for (name, kind, help, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for group in groups {
+            let _ = writeln!(out, "{name}{{group=\"{}\"}} {}", group.name, pick(group));
         }
     }
 }

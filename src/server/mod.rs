@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod filter;
 pub mod forward;
+pub mod groups;
 #[cfg(test)]
 mod http2_tests;
 pub mod logins;

@@ -649,4 +649,16 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
             "this node keeps no key custody",
         )))
     }
+    /// A consumer-group call (persistent subscriptions,
+    /// `crate::server::groups`): the primary decides and commits group
+    /// events in their system stream and leases events to consumers.
+    fn group(
+        &self,
+        call: crate::server::groups::GroupCall,
+    ) -> Result<crate::server::groups::GroupAnswer, crate::server::groups::GroupError> {
+        let _ = call;
+        Err(crate::server::groups::GroupError::Internal(
+            InternalFault::new(FaultKind::Unexpected, "this node keeps no consumer groups"),
+        ))
+    }
 }

@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use crate::{api, bounds};
 
+#[path = "openapi_groups.rs"]
+mod groups;
+
 /// The tile paths `/v1/tlog/tile/{path}` serves, as an ECMA-262 pattern:
 /// a level 0..=63 or `entries`, the index in 3-digit elements (all but the
 /// last prefixed `x`, no leading `x000`), an optional `.p/<W>` of 1..=255.
@@ -31,15 +34,23 @@ pub fn document() -> Value {
             "description": "Audited, replicated event store. Every error is an ErrorBody; 4xx for the caller's mistakes, 503 for 'retry', 500 only for internal faults of the replica (storage, encryption, the random source)."
         },
         "security": [{ "bearer": [] }],
-        "paths": paths(),
+        "paths": merged(paths(), groups::paths()),
         "components": {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor; a per-stream scope (streams=) limits which streams' data it reaches (403 scope_denied outside it, events outside it left out of global reads and subscriptions)." }
             },
-            "schemas": schemas(),
+            "schemas": merged(schemas(), groups::schemas()),
             "responses": error_responses(),
         }
     })
+}
+
+/// `base` with the members of `more` added (both objects).
+fn merged(mut base: Value, more: Value) -> Value {
+    if let (Some(map), Value::Object(more)) = (base.as_object_mut(), more) {
+        map.extend(more);
+    }
+    base
 }
 
 fn paths() -> Value {
@@ -345,13 +356,18 @@ fn min_position_param() -> Value {
 /// every schema-valid filter is within 2^63-1).
 const FILTER_NUMBER: &str = "(?:0|[1-9][0-9]{0,17})";
 
-fn streams_param() -> Value {
+/// The pattern of a `streams` filter (`5001,6000-6999`).
+fn streams_pattern() -> String {
     let item = format!("{FILTER_NUMBER}(?:-{FILTER_NUMBER})?");
     let most = crate::server::filter::FILTER_STREAM_ITEMS_MAX - 1;
+    format!("^{item}(?:,{item}){{0,{most}}}$")
+}
+
+fn streams_param() -> Value {
     json!({
         "name": "streams", "in": "query", "required": false,
         "description": format!("Filter: only events of these streams, a comma-separated list of stream ids (5001) and inclusive ranges (6000-6999), at most {} items, applied on the server after the token's scope and recorded in the access trail. A reversed range is 422 refused.", crate::server::filter::FILTER_STREAM_ITEMS_MAX),
-        "schema": { "type": "string", "pattern": format!("^{item}(?:,{item}){{0,{most}}}$") }
+        "schema": { "type": "string", "pattern": streams_pattern() }
     })
 }
 
@@ -387,7 +403,7 @@ fn error_responses() -> Value {
         ),
         (
             "409",
-            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written. Key custody: legal_hold (the stream is under a legal hold), retention_floor (before the stream's retention floor, or a lower floor asked), custody_conflict (hold on a held stream, release of one not held). duplicate_event_id: an event id is already on the stream (original_offset names the stored event) or repeated in the batch, and the batch is not a resend of the op that holds it; nothing was written.",
+            "wrong_expected_offset: the stream's length is not expected_offset; actual_offset says what it is; nothing was written. Consumer groups: group_exists (a group of that name exists), not_delivered (an ack or nack of a position not out for delivery), not_parked (a replay of a position not parked); nothing was written. Key custody: legal_hold (the stream is under a legal hold), retention_floor (before the stream's retention floor, or a lower floor asked), custody_conflict (hold on a held stream, release of one not held). duplicate_event_id: an event id is already on the stream (original_offset names the stored event) or repeated in the batch, and the batch is not a resend of the op that holds it; nothing was written.",
         ),
         (
             "410",

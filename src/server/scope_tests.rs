@@ -66,6 +66,8 @@ fn decision(spec: &RouteSpec) -> Option<(Expect, &'static str, Option<&'static s
     let glass = r#"{"reason":"patient unconscious in the ED","duration_s":60}"#;
     let custody = r#"{"reason":"patient asked for erasure"}"#;
     let retain = r#"{"reason":"six-year rule","retain_until_ms":1}"#;
+    let group = r#"{"name":"g16","streams":"16"}"#;
+    let positions = r#"{"positions":[0]}"#;
     let verification = r#"{"scope":"s","passed":true,"report_sha256":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
     Some(match (spec.method, spec.path) {
         ("POST", "/v1/streams/{stream}/append") => {
@@ -98,6 +100,22 @@ fn decision(spec: &RouteSpec) -> Option<(Expect, &'static str, Option<&'static s
         }
         ("POST", "/v1/streams/{stream}/retention") => {
             (Expect::Stream, "/v1/streams/16/retention", Some(retain))
+        }
+        // A consumer group's filter (the fake's groups follow stream 16)
+        // must be inside the scope.
+        ("POST", "/v1/groups") => (Expect::Stream, "/v1/groups", Some(group)),
+        ("GET", "/v1/groups/{group}") => (Expect::Stream, "/v1/groups/g16", None),
+        ("DELETE", "/v1/groups/{group}") => (Expect::Stream, "/v1/groups/g16", None),
+        ("POST", "/v1/groups/{group}/pull") => (Expect::Stream, "/v1/groups/g16/pull", Some("{}")),
+        ("POST", "/v1/groups/{group}/ack") => {
+            (Expect::Stream, "/v1/groups/g16/ack", Some(positions))
+        }
+        ("POST", "/v1/groups/{group}/nack") => {
+            (Expect::Stream, "/v1/groups/g16/nack", Some(positions))
+        }
+        ("GET", "/v1/groups/{group}/parked") => (Expect::Stream, "/v1/groups/g16/parked", None),
+        ("POST", "/v1/groups/{group}/replay") => {
+            (Expect::Stream, "/v1/groups/g16/replay", Some("{}"))
         }
         ("GET", "/v1/health") => (Expect::Any, "/v1/health", None),
         ("GET", "/metrics") => (Expect::Any, "/metrics", None),
@@ -175,9 +193,12 @@ async fn role_scope_route_matrix_covers_every_route() {
                 let node = Arc::new(FakeNode::default());
                 node.push(STREAM, b"x");
                 let (app, _) = scoped_app(node.clone(), given);
-                let call = match body {
-                    Some(body) => Call::post(uri, Some(token), body),
-                    None => Call::get(uri, Some(token)),
+                let call = Call {
+                    method: spec.method,
+                    uri,
+                    token: Some(token),
+                    body,
+                    content_type: "application/json",
                 };
                 let (status, code) = status_and_code(&app, call).await;
                 let place = format!("{} {uri} as {role} with{}", spec.method, given.member());

@@ -182,6 +182,58 @@ impl FakeNode {
 }
 
 impl Node for FakeNode {
+    /// Every group of the fake follows stream 16 and holds nothing.
+    fn group(
+        &self,
+        call: super::groups::GroupCall,
+    ) -> Result<super::groups::GroupAnswer, super::groups::GroupError> {
+        use super::groups::{GroupAnswer, GroupCall, GroupInfo};
+        let info = |name: String| GroupInfo {
+            name,
+            streams: Some("16".to_string()),
+            start: 0,
+            retry_max: 5,
+            lease_ms: 30_000,
+            created_at: 0,
+            checkpoint: 0,
+            acked: 0,
+            parked: 0,
+            in_flight: 0,
+        };
+        Ok(match call {
+            GroupCall::Create { name, .. } | GroupCall::Get { name } => {
+                GroupAnswer::Info(info(name))
+            }
+            GroupCall::Metrics => GroupAnswer::Metrics(Vec::new()),
+            GroupCall::Delete { name, .. } => {
+                GroupAnswer::Deleted(super::groups::GroupDeleted { name, position: 0 })
+            }
+            GroupCall::Pull { name, consumer, .. } => {
+                GroupAnswer::Delivered(super::groups::GroupDelivery {
+                    group: name,
+                    consumer,
+                    events: Vec::new(),
+                    lease_ms: 30_000,
+                })
+            }
+            GroupCall::Ack { name, .. } | GroupCall::Nack { name, .. } => {
+                return Err(super::groups::GroupError::NotDelivered {
+                    group: name,
+                    position: 0,
+                });
+            }
+            GroupCall::Parked { name, .. } => GroupAnswer::Parked(super::groups::GroupParkedList {
+                group: name,
+                parked: Vec::new(),
+                next_position: None,
+            }),
+            GroupCall::Replay { .. } => GroupAnswer::Replayed(super::groups::GroupReplayed {
+                replayed: 0,
+                position: None,
+            }),
+        })
+    }
+
     fn health(&self) -> Health {
         let (events, mode) = {
             let state = self.lock();

@@ -91,11 +91,12 @@ impl Replica {
         if request.client == 0 || request.client == super::TRAIL_CLIENT {
             return Err(super::RequestRefusal::ReservedClient);
         }
-        // The access trail's and key custody's system streams are written
+        // The access trail's, key custody's and consumer groups' system streams are written
         // by the replicas' own shells (the API refuses every reserved stream).
         if request.stream < StreamId::USER_MIN
             && request.stream != vellum_compliance::trail::ACCESS_TRAIL_STREAM
             && request.stream != vellum_compliance::custody::KEY_CUSTODY_STREAM
+            && request.stream != vellum_compliance::groups::CONSUMER_GROUPS_STREAM
         {
             return Err(super::RequestRefusal::ReservedStream {
                 stream: request.stream,

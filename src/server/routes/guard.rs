@@ -372,7 +372,8 @@ fn check_scope(
         | ScopeRule::BodyStream
         | ScopeRule::StreamQueryOrAll
         | ScopeRule::FilterEvents
-        | ScopeRule::OpensBreakGlass => Ok(None),
+        | ScopeRule::OpensBreakGlass
+        | ScopeRule::GroupStreams => Ok(None),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod breakglass;
 pub mod custody;
 pub mod errors;
 pub mod extract;
+pub mod groups;
 pub mod guard;
 pub mod handlers;
 pub mod tlog;
@@ -96,6 +97,22 @@ pub enum Endpoint {
     ReleaseHold,
     /// `custody::retain`.
     Retain,
+    /// `groups::create`.
+    GroupCreate,
+    /// `groups::get`.
+    GroupGet,
+    /// `groups::delete`.
+    GroupDelete,
+    /// `groups::pull`.
+    GroupPull,
+    /// `groups::ack`.
+    GroupAck,
+    /// `groups::nack`.
+    GroupNack,
+    /// `groups::parked`.
+    GroupParked,
+    /// `groups::replay`.
+    GroupReplay,
     /// `tlog::checkpoint`.
     TlogCheckpoint,
     /// `tlog::tile` (hash tiles and entry bundles).
@@ -114,6 +131,7 @@ impl Endpoint {
         let filter = match method {
             "GET" => MethodFilter::GET,
             "POST" => MethodFilter::POST,
+            "DELETE" => MethodFilter::DELETE,
             other => panic!("route table names method {other}, which the router does not serve"),
         };
         match self {
@@ -132,6 +150,14 @@ impl Endpoint {
             Endpoint::Hold => on(filter, custody::hold),
             Endpoint::ReleaseHold => on(filter, custody::release),
             Endpoint::Retain => on(filter, custody::retain),
+            Endpoint::GroupCreate => on(filter, groups::create),
+            Endpoint::GroupGet => on(filter, groups::get),
+            Endpoint::GroupDelete => on(filter, groups::delete),
+            Endpoint::GroupPull => on(filter, groups::pull),
+            Endpoint::GroupAck => on(filter, groups::ack),
+            Endpoint::GroupNack => on(filter, groups::nack),
+            Endpoint::GroupParked => on(filter, groups::parked),
+            Endpoint::GroupReplay => on(filter, groups::replay),
             Endpoint::TlogCheckpoint => on(filter, tlog::checkpoint),
             Endpoint::TlogTile => on(filter, tlog::tile),
             Endpoint::Health => on(filter, handlers::health),
@@ -226,6 +252,54 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/streams/{stream}/retention",
         endpoint: Endpoint::Retain,
         action: Some(Action::Retain),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/groups",
+        endpoint: Endpoint::GroupCreate,
+        action: Some(Action::GroupCreate),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/groups/{group}",
+        endpoint: Endpoint::GroupGet,
+        action: Some(Action::GroupGet),
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/groups/{group}",
+        endpoint: Endpoint::GroupDelete,
+        action: Some(Action::GroupDelete),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/groups/{group}/pull",
+        endpoint: Endpoint::GroupPull,
+        action: Some(Action::GroupPull),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/groups/{group}/ack",
+        endpoint: Endpoint::GroupAck,
+        action: Some(Action::GroupAck),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/groups/{group}/nack",
+        endpoint: Endpoint::GroupNack,
+        action: Some(Action::GroupNack),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/groups/{group}/parked",
+        endpoint: Endpoint::GroupParked,
+        action: Some(Action::GroupParked),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/groups/{group}/replay",
+        endpoint: Endpoint::GroupReplay,
+        action: Some(Action::GroupReplay),
     },
     RouteSpec {
         method: "POST",

@@ -1,0 +1,900 @@
+//! Persistent subscriptions (consumer groups) on a replica.
+//!
+//! Committed state (every replica, [`Groups::catch_up`]): the events of the
+//! system stream `CONSUMER_GROUPS_STREAM` folded into
+//! `vellum_compliance::groups::GroupsState` (groups, checkpoints, acked and
+//! parked positions). Folded on demand (every group call catches up first),
+//! so a backup that becomes primary starts from what the cluster committed.
+//!
+//! In flight (the primary only, [`Live`]): which events are leased to which
+//! consumer until when, which wait for delivery, and how often each was
+//! delivered. Memory only: it is rebuilt from the committed state whenever
+//! the view changes or the committed state moved under it (a failover, an
+//! outcome that was unknown), and the un-acked events are then delivered
+//! again: delivery is at-least-once.
+//!
+//! Deciding (the primary, one decision at a time under one lock): an ack
+//! or park checks every position against the in-flight state, computes
+//! the new checkpoint, appends one group event with the stream's length as
+//! expected offset, and applies it from the log once committed. Pulls
+//! wait (long-poll) without the lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use vellum_compliance::groups::{
+    CONSUMER_GROUPS_STREAM, GROUP_EVENT_VERSION, GROUP_POSITIONS_MAX, GROUP_REASON_BYTES_MAX,
+    GROUPS_MAX, GroupAction, GroupConfig, GroupEvent, GroupState, GroupsState,
+};
+
+use crate::log::{LocalLog, LogError, READ_EVENTS_MAX};
+use crate::server::groups::{
+    DeliveredEvent, GROUP_PARKED_LIST_MAX, GroupAcked, GroupAnswer, GroupCall, GroupDeleted,
+    GroupDelivery, GroupError, GroupMetrics, GroupNacked, GroupParkedList, GroupReplayed,
+    GroupStart, ParkedEvent, group_info,
+};
+use crate::server::node::{FaultKind, InternalFault};
+
+/// Matching events a group holds between its checkpoint and its scan
+/// cursor at most (waiting, leased, or acked above the checkpoint): the
+/// bound on the primary's memory per group and on the acked set the log
+/// keeps; a stuck event holds the window until it is parked.
+pub const GROUP_WINDOW_MAX: usize = 4096;
+/// How long a waiting pull sleeps between looks, at most.
+pub const GROUP_PULL_POLL_MS: u64 = 50;
+/// The principal of the primary's own group events (parks after expired leases).
+pub const GROUP_SYSTEM_PRINCIPAL: &str = "vellum";
+
+/// One event out for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Due {
+    /// Deliveries so far.
+    attempts: u32,
+    /// Leased to this consumer until this time (ms on the primary's
+    /// monotonic clock); None: waiting for a consumer.
+    lease: Option<(String, u64)>,
+}
+
+/// The primary's in-flight state of one group (memory only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The next position to look at in the log.
+    scan: u64,
+    /// Events out for delivery (waiting or leased), by position.
+    due: BTreeMap<u64, Due>,
+    /// Deliveries since this state was built.
+    delivered: u64,
+    /// Nacks and expired leases since this state was built.
+    nacked: u64,
+}
+
+/// What a nack or an expired lease does to a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    Retry,
+    Park,
+}
+
+impl Live {
+    /// The in-flight state a new primary starts with: the replayed events
+    /// wait for delivery; the log is scanned from the checkpoint on.
+    pub fn rebuild(state: &GroupState) -> Live {
+        Live {
+            scan: state.checkpoint,
+            due: state
+                .replaying
+                .iter()
+                .map(|p| {
+                    (
+                        *p,
+                        Due {
+                            attempts: 0,
+                            lease: None,
+                        },
+                    )
+                })
+                .collect(),
+            delivered: 0,
+            nacked: 0,
+        }
+    }
+
+    /// Events leased now.
+    pub fn in_flight(&self) -> u64 {
+        self.due.values().filter(|d| d.lease.is_some()).count() as u64
+    }
+
+    /// Whether the scan may take more events in.
+    fn wants_more(&self, state: &GroupState) -> bool {
+        self.due.len() + state.acked_above.len() < GROUP_WINDOW_MAX
+    }
+
+    /// Takes in the event at `position` of `stream` found by the scan.
+    fn offer(&mut self, position: u64, stream: u64, state: &GroupState) {
+        self.scan = self.scan.max(position + 1);
+        if state.config.matches(stream) && !state.is_done(position) {
+            self.due.entry(position).or_insert(Due {
+                attempts: 0,
+                lease: None,
+            });
+        }
+    }
+
+    /// Expired leases go back to waiting, or are parked (returned) once
+    /// delivered more than `retry_max` times.
+    fn expire(&mut self, now_ms: u64, retry_max: u32) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .due
+            .iter()
+            .filter(|(_, d)| d.lease.as_ref().is_some_and(|(_, until)| *until <= now_ms))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut park = Vec::new();
+        for position in expired {
+            self.nacked += 1;
+            if self.fail(position, retry_max, false) == Failed::Park {
+                park.push(position);
+            }
+        }
+        park
+    }
+
+    /// A delivery of `position` failed: back to waiting, or to be parked.
+    fn fail(&mut self, position: u64, retry_max: u32, park_now: bool) -> Failed {
+        let Some(due) = self.due.get_mut(&position) else {
+            return Failed::Retry;
+        };
+        due.lease = None;
+        match park_now || due.attempts > retry_max {
+            true => Failed::Park,
+            false => Failed::Retry,
+        }
+    }
+
+    /// Leases up to `max` waiting events to `consumer` until `until_ms`.
+    fn lease(&mut self, consumer: &str, max: u64, until_ms: u64) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        for (position, due) in self.due.iter_mut() {
+            if out.len() as u64 >= max {
+                break;
+            }
+            if due.lease.is_none() {
+                due.attempts = due.attempts.saturating_add(1);
+                due.lease = Some((consumer.to_string(), until_ms));
+                out.push((*position, due.attempts));
+            }
+        }
+        self.delivered += out.len() as u64;
+        out
+    }
+
+    /// Whether `position` was delivered and is not settled yet.
+    fn delivered_unsettled(&self, position: u64) -> bool {
+        self.due.get(&position).is_some_and(|d| d.attempts > 0)
+    }
+
+    /// Forgets settled (acked or parked) positions.
+    fn settle(&mut self, positions: &[u64]) {
+        for p in positions {
+            self.due.remove(p);
+        }
+    }
+
+    /// The checkpoint once `settled` are done: the lowest position still
+    /// out for delivery at or above the current one, else the scan cursor.
+    fn checkpoint_after(&self, current: u64, settled: &BTreeSet<u64>) -> u64 {
+        let lowest_due = self
+            .due
+            .range(current..)
+            .map(|(p, _)| *p)
+            .find(|p| !settled.contains(p));
+        current.max(lowest_due.unwrap_or(self.scan).min(self.scan))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: GroupsState,
+    live: BTreeMap<String, Live>,
+    /// The view `live` was built in (None: not built).
+    live_view: Option<u64>,
+    /// A view this replica leads whose inherited ops are not all committed
+    /// yet: (view, the op it must commit first).
+    view_start: Option<(u64, u64)>,
+}
+
+/// The consumer groups of one replica.
+#[derive(Debug)]
+pub struct Groups {
+    log: Arc<LocalLog>,
+    inner: Mutex<Inner>,
+    started: Instant,
+}
+
+fn log_fault(error: LogError) -> GroupError {
+    match error {
+        LogError::Indeterminate(reason) => GroupError::Indeterminate { reason },
+        LogError::ReadOnly => GroupError::Unavailable(crate::server::node::Unavailable::ReadOnly),
+        LogError::Refused(crate::vsr::RequestRefusal::QueueFull) => {
+            GroupError::Unavailable(crate::server::node::Unavailable::QueueFull)
+        }
+        LogError::NotDurable { op } => {
+            GroupError::Unavailable(crate::server::node::Unavailable::NotDurable { op })
+        }
+        other => GroupError::Internal(InternalFault::new(FaultKind::Storage, other)),
+    }
+}
+
+impl Groups {
+    /// The groups of `log`; folded from the log at the first call.
+    pub fn new(log: Arc<LocalLog>) -> Groups {
+        Groups {
+            log,
+            inner: Mutex::new(Inner::default()),
+            started: Instant::now(),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Applies every committed group event not applied yet; returns how many.
+    fn catch_up(&self, inner: &mut Inner) -> Result<u64, LogError> {
+        let mut applied = 0;
+        loop {
+            let from = inner.state.events();
+            let page = match self.log.read(CONSUMER_GROUPS_STREAM, from, READ_EVENTS_MAX) {
+                Ok(page) => page,
+                Err(LogError::UnknownStream(_)) => return Ok(applied),
+                Err(other) => return Err(other),
+            };
+            if page.is_empty() {
+                return Ok(applied);
+            }
+            for event in page {
+                assert_eq!(
+                    event.offset,
+                    inner.state.events(),
+                    "group events are applied densely, in stream order"
+                );
+                match GroupEvent::from_payload(&event.payload) {
+                    Ok(parsed) => inner.state.apply(&parsed, event.position),
+                    Err(error) => {
+                        tracing::error!(%error, position = event.position, "a consumer-group event does not parse; skipped");
+                        inner.state.skip_unreadable();
+                    }
+                }
+                applied += 1;
+            }
+        }
+    }
+
+    /// Catches up and, at the primary, makes the in-flight state match
+    /// the committed one: rebuilt when the view changed or events this
+    /// primary did not expect were applied.
+    fn refresh(&self, inner: &mut Inner) -> Result<(), GroupError> {
+        let status = self.log.status();
+        let view = status.view;
+        if inner.live_view != Some(view) {
+            // A new primary serves groups only once it committed every op
+            // it inherited (an ack committed under the old primary may
+            // still be uncommitted here), so its state is the cluster's.
+            let needed = match inner.view_start {
+                Some((v, op)) if v == view => op,
+                _ => {
+                    inner.view_start = Some((view, status.op));
+                    status.op
+                }
+            };
+            if status.commit < needed {
+                return Err(GroupError::CatchingUp {
+                    commit: status.commit,
+                    needed,
+                });
+            }
+        }
+        let applied = self.catch_up(inner).map_err(log_fault)?;
+        if applied > 0 || inner.live_view != Some(view) {
+            inner.live.clear();
+            inner.live_view = Some(view);
+        }
+        let Inner { state, live, .. } = inner;
+        live.retain(|name, _| state.group(name).is_some());
+        for (name, group) in state.groups() {
+            live.entry(name.clone())
+                .or_insert_with(|| Live::rebuild(group));
+        }
+        Ok(())
+    }
+
+    /// Appends `event`, waits for its commit and applies it (with any
+    /// other group event committed before it). Returns its position.
+    fn commit(&self, inner: &mut Inner, event: &GroupEvent) -> Result<u64, GroupError> {
+        let expected = inner.state.events();
+        let payload = Bytes::from(event.to_payload());
+        match self.log.append_groups(&[payload], expected) {
+            Err(LogError::WrongExpectedOffset { .. }) => {
+                // Another primary's events: the caller decides again on them.
+                self.refresh(inner)?;
+                Err(GroupError::Indeterminate {
+                    reason: "the consumer-group stream moved under this decision (a new primary); nothing was written, retry".to_string(),
+                })
+            }
+            Err(error) => Err(log_fault(error)),
+            Ok(appended) => {
+                let applied = self.catch_up(inner).map_err(log_fault)?;
+                assert!(applied >= 1, "a committed group event is applied");
+                Ok(appended.first_position)
+            }
+        }
+    }
+
+    fn event(action: GroupAction, group: &str, principal: &str) -> GroupEvent {
+        GroupEvent {
+            v: GROUP_EVENT_VERSION,
+            time_ns: crate::log::now_ns(),
+            action,
+            group: group.to_string(),
+            principal: clip(
+                principal,
+                vellum_compliance::groups::GROUP_PRINCIPAL_BYTES_MAX,
+            ),
+            config: None,
+            positions: Vec::new(),
+            checkpoint: None,
+            reason: None,
+        }
+    }
+
+    /// Serves one call; the caller checked that this replica is the
+    /// primary (except for `Metrics`).
+    pub fn call(&self, call: GroupCall) -> Result<GroupAnswer, GroupError> {
+        match call {
+            GroupCall::Pull {
+                name,
+                consumer,
+                max,
+                wait_ms,
+            } => self.pull(&name, &consumer, max, wait_ms),
+            GroupCall::Metrics => Ok(GroupAnswer::Metrics(self.metrics())),
+            other => {
+                let mut inner = self.inner();
+                self.refresh(&mut inner)?;
+                self.decide(&mut inner, other)
+            }
+        }
+    }
+
+    fn decide(&self, inner: &mut Inner, call: GroupCall) -> Result<GroupAnswer, GroupError> {
+        match call {
+            GroupCall::Create {
+                name,
+                streams,
+                start,
+                retry_max,
+                lease_ms,
+                principal,
+            } => {
+                if inner.state.group(&name).is_some() {
+                    return Err(GroupError::Exists { group: name });
+                }
+                if inner.state.groups().len() >= GROUPS_MAX {
+                    return Err(GroupError::TooManyGroups { max: GROUPS_MAX });
+                }
+                let start = match start {
+                    GroupStart::Beginning => 0,
+                    GroupStart::End => self.log.committed_events(),
+                    GroupStart::Position(p) => p,
+                };
+                let mut event = Self::event(GroupAction::Create, &name, &principal);
+                event.config = Some(GroupConfig {
+                    streams,
+                    start,
+                    retry_max,
+                    lease_ms,
+                });
+                self.commit(inner, &event)?;
+                self.refresh(inner)?;
+                self.info(inner, &name)
+            }
+            GroupCall::Get { name } => self.info(inner, &name),
+            GroupCall::Delete { name, principal } => {
+                self.group_state(inner, &name)?;
+                let event = Self::event(GroupAction::Delete, &name, &principal);
+                let position = self.commit(inner, &event)?;
+                inner.live.remove(&name);
+                Ok(GroupAnswer::Deleted(GroupDeleted { name, position }))
+            }
+            GroupCall::Ack {
+                name,
+                positions,
+                principal,
+            } => self.ack(inner, &name, &positions, &principal),
+            GroupCall::Nack {
+                name,
+                positions,
+                park,
+                reason,
+                principal,
+            } => self.nack(inner, &name, &positions, park, &reason, &principal),
+            GroupCall::Parked { name, from, max } => {
+                let group = self.group_state(inner, &name)?;
+                let max = max.min(GROUP_PARKED_LIST_MAX);
+                let mut parked: Vec<ParkedEvent> = group
+                    .parked
+                    .range(from..)
+                    .take(usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1))
+                    .map(|(p, parked)| ParkedEvent {
+                        position: *p,
+                        parked_at: parked.parked_at,
+                        reason: parked.reason.clone(),
+                    })
+                    .collect();
+                let next_position = match parked.len() as u64 > max {
+                    true => parked.pop().map(|p| p.position),
+                    false => None,
+                };
+                Ok(GroupAnswer::Parked(GroupParkedList {
+                    group: name,
+                    parked,
+                    next_position,
+                }))
+            }
+            GroupCall::Replay {
+                name,
+                positions,
+                principal,
+            } => self.replay(inner, &name, positions, &principal),
+            GroupCall::Pull { .. } | GroupCall::Metrics => {
+                unreachable!("served by Groups::call without a decision")
+            }
+        }
+    }
+
+    fn group_state<'a>(&self, inner: &'a Inner, name: &str) -> Result<&'a GroupState, GroupError> {
+        inner.state.group(name).ok_or_else(|| GroupError::NotFound {
+            group: name.to_string(),
+        })
+    }
+
+    fn info(&self, inner: &Inner, name: &str) -> Result<GroupAnswer, GroupError> {
+        let group = self.group_state(inner, name)?;
+        let in_flight = inner.live.get(name).map_or(0, Live::in_flight);
+        Ok(GroupAnswer::Info(group_info(name, group, in_flight)))
+    }
+
+    fn ack(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        positions: &[u64],
+        principal: &str,
+    ) -> Result<GroupAnswer, GroupError> {
+        let group = self.group_state(inner, name)?;
+        let empty = Live::default();
+        let live = inner.live.get(name).unwrap_or(&empty);
+        let mut fresh = BTreeSet::new();
+        let mut already = 0;
+        for p in positions {
+            if live.delivered_unsettled(*p) {
+                fresh.insert(*p);
+            } else if group.is_done(*p) {
+                already += 1;
+            } else {
+                return Err(GroupError::NotDelivered {
+                    group: name.to_string(),
+                    position: *p,
+                });
+            }
+        }
+        let checkpoint = live.checkpoint_after(group.checkpoint, &fresh);
+        if fresh.is_empty() {
+            return Ok(GroupAnswer::Acked(GroupAcked {
+                acked: 0,
+                already,
+                checkpoint: group.checkpoint,
+                position: None,
+            }));
+        }
+        let mut event = Self::event(GroupAction::Ack, name, principal);
+        event.positions = fresh.iter().copied().collect();
+        event.checkpoint = Some(checkpoint);
+        let position = self.commit(inner, &event)?;
+        if let Some(live) = inner.live.get_mut(name) {
+            live.settle(&event.positions);
+        }
+        let checkpoint = self.group_state(inner, name)?.checkpoint;
+        Ok(GroupAnswer::Acked(GroupAcked {
+            acked: fresh.len() as u64,
+            already,
+            checkpoint,
+            position: Some(position),
+        }))
+    }
+
+    fn nack(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        positions: &[u64],
+        park_now: bool,
+        reason: &str,
+        principal: &str,
+    ) -> Result<GroupAnswer, GroupError> {
+        let group = self.group_state(inner, name)?;
+        let retry_max = group.config.retry_max;
+        let empty = Live::default();
+        let live = inner.live.get(name).unwrap_or(&empty);
+        for p in positions {
+            if !live.delivered_unsettled(*p) && !group.is_done(*p) {
+                return Err(GroupError::NotDelivered {
+                    group: name.to_string(),
+                    position: *p,
+                });
+            }
+        }
+        let live = inner.live.entry(name.to_string()).or_default();
+        let mut park = Vec::new();
+        let mut retried = 0;
+        for p in positions {
+            if !live.delivered_unsettled(*p) {
+                continue; // done already
+            }
+            live.nacked += 1;
+            match live.fail(*p, retry_max, park_now) {
+                Failed::Park => park.push(*p),
+                Failed::Retry => retried += 1,
+            }
+        }
+        let reason = match park_now {
+            true => format!("nacked: {reason}"),
+            false => format!("nacked past the retry limit ({retry_max}): {reason}"),
+        };
+        self.park(inner, name, park.clone(), principal, &reason)?;
+        let checkpoint = self.group_state(inner, name)?.checkpoint;
+        Ok(GroupAnswer::Nacked(GroupNacked {
+            retried,
+            parked: park.len() as u64,
+            checkpoint,
+        }))
+    }
+
+    /// Commits a park event for `positions` (none: nothing written).
+    fn park(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        mut positions: Vec<u64>,
+        principal: &str,
+        reason: &str,
+    ) -> Result<(), GroupError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        positions.sort_unstable();
+        positions.dedup();
+        positions.truncate(GROUP_POSITIONS_MAX);
+        let group = self.group_state(inner, name)?;
+        let settled: BTreeSet<u64> = positions.iter().copied().collect();
+        let checkpoint = inner.live.get(name).map_or(group.checkpoint, |l| {
+            l.checkpoint_after(group.checkpoint, &settled)
+        });
+        let mut event = Self::event(GroupAction::Park, name, principal);
+        event.positions = positions;
+        event.checkpoint = Some(checkpoint);
+        event.reason = Some(clip(reason, GROUP_REASON_BYTES_MAX));
+        self.commit(inner, &event)?;
+        if let Some(live) = inner.live.get_mut(name) {
+            live.settle(&event.positions);
+        }
+        Ok(())
+    }
+
+    fn replay(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        positions: Option<Vec<u64>>,
+        principal: &str,
+    ) -> Result<GroupAnswer, GroupError> {
+        let group = self.group_state(inner, name)?;
+        let positions: Vec<u64> = match positions {
+            None => group
+                .parked
+                .keys()
+                .take(GROUP_POSITIONS_MAX)
+                .copied()
+                .collect(),
+            Some(asked) => {
+                if let Some(p) = asked.iter().find(|p| !group.parked.contains_key(p)) {
+                    return Err(GroupError::NotParked {
+                        group: name.to_string(),
+                        position: *p,
+                    });
+                }
+                let set: BTreeSet<u64> = asked.into_iter().collect();
+                set.into_iter().collect()
+            }
+        };
+        if positions.is_empty() {
+            return Ok(GroupAnswer::Replayed(GroupReplayed {
+                replayed: 0,
+                position: None,
+            }));
+        }
+        let mut event = Self::event(GroupAction::Replay, name, principal);
+        event.positions = positions;
+        let position = self.commit(inner, &event)?;
+        let live = inner.live.entry(name.to_string()).or_default();
+        for p in &event.positions {
+            live.due.insert(
+                *p,
+                Due {
+                    attempts: 0,
+                    lease: None,
+                },
+            );
+        }
+        Ok(GroupAnswer::Replayed(GroupReplayed {
+            replayed: event.positions.len() as u64,
+            position: Some(position),
+        }))
+    }
+
+    /// Leases up to `max` events to `consumer`, waiting up to `wait_ms`
+    /// for the first (without holding the lock while waiting).
+    fn pull(
+        &self,
+        name: &str,
+        consumer: &str,
+        max: u64,
+        wait_ms: u64,
+    ) -> Result<GroupAnswer, GroupError> {
+        let started = Instant::now();
+        loop {
+            let (leased, lease_ms) = self.try_lease(name, consumer, max)?;
+            let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if !leased.is_empty() || waited >= wait_ms {
+                let events = self.contents(name, leased)?;
+                return Ok(GroupAnswer::Delivered(GroupDelivery {
+                    group: name.to_string(),
+                    consumer: consumer.to_string(),
+                    events,
+                    lease_ms,
+                }));
+            }
+            let nap = (wait_ms - waited).min(GROUP_PULL_POLL_MS);
+            std::thread::sleep(Duration::from_millis(nap));
+        }
+    }
+
+    /// One look: expire leases (parking past the limit), scan the log,
+    /// lease what waits.
+    fn try_lease(
+        &self,
+        name: &str,
+        consumer: &str,
+        max: u64,
+    ) -> Result<(Vec<(u64, u32)>, u64), GroupError> {
+        let mut inner = self.inner();
+        self.refresh(&mut inner)?;
+        let config = self.group_state(&inner, name)?.config.clone();
+        let now = self.now_ms();
+        let live = inner.live.entry(name.to_string()).or_default();
+        let park = live.expire(now, config.retry_max);
+        let reason = format!(
+            "lease expired on its last of {} deliveries",
+            u64::from(config.retry_max) + 1
+        );
+        self.park(&mut inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        // Disjoint borrows: the committed state read, the in-flight one changed.
+        let Inner { state, live, .. } = &mut *inner;
+        let group = state.group(name).ok_or_else(|| GroupError::NotFound {
+            group: name.to_string(),
+        })?;
+        let live = live.entry(name.to_string()).or_default();
+        self.scan(live, group)?;
+        let leased = live.lease(consumer, max, now.saturating_add(config.lease_ms));
+        Ok((leased, config.lease_ms))
+    }
+
+    /// Takes committed log events into the group's window, up to its bound.
+    fn scan(&self, live: &mut Live, group: &GroupState) -> Result<(), GroupError> {
+        let committed = self.log.committed_events();
+        while live.wants_more(group) && live.scan < committed {
+            let page = self
+                .log
+                .read_log(live.scan, READ_EVENTS_MAX)
+                .map_err(log_fault)?;
+            let Some(last) = page.last().map(|(_, e)| e.position) else {
+                break;
+            };
+            for (stream, event) in &page {
+                if !live.wants_more(group) {
+                    return Ok(());
+                }
+                live.offer(event.position, *stream, group);
+            }
+            live.scan = live.scan.max(last + 1);
+        }
+        Ok(())
+    }
+
+    /// The events at the leased positions, read and decrypted.
+    fn contents(
+        &self,
+        name: &str,
+        leased: Vec<(u64, u32)>,
+    ) -> Result<Vec<DeliveredEvent>, GroupError> {
+        let mut out = Vec::with_capacity(leased.len());
+        for (position, attempt) in leased {
+            let page = self.log.read_log(position, 1).map_err(log_fault)?;
+            match page.first().filter(|(_, e)| e.position == position) {
+                Some((stream, event)) => out.push(DeliveredEvent {
+                    event: super::node::log_event(*stream, event),
+                    attempt,
+                }),
+                None => {
+                    // Shredded since it was scanned: it can never be
+                    // delivered; it stays leased until its lease expires
+                    // and is then parked, so the checkpoint moves on.
+                    tracing::warn!(
+                        group = name,
+                        position,
+                        "a leased event is no longer readable (shredded)"
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn metrics(&self) -> Vec<GroupMetrics> {
+        let mut inner = self.inner();
+        if let Err(error) = self.catch_up(&mut inner) {
+            tracing::warn!(%error, "consumer-group metrics: catching up failed");
+        }
+        let is_primary = self.log.role().is_primary;
+        inner
+            .state
+            .groups()
+            .iter()
+            .map(|(name, group)| {
+                let live = inner.live.get(name).filter(|_| is_primary);
+                GroupMetrics {
+                    name: name.clone(),
+                    delivered: live.map_or(0, |l| l.delivered),
+                    acked: group.acked_total,
+                    nacked: live.map_or(0, |l| l.nacked),
+                    parked: group.parked.len() as u64,
+                    in_flight: live.map_or(0, Live::in_flight),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(retry_max: u32) -> GroupState {
+        let mut state = GroupsState::default();
+        state.apply(
+            &GroupEvent {
+                v: GROUP_EVENT_VERSION,
+                time_ns: 0,
+                action: GroupAction::Create,
+                group: "g".to_string(),
+                principal: "p".to_string(),
+                config: Some(GroupConfig {
+                    streams: Vec::new(),
+                    start: 0,
+                    retry_max,
+                    lease_ms: 100,
+                }),
+                positions: Vec::new(),
+                checkpoint: None,
+                reason: None,
+            },
+            0,
+        );
+        state.group("g").expect("created").clone()
+    }
+
+    /// Goal: competing consumers never hold the same event at once, and an
+    /// expired lease makes the event available to another consumer.
+    #[test]
+    fn leases_are_exclusive_until_they_expire() {
+        let group = group(5);
+        let mut live = Live::rebuild(&group);
+        for p in 0..6 {
+            live.offer(p, 100, &group);
+        }
+        let a = live.lease("a", 4, 100);
+        let b = live.lease("b", 4, 100);
+        assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(b.iter().map(|x| x.0).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(live.lease("b", 4, 100).is_empty());
+        assert!(live.expire(99, 5).is_empty());
+        assert_eq!(live.in_flight(), 6);
+        assert!(live.expire(100, 5).is_empty(), "retry limit not reached");
+        let again = live.lease("b", 10, 300);
+        assert_eq!(again.len(), 6);
+        assert!(again.iter().all(|(_, attempt)| *attempt == 2));
+    }
+
+    /// Goal: an event delivered more than retry_max + 1 times is parked,
+    /// not delivered again.
+    #[test]
+    fn the_retry_limit_parks() {
+        let group = group(1);
+        let mut live = Live::rebuild(&group);
+        live.offer(7, 100, &group);
+        assert_eq!(live.lease("a", 1, 10), vec![(7, 1)]);
+        assert_eq!(live.fail(7, 1, false), Failed::Retry);
+        assert_eq!(live.lease("a", 1, 10), vec![(7, 2)]);
+        assert_eq!(live.fail(7, 1, false), Failed::Park);
+        let mut live2 = live.clone();
+        live2.lease("a", 1, 10);
+        assert_eq!(
+            live2.expire(10, 1),
+            vec![7],
+            "expiry past the limit parks too"
+        );
+    }
+
+    /// Goal: the checkpoint stops at the lowest unsettled event, and moves
+    /// to the scan cursor once all are settled.
+    #[test]
+    fn the_checkpoint_stops_at_the_lowest_unsettled_event() {
+        let group = group(5);
+        let mut live = Live::rebuild(&group);
+        for p in [3, 5, 9] {
+            live.offer(p, 100, &group);
+        }
+        live.offer(11, 1, &group); // a system stream: never delivered
+        live.lease("a", 3, 10);
+        assert_eq!(live.checkpoint_after(0, &BTreeSet::from([3])), 5);
+        assert_eq!(live.checkpoint_after(0, &BTreeSet::from([5, 9])), 3);
+        assert_eq!(live.checkpoint_after(0, &BTreeSet::from([3, 5, 9])), 12);
+        assert_eq!(
+            live.checkpoint_after(20, &BTreeSet::new()),
+            20,
+            "never back"
+        );
+    }
+
+    /// Goal: a rebuilt state skips what is done and delivers replays again.
+    #[test]
+    fn a_rebuild_skips_done_events_and_keeps_replays() {
+        let mut group = group(5);
+        group.checkpoint = 4;
+        group.acked_above.insert(6);
+        group.replaying.insert(1);
+        let mut live = Live::rebuild(&group);
+        for p in 4..8 {
+            live.offer(p, 100, &group);
+        }
+        let leased: Vec<u64> = live.lease("a", 10, 10).iter().map(|x| x.0).collect();
+        assert_eq!(leased, vec![1, 4, 5, 7]);
+    }
+}
