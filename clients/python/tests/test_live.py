@@ -24,6 +24,7 @@ import unittest
 import uuid
 
 from vellum_client import (
+    BadRequest,
     Client,
     Forbidden,
     GroupExists,
@@ -386,6 +387,52 @@ class Live(unittest.TestCase):
         self.assertEqual(deleted.name, name)
         with self.assertRaises(NotFound):
             self.writer.group(name)
+
+    def test_group_refusals_are_typed(self):
+        """Goal: an auditor token may not create, pull from or ack a group
+        (Forbidden, 403); an unknown group is NotFound (404) on every
+        route; positions beyond 2^63-1, an empty or 1,001-long list and
+        odd names are refused before anything is sent."""
+        stream = fresh_stream()
+        name = f"py-{secrets.token_hex(6)}"
+        self.writer.create_group(name, streams=str(stream))
+        try:
+            with Client(self.urls, os.environ["VELLUM_AUDITOR_TOKEN"], ca_file=self.ca) as auditor:
+                for call in [
+                    lambda: auditor.create_group(f"{name}-x", streams=str(stream)),
+                    lambda: auditor.pull(name),
+                    lambda: auditor.ack(name, [1]),
+                    lambda: auditor.replay(name),
+                ]:
+                    with self.assertRaises(Forbidden) as caught:
+                        call()
+                    self.assertEqual(caught.exception.status, 403)
+            unknown = f"py-none-{secrets.token_hex(6)}"
+            for call in [
+                lambda: self.writer.group(unknown),
+                lambda: self.writer.pull(unknown),
+                lambda: self.writer.ack(unknown, [1]),
+                lambda: self.writer.nack(unknown, [1], park=True),
+                lambda: self.writer.parked(unknown),
+                lambda: self.writer.replay(unknown),
+                lambda: self.writer.delete_group(unknown),
+            ]:
+                with self.assertRaises(NotFound) as caught:
+                    call()
+                self.assertEqual(caught.exception.status, 404)
+            with Client(["https://127.0.0.1:1"], "t", ca_file=self.ca, retries_max=0) as nowhere:
+                for call in [
+                    lambda: nowhere.ack(name, [2**64 - 1]),
+                    lambda: nowhere.ack(name, []),
+                    lambda: nowhere.nack(name, list(range(1001))),
+                    lambda: nowhere.pull(name, wait_ms=5001),
+                    lambda: nowhere.group("../v1/log"),
+                    lambda: nowhere.group("g?x=1"),
+                ]:
+                    with self.assertRaises(BadRequest):
+                        call()
+        finally:
+            self.writer.delete_group(name)
 
     # --- event envelope ----------------------------------------------------
 

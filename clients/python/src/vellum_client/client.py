@@ -430,6 +430,9 @@ def _loads_events(body: bytes | str) -> Any:
     group pulls), keeping each `metadata` as text."""
     if isinstance(body, (bytes, bytearray)):
         body = bytes(body).decode("utf-8")
+    if '"metadata"' not in body:
+        # No member to keep as text: the C parser (about 8 times faster).
+        return json.loads(body)
     # A decoder per call: the pure-Python scanner's memo is not thread-safe.
     return _metadata_text_decoder().decode(body)
 

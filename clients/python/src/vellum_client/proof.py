@@ -13,7 +13,10 @@ a failure names every part that broke (the same rules as
   signatures of at least the policy's quorum of distinct pinned keys, and
   no failing signature of a pinned key (unpinned keys are ignored);
 - commitment: `SHA-256("vellum/commit/v1\\0" || salt || event)` is the
-  leaf's commitment, so the proof is about exactly these event bytes.
+  leaf's commitment, so the proof is about exactly these event bytes. For
+  an event read with `envelope` true those bytes are its encoded envelope
+  (`vellum_client.envelope`), which `check_event` rebuilds when given the
+  read `Event` itself.
 
 Keys come only from the trust policy (`policy.txt`), never from the data
 being checked. Nothing here needs the network.
