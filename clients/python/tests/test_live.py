@@ -483,9 +483,21 @@ class Live(unittest.TestCase):
             salt = base64.b64encode(event.salt).decode()
             cases.append((proof, salt, event.committed_bytes(), []))
             cases.append((proof, salt, event.data, ["commitment"]))
-        # Through the global log and a subscription line parser too.
+        # The same events through the global log, a subscription and a pull.
         logged = [e for e in self.writer.read_log(receipt.first_position, 2).events if e.stream == stream]
         self.assertEqual(logged, list(read))
+        subscription = self.writer.subscribe(receipt.first_position, idle_timeout=LIVE_WAIT_S, heartbeats=True)
+        streamed = []
+        deadline = time.monotonic() + LIVE_WAIT_S
+        for item in subscription:
+            self.assertLess(time.monotonic(), deadline, "subscription too slow")
+            if isinstance(item, Heartbeat) or item.stream != stream:
+                continue
+            streamed.append(item)
+            if len(streamed) == 2:
+                break
+        subscription.close()
+        self.assertEqual(streamed, list(read))
         name = f"py-{secrets.token_hex(6)}"
         self.writer.create_group(name, streams=str(stream))
         try:
