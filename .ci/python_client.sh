@@ -4,7 +4,8 @@
 # build directory, starts a cluster, runs the unittest suite (offline
 # Ed25519 and proof tests, then the live ones: byte-exact round trips,
 # expected-offset conflicts, idempotency, receipts checked offline and
-# compared with `vellum proof check`, 401/403/429, subscriptions, HTTP/2),
+# compared with `vellum proof check`, 401/403/429, subscriptions, HTTP/2,
+# consumer groups, enveloped events' proofs),
 # stops the cluster, and checks it with offline `vellum verify --cluster`.
 #
 # Bounded: the suite has a hard time limit (default 120 s); every wait in
@@ -64,6 +65,9 @@ for value in "$VELLUM_URLS" "$VELLUM_WRITER_TOKEN" "$VELLUM_AUDITOR_TOKEN"; do
 done
 export VELLUM_URLS VELLUM_WRITER_TOKEN VELLUM_AUDITOR_TOKEN VELLUM_CA VELLUM_POLICY
 export VELLUM_BIN="$vellum"
+# The repo, for golden files the suite compares with (tests/golden/).
+VELLUM_REPO=$(pwd)
+export VELLUM_REPO
 
 echo "== python client suite (limit $suite_secs s)"
 suite_code=0

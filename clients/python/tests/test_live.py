@@ -11,6 +11,7 @@ every test here skips, saying so once.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -20,10 +21,17 @@ import tempfile
 import threading
 import time
 import unittest
+import uuid
 
 from vellum_client import (
+    BadRequest,
     Client,
     Forbidden,
+    GroupExists,
+    NewEvent,
+    NotDelivered,
+    NotFound,
+    NotParked,
     Heartbeat,
     IdempotencyKey,
     IdempotencyKeyReused,
@@ -292,6 +300,236 @@ class Live(unittest.TestCase):
         self.assertEqual(positions[0], receipt.first_position)
         for event in seen:
             self.assertEqual(len(event.salt), 32)
+
+
+    # --- consumer groups -------------------------------------------------
+
+    def _pull_until(self, client, group, consumer, count, max_events=10):
+        """Pulls as `consumer` until `count` events came (bounded)."""
+        got = []
+        deadline = time.monotonic() + LIVE_WAIT_S
+        while len(got) < count:
+            self.assertLess(time.monotonic(), deadline, f"{consumer} pulled only {len(got)} of {count}")
+            delivery = client.pull(group, consumer=consumer, max_events=max_events, wait_ms=1000)
+            self.assertEqual((delivery.group, delivery.consumer), (group, consumer))
+            got.extend(delivery.events)
+        return got
+
+    def test_group_two_consumers_ack_nack_park_replay(self):
+        """Goal: two consumers of one group get disjoint events, byte-exact;
+        ack counts once (a repeat is `already`); acking a position never
+        delivered is NotDelivered; nack retry delivers again (attempt 2);
+        nack park lists the event with its reason; replay delivers it afresh
+        (attempt 1), a replay of a position not parked is NotParked; after
+        everything is acked the group shows 4 acked, 0 parked, nothing in
+        flight; a second create is GroupExists; delete, then NotFound."""
+        stream = fresh_stream()
+        name = f"py-{secrets.token_hex(6)}"
+        info = self.writer.create_group(name, streams=str(stream), start="end", retry_max=3)
+        self.assertEqual((info.name, info.streams, info.retry_max, info.acked, info.parked), (name, str(stream), 3, 0, 0))
+        with self.assertRaises(GroupExists) as caught:
+            self.writer.create_group(name, streams=str(stream))
+        self.assertEqual((caught.exception.status, caught.exception.code), (409, "group_exists"))
+        events = [b"g-\x00\xff-%d" % i for i in range(4)]
+        receipt = self.writer.append(stream, events)
+        positions = list(range(receipt.first_position, receipt.first_position + 4))
+        by_position = dict(zip(positions, events))
+
+        first = self._pull_until(self.writer, name, "consumer-a", 2, max_events=2)
+        second = self._pull_until(self.writer, name, "consumer-b", 2)
+        a = [d.position for d in first]
+        b = [d.position for d in second]
+        self.assertEqual(sorted(a + b), positions, "each event leased to exactly one consumer")
+        self.assertFalse(set(a) & set(b))
+        for delivered in first + second:
+            self.assertEqual(delivered.event.data, by_position[delivered.position])
+            self.assertEqual(delivered.attempt, 1)
+            self.assertEqual(len(delivered.event.salt), 32)
+        # Nothing more is due while both hold their leases.
+        self.assertEqual(self.writer.pull(name, consumer="consumer-c", wait_ms=0).events, ())
+
+        acked = self.writer.ack(name, [a[0]])
+        self.assertEqual((acked.acked, acked.already), (1, 0))
+        self.assertIsNotNone(acked.position)
+        again = self.writer.ack(name, [a[0]])
+        self.assertEqual((again.acked, again.already), (0, 1))
+        with self.assertRaises(NotDelivered) as caught:
+            self.writer.ack(name, [positions[-1] + 1000])
+        self.assertEqual((caught.exception.status, caught.exception.code), (409, "not_delivered"))
+
+        retried = self.writer.nack(name, [a[1]])
+        self.assertEqual((retried.retried, retried.parked), (1, 0))
+        redelivered = self._pull_until(self.writer, name, "consumer-b", 1)
+        self.assertEqual([(d.position, d.attempt) for d in redelivered], [(a[1], 2)])
+        parked = self.writer.nack(name, [a[1]], park=True, reason="poison \u2014 bad")
+        self.assertEqual((parked.retried, parked.parked), (0, 1))
+        self.writer.ack(name, b)
+        listing = self.writer.parked(name)
+        self.assertEqual([p.position for p in listing.parked], [a[1]])
+        # The server keeps the reason given, prefixed with how it was parked.
+        self.assertTrue(listing.parked[0].reason.endswith("poison \u2014 bad"), listing.parked[0].reason)
+        self.assertEqual(self.writer.group(name).parked, 1)
+
+        with self.assertRaises(NotParked) as caught:
+            self.writer.replay(name, [a[0]])
+        self.assertEqual((caught.exception.status, caught.exception.code), (409, "not_parked"))
+        replayed = self.writer.replay(name, [a[1]])
+        self.assertEqual(replayed.replayed, 1)
+        back = self._pull_until(self.writer, name, "consumer-a", 1)
+        self.assertEqual([(d.position, d.attempt, d.event.data) for d in back], [(a[1], 1, by_position[a[1]])])
+        self.writer.ack(name, [a[1]])
+
+        info = self.writer.group(name)
+        self.assertEqual((info.acked, info.parked, info.in_flight), (4, 0, 0))
+        self.assertGreater(info.checkpoint, positions[-1])
+        self.assertEqual(self.writer.parked(name).parked, ())
+        deleted = self.writer.delete_group(name)
+        self.assertEqual(deleted.name, name)
+        with self.assertRaises(NotFound):
+            self.writer.group(name)
+
+    def test_group_refusals_are_typed(self):
+        """Goal: an auditor token may not create, pull from or ack a group
+        (Forbidden, 403); an unknown group is NotFound (404) on every
+        route; positions beyond 2^63-1, an empty or 1,001-long list and
+        odd names are refused before anything is sent."""
+        stream = fresh_stream()
+        name = f"py-{secrets.token_hex(6)}"
+        self.writer.create_group(name, streams=str(stream))
+        try:
+            with Client(self.urls, os.environ["VELLUM_AUDITOR_TOKEN"], ca_file=self.ca) as auditor:
+                for call in [
+                    lambda: auditor.create_group(f"{name}-x", streams=str(stream)),
+                    lambda: auditor.pull(name),
+                    lambda: auditor.ack(name, [1]),
+                    lambda: auditor.replay(name),
+                ]:
+                    with self.assertRaises(Forbidden) as caught:
+                        call()
+                    self.assertEqual(caught.exception.status, 403)
+            unknown = f"py-none-{secrets.token_hex(6)}"
+            for call in [
+                lambda: self.writer.group(unknown),
+                lambda: self.writer.pull(unknown),
+                lambda: self.writer.ack(unknown, [1]),
+                lambda: self.writer.nack(unknown, [1], park=True),
+                lambda: self.writer.parked(unknown),
+                lambda: self.writer.replay(unknown),
+                lambda: self.writer.delete_group(unknown),
+            ]:
+                with self.assertRaises(NotFound) as caught:
+                    call()
+                self.assertEqual(caught.exception.status, 404)
+            with Client(["https://127.0.0.1:1"], "t", ca_file=self.ca, retries_max=0) as nowhere:
+                for call in [
+                    lambda: nowhere.ack(name, [2**64 - 1]),
+                    lambda: nowhere.ack(name, []),
+                    lambda: nowhere.nack(name, list(range(1001))),
+                    lambda: nowhere.pull(name, wait_ms=5001),
+                    lambda: nowhere.group("../v1/log"),
+                    lambda: nowhere.group("g?x=1"),
+                ]:
+                    with self.assertRaises(BadRequest):
+                        call()
+        finally:
+            self.writer.delete_group(name)
+
+    # --- event envelope ----------------------------------------------------
+
+    ENVELOPE_METADATA = '{"z": 1.50 , "a":[1e3], "s":"caf\\u00e9 \u89b3"}'
+
+    def _append_enveloped(self):
+        stream = fresh_stream()
+        events = [
+            NewEvent(
+                b"\x00{payload}\xff",
+                id=str(uuid.uuid4()),
+                type="Observation\u2014\u89b3\u5bdf",
+                content_type="application/fhir+json",
+                metadata_json=self.ENVELOPE_METADATA,
+            ),
+            b"bare in an enveloped batch",
+        ]
+        receipt = self.writer.append(stream, events)
+        return stream, events, receipt
+
+    def test_enveloped_event_reads_back_and_proof_checks(self):
+        """Goal: an enveloped append's receipt checks offline; read back,
+        the fields are the ones sent (metadata as its exact text) and
+        check_event of the read Event against a served proof passes, also
+        for the fieldless event of the same batch, and for the event as a
+        group pull delivers it; `vellum proof check` agrees on the rebuilt
+        bytes."""
+        stream, events, receipt = self._append_enveloped()
+        for check in receipt.check(self.policy, events):
+            self.assertTrue(check.passed, check)
+        read = self.writer.read_stream(stream).events
+        sent = events[0]
+        self.assertEqual(
+            (read[0].envelope, read[0].id, read[0].type, read[0].content_type, read[0].metadata_json, read[0].data),
+            (True, sent.id, sent.type, sent.content_type, self.ENVELOPE_METADATA, sent.data),
+        )
+        self.assertEqual(
+            (read[1].envelope, read[1].id, read[1].type, read[1].content_type, read[1].metadata_json, read[1].data),
+            (True, None, None, None, None, events[1]),
+        )
+        cases = []
+        for offset, event in enumerate(read):
+            proof = self.writer.proof(stream, offset)
+            self.assertTrue(check_event(proof, self.policy, event.salt, event).passed, offset)
+            self.assertTrue(event.check(self.policy, proof).passed, offset)
+            # The bare payload is not what was committed.
+            self.assertEqual(check_event(proof, self.policy, event.salt, event.data).failed_parts(), ["commitment"])
+            salt = base64.b64encode(event.salt).decode()
+            cases.append((proof, salt, event.committed_bytes(), []))
+            cases.append((proof, salt, event.data, ["commitment"]))
+        # The same events through the global log, a subscription and a pull.
+        logged = [e for e in self.writer.read_log(receipt.first_position, 2).events if e.stream == stream]
+        self.assertEqual(logged, list(read))
+        subscription = self.writer.subscribe(receipt.first_position, idle_timeout=LIVE_WAIT_S, heartbeats=True)
+        streamed = []
+        deadline = time.monotonic() + LIVE_WAIT_S
+        for item in subscription:
+            self.assertLess(time.monotonic(), deadline, "subscription too slow")
+            if isinstance(item, Heartbeat) or item.stream != stream:
+                continue
+            streamed.append(item)
+            if len(streamed) == 2:
+                break
+        subscription.close()
+        self.assertEqual(streamed, list(read))
+        name = f"py-{secrets.token_hex(6)}"
+        self.writer.create_group(name, streams=str(stream))
+        try:
+            pulled = self._pull_until(self.writer, name, "env", 2)
+            self.assertEqual([d.event for d in pulled], list(read))
+            self.writer.ack(name, [d.position for d in pulled])
+        finally:
+            self.writer.delete_group(name)
+        self._same_as_vellum_proof_check(cases)
+
+    def test_tampered_envelope_fails_the_commitment(self):
+        """Goal: one changed byte of the metadata text (or another id, type,
+        content type, payload, or the envelope flag dropped) fails only the
+        commitment part of the check of a served proof."""
+        stream, _events, _receipt = self._append_enveloped()
+        event = self.writer.read_stream(stream).events[0]
+        proof = self.writer.proof(stream, 0)
+        self.assertTrue(check_event(proof, self.policy, event.salt, event).passed)
+        tampered = {
+            "metadata byte": {"metadata_json": event.metadata_json.replace("1.50", "1.51")},
+            "metadata spelling": {"metadata_json": event.metadata_json.replace("1.50", "1.5")},
+            "metadata whitespace": {"metadata_json": event.metadata_json.replace(" ,", ",")},
+            "id": {"id": str(uuid.uuid4())},
+            "type": {"type": event.type + "x"},
+            "content type": {"content_type": None},
+            "payload": {"data": event.data + b"\x00"},
+            "envelope flag": {"envelope": False},
+            "not encodable": {"id": event.id.upper()},
+        }
+        for what, change in tampered.items():
+            changed = dataclasses.replace(event, **change)
+            self.assertEqual(check_event(proof, self.policy, event.salt, changed).failed_parts(), ["commitment"], what)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from vellum_client import (
     BadRequest,
     Client,
     DuplicateEventId,
+    GroupExists,
+    NotDelivered,
+    NotParked,
     NewEvent,
     IdempotencyKey,
     Indeterminate,
@@ -33,7 +36,8 @@ class Stub(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         type(self).bodies.append(self.rfile.read(length))
         status, body = type(self).script.pop(0) if type(self).script else (500, {})
-        raw = json.dumps(body).encode()
+        # A str body is sent as is (raw JSON text), anything else as JSON.
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(raw)))
@@ -42,6 +46,7 @@ class Stub(BaseHTTPRequestHandler):
 
     do_GET = _answer
     do_POST = _answer
+    do_DELETE = _answer
 
     def log_message(self, *args):
         pass
@@ -119,11 +124,52 @@ class Retries(unittest.TestCase):
         self.assertEqual(events[0]["type"], "Obs\u2014x")
         self.assertEqual(events[1], {"base64": "cmF3"})
         doc = {"position": 3, "stream": 20, "offset": 0, "base64": "AHA=", "salt": "", "envelope": True,
-               "id": event.id, "type": event.type, "metadata": {"z": 1.5}}
-        Stub.script = [(200, {"stream": 20, "events": [doc], "next_offset": 1})]
+               "id": event.id, "type": event.type, "metadata": "@META@"}
+        # The answer's metadata is the exact text sent, spliced in raw.
+        answer = json.dumps({"stream": 20, "events": [doc], "next_offset": 1}).replace('"@META@"', metadata)
+        Stub.script = [(200, answer)]
         with self.client() as client:
             got = client.read_stream(20).events[0]
         self.assertEqual((got.envelope, got.id, got.type, got.data), (True, event.id, event.type, b"\x00p"))
+        self.assertEqual(got.metadata_json, metadata)
+        self.assertEqual(got.metadata(), {"z": 1.5, "a": [1000.0]})
+        self.assertEqual(got.committed_bytes(), event.committed_bytes())
+
+    def test_group_calls_send_their_bodies_and_map_their_codes(self):
+        """Goal: group_exists, not_delivered and not_parked (409) map to
+        their classes at the first answer (not WrongExpectedOffset, not
+        retried); ack, nack and replay send exactly the documented bodies;
+        a bad group name never leaves the client."""
+        Stub.script = [
+            (409, error("group_exists")),
+            (409, error("not_delivered")),
+            (409, error("not_parked")),
+            (200, {"retried": 0, "parked": 1, "checkpoint": 5}),
+        ]
+        with self.client() as client:
+            with self.assertRaises(GroupExists):
+                client.create_group("g-1", streams="5001,6000-6999", start=7, retry_max=0, lease_ms=100)
+            with self.assertRaises(NotDelivered):
+                client.ack("g-1", [3, 4])
+            with self.assertRaises(NotParked):
+                client.replay("g-1", [9])
+            nacked = client.nack("g-1", [3], park=True, reason="bad")
+            self.assertEqual((nacked.retried, nacked.parked, nacked.checkpoint), (0, 1, 5))
+            for bad in ["", ".g", "g/x", "g" * 65, "g\u00e9"]:
+                with self.assertRaises(BadRequest, msg=bad):
+                    client.group(bad)
+            with self.assertRaises(BadRequest):
+                client.ack("g-1", [])
+            with self.assertRaises(BadRequest):
+                client.pull("g-1", max_events=501)
+        self.assertEqual(len(Stub.bodies), 4, "each 409 answered at once, never retried")
+        self.assertEqual(
+            json.loads(Stub.bodies[0]),
+            {"name": "g-1", "streams": "5001,6000-6999", "start": "7", "retry_max": 0, "lease_ms": 100},
+        )
+        self.assertEqual(json.loads(Stub.bodies[1]), {"positions": [3, 4]})
+        self.assertEqual(json.loads(Stub.bodies[2]), {"positions": [9]})
+        self.assertEqual(json.loads(Stub.bodies[3]), {"positions": [3], "action": "park", "reason": "bad"})
 
     def test_4xx_is_typed_and_never_retried(self):
         """Goal: 409 and 404 map to their classes at the first answer."""

@@ -22,6 +22,8 @@ import base64
 import binascii
 import dataclasses
 import json
+import json.decoder
+import json.scanner
 import secrets
 import ssl
 import threading
@@ -31,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from . import envelope as _envelope
 from . import errors
 from .proof import EventCheck, Policy, check_event
 
@@ -39,6 +42,16 @@ __all__ = [
     "AppendReceipt",
     "Event",
     "Heartbeat",
+    "NewEvent",
+    "GroupInfo",
+    "GroupDelivery",
+    "DeliveredEvent",
+    "GroupAcked",
+    "GroupNacked",
+    "GroupDeleted",
+    "ParkedEvent",
+    "GroupParkedList",
+    "GroupReplayed",
     "StreamEvents",
     "LogEvents",
     "CertificateAnswer",
@@ -84,6 +97,10 @@ class IdempotencyKey:
                 return cls(session, 1)
 
 
+def _bare(event: "bytes | NewEvent") -> bytes:
+    return bytes(event.data) if isinstance(event, NewEvent) else bytes(event)
+
+
 @dataclasses.dataclass(frozen=True)
 class AppendReceipt:
     stream: int
@@ -96,11 +113,19 @@ class AppendReceipt:
     proofs: tuple[str, ...]
     salts: tuple[str, ...]
 
-    def check(self, policy: Policy, events: Sequence[bytes]) -> list[EventCheck]:
-        """Checks each event's proof offline (inclusion, quorum, commitment)."""
+    def check(self, policy: Policy, events: "Sequence[bytes | NewEvent]") -> list[EventCheck]:
+        """Checks each event's proof offline (inclusion, quorum, commitment);
+        `events` as given to `append`."""
         if len(events) != len(self.proofs) or len(events) != len(self.salts):
             raise ValueError(f"{len(events)} events for a receipt of {len(self.proofs)} proofs")
-        return [check_event(p, policy, s, bytes(e)) for p, s, e in zip(self.proofs, self.salts, events)]
+        # As the writer does: when any event of the batch carries an
+        # envelope field, every event of it was committed as an envelope.
+        enveloped = any(isinstance(e, NewEvent) and e.has_fields() for e in events)
+        committed = [
+            (e if isinstance(e, NewEvent) else NewEvent(bytes(e))).committed_bytes() if enveloped else _bare(e)
+            for e in events
+        ]
+        return [check_event(p, policy, s, e) for p, s, e in zip(self.proofs, self.salts, committed)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +139,36 @@ class Event:
     data: bytes
     salt: bytes
     # The envelope fields as appended (None when absent); `envelope` is
-    # true when the event's leaf commits to its encoded envelope. Python's
-    # json module parses `metadata`: its value, not its exact text.
+    # true when the event's leaf commits to its encoded envelope.
+    # `metadata_json` is the metadata's exact JSON text as the server
+    # returned it (key order, number spelling, whitespace, escapes), not a
+    # parsed value: the commitment covers those bytes. `metadata()` parses it.
     envelope: bool = False
     id: str | None = None
     type: str | None = None
     content_type: str | None = None
-    metadata: Any = None
+    metadata_json: str | None = None
+
+    def metadata(self) -> Any:
+        """The metadata parsed with `json.loads` (None when absent)."""
+        return None if self.metadata_json is None else json.loads(self.metadata_json)
+
+    def committed_bytes(self) -> bytes:
+        """The bytes the event's leaf commits to (with `salt`; what
+        `check_event` and `vellum proof check` take as the event): the
+        payload, or with `envelope` true the encoded envelope rebuilt from
+        the fields (`vellum_client.envelope`). ValueError when a field does
+        not encode (not an answer of a Vellum server)."""
+        if not self.envelope:
+            return self.data
+        return _envelope.encode(
+            self.data, id=self.id, type=self.type, content_type=self.content_type, metadata_json=self.metadata_json
+        )
+
+    def check(self, policy: Policy, proof: str) -> EventCheck:
+        """Checks `proof` (e.g. `Client.proof(stream, offset)`) offline for
+        this event's committed bytes and salt."""
+        return check_event(proof, policy, self.salt, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +182,17 @@ class NewEvent:
     type: str | None = None
     content_type: str | None = None
     metadata_json: str | None = None
+
+    def has_fields(self) -> bool:
+        """True when any envelope field is set."""
+        return any(v is not None for v in (self.id, self.type, self.content_type, self.metadata_json))
+
+    def committed_bytes(self) -> bytes:
+        """This event's encoded envelope: what its leaf commits to when
+        its batch carries envelopes (`vellum_client.envelope`)."""
+        return _envelope.encode(
+            bytes(self.data), id=self.id, type=self.type, content_type=self.content_type, metadata_json=self.metadata_json
+        )
 
     def to_json(self) -> str:
         """This event as a member of an append's `events`."""
@@ -174,6 +233,136 @@ class CertificateAnswer:
     certificate: str
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupInfo:
+    """A consumer group's configuration and state: `checkpoint` (every
+    matching event below it is acked or parked), `acked` and `parked`
+    (committed), `in_flight` (leased now, the primary's memory)."""
+
+    name: str
+    streams: str | None
+    start: int
+    retry_max: int
+    lease_ms: int
+    created_at: int
+    checkpoint: int
+    acked: int
+    parked: int
+    in_flight: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveredEvent:
+    """An event leased by a pull: the event (as `read_log` returns it) and
+    which delivery of it this is (`attempt`, 1 the first)."""
+
+    event: Event
+    attempt: int
+
+    @property
+    def position(self) -> int:
+        return self.event.position
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupDelivery:
+    group: str
+    consumer: str
+    events: tuple[DeliveredEvent, ...]
+    lease_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupAcked:
+    acked: int
+    already: int
+    checkpoint: int
+    position: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNacked:
+    retried: int
+    parked: int
+    checkpoint: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupDeleted:
+    name: str
+    position: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ParkedEvent:
+    position: int
+    parked_at: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupParkedList:
+    group: str
+    parked: tuple[ParkedEvent, ...]
+    next_position: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupReplayed:
+    replayed: int
+    position: int | None
+
+
+# Bounds of the group routes (docs/api.md, "Persistent subscriptions").
+GROUP_NAME_BYTES_MAX = 64
+GROUP_PULL_EVENTS_MAX = 500
+GROUP_PULL_WAIT_MS_MAX = 5000
+GROUP_POSITIONS_MAX = 1000
+_GROUP_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _group_name(name: str) -> str:
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= GROUP_NAME_BYTES_MAX
+        or name.startswith(".")
+        or any(c not in _GROUP_NAME_CHARS for c in name)
+    ):
+        raise errors.BadRequest(
+            400, "bad_request", f"group: {name!r} is not 1 to 64 bytes of A-Z a-z 0-9 - _ ., not starting with ."
+        )
+    return name
+
+
+def _positions(positions: Sequence[int]) -> list[int]:
+    listed = list(positions)
+    if not 1 <= len(listed) <= GROUP_POSITIONS_MAX:
+        raise errors.BadRequest(400, "bad_request", f"positions: {len(listed)}, expected 1 to {GROUP_POSITIONS_MAX}")
+    return [_edge("positions", p) for p in listed]
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _group_info(doc: dict[str, Any]) -> GroupInfo:
+    try:
+        return GroupInfo(
+            name=str(doc["name"]),
+            streams=None if doc.get("streams") is None else str(doc["streams"]),
+            start=int(doc["start"]),
+            retry_max=int(doc["retry_max"]),
+            lease_ms=int(doc["lease_ms"]),
+            created_at=int(doc["created_at"]),
+            checkpoint=int(doc["checkpoint"]),
+            acked=int(doc["acked"]),
+            parked=int(doc["parked"]),
+            in_flight=int(doc["in_flight"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise errors.ProtocolError(f"not a group: {error}") from None
+
+
 def _edge(field: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= EDGE_INTEGER_MAX:
         raise errors.BadRequest(400, "bad_request", f"{field}: {value!r} is not a whole number from 0 to 2^63-1")
@@ -194,7 +383,64 @@ def _b64decode(text: str, what: str) -> bytes:
         raise errors.ProtocolError(f"{what} is not standard base64: {error}") from None
 
 
+class _Spanned:
+    """A parsed JSON value with its exact source text (only while decoding)."""
+
+    __slots__ = ("value", "text")
+
+    def __init__(self, value: Any, text: str):
+        self.value = value
+        self.text = text
+
+
+def _keep_metadata_text(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Every member value arrives as _Spanned; `metadata` keeps its text.
+    out: dict[str, Any] = {}
+    for key, spanned in pairs:
+        if key == "metadata" and spanned.value is not None:
+            out[key] = spanned.text
+        else:
+            out[key] = spanned.value
+    return out
+
+
+def _parse_object_spanned(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None):  # type: ignore[no-untyped-def]
+    def spanned(string: str, idx: int) -> tuple[_Spanned, int]:
+        value, end = scan_once(string, idx)
+        return _Spanned(value, string[idx:end]), end
+
+    return json.decoder.JSONObject(s_and_end, strict, spanned, object_hook, object_pairs_hook, memo)
+
+
+def _metadata_text_decoder() -> json.JSONDecoder:
+    """A JSON decoder like `json.loads`, except that every object member
+    named `metadata` is kept as its exact source text (a str of JSON), not
+    parsed: Python's parser would lose key order of duplicates, number
+    spellings (`1.50`), whitespace and escapes, which the envelope's
+    commitment covers. The pure-Python scanner is used, since the C one
+    cannot report a value's span."""
+    decoder = json.JSONDecoder(object_pairs_hook=_keep_metadata_text)
+    decoder.parse_object = _parse_object_spanned  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder
+
+
+def _loads_events(body: bytes | str) -> Any:
+    """Parses an answer that holds events (reads, subscription lines,
+    group pulls), keeping each `metadata` as text."""
+    if isinstance(body, (bytes, bytearray)):
+        body = bytes(body).decode("utf-8")
+    if '"metadata"' not in body:
+        # No member to keep as text: the C parser (about 8 times faster).
+        return json.loads(body)
+    # A decoder per call: the pure-Python scanner's memo is not thread-safe.
+    return _metadata_text_decoder().decode(body)
+
+
 def _event(doc: dict[str, Any]) -> Event:
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, str):
+        raise errors.ProtocolError("event metadata was not kept as JSON text")
     try:
         return Event(
             position=int(doc["position"]),
@@ -206,7 +452,7 @@ def _event(doc: dict[str, Any]) -> Event:
             id=doc.get("id"),
             type=doc.get("type"),
             content_type=doc.get("content_type"),
-            metadata=doc.get("metadata"),
+            metadata_json=metadata,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise errors.ProtocolError(f"not an event: {error}: {str(doc)[:_QUOTE_BYTES_MAX]}") from None
@@ -388,7 +634,9 @@ class Client:
         _edge("stream", stream)
         _edge("from", from_offset)
         _page("max", max_events)
-        doc = self._call("GET", f"/v1/streams/{stream}/events?from={from_offset}&max={max_events}", stream=stream)
+        doc = self._call(
+            "GET", f"/v1/streams/{stream}/events?from={from_offset}&max={max_events}", stream=stream, events=True
+        )
         try:
             return StreamEvents(int(doc["stream"]), tuple(_event(e) for e in doc["events"]), int(doc["next_offset"]))
         except (KeyError, TypeError, ValueError) as error:
@@ -398,7 +646,7 @@ class Client:
         """Up to `max_events` committed events of the global log."""
         _edge("from", from_position)
         _page("max", max_events)
-        doc = self._call("GET", f"/v1/log?from={from_position}&max={max_events}")
+        doc = self._call("GET", f"/v1/log?from={from_position}&max={max_events}", events=True)
         try:
             return LogEvents(tuple(_event(e) for e in doc["events"]), int(doc["next_position"]))
         except (KeyError, TypeError, ValueError) as error:
@@ -419,6 +667,153 @@ class Client:
     def health(self) -> dict[str, Any]:
         """The health of the first endpoint that answers."""
         return self._call("GET", "/v1/health")
+
+    # --- consumer groups (persistent subscriptions) ---------------------
+    #
+    # Served by the primary (a backup forwards). Calls that change the
+    # group (create, delete, ack, nack, replay) are writes: when every
+    # attempt failed and one may have reached a primary they raise
+    # `Indeterminate`. Retrying them is safe: a repeated ack or park counts
+    # as `already`, a repeated create raises `GroupExists`.
+
+    def create_group(
+        self,
+        name: str,
+        *,
+        streams: str | None = None,
+        start: str | int | None = None,
+        retry_max: int | None = None,
+        lease_ms: int | None = None,
+    ) -> GroupInfo:
+        """Creates a consumer group. `streams`: a filter as on `read_log`
+        (`"5001,6000-6999"`; None: every user stream, which needs a token
+        scoped to every stream); `start`: `"beginning"` (default), `"end"`
+        or a global position; `retry_max` (0 to 100, default 5) failed
+        deliveries before an event is parked; `lease_ms` (100 to 600,000,
+        default 30,000). An existing name raises `GroupExists`."""
+        body: dict[str, Any] = {"name": _group_name(name)}
+        if streams is not None:
+            body["streams"] = streams
+        if start is not None:
+            body["start"] = str(_edge("start", start)) if isinstance(start, int) else start
+        if retry_max is not None:
+            body["retry_max"] = _edge("retry_max", retry_max)
+        if lease_ms is not None:
+            body["lease_ms"] = _edge("lease_ms", lease_ms)
+        return _group_info(self._call("POST", "/v1/groups", content=self._json(body), write=True))
+
+    def group(self, name: str) -> GroupInfo:
+        """A group's configuration and state (`NotFound` when none)."""
+        return _group_info(self._call("GET", f"/v1/groups/{_group_name(name)}"))
+
+    def delete_group(self, name: str) -> GroupDeleted:
+        """Deletes a group; the name may then be created again, afresh."""
+        doc = self._call("DELETE", f"/v1/groups/{_group_name(name)}", write=True)
+        try:
+            return GroupDeleted(str(doc["name"]), int(doc["position"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a group deletion: {error}") from None
+
+    def pull(
+        self, group: str, *, consumer: str | None = None, max_events: int | None = None, wait_ms: int | None = None
+    ) -> GroupDelivery:
+        """Leases up to `max_events` (1 to 500, default 100) events of the
+        group to `consumer` (default: the token's principal), waiting up to
+        `wait_ms` (0 to 5,000, default 0) for a first one; an empty
+        delivery when none came. Each event stays leased for the group's
+        `lease_ms`; settle it with `ack` or `nack`, else it is delivered
+        again (at least once). Events carry envelope fields as `read_log`'s."""
+        body: dict[str, Any] = {}
+        if consumer is not None:
+            body["consumer"] = consumer
+        if max_events is not None:
+            _edge("max", max_events)
+            if not 1 <= max_events <= GROUP_PULL_EVENTS_MAX:
+                raise errors.BadRequest(400, "bad_request", f"max: {max_events}, expected 1 to {GROUP_PULL_EVENTS_MAX}")
+            body["max"] = max_events
+        if wait_ms is not None:
+            _edge("wait_ms", wait_ms)
+            if wait_ms > GROUP_PULL_WAIT_MS_MAX:
+                raise errors.BadRequest(400, "bad_request", f"wait_ms: {wait_ms}, at most {GROUP_PULL_WAIT_MS_MAX}")
+            body["wait_ms"] = wait_ms
+        # A pull changes only leases (the primary's memory); retrying one
+        # at worst leases events that come back when the lease expires.
+        doc = self._call("POST", f"/v1/groups/{_group_name(group)}/pull", content=self._json(body), events=True)
+        try:
+            return GroupDelivery(
+                group=str(doc["group"]),
+                consumer=str(doc["consumer"]),
+                events=tuple(DeliveredEvent(_event(e), int(e["attempt"])) for e in doc["events"]),
+                lease_ms=int(doc["lease_ms"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a group delivery: {error}") from None
+
+    def ack(self, group: str, positions: Sequence[int]) -> GroupAcked:
+        """Settles delivered events as processed (1 to 1,000 positions; one
+        committed event per call, so ack in batches). A position not out
+        for delivery raises `NotDelivered` and nothing is written; one
+        acked or parked already counts in `already`."""
+        body = {"positions": _positions(positions)}
+        doc = self._call("POST", f"/v1/groups/{_group_name(group)}/ack", content=self._json(body), write=True)
+        try:
+            return GroupAcked(
+                int(doc["acked"]), int(doc["already"]), int(doc["checkpoint"]), _optional_int(doc.get("position"))
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a group ack: {error}") from None
+
+    def nack(
+        self, group: str, positions: Sequence[int], *, park: bool = False, reason: str | None = None
+    ) -> GroupNacked:
+        """Settles delivered events as failed: delivered again (parked once
+        past the group's `retry_max`), or with `park=True` parked at once.
+        `reason` (at most 512 bytes) is kept with a parked event."""
+        body: dict[str, Any] = {"positions": _positions(positions), "action": "park" if park else "retry"}
+        if reason is not None:
+            body["reason"] = reason
+        doc = self._call("POST", f"/v1/groups/{_group_name(group)}/nack", content=self._json(body), write=True)
+        try:
+            return GroupNacked(int(doc["retried"]), int(doc["parked"]), int(doc["checkpoint"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a group nack: {error}") from None
+
+    def parked(self, group: str, from_position: int = 0, max_events: int | None = None) -> GroupParkedList:
+        """Parked events of the group from `from_position`, in position
+        order; `next_position` is where the next listing starts (None: no
+        more)."""
+        query = f"from={_edge('from', from_position)}"
+        if max_events is not None:
+            query += f"&max={_edge('max', max_events)}"
+        doc = self._call("GET", f"/v1/groups/{_group_name(group)}/parked?{query}")
+        try:
+            return GroupParkedList(
+                group=str(doc["group"]),
+                parked=tuple(ParkedEvent(int(p["position"]), int(p["parked_at"]), str(p["reason"])) for p in doc["parked"]),
+                next_position=_optional_int(doc.get("next_position")),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a parked list: {error}") from None
+
+    def replay(self, group: str, positions: Sequence[int] | None = None) -> GroupReplayed:
+        """Delivers parked events again, their attempts afresh: `positions`
+        (a position not parked raises `NotParked`), or every parked event
+        (up to 1,000 a call) when None."""
+        body: dict[str, Any] = {}
+        if positions is not None:
+            body["positions"] = _positions(positions)
+        doc = self._call("POST", f"/v1/groups/{_group_name(group)}/replay", content=self._json(body), write=True)
+        try:
+            return GroupReplayed(int(doc["replayed"]), _optional_int(doc.get("position")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.ProtocolError(f"not a group replay: {error}") from None
+
+    @staticmethod
+    def _json(body: dict[str, Any]) -> bytes:
+        content = json.dumps(body, separators=(",", ":")).encode()
+        if len(content) > REQUEST_BODY_BYTES_MAX:
+            raise errors.PayloadTooLarge(413, "payload_too_large", f"request body is {len(content)} bytes, more than 4 MiB")
+        return content
 
     # --- subscription --------------------------------------------------
 
@@ -466,7 +861,7 @@ class Client:
                             raise errors.ProtocolError("subscription line larger than the limit")
                         if not line.strip():
                             continue
-                        doc = json.loads(line)
+                        doc = _loads_events(line)
                         if "error" in doc:
                             raise _Retry(f"server ended the subscription: {doc['error']}", True, False)
                         failures = 0
@@ -506,7 +901,10 @@ class Client:
         stream: int | None = None,
         expected: int | None = None,
         key: IdempotencyKey | None = None,
+        events: bool = False,
     ) -> Any:
+        """One call with retries; `events`: the answer holds events, parsed
+        keeping each `metadata` as its JSON text."""
         count = len(self._endpoints)
         start = self._preferred % count
         attempts = self._retries_max + 1
@@ -518,7 +916,7 @@ class Client:
                 time.sleep(self._retry_delay)
             index = (start + attempt) % count
             try:
-                result = self._attempt(index, method, path, content, stream, expected)
+                result = self._attempt(index, method, path, content, stream, expected, events)
             except _Retry as retry:
                 reached_any |= retry.reached
                 last_transport = retry.transport
@@ -545,6 +943,7 @@ class Client:
         content: bytes | None,
         stream: int | None,
         expected: int | None,
+        events: bool = False,
     ) -> Any:
         headers = self._headers()
         if content is not None:
@@ -559,7 +958,7 @@ class Client:
             raise _Retry(f"{type(error).__name__}: {error}", reached=True, transport=True) from None
         if answer.status_code < 300:
             try:
-                return json.loads(body)
+                return _loads_events(body) if events else json.loads(body)
             except ValueError as error:
                 raise errors.ProtocolError(f"answer {answer.status_code} does not parse: {error}") from None
         if answer.status_code >= 500:
@@ -612,6 +1011,9 @@ class Client:
         by_code: dict[str, type[errors.ApiError]] = {
             "idempotency_key_reused": errors.IdempotencyKeyReused,
             "duplicate_event_id": errors.DuplicateEventId,
+            "group_exists": errors.GroupExists,
+            "not_delivered": errors.NotDelivered,
+            "not_parked": errors.NotParked,
             "invalid_envelope": errors.InvalidEnvelope,
             "envelope_too_large": errors.PayloadTooLarge,
             "unauthorized": errors.Unauthorized,

@@ -21,6 +21,9 @@ __all__ = [
     "IdempotencyKeyReused",
     "DuplicateEventId",
     "InvalidEnvelope",
+    "GroupExists",
+    "NotDelivered",
+    "NotParked",
     "PayloadTooLarge",
     "Unavailable",
     "Indeterminate",
@@ -103,6 +106,21 @@ class DuplicateEventId(ApiError):
 class InvalidEnvelope(ApiError):
     """422 `invalid_envelope`: an event's id is not a canonical UUID, or its
     type or content type is empty or holds a control character."""
+
+
+class GroupExists(ApiError):
+    """409 `group_exists`: a consumer group of that name exists already."""
+
+
+class NotDelivered(ApiError):
+    """409 `not_delivered`: an ack or nack names a position that is not out
+    for delivery to the group (never delivered, beyond the log, not in the
+    group). Nothing was written."""
+
+
+class NotParked(ApiError):
+    """409 `not_parked`: a replay names a position that is not parked.
+    Nothing was written."""
 
 
 class Unavailable(VellumError):

@@ -13,7 +13,10 @@ a failure names every part that broke (the same rules as
   signatures of at least the policy's quorum of distinct pinned keys, and
   no failing signature of a pinned key (unpinned keys are ignored);
 - commitment: `SHA-256("vellum/commit/v1\\0" || salt || event)` is the
-  leaf's commitment, so the proof is about exactly these event bytes.
+  leaf's commitment, so the proof is about exactly these event bytes. For
+  an event read with `envelope` true those bytes are its encoded envelope
+  (`vellum_client.envelope`), which `check_event` rebuilds when given the
+  read `Event` itself.
 
 Keys come only from the trust policy (`policy.txt`), never from the data
 being checked. Nothing here needs the network.
@@ -26,6 +29,7 @@ import binascii
 import dataclasses
 import hashlib
 import struct
+from typing import Protocol
 
 from . import ed25519
 from .errors import ProofFormatError
@@ -417,10 +421,31 @@ class EventCheck:
         return [name for name, part in parts if not part.passed]
 
 
-def check_event(proof: str | InclusionProof, policy: Policy, salt: bytes | str, event: bytes) -> EventCheck:
+class _Committed(Protocol):
+    """A read event: knows the bytes its leaf commits to."""
+
+    def committed_bytes(self) -> bytes: ...
+
+
+def check_event(proof: str | InclusionProof, policy: Policy, salt: bytes | str, event: bytes | _Committed) -> EventCheck:
     """Checks offline that `proof` proves `event` (with its commitment
     `salt`, raw or standard base64) is in a log certified under `policy`:
-    inclusion, quorum and commitment, each reported separately."""
+    inclusion, quorum and commitment, each reported separately.
+
+    `event` is the committed bytes, or a read `Event`: then its
+    `committed_bytes()` (the payload, or for an event with `envelope` true
+    its encoded envelope rebuilt from `id`, `type`, `content_type`,
+    `metadata_json` and the payload). An envelope field that does not
+    encode fails the commitment part."""
+    encode_error = None
+    if isinstance(event, (bytes, bytearray, memoryview)):
+        event = bytes(event)
+    else:
+        try:
+            event = bytes(event.committed_bytes())
+        except ValueError as error:
+            encode_error = f"the event's envelope does not encode: {error}"
+            event = b""
     if isinstance(proof, str):
         try:
             proof = InclusionProof.parse(proof)
@@ -439,7 +464,11 @@ def check_event(proof: str | InclusionProof, policy: Policy, salt: bytes | str, 
     return EventCheck(
         inclusion=_inclusion_part(proof, leaf, leaf_error),
         quorum=_quorum_part(proof.certificate, policy),
-        commitment=_commitment_part(leaf, leaf_error, salt, event),
+        commitment=(
+            PartCheck(False, encode_error)
+            if encode_error is not None
+            else _commitment_part(leaf, leaf_error, salt, event)
+        ),
     )
 
 
