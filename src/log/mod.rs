@@ -103,12 +103,8 @@ pub enum LogError {
     /// the batch (at index `first`), and the batch is not a resent op:
     /// nothing was written.
     #[error(
-        "refused: event {index} has id {id}, {}; nothing was written to stream {stream}",
-        match (offset, first) {
-            (Some(offset), _) => format!("which the stream already holds at offset {offset}"),
-            (None, Some(first)) => format!("as event {first} of this batch does"),
-            (None, None) => "which the stream already holds".to_string(),
-        }
+        "refused: {}",
+        duplicate_event_id_text(*.stream, *.index, .id, *.offset, *.first)
     )]
     DuplicateEventId {
         /// The stream.
@@ -484,6 +480,23 @@ fn check_bundle_leaves(
         }
     }
     Ok(())
+}
+
+/// The words of a duplicate event id refusal, for the log's error and the
+/// API's (one text in both).
+pub fn duplicate_event_id_text(
+    stream: u64,
+    index: usize,
+    id: &str,
+    offset: Option<u64>,
+    first: Option<usize>,
+) -> String {
+    let why = match (offset, first) {
+        (Some(offset), _) => format!("which the stream already holds at offset {offset}"),
+        (None, Some(first)) => format!("as event {first} of this batch does"),
+        (None, None) => "which the stream already holds".to_string(),
+    };
+    format!("event {index} has id {id}, {why}; nothing was written to stream {stream}")
 }
 
 /// Wall-clock time in unix nanoseconds (the shell's clock, never the core's).
@@ -903,12 +916,8 @@ impl LocalLog {
         events: &[Bytes],
         expected_offset: u64,
     ) -> Result<Appended, LogError> {
-        validate_events(events)?;
-        if self.storage_read_only() {
-            return Err(LogError::ReadOnly);
-        }
         let stream = vellum_compliance::custody::KEY_CUSTODY_STREAM;
-        self.append_through_core(stream, events, Some(expected_offset), None, None, false)
+        self.append_system(stream, events, expected_offset)
     }
 
     /// Appends consumer-group events (persistent subscriptions) to the
@@ -920,11 +929,22 @@ impl LocalLog {
         events: &[Bytes],
         expected_offset: u64,
     ) -> Result<Appended, LogError> {
+        let stream = vellum_compliance::groups::CONSUMER_GROUPS_STREAM;
+        self.append_system(stream, events, expected_offset)
+    }
+
+    /// Appends events of a system stream the replica itself decides on
+    /// (custody, consumer groups) at `expected_offset`, no trail record.
+    fn append_system(
+        &self,
+        stream: u64,
+        events: &[Bytes],
+        expected_offset: u64,
+    ) -> Result<Appended, LogError> {
         validate_events(events)?;
         if self.storage_read_only() {
             return Err(LogError::ReadOnly);
         }
-        let stream = vellum_compliance::groups::CONSUMER_GROUPS_STREAM;
         self.append_through_core(stream, events, Some(expected_offset), None, None, false)
     }
 

@@ -186,12 +186,8 @@ pub enum AppendError {
     /// the batch (at index `first`), and the batch is not a resend of the
     /// op holding it; nothing was written: 409 `duplicate_event_id`.
     #[error(
-        "event {index} has id {id}, {}; nothing was written to stream {stream}",
-        match (offset, first) {
-            (Some(offset), _) => format!("which the stream already holds at offset {offset}"),
-            (None, Some(first)) => format!("as event {first} of this batch does"),
-            (None, None) => "which the stream already holds".to_string(),
-        }
+        "{}",
+        crate::log::duplicate_event_id_text(*.stream, *.index, .id, *.offset, *.first)
     )]
     DuplicateEventId {
         /// The stream.

@@ -244,23 +244,14 @@ fn incremental_run(
         return full("--live".into());
     }
     let dir = DataDir::new(data_dir);
-    if log_policy.verifiers.len() > 1 {
-        return match incremental_replica_checks(
-            &dir,
-            log_policy,
-            options.index_url.as_deref(),
-            &start,
-            &stream_options,
-            progress,
-        ) {
-            Ok(walked) => (
-                Some(walked),
-                Some(vellum_audit::since::INCREMENTAL_NOTE.to_string()),
-            ),
-            Err(e) => full(e),
-        };
-    }
-    match incremental_checks(
+    // A replica of a cluster and a one-replica log walk their new part
+    // differently; both take the same arguments.
+    let checks = if log_policy.verifiers.len() > 1 {
+        incremental_replica_checks
+    } else {
+        incremental_checks
+    };
+    match checks(
         &dir,
         log_policy,
         options.index_url.as_deref(),
