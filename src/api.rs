@@ -649,10 +649,10 @@ pub mod code {
     /// written (409). `original_offset` names the stored event.
     pub const DUPLICATE_EVENT_ID: &str = "duplicate_event_id";
     /// An envelope field is malformed: an id not in canonical UUID form, an
-    /// empty type or content type or one with a control character (422).
+    /// empty type or content type, one with a control character, or one
+    /// over 256 bytes (422).
     pub const INVALID_ENVELOPE: &str = "invalid_envelope";
-    /// An envelope field is over its limit: metadata above 16 KiB, type or
-    /// content type above 256 bytes (413).
+    /// An event's metadata is above 16 KiB (413).
     pub const ENVELOPE_TOO_LARGE: &str = "envelope_too_large";
     /// A consumer group of that name exists already (409).
     pub const GROUP_EXISTS: &str = "group_exists";

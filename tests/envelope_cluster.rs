@@ -239,7 +239,11 @@ async fn envelopes_round_trip_and_ids_are_never_stored_twice() {
         ),
         (
             odd(&|e| e.content_type = Some("x".repeat(257))),
-            ErrorCode::EnvelopeTooLarge,
+            ErrorCode::InvalidEnvelope,
+        ),
+        (
+            odd(&|e| e.event_type = Some("t".repeat(257))),
+            ErrorCode::InvalidEnvelope,
         ),
         (
             odd(&|e| e.metadata = Some(raw(&format!("\"{}\"", "m".repeat(1024 * 1024))))),

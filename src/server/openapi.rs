@@ -411,7 +411,7 @@ fn error_responses() -> Value {
         ),
         (
             "413",
-            "payload_too_large: the body exceeds the limit; envelope_too_large: an event's metadata is above 16 KiB, or its type or content_type above 256 bytes.",
+            "payload_too_large: the body exceeds the limit; envelope_too_large: an event's metadata is above 16 KiB.",
         ),
         (
             "408",

@@ -265,16 +265,27 @@ fn envelope_bytes(index: usize, event: &EventIn, payload: Bytes) -> Result<Bytes
     };
     match envelope.check() {
         Ok(()) => Ok(Bytes::from(envelope.encode())),
-        Err(error @ FieldError::TooLarge { .. }) => Err(ApiError::new(
+        // Metadata over its limit is a size the schema cannot state (any
+        // JSON value): 413. A type or content type over its limit breaks
+        // the schema's `maxLength`, like any other schema violation: 422
+        // (schemathesis: a schema-violating request must get a 4xx it
+        // knows as a rejection, and 413 is not one).
+        Err(
+            error @ FieldError::TooLarge {
+                field: "metadata", ..
+            },
+        ) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             code::ENVELOPE_TOO_LARGE,
             format!("events[{index}]: {error}"),
         )),
-        Err(error @ FieldError::Invalid { .. }) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code::INVALID_ENVELOPE,
-            format!("events[{index}]: {error}"),
-        )),
+        Err(error @ (FieldError::TooLarge { .. } | FieldError::Invalid { .. })) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code::INVALID_ENVELOPE,
+                format!("events[{index}]: {error}"),
+            ))
+        }
     }
 }
 
