@@ -585,6 +585,14 @@ fn demo_succeeds() {
         b"",
     );
     assert!(out.contains("witness cosignatures=1"), "{out}");
+    // The whole cluster under the policy requiring the witness: the kept
+    // cosignatures verify and match the replicas' logs.
+    let out = ok(
+        &["verify", "--cluster", s(&data), "--policy", s(&witnessed)],
+        b"",
+    );
+    assert!(out.starts_with("verification PASSED"), "{out}");
+    assert!(out.contains("witness cosignatures"), "{out}");
     for replica in ["r0", "r1", "r2"] {
         let policy = data.join("policy.txt");
         let out = ok(

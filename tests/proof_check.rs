@@ -1,7 +1,8 @@
 //! `vellum proof check` through the binary (defect 6 of issue 9): a
 //! receipt's proof, the event's bytes and its salt check offline against the
 //! trust policy, and each way the three can disagree fails naming the part
-//! (inclusion, quorum, commitment) and, for the quorum, the keys. Ends with
+//! (inclusion, quorum, commitment, witnesses) and, for the quorum and the
+//! witnesses, the keys. Ends with
 //! a live cluster: append through the API, check the receipt's proof and
 //! salt, and the salt a read returns.
 
@@ -236,6 +237,90 @@ fn a_certificate_signed_by_too_few_pinned_keys_fails_naming_the_keys() {
         message.contains("signatures of unpinned keys ignored: 1"),
         "{message}"
     );
+}
+
+// Goal: under a policy requiring an outside witness (`cosigner-quorum 1`),
+// a proof whose certificate carries the witness's cosignature passes; the
+// same proof with the cosignature removed, with one bit of it flipped, or
+// with a cosignature of another checkpoint fails the `witnesses` part alone
+// (exit 1), naming the witness; a replica-only policy still passes it.
+#[test]
+fn a_forged_or_removed_cosignature_fails_the_witnesses_part() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (policy_path, held) = appended(dir.path());
+    let policy = Policy::parse(&std::fs::read_to_string(&policy_path).expect("policy"))
+        .expect("policy parses");
+    let witness =
+        vellum_audit::cosignature::Cosigner::from_seed("witness.test/w1", [4; 32]).expect("name");
+    let witnessed = policy
+        .with_cosigners(vec![witness.key()], 1)
+        .expect("policy");
+    let witnessed_path = dir.path().join("witnessed.txt");
+    std::fs::write(&witnessed_path, witnessed.encode()).expect("write policy");
+    let key_name = format!(
+        "witness.test/w1+{}",
+        vellum_audit::hash::to_hex(&witness.key().key_id())
+    );
+    let with_proof = |proof: &InclusionProof| Held {
+        proof: proof.encode(),
+        ..held[1].clone()
+    };
+
+    let bare = InclusionProof::parse(&held[1].proof).expect("proof");
+    let mut cosigned = bare.clone();
+    let line = witness
+        .cosign(&cosigned.checkpoint.note.text, 1_700_000_000)
+        .expect("cosigns");
+    cosigned.checkpoint.note.signatures.push(line.clone());
+    let (code, out, err) = check(dir.path(), &with_proof(&cosigned), &witnessed_path, false);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "ok   witnesses  1 of 1 needed pinned witnesses cosigned: {key_name}"
+        )),
+        "{out}"
+    );
+
+    let mut flipped = cosigned.clone();
+    let last = flipped.checkpoint.note.signatures.last_mut().expect("line");
+    last.signature[40] ^= 0x01;
+    // held[3]'s certificate is the second append's (size 4, not 2).
+    let other = InclusionProof::parse(&held[3].proof).expect("proof");
+    let mut elsewhere = bare.clone();
+    elsewhere.checkpoint.note.signatures.push(
+        witness
+            .cosign(&other.checkpoint.note.text, 1_700_000_000)
+            .expect("cosigns"),
+    );
+    for (what, proof, named) in [
+        ("removed", &bare, format!("not cosigned by: {key_name}")),
+        ("flipped", &flipped, format!("bad cosignature: {key_name}")),
+        (
+            "another checkpoint",
+            &elsewhere,
+            format!("bad cosignature: {key_name}"),
+        ),
+    ] {
+        let (code, json, _) = check(dir.path(), &with_proof(proof), &witnessed_path, true);
+        assert_eq!(
+            (code, failed_parts(&json)),
+            (1, vec!["witnesses".to_string()]),
+            "{what}: {json}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let message = value["witnesses"]["message"].as_str().expect("message");
+        assert!(message.contains(&named), "{what}: {message}");
+        let (code, out, _) = check(dir.path(), &with_proof(proof), &witnessed_path, false);
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains("FAIL witnesses"), "{what}: {out}");
+        assert!(
+            out.ends_with("proof check FAILED: witnesses\n"),
+            "{what}: {out}"
+        );
+    }
+    // The replica-only policy ignores cosignature lines of unpinned keys.
+    let (code, out, _) = check(dir.path(), &with_proof(&flipped), &policy_path, false);
+    assert_eq!(code, 0, "{out}");
 }
 
 // Goal: end to end on a live three-replica cluster: the receipt of an

@@ -237,3 +237,157 @@ async fn bundle_cosigned_by_witness_verifies(dir: &std::path::Path, url: &str, w
     assert_ne!(code, 0, "tampered cosignature: {stdout}");
     std::fs::write(&path, good).expect("restore");
 }
+
+/// `vellum verify --cluster DIR --policy P`: exit code and stdout.
+async fn verify_cluster(cluster_dir: &std::path::Path, policy: &std::path::Path) -> (i32, String) {
+    let (code, stdout, stderr) = cli(vec![
+        "verify".into(),
+        "--cluster".into(),
+        cluster_dir.display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ])
+    .await;
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// Copies directory `from` to `to` (`cp -a`: keys keep their modes).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Appends `n` events `{"history":"<tag>","n":i}` to stream 1001.
+async fn append_history(cluster: &LocalCluster, tag: &str, n: usize) {
+    cluster
+        .wait_primary(Duration::from_secs(60))
+        .await
+        .expect("primary");
+    let writer = cluster.client(None).expect("writer");
+    for i in 0..n {
+        let event = Bytes::from(format!("{{\"history\":\"{tag}\",\"n\":{i}}}"));
+        writer
+            .append(1001, vec![event], None)
+            .await
+            .expect("append");
+    }
+}
+
+/// Goal: `vellum verify --cluster` with a witness quorum in the policy
+/// checks the cosignatures the replicas kept: it passes on the history the
+/// witness cosigned; it fails naming the kept file when a cosignature is
+/// forged; and when the operator rewrites the whole history (every replica
+/// started again from its pristine directory, the same keys re-signing
+/// another history, the old kept cosignatures left in place), the
+/// replica-only policy accepts the cluster but the witness policy fails at
+/// the kept file (the cosigned root is not the log's), and with the kept
+/// files removed it fails the witness quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_cluster_checks_kept_cosignatures_and_catches_a_rewrite() {
+    let dir = TestDir::new("vellum-witness-verify-cluster");
+    let cluster_dir = dir.path().join("cluster");
+    let pristine = dir.path().join("pristine");
+    let mut cluster = LocalCluster::start_prepared(&cluster_dir, 3, vellum_exe(), |dev| {
+        copy_dir(&dev.dir, &pristine);
+        Ok(())
+    })
+    .expect("cluster starts");
+    append_history(&cluster, "a", 3).await;
+    let primary = cluster
+        .wait_primary(Duration::from_secs(60))
+        .await
+        .expect("primary");
+    let certificate = Certificate::parse(
+        &auditor(&cluster)
+            .certificate()
+            .await
+            .expect("certificate")
+            .certificate,
+    )
+    .expect("certificate parses");
+    cluster.stop().expect("cluster stops");
+
+    // A witness cosigns history A; the primary keeps it (as its feeder does).
+    let witness =
+        vellum_audit::cosignature::Cosigner::from_seed("witness.test/w1", [8; 32]).expect("name");
+    let key = witness.key();
+    let line = witness
+        .cosign(&certificate.note.text, 1_700_000_000)
+        .expect("cosigns")
+        .line();
+    let kept = vellum::witness::kept::accept(&key, &certificate, &line).expect("valid line");
+    let primary_dir = cluster.data_dir(usize::from(primary));
+    vellum::witness::kept::save(&primary_dir, &key, &kept).expect("kept");
+    let kept_path = vellum::witness::kept::path_for(&primary_dir, &key);
+    let replica_policy = cluster.dev.policy_path.clone();
+    let policy = Policy::parse(&std::fs::read_to_string(&replica_policy).expect("policy"))
+        .expect("policy parses");
+    let witnessed_path = dir.path().join("witnessed.txt");
+    let witnessed = policy.with_cosigners(vec![key.clone()], 1).expect("policy");
+    std::fs::write(&witnessed_path, witnessed.encode()).expect("policy file");
+
+    let (code, out) = verify_cluster(&cluster_dir, &witnessed_path).await;
+    assert_eq!(code, 0, "history A under the witness policy: {out}");
+    assert!(out.contains("witness cosignatures"), "{out}");
+
+    // A forged cosignature: one character of its base64 changed.
+    let good = std::fs::read_to_string(&kept_path).expect("kept file");
+    let at = good.len() - 12;
+    let mut forged = good.clone().into_bytes();
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&kept_path, &forged).expect("forge");
+    let (code, out) = verify_cluster(&cluster_dir, &witnessed_path).await;
+    assert_ne!(code, 0, "forged cosignature: {out}");
+    assert!(
+        out.contains(&kept_path.display().to_string()),
+        "names the file: {out}"
+    );
+    std::fs::write(&kept_path, &good).expect("restore");
+
+    // The rewrite: every replica from its pristine directory, the kept
+    // cosignatures of history A left in place, then another history.
+    for i in 0..3 {
+        let data = cluster.data_dir(i);
+        let saved = dir.path().join(format!("kept-r{i}"));
+        let kept_dir = data.join(vellum::witness::kept::DIR_NAME);
+        if kept_dir.exists() {
+            std::fs::rename(&kept_dir, &saved).expect("save kept");
+        }
+        std::fs::remove_dir_all(&data).expect("remove replica");
+        copy_dir(&pristine.join(format!("r{i}")), &data);
+        if saved.exists() {
+            std::fs::rename(&saved, &kept_dir).expect("keep kept");
+        }
+    }
+    let mut cluster = LocalCluster::start(&cluster_dir, 3, vellum_exe()).expect("restarts");
+    append_history(&cluster, "b", 8).await;
+    cluster.stop().expect("cluster stops");
+
+    let (code, out) = verify_cluster(&cluster_dir, &replica_policy).await;
+    assert_eq!(code, 0, "every replica key signed history B: {out}");
+    let (code, out) = verify_cluster(&cluster_dir, &witnessed_path).await;
+    assert_ne!(code, 0, "rewritten history under the witness policy: {out}");
+    assert!(
+        out.contains(&kept_path.display().to_string()),
+        "names the file: {out}"
+    );
+    assert!(out.contains("not the history the witness saw"), "{out}");
+
+    std::fs::remove_file(&kept_path).expect("remove kept");
+    let (code, out) = verify_cluster(&cluster_dir, &witnessed_path).await;
+    assert_ne!(code, 0, "no kept cosignature: {out}");
+    assert!(
+        out.contains("0 pinned witnesses cosigned a checkpoint of this log"),
+        "{out}"
+    );
+}

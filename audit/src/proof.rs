@@ -203,7 +203,7 @@ impl PartCheck {
 }
 
 /// The offline check of one event against its receipt's proof and salt
-/// (`vellum proof check`): three independent parts, each run whatever the
+/// (`vellum proof check`): four independent parts, each run whatever the
 /// others found, so a failure names every part that broke.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EventCheck {
@@ -217,12 +217,19 @@ pub struct EventCheck {
     /// `SHA-256("vellum/commit/v1\0" || salt || event)` is the leaf's
     /// commitment: the proof is about exactly these event bytes.
     pub commitment: PartCheck,
+    /// The checkpoint carries valid cosignatures of at least the policy's
+    /// `cosigner-quorum` distinct pinned outside witnesses, and no failing
+    /// cosignature of a pinned witness (passes when the policy pins none).
+    pub witnesses: PartCheck,
 }
 
 impl EventCheck {
-    /// True when all three parts held.
+    /// True when all four parts held.
     pub fn passed(&self) -> bool {
-        self.inclusion.passed && self.quorum.passed && self.commitment.passed
+        self.inclusion.passed
+            && self.quorum.passed
+            && self.commitment.passed
+            && self.witnesses.passed
     }
 
     /// The names of the parts that failed, in check order.
@@ -231,6 +238,7 @@ impl EventCheck {
             ("inclusion", &self.inclusion),
             ("quorum", &self.quorum),
             ("commitment", &self.commitment),
+            ("witnesses", &self.witnesses),
         ]
         .into_iter()
         .filter(|(_, part)| !part.passed)
@@ -240,8 +248,8 @@ impl EventCheck {
 }
 
 /// Checks that `proof` proves `event` (with its commitment `salt`) is in a
-/// log certified under `policy`: inclusion, quorum and commitment (see
-/// [`EventCheck`]). Needs no key but the policy's public ones.
+/// log certified under `policy`: inclusion, quorum, commitment and the
+/// outside witnesses' cosignatures (see [`EventCheck`]). Needs no key but the policy's public ones.
 pub fn check_event(
     proof: &InclusionProof,
     policy: &Policy,
@@ -255,11 +263,12 @@ pub fn check_event(
         .and_then(|extra| Ok(crate::leaf::LeafPreimage::decode(extra)?));
     EventCheck {
         inclusion: inclusion_part(proof, leaf.as_ref()),
-        quorum: quorum_part(&proof.checkpoint, policy),
+        quorum: quorum_part(&proof.checkpoint, &policy.replicas_only()),
         commitment: match &leaf {
             Err(e) => PartCheck::fail(format!("no leaf to open: {e}")),
             Ok(leaf) => commitment_part(leaf, salt, event),
         },
+        witnesses: witnesses_part(&proof.checkpoint, policy),
     }
 }
 
@@ -308,26 +317,12 @@ fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
                 .iter()
                 .map(|v| key(v.name(), v.key_id()))
                 .collect();
-            let mut detail = format!(
+            return PartCheck::pass(format!(
                 "{} of {} needed distinct pinned keys signed: {}",
                 signers.len(),
                 policy.quorum,
                 signers.join(", ")
-            );
-            if !policy.cosigners.is_empty() {
-                let cosigners: Vec<String> = verified
-                    .cosigners
-                    .iter()
-                    .map(|c| key(c.key.name(), c.key.key_id()))
-                    .collect();
-                detail.push_str(&format!(
-                    "; {} of {} needed pinned witnesses cosigned: {}",
-                    cosigners.len(),
-                    policy.cosigner_quorum,
-                    cosigners.join(", ")
-                ));
-            }
-            return PartCheck::pass(detail);
+            ));
         }
         Err(CertificateError::QuorumNotMet { .. }) => certificate
             .note
@@ -370,6 +365,56 @@ fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
         list(&failed),
         list(&missing),
         check.unknown
+    ))
+}
+
+/// The outside witnesses' part: every cosignature line carrying a pinned
+/// witness's name and key id is checked over the checkpoint text
+/// (`check_cosignatures`, the rule `Certificate::verify` applies in its
+/// step 5), naming the witnesses that cosigned, failed and are missing.
+fn witnesses_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
+    if policy.cosigners.is_empty() {
+        return PartCheck::pass("the policy pins no outside witnesses".to_string());
+    }
+    let key = |name: &str, id: [u8; 4]| format!("{name}+{}", crate::hash::to_hex(&id));
+    let check = crate::cosignature::check_cosignatures(&certificate.note, &policy.cosigners);
+    let cosigned: Vec<String> = check
+        .valid
+        .iter()
+        .map(|c| key(c.key.name(), c.key.key_id()))
+        .collect();
+    if cosigned.len() >= policy.cosigner_quorum && check.failed.is_empty() {
+        return PartCheck::pass(format!(
+            "{} of {} needed pinned witnesses cosigned: {}",
+            cosigned.len(),
+            policy.cosigner_quorum,
+            cosigned.join(", ")
+        ));
+    }
+    let failed: Vec<String> = check
+        .failed
+        .iter()
+        .map(|(s, why)| format!("{} ({why})", key(&s.name, s.key_id)))
+        .collect();
+    let missing: Vec<String> = policy
+        .cosigners
+        .iter()
+        .filter(|w| !check.valid.iter().any(|v| &v.key == *w))
+        .filter(|w| !check.failed.iter().any(|(s, _)| w.matches(s)))
+        .map(|w| key(w.name(), w.key_id()))
+        .collect();
+    let list = |keys: &[String]| match keys.is_empty() {
+        true => "none".to_string(),
+        false => keys.join(", "),
+    };
+    PartCheck::fail(format!(
+        "{} valid cosignatures of distinct pinned witnesses, {} needed; cosigned: {}; \
+         bad cosignature: {}; not cosigned by: {}",
+        cosigned.len(),
+        policy.cosigner_quorum,
+        list(&cosigned),
+        list(&failed),
+        list(&missing)
     ))
 }
 

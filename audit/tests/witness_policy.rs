@@ -286,9 +286,10 @@ fn proofs_need_the_witness_quorum() {
     assert!(parsed.verify(&policy).is_ok());
 }
 
-/// `vellum proof check`'s quorum part (`check_event`) passes a cosigned
+/// `vellum proof check`'s witnesses part (`check_event`) passes a cosigned
 /// certificate naming the witnesses that cosigned, and fails a bare one
-/// under a witness quorum, saying how many cosignatures were needed.
+/// under a witness quorum, saying how many cosignatures were needed, while
+/// its quorum part (replica keys) passes: the failure names the part.
 #[test]
 fn proof_check_reports_the_witnesses() {
     let mut tree = MerkleTree::new();
@@ -303,23 +304,41 @@ fn proof_check_reports_the_witnesses() {
     };
     let policy = witnessed_policy(1);
     let bare = vellum_audit::proof::check_event(&proof(certificate(7)), &policy, &[0; 32], b"");
-    assert!(!bare.quorum.passed);
+    assert!(bare.quorum.passed, "{}", bare.quorum.message);
+    assert!(!bare.witnesses.passed);
     assert!(
-        bare.quorum.message.contains("1 needed"),
+        bare.witnesses.message.contains("1 needed"),
         "{}",
-        bare.quorum.message
+        bare.witnesses.message
     );
+    assert!(bare.failed_parts().contains(&"witnesses"));
 
     let mut cert = certificate(7);
     cosign(&mut cert, &witnesses()[2], 9);
-    let checked = vellum_audit::proof::check_event(&proof(cert), &policy, &[0; 32], b"");
+    let checked = vellum_audit::proof::check_event(&proof(cert.clone()), &policy, &[0; 32], b"");
     assert!(checked.quorum.passed, "{}", checked.quorum.message);
+    assert!(checked.witnesses.passed, "{}", checked.witnesses.message);
     assert!(
         checked
-            .quorum
+            .witnesses
             .message
             .contains("1 of 1 needed pinned witnesses cosigned: witness.example/w2+"),
         "{}",
-        checked.quorum.message
+        checked.witnesses.message
+    );
+
+    // One flipped bit in the cosignature: the part fails naming the witness.
+    let line = cert.note.signatures.last_mut().expect("cosignature line");
+    line.signature[20] ^= 0x01;
+    let forged = vellum_audit::proof::check_event(&proof(cert), &policy, &[0; 32], b"");
+    assert!(forged.quorum.passed, "{}", forged.quorum.message);
+    assert!(!forged.witnesses.passed);
+    assert!(
+        forged
+            .witnesses
+            .message
+            .contains("bad cosignature: witness.example/w2+"),
+        "{}",
+        forged.witnesses.message
     );
 }

@@ -1,7 +1,7 @@
 //! `vellum proof`: an event's inclusion proof, or a consistency proof; and
 //! `vellum proof check`, which checks offline that a receipt's proof is
-//! about a given event: inclusion, quorum of pinned keys, and commitment
-//! (the rules are `vellum_audit::proof::check_event`'s).
+//! about a given event: inclusion, quorum of pinned keys, commitment and
+//! witness cosignatures (the rules are `vellum_audit::proof::check_event`'s).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,10 +48,11 @@ pub struct ProofArgs {
 
 #[derive(Debug, Subcommand)]
 enum ProofCommand {
-    /// Check offline that a proof (from a receipt or `vellum proof`) is
-    /// about an event: the inclusion proof, the certificate's quorum of
-    /// distinct pinned keys, and the commitment of the salt and the event's
-    /// bytes. Exits 1 naming each part that failed.
+    /// Check offline that a proof (from a receipt, `vellum proof` or `GET
+    /// .../proof`) is about an event: the inclusion proof, the certificate's
+    /// quorum of distinct pinned keys, the commitment of the salt and the
+    /// event's bytes, and the cosignatures of the policy's outside witnesses
+    /// (`cosigner-quorum`). Exits 1 naming each part that failed.
     Check(CheckArgs),
 }
 
@@ -158,6 +159,7 @@ fn check_text(check: &EventCheck) -> String {
     out.push_str(&line("inclusion", &check.inclusion));
     out.push_str(&line("quorum", &check.quorum));
     out.push_str(&line("commitment", &check.commitment));
+    out.push_str(&line("witnesses", &check.witnesses));
     match check.passed() {
         true => out.push_str("proof check PASSED\n"),
         false => out.push_str(&format!(

@@ -58,11 +58,13 @@ mod persister;
 mod subscribe;
 #[cfg(test)]
 mod tests;
+mod witnessed;
 
 pub use crate::api::ErrorCode;
 pub use errors::{AppendError, ReadError};
 pub use persister::{ClientPersister, PERSISTER_WORKER_THREADS, to_persist_error};
 pub use subscribe::{SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
+pub use witnessed::{WITNESS_WAIT_MS_MAX, WitnessedProof, WitnessedProofError};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -62,6 +62,8 @@ struct Stub {
     subscribe_froms: Vec<u64>,
     /// Stream reads answered.
     stream_reads: usize,
+    /// When set, the proof text every proof request gets.
+    proof_text: Option<String>,
 }
 
 type Shared = Arc<Mutex<Stub>>;
@@ -251,8 +253,9 @@ async fn proof(State(shared): State<Shared>, Path((stream, offset)): Path<(u64, 
     if offset >= length {
         return error(StatusCode::NOT_FOUND, api::code::NOT_FOUND, None);
     }
+    let served = lock(&shared).proof_text.clone();
     Json(ProofAnswer {
-        proof: format!("proof of {stream}/{offset}"),
+        proof: served.unwrap_or_else(|| format!("proof of {stream}/{offset}")),
     })
     .into_response()
 }
@@ -1142,4 +1145,112 @@ async fn spread_reads_rotate_over_every_endpoint_and_writes_do_not() {
     let after: Vec<usize> = stubs.iter().map(|(s, _)| lock(s).stream_reads).collect();
     let plain_reads: Vec<usize> = after.iter().zip(&reads).map(|(a, b)| a - b).collect();
     assert!(plain_reads.contains(&3), "one endpoint: {plain_reads:?}");
+}
+
+/// A one-replica log's proof of stream 16 offset 1 (of two events) and the
+/// log's policy, for the witnessed-proof tests.
+fn real_proof() -> (String, vellum_audit::policy::Policy) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    crate::init::init_data_dir(&data, None).expect("init");
+    let options = crate::log::LogOptions {
+        lock_wait_ms: 10_000,
+        ..crate::log::LogOptions::default()
+    };
+    let (log, _) = crate::log::LocalLog::open(&data, options).expect("open");
+    let appended = log
+        .append(16, &events(&["{\"a\":0}", "{\"a\":1}"]), None, None)
+        .expect("append");
+    let receipt = crate::log::receipt(&log, &appended).expect("receipt");
+    log.close().expect("close");
+    let policy = vellum_audit::policy::Policy::parse(
+        &std::fs::read_to_string(data.join("policy.txt")).expect("policy"),
+    )
+    .expect("policy parses");
+    (receipt.proofs[1].clone(), policy)
+}
+
+// Goal: `witnessed_proof` waits while the served proof lacks the witness
+// quorum and returns it once a cosigned one is served; it gives up after its
+// wait (`NotWitnessed`) on a bare proof, and refuses at once a proof whose
+// cosignature fails (naming the witness) or whose leaf is another event.
+#[tokio::test]
+async fn witnessed_proof_waits_for_cosignatures_and_refuses_forged_ones() {
+    use super::WitnessedProofError;
+    use vellum_audit::proof::InclusionProof;
+    let (bare, policy) = real_proof();
+    let witness =
+        vellum_audit::cosignature::Cosigner::from_seed("witness.test/w1", [4; 32]).expect("name");
+    let witnessed = policy
+        .clone()
+        .with_cosigners(vec![witness.key()], 1)
+        .expect("policy");
+    let mut proof = InclusionProof::parse(&bare).expect("proof");
+    let line = witness
+        .cosign(&proof.checkpoint.note.text, 1_700_000_000)
+        .expect("cosigns");
+    proof.checkpoint.note.signatures.push(line);
+    let cosigned = proof.encode();
+    let last = proof.checkpoint.note.signatures.last_mut().expect("line");
+    last.signature[30] ^= 0x01;
+    let forged = proof.encode();
+
+    let (shared, url) = start_stub().await;
+    {
+        let mut stub = lock(&shared);
+        stub.streams.insert(16, 2);
+        stub.proof_text = Some(bare.clone());
+    }
+    let client = client(vec![url]);
+    match client.witnessed_proof(16, 1, &witnessed, 300).await {
+        Err(WitnessedProofError::NotWitnessed {
+            needed: 1,
+            valid: 0,
+            waited_ms,
+            ..
+        }) => assert!(waited_ms >= 300, "{waited_ms}"),
+        other => panic!("bare proof: {other:?}"),
+    }
+    // The replica-only policy takes the bare proof at once.
+    let plain = client
+        .witnessed_proof(16, 1, &policy, 0)
+        .await
+        .expect("replica quorum is enough without cosigners");
+    assert!(plain.certificate.cosigners.is_empty());
+
+    // The cosignature arrives while it waits.
+    let later = shared.clone();
+    let cosigned_text = cosigned.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        lock(&later).proof_text = Some(cosigned_text);
+    });
+    let got = client
+        .witnessed_proof(16, 1, &witnessed, 20_000)
+        .await
+        .expect("cosigned proof");
+    assert_eq!(got.text, cosigned);
+    assert_eq!(got.certificate.cosigners.len(), 1);
+    assert_eq!((got.leaf.stream, got.leaf.stream_offset), (16, 1));
+
+    lock(&shared).proof_text = Some(forged);
+    let started = std::time::Instant::now();
+    match client.witnessed_proof(16, 1, &witnessed, 20_000).await {
+        Err(WitnessedProofError::Rejected { reason, .. }) => {
+            assert!(reason.contains("witness.test/w1+"), "{reason}")
+        }
+        other => panic!("forged cosignature: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+
+    lock(&shared).proof_text = Some(cosigned);
+    match client.witnessed_proof(16, 0, &witnessed, 20_000).await {
+        Err(WitnessedProofError::Rejected { reason, .. }) => {
+            assert!(reason.contains("stream 16 offset 1"), "{reason}")
+        }
+        other => panic!("another event's proof: {other:?}"),
+    }
 }

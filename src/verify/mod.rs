@@ -182,7 +182,12 @@ pub fn verify_data_dir_with(
         ),
     };
     if !policy.cosigners.is_empty() {
-        checks.push(check_kept_cosignatures(data_dir, policy, &log));
+        let found = load_kept(&[data_dir], policy);
+        let place = data_dir
+            .join(crate::witness::kept::DIR_NAME)
+            .display()
+            .to_string();
+        checks.push(check_kept_cosignatures(&found, &place, policy, &log));
     }
     let since = options.since.as_ref().and_then(|kept| {
         let (mut check, kept) = check_since(&kept.text, &kept.source, &log_policy, &log);
@@ -267,83 +272,135 @@ fn incremental_run(
     }
 }
 
-/// The witness quorum of a data directory: the newest checkpoint that at
-/// least `cosigner-quorum` pinned witnesses cosigned, from the cosignatures
-/// the replica kept (`<data>/cosignatures/`, one newest per witness), must
-/// verify under the whole policy (replica quorum and witness quorum) and
-/// name the root the log recomputed at its size.
-fn check_kept_cosignatures(data_dir: &Path, policy: &Policy, log: &LogVerification) -> Check {
-    let mut check = Check::start("witness cosignatures");
-    let place = data_dir
-        .join(crate::witness::kept::DIR_NAME)
-        .display()
-        .to_string();
-    let mut kept = Vec::new();
-    for key in &policy.cosigners {
-        match crate::witness::kept::load(data_dir, key) {
-            Ok(Some(found)) => kept.push(found),
-            Ok(None) => {}
-            Err(e) => check.fail(
-                FailureKind::CertificateInvalid,
-                place.clone(),
-                e.to_string(),
-            ),
+/// One kept cosignature file of one pinned witness in one data directory,
+/// read back (and its cosignature line checked) by `witness::kept::load`.
+struct KeptFound {
+    /// The file's path, the place a failure names.
+    place: String,
+    /// The witness it is pinned for.
+    witness: vellum_audit::cosignature::CosignerKey,
+    /// The cosigned certificate, or why the file does not hold a valid one.
+    kept: Result<crate::witness::kept::Kept, crate::witness::kept::KeptError>,
+}
+
+/// Every kept cosignature of every pinned witness in `data_dirs` (a file
+/// that does not exist is no finding).
+fn load_kept(data_dirs: &[&Path], policy: &Policy) -> Vec<KeptFound> {
+    let mut found = Vec::new();
+    for data_dir in data_dirs {
+        for key in &policy.cosigners {
+            let place = crate::witness::kept::path_for(data_dir, key)
+                .display()
+                .to_string();
+            let kept = match crate::witness::kept::load(data_dir, key) {
+                Ok(None) => continue,
+                Ok(Some(kept)) => Ok(kept),
+                Err(e) => Err(e),
+            };
+            found.push(KeptFound {
+                place,
+                witness: key.clone(),
+                kept,
+            });
         }
     }
-    // Newest first; the checkpoint most witnesses share at that size wins.
-    kept.sort_by_key(|k| std::cmp::Reverse(k.size));
-    let chosen = kept.iter().find_map(|k| {
-        let same: Vec<_> = kept
-            .iter()
-            .filter(|o| o.certificate.note.text == k.certificate.note.text)
-            .collect();
-        (same.len() >= policy.cosigner_quorum.max(1)).then_some(same)
-    });
-    let Some(same) = chosen else {
-        if policy.cosigner_quorum == 0 {
-            check.note = Some("no kept cosignature (cosigner-quorum 0 needs none)".into());
-            return check.finish();
+    found
+}
+
+/// The witness check (`--data-dir` and `--cluster` alike) over the kept
+/// cosignatures `found`, against the log `log` (for a cluster, the replica
+/// that got furthest; the others were compared with it). Every kept file
+/// must hold a valid cosignature line of its witness (a forged or damaged
+/// one fails at the file), on a certificate of the replica quorum whose
+/// root is the root the log recomputed at its size (a rewritten history,
+/// even re-signed by every replica key, fails there: the witness cosigned
+/// the old one). At least `cosigner-quorum` distinct pinned witnesses must
+/// have such a file, else the check fails at `quorum_place`. The cosigned
+/// tree size counted is the largest size that many witnesses each cosigned
+/// (a witness that cosigned size n vouches for every prefix of it).
+fn check_kept_cosignatures(
+    found: &[KeptFound],
+    quorum_place: &str,
+    policy: &Policy,
+    log: &LogVerification,
+) -> Check {
+    let mut check = Check::start("witness cosignatures");
+    let replica_policy = policy.replicas_only();
+    // The largest size each witness cosigned consistently with the log.
+    let mut sizes: Vec<(&vellum_audit::cosignature::CosignerKey, u64)> = Vec::new();
+    for one in found {
+        let kept = match &one.kept {
+            Ok(kept) => kept,
+            Err(e) => {
+                check.fail(
+                    FailureKind::CertificateInvalid,
+                    &one.place,
+                    format!("witness {}: {e}", one.witness.name()),
+                );
+                continue;
+            }
+        };
+        if let Err(e) = kept.certificate.verify(&replica_policy) {
+            check.fail(
+                FailureKind::CertificateInvalid,
+                &one.place,
+                format!(
+                    "the checkpoint {} cosigned is not a quorum certificate: {e}",
+                    one.witness.name()
+                ),
+            );
+            continue;
         }
+        let size = kept.size;
+        match log.tree.root_at(size) {
+            Ok(root) if root == kept.certificate.checkpoint.root => {}
+            Ok(_) => {
+                check.fail(
+                    FailureKind::RootMismatch,
+                    &one.place,
+                    format!(
+                        "{} cosigned size {size} with a root that is not the root the log \
+                         recomputed: the log is not the history the witness saw",
+                        one.witness.name()
+                    ),
+                );
+                continue;
+            }
+            Err(_) => {
+                check.fail(
+                    FailureKind::RootMismatch,
+                    &one.place,
+                    format!(
+                        "{} cosigned size {size}, beyond this log",
+                        one.witness.name()
+                    ),
+                );
+                continue;
+            }
+        }
+        match sizes.iter_mut().find(|(key, _)| *key == &one.witness) {
+            Some((_, best)) => *best = (*best).max(size),
+            None => sizes.push((&one.witness, size)),
+        }
+    }
+    check.count("witness cosignatures", sizes.len() as u64);
+    sizes.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    if sizes.len() < policy.cosigner_quorum {
         check.fail(
             FailureKind::CertificateInvalid,
-            place,
+            quorum_place,
             format!(
-                "no checkpoint of this log is cosigned by {} pinned witnesses among the kept \
-                 cosignatures ({} kept)",
-                policy.cosigner_quorum,
-                kept.len()
+                "{} pinned witnesses cosigned a checkpoint of this log among the kept \
+                 cosignatures ({} kept files), {} needed",
+                sizes.len(),
+                found.len(),
+                policy.cosigner_quorum
             ),
         );
-        return check.finish();
-    };
-    let mut certificate = same[0].certificate.clone();
-    for other in &same[1..] {
-        certificate.note.signatures.push(other.line.clone());
-    }
-    let size = certificate.checkpoint.size;
-    match certificate.verify(policy) {
-        Ok(verified) => {
-            check.count("witness cosignatures", verified.cosigners.len() as u64);
-            check.count("cosigned tree size", size);
-        }
-        Err(e) => check.fail(
-            FailureKind::CertificateInvalid,
-            place.clone(),
-            e.to_string(),
-        ),
-    }
-    match log.tree.root_at(size) {
-        Ok(root) if root == certificate.checkpoint.root => {}
-        Ok(_) => check.fail(
-            FailureKind::RootMismatch,
-            place,
-            format!("the cosigned root at size {size} is not the root the log recomputed"),
-        ),
-        Err(_) => check.fail(
-            FailureKind::RootMismatch,
-            place,
-            format!("the witnesses cosigned size {size}, beyond this log"),
-        ),
+    } else if let Some((_, size)) = sizes.get(policy.cosigner_quorum.max(1) - 1) {
+        check.count("cosigned tree size", *size);
+    } else {
+        check.note = Some("no kept cosignature (cosigner-quorum 0 needs none)".into());
     }
     check.finish()
 }
@@ -1056,6 +1113,18 @@ pub fn verify_cluster(
     progress: &mut dyn FnMut(u64),
 ) -> Report {
     let started = SystemTime::now();
+    // The logs' certificate records carry no cosignatures: the replicas are
+    // checked against the replica quorum, and the witness quorum against
+    // the cosignatures they kept, read before the logs so that a live run
+    // never finds a kept checkpoint beyond the log it read.
+    let log_policy = policy.replicas_only();
+    let kept_found = match policy.cosigners.is_empty() {
+        true => Vec::new(),
+        false => {
+            let dirs: Vec<&Path> = setup.configs.iter().map(|c| c.data_dir.as_path()).collect();
+            load_kept(&dirs, policy)
+        }
+    };
     let mut checks = vec![setup.check];
     let mut logs: Vec<(String, LogVerification)> = Vec::new();
     let mut break_glass = Vec::new();
@@ -1064,7 +1133,7 @@ pub fn verify_cluster(
         let index_url = config.index_url.as_deref();
         let (replica, log, uses) = replica_checks(
             &config.data_dir,
-            policy,
+            &log_policy,
             index_url,
             live,
             WalkMode::Collect,
@@ -1085,14 +1154,29 @@ pub fn verify_cluster(
         .collect();
     let replica_count = setup.configs.first().map_or(0, |c| c.replicas.len());
     if !views.is_empty() {
-        checks.extend(compare_replicas(&views, policy, replica_count));
+        checks.extend(compare_replicas(&views, &log_policy, replica_count));
     }
     let newest = logs
         .iter()
         .map(|(_, log)| log)
         .max_by_key(|log| log.reached.as_ref().map(|r| r.tree_size));
+    if !policy.cosigners.is_empty() {
+        let place = format!("{} cosignatures", setup.path.display());
+        checks.push(match newest {
+            Some(log) => check_kept_cosignatures(&kept_found, &place, policy, log),
+            None => {
+                let mut check = Check::start("witness cosignatures");
+                check.fail(
+                    FailureKind::Unreadable,
+                    &place,
+                    "no replica could be read to check the kept cosignatures against",
+                );
+                check.finish()
+            }
+        });
+    }
     let kept = since.and_then(|kept| {
-        let (check, kept) = since_in_cluster(kept, policy, newest);
+        let (check, kept) = since_in_cluster(kept, &log_policy, newest);
         checks.push(check);
         kept
     });
