@@ -281,6 +281,52 @@ async fn primary_feeds_witnesses_by_itself() {
     }
     verify_cluster(&cluster_dir, &policy_path, "the witness stopped").await;
 
+    // A bundle of the events appended while the witness was down: against
+    // the latest certificate, with the older cosigned checkpoint and the
+    // consistency proof to it in cosigned.txt; it passes under the witness
+    // quorum, and fails once a proof hash is changed.
+    let bundle = dir.path().join("bundle-cosigned");
+    let (code, _, stderr) = cli(strings(&[
+        "export",
+        "events",
+        "--cluster",
+        &cluster_dir.display().to_string(),
+        "--stream",
+        "1001",
+        "--from",
+        "0",
+        "--to",
+        "24",
+        "--out",
+        &bundle.display().to_string(),
+    ]))
+    .await;
+    assert_eq!(code, 0, "export: {stderr}");
+    assert!(bundle.join("cosigned.txt").exists(), "cosigned.txt written");
+    assert!(
+        !bundle.join("cosignatures.txt").exists(),
+        "not cosigned itself"
+    );
+    let verify_cosigned = strings(&[
+        "verify",
+        "--bundle",
+        &bundle.display().to_string(),
+        "--policy",
+        &witnessed_path.display().to_string(),
+    ]);
+    let (code, stdout, stderr) = cli(verify_cosigned.clone()).await;
+    assert_eq!(code, 0, "cosigned.txt bundle: {stdout}{stderr}");
+    assert!(stdout.contains("cosigned tree size"), "{stdout}");
+    let path = bundle.join("cosigned.txt");
+    let text = std::fs::read_to_string(&path).expect("cosigned.txt");
+    let hash = text.lines().nth(1).expect("a proof hash").to_string();
+    let other = if hash.starts_with('A') { "B" } else { "A" };
+    let changed = format!("{other}{}", &hash[1..]);
+    std::fs::write(&path, text.replacen(&hash, &changed, 1)).expect("tamper");
+    let (code, stdout, _) = cli(verify_cosigned).await;
+    assert_ne!(code, 0, "tampered proof hash: {stdout}");
+    assert!(stdout.contains("cosigned.txt"), "{stdout}");
+
     // Restarted on the same address and store: cosignatures resume.
     let listener = std::net::TcpListener::bind(witness_addr).expect("rebind");
     witness = start_witness(&witness_dir, &policy, listener);

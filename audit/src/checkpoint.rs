@@ -206,7 +206,9 @@ impl Certificate {
         Self::parse_at(text, 1)
     }
 
-    pub(crate) fn parse_at(text: &str, first_line: usize) -> Result<Certificate, DecodeError> {
+    /// Parses a signed checkpoint that starts at line `first_line` of a
+    /// larger input (errors name the line of that input).
+    pub fn parse_at(text: &str, first_line: usize) -> Result<Certificate, DecodeError> {
         let note = Note::parse_at(text, first_line)?;
         let checkpoint = Checkpoint::parse_body_at(&note.text, first_line)?;
         Ok(Certificate { checkpoint, note })

@@ -38,6 +38,12 @@
 //!                    lines (c2sp.org/tlog-cosignature) over certificate.txt,
 //!                    added after export (`vellum witness submit --bundle`);
 //!                    they authenticate themselves, so no manifest entry
+//!   cosigned.txt     optional, not in the manifest, never with
+//!                    cosignatures.txt: "vellum-cosigned/v1\n", the RFC 9162
+//!                    consistency proof (base64 hashes, one per line) from an
+//!                    older checkpoint outside witnesses cosigned to
+//!                    certificate.txt, a blank line, then that cosigned
+//!                    certificate (replica signatures and cosignature lines)
 //! ```
 //!
 //! `records` is the number of lines of an `.ndjson` file and 1 for
@@ -95,6 +101,11 @@ pub const CERTIFICATE_FILE: &str = "certificate.txt";
 /// The optional file of witness cosignature lines over the certificate
 /// (c2sp.org/tlog-cosignature), added after export: not in the manifest.
 pub const COSIGNATURES_FILE: &str = "cosignatures.txt";
+/// The optional file carrying an older cosigned checkpoint and the
+/// consistency proof from it to the certificate: not in the manifest.
+pub const COSIGNED_FILE: &str = "cosigned.txt";
+/// The first line of [`COSIGNED_FILE`] (its format version).
+pub const COSIGNED_HEADER: &str = "vellum-cosigned/v1";
 /// The manifest.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The manifest signature.
@@ -780,6 +791,7 @@ fn check_listing(check: &mut Check, dir: &Path) {
         PROOFS_FILE,
         CERTIFICATE_FILE,
         COSIGNATURES_FILE,
+        COSIGNED_FILE,
     ];
     for (seen, entry) in entries.enumerate() {
         if seen == BUNDLE_ENTRIES_MAX {
@@ -1081,6 +1093,10 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
             return (check.finish(), None, None);
         }
     };
+    if dir.join(COSIGNED_FILE).exists() {
+        let (check, reached) = check_with_cosigned(check, dir, policy, &certificate, text);
+        return (check, Some(certificate), reached);
+    }
     let mut cosigned = certificate.clone();
     if let Err((place, why)) = add_cosignatures(dir, &mut cosigned) {
         check.fail(FailureKind::BundleMismatch, place, why);
@@ -1119,6 +1135,155 @@ fn check_certificate(dir: &Path, policy: &Policy) -> (Check, Option<Certificate>
         }
     };
     (check.finish(), Some(certificate), reached)
+}
+
+/// The certificate check of a bundle with `cosigned.txt`: certificate.txt
+/// must verify under the replica quorum, the cosigned checkpoint under the
+/// whole policy (witness quorum included), and the consistency proof must
+/// show the cosigned tree is a prefix of certificate.txt's.
+fn check_with_cosigned(
+    mut check: Check,
+    dir: &Path,
+    policy: &Policy,
+    certificate: &Certificate,
+    text: String,
+) -> (Check, Option<Reached>) {
+    if dir.join(COSIGNATURES_FILE).exists() {
+        check.fail(
+            FailureKind::BundleMismatch,
+            COSIGNED_FILE,
+            format!("a bundle holds {COSIGNATURES_FILE} or {COSIGNED_FILE}, not both"),
+        );
+        return (check.finish(), None);
+    }
+    let verified = match certificate.verify(&policy.replicas_only()) {
+        Ok(verified) => verified,
+        Err(e) => {
+            check.fail(
+                FailureKind::BundleMismatch,
+                CERTIFICATE_FILE,
+                format!("not a quorum certificate under the policy: {e}"),
+            );
+            return (check.finish(), None);
+        }
+    };
+    let cosigned = match check_cosigned(dir, policy, certificate) {
+        Ok(cosigned) => cosigned,
+        Err((place, why)) => {
+            check.fail(FailureKind::BundleMismatch, place, why);
+            return (check.finish(), None);
+        }
+    };
+    check.count("signatures", verified.signers.len() as u64);
+    check.count("cosigned tree size", cosigned.checkpoint.size);
+    if !policy.cosigners.is_empty() {
+        check.count("witness cosignatures", cosigned.cosigners.len() as u64);
+        let names: Vec<String> = cosigned
+            .cosigners
+            .iter()
+            .map(|c| format!("{}+{}", c.key.name(), to_hex(&c.key.key_id())))
+            .collect();
+        check.note = Some(format!(
+            "cosigned by: {} at tree size {}, which certificate.txt (tree size {}) extends",
+            names.join(", "),
+            cosigned.checkpoint.size,
+            certificate.checkpoint.size
+        ));
+    }
+    let reached = Reached {
+        tree_size: verified.checkpoint.size,
+        root: to_hex(&verified.checkpoint.root),
+        signed_by: verified
+            .signers
+            .iter()
+            .map(|v| format!("{}+{}", v.name(), to_hex(&v.key_id())))
+            .collect(),
+        checkpoint: text,
+    };
+    (check.finish(), Some(reached))
+}
+
+/// Reads `cosigned.txt` and checks it against `certificate` (already
+/// verified under the replica quorum): the place and reason of the first
+/// failure, else the verified cosigned checkpoint.
+fn check_cosigned(
+    dir: &Path,
+    policy: &Policy,
+    certificate: &Certificate,
+) -> Result<vellum_audit::checkpoint::VerifiedCertificate, (String, String)> {
+    let whole = |why: String| (COSIGNED_FILE.to_string(), why);
+    let text = read_bounded(&dir.join(COSIGNED_FILE), NOTE_BYTES_MAX as u64)
+        .and_then(|b| String::from_utf8(b).map_err(|_| "is not UTF-8".to_string()))
+        .map_err(whole)?;
+    let (hashes, cosigned) = parse_cosigned(&text)?;
+    let verified = cosigned.verify(policy).map_err(|e| {
+        whole(format!(
+            "the cosigned checkpoint does not verify under the policy: {e}"
+        ))
+    })?;
+    let (old, new) = (&cosigned.checkpoint, &certificate.checkpoint);
+    if old.size == 0 || old.size > new.size {
+        return Err(whole(format!(
+            "cosigned tree size {} is not between 1 and the certificate's {}",
+            old.size, new.size
+        )));
+    }
+    vellum_audit::merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &hashes)
+        .map_err(|e| {
+            whole(format!(
+                "the consistency proof from tree size {} to {} does not verify: {e}",
+                old.size, new.size
+            ))
+        })?;
+    Ok(verified)
+}
+
+/// Parses `cosigned.txt`: its header line, the consistency proof's hashes
+/// up to a blank line, then the cosigned certificate. Errors name the file
+/// and line.
+fn parse_cosigned(text: &str) -> Result<(Vec<Hash>, Certificate), (String, String)> {
+    let at = |line: usize, why: &str| (format!("{COSIGNED_FILE} line {line}"), why.to_string());
+    let Some(mut rest) = text
+        .strip_prefix(COSIGNED_HEADER)
+        .and_then(|r| r.strip_prefix('\n'))
+    else {
+        return Err(at(1, "the first line is not vellum-cosigned/v1"));
+    };
+    let mut hashes = Vec::new();
+    let mut line = 2;
+    while !rest.starts_with('\n') {
+        let Some((hash, after)) = rest.split_once('\n') else {
+            return Err(at(line, "no blank line before the cosigned certificate"));
+        };
+        if hashes.len() == vellum_audit::merkle::PROOF_HASHES_MAX {
+            return Err(at(line, "more than 65 consistency proof hashes"));
+        }
+        let decoded: Hash = BASE64
+            .decode(hash)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| at(line, "not the base64 of a 32-byte hash"))?;
+        hashes.push(decoded);
+        rest = after;
+        line += 1;
+    }
+    let certificate = Certificate::parse_at(&rest[1..], line + 1)
+        .map_err(|e| (format!("{COSIGNED_FILE} {}", e.location), e.to_string()))?;
+    Ok((hashes, certificate))
+}
+
+/// `cosigned.txt` for a bundle against `certificate` (tree size n): the
+/// consistency proof `hashes` from the older `cosigned` checkpoint (its
+/// replica signatures and witness cosignature lines included) to n.
+pub fn encode_cosigned(hashes: &[Hash], cosigned: &Certificate) -> String {
+    let mut out = format!("{COSIGNED_HEADER}\n");
+    for hash in hashes {
+        out.push_str(&BASE64.encode(hash));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&cosigned.encode());
+    out
 }
 
 /// Appends the lines of `cosignatures.txt`, if the bundle has one, to the

@@ -333,3 +333,52 @@ fn oversized_certificate_in_a_proof_is_refused() {
         "larger than the note size limit",
     );
 }
+
+// Goal: a bundle whose certificate is newer than the newest cosigned
+// checkpoint carries both (`cosigned.txt`): the good one passes under a
+// policy requiring the witness, counting the witness and the cosigned size;
+// every broken one (a proof hash changed or dropped, a forged or missing
+// cosignature, a fork the witness cosigned, a cosigned size above the
+// certificate's, a second cosignature file, a bad layout) fails, and only
+// at `cosigned.txt` (its line when the layout is wrong).
+#[test]
+fn cosigned_checkpoint_with_consistency_proof() {
+    for case in support::cosigned_cases() {
+        let (_tmp, dir) = bundle();
+        (case.apply)(&dir);
+        let report = verify_bundle(&dir, &support::witnessed_policy());
+        assert_eq!(
+            report.passed,
+            case.passes,
+            "{}: {}",
+            case.name,
+            report.to_text()
+        );
+        let places: Vec<&str> = report
+            .failures()
+            .map(|(_, f)| f.location.as_str())
+            .collect();
+        assert!(
+            places.iter().all(|p| p.starts_with("cosigned.txt")),
+            "{}: {places:?}",
+            case.name
+        );
+        if case.passes {
+            let certificate = report
+                .checks
+                .iter()
+                .find(|c| c.name == "bundle certificate")
+                .expect("check");
+            assert_eq!(certificate.counts.get("witness cosignatures"), Some(&1));
+            assert_eq!(
+                certificate.counts.get("cosigned tree size"),
+                Some(&support::COSIGNED_SIZE)
+            );
+            assert_eq!(report.reached.as_ref().map(|r| r.tree_size), Some(8));
+        }
+    }
+    // Without cosigned.txt the same bundle fails the witness quorum.
+    let (_tmp, dir) = bundle();
+    let report = verify_bundle(&dir, &support::witnessed_policy());
+    assert_fails_at(&report, "certificate.txt", "cosignatures");
+}

@@ -849,6 +849,22 @@ fn page_and_rust_verifier_agree_on_every_bundle() {
             assert_eq!(report.passed, passes, "{name}: {}", report.to_text());
         }
 
+        let witnessed = support::witnessed_policy();
+        let witnessed_file = policy_dir.path().join("witnessed-cosigned.txt");
+        std::fs::write(&witnessed_file, witnessed.encode()).expect("write policy");
+        for case in support::cosigned_cases() {
+            let (_tmp, dir) = support::bundle();
+            (case.apply)(&dir);
+            let report = agree_under(&browser, case.name, &dir, &witnessed, &witnessed_file).await;
+            assert_eq!(
+                report.passed,
+                case.passes,
+                "{}: {}",
+                case.name,
+                report.to_text()
+            );
+        }
+
         let (_tmp, dir) = {
             let tmp = tempfile::tempdir().expect("tempdir");
             let dir = tmp.path().join("bundle");

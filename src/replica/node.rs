@@ -563,7 +563,9 @@ impl Node for ReplicaNode {
             return Err(ExportError::Shredded(shredded));
         }
         // Against the newest cosigned checkpoint covering the range, with
-        // its cosignatures in `cosignatures.txt`; else the latest certificate.
+        // its cosignatures in `cosignatures.txt`; else against the latest
+        // certificate, with the newest cosigned checkpoint and the
+        // consistency proof from it in `cosigned.txt` when one is kept.
         let cosigned = self.cosigned_sizes().into_iter().find_map(|size| {
             self.log
                 .export_events_at(call.stream, call.from, call.to, Some(size))
@@ -590,6 +592,11 @@ impl Node for ReplicaNode {
             files.push((
                 vellum_compliance::bundle::COSIGNATURES_FILE.to_string(),
                 lines.into_bytes(),
+            ));
+        } else if let Some(text) = self.cosigned_file(&certificate) {
+            files.push((
+                vellum_compliance::bundle::COSIGNED_FILE.to_string(),
+                text.into_bytes(),
             ));
         }
         Ok(files)
@@ -728,6 +735,21 @@ fn internal_kek_fault(error: &CryptoError) -> crate::server::node::InternalFault
 }
 
 impl ReplicaNode {
+    /// The `cosigned.txt` of a bundle against `certificate_text` (a
+    /// certificate no kept cosignature is over): the newest kept cosigned
+    /// checkpoint and the consistency proof from it, if one is kept below.
+    fn cosigned_file(&self, certificate_text: &str) -> Option<String> {
+        let cosigned = self.witnesses.as_ref()?.newest_cosigned()?;
+        let certificate = vellum_audit::checkpoint::Certificate::parse(certificate_text).ok()?;
+        let (old, new) = (cosigned.checkpoint.size, certificate.checkpoint.size);
+        if old == 0 || old >= new {
+            return None;
+        }
+        let proof = self.log.consistency_proof(old, Some(new)).ok()?;
+        (proof.checkpoint.checkpoint == certificate.checkpoint)
+            .then(|| vellum_compliance::bundle::encode_cosigned(&proof.hashes, &cosigned))
+    }
+
     /// The `cosignatures.txt` of a bundle against `certificate_text`: the
     /// kept cosignature lines over it, if any.
     fn cosignature_file(&self, certificate_text: &str) -> Option<String> {

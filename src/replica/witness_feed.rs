@@ -139,6 +139,28 @@ impl WitnessFeed {
         sizes
     }
 
+    /// The newest kept cosigned certificate, with the cosignature line of
+    /// every witness that kept that same checkpoint.
+    pub fn newest_cosigned(&self) -> Option<Certificate> {
+        let size = *self.cosigned_sizes().first()?;
+        let mut certificate = self
+            .witnesses
+            .iter()
+            .filter_map(|fed| fed.kept())
+            .find(|k| k.size == size)?
+            .certificate;
+        certificate
+            .note
+            .signatures
+            .retain(|s| !self.witnesses.iter().any(|fed| fed.key.matches(s)));
+        for line in self.cosignatures_for(&certificate) {
+            if certificate.note.signatures.len() < vellum_audit::note::SIGNATURES_MAX {
+                certificate.note.signatures.push(line);
+            }
+        }
+        Some(certificate)
+    }
+
     /// The kept cosignature lines over exactly `certificate`'s checkpoint
     /// (same note text), one per witness.
     pub fn cosignatures_for(&self, certificate: &Certificate) -> Vec<NoteSignature> {

@@ -8,6 +8,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::sha256;
 use vellum_audit::leaf::{LeafPreimage, commitment};
@@ -16,8 +18,9 @@ use vellum_audit::note::{Note, Signer};
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
 use vellum_compliance::bundle::{
-    BundleRequest, CERTIFICATE_FILE, EVENTS_FILE, ExportedEvent, FileEntry, MANIFEST_FILE,
-    MANIFEST_SIG_FILE, Manifest, PROOFS_FILE, encode_manifest, manifest_sig_text, write_bundle,
+    BundleRequest, CERTIFICATE_FILE, COSIGNED_FILE, EVENTS_FILE, ExportedEvent, FileEntry,
+    MANIFEST_FILE, MANIFEST_SIG_FILE, Manifest, PROOFS_FILE, encode_cosigned, encode_manifest,
+    manifest_sig_text, write_bundle,
 };
 
 pub const CLUSTER: u128 = 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef;
@@ -47,6 +50,7 @@ pub fn policy() -> Policy {
 pub struct TestLog {
     pub certificate: Certificate,
     pub events: Vec<ExportedEvent>,
+    pub tree: MerkleTree,
 }
 
 fn leaf_for(position: u64, stream: u64, offset: u64, salt: &[u8; 32], text: &[u8]) -> LeafPreimage {
@@ -109,6 +113,7 @@ pub fn build_log(count: u64, interleave: bool, body: &dyn Fn(u64) -> Vec<u8>) ->
     TestLog {
         certificate,
         events,
+        tree,
     }
 }
 
@@ -285,4 +290,173 @@ pub fn claim_extra_file(dir: &Path) {
 pub fn sign_manifest_by_other_replica(dir: &Path) {
     let m = manifest(dir);
     resign(dir, &m, &replicas()[1]);
+}
+
+// ------------------------------------------------ cosigned.txt (witnesses)
+
+/// The outside witness of the `cosigned.txt` cases (type 0x04 key).
+pub fn witness() -> vellum_audit::cosignature::Cosigner {
+    vellum_audit::cosignature::Cosigner::from_seed("witness.example/w1", [0xa1; 32]).expect("name")
+}
+
+/// The test policy requiring [`witness`]'s cosignature (`cosigner-quorum 1`).
+pub fn witnessed_policy() -> Policy {
+    policy()
+        .with_cosigners(vec![witness().key()], 1)
+        .expect("policy")
+}
+
+/// The cosigned size of the `cosigned.txt` cases: below the bundle
+/// certificate's 8, and not a power of two (the proof's seed is a hash).
+pub const COSIGNED_SIZE: u64 = 5;
+
+/// A checkpoint of `tree` at `size`, signed by two replicas and, if
+/// `cosigned`, by [`witness`].
+fn cosigned_at(tree: &MerkleTree, size: u64, cosigned: bool) -> Certificate {
+    let r = replicas();
+    let checkpoint = Checkpoint {
+        origin: origin_for_cluster(CLUSTER),
+        size,
+        root: tree.root_at(size).expect("size in the tree"),
+        extensions: Vec::new(),
+    };
+    let mut certificate = Certificate::sign(checkpoint, &[&r[0], &r[1]]).expect("sign");
+    if cosigned {
+        let line = witness()
+            .cosign(&certificate.note.text, 1_700_000_000)
+            .expect("cosigns");
+        certificate.note.signatures.push(line);
+    }
+    certificate
+}
+
+/// The good `cosigned.txt` of [`bundle`]: the checkpoint of size
+/// [`COSIGNED_SIZE`] cosigned by [`witness`], and the consistency proof
+/// from it to the bundle's certificate (size 8).
+pub fn cosigned_text() -> String {
+    let log = build_log(4, true, &small_body);
+    let hashes = log
+        .tree
+        .consistency_proof(COSIGNED_SIZE, log.tree.len())
+        .expect("proof");
+    vellum_compliance::bundle::encode_cosigned(
+        &hashes,
+        &cosigned_at(&log.tree, COSIGNED_SIZE, true),
+    )
+}
+
+/// One `cosigned.txt` case: its name, whether the bundle must pass under
+/// [`witnessed_policy`], and what to do to a fresh [`bundle`].
+pub struct CosignedCase {
+    pub name: &'static str,
+    pub passes: bool,
+    pub apply: fn(&Path),
+}
+
+/// Bundles carrying `cosigned.txt` (an older cosigned checkpoint and the
+/// consistency proof to certificate.txt), checked under
+/// [`witnessed_policy`] by both verifiers.
+pub fn cosigned_cases() -> Vec<CosignedCase> {
+    let case = |name, passes, apply| CosignedCase {
+        name,
+        passes,
+        apply,
+    };
+    vec![
+        case(
+            "cosigned.txt: cosigned checkpoint and consistency proof",
+            true,
+            |dir| write(dir, COSIGNED_FILE, &cosigned_text()),
+        ),
+        case(
+            "cosigned.txt: a consistency proof hash changed",
+            false,
+            |dir| {
+                let text = cosigned_text();
+                let line = text.lines().nth(1).expect("a hash").to_string();
+                let mut bytes = BASE64.decode(&line).expect("base64");
+                bytes[0] ^= 0x01;
+                write(
+                    dir,
+                    COSIGNED_FILE,
+                    &text.replacen(&line, &BASE64.encode(bytes), 1),
+                );
+            },
+        ),
+        case("cosigned.txt: a hash dropped", false, |dir| {
+            let text = cosigned_text();
+            let line = text.lines().nth(1).expect("a hash").to_string();
+            write(
+                dir,
+                COSIGNED_FILE,
+                &text.replacen(&format!("{line}\n"), "", 1),
+            );
+        }),
+        case("cosigned.txt: the cosignature flipped", false, |dir| {
+            let text = cosigned_text();
+            let at = text.len() - 12;
+            let mut bytes = text.into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            write(
+                dir,
+                COSIGNED_FILE,
+                &String::from_utf8(bytes).expect("ascii"),
+            );
+        }),
+        case("cosigned.txt: no cosignature", false, |dir| {
+            let log = build_log(4, true, &small_body);
+            let hashes = log.tree.consistency_proof(COSIGNED_SIZE, 8).expect("proof");
+            let cosigned = cosigned_at(&log.tree, COSIGNED_SIZE, false);
+            write(dir, COSIGNED_FILE, &encode_cosigned(&hashes, &cosigned));
+        }),
+        case("cosigned.txt: a fork the witness cosigned", false, |dir| {
+            // Another history of the same size, signed and cosigned: the
+            // consistency proof cannot lead from it to certificate.txt.
+            let log = build_log(4, true, &small_body);
+            let mut fork = MerkleTree::new();
+            for i in 0..COSIGNED_SIZE {
+                fork.push(sha256(&[b"another history", &i.to_le_bytes()]));
+            }
+            let hashes = log.tree.consistency_proof(COSIGNED_SIZE, 8).expect("proof");
+            let cosigned = cosigned_at(&fork, COSIGNED_SIZE, true);
+            write(dir, COSIGNED_FILE, &encode_cosigned(&hashes, &cosigned));
+        }),
+        case(
+            "cosigned.txt: cosigned above the certificate",
+            false,
+            |dir| {
+                let log = build_log(5, true, &small_body);
+                let cosigned = cosigned_at(&log.tree, 10, true);
+                write(dir, COSIGNED_FILE, &encode_cosigned(&[], &cosigned));
+            },
+        ),
+        case("cosigned.txt: with cosignatures.txt too", false, |dir| {
+            write(dir, COSIGNED_FILE, &cosigned_text());
+            let certificate = Certificate::parse(&read(dir, CERTIFICATE_FILE)).expect("parse");
+            let line = witness()
+                .cosign(&certificate.note.text, 1_700_000_000)
+                .expect("cosigns")
+                .line();
+            write(dir, "cosignatures.txt", &line);
+        }),
+        case("cosigned.txt: another first line", false, |dir| {
+            let text = cosigned_text().replacen("vellum-cosigned/v1", "vellum-cosigned/v2", 1);
+            write(dir, COSIGNED_FILE, &text);
+        }),
+        case("cosigned.txt: no blank line", false, |dir| {
+            let text = cosigned_text();
+            let cut = text.find("\n\n").expect("blank line");
+            write(dir, COSIGNED_FILE, &text[..cut + 1]);
+        }),
+        case("cosigned.txt: a hash that is not base64", false, |dir| {
+            let text = cosigned_text();
+            let line = text.lines().nth(2).expect("a hash").to_string();
+            write(dir, COSIGNED_FILE, &text.replacen(&line, "not base64!", 1));
+        }),
+        case("cosigned.txt: the certificate cut", false, |dir| {
+            let text = cosigned_text();
+            let cut = text.rfind("\n\n").expect("signatures");
+            write(dir, COSIGNED_FILE, &text[..cut + 1]);
+        }),
+    ]
 }
