@@ -585,6 +585,7 @@ fn demo_succeeds() {
         b"",
     );
     assert!(out.contains("witness cosignatures=1"), "{out}");
+    page_verifies(&data.join("export-patient-a"), &witnessed);
     // The whole cluster under the policy requiring the witness: the kept
     // cosignatures verify and match the replicas' logs.
     let out = ok(
@@ -729,4 +730,42 @@ fn assert_verify_passes(data: &Path, url: Option<&str>) {
     let json = ok(&cmd(&["verify"], data, url, &["--json"]), b"");
     let json: serde_json::Value = serde_json::from_str(&json).expect("verify --json is JSON");
     assert_eq!(json["passed"], true, "{json}");
+}
+
+#[path = "../compliance/tests/browser/mod.rs"]
+mod browser;
+
+/// The verifier page in headless Chromium checks `bundle` under `policy`
+/// as an auditor with nothing installed would, and must pass it with the
+/// witness's cosignature counted. Says SKIP without chromium and
+/// chromedriver (`.ci/run` installs them).
+fn page_verifies(bundle: &std::path::Path, policy: &std::path::Path) {
+    let chromium = browser::find_program("VELLUM_CHROMIUM", &["chromium", "chromium-browser"]);
+    let chromedriver = browser::find_program("VELLUM_CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
+        eprintln!("SKIP: the verifier page on the demo bundle needs chromium and chromedriver");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let page = browser::Browser::start(&chromium, &chromedriver).await;
+        let report = page.verify(&browser::listing(bundle), policy).await;
+        page.quit().await;
+        assert_eq!(report["passed"], serde_json::json!(true), "{report}");
+        let certificate = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == "bundle certificate")
+            .cloned()
+            .expect("certificate check");
+        assert_eq!(
+            certificate["counts"]["witness cosignatures"],
+            serde_json::json!(1),
+            "{report}"
+        );
+    });
 }
