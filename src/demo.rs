@@ -3,9 +3,12 @@
 //! a few patients' streams through `EventPersister::persist_blocking`, show a
 //! receipt with its quorum certificate, read back, prove an event and check
 //! the proof offline with the policy alone, have the outside witness
-//! cosign (the primary feeds it) and check a proof with `vellum proof
+//! cosign (the primary feeds it), show the event's proof with the replica
+//! signatures and the cosignature and check it with `vellum proof
 //! check` under a policy requiring the witness, kill the primary and keep
 //! appending, restart it and watch it catch up, prove the log only grew,
+//! export a bundle and verify it under both policies, leave the verifier
+//! page beside it for an auditor with nothing installed,
 //! show a rewritten history signed by every replica key refused by the
 //! witness and by the witnessed policy, open break-glass with a clinician's
 //! token scoped to another patient and read patient-a's stream under it,
@@ -49,6 +52,12 @@ pub const EVENTS_PER_PATIENT: u64 = 4;
 pub const DEMO_REPLICAS: u8 = 3;
 /// How long the demo waits for the cluster at each step.
 const STEP_WAIT: Duration = Duration::from_secs(60);
+/// The verifier page (`verifier/vellum-verify.html`), written into the
+/// demo's directory so that an auditor can check the demo's bundle in a
+/// browser with nothing installed.
+const VERIFIER_PAGE: &str = include_str!("../verifier/vellum-verify.html");
+/// Its file name in the demo's directory.
+pub const VERIFIER_PAGE_FILE: &str = "vellum-verify.html";
 
 /// What the demo showed, for `--json` and for tests.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -81,11 +90,24 @@ pub struct DemoSummary {
     pub tree_size: u64,
     /// The export bundle verified offline with the policy alone.
     pub bundle_verified: bool,
+    /// The export bundle also verified under the policy requiring the
+    /// witness (its `cosignatures.txt` or `cosigned.txt`).
+    pub bundle_verified_witnessed: bool,
+    /// Witness cosignatures counted by that verification.
+    pub bundle_witness_cosignatures: u64,
+    /// The verifier page written beside the bundle for an auditor with
+    /// nothing installed (a copy of `verifier/vellum-verify.html`).
+    pub verifier_page: String,
     /// Access-trail events recorded during the demo.
     pub trail_events: u64,
     /// `vellum proof check` passed on a served proof under a policy that
     /// requires the witness (replica quorum and witness cosignature).
     pub witness_proof_checked: bool,
+    /// Valid signatures of pinned replica keys on that proof's checkpoint
+    /// (at least the quorum).
+    pub witness_proof_replica_signatures: usize,
+    /// Valid cosignatures of pinned witnesses on that proof's checkpoint.
+    pub witness_proof_cosignatures: usize,
     /// A rewritten history signed by every replica key: refused by the
     /// witness.
     pub fork_refused_by_witness: bool,
@@ -247,10 +269,8 @@ fn story(
         out,
         "== 4b. the witness cosigns; `vellum proof check` under a policy requiring it"
     )?;
-    let witness_proof_checked = witnessed_proof(
+    let witnessed = witnessed_proof(
         runtime,
-        cluster,
-        primary,
         &client,
         &receipt,
         &appended.last().expect("just appended").2,
@@ -313,6 +333,32 @@ fn story(
     let bundle_dir = data_dir.join("export-patient-a");
     let bundle_verified = export_and_verify(runtime, &client, &bundle_dir, &policy)?;
     writeln!(out, "   {}: {}", bundle_dir.display(), ok(bundle_verified))?;
+    let witnessed_policy =
+        Policy::parse(&std::fs::read_to_string(&witness.witnessed_policy_path)?)?;
+    let report = vellum_compliance::bundle::verify_bundle(&bundle_dir, &witnessed_policy);
+    let bundle_verified_witnessed = report.passed;
+    let bundle_witness_cosignatures = report
+        .checks
+        .iter()
+        .find(|c| c.name == "bundle certificate")
+        .and_then(|c| c.counts.get("witness cosignatures"))
+        .copied()
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "   under {} (requires the witness): {bundle_witness_cosignatures} witness cosignature(s): {}",
+        witness.witnessed_policy_path.display(),
+        ok(bundle_verified_witnessed)
+    )?;
+    let page = data_dir.join(VERIFIER_PAGE_FILE);
+    crate::fsutil::replace_durable(&page, VERIFIER_PAGE.as_bytes(), 0o644)?;
+    writeln!(
+        out,
+        "   the auditor's page, nothing to install: open {} in a browser, choose every file of {} and {}, click Verify",
+        page.display(),
+        bundle_dir.display(),
+        witness.witnessed_policy_path.display()
+    )?;
 
     writeln!(
         out,
@@ -438,8 +484,13 @@ fn story(
         replicas_agree,
         tree_size,
         bundle_verified,
+        bundle_verified_witnessed,
+        bundle_witness_cosignatures,
+        verifier_page: page.display().to_string(),
         trail_events,
-        witness_proof_checked,
+        witness_proof_checked: witnessed.checked,
+        witness_proof_replica_signatures: witnessed.replica_signatures,
+        witness_proof_cosignatures: witnessed.cosignatures,
         fork_refused_by_witness,
         fork_refused_by_policy,
         break_glass_read,
@@ -454,7 +505,7 @@ fn story(
         summary.events_appended,
         summary.events_read_back,
         ok(proof_verified),
-        ok(witness_proof_checked),
+        ok(witnessed.checked && witnessed.cosignatures >= 1),
         ok(fork_refused_by_witness && fork_refused_by_policy),
         ok(break_glass_read && break_glass_in_trail),
         ok(shred_refuses_reads && shred_in_trail),
@@ -462,53 +513,93 @@ fn story(
         new_primary,
         ok(caught_up),
         ok(consistency_verified),
-        ok(bundle_verified),
+        ok(bundle_verified && bundle_verified_witnessed),
         trail_events,
         ok(verify_passed),
         ok(replicas_agree)
     )?;
     writeln!(
         out,
-        "   try: vellum verify --cluster {0} --policy {0}/policy.txt --format html --output report.html\n        vellum verify --bundle {0}/export-patient-a --policy {0}/policy.txt\n        vellum dev --data-dir {0}   (then: vellum export audit --cluster {0} --format fhir --out audit.ndjson)",
+        "   try: vellum verify --cluster {0} --policy {0}/policy.txt --format html --output report.html\n        vellum verify --bundle {0}/export-patient-a --policy {0}/policy-witnessed.txt\n        open {0}/vellum-verify.html in a browser; choose the files of {0}/export-patient-a and {0}/policy-witnessed.txt\n        vellum dev --data-dir {0}   (then: vellum export audit --cluster {0} --format fhir --out audit.ndjson)",
         data_dir.display()
     )?;
     Ok(summary)
 }
 
-/// Waits until the primary keeps a witness cosignature covering the
-/// receipt's event, fetches its proof (now carrying the cosignature) and
-/// runs `vellum proof check` on it under the policy requiring the witness.
-#[allow(clippy::too_many_arguments)]
+/// What step 4b showed: an appended event's proof with the replicas'
+/// signatures and the witness's cosignature on one checkpoint.
+struct WitnessedStep {
+    /// `vellum proof check` passed under the policy requiring the witness.
+    checked: bool,
+    /// Valid signatures of pinned replica keys on the proof's checkpoint.
+    replica_signatures: usize,
+    /// Valid cosignatures of pinned witnesses on it.
+    cosignatures: usize,
+}
+
+/// Asks for the receipt's event's proof until it carries the witness's
+/// cosignature ([`Client::witnessed_proof`]: the primary feeds the witness
+/// off the append path, so the receipt itself cannot), shows its signature
+/// lines, and runs `vellum proof check` on it under the policy requiring
+/// the witness.
 fn witnessed_proof(
     runtime: &tokio::runtime::Runtime,
-    cluster: &LocalCluster,
-    primary: u8,
     client: &Client,
     receipt: &crate::api::AppendReceipt,
     event: &str,
     witnessed_policy: &Path,
     data_dir: &Path,
     out: &mut dyn Write,
-) -> anyhow::Result<bool> {
-    let metric = format!("vellum_witness_cosigned_size{{witness=\"{DEV_WITNESS_NAME}\"}}");
-    let started = std::time::Instant::now();
-    loop {
-        let size = runtime.block_on(cluster.metric_all(&metric))[usize::from(primary)];
-        if size.is_some_and(|s| s > receipt.first_position) {
-            break;
+) -> anyhow::Result<WitnessedStep> {
+    let policy = Policy::parse(&std::fs::read_to_string(witnessed_policy)?)?;
+    let wait_ms = u64::try_from(STEP_WAIT.as_millis()).unwrap_or(u64::MAX);
+    let proof = match runtime.block_on(client.witnessed_proof(
+        receipt.stream,
+        receipt.first_offset,
+        &policy,
+        wait_ms,
+    )) {
+        Ok(proof) => proof,
+        Err(error) => {
+            writeln!(out, "   {error}: FAILED")?;
+            return Ok(WitnessedStep {
+                checked: false,
+                replica_signatures: 0,
+                cosignatures: 0,
+            });
         }
-        if started.elapsed() > STEP_WAIT {
-            writeln!(out, "   no cosignature within {STEP_WAIT:?}: FAILED")?;
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    };
+    let certificate = &proof.certificate;
+    writeln!(
+        out,
+        "   proof of stream {} offset {} (position {}) in tree of size {}, signed by:",
+        receipt.stream,
+        receipt.first_offset,
+        proof.leaf.global_position,
+        certificate.checkpoint.size
+    )?;
+    for signature in &proof.proof.checkpoint.note.signatures {
+        let who = if let Some(cosigner) = certificate
+            .cosigners
+            .iter()
+            .find(|c| c.key.matches(signature))
+        {
+            format!("witness cosignature, time {}", cosigner.timestamp)
+        } else if certificate
+            .signers
+            .iter()
+            .any(|v| v.name() == signature.name && v.key_id() == signature.key_id)
+        {
+            "replica signature".to_string()
+        } else {
+            "not pinned".to_string()
+        };
+        writeln!(out, "   | {} ({who})", signature.line().trim_end())?;
     }
-    let proof = runtime.block_on(client.proof(receipt.stream, receipt.first_offset))?;
-    let parsed = InclusionProof::parse(&proof.proof)?;
     let files = data_dir.join("witnessed-proof");
     std::fs::create_dir_all(&files)?;
     let (proof_file, event_file) = (files.join("proof.txt"), files.join("event.json"));
-    std::fs::write(&proof_file, &proof.proof)?;
+    std::fs::write(&proof_file, &proof.text)?;
     std::fs::write(&event_file, event)?;
     let salt = receipt.salts.first().cloned().unwrap_or_default();
     let status = std::process::Command::new(std::env::current_exe()?)
@@ -523,18 +614,21 @@ fn witnessed_proof(
     let checked = status.success();
     writeln!(
         out,
-        "   proof of stream {} offset {}: tree size {}, {} signature lines (replicas + witness); vellum proof check --proof {} --event {} --salt {} --policy {}: {}",
-        receipt.stream,
-        receipt.first_offset,
-        parsed.checkpoint.checkpoint.size,
-        parsed.checkpoint.note.signatures.len(),
+        "   {} replica signatures (quorum {}), {} witness cosignature(s); vellum proof check --proof {} --event {} --salt {} --policy {}: {}",
+        certificate.signers.len(),
+        policy.quorum,
+        certificate.cosigners.len(),
         proof_file.display(),
         event_file.display(),
         salt,
         witnessed_policy.display(),
         ok(checked)
     )?;
-    Ok(checked)
+    Ok(WitnessedStep {
+        checked,
+        replica_signatures: certificate.signers.len(),
+        cosignatures: certificate.cosigners.len(),
+    })
 }
 
 /// Forges a rewritten history: a checkpoint of the size the witness holds

@@ -585,7 +585,28 @@ fn demo_succeeds() {
         b"",
     );
     assert!(out.contains("witness cosignatures=1"), "{out}");
-    page_verifies(&data.join("export-patient-a"), &witnessed);
+    // The proof of step 4b carries a quorum of replica signatures and the
+    // witness's cosignature; the bundle verifies under the witnessed policy
+    // in the demo itself too.
+    assert!(
+        json["witness_proof_replica_signatures"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
+        "{json}"
+    );
+    assert_eq!(json["witness_proof_cosignatures"], 1, "{json}");
+    assert_eq!(json["bundle_verified_witnessed"], true, "{json}");
+    assert_eq!(json["bundle_witness_cosignatures"], 1, "{json}");
+    // The page the demo leaves for the auditor is this repository's page,
+    // byte for byte, and it verifies the demo's bundle in a browser.
+    let page = data.join("vellum-verify.html");
+    assert_eq!(json["verifier_page"], page.display().to_string(), "{json}");
+    assert_eq!(
+        std::fs::read(&page).expect("the demo wrote the verifier page"),
+        std::fs::read(browser::page_path()).expect("verifier/vellum-verify.html"),
+        "the demo's page is verifier/vellum-verify.html"
+    );
+    page_verifies(&page, &data.join("export-patient-a"), &witnessed);
     // The whole cluster under the policy requiring the witness: the kept
     // cosignatures verify and match the replicas' logs.
     let out = ok(
@@ -735,11 +756,11 @@ fn assert_verify_passes(data: &Path, url: Option<&str>) {
 #[path = "../compliance/tests/browser/mod.rs"]
 mod browser;
 
-/// The verifier page in headless Chromium checks `bundle` under `policy`
+/// The verifier page at `page` in headless Chromium checks `bundle` under `policy`
 /// as an auditor with nothing installed would, and must pass it with the
 /// witness's cosignature counted. Says SKIP without chromium and
 /// chromedriver (`.ci/run` installs them).
-fn page_verifies(bundle: &std::path::Path, policy: &std::path::Path) {
+fn page_verifies(page: &std::path::Path, bundle: &std::path::Path, policy: &std::path::Path) {
     let chromium = browser::find_program("VELLUM_CHROMIUM", &["chromium", "chromium-browser"]);
     let chromedriver = browser::find_program("VELLUM_CHROMEDRIVER", &["chromedriver"]);
     let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
@@ -751,9 +772,11 @@ fn page_verifies(bundle: &std::path::Path, policy: &std::path::Path) {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let page = browser::Browser::start(&chromium, &chromedriver).await;
-        let report = page.verify(&browser::listing(bundle), policy).await;
-        page.quit().await;
+        let session = browser::Browser::start(&chromium, &chromedriver).await;
+        let report = session
+            .verify_with(page, &browser::listing(bundle), policy)
+            .await;
+        session.quit().await;
         assert_eq!(report["passed"], serde_json::json!(true), "{report}");
         let certificate = report["checks"]
             .as_array()

@@ -169,7 +169,13 @@ impl Browser {
     /// Opens the page, picks the files, clicks Verify and returns the
     /// page's report (JSON), or `{"error": ...}` when it verified nothing.
     pub async fn verify(&self, bundle_files: &[PathBuf], policy: &Path) -> Value {
-        let url = format!("file://{}", page_path().display());
+        self.verify_with(&page_path(), bundle_files, policy).await
+    }
+
+    /// [`Browser::verify`] with the copy of the page at `page` (the one the
+    /// demo writes into its directory).
+    pub async fn verify_with(&self, page: &Path, bundle_files: &[PathBuf], policy: &Path) -> Value {
+        let url = format!("file://{}", page.display());
         self.post("/url", json!({ "url": url })).await;
         let paths: Vec<String> = bundle_files
             .iter()
