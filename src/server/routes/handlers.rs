@@ -153,7 +153,10 @@ pub(crate) async fn append(
     event.outcome = "success".to_string();
     call.trail = Some(Bytes::from(event.to_payload()));
     tracing::debug!(principal = %principal.name, stream = call.stream, "append");
-    match run_blocking(&state, move |node| node.append(call)).await? {
+    tracing::trace!(target: "vellum::latency", step = "api_append");
+    let outcome = run_blocking(&state, move |node| node.append(call)).await?;
+    tracing::trace!(target: "vellum::latency", step = "api_answered");
+    match outcome {
         Ok(receipt) => {
             let recorded = !receipt.duplicate;
             let touched = Touched {
