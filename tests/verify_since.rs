@@ -113,10 +113,13 @@ fn segments(data: &Path) -> Vec<PathBuf> {
 
 /// The op records of `data` as (segment file, record offset, op).
 fn op_records(data: &Path) -> Vec<(PathBuf, u64, u64)> {
+    op_records_under(data, &data.join("policy.txt"))
+}
+
+/// [`op_records`] of a data directory whose cluster `policy` names.
+fn op_records_under(data: &Path, policy: &Path) -> Vec<(PathBuf, u64, u64)> {
     let cluster = vellum_audit::verify::cluster_from_origin(
-        &vellum::log::load_policy(&data.join("policy.txt"))
-            .expect("policy")
-            .origin,
+        &vellum::log::load_policy(policy).expect("policy").origin,
     )
     .expect("a vellum origin");
     let scan = vellum_audit::segment::scan_log_dir(&data.join("segments"), cluster).expect("scan");
@@ -573,4 +576,106 @@ async fn a_cluster_replica_killed_and_restarted_passes_an_incremental_since() {
     let (code, full) = run(&[]);
     assert_eq!(code, 0, "{full}");
     assert_eq!(full["reached"], report["reached"]);
+}
+
+/// `vellum verify --cluster ROOT --policy ROOT/policy.txt --json ARGS`.
+fn verify_cluster(root: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(vellum_exe())
+        .arg("verify")
+        .arg("--cluster")
+        .arg(root)
+        .arg("--policy")
+        .arg(root.join("policy.txt"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run verify");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().expect("exit code"), report)
+}
+
+// Goal: `verify --cluster --since` of a kept cluster report reads every
+// replica incrementally: it passes with an old record of replica 1
+// changed (not re-read, while a full cluster verify fails naming it),
+// fails naming a new record changed in replica 2, and its report carries
+// the frontier the next incremental run starts from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_since_reads_every_replica_incrementally() {
+    let wait = std::time::Duration::from_secs(60);
+    let dir = TestDir::new("since-cluster-all");
+    let root = dir.path().join("cluster");
+    let mut cluster =
+        vellum::local_cluster::LocalCluster::start(&root, 3, vellum_exe()).expect("cluster");
+    cluster.wait_primary(wait).await.expect("a primary");
+    append_to_cluster(&cluster, &[0, 1, 2], 6, "before").await;
+    cluster.stop().expect("stop");
+    let (code, kept) = verify_cluster(&root, &[]);
+    assert_eq!(code, 0, "{kept}");
+    assert!(
+        kept["reached_frontier"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "a cluster report keeps the frontier: {kept}"
+    );
+    let kept_path = dir.path().join("kept.json");
+    std::fs::write(&kept_path, kept.to_string()).expect("keep");
+    let since_args = ["--since", kept_path.to_str().expect("utf-8")];
+
+    for i in 0..3 {
+        cluster.start_replica(i).expect("start again");
+    }
+    cluster.wait_primary(wait).await.expect("a primary");
+    append_to_cluster(&cluster, &[0, 1, 2], 4, "after").await;
+    cluster.stop().expect("stop");
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 0, "{report}");
+    let note = check_of(&report, SINCE_CHECK)["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains(INCREMENTAL_NOTE) && !note.contains("read whole"),
+        "every replica incremental: {note}"
+    );
+    let (_, full) = verify_cluster(&root, &[]);
+    assert_eq!(report["reached"], full["reached"]);
+    assert_eq!(report["reached_frontier"], full["reached_frontier"]);
+
+    let policy = root.join("policy.txt");
+    let kept_op = kept_op(&kept);
+    let old: Vec<_> = op_records_under(&cluster.data_dir(1), &policy)
+        .into_iter()
+        .filter(|(_, _, op)| *op < kept_op)
+        .collect();
+    let (file, offset, op) = old.last().expect("an old op").clone();
+    flip_body_byte(&file, offset);
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 0, "old op {op} of replica 1 is not re-read: {report}");
+    let (code, full) = verify_cluster(&root, &[]);
+    assert_eq!(code, 1, "{full}");
+    let failure = &check_of(&full, "replica 1: records and hash chain")["failures"][0];
+    assert_eq!(
+        failure["location"],
+        format!("{} at byte {offset}", file.display()),
+        "{failure}"
+    );
+    flip_body_byte(&file, offset);
+
+    let (file, offset, op) = op_records_under(&cluster.data_dir(2), &policy)
+        .into_iter()
+        .rfind(|(_, _, op)| *op > kept_op)
+        .expect("a new op");
+    flip_body_byte(&file, offset);
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 1, "new op {op} of replica 2 changed: {report}");
+    let failure = &check_of(&report, "replica 2: records and hash chain")["failures"][0];
+    assert_eq!(
+        failure["location"],
+        format!("{} at byte {offset}", file.display()),
+        "{failure}"
+    );
 }
