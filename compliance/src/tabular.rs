@@ -402,6 +402,37 @@ pub(crate) fn write_durably(
 mod tests {
     use super::*;
 
+    // Goal: an export whose records stop with an error (a broken-off
+    // answer) leaves no file behind, even after rows were written; one
+    // that completes is written whole, and an existing file is refused.
+    #[test]
+    fn a_failed_streamed_export_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("vellum-trail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let event: AccessEvent =
+            serde_json::from_str(r#"{"v":1,"time_ns":5,"principal":"p","role":"reader","action":"read_stream","outcome":"success"}"#)
+                .expect("event");
+        for format in [TrailFormat::Fhir, TrailFormat::Csv, TrailFormat::Ndjson] {
+            let path = dir.join(format!("{format:?}"));
+            let failed = write_trail(&path, format, |rows| {
+                for position in 0..3 {
+                    rows.push("r0", &event, Some(position))?;
+                }
+                Err(std::io::Error::other("the answer broke off"))
+            });
+            assert!(failed.is_err(), "{format:?}");
+            assert!(!path.exists(), "{format:?}: no partial file");
+            let rows = write_trail(&path, format, |rows| rows.push("r0", &event, Some(0)));
+            assert_eq!(rows.expect("written"), 1);
+            assert!(matches!(
+                write_trail(&path, format, |_| Ok(())),
+                Err(ExportError::Exists { .. })
+            ));
+            assert!(path.exists(), "the refusal left the existing file alone");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     // Goal: fields are quoted exactly when RFC 4180 requires it.
     #[test]
     fn csv_field_quotes_only_when_needed() {
