@@ -670,8 +670,8 @@ fn verify_cluster(root: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     (output.status.code().expect("exit code"), report)
 }
 
-// Goal: `verify --cluster --since` of a kept cluster report reads every
-// replica incrementally: it passes with an old record of replica 1
+// Goal: `verify --cluster --since` of a kept cluster report (or of the
+// file its --checkpoint-out kept) reads every replica incrementally: it passes with an old record of replica 1
 // changed (not re-read, while a full cluster verify fails naming it),
 // fails naming a new record changed in replica 2, and its report carries
 // the frontier the next incremental run starts from.
@@ -685,7 +685,9 @@ async fn a_cluster_since_reads_every_replica_incrementally() {
     cluster.wait_primary(wait).await.expect("a primary");
     append_to_cluster(&cluster, &[0, 1, 2], 6, "before").await;
     cluster.stop().expect("stop");
-    let (code, kept) = verify_cluster(&root, &[]);
+    let checkpoint_out = dir.path().join("checkpoint.json");
+    let checkpoint_arg = checkpoint_out.to_str().expect("utf-8");
+    let (code, kept) = verify_cluster(&root, &["--checkpoint-out", checkpoint_arg]);
     assert_eq!(code, 0, "{kept}");
     assert!(
         kept["reached_frontier"]
@@ -715,6 +717,16 @@ async fn a_cluster_since_reads_every_replica_incrementally() {
     let (_, full) = verify_cluster(&root, &[]);
     assert_eq!(report["reached"], full["reached"]);
     assert_eq!(report["reached_frontier"], full["reached_frontier"]);
+    // The file --checkpoint-out kept serves as well as the report.
+    let (code, from_file) = verify_cluster(&root, &["--since", checkpoint_arg]);
+    assert_eq!(code, 0, "{from_file}");
+    let note = check_of(&from_file, SINCE_CHECK)["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains(INCREMENTAL_NOTE) && !note.contains("read whole"),
+        "--since of the --checkpoint-out file: {note}"
+    );
 
     let policy = root.join("policy.txt");
     let kept_op = kept_op(&kept);

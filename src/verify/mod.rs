@@ -48,11 +48,13 @@ pub struct KeptCheckpoint {
 
 impl KeptCheckpoint {
     /// A kept checkpoint from a file's text: the certificate text itself,
-    /// the JSON answer of `/v1/certificate` (`certificate` field), or an
+    /// the JSON answer of `/v1/certificate` or the file `--checkpoint-out`
+    /// writes ([`kept_checkpoint_file`]; `certificate` field), or an
     /// earlier JSON report (`reached.checkpoint`). Anything else is taken as
     /// certificate text, and the check says what is wrong with it.
-    /// An earlier report also keeps the tree's frontier at that checkpoint
-    /// (`reached_frontier`), which makes the run incremental.
+    /// An earlier report and the `--checkpoint-out` file also keep the
+    /// tree's frontier at that checkpoint (`reached_frontier`), which makes
+    /// the run incremental.
     pub fn from_text(source: &str, text: &str) -> KeptCheckpoint {
         let json = text
             .trim_start()
@@ -79,6 +81,29 @@ impl KeptCheckpoint {
             frontier,
         }
     }
+}
+
+/// Version of the kept checkpoint file `vellum verify --checkpoint-out`
+/// writes (`docs/format.md`, "Kept checkpoint file").
+pub const KEPT_CHECKPOINT_FILE_VERSION: u64 = 1;
+
+/// What `vellum verify --checkpoint-out` writes for a run that passed: a
+/// JSON object with the reached certificate's text (`certificate`, as
+/// `/v1/certificate` answers it), its `tree_size`, and the tree's frontier
+/// there (`reached_frontier`, when the run kept one), so that a later
+/// `--since` of the file is incremental. `None` when nothing was reached.
+pub fn kept_checkpoint_file(report: &Report) -> Option<String> {
+    let reached = report.reached.as_ref()?;
+    let mut file = serde_json::json!({
+        "version": KEPT_CHECKPOINT_FILE_VERSION,
+        "tree_size": reached.tree_size,
+        "certificate": reached.checkpoint,
+    });
+    if let Some(frontier) = &report.reached_frontier {
+        file["reached_frontier"] = serde_json::json!(frontier);
+    }
+    let text = serde_json::to_string_pretty(&file).expect("a JSON value always serializes");
+    Some(format!("{text}\n"))
 }
 
 /// What a verification run checks beyond the log and the index.
