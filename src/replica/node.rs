@@ -17,7 +17,7 @@ use crate::net::Transport;
 use crate::server::node::{
     AppendCall, AppendError, BatchRefusal, CustodyCall, CustodyDone, CustodyError, ExportCall,
     ExportError, FaultKind, InternalFault, Node, NodeMetrics, ProofError, ReadError, Shredded,
-    TlogError, TrailError, Unavailable,
+    TRAIL_PAGE_EVENTS_MAX, TlogError, TrailError, TrailPage, TrailSnapshot, Unavailable,
 };
 use crate::vsr::{RequestRefusal, Status};
 
@@ -595,21 +595,16 @@ impl Node for ReplicaNode {
         Ok(files)
     }
 
-    fn audit_records(
-        &self,
-        from_ns: Option<u64>,
-        to_ns: Option<u64>,
-        stream: Option<u64>,
-    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), TrailError> {
-        let records = self
-            .log
-            .trail_events()?
-            .into_iter()
-            .filter(|(e, _)| from_ns.is_none_or(|f| e.time_ns >= f))
-            .filter(|(e, _)| to_ns.is_none_or(|t| e.time_ns < t))
-            .filter(|(e, _)| stream.is_none_or(|s| e.names_stream(s)))
-            .collect();
-        Ok((self.log.signer().name().to_string(), records))
+    fn trail_snapshot(&self) -> Result<TrailSnapshot, TrailError> {
+        Ok(TrailSnapshot {
+            source: self.log.signer().name().to_string(),
+            end: self.served_events(),
+        })
+    }
+
+    fn trail_page(&self, from: u64, end: u64) -> Result<TrailPage, TrailError> {
+        let (events, next) = self.log.trail_page(from, end, TRAIL_PAGE_EVENTS_MAX)?;
+        Ok(TrailPage { events, next })
     }
 
     fn record_access(

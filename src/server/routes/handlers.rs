@@ -561,18 +561,22 @@ pub(crate) async fn export_audit(
             principal.name
         )));
     }
-    let (source, records) = run_blocking(&state, move |node| {
-        node.audit_records(from_ns, to_ns, stream)
+    // The snapshot and the first page are read before answering, so a
+    // trail that cannot be read is an ordinary error answer; the rest is
+    // streamed (`audit_export`).
+    let (snapshot, first) = run_blocking(&state, |node| {
+        let snapshot = node.trail_snapshot()?;
+        let first = node.trail_page(0, snapshot.end)?;
+        Ok::<_, crate::server::node::TrailError>((snapshot, first))
     })
     .await?
     .map_err(ApiError::from)?;
-    let answer = api::AuditExport {
-        source,
-        records: records
-            .into_iter()
-            .map(|(event, position)| api::AuditRecord { position, event })
-            .collect(),
+    let filter = super::audit_export::AuditFilter {
+        from_ns,
+        to_ns,
+        stream,
     };
+    let answer = super::audit_export::answer(state.clone(), snapshot, filter, first);
     let touched = Touched {
         stream,
         from: from_ns,
@@ -581,7 +585,7 @@ pub(crate) async fn export_audit(
         detail: None,
         streams: None,
     };
-    Ok(with_touched(Json(answer).into_response(), touched))
+    Ok(with_touched(answer, touched))
 }
 
 /// Records a verification run in the access trail: its scope, result,
