@@ -111,10 +111,14 @@ impl Live {
         self.due.len() + state.acked_above.len() < GROUP_WINDOW_MAX
     }
 
-    /// Takes in the event at `position` of `stream` found by the scan.
-    fn offer(&mut self, position: u64, stream: u64, state: &GroupState) {
+    /// Takes in the event at `position` of `stream`, of type `event_type`
+    /// (None: untyped), found by the scan.
+    fn offer(&mut self, position: u64, stream: u64, event_type: Option<&str>, state: &GroupState) {
         self.scan = self.scan.max(position + 1);
-        if state.config.matches(stream) && !state.is_done(position) {
+        if state.config.matches(stream)
+            && state.config.matches_type(event_type)
+            && !state.is_done(position)
+        {
             self.due.entry(position).or_insert(Due {
                 attempts: 0,
                 lease: None,
@@ -379,6 +383,7 @@ impl Groups {
             GroupCall::Create {
                 name,
                 streams,
+                types,
                 start,
                 retry_max,
                 lease_ms,
@@ -396,12 +401,15 @@ impl Groups {
                     GroupStart::Position(p) => p,
                 };
                 let mut event = Self::event(GroupAction::Create, &name, &principal);
-                event.config = Some(GroupConfig {
+                let config = GroupConfig {
                     streams,
+                    types,
                     start,
                     retry_max,
                     lease_ms,
-                });
+                };
+                event.v = config.event_version();
+                event.config = Some(config);
                 self.commit(inner, &event)?;
                 self.refresh(inner)?;
                 self.info(inner, &name)
@@ -722,7 +730,11 @@ impl Groups {
                 if !live.wants_more(group) {
                     return Ok(());
                 }
-                live.offer(event.position, *stream, group);
+                let event_type = match group.config.types.is_empty() {
+                    true => None, // Not needed: every type matches.
+                    false => event_type(event),
+                };
+                live.offer(event.position, *stream, event_type.as_deref(), group);
             }
             live.scan = live.scan.max(last + 1);
         }
@@ -783,6 +795,18 @@ impl Groups {
     }
 }
 
+/// The envelope type of a read event (None: no envelope, or no type). The
+/// writer checked every envelope and the AEAD vouches for the bytes, so an
+/// envelope decodes; one that did not would have no type (never matched).
+fn event_type(event: &crate::log::ReadEvent) -> Option<String> {
+    if !event.enveloped {
+        return None;
+    }
+    vellum_audit::envelope::Envelope::decode(&event.payload)
+        .ok()
+        .and_then(|envelope| envelope.event_type)
+}
+
 /// `text` cut to at most `max` bytes on a character boundary.
 fn clip(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -807,6 +831,7 @@ mod tests {
                 principal: "p".to_string(),
                 config: Some(GroupConfig {
                     streams: Vec::new(),
+                    types: Vec::new(),
                     start: 0,
                     retry_max,
                     lease_ms: 100,
@@ -827,7 +852,7 @@ mod tests {
         let group = group(5);
         let mut live = Live::rebuild(&group);
         for p in 0..6 {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
         let a = live.lease("a", 4, 100);
         let b = live.lease("b", 4, 100);
@@ -848,7 +873,7 @@ mod tests {
     fn the_retry_limit_parks() {
         let group = group(1);
         let mut live = Live::rebuild(&group);
-        live.offer(7, 100, &group);
+        live.offer(7, 100, None, &group);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 1)]);
         assert_eq!(live.fail(7, 1, false), Failed::Retry);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 2)]);
@@ -869,9 +894,9 @@ mod tests {
         let group = group(5);
         let mut live = Live::rebuild(&group);
         for p in [3, 5, 9] {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
-        live.offer(11, 1, &group); // a system stream: never delivered
+        live.offer(11, 1, None, &group); // a system stream: never delivered
         live.lease("a", 3, 10);
         assert_eq!(live.checkpoint_after(0, &BTreeSet::from([3])), 5);
         assert_eq!(live.checkpoint_after(0, &BTreeSet::from([5, 9])), 3);
@@ -892,7 +917,7 @@ mod tests {
         group.replaying.insert(1);
         let mut live = Live::rebuild(&group);
         for p in 4..8 {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
         let leased: Vec<u64> = live.lease("a", 10, 10).iter().map(|x| x.0).collect();
         assert_eq!(leased, vec![1, 4, 5, 7]);

@@ -133,6 +133,7 @@ pub(super) fn schemas() -> Value {
             "properties": {
                 "name": name_schema(),
                 "streams": { "type": "string", "pattern": super::streams_pattern(), "description": "Stream filter as in GET /v1/log?streams= (5001,6000-6999); absent: every user stream. A reversed range is 422 refused." },
+                "types": { "type": "array", "minItems": 1, "maxItems": crate::server::filter::FILTER_TYPE_ITEMS_MAX, "items": { "type": "string", "minLength": 1 }, "description": "Event-type filter as in GET /v1/log?types=, as a list (a type may hold a comma here): only events whose envelope type is one of these, byte for byte; an event without a type never matches; absent: every event. Kept in the group's create event (version 2). A type no event can carry (over 256 bytes, a control character) is 422 refused." },
                 "start": { "type": "string", "pattern": "^(?:beginning|end|0|[1-9][0-9]{0,17})$", "description": "beginning (default), end (the committed end of the log: new events only), or a global position in decimal (at most 2^63-1)." },
                 "retry_max": { "type": "integer", "minimum": 0, "maximum": GROUP_RETRY_MAX, "description": "Failed deliveries before an event is parked (default 5)." },
                 "lease_ms": { "type": "integer", "minimum": GROUP_LEASE_MS_MIN, "maximum": GROUP_LEASE_MS_MAX, "description": "How long a consumer holds a delivered event (default 30000)." }
@@ -144,6 +145,7 @@ pub(super) fn schemas() -> Value {
             "properties": {
                 "name": { "type": "string" },
                 "streams": { "type": ["string", "null"], "description": "The filter, canonical; null: every user stream." },
+                "types": { "type": "array", "items": { "type": "string" }, "description": "The event-type filter, sorted and distinct; absent: every event." },
                 "start": u64_schema("The position it started at."),
                 "retry_max": { "type": "integer", "minimum": 0 },
                 "lease_ms": u64_schema("Lease of a delivered event, ms."),
