@@ -787,6 +787,20 @@ async fn killed_consumer(cluster: &LocalCluster, client: &Client, writer: &str, 
         .filter(|p| !acked_by_a.contains(p) && *p != poison)
         .collect();
     assert_eq!(unacked_a.len(), CHILD_BATCH as usize - CHILD_ACKS - 1);
+    // Nobody pulls: the primary's reaper still takes A's leases back once
+    // they expire (nothing stays in flight for a dead consumer).
+    let reaped_by = Instant::now() + Duration::from_millis(LEASE_MS + 5000);
+    loop {
+        let (_, info) = call(cluster, 0, "GET", Some(writer), "/v1/groups/killed", None).await;
+        if info["in_flight"] == json!(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < reaped_by,
+            "expired leases not taken back: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // B: processes everything else, nacks the poison every time.
     let b = |path: &str| format!("/v1/groups/killed/{path}");

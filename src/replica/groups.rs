@@ -46,6 +46,9 @@ pub const GROUP_WINDOW_MAX: usize = 4096;
 pub const GROUP_PULL_POLL_MS: u64 = 50;
 /// The principal of the primary's own group events (parks after expired leases).
 pub const GROUP_SYSTEM_PRINCIPAL: &str = "vellum";
+/// How often the primary's reaper ([`Groups::spawn_reaper`]) takes back
+/// expired leases when no pull does, at most.
+pub const GROUP_REAP_MS: u64 = 250;
 
 /// One event out for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -685,6 +688,71 @@ impl Groups {
         }
     }
 
+    /// Takes back every expired lease of every group (parking the events
+    /// past their retry limit), so an event a dead consumer held is due
+    /// again, and a poison event parked, without waiting for a pull.
+    /// Returns the leases taken back; nothing at a backup, or while a new
+    /// primary catches up (its in-flight state is rebuilt then anyway).
+    pub fn reclaim_expired(&self) -> Result<u64, GroupError> {
+        if !self.log.role().is_primary {
+            return Ok(0);
+        }
+        let mut inner = self.inner();
+        match self.refresh(&mut inner) {
+            Err(GroupError::CatchingUp { .. }) => return Ok(0),
+            other => other?,
+        }
+        let now = self.now_ms();
+        // After a refresh `live` holds exactly the committed groups.
+        let names: Vec<String> = inner.live.keys().cloned().collect();
+        let mut reclaimed = 0;
+        for name in names {
+            // A failed park ends this round; the next one looks again.
+            reclaimed += self.expire(&mut inner, &name, now)?;
+        }
+        Ok(reclaimed)
+    }
+
+    /// Starts the reaper thread (`vellum-groups`): every
+    /// [`GROUP_REAP_MS`] it calls [`Groups::reclaim_expired`]; it ends
+    /// within one period once `stop` is set, or after the commit of a
+    /// park under way (bounded by the log's commit wait).
+    pub fn spawn_reaper(
+        self: &Arc<Groups>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let groups = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("vellum-groups".to_string())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(GROUP_REAP_MS));
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Err(error) = groups.reclaim_expired() {
+                        tracing::warn!(%error, "consumer groups: taking back expired leases failed; retrying");
+                    }
+                }
+            })
+    }
+
+    /// Expired leases of group `name` go back to waiting, or are parked
+    /// (one committed group event) past the retry limit. Returns how many.
+    fn expire(&self, inner: &mut Inner, name: &str, now_ms: u64) -> Result<u64, GroupError> {
+        let retry_max = self.group_state(inner, name)?.config.retry_max;
+        let live = inner.live.entry(name.to_string()).or_default();
+        let before = live.nacked;
+        let park = live.expire(now_ms, retry_max);
+        let expired = live.nacked - before;
+        let reason = format!(
+            "lease expired on its last of {} deliveries",
+            u64::from(retry_max) + 1
+        );
+        self.park(inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        Ok(expired)
+    }
+
     /// One look: expire leases (parking past the limit), scan the log,
     /// lease what waits.
     fn try_lease(
@@ -695,15 +763,9 @@ impl Groups {
     ) -> Result<(Vec<(u64, u32)>, u64), GroupError> {
         let mut inner = self.inner();
         self.refresh(&mut inner)?;
-        let config = self.group_state(&inner, name)?.config.clone();
+        let lease_ms = self.group_state(&inner, name)?.config.lease_ms;
         let now = self.now_ms();
-        let live = inner.live.entry(name.to_string()).or_default();
-        let park = live.expire(now, config.retry_max);
-        let reason = format!(
-            "lease expired on its last of {} deliveries",
-            u64::from(config.retry_max) + 1
-        );
-        self.park(&mut inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        self.expire(&mut inner, name, now)?;
         // Disjoint borrows: the committed state read, the in-flight one changed.
         let Inner { state, live, .. } = &mut *inner;
         let group = state.group(name).ok_or_else(|| GroupError::NotFound {
@@ -711,8 +773,8 @@ impl Groups {
         })?;
         let live = live.entry(name.to_string()).or_default();
         self.scan(live, group)?;
-        let leased = live.lease(consumer, max, now.saturating_add(config.lease_ms));
-        Ok((leased, config.lease_ms))
+        let leased = live.lease(consumer, max, now.saturating_add(lease_ms));
+        Ok((leased, lease_ms))
     }
 
     /// Takes committed log events into the group's window, up to its bound.
@@ -906,6 +968,107 @@ mod tests {
             20,
             "never back"
         );
+    }
+
+    /// A one-replica log in a fresh directory and its groups.
+    fn one_replica() -> (tempfile::TempDir, Arc<LocalLog>, Arc<Groups>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let (log, _) = LocalLog::open(&data, crate::log::LogOptions::default()).expect("open");
+        let log = Arc::new(log);
+        let groups = Arc::new(Groups::new(Arc::clone(&log)));
+        (dir, log, groups)
+    }
+
+    fn info(groups: &Groups) -> crate::server::groups::GroupInfo {
+        match groups.call(GroupCall::Get {
+            name: "g".to_string(),
+        }) {
+            Ok(GroupAnswer::Info(info)) => info,
+            other => panic!("get: {other:?}"),
+        }
+    }
+
+    fn pull(groups: &Groups, consumer: &str) -> Vec<(u64, u32)> {
+        match groups.call(GroupCall::Pull {
+            name: "g".to_string(),
+            consumer: consumer.to_string(),
+            max: 10,
+            wait_ms: 0,
+        }) {
+            Ok(GroupAnswer::Delivered(d)) => d
+                .events
+                .iter()
+                .map(|e| (e.event.position, e.attempt))
+                .collect(),
+            other => panic!("pull: {other:?}"),
+        }
+    }
+
+    /// Goal: without any pull, an expired lease is taken back (nothing in
+    /// flight, the event due again) and, after the last delivery the retry
+    /// limit allows, parked; a lease not expired yet is left alone.
+    #[test]
+    fn expired_leases_come_back_without_a_pull() {
+        const LEASE_MS: u64 = 100;
+        let (_dir, log, groups) = one_replica();
+        let created = groups.call(GroupCall::Create {
+            name: "g".to_string(),
+            streams: Vec::new(),
+            types: Vec::new(),
+            start: GroupStart::Beginning,
+            retry_max: 1,
+            lease_ms: LEASE_MS,
+            principal: "p".to_string(),
+        });
+        assert!(matches!(created, Ok(GroupAnswer::Info(_))), "{created:?}");
+        let appended = log
+            .append(
+                5001,
+                &[Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                None,
+                None,
+            )
+            .expect("append");
+        let positions = [appended.first_position, appended.first_position + 1];
+        for attempt in 1..=2u32 {
+            let leased_at = Instant::now();
+            let want: Vec<(u64, u32)> = positions.iter().map(|p| (*p, attempt)).collect();
+            assert_eq!(pull(&groups, if attempt == 1 { "a" } else { "b" }), want);
+            if leased_at.elapsed() < Duration::from_millis(LEASE_MS / 2) {
+                assert_eq!(groups.reclaim_expired(), Ok(0), "the leases still run");
+                assert_eq!(info(&groups).in_flight, 2);
+            }
+            std::thread::sleep(Duration::from_millis(LEASE_MS + 20));
+            assert_eq!(groups.reclaim_expired(), Ok(2), "attempt {attempt}");
+            let info = info(&groups);
+            assert_eq!(info.in_flight, 0, "attempt {attempt}: {info:?}");
+            let parked = if attempt == 1 { 0 } else { 2 };
+            assert_eq!(info.parked, parked, "attempt {attempt}: {info:?}");
+        }
+        assert!(info(&groups).checkpoint > positions[1]);
+        assert_eq!(groups.reclaim_expired(), Ok(0), "nothing left to take back");
+        assert!(pull(&groups, "c").is_empty(), "parked events are not due");
+    }
+
+    /// Goal: the reaper thread ends within about one period once told to
+    /// stop (a replica's shutdown waits for it).
+    #[test]
+    fn the_reaper_stops_promptly() {
+        let (_dir, _log, groups) = one_replica();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reaper = groups.spawn_reaper(Arc::clone(&stop)).expect("spawn");
+        std::thread::sleep(Duration::from_millis(GROUP_REAP_MS + 50));
+        assert!(!reaper.is_finished(), "it runs until told to stop");
+        let asked = Instant::now();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let bound = Duration::from_millis(GROUP_REAP_MS + 1000);
+        while !reaper.is_finished() {
+            assert!(asked.elapsed() < bound, "the reaper did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reaper.join().expect("the reaper ends without a panic");
     }
 
     /// Goal: a rebuilt state skips what is done and delivers replays again.

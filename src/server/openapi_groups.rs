@@ -74,7 +74,7 @@ pub(super) fn paths() -> Value {
         },
         "/v1/groups/{group}/pull": {
             "post": {
-                "summary": "Lease up to max events of the group to a consumer (roles writer, reader), waiting up to wait_ms for the first (long-poll). A leased event goes to no other consumer until its lease expires; then it is delivered again (attempt + 1) and, past the group's retry limit, parked. Each pull is recorded in the access trail as a subscribe with the streams and positions it delivered.",
+                "summary": "Lease up to max events of the group to a consumer (roles writer, reader), waiting up to wait_ms for the first (long-poll). A leased event goes to no other consumer until its lease expires; the primary then takes it back within about 250 ms, pulled or not: it is delivered again (attempt + 1), or parked after its delivery number retry_max + 1. Each pull is recorded in the access trail as a subscribe with the streams and positions it delivered.",
                 "parameters": [group_param()],
                 "requestBody": body("PullRequest"),
                 "responses": with_errors(ok("GroupDelivery"), &common)
@@ -90,7 +90,7 @@ pub(super) fn paths() -> Value {
         },
         "/v1/groups/{group}/nack": {
             "post": {
-                "summary": "Negatively acknowledge delivered events (roles writer, reader): retry (delivered again; parked once delivered more than retry_max + 1 times) or park now. A position not out for delivery answers 409 not_delivered and nothing is written.",
+                "summary": "Negatively acknowledge delivered events (roles writer, reader): retry (delivered again; parked when it was delivery number retry_max + 1) or park now. A position not out for delivery answers 409 not_delivered and nothing is written.",
                 "parameters": [group_param()],
                 "requestBody": body("NackRequest"),
                 "responses": with_errors(ok("GroupNacked"), &settle)
