@@ -64,7 +64,7 @@ pub use crate::api::ErrorCode;
 pub use audit::{AuditStream, ChunkReader, read_audit_export};
 pub use errors::{AppendError, ReadError};
 pub use persister::{ClientPersister, PERSISTER_WORKER_THREADS, to_persist_error};
-pub use subscribe::{SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
+pub use subscribe::{LogFilter, SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -429,6 +429,23 @@ impl Client {
         page("max", max)?;
         Ok(self
             .get(0, &format!("/v1/log?from={from}&max={max}"))
+            .await?)
+    }
+
+    /// [`Client::read_log`] with a server-side [`LogFilter`]: only the
+    /// matching events; `next_position` is past every position read, the
+    /// events left out too, so paging on from it skips nothing.
+    pub async fn read_log_filtered(
+        &self,
+        from: u64,
+        max: u64,
+        filter: &LogFilter,
+    ) -> Result<LogEvents, ReadError> {
+        edge("from", from)?;
+        page("max", max)?;
+        let query = filter.query();
+        Ok(self
+            .get(0, &format!("/v1/log?from={from}&max={max}{query}"))
             .await?)
     }
 

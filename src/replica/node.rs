@@ -31,7 +31,7 @@ pub struct ReplicaNode {
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
     custody: Arc<super::Custody>,
-    groups: super::groups::Groups,
+    groups: Arc<super::groups::Groups>,
     witnesses: Option<Arc<WitnessFeed>>,
 }
 
@@ -44,13 +44,18 @@ impl ReplicaNode {
         custody: Arc<super::Custody>,
     ) -> ReplicaNode {
         ReplicaNode {
-            groups: super::groups::Groups::new(Arc::clone(&log)),
+            groups: Arc::new(super::groups::Groups::new(Arc::clone(&log))),
             log,
             transport,
             trail: super::TrailBatcher::default(),
             custody,
             witnesses: None,
         }
+    }
+
+    /// The consumer groups (for their reaper thread).
+    pub fn groups(&self) -> &Arc<super::groups::Groups> {
+        &self.groups
     }
 
     /// Serves the witness cosignatures `witnesses` keeps: in proofs and

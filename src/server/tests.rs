@@ -191,6 +191,7 @@ impl Node for FakeNode {
         let info = |name: String| GroupInfo {
             name,
             streams: Some("16".to_string()),
+            types: None,
             start: 0,
             retry_max: 5,
             lease_ms: 30_000,

@@ -60,6 +60,8 @@ pub(crate) struct LogQuery {
     min_position: Option<String>,
     /// The event filter (`crate::server::filter`).
     streams: Option<String>,
+    /// The event filter's types (`crate::server::filter`).
+    types: Option<String>,
 }
 
 /// How long a read at a backup waits for its certified prefix to reach the
@@ -382,7 +384,10 @@ pub(crate) async fn read_log(
 ) -> Result<Response, ApiError> {
     let (from, max) = read_window(query.from.as_deref(), query.max.as_deref())?;
     let min_position = edge_optional("min_position", query.min_position.as_deref())?;
-    let filter = crate::server::filter::EventFilter::parse(query.streams.as_deref())?;
+    let filter = crate::server::filter::EventFilter::parse(
+        query.streams.as_deref(),
+        query.types.as_deref(),
+    )?;
     await_position(&state, min_position).await?;
     let mut events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
