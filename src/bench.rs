@@ -66,6 +66,11 @@ pub const CLUSTER_READS_SYSTEM: &str = "vellum 3 replicas, reads";
 /// replicas (backups serve reads; every read still trailed through the
 /// primary before its answer).
 pub const CLUSTER_SPREAD_READS_SYSTEM: &str = "vellum 3 replicas, reads on all replicas";
+/// The API's own ceiling: `GET /v1/health` on the primary through the same
+/// Rust client (HTTPS, routing, one blocking-pool hop, a small JSON answer;
+/// no token check, no log, no trail). No append or read through the API can
+/// be answered faster than this on the same machine.
+pub const CLUSTER_API_FLOOR_SYSTEM: &str = "vellum 3 replicas, API floor (GET /v1/health)";
 /// SQLite point reads by primary key.
 pub const SQLITE_READS_SYSTEM: &str = "sqlite reads";
 /// PostgreSQL point reads by primary key.
@@ -130,6 +135,9 @@ pub enum ThroughputUnit {
     /// Single-event reads per second.
     #[serde(rename = "reads/s")]
     ReadsPerS,
+    /// API requests per second (one event or one read per request).
+    #[serde(rename = "requests/s")]
+    RequestsPerS,
     /// Payload megabytes (10^6) per second.
     #[serde(rename = "MB/s")]
     MbPerS,
@@ -141,6 +149,7 @@ impl ThroughputUnit {
         match self {
             ThroughputUnit::EventsPerS => "events/s",
             ThroughputUnit::ReadsPerS => "reads/s",
+            ThroughputUnit::RequestsPerS => "requests/s",
             ThroughputUnit::MbPerS => "MB/s",
         }
     }
@@ -852,6 +861,25 @@ fn ratios(measurements: &[Measurement]) -> Vec<Ratio> {
     let mut out = append_ratios(measurements);
     out.extend(read_ratios(measurements));
     out.extend(bulk_ratios(measurements));
+    out.extend(floor_ratios(measurements));
+    out
+}
+
+/// The cluster's single-event appends and reads against the API floor at
+/// the same concurrency: the share of the bare request rate they reach.
+fn floor_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for floor in measurements
+        .iter()
+        .filter(|m| m.system == CLUSTER_API_FLOOR_SYSTEM)
+    {
+        for first in measurements.iter().filter(|m| {
+            m.concurrency == floor.concurrency
+                && [CLUSTER_SYSTEM, CLUSTER_READS_SYSTEM].contains(&m.system.as_str())
+        }) {
+            out.push(ratio(first, floor, ThroughputUnit::RequestsPerS));
+        }
+    }
     out
 }
 
@@ -908,7 +936,7 @@ fn bulk_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
 fn ratio(first: &Measurement, base: &Measurement, unit: ThroughputUnit) -> Ratio {
     let (top, bottom) = match unit {
         ThroughputUnit::MbPerS => (first.mb_per_s, base.mb_per_s),
-        ThroughputUnit::EventsPerS | ThroughputUnit::ReadsPerS => {
+        ThroughputUnit::EventsPerS | ThroughputUnit::ReadsPerS | ThroughputUnit::RequestsPerS => {
             (first.events_per_s, base.events_per_s)
         }
     };

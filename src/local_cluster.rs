@@ -174,9 +174,37 @@ impl LocalCluster {
                     return Ok(primary.replica);
                 }
             }
-            wait_or_timeout(deadline, timeout, "a primary")?;
+            if let Err(timed_out) = wait_or_timeout(deadline, timeout, "a primary") {
+                // What each replica said last and the end of its log, so a
+                // timeout in CI can be explained from its output alone.
+                return Err(LocalClusterError::Failed(format!(
+                    "{timed_out}; {}",
+                    self.describe(&health)
+                )));
+            }
             pause_poll().await;
         }
+    }
+
+    /// Each replica's last health answer (or none) and the last lines of
+    /// its process log.
+    fn describe(&self, health: &[Option<Health>]) -> String {
+        const LOG_LINES: usize = 8;
+        (0..self.replica_count())
+            .map(|i| {
+                let said = match health.get(i).and_then(Option::as_ref) {
+                    Some(h) => format!(
+                        "{} view {} primary {} commit {} op {}",
+                        h.status, h.view, h.primary, h.commit, h.op
+                    ),
+                    None => "no health answer".to_string(),
+                };
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join("\n    ");
+                format!("\nreplica {i}: {said}; log tail:\n    {tail}")
+            })
+            .collect()
     }
 
     /// Waits until every replica in `which` answers with commit >= `commit`.

@@ -50,6 +50,10 @@ fn bench_reports_reads_and_bulk_ingest() {
     assert!(reads["appends"].as_u64() > Some(0), "{reads:#}");
     assert!(reads["events_per_s"].as_f64() > Some(0.0), "{reads:#}");
     assert!(row("sqlite reads")["events_per_s"].as_f64() > Some(0.0));
+    // The API's own request rate, the ceiling of any one-event request.
+    let floor = row("vellum 3 replicas, API floor (GET /v1/health)");
+    assert!(floor["appends"].as_u64() > Some(0), "{floor:#}");
+    assert!(floor["events_per_s"].as_f64() > Some(0.0), "{floor:#}");
     let bulk = row("vellum 3 replicas, batch 5");
     assert_eq!(bulk["events_per_op"].as_u64(), Some(5), "{bulk:#}");
     assert!(bulk["mb_per_s"].as_f64() > Some(0.0), "{bulk:#}");
@@ -66,6 +70,14 @@ fn bench_reports_reads_and_bulk_ingest() {
     assert_eq!(
         ratio("vellum 3 replicas, reads / sqlite reads")["throughput_unit"],
         "reads/s"
+    );
+    assert_eq!(
+        ratio("vellum 3 replicas, reads / vellum 3 replicas, API floor (GET /v1/health)")["throughput_unit"],
+        "requests/s"
+    );
+    assert_eq!(
+        ratio("vellum 3 replicas / vellum 3 replicas, API floor (GET /v1/health)")["throughput_unit"],
+        "requests/s"
     );
     assert_eq!(
         ratio("vellum 3 replicas, batch 5 / raw 1 MiB write+fdatasync")["throughput_unit"],

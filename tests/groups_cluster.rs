@@ -1,7 +1,8 @@
 //! Persistent subscriptions (consumer groups) on three real replica
 //! processes: competing consumers with one that stops mid-batch (its leases
 //! expire and its events go to the other), the retry limit parking an
-//! event that an operator lists and replays, the group's acked position
+//! event that an operator lists and replays, dead consumers' leases taken
+//! back (and parked at the limit) without any pull, the group's acked position
 //! surviving a kill -9 of the primary, deliveries in the access trail and
 //! `/metrics`, strangers and odd inputs refused with named codes, and
 //! `vellum verify --cluster` passing at the end. One cluster for all of it.
@@ -117,6 +118,11 @@ impl Consumer<'_> {
 
 /// The metric `name{group="proj"}` on replica `i`.
 async fn group_metric(cluster: &LocalCluster, i: usize, name: &str) -> Option<u64> {
+    metric_of(cluster, i, name, "proj").await
+}
+
+/// The metric `name{group="<group>"}` on replica `i`.
+async fn metric_of(cluster: &LocalCluster, i: usize, name: &str, group: &str) -> Option<u64> {
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
         .timeout(WAIT)
@@ -130,7 +136,7 @@ async fn group_metric(cluster: &LocalCluster, i: usize, name: &str) -> Option<u6
         .text()
         .await
         .ok()?;
-    let prefix = format!("{name}{{group=\"proj\"}} ");
+    let prefix = format!("{name}{{group=\"{group}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .and_then(|v| v.parse().ok())
@@ -139,6 +145,7 @@ async fn group_metric(cluster: &LocalCluster, i: usize, name: &str) -> Option<u6
 // Goal: two competing consumers, one of which stops mid-batch, together
 // process every event of the group's streams at least once and none is
 // lost; an event nacked past the retry limit is parked, listed, replayed;
+// a dead consumer's expired leases come back (then park) with no pull;
 // the acked position survives a kill -9 of the primary (the new primary
 // delivers only what was not acked); strangers and odd inputs get named
 // 4xx codes; deliveries are in the access trail and /metrics; verify
@@ -284,6 +291,8 @@ async fn competing_consumers_retries_parking_and_failover() {
 
     bad_settlements(&cluster, backup, &writer, last).await;
     retry_limit_parks_and_replay_delivers(&cluster, &client, &b).await;
+    dead_consumers_leases_come_back_without_a_pull(&cluster, &client, &writer, primary, backup)
+        .await;
 
     // The acked position survives a kill -9 of the primary.
     let mut fresh = Vec::new();
@@ -613,4 +622,161 @@ async fn retry_limit_parks_and_replay_delivers(
         group_metric(cluster, b.replica, "vellum_group_parked").await,
         Some(0)
     );
+}
+
+/// The reaped group's stream (outside `proj`'s filter) and lease.
+const REAPED_STREAM: u64 = 5005;
+const REAPED_LEASE_MS: u64 = 1000;
+
+/// `GroupInfo` of `group` through replica `i`, once `done` holds for it
+/// (polled every 50 ms until `deadline`).
+async fn info_once(
+    cluster: &LocalCluster,
+    i: usize,
+    writer: &str,
+    group: &str,
+    deadline: Instant,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let (status, info) = call(
+            cluster,
+            i,
+            "GET",
+            Some(writer),
+            &format!("/v1/groups/{group}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{info}");
+        if done(&info) {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "not reached in time: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Goal: a consumer that leases events and dies (no ack, no nack, no
+/// further pull) holds them only until the lease ends: without any pull,
+/// the group soon shows nothing in flight and the events due again (and,
+/// after their last delivery, parked), as the primary's reaper takes
+/// expired leases back.
+async fn dead_consumers_leases_come_back_without_a_pull(
+    cluster: &LocalCluster,
+    client: &vellum::client::Client,
+    writer: &str,
+    primary: usize,
+    backup: usize,
+) {
+    let create = json!({
+        "name": "reaped", "streams": REAPED_STREAM.to_string(), "retry_max": 1,
+        "lease_ms": REAPED_LEASE_MS,
+    });
+    let (status, info) = call(
+        cluster,
+        backup,
+        "POST",
+        Some(writer),
+        "/v1/groups",
+        Some(&create),
+    )
+    .await;
+    assert_eq!(status, 201, "{info}");
+    let mut positions = Vec::new();
+    for n in 0..3 {
+        let receipt = client
+            .append(
+                REAPED_STREAM,
+                vec![Bytes::from(format!("{{\"reaped\":{n}}}"))],
+                None,
+            )
+            .await
+            .expect("append");
+        positions.push(receipt.first_position);
+    }
+    // Two consumers in turn lease everything and die; nobody else pulls.
+    for (consumer, attempt) in [("dies-first", 1u64), ("dies-second", 2)] {
+        let body = json!({ "consumer": consumer, "max": 10, "wait_ms": 2000 });
+        let leased = Instant::now(); // the lease starts after this
+        let (status, answer) = call(
+            cluster,
+            backup,
+            "POST",
+            Some(writer),
+            "/v1/groups/reaped/pull",
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let got: Vec<(u64, u64)> = delivered(&answer).iter().map(|e| (e.0, e.2)).collect();
+        let want: Vec<(u64, u64)> = positions.iter().map(|p| (*p, attempt)).collect();
+        assert_eq!(got, want, "{consumer}: every event, attempt {attempt}");
+        let deadline = leased + Duration::from_millis(REAPED_LEASE_MS + 5000);
+        let info = info_once(cluster, backup, writer, "reaped", deadline, |info| {
+            info["in_flight"] == json!(0)
+        })
+        .await;
+        assert!(
+            leased.elapsed() >= Duration::from_millis(REAPED_LEASE_MS),
+            "{consumer}: a lease was taken back before it ended: {info}"
+        );
+        let nacked = metric_of(cluster, primary, "vellum_group_nacked_total", "reaped").await;
+        assert_eq!(
+            nacked,
+            Some(3 * attempt),
+            "{consumer}: expired leases counted"
+        );
+        if attempt == 1 {
+            assert_eq!(info["parked"], json!(0), "due again, not parked: {info}");
+        }
+    }
+    // The second expiry was the last delivery (retry_max 1): parked,
+    // committed, without a pull.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let info = info_once(cluster, backup, writer, "reaped", deadline, |info| {
+        info["parked"] == json!(3)
+    })
+    .await;
+    let last = *positions.last().expect("events");
+    assert!(
+        info["checkpoint"].as_u64().expect("checkpoint") > last,
+        "{info}"
+    );
+    let (status, list) = call(
+        cluster,
+        backup,
+        "GET",
+        Some(writer),
+        "/v1/groups/reaped/parked",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let parked: Vec<(u64, String)> = list["parked"]
+        .as_array()
+        .expect("parked")
+        .iter()
+        .map(|p| {
+            (
+                p["position"].as_u64().expect("position"),
+                p["reason"].as_str().expect("reason").to_string(),
+            )
+        })
+        .collect();
+    let reason = "lease expired on its last of 2 deliveries".to_string();
+    let want: Vec<(u64, String)> = positions.iter().map(|p| (*p, reason.clone())).collect();
+    assert_eq!(parked, want, "{list}");
+    let body = json!({ "consumer": "late", "max": 10, "wait_ms": 0 });
+    let (status, answer) = call(
+        cluster,
+        backup,
+        "POST",
+        Some(writer),
+        "/v1/groups/reaped/pull",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(delivered(&answer).is_empty(), "parked: none due: {answer}");
 }

@@ -325,6 +325,16 @@ fn keep_checkpoint(data: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// The certificate text of a file `--checkpoint-out` wrote.
+fn kept_certificate(kept: &Path) -> String {
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept).expect("kept")).expect("JSON");
+    file["certificate"]
+        .as_str()
+        .expect("certificate text")
+        .to_string()
+}
+
 fn verify_since(data: &Path, policy: &Path, kept: &Path) -> (Run, serde_json::Value) {
     let run = vellum(&[
         "verify",
@@ -340,18 +350,29 @@ fn verify_since(data: &Path, policy: &Path, kept: &Path) -> (Run, serde_json::Va
     (run, report)
 }
 
-// Goal: a checkpoint kept from an earlier run of the same log passes once
-// the log grew, with a consistency proof to the newest certificate, and the
-// report names both the kept and the reached checkpoint; an earlier JSON
-// report and a /v1/certificate answer serve as kept checkpoints too.
+// Goal: a checkpoint kept by --checkpoint-out (the certificate and the
+// tree's frontier there) passes once the log grew, incrementally (the old
+// part not re-read), with a consistency proof to the newest certificate,
+// and the report names both the kept and the reached checkpoint; an
+// earlier JSON report, a /v1/certificate answer and bare certificate text
+// (both read the whole log) serve as kept checkpoints too.
 #[test]
 fn since_an_older_checkpoint_of_the_same_log_passes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(dir.path(), "data");
     append_to(&data, "first", 3);
-    let kept = keep_checkpoint(&data, &dir.path().join("kept.txt"));
-    let text = std::fs::read_to_string(&kept).expect("kept");
+    let kept = keep_checkpoint(&data, &dir.path().join("kept.json"));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kept).expect("kept")).expect("JSON");
+    let text = kept_certificate(&kept);
     assert!(Certificate::parse(&text).is_ok_and(|c| c.checkpoint.size == 6));
+    assert_eq!(file["version"], 1);
+    assert_eq!(file["tree_size"], 6);
+    assert_eq!(
+        file["reached_frontier"].as_array().map(Vec::len),
+        Some(2),
+        "one subtree per set bit of 6: {file}"
+    );
     append_to(&data, "second", 4);
     let (run, report) = verify_since(&data, &data.join("policy.txt"), &kept);
     assert_eq!(run.code, 0, "{report}");
@@ -362,6 +383,24 @@ fn since_an_older_checkpoint_of_the_same_log_passes() {
     assert!(
         since["counts"]["consistency proof hashes"].as_u64() > Some(0),
         "{since}"
+    );
+    let records = check_of(&report, "records and hash chain");
+    assert_eq!(
+        records["note"],
+        vellum_audit::since::INCREMENTAL_NOTE,
+        "--since of the --checkpoint-out file reads only the new part: {records}"
+    );
+    let bare = dir.path().join("kept.txt");
+    std::fs::write(&bare, &text).expect("write certificate text");
+    let (run, report) = verify_since(&data, &data.join("policy.txt"), &bare);
+    assert_eq!(run.code, 0, "{report}");
+    assert_eq!(report["since"]["tree_size"], 6);
+    let note = check_of(&report, "kept checkpoint (--since)")["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains("not incremental") && note.contains("the whole log was read"),
+        "certificate text alone reads the whole log: {note}"
     );
 
     // An earlier JSON report and the /v1/certificate answer serve as well.
@@ -390,7 +429,7 @@ fn since_a_checkpoint_of_a_rewritten_history_fails() {
     copy_dir(&original, &rewritten);
     append_to(&original, "original", 5);
     append_to(&rewritten, "rewritten", 3);
-    let kept = keep_checkpoint(&rewritten, &dir.path().join("kept.txt"));
+    let kept = keep_checkpoint(&rewritten, &dir.path().join("kept.json"));
     let out = dir.path().join("next.txt");
     let run = vellum(&[
         "verify",
@@ -433,7 +472,7 @@ fn since_a_checkpoint_beyond_the_log_fails() {
     let older = dir.path().join("older");
     copy_dir(&data, &older);
     append_to(&data, "second", 3);
-    let kept = keep_checkpoint(&data, &dir.path().join("kept.txt"));
+    let kept = keep_checkpoint(&data, &dir.path().join("kept.json"));
     let (run, report) = verify_since(&older, &older.join("policy.txt"), &kept);
     assert_eq!(run.code, 1);
     let since = check_of(&report, "kept checkpoint (--since)");
@@ -448,9 +487,8 @@ fn since_a_checkpoint_signed_by_too_few_keys_fails() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(dir.path(), "data");
     append_to(&data, "first", 2);
-    let kept = keep_checkpoint(&data, &dir.path().join("kept.txt"));
-    let certificate =
-        Certificate::parse(&std::fs::read_to_string(&kept).expect("kept")).expect("certificate");
+    let kept = keep_checkpoint(&data, &dir.path().join("kept.json"));
+    let certificate = Certificate::parse(&kept_certificate(&kept)).expect("certificate");
     let stranger = Signer::from_seed("stranger", [9; 32]).expect("signer");
     let forged = Certificate::sign(certificate.checkpoint, &[&stranger]).expect("sign");
     let forged_path = dir.path().join("forged.txt");

@@ -113,10 +113,13 @@ fn segments(data: &Path) -> Vec<PathBuf> {
 
 /// The op records of `data` as (segment file, record offset, op).
 fn op_records(data: &Path) -> Vec<(PathBuf, u64, u64)> {
+    op_records_under(data, &data.join("policy.txt"))
+}
+
+/// [`op_records`] of a data directory whose cluster `policy` names.
+fn op_records_under(data: &Path, policy: &Path) -> Vec<(PathBuf, u64, u64)> {
     let cluster = vellum_audit::verify::cluster_from_origin(
-        &vellum::log::load_policy(&data.join("policy.txt"))
-            .expect("policy")
-            .origin,
+        &vellum::log::load_policy(policy).expect("policy").origin,
     )
     .expect("a vellum origin");
     let scan = vellum_audit::segment::scan_log_dir(&data.join("segments"), cluster).expect("scan");
@@ -202,6 +205,77 @@ fn since_a_kept_report_reads_only_the_new_part() {
     assert_eq!(code, 0);
     assert_eq!(full["reached"], next["reached"]);
     assert_eq!(full["reached_frontier"], next["reached_frontier"]);
+}
+
+/// Bytes `vellum verify --data-dir DATA --json ARGS` read (its `rchar`,
+/// which the shell that reaps it adds to its own): every file it read,
+/// segments, index, kept report.
+fn verify_bytes_read(data: &Path, args: &[&str]) -> u64 {
+    let script =
+        r#"exe="$1"; shift; "$exe" "$@" > /dev/null; code=$?; cat /proc/$$/io; exit $code"#;
+    let output = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(vellum_exe())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--policy")
+        .arg(data.join("policy.txt"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run vellum verify");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar in {stdout}"))
+}
+
+// Goal: in one segment of large batches (the default segment size holds
+// years of a small clinic), --since finds the kept op by reading record
+// headers, not the segment: the whole run reads under a quarter of the
+// bytes a full verify reads.
+#[test]
+fn since_reads_headers_not_the_old_part_of_its_segment() {
+    let dir = TestDir::new("since-one-segment");
+    let data = init(&dir, "data");
+    let batch = |tag: &str, i: u64| -> Vec<Bytes> {
+        (0..16)
+            .map(|j| {
+                Bytes::from(format!(
+                    "{{\"{tag}\":{i},\"j\":{j},\"pad\":\"{}\"}}",
+                    "x".repeat(4000)
+                ))
+            })
+            .collect()
+    };
+    let (log, _) = LocalLog::open(&data, wait_for_lock()).expect("open");
+    for i in 0..40 {
+        log.append(16, &batch("old", i), None, None)
+            .expect("append");
+    }
+    log.close().expect("close");
+    let kept_path = dir.path().join("kept.json");
+    keep_report(&data, &kept_path);
+    let (log, _) = LocalLog::open(&data, wait_for_lock()).expect("open");
+    log.append(16, &batch("new", 0), None, None)
+        .expect("append");
+    log.close().expect("close");
+    assert_eq!(segments(&data).len(), 1, "one segment");
+    let (code, report) = since(&data, &kept_path);
+    assert_eq!(code, 0, "{report}");
+    assert!(incremental(&report), "{report}");
+
+    let full = verify_bytes_read(&data, &[]);
+    let read = verify_bytes_read(&data, &["--since", kept_path.to_str().expect("utf-8")]);
+    eprintln!("bytes read: full verify {full}, --since {read}");
+    assert!(
+        read * 4 < full,
+        "--since read {read} bytes, a full verify {full}"
+    );
 }
 
 // Goal (documented limitation): a byte changed in an old segment (before
@@ -573,4 +647,118 @@ async fn a_cluster_replica_killed_and_restarted_passes_an_incremental_since() {
     let (code, full) = run(&[]);
     assert_eq!(code, 0, "{full}");
     assert_eq!(full["reached"], report["reached"]);
+}
+
+/// `vellum verify --cluster ROOT --policy ROOT/policy.txt --json ARGS`.
+fn verify_cluster(root: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(vellum_exe())
+        .arg("verify")
+        .arg("--cluster")
+        .arg(root)
+        .arg("--policy")
+        .arg(root.join("policy.txt"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run verify");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().expect("exit code"), report)
+}
+
+// Goal: `verify --cluster --since` of a kept cluster report (or of the
+// file its --checkpoint-out kept) reads every replica incrementally: it passes with an old record of replica 1
+// changed (not re-read, while a full cluster verify fails naming it),
+// fails naming a new record changed in replica 2, and its report carries
+// the frontier the next incremental run starts from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_since_reads_every_replica_incrementally() {
+    let wait = std::time::Duration::from_secs(60);
+    let dir = TestDir::new("since-cluster-all");
+    let root = dir.path().join("cluster");
+    let mut cluster =
+        vellum::local_cluster::LocalCluster::start(&root, 3, vellum_exe()).expect("cluster");
+    cluster.wait_primary(wait).await.expect("a primary");
+    append_to_cluster(&cluster, &[0, 1, 2], 6, "before").await;
+    cluster.stop().expect("stop");
+    let checkpoint_out = dir.path().join("checkpoint.json");
+    let checkpoint_arg = checkpoint_out.to_str().expect("utf-8");
+    let (code, kept) = verify_cluster(&root, &["--checkpoint-out", checkpoint_arg]);
+    assert_eq!(code, 0, "{kept}");
+    assert!(
+        kept["reached_frontier"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()),
+        "a cluster report keeps the frontier: {kept}"
+    );
+    let kept_path = dir.path().join("kept.json");
+    std::fs::write(&kept_path, kept.to_string()).expect("keep");
+    let since_args = ["--since", kept_path.to_str().expect("utf-8")];
+
+    for i in 0..3 {
+        cluster.start_replica(i).expect("start again");
+    }
+    cluster.wait_primary(wait).await.expect("a primary");
+    append_to_cluster(&cluster, &[0, 1, 2], 4, "after").await;
+    cluster.stop().expect("stop");
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 0, "{report}");
+    let note = check_of(&report, SINCE_CHECK)["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains(INCREMENTAL_NOTE) && !note.contains("read whole"),
+        "every replica incremental: {note}"
+    );
+    let (_, full) = verify_cluster(&root, &[]);
+    assert_eq!(report["reached"], full["reached"]);
+    assert_eq!(report["reached_frontier"], full["reached_frontier"]);
+    // The file --checkpoint-out kept serves as well as the report.
+    let (code, from_file) = verify_cluster(&root, &["--since", checkpoint_arg]);
+    assert_eq!(code, 0, "{from_file}");
+    let note = check_of(&from_file, SINCE_CHECK)["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains(INCREMENTAL_NOTE) && !note.contains("read whole"),
+        "--since of the --checkpoint-out file: {note}"
+    );
+
+    let policy = root.join("policy.txt");
+    let kept_op = kept_op(&kept);
+    let old: Vec<_> = op_records_under(&cluster.data_dir(1), &policy)
+        .into_iter()
+        .filter(|(_, _, op)| *op < kept_op)
+        .collect();
+    let (file, offset, op) = old.last().expect("an old op").clone();
+    flip_body_byte(&file, offset);
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 0, "old op {op} of replica 1 is not re-read: {report}");
+    let (code, full) = verify_cluster(&root, &[]);
+    assert_eq!(code, 1, "{full}");
+    let failure = &check_of(&full, "replica 1: records and hash chain")["failures"][0];
+    assert_eq!(
+        failure["location"],
+        format!("{} at byte {offset}", file.display()),
+        "{failure}"
+    );
+    flip_body_byte(&file, offset);
+
+    let (file, offset, op) = op_records_under(&cluster.data_dir(2), &policy)
+        .into_iter()
+        .rfind(|(_, _, op)| *op > kept_op)
+        .expect("a new op");
+    flip_body_byte(&file, offset);
+    let (code, report) = verify_cluster(&root, &since_args);
+    assert_eq!(code, 1, "new op {op} of replica 2 changed: {report}");
+    let failure = &check_of(&report, "replica 2: records and hash chain")["failures"][0];
+    assert_eq!(
+        failure["location"],
+        format!("{} at byte {offset}", file.display()),
+        "{failure}"
+    );
 }

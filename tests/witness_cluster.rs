@@ -251,6 +251,11 @@ async fn verify_cluster(cluster_dir: &std::path::Path, policy: &std::path::Path)
     (code, format!("{stdout}{stderr}"))
 }
 
+/// Owned CLI arguments.
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// Copies directory `from` to `to` (`cp -a`: keys keep their modes).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let status = std::process::Command::new("cp")
@@ -339,6 +344,41 @@ async fn verify_cluster_checks_kept_cosignatures_and_catches_a_rewrite() {
     let (code, out) = verify_cluster(&cluster_dir, &witnessed_path).await;
     assert_eq!(code, 0, "history A under the witness policy: {out}");
     assert!(out.contains("witness cosignatures"), "{out}");
+
+    // `--since` of a kept cluster report under the witness policy reads
+    // every log whole (the kept cosignature's root is at a size before the
+    // report's, which an incremental walk does not hold) and passes.
+    let report_path = dir.path().join("report.json");
+    let (code, _, stderr) = cli(strings(&[
+        "verify",
+        "--cluster",
+        &cluster_dir.display().to_string(),
+        "--policy",
+        &witnessed_path.display().to_string(),
+        "--json",
+        "--output",
+        &report_path.display().to_string(),
+    ]))
+    .await;
+    assert_eq!(code, 0, "kept report: {stderr}");
+    let (code, stdout, stderr) = cli(strings(&[
+        "verify",
+        "--cluster",
+        &cluster_dir.display().to_string(),
+        "--policy",
+        &witnessed_path.display().to_string(),
+        "--since",
+        &report_path.display().to_string(),
+    ]))
+    .await;
+    assert_eq!(
+        code, 0,
+        "--since under the witness policy: {stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("not incremental: a witness policy reads the whole log"),
+        "{stdout}"
+    );
 
     // A forged cosignature: one character of its base64 changed.
     let good = std::fs::read_to_string(&kept_path).expect("kept file");

@@ -213,6 +213,14 @@ impl Envelope {
     }
 }
 
+/// Checks one event type against the envelope's rule for `type` (UTF-8,
+/// 1..=[`TYPE_BYTES_MAX`] bytes, no control character): the rule a reader's
+/// type filter checks its names against, so it can name every type an
+/// event may carry and nothing else.
+pub fn check_type(value: &str) -> Result<(), FieldError> {
+    check_label("type", Some(value), TYPE_BYTES_MAX)
+}
+
 fn check_label(field: &'static str, value: Option<&str>, max: usize) -> Result<(), FieldError> {
     let Some(value) = value else {
         return Ok(());

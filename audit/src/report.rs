@@ -430,7 +430,7 @@ pub struct Report {
     /// set bit of the size). Kept with this report, it lets the next run's
     /// `--since` start from `reached` without re-reading the log (the next
     /// run accepts it only if it folds to the signed root). Absent when
-    /// the run did not keep it (a cluster run, or no certificate).
+    /// the run did not keep it (a bundle run, or no certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reached_frontier: Option<Vec<String>>,
     /// Every break-glass use in the verified access trail (at most

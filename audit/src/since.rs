@@ -135,13 +135,19 @@ pub struct OpLocation {
     pub bytes: Vec<u8>,
 }
 
-/// The read buffer while record headers are followed through a segment.
+/// The read window while record headers are followed through a segment.
 const HEADER_WALK_BUFFER_BYTES: usize = 1 << 20;
+
+/// While the records followed so far average at least this many bytes, only
+/// the next header is read, not a window: a log of large batches then costs
+/// a header per record, not the segment (whose pages a window over small
+/// records touches anyway).
+const HEADER_WALK_SKIP_BYTES: u64 = 16 * 1024;
 
 /// Finds the record of op `op` without reading the segments before its
 /// own: each earlier segment's seal (its last 304 bytes) names the last op
 /// it holds, so whole segments are skipped; in the segment that holds it,
-/// record headers are followed by their lengths through a bounded buffer
+/// record headers are followed by their lengths through a bounded window
 /// (headers checked, bodies skipped). Nothing found is trusted: the caller
 /// compares the op's header checksum with the signed chain head.
 pub fn locate_op(dir: &Path, indexes: &[u64], op: u64) -> Result<OpLocation, String> {
@@ -192,18 +198,15 @@ enum Found {
 /// Follows the record headers of one segment file to op `op`. `Err(Ok)`:
 /// a header that does not decode; `Err(Err)`: the file cannot be read.
 fn find_op(path: &Path, op: u64) -> Result<Found, Result<String, std::io::Error>> {
-    use std::io::{BufReader, Read as _, Seek as _, SeekFrom};
     let file = std::fs::File::open(path).map_err(Err)?;
     let len = file.metadata().map_err(Err)?.len();
-    let mut reader = BufReader::with_capacity(HEADER_WALK_BUFFER_BYTES, file);
-    reader
-        .seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
-        .map_err(Err)?;
+    let mut walk = HeaderWalk::new(file);
     let mut pos = SEGMENT_HEADER_BYTES as u64;
     let (mut records, mut ops, mut last) = (0u64, 0u64, 0u64);
-    let mut header_bytes = [0u8; HEADER_BYTES];
+    // The first header alone: nothing is known yet of the records' sizes.
+    let mut wide = false;
     while pos + HEADER_BYTES as u64 <= len {
-        reader.read_exact(&mut header_bytes).map_err(Err)?;
+        let header_bytes = walk.header_at(pos, wide, len).map_err(Err)?;
         let header = OpHeader::decode(&header_bytes, pos)
             .map_err(|e| Ok(format!("{} at byte {pos}: {e}", path.display())))?;
         let end = pos + HEADER_BYTES as u64 + u64::from(header.body_size);
@@ -232,11 +235,58 @@ fn find_op(path: &Path, op: u64) -> Result<Found, Result<String, std::io::Error>
             break;
         }
         records += 1;
-        let body = i64::from(header.body_size);
-        reader.seek_relative(body).map_err(Err)?;
         pos = end;
+        // A window while the records passed are small on average (the next
+        // ones share pages); an average, so that the small certificate
+        // record after each large op does not make it read the op bodies.
+        wide = (pos - SEGMENT_HEADER_BYTES as u64) / records < HEADER_WALK_SKIP_BYTES;
     }
     Ok(Found::Before(last))
+}
+
+/// Positioned reads of record headers through one window of the file.
+struct HeaderWalk {
+    file: std::fs::File,
+    window: Vec<u8>,
+    window_start: u64,
+}
+
+impl HeaderWalk {
+    fn new(file: std::fs::File) -> HeaderWalk {
+        HeaderWalk {
+            file,
+            window: Vec::new(),
+            window_start: 0,
+        }
+    }
+
+    /// The `HEADER_BYTES` at `pos` (`pos + HEADER_BYTES <= len`). Outside
+    /// the window, reads a new one there: `HEADER_WALK_BUFFER_BYTES` when
+    /// `wide` (small records follow), else the header alone.
+    fn header_at(
+        &mut self,
+        pos: u64,
+        wide: bool,
+        len: u64,
+    ) -> Result<[u8; HEADER_BYTES], std::io::Error> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let window_end = self.window_start + self.window.len() as u64;
+        if pos < self.window_start || pos + HEADER_BYTES as u64 > window_end {
+            let wanted = match wide {
+                true => (HEADER_WALK_BUFFER_BYTES as u64).min(len - pos),
+                false => HEADER_BYTES as u64,
+            };
+            self.window
+                .resize(usize::try_from(wanted).map_err(std::io::Error::other)?, 0);
+            self.file.seek(SeekFrom::Start(pos))?;
+            self.file.read_exact(&mut self.window)?;
+            self.window_start = pos;
+        }
+        let at = usize::try_from(pos - self.window_start).map_err(std::io::Error::other)?;
+        let mut header = [0u8; HEADER_BYTES];
+        header.copy_from_slice(&self.window[at..at + HEADER_BYTES]);
+        Ok(header)
+    }
 }
 
 /// A segment file's bytes with only its header and the part from `offset`

@@ -273,77 +273,119 @@ pub fn account(
     to_ns: u64,
     generated_ns: u64,
 ) -> Accounting {
-    let mut disclosures = Vec::new();
-    let mut not_attributable = Vec::new();
-    let mut omitted = Omitted::default();
-    let in_period = events
-        .iter()
-        .filter(|(e, _)| e.action.discloses() && (from_ns..to_ns).contains(&e.time_ns));
-    for (event, position) in in_period {
-        match verdict(event, stream, stream_positions) {
-            Verdict::Listed(how) => disclosures.push(disclosure(event, *position, how, stream)),
-            Verdict::Unattributable => not_attributable.push(disclosure(
-                event,
-                *position,
-                Attribution::NotAttributable,
-                stream,
-            )),
-            Verdict::Omit(count) => count(&mut omitted),
-            Verdict::Unrelated => {}
+    let mut builder = AccountingBuilder::new(stream, stream_positions, from_ns, to_ns);
+    for (event, position) in events {
+        builder.push(event, *position);
+    }
+    builder.finish(generated_ns)
+}
+
+/// [`account`] one trail event at a time, in trail order, so an export of
+/// a long trail holds only what the accounting lists (the stream's
+/// disclosures, the unattributable reads and the break-glass uses), never
+/// the whole trail. Gives exactly what [`account`] gives for the same events.
+#[derive(Debug)]
+pub struct AccountingBuilder<'a> {
+    stream: u64,
+    stream_positions: &'a [u64],
+    from_ns: u64,
+    to_ns: u64,
+    disclosures: Vec<Disclosure>,
+    not_attributable: Vec<Disclosure>,
+    omitted: Omitted,
+    break_glass: Vec<BreakGlassUse>,
+}
+
+impl<'a> AccountingBuilder<'a> {
+    /// An empty accounting of `stream` for `[from_ns, to_ns)` (see [`account`]).
+    pub fn new(
+        stream: u64,
+        stream_positions: &'a [u64],
+        from_ns: u64,
+        to_ns: u64,
+    ) -> AccountingBuilder<'a> {
+        AccountingBuilder {
+            stream,
+            stream_positions,
+            from_ns,
+            to_ns,
+            disclosures: Vec::new(),
+            not_attributable: Vec::new(),
+            omitted: Omitted::default(),
+            break_glass: Vec::new(),
         }
     }
-    let break_glass = break_glass_uses(events, stream, from_ns, to_ns);
-    let mut notes = notes(stream, &not_attributable, omitted);
-    if !break_glass.is_empty() {
-        notes.push(format!(
-            "Break-glass: {} accesses to stream {stream} in this period opened emergency \
-             access or were made under it; they are listed under break_glass with the reason.",
-            break_glass.len()
-        ));
+
+    /// Takes the next trail event (at `position`, when known).
+    pub fn push(&mut self, event: &AccessEvent, position: Option<u64>) {
+        let (stream, in_period) = (
+            self.stream,
+            (self.from_ns..self.to_ns).contains(&event.time_ns),
+        );
+        if in_period && event.action.discloses() {
+            match verdict(event, stream, self.stream_positions) {
+                Verdict::Listed(how) => self
+                    .disclosures
+                    .push(disclosure(event, position, how, stream)),
+                Verdict::Unattributable => self.not_attributable.push(disclosure(
+                    event,
+                    position,
+                    Attribution::NotAttributable,
+                    stream,
+                )),
+                Verdict::Omit(count) => count(&mut self.omitted),
+                Verdict::Unrelated => {}
+            }
+        }
+        if in_period && event.stream == Some(stream) {
+            self.break_glass.extend(break_glass_use(event, position));
+        }
     }
-    Accounting {
-        stream,
-        from: from_ns,
-        to: to_ns,
-        generated_ns,
-        count: disclosures.len(),
-        accountable: disclosures.iter().filter(|d| !d.exempt).count(),
-        disclosures,
-        not_attributable,
-        omitted,
-        break_glass,
-        notes,
+
+    /// The accounting of every event pushed.
+    pub fn finish(self, generated_ns: u64) -> Accounting {
+        let stream = self.stream;
+        let mut notes = notes(stream, &self.not_attributable, self.omitted);
+        if !self.break_glass.is_empty() {
+            notes.push(format!(
+                "Break-glass: {} accesses to stream {stream} in this period opened emergency \
+                 access or were made under it; they are listed under break_glass with the reason.",
+                self.break_glass.len()
+            ));
+        }
+        Accounting {
+            stream,
+            from: self.from_ns,
+            to: self.to_ns,
+            generated_ns,
+            count: self.disclosures.len(),
+            accountable: self.disclosures.iter().filter(|d| !d.exempt).count(),
+            disclosures: self.disclosures,
+            not_attributable: self.not_attributable,
+            omitted: self.omitted,
+            break_glass: self.break_glass,
+            notes,
+        }
     }
 }
 
-/// The trail events of `stream` in `[from_ns, to_ns)` that carry a
-/// break-glass grant.
-fn break_glass_uses(
-    events: &[(AccessEvent, Option<u64>)],
-    stream: u64,
-    from_ns: u64,
-    to_ns: u64,
-) -> Vec<BreakGlassUse> {
-    events
-        .iter()
-        .filter(|(e, _)| e.stream == Some(stream) && (from_ns..to_ns).contains(&e.time_ns))
-        .filter_map(|(event, position)| {
-            let grant = event.break_glass.as_ref()?;
-            Some(BreakGlassUse {
-                date: rfc3339_utc(event.time_ns),
-                time_ns: event.time_ns,
-                account: event.principal.clone(),
-                role: event.role.clone(),
-                action: event.action.as_str(),
-                outcome: event.outcome.clone(),
-                reason: grant.reason.clone(),
-                expires: rfc3339_utc(grant.expires_ns),
-                from: event.from,
-                to: event.to,
-                position: *position,
-            })
-        })
-        .collect()
+/// The break-glass use `event` (of the accounted stream, in the period)
+/// is, when it carries a grant.
+fn break_glass_use(event: &AccessEvent, position: Option<u64>) -> Option<BreakGlassUse> {
+    let grant = event.break_glass.as_ref()?;
+    Some(BreakGlassUse {
+        date: rfc3339_utc(event.time_ns),
+        time_ns: event.time_ns,
+        account: event.principal.clone(),
+        role: event.role.clone(),
+        action: event.action.as_str(),
+        outcome: event.outcome.clone(),
+        reason: grant.reason.clone(),
+        expires: rfc3339_utc(grant.expires_ns),
+        from: event.from,
+        to: event.to,
+        position,
+    })
 }
 
 fn verdict(event: &AccessEvent, stream: u64, stream_positions: &[u64]) -> Verdict {

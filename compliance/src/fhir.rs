@@ -42,7 +42,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::tabular::{ExportError, write_durably};
+use crate::tabular::ExportError;
 use crate::trail::{AccessAction, AccessEvent};
 
 /// Code system of DICOM audit event ids (DCM).
@@ -324,16 +324,20 @@ pub fn write_fhir_ndjson(
     events: &[(AccessEvent, Option<u64>)],
     source: &str,
 ) -> Result<usize, ExportError> {
-    write_durably(path, |out| {
-        for (event, position) in events {
-            let line = serde_json::to_string(&audit_event(event, source, *position))
-                .expect("a json value always serializes");
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
-        }
-        Ok(())
-    })?;
-    Ok(events.len())
+    crate::tabular::write_fhir(path, events, source)
+}
+
+/// Writes the AuditEvent of `event` as one line (with its `\n`) to `out`.
+pub fn write_fhir_line(
+    out: &mut dyn std::io::Write,
+    event: &AccessEvent,
+    source: &str,
+    position: Option<u64>,
+) -> std::io::Result<()> {
+    let line = serde_json::to_string(&audit_event(event, source, position))
+        .expect("a json value always serializes");
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")
 }
 
 /// Unix nanoseconds as an RFC 3339 UTC instant with nine fraction digits,

@@ -30,8 +30,15 @@ use serde::{Deserialize, Serialize};
 
 /// The system stream of consumer-group events (ids below 16 are reserved).
 pub const CONSUMER_GROUPS_STREAM: u64 = vellum_audit::record::CONSUMER_GROUPS_STREAM;
-/// Version of the group event format.
+/// Version of the group event format this code writes for a group event
+/// without event types (version 1, unchanged since groups exist).
 pub const GROUP_EVENT_VERSION: u32 = 1;
+/// Version of a `create` event whose configuration lists event types
+/// ([`GroupConfig::types`]): readers of version 1 refuse its unknown
+/// field, so such an event says so in `v`. Readers accept both.
+pub const GROUP_EVENT_VERSION_TYPES: u32 = 2;
+/// Most event types one group's filter lists.
+pub const GROUP_FILTER_TYPES_MAX: usize = 32;
 /// Longest group name, in bytes.
 pub const GROUP_NAME_BYTES_MAX: usize = 64;
 /// Most groups a cluster keeps at once.
@@ -128,6 +135,11 @@ pub struct GroupConfig {
     /// Inclusive stream ranges the group follows; empty: every user stream.
     #[serde(default)]
     pub streams: Vec<(u64, u64)>,
+    /// Event types (the envelope's `type`, byte for byte) the group
+    /// follows; empty: every event, typed or not. An event without a type
+    /// never matches a non-empty list. Absent in version 1 events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
     /// The global position the group starts at.
     pub start: u64,
     /// Deliveries of one event that may fail (nack or lease expiry) before
@@ -142,6 +154,20 @@ pub struct GroupConfig {
 pub const USER_STREAM_MIN: u64 = 16;
 
 impl GroupConfig {
+    /// The event version a `create` event with this configuration has.
+    pub fn event_version(&self) -> u32 {
+        match self.types.is_empty() {
+            true => GROUP_EVENT_VERSION,
+            false => GROUP_EVENT_VERSION_TYPES,
+        }
+    }
+
+    /// Whether the group delivers an event of type `event_type` (None:
+    /// an event without a type).
+    pub fn matches_type(&self, event_type: Option<&str>) -> bool {
+        self.types.is_empty() || event_type.is_some_and(|t| self.types.iter().any(|x| x == t))
+    }
+
     /// Whether the group delivers events of `stream`.
     pub fn matches(&self, stream: u64) -> bool {
         stream >= USER_STREAM_MIN
@@ -315,6 +341,7 @@ mod tests {
             principal: "p".to_string(),
             config: (action == GroupAction::Create).then(|| GroupConfig {
                 streams: vec![(100, 199)],
+                types: Vec::new(),
                 start: 10,
                 retry_max: 2,
                 lease_ms: 1000,
@@ -413,5 +440,48 @@ mod tests {
         config.streams.clear();
         assert!(config.matches(16) && config.matches(u64::MAX));
         assert!(!config.matches(1) && !config.matches(3));
+    }
+
+    /// Goal: a group's type list matches its types byte for byte and never
+    /// an untyped event; an empty list matches every event.
+    #[test]
+    fn type_filters_match_exact_types_only() {
+        let mut config = event(GroupAction::Create, &[], None)
+            .config
+            .expect("create has a config");
+        assert!(config.matches_type(None) && config.matches_type(Some("Patient")));
+        config.types = vec!["Patient".to_string(), "Observation".to_string()];
+        assert!(config.matches_type(Some("Patient")) && config.matches_type(Some("Observation")));
+        for other in [
+            None,
+            Some("patient"),
+            Some("Patient "),
+            Some("Pat"),
+            Some(""),
+        ] {
+            assert!(!config.matches_type(other), "{other:?}");
+        }
+    }
+
+    /// Goal: the group event format stays readable both ways: a version 1
+    /// create event (no `types`) parses with an empty list and writes the
+    /// same bytes back; a create with types says version 2 and round-trips.
+    #[test]
+    fn create_events_with_and_without_types() {
+        let v1 = r#"{"v":1,"time_ns":1,"action":"create","group":"g","principal":"p","config":{"streams":[[100,199]],"start":10,"retry_max":2,"lease_ms":1000}}"#;
+        let parsed = GroupEvent::from_payload(v1.as_bytes()).expect("a version 1 event");
+        let config = parsed.config.clone().expect("a config");
+        assert!(config.types.is_empty() && config.event_version() == GROUP_EVENT_VERSION);
+        assert_eq!(parsed.to_payload(), v1.as_bytes());
+        let mut typed = parsed;
+        let mut config = config;
+        config.types = vec!["Patient".to_string()];
+        typed.v = config.event_version();
+        typed.config = Some(config);
+        let bytes = typed.to_payload();
+        let text = String::from_utf8(bytes.clone()).expect("json");
+        assert!(text.starts_with(r#"{"v":2,"#), "{text}");
+        assert!(text.contains(r#""types":["Patient"]"#), "{text}");
+        assert_eq!(GroupEvent::from_payload(&bytes).expect("parses"), typed);
     }
 }

@@ -213,16 +213,111 @@ pub fn csv_record<S: AsRef<str>>(cells: &[S]) -> String {
     format!("{}\r\n", fields.join(","))
 }
 
+/// The formats of an access-trail export file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrailFormat {
+    /// FHIR R4 `AuditEvent`, one resource per line ([`crate::fhir`]).
+    Fhir,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// One JSON object per event and line.
+    Ndjson,
+}
+
+/// An access-trail export being written one event at a time, so that an
+/// export of any length holds one event in memory (see [`write_trail`]).
+pub struct TrailRows<'a> {
+    out: &'a mut dyn Write,
+    format: TrailFormat,
+    rows: usize,
+}
+
+impl std::fmt::Debug for TrailRows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrailRows")
+            .field("format", &self.format)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrailRows<'_> {
+    /// Writes the row of `event` at `position`; `source` is the replica
+    /// that served the trail (FHIR names it as the observer).
+    pub fn push(
+        &mut self,
+        source: &str,
+        event: &AccessEvent,
+        position: Option<u64>,
+    ) -> std::io::Result<()> {
+        match self.format {
+            TrailFormat::Fhir => crate::fhir::write_fhir_line(self.out, event, source, position)?,
+            TrailFormat::Csv => self
+                .out
+                .write_all(csv_record(&AccessRow::new(event, position).cells()).as_bytes())?,
+            TrailFormat::Ndjson => {
+                serde_json::to_writer(&mut *self.out, &AccessRow::new(event, position))?;
+                self.out.write_all(b"\n")?;
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// Writes a trail export in `format` to `out`: the CSV header, then each
+/// row `fill` pushes. Returns the rows written.
+pub fn write_trail_to(
+    out: &mut dyn Write,
+    format: TrailFormat,
+    fill: impl FnOnce(&mut TrailRows<'_>) -> std::io::Result<()>,
+) -> std::io::Result<usize> {
+    if format == TrailFormat::Csv {
+        out.write_all(csv_record(&CSV_COLUMNS).as_bytes())?;
+    }
+    let mut rows = TrailRows {
+        out,
+        format,
+        rows: 0,
+    };
+    fill(&mut rows)?;
+    Ok(rows.rows)
+}
+
+/// [`write_trail_to`] a new file at `path` (never an existing one),
+/// fsynced with its directory; removed again when `fill` fails, so a
+/// failed export leaves no partial file. Returns the rows written.
+pub fn write_trail(
+    path: &Path,
+    format: TrailFormat,
+    fill: impl FnOnce(&mut TrailRows<'_>) -> std::io::Result<()>,
+) -> Result<usize, ExportError> {
+    let mut rows = 0;
+    write_durably(path, |out| {
+        rows = write_trail_to(out, format, fill)?;
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Every event of `events` through [`TrailRows::push`].
+fn push_all(
+    rows: &mut TrailRows<'_>,
+    source: &str,
+    events: &[(AccessEvent, Option<u64>)],
+) -> std::io::Result<()> {
+    for (event, position) in events {
+        rows.push(source, event, *position)?;
+    }
+    Ok(())
+}
+
 /// Writes the header and one row per event as CSV to `out`.
 pub fn write_csv_to(
     out: &mut dyn Write,
     events: &[(AccessEvent, Option<u64>)],
 ) -> std::io::Result<()> {
-    out.write_all(csv_record(&CSV_COLUMNS).as_bytes())?;
-    for (event, position) in events {
-        out.write_all(csv_record(&AccessRow::new(event, *position).cells()).as_bytes())?;
-    }
-    Ok(())
+    write_trail_to(out, TrailFormat::Csv, |rows| push_all(rows, "", events)).map(|_| ())
 }
 
 /// Writes one JSON object per event and line to `out`.
@@ -230,17 +325,12 @@ pub fn write_ndjson_to(
     out: &mut dyn Write,
     events: &[(AccessEvent, Option<u64>)],
 ) -> std::io::Result<()> {
-    for (event, position) in events {
-        serde_json::to_writer(&mut *out, &AccessRow::new(event, *position))?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
+    write_trail_to(out, TrailFormat::Ndjson, |rows| push_all(rows, "", events)).map(|_| ())
 }
 
 /// Writes the CSV to a new file at `path`; returns the rows written.
 pub fn write_csv(path: &Path, events: &[(AccessEvent, Option<u64>)]) -> Result<usize, ExportError> {
-    write_durably(path, |out| write_csv_to(out, events))?;
-    Ok(events.len())
+    write_trail(path, TrailFormat::Csv, |rows| push_all(rows, "", events))
 }
 
 /// Writes the NDJSON to a new file at `path`; returns the lines written.
@@ -248,12 +338,25 @@ pub fn write_ndjson(
     path: &Path,
     events: &[(AccessEvent, Option<u64>)],
 ) -> Result<usize, ExportError> {
-    write_durably(path, |out| write_ndjson_to(out, events))?;
-    Ok(events.len())
+    write_trail(path, TrailFormat::Ndjson, |rows| push_all(rows, "", events))
+}
+
+/// Writes FHIR `AuditEvent` NDJSON to a new file at `path`; returns the
+/// resources written.
+pub(crate) fn write_fhir(
+    path: &Path,
+    events: &[(AccessEvent, Option<u64>)],
+    source: &str,
+) -> Result<usize, ExportError> {
+    write_trail(path, TrailFormat::Fhir, |rows| {
+        push_all(rows, source, events)
+    })
 }
 
 /// Creates `path` (which must not exist), lets `fill` write it, then
 /// fsyncs the file and its directory, so a returned `Ok` survives a crash.
+/// When `fill` (or the flush) fails, the file is removed again: a failed
+/// export leaves nothing half-written behind.
 pub(crate) fn write_durably(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -273,8 +376,15 @@ pub(crate) fn write_durably(
             _ => io(source),
         })?;
     let mut out = BufWriter::new(file);
-    fill(&mut out).map_err(io)?;
-    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    let filled = fill(&mut out).and_then(|()| out.into_inner().map_err(|e| e.into_error()));
+    let file = match filled {
+        Ok(file) => file,
+        Err(error) => {
+            // Best effort: the fill error is what the caller must see.
+            let _ = std::fs::remove_file(path);
+            return Err(io(error));
+        }
+    };
     file.sync_all().map_err(io)?;
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -291,6 +401,37 @@ pub(crate) fn write_durably(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: an export whose records stop with an error (a broken-off
+    // answer) leaves no file behind, even after rows were written; one
+    // that completes is written whole, and an existing file is refused.
+    #[test]
+    fn a_failed_streamed_export_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("vellum-trail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let event: AccessEvent =
+            serde_json::from_str(r#"{"v":1,"time_ns":5,"principal":"p","role":"reader","action":"read_stream","outcome":"success"}"#)
+                .expect("event");
+        for format in [TrailFormat::Fhir, TrailFormat::Csv, TrailFormat::Ndjson] {
+            let path = dir.join(format!("{format:?}"));
+            let failed = write_trail(&path, format, |rows| {
+                for position in 0..3 {
+                    rows.push("r0", &event, Some(position))?;
+                }
+                Err(std::io::Error::other("the answer broke off"))
+            });
+            assert!(failed.is_err(), "{format:?}");
+            assert!(!path.exists(), "{format:?}: no partial file");
+            let rows = write_trail(&path, format, |rows| rows.push("r0", &event, Some(0)));
+            assert_eq!(rows.expect("written"), 1);
+            assert!(matches!(
+                write_trail(&path, format, |_| Ok(())),
+                Err(ExportError::Exists { .. })
+            ));
+            assert!(path.exists(), "the refusal left the existing file alone");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     // Goal: fields are quoted exactly when RFC 4180 requires it.
     #[test]

@@ -18,8 +18,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use super::{
-    BenchCluster, BenchConfig, CLUSTER_READS_SYSTEM, CLUSTER_SPREAD_READS_SYSTEM, Measurement,
-    POSTGRES_READS_SYSTEM, SQLITE_READS_SYSTEM, drive_tasks, measurement,
+    BenchCluster, BenchConfig, CLUSTER_API_FLOOR_SYSTEM, CLUSTER_READS_SYSTEM,
+    CLUSTER_SPREAD_READS_SYSTEM, Measurement, POSTGRES_READS_SYSTEM, SQLITE_READS_SYSTEM,
+    drive_tasks, measurement,
 };
 use crate::api::StreamEvents;
 use crate::client::Client;
@@ -85,6 +86,15 @@ pub(super) fn measure(
             ));
             measurements.push(reads);
         }
+        progress(&format!(
+            "{CLUSTER_API_FLOOR_SYSTEM}, {concurrency} clients"
+        ));
+        measurements.push(api_floor(
+            config,
+            &readers.primary_only,
+            runtime,
+            concurrency,
+        )?);
         progress(&format!("{SQLITE_READS_SYSTEM}, {concurrency} readers"));
         measurements.push(runtime.block_on(sqlite_reads(config, concurrency, &payloads))?);
         if let Some(url) = &config.postgres_url {
@@ -206,6 +216,42 @@ fn cluster_reads(
         system,
         concurrency,
         targets[0].payload.len(),
+        latencies,
+        elapsed,
+    ))
+}
+
+/// `concurrency` tasks asking the primary for its health: the request rate
+/// of the API itself (see [`CLUSTER_API_FLOOR_SYSTEM`]). Every answer must
+/// be a health document from the primary, or the run fails.
+fn api_floor(
+    config: &BenchConfig,
+    client: &Client,
+    runtime: &tokio::runtime::Runtime,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
+    let client = client.clone();
+    let (latencies, elapsed) = runtime.block_on(drive_tasks(config, concurrency, move |_| {
+        let client = client.clone();
+        async move {
+            let answers = client.health_all().await;
+            let [(endpoint, answer)] = answers.as_slice() else {
+                anyhow::bail!(
+                    "the floor client asks one replica, got {} answers",
+                    answers.len()
+                );
+            };
+            match answer {
+                Ok(health) if health.is_primary => Ok(()),
+                Ok(_) => anyhow::bail!("{endpoint} answered health but is no longer the primary"),
+                Err(e) => anyhow::bail!("health of {endpoint}: {e}"),
+            }
+        }
+    }))?;
+    Ok(measurement(
+        CLUSTER_API_FLOOR_SYSTEM,
+        concurrency,
+        0,
         latencies,
         elapsed,
     ))

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
 
+use vellum_compliance::tabular::TrailFormat;
+
 use crate::client::{Client, ClientConfig};
 
 /// `vellum export`
@@ -282,19 +284,29 @@ async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad number is refused before anything is contacted.
     let (from, to) = time_window(args.from.as_deref(), args.to.as_deref())?;
     let client = client(&args.api)?;
-    let export = client.export_audit(from, to, args.stream).await?;
-    let records: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
-        .records
-        .iter()
-        .map(|r| (r.event.clone(), Some(r.position)))
-        .collect();
-    let written = match args.format {
-        AuditFormat::Fhir => {
-            vellum_compliance::fhir::write_fhir_ndjson(&args.out, &records, &export.source)?
-        }
-        AuditFormat::Csv => vellum_compliance::tabular::write_csv(&args.out, &records)?,
-        AuditFormat::Ndjson => vellum_compliance::tabular::write_ndjson(&args.out, &records)?,
+    let format = match args.format {
+        AuditFormat::Fhir => TrailFormat::Fhir,
+        AuditFormat::Csv => TrailFormat::Csv,
+        AuditFormat::Ndjson => TrailFormat::Ndjson,
     };
+    // The answer is read as it arrives and each record written out at
+    // once: memory is one record whatever the trail's length. The file is
+    // created only once the server has accepted the request, and removed
+    // again if the answer breaks off.
+    let reader = client
+        .export_audit_stream(from, to, args.stream)
+        .await?
+        .into_reader();
+    let out = args.out.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        vellum_compliance::tabular::write_trail(&out, format, |rows| {
+            crate::client::read_audit_export(reader, |source, record| {
+                rows.push(source, &record.event, Some(record.position))
+            })
+            .map(|_| ())
+        })
+    })
+    .await??;
     eprintln!("wrote {written} access records to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -308,20 +320,26 @@ async fn disclosures(args: DisclosuresArgs) -> anyhow::Result<ExitCode> {
     // the streams they returned (the trail's `streams`); the stream's
     // positions are not supplied (that would mean reading the patient's
     // data to account for it), so the rest is reported as not attributable.
-    let export = client.export_audit(from, to, None).await?;
-    let events: Vec<(vellum_compliance::trail::AccessEvent, Option<u64>)> = export
-        .records
-        .iter()
-        .map(|r| (r.event.clone(), Some(r.position)))
-        .collect();
-    let accounting = vellum_compliance::disclosures::account(
-        &events,
-        args.stream,
-        &[],
-        from.unwrap_or(0),
-        to.unwrap_or(u64::MAX),
-        crate::log::now_ns(),
-    );
+    // Read as it arrives: only what the accounting lists is kept.
+    let reader = client
+        .export_audit_stream(from, to, None)
+        .await?
+        .into_reader();
+    let stream = args.stream;
+    let accounting = tokio::task::spawn_blocking(move || {
+        let mut builder = vellum_compliance::disclosures::AccountingBuilder::new(
+            stream,
+            &[],
+            from.unwrap_or(0),
+            to.unwrap_or(u64::MAX),
+        );
+        crate::client::read_audit_export(reader, |_, record| {
+            builder.push(&record.event, Some(record.position));
+            Ok(())
+        })?;
+        Ok::<_, std::io::Error>(builder.finish(crate::log::now_ns()))
+    })
+    .await??;
     // The CSV is one table of disclosures; the break-glass section is in
     // the JSON, so say on stderr how many uses there were.
     if !accounting.break_glass.is_empty() {

@@ -55,13 +55,16 @@ pub struct VerifyArgs {
     /// Audit index URL (postgres://...); default: SQLite file in the data directory.
     #[arg(long, value_name = "URL", env = "VELLUM_INDEX_URL")]
     index_url: Option<String>,
-    /// A checkpoint kept from an earlier run: certificate text (as
-    /// --checkpoint-out writes), the JSON of /v1/certificate, or an earlier
-    /// JSON report. The log must have only grown since.
+    /// A checkpoint kept from an earlier run: the file --checkpoint-out
+    /// writes or an earlier JSON report (both keep the tree's frontier: only
+    /// the log after the checkpoint is read), the JSON of /v1/certificate,
+    /// or certificate text (the whole log is read). The log must have only
+    /// grown since.
     #[arg(long, value_name = "CHECKPOINT_FILE")]
     since: Option<PathBuf>,
     /// Write the newest verified checkpoint here when verification passes,
-    /// for the next run's --since.
+    /// for the next run's --since: JSON with the certificate text
+    /// (`certificate`) and the tree's frontier at it (`reached_frontier`).
     #[arg(long, value_name = "FILE")]
     checkpoint_out: Option<PathBuf>,
     /// Report format.
@@ -322,11 +325,9 @@ fn read_kept(path: &Path) -> anyhow::Result<KeptCheckpoint> {
 /// Writes the newest verified checkpoint for the next `--since`, only when
 /// everything passed: a checkpoint from a failed run is not worth keeping.
 fn write_checkpoint(path: &Path, report: &Report) -> anyhow::Result<()> {
-    match (&report.reached, report.passed) {
-        (Some(reached), true) => {
-            crate::fsutil::replace_durable(path, reached.checkpoint.as_bytes(), 0o644)
-                .with_context(|| format!("{}: cannot write the checkpoint", path.display()))
-        }
+    match (crate::verify::kept_checkpoint_file(report), report.passed) {
+        (Some(text), true) => crate::fsutil::replace_durable(path, text.as_bytes(), 0o644)
+            .with_context(|| format!("{}: cannot write the checkpoint", path.display())),
         (None, true) => {
             eprintln!(
                 "note: no certificate was verified (empty log); {} not written",

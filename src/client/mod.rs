@@ -53,6 +53,7 @@
 //! only that CA (no built-in roots), with rustls' ring provider chosen
 //! explicitly. `http://` endpoints are accepted for tests and local use.
 
+mod audit;
 mod errors;
 mod persister;
 mod subscribe;
@@ -61,9 +62,10 @@ mod tests;
 mod witnessed;
 
 pub use crate::api::ErrorCode;
+pub use audit::{AuditStream, ChunkReader, read_audit_export};
 pub use errors::{AppendError, ReadError};
 pub use persister::{ClientPersister, PERSISTER_WORKER_THREADS, to_persist_error};
-pub use subscribe::{SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
+pub use subscribe::{LogFilter, SUBSCRIBE_LINE_BYTES_MAX, SUBSCRIBE_RECONNECTS_MAX};
 pub use witnessed::{WITNESS_WAIT_MS_MAX, WitnessedProof, WitnessedProofError};
 
 use std::fmt;
@@ -432,6 +434,23 @@ impl Client {
             .await?)
     }
 
+    /// [`Client::read_log`] with a server-side [`LogFilter`]: only the
+    /// matching events; `next_position` is past every position read, the
+    /// events left out too, so paging on from it skips nothing.
+    pub async fn read_log_filtered(
+        &self,
+        from: u64,
+        max: u64,
+        filter: &LogFilter,
+    ) -> Result<LogEvents, ReadError> {
+        edge("from", from)?;
+        page("max", max)?;
+        let query = filter.query();
+        Ok(self
+            .get(0, &format!("/v1/log?from={from}&max={max}{query}"))
+            .await?)
+    }
+
     /// The inclusion proof of one event.
     pub async fn proof(&self, stream: u64, offset: u64) -> Result<ProofAnswer, ClientError> {
         edge("stream", stream)?;
@@ -487,23 +506,7 @@ impl Client {
         to_ns: Option<u64>,
         stream: Option<u64>,
     ) -> Result<api::AuditExport, ClientError> {
-        for (field, value) in [("from_ns", from_ns), ("to_ns", to_ns), ("stream", stream)] {
-            value.map(|value| edge(field, value)).transpose()?;
-        }
-        let mut query = Vec::new();
-        if let Some(from) = from_ns {
-            query.push(format!("from_ns={from}"));
-        }
-        if let Some(to) = to_ns {
-            query.push(format!("to_ns={to}"));
-        }
-        if let Some(stream) = stream {
-            query.push(format!("stream={stream}"));
-        }
-        let path = match query.is_empty() {
-            true => "/v1/export/audit".to_string(),
-            false => format!("/v1/export/audit?{}", query.join("&")),
-        };
+        let path = audit_path(from_ns, to_ns, stream)?;
         self.get(stream.unwrap_or(0), &path).await
     }
 
@@ -987,6 +990,25 @@ fn edge(field: &str, value: u64) -> Result<u64, ClientError> {
     crate::bounds::check(field, value).map_err(|e| ClientError::Refused {
         code: ErrorCode::BadRequest,
         message: e.to_string(),
+    })
+}
+
+/// The path of `GET /v1/export/audit` with its query; every value
+/// checked against the edge rule before anything is sent.
+fn audit_path(
+    from_ns: Option<u64>,
+    to_ns: Option<u64>,
+    stream: Option<u64>,
+) -> Result<String, ClientError> {
+    let mut query = Vec::new();
+    for (field, value) in [("from_ns", from_ns), ("to_ns", to_ns), ("stream", stream)] {
+        if let Some(value) = value {
+            query.push(format!("{field}={}", edge(field, value)?));
+        }
+    }
+    Ok(match query.is_empty() {
+        true => "/v1/export/audit".to_string(),
+        false => format!("/v1/export/audit?{}", query.join("&")),
     })
 }
 

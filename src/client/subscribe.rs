@@ -59,6 +59,20 @@ impl Client {
         from: u64,
         streams: Option<&str>,
     ) -> impl Stream<Item = Result<LogEvent, ClientError>> + Send + 'static {
+        let filter = streams.map(|streams| LogFilter {
+            streams: Some(streams.to_string()),
+            types: Vec::new(),
+        });
+        self.subscribe_with(from, filter)
+    }
+
+    /// [`Client::subscribe`] with a server-side [`LogFilter`] (streams
+    /// and event types); None: every event the token's scope reaches.
+    pub fn subscribe_with(
+        &self,
+        from: u64,
+        filter: Option<LogFilter>,
+    ) -> impl Stream<Item = Result<LogEvent, ClientError>> + Send + 'static {
         use std::sync::atomic::Ordering;
         let inner = &self.inner;
         let start = match inner.config.spread_reads {
@@ -68,7 +82,7 @@ impl Client {
         let state = Subscription {
             client: self.clone(),
             next_position: from,
-            filter: streams.map(str::to_string),
+            filter,
             endpoint: start % self.inner.endpoints.len(),
             body: None,
             buffer: Vec::new(),
@@ -89,8 +103,8 @@ struct Subscription {
     /// The position of the next event to yield (with a filter: the
     /// lowest position the next event may have).
     next_position: u64,
-    /// The `streams` filter, if any.
-    filter: Option<String>,
+    /// The filter, if any.
+    filter: Option<LogFilter>,
     endpoint: usize,
     body: Option<ByteStream>,
     /// Bytes received; `buffer[start..]` not yet consumed.
@@ -193,8 +207,7 @@ impl Subscription {
             self.next_position
         );
         if let Some(filter) = &self.filter {
-            url.push_str("&streams=");
-            url.push_str(&percent_query(filter));
+            url.push_str(&filter.query());
         }
         let request = inner.http.get(url).bearer_auth(&inner.config.token).send();
         let timeout = Duration::from_millis(inner.config.request_timeout_ms.max(1));
@@ -277,6 +290,51 @@ impl Subscription {
             }
         }
         Ok(())
+    }
+}
+
+/// A server-side filter of global reads and subscriptions: only events of
+/// these streams and of these envelope types (each criterion given must
+/// match). The server applies it after the token's scope, so it never
+/// widens what the token reaches, and records it in the access trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    streams: Option<String>,
+    types: Vec<String>,
+}
+
+impl LogFilter {
+    /// A filter of `streams` (the `streams` parameter, `5001,6000-6999`;
+    /// None: every stream) and `types` (event types matched byte for byte;
+    /// empty: every event, typed or not). A type holding a comma is
+    /// refused here: the server splits the list on commas, so it could
+    /// not be named (a consumer group's JSON list can name it).
+    pub fn new(streams: Option<&str>, types: &[&str]) -> Result<LogFilter, ClientError> {
+        if let Some(bad) = types.iter().find(|t| t.contains(',')) {
+            return Err(ClientError::Refused {
+                code: crate::api::ErrorCode::BadRequest,
+                message: format!("types: {bad:?} holds a comma, which a types= list cannot name"),
+            });
+        }
+        Ok(LogFilter {
+            streams: streams.map(str::to_string),
+            types: types.iter().map(|t| t.to_string()).collect(),
+        })
+    }
+
+    /// The query parameters, each starting with `&`.
+    pub(super) fn query(&self) -> String {
+        let mut out = String::new();
+        if let Some(streams) = &self.streams {
+            out.push_str("&streams=");
+            out.push_str(&percent_query(streams));
+        }
+        if !self.types.is_empty() {
+            let types: Vec<String> = self.types.iter().map(|t| percent_query(t)).collect();
+            out.push_str("&types=");
+            out.push_str(&types.join(","));
+        }
+        out
     }
 }
 

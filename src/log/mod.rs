@@ -48,6 +48,8 @@ pub const EVENTS_PER_APPEND_MAX: usize = record::EVENTS_PER_OP_MAX as usize;
 pub const EVENT_BYTES_MAX: usize = record::EVENT_BYTES_MAX;
 /// Events returned by one read, at most.
 pub const READ_EVENTS_MAX: u64 = 10_000;
+/// Access-trail events with their global positions, in trail order.
+pub type TrailEvents = Vec<(vellum_compliance::trail::AccessEvent, u64)>;
 /// Events in one export bundle, at most.
 pub const EXPORT_EVENTS_MAX: u64 = 10_000;
 /// The file beside the log holding the VSR core's durable view state.
@@ -1105,34 +1107,51 @@ impl LocalLog {
         Ok((out, certificate.encode()))
     }
 
-    /// Every access-trail event committed so far, with its position.
-    pub fn trail_events(
+    /// Up to `max` access-trail events from stream offset `from`, only
+    /// those at global positions below `end` (parsed, with positions), and
+    /// the offset the next page starts at (`None`: no more below `end`).
+    /// Memory is one page, whatever the trail's length.
+    pub fn trail_page(
         &self,
-    ) -> Result<Vec<(vellum_compliance::trail::AccessEvent, u64)>, LogError> {
+        from: u64,
+        end: u64,
+        max: u64,
+    ) -> Result<(TrailEvents, Option<u64>), LogError> {
         let stream = vellum_compliance::trail::ACCESS_TRAIL_STREAM;
-        let mut out = Vec::new();
-        let mut from = 0;
-        loop {
-            let page = match self.read(stream, from, READ_EVENTS_MAX) {
-                Ok(page) => page,
-                Err(LogError::UnknownStream(_)) => return Ok(out),
-                Err(other) => return Err(other),
-            };
-            let Some(last) = page.last() else {
-                return Ok(out);
-            };
-            from = last.offset + 1;
-            for event in &page {
-                let parsed = vellum_compliance::trail::AccessEvent::from_payload(&event.payload)
-                    .map_err(|e| {
-                        LogError::Corrupt(format!(
-                            "access-trail event at position {} does not parse: {e}",
-                            event.position
-                        ))
-                    })?;
-                out.push((parsed, event.position));
-            }
+        let page = match self.read(stream, from, max.clamp(1, READ_EVENTS_MAX)) {
+            Ok(page) => page,
+            Err(LogError::UnknownStream(_)) => return Ok((Vec::new(), None)),
+            Err(other) => return Err(other),
+        };
+        let mut out = Vec::with_capacity(page.len());
+        for event in page.iter().take_while(|e| e.position < end) {
+            let parsed = vellum_compliance::trail::AccessEvent::from_payload(&event.payload)
+                .map_err(|e| {
+                    LogError::Corrupt(format!(
+                        "access-trail event at position {} does not parse: {e}",
+                        event.position
+                    ))
+                })?;
+            out.push((parsed, event.position));
         }
+        let next = match page.last() {
+            Some(last) if out.len() == page.len() => Some(last.offset + 1),
+            _ => None,
+        };
+        Ok((out, next))
+    }
+
+    /// Every committed access-trail event with its global position, read
+    /// a page at a time (tests and small trails; exports page themselves).
+    pub fn trail_events(&self) -> Result<TrailEvents, LogError> {
+        let mut out = Vec::new();
+        let mut from = Some(0);
+        while let Some(offset) = from {
+            let (page, next) = self.trail_page(offset, u64::MAX, READ_EVENTS_MAX)?;
+            out.extend(page);
+            from = next;
+        }
+        Ok(out)
     }
 
     /// This replica's checkpoint signer (it also signs export manifests).

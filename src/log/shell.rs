@@ -601,6 +601,7 @@ impl LocalLog {
         // The records this step writes go out in one batch (one fdatasync):
         // an append's op and the trail op closing its group, not one each.
         let _plug = self.storage.plug();
+        trace_input(&input);
         let actions = core.replica.step(input);
         let outcome = self.run(core, actions);
         self.publish_role(core);
@@ -618,6 +619,10 @@ impl LocalLog {
         let mut sends = Vec::new();
         let outcome = self.run_inner(core, &mut inputs, &mut actions, &mut sends);
         for (to, message) in sends {
+            if tracing::enabled!(target: LATENCY_TARGET, tracing::Level::TRACE) {
+                let (kind, op) = message_label(&message.body);
+                tracing::trace!(target: LATENCY_TARGET, step = "send", kind, op, to);
+            }
             self.cluster_send(to, message);
         }
         outcome
@@ -654,12 +659,16 @@ impl LocalLog {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::SaveDone { state });
                     }
-                    Action::Committed { op, certificate } => self.committed(op, certificate)?,
+                    Action::Committed { op, certificate } => {
+                        tracing::trace!(target: LATENCY_TARGET, step = "committed", op);
+                        self.committed(op, certificate)?;
+                    }
                     Action::Reply {
                         client,
                         request,
                         reply,
                     } => {
+                        tracing::trace!(target: LATENCY_TARGET, step = "reply", request);
                         self.exchange.lock().push_reply((client, request), reply);
                     }
                     Action::Send { to, message } if self.cluster_shell.is_some() => {
@@ -996,5 +1005,48 @@ pub fn recovered(state: &LogState, durable: DurableState) -> vsr::Recovered {
         state: durable,
         journal,
         certificates,
+    }
+}
+
+/// The tracing target of the latency trace: one TRACE event per input the
+/// core steps and per message, commit and reply it makes, each with its op
+/// (`RUST_LOG=vellum::latency=trace` on every replica; the timestamps of
+/// the three processes line up on one machine). Off by default, and then
+/// free: each point checks the level first.
+pub const LATENCY_TARGET: &str = "vellum::latency";
+
+fn trace_input(input: &Input) {
+    if !tracing::enabled!(target: LATENCY_TARGET, tracing::Level::TRACE) {
+        return;
+    }
+    let (kind, op) = match input {
+        Input::Tick => return,
+        Input::Message(message) => {
+            let (kind, op) = message_label(&message.body);
+            tracing::trace!(target: LATENCY_TARGET, step = "deliver", kind, op, from = message.from);
+            return;
+        }
+        Input::Request(request) => ("request", request.request),
+        Input::Sealed { record, .. } => ("sealed", record.header.op),
+        Input::WriteDone { writes } => ("write_done", writes.last().map_or(0, |w| w.0)),
+        Input::ReadDone { op, .. } => ("read_done", *op),
+        Input::SaveDone { .. } => ("save_done", 0),
+    };
+    tracing::trace!(target: LATENCY_TARGET, step = "input", kind, op);
+}
+
+/// A message's kind and the op it is about, for the latency trace.
+fn message_label(body: &vsr::MessageBody) -> (&'static str, u64) {
+    use vsr::MessageBody as B;
+    match body {
+        B::Prepare { record, .. } => ("prepare", record.header.op),
+        B::PrepareOk { op, .. } => ("prepare_ok", *op),
+        B::Commit { commit, .. } => ("commit", *commit),
+        B::StartViewChange => ("start_view_change", 0),
+        B::DoViewChange { op, .. } => ("do_view_change", *op),
+        B::StartView { op, .. } => ("start_view", *op),
+        B::RequestPrepare { op, .. } => ("request_prepare", *op),
+        B::Recovery { .. } => ("recovery", 0),
+        B::RecoveryResponse { op, .. } => ("recovery_response", *op),
     }
 }

@@ -46,6 +46,9 @@ pub const GROUP_WINDOW_MAX: usize = 4096;
 pub const GROUP_PULL_POLL_MS: u64 = 50;
 /// The principal of the primary's own group events (parks after expired leases).
 pub const GROUP_SYSTEM_PRINCIPAL: &str = "vellum";
+/// How often the primary's reaper ([`Groups::spawn_reaper`]) takes back
+/// expired leases when no pull does, at most.
+pub const GROUP_REAP_MS: u64 = 250;
 
 /// One event out for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +114,14 @@ impl Live {
         self.due.len() + state.acked_above.len() < GROUP_WINDOW_MAX
     }
 
-    /// Takes in the event at `position` of `stream` found by the scan.
-    fn offer(&mut self, position: u64, stream: u64, state: &GroupState) {
+    /// Takes in the event at `position` of `stream`, of type `event_type`
+    /// (None: untyped), found by the scan.
+    fn offer(&mut self, position: u64, stream: u64, event_type: Option<&str>, state: &GroupState) {
         self.scan = self.scan.max(position + 1);
-        if state.config.matches(stream) && !state.is_done(position) {
+        if state.config.matches(stream)
+            && state.config.matches_type(event_type)
+            && !state.is_done(position)
+        {
             self.due.entry(position).or_insert(Due {
                 attempts: 0,
                 lease: None,
@@ -379,6 +386,7 @@ impl Groups {
             GroupCall::Create {
                 name,
                 streams,
+                types,
                 start,
                 retry_max,
                 lease_ms,
@@ -396,12 +404,15 @@ impl Groups {
                     GroupStart::Position(p) => p,
                 };
                 let mut event = Self::event(GroupAction::Create, &name, &principal);
-                event.config = Some(GroupConfig {
+                let config = GroupConfig {
                     streams,
+                    types,
                     start,
                     retry_max,
                     lease_ms,
-                });
+                };
+                event.v = config.event_version();
+                event.config = Some(config);
                 self.commit(inner, &event)?;
                 self.refresh(inner)?;
                 self.info(inner, &name)
@@ -677,6 +688,71 @@ impl Groups {
         }
     }
 
+    /// Takes back every expired lease of every group (parking the events
+    /// past their retry limit), so an event a dead consumer held is due
+    /// again, and a poison event parked, without waiting for a pull.
+    /// Returns the leases taken back; nothing at a backup, or while a new
+    /// primary catches up (its in-flight state is rebuilt then anyway).
+    pub fn reclaim_expired(&self) -> Result<u64, GroupError> {
+        if !self.log.role().is_primary {
+            return Ok(0);
+        }
+        let mut inner = self.inner();
+        match self.refresh(&mut inner) {
+            Err(GroupError::CatchingUp { .. }) => return Ok(0),
+            other => other?,
+        }
+        let now = self.now_ms();
+        // After a refresh `live` holds exactly the committed groups.
+        let names: Vec<String> = inner.live.keys().cloned().collect();
+        let mut reclaimed = 0;
+        for name in names {
+            // A failed park ends this round; the next one looks again.
+            reclaimed += self.expire(&mut inner, &name, now)?;
+        }
+        Ok(reclaimed)
+    }
+
+    /// Starts the reaper thread (`vellum-groups`): every
+    /// [`GROUP_REAP_MS`] it calls [`Groups::reclaim_expired`]; it ends
+    /// within one period once `stop` is set, or after the commit of a
+    /// park under way (bounded by the log's commit wait).
+    pub fn spawn_reaper(
+        self: &Arc<Groups>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let groups = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("vellum-groups".to_string())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(GROUP_REAP_MS));
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Err(error) = groups.reclaim_expired() {
+                        tracing::warn!(%error, "consumer groups: taking back expired leases failed; retrying");
+                    }
+                }
+            })
+    }
+
+    /// Expired leases of group `name` go back to waiting, or are parked
+    /// (one committed group event) past the retry limit. Returns how many.
+    fn expire(&self, inner: &mut Inner, name: &str, now_ms: u64) -> Result<u64, GroupError> {
+        let retry_max = self.group_state(inner, name)?.config.retry_max;
+        let live = inner.live.entry(name.to_string()).or_default();
+        let before = live.nacked;
+        let park = live.expire(now_ms, retry_max);
+        let expired = live.nacked - before;
+        let reason = format!(
+            "lease expired on its last of {} deliveries",
+            u64::from(retry_max) + 1
+        );
+        self.park(inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        Ok(expired)
+    }
+
     /// One look: expire leases (parking past the limit), scan the log,
     /// lease what waits.
     fn try_lease(
@@ -687,15 +763,9 @@ impl Groups {
     ) -> Result<(Vec<(u64, u32)>, u64), GroupError> {
         let mut inner = self.inner();
         self.refresh(&mut inner)?;
-        let config = self.group_state(&inner, name)?.config.clone();
+        let lease_ms = self.group_state(&inner, name)?.config.lease_ms;
         let now = self.now_ms();
-        let live = inner.live.entry(name.to_string()).or_default();
-        let park = live.expire(now, config.retry_max);
-        let reason = format!(
-            "lease expired on its last of {} deliveries",
-            u64::from(config.retry_max) + 1
-        );
-        self.park(&mut inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        self.expire(&mut inner, name, now)?;
         // Disjoint borrows: the committed state read, the in-flight one changed.
         let Inner { state, live, .. } = &mut *inner;
         let group = state.group(name).ok_or_else(|| GroupError::NotFound {
@@ -703,8 +773,8 @@ impl Groups {
         })?;
         let live = live.entry(name.to_string()).or_default();
         self.scan(live, group)?;
-        let leased = live.lease(consumer, max, now.saturating_add(config.lease_ms));
-        Ok((leased, config.lease_ms))
+        let leased = live.lease(consumer, max, now.saturating_add(lease_ms));
+        Ok((leased, lease_ms))
     }
 
     /// Takes committed log events into the group's window, up to its bound.
@@ -722,7 +792,11 @@ impl Groups {
                 if !live.wants_more(group) {
                     return Ok(());
                 }
-                live.offer(event.position, *stream, group);
+                let event_type = match group.config.types.is_empty() {
+                    true => None, // Not needed: every type matches.
+                    false => event_type(event),
+                };
+                live.offer(event.position, *stream, event_type.as_deref(), group);
             }
             live.scan = live.scan.max(last + 1);
         }
@@ -783,6 +857,18 @@ impl Groups {
     }
 }
 
+/// The envelope type of a read event (None: no envelope, or no type). The
+/// writer checked every envelope and the AEAD vouches for the bytes, so an
+/// envelope decodes; one that did not would have no type (never matched).
+fn event_type(event: &crate::log::ReadEvent) -> Option<String> {
+    if !event.enveloped {
+        return None;
+    }
+    vellum_audit::envelope::Envelope::decode(&event.payload)
+        .ok()
+        .and_then(|envelope| envelope.event_type)
+}
+
 /// `text` cut to at most `max` bytes on a character boundary.
 fn clip(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -807,6 +893,7 @@ mod tests {
                 principal: "p".to_string(),
                 config: Some(GroupConfig {
                     streams: Vec::new(),
+                    types: Vec::new(),
                     start: 0,
                     retry_max,
                     lease_ms: 100,
@@ -827,7 +914,7 @@ mod tests {
         let group = group(5);
         let mut live = Live::rebuild(&group);
         for p in 0..6 {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
         let a = live.lease("a", 4, 100);
         let b = live.lease("b", 4, 100);
@@ -848,7 +935,7 @@ mod tests {
     fn the_retry_limit_parks() {
         let group = group(1);
         let mut live = Live::rebuild(&group);
-        live.offer(7, 100, &group);
+        live.offer(7, 100, None, &group);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 1)]);
         assert_eq!(live.fail(7, 1, false), Failed::Retry);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 2)]);
@@ -869,9 +956,9 @@ mod tests {
         let group = group(5);
         let mut live = Live::rebuild(&group);
         for p in [3, 5, 9] {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
-        live.offer(11, 1, &group); // a system stream: never delivered
+        live.offer(11, 1, None, &group); // a system stream: never delivered
         live.lease("a", 3, 10);
         assert_eq!(live.checkpoint_after(0, &BTreeSet::from([3])), 5);
         assert_eq!(live.checkpoint_after(0, &BTreeSet::from([5, 9])), 3);
@@ -883,6 +970,107 @@ mod tests {
         );
     }
 
+    /// A one-replica log in a fresh directory and its groups.
+    fn one_replica() -> (tempfile::TempDir, Arc<LocalLog>, Arc<Groups>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        crate::init::init_data_dir(&data, None).expect("init");
+        let (log, _) = LocalLog::open(&data, crate::log::LogOptions::default()).expect("open");
+        let log = Arc::new(log);
+        let groups = Arc::new(Groups::new(Arc::clone(&log)));
+        (dir, log, groups)
+    }
+
+    fn info(groups: &Groups) -> crate::server::groups::GroupInfo {
+        match groups.call(GroupCall::Get {
+            name: "g".to_string(),
+        }) {
+            Ok(GroupAnswer::Info(info)) => info,
+            other => panic!("get: {other:?}"),
+        }
+    }
+
+    fn pull(groups: &Groups, consumer: &str) -> Vec<(u64, u32)> {
+        match groups.call(GroupCall::Pull {
+            name: "g".to_string(),
+            consumer: consumer.to_string(),
+            max: 10,
+            wait_ms: 0,
+        }) {
+            Ok(GroupAnswer::Delivered(d)) => d
+                .events
+                .iter()
+                .map(|e| (e.event.position, e.attempt))
+                .collect(),
+            other => panic!("pull: {other:?}"),
+        }
+    }
+
+    /// Goal: without any pull, an expired lease is taken back (nothing in
+    /// flight, the event due again) and, after the last delivery the retry
+    /// limit allows, parked; a lease not expired yet is left alone.
+    #[test]
+    fn expired_leases_come_back_without_a_pull() {
+        const LEASE_MS: u64 = 100;
+        let (_dir, log, groups) = one_replica();
+        let created = groups.call(GroupCall::Create {
+            name: "g".to_string(),
+            streams: Vec::new(),
+            types: Vec::new(),
+            start: GroupStart::Beginning,
+            retry_max: 1,
+            lease_ms: LEASE_MS,
+            principal: "p".to_string(),
+        });
+        assert!(matches!(created, Ok(GroupAnswer::Info(_))), "{created:?}");
+        let appended = log
+            .append(
+                5001,
+                &[Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                None,
+                None,
+            )
+            .expect("append");
+        let positions = [appended.first_position, appended.first_position + 1];
+        for attempt in 1..=2u32 {
+            let leased_at = Instant::now();
+            let want: Vec<(u64, u32)> = positions.iter().map(|p| (*p, attempt)).collect();
+            assert_eq!(pull(&groups, if attempt == 1 { "a" } else { "b" }), want);
+            if leased_at.elapsed() < Duration::from_millis(LEASE_MS / 2) {
+                assert_eq!(groups.reclaim_expired(), Ok(0), "the leases still run");
+                assert_eq!(info(&groups).in_flight, 2);
+            }
+            std::thread::sleep(Duration::from_millis(LEASE_MS + 20));
+            assert_eq!(groups.reclaim_expired(), Ok(2), "attempt {attempt}");
+            let info = info(&groups);
+            assert_eq!(info.in_flight, 0, "attempt {attempt}: {info:?}");
+            let parked = if attempt == 1 { 0 } else { 2 };
+            assert_eq!(info.parked, parked, "attempt {attempt}: {info:?}");
+        }
+        assert!(info(&groups).checkpoint > positions[1]);
+        assert_eq!(groups.reclaim_expired(), Ok(0), "nothing left to take back");
+        assert!(pull(&groups, "c").is_empty(), "parked events are not due");
+    }
+
+    /// Goal: the reaper thread ends within about one period once told to
+    /// stop (a replica's shutdown waits for it).
+    #[test]
+    fn the_reaper_stops_promptly() {
+        let (_dir, _log, groups) = one_replica();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reaper = groups.spawn_reaper(Arc::clone(&stop)).expect("spawn");
+        std::thread::sleep(Duration::from_millis(GROUP_REAP_MS + 50));
+        assert!(!reaper.is_finished(), "it runs until told to stop");
+        let asked = Instant::now();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let bound = Duration::from_millis(GROUP_REAP_MS + 1000);
+        while !reaper.is_finished() {
+            assert!(asked.elapsed() < bound, "the reaper did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reaper.join().expect("the reaper ends without a panic");
+    }
+
     /// Goal: a rebuilt state skips what is done and delivers replays again.
     #[test]
     fn a_rebuild_skips_done_events_and_keeps_replays() {
@@ -892,7 +1080,7 @@ mod tests {
         group.replaying.insert(1);
         let mut live = Live::rebuild(&group);
         for p in 4..8 {
-            live.offer(p, 100, &group);
+            live.offer(p, 100, None, &group);
         }
         let leased: Vec<u64> = live.lease("a", 10, 10).iter().map(|x| x.0).collect();
         assert_eq!(leased, vec![1, 4, 5, 7]);

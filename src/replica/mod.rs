@@ -95,6 +95,9 @@ pub struct RunningReplica {
     log: Arc<LocalLog>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Stops the consumer groups' reaper (`vellum-groups`).
+    groups_stop: Arc<AtomicBool>,
+    groups_reaper: Option<JoinHandle<()>>,
     transport: Arc<NetTransport>,
     shutdown: tokio::sync::watch::Sender<bool>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -198,13 +201,22 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         )
         .with_witnesses(witnesses),
     );
+    let groups = Arc::clone(node.groups());
     let served = runtime
         .block_on(serve(server_config, node, shutdown_rx))
         .map_err(|e| ReplicaError::Io(format!("client API on {}: {e}", this.api_address)))?;
+    // Expired leases come back without waiting for a pull (the primary
+    // only). Its own stop flag: `halt` stops it before the replica loop.
+    let groups_stop = Arc::new(AtomicBool::new(false));
+    let groups_reaper = groups
+        .spawn_reaper(Arc::clone(&groups_stop))
+        .map_err(|e| ReplicaError::Io(format!("consumer-groups thread: {e}")))?;
     Ok(RunningReplica {
         log,
         stop,
         threads,
+        groups_stop,
+        groups_reaper: Some(groups_reaper),
         transport,
         shutdown,
         runtime: Some(runtime),
@@ -325,6 +337,13 @@ impl RunningReplica {
 
     fn halt(&mut self) {
         let _ = self.shutdown.send(true);
+        // The reaper first, while the replica loop still runs: a park it
+        // is committing ends like any request's commit (within
+        // COMMIT_WAIT_MS), not by waiting out a loop that stopped.
+        self.groups_stop.store(true, Ordering::SeqCst);
+        if let Some(reaper) = self.groups_reaper.take() {
+            let _ = reaper.join();
+        }
         self.stop.store(true, Ordering::SeqCst);
         self.transport.shutdown();
         for thread in self.threads.drain(..) {

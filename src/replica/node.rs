@@ -17,7 +17,7 @@ use crate::net::Transport;
 use crate::server::node::{
     AppendCall, AppendError, BatchRefusal, CustodyCall, CustodyDone, CustodyError, ExportCall,
     ExportError, FaultKind, InternalFault, Node, NodeMetrics, ProofError, ReadError, Shredded,
-    TlogError, TrailError, Unavailable,
+    TRAIL_PAGE_EVENTS_MAX, TlogError, TrailError, TrailPage, TrailSnapshot, Unavailable,
 };
 use crate::vsr::{RequestRefusal, Status};
 
@@ -31,7 +31,7 @@ pub struct ReplicaNode {
     transport: Option<Arc<dyn Transport>>,
     trail: super::TrailBatcher,
     custody: Arc<super::Custody>,
-    groups: super::groups::Groups,
+    groups: Arc<super::groups::Groups>,
     witnesses: Option<Arc<WitnessFeed>>,
 }
 
@@ -44,13 +44,18 @@ impl ReplicaNode {
         custody: Arc<super::Custody>,
     ) -> ReplicaNode {
         ReplicaNode {
-            groups: super::groups::Groups::new(Arc::clone(&log)),
+            groups: Arc::new(super::groups::Groups::new(Arc::clone(&log))),
             log,
             transport,
             trail: super::TrailBatcher::default(),
             custody,
             witnesses: None,
         }
+    }
+
+    /// The consumer groups (for their reaper thread).
+    pub fn groups(&self) -> &Arc<super::groups::Groups> {
+        &self.groups
     }
 
     /// Serves the witness cosignatures `witnesses` keeps: in proofs and
@@ -602,21 +607,16 @@ impl Node for ReplicaNode {
         Ok(files)
     }
 
-    fn audit_records(
-        &self,
-        from_ns: Option<u64>,
-        to_ns: Option<u64>,
-        stream: Option<u64>,
-    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), TrailError> {
-        let records = self
-            .log
-            .trail_events()?
-            .into_iter()
-            .filter(|(e, _)| from_ns.is_none_or(|f| e.time_ns >= f))
-            .filter(|(e, _)| to_ns.is_none_or(|t| e.time_ns < t))
-            .filter(|(e, _)| stream.is_none_or(|s| e.names_stream(s)))
-            .collect();
-        Ok((self.log.signer().name().to_string(), records))
+    fn trail_snapshot(&self) -> Result<TrailSnapshot, TrailError> {
+        Ok(TrailSnapshot {
+            source: self.log.signer().name().to_string(),
+            end: self.served_events(),
+        })
+    }
+
+    fn trail_page(&self, from: u64, end: u64) -> Result<TrailPage, TrailError> {
+        let (events, next) = self.log.trail_page(from, end, TRAIL_PAGE_EVENTS_MAX)?;
+        Ok(TrailPage { events, next })
     }
 
     fn record_access(

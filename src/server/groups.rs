@@ -50,6 +50,8 @@ pub enum GroupCall {
         name: String,
         /// Stream ranges (empty: every user stream).
         streams: Vec<(u64, u64)>,
+        /// Event types, sorted and distinct (empty: every event).
+        types: Vec<String>,
         /// Where it starts.
         start: GroupStart,
         /// Its retry limit.
@@ -225,6 +227,12 @@ pub struct CreateGroupRequest {
     /// absent: every user stream.
     #[serde(default, deserialize_with = "crate::api::present")]
     pub streams: Option<String>,
+    /// Event types as in `GET /v1/log?types=`, as a JSON list (so a type
+    /// may hold a comma): 1 to 32 types, each 1 to 256 bytes without
+    /// control characters, matched byte for byte; an event without a type
+    /// never matches. Absent: every event, typed or not.
+    #[serde(default, deserialize_with = "crate::api::present")]
+    pub types: Option<Vec<String>>,
     /// `"beginning"` (default), `"end"`, or a global position as a decimal string.
     #[serde(default, deserialize_with = "crate::api::present")]
     pub start: Option<String>,
@@ -244,6 +252,10 @@ pub struct GroupInfo {
     pub name: String,
     /// Its filter, canonical (`5001,6000-6999`); None: every user stream.
     pub streams: Option<String>,
+    /// Its event types, sorted and distinct; absent: every event (groups
+    /// created without types, and every group created before types existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
     /// Where it started.
     pub start: u64,
     /// Its retry limit.
@@ -459,6 +471,7 @@ pub fn group_info(
 ) -> GroupInfo {
     let GroupConfig {
         streams,
+        types,
         start,
         retry_max,
         lease_ms,
@@ -466,6 +479,7 @@ pub fn group_info(
     GroupInfo {
         name: name.to_string(),
         streams: streams_text(streams),
+        types: (!types.is_empty()).then(|| types.clone()),
         start: *start,
         retry_max: *retry_max,
         lease_ms: *lease_ms,

@@ -289,6 +289,12 @@ async fn accept_loop(
                 Err(_) => break,
             },
         };
+        // Responses are written in small pieces (headers, body, TLS
+        // records): without TCP_NODELAY, Nagle's algorithm holds a piece
+        // back until the previous one is acknowledged.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "api connection: TCP_NODELAY not set");
+        }
         let Some(address_slot) = per_address.try_take(peer.ip()) else {
             tracing::debug!(%peer, "api connection closed: too many from this address");
             drop(tcp);

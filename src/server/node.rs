@@ -496,6 +496,30 @@ pub struct NodeRole {
     pub primary: Option<u8>,
 }
 
+/// Most access-trail events one [`Node::trail_page`] returns: what an
+/// access-trail export holds in memory at a time (a trail event is a few
+/// hundred bytes, so a page is well under a MiB).
+pub const TRAIL_PAGE_EVENTS_MAX: u64 = 1_000;
+
+/// See [`Node::trail_snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailSnapshot {
+    /// This replica's key name (an export names it as its source).
+    pub source: String,
+    /// The global position the export stops before.
+    pub end: u64,
+}
+
+/// See [`Node::trail_page`].
+#[derive(Debug, Clone, Default)]
+pub struct TrailPage {
+    /// Trail events with their global positions, in trail order.
+    pub events: Vec<(AccessEvent, u64)>,
+    /// The stream offset the next page starts at; `None`: nothing more
+    /// below `end`.
+    pub next: Option<u64>,
+}
+
 /// An export as the server hands it to the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportCall {
@@ -605,14 +629,15 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
     /// An export bundle of `stream` offsets `[from, to)`, built and signed
     /// by this replica: the bundle's files (name, bytes).
     fn export_events(&self, call: ExportCall) -> Result<Vec<(String, Vec<u8>)>, ExportError>;
-    /// The access trail: (this replica's key name, events with positions)
-    /// recorded in `[from_ns, to_ns)` (None: unbounded), about `stream` if given.
-    fn audit_records(
-        &self,
-        from_ns: Option<u64>,
-        to_ns: Option<u64>,
-        stream: Option<u64>,
-    ) -> Result<(String, Vec<(AccessEvent, u64)>), TrailError>;
+    /// Where an access-trail export reads up to: this replica's key name
+    /// and the global position of the next event to commit now, so an
+    /// export holds the trail as committed when it was asked for, however
+    /// long it takes to send.
+    fn trail_snapshot(&self) -> Result<TrailSnapshot, TrailError>;
+    /// One page of the access trail (at most [`TRAIL_PAGE_EVENTS_MAX`]
+    /// events) from stream offset `from`, only events at global positions
+    /// below `end`, in trail order, with where the next page starts.
+    fn trail_page(&self, from: u64, end: u64) -> Result<TrailPage, TrailError>;
     /// Records access-trail events (P7) in the replicated system stream and
     /// returns once they are committed (a read is answered only after
     /// this). Concurrent callers are batched into one op.

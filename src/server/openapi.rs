@@ -76,7 +76,7 @@ fn paths() -> Value {
         "/v1/log": {
             "get": {
                 "summary": "Read committed events of the global log; roles writer, reader. Served by any replica (a backup from its certified prefix; the read's trail record commits through the primary first).",
-                "parameters": [query_param("from", "First position (default 0).", false), max_param(), min_position_param(), streams_param()],
+                "parameters": [query_param("from", "First position (default 0).", false), max_param(), min_position_param(), streams_param(), types_param()],
                 "responses": with_errors(ok("LogEvents"), &["400", "401", "403", "422", "500", "503"])
             }
         },
@@ -87,6 +87,7 @@ fn paths() -> Value {
                     query_param("from", "First position (default 0).", false),
                     min_position_param(),
                     streams_param(),
+                    types_param(),
                     {
                         "name": "format", "in": "query", "required": false,
                         "description": "ndjson (default): one LogEvent or Heartbeat per line. sse: `data: <json>` events, heartbeats as events named heartbeat.",
@@ -368,6 +369,22 @@ fn streams_param() -> Value {
         "name": "streams", "in": "query", "required": false,
         "description": format!("Filter: only events of these streams, a comma-separated list of stream ids (5001) and inclusive ranges (6000-6999), at most {} items, applied on the server after the token's scope and recorded in the access trail. A reversed range is 422 refused.", crate::server::filter::FILTER_STREAM_ITEMS_MAX),
         "schema": { "type": "string", "pattern": streams_pattern() }
+    })
+}
+
+/// The pattern of a `types` filter: 1 to `FILTER_TYPE_ITEMS_MAX` non-empty
+/// items without a comma. A schema-valid item that is no event type (over
+/// 256 bytes, a control character) is refused for its meaning: 422.
+fn types_pattern() -> String {
+    let most = crate::server::filter::FILTER_TYPE_ITEMS_MAX - 1;
+    format!("^[^,]+(?:,[^,]+){{0,{most}}}$")
+}
+
+fn types_param() -> Value {
+    json!({
+        "name": "types", "in": "query", "required": false,
+        "description": format!("Filter: only events whose envelope type is one of these, a comma-separated list (percent-decoded) of at most {} types, each matched byte for byte; an event without a type never matches. Joins streams= (both must match); applied on the server after the token's scope (it never widens it) and recorded in the access trail. A type no event can carry (over {} bytes, a control character) is 422 refused; a type holding a comma cannot be named here.", crate::server::filter::FILTER_TYPE_ITEMS_MAX, vellum_audit::envelope::TYPE_BYTES_MAX),
+        "schema": { "type": "string", "pattern": types_pattern() }
     })
 }
 

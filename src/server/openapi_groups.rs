@@ -74,7 +74,7 @@ pub(super) fn paths() -> Value {
         },
         "/v1/groups/{group}/pull": {
             "post": {
-                "summary": "Lease up to max events of the group to a consumer (roles writer, reader), waiting up to wait_ms for the first (long-poll). A leased event goes to no other consumer until its lease expires; then it is delivered again (attempt + 1) and, past the group's retry limit, parked. Each pull is recorded in the access trail as a subscribe with the streams and positions it delivered.",
+                "summary": "Lease up to max events of the group to a consumer (roles writer, reader), waiting up to wait_ms for the first (long-poll). A leased event goes to no other consumer until its lease expires; the primary then takes it back within about 250 ms, pulled or not: it is delivered again (attempt + 1), or parked after its delivery number retry_max + 1. Each pull is recorded in the access trail as a subscribe with the streams and positions it delivered.",
                 "parameters": [group_param()],
                 "requestBody": body("PullRequest"),
                 "responses": with_errors(ok("GroupDelivery"), &common)
@@ -90,7 +90,7 @@ pub(super) fn paths() -> Value {
         },
         "/v1/groups/{group}/nack": {
             "post": {
-                "summary": "Negatively acknowledge delivered events (roles writer, reader): retry (delivered again; parked once delivered more than retry_max + 1 times) or park now. A position not out for delivery answers 409 not_delivered and nothing is written.",
+                "summary": "Negatively acknowledge delivered events (roles writer, reader): retry (delivered again; parked when it was delivery number retry_max + 1) or park now. A position not out for delivery answers 409 not_delivered and nothing is written.",
                 "parameters": [group_param()],
                 "requestBody": body("NackRequest"),
                 "responses": with_errors(ok("GroupNacked"), &settle)
@@ -133,6 +133,7 @@ pub(super) fn schemas() -> Value {
             "properties": {
                 "name": name_schema(),
                 "streams": { "type": "string", "pattern": super::streams_pattern(), "description": "Stream filter as in GET /v1/log?streams= (5001,6000-6999); absent: every user stream. A reversed range is 422 refused." },
+                "types": { "type": "array", "minItems": 1, "maxItems": crate::server::filter::FILTER_TYPE_ITEMS_MAX, "items": { "type": "string", "minLength": 1 }, "description": "Event-type filter as in GET /v1/log?types=, as a list (a type may hold a comma here): only events whose envelope type is one of these, byte for byte; an event without a type never matches; absent: every event. Kept in the group's create event (version 2). A type no event can carry (over 256 bytes, a control character) is 422 refused." },
                 "start": { "type": "string", "pattern": "^(?:beginning|end|0|[1-9][0-9]{0,17})$", "description": "beginning (default), end (the committed end of the log: new events only), or a global position in decimal (at most 2^63-1)." },
                 "retry_max": { "type": "integer", "minimum": 0, "maximum": GROUP_RETRY_MAX, "description": "Failed deliveries before an event is parked (default 5)." },
                 "lease_ms": { "type": "integer", "minimum": GROUP_LEASE_MS_MIN, "maximum": GROUP_LEASE_MS_MAX, "description": "How long a consumer holds a delivered event (default 30000)." }
@@ -144,6 +145,7 @@ pub(super) fn schemas() -> Value {
             "properties": {
                 "name": { "type": "string" },
                 "streams": { "type": ["string", "null"], "description": "The filter, canonical; null: every user stream." },
+                "types": { "type": "array", "items": { "type": "string" }, "description": "The event-type filter, sorted and distinct; absent: every event." },
                 "start": u64_schema("The position it started at."),
                 "retry_max": { "type": "integer", "minimum": 0 },
                 "lease_ms": u64_schema("Lease of a delivered event, ms."),

@@ -55,6 +55,8 @@ pub(crate) struct SubscribeQuery {
     min_position: Option<String>,
     /// The event filter (`crate::server::filter`).
     streams: Option<String>,
+    /// The event filter's types (`crate::server::filter`).
+    types: Option<String>,
 }
 
 /// `GET /v1/subscribe?from=P&format=ndjson|sse`.
@@ -66,7 +68,7 @@ pub(crate) async fn subscribe(
 ) -> Result<Response, ApiError> {
     let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
     let min_position = edge_optional("min_position", query.min_position.as_deref())?;
-    let filter = EventFilter::parse(query.streams.as_deref())?;
+    let filter = EventFilter::parse(query.streams.as_deref(), query.types.as_deref())?;
     super::routes::handlers::await_position(&state, min_position).await?;
     let permit = state
         .subscriptions

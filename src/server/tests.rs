@@ -191,6 +191,7 @@ impl Node for FakeNode {
         let info = |name: String| GroupInfo {
             name,
             streams: Some("16".to_string()),
+            types: None,
             start: 0,
             retry_max: 5,
             lease_ms: 30_000,
@@ -428,21 +429,29 @@ impl Node for FakeNode {
         Ok(vec![("events.ndjson".to_string(), lines)])
     }
 
-    fn audit_records(
+    fn trail_snapshot(&self) -> Result<crate::server::node::TrailSnapshot, TrailError> {
+        Ok(crate::server::node::TrailSnapshot {
+            source: "fake-replica".to_string(),
+            end: self.lock().trail.len() as u64,
+        })
+    }
+
+    fn trail_page(
         &self,
-        from_ns: Option<u64>,
-        to_ns: Option<u64>,
-        stream: Option<u64>,
-    ) -> Result<(String, Vec<(vellum_compliance::trail::AccessEvent, u64)>), TrailError> {
+        from: u64,
+        end: u64,
+    ) -> Result<crate::server::node::TrailPage, TrailError> {
+        // Pages of 2, so that a handful of requests spans several pages.
         let state = self.lock();
-        let records = (0u64..)
+        let events: Vec<_> = (0u64..)
             .zip(state.trail.iter())
-            .filter(|(_, e)| from_ns.is_none_or(|f| e.time_ns >= f))
-            .filter(|(_, e)| to_ns.is_none_or(|t| e.time_ns < t))
-            .filter(|(_, e)| stream.is_none_or(|s| e.stream == Some(s)))
+            .skip(usize::try_from(from).expect("small"))
+            .take_while(|(position, _)| *position < end)
+            .take(2)
             .map(|(position, e)| (e.clone(), position))
             .collect();
-        Ok(("fake-replica".to_string(), records))
+        let next = events.last().map(|(_, p)| p + 1).filter(|&p| p < end);
+        Ok(crate::server::node::TrailPage { events, next })
     }
 
     fn record_access(
@@ -3004,4 +3013,52 @@ async fn trail_relay_refuses_callers_without_a_replica_certificate() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{value}");
     }
     assert!(primary.lock().trail.is_empty(), "nothing was recorded");
+}
+
+// Goal: `GET /v1/export/audit` streamed a page at a time (the fake's
+// pages hold 2 events) is byte for byte the JSON of the whole answer as
+// the trail stood when it was asked (its own record not in it), with and
+// without a filter, and it is recorded once.
+#[tokio::test]
+async fn audit_export_streams_the_whole_answer_bytes() {
+    let node = Arc::new(FakeNode::default());
+    let app = app(Arc::clone(&node));
+    for i in 0..7 {
+        let uri = format!("/v1/streams/100{}/events", i % 2);
+        let _ = send(&app, Call::get(&uri, Some(READER))).await;
+    }
+    for (uri, stream) in [
+        ("/v1/export/audit", None),
+        ("/v1/export/audit?stream=1001", Some(1001)),
+    ] {
+        let before = node.lock().trail.clone();
+        let expected = crate::api::AuditExport {
+            source: "fake-replica".into(),
+            records: (0u64..)
+                .zip(before.iter())
+                .filter(|(_, e)| stream.is_none_or(|s| e.names_stream(s)))
+                .map(|(position, event)| crate::api::AuditRecord {
+                    position,
+                    event: event.clone(),
+                })
+                .collect(),
+        };
+        assert!(expected.records.len() >= 3, "spans several pages");
+        let response = app
+            .clone()
+            .oneshot(Call::get(uri, Some(AUDITOR)).request())
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            serde_json::to_string(&expected).expect("json"),
+            "{uri}"
+        );
+        assert_eq!(node.lock().trail.len(), before.len() + 1, "recorded once");
+    }
 }

@@ -297,12 +297,15 @@ async fn tiles_over_http_prove_inclusion_and_consistency() {
 }
 
 fn trail_of(node: &ReplicaNode) -> Vec<AccessEvent> {
-    node.audit_records(None, None, None)
-        .expect("trail")
-        .1
-        .into_iter()
-        .map(|(event, _)| event)
-        .collect()
+    let end = node.trail_snapshot().expect("snapshot").end;
+    let mut events = Vec::new();
+    let mut from = Some(0);
+    while let Some(offset) = from {
+        let page = node.trail_page(offset, end).expect("trail");
+        events.extend(page.events);
+        from = page.next;
+    }
+    events.into_iter().map(|(event, _)| event).collect()
 }
 
 // Goal: only auditors may use the tlog routes (401 without a token, 403 for

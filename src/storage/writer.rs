@@ -177,6 +177,9 @@ fn write_and_sync(
     bytes: &[u8],
 ) -> Result<(), String> {
     let path = shared.fs.path(current.0);
+    // The latency trace (`vellum::latency`, see `log::shell`): the write
+    // and its fdatasync, each timed by the event's timestamp.
+    tracing::trace!(target: "vellum::latency", step = "write", bytes = bytes.len());
     current
         .1
         .append(bytes)
@@ -185,6 +188,7 @@ fn write_and_sync(
         .1
         .sync_data()
         .map_err(|e| format!("fdatasync of {}: {e}", path.display()))?;
+    tracing::trace!(target: "vellum::latency", step = "synced");
     shared.syncs.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }

@@ -48,11 +48,13 @@ pub struct KeptCheckpoint {
 
 impl KeptCheckpoint {
     /// A kept checkpoint from a file's text: the certificate text itself,
-    /// the JSON answer of `/v1/certificate` (`certificate` field), or an
+    /// the JSON answer of `/v1/certificate` or the file `--checkpoint-out`
+    /// writes ([`kept_checkpoint_file`]; `certificate` field), or an
     /// earlier JSON report (`reached.checkpoint`). Anything else is taken as
     /// certificate text, and the check says what is wrong with it.
-    /// An earlier report also keeps the tree's frontier at that checkpoint
-    /// (`reached_frontier`), which makes the run incremental.
+    /// An earlier report and the `--checkpoint-out` file also keep the
+    /// tree's frontier at that checkpoint (`reached_frontier`), which makes
+    /// the run incremental.
     pub fn from_text(source: &str, text: &str) -> KeptCheckpoint {
         let json = text
             .trim_start()
@@ -79,6 +81,29 @@ impl KeptCheckpoint {
             frontier,
         }
     }
+}
+
+/// Version of the kept checkpoint file `vellum verify --checkpoint-out`
+/// writes (`docs/format.md`, "Kept checkpoint file").
+pub const KEPT_CHECKPOINT_FILE_VERSION: u64 = 1;
+
+/// What `vellum verify --checkpoint-out` writes for a run that passed: a
+/// JSON object with the reached certificate's text (`certificate`, as
+/// `/v1/certificate` answers it), its `tree_size`, and the tree's frontier
+/// there (`reached_frontier`, when the run kept one), so that a later
+/// `--since` of the file is incremental. `None` when nothing was reached.
+pub fn kept_checkpoint_file(report: &Report) -> Option<String> {
+    let reached = report.reached.as_ref()?;
+    let mut file = serde_json::json!({
+        "version": KEPT_CHECKPOINT_FILE_VERSION,
+        "tree_size": reached.tree_size,
+        "certificate": reached.checkpoint,
+    });
+    if let Some(frontier) = &report.reached_frontier {
+        file["reached_frontier"] = serde_json::json!(frontier);
+    }
+    let text = serde_json::to_string_pretty(&file).expect("a JSON value always serializes");
+    Some(format!("{text}\n"))
 }
 
 /// What a verification run checks beyond the log and the index.
@@ -1105,6 +1130,13 @@ fn check_config(file: &Path, config: &ClusterConfig, policy: &Policy, check: &mu
 }
 
 /// Verifies every replica of a cluster on its own, then against each other.
+///
+/// With `since` an earlier JSON report (its checkpoint and
+/// `reached_frontier`) and not `live`, each replica reads only the part of
+/// its log after the kept checkpoint, as `--data-dir --since` does for a
+/// replica of a cluster ([`incremental_replica_checks`]); a replica where
+/// that cannot start (the kept op is not in its log as signed) is read
+/// whole, and the `--since` check's note names it.
 pub fn verify_cluster(
     setup: ClusterSetup,
     policy: &Policy,
@@ -1128,17 +1160,35 @@ pub fn verify_cluster(
     let mut checks = vec![setup.check];
     let mut logs: Vec<(String, LogVerification)> = Vec::new();
     let mut break_glass = Vec::new();
+    let start = cluster_since_start(since, policy, live);
+    let mut read_whole = Vec::new();
     for config in &setup.configs {
         let name = format!("replica {}", config.replica);
         let index_url = config.index_url.as_deref();
-        let (replica, log, uses) = replica_checks(
-            &config.data_dir,
-            &log_policy,
-            index_url,
-            live,
-            WalkMode::Collect,
-            progress,
-        );
+        let incremental = start.as_ref().ok().map(|start| {
+            let options = vellum_audit::verify::StreamOptions {
+                since_size: Some(start.size),
+                ops_window: vellum_audit::verify::OPS_WINDOW_MAX,
+            };
+            let dir = DataDir::new(&config.data_dir);
+            incremental_replica_checks(&dir, &log_policy, index_url, start, &options, progress)
+        });
+        let (replica, log, uses) = match incremental {
+            Some(Ok(walked)) => walked,
+            other => {
+                if let Some(Err(why)) = other {
+                    read_whole.push(format!("{name}: {why}"));
+                }
+                replica_checks(
+                    &config.data_dir,
+                    &log_policy,
+                    index_url,
+                    live,
+                    WalkMode::Collect,
+                    progress,
+                )
+            }
+        };
         // Every replica holds the same trail: the union by position lists
         // each use once (`with_break_glass` drops repeats).
         break_glass.extend(uses);
@@ -1176,7 +1226,12 @@ pub fn verify_cluster(
         });
     }
     let kept = since.and_then(|kept| {
-        let (check, kept) = since_in_cluster(kept, &log_policy, newest);
+        let (mut check, kept) = since_in_cluster(kept, &log_policy, newest);
+        let how = cluster_since_note(&start, &read_whole);
+        check.note = match (check.note.take(), how) {
+            (Some(own), Some(how)) => Some(format!("{own}; {how}")),
+            (own, how) => own.or(how),
+        };
         checks.push(check);
         kept
     });
@@ -1187,10 +1242,63 @@ pub fn verify_cluster(
     );
     let reached = newest.and_then(|log| log.reached.clone());
     let mut report = Report::new(scope, PolicySummary::from_policy(policy), checks, reached);
+    // The next `--since` of this report starts every replica from here.
+    report.reached_frontier = newest.and_then(|log| {
+        let reached = log.reached.as_ref()?;
+        let frontier = log.tree.frontier_at(reached.tree_size)?;
+        Some(frontier.nodes().iter().map(|node| to_hex(node)).collect())
+    });
     report.since = kept;
     report
         .with_break_glass(break_glass)
         .with_times(started, SystemTime::now())
+}
+
+/// Where an incremental `--cluster --since` run starts every replica:
+/// the kept checkpoint and its frontier, checked against the replica keys
+/// (a kept checkpoint carries no cosignatures). `Err`: why every replica
+/// is read whole (no `since`, `--live`, or a kept checkpoint that cannot
+/// start a walk).
+fn cluster_since_start(
+    since: Option<&KeptCheckpoint>,
+    policy: &Policy,
+    live: Option<u64>,
+) -> Result<vellum_audit::since::SinceStart, String> {
+    let kept = since.ok_or_else(|| "no kept checkpoint".to_string())?;
+    if live.is_some() {
+        return Err("--live".into());
+    }
+    // The witness check needs each log's root at the cosigned size, which
+    // only the whole tree gives (as for `--data-dir`).
+    if !policy.cosigners.is_empty() {
+        return Err("a witness policy reads the whole log".into());
+    }
+    vellum_audit::since::SinceStart::new(
+        &kept.text,
+        kept.frontier.as_deref(),
+        &policy.replicas_only(),
+    )
+    .map_err(|e| format!("the kept checkpoint: {e}"))
+}
+
+/// The `--since` check's note on what a cluster run read: the incremental
+/// note when every replica started at the kept checkpoint, else which
+/// replicas (or all) were read whole and why.
+fn cluster_since_note(
+    start: &Result<vellum_audit::since::SinceStart, String>,
+    read_whole: &[String],
+) -> Option<String> {
+    match start {
+        Err(why) => Some(format!(
+            "not incremental: {why}; every replica's whole log was read"
+        )),
+        Ok(_) if read_whole.is_empty() => Some(vellum_audit::since::INCREMENTAL_NOTE.to_string()),
+        Ok(_) => Some(format!(
+            "{}; read whole, not incremental: {}",
+            vellum_audit::since::INCREMENTAL_NOTE,
+            read_whole.join("; ")
+        )),
+    }
 }
 
 /// The kept checkpoint against the replica that got furthest (the others

@@ -453,6 +453,41 @@ class Live(unittest.TestCase):
         receipt = self.writer.append(stream, events)
         return stream, events, receipt
 
+    def test_type_filters_on_reads_subscriptions_and_groups(self):
+        """Goal: `types=` (with `streams=`) filters on the server: a read,
+        a subscription and a group deliver exactly the events of the named
+        types, bytes equal, never an untyped one; a type holding a comma is
+        named by a group's list; odd lists are typed refusals."""
+        stream = fresh_stream()
+        events = [
+            NewEvent(b"p\xff", type="Patient"),
+            NewEvent(b"o\x00", type="Obs ervation"),
+            NewEvent(b"m", type="M\u00e9dication,x"),
+            NewEvent(b"u", content_type="text/plain"),
+        ]
+        receipt = self.writer.append(stream, events)
+        self.writer.append(stream, [b"bare"])
+        first = receipt.first_position
+        page = self.writer.read_log(first, 100, streams=str(stream), types=["Obs ervation", "patient"])
+        self.assertEqual([(e.position, e.type, e.data) for e in page.events], [(first + 1, "Obs ervation", b"o\x00")])
+        self.assertGreater(page.next_position, first + 1)
+        deadline = time.monotonic() + LIVE_WAIT_S
+        for event in self.writer.subscribe(first, streams=str(stream), types=["Patient"], idle_timeout=5.0):
+            self.assertEqual((event.position, event.type, event.data), (first, "Patient", b"p\xff"))
+            break
+        self.assertLess(time.monotonic(), deadline)
+        name = f"types-{secrets.token_hex(4)}"
+        info = self.writer.create_group(name, streams=str(stream), types=["M\u00e9dication,x"], start=first)
+        self.assertEqual(info.types, ("M\u00e9dication,x",))
+        delivery = self.writer.pull(name, max_events=10, wait_ms=2000)
+        self.assertEqual([(d.event.position, d.event.data) for d in delivery.events], [(first + 2, b"m")])
+        self.writer.ack(name, [first + 2])
+        self.writer.delete_group(name)
+        with self.assertRaises(BadRequest):
+            self.writer.read_log(first, 10, types=[])
+        with self.assertRaises(ValueError):
+            self.writer.read_log(first, 10, types=["a,b"])
+
     def test_enveloped_event_reads_back_and_proof_checks(self):
         """Goal: an enveloped append's receipt checks offline; read back,
         the fields are the ones sent (metadata as its exact text) and

@@ -31,10 +31,12 @@ class Stub(BaseHTTPRequestHandler):
 
     script: list = []
     bodies: list = []
+    paths: list = []
 
     def _answer(self):
         length = int(self.headers.get("content-length") or 0)
         type(self).bodies.append(self.rfile.read(length))
+        type(self).paths.append(self.path)
         status, body = type(self).script.pop(0) if type(self).script else (500, {})
         # A str body is sent as is (raw JSON text), anything else as JSON.
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -170,6 +172,35 @@ class Retries(unittest.TestCase):
         self.assertEqual(json.loads(Stub.bodies[1]), {"positions": [3, 4]})
         self.assertEqual(json.loads(Stub.bodies[2]), {"positions": [9]})
         self.assertEqual(json.loads(Stub.bodies[3]), {"positions": [3], "action": "park", "reason": "bad"})
+
+    def test_filters_are_sent_as_documented(self):
+        """Goal: `streams` and `types` reach the server as the documented
+        query (types comma-joined, each percent-encoded) and, for a group,
+        as a JSON list; a type holding a comma or a bare string never
+        leaves the client."""
+        Stub.paths = []
+        group = {
+            "name": "g-1", "streams": None, "types": ["Obs ervation", "a,b"], "start": 0, "retry_max": 5,
+            "lease_ms": 100, "created_at": 9, "checkpoint": 0, "acked": 0, "parked": 0, "in_flight": 0,
+        }
+        Stub.script = [(200, {"events": [], "next_position": 10}), (201, group)]
+        with self.client() as client:
+            page = client.read_log(0, 10, streams="5001,6000-6999", types=["Patient", "Obs ervation", "M\u00e9d"])
+            self.assertEqual(page.next_position, 10)
+            info = client.create_group("g-1", types=["Obs ervation", "a,b"], lease_ms=100)
+            self.assertEqual(info.types, ("Obs ervation", "a,b"))
+            with self.assertRaises(ValueError):
+                client.read_log(0, 10, types=["a,b"])
+            with self.assertRaises(TypeError):
+                client.read_log(0, 10, types="Patient")
+            with self.assertRaises(ValueError):
+                next(iter(client.subscribe(0, types=["a,b"])))
+        self.assertEqual(
+            Stub.paths[0],
+            "/v1/log?from=0&max=10&streams=5001%2C6000-6999&types=Patient%2CObs%20ervation%2CM%C3%A9d",
+        )
+        self.assertEqual(json.loads(Stub.bodies[1]), {"name": "g-1", "types": ["Obs ervation", "a,b"], "lease_ms": 100})
+        self.assertEqual(len(Stub.paths), 2, "refused filters never leave the client")
 
     def test_4xx_is_typed_and_never_retried(self):
         """Goal: 409 and 404 map to their classes at the first answer."""

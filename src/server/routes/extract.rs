@@ -43,10 +43,51 @@ where
 {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if let Some(query) = parts.uri.query() {
+            check_query(query)?;
+        }
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(value)| ApiQuery(value))
             .map_err(|r| ApiError::bad_request(format!("bad query: {}", r.body_text())))
     }
+}
+
+/// Refuses a query that the form decoder would read as something else: a
+/// `%` not followed by two hex digits (kept as is by the decoder) or a
+/// name or value that decodes to bytes that are not UTF-8 (replaced by
+/// U+FFFD by the decoder). So `types=%FF` is a 400, never a filter on "�".
+fn check_query(query: &str) -> Result<(), ApiError> {
+    for pair in query.split('&') {
+        let mut decoded = Vec::with_capacity(pair.len());
+        let mut bytes = pair.bytes();
+        while let Some(byte) = bytes.next() {
+            if byte != b'%' {
+                decoded.push(byte);
+                continue;
+            }
+            let high = bytes.next().and_then(|b| char::from(b).to_digit(16));
+            let low = bytes.next().and_then(|b| char::from(b).to_digit(16));
+            let (Some(high), Some(low)) = (high, low) else {
+                return Err(ApiError::bad_request(format!(
+                    "bad query: {:?} holds a % that is not followed by two hex digits",
+                    clip(pair)
+                )));
+            };
+            decoded.push(u8::try_from(high * 16 + low).expect("two hex digits fit a byte"));
+        }
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "bad query: {:?} does not decode to UTF-8",
+                clip(pair)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first 60 characters of `text`, for an error message.
+fn clip(text: &str) -> String {
+    text.chars().take(60).collect()
 }
 
 /// A JSON body, parsed, plus its raw bytes (relayed as is when forwarding).
@@ -121,4 +162,36 @@ pub fn edge_optional(field: &str, text: Option<&str>) -> Result<Option<u64>, Api
 /// else a 400 naming `field`.
 pub fn edge_value(field: &str, value: u64) -> Result<u64, ApiError> {
     crate::bounds::check(field, value).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_query;
+
+    /// Goal: a query the form decoder would read as something else (a bare
+    /// `%`, bytes that are not UTF-8) is refused; well-formed ones pass.
+    #[test]
+    fn odd_percent_escapes_are_refused() {
+        for good in [
+            "types=Patient",
+            "types=M%C3%A9dication%2Cx&streams=5001",
+            "types=Obs+ervation",
+            "a=&b",
+            "types=%e2%80%94",
+        ] {
+            assert!(check_query(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "types=%FF",
+            "types=%C3",
+            "types=A%2",
+            "types=%",
+            "types=%zz",
+            "t%FFypes=x",
+            "from=0&types=%ED%A0%80",
+        ] {
+            let error = check_query(bad).expect_err(bad);
+            assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
 }

@@ -133,7 +133,7 @@ async fn usable_group(
     let GroupAnswer::Info(info) = answer else {
         return Err(unexpected());
     };
-    let filter = EventFilter::parse(info.streams.as_deref())?;
+    let filter = EventFilter::parse(info.streams.as_deref(), None)?;
     check_scope(principal, name, filter.stream_ranges().unwrap_or_default())?;
     Ok(info)
 }
@@ -163,8 +163,17 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let request = body.value;
     let name = checked_name(&request.name)?;
-    let filter = EventFilter::parse(request.streams.as_deref())?;
+    let mut filter = EventFilter::parse(request.streams.as_deref(), None)?;
+    if let Some(types) = &request.types {
+        filter = filter.with_types(types)?;
+    }
     let streams = filter.stream_ranges().unwrap_or_default().to_vec();
+    let types: Vec<String> = filter
+        .event_types()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    // The scope is checked on streams only: a type list narrows what the
+    // group delivers, never widens it.
     check_scope(&principal, &name, &streams)?;
     let start = match request.start.as_deref() {
         None | Some("beginning") => GroupStart::Beginning,
@@ -183,12 +192,16 @@ pub(crate) async fn create(
             "lease_ms: {lease_ms} is not between {GROUP_LEASE_MS_MIN} and {GROUP_LEASE_MS_MAX}"
         )));
     }
-    let touched = about(&name, "create");
+    let touched = match filter.describe() {
+        Some(filter) => about(&name, &format!("create; {filter}")),
+        None => about(&name, "create"),
+    };
     let answer = call(
         &state,
         GroupCall::Create {
             name,
             streams,
+            types,
             start,
             retry_max,
             lease_ms,

@@ -60,6 +60,8 @@ pub(crate) struct LogQuery {
     min_position: Option<String>,
     /// The event filter (`crate::server::filter`).
     streams: Option<String>,
+    /// The event filter's types (`crate::server::filter`).
+    types: Option<String>,
 }
 
 /// How long a read at a backup waits for its certified prefix to reach the
@@ -153,7 +155,10 @@ pub(crate) async fn append(
     event.outcome = "success".to_string();
     call.trail = Some(Bytes::from(event.to_payload()));
     tracing::debug!(principal = %principal.name, stream = call.stream, "append");
-    match run_blocking(&state, move |node| node.append(call)).await? {
+    tracing::trace!(target: "vellum::latency", step = "api_append");
+    let outcome = run_blocking(&state, move |node| node.append(call)).await?;
+    tracing::trace!(target: "vellum::latency", step = "api_answered");
+    match outcome {
         Ok(receipt) => {
             let recorded = !receipt.duplicate;
             let touched = Touched {
@@ -379,7 +384,10 @@ pub(crate) async fn read_log(
 ) -> Result<Response, ApiError> {
     let (from, max) = read_window(query.from.as_deref(), query.max.as_deref())?;
     let min_position = edge_optional("min_position", query.min_position.as_deref())?;
-    let filter = crate::server::filter::EventFilter::parse(query.streams.as_deref())?;
+    let filter = crate::server::filter::EventFilter::parse(
+        query.streams.as_deref(),
+        query.types.as_deref(),
+    )?;
     await_position(&state, min_position).await?;
     let mut events = run_blocking(&state, move |node| node.read_log(from, max))
         .await?
@@ -558,18 +566,22 @@ pub(crate) async fn export_audit(
             principal.name
         )));
     }
-    let (source, records) = run_blocking(&state, move |node| {
-        node.audit_records(from_ns, to_ns, stream)
+    // The snapshot and the first page are read before answering, so a
+    // trail that cannot be read is an ordinary error answer; the rest is
+    // streamed (`audit_export`).
+    let (snapshot, first) = run_blocking(&state, |node| {
+        let snapshot = node.trail_snapshot()?;
+        let first = node.trail_page(0, snapshot.end)?;
+        Ok::<_, crate::server::node::TrailError>((snapshot, first))
     })
     .await?
     .map_err(ApiError::from)?;
-    let answer = api::AuditExport {
-        source,
-        records: records
-            .into_iter()
-            .map(|(event, position)| api::AuditRecord { position, event })
-            .collect(),
+    let filter = super::audit_export::AuditFilter {
+        from_ns,
+        to_ns,
+        stream,
     };
+    let answer = super::audit_export::answer(state.clone(), snapshot, filter, first);
     let touched = Touched {
         stream,
         from: from_ns,
@@ -578,7 +590,7 @@ pub(crate) async fn export_audit(
         detail: None,
         streams: None,
     };
-    Ok(with_touched(Json(answer).into_response(), touched))
+    Ok(with_touched(answer, touched))
 }
 
 /// Records a verification run in the access trail: its scope, result,

@@ -13,6 +13,7 @@
 //! wait for disk or for a commit, and a panic there becomes a logged
 //! `500 storage` instead of taking the server down.
 
+pub mod audit_export;
 pub mod breakglass;
 pub mod custody;
 pub mod errors;
