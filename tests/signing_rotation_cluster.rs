@@ -204,6 +204,59 @@ async fn signing_key_rotation_on_a_cluster() {
     assert_ne!(code, 0, "a certificate by the retired key: {out}");
     assert!(out.contains("quorum"), "{out}");
 
+    // Export bundles while the third replica is down: every certificate
+    // since the restart needed replica 1's new key.
+    let cluster_dir = cluster.dev.dir.clone();
+    let bundles = dir.path().join("bundles");
+    let (auditor_path, unpinned_path) = (auditor.clone(), unpinned.clone());
+    let export_dir = cluster_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        for stream in [BEFORE, AFTER] {
+            let bundle = bundles.join(stream.to_string());
+            let (code, _, err) = vellum_cli(&[
+                "export",
+                "events",
+                "--cluster",
+                s(&export_dir),
+                "--stream",
+                &stream.to_string(),
+                "--to",
+                "2",
+                "--purpose",
+                "signing rotation test",
+                "--out",
+                s(&bundle),
+            ]);
+            assert_eq!(code, 0, "export stream {stream}: {err}");
+            let (code, out, err) = vellum_cli(&[
+                "verify",
+                "--bundle",
+                s(&bundle),
+                "--policy",
+                s(&auditor_path),
+            ]);
+            assert_eq!(
+                code, 0,
+                "bundle of {stream}, pinned rotation:\n{out}\n{err}"
+            );
+            if stream == AFTER {
+                let (code, out, err) = vellum_cli(&[
+                    "verify",
+                    "--bundle",
+                    s(&bundle),
+                    "--policy",
+                    s(&unpinned_path),
+                ]);
+                assert_ne!(
+                    code, 0,
+                    "bundle of {stream} without the rotation:\n{out}\n{err}"
+                );
+            }
+        }
+    })
+    .await
+    .expect("export task");
+
     cluster
         .start_replica(third)
         .expect("restart the third replica");
@@ -211,8 +264,13 @@ async fn signing_key_rotation_on_a_cluster() {
         .wait_commit(&[0, 1, 2], after.op, WAIT)
         .await
         .expect("the third replica catches up");
-    let cluster_dir = cluster.dev.dir.clone();
     cluster.stop().expect("stop the cluster");
+    let (code, out, err) =
+        vellum_cli(&["verify", "--data-dir", s(&data1), "--policy", s(&auditor)]);
+    assert_eq!(
+        code, 0,
+        "verify --data-dir of the rotated replica:\n{out}\n{err}"
+    );
     let (code, out, err) = vellum_cli(&[
         "verify",
         "--cluster",
