@@ -237,7 +237,18 @@ fn rotate_signing(args: RotateSigningArgs) -> anyhow::Result<ExitCode> {
         println!("{what}");
         return Ok(ExitCode::SUCCESS);
     }
-    let from_op = last_op(&dir, &meta)? + 1;
+    let (last, certified) = last_op(&dir, &meta)?;
+    let alone = crate::log::load_policy(&dir.policy())?.verifiers.len() == 1;
+    if alone && !certified {
+        // A replica alone signs its tail at its next open with the key it
+        // holds then: the old key must have certified it already.
+        anyhow::bail!(
+            "op {last}, the last op of {}, has no certificate in the log: start the replica once \
+             (it certifies its tail), stop it, then rotate",
+            args.data_dir.display()
+        );
+    }
+    let from_op = last + 1;
     let rotation = dir.rotate_signing_key(&meta, from_op, &mut CrashGate::never())?;
     if args.json {
         print_json(&serde_json::json!({
@@ -264,8 +275,9 @@ fn rotate_signing(args: RotateSigningArgs) -> anyhow::Result<ExitCode> {
 
 /// The last op in the stopped replica's log (0 when empty): every op its
 /// old key may have signed a checkpoint of (a replica signs only ops it
-/// holds durably).
-fn last_op(dir: &DataDir, meta: &NodeMeta) -> anyhow::Result<u64> {
+/// holds durably); and whether a certificate record in the log certifies
+/// it (true for an empty log).
+fn last_op(dir: &DataDir, meta: &NodeMeta) -> anyhow::Result<(u64, bool)> {
     let cluster = meta.cluster_id().map_err(|e| anyhow::anyhow!(e))?;
     let config = crate::storage::StorageConfig {
         read_only: true,
@@ -273,5 +285,10 @@ fn last_op(dir: &DataDir, meta: &NodeMeta) -> anyhow::Result<u64> {
     };
     let (storage, recovery) = crate::storage::Storage::open(dir.root(), cluster, config)?;
     storage.close()?;
-    Ok(recovery.chain.last_op)
+    let last = recovery.chain.last_op;
+    let certified = last == 0
+        || recovery.records.iter().any(|(_, header)| {
+            header.kind == vellum_audit::record::RecordKind::Certificate && header.op == last
+        });
+    Ok((last, certified))
 }
