@@ -238,10 +238,12 @@ impl Certificate {
     /// ([`Policy::at_op`]): a signature by a key retired before that op, or
     /// by one that takes over only after it, counts for nothing.
     pub fn verify(&self, policy: &Policy) -> Result<VerifiedCertificate, CertificateError> {
-        let policy = match self.certified_op() {
-            _ if policy.rotations.is_empty() => std::borrow::Cow::Borrowed(policy),
-            Some(op) => policy.at_op(op),
-            None => return Err(CertificateError::OpUnknown),
+        let policy = match policy.rotations.is_empty() {
+            true => std::borrow::Cow::Borrowed(policy),
+            false => match self.certified_op() {
+                Some(op) => policy.at_op(op),
+                None => return Err(CertificateError::OpUnknown),
+            },
         };
         let policy = policy.as_ref();
         if self.checkpoint.origin != policy.origin {
