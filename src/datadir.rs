@@ -236,6 +236,80 @@ impl NodeMeta {
     }
 }
 
+impl DataDir {
+    /// Pins `rotation` in this directory's `policy.txt` (checked against
+    /// the keys in force before it); nothing when it is pinned already.
+    pub fn pin_rotation(
+        &self,
+        rotation: &vellum_audit::key_history::KeyRotation,
+    ) -> Result<(), crate::crypto::CryptoError> {
+        let path = self.policy();
+        let failed = |reason: String| crate::crypto::CryptoError::format(&path, reason);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| crate::crypto::CryptoError::io(&path, e))?;
+        let policy =
+            vellum_audit::policy::Policy::parse(&text).map_err(|e| failed(e.to_string()))?;
+        if policy.rotations.contains(rotation) {
+            return Ok(());
+        }
+        let mut rotations = policy.rotations.clone();
+        rotations.push(rotation.clone());
+        let pinned = policy
+            .with_rotations(rotations)
+            .map_err(|e| failed(e.to_string()))?;
+        crate::fsutil::replace_durable(&path, pinned.encode().as_bytes(), 0o644)
+            .map_err(|e| crate::crypto::CryptoError::io(&path, e))
+    }
+
+    /// Finishes or undoes a signing-key rotation a crash cut short (see
+    /// `crypto::recover_signing_rotation`). Call with the directory's lock
+    /// held, before loading the signing key.
+    pub fn recover_signing_rotation(
+        &self,
+    ) -> Result<crate::crypto::SigningRecovery, crate::crypto::CryptoError> {
+        let (keys, key_file) = (self.keys(), self.signing_key());
+        let home = crate::crypto::SigningKeyHome {
+            keys_dir: &keys,
+            key_file: &key_file,
+        };
+        crate::crypto::recover_signing_rotation(
+            home,
+            &mut |rotation| self.pin_rotation(rotation),
+            &mut crate::crypto::CrashGate::never(),
+        )
+    }
+
+    /// Rotates this stopped replica's signing key (`crypto::rotate_signing_key`)
+    /// so the new key signs from `from_op`, after finishing any rotation a
+    /// crash cut short. Call with the directory's lock held.
+    pub fn rotate_signing_key(
+        &self,
+        meta: &NodeMeta,
+        from_op: u64,
+        gate: &mut crate::crypto::CrashGate,
+    ) -> Result<vellum_audit::key_history::KeyRotation, crate::crypto::CryptoError> {
+        self.recover_signing_rotation()?;
+        let cluster = meta
+            .cluster_id()
+            .map_err(|reason| crate::crypto::CryptoError::format(self.meta(), reason))?;
+        let origin = vellum_audit::checkpoint::origin_for_cluster(cluster);
+        let (keys, key_file) = (self.keys(), self.signing_key());
+        let home = crate::crypto::SigningKeyHome {
+            keys_dir: &keys,
+            key_file: &key_file,
+        };
+        let replica = usize::try_from(meta.replica).expect("a u32 fits in usize");
+        crate::crypto::rotate_signing_key(
+            home,
+            &origin,
+            replica,
+            from_op,
+            &mut |rotation| self.pin_rotation(rotation),
+            gate,
+        )
+    }
+}
+
 /// A `vellum.json` write failure as a crypto error (the rotation's).
 pub(crate) fn meta_io(dir: &DataDir, error: MetaError) -> crate::crypto::CryptoError {
     crate::crypto::CryptoError::Io {

@@ -179,6 +179,12 @@ pub enum CertificateError {
         /// `name+keyid: why` of each pinned-witness cosignature that failed.
         failed: Vec<String>,
     },
+    /// The policy pins key rotations, so the keys in force depend on the
+    /// certified op, but the checkpoint does not name exactly one op.
+    #[error(
+        "the policy pins key rotations and the checkpoint does not carry exactly one valid vellum-head line naming its op"
+    )]
+    OpUnknown,
     /// The pinned keys themselves are ambiguous.
     #[error(transparent)]
     Note(#[from] NoteError),
@@ -214,12 +220,34 @@ impl Certificate {
         Ok(Certificate { checkpoint, note })
     }
 
+    /// The op the checkpoint's one well-formed `vellum-head` line names
+    /// (`None` without one, or with more than one).
+    pub fn certified_op(&self) -> Option<u64> {
+        match crate::verify::ChainHead::all_in(&self.checkpoint)[..] {
+            [Ok(head)] => Some(head.op),
+            _ => None,
+        }
+    }
+
     /// Checks the origin and that at least `policy.quorum` distinct pinned
     /// keys signed validly; any failing signature of a pinned key rejects the
     /// certificate (signed-note's SHOULD). Unknown keys are ignored. Then
     /// the same for outside witnesses: at least `policy.cosigner_quorum`
     /// distinct pinned cosigners, and no failing cosignature of one.
+    ///
+    /// A policy with key rotations is first narrowed to the keys in force
+    /// at the op the checkpoint's `vellum-head` line names
+    /// ([`Policy::at_op`]): a signature by a key retired before that op, or
+    /// by one that takes over only after it, counts for nothing.
     pub fn verify(&self, policy: &Policy) -> Result<VerifiedCertificate, CertificateError> {
+        let policy = match policy.rotations.is_empty() {
+            true => std::borrow::Cow::Borrowed(policy),
+            false => match self.certified_op() {
+                Some(op) => policy.at_op(op),
+                None => return Err(CertificateError::OpUnknown),
+            },
+        };
+        let policy = policy.as_ref();
         if self.checkpoint.origin != policy.origin {
             return Err(CertificateError::OriginMismatch {
                 expected: policy.origin.clone(),

@@ -329,6 +329,7 @@ mod tests {
             vkeys: vec![],
             keys: vec![],
             sha256: None,
+            rotations: vec![],
         };
         let html = Report::new("s<".into(), policy, vec![check.finish()], None).to_html();
         assert!(html.contains("&lt;b&gt;seg&lt;/b&gt; at byte 7"));

@@ -23,9 +23,11 @@
 //! the old key comes from the history itself, so a chain of rotations
 //! only verifies from the keys the auditor pinned first.
 //!
-//! Not built yet (the announcement as a certified op on a system stream,
-//! the replica's command, `policy.txt` lines, `vellum verify` using
-//! [`KeyHistory::policy_at`]): see docs/format.md.
+//! The policy file pins these lines (`Policy::parse` checks them through
+//! [`KeyHistory::add`]), `Certificate::verify` applies the keys in force
+//! at a checkpoint's op, and `vellum keys rotate-signing` makes them. Not
+//! built yet: the announcement as a certified op on a system stream (see
+//! docs/format.md, "Signing-key rotation").
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -429,5 +431,93 @@ mod tests {
                 "{line:?}"
             );
         }
+    }
+
+    fn certificate_at(op: u64, signers: &[&Signer]) -> crate::checkpoint::Certificate {
+        let checkpoint = crate::checkpoint::Checkpoint {
+            origin: ORIGIN.to_string(),
+            size: op,
+            root: [op as u8; 32],
+            extensions: vec![crate::verify::chain_head_extension(op, &[1; 32])],
+        };
+        crate::checkpoint::Certificate::sign(checkpoint, signers).expect("sign")
+    }
+
+    /// Goal: `rotation` lines in a policy file parse, are written back byte
+    /// for byte, and switch the key a certificate is checked with at the
+    /// op its `vellum-head` names: before the rotation only the old key
+    /// counts, from it on only the new one.
+    #[test]
+    fn a_pinned_rotation_decides_which_key_counts_at_each_op() {
+        let (history, signers) = history();
+        let new = signer("vellum-00112233-r1", 9);
+        let rotation = KeyRotation::sign(ORIGIN, 1, 100, &signers[1], &new);
+        let text = history.base.encode().replace(
+            "quorum replicas\n",
+            &format!("{}\nquorum replicas\n", rotation.to_line()),
+        );
+        let policy = Policy::parse(&text).expect("a policy with a rotation");
+        assert_eq!(policy.rotations, vec![rotation]);
+        assert_eq!(policy.encode(), text);
+        assert_eq!(policy.verifier_at(1, 99), Some(&signers[1].verifier()));
+        assert_eq!(policy.verifier_at(1, 100), Some(&new.verifier()));
+        assert_eq!(policy.verifier_at(0, 100), Some(&signers[0].verifier()));
+        let (r0, old, new) = (&signers[0], &signers[1], &new);
+        for (op, keys, accepted) in [
+            (99, [r0, old], true),
+            (99, [r0, new], false),
+            (100, [r0, old], false),
+            (100, [r0, new], true),
+            (5000, [r0, new], true),
+            (5000, [old, new], false),
+        ] {
+            let verified = certificate_at(op, &keys).verify(&policy);
+            assert_eq!(verified.is_ok(), accepted, "op {op}: {verified:?}");
+        }
+        // The old key's signature after the rotation counts for nothing, so
+        // with the quorum's other key it falls short.
+        assert!(matches!(
+            certificate_at(100, &[r0, old]).verify(&policy),
+            Err(crate::checkpoint::CertificateError::QuorumNotMet { valid: 1, .. })
+        ));
+        let mut headless = certificate_at(99, &[r0, old]);
+        headless.checkpoint.extensions.clear();
+        headless =
+            crate::checkpoint::Certificate::sign(headless.checkpoint, &[r0, old]).expect("sign");
+        assert!(matches!(
+            headless.verify(&policy),
+            Err(crate::checkpoint::CertificateError::OpUnknown)
+        ));
+        assert!(
+            headless.verify(&history.base).is_ok(),
+            "no rotation: no op needed"
+        );
+    }
+
+    /// Goal: a policy file whose rotation line does not verify against the
+    /// keys in force is refused at that line, as is one that gives a
+    /// replica's new key another replica's key name.
+    #[test]
+    fn a_policy_with_a_bad_rotation_line_is_refused_at_that_line() {
+        let (history, signers) = history();
+        let new = signer("vellum-00112233-r1", 9);
+        let stranger = signer("vellum-00112233-r1", 10);
+        let forged = KeyRotation::sign(ORIGIN, 1, 100, &stranger, &new);
+        let named_as_peer = signer("vellum-00112233-r2", 12);
+        let misnamed = KeyRotation::sign(ORIGIN, 1, 100, &signers[1], &named_as_peer);
+        for (rotation, why) in [(forged, "key in force"), (misnamed, "pinned twice")] {
+            let text = history.base.encode().replace(
+                "quorum replicas\n",
+                &format!("{}\nquorum replicas\n", rotation.to_line()),
+            );
+            let error = Policy::parse(&text).expect_err("refused").to_string();
+            assert!(error.contains("line 6"), "{error}");
+            assert!(error.contains(why), "{error}");
+        }
+        let garbled = history.base.encode().replace(
+            "quorum replicas\n",
+            "rotation 1 100 nonsense\nquorum replicas\n",
+        );
+        assert!(Policy::parse(&garbled).is_err());
     }
 }

@@ -41,9 +41,25 @@
 //! `cosigner-quorum` (`all`, `any` or `0..=n`) says how many distinct pinned
 //! cosigners must have cosigned a certificate. A policy without `cosigner`
 //! lines needs no cosignature, and parses exactly as before.
+//!
+//! Replica signing-key rotations are pinned with one more Vellum directive,
+//! one line per rotation, before the quorum line (see `key_history`):
+//!
+//! ```text
+//! rotation 1 1042 vellum-…-r1+0badc0de+AQ... <base64 old sig> <base64 new sig>
+//! ```
+//!
+//! Each is checked when the policy is parsed (the old key in force signed
+//! it, the new key countersigned it); a certificate is then checked against
+//! the keys in force at the op its `vellum-head` line names
+//! ([`Policy::at_op`]). A policy without `rotation` lines parses exactly as
+//! before.
+
+use std::borrow::Cow;
 
 use crate::cosignature::CosignerKey;
 use crate::error::DecodeError;
+use crate::key_history::{KeyHistory, KeyHistoryError, KeyRotation};
 use crate::note::{Verifier, is_valid_key_name};
 
 /// The most keys a policy may pin (tlog-policy asks for at least 32).
@@ -97,6 +113,10 @@ pub struct Policy {
     /// The submission URL of each cosigner (same order as `cosigners`),
     /// when its `cosigner` line names one.
     pub cosigner_urls: Vec<Option<String>>,
+    /// Pinned signing-key rotations, each checked against the keys in
+    /// force before it (see [`Policy::with_rotations`]); empty: none.
+    /// `verifiers` stays the keys pinned first, in force from op 0.
+    pub rotations: Vec<KeyRotation>,
 }
 
 impl Policy {
@@ -142,7 +162,73 @@ impl Policy {
             cosigners: Vec::new(),
             cosigner_quorum: 0,
             cosigner_urls: Vec::new(),
+            rotations: Vec::new(),
         })
+    }
+
+    /// This policy with `rotations` pinned, in order, each checked by
+    /// [`KeyHistory::add`] against the keys in force before it.
+    pub fn with_rotations(
+        mut self,
+        rotations: Vec<KeyRotation>,
+    ) -> Result<Policy, KeyHistoryError> {
+        let mut history = KeyHistory::new(self.clone());
+        for rotation in &rotations {
+            history.add(rotation.clone())?;
+        }
+        // Every op's policy must be valid too (e.g. no key name twice).
+        for rotation in &rotations {
+            history.policy_at(rotation.from_op)?;
+        }
+        self.rotations = rotations;
+        Ok(self)
+    }
+
+    /// The key history this policy pins (its keys, then its rotations).
+    pub fn key_history(&self) -> KeyHistory {
+        let mut history = KeyHistory::new(self.clone());
+        for rotation in &self.rotations {
+            history
+                .add(rotation.clone())
+                .expect("with_rotations checked every rotation");
+        }
+        history
+    }
+
+    /// The key of replica `replica` in force at `op`: the newest pinned
+    /// rotation of it from `op` or before, else its key pinned first.
+    pub fn verifier_at(&self, replica: usize, op: u64) -> Option<&Verifier> {
+        let rotated = self
+            .rotations
+            .iter()
+            .rev()
+            .find(|r| r.replica == replica && r.from_op <= op);
+        match rotated {
+            Some(rotation) => Some(&rotation.new),
+            None => self.verifiers.get(replica),
+        }
+    }
+
+    /// The policy a checkpoint certifying `op` is checked against: this one
+    /// without rotations, or, with rotations, each replica's key in force
+    /// at `op` (the rotations dropped, as they are applied).
+    pub fn at_op(&self, op: u64) -> Cow<'_, Policy> {
+        if self.rotations.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let verifiers = (0..self.verifiers.len())
+            .map(|replica| {
+                self.verifier_at(replica, op)
+                    .expect("every replica has a key pinned first")
+                    .clone()
+            })
+            .collect();
+        let mut policy = Policy::new(&self.origin, verifiers, self.quorum)
+            .expect("with_rotations checked the policy of every rotation's op");
+        policy.cosigners = self.cosigners.clone();
+        policy.cosigner_quorum = self.cosigner_quorum;
+        policy.cosigner_urls = self.cosigner_urls.clone();
+        Cow::Owned(policy)
     }
 
     /// This policy without its outside witnesses: the log's own (replica)
@@ -244,6 +330,10 @@ impl Policy {
         if !self.cosigners.is_empty() {
             out.push_str(&format!("cosigner-quorum {}\n", self.cosigner_quorum));
         }
+        for rotation in &self.rotations {
+            out.push_str(&rotation.to_line());
+            out.push('\n');
+        }
         out.push_str(&format!("quorum {QUORUM_GROUP_NAME}\n"));
         out
     }
@@ -280,6 +370,7 @@ struct Parser {
     quorum: Option<(usize, usize, Vec<usize>)>,
     cosigners: Vec<(String, CosignerKey, Option<String>)>,
     cosigner_quorum: Option<(usize, String)>,
+    rotations: Vec<(usize, KeyRotation)>,
     line: usize,
 }
 
@@ -306,6 +397,7 @@ impl Parser {
             "quorum" => self.quorum(args),
             "cosigner" => self.cosigner(args),
             "cosigner-quorum" => self.cosigner_quorum(args),
+            "rotation" => self.rotation(args),
             "log" => Err(
                 "log lines are not supported: vellum checkpoints are signed by replicas, \
                           pin them with witness lines"
@@ -457,6 +549,19 @@ impl Parser {
         Ok(())
     }
 
+    fn rotation(&mut self, args: &[&str]) -> Result<(), String> {
+        if self.rotations.len() >= crate::key_history::KEY_ROTATIONS_MAX {
+            return Err(format!(
+                "more than {} rotation lines",
+                crate::key_history::KEY_ROTATIONS_MAX
+            ));
+        }
+        let rotation = KeyRotation::parse_line(&format!("rotation {}", args.join(" ")))
+            .map_err(|error| error.to_string())?;
+        self.rotations.push((self.line, rotation));
+        Ok(())
+    }
+
     fn check_new_name(&self, name: &str) -> Result<(), String> {
         let taken = name == "none"
             || self.witnesses.iter().any(|(n, _)| n == name)
@@ -507,10 +612,27 @@ impl Parser {
         let verifiers: Vec<Verifier> = self.witnesses.into_iter().map(|(_, v)| v).collect();
         let (cosigners, urls): (Vec<CosignerKey>, Vec<Option<String>>) =
             self.cosigners.into_iter().map(|(_, c, u)| (c, u)).unzip();
-        Policy::new(&origin, verifiers, quorum)
+        let mut policy = Policy::new(&origin, verifiers, quorum)
             .and_then(|policy| policy.with_cosigners(cosigners, cosigner_quorum))
             .map(|policy| policy.with_cosigner_urls(urls))
-            .map_err(|error| (Some(line), error.to_string()))
+            .map_err(|error| (Some(line), error.to_string()))?;
+        // Each rotation is checked against the history so far, so an error
+        // names the first line that does not fit.
+        let mut history = KeyHistory::new(policy.clone());
+        for (at, rotation) in &self.rotations {
+            history
+                .add(rotation.clone())
+                .map_err(|error| (Some(*at), error.to_string()))?;
+        }
+        // The keys in force change only at a rotation's op: each such set
+        // must be a valid policy (no key name twice, say).
+        for (at, rotation) in &self.rotations {
+            history
+                .policy_at(rotation.from_op)
+                .map_err(|error| (Some(*at), error.to_string()))?;
+        }
+        policy.rotations = self.rotations.into_iter().map(|(_, r)| r).collect();
+        Ok(policy)
     }
 }
 

@@ -310,6 +310,11 @@ fn inclusion_part(
 
 fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
     let key = |name: &str, id: [u8; 4]| format!("{name}+{}", crate::hash::to_hex(&id));
+    // With pinned rotations, the keys in force at the certified op.
+    let in_force = match certificate.certified_op() {
+        Some(op) => policy.at_op(op),
+        None => std::borrow::Cow::Borrowed(policy),
+    };
     let check = match certificate.verify(policy) {
         Ok(verified) => {
             let signers: Vec<String> = verified
@@ -326,7 +331,7 @@ fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
         }
         Err(CertificateError::QuorumNotMet { .. }) => certificate
             .note
-            .check_signatures(&policy.verifiers)
+            .check_signatures(&in_force.verifiers)
             .expect("verify already checked the pinned keys are unambiguous"),
         Err(other) => return PartCheck::fail(other.to_string()),
     };
@@ -340,7 +345,7 @@ fn quorum_part(certificate: &Certificate, policy: &Policy) -> PartCheck {
         .iter()
         .map(|s| key(&s.name, s.key_id))
         .collect();
-    let missing: Vec<String> = policy
+    let missing: Vec<String> = in_force
         .verifiers
         .iter()
         .filter(|v| !check.valid.contains(v))

@@ -373,6 +373,25 @@ pub struct PolicySummary {
     /// SHA-256 of the policy file as read, lowercase hex (set by the
     /// caller that read the file; absent for a policy built in memory).
     pub sha256: Option<String>,
+    /// Pinned signing-key rotations, in the policy's order (absent from
+    /// the JSON when there are none, so older reports read the same).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<PinnedRotation>,
+}
+
+/// One pinned signing-key rotation as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PinnedRotation {
+    /// The replica's index in the policy.
+    pub replica: usize,
+    /// The first op whose checkpoints the new key signs.
+    pub from_op: u64,
+    /// The new key's name.
+    pub name: String,
+    /// The new key's id, lowercase hex.
+    pub key_id: String,
+    /// The `rotation` line as pinned (both signatures).
+    pub line: String,
 }
 
 impl PolicySummary {
@@ -393,6 +412,17 @@ impl PolicySummary {
             vkeys: keys.iter().map(|k| k.vkey.clone()).collect(),
             keys,
             sha256: None,
+            rotations: policy
+                .rotations
+                .iter()
+                .map(|r| PinnedRotation {
+                    replica: r.replica,
+                    from_op: r.from_op,
+                    name: r.new.name().to_string(),
+                    key_id: to_hex(&r.new.key_id()),
+                    line: r.to_line(),
+                })
+                .collect(),
         }
     }
 }
@@ -543,6 +573,13 @@ impl Report {
         );
         for key in &self.policy.keys {
             let _ = writeln!(out, "  pinned key {} id {}", key.name, key.key_id);
+        }
+        for rotation in &self.policy.rotations {
+            let _ = writeln!(
+                out,
+                "  pinned rotation of replica {} from op {}: key {} id {}",
+                rotation.replica, rotation.from_op, rotation.name, rotation.key_id
+            );
         }
         for check in &self.checks {
             write_check_text(&mut out, check);
@@ -717,6 +754,7 @@ mod tests {
             vkeys: vec![],
             keys: vec![],
             sha256: None,
+            rotations: vec![],
         };
         let report = Report::new("test".into(), policy, vec![ok, bad.finish()], None);
         assert!(!report.passed);
@@ -864,6 +902,7 @@ mod tests {
             vkeys: Vec::new(),
             keys: Vec::new(),
             sha256: None,
+            rotations: Vec::new(),
         };
         let empty = Report::new("s".into(), policy.clone(), Vec::new(), None);
         assert!(empty.to_text().contains("break-glass: none"));

@@ -73,7 +73,7 @@ use vellum_audit::DecodeError;
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::hash::{Hash, to_hex};
 use vellum_audit::leaf::{LeafPreimage, commitment};
-use vellum_audit::note::{NOTE_BYTES_MAX, Note, NoteError, Signer};
+use vellum_audit::note::{NOTE_BYTES_MAX, Note, NoteError, Signer, Verifier};
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
 use vellum_audit::report::{Check, FailureKind, PolicySummary, Reached, Report};
@@ -742,7 +742,7 @@ fn check_manifest(dir: &Path, policy: &Policy) -> (Check, Option<Manifest>) {
             return (check.finish(), None);
         }
     };
-    let signers = check_manifest_sig(&mut check, dir, policy, &bytes);
+    let signers = check_manifest_sig(&mut check, dir, &manifest_keys(dir, policy), &bytes);
     let manifest = match parse_manifest(&bytes) {
         Ok(manifest) => manifest,
         Err((location, message)) => {
@@ -823,11 +823,39 @@ fn check_listing(check: &mut Check, dir: &Path) {
     }
 }
 
-/// Checks `manifest.sig`; returns the names of the pinned keys that signed.
+/// The keys `manifest.sig` may be signed by: the pinned keys, or with
+/// pinned signing-key rotations, each replica's key in force at the op
+/// `certificate.txt` certifies and every key it rotated to after that op
+/// (the replica exports at that certificate or later, with the key it then
+/// holds). A key retired at or before that op does not count. When that op
+/// is unknown (the certificate check fails then), every key of the history.
+fn manifest_keys(dir: &Path, policy: &Policy) -> Vec<Verifier> {
+    if policy.rotations.is_empty() {
+        return policy.verifiers.clone();
+    }
+    let op = read_bounded(&dir.join(CERTIFICATE_FILE), NOTE_BYTES_MAX as u64)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| Certificate::parse(&text).ok())
+        .and_then(|certificate| certificate.certified_op())
+        .unwrap_or(0);
+    let mut keys: Vec<Verifier> = policy.at_op(op).verifiers.clone();
+    keys.extend(
+        policy
+            .rotations
+            .iter()
+            .filter(|rotation| rotation.from_op > op)
+            .map(|rotation| rotation.new.clone()),
+    );
+    keys
+}
+
+/// Checks `manifest.sig` against `keys` ([`manifest_keys`]); returns the
+/// names of the pinned keys that signed.
 fn check_manifest_sig(
     check: &mut Check,
     dir: &Path,
-    policy: &Policy,
+    keys: &[Verifier],
     manifest: &[u8],
 ) -> Option<Vec<String>> {
     let text = read_bounded(&dir.join(MANIFEST_SIG_FILE), NOTE_BYTES_MAX as u64)
@@ -859,7 +887,7 @@ fn check_manifest_sig(
             ),
         );
     }
-    match note.verify(&policy.verifiers) {
+    match note.verify(keys) {
         Ok(signers) => Some(signers.iter().map(|v| v.name().to_string()).collect()),
         Err(e) => {
             check.fail(

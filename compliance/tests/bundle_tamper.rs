@@ -183,6 +183,60 @@ fn manifest_signed_by_another_pinned_replica_fails() {
     );
 }
 
+// Goal: with a pinned signing-key rotation, a bundle's manifest.sig counts
+// when signed by the exporting replica's key in force at the bundle's
+// certificate or a later one (so a bundle from before the rotation keeps
+// verifying, and one the rotated replica exports verifies), never by a key
+// retired before the certificate; and the policy without the rotation
+// refuses the new key.
+#[test]
+fn manifest_signed_under_a_pinned_rotation() {
+    use vellum_audit::key_history::KeyRotation;
+    use vellum_audit::note::Signer;
+    let r = replicas();
+    let new = Signer::from_seed("vellum-replica-1", [0x77; 32]).expect("name");
+    let rotation = KeyRotation::sign(&policy().origin, 1, 50, &r[1], &new);
+    let pinned = policy()
+        .with_rotations(vec![rotation])
+        .expect("the rotation verifies");
+    // (certified op, certificate signers, manifest signer, passes)
+    let cases: [(u64, [&Signer; 2], &Signer, bool); 5] = [
+        (49, [&r[0], &r[1]], &r[1], true),
+        (49, [&r[0], &r[1]], &new, true),
+        (50, [&r[0], &new], &new, true),
+        (60, [&r[0], &new], &r[1], false),
+        (60, [&r[0], &new], &r[0], true),
+    ];
+    for (op, certified_by, exporter, passes) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("bundle");
+        let log = support::build_log_signed(4, true, &small_body, Some(op), &certified_by);
+        let mut request = request(4);
+        request.exported_by = exporter.name().to_string();
+        write_bundle(
+            &dir,
+            &request,
+            &log.certificate.encode(),
+            &log.events,
+            exporter,
+        )
+        .expect("write bundle");
+        let report = verify_bundle(&dir, &pinned);
+        let case = format!("op {op}, manifest by {}", exporter.verifier().to_vkey());
+        assert_eq!(report.passed, passes, "{case}:\n{}", report.to_text());
+        if !passes {
+            assert_fails_at(&report, MANIFEST_SIG_FILE, "not validly signed");
+        }
+        if exporter.verifier() == new.verifier() {
+            assert_fails_at(
+                &verify_bundle(&dir, &policy()),
+                MANIFEST_SIG_FILE,
+                "not validly signed",
+            );
+        }
+    }
+}
+
 // Goal: the writer refuses a non-empty directory and an event its proof
 // contradicts, writing nothing.
 #[test]

@@ -1,7 +1,9 @@
 //! `vellum keys show`: public key material only. `vellum keys rotate-kek`:
 //! a new key-encryption key for a stopped replica (wiring only; the
 //! rotation is `crypto::rotate_kek`). `vellum keys new-kek`: a KEK file to
-//! rotate a cluster's replicas to.
+//! rotate a cluster's replicas to. `vellum keys rotate-signing`: a new
+//! signing key for a stopped replica (wiring only; the rotation is
+//! `crypto::rotate_signing_key`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::print_json;
-use crate::crypto::{CrashGate, KekConfig, NewKek, Recovery};
+use crate::crypto::{CrashGate, KekConfig, NewKek, Recovery, SigningRecovery};
 use crate::datadir::{DataDir, NodeMeta};
 
 /// `vellum keys`
@@ -21,7 +23,8 @@ pub struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Show this replica's public keys (never secrets).
+    /// Show this replica's public keys (never secrets) and the `rotation`
+    /// lines of every signing-key rotation it made.
     Show(ShowArgs),
     /// Rotate a stopped replica's key-encryption key: every data key is
     /// rewrapped under a new KEK, then the old KEK is destroyed. Crash-safe:
@@ -33,6 +36,26 @@ enum KeysCommand {
     /// overwrite): the KEK every replica of a cluster rotates to with
     /// `rotate-kek --new-kek-file`.
     NewKek(NewKekArgs),
+    /// Rotate a stopped replica's Ed25519 signing key: a new key signs every
+    /// checkpoint after the replica's last op; the announcement, signed by
+    /// the old and the new key, is pinned in this replica's policy.txt and
+    /// printed as the `rotation` line every other replica's policy and every
+    /// auditor's must pin. The old key is destroyed. Crash-safe like
+    /// rotate-kek.
+    RotateSigning(RotateSigningArgs),
+}
+
+#[derive(Debug, Args)]
+struct RotateSigningArgs {
+    /// The stopped replica's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Only finish or undo a rotation a crash interrupted; rotate nothing.
+    #[arg(long)]
+    recover_only: bool,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +104,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         KeysCommand::Show(args) => show(args),
         KeysCommand::RotateKek(args) => rotate_kek(args),
+        KeysCommand::RotateSigning(args) => rotate_signing(args),
         KeysCommand::NewKek(args) => {
             drop(crate::crypto::Kek::create_file(&args.out)?);
             println!("wrote a new key-encryption key to {}", args.out.display());
@@ -97,6 +121,11 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     super::check_key_permissions(&dir)?;
     let signer = crate::crypto::load_signing_key_file(&dir.signing_key())?;
     let vkey = signer.verifier().to_vkey();
+    // The rotations this replica made: the lines auditors must pin.
+    let rotations: Vec<String> = crate::crypto::signing_rotations(&dir.keys())?
+        .iter()
+        .map(|r| r.to_line())
+        .collect();
     if args.vkeys {
         println!("{vkey}");
     } else if args.json {
@@ -104,11 +133,15 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             "name": signer.name(),
             "key_id": crate::cli::hex(&signer.key_id()),
             "vkey": vkey,
+            "rotations": rotations,
         }))?;
     } else {
         println!("name    {}", signer.name());
         println!("key id  {}", crate::cli::hex(&signer.key_id()));
         println!("vkey    {vkey}");
+        for line in &rotations {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -176,4 +209,86 @@ fn rotate_kek(args: RotateKekArgs) -> anyhow::Result<ExitCode> {
         println!("the rotation is recorded in the access trail at the replica's next start");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_signing(args: RotateSigningArgs) -> anyhow::Result<ExitCode> {
+    super::check_data_dir(&args.data_dir, true)?;
+    let dir = DataDir::new(&args.data_dir);
+    super::check_key_permissions(&dir)?;
+    // Offline only: a running replica signs with the key it loaded.
+    let _lock = dir.lock(0).map_err(|e| match e {
+        crate::datadir::LockError::Busy { .. } => anyhow::anyhow!(
+            "{e}: stop the replica first (signing-key rotation works on a stopped replica only)"
+        ),
+        other => other.into(),
+    })?;
+    let meta = NodeMeta::load(&dir)?;
+    if args.recover_only {
+        let what = match dir.recover_signing_rotation()? {
+            SigningRecovery::Nothing => "no signing-key rotation was in progress".to_string(),
+            SigningRecovery::RolledBack => {
+                "rolled back a signing-key rotation cut short before its commit".to_string()
+            }
+            SigningRecovery::Finished(rotation) => format!(
+                "finished a committed signing-key rotation; pin on every replica and auditor:\n{}",
+                rotation.to_line()
+            ),
+        };
+        println!("{what}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (last, certified) = last_op(&dir, &meta)?;
+    let alone = crate::log::load_policy(&dir.policy())?.verifiers.len() == 1;
+    if alone && !certified {
+        // A replica alone signs its tail at its next open with the key it
+        // holds then: the old key must have certified it already.
+        anyhow::bail!(
+            "op {last}, the last op of {}, has no certificate in the log: start the replica once \
+             (it certifies its tail), stop it, then rotate",
+            args.data_dir.display()
+        );
+    }
+    let from_op = last + 1;
+    let rotation = dir.rotate_signing_key(&meta, from_op, &mut CrashGate::never())?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "replica": rotation.replica,
+            "from_op": rotation.from_op,
+            "new_vkey": rotation.new.to_vkey(),
+            "rotation": rotation.to_line(),
+        }))?;
+    } else {
+        println!(
+            "rotated the signing key of replica {}: the new key signs from op {}",
+            rotation.replica, rotation.from_op
+        );
+        println!("new vkey  {}", rotation.new.to_vkey());
+        println!(
+            "pinned in {}; pin this line in every other replica's policy.txt",
+            dir.policy().display()
+        );
+        println!("and in every auditor's policy (before the quorum line):");
+        println!("{}", rotation.to_line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The last op in the stopped replica's log (0 when empty): every op its
+/// old key may have signed a checkpoint of (a replica signs only ops it
+/// holds durably); and whether a certificate record in the log certifies
+/// it (true for an empty log).
+fn last_op(dir: &DataDir, meta: &NodeMeta) -> anyhow::Result<(u64, bool)> {
+    let cluster = meta.cluster_id().map_err(|e| anyhow::anyhow!(e))?;
+    let config = crate::storage::StorageConfig {
+        read_only: true,
+        ..Default::default()
+    };
+    let (storage, recovery) = crate::storage::Storage::open(dir.root(), cluster, config)?;
+    storage.close()?;
+    let last = recovery.chain.last_op;
+    let certified = last == 0
+        || recovery.records.iter().any(|(_, header)| {
+            header.kind == vellum_audit::record::RecordKind::Certificate && header.op == last
+        });
+    Ok((last, certified))
 }

@@ -353,7 +353,14 @@ impl ClusterConfig {
                 .map_err(|e| field_error("data_dir", e.to_string()))?;
             let configured = self.this_replica().verifier.to_vkey();
             let actual = signer.verifier().to_vkey();
-            if configured != actual {
+            if configured != actual
+                && !rotated_to(
+                    &dir,
+                    self.replica,
+                    &self.this_replica().verifier,
+                    &signer.verifier(),
+                )
+            {
                 return Err(field_error(
                     format!("replicas[{}].verifier", self.replica),
                     format!(
@@ -365,6 +372,22 @@ impl ClusterConfig {
         }
         Ok(())
     }
+}
+
+/// Whether the data directory's own policy pins a rotation history of
+/// `replica` from its configured key `configured` (the key it was set up
+/// with, pinned first) to `actual` (the key it signs with now): a replica
+/// whose signing key `vellum keys rotate-signing` rotated.
+fn rotated_to(dir: &DataDir, replica: u8, configured: &Verifier, actual: &Verifier) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.policy()) else {
+        return false;
+    };
+    let Ok(policy) = Policy::parse(&text) else {
+        return false;
+    };
+    let replica = usize::from(replica);
+    policy.verifiers.get(replica) == Some(configured)
+        && policy.verifier_at(replica, u64::MAX) == Some(actual)
 }
 
 /// The directory relative paths in the file at `path` are resolved against.

@@ -11,6 +11,9 @@
 //! - `rotate`: KEK rotation (every DEK rewrapped, the old KEK destroyed),
 //!   journaled so a crash at any step finishes or undoes it.
 //! - `signing`: the replica's Ed25519 signing key file.
+//! - `signing_rotation`: a stopped replica's move to a new signing key (the
+//!   announcement both keys sign, pinned in its policy, the old key
+//!   destroyed), journaled like `rotate`.
 //! - `digest`: the keyed request digest the VSR client table keeps, under a
 //!   key derived from the stream's DEK (so shredding covers it too).
 //!
@@ -26,6 +29,7 @@ mod pkcs11;
 mod record;
 mod rotate;
 mod signing;
+mod signing_rotation;
 mod store;
 
 pub use digest::{REQUEST_DIGEST_BYTES, REQUEST_DIGEST_TAG, RequestDigestKey, request_digest};
@@ -44,6 +48,11 @@ pub use rotate::{
     recover_kek_rotation, rotate_kek,
 };
 pub use signing::{create_signing_key_file, load_signing_key_file};
+pub use signing_rotation::{
+    NEXT_SIGNING_KEY_FILE, PinRotation, SIGNING_ROTATION_JOURNAL_FILE, SIGNING_ROTATIONS_FILE,
+    SIGNING_ROTATIONS_MAX, SigningKeyHome, SigningRecovery, recover_signing_rotation,
+    rotate_signing_key, signing_rotations,
+};
 
 /// Refuses a key file or directory that group or others may access (the key
 /// store's own check, for callers that read keys outside the store).

@@ -137,7 +137,7 @@ impl CrashGate {
         self.done
     }
 
-    fn step(&mut self, what: &str) -> Result<(), CryptoError> {
+    pub(crate) fn step(&mut self, what: &str) -> Result<(), CryptoError> {
         self.done += 1;
         if self.stop_after == Some(self.done) {
             return Err(CryptoError::io(

@@ -535,6 +535,14 @@ impl LocalLog {
                 "recovered an interrupted key-encryption key rotation"
             );
         }
+        if !options.storage.read_only {
+            // Before the signing key and policy are read: an interrupted
+            // signing-key rotation leaves the old key or the new one.
+            let signing = dir.recover_signing_rotation()?;
+            if signing != crypto::SigningRecovery::Nothing {
+                tracing::warn!(?signing, "recovered an interrupted signing-key rotation");
+            }
+        }
         let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
         let policy = load_policy(&dir.policy())?;
         let kek = crypto::open_kek(meta.kek.as_ref(), &dir.kek())?;

@@ -43,7 +43,15 @@ impl Replica {
     }
 
     /// This replica's signature over its checkpoint after `op`.
+    /// None also for an op before this replica's key took over (a pinned
+    /// rotation): a signature no peer or auditor would count.
     pub(super) fn sign_checkpoint(&self, op: u64) -> Option<Vec<u8>> {
+        let in_force = self
+            .policy
+            .verifier_at(usize::from(self.config.replica), op)?;
+        if in_force.key_id() != self.signer.key_id() {
+            return None;
+        }
         let checkpoint = self.checkpoint_of(op)?;
         Some(self.signer.sign(checkpoint.body().as_bytes()).to_vec())
     }
@@ -54,7 +62,8 @@ impl Replica {
         let Some(checkpoint) = self.checkpoint_of(op) else {
             return false;
         };
-        let Some(verifier) = self.policy.verifiers.get(usize::from(from)) else {
+        // The key in force at `op`: a pinned rotation switches it (key_history).
+        let Some(verifier) = self.policy.verifier_at(usize::from(from), op) else {
             return false;
         };
         verifier.verify(checkpoint.body().as_bytes(), signature)
@@ -72,7 +81,10 @@ impl Replica {
         let signatures = signatures
             .iter()
             .map(|(replica, signature)| {
-                let verifier = &self.policy.verifiers[usize::from(*replica)];
+                let verifier = self
+                    .policy
+                    .verifier_at(usize::from(*replica), op)
+                    .expect("signatures come from replicas the policy pins");
                 NoteSignature {
                     name: verifier.name().to_owned(),
                     key_id: verifier.key_id(),

@@ -558,7 +558,10 @@ fn check_config(config: &Config, signer: &Signer, policy: &Policy) {
         origin_for_cluster(config.cluster),
         "policy origin"
     );
-    let own = &policy.verifiers[usize::from(config.replica)];
+    // After a pinned rotation the replica signs with its newest key.
+    let own = policy
+        .verifier_at(usize::from(config.replica), u64::MAX)
+        .expect("the policy pins every replica");
     assert_eq!(
         own.key_id(),
         signer.key_id(),

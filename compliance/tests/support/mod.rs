@@ -65,6 +65,20 @@ fn leaf_for(position: u64, stream: u64, offset: u64, salt: &[u8; 32], text: &[u8
 }
 
 pub fn build_log(count: u64, interleave: bool, body: &dyn Fn(u64) -> Vec<u8>) -> TestLog {
+    let r = replicas();
+    build_log_signed(count, interleave, body, None, &[&r[0], &r[1]])
+}
+
+/// [`build_log`] with the certificate signed by `signers` and, with
+/// `head_op`, carrying a `vellum-head` line naming that op (what a policy
+/// with key rotations needs to pick the keys in force).
+pub fn build_log_signed(
+    count: u64,
+    interleave: bool,
+    body: &dyn Fn(u64) -> Vec<u8>,
+    head_op: Option<u64>,
+    signers: &[&Signer],
+) -> TestLog {
     let mut tree = MerkleTree::new();
     let mut ours = Vec::new();
     for offset in 0..count {
@@ -80,14 +94,16 @@ pub fn build_log(count: u64, interleave: bool, body: &dyn Fn(u64) -> Vec<u8>) ->
         tree.push(leaf.leaf_hash());
         ours.push((leaf, salt, text));
     }
-    let r = replicas();
     let checkpoint = Checkpoint {
         origin: origin_for_cluster(CLUSTER),
         size: tree.len(),
         root: tree.root(),
-        extensions: Vec::new(),
+        extensions: head_op
+            .map(|op| vellum_audit::verify::chain_head_extension(op, &[0x42; 32]))
+            .into_iter()
+            .collect(),
     };
-    let certificate = Certificate::sign(checkpoint, &[&r[0], &r[1]]).expect("sign");
+    let certificate = Certificate::sign(checkpoint, signers).expect("sign");
     let events = ours
         .into_iter()
         .map(|(leaf, salt, plaintext)| {

@@ -40,6 +40,7 @@ __all__ = [
     "Checkpoint",
     "Certificate",
     "InclusionProof",
+    "KeyRotation",
     "LeafPreimage",
     "PartCheck",
     "EventCheck",
@@ -63,6 +64,12 @@ SIGNATURES_MAX = 100
 POLICY_VERIFIERS_MAX = 64
 POLICY_BYTES_MAX = 64 * 1024
 EXTENSIONS_MAX = 16
+# Replica signing-key rotations (vellum-audit's key_history): the domain of
+# the announcement's signatures, the most rotations one policy pins, and
+# the checkpoint extension naming the op a certificate certifies.
+KEY_ROTATION_TAG = "vellum-key-rotation/v1"
+KEY_ROTATIONS_MAX = 1024
+CHAIN_HEAD_EXTENSION = "vellum-head"
 _SIGNATURE_PREFIX = "\u2014 "
 
 
@@ -136,13 +143,68 @@ class Verifier:
         return f"{self.name}+{self.key_id.hex()}"
 
 
+def announcement(origin: str, replica: int, from_op: int, old: Verifier, new: Verifier) -> bytes:
+    """The bytes the old and the new key sign for a rotation of `replica`
+    from `old` to `new` at `from_op` (docs/format.md, "Signing-key
+    rotation")."""
+    return (
+        f"{KEY_ROTATION_TAG}\norigin {origin}\nreplica {replica}\nfrom-op {from_op}\n"
+        f"old {old.to_vkey()}\nnew {new.to_vkey()}\n"
+    ).encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRotation:
+    """A pinned replica signing-key rotation: from `from_op` on, replica
+    `replica` signs with `new`. Its signatures are checked when a policy
+    pins it (`Policy.parse`), against the replica's key in force."""
+
+    replica: int
+    from_op: int
+    new: Verifier
+    old_signature: bytes
+    new_signature: bytes
+
+    @classmethod
+    def parse_args(cls, args: list[str]) -> "KeyRotation":
+        """`<index> <op> <new vkey> <base64 old sig> <base64 new sig>`: the
+        words after `rotation` on a policy line."""
+        if len(args) != 5:
+            raise ProofFormatError("rotation line: expected <index> <op> <new vkey> <old sig> <new sig>")
+        replica = _decimal(args[0], "rotation replica")
+        from_op = _decimal(args[1], "rotation from-op")
+        new = Verifier.parse(args[2])
+        old_signature = _b64(args[3], "rotation old signature")
+        new_signature = _b64(args[4], "rotation new signature")
+        if len(old_signature) != 64 or len(new_signature) != 64:
+            raise ProofFormatError("rotation line: a signature is not 64 bytes")
+        return cls(replica, from_op, new, old_signature, new_signature)
+
+    def to_line(self) -> str:
+        old = base64.b64encode(self.old_signature).decode()
+        new = base64.b64encode(self.new_signature).decode()
+        return f"rotation {self.replica} {self.from_op} {self.new.to_vkey()} {old} {new}"
+
+
+class _RotationRefused(ProofFormatError):
+    """A pinned rotation that does not fit the keys in force before it;
+    `index` is its place among the policy's rotations."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """The auditor's trust policy: origin, pinned keys, quorum."""
+    """The auditor's trust policy: origin, pinned keys, quorum, and pinned
+    signing-key rotations (`verifiers` stays the keys pinned first, in
+    force from op 0; see `at_op`)."""
 
     origin: str
     verifiers: tuple[Verifier, ...]
     quorum: int
+    rotations: tuple[KeyRotation, ...] = ()
 
     def __post_init__(self) -> None:
         if not _valid_key_name(self.origin):
@@ -155,6 +217,8 @@ class Policy:
             raise ProofFormatError("a key name or public key is pinned twice")
         if not 1 <= self.quorum <= len(self.verifiers):
             raise ProofFormatError(f"quorum {self.quorum} is not between 1 and the {len(self.verifiers)} pinned keys")
+        if self.rotations:
+            self._check_rotations()
 
     @classmethod
     def parse(cls, text: str) -> "Policy":
@@ -167,6 +231,7 @@ class Policy:
         witnesses: dict[str, Verifier] = {}
         group = None
         quorum = None
+        rotations: list[tuple[int, KeyRotation]] = []
         for number, line in enumerate(text.split("\n"), start=1):
             try:
                 words = line.split()
@@ -189,6 +254,10 @@ class Policy:
                     if threshold is None:
                         threshold = _decimal(args[1], "group threshold")
                     group = (args[0], threshold, members)
+                elif directive == "rotation":
+                    if len(rotations) >= KEY_ROTATIONS_MAX:
+                        raise ProofFormatError(f"more than {KEY_ROTATIONS_MAX} rotation lines")
+                    rotations.append((number, KeyRotation.parse_args(args)))
                 elif directive == "quorum" and len(args) == 1 and args[0] != "none":
                     if group is not None and args[0] == group[0]:
                         quorum = (group[1], group[2])
@@ -205,7 +274,69 @@ class Policy:
         threshold, members = quorum
         if sorted(members) != sorted(witnesses):
             raise ProofFormatError("trust policy: every witness must be part of the quorum")
-        return cls(origin, tuple(witnesses.values()), threshold)
+        try:
+            return cls(origin, tuple(witnesses.values()), threshold, tuple(r for _, r in rotations))
+        except _RotationRefused as error:
+            raise ProofFormatError(f"trust policy line {rotations[error.index][0]}: {error}") from None
+
+    def _check_rotations(self) -> None:
+        """Checks each pinned rotation against the keys in force before it,
+        as vellum-audit's `KeyHistory::add`: the replica exists, the rotation
+        starts after that replica's previous one, the key in force signed the
+        announcement and the new key countersigned it, the new key is not
+        already pinned, and the keys in force from its op are a valid
+        policy. Raises `_RotationRefused` naming the first that fails."""
+        if len(self.rotations) > KEY_ROTATIONS_MAX:
+            raise _RotationRefused(KEY_ROTATIONS_MAX, f"more than {KEY_ROTATIONS_MAX} rotations")
+        pinned = [v.public_key for v in self.verifiers]
+        for index, rotation in enumerate(self.rotations):
+            replica, from_op = rotation.replica, rotation.from_op
+
+            def refuse(why: str) -> _RotationRefused:
+                return _RotationRefused(index, f"replica {replica}: {why}")
+
+            if replica >= len(self.verifiers):
+                replicas = len(self.verifiers)
+                raise _RotationRefused(index, f"replica {replica} is not in the policy ({replicas} replicas)")
+            earlier = [r for r in self.rotations[:index] if r.replica == replica]
+            previous = earlier[-1].from_op if earlier else 0
+            if from_op <= previous:
+                raise refuse(f"rotation from op {from_op} does not come after op {previous}")
+            # The key in force before this rotation: the replica's newest.
+            old = earlier[-1].new if earlier else self.verifiers[replica]
+            text = announcement(self.origin, replica, from_op, old, rotation.new)
+            if not ed25519.verify(old.public_key, text, rotation.old_signature):
+                raise refuse(f"rotation from op {from_op} is not signed by its key in force")
+            if not ed25519.verify(rotation.new.public_key, text, rotation.new_signature):
+                raise refuse(f"rotation from op {from_op} is not signed by the new key")
+            if rotation.new.public_key in pinned:
+                raise refuse(f"the new key {rotation.new.name} is already pinned")
+            pinned.append(rotation.new.public_key)
+        for index, rotation in enumerate(self.rotations):
+            try:
+                self.at_op(rotation.from_op)
+            except ProofFormatError as error:
+                raise _RotationRefused(index, str(error)) from None
+
+    def verifier_at(self, replica: int, op: int) -> Verifier:
+        """The key of replica `replica` in force at `op`: its newest pinned
+        rotation from `op` or before, else its key pinned first."""
+        key = self.verifiers[replica]
+        for rotation in self.rotations:
+            if rotation.replica == replica and rotation.from_op <= op:
+                key = rotation.new
+        return key
+
+    def at_op(self, op: int) -> "Policy":
+        """The policy a checkpoint certifying `op` is checked against: this
+        one without rotations; with rotations, each replica's key in force at
+        `op` (so a certificate from before a rotation verifies under the old
+        key, and the old key's signature from the rotation on counts for
+        nothing)."""
+        if not self.rotations:
+            return self
+        keys = tuple(self.verifier_at(i, op) for i in range(len(self.verifiers)))
+        return Policy(self.origin, keys, self.quorum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,8 +625,36 @@ def _inclusion_part(proof: InclusionProof, leaf: LeafPreimage | None, leaf_error
     )
 
 
+def certified_op(checkpoint: Checkpoint) -> int | None:
+    """The op the checkpoint's one well-formed `vellum-head <op> <64 hex>`
+    line names (None without one, with a malformed one, or with more than
+    one), as vellum-audit's `Certificate::certified_op`."""
+    heads = [line for line in checkpoint.extensions if line.startswith(CHAIN_HEAD_EXTENSION)]
+    if len(heads) != 1:
+        return None
+    words = heads[0].split(" ")
+    if len(words) != 3 or words[0] != CHAIN_HEAD_EXTENSION:
+        return None
+    try:
+        op = _decimal(words[1], "op")
+    except ProofFormatError:
+        return None
+    if op < 1 or len(words[2]) != 64 or any(c not in "0123456789abcdef" for c in words[2]):
+        return None
+    return op
+
+
 def _quorum_part(certificate: Certificate, policy: Policy) -> PartCheck:
     checkpoint = certificate.checkpoint
+    if policy.rotations:
+        op = certified_op(checkpoint)
+        if op is None:
+            return PartCheck(
+                False,
+                "the policy pins key rotations and the checkpoint does not carry exactly one valid "
+                "vellum-head line naming its op",
+            )
+        policy = policy.at_op(op)
     if checkpoint.origin != policy.origin:
         return PartCheck(False, f"checkpoint origin {checkpoint.origin!r} is not the pinned origin {policy.origin!r}")
     if certificate.text != checkpoint.body():
