@@ -521,7 +521,7 @@ impl LocalLog {
             let now = Instant::now();
             if now >= deadline {
                 break Err(LogError::Indeterminate(format!(
-                    "no commit within {COMMIT_WAIT_MS_MAX} ms; retry with the same client request"
+                    "no commit within {wait_ms} ms; retry with the same client request"
                 )));
             }
             // Cluster waiters take no writes: they only need the reply.
