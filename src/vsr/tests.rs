@@ -862,3 +862,63 @@ fn wiped_replica_nacks_nothing_of_the_log_it_adopted_until_it_holds_it() {
     assert_eq!(cluster.disks[2].records.len(), 3);
     assert_eq!(cluster.replica(2).own_dvc().nack_from, 1);
 }
+
+/// Goal: after a pinned rotation of its signing key from op R, a replica
+/// signs the checkpoints of ops from R on with its new key and refuses to
+/// sign any op before R (a signature by a key not in force there, which no
+/// peer or auditor would count); the cluster certifies new ops under the
+/// rotated policy.
+#[test]
+fn rotated_replica_signs_only_from_its_rotation_op() {
+    let mut cluster = Cluster::new(3);
+    for number in 1..=3 {
+        committed_body(&cluster.append(7, number, 16, None));
+    }
+    let before = cluster.replica(1).commit();
+    let from_op = cluster.replica(0).op() + 1;
+    let new = Signer::from_seed("replica-1", [42; 32]).expect("valid name");
+    let rotation = vellum_audit::key_history::KeyRotation::sign(
+        &origin_for_cluster(CLUSTER),
+        1,
+        from_op,
+        &cluster.signers[1],
+        &new,
+    );
+    cluster.policy = cluster
+        .policy
+        .clone()
+        .with_rotations(vec![rotation])
+        .expect("a valid rotation");
+    cluster.signers[1] = new.clone();
+    // Every replica restarts with the rotated policy (replica 1 also with
+    // its new key), one at a time.
+    for i in [1, 2, 0] {
+        cluster.crash(i);
+        cluster.start(i);
+        cluster.tick(20);
+    }
+    let replica = cluster.replica(1);
+    assert!(before >= 1 && replica.op() >= before);
+    for op in 1..from_op {
+        assert_eq!(
+            replica.sign_checkpoint(op),
+            None,
+            "op {op} is before the rotation at {from_op}: the new key must not sign it"
+        );
+    }
+    let reply = cluster.append(7, 4, 16, None);
+    let body = committed_body(&reply);
+    assert!(body.op >= from_op);
+    let primary = cluster.primary().expect("a primary");
+    cluster.check_certificate(&body.certificate, primary);
+    let replica = cluster.replica(1);
+    let signature = replica
+        .sign_checkpoint(body.op)
+        .expect("the new key signs ops from the rotation on");
+    let checkpoint = replica.checkpoint_of(body.op).expect("its checkpoint");
+    assert!(
+        new.verifier()
+            .verify(checkpoint.body().as_bytes(), &signature),
+        "signed with the new key"
+    );
+}
