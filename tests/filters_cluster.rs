@@ -32,7 +32,7 @@ use vellum::server::auth::{Role, Scope, generate_token, token_line};
 use vellum_compliance::trail::{AccessAction, AccessEvent};
 
 mod support;
-use support::TestDir;
+use support::{TestDir, cluster_call as call, error_code as code};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The matrix's streams.
@@ -132,47 +132,6 @@ fn received_json(event: &Value) -> Sent {
         event_type: event["type"].as_str().map(str::to_string),
         payload: decode(event["base64"].as_str().expect("base64")),
     }
-}
-
-/// One HTTP client for every call of the test (a new one per call would
-/// pay a TLS handshake each time).
-fn http_client(cluster: &LocalCluster) -> reqwest::Client {
-    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    HTTP.get_or_init(|| {
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
-            .timeout(WAIT)
-            .build()
-            .expect("http client")
-    })
-    .clone()
-}
-
-/// One API call on replica `i`: (status, JSON body or Null).
-async fn call(
-    cluster: &LocalCluster,
-    i: usize,
-    method: &str,
-    token: Option<&str>,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let url = format!("{}{path}", cluster.dev.api_urls[i]);
-    let mut request = http_client(cluster).request(method, url);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let answer = request.send().await.expect("request");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
 }
 
 /// Appends the matrix: per stream and round, one enveloped batch (one

@@ -16,7 +16,7 @@ use vellum::local_cluster::LocalCluster;
 use vellum_compliance::trail::{AccessAction, AccessEvent};
 
 mod support;
-use support::TestDir;
+use support::{TestDir, cluster_call as call, error_code as code};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The group's streams.
@@ -25,36 +25,6 @@ const STREAMS: [u64; 4] = [5001, 5002, 5003, 5004];
 const OTHER: u64 = 6001;
 /// The group's lease (short, so the test waits little for expiries).
 const LEASE_MS: u64 = 1500;
-
-async fn call(
-    cluster: &LocalCluster,
-    i: usize,
-    method: &str,
-    token: Option<&str>,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
-        .timeout(WAIT)
-        .build()
-        .expect("http client");
-    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut request = http.request(method, format!("{}{path}", cluster.dev.api_urls[i]));
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let answer = request.send().await.expect("request");
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
-}
 
 /// A consumer's view of one pull: (position, stream, attempt, payload).
 fn delivered(body: &Value) -> Vec<(u64, u64, u64, String)> {

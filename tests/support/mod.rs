@@ -150,3 +150,40 @@ pub fn wait_for_lock() -> vellum::log::LogOptions {
         ..vellum::log::LogOptions::default()
     }
 }
+
+/// One API call on replica `i` of a local cluster, with an optional bearer
+/// token and JSON body: (status, JSON body or `Null`); 60 s timeout.
+pub async fn cluster_call(
+    cluster: &vellum::local_cluster::LocalCluster,
+    i: usize,
+    method: &str,
+    token: Option<&str>,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    // A client per call: each cluster of a test binary has its own dev CA.
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = http.request(method, format!("{}{path}", cluster.dev.api_urls[i]));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request.send().await.expect("request");
+    let status = answer.status().as_u16();
+    (
+        status,
+        answer.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The `error.code` of an API error body ("" when there is none).
+pub fn error_code(body: &serde_json::Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
