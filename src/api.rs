@@ -97,6 +97,18 @@ where
     whole(deserializer).map(Some)
 }
 
+/// [`present_whole`] for a `u32` member: a whole number in any spelling
+/// (JSON Schema's `integer`), at most 2^32-1.
+pub(crate) fn present_whole_u32<'de, D>(deserializer: D) -> Result<Option<u32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = whole(deserializer)?;
+    u32::try_from(value).map(Some).map_err(|_| {
+        <D::Error as serde::de::Error>::custom(format!("{value} is above {}", u32::MAX))
+    })
+}
+
 pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -856,5 +868,18 @@ mod tests {
         let export: ExportEventsRequest =
             serde_json::from_str(r#"{"stream":16.0,"from":0,"to":2e0}"#).expect("whole floats");
         assert_eq!((export.stream, export.from, export.to), (16, 0, 2));
+        // A u32 member (a consumer group's retry_max; schemathesis sent 0.0).
+        let group = |retry_max: &str| {
+            serde_json::from_str::<crate::server::groups::CreateGroupRequest>(&format!(
+                r#"{{"name":"g","retry_max":{retry_max}}}"#
+            ))
+            .map(|r| r.retry_max)
+        };
+        for (text, value) in [("0.0", 0), ("3", 3), ("1e2", 100), ("4294967295", u32::MAX)] {
+            assert_eq!(group(text).expect(text), Some(value), "{text}");
+        }
+        for text in ["0.5", "-1", "4294967296", "null"] {
+            group(text).expect_err(text);
+        }
     }
 }

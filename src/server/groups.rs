@@ -238,7 +238,7 @@ pub struct CreateGroupRequest {
     pub start: Option<String>,
     /// Failed deliveries (nack or lease expiry) before an event is parked
     /// (default 5, at most 100).
-    #[serde(default, deserialize_with = "crate::api::present")]
+    #[serde(default, deserialize_with = "crate::api::present_whole_u32")]
     pub retry_max: Option<u32>,
     /// Lease of a delivered event in milliseconds (default 30000, 100 to 600000).
     #[serde(default, deserialize_with = "crate::api::present_whole")]
