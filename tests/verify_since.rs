@@ -55,12 +55,18 @@ fn init(dir: &TestDir, name: &str) -> PathBuf {
 
 /// `vellum verify --data-dir DATA --json ARGS`: (exit code, report).
 fn verify(data: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    verify_json("--data-dir", data, args)
+}
+
+/// `vellum verify SCOPE PATH --policy PATH/policy.txt --json ARGS`, where
+/// SCOPE is `--data-dir` or `--cluster`: (exit code, report).
+fn verify_json(scope: &str, path: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     let output = Command::new(vellum_exe())
         .arg("verify")
-        .arg("--data-dir")
-        .arg(data)
+        .arg(scope)
+        .arg(path)
         .arg("--policy")
-        .arg(data.join("policy.txt"))
+        .arg(path.join("policy.txt"))
         .arg("--json")
         .args(args)
         .output()
@@ -651,23 +657,7 @@ async fn a_cluster_replica_killed_and_restarted_passes_an_incremental_since() {
 
 /// `vellum verify --cluster ROOT --policy ROOT/policy.txt --json ARGS`.
 fn verify_cluster(root: &Path, args: &[&str]) -> (i32, serde_json::Value) {
-    let output = Command::new(vellum_exe())
-        .arg("verify")
-        .arg("--cluster")
-        .arg(root)
-        .arg("--policy")
-        .arg(root.join("policy.txt"))
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run verify");
-    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.code().expect("exit code"), report)
+    verify_json("--cluster", root, args)
 }
 
 // Goal: `verify --cluster --since` of a kept cluster report (or of the

@@ -49,6 +49,34 @@ async fn cli(args: Vec<String>) -> (i32, String, String) {
     .expect("cli runs")
 }
 
+/// `vellum export events --cluster DIR --stream 1001 --from 0 --to TO --out OUT`.
+async fn export_stream_1001(
+    cluster_dir: &std::path::Path,
+    to: u64,
+    out: &std::path::Path,
+) -> (i32, String, String) {
+    let (dir, to, out) = (
+        cluster_dir.display().to_string(),
+        to.to_string(),
+        out.display().to_string(),
+    );
+    cli(strings(&[
+        "export",
+        "events",
+        "--cluster",
+        &dir,
+        "--stream",
+        "1001",
+        "--from",
+        "0",
+        "--to",
+        &to,
+        "--out",
+        &out,
+    ]))
+    .await
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_string()).collect()
 }
@@ -286,21 +314,7 @@ async fn primary_feeds_witnesses_by_itself() {
     // consistency proof to it in cosigned.txt; it passes under the witness
     // quorum, and fails once a proof hash is changed.
     let bundle = dir.path().join("bundle-cosigned");
-    let (code, _, stderr) = cli(strings(&[
-        "export",
-        "events",
-        "--cluster",
-        &cluster_dir.display().to_string(),
-        "--stream",
-        "1001",
-        "--from",
-        "0",
-        "--to",
-        "24",
-        "--out",
-        &bundle.display().to_string(),
-    ]))
-    .await;
+    let (code, _, stderr) = export_stream_1001(&cluster_dir, 24, &bundle).await;
     assert_eq!(code, 0, "export: {stderr}");
     assert!(bundle.join("cosigned.txt").exists(), "cosigned.txt written");
     assert!(
@@ -337,21 +351,7 @@ async fn primary_feeds_witnesses_by_itself() {
     // A bundle exported now carries cosignatures.txt and passes under the
     // witness quorum, with no `witness submit`.
     let bundle = dir.path().join("bundle");
-    let (code, _, stderr) = cli(strings(&[
-        "export",
-        "events",
-        "--cluster",
-        &cluster_dir.display().to_string(),
-        "--stream",
-        "1001",
-        "--from",
-        "0",
-        "--to",
-        "10",
-        "--out",
-        &bundle.display().to_string(),
-    ]))
-    .await;
+    let (code, _, stderr) = export_stream_1001(&cluster_dir, 10, &bundle).await;
     assert_eq!(code, 0, "export: {stderr}");
     assert!(bundle.join("cosignatures.txt").exists(), "bundle cosigned");
     let (code, stdout, stderr) = cli(strings(&[
