@@ -5,7 +5,8 @@
 # Ed25519 and proof tests, then the live ones: byte-exact round trips,
 # expected-offset conflicts, idempotency, receipts checked offline and
 # compared with `vellum proof check`, 401/403/429, subscriptions, HTTP/2,
-# consumer groups, enveloped events' proofs),
+# consumer groups (with parking past retry_max and lease-expiry
+# redelivery, on short leases), enveloped events' proofs),
 # stops the cluster, and checks it with offline `vellum verify --cluster`.
 #
 # Bounded: the suite has a hard time limit (default 120 s); every wait in

@@ -49,6 +49,9 @@ pub const GROUP_SYSTEM_PRINCIPAL: &str = "vellum";
 /// How often the primary's reaper ([`Groups::spawn_reaper`]) takes back
 /// expired leases when no pull does, at most.
 pub const GROUP_REAP_MS: u64 = 250;
+/// Park events one look (a pull, a nack, a reaper round) commits per group
+/// at most; positions marked for parking beyond them wait for the next.
+pub const GROUP_PARK_COMMITS_MAX: usize = 8;
 
 /// One event out for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +61,34 @@ struct Due {
     /// Leased to this consumer until this time (ms on the primary's
     /// monotonic clock); None: waiting for a consumer.
     lease: Option<(String, u64)>,
+    /// Decided to be parked, the park not committed yet (its commit
+    /// failed, or it waits for its turn): never leased again, so the retry
+    /// limit holds whatever the commit does; each look commits it again.
+    parking: Option<Parking>,
+}
+
+impl Due {
+    fn waiting() -> Due {
+        Due {
+            attempts: 0,
+            lease: None,
+            parking: None,
+        }
+    }
+}
+
+/// Who decided to park an event and why: one park event per distinct pair.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Parking {
+    principal: String,
+    reason: String,
 }
 
 /// The primary's in-flight state of one group (memory only).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Live {
+    /// The create event of the group this state was built for.
+    created_at: u64,
     /// The next position to look at in the log.
     scan: u64,
     /// Events out for delivery (waiting or leased), by position.
@@ -85,23 +111,37 @@ impl Live {
     /// wait for delivery; the log is scanned from the checkpoint on.
     pub fn rebuild(state: &GroupState) -> Live {
         Live {
+            created_at: state.created_at,
             scan: state.checkpoint,
             due: state
                 .replaying
                 .iter()
-                .map(|p| {
-                    (
-                        *p,
-                        Due {
-                            attempts: 0,
-                            lease: None,
-                        },
-                    )
-                })
+                .map(|p| (*p, Due::waiting()))
                 .collect(),
             delivered: 0,
             nacked: 0,
         }
+    }
+
+    /// This state after committed events it did not expect were applied
+    /// (an outcome that was unknown turned out committed), in the same
+    /// view: what is done now is dropped, every other event keeps its
+    /// lease, its attempts and its mark for parking, so neither the retry
+    /// limit nor a lease restarts. A group created afresh starts afresh.
+    fn carried(self, state: &GroupState) -> Live {
+        let mut live = Live::rebuild(state);
+        if self.created_at != state.created_at {
+            return live;
+        }
+        live.scan = self.scan.max(state.checkpoint);
+        live.delivered = self.delivered;
+        live.nacked = self.nacked;
+        for (position, due) in self.due {
+            if !state.is_done(position) {
+                live.due.insert(position, due);
+            }
+        }
+        live
     }
 
     /// Events leased now.
@@ -122,42 +162,60 @@ impl Live {
             && state.config.matches_type(event_type)
             && !state.is_done(position)
         {
-            self.due.entry(position).or_insert(Due {
-                attempts: 0,
-                lease: None,
-            });
+            self.due.entry(position).or_insert_with(Due::waiting);
         }
     }
 
-    /// Expired leases go back to waiting, or are parked (returned) once
-    /// delivered more than `retry_max` times.
-    fn expire(&mut self, now_ms: u64, retry_max: u32) -> Vec<u64> {
+    /// Expired leases go back to waiting, or are marked for parking (as
+    /// `parking` says) once delivered more than `retry_max` times.
+    /// Returns how many expired.
+    fn expire(&mut self, now_ms: u64, retry_max: u32, parking: &Parking) -> u64 {
         let expired: Vec<u64> = self
             .due
             .iter()
             .filter(|(_, d)| d.lease.as_ref().is_some_and(|(_, until)| *until <= now_ms))
             .map(|(p, _)| *p)
             .collect();
-        let mut park = Vec::new();
-        for position in expired {
+        for position in &expired {
             self.nacked += 1;
-            if self.fail(position, retry_max, false) == Failed::Park {
-                park.push(position);
-            }
+            self.fail(*position, retry_max, false, parking);
         }
-        park
+        expired.len() as u64
     }
 
-    /// A delivery of `position` failed: back to waiting, or to be parked.
-    fn fail(&mut self, position: u64, retry_max: u32, park_now: bool) -> Failed {
+    /// A delivery of `position` failed: back to waiting, or marked for
+    /// parking (as `parking` says; a mark made earlier stays).
+    fn fail(&mut self, position: u64, retry_max: u32, park_now: bool, parking: &Parking) -> Failed {
         let Some(due) = self.due.get_mut(&position) else {
             return Failed::Retry;
         };
         due.lease = None;
-        match park_now || due.attempts > retry_max {
-            true => Failed::Park,
-            false => Failed::Retry,
+        if due.parking.is_none() && !park_now && due.attempts <= retry_max {
+            return Failed::Retry;
         }
+        due.parking.get_or_insert_with(|| parking.clone());
+        Failed::Park
+    }
+
+    /// The positions marked for parking, by who decided and why (each
+    /// list ascending, at most [`GROUP_POSITIONS_MAX`] long); `first`'s
+    /// list leads, then up to [`GROUP_PARK_COMMITS_MAX`] in all.
+    fn parking(&self, first: Option<&Parking>) -> Vec<(Parking, Vec<u64>)> {
+        let mut by: BTreeMap<&Parking, Vec<u64>> = BTreeMap::new();
+        for (position, due) in &self.due {
+            if let Some(parking) = &due.parking {
+                let positions = by.entry(parking).or_default();
+                if positions.len() < GROUP_POSITIONS_MAX {
+                    positions.push(*position);
+                }
+            }
+        }
+        let lead = first.and_then(|f| by.remove_entry(f));
+        lead.into_iter()
+            .chain(by)
+            .take(GROUP_PARK_COMMITS_MAX)
+            .map(|(parking, positions)| (parking.clone(), positions))
+            .collect()
     }
 
     /// Leases up to `max` waiting events to `consumer` until `until_ms`.
@@ -167,7 +225,7 @@ impl Live {
             if out.len() as u64 >= max {
                 break;
             }
-            if due.lease.is_none() {
+            if due.lease.is_none() && due.parking.is_none() {
                 due.attempts = due.attempts.saturating_add(1);
                 due.lease = Some((consumer.to_string(), until_ms));
                 out.push((*position, due.attempts));
@@ -218,6 +276,9 @@ pub struct Groups {
     log: Arc<LocalLog>,
     inner: Mutex<Inner>,
     started: Instant,
+    /// Faults the next commits meet, in order (unit tests only).
+    #[cfg(test)]
+    commit_faults: Mutex<std::collections::VecDeque<tests::CommitFault>>,
 }
 
 fn log_fault(error: LogError) -> GroupError {
@@ -241,6 +302,8 @@ impl Groups {
             log,
             inner: Mutex::new(Inner::default()),
             started: Instant::now(),
+            #[cfg(test)]
+            commit_faults: Mutex::default(),
         }
     }
 
@@ -310,11 +373,23 @@ impl Groups {
             }
         }
         let applied = self.catch_up(inner).map_err(log_fault)?;
-        if applied > 0 || inner.live_view != Some(view) {
-            inner.live.clear();
-            inner.live_view = Some(view);
+        let Inner {
+            state,
+            live,
+            live_view,
+            ..
+        } = inner;
+        if *live_view != Some(view) {
+            live.clear();
+            *live_view = Some(view);
+        } else if applied > 0 {
+            let old = std::mem::take(live);
+            for (name, was) in old {
+                if let Some(group) = state.group(&name) {
+                    live.insert(name, was.carried(group));
+                }
+            }
         }
-        let Inner { state, live, .. } = inner;
         live.retain(|name, _| state.group(name).is_some());
         for (name, group) in state.groups() {
             live.entry(name.clone())
@@ -328,6 +403,10 @@ impl Groups {
     fn commit(&self, inner: &mut Inner, event: &GroupEvent) -> Result<u64, GroupError> {
         let expected = inner.state.events();
         let payload = Bytes::from(event.to_payload());
+        #[cfg(test)]
+        if let Some(fault) = self.take_commit_fault() {
+            return self.inject(fault, payload, expected);
+        }
         match self.log.append_groups(&[payload], expected) {
             Err(LogError::WrongExpectedOffset { .. }) => {
                 // Another primary's events: the caller decides again on them.
@@ -553,30 +632,53 @@ impl Groups {
                 });
             }
         }
+        let parking = Parking {
+            principal: principal.to_string(),
+            reason: match park_now {
+                true => format!("nacked: {reason}"),
+                false => format!("nacked past the retry limit ({retry_max}): {reason}"),
+            },
+        };
         let live = inner.live.entry(name.to_string()).or_default();
-        let mut park = Vec::new();
+        let mut parked = 0;
         let mut retried = 0;
         for p in positions {
             if !live.delivered_unsettled(*p) {
                 continue; // done already
             }
             live.nacked += 1;
-            match live.fail(*p, retry_max, park_now) {
-                Failed::Park => park.push(*p),
+            match live.fail(*p, retry_max, park_now, &parking) {
+                Failed::Park => parked += 1,
                 Failed::Retry => retried += 1,
             }
         }
-        let reason = match park_now {
-            true => format!("nacked: {reason}"),
-            false => format!("nacked past the retry limit ({retry_max}): {reason}"),
-        };
-        self.park(inner, name, park.clone(), principal, &reason)?;
+        self.park_marked(inner, name, Some(&parking))?;
         let checkpoint = self.group_state(inner, name)?.checkpoint;
         Ok(GroupAnswer::Nacked(GroupNacked {
             retried,
-            parked: park.len() as u64,
+            parked,
             checkpoint,
         }))
+    }
+
+    /// Commits the parks of the positions of group `name` marked for
+    /// parking (`first`'s first), one park event per who and why, so a
+    /// park whose commit failed before is committed now. Stops at the
+    /// first failure: those positions stay marked, never leased again.
+    fn park_marked(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        first: Option<&Parking>,
+    ) -> Result<(), GroupError> {
+        let batches = inner
+            .live
+            .get(name)
+            .map_or_else(Vec::new, |live| live.parking(first));
+        for (parking, positions) in batches {
+            self.park(inner, name, positions, &parking.principal, &parking.reason)?;
+        }
+        Ok(())
     }
 
     /// Commits a park event for `positions` (none: nothing written).
@@ -647,13 +749,7 @@ impl Groups {
         let position = self.commit(inner, &event)?;
         let live = inner.live.entry(name.to_string()).or_default();
         for p in &event.positions {
-            live.due.insert(
-                *p,
-                Due {
-                    attempts: 0,
-                    lease: None,
-                },
-            );
+            live.due.insert(*p, Due::waiting());
         }
         Ok(GroupAnswer::Replayed(GroupReplayed {
             replayed: event.positions.len() as u64,
@@ -738,18 +834,23 @@ impl Groups {
     }
 
     /// Expired leases of group `name` go back to waiting, or are parked
-    /// (one committed group event) past the retry limit. Returns how many.
+    /// past the retry limit; parks marked before and not committed yet
+    /// are committed too. Returns how many leases expired.
     fn expire(&self, inner: &mut Inner, name: &str, now_ms: u64) -> Result<u64, GroupError> {
         let retry_max = self.group_state(inner, name)?.config.retry_max;
-        let live = inner.live.entry(name.to_string()).or_default();
-        let before = live.nacked;
-        let park = live.expire(now_ms, retry_max);
-        let expired = live.nacked - before;
-        let reason = format!(
-            "lease expired on its last of {} deliveries",
-            u64::from(retry_max) + 1
-        );
-        self.park(inner, name, park, GROUP_SYSTEM_PRINCIPAL, &reason)?;
+        let parking = Parking {
+            principal: GROUP_SYSTEM_PRINCIPAL.to_string(),
+            reason: format!(
+                "lease expired on its last of {} deliveries",
+                u64::from(retry_max) + 1
+            ),
+        };
+        let expired = inner
+            .live
+            .entry(name.to_string())
+            .or_default()
+            .expire(now_ms, retry_max, &parking);
+        self.park_marked(inner, name, None)?;
         Ok(expired)
     }
 
@@ -921,9 +1022,10 @@ mod tests {
         assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         assert_eq!(b.iter().map(|x| x.0).collect::<Vec<_>>(), vec![4, 5]);
         assert!(live.lease("b", 4, 100).is_empty());
-        assert!(live.expire(99, 5).is_empty());
+        assert_eq!(live.expire(99, 5, &why()), 0);
         assert_eq!(live.in_flight(), 6);
-        assert!(live.expire(100, 5).is_empty(), "retry limit not reached");
+        assert_eq!(live.expire(100, 5, &why()), 6);
+        assert!(live.parking(None).is_empty(), "retry limit not reached");
         let again = live.lease("b", 10, 300);
         assert_eq!(again.len(), 6);
         assert!(again.iter().all(|(_, attempt)| *attempt == 2));
@@ -937,16 +1039,73 @@ mod tests {
         let mut live = Live::rebuild(&group);
         live.offer(7, 100, None, &group);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 1)]);
-        assert_eq!(live.fail(7, 1, false), Failed::Retry);
+        assert_eq!(live.fail(7, 1, false, &why()), Failed::Retry);
         assert_eq!(live.lease("a", 1, 10), vec![(7, 2)]);
-        assert_eq!(live.fail(7, 1, false), Failed::Park);
-        let mut live2 = live.clone();
-        live2.lease("a", 1, 10);
+        let mut expiring = live.clone();
+        assert_eq!(live.fail(7, 1, false, &why()), Failed::Park);
+        assert_eq!(live.parking(None), vec![(why(), vec![7])]);
+        assert!(live.lease("a", 1, 10).is_empty(), "marked: never again");
+        assert_eq!(expiring.expire(10, 1, &why()), 1);
         assert_eq!(
-            live2.expire(10, 1),
-            vec![7],
+            expiring.parking(None),
+            vec![(why(), vec![7])],
             "expiry past the limit parks too"
         );
+        assert!(expiring.lease("a", 1, 10).is_empty());
+    }
+
+    fn why() -> Parking {
+        Parking {
+            principal: "p".to_string(),
+            reason: "r".to_string(),
+        }
+    }
+
+    /// What the next commit of a group event meets.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum CommitFault {
+        /// Refused before anything is written (a full queue).
+        Refused,
+        /// Written and committed, but the caller hears "outcome unknown"
+        /// (a commit wait that timed out).
+        Unknown,
+    }
+
+    impl Groups {
+        pub(super) fn take_commit_fault(&self) -> Option<CommitFault> {
+            self.commit_faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+        }
+
+        fn fail_next_commit(&self, fault: CommitFault) {
+            self.commit_faults
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push_back(fault);
+        }
+
+        pub(super) fn inject(
+            &self,
+            fault: CommitFault,
+            payload: Bytes,
+            expected: u64,
+        ) -> Result<u64, GroupError> {
+            if fault == CommitFault::Unknown {
+                self.log
+                    .append_groups(&[payload], expected)
+                    .expect("the injected unknown outcome commits");
+            }
+            Err(match fault {
+                CommitFault::Refused => {
+                    GroupError::Unavailable(crate::server::node::Unavailable::QueueFull)
+                }
+                CommitFault::Unknown => GroupError::Indeterminate {
+                    reason: "injected".to_string(),
+                },
+            })
+        }
     }
 
     /// Goal: the checkpoint stops at the lowest unsettled event, and moves
@@ -991,19 +1150,164 @@ mod tests {
     }
 
     fn pull(groups: &Groups, consumer: &str) -> Vec<(u64, u32)> {
+        try_pull(groups, consumer).expect("pull")
+    }
+
+    /// (position, attempt) of each event a pull delivered.
+    fn try_pull(groups: &Groups, consumer: &str) -> Result<Vec<(u64, u32)>, GroupError> {
         match groups.call(GroupCall::Pull {
             name: "g".to_string(),
             consumer: consumer.to_string(),
             max: 10,
             wait_ms: 0,
-        }) {
-            Ok(GroupAnswer::Delivered(d)) => d
+        })? {
+            GroupAnswer::Delivered(d) => Ok(d
                 .events
                 .iter()
                 .map(|e| (e.event.position, e.attempt))
-                .collect(),
+                .collect()),
             other => panic!("pull: {other:?}"),
         }
+    }
+
+    fn create(groups: &Groups, retry_max: u32, lease_ms: u64) {
+        let created = groups.call(GroupCall::Create {
+            name: "g".to_string(),
+            streams: Vec::new(),
+            types: Vec::new(),
+            start: GroupStart::Beginning,
+            retry_max,
+            lease_ms,
+            principal: "p".to_string(),
+        });
+        assert!(matches!(created, Ok(GroupAnswer::Info(_))), "{created:?}");
+    }
+
+    fn append(log: &LocalLog, count: u64) -> Vec<u64> {
+        let events: Vec<Bytes> = (0..count)
+            .map(|i| Bytes::from(vec![b'e'; i as usize + 1]))
+            .collect();
+        let appended = log.append(5001, &events, None, None).expect("append");
+        (appended.first_position..appended.first_position + count).collect()
+    }
+
+    fn nack(groups: &Groups, positions: &[u64]) -> Result<GroupAnswer, GroupError> {
+        groups.call(GroupCall::Nack {
+            name: "g".to_string(),
+            positions: positions.to_vec(),
+            park: false,
+            reason: "bad".to_string(),
+            principal: "p".to_string(),
+        })
+    }
+
+    fn parked(groups: &Groups) -> Vec<(u64, String)> {
+        match groups.call(GroupCall::Parked {
+            name: "g".to_string(),
+            from: 0,
+            max: 100,
+        }) {
+            Ok(GroupAnswer::Parked(list)) => list
+                .parked
+                .into_iter()
+                .map(|p| (p.position, p.reason))
+                .collect(),
+            other => panic!("parked: {other:?}"),
+        }
+    }
+
+    /// Goal: an event past its retry limit whose park commit fails (a
+    /// nack's, then the reaper's after lease expiry) is never delivered
+    /// again; the next pull or reaper round commits the park.
+    #[test]
+    fn a_failed_park_never_delivers_past_the_retry_limit() {
+        const LEASE_MS: u64 = 100;
+        let (_dir, log, groups) = one_replica();
+        create(&groups, 1, LEASE_MS);
+        let [nacked, expired] = append(&log, 2)[..] else {
+            panic!("two appended")
+        };
+        for attempt in 1..=2u32 {
+            assert_eq!(
+                pull(&groups, "a"),
+                vec![(nacked, attempt), (expired, attempt)]
+            );
+            if attempt == 1 {
+                assert!(matches!(
+                    nack(&groups, &[nacked]),
+                    Ok(GroupAnswer::Nacked(_))
+                ));
+                std::thread::sleep(Duration::from_millis(LEASE_MS + 20));
+            }
+        }
+        groups.fail_next_commit(CommitFault::Refused);
+        let refused = nack(&groups, &[nacked]);
+        assert!(
+            matches!(refused, Err(GroupError::Unavailable(_))),
+            "{refused:?}"
+        );
+        // The pull commits the park again; refused, it leases nothing.
+        groups.fail_next_commit(CommitFault::Refused);
+        let refused = try_pull(&groups, "b");
+        assert!(
+            matches!(refused, Err(GroupError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(pull(&groups, "b").is_empty(), "a third delivery");
+        assert_eq!(parked(&groups).len(), 1, "the pull committed the park");
+        std::thread::sleep(Duration::from_millis(LEASE_MS + 20));
+        groups.fail_next_commit(CommitFault::Refused);
+        assert!(groups.reclaim_expired().is_err(), "the injected refusal");
+        assert_eq!(info(&groups).in_flight, 0, "the lease was taken back");
+        assert!(pull(&groups, "b").is_empty(), "a third delivery");
+        let parked = parked(&groups);
+        assert_eq!(
+            parked.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![nacked, expired]
+        );
+        assert!(
+            parked[0].1.starts_with("nacked past the retry limit"),
+            "{parked:?}"
+        );
+        assert!(parked[1].1.starts_with("lease expired"), "{parked:?}");
+        assert_eq!(info(&groups).in_flight, 0);
+        assert_eq!(groups.reclaim_expired(), Ok(0));
+    }
+
+    /// Goal: a park whose outcome was unknown and which then committed
+    /// leaves every other event's lease and attempts as they were (the
+    /// in-flight state is carried, not rebuilt), so none is delivered
+    /// again early or past its limit.
+    #[test]
+    fn an_unknown_park_outcome_keeps_other_leases_and_attempts() {
+        let (_dir, log, groups) = one_replica();
+        create(&groups, 1, 60_000);
+        let [poison, held] = append(&log, 2)[..] else {
+            panic!("two appended")
+        };
+        for attempt in 1..=2u32 {
+            assert_eq!(pull(&groups, "a"), vec![(poison, attempt), (held, attempt)]);
+            if attempt == 1 {
+                assert!(nack(&groups, &[poison, held]).is_ok());
+            }
+        }
+        groups.fail_next_commit(CommitFault::Unknown);
+        let unknown = nack(&groups, &[poison]);
+        assert!(
+            matches!(unknown, Err(GroupError::Indeterminate { .. })),
+            "{unknown:?}"
+        );
+        assert!(pull(&groups, "b").is_empty(), "`held` is still leased to a");
+        assert_eq!(info(&groups).in_flight, 1);
+        match nack(&groups, &[held]) {
+            Ok(GroupAnswer::Nacked(n)) => assert_eq!((n.retried, n.parked), (0, 1), "{n:?}"),
+            other => panic!("nack: {other:?}"),
+        }
+        assert_eq!(
+            parked(&groups).iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![poison, held]
+        );
+        assert!(pull(&groups, "b").is_empty());
     }
 
     /// Goal: without any pull, an expired lease is taken back (nothing in

@@ -388,6 +388,103 @@ class Live(unittest.TestCase):
         with self.assertRaises(NotFound):
             self.writer.group(name)
 
+    # Short leases keep the suite's time bounded (a lease expiry costs
+    # GROUP_LEASE_MS plus up to one reaper period, 250 ms, on the server),
+    # yet long enough that a loaded CI machine settles a lease in time.
+    GROUP_LEASE_MS = 1000
+
+    def _parked_until(self, group, count):
+        """The group's parked list once it holds `count` events (bounded)."""
+        deadline = time.monotonic() + LIVE_WAIT_S
+        while True:
+            listing = self.writer.parked(group)
+            if len(listing.parked) >= count:
+                return listing
+            self.assertLess(time.monotonic(), deadline, f"parked only {listing.parked}")
+            time.sleep(0.05)
+
+    def test_group_parks_past_retry_max_then_replays(self):
+        """Goal: with retry_max=1 an event is delivered twice at most: one
+        nacked twice is parked by the second nack, one whose lease expires
+        twice is parked by the server; `parked()` lists both with their
+        reasons, no third delivery comes, and `replay` delivers both again
+        (attempt 1, same bytes)."""
+        stream = fresh_stream()
+        name = f"py-{secrets.token_hex(6)}"
+        self.writer.create_group(name, streams=str(stream), start="end", retry_max=1, lease_ms=self.GROUP_LEASE_MS)
+        try:
+            events = [b"nacked-\x00", b"expired-\xff"]
+            receipt = self.writer.append(stream, events)
+            nacked, expired = receipt.first_position, receipt.first_position + 1
+            # The lowest waiting position comes first: `expired` waits meanwhile.
+            for attempt in (1, 2):
+                got = self._pull_until(self.writer, name, f"nacker-{attempt}", 1, max_events=1)
+                self.assertEqual([(d.position, d.attempt, d.event.data) for d in got], [(nacked, attempt, events[0])])
+                answer = self.writer.nack(name, [nacked], reason="bad \u2014 row")
+                self.assertEqual((answer.retried, answer.parked), (1, 0) if attempt == 1 else (0, 1))
+            # Nobody settles `expired`: its leases run out, then the server parks it.
+            for attempt in (1, 2):
+                got = self._pull_until(self.writer, name, f"sleeper-{attempt}", 1)
+                self.assertEqual([(d.position, d.attempt, d.event.data) for d in got], [(expired, attempt, events[1])])
+            listing = self._parked_until(name, 2)
+            reasons = {p.position: p.reason for p in listing.parked}
+            self.assertEqual(sorted(reasons), [nacked, expired])
+            self.assertTrue(reasons[nacked].startswith("nacked past the retry limit (1)"), reasons)
+            self.assertTrue(reasons[nacked].endswith("bad \u2014 row"), reasons)
+            self.assertIn("lease expired", reasons[expired])
+            info = self.writer.group(name)
+            self.assertEqual((info.parked, info.in_flight, info.acked), (2, 0, 0))
+            self.assertGreater(info.checkpoint, expired, "parked events do not hold the checkpoint")
+            # No third delivery, even after another lease period.
+            quiet = self.writer.pull(name, consumer="sleeper-3", wait_ms=self.GROUP_LEASE_MS)
+            self.assertEqual(quiet.events, ())
+
+            self.assertEqual(self.writer.replay(name).replayed, 2)
+            back = self._pull_until(self.writer, name, "consumer-4", 2)
+            self.assertEqual(
+                sorted((d.position, d.attempt, d.event.data) for d in back),
+                [(nacked, 1, events[0]), (expired, 1, events[1])],
+            )
+            self.assertEqual(self.writer.ack(name, [nacked, expired]).acked, 2)
+            info = self.writer.group(name)
+            self.assertEqual((info.parked, info.in_flight, info.acked), (0, 0, 2))
+            self.assertEqual(self.writer.parked(name).parked, ())
+        finally:
+            self.writer.delete_group(name)
+
+    def test_group_expired_lease_goes_to_another_consumer(self):
+        """Goal: an event whose consumer neither acks nor nacks is not
+        given to a second consumer while the lease runs, and is delivered
+        to it (attempt 2, same bytes) once the lease expired; the second
+        consumer's ack settles it, the first one's late ack is `already`."""
+        stream = fresh_stream()
+        name = f"py-{secrets.token_hex(6)}"
+        self.writer.create_group(name, streams=str(stream), start="end", retry_max=3, lease_ms=self.GROUP_LEASE_MS)
+        try:
+            data = b"\x00leased\xff"
+            position = self.writer.append(stream, [data]).first_position
+            before_lease = time.monotonic()
+            first = self._pull_until(self.writer, name, "consumer-a", 1)
+            self.assertEqual([(d.position, d.attempt) for d in first], [(position, 1)])
+            early = self.writer.pull(name, consumer="consumer-b", wait_ms=0).events
+            in_flight = self.writer.group(name).in_flight
+            # The lease began after `before_lease`: it certainly ran at both
+            # answers if they came within one lease period of it.
+            if (time.monotonic() - before_lease) * 1000 < self.GROUP_LEASE_MS:
+                self.assertEqual((early, in_flight), ((), 1))
+            second = list(early) or self._pull_until(self.writer, name, "consumer-b", 1)
+            waited_ms = (time.monotonic() - before_lease) * 1000
+            self.assertGreaterEqual(waited_ms, self.GROUP_LEASE_MS, "redelivered before the lease expired")
+            self.assertEqual([(d.position, d.attempt, d.event.data) for d in second], [(position, 2, data)])
+            acked = self.writer.ack(name, [position])
+            self.assertEqual((acked.acked, acked.already), (1, 0))
+            late = self.writer.ack(name, [position])
+            self.assertEqual((late.acked, late.already), (0, 1))
+            info = self.writer.group(name)
+            self.assertEqual((info.acked, info.parked, info.in_flight), (1, 0, 0))
+        finally:
+            self.writer.delete_group(name)
+
     def test_group_refusals_are_typed(self):
         """Goal: an auditor token may not create, pull from or ack a group
         (Forbidden, 403); an unknown group is NotFound (404) on every
