@@ -18,8 +18,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::json;
-use support::{TestDir, cluster_call, vellum_cli};
-use vellum::client::{Client, ClientConfig};
+use support::{TestDir, client_of, cluster_call, vellum_cli};
+use vellum::client::Client;
 use vellum::local_cluster::LocalCluster;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -71,16 +71,6 @@ async fn cli(args: &[String]) -> (i32, String, String) {
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|a| (*a).to_string()).collect()
-}
-
-/// A client that talks to replica `i` only.
-fn client_of(cluster: &LocalCluster, i: usize) -> Client {
-    let mut config = ClientConfig::new(
-        vec![cluster.dev.api_urls[i].clone()],
-        cluster.dev.writer_token.clone(),
-    );
-    config.ca_pem = Some(cluster.ca_pem().to_vec());
-    Client::new(config).expect("client")
 }
 
 /// Every event of `stream` on one replica, as bytes by offset.
