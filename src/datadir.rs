@@ -18,6 +18,13 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the data directory layout written in `vellum.json`.
 pub const LAYOUT_VERSION: u32 = 1;
+/// Low bits of a key-store writer id that hold the replica index (indices
+/// are below `vsr::REPLICAS_MAX` = 7 < 8).
+pub const WRITER_REPLICA_BITS: u32 = 3;
+/// Largest writer epoch: writer ids stay below 2^23, so key ids (writer id
+/// shifted by `crypto::KEY_ID_WRITER_SHIFT` = 40) stay below 2^63 and fit
+/// the audit index's signed integers.
+pub const WRITER_EPOCH_MAX: u32 = (1 << 20) - 1;
 
 /// Paths inside one data directory.
 #[derive(Debug, Clone)]
@@ -87,6 +94,14 @@ pub struct NodeMeta {
     /// (see `crypto::KekConfig`). Names and paths only, never a PIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<crate::crypto::KekConfig>,
+    /// A replica laid out again by `vellum replace` gets a fresh random
+    /// epoch (1 to [`WRITER_EPOCH_MAX`]); absent (0) in its first life. It
+    /// is part of the key store's writer id ([`NodeMeta::writer_id`]), so
+    /// the nonces and key ids of a replaced replica never repeat those of
+    /// an earlier life it cannot remember (its peers' copies of a data key
+    /// do not record how far it used them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_epoch: Option<u32>,
 }
 
 /// Why the metadata file could not be read.
@@ -122,6 +137,15 @@ impl NodeMeta {
         u128::from_str_radix(&self.cluster, 16).map_err(|e| format!("cluster id is not hex: {e}"))
     }
 
+    /// The key store's writer id (the first 4 bytes of every nonce this
+    /// replica makes, and the high bits of every key id it creates): the
+    /// replica index in the low [`WRITER_REPLICA_BITS`], the writer epoch
+    /// above them. Distinct for distinct replicas, and for two lives of one
+    /// replica unless their random epochs collide (2^-20 per pair).
+    pub fn writer_id(&self) -> u32 {
+        self.replica | (self.writer_epoch.unwrap_or(0) << WRITER_REPLICA_BITS)
+    }
+
     /// Reads and validates `vellum.json`.
     pub fn load(dir: &DataDir) -> Result<NodeMeta, MetaError> {
         let path = dir.meta();
@@ -146,6 +170,21 @@ impl NodeMeta {
             path: path.clone(),
             reason,
         })?;
+        let in_range = meta.replica < 1 << WRITER_REPLICA_BITS
+            && meta
+                .writer_epoch
+                .is_none_or(|e| (1..=WRITER_EPOCH_MAX).contains(&e));
+        if !in_range {
+            return Err(MetaError::Format {
+                path,
+                reason: format!(
+                    "replica {} or writer_epoch {:?} out of range (replica below {}, epoch 1 to {WRITER_EPOCH_MAX})",
+                    meta.replica,
+                    meta.writer_epoch,
+                    1 << WRITER_REPLICA_BITS
+                ),
+            });
+        }
         Ok(meta)
     }
 
@@ -185,7 +224,7 @@ impl NodeMeta {
         let home = crate::crypto::KeyHome {
             keys_dir: &keys,
             kek_file: &kek_file,
-            writer_id: meta.replica,
+            writer_id: meta.writer_id(),
         };
         let mut written = meta.clone();
         let recovery = crate::crypto::recover_kek_rotation(
@@ -220,7 +259,7 @@ impl NodeMeta {
         let home = crate::crypto::KeyHome {
             keys_dir: &keys,
             kek_file: &kek_file,
-            writer_id: meta.replica,
+            writer_id: meta.writer_id(),
         };
         let mut written = meta.clone();
         crate::crypto::rotate_kek(

@@ -103,6 +103,7 @@ fn create(
         replica: 0,
         name,
         kek: kek_config.cloned(),
+        writer_epoch: None,
     };
     meta.store(&dir)
         .map_err(|e| LogError::DataDir(e.to_string()))?;

@@ -17,7 +17,7 @@ use vellum::client::{Client, ClientConfig};
 use vellum::local_cluster::{LocalCluster, wipe_replica_data};
 
 mod support;
-use support::TestDir;
+use support::{TestDir, client_of};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -31,16 +31,6 @@ fn test_dir() -> TestDir {
 
 fn start_cluster(dir: &Path) -> LocalCluster {
     LocalCluster::start(&dir.join("cluster"), 3, exe()).expect("cluster starts")
-}
-
-/// A client that talks to replica `i` only.
-fn client_of(cluster: &LocalCluster, i: usize) -> Client {
-    let mut config = ClientConfig::new(
-        vec![cluster.dev.api_urls[i].clone()],
-        cluster.dev.writer_token.clone(),
-    );
-    config.ca_pem = Some(cluster.ca_pem().to_vec());
-    Client::new(config).expect("client")
 }
 
 fn payload(event: &vellum::api::LogEvent) -> String {

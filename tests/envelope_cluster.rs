@@ -10,12 +10,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::value::RawValue;
 use vellum::api::{ErrorCode, EventIn, LogEvent};
-use vellum::client::{AppendError, Client, ClientConfig};
+use vellum::client::AppendError;
 use vellum::local_cluster::LocalCluster;
 use vellum_audit::proof::{InclusionProof, check_event};
 
 mod support;
-use support::TestDir;
+use support::{TestDir, client_of};
 
 const WAIT: Duration = Duration::from_secs(60);
 const STREAM: u64 = 300;
@@ -31,15 +31,6 @@ fn raw(text: &str) -> Box<RawValue> {
 
 fn uuid(n: u8) -> String {
     format!("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a{n:02x}")
-}
-
-fn client_of(cluster: &LocalCluster, i: usize) -> Client {
-    let mut config = ClientConfig::new(
-        vec![cluster.dev.api_urls[i].clone()],
-        cluster.dev.writer_token.clone(),
-    );
-    config.ca_pem = Some(cluster.ca_pem().to_vec());
-    Client::new(config).expect("client")
 }
 
 /// A FHIR-like event with every field, and a raw one with none.

@@ -12,6 +12,7 @@ mod keys;
 mod pkcs11_args;
 mod proof;
 mod read;
+mod secrets;
 mod sim;
 mod start;
 pub mod time;
@@ -65,6 +66,11 @@ enum Command {
     Retain(custody::RetainArgs),
     /// Maintain the audit index.
     Index(IndexArgs),
+    /// Keep a replica's secrets, to bring it back on a new disk (`export`).
+    Secrets(secrets::SecretsArgs),
+    /// Lay out a replica whose disk was lost from its kept secrets (no log:
+    /// it rebuilds from its peers when started).
+    Replace(secrets::ReplaceArgs),
     /// Measure Vellum against a raw fdatasync loop and SQLite on this disk.
     Bench(bench_cmd::BenchArgs),
     /// Run the deterministic simulator of the replicated core (seeded faults, checkers).
@@ -162,6 +168,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index(IndexArgs {
             command: IndexCommand::Rebuild(args),
         }) => init::rebuild_index(args),
+        Command::Secrets(args) => secrets::run(args),
+        Command::Replace(args) => secrets::replace(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Witness(args) => witness::run(args),

@@ -546,7 +546,7 @@ impl LocalLog {
         let cluster = meta.cluster_id().map_err(LogError::DataDir)?;
         let policy = load_policy(&dir.policy())?;
         let kek = crypto::open_kek(meta.kek.as_ref(), &dir.kek())?;
-        let keys = KeyStore::open(&dir.keys(), kek, meta.replica)?;
+        let keys = KeyStore::open(&dir.keys(), kek, meta.writer_id())?;
         let signer = crypto::load_signing_key_file(&dir.signing_key())?;
         let read_only = options.storage.read_only;
         // A bad index URL is refused even when this open does not use the

@@ -187,3 +187,17 @@ pub async fn cluster_call(
 pub fn error_code(body: &serde_json::Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
+
+/// A client of a local cluster that talks to replica `i` only, with the
+/// writer's token.
+pub fn client_of(
+    cluster: &vellum::local_cluster::LocalCluster,
+    i: usize,
+) -> vellum::client::Client {
+    let mut config = vellum::client::ClientConfig::new(
+        vec![cluster.dev.api_urls[i].clone()],
+        cluster.dev.writer_token.clone(),
+    );
+    config.ca_pem = Some(cluster.ca_pem().to_vec());
+    vellum::client::Client::new(config).expect("client")
+}
