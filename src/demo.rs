@@ -368,7 +368,7 @@ fn story(
         rewritten_history(runtime, cluster, witness, &client, &policy, out)?;
 
     let http = reqwest::Client::builder()
-        .use_preconfigured_tls(crate::client::tls_config(cluster.ca_pem())?)
+        .use_preconfigured_tls(crate::client::tls_config(cluster.ca_pem(), None)?)
         .timeout(Duration::from_secs(10))
         .build()?;
     let api =

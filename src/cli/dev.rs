@@ -57,6 +57,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(token) = &dev.privacy_officer_token {
         println!("  privacy officer: {token}   (vellum shred / hold / retain)");
     }
+    if let Some((cert, key)) = &dev.service_cert {
+        println!(
+            "  service client certificate (mTLS, principal `service`, instead of a token): {} (key {})",
+            cert.display(),
+            key.display()
+        );
+    }
     println!("  trust policy:    {}", dev.policy_path.display());
     println!(
         "  witness:         {} (key {}, data {}, process log {})",
@@ -77,6 +84,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         dev.writer_token,
         dev.api_urls[0]
     );
+    if let Some((cert, key)) = &dev.service_cert {
+        println!(
+            "  curl --cacert {} --cert {} --key {} {}/v1/streams/1001/events",
+            dev.ca_pem_path.display(),
+            cert.display(),
+            key.display(),
+            dev.api_urls[0]
+        );
+    }
     println!("  API description: {}/openapi.json", dev.api_urls[0]);
     println!("press Ctrl-C to stop");
     runtime.block_on(async {

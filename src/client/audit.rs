@@ -127,11 +127,9 @@ impl Client {
             }
             let index = (start + attempt) % count;
             let endpoint = &inner.endpoints[index];
-            let request = inner
-                .http
-                .get(format!("{endpoint}{path}"))
-                .bearer_auth(&inner.config.token)
-                .send();
+            let request =
+                super::with_token(inner.http.get(format!("{endpoint}{path}")), &inner.config)
+                    .send();
             let response = match tokio::time::timeout(timeout, request).await {
                 Err(_) => {
                     failures.push(format!("{endpoint}: no answer in time"));

@@ -101,8 +101,13 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// When set, the PEM of the only CA trusted for `https://` endpoints.
     pub ca_pem: Option<Vec<u8>>,
-    /// The bearer token sent with every request.
+    /// The bearer token sent with every request; empty: none (a client
+    /// that presents [`ClientConfig::client_identity`] sends no token).
     pub token: String,
+    /// A client certificate (and its key) presented in every TLS
+    /// handshake, the mTLS alternative to a bearer token; needs `ca_pem`
+    /// (https), and an empty `token`: the server refuses both at once.
+    pub client_identity: Option<ClientIdentity>,
     /// Bound on one request (connect, send, answer), in milliseconds.
     pub request_timeout_ms: u64,
     /// Retries after the first attempt (capped by [`RETRIES_MAX_LIMIT`]).
@@ -128,6 +133,7 @@ impl ClientConfig {
             endpoints,
             ca_pem: None,
             token: token.into(),
+            client_identity: None,
             request_timeout_ms: 10_000,
             retries_max: 45,
             retry_delay_ms: 200,
@@ -144,11 +150,45 @@ impl fmt::Debug for ClientConfig {
             .field("endpoints", &self.endpoints)
             .field("ca_pem", &self.ca_pem.as_ref().map(|pem| pem.len()))
             .field("token", &"<redacted>")
+            .field("client_identity", &self.client_identity)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("retries_max", &self.retries_max)
             .field("retry_delay_ms", &self.retry_delay_ms)
             .field("subscribe_idle_ms", &self.subscribe_idle_ms)
             .field("spread_reads", &self.spread_reads)
+            .finish()
+    }
+}
+
+/// A client certificate chain and its private key, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// The private key (wiped from memory when dropped).
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl ClientIdentity {
+    /// Reads the certificate and key files.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, ClientError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| ClientError::Local(format!("reading {}: {e}", path.display())))
+        };
+        Ok(ClientIdentity {
+            cert_pem: read(cert)?,
+            key_pem: zeroize::Zeroizing::new(read(key)?),
+        })
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    // The key is a credential: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
             .finish()
     }
 }
@@ -271,8 +311,24 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30));
-        if let Some(pem) = &config.ca_pem {
-            builder = builder.use_preconfigured_tls(tls_config(pem)?);
+        match (&config.ca_pem, &config.client_identity) {
+            (Some(pem), identity) => {
+                builder = builder.use_preconfigured_tls(tls_config(pem, identity.as_ref())?);
+            }
+            (None, Some(_)) => {
+                return Err(ClientError::Local(
+                    "client_identity needs ca_pem: a client certificate is presented over https only"
+                        .to_string(),
+                ));
+            }
+            (None, None) => {}
+        }
+        if config.client_identity.is_some() && !config.token.is_empty() {
+            return Err(ClientError::Local(
+                "both client_identity and a token are set; the server refuses both at once \
+                 (set the token to an empty string)"
+                    .to_string(),
+            ));
         }
         let http = builder
             .build()
@@ -674,8 +730,7 @@ impl Client {
         build: &impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Attempt<T> {
         let inner = &self.inner;
-        let request = build(&inner.http, &inner.endpoints[index])
-            .bearer_auth(&inner.config.token)
+        let request = with_token(build(&inner.http, &inner.endpoints[index]), &inner.config)
             .timeout(Duration::from_millis(
                 inner.config.request_timeout_ms.max(1),
             ));
@@ -898,8 +953,12 @@ fn check_endpoints(config: &ClientConfig) -> Result<Vec<String>, ClientError> {
 }
 
 /// A rustls client config that trusts only the CA(s) in `pem`, with the ring
-/// provider chosen explicitly (never a process-wide default).
-pub(crate) fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+/// provider chosen explicitly (never a process-wide default), presenting
+/// `identity` if given.
+pub(crate) fn tls_config(
+    pem: &[u8],
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, ClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -915,15 +974,45 @@ pub(crate) fn tls_config(pem: &[u8]) -> Result<rustls::ClientConfig, ClientError
         ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Local(format!("tls versions: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => {
+            use rustls_pki_types::PrivateKeyDer;
+            let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientError::Local(format!("client certificate: {e}")))?;
+            if chain.is_empty() {
+                return Err(ClientError::Local(
+                    "client certificate: no certificate in the PEM".to_string(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
+                .map_err(|e| ClientError::Local(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Local(format!("client certificate and key: {e}")))?
+        }
+    };
     // HTTP/2 when the server offers it (one connection carries every
     // concurrent call and subscription), else HTTP/1.1.
     config.alpn_protocols = api::ALPN_PROTOCOLS.iter().map(|id| id.to_vec()).collect();
     Ok(config)
+}
+
+/// `request` with the configured bearer token, if there is one (a client
+/// with a client certificate has none).
+pub(crate) fn with_token(
+    request: reqwest::RequestBuilder,
+    config: &ClientConfig,
+) -> reqwest::RequestBuilder {
+    match config.token.is_empty() {
+        true => request,
+        false => request.bearer_auth(&config.token),
+    }
 }
 
 /// A session borrowed from the pool; given back with `next_request + 1` when

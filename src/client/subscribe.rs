@@ -209,7 +209,7 @@ impl Subscription {
         if let Some(filter) = &self.filter {
             url.push_str(&filter.query());
         }
-        let request = inner.http.get(url).bearer_auth(&inner.config.token).send();
+        let request = super::with_token(inner.http.get(url), &inner.config).send();
         let timeout = Duration::from_millis(inner.config.request_timeout_ms.max(1));
         let response = match tokio::time::timeout(timeout, request).await {
             Err(_) => return self.fail_endpoint("no answer in time".to_string()),

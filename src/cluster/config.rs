@@ -15,6 +15,12 @@
 //! retention policy: the primary refuses to shred a stream within N days
 //! of its newest event (409 `retention_floor`).
 //!
+//! Optional: `"client_certs": { "ca": "tls/client-ca.pem", "principals":
+//! "clients.txt" }`: services may authenticate with a certificate of that
+//! CA (a different CA from `tls.ca`) instead of a token; `principals` maps
+//! certificate fingerprints to principals, in the tokens file's line
+//! format (`crate::server::mtls`).
+//!
 //! Relative paths are resolved against the directory holding the file, so a
 //! cluster directory can be moved as a whole. Unknown fields are refused
 //! (a misspelt option silently ignored is a misconfigured replica), and
@@ -61,6 +67,20 @@ pub struct ConfigFile {
     /// its newest event (1 to 36,500); absent: no policy floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days_after_last_event: Option<u64>,
+    /// Client identities by certificate; absent: bearer tokens only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certs: Option<ClientCertPaths>,
+}
+
+/// Where the client CA and the client certificates file are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertPaths {
+    /// The client CA certificate(s) (PEM), not the cluster CA.
+    pub ca: PathBuf,
+    /// The client certificates file: `sha256:<hex of SHA-256(certificate
+    /// DER)> <principal> <role> [streams=<scope>]` lines.
+    pub principals: PathBuf,
 }
 
 /// One replica's entry as written on disk.
@@ -117,6 +137,8 @@ pub struct ClusterConfig {
     pub index_url: Option<String>,
     /// The retention policy in days after a stream's newest event, if any.
     pub retention_days_after_last_event: Option<u64>,
+    /// The client CA and client certificates file (resolved), if any.
+    pub client_certs: Option<ClientCertPaths>,
 }
 
 /// Why a configuration file was refused.
@@ -235,6 +257,10 @@ impl ClusterConfig {
             tokens: resolve(&file.tokens),
             index_url: file.index_url.clone(),
             retention_days_after_last_event: file.retention_days_after_last_event,
+            client_certs: file.client_certs.as_ref().map(|c| ClientCertPaths {
+                ca: resolve(&c.ca),
+                principals: resolve(&c.principals),
+            }),
         })
     }
 
@@ -262,6 +288,10 @@ impl ClusterConfig {
             tokens: relative(&self.tokens),
             index_url: self.index_url.clone(),
             retention_days_after_last_event: self.retention_days_after_last_event,
+            client_certs: self.client_certs.as_ref().map(|c| ClientCertPaths {
+                ca: relative(&c.ca),
+                principals: relative(&c.principals),
+            }),
         }
     }
 

@@ -9,6 +9,9 @@
 //! <dir>/tls/              dev CA, one certificate and key per replica
 //! <dir>/tokens.txt        `sha256:<hex> <principal> <role> streams=*` per client token
 //! <dir>/dev-token.txt     the plaintext dev tokens (0600), for `vellum dev` to print
+//! <dir>/tls/client-ca.*   the dev client CA (a different CA from the replicas')
+//! <dir>/tls/client-service.{pem,key}  a service's client certificate and key
+//! <dir>/clients.txt       `sha256:<fingerprint> service writer streams=*`
 //! <dir>/policy.txt        the auditor's copy of the trust policy
 //! ```
 //!
@@ -41,6 +44,9 @@ pub const DEV_AUDITOR: (&str, &str) = ("auditor", "auditor");
 /// Principal and role of the dev cluster's privacy officer (key custody:
 /// shred, legal hold, retention).
 pub const DEV_PRIVACY_OFFICER: (&str, &str) = ("privacy", "privacy-officer");
+/// Principal and role of the dev cluster's service that authenticates with
+/// a client certificate (mTLS) instead of a token.
+pub const DEV_SERVICE: (&str, &str) = ("service", "writer");
 /// Random bytes in a generated client token.
 pub const TOKEN_BYTES: usize = 32;
 /// Prefix of generated tokens, so a leaked one is easy to recognize.
@@ -286,6 +292,10 @@ pub struct DevCluster {
     pub privacy_officer_token: Option<String>,
     /// The auditor's copy of the trust policy.
     pub policy_path: PathBuf,
+    /// The dev service's client certificate and key (principal
+    /// [`DEV_SERVICE`]), when the cluster has a client CA (clusters made
+    /// before mTLS have none).
+    pub service_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for DevCluster {
@@ -296,6 +306,7 @@ impl std::fmt::Debug for DevCluster {
             .field("api_urls", &self.api_urls)
             .field("ca_pem_path", &self.ca_pem_path)
             .field("policy_path", &self.policy_path)
+            .field("service_cert", &self.service_cert)
             .finish_non_exhaustive()
     }
 }
@@ -312,6 +323,16 @@ fn dev_token_path(dir: &Path) -> PathBuf {
 }
 fn policy_copy_path(dir: &Path) -> PathBuf {
     dir.join("policy.txt")
+}
+fn clients_path(dir: &Path) -> PathBuf {
+    dir.join("clients.txt")
+}
+fn service_cert_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    let tls = dir.join("tls");
+    (
+        tls.join("client-service.pem"),
+        tls.join("client-service.key"),
+    )
 }
 
 /// Creates a dev cluster of `replica_count` replicas in `dir`, which must be
@@ -409,6 +430,7 @@ fn create_dev(
     let tls_dir = dir.join("tls");
     let tls = dev_tls(&tls_dir, replica_count)?;
     write_tokens(dir)?;
+    let client_certs = dev_client_certs(dir)?;
     let policy_path = policy_copy_path(dir);
     crate::fsutil::write_durable(&policy_path, policy.encode().as_bytes(), 0o644)
         .map_err(io_error(&policy_path))?;
@@ -431,6 +453,7 @@ fn create_dev(
             tokens: tokens_path(dir),
             index_url: None,
             retention_days_after_last_event: None,
+            client_certs: Some(client_certs.clone()),
         };
         config.store(&config_path(dir, i))?;
     }
@@ -461,6 +484,49 @@ fn dev_tls(tls_dir: &Path, replica_count: u8) -> Result<Vec<TlsPaths>, SetupErro
             key: key.clone(),
         })
         .collect())
+}
+
+/// Generates the dev client CA and the dev service's certificate (in
+/// `tls/`), and `clients.txt` mapping its fingerprint to [`DEV_SERVICE`].
+fn dev_client_certs(dir: &Path) -> Result<super::config::ClientCertPaths, SetupError> {
+    let tls_dir = dir.join("tls");
+    let tls_error = |e: crate::net::tls::TlsError| SetupError::Tls {
+        path: tls_dir.clone(),
+        reason: e.to_string(),
+    };
+    let ca = crate::net::tls::ClientCa::generate().map_err(tls_error)?;
+    let paths = super::config::ClientCertPaths {
+        ca: tls_dir.join("client-ca.pem"),
+        principals: clients_path(dir),
+    };
+    ca.store(&paths.ca, &tls_dir.join("client-ca.key"))
+        .map_err(tls_error)?;
+    let (cert_pem, key_pem) = ca
+        .issue(&crate::net::tls::ClientCertSpec {
+            common_name: DEV_SERVICE.0,
+            ..Default::default()
+        })
+        .map_err(tls_error)?;
+    let (cert_path, key_path) = service_cert_paths(dir);
+    crate::fsutil::write_durable(&cert_path, cert_pem.as_bytes(), 0o644)
+        .map_err(io_error(&cert_path))?;
+    crate::fsutil::write_durable(&key_path, key_pem.as_bytes(), 0o600)
+        .map_err(io_error(&key_path))?;
+    let leaf = crate::net::tls::certificates_from_pem(cert_pem.as_bytes(), &cert_path)
+        .map_err(tls_error)?;
+    let role = DEV_SERVICE
+        .1
+        .parse::<crate::server::Role>()
+        .expect("the dev cluster names only known roles");
+    let line = crate::server::auth::digest_line(
+        &crate::net::tls::certificate_sha256(&leaf[0]),
+        DEV_SERVICE.0,
+        role,
+        &crate::server::auth::Scope::all(),
+    );
+    crate::fsutil::write_durable(&paths.principals, format!("{line}\n").as_bytes(), 0o600)
+        .map_err(io_error(&paths.principals))?;
+    Ok(paths)
 }
 
 /// Writes `tokens.txt` (hashes) and `dev-token.txt` (plaintext, 0600).
@@ -569,6 +635,11 @@ impl DevCluster {
             });
         }
         let (writer_token, auditor_token, privacy_officer_token) = read_dev_tokens(dir)?;
+        let service_cert = first
+            .client_certs
+            .as_ref()
+            .map(|_| service_cert_paths(dir))
+            .filter(|(cert, key)| cert.exists() && key.exists());
         Ok(DevCluster {
             dir: dir.to_path_buf(),
             api_urls: first.api_urls(),
@@ -578,6 +649,7 @@ impl DevCluster {
             auditor_token,
             privacy_officer_token,
             policy_path: policy_copy_path(dir),
+            service_cert,
         })
     }
 }

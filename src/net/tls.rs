@@ -1,6 +1,7 @@
 //! TLS for the cluster: a development PKI, loading of PEM material, and the
 //! rustls configurations of the replica links (mutual TLS) and of the HTTP
-//! API (server TLS only).
+//! API (server TLS; client certificates optional: replicas that forward,
+//! and services that authenticate with a certificate of the client CA).
 //!
 //! Identity. Every replica holds a certificate signed by the cluster CA with
 //! the DNS SAN `replica-{i}.vellum`. Outbound, a replica connects to peer
@@ -14,6 +15,16 @@
 //! own CA. This keeps deployment simple: a replica needs only the CA and its
 //! own key pair, not every peer's certificate.
 //!
+//! Client identities (mTLS on the client API). An optional second CA, the
+//! client CA, issues certificates to services. The API handshake accepts a
+//! chain that leads to either CA; [`ApiPeerVerifier`] then tells which one
+//! by verifying the chain against each CA alone: a chain that verifies
+//! against the cluster CA is a replica's (with its SAN) or nothing, never a
+//! client identity; only a chain that verifies against the client CA alone
+//! is one. So a client CA can never mint a replica (a `replica-0.vellum`
+//! SAN on a client certificate counts for nothing), and the two CAs must be
+//! different certificates ([`TlsError::SharedClientCa`]).
+//!
 //! Every configuration is built with `rustls::crypto::ring::default_provider()`
 //! explicitly, never a process-wide default.
 
@@ -23,9 +34,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use sha2::{Digest as _, Sha256};
 
 use crate::vsr::{REPLICAS_MAX, ReplicaIndex};
 
@@ -73,6 +86,13 @@ pub enum TlsError {
         /// The count asked for.
         count: u8,
     },
+    /// The client CA holds a certificate of the cluster CA: every replica
+    /// certificate would then also verify as a client identity.
+    #[error(
+        "the client CA must not be the cluster CA (a replica certificate would verify as a \
+         client identity); make a separate CA for client certificates"
+    )]
+    SharedClientCa,
 }
 
 /// The DNS name in replica `index`'s certificate (and the server name a
@@ -298,13 +318,26 @@ pub fn replica_client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>
 }
 
 /// The HTTP API server: ALPN `crate::api::ALPN_PROTOCOLS` (h2, http/1.1),
-/// TLS 1.2 and 1.3. Client
-/// certificates are optional: clients use bearer tokens; a peer replica
-/// that forwards a request presents its certificate (verified against the
-/// CA), which is what lets the server trust the client address it names.
-pub fn api_server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
+/// TLS 1.2 and 1.3. Client certificates are optional: clients use bearer
+/// tokens; a peer replica that forwards a request presents its certificate
+/// (verified against the cluster CA), which is what lets the server trust
+/// the client address it names; with `client_ca_pem`, a service may present
+/// a certificate of that CA instead of a token. The handshake accepts a
+/// chain to either CA (an invalid, expired or foreign one fails the
+/// handshake); [`ApiPeerVerifier`] tells afterwards which one it was.
+pub fn api_server_config(
+    material: &TlsMaterial,
+    client_ca_pem: Option<&[u8]>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = material.chain_and_key()?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(material.roots()?, provider())
+    let mut roots = (*material.roots()?).clone();
+    if let Some(pem) = client_ca_pem {
+        let client_roots = client_ca_roots(&material.ca_pem, pem)?;
+        for anchor in client_roots.roots.iter().cloned() {
+            roots.roots.push(anchor);
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -316,6 +349,232 @@ pub fn api_server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, Tl
         .map(|id| id.to_vec())
         .collect();
     Ok(Arc::new(config))
+}
+
+/// The client CA's roots; refused when it shares a certificate with the
+/// cluster CA (`cluster_ca_pem`; empty in tests).
+fn client_ca_roots(cluster_ca_pem: &[u8], client_ca_pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let cluster = match cluster_ca_pem.is_empty() {
+        true => Vec::new(),
+        false => parse_certs(cluster_ca_pem, Path::new("<ca>"))?,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(client_ca_pem, Path::new("<client ca>"))? {
+        if cluster.contains(&cert) {
+            return Err(TlsError::SharedClientCa);
+        }
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// What a certificate chain presented on the client API is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiPeer {
+    /// A replica of this cluster: the chain verifies against the cluster CA
+    /// alone and the leaf names `replica-{i}.vellum`.
+    Replica(ReplicaIndex),
+    /// A client identity: the chain verifies against the client CA alone
+    /// (and not against the cluster CA); `sha256` is the leaf's fingerprint
+    /// (SHA-256 of its DER), the key of the client certificates table.
+    Client {
+        /// SHA-256 of the leaf certificate's DER.
+        sha256: [u8; 32],
+    },
+    /// Neither: a cluster-CA certificate that names no replica, a chain
+    /// that no longer verifies (expired since the handshake), or no
+    /// client CA is configured.
+    Other,
+}
+
+/// Verifies a presented chain against the cluster CA and the client CA,
+/// each alone, to tell a replica from a client identity ([`ApiPeer`]).
+/// Reuses rustls's webpki verifier (chain, validity period, extended key
+/// usage `clientAuth`), so the rules are those of the handshake itself.
+#[derive(Debug, Clone)]
+pub struct ApiPeerVerifier {
+    cluster: Option<Arc<dyn ClientCertVerifier>>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ApiPeerVerifier {
+    /// From the cluster CA (PEM; empty: no replica is recognised, for
+    /// tests) and the client CA, if one is configured.
+    pub fn new(cluster_ca_pem: &[u8], client_ca_pem: Option<&[u8]>) -> Result<Self, TlsError> {
+        let build = |roots: RootCertStore| {
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()
+        };
+        let cluster = match cluster_ca_pem.is_empty() {
+            true => None,
+            false => {
+                let mut roots = RootCertStore::empty();
+                for cert in parse_certs(cluster_ca_pem, Path::new("<ca>"))? {
+                    roots.add(cert)?;
+                }
+                Some(build(roots)?)
+            }
+        };
+        let clients = match client_ca_pem {
+            Some(pem) => Some(build(client_ca_roots(cluster_ca_pem, pem)?)?),
+            None => None,
+        };
+        Ok(ApiPeerVerifier { cluster, clients })
+    }
+
+    /// Whether a client CA is configured.
+    pub fn accepts_clients(&self) -> bool {
+        self.clients.is_some()
+    }
+
+    /// What `chain` (leaf first) is, verified now. A chain that verifies
+    /// against the cluster CA is never a client identity.
+    pub fn classify(&self, chain: &[CertificateDer<'_>]) -> ApiPeer {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return ApiPeer::Other;
+        };
+        let now = UnixTime::now();
+        let verifies = |verifier: &Option<Arc<dyn ClientCertVerifier>>| {
+            verifier
+                .as_ref()
+                .is_some_and(|v| v.verify_client_cert(leaf, intermediates, now).is_ok())
+        };
+        if verifies(&self.cluster) {
+            return peer_replica_index(leaf).map_or(ApiPeer::Other, ApiPeer::Replica);
+        }
+        if verifies(&self.clients) {
+            return ApiPeer::Client {
+                sha256: certificate_sha256(leaf),
+            };
+        }
+        ApiPeer::Other
+    }
+}
+
+/// The SHA-256 fingerprint of a certificate's DER (what
+/// `openssl x509 -outform der | sha256sum` prints).
+pub fn certificate_sha256(cert_der: &[u8]) -> [u8; 32] {
+    Sha256::digest(cert_der).into()
+}
+
+/// The certificates of a PEM chain file (leaf first), for callers outside
+/// this module (the client CA, a forwarded chain).
+pub fn certificates_from_pem(
+    pem: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    parse_certs(pem, path)
+}
+
+/// Common name of the dev client CA (also what [`ClientCa::load`] expects).
+pub const DEV_CLIENT_CA_NAME: &str = "vellum dev client ca";
+
+/// A client CA that issues service certificates: the dev cluster's, and
+/// the tests'. Not an operator's production CA (they bring their own).
+pub struct ClientCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    cert_pem: String,
+}
+
+impl fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCa").finish_non_exhaustive()
+    }
+}
+
+/// What [`ClientCa::issue`] puts in a certificate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCertSpec<'a> {
+    /// The subject's common name (informational: the table keys on the
+    /// fingerprint).
+    pub common_name: &'a str,
+    /// DNS SANs, if any (tests use this to mimic a replica name).
+    pub dns_names: &'a [&'a str],
+    /// Valid only in 2000 (an expired certificate, for tests).
+    pub expired: bool,
+}
+
+impl ClientCa {
+    fn params() -> Result<rcgen::CertificateParams, TlsError> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, DEV_CLIENT_CA_NAME);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        Ok(params)
+    }
+
+    /// A fresh client CA.
+    pub fn generate() -> Result<ClientCa, TlsError> {
+        let params = Self::params()?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(ClientCa {
+            params,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// A client CA written by [`ClientCa::store`] (its subject is the fixed
+    /// [`DEV_CLIENT_CA_NAME`]; certificates it issues chain to the stored one).
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientCa, TlsError> {
+        crate::crypto::fsutil::check_private(key).map_err(TlsError::Insecure)?;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let cert_pem = read(cert)?;
+        parse_certs(cert_pem.as_bytes(), cert)?;
+        let key = rcgen::KeyPair::from_pem(&read(key)?)?;
+        Ok(ClientCa {
+            params: Self::params()?,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Writes the certificate (0644) and key (0600) to new files.
+    pub fn store(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        write_file(cert, self.cert_pem.as_bytes(), CERT_FILE_MODE)?;
+        let key_pem = zeroize::Zeroizing::new(self.key.serialize_pem());
+        write_file(key, key_pem.as_bytes(), KEY_FILE_MODE)
+    }
+
+    /// A new client certificate (extended key usage `clientAuth` only) and
+    /// its key, both PEM.
+    pub fn issue(
+        &self,
+        spec: &ClientCertSpec<'_>,
+    ) -> Result<(String, zeroize::Zeroizing<String>), TlsError> {
+        let names: Vec<String> = spec.dns_names.iter().map(|n| (*n).to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, spec.common_name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if spec.expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
+        let key = rcgen::KeyPair::generate()?;
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+    }
 }
 
 /// The replica index named by the `replica-{i}.vellum` DNS SAN of a
@@ -494,7 +753,7 @@ mod tests {
             assert_eq!(peer_replica_index(&leaf), Some(index));
             replica_server_config(&material).expect("server config");
             replica_client_config(&material).expect("client config");
-            let api = api_server_config(&material).expect("api config");
+            let api = api_server_config(&material, None).expect("api config");
             assert_eq!(
                 api.alpn_protocols,
                 vec![b"h2".to_vec(), b"http/1.1".to_vec()]

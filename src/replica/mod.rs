@@ -113,6 +113,7 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
     let tokens =
         TokenStore::load(&config.tokens).map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let client_certs = load_client_certs(config)?;
     let outbox = Arc::new(LateOutbox::default());
     let role = ClusterRole {
         replica_count: config.replica_count(),
@@ -180,11 +181,16 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let server_config = ServerConfig {
         listen: this.api_address,
-        tls: tls::api_server_config(&material).map_err(|e| ReplicaError::Config(e.to_string()))?,
+        tls: tls::api_server_config(
+            &material,
+            client_certs.as_ref().map(|(pem, _)| pem.as_slice()),
+        )
+        .map_err(|e| ReplicaError::Config(e.to_string()))?,
         tokens,
         peer_api: (0u8..).zip(config.api_urls()).collect(),
         ca_pem: material.ca_pem.clone(),
         identity: Some(material.clone()),
+        client_certs,
     };
     // Witnesses named with a URL in the replica's policy are fed by the
     // primary, off the append path (`witness_feed`).
@@ -223,6 +229,23 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         api_address: served.local_addr,
         inbox_dropped,
     })
+}
+
+/// The client CA (PEM, checked) and client certificates table of the
+/// config's `client_certs`, if it names them.
+fn load_client_certs(
+    config: &ClusterConfig,
+) -> Result<Option<(Vec<u8>, crate::server::mtls::ClientCertStore)>, ReplicaError> {
+    let Some(paths) = &config.client_certs else {
+        return Ok(None);
+    };
+    let config_error = |e: &dyn std::fmt::Display| ReplicaError::Config(e.to_string());
+    let pem = std::fs::read(&paths.ca)
+        .map_err(|e| config_error(&format!("client CA {}: {e}", paths.ca.display())))?;
+    tls::certificates_from_pem(&pem, &paths.ca).map_err(|e| config_error(&e))?;
+    let store = crate::server::mtls::ClientCertStore::load(&paths.principals)
+        .map_err(|e| config_error(&e))?;
+    Ok(Some((pem, store)))
 }
 
 fn deliver_into(

@@ -478,20 +478,25 @@ fn parse_scope_item(item: &str) -> Result<(u64, u64), String> {
     }
 }
 
-/// Why a tokens file could not be loaded.
+/// Why a tokens file (or a client certificates file, which has the same
+/// lines: `crate::server::mtls`) could not be loaded; `kind` names which.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The file could not be read.
-    #[error("cannot read tokens file {path}: {source}")]
+    #[error("cannot read {kind} file {path}: {source}")]
     Read {
+        /// `tokens` or `client certificates`.
+        kind: &'static str,
         /// The file.
         path: String,
         /// The cause.
         source: std::io::Error,
     },
     /// A line is malformed.
-    #[error("tokens file {path} line {line}: {reason}")]
+    #[error("{kind} file {path} line {line}: {reason}")]
     Line {
+        /// `tokens` or `client certificates`.
+        kind: &'static str,
         /// The file.
         path: String,
         /// 1-based line number.
@@ -501,21 +506,28 @@ pub enum AuthError {
     },
     /// Anyone may write the file, so anyone could add a token.
     #[error(
-        "tokens file {path} is writable by others (mode {mode:04o}); refused (fix: chmod o-w {path})"
+        "{kind} file {path} is writable by others (mode {mode:04o}); refused (fix: chmod o-w {path})"
     )]
     Insecure {
+        /// `tokens` or `client certificates`.
+        kind: &'static str,
         /// The file.
         path: String,
         /// Its permission bits.
         mode: u32,
     },
     /// The file holds more than [`PRINCIPALS_MAX`] principals.
-    #[error("tokens file {path} holds more than {PRINCIPALS_MAX} principals")]
+    #[error("{kind} file {path} holds more than {PRINCIPALS_MAX} principals")]
     TooMany {
+        /// `tokens` or `client certificates`.
+        kind: &'static str,
         /// The file.
         path: String,
     },
 }
+
+/// The `kind` of a tokens file in [`AuthError`].
+pub(crate) const TOKENS_KIND: &str = "tokens";
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -532,19 +544,30 @@ pub struct TokenStore {
 impl TokenStore {
     /// Reads a tokens file; errors name the file and line.
     pub fn load(path: &Path) -> Result<TokenStore, AuthError> {
+        Self::load_kind(path, TOKENS_KIND)
+    }
+
+    /// Reads a file of `sha256:<hex> <principal> <role> [streams=<scope>]`
+    /// lines; `kind` names it in errors and warnings.
+    pub(crate) fn load_kind(path: &Path, kind: &'static str) -> Result<TokenStore, AuthError> {
         use std::os::unix::fs::MetadataExt as _;
         let shown = path.display().to_string();
         let read_error = |source| AuthError::Read {
+            kind,
             path: shown.clone(),
             source,
         };
         let mode = std::fs::metadata(path).map_err(read_error)?.mode() & 0o7777;
         // Digests are not secrets, but whoever may write the file may add a token.
         if mode & 0o002 != 0 {
-            return Err(AuthError::Insecure { path: shown, mode });
+            return Err(AuthError::Insecure {
+                kind,
+                path: shown,
+                mode,
+            });
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
-        let store = parse(&shown, &text)?;
+        let store = parse(kind, &shown, &text)?;
         for entry in store
             .entries
             .iter()
@@ -555,7 +578,7 @@ impl TokenStore {
             tracing::warn!(
                 path = %shown,
                 principal = %entry.principal.name,
-                "the principal's token grants no stream (its line has no streams=<scope>): \
+                "the principal's {kind} line grants no stream (it has no streams=<scope>): \
                  stream routes answer 403 scope_denied"
             );
         }
@@ -564,7 +587,12 @@ impl TokenStore {
 
     /// Parses tokens-file text held in memory (errors call it `<memory>`).
     pub fn from_lines(text: &str) -> Result<TokenStore, AuthError> {
-        parse("<memory>", text)
+        parse(TOKENS_KIND, "<memory>", text)
+    }
+
+    /// [`TokenStore::from_lines`] for a file of another `kind`.
+    pub(crate) fn from_lines_kind(text: &str, kind: &'static str) -> Result<TokenStore, AuthError> {
+        parse(kind, "<memory>", text)
     }
 
     /// Principals known to the store.
@@ -581,13 +609,24 @@ impl TokenStore {
     /// time taken does not depend on which entry matches.
     pub fn authenticate(&self, token: &str) -> Option<&Principal> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_digest(&digest)
+    }
+
+    /// The principal whose line holds `digest`, comparing every entry
+    /// without an early exit.
+    pub(crate) fn by_digest(&self, digest: &[u8; 32]) -> Option<&Principal> {
         let mut found = None;
         for entry in &self.entries {
-            if digests_equal(&entry.digest, &digest) {
+            if digests_equal(&entry.digest, digest) {
                 found = Some(&entry.principal);
             }
         }
         found
+    }
+
+    /// The principals' names, in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.principal.name.as_str())
     }
 }
 
@@ -600,7 +639,7 @@ fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     difference == 0
 }
 
-fn parse(path: &str, text: &str) -> Result<TokenStore, AuthError> {
+fn parse(kind: &'static str, path: &str, text: &str) -> Result<TokenStore, AuthError> {
     let mut entries: Vec<Entry> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -608,13 +647,14 @@ fn parse(path: &str, text: &str) -> Result<TokenStore, AuthError> {
             continue;
         }
         let fail = |reason: String| AuthError::Line {
+            kind,
             path: path.to_string(),
             line: index + 1,
             reason,
         };
         let entry = parse_line(line).map_err(fail)?;
         if entries.iter().any(|e| e.digest == entry.digest) {
-            return Err(fail("the same token digest appears twice".to_string()));
+            return Err(fail("the same digest appears twice".to_string()));
         }
         if entries
             .iter()
@@ -627,6 +667,7 @@ fn parse(path: &str, text: &str) -> Result<TokenStore, AuthError> {
         }
         if entries.len() >= PRINCIPALS_MAX {
             return Err(AuthError::TooMany {
+                kind,
                 path: path.to_string(),
             });
         }
@@ -695,8 +736,18 @@ pub fn generate_token() -> String {
 /// The tokens-file line for `token` (which is not stored, only its
 /// digest), granting `scope`; an empty scope writes no `streams=` member.
 pub fn token_line(token: &str, principal: &str, role: Role, scope: &Scope) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    digest_line(
+        &Sha256::digest(token.as_bytes()).into(),
+        principal,
+        role,
+        scope,
+    )
+}
+
+/// The line granting `principal` to whoever presents what hashes to
+/// `digest` (a token's SHA-256, or a client certificate's fingerprint).
+pub fn digest_line(digest: &[u8; 32], principal: &str, role: Role, scope: &Scope) -> String {
+    let hex = vellum_audit::hash::to_hex(digest);
     if scope.is_empty() {
         format!("sha256:{hex} {principal} {role}")
     } else {

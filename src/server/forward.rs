@@ -5,7 +5,9 @@
 //! access is recorded in the trail there before it is answered (P7). So the
 //! trail guard hands every protected request that reaches a backup to
 //! [`forward_if_backup`], which relays it (same body, same Authorization
-//! header) to the primary's API and hands back its answer (status and body)
+//! header; a client that authenticated with a certificate has its chain
+//! relayed in `mtls::CLIENT_CERT_HEADER`, which the primary honours only
+//! from a proven replica) to the primary's API and hands back its answer (status and body)
 //! unchanged, so the client sees the primary's receipt or error. The relayed
 //! request carries `x-vellum-forwarded: 1`; a replica that receives such a
 //! request and is not the primary answers 503 instead of forwarding again,
@@ -181,6 +183,15 @@ impl Forwarder {
         }
         if let Some(remote) = parts.extensions.get::<super::RemoteAddr>() {
             outgoing = outgoing.header(CLIENT_ADDR_HEADER, remote.0.to_string());
+        }
+        // A client that proved itself with a certificate here: the primary
+        // verifies the chain again and maps it through its own table,
+        // trusting the header only because this connection proves a replica.
+        if let Some(cert) = parts.extensions.get::<super::mtls::PresentedCert>() {
+            outgoing = outgoing.header(
+                super::mtls::CLIENT_CERT_HEADER,
+                super::mtls::encode_chain(&cert.chain),
+            );
         }
         tracing::debug!(replica, primary, %url, "forwarding a request to the primary");
         let response = outgoing.send().await.map_err(|e| send_error(primary, &e))?;

@@ -64,6 +64,7 @@ async fn serve(events: usize, event_bytes: usize) -> Served {
         peer_api: Vec::new(),
         ca_pem: pem.clone().into_bytes(),
         identity: None,
+        client_certs: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node, shutdown).await.expect("serve");

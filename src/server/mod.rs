@@ -9,7 +9,8 @@
 //!
 //! Layout: [`routes`] (the route table, the router built from it, errors,
 //! extractors, the trail guard, handlers), [`auth`] (bearer
-//! tokens stored hashed, roles), [`forward`] (appends sent to a backup are
+//! tokens stored hashed, roles), [`mtls`] (client certificates as an
+//! alternative to tokens), [`forward`] (appends sent to a backup are
 //! relayed to the primary), [`subscribe`] (long-lived event streams with
 //! backpressure), [`logins`] (rate limits on failed logins and their
 //! aggregated trail events), [`metrics`] (Prometheus text), [`openapi`] (the served
@@ -23,6 +24,7 @@ pub mod groups;
 mod http2_tests;
 pub mod logins;
 pub mod metrics;
+pub mod mtls;
 pub mod node;
 pub mod openapi;
 pub mod relay;
@@ -134,6 +136,9 @@ pub struct ServerConfig {
     /// This replica's TLS material, whose certificate it presents when it
     /// forwards a request to the primary; None: none (tests).
     pub identity: Option<crate::net::tls::TlsMaterial>,
+    /// Client identities by certificate: the client CA (PEM, also in `tls`'s
+    /// roots) and the client certificates table; None: tokens only.
+    pub client_certs: Option<(Vec<u8>, mtls::ClientCertStore)>,
 }
 
 /// Why the server could not start.
@@ -150,6 +155,10 @@ pub enum ServerError {
     /// The forwarding client could not be built (bad CA PEM, TLS setup).
     #[error("cannot build the forwarding client: {0}")]
     Forwarder(String),
+    /// The client certificates setup is unusable (bad CA, a principal
+    /// named in both the tokens and the client certificates file).
+    #[error("client certificates: {0}")]
+    ClientCerts(String),
     /// An environment setting is not usable.
     #[error("{name}={value:?}: {why}")]
     Setting {
@@ -217,9 +226,11 @@ pub async fn serve(
     node: Arc<dyn node::Node>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<ServeHandle, ServerError> {
+    let client_certs = client_certs(&config.ca_pem, config.client_certs, &config.tokens)?;
     let state = AppState::new(node, config.tokens, config.peer_api, &config.ca_pem)?
         .with_forwarding_identity(config.identity.as_ref())?
-        .with_login_limits(login_limits_from_env()?);
+        .with_login_limits(login_limits_from_env()?)
+        .with_client_certs(client_certs.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -244,10 +255,43 @@ pub async fn serve(
     ));
     let app = router(state);
     tracing::info!(%addr, "api server listening");
-    let task = tokio::spawn(accept_loop(listener, acceptor, app, shutdown));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        app,
+        client_certs.verifier,
+        shutdown,
+    ));
     Ok(ServeHandle {
         local_addr: addr,
         task,
+    })
+}
+
+/// The verifier of presented certificates and the client certificates
+/// table; refuses a principal named in both files (the trail would not
+/// tell which credential acted).
+fn client_certs(
+    cluster_ca_pem: &[u8],
+    configured: Option<(Vec<u8>, mtls::ClientCertStore)>,
+    tokens: &TokenStore,
+) -> Result<mtls::ClientCerts, ServerError> {
+    let (client_ca, store) = match configured {
+        Some((pem, store)) => (Some(pem), store),
+        None => (None, mtls::ClientCertStore::default()),
+    };
+    let verifier = crate::net::tls::ApiPeerVerifier::new(cluster_ca_pem, client_ca.as_deref())
+        .map_err(|e| ServerError::ClientCerts(e.to_string()))?;
+    let token_names: std::collections::HashSet<&str> = tokens.names().collect();
+    if let Some(name) = store.names().find(|name| token_names.contains(name)) {
+        return Err(ServerError::ClientCerts(format!(
+            "principal {name:?} is in both the tokens file and the client certificates file; \
+             give each credential its own principal name"
+        )));
+    }
+    Ok(mtls::ClientCerts {
+        verifier: Arc::new(verifier),
+        store: Arc::new(store),
     })
 }
 
@@ -256,6 +300,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     app: axum::Router,
+    verifier: Arc<crate::net::tls::ApiPeerVerifier>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -303,8 +348,15 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let verifier = Arc::clone(&verifier);
         tokio::spawn(async move {
-            serve_connection(tcp, peer, acceptor, app, shutdown, address_slot).await;
+            let connection = Connection {
+                tcp,
+                peer,
+                verifier,
+                address_slot,
+            };
+            serve_connection(connection, acceptor, app, shutdown).await;
             drop(permit);
         });
     }
@@ -363,19 +415,31 @@ pub struct PeerReplica(pub u8);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
 
+/// One accepted TCP connection, before its TLS handshake.
+struct Connection {
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    verifier: Arc<crate::net::tls::ApiPeerVerifier>,
+    address_slot: AddressSlot,
+}
+
 /// Runs the TLS handshake (bounded in time) and then HTTP/2 or HTTP/1.1 on
 /// one connection: HTTP/2 exactly when ALPN chose `h2`. Without ALPN (or
 /// with `http/1.1`) the connection is HTTP/1.1 only, so an HTTP/2 preface
 /// sent without ALPN is refused as a bad HTTP/1.1 request (RFC 9113 §3.3
 /// asks for ALPN over TLS); plaintext h2c is never spoken on this port.
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    connection: Connection,
     acceptor: TlsAcceptor,
     app: axum::Router,
     shutdown: watch::Receiver<bool>,
-    address_slot: AddressSlot,
 ) {
+    let Connection {
+        tcp,
+        peer,
+        verifier,
+        address_slot,
+    } = connection;
     let handshake = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
     let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -389,19 +453,29 @@ async fn serve_connection(
         }
     };
     // The caller's address travels with each request into the access trail,
-    // and so does the replica it is, if it proved one.
+    // and so does what its certificate proved: a replica, or a client
+    // identity (`mtls`).
     let session = &tls.get_ref().1;
-    let replica = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|leaf| crate::net::tls::peer_replica_index(leaf.as_ref()));
+    let chain = session.peer_certificates().map(<[_]>::to_vec);
     let http2 = session.alpn_protocol() == Some(crate::api::ALPN_PROTOCOLS[0]);
     let mut app = app.layer(axum::Extension(RemoteAddr(peer)));
     let mut address_slot = Some(address_slot);
-    if let Some(replica) = replica {
-        app = app.layer(axum::Extension(PeerReplica(replica)));
-        // A proven replica does not use up its address's share.
-        address_slot = None;
+    if let Some(chain) = chain {
+        match verifier.classify(&chain) {
+            crate::net::tls::ApiPeer::Replica(replica) => {
+                app = app.layer(axum::Extension(PeerReplica(replica)));
+                // A proven replica does not use up its address's share.
+                address_slot = None;
+            }
+            crate::net::tls::ApiPeer::Client { sha256 } => {
+                let presented = mtls::PresentedCert {
+                    chain: Arc::new(chain),
+                    sha256,
+                };
+                app = app.layer(axum::Extension(presented));
+            }
+            crate::net::tls::ApiPeer::Other => app = app.layer(axum::Extension(mtls::OtherCert)),
+        }
     }
     let (prefix, builder) = match http2 {
         true => match read_h2_preface(tls, peer).await {

@@ -33,11 +33,12 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Audited, replicated event store. Every error is an ErrorBody; 4xx for the caller's mistakes, 503 for 'retry', 500 only for internal faults of the replica (storage, encryption, the random source)."
         },
-        "security": [{ "bearer": [] }],
+        "security": [{ "bearer": [] }, { "mtls": [] }],
         "paths": merged(paths(), groups::paths()),
         "components": {
             "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor; a per-stream scope (streams=) limits which streams' data it reaches (403 scope_denied outside it, events outside it left out of global reads and subscriptions)." }
+                "bearer": { "type": "http", "scheme": "bearer", "description": "Token from the replica's tokens file; roles writer, reader, auditor; a per-stream scope (streams=) limits which streams' data it reaches (403 scope_denied outside it, events outside it left out of global reads and subscriptions)." },
+                "mtls": { "type": "mutualTLS", "description": "Instead of a token: a client certificate of the replica's client CA, mapped by its SHA-256 fingerprint to a principal with a role and scope as a token's (client_certs in the replica config). An unknown certificate is 401; a certificate together with a bearer token is 401; a replica's certificate is never a client identity." }
             },
             "schemas": merged(schemas(), groups::schemas()),
             "responses": error_responses(),

@@ -1898,6 +1898,7 @@ async fn tls_end_to_end() {
         peer_api: Vec::new(),
         ca_pem: pem.clone().into_bytes(),
         identity: None,
+        client_certs: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node.clone(), shutdown)
@@ -2579,6 +2580,7 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         peer_api: vec![(1, base)],
         ca_pem: Vec::new(),
         identity: None,
+        client_certs: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, backup, shutdown).await.expect("serve");
@@ -2999,6 +3001,9 @@ async fn failing_addresses_are_tracked_within_a_bound() {
 
 #[path = "scope_tests.rs"]
 mod scope_tests;
+
+#[path = "mtls_tests.rs"]
+mod mtls_tests;
 
 // Goal: the backups' trail relay refuses (403) a caller that did not prove
 // on the TLS handshake that it is a replica, whatever token it shows, and

@@ -1,5 +1,5 @@
 //! The trail guard of every protected route (P7): it authenticates the
-//! bearer token, checks the role, runs the handler, and records one
+//! caller (bearer token or client certificate), checks the role, runs the handler, and records one
 //! access-trail event ([`TrailEntry`]) — also for a refused or denied
 //! attempt — before the answer goes out. Handlers tell it what they touched
 //! through [`Touched`] in the response's extensions. A failed login is
@@ -79,7 +79,7 @@ pub(crate) async fn authorize(
     };
     // The token and role are checked before any body is read, on every
     // replica (P10): a stranger's body is never read, at a backup neither.
-    let authenticated = bearer_principal(&state.tokens, request.headers());
+    let authenticated = authenticate(&state, &request);
     let relay_body = authenticated
         .as_ref()
         .is_ok_and(|principal| principal.role.allows(action));
@@ -722,6 +722,42 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The caller: by client certificate (`crate::server::mtls`: the rules
+/// for a certificate plus a token, a replica's certificate and forwarded
+/// requests are there), else by bearer token.
+fn authenticate(state: &AppState, request: &Request) -> Result<Principal, ApiError> {
+    let extensions = request.extensions();
+    let from_replica = extensions.get::<crate::server::PeerReplica>().is_some();
+    let by_cert = crate::server::mtls::cert_principal(
+        state.client_certs.as_ref(),
+        request.headers(),
+        extensions.get::<crate::server::mtls::PresentedCert>(),
+        from_replica,
+    )?;
+    if let Some(principal) = by_cert {
+        return Ok(principal);
+    }
+    let no_token = !request.headers().contains_key(header::AUTHORIZATION);
+    // A backup relays a tokenless request as it came (the primary refuses
+    // and records it): only a replica calling on its own gets this answer.
+    let forwarded = request
+        .headers()
+        .contains_key(crate::server::forward::FORWARDED_HEADER);
+    if no_token && from_replica && !forwarded {
+        return Err(ApiError::unauthorized(
+            "a replica certificate is not a client identity: present a client certificate \
+             or `Authorization: Bearer <token>`",
+        ));
+    }
+    if no_token && extensions.get::<crate::server::mtls::OtherCert>().is_some() {
+        return Err(ApiError::unauthorized(
+            "the client certificate presented is not a client identity (it is not of the \
+             client CA); present a client certificate or `Authorization: Bearer <token>`",
+        ));
+    }
+    bearer_principal(&state.tokens, request.headers())
 }
 
 fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {

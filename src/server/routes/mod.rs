@@ -366,6 +366,9 @@ pub struct AppState {
     /// At a backup: the queue of access-trail records on their way to the
     /// primary (`crate::server::relay`).
     pub(crate) relay: super::relay::TrailRelay,
+    /// Client identities by certificate (`crate::server::mtls`); None:
+    /// tokens only.
+    pub(crate) client_certs: Option<super::mtls::ClientCerts>,
 }
 
 impl AppState {
@@ -390,7 +393,14 @@ impl AppState {
             ))),
             break_glass: Arc::default(),
             relay: super::relay::TrailRelay::default(),
+            client_certs: None,
         })
+    }
+
+    /// Lets callers authenticate with client certificates (`mtls`).
+    pub fn with_client_certs(mut self, certs: super::mtls::ClientCerts) -> AppState {
+        self.client_certs = Some(certs);
+        self
     }
 
     /// Makes forwarded requests present this replica's certificate (from
