@@ -38,7 +38,9 @@ use vellum_audit::note::{Signer, Verifier};
 use vellum_audit::policy::Policy;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use super::config::{CONFIG_BYTES_MAX, ClusterConfig, ConfigError, ConfigFile, TlsPaths};
+use super::config::{
+    CONFIG_BYTES_MAX, ClientCertPaths, ClusterConfig, ConfigError, ConfigFile, TlsPaths,
+};
 use super::setup::replica_key_name;
 use crate::crypto::{self, CryptoError, KeyStore};
 use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta, WRITER_EPOCH_MAX};
@@ -56,6 +58,9 @@ pub const REPLACED_CONFIG_FILE: &str = "replica.json";
 const TLS_DIR: &str = "tls";
 /// Where `replace` puts the token hashes, inside the new data directory.
 const TOKENS_FILE: &str = "tokens.txt";
+/// Where `replace` puts the client-certificate principals (mTLS), inside
+/// the new data directory.
+const CLIENT_PRINCIPALS_FILE: &str = "clients.txt";
 /// Key files that mean a rotation is under way: their secrets would be
 /// neither the old nor the new ones.
 const ROTATION_IN_PROGRESS: [&str; 5] = [
@@ -147,6 +152,19 @@ struct SecretsBody {
     tls_key: String,
     /// The client token hashes the config names.
     tokens: String,
+    /// The client CA and the client-certificate principals the config
+    /// names (`client_certs`), when it names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_certs: Option<ClientCertsBody>,
+}
+
+/// The files of a config's `client_certs` (mTLS client identities), in
+/// base64.
+#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct ClientCertsBody {
+    ca: String,
+    principals: String,
 }
 
 /// One replica's kept secrets, decoded and checked against each other.
@@ -167,6 +185,8 @@ pub struct ReplicaSecrets {
     tls_cert: Vec<u8>,
     tls_key: Zeroizing<Vec<u8>>,
     tokens: Vec<u8>,
+    /// The client CA and principals files, when the config names them.
+    client_certs: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for ReplicaSecrets {
@@ -263,6 +283,13 @@ pub fn export_secrets(config_path: &Path, out: &Path) -> Result<SecretsSummary, 
         tls_cert: encode(&read(&config.tls.cert)?),
         tls_key: encode(&read(&config.tls.key)?),
         tokens: encode(&read(&config.tokens)?),
+        client_certs: match &config.client_certs {
+            Some(paths) => Some(ClientCertsBody {
+                ca: encode(&read(&paths.ca)?),
+                principals: encode(&read(&paths.principals)?),
+            }),
+            None => None,
+        },
     };
     let text = Zeroizing::new(encode_file(&body)?);
     if text.len() as u64 > SECRETS_FILE_BYTES_MAX {
@@ -430,6 +457,20 @@ fn check_body(body: &SecretsBody) -> Result<ReplicaSecrets, String> {
         );
     }
     let (config, verifier) = check_config(&decode("config", &body.config)?, body, &policy)?;
+    let client_certs = match &body.client_certs {
+        Some(files) => Some((
+            decode("client_certs.ca", &files.ca)?,
+            decode("client_certs.principals", &files.principals)?,
+        )),
+        None => None,
+    };
+    if client_certs.is_some() != config.client_certs.is_some() {
+        return Err(
+            "client_certs: the client CA and principals must be kept exactly when the config \
+             names them"
+                .into(),
+        );
+    }
     Ok(ReplicaSecrets {
         cluster,
         replica: body.replica,
@@ -448,6 +489,7 @@ fn check_body(body: &SecretsBody) -> Result<ReplicaSecrets, String> {
         tls_cert: decode("tls_cert", &body.tls_cert)?,
         tls_key: Zeroizing::new(decode("tls_key", &body.tls_key)?),
         tokens: decode("tokens", &body.tokens)?,
+        client_certs,
     })
 }
 
@@ -676,10 +718,23 @@ fn write_start_config(secrets: &ReplicaSecrets, target: &Path) -> Result<PathBuf
     write(&target.join(&tls.cert), &secrets.tls_cert, 0o644)?;
     write(&target.join(&tls.key), &secrets.tls_key, 0o600)?;
     write(&target.join(TOKENS_FILE), &secrets.tokens, 0o600)?;
+    let client_certs = match &secrets.client_certs {
+        Some((ca, principals)) => {
+            let paths = ClientCertPaths {
+                ca: PathBuf::from(TLS_DIR).join("client-ca.pem"),
+                principals: PathBuf::from(CLIENT_PRINCIPALS_FILE),
+            };
+            write(&target.join(&paths.ca), ca, 0o644)?;
+            write(&target.join(&paths.principals), principals, 0o600)?;
+            Some(paths)
+        }
+        None => None,
+    };
     let config = ConfigFile {
         data_dir: PathBuf::from("."),
         tls,
         tokens: PathBuf::from(TOKENS_FILE),
+        client_certs,
         ..secrets.config.clone()
     };
     let mut text = serde_json::to_string_pretty(&config).expect("a config file always serializes");

@@ -68,7 +68,12 @@ fn export_then_replace_lays_out_a_fresh_replica() {
     let old = cluster.join("r1");
     let data_files: Vec<String> = listing(&new)
         .into_iter()
-        .filter(|p| !p.starts_with("tls") && p != "tokens.txt" && p != REPLACED_CONFIG_FILE)
+        .filter(|p| {
+            !p.starts_with("tls")
+                && p != "tokens.txt"
+                && p != CLIENT_PRINCIPALS_FILE
+                && p != REPLACED_CONFIG_FILE
+        })
         .collect();
     assert_eq!(
         data_files,
@@ -109,6 +114,28 @@ fn export_then_replace_lays_out_a_fresh_replica() {
     let original = ClusterConfig::load(&cluster.join("r1.json")).expect("original");
     assert_eq!((config.cluster, config.replica), (original.cluster, 1));
     assert_eq!(config.replicas, original.replicas);
+    // The mTLS client CA and principals come back too, where the config
+    // points, byte for byte (a replaced replica knows its service clients).
+    let (kept, laid) = (
+        original
+            .client_certs
+            .expect("a dev cluster has client certificates"),
+        config.client_certs.expect("the replaced config names them"),
+    );
+    for (new_file, old_file) in [(&laid.ca, &kept.ca), (&laid.principals, &kept.principals)] {
+        assert!(
+            new_file.starts_with(&new),
+            "{} inside the new directory",
+            new_file.display()
+        );
+        assert_eq!(
+            std::fs::read(new_file).expect("laid out"),
+            std::fs::read(old_file).expect("kept"),
+            "{} byte for byte",
+            new_file.display()
+        );
+    }
+    assert_eq!(mode(&laid.principals), 0o600);
 }
 
 // Goal: a truncated, changed, foreign or inconsistent file is refused with
