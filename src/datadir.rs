@@ -48,6 +48,12 @@ impl DataDir {
         self.root.join("segments")
     }
 
+    /// The Merkle tree as C2SP tlog-tiles (`tiles/tile/<L>/<N>[.p/<W>]`),
+    /// a cache of the log rebuilt from it when it disagrees.
+    pub fn tiles(&self) -> PathBuf {
+        self.root.join("tiles")
+    }
+
     /// The key store directory.
     pub fn keys(&self) -> PathBuf {
         self.root.join("keys")

@@ -7,7 +7,7 @@
 //! checkpoints and witness cosignatures (`note`, `checkpoint`,
 //! `cosignature`), `tlog-proof@v1` proofs (`proof`),
 //! the trust policy (`policy`) and the tree laid out as C2SP `tlog-tiles`
-//! (`tiles`). The writer in the `vellum` crate uses these same types, so the
+//! (`tiles`, and as files in `tile_dir`). The writer in the `vellum` crate uses these same types, so the
 //! verifier can never disagree with the writer about a format. This crate is synchronous, opens no socket and no database.
 
 #![forbid(unsafe_code)]
@@ -29,6 +29,7 @@ pub mod record;
 pub mod report;
 pub mod segment;
 pub mod since;
+pub mod tile_dir;
 pub mod tiles;
 pub mod verify;
 

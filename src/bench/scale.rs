@@ -78,6 +78,9 @@ pub struct ScaleRow {
 pub struct ProbeResult {
     /// Seconds from `LocalLog::open` called to returned.
     pub open_s: f64,
+    /// MiB the open read (`rchar` of `/proc/self/io`: every file read,
+    /// page cache or not).
+    pub open_read_mib: f64,
     /// Resident MiB after the open.
     pub rss_open_mib: f64,
     /// Open file descriptors after the open.
@@ -306,9 +309,11 @@ fn run_probe(exe: &Path, dir: &Path, appends: u64, per_op: u64) -> anyhow::Resul
 /// The probe (run in its own process): opens the replica's log at `dir`,
 /// measures, appends `appends` events `per_op` per append, measures again.
 pub fn probe(dir: &Path, appends: u64, per_op: u64) -> anyhow::Result<ProbeResult> {
+    let read_before = read_bytes()?;
     let started = Instant::now();
     let (log, _) = LocalLog::open(dir, LogOptions::default())?;
     let open_s = started.elapsed().as_secs_f64();
+    let open_read_mib = read_bytes()?.saturating_sub(read_before) as f64 / (1024.0 * 1024.0);
     let rss_open_mib = rss_mib()?;
     let fds_open = open_fds()?;
     let payload = Bytes::from(super::sample_payload(SCALE_EVENT_BYTES));
@@ -323,6 +328,7 @@ pub fn probe(dir: &Path, appends: u64, per_op: u64) -> anyhow::Result<ProbeResul
     let append_s = started.elapsed().as_secs_f64();
     let result = ProbeResult {
         open_s,
+        open_read_mib,
         rss_open_mib,
         fds_open,
         appended: written,
@@ -343,6 +349,15 @@ fn status_kib(file: &str, field: &str) -> Option<u64> {
 fn rss_mib() -> anyhow::Result<f64> {
     let kib = status_kib("/proc/self/status", "VmRSS:").context("VmRSS in /proc/self/status")?;
     Ok(kib as f64 / 1024.0)
+}
+
+/// Bytes this process read so far (`rchar` of `/proc/self/io`).
+fn read_bytes() -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string("/proc/self/io")?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("rchar:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("rchar in /proc/self/io")
 }
 
 fn open_fds() -> anyhow::Result<u64> {
@@ -367,14 +382,15 @@ impl ScaleReport {
     /// The report as a table.
     pub fn to_text(&self) -> String {
         let mut out = String::from(
-            "events     per-op  open s  RSS open  RSS +appends  fds open/+app  disk B/ev (segs/dir, payload 512)  verify s  verify peak  --since s (new events, share of verify)\n",
+            "events     per-op  open s  read MiB  RSS open  RSS +appends  fds open/+app  disk B/ev (segs/dir, payload 512)  verify s  verify peak  --since s (new events, share of verify)\n",
         );
         for r in &self.rows {
             out.push_str(&format!(
-                "{:<10} {:<7} {:<7.3} {:<9} {:<13} {:<14} {:<34} {:<9.2} {:<12} {:.3} ({}, {:.1}%{})\n",
+                "{:<10} {:<7} {:<7.3} {:<9.1} {:<9} {:<13} {:<14} {:<34} {:<9.2} {:<12} {:.3} ({}, {:.1}%{})\n",
                 r.events,
                 r.events_per_op,
                 r.probe.open_s,
+                r.probe.open_read_mib,
                 format!("{:.0} MiB", r.probe.rss_open_mib),
                 format!("{:.0} MiB", r.probe.rss_appended_mib),
                 format!("{}/{}", r.probe.fds_open, r.probe.fds_appended),

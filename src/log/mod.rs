@@ -14,6 +14,7 @@ mod persister;
 mod sealed;
 mod shell;
 mod state;
+pub mod tiles;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -336,6 +337,9 @@ pub struct OpenReport {
     pub certificates: u64,
     /// True when the last op had no certificate and one was signed on open.
     pub recertified: bool,
+    /// The tile store checked against the newest certificate, and the
+    /// tiles written again from the log.
+    pub tiles: tiles::TilesOnOpen,
 }
 
 /// One replica's log: storage + keys + tree + certificates + index feed.
@@ -351,6 +355,8 @@ pub struct LocalLog {
     signer: Signer,
     policy: Policy,
     state: Mutex<LogState>,
+    /// The tree as tlog-tiles on disk. Lock order: after the state lock.
+    tiles: Mutex<tiles::TileStore>,
     indexer: Option<indexer::Indexer>,
     /// Opened with `StorageConfig::read_only`: nothing is written.
     read_only: bool,
@@ -451,6 +457,38 @@ impl StorageCell {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
+}
+
+/// The tile store of `dir` checked against the newest certificate of a
+/// freshly recovered state (and, unless read-only, its right edge rewritten
+/// from the tree where it is missing, torn or different). With a damaged
+/// op waiting for repair the tree ends early: the check waits for an open
+/// of the whole log, and the first tiles written then check the edge.
+fn open_tiles(
+    dir: &DataDir,
+    state: &LogState,
+    read_only: bool,
+) -> (tiles::TileStore, tiles::TilesOnOpen) {
+    let mut store = tiles::TileStore::new(dir.tiles(), read_only);
+    if !state.pending.is_empty() {
+        let report = tiles::TilesOnOpen {
+            problem: Some("not checked: damaged ops wait for repair".to_string()),
+            ..tiles::TilesOnOpen::default()
+        };
+        return (store, report);
+    }
+    let certified = state
+        .latest_certificate()
+        .map(|c| (c.checkpoint.size, c.checkpoint.root));
+    let report = store.open_check(&state.tree, certified);
+    if let Some(problem) = &report.problem {
+        tracing::warn!(
+            problem,
+            rewritten = report.rewritten_count,
+            "tiles did not match the log; rewritten from it"
+        );
+    }
+    (store, report)
 }
 
 /// The newest certificate's tree size (0: nothing is certified).
@@ -600,6 +638,7 @@ impl LocalLog {
         if !read_only && state.pending.is_empty() {
             storage.resume_tree((state.tree.len(), state.tree.root()))?;
         }
+        let (tile_store, tiles) = open_tiles(&dir, &state, read_only);
         let mut report = OpenReport {
             ops: state.last_op(),
             events: state.tree.len(),
@@ -607,6 +646,7 @@ impl LocalLog {
             torn_tail,
             certificates: state.certificates.len() as u64,
             recertified: false,
+            tiles,
         };
         // Before the core commits anything: drop index rows the durable log
         // does not back (an index written before rows waited for their
@@ -649,6 +689,7 @@ impl LocalLog {
             signer,
             policy,
             state: Mutex::new(state),
+            tiles: Mutex::new(tile_store),
             storage_config,
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             role: std::sync::atomic::AtomicU32::new(0),
@@ -705,6 +746,13 @@ impl LocalLog {
     /// The pinned trust policy of this data directory.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The tile store (take the state lock first when both are needed).
+    fn tile_store(&self) -> MutexGuard<'_, tiles::TileStore> {
+        self.tiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -816,6 +864,10 @@ impl LocalLog {
             }
         };
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
+        // The tiles of this size are written once its record is durable
+        // (at a later certificate, or at close): never a leaf the log lacks.
+        self.tile_store()
+            .certified(&state.tree, info.tree_size, ticket, storage.durable_probe());
         if let Some(indexer) = &self.indexer {
             // Never blocks: with the queue full the rows stay in the log
             // (the index is behind) and a later certificate sends them.
@@ -1453,6 +1505,8 @@ impl LocalLog {
     /// Flushes storage and the index, then closes both.
     pub fn close(self) -> Result<(), LogError> {
         self.storage.get().flush()?;
+        // Every certificate record is durable now: its tiles can follow.
+        self.tile_store().catch_up(&self.lock().tree);
         if !self.read_only {
             self.set_index_stalled(false);
             self.drain_index_backlog();

@@ -21,6 +21,7 @@ use vellum_audit::verify::{
 };
 
 mod stream;
+mod tiles;
 
 use crate::cluster::ClusterConfig;
 use crate::datadir::DataDir;
@@ -513,6 +514,14 @@ fn collected_checks(
         .flatten();
     let projected = certified_facts.as_ref().unwrap_or(&log.facts);
     checks.extend(log.checks.iter().cloned());
+    // A whole walk of a stopped replica: a running one rewrites its tiles
+    // meanwhile, and an incremental one did not read the leaves before.
+    let tiles_audit = (live.is_none() && floor.is_none())
+        .then(|| tiles::TileAudit::new(dir.tiles()))
+        .flatten();
+    if !log.complete && tiles_audit.is_some() {
+        checks.push(Check::not_run(tiles::CHECK_NAME, tiles::NOT_READ));
+    }
     if !log.complete {
         // The index and the trail are projections of the log: compared with
         // a part of it, every later row would fail as a knock-on.
@@ -521,6 +530,12 @@ fn collected_checks(
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
         return (checks, log, Vec::new());
+    }
+    if let Some(mut audit) = tiles_audit {
+        for event in &log.facts.events {
+            audit.leaf(event.leaf_hash);
+        }
+        checks.push(audit.finish());
     }
     let index_check = match (cluster, IndexTarget::parse(index_url, dir.root())) {
         (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
@@ -657,6 +672,9 @@ fn walk_and_compare(
         },
         _ => (stream::IndexSink::idle(), None),
     };
+    if floor.is_none() {
+        sink.audit_tiles(dir.tiles());
+    }
     let log = match walk(&mut sink) {
         Ok(log) => log,
         Err(e) => {
@@ -665,14 +683,19 @@ fn walk_and_compare(
         }
     };
     checks.extend(log.checks.iter().cloned());
+    let tiles_check = sink.finish_tiles();
     if !log.complete {
         sink.close();
+        if tiles_check.is_some() {
+            checks.push(Check::not_run(tiles::CHECK_NAME, tiles::NOT_READ));
+        }
         let why = "the log could not be read to its end (see records and hash chain), \
                    so the index cannot be compared with it";
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
         return Ok((checks, log, Vec::new()));
     }
+    checks.extend(tiles_check);
     let index_check = match (cluster, &target) {
         (None, _) => Check::not_run("audit index", "the policy's origin names no vellum cluster"),
         (_, Err(e)) => {

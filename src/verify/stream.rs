@@ -38,6 +38,9 @@ pub(super) struct IndexSink {
     /// An incremental run (`--since`): the log before this point was not
     /// read, so index rows before it are not compared.
     floor: Option<Floor>,
+    /// The stored tiles compared with the log's leaves (a whole walk of a
+    /// directory that has tiles only).
+    tiles: Option<super::tiles::TileAudit>,
 }
 
 /// Where an incremental run's log walk began.
@@ -76,6 +79,7 @@ impl IndexSink {
             trail: LogFacts::default(),
             previous_continues: false,
             floor: None,
+            tiles: None,
         }
     }
 
@@ -113,6 +117,16 @@ impl IndexSink {
             failed: false,
         });
         Ok(sink)
+    }
+
+    /// Compares the tiles below `root` with the log's leaves as they come.
+    pub(super) fn audit_tiles(&mut self, root: std::path::PathBuf) {
+        self.tiles = super::tiles::TileAudit::new(root);
+    }
+
+    /// The "stored tiles" check (None: no tiles were compared).
+    pub(super) fn finish_tiles(&mut self) -> Option<Check> {
+        self.tiles.take().map(super::tiles::TileAudit::finish)
     }
 
     /// The first position the log walk read (0 unless incremental).
@@ -252,6 +266,9 @@ impl FactSink for IndexSink {
     }
 
     fn event(&mut self, fact: &EventFact) {
+        if let Some(tiles) = &mut self.tiles {
+            tiles.leaf(fact.leaf_hash);
+        }
         if fact.stream == vellum_compliance::trail::ACCESS_TRAIL_STREAM {
             self.trail.events.push(fact.clone());
         }
