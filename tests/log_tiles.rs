@@ -14,6 +14,14 @@ use vellum_audit::tiles::{
     tiles_for_size,
 };
 
+/// Options with the tile store on (it is off by default, `LogOptions::tiles`).
+fn tiles_on() -> LogOptions {
+    LogOptions {
+        tiles: true,
+        ..LogOptions::default()
+    }
+}
+
 fn init(dir: &tempfile::TempDir) -> PathBuf {
     let data = dir.path().join("data");
     vellum::init::init_data_dir(&data, None).expect("init");
@@ -79,7 +87,7 @@ fn tile(level: u8, index: u64, width: u16) -> TileId {
 fn tiles_follow_the_certificates() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(&dir);
-    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let (log, report) = LocalLog::open(&data, tiles_on()).expect("open");
     assert_eq!(report.tiles.problem, None);
     append(&log, 30, 20);
     let certificate = log.latest_certificate().expect("certified");
@@ -113,12 +121,12 @@ fn tiles_follow_the_certificates() {
 fn tiles_after_a_crash_are_completed_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
     append(&log, 40, 9);
     let crashed = dir.path().join("crashed");
     support::copy_dir(&data, &crashed);
     log.close().expect("close");
-    let (log, _) = LocalLog::open(&crashed, LogOptions::default()).expect("reopen");
+    let (log, _) = LocalLog::open(&crashed, tiles_on()).expect("reopen");
     let size = log.latest_certificate().expect("certified").checkpoint.size;
     log.close().expect("close");
     assert_eq!(tile_files(&crashed.join("tiles")), expected_files(size));
@@ -133,7 +141,7 @@ fn tiles_after_a_crash_are_completed_at_open() {
 fn tiles_behind_the_certificate_are_written_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
     append(&log, 30, 20);
     let size = log.latest_certificate().expect("certified").checkpoint.size;
     log.close().expect("close");
@@ -146,7 +154,7 @@ fn tiles_behind_the_certificate_are_written_at_open() {
     for id in gone {
         std::fs::remove_file(tiles.path(id)).expect("remove tile");
     }
-    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    let (log, report) = LocalLog::open(&data, tiles_on()).expect("reopen");
     let problem = report
         .tiles
         .problem
@@ -169,7 +177,7 @@ fn tiles_behind_the_certificate_are_written_at_open() {
 fn a_torn_or_disagreeing_edge_tile_is_rewritten_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
     append(&log, 30, 20);
     let size = log.latest_certificate().expect("certified").checkpoint.size;
     log.close().expect("close");
@@ -184,7 +192,7 @@ fn a_torn_or_disagreeing_edge_tile_is_rewritten_at_open() {
     let partial_before = std::fs::read(tiles.path(partial)).expect("partial tile");
     std::fs::write(tiles.path(partial), &partial_before[..45]).expect("tear");
 
-    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    let (log, report) = LocalLog::open(&data, tiles_on()).expect("reopen");
     let problem = report
         .tiles
         .problem
@@ -213,7 +221,7 @@ fn a_torn_or_disagreeing_edge_tile_is_rewritten_at_open() {
 fn verify_names_a_tile_that_disagrees_with_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
     append(&log, 30, 20);
     let size = log.latest_certificate().expect("certified").checkpoint.size;
     log.close().expect("close");
@@ -238,7 +246,7 @@ fn verify_names_a_tile_that_disagrees_with_the_log() {
     assert!(check.failures[0].message.contains("hash 17"), "{check:?}");
     // The way back the docs give: drop the tiles; the next open writes them.
     std::fs::remove_dir_all(tiles.root()).expect("drop tiles");
-    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    let (log, report) = LocalLog::open(&data, tiles_on()).expect("reopen");
     assert_eq!(
         report.tiles.rewritten_count,
         tiles_for_size(size).count() as u64

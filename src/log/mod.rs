@@ -70,6 +70,12 @@ pub struct LogOptions {
     pub lock_wait_ms: u64,
     /// Run as one replica of a cluster (None: a cluster of one).
     pub cluster: Option<ClusterRole>,
+    /// Keep the Merkle tree on disk as tlog-tiles (`<data>/tiles`),
+    /// checked at open. Off by default: tiles are written under the state
+    /// lock on the commit path (fsyncs included), which the engine work of
+    /// issue 10 must first move off that path; nothing reads them yet but
+    /// `vellum verify` and the open check.
+    pub tiles: bool,
 }
 
 /// Why a log operation failed.
@@ -356,7 +362,7 @@ pub struct LocalLog {
     policy: Policy,
     state: Mutex<LogState>,
     /// The tree as tlog-tiles on disk. Lock order: after the state lock.
-    tiles: Mutex<tiles::TileStore>,
+    tiles: Option<Mutex<tiles::TileStore>>,
     indexer: Option<indexer::Indexer>,
     /// Opened with `StorageConfig::read_only`: nothing is written.
     read_only: bool,
@@ -638,7 +644,13 @@ impl LocalLog {
         if !read_only && state.pending.is_empty() {
             storage.resume_tree((state.tree.len(), state.tree.root()))?;
         }
-        let (tile_store, tiles) = open_tiles(&dir, &state, read_only);
+        let (tile_store, tiles) = match options.tiles {
+            true => {
+                let (store, report) = open_tiles(&dir, &state, read_only);
+                (Some(Mutex::new(store)), report)
+            }
+            false => (None, tiles::TilesOnOpen::default()),
+        };
         let mut report = OpenReport {
             ops: state.last_op(),
             events: state.tree.len(),
@@ -689,7 +701,7 @@ impl LocalLog {
             signer,
             policy,
             state: Mutex::new(state),
-            tiles: Mutex::new(tile_store),
+            tiles: tile_store,
             storage_config,
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             role: std::sync::atomic::AtomicU32::new(0),
@@ -749,10 +761,12 @@ impl LocalLog {
     }
 
     /// The tile store (take the state lock first when both are needed).
-    fn tile_store(&self) -> MutexGuard<'_, tiles::TileStore> {
-        self.tiles
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn tile_store(&self) -> Option<MutexGuard<'_, tiles::TileStore>> {
+        self.tiles.as_ref().map(|tiles| {
+            tiles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -866,8 +880,9 @@ impl LocalLog {
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
         // The tiles of this size are written once its record is durable
         // (at a later certificate, or at close): never a leaf the log lacks.
-        self.tile_store()
-            .certified(&state.tree, info.tree_size, ticket, storage.durable_probe());
+        if let Some(mut tiles) = self.tile_store() {
+            tiles.certified(&state.tree, info.tree_size, ticket, storage.durable_probe());
+        }
         if let Some(indexer) = &self.indexer {
             // Never blocks: with the queue full the rows stay in the log
             // (the index is behind) and a later certificate sends them.
@@ -1506,7 +1521,9 @@ impl LocalLog {
     pub fn close(self) -> Result<(), LogError> {
         self.storage.get().flush()?;
         // Every certificate record is durable now: its tiles can follow.
-        self.tile_store().catch_up(&self.lock().tree);
+        if let Some(mut tiles) = self.tile_store() {
+            tiles.catch_up(&self.lock().tree);
+        }
         if !self.read_only {
             self.set_index_stalled(false);
             self.drain_index_backlog();
