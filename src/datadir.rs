@@ -87,6 +87,10 @@ pub struct NodeMeta {
     /// (see `crypto::KekConfig`). Names and paths only, never a PIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<crate::crypto::KekConfig>,
+    /// Where the signing key lives; absent: the file `keys/signing.key`
+    /// (see `crypto::SigningConfig`). Names and paths only, never a PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<crate::crypto::SigningConfig>,
 }
 
 /// Why the metadata file could not be read.

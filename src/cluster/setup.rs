@@ -196,6 +196,7 @@ pub fn init_cluster_replica(init: &ReplicaInit<'_>) -> Result<NodeMeta, SetupErr
             KekSource::Token(config) => Some(config.clone()),
             _ => None,
         },
+        signing: None,
     };
     meta.store(&dir)?;
     Ok(meta)

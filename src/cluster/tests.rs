@@ -240,6 +240,7 @@ fn seed_data_dir(root: &Path, cluster: &str, replica: u32, signing: &Signer) {
         replica,
         name: signing.name().into(),
         kek: None,
+        signing: None,
     };
     meta.store(&dir).unwrap();
 }
