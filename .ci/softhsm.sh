@@ -1,4 +1,5 @@
-# Sourced by .ci/run: SoftHSM2 for the PKCS#11 KEK tests (tests/crypto_hsm.rs).
+# Sourced by .ci/run: SoftHSM2 for the PKCS#11 KEK and signing-key tests
+# (tests/crypto_hsm.rs).
 # Installs the Debian package if missing (bounded), initialises one token in a
 # fresh temp dir and exports what the tests read. On any failure it exports
 # nothing, and the HSM tests say "SKIP: ..." instead of failing CI for a

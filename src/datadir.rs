@@ -108,6 +108,10 @@ pub struct NodeMeta {
     /// do not record how far it used them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer_epoch: Option<u32>,
+    /// Where the signing key lives; absent: the file `keys/signing.key`
+    /// (see `crypto::SigningConfig`). Names and paths only, never a PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<crate::crypto::SigningConfig>,
 }
 
 /// Why the metadata file could not be read.

@@ -7,7 +7,9 @@ use std::path::Path;
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::policy::Policy;
 
-use crate::crypto::{self, CryptoError, Kek, KekConfig, KeyEncryptionKey, KeyStore, Pkcs11Kek};
+use crate::crypto::{
+    self, CryptoError, Kek, KekConfig, KeyEncryptionKey, KeyStore, Pkcs11Kek, SigningConfig,
+};
 use crate::datadir::{DataDir, LAYOUT_VERSION, NodeMeta};
 use crate::index::IndexTarget;
 use crate::log::{LocalLog, LogError, LogOptions};
@@ -27,6 +29,8 @@ pub struct InitReport {
     pub policy: String,
     /// Where the key-encryption key lives.
     pub kek: String,
+    /// Where the signing key lives.
+    pub signing: String,
 }
 
 /// Creates a one-replica data directory at `path`. It refuses a directory
@@ -46,10 +50,23 @@ pub fn init_data_dir_with_kek(
     index_url: Option<&str>,
     kek: Option<&KekConfig>,
 ) -> Result<InitReport, LogError> {
+    init_data_dir_with_keys(path, index_url, kek, None)
+}
+
+/// [`init_data_dir_with_kek`] with the signing key where `signing` says:
+/// `None` generates the file `keys/signing.key`; a PKCS#11 config uses the
+/// Ed25519 pair with that label on the token, generating it there (never
+/// extractable) if it is absent, and records the config in `vellum.json`.
+pub fn init_data_dir_with_keys(
+    path: &Path,
+    index_url: Option<&str>,
+    kek: Option<&KekConfig>,
+    signing: Option<&SigningConfig>,
+) -> Result<InitReport, LogError> {
     IndexTarget::parse(index_url, path).map_err(|e| LogError::DataDir(e.to_string()))?;
     check_target(path)?;
     let existed = path.exists();
-    let result = create(path, index_url, kek);
+    let result = create(path, index_url, kek, signing);
     if result.is_err() {
         remove_created(path, existed);
     }
@@ -79,6 +96,7 @@ fn create(
     path: &Path,
     index_url: Option<&str>,
     kek_config: Option<&KekConfig>,
+    signing_config: Option<&SigningConfig>,
 ) -> Result<InitReport, LogError> {
     let dir = DataDir::new(path);
     let io = |what: &str, e: std::io::Error| LogError::DataDir(format!("{what}: {e}"));
@@ -91,7 +109,7 @@ fn create(
     let kek = open_or_generate_kek(kek_config, &dir.kek())?;
     let kek_description = kek.describe();
     KeyStore::create(&dir.keys(), kek, 0)?;
-    let signer = crypto::create_signing_key_file(&dir.signing_key(), &name)?;
+    let signer = crypto::create_signer(signing_config, &dir.signing_key(), &name)?;
     let origin = origin_for_cluster(cluster);
     let policy = Policy::new(&origin, vec![signer.verifier()], 1)
         .map_err(|e| LogError::DataDir(format!("trust policy: {e}")))?;
@@ -104,6 +122,7 @@ fn create(
         name,
         kek: kek_config.cloned(),
         writer_epoch: None,
+        signing: signing_config.cloned(),
     };
     meta.store(&dir)
         .map_err(|e| LogError::DataDir(e.to_string()))?;
@@ -121,6 +140,7 @@ fn create(
         vkey: signer.verifier().to_vkey(),
         policy: dir.policy().display().to_string(),
         kek: kek_description,
+        signing: crypto::describe_signer(signing_config, &dir.signing_key()),
     })
 }
 

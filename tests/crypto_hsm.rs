@@ -4,6 +4,12 @@
 //! never the PIN), and a data directory whose KEK is on the token appends,
 //! restarts, reads back byte for byte and verifies.
 //!
+//! The replica signing key in the token (`CKM_EDDSA`): an imported key signs
+//! exactly as ed25519-dalek, a token signature that does not verify is
+//! refused, misconfigurations are named, a data directory and a cluster of
+//! three whose signing keys live in the token certify and verify under the
+//! policy, and the per-signature cost against the file key is printed.
+//!
 //! Needs `VELLUM_TEST_PKCS11_MODULE`, `VELLUM_TEST_PKCS11_TOKEN`,
 //! `VELLUM_TEST_PKCS11_PIN` and `SOFTHSM2_CONF`, which `.ci/softhsm.sh` sets
 //! up (`source .ci/softhsm.sh` to run these by hand); without them every test
@@ -22,8 +28,9 @@ use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use vellum::crypto::{
     CryptoError, DataKey, EventAad, HsmFailure, Kek, KekConfig, KeyEncryptionKey, KeyStore,
-    Pkcs11Config, Pkcs11Kek, open_event, seal_event,
+    Pkcs11Config, Pkcs11Kek, Pkcs11Signer, open_event, seal_event,
 };
+use vellum_audit::note::{Note, NoteSigner, Signer};
 
 use support::{TestDir, vellum_cli};
 
@@ -320,23 +327,7 @@ fn hsm_kek_is_not_extractable() {
 /// Makes an AES-256 token key with the given flags, directly through
 /// cryptoki (as an operator's tool would), and closes its session.
 fn make_aes_key(token: &Token, label: &str, sensitive: bool, extractable: bool) {
-    let context = Pkcs11::new(&token.module).expect("module");
-    // The test process may have initialized the module already (a kek).
-    let _ = context.initialize(cryptoki::context::CInitializeArgs::new(
-        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
-    ));
-    let slot = context
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|slot| {
-            context
-                .get_token_info(*slot)
-                .is_ok_and(|info| info.label().trim_end() == token.label)
-        })
-        .expect("the ci token");
-    let session = context.open_rw_session(slot).expect("session");
-    let _ = session.login(UserType::User, Some(&AuthPin::from(token.pin.as_str())));
+    let session = raw_session(token);
     session
         .generate_key(
             &Mechanism::AesKeyGen,
@@ -905,4 +896,625 @@ fn hsm_kek_rotation_rewraps_every_key_and_destroys_the_old_one() {
             other => panic!("step {k}: the retired token key is destroyed: {other:?}"),
         }
     }
+}
+
+// ------------------------------------------------------ the signing key
+
+/// A PKCS#11 context and logged-in session on the CI token, directly
+/// through cryptoki (as an operator's tool would).
+fn raw_session(token: &Token) -> cryptoki::session::Session {
+    let context = Pkcs11::new(&token.module).expect("module");
+    // The test process may have initialized the module already.
+    let _ = context.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = context
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|slot| {
+            context
+                .get_token_info(*slot)
+                .is_ok_and(|info| info.label().trim_end() == token.label)
+        })
+        .expect("the ci token");
+    let session = context.open_rw_session(slot).expect("session");
+    let _ = session.login(UserType::User, Some(&AuthPin::from(token.pin.as_str())));
+    session
+}
+
+/// Puts an Ed25519 pair on the token by hand: the private half from
+/// `private_seed` with the given extractability, the public half of
+/// `public_seed` (a different seed makes a pair that does not match).
+fn make_ed25519_pair(
+    token: &Token,
+    label: &str,
+    private_seed: [u8; 32],
+    public_seed: [u8; 32],
+    extractable: bool,
+) {
+    let session = raw_session(token);
+    let oid = vec![0x06, 0x03, 0x2b, 0x65, 0x70];
+    let label = Attribute::Label(label.as_bytes().to_vec());
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(extractable),
+            Attribute::Sign(true),
+            Attribute::EcParams(oid.clone()),
+            Attribute::Value(private_seed.to_vec()),
+            label.clone(),
+        ])
+        .expect("private half");
+    let public = Signer::from_seed("x", public_seed)
+        .expect("name")
+        .verifier()
+        .public_key();
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC_EDWARDS),
+            Attribute::Token(true),
+            Attribute::Verify(true),
+            Attribute::EcParams(oid),
+            Attribute::EcPoint([&[0x04, 0x20][..], &public[..]].concat()),
+            label,
+        ])
+        .expect("public half");
+}
+
+/// Messages like the ones a replica signs: checkpoint bodies of several
+/// sizes, and a manifest signature text.
+fn signed_messages() -> Vec<String> {
+    let mut messages: Vec<String> = (0..8u64)
+        .map(|i| {
+            format!(
+                "example.com/vellum/0011\n{}\nq83vG0Rp2o1GlfHeI3eRk6cS5n7oBzMmGyI3aKJfHQE=\nvellum-head {i} {}\n",
+                i * 977,
+                "ab".repeat(32)
+            )
+        })
+        .collect();
+    messages.push("vellum manifest\n".to_string() + &"x".repeat(4000) + "\n");
+    messages
+}
+
+/// Goal: an Ed25519 key imported into the token signs every message with
+/// the very bytes ed25519-dalek gives for the same seed, has the same key
+/// id, reopens as the same key, and its private half cannot be read back.
+#[test]
+fn hsm_signing_imported_key_signs_exactly_as_dalek() {
+    let Some(Setup {
+        token,
+        _serial,
+        dir: _dir,
+        config,
+    }) = setup(
+        "hsm_signing_imported_key_signs_exactly_as_dalek",
+        "hsm-sign-import",
+        "sign-import",
+    )
+    else {
+        return;
+    };
+    let seed = [0x5a; 32];
+    let file_key = Signer::from_seed("vellum-0badcafe-r0", seed).expect("name");
+    let token_key = Pkcs11Signer::import(&config, "vellum-0badcafe-r0", &seed).expect("import");
+    assert_eq!(NoteSigner::verifier(&token_key), file_key.verifier());
+    assert_eq!(NoteSigner::key_id(&token_key), file_key.key_id());
+    for message in signed_messages() {
+        assert_eq!(
+            token_key.try_sign(message.as_bytes()).expect("token signs"),
+            file_key.sign(message.as_bytes()),
+            "signature of a {}-byte message",
+            message.len()
+        );
+    }
+    let again = Pkcs11Signer::import(&config, "vellum-0badcafe-r0", &seed)
+        .expect_err("a second import under the label is refused");
+    assert!(
+        matches!(
+            again,
+            CryptoError::Hsm {
+                failure: HsmFailure::KeyExists,
+                ..
+            }
+        ),
+        "{again}"
+    );
+    drop(token_key);
+    let reopened = Pkcs11Signer::open(&config, "vellum-0badcafe-r0").expect("reopen");
+    assert_eq!(NoteSigner::verifier(&reopened), file_key.verifier());
+
+    // The private half stays in the token: CKA_VALUE is refused.
+    let session = raw_session(&token);
+    let private = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(config.key_label.as_bytes().to_vec()),
+        ])
+        .expect("find");
+    assert_eq!(private.len(), 1);
+    let value = session.get_attributes(private[0], &[cryptoki::object::AttributeType::Value]);
+    assert!(
+        !matches!(value.as_deref(), Ok([Attribute::Value(bytes)]) if !bytes.is_empty()),
+        "the token revealed the private key: {value:?}"
+    );
+}
+
+/// Goal: a key generated on the token (what `vellum init` does) signs
+/// notes that verify under its public key, and a second open_or_generate
+/// finds the same key instead of making another.
+#[test]
+fn hsm_signing_generated_key_signs_verifiable_notes() {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir: _dir,
+        config,
+    }) = setup(
+        "hsm_signing_generated_key_signs_verifiable_notes",
+        "hsm-sign-gen",
+        "sign-gen",
+    )
+    else {
+        return;
+    };
+    let key = Pkcs11Signer::open_or_generate(&config, "vellum-00c0ffee-r0").expect("generate");
+    let verifier = NoteSigner::verifier(&key);
+    for message in signed_messages() {
+        let note = Note::sign(&message, &[&key]).expect("sign a note");
+        assert_eq!(
+            note.verify(std::slice::from_ref(&verifier))
+                .expect("verifies"),
+            vec![verifier.clone()]
+        );
+    }
+    drop(key);
+    let same = Pkcs11Signer::open_or_generate(&config, "vellum-00c0ffee-r0").expect("reopen");
+    assert_eq!(NoteSigner::verifier(&same), verifier, "no second key made");
+}
+
+/// Goal: a token whose signature does not verify under the key's public
+/// key (here a pair whose halves do not match) yields an error naming the
+/// token and label, and no note or certificate is made with it.
+#[test]
+fn hsm_signing_refuses_a_token_signature_that_does_not_verify() {
+    let Some(Setup {
+        token,
+        _serial,
+        dir: _dir,
+        config,
+    }) = setup(
+        "hsm_signing_refuses_a_token_signature_that_does_not_verify",
+        "hsm-sign-bad",
+        "sign-bad",
+    )
+    else {
+        return;
+    };
+    make_ed25519_pair(&token, &config.key_label, [1; 32], [2; 32], false);
+    let key = Pkcs11Signer::open(&config, "vellum-0000dead-r0").expect("opens");
+    let error = key
+        .try_sign(b"example.com/vellum\n1\nroot\n")
+        .expect_err("a signature that does not verify is refused");
+    let message = error.to_string();
+    assert!(message.contains("does not verify"), "{message}");
+    assert!(
+        message.contains(&config.key_label) && message.contains(&token.label),
+        "{message}"
+    );
+    assert!(matches!(
+        Note::sign("example.com/vellum\n1\nroot\n", &[&key]),
+        Err(vellum_audit::note::NoteError::SignFailed { .. })
+    ));
+}
+
+/// Goal: a wrong PIN, a missing label and an extractable key each give an
+/// error that says "signing key" and names the token and the label (never
+/// the PIN).
+#[test]
+fn hsm_signing_misconfigurations_are_named() {
+    let Some(Setup {
+        token,
+        _serial,
+        dir,
+        config,
+    }) = setup(
+        "hsm_signing_misconfigurations_are_named",
+        "hsm-sign-misconf",
+        "sign-misconf",
+    )
+    else {
+        return;
+    };
+    let named = |error: &CryptoError, label: &str, what: &str| {
+        let message = error.to_string();
+        assert!(message.contains("signing key"), "{message}");
+        assert!(message.contains(&token.label), "{message}");
+        assert!(message.contains(label), "{message}");
+        assert!(message.contains(what), "{message} does not say {what}");
+        assert!(!message.contains(&token.pin), "{message}");
+    };
+    drop(Pkcs11Signer::open_or_generate(&config, "vellum-00000001-r0").expect("generate"));
+
+    let missing = Pkcs11Config {
+        key_label: unique_label("sign-absent"),
+        ..config.clone()
+    };
+    let error = Pkcs11Signer::open(&missing, "vellum-00000001-r0").expect_err("no such key");
+    named(&error, &missing.key_label, "no ed25519 private key");
+
+    let wrong_dir = dir.path().join("wrong");
+    std::fs::create_dir(&wrong_dir).expect("dir");
+    let wrong = Pkcs11Config {
+        pin_file: Some(pin_file(&wrong_dir, "not-the-pin-77d1")),
+        ..config.clone()
+    };
+    // Login state is per process: a session of this process that is logged
+    // in already would mask the wrong PIN, so nothing of ours is open here.
+    let error = Pkcs11Signer::open(&wrong, "vellum-00000001-r0").expect_err("wrong pin");
+    named(&error, &config.key_label, "incorrect pin");
+    assert!(!error.to_string().contains("not-the-pin-77d1"));
+
+    let loose = unique_label("sign-loose");
+    make_ed25519_pair(&token, &loose, [3; 32], [3; 32], true);
+    let loose_config = Pkcs11Config {
+        key_label: loose.clone(),
+        ..config.clone()
+    };
+    let error = Pkcs11Signer::open(&loose_config, "vellum-00000001-r0").expect_err("extractable");
+    named(&error, &loose, "CKA_EXTRACTABLE");
+}
+
+/// Goal (measurement): the per-signature cost of the token key against the
+/// file key, over the same checkpoint-sized messages; every token
+/// signature equals the file key's. Prints the numbers (`--nocapture`).
+#[test]
+fn hsm_signing_cost_against_the_file_key() {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir: _dir,
+        config,
+    }) = setup(
+        "hsm_signing_cost_against_the_file_key",
+        "hsm-sign-cost",
+        "sign-cost",
+    )
+    else {
+        return;
+    };
+    const SIGNATURES: usize = 2000;
+    let seed = [0x33; 32];
+    let file_key = Signer::from_seed("vellum-0c057000-r0", seed).expect("name");
+    let token_key = Pkcs11Signer::import(&config, "vellum-0c057000-r0", &seed).expect("import");
+    let messages = signed_messages();
+    let mut file_signatures = Vec::with_capacity(SIGNATURES);
+    let started = std::time::Instant::now();
+    for i in 0..SIGNATURES {
+        file_signatures.push(file_key.sign(messages[i % messages.len()].as_bytes()));
+    }
+    let file_elapsed = started.elapsed();
+    let started = std::time::Instant::now();
+    for (i, expected) in file_signatures.iter().enumerate() {
+        let signature = token_key
+            .try_sign(messages[i % messages.len()].as_bytes())
+            .expect("token signs");
+        assert_eq!(&signature, expected, "signature {i}");
+    }
+    let token_elapsed = started.elapsed();
+    let per = |elapsed: std::time::Duration| elapsed.as_secs_f64() * 1e6 / SIGNATURES as f64;
+    eprintln!(
+        "signing cost over {SIGNATURES} signatures: file key {:.1} us, pkcs11 token key {:.1} us \
+         (C_Sign plus the local check)",
+        per(file_elapsed),
+        per(token_elapsed)
+    );
+}
+
+/// The `--signing-pkcs11-*` flags for `config`'s token and label.
+fn signing_flags(config: &Pkcs11Config) -> Vec<String> {
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    vec![
+        "--signing-pkcs11-module".into(),
+        s(&config.module),
+        "--signing-pkcs11-token".into(),
+        config.token_label.clone(),
+        "--signing-pkcs11-key".into(),
+        config.key_label.clone(),
+        "--signing-pkcs11-pin-file".into(),
+        s(config.pin_file.as_deref().expect("a pin file")),
+    ]
+}
+
+fn cli(args: &[String]) -> (i32, String, String) {
+    vellum_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Goal: `vellum init --signing-pkcs11-*` keeps the replica's signing key
+/// in the token (no key file; vellum.json names the token, not the PIN);
+/// appends are certified by it and `vellum verify` passes with a copy of
+/// the policy; a wrong PIN, a missing label or another key under the label
+/// is refused naming token and label; rotate-signing is refused plainly.
+#[test]
+fn hsm_signing_data_dir_certifies_and_verifies_with_the_policy() {
+    let Some(Setup {
+        token,
+        _serial,
+        dir,
+        config,
+    }) = setup(
+        "hsm_signing_data_dir_certifies_and_verifies_with_the_policy",
+        "hsm-sign-datadir",
+        "sign-datadir",
+    )
+    else {
+        return;
+    };
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let data = dir.path().join("data");
+    let mut init = vec!["init".to_string(), "--data-dir".into(), s(&data)];
+    init.extend(signing_flags(&config));
+    let (code, out, err) = cli(&init);
+    assert_eq!(code, 0, "init: {out}\n{err}");
+    assert!(out.contains("signing  pkcs11 token"), "{out}");
+    assert!(
+        !data.join("keys/signing.key").exists(),
+        "no signing key file"
+    );
+    let meta = std::fs::read_to_string(data.join("vellum.json")).expect("vellum.json");
+    let parsed: serde_json::Value = serde_json::from_str(&meta).expect("json");
+    assert_eq!(
+        parsed["signing"]["pkcs11"]["key_label"],
+        config.key_label.as_str()
+    );
+    assert!(!meta.contains(&token.pin), "{meta}");
+
+    // The policy pins the token's public key, which `keys show` reports.
+    let name = parsed["name"].as_str().expect("name").to_string();
+    let on_token = NoteSigner::verifier(&Pkcs11Signer::open(&config, &name).expect("open"));
+    let policy = dir.path().join("auditor-policy.txt");
+    std::fs::copy(data.join("policy.txt"), &policy).expect("the auditor's copy");
+    let pinned = std::fs::read_to_string(&policy).expect("policy");
+    assert!(pinned.contains(&on_token.to_vkey()), "{pinned}");
+    let (code, out, err) = vellum_cli(&["keys", "show", "--data-dir", &s(&data), "--vkeys"]);
+    assert_eq!(code, 0, "keys show: {err}");
+    assert_eq!(out.trim_end(), on_token.to_vkey());
+
+    for n in 0..3 {
+        let file = dir.path().join(format!("batch{n}.jsonl"));
+        std::fs::write(&file, format!("{{\"n\":{n}}}\n{{\"n\":\"{n}b\"}}\n")).expect("batch");
+        let (code, out, err) = vellum_cli(&[
+            "append",
+            "--data-dir",
+            &s(&data),
+            "--stream",
+            "21",
+            "--file",
+            &s(&file),
+        ]);
+        assert_eq!(code, 0, "append {n}: {out}\n{err}");
+    }
+    let verify = |what: &str| {
+        let (code, out, err) =
+            vellum_cli(&["verify", "--data-dir", &s(&data), "--policy", &s(&policy)]);
+        assert_eq!(code, 0, "verify {what}: {out}\n{err}");
+    };
+    verify("with the token key");
+
+    // A policy pinning another key fails the same log.
+    let other = Signer::from_seed(&name, [9; 32]).expect("name").verifier();
+    let forged_policy = dir.path().join("other-policy.txt");
+    std::fs::write(
+        &forged_policy,
+        pinned.replace(&on_token.to_vkey(), &other.to_vkey()),
+    )
+    .expect("write");
+    let (code, out, _) = vellum_cli(&[
+        "verify",
+        "--data-dir",
+        &s(&data),
+        "--policy",
+        &s(&forged_policy),
+    ]);
+    assert_ne!(code, 0, "a policy pinning another key must fail: {out}");
+
+    // Misconfigurations of vellum.json: each refused by name, data untouched.
+    let wrong_dir = dir.path().join("wrong");
+    std::fs::create_dir(&wrong_dir).expect("dir");
+    let other_label = unique_label("sign-datadir-other");
+    drop(
+        Pkcs11Signer::open_or_generate(
+            &Pkcs11Config {
+                key_label: other_label.clone(),
+                ..config.clone()
+            },
+            &name,
+        )
+        .expect("another key"),
+    );
+    let absent = unique_label("sign-datadir-absent");
+    let cases = [
+        (
+            "pin_file",
+            s(&pin_file(&wrong_dir, "not-the-pin-3f0a")),
+            "incorrect pin",
+            config.key_label.clone(),
+        ),
+        (
+            "key_label",
+            absent.clone(),
+            "no ed25519 private key",
+            absent.clone(),
+        ),
+        (
+            "key_label",
+            other_label.clone(),
+            "is not the key",
+            other_label.clone(),
+        ),
+    ];
+    for (field, value, says, label) in cases {
+        let mut changed = parsed.clone();
+        changed["signing"]["pkcs11"][field] = serde_json::Value::String(value);
+        std::fs::write(data.join("vellum.json"), changed.to_string()).expect("write meta");
+        let file = dir.path().join("batch0.jsonl");
+        let (code, out, err) = vellum_cli(&[
+            "append",
+            "--data-dir",
+            &s(&data),
+            "--stream",
+            "21",
+            "--file",
+            &s(&file),
+        ]);
+        assert_ne!(code, 0, "append with {field} changed must fail: {out}");
+        assert!(err.contains(says), "{field}: {err}");
+        assert!(err.contains(&label), "{field}: {err} does not name {label}");
+        assert!(
+            !err.contains("not-the-pin-3f0a") && !err.contains(&token.pin),
+            "{err}"
+        );
+    }
+    std::fs::write(data.join("vellum.json"), &meta).expect("restore meta");
+    verify("after the refusals");
+
+    let (code, _, err) = vellum_cli(&["keys", "rotate-signing", "--data-dir", &s(&data)]);
+    assert_ne!(code, 0, "rotate-signing of a token key");
+    assert!(
+        err.contains("not supported yet") && err.contains(&config.key_label),
+        "{err}"
+    );
+}
+
+/// Goal: a cluster of three replica processes whose signing keys were moved
+/// from their files into the token (`vellum keys move-signing-to-pkcs11`,
+/// same keys, so the policy is unchanged) commits appends with quorum
+/// certificates, exports a bundle whose manifest the token signed, and
+/// passes `vellum verify --cluster` and `--bundle` with the policy.
+#[test]
+fn hsm_signing_cluster_of_three_certifies_with_token_keys() {
+    let Some(Setup {
+        token: _token,
+        _serial,
+        dir,
+        config,
+    }) = setup(
+        "hsm_signing_cluster_of_three_certifies_with_token_keys",
+        "hsm-sign-cluster",
+        "sign-cluster",
+    )
+    else {
+        return;
+    };
+    // The token lock is held here, outside the runtime's tasks.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(cluster_with_token_keys(&dir, &config));
+}
+
+async fn cluster_with_token_keys(dir: &TestDir, config: &Pkcs11Config) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let root = dir.path().join("cluster");
+    let labels: Vec<String> = (0..3)
+        .map(|i| format!("{}-r{i}", config.key_label))
+        .collect();
+    let move_keys = |dev: &vellum::cluster::DevCluster| -> anyhow::Result<()> {
+        for (i, label) in labels.iter().enumerate() {
+            let data = dev.dir.join(format!("r{i}"));
+            let key = Pkcs11Config {
+                key_label: label.clone(),
+                ..config.clone()
+            };
+            let mut args = vec![
+                "keys".to_string(),
+                "move-signing-to-pkcs11".into(),
+                "--data-dir".into(),
+                s(&data),
+            ];
+            args.extend(signing_flags(&key));
+            let (code, out, err) = cli(&args);
+            anyhow::ensure!(code == 0, "move r{i}: {out}\n{err}");
+            anyhow::ensure!(
+                !data.join("keys/signing.key").exists(),
+                "r{i} key file left"
+            );
+        }
+        Ok(())
+    };
+    let mut cluster = vellum::local_cluster::LocalCluster::start_prepared(
+        &root,
+        3,
+        support::vellum_exe(),
+        move_keys,
+    )
+    .expect("cluster");
+    cluster.wait_primary(WAIT).await.expect("primary");
+    let client = cluster.client(None).expect("client");
+    let policy_path = cluster.dev.policy_path.clone();
+    let policy = vellum_audit::policy::Policy::parse(
+        &std::fs::read_to_string(&policy_path).expect("policy"),
+    )
+    .expect("policy parses");
+    for n in 0..3u64 {
+        let events = vec![bytes::Bytes::from(format!("{{\"chart\":7100,\"n\":{n}}}"))];
+        let receipt = tokio::time::timeout(WAIT, client.append(7100, events, None))
+            .await
+            .expect("append in time")
+            .expect("append");
+        let certificate =
+            vellum_audit::checkpoint::Certificate::parse(&receipt.certificate).expect("parse");
+        let verified = certificate.verify(&policy).expect("quorum certificate");
+        assert!(verified.signers.len() >= 2, "{n}: {:?}", verified.signers);
+    }
+    let bundle = dir.path().join("bundle");
+    let cluster_dir = cluster.dev.dir.clone();
+    let exported = {
+        let (bundle, cluster_dir) = (bundle.clone(), cluster_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            vellum_cli(&[
+                "export",
+                "events",
+                "--cluster",
+                &s(&cluster_dir),
+                "--stream",
+                "7100",
+                "--to",
+                "3",
+                "--purpose",
+                "hsm signing test",
+                "--out",
+                &s(&bundle),
+            ])
+        })
+        .await
+        .expect("export task")
+    };
+    assert_eq!(exported.0, 0, "export: {}\n{}", exported.1, exported.2);
+    cluster.stop().expect("stop");
+    let (code, out, err) = vellum_cli(&[
+        "verify",
+        "--bundle",
+        &s(&bundle),
+        "--policy",
+        &s(&policy_path),
+    ]);
+    assert_eq!(code, 0, "bundle signed on the token:\n{out}\n{err}");
+    let (code, out, err) = vellum_cli(&[
+        "verify",
+        "--cluster",
+        &s(&cluster_dir),
+        "--policy",
+        &s(&policy_path),
+    ]);
+    assert_eq!(code, 0, "verify --cluster:\n{out}\n{err}");
 }

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use crate::cosignature::{ValidCosignature, check_cosignatures};
 use crate::error::DecodeError;
 use crate::hash::Hash;
-use crate::note::{Note, NoteError, Signer, Verifier};
+use crate::note::{Note, NoteError, NoteSigner, Verifier};
 use crate::policy::Policy;
 
 /// The most extension lines a checkpoint may carry (Vellum writes one: the
@@ -192,13 +192,16 @@ pub enum CertificateError {
 
 impl Certificate {
     /// Signs `checkpoint` with each signer.
-    pub fn sign(checkpoint: Checkpoint, signers: &[&Signer]) -> Result<Certificate, NoteError> {
+    pub fn sign<S: NoteSigner + ?Sized>(
+        checkpoint: Checkpoint,
+        signers: &[&S],
+    ) -> Result<Certificate, NoteError> {
         let note = Note::sign(&checkpoint.body(), signers)?;
         Ok(Certificate { checkpoint, note })
     }
 
     /// Adds (or replaces) one replica's signature.
-    pub fn add_signature(&mut self, signer: &Signer) -> Result<(), NoteError> {
+    pub fn add_signature<S: NoteSigner + ?Sized>(&mut self, signer: &S) -> Result<(), NoteError> {
         self.note.add_signature(signer)
     }
 

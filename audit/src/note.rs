@@ -60,6 +60,48 @@ pub enum NoteError {
     /// No signature from any known key.
     #[error("note has no signature from a known key")]
     NoKnownSignature,
+    /// A signer could not sign (its key lives elsewhere, e.g. in a token,
+    /// and the call failed or gave a signature that does not verify).
+    #[error("signer {name}+{key_id} could not sign: {reason}")]
+    SignFailed {
+        name: String,
+        key_id: String,
+        reason: String,
+    },
+}
+
+/// Whatever can sign a note as one named Ed25519 key: a [`Signer`] holding
+/// the seed, or a key the writer keeps in a token. Narrow on purpose: the
+/// note only needs the name, the key id, the public key and signatures.
+pub trait NoteSigner: Send + Sync + std::fmt::Debug {
+    /// The key name.
+    fn name(&self) -> &str;
+    /// The 4-byte key id.
+    fn key_id(&self) -> [u8; 4];
+    /// The matching verifier.
+    fn verifier(&self) -> Verifier;
+    /// An Ed25519 signature over `message`, or why there is none. An
+    /// implementation whose key lives outside this process must check the
+    /// signature against its verifier before returning it.
+    fn try_sign(&self, message: &[u8]) -> Result<[u8; 64], NoteError>;
+}
+
+impl NoteSigner for Signer {
+    fn name(&self) -> &str {
+        Signer::name(self)
+    }
+
+    fn key_id(&self) -> [u8; 4] {
+        Signer::key_id(self)
+    }
+
+    fn verifier(&self) -> Verifier {
+        Signer::verifier(self)
+    }
+
+    fn try_sign(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+        Ok(self.sign(message))
+    }
 }
 
 /// True if `name` is a valid key name per the spec (plus: no control chars).
@@ -150,6 +192,12 @@ impl Signer {
     /// Signs `message` (the note text) with Ed25519.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
+    }
+
+    /// The 32-byte RFC 8032 seed, to move the key into a token. The result
+    /// is the secret: the caller must keep it out of logs and wipe it.
+    pub fn to_seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
     }
 
     /// `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>`. The result holds
@@ -388,7 +436,7 @@ pub struct Note {
 
 impl Note {
     /// Signs `text` with every signer, in order.
-    pub fn sign(text: &str, signers: &[&Signer]) -> Result<Note, NoteError> {
+    pub fn sign<S: NoteSigner + ?Sized>(text: &str, signers: &[&S]) -> Result<Note, NoteError> {
         if signers.is_empty() {
             return Err(NoteError::NoSigners);
         }
@@ -398,18 +446,18 @@ impl Note {
             signatures: Vec::new(),
         };
         for signer in signers {
-            note.add_signature(signer)?;
+            note.add_signature(*signer)?;
         }
         Ok(note)
     }
 
     /// Adds (or replaces, for the same name and key id) `signer`'s signature.
-    pub fn add_signature(&mut self, signer: &Signer) -> Result<(), NoteError> {
+    pub fn add_signature<S: NoteSigner + ?Sized>(&mut self, signer: &S) -> Result<(), NoteError> {
         check_text(&self.text)?;
         let signature = NoteSignature {
-            name: signer.name.clone(),
-            key_id: signer.key_id,
-            signature: signer.sign(self.text.as_bytes()).to_vec(),
+            name: signer.name().to_owned(),
+            key_id: signer.key_id(),
+            signature: signer.try_sign(self.text.as_bytes())?.to_vec(),
         };
         let same_key =
             |s: &&mut NoteSignature| s.name == signature.name && s.key_id == signature.key_id;
@@ -704,7 +752,7 @@ mod tests {
             Note::sign("tab\there\n", &[&s]),
             Err(NoteError::TextControlCharacter('\t'))
         );
-        assert_eq!(Note::sign("x\n", &[]), Err(NoteError::NoSigners));
+        assert_eq!(Note::sign::<Signer>("x\n", &[]), Err(NoteError::NoSigners));
         assert!(
             !format!("{s:?}").contains(&to_hex(&[1; 32])),
             "debug must not show the seed"

@@ -73,7 +73,7 @@ use vellum_audit::DecodeError;
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::hash::{Hash, to_hex};
 use vellum_audit::leaf::{LeafPreimage, commitment};
-use vellum_audit::note::{NOTE_BYTES_MAX, Note, NoteError, Signer, Verifier};
+use vellum_audit::note::{NOTE_BYTES_MAX, Note, NoteError, NoteSigner, Verifier};
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::InclusionProof;
 use vellum_audit::report::{Check, FailureKind, PolicySummary, Reached, Report};
@@ -320,7 +320,7 @@ pub fn build_bundle(
     request: &BundleRequest,
     certificate: &str,
     events: &[ExportedEvent],
-    signer: &Signer,
+    signer: &dyn NoteSigner,
 ) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
     let parsed = Certificate::parse(certificate)?;
     check_inputs(request, &parsed, events)?;
@@ -377,7 +377,7 @@ pub fn write_bundle(
     request: &BundleRequest,
     certificate: &str,
     events: &[ExportedEvent],
-    signer: &Signer,
+    signer: &dyn NoteSigner,
 ) -> Result<BundleSummary, BundleError> {
     let built = build_bundle(request, certificate, events, signer)?;
     prepare_dir(dir)?;

@@ -6,7 +6,10 @@
 //! type=file>`s), clicks Verify, reads the page's report and asserts it
 //! agrees with the Rust verifier (`verify_bundle`, what `vellum verify
 //! --bundle` runs): the same verdict, the same checks with the same outcomes
-//! and counts, and the same failure places in the same order.
+//! and counts, and the same failure places in the same order. Also for
+//! bundles from before and after a pinned signing-key rotation (under the
+//! policy with and without it), and for tampered `rotation` lines (refused
+//! at the same line).
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`,
 //! `chromium-driver`; or set VELLUM_CHROMIUM / VELLUM_CHROMEDRIVER); without
@@ -20,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use vellum_audit::checkpoint::Certificate;
 use vellum_audit::cosignature::Cosigner;
+use vellum_audit::key_history::KeyRotation;
 use vellum_audit::note::{Signer, Verifier};
 use vellum_audit::policy::Policy;
 use vellum_audit::report::{Outcome, Report};
@@ -380,6 +384,139 @@ fn bad_policies() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Replica 1's new key and the test policy with its rotation to it from op
+/// 50 pinned (what `vellum keys rotate-signing` gives an auditor).
+fn rotated_policy() -> (Signer, Policy) {
+    let r = support::replicas();
+    let new = Signer::from_seed("vellum-replica-1", [0x77; 32]).expect("name");
+    let rotation = KeyRotation::sign(&support::policy().origin, 1, 50, &r[1], &new);
+    let pinned = support::policy()
+        .with_rotations(vec![rotation])
+        .expect("the rotation verifies");
+    (new, pinned)
+}
+
+/// Rotated policies both verifiers must refuse, each at one line: every
+/// rule of `KeyHistory::add` and of the `rotation` line's syntax.
+fn bad_rotation_policies() -> Vec<(&'static str, String)> {
+    let r = support::replicas();
+    let (new, pinned) = rotated_policy();
+    let good = pinned.encode();
+    let line = pinned.rotations[0].to_line();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let origin = support::policy().origin;
+    let with = |rotations: Vec<KeyRotation>| -> String {
+        let lines: Vec<String> = rotations.iter().map(KeyRotation::to_line).collect();
+        good.replace(&line, &lines.join("\n"))
+    };
+    let replace_field = |i: usize, value: &str| {
+        let mut changed = fields.clone();
+        changed[i] = value;
+        good.replace(&line, &changed.join(" "))
+    };
+    let mut flipped = BASE64.decode(fields[4]).expect("base64");
+    flipped[0] ^= 1;
+    let flipped = BASE64.encode(&flipped);
+    let other_new = Signer::from_seed("vellum-replica-1", [0x78; 32]).expect("name");
+    let named_as_0 = Signer::from_seed("vellum-replica-0", [0x79; 32]).expect("name");
+    vec![
+        (
+            "rotation: old signature changed",
+            replace_field(4, &flipped),
+        ),
+        (
+            "rotation: new signature is the old one",
+            replace_field(5, fields[4]),
+        ),
+        ("rotation: unknown replica", replace_field(1, "7")),
+        ("rotation: from op 0", replace_field(2, "0")),
+        (
+            "rotation: from op with a leading zero",
+            replace_field(2, "050"),
+        ),
+        (
+            "rotation: from op above u64",
+            replace_field(2, "18446744073709551616"),
+        ),
+        (
+            "rotation: five fields",
+            good.replace(&line, &fields[..5].join(" ")),
+        ),
+        ("rotation: signature not base64", replace_field(5, "AAAA*")),
+        ("rotation: after the quorum line", format!("{good}{line}\n")),
+        ("rotation: to a key already pinned", {
+            with(vec![KeyRotation::sign(&origin, 1, 50, &r[1], &r[0])])
+        }),
+        ("rotation: to another replica's key name", {
+            with(vec![KeyRotation::sign(&origin, 1, 50, &r[1], &named_as_0)])
+        }),
+        ("rotation: second one not after the first", {
+            with(vec![
+                pinned.rotations[0].clone(),
+                KeyRotation::sign(&origin, 1, 40, &new, &other_new),
+            ])
+        }),
+        ("rotation: second one signed by the retired key", {
+            with(vec![
+                pinned.rotations[0].clone(),
+                KeyRotation::sign(&origin, 1, 90, &r[1], &other_new),
+            ])
+        }),
+    ]
+}
+
+/// Bundles from before and after replica 1's rotation at op 50: (name,
+/// certified op, certificate signers, manifest signer, passes under the
+/// pinned rotation).
+fn rotation_bundles() -> Vec<(&'static str, u64, [Signer; 2], Signer, bool)> {
+    let r = support::replicas();
+    let (new, _) = rotated_policy();
+    vec![
+        (
+            "before the rotation, exported by the old key",
+            49,
+            [r[0].clone(), r[1].clone()],
+            r[1].clone(),
+            true,
+        ),
+        (
+            "before the rotation, exported by the new key",
+            49,
+            [r[0].clone(), r[1].clone()],
+            new.clone(),
+            true,
+        ),
+        (
+            "at the rotation, new key",
+            50,
+            [r[0].clone(), new.clone()],
+            new.clone(),
+            true,
+        ),
+        (
+            "after the rotation, certified by the retired key",
+            60,
+            [r[0].clone(), r[1].clone()],
+            r[0].clone(),
+            false,
+        ),
+        (
+            "after the rotation, exported by the retired key",
+            60,
+            [r[0].clone(), new.clone()],
+            r[1].clone(),
+            false,
+        ),
+        (
+            "after the rotation, exported by replica 0",
+            60,
+            [r[0].clone(), new.clone()],
+            r[0].clone(),
+            true,
+        ),
+    ]
+}
+
 /// Two outside witnesses of the test log (`cosigner` keys, type 0x04).
 fn cosigners() -> [Cosigner; 2] {
     [
@@ -582,7 +719,32 @@ fn page_and_rust_verifier_agree_on_every_bundle() {
                 case.name
             );
         }
-        for (name, text) in bad_policies() {
+        let (_, rotated) = rotated_policy();
+        let rotated_file = policy_dir.path().join("rotated-policy.txt");
+        std::fs::write(&rotated_file, rotated.encode()).expect("write policy");
+        for (name, op, certified_by, exporter, passes) in rotation_bundles() {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("bundle");
+            let signers: Vec<&Signer> = certified_by.iter().collect();
+            let log = support::build_log_signed(4, true, &support::small_body, Some(op), &signers);
+            let mut request = support::request(4);
+            request.exported_by = exporter.name().to_string();
+            write_bundle(
+                &dir,
+                &request,
+                &log.certificate.encode(),
+                &log.events,
+                &exporter,
+            )
+            .expect("write bundle");
+            let report = agree_under(&browser, name, &dir, &rotated, &rotated_file).await;
+            assert_eq!(report.passed, passes, "{name}: {}", report.to_text());
+            // The same bundle under the policy without the rotation.
+            agree(&browser, name, &dir, &policy_file).await;
+        }
+        let mut bad = bad_policies();
+        bad.extend(bad_rotation_policies());
+        for (name, text) in bad {
             let error = vellum_audit::policy::Policy::parse(&text).expect_err(name);
             let bad_policy = policy_dir.path().join("bad-policy.txt");
             std::fs::write(&bad_policy, &text).expect("write policy");

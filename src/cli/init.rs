@@ -21,6 +21,8 @@ pub struct InitArgs {
     json: bool,
     #[command(flatten)]
     pkcs11: super::pkcs11_args::Pkcs11Args,
+    #[command(flatten)]
+    signing_pkcs11: super::pkcs11_args::SigningPkcs11Args,
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -30,10 +32,12 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         crate::index::IndexTarget::parse(Some(url), &args.data_dir)?;
     }
     let kek = args.pkcs11.config()?;
-    let report = crate::init::init_data_dir_with_kek(
+    let signing = args.signing_pkcs11.config()?;
+    let report = crate::init::init_data_dir_with_keys(
         &args.data_dir,
         args.index_url.as_deref(),
         kek.as_ref(),
+        signing.as_ref(),
     )?;
     if args.json {
         print_json(&report)?;
@@ -43,6 +47,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         println!("origin   {}", report.origin);
         println!("vkey     {}", report.vkey);
         println!("kek      {}", report.kek);
+        println!("signing  {}", report.signing);
         println!(
             "policy   {}  (copy it somewhere safe: auditors pin it)",
             report.policy

@@ -3,7 +3,9 @@
 //! rotation is `crypto::rotate_kek`). `vellum keys new-kek`: a KEK file to
 //! rotate a cluster's replicas to. `vellum keys rotate-signing`: a new
 //! signing key for a stopped replica (wiring only; the rotation is
-//! `crypto::rotate_signing_key`).
+//! `crypto::rotate_signing_key`). `vellum keys move-signing-to-pkcs11`: a
+//! stopped replica's signing key file into a PKCS#11 token (wiring only;
+//! the move is `crypto::move_signing_key_to_token`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::print_json;
-use crate::crypto::{CrashGate, KekConfig, NewKek, Recovery, SigningRecovery};
+use crate::crypto::{CrashGate, KekConfig, NewKek, Recovery, SigningConfig, SigningRecovery};
 use crate::datadir::{DataDir, NodeMeta};
 
 /// `vellum keys`
@@ -43,6 +45,23 @@ enum KeysCommand {
     /// auditor's must pin. The old key is destroyed. Crash-safe like
     /// rotate-kek.
     RotateSigning(RotateSigningArgs),
+    /// Move a stopped replica's signing key file into a PKCS#11 token: the
+    /// key is imported as a sensitive, non-extractable Ed25519 pair (the
+    /// same key, so no policy changes), vellum.json records the token, then
+    /// the file is destroyed. Rerun it after a crash to finish.
+    MoveSigningToPkcs11(MoveSigningArgs),
+}
+
+#[derive(Debug, Args)]
+struct MoveSigningArgs {
+    /// The stopped replica's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    token: super::pkcs11_args::SigningPkcs11Args,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +124,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         KeysCommand::Show(args) => show(args),
         KeysCommand::RotateKek(args) => rotate_kek(args),
         KeysCommand::RotateSigning(args) => rotate_signing(args),
+        KeysCommand::MoveSigningToPkcs11(args) => move_signing(args),
         KeysCommand::NewKek(args) => {
             drop(crate::crypto::Kek::create_file(&args.out)?);
             println!("wrote a new key-encryption key to {}", args.out.display());
@@ -119,7 +139,8 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     // Only public keys are printed, but world-readable secrets next to them
     // are refused here as by every other command, so the user hears of it.
     super::check_key_permissions(&dir)?;
-    let signer = crate::crypto::load_signing_key_file(&dir.signing_key())?;
+    let meta = NodeMeta::load(&dir)?;
+    let signer = crate::crypto::open_signer(meta.signing.as_ref(), &dir.signing_key(), &meta.name)?;
     let vkey = signer.verifier().to_vkey();
     // The rotations this replica made: the lines auditors must pin.
     let rotations: Vec<String> = crate::crypto::signing_rotations(&dir.keys())?
@@ -223,6 +244,17 @@ fn rotate_signing(args: RotateSigningArgs) -> anyhow::Result<ExitCode> {
         other => other.into(),
     })?;
     let meta = NodeMeta::load(&dir)?;
+    if let Some(SigningConfig::Pkcs11(token)) = &meta.signing {
+        // The rotation journal stages and destroys key files; a token-held
+        // key would need the same steps on the token, not built yet.
+        anyhow::bail!(
+            "the signing key of {} lives in pkcs11 token {:?} (key {:?}): rotating a token-held \
+             signing key is not supported yet",
+            args.data_dir.display(),
+            token.token_label,
+            token.key_label
+        );
+    }
     if args.recover_only {
         let what = match dir.recover_signing_rotation()? {
             SigningRecovery::Nothing => "no signing-key rotation was in progress".to_string(),
@@ -269,6 +301,50 @@ fn rotate_signing(args: RotateSigningArgs) -> anyhow::Result<ExitCode> {
         );
         println!("and in every auditor's policy (before the quorum line):");
         println!("{}", rotation.to_line());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn move_signing(args: MoveSigningArgs) -> anyhow::Result<ExitCode> {
+    super::check_data_dir(&args.data_dir, true)?;
+    let dir = DataDir::new(&args.data_dir);
+    super::check_key_permissions(&dir)?;
+    let Some(SigningConfig::Pkcs11(token)) = args.token.config()? else {
+        anyhow::bail!("name the token: --signing-pkcs11-module, -token, -key and a pin source");
+    };
+    // Offline only: a running replica signs with the key it loaded.
+    let _lock = dir.lock(0).map_err(|e| match e {
+        crate::datadir::LockError::Busy { .. } => {
+            anyhow::anyhow!("{e}: stop the replica first (the key moves on a stopped replica only)")
+        }
+        other => other.into(),
+    })?;
+    let meta = NodeMeta::load(&dir)?;
+    if !dir.signing_key().exists() {
+        anyhow::bail!(
+            "{} has no signing key file to move (its key lives at: {})",
+            args.data_dir.display(),
+            crate::crypto::describe_signer(meta.signing.as_ref(), &dir.signing_key())
+        );
+    }
+    let persist = |signing: SigningConfig| {
+        let moved = NodeMeta {
+            signing: Some(signing),
+            ..meta.clone()
+        };
+        moved
+            .replace(&dir)
+            .map_err(|e| crate::datadir::meta_io(&dir, e))
+    };
+    let signer = crate::crypto::move_signing_key_to_token(&dir.signing_key(), &token, persist)?;
+    let vkey = signer.verifier().to_vkey();
+    let place =
+        crate::crypto::describe_signer(Some(&SigningConfig::Pkcs11(token)), &dir.signing_key());
+    if args.json {
+        print_json(&serde_json::json!({ "vkey": vkey, "signing": place }))?;
+    } else {
+        println!("moved the signing key into {place}; the key file is destroyed");
+        println!("vkey  {vkey}  (unchanged: the policy stays as it is)");
     }
     Ok(ExitCode::SUCCESS)
 }

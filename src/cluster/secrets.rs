@@ -140,7 +140,11 @@ struct SecretsBody {
     /// `policy.txt`.
     policy: String,
     /// `keys/signing.key`.
-    signing_key: String,
+    /// `keys/signing.key`; absent when `vellum.json` names a PKCS#11
+    /// signing key (the token keeps it; `vellum start` checks it against
+    /// the policy when it opens the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signing_key: Option<String>,
     /// `keys/signing-rotations`, when the key was ever rotated.
     signing_rotations: Option<String>,
     /// `keys/kek.key`; absent when `vellum.json` names a PKCS#11 KEK.
@@ -176,7 +180,7 @@ pub struct ReplicaSecrets {
     pub replica: u8,
     meta: NodeMeta,
     policy_bytes: Vec<u8>,
-    signing_key: Zeroizing<Vec<u8>>,
+    signing_key: Option<Zeroizing<Vec<u8>>>,
     signing_rotations: Option<Vec<u8>>,
     kek: Option<Zeroizing<Vec<u8>>>,
     config: ConfigFile,
@@ -269,7 +273,10 @@ pub fn export_secrets(config_path: &Path, out: &Path) -> Result<SecretsSummary, 
         name: meta.name.clone(),
         meta: encode(&read(&dir.meta())?),
         policy: encode(&read(&dir.policy())?),
-        signing_key: encode(&read_secret(&dir.signing_key())?),
+        signing_key: match meta.signing {
+            None => Some(encode(&read_secret(&dir.signing_key())?)),
+            Some(_) => None,
+        },
         signing_rotations: match rotations.exists() {
             true => Some(encode(&read_secret(&rotations)?)),
             false => None,
@@ -437,14 +444,25 @@ fn check_body(body: &SecretsBody) -> Result<ReplicaSecrets, String> {
             policy.origin
         ));
     }
-    let signing_key = Zeroizing::new(decode("signing_key", &body.signing_key)?);
-    let signer = parse_signing_key(&signing_key)?;
+    let signing_key = body
+        .signing_key
+        .as_deref()
+        .map(|k| decode("signing_key", k).map(Zeroizing::new))
+        .transpose()?;
+    if signing_key.is_some() == meta.signing.is_some() {
+        return Err("signing_key: a signing key file must be kept exactly when vellum.json \
+             names no PKCS#11 signing key"
+            .into());
+    }
     let replica = usize::from(body.replica);
-    if policy.verifier_at(replica, u64::MAX) != Some(&signer.verifier()) {
-        return Err(format!(
-            "signing_key: {} is not the policy's key of replica {replica}",
-            signer.verifier().to_vkey()
-        ));
+    if let Some(signing_key) = &signing_key {
+        let signer = parse_signing_key(signing_key)?;
+        if policy.verifier_at(replica, u64::MAX) != Some(&signer.verifier()) {
+            return Err(format!(
+                "signing_key: {} is not the policy's key of replica {replica}",
+                signer.verifier().to_vkey()
+            ));
+        }
     }
     let kek = body
         .kek
@@ -664,7 +682,9 @@ fn lay_out(secrets: &ReplicaSecrets, target: &Path) -> Result<PathBuf, SecretsEr
     let dir = DataDir::new(target);
     create_dir(target, 0o700)?;
     create_dir(&dir.keys(), 0o700)?;
-    write(&dir.signing_key(), &secrets.signing_key, 0o600)?;
+    if let Some(signing_key) = &secrets.signing_key {
+        write(&dir.signing_key(), signing_key, 0o600)?;
+    }
     if let Some(rotations) = &secrets.signing_rotations {
         write(
             &dir.keys().join(crypto::SIGNING_ROTATIONS_FILE),

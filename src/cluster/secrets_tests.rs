@@ -197,6 +197,24 @@ fn damaged_secrets_are_refused_naming_the_problem() {
             "kek: a KEK file",
         ),
         (
+            "no signing key file",
+            resigned(&|b| {
+                b.as_object_mut()
+                    .expect("object")
+                    .remove("signing_key");
+            }),
+            "signing_key: a signing key file",
+        ),
+        (
+            "no client CA",
+            resigned(&|b| {
+                b.as_object_mut()
+                    .expect("object")
+                    .remove("client_certs");
+            }),
+            "client_certs: the client CA",
+        ),
+        (
             "bad base64",
             resigned(&|b| b["policy"] = "%%".into()),
             "policy: not base64",

@@ -203,6 +203,7 @@ pub fn init_cluster_replica(init: &ReplicaInit<'_>) -> Result<NodeMeta, SetupErr
             _ => None,
         },
         writer_epoch: None,
+        signing: None,
     };
     meta.store(&dir)?;
     Ok(meta)

@@ -241,6 +241,7 @@ fn seed_data_dir(root: &Path, cluster: &str, replica: u32, signing: &Signer) {
         name: signing.name().into(),
         kek: None,
         writer_epoch: None,
+        signing: None,
     };
     meta.store(&dir).unwrap();
 }

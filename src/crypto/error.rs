@@ -107,13 +107,15 @@ pub enum CryptoError {
         /// The limit.
         max: usize,
     },
-    /// The PKCS#11 token holding the KEK could not be used. Names the
-    /// module, token and key label; never the PIN.
+    /// The PKCS#11 token holding the KEK or the signing key could not be
+    /// used. Names the key's role, module, token and key label; never the PIN.
     #[error(
-        "pkcs11 key-encryption key (module {}, token {token:?}, key {key:?}): {failure}",
+        "pkcs11 {role} (module {}, token {token:?}, key {key:?}): {failure}",
         module.display()
     )]
     Hsm {
+        /// Which key the token was asked for.
+        role: HsmRole,
         /// The PKCS#11 module (shared library) path.
         module: PathBuf,
         /// The token label asked for.
@@ -160,6 +162,24 @@ impl CryptoError {
     }
 }
 
+/// Which of a replica's keys a PKCS#11 error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HsmRole {
+    /// The key-encryption key (`crypto::Pkcs11Kek`).
+    Kek,
+    /// The replica's Ed25519 signing key (`crypto::Pkcs11Signer`).
+    Signing,
+}
+
+impl std::fmt::Display for HsmRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HsmRole::Kek => "key-encryption key",
+            HsmRole::Signing => "signing key",
+        })
+    }
+}
+
 /// What went wrong with a PKCS#11 token (see [`CryptoError::Hsm`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HsmFailure {
@@ -194,6 +214,20 @@ pub enum HsmFailure {
     /// AES-256 key for encryption and decryption.
     #[error("the key is refused as a kek: {0}")]
     KeyUnfit(String),
+    /// No Ed25519 private key with this label is on the token.
+    #[error("no ed25519 private key with this label is on the token")]
+    SigningKeyNotFound,
+    /// More than one Ed25519 key of one kind carries the label.
+    #[error("{0} ed25519 keys of one kind carry this label; labels must be unique")]
+    SigningKeyAmbiguous(usize),
+    /// The key pair is unfit to sign as the replica: its private half could
+    /// leave the token or may not sign, another curve, no readable public key.
+    #[error("the key is refused as a signing key: {0}")]
+    SigningKeyUnfit(String),
+    /// The token returned a signature that is not a valid Ed25519 signature
+    /// of the message under the key's public key: it is never used.
+    #[error("the token's signature is refused: {0}")]
+    BadSignature(String),
     /// A key with the label already exists where a new one was asked for.
     #[error("a key with this label already exists on the token")]
     KeyExists,

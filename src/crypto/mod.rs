@@ -10,7 +10,10 @@
 //!   inside it: wrapped DEKs, crash-safe nonce reservation, shredding.
 //! - `rotate`: KEK rotation (every DEK rewrapped, the old KEK destroyed),
 //!   journaled so a crash at any step finishes or undoes it.
-//! - `signing`: the replica's Ed25519 signing key file.
+//! - `signing`: the replica's Ed25519 signing key behind one trait, and its
+//!   file (the default).
+//! - `pkcs11_signing`: the signing key inside a PKCS#11 token (`CKM_EDDSA`),
+//!   never leaving it.
 //! - `signing_rotation`: a stopped replica's move to a new signing key (the
 //!   announcement both keys sign, pinned in its policy, the old key
 //!   destroyed), journaled like `rotate`.
@@ -26,6 +29,7 @@ pub(crate) mod fsutil;
 mod kek;
 mod keys;
 mod pkcs11;
+mod pkcs11_signing;
 mod record;
 mod rotate;
 mod signing;
@@ -33,7 +37,7 @@ mod signing_rotation;
 mod store;
 
 pub use digest::{REQUEST_DIGEST_BYTES, REQUEST_DIGEST_TAG, RequestDigestKey, request_digest};
-pub use error::{CryptoError, HsmFailure};
+pub use error::{CryptoError, HsmFailure, HsmRole};
 pub use event::{
     EVENT_PAYLOAD_BYTES_MAX, EventAad, OpenedEvent, SALT_BYTES, SEAL_OVERHEAD_BYTES, open_event,
     random_salt, seal_event,
@@ -41,13 +45,17 @@ pub use event::{
 pub use kek::{KekConfig, KeyEncryptionKey, Pkcs11Config, open_kek};
 pub use keys::{DataKey, KEY_BYTES, Kek, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES};
 pub use pkcs11::Pkcs11Kek;
+pub use pkcs11_signing::Pkcs11Signer;
 pub use rotate::{
     CrashGate, KeyHome, NEXT_KEK_FILE, NewKek, PersistKekConfig, ROTATED_RECORDS_FILE,
     ROTATED_RECORDS_MAX, ROTATION_JOURNAL_FILE, ROTATION_STAGING_DIR, Recovery, RotatedRecord,
     RotationReport, clear_rotation_records, kek_fingerprint, pending_rotation_records,
     recover_kek_rotation, rotate_kek,
 };
-pub use signing::{create_signing_key_file, load_signing_key_file};
+pub use signing::{
+    ReplicaSigner, SigningConfig, create_signer, create_signing_key_file, describe_signer,
+    load_signing_key_file, move_signing_key_to_token, open_signer,
+};
 pub use signing_rotation::{
     NEXT_SIGNING_KEY_FILE, PinRotation, SIGNING_ROTATION_JOURNAL_FILE, SIGNING_ROTATIONS_FILE,
     SIGNING_ROTATIONS_MAX, SigningKeyHome, SigningRecovery, recover_signing_rotation,

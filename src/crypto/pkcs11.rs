@@ -32,7 +32,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
-use super::error::HsmFailure;
+use super::error::{HsmFailure, HsmRole};
 use super::kek::{KeyEncryptionKey, Pkcs11Config};
 use super::keys::{
     DataKey, KEY_BYTES, NONCE_BYTES, TAG_BYTES, WRAPPED_KEY_BYTES, random_fill, wrap_aad,
@@ -49,9 +49,9 @@ pub const OPEN_ATTEMPTS_MAX: u32 = 20;
 pub const OPEN_RETRY_MS: u64 = 100;
 /// Attempts of one token encryption or decryption that fails with
 /// `CKR_GENERAL_ERROR` before the answer counts (see `gcm`).
-const CALL_ATTEMPTS_MAX: u32 = 5;
+pub(super) const CALL_ATTEMPTS_MAX: u32 = 5;
 /// Pause between two such attempts.
-const CALL_RETRY_MS: u64 = 20;
+pub(super) const CALL_RETRY_MS: u64 = 20;
 /// Largest PIN file read, in bytes.
 const PIN_FILE_BYTES_MAX: usize = 256;
 
@@ -84,35 +84,14 @@ impl Pkcs11Kek {
     /// process rewrites it. So an absent key is only final after the last
     /// attempt (about two seconds); a wrong PIN is never asked again.
     pub fn open(config: &Pkcs11Config) -> Result<Pkcs11Kek, CryptoError> {
-        Pkcs11Kek::open_retrying(config, false)
+        open_retrying(config, || Pkcs11Kek::open_once(config, false))
     }
 
     /// Opens the key as [`Pkcs11Kek::open`] does, or, when the token holds
     /// no key with the label, generates it there ([`Pkcs11Kek::generate`]):
     /// what `vellum init` does.
     pub fn open_or_generate(config: &Pkcs11Config) -> Result<Pkcs11Kek, CryptoError> {
-        Pkcs11Kek::open_retrying(config, true)
-    }
-
-    fn open_retrying(config: &Pkcs11Config, generate: bool) -> Result<Pkcs11Kek, CryptoError> {
-        let mut attempt = 1;
-        loop {
-            match Pkcs11Kek::open_once(config, generate) {
-                Err(CryptoError::Hsm {
-                    failure:
-                        HsmFailure::TokenNotFound { .. } | HsmFailure::KeyNotFound | HsmFailure::Call(_),
-                    ..
-                }) if attempt < OPEN_ATTEMPTS_MAX => {
-                    tracing::warn!(attempt, token = %config.token_label, "pkcs11 token not ready; asking again");
-                    attempt += 1;
-                    // The module keeps what it read of the token at
-                    // C_Initialize: start it afresh if nothing uses it.
-                    reset_context(config);
-                    std::thread::sleep(std::time::Duration::from_millis(OPEN_RETRY_MS));
-                }
-                result => return result,
-            }
-        }
+        open_retrying(config, || Pkcs11Kek::open_once(config, true))
     }
 
     fn open_once(config: &Pkcs11Config, generate: bool) -> Result<Pkcs11Kek, CryptoError> {
@@ -332,8 +311,40 @@ fn is_not_authentic(rv: RvError) -> bool {
     )
 }
 
-fn fail(config: &Pkcs11Config, failure: HsmFailure) -> CryptoError {
+/// Runs `open_once` until it succeeds or fails for good: a token that looks
+/// absent, a key not (yet) found, or a failed call is asked again,
+/// [`OPEN_ATTEMPTS_MAX`] times in all, [`OPEN_RETRY_MS`] apart (see
+/// [`Pkcs11Kek::open`] for why); any other failure is final at once.
+pub(super) fn open_retrying<T>(
+    config: &Pkcs11Config,
+    mut open_once: impl FnMut() -> Result<T, CryptoError>,
+) -> Result<T, CryptoError> {
+    let mut attempt = 1;
+    loop {
+        match open_once() {
+            Err(CryptoError::Hsm {
+                failure:
+                    HsmFailure::TokenNotFound { .. }
+                    | HsmFailure::KeyNotFound
+                    | HsmFailure::SigningKeyNotFound
+                    | HsmFailure::Call(_),
+                ..
+            }) if attempt < OPEN_ATTEMPTS_MAX => {
+                tracing::warn!(attempt, token = %config.token_label, "pkcs11 token not ready; asking again");
+                attempt += 1;
+                // The module keeps what it read of the token at
+                // C_Initialize: start it afresh if nothing uses it.
+                reset_context(config);
+                std::thread::sleep(std::time::Duration::from_millis(OPEN_RETRY_MS));
+            }
+            result => return result,
+        }
+    }
+}
+
+pub(super) fn fail(config: &Pkcs11Config, failure: HsmFailure) -> CryptoError {
     CryptoError::Hsm {
+        role: HsmRole::Kek,
         module: config.module.clone(),
         token: config.token_label.clone(),
         key: config.key_label.clone(),
@@ -341,7 +352,7 @@ fn fail(config: &Pkcs11Config, failure: HsmFailure) -> CryptoError {
     }
 }
 
-fn call_failed(config: &Pkcs11Config, error: &CkError) -> CryptoError {
+pub(super) fn call_failed(config: &Pkcs11Config, error: &CkError) -> CryptoError {
     fail(config, HsmFailure::Call(error.to_string()))
 }
 
@@ -390,7 +401,7 @@ fn context(config: &Pkcs11Config) -> Result<(Pkcs11, Arc<()>), CryptoError> {
 
 /// Opens a session on the token with the configured label and logs the
 /// user in.
-fn login(config: &Pkcs11Config) -> Result<(Session, Arc<()>), CryptoError> {
+pub(super) fn login(config: &Pkcs11Config) -> Result<(Session, Arc<()>), CryptoError> {
     // The PIN is read first: a config without one is refused before any
     // module is loaded.
     let (pin, source_of_pin) = read_pin(config)?;
@@ -497,13 +508,24 @@ fn find_key(config: &Pkcs11Config, session: &Session) -> Result<Option<ObjectHan
         Attribute::KeyType(KeyType::AES),
         Attribute::Label(config.key_label.as_bytes().to_vec()),
     ];
+    find_unique(config, session, &template, HsmFailure::KeyAmbiguous)
+}
+
+/// The one object matching `template`, if any; more than one is
+/// `ambiguous(count)`, since which is meant is unknown.
+pub(super) fn find_unique(
+    config: &Pkcs11Config,
+    session: &Session,
+    template: &[Attribute],
+    ambiguous: fn(usize) -> HsmFailure,
+) -> Result<Option<ObjectHandle>, CryptoError> {
     let found = session
-        .find_objects(&template)
+        .find_objects(template)
         .map_err(|e| call_failed(config, &e))?;
     match found.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(*one)),
-        many => Err(fail(config, HsmFailure::KeyAmbiguous(many.len()))),
+        many => Err(fail(config, ambiguous(many.len()))),
     }
 }
 
@@ -521,31 +543,58 @@ fn check_key(
         AttributeType::Encrypt,
         AttributeType::Decrypt,
     ];
-    let attributes = session
-        .get_attributes(key, &wanted)
-        .map_err(|e| call_failed(config, &e))?;
-    let unfit = |reason: &str| Err(fail(config, HsmFailure::KeyUnfit(reason.to_string())));
-    let mut seen = 0;
-    for attribute in attributes {
-        seen += 1;
-        match attribute {
-            Attribute::Sensitive(false) => {
-                return unfit("it is not sensitive (CKA_SENSITIVE false)");
-            }
-            Attribute::Extractable(true) => {
-                return unfit("it is extractable (CKA_EXTRACTABLE true)");
-            }
-            Attribute::ValueLen(len) if u64::from(len) != KEY_BYTES as u64 => {
-                return unfit("it is not a 256-bit key");
-            }
-            Attribute::Encrypt(false) | Attribute::Decrypt(false) => {
-                return unfit("it may not encrypt and decrypt");
-            }
-            _ => {}
+    let refuse = |attribute: &Attribute| match attribute {
+        Attribute::ValueLen(len) if u64::from(*len) != KEY_BYTES as u64 => {
+            Some("it is not a 256-bit key")
         }
+        Attribute::Encrypt(false) | Attribute::Decrypt(false) => {
+            Some("it may not encrypt and decrypt")
+        }
+        other => refuse_leaving(other),
+    };
+    let check = KeyCheck {
+        wanted: &wanted,
+        unfit: HsmFailure::KeyUnfit,
+        unreported: "the token did not report its sensitivity, extractability, length and usage",
+    };
+    check_attributes(config, session, key, &check, refuse)
+}
+
+/// What a key's attributes are checked for: which to read, the failure
+/// an unfit key gets, and the reason when the token leaves one unreported.
+pub(super) struct KeyCheck<'a> {
+    pub(super) wanted: &'a [AttributeType],
+    pub(super) unfit: fn(String) -> HsmFailure,
+    pub(super) unreported: &'a str,
+}
+
+/// The reason a key that could leave the token is refused, if it could.
+pub(super) fn refuse_leaving(attribute: &Attribute) -> Option<&'static str> {
+    match attribute {
+        Attribute::Sensitive(false) => Some("it is not sensitive (CKA_SENSITIVE false)"),
+        Attribute::Extractable(true) => Some("it is extractable (CKA_EXTRACTABLE true)"),
+        _ => None,
     }
-    if seen != wanted.len() {
-        return unfit("the token did not report its sensitivity, extractability, length and usage");
+}
+
+/// Reads `check.wanted` of `key` and refuses it with the first reason
+/// `refuse` gives, or when the token does not report every attribute.
+pub(super) fn check_attributes(
+    config: &Pkcs11Config,
+    session: &Session,
+    key: ObjectHandle,
+    check: &KeyCheck<'_>,
+    refuse: impl Fn(&Attribute) -> Option<&'static str>,
+) -> Result<(), CryptoError> {
+    let attributes = session
+        .get_attributes(key, check.wanted)
+        .map_err(|e| call_failed(config, &e))?;
+    let unfit = |reason: &str| Err(fail(config, (check.unfit)(reason.to_string())));
+    if let Some(reason) = attributes.iter().find_map(&refuse) {
+        return unfit(reason);
+    }
+    if attributes.len() != check.wanted.len() {
+        return unfit(check.unreported);
     }
     Ok(())
 }

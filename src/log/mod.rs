@@ -26,7 +26,7 @@ use bytes::Bytes;
 use vellum_audit::checkpoint::{Certificate, Checkpoint, origin_for_cluster};
 use vellum_audit::hash::Hash;
 use vellum_audit::leaf::LeafPreimage;
-use vellum_audit::note::Signer;
+use vellum_audit::note::NoteSigner;
 use vellum_audit::policy::Policy;
 use vellum_audit::proof::{ConsistencyProof, InclusionProof};
 use vellum_audit::record::{self, OpHeader, Record, RecordKind};
@@ -358,7 +358,7 @@ pub struct LocalLog {
     /// How storage was opened (a cut reopens it the same way).
     storage_config: StorageConfig,
     keys: KeyStore,
-    signer: Signer,
+    signer: crypto::ReplicaSigner,
     policy: Policy,
     state: Mutex<LogState>,
     /// The tree as tlog-tiles on disk. Lock order: after the state lock.
@@ -591,7 +591,7 @@ impl LocalLog {
         let policy = load_policy(&dir.policy())?;
         let kek = crypto::open_kek(meta.kek.as_ref(), &dir.kek())?;
         let keys = KeyStore::open(&dir.keys(), kek, meta.writer_id())?;
-        let signer = crypto::load_signing_key_file(&dir.signing_key())?;
+        let signer = crypto::open_signer(meta.signing.as_ref(), &dir.signing_key(), &meta.name)?;
         let read_only = options.storage.read_only;
         // A bad index URL is refused even when this open does not use the
         // index (read-only), so a typo never goes unnoticed.
@@ -684,9 +684,11 @@ impl LocalLog {
         if options.cluster.is_some() {
             state.commit = cluster::recovered_commit(&state, durable.commit);
         }
+        let core_config = core_config_for(cluster, &options, &meta, &policy)?;
+        check_signer_pinned(signer.as_ref(), &policy, core_config.replica, &meta, &dir)?;
         let (replica, first_actions) = crate::vsr::Replica::new(
-            core_config_for(cluster, &options, &meta, &policy)?,
-            signer.clone(),
+            core_config,
+            Arc::clone(&signer),
             policy.clone(),
             shell::recovered(&state, durable),
             recovery_nonce()?,
@@ -845,7 +847,7 @@ impl LocalLog {
             )],
         };
         let certificate = Arc::new(
-            Certificate::sign(checkpoint, &[&self.signer])
+            Certificate::sign(checkpoint, &[self.signer.as_ref()])
                 .map_err(|e| LogError::Corrupt(format!("signing the checkpoint failed: {e}")))?,
         );
         self.store_certificate(&mut state, info, Arc::clone(&certificate))?;
@@ -1230,8 +1232,8 @@ impl LocalLog {
     }
 
     /// This replica's checkpoint signer (it also signs export manifests).
-    pub fn signer(&self) -> &Signer {
-        &self.signer
+    pub fn signer(&self) -> &dyn NoteSigner {
+        self.signer.as_ref()
     }
 
     /// Committed events (the position the next committed event will get).
@@ -1603,6 +1605,32 @@ fn core_config_for(
         commit_wait_ms: 0,
     };
     cluster::core_config(cluster, &role_less, meta.replica)
+}
+
+/// Refuses a signing key the policy does not pin for this replica (a token
+/// key under another label, a swapped key file) with an error naming both
+/// keys: the core would otherwise stop on its own check of the same.
+fn check_signer_pinned(
+    signer: &dyn NoteSigner,
+    policy: &Policy,
+    replica: crate::vsr::ReplicaIndex,
+    meta: &NodeMeta,
+    dir: &DataDir,
+) -> Result<(), LogError> {
+    // The index the core signs as (0 for a one-key policy, whatever
+    // vellum.json says); after a pinned rotation its newest key.
+    let pinned = policy.verifier_at(usize::from(replica), u64::MAX);
+    let own = signer.verifier();
+    if pinned == Some(&own) {
+        return Ok(());
+    }
+    Err(LogError::DataDir(format!(
+        "the signing key ({}, {}) is not the key {} pins for replica {replica} ({})",
+        crypto::describe_signer(meta.signing.as_ref(), &dir.signing_key()),
+        own.to_vkey(),
+        dir.policy().display(),
+        pinned.map_or_else(|| "none".to_string(), |v| v.to_vkey()),
+    )))
 }
 
 /// A random nonce for the core's recovery protocol (the core has no randomness).

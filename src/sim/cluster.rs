@@ -335,7 +335,7 @@ impl Sim {
             .collect();
         let (replica, actions) = Replica::new(
             config,
-            node.signer.clone(),
+            std::sync::Arc::new(node.signer.clone()),
             self.policy.clone(),
             recovered,
             nonce,

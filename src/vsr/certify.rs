@@ -43,7 +43,7 @@ impl Replica {
     }
 
     /// This replica's signature over its checkpoint after `op`.
-    /// None also for an op before this replica's key took over (a pinned
+    /// None also when the signer fails, and for an op before this replica's key took over (a pinned
     /// rotation): a signature no peer or auditor would count.
     pub(super) fn sign_checkpoint(&self, op: u64) -> Option<Vec<u8>> {
         let in_force = self
@@ -53,7 +53,10 @@ impl Replica {
             return None;
         }
         let checkpoint = self.checkpoint_of(op)?;
-        Some(self.signer.sign(checkpoint.body().as_bytes()).to_vec())
+        // A signer that fails (a token-held key whose token errs) gives no
+        // signature: this replica withholds its ack until it can sign.
+        let signature = self.signer.try_sign(checkpoint.body().as_bytes()).ok()?;
+        Some(signature.to_vec())
     }
 
     /// Whether `signature` is replica `from`'s signature over this

@@ -156,7 +156,7 @@ impl Chaos {
         self.nonce += 1;
         let (replica, actions) = Replica::new(
             self.config(i),
-            self.signers[usize::from(i)].clone(),
+            std::sync::Arc::new(self.signers[usize::from(i)].clone()),
             self.policy.clone(),
             self.disks[usize::from(i)].recovered(),
             self.nonce,

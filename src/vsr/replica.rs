@@ -6,10 +6,11 @@
 //! which [`Replica::step`] hands back in order.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use vellum_audit::checkpoint::origin_for_cluster;
-use vellum_audit::note::Signer;
+use vellum_audit::note::NoteSigner;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::OpHeader;
 
@@ -92,7 +93,11 @@ pub(super) struct Timers {
 #[derive(Debug)]
 pub struct Replica {
     pub(super) config: Config,
-    pub(super) signer: Signer,
+    /// Signs this replica's checkpoints. With a file key this is a pure
+    /// function of the message; a token-held key (`crypto::Pkcs11Signer`)
+    /// makes one token call, deterministic too (Ed25519), and on failure
+    /// gives no signature, never a wrong one.
+    pub(super) signer: Arc<dyn NoteSigner>,
     pub(super) policy: Policy,
     pub(super) origin: String,
     pub(super) broken: Broken,
@@ -161,13 +166,13 @@ impl Replica {
     /// brand-new cluster is recognized when every peer reports an empty disk.
     pub fn new(
         config: Config,
-        signer: Signer,
+        signer: Arc<dyn NoteSigner>,
         policy: Policy,
         recovered: Recovered,
         nonce: u64,
         broken: Broken,
     ) -> (Replica, Vec<Action>) {
-        check_config(&config, &signer, &policy);
+        check_config(&config, signer.as_ref(), &policy);
         let origin = origin_for_cluster(config.cluster);
         let empty = recovered.journal.is_empty()
             && recovered.state == DurableState::default()
@@ -526,7 +531,7 @@ impl Replica {
 }
 
 /// Checks the configuration against the keys; a mismatch is a wiring bug.
-fn check_config(config: &Config, signer: &Signer, policy: &Policy) {
+fn check_config(config: &Config, signer: &dyn NoteSigner, policy: &Policy) {
     let count = usize::from(config.replica_count);
     assert!(
         (1..=REPLICAS_MAX).contains(&count) && count % 2 == 1,

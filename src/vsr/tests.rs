@@ -154,7 +154,7 @@ impl Cluster {
         let recovered = self.disks[usize::from(i)].recovered();
         let (replica, actions) = Replica::new(
             config(self.n, i),
-            self.signers[usize::from(i)].clone(),
+            std::sync::Arc::new(self.signers[usize::from(i)].clone()),
             self.policy.clone(),
             recovered,
             self.nonce,
