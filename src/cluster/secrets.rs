@@ -450,9 +450,11 @@ fn check_body(body: &SecretsBody) -> Result<ReplicaSecrets, String> {
         .map(|k| decode("signing_key", k).map(Zeroizing::new))
         .transpose()?;
     if signing_key.is_some() == meta.signing.is_some() {
-        return Err("signing_key: a signing key file must be kept exactly when vellum.json \
+        return Err(
+            "signing_key: a signing key file must be kept exactly when vellum.json \
              names no PKCS#11 signing key"
-            .into());
+                .into(),
+        );
     }
     let replica = usize::from(body.replica);
     if let Some(signing_key) = &signing_key {

@@ -199,18 +199,14 @@ fn damaged_secrets_are_refused_naming_the_problem() {
         (
             "no signing key file",
             resigned(&|b| {
-                b.as_object_mut()
-                    .expect("object")
-                    .remove("signing_key");
+                b.as_object_mut().expect("object").remove("signing_key");
             }),
             "signing_key: a signing key file",
         ),
         (
             "no client CA",
             resigned(&|b| {
-                b.as_object_mut()
-                    .expect("object")
-                    .remove("client_certs");
+                b.as_object_mut().expect("object").remove("client_certs");
             }),
             "client_certs: the client CA",
         ),
