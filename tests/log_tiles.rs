@@ -29,6 +29,17 @@ fn init(dir: &tempfile::TempDir) -> PathBuf {
 }
 
 /// Appends `batches` batches of `per_batch` events to stream 100.
+/// A log of 30 appends of 20 events written with tiles and closed: its
+/// data directory and certified size.
+fn closed_log_with_tiles(dir: &tempfile::TempDir) -> (PathBuf, u64) {
+    let data = init(dir);
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
+    append(&log, 30, 20);
+    let size = log.latest_certificate().expect("certified").checkpoint.size;
+    log.close().expect("close");
+    (data, size)
+}
+
 fn append(log: &LocalLog, batches: u64, per_batch: u64) {
     for b in 0..batches {
         let events: Vec<Bytes> = (0..per_batch)
@@ -140,11 +151,7 @@ fn tiles_after_a_crash_are_completed_at_open() {
 #[test]
 fn tiles_behind_the_certificate_are_written_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
-    append(&log, 30, 20);
-    let size = log.latest_certificate().expect("certified").checkpoint.size;
-    log.close().expect("close");
+    let (data, size) = closed_log_with_tiles(&dir);
     let tiles = TileDir::new(data.join("tiles"));
     let gone = [
         tile(0, size / 256 - 1, 256),
@@ -176,11 +183,7 @@ fn tiles_behind_the_certificate_are_written_at_open() {
 #[test]
 fn a_torn_or_disagreeing_edge_tile_is_rewritten_at_open() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
-    append(&log, 30, 20);
-    let size = log.latest_certificate().expect("certified").checkpoint.size;
-    log.close().expect("close");
+    let (data, size) = closed_log_with_tiles(&dir);
     let tiles = TileDir::new(data.join("tiles"));
     assert!(size > 512 && size % 256 != 0, "{size} leaves");
     let edge_full = tile(0, size / 256 - 1, 256);
@@ -220,11 +223,7 @@ fn a_torn_or_disagreeing_edge_tile_is_rewritten_at_open() {
 #[test]
 fn verify_names_a_tile_that_disagrees_with_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = init(&dir);
-    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
-    append(&log, 30, 20);
-    let size = log.latest_certificate().expect("certified").checkpoint.size;
-    log.close().expect("close");
+    let (data, size) = closed_log_with_tiles(&dir);
     assert!(size > 512 && size < 768, "{size} leaves");
     let tiles = TileDir::new(data.join("tiles"));
     let interior = tiles.path(tile(0, 0, 256));
