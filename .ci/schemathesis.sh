@@ -98,6 +98,11 @@ done
 # ends (events, then heartbeats), which no request/response check can judge.
 # One worker: with two, CPython 3.11's ast module (used by Hypothesis to
 # describe strategies) fails with "AST constructor recursion depth mismatch".
+# filter_too_much is a health check of the generator, not of the server: the
+# tile path pattern of /v1/tlog/tile/{path} is one few random strings match,
+# and whether enough do depends on the seed's stream (adding the mTLS scheme
+# to /openapi.json changed it, and the no-token run then stopped at that
+# check with every request answered as documented).
 failed_runs=()
 run() {
     local name=$1 url=$2 token=${3:-}
@@ -119,6 +124,7 @@ run() {
         --request-timeout 20 \
         --workers 1 \
         --generation-database none \
+        --suppress-health-check filter_too_much \
         --no-color \
         --report junit,har \
         --report-dir "$work/reports/$name") || code=$?
