@@ -93,11 +93,7 @@ async fn group_metric(cluster: &LocalCluster, i: usize, name: &str) -> Option<u6
 
 /// The metric `name{group="<group>"}` on replica `i`.
 async fn metric_of(cluster: &LocalCluster, i: usize, name: &str, group: &str) -> Option<u64> {
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
-        .timeout(WAIT)
-        .build()
-        .expect("http client");
+    let http = support::dev_http(cluster, WAIT);
     let text = http
         .get(format!("{}/metrics", cluster.dev.api_urls[i]))
         .send()

@@ -263,11 +263,7 @@ async fn client_certificates_on_a_live_cluster() {
         .expect("pem");
     let header = vellum::server::mtls::encode_chain(&forged);
     for replica in [primary, backup] {
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("ca"))
-            .timeout(WAIT)
-            .build()
-            .expect("http");
+        let http = support::dev_http(&cluster, WAIT);
         let answer = http
             .get(format!(
                 "{}/v1/streams/{STREAM}/events",

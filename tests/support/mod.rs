@@ -151,6 +151,19 @@ pub fn wait_for_lock() -> vellum::log::LogOptions {
     }
 }
 
+/// An HTTPS client that trusts the dev CA of `cluster` (and nothing else
+/// added), with `timeout` per request.
+pub fn dev_http(
+    cluster: &vellum::local_cluster::LocalCluster,
+    timeout: std::time::Duration,
+) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
+        .timeout(timeout)
+        .build()
+        .expect("http client")
+}
+
 /// One API call on replica `i` of a local cluster, with an optional bearer
 /// token and JSON body: (status, JSON body or `Null`); 60 s timeout.
 pub async fn cluster_call(
@@ -162,11 +175,7 @@ pub async fn cluster_call(
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
     // A client per call: each cluster of a test binary has its own dev CA.
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cluster.ca_pem()).expect("dev CA"))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .expect("http client");
+    let http = dev_http(cluster, std::time::Duration::from_secs(60));
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut request = http.request(method, format!("{}{path}", cluster.dev.api_urls[i]));
     if let Some(body) = body {
