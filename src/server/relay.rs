@@ -16,6 +16,15 @@
 //! not confirmed (no primary, timeout, refusal) fails every read waiting on
 //! it: the backup answers 503 and the read is not served.
 //!
+//! The primary queues its own access events the same way ([`record_access`]
+//! with the local route): a caller awaits a channel instead of holding a
+//! blocking thread, one task drains the queue into batches of at most
+//! [`RELAY_EVENTS_MAX`] events, and at most [`LOCAL_IN_FLIGHT_MAX`] batches
+//! are appended at once through the node (the relayed batches of backups
+//! join the same queue). 64 concurrent readers thus park no blocking
+//! thread for their trail record (they did, each on a condition variable
+//! that every commit woke).
+//!
 //! Invariant: a backup answers a read only after the primary confirmed the
 //! commit of its trail record. The relay accepts only access events of
 //! reads (stream reads, global reads, subscriptions): a replica's
@@ -44,6 +53,10 @@ pub const RELAY_PATH: &str = "/internal/v1/trail";
 pub const RELAY_EVENTS_MAX: usize = 512;
 /// Most batches one backup has in flight to the primary at once.
 pub const RELAY_IN_FLIGHT_MAX: usize = 8;
+/// Most batches of the primary's own queue appended at once (each is one
+/// trail op in the core's pipeline; the node's trail batcher allows as
+/// many, `replica::trail::TRAIL_BATCHES_IN_FLIGHT_MAX`).
+pub const LOCAL_IN_FLIGHT_MAX: usize = 4;
 /// Most access events waiting to be relayed; beyond, a read is refused
 /// (503) instead of queueing without bound.
 pub const RELAY_QUEUE_MAX: usize = 4096;
@@ -53,15 +66,22 @@ pub const RELAY_TIMEOUT_MS: u64 = 5_000;
 
 /// Records `events` in the access trail and returns once they are
 /// committed: at the primary through its node, at a backup through the
-/// primary (the relay). The outer error is a failure of the server itself
-/// (a panicked node call), as from [`run_blocking`].
+/// primary (the relay). Either way the caller waits on a channel, not on a
+/// thread: its events join a queue that one task drains in batches
+/// (concurrent callers share one trail op or one round trip), and only the
+/// batches in flight occupy the blocking pool. The outer error is kept for
+/// the callers' signature; a panicked node call is an inner
+/// [`TrailError::Internal`].
 pub(crate) async fn record_access(
     state: &AppState,
     events: Vec<AccessEvent>,
 ) -> Result<Result<(), TrailError>, ApiError> {
+    if events.is_empty() {
+        return Ok(Ok(()));
+    }
     let role = state.node.role();
-    if role.is_primary || events.is_empty() {
-        return run_blocking(state, move |node| node.record_access(events)).await;
+    if role.is_primary {
+        return Ok(state.relay.record(state, Route::Local, events).await);
     }
     // The record names the backup that served the access (a backup's own
     // KEK rotation served no client: it names the backup as principal).
@@ -79,7 +99,16 @@ pub(crate) async fn record_access(
             event
         })
         .collect();
-    Ok(state.relay.record(state, events).await)
+    Ok(state.relay.record(state, Route::Primary, events).await)
+}
+
+/// Where a queue's batches go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// This replica is the primary: its own node appends them.
+    Local,
+    /// A backup: posted to the primary's [`RELAY_PATH`].
+    Primary,
 }
 
 /// One caller's events, and where to tell it the batch's outcome.
@@ -88,18 +117,30 @@ struct Pending {
     done: oneshot::Sender<Result<(), TrailError>>,
 }
 
-/// A backup's batching queue toward the primary; cheap to clone. The task
-/// that drains it starts on first use (inside the server's runtime).
+/// The access-trail queues of one replica, toward its own node (while it
+/// is the primary) and toward the primary (while it is a backup); cheap to
+/// clone. The task that drains a queue starts on its first use (inside the
+/// server's runtime).
 #[derive(Debug, Clone, Default)]
 pub struct TrailRelay {
-    queue: Arc<OnceLock<mpsc::Sender<Pending>>>,
+    local: Arc<OnceLock<mpsc::Sender<Pending>>>,
+    to_primary: Arc<OnceLock<mpsc::Sender<Pending>>>,
 }
 
 impl TrailRelay {
-    async fn record(&self, state: &AppState, events: Vec<AccessEvent>) -> Result<(), TrailError> {
-        let sender = self.queue.get_or_init(|| {
+    async fn record(
+        &self,
+        state: &AppState,
+        route: Route,
+        events: Vec<AccessEvent>,
+    ) -> Result<(), TrailError> {
+        let queue = match route {
+            Route::Local => &self.local,
+            Route::Primary => &self.to_primary,
+        };
+        let sender = queue.get_or_init(|| {
             let (sender, receiver) = mpsc::channel(RELAY_QUEUE_MAX);
-            tokio::spawn(drain(state.clone(), receiver));
+            tokio::spawn(drain(state.clone(), route, receiver));
             sender
         });
         let (done, outcome) = oneshot::channel();
@@ -109,7 +150,7 @@ impl TrailRelay {
             .map_err(|_| Unavailable::TrailQueueFull { queued })?;
         outcome.await.unwrap_or_else(|_| {
             Err(TrailError::Unavailable(Unavailable::TrailRelay {
-                detail: "the relay stopped before the batch was confirmed".to_string(),
+                detail: "the trail queue stopped before the batch was confirmed".to_string(),
             }))
         })
     }
@@ -117,8 +158,12 @@ impl TrailRelay {
 
 /// Takes whatever waits (up to [`RELAY_EVENTS_MAX`] events) as one batch
 /// and sends it, with at most [`RELAY_IN_FLIGHT_MAX`] batches in flight.
-async fn drain(state: AppState, mut receiver: mpsc::Receiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(RELAY_IN_FLIGHT_MAX));
+async fn drain(state: AppState, route: Route, mut receiver: mpsc::Receiver<Pending>) {
+    let in_flight_max = match route {
+        Route::Local => LOCAL_IN_FLIGHT_MAX,
+        Route::Primary => RELAY_IN_FLIGHT_MAX,
+    };
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
     while let Some(first) = receiver.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return; // The semaphore is never closed.
@@ -135,13 +180,29 @@ async fn drain(state: AppState, mut receiver: mpsc::Receiver<Pending>) {
         let state = state.clone();
         tokio::spawn(async move {
             let events: Vec<AccessEvent> = batch.iter().flat_map(|p| p.events.clone()).collect();
-            let outcome = send(&state, &events).await;
+            let outcome = match route {
+                Route::Local => append(&state, events).await,
+                Route::Primary => send(&state, &events).await,
+            };
             for pending in batch {
                 let _ = pending.done.send(outcome.clone());
             }
             drop(permit);
         });
     }
+}
+
+/// Appends one batch through this replica's own node (its trail batcher);
+/// Ok once committed.
+async fn append(state: &AppState, events: Vec<AccessEvent>) -> Result<(), TrailError> {
+    run_blocking(state, move |node| node.record_access(events))
+        .await
+        .unwrap_or_else(|_| {
+            Err(TrailError::Internal(super::node::InternalFault::new(
+                super::node::FaultKind::Unexpected,
+                "the access-trail append panicked (see the replica's log)",
+            )))
+        })
 }
 
 /// Posts one batch to the primary the node believes in; Ok once the
@@ -202,13 +263,14 @@ pub(crate) async fn accept(
         recorded,
         "access-trail records relayed by a backup"
     );
-    match run_blocking(&state, move |node| node.record_access(events)).await {
-        Ok(Ok(())) => Json(RelayAnswer { recorded }).into_response(),
-        Ok(Err(error)) => ApiError::unavailable(format!(
+    // Through the primary's own queue: relayed reads share trail ops with
+    // the primary's own.
+    match state.relay.record(&state, Route::Local, events).await {
+        Ok(()) => Json(RelayAnswer { recorded }).into_response(),
+        Err(error) => ApiError::unavailable(format!(
             "the relayed access-trail records were not committed ({error}); retry"
         ))
         .into_response(),
-        Err(error) => error.into_response(),
     }
 }
 

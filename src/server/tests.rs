@@ -111,6 +111,10 @@ struct FakeState {
     trail: Vec<vellum_compliance::trail::AccessEvent>,
     /// Refuse to record the trail (the answer must then be withheld).
     trail_down: bool,
+    /// Calls of `record_access` (each is one trail op of a real node).
+    trail_calls: u64,
+    /// How long each `record_access` takes (a commit's round).
+    trail_delay_ms: u64,
     /// The next appends, reads, proofs and exports fail with these.
     append_error: Option<AppendError>,
     read_error: Option<ReadError>,
@@ -458,6 +462,12 @@ impl Node for FakeNode {
         &self,
         events: Vec<vellum_compliance::trail::AccessEvent>,
     ) -> Result<(), TrailError> {
+        let delay = {
+            let mut state = self.lock();
+            state.trail_calls += 1;
+            state.trail_delay_ms
+        };
+        std::thread::sleep(std::time::Duration::from_millis(delay));
         let mut state = self.lock();
         if state.trail_down {
             return Err(TrailError::Unavailable(Unavailable::TrailTimeout {
@@ -559,6 +569,45 @@ async fn send(app: &Router, call: Call<'_>) -> (StatusCode, Value) {
 fn error_of(value: &Value) -> ErrorBody {
     serde_json::from_value(value.clone())
         .unwrap_or_else(|e| panic!("not an ErrorBody ({e}): {value}"))
+}
+
+// Goal: concurrent accesses at the primary share trail appends: each
+// waits on the queue (no blocking thread of its own parked on the node),
+// every one is recorded before its answer, and the node sees a handful of
+// batched calls, not one per access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accesses_share_batched_trail_appends() {
+    const READERS: usize = 64;
+    let node = Arc::new(FakeNode::default());
+    node.lock()
+        .streams
+        .insert(7, vec![Bytes::from_static(b"{}")]);
+    node.lock().trail_delay_ms = 20;
+    let app = app(node.clone());
+    let reads: Vec<_> = (0..READERS)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                send(&app, Call::get("/v1/streams/7/events?from=0", Some(READER))).await
+            })
+        })
+        .collect();
+    for read in reads {
+        let (status, body) = read.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let state = node.lock();
+    let reads_recorded = state
+        .trail
+        .iter()
+        .filter(|e| e.action == vellum_compliance::trail::AccessAction::ReadStream)
+        .count();
+    assert_eq!(reads_recorded, READERS, "every read recorded once");
+    assert!(
+        state.trail_calls <= (READERS / 4) as u64,
+        "{} trail appends for {READERS} concurrent reads: not batched",
+        state.trail_calls
+    );
 }
 
 // Goal: every route answers its happy path with the documented body.
