@@ -290,6 +290,12 @@ impl LocalLog {
         };
         let before = self.role.swap(role.pack(), Ordering::SeqCst);
         let view_before = self.view.swap(replica.view(), Ordering::SeqCst);
+        if view_before != replica.view() {
+            // Every caller waiting for a reply gives up now (outcome
+            // unknown: its client retries at the new primary) instead of
+            // noticing at its next look (see `wait_reply`).
+            self.exchange.wake_waiters();
+        }
         if before != role.pack() || view_before != replica.view() {
             // One line per change of view or status (`VELLUM_LOG=info`), so
             // a replica's restarts and view changes can be timed from its log.

@@ -8,6 +8,8 @@
 //! tree, certificates, index — is the replica's storage and stays this code.
 
 mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod event_ids;
 mod indexer;
 mod persister;
@@ -876,6 +878,7 @@ impl LocalLog {
             Ok(ticket) => ticket,
             Err(e) => {
                 state.poisoned = Some(e.to_string());
+                self.exchange.wake_waiters();
                 return Err(e.into());
             }
         };

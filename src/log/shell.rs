@@ -27,8 +27,11 @@ use crate::vsr::{self, Action, DurableState, Input, Reply, Request};
 /// that takes one fsync; the bound turns a bug into an indeterminate error
 /// instead of a hang.
 pub const COMMIT_WAIT_MS_MAX: u64 = 60_000;
-/// How often a waiting caller on a cluster replica checks for a view change.
-const VIEW_CHECK_MS: u64 = 50;
+/// How long a waiting caller on a cluster replica sleeps at most between
+/// two looks at the view. A view change wakes every waiter at once
+/// (`publish_role`), so this is only a bound in case a wake-up is missed,
+/// not a polling period.
+const VIEW_CHECK_MS: u64 = 1_000;
 /// How often a caller whose idempotency key is still in flight here checks
 /// whether it may go (bounded by the commit wait).
 const SAME_KEY_POLL_MS: u64 = 5;
@@ -82,6 +85,12 @@ struct ExchangeInner {
 }
 
 impl Exchange {
+    /// Wakes every caller waiting for a reply (it looks again at its reply,
+    /// the log's health and the view).
+    pub(super) fn wake_waiters(&self) {
+        self.lock().wake_all();
+    }
+
     fn lock(&self) -> MutexGuard<'_, ExchangeInner> {
         self.inner
             .lock()
@@ -489,22 +498,16 @@ impl LocalLog {
                 break Err(LogError::Poisoned(reason.clone()));
             }
             if cluster.is_some() {
-                drop(exchange);
                 // The view as of the core's last step (published after
                 // every step): no need to take the core's lock, which the
-                // replica loop holds most of the time under load.
+                // replica loop holds most of the time under load. Read
+                // while the exchange is held: `publish_role` stores a new
+                // view before it takes the exchange to wake every waiter,
+                // so a change is either seen here or wakes the wait below.
                 if self.view.load(std::sync::atomic::Ordering::SeqCst) != view {
-                    exchange = self.exchange.lock();
-                    if let Some(reply) = exchange.replies.remove(&key) {
-                        break Ok(reply);
-                    }
                     break Err(LogError::Indeterminate(
                         "the view changed while the request was in flight".to_string(),
                     ));
-                }
-                exchange = self.exchange.lock();
-                if let Some(reply) = exchange.replies.remove(&key) {
-                    break Ok(reply);
                 }
             } else if !exchange.writes.is_empty() {
                 // All pending writes at once: they share one fdatasync and
@@ -786,6 +789,7 @@ impl LocalLog {
             Err(e) => {
                 // The tree already holds the leaves; the handle cannot go on.
                 state.poisoned = Some(e.to_string());
+                self.exchange.wake_waiters();
                 return Err(e.into());
             }
         };
