@@ -71,6 +71,9 @@ pub const CLUSTER_SPREAD_READS_SYSTEM: &str = "vellum 3 replicas, reads on all r
 /// no token check, no log, no trail). No append or read through the API can
 /// be answered faster than this on the same machine.
 pub const CLUSTER_API_FLOOR_SYSTEM: &str = "vellum 3 replicas, API floor (GET /v1/health)";
+/// The single replica with its tile store off (`LogOptions::tiles`), so
+/// the cost of writing tiles shows as a ratio in the same run.
+pub const VELLUM_NO_TILES_SYSTEM: &str = "vellum 1 replica, tiles off";
 /// SQLite point reads by primary key.
 pub const SQLITE_READS_SYSTEM: &str = "sqlite reads";
 /// PostgreSQL point reads by primary key.
@@ -323,7 +326,11 @@ fn measure_appends(
     progress(&format!("raw fdatasync, {concurrency} appenders"));
     out.push(bench_raw(config, concurrency, payload)?);
     progress(&format!("vellum 1 replica, {concurrency} appenders"));
-    out.push(bench_vellum(config, concurrency, payload)?);
+    out.push(bench_vellum(config, concurrency, payload, true)?);
+    progress(&format!(
+        "{VELLUM_NO_TILES_SYSTEM}, {concurrency} appenders"
+    ));
+    out.push(bench_vellum(config, concurrency, payload, false)?);
     progress(&format!("sqlite, {concurrency} appenders"));
     out.push(runtime.block_on(bench_sqlite(config, concurrency, payload))?);
     if let Some(url) = &config.postgres_url {
@@ -488,11 +495,16 @@ fn bench_vellum(
     config: &BenchConfig,
     concurrency: usize,
     payload: &Bytes,
+    tiles: bool,
 ) -> anyhow::Result<Measurement> {
     let dir = config.dir.join(format!("vellum-{concurrency}"));
     remove_dir_if_exists(&dir)?;
     crate::init::init_data_dir(&dir, None)?;
-    let (log, _) = LocalLog::open(&dir, LogOptions::default())?;
+    let options = LogOptions {
+        tiles,
+        ..LogOptions::default()
+    };
+    let (log, _) = LocalLog::open(&dir, options)?;
     let log = Arc::new(log);
     let persister = LocalPersister::new(Arc::clone(&log));
     let (latencies, elapsed) = drive_threads(config, concurrency, &|worker| {
@@ -508,7 +520,11 @@ fn bench_vellum(
         .close()?;
     remove_dir_if_exists(&dir)?;
     Ok(measurement(
-        "vellum 1 replica",
+        if tiles {
+            "vellum 1 replica"
+        } else {
+            VELLUM_NO_TILES_SYSTEM
+        },
         concurrency,
         payload.len(),
         latencies,
@@ -893,7 +909,8 @@ fn append_ratios(measurements: &[Measurement]) -> Vec<Ratio> {
         let compared = |m: &&Measurement| {
             m.concurrency == vellum.concurrency
                 && (APPEND_BASELINES.contains(&m.system.as_str())
-                    || (vellum.system == CLUSTER_DEGRADED_SYSTEM && m.system == CLUSTER_SYSTEM))
+                    || (vellum.system == CLUSTER_DEGRADED_SYSTEM && m.system == CLUSTER_SYSTEM)
+                    || (vellum.system == "vellum 1 replica" && m.system == VELLUM_NO_TILES_SYSTEM))
         };
         for base in measurements.iter().filter(compared) {
             out.push(ratio(vellum, base, ThroughputUnit::EventsPerS));

@@ -253,3 +253,69 @@ fn verify_names_a_tile_that_disagrees_with_the_log() {
     log.close().expect("close");
     assert!(verify(&data).passed);
 }
+
+/// Goal: appends complete while the tile writer is held back (a stalled
+/// disk under its fsyncs): the commit path never waits for a tile write.
+/// Released, the writer catches up to the certified sizes, and a read-only
+/// open runs no writer at all.
+#[test]
+fn appends_do_not_wait_for_the_tile_writer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir);
+    let (log, _) = LocalLog::open(&data, tiles_on()).expect("open");
+    let before = log.tiles_written().expect("a tile writer runs");
+    let held = log.hold_tiles().expect("a tile writer runs");
+    std::thread::scope(|scope| {
+        let (done, finished) = std::sync::mpsc::channel();
+        let log = &log;
+        scope.spawn(move || {
+            append(log, 20, 30);
+            let _ = done.send(());
+        });
+        let finished = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok();
+        let written_while_held = log.tiles_written();
+        drop(held);
+        assert!(finished, "appends waited for the held tile writer");
+        assert_eq!(written_while_held, Some(before), "the writer was held");
+    });
+    let certified = log.latest_certificate().expect("certified").checkpoint.size;
+    assert!(certified >= 600, "{certified} leaves");
+    // The next group commit makes the last certificate record durable.
+    append(&log, 1, 1);
+    let caught_up = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log.tiles_written()
+            .is_some_and(|written| written >= certified)
+    });
+    assert!(
+        caught_up,
+        "tiles at {:?} of {certified}",
+        log.tiles_written()
+    );
+    let tiles = TileDir::new(data.join("tiles"));
+    assert_eq!(
+        root_from_tiles(&tiles, certified).expect("root from tiles"),
+        log.root_at(certified).expect("root")
+    );
+    let size = log.latest_certificate().expect("certified").checkpoint.size;
+    log.close().expect("close");
+    assert_eq!(tile_files(tiles.root()), expected_files(size));
+    assert!(verify(&data).passed);
+
+    let read_only = LogOptions {
+        storage: vellum::storage::StorageConfig {
+            read_only: true,
+            ..vellum::storage::StorageConfig::default()
+        },
+        ..tiles_on()
+    };
+    let (log, report) = LocalLog::open(&data, read_only).expect("read-only open");
+    assert_eq!(report.tiles.problem, None);
+    assert!(
+        log.hold_tiles().is_none(),
+        "a read-only open runs no writer"
+    );
+    assert_eq!(log.tiles_written(), None);
+}

@@ -15,8 +15,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::DecodeError;
 use crate::hash::Hash;
-use crate::merkle::root_from_leaf_hashes;
-use crate::tiles::{TILE_WIDTH, TileId, TileReader, decode_hash_tile};
+use crate::merkle::{MerkleTree, root_from_leaf_hashes};
+use crate::tiles::{
+    TILE_HEIGHT, TILE_LEVEL_MAX, TILE_WIDTH, TileId, TileReader, decode_hash_tile, tile_from_tree,
+};
 
 /// A stored tile that could not be read as a tile.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,36 @@ impl TileBuilder {
         TileBuilder::default()
     }
 
+    /// The builder of the tree of `size` leaves that `tree` holds, taken
+    /// from its right edge (at most one partial tile per level is copied),
+    /// so a writer resumes where the stored tiles end without pushing every
+    /// leaf again. `None` when the tree has fewer than `size` leaves.
+    pub fn resume(tree: &MerkleTree, size: u64) -> Option<TileBuilder> {
+        if size > tree.len() {
+            return None;
+        }
+        let mut builder = TileBuilder {
+            len: size,
+            ..TileBuilder::default()
+        };
+        for level in 0..=TILE_LEVEL_MAX {
+            let count = size
+                .checked_shr(TILE_HEIGHT * u32::from(level))
+                .unwrap_or(0);
+            if count == 0 {
+                break;
+            }
+            let full = count / u64::from(TILE_WIDTH);
+            let open = match TileId::in_tree(level, full, size) {
+                Some(id) => tile_from_tree(tree, id)?,
+                None => Vec::with_capacity(usize::from(TILE_WIDTH)),
+            };
+            builder.levels.push(open);
+            builder.full.push(full);
+        }
+        Some(builder)
+    }
+
     /// The leaves pushed so far.
     pub fn len(&self) -> u64 {
         self.len
@@ -217,6 +249,38 @@ mod tests {
             expected.sort_by_key(|(id, _)| *id);
             prop_assert_eq!(builder.len(), size);
             prop_assert_eq!(built, expected);
+        }
+
+        /// Goal: a builder resumed from a tree's right edge at any size
+        /// hands out, for the leaves after it, the very tiles a builder that
+        /// saw every leaf does.
+        #[test]
+        fn resumed_builder_matches_one_that_saw_every_leaf(
+            size in 0u64..70_000,
+            cut in any::<u64>(),
+        ) {
+            let leaves: Vec<Hash> = (0..size).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+            let cut = if size == 0 { 0 } else { cut % (size + 1) };
+            let mut tree = MerkleTree::new();
+            let mut whole = TileBuilder::new();
+            let mut from_whole = Vec::new();
+            for (i, leaf) in leaves.iter().enumerate() {
+                tree.push(*leaf);
+                let after_cut = i as u64 >= cut;
+                whole.push(*leaf, |id, h| if after_cut { from_whole.push((id, h.to_vec())) });
+            }
+            let mut resumed = TileBuilder::resume(&tree, cut).expect("cut within the tree");
+            let mut from_resumed = Vec::new();
+            for leaf in &leaves[usize::try_from(cut).expect("small")..] {
+                resumed.push(*leaf, |id, h| from_resumed.push((id, h.to_vec())));
+            }
+            let partial = |b: &TileBuilder| -> Vec<(TileId, Vec<Hash>)> {
+                b.partial_tiles().map(|(id, h)| (id, h.to_vec())).collect()
+            };
+            prop_assert_eq!(from_resumed, from_whole);
+            prop_assert_eq!(partial(&resumed), partial(&whole));
+            prop_assert_eq!(resumed.len(), size);
+            prop_assert!(TileBuilder::resume(&tree, size + 1).is_none());
         }
     }
 }

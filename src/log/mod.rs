@@ -73,10 +73,9 @@ pub struct LogOptions {
     /// Run as one replica of a cluster (None: a cluster of one).
     pub cluster: Option<ClusterRole>,
     /// Keep the Merkle tree on disk as tlog-tiles (`<data>/tiles`),
-    /// checked at open. Off by default: tiles are written under the state
-    /// lock on the commit path (fsyncs included), which the engine work of
-    /// issue 10 must first move off that path; nothing reads them yet but
-    /// `vellum verify` and the open check.
+    /// checked at open and written by the `vellum-tiles` thread, off the
+    /// commit path. Off by default (see CHANGELOG.md for the measured
+    /// cost); nothing reads them yet but `vellum verify` and the open check.
     pub tiles: bool,
 }
 
@@ -363,8 +362,10 @@ pub struct LocalLog {
     signer: crypto::ReplicaSigner,
     policy: Policy,
     state: Mutex<LogState>,
-    /// The tree as tlog-tiles on disk. Lock order: after the state lock.
-    tiles: Option<Mutex<tiles::TileStore>>,
+    /// The `vellum-tiles` thread writing the tree as tlog-tiles on disk
+    /// (None: tiles off, read-only, or waiting for the next open). Its
+    /// queue's lock is taken after the state lock and held for no I/O.
+    tiles: Option<tiles::TileWriter>,
     indexer: Option<indexer::Indexer>,
     /// Opened with `StorageConfig::read_only`: nothing is written.
     read_only: bool,
@@ -470,8 +471,8 @@ impl StorageCell {
 /// The tile store of `dir` checked against the newest certificate of a
 /// freshly recovered state (and, unless read-only, its right edge rewritten
 /// from the tree where it is missing, torn or different). With a damaged
-/// op waiting for repair the tree ends early: the check waits for an open
-/// of the whole log, and the first tiles written then check the edge.
+/// op waiting for repair the tree ends early: the check, and every tile
+/// write, wait for an open of the whole log.
 fn open_tiles(
     dir: &DataDir,
     state: &LogState,
@@ -646,10 +647,10 @@ impl LocalLog {
         if !read_only && state.pending.is_empty() {
             storage.resume_tree((state.tree.len(), state.tree.root()))?;
         }
-        let (tile_store, tiles) = match options.tiles {
+        let (tile_writer, tiles) = match options.tiles {
             true => {
                 let (store, report) = open_tiles(&dir, &state, read_only);
-                (Some(Mutex::new(store)), report)
+                (tiles::TileWriter::start(store, &state.tree), report)
             }
             false => (None, tiles::TilesOnOpen::default()),
         };
@@ -705,7 +706,7 @@ impl LocalLog {
             signer,
             policy,
             state: Mutex::new(state),
-            tiles: tile_store,
+            tiles: tile_writer,
             storage_config,
             cluster_shell: options.cluster.clone().map(cluster::ClusterShell::new),
             role: std::sync::atomic::AtomicU32::new(0),
@@ -764,13 +765,17 @@ impl LocalLog {
         &self.policy
     }
 
-    /// The tile store (take the state lock first when both are needed).
-    fn tile_store(&self) -> Option<MutexGuard<'_, tiles::TileStore>> {
-        self.tiles.as_ref().map(|tiles| {
-            tiles
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        })
+    /// The tree size the stored tiles are written up to (None: no tile
+    /// writer runs: tiles off, read-only, or waiting for the next open).
+    pub fn tiles_written(&self) -> Option<u64> {
+        self.tiles.as_ref().map(tiles::TileWriter::written_size)
+    }
+
+    /// Holds the tile writer back before its next write while the guard
+    /// lives, as a stalled disk would (None: no tile writer runs). Appends
+    /// go on meanwhile: nothing on the commit path waits for tiles.
+    pub fn hold_tiles(&self) -> Option<tiles::TilesHeld<'_>> {
+        self.tiles.as_ref().map(tiles::TileWriter::hold)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -883,9 +888,10 @@ impl LocalLog {
             }
         };
         state.add_certificate(commit, info.tree_size, certificate, time_ns);
-        // The tiles of this size are written once its record is durable
-        // (at a later certificate, or at close): never a leaf the log lacks.
-        if let Some(mut tiles) = self.tile_store() {
+        // The tiles of this size are written by their thread once its
+        // record is durable: never a leaf the log lacks. Only the new leaf
+        // hashes are copied here; no tile I/O runs under this lock.
+        if let Some(tiles) = &self.tiles {
             tiles.certified(&state.tree, info.tree_size, ticket, storage.durable_probe());
         }
         if let Some(indexer) = &self.indexer {
@@ -1523,11 +1529,11 @@ impl LocalLog {
     }
 
     /// Flushes storage and the index, then closes both.
-    pub fn close(self) -> Result<(), LogError> {
+    pub fn close(mut self) -> Result<(), LogError> {
         self.storage.get().flush()?;
         // Every certificate record is durable now: its tiles can follow.
-        if let Some(mut tiles) = self.tile_store() {
-            tiles.catch_up(&self.lock().tree);
+        if let Some(tiles) = self.tiles.take() {
+            tiles.drain();
         }
         if !self.read_only {
             self.set_index_stalled(false);

@@ -4,7 +4,10 @@
 //! The tiles are a cache of the log, never its source of truth: a tile is
 //! written only for a certified tree size whose certificate record (and so
 //! every op record before it) is fdatasync'ed, so no tile ever holds a leaf
-//! the log lacks. Full tiles are written once (temporary file, fsync,
+//! the log lacks. [`TileStore`] checks and repairs them at open, from the
+//! tree rebuilt from the log; after open the `vellum-tiles` thread
+//! ([`TileWriter`]) writes them, off the commit path: the commit path only
+//! hands it the new leaf hashes of each certified size. Full tiles are written once (temporary file, fsync,
 //! rename, fsync of the directory); the rightmost partial tile of each level
 //! is rewritten as the tree grows, without fsync, since open rebuilds it
 //! when a crash tore or lost it. At open the root computed from the tiles
@@ -14,7 +17,6 @@
 //! log and the open report names them. A failed tile write never fails an
 //! append: writing stops until the next open, which repairs.
 
-use std::collections::VecDeque;
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,11 @@ use vellum_audit::tiles::{
     TILE_HEIGHT, TILE_WIDTH, TileId, encode_hash_tile, root_from_tiles, tile_from_tree,
 };
 
-use crate::storage::{DurableProbe, Ticket};
+mod writer;
+pub use writer::{TILES_QUEUED_LEAVES_MAX, TileWriter, TilesHeld};
 
 /// Rewritten tiles an open report names, at most (the rest are counted).
 pub const TILES_NAMED_MAX: usize = 8;
-/// Certified sizes waiting for their certificate record to be durable, at
-/// most; the oldest is dropped beyond it (a later size covers its tiles).
-pub const TILES_PENDING_MAX: usize = 1024;
 
 /// File mode of tile files: public data (hashes only, no PHI: P3).
 const TILE_MODE: u32 = 0o644;
@@ -71,8 +71,6 @@ pub struct TileStore {
     /// The tree size the stored tiles are known to match (None: not known,
     /// so the next write checks the right edge first).
     written: Option<u64>,
-    /// Certified sizes whose certificate record is not yet known durable.
-    pending: VecDeque<(u64, Ticket, DurableProbe)>,
     /// A write failed: nothing more is written until the next open.
     failed: bool,
     read_only: bool,
@@ -84,7 +82,6 @@ impl TileStore {
         TileStore {
             dir: TileDir::new(root),
             written: None,
-            pending: VecDeque::new(),
             failed: false,
             read_only,
         }
@@ -144,46 +141,6 @@ impl TileStore {
             }
         }
         report
-    }
-
-    /// Notes that the tree of `size` leaves was certified by the record of
-    /// `ticket`, and writes the tiles of every certified size whose record
-    /// is durable by now (never waits).
-    pub fn certified(&mut self, tree: &MerkleTree, size: u64, ticket: Ticket, probe: DurableProbe) {
-        if self.read_only || self.failed {
-            return;
-        }
-        if self.pending.len() >= TILES_PENDING_MAX {
-            self.pending.pop_front();
-        }
-        self.pending.push_back((size, ticket, probe));
-        self.catch_up(tree);
-    }
-
-    /// Writes the tiles of the largest certified size whose record is
-    /// durable (after a flush: every pending one).
-    pub fn catch_up(&mut self, tree: &MerkleTree) {
-        let mut durable = None;
-        while let Some((size, ticket, probe)) = self.pending.front() {
-            match probe.is_durable(*ticket) {
-                Ok(true) => durable = Some(*size),
-                Ok(false) => break,
-                // A closed or failed store: whether the record made it is
-                // decided at the next open, which checks the tiles anyway.
-                Err(_) => {}
-            }
-            self.pending.pop_front();
-        }
-        let Some(size) = durable.filter(|size| *size <= tree.len()) else {
-            return;
-        };
-        if self.failed || self.written.is_some_and(|written| written >= size) {
-            return;
-        }
-        if let Err(e) = self.write_size(tree, size) {
-            tracing::warn!(error = %e, "writing tiles failed; they are rebuilt at the next open");
-            self.failed = true;
-        }
     }
 
     /// Writes the tiles of the tree of `size` leaves that differ from what
@@ -248,59 +205,69 @@ impl TileStore {
         stored.is_some() && stored == tile_from_tree(tree, id)
     }
 
-    /// Writes a full tile durably, then drops the partial tiles it replaces.
     fn write_full(&self, tree: &MerkleTree, id: TileId) -> Result<(), TileWriteError> {
-        let path = self.dir.path(id);
         let hashes = tile_from_tree(tree, id).expect("the tree holds every tile below its size");
-        ensure_dir(parent(&path))?;
-        crate::fsutil::replace_durable(&path, &encode_hash_tile(&hashes), TILE_MODE).map_err(
-            |source| TileWriteError {
-                path: path.clone(),
-                source,
-            },
-        )?;
-        let partials = self.dir.partial_dir(id.level(), id.index());
-        match std::fs::remove_dir_all(&partials) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(TileWriteError {
-                path: partials,
-                source: e,
-            }),
-            _ => Ok(()),
-        }
+        write_full(&self.dir, id, &hashes)
     }
 
-    /// Writes a partial tile (temporary file and rename, no fsync: open
-    /// rebuilds a lost or torn one), then drops the narrower ones.
     fn write_partial(&self, tree: &MerkleTree, id: TileId) -> Result<(), TileWriteError> {
-        let path = self.dir.path(id);
-        let dir = parent(&path);
         let hashes = tile_from_tree(tree, id).expect("the tree holds every tile below its size");
-        ensure_dir(dir)?;
-        let temp = path.with_extension("tmp");
-        let io_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| TileWriteError { path, source }
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(TILE_MODE)
-            .open(&temp)
-            .map_err(io_error(&temp))?;
-        file.write_all(&encode_hash_tile(&hashes))
-            .map_err(io_error(&temp))?;
-        drop(file);
-        std::fs::rename(&temp, &path).map_err(io_error(&path))?;
-        let entries = std::fs::read_dir(dir).map_err(io_error(dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_error(dir))?;
-            if entry.path() != path {
-                std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
-            }
-        }
-        Ok(())
+        write_partial(&self.dir, id, &hashes)
     }
+}
+
+/// Writes a full tile durably, then drops the partial tiles it replaces.
+fn write_full(dir: &TileDir, id: TileId, hashes: &[Hash]) -> Result<(), TileWriteError> {
+    assert_eq!(hashes.len(), usize::from(id.width()), "tile {id}");
+    let path = dir.path(id);
+    ensure_dir(parent(&path))?;
+    crate::fsutil::replace_durable(&path, &encode_hash_tile(hashes), TILE_MODE).map_err(
+        |source| TileWriteError {
+            path: path.clone(),
+            source,
+        },
+    )?;
+    let partials = dir.partial_dir(id.level(), id.index());
+    match std::fs::remove_dir_all(&partials) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(TileWriteError {
+            path: partials,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a partial tile (temporary file and rename, no fsync: open
+/// rebuilds a lost or torn one), then drops the narrower ones.
+fn write_partial(tiles: &TileDir, id: TileId, hashes: &[Hash]) -> Result<(), TileWriteError> {
+    assert_eq!(hashes.len(), usize::from(id.width()), "tile {id}");
+    let path = tiles.path(id);
+    let dir = parent(&path);
+    ensure_dir(dir)?;
+    let temp = path.with_extension("tmp");
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TileWriteError { path, source }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(TILE_MODE)
+        .open(&temp)
+        .map_err(io_error(&temp))?;
+    file.write_all(&encode_hash_tile(hashes))
+        .map_err(io_error(&temp))?;
+    drop(file);
+    std::fs::rename(&temp, &path).map_err(io_error(&path))?;
+    let entries = std::fs::read_dir(dir).map_err(io_error(dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        if entry.path() != path {
+            std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// How many hashes level `level` of the tree of `size` leaves has.
