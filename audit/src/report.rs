@@ -645,9 +645,11 @@ impl Report {
         }
         self.break_glass_text(&mut out);
         for key in &self.key_history {
-            let logged = key.logged_at.map_or("not in the log".to_string(), |p| {
-                format!("logged at position {p}")
-            });
+            let logged = match (key.logged_at, key.from_op) {
+                (Some(p), _) => format!("logged at position {p}"),
+                (None, 0) => "the key pinned first".to_string(),
+                (None, _) => "not in the log".to_string(),
+            };
             let pinned = if key.pinned {
                 "pinned"
             } else {
