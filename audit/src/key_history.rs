@@ -349,7 +349,7 @@ pub enum HistoryProblem {
     /// the log holds an op at or after it (its certificate needs the key).
     Unlogged {
         /// The rotation.
-        rotation: KeyRotation,
+        rotation: Box<KeyRotation>,
     },
 }
 
@@ -423,7 +423,7 @@ pub fn reconcile(
             .map(|(position, _)| *position);
         if logged_at.is_none() && last_op.is_some_and(|op| op >= rotation.from_op) {
             problems.push(HistoryProblem::Unlogged {
-                rotation: rotation.clone(),
+                rotation: Box::new(rotation.clone()),
             });
         }
         entries.push(HistoryEntry {
@@ -736,7 +736,7 @@ mod tests {
         assert_eq!(
             problems,
             vec![HistoryProblem::Unlogged {
-                rotation: r1.clone()
+                rotation: Box::new(r1.clone())
             }]
         );
         assert!(
