@@ -264,6 +264,24 @@ async fn signing_key_rotation_on_a_cluster() {
         .wait_commit(&[0, 1, 2], after.op, WAIT)
         .await
         .expect("the third replica catches up");
+    // Replica 1 announces its rotation in the log at its start; `vellum
+    // verify` with the pinned line requires it there (check "key history").
+    let logged = data1.join("keys/signing-rotations.logged");
+    for poll in 0.. {
+        if std::fs::read_to_string(&logged).ok().as_deref() == Some("1\n") {
+            break;
+        }
+        assert!(poll < 600, "the announcement never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = client
+        .append(AFTER, payloads(AFTER), None)
+        .await
+        .expect("an append after the announcement");
+    cluster
+        .wait_commit(&[0, 1, 2], last.op, WAIT)
+        .await
+        .expect("every replica holds the announcement");
     cluster.stop().expect("stop the cluster");
     let (code, out, err) =
         vellum_cli(&["verify", "--data-dir", s(&data1), "--policy", s(&auditor)]);

@@ -25,9 +25,11 @@
 //!
 //! The policy file pins these lines (`Policy::parse` checks them through
 //! [`KeyHistory::add`]), `Certificate::verify` applies the keys in force
-//! at a checkpoint's op, and `vellum keys rotate-signing` makes them. Not
-//! built yet: the announcement as a certified op on a system stream (see
-//! docs/format.md, "Signing-key rotation").
+//! at a checkpoint's op, and `vellum keys rotate-signing` makes them. The
+//! rotated replica then commits the same line in the access trail
+//! (`signing_key_rotated`), and [`reconcile`] compares the rotations the
+//! log announces with those the auditor pinned (docs/format.md,
+//! "Signing-key rotation", "In the log").
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -291,6 +293,164 @@ impl KeyHistory {
     }
 }
 
+/// Whether `rotation` may be announced in the log under `policy` (what a
+/// primary checks before it commits a replica's announcement): already
+/// pinned as is, or a valid next rotation of the history `policy` pins.
+pub fn check_announcement(policy: &Policy, rotation: &KeyRotation) -> Result<(), KeyHistoryError> {
+    if policy.rotations.contains(rotation) {
+        return Ok(());
+    }
+    policy.key_history().add(rotation.clone())
+}
+
+/// One rotation announced in the log: where, and the announced line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRotation {
+    /// The global position of the trail event that carries it.
+    pub position: u64,
+    /// The event's principal (must be the replica's key name).
+    pub principal: String,
+    /// The event's `detail`: the pinned line as announced.
+    pub line: String,
+}
+
+/// One key of one replica's history, as a verification reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The replica.
+    pub replica: usize,
+    /// The first op the key signs (0 for the key pinned first).
+    pub from_op: u64,
+    /// The key.
+    pub key: Verifier,
+    /// Pinned in the auditor's policy (the key counts).
+    pub pinned: bool,
+    /// Where the log announces it (`None`: the key pinned first, or a
+    /// pinned rotation the log does not hold).
+    pub logged_at: Option<u64>,
+    /// The rotation's pinned line (`None` for a key pinned first).
+    pub line: Option<String>,
+}
+
+/// What is wrong with the rotations of a log measured against a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryProblem {
+    /// An announcement in the log that does not parse, names another
+    /// principal than the replica's key name, or does not verify under the
+    /// key in force (chained from the pinned keys through the announcements
+    /// before it).
+    Invalid {
+        /// The trail position.
+        position: u64,
+        /// Why.
+        why: String,
+    },
+    /// A pinned rotation that no announcement in the log holds, although
+    /// the log holds an op at or after it (its certificate needs the key).
+    Unlogged {
+        /// The rotation.
+        rotation: Box<KeyRotation>,
+    },
+}
+
+/// The key history of a log against `policy`: each replica's keys (pinned
+/// first, then every valid announcement in the log and every pinned
+/// rotation), and the problems. `logged` in trail order; identical
+/// announcements count once (a replica that crashed after its announcement
+/// committed announces it again). `last_op`: the newest op the log holds
+/// (a pinned rotation from a later op is not needed yet; `None`: name no
+/// rotation unlogged).
+///
+/// Trust rule: only pinned rotations make a key count (the certificates
+/// were checked against the policy alone). A valid announcement the policy
+/// does not pin is listed with `pinned: false` and is no problem: the
+/// auditor decides whether to pin it.
+pub fn reconcile(
+    policy: &Policy,
+    logged: &[LoggedRotation],
+    last_op: Option<u64>,
+) -> (Vec<HistoryEntry>, Vec<HistoryProblem>) {
+    let mut base = policy.clone();
+    base.rotations = Vec::new();
+    let mut history = KeyHistory::new(base.clone());
+    let mut problems = Vec::new();
+    let mut announced: Vec<(u64, KeyRotation)> = Vec::new();
+    for entry in logged.iter().take(KEY_ROTATIONS_MAX) {
+        let invalid = |why: String| HistoryProblem::Invalid {
+            position: entry.position,
+            why,
+        };
+        let rotation = match KeyRotation::parse_line(&entry.line) {
+            Ok(rotation) => rotation,
+            Err(e) => {
+                problems.push(invalid(e.to_string()));
+                continue;
+            }
+        };
+        let name = base.verifiers.get(rotation.replica).map(Verifier::name);
+        if name != Some(entry.principal.as_str()) {
+            problems.push(invalid(format!(
+                "announced by {:?}, not by replica {}'s key name",
+                entry.principal, rotation.replica
+            )));
+            continue;
+        }
+        if announced.iter().any(|(_, r)| r == &rotation) {
+            continue;
+        }
+        match history.add(rotation.clone()) {
+            Ok(()) => announced.push((entry.position, rotation)),
+            Err(e) => problems.push(invalid(e.to_string())),
+        }
+    }
+    let mut entries: Vec<HistoryEntry> = base
+        .verifiers
+        .iter()
+        .enumerate()
+        .map(|(replica, key)| HistoryEntry {
+            replica,
+            from_op: 0,
+            key: key.clone(),
+            pinned: true,
+            logged_at: None,
+            line: None,
+        })
+        .collect();
+    for rotation in &policy.rotations {
+        let logged_at = announced
+            .iter()
+            .find(|(_, r)| r == rotation)
+            .map(|(position, _)| *position);
+        if logged_at.is_none() && last_op.is_some_and(|op| op >= rotation.from_op) {
+            problems.push(HistoryProblem::Unlogged {
+                rotation: Box::new(rotation.clone()),
+            });
+        }
+        entries.push(HistoryEntry {
+            replica: rotation.replica,
+            from_op: rotation.from_op,
+            key: rotation.new.clone(),
+            pinned: true,
+            logged_at,
+            line: Some(rotation.to_line()),
+        });
+    }
+    for (position, rotation) in &announced {
+        if !policy.rotations.contains(rotation) {
+            entries.push(HistoryEntry {
+                replica: rotation.replica,
+                from_op: rotation.from_op,
+                key: rotation.new.clone(),
+                pinned: false,
+                logged_at: Some(*position),
+                line: Some(rotation.to_line()),
+            });
+        }
+    }
+    entries.sort_by_key(|e| (e.replica, e.from_op, !e.pinned));
+    (entries, problems)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +679,100 @@ mod tests {
             "rotation 1 100 nonsense\nquorum replicas\n",
         );
         assert!(Policy::parse(&garbled).is_err());
+    }
+
+    fn logged(position: u64, principal: &str, rotation: &KeyRotation) -> LoggedRotation {
+        LoggedRotation {
+            position,
+            principal: principal.to_string(),
+            line: rotation.to_line(),
+        }
+    }
+
+    /// Goal: `reconcile` lists each replica's keys with where the log
+    /// announces them; a pinned rotation the log holds is both pinned and
+    /// logged; a valid announcement the policy does not pin is listed
+    /// unpinned and is no problem; duplicates count once; a pinned
+    /// rotation missing from the log is a problem only once the log
+    /// holds its op; tampered, misattributed and unparsable
+    /// announcements are named by position.
+    #[test]
+    fn reconcile_names_unlogged_pins_and_bad_announcements() {
+        let (history, signers) = history();
+        let base = history.base.clone();
+        let names: Vec<String> = signers.iter().map(|s| s.name().to_string()).collect();
+        let new1 = signer("vellum-00112233-r1", 9);
+        let r1 = KeyRotation::sign(ORIGIN, 1, 100, &signers[1], &new1);
+        let new2 = signer("vellum-00112233-r2", 10);
+        let r2 = KeyRotation::sign(ORIGIN, 2, 150, &signers[2], &new2);
+        let pinned = base.clone().with_rotations(vec![r1.clone()]).expect("pins");
+
+        let log = [
+            logged(7, &names[1], &r1),
+            logged(9, &names[1], &r1),
+            logged(12, &names[2], &r2),
+        ];
+        let (entries, problems) = reconcile(&pinned, &log, Some(200));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(entries.len(), 5, "three pinned keys, r1, r2");
+        let r1_entry = entries
+            .iter()
+            .find(|e| e.key == new1.verifier())
+            .expect("r1");
+        assert_eq!(
+            (r1_entry.pinned, r1_entry.logged_at, r1_entry.from_op),
+            (true, Some(7), 100)
+        );
+        let r2_entry = entries
+            .iter()
+            .find(|e| e.key == new2.verifier())
+            .expect("r2");
+        assert_eq!((r2_entry.pinned, r2_entry.logged_at), (false, Some(12)));
+
+        // The pinned rotation absent from the log: needed at op 100 or later.
+        let (_, problems) = reconcile(&pinned, &[], Some(99));
+        assert!(problems.is_empty(), "{problems:?}");
+        let (entries, problems) = reconcile(&pinned, &[], Some(100));
+        assert_eq!(
+            problems,
+            vec![HistoryProblem::Unlogged {
+                rotation: Box::new(r1.clone())
+            }]
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.key == new1.verifier() && e.logged_at.is_none())
+        );
+
+        // Tampered: a changed op, a signature swapped, another principal, garbage.
+        let mut moved = r1.clone();
+        moved.from_op = 101;
+        let mut swapped = r1.clone();
+        swapped.new_signature = swapped.old_signature;
+        let bad = [
+            logged(20, &names[1], &moved),
+            logged(21, &names[1], &swapped),
+            logged(22, &names[0], &r1),
+            LoggedRotation {
+                position: 23,
+                principal: names[1].clone(),
+                line: "rotation 1 x".into(),
+            },
+        ];
+        let (_, problems) = reconcile(&base, &bad, Some(200));
+        let positions: Vec<u64> = problems
+            .iter()
+            .map(|p| match p {
+                HistoryProblem::Invalid { position, .. } => *position,
+                HistoryProblem::Unlogged { .. } => u64::MAX,
+            })
+            .collect();
+        assert_eq!(positions, vec![20, 21, 22, 23]);
+        // A primary accepts the valid next announcement (or one pinned as is)
+        // and refuses a tampered one.
+        check_announcement(&base, &r1).expect("next rotation");
+        check_announcement(&pinned, &r1).expect("pinned as is");
+        assert!(check_announcement(&base, &moved).is_err());
     }
 }

@@ -60,6 +60,31 @@ pub struct BreakGlassUse {
     pub expires_ns: u64,
 }
 
+/// One key of one replica's history as the report shows it (the
+/// `key_history` section, see `key_history::reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyHistoryKey {
+    /// The replica's index in the policy.
+    pub replica: usize,
+    /// The first op whose checkpoints the key signs (0: pinned first).
+    pub from_op: u64,
+    /// The key's name.
+    pub name: String,
+    /// The key's id, lowercase hex.
+    pub key_id: String,
+    /// Pinned in the policy: only pinned keys count toward a quorum.
+    pub pinned: bool,
+    /// The global position of the access-trail event that announces it in
+    /// the log (absent: a key pinned first, or a pinned rotation the
+    /// verified trail does not hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logged_at: Option<u64>,
+    /// The rotation's `rotation` line (absent for a key pinned first): an
+    /// auditor who decides to trust an unpinned one pins this line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
+}
+
 /// One failed expectation and where it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
@@ -120,6 +145,13 @@ pub enum FailureKind {
     ConfigMismatch,
     /// An export bundle whose files, manifest or signature do not agree.
     BundleMismatch,
+    /// A signing-key rotation announced in the log that does not parse,
+    /// names another principal than the replica, or does not verify under
+    /// the key in force and the new key.
+    KeyRotationInvalid,
+    /// A signing-key rotation pinned in the policy that no announcement in
+    /// the log holds, although the log holds an op from its op on (whose certificate needs its key).
+    KeyRotationUnlogged,
 }
 
 /// How a check ended.
@@ -469,6 +501,12 @@ pub struct Report {
     pub break_glass: Vec<BreakGlassUse>,
     /// Break-glass uses beyond [`BREAK_GLASS_LISTED_MAX`], not listed.
     pub break_glass_dropped: u64,
+    /// Each replica's signing keys: pinned first, then every rotation
+    /// pinned or announced in the verified access trail, by replica and
+    /// op. Absent from the JSON when no rotation is pinned or announced
+    /// (so a report without rotations reads as before).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_history: Vec<KeyHistoryKey>,
 }
 
 impl Report {
@@ -505,7 +543,16 @@ impl Report {
             reached_frontier: None,
             break_glass: Vec::new(),
             break_glass_dropped: 0,
+            key_history: Vec::new(),
         }
+    }
+
+    /// Sets the `key_history` section (kept empty when it holds only the
+    /// keys pinned first: nothing rotated).
+    pub fn with_key_history(mut self, keys: Vec<KeyHistoryKey>) -> Report {
+        let rotated = keys.iter().any(|k| k.from_op > 0);
+        self.key_history = if rotated { keys } else { Vec::new() };
+        self
     }
 
     /// Lists `uses` (sorted by position, bounded by
@@ -597,6 +644,28 @@ impl Report {
             let _ = writeln!(out, "failures in {places}; {not_run} checks not run");
         }
         self.break_glass_text(&mut out);
+        for key in &self.key_history {
+            let logged = match (key.logged_at, key.from_op) {
+                (Some(p), _) => format!("logged at position {p}"),
+                (None, 0) => "the key pinned first".to_string(),
+                (None, _) => "not in the log".to_string(),
+            };
+            let pinned = if key.pinned {
+                "pinned"
+            } else {
+                "NOT pinned (does not count)"
+            };
+            let _ = writeln!(
+                out,
+                "key history: replica {} from op {} key {} id {}: {pinned}, {logged}",
+                key.replica, key.from_op, key.name, key.key_id
+            );
+            if !key.pinned
+                && let Some(line) = &key.line
+            {
+                let _ = writeln!(out, "  to trust it, pin: {line}");
+            }
+        }
         if let Some(since) = &self.since {
             let _ = writeln!(
                 out,

@@ -19,6 +19,7 @@
 //! verify       audit-event-type rest      restful-interaction operation     E
 //! auth_failed  DCM 110114 User Authentication  DCM 110122 Login            E
 //! kek_rotated  DCM 110113 Security Alert       DCM 110129 Security Configuration  E
+//! signing_key_rotated  (as kek_rotated)
 //! break_glass  DCM 110110 Patient Record  restful-interaction operation     E
 //! ```
 //!
@@ -125,8 +126,9 @@ fn coding_of(action: AccessAction) -> Coding {
         }
         AccessAction::BreakGlass => patient_record("operation", "E"),
         // DICOM CID 403 "Security Alert Type": a key-encryption key
-        // changed is a change of the security configuration.
-        AccessAction::KekRotated => Coding {
+        // or a replica signing key changed is a change of the security
+        // configuration.
+        AccessAction::KekRotated | AccessAction::SigningKeyRotated => Coding {
             type_system: DICOM_SYSTEM,
             type_code: "110113",
             type_display: "Security Alert",

@@ -68,6 +68,13 @@ pub enum AccessAction {
     /// recorded by that replica at its next start; `detail` names the old
     /// and new KEK fingerprints, never key material.
     KekRotated,
+    /// A replica's signing key rotated (`vellum keys rotate-signing`):
+    /// recorded by that replica at its next start; `detail` is the
+    /// rotation's pinned line `rotation <replica> <op> <new vkey> <old sig>
+    /// <new sig>` (public: the announcement signed by the old and the new
+    /// key, see docs/format.md "Signing-key rotation"), which `vellum
+    /// verify` reads from the log to report each replica's key history.
+    SigningKeyRotated,
     /// A consumer group created, deleted or looked at, or events of it
     /// acked, nacked, listed as parked or replayed (no patient data; a
     /// group's deliveries are recorded as `subscribe`).
@@ -95,6 +102,7 @@ impl AccessAction {
             AccessAction::AuthFailed => "auth_failed",
             AccessAction::BreakGlass => "break_glass",
             AccessAction::KekRotated => "kek_rotated",
+            AccessAction::SigningKeyRotated => "signing_key_rotated",
             AccessAction::ConsumerGroup => "consumer_group",
         }
     }
@@ -248,6 +256,33 @@ impl AccessEvent {
     /// stream, or lists it among the streams returned.
     pub fn names_stream(&self, stream: u64) -> bool {
         self.stream == Some(stream) || self.streams.as_ref().is_some_and(|s| s.contains(&stream))
+    }
+}
+
+/// The trail event announcing one signing-key rotation (`line`: its pinned
+/// `rotation` line) by the replica whose key name is `principal`: role
+/// `system`, no stream, the line whole in `detail` (docs/format.md,
+/// "Signing-key rotation", step 5).
+pub fn signing_key_rotated_event(principal: &str, time_ns: u64, line: &str) -> AccessEvent {
+    AccessEvent {
+        v: ACCESS_EVENT_VERSION,
+        time_ns,
+        principal: principal.to_string(),
+        role: "system".to_string(),
+        action: AccessAction::SigningKeyRotated,
+        stream: None,
+        from: None,
+        to: None,
+        purpose: None,
+        outcome: "success".to_string(),
+        remote: None,
+        detail: Some(line.to_string()),
+        recipient: None,
+        description: None,
+        streams: None,
+        streams_truncated: false,
+        count: None,
+        break_glass: None,
     }
 }
 

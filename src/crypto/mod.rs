@@ -58,8 +58,9 @@ pub use signing::{
 };
 pub use signing_rotation::{
     NEXT_SIGNING_KEY_FILE, PinRotation, SIGNING_ROTATION_JOURNAL_FILE, SIGNING_ROTATIONS_FILE,
-    SIGNING_ROTATIONS_MAX, SigningKeyHome, SigningRecovery, recover_signing_rotation,
-    rotate_signing_key, signing_rotations,
+    SIGNING_ROTATIONS_LOGGED_FILE, SIGNING_ROTATIONS_MAX, SigningKeyHome, SigningRecovery,
+    pending_signing_announcements, recover_signing_rotation, rotate_signing_key,
+    signing_announcements_logged, signing_rotations,
 };
 
 /// Refuses a key file or directory that group or others may access (the key

@@ -43,6 +43,10 @@ pub const SIGNING_ROTATION_JOURNAL_FILE: &str = "signing-rotation";
 pub const NEXT_SIGNING_KEY_FILE: &str = "signing.next";
 /// Every rotation this replica made, one pinned line each (public).
 pub const SIGNING_ROTATIONS_FILE: &str = "signing-rotations";
+/// How many of the first rotations in `keys/signing-rotations` have their
+/// announcement committed in the log (a decimal count and a newline;
+/// absent: none). The rest are announced at the replica's next start.
+pub const SIGNING_ROTATIONS_LOGGED_FILE: &str = "signing-rotations.logged";
 /// Most rotations `keys/signing-rotations` holds.
 pub const SIGNING_ROTATIONS_MAX: usize = 256;
 /// Version of the journal.
@@ -206,6 +210,47 @@ pub fn signing_rotations(keys_dir: &Path) -> Result<Vec<KeyRotation>, CryptoErro
                 .map_err(|e| CryptoError::format(&path, format!("line {}: {e}", i + 1)))
         })
         .collect()
+}
+
+/// The rotations this replica made whose announcement is not yet
+/// committed in the log, oldest first: those in `keys/signing-rotations`
+/// after the count in `keys/signing-rotations.logged`. Durable by
+/// construction (the rotation wrote them before it destroyed the old key),
+/// so a crash at any point delays an announcement, never loses it.
+pub fn pending_signing_announcements(keys_dir: &Path) -> Result<Vec<KeyRotation>, CryptoError> {
+    let made = signing_rotations(keys_dir)?;
+    let logged = logged_announcements(keys_dir)?;
+    Ok(made.get(logged..).unwrap_or_default().to_vec())
+}
+
+/// Marks the first `recorded` pending announcements as committed in the
+/// log, durably (an atomic replace of `keys/signing-rotations.logged`). A
+/// crash between the commit and this leaves them pending: the next start
+/// announces them again, and the log holds the same line twice (verifiers
+/// take identical announcements as one).
+pub fn signing_announcements_logged(keys_dir: &Path, recorded: usize) -> Result<(), CryptoError> {
+    let made = signing_rotations(keys_dir)?.len();
+    let logged = logged_announcements(keys_dir)?
+        .saturating_add(recorded)
+        .min(made);
+    fsutil::replace_private(
+        &keys_dir.join(SIGNING_ROTATIONS_LOGGED_FILE),
+        format!("{logged}\n").as_bytes(),
+    )
+}
+
+fn logged_announcements(keys_dir: &Path) -> Result<usize, CryptoError> {
+    let path = keys_dir.join(SIGNING_ROTATIONS_LOGGED_FILE);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let bytes = read_store_file(&path)?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.strip_suffix('\n'))
+        .and_then(|count| count.parse::<usize>().ok())
+        .filter(|count| *count <= SIGNING_ROTATIONS_MAX)
+        .ok_or_else(|| CryptoError::format(&path, "not a count of logged rotations"))
 }
 
 /// Rolls forward from the commit point; each step is skipped when a crash
@@ -486,6 +531,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Goal: every rotation made is pending for the log until marked
+    /// logged, marking is cumulative and bounded by the rotations made, and
+    /// a later rotation is pending again (nothing is lost or repeated).
+    #[test]
+    fn announcements_stay_pending_until_logged() {
+        let mut fixture = Fixture::new();
+        assert!(
+            pending_signing_announcements(&fixture.keys)
+                .expect("none")
+                .is_empty()
+        );
+        let first = fixture.rotate(10, &mut CrashGate::never()).expect("first");
+        let second = fixture.rotate(20, &mut CrashGate::never()).expect("second");
+        assert_eq!(
+            pending_signing_announcements(&fixture.keys).expect("pending"),
+            vec![first, second.clone()]
+        );
+        signing_announcements_logged(&fixture.keys, 1).expect("mark");
+        assert_eq!(
+            pending_signing_announcements(&fixture.keys).expect("pending"),
+            vec![second]
+        );
+        signing_announcements_logged(&fixture.keys, 5).expect("mark beyond");
+        assert!(
+            pending_signing_announcements(&fixture.keys)
+                .expect("none")
+                .is_empty()
+        );
+        let third = fixture.rotate(30, &mut CrashGate::never()).expect("third");
+        assert_eq!(
+            pending_signing_announcements(&fixture.keys).expect("pending"),
+            vec![third]
+        );
+        std::fs::write(fixture.keys.join(SIGNING_ROTATIONS_LOGGED_FILE), b"x\n").expect("garble");
+        assert!(pending_signing_announcements(&fixture.keys).is_err());
     }
 
     /// Goal: the steps counted above are all the steps there are (so the

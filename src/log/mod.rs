@@ -737,8 +737,58 @@ impl LocalLog {
             // either way, a certificate signed during open is reported.
             report.recertified = log.lock().certificates.len() as u64 > report.certificates;
             log.catch_up_index()?;
+            // A replica alone commits its own signing-key announcements
+            // here (a replica of a cluster through the server, which
+            // relays them to the primary: `server::rotations`).
+            if log.cluster_shell.is_none() {
+                log.announce_signing_rotations();
+            }
         }
         Ok((log, report))
+    }
+
+    /// Commits in the access trail the signing-key rotations of this
+    /// replica whose announcement is not in the log yet
+    /// (`crypto::pending_signing_announcements`), then marks them logged.
+    /// A failure is logged and leaves them pending for the next open: the
+    /// log stays usable, and `vellum verify` names a pinned rotation the
+    /// log lacks.
+    fn announce_signing_rotations(&self) {
+        let keys = self.dir.keys();
+        let announce = || -> Result<usize, String> {
+            let pending =
+                crate::crypto::pending_signing_announcements(&keys).map_err(|e| e.to_string())?;
+            if pending.is_empty() {
+                return Ok(0);
+            }
+            let principal = self.signer.name().to_string();
+            let events = pending
+                .iter()
+                .map(|rotation| {
+                    vellum_audit::key_history::check_announcement(&self.policy, rotation)
+                        .map_err(|e| format!("{}: {e}", rotation.to_line()))?;
+                    let event = vellum_compliance::trail::signing_key_rotated_event(
+                        &principal,
+                        now_ns(),
+                        &rotation.to_line(),
+                    );
+                    Ok(Bytes::from(event.to_payload()))
+                })
+                .collect::<Result<Vec<Bytes>, String>>()?;
+            self.append_trail(&events).map_err(|e| e.to_string())?;
+            crate::crypto::signing_announcements_logged(&keys, pending.len())
+                .map_err(|e| e.to_string())?;
+            Ok(pending.len())
+        };
+        match announce() {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(count, "recorded signing-key rotations in the access trail")
+            }
+            Err(why) => {
+                tracing::error!(%why, "signing-key rotations not recorded in the access trail; they stay pending until the next open")
+            }
+        }
     }
 
     fn storage_read_only(&self) -> bool {

@@ -679,6 +679,47 @@ impl Node for ReplicaNode {
             .map(|v| v.name().to_string())
     }
 
+    fn pending_signing_rotations(
+        &self,
+    ) -> Result<Vec<vellum_compliance::trail::AccessEvent>, TrailError> {
+        let rotations = crate::crypto::pending_signing_announcements(&self.log.data_dir().keys())
+            .map_err(|e| TrailError::Internal(internal_signing_fault(&e)))?;
+        let principal = self.log.signer().name().to_string();
+        let policy = self.log.policy();
+        let time_ns = crate::log::now_ns();
+        rotations
+            .iter()
+            .map(|rotation| {
+                // Never announce what a verifier would refuse: a line
+                // edited on disk is an operator's problem to fix, named here.
+                vellum_audit::key_history::check_announcement(policy, rotation).map_err(|e| {
+                    TrailError::Internal(crate::server::node::InternalFault::new(
+                        crate::server::node::FaultKind::Crypto,
+                        format!("signing-key rotation in keys/signing-rotations is refused: {e}"),
+                    ))
+                })?;
+                Ok(vellum_compliance::trail::signing_key_rotated_event(
+                    &principal,
+                    time_ns,
+                    &rotation.to_line(),
+                ))
+            })
+            .collect()
+    }
+
+    fn signing_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
+        crate::crypto::signing_announcements_logged(&self.log.data_dir().keys(), recorded)
+            .map_err(|e| TrailError::Internal(internal_signing_fault(&e)))
+    }
+
+    fn check_signing_rotation(
+        &self,
+        replica: u8,
+        event: &vellum_compliance::trail::AccessEvent,
+    ) -> Result<(), String> {
+        check_signing_rotation_event(self.log.policy(), replica, event)
+    }
+
     fn kek_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
         crate::crypto::clear_rotation_records(&self.log.data_dir().keys(), recorded)
             .map_err(|e| TrailError::Internal(internal_kek_fault(&e)))
@@ -725,6 +766,39 @@ fn kek_rotated_event(
         count: None,
         break_glass: None,
     }
+}
+
+/// Whether replica `replica` may commit the `signing_key_rotated` event
+/// `event` under `policy` (see `Node::check_signing_rotation`).
+pub(crate) fn check_signing_rotation_event(
+    policy: &vellum_audit::policy::Policy,
+    replica: u8,
+    event: &vellum_compliance::trail::AccessEvent,
+) -> Result<(), String> {
+    let own_name = policy.verifiers.get(usize::from(replica)).map(|v| v.name());
+    if own_name != Some(event.principal.as_str()) {
+        return Err(format!(
+            "a signing_key_rotated record must name the relaying replica {replica} as principal"
+        ));
+    }
+    let line = event.detail.as_deref().unwrap_or_default();
+    let rotation = vellum_audit::key_history::KeyRotation::parse_line(line)
+        .map_err(|e| format!("signing_key_rotated detail: {e}"))?;
+    if rotation.replica != usize::from(replica) {
+        return Err(format!(
+            "replica {replica} may announce only its own rotations, not replica {}'s",
+            rotation.replica
+        ));
+    }
+    vellum_audit::key_history::check_announcement(policy, &rotation)
+        .map_err(|e| format!("signing_key_rotated refused: {e}"))
+}
+
+fn internal_signing_fault(error: &CryptoError) -> crate::server::node::InternalFault {
+    crate::server::node::InternalFault::new(
+        crate::server::node::FaultKind::Crypto,
+        format!("signing-key rotation records: {error}"),
+    )
 }
 
 fn internal_kek_fault(error: &CryptoError) -> crate::server::node::InternalFault {
@@ -886,5 +960,63 @@ mod tests {
                 max: crate::log::EXPORT_EVENTS_MAX
             }
         );
+    }
+
+    /// Goal: a primary commits a relayed signing-key announcement only
+    /// when it is the relaying replica's own (principal and rotated
+    /// replica) and verifies under the primary's policy; a tampered op, a
+    /// swapped signature, another replica's name or rotation, and garbage
+    /// are refused with what is wrong.
+    #[test]
+    fn a_relayed_signing_rotation_must_be_the_replicas_own_and_verify() {
+        use vellum_audit::key_history::KeyRotation;
+        use vellum_audit::note::Signer;
+        use vellum_compliance::trail::signing_key_rotated_event;
+        const ORIGIN: &str = "vellum.local/cluster/00112233445566778899aabbccddeeff";
+        let signers: Vec<Signer> = (0..3u8)
+            .map(|i| {
+                Signer::from_seed(&format!("vellum-00112233-r{i}"), [i + 1; 32]).expect("name")
+            })
+            .collect();
+        let policy = vellum_audit::policy::Policy::new(
+            ORIGIN,
+            signers.iter().map(Signer::verifier).collect(),
+            2,
+        )
+        .expect("policy");
+        let new = Signer::from_seed("vellum-00112233-r1", [9; 32]).expect("name");
+        let rotation = KeyRotation::sign(ORIGIN, 1, 50, &signers[1], &new);
+        let event = |principal: &str, line: String| signing_key_rotated_event(principal, 1, &line);
+        let name1 = signers[1].name();
+        check_signing_rotation_event(&policy, 1, &event(name1, rotation.to_line()))
+            .expect("its own, verifying");
+        let pinned = policy
+            .clone()
+            .with_rotations(vec![rotation.clone()])
+            .expect("pins");
+        check_signing_rotation_event(&pinned, 1, &event(name1, rotation.to_line()))
+            .expect("pinned as is");
+        let mut moved = rotation.clone();
+        moved.from_op = 51;
+        let mut swapped = rotation.clone();
+        swapped.new_signature = swapped.old_signature;
+        let of_replica_2 = KeyRotation::sign(ORIGIN, 2, 50, &signers[2], &new);
+        for (replica, principal, line, why) in [
+            (1, name1, moved.to_line(), "not signed by its key in force"),
+            (1, name1, swapped.to_line(), "not signed by the new key"),
+            (1, signers[2].name(), rotation.to_line(), "as principal"),
+            (1, name1, of_replica_2.to_line(), "only its own rotations"),
+            (
+                2,
+                signers[2].name(),
+                rotation.to_line(),
+                "only its own rotations",
+            ),
+            (1, name1, "rotation 1 50 garbage".to_string(), "detail"),
+        ] {
+            let error = check_signing_rotation_event(&policy, replica, &event(principal, line))
+                .expect_err("refused");
+            assert!(error.contains(why), "{why}: {error}");
+        }
     }
 }

@@ -660,6 +660,28 @@ pub trait Node: Send + Sync + std::fmt::Debug + 'static {
         let _ = recorded;
         Ok(())
     }
+    /// Access-trail events (`signing_key_rotated`) of the signing-key
+    /// rotations this replica made while stopped (`vellum keys
+    /// rotate-signing`) whose announcement is not yet committed; oldest
+    /// first. Default: none.
+    fn pending_signing_rotations(&self) -> Result<Vec<AccessEvent>, TrailError> {
+        Ok(Vec::new())
+    }
+    /// Marks the first `recorded` pending signing-key rotation events as
+    /// committed.
+    fn signing_rotations_recorded(&self, recorded: usize) -> Result<(), TrailError> {
+        let _ = recorded;
+        Ok(())
+    }
+    /// Whether replica `replica` may have `event` (a `signing_key_rotated`
+    /// event it relayed) committed: its principal is that replica's key
+    /// name, and its `detail` is a rotation of that replica that this
+    /// replica's policy pins as is or accepts as the next one
+    /// (`vellum_audit::key_history::check_announcement`). Default: refused.
+    fn check_signing_rotation(&self, replica: u8, event: &AccessEvent) -> Result<(), String> {
+        let _ = (replica, event);
+        Err("this node checks no signing-key rotations".to_string())
+    }
     /// Decides a key-custody request (P6) and, if allowed, commits its
     /// event in the key-custody stream; a committed shred has destroyed
     /// this replica's keys of the stream when this returns.

@@ -88,7 +88,10 @@ pub(crate) async fn record_access(
     let events = events
         .into_iter()
         .map(|mut event| {
-            if event.action == AccessAction::KekRotated {
+            if matches!(
+                event.action,
+                AccessAction::KekRotated | AccessAction::SigningKeyRotated
+            ) {
                 return event;
             }
             let client = event.remote.as_deref().unwrap_or("unknown");
@@ -257,6 +260,17 @@ pub(crate) async fn accept(
         ))
         .into_response();
     }
+    // A signing-key rotation is the relaying replica's own, and its
+    // announcement must verify under this replica's policy (the key in
+    // force and the new key), so a replica's certificate cannot put a
+    // forged key history in the trail.
+    for (index, event) in events.iter().enumerate() {
+        if event.action == AccessAction::SigningKeyRotated
+            && let Err(why) = state.node.check_signing_rotation(replica, event)
+        {
+            return ApiError::bad_request(format!("relayed event {index}: {why}")).into_response();
+        }
+    }
     let recorded = events.len() as u64;
     tracing::debug!(
         replica,
@@ -302,8 +316,10 @@ fn check_relayed(event: &AccessEvent) -> Result<(), String> {
     );
     // A backup's own KEK rotation, recorded at its start (the only
     // non-read a backup relays; it names no stream).
-    let kek_rotated = event.action == AccessAction::KekRotated
-        && event.role == "system"
+    let kek_rotated = matches!(
+        event.action,
+        AccessAction::KekRotated | AccessAction::SigningKeyRotated
+    ) && event.role == "system"
         && event.stream.is_none();
     if !(read || kek_rotated) {
         return Err(format!(

@@ -1,9 +1,18 @@
-//! Records in the access trail the key-encryption key rotations made while
-//! this replica was stopped (`vellum keys rotate-kek` leaves them in
-//! `keys/kek-rotated.pending`), once the replica serves: at the primary
-//! through its own trail, at a backup through the relay. A record leaves
-//! the pending file only after its commit was confirmed, so a crash or a
-//! cluster without a primary delays the record, never loses it.
+//! Records in the access trail the key rotations made while this replica
+//! was stopped, once the replica serves: at the primary through its own
+//! trail, at a backup through the relay (whose primary checks a signing-key
+//! announcement under its own policy before it commits it).
+//!
+//! - key-encryption key rotations (`vellum keys rotate-kek` leaves them in
+//!   `keys/kek-rotated.pending`), as `kek_rotated`;
+//! - signing-key rotations (`vellum keys rotate-signing`: those in
+//!   `keys/signing-rotations` beyond the count in
+//!   `keys/signing-rotations.logged`), as `signing_key_rotated`, the
+//!   announcement's pinned line in `detail`, so auditors read the key
+//!   history from the log.
+//!
+//! A record leaves the pending set only after its commit was confirmed, so
+//! a crash or a cluster without a primary delays the record, never loses it.
 
 use std::time::Duration;
 
@@ -27,10 +36,10 @@ pub(crate) async fn record_kek_rotations(state: AppState, mut shutdown: watch::R
         match record_once(&state).await {
             Ok(()) => return,
             Err(why) if attempt == KEK_RECORD_ATTEMPTS_MAX => {
-                tracing::error!(%why, "kek rotations not recorded in the access trail; they stay pending until the next start");
+                tracing::error!(%why, "key rotations not recorded in the access trail; they stay pending until the next start");
                 return;
             }
-            Err(why) => tracing::debug!(%why, attempt, "kek rotations not recorded yet"),
+            Err(why) => tracing::debug!(%why, attempt, "key rotations not recorded yet"),
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(KEK_RECORD_RETRY_MS)) => {}
@@ -40,6 +49,32 @@ pub(crate) async fn record_kek_rotations(state: AppState, mut shutdown: watch::R
 }
 
 async fn record_once(state: &AppState) -> Result<(), String> {
+    record_kek_once(state).await?;
+    record_signing_once(state).await
+}
+
+async fn record_signing_once(state: &AppState) -> Result<(), String> {
+    let events = run_blocking(state, |node| node.pending_signing_rotations())
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let count = events.len();
+    super::relay::record_access(state, events)
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    run_blocking(state, move |node| node.signing_rotations_recorded(count))
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(count, "recorded signing-key rotations in the access trail");
+    Ok(())
+}
+
+async fn record_kek_once(state: &AppState) -> Result<(), String> {
     let events = run_blocking(state, |node| node.pending_kek_rotations())
         .await
         .map_err(|e| format!("{e:?}"))?

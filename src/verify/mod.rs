@@ -11,9 +11,10 @@ use std::time::SystemTime;
 
 use vellum_audit::checkpoint::origin_for_cluster;
 use vellum_audit::hash::to_hex;
+use vellum_audit::key_history::{HistoryProblem, LoggedRotation};
 use vellum_audit::policy::Policy;
 use vellum_audit::report::{
-    BreakGlassUse, Check, FailureKind, PolicySummary, Report, failure_source,
+    BreakGlassUse, Check, FailureKind, KeyHistoryKey, PolicySummary, Report, failure_source,
 };
 use vellum_audit::verify::{
     CommitFact, EventFact, LogFacts, LogVerification, ReplicaLog, check_since, compare_replicas,
@@ -132,8 +133,24 @@ pub struct VerifyOptions {
 }
 
 /// What the checks of one data directory give: the checks in order, what
-/// the log walk learned, and the break-glass uses of the access trail.
-pub type ReplicaChecks = (Vec<Check>, LogVerification, Vec<BreakGlassUse>);
+/// the log walk learned, and what the access trail holds for the report.
+pub type ReplicaChecks = (Vec<Check>, LogVerification, TrailFindings);
+
+/// What the verified access trail gives the report, taken only from trail
+/// rows whose payload opened its leaf's commitment (so a forged row can
+/// neither add nor hide an entry).
+#[derive(Debug, Clone, Default)]
+pub struct TrailFindings {
+    /// The trail was compared with the log (else the lists are empty
+    /// because nothing was read).
+    pub read: bool,
+    /// The trail was read from a position after 0 only (`--since`).
+    pub from_position: u64,
+    /// Break-glass uses.
+    pub break_glass: Vec<BreakGlassUse>,
+    /// Signing-key rotations announced (`signing_key_rotated`), in trail order.
+    pub rotations: Vec<LoggedRotation>,
+}
 
 /// How [`replica_checks`] walks the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +213,7 @@ pub fn verify_data_dir_with(
         }),
     };
     let (incremental, since_note) = incremental_run(data_dir, &log_policy, options, mode, progress);
-    let (mut checks, log, break_glass) = match incremental {
+    let (mut checks, log, findings) = match incremental {
         Some(walked) => walked,
         None => replica_checks(
             data_dir,
@@ -224,6 +241,8 @@ pub fn verify_data_dir_with(
         checks.push(check);
         kept
     });
+    let (key_check, key_history) = key_history_check(policy, &[&findings], last_op(&log));
+    checks.extend(key_check);
     let mut report = Report::new(
         format!("data-dir {}", data_dir.display()),
         PolicySummary::from_policy(policy),
@@ -237,7 +256,8 @@ pub fn verify_data_dir_with(
         .map(|frontier| frontier.nodes().iter().map(|node| to_hex(node)).collect());
     report.since = since;
     report
-        .with_break_glass(break_glass)
+        .with_break_glass(findings.break_glass)
+        .with_key_history(key_history)
         .with_times(started, SystemTime::now())
 }
 
@@ -461,7 +481,7 @@ pub fn replica_checks(
     live: Option<u64>,
     mode: WalkMode,
     progress: &mut dyn FnMut(u64),
-) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
+) -> ReplicaChecks {
     let dir = DataDir::new(data_dir);
     let cluster = vellum_audit::verify::cluster_from_origin(&policy.origin);
     let checks = vec![check_meta(&dir, cluster)];
@@ -529,7 +549,7 @@ fn collected_checks(
                    so the index cannot be compared with it";
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
-        return (checks, log, Vec::new());
+        return (checks, log, TrailFindings::default());
     }
     if let Some(mut audit) = tiles_audit {
         for event in &log.facts.events {
@@ -549,14 +569,15 @@ fn collected_checks(
         }
     };
     checks.push(index_check);
-    let mut break_glass = Vec::new();
+    let mut findings = TrailFindings::default();
     if let (Some(cluster), Ok(target)) = (cluster, IndexTarget::parse(index_url, dir.root())) {
         let from = floor.map_or(0, |f| f.position);
-        let (check, uses) = check_trail_blocking(&target, cluster, projected, live.is_some(), from);
+        let (check, found) =
+            check_trail_blocking(&target, cluster, projected, live.is_some(), from);
         checks.push(check);
-        break_glass = uses;
+        findings = found;
     }
-    (checks, log, break_glass)
+    (checks, log, findings)
 }
 
 /// [`replica_checks`] of a stopped single replica in one pass over the log
@@ -570,7 +591,7 @@ fn streaming_checks(
     options: &vellum_audit::verify::StreamOptions,
     checks: Vec<Check>,
     progress: &mut dyn FnMut(u64),
-) -> (Vec<Check>, LogVerification, Vec<BreakGlassUse>) {
+) -> ReplicaChecks {
     let walked = walk_and_compare(dir, index_url, cluster, None, checks, &mut |sink| {
         Ok(vellum_audit::verify::verify_log_stream_with(
             &dir.segments(),
@@ -693,7 +714,7 @@ fn walk_and_compare(
                    so the index cannot be compared with it";
         checks.push(Check::not_run("audit index", why));
         checks.push(Check::not_run("access trail", why));
-        return Ok((checks, log, Vec::new()));
+        return Ok((checks, log, TrailFindings::default()));
     }
     checks.extend(tiles_check);
     let index_check = match (cluster, &target) {
@@ -710,15 +731,15 @@ fn walk_and_compare(
         },
     };
     checks.push(index_check);
-    let mut break_glass = Vec::new();
+    let mut findings = TrailFindings::default();
     if let (Some(cluster), Ok(target)) = (cluster, &target) {
         let from = sink.first_position();
-        let (check, uses) = check_trail_blocking(target, cluster, sink.trail_facts(), false, from);
+        let (check, found) = check_trail_blocking(target, cluster, sink.trail_facts(), false, from);
         checks.push(check);
-        break_glass = uses;
+        findings = found;
     }
     sink.close();
-    Ok((checks, log, break_glass))
+    Ok((checks, log, findings))
 }
 
 /// The facts of the log up to its newest certificate, when ops follow it
@@ -746,9 +767,12 @@ fn check_trail_blocking(
     facts: &LogFacts,
     live: bool,
     from_position: u64,
-) -> (Check, Vec<BreakGlassUse>) {
+) -> (Check, TrailFindings) {
     let mut check = Check::start("access trail");
-    let mut break_glass = Vec::new();
+    let mut findings = TrailFindings {
+        from_position,
+        ..TrailFindings::default()
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -756,7 +780,7 @@ fn check_trail_blocking(
         Ok(runtime) => runtime,
         Err(e) => {
             check.fail(FailureKind::Unreadable, "runtime", e.to_string());
-            return (check.finish(), break_glass);
+            return (check.finish(), findings);
         }
     };
     let rows = runtime.block_on(async {
@@ -796,7 +820,10 @@ fn check_trail_blocking(
                     format!("{unpositioned} rows name no position: no access row may exist outside the trail"),
                 );
             }
-            break_glass = compare_trail(&rows, facts, &mut check);
+            let (uses, rotations) = compare_trail(&rows, facts, &mut check);
+            findings.break_glass = uses;
+            findings.rotations = rotations;
+            findings.read = true;
         }
         Err(e) => check.fail(
             FailureKind::Unreadable,
@@ -804,7 +831,7 @@ fn check_trail_blocking(
             crate::log::error_chain(&e),
         ),
     }
-    (check.finish(), break_glass)
+    (check.finish(), findings)
 }
 
 /// The first column of an access row that its (committed) payload contradicts.
@@ -828,12 +855,13 @@ fn differing_column(
 }
 
 /// Compares the access rows with the trail in the log; returns the
-/// break-glass uses among the rows that opened their leaf's commitment.
+/// break-glass uses and the signing-key rotations announced among the rows
+/// that opened their leaf's commitment.
 fn compare_trail(
     rows: &[crate::index::ProjectedAccess],
     facts: &LogFacts,
     check: &mut Check,
-) -> Vec<BreakGlassUse> {
+) -> (Vec<BreakGlassUse>, Vec<LoggedRotation>) {
     use vellum_compliance::trail::{ACCESS_TRAIL_STREAM, AccessEvent};
     let trail: std::collections::BTreeMap<u64, &vellum_audit::verify::EventFact> = facts
         .events
@@ -910,7 +938,112 @@ fn compare_trail(
         .filter_map(|(position, event)| break_glass_use(*position, event))
         .collect();
     check.count("break-glass uses", uses.len() as u64);
-    uses
+    let rotations: Vec<LoggedRotation> = decoded
+        .iter()
+        .filter(|(_, event)| {
+            event.action == vellum_compliance::trail::AccessAction::SigningKeyRotated
+        })
+        .map(|(position, event)| LoggedRotation {
+            position: *position,
+            principal: event.principal.clone(),
+            line: event.detail.clone().unwrap_or_default(),
+        })
+        .collect();
+    if !rotations.is_empty() {
+        check.count("signing-key rotations", rotations.len() as u64);
+    }
+    (uses, rotations)
+}
+
+/// The last op a walk read (ops are numbered from 1): the records
+/// check's `ops` count. A certificate of any op from a rotation's `N` on
+/// needs the rotated key, whether or not it verified here.
+fn last_op(log: &LogVerification) -> Option<u64> {
+    log.checks
+        .iter()
+        .find_map(|c| c.counts.get("ops").copied())
+        .filter(|ops| *ops > 0)
+}
+
+/// The check *key history* (only when the policy pins a rotation or the
+/// trail announces one): every rotation announced in the verified access
+/// trails (`findings`, one per replica read) parses, is the replica's own
+/// and verifies under its key in force and the new key
+/// (`key_rotation_invalid`); every pinned rotation whose op the log
+/// holds (`newest_op`: the last op read) is announced in the log
+/// (`key_rotation_unlogged`). Also returns the report's `key_history`.
+/// An incremental run did not read the trail before its kept checkpoint:
+/// it cannot tell a pinned rotation announced there from one never
+/// announced, so it names none as unlogged (its note says so).
+fn key_history_check(
+    policy: &Policy,
+    findings: &[&TrailFindings],
+    newest_op: Option<u64>,
+) -> (Option<Check>, Vec<KeyHistoryKey>) {
+    let mut logged: Vec<LoggedRotation> = findings
+        .iter()
+        .flat_map(|f| f.rotations.iter().cloned())
+        .collect();
+    if policy.rotations.is_empty() && logged.is_empty() {
+        return (None, Vec::new());
+    }
+    const NAME: &str = "key history";
+    if findings.is_empty() || findings.iter().any(|f| !f.read) {
+        let why = "the access trail, where rotations are announced, was not compared with the log";
+        return (Some(Check::not_run(NAME, why)), Vec::new());
+    }
+    // Every replica holds the same trail: by position, each once.
+    logged.sort_by_key(|r| r.position);
+    logged.dedup_by(|a, b| a.position == b.position && a.line == b.line);
+    let partial = findings.iter().any(|f| f.from_position > 0);
+    let (entries, problems) =
+        vellum_audit::key_history::reconcile(policy, &logged, newest_op.filter(|_| !partial));
+    let mut check = Check::start(NAME);
+    if partial {
+        check.note = Some(
+            "incremental run: the trail before the kept checkpoint was not read, so a pinned rotation not found is not named"
+                .to_string(),
+        );
+    }
+    for problem in &problems {
+        match problem {
+            HistoryProblem::Invalid { position, why } => check.fail(
+                FailureKind::KeyRotationInvalid,
+                format!("access trail position {position}"),
+                format!("the signing-key rotation announced here is refused: {why}"),
+            ),
+            HistoryProblem::Unlogged { rotation } => check.fail(
+                FailureKind::KeyRotationUnlogged,
+                format!("policy rotation of replica {} from op {}", rotation.replica, rotation.from_op),
+                format!(
+                    "pinned, and the log holds op {} or later (whose certificates need its key), but no announcement of it is in the log's access trail",
+                    rotation.from_op
+                ),
+            ),
+        }
+    }
+    check.count(
+        "rotations announced",
+        entries.iter().filter(|e| e.logged_at.is_some()).count() as u64,
+    );
+    check.count("rotations pinned", policy.rotations.len() as u64);
+    check.count(
+        "rotations announced, not pinned",
+        entries.iter().filter(|e| !e.pinned).count() as u64,
+    );
+    let keys = entries
+        .into_iter()
+        .map(|e| KeyHistoryKey {
+            replica: e.replica,
+            from_op: e.from_op,
+            name: e.key.name().to_string(),
+            key_id: to_hex(&e.key.key_id()),
+            pinned: e.pinned,
+            logged_at: e.logged_at,
+            line: e.line,
+        })
+        .collect();
+    (Some(check.finish()), keys)
 }
 
 /// The report entry of a trail event made under (or opening) break-glass.
@@ -1183,6 +1316,7 @@ pub fn verify_cluster(
     let mut checks = vec![setup.check];
     let mut logs: Vec<(String, LogVerification)> = Vec::new();
     let mut break_glass = Vec::new();
+    let mut trails: Vec<TrailFindings> = Vec::new();
     let start = cluster_since_start(since, policy, live);
     let mut read_whole = Vec::new();
     for config in &setup.configs {
@@ -1196,7 +1330,7 @@ pub fn verify_cluster(
             let dir = DataDir::new(&config.data_dir);
             incremental_replica_checks(&dir, &log_policy, index_url, start, &options, progress)
         });
-        let (replica, log, uses) = match incremental {
+        let (replica, log, found) = match incremental {
             Some(Ok(walked)) => walked,
             other => {
                 if let Some(Err(why)) = other {
@@ -1214,7 +1348,8 @@ pub fn verify_cluster(
         };
         // Every replica holds the same trail: the union by position lists
         // each use once (`with_break_glass` drops repeats).
-        break_glass.extend(uses);
+        break_glass.extend(found.break_glass.iter().cloned());
+        trails.push(found);
         checks.extend(replica.into_iter().map(|mut check| {
             check.name = format!("{name}: {}", check.name);
             check
@@ -1263,6 +1398,10 @@ pub fn verify_cluster(
         setup.path.display(),
         setup.configs.len()
     );
+    let newest_op = logs.iter().filter_map(|(_, log)| last_op(log)).max();
+    let trail_refs: Vec<&TrailFindings> = trails.iter().collect();
+    let (key_check, key_history) = key_history_check(policy, &trail_refs, newest_op);
+    checks.extend(key_check);
     let reached = newest.and_then(|log| log.reached.clone());
     let mut report = Report::new(scope, PolicySummary::from_policy(policy), checks, reached);
     // The next `--since` of this report starts every replica from here.
@@ -1274,6 +1413,7 @@ pub fn verify_cluster(
     report.since = kept;
     report
         .with_break_glass(break_glass)
+        .with_key_history(key_history)
         .with_times(started, SystemTime::now())
 }
 
