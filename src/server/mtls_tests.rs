@@ -60,7 +60,7 @@ fn fixture() -> Fixture {
     node.push(1, b"{\"a\":1}");
     let state = state_with(Arc::clone(&node), Vec::new()).with_client_certs(ClientCerts {
         verifier: Arc::new(verifier),
-        store: Arc::new(store),
+        store: Arc::new(crate::server::credentials::Live::new(store)),
     });
     Fixture {
         app: router(state),
