@@ -27,10 +27,8 @@ fn issue(ca: &ClientCa, name: &str, expired: bool) -> (PresentedCert, String, St
         .expect("issue");
     let chain =
         crate::net::tls::certificates_from_pem(pem.as_bytes(), Path::new("t")).expect("pem");
-    let presented = PresentedCert {
-        sha256: certificate_sha256(&chain[0]),
-        chain: Arc::new(chain),
-    };
+    let sha256 = certificate_sha256(&chain[0]);
+    let presented = PresentedCert::new(chain, sha256);
     (presented, pem, key.to_string())
 }
 

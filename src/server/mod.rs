@@ -491,10 +491,7 @@ async fn serve_connection(
                 address_slot = None;
             }
             crate::net::tls::ApiPeer::Client { sha256 } => {
-                let presented = mtls::PresentedCert {
-                    chain: Arc::new(chain),
-                    sha256,
-                };
+                let presented = mtls::PresentedCert::new(chain, sha256);
                 app = app.layer(axum::Extension(presented));
             }
             crate::net::tls::ApiPeer::Other => app = app.layer(axum::Extension(mtls::OtherCert)),

@@ -22,10 +22,8 @@ fn presented(ca: &ClientCa, name: &str, expired: bool) -> PresentedCert {
         .expect("issue");
     let chain = crate::net::tls::certificates_from_pem(pem.as_bytes(), std::path::Path::new("t"))
         .expect("pem");
-    PresentedCert {
-        sha256: certificate_sha256(&chain[0]),
-        chain: Arc::new(chain),
-    }
+    let sha256 = certificate_sha256(&chain[0]);
+    PresentedCert::new(chain, sha256)
 }
 
 struct Fixture {
