@@ -4,7 +4,8 @@
 # build directory, starts a cluster, runs the unittest suite (offline
 # Ed25519 and proof tests, then the live ones: byte-exact round trips,
 # expected-offset conflicts, idempotency, receipts checked offline and
-# compared with `vellum proof check`, 401/403/429, subscriptions, HTTP/2,
+# compared with `vellum proof check`, 401/403/429, a client certificate
+# instead of a token (the dev service's), subscriptions, HTTP/2,
 # consumer groups (with parking past retry_max and lease-expiry
 # redelivery, on short leases), enveloped events' proofs),
 # stops the cluster, and checks it with offline `vellum verify --cluster`.
@@ -65,6 +66,15 @@ for value in "$VELLUM_URLS" "$VELLUM_WRITER_TOKEN" "$VELLUM_AUDITOR_TOKEN"; do
     fi
 done
 export VELLUM_URLS VELLUM_WRITER_TOKEN VELLUM_AUDITOR_TOKEN VELLUM_CA VELLUM_POLICY
+# The dev service's client certificate (principal `service`; `vellum dev`
+# makes one with its client CA): the suite's mTLS test.
+VELLUM_CLIENT_CERT="$cluster/tls/client-service.pem"
+VELLUM_CLIENT_KEY="$cluster/tls/client-service.key"
+if [ ! -f "$VELLUM_CLIENT_CERT" ] || [ ! -f "$VELLUM_CLIENT_KEY" ]; then
+    echo "vellum dev made no client certificate ($VELLUM_CLIENT_CERT)" >&2
+    exit 1
+fi
+export VELLUM_CLIENT_CERT VELLUM_CLIENT_KEY
 export VELLUM_BIN="$vellum"
 # The repo, for golden files the suite compares with (tests/golden/).
 VELLUM_REPO=$(pwd)

@@ -617,6 +617,10 @@ pub mod code {
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
     /// Missing or unknown bearer token (401).
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The bearer token or client certificate was valid but has expired:
+    /// its line's `expires=` (or the certificate's notAfter) has passed;
+    /// ask the operator for its successor (401).
+    pub const CREDENTIAL_EXPIRED: &str = "credential_expired";
     /// The token may not do this (403).
     pub const FORBIDDEN: &str = "forbidden";
     /// The token's role allows the call, but the stream is outside the
@@ -685,6 +689,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// [`code::UNAUTHORIZED`] (401).
     Unauthorized,
+    /// [`code::CREDENTIAL_EXPIRED`] (401).
+    CredentialExpired,
     /// [`code::FORBIDDEN`] (403).
     Forbidden,
     /// [`code::SCOPE_DENIED`] (403).
@@ -733,10 +739,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documents.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTimeout,
         ErrorCode::Unauthorized,
+        ErrorCode::CredentialExpired,
         ErrorCode::Forbidden,
         ErrorCode::ScopeDenied,
         ErrorCode::NotFound,
@@ -767,6 +774,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => code::BAD_REQUEST,
             ErrorCode::RequestTimeout => code::REQUEST_TIMEOUT,
             ErrorCode::Unauthorized => code::UNAUTHORIZED,
+            ErrorCode::CredentialExpired => code::CREDENTIAL_EXPIRED,
             ErrorCode::Forbidden => code::FORBIDDEN,
             ErrorCode::ScopeDenied => code::SCOPE_DENIED,
             ErrorCode::NotFound => code::NOT_FOUND,

@@ -4,7 +4,8 @@
 //! (a read, an append, an export), at the primary and at a backup (which
 //! forwards appends and exports with the client's chain); the access trail
 //! names the certificate's principal; a client may not forge the
-//! forwarding header; the Rust client presents a certificate;
+//! forwarding header; the Rust client presents a certificate; a line
+//! deleted from the file is refused by every replica without a restart;
 //! `vellum verify --cluster` passes afterwards. One cluster for all of it.
 
 use std::path::Path;
@@ -24,6 +25,9 @@ use support::TestDir;
 const WAIT: Duration = Duration::from_secs(60);
 /// The stream every matrix cell touches.
 const STREAM: u64 = 1001;
+/// How long a replica may take to reload a changed client certificates
+/// file (it checks once a second), with room for a loaded machine.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// What a request presented, and the statuses expected for (read, append,
 /// export); None: the TLS handshake itself is refused.
@@ -295,6 +299,35 @@ async fn client_certificates_on_a_live_cluster() {
         Client::new(config).is_err(),
         "a client with both a certificate and a token is refused before any request"
     );
+
+    // Revocation without a restart: the service's line deleted from the
+    // client certificates file (one file for the three dev replicas,
+    // replaced by a rename); every replica reloads it and refuses the
+    // certificate within a bounded wait.
+    let clients = root.join("clients.txt");
+    let kept: String = std::fs::read_to_string(&clients)
+        .expect("clients")
+        .lines()
+        .filter(|l| !l.contains(" service "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(root.join("clients.txt.new"), kept).expect("write");
+    std::fs::rename(root.join("clients.txt.new"), &clients).expect("rename");
+    let good = cases.iter().find(|c| c.name == "good").expect("good case");
+    for replica in 0..3 {
+        let deadline = std::time::Instant::now() + RELOAD_WAIT;
+        loop {
+            let got = call(&cluster, replica, good, 0).await.map(|(s, _)| s);
+            if got == Some(401) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {replica} still serves a revoked certificate: {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     cluster.stop().expect("stop");
     let policy = cluster.dev.policy_path.to_string_lossy().into_owned();

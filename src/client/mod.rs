@@ -869,6 +869,9 @@ fn refusal(
         ErrorCode::IdempotencyKeyReused => ClientError::IdempotencyKeyReused(message),
         ErrorCode::NotFound => ClientError::NotFound(message),
         ErrorCode::Unauthorized => ClientError::Unauthorized(message),
+        ErrorCode::CredentialExpired => {
+            ClientError::Unauthorized(format!("credential expired: {message}"))
+        }
         ErrorCode::Forbidden => ClientError::Unauthorized(format!("forbidden: {message}")),
         ErrorCode::ScopeDenied => ClientError::Unauthorized(format!("scope denied: {message}")),
         // Only failed logins are rate limited: the token did not authenticate.

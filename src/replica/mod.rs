@@ -191,6 +191,10 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
         ca_pem: material.ca_pem.clone(),
         identity: Some(material.clone()),
         client_certs,
+        credential_files: Some(crate::server::credentials::CredentialFiles {
+            tokens: config.tokens.clone(),
+            client_certs: config.client_certs.as_ref().map(|c| c.principals.clone()),
+        }),
     };
     // Witnesses named with a URL in the replica's policy are fed by the
     // primary, off the append path (`witness_feed`).

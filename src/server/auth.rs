@@ -2,8 +2,11 @@
 //!
 //! Tokens are stored hashed, so a leaked tokens file does not leak a usable
 //! credential: one line per principal,
-//! `sha256:<hex of SHA-256(token)> <principal> <role> [streams=<scope>]`;
-//! blank lines and lines starting with `#` are ignored. The scope ([`Scope`])
+//! `sha256:<hex of SHA-256(token)> <principal> <role> [streams=<scope>] [expires=<time>]`;
+//! blank lines and lines starting with `#` are ignored. `expires=` (RFC
+//! 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`: `crate::server::credentials`) ends
+//! the credential at that second: it is then refused with 401
+//! `credential_expired`. Without it the line never expires. The scope ([`Scope`])
 //! names the streams the principal may touch besides what its role allows:
 //! `*` (every stream), or a comma-separated list of stream ids and inclusive
 //! ranges `lo-hi`. A line without `streams=` (every line written before
@@ -533,6 +536,22 @@ pub(crate) const TOKENS_KIND: &str = "tokens";
 struct Entry {
     digest: [u8; 32],
     principal: Principal,
+    /// `expires=`, in unix seconds: refused from this second on.
+    expires_s: Option<u64>,
+}
+
+/// Why a presented credential did not authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No line holds it (never issued, or revoked: its line was removed).
+    Unknown,
+    /// Its line's `expires=` has passed.
+    Expired {
+        /// Whose it was.
+        principal: String,
+        /// When it expired, unix seconds.
+        expires_s: u64,
+    },
 }
 
 /// The set of known tokens (as digests) and who they belong to.
@@ -568,6 +587,16 @@ impl TokenStore {
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
         let store = parse(kind, &shown, &text)?;
+        for (principal, at) in store.expired(crate::server::credentials::now_unix_s()) {
+            // Loaded all the same (the file stays usable as its lines
+            // expire one by one); said, so the operator can clean up.
+            tracing::warn!(
+                path = %shown,
+                principal,
+                expired = %crate::server::credentials::format_expires(at),
+                "the principal's {kind} line has expired: it is refused with 401 credential_expired"
+            );
+        }
         for entry in store
             .entries
             .iter()
@@ -605,23 +634,40 @@ impl TokenStore {
         self.entries.is_empty()
     }
 
-    /// The principal owning `token`, if any. Looks at every entry so the
-    /// time taken does not depend on which entry matches.
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+    /// The principal owning `token` at `now_s` (unix seconds), or why
+    /// not. Looks at every entry so the time taken does not depend on
+    /// which entry matches.
+    pub fn authenticate(&self, token: &str, now_s: u64) -> Result<&Principal, Refusal> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_digest(&digest)
+        self.by_digest(&digest, now_s)
     }
 
-    /// The principal whose line holds `digest`, comparing every entry
-    /// without an early exit.
-    pub(crate) fn by_digest(&self, digest: &[u8; 32]) -> Option<&Principal> {
+    /// The principal whose line holds `digest` at `now_s`, comparing every
+    /// entry without an early exit.
+    pub(crate) fn by_digest(&self, digest: &[u8; 32], now_s: u64) -> Result<&Principal, Refusal> {
         let mut found = None;
         for entry in &self.entries {
             if digests_equal(&entry.digest, digest) {
-                found = Some(&entry.principal);
+                found = Some(entry);
             }
         }
-        found
+        let entry = found.ok_or(Refusal::Unknown)?;
+        match entry.expires_s {
+            Some(expires_s) if now_s >= expires_s => Err(Refusal::Expired {
+                principal: entry.principal.name.clone(),
+                expires_s,
+            }),
+            _ => Ok(&entry.principal),
+        }
+    }
+
+    /// The principals whose lines have expired by `now_s`, with when.
+    pub fn expired(&self, now_s: u64) -> impl Iterator<Item = (&str, u64)> {
+        self.entries.iter().filter_map(move |e| {
+            e.expires_s
+                .filter(|at| now_s >= *at)
+                .map(|at| (e.principal.name.as_str(), at))
+        })
     }
 
     /// The principals' names, in file order.
@@ -678,21 +724,17 @@ fn parse(kind: &'static str, path: &str, text: &str) -> Result<TokenStore, AuthE
 
 fn parse_line(line: &str) -> Result<Entry, String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let (digest, name, role, scope) = match fields.as_slice() {
-        [digest, name, role] => (digest, name, role, Scope::none()),
-        [digest, name, role, scope] => {
-            let text = scope.strip_prefix("streams=").ok_or_else(|| {
-                format!("the fourth field must be `streams=<scope>`, found {scope:?}")
-            })?;
-            (digest, name, role, Scope::parse(text)?)
-        }
+    let (digest, name, role, options) = match fields.as_slice() {
+        [digest, name, role, options @ ..] if options.len() <= 2 => (digest, name, role, options),
         _ => {
             return Err(format!(
-                "expected `sha256:<hex> <principal> <role> [streams=<scope>]`, found {} fields",
+                "expected `sha256:<hex> <principal> <role> [streams=<scope>] [expires=<time>]`, \
+                 found {} fields",
                 fields.len()
             ));
         }
     };
+    let (scope, expires_s) = parse_options(options)?;
     let hex = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| "the digest must start with `sha256:`".to_string())?;
@@ -712,7 +754,32 @@ fn parse_line(line: &str) -> Result<Entry, String> {
             role,
             scope,
         },
+        expires_s,
     })
+}
+
+/// The fields after the role: `streams=<scope>` and `expires=<time>`, each
+/// at most once, in either order.
+fn parse_options(options: &[&str]) -> Result<(Scope, Option<u64>), String> {
+    let (mut scope, mut expires_s) = (None, None);
+    for option in options {
+        if let Some(text) = option.strip_prefix("streams=") {
+            if scope.replace(Scope::parse(text)?).is_some() {
+                return Err("streams= appears twice".to_string());
+            }
+        } else if let Some(text) = option.strip_prefix("expires=") {
+            let at = crate::server::credentials::parse_expires(text)?;
+            if expires_s.replace(at).is_some() {
+                return Err("expires= appears twice".to_string());
+            }
+        } else {
+            return Err(format!(
+                "after the role, expected `streams=<scope>` or `expires=<time>`, found {:?}",
+                option.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    Ok((scope.unwrap_or_else(Scope::none), expires_s))
 }
 
 fn check_principal(name: &str) -> Result<(), String> {

@@ -65,6 +65,7 @@ async fn serve(events: usize, event_bytes: usize) -> Served {
         ca_pem: pem.clone().into_bytes(),
         identity: None,
         client_certs: None,
+        credential_files: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node, shutdown).await.expect("serve");

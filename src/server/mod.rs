@@ -17,6 +17,7 @@
 //! description of the contract in `crate::api`).
 
 pub mod auth;
+pub mod credentials;
 pub mod filter;
 pub mod forward;
 pub mod groups;
@@ -139,6 +140,9 @@ pub struct ServerConfig {
     /// Client identities by certificate: the client CA (PEM, also in `tls`'s
     /// roots) and the client certificates table; None: tokens only.
     pub client_certs: Option<(Vec<u8>, mtls::ClientCertStore)>,
+    /// The files `tokens` and the client certificates table came from: the
+    /// server reloads them when they change (`credentials`); None: never.
+    pub credential_files: Option<credentials::CredentialFiles>,
 }
 
 /// Why the server could not start.
@@ -231,6 +235,15 @@ pub async fn serve(
         .with_forwarding_identity(config.identity.as_ref())?
         .with_login_limits(login_limits_from_env()?)
         .with_client_certs(client_certs.clone());
+    if let Some(files) = config.credential_files {
+        let watcher = credentials::Watcher::new(credentials::Reloadable {
+            tokens_path: files.tokens,
+            client_certs_path: files.client_certs,
+            tokens: Arc::clone(&state.tokens),
+            client_certs: Arc::clone(&client_certs.store),
+        });
+        tokio::spawn(credentials::watch_files(watcher, shutdown.clone()));
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -282,17 +295,27 @@ fn client_certs(
     };
     let verifier = crate::net::tls::ApiPeerVerifier::new(cluster_ca_pem, client_ca.as_deref())
         .map_err(|e| ServerError::ClientCerts(e.to_string()))?;
-    let token_names: std::collections::HashSet<&str> = tokens.names().collect();
-    if let Some(name) = store.names().find(|name| token_names.contains(name)) {
-        return Err(ServerError::ClientCerts(format!(
-            "principal {name:?} is in both the tokens file and the client certificates file; \
-             give each credential its own principal name"
-        )));
-    }
+    check_distinct_principals(tokens, &store).map_err(ServerError::ClientCerts)?;
     Ok(mtls::ClientCerts {
         verifier: Arc::new(verifier),
-        store: Arc::new(store),
+        store: Arc::new(credentials::Live::new(store)),
     })
+}
+
+/// Refuses a principal named in both the tokens and the client
+/// certificates table (at start and at every reload).
+pub(crate) fn check_distinct_principals(
+    tokens: &TokenStore,
+    certs: &mtls::ClientCertStore,
+) -> Result<(), String> {
+    let token_names: std::collections::HashSet<&str> = tokens.names().collect();
+    match certs.names().find(|name| token_names.contains(name)) {
+        Some(name) => Err(format!(
+            "principal {name:?} is in both the tokens file and the client certificates file; \
+             give each credential its own principal name"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Accepts connections while slots are free and shutdown has not flipped.
@@ -468,10 +491,7 @@ async fn serve_connection(
                 address_slot = None;
             }
             crate::net::tls::ApiPeer::Client { sha256 } => {
-                let presented = mtls::PresentedCert {
-                    chain: Arc::new(chain),
-                    sha256,
-                };
+                let presented = mtls::PresentedCert::new(chain, sha256);
                 app = app.layer(axum::Extension(presented));
             }
             crate::net::tls::ApiPeer::Other => app = app.layer(axum::Extension(mtls::OtherCert)),

@@ -5,12 +5,19 @@
 //! through the client certificates file, whose lines are those of the
 //! tokens file with the certificate's SHA-256 fingerprint (of its DER) in
 //! place of the token's digest:
-//! `sha256:<hex> <principal> <role> [streams=<scope>]`. Keying on the
+//! `sha256:<hex> <principal> <role> [streams=<scope>] [expires=<time>]`. Keying on the
 //! fingerprint pins one exact certificate: the CA alone grants nothing
 //! (an unknown certificate of the client CA is 401), no subject or SAN
 //! spelling has to be compared (no X.509 name matching, which we would
 //! have to parse by hand), and revoking one certificate is deleting its
-//! line. The price: a renewed certificate needs its new line.
+//! line (the server reloads the file: `crate::server::credentials`). The
+//! price: a renewed certificate needs its new line.
+//!
+//! Expiry: a line's `expires=` ends the identity whatever the certificate
+//! says; the certificate's own notAfter is checked at the handshake (by
+//! rustls) and again on every request (the chain is verified anew, at
+//! the request's time), so an HTTP/2 connection opened before the
+//! notAfter does not outlive it. Either is 401 `credential_expired`.
 //!
 //! The rules, in the order the guard applies them ([`cert_principal`]):
 //! - a certificate plus a bearer token is refused (401, ambiguous: which
@@ -26,12 +33,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
-use super::auth::{AuthError, Principal, TokenStore};
+use super::auth::{AuthError, Principal, Refusal, TokenStore};
+use super::credentials::{Live, format_expires, now_unix_s};
 use super::routes::ApiError;
 use crate::net::tls::{ApiPeer, ApiPeerVerifier, CHAIN_CERTS_MAX};
 
@@ -66,9 +75,20 @@ impl ClientCertStore {
         })
     }
 
-    /// The principal of the certificate with fingerprint `sha256`.
-    pub fn principal(&self, sha256: &[u8; 32]) -> Option<&Principal> {
-        self.table.by_digest(sha256)
+    /// The principal of the certificate with fingerprint `sha256` at
+    /// `now_s` (unix seconds), or why not.
+    pub fn principal(&self, sha256: &[u8; 32], now_s: u64) -> Result<&Principal, Refusal> {
+        self.table.by_digest(sha256, now_s)
+    }
+
+    /// Principals in the table.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 
     /// The principals' names.
@@ -83,8 +103,9 @@ impl ClientCertStore {
 pub struct ClientCerts {
     /// Tells replicas from client identities.
     pub verifier: Arc<ApiPeerVerifier>,
-    /// Principals by fingerprint (empty without a client CA).
-    pub store: Arc<ClientCertStore>,
+    /// Principals by fingerprint (empty without a client CA); replaced
+    /// whole when the file changes.
+    pub store: Arc<Live<ClientCertStore>>,
 }
 
 /// Put in a request's extensions when its connection presented a chain
@@ -95,6 +116,21 @@ pub struct PresentedCert {
     pub chain: Arc<Vec<CertificateDer<'static>>>,
     /// The leaf's fingerprint.
     pub sha256: [u8; 32],
+    /// The unix second in which the chain last verified again (0: not
+    /// yet), shared by the requests of one connection: certificate times
+    /// have whole seconds, so within that second it verifies the same.
+    verified_s: Arc<AtomicU64>,
+}
+
+impl PresentedCert {
+    /// A chain that verified as a client identity with leaf fingerprint `sha256`.
+    pub fn new(chain: Vec<CertificateDer<'static>>, sha256: [u8; 32]) -> PresentedCert {
+        PresentedCert {
+            chain: Arc::new(chain),
+            sha256,
+            verified_s: Arc::default(),
+        }
+    }
 }
 
 /// Put in a request's extensions when its connection presented a chain
@@ -151,7 +187,7 @@ pub(crate) fn cert_principal(
     let forwarded = headers.get(CLIENT_CERT_HEADER);
     let sha256 = match (forwarded, presented) {
         (Some(value), _) => forwarded_fingerprint(certs, value, from_replica)?,
-        (None, Some(presented)) => presented.sha256,
+        (None, Some(presented)) => still_valid(certs, presented)?,
         (None, None) => return Ok(None),
     };
     if headers.contains_key(header::AUTHORIZATION) {
@@ -160,12 +196,48 @@ pub(crate) fn cert_principal(
              (the access trail must name one principal)",
         ));
     }
-    let store = certs.map(|c| c.store.as_ref());
-    match store.and_then(|s| s.principal(&sha256)) {
-        Some(principal) => Ok(Some(principal.clone())),
-        None => Err(ApiError::unauthorized(format!(
+    let store = certs.map(|c| c.store.get()).unwrap_or_default();
+    match store.principal(&sha256, now_unix_s()) {
+        Ok(principal) => Ok(Some(principal.clone())),
+        Err(Refusal::Unknown) => Err(ApiError::unauthorized(format!(
             "unknown client certificate sha256:{} (not in the client certificates file)",
             vellum_audit::hash::to_hex(&sha256)
+        ))),
+        Err(Refusal::Expired {
+            principal,
+            expires_s,
+        }) => Err(ApiError::credential_expired(format!(
+            "the client certificate of principal {principal} expired at {} \
+             (expires= in the client certificates file)",
+            format_expires(expires_s)
+        ))),
+    }
+}
+
+/// The fingerprint of the certificate the connection presented, once its
+/// chain verified again now: the handshake checked it at its own time,
+/// and an HTTP/2 connection may outlive the certificate's notAfter.
+fn still_valid(
+    certs: Option<&ClientCerts>,
+    presented: &PresentedCert,
+) -> Result<[u8; 32], ApiError> {
+    // One verification per connection and second (a signature check costs
+    // about 0.3 ms in a debug build).
+    let now_s = now_unix_s();
+    if now_s != 0 && presented.verified_s.load(Ordering::Relaxed) == now_s {
+        return Ok(presented.sha256);
+    }
+    let now = certs.map(|c| c.verifier.classify(&presented.chain));
+    match now {
+        Some(ApiPeer::Client { sha256 }) if sha256 == presented.sha256 => {
+            presented.verified_s.store(now_s, Ordering::Relaxed);
+            Ok(sha256)
+        }
+        _ => Err(ApiError::credential_expired(format!(
+            "the client certificate sha256:{} no longer verifies against the client CA \
+             (its notAfter has passed since this connection's handshake); reconnect with a \
+             current certificate",
+            vellum_audit::hash::to_hex(&presented.sha256)
         ))),
     }
 }

@@ -22,10 +22,8 @@ fn presented(ca: &ClientCa, name: &str, expired: bool) -> PresentedCert {
         .expect("issue");
     let chain = crate::net::tls::certificates_from_pem(pem.as_bytes(), std::path::Path::new("t"))
         .expect("pem");
-    PresentedCert {
-        sha256: certificate_sha256(&chain[0]),
-        chain: Arc::new(chain),
-    }
+    let sha256 = certificate_sha256(&chain[0]);
+    PresentedCert::new(chain, sha256)
 }
 
 struct Fixture {
@@ -60,7 +58,7 @@ fn fixture() -> Fixture {
     node.push(1, b"{\"a\":1}");
     let state = state_with(Arc::clone(&node), Vec::new()).with_client_certs(ClientCerts {
         verifier: Arc::new(verifier),
-        store: Arc::new(store),
+        store: Arc::new(crate::server::credentials::Live::new(store)),
     });
     Fixture {
         app: router(state),

@@ -405,7 +405,7 @@ fn error_responses() -> Value {
         ),
         (
             "401",
-            "unauthorized: missing or unknown bearer token (with WWW-Authenticate: Bearer).",
+            "unauthorized: missing, unknown or revoked bearer token (with WWW-Authenticate: Bearer); credential_expired: the token's or client certificate's expires= (or the certificate's notAfter) has passed.",
         ),
         (
             "403",

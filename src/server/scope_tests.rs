@@ -287,7 +287,7 @@ fn scope_spellings_are_checked_at_load() {
         ("streams=*,16", "alone"),
         ("streams=١٦", "١٦"),
         ("stream=16", "streams="),
-        ("streams=16 extra", "fields"),
+        ("streams=16 extra", "after the role"),
     ] {
         let error = TokenStore::from_lines(&line(bad)).expect_err(bad);
         let text = error.to_string();
@@ -304,7 +304,7 @@ fn scope_spellings_are_checked_at_load() {
     assert!(error.to_string().contains("items"), "{error}");
 
     let store = TokenStore::from_lines(&line("streams=40-50,16,17,30-30,45-60")).expect("good");
-    let ben = store.authenticate("vlm_b").expect("ben");
+    let ben = store.authenticate("vlm_b", 0).expect("ben");
     let inside = [16, 17, 30, 40, 50, 51, 60];
     let outside = [0, 1, 15, 18, 29, 31, 39, 61, u64::MAX];
     assert!(
@@ -318,18 +318,18 @@ fn scope_spellings_are_checked_at_load() {
         ben.scope
     );
     assert_eq!(ben.scope.to_string(), "16-17,30,40-60");
-    let ann = store.authenticate("vlm_a").expect("ann");
+    let ann = store.authenticate("vlm_a", 0).expect("ann");
     assert!(ann.scope.is_all() && ann.scope.contains(u64::MAX));
     // A line without streams= (as written before scopes) loads, granting nothing.
     let store = TokenStore::from_lines(&token_line("vlm_c", "cy", Role::Writer, &Scope::none()))
         .expect("an old three-field line");
-    let cy = store.authenticate("vlm_c").expect("cy");
+    let cy = store.authenticate("vlm_c", 0).expect("cy");
     assert!(cy.scope.is_empty() && !cy.scope.contains(16) && !cy.scope.contains(0));
     // The line a scope writes reads back as the same scope.
     let scope = Scope::parse("16-17,30,40-60").expect("parses");
     let again = TokenStore::from_lines(&token_line("vlm_d", "di", Role::Reader, &scope))
         .expect("round trip");
-    assert_eq!(again.authenticate("vlm_d").expect("di").scope, scope);
+    assert_eq!(again.authenticate("vlm_d", 0).expect("di").scope, scope);
 }
 
 // Goal: global reads and subscriptions leave out events of streams outside

@@ -64,6 +64,7 @@ pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Extension(TrailTemplate(template)): Extension<TrailTemplate>,
     Extension(principal): Extension<Principal>,
+    recheck: Option<Extension<super::routes::guard::Recheck>>,
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Response, ApiError> {
     let from = edge_optional("from", query.from.as_deref())?.unwrap_or(0);
@@ -84,6 +85,7 @@ pub(crate) async fn subscribe(
         scope: principal.scope,
         filter,
         format: query.format,
+        recheck: recheck.map(|Extension(recheck)| recheck),
     };
     tokio::spawn(produce(state, window, from, sender, permit));
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -124,6 +126,9 @@ struct Window {
     /// What the subscriber asked for: other events are left out too.
     filter: EventFilter,
     format: Format,
+    /// The subscriber's authentication, asked again before each window
+    /// (None only when the guard did not set it: in-process tests).
+    recheck: Option<super::routes::guard::Recheck>,
 }
 
 /// Feeds the channel until the reader goes away or a read fails.
@@ -139,6 +144,7 @@ async fn produce(
         scope,
         filter,
         format,
+        recheck,
     } = window;
     // True when the last wait reported new events; if the read that follows
     // finds none (the node's counters ran ahead of its readable log), pause
@@ -147,6 +153,13 @@ async fn produce(
     loop {
         if sender.is_closed() {
             return; // The reader went away.
+        }
+        // A token or certificate revoked (its line deleted, the file
+        // reloaded) or expired since the subscription opened ends it.
+        if let Some(Err(error)) = recheck.as_ref().map(|r| r.check()) {
+            tracing::info!(position, error = %error.message, "subscription ended: credential no longer valid");
+            let _ = sender.send(error_line(format, &error)).await;
+            return;
         }
         let page = run_blocking(&state, move |node| {
             node.read_log(position, api::READ_EVENTS_MAX)

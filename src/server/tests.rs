@@ -1831,12 +1831,12 @@ fn tokens_and_roles() {
         token_line(&token, "dora", Role::Reader, &Scope::all())
     ))
     .expect("store");
-    let principal = store.authenticate(&token).expect("known token");
+    let principal = store.authenticate(&token, 0).expect("known token");
     assert_eq!(
         (principal.name.as_str(), principal.role),
         ("dora", Role::Reader)
     );
-    assert!(store.authenticate("vlm_other").is_none());
+    assert!(store.authenticate("vlm_other", 0).is_err());
     assert!(Role::Writer.allows(Action::Append));
     assert!(!Role::Reader.allows(Action::Append) && Role::Reader.allows(Action::Subscribe));
     assert!(Role::Auditor.allows(Action::Proof) && !Role::Auditor.allows(Action::ReadLog));
@@ -1948,6 +1948,7 @@ async fn tls_end_to_end() {
         ca_pem: pem.clone().into_bytes(),
         identity: None,
         client_certs: None,
+        credential_files: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node.clone(), shutdown)
@@ -2630,6 +2631,7 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         ca_pem: Vec::new(),
         identity: None,
         client_certs: None,
+        credential_files: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, backup, shutdown).await.expect("serve");
@@ -3053,6 +3055,9 @@ mod scope_tests;
 
 #[path = "mtls_tests.rs"]
 mod mtls_tests;
+
+#[path = "credentials_tests.rs"]
+mod credentials_tests;
 
 // Goal: the backups' trail relay refuses (403) a caller that did not prove
 // on the TLS handshake that it is a replica, whatever token it shows, and

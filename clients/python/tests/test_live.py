@@ -4,7 +4,9 @@ starts one and sets the variables below).
 Environment: VELLUM_URLS (comma-separated API base URLs), VELLUM_CA (the
 cluster CA, PEM), VELLUM_WRITER_TOKEN, VELLUM_AUDITOR_TOKEN, VELLUM_POLICY
 (the trust policy file); optional VELLUM_BIN (the `vellum` binary: then
-each offline check is compared with `vellum proof check`). Without them
+each offline check is compared with `vellum proof check`), optional
+VELLUM_CLIENT_CERT and VELLUM_CLIENT_KEY (the dev service's client
+certificate and key, principal `service`: then mTLS is tested). Without them
 every test here skips, saying so once.
 """
 
@@ -74,6 +76,31 @@ class Live(unittest.TestCase):
     def tearDownClass(cls):
         cls.writer.close()
         cls.writer_h1.close()
+
+    def test_client_certificate_instead_of_a_token(self):
+        """Goal: a client given `client_cert` (and no token) appends and
+        reads over HTTP/2 and HTTP/1.1 as the certificate's principal (it
+        sends no Authorization header, so the server can only have taken the
+        certificate); a certificate with a token, neither, or a certificate
+        over plain http is refused before any request."""
+        cert, key = os.environ.get("VELLUM_CLIENT_CERT"), os.environ.get("VELLUM_CLIENT_KEY")
+        if not cert or not key:
+            self.skipTest("VELLUM_CLIENT_CERT / VELLUM_CLIENT_KEY unset (a cluster without a client CA)")
+        stream = fresh_stream()
+        for http2 in (True, False):
+            with Client(self.urls, client_cert=(cert, key), ca_file=self.ca, http2=http2) as service:
+                service.append(stream, [b"by certificate"])
+                self.assertEqual(service.last_http_version, "HTTP/2" if http2 else "HTTP/1.1")
+                self.assertEqual(
+                    [e.data for e in service.read_stream(stream).events], [b"by certificate"] * (2 if not http2 else 1)
+                )
+                self.assertNotIn("authorization", service._headers())
+        with self.assertRaises(ValueError):
+            Client(self.urls, os.environ["VELLUM_WRITER_TOKEN"], client_cert=(cert, key), ca_file=self.ca)
+        with self.assertRaises(ValueError):
+            Client(self.urls, ca_file=self.ca)
+        with self.assertRaises(ValueError):
+            Client("http://127.0.0.1:1", client_cert=(cert, key))
 
     def test_http2_is_used_and_http1_still_works(self):
         """Goal: the default client speaks HTTP/2, the http2=False one

@@ -58,6 +58,11 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, code::UNAUTHORIZED, message)
     }
+    /// 401 `credential_expired`: the token's or client certificate's
+    /// `expires=` (or the certificate's notAfter) has passed.
+    pub fn credential_expired(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, code::CREDENTIAL_EXPIRED, message)
+    }
     /// 403 `forbidden`.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code::FORBIDDEN, message)

@@ -19,7 +19,7 @@ use vellum_compliance::trail::{AccessAction, AccessEvent};
 use super::breakglass::{BreakGlassGrants, GrantToOpen, UnderBreakGlass};
 use super::errors::ApiError;
 use super::{AppState, ROUTES, route_index, run_blocking};
-use crate::server::auth::{Action, Principal, ScopeRule, TokenStore};
+use crate::server::auth::{Action, Principal, Refusal, ScopeRule, TokenStore};
 use crate::server::logins::{Aggregate, FailedLogins, LOGIN_SWEEP_MS, Source, token_prefix};
 use vellum_compliance::trail::BreakGlass;
 
@@ -79,7 +79,7 @@ pub(crate) async fn authorize(
     };
     // The token and role are checked before any body is read, on every
     // replica (P10): a stranger's body is never read, at a backup neither.
-    let authenticated = authenticate(&state, &request);
+    let authenticated = authenticate(&state, request.headers(), request.extensions());
     let relay_body = authenticated
         .as_ref()
         .is_ok_and(|principal| principal.role.allows(action));
@@ -180,6 +180,17 @@ async fn guard(
     template.principal = principal.name.clone();
     template.role = principal.role.name().to_string();
     request.extensions_mut().insert(TrailTemplate(template));
+    if action == Action::Subscribe {
+        // A subscription outlives this check: it asks again before each
+        // window, so a credential revoked or expired meanwhile ends it.
+        let recheck = Recheck {
+            state: state.clone(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+            principal: principal.clone(),
+        };
+        request.extensions_mut().insert(recheck);
+    }
     let mut response = next.run(request).await;
     if response.status().is_success() && response.extensions().get::<TrailRecorded>().is_some() {
         return response;
@@ -407,6 +418,41 @@ pub struct TrailRecorded;
 /// more than one event (subscription windows).
 #[derive(Debug, Clone)]
 pub struct TrailTemplate(pub vellum_compliance::trail::AccessEvent);
+
+/// The authentication of a request, to run again later (a subscription
+/// runs it before each window): the credential must still be in the
+/// current tables, unexpired, and name the same principal, role and scope.
+#[derive(Clone)]
+pub struct Recheck {
+    state: AppState,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    principal: Principal,
+}
+
+impl std::fmt::Debug for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The headers hold the bearer token: never shown.
+        f.debug_struct("Recheck")
+            .field("principal", &self.principal.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recheck {
+    /// Ok while the credential still authenticates as the same principal.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let now = authenticate(&self.state, &self.headers, &self.extensions)?;
+        if now != self.principal {
+            return Err(ApiError::unauthorized(format!(
+                "the credential of principal {} changed (its role or scope) since this \
+                 subscription opened; subscribe again",
+                self.principal.name
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// The access-trail event of one request, filled in as it is handled.
 struct TrailEntry {
@@ -727,24 +773,25 @@ fn presented_token(headers: &HeaderMap) -> Option<&str> {
 /// The caller: by client certificate (`crate::server::mtls`: the rules
 /// for a certificate plus a token, a replica's certificate and forwarded
 /// requests are there), else by bearer token.
-fn authenticate(state: &AppState, request: &Request) -> Result<Principal, ApiError> {
-    let extensions = request.extensions();
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Result<Principal, ApiError> {
     let from_replica = extensions.get::<crate::server::PeerReplica>().is_some();
     let by_cert = crate::server::mtls::cert_principal(
         state.client_certs.as_ref(),
-        request.headers(),
+        headers,
         extensions.get::<crate::server::mtls::PresentedCert>(),
         from_replica,
     )?;
     if let Some(principal) = by_cert {
         return Ok(principal);
     }
-    let no_token = !request.headers().contains_key(header::AUTHORIZATION);
+    let no_token = !headers.contains_key(header::AUTHORIZATION);
     // A backup relays a tokenless request as it came (the primary refuses
     // and records it): only a replica calling on its own gets this answer.
-    let forwarded = request
-        .headers()
-        .contains_key(crate::server::forward::FORWARDED_HEADER);
+    let forwarded = headers.contains_key(crate::server::forward::FORWARDED_HEADER);
     if no_token && from_replica && !forwarded {
         return Err(ApiError::unauthorized(
             "a replica certificate is not a client identity: present a client certificate \
@@ -757,7 +804,7 @@ fn authenticate(state: &AppState, request: &Request) -> Result<Principal, ApiErr
              client CA); present a client certificate or `Authorization: Bearer <token>`",
         ));
     }
-    bearer_principal(&state.tokens, request.headers())
+    bearer_principal(&state.tokens.get(), headers)
 }
 
 fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principal, ApiError> {
@@ -775,10 +822,18 @@ fn bearer_principal(tokens: &TokenStore, headers: &HeaderMap) -> Result<Principa
             "the Authorization header must be `Bearer <token>`",
         ));
     }
-    tokens
-        .authenticate(token.trim())
-        .cloned()
-        .ok_or_else(|| ApiError::unauthorized("unknown bearer token"))
+    match tokens.authenticate(token.trim(), crate::server::credentials::now_unix_s()) {
+        Ok(principal) => Ok(principal.clone()),
+        Err(Refusal::Unknown) => Err(ApiError::unauthorized("unknown bearer token")),
+        Err(Refusal::Expired {
+            principal,
+            expires_s,
+        }) => Err(ApiError::credential_expired(format!(
+            "the bearer token of principal {principal} expired at {} (expires= in the \
+             tokens file); ask the operator for its successor",
+            crate::server::credentials::format_expires(expires_s)
+        ))),
+    }
 }
 
 /// The stream id in `/v1/streams/{stream}/...`, for the trail: read with

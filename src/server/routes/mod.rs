@@ -351,7 +351,9 @@ pub fn route_index(method: &Method, path: &str) -> Option<usize> {
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) node: Arc<dyn Node>,
-    pub(crate) tokens: Arc<TokenStore>,
+    /// Who may call the API; replaced whole when the tokens file changes
+    /// (`crate::server::credentials`).
+    pub(crate) tokens: Arc<super::credentials::Live<TokenStore>>,
     pub(crate) forwarder: Forwarder,
     pub(crate) counters: Arc<Counters>,
     pub(crate) heartbeat_ms: u64,
@@ -382,7 +384,7 @@ impl AppState {
     ) -> Result<AppState, ServerError> {
         Ok(AppState {
             node,
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(super::credentials::Live::new(tokens)),
             forwarder: Forwarder::new(peer_api, ca_pem)?,
             counters: Arc::new(Counters::new()),
             heartbeat_ms: HEARTBEAT_MS,

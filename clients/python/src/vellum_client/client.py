@@ -493,15 +493,20 @@ class Client:
     """A handle on a Vellum cluster. Thread-safe; close it (or use `with`).
 
     `endpoints`: every replica's API base URL (`https://host:port`);
-    `token`: the bearer token; `ca_file`: the cluster CA (PEM) trusted for
-    https, and the only one; `http2`: offer HTTP/2 (default) or speak
-    HTTP/1.1 only; `timeout`: seconds per request."""
+    `token`: the bearer token; or instead `client_cert`: a client
+    certificate and its key, `(cert_path, key_path)` (PEM files), presented
+    in the TLS handshake (mTLS; https only; the server refuses a
+    certificate together with a token, so give one of them);
+    `ca_file`: the cluster CA (PEM) trusted for https, and the only one;
+    `http2`: offer HTTP/2 (default) or speak HTTP/1.1 only; `timeout`:
+    seconds per request."""
 
     def __init__(
         self,
         endpoints: str | Sequence[str],
-        token: str,
+        token: str | None = None,
         *,
+        client_cert: tuple[str, str] | None = None,
         ca_file: str | None = None,
         http2: bool = True,
         timeout: float = 10.0,
@@ -520,10 +525,17 @@ class Client:
             if not base.startswith(("https://", "http://")):
                 raise ValueError(f"endpoint {endpoint!r} is neither http:// nor https://")
             self._endpoints.append(base)
+        if (token is None) == (client_cert is None):
+            raise ValueError("give a token or a client_cert (exactly one: the server refuses both)")
         verify: ssl.SSLContext | bool = False
         if ca_file is not None:
             # Only the cluster CA: no system roots.
             verify = ssl.create_default_context(cafile=ca_file)
+        if client_cert is not None:
+            if not isinstance(verify, ssl.SSLContext) or not all(e.startswith("https://") for e in self._endpoints):
+                raise ValueError("a client_cert needs https:// endpoints and a ca_file")
+            cert_path, key_path = client_cert
+            verify.load_cert_chain(certfile=cert_path, keyfile=key_path)
         self._token = token
         self._retries_max = min(max(retries_max, 0), RETRIES_MAX_LIMIT)
         self._retry_delay = retry_delay
@@ -938,6 +950,8 @@ class Client:
     # --- plumbing ------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            return {}  # The client certificate speaks for us, in the handshake.
         return {"authorization": f"Bearer {self._token}"}
 
     def _call(
@@ -1066,6 +1080,7 @@ class Client:
             "invalid_envelope": errors.InvalidEnvelope,
             "envelope_too_large": errors.PayloadTooLarge,
             "unauthorized": errors.Unauthorized,
+            "credential_expired": errors.CredentialExpired,
             "forbidden": errors.Forbidden,
             "rate_limited": errors.RateLimited,
             "not_found": errors.NotFound,

@@ -15,6 +15,7 @@ __all__ = [
     "Refused",
     "NotFound",
     "Unauthorized",
+    "CredentialExpired",
     "Forbidden",
     "RateLimited",
     "WrongExpectedOffset",
@@ -71,6 +72,11 @@ class NotFound(ApiError):
 
 class Unauthorized(ApiError):
     """401: missing, malformed or unknown bearer token."""
+
+
+class CredentialExpired(Unauthorized):
+    """401 `credential_expired`: the token or client certificate was valid
+    but its `expires=` (or the certificate's notAfter) has passed."""
 
 
 class Forbidden(ApiError):
