@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use vellum_compliance::trail::AccessEvent;
+
+use super::node::{Node, TrailError};
 use super::routes::{AppState, run_blocking};
 
 /// Pause between two attempts to record the pending rotations.
@@ -54,28 +57,38 @@ async fn record_once(state: &AppState) -> Result<(), String> {
 }
 
 async fn record_signing_once(state: &AppState) -> Result<(), String> {
-    let events = run_blocking(state, |node| node.pending_signing_rotations())
-        .await
-        .map_err(|e| format!("{e:?}"))?
-        .map_err(|e| e.to_string())?;
-    if events.is_empty() {
-        return Ok(());
-    }
-    let count = events.len();
-    super::relay::record_access(state, events)
-        .await
-        .map_err(|e| format!("{e:?}"))?
-        .map_err(|e| e.to_string())?;
-    run_blocking(state, move |node| node.signing_rotations_recorded(count))
-        .await
-        .map_err(|e| format!("{e:?}"))?
-        .map_err(|e| e.to_string())?;
-    tracing::info!(count, "recorded signing-key rotations in the access trail");
-    Ok(())
+    record_pending(
+        state,
+        |node| node.pending_signing_rotations(),
+        |node, count| node.signing_rotations_recorded(count),
+        "signing-key",
+    )
+    .await
 }
 
 async fn record_kek_once(state: &AppState) -> Result<(), String> {
-    let events = run_blocking(state, |node| node.pending_kek_rotations())
+    record_pending(
+        state,
+        |node| node.pending_kek_rotations(),
+        |node, count| node.kek_rotations_recorded(count),
+        "kek",
+    )
+    .await
+}
+
+/// Records the trail events `pending` gives, then tells the node how many
+/// were committed with `recorded` (the pending file moves only then).
+async fn record_pending<P, R>(
+    state: &AppState,
+    pending: P,
+    recorded: R,
+    what: &'static str,
+) -> Result<(), String>
+where
+    P: FnOnce(&dyn Node) -> Result<Vec<AccessEvent>, TrailError> + Send + 'static,
+    R: FnOnce(&dyn Node, usize) -> Result<(), TrailError> + Send + 'static,
+{
+    let events = run_blocking(state, pending)
         .await
         .map_err(|e| format!("{e:?}"))?
         .map_err(|e| e.to_string())?;
@@ -87,10 +100,10 @@ async fn record_kek_once(state: &AppState) -> Result<(), String> {
         .await
         .map_err(|e| format!("{e:?}"))?
         .map_err(|e| e.to_string())?;
-    run_blocking(state, move |node| node.kek_rotations_recorded(count))
+    run_blocking(state, move |node| recorded(node, count))
         .await
         .map_err(|e| format!("{e:?}"))?
         .map_err(|e| e.to_string())?;
-    tracing::info!(count, "recorded kek rotations in the access trail");
+    tracing::info!(count, "recorded {what} rotations in the access trail");
     Ok(())
 }
