@@ -1842,6 +1842,55 @@ fn tokens_and_roles() {
     assert!(Role::Auditor.allows(Action::Proof) && !Role::Auditor.allows(Action::ReadLog));
 }
 
+// Goal: a tokens file of the most principals allowed loads (each line
+// checked against the others by set, not pairwise), and a repeated token
+// or principal anywhere in it refuses the whole file, naming the line.
+#[test]
+fn a_full_tokens_file_loads_and_any_repeat_refuses_it() {
+    let lines: Vec<(String, String)> = (0..crate::server::auth::PRINCIPALS_MAX)
+        .map(|i| {
+            let token = format!("vlm_{i:064x}");
+            let line = token_line(&token, &format!("svc-{i}"), Role::Reader, &Scope::all());
+            (token, line)
+        })
+        .collect();
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let store = TokenStore::from_lines(&text).expect("a full file loads");
+    let (last_token, _) = &lines[lines.len() - 1];
+    let principal = store
+        .authenticate(last_token, 0)
+        .expect("the last line's token");
+    assert_eq!(
+        principal.name,
+        format!("svc-{}", crate::server::auth::PRINCIPALS_MAX - 1)
+    );
+    // The file's first token again, under a new name, as its last line
+    // (the most principals allowed in all).
+    let repeated_token = token_line(&lines[1].0, "svc-again", Role::Reader, &Scope::all());
+    let mut text_token: String = lines[1..].iter().map(|(_, l)| format!("{l}\n")).collect();
+    text_token.push_str(&format!("{repeated_token}\n"));
+    let Err(error) = TokenStore::from_lines(&text_token) else {
+        panic!("a repeated token was accepted");
+    };
+    assert!(
+        error.to_string().contains("digest appears twice"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains(&format!("line {}", lines.len())),
+        "{error}"
+    );
+    // A new token under the first line's name.
+    let repeated_name = token_line("vlm_another", "svc-0", Role::Reader, &Scope::all());
+    let Err(error) = TokenStore::from_lines(&format!("{}\n{repeated_name}\n", lines[0].1)) else {
+        panic!("a repeated principal was accepted");
+    };
+    assert!(
+        error.to_string().contains("\"svc-0\" appears twice"),
+        "{error}"
+    );
+}
+
 // Goal: key custody (shred, hold, release, retention) is the privacy
 // officer's alone, and the privacy officer sees no payload; the role's
 // tokens-file spelling round-trips.
