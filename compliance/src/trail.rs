@@ -264,19 +264,36 @@ impl AccessEvent {
 /// `system`, no stream, the line whole in `detail` (docs/format.md,
 /// "Signing-key rotation", step 5).
 pub fn signing_key_rotated_event(principal: &str, time_ns: u64, line: &str) -> AccessEvent {
+    system_event(
+        principal,
+        time_ns,
+        AccessAction::SigningKeyRotated,
+        line.to_string(),
+    )
+}
+
+/// A replica's own record of what it did to its keys (role `system`, no
+/// stream, a successful outcome, `detail` saying what): the shape of the
+/// `kek_rotated` and `signing_key_rotated` events.
+pub fn system_event(
+    principal: &str,
+    time_ns: u64,
+    action: AccessAction,
+    detail: String,
+) -> AccessEvent {
     AccessEvent {
         v: ACCESS_EVENT_VERSION,
         time_ns,
         principal: principal.to_string(),
         role: "system".to_string(),
-        action: AccessAction::SigningKeyRotated,
+        action,
         stream: None,
         from: None,
         to: None,
         purpose: None,
         outcome: "success".to_string(),
         remote: None,
-        detail: Some(line.to_string()),
+        detail: Some(detail),
         recipient: None,
         description: None,
         streams: None,

@@ -743,29 +743,15 @@ fn kek_rotated_event(
     principal: &str,
     record: &crate::crypto::RotatedRecord,
 ) -> vellum_compliance::trail::AccessEvent {
-    vellum_compliance::trail::AccessEvent {
-        v: vellum_compliance::trail::ACCESS_EVENT_VERSION,
-        time_ns: record.started_ns,
-        principal: principal.to_string(),
-        role: "system".to_string(),
-        action: vellum_compliance::trail::AccessAction::KekRotated,
-        stream: None,
-        from: None,
-        to: None,
-        purpose: None,
-        outcome: "success".to_string(),
-        remote: None,
-        detail: Some(vellum_compliance::trail::clip_text(&format!(
+    vellum_compliance::trail::system_event(
+        principal,
+        record.started_ns,
+        vellum_compliance::trail::AccessAction::KekRotated,
+        vellum_compliance::trail::clip_text(&format!(
             "kek rotated: old {} -> new {} ({})",
             record.old_fingerprint, record.new_fingerprint, record.kek
-        ))),
-        recipient: None,
-        description: None,
-        streams: None,
-        streams_truncated: false,
-        count: None,
-        break_glass: None,
-    }
+        )),
+    )
 }
 
 /// Whether replica `replica` may commit the `signing_key_rotated` event
