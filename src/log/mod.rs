@@ -15,10 +15,13 @@ mod indexer;
 mod persister;
 mod sealed;
 mod shell;
+#[cfg(test)]
+mod signing_tests;
 mod state;
 pub mod tiles;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -360,6 +363,9 @@ pub struct LocalLog {
     storage_config: StorageConfig,
     keys: KeyStore,
     signer: crypto::ReplicaSigner,
+    /// Checkpoint signatures `signer` failed to make (the core asked, the
+    /// key did not sign): `vellum_signing_failures_total`.
+    signing_failures: AtomicU64,
     policy: Policy,
     state: Mutex<LogState>,
     /// The `vellum-tiles` thread writing the tree as tlog-tiles on disk
@@ -691,7 +697,7 @@ impl LocalLog {
         check_signer_pinned(signer.as_ref(), &policy, core_config.replica, &meta, &dir)?;
         let (replica, first_actions) = crate::vsr::Replica::new(
             core_config,
-            Arc::clone(&signer),
+            &signer.verifier(),
             policy.clone(),
             shell::recovered(&state, durable),
             recovery_nonce()?,
@@ -704,6 +710,7 @@ impl LocalLog {
             storage: StorageCell::new(storage),
             keys,
             signer,
+            signing_failures: AtomicU64::new(0),
             policy,
             state: Mutex::new(state),
             tiles: tile_writer,
@@ -1153,6 +1160,11 @@ impl LocalLog {
     /// Storage fdatasyncs since open.
     pub fn storage_syncs(&self) -> u64 {
         self.storage.get().stats().syncs
+    }
+
+    /// Checkpoint signatures the signing key failed to make since open.
+    pub fn signing_failures(&self) -> u64 {
+        self.signing_failures.load(Ordering::Relaxed)
     }
 
     /// The committed events of `stream` with offsets in `[from, to)` for an

@@ -7,6 +7,7 @@
 //! certificates, answer the caller).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ const SAME_KEY_POLL_MS: u64 = 5;
 pub const SESSIONS_IDLE_MAX: usize = 256;
 /// Ops in flight in the local core: the most one group commit can carry.
 pub const LOCAL_PIPELINE_MAX: usize = 1024;
+/// A failing signing key is logged at its first failure and then once per
+/// this many (the core asks again every tick while it has an op to sign).
+const SIGNING_FAILURES_LOGGED_EVERY: u64 = 1_000;
 
 /// The core, behind the log's core mutex.
 #[derive(Debug)]
@@ -662,6 +666,14 @@ impl LocalLog {
                         self.save_state(state).inspect_err(|e| self.poison(e))?;
                         inputs.push_back(Input::SaveDone { state });
                     }
+                    Action::Sign { op, body } => {
+                        let signature = self.sign_checkpoint_body(op, &body);
+                        inputs.push_back(Input::Signed {
+                            op,
+                            body,
+                            signature,
+                        });
+                    }
                     Action::Committed { op, certificate } => {
                         tracing::trace!(target: LATENCY_TARGET, step = "committed", op);
                         self.committed(op, certificate)?;
@@ -704,6 +716,30 @@ impl LocalLog {
             *actions = core.replica.step(input);
         }
         Ok(())
+    }
+
+    /// Signs a checkpoint body the core asked for with this replica's key
+    /// (a file key, or a token's: one token call). A failure gives no
+    /// signature (the core asks again on a later tick, write or ack), is
+    /// counted, and is logged once and then every
+    /// [`SIGNING_FAILURES_LOGGED_EVERY`]th time, so a dead token neither
+    /// stalls the core in silence nor floods the log.
+    fn sign_checkpoint_body(&self, op: u64, body: &str) -> Option<Vec<u8>> {
+        match self.signer.try_sign(body.as_bytes()) {
+            Ok(signature) => Some(signature.to_vec()),
+            Err(e) => {
+                let failures = self.signing_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures == 1 || failures.is_multiple_of(SIGNING_FAILURES_LOGGED_EVERY) {
+                    tracing::error!(
+                        op,
+                        failures,
+                        error = %e,
+                        "the signing key did not sign a checkpoint: this replica acknowledges and certifies nothing until it does"
+                    );
+                }
+                None
+            }
+        }
     }
 
     pub(super) fn poison(&self, error: &LogError) {
@@ -1035,6 +1071,7 @@ fn trace_input(input: &Input) {
         Input::WriteDone { writes } => ("write_done", writes.last().map_or(0, |w| w.0)),
         Input::ReadDone { op, .. } => ("read_done", *op),
         Input::SaveDone { .. } => ("save_done", 0),
+        Input::Signed { op, .. } => ("signed", *op),
     };
     tracing::trace!(target: LATENCY_TARGET, step = "input", kind, op);
 }

@@ -642,6 +642,7 @@ impl Node for ReplicaNode {
                 .as_ref()
                 .map_or(0, |n| n.frames_dropped + n.queue_dropped),
             syncs: self.log.storage_syncs(),
+            signing_failures: self.log.signing_failures(),
             shreds: custody.shreds,
             holds: custody.holds,
             releases: custody.releases,

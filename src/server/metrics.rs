@@ -237,7 +237,7 @@ pub fn render_groups(out: &mut String, groups: &[super::groups::GroupMetrics]) {
 
 /// The exposition text.
 pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
-    let gauges: [(&str, &str, &str, u64); 8] = [
+    let gauges: [(&str, &str, &str, u64); 9] = [
         ("vellum_commit", "gauge", "Committed VSR ops.", node.commit),
         ("vellum_op", "gauge", "Highest op in the journal.", node.op),
         ("vellum_view", "gauge", "Current VSR view.", node.view),
@@ -270,6 +270,12 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             "counter",
             "Storage fdatasyncs since start.",
             node.syncs,
+        ),
+        (
+            "vellum_signing_failures_total",
+            "counter",
+            "Checkpoint signatures this replica's signing key (a file or a PKCS#11 token) failed to make; while it fails the replica acknowledges and certifies nothing.",
+            node.signing_failures,
         ),
     ];
     let (failed, limited) = counters.failed_logins();

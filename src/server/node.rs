@@ -571,6 +571,8 @@ pub struct NodeMetrics {
     pub frames_dropped: u64,
     /// Storage fdatasyncs since start.
     pub syncs: u64,
+    /// Checkpoint signatures the signing key failed to make since start.
+    pub signing_failures: u64,
     /// Custody events applied by this replica, by action (from the log:
     /// every replica counts the same once caught up).
     pub shreds: u64,

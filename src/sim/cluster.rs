@@ -335,7 +335,7 @@ impl Sim {
             .collect();
         let (replica, actions) = Replica::new(
             config,
-            std::sync::Arc::new(node.signer.clone()),
+            &node.signer.verifier(),
             self.policy.clone(),
             recovered,
             nonce,
@@ -506,6 +506,27 @@ impl Sim {
                         replica: index,
                         incarnation,
                         state,
+                    },
+                );
+            }
+            Action::Sign { op, body } => {
+                // The simulated signer never fails; the answer comes back
+                // as its own input, as the production shell's does.
+                self.counters.cover("sign");
+                let node = &self.nodes[usize::from(index)];
+                let signature = node.signer.sign(body.as_bytes()).to_vec();
+                let input = Input::Signed {
+                    op,
+                    body,
+                    signature: Some(signature),
+                };
+                self.schedule(
+                    self.now,
+                    Event::Input {
+                        replica: index,
+                        incarnation,
+                        from: None,
+                        input,
                     },
                 );
             }

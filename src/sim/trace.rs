@@ -98,6 +98,17 @@ fn encode_input(input: &Input, out: &mut Vec<u8>) {
                 put(out, value);
             }
         }
+        Input::Signed {
+            op,
+            body,
+            signature,
+        } => {
+            out.push(7);
+            put(out, *op);
+            put(out, body.len() as u64);
+            out.extend_from_slice(body.as_bytes());
+            out.extend_from_slice(signature.as_deref().unwrap_or_default());
+        }
     }
 }
 

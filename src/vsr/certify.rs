@@ -11,8 +11,14 @@ use vellum_audit::hash::Hash;
 use vellum_audit::note::{Note, NoteSignature};
 use vellum_audit::verify::ChainHead;
 
-use super::ReplicaIndex;
 use super::replica::Replica;
+use super::{Action, Broken, ReplicaIndex, Status};
+
+/// Own checkpoint signatures a replica keeps (and signing requests it has
+/// outstanding), the newest ops: a primary certifies, and a backup
+/// acknowledges, only the newest group ends, so a few cover the pipeline's
+/// retries without growing with the log.
+pub(super) const OWN_SIGNATURES_KEPT: usize = 8;
 
 /// A certificate that verified under the policy, with the op it certifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,21 +48,63 @@ impl Replica {
         self.journal.checkpoint(op, &self.origin)
     }
 
-    /// This replica's signature over its checkpoint after `op`.
-    /// None also when the signer fails, and for an op before this replica's key took over (a pinned
+    /// This replica's signature over its checkpoint after `op`, if the
+    /// shell already made it; otherwise asks the shell for it
+    /// ([`Action::Sign`], once per checkpoint body) and gives None: the
+    /// caller's work resumes in [`Replica::on_signed`].
+    /// None also for an op before this replica's key took over (a pinned
     /// rotation): a signature no peer or auditor would count.
-    pub(super) fn sign_checkpoint(&self, op: u64) -> Option<Vec<u8>> {
+    pub(super) fn sign_checkpoint(&mut self, op: u64) -> Option<Vec<u8>> {
         let in_force = self
             .policy
             .verifier_at(usize::from(self.config.replica), op)?;
-        if in_force.key_id() != self.signer.key_id() {
+        if in_force.key_id() != self.own_key_id {
             return None;
         }
         let checkpoint = self.checkpoint_of(op)?;
-        // A signer that fails (a token-held key whose token errs) gives no
-        // signature: this replica withholds its ack until it can sign.
-        let signature = self.signer.try_sign(checkpoint.body().as_bytes()).ok()?;
-        Some(signature.to_vec())
+        let body = checkpoint.body();
+        if let Some((signed, signature)) = self.own_signatures.get(&op)
+            && *signed == body
+        {
+            return Some(signature.clone());
+        }
+        if self.signing.get(&op) != Some(&body) {
+            self.signing.insert(op, body.clone());
+            while self.signing.len() > OWN_SIGNATURES_KEPT {
+                self.signing.pop_first();
+            }
+            self.out.push(Action::Sign { op, body });
+        }
+        None
+    }
+
+    /// The shell answered an [`Action::Sign`]: keep the signature if the
+    /// checkpoint after `op` is still the body signed, then do what waited
+    /// for it (a primary tries to commit; a backup acknowledges `op` if it
+    /// holds it durably). A signer that failed gives no signature: nothing
+    /// is retried here (the next write, ack or view change asks again), so
+    /// a failing token cannot make the core spin.
+    pub(super) fn on_signed(&mut self, op: u64, body: String, signature: Option<Vec<u8>>) {
+        if self.signing.get(&op) == Some(&body) {
+            self.signing.remove(&op);
+        }
+        let Some(signature) = signature else { return };
+        let current = self.checkpoint_of(op).map(|c| c.body());
+        if current.as_ref() != Some(&body) {
+            return; // the log changed under the request: a stale signature
+        }
+        self.own_signatures.insert(op, (body, signature));
+        while self.own_signatures.len() > OWN_SIGNATURES_KEPT {
+            self.own_signatures.pop_first();
+        }
+        if self.status != Status::Normal || self.pending.is_some() {
+            return;
+        }
+        if self.is_primary() {
+            self.try_commit();
+        } else if op <= self.journal.durable_op() || self.broken(Broken::AckBeforeFsync) {
+            self.send_prepare_ok(op);
+        }
     }
 
     /// Whether `signature` is replica `from`'s signature over this

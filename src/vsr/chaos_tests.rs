@@ -156,7 +156,7 @@ impl Chaos {
         self.nonce += 1;
         let (replica, actions) = Replica::new(
             self.config(i),
-            std::sync::Arc::new(self.signers[usize::from(i)].clone()),
+            &self.signers[usize::from(i)].verifier(),
             self.policy.clone(),
             self.disks[usize::from(i)].recovered(),
             self.nonce,
@@ -249,6 +249,14 @@ impl Chaos {
                 disk.pending_state = Some(state);
                 self.saves.push_back((i, state));
                 return;
+            }
+            Action::Sign { op, body } => {
+                let signature = self.signers[usize::from(i)].sign(body.as_bytes()).to_vec();
+                Input::Signed {
+                    op,
+                    body,
+                    signature: Some(signature),
+                }
             }
             Action::Committed { op, certificate } => {
                 let certificate = certificate.encode();

@@ -421,6 +421,11 @@ pub enum Action {
     /// [`Input::SaveDone`]. The core never sends a message that depends on
     /// this state before it is durable.
     Save { state: DurableState },
+    /// Sign `body` (this replica's checkpoint after `op`, the signed-note
+    /// body) with this replica's signing key and report [`Input::Signed`].
+    /// The key may live in a token (I/O), so signing is the shell's work,
+    /// never the core's: the core computes what to sign and waits.
+    Sign { op: u64, body: String },
     /// `op` committed: store its certificate in the log and the index. The
     /// certificate passes typed and shared: every op of a batch names the
     /// same one, parsed once.
@@ -473,6 +478,14 @@ pub enum Input {
     },
     /// The durable state was saved.
     SaveDone { state: DurableState },
+    /// The shell signed (`Some`) or could not sign (`None`: the signer
+    /// failed) the checkpoint body of an [`Action::Sign`]. The core uses
+    /// the signature only while its checkpoint after `op` is still `body`.
+    Signed {
+        op: u64,
+        body: String,
+        signature: Option<Vec<u8>>,
+    },
 }
 
 /// What a replica recovered from its own disk when it starts.

@@ -487,7 +487,7 @@ impl Replica {
     }
 
     /// Commits the highest op a quorum (the primary included) signed.
-    fn try_commit(&mut self) {
+    pub(super) fn try_commit(&mut self) {
         let needed = if self.broken(Broken::CommitWithoutQuorum) {
             1
         } else {

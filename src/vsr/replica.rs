@@ -6,11 +6,10 @@
 //! which [`Replica::step`] hands back in order.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use vellum_audit::checkpoint::origin_for_cluster;
-use vellum_audit::note::NoteSigner;
+use vellum_audit::note::Verifier;
 use vellum_audit::policy::Policy;
 use vellum_audit::record::OpHeader;
 
@@ -93,11 +92,18 @@ pub(super) struct Timers {
 #[derive(Debug)]
 pub struct Replica {
     pub(super) config: Config,
-    /// Signs this replica's checkpoints. With a file key this is a pure
-    /// function of the message; a token-held key (`crypto::Pkcs11Signer`)
-    /// makes one token call, deterministic too (Ed25519), and on failure
-    /// gives no signature, never a wrong one.
-    pub(super) signer: Arc<dyn NoteSigner>,
+    /// The key id of this replica's signing key (its newest pinned key).
+    /// The core never signs: it asks the shell ([`Action::Sign`]), whose
+    /// key may live in a token, and keeps the answers in `own_signatures`.
+    pub(super) own_key_id: [u8; 4],
+    /// This replica's signatures over its own checkpoints, by op, with the
+    /// checkpoint body signed (a signature counts only while the
+    /// checkpoint after its op is still that body). At most
+    /// `certify::OWN_SIGNATURES_KEPT`, the newest ops.
+    pub(super) own_signatures: BTreeMap<u64, (String, Vec<u8>)>,
+    /// Checkpoint bodies the shell was asked to sign and has not answered
+    /// yet, by op: asked once each.
+    pub(super) signing: BTreeMap<u64, String>,
     pub(super) policy: Policy,
     pub(super) origin: String,
     pub(super) broken: Broken,
@@ -166,13 +172,13 @@ impl Replica {
     /// brand-new cluster is recognized when every peer reports an empty disk.
     pub fn new(
         config: Config,
-        signer: Arc<dyn NoteSigner>,
+        own_key: &Verifier,
         policy: Policy,
         recovered: Recovered,
         nonce: u64,
         broken: Broken,
     ) -> (Replica, Vec<Action>) {
-        check_config(&config, signer.as_ref(), &policy);
+        check_config(&config, own_key, &policy);
         let origin = origin_for_cluster(config.cluster);
         let empty = recovered.journal.is_empty()
             && recovered.state == DurableState::default()
@@ -181,7 +187,9 @@ impl Replica {
             journal: Journal::new(config.cluster),
             clients: ClientTable::new(config.clients_max),
             config,
-            signer,
+            own_key_id: own_key.key_id(),
+            own_signatures: BTreeMap::new(),
+            signing: BTreeMap::new(),
             policy,
             origin,
             broken,
@@ -293,6 +301,11 @@ impl Replica {
                 record,
             } => self.on_read_done(op, purpose, record),
             Input::SaveDone { state } => self.on_save_done(state),
+            Input::Signed {
+                op,
+                body,
+                signature,
+            } => self.on_signed(op, body, signature),
         }
         std::mem::take(&mut self.out)
     }
@@ -531,7 +544,7 @@ impl Replica {
 }
 
 /// Checks the configuration against the keys; a mismatch is a wiring bug.
-fn check_config(config: &Config, signer: &dyn NoteSigner, policy: &Policy) {
+fn check_config(config: &Config, own_key: &Verifier, policy: &Policy) {
     let count = usize::from(config.replica_count);
     assert!(
         (1..=REPLICAS_MAX).contains(&count) && count % 2 == 1,
@@ -569,7 +582,7 @@ fn check_config(config: &Config, signer: &dyn NoteSigner, policy: &Policy) {
         .expect("the policy pins every replica");
     assert_eq!(
         own.key_id(),
-        signer.key_id(),
+        own_key.key_id(),
         "signer is not this replica's pinned key"
     );
 }

@@ -98,6 +98,11 @@ struct Cluster {
     sent: Vec<(u8, u8, MessageBody)>,
     /// Replicas that receive no Prepare (so they never get an op's body).
     drop_prepares_to: BTreeSet<u8>,
+    /// Replicas whose shell's signer fails (a token that errs): every
+    /// `Sign` is answered with no signature.
+    failing_signers: BTreeSet<u8>,
+    /// `Sign` actions answered, by replica.
+    signs: Vec<u64>,
     nonce: u64,
     inflight_max: u64,
 }
@@ -133,6 +138,8 @@ impl Cluster {
             committed: vec![BTreeMap::new(); usize::from(n)],
             sent: Vec::new(),
             drop_prepares_to: BTreeSet::new(),
+            failing_signers: BTreeSet::new(),
+            signs: vec![0; usize::from(n)],
             nonce: 1000,
             inflight_max: 0,
         };
@@ -149,12 +156,18 @@ impl Cluster {
             .expect("replica is up")
     }
 
+    fn replica_mut(&mut self, i: u8) -> &mut Replica {
+        self.replicas[usize::from(i)]
+            .as_mut()
+            .expect("replica is up")
+    }
+
     fn start(&mut self, i: u8) {
         self.nonce += 1;
         let recovered = self.disks[usize::from(i)].recovered();
         let (replica, actions) = Replica::new(
             config(self.n, i),
-            std::sync::Arc::new(self.signers[usize::from(i)].clone()),
+            &self.signers[usize::from(i)].verifier(),
             self.policy.clone(),
             recovered,
             self.nonce,
@@ -246,6 +259,16 @@ impl Cluster {
             Action::Save { state } => {
                 disk.state = state;
                 Input::SaveDone { state }
+            }
+            Action::Sign { op, body } => {
+                self.signs[usize::from(i)] += 1;
+                let signature = (!self.failing_signers.contains(&i))
+                    .then(|| self.signers[usize::from(i)].sign(body.as_bytes()).to_vec());
+                Input::Signed {
+                    op,
+                    body,
+                    signature,
+                }
             }
             Action::Committed { op, certificate } => {
                 let certificate = certificate.encode();
@@ -897,13 +920,13 @@ fn rotated_replica_signs_only_from_its_rotation_op() {
         cluster.start(i);
         cluster.tick(20);
     }
-    let replica = cluster.replica(1);
+    let replica = cluster.replica_mut(1);
     assert!(before >= 1 && replica.op() >= before);
     for op in 1..from_op {
-        assert_eq!(
-            replica.sign_checkpoint(op),
-            None,
-            "op {op} is before the rotation at {from_op}: the new key must not sign it"
+        assert_eq!(replica.sign_checkpoint(op), None);
+        assert!(
+            !replica.out.iter().any(|a| matches!(a, Action::Sign { .. })),
+            "op {op} is before the rotation at {from_op}: the new key must not be asked to sign it"
         );
     }
     let reply = cluster.append(7, 4, 16, None);
@@ -911,14 +934,98 @@ fn rotated_replica_signs_only_from_its_rotation_op() {
     assert!(body.op >= from_op);
     let primary = cluster.primary().expect("a primary");
     cluster.check_certificate(&body.certificate, primary);
-    let replica = cluster.replica(1);
-    let signature = replica
-        .sign_checkpoint(body.op)
-        .expect("the new key signs ops from the rotation on");
+    let replica = cluster.replica_mut(1);
     let checkpoint = replica.checkpoint_of(body.op).expect("its checkpoint");
+    match replica.sign_checkpoint(body.op) {
+        Some(signature) => assert!(
+            new.verifier()
+                .verify(checkpoint.body().as_bytes(), &signature),
+            "signed with the new key"
+        ),
+        None => assert!(
+            replica
+                .out
+                .iter()
+                .any(|a| matches!(a, Action::Sign { op: asked, body: text } if *asked == body.op && *text == checkpoint.body())),
+            "the new key is asked to sign ops from the rotation on"
+        ),
+    }
+}
+
+/// Signing is the shell's work (the key may be in a token): while the
+/// primary's signer fails, no op commits and no certificate is made, the
+/// core asks again (once a tick, not in a loop within one step), and once
+/// the signer works again the waiting append commits with a certificate
+/// every replica's policy accepts.
+#[test]
+fn a_failing_primary_signer_withholds_commits_until_it_signs_again() {
+    let mut cluster = Cluster::new(3);
+    let primary = cluster.primary().expect("a primary");
+    let commit_before = cluster.replica(primary).commit();
+    cluster.failing_signers.insert(primary);
+    cluster.signs = vec![0; 3];
+    cluster.submit(primary, request(7, 1, 16, None, 2));
+    cluster.run();
     assert!(
-        new.verifier()
-            .verify(checkpoint.body().as_bytes(), &signature),
-        "signed with the new key"
+        cluster.reply_of(7, 1).is_none(),
+        "no reply while the primary cannot sign"
+    );
+    assert_eq!(
+        cluster.replica(primary).commit(),
+        commit_before,
+        "nothing committed"
+    );
+    let asked = cluster.signs[usize::from(primary)];
+    assert!(asked >= 1, "the primary asked its shell to sign");
+    assert!(
+        asked <= 3,
+        "asked {asked} times in one settled run: the core loops on a failing signer"
+    );
+    cluster.tick(5);
+    assert!(
+        cluster.reply_of(7, 1).is_none(),
+        "still nothing while the signer fails"
+    );
+    let asked_after_ticks = cluster.signs[usize::from(primary)];
+    assert!(
+        asked_after_ticks > asked,
+        "the primary asks again on later ticks ({asked} then {asked_after_ticks})"
+    );
+    cluster.failing_signers.clear();
+    cluster.tick(2);
+    let reply = cluster
+        .reply_of(7, 1)
+        .expect("the append commits once the signer works");
+    let body = committed_body(&reply);
+    cluster.check_certificate(&body.certificate, primary);
+}
+
+/// A backup whose signer fails sends no prepare_ok (it has no signature to
+/// send), yet with the other backup's the quorum commits; the failing
+/// backup's acknowledgements resume with its signer.
+#[test]
+fn a_failing_backup_signer_sends_no_acknowledgement() {
+    let mut cluster = Cluster::new(3);
+    let primary = cluster.primary().expect("a primary");
+    let backup = (0..3).find(|i| *i != primary).expect("a backup");
+    cluster.failing_signers.insert(backup);
+    cluster.sent.clear();
+    let reply = cluster.append(7, 1, 16, None);
+    let body = committed_body(&reply);
+    cluster.check_certificate(&body.certificate, primary);
+    let acks_from = |cluster: &Cluster| {
+        cluster
+            .sent
+            .iter()
+            .filter(|(from, _, m)| *from == backup && matches!(m, MessageBody::PrepareOk { .. }))
+            .count()
+    };
+    assert_eq!(acks_from(&cluster), 0, "no prepare_ok without a signature");
+    cluster.failing_signers.clear();
+    cluster.append(7, 2, 16, None);
+    cluster.tick(10);
+    assert!(
+        acks_from(&cluster) >= 1,
+        "acknowledgements resume with the signer"
     );
 }
