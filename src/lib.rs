@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod index;
 pub mod init;
+pub mod live;
 pub mod local_cluster;
 pub mod local_witness;
 pub mod log;

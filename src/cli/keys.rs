@@ -1,4 +1,6 @@
-//! `vellum keys show`: public key material only. `vellum keys rotate-kek`:
+//! `vellum keys show`: public key material only. `vellum keys history`:
+//! the signing-key history of a policy, or of a log against it (wiring
+//! only; the listing is `verify::key_listing`). `vellum keys rotate-kek`:
 //! a new key-encryption key for a stopped replica (wiring only; the
 //! rotation is `crypto::rotate_kek`). `vellum keys new-kek`: a KEK file to
 //! rotate a cluster's replicas to. `vellum keys rotate-signing`: a new
@@ -10,6 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::print_json;
@@ -28,6 +31,14 @@ enum KeysCommand {
     /// Show this replica's public keys (never secrets) and the `rotation`
     /// lines of every signing-key rotation it made.
     Show(ShowArgs),
+    /// Print the signing-key history: each replica's keys, from which op
+    /// each signs, the `rotation` lines that switch them and, with a data
+    /// directory, the access-trail position of the `signing_key_rotated`
+    /// event that announced each (the log is verified first). Public
+    /// material only; works on a stopped replica's directory or a policy
+    /// file alone. Exits nonzero when an announcement does not verify, a
+    /// pinned rotation is not announced, or the log does not verify.
+    History(HistoryArgs),
     /// Rotate a stopped replica's key-encryption key: every data key is
     /// rewrapped under a new KEK, then the old KEK is destroyed. Crash-safe:
     /// an interrupted rotation is finished or undone at the replica's next
@@ -50,6 +61,27 @@ enum KeysCommand {
     /// same key, so no policy changes), vellum.json records the token, then
     /// the file is destroyed. Rerun it after a crash to finish.
     MoveSigningToPkcs11(MoveSigningArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["data_dir", "policy"])))]
+struct HistoryArgs {
+    /// A replica's data directory: its log is verified and its access
+    /// trail read for the announcements (default policy: its policy.txt).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The trust policy whose pinned history to print (alone: no log read).
+    #[arg(long, value_name = "P")]
+    policy: Option<PathBuf>,
+    /// Audit index URL (postgres://...); default: SQLite file in the data directory.
+    #[arg(long, value_name = "URL", env = "VELLUM_INDEX_URL")]
+    index_url: Option<String>,
+    /// Only this replica's keys.
+    #[arg(long, value_name = "N")]
+    replica: Option<usize>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +154,7 @@ struct RotateKekArgs {
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         KeysCommand::Show(args) => show(args),
+        KeysCommand::History(args) => history(args),
         KeysCommand::RotateKek(args) => rotate_kek(args),
         KeysCommand::RotateSigning(args) => rotate_signing(args),
         KeysCommand::MoveSigningToPkcs11(args) => move_signing(args),
@@ -165,6 +198,48 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    use crate::verify::key_listing;
+    if let Some(dir) = &args.data_dir {
+        super::check_data_dir(dir, true)?;
+    }
+    let policy_path = match (&args.policy, &args.data_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => DataDir::new(dir).policy(),
+        (None, None) => anyhow::bail!("give --data-dir, --policy, or both"),
+    };
+    let text = std::fs::read_to_string(&policy_path)
+        .with_context(|| format!("{}: cannot read the trust policy", policy_path.display()))?;
+    let policy = vellum_audit::policy::Policy::parse(&text)
+        .with_context(|| format!("{}: the trust policy is refused", policy_path.display()))?;
+    if let Some(replica) = args.replica
+        && replica >= policy.verifiers.len()
+    {
+        anyhow::bail!(
+            "replica {replica} is not in {} ({} replicas)",
+            policy_path.display(),
+            policy.verifiers.len()
+        );
+    }
+    let listing = match &args.data_dir {
+        Some(dir) => key_listing::of_data_dir(dir, &policy, args.index_url.as_deref()),
+        None => key_listing::of_policy(&policy),
+    };
+    let listing = match args.replica {
+        Some(replica) => listing.only_replica(replica),
+        None => listing,
+    };
+    if args.json {
+        print_json(&listing)?;
+    } else {
+        print!("{}", key_listing::to_text(&listing));
+    }
+    Ok(match listing.clean() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
 }
 
 fn rotate_kek(args: RotateKekArgs) -> anyhow::Result<ExitCode> {

@@ -23,6 +23,7 @@
 pub mod codec;
 pub mod frame;
 pub mod tls;
+pub mod tls_reload;
 pub mod transport;
 
 pub use transport::{NetConfig, NetStats, NetTransport, Transport};

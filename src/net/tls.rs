@@ -93,6 +93,26 @@ pub enum TlsError {
          client identity); make a separate CA for client certificates"
     )]
     SharedClientCa,
+    /// The certificate is not the private key's (a half-replaced pair).
+    #[error("tls certificate {cert} does not match the private key {key}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate does not verify, now, against the CA it is loaded
+    /// with (another CA's, expired, not yet valid, without the replica's
+    /// name or the key usages a replica needs).
+    #[error("tls certificate {cert} does not verify against the CA {ca}: {reason}")]
+    Untrusted {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The CA file.
+        ca: PathBuf,
+        /// What webpki said.
+        reason: String,
+    },
 }
 
 /// The DNS name in replica `index`'s certificate (and the server name a
@@ -138,16 +158,7 @@ pub fn generate_dev_pki(dir: &Path, replica_count: u8) -> Result<DevPki, TlsErro
         })?;
     }
     let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "vellum dev ca");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
+    let ca_params = dev_ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
 
@@ -171,24 +182,78 @@ pub fn generate_dev_pki(dir: &Path, replica_count: u8) -> Result<DevPki, TlsErro
     )?;
     for (index, (cert_path, key_path)) in (0..replica_count).zip(&pki.replicas) {
         let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(vec![
-            replica_dns_name(index),
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, replica_dns_name(index));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = dev_replica_params(index, false)?.signed_by(&key, &issuer)?;
         write_file(cert_path, cert.pem().as_bytes(), CERT_FILE_MODE)?;
         write_file(key_path, key.serialize_pem().as_bytes(), KEY_FILE_MODE)?;
     }
     Ok(pki)
+}
+
+/// A new certificate and key (PEM) for replica `index`, issued by the dev
+/// CA of `pki` (its `ca.pem` and `ca.key`): what a rotation drill on a dev
+/// cluster, and the rotation tests, put in place of `replica-{i}.pem` and
+/// `replica-{i}.key`. `expired`: valid only in 2000 (for tests).
+pub fn reissue_dev_replica_cert(
+    pki: &DevPki,
+    index: ReplicaIndex,
+    expired: bool,
+) -> Result<(String, zeroize::Zeroizing<String>), TlsError> {
+    crate::crypto::fsutil::check_private(&pki.ca_key).map_err(TlsError::Insecure)?;
+    let ca_key_pem =
+        zeroize::Zeroizing::new(std::fs::read_to_string(&pki.ca_key).map_err(|source| {
+            TlsError::Io {
+                path: pki.ca_key.clone(),
+                source,
+            }
+        })?);
+    let ca_key = rcgen::KeyPair::from_pem(&ca_key_pem)?;
+    let ca_params = dev_ca_params()?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = dev_replica_params(index, expired)?.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// The dev CA's subject and usages (the same at generation and reissue, so
+/// reissued certificates chain to the stored CA certificate).
+fn dev_ca_params() -> Result<rcgen::CertificateParams, TlsError> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vellum dev ca");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// Replica `index`'s certificate: SANs `replica-{i}.vellum`, `localhost`
+/// and 127.0.0.1, for server and client auth.
+fn dev_replica_params(
+    index: ReplicaIndex,
+    expired: bool,
+) -> Result<rcgen::CertificateParams, TlsError> {
+    let mut params = rcgen::CertificateParams::new(vec![
+        replica_dns_name(index),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, replica_dns_name(index));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+    }
+    Ok(params)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -244,7 +309,7 @@ impl TlsMaterial {
         Ok(material)
     }
 
-    fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
+    pub(super) fn roots(&self) -> Result<Arc<RootCertStore>, TlsError> {
         let mut roots = RootCertStore::empty();
         for cert in parse_certs(&self.ca_pem, Path::new("<ca>"))? {
             roots.add(cert)?;
@@ -262,7 +327,10 @@ impl TlsMaterial {
     }
 }
 
-fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(super) fn parse_certs(
+    pem: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem_error = |reason: String| TlsError::Pem {
         path: path.to_path_buf(),
         reason,
@@ -282,14 +350,14 @@ fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(super) fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| TlsError::Pem {
         path: path.to_path_buf(),
         reason: format!("no usable private key: {e}"),
     })
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -37,6 +37,8 @@ use super::tls::{
     TlsError, TlsMaterial, peer_replica_index, replica_client_config, replica_dns_name,
     replica_server_config,
 };
+use super::tls_reload::{TlsCheck, TlsWatcher};
+use crate::live::Live;
 use crate::vsr::{Message, REPLICAS_MAX, ReplicaIndex};
 
 /// Messages queued for one peer, at most; more are dropped and counted.
@@ -111,6 +113,16 @@ pub struct NetConfig {
     pub peers: Vec<(ReplicaIndex, SocketAddr)>,
     /// This replica's TLS material (CA, certificate, key).
     pub tls: TlsMaterial,
+    /// Watches the files `tls` came from: a new version that passes its
+    /// checks is used by the next handshake in either direction
+    /// (`super::tls_reload`); None: `tls` is kept for good.
+    pub tls_watcher: Option<TlsWatcher>,
+}
+
+/// The link's TLS configurations, replaced whole when the files change.
+struct LinkTls {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
 }
 
 /// Why a transport could not start.
@@ -144,6 +156,8 @@ pub struct NetTransport {
     counters: Arc<Counters>,
     deliver: Deliver,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropped with the transport: stops the TLS files' watcher.
+    _tls_watch_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl fmt::Debug for NetTransport {
@@ -173,8 +187,10 @@ impl NetTransport {
         deliver: Deliver,
     ) -> Result<(Arc<NetTransport>, SocketAddr), NetError> {
         check_peers(&config)?;
-        let acceptor = TlsAcceptor::from(replica_server_config(&config.tls)?);
-        let connector = TlsConnector::from(replica_client_config(&config.tls)?);
+        let tls = Arc::new(Live::new(LinkTls {
+            acceptor: TlsAcceptor::from(replica_server_config(&config.tls)?),
+            connector: TlsConnector::from(replica_client_config(&config.tls)?),
+        }));
         let bind_error = |source| NetError::Bind {
             addr: config.listen,
             source,
@@ -195,7 +211,11 @@ impl NetTransport {
             counters: Arc::clone(&counters),
             deliver: Arc::clone(&deliver),
         });
-        let mut tasks = vec![runtime.spawn(accept_loop(listener, acceptor, inbound))];
+        let mut tasks = vec![runtime.spawn(accept_loop(listener, Arc::clone(&tls), inbound))];
+        let (tls_watch_stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(watcher) = config.tls_watcher {
+            tasks.push(runtime.spawn(watch_tls(watcher, Arc::clone(&tls), stopped)));
+        }
         let mut queues = BTreeMap::new();
         for (peer, addr) in &config.peers {
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MAX);
@@ -203,7 +223,7 @@ impl NetTransport {
             let link = PeerLink {
                 peer: *peer,
                 addr: *addr,
-                connector: connector.clone(),
+                tls: Arc::clone(&tls),
                 counters: Arc::clone(&counters),
             };
             tasks.push(runtime.spawn(link.run(receiver)));
@@ -215,6 +235,7 @@ impl NetTransport {
             counters,
             deliver,
             tasks: Mutex::new(tasks),
+            _tls_watch_stop: tls_watch_stop,
         };
         Ok((Arc::new(transport), bound))
     }
@@ -295,9 +316,27 @@ fn check_peers(config: &NetConfig) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Checks the TLS files every second and swaps in each new version that
+/// passes its checks; open connections keep their session.
+async fn watch_tls(
+    mut watcher: TlsWatcher,
+    tls: Arc<Live<LinkTls>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let check = move || {
+        if let TlsCheck::Loaded(set) = watcher.check() {
+            tls.replace(LinkTls {
+                acceptor: TlsAcceptor::from(Arc::clone(&set.link_server)),
+                connector: TlsConnector::from(Arc::clone(&set.link_client)),
+            });
+        }
+    };
+    crate::live::check_every_second(check, "replica-link tls", stop).await;
+}
+
 /// Accepts connections until aborted; dropping the JoinSet (on abort)
 /// aborts every connection task with it.
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, inbound: Arc<Inbound>) {
+async fn accept_loop(listener: TcpListener, tls: Arc<Live<LinkTls>>, inbound: Arc<Inbound>) {
     let mut connections = JoinSet::new();
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -316,7 +355,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, inbound: Arc<
         connections.spawn(serve_inbound(
             tcp,
             remote,
-            acceptor.clone(),
+            tls.get().acceptor.clone(),
             Arc::clone(&inbound),
         ));
     }
@@ -394,7 +433,8 @@ async fn serve_inbound(
 struct PeerLink {
     peer: ReplicaIndex,
     addr: SocketAddr,
-    connector: TlsConnector,
+    /// Each connection attempt takes the configuration current then.
+    tls: Arc<Live<LinkTls>>,
     counters: Arc<Counters>,
 }
 
@@ -442,7 +482,8 @@ impl PeerLink {
         let attempt = async {
             let tcp = TcpStream::connect(self.addr).await?;
             tcp.set_nodelay(true)?;
-            self.connector.connect(name, tcp).await
+            let connector = self.tls.get().connector.clone();
+            connector.connect(name, tcp).await
         };
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), attempt).await {
             Ok(Ok(stream)) => Ok(stream),
@@ -562,6 +603,15 @@ mod tests {
         replica: ReplicaIndex,
         addrs: &[SocketAddr],
     ) -> (Arc<NetTransport>, Inbox) {
+        start_watching(pki, replica, addrs, None)
+    }
+
+    fn start_watching(
+        pki: &DevPki,
+        replica: ReplicaIndex,
+        addrs: &[SocketAddr],
+        tls_watcher: Option<TlsWatcher>,
+    ) -> (Arc<NetTransport>, Inbox) {
         let inbox: Inbox = Arc::default();
         let sink = Arc::clone(&inbox);
         let deliver: Deliver = Arc::new(move |m| sink.lock().expect("inbox lock").push(m));
@@ -575,6 +625,7 @@ mod tests {
                 .map(|(i, a)| (i, *a))
                 .collect(),
             tls: material(pki, replica),
+            tls_watcher,
         };
         let (transport, bound) =
             NetTransport::start(config, tokio::runtime::Handle::current(), deliver)
@@ -655,6 +706,66 @@ mod tests {
             );
             transport.shutdown();
         }
+    }
+
+    /// Goal: once replica 0's certificate and key files are replaced, new
+    /// link connections to it are shown the new certificate (its
+    /// fingerprint, seen by the connecting peer) without a restart, and
+    /// messages still flow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_certificate_reaches_new_link_connections() {
+        use crate::net::tls::{
+            certificate_sha256, certificates_from_pem, reissue_dev_replica_cert,
+        };
+        let (_dir, pki) = dev_pki(2);
+        let addrs = free_addrs(2);
+        let (cert_path, key_path) = pki.replicas[0].clone();
+        let watcher = TlsWatcher::new(
+            crate::net::tls_reload::TlsFiles {
+                replica: 0,
+                ca: pki.ca_cert.clone(),
+                cert: cert_path.clone(),
+                key: key_path.clone(),
+                client_ca: None,
+            },
+            "replica link",
+        );
+        let (zero, _) = start_watching(&pki, 0, &addrs, Some(watcher));
+        let (one, inbox) = start(&pki, 1, &addrs);
+        let shown = || async {
+            let stream = raw_client(&material(&pki, 1), addrs[0], 0)
+                .await
+                .expect("handshake");
+            let leaf = stream.get_ref().1.peer_certificates().expect("certificate")[0].clone();
+            certificate_sha256(&leaf)
+        };
+        let sha256_of = |pem: &[u8]| {
+            certificate_sha256(
+                &certificates_from_pem(pem, std::path::Path::new("t")).expect("pem")[0],
+            )
+        };
+        assert_eq!(
+            shown().await,
+            sha256_of(&std::fs::read(&cert_path).expect("cert"))
+        );
+        let (cert, key) = reissue_dev_replica_cert(&pki, 0, false).expect("reissue");
+        crate::fsutil::replace_durable(&key_path, key.as_bytes(), 0o600).expect("key");
+        crate::fsutil::replace_durable(&cert_path, cert.as_bytes(), 0o644).expect("cert");
+        let deadline = Instant::now() + Duration::from_millis(WAIT_MS_MAX);
+        while shown().await != sha256_of(cert.as_bytes()) {
+            assert!(
+                Instant::now() < deadline,
+                "new connections still get the old certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        zero.send(1, message(0, 42));
+        assert!(
+            wait_until(|| inbox_len(&inbox) == 1).await,
+            "a message after the rotation"
+        );
+        zero.shutdown();
+        one.shutdown();
     }
 
     /// Goal: a client whose certificate is not signed by the cluster CA is

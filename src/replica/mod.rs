@@ -31,7 +31,8 @@ pub use trail::{TRAIL_BATCH_EVENTS_MAX, TrailBatcher};
 
 use crate::cluster::ClusterConfig;
 use crate::log::{ClusterRole, LocalLog, LogOptions, Outbox};
-use crate::net::tls::{self, TlsMaterial};
+use crate::net::tls;
+use crate::net::tls_reload::{TlsFiles, TlsSet, TlsWatcher};
 use crate::net::{NetConfig, NetTransport, Transport};
 use crate::server::auth::TokenStore;
 use crate::server::{ServerConfig, serve};
@@ -109,8 +110,19 @@ pub struct RunningReplica {
 /// Starts replica `config.replica` of the cluster described by `config`.
 pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let this = config.this_replica().clone();
-    let material = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
-        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+    // The watchers take the files' stamps before the first load, so a
+    // change made while the replica starts is loaded by their first check.
+    let tls_files = TlsFiles {
+        replica: config.replica,
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.client_certs.as_ref().map(|c| c.ca.clone()),
+    };
+    let api_tls_watcher = TlsWatcher::new(tls_files.clone(), "client api");
+    let link_tls_watcher = TlsWatcher::new(tls_files.clone(), "replica link");
+    let tls_set = TlsSet::load(&tls_files).map_err(|e| ReplicaError::Config(e.to_string()))?;
+    let material = tls_set.material.clone();
     let tokens =
         TokenStore::load(&config.tokens).map_err(|e| ReplicaError::Config(e.to_string()))?;
     let client_certs = load_client_certs(config)?;
@@ -158,6 +170,7 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
             .map(|(i, peer)| (i, peer.address))
             .collect(),
         tls: material.clone(),
+        tls_watcher: Some(link_tls_watcher),
     };
     let (transport, _bound) = NetTransport::start(net_config, runtime.handle().clone(), deliver)
         .map_err(|e| ReplicaError::Io(format!("replica network on {}: {e}", this.address)))?;
@@ -181,11 +194,8 @@ pub fn start(config: &ClusterConfig) -> Result<RunningReplica, ReplicaError> {
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let server_config = ServerConfig {
         listen: this.api_address,
-        tls: tls::api_server_config(
-            &material,
-            client_certs.as_ref().map(|(pem, _)| pem.as_slice()),
-        )
-        .map_err(|e| ReplicaError::Config(e.to_string()))?,
+        tls: Arc::clone(&tls_set.api_server),
+        tls_watcher: Some(api_tls_watcher),
         tokens,
         peer_api: (0u8..).zip(config.api_urls()).collect(),
         ca_pem: material.ca_pem.clone(),

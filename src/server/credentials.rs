@@ -15,51 +15,20 @@
 //!   moment, so a line deleted from the file (a revocation) refuses the
 //!   next request, also on an HTTP/2 connection opened before.
 
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::auth::{AuthError, TokenStore};
 use super::mtls::ClientCertStore;
 
-/// How often the server looks for a changed tokens or client certificates
-/// file, in milliseconds.
-pub const RELOAD_CHECK_MS: u64 = 1_000;
+use crate::live::FileStamp;
+pub use crate::live::{Live, RELOAD_CHECK_MS};
 /// The earliest accepted `expires=`: 1970-01-01T00:00:00Z.
 pub const EXPIRES_S_MIN: u64 = 0;
 /// The latest accepted `expires=`: 9999-12-31T23:59:59Z (four-digit years).
 pub const EXPIRES_S_MAX: u64 = 253_402_300_799;
-
-/// A table that is replaced whole: readers get the table current when
-/// they ask, and keep it for the rest of their request.
-#[derive(Debug, Default)]
-pub struct Live<T> {
-    current: RwLock<Arc<T>>,
-}
-
-impl<T> Live<T> {
-    /// A live table holding `value`.
-    pub fn new(value: T) -> Live<T> {
-        Live {
-            current: RwLock::new(Arc::new(value)),
-        }
-    }
-
-    /// The current table.
-    pub fn get(&self) -> Arc<T> {
-        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(&guard)
-    }
-
-    /// Replaces the table in one step.
-    pub fn replace(&self, value: T) {
-        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
-        *guard = Arc::new(value);
-    }
-}
 
 /// Parses an `expires=` value: exactly `YYYY-MM-DDTHH:MM:SSZ` (UTC, upper
 /// case `T` and `Z`, no fraction, no offset, a real calendar date, a year
@@ -194,28 +163,6 @@ pub struct Reloadable {
     pub client_certs: Arc<Live<ClientCertStore>>,
 }
 
-/// What identifies one version of a file without reading it: any write
-/// (in place or by rename) changes one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    device: u64,
-    inode: u64,
-    bytes: u64,
-    modified_ns: i64,
-    changed_ns: i64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        device: meta.dev(),
-        inode: meta.ino(),
-        bytes: meta.size(),
-        modified_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        changed_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-    })
-}
-
 /// What one check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -232,8 +179,8 @@ pub enum ReloadOutcome {
 #[derive(Debug)]
 pub struct Watcher {
     files: Reloadable,
-    seen_tokens: Option<Stamp>,
-    seen_certs: Option<Stamp>,
+    seen_tokens: Option<FileStamp>,
+    seen_certs: Option<FileStamp>,
 }
 
 impl Watcher {
@@ -251,8 +198,12 @@ impl Watcher {
     /// Loads the files that changed since the last check and swaps the
     /// tables, both or neither.
     pub fn check(&mut self) -> ReloadOutcome {
-        let tokens_now = stamp(&self.files.tokens_path);
-        let certs_now = self.files.client_certs_path.as_deref().and_then(stamp);
+        let tokens_now = FileStamp::of(&self.files.tokens_path);
+        let certs_now = self
+            .files
+            .client_certs_path
+            .as_deref()
+            .and_then(FileStamp::of);
         let tokens_changed = tokens_now != self.seen_tokens;
         let certs_changed = certs_now != self.seen_certs;
         if !tokens_changed && !certs_changed {
@@ -303,32 +254,11 @@ impl Watcher {
 
 /// Checks the files every [`RELOAD_CHECK_MS`] until `shutdown` flips (or
 /// its sender is dropped).
-pub(crate) async fn watch_files(mut watcher: Watcher, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(RELOAD_CHECK_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::select! {
-            _ = tick.tick() => {
-                // Reading a file is blocking I/O: off the async workers.
-                let checked = tokio::task::spawn_blocking(move || {
-                    watcher.check();
-                    watcher
-                })
-                .await;
-                match checked {
-                    Ok(back) => watcher = back,
-                    Err(e) => {
-                        tracing::error!(error = %e, "credentials reload task failed; reloading stops");
-                        break;
-                    }
-                }
-            }
-            changed = shutdown.changed() => if changed.is_err() { break },
-        }
-    }
+pub(crate) async fn watch_files(mut watcher: Watcher, shutdown: watch::Receiver<bool>) {
+    let check = move || {
+        watcher.check();
+    };
+    crate::live::check_every_second(check, "credentials", shutdown).await;
 }
 
 #[cfg(test)]

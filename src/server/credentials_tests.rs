@@ -145,7 +145,7 @@ async fn expired_client_certificates_are_refused_per_request() {
     let node = Arc::new(FakeNode::default());
     node.push(1, b"{\"a\":1}");
     let state = state_with(Arc::clone(&node), Vec::new()).with_client_certs(ClientCerts {
-        verifier: Arc::new(verifier),
+        verifier: Arc::new(crate::live::Live::new(verifier)),
         store: Arc::new(Live::new(store)),
     });
     let app = router(state);
@@ -331,6 +331,7 @@ async fn serve_reloading(
             tokens: dir.join("tokens.txt"),
             client_certs: Some(dir.join("clients.txt")),
         }),
+        tls_watcher: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = crate::server::serve(config, node, shutdown)
@@ -346,6 +347,20 @@ async fn h2_connection(
     ca_pem: &[u8],
     client: Option<(&str, &str)>,
 ) -> hyper::client::conn::http2::SendRequest<String> {
+    try_h2_connection(addr, ca_pem, client)
+        .await
+        .expect("connection")
+        .0
+}
+
+/// One HTTP/2 connection over TLS to `addr` trusting `ca_pem`, presenting
+/// `client` (a certificate and key, PEM) if given, and the SHA-256 of the
+/// certificate the server presented; or why the handshake failed.
+pub(super) async fn try_h2_connection(
+    addr: std::net::SocketAddr,
+    ca_pem: &[u8],
+    client: Option<(&str, &str)>,
+) -> Result<(hyper::client::conn::http2::SendRequest<String>, [u8; 32]), String> {
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
@@ -370,26 +385,35 @@ async fn h2_connection(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
         .await
-        .expect("handshake in time")
-        .expect("handshake");
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| certificate_sha256(leaf))
+        .ok_or("the server presented no certificate")?;
     let (send, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tls),
     )
     .await
-    .expect("h2 handshake");
+    .map_err(|e| format!("h2 handshake: {e}"))?;
     tokio::spawn(connection);
-    send
+    Ok((send, presented))
 }
 
 /// GET stream 1's events on `connection`, with `token` if given: the status
 /// and the error code, if any. Panics if the connection is gone (the test
 /// is about answers on the very same connection).
-async fn read_on(
+pub(super) async fn read_on(
     connection: &mut hyper::client::conn::http2::SendRequest<String>,
     token: Option<&str>,
 ) -> (u16, String) {

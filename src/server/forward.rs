@@ -63,6 +63,7 @@ pub async fn forward_if_backup(
     };
     Err(state
         .forwarder
+        .get()
         .forward_request(replica, primary, request, body_relay(state, relay_body))
         .await
         .unwrap_or_else(IntoResponse::into_response))
@@ -271,6 +272,28 @@ impl Forwarder {
             .map_err(|e| ServerError::Forwarder(e.to_string()))?;
         Ok(Forwarder { streaming, ..self })
     }
+
+    /// A forwarder to the same peers trusting the cluster CA of `material`
+    /// and presenting its certificate (after the TLS files changed).
+    pub fn with_tls(
+        &self,
+        material: &crate::net::tls::TlsMaterial,
+    ) -> Result<Forwarder, ServerError> {
+        let peers = self.peers.as_ref().clone();
+        Forwarder::new(peers, &material.ca_pem)?.with_identity(&identity_pem(material))
+    }
+}
+
+/// A certificate chain and its key in one PEM (what reqwest's identity reads).
+pub(crate) fn identity_pem(material: &crate::net::tls::TlsMaterial) -> zeroize::Zeroizing<Vec<u8>> {
+    zeroize::Zeroizing::new(
+        [
+            material.cert_pem.as_slice(),
+            b"\n",
+            material.key_pem.as_slice(),
+        ]
+        .concat(),
+    )
 }
 
 /// A client trusting only the cluster CA (`ca_pem`; empty: no roots, so

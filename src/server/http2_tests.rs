@@ -66,6 +66,7 @@ async fn serve(events: usize, event_bytes: usize) -> Served {
         identity: None,
         client_certs: None,
         credential_files: None,
+        tls_watcher: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node, shutdown).await.expect("serve");

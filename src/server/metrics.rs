@@ -33,6 +33,10 @@ pub struct Counters {
     break_glass_accesses: AtomicU64,
     /// Requests refused 403 `scope_denied`.
     scope_denied: AtomicU64,
+    /// New versions of the TLS files swapped in.
+    tls_reloads: AtomicU64,
+    /// New versions of the TLS files refused (the old configuration stayed).
+    tls_reloads_refused: AtomicU64,
 }
 
 impl Default for Counters {
@@ -51,6 +55,8 @@ impl Counters {
             break_glass_opened: AtomicU64::new(0),
             break_glass_accesses: AtomicU64::new(0),
             scope_denied: AtomicU64::new(0),
+            tls_reloads: AtomicU64::new(0),
+            tls_reloads_refused: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +98,23 @@ impl Counters {
     /// Counts a request refused for its token's scope.
     pub fn record_scope_denied(&self) {
         self.scope_denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a new version of the TLS files: swapped in, or refused.
+    pub fn record_tls_reload(&self, loaded: bool) {
+        let counter = match loaded {
+            true => &self.tls_reloads,
+            false => &self.tls_reloads_refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (TLS reloads, TLS reloads refused) so far.
+    pub fn tls_reloads(&self) -> (u64, u64) {
+        (
+            self.tls_reloads.load(Ordering::Relaxed),
+            self.tls_reloads_refused.load(Ordering::Relaxed),
+        )
     }
 
     /// (grants opened, accesses under a grant, scope refusals) so far.
@@ -314,6 +337,21 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
             denied,
         ),
     ];
+    let (tls_reloads, tls_refused) = counters.tls_reloads();
+    let tls: [(&str, &str, &str, u64); 2] = [
+        (
+            "vellum_tls_reloads_total",
+            "counter",
+            "New versions of the client API's TLS files (certificate, key, CAs) swapped in without a restart.",
+            tls_reloads,
+        ),
+        (
+            "vellum_tls_reloads_refused_total",
+            "counter",
+            "New versions of the TLS files refused (key mismatch, unparsable, expired, untrusted); the old configuration stayed.",
+            tls_refused,
+        ),
+    ];
     let custody: [(&str, &str, &str, u64); 5] = [
         (
             "vellum_shreds_total",
@@ -351,6 +389,7 @@ pub fn render(node: &NodeMetrics, counters: &Counters) -> String {
         .into_iter()
         .chain(logins)
         .chain(scopes)
+        .chain(tls)
         .chain(custody)
     {
         // Writing to a String cannot fail.

@@ -128,6 +128,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The TLS configuration (built by `crate::net::tls`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// Watches the files `tls`, `ca_pem`, `identity` and the client CA came
+    /// from: a new version that passes its checks replaces all four for the
+    /// next handshake and request (`crate::net::tls_reload`); None: never.
+    pub tls_watcher: Option<crate::net::tls_reload::TlsWatcher>,
     /// Who may call the API.
     pub tokens: TokenStore,
     /// API base URL (`https://host:port`) of every replica, for forwarding appends.
@@ -244,6 +248,16 @@ pub async fn serve(
         });
         tokio::spawn(credentials::watch_files(watcher, shutdown.clone()));
     }
+    let tls = Arc::new(credentials::Live::new(config.tls));
+    if let Some(watcher) = config.tls_watcher {
+        let reload = ApiTlsReload {
+            tls: Arc::clone(&tls),
+            verifier: Arc::clone(&client_certs.verifier),
+            forwarder: Arc::clone(&state.forwarder),
+            counters: Arc::clone(&state.counters),
+        };
+        tokio::spawn(reload.watch(watcher, shutdown.clone()));
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -254,7 +268,6 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
-    let acceptor = TlsAcceptor::from(config.tls);
     // Failed-login aggregates of closed windows reach the trail even when
     // their source stops failing; at shutdown, all that are pending.
     tokio::spawn(routes::guard::sweep_failed_logins(
@@ -270,9 +283,11 @@ pub async fn serve(
     tracing::info!(%addr, "api server listening");
     let task = tokio::spawn(accept_loop(
         listener,
-        acceptor,
+        ApiTls {
+            config: tls,
+            verifier: client_certs.verifier,
+        },
         app,
-        client_certs.verifier,
         shutdown,
     ));
     Ok(ServeHandle {
@@ -297,7 +312,7 @@ fn client_certs(
         .map_err(|e| ServerError::ClientCerts(e.to_string()))?;
     check_distinct_principals(tokens, &store).map_err(ServerError::ClientCerts)?;
     Ok(mtls::ClientCerts {
-        verifier: Arc::new(verifier),
+        verifier: Arc::new(credentials::Live::new(verifier)),
         store: Arc::new(credentials::Live::new(store)),
     })
 }
@@ -318,12 +333,61 @@ pub(crate) fn check_distinct_principals(
     }
 }
 
+/// The client API's TLS configuration and the verifier of presented
+/// chains, each replaced whole when the TLS files change; every
+/// connection takes the ones current at its accept.
+#[derive(Debug, Clone)]
+struct ApiTls {
+    config: Arc<credentials::Live<Arc<rustls::ServerConfig>>>,
+    verifier: Arc<credentials::Live<crate::net::tls::ApiPeerVerifier>>,
+}
+
+/// What a reload of the TLS files replaces in a running server.
+struct ApiTlsReload {
+    tls: Arc<credentials::Live<Arc<rustls::ServerConfig>>>,
+    verifier: Arc<credentials::Live<crate::net::tls::ApiPeerVerifier>>,
+    forwarder: Arc<credentials::Live<forward::Forwarder>>,
+    counters: Arc<metrics::Counters>,
+}
+
+impl ApiTlsReload {
+    /// Checks the files every second until shutdown.
+    async fn watch(
+        self,
+        mut watcher: crate::net::tls_reload::TlsWatcher,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let check = move || match watcher.check() {
+            crate::net::tls_reload::TlsCheck::Unchanged => {}
+            crate::net::tls_reload::TlsCheck::Loaded(set) => self.swap(&set),
+            crate::net::tls_reload::TlsCheck::Refused(_) => self.counters.record_tls_reload(false),
+        };
+        crate::live::check_every_second(check, "client api tls", shutdown).await;
+    }
+
+    /// Swaps in `set`, all three parts or none (the forwarder's client is
+    /// the one part that can still fail to build).
+    fn swap(&self, set: &crate::net::tls_reload::TlsSet) {
+        let forwarder = match self.forwarder.get().with_tls(&set.material) {
+            Ok(forwarder) => forwarder,
+            Err(error) => {
+                tracing::error!(%error, "tls material not reloaded (forwarding client); the configuration in use stays");
+                self.counters.record_tls_reload(false);
+                return;
+            }
+        };
+        self.verifier.replace((*set.api_peers).clone());
+        self.tls.replace(Arc::clone(&set.api_server));
+        self.forwarder.replace(forwarder);
+        self.counters.record_tls_reload(true);
+    }
+}
+
 /// Accepts connections while slots are free and shutdown has not flipped.
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ApiTls,
     app: axum::Router,
-    verifier: Arc<crate::net::tls::ApiPeerVerifier>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -368,10 +432,12 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let acceptor = acceptor.clone();
+        // The configuration current now: a reload after this accept
+        // changes the next connection, not this one.
+        let acceptor = TlsAcceptor::from(Arc::clone(&*tls.config.get()));
+        let verifier = tls.verifier.get();
         let app = app.clone();
         let shutdown = shutdown.clone();
-        let verifier = Arc::clone(&verifier);
         tokio::spawn(async move {
             let connection = Connection {
                 tcp,

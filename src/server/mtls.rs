@@ -101,8 +101,9 @@ impl ClientCertStore {
 /// and the table they map through.
 #[derive(Debug, Clone)]
 pub struct ClientCerts {
-    /// Tells replicas from client identities.
-    pub verifier: Arc<ApiPeerVerifier>,
+    /// Tells replicas from client identities; replaced whole when the TLS
+    /// files change (`crate::net::tls_reload`).
+    pub verifier: Arc<Live<ApiPeerVerifier>>,
     /// Principals by fingerprint (empty without a client CA); replaced
     /// whole when the file changes.
     pub store: Arc<Live<ClientCertStore>>,
@@ -227,7 +228,7 @@ fn still_valid(
     if now_s != 0 && presented.verified_s.load(Ordering::Relaxed) == now_s {
         return Ok(presented.sha256);
     }
-    let now = certs.map(|c| c.verifier.classify(&presented.chain));
+    let now = certs.map(|c| c.verifier.get().classify(&presented.chain));
     match now {
         Some(ApiPeer::Client { sha256 }) if sha256 == presented.sha256 => {
             presented.verified_s.store(now_s, Ordering::Relaxed);
@@ -253,7 +254,7 @@ fn forwarded_fingerprint(
             "only a replica forwarding a request may send {CLIENT_CERT_HEADER}"
         )));
     }
-    let Some(certs) = certs.filter(|c| c.verifier.accepts_clients()) else {
+    let Some(certs) = certs.filter(|c| c.verifier.get().accepts_clients()) else {
         return Err(ApiError::unauthorized(
             "a forwarded client certificate, but this replica has no client CA configured",
         ));
@@ -262,7 +263,7 @@ fn forwarded_fingerprint(
         .to_str()
         .map_err(|_| ApiError::unauthorized(format!("{CLIENT_CERT_HEADER} is not ASCII")))?;
     let chain = decode_chain(text).map_err(ApiError::unauthorized)?;
-    match certs.verifier.classify(&chain) {
+    match certs.verifier.get().classify(&chain) {
         ApiPeer::Client { sha256 } => Ok(sha256),
         ApiPeer::Replica(_) => Err(ApiError::unauthorized(
             "a replica certificate is not a client identity",

@@ -57,7 +57,7 @@ fn fixture() -> Fixture {
     let node = Arc::new(FakeNode::default());
     node.push(1, b"{\"a\":1}");
     let state = state_with(Arc::clone(&node), Vec::new()).with_client_certs(ClientCerts {
-        verifier: Arc::new(verifier),
+        verifier: Arc::new(crate::live::Live::new(verifier)),
         store: Arc::new(crate::server::credentials::Live::new(store)),
     });
     Fixture {

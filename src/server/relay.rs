@@ -221,6 +221,7 @@ async fn send(state: &AppState, events: &[AccessEvent]) -> Result<(), TrailError
     };
     state
         .forwarder
+        .get()
         .relay_trail(primary, events, Duration::from_millis(RELAY_TIMEOUT_MS))
         .await
         .map_err(failed)

@@ -1998,6 +1998,7 @@ async fn tls_end_to_end() {
         identity: None,
         client_certs: None,
         credential_files: None,
+        tls_watcher: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, node.clone(), shutdown)
@@ -2681,6 +2682,7 @@ async fn stalled_tokenless_connections_do_not_starve_a_backup() {
         identity: None,
         client_certs: None,
         credential_files: None,
+        tls_watcher: None,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let handle = super::serve(config, backup, shutdown).await.expect("serve");
@@ -3107,6 +3109,9 @@ mod mtls_tests;
 
 #[path = "credentials_tests.rs"]
 mod credentials_tests;
+
+#[path = "tls_reload_tests.rs"]
+mod tls_reload_tests;
 
 // Goal: the backups' trail relay refuses (403) a caller that did not prove
 // on the TLS handshake that it is a replica, whatever token it shows, and

@@ -21,6 +21,7 @@ use vellum_audit::verify::{
     verify_log_dir,
 };
 
+pub mod key_listing;
 mod stream;
 mod tiles;
 

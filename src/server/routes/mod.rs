@@ -354,7 +354,9 @@ pub struct AppState {
     /// Who may call the API; replaced whole when the tokens file changes
     /// (`crate::server::credentials`).
     pub(crate) tokens: Arc<super::credentials::Live<TokenStore>>,
-    pub(crate) forwarder: Forwarder,
+    /// Relays requests to the primary; replaced whole when the TLS files
+    /// change (its client presents this replica's certificate).
+    pub(crate) forwarder: Arc<super::credentials::Live<Forwarder>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) heartbeat_ms: u64,
     /// A request body must arrive within this time (408 otherwise).
@@ -385,7 +387,9 @@ impl AppState {
         Ok(AppState {
             node,
             tokens: Arc::new(super::credentials::Live::new(tokens)),
-            forwarder: Forwarder::new(peer_api, ca_pem)?,
+            forwarder: Arc::new(super::credentials::Live::new(Forwarder::new(
+                peer_api, ca_pem,
+            )?)),
             counters: Arc::new(Counters::new()),
             heartbeat_ms: HEARTBEAT_MS,
             body_read_timeout_ms: super::BODY_READ_TIMEOUT_MS,
@@ -412,15 +416,9 @@ impl AppState {
         identity: Option<&crate::net::tls::TlsMaterial>,
     ) -> Result<AppState, ServerError> {
         if let Some(material) = identity {
-            let pem = zeroize::Zeroizing::new(
-                [
-                    material.cert_pem.as_slice(),
-                    b"\n",
-                    material.key_pem.as_slice(),
-                ]
-                .concat(),
-            );
-            self.forwarder = self.forwarder.with_identity(&pem)?;
+            let pem = super::forward::identity_pem(material);
+            let forwarder = (*self.forwarder.get()).clone().with_identity(&pem)?;
+            self.forwarder = Arc::new(super::credentials::Live::new(forwarder));
         }
         Ok(self)
     }
