@@ -10,6 +10,8 @@ use sqlx::AssertSqlSafe;
 use vellum::log::{LocalLog, LogOptions, load_policy};
 use vellum::storage::StorageConfig;
 
+mod support;
+
 fn init(dir: &tempfile::TempDir, index_url: Option<&str>) -> PathBuf {
     let data = dir.path().join("data");
     vellum::init::init_data_dir(&data, index_url).expect("init");
@@ -63,18 +65,25 @@ fn torn_tail_is_truncated_and_reported() {
     append_n(&log, 100, 5);
     log.close().expect("close");
     let segment = last_segment(&data);
-    let before = std::fs::metadata(&segment).expect("meta").len();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
+    // The data end (the file may hold a zero window after it).
+    let scan =
+        vellum_audit::segment::scan_log_dir(&data.join("segments"), cluster(&data)).expect("scan");
+    let last = scan.segments.last().expect("a segment");
+    let before = last.file_len - last.scan.window;
+    // The torn write lies at the data end, inside the window.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
         .open(&segment)
         .expect("open segment");
-    file.write_all(&[0xab; 100]).expect("write garbage");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xab; 100], before).expect("write garbage");
     drop(file);
+    let torn_bytes = std::fs::metadata(&segment).expect("stat").len() - before;
+    assert!(torn_bytes >= 100);
 
     let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
     let torn = report.torn_tail.expect("the torn tail is reported");
     assert!(
-        torn.contains(&format!("byte {before}")) && torn.contains("100 bytes"),
+        torn.contains(&format!("byte {before}")) && torn.contains(&format!("{torn_bytes} bytes")),
         "{torn}"
     );
     assert_eq!(log.read(100, 0, 100).expect("read").len(), 5);
@@ -348,4 +357,112 @@ fn saved_commit_beyond_the_log_is_refused() {
         message.contains("op 9") && message.contains("op 2"),
         "{message}"
     );
+}
+
+/// Rewrites every segment as the code before zero windows wrote it: a
+/// version 1 header and no bytes after the last record.
+fn downgrade_segments_to_version_1(data: &Path) {
+    let segments = data.join("segments");
+    let scan = vellum_audit::segment::scan_log_dir(&segments, cluster(data)).expect("clean log");
+    for segment in &scan.segments {
+        let mut bytes = std::fs::read(&segment.path).expect("read");
+        bytes.truncate((segment.file_len - segment.scan.window) as usize);
+        let header = vellum_audit::segment::SegmentHeader {
+            cluster: cluster(data),
+            segment_index: segment.index,
+            version: vellum_audit::segment::SEGMENT_VERSION_V1,
+        };
+        bytes[..64].copy_from_slice(&header.encode());
+        std::fs::write(&segment.path, bytes).expect("write");
+    }
+}
+
+/// Goal: a log written before zero windows (version 1 segments) passes
+/// `verify`, opens with every event, takes appends (its last segment grows
+/// without a window: a version 1 segment has none) and passes again.
+#[test]
+fn version_1_log_verifies_opens_and_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir, None);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 100, 20);
+    log.close().expect("close");
+    downgrade_segments_to_version_1(&data);
+    verify_passes(&data, None);
+    let (log, report) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    assert!(report.torn_tail.is_none(), "{:?}", report.torn_tail);
+    assert_eq!(log.read(100, 0, 100).expect("read").len(), 20);
+    append_n(&log, 100, 5);
+    log.close().expect("close");
+    verify_passes(&data, None);
+    let scan = vellum_audit::segment::scan_log_dir(&data.join("segments"), cluster(&data))
+        .expect("clean log");
+    let last = scan.segments.last().expect("a segment");
+    assert_eq!((last.scan.version, last.scan.window), (1, 0));
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("reopen");
+    assert_eq!(log.read(100, 0, 100).expect("read").len(), 25);
+    log.close().expect("close");
+}
+
+/// Goal: after power loss during a batch that was never synced, its
+/// sectors persisted out of order in the zero window (a lost sector at the
+/// batch's start, a whole op record of the same batch after it), the
+/// replica opens with every synced op, cuts the batch as a torn tail, goes
+/// on, and `verify` passes.
+#[test]
+fn unsynced_batch_persisted_out_of_order_is_cut_and_verify_passes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = init(&dir, None);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 100, 5);
+    log.close().expect("close");
+    // The index and keys as the crash leaves them: 5 appends certified.
+    let crashed = dir.path().join("crashed");
+    support::copy_dir(&data, &crashed);
+    let (log, _) = LocalLog::open(&data, LogOptions::default()).expect("open");
+    append_n(&log, 100, 10);
+    log.close().expect("close");
+    let cluster = cluster(&data);
+    let scan = vellum_audit::segment::scan_log_dir(&data.join("segments"), cluster).expect("scan");
+    let last = scan.segments.last().expect("a segment");
+    let certificates: Vec<_> = last
+        .scan
+        .records
+        .iter()
+        .filter(|r| r.header.kind == vellum_audit::record::RecordKind::Certificate)
+        .filter(|r| r.header.op > 5)
+        .collect();
+    // The unsynced batch: the lazy certificate of op 6 and the op after it,
+    // up to the next certificate (written only once that op was synced).
+    let (batch_start, batch_end) = (
+        certificates[0].offset as usize,
+        certificates[1].offset as usize,
+    );
+    let synced_ops = certificates[0].header.op;
+    let ops_in_batch = last
+        .scan
+        .records
+        .iter()
+        .filter(|r| (batch_start..batch_end).contains(&(r.offset as usize)))
+        .filter(|r| r.header.kind == vellum_audit::record::RecordKind::Op)
+        .count();
+    assert!(ops_in_batch >= 1, "a whole op follows the hole");
+    let mut bytes = std::fs::read(&last.path).expect("read");
+    bytes[batch_end..].fill(0);
+    let sector = vellum_audit::segment::ZERO_RUN_SECTOR_BYTES as usize;
+    bytes[batch_start..(batch_start / sector + 1) * sector].fill(0);
+    let crashed_segment = crashed
+        .join("segments")
+        .join(last.path.file_name().expect("name"));
+    std::fs::write(&crashed_segment, &bytes).expect("write the crash image");
+
+    let (log, report) =
+        LocalLog::open(&crashed, LogOptions::default()).expect("opens after the crash");
+    let torn = report.torn_tail.expect("the unsynced batch is a torn tail");
+    assert!(torn.contains(&format!("byte {batch_start}")), "{torn}");
+    let events = log.read(100, 0, 100).expect("read");
+    assert_eq!(events.len() as u64, synced_ops, "every synced op is kept");
+    append_n(&log, 100, 2);
+    log.close().expect("close");
+    verify_passes(&crashed, None);
 }

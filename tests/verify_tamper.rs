@@ -496,11 +496,16 @@ fn forged_record_with_a_wrong_parent_is_caught() {
         .find(|r| r.header.kind == RecordKind::Op)
         .expect("the last segment holds an op");
     let forged = forged_op(&last_op.header, [0x55; 32]);
-    let mut appended = bytes.clone();
+    // Written at the data end, where the next record goes (the file may
+    // hold a zero window after it).
+    let last = records.last().expect("records");
+    let end = (last.offset + last.encoded_len()) as usize;
+    let mut appended = bytes[..end].to_vec();
     appended.extend_from_slice(&forged.encode());
+    appended.resize(appended.len().max(bytes.len()), 0);
     std::fs::write(&path, &appended).expect("write");
     let checks = fixture.verify();
-    assert_caught_at(&checks, &path, bytes.len() as u64, "forged op at the end");
+    assert_caught_at(&checks, &path, end as u64, "forged op at the end");
     assert_check_failed(
         &checks,
         "records and hash chain",

@@ -27,8 +27,15 @@ use crate::record::{
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Magic bytes of a segment header, at offset 32.
 pub const SEGMENT_MAGIC: [u8; 4] = *b"VLSG";
-/// The only segment header version this code writes and reads.
-pub const SEGMENT_VERSION: u16 = 1;
+/// The segment header version this code writes: 2, a segment whose last
+/// record may be followed by a zero-written window (see [`ZERO_RUN_SECTOR_BYTES`]).
+pub const SEGMENT_VERSION: u16 = 2;
+/// The first segment version, still read: records end at the end of the file.
+pub const SEGMENT_VERSION_V1: u16 = 1;
+/// The unit of the torn-hole rule of a version 2 segment: a sector that was
+/// not persisted reads as its old bytes, zeros in a zero-written window.
+/// Any device's atomic write unit is a multiple of it.
+pub const ZERO_RUN_SECTOR_BYTES: u64 = 512;
 /// File name suffix of segment files.
 pub const SEGMENT_SUFFIX: &str = ".vseg";
 /// Digits of the index in a segment file name.
@@ -39,14 +46,31 @@ const SEGMENT_NAME_DIGITS: usize = 20;
 pub struct SegmentHeader {
     pub cluster: u128,
     pub segment_index: u64,
+    /// [`SEGMENT_VERSION_V1`] or [`SEGMENT_VERSION`].
+    pub version: u16,
 }
 
 impl SegmentHeader {
+    /// The header of a new segment, in the version this code writes.
+    pub fn new(cluster: u128, segment_index: u64) -> SegmentHeader {
+        SegmentHeader {
+            cluster,
+            segment_index,
+            version: SEGMENT_VERSION,
+        }
+    }
+
+    /// Whether the segment may hold a zero-written window after its last
+    /// record (version 2 and later).
+    pub fn preallocated(&self) -> bool {
+        self.version >= 2
+    }
+
     /// `[checksum: 32][magic][version u16][reserved u16][cluster u128][segment_index u64]`.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES];
         out[32..36].copy_from_slice(&SEGMENT_MAGIC);
-        out[36..38].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        out[36..38].copy_from_slice(&self.version.to_le_bytes());
         out[40..56].copy_from_slice(&self.cluster.to_le_bytes());
         out[56..64].copy_from_slice(&self.segment_index.to_le_bytes());
         let checksum = sha256(&[&out[32..]]);
@@ -64,7 +88,7 @@ impl SegmentHeader {
             return Err(DecodeError::at_byte(FORMAT, 0, "header checksum mismatch"));
         }
         let version = u16::from_le_bytes([bytes[36], bytes[37]]);
-        if version != SEGMENT_VERSION {
+        if version != SEGMENT_VERSION && version != SEGMENT_VERSION_V1 {
             return Err(DecodeError::at_byte(
                 FORMAT,
                 36,
@@ -85,6 +109,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             cluster: u128::from_le_bytes(cluster),
             segment_index: u64::from_le_bytes(index),
+            version,
         })
     }
 }
@@ -144,6 +169,12 @@ pub struct SegmentScan {
     pub end: SegmentEnd,
     /// Damaged Op records stepped over (a tolerant scan only; else empty).
     pub damaged: Vec<DamagedOp>,
+    /// The segment header's version (0 when the header is unreadable).
+    pub version: u16,
+    /// Zero bytes after the last record of a version 2 segment (its
+    /// preallocated window), when it ends `Open` or (last segment only)
+    /// `Sealed`; 0 otherwise.
+    pub window: u64,
 }
 
 /// An Op record a tolerant scan found damaged below the tail: a valid
@@ -382,7 +413,8 @@ impl Chain {
 
 /// Scans one segment's bytes on their own. Links to ops in earlier segments
 /// are checked only for segment 0 (which starts at genesis); use
-/// [`scan_segment_with`] to carry a chain across segments.
+/// [`scan_segment_with`] to carry a chain across segments. The segment is
+/// judged as a log's last one (see [`ScanRules::last`]).
 pub fn scan_segment(bytes: &[u8], expected_index: u64, cluster: u128) -> SegmentScan {
     let mut chain = if expected_index == 0 {
         Chain::genesis(cluster)
@@ -393,14 +425,47 @@ pub fn scan_segment(bytes: &[u8], expected_index: u64, cluster: u128) -> Segment
 }
 
 /// Scans one segment's bytes, continuing `chain` (which is extended by each
-/// valid record and left at the last one).
+/// valid record and left at the last one). Judged as a log's last segment.
 pub fn scan_segment_with(
     bytes: &[u8],
     expected_index: u64,
     cluster: u128,
     chain: &mut Chain,
 ) -> SegmentScan {
-    scan_segment_inner(bytes, expected_index, cluster, chain, false)
+    scan_segment_inner(bytes, expected_index, cluster, chain, ScanRules::LAST)
+}
+
+/// What a scan of one segment may accept beyond the rules every segment
+/// keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanRules {
+    /// Step over a damaged Op record below the tail whose place in the
+    /// chain is known, and report it (a replica of a cluster).
+    pub tolerate_damaged_ops: bool,
+    /// The log's last segment, the only one written since the last crash.
+    /// A version 2 last segment may keep its zero window after its Seal (a
+    /// trim not yet durable), and the torn-hole rule applies to it.
+    pub last: bool,
+    /// Apply the torn-hole rule to a version 2 last segment (see
+    /// [`hole_is_torn`]). Off: a hole before a valid record is damage, as in
+    /// version 1 (a replica of a cluster rescans so when the hole would cut
+    /// below what its index saw durable, to repair the op from peers).
+    pub torn_holes: bool,
+}
+
+impl ScanRules {
+    /// The rules of a log's last segment.
+    pub const LAST: ScanRules = ScanRules {
+        tolerate_damaged_ops: false,
+        last: true,
+        torn_holes: true,
+    };
+    /// The rules of a segment that is not the log's last.
+    pub const NOT_LAST: ScanRules = ScanRules {
+        tolerate_damaged_ops: false,
+        last: false,
+        torn_holes: false,
+    };
 }
 
 /// Where a scan of a segment starts: the segment header's end, or (for a
@@ -429,27 +494,58 @@ impl Resume {
 /// [`scan_segment_with`] from `resume` instead of the first record: the
 /// segment header is still checked; the records before `resume.offset`
 /// are neither read nor checked (the returned records start there).
+/// `is_last`: the segment is the log's last ([`ScanRules::last`]).
 pub fn scan_segment_from(
     bytes: &[u8],
     expected_index: u64,
     cluster: u128,
     chain: &mut Chain,
     resume: Resume,
+    is_last: bool,
+) -> SegmentScan {
+    let rules = if is_last {
+        ScanRules::LAST
+    } else {
+        ScanRules::NOT_LAST
+    };
+    scan_segment_rules(bytes, expected_index, cluster, chain, resume, rules)
+}
+
+/// One segment's bytes under `rules`, from `resume`, continuing `chain`.
+pub fn scan_segment_rules(
+    bytes: &[u8],
+    expected_index: u64,
+    cluster: u128,
+    chain: &mut Chain,
+    resume: Resume,
+    rules: ScanRules,
 ) -> SegmentScan {
     let mut scan = SegmentScan {
         records: Vec::new(),
         end: SegmentEnd::Open,
         damaged: Vec::new(),
+        version: 0,
+        window: 0,
     };
-    scan.end = scan_records(
+    let version = match check_segment_header(bytes, expected_index, cluster) {
+        Ok(header) => header.version,
+        Err(invalid) => {
+            scan.end = classify(bytes, 0, invalid);
+            return scan;
+        }
+    };
+    scan.version = version;
+    let mut scanner = Scanner {
         bytes,
-        expected_index,
-        cluster,
+        rules,
+        preallocated: version >= 2,
         chain,
-        &mut scan.records,
-        None,
-        resume,
-    );
+        records: &mut scan.records,
+        damaged: rules.tolerate_damaged_ops.then_some(&mut scan.damaged),
+    };
+    let (end, window) = scanner.run(resume);
+    scan.end = end;
+    scan.window = window;
     scan
 }
 
@@ -458,24 +554,9 @@ fn scan_segment_inner(
     expected_index: u64,
     cluster: u128,
     chain: &mut Chain,
-    tolerate: bool,
+    rules: ScanRules,
 ) -> SegmentScan {
-    let mut scan = SegmentScan {
-        records: Vec::new(),
-        end: SegmentEnd::Open,
-        damaged: Vec::new(),
-    };
-    let damaged = tolerate.then_some(&mut scan.damaged);
-    scan.end = scan_records(
-        bytes,
-        expected_index,
-        cluster,
-        chain,
-        &mut scan.records,
-        damaged,
-        Resume::START,
-    );
-    scan
+    scan_segment_rules(bytes, expected_index, cluster, chain, Resume::START, rules)
 }
 
 /// Why a record at some offset is not accepted.
@@ -488,79 +569,191 @@ enum Invalid {
     Truncated,
 }
 
-fn scan_records(
+/// The records of one segment after its header.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    rules: ScanRules,
+    /// Version 2: zeros after the last record are the preallocated window.
+    preallocated: bool,
+    chain: &'a mut Chain,
+    records: &'a mut Vec<ScannedRecord>,
+    damaged: Option<&'a mut Vec<DamagedOp>>,
+}
+
+impl Scanner<'_> {
+    /// How the segment ends, and the zero bytes after its last record
+    /// (the window of a version 2 segment; 0 otherwise).
+    fn run(&mut self, resume: Resume) -> (SegmentEnd, u64) {
+        let bytes = self.bytes;
+        let Some(mut pos) = usize::try_from(resume.offset)
+            .ok()
+            .filter(|&p| p >= SEGMENT_HEADER_BYTES && p <= bytes.len())
+        else {
+            let reason = format!("resume offset beyond the file ({} bytes)", bytes.len());
+            let end = SegmentEnd::Corrupt {
+                offset: resume.offset,
+                reason,
+            };
+            return (end, 0);
+        };
+        let mut op_count = resume.ops;
+        while pos < bytes.len() {
+            let record = match read_record(bytes, pos) {
+                Ok(record) => record,
+                // Version 2: zeros to the end are the window, not a record.
+                Err(_) if self.preallocated && all_zero(&bytes[pos..]) => {
+                    return (SegmentEnd::Open, (bytes.len() - pos) as u64);
+                }
+                Err(invalid) => match self.invalid_at(pos, invalid) {
+                    Ok(len) => {
+                        pos += len;
+                        op_count += 1;
+                        continue;
+                    }
+                    Err(end) => return (end, 0),
+                },
+            };
+            let header = record.header;
+            let body = &bytes[record.body_range.clone()];
+            let stepped_over = self.damaged.as_ref().map_or(0, |d| d.len());
+            let record_count = resume.records as usize + self.records.len() + stepped_over;
+            let checked = if header.kind == RecordKind::Seal {
+                check_seal(self.chain, &header, body, record_count as u64, op_count)
+            } else {
+                check_body(&header, body, record.body_range.start as u64)
+                    .and_then(|()| self.chain.check_and_push(&header))
+            };
+            if let Err(reason) = checked {
+                let offset = pos as u64;
+                return (SegmentEnd::Corrupt { offset, reason }, 0);
+            }
+            op_count += u64::from(header.kind == RecordKind::Op);
+            let record_end = record.body_range.end;
+            self.records.push(record);
+            if header.kind == RecordKind::Seal {
+                return self.after_seal(pos, record_end);
+            }
+            pos = record_end;
+        }
+        (SegmentEnd::Open, 0)
+    }
+
+    /// The end after a Seal at `pos`: nothing may follow it, except the
+    /// zero window of a version 2 last segment whose trim is not durable.
+    fn after_seal(&self, pos: usize, record_end: usize) -> (SegmentEnd, u64) {
+        let after = &self.bytes[record_end..];
+        let sealed = SegmentEnd::Sealed {
+            seal_offset: pos as u64,
+        };
+        if after.is_empty() {
+            return (sealed, 0);
+        }
+        if self.preallocated && self.rules.last && all_zero(after) {
+            return (sealed, after.len() as u64);
+        }
+        let reason = format!("{} bytes after the seal", after.len());
+        let offset = record_end as u64;
+        (SegmentEnd::Corrupt { offset, reason }, 0)
+    }
+
+    /// An invalid record at `pos`: Ok(its length) when a tolerant scan
+    /// steps over it as a damaged op, else how the segment ends there.
+    fn invalid_at(&mut self, pos: usize, invalid: Invalid) -> Result<usize, SegmentEnd> {
+        let Invalid::Unreadable(reason) = invalid else {
+            return Err(classify(self.bytes, pos, invalid));
+        };
+        let holes = self.preallocated && self.rules.last && self.rules.torn_holes;
+        if holes && hole_is_torn(self.bytes, pos, self.chain.tip()) {
+            return Err(SegmentEnd::TornTail {
+                offset: pos as u64,
+                bytes: (self.bytes.len() - pos) as u64,
+            });
+        }
+        if let Some(damaged) = self.damaged.as_mut()
+            && let Some(op) = damaged_op(self.bytes, pos, self.chain, reason.clone())
+        {
+            let len = usize::try_from(op.len).expect("within the file");
+            damaged.push(op);
+            return Ok(len);
+        }
+        Err(classify(self.bytes, pos, Invalid::Unreadable(reason)))
+    }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// The torn-hole rule of a version 2 last segment, for an unreadable
+/// record at `pos` (the first one after the last valid record) with bytes
+/// after it. Its pages were written into the zero-written window; power
+/// loss may persist the pages of an unsynced write in any order, so a
+/// sector that never reached the disk reads as zeros from where the
+/// synced data ended (at or before `pos`) to the sector's end, while later
+/// sectors may hold whole records. The bytes from `pos` are a torn tail
+/// when:
+///
+/// 1. some 512-byte sector that overlaps the record reads as zeros from
+///    `pos` (or the sector's start, if later) to its end (or the file's).
+///    The record's extent is its header and body when the header is whole,
+///    else its header. A flipped or zeroed byte inside synced data leaves
+///    no such run: records never hold a sector of zeros, and their first
+///    bytes are a SHA-256 checksum; and
+/// 2. no readable record after it proves the hole durable: a Certificate
+///    of an op after the last valid one (`tip`) is written only once that
+///    op was fdatasync'ed (a replica of a cluster that wrote both in one
+///    batch rescans without this rule and repairs the op from peers).
+///
+/// Storage then cuts the tail only under its floors (the audit index's
+/// certified op and durable certificate), as for any torn tail.
+pub fn hole_is_torn(bytes: &[u8], pos: usize, tip: ChainTip) -> bool {
+    let header_end = (pos + HEADER_BYTES).min(bytes.len());
+    let extent_end = bytes
+        .get(pos..pos + HEADER_BYTES)
+        .and_then(|b| OpHeader::decode(b.try_into().expect("HEADER_BYTES"), pos as u64).ok())
+        .map_or(header_end, |header| {
+            (pos + HEADER_BYTES + header.body_size as usize).min(bytes.len())
+        });
+    let sector = ZERO_RUN_SECTOR_BYTES as usize;
+    let mut start = pos;
+    let zero_run = loop {
+        if start >= extent_end {
+            break false;
+        }
+        let sector_end = ((start / sector + 1) * sector).min(bytes.len());
+        if all_zero(&bytes[start..sector_end]) {
+            break true;
+        }
+        start = sector_end;
+    };
+    zero_run && !durable_after(bytes, pos, tip)
+}
+
+/// Whether a readable Certificate record after `pos` certifies an op after
+/// `tip` (so that op, at or after `pos`, was durable).
+fn durable_after(bytes: &[u8], pos: usize, tip: ChainTip) -> bool {
+    let mut at = pos;
+    while let Some(next) = find_valid_header_after(bytes, at) {
+        let header = OpHeader::decode(
+            bytes[next..next + HEADER_BYTES]
+                .try_into()
+                .expect("HEADER_BYTES"),
+            next as u64,
+        )
+        .expect("find_valid_header_after returns decodable headers");
+        if header.kind == RecordKind::Certificate && header.op > tip.last_op {
+            return true;
+        }
+        at = next;
+    }
+    false
+}
+
+fn check_segment_header(
     bytes: &[u8],
     expected_index: u64,
     cluster: u128,
-    chain: &mut Chain,
-    records: &mut Vec<ScannedRecord>,
-    mut damaged: Option<&mut Vec<DamagedOp>>,
-    resume: Resume,
-) -> SegmentEnd {
-    if let Err(invalid) = check_segment_header(bytes, expected_index, cluster) {
-        return classify(bytes, 0, invalid);
-    }
-    let Some(mut pos) = usize::try_from(resume.offset)
-        .ok()
-        .filter(|&p| p >= SEGMENT_HEADER_BYTES && p <= bytes.len())
-    else {
-        return SegmentEnd::Corrupt {
-            offset: resume.offset,
-            reason: format!("resume offset beyond the file ({} bytes)", bytes.len()),
-        };
-    };
-    let mut op_count = resume.ops;
-    while pos < bytes.len() {
-        let record = match read_record(bytes, pos) {
-            Ok(record) => record,
-            Err(Invalid::Unreadable(reason)) if damaged.is_some() => {
-                let Some(op) = damaged_op(bytes, pos, chain, reason.clone()) else {
-                    return classify(bytes, pos, Invalid::Unreadable(reason));
-                };
-                pos += usize::try_from(op.len).expect("within the file");
-                op_count += 1;
-                damaged.as_mut().expect("checked above").push(op);
-                continue;
-            }
-            Err(invalid) => return classify(bytes, pos, invalid),
-        };
-        let header = record.header;
-        let body = &bytes[record.body_range.clone()];
-        let record_count =
-            resume.records as usize + records.len() + damaged.as_ref().map_or(0, |d| d.len());
-        let checked = if header.kind == RecordKind::Seal {
-            check_seal(chain, &header, body, record_count as u64, op_count)
-        } else {
-            check_body(&header, body, record.body_range.start as u64)
-                .and_then(|()| chain.check_and_push(&header))
-        };
-        if let Err(reason) = checked {
-            return SegmentEnd::Corrupt {
-                offset: pos as u64,
-                reason,
-            };
-        }
-        op_count += u64::from(header.kind == RecordKind::Op);
-        let record_end = record.body_range.end;
-        records.push(record);
-        if header.kind == RecordKind::Seal {
-            if record_end != bytes.len() {
-                let reason = format!("{} bytes after the seal", bytes.len() - record_end);
-                return SegmentEnd::Corrupt {
-                    offset: record_end as u64,
-                    reason,
-                };
-            }
-            return SegmentEnd::Sealed {
-                seal_offset: pos as u64,
-            };
-        }
-        pos = record_end;
-    }
-    SegmentEnd::Open
-}
-
-fn check_segment_header(bytes: &[u8], expected_index: u64, cluster: u128) -> Result<(), Invalid> {
+) -> Result<SegmentHeader, Invalid> {
     let header_bytes: &[u8; SEGMENT_HEADER_BYTES] = bytes
         .get(..SEGMENT_HEADER_BYTES)
         .and_then(|b| b.try_into().ok())
@@ -579,7 +772,7 @@ fn check_segment_header(bytes: &[u8], expected_index: u64, cluster: u128) -> Res
             header.cluster
         )));
     }
-    Ok(())
+    Ok(header)
 }
 
 /// Decodes the record at `pos` and checks its body checksum.
@@ -797,7 +990,7 @@ impl fmt::Display for LogScan {
 /// Reads and checks every segment of `dir` in index order. Errors name the
 /// file and byte offset. Reads files, never writes.
 pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
-    scan_log_dir_with(dir, cluster, false)
+    scan_log_dir_rules(dir, cluster, ScanRules::LAST)
 }
 
 /// Like [`scan_log_dir`], but a damaged Op record below the tail whose
@@ -806,10 +999,20 @@ pub fn scan_log_dir(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
 /// still fails it). For a replica of a cluster, which repairs such an op
 /// from its peers; `vellum verify` never tolerates damage.
 pub fn scan_log_dir_tolerant(dir: &Path, cluster: u128) -> Result<LogScan, ScanError> {
-    scan_log_dir_with(dir, cluster, true)
+    let rules = ScanRules {
+        tolerate_damaged_ops: true,
+        ..ScanRules::LAST
+    };
+    scan_log_dir_rules(dir, cluster, rules)
 }
 
-fn scan_log_dir_with(dir: &Path, cluster: u128, tolerate: bool) -> Result<LogScan, ScanError> {
+/// Scans `dir` under `rules` (`rules.last` is ignored: only the directory's
+/// last segment is scanned as the last).
+pub fn scan_log_dir_rules(
+    dir: &Path,
+    cluster: u128,
+    rules: ScanRules,
+) -> Result<LogScan, ScanError> {
     let indexes = list_segments(dir)?;
     let mut chain = Chain::genesis(cluster);
     let mut segments = Vec::with_capacity(indexes.len());
@@ -820,8 +1023,13 @@ fn scan_log_dir_with(dir: &Path, cluster: u128, tolerate: bool) -> Result<LogSca
             path: path.clone(),
             source,
         })?;
-        let scan = scan_segment_inner(&bytes, index, cluster, &mut chain, tolerate);
         let is_last = position + 1 == count;
+        let rules = ScanRules {
+            last: is_last,
+            torn_holes: rules.torn_holes && is_last,
+            ..rules
+        };
+        let scan = scan_segment_inner(&bytes, index, cluster, &mut chain, rules);
         let corrupt = |offset: u64, reason: String| ScanError::Corrupt {
             file: path.clone(),
             offset,

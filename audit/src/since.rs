@@ -207,6 +207,9 @@ fn find_op(path: &Path, op: u64) -> Result<Found, Result<String, std::io::Error>
     let mut wide = false;
     while pos + HEADER_BYTES as u64 <= len {
         let header_bytes = walk.header_at(pos, wide, len).map_err(Err)?;
+        if header_bytes.iter().all(|&b| b == 0) {
+            break; // the zero window of a version 2 segment: no more records
+        }
         let header = OpHeader::decode(&header_bytes, pos)
             .map_err(|e| Ok(format!("{} at byte {pos}: {e}", path.display())))?;
         let end = pos + HEADER_BYTES as u64 + u64::from(header.body_size);

@@ -795,7 +795,7 @@ impl Walk<'_> {
         chain: &mut Chain,
         is_last: bool,
     ) -> bool {
-        let scan = segment::scan_segment_from(bytes, index, self.cluster, chain, from);
+        let scan = segment::scan_segment_from(bytes, index, self.cluster, chain, from, is_last);
         self.records.count("segments", 1);
         let skipped = from.offset - Resume::START.offset;
         self.records

@@ -6,8 +6,9 @@ use vellum_audit::record::{
     EventFrame, HEADER_BYTES, OpHeader, Record, RecordKind, SealBody, encode_events, genesis_parent,
 };
 use vellum_audit::segment::{
-    ScanError, SegmentEnd, SegmentHeader, parse_segment_file_name, scan_log_dir,
-    scan_log_dir_tolerant, scan_segment, segment_file_name,
+    Resume, SEGMENT_VERSION_V1, ScanError, ScanRules, SegmentEnd, SegmentHeader,
+    ZERO_RUN_SECTOR_BYTES, parse_segment_file_name, scan_log_dir, scan_log_dir_rules,
+    scan_log_dir_tolerant, scan_segment, scan_segment_from, segment_file_name,
 };
 
 const CLUSTER: u128 = 0xc1;
@@ -30,6 +31,7 @@ impl LogBuilder {
                 SegmentHeader {
                     cluster: CLUSTER,
                     segment_index: 0,
+                    version: SEGMENT_VERSION_V1,
                 }
                 .encode()
                 .to_vec(),
@@ -114,6 +116,7 @@ impl LogBuilder {
             SegmentHeader {
                 cluster: CLUSTER,
                 segment_index: index,
+                version: SEGMENT_VERSION_V1,
             }
             .encode()
             .to_vec(),
@@ -154,7 +157,7 @@ proptest! {
     /// Goal: segment headers round-trip.
     #[test]
     fn segment_header_round_trips(cluster in any::<u128>(), segment_index in any::<u64>()) {
-        let header = SegmentHeader { cluster, segment_index };
+        let header = SegmentHeader::new(cluster, segment_index);
         prop_assert_eq!(SegmentHeader::decode(&header.encode()).expect("well formed"), header);
     }
 
@@ -171,6 +174,7 @@ fn segment_header_matches_golden() {
     let bytes = SegmentHeader {
         cluster: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
         segment_index: 5,
+        version: SEGMENT_VERSION_V1,
     }
     .encode();
     let path =
@@ -331,6 +335,7 @@ fn broken_chain_is_corrupt() {
     let header = SegmentHeader {
         cluster: CLUSTER,
         segment_index: 0,
+        version: SEGMENT_VERSION_V1,
     }
     .encode()
     .to_vec();
@@ -532,6 +537,7 @@ fn partial_scan_of_a_segment_starting_with_a_certificate_does_not_panic() {
     let segment_header = vellum_audit::segment::SegmentHeader {
         cluster,
         segment_index: 1,
+        version: SEGMENT_VERSION_V1,
     };
     let mut bytes = segment_header.encode().to_vec();
     bytes.extend_from_slice(&record.encode());
@@ -589,4 +595,183 @@ fn chain_tip_rules_accept_the_next_op_only() {
     assert_eq!(after.check_certified_op(&certificate), Ok(()));
     certificate.op = 0;
     assert!(after.check_certified_op(&certificate).is_err(), "op 0");
+}
+
+/// Goal: the encoded version 2 segment header is byte-for-byte the blessed golden file.
+#[test]
+fn segment_header_v2_matches_golden() {
+    let bytes = SegmentHeader::new(0x0123_4567_89ab_cdef_0011_2233_4455_6677, 5).encode();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/segment_header_v2.bin");
+    if std::env::var_os("VELLUM_BLESS").is_some() {
+        std::fs::write(&path, bytes).expect("write golden file");
+    }
+    let golden = std::fs::read(&path).expect("golden file exists (bless with VELLUM_BLESS=1)");
+    assert_eq!(golden, bytes, "segment header format changed");
+}
+
+/// `bytes` of segment `index` with a version 2 header.
+fn as_version_2(bytes: &[u8], index: u64) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    out[..64].copy_from_slice(&SegmentHeader::new(CLUSTER, index).encode());
+    out
+}
+
+/// Zeros from `from` to the end of its 512-byte sector: a sector of the
+/// zero window that never reached the disk, after synced data up to `from`.
+fn lose_sector(bytes: &mut [u8], from: usize) {
+    let sector = ZERO_RUN_SECTOR_BYTES as usize;
+    let to = ((from / sector + 1) * sector).min(bytes.len());
+    bytes[from..to].fill(0);
+}
+
+/// Goal: zeros after the last record are the window (a clean end) in a
+/// version 2 segment, and a torn tail in a version 1 segment.
+#[test]
+fn zero_window_is_a_clean_end_only_in_version_2() {
+    let mut log = LogBuilder::new();
+    for _ in 0..3 {
+        log.op(2);
+    }
+    let mut bytes = log.segments[0].clone();
+    let end = bytes.len() as u64;
+    bytes.extend_from_slice(&[0; 1000]);
+    let scan = scan_segment(&as_version_2(&bytes, 0), 0, CLUSTER);
+    assert_eq!(
+        (scan.end, scan.window, scan.version),
+        (SegmentEnd::Open, 1000, 2)
+    );
+    assert_eq!(scan.records.len(), 3);
+    let scan = scan_segment(&bytes, 0, CLUSTER);
+    assert_eq!(
+        scan.end,
+        SegmentEnd::TornTail {
+            offset: end,
+            bytes: 1000
+        }
+    );
+}
+
+/// Goal: a lost sector (zeros to its end) followed by valid records is a
+/// torn tail in a version 2 last segment, and corruption in a version 1
+/// segment or a version 2 segment that is not the last.
+#[test]
+fn hole_then_data_is_torn_only_in_a_version_2_last_segment() {
+    let mut log = LogBuilder::new();
+    for _ in 0..4 {
+        log.op(24);
+    }
+    let mut bytes = log.segments[0].clone();
+    bytes.extend_from_slice(&[0; 4096]);
+    let second = record_starts(&bytes)[2];
+    lose_sector(&mut bytes, second);
+    let torn = SegmentEnd::TornTail {
+        offset: second as u64,
+        bytes: (bytes.len() - second) as u64,
+    };
+    let v2 = as_version_2(&bytes, 0);
+    let scan = scan_segment(&v2, 0, CLUSTER);
+    assert_eq!(scan.end, torn);
+    assert_eq!(scan.records.len(), 1);
+    let mut chain = vellum_audit::segment::Chain::genesis(CLUSTER);
+    let not_last = scan_segment_from(&v2, 0, CLUSTER, &mut chain, Resume::START, false);
+    assert!(
+        matches!(not_last.end, SegmentEnd::Corrupt { offset, .. } if offset == second as u64),
+        "{:?}",
+        not_last.end
+    );
+    assert!(matches!(
+        scan_segment(&bytes, 0, CLUSTER).end,
+        SegmentEnd::Corrupt { offset, .. } if offset == second as u64
+    ));
+    // Data then a hole: the record after the first is whole, a later one lost.
+    let mut later = as_version_2(&log.segments[0], 0);
+    later.extend_from_slice(&[0; 4096]);
+    let fourth = record_starts(&later)[4];
+    lose_sector(&mut later, fourth + 300);
+    let scan = scan_segment(&later, 0, CLUSTER);
+    assert_eq!(scan.records.len(), 3);
+    assert!(matches!(scan.end, SegmentEnd::TornTail { offset, .. } if offset == fourth as u64));
+}
+
+/// Goal: a Certificate after a hole that certifies an op at or after it
+/// proves the hole's bytes were durable: damage, not a torn tail; a
+/// Certificate of an op before the hole proves nothing.
+#[test]
+fn certificate_after_a_hole_proves_it_durable() {
+    for (certified, torn) in [(3, false), (1, true)] {
+        let mut log = LogBuilder::new();
+        for _ in 0..3 {
+            log.op(24);
+        }
+        log.certificate(certified);
+        let mut bytes = as_version_2(&log.segments[0], 0);
+        bytes.extend_from_slice(&[0; 1024]);
+        let second = record_starts(&bytes)[2];
+        lose_sector(&mut bytes, second);
+        let end = scan_segment(&bytes, 0, CLUSTER).end;
+        assert_eq!(
+            matches!(end, SegmentEnd::TornTail { offset, .. } if offset == second as u64),
+            torn,
+            "certificate of op {certified}: {end:?}"
+        );
+        if !torn {
+            assert!(matches!(end, SegmentEnd::Corrupt { .. }), "{end:?}");
+        }
+    }
+}
+
+/// Goal: zeros after a Seal are accepted only in a version 2 last segment
+/// (a trim not yet durable); anywhere else they are bytes after the seal.
+#[test]
+fn zeros_after_a_seal_only_in_the_last_segment() {
+    let mut log = LogBuilder::new();
+    log.op(2);
+    log.seal();
+    let mut bytes = as_version_2(&log.segments[0], 0);
+    bytes.extend_from_slice(&[0; 100]);
+    let scan = scan_segment(&bytes, 0, CLUSTER);
+    assert!(matches!(scan.end, SegmentEnd::Sealed { .. }));
+    assert_eq!(scan.window, 100);
+    let mut chain = vellum_audit::segment::Chain::genesis(CLUSTER);
+    let not_last = scan_segment_from(&bytes, 0, CLUSTER, &mut chain, Resume::START, false);
+    assert!(
+        matches!(not_last.end, SegmentEnd::Corrupt { .. }),
+        "{:?}",
+        not_last.end
+    );
+}
+
+/// Goal: a replica of a cluster scans a hole in its last segment as a torn
+/// tail; without the torn-hole rule (its fallback when the cut would go
+/// below a floor) the same op is a damaged op below the tail.
+#[test]
+fn tolerant_scan_with_and_without_the_torn_hole_rule() {
+    let mut log = LogBuilder::new();
+    for _ in 0..4 {
+        log.op(24);
+    }
+    let mut bytes = as_version_2(&log.segments[0], 0);
+    bytes.extend_from_slice(&[0; 2048]);
+    let second = record_starts(&bytes)[2];
+    lose_sector(&mut bytes, second);
+    let dir = tempdir();
+    std::fs::write(dir.join(segment_file_name(0)), &bytes).expect("write");
+    let scan = scan_log_dir_tolerant(&dir, CLUSTER).expect("torn");
+    assert_eq!(
+        scan.torn_tail().map(|(_, offset, _)| offset),
+        Some(second as u64)
+    );
+    assert!(scan.segments[0].scan.damaged.is_empty());
+    let rules = ScanRules {
+        tolerate_damaged_ops: true,
+        last: true,
+        torn_holes: false,
+    };
+    let scan = scan_log_dir_rules(&dir, CLUSTER, rules).expect("a damaged op");
+    let damaged = &scan.segments[0].scan.damaged;
+    assert_eq!(damaged.len(), 1);
+    assert_eq!((damaged[0].op, damaged[0].offset), (2, second as u64));
+    assert_eq!(scan.chain.last_op, 4);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

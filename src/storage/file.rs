@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,21 +19,50 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use vellum_audit::segment::segment_file_name;
 
-/// One segment file, appended to by the writer and read at offsets by anyone.
+/// One segment file, written by the writer at its data end and read at
+/// offsets by anyone.
 pub trait SegmentFile: Send + Sync + fmt::Debug {
-    /// Appends all of `bytes` at the end of the file.
-    fn append(&self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes every byte appended so far durable (fdatasync).
+    /// Writes all of `bytes` at `offset` (the writer's data end: records
+    /// are never written over, only into the zero window or past the end).
+    fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every byte written so far durable (fdatasync; it also makes a
+    /// changed file length durable, as fdatasync(2) does).
     fn sync_data(&self) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes zeros over `[from, to)`, which holds no record (the window
+    /// after the data end): zero-written, not only allocated, so that a
+    /// later write there and its fdatasync change no metadata (fallocate
+    /// leaves unwritten extents, whose conversion is again a metadata
+    /// update). Durable with the next `sync_data`.
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<()>;
+    /// Sets the file's length to `len` (a sealed segment is trimmed to its
+    /// Seal's end). Durable with the next `sync_data`.
+    fn trim(&self, len: u64) -> io::Result<()>;
+    /// The file's length now, window included.
+    fn file_len(&self) -> io::Result<u64>;
+}
+
+/// Zeros written by one `preallocate` write call.
+const ZERO_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let len = usize::try_from(to - at).map_or(ZERO_CHUNK_BYTES, |n| n.min(ZERO_CHUNK_BYTES));
+        file.write_all_at(&zeros[..len], at)?;
+        at += len as u64;
+    }
+    Ok(())
 }
 
 /// A directory of segment files.
 pub trait SegmentFs: Send + Sync + fmt::Debug {
     /// Creates segment `index`, which must not exist yet, empty.
     fn create(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>>;
-    /// Opens existing segment `index` to read and to append at its end.
+    /// Opens existing segment `index` to read and write.
     fn open(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>>;
     /// Opens existing segment `index` for reading only (its `append` and
     /// `sync_data` fail); used for reads and by read-only opens, so a
@@ -65,8 +94,8 @@ struct RealFile {
 }
 
 impl SegmentFile for RealFile {
-    fn append(&self, bytes: &[u8]) -> io::Result<()> {
-        (&self.file).write_all(bytes)
+    fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(bytes, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -75,6 +104,18 @@ impl SegmentFile for RealFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<()> {
+        write_zeros(&self.file, from, to)
+    }
+
+    fn trim(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
     }
 }
 
@@ -87,24 +128,40 @@ struct ReadOnlyFile {
 }
 
 impl SegmentFile for ReadOnlyFile {
-    fn append(&self, _bytes: &[u8]) -> io::Result<()> {
-        Err(io::Error::other("segment file is open read-only"))
+    fn write_at(&self, _bytes: &[u8], _offset: u64) -> io::Result<()> {
+        Err(read_only())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        Err(io::Error::other("segment file is open read-only"))
+        Err(read_only())
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
+
+    fn preallocate(&self, _from: u64, _to: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn trim(&self, _len: u64) -> io::Result<()> {
+        Err(read_only())
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::other("segment file is open read-only")
 }
 
 impl SegmentFs for RealFs {
     fn create(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create_new(true)
             .open(self.path(index))?;
         Ok(Arc::new(RealFile { file }))
@@ -113,7 +170,7 @@ impl SegmentFs for RealFs {
     fn open(&self, index: u64) -> io::Result<Arc<dyn SegmentFile>> {
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .open(self.path(index))?;
         Ok(Arc::new(RealFile { file }))
     }
@@ -150,8 +207,11 @@ struct FaultState {
     released: Condvar,
     /// Appends currently waiting on `hold_writes`.
     held: AtomicU64,
-    /// Per segment: (bytes appended, bytes covered by the last successful sync).
+    /// Per segment: (data end written, data end covered by the last
+    /// successful sync); the zero window is not data.
     lengths: Mutex<HashMap<u64, (u64, u64)>>,
+    /// `preallocate` calls so far.
+    preallocations: AtomicU64,
 }
 
 impl FaultFs {
@@ -208,7 +268,13 @@ impl FaultFs {
         self.state.syncs.load(Ordering::SeqCst)
     }
 
-    /// Bytes of segment `index` covered by its last successful sync (0 if never synced).
+    /// `preallocate` calls so far (the window extended).
+    pub fn preallocations(&self) -> u64 {
+        self.state.preallocations.load(Ordering::SeqCst)
+    }
+
+    /// The data end of segment `index` covered by its last successful sync
+    /// (0 if never synced): the file may be longer (its zero window).
     pub fn synced_len(&self, index: u64) -> u64 {
         self.lengths().get(&index).map_or(0, |(_, synced)| *synced)
     }
@@ -238,7 +304,7 @@ struct FaultFile {
 }
 
 impl SegmentFile for FaultFile {
-    fn append(&self, bytes: &[u8]) -> io::Result<()> {
+    fn write_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
         let state = &self.fs.state;
         let mut hold = state
             .hold_writes
@@ -258,8 +324,14 @@ impl SegmentFile for FaultFile {
         if self.fs.state.fail_writes.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected write failure"));
         }
-        self.inner.append(bytes)?;
-        self.fs.lengths().entry(self.index).or_default().0 += bytes.len() as u64;
+        self.inner.write_at(bytes, offset)?;
+        // The writer writes only at its data end, so a write says where the
+        // data ended: anything past `offset` (an opened file's window) was
+        // never synced data.
+        let mut lengths = self.fs.lengths();
+        let entry = lengths.entry(self.index).or_default();
+        entry.0 = offset + bytes.len() as u64;
+        entry.1 = entry.1.min(offset);
         Ok(())
     }
 
@@ -278,6 +350,25 @@ impl SegmentFile for FaultFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_exact_at(buf, offset)
+    }
+
+    /// Zeros are not data: the data end (`synced_len`) stays where it is.
+    fn preallocate(&self, from: u64, to: u64) -> io::Result<()> {
+        self.fs.state.preallocations.fetch_add(1, Ordering::SeqCst);
+        self.inner.preallocate(from, to)
+    }
+
+    fn trim(&self, len: u64) -> io::Result<()> {
+        self.inner.trim(len)?;
+        let mut lengths = self.fs.lengths();
+        let entry = lengths.entry(self.index).or_default();
+        entry.0 = entry.0.min(len);
+        entry.1 = entry.1.min(len);
+        Ok(())
+    }
+
+    fn file_len(&self) -> io::Result<u64> {
+        self.inner.file_len()
     }
 }
 

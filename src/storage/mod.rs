@@ -59,6 +59,11 @@ pub const LAZY_DELAY_MS_MAX: u64 = 200;
 /// of the replica into one batch; it must never stall the store).
 pub const PLUG_MS_MAX: u64 = 20;
 
+/// Default of `StorageConfig::window_bytes`: a 1 MiB zero window, extended
+/// by 512 KiB (one more fdatasync, with the file size) about every 450
+/// appends of 1 KiB.
+pub const WINDOW_BYTES_DEFAULT: u64 = 1024 * 1024;
+
 /// Limits of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageConfig {
@@ -92,6 +97,11 @@ pub struct StorageConfig {
     /// place in the chain is known is reported in `Recovery::damaged`
     /// (to be repaired from peers) instead of failing the open.
     pub tolerate_damaged_ops: bool,
+    /// Zero-written bytes kept ahead of the data end of a (version 2)
+    /// segment, so an fdatasync of a record written there syncs no file
+    /// size (0 = none: the file grows with each write). Extended by half of
+    /// it whenever less than half is left, never past `segment_bytes_max`.
+    pub window_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -105,6 +115,7 @@ impl Default for StorageConfig {
             durable_certificate_floor: 0,
             read_only: false,
             tolerate_damaged_ops: false,
+            window_bytes: WINDOW_BYTES_DEFAULT,
         }
     }
 }

@@ -96,8 +96,17 @@ mod tests {
     struct Fake;
 
     impl SegmentFile for Fake {
-        fn append(&self, _: &[u8]) -> io::Result<()> {
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
             Ok(())
+        }
+        fn preallocate(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn trim(&self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn file_len(&self) -> io::Result<u64> {
+            Ok(0)
         }
         fn sync_data(&self) -> io::Result<()> {
             Ok(())

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use vellum_audit::hash::Hash;
 use vellum_audit::record::{OpHeader, Record, RecordKind};
 use vellum_audit::segment::{
-    LogScan, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir, scan_log_dir_tolerant,
+    LogScan, ScanRules, ScannedSegment, SegmentEnd, SegmentHeader, scan_log_dir_rules,
     segment_file_name,
 };
 
+use super::writer::Current;
 use super::{
     RecordLocation, Recovery, SegmentFile, SegmentFs, StorageConfig, StorageError, Tail, TornTail,
 };
@@ -37,7 +38,7 @@ pub(super) struct Recovered {
     pub recovery: Recovery,
     pub tail: Tail,
     /// The segment the writer appends to; None when read-only (no writer).
-    pub current: Option<(u64, Arc<dyn SegmentFile>)>,
+    pub current: Option<Current>,
     pub files: BTreeMap<u64, Arc<dyn SegmentFile>>,
     pub syncs: u64,
     pub segments_created: u64,
@@ -49,17 +50,12 @@ pub(super) fn recover(
     fs: &dyn SegmentFs,
     config: &StorageConfig,
 ) -> Result<Recovered, StorageError> {
-    let scan = if config.tolerate_damaged_ops {
-        scan_log_dir_tolerant(segments_dir, cluster)?
-    } else {
-        scan_log_dir(segments_dir, cluster)?
-    };
+    let scan = scan_checked(segments_dir, cluster, config)?;
     let damaged = damaged_records(&scan);
-    check_floor(&scan, segments_dir, config.durable_op_floor)?;
-    check_certificate_floor(&scan, config.durable_certificate_floor)?;
     let torn_tail = if config.read_only {
         report_torn_tail(&scan)
     } else {
+        trim_sealed_window(&scan)?;
         cut_torn_tail(&scan)?
     };
     let records = recovered_records(&scan);
@@ -67,7 +63,7 @@ pub(super) fn recover(
     let (tail, current, syncs, created) = if config.read_only {
         (read_only_tail(&scan, view), None, 0, 0)
     } else {
-        let (tail, current, syncs, created) = open_tail(&scan, cluster, fs, view)?;
+        let (tail, current, syncs, created) = open_tail(&scan, cluster, fs, view, config)?;
         (tail, Some(current), syncs, created)
     };
     let segments = if config.read_only {
@@ -76,8 +72,8 @@ pub(super) fn recover(
         tail.segment + 1
     };
     let mut files = BTreeMap::new();
-    if let Some((index, file)) = &current {
-        files.insert(*index, Arc::clone(file));
+    if let Some(current) = &current {
+        files.insert(current.index, Arc::clone(&current.file));
     }
     Ok(Recovered {
         recovery: Recovery {
@@ -93,6 +89,62 @@ pub(super) fn recover(
         syncs,
         segments_created: created,
     })
+}
+
+/// Scans the log and checks the floors before anything is changed. The
+/// torn-hole rule of a version 2 last segment applies; when the tail it
+/// finds would cut below a floor, a replica of a cluster scans again
+/// without it, so the hole is a damaged op below the tail (repaired from
+/// peers) where its place in the chain is known, and a lone replica fails
+/// naming file and byte.
+fn scan_checked(
+    segments_dir: &Path,
+    cluster: u128,
+    config: &StorageConfig,
+) -> Result<LogScan, StorageError> {
+    let rules = |torn_holes: bool| ScanRules {
+        tolerate_damaged_ops: config.tolerate_damaged_ops,
+        last: true,
+        torn_holes,
+    };
+    let scan = scan_log_dir_rules(segments_dir, cluster, rules(true))?;
+    let checked = check_floor(&scan, segments_dir, config.durable_op_floor)
+        .and_then(|()| check_certificate_floor(&scan, config.durable_certificate_floor));
+    match checked {
+        Ok(()) => Ok(scan),
+        Err(error) if config.tolerate_damaged_ops && scan.torn_tail().is_some() => {
+            tracing::warn!(%error, "a torn tail would cut below what the index saw durable; scanning for damaged ops instead");
+            let scan = scan_log_dir_rules(segments_dir, cluster, rules(false))?;
+            check_floor(&scan, segments_dir, config.durable_op_floor)?;
+            check_certificate_floor(&scan, config.durable_certificate_floor)?;
+            Ok(scan)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Trims the zero window after the Seal of a sealed last segment (a crash
+/// between writing the Seal and its fdatasync, which made the trim durable).
+fn trim_sealed_window(scan: &LogScan) -> Result<(), StorageError> {
+    let Some(last) = scan.segments.last() else {
+        return Ok(());
+    };
+    if !matches!(last.scan.end, SegmentEnd::Sealed { .. }) || last.scan.window == 0 {
+        return Ok(());
+    }
+    let len = last.file_len - last.scan.window;
+    let io = |source| StorageError::Io {
+        path: last.path.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&last.path)
+        .map_err(io)?;
+    file.set_len(len).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    tracing::info!(file = %last.path.display(), len, "trimmed the zero window after the seal of the last segment");
+    Ok(())
 }
 
 /// A damaged Op record below the tail, found by a tolerant open.
@@ -220,7 +272,11 @@ fn check_floor(scan: &LogScan, segments_dir: &Path, floor: u64) -> Result<(), St
             format!(" and the {bytes} unreadable bytes from here on are damage, not a torn write"),
         ),
         None => match scan.segments.last() {
-            Some(last) => (last.path.clone(), last.file_len, String::new()),
+            Some(last) => (
+                last.path.clone(),
+                last.file_len - last.scan.window,
+                String::new(),
+            ),
             None => (
                 segments_dir.to_path_buf(),
                 0,
@@ -305,16 +361,18 @@ fn cut_torn_tail(scan: &LogScan) -> Result<Option<TornTail>, StorageError> {
 }
 
 /// The segment the writer starts on, and the syncs and segments made to get it.
-type OpenedTail = (Tail, (u64, Arc<dyn SegmentFile>), u64, u64);
+type OpenedTail = (Tail, Current, u64, u64);
 
 /// Opens the segment to append to, creating it when the log is empty, the
-/// last segment is sealed, or its header was torn. Returns the tail, the
-/// file, and the syncs and segments made.
+/// last segment is sealed, or its header was torn, and brings the window
+/// of a version 2 segment up to size. Returns the tail, the segment, and
+/// the syncs and segments made.
 fn open_tail(
     scan: &LogScan,
     cluster: u128,
     fs: &dyn SegmentFs,
     view: u64,
+    config: &StorageConfig,
 ) -> Result<OpenedTail, StorageError> {
     let io = |index: u64| {
         move |source| StorageError::Io {
@@ -331,25 +389,48 @@ fn open_tail(
         chain: scan.chain,
         tree: None,
     };
+    let window = config.window_bytes.min(config.segment_bytes_max);
+    let created = |index: u64, file: Arc<dyn SegmentFile>, allocated: u64| Current {
+        index,
+        file,
+        end: vellum_audit::segment::SEGMENT_HEADER_BYTES as u64,
+        allocated,
+        windowed: true,
+    };
     let Some(last) = scan.segments.last() else {
-        let file = create_segment(fs, cluster, 0).map_err(io(0))?;
-        return Ok((fresh(0), (0, file), 2, 1));
+        let (file, allocated) = create_segment(fs, cluster, 0, window).map_err(io(0))?;
+        return Ok((fresh(0), created(0, file, allocated), 2, 1));
     };
     let index = last.index;
     match last.scan.end {
         SegmentEnd::Sealed { .. } => {
-            let file = create_segment(fs, cluster, index + 1).map_err(io(index + 1))?;
-            Ok((fresh(index + 1), (index + 1, file), 2, 1))
+            let next = index + 1;
+            let (file, allocated) = create_segment(fs, cluster, next, window).map_err(io(next))?;
+            Ok((fresh(next), created(next, file, allocated), 2, 1))
         }
         SegmentEnd::TornTail { offset: 0, .. } => {
             // The header itself never became durable: write it again.
             let file = fs.open(index).map_err(io(index))?;
-            write_header(file.as_ref(), cluster, index).map_err(io(index))?;
-            Ok((fresh(index), (index, file), 1, 0))
+            let allocated =
+                write_header(file.as_ref(), cluster, index, window).map_err(io(index))?;
+            Ok((fresh(index), created(index, file, allocated), 1, 0))
         }
         SegmentEnd::Open | SegmentEnd::TornTail { .. } => {
             let file = fs.open(index).map_err(io(index))?;
-            Ok((tail_after(last, fresh(index)), (index, file), 0, 0))
+            let tail = tail_after(last, fresh(index));
+            let mut current = Current {
+                index,
+                allocated: file.file_len().map_err(io(index))?,
+                file,
+                end: tail.offset,
+                windowed: last.scan.version >= 2,
+            };
+            let mut syncs = 0;
+            if let Some(target) = current.window_target(config) {
+                current.extend_window(target).map_err(io(index))?;
+                syncs += 1;
+            }
+            Ok((tail, current, syncs, 0))
         }
         SegmentEnd::Corrupt { .. } => unreachable!("scan_log_dir returns corruption as an error"),
     }
@@ -396,25 +477,35 @@ fn tail_after(last: &ScannedSegment, fresh: Tail) -> Tail {
     }
 }
 
-/// Creates segment `index` with its header, syncs it, then syncs the directory.
+/// Creates segment `index` with its header and a zero window up to
+/// `window` bytes, syncs it (one fdatasync), then syncs the directory.
+/// Returns the file and its length.
 pub(super) fn create_segment(
     fs: &dyn SegmentFs,
     cluster: u128,
     index: u64,
-) -> std::io::Result<Arc<dyn SegmentFile>> {
+    window: u64,
+) -> std::io::Result<(Arc<dyn SegmentFile>, u64)> {
     let file = fs.create(index)?;
-    write_header(file.as_ref(), cluster, index)?;
+    let len = write_header(file.as_ref(), cluster, index, window)?;
     fs.sync_dir()?;
-    Ok(file)
+    Ok((file, len))
 }
 
-fn write_header(file: &dyn SegmentFile, cluster: u128, index: u64) -> std::io::Result<()> {
-    file.append(
-        &SegmentHeader {
-            cluster,
-            segment_index: index,
-        }
-        .encode(),
-    )?;
-    file.sync_data()
+/// Writes the header of a new segment at byte 0 and zeros after it up to
+/// `window`, then syncs. Returns the file's length.
+fn write_header(
+    file: &dyn SegmentFile,
+    cluster: u128,
+    index: u64,
+    window: u64,
+) -> std::io::Result<u64> {
+    let header_bytes = vellum_audit::segment::SEGMENT_HEADER_BYTES as u64;
+    file.write_at(&SegmentHeader::new(cluster, index).encode(), 0)?;
+    let len = window.max(header_bytes);
+    if len > header_bytes {
+        file.preallocate(header_bytes, len)?;
+    }
+    file.sync_data()?;
+    Ok(len)
 }

@@ -90,6 +90,14 @@ fn small_config() -> StorageConfig {
     }
 }
 
+/// A small zero window, so crash images stay small.
+fn window_config() -> StorageConfig {
+    StorageConfig {
+        window_bytes: 8192,
+        ..StorageConfig::default()
+    }
+}
+
 fn open_fault(dir: &Path, config: StorageConfig) -> (Storage, Recovery, FaultFs) {
     let fs = FaultFs::new(dir);
     let (storage, recovery) =
@@ -118,13 +126,37 @@ fn crash_image(from: &Path, index: u64, len: u64, extra: &[u8]) -> PathBuf {
     to
 }
 
-/// Goal: for every prefix of an unsynced batch (and each prefix followed by
-/// garbage), recovery keeps every synced record, accepts only whole records
-/// that were written, and reports a torn tail exactly when bytes were cut.
-#[test]
-fn every_crash_state_keeps_synced_records_and_refuses_damaged_ones() {
+/// Copies the segment files of `from` into a fresh directory, with the
+/// bytes of segment `index` from `cut` on zeros (the window, its length
+/// kept) and `extra` written at `cut`: one crash state of a preallocated
+/// segment.
+fn crash_image_window(from: &Path, index: u64, cut: u64, extra: &[u8]) -> PathBuf {
+    let to = crash_image(from, index, u64::MAX, &[]);
+    let path = to.join(segment_file_name(index));
+    let mut bytes = std::fs::read(&path).expect("read");
+    let cut = cut as usize;
+    bytes[cut..].fill(0);
+    let end = (cut + extra.len()).min(bytes.len());
+    bytes[cut..end].copy_from_slice(&extra[..end - cut]);
+    std::fs::write(&path, bytes).expect("write");
+    to
+}
+
+/// The synced records and the records of one batch whose fdatasync failed
+/// (written, never synced), in a log with a small zero window.
+struct UnsyncedBatch {
+    dir: PathBuf,
+    submitted: Vec<Record>,
+    synced_records: usize,
+    /// The synced data end.
+    synced: u64,
+    /// The end of each record of the failed batch.
+    ends: Vec<u64>,
+}
+
+fn unsynced_batch(events: u32) -> UnsyncedBatch {
     let dir = temp_dir();
-    let (storage, _, fs) = open_fault(&dir, StorageConfig::default());
+    let (storage, _, fs) = open_fault(&dir, window_config());
     let mut chain = Chain::new();
     let mut submitted = Vec::new();
     for _ in 0..3 {
@@ -143,7 +175,7 @@ fn every_crash_state_keeps_synced_records_and_refuses_damaged_ones() {
     }
     let mut tickets = Vec::new();
     for _ in 0..3 {
-        let (record, tree) = chain.op(3);
+        let (record, tree) = chain.op(events);
         submitted.push(record.clone());
         tickets.push(storage.submit(record, tree).expect("submit"));
     }
@@ -160,27 +192,43 @@ fn every_crash_state_keeps_synced_records_and_refuses_damaged_ones() {
         Err(StorageError::Poisoned(_))
     ));
     drop(storage);
-    let written = std::fs::metadata(dir.join(segment_file_name(0)))
-        .expect("stat")
-        .len();
-    assert!(
-        written > synced,
-        "the failed batch was written but not synced"
-    );
     let ends: Vec<u64> = tickets
         .iter()
         .map(|t| t.location().offset + u64::from(t.location().len))
         .collect();
+    UnsyncedBatch {
+        dir,
+        submitted,
+        synced_records,
+        synced,
+        ends,
+    }
+}
+
+/// Goal: for every prefix of an unsynced batch (the rest still the zero
+/// window, or garbage after the prefix), recovery keeps every synced
+/// record, accepts only whole records that were written, and reports a
+/// torn tail exactly when bytes were cut.
+#[test]
+fn every_crash_state_keeps_synced_records_and_refuses_damaged_ones() {
+    let UnsyncedBatch {
+        dir,
+        submitted,
+        synced_records,
+        synced,
+        ends,
+    } = unsynced_batch(3);
+    let written = *ends.last().expect("three records");
     let garbage: Vec<u8> = (0..700u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     for cut in synced..=written {
         for extra in [&[][..], &garbage[..]] {
-            let image = crash_image(&dir, 0, cut, extra);
+            let image = crash_image_window(&dir, 0, cut, extra);
             let (reopened, recovery) = Storage::open_with(
                 &image,
                 CLUSTER,
-                StorageConfig::default(),
+                window_config(),
                 Arc::new(RealFs::new(&image)),
             )
             .expect("every crash state opens");
@@ -670,4 +718,228 @@ fn cut_copies_back_certificates_of_kept_ops() {
     assert!(recovery.torn_tail.is_none());
     reopened.close().expect("close");
     std::fs::remove_dir_all(&data_dir).expect("cleanup");
+}
+
+/// The sector a lost write reverts in the out-of-order crash model.
+const SECTOR: u64 = vellum_audit::segment::ZERO_RUN_SECTOR_BYTES;
+
+/// Goal: power loss may persist the sectors of an unsynced batch written
+/// into the zero window in any order (a hole then data, data then a hole,
+/// the whole window still zero, and every other subset): each such state
+/// opens, keeps every synced record, keeps exactly the unsynced records
+/// before the first lost sector, and cuts the rest as a torn tail.
+#[test]
+fn unsynced_sectors_persisted_in_any_order_are_a_torn_tail() {
+    let batch = unsynced_batch(12);
+    let written = *batch.ends.last().expect("three records");
+    let first = batch.synced / SECTOR;
+    let sectors = (written - 1) / SECTOR + 1 - first;
+    assert!((3..=12).contains(&sectors), "{sectors} sectors");
+    let original = std::fs::read(batch.dir.join(segment_file_name(0))).expect("read");
+    let starts: Vec<u64> = std::iter::once(batch.synced)
+        .chain(batch.ends.iter().copied())
+        .collect();
+    let mut seen = [false; 3];
+    for lost in 0u32..(1 << sectors) {
+        let image = crash_image(&batch.dir, 0, u64::MAX, &[]);
+        let path = image.join(segment_file_name(0));
+        let mut bytes = original.clone();
+        for k in (0..sectors).filter(|k| lost & (1 << k) != 0) {
+            // A lost sector reads as last synced: data up to the synced end, then zeros.
+            let from = ((first + k) * SECTOR).max(batch.synced) as usize;
+            let to = ((first + k + 1) * SECTOR).min(bytes.len() as u64) as usize;
+            bytes[from..to].fill(0);
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let intact = |i: usize| {
+            let (from, to) = (starts[i] as usize, starts[i + 1] as usize);
+            bytes[from..to] == original[from..to]
+        };
+        let kept = (0..3).take_while(|&i| intact(i)).count();
+        let end = starts[kept] as usize;
+        let torn = !bytes[end..].iter().all(|&b| b == 0);
+        seen[0] |= lost & 1 != 0 && kept == 0 && torn;
+        seen[1] |= lost & 1 == 0 && kept > 0 && torn;
+        seen[2] |= lost == (1 << sectors) - 1;
+        let (reopened, recovery) = Storage::open_with(
+            &image,
+            CLUSTER,
+            window_config(),
+            Arc::new(RealFs::new(&image)),
+        )
+        .unwrap_or_else(|e| panic!("lost sectors {lost:#b}: {e}"));
+        assert_eq!(
+            recovery.records.len(),
+            batch.synced_records + kept,
+            "lost sectors {lost:#b}"
+        );
+        for ((location, _), record) in recovery.records.iter().zip(&batch.submitted) {
+            assert_eq!(&reopened.read(*location).expect("read back"), record);
+        }
+        assert_eq!(
+            recovery.torn_tail.as_ref().map(|t| t.offset),
+            torn.then_some(end as u64),
+            "lost sectors {lost:#b}"
+        );
+        reopened.close().expect("close");
+        std::fs::remove_dir_all(&image).expect("cleanup");
+    }
+    assert_eq!(seen, [true; 3], "hole then data, data then hole, all zero");
+    std::fs::remove_dir_all(&batch.dir).expect("cleanup");
+}
+
+/// Goal: a byte flipped or zeroed inside synced data of the last segment,
+/// with synced records after it, is damage named by file and byte, never
+/// a torn tail, although the segment holds a zero window.
+#[test]
+fn flipped_or_zeroed_byte_in_synced_data_is_damage() {
+    let dir = temp_dir();
+    let (storage, _, _) = open_fault(&dir, window_config());
+    let mut chain = Chain::new();
+    let locations: Vec<RecordLocation> = (0..5)
+        .map(|_| submit_durable(&storage, chain.op(2)))
+        .collect();
+    storage.close().expect("close");
+    let path = dir.join(segment_file_name(0));
+    let original = std::fs::read(&path).expect("read");
+    let target = locations[2];
+    for at in target.offset..end_of(target) {
+        for zero in [false, true] {
+            let mut bytes = original.clone();
+            let byte = &mut bytes[at as usize];
+            *byte = if zero { 0 } else { *byte ^ 0x10 };
+            if bytes == original {
+                continue; // zeroing a zero byte changes nothing
+            }
+            std::fs::write(&path, &bytes).expect("write");
+            match Storage::open_with(&dir, CLUSTER, window_config(), Arc::new(RealFs::new(&dir))) {
+                Err(StorageError::Corrupt { file, offset, .. }) => {
+                    assert_eq!((file, offset), (path.clone(), target.offset), "byte {at}");
+                }
+                other => panic!("byte {at} (zeroed: {zero}): {other:?}"),
+            }
+        }
+    }
+    std::fs::write(&path, &original).expect("restore");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Goal: a sealed segment is trimmed to its Seal's end (no window left),
+/// while the last one keeps a window; a crash before the trim was durable
+/// (zeros after the Seal of the last segment) opens, is trimmed, and the
+/// log goes on in a new segment.
+#[test]
+fn sealed_segments_are_trimmed() {
+    let dir = temp_dir();
+    let (storage, _, _) = open_fault(&dir, small_config());
+    let mut chain = Chain::new();
+    while storage.stats().segments_created < 2 {
+        submit_durable(&storage, chain.op(4));
+    }
+    storage.close().expect("close");
+    let scan = scan_log_dir(&dir, CLUSTER).expect("clean log");
+    let (last, sealed) = scan.segments.split_last().expect("segments");
+    for segment in sealed {
+        let seal = segment.scan.records.last().expect("seal");
+        assert_eq!(segment.file_len, seal.offset + seal.encoded_len());
+        assert_eq!(segment.scan.window, 0);
+    }
+    assert!(last.scan.window > 0, "the last segment keeps its window");
+    // The crash came after the Seal of the second to last segment was
+    // written, before its fdatasync (and the next file) made the trim durable.
+    std::fs::remove_file(&last.path).expect("remove last");
+    let untrimmed = &sealed.last().expect("a sealed segment").path;
+    let mut bytes = std::fs::read(untrimmed).expect("read");
+    let seal_end = bytes.len() as u64;
+    bytes.extend_from_slice(&[0; 1000]);
+    std::fs::write(untrimmed, &bytes).expect("write");
+    let scan = scan_log_dir(&dir, CLUSTER).expect("a sealed last segment with zeros scans");
+    assert_eq!(scan.segments.last().expect("last").scan.window, 1000);
+    let (storage, recovery, _) = open_fault(&dir, small_config());
+    assert!(recovery.torn_tail.is_none());
+    assert_eq!(std::fs::metadata(untrimmed).expect("stat").len(), seal_end);
+    let mut next = Chain {
+        last_op: recovery.chain.last_op,
+        last_checksum: recovery.chain.last_op_checksum,
+        tree_size: recovery.chain.tree_size,
+    };
+    submit_durable(&storage, next.op(1));
+    storage.close().expect("close");
+    scan_log_dir(&dir, CLUSTER).expect("clean log");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Rewrites every segment of `dir` as the code before zero windows wrote
+/// it: version 1 header, no bytes after the last record.
+fn downgrade_to_version_1(dir: &Path) {
+    let scan = scan_log_dir(dir, CLUSTER).expect("clean log");
+    for segment in &scan.segments {
+        let mut bytes = std::fs::read(&segment.path).expect("read");
+        bytes.truncate((segment.file_len - segment.scan.window) as usize);
+        let header = vellum_audit::segment::SegmentHeader {
+            cluster: CLUSTER,
+            segment_index: segment.index,
+            version: vellum_audit::segment::SEGMENT_VERSION_V1,
+        };
+        bytes[..64].copy_from_slice(&header.encode());
+        std::fs::write(&segment.path, bytes).expect("write");
+    }
+}
+
+/// Goal: a log written before zero windows (version 1 segments) opens with
+/// every record, its last segment grows without a window until it is
+/// sealed, and the segments after it are version 2.
+#[test]
+fn version_1_log_opens_and_goes_on() {
+    let dir = temp_dir();
+    let (storage, _, _) = open_fault(&dir, small_config());
+    let mut chain = Chain::new();
+    let mut written = 0;
+    while storage.stats().segments_created < 1 {
+        submit_durable(&storage, chain.op(4));
+        written += 1;
+    }
+    submit_durable(&storage, chain.op(1));
+    written += 1;
+    storage.close().expect("close");
+    downgrade_to_version_1(&dir);
+    let (storage, recovery, _) = open_fault(&dir, small_config());
+    assert!(recovery.torn_tail.is_none());
+    let ops = |records: &[(RecordLocation, OpHeader)]| {
+        records
+            .iter()
+            .filter(|(_, h)| h.kind == RecordKind::Op)
+            .count()
+    };
+    assert_eq!(ops(&recovery.records), written);
+    let last = recovery.segments - 1;
+    let len = std::fs::metadata(dir.join(segment_file_name(last)))
+        .expect("stat")
+        .len();
+    let location = submit_durable(&storage, chain.op(1));
+    assert_eq!(
+        location.offset, len,
+        "appended at the end of a version 1 segment"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join(segment_file_name(last)))
+            .expect("stat")
+            .len(),
+        end_of(location),
+        "a version 1 segment gets no window"
+    );
+    storage.resume_tree(chain.tree()).expect("tree");
+    let before = recovery.segments;
+    while storage.stats().segments_created < 1 {
+        submit_durable(&storage, chain.op(4));
+    }
+    storage.close().expect("close");
+    let scan = scan_log_dir(&dir, CLUSTER).expect("clean log");
+    assert_eq!(scan.chain.last_op, chain.last_op);
+    let versions: Vec<u16> = scan.segments.iter().map(|s| s.scan.version).collect();
+    let expected: Vec<u16> = (0..scan.segments.len() as u64)
+        .map(|i| if i < before { 1 } else { 2 })
+        .collect();
+    assert_eq!(versions, expected);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
