@@ -14,10 +14,11 @@
 //! Availability (issue 10, "Done when"): the longest window without a
 //! successful append, over the whole run, must stay under
 //! `VELLUM_CRASH_WINDOW_MS_MAX` milliseconds. The issue's goal is 3 s
-//! (`VELLUM_CRASH_WINDOW_MS_MAX=3000`), which held in every 30 s run
-//! measured on a loaded two-core machine (1.3 to 1.9 s) but not in a 60 s
-//! run at a load average of 14 (4.1 s: three kills within 3 s with every
-//! replica starved of CPU), so the default bound is a looser 5 s, which
+//! (`VELLUM_CRASH_WINDOW_MS_MAX=3000`), which held in all nine 30 s runs
+//! measured on a loaded two-core machine (1.3 to 2.0 s, load average 7 to
+//! 15) but not in 60 s runs of seed 6 (4.1 s and 3.1 s: two or three kills
+//! within 2 s while a restarted replica still caught up, every replica
+//! short of CPU), so the default bound is a looser 5 s, which
 //! still fails the 5.7 s windows this test measured before repairs avoided
 //! dead peers. The test prints the window and what happened around it: the
 //! faults, the writers' failed and slow calls, and the replicas' logs (run
