@@ -233,12 +233,26 @@ impl Replica {
         op <= self.commit || (self.status != Status::Recovering && self.pending.is_none())
     }
 
-    /// The next peer to ask, round robin over the others.
+    /// The next peer to ask: round robin over the peers heard from within
+    /// a view change timeout, or over all of them when none was. A dead
+    /// peer answers nothing, each op asked of it waits `repair_retry_ticks`
+    /// to be asked again, and the log becomes durable only in op order: a
+    /// replica catching up with one peer down went at a fraction of its
+    /// pace. (A normal backup hears its fellow backups seldom, so it then
+    /// asks the primary, which it hears at every heartbeat.) Which peer
+    /// answers never matters for safety: a repaired op must match its
+    /// checksum or be committed.
     fn repair_peer(&mut self) -> ReplicaIndex {
         let count = u64::from(self.config.replica_count);
-        self.repair_cursor += 1;
-        let step = 1 + self.repair_cursor % (count - 1);
-        let peer = (u64::from(self.config.replica) + step) % count;
-        ReplicaIndex::try_from(peer).expect("below replica_count")
+        let peers = count - 1;
+        let replica = u64::from(self.config.replica);
+        let candidate = |cursor: u64| (replica + 1 + cursor % peers) % count;
+        let heard_lately = |peer: u64| {
+            let heard = self.peer_heard[usize::try_from(peer).expect("below replica_count")];
+            self.ticks - heard < self.config.view_change_timeout_ticks
+        };
+        let live = (1..=peers).find(|offset| heard_lately(candidate(self.repair_cursor + offset)));
+        self.repair_cursor += live.unwrap_or(1);
+        ReplicaIndex::try_from(candidate(self.repair_cursor)).expect("below replica_count")
     }
 }

@@ -159,6 +159,8 @@ pub struct Replica {
     // Repair: op -> tick the request was sent.
     pub(super) repairs: BTreeMap<u64, u64>,
     pub(super) repair_cursor: u64,
+    /// The tick at which each replica (by index) was last heard from.
+    pub(super) peer_heard: Vec<u64>,
     pub(super) out: Vec<Action>,
 }
 
@@ -183,6 +185,7 @@ impl Replica {
         let empty = recovered.journal.is_empty()
             && recovered.state == DurableState::default()
             && recovered.certificates.is_empty();
+        let replica_count = usize::from(config.replica_count);
         let mut replica = Replica {
             journal: Journal::new(config.cluster),
             clients: ClientTable::new(config.clients_max),
@@ -223,6 +226,7 @@ impl Replica {
             recovery_responses: BTreeMap::new(),
             repairs: BTreeMap::new(),
             repair_cursor: 0,
+            peer_heard: vec![0; replica_count],
             out: Vec::new(),
         };
         replica.load(&recovered);
@@ -318,6 +322,7 @@ impl Replica {
         if !known {
             return;
         }
+        self.peer_heard[usize::from(from)] = self.ticks;
         let view = message.view;
         match message.body {
             MessageBody::Prepare {

@@ -680,6 +680,37 @@ fn faulty_slot_is_repaired() {
     assert_eq!(cluster.replica(1).status(), Status::Normal);
 }
 
+/// Goal: a backup catching up asks only the peers it hears from: with one
+/// peer down, no repair request goes to it (each would wait out a retry).
+#[test]
+fn repair_asks_only_peers_heard_lately() {
+    let mut cluster = Cluster::new(3);
+    cluster.drop_prepares_to.insert(2);
+    for number in 1..=6 {
+        cluster.append(1, number, 16, None);
+    }
+    cluster.crash(1);
+    // Replica 1 is silent for longer than a view change timeout; replica 2
+    // hears the primary's heartbeats (and their commit) but none of its ops.
+    cluster.tick(20);
+    assert_eq!(cluster.replica(2).commit(), 0);
+    cluster.sent.clear();
+    cluster.drop_prepares_to.clear();
+    cluster.tick(4);
+    let asked: Vec<u8> = cluster
+        .sent
+        .iter()
+        .filter(|(from, _, body)| *from == 2 && matches!(body, MessageBody::RequestPrepare { .. }))
+        .map(|(_, to, _)| *to)
+        .collect();
+    assert!(!asked.is_empty(), "replica 2 repairs");
+    assert!(
+        asked.iter().all(|to| *to == 0),
+        "only the primary, which it hears, is asked: {asked:?}"
+    );
+    assert_eq!(cluster.replica(2).commit(), 6);
+}
+
 /// Goal: a backup refuses a prepare whose parent does not chain to its log.
 #[test]
 fn unchained_prepare_is_refused() {
