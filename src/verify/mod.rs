@@ -786,10 +786,7 @@ fn check_trail_blocking(
     };
     let rows = runtime.block_on(async {
         let index = Index::open_existing(target, cluster).await?;
-        let bound = match live {
-            true => Some(live_bound(&index, facts).await?),
-            false => None,
-        };
+        let bound = Some(live_bound(&index, facts).await?);
         let rows = index.access_projected().await;
         let unpositioned = index.access_unpositioned().await;
         index.close().await;
@@ -804,7 +801,7 @@ fn check_trail_blocking(
                 .collect();
             let trimmed;
             let (rows, facts) = match bound {
-                Some(bound) => {
+                Some(bound) if live => {
                     trimmed = trim_facts(facts, bound);
                     let rows: Vec<_> = rows
                         .into_iter()
@@ -813,7 +810,14 @@ fn check_trail_blocking(
                     check.note = Some(live_note(bound));
                     (rows, &trimmed)
                 }
-                None => (rows, facts),
+                // A stopped replica's index that ends before its log (see
+                // `stopped_index_behind`): the trail events after its last
+                // commit have no rows to open them yet; the rest is checked.
+                Some(bound) if stopped_index_behind(facts, bound, &mut check) => {
+                    trimmed = trim_facts(facts, bound);
+                    (rows, &trimmed)
+                }
+                _ => (rows, facts),
             };
             if unpositioned > 0 {
                 check.fail(FailureKind::TrailMismatch,
@@ -1567,31 +1571,42 @@ async fn check_index(
             return check.finish();
         }
     };
+    let newest = match live_bound(&index, facts).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            check.fail(
+                FailureKind::Unreadable,
+                "index commits",
+                crate::log::error_chain(&e),
+            );
+            return check.finish();
+        }
+    };
     let bound = match live {
         None => None,
-        Some(lag_max) => match live_bound(&index, facts).await {
-            Ok(bound) => {
-                check_lag(facts, bound, lag_max, &mut check);
-                Some(bound)
-            }
-            Err(e) => {
-                check.fail(
-                    FailureKind::Unreadable,
-                    "index commits",
-                    crate::log::error_chain(&e),
-                );
-                return check.finish();
-            }
-        },
+        Some(lag_max) => {
+            check_lag(facts, newest, lag_max, &mut check);
+            Some(newest)
+        }
     };
+    // A stopped replica's index may end before its log (killed before the
+    // indexer caught up; it catches up at the next open): one failure that
+    // says so, and the rows it holds compared with the log up to its last
+    // commit, instead of a "missing" failure per row of the lag (which
+    // reads as rows deleted). Rows past its last commit are still extra.
+    let behind = live.is_none() && stopped_index_behind(facts, newest, &mut check);
     let trimmed;
-    let facts = match bound {
-        Some(bound) => {
+    let facts = match (bound, behind) {
+        (Some(bound), _) => {
             trimmed = trim_facts(facts, bound);
             check.note = Some(live_note(bound));
             &trimmed
         }
-        None => facts,
+        (None, true) => {
+            trimmed = trim_facts(facts, newest);
+            &trimmed
+        }
+        (None, false) => facts,
     };
     let from = floor.map_or(0, |f| f.position);
     let below = bound.map(|b| b.events);
@@ -1694,9 +1709,9 @@ fn compare_event(fact: &EventFact, row: &crate::index::EventRow, check: &mut Che
 /// as a hash, so a streaming run keeps 88 bytes per certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CommitKey {
-    op: u64,
+    pub(super) op: u64,
     view: u64,
-    tree_size: u64,
+    pub(super) tree_size: u64,
     root: vellum_audit::hash::Hash,
     certificate_sha256: vellum_audit::hash::Hash,
 }
@@ -1830,13 +1845,41 @@ fn check_lag(facts: &LogFacts, bound: LiveBound, lag_max: u64, check: &mut Check
     }
 }
 
+/// Without `--live`: fails `index_lag` when the index's newest commit
+/// (`newest`, from [`live_bound`]) is below the log's newest certificate,
+/// naming both and the remedy. Returns whether it is behind.
+fn stopped_index_behind(facts: &LogFacts, newest: LiveBound, check: &mut Check) -> bool {
+    let Some(log_last) = facts.commits.iter().max_by_key(|c| c.op) else {
+        return false;
+    };
+    if newest.op >= log_last.op {
+        return false;
+    }
+    index_behind(newest, (log_last.op, log_last.tree_size), check);
+    true
+}
+
+/// The one `index_lag` failure of a stopped replica's index that ends at
+/// `index` (its newest commit) before the log's newest certificate `log`
+/// (op, tree size).
+pub(super) fn index_behind(index: LiveBound, log: (u64, u64), check: &mut Check) {
+    check.fail(
+        FailureKind::IndexLag,
+        "index commits",
+        format!(
+            "the index ends at commit {} ({} events) but the log is certified through commit {} ({} events): the replica stopped before its index caught up, which it does when the replica next opens (or rebuild it: vellum index rebuild); the rows after commit {} cannot be checked until then, the rows before it were",
+            index.op, index.events, log.0, log.1, index.op
+        ),
+    );
+}
+
 /// How far a live run compares the index with the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LiveBound {
+pub(super) struct LiveBound {
     /// The newest commit both the log and the index hold.
-    op: u64,
+    pub(super) op: u64,
     /// Events up to that commit (positions below this).
-    events: u64,
+    pub(super) events: u64,
 }
 
 /// The newest commit that both the log (as read) and the index hold: each
@@ -1893,7 +1936,14 @@ fn trim_facts_after(facts: &LogFacts, bound: LiveBound, floor_op: u64) -> LogFac
             .collect(),
         keys: facts.keys.iter().take(ops).copied().collect(),
         ops: facts.ops.min(bound.op.saturating_sub(floor_op)),
-        op_headers: facts.op_headers.iter().take(ops).cloned().collect(),
+        // By op number: the streamed walk keeps only the ops of atomic
+        // groups here, so the list need not hold one header per op.
+        op_headers: facts
+            .op_headers
+            .iter()
+            .filter(|h| h.op <= bound.op)
+            .cloned()
+            .collect(),
     }
 }
 

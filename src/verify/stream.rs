@@ -66,6 +66,13 @@ struct Active {
     exhausted: bool,
     /// A page query failed: the comparison of events stopped there.
     failed: bool,
+    /// The index's newest commit (op, tree size; (0, 0) for none): a
+    /// stopped replica's index may end before its log (killed before the
+    /// indexer caught up), and the events after it are counted in
+    /// `behind`, not each reported missing.
+    index_end: (u64, u64),
+    /// Events of the log at or after `index_end`'s tree size without a row.
+    behind: u64,
 }
 
 impl IndexSink {
@@ -105,6 +112,17 @@ impl IndexSink {
         let index = runtime
             .block_on(Index::open_existing(target, cluster))
             .map_err(|e| crate::log::error_chain(&e));
+        let index = match index {
+            Ok(index) => match runtime.block_on(index.last_commit()) {
+                Ok(last) => Ok((index, last.map_or((0, 0), |c| (c.op, c.tree_size)))),
+                Err(e) => Err(crate::log::error_chain(&e)),
+            },
+            Err(e) => Err(e),
+        };
+        let (index, index_end) = match index {
+            Ok((index, end)) => (Ok(index), end),
+            Err(e) => (Err(e), (0, 0)),
+        };
         let mut sink = IndexSink::idle();
         sink.floor = floor;
         sink.active = Some(Active {
@@ -115,6 +133,8 @@ impl IndexSink {
             next_position: floor.map_or(0, |f| f.position),
             exhausted: false,
             failed: false,
+            index_end,
+            behind: 0,
         });
         Ok(sink)
     }
@@ -156,7 +176,41 @@ impl IndexSink {
         let check = &mut active.check;
         let runtime = &active.runtime;
         let after_op = self.floor.map_or(0, |f| f.op);
-        let commits = compare_commits(index, &self.commits, check, None, after_op);
+        // A stopped replica's index that ends before the log: one failure
+        // naming both ends; commits after its end are not compared.
+        let (end_op, end_events) = active.index_end;
+        let log_last = self.commits.iter().map(|c| (c.op, c.tree_size)).max();
+        let lagging = log_last.filter(|(op, _)| *op > end_op);
+        if let Some(log) = lagging {
+            let end = super::LiveBound {
+                op: end_op,
+                events: end_events,
+            };
+            super::index_behind(end, log, check);
+        } else if active.behind > 0 {
+            check.fail(
+                FailureKind::IndexMismatch,
+                format!("index row events.position={end_events}"),
+                format!(
+                    "missing: the log has {} events from this position on without index rows",
+                    active.behind
+                ),
+            );
+        }
+        let compared: Vec<CommitKey>;
+        let commits_in_reach = match lagging {
+            Some(_) => {
+                compared = self
+                    .commits
+                    .iter()
+                    .filter(|c| c.op <= end_op)
+                    .cloned()
+                    .collect();
+                &compared
+            }
+            None => &self.commits,
+        };
+        let commits = compare_commits(index, commits_in_reach, check, None, after_op);
         if let Err(e) = runtime.block_on(commits) {
             check.fail(
                 FailureKind::Unreadable,
@@ -249,6 +303,7 @@ impl Active {
                 compare_event(fact, &row, &mut self.check);
             }
             _ if self.failed => {}
+            _ if fact.position >= self.index_end.1 => self.behind += 1,
             _ => missing_event(fact, &mut self.check),
         }
     }
