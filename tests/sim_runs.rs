@@ -127,6 +127,10 @@ const SOAK_REGRESSIONS: &[(u64, u8, bool)] = &[
     // retry stayed put with a chance of one half) through the whole
     // convergence bound. The simulated client now rotates as a real one.
     (391, 5, false),
+    // Hung on main (no answer after 60 s; a seed takes under a second):
+    // not analysed. It passes since the "held nowhere" change, which may
+    // only have moved the run off the path; kept so a hang shows up here.
+    (528, 5, false),
 ];
 
 /// Goal: every seed a soak found failing passes (and converges).
