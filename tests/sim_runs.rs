@@ -4,7 +4,7 @@
 //! changes, recoveries, repairs, state transfers and every fault kind
 //! actually happened (a simulator that never reaches a path tests nothing).
 
-use vellum::sim::{Options, Totals, run_seeds};
+use vellum::sim::{Options, Totals, run, run_seeds};
 
 /// Seeds per cluster size in this test (CI runs 300 with `vellum sim`).
 const SEEDS: u64 = 24;
@@ -112,4 +112,35 @@ fn single_replica_passes() {
     assert!(count(&totals, "ops_committed") > 0);
     assert!(count(&totals, "fault:crash") > 0);
     assert!(count(&totals, "recoveries") > 0);
+}
+
+/// Seeds found failing by soaks outside CI, each with the options it failed
+/// with; each must pass from now on.
+const SOAK_REGRESSIONS: &[(u64, u8, bool)] = &[
+    // Stuck: a misdirected write destroyed the only copy of an uncommitted
+    // op; its holder listed it unsure and the replica that had started on
+    // an empty disk could not nack it, so every view change kept it, and
+    // after every replica restarted each listed it unsure. Fixed by the
+    // "held nowhere" rule of `vsr::view_change`.
+    (8678, 3, false),
+    // Stuck: once the faults stopped, a client kept retrying backups (each
+    // retry stayed put with a chance of one half) through the whole
+    // convergence bound. The simulated client now rotates as a real one.
+    (391, 5, false),
+    // Hung on main (no answer after 60 s; a seed takes under a second):
+    // not analysed. It passes since the "held nowhere" change, which may
+    // only have moved the run off the path; kept so a hang shows up here.
+    (528, 5, false),
+];
+
+/// Goal: every seed a soak found failing passes (and converges).
+#[test]
+fn soak_regressions_pass() {
+    for &(seed, replicas, small_windows) in SOAK_REGRESSIONS {
+        let summary = run(Options {
+            small_windows,
+            ..Options::new(seed, replicas)
+        });
+        assert!(summary.passed(), "{}", summary.report());
+    }
 }

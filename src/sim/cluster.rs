@@ -119,6 +119,8 @@ pub(super) struct Pending {
     pub request: Request,
     pub sent_at: u64,
     pub attempts: u32,
+    /// The last retry went to the same replica as the attempt before it.
+    pub stayed: bool,
 }
 
 /// A simulated client session.

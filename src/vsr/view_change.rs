@@ -47,6 +47,27 @@
 //! - at or below a headerless Faulty slot, and below the oldest header its
 //!   suffix lists (it says nothing about ops it does not list).
 //!
+//! # Held nowhere
+//!
+//! A nack needs f+1 senders that positively lack the op, so an op whose
+//! only copy was lost (a misdirected write over the one replica that held
+//! it) stays in every log while its holder lists the slot `Unsure` and a
+//! replica that adopted the log after an empty disk may not nack it: every
+//! view change keeps it and no primary can fetch it (seed 8678 of `vellum
+//! sim`, stuck). And once every replica restarted, a slot never written
+//! below the tail is `Faulty` on each disk, so nobody can nack it at all.
+//! So the new primary also ends its log below an op above the commit that
+//! no do_view_change lists as held durably, when it has the do_view_change
+//! of every replica of the cluster (and each suffix reaches down to the
+//! op). Had the op committed, each of its f+1 holders would have lost its
+//! copy (a damaged slot, a wiped disk, a write lost in flight after its
+//! ack): more than the f faulty replicas the cluster is built to survive,
+//! the same bound the nack rests on for a committed op's holders. A primary
+//! whose quorum of do_view_changes would keep such an op waits half a view
+//! change timeout for the others before it starts the view with the log it
+//! has (as before), so that a replica unable to take part does not keep
+//! the cluster out of normal status.
+//!
 //! A cluster of one lists only the ops it holds durably, as before the
 //! nack: it has no peer to repair from or to wait for, so a hole or a
 //! damaged uncommitted op ends its log.
@@ -221,8 +242,13 @@ impl Replica {
     }
 
     /// On f+1 do_view_changes (its own included), the new primary builds the
-    /// view's log, saves the view and then starts it.
-    fn maybe_start_view(&mut self) {
+    /// view's log, saves the view and then starts it. A log that would keep
+    /// an op no do_view_change in hand holds durably waits, for half a view
+    /// change timeout, for every replica's do_view_change: with all of them
+    /// the op can be decided (module doc, "Held nowhere"); after the wait it
+    /// starts with what it has, so a replica that cannot join (wiped, down)
+    /// does not keep the cluster out of normal status.
+    pub(super) fn maybe_start_view(&mut self) {
         let ready = self.status == Status::ViewChange
             && self.pending.is_none()
             && !self.dvc_done
@@ -233,8 +259,16 @@ impl Replica {
         if !ready {
             return;
         }
+        let replica_count = usize::from(self.config.replica_count);
+        let merged = merge(&self.dvcs, self.config.quorum(), replica_count);
+        let waited = self.ticks - self.timers.view_change_started;
+        let waiting = merged.unheld.is_some()
+            && self.dvcs.len() < replica_count
+            && waited < self.config.view_change_timeout_ticks / 2;
+        if waiting {
+            return;
+        }
         self.dvc_done = true;
-        let merged = merge(&self.dvcs, self.config.quorum());
         if merged.nacked.is_some() {
             self.nack_truncations += 1;
         }
@@ -472,6 +506,8 @@ impl Replica {
             self.start_view_change(self.view + 1);
             return;
         }
+        // A new primary waiting for every do_view_change stops waiting.
+        self.maybe_start_view();
         if self.ticks - self.timers.view_change_sent >= self.config.heartbeat_ticks {
             self.timers.view_change_sent = self.ticks;
             self.broadcast(MessageBody::StartViewChange);
@@ -495,8 +531,12 @@ pub(super) struct Merged {
     pub commit: u64,
     /// The chosen header of each op the log names.
     pub canonical: BTreeMap<u64, OpHeader>,
-    /// The op whose chosen header a quorum nacked, if the log ends below one.
+    /// The op whose chosen header a quorum nacked, or that no replica holds
+    /// (with every do_view_change in hand), if the log ends below one.
     pub nacked: Option<u64>,
+    /// The lowest op above the commit the log keeps although no
+    /// do_view_change in hand lists it as held durably, if any.
+    pub unheld: Option<u64>,
 }
 
 /// The new view's log from f+1 do_view_changes (VRR's "highest log view
@@ -513,7 +553,15 @@ pub(super) struct Merged {
 /// ops its disk holds, so no single claim need hold the whole log; yet a
 /// committed op is durable on f+1 replicas, one of which is in any quorum,
 /// and at any op a claim of a newer log view supersedes an older one.
-pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged {
+///
+/// With every replica's do_view_change in hand (`replica_count` of them),
+/// an op above the commit that none of them holds durably also ends the log
+/// (module doc, "Held nowhere").
+pub(super) fn merge(
+    dvcs: &BTreeMap<ReplicaIndex, Dvc>,
+    quorum: usize,
+    replica_count: usize,
+) -> Merged {
     let commit = dvcs.values().map(|d| d.commit).max().unwrap_or(0);
     let mut claims: BTreeMap<u64, Vec<(u64, OpHeader)>> = BTreeMap::new();
     for dvc in dvcs.values() {
@@ -533,7 +581,9 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
         commit,
         canonical: BTreeMap::new(),
         nacked: None,
+        unheld: None,
     };
+    let everyone = dvcs.len() >= replica_count;
     // The rank each chosen header above the commit was taken with.
     let mut ranks: BTreeMap<u64, u64> = BTreeMap::new();
     for (&at, list) in &claims {
@@ -591,9 +641,13 @@ pub(super) fn merge(dvcs: &BTreeMap<ReplicaIndex, Dvc>, quorum: usize) -> Merged
         let Some((rank, header)) = chosen else {
             break;
         };
-        if nacks(dvcs, &header) >= quorum {
+        let held_nowhere = dvcs.values().all(|dvc| holds(dvc, &header) == Some(false));
+        if nacks(dvcs, &header) >= quorum || (everyone && held_nowhere) {
             merged.nacked = Some(at);
             break;
+        }
+        if held_nowhere && merged.unheld.is_none() {
+            merged.unheld = Some(at);
         }
         merged.canonical.insert(at, header);
         ranks.insert(at, rank);
@@ -626,6 +680,22 @@ fn nacks_one(dvc: &Dvc, header: &OpHeader) -> bool {
             Presence::Durable => listed.header.checksum() != header.checksum(),
         },
     }
+}
+
+/// Whether `dvc`'s sender holds `header` durably: `None` when its suffix
+/// does not reach down to the op (it says nothing about ops below it).
+fn holds(dvc: &Dvc, header: &OpHeader) -> Option<bool> {
+    if dvc
+        .headers
+        .first()
+        .is_some_and(|oldest| header.op < oldest.header.op)
+    {
+        return None;
+    }
+    let durable = dvc.headers.iter().any(|listed| {
+        listed.presence == Presence::Durable && listed.header.checksum() == header.checksum()
+    });
+    Some(durable)
 }
 
 /// Whether headers received in a view change or recovery message are op
@@ -684,7 +754,7 @@ mod tests {
     }
 
     fn merged(a: Dvc, b: Dvc) -> Merged {
-        merge(&BTreeMap::from([(0, a), (1, b)]), QUORUM)
+        merge(&BTreeMap::from([(0, a), (1, b)]), QUORUM, 3)
     }
 
     /// Goal: above the commit, a claim of a newer log view that does not
@@ -842,8 +912,38 @@ mod tests {
         a.commit = 3;
         let b = dvc(1, &[(h[0], Durable), (h[1], Durable), (h[2], Missing)]);
         let c = dvc(1, &[(h[0], Durable), (h[1], Durable)]);
-        let merged = merge(&BTreeMap::from([(0, a), (1, b), (2, c)]), QUORUM);
+        let merged = merge(&BTreeMap::from([(0, a), (1, b), (2, c)]), QUORUM, 3);
         assert_eq!((merged.op, merged.commit, merged.nacked), (3, 3, None));
+    }
+
+    /// Goal: with every replica's do_view_change in hand, an uncommitted op
+    /// that none holds durably ends the log even without f+1 nacks (its
+    /// only copy was damaged, and the other non-holder may not nack); with
+    /// a quorum only it is kept, and reported unheld so the primary waits
+    /// (seed 8678, stuck before).
+    #[test]
+    fn op_held_nowhere_ends_the_log_once_every_replica_answered() {
+        let h = chain(3);
+        let damaged = dvc(1, &[(h[0], Durable), (h[1], Unsure), (h[2], Durable)]);
+        let lacking = dvc(1, &[(h[0], Durable), (h[1], Missing), (h[2], Durable)]);
+        let floored = dvc(4, &[(h[0], Durable), (h[1], Missing), (h[2], Durable)]);
+        let quorum_only = merged(damaged.clone(), floored.clone());
+        assert_eq!(
+            (quorum_only.op, quorum_only.nacked, quorum_only.unheld),
+            (3, None, Some(2))
+        );
+        let all = BTreeMap::from([(0, damaged.clone()), (1, lacking), (2, floored)]);
+        let merged_all = merge(&all, QUORUM, 3);
+        assert_eq!((merged_all.op, merged_all.nacked), (1, Some(2)));
+        assert!(!merged_all.canonical.contains_key(&2));
+        // One durable copy anywhere keeps it (it is repaired from there).
+        let holder = dvc(NACK_NONE, &[(h[0], Durable), (h[1], Durable)]);
+        let all = BTreeMap::from([(0, damaged.clone()), (1, holder), (2, damaged)]);
+        let merged_all = merge(&all, QUORUM, 3);
+        assert_eq!(
+            (merged_all.op, merged_all.nacked, merged_all.unheld),
+            (3, None, None)
+        );
     }
 
     /// Goal: a sender holding another header at the op durably nacks the
