@@ -14,10 +14,9 @@ use vellum_audit::verify::ChainHead;
 use super::replica::Replica;
 use super::{Action, Broken, ReplicaIndex, Status};
 
-/// Own checkpoint signatures a replica keeps (and signing requests it has
-/// outstanding), the newest ops: a primary certifies, and a backup
-/// acknowledges, only the newest group ends, so a few cover the pipeline's
-/// retries without growing with the log.
+/// Own checkpoint signatures a replica keeps, the most recently made: a
+/// primary certifies, and a backup acknowledges, only the newest group
+/// ends, so a few cover the pipeline's retries without growing with the log.
 pub(super) const OWN_SIGNATURES_KEPT: usize = 8;
 
 /// A certificate that verified under the policy, with the op it certifies.
@@ -63,16 +62,18 @@ impl Replica {
         }
         let checkpoint = self.checkpoint_of(op)?;
         let body = checkpoint.body();
-        if let Some((signed, signature)) = self.own_signatures.get(&op)
-            && *signed == body
+        if let Some((_, _, signature)) = self
+            .own_signatures
+            .iter()
+            .rev()
+            .find(|(o, signed, _)| *o == op && *signed == body)
         {
             return Some(signature.clone());
         }
         if self.signing.get(&op) != Some(&body) {
+            // Asked at most once per body until answered; the shell answers
+            // every request, so this holds at most a step's worth.
             self.signing.insert(op, body.clone());
-            while self.signing.len() > OWN_SIGNATURES_KEPT {
-                self.signing.pop_first();
-            }
             self.out.push(Action::Sign { op, body });
         }
         None
@@ -93,9 +94,13 @@ impl Replica {
         if current.as_ref() != Some(&body) {
             return; // the log changed under the request: a stale signature
         }
-        self.own_signatures.insert(op, (body, signature));
+        // Kept by age, never by op number: after a view change replaced
+        // ops, stale signatures of higher ops must not crowd out the one
+        // just made (the caller would ask for it again, forever).
+        self.own_signatures.retain(|(o, _, _)| *o != op);
+        self.own_signatures.push_back((op, body, signature));
         while self.own_signatures.len() > OWN_SIGNATURES_KEPT {
-            self.own_signatures.pop_first();
+            self.own_signatures.pop_front();
         }
         if self.status != Status::Normal || self.pending.is_some() {
             return;

@@ -99,8 +99,8 @@ pub struct Replica {
     /// This replica's signatures over its own checkpoints, by op, with the
     /// checkpoint body signed (a signature counts only while the
     /// checkpoint after its op is still that body). At most
-    /// `certify::OWN_SIGNATURES_KEPT`, the newest ops.
-    pub(super) own_signatures: BTreeMap<u64, (String, Vec<u8>)>,
+    /// `certify::OWN_SIGNATURES_KEPT`, the most recently made.
+    pub(super) own_signatures: VecDeque<(u64, String, Vec<u8>)>,
     /// Checkpoint bodies the shell was asked to sign and has not answered
     /// yet, by op: asked once each.
     pub(super) signing: BTreeMap<u64, String>,
@@ -191,7 +191,7 @@ impl Replica {
             clients: ClientTable::new(config.clients_max),
             config,
             own_key_id: own_key.key_id(),
-            own_signatures: BTreeMap::new(),
+            own_signatures: VecDeque::new(),
             signing: BTreeMap::new(),
             policy,
             origin,

@@ -1060,3 +1060,31 @@ fn a_failing_backup_signer_sends_no_acknowledgement() {
         "acknowledgements resume with the signer"
     );
 }
+
+/// A replica keeps its own signatures by age, never by op number: after a
+/// view change replaced ops, stale signatures of higher ops must not crowd
+/// out the one just made, or the core would ask for it again forever
+/// (`vellum sim --seed 528 --replicas 5` spun signing at one tick).
+#[test]
+fn stale_signatures_of_higher_ops_do_not_crowd_out_a_new_one() {
+    let mut cluster = Cluster::new(3);
+    let primary = cluster.primary().expect("a primary");
+    let kept = super::certify::OWN_SIGNATURES_KEPT as u64;
+    for i in [primary] {
+        let replica = cluster.replica_mut(i);
+        for op in 1_000..1_000 + kept {
+            replica
+                .own_signatures
+                .push_back((op, "a stale checkpoint".to_string(), vec![0; 64]));
+        }
+    }
+    cluster.signs = vec![0; 3];
+    let reply = cluster.append(7, 1, 16, None);
+    let body = committed_body(&reply);
+    cluster.check_certificate(&body.certificate, primary);
+    let asked = cluster.signs[usize::from(primary)];
+    assert!(
+        asked <= 2,
+        "the primary asked its shell to sign {asked} times for one commit"
+    );
+}
