@@ -435,6 +435,20 @@ impl Sim {
         Ok(())
     }
 
+    /// Schedules a shell's answer to replica `index`'s action (dropped if
+    /// that incarnation is gone by then).
+    fn answer(&mut self, index: u8, incarnation: Option<u32>, at: u64, input: Input) {
+        self.schedule(
+            at,
+            Event::Input {
+                replica: index,
+                incarnation,
+                from: None,
+                input,
+            },
+        );
+    }
+
     /// Executes one action of replica `index` against the simulated world.
     fn execute(&mut self, index: u8, action: Action) -> Result<(), RunError> {
         let incarnation = Some(self.nodes[usize::from(index)].incarnation);
@@ -452,15 +466,7 @@ impl Sim {
                 let (record, key) = self.sealer.seal(&header, &events);
                 self.checker.note_record(&record);
                 let input = Input::Sealed { record, key };
-                self.schedule(
-                    self.now,
-                    Event::Input {
-                        replica: index,
-                        incarnation,
-                        from: None,
-                        input,
-                    },
-                );
+                self.answer(index, incarnation, self.now, input);
             }
             Action::Write { record, key } => self.write(index, &record, key)?,
             Action::Truncate { after_op } => {
@@ -486,15 +492,7 @@ impl Sim {
                     purpose,
                     record,
                 };
-                self.schedule(
-                    self.now + 1,
-                    Event::Input {
-                        replica: index,
-                        incarnation,
-                        from: None,
-                        input,
-                    },
-                );
+                self.answer(index, incarnation, self.now + 1, input);
             }
             Action::Save { state } => {
                 let node = &mut self.nodes[usize::from(index)];
@@ -522,15 +520,7 @@ impl Sim {
                     body,
                     signature: Some(signature),
                 };
-                self.schedule(
-                    self.now,
-                    Event::Input {
-                        replica: index,
-                        incarnation,
-                        from: None,
-                        input,
-                    },
-                );
+                self.answer(index, incarnation, self.now, input);
             }
             Action::Committed { op, certificate } => {
                 let certificate = certificate.encode();
